@@ -1,0 +1,678 @@
+//! Validation and compilation of a rule file into a [`Policy`]. Every problem is reported with
+//! file, line and column; compilation never panics, whatever the input.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use ipnet::IpNet;
+use toml::Spanned;
+
+use crate::catalog::IncludeLoader;
+use crate::catset::{CatSet, MAX_CATEGORIES};
+use crate::detectors;
+use crate::diag::{Diagnostic, Severity, Source};
+use crate::domain::{DomainIndex, DomainPattern, parse_pattern};
+use crate::ident::{CidrTable, IdentityId, Mac, format_mac, parse_mac};
+use crate::policy::{
+    Category, Defaults, DlpProfile, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
+};
+use crate::schema::{
+    Action, CatalogFile, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef, RuleFile,
+};
+
+/// Largest rule file accepted (bytes).
+pub const MAX_RULE_FILE: usize = 16 << 20;
+/// Default `max_inspect_bytes`.
+pub const DEFAULT_MAX_INSPECT: u64 = 8 << 20;
+
+/// A successful compilation: the policy and any warnings.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The policy.
+    pub policy: Policy,
+    /// Warnings (e.g. shadowed rules).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Compiles rule-file text. `name` is used in diagnostics; includes go through `loader`.
+/// On failure returns every error found (and warnings), sorted by position.
+pub fn compile(
+    name: &str,
+    text: &str,
+    loader: &dyn IncludeLoader,
+) -> Result<Compiled, Vec<Diagnostic>> {
+    let src = Source { name: name.into(), text };
+    let mut cx = Cx { src: src.clone(), diags: Vec::new() };
+    if text.len() > MAX_RULE_FILE {
+        return Err(vec![
+            src.error(0..0, format!("rule file is larger than {MAX_RULE_FILE} bytes")),
+        ]);
+    }
+    let file: RuleFile = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            return Err(vec![src.error(span, e.message().trim().to_owned())]);
+        }
+    };
+    let policy = cx.build(&file, loader);
+    let mut diags = cx.diags;
+    diags.sort_by_key(|d| (d.severity == Severity::Warning, d.file.clone(), d.line, d.col));
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(diags);
+    }
+    Ok(Compiled { policy, warnings: diags })
+}
+
+struct Cx<'a> {
+    src: Source<'a>,
+    diags: Vec<Diagnostic>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Range<usize> {
+    s.span()
+}
+
+impl Cx<'_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.src.error(span, msg);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.src.warning(span, msg);
+        self.diags.push(d);
+    }
+
+    fn build(&mut self, file: &RuleFile, loader: &dyn IncludeLoader) -> Policy {
+        let defaults = self.defaults(file);
+        let (identities, by_name, cidrs, macs) = self.identities(file, &defaults);
+        let (categories, cat_index, domains) = self.categories(file, loader);
+        let (dlp_profiles, dlp_index) = self.dlp(file);
+        let mut rules = Vec::with_capacity(file.rule.len());
+        let mut rule_names: HashMap<String, Range<usize>> = HashMap::new();
+        for r in &file.rule {
+            if let Some(prev) = rule_names.get(r.get_ref().name.get_ref()) {
+                let (l, c) = self.src.position(prev.start);
+                let msg = format!(
+                    "duplicate rule name `{}` (first defined at {l}:{c})",
+                    r.get_ref().name.get_ref()
+                );
+                self.err(span_of(&r.get_ref().name), msg);
+            } else {
+                rule_names.insert(r.get_ref().name.get_ref().clone(), span_of(&r.get_ref().name));
+            }
+            if let Some(rule) = self.rule(r.get_ref(), &defaults, &by_name, &cat_index, &dlp_index)
+            {
+                rules.push((span_of(&r.get_ref().name), rule));
+            }
+        }
+        self.shadowing(&rules);
+        Policy {
+            source_name: self.src.name.clone(),
+            defaults,
+            identities,
+            categories,
+            dlp_profiles,
+            rules: rules.into_iter().map(|(_, r)| r).collect(),
+            identity_by_name: by_name,
+            cidrs,
+            macs,
+            domains,
+        }
+    }
+
+    fn defaults(&mut self, file: &RuleFile) -> Defaults {
+        let d = file.defaults.as_ref();
+        let action = d.and_then(|d| d.action.as_ref());
+        if let Some(a) = action
+            && *a.get_ref() == Action::Inspect
+        {
+            self.err(span_of(a), "the default action must be `allow` or `block`: inspection needs a rule with a DLP profile");
+        }
+        let unknown: Arc<str> = match d.and_then(|d| d.unknown_identity.as_ref()) {
+            Some(u) => {
+                if !valid_name(u.get_ref()) {
+                    self.err(span_of(u), name_msg("unknown_identity", u.get_ref()));
+                }
+                u.get_ref().as_str().into()
+            }
+            None => "unknown".into(),
+        };
+        let max_inspect = match d.and_then(|d| d.max_inspect_bytes.as_ref()) {
+            Some(m) if *m.get_ref() < 1024 || *m.get_ref() > (1 << 30) => {
+                self.err(span_of(m), "max_inspect_bytes must be between 1024 and 1073741824");
+                DEFAULT_MAX_INSPECT
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_MAX_INSPECT,
+        };
+        let mut tls_ports: Vec<u16> = vec![443];
+        if let Some(p) = d.and_then(|d| d.tls_ports.as_ref()) {
+            if p.get_ref().is_empty() {
+                self.err(span_of(p), "tls_ports must list at least one port");
+            }
+            tls_ports = Vec::new();
+            for port in p.get_ref() {
+                if *port.get_ref() == 0 {
+                    self.err(span_of(port), "port 0 is not a valid port: expected 1-65535");
+                } else if tls_ports.contains(port.get_ref()) {
+                    self.err(span_of(port), format!("port {} is listed twice", port.get_ref()));
+                } else {
+                    tls_ports.push(*port.get_ref());
+                }
+            }
+            tls_ports.sort_unstable();
+        }
+        Defaults {
+            action: match action.map(|a| *a.get_ref()) {
+                Some(Action::Block) => Action::Block,
+                _ => Action::Allow,
+            },
+            unknown_identity: unknown,
+            on_inspect_failure: d.and_then(|d| d.on_inspect_failure).unwrap_or(FailMode::Block),
+            max_inspect_bytes: max_inspect,
+            midstream: d.and_then(|d| d.midstream).unwrap_or(MidstreamPolicy::Allow),
+            quic_unreadable: d.and_then(|d| d.quic_unreadable).unwrap_or(QuicPolicy::Allow),
+            divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
+            tls_ports,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn identities(
+        &mut self,
+        file: &RuleFile,
+        defaults: &Defaults,
+    ) -> (Vec<Identity>, HashMap<Arc<str>, IdentityId>, CidrTable, HashMap<Mac, IdentityId>) {
+        let mut out: Vec<Identity> = Vec::new();
+        let mut by_name: HashMap<Arc<str>, IdentityId> = HashMap::new();
+        let mut nets: Vec<(IpNet, IdentityId, Range<usize>)> = Vec::new();
+        let mut macs: HashMap<Mac, IdentityId> = HashMap::new();
+        for def in &file.identity {
+            let def = def.get_ref();
+            let name = def.name.get_ref();
+            if !valid_name(name) {
+                self.err(span_of(&def.name), name_msg("identity name", name));
+            }
+            if **name == *defaults.unknown_identity {
+                self.err(span_of(&def.name), format!("`{name}` is the name given to unknown sources (defaults.unknown_identity); choose another name"));
+            }
+            if by_name.contains_key(name.as_str()) {
+                self.err(span_of(&def.name), format!("duplicate identity `{name}`"));
+                continue;
+            }
+            if def.cidrs.is_empty() && def.macs.is_empty() {
+                self.err(span_of(&def.name), format!("identity `{name}` lists no `cidrs` and no `macs`: expected at least one (feed users are matched with a rule's `groups`)"));
+            }
+            let id = out.len() as IdentityId;
+            let mut ident =
+                Identity { name: name.as_str().into(), cidrs: Vec::new(), macs: Vec::new() };
+            for c in &def.cidrs {
+                match parse_cidr(c.get_ref()) {
+                    Ok(net) => {
+                        if let Some((other, oid, _)) = nets.iter().find(|(n, _, _)| {
+                            n.contains(&net.network()) || net.contains(&n.network())
+                        }) {
+                            let who = if *oid == id {
+                                format!("`{other}` of the same identity")
+                            } else {
+                                format!("`{other}` of identity `{}`", out[*oid as usize].name)
+                            };
+                            let what = if *other == net { "duplicates" } else { "overlaps" };
+                            self.err(
+                                span_of(c),
+                                format!("`{net}` {what} {who}: identities must not overlap"),
+                            );
+                        } else {
+                            nets.push((net, id, span_of(c)));
+                            ident.cidrs.push(net);
+                        }
+                    }
+                    Err(msg) => self.err(span_of(c), msg),
+                }
+            }
+            for m in &def.macs {
+                match parse_mac(m.get_ref()) {
+                    Some(mac) => match macs.get(&mac) {
+                        Some(other) => {
+                            let other = out.get(*other as usize).map_or(name.as_str(), |i| &i.name);
+                            self.err(span_of(m), format!("MAC {} is already in identity `{other}`", format_mac(&mac)));
+                        }
+                        None => {
+                            macs.insert(mac, id);
+                            ident.macs.push(format_mac(&mac));
+                        }
+                    },
+                    None => self.err(span_of(m), format!("`{}` is not a MAC address: expected six hex pairs like `02:00:5e:10:00:01`", m.get_ref())),
+                }
+            }
+            by_name.insert(ident.name.clone(), id);
+            out.push(ident);
+        }
+        let mut table = CidrTable::default();
+        for (net, id, _) in nets {
+            table.insert(net, id);
+        }
+        (out, by_name, table, macs)
+    }
+
+    fn categories(
+        &mut self,
+        file: &RuleFile,
+        loader: &dyn IncludeLoader,
+    ) -> (Vec<Category>, HashMap<String, usize>, DomainIndex) {
+        let mut out = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut domains = DomainIndex::default();
+        let mut catalogs: HashMap<String, Result<Vec<DomainPattern>, ()>> = HashMap::new();
+        if file.category.len() > MAX_CATEGORIES {
+            self.err(
+                span_of(&file.category[MAX_CATEGORIES]),
+                format!("too many categories: at most {MAX_CATEGORIES}"),
+            );
+        }
+        for def in file.category.iter().take(MAX_CATEGORIES) {
+            let def = def.get_ref();
+            let name = def.name.get_ref();
+            if !valid_name(name) {
+                self.err(span_of(&def.name), name_msg("category name", name));
+            }
+            if index.contains_key(name) {
+                self.err(span_of(&def.name), format!("duplicate category `{name}`"));
+                continue;
+            }
+            if def.include.is_empty() && def.domains.is_empty() {
+                self.err(
+                    span_of(&def.name),
+                    format!("category `{name}` is empty: expected `domains` or `include`"),
+                );
+            }
+            let id = out.len();
+            let mut set: BTreeSet<DomainPattern> = BTreeSet::new();
+            for inc in &def.include {
+                let key = inc.get_ref().clone();
+                if !catalogs.contains_key(&key) {
+                    let loaded = self.load_catalog(inc, loader);
+                    catalogs.insert(key.clone(), loaded);
+                }
+                if let Some(Ok(list)) = catalogs.get(&key) {
+                    set.extend(list.iter().cloned());
+                }
+            }
+            for d in &def.domains {
+                match parse_pattern(d.get_ref()) {
+                    Ok(p) => {
+                        set.insert(p);
+                    }
+                    Err(msg) => self.err(span_of(d), msg),
+                }
+            }
+            for p in &set {
+                domains.insert(p, id);
+            }
+            index.insert(name.clone(), id);
+            out.push(Category {
+                name: name.as_str().into(),
+                domains: set.iter().map(pattern_string).collect(),
+            });
+        }
+        (out, index, domains)
+    }
+
+    fn load_catalog(
+        &mut self,
+        inc: &Spanned<String>,
+        loader: &dyn IncludeLoader,
+    ) -> Result<Vec<DomainPattern>, ()> {
+        let (cname, text) = match loader.load(inc.get_ref()) {
+            Ok(x) => x,
+            Err(msg) => {
+                self.err(span_of(inc), msg);
+                return Err(());
+            }
+        };
+        let csrc = Source { name: cname.as_str().into(), text: &text };
+        if text.len() > MAX_RULE_FILE {
+            self.diags.push(csrc.error(0..0, "catalog is too large"));
+            return Err(());
+        }
+        match toml::from_str::<CatalogFile>(&text) {
+            Ok(cat) => {
+                let mut list = Vec::with_capacity(cat.domains.len());
+                let mut ok = true;
+                for d in &cat.domains {
+                    match parse_pattern(d.get_ref()) {
+                        Ok(p) => list.push(p),
+                        Err(msg) => {
+                            ok = false;
+                            self.diags.push(csrc.error(span_of(d), msg));
+                        }
+                    }
+                }
+                if ok { Ok(list) } else { Err(()) }
+            }
+            Err(e) => {
+                self.diags
+                    .push(csrc.error(e.span().unwrap_or(0..0), e.message().trim().to_owned()));
+                Err(())
+            }
+        }
+    }
+
+    fn dlp(&mut self, file: &RuleFile) -> (Vec<DlpProfile>, HashMap<String, usize>) {
+        let mut out = Vec::new();
+        let mut index = HashMap::new();
+        for def in &file.dlp {
+            let def = def.get_ref();
+            let name = def.name.get_ref();
+            if !valid_name(name) {
+                self.err(span_of(&def.name), name_msg("DLP profile name", name));
+            }
+            if index.contains_key(name) {
+                self.err(span_of(&def.name), format!("duplicate DLP profile `{name}`"));
+                continue;
+            }
+            if def.detectors.get_ref().is_empty() {
+                self.err(span_of(&def.detectors), "a DLP profile needs at least one detector");
+            }
+            let mut dets: Vec<String> = Vec::new();
+            for d in def.detectors.get_ref() {
+                if detectors::lookup(d.get_ref()).is_none() {
+                    let hint = closest(d.get_ref(), detectors::DETECTORS.iter().map(|x| x.name));
+                    self.err(span_of(d), format!("unknown detector `{}`{hint}", d.get_ref()));
+                } else if dets.contains(d.get_ref()) {
+                    self.warn(span_of(d), format!("detector `{}` is listed twice", d.get_ref()));
+                } else {
+                    dets.push(d.get_ref().clone());
+                }
+            }
+            index.insert(name.clone(), out.len());
+            out.push(DlpProfile {
+                name: name.as_str().into(),
+                detectors: dets,
+                action: def.action,
+            });
+        }
+        (out, index)
+    }
+
+    fn rule(
+        &mut self,
+        r: &RuleDef,
+        defaults: &Defaults,
+        ids: &HashMap<Arc<str>, IdentityId>,
+        cats: &HashMap<String, usize>,
+        dlps: &HashMap<String, usize>,
+    ) -> Option<Rule> {
+        let errors_before = self.error_count();
+        let name = r.name.get_ref();
+        if !valid_name(name) {
+            self.err(span_of(&r.name), name_msg("rule name", name));
+        }
+        let mut id_list = Vec::new();
+        for i in &r.identities {
+            match ids.get(i.get_ref().as_str()) {
+                Some(id) => id_list.push(*id),
+                None if **i.get_ref() == *defaults.unknown_identity => {}
+                None => {
+                    let hint = closest(
+                        i.get_ref(),
+                        ids.keys().map(|k| &**k).chain([&*defaults.unknown_identity]),
+                    );
+                    self.err(
+                        span_of(i),
+                        format!("rule `{name}` names unknown identity `{}`{hint}", i.get_ref()),
+                    );
+                }
+            }
+        }
+        for g in &r.groups {
+            if !valid_name(g.get_ref()) {
+                self.err(span_of(g), name_msg("group", g.get_ref()));
+            }
+        }
+        let mut cat_set = CatSet::default();
+        for c in &r.categories {
+            match cats.get(c.get_ref()) {
+                Some(id) => cat_set.insert(*id),
+                None => {
+                    let hint = closest(c.get_ref(), cats.keys().map(String::as_str));
+                    self.err(
+                        span_of(c),
+                        format!("rule `{name}` names unknown category `{}`{hint}", c.get_ref()),
+                    );
+                }
+            }
+        }
+        for p in &r.ports {
+            if *p.get_ref() == 0 {
+                self.err(span_of(p), "port 0 is not a valid port: expected 1-65535");
+            }
+        }
+        let action = *r.action.get_ref();
+        let dlp = match (&r.dlp, action) {
+            (Some(d), Action::Inspect) => match dlps.get(d.get_ref()) {
+                Some(i) => Some(*i),
+                None => {
+                    let hint = closest(d.get_ref(), dlps.keys().map(String::as_str));
+                    self.err(
+                        span_of(d),
+                        format!("rule `{name}` names unknown DLP profile `{}`{hint}", d.get_ref()),
+                    );
+                    None
+                }
+            },
+            (Some(d), _) => {
+                self.err(
+                    span_of(d),
+                    format!(
+                        "`dlp` applies only to `inspect` rules; rule `{name}` is `{}`",
+                        action.as_str()
+                    ),
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let headers = self.headers(r, action);
+        if self.error_count() > errors_before {
+            return None;
+        }
+        let mut ports: Vec<u16> = r.ports.iter().map(|p| *p.get_ref()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        Some(Rule {
+            spec: RuleSpec {
+                name: name.as_str().into(),
+                identities: r.identities.iter().map(|i| i.get_ref().clone()).collect(),
+                groups: r.groups.iter().map(|g| g.get_ref().clone()).collect(),
+                categories: r.categories.iter().map(|c| c.get_ref().clone()).collect(),
+                ports,
+                action,
+                dlp: r.dlp.as_ref().map(|d| d.get_ref().clone()),
+                headers,
+            },
+            ids: id_list,
+            any_source: r.identities.is_empty() && r.groups.is_empty(),
+            cats: (!r.categories.is_empty()).then_some(cat_set),
+            dlp,
+        })
+    }
+
+    fn headers(&mut self, r: &RuleDef, action: Action) -> HeaderPolicy {
+        let lists = [
+            ("chatgpt_workspaces", &r.chatgpt_workspaces),
+            ("openai_allowed_orgs", &r.openai_allowed_orgs),
+            ("allowed_organizations", &r.allowed_organizations),
+            ("allowed_projects", &r.allowed_projects),
+            ("allowed_models", &r.allowed_models),
+        ];
+        for (key, list) in lists {
+            if action != Action::Inspect
+                && let Some(first) = list.first()
+            {
+                self.err(span_of(first), format!("`{key}` applies only to `inspect` rules (headers are seen only once TLS is re-terminated)"));
+            }
+            for v in list {
+                let s = v.get_ref();
+                let ok = match key {
+                    "chatgpt_workspaces" => is_uuid(s),
+                    _ => {
+                        !s.is_empty()
+                            && s.len() <= 256
+                            && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+                    }
+                };
+                if !ok {
+                    let msg = if key == "chatgpt_workspaces" {
+                        format!(
+                            "`{s}` is not a UUID: expected 8-4-4-4-12 hex digits like `00000000-0000-4000-8000-00000000f1a0`"
+                        )
+                    } else {
+                        format!(
+                            "`{s}` is not a valid {key} value: expected a non-empty token without spaces or commas"
+                        )
+                    };
+                    self.err(span_of(v), msg);
+                }
+            }
+        }
+        let join = |l: &Vec<Spanned<String>>| {
+            (!l.is_empty()).then(|| {
+                l.iter().map(|v| v.get_ref().to_ascii_lowercase()).collect::<Vec<_>>().join(",")
+            })
+        };
+        let plain =
+            |l: &Vec<Spanned<String>>| l.iter().map(|v| v.get_ref().clone()).collect::<Vec<_>>();
+        HeaderPolicy {
+            chatgpt_workspace_header: join(&r.chatgpt_workspaces),
+            openai_allowed_orgs_header: (!r.openai_allowed_orgs.is_empty())
+                .then(|| plain(&r.openai_allowed_orgs).join(",")),
+            allowed_organizations: plain(&r.allowed_organizations),
+            allowed_projects: plain(&r.allowed_projects),
+            allowed_models: plain(&r.allowed_models),
+        }
+    }
+
+    /// Warns about rules that can never match because an earlier rule matches everything they do.
+    fn shadowing(&mut self, rules: &[(Range<usize>, Rule)]) {
+        for (j, (span, later)) in rules.iter().enumerate() {
+            if let Some((_, earlier)) = rules[..j].iter().find(|(_, e)| covers(e, later)) {
+                self.warn(
+                    span.clone(),
+                    format!("rule `{}` is shadowed by earlier rule `{}`, which matches every flow it would", later.spec.name, earlier.spec.name),
+                );
+            }
+        }
+    }
+
+    fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
+    }
+}
+
+fn covers(a: &Rule, b: &Rule) -> bool {
+    let src = a.any_source
+        || (!b.any_source
+            && b.spec.identities.iter().all(|i| a.spec.identities.contains(i))
+            && b.spec.groups.iter().all(|g| a.spec.groups.contains(g)));
+    let dst = match (&a.cats, &b.cats) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(x), Some(y)) => x.is_superset(y),
+    };
+    let ports = a.spec.ports.is_empty()
+        || (!b.spec.ports.is_empty() && b.spec.ports.iter().all(|p| a.spec.ports.contains(p)));
+    src && dst && ports
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => {
+                return Err(format!(
+                    "`{s}` is not a CIDR: expected an address with a prefix length, like `10.20.1.0/24` or `fd20::/64`"
+                ));
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!("`{s}` has host bits set: did you mean `{}`?", net.trunc()));
+    }
+    Ok(net)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+fn name_msg(what: &str, s: &str) -> String {
+    format!("`{s}` is not a valid {what}: expected 1-64 letters, digits, `-`, `_`, `.` or `@`")
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// ": did you mean `x`?" for the closest known name, if any is close.
+fn closest<'a>(s: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(s, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| format!(": did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) =
+        (a.chars().take(64).collect(), b.chars().take(64).collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing() {
+        assert!(parse_cidr("10.20.1.0/24").is_ok());
+        assert_eq!(parse_cidr("10.20.1.10").unwrap().to_string(), "10.20.1.10/32");
+        assert!(parse_cidr("10.20.1.1/24").unwrap_err().contains("10.20.1.0/24"));
+        assert!(parse_cidr("10.20.1.0/33").is_err());
+        assert!(parse_cidr("fd20::/64").is_ok());
+    }
+
+    #[test]
+    fn uuids_and_distance() {
+        assert!(is_uuid("00000000-0000-4000-8000-00000000f1a0"));
+        assert!(!is_uuid("00000000-0000-4000-8000-00000000f1a"));
+        assert!(!is_uuid("00000000x0000-4000-8000-00000000f1a0"));
+        assert_eq!(edit_distance("finance", "finanse"), 1);
+        assert_eq!(
+            closest("openai-apj", ["openai-api", "chatgpt"].into_iter()),
+            ": did you mean `openai-api`?"
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! The compiled, immutable policy the data plane asks: `decide(source, sni, port)`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::catset::CatSet;
+use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
+use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
+use crate::schema::{Action, DivertMode, DlpAction, FailMode, MidstreamPolicy, QuicPolicy};
+
+/// `[defaults]` after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Defaults {
+    /// Action for unmatched traffic (`allow` or `block`).
+    pub action: Action,
+    /// Name of sources that match no identity.
+    pub unknown_identity: Arc<str>,
+    /// What happens when inspection cannot happen.
+    pub on_inspect_failure: FailMode,
+    /// Largest request body buffered for inspection.
+    pub max_inspect_bytes: u64,
+    /// Flows first seen mid-stream.
+    pub midstream: MidstreamPolicy,
+    /// QUIC Initials whose SNI cannot be read.
+    pub quic_unreadable: QuicPolicy,
+    /// Which flows are diverted at their SYN.
+    pub divert: DivertMode,
+    /// TCP ports carrying TLS, sorted.
+    pub tls_ports: Vec<u16>,
+}
+
+/// A named set of sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Name.
+    pub name: Arc<str>,
+    /// Networks.
+    pub cidrs: Vec<IpNet>,
+    /// MAC addresses.
+    pub macs: Vec<String>,
+}
+
+/// A named domain list, includes expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Category {
+    /// Name.
+    pub name: Arc<str>,
+    /// Patterns, sorted and de-duplicated.
+    pub domains: Vec<String>,
+}
+
+/// A DLP profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DlpProfile {
+    /// Name.
+    pub name: Arc<str>,
+    /// Detector names from the registry.
+    pub detectors: Vec<String>,
+    /// What a finding triggers.
+    pub action: DlpAction,
+}
+
+/// Header and body constraints an inspect rule applies to requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderPolicy {
+    /// Value of `ChatGPT-Allowed-Workspace-Id` (comma-separated UUIDs, no spaces), if any.
+    pub chatgpt_workspace_header: Option<String>,
+    /// Value of `OpenAI-Allowed-Organization-Ids`, if any.
+    pub openai_allowed_orgs_header: Option<String>,
+    /// Allowed `OpenAI-Organization` values (empty: any).
+    pub allowed_organizations: Vec<String>,
+    /// Allowed `OpenAI-Project` values (empty: any).
+    pub allowed_projects: Vec<String>,
+    /// Allowed models (empty: any).
+    pub allowed_models: Vec<String>,
+}
+
+/// A rule as written, names resolved: what the diff and the UI show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleSpec {
+    /// Name.
+    pub name: Arc<str>,
+    /// Identity names (empty with no groups: any source).
+    pub identities: Vec<String>,
+    /// Feed groups.
+    pub groups: Vec<String>,
+    /// Category names (empty: any destination).
+    pub categories: Vec<String>,
+    /// Ports (empty: any).
+    pub ports: Vec<u16>,
+    /// Action.
+    pub action: Action,
+    /// DLP profile name for inspect.
+    pub dlp: Option<String>,
+    /// Header policy.
+    pub headers: HeaderPolicy,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule as written.
+    pub spec: RuleSpec,
+    pub(crate) ids: Vec<IdentityId>,
+    pub(crate) any_source: bool,
+    pub(crate) cats: Option<CatSet>,
+    pub(crate) dlp: Option<usize>,
+}
+
+impl Rule {
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// Who a flow comes from and where it goes: the input of [`Policy::decide`].
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// Source IP.
+    pub src: IpAddr,
+    /// Source MAC, if known.
+    pub mac: Option<Mac>,
+    /// Server name (SNI, or the DNS name the destination was learned from).
+    pub sni: Option<&'a str>,
+    /// Destination port.
+    pub port: u16,
+    /// Unix time in seconds (for overlay expiry).
+    pub now: u64,
+}
+
+/// The identity a source resolved to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved<'a> {
+    /// Declared identity, or `None` for unknown sources.
+    pub id: Option<IdentityId>,
+    /// User from the identity feed.
+    pub user: Option<&'a str>,
+    /// Groups from the identity feed.
+    pub groups: &'a [Arc<str>],
+}
+
+/// What the policy says about one flow. Borrowed from the policy: no allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// The action.
+    pub action: Action,
+    /// The rule that matched (`None`: the default action).
+    pub rule: Option<&'a Rule>,
+    /// The matching category of the destination, if any.
+    pub category: Option<&'a str>,
+    /// Identity name (the unknown name when none matched).
+    pub identity: &'a str,
+    /// Feed user, if any.
+    pub user: Option<&'a str>,
+    /// DLP profile for inspect.
+    pub dlp: Option<&'a DlpProfile>,
+}
+
+impl Decision<'_> {
+    /// The rule name, or `default`.
+    pub fn rule_name(&self) -> &str {
+        self.rule.map_or("default", |r| r.name())
+    }
+}
+
+/// Why one rule matched or did not, for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleExplanation {
+    /// Rule name.
+    pub rule: String,
+    /// True if every condition held.
+    pub matched: bool,
+    /// True if this rule decided (the first match).
+    pub decided: bool,
+    /// One line per condition.
+    pub reasons: Vec<String>,
+}
+
+/// The compiled policy: immutable, shared by `Arc`, swapped whole.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Name of the rule file it was compiled from.
+    pub source_name: Arc<str>,
+    /// Defaults.
+    pub defaults: Defaults,
+    /// Identities in declaration order.
+    pub identities: Vec<Identity>,
+    /// Categories in declaration order.
+    pub categories: Vec<Category>,
+    /// DLP profiles.
+    pub dlp_profiles: Vec<DlpProfile>,
+    /// Rules in match order.
+    pub rules: Vec<Rule>,
+    pub(crate) identity_by_name: HashMap<Arc<str>, IdentityId>,
+    pub(crate) cidrs: CidrTable,
+    pub(crate) macs: HashMap<Mac, IdentityId>,
+    pub(crate) domains: DomainIndex,
+}
+
+impl Policy {
+    /// Resolves the source of `q`: a feed group naming an identity first, then MAC, then CIDR.
+    pub fn resolve<'o>(&self, q: &Query<'_>, overlay: &'o IdentityOverlay) -> Resolved<'o> {
+        let entry = overlay.get(q.src, q.now);
+        let from_feed = entry.and_then(|e| {
+            e.groups.iter().find_map(|g| self.identity_by_name.get(g.as_ref()).copied())
+        });
+        let id = from_feed
+            .or_else(|| q.mac.and_then(|m| self.macs.get(&m).copied()))
+            .or_else(|| self.cidrs.lookup(q.src));
+        Resolved {
+            id,
+            user: entry.map(|e| e.user.as_ref()),
+            groups: entry.map_or(&[][..], |e| &e.groups[..]),
+        }
+    }
+
+    /// The categories of a server name.
+    pub fn categories_of(&self, sni: &str) -> CatSet {
+        self.domains.lookup(sni)
+    }
+
+    /// The name of category `id`.
+    pub fn category_name(&self, id: usize) -> Option<&str> {
+        self.categories.get(id).map(|c| &*c.name)
+    }
+
+    /// The name of identity `id`, or the unknown name.
+    pub fn identity_name(&self, id: Option<IdentityId>) -> &str {
+        id.and_then(|i| self.identities.get(i as usize))
+            .map_or(&*self.defaults.unknown_identity, |i| &*i.name)
+    }
+
+    /// Decides what to do with a flow. Allocation-free; cost grows with the number of labels
+    /// in the name and the number of rules tried, never with the size of the domain lists.
+    pub fn decide<'a>(&'a self, q: &Query<'_>, overlay: &'a IdentityOverlay) -> Decision<'a> {
+        let who = self.resolve(q, overlay);
+        let cats = self.sni_cats(q.sni);
+        for rule in &self.rules {
+            if let Some(category) = self.rule_matches(rule, &who, &cats, q.port) {
+                return Decision {
+                    action: rule.spec.action,
+                    rule: Some(rule),
+                    category,
+                    identity: self.identity_name(who.id),
+                    user: who.user,
+                    dlp: rule.dlp.and_then(|i| self.dlp_profiles.get(i)),
+                };
+            }
+        }
+        Decision {
+            action: self.defaults.action,
+            rule: None,
+            category: cats.first().and_then(|c| self.category_name(c)),
+            identity: self.identity_name(who.id),
+            user: who.user,
+            dlp: None,
+        }
+    }
+
+    /// True when some `inspect` rule could apply to this source on this port, whatever the
+    /// destination: the packet engine's question at a SYN.
+    pub fn may_inspect(
+        &self,
+        src: IpAddr,
+        mac: Option<Mac>,
+        port: u16,
+        now: u64,
+        overlay: &IdentityOverlay,
+    ) -> bool {
+        let q = Query { src, mac, sni: None, port, now };
+        let who = self.resolve(&q, overlay);
+        self.rules.iter().any(|r| {
+            r.spec.action == Action::Inspect
+                && self.source_matches(r, &who)
+                && (r.spec.ports.is_empty() || r.spec.ports.contains(&port))
+        })
+    }
+
+    fn sni_cats(&self, sni: Option<&str>) -> CatSet {
+        let mut buf = [0u8; MAX_NAME_LEN];
+        sni.and_then(|s| normalize_into(s, &mut buf))
+            .map(|n| self.domains.lookup_normalized(n))
+            .unwrap_or_default()
+    }
+
+    fn source_matches(&self, rule: &Rule, who: &Resolved<'_>) -> bool {
+        if rule.any_source {
+            return true;
+        }
+        let by_identity = match who.id {
+            Some(id) => rule.ids.contains(&id),
+            None => rule.spec.identities.iter().any(|n| *n == *self.defaults.unknown_identity),
+        };
+        by_identity
+            || (!rule.spec.groups.is_empty()
+                && who.groups.iter().any(|g| rule.spec.groups.iter().any(|rg| **rg == **g)))
+    }
+
+    /// `Some(category)` when `rule` matches (the category being the first one in common).
+    fn rule_matches<'a>(
+        &'a self,
+        rule: &Rule,
+        who: &Resolved<'_>,
+        cats: &CatSet,
+        port: u16,
+    ) -> Option<Option<&'a str>> {
+        if !rule.spec.ports.is_empty() && !rule.spec.ports.contains(&port) {
+            return None;
+        }
+        if !self.source_matches(rule, who) {
+            return None;
+        }
+        match &rule.cats {
+            None => Some(cats.first().and_then(|c| self.category_name(c))),
+            Some(rc) => {
+                let common = rc.intersection(cats);
+                common.first().map(|c| self.category_name(c))
+            }
+        }
+    }
+
+    /// Says, for each rule in order, why it matched or not, and which one decided.
+    pub fn explain(&self, q: &Query<'_>, overlay: &IdentityOverlay) -> Vec<RuleExplanation> {
+        let who = self.resolve(q, overlay);
+        let cats = self.sni_cats(q.sni);
+        let ident = self.identity_name(who.id);
+        let sni_cats: Vec<&str> = cats.iter().filter_map(|c| self.category_name(c)).collect();
+        let mut decided = false;
+        let mut out = Vec::with_capacity(self.rules.len() + 1);
+        for rule in &self.rules {
+            let mut reasons = Vec::new();
+            let src_ok = self.source_matches(rule, &who);
+            reasons.push(if rule.any_source {
+                "source: any".to_owned()
+            } else {
+                format!(
+                    "source: identity `{ident}`{} {} identities {:?} / groups {:?}",
+                    who.user
+                        .map(|u| format!(" (user `{u}`, groups {:?})", who.groups))
+                        .unwrap_or_default(),
+                    if src_ok { "matches" } else { "is not in" },
+                    rule.spec.identities,
+                    rule.spec.groups
+                )
+            });
+            let cat_ok = match &rule.cats {
+                None => {
+                    reasons.push("destination: any".to_owned());
+                    true
+                }
+                Some(rc) => {
+                    let ok = !rc.intersection(&cats).is_empty();
+                    reasons.push(format!(
+                        "destination: `{}` is in categories {:?}; rule wants {:?}",
+                        q.sni.unwrap_or("(no server name)"),
+                        sni_cats,
+                        rule.spec.categories
+                    ));
+                    ok
+                }
+            };
+            let port_ok = rule.spec.ports.is_empty() || rule.spec.ports.contains(&q.port);
+            if !rule.spec.ports.is_empty() {
+                reasons.push(format!(
+                    "port: {} {} {:?}",
+                    q.port,
+                    if port_ok { "in" } else { "not in" },
+                    rule.spec.ports
+                ));
+            }
+            let matched = src_ok && cat_ok && port_ok;
+            out.push(RuleExplanation {
+                rule: rule.spec.name.to_string(),
+                matched,
+                decided: matched && !decided,
+                reasons,
+            });
+            decided |= matched;
+        }
+        out.push(RuleExplanation {
+            rule: "default".to_owned(),
+            matched: true,
+            decided: !decided,
+            reasons: vec![format!(
+                "no rule matched: default action `{}`",
+                self.defaults.action.as_str()
+            )],
+        });
+        out
+    }
+
+    /// Every domain pattern of a category (for learned-destination snooping and the UI).
+    pub fn category_patterns(&self, id: usize) -> impl Iterator<Item = &str> {
+        self.categories.get(id).into_iter().flat_map(|c| c.domains.iter().map(String::as_str))
+    }
+
+    /// True when `name` belongs to a category some inspect rule names (or any, if an inspect
+    /// rule names no category): DNS answers for such names teach the divert which IPs to steer.
+    pub fn is_inspected_name(&self, name: &str) -> bool {
+        let cats = self.domains.lookup(name);
+        self.rules.iter().any(|r| {
+            r.spec.action == Action::Inspect
+                && match &r.cats {
+                    None => true,
+                    Some(rc) => !rc.intersection(&cats).is_empty(),
+                }
+        })
+    }
+
+    /// Number of distinct domain patterns compiled.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+}
+
+pub(crate) fn pattern_string(p: &DomainPattern) -> String {
+    p.to_string()
+}

@@ -1,0 +1,218 @@
+//! The rule-file schema as it is written (TOML), with source spans kept on every value a
+//! diagnostic may point at. See `rules/default.toml` for a commented example.
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// What a rule (or the default) does with a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the flow pass untouched (no decryption).
+    Allow,
+    /// Refuse the flow (TCP reset at the ClientHello; a block response once intercepted).
+    Block,
+    /// Re-terminate TLS and inspect the requests with the rule's DLP profile.
+    Inspect,
+}
+
+impl Action {
+    /// Lowercase name as written in rule files and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Block => "block",
+            Action::Inspect => "inspect",
+        }
+    }
+}
+
+/// What to do when inspection cannot happen (client refuses our certificate, invalid upstream
+/// certificate, body too large to scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Fail closed: refuse the request or flow.
+    Block,
+    /// Fail open: pass it on uninspected (recorded as such).
+    Allow,
+}
+
+/// Policy for TCP flows first seen mid-stream (e.g. after a restart of the data plane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MidstreamPolicy {
+    /// Let them continue (recorded with verdict `midstream`).
+    Allow,
+    /// Reset them, so clients reconnect and are classified.
+    Block,
+}
+
+/// Policy for QUIC Initials whose SNI cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuicPolicy {
+    /// Pass them.
+    Allow,
+    /// Drop them: the client falls back to TCP, where the ClientHello is read.
+    Drop,
+}
+
+/// Which TLS flows are diverted to the interception engine at their SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DivertMode {
+    /// Every flow to a TLS port from an identity that some inspect rule could apply to.
+    All,
+    /// Only flows to destinations learned from DNS answers and earlier ClientHellos.
+    Learned,
+}
+
+/// What a DLP profile does with a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    /// Refuse the request.
+    Block,
+    /// Replace each finding with `[REDACTED:<detector>]` and forward.
+    Redact,
+    /// Forward and record the finding.
+    Alert,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsDef {
+    /// Action for traffic no rule matches: `allow` or `block`.
+    pub action: Option<Spanned<Action>>,
+    /// Name given to sources that match no identity (default `unknown`); rules may name it.
+    pub unknown_identity: Option<Spanned<String>>,
+    /// `block` (default) or `allow` when inspection cannot happen.
+    pub on_inspect_failure: Option<FailMode>,
+    /// Largest request body buffered for inspection, in bytes (default 8 MiB).
+    pub max_inspect_bytes: Option<Spanned<u64>>,
+    /// Flows first seen mid-stream: `allow` (default) or `block`.
+    pub midstream: Option<MidstreamPolicy>,
+    /// QUIC Initials whose SNI cannot be read: `allow` (default) or `drop`.
+    pub quic_unreadable: Option<QuicPolicy>,
+    /// `learned` (default) or `all`.
+    pub divert: Option<DivertMode>,
+    /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.
+    pub tls_ports: Option<Spanned<Vec<Spanned<u16>>>>,
+}
+
+/// `[[identity]]`: a named set of sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDef {
+    /// Identity name, referenced by rules.
+    pub name: Spanned<String>,
+    /// IPv4 and IPv6 networks.
+    #[serde(default)]
+    pub cidrs: Vec<Spanned<String>>,
+    /// MAC addresses.
+    #[serde(default)]
+    pub macs: Vec<Spanned<String>>,
+    /// Free text for people reading the file.
+    pub description: Option<String>,
+}
+
+/// `[[category]]`: a named list of domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryDef {
+    /// Category name, referenced by rules.
+    pub name: Spanned<String>,
+    /// Catalogs (`openai-api`, …) or catalog files (`./extra.toml`) whose domains join this list.
+    #[serde(default)]
+    pub include: Vec<Spanned<String>>,
+    /// Domain patterns: exact names or `*.suffix`.
+    #[serde(default)]
+    pub domains: Vec<Spanned<String>>,
+    /// Free text for people reading the file.
+    pub description: Option<String>,
+}
+
+/// `[[dlp]]`: a DLP profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpDef {
+    /// Profile name, referenced by inspect rules.
+    pub name: Spanned<String>,
+    /// Detector names from the registry (see `sluicectl rules detectors`).
+    pub detectors: Spanned<Vec<Spanned<String>>>,
+    /// `block`, `redact` or `alert`.
+    pub action: DlpAction,
+}
+
+/// `[[rule]]`: matched first to last; the first match decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// Unique rule name, shown in records and block pages.
+    pub name: Spanned<String>,
+    /// Identities the rule applies to (empty with no groups: every source).
+    #[serde(default)]
+    pub identities: Vec<Spanned<String>>,
+    /// Groups from the identity feed the rule applies to.
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    /// Categories the rule applies to (empty: every destination).
+    #[serde(default)]
+    pub categories: Vec<Spanned<String>>,
+    /// Destination ports (empty: every port).
+    #[serde(default)]
+    pub ports: Vec<Spanned<u16>>,
+    /// `allow`, `block` or `inspect`.
+    pub action: Spanned<Action>,
+    /// DLP profile for `inspect`.
+    pub dlp: Option<Spanned<String>>,
+    /// Workspace UUIDs sent as `ChatGPT-Allowed-Workspace-Id` on ChatGPT hosts.
+    #[serde(default)]
+    pub chatgpt_workspaces: Vec<Spanned<String>>,
+    /// Organization ids sent as `OpenAI-Allowed-Organization-Ids` on api.openai.com.
+    #[serde(default)]
+    pub openai_allowed_orgs: Vec<Spanned<String>>,
+    /// Allowed values of the `OpenAI-Organization` request header (empty: any).
+    #[serde(default)]
+    pub allowed_organizations: Vec<Spanned<String>>,
+    /// Allowed values of the `OpenAI-Project` request header (empty: any).
+    #[serde(default)]
+    pub allowed_projects: Vec<Spanned<String>>,
+    /// Allowed `model` values in request bodies (empty: any).
+    #[serde(default)]
+    pub allowed_models: Vec<Spanned<String>>,
+    /// Free text for people reading the file.
+    pub description: Option<String>,
+}
+
+/// A whole rule file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// `[defaults]`.
+    pub defaults: Option<DefaultsDef>,
+    /// `[[identity]]` tables.
+    #[serde(default)]
+    pub identity: Vec<Spanned<IdentityDef>>,
+    /// `[[category]]` tables.
+    #[serde(default)]
+    pub category: Vec<Spanned<CategoryDef>>,
+    /// `[[dlp]]` tables.
+    #[serde(default)]
+    pub dlp: Vec<Spanned<DlpDef>>,
+    /// `[[rule]]` tables, in match order.
+    #[serde(default)]
+    pub rule: Vec<Spanned<RuleDef>>,
+}
+
+/// A catalog file (`rules/catalog/*.toml`): a described list of domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFile {
+    /// What the catalog covers.
+    pub description: String,
+    /// Domain patterns, each commented with what it is for.
+    pub domains: Vec<Spanned<String>>,
+}

@@ -1,0 +1,258 @@
+//! Behaviour of the shipped default rule set and of the compiler's diagnostics.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+
+use sluice_rules::catalog::{SHIPPED, ShippedOnly};
+use sluice_rules::{
+    Action, IdentityOverlay, OverlayEntry, Policy, Query, Severity, compile, diff::diff,
+};
+
+const DEFAULT: &str = include_str!("../default.toml");
+
+fn default_policy() -> Policy {
+    let c = compile("default.toml", DEFAULT, &ShippedOnly).expect("default rules compile");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    c.policy
+}
+
+fn q<'a>(src: &str, sni: &'a str) -> Query<'a> {
+    Query { src: src.parse().unwrap(), mac: None, sni: Some(sni), port: 443, now: 1_000 }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match compile("t.toml", text, &ShippedOnly) {
+        Ok(c) => panic!("expected errors, compiled with warnings {:?}", c.warnings),
+        Err(d) => {
+            d.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect()
+        }
+    }
+}
+
+#[test]
+fn default_rules_behave_as_documented() {
+    let p = default_policy();
+    let none = IdentityOverlay::default();
+    let d = p.decide(&q("10.20.1.10", "api.openai.com"), &none);
+    assert_eq!(
+        (d.action, d.rule_name(), d.identity, d.category),
+        (Action::Inspect, "finance-openai-inspect", "finance", Some("openai-api"))
+    );
+    assert_eq!(d.dlp.unwrap().name.as_ref(), "block-sensitive");
+    let hp = &d.rule.unwrap().spec.headers;
+    assert_eq!(
+        hp.chatgpt_workspace_header.as_deref(),
+        Some("00000000-0000-4000-8000-00000000f1a0")
+    );
+    let d = p.decide(&q("10.20.1.10", "chatgpt.com"), &none);
+    assert_eq!((d.action, d.category), (Action::Inspect, Some("chatgpt")));
+    let d = p.decide(&q("10.20.2.20", "api.openai.com"), &none);
+    assert_eq!(
+        (d.action, d.rule_name(), d.dlp.unwrap().name.as_ref()),
+        (Action::Inspect, "engineering-api-redact", "redact-sensitive")
+    );
+    // bob's ChatGPT is not named by any rule: allowed without decryption.
+    let d = p.decide(&q("10.20.2.20", "chatgpt.com"), &none);
+    assert_eq!((d.action, d.rule_name(), d.category), (Action::Allow, "default", Some("chatgpt")));
+    for sni in ["api.openai.com", "CHATGPT.com.", "ab.chatgpt.com", "auth.openai.com", "sora.com"] {
+        let d = p.decide(&q("10.20.9.99", sni), &none);
+        assert_eq!(
+            (d.action, d.rule_name(), d.identity),
+            (Action::Block, "unknown-no-openai", "unknown"),
+            "{sni}"
+        );
+    }
+    let d = p.decide(&q("fd20::9:99", "api.openai.com"), &none);
+    assert_eq!(d.action, Action::Block);
+    let d = p.decide(&q("fd20::1:10", "api.openai.com"), &none);
+    assert_eq!(d.identity, "finance");
+    for src in ["10.20.9.99", "10.20.1.10"] {
+        let d = p.decide(&q(src, "expired.badssl.lab"), &none);
+        assert_eq!((d.action, d.rule_name()), (Action::Inspect, "badssl-inspect"));
+        let d = p.decide(&q(src, "example.org"), &none);
+        assert_eq!((d.action, d.rule_name(), d.category), (Action::Allow, "default", None));
+    }
+    // No SNI: only rules without categories can match.
+    let d = p.decide(&Query { sni: None, ..q("10.20.9.99", "") }, &none);
+    assert_eq!(d.action, Action::Allow);
+    assert!(p.may_inspect("10.20.1.10".parse().unwrap(), None, 443, 0, &none));
+    assert!(p.is_inspected_name("api.openai.com") && !p.is_inspected_name("example.org"));
+}
+
+#[test]
+fn overlay_moves_a_source_without_recompiling() {
+    let p = default_policy();
+    let guest: IpAddr = "10.20.9.99".parse().unwrap();
+    let overlay = IdentityOverlay::new([(
+        guest,
+        OverlayEntry {
+            user: "gina@corp".into(),
+            groups: vec!["finance".into()],
+            expires_at: Some(2_000),
+        },
+    )]);
+    let d = p.decide(&q("10.20.9.99", "api.openai.com"), &overlay);
+    assert_eq!((d.action, d.identity, d.user), (Action::Inspect, "finance", Some("gina@corp")));
+    let later = Query { now: 2_000, ..q("10.20.9.99", "api.openai.com") };
+    assert_eq!(p.decide(&later, &overlay).action, Action::Block);
+}
+
+#[test]
+fn groups_macs_and_ports() {
+    let text = r#"
+[[identity]]
+name = "kiosk"
+macs = ["02:00:00:00:00:01"]
+[[identity]]
+name = "lab"
+cidrs = ["10.0.0.0/8"]
+[[category]]
+name = "ai"
+include = ["openai-api", "other-ai"]
+[[rule]]
+name = "contractors-block"
+groups = ["contractors"]
+categories = ["ai"]
+action = "block"
+[[rule]]
+name = "kiosk-block"
+identities = ["kiosk"]
+action = "block"
+[[rule]]
+name = "alt-port"
+categories = ["ai"]
+ports = [8443]
+action = "block"
+"#;
+    let p = compile("t.toml", text, &ShippedOnly).unwrap().policy;
+    let none = IdentityOverlay::default();
+    let mut query = q("10.1.2.3", "api.anthropic.com");
+    assert_eq!(p.decide(&query, &none).action, Action::Allow);
+    query.port = 8443;
+    assert_eq!(p.decide(&query, &none).rule_name(), "alt-port");
+    query.port = 443;
+    query.mac = Some([2, 0, 0, 0, 0, 1]);
+    let d = p.decide(&query, &none);
+    assert_eq!((d.rule_name(), d.identity), ("kiosk-block", "kiosk"));
+    let ov = IdentityOverlay::new([(
+        query.src,
+        OverlayEntry { user: "c".into(), groups: vec!["contractors".into()], expires_at: None },
+    )]);
+    assert_eq!(p.decide(&query, &ov).rule_name(), "contractors-block");
+    let ex = p.explain(&query, &ov);
+    assert_eq!(ex.len(), 4);
+    assert!(ex[0].decided && ex[1].matched && !ex[1].decided && !ex[3].decided);
+}
+
+#[test]
+fn errors_point_at_line_and_column() {
+    let e = errors("[[rule]]\nname = \"r\"\ncategories = [\"nope\"]\naction = \"block\"\n");
+    assert_eq!(e, vec!["t.toml:3:15: error: rule `r` names unknown category `nope`"]);
+    let e = errors("[[identity]]\nname = \"a\"\ncidrs = [\"10.0.0.0/33\"]\n");
+    assert!(e[0].starts_with("t.toml:3:10: error: `10.0.0.0/33` is not a CIDR"), "{e:?}");
+    let e = errors(
+        "[[identity]]\nname = \"a\"\ncidrs = [\"10.0.0.0/8\"]\n[[identity]]\nname = \"b\"\ncidrs = [\"10.1.0.0/16\"]\n",
+    );
+    assert!(
+        e[0].starts_with("t.toml:6:10: error: `10.1.0.0/16` overlaps `10.0.0.0/8` of identity `a`"),
+        "{e:?}"
+    );
+    let e = errors(
+        "[[identity]]\nname = \"a\"\ncidrs = [\"10.0.0.0/8\"]\n[[identity]]\nname = \"a\"\ncidrs = [\"11.0.0.0/8\"]\n",
+    );
+    assert!(e[0].contains("5:8: error: duplicate identity `a`"), "{e:?}");
+    let e = errors("[[dlp]]\nname = \"p\"\ndetectors = [\"credit_crad\"]\naction = \"block\"\n");
+    assert_eq!(
+        e,
+        vec!["t.toml:3:14: error: unknown detector `credit_crad`: did you mean `credit_card`?"]
+    );
+    let e = errors(
+        "[[rule]]\nname = \"r\"\naction = \"inspect\"\nchatgpt_workspaces = [\"not-a-uuid\"]\n",
+    );
+    assert!(e[0].starts_with("t.toml:4:23: error: `not-a-uuid` is not a UUID"), "{e:?}");
+    let e = errors("[[rule]]\nname = \"r\"\nidentities = [\"finanse\"]\naction = \"allow\"\n");
+    assert!(e[0].contains("3:15") && e[0].contains("unknown identity `finanse`"), "{e:?}");
+    let e = errors("[[rule]]\nname = \"r\"\naction = \"allw\"\n");
+    assert!(e[0].starts_with("t.toml:3:10: error:") && e[0].contains("allow"), "{e:?}");
+    let e = errors("[[rule]]\nname = \"r\"\naction = \"block\"\ncolour = 1\n");
+    assert!(e[0].starts_with("t.toml:4:1: error:") && e[0].contains("colour"), "{e:?}");
+    let e = errors("[[category]]\nname = \"c\"\ninclude = [\"openai-apj\"]\n");
+    assert!(e[0].contains("3:12") && e[0].contains("unknown catalog"), "{e:?}");
+    let e = errors("[[category]]\nname = \"c\"\ndomains = [\"b\u{fc}cher.de\"]\n");
+    assert!(e[0].contains("3:12") && e[0].contains("A-label"), "{e:?}");
+    let e = errors("[defaults]\naction = \"inspect\"\n");
+    assert!(e[0].starts_with("t.toml:2:10: error: the default action"), "{e:?}");
+    let e = errors("[[rule]]\nname = \"r\"\naction = \"allow\"\ndlp = \"x\"\n");
+    assert!(e[0].contains("4:7") && e[0].contains("only to `inspect`"), "{e:?}");
+    let e = errors("[[rule\n");
+    assert!(e[0].starts_with("t.toml:1:"), "{e:?}");
+    // Several errors are all reported, in order.
+    let e = errors(
+        "[[rule]]\nname = \"r\"\ncategories = [\"x\"]\nidentities = [\"y\"]\naction = \"block\"\n",
+    );
+    assert_eq!(e.len(), 2);
+    assert!(e[0].contains(":3:") && e[1].contains(":4:"), "{e:?}");
+}
+
+#[test]
+fn shadowed_rules_are_warnings() {
+    let text = "[[category]]\nname = \"c\"\ndomains = [\"a.com\"]\n[[rule]]\nname = \"all\"\naction = \"block\"\n[[rule]]\nname = \"late\"\ncategories = [\"c\"]\naction = \"allow\"\n";
+    let c = compile("t.toml", text, &ShippedOnly).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(
+        c.warnings[0].to_string(),
+        "t.toml:8:8: warning: rule `late` is shadowed by earlier rule `all`, which matches every flow it would"
+    );
+}
+
+#[test]
+fn every_shipped_catalog_compiles() {
+    for (name, _) in SHIPPED {
+        let text = format!("[[category]]\nname = \"c\"\ninclude = [\"{name}\"]\n");
+        let p = compile("t.toml", &text, &ShippedOnly)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .policy;
+        assert!(!p.categories[0].domains.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn diff_reports_rule_and_domain_changes() {
+    let old = default_policy();
+    let new_text = DEFAULT
+        .replace("name = \"badssl-inspect\"", "name = \"badssl-block\"")
+        .replace("domains = [\"*.badssl.lab\"]", "domains = [\"*.badssl.lab\", \"bad.example\"]")
+        .replace(
+            "identities = [\"engineering\"]\ncategories = [\"openai-api\"]",
+            "identities = [\"engineering\"]\ncategories = [\"openai-api\", \"chatgpt\"]",
+        );
+    let new = compile("new.toml", &new_text, &ShippedOnly).unwrap().policy;
+    let d = diff(&old, &new);
+    assert_eq!(d.rules_added.len(), 1);
+    assert_eq!(&*d.rules_added[0].name, "badssl-block");
+    assert_eq!(&*d.rules_removed[0].name, "badssl-inspect");
+    assert_eq!(d.rules_changed.len(), 1);
+    assert_eq!(d.rules_changed[0].name, "engineering-api-redact");
+    assert_eq!(d.categories_changed[0].added, vec!["bad.example".to_owned()]);
+    assert!(diff(&old, &old).is_empty());
+}
+
+#[test]
+fn never_panics_on_mangled_input() {
+    // Every truncation and a set of byte mutations of the default file: errors, never panics.
+    for cut in 0..DEFAULT.len() {
+        if DEFAULT.is_char_boundary(cut) {
+            let _ = compile("t.toml", &DEFAULT[..cut], &ShippedOnly);
+        }
+    }
+    let bytes = DEFAULT.as_bytes();
+    for i in (0..bytes.len()).step_by(7) {
+        for b in [b'"', b'[', b'\n', b'0', b'*', 0xff] {
+            let mut m = bytes.to_vec();
+            m[i] = b;
+            if let Ok(s) = std::str::from_utf8(&m) {
+                let _ = compile("t.toml", s, &ShippedOnly);
+            }
+        }
+    }
+}
