@@ -1,0 +1,438 @@
+//! The packet engine, sans-IO: one frame in (with the port it came from and the time), an
+//! action out (forward or drop), plus frames to emit (released held segments, resets) and flow
+//! records. No sockets, no clocks: tested by feeding frames.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
+
+use crate::flow::{Class, EndReason, Flow, FlowKey, FlowTable, TcpState, Timeouts, Verdict};
+use crate::reassembly::{Added, Reassembly};
+use crate::record::FlowRecord;
+use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
+use crate::wire::tls::{HelloParse, parse_client_hello};
+
+/// The two ports of the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Toward the clients.
+    Inside,
+    /// Toward the egress router.
+    Outside,
+}
+
+impl Side {
+    /// The other port.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Inside => Side::Outside,
+            Side::Outside => Side::Inside,
+        }
+    }
+}
+
+/// What to do with the frame just handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it unchanged out of the other port.
+    Forward,
+    /// Do not forward it (dropped, or held for the ClientHello).
+    Drop,
+}
+
+/// Time as the engine sees it: a monotonic clock for timeouts, wall time for records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds.
+    pub mono_ms: u64,
+    /// Unix milliseconds.
+    pub unix_ms: u64,
+}
+
+/// Engine counters.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Counters {
+    /// Frames handled.
+    pub frames: u64,
+    /// Frames not IP (ARP, …) or unparsable: forwarded untouched.
+    pub non_ip: u64,
+    /// Flows created.
+    pub flows: u64,
+    /// Flows refused because the table was full.
+    pub flows_refused: u64,
+    /// Embryonic flows evicted to make room.
+    pub flows_evicted: u64,
+    /// ClientHellos parsed.
+    pub hellos: u64,
+    /// Flows blocked.
+    pub blocked: u64,
+    /// Overlapping segments that disagreed.
+    pub evasions: u64,
+    /// Resets sent.
+    pub resets: u64,
+    /// Frames dropped.
+    pub dropped: u64,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Flow table cap.
+    pub max_flows: usize,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Interval of periodic records for long flows (ms).
+    pub report_interval_ms: u64,
+    /// Most client frames held per flow while waiting for the ClientHello.
+    pub max_held_frames: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { max_flows: 262_144, timeouts: Timeouts::default(), report_interval_ms: 60_000, max_held_frames: 64 }
+    }
+}
+
+/// The packet engine.
+pub struct Engine {
+    table: FlowTable,
+    policy: Arc<ArcSwap<Policy>>,
+    overlay: Arc<ArcSwap<IdentityOverlay>>,
+    settings: Settings,
+    /// Counters.
+    pub counters: Counters,
+    records: Vec<FlowRecord>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("flows", &self.table.len()).field("counters", &self.counters).finish()
+    }
+}
+
+impl Engine {
+    /// An engine deciding with the policy in `policy` (swapped whole by the owner).
+    pub fn new(policy: Arc<ArcSwap<Policy>>, overlay: Arc<ArcSwap<IdentityOverlay>>, settings: Settings) -> Self {
+        Engine {
+            table: FlowTable::new(settings.max_flows, settings.timeouts),
+            policy,
+            overlay,
+            settings,
+            counters: Counters::default(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Number of tracked flows.
+    pub fn flow_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Takes the flow records produced so far.
+    pub fn take_records(&mut self) -> Vec<FlowRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Handles one frame received on `side`. Frames to send go to `out` as (port, frame).
+    pub fn handle(&mut self, side: Side, data: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        self.counters.frames += 1;
+        let Some(f) = frame::parse(data) else {
+            self.counters.non_ip += 1;
+            return Action::Forward;
+        };
+        let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
+        let action = match f.tcp {
+            Some(t) => self.tcp(side, data, &f, t, key, now, out),
+            None => self.untracked_or_counted(side, &f, key, now),
+        };
+        if action == Action::Drop {
+            self.counters.dropped += 1;
+        }
+        action
+    }
+
+    fn new_flow(&self, id: u64, side: Side, f: &Frame<'_>, now: Now, state: TcpState, verdict: Verdict) -> Flow {
+        let mut class = Class::default();
+        if side == Side::Inside {
+            let policy = self.policy.load();
+            let overlay = self.overlay.load();
+            let q = Query { src: f.src, mac: Some(f.src_mac), sni: None, port: f.dport, now: now.unix_ms / 1000 };
+            let who = policy.resolve(&q, &overlay);
+            class.identity = Some(policy.identity_name(who.id).to_owned());
+            class.user = who.user.map(str::to_owned);
+        }
+        Flow {
+            id,
+            proto: f.proto,
+            vlan: f.vlan,
+            client: (f.src, f.sport),
+            server: (f.dst, f.dport),
+            client_mac: f.src_mac,
+            server_mac: f.dst_mac,
+            from_inside: side == Side::Inside,
+            first_mono: now.mono_ms,
+            last_mono: now.mono_ms,
+            first_unix: now.unix_ms,
+            last_report: now.mono_ms,
+            c2s: (0, 0),
+            s2c: (0, 0),
+            state,
+            fins: (false, false),
+            verdict,
+            class,
+            client_isn: f.tcp.map_or(0, |t| t.seq),
+            server_next: None,
+            reasm: None,
+            held: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, key: FlowKey, side: Side, f: &Frame<'_>, now: Now, state: TcpState, verdict: Verdict) -> Option<&mut Flow> {
+        let flow = self.new_flow(0, side, f, now, state, verdict);
+        match self.table.insert(key, |id| Flow { id, ..flow }) {
+            Ok((_, evicted)) => {
+                self.counters.flows += 1;
+                if let Some(ev) = evicted {
+                    self.counters.flows_evicted += 1;
+                    self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now));
+                }
+                self.table.get_mut(&key)
+            }
+            Err(()) => {
+                self.counters.flows_refused += 1;
+                None
+            }
+        }
+    }
+
+    fn untracked_or_counted(&mut self, side: Side, f: &Frame<'_>, key: FlowKey, now: Now) -> Action {
+        let flow = match self.table.get_mut(&key) {
+            Some(fl) => fl,
+            None => match self.insert(key, side, f, now, TcpState::NotTcp, Verdict::Allow) {
+                Some(fl) => fl,
+                None => return Action::Forward,
+            },
+        };
+        count(flow, f, now);
+        Action::Forward
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn tcp(&mut self, side: Side, data: &[u8], f: &Frame<'_>, t: Tcp, key: FlowKey, now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        if self.table.get_mut(&key).is_none() {
+            let policy = self.policy.load_full();
+            let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
+            if t.syn && !t.has_ack {
+                let verdict = if tls { Verdict::Pending } else { Verdict::Allow };
+                return match self.insert(key, side, f, now, TcpState::Embryonic, verdict) {
+                    Some(flow) => {
+                        count(flow, f, now);
+                        Action::Forward
+                    }
+                    // Cannot track it: a TLS flow fails closed, anything else passes.
+                    None if tls => Action::Drop,
+                    None => Action::Forward,
+                };
+            }
+            if t.rst || f.payload.is_empty() {
+                // Stray ACK/FIN/RST (e.g. after a flow ended): nothing to classify.
+                return Action::Forward;
+            }
+            // First seen mid-stream.
+            let block = tls && policy.defaults.midstream == MidstreamPolicy::Block;
+            let verdict = if block { Verdict::Block } else { Verdict::Allow };
+            let Some(flow) = self.insert(key, side, f, now, TcpState::Established, verdict) else {
+                return if tls { Action::Drop } else { Action::Forward };
+            };
+            flow.class.reason = Some("midstream");
+            count(flow, f, now);
+            if block {
+                flow.state = TcpState::Closing;
+                self.counters.blocked += 1;
+                // Reset the sender; the peer's next segment meets a blocked flow and is dropped.
+                let from = Endpoint { mac: f.dst_mac, ip: f.dst, port: f.dport };
+                let to = Endpoint { mac: f.src_mac, ip: f.src, port: f.sport };
+                let ack = t.seq.wrapping_add(f.payload.len() as u32);
+                if let Some(rst) = frame::build_rst(from, to, f.vlan, t.ack, ack) {
+                    self.counters.resets += 1;
+                    out.push((side, rst));
+                }
+                return Action::Drop;
+            }
+            return Action::Forward;
+        }
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
+        let c2s = (f.src, f.sport) == flow.client;
+        count(flow, f, now);
+        if !c2s {
+            if t.syn && t.has_ack {
+                flow.server_next = Some(t.seq.wrapping_add(1));
+                if flow.state == TcpState::Embryonic {
+                    flow.state = TcpState::Established;
+                }
+            } else if let Some(n) = flow.server_next {
+                let end = t.seq.wrapping_add(f.payload.len() as u32).wrapping_add(u32::from(t.fin));
+                if (end.wrapping_sub(n) as i32) > 0 {
+                    flow.server_next = Some(end);
+                }
+            }
+        }
+        if t.rst {
+            flow.state = TcpState::Closing;
+        } else if t.fin {
+            if c2s { flow.fins.0 = true } else { flow.fins.1 = true }
+            if flow.fins.0 && flow.fins.1 {
+                flow.state = TcpState::Closing;
+            }
+        }
+        match flow.verdict {
+            Verdict::Allow => Action::Forward,
+            Verdict::Block => Action::Drop,
+            Verdict::Pending if !c2s || f.payload.is_empty() => Action::Forward,
+            Verdict::Pending => {
+                let side_of_client = side;
+                self.hold(key, side_of_client, data, f, t, now, out)
+            }
+        }
+    }
+
+    /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
+    #[allow(clippy::too_many_arguments)]
+    fn hold(&mut self, key: FlowKey, client_side: Side, data: &[u8], f: &Frame<'_>, t: Tcp, now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
+        let isn = flow.client_isn;
+        let reasm = flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
+        let added = reasm.add(t.seq, f.payload);
+        flow.held.push(data.to_vec());
+        let outcome = match added {
+            Added::Conflict => {
+                self.counters.evasions += 1;
+                Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
+            }
+            Added::Overflow => Outcome::Decide(None, Some("no ClientHello within the first 16 KiB")),
+            Added::Ok if flow.held.len() > self.settings.max_held_frames => {
+                Outcome::Decide(None, Some("too many segments before the ClientHello"))
+            }
+            Added::Ok => match parse_client_hello(reasm.contiguous()) {
+                HelloParse::Incomplete => return Action::Drop,
+                HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
+                HelloParse::Malformed(why) => Outcome::Block(why),
+                HelloParse::Hello(h) => {
+                    self.counters.hellos += 1;
+                    flow.class.tls_version = Some(tls_version_name(h.version));
+                    flow.class.alpn = h.alpn;
+                    flow.class.ja4 = Some(h.ja4);
+                    flow.class.sni = h.sni;
+                    Outcome::Decide(flow.class.sni.clone(), None)
+                }
+            },
+        };
+        let verdict = match outcome {
+            Outcome::Block(why) => {
+                flow.class.reason = Some(why);
+                flow.class.action = Some("block");
+                Verdict::Block
+            }
+            Outcome::Decide(sni, reason) => {
+                let policy = self.policy.load();
+                let overlay = self.overlay.load();
+                let q = Query { src: flow.client.0, mac: Some(flow.client_mac), sni: sni.as_deref(), port: flow.server.1, now: now.unix_ms / 1000 };
+                let d = policy.decide(&q, &overlay);
+                flow.class.identity = Some(d.identity.to_owned());
+                flow.class.user = d.user.map(str::to_owned);
+                flow.class.category = d.category.map(str::to_owned);
+                flow.class.rule = Some(d.rule_name().to_owned());
+                flow.class.action = Some(d.action.as_str());
+                flow.class.reason = reason.or(match d.action {
+                    RuleAction::Inspect => Some("inspection not available on this data plane: passed"),
+                    _ => None,
+                });
+                match d.action {
+                    RuleAction::Block => Verdict::Block,
+                    RuleAction::Allow | RuleAction::Inspect => Verdict::Allow,
+                }
+            }
+        };
+        flow.verdict = verdict;
+        let held = std::mem::take(&mut flow.held);
+        let client_next = flow.reasm.as_ref().map_or(isn.wrapping_add(1), |r| r.next_seq());
+        flow.reasm = None;
+        if verdict == Verdict::Allow {
+            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
+            return Action::Drop;
+        }
+        self.counters.blocked += 1;
+        flow.state = TcpState::Closing;
+        let client = Endpoint { mac: flow.client_mac, ip: flow.client.0, port: flow.client.1 };
+        let server = Endpoint { mac: flow.server_mac, ip: flow.server.0, port: flow.server.1 };
+        let server_seq = flow.server_next.unwrap_or(0);
+        if let Some(rst) = frame::build_rst(server, client, flow.vlan, server_seq, client_next) {
+            out.push((client_side, rst));
+            self.counters.resets += 1;
+        }
+        if let Some(rst) = frame::build_rst(client, server, flow.vlan, isn.wrapping_add(1), server_seq) {
+            out.push((client_side.other(), rst));
+            self.counters.resets += 1;
+        }
+        Action::Drop
+    }
+
+    /// Expires idle flows and emits periodic records for long ones. Call about once a second.
+    pub fn tick(&mut self, now: Now) {
+        let records = &mut self.records;
+        self.table.expire(now.mono_ms, |f, why| records.push(FlowRecord::end(&f, why, now)));
+        let interval = self.settings.report_interval_ms;
+        for f in self.table.due_reports(now.mono_ms, interval) {
+            f.last_report = now.mono_ms;
+            if now.mono_ms.saturating_sub(f.first_mono) >= interval {
+                records.push(FlowRecord::update(f, now));
+            }
+        }
+    }
+
+    /// Ends every flow (records with reason `shutdown`).
+    pub fn shutdown(&mut self, now: Now) {
+        let flows: Vec<Flow> = self.table.drain().collect();
+        for f in flows {
+            self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now));
+        }
+    }
+
+    /// The policy currently enforced.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// True when `key` is tracked.
+    pub fn has_flow(&self, key: &FlowKey) -> bool {
+        self.table.contains(key)
+    }
+}
+
+enum Outcome {
+    Block(&'static str),
+    Decide(Option<String>, Option<&'static str>),
+}
+
+fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {
+    let c2s = (f.src, f.sport) == flow.client;
+    let bytes = f.payload.len() as u64;
+    let ctr = if c2s { &mut flow.c2s } else { &mut flow.s2c };
+    ctr.0 += 1;
+    ctr.1 += bytes;
+    flow.last_mono = now.mono_ms;
+    if flow.proto != Proto::Tcp {
+        flow.state = TcpState::NotTcp;
+    }
+}
+
+fn tls_version_name(v: u16) -> &'static str {
+    match v {
+        0x0304 => "1.3",
+        0x0303 => "1.2",
+        0x0302 => "1.1",
+        0x0301 => "1.0",
+        _ => "other",
+    }
+}

@@ -1,0 +1,16 @@
+//! # sluice-dataplane
+//!
+//! The inline packet path of Sluice: two AF_PACKET ports (`inside`, `outside`) bridged by a
+//! sans-IO [`engine::Engine`] that tracks flows, holds the first client segments of TLS flows
+//! until the ClientHello is complete, decides with the compiled [`sluice_rules::Policy`], and
+//! forwards everything it has no reason to touch unchanged.
+//!
+//! IO lives in [`port`] (raw sockets) and the binary's driver; everything else is pure.
+
+pub mod engine;
+pub mod flow;
+mod ident_fmt;
+pub mod port;
+pub mod reassembly;
+pub mod record;
+pub mod wire;

@@ -1,0 +1,178 @@
+//! `sluice-dataplane`: the inline appliance process. Bridges two AF_PACKET ports through the
+//! packet engine, writes flow records as JSON lines, reloads the rules on SIGHUP.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use sluice_dataplane::engine::{Action, Engine, Now, Settings, Side};
+use sluice_dataplane::flow::Timeouts;
+use sluice_dataplane::port::Port;
+use sluice_rules::{IdentityOverlay, RulesError, load_file};
+use tracing::{error, info, warn};
+
+/// Inline AI-egress data plane.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-dataplane", version)]
+struct Args {
+    /// Interface toward the clients.
+    #[arg(long)]
+    inside: String,
+    /// Interface toward the egress router.
+    #[arg(long)]
+    outside: String,
+    /// Rule file (reloaded on SIGHUP).
+    #[arg(long)]
+    rules: PathBuf,
+    /// Flow records are appended here as JSON lines.
+    #[arg(long, default_value = "/var/log/sluice/flows.jsonl")]
+    flow_log: PathBuf,
+    /// Hard cap of the flow table.
+    #[arg(long, default_value_t = 262_144)]
+    max_flows: usize,
+    /// Seconds between records of long-running flows.
+    #[arg(long, default_value_t = 60)]
+    report_interval: u64,
+    /// Seconds a closed TCP flow lingers before its record is written.
+    #[arg(long, default_value_t = 4)]
+    close_linger: u64,
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> Now {
+        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
+    }
+}
+
+fn load_policy(path: &PathBuf) -> Result<sluice_rules::Policy> {
+    match load_file(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                warn!("{w}");
+            }
+            Ok(c.policy)
+        }
+        Err(RulesError::Invalid(d)) => {
+            let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+            bail!("rule set {} is invalid:\n{}", path.display(), lines.join("\n"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run_port(rx: Arc<Port>, side: Side, inside: Arc<Port>, outside: Arc<Port>, engine: Arc<Mutex<Engine>>, clock: Arc<Clock>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::new();
+    let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
+    while !stop.load(Ordering::Relaxed) {
+        let n = match rx.recv(&mut buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                error!(port = rx.name(), "receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let frame = &buf[..n];
+        let action = {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            eng.handle(side, frame, clock.now(), &mut out)
+        };
+        if action == Action::Forward
+            && let Err(e) = port_of(side.other()).send(frame)
+        {
+            warn!(port = port_of(side.other()).name(), len = n, "send failed: {e}");
+        }
+        for (s, f) in out.drain(..) {
+            if let Err(e) = port_of(s).send(&f) {
+                warn!(port = port_of(s).name(), "send failed: {e}");
+            }
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let policy = load_policy(&args.rules)?;
+    info!(rules = %args.rules.display(), rules_count = policy.rules.len(), "policy loaded");
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
+    let settings = Settings {
+        max_flows: args.max_flows,
+        report_interval_ms: args.report_interval.max(1) * 1000,
+        timeouts: Timeouts { tcp_closing: args.close_linger * 1000, ..Timeouts::default() },
+        ..Settings::default()
+    };
+    let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay, settings)));
+    let timeout = Duration::from_millis(200);
+    let inside = Arc::new(Port::open(&args.inside, timeout).with_context(|| format!("opening inside port {}", args.inside))?);
+    let outside = Arc::new(Port::open(&args.outside, timeout).with_context(|| format!("opening outside port {}", args.outside))?);
+    if let Some(dir) = args.flow_log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = OpenOptions::new().create(true).append(true).open(&args.flow_log).with_context(|| format!("opening flow log {}", args.flow_log.display()))?;
+    let mut log = BufWriter::new(log);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    let clock = Arc::new(Clock(Instant::now()));
+    let mut threads = Vec::new();
+    for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
+        let (i, o, e, c, s) = (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
+        threads.push(std::thread::Builder::new().name(format!("port-{side:?}").to_lowercase()).spawn(move || run_port(rx, side, i, o, e, c, s))?);
+    }
+    info!(inside = %args.inside, outside = %args.outside, flow_log = %args.flow_log.display(), "forwarding");
+    let write = |log: &mut BufWriter<std::fs::File>, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)| {
+        let records = {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut eng);
+            eng.take_records()
+        };
+        for r in &records {
+            if let Ok(line) = serde_json::to_string(r) {
+                let _ = writeln!(log, "{line}");
+            }
+        }
+        if let Err(e) = log.flush() {
+            error!("writing flow log: {e}");
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(250));
+        if reload.swap(false, Ordering::Relaxed) {
+            match load_policy(&args.rules) {
+                Ok(p) => {
+                    policy.store(Arc::new(p));
+                    info!(rules = %args.rules.display(), "policy reloaded");
+                }
+                Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
+            }
+        }
+        let now = clock.now();
+        write(&mut log, &engine, &|e| e.tick(now));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let now = clock.now();
+    write(&mut log, &engine, &|e| e.shutdown(now));
+    let counters = engine.lock().unwrap_or_else(PoisonError::into_inner).counters;
+    info!(?counters, "stopped");
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Flow records: what the data plane tells security about every flow, as JSON lines.
+//! Never carries payload bytes or secrets.
+
+use serde::Serialize;
+
+use crate::engine::Now;
+use crate::flow::{Class, EndReason, Flow, Verdict};
+use crate::ident_fmt::mac;
+use crate::wire::frame::Proto;
+
+/// One flow record.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRecord {
+    /// Always `flow`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `end` (the flow left the table) or `update` (periodic, flow still running).
+    pub event: &'static str,
+    /// Why it ended (for `end`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<EndReason>,
+    /// Flow id (per data-plane run).
+    pub flow_id: u64,
+    /// Unix ms of the record.
+    pub ts_ms: u64,
+    /// Unix ms of the first packet.
+    pub first_seen_ms: u64,
+    /// Unix ms of the last packet.
+    pub last_seen_ms: u64,
+    /// Protocol.
+    pub proto: Proto,
+    /// Initiator address.
+    pub src: String,
+    /// Initiator port.
+    pub sport: u16,
+    /// Initiator MAC.
+    pub src_mac: String,
+    /// Responder address.
+    pub dst: String,
+    /// Responder port.
+    pub dport: u16,
+    /// VLAN id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Initiated from the inside port.
+    pub inside: bool,
+    /// Classification (identity, SNI, ALPN, JA4, category, rule, action, reason).
+    #[serde(flatten)]
+    pub class: Class,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Packets client → server.
+    pub pkts_out: u64,
+    /// Payload bytes client → server.
+    pub bytes_out: u64,
+    /// Packets server → client.
+    pub pkts_in: u64,
+    /// Payload bytes server → client.
+    pub bytes_in: u64,
+}
+
+impl FlowRecord {
+    fn new(f: &Flow, event: &'static str, end_reason: Option<EndReason>, now: Now) -> Self {
+        FlowRecord {
+            kind: "flow",
+            event,
+            end_reason,
+            flow_id: f.id,
+            ts_ms: now.unix_ms,
+            first_seen_ms: f.first_unix,
+            last_seen_ms: f.first_unix + f.last_mono.saturating_sub(f.first_mono),
+            proto: f.proto,
+            src: f.client.0.to_string(),
+            sport: f.client.1,
+            src_mac: mac(&f.client_mac),
+            dst: f.server.0.to_string(),
+            dport: f.server.1,
+            vlan: f.vlan,
+            inside: f.from_inside,
+            class: f.class.clone(),
+            verdict: f.verdict,
+            pkts_out: f.c2s.0,
+            bytes_out: f.c2s.1,
+            pkts_in: f.s2c.0,
+            bytes_in: f.s2c.1,
+        }
+    }
+
+    /// The record of a flow that left the table.
+    pub fn end(f: &Flow, why: EndReason, now: Now) -> Self {
+        FlowRecord::new(f, "end", Some(why), now)
+    }
+
+    /// A periodic record of a running flow.
+    pub fn update(f: &Flow, now: Now) -> Self {
+        FlowRecord::new(f, "update", None, now)
+    }
+}

@@ -1,0 +1,201 @@
+//! A checked, zero-copy summary of one Ethernet frame (through etherparse), and the builder
+//! of the TCP resets the engine sends. Parsing never panics and never allocates.
+
+use std::net::IpAddr;
+
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, LinkExtSlice, LinkSlice, NetSlice,
+    PacketBuilder, SlicedPacket, TransportSlice, VlanId,
+};
+
+/// Transport protocol of a frame the engine tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP or ICMPv6.
+    Icmp,
+    /// Any other IP protocol.
+    Other,
+}
+
+/// TCP header fields the engine uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcp {
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number.
+    pub ack: u32,
+    /// SYN flag.
+    pub syn: bool,
+    /// ACK flag.
+    pub has_ack: bool,
+    /// FIN flag.
+    pub fin: bool,
+    /// RST flag.
+    pub rst: bool,
+}
+
+/// What the engine needs to know about an IP frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Outer 802.1Q VLAN id.
+    pub vlan: Option<u16>,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Source port (0 without ports).
+    pub sport: u16,
+    /// Destination port (0 without ports).
+    pub dport: u16,
+    /// TCP fields for TCP frames.
+    pub tcp: Option<Tcp>,
+    /// Transport payload.
+    pub payload: &'a [u8],
+}
+
+/// Summarises an IP frame. `None` for anything that is not IPv4/IPv6 over Ethernet (ARP, …)
+/// or is malformed: the engine forwards those unchanged.
+pub fn parse(frame: &[u8]) -> Option<Frame<'_>> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let (src_mac, dst_mac) = match &p.link {
+        Some(LinkSlice::Ethernet2(e)) => (e.source(), e.destination()),
+        _ => return None,
+    };
+    let vlan = p.link_exts.iter().find_map(|x| match x {
+        LinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
+        _ => None,
+    });
+    let (src, dst) = match &p.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            (IpAddr::from(v4.header().source_addr()), IpAddr::from(v4.header().destination_addr()))
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            (IpAddr::from(v6.header().source_addr()), IpAddr::from(v6.header().destination_addr()))
+        }
+        _ => return None,
+    };
+    let mut f = Frame {
+        src_mac,
+        dst_mac,
+        vlan,
+        src,
+        dst,
+        proto: Proto::Other,
+        sport: 0,
+        dport: 0,
+        tcp: None,
+        payload: &[],
+    };
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            f.proto = Proto::Tcp;
+            f.sport = t.source_port();
+            f.dport = t.destination_port();
+            f.payload = t.payload();
+            f.tcp = Some(Tcp {
+                seq: t.sequence_number(),
+                ack: t.acknowledgment_number(),
+                syn: t.syn(),
+                has_ack: t.ack(),
+                fin: t.fin(),
+                rst: t.rst(),
+            });
+        }
+        Some(TransportSlice::Udp(u)) => {
+            f.proto = Proto::Udp;
+            f.sport = u.source_port();
+            f.dport = u.destination_port();
+            f.payload = u.payload();
+        }
+        Some(TransportSlice::Icmpv4(_)) | Some(TransportSlice::Icmpv6(_)) => f.proto = Proto::Icmp,
+        _ => {}
+    }
+    Some(f)
+}
+
+/// One end of a TCP connection as the reset builder sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IP address.
+    pub ip: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+/// Builds an Ethernet frame carrying a TCP RST+ACK from `from` to `to`. `None` when the
+/// address families differ.
+pub fn build_rst(from: Endpoint, to: Endpoint, vlan: Option<u16>, seq: u32, ack: u32) -> Option<Vec<u8>> {
+    let ip = match (from.ip, to.ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            IpHeaders::Ipv4(Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).ok()?, Default::default())
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
+            Ipv6Header {
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+                next_header: IpNumber::TCP,
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+        _ => return None,
+    };
+    let eth = PacketBuilder::ethernet2(from.mac, to.mac);
+    let step = match vlan.and_then(|v| VlanId::try_new(v).ok()) {
+        Some(v) => eth.single_vlan(v).ip(ip),
+        None => eth.ip(ip),
+    };
+    let b = step.tcp(from.port, to.port, seq, 0).rst().ack(ack);
+    let mut out = Vec::with_capacity(b.size(0));
+    b.write(&mut out, &[]).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rst_round_trips_v4_v6_and_vlan() {
+        let a = Endpoint { mac: [2, 0, 0, 0, 0, 1], ip: "10.20.1.10".parse().unwrap(), port: 40000 };
+        let b = Endpoint { mac: [2, 0, 0, 0, 0, 2], ip: "198.51.100.10".parse().unwrap(), port: 443 };
+        for vlan in [None, Some(42)] {
+            let f = build_rst(b, a, vlan, 1000, 2000).unwrap();
+            let p = parse(&f).unwrap();
+            assert_eq!((p.src, p.dst, p.sport, p.dport, p.vlan), (b.ip, a.ip, 443, 40000, vlan));
+            let t = p.tcp.unwrap();
+            assert!(t.rst && t.has_ack && !t.syn);
+            assert_eq!((t.seq, t.ack), (1000, 2000));
+        }
+        let a6 = Endpoint { ip: "fd20::9:99".parse().unwrap(), ..a };
+        let b6 = Endpoint { ip: "2001:db8:5100::10".parse().unwrap(), ..b };
+        let p = build_rst(a6, b6, None, 5, 6).unwrap();
+        assert_eq!(parse(&p).unwrap().dst, b6.ip);
+        assert!(build_rst(a, b6, None, 0, 0).is_none());
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert!(parse(&[]).is_none());
+        assert!(parse(&[0u8; 13]).is_none());
+        // ARP
+        let mut arp = vec![0xffu8; 6];
+        arp.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        arp.extend([0u8; 28]);
+        assert!(parse(&arp).is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! Sans-IO wire formats: checked views over frames, and the ClientHello parser.
+
+pub mod frame;
+pub mod tls;

@@ -1,0 +1,302 @@
+//! Sans-IO TLS ClientHello parser: SNI, ALPN, supported versions and the JA4 fingerprint.
+//!
+//! Fed the client's first bytes of a TCP stream (or the CRYPTO stream of a QUIC Initial), it
+//! answers "need more bytes", "not TLS", "malformed" or the parsed hello. Bounded: a hello may
+//! span several TLS records, but never more than [`MAX_HELLO`] bytes; no input panics.
+
+use sha2::{Digest, Sha256};
+
+/// Largest ClientHello we wait for (the reassembly window).
+pub const MAX_HELLO: usize = 16 * 1024;
+
+/// Outcome of [`parse_client_hello`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloParse {
+    /// More bytes are needed.
+    Incomplete,
+    /// The stream does not start with a TLS handshake record.
+    NotTls,
+    /// TLS, but the hello is malformed or larger than [`MAX_HELLO`].
+    Malformed(&'static str),
+    /// A complete hello.
+    Hello(ClientHello),
+}
+
+/// What a ClientHello says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientHello {
+    /// Server name (host_name type), lowercase as sent.
+    pub sni: Option<String>,
+    /// ALPN protocols in order.
+    pub alpn: Vec<String>,
+    /// Highest non-GREASE version offered (supported_versions, else legacy_version).
+    pub version: u16,
+    /// The JA4 fingerprint (TCP: `t…`).
+    pub ja4: String,
+}
+
+fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(n.into())
+    }
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(n.into())
+    }
+    fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+}
+
+/// Parses the start of a TLS stream (JA4 protocol letter `t`).
+pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
+    // Collect the handshake bytes from consecutive handshake records.
+    let mut hs = [0u8; MAX_HELLO];
+    let mut hs_len = 0usize;
+    let mut pos = 0usize;
+    let mut need: Option<usize> = None;
+    loop {
+        let Some(hdr) = stream.get(pos..pos + 5) else {
+            let looks_tls = stream.first().is_none_or(|b| *b == 0x16) && stream.get(1).is_none_or(|b| *b == 0x03);
+            return if pos == 0 && !looks_tls { HelloParse::NotTls } else { HelloParse::Incomplete };
+        };
+        if hdr[0] != 0x16 {
+            return if pos == 0 { HelloParse::NotTls } else { HelloParse::Malformed("non-handshake record inside the ClientHello") };
+        }
+        if hdr[1] != 0x03 {
+            return if pos == 0 { HelloParse::NotTls } else { HelloParse::Malformed("bad record version") };
+        }
+        let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+        if len == 0 || len > 16384 + 256 {
+            return HelloParse::Malformed("bad record length");
+        }
+        let Some(body) = stream.get(pos + 5..pos + 5 + len) else {
+            if pos + 5 + len > MAX_HELLO + 5 * 4 {
+                return HelloParse::Malformed("ClientHello larger than 16 KiB");
+            }
+            return HelloParse::Incomplete;
+        };
+        if hs_len + body.len() > MAX_HELLO {
+            return HelloParse::Malformed("ClientHello larger than 16 KiB");
+        }
+        hs[hs_len..hs_len + body.len()].copy_from_slice(body);
+        hs_len += body.len();
+        pos += 5 + len;
+        if need.is_none() && hs_len >= 4 {
+            if hs[0] != 1 {
+                return HelloParse::Malformed("first handshake message is not a ClientHello");
+            }
+            let n = (usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]);
+            if n + 4 > MAX_HELLO {
+                return HelloParse::Malformed("ClientHello larger than 16 KiB");
+            }
+            need = Some(n + 4);
+        }
+        if let Some(n) = need
+            && hs_len >= n
+        {
+            return match parse_hello_body(&hs[4..n], false) {
+                Some(h) => HelloParse::Hello(h),
+                None => HelloParse::Malformed("malformed ClientHello"),
+            };
+        }
+    }
+}
+
+/// Parses a ClientHello handshake body (after the 4-byte handshake header).
+pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello> {
+    let mut r = Reader::new(body);
+    let legacy_version = r.u16()?;
+    r.take(32)?; // random
+    r.vec8()?; // session id
+    let suites = r.vec16()?;
+    if suites.len() % 2 != 0 {
+        return None;
+    }
+    r.vec8()?; // compression methods
+    let mut out = ClientHello { version: legacy_version, ..Default::default() };
+    let mut ciphers: Vec<u16> = suites
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .filter(|c| !is_grease(*c))
+        .collect();
+    let mut exts: Vec<u16> = Vec::new();
+    let mut ext_count = 0usize;
+    let mut sigalgs: Vec<u16> = Vec::new();
+    let mut best_version: Option<u16> = None;
+    if !r.is_empty() {
+        let mut e = Reader::new(r.vec16()?);
+        while !e.is_empty() {
+            let typ = e.u16()?;
+            let data = e.vec16()?;
+            if is_grease(typ) {
+                continue;
+            }
+            ext_count += 1;
+            if typ != 0x0000 && typ != 0x0010 {
+                exts.push(typ);
+            }
+            let mut d = Reader::new(data);
+            match typ {
+                0x0000 => {
+                    let mut list = Reader::new(d.vec16()?);
+                    while !list.is_empty() {
+                        let kind = list.u8()?;
+                        let name = list.vec16()?;
+                        if kind == 0 && out.sni.is_none() {
+                            if name.is_empty() || name.len() > 255 || !name.iter().all(|b| b.is_ascii_graphic()) {
+                                return None;
+                            }
+                            out.sni = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
+                        }
+                    }
+                }
+                0x0010 => {
+                    let mut list = Reader::new(d.vec16()?);
+                    while !list.is_empty() {
+                        let p = list.vec8()?;
+                        if out.alpn.len() < 16 {
+                            out.alpn.push(String::from_utf8_lossy(p).into_owned());
+                        }
+                    }
+                }
+                0x002b => {
+                    let v = d.vec8()?;
+                    for c in v.chunks_exact(2) {
+                        let ver = u16::from_be_bytes([c[0], c[1]]);
+                        if !is_grease(ver) {
+                            best_version = Some(best_version.map_or(ver, |b| b.max(ver)));
+                        }
+                    }
+                }
+                0x000d => {
+                    let v = d.vec16()?;
+                    sigalgs = v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(v) = best_version {
+        out.version = v;
+    }
+    out.ja4 = ja4(quic, out.version, out.sni.is_some(), &mut ciphers, ext_count, &mut exts, &sigalgs, out.alpn.first().map(String::as_bytes));
+    Some(out)
+}
+
+fn hex_list(v: &[u16]) -> String {
+    let mut s = String::with_capacity(v.len() * 5);
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("{x:04x}"));
+    }
+    s
+}
+
+fn hash12(s: &str) -> String {
+    if s.is_empty() {
+        return "000000000000".to_owned();
+    }
+    let d = Sha256::digest(s.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// JA4 (FoxIO) from the parts of a hello.
+#[allow(clippy::too_many_arguments)]
+pub fn ja4(quic: bool, version: u16, has_sni: bool, ciphers: &mut [u16], ext_count: usize, exts: &mut [u16], sigalgs: &[u16], alpn: Option<&[u8]>) -> String {
+    let ver = match version {
+        0x0304 => "13",
+        0x0303 => "12",
+        0x0302 => "11",
+        0x0301 => "10",
+        0x0300 => "s3",
+        0x0002 => "s2",
+        0xfeff => "d1",
+        0xfefd => "d2",
+        0xfefc => "d3",
+        _ => "00",
+    };
+    let alpn_chars = match alpn {
+        Some(p) if !p.is_empty() => {
+            let (f, l) = (p[0], p[p.len() - 1]);
+            if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() {
+                format!("{}{}", f as char, l as char)
+            } else {
+                let h = format!("{f:02x}{l:02x}");
+                format!("{}{}", &h[..1], &h[3..])
+            }
+        }
+        _ => "00".to_owned(),
+    };
+    let a = format!(
+        "{}{}{}{:02}{:02}{}",
+        if quic { 'q' } else { 't' },
+        ver,
+        if has_sni { 'd' } else { 'i' },
+        ciphers.len().min(99),
+        ext_count.min(99),
+        alpn_chars
+    );
+    ciphers.sort_unstable();
+    exts.sort_unstable();
+    let b = if ciphers.is_empty() { "000000000000".to_owned() } else { hash12(&hex_list(ciphers)) };
+    let mut c_in = hex_list(exts);
+    if !sigalgs.is_empty() {
+        c_in.push('_');
+        c_in.push_str(&hex_list(sigalgs));
+    }
+    let c = if exts.is_empty() { "000000000000".to_owned() } else { hash12(&c_in) };
+    format!("{a}_{b}_{c}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ja4_published_vector() {
+        // FoxIO JA4 technical details: Chrome hello, cipher and extension lists.
+        assert_eq!(hash12("002f,0035,009c,009d,1301,1302,1303,c013,c014,c02b,c02c,c02f,c030,cca8,cca9"), "8daaf6152771");
+        assert_eq!(
+            hash12("0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_0403,0804,0401,0503,0805,0501,0806,0601"),
+            "e5627efa2ab1"
+        );
+    }
+
+    #[test]
+    fn not_tls_and_garbage() {
+        assert_eq!(parse_client_hello(b""), HelloParse::Incomplete);
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), HelloParse::NotTls);
+        assert_eq!(parse_client_hello(&[0x16]), HelloParse::Incomplete);
+        assert_eq!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 0]), HelloParse::Malformed("bad record length"));
+        assert!(matches!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 2, 0, 0, 0]), HelloParse::Malformed(_)));
+        assert!(matches!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 1, 0, 0, 0]), HelloParse::Malformed(_)));
+    }
+}
