@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Mock "internet" servers of the Sluice lab (standard library only).
+
+Serves every lab host on its IPv4 and IPv6 address, HTTPS on 443 with the host's certificate
+and plain HTTP on 80. The OpenAI hosts answer the API paths (JSON, and server-sent events when
+the request asks to stream); ChatGPT answers backend-api conversations; other hosts answer a
+short page. Every request is appended to a JSON-lines log (method, host, path, headers, body)
+so tests can assert on what actually left the appliance.
+
+Usage: upstream.py --config hosts.json --log upstream.jsonl
+hosts.json: [{"name": ..., "ips": [...], "cert": ..., "key": ...}, ...]
+"""
+
+import argparse
+import base64
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG_LOCK = threading.Lock()
+LOG_PATH = None
+
+
+def record(entry):
+    with LOG_LOCK:
+        with open(LOG_PATH, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "lab-upstream/1"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    def _body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(n) if n else b""
+
+    def _record(self, body):
+        try:
+            text = body.decode("utf-8")
+            enc = "utf-8"
+        except UnicodeDecodeError:
+            text = base64.b64encode(body).decode()
+            enc = "base64"
+        record({
+            "ts": time.time(),
+            "server": self.server.lab_name,
+            "scheme": self.server.scheme,
+            "client": self.client_address[0],
+            "method": self.command,
+            "host": self.headers.get("Host", ""),
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": text,
+            "body_encoding": enc,
+            "body_len": len(body),
+        })
+
+    def _send(self, status, ctype, payload, extra=None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _sse(self, events):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for ev in events:
+            chunk = ("data: " + ev + "\n\n").encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+            time.sleep(0.2)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def do_GET(self):
+        self._handle()
+
+    def do_HEAD(self):
+        self._handle()
+
+    def do_POST(self):
+        self._handle()
+
+    def do_PUT(self):
+        self._handle()
+
+    def do_DELETE(self):
+        self._handle()
+
+    def _handle(self):
+        body = self._body()
+        self._record(body)
+        name = self.server.lab_name
+        path = self.path.split("?")[0]
+        try:
+            req = json.loads(body) if body and body[:1] in (b"{", b"[") else {}
+        except ValueError:
+            req = {}
+        if not isinstance(req, dict):
+            req = {}
+        model = req.get("model", "gpt-4o-mini")
+        now = int(time.time())
+        if name == "api.openai.com" and path.startswith("/v1/"):
+            rid = {"x-request-id": "req_mock_%d" % now}
+            if path == "/v1/chat/completions":
+                if req.get("stream"):
+                    events = []
+                    for i, word in enumerate(["Hello", " from", " the", " lab"]):
+                        events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
+                                                  "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+                    events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
+                                              "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+                    events.append("[DONE]")
+                    return self._sse(events)
+                resp = {"id": "chatcmpl-mock", "object": "chat.completion", "created": now, "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the lab"},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+            elif path == "/v1/responses":
+                resp = {"id": "resp_mock", "object": "response", "created_at": now, "model": model, "status": "completed",
+                        "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
+                                    "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}]}
+            elif path == "/v1/completions":
+                resp = {"id": "cmpl-mock", "object": "text_completion", "created": now, "model": model,
+                        "choices": [{"index": 0, "text": "Hello from the lab", "finish_reason": "stop"}]}
+            elif path == "/v1/embeddings":
+                resp = {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]}
+            elif path == "/v1/models":
+                resp = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "lab"}]}
+            else:
+                resp = {"ok": True, "path": path}
+            return self._send(200, "application/json", json.dumps(resp).encode(), rid)
+        if name == "chatgpt.com" and path.startswith("/backend-api/"):
+            return self._send(200, "application/json", json.dumps({"conversation_id": "conv-mock", "message": "ok"}).encode())
+        page = ("<!doctype html><title>%s</title><p>hello from %s</p>\n" % (name, name)).encode()
+        return self._send(200, "text/html; charset=utf-8", page)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, family, lab_name, scheme):
+        self.address_family = family
+        self.lab_name = lab_name
+        self.scheme = scheme
+        super().__init__(addr, Handler)
+
+
+def main():
+    global LOG_PATH
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--log", required=True)
+    args = ap.parse_args()
+    LOG_PATH = args.log
+    hosts = json.load(open(args.config, encoding="utf-8"))
+    servers = []
+    for h in hosts:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(h["cert"], h["key"])
+        ctx.set_alpn_protocols(["http/1.1"])
+        for ip in h["ips"]:
+            fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+            tls = Server((ip, 443), fam, h["name"], "https")
+            tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
+            plain = Server((ip, 80), fam, h["name"], "http")
+            servers += [tls, plain]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    print("upstream: serving %d listeners" % len(servers), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
