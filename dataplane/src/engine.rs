@@ -90,7 +90,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { max_flows: 262_144, timeouts: Timeouts::default(), report_interval_ms: 60_000, max_held_frames: 64 }
+        Settings {
+            max_flows: 262_144,
+            timeouts: Timeouts::default(),
+            report_interval_ms: 60_000,
+            max_held_frames: 2048,
+        }
     }
 }
 
@@ -107,13 +112,20 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("flows", &self.table.len()).field("counters", &self.counters).finish()
+        f.debug_struct("Engine")
+            .field("flows", &self.table.len())
+            .field("counters", &self.counters)
+            .finish()
     }
 }
 
 impl Engine {
     /// An engine deciding with the policy in `policy` (swapped whole by the owner).
-    pub fn new(policy: Arc<ArcSwap<Policy>>, overlay: Arc<ArcSwap<IdentityOverlay>>, settings: Settings) -> Self {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        overlay: Arc<ArcSwap<IdentityOverlay>>,
+        settings: Settings,
+    ) -> Self {
         Engine {
             table: FlowTable::new(settings.max_flows, settings.timeouts),
             policy,
@@ -135,7 +147,13 @@ impl Engine {
     }
 
     /// Handles one frame received on `side`. Frames to send go to `out` as (port, frame).
-    pub fn handle(&mut self, side: Side, data: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    pub fn handle(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
         self.counters.frames += 1;
         let Some(f) = frame::parse(data) else {
             self.counters.non_ip += 1;
@@ -152,12 +170,26 @@ impl Engine {
         action
     }
 
-    fn new_flow(&self, id: u64, side: Side, f: &Frame<'_>, now: Now, state: TcpState, verdict: Verdict) -> Flow {
+    fn new_flow(
+        &self,
+        id: u64,
+        side: Side,
+        f: &Frame<'_>,
+        now: Now,
+        state: TcpState,
+        verdict: Verdict,
+    ) -> Flow {
         let mut class = Class::default();
         if side == Side::Inside {
             let policy = self.policy.load();
             let overlay = self.overlay.load();
-            let q = Query { src: f.src, mac: Some(f.src_mac), sni: None, port: f.dport, now: now.unix_ms / 1000 };
+            let q = Query {
+                src: f.src,
+                mac: Some(f.src_mac),
+                sni: None,
+                port: f.dport,
+                now: now.unix_ms / 1000,
+            };
             let who = policy.resolve(&q, &overlay);
             class.identity = Some(policy.identity_name(who.id).to_owned());
             class.user = who.user.map(str::to_owned);
@@ -188,7 +220,15 @@ impl Engine {
         }
     }
 
-    fn insert(&mut self, key: FlowKey, side: Side, f: &Frame<'_>, now: Now, state: TcpState, verdict: Verdict) -> Option<&mut Flow> {
+    fn insert(
+        &mut self,
+        key: FlowKey,
+        side: Side,
+        f: &Frame<'_>,
+        now: Now,
+        state: TcpState,
+        verdict: Verdict,
+    ) -> Option<&mut Flow> {
         let flow = self.new_flow(0, side, f, now, state, verdict);
         match self.table.insert(key, |id| Flow { id, ..flow }) {
             Ok((_, evicted)) => {
@@ -199,14 +239,20 @@ impl Engine {
                 }
                 self.table.get_mut(&key)
             }
-            Err(()) => {
+            Err(_full) => {
                 self.counters.flows_refused += 1;
                 None
             }
         }
     }
 
-    fn untracked_or_counted(&mut self, side: Side, f: &Frame<'_>, key: FlowKey, now: Now) -> Action {
+    fn untracked_or_counted(
+        &mut self,
+        side: Side,
+        f: &Frame<'_>,
+        key: FlowKey,
+        now: Now,
+    ) -> Action {
         let flow = match self.table.get_mut(&key) {
             Some(fl) => fl,
             None => match self.insert(key, side, f, now, TcpState::NotTcp, Verdict::Allow) {
@@ -219,7 +265,16 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn tcp(&mut self, side: Side, data: &[u8], f: &Frame<'_>, t: Tcp, key: FlowKey, now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    fn tcp(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        f: &Frame<'_>,
+        t: Tcp,
+        key: FlowKey,
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
         if self.table.get_mut(&key).is_none() {
             let policy = self.policy.load_full();
             let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
@@ -281,7 +336,11 @@ impl Engine {
         if t.rst {
             flow.state = TcpState::Closing;
         } else if t.fin {
-            if c2s { flow.fins.0 = true } else { flow.fins.1 = true }
+            if c2s {
+                flow.fins.0 = true
+            } else {
+                flow.fins.1 = true
+            }
             if flow.fins.0 && flow.fins.1 {
                 flow.state = TcpState::Closing;
             }
@@ -299,10 +358,20 @@ impl Engine {
 
     /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
     #[allow(clippy::too_many_arguments)]
-    fn hold(&mut self, key: FlowKey, client_side: Side, data: &[u8], f: &Frame<'_>, t: Tcp, now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    fn hold(
+        &mut self,
+        key: FlowKey,
+        client_side: Side,
+        data: &[u8],
+        f: &Frame<'_>,
+        t: Tcp,
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         let isn = flow.client_isn;
-        let reasm = flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
+        let reasm =
+            flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
         let added = reasm.add(t.seq, f.payload);
         flow.held.push(data.to_vec());
         let outcome = match added {
@@ -310,7 +379,9 @@ impl Engine {
                 self.counters.evasions += 1;
                 Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
             }
-            Added::Overflow => Outcome::Decide(None, Some("no ClientHello within the first 16 KiB")),
+            Added::Overflow => {
+                Outcome::Decide(None, Some("no ClientHello within the first 16 KiB"))
+            }
             Added::Ok if flow.held.len() > self.settings.max_held_frames => {
                 Outcome::Decide(None, Some("too many segments before the ClientHello"))
             }
@@ -337,7 +408,13 @@ impl Engine {
             Outcome::Decide(sni, reason) => {
                 let policy = self.policy.load();
                 let overlay = self.overlay.load();
-                let q = Query { src: flow.client.0, mac: Some(flow.client_mac), sni: sni.as_deref(), port: flow.server.1, now: now.unix_ms / 1000 };
+                let q = Query {
+                    src: flow.client.0,
+                    mac: Some(flow.client_mac),
+                    sni: sni.as_deref(),
+                    port: flow.server.1,
+                    now: now.unix_ms / 1000,
+                };
                 let d = policy.decide(&q, &overlay);
                 flow.class.identity = Some(d.identity.to_owned());
                 flow.class.user = d.user.map(str::to_owned);
@@ -345,7 +422,9 @@ impl Engine {
                 flow.class.rule = Some(d.rule_name().to_owned());
                 flow.class.action = Some(d.action.as_str());
                 flow.class.reason = reason.or(match d.action {
-                    RuleAction::Inspect => Some("inspection not available on this data plane: passed"),
+                    RuleAction::Inspect => {
+                        Some("inspection not available on this data plane: passed")
+                    }
                     _ => None,
                 });
                 match d.action {
@@ -371,7 +450,9 @@ impl Engine {
             out.push((client_side, rst));
             self.counters.resets += 1;
         }
-        if let Some(rst) = frame::build_rst(client, server, flow.vlan, isn.wrapping_add(1), server_seq) {
+        if let Some(rst) =
+            frame::build_rst(client, server, flow.vlan, isn.wrapping_add(1), server_seq)
+        {
             out.push((client_side.other(), rst));
             self.counters.resets += 1;
         }

@@ -183,6 +183,11 @@ pub enum EndReason {
     Shutdown,
 }
 
+/// The table is full and holds no embryonic flow to evict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("flow table full")]
+pub struct TableFull;
+
 /// The table.
 #[derive(Debug)]
 pub struct FlowTable {
@@ -197,7 +202,13 @@ pub struct FlowTable {
 impl FlowTable {
     /// A table holding at most `cap` flows.
     pub fn new(cap: usize, timeouts: Timeouts) -> Self {
-        FlowTable { map: HashMap::new(), embryonic: VecDeque::new(), cap: cap.max(1), timeouts, next_id: 1 }
+        FlowTable {
+            map: HashMap::new(),
+            embryonic: VecDeque::new(),
+            cap: cap.max(1),
+            timeouts,
+            next_id: 1,
+        }
     }
 
     /// Number of flows.
@@ -222,7 +233,11 @@ impl FlowTable {
 
     /// Inserts a new flow built by `make(id)`. When full, evicts the oldest embryonic flow
     /// (returned); with none to evict the flow is refused (`Err`).
-    pub fn insert(&mut self, key: FlowKey, make: impl FnOnce(u64) -> Flow) -> Result<(&mut Flow, Option<Flow>), ()> {
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        make: impl FnOnce(u64) -> Flow,
+    ) -> Result<(&mut Flow, Option<Flow>), TableFull> {
         let mut evicted = None;
         if self.map.len() >= self.cap {
             while let Some(k) = self.embryonic.pop_front() {
@@ -232,7 +247,7 @@ impl FlowTable {
                 }
             }
             if evicted.is_none() {
-                return Err(());
+                return Err(TableFull);
             }
         }
         let id = self.next_id;
@@ -240,7 +255,8 @@ impl FlowTable {
         let flow = make(id);
         if flow.state == TcpState::Embryonic {
             if self.embryonic.len() >= self.cap {
-                self.embryonic.retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
+                self.embryonic
+                    .retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
             }
             self.embryonic.push_back(key);
         }
@@ -260,12 +276,14 @@ impl FlowTable {
             .collect();
         for k in dead {
             if let Some(f) = self.map.remove(&k) {
-                let why = if f.state == TcpState::Closing { EndReason::Closed } else { EndReason::Idle };
+                let why =
+                    if f.state == TcpState::Closing { EndReason::Closed } else { EndReason::Idle };
                 emit(f, why);
             }
         }
         if self.embryonic.len() > self.map.len() {
-            self.embryonic.retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
+            self.embryonic
+                .retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,12 +48,13 @@ struct Clock(Instant);
 
 impl Clock {
     fn now(&self) -> Now {
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let unix_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
     }
 }
 
-fn load_policy(path: &PathBuf) -> Result<sluice_rules::Policy> {
+fn load_policy(path: &Path) -> Result<sluice_rules::Policy> {
     match load_file(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -69,7 +70,15 @@ fn load_policy(path: &PathBuf) -> Result<sluice_rules::Policy> {
     }
 }
 
-fn run_port(rx: Arc<Port>, side: Side, inside: Arc<Port>, outside: Arc<Port>, engine: Arc<Mutex<Engine>>, clock: Arc<Clock>, stop: Arc<AtomicBool>) {
+fn run_port(
+    rx: Arc<Port>,
+    side: Side,
+    inside: Arc<Port>,
+    outside: Arc<Port>,
+    engine: Arc<Mutex<Engine>>,
+    clock: Arc<Clock>,
+    stop: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
     let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
@@ -103,7 +112,9 @@ fn run_port(rx: Arc<Port>, side: Side, inside: Arc<Port>, outside: Arc<Port>, en
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -119,12 +130,22 @@ fn main() -> Result<()> {
     };
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay, settings)));
     let timeout = Duration::from_millis(200);
-    let inside = Arc::new(Port::open(&args.inside, timeout).with_context(|| format!("opening inside port {}", args.inside))?);
-    let outside = Arc::new(Port::open(&args.outside, timeout).with_context(|| format!("opening outside port {}", args.outside))?);
+    let inside = Arc::new(
+        Port::open(&args.inside, timeout)
+            .with_context(|| format!("opening inside port {}", args.inside))?,
+    );
+    let outside = Arc::new(
+        Port::open(&args.outside, timeout)
+            .with_context(|| format!("opening outside port {}", args.outside))?,
+    );
     if let Some(dir) = args.flow_log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let log = OpenOptions::new().create(true).append(true).open(&args.flow_log).with_context(|| format!("opening flow log {}", args.flow_log.display()))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.flow_log)
+        .with_context(|| format!("opening flow log {}", args.flow_log.display()))?;
     let mut log = BufWriter::new(log);
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -134,25 +155,31 @@ fn main() -> Result<()> {
     let clock = Arc::new(Clock(Instant::now()));
     let mut threads = Vec::new();
     for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
-        let (i, o, e, c, s) = (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
-        threads.push(std::thread::Builder::new().name(format!("port-{side:?}").to_lowercase()).spawn(move || run_port(rx, side, i, o, e, c, s))?);
+        let (i, o, e, c, s) =
+            (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("port-{side:?}").to_lowercase())
+                .spawn(move || run_port(rx, side, i, o, e, c, s))?,
+        );
     }
     info!(inside = %args.inside, outside = %args.outside, flow_log = %args.flow_log.display(), "forwarding");
-    let write = |log: &mut BufWriter<std::fs::File>, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)| {
-        let records = {
-            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut eng);
-            eng.take_records()
-        };
-        for r in &records {
-            if let Ok(line) = serde_json::to_string(r) {
-                let _ = writeln!(log, "{line}");
+    let write =
+        |log: &mut BufWriter<std::fs::File>, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)| {
+            let records = {
+                let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut eng);
+                eng.take_records()
+            };
+            for r in &records {
+                if let Ok(line) = serde_json::to_string(r) {
+                    let _ = writeln!(log, "{line}");
+                }
             }
-        }
-        if let Err(e) = log.flush() {
-            error!("writing flow log: {e}");
-        }
-    };
+            if let Err(e) = log.flush() {
+                error!("writing flow log: {e}");
+            }
+        };
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         if reload.swap(false, Ordering::Relaxed) {

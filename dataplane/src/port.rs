@@ -33,10 +33,17 @@ impl Port {
         unsafe {
             let ifindex = libc::if_nametoindex(cname.as_ptr());
             if ifindex == 0 {
-                return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface `{name}`")));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no interface `{name}`"),
+                ));
             }
             let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = check(libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto.into()))?;
+            let fd = check(libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto.into(),
+            ))?;
             let fd = OwnedFd::from_raw_fd(fd);
             let raw = fd.as_raw_fd();
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
@@ -80,7 +87,13 @@ impl Port {
             let buf: libc::c_int = 8 << 20;
             for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
                 // Best effort: the kernel caps it at rmem_max/wmem_max.
-                libc::setsockopt(raw, libc::SOL_SOCKET, opt, (&buf as *const libc::c_int).cast(), 4);
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&buf as *const libc::c_int).cast(),
+                    4,
+                );
             }
             Ok(Port { fd, name: name.to_owned() })
         }
@@ -98,7 +111,9 @@ impl Port {
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => Ok(None),
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(None),
                 _ => Err(e),
             };
         }

@@ -90,15 +90,17 @@ mod tests {
 
     #[test]
     fn in_order_out_of_order_and_conflict() {
-        let mut r = Reassembly::new(u32::MAX - 2); // wraps
-        assert_eq!(r.add(u32::MAX - 2 + 3, b"def"), Added::Ok);
+        let base = u32::MAX - 2; // the window wraps around zero
+        let at = |k: u32| base.wrapping_add(k);
+        let mut r = Reassembly::new(base);
+        assert_eq!(r.add(at(3), b"def"), Added::Ok);
         assert_eq!(r.contiguous(), b"");
-        assert_eq!(r.add(u32::MAX - 2, b"abc"), Added::Ok);
+        assert_eq!(r.add(at(0), b"abc"), Added::Ok);
         assert_eq!(r.contiguous(), b"abcdef");
-        assert_eq!(r.add(u32::MAX - 2 + 1, b"bcd"), Added::Ok);
-        assert_eq!(r.add(u32::MAX - 2 + 2, b"Xd"), Added::Conflict);
-        assert_eq!(r.add(u32::MAX - 2 - 2, b"zzab"), Added::Ok);
-        assert_eq!(r.add(u32::MAX - 2 + MAX_HELLO as u32, b"x"), Added::Overflow);
-        assert_eq!(r.next_seq(), (u32::MAX - 2).wrapping_add(6));
+        assert_eq!(r.add(at(1), b"bcd"), Added::Ok);
+        assert_eq!(r.add(at(2), b"Xd"), Added::Conflict);
+        assert_eq!(r.add(base.wrapping_sub(2), b"zzab"), Added::Ok);
+        assert_eq!(r.add(at(MAX_HELLO as u32), b"x"), Added::Overflow);
+        assert_eq!(r.next_seq(), at(6));
     }
 }

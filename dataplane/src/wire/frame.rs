@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, LinkExtSlice, LinkSlice, NetSlice,
-    PacketBuilder, SlicedPacket, TransportSlice, VlanId,
+    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, LinkExtSlice, LinkSlice, NetSlice, PacketBuilder,
+    SlicedPacket, TransportSlice, VlanId,
 };
 
 /// Transport protocol of a frame the engine tracks.
@@ -137,11 +137,18 @@ pub struct Endpoint {
 
 /// Builds an Ethernet frame carrying a TCP RST+ACK from `from` to `to`. `None` when the
 /// address families differ.
-pub fn build_rst(from: Endpoint, to: Endpoint, vlan: Option<u16>, seq: u32, ack: u32) -> Option<Vec<u8>> {
+pub fn build_rst(
+    from: Endpoint,
+    to: Endpoint,
+    vlan: Option<u16>,
+    seq: u32,
+    ack: u32,
+) -> Option<Vec<u8>> {
     let ip = match (from.ip, to.ip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            IpHeaders::Ipv4(Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).ok()?, Default::default())
-        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => IpHeaders::Ipv4(
+            Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).ok()?,
+            Default::default(),
+        ),
         (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
             Ipv6Header {
                 hop_limit: 64,
@@ -171,8 +178,10 @@ mod tests {
 
     #[test]
     fn rst_round_trips_v4_v6_and_vlan() {
-        let a = Endpoint { mac: [2, 0, 0, 0, 0, 1], ip: "10.20.1.10".parse().unwrap(), port: 40000 };
-        let b = Endpoint { mac: [2, 0, 0, 0, 0, 2], ip: "198.51.100.10".parse().unwrap(), port: 443 };
+        let a =
+            Endpoint { mac: [2, 0, 0, 0, 0, 1], ip: "10.20.1.10".parse().unwrap(), port: 40000 };
+        let b =
+            Endpoint { mac: [2, 0, 0, 0, 0, 2], ip: "198.51.100.10".parse().unwrap(), port: 443 };
         for vlan in [None, Some(42)] {
             let f = build_rst(b, a, vlan, 1000, 2000).unwrap();
             let p = parse(&f).unwrap();

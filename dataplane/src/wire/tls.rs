@@ -82,14 +82,27 @@ pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
     let mut need: Option<usize> = None;
     loop {
         let Some(hdr) = stream.get(pos..pos + 5) else {
-            let looks_tls = stream.first().is_none_or(|b| *b == 0x16) && stream.get(1).is_none_or(|b| *b == 0x03);
-            return if pos == 0 && !looks_tls { HelloParse::NotTls } else { HelloParse::Incomplete };
+            let looks_tls = stream.first().is_none_or(|b| *b == 0x16)
+                && stream.get(1).is_none_or(|b| *b == 0x03);
+            return if pos == 0 && !looks_tls {
+                HelloParse::NotTls
+            } else {
+                HelloParse::Incomplete
+            };
         };
         if hdr[0] != 0x16 {
-            return if pos == 0 { HelloParse::NotTls } else { HelloParse::Malformed("non-handshake record inside the ClientHello") };
+            return if pos == 0 {
+                HelloParse::NotTls
+            } else {
+                HelloParse::Malformed("non-handshake record inside the ClientHello")
+            };
         }
         if hdr[1] != 0x03 {
-            return if pos == 0 { HelloParse::NotTls } else { HelloParse::Malformed("bad record version") };
+            return if pos == 0 {
+                HelloParse::NotTls
+            } else {
+                HelloParse::Malformed("bad record version")
+            };
         }
         let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
         if len == 0 || len > 16384 + 256 {
@@ -169,7 +182,10 @@ pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello> {
                         let kind = list.u8()?;
                         let name = list.vec16()?;
                         if kind == 0 && out.sni.is_none() {
-                            if name.is_empty() || name.len() > 255 || !name.iter().all(|b| b.is_ascii_graphic()) {
+                            if name.is_empty()
+                                || name.len() > 255
+                                || !name.iter().all(|b| b.is_ascii_graphic())
+                            {
                                 return None;
                             }
                             out.sni = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
@@ -205,7 +221,16 @@ pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello> {
     if let Some(v) = best_version {
         out.version = v;
     }
-    out.ja4 = ja4(quic, out.version, out.sni.is_some(), &mut ciphers, ext_count, &mut exts, &sigalgs, out.alpn.first().map(String::as_bytes));
+    out.ja4 = ja4(
+        quic,
+        out.version,
+        out.sni.is_some(),
+        &mut ciphers,
+        ext_count,
+        &mut exts,
+        &sigalgs,
+        out.alpn.first().map(String::as_bytes),
+    );
     Some(out)
 }
 
@@ -230,7 +255,16 @@ fn hash12(s: &str) -> String {
 
 /// JA4 (FoxIO) from the parts of a hello.
 #[allow(clippy::too_many_arguments)]
-pub fn ja4(quic: bool, version: u16, has_sni: bool, ciphers: &mut [u16], ext_count: usize, exts: &mut [u16], sigalgs: &[u16], alpn: Option<&[u8]>) -> String {
+pub fn ja4(
+    quic: bool,
+    version: u16,
+    has_sni: bool,
+    ciphers: &mut [u16],
+    ext_count: usize,
+    exts: &mut [u16],
+    sigalgs: &[u16],
+    alpn: Option<&[u8]>,
+) -> String {
     let ver = match version {
         0x0304 => "13",
         0x0303 => "12",
@@ -283,9 +317,14 @@ mod tests {
     #[test]
     fn ja4_published_vector() {
         // FoxIO JA4 technical details: Chrome hello, cipher and extension lists.
-        assert_eq!(hash12("002f,0035,009c,009d,1301,1302,1303,c013,c014,c02b,c02c,c02f,c030,cca8,cca9"), "8daaf6152771");
         assert_eq!(
-            hash12("0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_0403,0804,0401,0503,0805,0501,0806,0601"),
+            hash12("002f,0035,009c,009d,1301,1302,1303,c013,c014,c02b,c02c,c02f,c030,cca8,cca9"),
+            "8daaf6152771"
+        );
+        assert_eq!(
+            hash12(
+                "0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_0403,0804,0401,0503,0805,0501,0806,0601"
+            ),
             "e5627efa2ab1"
         );
     }
@@ -295,8 +334,17 @@ mod tests {
         assert_eq!(parse_client_hello(b""), HelloParse::Incomplete);
         assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), HelloParse::NotTls);
         assert_eq!(parse_client_hello(&[0x16]), HelloParse::Incomplete);
-        assert_eq!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 0]), HelloParse::Malformed("bad record length"));
-        assert!(matches!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 2, 0, 0, 0]), HelloParse::Malformed(_)));
-        assert!(matches!(parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 1, 0, 0, 0]), HelloParse::Malformed(_)));
+        assert_eq!(
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 0]),
+            HelloParse::Malformed("bad record length")
+        );
+        assert!(matches!(
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 2, 0, 0, 0]),
+            HelloParse::Malformed(_)
+        ));
+        assert!(matches!(
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 1, 0, 0, 0]),
+            HelloParse::Malformed(_)
+        ));
     }
 }

@@ -1,0 +1,292 @@
+//! The packet engine without sockets: frames in, verdicts and emitted frames out.
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use etherparse::PacketBuilder;
+use sluice_dataplane::engine::{Action, Engine, Now, Settings, Side};
+use sluice_dataplane::flow::Timeouts;
+use sluice_dataplane::wire::frame;
+use sluice_rules::IdentityOverlay;
+use sluice_rules::catalog::ShippedOnly;
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const ISN: u32 = 1_000;
+const SERVER_ISN: u32 = 77_000;
+
+fn engine(settings: Settings) -> Engine {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    let policy = sluice_rules::compile("default.toml", &text, &ShippedOnly).unwrap().policy;
+    Engine::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        settings,
+    )
+}
+
+fn hello() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/clienthello/curl-api.openai.com.bin"
+    ))
+    .unwrap()
+}
+
+struct Conn {
+    client: IpAddr,
+    server: IpAddr,
+    sport: u16,
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+    Psh,
+}
+
+impl Conn {
+    fn frame(&self, c2s: bool, seq: u32, ack: u32, flags: Flags, payload: &[u8]) -> Vec<u8> {
+        let (smac, dmac, src, dst, sp, dp) = if c2s {
+            (CLIENT_MAC, ROUTER_MAC, self.client, self.server, self.sport, 443)
+        } else {
+            (ROUTER_MAC, CLIENT_MAC, self.server, self.client, 443, self.sport)
+        };
+        let eth = PacketBuilder::ethernet2(smac, dmac);
+        let ip = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+            _ => unreachable!(),
+        };
+        let mut t = ip.tcp(sp, dp, seq, 64_000);
+        t = match flags {
+            Flags::Syn => t.syn(),
+            Flags::SynAck => t.syn().ack(ack),
+            Flags::Ack => t.ack(ack),
+            Flags::Psh => t.psh().ack(ack),
+        };
+        let mut out = Vec::new();
+        t.write(&mut out, payload).unwrap();
+        out
+    }
+}
+
+fn now(ms: u64) -> Now {
+    Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms }
+}
+
+/// Runs the handshake, then sends `segments` (offset, bytes) of the client stream.
+fn run(
+    e: &mut Engine,
+    c: &Conn,
+    segments: &[(usize, Vec<u8>)],
+) -> (Vec<Action>, Vec<(Side, Vec<u8>)>) {
+    let mut out = Vec::new();
+    assert_eq!(
+        e.handle(Side::Inside, &c.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out),
+        Action::Forward
+    );
+    assert_eq!(
+        e.handle(
+            Side::Outside,
+            &c.frame(false, SERVER_ISN, ISN + 1, Flags::SynAck, &[]),
+            now(1),
+            &mut out
+        ),
+        Action::Forward
+    );
+    assert_eq!(
+        e.handle(
+            Side::Inside,
+            &c.frame(true, ISN + 1, SERVER_ISN + 1, Flags::Ack, &[]),
+            now(2),
+            &mut out
+        ),
+        Action::Forward
+    );
+    let actions = segments
+        .iter()
+        .map(|(off, bytes)| {
+            let f = c.frame(true, ISN + 1 + *off as u32, SERVER_ISN + 1, Flags::Psh, bytes);
+            e.handle(Side::Inside, &f, now(3), &mut out)
+        })
+        .collect();
+    (actions, out)
+}
+
+fn v4(client: &str) -> Conn {
+    Conn {
+        client: client.parse().unwrap(),
+        server: "198.51.100.10".parse().unwrap(),
+        sport: 40_000,
+    }
+}
+
+fn assert_resets(out: &[(Side, Vec<u8>)], c: &Conn, client_next: u32) {
+    assert_eq!(out.len(), 2, "two resets");
+    let to_client = frame::parse(&out[0].1).unwrap();
+    assert_eq!((out[0].0, to_client.src, to_client.dst), (Side::Inside, c.server, c.client));
+    let t = to_client.tcp.unwrap();
+    assert!(t.rst);
+    assert_eq!((t.seq, t.ack), (SERVER_ISN + 1, client_next));
+    let to_server = frame::parse(&out[1].1).unwrap();
+    assert_eq!((out[1].0, to_server.src, to_server.dst), (Side::Outside, c.client, c.server));
+    assert_eq!(to_server.tcp.unwrap().seq, ISN + 1);
+}
+
+#[test]
+fn allowed_hello_is_held_then_released_in_order() {
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.1.10");
+    let h = hello();
+    let (actions, out) = run(&mut e, &c, &[(0, h[..100].to_vec()), (100, h[100..].to_vec())]);
+    assert_eq!(actions, vec![Action::Drop, Action::Drop]);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(s, _)| *s == Side::Outside));
+    assert_eq!(frame::parse(&out[0].1).unwrap().payload, &h[..100]);
+    assert_eq!(frame::parse(&out[1].1).unwrap().payload, &h[100..]);
+    // Fast path afterwards.
+    let mut o = Vec::new();
+    let later = c.frame(true, ISN + 1 + h.len() as u32, SERVER_ISN + 1, Flags::Psh, b"x");
+    assert_eq!(e.handle(Side::Inside, &later, now(4), &mut o), Action::Forward);
+    assert!(o.is_empty());
+}
+
+#[test]
+fn guest_is_reset_on_both_sides() {
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.9.99");
+    let h = hello();
+    let (actions, out) = run(&mut e, &c, &[(0, h.clone())]);
+    assert_eq!(actions, vec![Action::Drop]);
+    assert_resets(&out, &c, ISN + 1 + h.len() as u32);
+    // Later client segments are dropped.
+    let mut o = Vec::new();
+    assert_eq!(
+        e.handle(
+            Side::Inside,
+            &c.frame(true, ISN + 1, SERVER_ISN + 1, Flags::Psh, &h),
+            now(5),
+            &mut o
+        ),
+        Action::Drop
+    );
+    e.tick(now(60_000));
+    let recs = e.take_records();
+    assert_eq!(recs.len(), 1);
+    let r = serde_json::to_value(&recs[0]).unwrap();
+    assert_eq!(r["sni"], "api.openai.com");
+    assert_eq!(r["rule"], "unknown-no-openai");
+    assert_eq!(r["verdict"], "block");
+    assert_eq!(r["identity"], "unknown");
+    assert!(r["ja4"].as_str().unwrap().starts_with("t13d"));
+}
+
+#[test]
+fn ipv6_guest_is_reset() {
+    let mut e = engine(Settings::default());
+    let c = Conn {
+        client: "fd20::9:99".parse().unwrap(),
+        server: "2001:db8:5100::10".parse().unwrap(),
+        sport: 40_001,
+    };
+    let h = hello();
+    let (_, out) = run(&mut e, &c, &[(0, h.clone())]);
+    assert_resets(&out, &c, ISN + 1 + h.len() as u32);
+}
+
+#[test]
+fn one_byte_segments_and_out_of_order() {
+    let h = hello();
+    let mut e = engine(Settings { max_held_frames: 4096, ..Settings::default() });
+    let c = v4("10.20.9.99");
+    let ones: Vec<_> = h.iter().enumerate().map(|(i, b)| (i, vec![*b])).collect();
+    let (actions, out) = run(&mut e, &c, &ones);
+    assert!(actions.iter().all(|a| *a == Action::Drop));
+    assert_resets(&out, &c, ISN + 1 + h.len() as u32);
+
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.1.10");
+    let segs = vec![(300, h[300..].to_vec()), (0, h[..150].to_vec()), (150, h[150..300].to_vec())];
+    let (_, out) = run(&mut e, &c, &segs);
+    // Released in arrival order, all of them.
+    let payloads: Vec<_> =
+        out.iter().map(|(_, f)| frame::parse(f).unwrap().payload.to_vec()).collect();
+    assert_eq!(payloads, segs.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+}
+
+#[test]
+fn retransmits_are_fine_but_conflicting_overlap_is_blocked() {
+    let h = hello();
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.1.10");
+    let (_, out) = run(
+        &mut e,
+        &c,
+        &[(0, h[..200].to_vec()), (100, h[100..200].to_vec()), (200, h[200..].to_vec())],
+    );
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|(s, _)| *s == Side::Outside));
+
+    let mut e = engine(Settings::default());
+    let mut forged = h[100..200].to_vec();
+    forged[10] ^= 0xff;
+    let (_, out) = run(&mut e, &c, &[(0, h[..200].to_vec()), (100, forged)]);
+    assert_resets(&out, &c, ISN + 1 + 200);
+    e.shutdown(now(10));
+    let r = serde_json::to_value(&e.take_records()[0]).unwrap();
+    assert_eq!(r["verdict"], "block");
+    assert!(r["reason"].as_str().unwrap().contains("evasion"));
+}
+
+#[test]
+fn non_ip_and_plain_traffic_pass_untouched() {
+    let mut e = engine(Settings::default());
+    let mut out = Vec::new();
+    let mut arp = vec![0xff; 6];
+    arp.extend(CLIENT_MAC);
+    arp.extend([0x08, 0x06]);
+    arp.extend([0u8; 28]);
+    assert_eq!(e.handle(Side::Inside, &arp, now(0), &mut out), Action::Forward);
+    let udp = {
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
+            .ipv4([10, 20, 1, 10], [10, 20, 0, 1], 64)
+            .udp(5555, 53);
+        let mut v = Vec::new();
+        b.write(&mut v, b"query").unwrap();
+        v
+    };
+    assert_eq!(e.handle(Side::Inside, &udp, now(0), &mut out), Action::Forward);
+    assert!(out.is_empty());
+    assert_eq!(e.flow_count(), 1);
+}
+
+#[test]
+fn flow_table_cap_evicts_embryonic_first() {
+    let mut e =
+        engine(Settings { max_flows: 8, timeouts: Timeouts::default(), ..Settings::default() });
+    let mut out = Vec::new();
+    for port in 0..100u16 {
+        let c = Conn {
+            client: "10.20.9.99".parse().unwrap(),
+            server: "198.51.100.80".parse().unwrap(),
+            sport: 20_000 + port,
+        };
+        e.handle(
+            Side::Inside,
+            &c.frame(true, ISN, 0, Flags::Syn, &[]),
+            now(u64::from(port)),
+            &mut out,
+        );
+        assert!(e.flow_count() <= 8);
+    }
+    assert_eq!(e.flow_count(), 8);
+    assert_eq!(e.counters.flows_evicted, 92);
+    assert_eq!(e.take_records().len(), 92);
+}
