@@ -379,11 +379,9 @@ impl Engine {
                 self.counters.evasions += 1;
                 Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
             }
-            Added::Overflow => {
-                Outcome::Decide(None, Some("no ClientHello within the first 16 KiB"))
-            }
+            Added::Overflow => Outcome::Block("no ClientHello within the first 16 KiB"),
             Added::Ok if flow.held.len() > self.settings.max_held_frames => {
-                Outcome::Decide(None, Some("too many segments before the ClientHello"))
+                Outcome::Block("too many segments before the ClientHello")
             }
             Added::Ok => match parse_client_hello(reasm.contiguous()) {
                 HelloParse::Incomplete => return Action::Drop,
