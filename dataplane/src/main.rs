@@ -116,6 +116,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
     let args = Args::parse();
     let policy = load_policy(&args.rules)?;

@@ -1,0 +1,189 @@
+"""End-to-end tests of the data plane in the lab, with real clients.
+
+Expects the lab up and the appliance started with rules/default.toml (scripts/test does both).
+Run: python3 -m unittest discover -s tests/e2e -v
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+LAB = os.path.join(ROOT, "scripts", "lab")
+HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "curl-api.openai.com.bin")
+RAW = os.path.join(ROOT, "tests", "e2e", "rawtcp.py")
+
+
+def lab(*args, check=True, timeout=60):
+    return subprocess.run([LAB, *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def on(host, *cmd, timeout=60):
+    return subprocess.run([LAB, "exec", host, "--", *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def curl(host, url, *extra):
+    return on(host, "curl", "-sS", "-m", "10", *extra, url)
+
+
+def flows():
+    out = lab("flows").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def wait_for_flow(pred, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for r in flows():
+            if pred(r):
+                return r
+        time.sleep(0.5)
+    raise AssertionError("no flow record matched within %ss" % timeout)
+
+
+def env():
+    out = lab("env").stdout
+    return dict(line.replace("export ", "", 1).split("=", 1) for line in out.splitlines() if line.startswith("export "))
+
+
+def raw(host, dst, mode):
+    r = on(host, "python3", RAW, "--dst", dst, "--hello", HELLO, "--mode", mode)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+class Forwarding(unittest.TestCase):
+    """Everything without a reason to be touched passes, both ways, v4 and v6."""
+
+    def test_ping_every_client_v4_v6(self):
+        for host in ("alice", "bob", "guest"):
+            for target in ("10.20.0.1", "198.51.100.80", "fd20::1", "2001:db8:5100::80"):
+                r = on(host, "ping", "-c", "2", "-W", "2", target)
+                self.assertEqual(r.returncode, 0, "%s -> %s: %s" % (host, target, r.stdout + r.stderr))
+
+    def test_dns_through_the_appliance(self):
+        for host in ("alice", "guest"):
+            r = on(host, "getent", "ahosts", "api.openai.com")
+            self.assertIn("198.51.100.10", r.stdout, r.stderr)
+
+    def test_plain_http_v4_v6(self):
+        for host in ("alice", "bob", "guest"):
+            for flag in ("-4", "-6"):
+                r = curl(host, "http://example.org/", flag)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("hello from example.org", r.stdout)
+
+    def test_iperf3_through_the_appliance(self):
+        r = on("bob", "iperf3", "-c", "198.51.100.80", "-t", "2", "-J", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout[-500:] + r.stderr)
+        result = json.loads(r.stdout)
+        self.assertGreater(result["end"]["sum_received"]["bytes"], 0)
+        r = on("alice", "iperf3", "-6", "-c", "2001:db8:5100::80", "-t", "1", "-J", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout[-500:] + r.stderr)
+
+
+class Verdicts(unittest.TestCase):
+    """ClientHello verdicts per identity, with resets for refused flows."""
+
+    def test_alice_reaches_the_api(self):
+        r = curl("alice", "https://api.openai.com/v1/models")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("gpt-4o-mini", r.stdout)
+        # The real server's certificate (lab public root), not re-terminated yet.
+        log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
+        self.assertTrue(any(e["client"] == "10.20.1.10" and e["path"] == "/v1/models" for e in log))
+
+    def test_guest_is_reset_not_timed_out(self):
+        for flag in ("-4", "-6"):
+            r = curl("guest", "https://api.openai.com/v1/models", flag)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("reset", r.stderr.lower(), r.stderr)
+            self.assertNotIn("timed out", r.stderr.lower())
+        r = wait_for_flow(lambda r: r["src"] == "fd20::9:99" and r.get("sni") == "api.openai.com")
+        self.assertEqual((r["verdict"], r["rule"], r["identity"]), ("block", "unknown-no-openai", "unknown"))
+        # The guest's requests never reached the server.
+        log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
+        self.assertFalse(any(e["client"] in ("10.20.9.99", "fd20::9:99") for e in log))
+
+    def test_guest_may_use_other_sites(self):
+        r = curl("guest", "https://example.org/")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("hello from example.org", r.stdout)
+
+    def test_flow_record_fields(self):
+        curl("bob", "https://api.openai.com/v1/models")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.2.20" and r.get("sni") == "api.openai.com" and r["event"] == "end")
+        for field in ("flow_id", "first_seen_ms", "last_seen_ms", "pkts_out", "bytes_out", "pkts_in", "bytes_in",
+                      "identity", "sni", "alpn", "ja4", "category", "rule", "verdict", "src_mac"):
+            self.assertIn(field, r)
+        self.assertEqual((r["identity"], r["category"], r["rule"]), ("engineering", "openai-api", "engineering-api-redact"))
+        self.assertTrue(r["ja4"].startswith("t13d"))
+        self.assertGreater(r["bytes_in"], 0)
+
+    def test_segmented_hellos_are_classified(self):
+        self.assertEqual(raw("guest", "198.51.100.10", "onebyte"), "rst")
+        self.assertEqual(raw("guest", "198.51.100.10", "reorder"), "rst")
+        self.assertEqual(raw("guest", "2001:db8:5100::10", "reorder"), "rst")
+        self.assertEqual(raw("alice", "198.51.100.10", "onebyte"), "data")
+        self.assertEqual(raw("alice", "198.51.100.10", "reorder"), "data")
+
+    def test_overlap_retransmit_passes_conflict_is_blocked(self):
+        self.assertEqual(raw("alice", "198.51.100.10", "overlap-same"), "data")
+        self.assertEqual(raw("alice", "198.51.100.10", "overlap-conflict"), "rst")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "evasion" in (r.get("reason") or ""))
+        self.assertEqual(r["verdict"], "block")
+
+
+class Reload(unittest.TestCase):
+    """SIGHUP swaps the policy whole; a broken rule file keeps the old one."""
+
+    def test_sighup_reload(self):
+        state = env()["SLUICE_LAB_STATE"]
+        with open(os.path.join(state, "rules.path")) as f:
+            rules_path = f.read().strip()
+        with open(os.path.join(state, "dataplane.pid")) as f:
+            pid = int(f.read())
+        tmp = tempfile.mkdtemp()
+        try:
+            with open(rules_path) as f:
+                base = f.read()
+            stricter = base.replace('[[rule]]\nname = "finance-openai-inspect"',
+                                    '[[rule]]\nname = "finance-no-example"\nidentities = ["finance"]\n'
+                                    'categories = ["plain"]\naction = "block"\n\n'
+                                    '[[category]]\nname = "plain"\ndomains = ["example.org"]\n\n'
+                                    '[[rule]]\nname = "finance-openai-inspect"', 1)
+            self.assertNotEqual(base, stricter)
+            shutil.copy(rules_path, os.path.join(tmp, "orig.toml"))
+            with open(rules_path, "w") as f:
+                f.write(stricter)
+            os.kill(pid, signal.SIGHUP)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                r = curl("alice", "https://example.org/")
+                if r.returncode != 0:
+                    break
+                time.sleep(0.3)
+            self.assertIn("reset", r.stderr.lower())
+            # A broken file is refused; the stricter policy stays in force.
+            with open(rules_path, "w") as f:
+                f.write(stricter + "\n[[rule]]\nname = 'x'\ncategories = ['nope']\naction = 'allow'\n")
+            os.kill(pid, signal.SIGHUP)
+            time.sleep(1)
+            self.assertNotEqual(curl("alice", "https://example.org/").returncode, 0)
+            self.assertEqual(curl("bob", "https://example.org/").returncode, 0)
+        finally:
+            shutil.copy(os.path.join(tmp, "orig.toml"), rules_path)
+            shutil.rmtree(tmp)
+            os.kill(pid, signal.SIGHUP)
+            time.sleep(1)
+        r = curl("alice", "https://example.org/")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
