@@ -1,0 +1,10 @@
+//! ClientHello parser: any bytes, any prefix; never panics, never reads out of bounds.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use sluice_dataplane::wire::tls::{HelloParse, parse_client_hello};
+
+fuzz_target!(|data: &[u8]| {
+    if let HelloParse::Hello(h) = parse_client_hello(data) {
+        assert!(h.ja4.len() > 10);
+    }
+});
