@@ -108,6 +108,7 @@ pub struct Engine {
     /// Counters.
     pub counters: Counters,
     records: Vec<FlowRecord>,
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -133,6 +134,7 @@ impl Engine {
             settings,
             counters: Counters::default(),
             records: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -383,16 +385,16 @@ impl Engine {
             Added::Ok if flow.held.len() > self.settings.max_held_frames => {
                 Outcome::Block("too many segments before the ClientHello")
             }
-            Added::Ok => match parse_client_hello(reasm.contiguous()) {
+            Added::Ok => match parse_client_hello(reasm.contiguous(), &mut self.scratch) {
                 HelloParse::Incomplete => return Action::Drop,
                 HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
                 HelloParse::Malformed(why) => Outcome::Block(why),
                 HelloParse::Hello(h) => {
                     self.counters.hellos += 1;
                     flow.class.tls_version = Some(tls_version_name(h.version));
-                    flow.class.alpn = h.alpn;
-                    flow.class.ja4 = Some(h.ja4);
-                    flow.class.sni = h.sni;
+                    flow.class.alpn = h.alpn_strings();
+                    flow.class.ja4 = Some(h.ja4());
+                    flow.class.sni = h.sni().map(str::to_ascii_lowercase);
                     Outcome::Decide(flow.class.sni.clone(), None)
                 }
             },

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 pub const MAX_HELLO: usize = 16 * 1024;
 
 /// Outcome of [`parse_client_hello`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HelloParse {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloParse<'a> {
     /// More bytes are needed.
     Incomplete,
     /// The stream does not start with a TLS handshake record.
@@ -19,20 +19,21 @@ pub enum HelloParse {
     /// TLS, but the hello is malformed or larger than [`MAX_HELLO`].
     Malformed(&'static str),
     /// A complete hello.
-    Hello(ClientHello),
+    Hello(ClientHello<'a>),
 }
 
-/// What a ClientHello says.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ClientHello {
-    /// Server name (host_name type), lowercase as sent.
-    pub sni: Option<String>,
-    /// ALPN protocols in order.
-    pub alpn: Vec<String>,
+/// A parsed ClientHello: a checked view borrowing the bytes it was parsed from. The fields the
+/// verdict needs (SNI, ALPN, version) are read during parsing; the JA4 fingerprint is computed
+/// on demand ([`ClientHello::ja4`]) off the decision path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHello<'a> {
     /// Highest non-GREASE version offered (supported_versions, else legacy_version).
     pub version: u16,
-    /// The JA4 fingerprint (TCP: `t…`).
-    pub ja4: String,
+    sni: Option<&'a str>,
+    alpn: &'a [u8],
+    ciphers: &'a [u8],
+    extensions: &'a [u8],
+    quic: bool,
 }
 
 fn is_grease(v: u16) -> bool {
@@ -73,100 +74,182 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Parses the start of a TLS stream (JA4 protocol letter `t`).
-pub fn parse_client_hello(stream: &[u8]) -> HelloParse {
-    // Collect the handshake bytes from consecutive handshake records.
-    let mut hs = [0u8; MAX_HELLO];
-    let mut hs_len = 0usize;
+fn handshake_len(hs: &[u8]) -> Result<Option<usize>, &'static str> {
+    if hs.len() < 4 {
+        return Ok(None);
+    }
+    if hs[0] != 1 {
+        return Err("first handshake message is not a ClientHello");
+    }
+    let n = (usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]);
+    if n + 4 > MAX_HELLO {
+        return Err("ClientHello larger than 16 KiB");
+    }
+    Ok(Some(n + 4))
+}
+
+/// Parses the start of a TLS stream (JA4 protocol letter `t`). A hello inside one record is
+/// parsed in place; one spread over several records is gathered into `scratch` (bounded by
+/// [`MAX_HELLO`]).
+pub fn parse_client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> HelloParse<'a> {
+    match stream {
+        [] => return HelloParse::Incomplete,
+        [t, ..] if *t != 0x16 => return HelloParse::NotTls,
+        [_, v, ..] if *v != 0x03 => return HelloParse::NotTls,
+        _ => {}
+    }
+    // Fast path: the whole hello in the first record.
+    if let Some(hdr) = stream.get(..5) {
+        let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+        if len == 0 || len > 16384 + 256 {
+            return HelloParse::Malformed("bad record length");
+        }
+        if let Some(body) = stream.get(5..5 + len) {
+            match handshake_len(body) {
+                Err(e) => return HelloParse::Malformed(e),
+                Ok(Some(n)) if n <= body.len() => return finish(&body[4..n], false),
+                _ => {}
+            }
+        }
+    }
+    scratch.clear();
     let mut pos = 0usize;
-    let mut need: Option<usize> = None;
     loop {
-        let Some(hdr) = stream.get(pos..pos + 5) else {
-            let looks_tls = stream.first().is_none_or(|b| *b == 0x16)
-                && stream.get(1).is_none_or(|b| *b == 0x03);
-            return if pos == 0 && !looks_tls {
-                HelloParse::NotTls
-            } else {
-                HelloParse::Incomplete
-            };
-        };
+        let Some(hdr) = stream.get(pos..pos + 5) else { return HelloParse::Incomplete };
         if hdr[0] != 0x16 {
-            return if pos == 0 {
-                HelloParse::NotTls
-            } else {
-                HelloParse::Malformed("non-handshake record inside the ClientHello")
-            };
+            return HelloParse::Malformed("non-handshake record inside the ClientHello");
         }
         if hdr[1] != 0x03 {
-            return if pos == 0 {
-                HelloParse::NotTls
-            } else {
-                HelloParse::Malformed("bad record version")
-            };
+            return HelloParse::Malformed("bad record version");
         }
         let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
         if len == 0 || len > 16384 + 256 {
             return HelloParse::Malformed("bad record length");
         }
-        let Some(body) = stream.get(pos + 5..pos + 5 + len) else {
-            if pos + 5 + len > MAX_HELLO + 5 * 4 {
-                return HelloParse::Malformed("ClientHello larger than 16 KiB");
-            }
-            return HelloParse::Incomplete;
-        };
-        if hs_len + body.len() > MAX_HELLO {
+        if scratch.len() + len > MAX_HELLO {
             return HelloParse::Malformed("ClientHello larger than 16 KiB");
         }
-        hs[hs_len..hs_len + body.len()].copy_from_slice(body);
-        hs_len += body.len();
+        let Some(body) = stream.get(pos + 5..pos + 5 + len) else { return HelloParse::Incomplete };
+        scratch.extend_from_slice(body);
         pos += 5 + len;
-        if need.is_none() && hs_len >= 4 {
-            if hs[0] != 1 {
-                return HelloParse::Malformed("first handshake message is not a ClientHello");
+        match handshake_len(scratch) {
+            Err(e) => return HelloParse::Malformed(e),
+            Ok(Some(n)) if n <= scratch.len() => {
+                let hs: &'a [u8] = scratch;
+                return finish(&hs[4..n], false);
             }
-            let n = (usize::from(hs[1]) << 16) | (usize::from(hs[2]) << 8) | usize::from(hs[3]);
-            if n + 4 > MAX_HELLO {
-                return HelloParse::Malformed("ClientHello larger than 16 KiB");
-            }
-            need = Some(n + 4);
-        }
-        if let Some(n) = need
-            && hs_len >= n
-        {
-            return match parse_hello_body(&hs[4..n], false) {
-                Some(h) => HelloParse::Hello(h),
-                None => HelloParse::Malformed("malformed ClientHello"),
-            };
+            _ => {}
         }
     }
 }
 
+fn finish(body: &[u8], quic: bool) -> HelloParse<'_> {
+    match parse_hello_body(body, quic) {
+        Some(h) => HelloParse::Hello(h),
+        None => HelloParse::Malformed("malformed ClientHello"),
+    }
+}
+
 /// Parses a ClientHello handshake body (after the 4-byte handshake header).
-pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello> {
+pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello<'_>> {
     let mut r = Reader::new(body);
     let legacy_version = r.u16()?;
     r.take(32)?; // random
     r.vec8()?; // session id
-    let suites = r.vec16()?;
-    if suites.len() % 2 != 0 {
+    let ciphers = r.vec16()?;
+    if ciphers.len() % 2 != 0 {
         return None;
     }
     r.vec8()?; // compression methods
-    let mut out = ClientHello { version: legacy_version, ..Default::default() };
-    let mut ciphers: Vec<u16> = suites
-        .chunks_exact(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-        .filter(|c| !is_grease(*c))
-        .collect();
-    let mut exts: Vec<u16> = Vec::new();
-    let mut ext_count = 0usize;
-    let mut sigalgs: Vec<u16> = Vec::new();
+    let mut out = ClientHello {
+        version: legacy_version,
+        sni: None,
+        alpn: &[],
+        ciphers,
+        extensions: &[],
+        quic,
+    };
+    if r.is_empty() {
+        return Some(out);
+    }
+    out.extensions = r.vec16()?;
     let mut best_version: Option<u16> = None;
-    if !r.is_empty() {
-        let mut e = Reader::new(r.vec16()?);
-        while !e.is_empty() {
-            let typ = e.u16()?;
-            let data = e.vec16()?;
+    let mut e = Reader::new(out.extensions);
+    while !e.is_empty() {
+        let typ = e.u16()?;
+        let mut d = Reader::new(e.vec16()?);
+        match typ {
+            0x0000 => {
+                let mut list = Reader::new(d.vec16()?);
+                while !list.is_empty() {
+                    let kind = list.u8()?;
+                    let name = list.vec16()?;
+                    if kind == 0 && out.sni.is_none() {
+                        if name.is_empty()
+                            || name.len() > 255
+                            || !name.iter().all(u8::is_ascii_graphic)
+                        {
+                            return None;
+                        }
+                        out.sni = std::str::from_utf8(name).ok();
+                    }
+                }
+            }
+            0x0010 => {
+                out.alpn = d.vec16()?;
+                let mut list = Reader::new(out.alpn);
+                while !list.is_empty() {
+                    list.vec8()?;
+                }
+            }
+            0x002b => {
+                let v = d.vec8()?;
+                for c in v.chunks_exact(2) {
+                    let ver = u16::from_be_bytes([c[0], c[1]]);
+                    if !is_grease(ver) {
+                        best_version = Some(best_version.map_or(ver, |b| b.max(ver)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(v) = best_version {
+        out.version = v;
+    }
+    Some(out)
+}
+
+impl<'a> ClientHello<'a> {
+    /// Server name (host_name type), as sent.
+    pub fn sni(&self) -> Option<&'a str> {
+        self.sni
+    }
+
+    /// ALPN protocols in order.
+    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut r = Reader::new(self.alpn);
+        std::iter::from_fn(move || r.vec8())
+    }
+
+    /// ALPN protocols as strings (lossy), at most 16.
+    pub fn alpn_strings(&self) -> Vec<String> {
+        self.alpn().take(16).map(|p| String::from_utf8_lossy(p).into_owned()).collect()
+    }
+
+    /// The JA4 fingerprint (FoxIO).
+    pub fn ja4(&self) -> String {
+        let mut ciphers: Vec<u16> = self
+            .ciphers
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .filter(|c| !is_grease(*c))
+            .collect();
+        let mut exts = Vec::new();
+        let mut ext_count = 0usize;
+        let mut sigalgs: Vec<u16> = Vec::new();
+        let mut e = Reader::new(self.extensions);
+        while let (Some(typ), Some(data)) = (e.u16(), e.vec16()) {
             if is_grease(typ) {
                 continue;
             }
@@ -174,65 +257,27 @@ pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello> {
             if typ != 0x0000 && typ != 0x0010 {
                 exts.push(typ);
             }
-            let mut d = Reader::new(data);
-            match typ {
-                0x0000 => {
-                    let mut list = Reader::new(d.vec16()?);
-                    while !list.is_empty() {
-                        let kind = list.u8()?;
-                        let name = list.vec16()?;
-                        if kind == 0 && out.sni.is_none() {
-                            if name.is_empty()
-                                || name.len() > 255
-                                || !name.iter().all(|b| b.is_ascii_graphic())
-                            {
-                                return None;
-                            }
-                            out.sni = Some(String::from_utf8_lossy(name).to_ascii_lowercase());
-                        }
-                    }
-                }
-                0x0010 => {
-                    let mut list = Reader::new(d.vec16()?);
-                    while !list.is_empty() {
-                        let p = list.vec8()?;
-                        if out.alpn.len() < 16 {
-                            out.alpn.push(String::from_utf8_lossy(p).into_owned());
-                        }
-                    }
-                }
-                0x002b => {
-                    let v = d.vec8()?;
-                    for c in v.chunks_exact(2) {
-                        let ver = u16::from_be_bytes([c[0], c[1]]);
-                        if !is_grease(ver) {
-                            best_version = Some(best_version.map_or(ver, |b| b.max(ver)));
-                        }
-                    }
-                }
-                0x000d => {
-                    let v = d.vec16()?;
-                    sigalgs = v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-                }
-                _ => {}
+            if typ == 0x000d
+                && let Some(v) = Reader::new(data).vec16()
+            {
+                sigalgs = v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             }
         }
+        let first_alpn = self.alpn().next();
+        ja4(
+            self.quic,
+            self.version,
+            self.sni.is_some(),
+            &mut ciphers,
+            ext_count,
+            &mut exts,
+            &sigalgs,
+            first_alpn,
+        )
     }
-    if let Some(v) = best_version {
-        out.version = v;
-    }
-    out.ja4 = ja4(
-        quic,
-        out.version,
-        out.sni.is_some(),
-        &mut ciphers,
-        ext_count,
-        &mut exts,
-        &sigalgs,
-        out.alpn.first().map(String::as_bytes),
-    );
-    Some(out)
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn hex_list(v: &[u16]) -> String {
     let mut s = String::with_capacity(v.len() * 5);
@@ -240,7 +285,9 @@ fn hex_list(v: &[u16]) -> String {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{x:04x}"));
+        for shift in [12, 8, 4, 0] {
+            s.push(char::from(HEX[usize::from((x >> shift) & 0xf)]));
+        }
     }
     s
 }
@@ -250,7 +297,12 @@ fn hash12(s: &str) -> String {
         return "000000000000".to_owned();
     }
     let d = Sha256::digest(s.as_bytes());
-    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(12);
+    for b in &d[..6] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// JA4 (FoxIO) from the parts of a hello.
@@ -331,19 +383,20 @@ mod tests {
 
     #[test]
     fn not_tls_and_garbage() {
-        assert_eq!(parse_client_hello(b""), HelloParse::Incomplete);
-        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), HelloParse::NotTls);
-        assert_eq!(parse_client_hello(&[0x16]), HelloParse::Incomplete);
+        let mut sc = Vec::new();
+        assert_eq!(parse_client_hello(b"", &mut sc), HelloParse::Incomplete);
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n", &mut sc), HelloParse::NotTls);
+        assert_eq!(parse_client_hello(&[0x16], &mut sc), HelloParse::Incomplete);
         assert_eq!(
-            parse_client_hello(&[0x16, 0x03, 0x01, 0, 0]),
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 0], &mut sc),
             HelloParse::Malformed("bad record length")
         );
         assert!(matches!(
-            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 2, 0, 0, 0]),
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 2, 0, 0, 0], &mut sc),
             HelloParse::Malformed(_)
         ));
         assert!(matches!(
-            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 1, 0, 0, 0]),
+            parse_client_hello(&[0x16, 0x03, 0x01, 0, 4, 1, 0, 0, 0], &mut sc),
             HelloParse::Malformed(_)
         ));
     }
