@@ -497,6 +497,7 @@ impl Cx<'_> {
             },
             ids: id_list,
             any_source: r.identities.is_empty() && r.groups.is_empty(),
+            match_unknown: r.identities.iter().any(|i| **i.get_ref() == *defaults.unknown_identity),
             cats: (!r.categories.is_empty()).then_some(cat_set),
             dlp,
         })

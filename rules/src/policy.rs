@@ -107,6 +107,7 @@ pub struct Rule {
     pub spec: RuleSpec,
     pub(crate) ids: Vec<IdentityId>,
     pub(crate) any_source: bool,
+    pub(crate) match_unknown: bool,
     pub(crate) cats: Option<CatSet>,
     pub(crate) dlp: Option<usize>,
 }
@@ -294,7 +295,7 @@ impl Policy {
         }
         let by_identity = match who.id {
             Some(id) => rule.ids.contains(&id),
-            None => rule.spec.identities.iter().any(|n| *n == *self.defaults.unknown_identity),
+            None => rule.match_unknown,
         };
         by_identity
             || (!rule.spec.groups.is_empty()
@@ -312,16 +313,12 @@ impl Policy {
         if !rule.spec.ports.is_empty() && !rule.spec.ports.contains(&port) {
             return None;
         }
-        if !self.source_matches(rule, who) {
-            return None;
-        }
-        match &rule.cats {
-            None => Some(cats.first().and_then(|c| self.category_name(c))),
-            Some(rc) => {
-                let common = rc.intersection(cats);
-                common.first().map(|c| self.category_name(c))
-            }
-        }
+        // Cheapest test first: a bitset intersection.
+        let category = match &rule.cats {
+            None => cats.first().and_then(|c| self.category_name(c)),
+            Some(rc) => Some(self.category_name(rc.intersection(cats).first()?)?),
+        };
+        self.source_matches(rule, who).then_some(category)
     }
 
     /// Says, for each rule in order, why it matched or not, and which one decided.
