@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Packet-path benchmark: the same lab topology forwarded by sluice-dataplane, then by a plain
+# Linux bridge in the appliance namespace (same veths, same offload settings). Prints medians
+# of RUNS runs and the ratio. Needs root.
+#   benches/packet.sh            (RUNS=5 SECS=5 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_LAB=${SLUICE_LAB:-slb}
+RUNS=${RUNS:-5}
+SECS=${SECS:-5}
+lab=scripts/lab
+$lab down >/dev/null 2>&1 || true
+trap '$lab down >/dev/null 2>&1 || true' EXIT
+$lab up >/dev/null
+cargo build --release --locked -q -p sluice-dataplane
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+measure() { # label
+  local tcp=() pps=() i
+  for i in $(seq "$RUNS"); do
+    tcp+=("$($lab exec alice -- iperf3 -c 198.51.100.80 -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')")
+    pps+=("$($lab exec alice -- iperf3 -c 198.51.100.80 -u -l 18 -b 0 -t "$SECS" -J | python3 -c '
+import json,sys
+e=json.load(sys.stdin)["end"]["sum"]
+print((e["packets"]-e["lost_packets"])/e["seconds"])')")
+  done
+  TCP=$(printf '%s\n' "${tcp[@]}" | median)
+  PPS=$(printf '%s\n' "${pps[@]}" | median)
+  awk -v l="$1" -v t="$TCP" -v p="$PPS" -v r="$RUNS" -v s="$SECS" \
+    'BEGIN { printf "%-22s TCP %8.2f Gbit/s   64-byte frames %8.0f kpps   (medians of %d x %ss)\n", l, t / 1e9, p / 1e3, r, s }'
+}
+
+$lab start >/dev/null
+measure "sluice-dataplane"
+S_TCP=$TCP; S_PPS=$PPS
+$lab stop >/dev/null
+ip netns exec "$SLUICE_LAB-appl" ip link add br0 type bridge
+ip netns exec "$SLUICE_LAB-appl" ip link set inside master br0
+ip netns exec "$SLUICE_LAB-appl" ip link set outside master br0
+ip netns exec "$SLUICE_LAB-appl" ip link set br0 up
+measure "linux bridge"
+awk -v a="$S_TCP" -v b="$TCP" -v c="$S_PPS" -v d="$PPS" \
+  'BEGIN { printf "ratio sluice/bridge:  TCP %.2fx   small frames %.2fx\n", a / b, c / d }'
