@@ -5,7 +5,11 @@ use std::process::Command;
 
 fn sluicectl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sluicectl")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn default_rules() -> String {
@@ -29,8 +33,18 @@ fn check_prints_file_line_col_and_exits_1() {
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].starts_with(&format!("{}:3:24: error: `300.1.1.1/32` is not a CIDR", bad.display())), "{out}");
-    assert!(lines[1].starts_with(&format!("{}:8:15: error: rule `r` names unknown category `missing`", bad.display())), "{out}");
+    assert!(
+        lines[0]
+            .starts_with(&format!("{}:3:24: error: `300.1.1.1/32` is not a CIDR", bad.display())),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{}:8:15: error: rule `r` names unknown category `missing`",
+            bad.display()
+        )),
+        "{out}"
+    );
     let (code, out, _) = sluicectl(&["rules", "check", "--json", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -40,10 +54,22 @@ fn check_prints_file_line_col_and_exits_1() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot read rule file"), "{err}");
     // Includes resolve relative to the rule file.
-    std::fs::write(dir.join("extra.toml"), "description = \"x\"\ndomains = [\"intranet-ai.example\"]\n").unwrap();
+    std::fs::write(
+        dir.join("extra.toml"),
+        "description = \"x\"\ndomains = [\"intranet-ai.example\"]\n",
+    )
+    .unwrap();
     let with_include = dir.join("inc.toml");
     std::fs::write(&with_include, "[[category]]\nname = \"c\"\ninclude = [\"./extra.toml\", \"openai-api\"]\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\naction = \"block\"\n").unwrap();
-    let (code, out, _) = sluicectl(&["rules", "explain", with_include.to_str().unwrap(), "--src", "10.0.0.1", "--sni", "intranet-ai.example"]);
+    let (code, out, _) = sluicectl(&[
+        "rules",
+        "explain",
+        with_include.to_str().unwrap(),
+        "--src",
+        "10.0.0.1",
+        "--sni",
+        "intranet-ai.example",
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("decision: block (rule r"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -51,7 +77,15 @@ fn check_prints_file_line_col_and_exits_1() {
 
 #[test]
 fn explain_and_diff() {
-    let (code, out, _) = sluicectl(&["rules", "explain", &default_rules(), "--src", "10.20.9.99", "--sni", "api.openai.com"]);
+    let (code, out, _) = sluicectl(&[
+        "rules",
+        "explain",
+        &default_rules(),
+        "--src",
+        "10.20.9.99",
+        "--sni",
+        "api.openai.com",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("=> unknown-no-openai"), "{out}");
     assert!(out.contains("decision: block"), "{out}");

@@ -5,13 +5,21 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
+use sluice_rules::{
+    Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query, QuicPolicy,
+};
 
 use crate::flow::{Class, EndReason, Flow, FlowKey, FlowTable, TcpState, Timeouts, Verdict};
 use crate::reassembly::{Added, Reassembly};
 use crate::record::FlowRecord;
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
-use crate::wire::tls::{HelloParse, parse_client_hello};
+use crate::wire::quic;
+use crate::wire::tls::{HelloParse, parse_client_hello, parse_hello_body};
+
+/// UDP port of QUIC.
+pub const QUIC_PORT: u16 = 443;
+/// Most datagrams held per QUIC flow while its ClientHello is incomplete.
+const MAX_QUIC_HELD: usize = 8;
 
 /// The two ports of the appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,7 +172,7 @@ impl Engine {
         let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
         let action = match f.tcp {
             Some(t) => self.tcp(side, data, &f, t, key, now, out),
-            None => self.untracked_or_counted(side, &f, key, now),
+            None => self.udp_or_other(side, data, &f, key, now, out),
         };
         if action == Action::Drop {
             self.counters.dropped += 1;
@@ -248,22 +256,109 @@ impl Engine {
         }
     }
 
-    fn untracked_or_counted(
+    fn udp_or_other(
         &mut self,
         side: Side,
+        data: &[u8],
         f: &Frame<'_>,
         key: FlowKey,
         now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
+        let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
         let flow = match self.table.get_mut(&key) {
             Some(fl) => fl,
-            None => match self.insert(key, side, f, now, TcpState::NotTcp, Verdict::Allow) {
-                Some(fl) => fl,
-                None => return Action::Forward,
-            },
+            None => {
+                let verdict = if quic { Verdict::Pending } else { Verdict::Allow };
+                match self.insert(key, side, f, now, TcpState::NotTcp, verdict) {
+                    Some(fl) => fl,
+                    None => return Action::Forward,
+                }
+            }
         };
         count(flow, f, now);
-        Action::Forward
+        let c2s = (f.src, f.sport) == flow.client;
+        match flow.verdict {
+            Verdict::Allow => Action::Forward,
+            Verdict::Block => Action::Drop,
+            Verdict::Pending if !c2s => Action::Forward,
+            Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
+        }
+    }
+
+    /// Reads a client datagram of a pending QUIC flow; decides once the ClientHello is whole.
+    fn quic_initial(
+        &mut self,
+        key: FlowKey,
+        client_side: Side,
+        data: &[u8],
+        f: &Frame<'_>,
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
+        flow.held.push(data.to_vec());
+        let outcome = match quic::read_initial(f.payload) {
+            Err(e) => Err(e.to_string()),
+            Ok(init) => {
+                let reasm = flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(0)));
+                let mut conflict = false;
+                for c in &init.crypto {
+                    let offset = u32::try_from(c.offset).unwrap_or(u32::MAX);
+                    match reasm.add(offset, &init.payload[c.start..c.end]) {
+                        Added::Ok => {}
+                        Added::Conflict => conflict = true,
+                        Added::Overflow => conflict = true,
+                    }
+                }
+                if conflict {
+                    self.counters.evasions += 1;
+                    Err("QUIC CRYPTO frames disagree or exceed 16 KiB".to_owned())
+                } else {
+                    match quic::hello_body(reasm.contiguous()) {
+                        Err(e) => Err(e.to_owned()),
+                        Ok(None) if flow.held.len() >= MAX_QUIC_HELD => {
+                            Err("no ClientHello in the first QUIC Initials".to_owned())
+                        }
+                        Ok(None) => return Action::Drop,
+                        Ok(Some(body)) => match parse_hello_body(body, true) {
+                            None => Err("malformed ClientHello in QUIC".to_owned()),
+                            Some(h) => {
+                                self.counters.hellos += 1;
+                                flow.class.tls_version = Some(tls_version_name(h.version));
+                                flow.class.alpn = h.alpn_strings();
+                                flow.class.ja4 = Some(h.ja4());
+                                flow.class.sni = h.sni().map(str::to_ascii_lowercase);
+                                Ok(())
+                            }
+                        },
+                    }
+                }
+            }
+        };
+        let policy = self.policy.load();
+        let verdict = match outcome {
+            Ok(()) => {
+                let sni = flow.class.sni.clone();
+                decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, now)
+            }
+            Err(_) => {
+                flow.class.reason = Some("QUIC Initial unreadable");
+                match policy.defaults.quic_unreadable {
+                    QuicPolicy::Allow => Verdict::Allow,
+                    QuicPolicy::Drop => Verdict::Block,
+                }
+            }
+        };
+        flow.verdict = verdict;
+        flow.reasm = None;
+        let held = std::mem::take(&mut flow.held);
+        if verdict == Verdict::Allow {
+            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
+        } else {
+            self.counters.blocked += 1;
+        }
+        Action::Drop
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -405,33 +500,14 @@ impl Engine {
                 flow.class.action = Some("block");
                 Verdict::Block
             }
-            Outcome::Decide(sni, reason) => {
-                let policy = self.policy.load();
-                let overlay = self.overlay.load();
-                let q = Query {
-                    src: flow.client.0,
-                    mac: Some(flow.client_mac),
-                    sni: sni.as_deref(),
-                    port: flow.server.1,
-                    now: now.unix_ms / 1000,
-                };
-                let d = policy.decide(&q, &overlay);
-                flow.class.identity = Some(d.identity.to_owned());
-                flow.class.user = d.user.map(str::to_owned);
-                flow.class.category = d.category.map(str::to_owned);
-                flow.class.rule = Some(d.rule_name().to_owned());
-                flow.class.action = Some(d.action.as_str());
-                flow.class.reason = reason.or(match d.action {
-                    RuleAction::Inspect => {
-                        Some("inspection not available on this data plane: passed")
-                    }
-                    _ => None,
-                });
-                match d.action {
-                    RuleAction::Block => Verdict::Block,
-                    RuleAction::Allow | RuleAction::Inspect => Verdict::Allow,
-                }
-            }
+            Outcome::Decide(sni, reason) => decide_flow(
+                &self.policy.load(),
+                &self.overlay.load(),
+                flow,
+                sni.as_deref(),
+                reason,
+                now,
+            ),
         };
         flow.verdict = verdict;
         let held = std::mem::take(&mut flow.held);
@@ -488,6 +564,41 @@ impl Engine {
     /// True when `key` is tracked.
     pub fn has_flow(&self, key: &FlowKey) -> bool {
         self.table.contains(key)
+    }
+}
+
+/// Asks the policy about a flow whose server name is now known, and records the answer.
+fn decide_flow(
+    policy: &Policy,
+    overlay: &IdentityOverlay,
+    flow: &mut Flow,
+    sni: Option<&str>,
+    reason: Option<&'static str>,
+    now: Now,
+) -> Verdict {
+    let q = Query {
+        src: flow.client.0,
+        mac: Some(flow.client_mac),
+        sni,
+        port: flow.server.1,
+        now: now.unix_ms / 1000,
+    };
+    let d = policy.decide(&q, overlay);
+    flow.class.identity = Some(d.identity.to_owned());
+    flow.class.user = d.user.map(str::to_owned);
+    flow.class.category = d.category.map(str::to_owned);
+    flow.class.rule = Some(d.rule_name().to_owned());
+    flow.class.action = Some(d.action.as_str());
+    flow.class.reason = reason.or(match d.action {
+        RuleAction::Inspect if flow.proto == Proto::Udp => {
+            Some("inspected category over QUIC: dropped so the client falls back to TCP")
+        }
+        RuleAction::Inspect => Some("inspection not available on this data plane: passed"),
+        _ => None,
+    });
+    match (d.action, flow.proto) {
+        (RuleAction::Block, _) | (RuleAction::Inspect, Proto::Udp) => Verdict::Block,
+        (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
     }
 }
 

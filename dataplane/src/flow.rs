@@ -62,7 +62,7 @@ pub struct Timeouts {
     pub tcp_embryonic: u64,
     /// Established TCP.
     pub tcp_established: u64,
-    /// TCP after FIN or RST.
+    /// TCP after FIN or RST, and any blocked flow.
     pub tcp_closing: u64,
     /// UDP.
     pub udp: u64,
@@ -159,6 +159,10 @@ pub struct Class {
 impl Flow {
     /// Idle timeout of this flow.
     pub fn timeout(&self, t: &Timeouts) -> u64 {
+        if self.verdict == Verdict::Block {
+            // Nothing passes: keep it only long enough to swallow retransmissions.
+            return t.tcp_closing;
+        }
         match (self.proto, self.state) {
             (Proto::Tcp, TcpState::Embryonic) => t.tcp_embryonic,
             (Proto::Tcp, TcpState::Closing) => t.tcp_closing,

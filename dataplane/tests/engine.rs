@@ -290,3 +290,64 @@ fn flow_table_cap_evicts_embryonic_first() {
     assert_eq!(e.counters.flows_evicted, 92);
     assert_eq!(e.take_records().len(), 92);
 }
+
+fn quic_datagram(client: &str, server: &str, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(c), IpAddr::V4(s)) = (client.parse().unwrap(), server.parse().unwrap()) else {
+        unreachable!()
+    };
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
+        .ipv4(c.octets(), s.octets(), 64)
+        .udp(50_000, 443);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn rfc9001_initial() -> Vec<u8> {
+    let hex: String = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/quic/rfc9001-a2-client-initial.hex"
+    ))
+    .unwrap()
+    .split_whitespace()
+    .collect();
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn quic_initial_is_read_and_decided() {
+    // The RFC 9001 Initial names example.com: a rule blocking it for guests drops the flow.
+    let text = "[[category]]\nname = \"c\"\ndomains = [\"example.com\"]\n[[rule]]\nname = \"no-example\"\ncategories = [\"c\"]\naction = \"block\"\n";
+    let policy = sluice_rules::compile("t.toml", text, &ShippedOnly).unwrap().policy;
+    let mut e = Engine::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        Settings::default(),
+    );
+    let dgram = quic_datagram("10.20.9.99", "198.51.100.80", &rfc9001_initial());
+    let mut out = Vec::new();
+    assert_eq!(e.handle(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
+    assert!(out.is_empty());
+    assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Drop);
+    e.shutdown(now(2));
+    let r = serde_json::to_value(&e.take_records()[0]).unwrap();
+    assert_eq!(
+        (r["sni"].as_str(), r["verdict"].as_str(), r["proto"].as_str()),
+        (Some("example.com"), Some("block"), Some("udp"))
+    );
+    assert!(r["ja4"].as_str().unwrap().starts_with("q13d"));
+
+    // The default rules allow example.com: the held datagram is released at once.
+    let mut e = engine(Settings::default());
+    assert_eq!(e.handle(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0], (Side::Outside, dgram.clone()));
+    out.clear();
+    assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Forward);
+
+    // Not QUIC on UDP 443: follows quic_unreadable (allow by default).
+    let mut e = engine(Settings::default());
+    let junk = quic_datagram("10.20.9.99", "198.51.100.10", b"hello, not quic");
+    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(out.last().unwrap().1, junk);
+}

@@ -139,6 +139,30 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(r["verdict"], "block")
 
 
+class Quic(unittest.TestCase):
+    """QUIC Initials are read: blocked and inspected names are dropped (TCP fallback)."""
+
+    def udp_from(self, client_ip, server):
+        log = [json.loads(x) for x in lab("upstream-log", server).stdout.splitlines()]
+        return [e for e in log if e["scheme"] == "udp" and e["client"] == client_ip]
+
+    def test_quic_to_blocked_name_dropped_other_passes(self):
+        r = on("guest", "python3", os.path.join(ROOT, "tests", "e2e", "quic_initial.py"), "api.openai.com", "198.51.100.10")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = on("guest", "python3", os.path.join(ROOT, "tests", "e2e", "quic_initial.py"), "example.org", "198.51.100.80")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # alice's API traffic is inspected: over QUIC it is dropped too, so it falls back to TCP.
+        r = on("alice", "python3", os.path.join(ROOT, "tests", "e2e", "quic_initial.py"), "api.openai.com", "198.51.100.10")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        time.sleep(0.5)
+        self.assertTrue(self.udp_from("10.20.9.99", "example.org"), "the QUIC Initial to example.org did not arrive")
+        self.assertFalse(self.udp_from("10.20.9.99", "api.openai.com"), "a QUIC Initial to a blocked name passed")
+        self.assertFalse(self.udp_from("10.20.1.10", "api.openai.com"), "a QUIC Initial to an inspected name passed")
+        r = wait_for_flow(lambda r: r["proto"] == "udp" and r["src"] == "10.20.9.99" and r.get("sni") == "api.openai.com")
+        self.assertEqual((r["verdict"], r["rule"]), ("block", "unknown-no-openai"))
+        self.assertTrue(r["ja4"].startswith("q13d"), r["ja4"])
+
+
 class Reload(unittest.TestCase):
     """SIGHUP swaps the policy whole; a broken rule file keeps the old one."""
 

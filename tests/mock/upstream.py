@@ -172,6 +172,17 @@ class Server(ThreadingHTTPServer):
         super().__init__(addr, Handler)
 
 
+def udp_sink(ip, name):
+    """Records every datagram to UDP 443 (there is no QUIC server: tests check arrival)."""
+    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((ip, 443))
+    while True:
+        data, peer = s.recvfrom(65535)
+        record({"ts": time.time(), "server": name, "scheme": "udp", "client": peer[0], "method": "DATAGRAM",
+                "host": name, "path": "", "headers": {}, "body": "", "body_encoding": "utf-8", "body_len": len(data)})
+
+
 def main():
     global LOG_PATH
     ap = argparse.ArgumentParser()
@@ -191,6 +202,7 @@ def main():
             tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
             plain = Server((ip, 80), fam, h["name"], "http")
             servers += [tls, plain]
+            threading.Thread(target=udp_sink, args=(ip, h["name"]), daemon=True).start()
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print("upstream: serving %d listeners" % len(servers), flush=True)

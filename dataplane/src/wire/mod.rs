@@ -1,4 +1,5 @@
 //! Sans-IO wire formats: checked views over frames, and the ClientHello parser.
 
 pub mod frame;
+pub mod quic;
 pub mod tls;
