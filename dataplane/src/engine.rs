@@ -2,7 +2,10 @@
 //! action out (forward or drop), plus frames to emit (released held segments, resets) and flow
 //! records. No sockets, no clocks: tested by feeding frames.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
 use sluice_rules::{
@@ -11,7 +14,8 @@ use sluice_rules::{
 
 use crate::flow::{Class, EndReason, Flow, FlowKey, FlowTable, TcpState, Timeouts, Verdict};
 use crate::reassembly::{Added, Reassembly};
-use crate::record::FlowRecord;
+use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
+use crate::wire::dns;
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
 use crate::wire::quic;
 use crate::wire::tls::{HelloParse, parse_client_hello, parse_hello_body};
@@ -115,9 +119,26 @@ pub struct Engine {
     settings: Settings,
     /// Counters.
     pub counters: Counters,
-    records: Vec<FlowRecord>,
+    records: Vec<Record>,
     scratch: Vec<u8>,
+    learned: HashMap<IpAddr, Learned>,
+    dns_queries: HashMap<(String, String), u64>,
+    last_stats: u64,
 }
+
+/// A destination learned for divert.
+#[derive(Debug, Clone)]
+struct Learned {
+    name: Box<str>,
+    expires_mono: u64,
+}
+
+/// Most learned destinations kept.
+const MAX_LEARNED: usize = 65_536;
+/// TTL bounds applied to learned destinations (seconds).
+const LEARN_TTL: (u32, u32) = (30, 86_400);
+/// How long a destination learned from an inspected ClientHello is remembered (seconds).
+const HELLO_LEARN_TTL: u32 = 3_600;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +164,9 @@ impl Engine {
             counters: Counters::default(),
             records: Vec::new(),
             scratch: Vec::new(),
+            learned: HashMap::new(),
+            dns_queries: HashMap::new(),
+            last_stats: 0,
         }
     }
 
@@ -151,9 +175,87 @@ impl Engine {
         self.table.len()
     }
 
-    /// Takes the flow records produced so far.
-    pub fn take_records(&mut self) -> Vec<FlowRecord> {
+    /// Takes the records produced so far.
+    pub fn take_records(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.records)
+    }
+
+    /// The name a destination was learned from (DNS answer or ClientHello), if still valid.
+    pub fn learned(&self, ip: IpAddr, now: Now) -> Option<&str> {
+        self.learned.get(&ip).filter(|l| l.expires_mono > now.mono_ms).map(|l| &*l.name)
+    }
+
+    /// Remembers that `ip` serves `name`, an inspected name, for `ttl` seconds.
+    fn learn(&mut self, ip: IpAddr, name: &str, ttl: u32, now: Now) {
+        if self.learned.len() >= MAX_LEARNED && !self.learned.contains_key(&ip) {
+            self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
+            if self.learned.len() >= MAX_LEARNED {
+                return;
+            }
+        }
+        let ttl = u64::from(ttl.clamp(LEARN_TTL.0, LEARN_TTL.1)) * 1000;
+        self.learned.insert(ip, Learned { name: name.into(), expires_mono: now.mono_ms + ttl });
+    }
+
+    /// DNS snooping: answers for inspected names teach which IPs to divert; queries for names
+    /// in any category are counted per identity. Never changes the verdict of the datagram.
+    fn snoop_dns(&mut self, side: Side, f: &Frame<'_>, now: Now) {
+        let Ok(msg) = dns::read(f.payload) else { return };
+        let policy = self.policy.load_full();
+        if side == Side::Outside && f.sport == 53 && msg.response {
+            let names = msg
+                .question
+                .iter()
+                .chain(msg.aliases.iter())
+                .chain(msg.answers.iter().map(|a| &a.name));
+            if let Some(name) = names.into_iter().find(|n| policy.is_inspected_name(n)).cloned() {
+                for a in &msg.answers {
+                    self.learn(a.addr, &name, a.ttl, now);
+                }
+            }
+        } else if side == Side::Inside && f.dport == 53 && !msg.response {
+            let Some(q) = msg.question.as_deref() else { return };
+            let Some(cat) = policy.categories_of(q).first() else { return };
+            let overlay = self.overlay.load();
+            let query = Query {
+                src: f.src,
+                mac: Some(f.src_mac),
+                sni: None,
+                port: 53,
+                now: now.unix_ms / 1000,
+            };
+            let who = policy.resolve(&query, &overlay);
+            let key = (
+                policy.identity_name(who.id).to_owned(),
+                policy.category_name(cat).unwrap_or("").to_owned(),
+            );
+            *self.dns_queries.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    fn stats(&self, now: Now) -> StatsRecord {
+        let mut dns_queries: Vec<DnsQueryCount> = self
+            .dns_queries
+            .iter()
+            .map(|((identity, category), count)| DnsQueryCount {
+                identity: identity.clone(),
+                category: category.clone(),
+                count: *count,
+            })
+            .collect();
+        dns_queries.sort_by(|a, b| (&a.identity, &a.category).cmp(&(&b.identity, &b.category)));
+        StatsRecord {
+            kind: "stats",
+            ts_ms: now.unix_ms,
+            flows: self.table.len(),
+            counters: self.counters,
+            learned_destinations: self
+                .learned
+                .values()
+                .filter(|l| l.expires_mono > now.mono_ms)
+                .count(),
+            dns_queries,
+        }
     }
 
     /// Handles one frame received on `side`. Frames to send go to `out` as (port, frame).
@@ -245,7 +347,7 @@ impl Engine {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
                     self.counters.flows_evicted += 1;
-                    self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now));
+                    self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now).into());
                 }
                 self.table.get_mut(&key)
             }
@@ -265,6 +367,9 @@ impl Engine {
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
+        if f.proto == Proto::Udp && (f.sport == 53 || f.dport == 53) {
+            self.snoop_dns(side, f, now);
+        }
         let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
         let flow = match self.table.get_mut(&key) {
             Some(fl) => fl,
@@ -510,11 +615,19 @@ impl Engine {
             ),
         };
         flow.verdict = verdict;
+        let learn = match (&flow.class.sni, flow.class.action) {
+            (Some(sni), Some("inspect")) => Some((flow.server.0, sni.clone())),
+            _ => None,
+        };
         let held = std::mem::take(&mut flow.held);
         let client_next = flow.reasm.as_ref().map_or(isn.wrapping_add(1), |r| r.next_seq());
         flow.reasm = None;
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
+            if let Some((ip, name)) = learn {
+                // The next flow to this inspected server is diverted at its SYN.
+                self.learn(ip, &name, HELLO_LEARN_TTL, now);
+            }
             return Action::Drop;
         }
         self.counters.blocked += 1;
@@ -538,13 +651,19 @@ impl Engine {
     /// Expires idle flows and emits periodic records for long ones. Call about once a second.
     pub fn tick(&mut self, now: Now) {
         let records = &mut self.records;
-        self.table.expire(now.mono_ms, |f, why| records.push(FlowRecord::end(&f, why, now)));
+        self.table.expire(now.mono_ms, |f, why| records.push(FlowRecord::end(&f, why, now).into()));
         let interval = self.settings.report_interval_ms;
         for f in self.table.due_reports(now.mono_ms, interval) {
             f.last_report = now.mono_ms;
             if now.mono_ms.saturating_sub(f.first_mono) >= interval {
-                records.push(FlowRecord::update(f, now));
+                records.push(FlowRecord::update(f, now).into());
             }
+        }
+        if now.mono_ms.saturating_sub(self.last_stats) >= interval {
+            self.last_stats = now.mono_ms;
+            self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
+            let stats = self.stats(now);
+            self.records.push(Record::Stats(stats));
         }
     }
 
@@ -552,8 +671,10 @@ impl Engine {
     pub fn shutdown(&mut self, now: Now) {
         let flows: Vec<Flow> = self.table.drain().collect();
         for f in flows {
-            self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now));
+            self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
         }
+        let stats = self.stats(now);
+        self.records.push(Record::Stats(stats));
     }
 
     /// The policy currently enforced.
@@ -626,5 +747,69 @@ fn tls_version_name(v: u16) -> &'static str {
         0x0302 => "1.1",
         0x0301 => "1.0",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::dns::tests::response;
+    use etherparse::PacketBuilder;
+    use sluice_rules::catalog::ShippedOnly;
+
+    fn engine() -> Engine {
+        let text = include_str!("../../rules/default.toml");
+        let policy = sluice_rules::compile("default.toml", text, &ShippedOnly).unwrap().policy;
+        Engine::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+            Settings::default(),
+        )
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .udp(sport, dport);
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    #[test]
+    fn dns_answers_for_inspected_names_are_learned() {
+        let mut e = engine();
+        let now = Now { mono_ms: 1_000, unix_ms: 1_700_000_000_000 };
+        let mut out = Vec::new();
+        let api: IpAddr = "198.51.100.10".parse().unwrap();
+        let plain: IpAddr = "198.51.100.80".parse().unwrap();
+        let query = {
+            let mut q = response("api.openai.com", &[], 0);
+            q[2] = 0x01; // a query, not a response
+            q
+        };
+        let f = udp([10, 20, 1, 10], [10, 20, 0, 1], 5353, 53, &query);
+        assert_eq!(e.handle(Side::Inside, &f, now, &mut out), Action::Forward);
+        let f =
+            udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("api.openai.com", &[api], 60));
+        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
+        let f =
+            udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("example.org", &[plain], 60));
+        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
+        assert!(out.is_empty());
+        assert_eq!(e.learned(api, now), Some("api.openai.com"));
+        assert_eq!(e.learned(plain, now), None);
+        // Expires with the record's TTL.
+        assert_eq!(e.learned(api, Now { mono_ms: 61_001, ..now }), None);
+        let stats = e.stats(now);
+        assert_eq!(stats.learned_destinations, 1);
+        assert_eq!(
+            stats.dns_queries,
+            vec![DnsQueryCount {
+                identity: "finance".into(),
+                category: "openai-api".into(),
+                count: 1
+            }]
+        );
     }
 }

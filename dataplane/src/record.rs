@@ -96,3 +96,48 @@ impl FlowRecord {
         FlowRecord::new(f, "update", None, now)
     }
 }
+
+/// Periodic engine statistics: counters, learned destinations, AI-domain DNS queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsRecord {
+    /// Always `stats`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Unix ms.
+    pub ts_ms: u64,
+    /// Flows in the table.
+    pub flows: usize,
+    /// Engine counters.
+    pub counters: crate::engine::Counters,
+    /// Destinations learned for divert (from DNS answers and ClientHellos), still valid.
+    pub learned_destinations: usize,
+    /// DNS queries for names in a category, per identity and category, since the start.
+    pub dns_queries: Vec<DnsQueryCount>,
+}
+
+/// DNS queries for a category's names from one identity.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DnsQueryCount {
+    /// Identity name.
+    pub identity: String,
+    /// Category name.
+    pub category: String,
+    /// Number of queries.
+    pub count: u64,
+}
+
+/// Any record the data plane writes (one JSON object per line).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Record {
+    /// A flow record.
+    Flow(Box<FlowRecord>),
+    /// A statistics record.
+    Stats(StatsRecord),
+}
+
+impl From<FlowRecord> for Record {
+    fn from(r: FlowRecord) -> Self {
+        Record::Flow(Box::new(r))
+    }
+}

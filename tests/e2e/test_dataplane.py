@@ -36,14 +36,18 @@ def flows():
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def wait_for_flow(pred, timeout=20):
+def wait_for_record(kind, pred, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
         for r in flows():
-            if pred(r):
+            if r.get("type") == kind and pred(r):
                 return r
         time.sleep(0.5)
-    raise AssertionError("no flow record matched within %ss" % timeout)
+    raise AssertionError("no %s record matched within %ss" % (kind, timeout))
+
+
+def wait_for_flow(pred, timeout=20):
+    return wait_for_record("flow", pred, timeout)
 
 
 def env():
@@ -137,6 +141,23 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(raw("alice", "198.51.100.10", "overlap-conflict"), "rst")
         r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "evasion" in (r.get("reason") or ""))
         self.assertEqual(r["verdict"], "block")
+
+
+class DnsSnooping(unittest.TestCase):
+    """Answers for inspected names are learned (for divert); AI-domain queries are counted."""
+
+    def test_answers_learned_and_queries_counted(self):
+        r = on("alice", "getent", "ahosts", "api.openai.com")
+        self.assertIn("198.51.100.10", r.stdout, r.stderr)
+        on("bob", "getent", "ahosts", "example.org")
+
+        def seen(rec):
+            counts = {(q["identity"], q["category"]): q["count"] for q in rec["dns_queries"]}
+            return rec["learned_destinations"] >= 1 and counts.get(("finance", "openai-api"), 0) >= 1
+
+        rec = wait_for_record("stats", seen)
+        self.assertFalse(any(q["identity"] == "engineering" for q in rec["dns_queries"]),
+                         "a query for an uncategorised name was counted")
 
 
 class Quic(unittest.TestCase):
