@@ -83,8 +83,8 @@ fn run_port(
     let mut out = Vec::new();
     let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
     while !stop.load(Ordering::Relaxed) {
-        let n = match rx.recv(&mut buf) {
-            Ok(Some(n)) => n,
+        let range = match rx.recv(&mut buf) {
+            Ok(Some(r)) => r,
             Ok(None) => continue,
             Err(e) => {
                 error!(port = rx.name(), "receive failed: {e}");
@@ -92,7 +92,8 @@ fn run_port(
                 continue;
             }
         };
-        let frame = &buf[..n];
+        let n = range.len();
+        let frame = &buf[range];
         let action = {
             let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
             eng.handle(side, frame, clock.now(), &mut out)

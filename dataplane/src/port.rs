@@ -8,6 +8,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -56,6 +57,14 @@ impl Port {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             ))?;
             let one: libc::c_int = 1;
+            // VLAN tags the kernel moved into metadata come back as auxdata, to be put back.
+            check(libc::setsockopt(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            ))?;
             check(libc::setsockopt(
                 raw,
                 libc::SOL_PACKET,
@@ -104,20 +113,61 @@ impl Port {
         &self.name
     }
 
-    /// Receives one frame into `buf`; `Ok(None)` on timeout.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: buf is a valid writable slice of buf.len() bytes.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(e),
-            };
+    /// Receives one frame into `buf`; returns where it lies in `buf`, `Ok(None)` on timeout.
+    ///
+    /// The kernel strips an 802.1Q tag from received frames into metadata; it is put back, so
+    /// the frame is forwarded exactly as it was on the wire.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Range<usize>>> {
+        if buf.len() < 64 {
+            return Err(io::Error::other("receive buffer too small"));
         }
-        Ok(Some(n as usize))
+        let mut iov =
+            libc::iovec { iov_base: buf[4..].as_mut_ptr().cast(), iov_len: buf.len() - 4 };
+        let mut cmsg_buf = [0u64; 16];
+        // SAFETY: msghdr is plain data; every pointer in it points to a live local buffer of the
+        // stated length for the duration of the call.
+        let (n, aux) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+            let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0);
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            let mut aux: Option<libc::tpacket_auxdata> = None;
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    aux = Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>(),
+                    ));
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            (n as usize, aux)
+        };
+        match aux {
+            Some(a) if a.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && n >= 12 => {
+                let tpid = if a.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                    a.tp_vlan_tpid
+                } else {
+                    0x8100
+                };
+                buf.copy_within(4..16, 0);
+                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                buf[14..16].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
+                Ok(Some(0..n + 4))
+            }
+            _ => Ok(Some(4..4 + n)),
+        }
     }
 
     /// Sends one frame.

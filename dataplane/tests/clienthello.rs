@@ -57,6 +57,18 @@ fn python_sdk() {
 }
 
 #[test]
+fn post_quantum_hello() {
+    // Spans two TCP segments (1739 bytes); see testdata/clienthello/make-pq.py.
+    let ja4 = check_every_prefix(
+        "synth-x25519mlkem768-api.openai.com.bin",
+        Some("api.openai.com"),
+        Some("h2"),
+    );
+    assert!(ja4.starts_with("t13d"), "{ja4}");
+    assert!(load("synth-x25519mlkem768-api.openai.com.bin").len() > 1460);
+}
+
+#[test]
 fn hello_split_across_records() {
     // The same hello re-framed as two TLS records (as large post-quantum hellos may be).
     let bytes = load("curl-api.openai.com.bin");

@@ -353,3 +353,22 @@ fn quic_initial_is_read_and_decided() {
     assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
     assert_eq!(out.last().unwrap().1, junk);
 }
+
+#[test]
+fn post_quantum_hello_in_two_segments() {
+    let h = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/clienthello/synth-x25519mlkem768-api.openai.com.bin"
+    ))
+    .unwrap();
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.9.99");
+    let (actions, out) = run(&mut e, &c, &[(0, h[..1448].to_vec()), (1448, h[1448..].to_vec())]);
+    assert_eq!(actions, vec![Action::Drop, Action::Drop]);
+    assert_resets(&out, &c, ISN + 1 + h.len() as u32);
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.1.10");
+    let (_, out) = run(&mut e, &c, &[(1448, h[1448..].to_vec()), (0, h[..1448].to_vec())]);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(s, _)| *s == Side::Outside));
+}

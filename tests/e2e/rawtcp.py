@@ -5,7 +5,7 @@ back: `rst` (a reset reached us), `data` (the server answered, e.g. a ServerHell
 Run inside a lab client (scripts/lab exec HOST -- python3 rawtcp.py ...). Uses scapy; an nft
 rule keeps the client's own kernel from resetting the connection it does not know about.
 
-modes:  whole | onebyte | reorder | overlap-conflict | overlap-same
+modes:  whole | mss | onebyte | reorder | overlap-conflict | overlap-same
 """
 import argparse
 import random
@@ -51,6 +51,9 @@ def main():
 
         if args.mode == "whole":
             seg(0, hello)
+        elif args.mode == "mss":
+            for i in range(0, len(hello), 1400):
+                seg(i, hello[i:i + 1400])
         elif args.mode == "onebyte":
             for i in range(len(hello)):
                 seg(i, hello[i:i + 1])

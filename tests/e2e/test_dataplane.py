@@ -55,8 +55,11 @@ def env():
     return dict(line.replace("export ", "", 1).split("=", 1) for line in out.splitlines() if line.startswith("export "))
 
 
-def raw(host, dst, mode):
-    r = on(host, "python3", RAW, "--dst", dst, "--hello", HELLO, "--mode", mode)
+PQ_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-x25519mlkem768-api.openai.com.bin")
+
+
+def raw(host, dst, mode, hello=HELLO):
+    r = on(host, "python3", RAW, "--dst", dst, "--hello", hello, "--mode", mode)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -89,6 +92,17 @@ class Forwarding(unittest.TestCase):
         self.assertGreater(result["end"]["sum_received"]["bytes"], 0)
         r = on("alice", "iperf3", "-6", "-c", "2001:db8:5100::80", "-t", "1", "-J", timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout[-500:] + r.stderr)
+
+
+    def test_vlan_tagged_frames_pass_unchanged(self):
+        script = os.path.join(ROOT, "tests", "e2e", "vlan.py")
+        sniffer = subprocess.Popen([LAB, "exec", "wan", "--", "python3", script, "sniff", "6"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        r = on("alice", "python3", script, "send")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out, err = sniffer.communicate(timeout=30)
+        self.assertIn("intact=2", out, out + err)
 
 
 class Verdicts(unittest.TestCase):
@@ -135,6 +149,10 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(raw("guest", "2001:db8:5100::10", "reorder"), "rst")
         self.assertEqual(raw("alice", "198.51.100.10", "onebyte"), "data")
         self.assertEqual(raw("alice", "198.51.100.10", "reorder"), "data")
+
+    def test_post_quantum_hello_in_two_segments(self):
+        self.assertEqual(raw("guest", "198.51.100.10", "mss", PQ_HELLO), "rst")
+        self.assertEqual(raw("alice", "198.51.100.10", "mss", PQ_HELLO), "data")
 
     def test_overlap_retransmit_passes_conflict_is_blocked(self):
         self.assertEqual(raw("alice", "198.51.100.10", "overlap-same"), "data")
