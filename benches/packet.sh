@@ -31,8 +31,11 @@ print((e["packets"]-e["lost_packets"])/e["seconds"])')")
     'BEGIN { printf "%-22s TCP %8.2f Gbit/s   64-byte frames %8.0f kpps   (medians of %d x %ss)\n", l, t / 1e9, p / 1e3, r, s }'
 }
 
-$lab start >/dev/null
-measure "sluice-dataplane"
+SLUICE_DATAPLANE_ARGS="--io socket" $lab start >/dev/null
+measure "sluice (socket I/O)"
+$lab stop >/dev/null
+SLUICE_DATAPLANE_ARGS="--io ring" $lab start >/dev/null
+measure "sluice (ring I/O)"
 S_TCP=$TCP; S_PPS=$PPS
 $lab stop >/dev/null
 ip netns exec "$SLUICE_LAB-appl" ip link add br0 type bridge
@@ -41,4 +44,4 @@ ip netns exec "$SLUICE_LAB-appl" ip link set outside master br0
 ip netns exec "$SLUICE_LAB-appl" ip link set br0 up
 measure "linux bridge"
 awk -v a="$S_TCP" -v b="$TCP" -v c="$S_PPS" -v d="$PPS" \
-  'BEGIN { printf "ratio sluice/bridge:  TCP %.2fx   small frames %.2fx\n", a / b, c / d }'
+  'BEGIN { printf "ratio sluice (ring)/bridge:  TCP %.2fx   small frames %.2fx\n", a / b, c / d }'

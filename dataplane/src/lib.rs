@@ -5,7 +5,8 @@
 //! until the ClientHello is complete, decides with the compiled [`sluice_rules::Policy`], and
 //! forwards everything it has no reason to touch unchanged.
 //!
-//! IO lives in [`port`] (raw sockets) and the binary's driver; everything else is pure.
+//! IO lives in [`ring`] (TPACKET_V2 receive ring, batched sends), [`port`] (plain raw
+//! sockets) and the binary's driver; everything else is pure.
 
 pub mod engine;
 pub mod flow;
@@ -13,4 +14,5 @@ mod ident_fmt;
 pub mod port;
 pub mod reassembly;
 pub mod record;
+pub mod ring;
 pub mod wire;

@@ -14,6 +14,7 @@ use clap::Parser;
 use sluice_dataplane::engine::{Action, Engine, Now, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::port::Port;
+use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_rules::{IdentityOverlay, RulesError, load_file};
 use tracing::{error, info, warn};
 
@@ -42,6 +43,94 @@ struct Args {
     /// Seconds a closed TCP flow lingers before its record is written.
     #[arg(long, default_value_t = 4)]
     close_linger: u64,
+    /// Port I/O: `ring` (TPACKET_V2 receive ring, batched sends) or `socket` (one system call
+    /// per frame each way; simpler, slower).
+    #[arg(long, value_enum, default_value_t = Io::Ring)]
+    io: Io,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Io {
+    Ring,
+    Socket,
+}
+
+/// One item to send after a batch: a frame of the ring, or one the engine emitted.
+enum Send {
+    Ring(usize),
+    Emitted(usize),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_ring(
+    mut ring: RxRing,
+    side: Side,
+    inside: Arc<TxPort>,
+    outside: Arc<TxPort>,
+    engine: Arc<Mutex<Engine>>,
+    clock: Arc<Clock>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut out: Vec<(Side, Vec<u8>)> = Vec::new();
+    let mut plan: Vec<(Side, Send)> = Vec::new();
+    let mut truncated_seen = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let batch = match ring.batch(128, Duration::from_millis(200)) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(port = side_name(side), "receive ring failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = clock.now();
+            for i in 0..batch.len() {
+                let Some(frame) = batch.frame(i) else { continue };
+                let before = out.len();
+                let action = eng.handle(side, frame, now, &mut out);
+                // Keep the wire order: what the engine released goes before this frame.
+                plan.extend((before..out.len()).map(|k| (out[k].0, Send::Emitted(k))));
+                if action == Action::Forward {
+                    plan.push((side.other(), Send::Ring(i)));
+                }
+            }
+        }
+        for (dest, port) in [(Side::Inside, &inside), (Side::Outside, &outside)] {
+            let frames: Vec<&[u8]> = plan
+                .iter()
+                .filter(|(d, _)| *d == dest)
+                .filter_map(|(_, s)| match s {
+                    Send::Ring(i) => batch.frame(*i),
+                    Send::Emitted(k) => Some(&out[*k].1[..]),
+                })
+                .collect();
+            if !frames.is_empty()
+                && let Err(e) = port.send_batch(&frames)
+            {
+                warn!(port = port.name(), frames = frames.len(), "send failed: {e}");
+            }
+        }
+        plan.clear();
+        out.clear();
+        drop(batch);
+        if ring.truncated != truncated_seen {
+            truncated_seen = ring.truncated;
+            warn!(
+                port = ring.name(),
+                total = truncated_seen,
+                "frames larger than a ring slot dropped"
+            );
+        }
+    }
+}
+
+fn side_name(s: Side) -> &'static str {
+    if s == Side::Inside { "inside" } else { "outside" }
 }
 
 struct Clock(Instant);
@@ -131,15 +220,6 @@ fn main() -> Result<()> {
         ..Settings::default()
     };
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay, settings)));
-    let timeout = Duration::from_millis(200);
-    let inside = Arc::new(
-        Port::open(&args.inside, timeout)
-            .with_context(|| format!("opening inside port {}", args.inside))?,
-    );
-    let outside = Arc::new(
-        Port::open(&args.outside, timeout)
-            .with_context(|| format!("opening outside port {}", args.outside))?,
-    );
     if let Some(dir) = args.flow_log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -156,16 +236,50 @@ fn main() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let clock = Arc::new(Clock(Instant::now()));
     let mut threads = Vec::new();
-    for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
-        let (i, o, e, c, s) =
-            (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("port-{side:?}").to_lowercase())
-                .spawn(move || run_port(rx, side, i, o, e, c, s))?,
-        );
+    match args.io {
+        Io::Ring => {
+            let tx_in = Arc::new(
+                TxPort::open(&args.inside)
+                    .with_context(|| format!("opening inside port {}", args.inside))?,
+            );
+            let tx_out = Arc::new(
+                TxPort::open(&args.outside)
+                    .with_context(|| format!("opening outside port {}", args.outside))?,
+            );
+            for (side, name) in [(Side::Inside, &args.inside), (Side::Outside, &args.outside)] {
+                let ring = RxRing::open(name, 4096)
+                    .with_context(|| format!("opening the receive ring of {name}"))?;
+                let (i, o, e, c, s) =
+                    (tx_in.clone(), tx_out.clone(), engine.clone(), clock.clone(), stop.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("ring-{}", side_name(side)))
+                        .spawn(move || run_ring(ring, side, i, o, e, c, s))?,
+                );
+            }
+        }
+        Io::Socket => {
+            let timeout = Duration::from_millis(200);
+            let inside = Arc::new(
+                Port::open(&args.inside, timeout)
+                    .with_context(|| format!("opening inside port {}", args.inside))?,
+            );
+            let outside = Arc::new(
+                Port::open(&args.outside, timeout)
+                    .with_context(|| format!("opening outside port {}", args.outside))?,
+            );
+            for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
+                let (i, o, e, c, s) =
+                    (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("port-{}", side_name(side)))
+                        .spawn(move || run_port(rx, side, i, o, e, c, s))?,
+                );
+            }
+        }
     }
-    info!(inside = %args.inside, outside = %args.outside, flow_log = %args.flow_log.display(), "forwarding");
+    info!(inside = %args.inside, outside = %args.outside, io = ?args.io, flow_log = %args.flow_log.display(), "forwarding");
     let write =
         |log: &mut BufWriter<std::fs::File>, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)| {
             let records = {
