@@ -1,5 +1,5 @@
-//! `sluicectl`: the Sluice command line. Today it works offline on rule files:
-//! `sluicectl rules check FILE`, `rules explain`, `rules diff`, `rules detectors`.
+//! `sluicectl`: the Sluice command line. Today it works offline: rule files
+//! (`rules check|explain|diff|detectors`) and the enterprise CA (`ca init|check`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,29 @@ enum Cmd {
     /// Work with rule files.
     #[command(subcommand)]
     Rules(RulesCmd),
+    /// The enterprise CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Generate a CA for labs and first deployments (ECDSA P-256, CA:true pathlen 0,
+    /// keyCertSign, 10 years): DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init {
+        /// Directory to write into.
+        dir: PathBuf,
+        /// Common name of the CA.
+        #[arg(long, default_value = "Sluice Enterprise CA")]
+        name: String,
+    },
+    /// Load a CA certificate and key as the appliance would, and say what is wrong if anything.
+    Check {
+        /// CA certificate (PEM).
+        cert: PathBuf,
+        /// CA private key (PEM).
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,7 +105,41 @@ fn load(path: &Path) -> Result<Compiled, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cmd::Rules(cmd) = cli.cmd;
+    let cmd = match cli.cmd {
+        Cmd::Rules(cmd) => cmd,
+        Cmd::Ca(CaCmd::Init { dir, name }) => {
+            return match sluice_certs::EnterpriseCa::init(&dir, &name) {
+                Ok((cert, key)) => {
+                    println!(
+                        "wrote {} and {} (keep the key private)",
+                        cert.display(),
+                        key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluicectl: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Cmd::Ca(CaCmd::Check { cert, key }) => {
+            return match sluice_certs::EnterpriseCa::load(&cert, &key) {
+                Ok(ca) => {
+                    let days = ca
+                        .not_after()
+                        .duration_since(std::time::SystemTime::now())
+                        .map_or(0, |d| d.as_secs() / 86_400);
+                    println!("{}: ok (CA valid for {days} more days)", cert.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluicectl: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+    };
     match cmd {
         RulesCmd::Check { file, json } => {
             if json {

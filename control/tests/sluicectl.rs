@@ -97,3 +97,26 @@ fn explain_and_diff() {
     assert_eq!(code, 0);
     assert!(out.contains("credit_card"));
 }
+
+#[test]
+fn ca_init_and_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sluicectl-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out, err) = sluicectl(&["ca", "init", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let key = dir.join("ca.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, out, _) =
+        sluicectl(&["ca", "check", dir.join("ca.crt").to_str().unwrap(), key.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ok (CA valid for 36"), "{out}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, _, err) =
+        sluicectl(&["ca", "check", dir.join("ca.crt").to_str().unwrap(), key.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("chmod 600"), "{err}");
+    let (code, _, err) = sluicectl(&["ca", "init", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "never overwrites: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

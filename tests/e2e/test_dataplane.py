@@ -202,6 +202,17 @@ class Quic(unittest.TestCase):
         self.assertTrue(r["ja4"].startswith("q13d"), r["ja4"])
 
 
+class Lab(unittest.TestCase):
+    """The lab's enterprise CA loads as the appliance will load it."""
+
+    def test_enterprise_ca_loads(self):
+        e = env()
+        r = subprocess.run([os.path.join(ROOT, "target", "release", "sluicectl"), "ca", "check",
+                            e["SLUICE_ENTERPRISE_CA"], e["SLUICE_ENTERPRISE_CA_KEY"]], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("ok", r.stdout)
+
+
 class Reload(unittest.TestCase):
     """SIGHUP swaps the policy whole; a broken rule file keeps the old one."""
 
