@@ -430,10 +430,7 @@ impl Engine {
                             None => Err("malformed ClientHello in QUIC".to_owned()),
                             Some(h) => {
                                 self.counters.hellos += 1;
-                                flow.class.tls_version = Some(tls_version_name(h.version));
-                                flow.class.alpn = h.alpn_strings();
-                                flow.class.ja4 = Some(h.ja4());
-                                flow.class.sni = h.sni().map(str::to_ascii_lowercase);
+                                flow.class.set_hello(&h);
                                 Ok(())
                             }
                         },
@@ -591,10 +588,7 @@ impl Engine {
                 HelloParse::Malformed(why) => Outcome::Block(why),
                 HelloParse::Hello(h) => {
                     self.counters.hellos += 1;
-                    flow.class.tls_version = Some(tls_version_name(h.version));
-                    flow.class.alpn = h.alpn_strings();
-                    flow.class.ja4 = Some(h.ja4());
-                    flow.class.sni = h.sni().map(str::to_ascii_lowercase);
+                    flow.class.set_hello(&h);
                     Outcome::Decide(flow.class.sni.clone(), None)
                 }
             },
@@ -737,16 +731,6 @@ fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {
     flow.last_mono = now.mono_ms;
     if flow.proto != Proto::Tcp {
         flow.state = TcpState::NotTcp;
-    }
-}
-
-fn tls_version_name(v: u16) -> &'static str {
-    match v {
-        0x0304 => "1.3",
-        0x0303 => "1.2",
-        0x0302 => "1.1",
-        0x0301 => "1.0",
-        _ => "other",
     }
 }
 

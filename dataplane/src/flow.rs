@@ -8,6 +8,7 @@ use hashbrown::HashMap;
 
 use crate::reassembly::Reassembly;
 use crate::wire::frame::Proto;
+use crate::wire::tls::ClientHello;
 
 /// Direction-normalised flow key: the lower (address, port) first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +155,22 @@ pub struct Class {
     pub action: Option<&'static str>,
     /// Why the verdict was taken, when not simply the rule.
     pub reason: Option<&'static str>,
+}
+
+impl Class {
+    /// Records what a ClientHello said (SNI lowercased; JA4 computed here, once per flow).
+    pub fn set_hello(&mut self, h: &ClientHello<'_>) {
+        self.tls_version = Some(match h.version {
+            0x0304 => "1.3",
+            0x0303 => "1.2",
+            0x0302 => "1.1",
+            0x0301 => "1.0",
+            _ => "other",
+        });
+        self.alpn = h.alpn_strings();
+        self.ja4 = Some(h.ja4());
+        self.sni = h.sni().map(str::to_ascii_lowercase);
+    }
 }
 
 impl Flow {

@@ -15,4 +15,5 @@ pub mod port;
 pub mod reassembly;
 pub mod record;
 pub mod ring;
+mod sock;
 pub mod wire;

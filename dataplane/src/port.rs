@@ -11,13 +11,12 @@
 //! per-frame path (`--io socket`); [`crate::ring`] is the fast one used by default.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+use crate::sock::{PACKET_IGNORE_OUTGOING, add_promisc, bind, ifindex, packet_socket, setopt};
 
 /// A raw port bound to one interface.
 #[derive(Debug)]
@@ -26,91 +25,27 @@ pub struct Port {
     name: String,
 }
 
-fn check(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
-
 impl Port {
     /// Opens interface `name`: every protocol, promiscuous, reads time out after `timeout`.
     pub fn open(name: &str, timeout: Duration) -> io::Result<Port> {
-        let cname = CString::new(name).map_err(|_| io::Error::other("interface name has a NUL"))?;
-        // SAFETY: plain syscalls on a socket we own; every pointer passed points to a live,
-        // correctly sized local value.
-        unsafe {
-            let ifindex = libc::if_nametoindex(cname.as_ptr());
-            if ifindex == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no interface `{name}`"),
-                ));
-            }
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = check(libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                proto.into(),
-            ))?;
-            let fd = OwnedFd::from_raw_fd(fd);
-            let raw = fd.as_raw_fd();
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = ifindex as i32;
-            check(libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            ))?;
-            let one: libc::c_int = 1;
-            // VLAN tags the kernel moved into metadata come back as auxdata, to be put back.
-            check(libc::setsockopt(
-                raw,
-                libc::SOL_PACKET,
-                libc::PACKET_AUXDATA,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            ))?;
-            check(libc::setsockopt(
-                raw,
-                libc::SOL_PACKET,
-                PACKET_IGNORE_OUTGOING,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            ))?;
-            let mut mr: libc::packet_mreq = std::mem::zeroed();
-            mr.mr_ifindex = ifindex as i32;
-            mr.mr_type = libc::PACKET_MR_PROMISC as u16;
-            check(libc::setsockopt(
-                raw,
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                (&mr as *const libc::packet_mreq).cast(),
-                std::mem::size_of::<libc::packet_mreq>() as u32,
-            ))?;
-            let tv = libc::timeval {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-            };
-            check(libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            ))?;
-            let buf: libc::c_int = 8 << 20;
-            for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-                // Best effort: the kernel caps it at rmem_max/wmem_max.
-                libc::setsockopt(
-                    raw,
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&buf as *const libc::c_int).cast(),
-                    4,
-                );
-            }
-            Ok(Port { fd, name: name.to_owned() })
+        let idx = ifindex(name)?;
+        let fd = packet_socket(libc::ETH_P_ALL as u16)?;
+        let raw = fd.as_raw_fd();
+        bind(raw, idx, libc::ETH_P_ALL as u16)?;
+        // VLAN tags the kernel moved into metadata come back as auxdata, to be put back.
+        setopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1 as &libc::c_int)?;
+        setopt(raw, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, &1 as &libc::c_int)?;
+        add_promisc(raw, idx)?;
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        setopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            // Best effort: the kernel caps it at rmem_max/wmem_max.
+            let _ = setopt(raw, libc::SOL_SOCKET, opt, &(8 << 20) as &libc::c_int);
         }
+        Ok(Port { fd, name: name.to_owned() })
     }
 
     /// Interface name.

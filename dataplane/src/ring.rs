@@ -6,13 +6,14 @@
 //! the caller has forwarded what it had to, so forwarding sends straight from the ring.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::sock::{add_promisc, bind, ifindex, packet_socket, setopt};
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+use crate::sock::PACKET_IGNORE_OUTGOING;
 const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
@@ -44,56 +45,6 @@ struct TpacketReq {
     tp_block_nr: libc::c_uint,
     tp_frame_size: libc::c_uint,
     tp_frame_nr: libc::c_uint,
-}
-
-fn check(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
-
-fn ifindex(name: &str) -> io::Result<libc::c_int> {
-    let cname = CString::new(name).map_err(|_| io::Error::other("interface name has a NUL"))?;
-    // SAFETY: cname is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if i == 0 {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface `{name}`")));
-    }
-    Ok(i as libc::c_int)
-}
-
-fn setopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: v points to a live value of size_of::<T>() bytes.
-    check(unsafe {
-        libc::setsockopt(fd, level, name, (v as *const T).cast(), std::mem::size_of::<T>() as u32)
-    })
-    .map(|_| ())
-}
-
-fn packet_socket(proto: u16) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
-    unsafe {
-        let fd = check(libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            proto.to_be().into(),
-        ))?;
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-fn bind(fd: libc::c_int, ifindex: libc::c_int, proto: u16) -> io::Result<()> {
-    // SAFETY: sockaddr_ll is plain data, passed with its size.
-    unsafe {
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto.to_be();
-        sll.sll_ifindex = ifindex;
-        check(libc::bind(
-            fd,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        ))?;
-    }
-    Ok(())
 }
 
 /// A receive ring on one interface: every protocol, promiscuous, own transmissions ignored.
@@ -154,11 +105,7 @@ impl RxRing {
             truncated: 0,
         };
         bind(raw, idx, libc::ETH_P_ALL as u16)?;
-        // SAFETY: packet_mreq is plain data.
-        let mut mr: libc::packet_mreq = unsafe { std::mem::zeroed() };
-        mr.mr_ifindex = idx;
-        mr.mr_type = libc::PACKET_MR_PROMISC as u16;
-        setopt(raw, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)?;
+        add_promisc(raw, idx)?;
         Ok(ring)
     }
 
