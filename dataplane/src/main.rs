@@ -40,9 +40,21 @@ struct Args {
     /// Seconds between records of long-running flows.
     #[arg(long, default_value_t = 60)]
     report_interval: u64,
-    /// Seconds a closed TCP flow lingers before its record is written.
+    /// Seconds a closed (or blocked) flow lingers before its record is written.
     #[arg(long, default_value_t = 4)]
     close_linger: u64,
+    /// Idle timeout (s) of TCP flows whose handshake has not completed.
+    #[arg(long, default_value_t = 30)]
+    timeout_tcp_embryonic: u64,
+    /// Idle timeout (s) of established TCP flows.
+    #[arg(long, default_value_t = 600)]
+    timeout_tcp_established: u64,
+    /// Idle timeout (s) of UDP flows.
+    #[arg(long, default_value_t = 60)]
+    timeout_udp: u64,
+    /// Idle timeout (s) of ICMP and other flows.
+    #[arg(long, default_value_t = 30)]
+    timeout_other: u64,
     /// Port I/O: `ring` (TPACKET_V2 receive ring, batched sends) or `socket` (one system call
     /// per frame each way; simpler, slower).
     #[arg(long, value_enum, default_value_t = Io::Ring)]
@@ -216,7 +228,13 @@ fn main() -> Result<()> {
     let settings = Settings {
         max_flows: args.max_flows,
         report_interval_ms: args.report_interval.max(1) * 1000,
-        timeouts: Timeouts { tcp_closing: args.close_linger * 1000, ..Timeouts::default() },
+        timeouts: Timeouts {
+            tcp_embryonic: args.timeout_tcp_embryonic * 1000,
+            tcp_established: args.timeout_tcp_established * 1000,
+            tcp_closing: args.close_linger * 1000,
+            udp: args.timeout_udp * 1000,
+            other: args.timeout_other * 1000,
+        },
         ..Settings::default()
     };
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay, settings)));

@@ -372,3 +372,112 @@ fn post_quantum_hello_in_two_segments() {
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|(s, _)| *s == Side::Outside));
 }
+
+#[test]
+fn idle_timeouts_follow_protocol_and_state() {
+    let t = Timeouts {
+        tcp_embryonic: 1_000,
+        tcp_established: 10_000,
+        tcp_closing: 500,
+        udp: 3_000,
+        other: 2_000,
+    };
+    let mut e = engine(Settings { timeouts: t, ..Settings::default() });
+    let mut out = Vec::new();
+    // An embryonic TCP flow (SYN only), an established one, a UDP one.
+    let emb = Conn {
+        client: "10.20.1.10".parse().unwrap(),
+        server: "198.51.100.80".parse().unwrap(),
+        sport: 1,
+    };
+    e.handle(Side::Inside, &emb.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out);
+    let est = v4("10.20.1.10");
+    run(&mut e, &est, &[]);
+    let udp = quic_datagram("10.20.1.10", "198.51.100.80", b"x");
+    let mut dns = udp.clone();
+    dns[36..38].copy_from_slice(&5353u16.to_be_bytes()); // dport 443 -> 5353: plain UDP
+    e.handle(Side::Inside, &dns, now(0), &mut out);
+    assert_eq!(e.flow_count(), 3);
+    e.tick(now(1_500));
+    assert_eq!(e.flow_count(), 2, "embryonic gone after 1 s");
+    e.tick(now(3_500));
+    assert_eq!(e.flow_count(), 1, "udp gone after 3 s");
+    e.tick(now(9_000));
+    assert_eq!(e.flow_count(), 1, "established stays");
+    e.tick(now(12_100));
+    assert_eq!(e.flow_count(), 0);
+    let reasons: Vec<String> = e
+        .take_records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => {
+                Some(serde_json::to_value(&f).unwrap()["end_reason"].as_str().unwrap().to_owned())
+            }
+            Record::Stats(_) => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec!["idle", "idle", "idle"]);
+}
+
+#[test]
+fn midstream_flows_follow_the_policy() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    for (mode, want) in [("allow", Action::Forward), ("block", Action::Drop)] {
+        let text = text.replace("midstream = \"allow\"", &format!("midstream = \"{mode}\""));
+        let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
+        let mut e = Engine::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+            Settings::default(),
+        );
+        let c = v4("10.20.1.10");
+        let mut out = Vec::new();
+        // Data of a connection the engine never saw start (e.g. after a restart).
+        let f = c.frame(true, 5_000, 9_000, Flags::Psh, b"\x17\x03\x03\x00\x05hello");
+        assert_eq!(e.handle(Side::Inside, &f, now(0), &mut out), want, "{mode}");
+        if mode == "block" {
+            let rst = frame::parse(&out[0].1).unwrap();
+            assert_eq!((out[0].0, rst.dst, rst.tcp.unwrap().seq), (Side::Inside, c.client, 9_000));
+        } else {
+            assert!(out.is_empty());
+        }
+        // A stray ACK without a flow is not tracked.
+        let ack = Conn { sport: 40_999, ..v4("10.20.1.10") }.frame(true, 1, 1, Flags::Ack, &[]);
+        assert_eq!(e.handle(Side::Inside, &ack, now(0), &mut out), Action::Forward);
+        assert_eq!(e.flow_count(), 1);
+    }
+}
+
+#[test]
+fn policy_swap_applies_to_new_flows_only() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    let policy = Arc::new(ArcSwap::from_pointee(
+        sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy,
+    ));
+    let mut e = Engine::new(
+        policy.clone(),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        Settings::default(),
+    );
+    let h = hello();
+    let c = v4("10.20.1.10");
+    let (_, out) = run(&mut e, &c, &[(0, h.clone())]);
+    assert_eq!(out[0].0, Side::Outside, "alice allowed");
+    // Now everyone is blocked from the API.
+    let strict = text.replacen("[[rule]]", "[[rule]]\nname = \"nobody\"\ncategories = [\"openai-api\"]\naction = \"block\"\n\n[[rule]]", 1);
+    policy.store(Arc::new(sluice_rules::compile("t.toml", &strict, &ShippedOnly).unwrap().policy));
+    let mut o = Vec::new();
+    let later = c.frame(true, ISN + 1 + h.len() as u32, SERVER_ISN + 1, Flags::Psh, b"data");
+    assert_eq!(
+        e.handle(Side::Inside, &later, now(5), &mut o),
+        Action::Forward,
+        "established flow keeps its verdict"
+    );
+    let c2 = Conn { sport: 40_500, ..v4("10.20.1.10") };
+    let (_, out) = run(&mut e, &c2, &[(0, h)]);
+    assert_eq!(out.len(), 2, "a new flow is reset under the new policy");
+}
