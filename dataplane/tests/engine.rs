@@ -481,3 +481,26 @@ fn policy_swap_applies_to_new_flows_only() {
     let (_, out) = run(&mut e, &c2, &[(0, h)]);
     assert_eq!(out.len(), 2, "a new flow is reset under the new policy");
 }
+
+#[test]
+fn long_flows_get_periodic_records() {
+    let mut e = engine(Settings { report_interval_ms: 10_000, ..Settings::default() });
+    let c = v4("10.20.1.10");
+    run(&mut e, &c, &[(0, hello())]);
+    let mut out = Vec::new();
+    let mut updates = 0;
+    for s in 1..=35u64 {
+        let f = c.frame(false, SERVER_ISN + 1, ISN + 1, Flags::Psh, b"event");
+        e.handle(Side::Outside, &f, now(s * 1_000), &mut out);
+        e.tick(now(s * 1_000));
+        for r in e.take_records() {
+            if let Record::Flow(f) = r {
+                let v = serde_json::to_value(&f).unwrap();
+                assert_eq!(v["event"], "update");
+                assert!(v["end_reason"].is_null());
+                updates += 1;
+            }
+        }
+    }
+    assert_eq!(updates, 3, "one record per 10 s interval of a 35 s flow");
+}
