@@ -504,3 +504,33 @@ fn long_flows_get_periodic_records() {
     }
     assert_eq!(updates, 3, "one record per 10 s interval of a 35 s flow");
 }
+
+#[test]
+fn unreadable_quic_follows_the_drop_policy() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    let text = text.replace("quic_unreadable = \"allow\"", "quic_unreadable = \"drop\"");
+    let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
+    let mut e = Engine::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        Settings::default(),
+    );
+    let mut out = Vec::new();
+    let junk = quic_datagram(
+        "10.20.1.10",
+        "198.51.100.80",
+        &[0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0x41, 0],
+    );
+    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(e.handle(Side::Inside, &junk, now(1), &mut out), Action::Drop);
+    assert!(out.is_empty(), "nothing released");
+    e.shutdown(now(2));
+    let Record::Flow(f) = &e.take_records()[0] else { panic!("flow record first") };
+    let v = serde_json::to_value(f).unwrap();
+    assert_eq!(
+        (v["verdict"].as_str(), v["reason"].as_str()),
+        (Some("block"), Some("QUIC Initial unreadable"))
+    );
+}

@@ -78,6 +78,28 @@ class Forwarding(unittest.TestCase):
             r = on(host, "getent", "ahosts", "api.openai.com")
             self.assertIn("198.51.100.10", r.stdout, r.stderr)
 
+    def test_dns_over_ipv6(self):
+        # A query for api.openai.com to the router's IPv6 address, through the appliance.
+        script = ("import socket,struct\n"
+                  "q=struct.pack('>HHHHHH',7,0x0100,1,0,0,0)+b''.join(bytes([len(l)])+l.encode() for l in 'api.openai.com'.split('.'))+b'\\0'+struct.pack('>HH',1,1)\n"
+                  "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.settimeout(3);s.sendto(q,('fd20::1',53))\n"
+                  "r=s.recv(512);print('answers',struct.unpack('>H',r[6:8])[0],'.'.join(str(b) for b in r[-4:]))")
+        r = on("bob", "python3", "-c", script)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("answers 1 198.51.100.10", r.stdout)
+
+    def test_reload_drops_no_packet(self):
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+            pid = int(f.read())
+        pinger = subprocess.Popen([LAB, "exec", "alice", "--", "ping", "-q", "-i", "0.01", "-c", "300", "198.51.100.80"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(5):
+            time.sleep(0.4)
+            os.kill(pid, signal.SIGHUP)
+        out, err = pinger.communicate(timeout=60)
+        self.assertEqual(pinger.returncode, 0, out + err)
+        self.assertIn(" 0% packet loss", out)
+
     def test_plain_http_v4_v6(self):
         for host in ("alice", "bob", "guest"):
             for flag in ("-4", "-6"):
