@@ -10,6 +10,7 @@
 
 pub mod engine;
 pub mod flow;
+pub mod http;
 mod ident_fmt;
 pub mod port;
 pub mod reassembly;
