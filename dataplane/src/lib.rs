@@ -12,6 +12,7 @@ pub mod engine;
 pub mod flow;
 pub mod http;
 mod ident_fmt;
+pub mod nat;
 pub mod port;
 pub mod reassembly;
 pub mod record;
