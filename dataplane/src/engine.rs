@@ -569,29 +569,51 @@ impl Engine {
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         let isn = flow.client_isn;
-        let reasm =
-            flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
-        let added = reasm.add(t.seq, f.payload);
-        flow.held.push(data.to_vec());
-        let outcome = match added {
-            Added::Conflict => {
-                self.counters.evasions += 1;
-                Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
-            }
-            Added::Overflow => Outcome::Block("no ClientHello within the first 16 KiB"),
-            Added::Ok if flow.held.len() > self.settings.max_held_frames => {
-                Outcome::Block("too many segments before the ClientHello")
-            }
-            Added::Ok => match parse_client_hello(reasm.contiguous(), &mut self.scratch) {
-                HelloParse::Incomplete => return Action::Drop,
-                HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
-                HelloParse::Malformed(why) => Outcome::Block(why),
+        // Fast path: the whole hello in the first segment, in order (what clients send): no
+        // reassembly buffer, no copy of the frame.
+        let mut fast = None;
+        if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) {
+            fast = match parse_client_hello(f.payload, &mut self.scratch) {
+                HelloParse::Incomplete => None,
+                HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
+                HelloParse::Malformed(why) => Some(Outcome::Block(why)),
                 HelloParse::Hello(h) => {
                     self.counters.hellos += 1;
                     flow.class.set_hello(&h);
-                    Outcome::Decide(flow.class.sni.clone(), None)
+                    Some(Outcome::Decide(flow.class.sni.clone(), None))
                 }
-            },
+            };
+        }
+        let held_current = fast.is_none();
+        let outcome = match fast {
+            Some(o) => o,
+            None => {
+                let reasm = flow
+                    .reasm
+                    .get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
+                let added = reasm.add(t.seq, f.payload);
+                flow.held.push(data.to_vec());
+                match added {
+                    Added::Conflict => {
+                        self.counters.evasions += 1;
+                        Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
+                    }
+                    Added::Overflow => Outcome::Block("no ClientHello within the first 16 KiB"),
+                    Added::Ok if flow.held.len() > self.settings.max_held_frames => {
+                        Outcome::Block("too many segments before the ClientHello")
+                    }
+                    Added::Ok => match parse_client_hello(reasm.contiguous(), &mut self.scratch) {
+                        HelloParse::Incomplete => return Action::Drop,
+                        HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
+                        HelloParse::Malformed(why) => Outcome::Block(why),
+                        HelloParse::Hello(h) => {
+                            self.counters.hellos += 1;
+                            flow.class.set_hello(&h);
+                            Outcome::Decide(flow.class.sni.clone(), None)
+                        }
+                    },
+                }
+            }
         };
         let verdict = match outcome {
             Outcome::Block(why) => {
@@ -614,7 +636,10 @@ impl Engine {
             _ => None,
         };
         let held = std::mem::take(&mut flow.held);
-        let client_next = flow.reasm.as_ref().map_or(isn.wrapping_add(1), |r| r.next_seq());
+        let client_next = match &flow.reasm {
+            Some(r) => r.next_seq(),
+            None => t.seq.wrapping_add(f.payload.len() as u32),
+        };
         flow.reasm = None;
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
@@ -622,7 +647,8 @@ impl Engine {
                 // The next flow to this inspected server is diverted at its SYN.
                 self.learn(ip, &name, HELLO_LEARN_TTL, now);
             }
-            return Action::Drop;
+            // A hello read in place is forwarded as it stands; held frames were sent above.
+            return if held_current { Action::Drop } else { Action::Forward };
         }
         self.counters.blocked += 1;
         flow.state = TcpState::Closing;

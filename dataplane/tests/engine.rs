@@ -142,6 +142,19 @@ fn assert_resets(out: &[(Side, Vec<u8>)], c: &Conn, client_next: u32) {
 }
 
 #[test]
+fn whole_hello_in_one_segment_is_decided_in_place() {
+    let mut e = engine(Settings::default());
+    let c = v4("10.20.1.10");
+    let (actions, out) = run(&mut e, &c, &[(0, hello())]);
+    assert_eq!(actions, vec![Action::Forward]);
+    assert!(out.is_empty(), "nothing held, nothing copied");
+    e.shutdown(now(9));
+    let Record::Flow(f) = &e.take_records()[0] else { panic!("flow record first") };
+    let v = serde_json::to_value(f).unwrap();
+    assert_eq!((v["sni"].as_str(), v["verdict"].as_str()), (Some("api.openai.com"), Some("allow")));
+}
+
+#[test]
 fn allowed_hello_is_held_then_released_in_order() {
     let mut e = engine(Settings::default());
     let c = v4("10.20.1.10");
@@ -465,8 +478,12 @@ fn policy_swap_applies_to_new_flows_only() {
     );
     let h = hello();
     let c = v4("10.20.1.10");
-    let (_, out) = run(&mut e, &c, &[(0, h.clone())]);
-    assert_eq!(out[0].0, Side::Outside, "alice allowed");
+    let (actions, out) = run(&mut e, &c, &[(0, h.clone())]);
+    assert_eq!(
+        (actions[0], out.len()),
+        (Action::Forward, 0),
+        "alice allowed: the hello is forwarded in place"
+    );
     // Now everyone is blocked from the API.
     let strict = text.replacen("[[rule]]", "[[rule]]\nname = \"nobody\"\ncategories = [\"openai-api\"]\naction = \"block\"\n\n[[rule]]", 1);
     policy.store(Arc::new(sluice_rules::compile("t.toml", &strict, &ShippedOnly).unwrap().policy));
