@@ -696,16 +696,6 @@ impl Engine {
         let stats = self.stats(now);
         self.records.push(Record::Stats(stats));
     }
-
-    /// The policy currently enforced.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
-    /// True when `key` is tracked.
-    pub fn has_flow(&self, key: &FlowKey) -> bool {
-        self.table.contains(key)
-    }
 }
 
 /// Asks the policy about a flow whose server name is now known, and records the answer.

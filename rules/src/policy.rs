@@ -391,11 +391,6 @@ impl Policy {
         out
     }
 
-    /// Every domain pattern of a category (for learned-destination snooping and the UI).
-    pub fn category_patterns(&self, id: usize) -> impl Iterator<Item = &str> {
-        self.categories.get(id).into_iter().flat_map(|c| c.domains.iter().map(String::as_str))
-    }
-
     /// True when `name` belongs to a category some inspect rule names (or any, if an inspect
     /// rule names no category): DNS answers for such names teach the divert which IPs to steer.
     pub fn is_inspected_name(&self, name: &str) -> bool {

@@ -64,11 +64,6 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
     Some(v)
 }
 
-/// True if the datagram starts like a QUIC long-header packet (cheap check, no crypto).
-pub fn looks_like_long_header(datagram: &[u8]) -> bool {
-    datagram.len() >= 7 && datagram[0] & 0xc0 == 0xc0
-}
-
 /// Reads the first packet of `datagram` as a client Initial and decrypts it.
 pub fn read_initial(datagram: &[u8]) -> Result<Initial, QuicError> {
     let first = *datagram.first().ok_or(QuicError::NotInitial)?;
