@@ -1,0 +1,88 @@
+//! Flow store: ingestion rate, and query latency (p50/p99) over 1 M rows with filters.
+//! Targets (control-plane issue): ≥ 50 k records/s ingested; p99 ≤ 100 ms per query.
+//! Run: `cargo bench -p sluice-control --bench store` (ROWS to change the size).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sluice_control::store::{FlowFilter, FlowStore};
+
+fn rec(i: u64) -> Value {
+    let ids = ["finance", "engineering", "unknown", "sales", "legal"];
+    let snis = [
+        "api.openai.com",
+        "chatgpt.com",
+        "example.org",
+        "auth.openai.com",
+        "claude.ai",
+        "www.googleapis.com",
+    ];
+    json!({"type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
+           "identity": ids[(i % 5) as usize], "sni": snis[(i % 6) as usize], "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
+           "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i % 7 == 0 { "block" } else { "allow" },
+           "rule": format!("rule-{}", i % 12), "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
+           "bytes_out": i * 3, "bytes_in": i * 7, "pkts_out": 10, "pkts_in": 12, "proto": "tcp", "dport": 443})
+}
+
+fn main() {
+    let rows: u64 = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let path = std::env::temp_dir().join(format!("sluice-store-bench-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut store = FlowStore::open(&path).unwrap();
+    let batch = 5_000u64;
+    let start = Instant::now();
+    let mut seq = 0;
+    while seq < rows {
+        let recs: Vec<(u64, Value)> = (seq..(seq + batch).min(rows)).map(|i| (i, rec(i))).collect();
+        store.ingest("dp1", &recs).unwrap();
+        seq += batch;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "ingest: {rows} records in {secs:.1} s = {:.0} records/s (batches of {batch}, one transaction each)",
+        rows as f64 / secs
+    );
+
+    let filters: Vec<(&str, FlowFilter)> = vec![
+        ("newest page, no filter", FlowFilter::default()),
+        ("identity", FlowFilter { identity: Some("finance".into()), ..Default::default() }),
+        (
+            "sni + verdict",
+            FlowFilter {
+                sni: Some("chatgpt.com".into()),
+                verdict: Some("block".into()),
+                ..Default::default()
+            },
+        ),
+        ("src", FlowFilter { src: Some("10.20.7.42".into()), ..Default::default() }),
+        (
+            "time window + rule",
+            FlowFilter {
+                since_ms: Some(1_700_000_000_000 + rows * 5),
+                until_ms: Some(1_700_000_000_000 + rows * 5 + 600_000),
+                rule: Some("rule-3".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, f) in &filters {
+        let mut times: Vec<f64> = Vec::new();
+        let mut cursor = None;
+        for _ in 0..200 {
+            let t = Instant::now();
+            let page = store.query(f, cursor, 100).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            cursor = page.next;
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "query {name:<24} p50 {:>7.2} ms   p99 {:>7.2} ms   (200 pages of 100)",
+            times[100], times[197]
+        );
+    }
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
