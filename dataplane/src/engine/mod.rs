@@ -1,6 +1,9 @@
 //! The packet engine, sans-IO: one frame in (with the port it came from and the time), an
 //! action out (forward or drop), plus frames to emit (released held segments, resets) and flow
-//! records. No sockets, no clocks: tested by feeding frames.
+//! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
+//! [`udp`].
+
+mod udp;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,17 +11,13 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{
-    Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query, QuicPolicy,
-};
+use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
 
 use crate::flow::{Class, EndReason, Flow, FlowKey, FlowTable, TcpState, Timeouts, Verdict};
 use crate::reassembly::{Added, Reassembly};
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
-use crate::wire::dns;
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
-use crate::wire::quic;
-use crate::wire::tls::{HelloParse, parse_client_hello, parse_hello_body};
+use crate::wire::tls::{HelloParse, parse_client_hello};
 
 /// UDP port of QUIC.
 pub const QUIC_PORT: u16 = 443;
@@ -185,54 +184,6 @@ impl Engine {
         self.learned.get(&ip).filter(|l| l.expires_mono > now.mono_ms).map(|l| &*l.name)
     }
 
-    /// Remembers that `ip` serves `name`, an inspected name, for `ttl` seconds.
-    fn learn(&mut self, ip: IpAddr, name: &str, ttl: u32, now: Now) {
-        if self.learned.len() >= MAX_LEARNED && !self.learned.contains_key(&ip) {
-            self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
-            if self.learned.len() >= MAX_LEARNED {
-                return;
-            }
-        }
-        let ttl = u64::from(ttl.clamp(LEARN_TTL.0, LEARN_TTL.1)) * 1000;
-        self.learned.insert(ip, Learned { name: name.into(), expires_mono: now.mono_ms + ttl });
-    }
-
-    /// DNS snooping: answers for inspected names teach which IPs to divert; queries for names
-    /// in any category are counted per identity. Never changes the verdict of the datagram.
-    fn snoop_dns(&mut self, side: Side, f: &Frame<'_>, now: Now) {
-        let Ok(msg) = dns::read(f.payload) else { return };
-        let policy = self.policy.load_full();
-        if side == Side::Outside && f.sport == 53 && msg.response {
-            let names = msg
-                .question
-                .iter()
-                .chain(msg.aliases.iter())
-                .chain(msg.answers.iter().map(|a| &a.name));
-            if let Some(name) = names.into_iter().find(|n| policy.is_inspected_name(n)).cloned() {
-                for a in &msg.answers {
-                    self.learn(a.addr, &name, a.ttl, now);
-                }
-            }
-        } else if side == Side::Inside && f.dport == 53 && !msg.response {
-            let Some(q) = msg.question.as_deref() else { return };
-            let Some(cat) = policy.categories_of(q).first() else { return };
-            let overlay = self.overlay.load();
-            let query = Query {
-                src: f.src,
-                mac: Some(f.src_mac),
-                sni: None,
-                port: 53,
-                now: now.unix_ms / 1000,
-            };
-            let who = policy.resolve(&query, &overlay);
-            let key = (
-                policy.identity_name(who.id).to_owned(),
-                policy.category_name(cat).unwrap_or("").to_owned(),
-            );
-            *self.dns_queries.entry(key).or_insert(0) += 1;
-        }
-    }
-
     fn stats(&self, now: Now) -> StatsRecord {
         let mut dns_queries: Vec<DnsQueryCount> = self
             .dns_queries
@@ -356,111 +307,6 @@ impl Engine {
                 None
             }
         }
-    }
-
-    fn udp_or_other(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        key: FlowKey,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        if f.proto == Proto::Udp && (f.sport == 53 || f.dport == 53) {
-            self.snoop_dns(side, f, now);
-        }
-        let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
-        let flow = match self.table.get_mut(&key) {
-            Some(fl) => fl,
-            None => {
-                let verdict = if quic { Verdict::Pending } else { Verdict::Allow };
-                match self.insert(key, side, f, now, TcpState::NotTcp, verdict) {
-                    Some(fl) => fl,
-                    None => return Action::Forward,
-                }
-            }
-        };
-        count(flow, f, now);
-        let c2s = (f.src, f.sport) == flow.client;
-        match flow.verdict {
-            Verdict::Allow => Action::Forward,
-            Verdict::Block => Action::Drop,
-            Verdict::Pending if !c2s => Action::Forward,
-            Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
-        }
-    }
-
-    /// Reads a client datagram of a pending QUIC flow; decides once the ClientHello is whole.
-    fn quic_initial(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
-        flow.held.push(data.to_vec());
-        let outcome = match quic::read_initial(f.payload) {
-            Err(e) => Err(e.to_string()),
-            Ok(init) => {
-                let reasm = flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(0)));
-                let mut conflict = false;
-                for c in &init.crypto {
-                    let offset = u32::try_from(c.offset).unwrap_or(u32::MAX);
-                    match reasm.add(offset, &init.payload[c.start..c.end]) {
-                        Added::Ok => {}
-                        Added::Conflict => conflict = true,
-                        Added::Overflow => conflict = true,
-                    }
-                }
-                if conflict {
-                    self.counters.evasions += 1;
-                    Err("QUIC CRYPTO frames disagree or exceed 16 KiB".to_owned())
-                } else {
-                    match quic::hello_body(reasm.contiguous()) {
-                        Err(e) => Err(e.to_owned()),
-                        Ok(None) if flow.held.len() >= MAX_QUIC_HELD => {
-                            Err("no ClientHello in the first QUIC Initials".to_owned())
-                        }
-                        Ok(None) => return Action::Drop,
-                        Ok(Some(body)) => match parse_hello_body(body, true) {
-                            None => Err("malformed ClientHello in QUIC".to_owned()),
-                            Some(h) => {
-                                self.counters.hellos += 1;
-                                flow.class.set_hello(&h);
-                                Ok(())
-                            }
-                        },
-                    }
-                }
-            }
-        };
-        let policy = self.policy.load();
-        let verdict = match outcome {
-            Ok(()) => {
-                let sni = flow.class.sni.clone();
-                decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, now)
-            }
-            Err(_) => {
-                flow.class.reason = Some("QUIC Initial unreadable");
-                match policy.defaults.quic_unreadable {
-                    QuicPolicy::Allow => Verdict::Allow,
-                    QuicPolicy::Drop => Verdict::Block,
-                }
-            }
-        };
-        flow.verdict = verdict;
-        flow.reasm = None;
-        let held = std::mem::take(&mut flow.held);
-        if verdict == Verdict::Allow {
-            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
-        } else {
-            self.counters.blocked += 1;
-        }
-        Action::Drop
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -747,69 +593,5 @@ fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {
     flow.last_mono = now.mono_ms;
     if flow.proto != Proto::Tcp {
         flow.state = TcpState::NotTcp;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::dns::tests::response;
-    use etherparse::PacketBuilder;
-    use sluice_rules::catalog::ShippedOnly;
-
-    fn engine() -> Engine {
-        let text = include_str!("../../rules/default.toml");
-        let policy = sluice_rules::compile("default.toml", text, &ShippedOnly).unwrap().policy;
-        Engine::new(
-            Arc::new(ArcSwap::from_pointee(policy)),
-            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-            Settings::default(),
-        )
-    }
-
-    fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(src, dst, 64)
-            .udp(sport, dport);
-        let mut v = Vec::new();
-        b.write(&mut v, payload).unwrap();
-        v
-    }
-
-    #[test]
-    fn dns_answers_for_inspected_names_are_learned() {
-        let mut e = engine();
-        let now = Now { mono_ms: 1_000, unix_ms: 1_700_000_000_000 };
-        let mut out = Vec::new();
-        let api: IpAddr = "198.51.100.10".parse().unwrap();
-        let plain: IpAddr = "198.51.100.80".parse().unwrap();
-        let query = {
-            let mut q = response("api.openai.com", &[], 0);
-            q[2] = 0x01; // a query, not a response
-            q
-        };
-        let f = udp([10, 20, 1, 10], [10, 20, 0, 1], 5353, 53, &query);
-        assert_eq!(e.handle(Side::Inside, &f, now, &mut out), Action::Forward);
-        let f =
-            udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("api.openai.com", &[api], 60));
-        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
-        let f =
-            udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("example.org", &[plain], 60));
-        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
-        assert!(out.is_empty());
-        assert_eq!(e.learned(api, now), Some("api.openai.com"));
-        assert_eq!(e.learned(plain, now), None);
-        // Expires with the record's TTL.
-        assert_eq!(e.learned(api, Now { mono_ms: 61_001, ..now }), None);
-        let stats = e.stats(now);
-        assert_eq!(stats.learned_destinations, 1);
-        assert_eq!(
-            stats.dns_queries,
-            vec![DnsQueryCount {
-                identity: "finance".into(),
-                category: "openai-api".into(),
-                count: 1
-            }]
-        );
     }
 }
