@@ -551,3 +551,45 @@ fn unreadable_quic_follows_the_drop_policy() {
         (Some("block"), Some("QUIC Initial unreadable"))
     );
 }
+
+#[test]
+fn tcp_fast_open_hello_in_the_syn() {
+    let h = hello();
+    let syn_with = |c: &Conn, data: &[u8]| {
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
+            .ipv4(
+                match c.client {
+                    IpAddr::V4(a) => a.octets(),
+                    _ => unreachable!(),
+                },
+                [198, 51, 100, 10],
+                64,
+            )
+            .tcp(c.sport, 443, ISN, 64_000)
+            .syn();
+        let mut v = Vec::new();
+        b.write(&mut v, data).unwrap();
+        v
+    };
+    let mut out = Vec::new();
+    // Guest: refused in the SYN, the client gets a reset acknowledging its SYN.
+    let mut e = engine(Settings::default());
+    let g = v4("10.20.9.99");
+    assert_eq!(e.handle(Side::Inside, &syn_with(&g, &h), now(0), &mut out), Action::Drop);
+    assert_eq!(out.len(), 1);
+    let rst = frame::parse(&out[0].1).unwrap();
+    assert_eq!(
+        (out[0].0, rst.dst, rst.tcp.unwrap().rst, rst.tcp.unwrap().ack),
+        (Side::Inside, g.client, true, ISN + 1)
+    );
+    // Alice: allowed, the SYN goes on with its data.
+    out.clear();
+    let a = v4("10.20.1.10");
+    assert_eq!(e.handle(Side::Inside, &syn_with(&a, &h), now(0), &mut out), Action::Forward);
+    assert!(out.is_empty());
+    // Half a hello in the SYN: dropped; the retry without data is classified as usual.
+    let mut e = engine(Settings::default());
+    assert_eq!(e.handle(Side::Inside, &syn_with(&g, &h[..100]), now(0), &mut out), Action::Drop);
+    let (_, out) = run(&mut e, &g, &[(0, h.clone())]);
+    assert_resets(&out, &g, ISN + 1 + h.len() as u32);
+}

@@ -172,6 +172,21 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(raw("alice", "198.51.100.10", "onebyte"), "data")
         self.assertEqual(raw("alice", "198.51.100.10", "reorder"), "data")
 
+    def test_tcp_fast_open_hello_in_the_syn(self):
+        ns = {h: "%s-%s" % (env()["SLUICE_LAB"], h) for h in ("guest", "alice")}
+        for n in ns.values():  # client TFO without a cookie: the hello rides in the SYN
+            subprocess.run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.tcp_fastopen=5"], check=True)
+        try:
+            r = curl("guest", "https://api.openai.com/v1/models", "--tcp-fastopen")
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            r = curl("alice", "https://api.openai.com/v1/models", "--tcp-fastopen")
+            self.assertEqual(r.returncode, 0, r.stderr)
+        finally:
+            for n in ns.values():
+                subprocess.run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.tcp_fastopen=1"], check=True)
+        rec = wait_for_flow(lambda r: r["src"] == "10.20.9.99" and r.get("sni") == "api.openai.com" and r["pkts_out"] == 1)
+        self.assertEqual((rec["verdict"], rec["rule"]), ("block", "unknown-no-openai"))
+
     def test_post_quantum_hello_in_two_segments(self):
         self.assertEqual(raw("guest", "198.51.100.10", "mss", PQ_HELLO), "rst")
         self.assertEqual(raw("alice", "198.51.100.10", "mss", PQ_HELLO), "data")

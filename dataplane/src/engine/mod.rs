@@ -328,6 +328,9 @@ impl Engine {
                 return match self.insert(key, side, f, now, TcpState::Embryonic, verdict) {
                     Some(flow) => {
                         count(flow, f, now);
+                        if tls && !f.payload.is_empty() {
+                            return self.syn_data(key, side, f, t, now, out);
+                        }
                         Action::Forward
                     }
                     // Cannot track it: a TLS flow fails closed, anything else passes.
@@ -399,6 +402,44 @@ impl Engine {
                 self.hold(key, side_of_client, data, f, t, now, out)
             }
         }
+    }
+
+    /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
+    /// is decided there. Anything short of a whole hello drops the SYN; the client retries
+    /// without data and the hello is read as usual.
+    fn syn_data(
+        &mut self,
+        key: FlowKey,
+        client_side: Side,
+        f: &Frame<'_>,
+        t: Tcp,
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
+        let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut self.scratch) else {
+            flow.class.reason = Some("TCP Fast Open data without a whole ClientHello: SYN dropped");
+            return Action::Drop;
+        };
+        self.counters.hellos += 1;
+        flow.class.set_hello(&h);
+        let sni = flow.class.sni.clone();
+        let verdict =
+            decide_flow(&self.policy.load(), &self.overlay.load(), flow, sni.as_deref(), None, now);
+        flow.verdict = verdict;
+        if verdict == Verdict::Allow {
+            return Action::Forward;
+        }
+        self.counters.blocked += 1;
+        flow.state = TcpState::Closing;
+        // The client is in SYN-SENT: a reset is accepted when it acknowledges the SYN.
+        let client = Endpoint { mac: flow.client_mac, ip: flow.client.0, port: flow.client.1 };
+        let server = Endpoint { mac: flow.server_mac, ip: flow.server.0, port: flow.server.1 };
+        if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1)) {
+            out.push((client_side, rst));
+            self.counters.resets += 1;
+        }
+        Action::Drop
     }
 
     /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
