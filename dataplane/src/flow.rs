@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 
 use crate::reassembly::Reassembly;
-use crate::wire::frame::Proto;
+use crate::wire::frame::{Endpoint, Proto};
 use crate::wire::tls::ClientHello;
 
 /// Direction-normalised flow key: the lower (address, port) first.
@@ -174,6 +174,14 @@ impl Class {
 }
 
 impl Flow {
+    /// The two ends, as the reset builder wants them.
+    pub fn endpoints(&self) -> (Endpoint, Endpoint) {
+        (
+            Endpoint { mac: self.client_mac, ip: self.client.0, port: self.client.1 },
+            Endpoint { mac: self.server_mac, ip: self.server.0, port: self.server.1 },
+        )
+    }
+
     /// Idle timeout of this flow.
     pub fn timeout(&self, t: &Timeouts) -> u64 {
         if self.verdict == Verdict::Block {

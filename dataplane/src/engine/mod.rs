@@ -433,8 +433,7 @@ impl Engine {
         self.counters.blocked += 1;
         flow.state = TcpState::Closing;
         // The client is in SYN-SENT: a reset is accepted when it acknowledges the SYN.
-        let client = Endpoint { mac: flow.client_mac, ip: flow.client.0, port: flow.client.1 };
-        let server = Endpoint { mac: flow.server_mac, ip: flow.server.0, port: flow.server.1 };
+        let (client, server) = flow.endpoints();
         if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1)) {
             out.push((client_side, rst));
             self.counters.resets += 1;
@@ -539,8 +538,7 @@ impl Engine {
         }
         self.counters.blocked += 1;
         flow.state = TcpState::Closing;
-        let client = Endpoint { mac: flow.client_mac, ip: flow.client.0, port: flow.client.1 };
-        let server = Endpoint { mac: flow.server_mac, ip: flow.server.0, port: flow.server.1 };
+        let (client, server) = flow.endpoints();
         let server_seq = flow.server_next.unwrap_or(0);
         if let Some(rst) = frame::build_rst(server, client, flow.vlan, server_seq, client_next) {
             out.push((client_side, rst));
