@@ -320,52 +320,10 @@ impl Engine {
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
-        if self.table.get_mut(&key).is_none() {
-            let policy = self.policy.load_full();
-            let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
-            if t.syn && !t.has_ack {
-                let verdict = if tls { Verdict::Pending } else { Verdict::Allow };
-                return match self.insert(key, side, f, now, TcpState::Embryonic, verdict) {
-                    Some(flow) => {
-                        count(flow, f, now);
-                        if tls && !f.payload.is_empty() {
-                            return self.syn_data(key, side, f, t, now, out);
-                        }
-                        Action::Forward
-                    }
-                    // Cannot track it: a TLS flow fails closed, anything else passes.
-                    None if tls => Action::Drop,
-                    None => Action::Forward,
-                };
-            }
-            if t.rst || f.payload.is_empty() {
-                // Stray ACK/FIN/RST (e.g. after a flow ended): nothing to classify.
-                return Action::Forward;
-            }
-            // First seen mid-stream.
-            let block = tls && policy.defaults.midstream == MidstreamPolicy::Block;
-            let verdict = if block { Verdict::Block } else { Verdict::Allow };
-            let Some(flow) = self.insert(key, side, f, now, TcpState::Established, verdict) else {
-                return if tls { Action::Drop } else { Action::Forward };
-            };
-            flow.class.reason = Some("midstream");
-            count(flow, f, now);
-            if block {
-                flow.state = TcpState::Closing;
-                self.counters.blocked += 1;
-                // Reset the sender; the peer's next segment meets a blocked flow and is dropped.
-                let from = Endpoint { mac: f.dst_mac, ip: f.dst, port: f.dport };
-                let to = Endpoint { mac: f.src_mac, ip: f.src, port: f.sport };
-                let ack = t.seq.wrapping_add(f.payload.len() as u32);
-                if let Some(rst) = frame::build_rst(from, to, f.vlan, t.ack, ack) {
-                    self.counters.resets += 1;
-                    out.push((side, rst));
-                }
-                return Action::Drop;
-            }
-            return Action::Forward;
-        }
-        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
+        // One lookup per packet: a frame of a tracked flow never looks twice.
+        let Some(flow) = self.table.get_mut(&key) else {
+            return self.tcp_untracked(side, f, t, key, now, out);
+        };
         let c2s = (f.src, f.sport) == flow.client;
         count(flow, f, now);
         if !c2s {
@@ -402,6 +360,62 @@ impl Engine {
                 self.hold(key, side_of_client, data, f, t, now, out)
             }
         }
+    }
+
+    /// A TCP frame of no tracked flow: a SYN starts one; data first seen mid-stream follows
+    /// the midstream policy; stray ACK/FIN/RST pass.
+    fn tcp_untracked(
+        &mut self,
+        side: Side,
+        f: &Frame<'_>,
+        t: Tcp,
+        key: FlowKey,
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let policy = self.policy.load_full();
+        let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
+        if t.syn && !t.has_ack {
+            let verdict = if tls { Verdict::Pending } else { Verdict::Allow };
+            return match self.insert(key, side, f, now, TcpState::Embryonic, verdict) {
+                Some(flow) => {
+                    count(flow, f, now);
+                    if tls && !f.payload.is_empty() {
+                        return self.syn_data(key, side, f, t, now, out);
+                    }
+                    Action::Forward
+                }
+                // Cannot track it: a TLS flow fails closed, anything else passes.
+                None if tls => Action::Drop,
+                None => Action::Forward,
+            };
+        }
+        if t.rst || f.payload.is_empty() {
+            // Stray ACK/FIN/RST (e.g. after a flow ended): nothing to classify.
+            return Action::Forward;
+        }
+        // First seen mid-stream.
+        let block = tls && policy.defaults.midstream == MidstreamPolicy::Block;
+        let verdict = if block { Verdict::Block } else { Verdict::Allow };
+        let Some(flow) = self.insert(key, side, f, now, TcpState::Established, verdict) else {
+            return if tls { Action::Drop } else { Action::Forward };
+        };
+        flow.class.reason = Some("midstream");
+        count(flow, f, now);
+        if block {
+            flow.state = TcpState::Closing;
+            self.counters.blocked += 1;
+            // Reset the sender; the peer's next segment meets a blocked flow and is dropped.
+            let from = Endpoint { mac: f.dst_mac, ip: f.dst, port: f.dport };
+            let to = Endpoint { mac: f.src_mac, ip: f.src, port: f.sport };
+            let ack = t.seq.wrapping_add(f.payload.len() as u32);
+            if let Some(rst) = frame::build_rst(from, to, f.vlan, t.ack, ack) {
+                self.counters.resets += 1;
+                out.push((side, rst));
+            }
+            return Action::Drop;
+        }
+        Action::Forward
     }
 
     /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
@@ -630,7 +644,4 @@ fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {
     ctr.0 += 1;
     ctr.1 += bytes;
     flow.last_mono = now.mono_ms;
-    if flow.proto != Proto::Tcp {
-        flow.state = TcpState::NotTcp;
-    }
 }
