@@ -54,6 +54,8 @@ pub enum Verdict {
     Allow,
     /// Dropped (and reset).
     Block,
+    /// Steered through the TUN to the interception engine (NAT), from its SYN.
+    Divert,
 }
 
 /// Idle timeouts, in milliseconds.
@@ -151,7 +153,7 @@ pub struct Class {
     pub category: Option<String>,
     /// Rule.
     pub rule: Option<String>,
-    /// The rule's action (`inspect` passes as allow until interception is available).
+    /// The rule's action.
     pub action: Option<&'static str>,
     /// Why the verdict was taken, when not simply the rule.
     pub reason: Option<&'static str>,

@@ -109,6 +109,10 @@ pub struct StatsRecord {
     pub flows: usize,
     /// Engine counters.
     pub counters: crate::engine::Counters,
+    /// Divert counters (all zero without interception).
+    pub divert: crate::engine::DivertCounters,
+    /// NAT entries: diverted client connections, upstream connections.
+    pub nat_entries: (usize, usize),
     /// Destinations learned for divert (from DNS answers and ClientHellos), still valid.
     pub learned_destinations: usize,
     /// DNS queries for names in a category, per identity and category, since the start.

@@ -3,7 +3,10 @@
 //! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
 //! [`udp`].
 
+mod divert;
 mod udp;
+
+pub use divert::{DivertConfig, DivertCounters, DivertedConn};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,14 +34,19 @@ pub enum Side {
     Inside,
     /// Toward the egress router.
     Outside,
+    /// The TUN `sluice0` toward the interception engine: raw IP packets, no link header.
+    /// Frames are never received from it through [`Engine::handle`] (see
+    /// [`Engine::handle_tun`]).
+    Tun,
 }
 
 impl Side {
-    /// The other port.
+    /// The other port (the TUN has none: it maps to itself).
     pub fn other(self) -> Side {
         match self {
             Side::Inside => Side::Outside,
             Side::Outside => Side::Inside,
+            Side::Tun => Side::Tun,
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct Settings {
     pub report_interval_ms: u64,
     /// Most client frames held per flow while waiting for the ClientHello.
     pub max_held_frames: usize,
+    /// Divert through the TUN to the interception engine; `None`: no interception on this
+    /// data plane (`inspect` rules then pass TCP flows, recorded as such).
+    pub divert: Option<DivertConfig>,
 }
 
 impl Default for Settings {
@@ -106,6 +117,7 @@ impl Default for Settings {
             timeouts: Timeouts::default(),
             report_interval_ms: 60_000,
             max_held_frames: 2048,
+            divert: None,
         }
     }
 }
@@ -123,6 +135,9 @@ pub struct Engine {
     learned: HashMap<IpAddr, Learned>,
     dns_queries: HashMap<(String, String), u64>,
     last_stats: u64,
+    divert: Option<divert::DivertState>,
+    /// Divert counters.
+    pub divert_counters: DivertCounters,
 }
 
 /// A destination learned for divert.
@@ -166,6 +181,8 @@ impl Engine {
             learned: HashMap::new(),
             dns_queries: HashMap::new(),
             last_stats: 0,
+            divert: settings.divert.map(divert::DivertState::new),
+            divert_counters: DivertCounters::default(),
         }
     }
 
@@ -200,6 +217,8 @@ impl Engine {
             ts_ms: now.unix_ms,
             flows: self.table.len(),
             counters: self.counters,
+            divert: self.divert_counters,
+            nat_entries: self.nat_entries(),
             learned_destinations: self
                 .learned
                 .values()
@@ -222,6 +241,12 @@ impl Engine {
             self.counters.non_ip += 1;
             return Action::Forward;
         };
+        if side == Side::Outside
+            && let Some(t) = f.tcp
+            && self.upstream_reply(data, &f, t, now, out)
+        {
+            return Action::Drop;
+        }
         let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
         let action = match f.tcp {
             Some(t) => self.tcp(side, data, &f, t, key, now, out),
@@ -298,6 +323,10 @@ impl Engine {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
                     self.counters.flows_evicted += 1;
+                    if ev.verdict == Verdict::Divert {
+                        let k = FlowKey::new(ev.vlan, ev.proto, ev.client, ev.server);
+                        self.forget_diverted(ev.client, &k);
+                    }
                     self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now).into());
                 }
                 self.table.get_mut(&key)
@@ -322,7 +351,7 @@ impl Engine {
     ) -> Action {
         // One lookup per packet: a frame of a tracked flow never looks twice.
         let Some(flow) = self.table.get_mut(&key) else {
-            return self.tcp_untracked(side, f, t, key, now, out);
+            return self.tcp_untracked(side, data, f, t, key, now, out);
         };
         let c2s = (f.src, f.sport) == flow.client;
         count(flow, f, now);
@@ -354,6 +383,12 @@ impl Engine {
         match flow.verdict {
             Verdict::Allow => Action::Forward,
             Verdict::Block => Action::Drop,
+            Verdict::Divert if c2s => {
+                self.client_to_tun(data, f, out);
+                Action::Drop
+            }
+            // The server never saw this flow: nothing of it should come back.
+            Verdict::Divert => Action::Drop,
             Verdict::Pending if !c2s || f.payload.is_empty() => Action::Forward,
             Verdict::Pending => {
                 let side_of_client = side;
@@ -364,9 +399,11 @@ impl Engine {
 
     /// A TCP frame of no tracked flow: a SYN starts one; data first seen mid-stream follows
     /// the midstream policy; stray ACK/FIN/RST pass.
+    #[allow(clippy::too_many_arguments)]
     fn tcp_untracked(
         &mut self,
         side: Side,
+        data: &[u8],
         f: &Frame<'_>,
         t: Tcp,
         key: FlowKey,
@@ -376,10 +413,20 @@ impl Engine {
         let policy = self.policy.load_full();
         let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
         if t.syn && !t.has_ack {
-            let verdict = if tls { Verdict::Pending } else { Verdict::Allow };
+            let divert = tls && self.should_divert(f, now);
+            let verdict = match (tls, divert) {
+                (true, true) => Verdict::Divert,
+                (true, false) => Verdict::Pending,
+                (false, _) => Verdict::Allow,
+            };
             return match self.insert(key, side, f, now, TcpState::Embryonic, verdict) {
                 Some(flow) => {
                     count(flow, f, now);
+                    if divert {
+                        flow.class.reason = Some("diverted to the interception engine");
+                        self.divert_syn(key, data, f, out);
+                        return Action::Drop;
+                    }
                     if tls && !f.payload.is_empty() {
                         return self.syn_data(key, side, f, t, now, out);
                     }
@@ -438,11 +485,28 @@ impl Engine {
         self.counters.hellos += 1;
         flow.class.set_hello(&h);
         let sni = flow.class.sni.clone();
+        let divert = self.divert.is_some();
+        let policy = self.policy.load();
         let verdict =
-            decide_flow(&self.policy.load(), &self.overlay.load(), flow, sni.as_deref(), None, now);
+            decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, divert, now);
         flow.verdict = verdict;
         if verdict == Verdict::Allow {
             return Action::Forward;
+        }
+        if let (true, Some(sni), Some("inspect")) = (divert, &sni, flow.class.action) {
+            let ip = flow.server.0;
+            let name = sni.clone();
+            self.counters.blocked += 1;
+            self.divert_counters.missed += 1;
+            flow.state = TcpState::Closing;
+            let (client, server) = flow.endpoints();
+            if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1))
+            {
+                out.push((client_side, rst));
+                self.counters.resets += 1;
+            }
+            self.learn(ip, &name, HELLO_LEARN_TTL, now);
+            return Action::Drop;
         }
         self.counters.blocked += 1;
         flow.state = TcpState::Closing;
@@ -527,6 +591,7 @@ impl Engine {
                 flow,
                 sni.as_deref(),
                 reason,
+                self.divert.is_some(),
                 now,
             ),
         };
@@ -564,13 +629,31 @@ impl Engine {
             out.push((client_side.other(), rst));
             self.counters.resets += 1;
         }
+        if let Some((ip, name)) = learn {
+            // Inspected but not diverted: the client's retry is.
+            self.divert_counters.missed += 1;
+            self.learn(ip, &name, HELLO_LEARN_TTL, now);
+        }
         Action::Drop
     }
 
     /// Expires idle flows and emits periodic records for long ones. Call about once a second.
     pub fn tick(&mut self, now: Now) {
+        let mut gone = Vec::new();
+        {
+            let records = &mut self.records;
+            self.table.expire(now.mono_ms, |f, why| {
+                if f.verdict == Verdict::Divert {
+                    gone.push((f.client, FlowKey::new(f.vlan, f.proto, f.client, f.server)));
+                }
+                records.push(FlowRecord::end(&f, why, now).into())
+            });
+        }
+        for (client, key) in gone {
+            self.forget_diverted(client, &key);
+        }
+        self.expire_upstreams(now);
         let records = &mut self.records;
-        self.table.expire(now.mono_ms, |f, why| records.push(FlowRecord::end(&f, why, now).into()));
         let interval = self.settings.report_interval_ms;
         for f in self.table.due_reports(now.mono_ms, interval) {
             f.last_report = now.mono_ms;
@@ -592,18 +675,23 @@ impl Engine {
         for f in flows {
             self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
         }
+        self.divert = self.settings.divert.map(divert::DivertState::new);
         let stats = self.stats(now);
         self.records.push(Record::Stats(stats));
     }
 }
 
 /// Asks the policy about a flow whose server name is now known, and records the answer.
+///
+/// With `divert` available, an `inspect` decision for a TCP flow that was not diverted at its
+/// SYN blocks it (the caller resets it and learns the destination: the retry is diverted).
 fn decide_flow(
     policy: &Policy,
     overlay: &IdentityOverlay,
     flow: &mut Flow,
     sni: Option<&str>,
     reason: Option<&'static str>,
+    divert: bool,
     now: Now,
 ) -> Verdict {
     let q = Query {
@@ -623,11 +711,15 @@ fn decide_flow(
         RuleAction::Inspect if flow.proto == Proto::Udp => {
             Some("inspected category over QUIC: dropped so the client falls back to TCP")
         }
+        RuleAction::Inspect if divert => {
+            Some("to inspect but not diverted at its SYN: reset, destination learned for the retry")
+        }
         RuleAction::Inspect => Some("inspection not available on this data plane: passed"),
         _ => None,
     });
     match (d.action, flow.proto) {
         (RuleAction::Block, _) | (RuleAction::Inspect, Proto::Udp) => Verdict::Block,
+        (RuleAction::Inspect, _) if divert => Verdict::Block,
         (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
     }
 }

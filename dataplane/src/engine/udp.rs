@@ -92,7 +92,7 @@ impl Engine {
         let c2s = (f.src, f.sport) == flow.client;
         match flow.verdict {
             Verdict::Allow => Action::Forward,
-            Verdict::Block => Action::Drop,
+            Verdict::Block | Verdict::Divert => Action::Drop,
             Verdict::Pending if !c2s => Action::Forward,
             Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
         }
@@ -149,7 +149,7 @@ impl Engine {
         let verdict = match outcome {
             Ok(()) => {
                 let sni = flow.class.sni.clone();
-                decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, now)
+                decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, false, now)
             }
             Err(_) => {
                 flow.class.reason = Some("QUIC Initial unreadable");

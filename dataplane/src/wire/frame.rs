@@ -62,6 +62,9 @@ pub struct Frame<'a> {
     pub tcp: Option<Tcp>,
     /// Transport payload.
     pub payload: &'a [u8],
+    /// Offset of the IP header in the buffer parsed (after Ethernet and VLAN tags; 0 for a
+    /// raw IP packet).
+    pub ip_offset: usize,
 }
 
 /// Summarises an IP frame. `None` for anything that is not IPv4/IPv6 over Ethernet (ARP, …)
@@ -76,15 +79,37 @@ pub fn parse(frame: &[u8]) -> Option<Frame<'_>> {
         LinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
         _ => None,
     });
-    let (src, dst) = match &p.net {
-        Some(NetSlice::Ipv4(v4)) => {
-            (IpAddr::from(v4.header().source_addr()), IpAddr::from(v4.header().destination_addr()))
-        }
-        Some(NetSlice::Ipv6(v6)) => {
-            (IpAddr::from(v6.header().source_addr()), IpAddr::from(v6.header().destination_addr()))
-        }
+    summarise(frame, &p, src_mac, dst_mac, vlan)
+}
+
+/// Summarises a raw IP packet (as read from the TUN): no link header, zero MACs, no VLAN.
+pub fn parse_ip(packet: &[u8]) -> Option<Frame<'_>> {
+    let p = SlicedPacket::from_ip(packet).ok()?;
+    summarise(packet, &p, [0; 6], [0; 6], None)
+}
+
+fn summarise<'a>(
+    buf: &'a [u8],
+    p: &SlicedPacket<'a>,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+) -> Option<Frame<'a>> {
+    let (src, dst, header) = match &p.net {
+        Some(NetSlice::Ipv4(v4)) => (
+            IpAddr::from(v4.header().source_addr()),
+            IpAddr::from(v4.header().destination_addr()),
+            v4.header().slice(),
+        ),
+        Some(NetSlice::Ipv6(v6)) => (
+            IpAddr::from(v6.header().source_addr()),
+            IpAddr::from(v6.header().destination_addr()),
+            v6.header().slice(),
+        ),
         _ => return None,
     };
+    // The header is a sub-slice of `buf`: its offset is the difference of the two addresses.
+    let ip_offset = (header.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
     let mut f = Frame {
         src_mac,
         dst_mac,
@@ -96,6 +121,7 @@ pub fn parse(frame: &[u8]) -> Option<Frame<'_>> {
         dport: 0,
         tcp: None,
         payload: &[],
+        ip_offset,
     };
     match &p.transport {
         Some(TransportSlice::Tcp(t)) => {
@@ -122,6 +148,22 @@ pub fn parse(frame: &[u8]) -> Option<Frame<'_>> {
         _ => {}
     }
     Some(f)
+}
+
+/// Prepends an Ethernet header (and an 802.1Q tag when `vlan` is set) to the raw IP packet
+/// `ip`: how a packet from the TUN goes out of a port.
+pub fn encapsulate(ip: &[u8], src_mac: [u8; 6], dst_mac: [u8; 6], vlan: Option<u16>) -> Vec<u8> {
+    let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let mut out = Vec::with_capacity(ip.len() + 18);
+    out.extend_from_slice(&dst_mac);
+    out.extend_from_slice(&src_mac);
+    if let Some(v) = vlan {
+        out.extend_from_slice(&0x8100u16.to_be_bytes());
+        out.extend_from_slice(&(v & 0x0fff).to_be_bytes());
+    }
+    out.extend_from_slice(&ethertype.to_be_bytes());
+    out.extend_from_slice(ip);
+    out
 }
 
 /// One end of a TCP connection as the reset builder sees it.
@@ -195,6 +237,28 @@ mod tests {
         let p = build_rst(a6, b6, None, 5, 6).unwrap();
         assert_eq!(parse(&p).unwrap().dst, b6.ip);
         assert!(build_rst(a, b6, None, 0, 0).is_none());
+    }
+
+    #[test]
+    fn ip_offset_and_encapsulation() {
+        let a =
+            Endpoint { mac: [2, 0, 0, 0, 0, 1], ip: "10.20.1.10".parse().unwrap(), port: 40000 };
+        let b =
+            Endpoint { mac: [2, 0, 0, 0, 0, 2], ip: "198.51.100.10".parse().unwrap(), port: 443 };
+        for vlan in [None, Some(7)] {
+            let f = build_rst(a, b, vlan, 1, 2).unwrap();
+            let p = parse(&f).unwrap();
+            assert_eq!(p.ip_offset, if vlan.is_some() { 18 } else { 14 });
+            let ip = &f[p.ip_offset..];
+            let raw = parse_ip(ip).unwrap();
+            assert_eq!(
+                (raw.src, raw.dst, raw.sport, raw.dport, raw.ip_offset),
+                (a.ip, b.ip, 40000, 443, 0)
+            );
+            let again = encapsulate(ip, a.mac, b.mac, vlan);
+            assert_eq!(again, f);
+        }
+        assert!(parse_ip(&[0x45, 0, 0]).is_none());
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! Divert through the TUN, sans-IO: a flow to inspect is reset once and its destination
+//! learned; the retry is steered to the listener from its SYN; replies come back with the
+//! original addresses and MACs; the interception engine's upstream connection leaves with the
+//! client's address and its replies return into the TUN.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use etherparse::PacketBuilder;
+use sluice_dataplane::engine::{Action, DivertConfig, Engine, Now, Settings, Side};
+use sluice_dataplane::record::Record;
+use sluice_dataplane::wire::frame;
+use sluice_rules::IdentityOverlay;
+use sluice_rules::catalog::ShippedOnly;
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn engine() -> Engine {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    let policy = sluice_rules::compile("default.toml", &text, &ShippedOnly).unwrap().policy;
+    Engine::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        Settings { divert: Some(DivertConfig::default()), ..Settings::default() },
+    )
+}
+
+fn now(ms: u64) -> Now {
+    Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms }
+}
+
+fn hello() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/clienthello/curl-api.openai.com.bin"
+    ))
+    .unwrap()
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Psh,
+}
+
+/// A TCP packet from `src` to `dst`, raw IP (`eth` None) or in an Ethernet frame.
+fn tcp(
+    eth: Option<([u8; 6], [u8; 6])>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    macro_rules! finish {
+        ($b:expr) => {{
+            let seq = if matches!(flags, Flags::Psh) { 1001 } else { 1000 };
+            let t = $b.tcp(src.port(), dst.port(), seq, 64_000);
+            let t = match flags {
+                Flags::Syn => t.syn(),
+                Flags::SynAck => t.syn().ack(1001),
+                Flags::Psh => t.psh().ack(5001),
+            };
+            t.write(&mut out, payload).unwrap();
+        }};
+    }
+    match (eth, src.ip(), dst.ip()) {
+        (Some((s, d)), IpAddr::V4(a), IpAddr::V4(b)) => {
+            finish!(PacketBuilder::ethernet2(s, d).ipv4(a.octets(), b.octets(), 64))
+        }
+        (Some((s, d)), IpAddr::V6(a), IpAddr::V6(b)) => {
+            finish!(PacketBuilder::ethernet2(s, d).ipv6(a.octets(), b.octets(), 64))
+        }
+        (None, IpAddr::V4(a), IpAddr::V4(b)) => {
+            finish!(PacketBuilder::ipv4(a.octets(), b.octets(), 64))
+        }
+        (None, IpAddr::V6(a), IpAddr::V6(b)) => {
+            finish!(PacketBuilder::ipv6(a.octets(), b.octets(), 64))
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn ends(f: &frame::Frame<'_>) -> (SocketAddr, SocketAddr) {
+    (SocketAddr::new(f.src, f.sport), SocketAddr::new(f.dst, f.dport))
+}
+
+fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let cfg = DivertConfig::default();
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+
+    // First connection: not diverted (nothing learned yet); its hello says inspect → reset,
+    // destination learned.
+    let first = SocketAddr::new(client.ip(), client.port() - 1);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    let a =
+        e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    assert_eq!(a, Action::Drop);
+    assert_eq!(out.len(), 2, "reset both ways");
+    assert_eq!(e.learned(server.ip(), now(3)), Some("api.openai.com"));
+    assert_eq!(e.divert_counters.missed, 1);
+    out.clear();
+
+    // The retry is diverted at its SYN: into the TUN, toward the listener.
+    let a = e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    assert_eq!(a, Action::Drop);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, Side::Tun);
+    let p = frame::parse_ip(&out[0].1).unwrap();
+    assert_eq!(ends(&p), (client, cfg.listener(client.ip())));
+    out.clear();
+    let d = e.diverted(client).unwrap();
+    assert_eq!((d.original_dst, d.client_mac), (server, CLIENT_MAC));
+
+    // The listener's SYN-ACK, read from the TUN, leaves on the inside port as the server's.
+    let synack = tcp(None, cfg.listener(client.ip()), client, Flags::SynAck, &[]);
+    e.handle_tun(&synack, now(11), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, Side::Inside);
+    let f = frame::parse(&out[0].1).unwrap();
+    assert_eq!(ends(&f), (server, client));
+    assert_eq!((f.src_mac, f.dst_mac), (ROUTER_MAC, CLIENT_MAC));
+    out.clear();
+
+    // Client data follows into the TUN.
+    let a =
+        e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Psh, &hello()), now(12), &mut out);
+    assert_eq!(a, Action::Drop);
+    assert_eq!(out[0].0, Side::Tun);
+    assert_eq!(frame::parse_ip(&out[0].1).unwrap().payload, &hello()[..]);
+    out.clear();
+
+    // The interception engine's upstream connection leaves with the client's address.
+    let port = e.open_upstream(client, server, now(13)).unwrap();
+    assert_eq!(port, cfg.upstream_ports.0);
+    let local = SocketAddr::new(cfg.local(client.ip()), port);
+    e.handle_tun(&tcp(None, local, server, Flags::Syn, &[]), now(14), &mut out);
+    assert_eq!(out[0].0, Side::Outside);
+    let f = frame::parse(&out[0].1).unwrap();
+    assert_eq!(ends(&f), (SocketAddr::new(client.ip(), port), server));
+    assert_eq!((f.src_mac, f.dst_mac), (CLIENT_MAC, ROUTER_MAC));
+    out.clear();
+    // ... and its replies go back into the TUN.
+    let reply = tcp(s2c, server, SocketAddr::new(client.ip(), port), Flags::SynAck, &[]);
+    assert_eq!(e.handle(Side::Outside, &reply, now(15), &mut out), Action::Drop);
+    assert_eq!(out[0].0, Side::Tun);
+    assert_eq!(ends(&frame::parse_ip(&out[0].1).unwrap()), (server, local));
+    out.clear();
+    // A reply from anyone else to that port is not the upstream's: handled as any frame.
+    let other = SocketAddr::new(server.ip(), 8443);
+    let stray = tcp(s2c, other, SocketAddr::new(client.ip(), port), Flags::SynAck, &[]);
+    e.handle(Side::Outside, &stray, now(16), &mut out);
+    assert!(out.iter().all(|(s, _)| *s != Side::Tun));
+    out.clear();
+
+    // What the kernel sends into the TUN for no diverted connection is ignored.
+    let before = e.divert_counters.tun_ignored;
+    let unknown = SocketAddr::new(client.ip(), 1234);
+    e.handle_tun(
+        &tcp(None, cfg.listener(client.ip()), unknown, Flags::SynAck, &[]),
+        now(17),
+        &mut out,
+    );
+    e.handle_tun(&[0x60, 0, 0], now(17), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(e.divert_counters.tun_ignored, before + 2);
+
+    // The interception engine annotates the flow; the record says divert.
+    e.annotate_diverted(client, |c| c.rule = Some("finance-openai-inspect".into()));
+    e.shutdown(now(20));
+    let records = e.take_records();
+    let diverted = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
+            _ => None,
+        })
+        .find(|v| v["sport"] == client.port())
+        .unwrap();
+    assert_eq!(diverted["verdict"], "divert");
+    assert_eq!(diverted["rule"], "finance-openai-inspect");
+    assert_eq!(diverted["pkts_in"], 1);
+    assert_eq!(e.nat_entries(), (0, 0));
+}
+
+#[test]
+fn ipv4_divert_round_trip() {
+    divert_round_trip(addr("10.20.1.10:40001"), addr("198.51.100.10:443"));
+}
+
+#[test]
+fn ipv6_divert_round_trip() {
+    divert_round_trip(addr("[fd20::1:10]:40001"), addr("[2001:db8:5100::10]:443"));
+}
+
+#[test]
+fn blocked_identity_is_not_diverted() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let alice = addr("10.20.1.10:40000");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+    e.handle(Side::Inside, &tcp(c2s, alice, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, alice, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, alice, server, Flags::Psh, &hello()), now(2), &mut out);
+    assert!(e.learned(server.ip(), now(3)).is_some());
+    out.clear();
+    // guest's rule for the learned name is block: its SYN passes and its hello is reset.
+    let guest = addr("10.20.9.99:40000");
+    let a = e.handle(Side::Inside, &tcp(c2s, guest, server, Flags::Syn, &[]), now(4), &mut out);
+    assert_eq!(a, Action::Forward);
+    assert!(out.is_empty());
+    assert!(e.diverted(guest).is_none());
+    // Nor is plain traffic to that server.
+    let web = addr("198.51.100.10:80");
+    let a = e.handle(Side::Inside, &tcp(c2s, alice, web, Flags::Syn, &[]), now(5), &mut out);
+    assert_eq!(a, Action::Forward);
+}
+
+#[test]
+fn upstream_ports_are_unique_and_released() {
+    let mut e = engine();
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+    let first = addr("10.20.1.10:40000");
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    let client = addr("10.20.1.10:40001");
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(3), &mut out);
+    // Not a diverted client: no port.
+    assert!(e.open_upstream(addr("10.20.1.10:1"), server, now(3)).is_none());
+    let a = e.open_upstream(client, server, now(4)).unwrap();
+    let b = e.open_upstream(client, server, now(4)).unwrap();
+    assert_ne!(a, b);
+    e.release_upstream(a);
+    assert_eq!(e.nat_entries(), (1, 1));
+    // Idle upstream entries expire.
+    e.tick(now(4 + 3_600_000));
+    assert_eq!(e.nat_entries(), (0, 0));
+}
