@@ -3,18 +3,21 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use sluice_dataplane::engine::{Action, Engine, Now, Settings, Side};
+use sluice_dataplane::engine::{Action, Clock, DivertConfig, Engine, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
+use sluice_dataplane::intercept::{self, EngineHandle};
 use sluice_dataplane::port::Port;
 use sluice_dataplane::ring::{RxRing, TxPort};
+use sluice_dataplane::tun::Tun;
 use sluice_rules::{IdentityOverlay, RulesError, load_file};
 use tracing::{error, info, warn};
 
@@ -59,6 +62,110 @@ struct Args {
     /// per frame each way; simpler, slower).
     #[arg(long, value_enum, default_value_t = Io::Ring)]
     io: Io,
+    /// TUN device toward the interception engine (e.g. `sluice0`). Without it nothing is
+    /// diverted and `inspect` rules pass TCP flows (recorded as such).
+    #[arg(long)]
+    tun: Option<String>,
+    /// IPv4 address of the TUN (the interception listener's).
+    #[arg(long, default_value = "100.127.0.1")]
+    tun_v4: Ipv4Addr,
+    /// IPv6 address of the TUN.
+    #[arg(long, default_value = "fd53:1ce::1")]
+    tun_v6: Ipv6Addr,
+    /// Port of the interception listener on the TUN addresses.
+    #[arg(long, default_value_t = 15443)]
+    listen_port: u16,
+    /// Reserved source ports of upstream connections (outside the clients' ephemeral range).
+    #[arg(long, default_value = "61000-65535", value_parser = port_range)]
+    upstream_ports: (u16, u16),
+    /// Enterprise CA certificate (PEM) that signs the minted leaves.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Enterprise CA private key (PEM, mode 0600).
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
+    /// Extra roots trusted for upstream servers (PEM bundle), besides Mozilla's.
+    #[arg(long)]
+    upstream_ca: Option<PathBuf>,
+    /// Days a minted leaf is valid (never beyond the CA).
+    #[arg(long, default_value_t = 7)]
+    leaf_days: u64,
+    /// Threads of the interception engine.
+    #[arg(long, default_value_t = 2)]
+    intercept_threads: usize,
+}
+
+fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected LOW-HIGH")?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    if a == 0 || a > b {
+        return Err("expected 0 < LOW <= HIGH".into());
+    }
+    Ok((a, b))
+}
+
+/// The ports as the TUN thread sends through them.
+#[derive(Clone)]
+enum Ports {
+    Ring(Arc<TxPort>, Arc<TxPort>),
+    Socket(Arc<Port>, Arc<Port>),
+}
+
+impl Ports {
+    fn send(&self, side: Side, frame: &[u8]) {
+        let r = match (self, side) {
+            (Ports::Ring(i, _), Side::Inside) => i.send_batch(&[frame]).map(|_| ()),
+            (Ports::Ring(_, o), Side::Outside) => o.send_batch(&[frame]).map(|_| ()),
+            (Ports::Socket(i, _), Side::Inside) => i.send(frame),
+            (Ports::Socket(_, o), Side::Outside) => o.send(frame),
+            (_, Side::Tun) => Ok(()),
+        };
+        if let Err(e) = r {
+            warn!(port = side_name(side), "send failed: {e}");
+        }
+    }
+}
+
+/// Writes what the engine emitted toward the TUN.
+fn send_tun(tun: Option<&Tun>, pkt: &[u8]) {
+    if let Some(t) = tun
+        && let Err(e) = t.send(pkt)
+    {
+        warn!(tun = t.name(), "write failed: {e}");
+    }
+}
+
+/// Reads the TUN: replies of the interception engine to diverted clients and its upstream
+/// packets, NAT-ed by the engine and sent out of a port.
+fn run_tun(
+    tun: Arc<Tun>,
+    ports: Ports,
+    engine: Arc<Mutex<Engine>>,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match tun.recv(&mut buf, Duration::from_millis(200)) {
+            Ok(Some(n)) => n,
+            Ok(None) => continue,
+            Err(e) => {
+                error!(tun = tun.name(), "read failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        engine.lock().unwrap_or_else(PoisonError::into_inner).handle_tun(
+            &buf[..n],
+            clock.now(),
+            &mut out,
+        );
+        for (side, frame) in out.drain(..) {
+            ports.send(side, &frame);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,7 +187,8 @@ fn run_ring(
     inside: Arc<TxPort>,
     outside: Arc<TxPort>,
     engine: Arc<Mutex<Engine>>,
-    clock: Arc<Clock>,
+    clock: Clock,
+    tun: Option<Arc<Tun>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut out: Vec<(Side, Vec<u8>)> = Vec::new();
@@ -127,6 +235,11 @@ fn run_ring(
                 warn!(port = port.name(), frames = frames.len(), "send failed: {e}");
             }
         }
+        for (dest, pkt) in &out {
+            if *dest == Side::Tun {
+                send_tun(tun.as_deref(), pkt);
+            }
+        }
         plan.clear();
         out.clear();
         drop(batch);
@@ -142,16 +255,10 @@ fn run_ring(
 }
 
 fn side_name(s: Side) -> &'static str {
-    if s == Side::Inside { "inside" } else { "outside" }
-}
-
-struct Clock(Instant);
-
-impl Clock {
-    fn now(&self) -> Now {
-        let unix_ms =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
+    match s {
+        Side::Inside => "inside",
+        Side::Outside => "outside",
+        Side::Tun => "tun",
     }
 }
 
@@ -171,13 +278,15 @@ fn load_policy(path: &Path) -> Result<sluice_rules::Policy> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_port(
     rx: Arc<Port>,
     side: Side,
     inside: Arc<Port>,
     outside: Arc<Port>,
     engine: Arc<Mutex<Engine>>,
-    clock: Arc<Clock>,
+    clock: Clock,
+    tun: Option<Arc<Tun>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 65_536];
@@ -205,6 +314,10 @@ fn run_port(
             warn!(port = port_of(side.other()).name(), len = n, "send failed: {e}");
         }
         for (s, f) in out.drain(..) {
+            if s == Side::Tun {
+                send_tun(tun.as_deref(), &f);
+                continue;
+            }
             if let Err(e) = port_of(s).send(&f) {
                 warn!(port = port_of(s).name(), "send failed: {e}");
             }
@@ -235,9 +348,45 @@ fn main() -> Result<()> {
             udp: args.timeout_udp * 1000,
             other: args.timeout_other * 1000,
         },
+        divert: args.tun.as_ref().map(|_| DivertConfig {
+            v4: args.tun_v4,
+            v6: args.tun_v6,
+            listen_port: args.listen_port,
+            upstream_ports: args.upstream_ports,
+        }),
         ..Settings::default()
     };
-    let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay, settings)));
+    let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay.clone(), settings)));
+    let clock = Clock::default();
+    let tun = match (&args.tun, settings.divert) {
+        (Some(name), Some(divert)) => {
+            let tun = Tun::open(name).with_context(|| format!("opening the TUN {name}"))?;
+            let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) else {
+                bail!("--tun needs the enterprise CA: --ca-cert and --ca-key");
+            };
+            let ca =
+                sluice_certs::EnterpriseCa::load(cert, key).context("loading the enterprise CA")?;
+            let days = Duration::from_secs(args.leaf_days.max(1) * 86_400);
+            let minter = Arc::new(sluice_certs::Minter::new(ca, days, 10_000)?);
+            let roots = sluice_certs::upstream_roots(args.upstream_ca.as_deref())
+                .context("loading the upstream roots")?;
+            let upstream = Arc::new(intercept::upstream_config(roots)?);
+            let cfg = intercept::Config {
+                divert,
+                minter,
+                upstream,
+                policy: policy.clone(),
+                overlay: overlay.clone(),
+                connect_timeout: Duration::from_secs(10),
+            };
+            let handle = Arc::new(EngineHandle::new(engine.clone(), clock));
+            intercept::spawn(cfg, handle, args.intercept_threads)
+                .context("starting the interception engine")?;
+            info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
+            Some(Arc::new(tun))
+        }
+        _ => None,
+    };
     if let Some(dir) = args.flow_log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -252,9 +401,8 @@ fn main() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
-    let clock = Arc::new(Clock(Instant::now()));
     let mut threads = Vec::new();
-    match args.io {
+    let ports = match args.io {
         Io::Ring => {
             let tx_in = Arc::new(
                 TxPort::open(&args.inside)
@@ -267,14 +415,15 @@ fn main() -> Result<()> {
             for (side, name) in [(Side::Inside, &args.inside), (Side::Outside, &args.outside)] {
                 let ring = RxRing::open(name, 4096)
                     .with_context(|| format!("opening the receive ring of {name}"))?;
-                let (i, o, e, c, s) =
-                    (tx_in.clone(), tx_out.clone(), engine.clone(), clock.clone(), stop.clone());
+                let (i, o, e, t, s) =
+                    (tx_in.clone(), tx_out.clone(), engine.clone(), tun.clone(), stop.clone());
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("ring-{}", side_name(side)))
-                        .spawn(move || run_ring(ring, side, i, o, e, c, s))?,
+                        .spawn(move || run_ring(ring, side, i, o, e, clock, t, s))?,
                 );
             }
+            Ports::Ring(tx_in, tx_out)
         }
         Io::Socket => {
             let timeout = Duration::from_millis(200);
@@ -287,15 +436,24 @@ fn main() -> Result<()> {
                     .with_context(|| format!("opening outside port {}", args.outside))?,
             );
             for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
-                let (i, o, e, c, s) =
-                    (inside.clone(), outside.clone(), engine.clone(), clock.clone(), stop.clone());
+                let (i, o, e, t, s) =
+                    (inside.clone(), outside.clone(), engine.clone(), tun.clone(), stop.clone());
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("port-{}", side_name(side)))
-                        .spawn(move || run_port(rx, side, i, o, e, c, s))?,
+                        .spawn(move || run_port(rx, side, i, o, e, clock, t, s))?,
                 );
             }
+            Ports::Socket(inside, outside)
         }
+    };
+    if let Some(t) = &tun {
+        let (t, e, s) = (t.clone(), engine.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("tun".into())
+                .spawn(move || run_tun(t, ports, e, clock, s))?,
+        );
     }
     info!(inside = %args.inside, outside = %args.outside, io = ?args.io, flow_log = %args.flow_log.display(), "forwarding");
     let write =

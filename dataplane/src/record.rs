@@ -138,6 +138,75 @@ pub enum Record {
     Flow(Box<FlowRecord>),
     /// A statistics record.
     Stats(StatsRecord),
+    /// A request record (interception engine).
+    Request(Box<RequestRecord>),
+}
+
+/// One HTTP request seen by the interception engine. Carries who, where, what model, which
+/// key (as a fingerprint) and what was decided; never the prompt, the key or a header value
+/// beyond the organization and project ids.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestRecord {
+    /// Always `request`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Unix ms when the request head arrived.
+    pub ts_ms: u64,
+    /// Identity name.
+    pub identity: Option<String>,
+    /// Feed user.
+    pub user: Option<String>,
+    /// Client address.
+    pub src: String,
+    /// Client port.
+    pub sport: u16,
+    /// Original destination address.
+    pub dst: String,
+    /// SNI of the connection.
+    pub sni: Option<String>,
+    /// Method.
+    pub method: String,
+    /// Path, without the query string (which may carry secrets).
+    pub path: String,
+    /// `model` of a JSON body.
+    pub model: Option<String>,
+    /// Status the client received.
+    pub status: Option<u16>,
+    /// Request body bytes.
+    pub bytes_out: u64,
+    /// Response body bytes.
+    pub bytes_in: u64,
+    /// Milliseconds from the request head to the end of the response.
+    pub latency_ms: u64,
+    /// Short SHA-256 prefix of the API key (`Authorization: Bearer`, `api-key`), never the key.
+    pub api_key_fp: Option<String>,
+    /// `OpenAI-Organization`.
+    pub openai_organization: Option<String>,
+    /// `OpenAI-Project`.
+    pub openai_project: Option<String>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Category of the SNI.
+    pub category: Option<String>,
+    /// Rule that decided.
+    pub rule: Option<String>,
+    /// `allow` (forwarded) or `block` (answered by the engine).
+    pub verdict: &'static str,
+    /// Machine-readable reason of a block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// Why, when not simply the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Headers the engine injected (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injected: Vec<&'static str>,
+}
+
+impl From<RequestRecord> for Record {
+    fn from(r: RequestRecord) -> Self {
+        Record::Request(Box::new(r))
+    }
 }
 
 impl From<FlowRecord> for Record {

@@ -69,6 +69,26 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
+/// The clock the binary feeds the engine with: monotonic since start, and wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(std::time::Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(std::time::Instant::now())
+    }
+}
+
+impl Clock {
+    /// Now.
+    pub fn now(&self) -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
+    }
+}
+
 /// Engine counters.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Counters {
@@ -189,6 +209,12 @@ impl Engine {
     /// Number of tracked flows.
     pub fn flow_count(&self) -> usize {
         self.table.len()
+    }
+
+    /// Adds a record made elsewhere (the interception engine's request records), so that all
+    /// records leave through one writer.
+    pub fn push_record(&mut self, r: Record) {
+        self.records.push(r);
     }
 
     /// Takes the records produced so far.

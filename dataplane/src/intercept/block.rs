@@ -1,0 +1,143 @@
+//! Responses the interception engine writes itself, for their reader (DESIGN.md, "The
+//! interception engine", step 5): API clients get OpenAI's error shape with
+//! `x-should-retry: false` (the SDKs raise `PermissionDeniedError` and do not retry); browsers
+//! get a page saying what was blocked, by which rule, and whom to ask. Pure.
+
+use std::fmt::Write as _;
+
+/// Why the engine answers instead of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status (403, 400, 413, 502).
+    pub status: u16,
+    /// Machine-readable code (`blocked_by_policy`, `domain_fronting`, …).
+    pub code: &'static str,
+    /// Human-readable reason (never a payload value or a secret).
+    pub message: String,
+    /// The rule that decided, if any.
+    pub rule: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal with status 403.
+    pub fn forbidden(code: &'static str, message: impl Into<String>, rule: Option<&str>) -> Self {
+        Refusal { status: 403, code, message: message.into(), rule: rule.map(str::to_owned) }
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        413 => "Content Too Large",
+        502 => "Bad Gateway",
+        _ => "Error",
+    }
+}
+
+fn json_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn html_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// True when the request comes from a browser (it asks for HTML), which gets a page rather
+/// than JSON.
+pub fn wants_html(accept: Option<&[u8]>) -> bool {
+    accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
+}
+
+/// The full HTTP/1.1 response (head and body) for `r`; the connection closes after it.
+pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
+    let mut message = format!("Blocked by Sluice: {}", r.message);
+    if let Some(rule) = &r.rule {
+        let _ = write!(message, " (rule {rule})");
+    }
+    let (ctype, body) = if html {
+        let mut b = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Blocked by Sluice</title>\
+             </head><body><h1>This request was blocked</h1><p>",
+        );
+        html_escape(&r.message, &mut b);
+        b.push_str("</p><p>Rule: <code>");
+        html_escape(r.rule.as_deref().unwrap_or("(none)"), &mut b);
+        b.push_str("</code> &middot; Code: <code>");
+        b.push_str(r.code);
+        b.push_str("</code> &middot; Request id: <code>");
+        html_escape(request_id, &mut b);
+        b.push_str(
+            "</code></p><p>If you need this for your work, ask your IT security team and quote \
+             the request id.</p></body></html>\n",
+        );
+        ("text/html; charset=utf-8", b)
+    } else {
+        let mut b = String::from("{\"error\":{\"message\":\"");
+        json_escape(&message, &mut b);
+        b.push_str("\",\"type\":\"policy_violation\",\"param\":null,\"code\":\"");
+        b.push_str(r.code);
+        b.push_str("\"}}");
+        ("application/json", b)
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nx-should-retry: false\r\n\
+         x-request-id: {request_id}\r\nx-sluice-code: {}\r\ncache-control: no-store\r\n\
+         connection: close\r\n\r\n",
+        r.status,
+        reason_phrase(r.status),
+        body.len(),
+        r.code,
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_for_api_clients() {
+        let r = Refusal::forbidden("blocked_by_policy", "say \"no\"", Some("r1"));
+        let bytes = response(&r, false, "req_1");
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"));
+        assert!(head.contains("x-should-retry: false") && head.contains("x-request-id: req_1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["type"], "policy_violation");
+        assert_eq!(v["error"]["code"], "blocked_by_policy");
+        assert!(v["error"]["param"].is_null());
+        assert_eq!(v["error"]["message"], "Blocked by Sluice: say \"no\" (rule r1)");
+    }
+
+    #[test]
+    fn html_for_browsers_is_escaped() {
+        assert!(wants_html(Some(b"text/html,application/xhtml+xml")));
+        assert!(!wants_html(Some(b"application/json")) && !wants_html(None));
+        let r = Refusal::forbidden("blocked_by_policy", "<script>", Some("r&d"));
+        let text = String::from_utf8(response(&r, true, "req_2")).unwrap();
+        assert!(text.contains("&lt;script&gt;") && text.contains("r&amp;d"));
+        assert!(!text.contains("<script>"));
+    }
+}

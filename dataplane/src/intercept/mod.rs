@@ -1,0 +1,494 @@
+//! The interception engine (DESIGN.md, "The interception engine"): tokio + rustls on its own
+//! threads, never on the packet threads. It accepts the connections the packet engine diverts
+//! through the TUN, reads the ClientHello (keeping the raw bytes), decides with the policy,
+//! then per decision:
+//!
+//! - `allow`: splice — connects to the original destination, replays the ClientHello bytes,
+//!   relays both ways; the client sees the real certificate.
+//! - `inspect`: TLS to the original destination (same SNI, verified strictly), then TLS to the
+//!   client with a leaf minted by the enterprise CA, then HTTP/1.1 both sides ([`http1`]).
+//!   An invalid upstream certificate gets the client a block response naming the fault.
+//! - `block`: TLS to the client with a minted leaf and a block response to each request.
+//!
+//! The ClientHello is read with the data plane's own parser ([`crate::wire::tls`], fuzzed,
+//! the one the packet engine uses) instead of rustls' `Acceptor`: the bytes are needed raw for
+//! the splice anyway, and the same parser gives the record the same SNI/ALPN/JA4 view. rustls
+//! then handshakes over a stream that replays those bytes first ([`Replay`]).
+
+pub mod block;
+mod handle;
+pub mod http1;
+mod replay;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::ServerName;
+use sluice_certs::{Minter, MintingResolver};
+use sluice_rules::{Action as RuleAction, FailMode, IdentityOverlay, Policy, Query};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::engine::{DivertConfig, DivertedConn};
+use crate::flow::Class;
+use crate::record::{Record, RequestRecord};
+use crate::wire::tls::{HelloParse, MAX_HELLO, parse_client_hello};
+use block::Refusal;
+pub use handle::EngineHandle;
+use http1::Exchange;
+pub use replay::Replay;
+
+/// How long a client may take to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client that refused the minted certificate is spliced for that name.
+const PINNED_TTL: Duration = Duration::from_secs(3600);
+/// Most remembered (client, name) pairs that refused the minted certificate.
+const MAX_PINNED: usize = 65_536;
+
+/// What the interception engine needs from the packet engine: the NAT entries and the flow
+/// records. Implemented by the binary over the shared [`crate::engine::Engine`].
+pub trait DivertHandle: Send + Sync + 'static {
+    /// The diverted connection from `client`, if any.
+    fn lookup(&self, client: SocketAddr) -> Option<DivertedConn>;
+    /// Reserves an upstream source port for `client` → `server`.
+    fn open_upstream(&self, client: SocketAddr, server: SocketAddr) -> Option<u16>;
+    /// Frees a reserved port that could not be bound.
+    fn release_upstream(&self, port: u16);
+    /// Writes what the interception engine learned into the flow's record.
+    fn annotate(&self, client: SocketAddr, note: &(dyn Fn(&mut Class) + Sync));
+    /// Emits a record (request records).
+    fn emit(&self, record: Record);
+}
+
+/// Settings of the interception engine.
+pub struct Config {
+    /// Where diverted flows arrive and the upstream port range.
+    pub divert: DivertConfig,
+    /// Leaf minting with the enterprise CA.
+    pub minter: Arc<Minter>,
+    /// TLS toward servers (strict verification, ALPN http/1.1).
+    pub upstream: Arc<rustls::ClientConfig>,
+    /// The policy (swapped whole by the owner).
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The identity overlay.
+    pub overlay: Arc<ArcSwap<IdentityOverlay>>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config").field("divert", &self.divert).finish_non_exhaustive()
+    }
+}
+
+/// The upstream TLS configuration: strict verification against `roots`, ALPN http/1.1.
+pub fn upstream_config(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, rustls::client::VerifierBuilderError> {
+    let verifier = Arc::new(verify::StrictVerifier::new(roots)?);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| rustls::client::VerifierBuilderError::NoRootAnchors)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+struct Shared {
+    cfg: Config,
+    nat: Arc<dyn DivertHandle>,
+    pinned: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+/// Binds the listeners (IPv4, and IPv6 when the TUN has its address) and runs the engine on
+/// its own runtime thread(s). Errors binding IPv4 are returned at once.
+pub fn spawn(
+    cfg: Config,
+    nat: Arc<dyn DivertHandle>,
+    threads: usize,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let mut listeners = Vec::new();
+    let v4 = SocketAddr::new(IpAddr::V4(cfg.divert.v4), cfg.divert.listen_port);
+    let l = std::net::TcpListener::bind(v4).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "binding the interception listener {v4}: {e} (is the TUN up with this address?)"
+            ),
+        )
+    })?;
+    l.set_nonblocking(true)?;
+    listeners.push(l);
+    let v6 = SocketAddr::new(IpAddr::V6(cfg.divert.v6), cfg.divert.listen_port);
+    match std::net::TcpListener::bind(v6) {
+        Ok(l) => {
+            l.set_nonblocking(true)?;
+            listeners.push(l);
+        }
+        Err(e) => warn!("no IPv6 interception listener on {v6}: {e}; IPv6 flows to inspect fail"),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("intercept")
+        .enable_all()
+        .build()?;
+    let shared = Arc::new(Shared { cfg, nat, pinned: Mutex::new(HashMap::new()) });
+    std::thread::Builder::new().name("intercept-main".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for l in listeners {
+                let shared = shared.clone();
+                tasks.push(tokio::spawn(async move {
+                    let l = match TcpListener::from_std(l) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!("interception listener: {e}");
+                            return;
+                        }
+                    };
+                    info!(addr = ?l.local_addr().ok(), "interception engine listening");
+                    loop {
+                        match l.accept().await {
+                            Ok((s, peer)) => {
+                                let shared = shared.clone();
+                                tokio::spawn(async move {
+                                    if let Err(e) = connection(&shared, s, peer).await {
+                                        debug!(%peer, "intercepted connection ended: {e}");
+                                    }
+                                });
+                            }
+                            Err(e) => {
+                                warn!("accept: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    })
+}
+
+/// The decision for one connection, owned.
+struct Decided {
+    action: RuleAction,
+    identity: String,
+    user: Option<String>,
+    category: Option<String>,
+    rule: Option<String>,
+    headers: sluice_rules::HeaderPolicy,
+    fail_open: bool,
+    max_body: u64,
+}
+
+fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&str>) -> Decided {
+    let policy = shared.cfg.policy.load_full();
+    let overlay = shared.cfg.overlay.load();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let q = Query {
+        src: peer.ip(),
+        mac: Some(conn.client_mac),
+        sni,
+        port: conn.original_dst.port(),
+        now,
+    };
+    let d = policy.decide(&q, &overlay);
+    Decided {
+        action: d.action,
+        identity: d.identity.to_owned(),
+        user: d.user.map(str::to_owned),
+        category: d.category.map(str::to_owned),
+        rule: d.rule.map(|r| r.name().to_owned()),
+        headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
+        fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,
+        max_body: policy.defaults.max_inspect_bytes,
+    }
+}
+
+async fn connection(shared: &Shared, mut client: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let Some(conn) = shared.nat.lookup(peer) else {
+        // Not a diverted flow (a stray connection to the TUN address): refuse.
+        return Ok(());
+    };
+    let _ = client.set_nodelay(true);
+    // 1. The ClientHello, raw.
+    let mut raw = Vec::with_capacity(2048);
+    let mut scratch = Vec::new();
+    let hello = loop {
+        let n = tokio::time::timeout(HELLO_TIMEOUT, client.read_buf(&mut raw))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello"))??;
+        match parse_client_hello(&raw, &mut scratch) {
+            HelloParse::Incomplete if n > 0 && raw.len() < MAX_HELLO => continue,
+            HelloParse::Incomplete => {
+                shared.nat.annotate(peer, &|c| {
+                    c.action = Some("block");
+                    c.reason = Some("no whole ClientHello");
+                });
+                return Ok(());
+            }
+            HelloParse::NotTls => break None,
+            HelloParse::Malformed(why) => {
+                shared.nat.annotate(peer, &|c| {
+                    c.action = Some("block");
+                    c.reason = Some(why);
+                });
+                return Ok(());
+            }
+            HelloParse::Hello(h) => {
+                let mut class = Class::default();
+                class.set_hello(&h);
+                break Some(class);
+            }
+        }
+    };
+    let sni = hello.as_ref().and_then(|c| c.sni.clone());
+    let d = decide(shared, peer, &conn, sni.as_deref());
+    let pinned_key = (peer.ip(), sni.clone().unwrap_or_default());
+    let pinned = d.action == RuleAction::Inspect && d.fail_open && is_pinned(shared, &pinned_key);
+    let action_name = if pinned { "allow" } else { d.action.as_str() };
+    {
+        let hello = hello.clone();
+        let d_ref = &d;
+        shared.nat.annotate(peer, &move |c| {
+            if let Some(h) = &hello {
+                c.sni.clone_from(&h.sni);
+                c.alpn.clone_from(&h.alpn);
+                c.ja4.clone_from(&h.ja4);
+                c.tls_version = h.tls_version;
+            }
+            c.identity = Some(d_ref.identity.clone());
+            c.user.clone_from(&d_ref.user);
+            c.category.clone_from(&d_ref.category);
+            c.rule.clone_from(&d_ref.rule);
+            c.action = Some(action_name);
+            c.reason = match (pinned, d_ref.action) {
+                (true, _) => Some("client refused the minted certificate earlier: spliced"),
+                (_, RuleAction::Allow) => Some("diverted, spliced to the server"),
+                (_, RuleAction::Inspect) => Some("inspected"),
+                (_, RuleAction::Block) => Some("blocked with a response"),
+            };
+        });
+    }
+    if hello.is_none() && d.action != RuleAction::Allow {
+        // Not TLS on a TLS port and not allowed: nothing to answer with.
+        return Ok(());
+    }
+    let action = if pinned { RuleAction::Allow } else { d.action };
+    match action {
+        RuleAction::Allow => splice(shared, client, peer, &conn, &raw).await,
+        RuleAction::Block => {
+            let r = Refusal::forbidden(
+                "blocked_by_policy",
+                format!(
+                    "{} is not allowed for {}",
+                    d.category.as_deref().unwrap_or("this destination"),
+                    d.identity
+                ),
+                d.rule.as_deref(),
+            );
+            intercept(shared, client, peer, &conn, raw, sni, d, Some(r)).await
+        }
+        RuleAction::Inspect => intercept(shared, client, peer, &conn, raw, sni, d, None).await,
+    }
+}
+
+fn is_pinned(shared: &Shared, key: &(IpAddr, String)) -> bool {
+    let map = shared.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+    map.get(key).is_some_and(|t| t.elapsed() < PINNED_TTL)
+}
+
+fn remember_pinned(shared: &Shared, key: (IpAddr, String)) {
+    let mut map = shared.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+    if map.len() >= MAX_PINNED {
+        map.retain(|_, t| t.elapsed() < PINNED_TTL);
+        if map.len() >= MAX_PINNED {
+            return;
+        }
+    }
+    map.insert(key, Instant::now());
+}
+
+/// Connects to `server` from a reserved port, with the client's address on the wire.
+async fn connect_upstream(
+    shared: &Shared,
+    peer: SocketAddr,
+    server: SocketAddr,
+) -> io::Result<TcpStream> {
+    let local_ip = shared.cfg.divert.local(server.ip());
+    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no upstream port free");
+    for _ in 0..8 {
+        let Some(port) = shared.nat.open_upstream(peer, server) else { break };
+        let sock = if server.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        sock.set_reuseaddr(true)?;
+        if let Err(e) = sock.bind(SocketAddr::new(local_ip, port)) {
+            shared.nat.release_upstream(port);
+            last = e;
+            continue;
+        }
+        return match tokio::time::timeout(shared.cfg.connect_timeout, sock.connect(server)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
+    }
+    Err(last)
+}
+
+/// Allowed after all: the client talks to the real server through us, bytes untouched.
+async fn splice(
+    shared: &Shared,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    conn: &DivertedConn,
+    raw: &[u8],
+) -> io::Result<()> {
+    let mut up = connect_upstream(shared, peer, conn.original_dst).await?;
+    up.write_all(raw).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn intercept(
+    shared: &Shared,
+    client: TcpStream,
+    peer: SocketAddr,
+    conn: &DivertedConn,
+    raw: Vec<u8>,
+    sni: Option<String>,
+    d: Decided,
+    mut refuse: Option<Refusal>,
+) -> io::Result<()> {
+    let server = conn.original_dst;
+    // Upstream first: its certificate decides whether the client may be served at all.
+    let mut upstream = None;
+    if refuse.is_none() {
+        match connect_upstream(shared, peer, server).await {
+            Err(e) => {
+                refuse = Some(Refusal {
+                    status: 502,
+                    code: "upstream_unreachable",
+                    message: format!("the server could not be reached ({})", e.kind()),
+                    rule: d.rule.clone(),
+                });
+            }
+            Ok(tcp) => {
+                let name = match sni.as_deref() {
+                    Some(s) => ServerName::try_from(s.to_owned()),
+                    None => Ok(ServerName::IpAddress(server.ip().into())),
+                };
+                let connector = tokio_rustls::TlsConnector::from(shared.cfg.upstream.clone());
+                match name {
+                    Err(_) => {
+                        refuse = Some(Refusal::forbidden(
+                            "bad_server_name",
+                            "the TLS server name is not a valid host name",
+                            d.rule.as_deref(),
+                        ));
+                    }
+                    Ok(name) => match connector.connect(name, tcp).await {
+                        Ok(tls) => upstream = Some(tls),
+                        Err(e) => {
+                            let fault = verify::classify(&e);
+                            warn!(%peer, sni = sni.as_deref().unwrap_or(""), code = fault.code, "upstream TLS refused: {e}");
+                            shared.nat.annotate(peer, &|c| {
+                                c.action = Some("block");
+                                c.reason = Some(fault.reason);
+                            });
+                            refuse = Some(Refusal::forbidden(
+                                fault.code,
+                                fault.reason,
+                                d.rule.as_deref(),
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+    }
+    // The client's TLS, with a leaf for its SNI (or the original destination's address).
+    let mut server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(MintingResolver::new(shared.cfg.minter.clone(), server.ip())));
+    server_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let accepted =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Replay::new(raw, client))).await;
+    let mut tls = match accepted {
+        Ok(Ok(t)) => t,
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".into(),
+            };
+            info!(%peer, sni = sni.as_deref().unwrap_or(""), "client refused the minted certificate: {why}");
+            let fail_open = d.fail_open;
+            shared.nat.annotate(peer, &|c| {
+                c.action = Some(if fail_open { "allow" } else { "block" });
+                c.reason = Some(if fail_open {
+                    "client refused the minted certificate (pinning?): its next connections are spliced"
+                } else {
+                    "client refused the minted certificate (pinning?): blocked (on_inspect_failure = block)"
+                });
+            });
+            if fail_open {
+                remember_pinned(shared, (peer.ip(), sni.unwrap_or_default()));
+            }
+            return Ok(());
+        }
+    };
+    let ex = Exchange {
+        sni: sni.clone().unwrap_or_else(|| server.ip().to_string()),
+        client: peer,
+        original_dst: server,
+        identity: d.identity,
+        user: d.user,
+        category: d.category,
+        rule: d.rule,
+        headers: d.headers,
+        max_body: d.max_body,
+        fail_open: d.fail_open,
+        refuse,
+    };
+    let nat = shared.nat.clone();
+    let emit = move |r: RequestRecord| nat.emit(r.into());
+    let result = match upstream.as_mut() {
+        Some(up) => http1::serve(&mut tls, Some(up), &ex, &emit).await,
+        None => {
+            http1::serve::<_, tokio_rustls::client::TlsStream<TcpStream>>(
+                &mut tls, None, &ex, &emit,
+            )
+            .await
+        }
+    };
+    let _ = tls.shutdown().await;
+    if let Some(mut up) = upstream {
+        let _ = up.shutdown().await;
+    }
+    result.map_err(|e| io::Error::other(e.to_string()))
+}
