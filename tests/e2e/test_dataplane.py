@@ -59,6 +59,13 @@ PQ_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-x25
 
 
 def raw(host, dst, mode, hello=HELLO):
+    """Sends a captured ClientHello for api.openai.com in segments; "rst" or "data" back.
+
+    alice's API flows are inspected: her resolver lookup first teaches the appliance the
+    destination, so her flow is diverted at its SYN and the interception engine, behind the
+    kernel's own reassembly, answers (ServerHello: "data")."""
+    if host == "alice":
+        on(host, "getent", "ahosts", "api.openai.com")
     r = on(host, "python3", RAW, "--dst", dst, "--hello", hello, "--mode", mode)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
@@ -134,7 +141,7 @@ class Verdicts(unittest.TestCase):
         r = curl("alice", "https://api.openai.com/v1/models")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("gpt-4o-mini", r.stdout)
-        # The real server's certificate (lab public root), not re-terminated yet.
+        # Inspected and re-originated with alice's own address (source-preserving divert).
         log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
         self.assertTrue(any(e["client"] == "10.20.1.10" and e["path"] == "/v1/models" for e in log))
 
@@ -193,8 +200,9 @@ class Verdicts(unittest.TestCase):
 
     def test_overlap_retransmit_passes_conflict_is_blocked(self):
         self.assertEqual(raw("alice", "198.51.100.10", "overlap-same"), "data")
-        self.assertEqual(raw("alice", "198.51.100.10", "overlap-conflict"), "rst")
-        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "evasion" in (r.get("reason") or ""))
+        # On the packet path (a flow not diverted): bytes that disagree are an evasion attempt.
+        self.assertEqual(raw("guest", "198.51.100.80", "overlap-conflict"), "rst")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.9.99" and "evasion" in (r.get("reason") or ""))
         self.assertEqual(r["verdict"], "block")
 
 

@@ -150,9 +150,21 @@ where
             client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             client.flush().await?;
         }
-        let body = match read_body(client, &mut cbuf, &head, ex.max_body, ex.fail_open).await? {
-            Body::Whole(b) => b,
-            Body::TooLarge => {
+        let body = match read_body(client, &mut cbuf, &head, ex.max_body, ex.fail_open).await {
+            Err(ProxyError::Request(e)) => {
+                let r = Refusal {
+                    status: 400,
+                    code: "request_smuggling",
+                    message: e.to_string(),
+                    rule: None,
+                };
+                refuse(client, &mut rec, &r, html).await?;
+                emit(rec);
+                return Err(ProxyError::Request(e));
+            }
+            Err(e) => return Err(e),
+            Ok(Body::Whole(b)) => b,
+            Ok(Body::TooLarge) => {
                 let r = Refusal {
                     status: 413,
                     code: "inspection_limit",
@@ -166,7 +178,7 @@ where
                 emit(rec);
                 return Ok(());
             }
-            Body::Streamed => {
+            Ok(Body::Streamed) => {
                 // Over the limit with fail-open: forwarded uninspected as it arrives.
                 rec.reason = Some("body over the inspection limit: forwarded uninspected".into());
                 stream_request(client, up, &mut cbuf, &head, ex, &mut rec).await?;

@@ -1,0 +1,279 @@
+//! The interception engine's HTTP/1.1 exchange over in-memory pipes: the client side is the
+//! test, the server side a scripted peer that records what it received.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_dataplane::intercept::block::Refusal;
+use sluice_dataplane::intercept::http1::{Exchange, ProxyError, key_fingerprint, serve};
+use sluice_dataplane::record::RequestRecord;
+use sluice_rules::HeaderPolicy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+fn exchange(sni: &str) -> Exchange {
+    Exchange {
+        sni: sni.into(),
+        client: "10.20.1.10:40000".parse().unwrap(),
+        original_dst: "198.51.100.10:443".parse().unwrap(),
+        identity: "finance".into(),
+        user: None,
+        category: Some("openai-api".into()),
+        rule: Some("finance-openai-inspect".into()),
+        headers: HeaderPolicy::default(),
+        max_body: 1 << 20,
+        fail_open: false,
+        refuse: None,
+    }
+}
+
+type Records = Arc<Mutex<Vec<RequestRecord>>>;
+
+/// Runs the proxy between a client pipe and a server pipe; returns the test's ends.
+fn start(
+    ex: Exchange,
+    with_upstream: bool,
+) -> (DuplexStream, DuplexStream, Records, tokio::task::JoinHandle<Result<(), ProxyError>>) {
+    let (client_end, mut proxy_client) = duplex(1 << 20);
+    let (server_end, mut proxy_server) = duplex(1 << 20);
+    let records: Records = Arc::default();
+    let r = records.clone();
+    let task = tokio::spawn(async move {
+        let emit = move |rec: RequestRecord| r.lock().unwrap().push(rec);
+        if with_upstream {
+            serve(&mut proxy_client, Some(&mut proxy_server), &ex, &emit).await
+        } else {
+            serve::<_, DuplexStream>(&mut proxy_client, None, &ex, &emit).await
+        }
+    });
+    (client_end, server_end, records, task)
+}
+
+/// Reads until `needle` has been seen (or the peer closes); returns all read.
+async fn read_until(s: &mut DuplexStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+async fn read_to_end(s: &mut DuplexStream) -> String {
+    let mut v = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut v)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+#[tokio::test]
+async fn pipelined_keep_alive_requests_in_order() {
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(
+        b"GET /v1/models?key=secret HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization: Bearer sk-test-123\r\n\r\n\
+          GET /v1/files HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let first = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(first.starts_with(b"GET /v1/models?key=secret HTTP/1.1\r\n"));
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").await.unwrap();
+    let second = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(second.starts_with(b"GET /v1/files HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&second));
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond").await.unwrap();
+    let got = read_until(&mut c, b"second").await;
+    let text = String::from_utf8(got).unwrap();
+    assert!(text.find("first").unwrap() < text.find("second").unwrap());
+    drop(c);
+    task.await.unwrap().unwrap();
+    let recs = records.lock().unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[0].path, "/v1/models", "query strings are not recorded");
+    assert_eq!(recs[0].api_key_fp.as_deref(), Some(key_fingerprint("sk-test-123").as_str()));
+    assert_eq!((recs[0].status, recs[0].bytes_in), (Some(200), 5));
+    let json = serde_json::to_string(&*recs).unwrap();
+    assert!(!json.contains("sk-test-123") && !json.contains("secret"));
+}
+
+async fn refused_with(request: &[u8], status: &str, code: &str) {
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(request).await.unwrap();
+    let text = read_to_end(&mut c).await;
+    assert!(text.starts_with(status), "{text}");
+    assert!(text.contains(code), "{text}");
+    let _ = task.await.unwrap();
+    // Nothing reached the server.
+    drop(c);
+    let mut upstream = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut upstream)).await;
+    assert!(upstream.is_empty(), "{}", String::from_utf8_lossy(&upstream));
+    let recs = records.lock().unwrap();
+    assert_eq!(recs[0].verdict, "block");
+    assert_eq!(recs[0].code, Some(code_static(code)));
+}
+
+fn code_static(code: &str) -> &'static str {
+    match code {
+        "request_smuggling" => "request_smuggling",
+        "domain_fronting" => "domain_fronting",
+        "model_not_allowed" => "model_not_allowed",
+        _ => "bad_request",
+    }
+}
+
+#[tokio::test]
+async fn smuggling_forms_are_refused_with_400() {
+    let both = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 4\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    refused_with(both, "HTTP/1.1 400", "request_smuggling").await;
+    let dup = b"POST /x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+    refused_with(dup, "HTTP/1.1 400", "request_smuggling").await;
+    let fold = b"GET /x HTTP/1.1\r\nHost: api.openai.com\r\nX-A: 1\r\n  folded\r\n\r\n";
+    refused_with(fold, "HTTP/1.1 400", "request_smuggling").await;
+    let bad_chunk = b"POST /x HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    refused_with(bad_chunk, "HTTP/1.1 400", "request_smuggling").await;
+}
+
+#[tokio::test]
+async fn host_must_match_the_sni() {
+    let fronted = b"GET /backend-api/conversation HTTP/1.1\r\nHost: chatgpt.com\r\n\r\n";
+    refused_with(fronted, "HTTP/1.1 403", "domain_fronting").await;
+}
+
+#[tokio::test]
+async fn models_outside_the_allow_list_are_refused() {
+    let mut ex = exchange("api.openai.com");
+    ex.headers.allowed_models = vec!["gpt-4o-mini".into()];
+    let (mut c, mut s, records, task) = start(ex, true);
+    let body = br#"{"model":"gpt-4o","messages":[]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    c.write_all(body).await.unwrap();
+    let text = read_to_end(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 403") && text.contains("model_not_allowed"), "{text}");
+    let _ = task.await.unwrap();
+    drop(c);
+    let mut upstream = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(100), s.read_to_end(&mut upstream)).await;
+    assert!(upstream.is_empty());
+    assert_eq!(records.lock().unwrap()[0].model.as_deref(), Some("gpt-4o"));
+}
+
+#[tokio::test]
+async fn chunked_request_is_forwarded_with_a_length_and_headers_injected() {
+    let mut ex = exchange("chatgpt.com");
+    ex.headers.chatgpt_workspace_header = Some("00000000-0000-4000-8000-00000000f1a0".into());
+    let (mut c, mut s, records, task) = start(ex, true);
+    c.write_all(
+        b"POST /backend-api/conversation HTTP/1.1\r\nHost: chatgpt.com\r\nTransfer-Encoding: chunked\r\n\
+          ChatGPT-Allowed-Workspace-Id: attacker\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The engine answers the Expect itself, before the body.
+    let cont = read_until(&mut c, b"\r\n\r\n").await;
+    assert_eq!(cont, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.write_all(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let up = read_until(&mut s, b"hello world").await;
+    let up = String::from_utf8(up).unwrap();
+    assert!(up.contains("content-length: 11\r\n"), "{up}");
+    assert!(!up.to_ascii_lowercase().contains("transfer-encoding"));
+    assert!(!up.to_ascii_lowercase().contains("expect"));
+    assert!(up.contains("chatgpt-allowed-workspace-id: 00000000-0000-4000-8000-00000000f1a0\r\n"));
+    assert!(!up.contains("attacker"));
+    s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+    let got = read_until(&mut c, b"\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 204"));
+    drop(c);
+    task.await.unwrap().unwrap();
+    let recs = records.lock().unwrap();
+    assert_eq!(recs[0].injected, vec!["chatgpt-allowed-workspace-id"]);
+    assert_eq!(recs[0].bytes_out, 11);
+}
+
+#[tokio::test]
+async fn streamed_response_reaches_the_client_event_by_event() {
+    let (mut c, mut s, _records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    read_until(&mut s, b"{}").await;
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(b"d\r\ndata: first\n\n\r\n").await.unwrap();
+    // The first event arrives while the server has not sent the second.
+    let got = read_until(&mut c, b"data: first").await;
+    assert!(String::from_utf8_lossy(&got).contains("data: first"));
+    s.write_all(b"e\r\ndata: second\n\n\r\n0\r\n\r\n").await.unwrap();
+    read_until(&mut c, b"0\r\n\r\n").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn head_and_until_close_framing() {
+    let (mut c, mut s, _records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"HEAD /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    read_until(&mut s, b"\r\n\r\n").await;
+    // A HEAD response announces a length but carries no body.
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n").await.unwrap();
+    read_until(&mut c, b"\r\n\r\n").await;
+    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    read_until(&mut s, b"\r\n\r\n").await;
+    s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await.unwrap();
+    drop(s);
+    let text = read_to_end(&mut c).await;
+    assert!(text.ends_with("until the end"), "{text}");
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn refusing_connections_answer_every_client_in_its_language() {
+    let mut ex = exchange("api.openai.com");
+    ex.refuse = Some(Refusal::forbidden(
+        "upstream_certificate_expired",
+        "the server's certificate has expired",
+        Some("badssl-inspect"),
+    ));
+    let (mut c, _s, records, task) = start(ex.clone(), false);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    let text = read_to_end(&mut c).await;
+    assert!(text.contains("x-should-retry: false") && text.contains("\"type\":\"policy_violation\""));
+    task.await.unwrap().unwrap();
+    assert_eq!(records.lock().unwrap()[0].code, Some("upstream_certificate_expired"));
+
+    let (mut c, _s, _records, task) = start(ex, false);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nAccept: text/html\r\n\r\n").await.unwrap();
+    let text = read_to_end(&mut c).await;
+    assert!(text.contains("content-type: text/html") && text.contains("badssl-inspect"), "{text}");
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_relayed_both_ways() {
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(
+        b"GET /v1/realtime HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_until(&mut s, b"\r\n\r\n").await;
+    s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nserver-frame")
+        .await
+        .unwrap();
+    read_until(&mut c, b"server-frame").await;
+    c.write_all(b"client-frame").await.unwrap();
+    read_until(&mut s, b"client-frame").await;
+    drop(c);
+    drop(s);
+    let _ = task.await.unwrap();
+    assert_eq!(records.lock().unwrap()[0].status, Some(101));
+}

@@ -1,0 +1,218 @@
+"""End-to-end tests of interception in the lab: divert through the TUN, re-termination with the
+enterprise CA, strict upstream verification, HTTP/1.1 checks, header policy, block responses,
+request records. Real clients: curl, the official OpenAI Python SDK, Python's ssl.
+
+Expects the lab up and the appliance started with rules/default.toml (scripts/test does both).
+"""
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import unittest
+
+from test_dataplane import ROOT, curl, env, flows, lab, on, wait_for_flow, wait_for_record
+
+RAWHTTPS = os.path.join(ROOT, "tests", "e2e", "rawhttps.py")
+KEY = "sk-lab-alice-4f1c9e2a7b"
+
+
+def upstream(server):
+    return [json.loads(x) for x in lab("upstream-log", server).stdout.splitlines()]
+
+
+def rawhttps(host, name, payload, ip=None):
+    args = ["python3", RAWHTTPS, "--host", name, "--send", payload]
+    if ip:
+        args += ["--ip", ip]
+    return on(host, *args)
+
+
+def sdk(host, code, key=KEY):
+    """Runs `code` with `client`, an openai.OpenAI for the real API host, in the client."""
+    prelude = ("import json, sys, time, openai\n"
+               "client = openai.OpenAI(api_key=%r, max_retries=0, timeout=20)\n" % key)
+    return on(host, "python3", "-c", prelude + code, timeout=90)
+
+
+def issuer(host, url, *extra):
+    r = curl(host, url, "-v", "-o", "/dev/null", *extra)
+    for line in r.stderr.splitlines():
+        if "issuer:" in line:
+            return line.split("issuer:", 1)[1].strip()
+    return r.stderr
+
+
+class Interception(unittest.TestCase):
+    """alice's and bob's API traffic is decrypted, inspected and re-originated."""
+
+    def test_reterminated_with_the_enterprise_ca_and_source_preserved(self):
+        self.assertIn("Sluice Lab Enterprise CA", issuer("alice", "https://api.openai.com/v1/models"))
+        r = curl("alice", "https://api.openai.com/v1/models?trace=e2e-source")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The server saw alice's own address (the divert keeps sources), and the full request.
+        log = upstream("api.openai.com")
+        self.assertTrue(any(e["client"] == "10.20.1.10" and e["path"] == "/v1/models?trace=e2e-source" for e in log))
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r["path"] == "/v1/models")
+        self.assertEqual((rec["identity"], rec["rule"], rec["status"], rec["verdict"]),
+                         ("finance", "finance-openai-inspect", 200, "allow"))
+        flow = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r["verdict"] == "divert" and r.get("sni") == "api.openai.com")
+        self.assertEqual(flow["action"], "inspect")
+
+    def test_ipv6_flows_are_inspected_too(self):
+        self.assertIn("Sluice Lab Enterprise CA", issuer("bob", "https://api.openai.com/v1/models", "-6"))
+        self.assertTrue(any(e["client"] == "fd20::2:20" for e in upstream("api.openai.com")))
+
+    def test_openai_sdk_through_inspection(self):
+        code = ("r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}])\n"
+                "print('reply', r.choices[0].message.content)\n"
+                "print('models', len(client.models.list().data))\n")
+        r = sdk("alice", code)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reply", r.stdout)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r["path"] == "/v1/chat/completions")
+        self.assertEqual(rec["model"], "gpt-4o-mini")
+        self.assertTrue(rec["api_key_fp"].startswith("sha256:"), rec)
+        self.assertIn("OpenAI/Python", rec["user_agent"])
+        self.assertGreater(rec["bytes_out"], 0)
+        # The key itself is never written.
+        self.assertNotIn(KEY, lab("flows").stdout)
+
+    def test_streamed_events_arrive_as_the_server_sends_them(self):
+        # The mock server spaces its events 0.2 s apart; a buffering proxy would deliver them
+        # together at the end.
+        code = ("times = []\n"
+                "s = client.chat.completions.create(model='gpt-4o-mini', stream=True, messages=[{'role':'user','content':'hi'}])\n"
+                "for ev in s:\n"
+                "    times.append(time.monotonic())\n"
+                "print(json.dumps({'n': len(times), 'spread': times[-1] - times[0]}))\n")
+        r = sdk("alice", code)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertGreaterEqual(got["n"], 3)
+        self.assertGreater(got["spread"], 0.25, got)
+
+    def test_bad_upstream_certificates_are_named_never_masked(self):
+        start_ms = time.time() * 1000 - 1000
+        for name, code in (("expired", "upstream_certificate_expired"),
+                           ("wrong-host", "upstream_certificate_wrong_host"),
+                           ("self-signed", "upstream_certificate_self_signed"),
+                           ("untrusted-root", "upstream_certificate_untrusted")):
+            r = curl("alice", "https://%s.badssl.lab/" % name, "-w", "\n%{http_code}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            body, status = r.stdout.rsplit("\n", 1)
+            self.assertEqual(status, "403", (name, r.stdout))
+            self.assertEqual(json.loads(body)["error"]["code"], code)
+            rec = wait_for_record("request", lambda r, n=name: r.get("sni") == "%s.badssl.lab" % n
+                                  and r["ts_ms"] >= start_ms)
+            self.assertEqual((rec["verdict"], rec["code"]), ("block", code))
+            # The request never reached the faulty server.
+            self.assertFalse(any(e["client"] == "10.20.1.10" for e in upstream("%s.badssl.lab" % name)))
+
+    def test_smuggling_and_fronting_are_refused(self):
+        r = rawhttps("alice", "api.openai.com",
+                     "POST /v1/smuggle-e2e HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: 5\\r\\n"
+                     "Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /v1/smuggled HTTP/1.1\\r\\n\\r\\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("HTTP/1.1 400", r.stdout)
+        self.assertIn("request_smuggling", r.stdout)
+        r = rawhttps("alice", "api.openai.com",
+                     "GET /backend-api/fronted-e2e HTTP/1.1\\r\\nHost: chatgpt.com\\r\\n\\r\\n")
+        self.assertIn("HTTP/1.1 403", r.stdout)
+        self.assertIn("domain_fronting", r.stdout)
+        paths = [e["path"] for e in upstream("api.openai.com") + upstream("chatgpt.com")]
+        self.assertFalse([p for p in paths if "smuggl" in p or "fronted" in p], paths)
+
+    def test_pipelined_requests_on_one_connection(self):
+        r = rawhttps("bob", "api.openai.com",
+                     "GET /v1/models?n=1 HTTP/1.1\\r\\nHost: api.openai.com\\r\\n\\r\\n"
+                     "GET /v1/models?n=2 HTTP/1.1\\r\\nHost: api.openai.com\\r\\nConnection: close\\r\\n\\r\\n")
+        self.assertEqual(r.stdout.count("HTTP/1.1 200"), 2, r.stdout)
+
+    def test_chatgpt_workspace_header_is_injected(self):
+        r = curl("alice", "https://chatgpt.com/backend-api/conversation", "-X", "POST",
+                 "-H", "Content-Type: application/json", "-H", "ChatGPT-Allowed-Workspace-Id: someone-elses",
+                 "-d", '{"messages":[{"content":{"parts":["hello"]}}]}')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = [e for e in upstream("chatgpt.com") if e["client"] == "10.20.1.10" and e["method"] == "POST"]
+        self.assertTrue(got, upstream("chatgpt.com"))
+        self.assertEqual(got[-1]["headers"].get("chatgpt-allowed-workspace-id"), "00000000-0000-4000-8000-00000000f1a0")
+
+    def test_client_refusing_the_minted_certificate_is_recorded(self):
+        # A client that trusts only the public roots (pinning-like): the handshake fails; the
+        # default rules fail closed.
+        pub = env()["SLUICE_LAB_PUBLIC_CA"]
+        r = curl("alice", "https://api.openai.com/v1/models?pinned=1", "--cacert", pub)
+        self.assertNotEqual(r.returncode, 0)
+        wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "refused the minted" in (r.get("reason") or ""))
+        self.assertFalse(any("pinned=1" in e["path"] for e in upstream("api.openai.com")))
+
+
+class DivertAll(unittest.TestCase):
+    """With `divert = "all"`, blocked flows get a block response; allowed ones are spliced."""
+
+    @classmethod
+    def setUpClass(cls):
+        state = env()["SLUICE_LAB_STATE"]
+        with open(os.path.join(state, "rules.path")) as f:
+            cls.rules_path = f.read().strip()
+        with open(os.path.join(state, "dataplane.pid")) as f:
+            cls.pid = int(f.read())
+        cls.tmp = tempfile.mkdtemp()
+        shutil.copy(cls.rules_path, os.path.join(cls.tmp, "orig.toml"))
+        with open(cls.rules_path) as f:
+            text = f.read()
+        text = text.replace('divert = "learned"', 'divert = "all"', 1)
+        text = text.replace('dlp = "redact-sensitive"\n', 'dlp = "redact-sensitive"\nallowed_models = ["gpt-4o-mini"]\n', 1)
+        with open(cls.rules_path, "w") as f:
+            f.write(text)
+        os.kill(cls.pid, signal.SIGHUP)
+        time.sleep(1.5)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.copy(os.path.join(cls.tmp, "orig.toml"), cls.rules_path)
+        shutil.rmtree(cls.tmp)
+        os.kill(cls.pid, signal.SIGHUP)
+        time.sleep(1.5)
+
+    def test_blocked_api_client_gets_a_permission_error(self):
+        code = ("try:\n"
+                "    client.models.list()\n"
+                "    print('allowed')\n"
+                "except openai.PermissionDeniedError as e:\n"
+                "    print('denied', e.status_code, e.body['code'], e.response.headers.get('x-should-retry'))\n")
+        r = sdk("guest", code, key="sk-lab-guest-1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("denied 403 blocked_by_policy false", r.stdout)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.9.99" and r.get("sni") == "api.openai.com")
+        self.assertEqual((rec["verdict"], rec["rule"]), ("block", "unknown-no-openai"))
+
+    def test_blocked_browser_gets_a_page(self):
+        r = curl("guest", "https://chatgpt.com/", "-H", "Accept: text/html")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("This request was blocked", r.stdout)
+        self.assertIn("unknown-no-openai", r.stdout)
+
+    def test_allowed_flows_are_spliced_with_the_real_certificate(self):
+        self.assertIn("Sluice Lab Public Root CA", issuer("alice", "https://example.org/"))
+        flow = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("sni") == "example.org" and r["verdict"] == "divert")
+        self.assertIn("spliced", flow["reason"])
+
+    def test_models_outside_the_rule_are_refused(self):
+        code = ("for m in ('gpt-4o', 'gpt-4o-mini'):\n"
+                "    try:\n"
+                "        client.chat.completions.create(model=m, messages=[{'role':'user','content':'hi'}])\n"
+                "        print(m, 'ok')\n"
+                "    except openai.PermissionDeniedError as e:\n"
+                "        print(m, 'denied', e.body['code'])\n")
+        r = sdk("bob", code, key="sk-lab-bob-1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("gpt-4o denied model_not_allowed", r.stdout)
+        self.assertIn("gpt-4o-mini ok", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
