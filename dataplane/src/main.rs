@@ -93,6 +93,9 @@ struct Args {
     /// Threads of the interception engine.
     #[arg(long, default_value_t = 2)]
     intercept_threads: usize,
+    /// Most intercepted connections at once (beyond it new diverted connections are reset).
+    #[arg(long, default_value_t = 8192)]
+    max_intercepted: usize,
 }
 
 fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
@@ -378,6 +381,7 @@ fn main() -> Result<()> {
                 policy: policy.clone(),
                 overlay: overlay.clone(),
                 connect_timeout: Duration::from_secs(10),
+                max_connections: args.max_intercepted,
             };
             let handle = Arc::new(EngineHandle::new(engine.clone(), clock));
             intercept::spawn(cfg, handle, args.intercept_threads)

@@ -209,7 +209,7 @@ fn ipv6_divert_round_trip() {
 }
 
 #[test]
-fn blocked_identity_is_not_diverted() {
+fn blocked_identities_are_diverted_to_be_answered_allowed_ones_are_not() {
     let mut e = engine();
     let mut out = Vec::new();
     let server = addr("198.51.100.10:443");
@@ -221,16 +221,21 @@ fn blocked_identity_is_not_diverted() {
     e.handle(Side::Inside, &tcp(c2s, alice, server, Flags::Psh, &hello()), now(2), &mut out);
     assert!(e.learned(server.ip(), now(3)).is_some());
     out.clear();
-    // guest's rule for the learned name is block: its SYN passes and its hello is reset.
+    // guest's rule for the learned name is block: diverted, so the interception engine answers
+    // with a block response instead of a reset.
     let guest = addr("10.20.9.99:40000");
     let a = e.handle(Side::Inside, &tcp(c2s, guest, server, Flags::Syn, &[]), now(4), &mut out);
-    assert_eq!(a, Action::Forward);
-    assert!(out.is_empty());
-    assert!(e.diverted(guest).is_none());
-    // Nor is plain traffic to that server.
+    assert_eq!(a, Action::Drop);
+    assert!(e.diverted(guest).is_some());
+    out.clear();
+    // Plain traffic to that server is not diverted, nor TLS to a server never learned.
     let web = addr("198.51.100.10:80");
     let a = e.handle(Side::Inside, &tcp(c2s, alice, web, Flags::Syn, &[]), now(5), &mut out);
     assert_eq!(a, Action::Forward);
+    let other = addr("198.51.100.80:443");
+    let a = e.handle(Side::Inside, &tcp(c2s, guest, other, Flags::Syn, &[]), now(6), &mut out);
+    assert_eq!(a, Action::Forward);
+    assert!(out.is_empty());
 }
 
 #[test]

@@ -54,7 +54,8 @@ async fn read_until(s: &mut DuplexStream, needle: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(needle.len()).any(|w| w == needle) {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
         if n == 0 {
             break;
         }
@@ -82,7 +83,11 @@ async fn pipelined_keep_alive_requests_in_order() {
     assert!(first.starts_with(b"GET /v1/models?key=secret HTTP/1.1\r\n"));
     s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").await.unwrap();
     let second = read_until(&mut s, b"\r\n\r\n").await;
-    assert!(second.starts_with(b"GET /v1/files HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&second));
+    assert!(
+        second.starts_with(b"GET /v1/files HTTP/1.1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&second)
+    );
     s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond").await.unwrap();
     let got = read_until(&mut c, b"second").await;
     let text = String::from_utf8(got).unwrap();
@@ -126,14 +131,16 @@ fn code_static(code: &str) -> &'static str {
 
 #[tokio::test]
 async fn smuggling_forms_are_refused_with_400() {
-    let both = b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 4\r\n\
+    let both =
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 4\r\n\
                  Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     refused_with(both, "HTTP/1.1 400", "request_smuggling").await;
     let dup = b"POST /x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
     refused_with(dup, "HTTP/1.1 400", "request_smuggling").await;
     let fold = b"GET /x HTTP/1.1\r\nHost: api.openai.com\r\nX-A: 1\r\n  folded\r\n\r\n";
     refused_with(fold, "HTTP/1.1 400", "request_smuggling").await;
-    let bad_chunk = b"POST /x HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let bad_chunk =
+        b"POST /x HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
     refused_with(bad_chunk, "HTTP/1.1 400", "request_smuggling").await;
 }
 
@@ -204,9 +211,11 @@ async fn streamed_response_reaches_the_client_event_by_event() {
         .await
         .unwrap();
     read_until(&mut s, b"{}").await;
-    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
     s.write_all(b"d\r\ndata: first\n\n\r\n").await.unwrap();
     // The first event arrives while the server has not sent the second.
     let got = read_until(&mut c, b"data: first").await;
@@ -245,12 +254,16 @@ async fn refusing_connections_answer_every_client_in_its_language() {
     let (mut c, _s, records, task) = start(ex.clone(), false);
     c.write_all(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
     let text = read_to_end(&mut c).await;
-    assert!(text.contains("x-should-retry: false") && text.contains("\"type\":\"policy_violation\""));
+    assert!(
+        text.contains("x-should-retry: false") && text.contains("\"type\":\"policy_violation\"")
+    );
     task.await.unwrap().unwrap();
     assert_eq!(records.lock().unwrap()[0].code, Some("upstream_certificate_expired"));
 
     let (mut c, _s, _records, task) = start(ex, false);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nAccept: text/html\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: api.openai.com\r\nAccept: text/html\r\n\r\n")
+        .await
+        .unwrap();
     let text = read_to_end(&mut c).await;
     assert!(text.contains("content-type: text/html") && text.contains("badssl-inspect"), "{text}");
     task.await.unwrap().unwrap();
@@ -276,4 +289,17 @@ async fn websocket_upgrade_is_relayed_both_ways() {
     drop(s);
     let _ = task.await.unwrap();
     assert_eq!(records.lock().unwrap()[0].status, Some(101));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickled_head_times_out() {
+    let (mut c, _s, _records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"GET /v1/models HTTP/1.1\r\n").await.unwrap();
+    // One byte every 10 s: each read is within any idle limit, the head never ends.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = c.write_all(b"X").await;
+    }
+    let r = task.await.unwrap();
+    assert!(matches!(r, Err(ProxyError::Timeout)), "{r:?}");
 }

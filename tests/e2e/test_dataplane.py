@@ -145,17 +145,28 @@ class Verdicts(unittest.TestCase):
         log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
         self.assertTrue(any(e["client"] == "10.20.1.10" and e["path"] == "/v1/models" for e in log))
 
-    def test_guest_is_reset_not_timed_out(self):
+    def test_guest_is_refused_at_once(self):
+        # api.openai.com is a learned destination (inspected for alice): guest's flow is diverted
+        # and answered with a block response rather than reset.
         for flag in ("-4", "-6"):
-            r = curl("guest", "https://api.openai.com/v1/models", flag)
-            self.assertNotEqual(r.returncode, 0)
-            self.assertIn("reset", r.stderr.lower(), r.stderr)
-            self.assertNotIn("timed out", r.stderr.lower())
+            r = curl("guest", "https://api.openai.com/v1/models", flag, "-w", "\n%{http_code}")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertTrue(r.stdout.endswith("\n403"), r.stdout)
+            self.assertIn("blocked_by_policy", r.stdout)
         r = wait_for_flow(lambda r: r["src"] == "fd20::9:99" and r.get("sni") == "api.openai.com")
-        self.assertEqual((r["verdict"], r["rule"], r["identity"]), ("block", "unknown-no-openai", "unknown"))
+        self.assertEqual((r["action"], r["rule"], r["identity"]), ("block", "unknown-no-openai", "unknown"))
         # The guest's requests never reached the server.
         log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
         self.assertFalse(any(e["client"] in ("10.20.9.99", "fd20::9:99") for e in log))
+
+    def test_guest_hello_to_an_unlearned_server_is_reset(self):
+        # A destination never learned: decided on the packet path from the hello, reset both ways.
+        r = curl("guest", "https://api.openai.com/v1/models", "--connect-to", "api.openai.com:443:198.51.100.80:443")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("reset", r.stderr.lower(), r.stderr)
+        self.assertNotIn("timed out", r.stderr.lower())
+        r = wait_for_flow(lambda r: r["src"] == "10.20.9.99" and r["dst"] == "198.51.100.80" and r.get("sni") == "api.openai.com")
+        self.assertEqual((r["verdict"], r["rule"]), ("block", "unknown-no-openai"))
 
     def test_guest_may_use_other_sites(self):
         r = curl("guest", "https://example.org/")
@@ -173,9 +184,10 @@ class Verdicts(unittest.TestCase):
         self.assertGreater(r["bytes_in"], 0)
 
     def test_segmented_hellos_are_classified(self):
-        self.assertEqual(raw("guest", "198.51.100.10", "onebyte"), "rst")
-        self.assertEqual(raw("guest", "198.51.100.10", "reorder"), "rst")
-        self.assertEqual(raw("guest", "2001:db8:5100::10", "reorder"), "rst")
+        # guest to servers never learned: the packet path reassembles and resets.
+        self.assertEqual(raw("guest", "198.51.100.80", "onebyte"), "rst")
+        self.assertEqual(raw("guest", "198.51.100.80", "reorder"), "rst")
+        self.assertEqual(raw("guest", "2001:db8:5100::80", "reorder"), "rst")
         self.assertEqual(raw("alice", "198.51.100.10", "onebyte"), "data")
         self.assertEqual(raw("alice", "198.51.100.10", "reorder"), "data")
 
@@ -184,7 +196,9 @@ class Verdicts(unittest.TestCase):
         for n in ns.values():  # client TFO without a cookie: the hello rides in the SYN
             subprocess.run(["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.tcp_fastopen=5"], check=True)
         try:
-            r = curl("guest", "https://api.openai.com/v1/models", "--tcp-fastopen")
+            # To a server never learned, so the SYN is decided on the packet path.
+            r = curl("guest", "https://api.openai.com/v1/models", "--tcp-fastopen",
+                     "--connect-to", "api.openai.com:443:198.51.100.80:443")
             self.assertNotEqual(r.returncode, 0, r.stdout)
             r = curl("alice", "https://api.openai.com/v1/models", "--tcp-fastopen")
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -195,7 +209,7 @@ class Verdicts(unittest.TestCase):
         self.assertEqual((rec["verdict"], rec["rule"]), ("block", "unknown-no-openai"))
 
     def test_post_quantum_hello_in_two_segments(self):
-        self.assertEqual(raw("guest", "198.51.100.10", "mss", PQ_HELLO), "rst")
+        self.assertEqual(raw("guest", "198.51.100.80", "mss", PQ_HELLO), "rst")
         self.assertEqual(raw("alice", "198.51.100.10", "mss", PQ_HELLO), "data")
 
     def test_overlap_retransmit_passes_conflict_is_blocked(self):

@@ -112,12 +112,21 @@ class Interception(unittest.TestCase):
             self.assertFalse(any(e["client"] == "10.20.1.10" for e in upstream("%s.badssl.lab" % name)))
 
     def test_smuggling_and_fronting_are_refused(self):
-        r = rawhttps("alice", "api.openai.com",
-                     "POST /v1/smuggle-e2e HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: 5\\r\\n"
-                     "Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /v1/smuggled HTTP/1.1\\r\\n\\r\\n")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("HTTP/1.1 400", r.stdout)
-        self.assertIn("request_smuggling", r.stdout)
+        forms = [
+            "POST /v1/smuggle-cl-te HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: 5\\r\\n"
+            "Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /v1/smuggled HTTP/1.1\\r\\n\\r\\n",
+            "POST /v1/smuggle-dup-cl HTTP/1.1\\r\\nHost: api.openai.com\\r\\nContent-Length: 2\\r\\n"
+            "Content-Length: 40\\r\\n\\r\\nab",
+            "POST /v1/smuggle-te HTTP/1.1\\r\\nHost: api.openai.com\\r\\nTransfer-Encoding: gzip, chunked\\r\\n\\r\\n",
+            "POST /v1/smuggle-chunk HTTP/1.1\\r\\nHost: api.openai.com\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
+            "-5\\r\\nhello\\r\\n0\\r\\n\\r\\n",
+            "GET /v1/smuggle-fold HTTP/1.1\\r\\nHost: api.openai.com\\r\\nX-A: 1\\r\\n folded\\r\\n\\r\\n",
+        ]
+        for form in forms:
+            r = rawhttps("alice", "api.openai.com", form)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("HTTP/1.1 400", r.stdout, form)
+            self.assertIn("request_smuggling", r.stdout, form)
         r = rawhttps("alice", "api.openai.com",
                      "GET /backend-api/fronted-e2e HTTP/1.1\\r\\nHost: chatgpt.com\\r\\n\\r\\n")
         self.assertIn("HTTP/1.1 403", r.stdout)
@@ -131,6 +140,49 @@ class Interception(unittest.TestCase):
                      "GET /v1/models?n=2 HTTP/1.1\\r\\nHost: api.openai.com\\r\\nConnection: close\\r\\n\\r\\n")
         self.assertEqual(r.stdout.count("HTTP/1.1 200"), 2, r.stdout)
 
+    def test_openssl_sees_the_minted_leaf_or_the_real_one(self):
+        def leaf_issuer(host, name):
+            r = on(host, "bash", "-c", "openssl s_client -connect %s:443 -servername %s </dev/null 2>/dev/null" % (name, name))
+            return [l for l in r.stdout.splitlines() if l.strip().startswith("i:")][:1]
+        self.assertIn("Sluice Lab Enterprise CA", str(leaf_issuer("alice", "api.openai.com")))
+        self.assertIn("Sluice Lab Public Root CA", str(leaf_issuer("alice", "example.org")))
+
+    def test_guest_sdk_gets_a_permission_error_and_does_not_retry(self):
+        code = ("c = openai.OpenAI(api_key='sk-lab-guest-1', max_retries=3, timeout=20)\n"
+                "try:\n"
+                "    c.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':'hi'}])\n"
+                "    print('allowed')\n"
+                "except openai.PermissionDeniedError as e:\n"
+                "    print('denied', e.status_code, e.body['code'], e.response.headers.get('x-should-retry'))\n"
+                "    print('message', e.body['message'])\n")
+        r = sdk("guest", code, key="sk-lab-guest-1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("denied 403 blocked_by_policy false", r.stdout)
+        self.assertIn("Blocked by Sluice", r.stdout)
+        # Exactly one attempt reached the appliance (no retry) and none reached the server.
+        recs = [x for x in flows() if x.get("type") == "request" and x["src"] == "10.20.9.99"
+                and x["path"] == "/v1/chat/completions"]
+        self.assertEqual(len(recs), 1, recs)
+        self.assertFalse(any(e["client"] == "10.20.9.99" for e in upstream("api.openai.com")))
+
+    def test_many_requests_on_one_connection_and_a_large_upload(self):
+        args = []
+        for i in range(20):
+            args += ["https://api.openai.com/v1/models?keepalive=%d" % i, "-o", "/dev/null"]
+        r = curl("bob", *args, "-w", "%{num_connects}\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sum(int(x) for x in r.stdout.split()), 1, "one connection for 20 requests")
+        n = sum(1 for e in upstream("api.openai.com") if e["path"].startswith("/v1/models?keepalive="))
+        self.assertGreaterEqual(n, 20)
+        # 5 MB, under the 8 MiB inspection limit: buffered, inspected, forwarded whole.
+        script = ("import json,sys; sys.stdout.write(json.dumps({'purpose':'batch','data':'x'*5000000}))")
+        r = on("bob", "bash", "-c", "python3 -c %s > /tmp/sluice-upload.json && curl -sS -m 60 -o /dev/null -w '%%{http_code}' "
+               "-H 'Content-Type: application/json' --data-binary @/tmp/sluice-upload.json https://api.openai.com/v1/files; "
+               "rm -f /tmp/sluice-upload.json" % json.dumps(script))
+        self.assertEqual(r.stdout, "200", r.stderr)
+        big = [e for e in upstream("api.openai.com") if e["path"] == "/v1/files" and e["body_len"] > 5000000]
+        self.assertTrue(big)
+
     def test_chatgpt_workspace_header_is_injected(self):
         r = curl("alice", "https://chatgpt.com/backend-api/conversation", "-X", "POST",
                  "-H", "Content-Type: application/json", "-H", "ChatGPT-Allowed-Workspace-Id: someone-elses",
@@ -139,6 +191,12 @@ class Interception(unittest.TestCase):
         got = [e for e in upstream("chatgpt.com") if e["client"] == "10.20.1.10" and e["method"] == "POST"]
         self.assertTrue(got, upstream("chatgpt.com"))
         self.assertEqual(got[-1]["headers"].get("chatgpt-allowed-workspace-id"), "00000000-0000-4000-8000-00000000f1a0")
+        # bob's ChatGPT traffic is not inspected: no header.
+        r = curl("bob", "https://chatgpt.com/backend-api/conversation", "-X", "POST", "-d", "{}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = [e for e in upstream("chatgpt.com") if e["client"] == "10.20.2.20" and e["method"] == "POST"]
+        self.assertTrue(got)
+        self.assertNotIn("chatgpt-allowed-workspace-id", got[-1]["headers"])
 
     def test_client_refusing_the_minted_certificate_is_recorded(self):
         # A client that trusts only the public roots (pinning-like): the handshake fails; the

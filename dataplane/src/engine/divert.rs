@@ -136,7 +136,9 @@ pub struct DivertCounters {
 }
 
 impl Engine {
-    /// True when a SYN from `f` to a TLS port goes to the interception engine.
+    /// True when a SYN from `f` to a TLS port goes to the interception engine: with `divert =
+    /// "all"`, when some inspect rule could apply to the source; with `"learned"`, when the
+    /// destination was learned and the policy inspects or blocks its name for this source.
     pub(super) fn should_divert(&self, f: &Frame<'_>, now: Now) -> bool {
         if self.divert.is_none() {
             return false;
@@ -157,7 +159,12 @@ impl Engine {
                         port: f.dport,
                         now: t,
                     };
-                    policy.decide(&q, &overlay).action == RuleAction::Inspect
+                    // Inspected flows, and blocked ones: a diverted block is answered (403,
+                    // or a page) rather than reset.
+                    matches!(
+                        policy.decide(&q, &overlay).action,
+                        RuleAction::Inspect | RuleAction::Block
+                    )
                 }
                 None => false,
             },

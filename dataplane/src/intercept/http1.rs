@@ -19,8 +19,10 @@ use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, Framing, HeadError, RequestHead, ResponseHead};
 use crate::record::RequestRecord;
 
-/// How long a kept-alive client may stay silent before the connection closes.
-const CLIENT_IDLE: Duration = Duration::from_secs(300);
+/// How long a kept-alive client may stay silent between requests, or within a body.
+const CLIENT_IDLE: Duration = Duration::from_secs(120);
+/// How long a request head may take from its first byte to its end (slowloris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to start its response (model calls can be slow).
 const UPSTREAM_HEAD: Duration = Duration::from_secs(600);
 /// Read size.
@@ -224,6 +226,9 @@ async fn read_head<R, T>(
 where
     R: AsyncRead + Unpin,
 {
+    // Between messages the idle limit applies; once a head has begun, it must be whole
+    // within HEAD_TIMEOUT however slowly its bytes trickle in.
+    let mut head_deadline = None;
     loop {
         if !buf.is_empty() {
             match parse(buf) {
@@ -232,8 +237,17 @@ where
                 Err(e) => return Err(ReadHeadError::Head(e)),
             }
         }
+        let deadline = match (buf.is_empty(), head_deadline) {
+            (true, _) => tokio::time::Instant::now() + idle,
+            (false, Some(d)) => d,
+            (false, None) => {
+                let d = tokio::time::Instant::now() + HEAD_TIMEOUT.min(idle);
+                head_deadline = Some(d);
+                d
+            }
+        };
         buf.reserve(READ);
-        let n = match tokio::time::timeout(idle, r.read_buf(buf)).await {
+        let n = match tokio::time::timeout_at(deadline, r.read_buf(buf)).await {
             Err(_) => return Err(ReadHeadError::Io(ProxyError::Timeout)),
             Ok(Err(e)) => return Err(ReadHeadError::Io(e.into())),
             Ok(Ok(n)) => n,

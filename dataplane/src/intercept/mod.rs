@@ -44,8 +44,8 @@ pub use handle::EngineHandle;
 use http1::Exchange;
 pub use replay::Replay;
 
-/// How long a client may take to send its ClientHello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its whole ClientHello, however it trickles in.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client that refused the minted certificate is spliced for that name.
@@ -82,6 +82,8 @@ pub struct Config {
     pub overlay: Arc<ArcSwap<IdentityOverlay>>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
+    /// Most intercepted connections at once; beyond it new ones are reset (and recorded).
+    pub max_connections: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -144,12 +146,14 @@ pub fn spawn(
         .thread_name("intercept")
         .enable_all()
         .build()?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let shared = Arc::new(Shared { cfg, nat, pinned: Mutex::new(HashMap::new()) });
     std::thread::Builder::new().name("intercept-main".into()).spawn(move || {
         rt.block_on(async move {
             let mut tasks = Vec::new();
             for l in listeners {
                 let shared = shared.clone();
+                let permits = permits.clone();
                 tasks.push(tokio::spawn(async move {
                     let l = match TcpListener::from_std(l) {
                         Ok(l) => l,
@@ -162,11 +166,16 @@ pub fn spawn(
                     loop {
                         match l.accept().await {
                             Ok((s, peer)) => {
+                                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                    over_capacity(&shared, s, peer);
+                                    continue;
+                                };
                                 let shared = shared.clone();
                                 tokio::spawn(async move {
                                     if let Err(e) = connection(&shared, s, peer).await {
                                         debug!(%peer, "intercepted connection ended: {e}");
                                     }
+                                    drop(permit);
                                 });
                             }
                             Err(e) => {
@@ -182,6 +191,28 @@ pub fn spawn(
             }
         });
     })
+}
+
+/// Refuses a connection beyond the cap: reset at once, recorded in the flow, logged (at most
+/// once a second).
+fn over_capacity(shared: &Shared, s: TcpStream, peer: SocketAddr) {
+    static LAST_WARN: Mutex<Option<Instant>> = Mutex::new(None);
+    // SO_LINGER 0: close() resets at once (it never blocks with a zero linger).
+    #[allow(deprecated)]
+    let _ = s.set_linger(Some(Duration::ZERO));
+    drop(s);
+    shared.nat.annotate(peer, &|c| {
+        c.action = Some("block");
+        c.reason = Some("interception engine at its connection cap: reset");
+    });
+    let mut last = LAST_WARN.lock().unwrap_or_else(PoisonError::into_inner);
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(Instant::now());
+        warn!(
+            cap = shared.cfg.max_connections,
+            "interception engine at its connection cap: new diverted connections are reset"
+        );
+    }
 }
 
 /// The decision for one connection, owned.
@@ -231,8 +262,9 @@ async fn connection(shared: &Shared, mut client: TcpStream, peer: SocketAddr) ->
     // 1. The ClientHello, raw.
     let mut raw = Vec::with_capacity(2048);
     let mut scratch = Vec::new();
+    let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let hello = loop {
-        let n = tokio::time::timeout(HELLO_TIMEOUT, client.read_buf(&mut raw))
+        let n = tokio::time::timeout_at(hello_deadline, client.read_buf(&mut raw))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello"))??;
         match parse_client_hello(&raw, &mut scratch) {
