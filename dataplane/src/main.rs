@@ -364,6 +364,15 @@ fn main() -> Result<()> {
     let tun = match (&args.tun, settings.divert) {
         (Some(name), Some(divert)) => {
             let tun = Tun::open(name).with_context(|| format!("opening the TUN {name}"))?;
+            // Upstream connections cycle through the reserved ports faster than TIME_WAIT ends.
+            if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_tw_reuse")
+                .is_ok_and(|v| v.trim() != "1")
+            {
+                warn!(
+                    "net.ipv4.tcp_tw_reuse is not 1: at high connection rates upstream connects \
+                     fail once the reserved ports wrap (sysctl -w net.ipv4.tcp_tw_reuse=1)"
+                );
+            }
             let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) else {
                 bail!("--tun needs the enterprise CA: --ca-cert and --ca-key");
             };

@@ -95,8 +95,23 @@ struct UpstreamEntry {
     router_mac: [u8; 6],
     vlan: Option<u16>,
     last_mono: u64,
-    closing: bool,
+    /// FIN seen from the engine's side / from the server.
+    fins: (bool, bool),
+    /// RST seen.
+    reset: bool,
 }
+
+impl UpstreamEntry {
+    fn closed(&self) -> bool {
+        self.reset || (self.fins.0 && self.fins.1)
+    }
+}
+
+/// How long an upstream NAT entry outlives its connection's close (both FINs, or a RST): long
+/// enough for the last ACK and a retransmitted FIN; TIME_WAIT itself is the kernel's
+/// (`net.ipv4.tcp_tw_reuse` lets the port be reused). The reserved range divided by this
+/// bounds the rate of new upstream connections to one server.
+const UPSTREAM_CLOSE_LINGER_MS: u64 = 1_500;
 
 /// The NAT state.
 #[derive(Debug)]
@@ -230,7 +245,8 @@ impl Engine {
             return false;
         }
         e.last_mono = now.mono_ms;
-        e.closing |= t.rst || t.fin;
+        e.fins.1 |= t.fin;
+        e.reset |= t.rst;
         let local = SocketAddr::new(d.cfg.local(f.dst), f.dport);
         let mut pkt = data[f.ip_offset..].to_vec();
         if nat::rewrite(&mut pkt, None, Some(local)).is_ok() {
@@ -292,7 +308,8 @@ impl Engine {
                 return false;
             }
             e.last_mono = now.mono_ms;
-            e.closing |= t.rst || t.fin;
+            e.fins.0 |= t.fin;
+            e.reset |= t.rst;
             let e = *e;
             let mut ip = pkt.to_vec();
             if nat::rewrite(&mut ip, Some(SocketAddr::new(e.client, f.sport)), None).is_err() {
@@ -341,7 +358,8 @@ impl Engine {
                     router_mac: c.server_mac,
                     vlan: c.vlan,
                     last_mono: now.mono_ms,
-                    closing: false,
+                    fins: (false, false),
+                    reset: false,
                 },
             );
             self.divert_counters.upstreams += 1;
@@ -384,7 +402,7 @@ impl Engine {
         let t = self.settings.timeouts;
         if let Some(d) = self.divert.as_mut() {
             d.upstreams.retain(|_, e| {
-                let limit = if e.closing { t.tcp_closing } else { t.tcp_established };
+                let limit = if e.closed() { UPSTREAM_CLOSE_LINGER_MS } else { t.tcp_established };
                 now.mono_ms.saturating_sub(e.last_mono) < limit
             });
         }

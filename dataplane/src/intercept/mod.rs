@@ -108,8 +108,27 @@ pub fn upstream_config(
     Ok(cfg)
 }
 
+/// TLS toward clients: leaves minted for the SNI (for `no_sni_dst` when there is none), ALPN
+/// http/1.1 only until HTTP/2 lands.
+fn server_config(
+    minter: &Arc<Minter>,
+    no_sni_dst: IpAddr,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(MintingResolver::new(minter.clone(), no_sni_dst)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 struct Shared {
     cfg: Config,
+    /// One client-side configuration for every connection with an SNI: its session cache
+    /// and tickets then let clients resume.
+    server_cfg: Arc<rustls::ServerConfig>,
     nat: Arc<dyn DivertHandle>,
     pinned: Mutex<HashMap<(IpAddr, String), Instant>>,
 }
@@ -147,7 +166,11 @@ pub fn spawn(
         .enable_all()
         .build()?;
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
-    let shared = Arc::new(Shared { cfg, nat, pinned: Mutex::new(HashMap::new()) });
+    let server_cfg = Arc::new(
+        server_config(&cfg.minter, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            .map_err(io::Error::other)?,
+    );
+    let shared = Arc::new(Shared { cfg, nat, server_cfg, pinned: Mutex::new(HashMap::new()) });
     std::thread::Builder::new().name("intercept-main".into()).spawn(move || {
         rt.block_on(async move {
             let mut tasks = Vec::new();
@@ -460,15 +483,11 @@ async fn intercept(
         }
     }
     // The client's TLS, with a leaf for its SNI (or the original destination's address).
-    let mut server_cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(io::Error::other)?
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(MintingResolver::new(shared.cfg.minter.clone(), server.ip())));
-    server_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let server_cfg = match sni {
+        Some(_) => shared.server_cfg.clone(),
+        None => Arc::new(server_config(&shared.cfg.minter, server.ip()).map_err(io::Error::other)?),
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
     let accepted =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Replay::new(raw, client))).await;
     let mut tls = match accepted {

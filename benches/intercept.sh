@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Interception benchmark, all in one run on the lab: HTTPS POSTs of a 2 KB JSON prompt from
+# alice (wrk, keep-alive and one connection per request) to a fast HTTPS origin
+# (dataplane/examples/bench_upstream.rs) through
+#   - sluice inspecting (divert, minted leaf, strict upstream TLS, HTTP/1.1 checks),
+#   - sluice splicing (diverted, decided allow, bytes relayed),
+#   - a plain Linux bridge (direct: the reference for added latency),
+#   - mitmproxy (mitmdump, reverse mode, same enterprise CA, upstream verified),
+#   - Squid (squid-openssl, TLS-terminating accelerator with an enterprise-CA certificate,
+#     re-encrypting to the origin, cache off).
+# Prints medians of RUNS runs (requests/s, p50, p99) and the ratios. Needs root.
+#   benches/intercept.sh              (RUNS=3 SECS=5 CONNS=16 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SLUICE_LAB=${SLUICE_LAB:-slb}
+RUNS=${RUNS:-3}
+SECS=${SECS:-5}
+CONNS=${CONNS:-16}
+lab=scripts/lab
+command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
+command -v squid >/dev/null || apt-get install -y -q squid-openssl >/dev/null
+BENCH_VENV=${SLUICE_LAB_CACHE:-/var/cache/sluice-lab}/bench-venv
+if [ ! -x "$BENCH_VENV/bin/mitmdump" ]; then
+  python3 -m venv "$BENCH_VENV" && "$BENCH_VENV/bin/pip" install -q mitmproxy
+fi
+$lab down >/dev/null 2>&1 || true
+trap '$lab down >/dev/null 2>&1 || true' EXIT
+$lab up >/dev/null
+cargo build --release --locked -q -p sluice-dataplane -p sluice-control --example bench_upstream
+STATE=$(scripts/lab env | sed -n 's/^export SLUICE_LAB_STATE=//p')
+PKI=$STATE/pki
+W=$STATE/bench
+mkdir -p "$W"
+wan() { ip netns exec "$SLUICE_LAB-wan" "$@"; }
+appl() { ip netns exec "$SLUICE_LAB-appl" "$@"; }
+
+# --- origin and reference proxies in the "internet" (wan) namespace
+issue() { # name signer out
+  openssl ecparam -name prime256v1 -genkey -noout -out "$3.key" 2>/dev/null
+  openssl req -new -key "$3.key" -subj "/CN=$1" -out "$3.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$1" > "$3.ext"
+  openssl x509 -req -in "$3.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days 30 -extfile "$3.ext" -out "$3.crt" 2>/dev/null
+  chmod 600 "$3.key"
+}
+issue bench.lab "$PKI/lab-root" "$W/origin"
+issue squid.bench.lab "$PKI/enterprise-ca" "$W/squid"
+for oct in 90 91 92; do wan ip addr add "198.51.100.$oct/32" dev lo; done
+printf '198.51.100.90 bench.lab\n198.51.100.91 mitm.bench.lab\n198.51.100.92 squid.bench.lab\n' >> "$STATE/hosts"
+kill -HUP "$(cat "$STATE/dnsmasq.pid")"
+wan target/release/examples/bench_upstream 198.51.100.90:443 "$W/origin.crt" "$W/origin.key" > "$W/origin.log" 2>&1 &
+ORIGIN=$!
+mkdir -p "$W/mitm"
+cat "$PKI/enterprise-ca.key" "$PKI/enterprise-ca.crt" > "$W/mitm/mitmproxy-ca.pem"
+wan "$BENCH_VENV/bin/mitmdump" -q --listen-host 198.51.100.91 --listen-port 443 --mode reverse:https://bench.lab:443 \
+  --set confdir="$W/mitm" --set ssl_verify_upstream_trusted_ca="$PKI/lab-root.crt" > "$W/mitm.log" 2>&1 &
+MITM=$!
+cat > "$W/squid.conf" <<CONF
+http_port 127.0.0.1:3199
+https_port 198.51.100.92:443 accel tls-cert=$W/squid.crt tls-key=$W/squid.key defaultsite=bench.lab
+cache_peer 198.51.100.90 parent 443 0 no-query originserver tls tls-cafile=$PKI/lab-root.crt tls-domain=bench.lab name=origin
+cache_peer_access origin allow all
+http_access allow all
+cache deny all
+pid_filename $W/squid.pid
+access_log none
+cache_log $W/squid-cache.log
+coredump_dir $W
+CONF
+wan squid -N -f "$W/squid.conf" > "$W/squid.log" 2>&1 &
+SQUID=$!
+cleanup_refs() { kill "$ORIGIN" "$MITM" "$SQUID" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap 'cleanup_refs; $lab down >/dev/null 2>&1 || true' EXIT
+sleep 3
+
+# --- the request: POST of a 2 KB chat prompt
+python3 - "$W/post.lua" <<'PY'
+import json, sys
+prompt = ("Summarise the quarterly figures for the board. " * 60)[:1900]
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
+with open(sys.argv[1], "w") as f:
+    f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+    f.write('wrk.headers["Authorization"] = "Bearer sk-bench-0000"\n')
+    f.write("wrk.body = %s\n" % json.dumps(body))
+    f.write('if os.getenv("WRK_CLOSE") == "1" then wrk.headers["Connection"] = "close" end\n')
+PY
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
+
+declare -A RPS P50 P99
+measure() { # key label host url close
+  local rps=() p50=() p99=() i out
+  for i in $(seq "$RUNS"); do
+    out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
+    if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
+    if grep -q "Non-2xx" <<<"$out"; then
+      echo "$out" >&2; echo "non-2xx responses for $2; refusals recorded:" >&2
+      grep '"type":"request"' "$STATE/flows.jsonl" | grep -v '"status":200' | tail -3 >&2 || true
+      tail -5 "$STATE/dataplane.log" >&2
+      exit 1
+    fi
+    rps+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+    p50+=("$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)")
+    p99+=("$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)")
+  done
+  RPS[$1]=$(printf '%s\n' "${rps[@]}" | median)
+  P50[$1]=$(printf '%s\n' "${p50[@]}" | median)
+  P99[$1]=$(printf '%s\n' "${p99[@]}" | median)
+  printf '%-34s %9.0f req/s   p50 %7.2f ms   p99 %7.2f ms\n' "$2" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}"
+}
+
+# --- sluice: alice's bench traffic inspected, bob's diverted and spliced
+cat > "$W/rules.toml" <<'TOML'
+[defaults]
+action = "allow"
+on_inspect_failure = "block"
+max_inspect_bytes = 8388608
+divert = "all"
+tls_ports = [443]
+
+[[identity]]
+name = "finance"
+cidrs = ["10.20.1.0/24"]
+
+[[identity]]
+name = "engineering"
+cidrs = ["10.20.2.0/24"]
+
+[[category]]
+name = "bench"
+domains = ["bench.lab"]
+
+[[category]]
+name = "elsewhere"
+domains = ["elsewhere.lab"]
+
+[[rule]]
+name = "finance-bench-inspect"
+identities = ["finance"]
+categories = ["bench"]
+action = "inspect"
+
+# Makes engineering's TLS flows diverted (divert = "all"), so bench.lab is spliced for bob.
+[[rule]]
+name = "engineering-elsewhere-inspect"
+identities = ["engineering"]
+categories = ["elsewhere"]
+action = "inspect"
+TOML
+$lab start --rules "$W/rules.toml" >/dev/null
+echo "== $RUNS x ${SECS}s, $CONNS connections, 2 KB JSON POSTs"
+measure inspect-ka "sluice inspect (keep-alive)" alice https://bench.lab/v1/chat/completions 0
+measure inspect-new "sluice inspect (new conn/request)" alice https://bench.lab/v1/chat/completions 1
+measure splice-ka "sluice splice (keep-alive)" bob https://bench.lab/v1/chat/completions 0
+measure splice-new "sluice splice (new conn/request)" bob https://bench.lab/v1/chat/completions 1
+$lab stop >/dev/null
+appl ip link add br0 type bridge
+appl ip link set inside master br0
+appl ip link set outside master br0
+appl ip link set br0 up
+measure direct-ka "direct, Linux bridge (keep-alive)" alice https://bench.lab/v1/chat/completions 0
+measure direct-new "direct, Linux bridge (new conn/request)" alice https://bench.lab/v1/chat/completions 1
+measure mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
+measure mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
+measure squid-ka "squid (keep-alive)" alice https://squid.bench.lab/v1/chat/completions 0
+measure squid-new "squid (new conn/request)" alice https://squid.bench.lab/v1/chat/completions 1
+echo "== ratios (requests/s)"
+for mode in ka new; do
+  awk -v m="$mode" -v s="${RPS[inspect-$mode]}" -v mi="${RPS[mitm-$mode]}" -v sq="${RPS[squid-$mode]}" \
+    'BEGIN { printf "%-9s sluice inspect / mitmproxy %6.1fx   / squid %5.2fx\n", (m == "ka" ? "keep-alive" : "new-conn"), s / mi, s / sq }'
+done
+awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
+  'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive): %.2f ms\n", a - b }'
+awk -v r="${RPS[inspect-new]}" 'BEGIN { printf "new intercepted connections/s (2 cores shared with wrk and the origin): %.0f\n", r }'
