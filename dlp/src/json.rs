@@ -1,0 +1,279 @@
+//! Extraction and redaction over request bodies. A JSON body is walked whole: every string
+//! value is scanned (a superset of DESIGN.md's "Where prompt text lives": messages, tool
+//! arguments, instructions, inputs, ChatGPT conversation parts, and anything else), with its
+//! JSON path; base64 file data (`file_data`, `data:…;base64,` URLs) is decoded and scanned as
+//! text when it is text. Other UTF-8 bodies are scanned as text. Redaction replaces each span
+//! with `[REDACTED:<detector>]` inside its string and re-serialises the body.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::Value;
+
+use super::{DetectorSet, Finding, Match, Scanner, match_hash};
+
+/// Most decoded bytes of one base64 value scanned.
+const MAX_DECODED: usize = 16 * 1024 * 1024;
+
+/// What inspecting one body found.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Findings (never the matched text).
+    pub findings: Vec<Finding>,
+    /// The redacted body, when redaction was asked and something was found.
+    pub redacted: Option<Vec<u8>>,
+    /// Bytes of text scanned.
+    pub scanned: usize,
+    /// Parts that could not be scanned (binary data), by path.
+    pub unscanned: Vec<String>,
+}
+
+impl Outcome {
+    /// Findings per detector, sorted by name.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let mut v: Vec<(&'static str, usize)> = Vec::new();
+        for f in &self.findings {
+            match v.iter_mut().find(|(d, _)| *d == f.detector) {
+                Some((_, n)) => *n += 1,
+                None => v.push((f.detector, 1)),
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The body to inspect and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `Content-Type`, if any.
+    pub content_type: Option<&'a [u8]>,
+    /// The body (already de-chunked and decoded).
+    pub body: &'a [u8],
+    /// Replace findings in a copy of the body.
+    pub redact: bool,
+    /// Salt of the finding hashes.
+    pub salt: &'a [u8],
+}
+
+struct Ctx<'a> {
+    scanner: &'a Scanner,
+    set: &'a DetectorSet,
+    redact: bool,
+    salt: &'a [u8],
+    out: Outcome,
+    matches: Vec<Match>,
+    changed: bool,
+}
+
+/// Inspects a request body.
+pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcome {
+    let mut ctx = Ctx {
+        scanner,
+        set,
+        redact: req.redact,
+        salt: req.salt,
+        out: Outcome::default(),
+        matches: Vec::new(),
+        changed: false,
+    };
+    let json_type =
+        req.content_type.is_some_and(|c| c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
+    let looks_json =
+        req.body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'{' || b == b'[');
+    if json_type || looks_json {
+        if let Ok(mut v) = serde_json::from_slice::<Value>(req.body) {
+            let mut path = String::from("$");
+            walk(&mut v, &mut path, None, &mut ctx);
+            if ctx.changed {
+                ctx.out.redacted = serde_json::to_vec(&v).ok();
+            }
+            return ctx.out;
+        }
+    }
+    match std::str::from_utf8(req.body) {
+        Ok(text) => {
+            if let Some(new) = scan_string(text, "$", &mut ctx) {
+                ctx.out.redacted = Some(new.into_bytes());
+            }
+        }
+        Err(_) if !req.body.is_empty() => ctx.out.unscanned.push("$ (binary body)".into()),
+        Err(_) => {}
+    }
+    ctx.out
+}
+
+fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) {
+    match v {
+        Value::String(s) => {
+            if let Some(new) = string_value(s, path, key, ctx) {
+                *s = new;
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push('[');
+                path.push_str(&i.to_string());
+                path.push(']');
+                walk(item, path, None, ctx);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                walk(item, path, Some(k), ctx);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A string value: base64 file data is decoded and scanned; other strings scanned as they are.
+fn string_value(s: &str, path: &str, key: Option<&str>, ctx: &mut Ctx<'_>) -> Option<String> {
+    let (prefix, b64) = match s.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
+        Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
+        None if key == Some("file_data") => (None, s),
+        None => return scan_string(s, path, ctx),
+    };
+    let Ok(decoded) = STANDARD.decode(b64.trim()) else {
+        return scan_string(s, path, ctx);
+    };
+    if decoded.len() > MAX_DECODED {
+        ctx.out.unscanned.push(format!("{path} (decoded file over the limit)"));
+        return None;
+    }
+    let Ok(text) = String::from_utf8(decoded) else {
+        ctx.out.unscanned.push(format!("{path} (binary file)"));
+        return None;
+    };
+    let inner = format!("{path}(base64)");
+    let new = scan_string(&text, &inner, ctx)?;
+    let enc = STANDARD.encode(new.as_bytes());
+    Some(match prefix {
+        Some(p) => p + &enc,
+        None => enc,
+    })
+}
+
+/// Scans one text; returns its redacted form when redaction is on and something was found.
+fn scan_string(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
+    ctx.out.scanned += text.len();
+    ctx.matches.clear();
+    ctx.scanner.scan(text, ctx.set, &mut ctx.matches);
+    if ctx.matches.is_empty() {
+        return None;
+    }
+    for m in &ctx.matches {
+        ctx.out.findings.push(Finding {
+            detector: m.detector,
+            path: path.to_owned(),
+            start: m.start,
+            end: m.end,
+            hash: match_hash(ctx.salt, &text.as_bytes()[m.start..m.end]),
+        });
+    }
+    if !ctx.redact {
+        return None;
+    }
+    ctx.changed = true;
+    Some(redact(text, &ctx.matches))
+}
+
+/// `text` with each (sorted, disjoint) span replaced by `[REDACTED:<detector>]`.
+pub fn redact(text: &str, matches: &[Match]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for m in matches {
+        if m.start < at
+            || m.end > text.len()
+            || !text.is_char_boundary(m.start)
+            || !text.is_char_boundary(m.end)
+        {
+            continue;
+        }
+        out.push_str(&text[at..m.start]);
+        out.push_str("[REDACTED:");
+        out.push_str(m.detector);
+        out.push(']');
+        at = m.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &str, names: &[&str], redact: bool) -> Outcome {
+        let scanner = Scanner::new().unwrap();
+        let set = DetectorSet::from_names(names).unwrap();
+        inspect(
+            &scanner,
+            &set,
+            Request {
+                content_type: Some(b"application/json"),
+                body: body.as_bytes(),
+                redact,
+                salt: b"s",
+            },
+        )
+    }
+
+    #[test]
+    fn chat_messages_are_scanned_with_paths_and_redacted() {
+        let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"card 4111 1111 1111 1111 please"},{"role":"user","content":[{"type":"text","text":"mail bob@example.com"}]}]}"#;
+        let o = run(body, &["credit_card", "email"], true);
+        let paths: Vec<_> = o.findings.iter().map(|f| (f.detector, f.path.as_str())).collect();
+        assert_eq!(
+            paths,
+            [("credit_card", "$.messages[0].content"), ("email", "$.messages[1].content[0].text")]
+        );
+        let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+        assert!(red.contains("card [REDACTED:credit_card] please"), "{red}");
+        assert!(red.contains("mail [REDACTED:email]"));
+        assert!(!red.contains("4111") && !red.contains("bob@"));
+        let v: Value = serde_json::from_str(&red).unwrap();
+        assert_eq!(v["model"], "gpt-4o");
+        // Findings never carry the text.
+        assert!(!format!("{:?}", o.findings).contains("4111"));
+    }
+
+    #[test]
+    fn base64_file_data_is_decoded() {
+        let secret = "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\nkey AKIAIOSFODNN7EXAMPLE";
+        let b64 = STANDARD.encode(secret);
+        let body = format!(
+            r#"{{"input":[{{"type":"input_file","file_data":"data:text/plain;base64,{b64}"}}]}}"#
+        );
+        let o = run(&body, &["aws_access_key_id", "aws_secret_access_key"], false);
+        let names: Vec<_> = o.findings.iter().map(|f| f.detector).collect();
+        assert_eq!(names, ["aws_secret_access_key", "aws_access_key_id"]);
+        assert_eq!(o.findings[0].path, "$.input[0].file_data(base64)");
+        let bin = STANDARD.encode([0u8, 159, 146, 150]);
+        let o = run(&format!(r#"{{"file_data":"{bin}"}}"#), &["email"], false);
+        assert_eq!(o.unscanned, ["$.file_data (binary file)"]);
+    }
+
+    #[test]
+    fn text_bodies_and_counts() {
+        let scanner = Scanner::new().unwrap();
+        let set = DetectorSet::all();
+        let o = inspect(
+            &scanner,
+            &set,
+            Request {
+                content_type: Some(b"text/plain"),
+                body: b"ssn 123-45-6789 and 123-45-6780",
+                redact: true,
+                salt: b"",
+            },
+        );
+        assert_eq!(o.counts(), [("us_ssn", 2)]);
+        assert_eq!(o.redacted.unwrap(), b"ssn [REDACTED:us_ssn] and [REDACTED:us_ssn]");
+    }
+}

@@ -1,0 +1,250 @@
+//! # sluice-dlp
+//!
+//! Finds sensitive data in prompt payloads: validated detectors (payment cards with Luhn and
+//! brand rules, SSNs without impossible numbers, IBANs with mod-97, UK NINOs, phones, emails,
+//! and 50 named credential formats), one pass over the text whatever the number of enabled
+//! detectors, then extraction from JSON bodies and redaction ([`json`]).
+//!
+//! The scan is two fixed passes: an Aho-Corasick automaton over every literal anchor (`AKIA`,
+//! `sk-`, `ghp_`, `-----BEGIN `, `@`, keywords …) and one byte loop over digit runs and
+//! letter–digit openings (cards, SSNs, phones, IBANs, NINOs, IPv4). Each candidate gets a
+//! confirming check (validation, length, charset, boundaries) only when its detector is
+//! enabled. Pure: bytes in, spans out. The match itself never leaves this crate except as a
+//! salted hash ([`Finding`]).
+//!
+//! The detector names are the rule language's registry ([`sluice_rules::detectors`]); this
+//! crate implements every one of them (checked by a test).
+
+pub mod json;
+mod numbers;
+mod tokens;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+pub use sluice_rules::detectors::{DETECTORS, DetectorInfo};
+
+/// Index of a detector in [`DETECTORS`].
+pub type DetectorId = usize;
+
+/// The id of detector `name`.
+pub fn detector_id(name: &str) -> Option<DetectorId> {
+    DETECTORS.iter().position(|d| d.name == name)
+}
+
+fn id(name: &str) -> DetectorId {
+    // Names used in this crate are checked against the registry by the test
+    // `every_registry_name_is_implemented`; an unknown one maps past the end (never enabled).
+    detector_id(name).unwrap_or(usize::MAX)
+}
+
+/// A name that is not in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown detector `{0}`")]
+pub struct UnknownDetector(pub String);
+
+/// A set of enabled detectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DetectorSet(u128);
+
+impl DetectorSet {
+    /// Every detector.
+    pub fn all() -> Self {
+        let n = DETECTORS.len().min(128);
+        DetectorSet(if n == 128 { u128::MAX } else { (1u128 << n) - 1 })
+    }
+
+    /// The detectors named.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, UnknownDetector> {
+        let mut s = DetectorSet::default();
+        for n in names {
+            let i =
+                detector_id(n.as_ref()).ok_or_else(|| UnknownDetector(n.as_ref().to_owned()))?;
+            s.0 |= 1 << i;
+        }
+        Ok(s)
+    }
+
+    /// True when detector `i` is enabled.
+    pub fn contains(&self, i: DetectorId) -> bool {
+        i < 128 && self.0 & (1 << i) != 0
+    }
+
+    /// True when `name` is enabled.
+    pub fn has(&self, name: &str) -> bool {
+        self.contains(id(name))
+    }
+
+    /// Number of enabled detectors.
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// True when none is enabled.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A confirmed match in one text: detector and byte span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// Detector name.
+    pub detector: &'static str,
+    /// Byte offset of the start.
+    pub start: usize,
+    /// Byte offset past the end.
+    pub end: usize,
+}
+
+/// What an anchor of the automaton leads to.
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    Token(usize),
+    Special(tokens::Special),
+}
+
+/// The scanner: built once, shared by every request.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    ac: AhoCorasick,
+    anchors: Vec<Anchor>,
+}
+
+/// The scanner could not be built (never happens with the built-in anchors).
+#[derive(Debug, thiserror::Error)]
+#[error("building the DLP automaton: {0}")]
+pub struct BuildError(#[from] aho_corasick::BuildError);
+
+impl Scanner {
+    /// The scanner over every built-in detector.
+    pub fn new() -> Result<Self, BuildError> {
+        let mut patterns: Vec<&'static str> = Vec::new();
+        let mut anchors = Vec::new();
+        for (i, t) in tokens::TOKENS.iter().enumerate() {
+            for p in t.prefixes {
+                patterns.push(p);
+                anchors.push(Anchor::Token(i));
+            }
+        }
+        for (p, s) in tokens::SPECIAL_ANCHORS {
+            patterns.push(p);
+            anchors.push(Anchor::Special(*s));
+        }
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)?;
+        Ok(Scanner { ac, anchors })
+    }
+
+    /// Finds the matches of the enabled detectors in `text`, appended to `out` sorted by
+    /// start, without overlaps (the more specific detector wins over `generic_secret`).
+    pub fn scan(&self, text: &str, set: &DetectorSet, out: &mut Vec<Match>) {
+        let first = out.len();
+        if set.is_empty() {
+            return;
+        }
+        let bytes = text.as_bytes();
+        for m in self.ac.find_overlapping_iter(bytes) {
+            let Some(a) = self.anchors.get(m.pattern().as_usize()) else { continue };
+            match *a {
+                Anchor::Token(i) => tokens::confirm_token(i, bytes, m.start(), m.end(), set, out),
+                Anchor::Special(s) => {
+                    tokens::confirm_special(s, bytes, m.start(), m.end(), set, out)
+                }
+            }
+        }
+        if numbers::any_enabled(set) {
+            numbers::scan(bytes, set, out);
+        }
+        tidy(&mut out[first..]);
+        let mut keep = first;
+        let mut last_end = 0;
+        for i in first..out.len() {
+            let m = out[i];
+            if i > first && m.start < last_end {
+                continue;
+            }
+            last_end = m.end;
+            out[keep] = m;
+            keep += 1;
+        }
+        out.truncate(keep);
+    }
+}
+
+/// Sorts by start, longest first, generic last among equals: the overlap filter then keeps
+/// the best of each cluster.
+fn tidy(ms: &mut [Match]) {
+    // Credentials before financial before personal data; the keyword-only generic last.
+    let rank = |m: &Match| match m.detector {
+        "generic_secret" => 4,
+        d => match DETECTORS.iter().find(|x| x.name == d).map(|x| x.family) {
+            Some("credential") => 0,
+            Some("financial") => 1,
+            _ => 2,
+        },
+    };
+    ms.sort_by(|a, b| a.start.cmp(&b.start).then(rank(a).cmp(&rank(b))).then(b.end.cmp(&a.end)));
+}
+
+/// One finding, as records carry it: never the matched text.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    /// Detector name.
+    pub detector: &'static str,
+    /// JSON path of the string it was found in (`$` for a text body).
+    pub path: String,
+    /// Byte span in that string (in the decoded text for base64 data).
+    pub start: usize,
+    /// End of the span.
+    pub end: usize,
+    /// `sha256:` and the first 16 hex digits of SHA-256(salt ‖ match).
+    pub hash: String,
+}
+
+/// The salted hash of a match.
+pub fn match_hash(salt: &[u8], matched: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(matched);
+    let d = h.finalize();
+    let mut s = String::from("sha256:");
+    for b in &d[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registry_name_is_implemented() {
+        let implemented: Vec<&str> = tokens::TOKENS
+            .iter()
+            .map(|t| t.name)
+            .chain(tokens::SPECIAL_NAMES.iter().copied())
+            .chain(numbers::NAMES.iter().copied())
+            .collect();
+        for d in DETECTORS {
+            assert!(implemented.contains(&d.name), "{} has no implementation", d.name);
+        }
+        for n in &implemented {
+            assert!(detector_id(n).is_some(), "{n} is not in the registry");
+        }
+        assert!(DETECTORS.len() <= 128);
+        let credentials = DETECTORS.iter().filter(|d| d.family == "credential").count();
+        assert!(credentials >= 40, "{credentials} credential rules");
+    }
+
+    #[test]
+    fn sets() {
+        let s = DetectorSet::from_names(&["email", "jwt"]).unwrap();
+        assert!(s.has("email") && s.has("jwt") && !s.has("iban"));
+        assert_eq!(s.len(), 2);
+        assert_eq!(DetectorSet::all().len(), DETECTORS.len());
+        assert!(DetectorSet::from_names(&["nope"]).is_err());
+    }
+}
