@@ -130,6 +130,16 @@ impl Ports {
     }
 }
 
+/// A random salt for DLP finding hashes (per run: hashes correlate within a run only).
+fn dlp_salt() -> Result<Arc<[u8]>> {
+    let mut salt = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut salt)
+        .map_err(|_| anyhow::anyhow!("no system randomness for the DLP salt"))?;
+    Ok(Arc::from(&salt[..]))
+}
+
 /// Writes what the engine emitted toward the TUN.
 fn send_tun(tun: Option<&Tun>, pkt: &[u8]) {
     if let Some(t) = tun
@@ -391,6 +401,8 @@ fn main() -> Result<()> {
                 overlay: overlay.clone(),
                 connect_timeout: Duration::from_secs(10),
                 max_connections: args.max_intercepted,
+                scanner: Arc::new(sluice_dlp::Scanner::new()?),
+                dlp_salt: dlp_salt()?,
             };
             let handle = Arc::new(EngineHandle::new(engine.clone(), clock));
             intercept::spawn(cfg, handle, args.intercept_threads)

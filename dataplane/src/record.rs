@@ -201,6 +201,31 @@ pub struct RequestRecord {
     /// Headers the engine injected (names only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub injected: Vec<&'static str>,
+    /// DLP profile applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp_profile: Option<String>,
+    /// What DLP did: `block`, `redact`, `alert` (findings present) or `clean`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp_action: Option<&'static str>,
+    /// DLP findings per detector: counts and JSON paths, never values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dlp_findings: Vec<DlpSummary>,
+    /// Parts of the body that could not be scanned (binary files), by path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unscanned: Vec<String>,
+}
+
+/// The findings of one detector in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DlpSummary {
+    /// Detector name.
+    pub detector: &'static str,
+    /// Number of matches.
+    pub count: usize,
+    /// JSON paths of the strings they were in (deduplicated, at most 16).
+    pub paths: Vec<String>,
+    /// Salted hashes of the matches (correlate repeats without the values; at most 16).
+    pub hashes: Vec<String>,
 }
 
 impl From<RequestRecord> for Record {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_dataplane::intercept::block::Refusal;
-use sluice_dataplane::intercept::http1::{Exchange, ProxyError, key_fingerprint, serve};
+use sluice_dataplane::intercept::http1::{Dlp, Exchange, ProxyError, key_fingerprint, serve};
 use sluice_dataplane::record::RequestRecord;
 use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
@@ -24,7 +24,19 @@ fn exchange(sni: &str) -> Exchange {
         max_body: 1 << 20,
         fail_open: false,
         refuse: None,
+        dlp: None,
     }
+}
+
+fn with_dlp(mut ex: Exchange, action: sluice_rules::DlpAction) -> Exchange {
+    ex.dlp = Some(Dlp {
+        profile: "p".into(),
+        set: sluice_dlp::DetectorSet::from_names(&["credit_card", "aws_access_key_id"]).unwrap(),
+        action,
+        scanner: Arc::new(sluice_dlp::Scanner::new().unwrap()),
+        salt: Arc::from(&b"salt"[..]),
+    });
+    ex
 }
 
 type Records = Arc<Mutex<Vec<RequestRecord>>>;
@@ -302,4 +314,78 @@ async fn a_trickled_head_times_out() {
     }
     let r = task.await.unwrap();
     assert!(matches!(r, Err(ProxyError::Timeout)), "{r:?}");
+}
+
+const CARD_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"charge 4111 1111 1111 1111 now"}]}"#;
+
+fn post(body: &str, extra: &str) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn dlp_block_names_detectors_never_values() {
+    let (mut c, mut s, records, task) =
+        start(with_dlp(exchange("api.openai.com"), sluice_rules::DlpAction::Block), true);
+    c.write_all(post(CARD_BODY, "").as_bytes()).await.unwrap();
+    let text = read_to_end(&mut c).await;
+    assert!(
+        text.starts_with("HTTP/1.1 403")
+            && text.contains("dlp_violation")
+            && text.contains("credit_card (1)"),
+        "{text}"
+    );
+    assert!(!text.contains("4111"));
+    task.await.unwrap().unwrap();
+    drop(c);
+    let mut upstream = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(100), s.read_to_end(&mut upstream)).await;
+    assert!(upstream.is_empty());
+    let recs = records.lock().unwrap();
+    assert_eq!(recs[0].dlp_action, Some("block"));
+    assert_eq!(recs[0].dlp_findings[0].paths, ["$.messages[0].content"]);
+    assert!(!serde_json::to_string(&*recs).unwrap().contains("4111"));
+}
+
+#[tokio::test]
+async fn dlp_redacts_gzip_bodies_and_resends_them_plain() {
+    use std::io::Write;
+    let (mut c, mut s, records, task) =
+        start(with_dlp(exchange("api.openai.com"), sluice_rules::DlpAction::Redact), true);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(CARD_BODY.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&gz).await.unwrap();
+    let up = String::from_utf8(read_until(&mut s, b"}]}").await).unwrap();
+    assert!(up.contains("[REDACTED:credit_card]") && !up.contains("4111"), "{up}");
+    assert!(!up.to_ascii_lowercase().contains("content-encoding"));
+    let (h, b) = up.split_once("\r\n\r\n").unwrap();
+    assert!(h.ends_with(&format!("content-length: {}", b.len())), "{h}");
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    read_until(&mut c, b"{}").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+    assert_eq!(records.lock().unwrap()[0].dlp_action, Some("redact"));
+}
+
+#[tokio::test]
+async fn dlp_passes_luhn_invalid_numbers_untouched() {
+    let (mut c, mut s, records, task) =
+        start(with_dlp(exchange("api.openai.com"), sluice_rules::DlpAction::Block), true);
+    let body = CARD_BODY.replace("1111 now", "1112 now");
+    c.write_all(post(&body, "").as_bytes()).await.unwrap();
+    let up = String::from_utf8(read_until(&mut s, b"}]}").await).unwrap();
+    assert!(up.contains("4111 1111 1111 1112"));
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    read_until(&mut c, b"{}").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+    assert_eq!(records.lock().unwrap()[0].dlp_action, Some("clean"));
 }

@@ -76,6 +76,13 @@ pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcom
         matches: Vec::new(),
         changed: false,
     };
+    if let Some(b) = req.content_type.and_then(super::body::boundary) {
+        match super::body::split_multipart(req.body, &b) {
+            Some(parts) => multipart(&parts, &b, &mut ctx),
+            None => ctx.out.unscanned.push("$ (malformed multipart body)".into()),
+        }
+        return ctx.out;
+    }
     let json_type =
         req.content_type.is_some_and(|c| c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
     let looks_json =
@@ -100,6 +107,57 @@ pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcom
         Err(_) => {}
     }
     ctx.out
+}
+
+/// Text-like parts are scanned (JSON parts walked); binary ones are named as unscanned. With
+/// redaction, the body is rebuilt with the redacted parts.
+fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>) {
+    let mut rebuilt: Vec<u8> = Vec::new();
+    let mut any_change = false;
+    for p in parts {
+        let label = match &p.filename {
+            Some(f) => format!("$.{}({f})", p.name),
+            None => format!("$.{}", p.name),
+        };
+        let texty = p.content_type.as_deref().is_none_or(|c| {
+            c.starts_with("text/")
+                || ["json", "xml", "csv", "yaml", "javascript"].iter().any(|t| c.contains(t))
+        });
+        let mut data = std::borrow::Cow::Borrowed(p.data);
+        match std::str::from_utf8(p.data) {
+            Ok(text) if texty => {
+                let as_json = p.content_type.as_deref().is_some_and(|c| c.contains("json"));
+                ctx.changed = false;
+                match serde_json::from_str::<Value>(text) {
+                    Ok(mut v) if as_json => {
+                        let mut path = label.clone();
+                        walk(&mut v, &mut path, None, ctx);
+                        if ctx.changed {
+                            data =
+                                std::borrow::Cow::Owned(serde_json::to_vec(&v).unwrap_or_default());
+                        }
+                    }
+                    _ => {
+                        if let Some(new) = scan_string(text, &label, ctx) {
+                            data = std::borrow::Cow::Owned(new.into_bytes());
+                        }
+                    }
+                }
+                any_change |= ctx.changed;
+            }
+            _ => ctx.out.unscanned.push(format!("{label} (binary part)")),
+        }
+        for piece in [&b"--"[..], boundary.as_bytes(), b"\r\n", p.head, b"\r\n\r\n", &data, b"\r\n"]
+        {
+            rebuilt.extend_from_slice(piece);
+        }
+    }
+    for piece in [&b"--"[..], boundary.as_bytes(), b"--\r\n"] {
+        rebuilt.extend_from_slice(piece);
+    }
+    if any_change {
+        ctx.out.redacted = Some(rebuilt);
+    }
 }
 
 fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) {
@@ -257,6 +315,30 @@ mod tests {
         let bin = STANDARD.encode([0u8, 159, 146, 150]);
         let o = run(&format!(r#"{{"file_data":"{bin}"}}"#), &["email"], false);
         assert_eq!(o.unscanned, ["$.file_data (binary file)"]);
+    }
+
+    #[test]
+    fn multipart_uploads() {
+        let scanner = Scanner::new().unwrap();
+        let set = DetectorSet::all();
+        let body: &[u8] = b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"k.txt\"\r\nContent-Type: text/plain\r\n\r\nkey AKIAIOSFODNN7EXAMPLE\r\n--B\r\nContent-Disposition: form-data; name=\"img\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\xff\r\n--B--\r\n";
+        let o = inspect(
+            &scanner,
+            &set,
+            Request {
+                content_type: Some(b"multipart/form-data; boundary=B"),
+                body,
+                redact: true,
+                salt: b"",
+            },
+        );
+        assert_eq!(o.counts(), [("aws_access_key_id", 1)]);
+        assert_eq!(o.findings[0].path, "$.file(k.txt)");
+        assert_eq!(o.unscanned, ["$.img(a.png) (binary part)"]);
+        let red = o.redacted.unwrap();
+        let parts = crate::body::split_multipart(&red, "B").unwrap();
+        assert_eq!(parts[1].data, b"key [REDACTED:aws_access_key_id]");
+        assert_eq!(parts[2].data, b"\x89PNG\xff");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! The detector names are the rule language's registry ([`sluice_rules::detectors`]); this
 //! crate implements every one of them (checked by a test).
 
+pub mod body;
 pub mod json;
 mod numbers;
 mod tokens;

@@ -80,12 +80,12 @@ fn run_end(b: &[u8], start: usize) -> usize {
         if c.is_ascii_digit() {
             digits += 1;
             i += 1;
-        } else if (c == b'+' && i == start) || (c == b'(' && i == start) {
-            i += 1;
-        } else if b" -.()".contains(&c)
-            && i + 1 < b.len()
-            && (b[i + 1].is_ascii_digit() || (c == b')' && b[i + 1] == b' '))
+        } else if ((c == b'+' || c == b'(') && i == start)
+            || (b" -.()".contains(&c)
+                && i + 1 < b.len()
+                && (b[i + 1].is_ascii_digit() || (c == b')' && b[i + 1] == b' ')))
         {
+            // an opening `+`/`(`, or a single separator before more digits
             i += 1;
         } else {
             break;
@@ -409,7 +409,7 @@ fn nino_at(b: &[u8], i: usize) -> Option<usize> {
     let p = [b[i], *b.get(i + 1)?];
     let ok1 = |c: u8| c.is_ascii_uppercase() && !b"DFIQUV".contains(&c);
     let ok2 = |c: u8| c.is_ascii_uppercase() && !b"DFIOQUV".contains(&c);
-    if !ok1(p[0]) || !ok2(p[1]) || [&b"BG", b"GB", b"NK", b"KN", b"TN", b"NT", b"ZZ"].contains(&&p)
+    if !ok1(p[0]) || !ok2(p[1]) || [b"BG", b"GB", b"NK", b"KN", b"TN", b"NT", b"ZZ"].contains(&&p)
     {
         return None;
     }

@@ -337,11 +337,10 @@ fn pem(b: &[u8], start: usize, aend: usize, set: &DetectorSet, out: &mut Vec<Mat
     let end = match find(window, b"-----END ") {
         Some(i) => {
             let after = body_start + i + 9;
-            let close = b[after..b.len().min(after + 64)]
+            b[after..b.len().min(after + 64)]
                 .windows(5)
                 .position(|w| w == b"-----")
-                .map_or(after, |j| after + j + 5);
-            close
+                .map_or(after, |j| after + j + 5)
         }
         None => {
             let n = window

@@ -14,10 +14,13 @@ use sha2::{Digest, Sha256};
 use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use sluice_dlp::{DetectorSet, Scanner};
+use sluice_rules::DlpAction;
+
 use super::block::{self, Refusal};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, Framing, HeadError, RequestHead, ResponseHead};
-use crate::record::RequestRecord;
+use crate::record::{DlpSummary, RequestRecord};
 
 /// How long a kept-alive client may stay silent between requests, or within a body.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
@@ -59,6 +62,111 @@ pub struct Exchange {
     /// Every request of the connection is refused with this (block rule, invalid upstream
     /// certificate, unreachable upstream).
     pub refuse: Option<Refusal>,
+    /// The rule's DLP profile, if any.
+    pub dlp: Option<Dlp>,
+}
+
+/// A DLP profile as the exchange applies it.
+#[derive(Debug, Clone)]
+pub struct Dlp {
+    /// Profile name.
+    pub profile: String,
+    /// Its detectors.
+    pub set: DetectorSet,
+    /// What a finding triggers.
+    pub action: DlpAction,
+    /// The shared scanner.
+    pub scanner: std::sync::Arc<Scanner>,
+    /// Salt of the finding hashes.
+    pub salt: std::sync::Arc<[u8]>,
+}
+
+/// What DLP decided for one body.
+enum DlpVerdict {
+    Forward(Option<Vec<u8>>),
+    Refuse(Refusal),
+}
+
+/// Runs the profile over a request body: decoding its Content-Encoding, extracting and
+/// scanning; fills the record. `Forward(Some(body))`: a redacted (decoded) body replaces it.
+fn run_dlp(head: &RequestHead, body: &[u8], ex: &Exchange, rec: &mut RequestRecord) -> DlpVerdict {
+    let Some(dlp) = &ex.dlp else { return DlpVerdict::Forward(None) };
+    rec.dlp_profile = Some(dlp.profile.clone());
+    if body.is_empty() {
+        rec.dlp_action = Some("clean");
+        return DlpVerdict::Forward(None);
+    }
+    let limit = usize::try_from(ex.max_body).unwrap_or(usize::MAX);
+    let decoded = match head.header("content-encoding") {
+        None => None,
+        Some(enc) => match sluice_dlp::body::decode(enc, body, limit) {
+            Ok(d) => Some(d),
+            Err(e) if ex.fail_open => {
+                rec.reason = Some(format!(
+                    "body not inspected ({e}): forwarded (on_inspect_failure = allow)"
+                ));
+                return DlpVerdict::Forward(None);
+            }
+            Err(e) => {
+                return DlpVerdict::Refuse(Refusal {
+                    status: 403,
+                    code: "inspection_failed",
+                    message: format!("the request body could not be inspected: {e}"),
+                    rule: ex.rule.clone(),
+                });
+            }
+        },
+    };
+    let plain = decoded.as_deref().unwrap_or(body);
+    let out = sluice_dlp::json::inspect(
+        &dlp.scanner,
+        &dlp.set,
+        sluice_dlp::json::Request {
+            content_type: head.header("content-type"),
+            body: plain,
+            redact: dlp.action == DlpAction::Redact,
+            salt: &dlp.salt,
+        },
+    );
+    rec.unscanned.clone_from(&out.unscanned);
+    for (detector, count) in out.counts() {
+        let mut paths: Vec<String> = Vec::new();
+        let mut hashes: Vec<String> = Vec::new();
+        for f in out.findings.iter().filter(|f| f.detector == detector) {
+            if paths.len() < 16 && !paths.contains(&f.path) {
+                paths.push(f.path.clone());
+            }
+            if hashes.len() < 16 && !hashes.contains(&f.hash) {
+                hashes.push(f.hash.clone());
+            }
+        }
+        rec.dlp_findings.push(DlpSummary { detector, count, paths, hashes });
+    }
+    if out.findings.is_empty() {
+        rec.dlp_action = Some("clean");
+        return DlpVerdict::Forward(None);
+    }
+    match dlp.action {
+        DlpAction::Block => {
+            rec.dlp_action = Some("block");
+            let list: Vec<String> =
+                out.counts().iter().map(|(d, n)| format!("{d} ({n})")).collect();
+            DlpVerdict::Refuse(Refusal {
+                status: 403,
+                code: "dlp_violation",
+                message: format!("sensitive data in the request: {}", list.join(", ")),
+                rule: ex.rule.clone(),
+            })
+        }
+        DlpAction::Redact => {
+            rec.dlp_action = Some("redact");
+            DlpVerdict::Forward(out.redacted)
+        }
+        DlpAction::Alert => {
+            rec.dlp_action = Some("alert");
+            DlpVerdict::Forward(None)
+        }
+    }
 }
 
 /// Why an exchange ended the connection early (the client was answered when it could be).
@@ -199,7 +307,16 @@ where
             emit(rec);
             return Ok(());
         }
-        let mut out = forward_head(&head, ex, &mut rec, Some(body.len()));
+        let (body, decoded) = match run_dlp(&head, &body, ex, &mut rec) {
+            DlpVerdict::Refuse(r) => {
+                refuse(client, &mut rec, &r, html).await?;
+                emit(rec);
+                return Ok(());
+            }
+            DlpVerdict::Forward(Some(redacted)) => (redacted, true),
+            DlpVerdict::Forward(None) => (body, false),
+        };
+        let mut out = forward_head(&head, ex, &mut rec, Some(body.len()), decoded);
         out.extend_from_slice(&body);
         up.write_all(&out).await?;
         up.flush().await?;
@@ -347,7 +464,7 @@ where
     U: AsyncWrite + Unpin,
 {
     let Framing::Length(n) = head.framing else { return Ok(()) };
-    let out = forward_head(head, ex, rec, usize::try_from(n).ok());
+    let out = forward_head(head, ex, rec, usize::try_from(n).ok(), false);
     up.write_all(&out).await?;
     let mut left = n;
     while left > 0 {
@@ -372,6 +489,7 @@ fn forward_head(
     ex: &Exchange,
     rec: &mut RequestRecord,
     body_len: Option<usize>,
+    decoded: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.len + 128);
     out.extend_from_slice(head.method.as_bytes());
@@ -382,7 +500,8 @@ fn forward_head(
         if matches!(
             name.as_str(),
             "content-length" | "transfer-encoding" | "expect" | WORKSPACE_HEADER | ORGS_HEADER
-        ) {
+        ) || (decoded && name == "content-encoding")
+        {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -595,7 +714,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let out = forward_head(head, ex, &mut rec, None);
+    let out = forward_head(head, ex, &mut rec, None, false);
     up.write_all(&out).await?;
     up.flush().await?;
     let keep = relay_response(client, up, ubuf, head, &mut rec, started).await?;

@@ -84,6 +84,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Most intercepted connections at once; beyond it new ones are reset (and recorded).
     pub max_connections: usize,
+    /// The DLP scanner (built once).
+    pub scanner: Arc<sluice_dlp::Scanner>,
+    /// Salt of DLP finding hashes (random per run unless configured).
+    pub dlp_salt: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for Config {
@@ -248,6 +252,8 @@ struct Decided {
     headers: sluice_rules::HeaderPolicy,
     fail_open: bool,
     max_body: u64,
+    /// The rule's DLP profile: name, detectors, action.
+    dlp: Option<(String, Vec<String>, sluice_rules::DlpAction)>,
 }
 
 fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&str>) -> Decided {
@@ -273,6 +279,7 @@ fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&s
         headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
         fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,
         max_body: policy.defaults.max_inspect_bytes,
+        dlp: d.dlp.map(|p| (p.name.to_string(), p.detectors.clone(), p.action)),
     }
 }
 
@@ -525,6 +532,17 @@ async fn intercept(
         max_body: d.max_body,
         fail_open: d.fail_open,
         refuse,
+        dlp: d.dlp.and_then(|(profile, names, action)| {
+            // Names were validated against the registry when the rules compiled.
+            let set = sluice_dlp::DetectorSet::from_names(&names).ok()?;
+            Some(http1::Dlp {
+                profile,
+                set,
+                action,
+                scanner: shared.cfg.scanner.clone(),
+                salt: shared.cfg.dlp_salt.clone(),
+            })
+        }),
     };
     let nat = shared.nat.clone();
     let emit = move |r: RequestRecord| nat.emit(r.into());
