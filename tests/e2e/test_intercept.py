@@ -274,3 +274,62 @@ class DivertAll(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+CARD = "4111 1111 1111 1111"
+BAD_CARD = "4111 1111 1111 1112"
+AWS_KEY = "AKIAIOSFODNN7EXAMPL2"
+
+
+class Dlp(unittest.TestCase):
+    """Prompts are scanned before they leave: blocked for alice, redacted for bob."""
+
+    def chat(self, host, text, key):
+        code = ("try:\n"
+                "    r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':%r}])\n"
+                "    print('ok', r.choices[0].message.content[:20])\n"
+                "except openai.PermissionDeniedError as e:\n"
+                "    print('denied', e.body['code'], '|', e.body['message'])\n" % text)
+        r = sdk(host, code, key=key)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def test_card_number_blocked_for_alice(self):
+        out = self.chat("alice", "Refund the order paid with card %s please (dlp-alice)" % CARD, "sk-lab-alice-dlp")
+        self.assertIn("denied dlp_violation", out)
+        self.assertIn("credit_card", out)
+        self.assertNotIn("4111", out.split("|", 1)[1])
+        self.assertFalse(any("dlp-alice" in e["body"] for e in upstream("api.openai.com")))
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("dlp_action") == "block")
+        self.assertEqual(rec["dlp_findings"][0]["detector"], "credit_card")
+        self.assertEqual(rec["dlp_findings"][0]["paths"], ["$.messages[0].content"])
+        self.assertNotIn("4111 1111", lab("flows").stdout)
+
+    def test_card_number_redacted_for_bob(self):
+        out = self.chat("bob", "Refund the order paid with card %s please (dlp-bob)" % CARD, "sk-lab-bob-dlp")
+        self.assertIn("ok", out)
+        got = [e for e in upstream("api.openai.com") if "dlp-bob" in e["body"]]
+        self.assertTrue(got)
+        self.assertIn("[REDACTED:credit_card]", got[-1]["body"])
+        self.assertNotIn("4111", got[-1]["body"])
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r.get("dlp_action") == "redact")
+        self.assertEqual(rec["dlp_findings"][0]["count"], 1)
+
+    def test_luhn_invalid_number_passes_untouched(self):
+        out = self.chat("alice", "Is %s a valid card? (dlp-luhn)" % BAD_CARD, "sk-lab-alice-dlp")
+        self.assertIn("ok", out)
+        got = [e for e in upstream("api.openai.com") if "dlp-luhn" in e["body"]]
+        self.assertTrue(got)
+        self.assertIn(BAD_CARD, got[-1]["body"])
+
+    def test_file_upload_with_an_aws_key_is_blocked(self):
+        code = ("try:\n"
+                "    client.files.create(file=('creds.txt', b'[default]\\naws_access_key_id = %s\\n'), purpose='assistants')\n"
+                "    print('uploaded')\n"
+                "except openai.PermissionDeniedError as e:\n"
+                "    print('denied', e.body['code'], e.body['message'])\n" % AWS_KEY)
+        r = sdk("alice", code, key="sk-lab-alice-dlp")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("denied dlp_violation", r.stdout)
+        self.assertIn("aws_access_key_id", r.stdout)
+        self.assertFalse(any(AWS_KEY in e["body"] for e in upstream("api.openai.com")))
