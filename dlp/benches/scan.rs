@@ -12,8 +12,13 @@ fn corpus() -> Vec<u8> {
         year over year to 4.2 million; the order backlog stands at 1,284 units (order #88231907). \
         Draft a reply to the customer, keep it under 200 words, and mention ticket TASK-4711. ";
     let code = "fn main() { let v = vec![1, 2, 3]; println!(\"{:?}\", v.iter().sum::<i32>()); } // build 10.0.19045.2965 ";
-    let secrets = ["my card is 4111 1111 1111 1111", "key AKIAIOSFODNN7EXAMPLE", "mail bob@example.com",
-                   "call +44 20 7946 0958", "token ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"];
+    let secrets = [
+        "my card is 4111 1111 1111 1111",
+        "key AKIAIOSFODNN7EXAMPLE",
+        "mail bob@example.com",
+        "call +44 20 7946 0958",
+        "token ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+    ];
     let mut out = Vec::new();
     out.extend_from_slice(b"{\"model\":\"gpt-4o-mini\",\"messages\":[");
     let mut i = 0;
@@ -41,8 +46,16 @@ fn bench(c: &mut Criterion) {
     let text = String::from_utf8(body.clone()).unwrap();
     let scanner = Scanner::new().unwrap();
     let default_profile = [
-        "credit_card", "us_ssn", "iban", "aws_access_key_id", "aws_secret_access_key", "openai_api_key",
-        "github_token", "private_key", "jwt", "generic_secret",
+        "credit_card",
+        "us_ssn",
+        "iban",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "openai_api_key",
+        "github_token",
+        "private_key",
+        "jwt",
+        "generic_secret",
     ];
     let names: Vec<&str> = DETECTORS.iter().map(|d| d.name).collect();
     let sets = [
@@ -57,12 +70,16 @@ fn bench(c: &mut Criterion) {
     for (label, set) in &sets {
         g.bench_function(format!("inspect, {label}"), |b| {
             b.iter(|| {
-                json::inspect(&scanner, set, json::Request {
-                    content_type: Some(b"application/json"),
-                    body: &body,
-                    redact: false,
-                    salt: b"s",
-                })
+                json::inspect(
+                    &scanner,
+                    set,
+                    json::Request {
+                        content_type: Some(b"application/json"),
+                        body: &body,
+                        redact: false,
+                        salt: b"s",
+                    },
+                )
             })
         });
     }

@@ -409,8 +409,7 @@ fn nino_at(b: &[u8], i: usize) -> Option<usize> {
     let p = [b[i], *b.get(i + 1)?];
     let ok1 = |c: u8| c.is_ascii_uppercase() && !b"DFIQUV".contains(&c);
     let ok2 = |c: u8| c.is_ascii_uppercase() && !b"DFIOQUV".contains(&c);
-    if !ok1(p[0]) || !ok2(p[1]) || [b"BG", b"GB", b"NK", b"KN", b"TN", b"NT", b"ZZ"].contains(&&p)
-    {
+    if !ok1(p[0]) || !ok2(p[1]) || [b"BG", b"GB", b"NK", b"KN", b"TN", b"NT", b"ZZ"].contains(&&p) {
         return None;
     }
     let mut j = i + 2;
