@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         2 => b"multipart/form-data; boundary=XX",
         _ => b"application/octet-stream",
     };
-    let out = json::inspect(scanner, &set, json::Request { content_type: Some(ct), body: rest, redact: true, salt: b"s" });
+    let out = json::inspect(
+        scanner,
+        &set,
+        json::Request { content_type: Some(ct), body: rest, redact: true, salt: b"s" },
+    );
     for f in &out.findings {
         assert!(f.start <= f.end);
     }

@@ -12,9 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
     let mut d = ChunkedDecoder::new();
     let mut parts = Vec::new();
-    let r2 = d.feed(&data[..split], &mut parts).and_then(|p| {
-        if p.consumed < split { Ok(p) } else { d.feed(&data[split..], &mut parts) }
-    });
+    let r2 = d
+        .feed(&data[..split], &mut parts)
+        .and_then(|p| if p.consumed < split { Ok(p) } else { d.feed(&data[split..], &mut parts) });
     if let (Ok(a), Ok(b)) = (r1, r2)
         && a.done
         && b.done

@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         let csum_at = ihl + if proto == 6 { 16 } else { 6 };
         for (i, (a, b)) in p.iter().zip(data).enumerate() {
             if a != b {
-                assert!(i == csum_at || i == csum_at + 1 || (!v6 && (i == 10 || i == 11)), "byte {i} changed");
+                assert!(
+                    i == csum_at || i == csum_at + 1 || (!v6 && (i == 10 || i == 11)),
+                    "byte {i} changed"
+                );
             }
         }
     }
