@@ -16,6 +16,7 @@
 //! crate implements every one of them (checked by a test).
 
 pub mod body;
+mod custom;
 pub mod json;
 mod numbers;
 mod tokens;
@@ -47,7 +48,7 @@ pub struct UnknownDetector(pub String);
 pub struct DetectorSet(u128);
 
 impl DetectorSet {
-    /// Every detector.
+    /// Every built-in detector.
     pub fn all() -> Self {
         let n = DETECTORS.len().min(128);
         DetectorSet(if n == 128 { u128::MAX } else { (1u128 << n) - 1 })
@@ -103,17 +104,28 @@ enum Anchor {
     Special(tokens::Special),
 }
 
-/// The scanner: built once, shared by every request.
+/// The scanner: built once per policy (the built-in detectors and the rule set's custom
+/// ones), shared by every request.
 #[derive(Debug, Clone)]
 pub struct Scanner {
     ac: AhoCorasick,
     anchors: Vec<Anchor>,
+    custom: custom::Custom,
 }
 
-/// The scanner could not be built (never happens with the built-in anchors).
+pub use custom::CustomError;
+
+/// The scanner could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("building the DLP automaton: {0}")]
-pub struct BuildError(#[from] aho_corasick::BuildError);
+#[non_exhaustive]
+pub enum BuildError {
+    /// The built-in automaton (never happens with the built-in anchors).
+    #[error("building the DLP automaton: {0}")]
+    Automaton(#[from] aho_corasick::BuildError),
+    /// The custom detectors.
+    #[error(transparent)]
+    Custom(#[from] CustomError),
+}
 
 impl Scanner {
     /// The scanner over every built-in detector.
@@ -134,7 +146,27 @@ impl Scanner {
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(&patterns)?;
-        Ok(Scanner { ac, anchors })
+        Ok(Scanner { ac, anchors, custom: custom::Custom::default() })
+    }
+
+    /// The built-in detectors plus a rule set's custom ones.
+    pub fn with_custom(defs: &[sluice_rules::CustomDetector]) -> Result<Self, BuildError> {
+        let mut s = Scanner::new()?;
+        s.custom = custom::Custom::new(defs, DETECTORS.len())?;
+        Ok(s)
+    }
+
+    /// The set of a profile's detectors, built-in or custom.
+    pub fn profile<S: AsRef<str>>(&self, names: &[S]) -> Result<DetectorSet, UnknownDetector> {
+        let mut set = DetectorSet::default();
+        for n in names {
+            let n = n.as_ref();
+            let i = detector_id(n)
+                .or_else(|| self.custom.id_of(n))
+                .ok_or_else(|| UnknownDetector(n.to_owned()))?;
+            set.0 |= 1 << i;
+        }
+        Ok(set)
     }
 
     /// Finds the matches of the enabled detectors in `text`, appended to `out` sorted by
@@ -157,6 +189,7 @@ impl Scanner {
         if numbers::any_enabled(set) {
             numbers::scan(bytes, set, out);
         }
+        self.custom.scan(text, set, out);
         tidy(&mut out[first..]);
         let mut keep = first;
         let mut last_end = 0;
@@ -238,6 +271,56 @@ mod tests {
         assert!(DETECTORS.len() <= 128);
         let credentials = DETECTORS.iter().filter(|d| d.family == "credential").count();
         assert!(credentials >= 40, "{credentials} credential rules");
+    }
+
+    #[test]
+    fn custom_detectors_regex_keywords_dictionary() {
+        use sluice_rules::{CustomDetector, CustomKind, dictionary_hash};
+        let defs = vec![
+            CustomDetector {
+                name: "customer_id".into(),
+                kind: CustomKind::Regex(r"\bCUST-[0-9]{6}\b".into()),
+            },
+            CustomDetector {
+                name: "codenames".into(),
+                kind: CustomKind::Keywords(vec!["Bluebird".into(), "project falcon".into()]),
+            },
+            CustomDetector {
+                name: "customers".into(),
+                kind: CustomKind::Dictionary {
+                    hashes: {
+                        let mut h =
+                            vec![dictionary_hash(["acme", "corp"]), dictionary_hash(["globex"])];
+                        h.sort_unstable();
+                        h
+                    },
+                    entries: 2,
+                    max_words: 2,
+                },
+            },
+        ];
+        let s = Scanner::with_custom(&defs).unwrap();
+        let set = s.profile(&["customer_id", "codenames", "customers", "email"]).unwrap();
+        let text = "CUST-123456 for ACME Corp re Project  Falcon; bluebirds; globex@example.com and Globex.";
+        let mut out = Vec::new();
+        s.scan(text, &set, &mut out);
+        let found: Vec<(&str, &str)> =
+            out.iter().map(|m| (m.detector, &text[m.start..m.end])).collect();
+        assert_eq!(
+            found,
+            [
+                ("customer_id", "CUST-123456"),
+                ("customers", "ACME Corp"),
+                ("email", "globex@example.com"),
+                ("customers", "Globex"),
+            ],
+            "keywords need word boundaries and exact spacing; bluebirds is not Bluebird"
+        );
+        let set = s.profile(&["codenames"]).unwrap();
+        out.clear();
+        s.scan("the Bluebird launch, project falcon too", &set, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(s.profile(&["nope"]).is_err());
     }
 
     #[test]

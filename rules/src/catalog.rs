@@ -27,6 +27,11 @@ pub fn shipped(name: &str) -> Option<&'static str> {
 pub trait IncludeLoader {
     /// Returns the display name (for diagnostics) and text of `name`, or why it cannot.
     fn load(&self, name: &str) -> Result<(String, String), String>;
+
+    /// Reads a data file (a dictionary of a custom detector): (display name, text).
+    fn load_data(&self, name: &str) -> Result<(String, String), String> {
+        Err(format!("cannot read `{name}`: data files are not available here"))
+    }
 }
 
 /// Resolves only the shipped catalogs. Pure: no file access.
@@ -70,5 +75,12 @@ impl IncludeLoader for FsLoader {
         std::fs::read_to_string(&path)
             .map(|t| (path.display().to_string(), t))
             .map_err(|e| format!("cannot read catalog file {}: {e}", path.display()))
+    }
+
+    fn load_data(&self, name: &str) -> Result<(String, String), String> {
+        let path = self.base.join(name);
+        std::fs::read_to_string(&path)
+            .map(|t| (path.display().to_string(), t))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 }

@@ -16,11 +16,18 @@ use crate::diag::{Diagnostic, Severity, Source};
 use crate::domain::{DomainIndex, DomainPattern, parse_pattern};
 use crate::ident::{CidrTable, IdentityId, Mac, format_mac, parse_mac};
 use crate::policy::{
-    Category, Defaults, DlpProfile, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
+    Category, CustomDetector, CustomKind, Defaults, DlpProfile, HeaderPolicy, Identity, Policy,
+    Rule, RuleSpec, dictionary_hash, pattern_string,
 };
 use crate::schema::{
-    Action, CatalogFile, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef, RuleFile,
+    Action, CatalogFile, DetectorKind, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef,
+    RuleFile,
 };
+
+/// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
+pub const MAX_CUSTOM_DETECTORS: usize = 64;
+/// Most words in one dictionary entry.
+pub const MAX_DICTIONARY_WORDS: usize = 8;
 
 /// Largest rule file accepted (bytes).
 pub const MAX_RULE_FILE: usize = 16 << 20;
@@ -90,7 +97,8 @@ impl Cx<'_> {
         let defaults = self.defaults(file);
         let (identities, by_name, cidrs, macs) = self.identities(file, &defaults);
         let (categories, cat_index, domains) = self.categories(file, loader);
-        let (dlp_profiles, dlp_index) = self.dlp(file);
+        let custom_detectors = self.custom_detectors(file, loader);
+        let (dlp_profiles, dlp_index) = self.dlp(file, &custom_detectors);
         let mut rules = Vec::with_capacity(file.rule.len());
         let mut rule_names: HashMap<String, Range<usize>> = HashMap::new();
         for r in &file.rule {
@@ -115,6 +123,7 @@ impl Cx<'_> {
             defaults,
             identities,
             categories,
+            custom_detectors,
             dlp_profiles,
             rules: rules.into_iter().map(|(_, r)| r).collect(),
             identity_by_name: by_name,
@@ -362,7 +371,133 @@ impl Cx<'_> {
         }
     }
 
-    fn dlp(&mut self, file: &RuleFile) -> (Vec<DlpProfile>, HashMap<String, usize>) {
+    fn custom_detectors(
+        &mut self,
+        file: &RuleFile,
+        loader: &dyn IncludeLoader,
+    ) -> Vec<CustomDetector> {
+        let mut out: Vec<CustomDetector> = Vec::new();
+        for def in &file.detector {
+            let def = def.get_ref();
+            let name = def.name.get_ref();
+            let span = span_of(&def.name);
+            if !valid_name(name) {
+                self.err(span.clone(), name_msg("detector name", name));
+                continue;
+            }
+            if detectors::lookup(name).is_some() {
+                self.err(span, format!("`{name}` is a built-in detector: choose another name"));
+                continue;
+            }
+            if out.iter().any(|d| &*d.name == name.as_str()) {
+                self.err(span, format!("duplicate detector `{name}`"));
+                continue;
+            }
+            if out.len() >= MAX_CUSTOM_DETECTORS {
+                self.err(span, format!("at most {MAX_CUSTOM_DETECTORS} custom detectors"));
+                continue;
+            }
+            let kind_span = span_of(&def.kind);
+            let unexpected = |s: &mut Self, what: &str, present: bool| {
+                if present {
+                    s.err(
+                        kind_span.clone(),
+                        format!("`{what}` does not apply to this kind of detector"),
+                    );
+                }
+            };
+            let kind = match def.kind.get_ref() {
+                DetectorKind::Regex => {
+                    unexpected(self, "words", !def.words.is_empty());
+                    unexpected(self, "file", def.file.is_some());
+                    let Some(p) = &def.pattern else {
+                        self.err(kind_span, "a `regex` detector needs `pattern`");
+                        continue;
+                    };
+                    match regex::RegexBuilder::new(p.get_ref()).size_limit(1 << 20).build() {
+                        Ok(r) if r.is_match("") => {
+                            self.err(span_of(p), "the pattern matches the empty string");
+                            continue;
+                        }
+                        Ok(_) => CustomKind::Regex(p.get_ref().clone()),
+                        Err(e) => {
+                            let first =
+                                e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                            self.err(span_of(p), format!("invalid regular expression: {first}"));
+                            continue;
+                        }
+                    }
+                }
+                DetectorKind::Keywords => {
+                    unexpected(self, "pattern", def.pattern.is_some());
+                    unexpected(self, "file", def.file.is_some());
+                    if def.words.is_empty() {
+                        self.err(kind_span, "a `keywords` detector needs `words`");
+                        continue;
+                    }
+                    let mut words = Vec::new();
+                    for w in &def.words {
+                        let t = w.get_ref().trim();
+                        if t.is_empty() {
+                            self.err(span_of(w), "empty keyword");
+                        } else {
+                            words.push(t.to_owned());
+                        }
+                    }
+                    CustomKind::Keywords(words)
+                }
+                DetectorKind::Dictionary => {
+                    unexpected(self, "pattern", def.pattern.is_some());
+                    unexpected(self, "words", !def.words.is_empty());
+                    let Some(f) = &def.file else {
+                        self.err(kind_span, "a `dictionary` detector needs `file`");
+                        continue;
+                    };
+                    let text = match loader.load_data(f.get_ref()) {
+                        Ok((_, t)) => t,
+                        Err(e) => {
+                            self.err(span_of(f), e);
+                            continue;
+                        }
+                    };
+                    let mut hashes = Vec::new();
+                    let mut max_words = 0;
+                    for line in text.lines() {
+                        let entry = line.trim();
+                        if entry.is_empty() || entry.starts_with('#') {
+                            continue;
+                        }
+                        let words: Vec<&str> = entry.split_whitespace().collect();
+                        max_words = max_words.max(words.len());
+                        hashes.push(dictionary_hash(words));
+                    }
+                    if hashes.is_empty() {
+                        self.err(span_of(f), "the dictionary has no entries");
+                        continue;
+                    }
+                    if max_words > MAX_DICTIONARY_WORDS {
+                        self.err(
+                            span_of(f),
+                            format!("dictionary entries are at most {MAX_DICTIONARY_WORDS} words"),
+                        );
+                        continue;
+                    }
+                    let entries = hashes.len();
+                    hashes.sort_unstable();
+                    hashes.dedup();
+                    CustomKind::Dictionary { hashes, entries, max_words }
+                }
+            };
+            out.push(CustomDetector { name: name.as_str().into(), kind });
+        }
+        out
+    }
+
+    fn dlp(
+        &mut self,
+        file: &RuleFile,
+        custom: &[CustomDetector],
+    ) -> (Vec<DlpProfile>, HashMap<String, usize>) {
         let mut out = Vec::new();
         let mut index = HashMap::new();
         for def in &file.dlp {
@@ -380,8 +515,11 @@ impl Cx<'_> {
             }
             let mut dets: Vec<String> = Vec::new();
             for d in def.detectors.get_ref() {
-                if detectors::lookup(d.get_ref()).is_none() {
-                    let hint = closest(d.get_ref(), detectors::DETECTORS.iter().map(|x| x.name));
+                if detectors::lookup(d.get_ref()).is_none()
+                    && !custom.iter().any(|c| &*c.name == d.get_ref().as_str())
+                {
+                    let names = detectors::DETECTORS.iter().map(|x| x.name);
+                    let hint = closest(d.get_ref(), names.chain(custom.iter().map(|c| &*c.name)));
                     self.err(span_of(d), format!("unknown detector `{}`{hint}", d.get_ref()));
                 } else if dets.contains(d.get_ref()) {
                     self.warn(span_of(d), format!("detector `{}` is listed twice", d.get_ref()));

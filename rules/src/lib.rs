@@ -43,14 +43,19 @@ pub mod ident;
 mod policy;
 pub mod schema;
 
-pub use compile::{Compiled, DEFAULT_MAX_INSPECT, MAX_RULE_FILE, compile};
+pub use compile::{
+    Compiled, DEFAULT_MAX_INSPECT, MAX_CUSTOM_DETECTORS, MAX_DICTIONARY_WORDS, MAX_RULE_FILE,
+    compile,
+};
 pub use diag::{Diagnostic, Severity, Source};
 pub use ident::{IdentityOverlay, OverlayEntry};
 pub use policy::{
-    Category, Decision, Defaults, DlpProfile, HeaderPolicy, Identity, Policy, Query, Resolved,
-    Rule, RuleExplanation, RuleSpec,
+    Category, CustomDetector, CustomKind, Decision, Defaults, DlpProfile, HeaderPolicy, Identity,
+    Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec, dictionary_hash, dictionary_hasher,
 };
-pub use schema::{Action, DivertMode, DlpAction, FailMode, MidstreamPolicy, QuicPolicy};
+pub use schema::{
+    Action, DetectorKind, DivertMode, DlpAction, FailMode, MidstreamPolicy, QuicPolicy,
+};
 
 use std::path::Path;
 

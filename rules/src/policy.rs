@@ -64,6 +64,58 @@ pub struct DlpProfile {
     pub action: DlpAction,
 }
 
+/// A custom DLP detector from the rule set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomDetector {
+    /// Name.
+    pub name: Arc<str>,
+    /// How it matches.
+    pub kind: CustomKind,
+}
+
+/// The matcher of a custom detector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum CustomKind {
+    /// A regular expression (validated).
+    Regex(String),
+    /// Words and phrases, matched case-insensitively on word boundaries.
+    Keywords(Vec<String>),
+    /// Hashes of the entries ([`dictionary_hash`]), never the entries; `max_words` is the
+    /// longest entry in words.
+    Dictionary {
+        /// Sorted, deduplicated entry hashes.
+        #[serde(skip)]
+        hashes: Vec<u64>,
+        /// Number of entries.
+        entries: usize,
+        /// Words in the longest entry.
+        max_words: usize,
+    },
+}
+
+/// The hash a dictionary entry (or a run of words in scanned text) is matched by: SipHash of
+/// the lowercased words joined by single spaces.
+pub fn dictionary_hash<'a>(words: impl IntoIterator<Item = &'a str>) -> u64 {
+    use std::hash::Hasher;
+    let mut h = dictionary_hasher();
+    for (i, w) in words.into_iter().enumerate() {
+        if i > 0 {
+            h.write_u8(b' ');
+        }
+        for b in w.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+    }
+    h.finish()
+}
+
+/// The hasher behind [`dictionary_hash`], for matchers that extend a run word by word (feed
+/// lowercased bytes, a single `b' '` between words; clone to finish a prefix).
+#[allow(deprecated)]
+pub fn dictionary_hasher() -> std::hash::SipHasher {
+    std::hash::SipHasher::new_with_keys(0x5eed_51c3_d1c7_0001, 0x0dd5_a1ce_0f00_0002)
+}
+
 /// Header and body constraints an inspect rule applies to requests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HeaderPolicy {
@@ -193,6 +245,8 @@ pub struct Policy {
     pub identities: Vec<Identity>,
     /// Categories in declaration order.
     pub categories: Vec<Category>,
+    /// Custom DLP detectors.
+    pub custom_detectors: Vec<CustomDetector>,
     /// DLP profiles.
     pub dlp_profiles: Vec<DlpProfile>,
     /// Rules in match order.

@@ -187,10 +187,44 @@ pub struct RuleDef {
     pub description: Option<String>,
 }
 
+/// How a custom detector matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// A regular expression (Rust `regex` syntax, linear time).
+    Regex,
+    /// Words and phrases, case-insensitive, on word boundaries.
+    Keywords,
+    /// Exact entries (one per line of a file), held and matched as hashes only.
+    Dictionary,
+}
+
+/// `[[detector]]`: a custom DLP detector, listed in profiles like the built-in ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorDef {
+    /// Name used in profiles and findings.
+    pub name: Spanned<String>,
+    /// `regex`, `keywords` or `dictionary`.
+    pub kind: Spanned<DetectorKind>,
+    /// The expression (`regex`).
+    pub pattern: Option<Spanned<String>>,
+    /// The words or phrases (`keywords`).
+    #[serde(default)]
+    pub words: Vec<Spanned<String>>,
+    /// The entries file, relative to the rule file (`dictionary`).
+    pub file: Option<Spanned<String>>,
+    /// What it finds.
+    pub description: Option<String>,
+}
+
 /// A whole rule file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
+    /// `[[detector]]` tables (custom DLP detectors).
+    #[serde(default)]
+    pub detector: Vec<Spanned<DetectorDef>>,
     /// `[defaults]`.
     pub defaults: Option<DefaultsDef>,
     /// `[[identity]]` tables.

@@ -256,3 +256,77 @@ fn never_panics_on_mangled_input() {
         }
     }
 }
+
+#[test]
+fn custom_detectors_are_validated_and_usable_in_profiles() {
+    struct Files;
+    impl sluice_rules::catalog::IncludeLoader for Files {
+        fn load(&self, name: &str) -> Result<(String, String), String> {
+            ShippedOnly.load(name)
+        }
+        fn load_data(&self, name: &str) -> Result<(String, String), String> {
+            match name {
+                "customers.txt" => {
+                    Ok((name.into(), "# lab customers\nAcme Corp\n\nGlobex\nacme corp\n".into()))
+                }
+                _ => Err(format!("cannot read {name}: no such file")),
+            }
+        }
+    }
+    let text = r#"
+[[detector]]
+name = "customer_id"
+kind = "regex"
+pattern = '\bCUST-[0-9]{6}\b'
+
+[[detector]]
+name = "codenames"
+kind = "keywords"
+words = ["Project Bluebird"]
+
+[[detector]]
+name = "customers"
+kind = "dictionary"
+file = "customers.txt"
+
+[[dlp]]
+name = "internal"
+detectors = ["customer_id", "codenames", "customers", "email"]
+action = "block"
+"#;
+    let c = compile("t.toml", text, &Files).unwrap();
+    assert_eq!(c.policy.custom_detectors.len(), 3);
+    match &c.policy.custom_detectors[2].kind {
+        sluice_rules::CustomKind::Dictionary { hashes, entries, max_words } => {
+            assert_eq!((hashes.len(), *entries, *max_words), (2, 3, 2), "deduplicated by hash");
+            assert!(hashes.contains(&sluice_rules::dictionary_hash(["ACME", "corp"])));
+        }
+        k => panic!("{k:?}"),
+    }
+    assert_eq!(c.policy.dlp_profiles[0].detectors.len(), 4);
+
+    let bad = |extra: &str| -> Vec<String> {
+        match compile("t.toml", extra, &Files) {
+            Ok(_) => panic!("compiled: {extra}"),
+            Err(d) => d
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(ToString::to_string)
+                .collect(),
+        }
+    };
+    let e = bad("[[detector]]\nname = \"x\"\nkind = \"regex\"\npattern = \"(unclosed\"\n");
+    assert!(e[0].starts_with("t.toml:4:11: error: invalid regular expression"), "{e:?}");
+    let e = bad("[[detector]]\nname = \"email\"\nkind = \"keywords\"\nwords = [\"a\"]\n");
+    assert!(e[0].contains("`email` is a built-in detector"), "{e:?}");
+    let e = bad("[[detector]]\nname = \"d\"\nkind = \"dictionary\"\nfile = \"missing.txt\"\n");
+    assert!(e[0].contains("4:8") && e[0].contains("no such file"), "{e:?}");
+    let e = bad("[[detector]]\nname = \"r\"\nkind = \"regex\"\npattern = \"a*\"\n");
+    assert!(e[0].contains("matches the empty string"), "{e:?}");
+    let e = bad("[[detector]]\nname = \"k\"\nkind = \"keywords\"\n");
+    assert!(e[0].contains("needs `words`"), "{e:?}");
+    let e = bad(
+        "[[detector]]\nname = \"cust\"\nkind = \"keywords\"\nwords = [\"x\"]\n[[dlp]]\nname = \"p\"\ndetectors = [\"cusd\"]\naction = \"alert\"\n",
+    );
+    assert!(e[0].contains("unknown detector `cusd`: did you mean `cust`?"), "{e:?}");
+}

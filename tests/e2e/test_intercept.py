@@ -315,6 +315,12 @@ class Dlp(unittest.TestCase):
         rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r.get("dlp_action") == "redact")
         self.assertEqual(rec["dlp_findings"][0]["count"], 1)
 
+    def test_custom_keyword_detector_blocks_code_names(self):
+        out = self.chat("alice", "What is the launch date of project bluebird? (dlp-codename)", "sk-lab-alice-dlp")
+        self.assertIn("denied dlp_violation", out)
+        self.assertIn("internal_codenames", out)
+        self.assertFalse(any("dlp-codename" in e["body"] for e in upstream("api.openai.com")))
+
     def test_luhn_invalid_number_passes_untouched(self):
         out = self.chat("alice", "Is %s a valid card? (dlp-luhn)" % BAD_CARD, "sk-lab-alice-dlp")
         self.assertIn("ok", out)

@@ -133,6 +133,10 @@ struct Shared {
     /// One client-side configuration for every connection with an SNI: its session cache
     /// and tickets then let clients resume.
     server_cfg: Arc<rustls::ServerConfig>,
+    /// The DLP scanner of the current policy, keyed by the policy's address.
+    scanner_cache: Mutex<Option<(usize, Arc<sluice_dlp::Scanner>)>>,
+    /// The policy the cached scanner was built for (keeps its address from being reused).
+    scanner_policy: Mutex<Option<Arc<Policy>>>,
     nat: Arc<dyn DivertHandle>,
     pinned: Mutex<HashMap<(IpAddr, String), Instant>>,
 }
@@ -174,7 +178,14 @@ pub fn spawn(
         server_config(&cfg.minter, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
             .map_err(io::Error::other)?,
     );
-    let shared = Arc::new(Shared { cfg, nat, server_cfg, pinned: Mutex::new(HashMap::new()) });
+    let shared = Arc::new(Shared {
+        cfg,
+        nat,
+        server_cfg,
+        scanner_cache: Mutex::new(None),
+        scanner_policy: Mutex::new(None),
+        pinned: Mutex::new(HashMap::new()),
+    });
     std::thread::Builder::new().name("intercept-main".into()).spawn(move || {
         rt.block_on(async move {
             let mut tasks = Vec::new();
@@ -252,8 +263,35 @@ struct Decided {
     headers: sluice_rules::HeaderPolicy,
     fail_open: bool,
     max_body: u64,
-    /// The rule's DLP profile: name, detectors, action.
-    dlp: Option<(String, Vec<String>, sluice_rules::DlpAction)>,
+    /// The rule's DLP profile: name, detectors, action, and the policy's scanner.
+    dlp: Option<(
+        String,
+        sluice_dlp::DetectorSet,
+        sluice_rules::DlpAction,
+        Arc<sluice_dlp::Scanner>,
+    )>,
+}
+
+/// The scanner of `policy` (built-in and custom detectors), built once per policy version.
+fn scanner_for(shared: &Shared, policy: &Arc<Policy>) -> Arc<sluice_dlp::Scanner> {
+    let key = Arc::as_ptr(policy) as usize;
+    let mut cache = shared.scanner_cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((k, s)) = cache.as_ref()
+        && *k == key
+    {
+        return s.clone();
+    }
+    let s = match sluice_dlp::Scanner::with_custom(&policy.custom_detectors) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!("custom DLP detectors unusable, built-in detectors only: {e}");
+            shared.cfg.scanner.clone()
+        }
+    };
+    // Keeping the policy's address as the key is sound while the cache holds the policy.
+    *cache = Some((key, s.clone()));
+    shared.scanner_policy.lock().unwrap_or_else(PoisonError::into_inner).replace(policy.clone());
+    s
 }
 
 fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&str>) -> Decided {
@@ -279,7 +317,12 @@ fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&s
         headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
         fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,
         max_body: policy.defaults.max_inspect_bytes,
-        dlp: d.dlp.map(|p| (p.name.to_string(), p.detectors.clone(), p.action)),
+        dlp: d.dlp.and_then(|p| {
+            let scanner = scanner_for(shared, &policy);
+            // Names were validated against the registry and the custom detectors.
+            let set = scanner.profile(&p.detectors).ok()?;
+            Some((p.name.to_string(), set, p.action, scanner))
+        }),
     }
 }
 
@@ -532,16 +575,12 @@ async fn intercept(
         max_body: d.max_body,
         fail_open: d.fail_open,
         refuse,
-        dlp: d.dlp.and_then(|(profile, names, action)| {
-            // Names were validated against the registry when the rules compiled.
-            let set = sluice_dlp::DetectorSet::from_names(&names).ok()?;
-            Some(http1::Dlp {
-                profile,
-                set,
-                action,
-                scanner: shared.cfg.scanner.clone(),
-                salt: shared.cfg.dlp_salt.clone(),
-            })
+        dlp: d.dlp.map(|(profile, set, action, scanner)| http1::Dlp {
+            profile,
+            set,
+            action,
+            scanner,
+            salt: shared.cfg.dlp_salt.clone(),
         }),
     };
     let nat = shared.nat.clone();
