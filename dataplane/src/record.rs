@@ -213,6 +213,9 @@ pub struct RequestRecord {
     /// Parts of the body that could not be scanned (binary files), by path.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unscanned: Vec<String>,
+    /// Credentials masked in the response (detector per match), with `mask_responses`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_masked: Vec<&'static str>,
 }
 
 /// The findings of one detector in one request.

@@ -25,6 +25,7 @@ fn exchange(sni: &str) -> Exchange {
         fail_open: false,
         refuse: None,
         dlp: None,
+        mask: None,
     }
 }
 
@@ -388,4 +389,61 @@ async fn dlp_passes_luhn_invalid_numbers_untouched() {
     drop(c);
     task.await.unwrap().unwrap();
     assert_eq!(records.lock().unwrap()[0].dlp_action, Some("clean"));
+}
+
+#[tokio::test]
+async fn responses_are_masked_when_the_rule_asks() {
+    let mut ex = exchange("api.openai.com");
+    let scanner = Arc::new(sluice_dlp::Scanner::new().unwrap());
+    let set = scanner.profile(&["stripe_key", "github_token"]).unwrap();
+    ex.mask = Some((scanner, set));
+    let (mut c, mut s, records, task) = start(ex, true);
+    // A streamed answer with a key split across two events, in an until-close response.
+    c.write_all(post("{}", "").as_bytes()).await.unwrap();
+    read_until(&mut s, b"{}").await;
+    let ev = |t: &str| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+        )
+    };
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for t in ["your token: ghp_a1B2c3D4e5F6g7", "H8i9J0k1L2m3N4o5P6q7R8", " done"] {
+        let e = ev(t);
+        s.write_all(format!("{:x}\r\n{e}\r\n", e.len()).as_bytes()).await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let got = String::from_utf8(read_until(&mut c, b"0\r\n\r\n").await).unwrap();
+    assert!(got.contains("[REDACTED:github_token]"), "{got}");
+    assert!(!got.contains("a1B2") && !got.contains("H8i9"), "{got}");
+    // A JSON answer, masked whole with a corrected length.
+    c.write_all(post("{}", "").as_bytes()).await.unwrap();
+    read_until(&mut s, b"{}").await;
+    let body =
+        r#"{"choices":[{"message":{"content":"key sk_live_4eC39HqLyjWDarjtT1zdp7dcXy12"}}]}"#;
+    s.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = String::from_utf8(read_until(&mut c, b"}}]}").await).unwrap();
+    let (head, b) = got.rsplit_once("\r\n\r\n").unwrap();
+    assert!(
+        b.contains("key [REDACTED:stripe_key]")
+            && head.ends_with(&format!("content-length: {}", b.len())),
+        "{got}"
+    );
+    drop(c);
+    task.await.unwrap().unwrap();
+    let recs = records.lock().unwrap();
+    assert_eq!(recs[0].response_masked, ["github_token"]);
+    assert_eq!(recs[1].response_masked, ["stripe_key"]);
 }

@@ -19,6 +19,7 @@ pub mod body;
 mod custom;
 pub mod json;
 mod numbers;
+pub mod stream;
 mod tokens;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};

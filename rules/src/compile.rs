@@ -615,7 +615,20 @@ impl Cx<'_> {
             }
             (None, _) => None,
         };
-        let headers = self.headers(r, action);
+        let mut headers = self.headers(r, action);
+        if let Some(m) = &r.mask_responses {
+            if action == Action::Inspect {
+                headers.mask_responses = *m.get_ref();
+            } else {
+                self.err(
+                    span_of(m),
+                    format!(
+                        "`mask_responses` applies only to `inspect` rules; rule `{name}` is `{}`",
+                        action.as_str()
+                    ),
+                );
+            }
+        }
         if self.error_count() > errors_before {
             return None;
         }
@@ -693,6 +706,7 @@ impl Cx<'_> {
             allowed_organizations: plain(&r.allowed_organizations),
             allowed_projects: plain(&r.allowed_projects),
             allowed_models: plain(&r.allowed_models),
+            mask_responses: false,
         }
     }
 

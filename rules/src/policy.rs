@@ -129,6 +129,8 @@ pub struct HeaderPolicy {
     pub allowed_projects: Vec<String>,
     /// Allowed models (empty: any).
     pub allowed_models: Vec<String>,
+    /// Credentials in responses are replaced before the client sees them.
+    pub mask_responses: bool,
 }
 
 /// A rule as written, names resolved: what the diff and the UI show.

@@ -183,6 +183,8 @@ pub struct RuleDef {
     /// Allowed `model` values in request bodies (empty: any).
     #[serde(default)]
     pub allowed_models: Vec<Spanned<String>>,
+    /// Replace credentials in the model's responses (JSON and server-sent events).
+    pub mask_responses: Option<Spanned<bool>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
 }

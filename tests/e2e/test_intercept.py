@@ -321,6 +321,27 @@ class Dlp(unittest.TestCase):
         self.assertIn("internal_codenames", out)
         self.assertFalse(any("dlp-codename" in e["body"] for e in upstream("api.openai.com")))
 
+    def test_streamed_answer_with_a_key_is_masked_when_the_rule_asks(self):
+        key = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc" + "Xy12Zz34"
+        code = ("s = client.chat.completions.create(model='gpt-4o-mini', stream=True, messages=[{'role':'user',"
+                "'content':'repeat after me: the key is %s ok'}])\n"
+                "print('streamed', ''.join(ev.choices[0].delta.content or '' for ev in s if ev.choices))\n"
+                "r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user',"
+                "'content':'repeat after me: again %s'}])\n"
+                "print('whole', r.choices[0].message.content)\n" % (key, key))
+        # bob's rule masks responses: the key never reaches him, whole or split across events.
+        r = sdk("bob", code, key="sk-lab-bob-mask")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("streamed the key is [REDACTED:stripe_key] ok", r.stdout)
+        self.assertIn("whole again [REDACTED:stripe_key]", r.stdout)
+        self.assertNotIn("4eC39", r.stdout)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r.get("response_masked"))
+        self.assertEqual(rec["response_masked"], ["stripe_key"])
+        # alice's rule does not ask: her answer is untouched.
+        r = sdk("alice", code, key="sk-lab-alice-mask")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("streamed the key is %s ok" % key, r.stdout)
+
     def test_luhn_invalid_number_passes_untouched(self):
         out = self.chat("alice", "Is %s a valid card? (dlp-luhn)" % BAD_CARD, "sk-lab-alice-dlp")
         self.assertIn("ok", out)

@@ -128,9 +128,18 @@ class Handler(BaseHTTPRequestHandler):
         if name == "api.openai.com" and path.startswith("/v1/"):
             rid = {"x-request-id": "req_mock_%d" % now}
             if path == "/v1/chat/completions":
+                # "repeat after me: TEXT" makes the model say TEXT (streamed in 7-character
+                # pieces, so anything in it is split across events).
+                reply = "Hello from the lab"
+                for m in req.get("messages") or []:
+                    c = m.get("content") if isinstance(m, dict) else None
+                    if isinstance(c, str) and "repeat after me:" in c:
+                        reply = c.split("repeat after me:", 1)[1].strip()
+                pieces = ["Hello", " from", " the", " lab"] if reply == "Hello from the lab" else \
+                    [reply[i:i + 7] for i in range(0, len(reply), 7)]
                 if req.get("stream"):
                     events = []
-                    for i, word in enumerate(["Hello", " from", " the", " lab"]):
+                    for i, word in enumerate(pieces):
                         events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
                                                   "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
                     events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
@@ -138,7 +147,7 @@ class Handler(BaseHTTPRequestHandler):
                     events.append("[DONE]")
                     return self._sse(events)
                 resp = {"id": "chatcmpl-mock", "object": "chat.completion", "created": now, "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the lab"},
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                      "finish_reason": "stop"}],
                         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
             elif path == "/v1/responses":

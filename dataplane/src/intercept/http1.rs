@@ -15,12 +15,13 @@ use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use sluice_dlp::{DetectorSet, Scanner};
-use sluice_rules::DlpAction;
 
 use super::block::{self, Refusal};
+pub use super::dlp::Dlp;
+use super::dlp::{DlpVerdict, run_dlp};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, Framing, HeadError, RequestHead, ResponseHead};
-use crate::record::{DlpSummary, RequestRecord};
+use crate::record::RequestRecord;
 
 /// How long a kept-alive client may stay silent between requests, or within a body.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
@@ -64,109 +65,8 @@ pub struct Exchange {
     pub refuse: Option<Refusal>,
     /// The rule's DLP profile, if any.
     pub dlp: Option<Dlp>,
-}
-
-/// A DLP profile as the exchange applies it.
-#[derive(Debug, Clone)]
-pub struct Dlp {
-    /// Profile name.
-    pub profile: String,
-    /// Its detectors.
-    pub set: DetectorSet,
-    /// What a finding triggers.
-    pub action: DlpAction,
-    /// The shared scanner.
-    pub scanner: std::sync::Arc<Scanner>,
-    /// Salt of the finding hashes.
-    pub salt: std::sync::Arc<[u8]>,
-}
-
-/// What DLP decided for one body.
-enum DlpVerdict {
-    Forward(Option<Vec<u8>>),
-    Refuse(Refusal),
-}
-
-/// Runs the profile over a request body: decoding its Content-Encoding, extracting and
-/// scanning; fills the record. `Forward(Some(body))`: a redacted (decoded) body replaces it.
-fn run_dlp(head: &RequestHead, body: &[u8], ex: &Exchange, rec: &mut RequestRecord) -> DlpVerdict {
-    let Some(dlp) = &ex.dlp else { return DlpVerdict::Forward(None) };
-    rec.dlp_profile = Some(dlp.profile.clone());
-    if body.is_empty() {
-        rec.dlp_action = Some("clean");
-        return DlpVerdict::Forward(None);
-    }
-    let limit = usize::try_from(ex.max_body).unwrap_or(usize::MAX);
-    let decoded = match head.header("content-encoding") {
-        None => None,
-        Some(enc) => match sluice_dlp::body::decode(enc, body, limit) {
-            Ok(d) => Some(d),
-            Err(e) if ex.fail_open => {
-                rec.reason = Some(format!(
-                    "body not inspected ({e}): forwarded (on_inspect_failure = allow)"
-                ));
-                return DlpVerdict::Forward(None);
-            }
-            Err(e) => {
-                return DlpVerdict::Refuse(Refusal {
-                    status: 403,
-                    code: "inspection_failed",
-                    message: format!("the request body could not be inspected: {e}"),
-                    rule: ex.rule.clone(),
-                });
-            }
-        },
-    };
-    let plain = decoded.as_deref().unwrap_or(body);
-    let out = sluice_dlp::json::inspect(
-        &dlp.scanner,
-        &dlp.set,
-        sluice_dlp::json::Request {
-            content_type: head.header("content-type"),
-            body: plain,
-            redact: dlp.action == DlpAction::Redact,
-            salt: &dlp.salt,
-        },
-    );
-    rec.unscanned.clone_from(&out.unscanned);
-    for (detector, count) in out.counts() {
-        let mut paths: Vec<String> = Vec::new();
-        let mut hashes: Vec<String> = Vec::new();
-        for f in out.findings.iter().filter(|f| f.detector == detector) {
-            if paths.len() < 16 && !paths.contains(&f.path) {
-                paths.push(f.path.clone());
-            }
-            if hashes.len() < 16 && !hashes.contains(&f.hash) {
-                hashes.push(f.hash.clone());
-            }
-        }
-        rec.dlp_findings.push(DlpSummary { detector, count, paths, hashes });
-    }
-    if out.findings.is_empty() {
-        rec.dlp_action = Some("clean");
-        return DlpVerdict::Forward(None);
-    }
-    match dlp.action {
-        DlpAction::Block => {
-            rec.dlp_action = Some("block");
-            let list: Vec<String> =
-                out.counts().iter().map(|(d, n)| format!("{d} ({n})")).collect();
-            DlpVerdict::Refuse(Refusal {
-                status: 403,
-                code: "dlp_violation",
-                message: format!("sensitive data in the request: {}", list.join(", ")),
-                rule: ex.rule.clone(),
-            })
-        }
-        DlpAction::Redact => {
-            rec.dlp_action = Some("redact");
-            DlpVerdict::Forward(out.redacted)
-        }
-        DlpAction::Alert => {
-            rec.dlp_action = Some("alert");
-            DlpVerdict::Forward(None)
-        }
-    }
+    /// Credentials in responses are masked with this scanner and set (`mask_responses`).
+    pub mask: Option<(std::sync::Arc<Scanner>, DetectorSet)>,
 }
 
 /// Why an exchange ended the connection early (the client was answered when it could be).
@@ -292,7 +192,8 @@ where
                 // Over the limit with fail-open: forwarded uninspected as it arrives.
                 rec.reason = Some("body over the inspection limit: forwarded uninspected".into());
                 stream_request(client, up, &mut cbuf, &head, ex, &mut rec).await?;
-                let keep = relay_response(client, up, &mut ubuf, &head, &mut rec, started).await?;
+                let keep =
+                    relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
                 emit(rec);
                 if !keep {
                     return Ok(());
@@ -320,7 +221,7 @@ where
         out.extend_from_slice(&body);
         up.write_all(&out).await?;
         up.flush().await?;
-        let keep = relay_response(client, up, &mut ubuf, &head, &mut rec, started).await?;
+        let keep = relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
         emit(rec);
         if !keep || !head.keep_alive {
             return Ok(());
@@ -595,6 +496,7 @@ async fn relay_response<C, U>(
     up: &mut U,
     ubuf: &mut Vec<u8>,
     req: &RequestHead,
+    ex: &Exchange,
     rec: &mut RequestRecord,
     started: Instant,
 ) -> Result<bool, ProxyError>
@@ -620,6 +522,16 @@ where
             }
             Err(ReadHeadError::Io(e)) => return Err(e),
         };
+        let last = !(100..200).contains(&resp.status) || resp.status == 101;
+        if last && let Some(plan) = super::dlp::mask_plan(ex, &resp) {
+            let head_bytes: Vec<u8> = ubuf.drain(..resp.len).collect();
+            rec.status = Some(resp.status);
+            let keep =
+                super::dlp::relay_masked(client, up, ubuf, &head_bytes, &resp, plan, ex, rec)
+                    .await?;
+            rec.latency_ms = started.elapsed().as_millis() as u64;
+            return Ok(keep);
+        }
         client.write_all(&ubuf[..resp.len]).await?;
         ubuf.drain(..resp.len);
         if (100..200).contains(&resp.status) && resp.status != 101 {
@@ -686,7 +598,7 @@ where
     Ok(resp.keep_alive)
 }
 
-async fn read_upstream<U: AsyncRead + Unpin>(
+pub(super) async fn read_upstream<U: AsyncRead + Unpin>(
     up: &mut U,
     buf: &mut Vec<u8>,
 ) -> Result<usize, ProxyError> {
@@ -717,7 +629,7 @@ where
     let out = forward_head(head, ex, &mut rec, None, false);
     up.write_all(&out).await?;
     up.flush().await?;
-    let keep = relay_response(client, up, ubuf, head, &mut rec, started).await?;
+    let keep = relay_response(client, up, ubuf, head, ex, &mut rec, started).await?;
     let upgraded = rec.status == Some(101);
     emit(rec);
     if !upgraded {

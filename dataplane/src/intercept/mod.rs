@@ -16,6 +16,7 @@
 //! then handshakes over a stream that replays those bytes first ([`Replay`]).
 
 pub mod block;
+mod dlp;
 mod handle;
 pub mod http1;
 mod replay;
@@ -270,6 +271,8 @@ struct Decided {
         sluice_rules::DlpAction,
         Arc<sluice_dlp::Scanner>,
     )>,
+    /// Response masking (`mask_responses`): the scanner and the credential detectors.
+    mask: Option<(Arc<sluice_dlp::Scanner>, sluice_dlp::DetectorSet)>,
 }
 
 /// The scanner of `policy` (built-in and custom detectors), built once per policy version.
@@ -322,6 +325,11 @@ fn decide(shared: &Shared, peer: SocketAddr, conn: &DivertedConn, sni: Option<&s
             // Names were validated against the registry and the custom detectors.
             let set = scanner.profile(&p.detectors).ok()?;
             Some((p.name.to_string(), set, p.action, scanner))
+        }),
+        mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|_| {
+            let scanner = scanner_for(shared, &policy);
+            let set = dlp::credential_set(&scanner);
+            (scanner, set)
         }),
     }
 }
@@ -575,6 +583,7 @@ async fn intercept(
         max_body: d.max_body,
         fail_open: d.fail_open,
         refuse,
+        mask: d.mask,
         dlp: d.dlp.map(|(profile, set, action, scanner)| http1::Dlp {
             profile,
             set,
