@@ -116,16 +116,16 @@ enum Ports {
 }
 
 impl Ports {
-    fn send(&self, side: Side, frame: &[u8]) {
+    fn send_batch(&self, side: Side, frames: &[&[u8]]) {
         let r = match (self, side) {
-            (Ports::Ring(i, _), Side::Inside) => i.send_batch(&[frame]).map(|_| ()),
-            (Ports::Ring(_, o), Side::Outside) => o.send_batch(&[frame]).map(|_| ()),
-            (Ports::Socket(i, _), Side::Inside) => i.send(frame),
-            (Ports::Socket(_, o), Side::Outside) => o.send(frame),
+            (Ports::Ring(i, _), Side::Inside) => i.send_batch(frames).map(|_| ()),
+            (Ports::Ring(_, o), Side::Outside) => o.send_batch(frames).map(|_| ()),
+            (Ports::Socket(i, _), Side::Inside) => frames.iter().try_for_each(|f| i.send(f)),
+            (Ports::Socket(_, o), Side::Outside) => frames.iter().try_for_each(|f| o.send(f)),
             (_, Side::Tun) => Ok(()),
         };
         if let Err(e) = r {
-            warn!(port = side_name(side), "send failed: {e}");
+            warn!(port = side_name(side), frames = frames.len(), "send failed: {e}");
         }
     }
 }
@@ -158,26 +158,46 @@ fn run_tun(
     clock: Clock,
     stop: Arc<AtomicBool>,
 ) {
-    let mut buf = vec![0u8; 65_536];
+    // Up to BATCH packets per lock of the engine and per send system call.
+    const BATCH: usize = 64;
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; 65_536]).collect();
+    let mut lens = [0usize; BATCH];
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let n = match tun.recv(&mut buf, Duration::from_millis(200)) {
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
-            Err(e) => {
-                error!(tun = tun.name(), "read failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+        let mut n = 0;
+        while n < BATCH {
+            let wait = if n == 0 { Duration::from_millis(200) } else { Duration::ZERO };
+            match tun.recv(&mut bufs[n], wait) {
+                Ok(Some(len)) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error!(tun = tun.name(), "read failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
             }
-        };
-        engine.lock().unwrap_or_else(PoisonError::into_inner).handle_tun(
-            &buf[..n],
-            clock.now(),
-            &mut out,
-        );
-        for (side, frame) in out.drain(..) {
-            ports.send(side, &frame);
         }
+        if n == 0 {
+            continue;
+        }
+        {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = clock.now();
+            for i in 0..n {
+                eng.handle_tun(&bufs[i][..lens[i]], now, &mut out);
+            }
+        }
+        for side in [Side::Inside, Side::Outside] {
+            let frames: Vec<&[u8]> =
+                out.iter().filter(|(s, _)| *s == side).map(|(_, f)| f.as_slice()).collect();
+            if !frames.is_empty() {
+                ports.send_batch(side, &frames);
+            }
+        }
+        out.clear();
     }
 }
 

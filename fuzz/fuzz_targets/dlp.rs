@@ -38,6 +38,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(text.is_char_boundary(m.start) && text.is_char_boundary(m.end));
         }
     }
+    // A hostile server's event stream, fed in two pieces.
+    let mut masker = sluice_dlp::stream::SseMasker::new(scanner, set);
+    let mut out = Vec::new();
+    let cut = rest.len() / 2;
+    masker.feed(&rest[..cut], &mut out);
+    masker.feed(&rest[cut..], &mut out);
+    masker.finish(&mut out);
     for enc in [&b"gzip"[..], b"deflate", b"br", b"zstd"] {
         let _ = body::decode(enc, rest, 1 << 16);
     }

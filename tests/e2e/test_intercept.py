@@ -155,13 +155,14 @@ class Interception(unittest.TestCase):
                 "except openai.PermissionDeniedError as e:\n"
                 "    print('denied', e.status_code, e.body['code'], e.response.headers.get('x-should-retry'))\n"
                 "    print('message', e.body['message'])\n")
+        start_ms = time.time() * 1000 - 1000
         r = sdk("guest", code, key="sk-lab-guest-1")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("denied 403 blocked_by_policy false", r.stdout)
         self.assertIn("Blocked by Sluice", r.stdout)
         # Exactly one attempt reached the appliance (no retry) and none reached the server.
         recs = [x for x in flows() if x.get("type") == "request" and x["src"] == "10.20.9.99"
-                and x["path"] == "/v1/chat/completions"]
+                and x["path"] == "/v1/chat/completions" and x["ts_ms"] >= start_ms]
         self.assertEqual(len(recs), 1, recs)
         self.assertFalse(any(e["client"] == "10.20.9.99" for e in upstream("api.openai.com")))
 

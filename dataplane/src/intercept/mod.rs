@@ -456,13 +456,26 @@ async fn connect_upstream(
             last = e;
             continue;
         }
-        return match tokio::time::timeout(shared.cfg.connect_timeout, sock.connect(server)).await {
+        let result = tokio::time::timeout(shared.cfg.connect_timeout, sock.connect(server)).await;
+        return match result {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Ok(s)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            Ok(Err(e)) => {
+                // The port's NAT entry goes with the failed attempt; a port still held by a
+                // previous connection to the same server is retried with another.
+                shared.nat.release_upstream(port);
+                if matches!(e.kind(), io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse) {
+                    last = e;
+                    continue;
+                }
+                Err(e)
+            }
+            Err(_) => {
+                shared.nat.release_upstream(port);
+                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }
         };
     }
     Err(last)
