@@ -4,35 +4,23 @@
 //! client's address and its replies return into the TUN.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+mod common;
 
-use arc_swap::ArcSwap;
+use std::net::{IpAddr, SocketAddr};
+
 use etherparse::PacketBuilder;
-use sluice_dataplane::engine::{Action, DivertConfig, Engine, Now, Settings, Side};
+use sluice_dataplane::engine::{Action, DivertConfig, Engine, Settings, Side};
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
-use sluice_rules::IdentityOverlay;
-use sluice_rules::catalog::ShippedOnly;
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn engine() -> Engine {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap();
-    let policy = sluice_rules::compile("default.toml", &text, &ShippedOnly).unwrap().policy;
-    Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-        Settings { divert: Some(DivertConfig::default()), ..Settings::default() },
-    )
+    common::engine(Settings { divert: Some(DivertConfig::default()), ..Settings::default() })
 }
 
-fn now(ms: u64) -> Now {
-    Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms }
-}
+use common::now;
 
 fn hello() -> Vec<u8> {
     std::fs::read(concat!(

@@ -1,12 +1,14 @@
 //! The packet engine without sockets: frames in, verdicts and emitted frames out.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use etherparse::PacketBuilder;
-use sluice_dataplane::engine::{Action, Engine, Now, Settings, Side};
+use sluice_dataplane::engine::{Action, Engine, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
@@ -18,17 +20,7 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const ISN: u32 = 1_000;
 const SERVER_ISN: u32 = 77_000;
 
-fn engine(settings: Settings) -> Engine {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap();
-    let policy = sluice_rules::compile("default.toml", &text, &ShippedOnly).unwrap().policy;
-    Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-        settings,
-    )
-}
+use common::engine;
 
 fn hello() -> Vec<u8> {
     std::fs::read(concat!(
@@ -78,9 +70,7 @@ impl Conn {
     }
 }
 
-fn now(ms: u64) -> Now {
-    Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms }
-}
+use common::now;
 
 /// Runs the handshake, then sends `segments` (offset, bytes) of the client stream.
 fn run(
