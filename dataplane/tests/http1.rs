@@ -447,3 +447,52 @@ async fn responses_are_masked_when_the_rule_asks() {
     assert_eq!(recs[0].response_masked, ["github_token"]);
     assert_eq!(recs[1].response_masked, ["stripe_key"]);
 }
+
+#[tokio::test]
+async fn organizations_and_projects_are_enforced_and_the_allowed_list_injected() {
+    let mut ex = exchange("api.openai.com");
+    ex.headers.allowed_organizations = vec!["org-good".into()];
+    ex.headers.allowed_projects = vec!["proj_good".into()];
+    ex.headers.openai_allowed_orgs_header = Some("org-good".into());
+    for (hdr, code) in [
+        ("OpenAI-Organization: org-evil\r\n", "organization_not_allowed"),
+        ("OpenAI-Project: proj_evil\r\n", "project_not_allowed"),
+    ] {
+        let (mut c, _s, records, task) = start(ex.clone(), true);
+        c.write_all(post("{}", hdr).as_bytes()).await.unwrap();
+        let text = read_to_end(&mut c).await;
+        assert!(text.starts_with("HTTP/1.1 403") && text.contains(code), "{text}");
+        task.await.unwrap().unwrap();
+        assert_eq!(records.lock().unwrap()[0].code, Some(code_static2(code)));
+    }
+    let (mut c, mut s, records, task) = start(ex, true);
+    c.write_all(
+        post(
+            "{}",
+            "OpenAI-Organization: org-good\r\nOpenAI-Allowed-Organization-Ids: org-evil\r\n",
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let up = String::from_utf8(read_until(&mut s, b"{}").await).unwrap();
+    assert!(
+        up.contains("openai-allowed-organization-ids: org-good\r\n") && !up.contains("org-evil"),
+        "{up}"
+    );
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    read_until(&mut c, b"{}").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+    let recs = records.lock().unwrap();
+    assert_eq!(recs[0].openai_organization.as_deref(), Some("org-good"));
+    assert_eq!(recs[0].injected, ["openai-allowed-organization-ids"]);
+}
+
+fn code_static2(code: &str) -> &'static str {
+    if code == "organization_not_allowed" {
+        "organization_not_allowed"
+    } else {
+        "project_not_allowed"
+    }
+}

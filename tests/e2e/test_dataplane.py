@@ -19,8 +19,9 @@ HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "curl-api.ope
 RAW = os.path.join(ROOT, "tests", "e2e", "rawtcp.py")
 
 
-def lab(*args, check=True, timeout=60):
-    return subprocess.run([LAB, *args], capture_output=True, text=True, check=check, timeout=timeout)
+def lab(*args, check=True, timeout=60, env_extra=None):
+    e = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([LAB, *args], capture_output=True, text=True, check=check, timeout=timeout, env=e)
 
 
 def on(host, *cmd, timeout=60):

@@ -7,9 +7,7 @@ Expects the lab up and the appliance started with rules/default.toml (scripts/te
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 import unittest
 
@@ -209,8 +207,10 @@ class Interception(unittest.TestCase):
         self.assertFalse(any("pinned=1" in e["path"] for e in upstream("api.openai.com")))
 
 
-class DivertAll(unittest.TestCase):
-    """With `divert = "all"`, blocked flows get a block response; allowed ones are spliced."""
+class RulesVariant(unittest.TestCase):
+    """Base: runs the class with a changed copy of the current rule file (SIGHUP), then restores it."""
+
+    edit = staticmethod(lambda text: text)
 
     @classmethod
     def setUpClass(cls):
@@ -219,23 +219,26 @@ class DivertAll(unittest.TestCase):
             cls.rules_path = f.read().strip()
         with open(os.path.join(state, "dataplane.pid")) as f:
             cls.pid = int(f.read())
-        cls.tmp = tempfile.mkdtemp()
-        shutil.copy(cls.rules_path, os.path.join(cls.tmp, "orig.toml"))
         with open(cls.rules_path) as f:
-            text = f.read()
-        text = text.replace('divert = "learned"', 'divert = "all"', 1)
-        text = text.replace('dlp = "redact-sensitive"\n', 'dlp = "redact-sensitive"\nallowed_models = ["gpt-4o-mini"]\n', 1)
+            cls.original = f.read()
         with open(cls.rules_path, "w") as f:
-            f.write(text)
+            f.write(cls.edit(cls.original))
         os.kill(cls.pid, signal.SIGHUP)
         time.sleep(1.5)
 
     @classmethod
     def tearDownClass(cls):
-        shutil.copy(os.path.join(cls.tmp, "orig.toml"), cls.rules_path)
-        shutil.rmtree(cls.tmp)
+        with open(cls.rules_path, "w") as f:
+            f.write(cls.original)
         os.kill(cls.pid, signal.SIGHUP)
         time.sleep(1.5)
+
+
+class DivertAll(RulesVariant):
+    """With `divert = "all"`, blocked flows get a block response; allowed ones are spliced."""
+
+    edit = staticmethod(lambda t: t.replace('divert = "learned"', 'divert = "all"', 1).replace(
+        'dlp = "redact-sensitive"\n', 'dlp = "redact-sensitive"\nallowed_models = ["gpt-4o-mini"]\n', 1))
 
     def test_blocked_api_client_gets_a_permission_error(self):
         code = ("try:\n"
@@ -361,3 +364,57 @@ class Dlp(unittest.TestCase):
         self.assertIn("denied dlp_violation", r.stdout)
         self.assertIn("aws_access_key_id", r.stdout)
         self.assertFalse(any(AWS_KEY in e["body"] for e in upstream("api.openai.com")))
+
+
+class FailOpen(RulesVariant):
+    """With on_inspect_failure = "allow", a client that refuses the minted certificate (pinning)
+    is recorded, and its next connections to that name are spliced."""
+
+    edit = staticmethod(lambda t: t.replace('on_inspect_failure = "block"', 'on_inspect_failure = "allow"', 1))
+
+    def test_pinned_client_is_spliced_after_refusing(self):
+        pub = env()["SLUICE_LAB_PUBLIC_CA"]
+        first = curl("bob", "https://api.openai.com/v1/models?pin=1", "--cacert", pub)
+        self.assertNotEqual(first.returncode, 0, "the minted leaf is not trusted by this client")
+        wait_for_flow(lambda r: r["src"] == "10.20.2.20" and "its next connections are spliced" in (r.get("reason") or ""))
+        second = curl("bob", "https://api.openai.com/v1/models?pin=2", "--cacert", pub, "-v")
+        self.assertEqual(second.returncode, 0, second.stderr)
+        self.assertIn("Sluice Lab Public Root CA", second.stderr)
+        self.assertTrue(any(e["path"] == "/v1/models?pin=2" for e in upstream("api.openai.com")))
+
+
+class ConnectionCap(unittest.TestCase):
+    """Beyond --max-intercepted, new diverted connections are reset at once, and recorded."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
+        lab("start", "--rules", cls.rules(), check=True, timeout=300,
+            env_extra={"SLUICE_DATAPLANE_ARGS": cls.args + " --max-intercepted 2"})
+
+    @classmethod
+    def tearDownClass(cls):
+        lab("start", "--rules", cls.rules(), check=True, timeout=300, env_extra={"SLUICE_DATAPLANE_ARGS": cls.args})
+
+    @staticmethod
+    def rules():
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+            return f.read().strip()
+
+    def test_third_connection_is_refused(self):
+        script = ("import socket, ssl, time\n"
+                  "ctx = ssl.create_default_context()\n"
+                  "held = []\n"
+                  "for i in range(2):\n"
+                  "    s = socket.create_connection(('api.openai.com', 443), timeout=5)\n"
+                  "    held.append(ctx.wrap_socket(s, server_hostname='api.openai.com'))\n"
+                  "try:\n"
+                  "    s = socket.create_connection(('api.openai.com', 443), timeout=5)\n"
+                  "    ctx.wrap_socket(s, server_hostname='api.openai.com')\n"
+                  "    print('third accepted')\n"
+                  "except OSError as e:\n"
+                  "    print('third refused', type(e).__name__)\n")
+        r = on("alice", "python3", "-c", script)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("third refused", r.stdout)
+        wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "connection cap" in (r.get("reason") or ""))
