@@ -143,9 +143,11 @@ impl Scanner {
             patterns.push(p);
             anchors.push(Anchor::Special(*s));
         }
+        // Leftmost-longest, not overlapping: where anchors nest (`sk-` in `sk-proj-`,
+        // `password` in `password=`) the longest leads, and its check covers the shorter one.
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
             .build(&patterns)?;
         Ok(Scanner { ac, anchors, custom: custom::Custom::default() })
     }
@@ -178,7 +180,7 @@ impl Scanner {
             return;
         }
         let bytes = text.as_bytes();
-        for m in self.ac.find_overlapping_iter(bytes) {
+        for m in self.ac.find_iter(bytes) {
             let Some(a) = self.anchors.get(m.pattern().as_usize()) else { continue };
             match *a {
                 Anchor::Token(i) => tokens::confirm_token(i, bytes, m.start(), m.end(), set, out),

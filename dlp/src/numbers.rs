@@ -17,6 +17,16 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
+/// The high bit of each byte of `x` that lies strictly between `m` and `n` (both at most
+/// 128), others zero: the SWAR "hasbetween" of Bit Twiddling Hacks, exact per byte (no carry
+/// crosses bytes). Bytes of 128 and over never count.
+fn between(x: u64, m: u8, n: u8) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let (m, n) = (u64::from(m), u64::from(n));
+    let low7 = x & (ONES * 127);
+    (ONES * (127 + n)).wrapping_sub(low7) & !x & low7.wrapping_add(ONES * (127 - m)) & (ONES * 128)
+}
+
 /// Scans `b` once; candidates are runs of digits and separators, and uppercase pairs followed
 /// by digits.
 pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
@@ -27,8 +37,27 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
     let iban = set.has("iban");
     let nino = set.has("uk_nino");
     let numeric = card || ssn || phone || ip;
+    let letters = iban || nino;
     let mut i = 0;
     while i < b.len() {
+        // Eight bytes at a time past text that can start nothing here (no digit, no `(`/`+`,
+        // no capital when IBANs or NINOs are wanted): most prose.
+        if let Some(w) = b.get(i..i + 8) {
+            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            let mut hits = 0;
+            if numeric {
+                hits |= between(w, b'0' - 1, b'9' + 1) | between(w, 0x27, 0x2c);
+            }
+            if letters {
+                hits |= between(w, b'A' - 1, b'Z' + 1);
+            }
+            if hits == 0 {
+                i += 8;
+                continue;
+            }
+            // To the first byte that can start something.
+            i += (hits.trailing_zeros() / 8) as usize;
+        }
         let c = b[i];
         if c.is_ascii_uppercase() {
             if (iban || nino) && (i == 0 || !is_word(b[i - 1])) && i + 3 < b.len() {
@@ -452,6 +481,24 @@ mod tests {
         let mut out = Vec::new();
         scan(text.as_bytes(), &set, &mut out);
         out.iter().map(|m| text[m.start..m.end].to_owned()).collect()
+    }
+
+    #[test]
+    fn swar_range_test_matches_the_byte_test() {
+        for probe in 0u8..=255 {
+            for pos in 0..8 {
+                let mut w = [b'x'; 8];
+                w[pos] = probe;
+                let x = u64::from_le_bytes(w);
+                let digit = between(x, b'0' - 1, b'9' + 1);
+                let upper = between(x, b'A' - 1, b'Z' + 1);
+                assert_eq!(digit != 0, probe.is_ascii_digit(), "{probe}");
+                assert_eq!(upper != 0, probe.is_ascii_uppercase(), "{probe}");
+                if digit != 0 {
+                    assert_eq!(digit.trailing_zeros() / 8, pos as u32);
+                }
+            }
+        }
     }
 
     #[test]

@@ -238,8 +238,14 @@ pub(crate) fn confirm_special(
         Special::Jwt if set.has("jwt") => jwt(b, start, out),
         Special::Pem => pem(b, start, aend, set, out),
         Special::ConnUrl if set.has("connection_string_password") => conn_url(b, start, out),
-        Special::ConnPassword if set.has("connection_string_password") => {
-            conn_password(b, start, aend, out)
+        Special::ConnPassword => {
+            // `password=` also stands for the `password` keyword it contains.
+            if set.has("connection_string_password") {
+                conn_password(b, start, aend, out);
+            }
+            if set.has("generic_secret") && b[start..aend].eq_ignore_ascii_case(b"password=") {
+                generic(b, start, aend - 1, out);
+            }
         }
         Special::AwsSecret if set.has("aws_secret_access_key") => aws_secret(b, aend, out),
         Special::Generic if set.has("generic_secret") => generic(b, start, aend, out),
