@@ -1,6 +1,13 @@
 //! # sluice-control
 //!
-//! The control plane of Sluice. Today: the flow store ([`store`]) that the control daemon will
-//! fill from the data plane's record stream, and the `sluicectl` CLI (rules and CA, offline).
+//! The control plane of Sluice: the `sluice-control` daemon (HTTPS API with bearer tokens and
+//! roles, rule-set versions with history, diff and rollback, the audit log, flow queries) and
+//! the `sluicectl` CLI. The daemon's link to the data plane (policy down, records up) is the
+//! next step; until then it validates, versions and audits rule sets and serves the flow store.
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod rulestore;
 pub mod store;
+pub mod tls;

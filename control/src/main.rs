@@ -25,6 +25,16 @@ enum Cmd {
     /// The enterprise CA.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print the SHA-256 a control configuration stores for a token read from standard input
+    /// (the token itself never goes into the configuration).
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +117,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let cmd = match cli.cmd {
         Cmd::Rules(cmd) => cmd,
+        Cmd::Token(TokenCmd::Hash) => {
+            let mut token = String::new();
+            if std::io::stdin().read_line(&mut token).is_err() || token.trim().is_empty() {
+                eprintln!("sluicectl: give the token on standard input");
+                return ExitCode::from(2);
+            }
+            println!("{}", sluice_control::auth::token_hash(token.trim()));
+            return ExitCode::SUCCESS;
+        }
         Cmd::Ca(CaCmd::Init { dir, name }) => {
             return match sluice_certs::EnterpriseCa::init(&dir, &name) {
                 Ok((cert, key)) => {

@@ -1,0 +1,140 @@
+//! Bearer tokens and roles. Tokens are compared as SHA-256 hashes in constant time; a request
+//! without a valid token is refused (401), one whose role does not allow the call gets 403.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::TokenDef;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read logs and rules.
+    Analyst,
+    /// The identity feed only.
+    Feeder,
+}
+
+/// What a call needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Reading rules, flows, status.
+    Read,
+    /// Changing rules; the audit log.
+    Admin,
+    /// Feeding identities.
+    Feed,
+}
+
+impl Role {
+    /// True when the role allows `need`.
+    pub fn allows(self, need: Need) -> bool {
+        matches!(
+            (self, need),
+            (Role::Admin, _) | (Role::Analyst, Need::Read) | (Role::Feeder, Need::Feed)
+        )
+    }
+
+    /// The role's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Analyst => "analyst",
+            Role::Feeder => "feeder",
+        }
+    }
+}
+
+/// The caller a valid token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Token name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The configured tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], Caller)>,
+}
+
+/// The hex SHA-256 of a token, as the configuration stores it.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Tokens {
+    /// The tokens of the configuration (entries with malformed hashes are skipped; the
+    /// configuration loader refuses them first).
+    pub fn new(defs: &[TokenDef]) -> Self {
+        let entries = defs
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    unhex(&d.sha256.to_ascii_lowercase())?,
+                    Caller { name: d.name.clone(), role: d.role },
+                ))
+            })
+            .collect();
+        Tokens { entries }
+    }
+
+    /// The caller of an `Authorization` header value, if its bearer token is valid.
+    pub fn check(&self, authorization: Option<&str>) -> Option<Caller> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        // Every entry is compared, each in constant time.
+        for (stored, caller) in &self.entries {
+            let diff = stored.iter().zip(h.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(caller.clone());
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_roles() {
+        let defs = vec![
+            TokenDef { name: "ops".into(), role: Role::Admin, sha256: token_hash("admin-secret") },
+            TokenDef {
+                name: "soc".into(),
+                role: Role::Analyst,
+                sha256: token_hash("analyst-secret"),
+            },
+        ];
+        let t = Tokens::new(&defs);
+        assert_eq!(t.check(Some("Bearer admin-secret")).unwrap().role, Role::Admin);
+        assert_eq!(t.check(Some("Bearer analyst-secret")).unwrap().name, "soc");
+        assert!(t.check(Some("Bearer nope")).is_none());
+        assert!(t.check(Some("admin-secret")).is_none());
+        assert!(t.check(None).is_none());
+        assert!(Role::Analyst.allows(Need::Read) && !Role::Analyst.allows(Need::Admin));
+        assert!(Role::Feeder.allows(Need::Feed) && !Role::Feeder.allows(Need::Read));
+    }
+}

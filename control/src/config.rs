@@ -1,0 +1,105 @@
+//! The daemon's configuration file (`sluice-control --config FILE`, TOML): where it listens,
+//! where it keeps its state, its TLS certificate, the enterprise CA certificate it serves, and
+//! the API tokens — stored as SHA-256 hashes, never in clear.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::Role;
+
+/// A token entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenDef {
+    /// Who holds it (written to the audit log).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Hex SHA-256 of the token (`sluicectl token hash` prints it).
+    pub sha256: String,
+}
+
+/// The configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Management address of the HTTPS API.
+    pub listen: SocketAddr,
+    /// Directory of the stores (rules, audit, flows) and of a generated certificate.
+    pub state_dir: PathBuf,
+    /// API certificate (PEM); with `tls_key`. Absent: a self-signed one is made on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// API private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The enterprise CA certificate served at `/v1/ca.pem` (never its key).
+    pub ca_cert: Option<PathBuf>,
+    /// API tokens.
+    #[serde(default)]
+    pub tokens: Vec<TokenDef>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Unreadable.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for this schema.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// What toml said (with line and column).
+        message: String,
+    },
+    /// Valid TOML, invalid content.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and checks configuration text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        for (i, t) in c.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(format!(
+                    "token `{}`: sha256 must be 64 hex digits (the hash, never the token)",
+                    t.name
+                )));
+            }
+            if c.tokens[..i].iter().any(|o| o.name == t.name) {
+                return Err(invalid(format!("token name `{}` is used twice", t.name)));
+            }
+        }
+        if !c.tokens.iter().any(|t| t.role == Role::Admin) {
+            return Err(invalid("no admin token: nobody could change the rules".into()));
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(invalid("tls_cert and tls_key go together".into()));
+        }
+        Ok(c)
+    }
+}

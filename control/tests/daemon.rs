@@ -1,0 +1,182 @@
+//! The control daemon end to end on loopback: the real binary, real TLS, curl as the client.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use sluice_control::auth::token_hash;
+
+const ADMIN: &str = "admin-token-0123456789";
+const ANALYST: &str = "analyst-token-0123456789";
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start() -> Daemon {
+    let dir = std::env::temp_dir().join(format!("sluice-control-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"soc\"\nrole = \"analyst\"\nsha256 = \"{}\"\n",
+        dir.join("state").display(),
+        token_hash(ADMIN),
+        token_hash(ANALYST)
+    );
+    std::fs::write(dir.join("control.toml"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
+        .arg("--config")
+        .arg(dir.join("control.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect("daemon exited").unwrap();
+        if line.contains("sluice-control serving") {
+            break;
+        }
+    }
+    // Keep draining the log so the daemon never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon { child, port, dir }
+}
+
+/// (status, body) of a request made with curl, trusting the daemon's generated certificate.
+fn call(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let cert = d.dir.join("state").join("api.crt");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(&cert).args([
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", d.port),
+        "-X",
+        method,
+    ]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.arg(format!("https://localhost:{}{path}", d.port)).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+fn rules(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn tokens_roles_rule_versions_and_audit() {
+    let d = start();
+    // No token, a wrong token: 401. The analyst may read, not push: 403.
+    assert_eq!(call(&d, "GET", "/v1/health", None, None).0, 401);
+    assert_eq!(call(&d, "GET", "/v1/health", Some("wrong"), None).0, 401);
+    let (code, body) = call(&d, "GET", "/v1/health", Some(ANALYST), None);
+    assert_eq!((code, json(&body)["status"].as_str()), (200, Some("ok")));
+    let default = rules(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml")));
+    assert_eq!(call(&d, "PUT", "/v1/rules", Some(ANALYST), Some(&default)).0, 403);
+    assert_eq!(call(&d, "GET", "/v1/rules", Some(ADMIN), None).0, 404);
+
+    // Admin pushes the default rules: version 1.
+    let (code, body) = call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&default));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["version"], 1);
+
+    // A broken rule set: 422 with line and column, and version 1 stays in force.
+    let broken =
+        default.replace("action = \"block\"\ndescription", "action = \"blok\"\ndescription");
+    assert_ne!(broken, default);
+    let (code, body) = call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&broken));
+    assert_eq!(code, 422, "{body}");
+    let err = &json(&body)["errors"][0];
+    assert!(err["line"].as_u64().unwrap() > 0 && err["col"].as_u64().unwrap() > 0, "{body}");
+    let (_, body) = call(&d, "GET", "/v1/rules", Some(ANALYST), None);
+    assert_eq!(json(&body)["version"], 1);
+    assert_eq!(call(&d, "POST", "/v1/rules/validate", Some(ANALYST), Some(&broken)).0, 422);
+    assert_eq!(call(&d, "POST", "/v1/rules/validate", Some(ANALYST), Some(&default)).0, 200);
+
+    // A second version, its diff, a rollback.
+    let stricter = default.replace(
+        "action = \"allow\"                # traffic",
+        "action = \"block\"                # traffic",
+    );
+    assert_ne!(stricter, default);
+    let (code, body) = call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&stricter));
+    assert_eq!((code, json(&body)["version"].as_i64()), (200, Some(2)), "{body}");
+    let (code, body) = call(&d, "GET", "/v1/rules/diff?from=1&to=2", Some(ANALYST), None);
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["diff"]["defaults"].is_array(), "{body}");
+    let (code, body) = call(&d, "POST", "/v1/rules/rollback/1", Some(ADMIN), None);
+    assert_eq!((code, json(&body)["version"].as_i64()), (200, Some(3)), "{body}");
+    let (_, body) = call(&d, "GET", "/v1/rules", Some(ANALYST), None);
+    assert_eq!(json(&body)["text"].as_str(), Some(default.as_str()));
+    let (_, body) = call(&d, "GET", "/v1/rules/history", Some(ANALYST), None);
+    assert_eq!(json(&body).as_array().unwrap().len(), 3);
+
+    // The audit log: who did what, including the refused push; analysts may not read it.
+    assert_eq!(call(&d, "GET", "/v1/audit", Some(ANALYST), None).0, 403);
+    let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
+    let actions: Vec<String> = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["rules.rollback", "rules.push", "rules.push.refused", "rules.push"]);
+    assert!(!body.contains(ADMIN), "tokens never reach the log");
+
+    // Flows (empty store), metrics, no CA configured.
+    let (code, body) = call(&d, "GET", "/v1/flows?identity=finance&limit=5", Some(ANALYST), None);
+    assert_eq!((code, json(&body)["records"].as_array().map(Vec::len)), (200, Some(0)));
+    let (code, body) = call(&d, "GET", "/metrics", Some(ANALYST), None);
+    assert_eq!(code, 200);
+    assert!(body.contains("sluice_policy_version 3"), "{body}");
+    assert_eq!(call(&d, "GET", "/v1/ca.pem", Some(ANALYST), None).0, 404);
+    assert_eq!(call(&d, "GET", "/v1/nope", Some(ANALYST), None).0, 404);
+}
+
+#[test]
+fn bad_configurations_are_refused_clearly() {
+    let p = Path::new("c.toml");
+    let e = sluice_control::config::Config::parse(
+        p,
+        "listen = \"127.0.0.1:1\"\nstate_dir = \"/tmp/x\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no admin token"), "{e}");
+    let e = sluice_control::config::Config::parse(
+        p,
+        "listen = \"127.0.0.1:1\"\nstate_dir = \"/x\"\n[[tokens]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"plain-token\"\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("64 hex digits"), "{e}");
+    let e = sluice_control::config::Config::parse(p, "listen = 5\n").unwrap_err();
+    assert!(e.to_string().starts_with("c.toml: "), "{e}");
+}
