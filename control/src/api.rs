@@ -50,6 +50,14 @@ fn internal(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the daemon's log)")
 }
 
+/// The value as JSON, or a 500 for a store error.
+fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
 /// The caller, if its token is valid and its role allows `need`.
 fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Response> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -183,10 +191,7 @@ async fn history(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &h, Need::Read) {
         return r;
     }
-    match lock!(s.rules).history() {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => internal(e),
-    }
+    reply(lock!(s.rules).history())
 }
 
 async fn diff(
@@ -286,10 +291,7 @@ async fn audit(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &h, Need::Admin) {
         return r;
     }
-    match lock!(s.rules).audit_log(1000) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => internal(e),
-    }
+    reply(lock!(s.rules).audit_log(1000))
 }
 
 async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
