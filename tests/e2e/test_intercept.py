@@ -159,8 +159,15 @@ class Interception(unittest.TestCase):
         self.assertIn("denied 403 blocked_by_policy false", r.stdout)
         self.assertIn("Blocked by Sluice", r.stdout)
         # Exactly one attempt reached the appliance (no retry) and none reached the server.
-        recs = [x for x in flows() if x.get("type") == "request" and x["src"] == "10.20.9.99"
-                and x["path"] == "/v1/chat/completions" and x["ts_ms"] >= start_ms]
+        def attempts():
+            return [x for x in flows() if x.get("type") == "request" and x["src"] == "10.20.9.99"
+                    and x["path"] == "/v1/chat/completions" and x["ts_ms"] >= start_ms]
+        # Records reach the log within a second; any retry would have come before the SDK
+        # returned.
+        wait_for_record("request", lambda x: x["src"] == "10.20.9.99" and x["ts_ms"] >= start_ms
+                        and x["path"] == "/v1/chat/completions")
+        time.sleep(1)
+        recs = attempts()
         self.assertEqual(len(recs), 1, recs)
         self.assertFalse(any(e["client"] == "10.20.9.99" for e in upstream("api.openai.com")))
 
