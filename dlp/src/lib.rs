@@ -101,7 +101,8 @@ pub struct Match {
 /// What an anchor of the automaton leads to.
 #[derive(Debug, Clone, Copy)]
 enum Anchor {
-    Token(usize),
+    /// Index in the token table, and its detector's id (looked up once, not per candidate).
+    Token(usize, DetectorId),
     Special(tokens::Special),
 }
 
@@ -136,7 +137,7 @@ impl Scanner {
         for (i, t) in tokens::TOKENS.iter().enumerate() {
             for p in t.prefixes {
                 patterns.push(p);
-                anchors.push(Anchor::Token(i));
+                anchors.push(Anchor::Token(i, id(t.name)));
             }
         }
         for (p, s) in tokens::SPECIAL_ANCHORS {
@@ -183,7 +184,10 @@ impl Scanner {
         for m in self.ac.find_iter(bytes) {
             let Some(a) = self.anchors.get(m.pattern().as_usize()) else { continue };
             match *a {
-                Anchor::Token(i) => tokens::confirm_token(i, bytes, m.start(), m.end(), set, out),
+                Anchor::Token(i, d) if set.contains(d) => {
+                    tokens::confirm_token(i, bytes, m.start(), m.end(), out)
+                }
+                Anchor::Token(..) => {}
                 Anchor::Special(s) => {
                     tokens::confirm_special(s, bytes, m.start(), m.end(), set, out)
                 }

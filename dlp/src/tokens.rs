@@ -3,7 +3,7 @@
 //! secrets, emails, SendGrid, Azure client secrets, Telegram). Every check is bounded and
 //! looks only at the bytes around its anchor.
 
-use super::{DetectorSet, Match, id};
+use super::{DetectorSet, Match};
 
 /// Characters a token body may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,19 +182,10 @@ fn push(out: &mut Vec<Match>, detector: &'static str, start: usize, end: usize) 
     out.push(Match { detector, start, end });
 }
 
-/// Confirms a prefixed token at `start..pend` (the prefix).
-pub(crate) fn confirm_token(
-    i: usize,
-    b: &[u8],
-    start: usize,
-    pend: usize,
-    set: &DetectorSet,
-    out: &mut Vec<Match>,
-) {
+/// Confirms a prefixed token at `start..pend` (the prefix); the caller checked that its
+/// detector is enabled.
+pub(crate) fn confirm_token(i: usize, b: &[u8], start: usize, pend: usize, out: &mut Vec<Match>) {
     let Some(tk) = TOKENS.get(i) else { return };
-    if !set.contains(id(tk.name)) {
-        return;
-    }
     if tk.exact_case && !tk.prefixes.iter().any(|p| b.get(start..pend) == Some(p.as_bytes())) {
         return;
     }

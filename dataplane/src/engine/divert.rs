@@ -17,10 +17,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hashbrown::HashMap;
-use sluice_rules::{Action as RuleAction, DivertMode, Query};
+use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
-use super::{Engine, Now, Side, count};
-use crate::flow::{Class, FlowKey, TcpState};
+use super::{Engine, Now, Side, track};
+use crate::flow::{Class, FlowKey};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
 
@@ -154,11 +154,10 @@ impl Engine {
     /// True when a SYN from `f` to a TLS port goes to the interception engine: with `divert =
     /// "all"`, when some inspect rule could apply to the source; with `"learned"`, when the
     /// destination was learned and the policy inspects or blocks its name for this source.
-    pub(super) fn should_divert(&self, f: &Frame<'_>, now: Now) -> bool {
+    pub(super) fn should_divert(&self, policy: &Policy, f: &Frame<'_>, now: Now) -> bool {
         if self.divert.is_none() {
             return false;
         }
-        let policy = self.policy.load();
         let overlay = self.overlay.load();
         let t = now.unix_ms / 1000;
         match policy.defaults.divert {
@@ -286,19 +285,7 @@ impl Engine {
             out.push((Side::Inside, frame::encapsulate(&ip, e.server_mac, e.client_mac, e.vlan)));
             if let Some(flow) = self.table.get_mut(&e.key) {
                 // The server's side of the flow, as the client sees it.
-                let f = Frame { src: e.orig.ip(), sport: e.orig.port(), ..f };
-                count(flow, &f, now);
-                if t.syn && t.has_ack && flow.state == TcpState::Embryonic {
-                    flow.state = TcpState::Established;
-                }
-                if t.rst {
-                    flow.state = TcpState::Closing;
-                } else if t.fin {
-                    flow.fins.1 = true;
-                    if flow.fins.0 {
-                        flow.state = TcpState::Closing;
-                    }
-                }
+                track(flow, &Frame { src: e.orig.ip(), sport: e.orig.port(), ..f }, t, now);
             }
             return true;
         }

@@ -379,33 +379,7 @@ impl Engine {
         let Some(flow) = self.table.get_mut(&key) else {
             return self.tcp_untracked(side, data, f, t, key, now, out);
         };
-        let c2s = (f.src, f.sport) == flow.client;
-        count(flow, f, now);
-        if !c2s {
-            if t.syn && t.has_ack {
-                flow.server_next = Some(t.seq.wrapping_add(1));
-                if flow.state == TcpState::Embryonic {
-                    flow.state = TcpState::Established;
-                }
-            } else if let Some(n) = flow.server_next {
-                let end = t.seq.wrapping_add(f.payload.len() as u32).wrapping_add(u32::from(t.fin));
-                if (end.wrapping_sub(n) as i32) > 0 {
-                    flow.server_next = Some(end);
-                }
-            }
-        }
-        if t.rst {
-            flow.state = TcpState::Closing;
-        } else if t.fin {
-            if c2s {
-                flow.fins.0 = true
-            } else {
-                flow.fins.1 = true
-            }
-            if flow.fins.0 && flow.fins.1 {
-                flow.state = TcpState::Closing;
-            }
-        }
+        let c2s = track(flow, f, t, now);
         match flow.verdict {
             Verdict::Allow => Action::Forward,
             Verdict::Block => Action::Drop,
@@ -439,7 +413,7 @@ impl Engine {
         let policy = self.policy.load_full();
         let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
         if t.syn && !t.has_ack {
-            let divert = tls && self.should_divert(f, now);
+            let divert = tls && self.should_divert(&policy, f, now);
             let verdict = match (tls, divert) {
                 (true, true) => Verdict::Divert,
                 (true, false) => Verdict::Pending,
@@ -519,21 +493,11 @@ impl Engine {
         if verdict == Verdict::Allow {
             return Action::Forward;
         }
-        if let (true, Some(sni), Some("inspect")) = (divert, &sni, flow.class.action) {
-            let ip = flow.server.0;
-            let name = sni.clone();
-            self.counters.blocked += 1;
-            self.divert_counters.missed += 1;
-            flow.state = TcpState::Closing;
-            let (client, server) = flow.endpoints();
-            if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1))
-            {
-                out.push((client_side, rst));
-                self.counters.resets += 1;
-            }
-            self.learn(ip, &name, HELLO_LEARN_TTL, now);
-            return Action::Drop;
-        }
+        // To inspect but not diverted: refused like a block, and its retry is diverted.
+        let missed = match (divert, sni, flow.class.action) {
+            (true, Some(name), Some("inspect")) => Some((flow.server.0, name)),
+            _ => None,
+        };
         self.counters.blocked += 1;
         flow.state = TcpState::Closing;
         // The client is in SYN-SENT: a reset is accepted when it acknowledges the SYN.
@@ -541,6 +505,10 @@ impl Engine {
         if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1)) {
             out.push((client_side, rst));
             self.counters.resets += 1;
+        }
+        if let Some((ip, name)) = missed {
+            self.divert_counters.missed += 1;
+            self.learn(ip, &name, HELLO_LEARN_TTL, now);
         }
         Action::Drop
     }
@@ -753,6 +721,40 @@ fn decide_flow(
 enum Outcome {
     Block(&'static str),
     Decide(Option<String>, Option<&'static str>),
+}
+
+/// Counts a TCP segment of `flow` and follows its state (handshake, server sequence, FINs,
+/// RST). Returns true for client → server. Shared by the ports and the TUN (whose replies
+/// arrive with the original server's address restored).
+fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
+    let c2s = (f.src, f.sport) == flow.client;
+    count(flow, f, now);
+    if !c2s {
+        if t.syn && t.has_ack {
+            flow.server_next = Some(t.seq.wrapping_add(1));
+            if flow.state == TcpState::Embryonic {
+                flow.state = TcpState::Established;
+            }
+        } else if let Some(n) = flow.server_next {
+            let end = t.seq.wrapping_add(f.payload.len() as u32).wrapping_add(u32::from(t.fin));
+            if (end.wrapping_sub(n) as i32) > 0 {
+                flow.server_next = Some(end);
+            }
+        }
+    }
+    if t.rst {
+        flow.state = TcpState::Closing;
+    } else if t.fin {
+        if c2s {
+            flow.fins.0 = true
+        } else {
+            flow.fins.1 = true
+        }
+        if flow.fins.0 && flow.fins.1 {
+            flow.state = TcpState::Closing;
+        }
+    }
+    c2s
 }
 
 fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {

@@ -340,15 +340,25 @@ fn chunk_msg(e: crate::http::chunked::ChunkError) -> &'static str {
     }
 }
 
+/// Reads more into `buf`, waiting at most `idle`; `Ok(0)` at the end of the stream.
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<usize, ProxyError> {
+    buf.reserve(READ);
+    match tokio::time::timeout(idle, r.read_buf(buf)).await {
+        Err(_) => Err(ProxyError::Timeout),
+        Ok(r) => Ok(r?),
+    }
+}
+
+/// A client read (body bytes, within the idle limit).
 async fn read_some<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<usize, ProxyError> {
-    buf.reserve(READ);
-    match tokio::time::timeout(CLIENT_IDLE, r.read_buf(buf)).await {
-        Err(_) => Err(ProxyError::Timeout),
-        Ok(r) => Ok(r?),
-    }
+    read_more(r, buf, CLIENT_IDLE).await
 }
 
 /// Forwards a Content-Length body over the limit as it arrives (fail-open).
@@ -598,15 +608,12 @@ where
     Ok(resp.keep_alive)
 }
 
+/// An upstream read (the server may take long between bytes of an answer).
 pub(super) async fn read_upstream<U: AsyncRead + Unpin>(
     up: &mut U,
     buf: &mut Vec<u8>,
 ) -> Result<usize, ProxyError> {
-    buf.reserve(READ);
-    match tokio::time::timeout(UPSTREAM_HEAD, up.read_buf(buf)).await {
-        Err(_) => Err(ProxyError::Timeout),
-        Ok(r) => Ok(r?),
-    }
+    read_more(up, buf, UPSTREAM_HEAD).await
 }
 
 /// A WebSocket upgrade: the head goes up as is; after a 101 both directions are relayed.
