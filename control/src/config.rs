@@ -35,9 +35,48 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The enterprise CA certificate served at `/v1/ca.pem` (never its key).
     pub ca_cert: Option<PathBuf>,
+    /// Unix socket the data planes connect to (mode 0600).
+    #[serde(default = "default_socket")]
+    pub dataplane_socket: PathBuf,
+    /// Retention of flow and request records.
+    #[serde(default)]
+    pub retention: Retention,
+    /// Export of records to a syslog collector.
+    pub syslog: Option<crate::syslog::SyslogConfig>,
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/sluice/control.sock")
+}
+
+/// `[retention]`: records older than `max_age_days`, and the oldest beyond `max_rows` per
+/// kind, are deleted (checked every minute).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Days a record is kept.
+    #[serde(default = "default_age")]
+    pub max_age_days: u64,
+    /// Most records kept per kind (flows, requests).
+    #[serde(default = "default_rows")]
+    pub max_rows: u64,
+}
+
+fn default_age() -> u64 {
+    30
+}
+
+fn default_rows() -> u64 {
+    20_000_000
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { max_age_days: default_age(), max_rows: default_rows() }
+    }
 }
 
 /// Why the configuration was refused.
@@ -96,6 +135,9 @@ impl Config {
         }
         if !c.tokens.iter().any(|t| t.role == Role::Admin) {
             return Err(invalid("no admin token: nobody could change the rules".into()));
+        }
+        if c.retention.max_age_days == 0 || c.retention.max_rows == 0 {
+            return Err(invalid("retention: max_age_days and max_rows must be at least 1".into()));
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(invalid("tls_cert and tls_key go together".into()));

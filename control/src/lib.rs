@@ -2,12 +2,19 @@
 //!
 //! The control plane of Sluice: the `sluice-control` daemon (HTTPS API with bearer tokens and
 //! roles, rule-set versions with history, diff and rollback, the audit log, flow queries) and
-//! the `sluicectl` CLI. The daemon's link to the data plane (policy down, records up) is the
-//! next step; until then it validates, versions and audits rule sets and serves the flow store.
+//! the `sluicectl` CLI. Data planes connect over a Unix socket ([`link`]): rule sets and the
+//! identity feed go down, flow and request records come up into the [`store`], the live tail
+//! and the syslog exporter ([`hub`], [`syslog`]).
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod config;
+pub mod hub;
+pub mod identstore;
+pub mod link;
+pub mod metrics;
 pub mod rulestore;
 pub mod store;
+pub mod syslog;
 pub mod tls;

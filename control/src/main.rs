@@ -1,5 +1,9 @@
-//! `sluicectl`: the Sluice command line. Today it works offline: rule files
-//! (`rules check|explain|diff|detectors`) and the enterprise CA (`ca init|check`).
+//! `sluicectl`: the Sluice command line. Offline: rule files (`rules check|explain|diff|
+//! detectors`), the enterprise CA (`ca init|check`), token hashes. Against the control API
+//! (`SLUICE_URL`, `SLUICE_TOKEN`, `SLUICE_CA`): rule pushes, history, diff and rollback,
+//! flow and request records, the live tail, the identity feed, status.
+
+mod remote;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,8 @@ use sluice_rules::{
 #[derive(Parser)]
 #[command(name = "sluicectl", version, about = "Operate a Sluice appliance")]
 struct Cli {
+    #[command(flatten)]
+    conn: remote::Conn,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -28,6 +34,78 @@ enum Cmd {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Flow records, newest first.
+    Flows {
+        #[command(flatten)]
+        filters: remote::Filters,
+        /// Records per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Request records of the interception engine, newest first.
+    Requests {
+        #[command(flatten)]
+        filters: remote::Filters,
+        /// Records per page.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Follow new flow and request records as they are stored.
+    Tail {
+        #[command(flatten)]
+        filters: remote::Filters,
+        /// Only `flow` or only `request` records.
+        #[arg(long = "type", value_parser = ["flow", "request"])]
+        kind: Option<String>,
+    },
+    /// The identity feed.
+    #[command(subcommand)]
+    Identities(IdentCmd),
+    /// Data planes, their link and policy versions, store sizes.
+    Status,
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentCmd {
+    /// Say who sits behind an address.
+    Set {
+        /// The address.
+        ip: String,
+        /// User name.
+        user: String,
+        /// A group (repeat for more); a group naming an identity places the address in it.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Seconds the entry holds (default: until removed).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Forget an address.
+    Rm {
+        /// The address.
+        ip: String,
+    },
+    /// List the feed.
+    List,
+    /// Set many entries from a file (JSON array or JSON lines of {ip, user, groups, ttl}).
+    Load {
+        /// The file.
+        file: PathBuf,
+        /// Replace the whole feed.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -48,6 +126,8 @@ enum CaCmd {
         #[arg(long, default_value = "Sluice Enterprise CA")]
         name: String,
     },
+    /// Print the enterprise CA certificate the control API serves (to install on clients).
+    Get,
     /// Load a CA certificate and key as the appliance would, and say what is wrong if anything.
     Check {
         /// CA certificate (PEM).
@@ -81,12 +161,32 @@ enum RulesCmd {
         #[arg(long, default_value_t = 443)]
         port: u16,
     },
-    /// Show what changed between two rule files, as JSON.
+    /// Show what changed, as JSON: between two rule files, or between two stored versions
+    /// on the server (`rules diff 3 5`; one version: against the current one).
     Diff {
-        /// Old rule file.
-        old: PathBuf,
-        /// New rule file.
-        new: PathBuf,
+        /// Old rule file, or version.
+        old: String,
+        /// New rule file, or version.
+        new: Option<String>,
+    },
+    /// Validate, store and push a rule file through the control API.
+    Push {
+        /// Rule file.
+        file: PathBuf,
+    },
+    /// Validate a rule file on the server (nothing is stored).
+    Validate {
+        /// Rule file.
+        file: PathBuf,
+    },
+    /// Print the current rule set.
+    Show,
+    /// List the stored versions.
+    History,
+    /// Make an old version current again (stored as a new version) and push it.
+    Rollback {
+        /// The version.
+        version: i64,
     },
     /// List the DLP detectors profiles may name.
     Detectors,
@@ -113,9 +213,74 @@ fn load(path: &Path) -> Result<Compiled, ExitCode> {
     }
 }
 
+/// Runs a command against the API.
+fn online(conn: &remote::Conn, f: impl FnOnce(&remote::Api) -> Result<(), remote::Fail>) -> ExitCode {
+    let r = remote::Api::new(conn).and_then(|api| f(&api));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(remote::Fail(m, code)) => {
+            eprintln!("sluicectl: {m}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conn = cli.conn;
     let cmd = match cli.cmd {
+        Cmd::Flows { filters, limit, all } => {
+            return online(&conn, |a| remote::records(a, "flows", &filters, limit, all));
+        }
+        Cmd::Requests { filters, limit, all } => {
+            return online(&conn, |a| remote::records(a, "requests", &filters, limit, all));
+        }
+        Cmd::Tail { filters, kind } => {
+            return online(&conn, |a| remote::tail(a, &filters, kind.as_deref()));
+        }
+        Cmd::Identities(c) => {
+            return online(&conn, |a| match &c {
+                IdentCmd::Set { ip, user, groups, ttl } => {
+                    remote::identity_set(a, ip, user, groups, *ttl)
+                }
+                IdentCmd::Rm { ip } => remote::identity_rm(a, ip),
+                IdentCmd::List => remote::identity_list(a),
+                IdentCmd::Load { file, replace } => remote::identity_load(a, file, *replace),
+            });
+        }
+        Cmd::Status => return online(&conn, remote::status),
+        Cmd::Ca(CaCmd::Get) => return online(&conn, remote::ca_get),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "sluicectl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Rules(RulesCmd::Push { file }) => {
+            return online(&conn, |a| remote::rules_send(a, &file, true));
+        }
+        Cmd::Rules(RulesCmd::Validate { file }) => {
+            return online(&conn, |a| remote::rules_send(a, &file, false));
+        }
+        Cmd::Rules(RulesCmd::Show) => return online(&conn, remote::rules_show),
+        Cmd::Rules(RulesCmd::History) => return online(&conn, remote::rules_history),
+        Cmd::Rules(RulesCmd::Rollback { version }) => {
+            return online(&conn, |a| remote::rules_rollback(a, version));
+        }
+        Cmd::Rules(RulesCmd::Diff { old, new }) if !Path::new(&old).exists() => {
+            let (Ok(from), to) = (old.parse::<i64>(), new.as_deref().map(str::parse::<i64>)) else {
+                eprintln!("sluicectl: {old}: neither a rule file nor a version number");
+                return ExitCode::from(2);
+            };
+            let to = match to {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(_)) => {
+                    eprintln!("sluicectl: the second argument must be a version too");
+                    return ExitCode::from(2);
+                }
+            };
+            return online(&conn, |a| remote::rules_diff(a, from, to));
+        }
         Cmd::Rules(cmd) => cmd,
         Cmd::Token(TokenCmd::Hash) => {
             let mut token = String::new();
@@ -221,7 +386,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         RulesCmd::Diff { old, new } => {
-            let (a, b) = match (load(&old), load(&new)) {
+            let Some(new) = new else {
+                eprintln!("sluicectl: rules diff OLD NEW (two files), or versions on the server");
+                return ExitCode::from(2);
+            };
+            let (a, b) = match (load(Path::new(&old)), load(Path::new(&new))) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(code), _) | (_, Err(code)) => return code,
             };
@@ -234,6 +403,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        RulesCmd::Push { .. }
+        | RulesCmd::Validate { .. }
+        | RulesCmd::Show
+        | RulesCmd::History
+        | RulesCmd::Rollback { .. } => unreachable!("handled online above"),
         RulesCmd::Detectors => {
             for d in detectors::DETECTORS {
                 println!("{:<28} {:<11} {}", d.name, d.family, d.description);

@@ -1,6 +1,7 @@
-//! The flow store: flow records in SQLite (WAL), de-duplicated by (data plane, sequence
-//! number) so a replay after a reconnect stores nothing twice, indexed for the filters the API
-//! offers, read newest first with a cursor, pruned by age and size.
+//! The record store: flow and request records in SQLite (WAL), each kind in its table,
+//! de-duplicated by (data plane, sequence number) so a replay after a reconnect stores nothing
+//! twice, indexed for the filters the API offers, read newest first with a cursor, pruned by
+//! age and size.
 
 use std::path::Path;
 
@@ -40,6 +41,35 @@ pub struct FlowFilter {
     pub verdict: Option<String>,
     /// Rule name.
     pub rule: Option<String>,
+    /// DLP detector with findings (request records only).
+    pub detector: Option<String>,
+}
+
+/// Which records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Flow records (the packet path).
+    Flows,
+    /// Request records (the interception engine).
+    Requests,
+}
+
+impl Kind {
+    fn table(self) -> &'static str {
+        match self {
+            Kind::Flows => "flows",
+            Kind::Requests => "requests",
+        }
+    }
+
+    /// The kind a record's `type` names, if it is stored.
+    pub fn of(record: &Value) -> Option<Kind> {
+        match record.get("type").and_then(Value::as_str) {
+            Some("flow") => Some(Kind::Flows),
+            Some("request") => Some(Kind::Requests),
+            _ => None,
+        }
+    }
 }
 
 /// One page of results, newest first.
@@ -75,7 +105,44 @@ CREATE INDEX IF NOT EXISTS flows_verdict ON flows (verdict, id);
 CREATE INDEX IF NOT EXISTS flows_rule ON flows (rule, id);
 CREATE INDEX IF NOT EXISTS flows_src ON flows (src, id);
 CREATE INDEX IF NOT EXISTS flows_user ON flows (user, id);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    dataplane TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    identity TEXT, user TEXT, src TEXT, sni TEXT, category TEXT, verdict TEXT, rule TEXT,
+    detectors TEXT,
+    record TEXT NOT NULL,
+    UNIQUE (dataplane, seq)
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
+CREATE INDEX IF NOT EXISTS requests_identity ON requests (identity, id);
+CREATE INDEX IF NOT EXISTS requests_sni ON requests (sni, id);
+CREATE INDEX IF NOT EXISTS requests_verdict ON requests (verdict, id);
+CREATE INDEX IF NOT EXISTS requests_rule ON requests (rule, id);
+CREATE INDEX IF NOT EXISTS requests_src ON requests (src, id);
+CREATE INDEX IF NOT EXISTS requests_user ON requests (user, id);
 ";
+
+/// The detectors of a request record's findings as `,a,b,` (matched with LIKE `%,a,%`).
+fn detectors(r: &Value) -> Option<String> {
+    let list = r.get("dlp_findings")?.as_array()?;
+    let names: Vec<&str> = list.iter().filter_map(|f| f.get("detector")?.as_str()).collect();
+    (!names.is_empty()).then(|| format!(",{},", names.join(",")))
+}
+
+/// `%,name,%` with LIKE's wildcards in `name` escaped.
+fn like_item(name: &str) -> String {
+    let mut s = String::from("%,");
+    for c in name.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push_str(",%");
+    s
+}
 
 fn text(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
@@ -99,51 +166,65 @@ impl FlowStore {
         Ok(FlowStore { conn })
     }
 
-    /// Stores flow records `(seq, record)` from data plane `dataplane` in one transaction.
-    /// Records already stored (same data plane and sequence number) and records that are not
-    /// flow records are skipped. Returns how many were stored.
+    /// Stores records `(seq, record)` from data plane `dataplane` in one transaction: flow
+    /// records in `flows`, request records in `requests`, others (statistics) nowhere.
+    /// Records already stored (same data plane and sequence number) are skipped. Returns, per
+    /// record, whether it was newly stored.
     pub fn ingest(
         &mut self,
         dataplane: &str,
         records: &[(u64, Value)],
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut stored = 0;
+        let mut fresh = Vec::with_capacity(records.len());
         {
-            let mut ins = tx.prepare_cached(
+            let mut flows = tx.prepare_cached(
                 "INSERT OR IGNORE INTO flows
                  (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
+            let mut requests = tx.prepare_cached(
+                "INSERT OR IGNORE INTO requests
+                 (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record, detectors)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
             for (seq, r) in records {
-                if r.get("type").and_then(Value::as_str) != Some("flow") {
+                let Some(kind) = Kind::of(r) else {
+                    fresh.push(false);
                     continue;
-                }
+                };
                 let ts = r.get("ts_ms").and_then(Value::as_u64).unwrap_or(0);
-                stored += ins.execute(params![
-                    dataplane,
-                    i64::try_from(*seq).unwrap_or(i64::MAX),
-                    i64::try_from(ts).unwrap_or(i64::MAX),
-                    text(r, "identity"),
-                    text(r, "user"),
-                    text(r, "src"),
-                    text(r, "sni"),
-                    text(r, "category"),
-                    text(r, "verdict"),
-                    text(r, "rule"),
-                    r.to_string(),
-                ])?;
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                let ts = i64::try_from(ts).unwrap_or(i64::MAX);
+                let (identity, user, src) = (text(r, "identity"), text(r, "user"), text(r, "src"));
+                let (sni, category) = (text(r, "sni"), text(r, "category"));
+                let (verdict, rule, json) = (text(r, "verdict"), text(r, "rule"), r.to_string());
+                let n = match kind {
+                    Kind::Flows => flows.execute(params![
+                        dataplane, seq, ts, identity, user, src, sni, category, verdict, rule, json
+                    ])?,
+                    Kind::Requests => requests.execute(params![
+                        dataplane, seq, ts, identity, user, src, sni, category, verdict, rule, json,
+                        detectors(r)
+                    ])?,
+                };
+                fresh.push(n == 1);
             }
         }
         tx.commit()?;
-        Ok(stored)
+        Ok(fresh)
     }
 
     /// The highest sequence number stored for `dataplane` (where a replay may resume).
     pub fn last_seq(&self, dataplane: &str) -> Result<Option<u64>, StoreError> {
         let v: Option<i64> = self
             .conn
-            .query_row("SELECT MAX(seq) FROM flows WHERE dataplane = ?1", [dataplane], |r| r.get(0))
+            .query_row(
+                "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM flows WHERE dataplane = ?1
+                 UNION ALL SELECT MAX(seq) FROM requests WHERE dataplane = ?1)",
+                [dataplane],
+                |r| r.get(0),
+            )
             .optional()?
             .flatten();
         Ok(v.and_then(|v| u64::try_from(v).ok()))
@@ -151,11 +232,17 @@ impl FlowStore {
 
     /// Number of stored flow records.
     pub fn count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row("SELECT COUNT(*) FROM flows", [], |r| r.get(0))?;
+        self.count_of(Kind::Flows)
+    }
+
+    /// Number of stored records of `kind`.
+    pub fn count_of(&self, kind: Kind) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM {}", kind.table());
+        let n: i64 = self.conn.query_row(&sql, [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Records matching `f`, newest first, at most `limit`, strictly older than cursor
+    /// Flow records matching `f`, newest first, at most `limit`, strictly older than cursor
     /// `before` if given.
     pub fn query(
         &self,
@@ -163,7 +250,19 @@ impl FlowStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let mut sql = String::from("SELECT id, record FROM flows WHERE 1=1");
+        self.query_kind(Kind::Flows, f, before, limit)
+    }
+
+    /// Records of `kind` matching `f`, newest first (see [`FlowStore::query`]). A detector
+    /// filter matches no flow record.
+    pub fn query_kind(
+        &self,
+        kind: Kind,
+        f: &FlowFilter,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT id, record FROM {} WHERE 1=1", kind.table());
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut add = |clause: &str, v: rusqlite::types::Value| {
             sql.push_str(clause);
@@ -186,6 +285,12 @@ impl FlowStore {
         ] {
             if let Some(v) = v {
                 add(&format!(" AND {col} = ?"), v.clone().into());
+            }
+        }
+        if let Some(d) = &f.detector {
+            match kind {
+                Kind::Requests => add(" AND detectors LIKE ? ESCAPE '\\'", like_item(d).into()),
+                Kind::Flows => add(" AND 0 = ?", 1i64.into()),
             }
         }
         if let Some(b) = before {
@@ -213,17 +318,20 @@ impl FlowStore {
         Ok(Page { records, next: if more { last_id } else { None } })
     }
 
-    /// Deletes records older than `older_than_ms`, then the oldest beyond `max_rows`.
-    /// Returns how many were deleted.
+    /// Deletes records (of both kinds) older than `older_than_ms`, then the oldest beyond
+    /// `max_rows` per kind. Returns how many were deleted.
     pub fn prune(&mut self, older_than_ms: u64, max_rows: u64) -> Result<u64, StoreError> {
-        let mut n = self.conn.execute(
-            "DELETE FROM flows WHERE ts_ms < ?1",
-            [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
-        )?;
-        n += self.conn.execute(
-            "DELETE FROM flows WHERE id <= (SELECT id FROM flows ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-            [i64::try_from(max_rows).unwrap_or(i64::MAX)],
-        )?;
+        let mut n = 0;
+        for t in ["flows", "requests"] {
+            n += self.conn.execute(
+                &format!("DELETE FROM {t} WHERE ts_ms < ?1"),
+                [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
+            )?;
+            n += self.conn.execute(
+                &format!("DELETE FROM {t} WHERE id <= (SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET ?1)"),
+                [i64::try_from(max_rows).unwrap_or(i64::MAX)],
+            )?;
+        }
         Ok(n as u64)
     }
 }
@@ -248,12 +356,13 @@ mod tests {
     fn ingest_dedup_filters_and_pages() {
         let mut s = FlowStore::open_in_memory().unwrap();
         let batch: Vec<(u64, Value)> = (0..300).map(|i| (i, rec(i))).collect();
-        assert_eq!(s.ingest("dp1", &batch).unwrap(), 300);
+        let stored = |v: Vec<bool>| v.into_iter().filter(|f| *f).count();
+        assert_eq!(stored(s.ingest("dp1", &batch).unwrap()), 300);
         // A replay after a reconnect stores nothing twice; another data plane is separate.
-        assert_eq!(s.ingest("dp1", &batch[250..]).unwrap(), 0);
-        assert_eq!(s.ingest("dp2", &batch[..10]).unwrap(), 10);
-        // Non-flow records are not flows.
-        assert_eq!(s.ingest("dp1", &[(1000, json!({"type": "stats"}))]).unwrap(), 0);
+        assert_eq!(stored(s.ingest("dp1", &batch[250..]).unwrap()), 0);
+        assert_eq!(stored(s.ingest("dp2", &batch[..10]).unwrap()), 10);
+        // Statistics are not stored.
+        assert_eq!(s.ingest("dp1", &[(1000, json!({"type": "stats"}))]).unwrap(), vec![false]);
         assert_eq!(s.count().unwrap(), 310);
         assert_eq!(s.last_seq("dp1").unwrap(), Some(299));
         assert_eq!(s.last_seq("dp9").unwrap(), None);
@@ -289,6 +398,28 @@ mod tests {
         );
         assert_eq!(page.records.len(), (100..200).filter(|i| i % 3 == 0 && i % 2 == 0).count());
         assert_eq!(page.next, None);
+    }
+
+    #[test]
+    fn requests_have_their_table_and_detector_filter() {
+        let mut s = FlowStore::open_in_memory().unwrap();
+        let req = |i: u64, det: &str| {
+            json!({"type": "request", "ts_ms": i, "identity": "finance", "verdict": "block",
+                   "dlp_findings": [{"detector": det, "count": 1, "paths": [], "hashes": []}]})
+        };
+        let batch = vec![(1, req(1, "credit_card")), (2, req(2, "aws_access_key_id")), (3, rec(3)), (4, req(4, "a_b"))];
+        assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 4]);
+        assert_eq!(s.count_of(Kind::Requests).unwrap(), 3);
+        assert_eq!(s.count_of(Kind::Flows).unwrap(), 1);
+        assert_eq!(s.last_seq("dp").unwrap(), Some(4));
+        let f = |d: &str| FlowFilter { detector: Some(d.into()), ..Default::default() };
+        let got = s.query_kind(Kind::Requests, &f("credit_card"), None, 10).unwrap();
+        assert_eq!(got.records.len(), 1);
+        assert_eq!(got.records[0]["ts_ms"], 1);
+        // LIKE wildcards in the filter are literal: `a_b` does not match `aXb`-like names.
+        assert_eq!(s.query_kind(Kind::Requests, &f("a%"), None, 10).unwrap().records.len(), 0);
+        assert_eq!(s.query_kind(Kind::Requests, &f("a_b"), None, 10).unwrap().records.len(), 1);
+        assert_eq!(s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(), 0);
     }
 
     #[test]

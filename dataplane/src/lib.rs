@@ -13,6 +13,7 @@ pub mod flow;
 pub mod http;
 mod ident_fmt;
 pub mod intercept;
+pub mod link;
 pub mod nat;
 pub mod port;
 pub mod reassembly;

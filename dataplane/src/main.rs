@@ -12,9 +12,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
+use sluice_dataplane::record::Record;
 use sluice_dataplane::engine::{Action, Clock, DivertConfig, Engine, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::intercept::{self, EngineHandle};
+use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
 use sluice_dataplane::port::Port;
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
@@ -96,6 +98,19 @@ struct Args {
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     max_intercepted: usize,
+    /// Unix socket of sluice-control. With it, records are numbered, spooled and sent to
+    /// control, which pushes rule sets and the identity feed.
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Name of this data plane toward control (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// State directory: the record spool and the last rule set pushed by control.
+    #[arg(long, default_value = "/var/lib/sluice")]
+    state_dir: PathBuf,
+    /// Bound of the record spool in MiB (at the bound the oldest records go, counted).
+    #[arg(long, default_value_t = 1024)]
+    spool_max_mb: u64,
 }
 
 fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
@@ -295,19 +310,118 @@ fn side_name(s: Side) -> &'static str {
     }
 }
 
-fn load_policy(path: &Path) -> Result<sluice_rules::Policy> {
+/// Loads a local rule file: the policy and the SHA-256 of its text.
+fn load_policy(path: &Path) -> Result<(sluice_rules::Policy, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     match load_file(path) {
         Ok(c) => {
             for w in &c.warnings {
                 warn!("{w}");
             }
-            Ok(c.policy)
+            Ok((c.policy, link::text_sha256(&text)))
         }
         Err(RulesError::Invalid(d)) => {
             let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
             bail!("rule set {} is invalid:\n{}", path.display(), lines.join("\n"))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The policy to start with: with a control link, the last rule set control pushed (kept in
+/// the state directory) so a restart while control is away enforces it; else `--rules`.
+fn boot_policy(args: &Args) -> Result<(sluice_rules::Policy, Option<i64>, String)> {
+    if args.control.is_some()
+        && let Some((version, text)) = link::saved_policy(&args.state_dir)
+    {
+        match link::compile_pushed(&text) {
+            Ok(p) => {
+                info!(version, "enforcing the rule set control pushed last (until control says otherwise)");
+                return Ok((p, Some(version), link::text_sha256(&text)));
+            }
+            Err(e) => warn!(version, "the kept rule set no longer compiles, using --rules: {e}"),
+        }
+    }
+    let (policy, sha) = load_policy(&args.rules)?;
+    info!(rules = %args.rules.display(), rules_count = policy.rules.len(), "policy loaded");
+    Ok((policy, None, sha))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into())
+}
+
+/// Records emitted since the start, by type.
+#[derive(Debug, Default, serde::Serialize)]
+struct Emitted {
+    flow: u64,
+    request: u64,
+    stats: u64,
+}
+
+/// Where records go: the local JSON-lines log, and (with a control link) the spool.
+struct Output {
+    log: BufWriter<std::fs::File>,
+    link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
+    emitted: Emitted,
+    enforced: Arc<Enforced>,
+}
+
+impl Output {
+    /// Runs `f` on the engine and writes the records it released. Stats records also carry
+    /// the emitted counts, the link's state and the policy version in force.
+    fn write(&mut self, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)) {
+        let records = {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut eng);
+            eng.take_records()
+        };
+        if records.is_empty() {
+            return;
+        }
+        let mut values = Vec::with_capacity(records.len());
+        for r in &records {
+            let Ok(mut v) = serde_json::to_value(r) else { continue };
+            match r {
+                Record::Flow(_) => self.emitted.flow += 1,
+                Record::Request(_) => self.emitted.request += 1,
+                Record::Stats(_) => {
+                    self.emitted.stats += 1;
+                    self.annotate_stats(&mut v);
+                }
+            }
+            if let Ok(line) = serde_json::to_string(&v) {
+                let _ = writeln!(self.log, "{line}");
+            }
+            values.push(v);
+        }
+        if let Err(e) = self.log.flush() {
+            error!("writing flow log: {e}");
+        }
+        if let Some((spool, _)) = &self.link {
+            let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = s.append(values) {
+                error!("spooling records failed: {e}");
+            }
+        }
+    }
+
+    fn annotate_stats(&self, v: &mut serde_json::Value) {
+        let Some(o) = v.as_object_mut() else { return };
+        o.insert("records_emitted".into(), serde_json::json!(self.emitted));
+        o.insert("policy_version".into(), serde_json::json!(self.enforced.current().0));
+        if let Some((spool, connected)) = &self.link {
+            let s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            o.insert(
+                "link".into(),
+                serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
+                    "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped() }),
+            );
+        }
     }
 }
 
@@ -367,10 +481,11 @@ fn main() -> Result<()> {
         .with_ansi(false)
         .init();
     let args = Args::parse();
-    let policy = load_policy(&args.rules)?;
-    info!(rules = %args.rules.display(), rules_count = policy.rules.len(), "policy loaded");
+    let (policy, version, sha) = boot_policy(&args)?;
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
+    let enforced =
+        Arc::new(Enforced::new(policy.clone(), overlay.clone(), &args.state_dir, version, sha));
     let settings = Settings {
         max_flows: args.max_flows,
         report_interval_ms: args.report_interval.max(1) * 1000,
@@ -440,7 +555,6 @@ fn main() -> Result<()> {
         .append(true)
         .open(&args.flow_log)
         .with_context(|| format!("opening flow log {}", args.flow_log.display()))?;
-    let mut log = BufWriter::new(log);
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -500,42 +614,45 @@ fn main() -> Result<()> {
                 .spawn(move || run_tun(t, ports, e, clock, s))?,
         );
     }
+    let link = match &args.control {
+        Some(socket) => {
+            let spool = Spool::open(&args.state_dir.join("spool"), args.spool_max_mb.max(1) << 20)
+                .with_context(|| format!("opening the spool in {}", args.state_dir.display()))?;
+            info!(next_seq = spool.next_seq(), unsent = spool.depth(), "record spool opened");
+            let spool = Arc::new(Mutex::new(spool));
+            let cfg = LinkConfig { socket: socket.clone(), name: args.name.clone().unwrap_or_else(hostname) };
+            let connected = Arc::new(AtomicBool::new(false));
+            let (sp, en, c, s) = (spool.clone(), enforced.clone(), connected.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("link".into())
+                    .spawn(move || link::run(cfg, sp, en, c, s))?,
+            );
+            Some((spool, connected))
+        }
+        None => None,
+    };
     info!(inside = %args.inside, outside = %args.outside, io = ?args.io, flow_log = %args.flow_log.display(), "forwarding");
-    let write =
-        |log: &mut BufWriter<std::fs::File>, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)| {
-            let records = {
-                let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-                f(&mut eng);
-                eng.take_records()
-            };
-            for r in &records {
-                if let Ok(line) = serde_json::to_string(r) {
-                    let _ = writeln!(log, "{line}");
-                }
-            }
-            if let Err(e) = log.flush() {
-                error!("writing flow log: {e}");
-            }
-        };
+    let mut out = Output { log: BufWriter::new(log), link, emitted: Emitted::default(), enforced: enforced.clone() };
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         if reload.swap(false, Ordering::Relaxed) {
             match load_policy(&args.rules) {
-                Ok(p) => {
-                    policy.store(Arc::new(p));
-                    info!(rules = %args.rules.display(), "policy reloaded");
+                Ok((p, sha)) => {
+                    enforced.set_local(p, sha);
+                    info!(rules = %args.rules.display(), "policy reloaded from the local file");
                 }
                 Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
             }
         }
         let now = clock.now();
-        write(&mut log, &engine, &|e| e.tick(now));
+        out.write(&engine, &|e| e.tick(now));
     }
     for t in threads {
         let _ = t.join();
     }
     let now = clock.now();
-    write(&mut log, &engine, &|e| e.shutdown(now));
+    out.write(&engine, &|e| e.shutdown(now));
     let counters = engine.lock().unwrap_or_else(PoisonError::into_inner).counters;
     info!(?counters, "stopped");
     Ok(())

@@ -1,17 +1,19 @@
 //! `sluice-control --config FILE`: the control-plane daemon (HTTPS API over rustls, bearer
 //! tokens with roles, rule-set versions and audit log, flow queries).
 
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use sluice_control::api::{self, AppState};
 use sluice_control::auth::Tokens;
 use sluice_control::config::Config;
+use sluice_control::hub::{Hub, SYSLOG_QUEUE};
+use sluice_control::identstore::IdentStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
-use sluice_control::tls;
+use sluice_control::{link, syslog, tls};
 
 /// The Sluice control-plane daemon.
 #[derive(Parser, Debug)]
@@ -44,24 +46,76 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    let state = Arc::new(AppState {
-        tokens: Tokens::new(&cfg.tokens),
-        rules: Mutex::new(
-            RuleStore::open(&cfg.state_dir.join("rules.db")).context("opening the rule store")?,
-        ),
-        flows: Mutex::new(
-            FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
-        ),
+    let (syslog_tx, syslog_rx) = match &cfg.syslog {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(SYSLOG_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let state = Arc::new(AppState::new(
+        Tokens::new(&cfg.tokens),
+        RuleStore::open(&cfg.state_dir.join("rules.db")).context("opening the rule store")?,
+        FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
+        IdentStore::open(&cfg.state_dir.join("identities.db"))
+            .context("opening the identity store")?,
+        Hub::new(syslog_tx),
         ca_pem,
-        started: Instant::now(),
-    });
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
+        if let (Some(sc), Some(rx)) = (cfg.syslog.clone(), syslog_rx) {
+            tokio::spawn(syslog::export(sc, rx));
+        }
+        let st = state.clone();
+        let socket = cfg.dataplane_socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = link::serve(&socket, st).await {
+                tracing::error!(socket = %socket.display(), "data-plane link stopped: {e}");
+                std::process::exit(1);
+            }
+        });
+        tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tracing::info!(listen = %cfg.listen, cert = %cert.display(), "sluice-control serving");
         api::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())
     })
+}
+
+/// Every minute: records beyond the retention go; expired identities go (and the feed is
+/// pushed again).
+async fn housekeeping(state: Arc<AppState>, retention: sluice_control::config::Retention) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let cutoff = link::now_s().saturating_sub(retention.max_age_days.saturating_mul(86_400));
+            let pruned = st
+                .flows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .prune(cutoff.saturating_mul(1000), retention.max_rows);
+            let mut ids = st.identities.lock().unwrap_or_else(PoisonError::into_inner);
+            let expired = ids.expire(link::now_s());
+            let all = ids.all();
+            (pruned, expired, all)
+        })
+        .await;
+        let Ok((pruned, expired, all)) = r else { continue };
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "retention: old records deleted"),
+            Err(e) => tracing::error!("retention: {e}"),
+        }
+        if let (Ok(n), Ok(all)) = (expired, all)
+            && n > 0
+        {
+            tracing::info!(entries = n, "identity feed: expired entries removed");
+            state.links.push_identities(&all);
+        }
+    }
 }

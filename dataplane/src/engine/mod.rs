@@ -94,6 +94,8 @@ impl Clock {
 pub struct Counters {
     /// Frames handled.
     pub frames: u64,
+    /// Bytes of the frames handled.
+    pub bytes: u64,
     /// Frames not IP (ARP, …) or unparsable: forwarded untouched.
     pub non_ip: u64,
     /// Flows created.
@@ -263,6 +265,7 @@ impl Engine {
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         self.counters.frames += 1;
+        self.counters.bytes += data.len() as u64;
         let Some(f) = frame::parse(data) else {
             self.counters.non_ip += 1;
             return Action::Forward;

@@ -1,0 +1,181 @@
+//! The identity feed: who sits behind which address, as feeders (directory connectors, NAC,
+//! VPN concentrators) say through the API. Kept in SQLite so a restart of control forgets
+//! nothing; entries carry an expiry, and the whole set is pushed to the data planes.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use sluice_link::Identity;
+
+use crate::store::StoreError;
+
+/// Most groups per entry and longest user or group name accepted from a feed.
+pub const MAX_GROUPS: usize = 64;
+/// Longest user or group name.
+pub const MAX_NAME: usize = 256;
+
+/// One entry as a feeder sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedEntry {
+    /// The address (in the bulk form; the single form takes it from the path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// User name.
+    pub user: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Seconds the entry holds; absent: until removed.
+    #[serde(default)]
+    pub ttl: Option<u64>,
+}
+
+impl FeedEntry {
+    /// Checks the entry and turns it into what the data plane gets, at unix time `now`.
+    pub fn into_identity(self, ip: IpAddr, now: u64) -> Result<Identity, String> {
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control)
+        };
+        if !name_ok(&self.user) {
+            return Err(format!("{ip}: user must be 1..={MAX_NAME} printable characters"));
+        }
+        if self.groups.len() > MAX_GROUPS {
+            return Err(format!("{ip}: at most {MAX_GROUPS} groups"));
+        }
+        if let Some(g) = self.groups.iter().find(|g| !name_ok(g)) {
+            return Err(format!("{ip}: group {g:?} must be 1..={MAX_NAME} printable characters"));
+        }
+        if self.ttl == Some(0) {
+            return Err(format!("{ip}: ttl must be at least 1 second"));
+        }
+        Ok(Identity {
+            ip,
+            user: self.user,
+            groups: self.groups,
+            expires_at: self.ttl.map(|t| now.saturating_add(t)),
+        })
+    }
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct IdentStore {
+    db: Connection,
+}
+
+impl IdentStore {
+    /// Opens (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A store in memory (tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(db: Connection) -> Result<Self, StoreError> {
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS identities (
+                ip TEXT PRIMARY KEY, user TEXT NOT NULL, groups TEXT NOT NULL, expires_at INTEGER
+             );",
+        )?;
+        Ok(IdentStore { db })
+    }
+
+    /// Sets entries (replacing those for the same addresses); with `replace`, every other
+    /// entry goes. One transaction.
+    pub fn set(&mut self, entries: &[Identity], replace: bool) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        if replace {
+            tx.execute("DELETE FROM identities", [])?;
+        }
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO identities (ip, user, groups, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for e in entries {
+                st.execute(params![
+                    e.ip.to_string(),
+                    e.user,
+                    serde_json::to_string(&e.groups)?,
+                    e.expires_at.map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the entry for `ip`; false if there was none.
+    pub fn remove(&mut self, ip: IpAddr) -> Result<bool, StoreError> {
+        Ok(self.db.execute("DELETE FROM identities WHERE ip = ?1", [ip.to_string()])? > 0)
+    }
+
+    /// Drops entries expired at unix time `now`; returns how many.
+    pub fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        Ok(self.db.execute("DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= ?1", [now])?)
+    }
+
+    /// Every entry, by address.
+    pub fn all(&self) -> Result<Vec<Identity>, StoreError> {
+        let mut st = self.db.prepare("SELECT ip, user, groups, expires_at FROM identities ORDER BY ip")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<i64>>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (ip, user, groups, exp) = row?;
+            let Ok(ip) = ip.parse() else { continue };
+            out.push(Identity {
+                ip,
+                user,
+                groups: serde_json::from_str(&groups)?,
+                expires_at: exp.and_then(|t| u64::try_from(t).ok()),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str, ttl: Option<u64>) -> FeedEntry {
+        FeedEntry { ip: None, user: user.into(), groups: vec!["finance".into()], ttl }
+    }
+
+    #[test]
+    fn set_replace_remove_expire() {
+        let mut s = IdentStore::open_in_memory().unwrap();
+        let a = entry("alice", None).into_identity("10.0.0.1".parse().unwrap(), 100).unwrap();
+        let b = entry("bob", Some(10)).into_identity("fd00::2".parse().unwrap(), 100).unwrap();
+        assert_eq!(b.expires_at, Some(110));
+        s.set(&[a.clone(), b.clone()], false).unwrap();
+        assert_eq!(s.all().unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(s.expire(109).unwrap(), 0);
+        assert_eq!(s.expire(110).unwrap(), 1);
+        assert_eq!(s.all().unwrap(), vec![a.clone()]);
+        s.set(std::slice::from_ref(&b), true).unwrap();
+        assert_eq!(s.all().unwrap(), vec![b.clone()]);
+        assert!(s.remove(b.ip).unwrap());
+        assert!(!s.remove(b.ip).unwrap());
+    }
+
+    #[test]
+    fn feed_entries_are_checked() {
+        let ip = "10.0.0.1".parse().unwrap();
+        assert!(entry("", None).into_identity(ip, 0).is_err());
+        assert!(entry("a\nb", None).into_identity(ip, 0).is_err());
+        assert!(entry("a", Some(0)).into_identity(ip, 0).is_err());
+        let mut many = entry("a", None);
+        many.groups = (0..65).map(|i| i.to_string()).collect();
+        assert!(many.into_identity(ip, 0).is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! Control's side of the data-plane link (protocol in [`sluice_link`]): a Unix socket the data
+//! planes connect to. Each connection says hello, gets the current rule set and identity feed,
+//! then streams records, which are stored (de-duplicated by data plane and sequence number),
+//! acknowledged, and published to the live tail and the syslog exporter. Rule pushes and
+//! identity changes go down every connection; a rule push waits (bounded) for the answers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::AppState;
+
+/// What control knows of one data plane.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataplaneStatus {
+    /// Its name.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Unix ms of the last connect or disconnect.
+    pub since_ms: u64,
+    /// Rule-set version it enforces (as it last acknowledged).
+    pub policy_version: Option<i64>,
+    /// Why it refused the last push, if it did.
+    pub policy_error: Option<String>,
+    /// Identity-feed generation it acknowledged, and how many entries.
+    pub identities: Option<(u64, usize)>,
+    /// Records received on this connection (replays included).
+    pub records_received: u64,
+    /// Highest sequence number received.
+    pub last_seq: Option<u64>,
+    /// Its last statistics record (counters, spool depth, emitted records).
+    pub stats: Option<Value>,
+}
+
+#[derive(Debug)]
+struct Session {
+    conn: u64,
+    tx: mpsc::UnboundedSender<Down>,
+    waiters: Vec<(i64, oneshot::Sender<Option<String>>)>,
+}
+
+/// The outcome of a rule push at one data plane.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PushResult {
+    /// The data plane.
+    pub dataplane: String,
+    /// `applied`, `refused` or `no answer`.
+    pub status: &'static str,
+    /// Why it refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The connected data planes.
+#[derive(Debug, Default)]
+pub struct Links {
+    sessions: Mutex<HashMap<String, Session>>,
+    status: Mutex<HashMap<String, DataplaneStatus>>,
+    next_conn: AtomicU64,
+    generation: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Unix seconds now.
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
+macro_rules! lock {
+    ($m:expr) => {
+        $m.lock().unwrap_or_else(PoisonError::into_inner)
+    };
+}
+
+impl Links {
+    /// Every data plane seen since control started, by name.
+    pub fn status(&self) -> Vec<DataplaneStatus> {
+        let mut v: Vec<_> = lock!(self.status).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Number of data planes connected now.
+    pub fn connected(&self) -> usize {
+        lock!(self.sessions).len()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut DataplaneStatus)) {
+        let mut st = lock!(self.status);
+        let e = st.entry(name.to_owned()).or_insert_with(|| DataplaneStatus { name: name.to_owned(), ..Default::default() });
+        f(e);
+    }
+
+    /// Sends a rule set to every connected data plane and waits up to `wait` for their
+    /// answers.
+    pub async fn push_policy(&self, version: i64, text: &str, wait: Duration) -> Vec<PushResult> {
+        let mut pending = Vec::new();
+        {
+            let mut sessions = lock!(self.sessions);
+            for (name, s) in sessions.iter_mut() {
+                let (tx, rx) = oneshot::channel();
+                if s.tx.send(Down::Policy { version, text: text.to_owned() }).is_ok() {
+                    s.waiters.push((version, tx));
+                    pending.push((name.clone(), rx));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (dataplane, rx) in pending {
+            let (status, error) = match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(None)) => ("applied", None),
+                Ok(Ok(Some(e))) => ("refused", Some(e)),
+                _ => ("no answer", None),
+            };
+            out.push(PushResult { dataplane, status, error });
+        }
+        out
+    }
+
+    /// Sends the identity feed to every connected data plane; returns to how many.
+    pub fn push_identities(&self, entries: &[Identity]) -> usize {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let sessions = lock!(self.sessions);
+        sessions
+            .values()
+            .filter(|s| s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok())
+            .count()
+    }
+}
+
+/// Binds `path` (replacing a stale socket file; mode 0600) and serves data planes forever.
+pub async fn serve(path: &Path, state: Arc<AppState>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %path.display(), "data-plane link listening");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("link accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, state).await {
+                tracing::warn!("data-plane link: {e}");
+            }
+        });
+    }
+}
+
+async fn write(w: &mut (impl AsyncWriteExt + Unpin), msg: &Down) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf).map_err(std::io::Error::other)?;
+    w.write_all(&buf).await
+}
+
+/// Reads one message, `None` at end of stream.
+async fn read(r: &mut (impl AsyncReadExt + Unpin), dec: &mut Decoder, buf: &mut [u8]) -> std::io::Result<Option<Up>> {
+    loop {
+        if let Some(m) = dec.next::<Up>().map_err(std::io::Error::other)? {
+            return Ok(Some(m));
+        }
+        let n = r.read(buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        dec.push(&buf[..n]);
+    }
+}
+
+async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let hello = tokio::time::timeout(Duration::from_secs(10), read(&mut rd, &mut dec, &mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no hello within 10 s"))??;
+    let Some(Up::Hello { proto, dataplane: name, next_seq, policy_version, .. }) = hello else {
+        return Err(std::io::Error::other("the first message was not a hello"));
+    };
+    let links = &state.links;
+    let refuse = |reason: String| Down::Refused { reason };
+    if proto != PROTO_VERSION {
+        write(&mut wr, &refuse(format!("link version {proto} is not {PROTO_VERSION}"))).await?;
+        return Err(std::io::Error::other(format!("{name}: link version {proto} refused")));
+    }
+    let last_seq = {
+        let st = state.clone();
+        let n = name.clone();
+        tokio::task::spawn_blocking(move || lock!(st.flows).last_seq(&n)).await.map_err(std::io::Error::other)?
+    };
+    let last_seq = last_seq.map_err(std::io::Error::other)?;
+    let conn = links.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let duplicate = {
+        let mut sessions = lock!(links.sessions);
+        let dup = sessions.contains_key(&name);
+        if !dup {
+            sessions.insert(name.clone(), Session { conn, tx: tx.clone(), waiters: Vec::new() });
+        }
+        dup
+    };
+    if duplicate {
+        write(&mut wr, &refuse(format!("a data plane named {name} is already connected"))).await?;
+        return Err(std::io::Error::other(format!("{name}: duplicate name refused")));
+    }
+    tracing::info!(dataplane = %name, next_seq, ?last_seq, ?policy_version, "data plane connected");
+    links.update(&name, |s| {
+        *s = DataplaneStatus { name: name.clone(), connected: true, since_ms: now_ms(), policy_version, last_seq, ..Default::default() };
+    });
+    let _ = tx.send(Down::Welcome { proto: PROTO_VERSION, last_seq });
+    if let Ok(Some(v)) = lock!(state.rules).current() {
+        let _ = tx.send(Down::Policy { version: v.version, text: v.text });
+    }
+    if let Ok(entries) = lock!(state.identities).all() {
+        let generation = links.generation.load(Ordering::Relaxed);
+        let _ = tx.send(Down::Identities { generation, entries });
+    }
+    drop(tx);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write(&mut wr, &m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let r = serve_up(&mut rd, &mut dec, &mut buf, &name, &state).await;
+    writer.abort();
+    {
+        let mut sessions = lock!(links.sessions);
+        if sessions.get(&name).is_some_and(|s| s.conn == conn) {
+            sessions.remove(&name);
+        }
+    }
+    links.update(&name, |s| {
+        s.connected = false;
+        s.since_ms = now_ms();
+    });
+    tracing::info!(dataplane = %name, "data plane disconnected");
+    r
+}
+
+async fn serve_up(
+    rd: &mut (impl AsyncReadExt + Unpin),
+    dec: &mut Decoder,
+    buf: &mut [u8],
+    name: &str,
+    state: &Arc<AppState>,
+) -> std::io::Result<()> {
+    let links = &state.links;
+    while let Some(msg) = read(rd, dec, buf).await? {
+        match msg {
+            Up::Records { records } => {
+                let batch: Vec<(u64, Value)> = records
+                    .into_iter()
+                    .filter_map(|r| Some((r.get("seq")?.as_u64()?, r)))
+                    .collect();
+                let Some(upto) = batch.iter().map(|(s, _)| *s).max() else { continue };
+                let stats = batch.iter().rev().find(|(_, r)| r.get("type").and_then(Value::as_str) == Some("stats")).map(|(_, r)| r.clone());
+                let (st, n) = (state.clone(), name.to_owned());
+                let (batch, fresh) = tokio::task::spawn_blocking(move || {
+                    let fresh = lock!(st.flows).ingest(&n, &batch);
+                    (batch, fresh)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                let fresh = fresh.map_err(std::io::Error::other)?;
+                links.update(name, |s| {
+                    s.records_received += batch.len() as u64;
+                    s.last_seq = s.last_seq.max(Some(upto));
+                    if stats.is_some() {
+                        s.stats = stats;
+                    }
+                });
+                for ((_, mut r), new) in batch.into_iter().zip(fresh) {
+                    if new {
+                        if let Some(o) = r.as_object_mut() {
+                            o.insert("dataplane".into(), name.into());
+                        }
+                        state.hub.publish(Arc::new(r));
+                    }
+                }
+                if let Some(s) = lock!(links.sessions).get(name) {
+                    let _ = s.tx.send(Down::Ack { upto });
+                }
+            }
+            Up::PolicyAck { version, error } => {
+                match &error {
+                    None => tracing::info!(dataplane = %name, version, "policy in force"),
+                    Some(e) => tracing::warn!(dataplane = %name, version, "policy refused: {e}"),
+                }
+                links.update(name, |s| {
+                    if error.is_none() {
+                        s.policy_version = Some(version);
+                    }
+                    s.policy_error.clone_from(&error);
+                });
+                if let Some(s) = lock!(links.sessions).get_mut(name) {
+                    let (done, keep): (Vec<_>, Vec<_>) = s.waiters.drain(..).partition(|(v, _)| *v == version);
+                    s.waiters = keep;
+                    for (_, w) in done {
+                        let _ = w.send(error.clone());
+                    }
+                }
+            }
+            Up::IdentitiesAck { generation, entries } => {
+                links.update(name, |s| s.identities = Some((generation, entries)));
+            }
+            other => tracing::warn!(dataplane = %name, "unexpected message: {other:?}"),
+        }
+    }
+    Ok(())
+}

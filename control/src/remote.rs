@@ -1,0 +1,518 @@
+//! `sluicectl`'s commands that talk to the control API: rule pushes and history, records,
+//! the live tail, the identity feed, status. Human tables by default, JSON with `--json`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{Value, json};
+use sluice_control::client::{Client, Reply};
+
+/// Where the API is and who we are.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Control API URL.
+    #[arg(long, env = "SLUICE_URL", global = true)]
+    pub url: Option<String>,
+    /// API token (prefer the environment: a flag shows in the process list).
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA (PEM) to verify the API's certificate with (default: Mozilla's roots).
+    #[arg(long, env = "SLUICE_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Record filters (`flows`, `requests`, `tail`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct Filters {
+    /// From: unix ms or a duration back from now (90s, 15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Until: unix ms or a duration back from now.
+    #[arg(long)]
+    until: Option<String>,
+    /// Identity name.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Feed user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Client address.
+    #[arg(long)]
+    src: Option<String>,
+    /// Server name.
+    #[arg(long)]
+    sni: Option<String>,
+    /// Category.
+    #[arg(long)]
+    category: Option<String>,
+    /// Verdict (allow, block, divert).
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Rule name.
+    #[arg(long)]
+    rule: Option<String>,
+    /// DLP detector with findings (requests only).
+    #[arg(long)]
+    detector: Option<String>,
+}
+
+impl Filters {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("since", &self.since),
+            ("until", &self.until),
+            ("identity", &self.identity),
+            ("user", &self.user),
+            ("src", &self.src),
+            ("sni", &self.sni),
+            ("category", &self.category),
+            ("verdict", &self.verdict),
+            ("rule", &self.rule),
+            ("detector", &self.detector),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// Percent-encodes a query value.
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn qs(pairs: &[(&str, String)]) -> String {
+    let s: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+    if s.is_empty() { String::new() } else { format!("?{}", s.join("&")) }
+}
+
+/// The failure of a command: message and exit code.
+pub struct Fail(pub String, pub u8);
+
+type Out = Result<(), Fail>;
+
+fn usage(m: impl Into<String>) -> Fail {
+    Fail(m.into(), 2)
+}
+
+pub(crate) struct Api {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    pub json: bool,
+}
+
+impl Api {
+    pub fn new(c: &Conn) -> Result<Api, Fail> {
+        let url = c.url.as_deref().ok_or_else(|| usage("no API URL: --url or SLUICE_URL"))?;
+        let token = c.token.as_deref().ok_or_else(|| usage("no token: SLUICE_TOKEN (or --token)"))?;
+        let client = Client::new(url, token, c.ca.as_deref()).map_err(|e| usage(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| usage(e.to_string()))?;
+        Ok(Api { client, rt, json: c.json })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Value, Fail> {
+        let r = self.rt.block_on(self.client.call(method, path, body)).map_err(|e| usage(e.to_string()))?;
+        check(r)
+    }
+
+    fn get(&self, path: &str) -> Result<Value, Fail> {
+        self.call("GET", path, None)
+    }
+}
+
+/// The JSON of a 2xx answer, or the server's error as a failure (exit 1).
+fn check(r: Reply) -> Result<Value, Fail> {
+    let v: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.body).into_owned()));
+    if (200..300).contains(&r.status) {
+        return Ok(v);
+    }
+    let mut msg = format!("HTTP {}: {}", r.status, v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string()));
+    for e in v.get("errors").and_then(Value::as_array).into_iter().flatten() {
+        match e {
+            Value::String(s) => msg.push_str(&format!("\n  {s}")),
+            d => msg.push_str(&format!(
+                "\n  {}:{}:{}: {}",
+                d["file"].as_str().unwrap_or("rules"),
+                d["line"],
+                d["col"],
+                d["message"].as_str().unwrap_or("")
+            )),
+        }
+    }
+    Err(Fail(msg, 1))
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Local time-free rendering of unix ms as `YYYY-MM-DD HH:MM:SS` UTC.
+fn when(ms: &Value) -> String {
+    let Some(ms) = ms.as_u64() else { return "-".into() };
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Prints rows as a table with a header, columns as wide as their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<0$}", w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn flow_row(r: &Value) -> Vec<String> {
+    vec![
+        when(&r["ts_ms"]),
+        s(r, "identity"),
+        format!("{}:{}", s(r, "src"), s(r, "sport")),
+        format!("{}:{}", s(r, "dst"), s(r, "dport")),
+        s(r, "proto"),
+        s(r, "sni"),
+        s(r, "verdict"),
+        s(r, "rule"),
+        format!("{}/{}", s(r, "bytes_out"), s(r, "bytes_in")),
+    ]
+}
+
+fn request_row(r: &Value) -> Vec<String> {
+    let dlp: Vec<String> = r["dlp_findings"]
+        .as_array()
+        .map(|a| a.iter().map(|f| format!("{}x{}", s(f, "detector"), s(f, "count"))).collect())
+        .unwrap_or_default();
+    vec![
+        when(&r["ts_ms"]),
+        s(r, "identity"),
+        s(r, "src"),
+        s(r, "sni"),
+        format!("{} {}", s(r, "method"), s(r, "path")),
+        s(r, "model"),
+        s(r, "status"),
+        s(r, "verdict"),
+        if dlp.is_empty() { "-".into() } else { format!("{} {}", s(r, "dlp_action"), dlp.join(",")) },
+    ]
+}
+
+const FLOW_HEAD: [&str; 9] = ["time", "identity", "src", "dst", "proto", "sni", "verdict", "rule", "bytes out/in"];
+const REQ_HEAD: [&str; 9] = ["time", "identity", "src", "sni", "request", "model", "status", "verdict", "dlp"];
+
+/// `flows` / `requests`: one page (`limit`) or every page (`all`), newest first.
+pub fn records(api: &Api, kind: &str, f: &Filters, limit: usize, all: bool) -> Out {
+    let mut q = f.query();
+    q.push(("limit", limit.clamp(1, 1000).to_string()));
+    let mut out = Vec::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let mut page_q = q.clone();
+        if let Some(c) = cursor {
+            page_q.push(("cursor", c.to_string()));
+        }
+        let page = api.get(&format!("/v1/{kind}{}", qs(&page_q)))?;
+        out.extend(page["records"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].as_i64();
+        if !all || cursor.is_none() || out.len() >= usize::MAX / 2 {
+            break;
+        }
+    }
+    if api.json {
+        for r in &out {
+            println!("{r}");
+        }
+        return Ok(());
+    }
+    let (head, row): (&[&str], fn(&Value) -> Vec<String>) =
+        if kind == "flows" { (&FLOW_HEAD, flow_row) } else { (&REQ_HEAD, request_row) };
+    table(head, &out.iter().map(row).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// `tail`: new records as they are stored, until interrupted.
+pub fn tail(api: &Api, f: &Filters, kind: Option<&str>) -> Out {
+    let mut q = f.query();
+    if let Some(k) = kind {
+        q.push(("type", k.to_owned()));
+    }
+    let mut buf = String::new();
+    let json = api.json;
+    let r = api
+        .rt
+        .block_on(api.client.stream(&format!("/v1/flows/stream{}", qs(&q)), |chunk| {
+            buf.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                let mut name = "";
+                let mut data = String::new();
+                for line in event.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&data) else { continue };
+                if json {
+                    println!("{v}");
+                } else {
+                    match name {
+                        "flow" => println!("flow     {}", flow_row(&v).join("  ")),
+                        "request" => println!("request  {}", request_row(&v).join("  ")),
+                        "lagged" => eprintln!("sluicectl: {} records missed (reader too slow)", s(&v, "missed")),
+                        _ => {}
+                    }
+                }
+                use std::io::Write;
+                if std::io::stdout().flush().is_err() {
+                    return false;
+                }
+            }
+            true
+        }))
+        .map_err(|e| usage(e.to_string()))?;
+    if r.status != 200 {
+        check(r)?;
+    }
+    Ok(())
+}
+
+/// `rules push|validate FILE`.
+pub fn rules_send(api: &Api, file: &PathBuf, push: bool) -> Out {
+    let text = std::fs::read(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let (method, path) = if push { ("PUT", "/v1/rules") } else { ("POST", "/v1/rules/validate") };
+    let v = api.call(method, path, Some((text, "application/toml"))).map_err(|Fail(m, c)| {
+        Fail(m.replace("rules.toml:", &format!("{}:", file.display())), c)
+    })?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("{}:{}:{}: warning: {}", file.display(), w["line"], w["col"], s(w, "message"));
+    }
+    if !push {
+        println!("{}: valid", file.display());
+        return Ok(());
+    }
+    println!("version {} stored", s(&v, "version"));
+    report_push(&v)
+}
+
+/// Says how each data plane took a push; exit 1 if any refused it or did not answer.
+fn report_push(v: &Value) -> Out {
+    let dps = v["dataplanes"].as_array().cloned().unwrap_or_default();
+    if dps.is_empty() {
+        println!("no data plane connected: it will be enforced when one connects");
+    }
+    let mut bad = false;
+    for d in &dps {
+        let st = s(d, "status");
+        bad |= st != "applied";
+        match d.get("error").and_then(Value::as_str) {
+            Some(e) => println!("  {}: {st}: {e}", s(d, "dataplane")),
+            None => println!("  {}: {st}", s(d, "dataplane")),
+        }
+    }
+    if bad { Err(Fail("not every data plane enforces it".into(), 1)) } else { Ok(()) }
+}
+
+/// `rules show`: the current rule set (its text on stdout, who and when on stderr).
+pub fn rules_show(api: &Api) -> Out {
+    let v = api.get("/v1/rules")?;
+    if api.json {
+        print_json(&v);
+    } else {
+        eprintln!("# version {} by {} ({} UTC)", s(&v, "version"), s(&v, "author"), when(&v["ts_ms"]));
+        print!("{}", v["text"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// `rules history`.
+pub fn rules_history(api: &Api) -> Out {
+    let v = api.get("/v1/rules/history")?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| vec![s(h, "version"), when(&h["ts_ms"]), s(h, "author"), s(h, "note")])
+        .collect();
+    table(&["version", "time", "author", "note"], &rows);
+    Ok(())
+}
+
+/// `rules diff FROM [TO]` against the server's versions.
+pub fn rules_diff(api: &Api, from: i64, to: Option<i64>) -> Out {
+    let mut q = vec![("from", from.to_string())];
+    if let Some(t) = to {
+        q.push(("to", t.to_string()));
+    }
+    print_json(&api.get(&format!("/v1/rules/diff{}", qs(&q)))?);
+    Ok(())
+}
+
+/// `rules rollback VERSION`.
+pub fn rules_rollback(api: &Api, version: i64) -> Out {
+    let v = api.call("POST", &format!("/v1/rules/rollback/{version}"), None)?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("version {} stored (the text of version {version})", s(&v, "version"));
+    report_push(&v)
+}
+
+/// `identities set IP USER`.
+pub fn identity_set(api: &Api, ip: &str, user: &str, groups: &[String], ttl: Option<u64>) -> Out {
+    let body = json!({ "user": user, "groups": groups, "ttl": ttl });
+    let v = api.call("PUT", &format!("/v1/identities/{}", enc(ip)), Some((body.to_string().into_bytes(), "application/json")))?;
+    done(api, &v)
+}
+
+/// `identities rm IP`.
+pub fn identity_rm(api: &Api, ip: &str) -> Out {
+    let v = api.call("DELETE", &format!("/v1/identities/{}", enc(ip)), None)?;
+    done(api, &v)
+}
+
+/// `identities load FILE`: a JSON array (or JSON lines) of `{ip, user, groups, ttl}`.
+pub fn identity_load(api: &Api, file: &PathBuf, replace: bool) -> Out {
+    let text = std::fs::read_to_string(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let entries: Vec<Value> = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(a)) => a,
+        _ => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .map_err(|e| usage(format!("{}: expected a JSON array or JSON lines: {e}", file.display())))?,
+    };
+    let body = json!({ "identities": entries, "replace": replace });
+    let v = api.call("POST", "/v1/identities", Some((body.to_string().into_bytes(), "application/json")))?;
+    done(api, &v)
+}
+
+fn done(api: &Api, v: &Value) -> Out {
+    if api.json {
+        print_json(v);
+    } else {
+        println!("{} entries in the feed, sent to {} data plane(s)", s(v, "entries"), s(v, "dataplanes"));
+    }
+    Ok(())
+}
+
+/// `identities list`.
+pub fn identity_list(api: &Api) -> Out {
+    let v = api.get("/v1/identities")?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let groups: Vec<String> = e["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect();
+            vec![s(e, "ip"), s(e, "user"), groups.join(","), if e["expires_at"].is_null() { "-".into() } else { when(&json!(e["expires_at"].as_u64().unwrap_or(0) * 1000)) }]
+        })
+        .collect();
+    table(&["ip", "user", "groups", "expires (UTC)"], &rows);
+    Ok(())
+}
+
+/// `status`.
+pub fn status(api: &Api) -> Out {
+    let v = api.get("/v1/status")?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!("rules version {}   identities {}   stored flows {}   requests {}   up {} s",
+        s(&v, "rules_version"), s(&v, "identities"), s(&v["stored"], "flows"), s(&v["stored"], "requests"), s(&v, "uptime_s"));
+    let rows: Vec<Vec<String>> = v["dataplanes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let link = &d["stats"]["link"];
+            vec![
+                s(d, "name"),
+                if d["connected"] == true { "connected".into() } else { "away".into() },
+                when(&d["since_ms"]),
+                s(d, "policy_version"),
+                d.get("policy_error").and_then(Value::as_str).map_or("-".into(), |e| e.chars().take(40).collect()),
+                s(d, "last_seq"),
+                s(link, "spool_depth"),
+                s(link, "spool_dropped"),
+            ]
+        })
+        .collect();
+    table(&["dataplane", "link", "since (UTC)", "policy", "policy error", "last seq", "spooled", "dropped"], &rows);
+    Ok(())
+}
+
+/// `ca get`.
+pub fn ca_get(api: &Api) -> Out {
+    let r = api.rt.block_on(api.client.call("GET", "/v1/ca.pem", None)).map_err(|e| usage(e.to_string()))?;
+    if r.status != 200 {
+        check(r)?;
+        return Ok(());
+    }
+    print!("{}", String::from_utf8_lossy(&r.body));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_encoded() {
+        assert_eq!(qs(&[("sni", "a b&c".into()), ("since", "15m".into())]), "?sni=a%20b%26c&since=15m");
+        assert_eq!(qs(&[]), "");
+        assert_eq!(when(&json!(0)), "1970-01-01 00:00:00");
+    }
+}

@@ -1,0 +1,288 @@
+//! The data plane's side of the link to `sluice-control` (protocol in [`sluice_link`]).
+//!
+//! One thread owns the Unix socket: it connects (retrying with back-off while control is
+//! away), says hello, then sends what the [`Spool`] holds beyond what control has stored and
+//! applies what control pushes — a rule set (compiled, swapped whole into the shared
+//! [`Policy`] and written to the state directory so a restart enforces it even without
+//! control) or the identity feed (swapped whole into the [`IdentityOverlay`]). Packet threads
+//! never wait on any of this: they read the snapshots through `ArcSwap`.
+
+pub mod spool;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode};
+use sluice_rules::catalog::ShippedOnly;
+use sluice_rules::{IdentityOverlay, OverlayEntry, Policy, Severity, compile};
+use tracing::{info, warn};
+
+pub use spool::Spool;
+
+/// Hex SHA-256 of a rule text.
+pub fn text_sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The rule set in force: the shared policy snapshot, where it came from, and the state
+/// directory where a pushed one is kept.
+#[derive(Debug)]
+pub struct Enforced {
+    /// The policy the packet and interception threads read.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The identity feed they read.
+    pub overlay: Arc<ArcSwap<IdentityOverlay>>,
+    state_dir: PathBuf,
+    meta: Mutex<(Option<i64>, String)>,
+}
+
+/// A pushed rule set kept on disk: its version and text.
+pub fn saved_policy(state_dir: &Path) -> Option<(i64, String)> {
+    let version = std::fs::read_to_string(state_dir.join("policy.version")).ok()?;
+    let text = std::fs::read_to_string(state_dir.join("policy.toml")).ok()?;
+    Some((version.trim().parse().ok()?, text))
+}
+
+/// Compiles a pushed rule text (includes are the shipped catalogs only, as control checked).
+pub fn compile_pushed(text: &str) -> Result<Policy, String> {
+    compile("pushed rules", text, &ShippedOnly).map(|c| c.policy).map_err(|d| {
+        d.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    })
+}
+
+impl Enforced {
+    /// `version` is `Some` when the policy came from control; `sha256` is of its text.
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        overlay: Arc<ArcSwap<IdentityOverlay>>,
+        state_dir: &Path,
+        version: Option<i64>,
+        sha256: String,
+    ) -> Enforced {
+        Enforced { policy, overlay, state_dir: state_dir.to_owned(), meta: Mutex::new((version, sha256)) }
+    }
+
+    /// Version (if pushed) and text hash of the policy in force.
+    pub fn current(&self) -> (Option<i64>, String) {
+        self.meta.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the policy in force by a rule file loaded locally (SIGHUP).
+    pub fn set_local(&self, policy: Policy, sha256: String) {
+        self.policy.store(Arc::new(policy));
+        *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = (None, sha256);
+    }
+
+    /// Compiles and enforces a pushed rule set, then keeps it on disk. On error the policy
+    /// in force stays and the error is returned.
+    pub fn apply_pushed(&self, version: i64, text: &str) -> Result<(), String> {
+        let sha = text_sha256(text);
+        let mut meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
+        if meta.1 != sha {
+            let policy = compile_pushed(text)?;
+            self.policy.store(Arc::new(policy));
+        }
+        *meta = (Some(version), sha);
+        drop(meta);
+        if let Err(e) = self.save(version, text) {
+            warn!("keeping the pushed policy on disk failed (it is enforced): {e}");
+        }
+        Ok(())
+    }
+
+    fn save(&self, version: i64, text: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let write = |name: &str, data: &str| -> std::io::Result<()> {
+            let tmp = self.state_dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.state_dir.join(name))
+        };
+        write("policy.toml", text)?;
+        write("policy.version", &format!("{version}\n"))
+    }
+
+    /// Replaces the identity feed.
+    pub fn apply_identities(&self, entries: &[Identity]) {
+        let overlay = IdentityOverlay::new(entries.iter().map(|e| {
+            (
+                e.ip,
+                OverlayEntry {
+                    user: e.user.as_str().into(),
+                    groups: e.groups.iter().map(|g| g.as_str().into()).collect(),
+                    expires_at: e.expires_at,
+                },
+            )
+        }));
+        self.overlay.store(Arc::new(overlay));
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Control's Unix socket.
+    pub socket: PathBuf,
+    /// This data plane's name.
+    pub name: String,
+}
+
+/// Most records in one message, and most sent ahead of control's acknowledgements.
+const BATCH: usize = 2_000;
+const WINDOW: u64 = 20_000;
+
+/// Runs the link until `stop`: connect, serve, reconnect.
+pub fn run(cfg: LinkConfig, spool: Arc<Mutex<Spool>>, enforced: Arc<Enforced>, connected: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_error = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match UnixStream::connect(&cfg.socket) {
+            Ok(stream) => {
+                backoff = Duration::from_millis(100);
+                info!(socket = %cfg.socket.display(), "connected to control");
+                connected.store(true, Ordering::Relaxed);
+                let r = serve(stream, &cfg, &spool, &enforced, &stop);
+                connected.store(false, Ordering::Relaxed);
+                match r {
+                    Ok(()) => info!("link to control closed"),
+                    Err(e) => warn!("link to control lost: {e}"),
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_error {
+                    warn!(socket = %cfg.socket.display(), "control unreachable, records are spooled: {msg}");
+                    last_error = msg;
+                }
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn send(stream: &mut UnixStream, msg: &Up) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf).map_err(std::io::Error::other)?;
+    stream.write_all(&buf)
+}
+
+fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One connection: hello, then alternate between reading what control sent (with a short
+/// timeout) and sending spooled records beyond what was sent.
+fn serve(
+    mut stream: UnixStream,
+    cfg: &LinkConfig,
+    spool: &Mutex<Spool>,
+    enforced: &Enforced,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let (version, sha) = enforced.current();
+    let next_seq = lock(spool).next_seq();
+    send(
+        &mut stream,
+        &Up::Hello { proto: PROTO_VERSION, dataplane: cfg.name.clone(), next_seq, policy_version: version, policy_sha256: sha },
+    )?;
+    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    // Highest sequence number sent on this connection; `None` until control's welcome.
+    let mut sent: Option<u64> = None;
+    let mut acked = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => dec.push(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+        while let Some(msg) = dec.next::<Down>().map_err(std::io::Error::other)? {
+            match msg {
+                Down::Welcome { proto, last_seq } => {
+                    if proto != PROTO_VERSION {
+                        return Err(std::io::Error::other(format!("control speaks link version {proto}, we speak {PROTO_VERSION}")));
+                    }
+                    let mut s = lock(spool);
+                    if let Some(last) = last_seq {
+                        s.skip_to(last)?;
+                        s.ack(last)?;
+                    }
+                    let from = s.next_seq().saturating_sub(s.depth() + 1);
+                    acked = from;
+                    sent = Some(from);
+                }
+                Down::Refused { reason } => return Err(std::io::Error::other(format!("control refused us: {reason}"))),
+                Down::Policy { version, text } => {
+                    let error = enforced.apply_pushed(version, &text).err();
+                    match &error {
+                        None => info!(version, "policy pushed by control is in force"),
+                        Some(e) => warn!(version, "policy pushed by control refused, keeping the current one: {e}"),
+                    }
+                    send(&mut stream, &Up::PolicyAck { version, error })?;
+                }
+                Down::Identities { generation, entries } => {
+                    enforced.apply_identities(&entries);
+                    info!(generation, entries = entries.len(), "identity feed in force");
+                    send(&mut stream, &Up::IdentitiesAck { generation, entries: entries.len() })?;
+                }
+                Down::Ack { upto } => {
+                    acked = acked.max(upto);
+                    lock(spool).ack(upto)?;
+                }
+                other => warn!("unexpected message from control: {other:?}"),
+            }
+        }
+        let Some(after) = sent else { continue };
+        if after >= acked + WINDOW {
+            continue;
+        }
+        let batch = lock(spool).read_after(after, BATCH)?;
+        if let Some(&(last, _)) = batch.last() {
+            let records = batch
+                .into_iter()
+                .filter_map(|(_, line)| serde_json::from_str(&line).ok())
+                .collect();
+            send(&mut stream, &Up::Records { records })?;
+            sent = Some(last);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushed_policy_is_enforced_kept_and_refused_when_broken() {
+        let dir = std::env::temp_dir().join(format!("sluice-enforced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = "[defaults]\naction = \"allow\"\n";
+        let policy = Arc::new(ArcSwap::from_pointee(compile_pushed(base).unwrap()));
+        let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
+        let e = Enforced::new(policy.clone(), overlay.clone(), &dir, None, text_sha256(base));
+        let block = "[defaults]\naction = \"block\"\n";
+        e.apply_pushed(4, block).unwrap();
+        assert_eq!(e.current(), (Some(4), text_sha256(block)));
+        assert_eq!(saved_policy(&dir), Some((4, block.to_owned())));
+        let err = e.apply_pushed(5, "[defaults]\naction = \"maybe\"\n").unwrap_err();
+        assert!(err.contains("maybe"), "{err}");
+        assert_eq!(e.current().0, Some(4), "the broken push changed nothing");
+        e.apply_identities(&[Identity { ip: "10.0.0.9".parse().unwrap(), user: "u@x".into(), groups: vec!["g".into()], expires_at: None }]);
+        assert_eq!(overlay.load().get("10.0.0.9".parse().unwrap(), 0).map(|o| &*o.user), Some("u@x"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,292 @@
+//! The record spool: every record the data plane emits is numbered and written here before
+//! it is sent to control, and stays until control acknowledges it. While control is
+//! unreachable the spool grows, bounded by bytes; at the bound the oldest segment goes and
+//! [`Spool::dropped`] counts its records. After a restart the spool is read back, so records
+//! survive a restart of either process.
+//!
+//! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each with its `seq`.
+//! The newest file is the active one; a file is closed at [`SEGMENT_BYTES`]. This module owns
+//! files; it is kept small and is driven by the link thread and the record writer.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Size at which the active segment is closed and a new one begun.
+pub const SEGMENT_BYTES: u64 = 4 << 20;
+
+#[derive(Debug)]
+struct Segment {
+    first: u64,
+    /// Sequence number after its last record (`first` when empty).
+    end: u64,
+    bytes: u64,
+    path: PathBuf,
+}
+
+/// The spool (see the module docs).
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    /// Closed segments, oldest first, then the active one last (never empty).
+    segments: VecDeque<Segment>,
+    active: File,
+    max_bytes: u64,
+    acked: u64,
+    dropped: u64,
+}
+
+fn seg_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.jsonl"))
+}
+
+fn seq_of(line: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(line).ok()?.get("seq")?.as_u64()
+}
+
+/// Reads a segment back: the sequence number after its last whole record and the bytes of
+/// whole records (a torn last line, from a crash mid-write, is cut off).
+fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
+    let mut r = BufReader::new(File::open(path)?);
+    let (mut end, mut good, mut line) = (first, 0u64, Vec::new());
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        match seq_of(&line) {
+            Some(s) if s >= end => end = s + 1,
+            _ => break,
+        }
+        good += n as u64;
+    }
+    let len = std::fs::metadata(path)?.len();
+    if len != good {
+        tracing::warn!(file = %path.display(), cut = len - good, "spool: torn record cut off");
+        OpenOptions::new().write(true).open(path)?.set_len(good)?;
+    }
+    Ok((end, good))
+}
+
+impl Spool {
+    /// Opens the spool in `dir` (created if needed), reading back what a previous run left.
+    /// `max_bytes` bounds the whole spool.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".jsonl")?.parse().ok()
+            })
+            .collect();
+        firsts.sort_unstable();
+        let mut segments = VecDeque::new();
+        for first in firsts {
+            let path = seg_path(dir, first);
+            let (end, bytes) = scan(&path, first)?;
+            segments.push_back(Segment { first, end, bytes, path });
+        }
+        if segments.is_empty() {
+            segments.push_back(Segment { first: 1, end: 1, bytes: 0, path: seg_path(dir, 1) });
+        }
+        let last = segments.back().map(|s| s.path.clone()).unwrap_or_default();
+        let active = OpenOptions::new().create(true).append(true).open(&last)?;
+        let acked = segments.front().map_or(0, |s| s.first.saturating_sub(1));
+        Ok(Spool { dir: dir.to_owned(), segments, active, max_bytes: max_bytes.max(1), acked, dropped: 0 })
+    }
+
+    fn active_seg(&self) -> &Segment {
+        self.segments.back().expect("the spool always has an active segment")
+    }
+
+    /// Sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.active_seg().end
+    }
+
+    /// Records not yet acknowledged.
+    pub fn depth(&self) -> u64 {
+        self.next_seq().saturating_sub(self.acked + 1)
+    }
+
+    /// Records dropped at the bound since this process started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Numbers `records` (adding `seq`), writes them durably, and returns the first number.
+    pub fn append(&mut self, records: impl IntoIterator<Item = Value>) -> io::Result<u64> {
+        let first = self.next_seq();
+        let mut buf = Vec::new();
+        let mut seq = first;
+        for mut r in records {
+            if let Some(o) = r.as_object_mut() {
+                o.insert("seq".into(), seq.into());
+            }
+            serde_json::to_writer(&mut buf, &r).map_err(io::Error::other)?;
+            buf.push(b'\n');
+            seq += 1;
+        }
+        if seq == first {
+            return Ok(first);
+        }
+        self.active.write_all(&buf)?;
+        self.active.sync_data()?;
+        let a = self.segments.back_mut().expect("active segment");
+        a.end = seq;
+        a.bytes += buf.len() as u64;
+        if a.bytes >= SEGMENT_BYTES.min(self.max_bytes / 4).max(1) {
+            self.rotate(seq)?;
+        }
+        while self.bytes() > self.max_bytes && self.segments.len() > 1 {
+            let old = self.segments.pop_front().expect("more than one segment");
+            let lost = old.end.saturating_sub(old.first.max(self.acked + 1));
+            self.dropped += lost;
+            self.acked = self.acked.max(old.end.saturating_sub(1));
+            std::fs::remove_file(&old.path)?;
+            tracing::warn!(lost, total = self.dropped, "spool full: oldest unsent records dropped");
+        }
+        Ok(first)
+    }
+
+    /// Closes the active segment and starts a new one at `first`.
+    fn rotate(&mut self, first: u64) -> io::Result<()> {
+        let path = seg_path(&self.dir, first);
+        self.active = OpenOptions::new().create(true).append(true).open(&path)?;
+        self.segments.push_back(Segment { first, end: first, bytes: 0, path });
+        Ok(())
+    }
+
+    /// Control stored everything up to `upto`: segments wholly at or below it are deleted.
+    pub fn ack(&mut self, upto: u64) -> io::Result<()> {
+        if upto <= self.acked {
+            return Ok(());
+        }
+        self.acked = upto.min(self.next_seq().saturating_sub(1));
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.end <= upto + 1) {
+            let old = self.segments.pop_front().expect("checked");
+            std::fs::remove_file(&old.path)?;
+        }
+        let a = self.active_seg();
+        if a.bytes > 0 && a.end <= upto + 1 {
+            let (old, next) = (a.path.clone(), a.end);
+            self.rotate(next)?;
+            self.segments.pop_front();
+            std::fs::remove_file(old)?;
+        }
+        Ok(())
+    }
+
+    /// Control holds records up to `last` already (its spool copy was lost, or this is a new
+    /// spool for a known name): numbering continues after it so nothing new is taken for a
+    /// duplicate.
+    pub fn skip_to(&mut self, last: u64) -> io::Result<()> {
+        if self.next_seq() > last {
+            return Ok(());
+        }
+        tracing::warn!(from = self.next_seq(), to = last + 1, "spool: numbering continues after control's last record");
+        self.rotate(last + 1)?;
+        self.ack(last)
+    }
+
+    /// Up to `max` records with a sequence number above `after`, in order (as JSON text lines).
+    pub fn read_after(&self, after: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for s in self.segments.iter().filter(|s| s.end > after + 1 && s.bytes > 0) {
+            let r = BufReader::new(File::open(&s.path)?);
+            for line in r.lines() {
+                let line = line?;
+                let Some(seq) = seq_of(line.as_bytes()) else { continue };
+                if seq > after {
+                    out.push((seq, line));
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn recs(n: usize) -> Vec<Value> {
+        (0..n).map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(100)})).collect()
+    }
+
+    #[test]
+    fn numbers_acks_and_survives_reopen() {
+        let d = dir("reopen");
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert_eq!(s.append(recs(5)).unwrap(), 1);
+        assert_eq!(s.append(recs(3)).unwrap(), 6);
+        assert_eq!(s.depth(), 8);
+        let got = s.read_after(3, 100).unwrap();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        s.ack(8).unwrap();
+        assert_eq!(s.depth(), 0);
+        assert!(s.read_after(0, 100).unwrap().is_empty());
+        s.append(recs(2)).unwrap();
+        drop(s);
+        // A crash mid-write leaves a torn line: cut off on reopen, numbering continues.
+        let last = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+        OpenOptions::new().append(true).open(&last).unwrap().write_all(b"{\"seq\":11,\"ty").unwrap();
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert_eq!(s.next_seq(), 11);
+        assert_eq!(s.depth(), 2);
+        assert_eq!(s.read_after(0, 100).unwrap().iter().map(|r| r.0).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(s.append(recs(1)).unwrap(), 11);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn bound_drops_the_oldest_and_counts() {
+        let d = dir("bound");
+        // Segments of max/4 bytes: at most about four kept.
+        let mut s = Spool::open(&d, 40_000).unwrap();
+        for _ in 0..100 {
+            s.append(recs(10)).unwrap();
+        }
+        assert!(s.bytes() <= 40_000 + 10_000, "{} bytes", s.bytes());
+        assert!(s.dropped() > 0);
+        assert_eq!(s.dropped() + s.depth(), 1000, "every record is either spooled or counted");
+        let kept = s.read_after(0, usize::MAX).unwrap();
+        assert_eq!(kept.len() as u64, s.depth());
+        assert_eq!(kept.last().unwrap().0, 1000);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn skip_to_continues_after_control() {
+        let d = dir("skip");
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        s.skip_to(41).unwrap();
+        assert_eq!(s.append(recs(1)).unwrap(), 42);
+        assert_eq!(s.depth(), 1);
+        s.skip_to(10).unwrap();
+        assert_eq!(s.next_seq(), 43);
+        drop(s);
+        assert_eq!(Spool::open(&d, 1 << 30).unwrap().next_seq(), 43);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,284 @@
+//! The link between a Sluice data plane and `sluice-control`, over a Unix socket.
+//!
+//! Frames are a 4-byte big-endian length followed by that many bytes of JSON, one message
+//! each ([`Up`] from the data plane, [`Down`] from control). The first message each way names
+//! the protocol version ([`PROTO_VERSION`]); a peer speaking another version is refused with
+//! a reason, never half-understood.
+//!
+//! The conversation:
+//! 1. the data plane connects and sends [`Up::Hello`] (its name, the next sequence number it
+//!    will use, the SHA-256 of the rule text it enforces);
+//! 2. control answers [`Down::Welcome`] with the highest sequence number it has stored for
+//!    that data plane (so a replay can skip what is already there), then [`Down::Policy`] with
+//!    the current rule set and [`Down::Identities`] with the identity feed;
+//! 3. the data plane sends [`Up::Records`] (each record carries its `seq`) and control answers
+//!    [`Down::Ack`] once they are stored; the data plane forgets its spooled copies up to it;
+//! 4. every later push is a [`Down::Policy`] or [`Down::Identities`], acknowledged by
+//!    [`Up::PolicyAck`] / [`Up::IdentitiesAck`].
+//!
+//! Everything here is pure: [`encode`] writes a frame into a buffer, [`Decoder`] takes bytes
+//! as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the messages below. Bumped on any incompatible change.
+pub const PROTO_VERSION: u32 = 1;
+
+/// Largest frame either side accepts (a policy with large dictionaries, or a batch of
+/// records). A longer length prefix is an error, not an allocation.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Messages from the data plane to control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Up {
+    /// First message of a connection.
+    Hello {
+        /// [`PROTO_VERSION`] of the sender.
+        proto: u32,
+        /// Name of the data plane (unique per control daemon; records are de-duplicated per
+        /// name and sequence number).
+        dataplane: String,
+        /// Sequence number of the next record the data plane will emit.
+        next_seq: u64,
+        /// Version of the pushed policy in force, if it came from control.
+        policy_version: Option<i64>,
+        /// Hex SHA-256 of the rule text in force.
+        policy_sha256: String,
+    },
+    /// Records (flow, request, stats), each a JSON object with a `seq` member, in sequence
+    /// order.
+    Records {
+        /// The records.
+        records: Vec<Value>,
+    },
+    /// Answer to [`Down::Policy`].
+    PolicyAck {
+        /// The version pushed.
+        version: i64,
+        /// `None`: compiled and in force. `Some`: why it was refused (the old policy stays).
+        error: Option<String>,
+    },
+    /// Answer to [`Down::Identities`].
+    IdentitiesAck {
+        /// The generation pushed.
+        generation: u64,
+        /// Entries now in force.
+        entries: usize,
+    },
+}
+
+/// Messages from control to the data plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Down {
+    /// Answer to [`Up::Hello`].
+    Welcome {
+        /// [`PROTO_VERSION`] of control.
+        proto: u32,
+        /// Highest sequence number stored for this data plane, if any.
+        last_seq: Option<u64>,
+    },
+    /// The hello was refused (wrong version, name already connected); the link closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A rule set to compile and enforce (replacing the current one whole).
+    Policy {
+        /// Its version in control's rule store.
+        version: i64,
+        /// The rule text (TOML).
+        text: String,
+    },
+    /// The whole identity feed (replacing the previous one).
+    Identities {
+        /// Increases with every change.
+        generation: u64,
+        /// The entries.
+        entries: Vec<Identity>,
+    },
+    /// Records up to this sequence number are stored; their spooled copies may go.
+    Ack {
+        /// Highest stored sequence number of the acknowledged batch.
+        upto: u64,
+    },
+}
+
+/// Who sits behind an address, as an identity feed said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The address.
+    pub ip: std::net::IpAddr,
+    /// User name.
+    pub user: String,
+    /// Groups (a group naming a declared identity places the source in it).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Unix seconds after which the entry no longer applies; `None` never.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The length prefix is beyond [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The frame is not a message of this protocol.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), LinkError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, msg).map_err(|e| LinkError::Malformed(e.to_string()))?;
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(LinkError::TooLarge(len));
+    }
+    let len = u32::try_from(len).map_err(|_| LinkError::TooLarge(len))?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Incremental frame reader: [`Decoder::push`] the bytes as they come, then take messages
+/// with [`Decoder::next`] until it returns `Ok(None)`. After an error the link must close.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Decoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        Decoder::default()
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > (1 << 20) {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as a message.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next whole message, `Ok(None)` if more bytes are needed.
+    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, LinkError> {
+        let rest = &self.buf[self.pos..];
+        let Some(head) = rest.first_chunk::<4>() else { return Ok(None) };
+        let len = u32::from_be_bytes(*head) as usize;
+        if len > MAX_FRAME {
+            return Err(LinkError::TooLarge(len));
+        }
+        let Some(body) = rest.get(4..4 + len) else { return Ok(None) };
+        let msg = serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?;
+        self.pos += 4 + len;
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Vec<Up> {
+        vec![
+            Up::Hello {
+                proto: PROTO_VERSION,
+                dataplane: "dp1".into(),
+                next_seq: 7,
+                policy_version: Some(3),
+                policy_sha256: "ab".repeat(32),
+            },
+            Up::Records { records: vec![json!({"seq": 7, "type": "flow"}), json!({"seq": 8})] },
+            Up::PolicyAck { version: 4, error: Some("line 3".into()) },
+            Up::IdentitiesAck { generation: 2, entries: 10 },
+        ]
+    }
+
+    #[test]
+    fn round_trip_on_every_split() {
+        let mut wire = Vec::new();
+        for m in sample() {
+            encode(&m, &mut wire).unwrap();
+        }
+        for split in 0..=wire.len() {
+            let mut d = Decoder::new();
+            let mut got = Vec::new();
+            for part in [&wire[..split], &wire[split..]] {
+                d.push(part);
+                while let Some(m) = d.next::<Up>().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, sample(), "split at {split}");
+            assert_eq!(d.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let down = vec![
+            Down::Welcome { proto: 1, last_seq: None },
+            Down::Policy { version: 1, text: "[defaults]\n".into() },
+            Down::Identities {
+                generation: 1,
+                entries: vec![Identity {
+                    ip: "10.0.0.1".parse().unwrap(),
+                    user: "u".into(),
+                    groups: vec!["finance".into()],
+                    expires_at: Some(5),
+                }],
+            },
+            Down::Ack { upto: 9 },
+        ];
+        let mut wire = Vec::new();
+        for m in &down {
+            encode(m, &mut wire).unwrap();
+        }
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        for b in &wire {
+            d.push(std::slice::from_ref(b));
+            while let Some(m) = d.next::<Down>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, down);
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        let mut d = Decoder::new();
+        d.push(&u32::MAX.to_be_bytes());
+        assert_eq!(d.next::<Up>(), Err(LinkError::TooLarge(u32::MAX as usize)));
+        let mut d = Decoder::new();
+        d.push(&[0, 0, 0, 2, b'{', b'}']);
+        assert!(matches!(d.next::<Up>(), Err(LinkError::Malformed(_))), "no type tag");
+        let mut d = Decoder::new();
+        let mut wire = Vec::new();
+        encode(&json!({"type": "hello", "proto": "x"}), &mut wire).unwrap();
+        d.push(&wire);
+        assert!(matches!(d.next::<Up>(), Err(LinkError::Malformed(_))));
+    }
+}
