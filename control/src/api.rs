@@ -202,6 +202,14 @@ async fn put_rules(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Respon
         Err(r) => return r,
     };
     let _push = s.push_lock.lock().await;
+    let same = lock!(s.rules).current().ok().flatten().filter(|c| c.text == text);
+    if let Some(c) = same {
+        // The same text again: no new version; the data planes are told it once more.
+        let pushed = s.links.push_policy(c.version, text, PUSH_WAIT).await;
+        return axum::Json(json!({ "version": c.version, "unchanged": true, "warnings": [],
+                                  "dataplanes": pushed }))
+        .into_response();
+    }
     let accepted = {
         let mut store = lock!(s.rules);
         let current = store.current().ok().flatten().map(|v| v.version);
@@ -510,7 +518,11 @@ async fn put_identity(
     identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false))
 }
 
-async fn delete_identity(State(s): State<Shared>, h: HeaderMap, Path(ip): Path<String>) -> Response {
+async fn delete_identity(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(ip): Path<String>,
+) -> Response {
     let caller = match authorize(&s, &h, Need::Feed) {
         Ok(c) => c,
         Err(r) => return r,
@@ -564,11 +576,14 @@ async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> 
     if !errors.is_empty() {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({ "error": "invalid entries; nothing was changed", "errors": errors })),
+            axum::Json(
+                json!({ "error": "invalid entries; nothing was changed", "errors": errors }),
+            ),
         )
             .into_response();
     }
-    let detail = format!("{} entries{}", ids.len(), if bulk.replace { ", replacing all" } else { "" });
+    let detail =
+        format!("{} entries{}", ids.len(), if bulk.replace { ", replacing all" } else { "" });
     identities_changed(&s, &caller, "identities.bulk", &detail, |st| st.set(&ids, bulk.replace))
 }
 

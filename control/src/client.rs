@@ -74,7 +74,8 @@ impl Client {
         let mut roots = rustls::RootCertStore::empty();
         match ca {
             Some(path) => {
-                let err = |m: String| ClientError::Ca { path: path.display().to_string(), message: m };
+                let err =
+                    |m: String| ClientError::Ca { path: path.display().to_string(), message: m };
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                     .map_err(|e| err(e.to_string()))?
                     .collect::<Result<_, _>>()
@@ -95,7 +96,13 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Client { host, port, base: base.to_owned(), token: token.to_owned(), tls: Arc::new(tls) })
+        Ok(Client {
+            host,
+            port,
+            base: base.to_owned(),
+            token: token.to_owned(),
+            tls: Arc::new(tls),
+        })
     }
 
     async fn send(

@@ -35,9 +35,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// The enterprise CA certificate served at `/v1/ca.pem` (never its key).
     pub ca_cert: Option<PathBuf>,
-    /// Unix socket the data planes connect to (mode 0600).
-    #[serde(default = "default_socket")]
-    pub dataplane_socket: PathBuf,
+    /// Unix socket the data planes connect to (mode 0600); default `STATE_DIR/dataplane.sock`.
+    pub dataplane_socket: Option<PathBuf>,
     /// Retention of flow and request records.
     #[serde(default)]
     pub retention: Retention,
@@ -46,10 +45,6 @@ pub struct Config {
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
-}
-
-fn default_socket() -> PathBuf {
-    PathBuf::from("/run/sluice/control.sock")
 }
 
 /// `[retention]`: records older than `max_age_days`, and the oldest beyond `max_rows` per
@@ -110,6 +105,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The data-plane socket's path.
+    pub fn socket(&self) -> PathBuf {
+        self.dataplane_socket.clone().unwrap_or_else(|| self.state_dir.join("dataplane.sock"))
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

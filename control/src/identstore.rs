@@ -36,9 +36,8 @@ pub struct FeedEntry {
 impl FeedEntry {
     /// Checks the entry and turns it into what the data plane gets, at unix time `now`.
     pub fn into_identity(self, ip: IpAddr, now: u64) -> Result<Identity, String> {
-        let name_ok = |n: &str| {
-            !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control)
-        };
+        let name_ok =
+            |n: &str| !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control);
         if !name_ok(&self.user) {
             return Err(format!("{ip}: user must be 1..={MAX_NAME} printable characters"));
         }
@@ -119,14 +118,23 @@ impl IdentStore {
     /// Drops entries expired at unix time `now`; returns how many.
     pub fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
-        Ok(self.db.execute("DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= ?1", [now])?)
+        Ok(self.db.execute(
+            "DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+            [now],
+        )?)
     }
 
     /// Every entry, by address.
     pub fn all(&self) -> Result<Vec<Identity>, StoreError> {
-        let mut st = self.db.prepare("SELECT ip, user, groups, expires_at FROM identities ORDER BY ip")?;
+        let mut st =
+            self.db.prepare("SELECT ip, user, groups, expires_at FROM identities ORDER BY ip")?;
         let rows = st.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<i64>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {

@@ -102,7 +102,9 @@ impl Links {
 
     fn update(&self, name: &str, f: impl FnOnce(&mut DataplaneStatus)) {
         let mut st = lock!(self.status);
-        let e = st.entry(name.to_owned()).or_insert_with(|| DataplaneStatus { name: name.to_owned(), ..Default::default() });
+        let e = st
+            .entry(name.to_owned())
+            .or_insert_with(|| DataplaneStatus { name: name.to_owned(), ..Default::default() });
         f(e);
     }
 
@@ -138,7 +140,9 @@ impl Links {
         let sessions = lock!(self.sessions);
         sessions
             .values()
-            .filter(|s| s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok())
+            .filter(|s| {
+                s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok()
+            })
             .count()
     }
 }
@@ -181,9 +185,13 @@ async fn write(w: &mut (impl AsyncWriteExt + Unpin), msg: &Down) -> std::io::Res
 }
 
 /// Reads one message, `None` at end of stream.
-async fn read(r: &mut (impl AsyncReadExt + Unpin), dec: &mut Decoder, buf: &mut [u8]) -> std::io::Result<Option<Up>> {
+async fn read(
+    r: &mut (impl AsyncReadExt + Unpin),
+    dec: &mut Decoder,
+    buf: &mut [u8],
+) -> std::io::Result<Option<Up>> {
     loop {
-        if let Some(m) = dec.next::<Up>().map_err(std::io::Error::other)? {
+        if let Some(m) = dec.message::<Up>().map_err(std::io::Error::other)? {
             return Ok(Some(m));
         }
         let n = r.read(buf).await?;
@@ -213,7 +221,9 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     let last_seq = {
         let st = state.clone();
         let n = name.clone();
-        tokio::task::spawn_blocking(move || lock!(st.flows).last_seq(&n)).await.map_err(std::io::Error::other)?
+        tokio::task::spawn_blocking(move || lock!(st.flows).last_seq(&n))
+            .await
+            .map_err(std::io::Error::other)?
     };
     let last_seq = last_seq.map_err(std::io::Error::other)?;
     let conn = links.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +242,14 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     }
     tracing::info!(dataplane = %name, next_seq, ?last_seq, ?policy_version, "data plane connected");
     links.update(&name, |s| {
-        *s = DataplaneStatus { name: name.clone(), connected: true, since_ms: now_ms(), policy_version, last_seq, ..Default::default() };
+        *s = DataplaneStatus {
+            name: name.clone(),
+            connected: true,
+            since_ms: now_ms(),
+            policy_version,
+            last_seq,
+            ..Default::default()
+        };
     });
     let _ = tx.send(Down::Welcome { proto: PROTO_VERSION, last_seq });
     if let Ok(Some(v)) = lock!(state.rules).current() {
@@ -282,7 +299,11 @@ async fn serve_up(
                     .filter_map(|r| Some((r.get("seq")?.as_u64()?, r)))
                     .collect();
                 let Some(upto) = batch.iter().map(|(s, _)| *s).max() else { continue };
-                let stats = batch.iter().rev().find(|(_, r)| r.get("type").and_then(Value::as_str) == Some("stats")).map(|(_, r)| r.clone());
+                let stats = batch
+                    .iter()
+                    .rev()
+                    .find(|(_, r)| r.get("type").and_then(Value::as_str) == Some("stats"))
+                    .map(|(_, r)| r.clone());
                 let (st, n) = (state.clone(), name.to_owned());
                 let (batch, fresh) = tokio::task::spawn_blocking(move || {
                     let fresh = lock!(st.flows).ingest(&n, &batch);
@@ -322,7 +343,8 @@ async fn serve_up(
                     s.policy_error.clone_from(&error);
                 });
                 if let Some(s) = lock!(links.sessions).get_mut(name) {
-                    let (done, keep): (Vec<_>, Vec<_>) = s.waiters.drain(..).partition(|(v, _)| *v == version);
+                    let (done, keep): (Vec<_>, Vec<_>) =
+                        s.waiters.drain(..).partition(|(v, _)| *v == version);
                     s.waiters = keep;
                     for (_, w) in done {
                         let _ = w.send(error.clone());

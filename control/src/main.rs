@@ -214,7 +214,10 @@ fn load(path: &Path) -> Result<Compiled, ExitCode> {
 }
 
 /// Runs a command against the API.
-fn online(conn: &remote::Conn, f: impl FnOnce(&remote::Api) -> Result<(), remote::Fail>) -> ExitCode {
+fn online(
+    conn: &remote::Conn,
+    f: impl FnOnce(&remote::Api) -> Result<(), remote::Fail>,
+) -> ExitCode {
     let r = remote::Api::new(conn).and_then(|api| f(&api));
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -252,7 +255,12 @@ fn main() -> ExitCode {
         Cmd::Ca(CaCmd::Get) => return online(&conn, remote::ca_get),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "sluicectl", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sluicectl",
+                &mut std::io::stdout(),
+            );
             return ExitCode::SUCCESS;
         }
         Cmd::Rules(RulesCmd::Push { file }) => {

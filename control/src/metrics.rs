@@ -71,23 +71,43 @@ pub fn render(i: &Inputs<'_>) -> String {
     o.sample("sluice_records_stored", &[("kind", "request")], i.stored_requests);
     o.family("sluice_control_uptime_seconds", "counter", "Seconds since the daemon started.");
     o.sample("sluice_control_uptime_seconds", &[], i.uptime_s);
-    o.family("sluice_records_ingested_total", "counter", "Records stored since control started, by kind and verdict.");
+    o.family(
+        "sluice_records_ingested_total",
+        "counter",
+        "Records stored since control started, by kind and verdict.",
+    );
     for ((kind, verdict), n) in i.hub.by_verdict() {
         o.sample("sluice_records_ingested_total", &[("kind", &kind), ("verdict", &verdict)], n);
     }
-    o.family("sluice_dlp_findings_total", "counter", "DLP findings in stored request records, by detector.");
+    o.family(
+        "sluice_dlp_findings_total",
+        "counter",
+        "DLP findings in stored request records, by detector.",
+    );
     for (det, n) in i.hub.by_detector() {
         o.sample("sluice_dlp_findings_total", &[("detector", &det)], n);
     }
-    o.family("sluice_syslog_dropped_total", "counter", "Records the syslog exporter dropped (queue full).");
+    o.family(
+        "sluice_syslog_dropped_total",
+        "counter",
+        "Records the syslog exporter dropped (queue full).",
+    );
     o.sample("sluice_syslog_dropped_total", &[], i.hub.syslog_dropped.load(Ordering::Relaxed));
     o.family("sluice_dataplane_connected", "gauge", "1 while the data plane is connected.");
     for d in &i.dataplanes {
         o.sample("sluice_dataplane_connected", &[("dataplane", &d.name)], u8::from(d.connected));
     }
-    o.family("sluice_dataplane_policy_version", "gauge", "Rule-set version the data plane acknowledged.");
+    o.family(
+        "sluice_dataplane_policy_version",
+        "gauge",
+        "Rule-set version the data plane acknowledged.",
+    );
     for d in &i.dataplanes {
-        o.sample("sluice_dataplane_policy_version", &[("dataplane", &d.name)], d.policy_version.unwrap_or(0));
+        o.sample(
+            "sluice_dataplane_policy_version",
+            &[("dataplane", &d.name)],
+            d.policy_version.unwrap_or(0),
+        );
     }
     let stat = |d: &DataplaneStatus, path: &[&str]| -> Option<u64> {
         let mut v: &Value = d.stats.as_ref()?;
@@ -104,9 +124,21 @@ pub fn render(i: &Inputs<'_>) -> String {
             }
         }
     }
-    o.family("sluice_diverted_flows_total", "counter", "Flows diverted to the interception engine.");
-    o.family("sluice_spool_depth", "gauge", "Records spooled by the data plane, not yet acknowledged.");
-    o.family("sluice_spool_dropped_total", "counter", "Records the data plane's spool dropped at its bound.");
+    o.family(
+        "sluice_diverted_flows_total",
+        "counter",
+        "Flows diverted to the interception engine.",
+    );
+    o.family(
+        "sluice_spool_depth",
+        "gauge",
+        "Records spooled by the data plane, not yet acknowledged.",
+    );
+    o.family(
+        "sluice_spool_dropped_total",
+        "counter",
+        "Records the data plane's spool dropped at its bound.",
+    );
     o.family("sluice_records_emitted_total", "counter", "Records the data plane emitted, by kind.");
     for d in &i.dataplanes {
         let l = [("dataplane", d.name.as_str())];
@@ -121,7 +153,11 @@ pub fn render(i: &Inputs<'_>) -> String {
         }
         for kind in ["flow", "request"] {
             if let Some(n) = stat(d, &["records_emitted", kind]) {
-                o.sample("sluice_records_emitted_total", &[("dataplane", &d.name), ("kind", kind)], n);
+                o.sample(
+                    "sluice_records_emitted_total",
+                    &[("dataplane", &d.name), ("kind", kind)],
+                    n,
+                );
             }
         }
     }
@@ -149,7 +185,14 @@ mod tests {
                                "records_emitted": {"flow": 7, "request": 1}})),
             ..Default::default()
         };
-        let text = render(&Inputs { policy_version: 3, stored_flows: 7, stored_requests: 1, uptime_s: 5, dataplanes: vec![d], hub: &hub });
+        let text = render(&Inputs {
+            policy_version: 3,
+            stored_flows: 7,
+            stored_requests: 1,
+            uptime_s: 5,
+            dataplanes: vec![d],
+            hub: &hub,
+        });
         for want in [
             "sluice_packets_total{dataplane=\"dp\\\"1\"} 10",
             "sluice_bytes_total{dataplane=\"dp\\\"1\"} 600",

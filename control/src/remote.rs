@@ -83,7 +83,9 @@ impl Filters {
 fn enc(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -112,7 +114,8 @@ pub(crate) struct Api {
 impl Api {
     pub fn new(c: &Conn) -> Result<Api, Fail> {
         let url = c.url.as_deref().ok_or_else(|| usage("no API URL: --url or SLUICE_URL"))?;
-        let token = c.token.as_deref().ok_or_else(|| usage("no token: SLUICE_TOKEN (or --token)"))?;
+        let token =
+            c.token.as_deref().ok_or_else(|| usage("no token: SLUICE_TOKEN (or --token)"))?;
         let client = Client::new(url, token, c.ca.as_deref()).map_err(|e| usage(e.to_string()))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -122,7 +125,10 @@ impl Api {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Value, Fail> {
-        let r = self.rt.block_on(self.client.call(method, path, body)).map_err(|e| usage(e.to_string()))?;
+        let r = self
+            .rt
+            .block_on(self.client.call(method, path, body))
+            .map_err(|e| usage(e.to_string()))?;
         check(r)
     }
 
@@ -138,7 +144,11 @@ fn check(r: Reply) -> Result<Value, Fail> {
     if (200..300).contains(&r.status) {
         return Ok(v);
     }
-    let mut msg = format!("HTTP {}: {}", r.status, v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string()));
+    let mut msg = format!(
+        "HTTP {}: {}",
+        r.status,
+        v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string())
+    );
     for e in v.get("errors").and_then(Value::as_array).into_iter().flatten() {
         match e {
             Value::String(s) => msg.push_str(&format!("\n  {s}")),
@@ -192,7 +202,8 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<0$}", w[i])).collect();
+        let s: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<0$}", w[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_uppercase()).collect());
@@ -229,12 +240,18 @@ fn request_row(r: &Value) -> Vec<String> {
         s(r, "model"),
         s(r, "status"),
         s(r, "verdict"),
-        if dlp.is_empty() { "-".into() } else { format!("{} {}", s(r, "dlp_action"), dlp.join(",")) },
+        if dlp.is_empty() {
+            "-".into()
+        } else {
+            format!("{} {}", s(r, "dlp_action"), dlp.join(","))
+        },
     ]
 }
 
-const FLOW_HEAD: [&str; 9] = ["time", "identity", "src", "dst", "proto", "sni", "verdict", "rule", "bytes out/in"];
-const REQ_HEAD: [&str; 9] = ["time", "identity", "src", "sni", "request", "model", "status", "verdict", "dlp"];
+const FLOW_HEAD: [&str; 9] =
+    ["time", "identity", "src", "dst", "proto", "sni", "verdict", "rule", "bytes out/in"];
+const REQ_HEAD: [&str; 9] =
+    ["time", "identity", "src", "sni", "request", "model", "status", "verdict", "dlp"];
 
 /// `flows` / `requests`: one page (`limit`) or every page (`all`), newest first.
 pub fn records(api: &Api, kind: &str, f: &Filters, limit: usize, all: bool) -> Out {
@@ -260,7 +277,8 @@ pub fn records(api: &Api, kind: &str, f: &Filters, limit: usize, all: bool) -> O
         }
         return Ok(());
     }
-    let (head, row): (&[&str], fn(&Value) -> Vec<String>) =
+    type Row = fn(&Value) -> Vec<String>;
+    let (head, row): (&[&str], Row) =
         if kind == "flows" { (&FLOW_HEAD, flow_row) } else { (&REQ_HEAD, request_row) };
     table(head, &out.iter().map(row).collect::<Vec<_>>());
     Ok(())
@@ -296,7 +314,10 @@ pub fn tail(api: &Api, f: &Filters, kind: Option<&str>) -> Out {
                     match name {
                         "flow" => println!("flow     {}", flow_row(&v).join("  ")),
                         "request" => println!("request  {}", request_row(&v).join("  ")),
-                        "lagged" => eprintln!("sluicectl: {} records missed (reader too slow)", s(&v, "missed")),
+                        "lagged" => eprintln!(
+                            "sluicectl: {} records missed (reader too slow)",
+                            s(&v, "missed")
+                        ),
                         _ => {}
                     }
                 }
@@ -318,9 +339,9 @@ pub fn tail(api: &Api, f: &Filters, kind: Option<&str>) -> Out {
 pub fn rules_send(api: &Api, file: &PathBuf, push: bool) -> Out {
     let text = std::fs::read(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
     let (method, path) = if push { ("PUT", "/v1/rules") } else { ("POST", "/v1/rules/validate") };
-    let v = api.call(method, path, Some((text, "application/toml"))).map_err(|Fail(m, c)| {
-        Fail(m.replace("rules.toml:", &format!("{}:", file.display())), c)
-    })?;
+    let v = api
+        .call(method, path, Some((text, "application/toml")))
+        .map_err(|Fail(m, c)| Fail(m.replace("rules.toml:", &format!("{}:", file.display())), c))?;
     if api.json {
         print_json(&v);
         return Ok(());
@@ -360,7 +381,12 @@ pub fn rules_show(api: &Api) -> Out {
     if api.json {
         print_json(&v);
     } else {
-        eprintln!("# version {} by {} ({} UTC)", s(&v, "version"), s(&v, "author"), when(&v["ts_ms"]));
+        eprintln!(
+            "# version {} by {} ({} UTC)",
+            s(&v, "version"),
+            s(&v, "author"),
+            when(&v["ts_ms"])
+        );
         print!("{}", v["text"].as_str().unwrap_or(""));
     }
     Ok(())
@@ -407,7 +433,11 @@ pub fn rules_rollback(api: &Api, version: i64) -> Out {
 /// `identities set IP USER`.
 pub fn identity_set(api: &Api, ip: &str, user: &str, groups: &[String], ttl: Option<u64>) -> Out {
     let body = json!({ "user": user, "groups": groups, "ttl": ttl });
-    let v = api.call("PUT", &format!("/v1/identities/{}", enc(ip)), Some((body.to_string().into_bytes(), "application/json")))?;
+    let v = api.call(
+        "PUT",
+        &format!("/v1/identities/{}", enc(ip)),
+        Some((body.to_string().into_bytes(), "application/json")),
+    )?;
     done(api, &v)
 }
 
@@ -419,7 +449,8 @@ pub fn identity_rm(api: &Api, ip: &str) -> Out {
 
 /// `identities load FILE`: a JSON array (or JSON lines) of `{ip, user, groups, ttl}`.
 pub fn identity_load(api: &Api, file: &PathBuf, replace: bool) -> Out {
-    let text = std::fs::read_to_string(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
     let entries: Vec<Value> = match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(a)) => a,
         _ => text
@@ -427,10 +458,16 @@ pub fn identity_load(api: &Api, file: &PathBuf, replace: bool) -> Out {
             .filter(|l| !l.trim().is_empty())
             .map(serde_json::from_str)
             .collect::<Result<_, _>>()
-            .map_err(|e| usage(format!("{}: expected a JSON array or JSON lines: {e}", file.display())))?,
+            .map_err(|e| {
+                usage(format!("{}: expected a JSON array or JSON lines: {e}", file.display()))
+            })?,
     };
     let body = json!({ "identities": entries, "replace": replace });
-    let v = api.call("POST", "/v1/identities", Some((body.to_string().into_bytes(), "application/json")))?;
+    let v = api.call(
+        "POST",
+        "/v1/identities",
+        Some((body.to_string().into_bytes(), "application/json")),
+    )?;
     done(api, &v)
 }
 
@@ -438,7 +475,11 @@ fn done(api: &Api, v: &Value) -> Out {
     if api.json {
         print_json(v);
     } else {
-        println!("{} entries in the feed, sent to {} data plane(s)", s(v, "entries"), s(v, "dataplanes"));
+        println!(
+            "{} entries in the feed, sent to {} data plane(s)",
+            s(v, "entries"),
+            s(v, "dataplanes")
+        );
     }
     Ok(())
 }
@@ -455,8 +496,22 @@ pub fn identity_list(api: &Api) -> Out {
         .into_iter()
         .flatten()
         .map(|e| {
-            let groups: Vec<String> = e["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_owned)).collect();
-            vec![s(e, "ip"), s(e, "user"), groups.join(","), if e["expires_at"].is_null() { "-".into() } else { when(&json!(e["expires_at"].as_u64().unwrap_or(0) * 1000)) }]
+            let groups: Vec<String> = e["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect();
+            vec![
+                s(e, "ip"),
+                s(e, "user"),
+                groups.join(","),
+                if e["expires_at"].is_null() {
+                    "-".into()
+                } else {
+                    when(&json!(e["expires_at"].as_u64().unwrap_or(0) * 1000))
+                },
+            ]
         })
         .collect();
     table(&["ip", "user", "groups", "expires (UTC)"], &rows);
@@ -470,8 +525,14 @@ pub fn status(api: &Api) -> Out {
         print_json(&v);
         return Ok(());
     }
-    println!("rules version {}   identities {}   stored flows {}   requests {}   up {} s",
-        s(&v, "rules_version"), s(&v, "identities"), s(&v["stored"], "flows"), s(&v["stored"], "requests"), s(&v, "uptime_s"));
+    println!(
+        "rules version {}   identities {}   stored flows {}   requests {}   up {} s",
+        s(&v, "rules_version"),
+        s(&v, "identities"),
+        s(&v["stored"], "flows"),
+        s(&v["stored"], "requests"),
+        s(&v, "uptime_s")
+    );
     let rows: Vec<Vec<String>> = v["dataplanes"]
         .as_array()
         .into_iter()
@@ -483,20 +544,37 @@ pub fn status(api: &Api) -> Out {
                 if d["connected"] == true { "connected".into() } else { "away".into() },
                 when(&d["since_ms"]),
                 s(d, "policy_version"),
-                d.get("policy_error").and_then(Value::as_str).map_or("-".into(), |e| e.chars().take(40).collect()),
+                d.get("policy_error")
+                    .and_then(Value::as_str)
+                    .map_or("-".into(), |e| e.chars().take(40).collect()),
                 s(d, "last_seq"),
                 s(link, "spool_depth"),
                 s(link, "spool_dropped"),
             ]
         })
         .collect();
-    table(&["dataplane", "link", "since (UTC)", "policy", "policy error", "last seq", "spooled", "dropped"], &rows);
+    table(
+        &[
+            "dataplane",
+            "link",
+            "since (UTC)",
+            "policy",
+            "policy error",
+            "last seq",
+            "spooled",
+            "dropped",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
 /// `ca get`.
 pub fn ca_get(api: &Api) -> Out {
-    let r = api.rt.block_on(api.client.call("GET", "/v1/ca.pem", None)).map_err(|e| usage(e.to_string()))?;
+    let r = api
+        .rt
+        .block_on(api.client.call("GET", "/v1/ca.pem", None))
+        .map_err(|e| usage(e.to_string()))?;
     if r.status != 200 {
         check(r)?;
         return Ok(());
@@ -511,7 +589,10 @@ mod tests {
 
     #[test]
     fn query_strings_are_encoded() {
-        assert_eq!(qs(&[("sni", "a b&c".into()), ("since", "15m".into())]), "?sni=a%20b%26c&since=15m");
+        assert_eq!(
+            qs(&[("sni", "a b&c".into()), ("since", "15m".into())]),
+            "?sni=a%20b%26c&since=15m"
+        );
         assert_eq!(qs(&[]), "");
         assert_eq!(when(&json!(0)), "1970-01-01 00:00:00");
     }

@@ -204,7 +204,17 @@ impl FlowStore {
                         dataplane, seq, ts, identity, user, src, sni, category, verdict, rule, json
                     ])?,
                     Kind::Requests => requests.execute(params![
-                        dataplane, seq, ts, identity, user, src, sni, category, verdict, rule, json,
+                        dataplane,
+                        seq,
+                        ts,
+                        identity,
+                        user,
+                        src,
+                        sni,
+                        category,
+                        verdict,
+                        rule,
+                        json,
                         detectors(r)
                     ])?,
                 };
@@ -407,7 +417,12 @@ mod tests {
             json!({"type": "request", "ts_ms": i, "identity": "finance", "verdict": "block",
                    "dlp_findings": [{"detector": det, "count": 1, "paths": [], "hashes": []}]})
         };
-        let batch = vec![(1, req(1, "credit_card")), (2, req(2, "aws_access_key_id")), (3, rec(3)), (4, req(4, "a_b"))];
+        let batch = vec![
+            (1, req(1, "credit_card")),
+            (2, req(2, "aws_access_key_id")),
+            (3, rec(3)),
+            (4, req(4, "a_b")),
+        ];
         assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 4]);
         assert_eq!(s.count_of(Kind::Requests).unwrap(), 3);
         assert_eq!(s.count_of(Kind::Flows).unwrap(), 1);
@@ -419,7 +434,10 @@ mod tests {
         // LIKE wildcards in the filter are literal: `a_b` does not match `aXb`-like names.
         assert_eq!(s.query_kind(Kind::Requests, &f("a%"), None, 10).unwrap().records.len(), 0);
         assert_eq!(s.query_kind(Kind::Requests, &f("a_b"), None, 10).unwrap().records.len(), 1);
-        assert_eq!(s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(), 0);
+        assert_eq!(
+            s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(),
+            0
+        );
     }
 
     #[test]

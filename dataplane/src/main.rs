@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use sluice_dataplane::record::Record;
 use sluice_dataplane::engine::{Action, Clock, DivertConfig, Engine, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::intercept::{self, EngineHandle};
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
 use sluice_dataplane::port::Port;
+use sluice_dataplane::record::Record;
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
 use sluice_rules::{IdentityOverlay, RulesError, load_file};
@@ -312,7 +312,8 @@ fn side_name(s: Side) -> &'static str {
 
 /// Loads a local rule file: the policy and the SHA-256 of its text.
 fn load_policy(path: &Path) -> Result<(sluice_rules::Policy, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     match load_file(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -336,7 +337,10 @@ fn boot_policy(args: &Args) -> Result<(sluice_rules::Policy, Option<i64>, String
     {
         match link::compile_pushed(&text) {
             Ok(p) => {
-                info!(version, "enforcing the rule set control pushed last (until control says otherwise)");
+                info!(
+                    version,
+                    "enforcing the rule set control pushed last (until control says otherwise)"
+                );
                 return Ok((p, Some(version), link::text_sha256(&text)));
             }
             Err(e) => warn!(version, "the kept rule set no longer compiles, using --rules: {e}"),
@@ -620,7 +624,10 @@ fn main() -> Result<()> {
                 .with_context(|| format!("opening the spool in {}", args.state_dir.display()))?;
             info!(next_seq = spool.next_seq(), unsent = spool.depth(), "record spool opened");
             let spool = Arc::new(Mutex::new(spool));
-            let cfg = LinkConfig { socket: socket.clone(), name: args.name.clone().unwrap_or_else(hostname) };
+            let cfg = LinkConfig {
+                socket: socket.clone(),
+                name: args.name.clone().unwrap_or_else(hostname),
+            };
             let connected = Arc::new(AtomicBool::new(false));
             let (sp, en, c, s) = (spool.clone(), enforced.clone(), connected.clone(), stop.clone());
             threads.push(
@@ -633,7 +640,12 @@ fn main() -> Result<()> {
         None => None,
     };
     info!(inside = %args.inside, outside = %args.outside, io = ?args.io, flow_log = %args.flow_log.display(), "forwarding");
-    let mut out = Output { log: BufWriter::new(log), link, emitted: Emitted::default(), enforced: enforced.clone() };
+    let mut out = Output {
+        log: BufWriter::new(log),
+        link,
+        emitted: Emitted::default(),
+        enforced: enforced.clone(),
+    };
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         if reload.swap(false, Ordering::Relaxed) {

@@ -137,7 +137,7 @@ pub enum Record {
     /// A flow record.
     Flow(Box<FlowRecord>),
     /// A statistics record.
-    Stats(StatsRecord),
+    Stats(Box<StatsRecord>),
     /// A request record (interception engine).
     Request(Box<RequestRecord>),
 }

@@ -151,7 +151,7 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), LinkError>
 }
 
 /// Incremental frame reader: [`Decoder::push`] the bytes as they come, then take messages
-/// with [`Decoder::next`] until it returns `Ok(None)`. After an error the link must close.
+/// with [`Decoder::message`] until it returns `Ok(None)`. After an error the link must close.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
@@ -182,7 +182,7 @@ impl Decoder {
     }
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
-    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, LinkError> {
+    pub fn message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, LinkError> {
         let rest = &self.buf[self.pos..];
         let Some(head) = rest.first_chunk::<4>() else { return Ok(None) };
         let len = u32::from_be_bytes(*head) as usize;
@@ -227,7 +227,7 @@ mod tests {
             let mut got = Vec::new();
             for part in [&wire[..split], &wire[split..]] {
                 d.push(part);
-                while let Some(m) = d.next::<Up>().unwrap() {
+                while let Some(m) = d.message::<Up>().unwrap() {
                     got.push(m);
                 }
             }
@@ -260,7 +260,7 @@ mod tests {
         let mut got = Vec::new();
         for b in &wire {
             d.push(std::slice::from_ref(b));
-            while let Some(m) = d.next::<Down>().unwrap() {
+            while let Some(m) = d.message::<Down>().unwrap() {
                 got.push(m);
             }
         }
@@ -271,14 +271,14 @@ mod tests {
     fn hostile_frames_are_errors() {
         let mut d = Decoder::new();
         d.push(&u32::MAX.to_be_bytes());
-        assert_eq!(d.next::<Up>(), Err(LinkError::TooLarge(u32::MAX as usize)));
+        assert_eq!(d.message::<Up>(), Err(LinkError::TooLarge(u32::MAX as usize)));
         let mut d = Decoder::new();
         d.push(&[0, 0, 0, 2, b'{', b'}']);
-        assert!(matches!(d.next::<Up>(), Err(LinkError::Malformed(_))), "no type tag");
+        assert!(matches!(d.message::<Up>(), Err(LinkError::Malformed(_))), "no type tag");
         let mut d = Decoder::new();
         let mut wire = Vec::new();
         encode(&json!({"type": "hello", "proto": "x"}), &mut wire).unwrap();
         d.push(&wire);
-        assert!(matches!(d.next::<Up>(), Err(LinkError::Malformed(_))));
+        assert!(matches!(d.message::<Up>(), Err(LinkError::Malformed(_))));
     }
 }

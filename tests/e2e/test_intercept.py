@@ -7,11 +7,10 @@ Expects the lab up and the appliance started with rules/default.toml (scripts/te
 
 import json
 import os
-import signal
 import time
 import unittest
 
-from test_dataplane import ROOT, curl, env, flows, lab, on, wait_for_flow, wait_for_record
+from test_dataplane import ROOT, api, curl, env, flows, lab, on, push_rules, wait_for_flow, wait_for_record
 
 RAWHTTPS = os.path.join(ROOT, "tests", "e2e", "rawhttps.py")
 KEY = "sk-lab-alice-4f1c9e2a7b"
@@ -215,30 +214,21 @@ class Interception(unittest.TestCase):
 
 
 class RulesVariant(unittest.TestCase):
-    """Base: runs the class with a changed copy of the current rule file (SIGHUP), then restores it."""
+    """Base: runs the class with a changed copy of the current rule set (pushed through the
+    control API), then pushes the original back."""
 
     edit = staticmethod(lambda text: text)
 
     @classmethod
     def setUpClass(cls):
-        state = env()["SLUICE_LAB_STATE"]
-        with open(os.path.join(state, "rules.path")) as f:
-            cls.rules_path = f.read().strip()
-        with open(os.path.join(state, "dataplane.pid")) as f:
-            cls.pid = int(f.read())
-        with open(cls.rules_path) as f:
-            cls.original = f.read()
-        with open(cls.rules_path, "w") as f:
-            f.write(cls.edit(cls.original))
-        os.kill(cls.pid, signal.SIGHUP)
-        time.sleep(1.5)
+        code, body = api("GET", "/v1/rules", "SLUICE_ADMIN_TOKEN")
+        assert code == 200, body
+        cls.original = json.loads(body)["text"]
+        push_rules(cls.edit(cls.original))
 
     @classmethod
     def tearDownClass(cls):
-        with open(cls.rules_path, "w") as f:
-            f.write(cls.original)
-        os.kill(cls.pid, signal.SIGHUP)
-        time.sleep(1.5)
+        push_rules(cls.original)
 
 
 class DivertAll(RulesVariant):

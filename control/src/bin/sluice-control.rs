@@ -71,7 +71,7 @@ fn main() -> Result<()> {
             tokio::spawn(syslog::export(sc, rx));
         }
         let st = state.clone();
-        let socket = cfg.dataplane_socket.clone();
+        let socket = cfg.socket();
         tokio::spawn(async move {
             if let Err(e) = link::serve(&socket, st).await {
                 tracing::error!(socket = %socket.display(), "data-plane link stopped: {e}");
@@ -93,7 +93,8 @@ async fn housekeeping(state: Arc<AppState>, retention: sluice_control::config::R
         tick.tick().await;
         let st = state.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let cutoff = link::now_s().saturating_sub(retention.max_age_days.saturating_mul(86_400));
+            let cutoff =
+                link::now_s().saturating_sub(retention.max_age_days.saturating_mul(86_400));
             let pruned = st
                 .flows
                 .lock()

@@ -662,7 +662,7 @@ impl Engine {
             self.last_stats = now.mono_ms;
             self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
             let stats = self.stats(now);
-            self.records.push(Record::Stats(stats));
+            self.records.push(Record::Stats(Box::new(stats)));
         }
     }
 
@@ -674,7 +674,7 @@ impl Engine {
         }
         self.divert = self.settings.divert.map(divert::DivertState::new);
         let stats = self.stats(now);
-        self.records.push(Record::Stats(stats));
+        self.records.push(Record::Stats(Box::new(stats)));
     }
 }
 

@@ -52,7 +52,11 @@ pub fn saved_policy(state_dir: &Path) -> Option<(i64, String)> {
 /// Compiles a pushed rule text (includes are the shipped catalogs only, as control checked).
 pub fn compile_pushed(text: &str) -> Result<Policy, String> {
     compile("pushed rules", text, &ShippedOnly).map(|c| c.policy).map_err(|d| {
-        d.iter().filter(|d| d.severity == Severity::Error).map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        d.iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
     })
 }
 
@@ -65,7 +69,12 @@ impl Enforced {
         version: Option<i64>,
         sha256: String,
     ) -> Enforced {
-        Enforced { policy, overlay, state_dir: state_dir.to_owned(), meta: Mutex::new((version, sha256)) }
+        Enforced {
+            policy,
+            overlay,
+            state_dir: state_dir.to_owned(),
+            meta: Mutex::new((version, sha256)),
+        }
     }
 
     /// Version (if pushed) and text hash of the policy in force.
@@ -139,7 +148,13 @@ const BATCH: usize = 2_000;
 const WINDOW: u64 = 20_000;
 
 /// Runs the link until `stop`: connect, serve, reconnect.
-pub fn run(cfg: LinkConfig, spool: Arc<Mutex<Spool>>, enforced: Arc<Enforced>, connected: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+pub fn run(
+    cfg: LinkConfig,
+    spool: Arc<Mutex<Spool>>,
+    enforced: Arc<Enforced>,
+    connected: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
@@ -194,7 +209,13 @@ fn serve(
     let next_seq = lock(spool).next_seq();
     send(
         &mut stream,
-        &Up::Hello { proto: PROTO_VERSION, dataplane: cfg.name.clone(), next_seq, policy_version: version, policy_sha256: sha },
+        &Up::Hello {
+            proto: PROTO_VERSION,
+            dataplane: cfg.name.clone(),
+            next_seq,
+            policy_version: version,
+            policy_sha256: sha,
+        },
     )?;
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     let mut dec = Decoder::new();
@@ -206,14 +227,20 @@ fn serve(
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => dec.push(&buf[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e),
         }
-        while let Some(msg) = dec.next::<Down>().map_err(std::io::Error::other)? {
+        while let Some(msg) = dec.message::<Down>().map_err(std::io::Error::other)? {
             match msg {
                 Down::Welcome { proto, last_seq } => {
                     if proto != PROTO_VERSION {
-                        return Err(std::io::Error::other(format!("control speaks link version {proto}, we speak {PROTO_VERSION}")));
+                        return Err(std::io::Error::other(format!(
+                            "control speaks link version {proto}, we speak {PROTO_VERSION}"
+                        )));
                     }
                     let mut s = lock(spool);
                     if let Some(last) = last_seq {
@@ -224,12 +251,17 @@ fn serve(
                     acked = from;
                     sent = Some(from);
                 }
-                Down::Refused { reason } => return Err(std::io::Error::other(format!("control refused us: {reason}"))),
+                Down::Refused { reason } => {
+                    return Err(std::io::Error::other(format!("control refused us: {reason}")));
+                }
                 Down::Policy { version, text } => {
                     let error = enforced.apply_pushed(version, &text).err();
                     match &error {
                         None => info!(version, "policy pushed by control is in force"),
-                        Some(e) => warn!(version, "policy pushed by control refused, keeping the current one: {e}"),
+                        Some(e) => warn!(
+                            version,
+                            "policy pushed by control refused, keeping the current one: {e}"
+                        ),
                     }
                     send(&mut stream, &Up::PolicyAck { version, error })?;
                 }
@@ -281,8 +313,16 @@ mod tests {
         let err = e.apply_pushed(5, "[defaults]\naction = \"maybe\"\n").unwrap_err();
         assert!(err.contains("maybe"), "{err}");
         assert_eq!(e.current().0, Some(4), "the broken push changed nothing");
-        e.apply_identities(&[Identity { ip: "10.0.0.9".parse().unwrap(), user: "u@x".into(), groups: vec!["g".into()], expires_at: None }]);
-        assert_eq!(overlay.load().get("10.0.0.9".parse().unwrap(), 0).map(|o| &*o.user), Some("u@x"));
+        e.apply_identities(&[Identity {
+            ip: "10.0.0.9".parse().unwrap(),
+            user: "u@x".into(),
+            groups: vec!["g".into()],
+            expires_at: None,
+        }]);
+        assert_eq!(
+            overlay.load().get("10.0.0.9".parse().unwrap(), 0).map(|o| &*o.user),
+            Some("u@x")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

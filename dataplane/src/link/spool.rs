@@ -97,7 +97,14 @@ impl Spool {
         let last = segments.back().map(|s| s.path.clone()).unwrap_or_default();
         let active = OpenOptions::new().create(true).append(true).open(&last)?;
         let acked = segments.front().map_or(0, |s| s.first.saturating_sub(1));
-        Ok(Spool { dir: dir.to_owned(), segments, active, max_bytes: max_bytes.max(1), acked, dropped: 0 })
+        Ok(Spool {
+            dir: dir.to_owned(),
+            segments,
+            active,
+            max_bytes: max_bytes.max(1),
+            acked,
+            dropped: 0,
+        })
     }
 
     fn active_seg(&self) -> &Segment {
@@ -194,7 +201,11 @@ impl Spool {
         if self.next_seq() > last {
             return Ok(());
         }
-        tracing::warn!(from = self.next_seq(), to = last + 1, "spool: numbering continues after control's last record");
+        tracing::warn!(
+            from = self.next_seq(),
+            to = last + 1,
+            "spool: numbering continues after control's last record"
+        );
         self.rotate(last + 1)?;
         self.ack(last)
     }
@@ -250,11 +261,19 @@ mod tests {
         drop(s);
         // A crash mid-write leaves a torn line: cut off on reopen, numbering continues.
         let last = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-        OpenOptions::new().append(true).open(&last).unwrap().write_all(b"{\"seq\":11,\"ty").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .unwrap()
+            .write_all(b"{\"seq\":11,\"ty")
+            .unwrap();
         let mut s = Spool::open(&d, 1 << 30).unwrap();
         assert_eq!(s.next_seq(), 11);
         assert_eq!(s.depth(), 2);
-        assert_eq!(s.read_after(0, 100).unwrap().iter().map(|r| r.0).collect::<Vec<_>>(), vec![9, 10]);
+        assert_eq!(
+            s.read_after(0, 100).unwrap().iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![9, 10]
+        );
         assert_eq!(s.append(recs(1)).unwrap(), 11);
         std::fs::remove_dir_all(&d).unwrap();
     }
