@@ -187,7 +187,9 @@ class Verdicts(unittest.TestCase):
         self.assertEqual((r["action"], r["rule"], r["identity"]), ("block", "unknown-no-openai", "unknown"))
         # The guest's requests never reached the server.
         log = [json.loads(x) for x in lab("upstream-log", "api.openai.com").stdout.splitlines()]
-        self.assertFalse(any(e["client"] in ("10.20.9.99", "fd20::9:99") for e in log))
+        # (test_control's identity-feed test places guest in finance for a while, marked.)
+        self.assertFalse(any(e["client"] in ("10.20.9.99", "fd20::9:99") and "identity-feed-test" not in e["path"]
+                             for e in log))
 
     def test_guest_hello_to_an_unlearned_server_is_reset(self):
         # A destination never learned: decided on the packet path from the hello, reset both ways.

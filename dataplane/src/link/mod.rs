@@ -205,6 +205,9 @@ fn serve(
     enforced: &Enforced,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+    // A control daemon that stops reading is treated as gone (records stay spooled).
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let (version, sha) = enforced.current();
     let next_seq = lock(spool).next_seq();
     send(
@@ -217,7 +220,6 @@ fn serve(
             policy_sha256: sha,
         },
     )?;
-    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 64 << 10];
     // Highest sequence number sent on this connection; `None` until control's welcome.
