@@ -206,8 +206,10 @@ class Verdicts(unittest.TestCase):
         self.assertIn("hello from example.org", r.stdout)
 
     def test_flow_record_fields(self):
+        start_ms = time.time() * 1000 - 1000
         curl("bob", "https://api.openai.com/v1/models")
-        r = wait_for_flow(lambda r: r["src"] == "10.20.2.20" and r.get("sni") == "api.openai.com" and r["event"] == "end")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.2.20" and r.get("sni") == "api.openai.com" and r["event"] == "end"
+                          and r["first_seen_ms"] >= start_ms)
         for field in ("flow_id", "first_seen_ms", "last_seen_ms", "pkts_out", "bytes_out", "pkts_in", "bytes_in",
                       "identity", "sni", "alpn", "ja4", "category", "rule", "verdict", "src_mac"):
             self.assertIn(field, r)

@@ -244,10 +244,12 @@ class DivertAll(RulesVariant):
                 "    print('allowed')\n"
                 "except openai.PermissionDeniedError as e:\n"
                 "    print('denied', e.status_code, e.body['code'], e.response.headers.get('x-should-retry'))\n")
+        start_ms = time.time() * 1000 - 1000
         r = sdk("guest", code, key="sk-lab-guest-1")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("denied 403 blocked_by_policy false", r.stdout)
-        rec = wait_for_record("request", lambda r: r["src"] == "10.20.9.99" and r.get("sni") == "api.openai.com")
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.9.99" and r.get("sni") == "api.openai.com"
+                              and r["ts_ms"] >= start_ms)
         self.assertEqual((rec["verdict"], rec["rule"]), ("block", "unknown-no-openai"))
 
     def test_blocked_browser_gets_a_page(self):
