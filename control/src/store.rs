@@ -144,8 +144,8 @@ fn like_item(name: &str) -> String {
     s
 }
 
-fn text(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(Value::as_str).map(str::to_owned)
+fn text<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
+    v.get(k).and_then(Value::as_str)
 }
 
 impl FlowStore {
