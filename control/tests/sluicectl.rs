@@ -120,3 +120,30 @@ fn ca_init_and_check() {
     assert_eq!(code, 1, "never overwrites: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn completions_and_online_usage_errors() {
+    let (code, out, _) = sluicectl(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("sluicectl") && out.contains("identities"),
+        "{}",
+        &out[..200.min(out.len())]
+    );
+    // Online commands without a URL or token say what is missing and exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .args(["status"])
+        .env_remove("SLUICE_URL")
+        .env_remove("SLUICE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_URL"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .args(["flows", "--url", "http://plain:80"])
+        .env("SLUICE_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected https://"));
+}

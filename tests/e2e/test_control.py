@@ -94,6 +94,45 @@ class ControlApi(unittest.TestCase):
         self.assertIn("HTTP 403", r.stderr)
 
 
+class Tail(unittest.TestCase):
+    def test_sluicectl_tail_follows_new_records(self):
+        e = env()
+        p = subprocess.Popen([SLUICECTL, "tail", "--json", "--type", "flow", "--src", "10.20.2.20"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, SLUICE_URL=e["SLUICE_URL"], SLUICE_CA=e["SLUICE_API_CA"],
+                                      SLUICE_TOKEN=e["SLUICE_ANALYST_TOKEN"]))
+        got = []
+
+        def read():
+            for line in p.stdout:
+                got.append(json.loads(line))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            time.sleep(1)  # subscribed
+            deadline = time.time() + 25
+            while time.time() < deadline and not any(r.get("dport") == 80 for r in got):
+                curl("bob", "http://example.org/tail-probe", "-o", "/dev/null")
+                time.sleep(2)
+        finally:
+            p.terminate()
+            p.wait(timeout=10)
+            reader.join(timeout=10)
+            err = p.stderr.read()
+            p.stdout.close()
+            p.stderr.close()
+        self.assertTrue(any(r.get("dport") == 80 for r in got), err)
+        self.assertTrue(all(r["type"] == "flow" and r["src"] == "10.20.2.20" for r in got), got)
+        self.assertTrue(all(r.get("dataplane") for r in got), "tail records name their data plane")
+
+    def test_rules_show_prints_the_current_text(self):
+        r = ctl("rules", "show", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, current_rules())
+        self.assertIn("# version", r.stderr)
+
+
 class RulePush(unittest.TestCase):
     """Rule sets pushed with sluicectl are enforced by the data plane before the push returns."""
 
@@ -182,6 +221,74 @@ class IdentityFeed(unittest.TestCase):
         self.assertIn("identities[1]", text)
         self.assertEqual(json.loads(api("GET", "/v1/identities", "SLUICE_FEEDER_TOKEN")[1]), [])
         self.assertEqual(api("PUT", "/v1/identities/not-an-ip", "SLUICE_FEEDER_TOKEN", '{"user":"x"}')[0], 400)
+
+
+class SyslogTcpCef(unittest.TestCase):
+    """The TCP transport (octet-counted frames) with CEF messages."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        cls.srv.bind(("127.0.0.1", 0))
+        cls.srv.listen(4)
+        cls.srv.settimeout(0.5)
+        cls.data = b""
+        cls.stop = False
+        cls.reader = threading.Thread(target=cls.read, daemon=True)
+        cls.reader.start()
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+            cls.rules = f.read().strip()
+        cls.args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
+        lab("start", "--rules", cls.rules, timeout=300, env_extra={
+            "SLUICE_DATAPLANE_ARGS": cls.args, "SLUICE_SYSLOG_FORMAT": "cef",
+            "SLUICE_SYSLOG": "tcp://127.0.0.1:%d" % cls.srv.getsockname()[1]})
+
+    @classmethod
+    def read(cls):
+        while not cls.stop:
+            try:
+                conn, _ = cls.srv.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(0.5)
+            while not cls.stop:
+                try:
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                cls.data += chunk
+            conn.close()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop = True
+        cls.reader.join()
+        cls.srv.close()
+        lab("start", "--rules", cls.rules, timeout=300, env_extra={"SLUICE_DATAPLANE_ARGS": cls.args})
+
+    @staticmethod
+    def frames(data):
+        out = []
+        while data:
+            n, _, rest = data.partition(b" ")
+            n = int(n)
+            out.append(rest[:n].decode())
+            data = rest[n:]
+        return out
+
+    def test_cef_over_tcp(self):
+        models("guest")
+        deadline = time.time() + 20
+        hit = None
+        while time.time() < deadline and hit is None:
+            hit = next((m for m in self.frames(self.data) if "request-block" in m and "src=10.20.9.99" in m), None)
+            time.sleep(0.5)
+        self.assertIsNotNone(hit, self.data[-500:])
+        self.assertRegex(hit, r"^<132>1 \S+ \S+ sluice - request - CEF:0\|Sluice\|Sluice\|[^|]+\|request-block\|AI request blocked\|7\|")
+        self.assertIn("cs4=unknown-no-openai", hit)
+        self.assertIn("act=block", hit)
 
 
 class RestartAndSyslog(unittest.TestCase):
