@@ -170,6 +170,29 @@ class RulePush(unittest.TestCase):
         self.assertEqual(d.returncode, 0, d.stderr)
         self.assertIn("block-bob-openai", d.stdout)
 
+    def test_established_connections_keep_their_verdict(self):
+        script = ("import http.client, sys\n"
+                  "c = http.client.HTTPSConnection('api.openai.com', timeout=10)\n"
+                  "for _ in range(2):\n"
+                  "    c.request('GET', '/v1/models'); r = c.getresponse(); r.read()\n"
+                  "    print(r.status, flush=True)\n"
+                  "    sys.stdin.readline()\n")
+        p = subprocess.Popen([os.path.join(ROOT, "scripts", "lab"), "exec", "bob", "--", "python3", "-c", script],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "200")
+            r = self.push(with_rule_first(self.original, BLOCK_BOB))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(models("bob"), ("403", "000"), "a new connection follows the new rules")
+            p.stdin.write("\n")
+            p.stdin.flush()
+            self.assertEqual(p.stdout.readline().strip(), "200", "the open connection kept its verdict")
+            p.stdin.write("\n")
+            p.stdin.flush()
+        finally:
+            out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+
     def test_broken_push_is_refused_with_line_and_column_and_changes_nothing(self):
         before = status()["rules_version"]
         broken = self.original + '\n[[rule]]\nname = "x"\ncategories = ["nope"]\naction = "allow"\n'
