@@ -331,9 +331,9 @@ fn time_param(v: &str) -> Option<u64> {
 
 /// The filters of a flow or request query (400 on a malformed time).
 fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
-    const KNOWN: [&str; 13] = [
+    const KNOWN: [&str; 14] = [
         "since", "until", "identity", "user", "src", "sni", "category", "verdict", "rule",
-        "detector", "limit", "cursor", "type",
+        "detector", "limit", "cursor", "type", "format",
     ];
     if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
@@ -364,9 +364,18 @@ fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
+    // `format=jsonl`: an export, one record per line, up to 10,000 per call; the cursor of
+    // the next call is in `x-next-cursor`.
+    let jsonl = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "format is json or jsonl"),
+    };
+    let max = if jsonl { 10_000 } else { 1000 };
     let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
+        None if jsonl => max,
         None => 100,
-        Some(Ok(n)) => n.clamp(1, 1000),
+        Some(Ok(n)) => n.clamp(1, max),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
     };
     let cursor = match q.get("cursor").map(|v| v.parse::<i64>()) {
@@ -375,6 +384,18 @@ fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "cursor must be a number"),
     };
     match lock!(s.flows).query_kind(kind, &f, cursor, limit) {
+        Ok(page) if jsonl => {
+            let mut body = String::new();
+            for r in &page.records {
+                body.push_str(&r.to_string());
+                body.push('\n');
+            }
+            let mut resp = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+            if let Some(next) = page.next {
+                resp.headers_mut().insert("x-next-cursor", header::HeaderValue::from(next));
+            }
+            resp
+        }
         Ok(page) => {
             axum::Json(json!({ "records": page.records, "next_cursor": page.next })).into_response()
         }

@@ -118,6 +118,7 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 CREATE INDEX IF NOT EXISTS requests_identity ON requests (identity, id);
 CREATE INDEX IF NOT EXISTS requests_sni ON requests (sni, id);
+CREATE INDEX IF NOT EXISTS requests_category ON requests (category, id);
 CREATE INDEX IF NOT EXISTS requests_verdict ON requests (verdict, id);
 CREATE INDEX IF NOT EXISTS requests_rule ON requests (rule, id);
 CREATE INDEX IF NOT EXISTS requests_src ON requests (src, id);

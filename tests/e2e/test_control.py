@@ -126,6 +126,23 @@ class Tail(unittest.TestCase):
         self.assertTrue(all(r["type"] == "flow" and r["src"] == "10.20.2.20" for r in got), got)
         self.assertTrue(all(r.get("dataplane") for r in got), "tail records name their data plane")
 
+    def test_jsonl_export_pages_with_a_cursor_header(self):
+        e = env()
+        args = ["curl", "-sS", "-D", "-", "--cacert", e["SLUICE_API_CA"], "-H", "Authorization: Bearer " + e["SLUICE_ANALYST_TOKEN"]]
+        r = subprocess.run(args + [e["SLUICE_URL"] + "/v1/flows?format=jsonl&limit=2"], capture_output=True, text=True, timeout=30)
+        head, _, body = r.stdout.partition("\n\n")
+        self.assertIn("content-type: application/x-ndjson", head.lower())
+        lines = body.splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(all(json.loads(x)["type"] == "flow" for x in lines))
+        cursor = [h.split(":", 1)[1].strip() for h in head.splitlines() if h.lower().startswith("x-next-cursor:")]
+        self.assertTrue(cursor, head)
+        r = subprocess.run(args + [e["SLUICE_URL"] + "/v1/flows?format=jsonl&limit=2&cursor=" + cursor[0]],
+                           capture_output=True, text=True, timeout=30)
+        more = r.stdout.partition("\n\n")[2].splitlines()
+        self.assertTrue(more and not set(more) & set(lines), "the next page continues after the first")
+        self.assertEqual(api("GET", "/v1/flows?format=xml", "SLUICE_ANALYST_TOKEN")[0], 400)
+
     def test_rules_show_prints_the_current_text(self):
         r = ctl("rules", "show", token="SLUICE_ANALYST_TOKEN")
         self.assertEqual(r.returncode, 0, r.stderr)
