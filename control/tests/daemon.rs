@@ -25,7 +25,9 @@ impl Drop for Daemon {
 }
 
 fn start() -> Daemon {
-    let dir = std::env::temp_dir().join(format!("sluice-control-test-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sluice-control-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -63,11 +65,23 @@ fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let cert = d.dir.join("state").join("api.crt");
+    call_at(d.port, &d.dir, method, path, token, body)
+}
+
+/// [`call`] by port and directory (from another thread).
+fn call_at(
+    port: u16,
+    dir: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let cert = dir.join("state").join("api.crt");
     let mut c = Command::new("curl");
     c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(&cert).args([
         "--resolve",
-        &format!("localhost:{}:127.0.0.1", d.port),
+        &format!("localhost:{port}:127.0.0.1"),
         "-X",
         method,
     ]);
@@ -77,7 +91,7 @@ fn call(
     if let Some(b) = body {
         c.args(["--data-binary", b]);
     }
-    let out = c.arg(format!("https://localhost:{}{path}", d.port)).output().unwrap();
+    let out = c.arg(format!("https://localhost:{port}{path}")).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
     let (body, code) = text.rsplit_once('\n').unwrap();
@@ -179,4 +193,148 @@ fn bad_configurations_are_refused_clearly() {
     assert!(e.to_string().contains("64 hex digits"), "{e}");
     let e = sluice_control::config::Config::parse(p, "listen = 5\n").unwrap_err();
     assert!(e.to_string().starts_with("c.toml: "), "{e}");
+}
+
+/// A data plane's end of the link, speaking the protocol by hand.
+struct FakeDataplane {
+    sock: std::os::unix::net::UnixStream,
+    dec: sluice_link::Decoder,
+}
+
+impl FakeDataplane {
+    fn connect(d: &Daemon, name: &str, proto: u32) -> FakeDataplane {
+        use std::io::Write;
+        let path = d.dir.join("state").join("dataplane.sock");
+        let mut sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let hello = sluice_link::Up::Hello {
+            proto,
+            dataplane: name.into(),
+            next_seq: 1,
+            policy_version: None,
+            policy_sha256: String::new(),
+        };
+        sluice_link::encode(&hello, &mut buf).unwrap();
+        sock.write_all(&buf).unwrap();
+        FakeDataplane { sock, dec: sluice_link::Decoder::new() }
+    }
+
+    fn send(&mut self, m: &sluice_link::Up) {
+        use std::io::Write;
+        let mut buf = Vec::new();
+        sluice_link::encode(m, &mut buf).unwrap();
+        self.sock.write_all(&buf).unwrap();
+    }
+
+    /// The next message, `None` when control closed the link.
+    fn recv(&mut self) -> Option<sluice_link::Down> {
+        use std::io::Read;
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(m) = self.dec.message().unwrap() {
+                return Some(m);
+            }
+            let n = self.sock.read(&mut buf).unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.dec.push(&buf[..n]);
+        }
+    }
+}
+
+#[test]
+fn dataplane_link_policy_records_dedup_identities() {
+    use sluice_link::{Down, Up};
+    let d = start();
+    let default = rules(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml")));
+    assert_eq!(call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&default)).0, 200);
+
+    let mut dp = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
+    assert_eq!(
+        dp.recv(),
+        Some(Down::Welcome { proto: sluice_link::PROTO_VERSION, last_seq: None })
+    );
+    match dp.recv() {
+        Some(Down::Policy { version: 1, text }) => assert_eq!(text, default),
+        other => panic!("expected the current policy, got {other:?}"),
+    }
+    assert!(matches!(dp.recv(), Some(Down::Identities { .. })));
+    dp.send(&Up::PolicyAck { version: 1, error: None });
+
+    let flow = |seq: u64| serde_json::json!({"seq": seq, "type": "flow", "ts_ms": 1000 + seq, "src": "10.0.0.1", "verdict": "allow"});
+    let request = serde_json::json!({"seq": 3, "type": "request", "ts_ms": 1003, "src": "10.0.0.1", "verdict": "block",
+        "dlp_findings": [{"detector": "credit_card", "count": 1, "paths": ["$.messages[0].content"], "hashes": []}]});
+    dp.send(&Up::Records { records: vec![flow(1), flow(2), request.clone()] });
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
+    // A replay (after a reconnect) stores nothing twice.
+    dp.send(&Up::Records { records: vec![flow(2), request] });
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
+    let (_, body) = call(&d, "GET", "/v1/flows", Some(ANALYST), None);
+    assert_eq!(json(&body)["records"].as_array().unwrap().len(), 2, "{body}");
+    let (_, body) = call(&d, "GET", "/v1/requests?detector=credit_card", Some(ANALYST), None);
+    let reqs = json(&body)["records"].as_array().unwrap().clone();
+    assert_eq!(reqs.len(), 1, "{body}");
+    assert_eq!(reqs[0]["dataplane"], serde_json::Value::Null, "stored as sent");
+
+    // A second data plane with the same name, or another protocol version, is refused.
+    let mut twin = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
+    assert!(
+        matches!(twin.recv(), Some(Down::Refused { reason }) if reason.contains("already connected"))
+    );
+    let mut old = FakeDataplane::connect(&d, "dp-old", 0);
+    assert!(matches!(old.recv(), Some(Down::Refused { reason }) if reason.contains("version")));
+
+    // A rule push goes down the link and waits for the answer; a refusal is reported.
+    let edited = default.replace("max_inspect_bytes = 8388608", "max_inspect_bytes = 4194304");
+    let pusher = {
+        let (port, dir) = (d.port, d.dir.clone());
+        std::thread::spawn(move || {
+            call_at(port, &dir, "PUT", "/v1/rules", Some(ADMIN), Some(&edited))
+        })
+    };
+    match dp.recv() {
+        Some(Down::Policy { version: 2, .. }) => {}
+        other => panic!("expected version 2, got {other:?}"),
+    }
+    dp.send(&Up::PolicyAck { version: 2, error: Some("line 1: no".into()) });
+    let (code, body) = pusher.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["dataplanes"][0]["status"], "refused", "{body}");
+
+    // The identity feed goes down whole on every change.
+    let (code, body) = call(
+        &d,
+        "PUT",
+        "/v1/identities/10.0.0.9",
+        Some(ADMIN),
+        Some(r#"{"user": "gina@corp", "groups": ["finance"], "ttl": 60}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    match dp.recv() {
+        Some(Down::Identities { entries, .. }) => {
+            assert_eq!(entries.len(), 1);
+            assert_eq!(
+                (entries[0].user.as_str(), entries[0].groups.as_slice()),
+                ("gina@corp", &["finance".to_owned()][..])
+            );
+            assert!(entries[0].expires_at.is_some());
+        }
+        other => panic!("expected the identity feed, got {other:?}"),
+    }
+    let (_, body) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
+    let st = json(&body);
+    assert_eq!(st["dataplanes"][0]["name"], "dp-test");
+    assert_eq!(st["dataplanes"][0]["connected"], true);
+    assert_eq!(st["dataplanes"][0]["policy_version"], 1, "version 2 was refused");
+
+    // Reconnecting: control says where its records end.
+    drop(dp);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut dp = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
+    assert_eq!(
+        dp.recv(),
+        Some(Down::Welcome { proto: sluice_link::PROTO_VERSION, last_seq: Some(3) })
+    );
 }
