@@ -331,9 +331,22 @@ fn time_param(v: &str) -> Option<u64> {
 
 /// The filters of a flow or request query (400 on a malformed time).
 fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
-    const KNOWN: [&str; 14] = [
-        "since", "until", "identity", "user", "src", "sni", "category", "verdict", "rule",
-        "detector", "limit", "cursor", "type", "format",
+    const KNOWN: [&str; 15] = [
+        "since",
+        "until",
+        "identity",
+        "user",
+        "src",
+        "sni",
+        "category",
+        "verdict",
+        "rule",
+        "detector",
+        "limit",
+        "cursor",
+        "type",
+        "format",
+        "dataplane",
     ];
     if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
@@ -356,6 +369,7 @@ fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
         verdict: text("verdict"),
         rule: text("rule"),
         detector: text("detector"),
+        dataplane: text("dataplane"),
     })
 }
 
@@ -438,6 +452,7 @@ fn tail_match(r: &Value, q: &HashMap<String, String>, f: &FlowFilter) -> bool {
         && field("category", &f.category)
         && field("verdict", &f.verdict)
         && field("rule", &f.rule)
+        && field("dataplane", &f.dataplane)
         && f.detector.as_deref().is_none_or(|d| {
             r.get("dlp_findings").and_then(Value::as_array).is_some_and(|a| {
                 a.iter().any(|x| x.get("detector").and_then(Value::as_str) == Some(d))
@@ -485,7 +500,7 @@ fn ip_param(ip: &str) -> Result<std::net::IpAddr, Response> {
 }
 
 /// Stores identity changes, pushes the whole feed to the data planes, audits the call.
-fn identities_changed(
+async fn identities_changed(
     s: &AppState,
     caller: &Caller,
     action: &str,
@@ -502,11 +517,11 @@ fn identities_changed(
             Err(e) => return internal(e),
         }
     };
-    let pushed = s.links.push_identities(&all);
     let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
     if let Err(e) = lock!(s.rules).audit(&caller.name, action, detail, version) {
         return internal(e);
     }
+    let pushed = s.links.push_identities_acked(&all, PUSH_WAIT).await;
     axum::Json(json!({ "entries": all.len(), "dataplanes": pushed })).into_response()
 }
 
@@ -536,7 +551,7 @@ async fn put_identity(
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
     let detail = format!("{ip} -> {} {:?}", id.user, id.groups);
-    identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false))
+    identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false)).await
 }
 
 async fn delete_identity(
@@ -556,7 +571,8 @@ async fn delete_identity(
     let r = identities_changed(&s, &caller, "identities.remove", &ip.to_string(), |st| {
         found = st.remove(ip)?;
         Ok(())
-    });
+    })
+    .await;
     if !found {
         return error(StatusCode::NOT_FOUND, format!("no identity for {ip}"));
     }
@@ -606,6 +622,7 @@ async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> 
     let detail =
         format!("{} entries{}", ids.len(), if bulk.replace { ", replacing all" } else { "" });
     identities_changed(&s, &caller, "identities.bulk", &detail, |st| st.set(&ids, bulk.replace))
+        .await
 }
 
 async fn list_identities(State(s): State<Shared>, h: HeaderMap) -> Response {

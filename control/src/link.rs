@@ -47,6 +47,7 @@ struct Session {
     conn: u64,
     tx: mpsc::UnboundedSender<Down>,
     waiters: Vec<(i64, oneshot::Sender<Option<String>>)>,
+    feed_waiters: Vec<(u64, oneshot::Sender<usize>)>,
 }
 
 /// The outcome of a rule push at one data plane.
@@ -134,7 +135,7 @@ impl Links {
         out
     }
 
-    /// Sends the identity feed to every connected data plane; returns to how many.
+    /// Sends the identity feed to every connected data plane without waiting (expiry).
     pub fn push_identities(&self, entries: &[Identity]) -> usize {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let sessions = lock!(self.sessions);
@@ -144,6 +145,36 @@ impl Links {
                 s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok()
             })
             .count()
+    }
+
+    /// Sends the identity feed to every connected data plane and waits up to `wait` for
+    /// their acknowledgements.
+    pub async fn push_identities_acked(
+        &self,
+        entries: &[Identity],
+        wait: Duration,
+    ) -> Vec<PushResult> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut pending = Vec::new();
+        {
+            let mut sessions = lock!(self.sessions);
+            for (name, s) in sessions.iter_mut() {
+                let (tx, rx) = oneshot::channel();
+                if s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok() {
+                    s.feed_waiters.push((generation, tx));
+                    pending.push((name.clone(), rx));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (dataplane, rx) in pending {
+            let status = match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(_)) => "applied",
+                _ => "no answer",
+            };
+            out.push(PushResult { dataplane, status, error: None });
+        }
+        out
     }
 }
 
@@ -232,7 +263,10 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         let mut sessions = lock!(links.sessions);
         let dup = sessions.contains_key(&name);
         if !dup {
-            sessions.insert(name.clone(), Session { conn, tx: tx.clone(), waiters: Vec::new() });
+            sessions.insert(
+                name.clone(),
+                Session { conn, tx: tx.clone(), waiters: Vec::new(), feed_waiters: Vec::new() },
+            );
         }
         dup
     };
@@ -294,9 +328,14 @@ async fn serve_up(
     while let Some(msg) = read(rd, dec, buf).await? {
         match msg {
             Up::Records { records } => {
+                // Each stored record names the data plane it came from.
                 let batch: Vec<(u64, Value)> = records
                     .into_iter()
-                    .filter_map(|r| Some((r.get("seq")?.as_u64()?, r)))
+                    .filter_map(|mut r| {
+                        let seq = r.get("seq")?.as_u64()?;
+                        r.as_object_mut()?.insert("dataplane".into(), name.into());
+                        Some((seq, r))
+                    })
                     .collect();
                 let Some(upto) = batch.iter().map(|(s, _)| *s).max() else { continue };
                 let stats = batch
@@ -319,11 +358,8 @@ async fn serve_up(
                         s.stats = stats;
                     }
                 });
-                for ((_, mut r), new) in batch.into_iter().zip(fresh) {
+                for ((_, r), new) in batch.into_iter().zip(fresh) {
                     if new {
-                        if let Some(o) = r.as_object_mut() {
-                            o.insert("dataplane".into(), name.into());
-                        }
                         state.hub.publish(Arc::new(r));
                     }
                 }
@@ -353,6 +389,15 @@ async fn serve_up(
             }
             Up::IdentitiesAck { generation, entries } => {
                 links.update(name, |s| s.identities = Some((generation, entries)));
+                if let Some(s) = lock!(links.sessions).get_mut(name) {
+                    // An acknowledgement covers its generation and every older one.
+                    let (done, keep): (Vec<_>, Vec<_>) =
+                        s.feed_waiters.drain(..).partition(|(g, _)| *g <= generation);
+                    s.feed_waiters = keep;
+                    for (_, w) in done {
+                        let _ = w.send(entries);
+                    }
+                }
             }
             other => tracing::warn!(dataplane = %name, "unexpected message: {other:?}"),
         }

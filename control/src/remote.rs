@@ -57,6 +57,9 @@ pub struct Filters {
     /// DLP detector with findings (requests only).
     #[arg(long)]
     detector: Option<String>,
+    /// Data plane name.
+    #[arg(long)]
+    dataplane: Option<String>,
 }
 
 impl Filters {
@@ -72,6 +75,7 @@ impl Filters {
             ("verdict", &self.verdict),
             ("rule", &self.rule),
             ("detector", &self.detector),
+            ("dataplane", &self.dataplane),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
@@ -474,14 +478,10 @@ pub fn identity_load(api: &Api, file: &PathBuf, replace: bool) -> Out {
 fn done(api: &Api, v: &Value) -> Out {
     if api.json {
         print_json(v);
-    } else {
-        println!(
-            "{} entries in the feed, sent to {} data plane(s)",
-            s(v, "entries"),
-            s(v, "dataplanes")
-        );
+        return Ok(());
     }
-    Ok(())
+    println!("{} entries in the feed", s(v, "entries"));
+    report_push(v)
 }
 
 /// `identities list`.

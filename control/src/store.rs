@@ -43,6 +43,8 @@ pub struct FlowFilter {
     pub rule: Option<String>,
     /// DLP detector with findings (request records only).
     pub detector: Option<String>,
+    /// Data plane name.
+    pub dataplane: Option<String>,
 }
 
 /// Which records.
@@ -293,6 +295,7 @@ impl FlowStore {
             ("category", &f.category),
             ("verdict", &f.verdict),
             ("rule", &f.rule),
+            ("dataplane", &f.dataplane),
         ] {
             if let Some(v) = v {
                 add(&format!(" AND {col} = ?"), v.clone().into());

@@ -276,7 +276,9 @@ fn dataplane_link_policy_records_dedup_identities() {
     let (_, body) = call(&d, "GET", "/v1/requests?detector=credit_card", Some(ANALYST), None);
     let reqs = json(&body)["records"].as_array().unwrap().clone();
     assert_eq!(reqs.len(), 1, "{body}");
-    assert_eq!(reqs[0]["dataplane"], serde_json::Value::Null, "stored as sent");
+    assert_eq!(reqs[0]["dataplane"], "dp-test", "stored records name their data plane");
+    let (_, body) = call(&d, "GET", "/v1/flows?dataplane=elsewhere", Some(ANALYST), None);
+    assert_eq!(json(&body)["records"].as_array().unwrap().len(), 0, "{body}");
 
     // A second data plane with the same name, or another protocol version, is refused.
     let mut twin = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
@@ -303,26 +305,30 @@ fn dataplane_link_policy_records_dedup_identities() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["dataplanes"][0]["status"], "refused", "{body}");
 
-    // The identity feed goes down whole on every change.
-    let (code, body) = call(
-        &d,
-        "PUT",
-        "/v1/identities/10.0.0.9",
-        Some(ADMIN),
-        Some(r#"{"user": "gina@corp", "groups": ["finance"], "ttl": 60}"#),
-    );
-    assert_eq!(code, 200, "{body}");
-    match dp.recv() {
-        Some(Down::Identities { entries, .. }) => {
+    // The identity feed goes down whole on every change; the call answers with the ack.
+    let feeder = {
+        let (port, dir) = (d.port, d.dir.clone());
+        std::thread::spawn(move || {
+            let body = r#"{"user": "gina@corp", "groups": ["finance"], "ttl": 60}"#;
+            call_at(port, &dir, "PUT", "/v1/identities/10.0.0.9", Some(ADMIN), Some(body))
+        })
+    };
+    let generation = match dp.recv() {
+        Some(Down::Identities { generation, entries }) => {
             assert_eq!(entries.len(), 1);
             assert_eq!(
                 (entries[0].user.as_str(), entries[0].groups.as_slice()),
                 ("gina@corp", &["finance".to_owned()][..])
             );
             assert!(entries[0].expires_at.is_some());
+            generation
         }
         other => panic!("expected the identity feed, got {other:?}"),
-    }
+    };
+    dp.send(&Up::IdentitiesAck { generation, entries: 1 });
+    let (code, body) = feeder.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["dataplanes"][0]["status"], "applied", "{body}");
     let (_, body) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
     let st = json(&body);
     assert_eq!(st["dataplanes"][0]["name"], "dp-test");

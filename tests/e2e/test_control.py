@@ -239,6 +239,8 @@ class IdentityFeed(unittest.TestCase):
                 token="SLUICE_FEEDER_TOKEN")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("1 entries", r.stdout)
+        self.assertIn("lab-", r.stdout)
+        self.assertIn("applied", r.stdout)
         self.assertEqual(models("guest", "?" + FED), "200")
         deadline = time.time() + 15
         while time.time() < deadline:
