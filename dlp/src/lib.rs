@@ -108,10 +108,23 @@ enum Anchor {
 
 /// The scanner: built once per policy (the built-in detectors and the rule set's custom
 /// ones), shared by every request.
+///
+/// Anchors are found in three ways, chosen for speed (each keeps aho-corasick's SIMD
+/// prefilter, or memchr's, able to skip prose): the vendor token prefixes and the
+/// case-sensitive special anchors (`eyJ`, `-----BEGIN `, `://`, …) in one case-sensitive
+/// automaton over the text; the keywords (`password`, `secret`, `token`, …), matched without
+/// regard to case, in a second automaton over an ASCII-lowercased copy (same offsets); and
+/// the one- and two-byte anchors (`@`, `Q~`, `SK`) with memchr. One automaton over everything,
+/// case-insensitive, ran at ~400 MiB/s: its frequent short and keyword anchors disabled the
+/// prefilter.
 #[derive(Debug, Clone)]
 pub struct Scanner {
     ac: AhoCorasick,
     anchors: Vec<Anchor>,
+    keywords: AhoCorasick,
+    keyword_anchors: Vec<tokens::Special>,
+    /// Token index and detector of the two-byte `SK` prefix (found with memmem).
+    twilio: Option<(usize, DetectorId)>,
     custom: custom::Custom,
 }
 
@@ -132,25 +145,52 @@ pub enum BuildError {
 impl Scanner {
     /// The scanner over every built-in detector.
     pub fn new() -> Result<Self, BuildError> {
+        use tokens::Special;
         let mut patterns: Vec<&'static str> = Vec::new();
         let mut anchors = Vec::new();
+        let mut twilio = None;
         for (i, t) in tokens::TOKENS.iter().enumerate() {
             for p in t.prefixes {
+                if p.len() < 3 {
+                    // Too short for the automaton's prefilter: found with memmem.
+                    twilio = Some((i, id(t.name)));
+                    continue;
+                }
                 patterns.push(p);
                 anchors.push(Anchor::Token(i, id(t.name)));
             }
         }
+        let mut keywords = Vec::new();
+        let mut keyword_anchors = Vec::new();
         for (p, s) in tokens::SPECIAL_ANCHORS {
-            patterns.push(p);
-            anchors.push(Anchor::Special(*s));
+            match s {
+                // Found with memchr in `scan`.
+                Special::Email | Special::AzureClientSecret => {}
+                Special::Generic | Special::ConnPassword | Special::AwsSecret => {
+                    debug_assert_eq!(p.to_ascii_lowercase(), *p, "keywords are lowercase");
+                    keywords.push(*p);
+                    keyword_anchors.push(*s);
+                }
+                _ => {
+                    patterns.push(p);
+                    anchors.push(Anchor::Special(*s));
+                }
+            }
         }
         // Leftmost-longest, not overlapping: where anchors nest (`sk-` in `sk-proj-`,
         // `password` in `password=`) the longest leads, and its check covers the shorter one.
-        let ac = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)?;
-        Ok(Scanner { ac, anchors, custom: custom::Custom::default() })
+        let ac =
+            AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&patterns)?;
+        let keywords =
+            AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&keywords)?;
+        Ok(Scanner {
+            ac,
+            anchors,
+            keywords,
+            keyword_anchors,
+            twilio,
+            custom: custom::Custom::default(),
+        })
     }
 
     /// The built-in detectors plus a rule set's custom ones.
@@ -193,6 +233,44 @@ impl Scanner {
                 }
             }
         }
+        if let Some((i, d)) = self.twilio
+            && set.contains(d)
+        {
+            for at in memchr::memmem::find_iter(bytes, b"SK") {
+                tokens::confirm_token(i, bytes, at, at + 2, out);
+            }
+        }
+        if tokens::KEYWORD_DETECTORS.iter().any(|n| set.has(n)) {
+            LOWER.with(|low| {
+                let mut low = low.borrow_mut();
+                low.clear();
+                low.extend(bytes.iter().map(u8::to_ascii_lowercase));
+                for m in self.keywords.find_iter(low.as_slice()) {
+                    if let Some(&s) = self.keyword_anchors.get(m.pattern().as_usize()) {
+                        tokens::confirm_special(s, bytes, m.start(), m.end(), set, out);
+                    }
+                }
+            });
+        }
+        if set.has("email") {
+            for at in memchr::memchr_iter(b'@', bytes) {
+                tokens::confirm_special(tokens::Special::Email, bytes, at, at + 1, set, out);
+            }
+        }
+        if set.has("azure_client_secret") {
+            for at in memchr::memchr_iter(b'~', bytes) {
+                if at > 0 && bytes[at - 1] == b'Q' {
+                    tokens::confirm_special(
+                        tokens::Special::AzureClientSecret,
+                        bytes,
+                        at - 1,
+                        at + 1,
+                        set,
+                        out,
+                    );
+                }
+            }
+        }
         if numbers::any_enabled(set) {
             numbers::scan(bytes, set, out);
         }
@@ -211,6 +289,11 @@ impl Scanner {
         }
         out.truncate(keep);
     }
+}
+
+thread_local! {
+    /// The lowercased copy the keyword automaton reads (reused across calls).
+    static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Sorts by start, longest first, generic last among equals: the overlap filter then keeps

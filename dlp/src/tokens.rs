@@ -153,6 +153,10 @@ pub(crate) const SPECIAL_ANCHORS: &[(&str, Special)] = &[
     (":AA", Special::Telegram),
 ];
 
+/// Detectors the keyword anchors lead to (the keyword automaton runs only if one is on).
+pub(crate) const KEYWORD_DETECTORS: &[&str] =
+    &["generic_secret", "connection_string_password", "aws_secret_access_key"];
+
 /// Detector names implemented by the special checks.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const SPECIAL_NAMES: &[&str] = &[
