@@ -18,3 +18,4 @@ pub mod rulestore;
 pub mod store;
 pub mod syslog;
 pub mod tls;
+pub mod utc;

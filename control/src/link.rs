@@ -109,30 +109,49 @@ impl Links {
         f(e);
     }
 
-    /// Sends a rule set to every connected data plane and waits up to `wait` for their
-    /// answers.
-    pub async fn push_policy(&self, version: i64, text: &str, wait: Duration) -> Vec<PushResult> {
+    /// Sends `msg` to every connected data plane, registering a waiter for its answer with
+    /// `register`, then collects the answers until `wait` has passed (one deadline for all).
+    async fn fan_out<T>(
+        &self,
+        msg: &Down,
+        wait: Duration,
+        register: impl Fn(&mut Session, oneshot::Sender<T>),
+    ) -> Vec<(String, Option<T>)> {
         let mut pending = Vec::new();
         {
             let mut sessions = lock!(self.sessions);
             for (name, s) in sessions.iter_mut() {
                 let (tx, rx) = oneshot::channel();
-                if s.tx.send(Down::Policy { version, text: text.to_owned() }).is_ok() {
-                    s.waiters.push((version, tx));
+                if s.tx.send(msg.clone()).is_ok() {
+                    register(s, tx);
                     pending.push((name.clone(), rx));
                 }
             }
         }
+        let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
-        for (dataplane, rx) in pending {
-            let (status, error) = match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(None)) => ("applied", None),
-                Ok(Ok(Some(e))) => ("refused", Some(e)),
-                _ => ("no answer", None),
-            };
-            out.push(PushResult { dataplane, status, error });
+        for (name, rx) in pending {
+            out.push((name, tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok)));
         }
         out
+    }
+
+    /// Sends a rule set to every connected data plane and waits up to `wait` for their
+    /// answers.
+    pub async fn push_policy(&self, version: i64, text: &str, wait: Duration) -> Vec<PushResult> {
+        let msg = Down::Policy { version, text: text.to_owned() };
+        let answers = self.fan_out(&msg, wait, |s, tx| s.waiters.push((version, tx))).await;
+        answers
+            .into_iter()
+            .map(|(dataplane, a)| {
+                let (status, error) = match a {
+                    Some(None) => ("applied", None),
+                    Some(Some(e)) => ("refused", Some(e)),
+                    None => ("no answer", None),
+                };
+                PushResult { dataplane, status, error }
+            })
+            .collect()
     }
 
     /// Sends the identity feed to every connected data plane without waiting (expiry).
@@ -155,26 +174,16 @@ impl Links {
         wait: Duration,
     ) -> Vec<PushResult> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut pending = Vec::new();
-        {
-            let mut sessions = lock!(self.sessions);
-            for (name, s) in sessions.iter_mut() {
-                let (tx, rx) = oneshot::channel();
-                if s.tx.send(Down::Identities { generation, entries: entries.to_vec() }).is_ok() {
-                    s.feed_waiters.push((generation, tx));
-                    pending.push((name.clone(), rx));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for (dataplane, rx) in pending {
-            let status = match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(_)) => "applied",
-                _ => "no answer",
-            };
-            out.push(PushResult { dataplane, status, error: None });
-        }
-        out
+        let msg = Down::Identities { generation, entries: entries.to_vec() };
+        let answers = self.fan_out(&msg, wait, |s, tx| s.feed_waiters.push((generation, tx))).await;
+        answers
+            .into_iter()
+            .map(|(dataplane, a)| PushResult {
+                dataplane,
+                status: if a.is_some() { "applied" } else { "no answer" },
+                error: None,
+            })
+            .collect()
     }
 }
 

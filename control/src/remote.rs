@@ -180,21 +180,14 @@ fn s(v: &Value, k: &str) -> String {
     }
 }
 
-/// Local time-free rendering of unix ms as `YYYY-MM-DD HH:MM:SS` UTC.
+/// Unix ms as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn when(ms: &Value) -> String {
     let Some(ms) = ms.as_u64() else { return "-".into() };
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    let t = sluice_control::utc::from_unix_ms(ms);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
 }
 
 /// Prints rows as a table with a header, columns as wide as their widest cell.
