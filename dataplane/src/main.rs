@@ -20,7 +20,8 @@ use sluice_dataplane::port::Port;
 use sluice_dataplane::record::Record;
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
-use sluice_rules::{IdentityOverlay, RulesError, load_file};
+use sluice_rules::catalog::FsLoader;
+use sluice_rules::{IdentityOverlay, compile};
 use tracing::{error, info, warn};
 
 /// Inline AI-egress data plane.
@@ -310,22 +311,21 @@ fn side_name(s: Side) -> &'static str {
     }
 }
 
-/// Loads a local rule file: the policy and the SHA-256 of its text.
+/// Loads a local rule file (read once): the policy and the SHA-256 of its text.
 fn load_policy(path: &Path) -> Result<(sluice_rules::Policy, String)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    match load_file(path) {
+    match compile(&path.display().to_string(), &text, &FsLoader::for_file(path)) {
         Ok(c) => {
             for w in &c.warnings {
                 warn!("{w}");
             }
             Ok((c.policy, link::text_sha256(&text)))
         }
-        Err(RulesError::Invalid(d)) => {
+        Err(d) => {
             let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
             bail!("rule set {} is invalid:\n{}", path.display(), lines.join("\n"))
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -387,28 +387,36 @@ impl Output {
         if records.is_empty() {
             return;
         }
-        let mut values = Vec::with_capacity(records.len());
+        // Each record is serialised once: the same text goes to the log and to the spool.
+        let mut lines = Vec::with_capacity(records.len());
         for r in &records {
-            let Ok(mut v) = serde_json::to_value(r) else { continue };
-            match r {
-                Record::Flow(_) => self.emitted.flow += 1,
-                Record::Request(_) => self.emitted.request += 1,
+            let line = match r {
+                Record::Flow(_) => {
+                    self.emitted.flow += 1;
+                    serde_json::to_string(r)
+                }
+                Record::Request(_) => {
+                    self.emitted.request += 1;
+                    serde_json::to_string(r)
+                }
                 Record::Stats(_) => {
                     self.emitted.stats += 1;
-                    self.annotate_stats(&mut v);
+                    serde_json::to_value(r).and_then(|mut v| {
+                        self.annotate_stats(&mut v);
+                        serde_json::to_string(&v)
+                    })
                 }
-            }
-            if let Ok(line) = serde_json::to_string(&v) {
-                let _ = writeln!(self.log, "{line}");
-            }
-            values.push(v);
+            };
+            let Ok(line) = line else { continue };
+            let _ = writeln!(self.log, "{line}");
+            lines.push(line);
         }
         if let Err(e) = self.log.flush() {
             error!("writing flow log: {e}");
         }
         if let Some((spool, _)) = &self.link {
             let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = s.append(values) {
+            if let Err(e) = s.append(&lines) {
                 error!("spooling records failed: {e}");
             }
         }

@@ -125,6 +125,10 @@ pub struct Scanner {
     keyword_anchors: Vec<tokens::Special>,
     /// Token index and detector of the two-byte `SK` prefix (found with memmem).
     twilio: Option<(usize, DetectorId)>,
+    /// The detectors the keyword anchors lead to, and those of `@` and `Q~` (looked up once).
+    keyword_detectors: DetectorSet,
+    email: DetectorId,
+    azure: DetectorId,
     custom: custom::Custom,
 }
 
@@ -189,6 +193,10 @@ impl Scanner {
             keywords,
             keyword_anchors,
             twilio,
+            keyword_detectors: DetectorSet::from_names(tokens::KEYWORD_DETECTORS)
+                .expect("keyword detectors are in the registry"),
+            email: id("email"),
+            azure: id("azure_client_secret"),
             custom: custom::Custom::default(),
         })
     }
@@ -240,7 +248,7 @@ impl Scanner {
                 tokens::confirm_token(i, bytes, at, at + 2, out);
             }
         }
-        if tokens::KEYWORD_DETECTORS.iter().any(|n| set.has(n)) {
+        if set.0 & self.keyword_detectors.0 != 0 {
             LOWER.with(|low| {
                 let mut low = low.borrow_mut();
                 low.clear();
@@ -252,12 +260,12 @@ impl Scanner {
                 }
             });
         }
-        if set.has("email") {
+        if set.contains(self.email) {
             for at in memchr::memchr_iter(b'@', bytes) {
                 tokens::confirm_special(tokens::Special::Email, bytes, at, at + 1, set, out);
             }
         }
-        if set.has("azure_client_secret") {
+        if set.contains(self.azure) {
             for at in memchr::memchr_iter(b'~', bytes) {
                 if at > 0 && bytes[at - 1] == b'Q' {
                     tokens::confirm_special(

@@ -48,6 +48,15 @@ def models(host, query=""):
     return r.stdout.strip() or "000"
 
 
+def restart_appliance(**extra_env):
+    """`scripts/lab start` again with the current rule file and the usual data-plane flags,
+    plus `extra_env` (e.g. a syslog target for control)."""
+    with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+        rules = f.read().strip()
+    args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
+    lab("start", "--rules", rules, timeout=300, env_extra=dict(extra_env, SLUICE_DATAPLANE_ARGS=args))
+
+
 BLOCK_BOB = """
 [[rule]]
 name = "block-bob-openai"
@@ -278,12 +287,7 @@ class SyslogTcpCef(unittest.TestCase):
         cls.stop = False
         cls.reader = threading.Thread(target=cls.read, daemon=True)
         cls.reader.start()
-        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
-            cls.rules = f.read().strip()
-        cls.args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
-        lab("start", "--rules", cls.rules, timeout=300, env_extra={
-            "SLUICE_DATAPLANE_ARGS": cls.args, "SLUICE_SYSLOG_FORMAT": "cef",
-            "SLUICE_SYSLOG": "tcp://127.0.0.1:%d" % cls.srv.getsockname()[1]})
+        restart_appliance(SLUICE_SYSLOG_FORMAT="cef", SLUICE_SYSLOG="tcp://127.0.0.1:%d" % cls.srv.getsockname()[1])
 
     @classmethod
     def read(cls):
@@ -308,7 +312,7 @@ class SyslogTcpCef(unittest.TestCase):
         cls.stop = True
         cls.reader.join()
         cls.srv.close()
-        lab("start", "--rules", cls.rules, timeout=300, env_extra={"SLUICE_DATAPLANE_ARGS": cls.args})
+        restart_appliance()
 
     @staticmethod
     def frames(data):
@@ -346,11 +350,7 @@ class RestartAndSyslog(unittest.TestCase):
         cls.stop = False
         cls.reader = threading.Thread(target=cls.read, daemon=True)
         cls.reader.start()
-        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
-            cls.rules = f.read().strip()
-        cls.args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
-        lab("start", "--rules", cls.rules, timeout=300, env_extra={
-            "SLUICE_DATAPLANE_ARGS": cls.args, "SLUICE_SYSLOG": "udp://127.0.0.1:%d" % cls.sock.getsockname()[1]})
+        restart_appliance(SLUICE_SYSLOG="udp://127.0.0.1:%d" % cls.sock.getsockname()[1])
 
     @classmethod
     def read(cls):
@@ -365,7 +365,7 @@ class RestartAndSyslog(unittest.TestCase):
         cls.stop = True
         cls.reader.join()
         cls.sock.close()
-        lab("start", "--rules", cls.rules, timeout=300, env_extra={"SLUICE_DATAPLANE_ARGS": cls.args})
+        restart_appliance()
 
     def test_syslog_collector_receives_rfc5424_records(self):
         curl("bob", "http://example.org/syslog-probe")

@@ -4,13 +4,14 @@
 //! [`Spool::dropped`] counts its records. After a restart the spool is read back, so records
 //! survive a restart of either process.
 //!
-//! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each with its `seq`.
+//! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
+//! its `seq` (so reading the number back needs no JSON parse).
 //! The newest file is the active one; a file is closed at [`SEGMENT_BYTES`]. This module owns
 //! files; it is kept small and is driven by the link thread and the record writer.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -37,13 +38,25 @@ pub struct Spool {
     max_bytes: u64,
     acked: u64,
     dropped: u64,
+    /// Where the last [`Spool::read_after`] stopped: the last sequence number it returned,
+    /// that record's segment (by first number) and the byte offset after it. The next call
+    /// continuing from there seeks instead of reading the segment from its start.
+    cursor: Option<(u64, u64, u64)>,
 }
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.jsonl"))
 }
 
+/// The `seq` of a spooled line: read from its `{"seq":N` prefix, or (a line written some other
+/// way) from the parsed object.
 fn seq_of(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"seq\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if let Some(n) = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse().ok()) {
+            return Some(n);
+        }
+    }
     serde_json::from_slice::<Value>(line).ok()?.get("seq")?.as_u64()
 }
 
@@ -104,6 +117,7 @@ impl Spool {
             max_bytes: max_bytes.max(1),
             acked,
             dropped: 0,
+            cursor: None,
         })
     }
 
@@ -131,17 +145,21 @@ impl Spool {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Numbers `records` (adding `seq`), writes them durably, and returns the first number.
-    pub fn append(&mut self, records: impl IntoIterator<Item = Value>) -> io::Result<u64> {
+    /// Numbers `records` (JSON objects as text; `seq` is put in front of their members),
+    /// writes them durably, and returns the first number.
+    pub fn append<S: AsRef<str>>(&mut self, records: &[S]) -> io::Result<u64> {
         let first = self.next_seq();
         let mut buf = Vec::new();
         let mut seq = first;
-        for mut r in records {
-            if let Some(o) = r.as_object_mut() {
-                o.insert("seq".into(), seq.into());
-            }
-            serde_json::to_writer(&mut buf, &r).map_err(io::Error::other)?;
-            buf.push(b'\n');
+        for r in records {
+            let Some(members) = r.as_ref().strip_prefix('{') else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a record is not a JSON object",
+                ));
+            };
+            let sep = if members.starts_with('}') { "" } else { "," };
+            writeln!(buf, "{{\"seq\":{seq}{sep}{members}")?;
             seq += 1;
         }
         if seq == first {
@@ -211,15 +229,31 @@ impl Spool {
     }
 
     /// Up to `max` records with a sequence number above `after`, in order (as JSON text lines).
-    pub fn read_after(&self, after: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
+    pub fn read_after(&mut self, after: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
         let mut out = Vec::new();
+        let resume = self.cursor.filter(|c| c.0 == after);
         for s in self.segments.iter().filter(|s| s.end > after + 1 && s.bytes > 0) {
-            let r = BufReader::new(File::open(&s.path)?);
-            for line in r.lines() {
-                let line = line?;
-                let Some(seq) = seq_of(line.as_bytes()) else { continue };
+            let mut f = File::open(&s.path)?;
+            let mut pos = 0;
+            if let Some((_, seg, off)) = resume
+                && seg == s.first
+            {
+                pos = f.seek(SeekFrom::Start(off))?;
+            }
+            let mut r = BufReader::new(f);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = r.read_line(&mut line)?;
+                if n == 0 {
+                    break;
+                }
+                pos += n as u64;
+                let text = line.trim_end();
+                let Some(seq) = seq_of(text.as_bytes()) else { continue };
                 if seq > after {
-                    out.push((seq, line));
+                    out.push((seq, text.to_owned()));
+                    self.cursor = Some((seq, s.first, pos));
                     if out.len() >= max {
                         return Ok(out);
                     }
@@ -241,23 +275,25 @@ mod tests {
         d
     }
 
-    fn recs(n: usize) -> Vec<Value> {
-        (0..n).map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(100)})).collect()
+    fn recs(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(100)}).to_string())
+            .collect()
     }
 
     #[test]
     fn numbers_acks_and_survives_reopen() {
         let d = dir("reopen");
         let mut s = Spool::open(&d, 1 << 30).unwrap();
-        assert_eq!(s.append(recs(5)).unwrap(), 1);
-        assert_eq!(s.append(recs(3)).unwrap(), 6);
+        assert_eq!(s.append(&recs(5)).unwrap(), 1);
+        assert_eq!(s.append(&recs(3)).unwrap(), 6);
         assert_eq!(s.depth(), 8);
         let got = s.read_after(3, 100).unwrap();
         assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
         s.ack(8).unwrap();
         assert_eq!(s.depth(), 0);
         assert!(s.read_after(0, 100).unwrap().is_empty());
-        s.append(recs(2)).unwrap();
+        s.append(&recs(2)).unwrap();
         drop(s);
         // A crash mid-write leaves a torn line: cut off on reopen, numbering continues.
         let last = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).max().unwrap();
@@ -274,7 +310,25 @@ mod tests {
             s.read_after(0, 100).unwrap().iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![9, 10]
         );
-        assert_eq!(s.append(recs(1)).unwrap(), 11);
+        assert_eq!(s.append(&recs(1)).unwrap(), 11);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reads_continue_where_they_stopped() {
+        let d = dir("cursor");
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        s.append(&recs(10)).unwrap();
+        let seqs = |v: Vec<(u64, String)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+        assert_eq!(seqs(s.read_after(0, 3).unwrap()), vec![1, 2, 3]);
+        assert_eq!(seqs(s.read_after(3, 3).unwrap()), vec![4, 5, 6], "resumed at the cursor");
+        assert_eq!(
+            seqs(s.read_after(2, 100).unwrap()),
+            (3..=10).collect::<Vec<_>>(),
+            "a replay reads from the start"
+        );
+        s.append(&recs(1)).unwrap();
+        assert_eq!(seqs(s.read_after(10, 100).unwrap()), vec![11]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -284,7 +338,7 @@ mod tests {
         // Segments of max/4 bytes: at most about four kept.
         let mut s = Spool::open(&d, 40_000).unwrap();
         for _ in 0..100 {
-            s.append(recs(10)).unwrap();
+            s.append(&recs(10)).unwrap();
         }
         assert!(s.bytes() <= 40_000 + 10_000, "{} bytes", s.bytes());
         assert!(s.dropped() > 0);
@@ -300,7 +354,7 @@ mod tests {
         let d = dir("skip");
         let mut s = Spool::open(&d, 1 << 30).unwrap();
         s.skip_to(41).unwrap();
-        assert_eq!(s.append(recs(1)).unwrap(), 42);
+        assert_eq!(s.append(&recs(1)).unwrap(), 42);
         assert_eq!(s.depth(), 1);
         s.skip_to(10).unwrap();
         assert_eq!(s.next_seq(), 43);
