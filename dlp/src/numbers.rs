@@ -3,6 +3,8 @@
 //! North American and UK national forms), IPv4 addresses, and the letter–digit formats that
 //! start like them (IBAN with country length and mod-97, UK NINO).
 
+use wide::i8x16;
+
 use super::{DetectorSet, Match};
 
 /// Detector names implemented here.
@@ -17,90 +19,222 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// The high bit of each byte of `x` that lies strictly between `m` and `n` (both at most
-/// 128), others zero: the SWAR "hasbetween" of Bit Twiddling Hacks, exact per byte (no carry
-/// crosses bytes). Bytes of 128 and over never count.
-fn between(x: u64, m: u8, n: u8) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let (m, n) = (u64::from(m), u64::from(n));
-    let low7 = x & (ONES * 127);
-    (ONES * (127 + n)).wrapping_sub(low7) & !x & low7.wrapping_add(ONES * (127 - m)) & (ONES * 128)
+/// Which detectors of this module are on.
+#[derive(Clone, Copy)]
+struct Want {
+    card: bool,
+    ssn: bool,
+    phone: bool,
+    ip: bool,
+    iban: bool,
+    nino: bool,
 }
 
-/// Scans `b` once; candidates are runs of digits and separators, and uppercase pairs followed
-/// by digits.
-pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
-    let card = set.has("credit_card");
-    let ssn = set.has("us_ssn");
-    let phone = set.has("phone");
-    let ip = set.has("ip_address");
-    let iban = set.has("iban");
-    let nino = set.has("uk_nino");
-    let numeric = card || ssn || phone || ip;
-    let letters = iban || nino;
-    let mut i = 0;
-    while i < b.len() {
-        // Eight bytes at a time past text that can start nothing here (no digit, no `(`/`+`,
-        // no capital when IBANs or NINOs are wanted): most prose.
-        if let Some(w) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-            let mut hits = 0;
-            if numeric {
-                hits |= between(w, b'0' - 1, b'9' + 1) | between(w, 0x27, 0x2c);
-            }
-            if letters {
-                hits |= between(w, b'A' - 1, b'Z' + 1);
-            }
-            if hits == 0 {
-                i += 8;
-                continue;
-            }
-            // To the first byte that can start something.
-            i += (hits.trailing_zeros() / 8) as usize;
+impl Want {
+    fn of(set: &DetectorSet) -> Self {
+        Want {
+            card: set.has("credit_card"),
+            ssn: set.has("us_ssn"),
+            phone: set.has("phone"),
+            ip: set.has("ip_address"),
+            iban: set.has("iban"),
+            nino: set.has("uk_nino"),
         }
-        let c = b[i];
-        if c.is_ascii_uppercase() {
-            if (iban || nino) && (i == 0 || !is_word(b[i - 1])) && i + 3 < b.len() {
-                if iban
-                    && b[i + 1].is_ascii_uppercase()
-                    && b[i + 2].is_ascii_digit()
-                    && b[i + 3].is_ascii_digit()
-                {
-                    if let Some(end) = iban_at(b, i) {
-                        out.push(Match { detector: "iban", start: i, end });
-                        i = end;
-                        continue;
-                    }
-                }
-                if nino && let Some(end) = nino_at(b, i) {
-                    out.push(Match { detector: "uk_nino", start: i, end });
-                    i = end;
-                    continue;
-                }
-            }
-            i += 1;
-            continue;
-        }
-        let starts = c.is_ascii_digit()
-            || ((c == b'+' || c == b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
-        if !numeric
-            || !starts
-            || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'.' || b[i - 1] == b'-'))
-        {
-            i += 1;
-            continue;
-        }
-        let end = run_end(b, i);
-        let cand = &b[i..end];
-        if let Some((name, s, e)) = classify(cand, b, i, card, ssn, phone, ip) {
-            out.push(Match { detector: name, start: i + s, end: i + e });
-        }
-        i = end.max(i + 1);
+    }
+
+    fn numeric(self) -> bool {
+        self.card || self.ssn || self.phone || self.ip
+    }
+
+    fn letters(self) -> bool {
+        self.iban || self.nino
     }
 }
 
-/// End of a run of digits with single separators (space, `-`, `.`, `(`, `)`, leading `+`).
-fn run_end(b: &[u8], start: usize) -> usize {
+/// Per-byte classes of a 64-byte block, one bit per byte (bit `j` is byte `j`).
+#[derive(Clone, Copy)]
+struct Block {
+    /// `0`–`9`.
+    digit: u64,
+    /// `(` and `+`: a number can open with one.
+    open: u64,
+    /// `A`–`Z`: where an IBAN or NINO can start.
+    upper: u64,
+    /// Letters, digits, `_`: a start right after one of these is inside a word.
+    word: u64,
+    /// `.` and `-`: a number right after one continues a dotted or dashed token.
+    joiner: u64,
+    /// ` `, `-`, `.`, `(`: a run of digits goes on through one of these before a digit.
+    sep: u64,
+    /// `)`: a run of digits may go on through it (`(415) 555-2671`).
+    close: u64,
+}
+
+/// Bytes `lo..=hi` (both ASCII, `lo` > 0, `hi` < 127) of `v`; bytes of 128 and over are
+/// negative as `i8` and never count.
+fn range(v: i8x16, lo: u8, hi: u8) -> i8x16 {
+    v.simd_gt(i8x16::splat((lo - 1) as i8)) & v.simd_lt(i8x16::splat((hi + 1) as i8))
+}
+
+fn eq(v: i8x16, c: u8) -> i8x16 {
+    v.simd_eq(i8x16::splat(c as i8))
+}
+
+/// Classifies 64 bytes, sixteen at a time with SIMD compares (SSE2 on x86-64, NEON on
+/// aarch64, through `wide`'s safe types).
+fn classify_block(c: &[u8; 64]) -> Block {
+    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0, sep: 0, close: 0 };
+    for (k, chunk) in c.chunks_exact(16).enumerate() {
+        let mut a = [0i8; 16];
+        for (d, &s) in a.iter_mut().zip(chunk) {
+            *d = s as i8;
+        }
+        let v = i8x16::new(a);
+        let digit = range(v, b'0', b'9');
+        let upper = range(v, b'A', b'Z');
+        let word = digit | upper | range(v, b'a', b'z') | eq(v, b'_');
+        let joiner = eq(v, b'.') | eq(v, b'-');
+        let paren = eq(v, b'(');
+        let shift = 16 * k;
+        let bits = |m: i8x16| u64::from(m.to_bitmask()) << shift;
+        blk.digit |= bits(digit);
+        blk.open |= bits(paren | eq(v, b'+'));
+        blk.upper |= bits(upper);
+        blk.word |= bits(word);
+        blk.joiner |= bits(joiner);
+        blk.sep |= bits(joiner | paren | eq(v, b' '));
+        blk.close |= bits(eq(v, b')'));
+    }
+    blk
+}
+
+/// Bit 63: the byte after it is in the next block, so tests on it are left to [`step`].
+const LAST: u64 = 1 << 63;
+
+/// Scans `b` once; candidates are runs of digits and separators, and uppercase pairs followed
+/// by digits, each starting at a word boundary.
+///
+/// Blocks of 64 bytes are classified with SIMD compares into bit masks; only the bytes that
+/// can start something reach [`step`], which holds all the logic: a digit, or a `(`/`+`
+/// before a digit, not inside a word or a dotted/dashed token, whose run of digits is long
+/// enough or goes on through a separator; a capital at the start of a word before another
+/// capital, when IBANs or NINOs are wanted. Calling [`step`] at every byte gives the same
+/// matches (a test checks it); the masks only spare it the bytes where it would find nothing.
+pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
+    let want = Want::of(set);
+    let (numeric, letters) = (want.numeric(), want.letters());
+    if !numeric && !letters {
+        return;
+    }
+    // Where scanning resumes: bytes before it belong to something already matched or read.
+    let mut next = 0;
+    // Classes of the byte before the block.
+    let (mut prev_word, mut prev_joiner) = (0u64, 0u64);
+    let mut base = 0;
+    while base < b.len() {
+        let blk = match b.get(base..base + 64).and_then(|c| <&[u8; 64]>::try_from(c).ok()) {
+            Some(c) => classify_block(c),
+            None => {
+                // The tail, padded with spaces (which start nothing and end words).
+                let mut pad = [b' '; 64];
+                pad[..b.len() - base].copy_from_slice(&b[base..]);
+                classify_block(&pad)
+            }
+        };
+        let after_word = (blk.word << 1) | prev_word;
+        let after_joiner = ((blk.word | blk.joiner) << 1) | prev_word | prev_joiner;
+        let mut cands = 0;
+        if numeric {
+            let opens = blk.digit | (blk.open & ((blk.digit >> 1) | LAST));
+            cands |= opens & !after_joiner;
+        }
+        if letters {
+            cands |= blk.upper & !after_word & ((blk.upper >> 1) | LAST);
+        }
+        prev_word = blk.word >> 63;
+        prev_joiner = blk.joiner >> 63;
+        while cands != 0 {
+            let p = cands.trailing_zeros();
+            cands &= cands - 1;
+            let i = base + p as usize;
+            if i < next || i >= b.len() {
+                continue;
+            }
+            if blk.digit >> p & 1 == 1 {
+                // A run of digits that ends inside the block, with a length nothing has.
+                let len = (blk.digit >> p).trailing_ones();
+                let after = p + len;
+                if after < 63
+                    && !length_fits(len as usize, false, want)
+                    && blk.close >> after & 1 == 0
+                    && (blk.sep >> after) & (blk.digit >> (after + 1)) & 1 == 0
+                {
+                    next = i + len as usize;
+                    continue;
+                }
+            }
+            next = step(b, i, want, out).unwrap_or(i + 1);
+        }
+        base += 64;
+    }
+}
+
+/// Whether a run of `digits` digits (opening with `+` or not) has a length some enabled
+/// detector matches: IPv4 4–12, cards 13–19, SSNs 9, phones 10 or 11 (8–15 after `+`).
+fn length_fits(digits: usize, plus: bool, want: Want) -> bool {
+    (want.ip && (4..=12).contains(&digits))
+        || (want.card && (13..=19).contains(&digits))
+        || (want.ssn && digits == 9)
+        || (want.phone && (digits == 10 || digits == 11 || (plus && (8..=15).contains(&digits))))
+}
+
+/// What can start at `b[i]`: a match is pushed to `out`. Returns where scanning resumes when
+/// a candidate was read (past the whole run, matched or not), `None` to go on at `i + 1`.
+fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
+    let c = *b.get(i)?;
+    let boundary = i == 0 || !is_word(b[i - 1]);
+    if c.is_ascii_uppercase() {
+        if want.letters() && boundary && i + 3 < b.len() {
+            if want.iban
+                && b[i + 1].is_ascii_uppercase()
+                && b[i + 2].is_ascii_digit()
+                && b[i + 3].is_ascii_digit()
+            {
+                if let Some(end) = iban_at(b, i) {
+                    out.push(Match { detector: "iban", start: i, end });
+                    return Some(end);
+                }
+            }
+            if want.nino
+                && let Some(end) = nino_at(b, i)
+            {
+                out.push(Match { detector: "uk_nino", start: i, end });
+                return Some(end);
+            }
+        }
+        return None;
+    }
+    let starts = c.is_ascii_digit()
+        || ((c == b'+' || c == b'(') && b.get(i + 1).is_some_and(u8::is_ascii_digit));
+    if !want.numeric() || !starts || !boundary || (i > 0 && (b[i - 1] == b'.' || b[i - 1] == b'-'))
+    {
+        return None;
+    }
+    let (end, digits) = run_end(b, i);
+    // Most numbers in prose have a length no enabled detector has.
+    if !length_fits(digits, c == b'+', want) {
+        return Some(end.max(i + 1));
+    }
+    let cand = &b[i..end];
+    if let Some((name, s, e)) = classify(cand, b, i, want) {
+        out.push(Match { detector: name, start: i + s, end: i + e });
+    }
+    Some(end.max(i + 1))
+}
+
+/// End of a run of digits with single separators (space, `-`, `.`, `(`, `)`, leading `+`),
+/// and the number of digits in it.
+fn run_end(b: &[u8], start: usize) -> (usize, usize) {
     let mut i = start;
     let mut digits = 0;
     let stop = b.len().min(start + 64);
@@ -124,19 +258,16 @@ fn run_end(b: &[u8], start: usize) -> usize {
     while i > start && !b[i - 1].is_ascii_digit() {
         i -= 1;
     }
-    if digits == 0 { start + 1 } else { i }
+    if digits == 0 { (start + 1, 0) } else { (i, digits) }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn classify(
     cand: &[u8],
     all: &[u8],
     at: usize,
-    card: bool,
-    ssn: bool,
-    phone: bool,
-    ip: bool,
+    want: Want,
 ) -> Option<(&'static str, usize, usize)> {
+    let Want { card, ssn, phone, ip, .. } = want;
     // What follows must not continue the token (letters, digits, another separator+digit).
     let after = all.get(at + cand.len()).copied();
     if after.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_') {
@@ -484,21 +615,72 @@ mod tests {
     }
 
     #[test]
-    fn swar_range_test_matches_the_byte_test() {
-        for probe in 0u8..=255 {
-            for pos in 0..8 {
-                let mut w = [b'x'; 8];
-                w[pos] = probe;
-                let x = u64::from_le_bytes(w);
-                let digit = between(x, b'0' - 1, b'9' + 1);
-                let upper = between(x, b'A' - 1, b'Z' + 1);
-                assert_eq!(digit != 0, probe.is_ascii_digit(), "{probe}");
-                assert_eq!(upper != 0, probe.is_ascii_uppercase(), "{probe}");
-                if digit != 0 {
-                    assert_eq!(digit.trailing_zeros() / 8, pos as u32);
-                }
+    fn block_classes_match_the_byte_tests() {
+        let mut c = [0u8; 64];
+        for start in (0..=255u8).step_by(64) {
+            for (j, x) in c.iter_mut().enumerate() {
+                *x = start.wrapping_add(j as u8);
+            }
+            let blk = classify_block(&c);
+            for (j, &x) in c.iter().enumerate() {
+                let bit = |m: u64| m >> j & 1 == 1;
+                assert_eq!(bit(blk.digit), x.is_ascii_digit(), "{x}");
+                assert_eq!(bit(blk.open), x == b'(' || x == b'+', "{x}");
+                assert_eq!(bit(blk.sep), b" -.(".contains(&x), "{x}");
+                assert_eq!(bit(blk.close), x == b')', "{x}");
+                assert_eq!(bit(blk.upper), x.is_ascii_uppercase(), "{x}");
+                assert_eq!(bit(blk.word), is_word(x), "{x}");
+                assert_eq!(bit(blk.joiner), x == b'.' || x == b'-', "{x}");
             }
         }
+    }
+
+    /// The block masks only skip bytes where [`step`] would do nothing: on random text rich
+    /// in digits, separators and capitals, calling it at every byte finds the same matches.
+    #[test]
+    fn block_scan_equals_a_step_at_every_byte() {
+        let alphabet = b"0123456789 -.()+,_aAbBGDEQJ\n4111";
+        let pieces: [&[u8]; 8] = [
+            b"4111 1111 1111 1111",
+            b"123-45-6789",
+            b"+44 20 7946 0958",
+            b"GB82 WEST 1234 5698 7654 32",
+            b"AB 12 34 56 C",
+            b"(415) 555-2671",
+            b"10.20.1.10",
+            b"DE89370400440532013000",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let set = DetectorSet::from_names(NAMES).unwrap();
+        let want = Want::of(&set);
+        let mut found = 0;
+        for round in 0..3000 {
+            let len = (rnd() % 300) as usize;
+            let mut text = Vec::with_capacity(len + 40);
+            while text.len() < len {
+                if rnd() % 8 == 0 {
+                    text.extend_from_slice(pieces[(rnd() % 8) as usize]);
+                } else {
+                    text.push(alphabet[(rnd() % alphabet.len() as u64) as usize]);
+                }
+            }
+            let mut fast = Vec::new();
+            scan(&text, &set, &mut fast);
+            let mut slow = Vec::new();
+            let mut i = 0;
+            while i < text.len() {
+                i = step(&text, i, want, &mut slow).unwrap_or(i + 1);
+            }
+            assert_eq!(fast, slow, "round {round}: {:?}", String::from_utf8_lossy(&text));
+            found += fast.len();
+        }
+        assert!(found > 1000, "the texts hold matches: {found}");
     }
 
     #[test]
