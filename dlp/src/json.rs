@@ -62,7 +62,6 @@ struct Ctx<'a> {
     salt: &'a [u8],
     out: Outcome,
     matches: Vec<Match>,
-    changed: bool,
 }
 
 /// Inspects a request body.
@@ -74,7 +73,6 @@ pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcom
         salt: req.salt,
         out: Outcome::default(),
         matches: Vec::new(),
-        changed: false,
     };
     if let Some(b) = req.content_type.and_then(super::body::boundary) {
         match super::body::split_multipart(req.body, &b) {
@@ -87,15 +85,11 @@ pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcom
         req.content_type.is_some_and(|c| c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
     let looks_json =
         req.body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'{' || b == b'[');
-    if json_type || looks_json {
-        if let Ok(mut v) = serde_json::from_slice::<Value>(req.body) {
-            let mut path = String::from("$");
-            walk(&mut v, &mut path, None, &mut ctx);
-            if ctx.changed {
-                ctx.out.redacted = serde_json::to_vec(&v).ok();
-            }
-            return ctx.out;
-        }
+    if (json_type || looks_json)
+        && let Ok(redacted) = json_document(req.body, "$", &mut ctx)
+    {
+        ctx.out.redacted = redacted;
+        return ctx.out;
     }
     match std::str::from_utf8(req.body) {
         Ok(text) => {
@@ -127,23 +121,18 @@ fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>)
         match std::str::from_utf8(p.data) {
             Ok(text) if texty => {
                 let as_json = p.content_type.as_deref().is_some_and(|c| c.contains("json"));
-                ctx.changed = false;
-                match serde_json::from_str::<Value>(text) {
-                    Ok(mut v) if as_json => {
-                        let mut path = label.clone();
-                        walk(&mut v, &mut path, None, ctx);
-                        if ctx.changed {
-                            data =
-                                std::borrow::Cow::Owned(serde_json::to_vec(&v).unwrap_or_default());
-                        }
-                    }
-                    _ => {
-                        if let Some(new) = scan_string(text, &label, ctx) {
-                            data = std::borrow::Cow::Owned(new.into_bytes());
-                        }
-                    }
+                let walked = match as_json {
+                    true => json_document(p.data, &label, ctx).ok(),
+                    false => None,
+                };
+                let new = match walked {
+                    Some(redacted) => redacted,
+                    None => scan_string(text, &label, ctx).map(String::into_bytes),
+                };
+                if let Some(new) = new {
+                    data = std::borrow::Cow::Owned(new);
+                    any_change = true;
                 }
-                any_change |= ctx.changed;
             }
             _ => ctx.out.unscanned.push(format!("{label} (binary part)")),
         }
@@ -160,10 +149,151 @@ fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>)
     }
 }
 
-fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) {
+/// Inspects a JSON document: every string is scanned as the parser reads it, without building
+/// the document (serde_json hands over strings without escapes in place). `Err` when `bytes`
+/// is not one JSON document; nothing it found is kept then. With redaction on and something
+/// found, the document is parsed a second time, each string with a finding replaced, and
+/// re-serialised: `Ok(Some(body))`.
+///
+/// Every value is scanned, duplicate keys included. The rebuilt body keeps the last of
+/// duplicate keys (as serde_json's map does, and most servers' parsers), so a finding in an
+/// earlier duplicate is dropped with it rather than forwarded.
+fn json_document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
+    use serde::de::DeserializeSeed;
+    let before = (ctx.out.findings.len(), ctx.out.scanned, ctx.out.unscanned.len());
+    let redact = std::mem::replace(&mut ctx.redact, false);
+    let mut path = root.to_owned();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let read = Node { ctx: &mut *ctx, path: &mut path, file_data: false }.deserialize(&mut de);
+    let read = read.and_then(|()| de.end());
+    ctx.redact = redact;
+    if read.is_err() {
+        ctx.out.findings.truncate(before.0);
+        ctx.out.scanned = before.1;
+        ctx.out.unscanned.truncate(before.2);
+        return Err(());
+    }
+    if !redact || ctx.out.findings.len() == before.0 {
+        return Ok(None);
+    }
+    let mut v: Value = serde_json::from_slice(bytes).map_err(|_| ())?;
+    // The findings were recorded by the pass above; this one only rewrites.
+    let kept = std::mem::take(&mut ctx.out);
+    path.clear();
+    path.push_str(root);
+    walk(&mut v, &mut path, false, ctx);
+    ctx.out = kept;
+    serde_json::to_vec(&v).map(Some).map_err(|_| ())
+}
+
+/// One value of the streamed document, at `path`.
+struct Node<'p, 'a> {
+    ctx: &'p mut Ctx<'a>,
+    path: &'p mut String,
+    /// The value of a `file_data` key (base64 without a `data:` prefix).
+    file_data: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        string_value(s, self.path, self.file_data, self.ctx);
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use std::fmt::Write as _;
+        let mut i = 0usize;
+        loop {
+            let len = self.path.len();
+            // Writing to a String cannot fail.
+            let _ = write!(self.path, "[{i}]");
+            let item = Node { ctx: &mut *self.ctx, path: &mut *self.path, file_data: false };
+            let more = seq.next_element_seed(item)?;
+            self.path.truncate(len);
+            if more.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        loop {
+            let len = self.path.len();
+            let Some(file_data) = map.next_key_seed(Key(&mut *self.path))? else {
+                return Ok(());
+            };
+            map.next_value_seed(Node { ctx: &mut *self.ctx, path: &mut *self.path, file_data })?;
+            self.path.truncate(len);
+        }
+    }
+}
+
+/// A key of an object: appended to the path as `.key`; tells whether it is `file_data`.
+struct Key<'p>(&'p mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, k: &str) -> Result<bool, E> {
+        self.0.push('.');
+        self.0.push_str(k);
+        Ok(k == "file_data")
+    }
+}
+
+/// The redaction pass over a parsed document: each string with a finding is replaced by its
+/// redacted form.
+fn walk(v: &mut Value, path: &mut String, file_data: bool, ctx: &mut Ctx<'_>) {
     match v {
         Value::String(s) => {
-            if let Some(new) = string_value(s, path, key, ctx) {
+            if let Some(new) = string_value(s, path, file_data, ctx) {
                 *s = new;
             }
         }
@@ -173,7 +303,7 @@ fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) 
                 path.push('[');
                 path.push_str(&i.to_string());
                 path.push(']');
-                walk(item, path, None, ctx);
+                walk(item, path, false, ctx);
                 path.truncate(len);
             }
         }
@@ -182,7 +312,7 @@ fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) 
                 let len = path.len();
                 path.push('.');
                 path.push_str(k);
-                walk(item, path, Some(k), ctx);
+                walk(item, path, k == "file_data", ctx);
                 path.truncate(len);
             }
         }
@@ -191,10 +321,10 @@ fn walk(v: &mut Value, path: &mut String, key: Option<&str>, ctx: &mut Ctx<'_>) 
 }
 
 /// A string value: base64 file data is decoded and scanned; other strings scanned as they are.
-fn string_value(s: &str, path: &str, key: Option<&str>, ctx: &mut Ctx<'_>) -> Option<String> {
+fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Option<String> {
     let (prefix, b64) = match s.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
         Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
-        None if key == Some("file_data") => (None, s),
+        None if file_data => (None, s),
         None => return scan_string(s, path, ctx),
     };
     let Ok(decoded) = STANDARD.decode(b64.trim()) else {
@@ -237,7 +367,6 @@ fn scan_string(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
     if !ctx.redact {
         return None;
     }
-    ctx.changed = true;
     Some(redact(text, &ctx.matches))
 }
 
@@ -299,6 +428,45 @@ mod tests {
         assert_eq!(v["model"], "gpt-4o");
         // Findings never carry the text.
         assert!(!format!("{:?}", o.findings).contains("4111"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_all_scanned_and_the_rebuilt_body_keeps_the_last() {
+        let body = r#"{"messages":[{"role":"user","content":"card 4111 1111 1111 1111"}],"messages":[{"role":"user","content":"hi"}]}"#;
+        let o = run(body, &["credit_card"], false);
+        assert_eq!(o.counts(), [("credit_card", 1)]);
+        assert_eq!(o.findings[0].path, "$.messages[0].content");
+        let o = run(body, &["credit_card"], true);
+        assert_eq!(o.counts(), [("credit_card", 1)], "findings are not counted twice");
+        let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+        assert!(!red.contains("4111"), "{red}");
+        assert_eq!(red, r#"{"messages":[{"role":"user","content":"hi"}]}"#);
+    }
+
+    #[test]
+    fn broken_json_is_scanned_as_text_once() {
+        let body = r#"{"a":"card 4111 1111 1111 1111","b":"x@example.com", oops"#;
+        let o = run(body, &["credit_card", "email"], true);
+        let found: Vec<_> = o.findings.iter().map(|f| (f.detector, f.path.as_str())).collect();
+        assert_eq!(found, [("credit_card", "$"), ("email", "$")]);
+        assert_eq!(o.scanned, body.len());
+        let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+        assert!(red.contains("[REDACTED:credit_card]") && !red.contains("4111"), "{red}");
+    }
+
+    #[test]
+    fn escaped_strings_keys_and_deep_paths() {
+        let body = r#"{"a\"b":[1,true,null,2.5,{"k":["x","mail bob@example.com"]}],"file_data":"a2V5IEFLSUFJT1NGT0ROTjdFWEFNUExF"}"#;
+        let o = run(body, &["email", "aws_access_key_id"], false);
+        let found: Vec<_> =
+            o.findings.iter().map(|f| (f.detector, f.path.as_str(), f.start)).collect();
+        assert_eq!(
+            found,
+            [("email", "$.a\"b[4].k[1]", 5), ("aws_access_key_id", "$.file_data(base64)", 4),]
+        );
+        let too_deep = "[".repeat(10_000);
+        let o = run(&too_deep, &["email"], false);
+        assert!(o.findings.is_empty() && o.scanned == too_deep.len(), "scanned as text");
     }
 
     #[test]

@@ -64,10 +64,6 @@ struct Block {
     word: u64,
     /// `.` and `-`: a number right after one continues a dotted or dashed token.
     joiner: u64,
-    /// ` `, `-`, `.`, `(`: a run of digits goes on through one of these before a digit.
-    sep: u64,
-    /// `)`: a run of digits may go on through it (`(415) 555-2671`).
-    close: u64,
 }
 
 /// Bytes `lo..=hi` (both ASCII, `lo` > 0, `hi` < 127) of `v`; bytes of 128 and over are
@@ -83,7 +79,7 @@ fn eq(v: i8x16, c: u8) -> i8x16 {
 /// Classifies 64 bytes, sixteen at a time with SIMD compares (SSE2 on x86-64, NEON on
 /// aarch64, through `wide`'s safe types).
 fn classify_block(c: &[u8; 64]) -> Block {
-    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0, sep: 0, close: 0 };
+    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0 };
     for (k, chunk) in c.chunks_exact(16).enumerate() {
         let mut a = [0i8; 16];
         for (d, &s) in a.iter_mut().zip(chunk) {
@@ -93,17 +89,13 @@ fn classify_block(c: &[u8; 64]) -> Block {
         let digit = range(v, b'0', b'9');
         let upper = range(v, b'A', b'Z');
         let word = digit | upper | range(v, b'a', b'z') | eq(v, b'_');
-        let joiner = eq(v, b'.') | eq(v, b'-');
-        let paren = eq(v, b'(');
         let shift = 16 * k;
         let bits = |m: i8x16| u64::from(m.to_bitmask()) << shift;
         blk.digit |= bits(digit);
-        blk.open |= bits(paren | eq(v, b'+'));
+        blk.open |= bits(eq(v, b'(') | eq(v, b'+'));
         blk.upper |= bits(upper);
         blk.word |= bits(word);
-        blk.joiner |= bits(joiner);
-        blk.sep |= bits(joiner | paren | eq(v, b' '));
-        blk.close |= bits(eq(v, b')'));
+        blk.joiner |= bits(eq(v, b'.') | eq(v, b'-'));
     }
     blk
 }
@@ -161,15 +153,13 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
                 continue;
             }
             if blk.digit >> p & 1 == 1 {
-                // A run of digits that ends inside the block, with a length nothing has.
-                let len = (blk.digit >> p).trailing_ones();
-                let after = p + len;
-                if after < 63
-                    && !length_fits(len as usize, false, want)
-                    && blk.close >> after & 1 == 0
-                    && (blk.sep >> after) & (blk.digit >> (after + 1)) & 1 == 0
+                // A run of bare digits that ends inside the block, with a length nothing has.
+                let len = (blk.digit >> p).trailing_ones() as usize;
+                if p as usize + len < 64
+                    && !length_fits(len, false, want)
+                    && !run_goes_on(b, i + len)
                 {
-                    next = i + len as usize;
+                    next = i + len;
                     continue;
                 }
             }
@@ -232,6 +222,17 @@ fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
     Some(end.max(i + 1))
 }
 
+/// Whether a run of digits goes on through `b[at]`: a single separator before more digits, or
+/// the `) ` of `(415) 555-2671`.
+fn run_goes_on(b: &[u8], at: usize) -> bool {
+    match (b.get(at), b.get(at + 1)) {
+        (Some(&c), Some(&d)) => {
+            b" -.()".contains(&c) && (d.is_ascii_digit() || (c == b')' && d == b' '))
+        }
+        _ => false,
+    }
+}
+
 /// End of a run of digits with single separators (space, `-`, `.`, `(`, `)`, leading `+`),
 /// and the number of digits in it.
 fn run_end(b: &[u8], start: usize) -> (usize, usize) {
@@ -243,11 +244,7 @@ fn run_end(b: &[u8], start: usize) -> (usize, usize) {
         if c.is_ascii_digit() {
             digits += 1;
             i += 1;
-        } else if ((c == b'+' || c == b'(') && i == start)
-            || (b" -.()".contains(&c)
-                && i + 1 < b.len()
-                && (b[i + 1].is_ascii_digit() || (c == b')' && b[i + 1] == b' ')))
-        {
+        } else if ((c == b'+' || c == b'(') && i == start) || run_goes_on(b, i) {
             // an opening `+`/`(`, or a single separator before more digits
             i += 1;
         } else {
@@ -626,8 +623,6 @@ mod tests {
                 let bit = |m: u64| m >> j & 1 == 1;
                 assert_eq!(bit(blk.digit), x.is_ascii_digit(), "{x}");
                 assert_eq!(bit(blk.open), x == b'(' || x == b'+', "{x}");
-                assert_eq!(bit(blk.sep), b" -.(".contains(&x), "{x}");
-                assert_eq!(bit(blk.close), x == b')', "{x}");
                 assert_eq!(bit(blk.upper), x.is_ascii_uppercase(), "{x}");
                 assert_eq!(bit(blk.word), is_word(x), "{x}");
                 assert_eq!(bit(blk.joiner), x == b'.' || x == b'-', "{x}");
