@@ -149,8 +149,8 @@ fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>)
     }
 }
 
-/// Inspects a JSON document: every string is scanned as the parser reads it, without building
-/// the document (serde_json hands over strings without escapes in place). `Err` when `bytes`
+/// Inspects a JSON document: every string is scanned as [`walk::strings`](super::walk::strings)
+/// reads it, without building the document (strings without escapes are scanned in place). `Err` when `bytes`
 /// is not one JSON document; nothing it found is kept then. With redaction on and something
 /// found, the document is parsed a second time, each string with a finding replaced, and
 /// re-serialised: `Ok(Some(body))`.
@@ -159,133 +159,36 @@ fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>)
 /// duplicate keys (as serde_json's map does, and most servers' parsers), so a finding in an
 /// earlier duplicate is dropped with it rather than forwarded.
 fn json_document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
-    use serde::de::DeserializeSeed;
     let before = (ctx.out.findings.len(), ctx.out.scanned, ctx.out.unscanned.len());
     let redact = std::mem::replace(&mut ctx.redact, false);
-    let mut path = root.to_owned();
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let read = Node { ctx: &mut *ctx, path: &mut path, file_data: false }.deserialize(&mut de);
-    let read = read.and_then(|()| de.end());
+    let read = super::walk::strings(bytes, root, &mut |path, text, file_data| {
+        string_value(text, path, file_data, ctx);
+    });
     ctx.redact = redact;
-    if read.is_err() {
+    let redacted = match read {
+        Err(_) => None,
+        Ok(()) if !redact || ctx.out.findings.len() == before.0 => return Ok(None),
+        // serde_json refuses the rare document the reader accepts (a number beyond f64):
+        // then the body is treated as text, like any other body that is not JSON.
+        Ok(()) => rebuild(bytes, root, ctx),
+    };
+    if redacted.is_none() {
         ctx.out.findings.truncate(before.0);
         ctx.out.scanned = before.1;
         ctx.out.unscanned.truncate(before.2);
         return Err(());
     }
-    if !redact || ctx.out.findings.len() == before.0 {
-        return Ok(None);
-    }
-    let mut v: Value = serde_json::from_slice(bytes).map_err(|_| ())?;
-    // The findings were recorded by the pass above; this one only rewrites.
+    Ok(redacted)
+}
+
+/// The redacted document: parsed, each string with a finding replaced, re-serialised. The
+/// findings were recorded by the reading pass; this one only rewrites.
+fn rebuild(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(bytes).ok()?;
     let kept = std::mem::take(&mut ctx.out);
-    path.clear();
-    path.push_str(root);
-    walk(&mut v, &mut path, false, ctx);
+    walk(&mut v, &mut root.to_owned(), false, ctx);
     ctx.out = kept;
-    serde_json::to_vec(&v).map(Some).map_err(|_| ())
-}
-
-/// One value of the streamed document, at `path`.
-struct Node<'p, 'a> {
-    ctx: &'p mut Ctx<'a>,
-    path: &'p mut String,
-    /// The value of a `file_data` key (base64 without a `data:` prefix).
-    file_data: bool,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Node<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        string_value(s, self.path, self.file_data, self.ctx);
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        use std::fmt::Write as _;
-        let mut i = 0usize;
-        loop {
-            let len = self.path.len();
-            // Writing to a String cannot fail.
-            let _ = write!(self.path, "[{i}]");
-            let item = Node { ctx: &mut *self.ctx, path: &mut *self.path, file_data: false };
-            let more = seq.next_element_seed(item)?;
-            self.path.truncate(len);
-            if more.is_none() {
-                return Ok(());
-            }
-            i += 1;
-        }
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        loop {
-            let len = self.path.len();
-            let Some(file_data) = map.next_key_seed(Key(&mut *self.path))? else {
-                return Ok(());
-            };
-            map.next_value_seed(Node { ctx: &mut *self.ctx, path: &mut *self.path, file_data })?;
-            self.path.truncate(len);
-        }
-    }
-}
-
-/// A key of an object: appended to the path as `.key`; tells whether it is `file_data`.
-struct Key<'p>(&'p mut String);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Key<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E>(self, k: &str) -> Result<bool, E> {
-        self.0.push('.');
-        self.0.push_str(k);
-        Ok(k == "file_data")
-    }
+    serde_json::to_vec(&v).ok()
 }
 
 /// The redaction pass over a parsed document: each string with a finding is replaced by its

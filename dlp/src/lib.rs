@@ -21,6 +21,7 @@ pub mod json;
 mod numbers;
 pub mod stream;
 mod tokens;
+pub mod walk;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 pub use sluice_rules::detectors::{DETECTORS, DetectorInfo};

@@ -88,7 +88,9 @@ fn classify_block(c: &[u8; 64]) -> Block {
         let v = i8x16::new(a);
         let digit = range(v, b'0', b'9');
         let upper = range(v, b'A', b'Z');
-        let word = digit | upper | range(v, b'a', b'z') | eq(v, b'_');
+        // Either case in one test: setting bit 5 maps `A`-`Z` onto `a`-`z` and nothing else
+        // into that range.
+        let word = digit | range(v | i8x16::splat(0x20), b'a', b'z') | eq(v, b'_');
         let shift = 16 * k;
         let bits = |m: i8x16| u64::from(m.to_bitmask()) << shift;
         blk.digit |= bits(digit);
