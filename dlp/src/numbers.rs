@@ -158,7 +158,7 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
                 // A run of bare digits that ends inside the block, with a length nothing has.
                 let len = (blk.digit >> p).trailing_ones() as usize;
                 if p as usize + len < 64
-                    && !length_fits(len, false, want)
+                    && !length_fits(len, false, true, want)
                     && !run_goes_on(b, i + len)
                 {
                     next = i + len;
@@ -171,13 +171,16 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
     }
 }
 
-/// Whether a run of `digits` digits (opening with `+` or not) has a length some enabled
-/// detector matches: IPv4 4–12, cards 13–19, SSNs 9, phones 10 or 11 (8–15 after `+`).
-fn length_fits(digits: usize, plus: bool, want: Want) -> bool {
-    (want.ip && (4..=12).contains(&digits))
+/// Whether a run of `digits` digits could be something an enabled detector matches, from its
+/// length, whether it opens with `+`, and whether it is `bare` (digits only, nothing between
+/// them): IPv4 4–12 digits with dots; cards 13–19; SSNs 9; phones 10 or 11 with separators,
+/// or 8–15 after `+`.
+fn length_fits(digits: usize, plus: bool, bare: bool, want: Want) -> bool {
+    (want.ip && !bare && (4..=12).contains(&digits))
         || (want.card && (13..=19).contains(&digits))
         || (want.ssn && digits == 9)
-        || (want.phone && (digits == 10 || digits == 11 || (plus && (8..=15).contains(&digits))))
+        || (want.phone
+            && ((!bare && (digits == 10 || digits == 11)) || (plus && (8..=15).contains(&digits))))
 }
 
 /// What can start at `b[i]`: a match is pushed to `out`. Returns where scanning resumes when
@@ -214,7 +217,7 @@ fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
     }
     let (end, digits) = run_end(b, i);
     // Most numbers in prose have a length no enabled detector has.
-    if !length_fits(digits, c == b'+', want) {
+    if !length_fits(digits, c == b'+', end - i == digits, want) {
         return Some(end.max(i + 1));
     }
     let cand = &b[i..end];
@@ -675,6 +678,17 @@ mod tests {
                 i = step(&text, i, want, &mut slow).unwrap_or(i + 1);
             }
             assert_eq!(fast, slow, "round {round}: {:?}", String::from_utf8_lossy(&text));
+            // The length test in `step` never refuses a run `classify` would match.
+            for i in 0..text.len() {
+                if !(text[i].is_ascii_digit() || text[i] == b'+' || text[i] == b'(') {
+                    continue;
+                }
+                let (end, digits) = run_end(&text, i);
+                if classify(&text[i..end], &text, i, want).is_some() {
+                    let fits = length_fits(digits, text[i] == b'+', end - i == digits, want);
+                    assert!(fits, "{:?}", String::from_utf8_lossy(&text[i..end]));
+                }
+            }
             found += fast.len();
         }
         assert!(found > 1000, "the texts hold matches: {found}");
