@@ -3,13 +3,14 @@
 //! Finds sensitive data in prompt payloads: validated detectors (payment cards with Luhn and
 //! brand rules, SSNs without impossible numbers, IBANs with mod-97, UK NINOs, phones, emails,
 //! and 50 named credential formats), one pass over the text whatever the number of enabled
-//! detectors, then extraction from JSON bodies and redaction ([`json`]).
+//! detectors, then extraction from JSON bodies ([`walk`], [`json`]) and redaction.
 //!
-//! The scan is two fixed passes: an Aho-Corasick automaton over every literal anchor (`AKIA`,
-//! `sk-`, `ghp_`, `-----BEGIN `, `@`, keywords …) and one byte loop over digit runs and
-//! letter–digit openings (cards, SSNs, phones, IBANs, NINOs, IPv4). Each candidate gets a
-//! confirming check (validation, length, charset, boundaries) only when its detector is
-//! enabled. Pure: bytes in, spans out. The match itself never leaves this crate except as a
+//! The scan is a fixed set of passes, whatever the number of rules: Aho-Corasick automata over
+//! the literal anchors (`AKIA`, `sk-`, `ghp_`, `-----BEGIN `, keywords …; see [`Scanner`]),
+//! memchr for `@`, `Q~` and `SK`, and one pass over 64-byte blocks classified with SIMD
+//! compares for digit runs and letter–digit openings (cards, SSNs, phones, IBANs, NINOs,
+//! IPv4). Each candidate gets a confirming check (validation, length, charset, boundaries)
+//! only when its detector is enabled. Pure: bytes in, spans out. The match itself never leaves this crate except as a
 //! salted hash ([`Finding`]).
 //!
 //! The detector names are the rule language's registry ([`sluice_rules::detectors`]); this

@@ -1,4 +1,4 @@
-//! Number-shaped detectors, found by one byte loop: payment cards (Luhn, brand prefixes and
+//! Number-shaped detectors, found in one pass over SIMD-classified blocks: payment cards (Luhn, brand prefixes and
 //! lengths), US SSNs (impossible areas, groups and serials refused), phone numbers (E.164,
 //! North American and UK national forms), IPv4 addresses, and the letter–digit formats that
 //! start like them (IBAN with country length and mod-97, UK NINO).
