@@ -107,13 +107,7 @@ impl<'a> Reader<'a> {
         scratch: &mut String,
         f: &mut Visit<'_>,
     ) -> Result<(), WalkError> {
-        if depth > MAX_DEPTH {
-            return Err(WalkError::Depth);
-        }
-        self.at += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.at += 1;
+        if self.open(depth, b']')? {
             return Ok(());
         }
         let len = self.path.len();
@@ -122,18 +116,42 @@ impl<'a> Reader<'a> {
             let _ = write!(self.path, "[{i}]");
             self.value(depth, false, scratch, f)?;
             self.path.truncate(len);
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.ws();
-                }
-                b']' => break,
-                _ => return Err(WalkError::Syntax(self.at)),
+            if !self.more(b']')? {
+                break;
             }
         }
-        self.at += 1;
         Ok(())
+    }
+
+    /// Past the opening bracket of a container at `depth`; true when it is empty (and closed).
+    fn open(&mut self, depth: usize, close: u8) -> Result<bool, WalkError> {
+        if depth > MAX_DEPTH {
+            return Err(WalkError::Depth);
+        }
+        self.at += 1;
+        self.ws();
+        let empty = self.peek()? == close;
+        if empty {
+            self.at += 1;
+        }
+        Ok(empty)
+    }
+
+    /// After a member: past a `,` (true, another follows) or the closing bracket (false).
+    fn more(&mut self, close: u8) -> Result<bool, WalkError> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                self.ws();
+                Ok(true)
+            }
+            c if c == close => {
+                self.at += 1;
+                Ok(false)
+            }
+            _ => Err(WalkError::Syntax(self.at)),
+        }
     }
 
     fn object(
@@ -142,13 +160,7 @@ impl<'a> Reader<'a> {
         scratch: &mut String,
         f: &mut Visit<'_>,
     ) -> Result<(), WalkError> {
-        if depth > MAX_DEPTH {
-            return Err(WalkError::Depth);
-        }
-        self.at += 1;
-        self.ws();
-        if self.peek()? == b'}' {
-            self.at += 1;
+        if self.open(depth, b'}')? {
             return Ok(());
         }
         let len = self.path.len();
@@ -170,18 +182,10 @@ impl<'a> Reader<'a> {
             self.ws();
             self.value(depth, file_data, scratch, f)?;
             self.path.truncate(len);
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.ws();
-                }
-                b'}' => break,
-                _ => return Err(WalkError::Syntax(self.at)),
+            if !self.more(b'}')? {
+                return Ok(());
             }
         }
-        self.at += 1;
-        Ok(())
     }
 
     fn literal(&mut self, word: &[u8]) -> Result<(), WalkError> {
