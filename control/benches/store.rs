@@ -20,7 +20,7 @@ fn rec(i: u64) -> Value {
     ];
     json!({"type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
            "identity": ids[(i % 5) as usize], "sni": snis[(i % 6) as usize], "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
-           "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i % 7 == 0 { "block" } else { "allow" },
+           "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i.is_multiple_of(7) { "block" } else { "allow" },
            "rule": format!("rule-{}", i % 12), "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
            "bytes_out": i * 3, "bytes_in": i * 7, "pkts_out": 10, "pkts_in": 12, "proto": "tcp", "dport": 443})
 }

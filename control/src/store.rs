@@ -362,7 +362,7 @@ mod tests {
             _ => ("unknown", "block"),
         };
         json!({"type": "flow", "event": "end", "ts_ms": 1_000 + i, "identity": identity, "verdict": verdict,
-               "sni": if i % 2 == 0 { "api.openai.com" } else { "example.org" }, "src": format!("10.20.{}.{}", i % 3, i % 250),
+               "sni": if i.is_multiple_of(2) { "api.openai.com" } else { "example.org" }, "src": format!("10.20.{}.{}", i % 3, i % 250),
                "rule": "r", "category": null, "flow_id": i})
     }
 
@@ -410,7 +410,10 @@ mod tests {
         assert!(
             page.records.iter().all(|r| r["identity"] == "finance" && r["sni"] == "api.openai.com")
         );
-        assert_eq!(page.records.len(), (100..200).filter(|i| i % 3 == 0 && i % 2 == 0).count());
+        assert_eq!(
+            page.records.len(),
+            (100..200).filter(|i: &u32| i.is_multiple_of(3) && i.is_multiple_of(2)).count()
+        );
         assert_eq!(page.next, None);
     }
 

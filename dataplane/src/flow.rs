@@ -132,6 +132,31 @@ pub struct Flow {
     pub reasm: Option<Box<Reassembly>>,
     /// Client frames held until the verdict.
     pub held: Vec<Vec<u8>>,
+    /// Whether the kernel fast path carries it.
+    pub offload: Offload,
+    /// What the engine took of the fast path's counts.
+    pub offload_seen: OffloadSeen,
+}
+
+/// Where a flow stands with the fast path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Offload {
+    /// Never offloaded.
+    #[default]
+    No,
+    /// In the fast path's map.
+    Active,
+    /// Withdrawn; its last counts may still come back.
+    Withdrawn,
+}
+
+/// Counts of a flow's frames the fast path forwarded, and what the engine already took of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadSeen {
+    /// Packets and bytes client → server taken so far.
+    pub c2s: (u64, u64),
+    /// Packets and bytes server → client taken so far.
+    pub s2c: (u64, u64),
 }
 
 /// What is known about a flow's identity and destination.

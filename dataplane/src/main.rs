@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use sluice_dataplane::engine::{Action, Clock, DivertConfig, Engine, Settings, Side};
+use sluice_dataplane::engine::{
+    Action, Clock, DivertConfig, Engine, Now, OffloadOp, Settings, Side,
+};
+use sluice_dataplane::fastpath::FastPath;
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::intercept::{self, EngineHandle};
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
@@ -65,6 +68,12 @@ struct Args {
     /// per frame each way; simpler, slower).
     #[arg(long, value_enum, default_value_t = Io::Ring)]
     io: Io,
+    /// `kernel`: flows the engine has allowed are forwarded port to port by the kernel (BPF
+    /// programs at tc ingress; the engine still sees every SYN, FIN, RST, ClientHello and DNS
+    /// answer, and gets the counts back). `off`: every frame goes through the engine. If the
+    /// kernel refuses the programs, the data plane warns and runs as with `off`.
+    #[arg(long, value_enum, default_value_t = FastPathMode::Kernel)]
+    fast_path: FastPathMode,
     /// TUN device toward the interception engine (e.g. `sluice0`). Without it nothing is
     /// diverted and `inspect` rules pass TCP flows (recorded as such).
     #[arg(long)]
@@ -172,8 +181,10 @@ fn run_tun(
     ports: Ports,
     engine: Arc<Mutex<Engine>>,
     clock: Clock,
+    fast: Option<Arc<FastPath>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut ops = Vec::new();
     // Up to BATCH packets per lock of the engine and per send system call.
     const BATCH: usize = 64;
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; 65_536]).collect();
@@ -205,6 +216,7 @@ fn run_tun(
             for i in 0..n {
                 eng.handle_tun(&bufs[i][..lens[i]], now, &mut out);
             }
+            offload(&mut eng, fast.as_deref(), &mut ops, now);
         }
         for side in [Side::Inside, Side::Outside] {
             let frames: Vec<&[u8]> =
@@ -214,6 +226,30 @@ fn run_tun(
             }
         }
         out.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FastPathMode {
+    Kernel,
+    Off,
+}
+
+/// Applies the fast-path operations the engine produced (with the engine locked, so the map
+/// follows its order) and gives the engine back what the map said.
+fn offload(eng: &mut Engine, fast: Option<&FastPath>, ops: &mut Vec<OffloadOp>, now: Now) {
+    let Some(fp) = fast else { return };
+    eng.take_offload_ops(ops);
+    if ops.is_empty() {
+        return;
+    }
+    let done = fp.apply(ops);
+    ops.clear();
+    for (k, packets, bytes) in &done.last {
+        eng.offload_counts(k, *packets, *bytes, now);
+    }
+    for k in &done.refused {
+        eng.offload_refused(k);
     }
 }
 
@@ -238,8 +274,10 @@ fn run_ring(
     engine: Arc<Mutex<Engine>>,
     clock: Clock,
     tun: Option<Arc<Tun>>,
+    fast: Option<Arc<FastPath>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut ops = Vec::new();
     let mut out: Vec<(Side, Vec<u8>)> = Vec::new();
     let mut plan: Vec<(Side, Send)> = Vec::new();
     let mut truncated_seen = 0;
@@ -268,6 +306,7 @@ fn run_ring(
                     plan.push((side.other(), Send::Ring(i)));
                 }
             }
+            offload(&mut eng, fast.as_deref(), &mut ops, now);
         }
         for (dest, port) in [(Side::Inside, &inside), (Side::Outside, &outside)] {
             let frames: Vec<&[u8]> = plan
@@ -446,8 +485,10 @@ fn run_port(
     engine: Arc<Mutex<Engine>>,
     clock: Clock,
     tun: Option<Arc<Tun>>,
+    fast: Option<Arc<FastPath>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut ops = Vec::new();
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
     let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
@@ -465,7 +506,10 @@ fn run_port(
         let frame = &buf[range];
         let action = {
             let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            eng.handle(side, frame, clock.now(), &mut out)
+            let now = clock.now();
+            let action = eng.handle(side, frame, now, &mut out);
+            offload(&mut eng, fast.as_deref(), &mut ops, now);
+            action
         };
         if action == Action::Forward
             && let Err(e) = port_of(side.other()).send(frame)
@@ -573,7 +617,13 @@ fn main() -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let mut threads = Vec::new();
-    let ports = match args.io {
+    // Opens the receive side of both ports; the threads start once the fast path (which
+    // filters these sockets) is in place.
+    enum Rx {
+        Ring(Vec<(Side, RxRing)>, Arc<TxPort>, Arc<TxPort>),
+        Socket(Arc<Port>, Arc<Port>),
+    }
+    let rx = match args.io {
         Io::Ring => {
             let tx_in = Arc::new(
                 TxPort::open(&args.inside)
@@ -583,18 +633,13 @@ fn main() -> Result<()> {
                 TxPort::open(&args.outside)
                     .with_context(|| format!("opening outside port {}", args.outside))?,
             );
+            let mut rings = Vec::new();
             for (side, name) in [(Side::Inside, &args.inside), (Side::Outside, &args.outside)] {
                 let ring = RxRing::open(name, 4096)
                     .with_context(|| format!("opening the receive ring of {name}"))?;
-                let (i, o, e, t, s) =
-                    (tx_in.clone(), tx_out.clone(), engine.clone(), tun.clone(), stop.clone());
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("ring-{}", side_name(side)))
-                        .spawn(move || run_ring(ring, side, i, o, e, clock, t, s))?,
-                );
+                rings.push((side, ring));
             }
-            Ports::Ring(tx_in, tx_out)
+            Rx::Ring(rings, tx_in, tx_out)
         }
         Io::Socket => {
             let timeout = Duration::from_millis(200);
@@ -606,24 +651,72 @@ fn main() -> Result<()> {
                 Port::open(&args.outside, timeout)
                     .with_context(|| format!("opening outside port {}", args.outside))?,
             );
+            Rx::Socket(inside, outside)
+        }
+    };
+    let fast = match args.fast_path {
+        FastPathMode::Off => None,
+        FastPathMode::Kernel => {
+            let sockets = match &rx {
+                Rx::Ring(rings, _, _) => rings.iter().map(|(_, r)| r.socket()).collect::<Vec<_>>(),
+                Rx::Socket(i, o) => vec![i.socket(), o.socket()],
+            };
+            match FastPath::load(&args.inside, &args.outside, &sockets, args.max_flows) {
+                Ok(fp) => Some(Arc::new(fp)),
+                Err(e) => {
+                    warn!(
+                        "kernel fast path not available, every frame goes through the engine: {e}"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    engine.lock().unwrap_or_else(PoisonError::into_inner).set_fast_path(fast.is_some());
+    let ports = match rx {
+        Rx::Ring(rings, tx_in, tx_out) => {
+            for (side, ring) in rings {
+                let (i, o, e, t, f, s) = (
+                    tx_in.clone(),
+                    tx_out.clone(),
+                    engine.clone(),
+                    tun.clone(),
+                    fast.clone(),
+                    stop.clone(),
+                );
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("ring-{}", side_name(side)))
+                        .spawn(move || run_ring(ring, side, i, o, e, clock, t, f, s))?,
+                );
+            }
+            Ports::Ring(tx_in, tx_out)
+        }
+        Rx::Socket(inside, outside) => {
             for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
-                let (i, o, e, t, s) =
-                    (inside.clone(), outside.clone(), engine.clone(), tun.clone(), stop.clone());
+                let (i, o, e, t, f, s) = (
+                    inside.clone(),
+                    outside.clone(),
+                    engine.clone(),
+                    tun.clone(),
+                    fast.clone(),
+                    stop.clone(),
+                );
                 threads.push(
                     std::thread::Builder::new()
                         .name(format!("port-{}", side_name(side)))
-                        .spawn(move || run_port(rx, side, i, o, e, clock, t, s))?,
+                        .spawn(move || run_port(rx, side, i, o, e, clock, t, f, s))?,
                 );
             }
             Ports::Socket(inside, outside)
         }
     };
     if let Some(t) = &tun {
-        let (t, e, s) = (t.clone(), engine.clone(), stop.clone());
+        let (t, e, f, s) = (t.clone(), engine.clone(), fast.clone(), stop.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("tun".into())
-                .spawn(move || run_tun(t, ports, e, clock, s))?,
+                .spawn(move || run_tun(t, ports, e, clock, f, s))?,
         );
     }
     let link = match &args.control {
@@ -647,7 +740,7 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    info!(inside = %args.inside, outside = %args.outside, io = ?args.io, flow_log = %args.flow_log.display(), "forwarding");
+    info!(inside = %args.inside, outside = %args.outside, io = ?args.io, fast_path = fast.is_some(), flow_log = %args.flow_log.display(), "forwarding");
     let mut out = Output {
         log: BufWriter::new(log),
         link,
@@ -665,14 +758,33 @@ fn main() -> Result<()> {
                 Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
             }
         }
+        // What the kernel forwarded is read without the engine locked (a system call or two
+        // per offloaded flow), then given to it before its timeouts and reports run.
+        let counts = fast.as_deref().map(FastPath::counts).unwrap_or_default();
+        let stats = fast.as_deref().map(FastPath::stats).unwrap_or_default();
         let now = clock.now();
-        out.write(&engine, &|e| e.tick(now));
+        out.write(&engine, &|e| {
+            for (k, packets, bytes) in &counts {
+                e.offload_counts(k, *packets, *bytes, now);
+            }
+            e.counters.fastpath_redirected = stats.redirected;
+            e.counters.fastpath_unmarked = stats.unmarked;
+            e.tick(now);
+            offload(e, fast.as_deref(), &mut Vec::new(), now);
+        });
     }
     for t in threads {
         let _ = t.join();
     }
+    let counts = fast.as_deref().map(FastPath::counts).unwrap_or_default();
     let now = clock.now();
-    out.write(&engine, &|e| e.shutdown(now));
+    out.write(&engine, &|e| {
+        for (k, packets, bytes) in &counts {
+            e.offload_counts(k, *packets, *bytes, now);
+        }
+        e.shutdown(now);
+        offload(e, fast.as_deref(), &mut Vec::new(), now);
+    });
     let counters = engine.lock().unwrap_or_else(PoisonError::into_inner).counters;
     info!(?counters, "stopped");
     Ok(())

@@ -53,6 +53,12 @@ impl Port {
         &self.name
     }
 
+    /// The socket (to attach the fast path's filter to).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Receives one frame into `buf`; returns where it lies in `buf`, `Ok(None)` on timeout.
     ///
     /// The kernel strips an 802.1Q tag from received frames into metadata; it is put back, so

@@ -114,6 +114,12 @@ impl RxRing {
         &self.name
     }
 
+    /// The receive socket (to attach the fast path's filter to).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     fn hdr(&self, i: usize) -> *mut Tpacket2Hdr {
         // SAFETY: i < frames, so the slot lies inside the mapping.
         unsafe { self.map.add((i % self.frames) * FRAME_SIZE).cast() }

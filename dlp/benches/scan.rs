@@ -27,13 +27,13 @@ fn corpus() -> Vec<u8> {
             out.push(b',');
         }
         let mut text = String::new();
-        for k in 0..6 {
-            text.push_str(if (i + k) % 3 == 0 { code } else { prose });
+        for k in 0..6usize {
+            text.push_str(if (i + k).is_multiple_of(3) { code } else { prose });
         }
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             text.push_str(secrets[(i / 16) % secrets.len()]);
         }
-        let msg = serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": text});
+        let msg = serde_json::json!({"role": if i.is_multiple_of(2) { "user" } else { "assistant" }, "content": text});
         out.extend_from_slice(&serde_json::to_vec(&msg).unwrap());
         i += 1;
     }

@@ -447,7 +447,7 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn ssn_valid(d: &[u8]) -> bool {
@@ -545,7 +545,11 @@ fn iban_at(b: &[u8], i: usize) -> Option<usize> {
             chars[n] = c;
             n += 1;
             j += 1;
-        } else if c == b' ' && n % 4 == 0 && j + 1 < b.len() && b[j + 1].is_ascii_alphanumeric() {
+        } else if c == b' '
+            && n.is_multiple_of(4)
+            && j + 1 < b.len()
+            && b[j + 1].is_ascii_alphanumeric()
+        {
             j += 1;
         } else {
             break;
@@ -664,7 +668,7 @@ mod tests {
             let len = (rnd() % 300) as usize;
             let mut text = Vec::with_capacity(len + 40);
             while text.len() < len {
-                if rnd() % 8 == 0 {
+                if rnd().is_multiple_of(8) {
                     text.extend_from_slice(pieces[(rnd() % 8) as usize]);
                 } else {
                     text.push(alphabet[(rnd() % alphabet.len() as u64) as usize]);

@@ -4,9 +4,11 @@
 //! [`udp`].
 
 mod divert;
+mod offload;
 mod udp;
 
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
+pub use offload::{DirKey, OffloadOp};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use hashbrown::HashMap;
 use arc_swap::ArcSwap;
 use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
 
-use crate::flow::{Class, EndReason, Flow, FlowKey, FlowTable, TcpState, Timeouts, Verdict};
+use crate::flow::{
+    Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
+};
 use crate::reassembly::{Added, Reassembly};
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
@@ -28,7 +32,7 @@ pub const QUIC_PORT: u16 = 443;
 const MAX_QUIC_HELD: usize = 8;
 
 /// The two ports of the appliance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// Toward the clients.
     Inside,
@@ -114,6 +118,17 @@ pub struct Counters {
     pub resets: u64,
     /// Frames dropped.
     pub dropped: u64,
+    /// Flows handed to the kernel fast path.
+    pub offloaded: u64,
+    /// Frames the kernel fast path forwarded (not counted in `frames`).
+    pub offloaded_frames: u64,
+    /// Flows the fast path could not take (its map full): they stay on the engine's path.
+    pub offload_refused: u64,
+    /// Frames the kernel fast path forwarded, by its own count.
+    pub fastpath_redirected: u64,
+    /// Frames the fast path's classifier decided without the socket filter's mark (0 while
+    /// the data plane runs; anything else means the two programs could disagree).
+    pub fastpath_unmarked: u64,
 }
 
 /// Engine settings.
@@ -130,6 +145,8 @@ pub struct Settings {
     /// Divert through the TUN to the interception engine; `None`: no interception on this
     /// data plane (`inspect` rules then pass TCP flows, recorded as such).
     pub divert: Option<DivertConfig>,
+    /// Hand decided flows to a kernel fast path ([`OffloadOp`]s to apply).
+    pub fast_path: bool,
 }
 
 impl Default for Settings {
@@ -140,6 +157,7 @@ impl Default for Settings {
             report_interval_ms: 60_000,
             max_held_frames: 2048,
             divert: None,
+            fast_path: false,
         }
     }
 }
@@ -160,6 +178,7 @@ pub struct Engine {
     divert: Option<divert::DivertState>,
     /// Divert counters.
     pub divert_counters: DivertCounters,
+    offload_ops: Vec<OffloadOp>,
 }
 
 /// A destination learned for divert.
@@ -205,6 +224,7 @@ impl Engine {
             last_stats: 0,
             divert: settings.divert.map(divert::DivertState::new),
             divert_counters: DivertCounters::default(),
+            offload_ops: Vec::new(),
         }
     }
 
@@ -334,6 +354,8 @@ impl Engine {
             server_next: None,
             reasm: None,
             held: Vec::new(),
+            offload: Offload::No,
+            offload_seen: OffloadSeen::default(),
         }
     }
 
@@ -352,6 +374,7 @@ impl Engine {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
                     self.counters.flows_evicted += 1;
+                    Self::withdraw(&mut self.offload_ops, &ev);
                     if ev.verdict == Verdict::Divert {
                         let k = FlowKey::new(ev.vlan, ev.proto, ev.client, ev.server);
                         self.forget_diverted(ev.client, &k);
@@ -384,7 +407,11 @@ impl Engine {
         };
         let c2s = track(flow, f, t, now);
         match flow.verdict {
-            Verdict::Allow => Action::Forward,
+            Verdict::Allow => {
+                let fast = self.settings.fast_path;
+                Self::maybe_offload(&mut self.offload_ops, &mut self.counters, fast, flow);
+                Action::Forward
+            }
             Verdict::Block => Action::Drop,
             Verdict::Divert if c2s => {
                 self.client_to_tun(data, f, out);
@@ -639,7 +666,9 @@ impl Engine {
         let mut gone = Vec::new();
         {
             let records = &mut self.records;
+            let ops = &mut self.offload_ops;
             self.table.expire(now.mono_ms, |f, why| {
+                Self::withdraw(ops, &f);
                 if f.verdict == Verdict::Divert {
                     gone.push((f.client, FlowKey::new(f.vlan, f.proto, f.client, f.server)));
                 }
@@ -670,6 +699,7 @@ impl Engine {
     pub fn shutdown(&mut self, now: Now) {
         let flows: Vec<Flow> = self.table.drain().collect();
         for f in flows {
+            Self::withdraw(&mut self.offload_ops, &f);
             self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
         }
         self.divert = self.settings.divert.map(divert::DivertState::new);

@@ -78,20 +78,21 @@ impl Engine {
             self.snoop_dns(side, f, now);
         }
         let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
-        let flow = match self.table.get_mut(&key) {
-            Some(fl) => fl,
-            None => {
-                let verdict = if quic { Verdict::Pending } else { Verdict::Allow };
-                match self.insert(key, side, f, now, TcpState::NotTcp, verdict) {
-                    Some(fl) => fl,
-                    None => return Action::Forward,
-                }
+        if !self.table.contains(&key) {
+            let verdict = if quic { Verdict::Pending } else { Verdict::Allow };
+            if self.insert(key, side, f, now, TcpState::NotTcp, verdict).is_none() {
+                return Action::Forward;
             }
-        };
+        }
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         count(flow, f, now);
         let c2s = (f.src, f.sport) == flow.client;
         match flow.verdict {
-            Verdict::Allow => Action::Forward,
+            Verdict::Allow => {
+                let fast = self.settings.fast_path;
+                Self::maybe_offload(&mut self.offload_ops, &mut self.counters, fast, flow);
+                Action::Forward
+            }
             Verdict::Block | Verdict::Divert => Action::Drop,
             Verdict::Pending if !c2s => Action::Forward,
             Verdict::Pending => self.quic_initial(key, side, data, f, now, out),

@@ -1,0 +1,147 @@
+//! Offload of decided flows to a kernel fast path, sans-IO: the engine says which flows the
+//! fast path may carry ([`OffloadOp`]) and takes back what it carried ([`Engine::offload_counts`]).
+//! The IO side, which owns the BPF map, is [`crate::fastpath`].
+//!
+//! A flow is offloaded once it is `allow`ed and its TCP handshake is complete (or, for UDP,
+//! once it is `allow`ed, DNS excepted: answers are snooped). From then on the kernel forwards
+//! its frames port to port, except TCP segments with SYN, FIN or RST, which still reach the
+//! engine so it follows every close. The entry is withdrawn when the flow closes, expires or
+//! leaves the table. Counts of the frames the kernel forwarded come back through
+//! [`Engine::offload_counts`] (the driver polls the map) and are added to the flow's own, so
+//! records, idle timeouts and reports are as if the engine had seen every frame.
+
+use std::net::IpAddr;
+
+use super::{Engine, Now, Side};
+use crate::flow::{Flow, FlowKey, Offload, TcpState, Verdict};
+use crate::wire::frame::Proto;
+
+/// One direction of a flow as the fast path matches it: the port it arrives on and its
+/// addresses as they are on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DirKey {
+    /// Port the frames arrive on (they leave by the other one).
+    pub ingress: Side,
+    /// 802.1Q VLAN id (0 untagged).
+    pub vlan: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Sender's address and port.
+    pub src: (IpAddr, u16),
+    /// Receiver's address and port.
+    pub dst: (IpAddr, u16),
+}
+
+/// What the fast path's map should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadOp {
+    /// Carry both directions of a flow (client → server first).
+    Add([DirKey; 2]),
+    /// Stop carrying them; the driver reports their last counts back.
+    Remove([DirKey; 2]),
+}
+
+/// The fast path's keys of `flow`, client → server first.
+pub(super) fn keys(flow: &Flow) -> [DirKey; 2] {
+    let client_side = if flow.from_inside { Side::Inside } else { Side::Outside };
+    let vlan = flow.vlan.unwrap_or(0);
+    [
+        DirKey {
+            ingress: client_side,
+            vlan,
+            proto: flow.proto,
+            src: flow.client,
+            dst: flow.server,
+        },
+        DirKey {
+            ingress: client_side.other(),
+            vlan,
+            proto: flow.proto,
+            src: flow.server,
+            dst: flow.client,
+        },
+    ]
+}
+
+/// True when the fast path may carry `flow` from now on.
+fn eligible(flow: &Flow) -> bool {
+    flow.offload == Offload::No
+        && flow.verdict == Verdict::Allow
+        && match flow.proto {
+            Proto::Tcp => flow.state == TcpState::Established,
+            Proto::Udp => flow.client.1 != 53 && flow.server.1 != 53,
+            _ => false,
+        }
+}
+
+impl Engine {
+    /// Offers `flow` to the fast path if it may be carried (called on its frames).
+    pub(super) fn maybe_offload(
+        ops: &mut Vec<OffloadOp>,
+        counters: &mut super::Counters,
+        enabled: bool,
+        flow: &mut Flow,
+    ) {
+        if enabled && eligible(flow) {
+            flow.offload = Offload::Active;
+            counters.offloaded += 1;
+            ops.push(OffloadOp::Add(keys(flow)));
+        } else if flow.offload == Offload::Active && flow.state == TcpState::Closing {
+            flow.offload = Offload::Withdrawn;
+            ops.push(OffloadOp::Remove(keys(flow)));
+        }
+    }
+
+    /// Withdraws a flow leaving the table.
+    pub(super) fn withdraw(ops: &mut Vec<OffloadOp>, flow: &Flow) {
+        if flow.offload == Offload::Active {
+            ops.push(OffloadOp::Remove(keys(flow)));
+        }
+    }
+
+    /// Moves the fast-path operations produced so far into `into` (in order).
+    pub fn take_offload_ops(&mut self, into: &mut Vec<OffloadOp>) {
+        into.append(&mut self.offload_ops);
+    }
+
+    /// The fast path could not take the flow whose client → server key is `key`: it stays on
+    /// the engine's path.
+    pub fn offload_refused(&mut self, key: &DirKey) {
+        self.counters.offload_refused += 1;
+        let fk = FlowKey::new(Some(key.vlan), key.proto, key.src, key.dst);
+        if let Some(flow) = self.table.get_mut(&fk) {
+            flow.offload = Offload::Withdrawn;
+        }
+    }
+
+    /// Turns offloading on or off for flows decided from now on.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.settings.fast_path = on;
+    }
+
+    /// The fast path forwarded `packets` frames carrying `bytes` of payload for `key` in all
+    /// (counts since the flow was offloaded, as its map entry holds them). What is new is added
+    /// to the flow's counts, and a flow that moved is no longer idle.
+    pub fn offload_counts(&mut self, key: &DirKey, packets: u64, bytes: u64, now: Now) {
+        let fk = FlowKey::new(Some(key.vlan), key.proto, key.src, key.dst);
+        let Some(flow) = self.table.get_mut(&fk) else { return };
+        if flow.offload == Offload::No {
+            return;
+        }
+        let c2s = key.src == flow.client;
+        let (seen, ctr) = if c2s {
+            (&mut flow.offload_seen.c2s, &mut flow.c2s)
+        } else {
+            (&mut flow.offload_seen.s2c, &mut flow.s2c)
+        };
+        let (dp, db) = (packets.saturating_sub(seen.0), bytes.saturating_sub(seen.1));
+        if dp == 0 && db == 0 {
+            return;
+        }
+        *seen = (seen.0.max(packets), seen.1.max(bytes));
+        ctr.0 += dp;
+        ctr.1 += db;
+        flow.last_mono = flow.last_mono.max(now.mono_ms);
+        self.counters.offloaded_frames += dp;
+    }
+}

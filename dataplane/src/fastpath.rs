@@ -1,0 +1,393 @@
+//! The kernel fast path, IO side: loads the BPF programs of `bpf/fastpath.c` (built by
+//! `build.rs`), attaches them to the two ports, and keeps their map of offloaded flows in step
+//! with the engine's [`OffloadOp`]s.
+//!
+//! Why: forwarding through user space costs a copy into the receive ring, a wake-up and a
+//! send per frame; the kernel forwards port to port without any of them. Like the flow
+//! offload of commercial firewalls, the engine keeps deciding every flow (SYN, ClientHello,
+//! QUIC Initial, DNS answers all reach it) and hands only the flows it has allowed to the
+//! kernel, which counts what it forwards; the counts come back into the flow records through
+//! [`FastPath::counts`]. `--fast-path off` forwards every frame through the engine.
+//!
+//! Two programs share the map: a tc ingress classifier on each port that redirects frames of
+//! offloaded flows to the other port, and a socket filter on the AF_PACKET receive sockets that
+//! keeps those frames out of the engine (packet taps see frames before tc ingress does). On
+//! kernels from 6.6 the classifiers are attached as TCX links, which the kernel removes when
+//! the process exits, however it exits; older kernels get a `clsact` qdisc filter instead.
+#![allow(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::BorrowedFd;
+use std::sync::{Mutex, PoisonError};
+
+use aya::maps::{HashMap as BpfMap, MapData, MapError, PerCpuArray};
+use aya::programs::{ProgramError, SchedClassifier, SocketFilter, TcAttachType, tc};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+use crate::engine::{DirKey, OffloadOp, Side};
+use crate::wire::frame::Proto;
+
+/// The compiled programs (see `build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.o"));
+
+/// `struct flow_key` of fastpath.c: one direction of a flow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Key {
+    src: [u8; 16],
+    dst: [u8; 16],
+    ifindex: u32,
+    /// Network byte order in memory, as on the wire.
+    sport: u16,
+    dport: u16,
+    vlan: u16,
+    proto: u8,
+    family: u8,
+}
+
+/// `struct flow_value` of fastpath.c.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Value {
+    out_ifindex: u32,
+    pad: u32,
+    packets: u64,
+    bytes: u64,
+}
+
+// SAFETY: both are plain `repr(C)` integers and byte arrays without padding (44 and 24 bytes,
+// checked below), valid for any bit pattern.
+unsafe impl aya::Pod for Key {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Value {}
+
+const _: () = assert!(std::mem::size_of::<Key>() == 44);
+const _: () = assert!(std::mem::size_of::<Value>() == 24);
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Why the fast path could not be set up (the data plane then forwards through the engine).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FastPathError {
+    /// The kernel refused the object or its map.
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] EbpfError),
+    /// A program could not be loaded or attached.
+    #[error("BPF program {name}: {source}")]
+    Program {
+        /// Which one.
+        name: &'static str,
+        /// Why.
+        source: ProgramError,
+    },
+    /// The flow map is missing or of the wrong shape.
+    #[error("BPF map: {0}")]
+    Map(#[from] MapError),
+    /// An interface has no index.
+    #[error("interface {0}: {1}")]
+    Interface(String, std::io::Error),
+}
+
+/// The maps.
+struct Inner {
+    flows: BpfMap<MapData, Key, Value>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// The fast path's own counters (`stats` in fastpath.c).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames the kernel forwarded port to port.
+    pub redirected: u64,
+    /// Frames the classifier saw without the socket filter's decision (it then decided
+    /// alone; with the data plane running this stays 0).
+    pub unmarked: u64,
+}
+
+/// The loaded, attached fast path.
+pub struct FastPath {
+    /// Owns the programs and their attachments (dropping it detaches them).
+    _bpf: Ebpf,
+    inner: Mutex<Inner>,
+    /// Interface indexes of the inside and outside ports.
+    ifindex: [u32; 2],
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath").field("ifindex", &self.ifindex).finish()
+    }
+}
+
+/// What [`FastPath::apply`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Last counts of withdrawn entries: (key, packets, bytes), to give back to the engine.
+    pub last: Vec<(DirKey, u64, u64)>,
+    /// Flows (by their client → server key) the map refused (full, or the kernel said no):
+    /// they stay on the engine's path.
+    pub refused: Vec<DirKey>,
+}
+
+fn program<'a, T>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, FastPathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = bpf
+        .program_mut(name)
+        .ok_or(FastPathError::Program { name, source: ProgramError::NotLoaded })?;
+    p.try_into().map_err(|source| FastPathError::Program { name, source })
+}
+
+impl FastPath {
+    /// Loads the programs with room for `max_flows` flows, filters the receive `sockets`, and
+    /// attaches the classifier at ingress of both ports.
+    pub fn load(
+        inside: &str,
+        outside: &str,
+        sockets: &[BorrowedFd<'_>],
+        max_flows: usize,
+    ) -> Result<FastPath, FastPathError> {
+        let index = |name: &str| {
+            crate::sock::ifindex(name)
+                .map(|i| i as u32)
+                .map_err(|e| FastPathError::Interface(name.to_owned(), e))
+        };
+        let ifindex = [index(inside)?, index(outside)?];
+        let entries = u32::try_from(max_flows.saturating_mul(2)).unwrap_or(u32::MAX).max(2);
+        let mut bpf = EbpfLoader::new().btf(None).map_max_entries("flows", entries).load(OBJECT)?;
+        let map = bpf.take_map("flows").ok_or(MapError::InvalidName { name: "flows".into() })?;
+        let flows = BpfMap::<MapData, Key, Value>::try_from(map)?;
+        let map = bpf.take_map("stats").ok_or(MapError::InvalidName { name: "stats".into() })?;
+        let stats = PerCpuArray::<MapData, u64>::try_from(map)?;
+        // The filter first: once the classifier redirects, the engine must not see those frames.
+        let sock: &mut SocketFilter = program(&mut bpf, "fastpath_sock")?;
+        sock.load().map_err(|source| FastPathError::Program { name: "fastpath_sock", source })?;
+        for s in sockets {
+            sock.attach(s)
+                .map_err(|source| FastPathError::Program { name: "fastpath_sock", source })?;
+        }
+        let cls: &mut SchedClassifier = program(&mut bpf, "fastpath_tc")?;
+        cls.load().map_err(|source| FastPathError::Program { name: "fastpath_tc", source })?;
+        for port in [inside, outside] {
+            if cls.attach(port, TcAttachType::Ingress).is_err() {
+                // Kernels before TCX: a filter on the clsact qdisc (added if missing).
+                let _ = tc::qdisc_add_clsact(port);
+                cls.attach(port, TcAttachType::Ingress)
+                    .map_err(|source| FastPathError::Program { name: "fastpath_tc", source })?;
+            }
+        }
+        Ok(FastPath { _bpf: bpf, inner: Mutex::new(Inner { flows, stats }), ifindex })
+    }
+
+    fn key(&self, k: &DirKey) -> Option<Key> {
+        key(&self.ifindex, k)
+    }
+
+    fn side_index(&self, s: Side) -> Option<u32> {
+        side_index(&self.ifindex, s)
+    }
+
+    /// Applies the engine's operations in order. Call it with the engine still locked, so the
+    /// map follows the engine's order exactly (an entry left behind would let a later flow with
+    /// the same addresses skip classification).
+    pub fn apply(&self, ops: &[OffloadOp]) -> Applied {
+        let mut done = Applied::default();
+        if ops.is_empty() {
+            return done;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for op in ops {
+            match op {
+                OffloadOp::Add(dirs) => {
+                    let keys: Vec<(Key, u32)> = dirs
+                        .iter()
+                        .filter_map(|d| Some((self.key(d)?, self.side_index(d.ingress.other())?)))
+                        .collect();
+                    if keys.len() != 2 {
+                        done.refused.push(dirs[0]);
+                        continue;
+                    }
+                    let mut ok = true;
+                    for (k, out) in &keys {
+                        let v = Value { out_ifindex: *out, ..Value::default() };
+                        ok &= inner.flows.insert(k, v, 0).is_ok();
+                    }
+                    if !ok {
+                        // Both directions or neither: half a flow in the kernel would split
+                        // its counts and its order between two paths.
+                        for (k, _) in &keys {
+                            let _ = inner.flows.remove(k);
+                        }
+                        done.refused.push(dirs[0]);
+                    }
+                }
+                OffloadOp::Remove(dirs) => {
+                    for d in dirs {
+                        let Some(k) = self.key(d) else { continue };
+                        if let Ok(v) = inner.flows.get(&k, 0) {
+                            done.last.push((*d, v.packets, v.bytes));
+                        }
+                        let _ = inner.flows.remove(&k);
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// The fast path's counters, summed over the CPUs.
+    pub fn stats(&self) -> Stats {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let sum = |i: u32| inner.stats.get(&i, 0).map_or(0, |v| v.iter().sum());
+        Stats { redirected: sum(0), unmarked: sum(1) }
+    }
+
+    /// The counts of every offloaded direction: (key, packets, bytes) since it was offloaded.
+    pub fn counts(&self) -> Vec<(DirKey, u64, u64)> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| Some((dir_key(&self.ifindex, &k)?, v.packets, v.bytes)))
+            .collect()
+    }
+}
+
+/// The map's key of `k` (`None` for what the fast path does not carry).
+fn key(ifindex: &[u32; 2], k: &DirKey) -> Option<Key> {
+    let proto = match k.proto {
+        Proto::Tcp => IPPROTO_TCP,
+        Proto::Udp => IPPROTO_UDP,
+        _ => return None,
+    };
+    let mut key = Key {
+        ifindex: side_index(ifindex, k.ingress)?,
+        sport: u16::from_ne_bytes(k.src.1.to_be_bytes()),
+        dport: u16::from_ne_bytes(k.dst.1.to_be_bytes()),
+        vlan: k.vlan,
+        proto,
+        ..Key::default()
+    };
+    match (k.src.0, k.dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            key.src[..4].copy_from_slice(&s.octets());
+            key.dst[..4].copy_from_slice(&d.octets());
+            key.family = 4;
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            key.src = s.octets();
+            key.dst = d.octets();
+            key.family = 6;
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+/// The engine's view of a map key.
+fn dir_key(ifindex: &[u32; 2], k: &Key) -> Option<DirKey> {
+    let ingress = match k.ifindex {
+        i if i == ifindex[0] => Side::Inside,
+        i if i == ifindex[1] => Side::Outside,
+        _ => return None,
+    };
+    let proto = match k.proto {
+        IPPROTO_TCP => Proto::Tcp,
+        IPPROTO_UDP => Proto::Udp,
+        _ => return None,
+    };
+    let ip = |b: &[u8; 16]| -> Option<IpAddr> {
+        match k.family {
+            4 => Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]).into()),
+            6 => Some(Ipv6Addr::from(*b).into()),
+            _ => None,
+        }
+    };
+    let port = |p: u16| u16::from_be_bytes(p.to_ne_bytes());
+    Some(DirKey {
+        ingress,
+        vlan: k.vlan,
+        proto,
+        src: (ip(&k.src)?, port(k.sport)),
+        dst: (ip(&k.dst)?, port(k.dport)),
+    })
+}
+
+fn side_index(ifindex: &[u32; 2], s: Side) -> Option<u32> {
+    match s {
+        Side::Inside => Some(ifindex[0]),
+        Side::Outside => Some(ifindex[1]),
+        Side::Tun => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDX: [u32; 2] = [7, 9];
+
+    #[test]
+    fn keys_are_laid_out_as_the_program_reads_them() {
+        let d = DirKey {
+            ingress: Side::Inside,
+            vlan: 42,
+            proto: Proto::Tcp,
+            src: ("10.20.1.10".parse().unwrap(), 40_000),
+            dst: ("198.51.100.80".parse().unwrap(), 5201),
+        };
+        let k = key(&IDX, &d).unwrap();
+        // SAFETY: Key is plain data of 44 bytes (asserted above).
+        let bytes: [u8; 44] = unsafe { std::mem::transmute(k) };
+        assert_eq!(&bytes[..4], &[10, 20, 1, 10]);
+        assert_eq!(&bytes[4..16], &[0; 12]);
+        assert_eq!(&bytes[16..20], &[198, 51, 100, 80]);
+        assert_eq!(&bytes[32..36], &7u32.to_ne_bytes());
+        assert_eq!(&bytes[36..38], &40_000u16.to_be_bytes(), "ports in network order");
+        assert_eq!(&bytes[38..40], &5201u16.to_be_bytes());
+        assert_eq!(&bytes[40..42], &42u16.to_ne_bytes());
+        assert_eq!(bytes[42], 6);
+        assert_eq!(bytes[43], 4);
+        assert_eq!(dir_key(&IDX, &k), Some(d));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for (src, dst, proto, ingress) in [
+            ("fd20::1:10", "2001:db8:5100::80", Proto::Udp, Side::Outside),
+            ("10.20.2.20", "198.51.100.10", Proto::Udp, Side::Inside),
+            ("2001:db8:5100::10", "fd20::2:20", Proto::Tcp, Side::Outside),
+        ] {
+            let d = DirKey {
+                ingress,
+                vlan: 0,
+                proto,
+                src: (src.parse().unwrap(), 443),
+                dst: (dst.parse().unwrap(), 61_000),
+            };
+            assert_eq!(dir_key(&IDX, &key(&IDX, &d).unwrap()), Some(d));
+        }
+    }
+
+    #[test]
+    fn what_the_fast_path_cannot_carry_has_no_key() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let mixed = DirKey {
+            ingress: Side::Inside,
+            vlan: 0,
+            proto: Proto::Tcp,
+            src: (v4, 1),
+            dst: (v6, 2),
+        };
+        assert_eq!(key(&IDX, &mixed), None);
+        assert_eq!(key(&IDX, &DirKey { ingress: Side::Tun, dst: (v4, 2), ..mixed }), None);
+        assert_eq!(key(&IDX, &DirKey { proto: Proto::Other, dst: (v4, 2), ..mixed }), None);
+        let stranger = Key { ifindex: 3, family: 4, proto: 6, ..Key::default() };
+        assert_eq!(dir_key(&IDX, &stranger), None);
+    }
+}
