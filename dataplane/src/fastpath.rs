@@ -24,7 +24,7 @@ use aya::maps::{HashMap as BpfMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, TcAttachType, tc};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-use crate::engine::{DirKey, OffloadOp, Side};
+use crate::engine::{DirKey, FastEntry, OffloadOp, Rewrite, Side};
 use crate::wire::frame::Proto;
 
 /// The compiled programs (see `build.rs`).
@@ -50,19 +50,31 @@ struct Key {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Value {
     out_ifindex: u32,
-    pad: u32,
+    action: u8,
+    pad0: u8,
+    vlan: u16,
+    addr: [u8; 16],
+    /// Network byte order in memory.
+    port: u16,
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    pad1: u16,
     packets: u64,
     bytes: u64,
 }
 
-// SAFETY: both are plain `repr(C)` integers and byte arrays without padding (44 and 24 bytes,
+const ACT_FORWARD: u8 = 0;
+const ACT_TO_TUN: u8 = 1;
+const ACT_TO_PORT: u8 = 2;
+
+// SAFETY: both are plain `repr(C)` integers and byte arrays without padding (44 and 56 bytes,
 // checked below), valid for any bit pattern.
 unsafe impl aya::Pod for Key {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Value {}
 
 const _: () = assert!(std::mem::size_of::<Key>() == 44);
-const _: () = assert!(std::mem::size_of::<Value>() == 24);
+const _: () = assert!(std::mem::size_of::<Value>() == 56);
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -111,8 +123,8 @@ pub struct FastPath {
     /// Owns the programs and their attachments (dropping it detaches them).
     _bpf: Ebpf,
     inner: Mutex<Inner>,
-    /// Interface indexes of the inside and outside ports.
-    ifindex: [u32; 2],
+    /// Interface indexes of the inside and outside ports and of the TUN (0 without one).
+    ifindex: [u32; 3],
 }
 
 impl std::fmt::Debug for FastPath {
@@ -143,10 +155,12 @@ where
 
 impl FastPath {
     /// Loads the programs with room for `max_flows` flows, filters the receive `sockets`, and
-    /// attaches the classifier at ingress of both ports.
+    /// attaches the classifier at ingress of both ports (and, with a `tun`, at its egress:
+    /// the divert NAT).
     pub fn load(
         inside: &str,
         outside: &str,
+        tun: Option<&str>,
         sockets: &[BorrowedFd<'_>],
         max_flows: usize,
     ) -> Result<FastPath, FastPathError> {
@@ -155,7 +169,7 @@ impl FastPath {
                 .map(|i| i as u32)
                 .map_err(|e| FastPathError::Interface(name.to_owned(), e))
         };
-        let ifindex = [index(inside)?, index(outside)?];
+        let ifindex = [index(inside)?, index(outside)?, tun.map(index).transpose()?.unwrap_or(0)];
         let entries = u32::try_from(max_flows.saturating_mul(2)).unwrap_or(u32::MAX).max(2);
         let mut bpf = EbpfLoader::new().btf(None).map_max_entries("flows", entries).load(OBJECT)?;
         let map = bpf.take_map("flows").ok_or(MapError::InvalidName { name: "flows".into() })?;
@@ -179,15 +193,23 @@ impl FastPath {
                     .map_err(|source| FastPathError::Program { name: "fastpath_tc", source })?;
             }
         }
+        if let Some(tun) = tun {
+            let egress: &mut SchedClassifier = program(&mut bpf, "fastpath_tun")?;
+            egress
+                .load()
+                .map_err(|source| FastPathError::Program { name: "fastpath_tun", source })?;
+            if egress.attach(tun, TcAttachType::Egress).is_err() {
+                let _ = tc::qdisc_add_clsact(tun);
+                egress
+                    .attach(tun, TcAttachType::Egress)
+                    .map_err(|source| FastPathError::Program { name: "fastpath_tun", source })?;
+            }
+        }
         Ok(FastPath { _bpf: bpf, inner: Mutex::new(Inner { flows, stats }), ifindex })
     }
 
     fn key(&self, k: &DirKey) -> Option<Key> {
         key(&self.ifindex, k)
-    }
-
-    fn side_index(&self, s: Side) -> Option<u32> {
-        side_index(&self.ifindex, s)
     }
 
     /// Applies the engine's operations in order. Call it with the engine still locked, so the
@@ -201,27 +223,26 @@ impl FastPath {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for op in ops {
             match op {
-                OffloadOp::Add(dirs) => {
-                    let keys: Vec<(Key, u32)> = dirs
+                OffloadOp::Add(entries) => {
+                    let kv: Vec<(Key, Value)> = entries
                         .iter()
-                        .filter_map(|d| Some((self.key(d)?, self.side_index(d.ingress.other())?)))
+                        .filter_map(|e| Some((self.key(&e.key)?, value(&self.ifindex, e)?)))
                         .collect();
-                    if keys.len() != 2 {
-                        done.refused.push(dirs[0]);
+                    if kv.len() != 2 {
+                        done.refused.push(entries[0].key);
                         continue;
                     }
                     let mut ok = true;
-                    for (k, out) in &keys {
-                        let v = Value { out_ifindex: *out, ..Value::default() };
+                    for (k, v) in &kv {
                         ok &= inner.flows.insert(k, v, 0).is_ok();
                     }
                     if !ok {
                         // Both directions or neither: half a flow in the kernel would split
                         // its counts and its order between two paths.
-                        for (k, _) in &keys {
+                        for (k, _) in &kv {
                             let _ = inner.flows.remove(k);
                         }
-                        done.refused.push(dirs[0]);
+                        done.refused.push(entries[0].key);
                     }
                 }
                 OffloadOp::Remove(dirs) => {
@@ -258,7 +279,7 @@ impl FastPath {
 }
 
 /// The map's key of `k` (`None` for what the fast path does not carry).
-fn key(ifindex: &[u32; 2], k: &DirKey) -> Option<Key> {
+fn key(ifindex: &[u32; 3], k: &DirKey) -> Option<Key> {
     let proto = match k.proto {
         Proto::Tcp => IPPROTO_TCP,
         Proto::Udp => IPPROTO_UDP,
@@ -288,11 +309,52 @@ fn key(ifindex: &[u32; 2], k: &DirKey) -> Option<Key> {
     Some(key)
 }
 
+/// The map's value for `e`: where it goes and what is rewritten (`None` when it cannot be
+/// carried: no TUN, or an address family that does not match the key's).
+fn value(ifindex: &[u32; 3], e: &FastEntry) -> Option<Value> {
+    let family_ok = |a: IpAddr| a.is_ipv4() == e.key.src.0.is_ipv4();
+    let addr = |a: IpAddr| match a {
+        IpAddr::V4(v) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v.octets());
+            b
+        }
+        IpAddr::V6(v) => v.octets(),
+    };
+    let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes());
+    Some(match e.rewrite {
+        Rewrite::Forward => Value {
+            out_ifindex: side_index(ifindex, e.key.ingress.other())?,
+            action: ACT_FORWARD,
+            ..Value::default()
+        },
+        Rewrite::ToTun { dst } if family_ok(dst.ip()) => Value {
+            out_ifindex: side_index(ifindex, Side::Tun)?,
+            action: ACT_TO_TUN,
+            addr: addr(dst.ip()),
+            port: port(dst.port()),
+            ..Value::default()
+        },
+        Rewrite::ToPort { src, out, src_mac, dst_mac, vlan } if family_ok(src.ip()) => Value {
+            out_ifindex: side_index(ifindex, out).filter(|_| out != Side::Tun)?,
+            action: ACT_TO_PORT,
+            vlan: vlan.unwrap_or(0) & 0x0fff,
+            addr: addr(src.ip()),
+            port: port(src.port()),
+            eth_dst: dst_mac,
+            eth_src: src_mac,
+            ..Value::default()
+        },
+        _ => return None,
+    })
+}
+
 /// The engine's view of a map key.
-fn dir_key(ifindex: &[u32; 2], k: &Key) -> Option<DirKey> {
+fn dir_key(ifindex: &[u32; 3], k: &Key) -> Option<DirKey> {
     let ingress = match k.ifindex {
         i if i == ifindex[0] => Side::Inside,
         i if i == ifindex[1] => Side::Outside,
+        i if i == ifindex[2] && i != 0 => Side::Tun,
         _ => return None,
     };
     let proto = match k.proto {
@@ -317,10 +379,11 @@ fn dir_key(ifindex: &[u32; 2], k: &Key) -> Option<DirKey> {
     })
 }
 
-fn side_index(ifindex: &[u32; 2], s: Side) -> Option<u32> {
+fn side_index(ifindex: &[u32; 3], s: Side) -> Option<u32> {
     match s {
         Side::Inside => Some(ifindex[0]),
         Side::Outside => Some(ifindex[1]),
+        Side::Tun if ifindex[2] != 0 => Some(ifindex[2]),
         Side::Tun => None,
     }
 }
@@ -329,7 +392,7 @@ fn side_index(ifindex: &[u32; 2], s: Side) -> Option<u32> {
 mod tests {
     use super::*;
 
-    const IDX: [u32; 2] = [7, 9];
+    const IDX: [u32; 3] = [7, 9, 0];
 
     #[test]
     fn keys_are_laid_out_as_the_program_reads_them() {

@@ -661,7 +661,8 @@ fn main() -> Result<()> {
                 Rx::Ring(rings, _, _) => rings.iter().map(|(_, r)| r.socket()).collect::<Vec<_>>(),
                 Rx::Socket(i, o) => vec![i.socket(), o.socket()],
             };
-            match FastPath::load(&args.inside, &args.outside, &sockets, args.max_flows) {
+            let tun_name = args.tun.as_deref().filter(|_| tun.is_some());
+            match FastPath::load(&args.inside, &args.outside, tun_name, &sockets, args.max_flows) {
                 Ok(fp) => Some(Arc::new(fp)),
                 Err(e) => {
                     warn!(

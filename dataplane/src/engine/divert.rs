@@ -19,8 +19,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hashbrown::HashMap;
 use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
+use super::offload::{DirKey, FastEntry, OffloadOp, Rewrite};
 use super::{Engine, Now, Side, track};
-use crate::flow::{Class, FlowKey};
+use crate::flow::{Class, FlowKey, Offload, TcpState};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
 
@@ -99,6 +100,9 @@ struct UpstreamEntry {
     fins: (bool, bool),
     /// RST seen.
     reset: bool,
+    /// In the kernel fast path, and the packets it counted there (TUN side, outside side).
+    offloaded: bool,
+    fast_seen: [u64; 2],
 }
 
 impl UpstreamEntry {
@@ -195,16 +199,22 @@ impl Engine {
     ) {
         let Some(d) = self.divert.as_mut() else { return };
         let client = SocketAddr::new(f.src, f.sport);
-        d.clients.insert(
-            client,
-            ClientEntry {
-                key,
-                orig: SocketAddr::new(f.dst, f.dport),
-                client_mac: f.src_mac,
-                server_mac: f.dst_mac,
-                vlan: f.vlan,
-            },
-        );
+        let entry = ClientEntry {
+            key,
+            orig: SocketAddr::new(f.dst, f.dport),
+            client_mac: f.src_mac,
+            server_mac: f.dst_mac,
+            vlan: f.vlan,
+        };
+        d.clients.insert(client, entry);
+        if self.settings.fast_path
+            && let Some(flow) = self.table.get_mut(&key)
+        {
+            // Every segment after this SYN is rewritten by the kernel, but SYN, FIN and RST.
+            flow.offload = Offload::Active;
+            self.counters.offloaded += 1;
+            self.offload_ops.push(OffloadOp::Add(client_entries(&d.cfg, client, &entry)));
+        }
         self.divert_counters.flows += 1;
         self.client_to_tun(data, f, out);
     }
@@ -246,6 +256,11 @@ impl Engine {
         e.last_mono = now.mono_ms;
         e.fins.1 |= t.fin;
         e.reset |= t.rst;
+        if e.closed() && e.offloaded {
+            e.offloaded = false;
+            let [a, b] = upstream_entries(&d.cfg, f.dport, e);
+            self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+        }
         let local = SocketAddr::new(d.cfg.local(f.dst), f.dport);
         let mut pkt = data[f.ip_offset..].to_vec();
         if nat::rewrite(&mut pkt, None, Some(local)).is_ok() {
@@ -286,6 +301,11 @@ impl Engine {
             if let Some(flow) = self.table.get_mut(&e.key) {
                 // The server's side of the flow, as the client sees it.
                 track(flow, &Frame { src: e.orig.ip(), sport: e.orig.port(), ..f }, t, now);
+                if flow.state == TcpState::Closing && flow.offload == Offload::Active {
+                    flow.offload = Offload::Withdrawn;
+                    let [a, b] = client_entries(&d.cfg, SocketAddr::new(f.dst, f.dport), &e);
+                    self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+                }
             }
             return true;
         }
@@ -297,6 +317,11 @@ impl Engine {
             e.last_mono = now.mono_ms;
             e.fins.0 |= t.fin;
             e.reset |= t.rst;
+            if e.closed() && e.offloaded {
+                e.offloaded = false;
+                let [a, b] = upstream_entries(&d.cfg, f.sport, e);
+                self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+            }
             let e = *e;
             let mut ip = pkt.to_vec();
             if nat::rewrite(&mut ip, Some(SocketAddr::new(e.client, f.sport)), None).is_err() {
@@ -347,8 +372,15 @@ impl Engine {
                     last_mono: now.mono_ms,
                     fins: (false, false),
                     reset: false,
+                    offloaded: self.settings.fast_path,
+                    fast_seen: [0; 2],
                 },
             );
+            if self.settings.fast_path
+                && let Some(e) = d.upstreams.get(&p)
+            {
+                self.offload_ops.push(OffloadOp::Add(upstream_entries(&d.cfg, p, e)));
+            }
             self.divert_counters.upstreams += 1;
             return Some(p);
         }
@@ -357,8 +389,12 @@ impl Engine {
 
     /// Frees an upstream port the interception engine could not use (bind failed).
     pub fn release_upstream(&mut self, port: u16) {
-        if let Some(d) = self.divert.as_mut() {
-            d.upstreams.remove(&port);
+        if let Some(d) = self.divert.as_mut()
+            && let Some(e) = d.upstreams.remove(&port)
+            && e.offloaded
+        {
+            let [a, b] = upstream_entries(&d.cfg, port, &e);
+            self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
         }
     }
 
@@ -375,22 +411,75 @@ impl Engine {
     }
 
     /// Forgets the NAT entry of a diverted flow that left the table.
-    pub(super) fn forget_diverted(&mut self, client: (IpAddr, u16), key: &FlowKey) {
+    ///
+    /// `offloaded`: its NAT is still in the kernel fast path and is withdrawn.
+    pub(super) fn forget_diverted(
+        &mut self,
+        client: (IpAddr, u16),
+        key: &FlowKey,
+        offloaded: bool,
+    ) {
         if let Some(d) = self.divert.as_mut() {
             let c = SocketAddr::new(client.0, client.1);
-            if d.clients.get(&c).is_some_and(|e| e.key == *key) {
+            if let Some(e) = d.clients.get(&c).copied().filter(|e| e.key == *key) {
                 d.clients.remove(&c);
+                if offloaded {
+                    let [a, b] = client_entries(&d.cfg, c, &e);
+                    self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+                }
             }
         }
+    }
+
+    /// Withdraws the kernel NAT of the diverted flow from `client` (it is closing).
+    pub(super) fn withdraw_diverted(&mut self, client: (IpAddr, u16)) {
+        if let Some(d) = self.divert.as_ref() {
+            let c = SocketAddr::new(client.0, client.1);
+            if let Some(e) = d.clients.get(&c) {
+                let [a, b] = client_entries(&d.cfg, c, e);
+                self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+            }
+        }
+    }
+
+    /// Counts the kernel fast path reported for a divert NAT direction `key` (`packets` in
+    /// all): an upstream connection that moved is not idle; for the listener's side of a
+    /// diverted flow, the flow's key is returned so its counts can be taken.
+    pub(super) fn divert_counts(
+        &mut self,
+        key: &DirKey,
+        packets: u64,
+        now: Now,
+    ) -> Option<FlowKey> {
+        let d = self.divert.as_mut()?;
+        if key.ingress == Side::Tun && key.src.1 == d.cfg.listen_port {
+            return d.clients.get(&SocketAddr::new(key.dst.0, key.dst.1)).map(|e| e.key);
+        }
+        let (port, i) = if key.ingress == Side::Tun { (key.src.1, 0) } else { (key.dst.1, 1) };
+        if d.cfg.is_upstream_port(port)
+            && let Some(e) = d.upstreams.get_mut(&port)
+            && packets > e.fast_seen[i]
+        {
+            e.fast_seen[i] = packets;
+            e.last_mono = e.last_mono.max(now.mono_ms);
+        }
+        None
     }
 
     /// Expires idle upstream entries.
     pub(super) fn expire_upstreams(&mut self, now: Now) {
         let t = self.settings.timeouts;
         if let Some(d) = self.divert.as_mut() {
-            d.upstreams.retain(|_, e| {
+            let ops = &mut self.offload_ops;
+            let cfg = d.cfg;
+            d.upstreams.retain(|p, e| {
                 let limit = if e.closed() { UPSTREAM_CLOSE_LINGER_MS } else { t.tcp_established };
-                now.mono_ms.saturating_sub(e.last_mono) < limit
+                let keep = now.mono_ms.saturating_sub(e.last_mono) < limit;
+                if !keep && e.offloaded {
+                    let [a, b] = upstream_entries(&cfg, *p, e);
+                    ops.push(OffloadOp::Remove([a.key, b.key]));
+                }
+                keep
             });
         }
     }
@@ -399,6 +488,75 @@ impl Engine {
     pub fn nat_entries(&self) -> (usize, usize) {
         self.divert.as_ref().map_or((0, 0), |d| (d.clients.len(), d.upstreams.len()))
     }
+}
+
+/// The kernel NAT of a diverted client: its segments to the listener, the listener's back.
+fn client_entries(cfg: &DivertConfig, client: SocketAddr, e: &ClientEntry) -> [FastEntry; 2] {
+    let listener = cfg.listener(client.ip());
+    let c = (client.ip(), client.port());
+    [
+        FastEntry {
+            key: DirKey {
+                ingress: Side::Inside,
+                vlan: e.vlan.unwrap_or(0),
+                proto: Proto::Tcp,
+                src: c,
+                dst: (e.orig.ip(), e.orig.port()),
+            },
+            rewrite: Rewrite::ToTun { dst: listener },
+        },
+        FastEntry {
+            key: DirKey {
+                ingress: Side::Tun,
+                vlan: 0,
+                proto: Proto::Tcp,
+                src: (listener.ip(), listener.port()),
+                dst: c,
+            },
+            rewrite: Rewrite::ToPort {
+                src: e.orig,
+                out: Side::Inside,
+                src_mac: e.server_mac,
+                dst_mac: e.client_mac,
+                vlan: e.vlan,
+            },
+        },
+    ]
+}
+
+/// The kernel NAT of an upstream connection on reserved `port`: out with the client's
+/// address, the server's replies back to the interception engine's socket.
+fn upstream_entries(cfg: &DivertConfig, port: u16, e: &UpstreamEntry) -> [FastEntry; 2] {
+    let local = SocketAddr::new(cfg.local(e.client), port);
+    let server = (e.server.ip(), e.server.port());
+    [
+        FastEntry {
+            key: DirKey {
+                ingress: Side::Tun,
+                vlan: 0,
+                proto: Proto::Tcp,
+                src: (local.ip(), port),
+                dst: server,
+            },
+            rewrite: Rewrite::ToPort {
+                src: SocketAddr::new(e.client, port),
+                out: Side::Outside,
+                src_mac: e.client_mac,
+                dst_mac: e.router_mac,
+                vlan: e.vlan,
+            },
+        },
+        FastEntry {
+            key: DirKey {
+                ingress: Side::Outside,
+                vlan: e.vlan.unwrap_or(0),
+                proto: Proto::Tcp,
+                src: server,
+                dst: (e.client, port),
+            },
+            rewrite: Rewrite::ToTun { dst: local },
+        },
+    ]
 }
 
 #[cfg(test)]

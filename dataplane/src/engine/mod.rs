@@ -8,7 +8,7 @@ mod offload;
 mod udp;
 
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
-pub use offload::{DirKey, OffloadOp};
+pub use offload::{DirKey, FastEntry, OffloadOp, Rewrite};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -377,7 +377,7 @@ impl Engine {
                     Self::withdraw(&mut self.offload_ops, &ev);
                     if ev.verdict == Verdict::Divert {
                         let k = FlowKey::new(ev.vlan, ev.proto, ev.client, ev.server);
-                        self.forget_diverted(ev.client, &k);
+                        self.forget_diverted(ev.client, &k, ev.offload == Offload::Active);
                     }
                     self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now).into());
                 }
@@ -414,6 +414,11 @@ impl Engine {
             }
             Verdict::Block => Action::Drop,
             Verdict::Divert if c2s => {
+                let closing = flow.state == TcpState::Closing;
+                if closing && flow.offload == Offload::Active {
+                    flow.offload = Offload::Withdrawn;
+                    self.withdraw_diverted((f.src, f.sport));
+                }
                 self.client_to_tun(data, f, out);
                 Action::Drop
             }
@@ -670,13 +675,14 @@ impl Engine {
             self.table.expire(now.mono_ms, |f, why| {
                 Self::withdraw(ops, &f);
                 if f.verdict == Verdict::Divert {
-                    gone.push((f.client, FlowKey::new(f.vlan, f.proto, f.client, f.server)));
+                    let key = FlowKey::new(f.vlan, f.proto, f.client, f.server);
+                    gone.push((f.client, key, f.offload == Offload::Active));
                 }
                 records.push(FlowRecord::end(&f, why, now).into())
             });
         }
-        for (client, key) in gone {
-            self.forget_diverted(client, &key);
+        for (client, key, offloaded) in gone {
+            self.forget_diverted(client, &key, offloaded);
         }
         self.expire_upstreams(now);
         let records = &mut self.records;

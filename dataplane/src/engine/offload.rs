@@ -2,6 +2,11 @@
 //! fast path may carry ([`OffloadOp`]) and takes back what it carried ([`Engine::offload_counts`]).
 //! The IO side, which owns the BPF map, is [`crate::fastpath`].
 //!
+//! Diverted flows are offloaded too, as NAT: once the engine has set up a diverted client
+//! (at its SYN) or an upstream connection of the interception engine (at its port
+//! reservation), the kernel does the rewrites of [`Rewrite`] for the segments that follow, and
+//! the SYNs, FINs and RSTs still come through the engine (see `divert.rs`).
+//!
 //! A flow is offloaded once it is `allow`ed and its TCP handshake is complete (or, for UDP,
 //! once it is `allow`ed, DNS excepted: answers are snooped). From then on the kernel forwards
 //! its frames port to port, except TCP segments with SYN, FIN or RST, which still reach the
@@ -10,14 +15,15 @@
 //! [`Engine::offload_counts`] (the driver polls the map) and are added to the flow's own, so
 //! records, idle timeouts and reports are as if the engine had seen every frame.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{Engine, Now, Side};
 use crate::flow::{Flow, FlowKey, Offload, TcpState, Verdict};
 use crate::wire::frame::Proto;
 
-/// One direction of a flow as the fast path matches it: the port it arrives on and its
-/// addresses as they are on the wire.
+/// One direction of a flow as the fast path matches it: the port it arrives on (for
+/// [`Side::Tun`]: the packets the interception engine sends into the TUN) and its addresses
+/// as they are there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DirKey {
     /// Port the frames arrive on (they leave by the other one).
@@ -32,11 +38,54 @@ pub struct DirKey {
     pub dst: (IpAddr, u16),
 }
 
+/// What the fast path does with a frame it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Nothing: out of the other port as it came.
+    Forward,
+    /// The destination becomes `dst`; the packet goes into the TUN (to the listener, or to an
+    /// upstream socket of the interception engine).
+    ToTun {
+        /// New destination.
+        dst: SocketAddr,
+    },
+    /// The source becomes `src`; the packet leaves by `out` in an Ethernet frame from
+    /// `src_mac` to `dst_mac` (tagged with `vlan`).
+    ToPort {
+        /// New source.
+        src: SocketAddr,
+        /// Port to leave by.
+        out: Side,
+        /// Ethernet source.
+        src_mac: [u8; 6],
+        /// Ethernet destination.
+        dst_mac: [u8; 6],
+        /// 802.1Q VLAN id to tag with.
+        vlan: Option<u16>,
+    },
+}
+
+/// One direction the fast path carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastEntry {
+    /// Frames it matches.
+    pub key: DirKey,
+    /// What it does with them.
+    pub rewrite: Rewrite,
+}
+
+impl FastEntry {
+    /// A direction forwarded unchanged.
+    pub fn forward(key: DirKey) -> Self {
+        FastEntry { key, rewrite: Rewrite::Forward }
+    }
+}
+
 /// What the fast path's map should hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffloadOp {
-    /// Carry both directions of a flow (client → server first).
-    Add([DirKey; 2]),
+    /// Carry both directions (client → server first).
+    Add([FastEntry; 2]),
     /// Stop carrying them; the driver reports their last counts back.
     Remove([DirKey; 2]),
 }
@@ -85,16 +134,17 @@ impl Engine {
         if enabled && eligible(flow) {
             flow.offload = Offload::Active;
             counters.offloaded += 1;
-            ops.push(OffloadOp::Add(keys(flow)));
+            let [c2s, s2c] = keys(flow);
+            ops.push(OffloadOp::Add([FastEntry::forward(c2s), FastEntry::forward(s2c)]));
         } else if flow.offload == Offload::Active && flow.state == TcpState::Closing {
             flow.offload = Offload::Withdrawn;
             ops.push(OffloadOp::Remove(keys(flow)));
         }
     }
 
-    /// Withdraws a flow leaving the table.
+    /// Withdraws a flow leaving the table (diverted flows: see `forget_diverted`).
     pub(super) fn withdraw(ops: &mut Vec<OffloadOp>, flow: &Flow) {
-        if flow.offload == Offload::Active {
+        if flow.offload == Offload::Active && flow.verdict != Verdict::Divert {
             ops.push(OffloadOp::Remove(keys(flow)));
         }
     }
@@ -123,12 +173,23 @@ impl Engine {
     /// (counts since the flow was offloaded, as its map entry holds them). What is new is added
     /// to the flow's counts, and a flow that moved is no longer idle.
     pub fn offload_counts(&mut self, key: &DirKey, packets: u64, bytes: u64, now: Now) {
-        let fk = FlowKey::new(Some(key.vlan), key.proto, key.src, key.dst);
+        let mut fk = FlowKey::new(Some(key.vlan), key.proto, key.src, key.dst);
+        let mut c2s = true;
+        if key.ingress == Side::Tun || !self.table.contains(&fk) {
+            // A divert NAT entry: the listener's side of a diverted flow, or an upstream
+            // connection of the interception engine.
+            match self.divert_counts(key, packets, now) {
+                Some(k) => (fk, c2s) = (k, false),
+                None => return,
+            }
+        }
         let Some(flow) = self.table.get_mut(&fk) else { return };
         if flow.offload == Offload::No {
             return;
         }
-        let c2s = key.src == flow.client;
+        if c2s {
+            c2s = key.src == flow.client;
+        }
         let (seen, ctr) = if c2s {
             (&mut flow.offload_seen.c2s, &mut flow.c2s)
         } else {
