@@ -4,6 +4,7 @@
 # (dataplane/examples/bench_upstream.rs) through
 #   - sluice inspecting (divert, minted leaf, strict upstream TLS, HTTP/1.1 checks),
 #   - sluice splicing (diverted, decided allow, bytes relayed),
+#   - sluice inspecting with --fast-path off (the divert NAT done by the engine, not the kernel),
 #   - a plain Linux bridge (direct: the reference for added latency),
 #   - mitmproxy (mitmdump, reverse mode, same enterprise CA, upstream verified),
 #   - Squid (squid-openssl, TLS-terminating accelerator with an enterprise-CA certificate,
@@ -153,6 +154,11 @@ measure inspect-ka "sluice inspect (keep-alive)" alice https://bench.lab/v1/chat
 measure inspect-new "sluice inspect (new conn/request)" alice https://bench.lab/v1/chat/completions 1
 measure splice-ka "sluice splice (keep-alive)" bob https://bench.lab/v1/chat/completions 0
 measure splice-new "sluice splice (new conn/request)" bob https://bench.lab/v1/chat/completions 1
+$lab stop >/dev/null
+# The same without the kernel fast path: every diverted packet NAT-ed by the engine.
+SLUICE_DATAPLANE_ARGS="--fast-path off" $lab start --rules "$W/rules.toml" >/dev/null
+measure inspect-ka-off "sluice inspect, no fast path (k-a)" alice https://bench.lab/v1/chat/completions 0
+measure inspect-new-off "sluice inspect, no fast path (new)" alice https://bench.lab/v1/chat/completions 1
 $lab stop >/dev/null
 appl ip link add br0 type bridge
 appl ip link set inside master br0

@@ -453,4 +453,52 @@ mod tests {
         let stranger = Key { ifindex: 3, family: 4, proto: 6, ..Key::default() };
         assert_eq!(dir_key(&IDX, &stranger), None);
     }
+
+    #[test]
+    fn values_say_where_frames_go_and_what_is_rewritten() {
+        let with_tun: [u32; 3] = [7, 9, 11];
+        let k = DirKey {
+            ingress: Side::Inside,
+            vlan: 0,
+            proto: Proto::Tcp,
+            src: ("10.20.1.10".parse().unwrap(), 40_001),
+            dst: ("198.51.100.10".parse().unwrap(), 443),
+        };
+        let fwd = value(&IDX, &FastEntry::forward(k)).unwrap();
+        assert_eq!((fwd.out_ifindex, fwd.action), (9, ACT_FORWARD));
+        let listener = "100.127.0.1:15443".parse().unwrap();
+        let to_tun = FastEntry { key: k, rewrite: Rewrite::ToTun { dst: listener } };
+        assert_eq!(value(&IDX, &to_tun), None, "no TUN: no divert NAT");
+        let v = value(&with_tun, &to_tun).unwrap();
+        assert_eq!((v.out_ifindex, v.action), (11, ACT_TO_TUN));
+        assert_eq!((&v.addr[..4], v.port), (&[100, 127, 0, 1][..], 15443u16.to_be()));
+        let back = FastEntry {
+            key: DirKey { ingress: Side::Tun, src: (listener.ip(), 15443), dst: k.src, ..k },
+            rewrite: Rewrite::ToPort {
+                src: "198.51.100.10:443".parse().unwrap(),
+                out: Side::Inside,
+                src_mac: [2, 0, 0, 0, 0, 2],
+                dst_mac: [2, 0, 0, 0, 0, 1],
+                vlan: Some(100),
+            },
+        };
+        let v = value(&with_tun, &back).unwrap();
+        assert_eq!((v.out_ifindex, v.action, v.vlan), (7, ACT_TO_PORT, 100));
+        assert_eq!((v.eth_src, v.eth_dst), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
+        assert_eq!(key(&with_tun, &back.key).unwrap().ifindex, 11);
+        // An IPv6 rewrite of an IPv4 key, or a "port" that is the TUN, is refused.
+        let mixed = FastEntry {
+            key: k,
+            rewrite: Rewrite::ToTun { dst: "[fd53:1ce::1]:15443".parse().unwrap() },
+        };
+        assert_eq!(value(&with_tun, &mixed), None);
+        let Rewrite::ToPort { src, src_mac, dst_mac, vlan, .. } = back.rewrite else {
+            unreachable!()
+        };
+        let into_tun = FastEntry {
+            key: back.key,
+            rewrite: Rewrite::ToPort { src, out: Side::Tun, src_mac, dst_mac, vlan },
+        };
+        assert_eq!(value(&with_tun, &into_tun), None);
+    }
 }

@@ -9,9 +9,12 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::PacketBuilder;
-use sluice_dataplane::engine::{Action, DivertConfig, Engine, Settings, Side};
+use sluice_dataplane::engine::{
+    Action, DirKey, DivertConfig, Engine, FastEntry, OffloadOp, Rewrite, Settings, Side,
+};
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
+use sluice_dataplane::wire::frame::Proto;
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -35,6 +38,7 @@ enum Flags {
     Syn,
     SynAck,
     Psh,
+    Fin,
 }
 
 /// A TCP packet from `src` to `dst`, raw IP (`eth` None) or in an Ethernet frame.
@@ -54,6 +58,7 @@ fn tcp(
                 Flags::Syn => t.syn(),
                 Flags::SynAck => t.syn().ack(1001),
                 Flags::Psh => t.psh().ack(5001),
+                Flags::Fin => t.fin().ack(5001),
             };
             t.write(&mut out, payload).unwrap();
         }};
@@ -248,5 +253,148 @@ fn upstream_ports_are_unique_and_released() {
     assert_eq!(e.nat_entries(), (1, 1));
     // Idle upstream entries expire.
     e.tick(now(4 + 3_600_000));
+    assert_eq!(e.nat_entries(), (0, 0));
+}
+
+fn ops(e: &mut Engine) -> Vec<OffloadOp> {
+    let mut v = Vec::new();
+    e.take_offload_ops(&mut v);
+    v
+}
+
+fn key(ingress: Side, src: SocketAddr, dst: SocketAddr) -> DirKey {
+    DirKey {
+        ingress,
+        vlan: 0,
+        proto: Proto::Tcp,
+        src: (src.ip(), src.port()),
+        dst: (dst.ip(), dst.port()),
+    }
+}
+
+#[test]
+fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+    // Learn the destination (the first flow is reset), then divert the retry.
+    let first = addr("10.20.1.10:40000");
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    ops(&mut e);
+    let client = addr("10.20.1.10:40001");
+    let listener = cfg.listener(client.ip());
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    let to_listener = key(Side::Inside, client, server);
+    let from_listener = key(Side::Tun, listener, client);
+    assert_eq!(
+        ops(&mut e),
+        vec![OffloadOp::Add([
+            FastEntry { key: to_listener, rewrite: Rewrite::ToTun { dst: listener } },
+            FastEntry {
+                key: from_listener,
+                rewrite: Rewrite::ToPort {
+                    src: server,
+                    out: Side::Inside,
+                    src_mac: ROUTER_MAC,
+                    dst_mac: CLIENT_MAC,
+                    vlan: None,
+                },
+            },
+        ])],
+        "at the SYN, which itself went through the engine"
+    );
+    let synack = tcp(None, listener, client, Flags::SynAck, &[]);
+    e.handle_tun(&synack, now(10), &mut out);
+    assert!(ops(&mut e).is_empty());
+    // The upstream connection: NAT-ed by the kernel from the port reservation on.
+    let port = e.open_upstream(client, server, now(11)).unwrap();
+    let local = SocketAddr::new(cfg.local(client.ip()), port);
+    let public = SocketAddr::new(client.ip(), port);
+    let up_out = key(Side::Tun, local, server);
+    let up_in = key(Side::Outside, server, public);
+    assert_eq!(
+        ops(&mut e),
+        vec![OffloadOp::Add([
+            FastEntry {
+                key: up_out,
+                rewrite: Rewrite::ToPort {
+                    src: public,
+                    out: Side::Outside,
+                    src_mac: CLIENT_MAC,
+                    dst_mac: ROUTER_MAC,
+                    vlan: None,
+                },
+            },
+            FastEntry { key: up_in, rewrite: Rewrite::ToTun { dst: local } },
+        ])]
+    );
+    // What the kernel carried reaches the diverted flow's record; upstream traffic keeps its
+    // entry from idling out.
+    e.offload_counts(&to_listener, 5, 2_000, now(20));
+    e.offload_counts(&from_listener, 7, 9_000, now(3_599_000));
+    e.offload_counts(&up_out, 3, 2_100, now(3_600_000));
+    e.tick(now(3_600_001));
+    assert_eq!(e.nat_entries().1, 1, "upstream still in use");
+    // The upstream closes (FIN both ways, through the engine): withdrawn.
+    e.handle_tun(&tcp(None, local, server, Flags::Fin, &[]), now(3_600_002), &mut out);
+    assert!(ops(&mut e).is_empty());
+    e.handle(Side::Outside, &tcp(s2c, server, public, Flags::Fin, &[]), now(3_600_003), &mut out);
+    assert_eq!(ops(&mut e), vec![OffloadOp::Remove([up_out, up_in])]);
+    // The client's connection closes: withdrawn too, once.
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Fin, &[]), now(3_600_004), &mut out);
+    assert!(ops(&mut e).is_empty());
+    e.handle_tun(&tcp(None, listener, client, Flags::Fin, &[]), now(3_600_005), &mut out);
+    assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
+    e.shutdown(now(3_600_006));
+    assert!(ops(&mut e).is_empty());
+    let records = e.take_records();
+    let v = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
+            _ => None,
+        })
+        .find(|v| v["sport"] == client.port() && v["event"] == "end")
+        .unwrap();
+    // SYN and FIN by the engine, 5 by the kernel; SYN-ACK and FIN back by the engine, 7 by
+    // the kernel.
+    assert_eq!((v["pkts_out"].as_u64(), v["pkts_in"].as_u64()), (Some(7), Some(9)));
+    assert_eq!(v["bytes_in"].as_u64(), Some(9_000));
+}
+
+#[test]
+fn an_expired_diverted_flow_leaves_the_kernel() {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+    let first = addr("10.20.1.10:40000");
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    let client = addr("10.20.1.10:40001");
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    let port = e.open_upstream(client, server, now(11)).unwrap();
+    ops(&mut e);
+    // The engine could not bind the port: its entries go at once.
+    e.release_upstream(port);
+    assert!(matches!(ops(&mut e).as_slice(), [OffloadOp::Remove(_)]));
+    // Nothing more: the embryonic diverted flow idles out and its NAT is withdrawn.
+    e.tick(now(10 + 31_000));
+    let got = ops(&mut e);
+    assert!(
+        matches!(got.as_slice(), [OffloadOp::Remove([a, b])]
+            if a.ingress == Side::Inside && b.ingress == Side::Tun),
+        "{got:?}"
+    );
     assert_eq!(e.nat_entries(), (0, 0));
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use common::{engine, now};
 use etherparse::PacketBuilder;
-use sluice_dataplane::engine::{Action, DirKey, Engine, OffloadOp, Settings, Side};
+use sluice_dataplane::engine::{Action, DirKey, Engine, FastEntry, OffloadOp, Settings, Side};
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame::Proto;
@@ -100,6 +100,11 @@ fn handshake(e: &mut Engine, server: (&str, u16)) -> Vec<OffloadOp> {
     all
 }
 
+fn added(server: (&str, u16)) -> OffloadOp {
+    let [a, b] = expected_keys(server);
+    OffloadOp::Add([FastEntry::forward(a), FastEntry::forward(b)])
+}
+
 fn expected_keys(server: (&str, u16)) -> [DirKey; 2] {
     let (c, s) = ((ip(ALICE.0), ALICE.1), (ip(server.0), server.1));
     [
@@ -112,7 +117,7 @@ fn expected_keys(server: (&str, u16)) -> [DirKey; 2] {
 fn an_allowed_flow_is_offloaded_once_established_and_withdrawn_at_its_close() {
     let mut e = fast();
     let keys = expected_keys(IPERF);
-    assert_eq!(handshake(&mut e, IPERF), vec![OffloadOp::Add(keys)]);
+    assert_eq!(handshake(&mut e, IPERF), vec![added(IPERF)]);
     let mut out = Vec::new();
     // Later frames (say, a retransmission the kernel passed up) add nothing.
     let data = tcp(ALICE, IPERF, true, false, true, false, b"hello");
@@ -180,7 +185,7 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
     assert!(ops(&mut e).is_empty(), "decided on this frame; the next one offloads");
     let reply = tcp(ALICE, api, false, false, true, false, b"server hello");
     assert_eq!(e.handle(Side::Outside, &reply, now(4), &mut out), Action::Forward);
-    assert_eq!(ops(&mut e), vec![OffloadOp::Add(expected_keys(api))]);
+    assert_eq!(ops(&mut e), vec![added(api)]);
 
     // guest (no identity): blocked at the hello, never offloaded.
     let mut e = fast();
@@ -208,7 +213,8 @@ fn udp_is_offloaded_at_once_but_dns_stays_with_the_engine() {
     assert_eq!(e.handle(Side::Inside, &d, now(1), &mut out), Action::Forward);
     let got = ops(&mut e);
     assert!(matches!(got.as_slice(), [OffloadOp::Add([a, b])]
-        if a.proto == Proto::Udp && a.ingress == Side::Inside && b.ingress == Side::Outside));
+        if a.key.proto == Proto::Udp && a.key.ingress == Side::Inside
+            && b.key.ingress == Side::Outside));
     let q = udp(ALICE, ("10.20.0.1", 53), b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00");
     for t in 2..5 {
         e.handle(Side::Inside, &q, now(t), &mut out);
@@ -235,7 +241,7 @@ fn without_the_fast_path_nothing_is_offered() {
 fn a_refused_offload_is_not_retried_nor_withdrawn() {
     let mut e = fast();
     let keys = expected_keys(IPERF);
-    assert_eq!(handshake(&mut e, IPERF), vec![OffloadOp::Add(keys)]);
+    assert_eq!(handshake(&mut e, IPERF), vec![added(IPERF)]);
     e.offload_refused(&keys[0]);
     assert_eq!(e.counters.offload_refused, 1);
     let mut out = Vec::new();
