@@ -1,7 +1,7 @@
 //! The packet engine, sans-IO: one frame in (with the port it came from and the time), an
 //! action out (forward or drop), plus frames to emit (released held segments, resets) and flow
 //! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
-//! [`udp`].
+//! [`udp`]; what a kernel fast path may carry for it ([`OffloadOp`]) is in `offload`.
 
 mod divert;
 mod offload;
