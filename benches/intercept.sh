@@ -88,9 +88,11 @@ PY
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 REQS
+# CPU time (ticks of 1/100 s) the data plane has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$(cat "$STATE/dataplane.pid")/stat"; }
 measure() { # key label host url close
-  local rps=() p50=() p99=() i out
+  local rps=() p50=() p99=() i out n=0
   for i in $(seq "$RUNS"); do
     out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
     if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
@@ -101,9 +103,11 @@ measure() { # key label host url close
       exit 1
     fi
     rps+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
+    n=$((n + $(awk '/requests in/ {print $1}' <<<"$out")))
     p50+=("$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)")
     p99+=("$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)")
   done
+  REQS[$1]=$n
   RPS[$1]=$(printf '%s\n' "${rps[@]}" | median)
   P50[$1]=$(printf '%s\n' "${p50[@]}" | median)
   P99[$1]=$(printf '%s\n' "${p99[@]}" | median)
@@ -150,8 +154,11 @@ action = "inspect"
 TOML
 $lab start --rules "$W/rules.toml" >/dev/null
 echo "== $RUNS x ${SECS}s, $CONNS connections, 2 KB JSON POSTs"
+T0=$(cpu_ticks)
 measure inspect-ka "sluice inspect (keep-alive)" alice https://bench.lab/v1/chat/completions 0
+T1=$(cpu_ticks)
 measure inspect-new "sluice inspect (new conn/request)" alice https://bench.lab/v1/chat/completions 1
+T2=$(cpu_ticks)
 measure splice-ka "sluice splice (keep-alive)" bob https://bench.lab/v1/chat/completions 0
 measure splice-new "sluice splice (new conn/request)" bob https://bench.lab/v1/chat/completions 1
 $lab stop >/dev/null
@@ -178,3 +185,9 @@ done
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive): %.2f ms\n", a - b }'
 awk -v r="${RPS[inspect-new]}" 'BEGIN { printf "new intercepted connections/s (2 cores shared with wrk and the origin): %.0f\n", r }'
+# Per core: requests served per CPU-second the sluice-dataplane process used (its threads and
+# the kernel work done in their system calls; softirq work on other threads is not in it).
+awk -v n="${REQS[inspect-ka]}" -v t="$((T1 - T0))" \
+  'BEGIN { printf "per core of sluice-dataplane: %.0f inspected requests/s (keep-alive)\n", n / (t / 100) }'
+awk -v n="${REQS[inspect-new]}" -v t="$((T2 - T1))" \
+  'BEGIN { printf "per core of sluice-dataplane: %.0f new intercepted connections/s\n", n / (t / 100) }'

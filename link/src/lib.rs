@@ -150,6 +150,31 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), LinkError>
     Ok(())
 }
 
+/// Appends an [`Up::Records`] frame whose records are JSON texts (one object each, as the
+/// data plane spools them), written as they are instead of being parsed into values and
+/// serialised again. The frame decodes exactly as `Up::Records` with those records; the caller
+/// vouches that each text is one JSON object.
+pub fn encode_records(records: &[&str], out: &mut Vec<u8>) -> Result<(), LinkError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(br#"{"type":"records","records":["#);
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(LinkError::TooLarge(len));
+    }
+    let len = u32::try_from(len).map_err(|_| LinkError::TooLarge(len))?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
 /// Incremental frame reader: [`Decoder::push`] the bytes as they come, then take messages
 /// with [`Decoder::message`] until it returns `Ok(None)`. After an error the link must close.
 #[derive(Debug, Default)]
@@ -280,5 +305,21 @@ mod tests {
         encode(&json!({"type": "hello", "proto": "x"}), &mut wire).unwrap();
         d.push(&wire);
         assert!(matches!(d.message::<Up>(), Err(LinkError::Malformed(_))));
+    }
+
+    #[test]
+    fn raw_records_frame_is_the_typed_one() {
+        let texts = [r#"{"seq":7,"type":"flow","sni":"api.openai.com"}"#, r#"{"seq":8,"n":[1,2]}"#];
+        let mut raw = Vec::new();
+        encode_records(&texts, &mut raw).unwrap();
+        let records = texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+        let mut typed = Vec::new();
+        encode(&Up::Records { records }, &mut typed).unwrap();
+        assert_eq!(raw, typed);
+        let mut empty = Vec::new();
+        encode_records(&[], &mut empty).unwrap();
+        let mut d = Decoder::default();
+        d.push(&empty);
+        assert_eq!(d.message::<Up>().unwrap(), Some(Up::Records { records: vec![] }));
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode};
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode, encode_records};
 use sluice_rules::catalog::ShippedOnly;
 use sluice_rules::{IdentityOverlay, OverlayEntry, Policy, Severity, compile};
 use tracing::{info, warn};
@@ -285,11 +285,16 @@ fn serve(
         }
         let batch = lock(spool).read_after(after, BATCH)?;
         if let Some(&(last, _)) = batch.last() {
-            let records = batch
-                .into_iter()
-                .filter_map(|(_, line)| serde_json::from_str(&line).ok())
+            // Spooled lines go as they are: checked to be JSON (a damaged line is skipped, as
+            // the spool's reader cuts torn ones), never parsed into values and written again.
+            let records: Vec<&str> = batch
+                .iter()
+                .map(|(_, line)| line.as_str())
+                .filter(|l| serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok())
                 .collect();
-            send(&mut stream, &Up::Records { records })?;
+            let mut buf = Vec::new();
+            encode_records(&records, &mut buf).map_err(std::io::Error::other)?;
+            stream.write_all(&buf)?;
             sent = Some(last);
         }
     }
