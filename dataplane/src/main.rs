@@ -748,8 +748,10 @@ fn main() -> Result<()> {
         emitted: Emitted::default(),
         enforced: enforced.clone(),
     };
+    let mut ticks = 0u64;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
+        ticks += 1;
         if reload.swap(false, Ordering::Relaxed) {
             match load_policy(&args.rules) {
                 Ok((p, sha)) => {
@@ -759,17 +761,20 @@ fn main() -> Result<()> {
                 Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
             }
         }
-        // What the kernel forwarded is read without the engine locked (a system call or two
-        // per offloaded flow), then given to it before its timeouts and reports run.
-        let counts = fast.as_deref().map(FastPath::counts).unwrap_or_default();
-        let stats = fast.as_deref().map(FastPath::stats).unwrap_or_default();
+        // What the kernel forwarded is read once a second without the engine locked (a system
+        // call or two per offloaded flow), then given to it before its timeouts and reports.
+        let poll = ticks.is_multiple_of(4);
+        let counts = fast.as_deref().filter(|_| poll).map(FastPath::counts).unwrap_or_default();
+        let stats = fast.as_deref().filter(|_| poll).map(FastPath::stats);
         let now = clock.now();
         out.write(&engine, &|e| {
             for (k, packets, bytes) in &counts {
                 e.offload_counts(k, *packets, *bytes, now);
             }
-            e.counters.fastpath_redirected = stats.redirected;
-            e.counters.fastpath_unmarked = stats.unmarked;
+            if let Some(stats) = stats {
+                e.counters.fastpath_redirected = stats.redirected;
+                e.counters.fastpath_unmarked = stats.unmarked;
+            }
             e.tick(now);
             offload(e, fast.as_deref(), &mut Vec::new(), now);
         });
