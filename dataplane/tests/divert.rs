@@ -237,11 +237,7 @@ fn upstream_ports_are_unique_and_released() {
     let mut out = Vec::new();
     let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
-    let first = addr("10.20.1.10:40000");
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(3), &mut out);
     // Not a diverted client: no port.
@@ -260,6 +256,18 @@ fn ops(e: &mut Engine) -> Vec<OffloadOp> {
     let mut v = Vec::new();
     e.take_offload_ops(&mut v);
     v
+}
+
+/// A first flow from alice to `server` whose hello says inspect: reset, destination learned.
+fn learn(e: &mut Engine, server: SocketAddr) {
+    let mut out = Vec::new();
+    let (c2s, s2c) = (Some((CLIENT_MAC, ROUTER_MAC)), Some((ROUTER_MAC, CLIENT_MAC)));
+    let first = addr("10.20.1.10:40000");
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    assert!(e.learned(server.ip(), now(3)).is_some());
+    ops(e);
 }
 
 fn key(ingress: Side, src: SocketAddr, dst: SocketAddr) -> DirKey {
@@ -282,11 +290,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     let s2c = Some((ROUTER_MAC, CLIENT_MAC));
     // Learn the destination (the first flow is reset), then divert the retry.
-    let first = addr("10.20.1.10:40000");
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
-    ops(&mut e);
+    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     let listener = cfg.listener(client.ip());
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
@@ -376,11 +380,7 @@ fn an_expired_diverted_flow_leaves_the_kernel() {
     let mut out = Vec::new();
     let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
-    let first = addr("10.20.1.10:40000");
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let port = e.open_upstream(client, server, now(11)).unwrap();

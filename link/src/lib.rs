@@ -140,6 +140,12 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), LinkError>
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     serde_json::to_writer(&mut *out, msg).map_err(|e| LinkError::Malformed(e.to_string()))?;
+    finish_frame(out, start)
+}
+
+/// Writes the length prefix of the frame begun at `start` (or takes the frame back when it is
+/// too long).
+fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
     let len = out.len() - start - 4;
     if len > MAX_FRAME {
         out.truncate(start);
@@ -165,14 +171,7 @@ pub fn encode_records(records: &[&str], out: &mut Vec<u8>) -> Result<(), LinkErr
         out.extend_from_slice(r.as_bytes());
     }
     out.extend_from_slice(b"]}");
-    let len = out.len() - start - 4;
-    if len > MAX_FRAME {
-        out.truncate(start);
-        return Err(LinkError::TooLarge(len));
-    }
-    let len = u32::try_from(len).map_err(|_| LinkError::TooLarge(len))?;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    Ok(())
+    finish_frame(out, start)
 }
 
 /// Incremental frame reader: [`Decoder::push`] the bytes as they come, then take messages
