@@ -26,8 +26,9 @@
 // source and sends out of a port with the MACs the engine learned (ACT_TO_PORT: listener ->
 // client, upstream socket -> server). Checksums are updated incrementally.
 //
-// TCP segments carrying SYN, FIN or RST are never offloaded:
-// the engine sees every handshake and every close and keeps the flow's state itself. Only the
+// TCP segments carrying SYN, FIN or RST are not offloaded (but the SYNs of the interception
+// engine's own upstream connections): the engine sees every handshake and every close and
+// keeps the flow's state itself. Only the
 // simple shapes are matched (one or no 802.1Q tag, IPv4 without fragmentation, IPv6 whose next
 // header is TCP or UDP); everything else takes the engine's path, which handles all of them.
 //
@@ -53,6 +54,10 @@ struct flow_key {
 	__u8 family;      // 4 or 6
 };
 
+// FLAG_SYN: SYN segments too (NAT entries of the interception engine's upstream connections,
+// set up before their SYN: the engine has nothing to learn from it).
+#define FLAG_SYN 0x01
+
 enum {
 	ACT_FORWARD = 0,  // out of the other port, unchanged
 	ACT_TO_TUN = 1,   // destination := addr/port, into the TUN's receive path
@@ -63,7 +68,7 @@ enum {
 struct flow_value {
 	__u32 out_ifindex;  // where it goes
 	__u8 action;        // ACT_*
-	__u8 pad0;
+	__u8 flags;         // FLAG_*
 	__u16 vlan;         // ACT_TO_PORT: VLAN id to tag with (0: untagged)
 	__u8 addr[16];      // the new address (IPv4 in the first four bytes)
 	__u16 port;         // the new port, network byte order
@@ -90,7 +95,19 @@ struct where {
 	__u32 l3;    // offset of the IP header
 	__u32 l4;    // offset of the TCP/UDP header
 	int payload; // transport payload bytes
+	__u8 tcp;    // TCP flags (0 for UDP)
 };
+
+// True when entry `v` carries a frame with these TCP flags: never FIN or RST (the engine
+// follows every close), SYN only where the entry says so.
+static __always_inline int carries(const struct flow_value *v, const struct where *w)
+{
+	if (w->tcp & (TCP_FLAGS_FIN | TCP_FLAGS_RST))
+		return 0;
+	if (w->tcp & TCP_FLAGS_SYN)
+		return v->action != ACT_FORWARD && (v->flags & FLAG_SYN);
+	return 1;
+}
 
 // Reads an IP packet at `off` (ethertype `type`) into a key; 0, or -1 for a packet the fast
 // path does not take.
@@ -138,8 +155,7 @@ static __always_inline int classify_l3(struct __sk_buff *skb, struct flow_key *k
 		__u32 hl;
 		if (bpf_skb_load_bytes(skb, l4off, th, 14) < 0)
 			return -1;
-		if (th[13] & (TCP_FLAGS_FIN | TCP_FLAGS_SYN | TCP_FLAGS_RST))
-			return -1;
+		w->tcp = th[13];
 		hl = (th[12] >> 4) * 4;
 		if (hl < 20 || hl > iplen)
 			return -1;
@@ -155,6 +171,7 @@ static __always_inline int classify_l3(struct __sk_buff *skb, struct flow_key *k
 		__builtin_memcpy(&k->sport, &uh[0], 2);
 		__builtin_memcpy(&k->dport, &uh[2], 2);
 		iplen -= 8;
+		w->tcp = 0;
 	} else {
 		return -1;
 	}
@@ -304,7 +321,7 @@ static __always_inline struct flow_value *lookup_and_count(struct __sk_buff *skb
 	if (classify(skb, k, w) < 0)
 		return 0;
 	v = bpf_map_lookup_elem(&flows, k);
-	if (!v)
+	if (!v || !carries(v, w))
 		return 0;
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, (__u64)w->payload);
@@ -377,7 +394,7 @@ int fastpath_tun(struct __sk_buff *skb)
 	if (classify_l3(skb, &k, 0, skb->protocol, &w) < 0)
 		return TC_ACT_OK;
 	v = bpf_map_lookup_elem(&flows, &k);
-	if (!v || v->action != ACT_TO_PORT)
+	if (!v || v->action != ACT_TO_PORT || !carries(v, &w))
 		return TC_ACT_OK;
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, (__u64)w.payload);

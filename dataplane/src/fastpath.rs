@@ -24,7 +24,7 @@ use aya::maps::{HashMap as BpfMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, TcAttachType, tc};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-use crate::engine::{DirKey, FastEntry, OffloadOp, Rewrite, Side};
+use crate::engine::{DirKey, Engine, FastEntry, Now, OffloadOp, Rewrite, Side};
 use crate::wire::frame::Proto;
 
 /// The compiled programs (see `build.rs`).
@@ -51,7 +51,7 @@ struct Key {
 struct Value {
     out_ifindex: u32,
     action: u8,
-    pad0: u8,
+    flags: u8,
     vlan: u16,
     addr: [u8; 16],
     /// Network byte order in memory.
@@ -66,6 +66,7 @@ struct Value {
 const ACT_FORWARD: u8 = 0;
 const ACT_TO_TUN: u8 = 1;
 const ACT_TO_PORT: u8 = 2;
+const FLAG_SYN: u8 = 1;
 
 // SAFETY: both are plain `repr(C)` integers and byte arrays without padding (44 and 56 bytes,
 // checked below), valid for any bit pattern.
@@ -212,6 +213,24 @@ impl FastPath {
         key(&self.ifindex, k)
     }
 
+    /// Applies the operations `eng` produced so far and gives it back what the map said (last
+    /// counts of withdrawn entries, refusals). Call it with the engine locked, so the map
+    /// follows the engine's order; `ops` is scratch space.
+    pub fn sync(&self, eng: &mut Engine, ops: &mut Vec<OffloadOp>, now: Now) {
+        eng.take_offload_ops(ops);
+        if ops.is_empty() {
+            return;
+        }
+        let done = self.apply(ops);
+        ops.clear();
+        for (k, packets, bytes) in &done.last {
+            eng.offload_counts(k, *packets, *bytes, now);
+        }
+        for k in &done.refused {
+            eng.offload_refused(k);
+        }
+    }
+
     /// Applies the engine's operations in order. Call it with the engine still locked, so the
     /// map follows the engine's order exactly (an entry left behind would let a later flow with
     /// the same addresses skip classification).
@@ -322,6 +341,7 @@ fn value(ifindex: &[u32; 3], e: &FastEntry) -> Option<Value> {
         IpAddr::V6(v) => v.octets(),
     };
     let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes());
+    let flags = if e.syn { FLAG_SYN } else { 0 };
     Some(match e.rewrite {
         Rewrite::Forward => Value {
             out_ifindex: side_index(ifindex, e.key.ingress.other())?,
@@ -331,6 +351,7 @@ fn value(ifindex: &[u32; 3], e: &FastEntry) -> Option<Value> {
         Rewrite::ToTun { dst } if family_ok(dst.ip()) => Value {
             out_ifindex: side_index(ifindex, Side::Tun)?,
             action: ACT_TO_TUN,
+            flags,
             addr: addr(dst.ip()),
             port: port(dst.port()),
             ..Value::default()
@@ -338,6 +359,7 @@ fn value(ifindex: &[u32; 3], e: &FastEntry) -> Option<Value> {
         Rewrite::ToPort { src, out, src_mac, dst_mac, vlan } if family_ok(src.ip()) => Value {
             out_ifindex: side_index(ifindex, out).filter(|_| out != Side::Tun)?,
             action: ACT_TO_PORT,
+            flags,
             vlan: vlan.unwrap_or(0) & 0x0fff,
             addr: addr(src.ip()),
             port: port(src.port()),
@@ -467,11 +489,12 @@ mod tests {
         let fwd = value(&IDX, &FastEntry::forward(k)).unwrap();
         assert_eq!((fwd.out_ifindex, fwd.action), (9, ACT_FORWARD));
         let listener = "100.127.0.1:15443".parse().unwrap();
-        let to_tun = FastEntry { key: k, rewrite: Rewrite::ToTun { dst: listener } };
+        let to_tun = FastEntry { key: k, rewrite: Rewrite::ToTun { dst: listener }, syn: true };
         assert_eq!(value(&IDX, &to_tun), None, "no TUN: no divert NAT");
         let v = value(&with_tun, &to_tun).unwrap();
         assert_eq!((v.out_ifindex, v.action), (11, ACT_TO_TUN));
         assert_eq!((&v.addr[..4], v.port), (&[100, 127, 0, 1][..], 15443u16.to_be()));
+        assert_eq!(v.flags, FLAG_SYN);
         let back = FastEntry {
             key: DirKey { ingress: Side::Tun, src: (listener.ip(), 15443), dst: k.src, ..k },
             rewrite: Rewrite::ToPort {
@@ -481,8 +504,10 @@ mod tests {
                 dst_mac: [2, 0, 0, 0, 0, 1],
                 vlan: Some(100),
             },
+            syn: false,
         };
         let v = value(&with_tun, &back).unwrap();
+        assert_eq!(v.flags, 0);
         assert_eq!((v.out_ifindex, v.action, v.vlan), (7, ACT_TO_PORT, 100));
         assert_eq!((v.eth_src, v.eth_dst), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
         assert_eq!(key(&with_tun, &back.key).unwrap().ifindex, 11);
@@ -490,6 +515,7 @@ mod tests {
         let mixed = FastEntry {
             key: k,
             rewrite: Rewrite::ToTun { dst: "[fd53:1ce::1]:15443".parse().unwrap() },
+            syn: false,
         };
         assert_eq!(value(&with_tun, &mixed), None);
         let Rewrite::ToPort { src, src_mac, dst_mac, vlan, .. } = back.rewrite else {
@@ -498,6 +524,7 @@ mod tests {
         let into_tun = FastEntry {
             key: back.key,
             rewrite: Rewrite::ToPort { src, out: Side::Tun, src_mac, dst_mac, vlan },
+            syn: false,
         };
         assert_eq!(value(&with_tun, &into_tun), None);
     }

@@ -238,18 +238,8 @@ enum FastPathMode {
 /// Applies the fast-path operations the engine produced (with the engine locked, so the map
 /// follows its order) and gives the engine back what the map said.
 fn offload(eng: &mut Engine, fast: Option<&FastPath>, ops: &mut Vec<OffloadOp>, now: Now) {
-    let Some(fp) = fast else { return };
-    eng.take_offload_ops(ops);
-    if ops.is_empty() {
-        return;
-    }
-    let done = fp.apply(ops);
-    ops.clear();
-    for (k, packets, bytes) in &done.last {
-        eng.offload_counts(k, *packets, *bytes, now);
-    }
-    for k in &done.refused {
-        eng.offload_refused(k);
+    if let Some(fp) = fast {
+        fp.sync(eng, ops, now);
     }
 }
 
@@ -562,6 +552,8 @@ fn main() -> Result<()> {
     };
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay.clone(), settings)));
     let clock = Clock::default();
+    // Shared by the interception engine's threads; the fast path joins it once loaded.
+    let handle = EngineHandle::new(engine.clone(), clock);
     let tun = match (&args.tun, settings.divert) {
         (Some(name), Some(divert)) => {
             let tun = Tun::open(name).with_context(|| format!("opening the TUN {name}"))?;
@@ -595,8 +587,7 @@ fn main() -> Result<()> {
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
             };
-            let handle = Arc::new(EngineHandle::new(engine.clone(), clock));
-            intercept::spawn(cfg, handle, args.intercept_threads)
+            intercept::spawn(cfg, Arc::new(handle.clone()), args.intercept_threads)
                 .context("starting the interception engine")?;
             info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
             Some(Arc::new(tun))
@@ -674,6 +665,9 @@ fn main() -> Result<()> {
         }
     };
     engine.lock().unwrap_or_else(PoisonError::into_inner).set_fast_path(fast.is_some());
+    if let Some(fp) = &fast {
+        handle.use_fast_path(fp.clone());
+    }
     let ports = match rx {
         Rx::Ring(rings, tx_in, tx_out) => {
             for (side, ring) in rings {

@@ -299,7 +299,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     assert_eq!(
         ops(&mut e),
         vec![OffloadOp::Add([
-            FastEntry { key: to_listener, rewrite: Rewrite::ToTun { dst: listener } },
+            FastEntry { key: to_listener, rewrite: Rewrite::ToTun { dst: listener }, syn: false },
             FastEntry {
                 key: from_listener,
                 rewrite: Rewrite::ToPort {
@@ -309,6 +309,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
                     dst_mac: CLIENT_MAC,
                     vlan: None,
                 },
+                syn: false,
             },
         ])],
         "at the SYN, which itself went through the engine"
@@ -334,9 +335,11 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
                     dst_mac: ROUTER_MAC,
                     vlan: None,
                 },
+                syn: true,
             },
-            FastEntry { key: up_in, rewrite: Rewrite::ToTun { dst: local } },
-        ])]
+            FastEntry { key: up_in, rewrite: Rewrite::ToTun { dst: local }, syn: true },
+        ])],
+        "upstream SYNs are NAT-ed by the kernel too"
     );
     // What the kernel carried reaches the diverted flow's record; upstream traffic keeps its
     // entry from idling out.

@@ -504,6 +504,7 @@ fn client_entries(cfg: &DivertConfig, client: SocketAddr, e: &ClientEntry) -> [F
                 dst: (e.orig.ip(), e.orig.port()),
             },
             rewrite: Rewrite::ToTun { dst: listener },
+            syn: false,
         },
         FastEntry {
             key: DirKey {
@@ -520,6 +521,7 @@ fn client_entries(cfg: &DivertConfig, client: SocketAddr, e: &ClientEntry) -> [F
                 dst_mac: e.client_mac,
                 vlan: e.vlan,
             },
+            syn: false,
         },
     ]
 }
@@ -545,6 +547,9 @@ fn upstream_entries(cfg: &DivertConfig, port: u16, e: &UpstreamEntry) -> [FastEn
                 dst_mac: e.router_mac,
                 vlan: e.vlan,
             },
+            // Set up at the port reservation, before the connect: its SYN and the server's
+            // SYN-ACK need nothing from the engine.
+            syn: true,
         },
         FastEntry {
             key: DirKey {
@@ -555,6 +560,7 @@ fn upstream_entries(cfg: &DivertConfig, port: u16, e: &UpstreamEntry) -> [FastEn
                 dst: (e.client, port),
             },
             rewrite: Rewrite::ToTun { dst: local },
+            syn: true,
         },
     ]
 }

@@ -72,12 +72,15 @@ pub struct FastEntry {
     pub key: DirKey,
     /// What it does with them.
     pub rewrite: Rewrite,
+    /// SYN segments too (a NAT the engine set up before the connection's SYN: the upstream
+    /// connections of the interception engine). FIN and RST always come to the engine.
+    pub syn: bool,
 }
 
 impl FastEntry {
     /// A direction forwarded unchanged.
     pub fn forward(key: DirKey) -> Self {
-        FastEntry { key, rewrite: Rewrite::Forward }
+        FastEntry { key, rewrite: Rewrite::Forward, syn: false }
     }
 }
 
