@@ -154,6 +154,24 @@ where
     p.try_into().map_err(|source| FastPathError::Program { name, source })
 }
 
+/// Attaches classifier `name` to `port`: a TCX link where the kernel has them (6.6 on), which
+/// goes with the process; before that, a filter on the `clsact` qdisc, which outlives a process
+/// that is killed: one left by an earlier run (its map then frozen as it was) is taken off
+/// first.
+fn attach(
+    cls: &mut SchedClassifier,
+    port: &str,
+    at: TcAttachType,
+    name: &'static str,
+) -> Result<(), FastPathError> {
+    if cls.attach(port, at).is_ok() {
+        return Ok(());
+    }
+    let _ = tc::qdisc_add_clsact(port);
+    let _ = tc::qdisc_detach_program(port, at, name);
+    cls.attach(port, at).map(|_| ()).map_err(|source| FastPathError::Program { name, source })
+}
+
 impl FastPath {
     /// Loads the programs with room for `max_flows` flows, filters the receive `sockets`, and
     /// attaches the classifier at ingress of both ports (and, with a `tun`, at its egress:
@@ -187,24 +205,14 @@ impl FastPath {
         let cls: &mut SchedClassifier = program(&mut bpf, "fastpath_tc")?;
         cls.load().map_err(|source| FastPathError::Program { name: "fastpath_tc", source })?;
         for port in [inside, outside] {
-            if cls.attach(port, TcAttachType::Ingress).is_err() {
-                // Kernels before TCX: a filter on the clsact qdisc (added if missing).
-                let _ = tc::qdisc_add_clsact(port);
-                cls.attach(port, TcAttachType::Ingress)
-                    .map_err(|source| FastPathError::Program { name: "fastpath_tc", source })?;
-            }
+            attach(cls, port, TcAttachType::Ingress, "fastpath_tc")?;
         }
         if let Some(tun) = tun {
             let egress: &mut SchedClassifier = program(&mut bpf, "fastpath_tun")?;
             egress
                 .load()
                 .map_err(|source| FastPathError::Program { name: "fastpath_tun", source })?;
-            if egress.attach(tun, TcAttachType::Egress).is_err() {
-                let _ = tc::qdisc_add_clsact(tun);
-                egress
-                    .attach(tun, TcAttachType::Egress)
-                    .map_err(|source| FastPathError::Program { name: "fastpath_tun", source })?;
-            }
+            attach(egress, tun, TcAttachType::Egress, "fastpath_tun")?;
         }
         Ok(FastPath { _bpf: bpf, inner: Mutex::new(Inner { flows, stats }), ifindex })
     }
