@@ -251,24 +251,18 @@ impl FastPath {
         for op in ops {
             match op {
                 OffloadOp::Add(entries) => {
-                    let kv: Vec<(Key, Value)> = entries
-                        .iter()
-                        .filter_map(|e| Some((self.key(&e.key)?, value(&self.ifindex, e)?)))
-                        .collect();
-                    if kv.len() != 2 {
+                    let kv = |e: &FastEntry| Some((self.key(&e.key)?, value(&self.ifindex, e)?));
+                    let (Some(a), Some(b)) = (kv(&entries[0]), kv(&entries[1])) else {
                         done.refused.push(entries[0].key);
                         continue;
-                    }
-                    let mut ok = true;
-                    for (k, v) in &kv {
-                        ok &= inner.flows.insert(k, v, 0).is_ok();
-                    }
+                    };
+                    // Both directions or neither: half a flow in the kernel would split its
+                    // counts and its order between two paths.
+                    let ok = inner.flows.insert(a.0, a.1, 0).is_ok()
+                        && inner.flows.insert(b.0, b.1, 0).is_ok();
                     if !ok {
-                        // Both directions or neither: half a flow in the kernel would split
-                        // its counts and its order between two paths.
-                        for (k, _) in &kv {
-                            let _ = inner.flows.remove(k);
-                        }
+                        let _ = inner.flows.remove(&a.0);
+                        let _ = inner.flows.remove(&b.0);
                         done.refused.push(entries[0].key);
                     }
                 }

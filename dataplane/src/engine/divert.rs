@@ -21,7 +21,7 @@ use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
 use super::offload::{DirKey, FastEntry, OffloadOp, Rewrite};
 use super::{Engine, Now, Side, track};
-use crate::flow::{Class, FlowKey, Offload, TcpState};
+use crate::flow::{Class, Flow, FlowKey, Offload, TcpState};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
 
@@ -256,11 +256,7 @@ impl Engine {
         e.last_mono = now.mono_ms;
         e.fins.1 |= t.fin;
         e.reset |= t.rst;
-        if e.closed() && e.offloaded {
-            e.offloaded = false;
-            let [a, b] = upstream_entries(&d.cfg, f.dport, e);
-            self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
-        }
+        withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, f.dport, e);
         let local = SocketAddr::new(d.cfg.local(f.dst), f.dport);
         let mut pkt = data[f.ip_offset..].to_vec();
         if nat::rewrite(&mut pkt, None, Some(local)).is_ok() {
@@ -301,11 +297,8 @@ impl Engine {
             if let Some(flow) = self.table.get_mut(&e.key) {
                 // The server's side of the flow, as the client sees it.
                 track(flow, &Frame { src: e.orig.ip(), sport: e.orig.port(), ..f }, t, now);
-                if flow.state == TcpState::Closing && flow.offload == Offload::Active {
-                    flow.offload = Offload::Withdrawn;
-                    let [a, b] = client_entries(&d.cfg, SocketAddr::new(f.dst, f.dport), &e);
-                    self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
-                }
+                let client = SocketAddr::new(f.dst, f.dport);
+                withdraw_if_closing(&mut self.offload_ops, Some(d), client, flow);
             }
             return true;
         }
@@ -317,11 +310,7 @@ impl Engine {
             e.last_mono = now.mono_ms;
             e.fins.0 |= t.fin;
             e.reset |= t.rst;
-            if e.closed() && e.offloaded {
-                e.offloaded = false;
-                let [a, b] = upstream_entries(&d.cfg, f.sport, e);
-                self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
-            }
+            withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, f.sport, e);
             let e = *e;
             let mut ip = pkt.to_vec();
             if nat::rewrite(&mut ip, Some(SocketAddr::new(e.client, f.sport)), None).is_err() {
@@ -393,8 +382,7 @@ impl Engine {
             && let Some(e) = d.upstreams.remove(&port)
             && e.offloaded
         {
-            let [a, b] = upstream_entries(&d.cfg, port, &e);
-            self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+            self.offload_ops.push(OffloadOp::remove(upstream_entries(&d.cfg, port, &e)));
         }
     }
 
@@ -424,20 +412,8 @@ impl Engine {
             if let Some(e) = d.clients.get(&c).copied().filter(|e| e.key == *key) {
                 d.clients.remove(&c);
                 if offloaded {
-                    let [a, b] = client_entries(&d.cfg, c, &e);
-                    self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
+                    self.offload_ops.push(OffloadOp::remove(client_entries(&d.cfg, c, &e)));
                 }
-            }
-        }
-    }
-
-    /// Withdraws the kernel NAT of the diverted flow from `client` (it is closing).
-    pub(super) fn withdraw_diverted(&mut self, client: (IpAddr, u16)) {
-        if let Some(d) = self.divert.as_ref() {
-            let c = SocketAddr::new(client.0, client.1);
-            if let Some(e) = d.clients.get(&c) {
-                let [a, b] = client_entries(&d.cfg, c, e);
-                self.offload_ops.push(OffloadOp::Remove([a.key, b.key]));
             }
         }
     }
@@ -476,8 +452,7 @@ impl Engine {
                 let limit = if e.closed() { UPSTREAM_CLOSE_LINGER_MS } else { t.tcp_established };
                 let keep = now.mono_ms.saturating_sub(e.last_mono) < limit;
                 if !keep && e.offloaded {
-                    let [a, b] = upstream_entries(&cfg, *p, e);
-                    ops.push(OffloadOp::Remove([a.key, b.key]));
+                    ops.push(OffloadOp::remove(upstream_entries(&cfg, *p, e)));
                 }
                 keep
             });
@@ -487,6 +462,38 @@ impl Engine {
     /// Number of NAT entries (diverted clients, upstream connections).
     pub fn nat_entries(&self) -> (usize, usize) {
         self.divert.as_ref().map_or((0, 0), |d| (d.clients.len(), d.upstreams.len()))
+    }
+}
+
+/// Withdraws the kernel NAT of the diverted `flow` from `client` once it closes (both FINs or
+/// a RST, whichever side they came from).
+pub(super) fn withdraw_if_closing(
+    ops: &mut Vec<OffloadOp>,
+    d: Option<&DivertState>,
+    client: SocketAddr,
+    flow: &mut Flow,
+) {
+    if flow.state != TcpState::Closing || flow.offload != Offload::Active {
+        return;
+    }
+    flow.offload = Offload::Withdrawn;
+    if let Some(d) = d
+        && let Some(e) = d.clients.get(&client)
+    {
+        ops.push(OffloadOp::remove(client_entries(&d.cfg, client, e)));
+    }
+}
+
+/// Withdraws the kernel NAT of upstream connection `port` once it closed.
+fn withdraw_upstream_if_closed(
+    ops: &mut Vec<OffloadOp>,
+    cfg: &DivertConfig,
+    port: u16,
+    e: &mut UpstreamEntry,
+) {
+    if e.closed() && e.offloaded {
+        e.offloaded = false;
+        ops.push(OffloadOp::remove(upstream_entries(cfg, port, e)));
     }
 }
 

@@ -414,11 +414,13 @@ impl Engine {
             }
             Verdict::Block => Action::Drop,
             Verdict::Divert if c2s => {
-                let closing = flow.state == TcpState::Closing;
-                if closing && flow.offload == Offload::Active {
-                    flow.offload = Offload::Withdrawn;
-                    self.withdraw_diverted((f.src, f.sport));
-                }
+                let client = std::net::SocketAddr::new(f.src, f.sport);
+                divert::withdraw_if_closing(
+                    &mut self.offload_ops,
+                    self.divert.as_ref(),
+                    client,
+                    flow,
+                );
                 self.client_to_tun(data, f, out);
                 Action::Drop
             }

@@ -93,6 +93,13 @@ pub enum OffloadOp {
     Remove([DirKey; 2]),
 }
 
+impl OffloadOp {
+    /// The removal of what `Add(entries)` put in.
+    pub fn remove(entries: [FastEntry; 2]) -> Self {
+        OffloadOp::Remove(entries.map(|e| e.key))
+    }
+}
+
 /// The fast path's keys of `flow`, client → server first.
 pub(super) fn keys(flow: &Flow) -> [DirKey; 2] {
     let client_side = if flow.from_inside { Side::Inside } else { Side::Outside };
