@@ -11,12 +11,15 @@
 #     re-encrypting to the origin, cache off).
 # Prints medians of RUNS runs (requests/s, p50, p99) and the ratios. Needs root.
 #   benches/intercept.sh              (RUNS=3 SECS=5 CONNS=16 by default)
+#   ONLY='inspect-new|direct-new' benches/intercept.sh   measures only the rows whose keys match
+#                                                        (no ratios; for profiling one path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SLUICE_LAB=${SLUICE_LAB:-slb}
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
 CONNS=${CONNS:-16}
+ONLY=${ONLY:-}
 lab=scripts/lab
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 command -v squid >/dev/null || apt-get install -y -q squid-openssl >/dev/null
@@ -88,13 +91,19 @@ PY
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
 
-declare -A RPS P50 P99 REQS
-# CPU time (ticks of 1/100 s) the data plane has used so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$(cat "$STATE/dataplane.pid")/stat"; }
-measure() { # key label host url close
-  local rps=() p50=() p99=() i out n=0
+declare -A RPS P50 P99 REQS PERCPU
+# CPU time (ticks of 1/100 s) the data plane has used so far (0 when it is not running).
+cpu_ticks() {
+  local pid
+  pid=$(cat "$STATE/dataplane.pid" 2>/dev/null) && [ -r "/proc/$pid/stat" ] \
+    && awk '{print $14 + $15}' "/proc/$pid/stat" || echo 0
+}
+measure() { # key label host url close [connections]
+  local rps=() p50=() p99=() i out n=0 t0 conns=${6:-$CONNS}
+  if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
+  t0=$(cpu_ticks)
   for i in $(seq "$RUNS"); do
-    out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
+    out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t"$((conns < 2 ? 1 : 2))" -c"$conns" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
     if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
     if grep -q "Non-2xx" <<<"$out"; then
       echo "$out" >&2; echo "non-2xx responses for $2; refusals recorded:" >&2
@@ -108,10 +117,14 @@ measure() { # key label host url close
     p99+=("$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)")
   done
   REQS[$1]=$n
+  # Requests per CPU-second of sluice-dataplane (its threads and the kernel work done in their
+  # system calls; softirq work on other threads is not in it), for the sluice rows.
+  PERCPU[$1]=$(awk -v n="$n" -v t="$(($(cpu_ticks) - t0))" 'BEGIN { if (t > 0) printf "%.0f", n / (t / 100) }')
   RPS[$1]=$(printf '%s\n' "${rps[@]}" | median)
   P50[$1]=$(printf '%s\n' "${p50[@]}" | median)
   P99[$1]=$(printf '%s\n' "${p99[@]}" | median)
-  printf '%-34s %9.0f req/s   p50 %7.2f ms   p99 %7.2f ms\n' "$2" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}"
+  printf '%-34s %9.0f req/s   p50 %7.2f ms   p99 %7.2f ms%s\n' "$2" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" \
+    "${PERCPU[$1]:+   ${PERCPU[$1]} per data-plane CPU-s}"
 }
 
 # --- sluice: alice's bench traffic inspected, bob's diverted and spliced
@@ -154,11 +167,11 @@ action = "inspect"
 TOML
 $lab start --rules "$W/rules.toml" >/dev/null
 echo "== $RUNS x ${SECS}s, $CONNS connections, 2 KB JSON POSTs"
-T0=$(cpu_ticks)
 measure inspect-ka "sluice inspect (keep-alive)" alice https://bench.lab/v1/chat/completions 0
-T1=$(cpu_ticks)
 measure inspect-new "sluice inspect (new conn/request)" alice https://bench.lab/v1/chat/completions 1
-T2=$(cpu_ticks)
+# One connection, one request at a time: the latency the path adds, without queueing behind
+# the other 15 connections on two shared cores (under saturation p50 is connections/throughput).
+measure inspect-1 "sluice inspect (1 conn, keep-alive)" alice https://bench.lab/v1/chat/completions 0 1
 measure splice-ka "sluice splice (keep-alive)" bob https://bench.lab/v1/chat/completions 0
 measure splice-new "sluice splice (new conn/request)" bob https://bench.lab/v1/chat/completions 1
 $lab stop >/dev/null
@@ -173,21 +186,21 @@ appl ip link set outside master br0
 appl ip link set br0 up
 measure direct-ka "direct, Linux bridge (keep-alive)" alice https://bench.lab/v1/chat/completions 0
 measure direct-new "direct, Linux bridge (new conn/request)" alice https://bench.lab/v1/chat/completions 1
+measure direct-1 "direct, Linux bridge (1 conn, k-a)" alice https://bench.lab/v1/chat/completions 0 1
 measure mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
 measure mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
 measure squid-ka "squid (keep-alive)" alice https://squid.bench.lab/v1/chat/completions 0
 measure squid-new "squid (new conn/request)" alice https://squid.bench.lab/v1/chat/completions 1
+if [ -n "$ONLY" ]; then exit 0; fi
 echo "== ratios (requests/s)"
 for mode in ka new; do
   awk -v m="$mode" -v s="${RPS[inspect-$mode]}" -v mi="${RPS[mitm-$mode]}" -v sq="${RPS[squid-$mode]}" \
     'BEGIN { printf "%-9s sluice inspect / mitmproxy %6.1fx   / squid %5.2fx\n", (m == "ka" ? "keep-alive" : "new-conn"), s / mi, s / sq }'
 done
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
-  'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive): %.2f ms\n", a - b }'
+  'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, %d connections): %.2f ms\n", '"$CONNS"', a - b }'
+awk -v a="${P50[inspect-1]}" -v b="${P50[direct-1]}" \
+  'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, 1 connection): %.3f ms\n", a - b }'
 awk -v r="${RPS[inspect-new]}" 'BEGIN { printf "new intercepted connections/s (2 cores shared with wrk and the origin): %.0f\n", r }'
-# Per core: requests served per CPU-second the sluice-dataplane process used (its threads and
-# the kernel work done in their system calls; softirq work on other threads is not in it).
-awk -v n="${REQS[inspect-ka]}" -v t="$((T1 - T0))" \
-  'BEGIN { printf "per core of sluice-dataplane: %.0f inspected requests/s (keep-alive)\n", n / (t / 100) }'
-awk -v n="${REQS[inspect-new]}" -v t="$((T2 - T1))" \
-  'BEGIN { printf "per core of sluice-dataplane: %.0f new intercepted connections/s\n", n / (t / 100) }'
+echo "per core of sluice-dataplane: ${PERCPU[inspect-ka]} inspected requests/s (keep-alive)"
+echo "per core of sluice-dataplane: ${PERCPU[inspect-new]} new intercepted connections/s"

@@ -587,7 +587,7 @@ fn main() -> Result<()> {
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
             };
-            intercept::spawn(cfg, Arc::new(handle.clone()), args.intercept_threads)
+            let _threads = intercept::spawn(cfg, Arc::new(handle.clone()), args.intercept_threads)
                 .context("starting the interception engine")?;
             info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
             Some(Arc::new(tun))
