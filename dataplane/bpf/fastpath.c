@@ -26,9 +26,11 @@
 // source and sends out of a port with the MACs the engine learned (ACT_TO_PORT: listener ->
 // client, upstream socket -> server). Checksums are updated incrementally.
 //
-// TCP segments carrying SYN, FIN or RST are not offloaded (but the SYNs of the interception
-// engine's own upstream connections): the engine sees every handshake and every close and
-// keeps the flow's state itself. Only the
+// TCP segments carrying SYN, FIN or RST of allowed flows are not offloaded: the engine sees
+// their handshakes and closes and keeps their state itself. Divert NAT entries, set up by the
+// engine before the segments they carry, take SYNs (FLAG_SYN) and FINs and RSTs (FLAG_CLOSE)
+// too: a close is noted in the entry and in the `closes` ring buffer, which the data plane
+// reads four times a second, and the engine follows it from there. Only the
 // simple shapes are matched (one or no 802.1Q tag, IPv4 without fragmentation, IPv6 whose next
 // header is TCP or UDP); everything else takes the engine's path, which handles all of them.
 //
@@ -54,9 +56,12 @@ struct flow_key {
 	__u8 family;      // 4 or 6
 };
 
-// FLAG_SYN: SYN segments too (NAT entries of the interception engine's upstream connections,
-// set up before their SYN: the engine has nothing to learn from it).
+// FLAG_SYN: SYN segments too (divert NAT entries, set up before the SYNs they carry: the
+// engine has nothing to learn from them).
 #define FLAG_SYN 0x01
+// FLAG_CLOSE: FIN and RST segments too (divert NAT entries), each noted (`fin`, `rst`, and
+// the first one of each kind in `closes`).
+#define FLAG_CLOSE 0x02
 
 enum {
 	ACT_FORWARD = 0,  // out of the other port, unchanged
@@ -74,7 +79,8 @@ struct flow_value {
 	__u16 port;         // the new port, network byte order
 	__u8 eth_dst[6];    // ACT_TO_PORT: the Ethernet header
 	__u8 eth_src[6];
-	__u16 pad1;
+	__u8 fin;           // FLAG_CLOSE: a FIN was carried (set here, read by the data plane)
+	__u8 rst;           // FLAG_CLOSE: a RST was carried
 	__u64 packets;      // frames carried (this direction)
 	__u64 bytes;        // their transport payload bytes, as the engine counts them
 };
@@ -85,6 +91,20 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
+
+// A close carried by a FLAG_CLOSE entry, for the data plane. Mirrored by
+// `fastpath::CloseEvent` (48 bytes).
+struct close_event {
+	struct flow_key key;
+	__u8 fin;
+	__u8 rst;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);  // about 18,000 events between two reads
+} closes SEC(".maps");
 
 #define TCP_FLAGS_FIN 0x01
 #define TCP_FLAGS_SYN 0x02
@@ -98,14 +118,43 @@ struct where {
 	__u8 tcp;    // TCP flags (0 for UDP)
 };
 
-// True when entry `v` carries a frame with these TCP flags: never FIN or RST (the engine
-// follows every close), SYN only where the entry says so.
-static __always_inline int carries(const struct flow_value *v, const struct where *w)
+// Notes a FIN or RST that entry `v` (key `k`) carries: in the entry, and the first of each
+// kind in `closes` (without waking anyone: the data plane reads it on its own clock). When the
+// ring is full the event is lost, and the data plane finds the close in the entry at its next
+// count of the map.
+static __always_inline void note_close(struct flow_value *v, const struct flow_key *k,
+				       const struct where *w)
 {
-	if (w->tcp & (TCP_FLAGS_FIN | TCP_FLAGS_RST))
+	struct close_event e;
+	__u8 fin = (w->tcp & TCP_FLAGS_FIN) != 0;
+	__u8 rst = (w->tcp & TCP_FLAGS_RST) != 0;
+
+	if ((!fin || v->fin) && (!rst || v->rst))
+		return;  // a retransmission: already noted
+	if (fin)
+		v->fin = 1;
+	if (rst)
+		v->rst = 1;
+	__builtin_memset(&e, 0, sizeof(e));
+	e.key = *k;
+	e.fin = fin;
+	e.rst = rst;
+	bpf_ringbuf_output(&closes, &e, sizeof(e), BPF_RB_NO_WAKEUP);
+}
+
+// True when entry `v` carries a frame with these TCP flags: SYN only where the entry says so
+// (FLAG_SYN), FIN and RST likewise (FLAG_CLOSE, noted); an allowed flow's closes always go
+// to the engine.
+static __always_inline int carries(struct flow_value *v, const struct flow_key *k,
+				   const struct where *w)
+{
+	if ((w->tcp & TCP_FLAGS_SYN) && !(v->action != ACT_FORWARD && (v->flags & FLAG_SYN)))
 		return 0;
-	if (w->tcp & TCP_FLAGS_SYN)
-		return v->action != ACT_FORWARD && (v->flags & FLAG_SYN);
+	if (w->tcp & (TCP_FLAGS_FIN | TCP_FLAGS_RST)) {
+		if (v->action == ACT_FORWARD || !(v->flags & FLAG_CLOSE))
+			return 0;
+		note_close(v, k, w);
+	}
 	return 1;
 }
 
@@ -321,7 +370,7 @@ static __always_inline struct flow_value *lookup_and_count(struct __sk_buff *skb
 	if (classify(skb, k, w) < 0)
 		return 0;
 	v = bpf_map_lookup_elem(&flows, k);
-	if (!v || !carries(v, w))
+	if (!v || !carries(v, k, w))
 		return 0;
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, (__u64)w->payload);
@@ -394,7 +443,7 @@ int fastpath_tun(struct __sk_buff *skb)
 	if (classify_l3(skb, &k, 0, skb->protocol, &w) < 0)
 		return TC_ACT_OK;
 	v = bpf_map_lookup_elem(&flows, &k);
-	if (!v || v->action != ACT_TO_PORT || !carries(v, &w))
+	if (!v || v->action != ACT_TO_PORT || !carries(v, &k, &w))
 		return TC_ACT_OK;
 	__sync_fetch_and_add(&v->packets, 1);
 	__sync_fetch_and_add(&v->bytes, (__u64)w.payload);

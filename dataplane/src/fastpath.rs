@@ -20,11 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::BorrowedFd;
 use std::sync::{Mutex, PoisonError};
 
-use aya::maps::{HashMap as BpfMap, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap as BpfMap, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, TcAttachType, tc};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
-use crate::engine::{DirKey, Engine, FastEntry, Now, OffloadOp, Rewrite, Side};
+use crate::engine::{Carried, Closes, DirKey, Engine, FastEntry, Now, OffloadOp, Rewrite, Side};
 use crate::wire::frame::Proto;
 
 /// The compiled programs (see `build.rs`).
@@ -58,7 +58,9 @@ struct Value {
     port: u16,
     eth_dst: [u8; 6],
     eth_src: [u8; 6],
-    pad1: u16,
+    /// FLAG_CLOSE entries: a FIN, a RST was carried (set by the programs).
+    fin: u8,
+    rst: u8,
     packets: u64,
     bytes: u64,
 }
@@ -67,6 +69,17 @@ const ACT_FORWARD: u8 = 0;
 const ACT_TO_TUN: u8 = 1;
 const ACT_TO_PORT: u8 = 2;
 const FLAG_SYN: u8 = 1;
+const FLAG_CLOSE: u8 = 2;
+
+/// `struct close_event` of fastpath.c: a FIN or RST a NAT entry carried.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct CloseEvent {
+    key: Key,
+    fin: u8,
+    rst: u8,
+    pad: u16,
+}
 
 // SAFETY: both are plain `repr(C)` integers and byte arrays without padding (44 and 56 bytes,
 // checked below), valid for any bit pattern.
@@ -76,6 +89,7 @@ unsafe impl aya::Pod for Value {}
 
 const _: () = assert!(std::mem::size_of::<Key>() == 44);
 const _: () = assert!(std::mem::size_of::<Value>() == 56);
+const _: () = assert!(std::mem::size_of::<CloseEvent>() == 48);
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -107,6 +121,7 @@ pub enum FastPathError {
 struct Inner {
     flows: BpfMap<MapData, Key, Value>,
     stats: PerCpuArray<MapData, u64>,
+    closes: RingBuf<MapData>,
 }
 
 /// The fast path's own counters (`stats` in fastpath.c).
@@ -137,8 +152,8 @@ impl std::fmt::Debug for FastPath {
 /// What [`FastPath::apply`] did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Last counts of withdrawn entries: (key, packets, bytes), to give back to the engine.
-    pub last: Vec<(DirKey, u64, u64)>,
+    /// Last counts of withdrawn entries, to give back to the engine.
+    pub last: Vec<Carried>,
     /// Flows (by their client → server key) the map refused (full, or the kernel said no):
     /// they stay on the engine's path.
     pub refused: Vec<DirKey>,
@@ -195,6 +210,8 @@ impl FastPath {
         let flows = BpfMap::<MapData, Key, Value>::try_from(map)?;
         let map = bpf.take_map("stats").ok_or(MapError::InvalidName { name: "stats".into() })?;
         let stats = PerCpuArray::<MapData, u64>::try_from(map)?;
+        let map = bpf.take_map("closes").ok_or(MapError::InvalidName { name: "closes".into() })?;
+        let closes = RingBuf::try_from(map)?;
         // The filter first: once the classifier redirects, the engine must not see those frames.
         let sock: &mut SocketFilter = program(&mut bpf, "fastpath_sock")?;
         sock.load().map_err(|source| FastPathError::Program { name: "fastpath_sock", source })?;
@@ -214,7 +231,7 @@ impl FastPath {
                 .map_err(|source| FastPathError::Program { name: "fastpath_tun", source })?;
             attach(egress, tun, TcAttachType::Egress, "fastpath_tun")?;
         }
-        Ok(FastPath { _bpf: bpf, inner: Mutex::new(Inner { flows, stats }), ifindex })
+        Ok(FastPath { _bpf: bpf, inner: Mutex::new(Inner { flows, stats, closes }), ifindex })
     }
 
     fn key(&self, k: &DirKey) -> Option<Key> {
@@ -231,8 +248,8 @@ impl FastPath {
         }
         let done = self.apply(ops);
         ops.clear();
-        for (k, packets, bytes) in &done.last {
-            eng.offload_counts(k, *packets, *bytes, now);
+        for c in &done.last {
+            eng.offload_carried(c, now);
         }
         for k in &done.refused {
             eng.offload_refused(k);
@@ -270,7 +287,7 @@ impl FastPath {
                     for d in dirs {
                         let Some(k) = self.key(d) else { continue };
                         if let Ok(v) = inner.flows.get(&k, 0) {
-                            done.last.push((*d, v.packets, v.bytes));
+                            done.last.push(carried(*d, &v));
                         }
                         let _ = inner.flows.remove(&k);
                     }
@@ -287,16 +304,59 @@ impl FastPath {
         Stats { redirected: sum(0), unmarked: sum(1) }
     }
 
-    /// The counts of every offloaded direction: (key, packets, bytes) since it was offloaded.
-    pub fn counts(&self) -> Vec<(DirKey, u64, u64)> {
+    /// The counts of every offloaded direction since it was offloaded, and the closes its
+    /// entry noted.
+    pub fn counts(&self) -> Vec<Carried> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner
             .flows
             .iter()
             .filter_map(Result::ok)
-            .filter_map(|(k, v)| Some((dir_key(&self.ifindex, &k)?, v.packets, v.bytes)))
+            .filter_map(|(k, v)| Some(carried(dir_key(&self.ifindex, &k)?, &v)))
             .collect()
     }
+
+    /// The closes NAT entries carried since the last call (read from the ring buffer, no
+    /// system call): (direction, what was carried).
+    pub fn closes(&self) -> Vec<(DirKey, Closes)> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        while let Some(item) = inner.closes.next() {
+            if let Some(e) = close_event(&item)
+                && let Some(k) = dir_key(&self.ifindex, &e.key)
+            {
+                out.push((k, Closes { fin: e.fin != 0, rst: e.rst != 0 }));
+            }
+        }
+        out
+    }
+}
+
+/// What the map's value `v` of direction `key` says the kernel carried.
+fn carried(key: DirKey, v: &Value) -> Carried {
+    Carried {
+        key,
+        packets: v.packets,
+        bytes: v.bytes,
+        closes: Closes { fin: v.fin != 0, rst: v.rst != 0 },
+    }
+}
+
+/// An event of the `closes` ring (`None` for one of another size).
+fn close_event(b: &[u8]) -> Option<CloseEvent> {
+    if b.len() != std::mem::size_of::<CloseEvent>() {
+        return None;
+    }
+    let mut key = Key::default();
+    key.src.copy_from_slice(&b[0..16]);
+    key.dst.copy_from_slice(&b[16..32]);
+    key.ifindex = u32::from_ne_bytes(b[32..36].try_into().ok()?);
+    key.sport = u16::from_ne_bytes(b[36..38].try_into().ok()?);
+    key.dport = u16::from_ne_bytes(b[38..40].try_into().ok()?);
+    key.vlan = u16::from_ne_bytes(b[40..42].try_into().ok()?);
+    key.proto = b[42];
+    key.family = b[43];
+    Some(CloseEvent { key, fin: b[44], rst: b[45], pad: 0 })
 }
 
 /// The map's key of `k` (`None` for what the fast path does not carry).
@@ -343,7 +403,8 @@ fn value(ifindex: &[u32; 3], e: &FastEntry) -> Option<Value> {
         IpAddr::V6(v) => v.octets(),
     };
     let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes());
-    let flags = if e.syn { FLAG_SYN } else { 0 };
+    // NAT entries carry the closes too: the engine follows them from the notes.
+    let flags = if e.syn { FLAG_SYN } else { 0 } | FLAG_CLOSE;
     Some(match e.rewrite {
         Rewrite::Forward => Value {
             out_ifindex: side_index(ifindex, e.key.ingress.other())?,
@@ -443,6 +504,25 @@ mod tests {
     }
 
     #[test]
+    fn close_events_are_read_as_the_program_writes_them() {
+        let d = DirKey {
+            ingress: Side::Outside,
+            vlan: 7,
+            proto: Proto::Tcp,
+            src: ("198.51.100.80".parse().unwrap(), 443),
+            dst: ("10.20.1.10".parse().unwrap(), 61_234),
+        };
+        let k = key(&IDX, &d).unwrap();
+        let e = CloseEvent { key: k, fin: 1, rst: 0, pad: 0 };
+        // SAFETY: CloseEvent is plain data of 48 bytes (asserted above).
+        let bytes: [u8; 48] = unsafe { std::mem::transmute(e) };
+        let back = close_event(&bytes).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(dir_key(&IDX, &back.key), Some(d));
+        assert_eq!(close_event(&bytes[..47]), None, "an event of another size is skipped");
+    }
+
+    #[test]
     fn keys_round_trip() {
         for (src, dst, proto, ingress) in [
             ("fd20::1:10", "2001:db8:5100::80", Proto::Udp, Side::Outside),
@@ -496,7 +576,8 @@ mod tests {
         let v = value(&with_tun, &to_tun).unwrap();
         assert_eq!((v.out_ifindex, v.action), (11, ACT_TO_TUN));
         assert_eq!((&v.addr[..4], v.port), (&[100, 127, 0, 1][..], 15443u16.to_be()));
-        assert_eq!(v.flags, FLAG_SYN);
+        assert_eq!(v.flags, FLAG_SYN | FLAG_CLOSE, "NAT entries carry and note closes");
+        assert_eq!(fwd.flags, 0, "an allowed flow's SYN, FIN and RST go to the engine");
         let back = FastEntry {
             key: DirKey { ingress: Side::Tun, src: (listener.ip(), 15443), dst: k.src, ..k },
             rewrite: Rewrite::ToPort {
@@ -509,7 +590,7 @@ mod tests {
             syn: false,
         };
         let v = value(&with_tun, &back).unwrap();
-        assert_eq!(v.flags, 0);
+        assert_eq!(v.flags, FLAG_CLOSE);
         assert_eq!((v.out_ifindex, v.action, v.vlan), (7, ACT_TO_PORT, 100));
         assert_eq!((v.eth_src, v.eth_dst), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
         assert_eq!(key(&with_tun, &back.key).unwrap().ifindex, 11);

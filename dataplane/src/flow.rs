@@ -287,6 +287,11 @@ impl FlowTable {
         self.map.get_mut(key)
     }
 
+    /// Removes the flow of `key`.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
+        self.map.remove(key)
+    }
+
     /// Inserts a new flow built by `make(id)`. When full, evicts the oldest embryonic flow
     /// (returned); with none to evict the flow is refused (`Err`).
     pub fn insert(

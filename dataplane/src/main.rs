@@ -756,14 +756,19 @@ fn main() -> Result<()> {
             }
         }
         // What the kernel forwarded is read once a second without the engine locked (a system
-        // call or two per offloaded flow), then given to it before its timeouts and reports.
+        // call or two per offloaded flow), then given to it before its timeouts and reports;
+        // the closes NAT entries carried, at every tick (from a ring buffer: no system call).
         let poll = ticks.is_multiple_of(4);
         let counts = fast.as_deref().filter(|_| poll).map(FastPath::counts).unwrap_or_default();
         let stats = fast.as_deref().filter(|_| poll).map(FastPath::stats);
+        let closes = fast.as_deref().map(FastPath::closes).unwrap_or_default();
         let now = clock.now();
         out.write(&engine, &|e| {
-            for (k, packets, bytes) in &counts {
-                e.offload_counts(k, *packets, *bytes, now);
+            for (k, c) in &closes {
+                e.offload_closed(k, *c, now);
+            }
+            for c in &counts {
+                e.offload_carried(c, now);
             }
             if let Some(stats) = stats {
                 e.counters.fastpath_redirected = stats.redirected;
@@ -779,8 +784,8 @@ fn main() -> Result<()> {
     let counts = fast.as_deref().map(FastPath::counts).unwrap_or_default();
     let now = clock.now();
     out.write(&engine, &|e| {
-        for (k, packets, bytes) in &counts {
-            e.offload_counts(k, *packets, *bytes, now);
+        for c in &counts {
+            e.offload_carried(c, now);
         }
         e.shutdown(now);
         offload(e, fast.as_deref(), &mut Vec::new(), now);

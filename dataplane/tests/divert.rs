@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{
-    Action, DirKey, DivertConfig, Engine, FastEntry, OffloadOp, Rewrite, Settings, Side,
+    Action, Carried, Closes, DirKey, DivertConfig, Engine, FastEntry, OffloadOp, Rewrite, Settings,
+    Side,
 };
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
@@ -299,7 +300,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     assert_eq!(
         ops(&mut e),
         vec![OffloadOp::Add([
-            FastEntry { key: to_listener, rewrite: Rewrite::ToTun { dst: listener }, syn: false },
+            FastEntry { key: to_listener, rewrite: Rewrite::ToTun { dst: listener }, syn: true },
             FastEntry {
                 key: from_listener,
                 rewrite: Rewrite::ToPort {
@@ -309,11 +310,12 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
                     dst_mac: CLIENT_MAC,
                     vlan: None,
                 },
-                syn: false,
+                syn: true,
             },
         ])],
-        "at the SYN, which itself went through the engine"
+        "at the SYN, which itself went through the engine; the listener's SYN-ACK need not"
     );
+    // A SYN-ACK the engine sees anyway (the entry was not in the kernel yet) is NAT-ed too.
     let synack = tcp(None, listener, client, Flags::SynAck, &[]);
     e.handle_tun(&synack, now(10), &mut out);
     assert!(ops(&mut e).is_empty());
@@ -373,6 +375,142 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     // the kernel.
     assert_eq!((v["pkts_out"].as_u64(), v["pkts_in"].as_u64()), (Some(7), Some(9)));
     assert_eq!(v["bytes_in"].as_u64(), Some(9_000));
+}
+
+#[test]
+fn closes_the_kernel_carried_are_followed_by_the_engine() {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    learn(&mut e, server);
+    let client = addr("10.20.1.10:40001");
+    let listener = cfg.listener(client.ip());
+    // Only the client's SYN reaches the engine; the SYN-ACK and everything after are the
+    // kernel's.
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    let to_listener = key(Side::Inside, client, server);
+    let from_listener = key(Side::Tun, listener, client);
+    let port = e.open_upstream(client, server, now(11)).unwrap();
+    let local = SocketAddr::new(cfg.local(client.ip()), port);
+    let up_out = key(Side::Tun, local, server);
+    let up_in = key(Side::Outside, server, SocketAddr::new(client.ip(), port));
+    ops(&mut e);
+    let fin = Closes { fin: true, rst: false };
+    e.offload_counts(&from_listener, 1, 0, now(500));
+    e.offload_counts(&to_listener, 2, 517, now(500));
+    // Past the embryonic timeout: the kernel's SYN-ACK count made it established.
+    e.tick(now(40_000));
+    assert_eq!(e.nat_entries(), (1, 1), "an established diverted flow does not idle out");
+    assert!(ops(&mut e).is_empty());
+    // The upstream closes, one FIN each way, both carried: withdrawn once, when both are in.
+    e.offload_closed(&up_out, fin, now(40_001));
+    assert!(ops(&mut e).is_empty(), "half closed");
+    e.offload_closed(&up_out, fin, now(40_002));
+    e.offload_closed(&up_in, fin, now(40_003));
+    assert_eq!(ops(&mut e), vec![OffloadOp::Remove([up_out, up_in])]);
+    e.offload_closed(&up_in, fin, now(40_004));
+    assert!(ops(&mut e).is_empty(), "a close noted again changes nothing");
+    // The port lingers a moment after the close, then is free.
+    e.tick(now(40_100));
+    assert_eq!(e.nat_entries().1, 1);
+    e.tick(now(41_600));
+    assert_eq!(e.nat_entries().1, 0);
+    // The client's side: the listener's FIN, then the client's; the record ends as closed.
+    e.offload_closed(&from_listener, fin, now(41_700));
+    assert!(ops(&mut e).is_empty());
+    e.offload_carried(
+        &Carried { key: to_listener, packets: 9, bytes: 2_600, closes: fin },
+        now(41_800),
+    );
+    assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
+    e.tick(now(41_800 + 11_000));
+    let records = e.take_records();
+    let v = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
+            _ => None,
+        })
+        .find(|v| v["sport"] == client.port() && v["event"] == "end")
+        .unwrap();
+    assert_eq!(v["end_reason"], "closed", "{v}");
+    // The SYN by the engine, 9 by the kernel; 1 back by the kernel.
+    assert_eq!((v["pkts_out"].as_u64(), v["pkts_in"].as_u64()), (Some(10), Some(1)));
+    assert_eq!(e.nat_entries(), (0, 0));
+}
+
+#[test]
+fn a_port_reused_within_the_linger_is_a_new_diverted_flow() {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    learn(&mut e, server);
+    let client = addr("10.20.1.10:40001");
+    let to_listener = key(Side::Inside, client, server);
+    let from_listener = key(Side::Tun, cfg.listener(client.ip()), client);
+    let fin = Closes { fin: true, rst: false };
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.offload_closed(&from_listener, fin, now(100));
+    e.offload_closed(&to_listener, fin, now(101));
+    assert!(matches!(ops(&mut e).as_slice(), [OffloadOp::Add(_), OffloadOp::Remove(_)]));
+    // The same port again, a second later (the closed flow lingers for ten).
+    out.clear();
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(1_100), &mut out);
+    assert_eq!(out.len(), 1, "the SYN goes to the listener");
+    let got = ops(&mut e);
+    assert!(
+        matches!(got.as_slice(), [OffloadOp::Add([a, b])] if a.key == to_listener && b.key == from_listener),
+        "its NAT is in the kernel again: {got:?}"
+    );
+    let ends: Vec<_> = e
+        .take_records()
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
+            _ => None,
+        })
+        .filter(|v| v["sport"] == client.port() && v["event"] == "end")
+        .collect();
+    assert_eq!(ends.len(), 1, "the first connection's record ends: {ends:?}");
+    assert_eq!(ends[0]["end_reason"], "closed");
+    assert_eq!(e.nat_entries().0, 1);
+}
+
+#[test]
+fn a_half_closed_diverted_flow_still_idles_out() {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let mut out = Vec::new();
+    let server = addr("198.51.100.10:443");
+    learn(&mut e, server);
+    let client = addr("10.20.1.10:40001");
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    let from_listener = key(Side::Tun, cfg.listener(client.ip()), client);
+    e.offload_counts(&from_listener, 1, 0, now(20));
+    ops(&mut e);
+    // The map says "FIN" at every count of it; that is not traffic.
+    let fin = Carried {
+        key: from_listener,
+        packets: 2,
+        bytes: 0,
+        closes: Closes { fin: true, rst: false },
+    };
+    let established = Settings::default().timeouts.tcp_established;
+    let mut t = 1_000;
+    while t < established + 2_000 {
+        e.offload_carried(&fin, now(t));
+        e.tick(now(t));
+        t += 1_000;
+    }
+    assert_eq!(e.nat_entries().0, 0, "idled out despite the repeated note");
 }
 
 #[test]

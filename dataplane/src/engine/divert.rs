@@ -19,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hashbrown::HashMap;
 use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
-use super::offload::{DirKey, FastEntry, OffloadOp, Rewrite};
-use super::{Engine, Now, Side, track};
+use super::offload::{Closes, DirKey, FastEntry, OffloadOp, Rewrite};
+use super::{Engine, Now, Side, close, track};
 use crate::flow::{Class, Flow, FlowKey, Offload, TcpState};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
@@ -210,7 +210,8 @@ impl Engine {
         if self.settings.fast_path
             && let Some(flow) = self.table.get_mut(&key)
         {
-            // Every segment after this SYN is rewritten by the kernel, but SYN, FIN and RST.
+            // Every segment after this SYN is rewritten by the kernel, the listener's SYN-ACK
+            // and the closes included.
             flow.offload = Offload::Active;
             self.counters.offloaded += 1;
             self.offload_ops.push(OffloadOp::Add(client_entries(&d.cfg, client, &entry)));
@@ -442,6 +443,56 @@ impl Engine {
         None
     }
 
+    /// The fast path carried a FIN or RST in divert NAT direction `key`: the close is followed
+    /// as if the engine had seen the segment (the flow, or the upstream connection, closes and
+    /// its kernel NAT is withdrawn once closed both ways).
+    pub fn offload_closed(&mut self, key: &DirKey, c: Closes, now: Now) {
+        let Some(d) = self.divert.as_mut() else { return };
+        if key.proto != Proto::Tcp || !(c.fin || c.rst) {
+            return;
+        }
+        let from_tun = key.ingress == Side::Tun;
+        if from_tun && key.src.0 != d.cfg.local(key.src.0) {
+            return;
+        }
+        let (client, c2s) = if from_tun && key.src.1 == d.cfg.listen_port {
+            // The listener toward the client.
+            (SocketAddr::new(key.dst.0, key.dst.1), false)
+        } else if from_tun {
+            // The interception engine's upstream socket toward the server.
+            if let Some(e) = d.upstreams.get_mut(&key.src.1)
+                && e.server == SocketAddr::new(key.dst.0, key.dst.1)
+            {
+                upstream_closed(e, (c.fin, false), c.rst, now);
+                withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, key.src.1, e);
+            }
+            return;
+        } else if key.ingress == Side::Outside
+            && d.cfg.is_upstream_port(key.dst.1)
+            && let Some(e) = d.upstreams.get_mut(&key.dst.1)
+            && e.client == key.dst.0
+            && e.server == SocketAddr::new(key.src.0, key.src.1)
+        {
+            // The server toward the upstream socket.
+            upstream_closed(e, (false, c.fin), c.rst, now);
+            withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, key.dst.1, e);
+            return;
+        } else {
+            // The client toward the server (the listener, after the NAT).
+            (SocketAddr::new(key.src.0, key.src.1), true)
+        };
+        let Some(e) = d.clients.get(&client) else { return };
+        if let Some(flow) = self.table.get_mut(&e.key) {
+            let before = (flow.fins, flow.state);
+            close(flow, c2s, c.fin, c.rst);
+            // Only news moves the idle timer: the map keeps saying it at every count.
+            if (flow.fins, flow.state) != before {
+                flow.last_mono = flow.last_mono.max(now.mono_ms);
+            }
+            withdraw_if_closing(&mut self.offload_ops, Some(d), client, flow);
+        }
+    }
+
     /// Expires idle upstream entries.
     pub(super) fn expire_upstreams(&mut self, now: Now) {
         let t = self.settings.timeouts;
@@ -484,6 +535,18 @@ pub(super) fn withdraw_if_closing(
     }
 }
 
+/// Notes FINs (engine side, server side) and a RST of upstream connection `e` that the fast
+/// path carried; news restarts its idle timer (the linger after the close).
+fn upstream_closed(e: &mut UpstreamEntry, fins: (bool, bool), rst: bool, now: Now) {
+    let before = (e.fins, e.reset);
+    e.fins.0 |= fins.0;
+    e.fins.1 |= fins.1;
+    e.reset |= rst;
+    if (e.fins, e.reset) != before {
+        e.last_mono = e.last_mono.max(now.mono_ms);
+    }
+}
+
 /// Withdraws the kernel NAT of upstream connection `port` once it closed.
 fn withdraw_upstream_if_closed(
     ops: &mut Vec<OffloadOp>,
@@ -511,7 +574,8 @@ fn client_entries(cfg: &DivertConfig, client: SocketAddr, e: &ClientEntry) -> [F
                 dst: (e.orig.ip(), e.orig.port()),
             },
             rewrite: Rewrite::ToTun { dst: listener },
-            syn: false,
+            // A retransmitted SYN: to the listener, as the engine would send it.
+            syn: true,
         },
         FastEntry {
             key: DirKey {
@@ -528,7 +592,8 @@ fn client_entries(cfg: &DivertConfig, client: SocketAddr, e: &ClientEntry) -> [F
                 dst_mac: e.client_mac,
                 vlan: e.vlan,
             },
-            syn: false,
+            // The listener's SYN-ACK.
+            syn: true,
         },
     ]
 }

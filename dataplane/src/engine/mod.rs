@@ -8,7 +8,7 @@ mod offload;
 mod udp;
 
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
-pub use offload::{DirKey, FastEntry, OffloadOp, Rewrite};
+pub use offload::{Carried, Closes, DirKey, FastEntry, OffloadOp, Rewrite};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -374,12 +374,7 @@ impl Engine {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
                     self.counters.flows_evicted += 1;
-                    Self::withdraw(&mut self.offload_ops, &ev);
-                    if ev.verdict == Verdict::Divert {
-                        let k = FlowKey::new(ev.vlan, ev.proto, ev.client, ev.server);
-                        self.forget_diverted(ev.client, &k, ev.offload == Offload::Active);
-                    }
-                    self.records.push(FlowRecord::end(&ev, EndReason::Evicted, now).into());
+                    self.end(ev, EndReason::Evicted, now);
                 }
                 self.table.get_mut(&key)
             }
@@ -405,6 +400,16 @@ impl Engine {
         let Some(flow) = self.table.get_mut(&key) else {
             return self.tcp_untracked(side, data, f, t, key, now, out);
         };
+        if t.syn && !t.has_ack && flow.state == TcpState::Closing && (f.src, f.sport) == flow.client
+        {
+            // A new connection on the addresses of one that closed and lingers: that one ends
+            // here, and this one is decided afresh (a busy client reuses its ports within the
+            // linger).
+            if let Some(old) = self.table.remove(&key) {
+                self.end(old, EndReason::Closed, now);
+            }
+            return self.tcp_untracked(side, data, f, t, key, now, out);
+        }
         let c2s = track(flow, f, t, now);
         match flow.verdict {
             Verdict::Allow => {
@@ -668,23 +673,23 @@ impl Engine {
         Action::Drop
     }
 
+    /// Ends `f`, taken out of the table: its fast-path entries and divert NAT go, its record
+    /// is written.
+    fn end(&mut self, f: Flow, why: EndReason, now: Now) {
+        Self::withdraw(&mut self.offload_ops, &f);
+        if f.verdict == Verdict::Divert {
+            let key = FlowKey::new(f.vlan, f.proto, f.client, f.server);
+            self.forget_diverted(f.client, &key, f.offload == Offload::Active);
+        }
+        self.records.push(FlowRecord::end(&f, why, now).into());
+    }
+
     /// Expires idle flows and emits periodic records for long ones. Call about once a second.
     pub fn tick(&mut self, now: Now) {
         let mut gone = Vec::new();
-        {
-            let records = &mut self.records;
-            let ops = &mut self.offload_ops;
-            self.table.expire(now.mono_ms, |f, why| {
-                Self::withdraw(ops, &f);
-                if f.verdict == Verdict::Divert {
-                    let key = FlowKey::new(f.vlan, f.proto, f.client, f.server);
-                    gone.push((f.client, key, f.offload == Offload::Active));
-                }
-                records.push(FlowRecord::end(&f, why, now).into())
-            });
-        }
-        for (client, key, offloaded) in gone {
-            self.forget_diverted(client, &key, offloaded);
+        self.table.expire(now.mono_ms, |f, why| gone.push((f, why)));
+        for (f, why) in gone {
+            self.end(f, why, now);
         }
         self.expire_upstreams(now);
         let records = &mut self.records;
@@ -783,9 +788,15 @@ fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
             }
         }
     }
-    if t.rst {
+    close(flow, c2s, t.fin, t.rst);
+    c2s
+}
+
+/// Follows a FIN or RST of `flow` in one direction: a RST, or a FIN each way, closes it.
+fn close(flow: &mut Flow, c2s: bool, fin: bool, rst: bool) {
+    if rst {
         flow.state = TcpState::Closing;
-    } else if t.fin {
+    } else if fin {
         if c2s {
             flow.fins.0 = true
         } else {
@@ -795,7 +806,6 @@ fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
             flow.state = TcpState::Closing;
         }
     }
-    c2s
 }
 
 fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {

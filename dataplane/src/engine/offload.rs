@@ -4,8 +4,10 @@
 //!
 //! Diverted flows are offloaded too, as NAT: once the engine has set up a diverted client
 //! (at its SYN) or an upstream connection of the interception engine (at its port
-//! reservation), the kernel does the rewrites of [`Rewrite`] for the segments that follow, and
-//! the SYNs, FINs and RSTs still come through the engine (see `divert.rs`).
+//! reservation), the kernel does the rewrites of [`Rewrite`] for every segment that follows,
+//! the listener's SYN-ACK and the FINs and RSTs included: the closes it carried come back
+//! through [`Engine::offload_closed`] (the driver reads them a few times a second) and the
+//! engine follows them as if it had seen the segments (see `divert.rs`).
 //!
 //! A flow is offloaded once it is `allow`ed and its TCP handshake is complete (or, for UDP,
 //! once it is `allow`ed, DNS excepted: answers are snooped). From then on the kernel forwards
@@ -72,9 +74,32 @@ pub struct FastEntry {
     pub key: DirKey,
     /// What it does with them.
     pub rewrite: Rewrite,
-    /// SYN segments too (a NAT the engine set up before the connection's SYN: the upstream
-    /// connections of the interception engine). FIN and RST always come to the engine.
+    /// SYN segments too (a NAT the engine set up before the SYNs it carries). NAT entries
+    /// ([`Rewrite::ToTun`], [`Rewrite::ToPort`]) carry FIN and RST too and report them
+    /// ([`Closes`]); an allowed flow's closes always come to the engine.
     pub syn: bool,
+}
+
+/// The FIN and RST segments the fast path carried in one direction of a NAT entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Closes {
+    /// A FIN.
+    pub fin: bool,
+    /// A RST.
+    pub rst: bool,
+}
+
+/// What the fast path carried in one direction: totals since the entry was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carried {
+    /// The direction.
+    pub key: DirKey,
+    /// Frames.
+    pub packets: u64,
+    /// Their transport payload bytes.
+    pub bytes: u64,
+    /// Closes (NAT entries only).
+    pub closes: Closes,
 }
 
 impl FastEntry {
@@ -179,6 +204,14 @@ impl Engine {
         self.settings.fast_path = on;
     }
 
+    /// Takes what the fast path says it carried in one direction: counts, then closes.
+    pub fn offload_carried(&mut self, c: &Carried, now: Now) {
+        self.offload_counts(&c.key, c.packets, c.bytes, now);
+        if c.closes != Closes::default() {
+            self.offload_closed(&c.key, c.closes, now);
+        }
+    }
+
     /// The fast path forwarded `packets` frames carrying `bytes` of payload for `key` in all
     /// (counts since the flow was offloaded, as its map entry holds them). What is new is added
     /// to the flow's counts, and a flow that moved is no longer idle.
@@ -212,6 +245,10 @@ impl Engine {
         *seen = (seen.0.max(packets), seen.1.max(bytes));
         ctr.0 += dp;
         ctr.1 += db;
+        // The listener's SYN-ACK of a diverted flow is the kernel's: the handshake is done.
+        if !c2s && flow.state == TcpState::Embryonic {
+            flow.state = TcpState::Established;
+        }
         flow.last_mono = flow.last_mono.max(now.mono_ms);
         self.counters.offloaded_frames += dp;
     }
