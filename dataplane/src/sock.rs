@@ -72,3 +72,42 @@ pub(crate) fn add_promisc(fd: libc::c_int, ifindex: libc::c_int) -> io::Result<(
     mr.mr_type = libc::PACKET_MR_PROMISC as u16;
     setopt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)
 }
+
+/// `SKF_NET_OFF`: classic BPF loads relative to the network header.
+const SKF_NET_OFF: i32 = -0x10_0000;
+
+/// Makes the `SO_REUSEPORT` group of listening socket `fd` (`threads` sockets) pick the socket
+/// by the client's address: every connection of one client goes to the same thread. `v6`:
+/// the group listens on IPv6 (the low 32 bits of the source address are taken; IPv4: all
+/// of it). Without it the kernel picks by the whole 4-tuple.
+pub(crate) fn reuseport_by_source(fd: libc::c_int, threads: u32, v6: bool) -> io::Result<()> {
+    // Offset of (the last 32 bits of) the source address in the IP header.
+    let src: i32 = if v6 { 20 } else { 12 };
+    let prog = [
+        // A = the source address (32 bits, network order)
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: (SKF_NET_OFF + src) as u32,
+        },
+        // A %= threads
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: threads.max(1),
+        },
+        // the socket's index in the group
+        libc::sock_filter { code: (libc::BPF_RET | libc::BPF_A) as u16, jt: 0, jf: 0, k: 0 },
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr().cast_mut() };
+    setopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
+}
+
+/// `listen(2)` on a bound socket (calling it again later, as tokio does, only sets the
+/// backlog again).
+pub(crate) fn listen(fd: libc::c_int, backlog: libc::c_int) -> io::Result<()> {
+    // SAFETY: listen takes a descriptor and an integer; a bad descriptor is an error return.
+    check(unsafe { libc::listen(fd, backlog) }).map(|_| ())
+}

@@ -189,6 +189,33 @@ class Interception(unittest.TestCase):
         big = [e for e in upstream("api.openai.com") if e["path"] == "/v1/files" and e["body_len"] > 5000000]
         self.assertTrue(big)
 
+    def test_a_clients_next_connection_reuses_its_idle_upstream_connection(self):
+        def get(host, tag, *extra):
+            r = curl(host, "https://api.openai.com/v1/models?reuse=%s" % tag, "-i", *extra)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.lower()
+        def alices():
+            return sum(1 for r in flows() if r.get("type") == "request" and r["src"] == "10.20.1.10"
+                       and r.get("path") == "/v1/models")
+        before = alices()
+        # Two connections of alice, one after the other; the first asks to close.
+        first = get("alice", "a1", "-H", "Connection: close")
+        self.assertIn("connection: close", first, "the client is told its connection closes")
+        get("alice", "a2")
+        get("bob", "b1")
+        log = {e["path"].split("=")[-1]: e for e in upstream("api.openai.com") if "?reuse=" in e["path"]}
+        self.assertEqual(log["a1"]["client_port"], log["a2"]["client_port"],
+                         "alice's second connection went up on her first upstream connection")
+        self.assertNotIn("connection", log["a1"]["headers"], "hop-by-hop headers stay on the client's hop")
+        self.assertNotEqual((log["b1"]["client"], log["b1"]["client_port"]),
+                            (log["a1"]["client"], log["a1"]["client_port"]), "never another client's connection")
+        self.assertEqual(log["b1"]["client"], "10.20.2.20")
+        # Both of alice's requests are recorded.
+        deadline = time.time() + 20
+        while alices() < before + 2 and time.time() < deadline:
+            time.sleep(0.5)
+        self.assertGreaterEqual(alices(), before + 2)
+
     def test_chatgpt_workspace_header_is_injected(self):
         r = curl("alice", "https://chatgpt.com/backend-api/conversation", "-X", "POST",
                  "-H", "Content-Type: application/json", "-H", "ChatGPT-Allowed-Workspace-Id: someone-elses",

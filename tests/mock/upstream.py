@@ -64,6 +64,7 @@ class Handler(BaseHTTPRequestHandler):
             "server": self.server.lab_name,
             "scheme": self.server.scheme,
             "client": self.client_address[0],
+            "client_port": self.client_address[1],
             "method": self.command,
             "host": self.headers.get("Host", ""),
             "path": self.path,

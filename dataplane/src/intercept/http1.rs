@@ -95,7 +95,7 @@ pub enum ProxyError {
 /// yields one record through `emit`.
 pub async fn serve<C, U>(
     client: &mut C,
-    mut upstream: Option<&mut U>,
+    upstream: Option<&mut U>,
     ex: &Exchange,
     emit: &(dyn Fn(RequestRecord) + Send + Sync),
 ) -> Result<(), ProxyError>
@@ -103,12 +103,31 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_keeping(client, upstream, ex, emit).await.map(|_| ())
+}
+
+/// [`serve`], saying whether the upstream connection was left between two messages, every
+/// response read to its end and nothing more sent: `Ok(true)` when it may carry another
+/// client's request (the interception engine keeps it for the same client and server).
+pub async fn serve_keeping<C, U>(
+    client: &mut C,
+    mut upstream: Option<&mut U>,
+    ex: &Exchange,
+    emit: &(dyn Fn(RequestRecord) + Send + Sync),
+) -> Result<bool, ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let mut cbuf: Vec<u8> = Vec::with_capacity(READ);
     let mut ubuf: Vec<u8> = Vec::with_capacity(READ);
+    // Whether the upstream is between messages (nothing written to it yet counts; a failed
+    // write or read returns an error, which is never kept).
+    let mut clean = true;
     loop {
         let head = match read_head(client, &mut cbuf, CLIENT_IDLE, head::parse_request).await {
             Ok(Some(h)) => h,
-            Ok(None) => return Ok(()), // closed between requests
+            Ok(None) => return Ok(clean && ubuf.is_empty()), // closed between requests
             Err(ReadHeadError::Head(e)) => {
                 let r = Refusal {
                     status: 400,
@@ -136,7 +155,7 @@ where
             let _ = read_body(client, &mut cbuf, &head, ex.max_body, false).await;
             refuse(client, &mut rec, r, html).await?;
             emit(rec);
-            return Ok(());
+            return Ok(clean && ubuf.is_empty());
         }
         if !head.host_matches(&ex.sni) {
             let _ = read_body(client, &mut cbuf, &head, ex.max_body, false).await;
@@ -147,14 +166,15 @@ where
             );
             refuse(client, &mut rec, &r, html).await?;
             emit(rec);
-            return Ok(());
+            return Ok(clean && ubuf.is_empty());
         }
         let Some(up) = upstream.as_deref_mut() else {
             return Err(ProxyError::Response("no upstream connection".into()));
         };
         if head.websocket {
             return websocket(client, up, &mut cbuf, &mut ubuf, &head, ex, rec, started, emit)
-                .await;
+                .await
+                .map(|()| false);
         }
         if head.expect_continue && head.framing != Framing::Empty {
             client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -186,7 +206,7 @@ where
                 };
                 refuse(client, &mut rec, &r, html).await?;
                 emit(rec);
-                return Ok(());
+                return Ok(clean && ubuf.is_empty());
             }
             Ok(Body::Streamed) => {
                 // Over the limit with fail-open: forwarded uninspected as it arrives.
@@ -194,9 +214,10 @@ where
                 stream_request(client, up, &mut cbuf, &head, ex, &mut rec).await?;
                 let keep =
                     relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
+                clean = keep;
                 emit(rec);
                 if !keep {
-                    return Ok(());
+                    return Ok(clean && ubuf.is_empty());
                 }
                 continue;
             }
@@ -206,13 +227,13 @@ where
         if let Some(r) = check_policy(&head, rec.model.as_deref(), ex) {
             refuse(client, &mut rec, &r, html).await?;
             emit(rec);
-            return Ok(());
+            return Ok(clean && ubuf.is_empty());
         }
         let (body, decoded) = match run_dlp(&head, &body, ex, &mut rec) {
             DlpVerdict::Refuse(r) => {
                 refuse(client, &mut rec, &r, html).await?;
                 emit(rec);
-                return Ok(());
+                return Ok(clean && ubuf.is_empty());
             }
             DlpVerdict::Forward(Some(redacted)) => (redacted, true),
             DlpVerdict::Forward(None) => (body, false),
@@ -222,9 +243,10 @@ where
         up.write_all(&out).await?;
         up.flush().await?;
         let keep = relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
+        clean = keep;
         emit(rec);
         if !keep || !head.keep_alive {
-            return Ok(());
+            return Ok(clean && ubuf.is_empty());
         }
     }
 }
@@ -407,11 +429,23 @@ fn forward_head(
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(if head.minor == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    // Hop-by-hop headers are the client's connection's, not the upstream's (RFC 9110 7.6.1):
+    // a client closing after its request does not close the upstream connection, which may
+    // then carry another request. An upgrade keeps them: its connection becomes a tunnel.
+    let hop = |name: &str| {
+        !head.websocket
+            && (matches!(name, "connection" | "keep-alive" | "proxy-connection")
+                || head.header("connection").is_some_and(|v| {
+                    v.split(|b| *b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+                }))
+    };
     for (name, value) in &head.headers {
         if matches!(
             name.as_str(),
             "content-length" | "transfer-encoding" | "expect" | WORKSPACE_HEADER | ORGS_HEADER
         ) || (decoded && name == "content-encoding")
+            || hop(name)
         {
             continue;
         }
@@ -542,7 +576,12 @@ where
             rec.latency_ms = started.elapsed().as_millis() as u64;
             return Ok(keep);
         }
-        client.write_all(&ubuf[..resp.len]).await?;
+        if last && !req.keep_alive && resp.keep_alive {
+            // The client asked to close, which the upstream did not hear: say it here.
+            client.write_all(&closing_head(&ubuf[..resp.len])).await?;
+        } else {
+            client.write_all(&ubuf[..resp.len]).await?;
+        }
         ubuf.drain(..resp.len);
         if (100..200).contains(&resp.status) && resp.status != 101 {
             client.flush().await?;
@@ -606,6 +645,15 @@ where
     client.flush().await?;
     rec.latency_ms = started.elapsed().as_millis() as u64;
     Ok(resp.keep_alive)
+}
+
+/// A response head with `connection: close` added before its blank line.
+fn closing_head(head: &[u8]) -> Vec<u8> {
+    let body_at = if head.ends_with(b"\r\n\r\n") { head.len() - 2 } else { head.len() - 1 };
+    let mut out = Vec::with_capacity(head.len() + 20);
+    out.extend_from_slice(&head[..body_at]);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out
 }
 
 /// An upstream read (the server may take long between bytes of an answer).

@@ -19,6 +19,7 @@ pub mod block;
 mod dlp;
 mod handle;
 pub mod http1;
+mod pool;
 mod replay;
 pub mod verify;
 
@@ -97,14 +98,16 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// The crypto provider of both sides: rustls' *ring* provider with the AES-128-GCM suites
+/// The crypto provider of both sides of an intercepted connection: rustls' *aws-lc-rs*
+/// provider (its key exchange and hashing are faster than *ring*'s: X25519 was a quarter of
+/// the CPU time of a new intercepted connection with *ring*; its default groups also offer
+/// the X25519MLKEM768 post-quantum hybrid, which browsers use) with the AES-128-GCM suites
 /// first. rustls and OpenSSL clients put AES-256-GCM-SHA384 first; its SHA-384 key schedule
-/// was a seventh of the CPU time of a new intercepted connection, while SHA-256 runs on the
-/// CPU's SHA extensions. AES-128-GCM is TLS 1.3's mandatory suite and matches the 128-bit
-/// strength of the X25519 key exchange. The client side honours this order
-/// (`ignore_client_order`) too.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
+/// was a seventh of that CPU time, while SHA-256 runs on the CPU's SHA extensions.
+/// AES-128-GCM is TLS 1.3's mandatory suite and matches the 128-bit strength of X25519. The
+/// client side honours this order (`ignore_client_order`) too.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
     // Stable: TLS 1.3 before TLS 1.2 as before, AES-128-GCM first within each.
     p.cipher_suites.sort_by_key(|s| {
         use rustls::CipherSuite as C;
@@ -216,6 +219,7 @@ pub fn spawn(
         let h = std::thread::Builder::new().name(format!("intercept-{i}")).spawn(move || {
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
+                tasks.spawn(pool::sweeper());
                 for sock in socks {
                     tasks.spawn(accept_loop(sock, shared.clone(), permits.clone()));
                 }
@@ -227,24 +231,40 @@ pub fn spawn(
     Ok(handles)
 }
 
-/// `threads` sockets bound to `addr` with `SO_REUSEPORT`, not yet listening. A plain bind is
-/// tried first, so an address another process holds is refused as without the option.
+/// `threads` sockets listening on `addr` with `SO_REUSEPORT` (each thread registers its own
+/// with its runtime). A plain bind is tried first, so an address another process holds is
+/// refused as without the option. The group picks the socket by the client's address, so
+/// each client's connections share one thread and its pool of idle upstream connections
+/// ([`pool`]).
 fn bind_group(addr: SocketAddr, threads: usize) -> io::Result<Vec<TcpSocket>> {
+    use std::os::fd::AsRawFd;
     let new = || if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     {
         let probe = new()?;
         probe.set_reuseaddr(true)?;
         probe.bind(addr)?;
     }
-    (0..threads)
+    let socks = (0..threads)
         .map(|_| {
             let s = new()?;
             s.set_reuseaddr(true)?;
             s.set_reuseport(true)?;
             s.bind(addr)?;
+            crate::sock::listen(s.as_raw_fd(), 1024)?;
             Ok(s)
         })
-        .collect()
+        .collect::<io::Result<Vec<_>>>()?;
+    // Attached once the group is whole (a socket joining a group drops its own program).
+    if threads > 1
+        && let Err(e) = crate::sock::reuseport_by_source(
+            socks[0].as_raw_fd(),
+            u32::try_from(threads).unwrap_or(u32::MAX),
+            addr.is_ipv6(),
+        )
+    {
+        warn!(%addr, "connections are spread over the interception threads by their 4-tuple: {e}");
+    }
+    Ok(socks)
 }
 
 /// Accepts on one listening socket of this thread's runtime; each connection becomes a task
@@ -556,9 +576,11 @@ async fn intercept(
     mut refuse: Option<Refusal>,
 ) -> io::Result<()> {
     let server = conn.original_dst;
-    // Upstream first: its certificate decides whether the client may be served at all.
-    let mut upstream = None;
-    if refuse.is_none() {
+    let key = pool::Key { client: peer.ip(), server, sni: sni.clone() };
+    // Upstream first: its certificate decides whether the client may be served at all. An
+    // idle connection this client left to the same server and name was verified already.
+    let mut upstream = if refuse.is_none() { pool::take(&key) } else { None };
+    if refuse.is_none() && upstream.is_none() {
         match connect_upstream(shared, peer, server).await {
             Err(e) => {
                 refuse = Some(Refusal {
@@ -657,30 +679,55 @@ async fn intercept(
     let nat = shared.nat.clone();
     let emit = move |r: RequestRecord| nat.emit(r.into());
     let result = match upstream.as_mut() {
-        Some(up) => http1::serve(&mut tls, Some(up), &ex, &emit).await,
-        None => {
-            http1::serve::<_, tokio_rustls::client::TlsStream<TcpStream>>(
-                &mut tls, None, &ex, &emit,
-            )
-            .await
-        }
+        Some(up) => http1::serve_keeping(&mut tls, Some(up), &ex, &emit).await,
+        None => http1::serve_keeping::<_, pool::Upstream>(&mut tls, None, &ex, &emit).await,
     };
     let _ = tls.shutdown().await;
     if let Some(mut up) = upstream {
-        let _ = up.shutdown().await;
+        if matches!(result, Ok(true)) {
+            pool::put(key, up);
+        } else {
+            let _ = up.shutdown().await;
+        }
     }
-    result.map_err(|e| io::Error::other(e.to_string()))
+    result.map(|_| ()).map_err(|e| io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn one_clients_connections_go_to_one_thread() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+        let listeners: Vec<_> =
+            bind_group(addr, 3).unwrap().into_iter().map(|s| s.listen(16).unwrap()).collect();
+        let mut conns = Vec::new();
+        for _ in 0..12 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut per_listener = Vec::new();
+        for l in &listeners {
+            let mut n = 0;
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), l.accept()).await
+            {
+                n += 1;
+            }
+            per_listener.push(n);
+        }
+        assert_eq!(per_listener.iter().sum::<usize>(), 12);
+        assert_eq!(per_listener.iter().filter(|n| **n > 0).count(), 1, "{per_listener:?}");
+        // Another process holding the address is refused as without SO_REUSEPORT.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(bind_group(held.local_addr().unwrap(), 2).is_err());
+    }
+
     #[test]
     fn aes_128_gcm_is_preferred_and_no_suite_is_lost() {
         let ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
         assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-        let default = rustls::crypto::ring::default_provider();
+        let default = rustls::crypto::aws_lc_rs::default_provider();
         assert_eq!(ours.len(), default.cipher_suites.len());
         assert!(default.cipher_suites.iter().all(|s| ours.contains(&s.suite())));
         // TLS 1.3 suites stay ahead of TLS 1.2 ones.

@@ -25,9 +25,8 @@ pub struct StrictVerifier {
 impl StrictVerifier {
     /// A verifier over `roots`.
     pub fn new(roots: RootCertStore) -> Result<Self, rustls::client::VerifierBuilderError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
+            .build()?;
         Ok(StrictVerifier { inner })
     }
 }
