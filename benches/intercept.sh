@@ -9,7 +9,9 @@
 #   - mitmproxy (mitmdump, reverse mode, same enterprise CA, upstream verified),
 #   - Squid (squid-openssl, TLS-terminating accelerator with an enterprise-CA certificate,
 #     re-encrypting to the origin, cache off).
-# Prints medians of RUNS runs (requests/s, p50, p99) and the ratios. Needs root.
+# RUNS rounds; each round measures every row once, in turn, so the machine's drift (it is
+# shared and noisy) hits every row alike. Prints each row's samples and medians (requests/s,
+# p50, p99), the ratios of the medians and the ratio within each round. Needs root.
 #   benches/intercept.sh              (RUNS=3 SECS=5 CONNS=16 by default)
 #   ONLY='inspect-new|direct-new' benches/intercept.sh   measures only the rows whose keys match
 #                                                        (no ratios; for profiling one path)
@@ -91,40 +93,48 @@ PY
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
 
-declare -A RPS P50 P99 REQS PERCPU
+declare -A RPS P50 P99 REQS TICKS LABEL SAMPLES
 # CPU time (ticks of 1/100 s) the data plane has used so far (0 when it is not running).
 cpu_ticks() {
   local pid
   pid=$(cat "$STATE/dataplane.pid" 2>/dev/null) && [ -r "/proc/$pid/stat" ] \
     && awk '{print $14 + $15}' "/proc/$pid/stat" || echo 0
 }
-measure() { # key label host url close [connections]
-  local rps=() p50=() p99=() i out n=0 t0 conns=${6:-$CONNS}
+ORDER=()
+sample() { # key label host url close [connections]: one SECS-long wrk run, kept for report
+  local out t0 conns=${6:-$CONNS}
   if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
+  [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
+  LABEL[$1]=$2
   t0=$(cpu_ticks)
-  for i in $(seq "$RUNS"); do
-    out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t"$((conns < 2 ? 1 : 2))" -c"$conns" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
-    if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
-    if grep -q "Non-2xx" <<<"$out"; then
-      echo "$out" >&2; echo "non-2xx responses for $2; refusals recorded:" >&2
-      grep '"type":"request"' "$STATE/flows.jsonl" | grep -v '"status":200' | tail -3 >&2 || true
-      tail -5 "$STATE/dataplane.log" >&2
-      exit 1
-    fi
-    rps+=("$(awk '/Requests\/sec/ {print $2}' <<<"$out")")
-    n=$((n + $(awk '/requests in/ {print $1}' <<<"$out")))
-    p50+=("$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms)")
-    p99+=("$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms)")
-  done
-  REQS[$1]=$n
+  out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t"$((conns < 2 ? 1 : 2))" -c"$conns" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
+  if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$out" >&2; echo "non-2xx responses for $2; refusals recorded:" >&2
+    grep '"type":"request"' "$STATE/flows.jsonl" | grep -v '"status":200' | tail -3 >&2 || true
+    tail -5 "$STATE/dataplane.log" >&2
+    exit 1
+  fi
   # Requests per CPU-second of sluice-dataplane (its threads and the kernel work done in their
   # system calls; softirq work on other threads is not in it), for the sluice rows.
-  PERCPU[$1]=$(awk -v n="$n" -v t="$(($(cpu_ticks) - t0))" 'BEGIN { if (t > 0) printf "%.0f", n / (t / 100) }')
-  RPS[$1]=$(printf '%s\n' "${rps[@]}" | median)
-  P50[$1]=$(printf '%s\n' "${p50[@]}" | median)
-  P99[$1]=$(printf '%s\n' "${p99[@]}" | median)
-  printf '%-34s %9.0f req/s   p50 %7.2f ms   p99 %7.2f ms%s\n' "$2" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" \
-    "${PERCPU[$1]:+   ${PERCPU[$1]} per data-plane CPU-s}"
+  TICKS[$1]=$(( ${TICKS[$1]:-0} + $(cpu_ticks) - t0 ))
+  REQS[$1]=$(( ${REQS[$1]:-0} + $(awk '/requests in/ {print $1}' <<<"$out") ))
+  RPS[$1]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+  P50[$1]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms) "
+  P99[$1]+="$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms) "
+}
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+# The ports bridged in place of the appliance (direct path, reference proxies) or not.
+bridge() {
+  appl ip link add br0 type bridge
+  appl ip link set inside master br0
+  appl ip link set outside master br0
+  appl ip link set br0 up
+}
+unbridge() {
+  appl ip link set inside nomaster
+  appl ip link set outside nomaster
+  appl ip link del br0
 }
 
 # --- sluice: alice's bench traffic inspected, bob's diverted and spliced
@@ -165,42 +175,63 @@ identities = ["engineering"]
 categories = ["elsewhere"]
 action = "inspect"
 TOML
-$lab start --rules "$W/rules.toml" >/dev/null
-echo "== $RUNS x ${SECS}s, $CONNS connections, 2 KB JSON POSTs"
-measure inspect-ka "sluice inspect (keep-alive)" alice https://bench.lab/v1/chat/completions 0
-measure inspect-new "sluice inspect (new conn/request)" alice https://bench.lab/v1/chat/completions 1
-# One connection, one request at a time: the latency the path adds, without queueing behind
-# the other 15 connections on two shared cores (under saturation p50 is connections/throughput).
-measure inspect-1 "sluice inspect (1 conn, keep-alive)" alice https://bench.lab/v1/chat/completions 0 1
-measure splice-ka "sluice splice (keep-alive)" bob https://bench.lab/v1/chat/completions 0
-measure splice-new "sluice splice (new conn/request)" bob https://bench.lab/v1/chat/completions 1
-$lab stop >/dev/null
-# The same without the kernel fast path: every diverted packet NAT-ed by the engine.
-SLUICE_DATAPLANE_ARGS="--fast-path off" $lab start --rules "$W/rules.toml" >/dev/null
-measure inspect-ka-off "sluice inspect, no fast path (k-a)" alice https://bench.lab/v1/chat/completions 0
-measure inspect-new-off "sluice inspect, no fast path (new)" alice https://bench.lab/v1/chat/completions 1
-$lab stop >/dev/null
-appl ip link add br0 type bridge
-appl ip link set inside master br0
-appl ip link set outside master br0
-appl ip link set br0 up
-measure direct-ka "direct, Linux bridge (keep-alive)" alice https://bench.lab/v1/chat/completions 0
-measure direct-new "direct, Linux bridge (new conn/request)" alice https://bench.lab/v1/chat/completions 1
-measure direct-1 "direct, Linux bridge (1 conn, k-a)" alice https://bench.lab/v1/chat/completions 0 1
-measure mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
-measure mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
-measure squid-ka "squid (keep-alive)" alice https://squid.bench.lab/v1/chat/completions 0
-measure squid-new "squid (new conn/request)" alice https://squid.bench.lab/v1/chat/completions 1
+echo "== $RUNS rounds x ${SECS}s per row, $CONNS connections, 2 KB JSON POSTs (rows take turns round by round)"
+URL=https://bench.lab/v1/chat/completions
+for round in $(seq "$RUNS"); do
+  $lab start --rules "$W/rules.toml" >/dev/null
+  sample inspect-ka "sluice inspect (keep-alive)" alice $URL 0
+  sample inspect-new "sluice inspect (new conn/request)" alice $URL 1
+  # One connection, one request at a time: the latency the path adds, without queueing behind
+  # the other connections on two shared cores (under saturation p50 is connections/throughput).
+  sample inspect-1 "sluice inspect (1 conn, keep-alive)" alice $URL 0 1
+  sample splice-ka "sluice splice (keep-alive)" bob $URL 0
+  sample splice-new "sluice splice (new conn/request)" bob $URL 1
+  $lab stop >/dev/null
+  # The same without the kernel fast path: every diverted packet NAT-ed by the engine.
+  SLUICE_DATAPLANE_ARGS="--fast-path off" $lab start --rules "$W/rules.toml" >/dev/null
+  sample inspect-ka-off "sluice inspect, no fast path (k-a)" alice $URL 0
+  sample inspect-new-off "sluice inspect, no fast path (new)" alice $URL 1
+  $lab stop >/dev/null
+  bridge
+  sample direct-ka "direct, Linux bridge (keep-alive)" alice $URL 0
+  sample direct-new "direct, Linux bridge (new conn/request)" alice $URL 1
+  sample direct-1 "direct, Linux bridge (1 conn, k-a)" alice $URL 0 1
+  sample mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
+  sample mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
+  sample squid-ka "squid (keep-alive)" alice https://squid.bench.lab/v1/chat/completions 0
+  sample squid-new "squid (new conn/request)" alice https://squid.bench.lab/v1/chat/completions 1
+  unbridge
+  echo "   round $round of $RUNS done" >&2
+done
+for k in "${ORDER[@]}"; do
+  PER=""
+  if [ "${TICKS[$k]}" -gt 0 ]; then
+    PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" 'BEGIN { printf "   %.0f per data-plane CPU-s", n / (t / 100) }')
+  fi
+  printf '%-40s %9.0f req/s (%s)  p50 %6.2f ms   p99 %6.2f ms%s\n' "${LABEL[$k]}" "$(med "${RPS[$k]}")" \
+    "$(tr ' ' '/' <<<"${RPS[$k]% }")" "$(med "${P50[$k]}")" "$(med "${P99[$k]}")" "$PER"
+  SAMPLES[$k]=${RPS[$k]}
+  RPS[$k]=$(med "${RPS[$k]}")
+  P50[$k]=$(med "${P50[$k]}")
+done
+# a over b in each round: "12.3x / 11.0x / ..."
+per_round() {
+  paste -d' ' <(tr ' ' '\n' <<<"${SAMPLES[$1]}" | grep .) <(tr ' ' '\n' <<<"${SAMPLES[$2]}" | grep .) |
+    awk '{ printf "%s%.2fx", (NR > 1 ? " / " : ""), $1 / $2 }'
+}
 if [ -n "$ONLY" ]; then exit 0; fi
 echo "== ratios (requests/s)"
 for mode in ka new; do
   awk -v m="$mode" -v s="${RPS[inspect-$mode]}" -v mi="${RPS[mitm-$mode]}" -v sq="${RPS[squid-$mode]}" \
     'BEGIN { printf "%-9s sluice inspect / mitmproxy %6.1fx   / squid %5.2fx\n", (m == "ka" ? "keep-alive" : "new-conn"), s / mi, s / sq }'
+  echo "  per round: mitmproxy $(per_round "inspect-$mode" "mitm-$mode"); squid $(per_round "inspect-$mode" "squid-$mode")"
 done
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, %d connections): %.2f ms\n", '"$CONNS"', a - b }'
 awk -v a="${P50[inspect-1]}" -v b="${P50[direct-1]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, 1 connection): %.3f ms\n", a - b }'
 awk -v r="${RPS[inspect-new]}" 'BEGIN { printf "new intercepted connections/s (2 cores shared with wrk and the origin): %.0f\n", r }'
-echo "per core of sluice-dataplane: ${PERCPU[inspect-ka]} inspected requests/s (keep-alive)"
-echo "per core of sluice-dataplane: ${PERCPU[inspect-new]} new intercepted connections/s"
+awk -v n="${REQS[inspect-ka]}" -v t="${TICKS[inspect-ka]}" \
+  'BEGIN { printf "per core of sluice-dataplane: %.0f inspected requests/s (keep-alive)\n", n / (t / 100) }'
+awk -v n="${REQS[inspect-new]}" -v t="${TICKS[inspect-new]}" \
+  'BEGIN { printf "per core of sluice-dataplane: %.0f new intercepted connections/s\n", n / (t / 100) }'

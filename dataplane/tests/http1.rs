@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_dataplane::intercept::block::Refusal;
-use sluice_dataplane::intercept::http1::{Dlp, Exchange, ProxyError, key_fingerprint, serve};
+use sluice_dataplane::intercept::http1::{
+    Dlp, Exchange, ProxyError, key_fingerprint, serve, serve_keeping,
+};
 use sluice_dataplane::record::RequestRecord;
 use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
@@ -495,4 +497,51 @@ fn code_static2(code: &str) -> &'static str {
     } else {
         "project_not_allowed"
     }
+}
+
+/// One exchange through `serve_keeping`: the client's request, the server's response; returns
+/// what the server received, what the client received, and whether the upstream was kept.
+async fn keeping(request: &[u8], response: &[u8]) -> (String, String, bool) {
+    let (mut c, mut proxy_client) = duplex(1 << 16);
+    let (mut s, mut proxy_server) = duplex(1 << 16);
+    let ex = exchange("api.openai.com");
+    let task = tokio::spawn(async move {
+        let emit = |_: RequestRecord| {};
+        serve_keeping(&mut proxy_client, Some(&mut proxy_server), &ex, &emit).await
+    });
+    c.write_all(request).await.unwrap();
+    let up = read_until(&mut s, b"\r\n\r\n").await;
+    s.write_all(response).await.unwrap();
+    let down = read_until(&mut c, b"done").await;
+    drop(c);
+    let kept = task.await.unwrap().unwrap();
+    (String::from_utf8(up).unwrap(), String::from_utf8(down).unwrap(), kept)
+}
+
+#[tokio::test]
+async fn an_upstream_left_between_messages_is_kept_and_hop_by_hop_headers_stay_behind() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone";
+    let (up, down, kept) = keeping(
+        b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close, X-Hop\r\n\
+          X-Hop: 1\r\nKeep-Alive: timeout=5\r\nAccept: */*\r\n\r\n",
+        ok,
+    )
+    .await;
+    assert!(kept, "the upstream answered in full and stays open");
+    let up = up.to_ascii_lowercase();
+    assert!(
+        !up.contains("connection") && !up.contains("x-hop") && !up.contains("keep-alive"),
+        "{up}"
+    );
+    assert!(up.contains("accept: */*"), "{up}");
+    assert!(down.to_ascii_lowercase().contains("connection: close\r\n\r\ndone"), "{down}");
+    // The server closing, a 1.0 request, or a response read to the end of the stream: not kept.
+    let closing = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone";
+    let get = b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n";
+    assert!(!keeping(get, closing).await.2);
+    let (up, _, kept) =
+        keeping(b"GET / HTTP/1.0\r\nHost: api.openai.com\r\nConnection: keep-alive\r\n\r\n", ok)
+            .await;
+    assert!(!kept);
+    assert!(up.to_ascii_lowercase().contains("connection: keep-alive"), "1.0 goes up as it came");
 }

@@ -214,7 +214,7 @@ where
                 stream_request(client, up, &mut cbuf, &head, ex, &mut rec).await?;
                 let keep =
                     relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
-                clean = keep;
+                clean = keep && head.minor == 1;
                 emit(rec);
                 if !keep {
                     return Ok(clean && ubuf.is_empty());
@@ -243,7 +243,8 @@ where
         up.write_all(&out).await?;
         up.flush().await?;
         let keep = relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
-        clean = keep;
+        // Kept only after an HTTP/1.1 exchange: a server may close after answering 1.0.
+        clean = keep && head.minor == 1;
         emit(rec);
         if !keep || !head.keep_alive {
             return Ok(clean && ubuf.is_empty());
@@ -432,8 +433,10 @@ fn forward_head(
     // Hop-by-hop headers are the client's connection's, not the upstream's (RFC 9110 7.6.1):
     // a client closing after its request does not close the upstream connection, which may
     // then carry another request. An upgrade keeps them: its connection becomes a tunnel.
+    // HTTP/1.0 requests go up as they came (as 1.0, whose keep-alive is a Connection token).
     let hop = |name: &str| {
         !head.websocket
+            && head.minor == 1
             && (matches!(name, "connection" | "keep-alive" | "proxy-connection")
                 || head.header("connection").is_some_and(|v| {
                     v.split(|b| *b == b',')
