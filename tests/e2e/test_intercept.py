@@ -198,23 +198,26 @@ class Interception(unittest.TestCase):
             return sum(1 for r in flows() if r.get("type") == "request" and r["src"] == "10.20.1.10"
                        and r.get("path") == "/v1/models")
         before = alices()
-        # Two connections of alice, one after the other; the first asks to close.
+        # Connections of alice, one after the other; the first asks to close. Each
+        # interception thread keeps its own idle connections and the kernel spreads alice's
+        # connections over the threads, so by the third one at least one was reused.
         first = get("alice", "a1", "-H", "Connection: close")
         self.assertIn("connection: close", first, "the client is told its connection closes")
-        get("alice", "a2")
+        for tag in ("a2", "a3", "a4"):
+            get("alice", tag)
         get("bob", "b1")
         log = {e["path"].split("=")[-1]: e for e in upstream("api.openai.com") if "?reuse=" in e["path"]}
-        self.assertEqual(log["a1"]["client_port"], log["a2"]["client_port"],
-                         "alice's second connection went up on her first upstream connection")
+        ports = [log[t]["client_port"] for t in ("a1", "a2", "a3", "a4")]
+        self.assertLess(len(set(ports)), 4, "alice's later connections went up on earlier upstream ones: %s" % ports)
         self.assertNotIn("connection", log["a1"]["headers"], "hop-by-hop headers stay on the client's hop")
-        self.assertNotEqual((log["b1"]["client"], log["b1"]["client_port"]),
-                            (log["a1"]["client"], log["a1"]["client_port"]), "never another client's connection")
+        # Upstream connections leave with the client's address: bob's request came up from his.
         self.assertEqual(log["b1"]["client"], "10.20.2.20")
+        self.assertTrue(all(log[t]["client"] == "10.20.1.10" for t in ("a1", "a2", "a3", "a4")))
         # Both of alice's requests are recorded.
         deadline = time.time() + 20
-        while alices() < before + 2 and time.time() < deadline:
+        while alices() < before + 4 and time.time() < deadline:
             time.sleep(0.5)
-        self.assertGreaterEqual(alices(), before + 2)
+        self.assertGreaterEqual(alices(), before + 4)
 
     def test_chatgpt_workspace_header_is_injected(self):
         r = curl("alice", "https://chatgpt.com/backend-api/conversation", "-X", "POST",

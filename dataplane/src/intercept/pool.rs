@@ -7,7 +7,8 @@
 //! its own address, as without the appliance; never shared between clients.
 //!
 //! One pool per interception thread (each runs its own single-threaded runtime, whose reactor
-//! the sockets belong to), so no lock. Bounded: a few connections per key, a total per thread,
+//! the sockets belong to), so no lock; the kernel spreads a client's connections over the
+//! threads, and a busy client soon has idle connections on each (Envoy's workers do the same). Bounded: a few connections per key, a total per thread,
 //! and a short idle time, kept below the keep-alive timeouts servers commonly use (5 s and
 //! up), so a server rarely closes a connection just as it is reused; one it closed is found
 //! out before reuse (end of stream or unexpected bytes: dropped).
