@@ -214,14 +214,19 @@ pub fn spawn(
     let mut handles = Vec::with_capacity(threads);
     for (i, socks) in per_thread.into_iter().enumerate() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // Listening before this returns, registered with the runtime that will serve them.
+        let listeners = {
+            let _in = rt.enter();
+            socks.into_iter().map(|s| s.listen(1024)).collect::<io::Result<Vec<_>>>()?
+        };
         let shared = shared.clone();
         let permits = permits.clone();
         let h = std::thread::Builder::new().name(format!("intercept-{i}")).spawn(move || {
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 tasks.spawn(pool::sweeper());
-                for sock in socks {
-                    tasks.spawn(accept_loop(sock, shared.clone(), permits.clone()));
+                for l in listeners {
+                    tasks.spawn(accept_loop(l, shared.clone(), permits.clone()));
                 }
                 while tasks.join_next().await.is_some() {}
             });
@@ -260,14 +265,11 @@ fn bind_group(addr: SocketAddr, threads: usize) -> io::Result<Vec<TcpSocket>> {
 
 /// Accepts on one listening socket of this thread's runtime; each connection becomes a task
 /// of the same runtime.
-async fn accept_loop(sock: TcpSocket, shared: Arc<Shared>, permits: Arc<tokio::sync::Semaphore>) {
-    let l = match sock.listen(1024) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("interception listener: {e}");
-            return;
-        }
-    };
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<tokio::sync::Semaphore>,
+) {
     debug!(addr = ?l.local_addr().ok(), "interception engine listening");
     loop {
         match l.accept().await {
