@@ -271,6 +271,29 @@ fn learn(e: &mut Engine, server: SocketAddr) {
     ops(e);
 }
 
+/// An engine with divert and the fast path on, and alice's server learned (its first flow was
+/// reset): her next SYN to it is diverted.
+fn fast_divert() -> (Engine, DivertConfig, SocketAddr) {
+    let cfg = DivertConfig::default();
+    let mut e =
+        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let server = addr("198.51.100.10:443");
+    learn(&mut e, server);
+    (e, cfg, server)
+}
+
+/// The end records, as JSON, of the flows from client port `port`.
+fn flow_ends(e: &mut Engine, port: u16) -> Vec<serde_json::Value> {
+    e.take_records()
+        .iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
+            _ => None,
+        })
+        .filter(|v| v["sport"] == port && v["event"] == "end")
+        .collect()
+}
+
 fn key(ingress: Side, src: SocketAddr, dst: SocketAddr) -> DirKey {
     DirKey {
         ingress,
@@ -283,15 +306,10 @@ fn key(ingress: Side, src: SocketAddr, dst: SocketAddr) -> DirKey {
 
 #[test]
 fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
-    let cfg = DivertConfig::default();
-    let mut e =
-        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let (mut e, cfg, server) = fast_divert();
     let mut out = Vec::new();
-    let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     let s2c = Some((ROUTER_MAC, CLIENT_MAC));
-    // Learn the destination (the first flow is reset), then divert the retry.
-    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     let listener = cfg.listener(client.ip());
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
@@ -362,15 +380,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
     e.shutdown(now(3_600_006));
     assert!(ops(&mut e).is_empty());
-    let records = e.take_records();
-    let v = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
-            _ => None,
-        })
-        .find(|v| v["sport"] == client.port() && v["event"] == "end")
-        .unwrap();
+    let v = flow_ends(&mut e, client.port()).remove(0);
     // SYN and FIN by the engine, 5 by the kernel; SYN-ACK and FIN back by the engine, 7 by
     // the kernel.
     assert_eq!((v["pkts_out"].as_u64(), v["pkts_in"].as_u64()), (Some(7), Some(9)));
@@ -379,13 +389,9 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
 
 #[test]
 fn closes_the_kernel_carried_are_followed_by_the_engine() {
-    let cfg = DivertConfig::default();
-    let mut e =
-        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let (mut e, cfg, server) = fast_divert();
     let mut out = Vec::new();
-    let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     let listener = cfg.listener(client.ip());
     // Only the client's SYN reaches the engine; the SYN-ACK and everything after are the
@@ -427,15 +433,7 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
     );
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
     e.tick(now(41_800 + 11_000));
-    let records = e.take_records();
-    let v = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
-            _ => None,
-        })
-        .find(|v| v["sport"] == client.port() && v["event"] == "end")
-        .unwrap();
+    let v = flow_ends(&mut e, client.port()).remove(0);
     assert_eq!(v["end_reason"], "closed", "{v}");
     // The SYN by the engine, 9 by the kernel; 1 back by the kernel.
     assert_eq!((v["pkts_out"].as_u64(), v["pkts_in"].as_u64()), (Some(10), Some(1)));
@@ -444,13 +442,9 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
 
 #[test]
 fn a_port_reused_within_the_linger_is_a_new_diverted_flow() {
-    let cfg = DivertConfig::default();
-    let mut e =
-        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let (mut e, cfg, server) = fast_divert();
     let mut out = Vec::new();
-    let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     let to_listener = key(Side::Inside, client, server);
     let from_listener = key(Side::Tun, cfg.listener(client.ip()), client);
@@ -468,15 +462,7 @@ fn a_port_reused_within_the_linger_is_a_new_diverted_flow() {
         matches!(got.as_slice(), [OffloadOp::Add([a, b])] if a.key == to_listener && b.key == from_listener),
         "its NAT is in the kernel again: {got:?}"
     );
-    let ends: Vec<_> = e
-        .take_records()
-        .iter()
-        .filter_map(|r| match r {
-            Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
-            _ => None,
-        })
-        .filter(|v| v["sport"] == client.port() && v["event"] == "end")
-        .collect();
+    let ends = flow_ends(&mut e, client.port());
     assert_eq!(ends.len(), 1, "the first connection's record ends: {ends:?}");
     assert_eq!(ends[0]["end_reason"], "closed");
     assert_eq!(e.nat_entries().0, 1);
@@ -484,12 +470,8 @@ fn a_port_reused_within_the_linger_is_a_new_diverted_flow() {
 
 #[test]
 fn a_half_closed_diverted_flow_still_idles_out() {
-    let cfg = DivertConfig::default();
-    let mut e =
-        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let (mut e, cfg, server) = fast_divert();
     let mut out = Vec::new();
-    let server = addr("198.51.100.10:443");
-    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
@@ -515,13 +497,9 @@ fn a_half_closed_diverted_flow_still_idles_out() {
 
 #[test]
 fn an_expired_diverted_flow_leaves_the_kernel() {
-    let cfg = DivertConfig::default();
-    let mut e =
-        common::engine(Settings { divert: Some(cfg), fast_path: true, ..Settings::default() });
+    let (mut e, _, server) = fast_divert();
     let mut out = Vec::new();
-    let server = addr("198.51.100.10:443");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
     e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let port = e.open_upstream(client, server, now(11)).unwrap();
