@@ -545,3 +545,17 @@ async fn an_upstream_left_between_messages_is_kept_and_hop_by_hop_headers_stay_b
     assert!(!kept);
     assert!(up.to_ascii_lowercase().contains("connection: keep-alive"), "1.0 goes up as it came");
 }
+
+#[tokio::test]
+async fn a_server_closing_before_its_answer_gets_the_client_a_502() {
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    read_until(&mut s, b"\r\n\r\n").await;
+    drop(s);
+    let text = read_to_end(&mut c).await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(text.contains("upstream_closed"), "{text}");
+    task.await.unwrap().unwrap();
+    let recs = records.lock().unwrap();
+    assert_eq!((recs[0].status, recs[0].code), (Some(502), Some("upstream_closed")));
+}

@@ -556,7 +556,19 @@ where
         let parsed = read_head(up, ubuf, UPSTREAM_HEAD, |b| head::parse_response(b, &method)).await;
         let resp: ResponseHead = match parsed {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(ProxyError::Response("closed before responding".into())),
+            // Closed or failed before its answer (a reused connection the server had just
+            // closed, a crash, a timeout): the client gets a 502 saying so, not a silent close.
+            Ok(None) | Err(ReadHeadError::Io(_)) => {
+                let why = match parsed {
+                    Err(ReadHeadError::Io(e)) => {
+                        format!("the server failed before responding: {e}")
+                    }
+                    _ => "the server closed the connection before responding".into(),
+                };
+                let r = Refusal { status: 502, code: "upstream_closed", message: why, rule: None };
+                refuse(client, rec, &r, false).await?;
+                return Ok(false);
+            }
             Err(ReadHeadError::Head(e)) => {
                 let r = Refusal {
                     status: 502,
@@ -567,7 +579,6 @@ where
                 refuse(client, rec, &r, false).await?;
                 return Ok(false);
             }
-            Err(ReadHeadError::Io(e)) => return Err(e),
         };
         let last = !(100..200).contains(&resp.status) || resp.status == 101;
         if last && let Some(plan) = super::dlp::mask_plan(ex, &resp) {
