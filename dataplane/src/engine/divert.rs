@@ -255,8 +255,7 @@ impl Engine {
             return false;
         }
         e.last_mono = now.mono_ms;
-        e.fins.1 |= t.fin;
-        e.reset |= t.rst;
+        upstream_closed(e, (false, t.fin), t.rst, now);
         withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, f.dport, e);
         let local = SocketAddr::new(d.cfg.local(f.dst), f.dport);
         let mut pkt = data[f.ip_offset..].to_vec();
@@ -309,8 +308,7 @@ impl Engine {
                 return false;
             }
             e.last_mono = now.mono_ms;
-            e.fins.0 |= t.fin;
-            e.reset |= t.rst;
+            upstream_closed(e, (t.fin, false), t.rst, now);
             withdraw_upstream_if_closed(&mut self.offload_ops, &d.cfg, f.sport, e);
             let e = *e;
             let mut ip = pkt.to_vec();
@@ -535,8 +533,9 @@ pub(super) fn withdraw_if_closing(
     }
 }
 
-/// Notes FINs (engine side, server side) and a RST of upstream connection `e` that the fast
-/// path carried; news restarts its idle timer (the linger after the close).
+/// Notes FINs (engine side, server side) and a RST of upstream connection `e`, seen by the
+/// engine or carried by the fast path; news restarts its idle timer (the linger after the
+/// close).
 fn upstream_closed(e: &mut UpstreamEntry, fins: (bool, bool), rst: bool, now: Now) {
     let before = (e.fins, e.reset);
     e.fins.0 |= fins.0;

@@ -111,7 +111,7 @@ where
 /// client's request (the interception engine keeps it for the same client and server).
 pub async fn serve_keeping<C, U>(
     client: &mut C,
-    mut upstream: Option<&mut U>,
+    upstream: Option<&mut U>,
     ex: &Exchange,
     emit: &(dyn Fn(RequestRecord) + Send + Sync),
 ) -> Result<bool, ProxyError>
@@ -119,15 +119,33 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cbuf: Vec<u8> = Vec::with_capacity(READ);
     let mut ubuf: Vec<u8> = Vec::with_capacity(READ);
     // Whether the upstream is between messages (nothing written to it yet counts; a failed
     // write or read returns an error, which is never kept).
     let mut clean = true;
+    exchanges(client, upstream, ex, emit, &mut ubuf, &mut clean).await?;
+    Ok(clean && ubuf.is_empty())
+}
+
+/// The exchanges of [`serve_keeping`], noting in `clean` whether the upstream is left between
+/// two messages (`ubuf`: bytes read from it and not yet relayed).
+async fn exchanges<C, U>(
+    client: &mut C,
+    mut upstream: Option<&mut U>,
+    ex: &Exchange,
+    emit: &(dyn Fn(RequestRecord) + Send + Sync),
+    ubuf: &mut Vec<u8>,
+    clean: &mut bool,
+) -> Result<(), ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut cbuf: Vec<u8> = Vec::with_capacity(READ);
     loop {
         let head = match read_head(client, &mut cbuf, CLIENT_IDLE, head::parse_request).await {
             Ok(Some(h)) => h,
-            Ok(None) => return Ok(clean && ubuf.is_empty()), // closed between requests
+            Ok(None) => return Ok(()), // closed between requests
             Err(ReadHeadError::Head(e)) => {
                 let r = Refusal {
                     status: 400,
@@ -155,7 +173,7 @@ where
             let _ = read_body(client, &mut cbuf, &head, ex.max_body, false).await;
             refuse(client, &mut rec, r, html).await?;
             emit(rec);
-            return Ok(clean && ubuf.is_empty());
+            return Ok(());
         }
         if !head.host_matches(&ex.sni) {
             let _ = read_body(client, &mut cbuf, &head, ex.max_body, false).await;
@@ -166,15 +184,14 @@ where
             );
             refuse(client, &mut rec, &r, html).await?;
             emit(rec);
-            return Ok(clean && ubuf.is_empty());
+            return Ok(());
         }
         let Some(up) = upstream.as_deref_mut() else {
             return Err(ProxyError::Response("no upstream connection".into()));
         };
         if head.websocket {
-            return websocket(client, up, &mut cbuf, &mut ubuf, &head, ex, rec, started, emit)
-                .await
-                .map(|()| false);
+            *clean = false;
+            return websocket(client, up, &mut cbuf, ubuf, &head, ex, rec, started, emit).await;
         }
         if head.expect_continue && head.framing != Framing::Empty {
             client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -206,18 +223,17 @@ where
                 };
                 refuse(client, &mut rec, &r, html).await?;
                 emit(rec);
-                return Ok(clean && ubuf.is_empty());
+                return Ok(());
             }
             Ok(Body::Streamed) => {
                 // Over the limit with fail-open: forwarded uninspected as it arrives.
                 rec.reason = Some("body over the inspection limit: forwarded uninspected".into());
                 stream_request(client, up, &mut cbuf, &head, ex, &mut rec).await?;
-                let keep =
-                    relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
-                clean = keep && head.minor == 1;
+                let keep = relay_response(client, up, ubuf, &head, ex, &mut rec, started).await?;
+                *clean = keep && head.minor == 1;
                 emit(rec);
                 if !keep {
-                    return Ok(clean && ubuf.is_empty());
+                    return Ok(());
                 }
                 continue;
             }
@@ -227,13 +243,13 @@ where
         if let Some(r) = check_policy(&head, rec.model.as_deref(), ex) {
             refuse(client, &mut rec, &r, html).await?;
             emit(rec);
-            return Ok(clean && ubuf.is_empty());
+            return Ok(());
         }
         let (body, decoded) = match run_dlp(&head, &body, ex, &mut rec) {
             DlpVerdict::Refuse(r) => {
                 refuse(client, &mut rec, &r, html).await?;
                 emit(rec);
-                return Ok(clean && ubuf.is_empty());
+                return Ok(());
             }
             DlpVerdict::Forward(Some(redacted)) => (redacted, true),
             DlpVerdict::Forward(None) => (body, false),
@@ -242,12 +258,12 @@ where
         out.extend_from_slice(&body);
         up.write_all(&out).await?;
         up.flush().await?;
-        let keep = relay_response(client, up, &mut ubuf, &head, ex, &mut rec, started).await?;
+        let keep = relay_response(client, up, ubuf, &head, ex, &mut rec, started).await?;
         // Kept only after an HTTP/1.1 exchange: a server may close after answering 1.0.
-        clean = keep && head.minor == 1;
+        *clean = keep && head.minor == 1;
         emit(rec);
         if !keep || !head.keep_alive {
-            return Ok(clean && ubuf.is_empty());
+            return Ok(());
         }
     }
 }
@@ -434,14 +450,15 @@ fn forward_head(
     // a client closing after its request does not close the upstream connection, which may
     // then carry another request. An upgrade keeps them: its connection becomes a tunnel.
     // HTTP/1.0 requests go up as they came (as 1.0, whose keep-alive is a Connection token).
+    let strip = !head.websocket && head.minor == 1;
+    let named: Vec<&[u8]> = match head.header("connection") {
+        Some(v) if strip => v.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect(),
+        _ => Vec::new(),
+    };
     let hop = |name: &str| {
-        !head.websocket
-            && head.minor == 1
+        strip
             && (matches!(name, "connection" | "keep-alive" | "proxy-connection")
-                || head.header("connection").is_some_and(|v| {
-                    v.split(|b| *b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-                }))
+                || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
     };
     for (name, value) in &head.headers {
         if matches!(
