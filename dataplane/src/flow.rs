@@ -168,8 +168,11 @@ pub struct Class {
     pub user: Option<String>,
     /// SNI.
     pub sni: Option<String>,
-    /// ALPN protocols.
+    /// ALPN protocols offered.
     pub alpn: Vec<String>,
+    /// ALPN protocol the interception engine negotiated with the client (inspected flows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn_negotiated: Option<&'static str>,
     /// TLS version offered (e.g. `1.3`).
     pub tls_version: Option<&'static str>,
     /// JA4.

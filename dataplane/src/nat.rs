@@ -1,4 +1,4 @@
-//! Address and port rewriting for the divert (DESIGN.md, "Divert"), sans-IO: rewrites the
+//! Address and port rewriting for the divert (ARCHITECTURE.md, "Divert"), sans-IO: rewrites the
 //! source and/or destination of an IPv4 or IPv6 TCP/UDP packet in place and updates the
 //! checksums incrementally (RFC 1624, eqn. 3), never recomputing over the payload.
 //!

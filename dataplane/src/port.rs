@@ -5,7 +5,7 @@
 //! so a bump in the wire never sees its own output, and the interface is put in promiscuous
 //! mode so frames for any MAC arrive.
 //!
-//! Why not pnet's datalink channel, as DESIGN.md first suggested: it cannot set
+//! Why not pnet's datalink channel, as the founding design first suggested: it cannot set
 //! `PACKET_IGNORE_OUTGOING` (the appliance would read back every frame it forwards) nor read
 //! `PACKET_AUXDATA` (802.1Q tags the kernel strips would be lost). This module is the simple
 //! per-frame path (`--io socket`); [`crate::ring`] is the fast one used by default.

@@ -1,4 +1,5 @@
-//! Flow records: what the data plane tells security about every flow, as JSON lines.
+//! Flow records: what the data plane tells security about every flow, as JSON lines (request
+//! records are the interception engine's, `sluice_intercept::RequestRecord`).
 //! Never carries payload bytes or secrets.
 
 use serde::Serialize;
@@ -138,103 +139,6 @@ pub enum Record {
     Flow(Box<FlowRecord>),
     /// A statistics record.
     Stats(Box<StatsRecord>),
-    /// A request record (interception engine).
-    Request(Box<RequestRecord>),
-}
-
-/// One HTTP request seen by the interception engine. Carries who, where, what model, which
-/// key (as a fingerprint) and what was decided; never the prompt, the key or a header value
-/// beyond the organization and project ids.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RequestRecord {
-    /// Always `request`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Unix ms when the request head arrived.
-    pub ts_ms: u64,
-    /// Identity name.
-    pub identity: Option<String>,
-    /// Feed user.
-    pub user: Option<String>,
-    /// Client address.
-    pub src: String,
-    /// Client port.
-    pub sport: u16,
-    /// Original destination address.
-    pub dst: String,
-    /// SNI of the connection.
-    pub sni: Option<String>,
-    /// Method.
-    pub method: String,
-    /// Path, without the query string (which may carry secrets).
-    pub path: String,
-    /// `model` of a JSON body.
-    pub model: Option<String>,
-    /// Status the client received.
-    pub status: Option<u16>,
-    /// Request body bytes.
-    pub bytes_out: u64,
-    /// Response body bytes.
-    pub bytes_in: u64,
-    /// Milliseconds from the request head to the end of the response.
-    pub latency_ms: u64,
-    /// Short SHA-256 prefix of the API key (`Authorization: Bearer`, `api-key`), never the key.
-    pub api_key_fp: Option<String>,
-    /// `OpenAI-Organization`.
-    pub openai_organization: Option<String>,
-    /// `OpenAI-Project`.
-    pub openai_project: Option<String>,
-    /// `User-Agent`.
-    pub user_agent: Option<String>,
-    /// Category of the SNI.
-    pub category: Option<String>,
-    /// Rule that decided.
-    pub rule: Option<String>,
-    /// `allow` (forwarded) or `block` (answered by the engine).
-    pub verdict: &'static str,
-    /// Machine-readable reason of a block.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<&'static str>,
-    /// Why, when not simply the rule.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Headers the engine injected (names only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub injected: Vec<&'static str>,
-    /// DLP profile applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dlp_profile: Option<String>,
-    /// What DLP did: `block`, `redact`, `alert` (findings present) or `clean`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dlp_action: Option<&'static str>,
-    /// DLP findings per detector: counts and JSON paths, never values.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dlp_findings: Vec<DlpSummary>,
-    /// Parts of the body that could not be scanned (binary files), by path.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unscanned: Vec<String>,
-    /// Credentials masked in the response (detector per match), with `mask_responses`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub response_masked: Vec<&'static str>,
-}
-
-/// The findings of one detector in one request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DlpSummary {
-    /// Detector name.
-    pub detector: &'static str,
-    /// Number of matches.
-    pub count: usize,
-    /// JSON paths of the strings they were in (deduplicated, at most 16).
-    pub paths: Vec<String>,
-    /// Salted hashes of the matches (correlate repeats without the values; at most 16).
-    pub hashes: Vec<String>,
-}
-
-impl From<RequestRecord> for Record {
-    fn from(r: RequestRecord) -> Self {
-        Record::Request(Box::new(r))
-    }
 }
 
 impl From<FlowRecord> for Record {

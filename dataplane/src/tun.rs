@@ -1,4 +1,4 @@
-//! The TUN device `sluice0` (DESIGN.md, "Divert"): raw IP packets between the packet engine
+//! The TUN device `sluice0` (ARCHITECTURE.md, "Divert"): raw IP packets between the packet engine
 //! and the appliance's own stack, where the interception engine listens. Thin: open, read
 //! with a timeout, write. Addresses and routes are the host's (see README, "Interception").
 #![allow(unsafe_code)]

@@ -416,7 +416,7 @@ fn idle_timeouts_follow_protocol_and_state() {
             Record::Flow(f) => {
                 Some(serde_json::to_value(&f).unwrap()["end_reason"].as_str().unwrap().to_owned())
             }
-            Record::Stats(_) | Record::Request(_) => None,
+            Record::Stats(_) => None,
         })
         .collect();
     assert_eq!(reasons, vec!["idle", "idle", "idle"]);

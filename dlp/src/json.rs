@@ -1,5 +1,5 @@
 //! Extraction and redaction over request bodies. A JSON body is walked whole: every string
-//! value is scanned (a superset of DESIGN.md's "Where prompt text lives": messages, tool
+//! value is scanned (a superset of ARCHITECTURE.md's "Where prompt text lives": messages, tool
 //! arguments, instructions, inputs, ChatGPT conversation parts, and anything else), with its
 //! JSON path; base64 file data (`file_data`, `data:…;base64,` URLs) is decoded and scanned as
 //! text when it is text. Other UTF-8 bodies are scanned as text. Redaction replaces each span

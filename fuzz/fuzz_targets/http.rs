@@ -2,7 +2,7 @@
 //! and a chunked body decodes the same whichever way it is split.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sluice_dataplane::http::{chunked::ChunkedDecoder, head};
+use sluice_intercept::http::{chunked::ChunkedDecoder, head};
 
 fuzz_target!(|data: &[u8]| {
     let _ = head::parse_request(data);

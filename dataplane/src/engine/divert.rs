@@ -1,4 +1,4 @@
-//! Divert (DESIGN.md, "Divert"): the NAT between the two ports and the TUN `sluice0` that
+//! Divert (ARCHITECTURE.md, "Divert"): the NAT between the two ports and the TUN `sluice0` that
 //! steers a flow to the interception engine from its SYN, sans-IO like the rest of the engine.
 //!
 //! - client → server: the destination becomes the engine's listener on the TUN address; the

@@ -3,4 +3,5 @@
 pub mod dns;
 pub mod frame;
 pub mod quic;
-pub mod tls;
+/// The ClientHello parser (crate `sluice-hello`, shared with the interception engine).
+pub use sluice_hello as tls;

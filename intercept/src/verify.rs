@@ -25,8 +25,9 @@ pub struct StrictVerifier {
 impl StrictVerifier {
     /// A verifier over `roots`.
     pub fn new(roots: RootCertStore) -> Result<Self, rustls::client::VerifierBuilderError> {
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
-            .build()?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+                .build()?;
         Ok(StrictVerifier { inner })
     }
 }

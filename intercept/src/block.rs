@@ -1,7 +1,7 @@
-//! Responses the interception engine writes itself, for their reader (DESIGN.md, "The
-//! interception engine", step 5): API clients get OpenAI's error shape with
-//! `x-should-retry: false` (the SDKs raise `PermissionDeniedError` and do not retry); browsers
-//! get a page saying what was blocked, by which rule, and whom to ask. Pure.
+//! Responses the interception engine writes itself, for their reader (ARCHITECTURE.md,
+//! "Interception phases"): API clients get OpenAI's error shape with `x-should-retry: false`
+//! (the SDKs raise `PermissionDeniedError` and do not retry); browsers get a page saying what
+//! was blocked, by which rule, and whom to ask. Pure.
 
 use std::fmt::Write as _;
 
@@ -66,13 +66,32 @@ pub fn wants_html(accept: Option<&[u8]>) -> bool {
     accept.is_some_and(|a| a.windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html")))
 }
 
-/// The full HTTP/1.1 response (head and body) for `r`; the connection closes after it.
-pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
+/// A request id for a refusal (`req_sluice_` and 24 random hex digits), quoted by users to
+/// their security team.
+pub fn request_id() -> String {
+    let mut b = [0u8; 12];
+    let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    if rng.fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b.copy_from_slice(&t.to_be_bytes()[4..]);
+    }
+    let mut s = String::from("req_sluice_");
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// The body of the answer to `r`: its content type and bytes (OpenAI's error shape, or a page
+/// for browsers).
+pub fn body(r: &Refusal, html: bool, request_id: &str) -> (&'static str, String) {
     let mut message = format!("Blocked by Sluice: {}", r.message);
     if let Some(rule) = &r.rule {
         let _ = write!(message, " (rule {rule})");
     }
-    let (ctype, body) = if html {
+    if html {
         let mut b = String::from(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>Blocked by Sluice</title>\
              </head><body><h1>This request was blocked</h1><p>",
@@ -96,7 +115,12 @@ pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
         b.push_str(r.code);
         b.push_str("\"}}");
         ("application/json", b)
-    };
+    }
+}
+
+/// The full HTTP/1.1 response (head and body) for `r`; the connection closes after it.
+pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
+    let (ctype, body) = body(r, html, request_id);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nx-should-retry: false\r\n\
          x-request-id: {request_id}\r\nx-sluice-code: {}\r\ncache-control: no-store\r\n\

@@ -1,4 +1,9 @@
+//! # sluice-hello
+//!
 //! Sans-IO TLS ClientHello parser: SNI, ALPN, supported versions and the JA4 fingerprint.
+//! One parser for both engines (ARCHITECTURE.md, "Crates"): the packet engine reads the hello
+//! from reassembled segments and QUIC CRYPTO frames, the interception engine from its accepted
+//! socket, so a flow and its interception see the same SNI, ALPN and JA4.
 //!
 //! Fed the client's first bytes of a TCP stream (or the CRYPTO stream of a QUIC Initial), it
 //! answers "need more bytes", "not TLS", "malformed" or the parsed hello. Bounded: a hello may

@@ -1,6 +1,8 @@
 //! `sluice-dataplane`: the inline appliance process. Bridges two AF_PACKET ports through the
 //! packet engine, writes flow records as JSON lines, reloads the rules on SIGHUP.
 
+mod handle;
+
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -17,10 +19,12 @@ use sluice_dataplane::engine::{
 };
 use sluice_dataplane::fastpath::FastPath;
 use sluice_dataplane::flow::Timeouts;
-use sluice_dataplane::intercept::{self, EngineHandle};
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
 use sluice_dataplane::port::Port;
 use sluice_dataplane::record::Record;
+use sluice_intercept as intercept;
+
+use handle::{EngineHandle, RequestQueue};
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
 use sluice_rules::catalog::FsLoader;
@@ -399,6 +403,8 @@ struct Emitted {
 /// Where records go: the local JSON-lines log, and (with a control link) the spool.
 struct Output {
     log: BufWriter<std::fs::File>,
+    /// The interception engine's request records.
+    requests: Arc<RequestQueue>,
     link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
     emitted: Emitted,
     enforced: Arc<Enforced>,
@@ -413,19 +419,22 @@ impl Output {
             f(&mut eng);
             eng.take_records()
         };
-        if records.is_empty() {
+        let requests = self.requests.take();
+        if records.is_empty() && requests.is_empty() {
             return;
         }
         // Each record is serialised once: the same text goes to the log and to the spool.
-        let mut lines = Vec::with_capacity(records.len());
+        let mut lines = Vec::with_capacity(records.len() + requests.len());
+        for r in &requests {
+            self.emitted.request += 1;
+            let Ok(line) = serde_json::to_string(r) else { continue };
+            let _ = writeln!(self.log, "{line}");
+            lines.push(line);
+        }
         for r in &records {
             let line = match r {
                 Record::Flow(_) => {
                     self.emitted.flow += 1;
-                    serde_json::to_string(r)
-                }
-                Record::Request(_) => {
-                    self.emitted.request += 1;
                     serde_json::to_string(r)
                 }
                 Record::Stats(_) => {
@@ -554,6 +563,7 @@ fn main() -> Result<()> {
     let clock = Clock::default();
     // Shared by the interception engine's threads; the fast path joins it once loaded.
     let handle = EngineHandle::new(engine.clone(), clock);
+    let requests = Arc::new(RequestQueue::default());
     let tun = match (&args.tun, settings.divert) {
         (Some(name), Some(divert)) => {
             let tun = Tun::open(name).with_context(|| format!("opening the TUN {name}"))?;
@@ -577,7 +587,11 @@ fn main() -> Result<()> {
                 .context("loading the upstream roots")?;
             let upstream = Arc::new(intercept::upstream_config(roots)?);
             let cfg = intercept::Config {
-                divert,
+                listen: intercept::Listen {
+                    v4: divert.v4,
+                    v6: divert.v6,
+                    port: divert.listen_port,
+                },
                 minter,
                 upstream,
                 policy: policy.clone(),
@@ -587,8 +601,13 @@ fn main() -> Result<()> {
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
             };
-            let _threads = intercept::spawn(cfg, Arc::new(handle.clone()), args.intercept_threads)
-                .context("starting the interception engine")?;
+            let _threads = intercept::spawn(
+                cfg,
+                Arc::new(handle.clone()),
+                requests.clone(),
+                args.intercept_threads,
+            )
+            .context("starting the interception engine")?;
             info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
             Some(Arc::new(tun))
         }
@@ -738,6 +757,7 @@ fn main() -> Result<()> {
     info!(inside = %args.inside, outside = %args.outside, io = ?args.io, fast_path = fast.is_some(), flow_log = %args.flow_log.display(), "forwarding");
     let mut out = Output {
         log: BufWriter::new(log),
+        requests,
         link,
         emitted: Emitted::default(),
         enforced: enforced.clone(),

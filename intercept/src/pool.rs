@@ -1,5 +1,5 @@
 //! Idle upstream connections kept for reuse: after a client's connection ends with its
-//! upstream connection between two messages ([`super::http1::serve_keeping`]), that verified
+//! upstream connection between two messages ([`crate::h1::serve_keeping`]), that verified
 //! TLS connection may carry the next connection of the same client to the same server and
 //! name, which then costs neither a TCP nor a TLS handshake toward the server (Squid does the
 //! same, `server_persistent_connections`). Keyed by the client's address as well as the

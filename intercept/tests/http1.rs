@@ -5,11 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_dataplane::intercept::block::Refusal;
-use sluice_dataplane::intercept::http1::{
-    Dlp, Exchange, ProxyError, key_fingerprint, serve, serve_keeping,
-};
-use sluice_dataplane::record::RequestRecord;
+use sluice_intercept::block::Refusal;
+use sluice_intercept::h1::{ProxyError, serve, serve_keeping};
+use sluice_intercept::{Dlp, Mask, RequestRecord, Session as Exchange, key_fingerprint};
 use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
@@ -398,7 +396,7 @@ async fn responses_are_masked_when_the_rule_asks() {
     let mut ex = exchange("api.openai.com");
     let scanner = Arc::new(sluice_dlp::Scanner::new().unwrap());
     let set = scanner.profile(&["stripe_key", "github_token"]).unwrap();
-    ex.mask = Some((scanner, set));
+    ex.mask = Some(Mask { scanner, set });
     let (mut c, mut s, records, task) = start(ex, true);
     // A streamed answer with a key split across two events, in an until-close response.
     c.write_all(post("{}", "").as_bytes()).await.unwrap();

@@ -1,0 +1,176 @@
+//! The decision for one diverted connection: the policy snapshot asked with the client's
+//! address and MAC and the ClientHello's SNI, and what the rule brings (header policy, DLP
+//! profile, response masking), owned for the connection's life. Also the clients that
+//! refused the minted certificate (spliced for a while when the policy fails open).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use sluice_rules::{Action as RuleAction, FailMode, IdentityOverlay, Policy, Query};
+use tracing::warn;
+
+use crate::DivertedConn;
+use crate::dlp::{Dlp, credential_set};
+use crate::phases::{Mask, Session};
+use crate::record::DecisionNote;
+
+/// How long a client that refused the minted certificate is spliced for that name.
+const PINNED_TTL: Duration = Duration::from_secs(3600);
+/// Most remembered (client, name) pairs that refused the minted certificate.
+const MAX_PINNED: usize = 65_536;
+
+/// The decision for one connection, owned.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    pub action: RuleAction,
+    pub note: DecisionNote,
+    pub headers: sluice_rules::HeaderPolicy,
+    pub fail_open: bool,
+    pub max_body: u64,
+    pub dlp: Option<Dlp>,
+    pub mask: Option<Mask>,
+}
+
+impl Decided {
+    /// The session of an inspected connection (`refuse`: why every request is refused).
+    pub fn session(
+        self,
+        sni: String,
+        client: SocketAddr,
+        original_dst: SocketAddr,
+        refuse: Option<crate::block::Refusal>,
+    ) -> Session {
+        Session {
+            sni,
+            client,
+            original_dst,
+            identity: self.note.identity,
+            user: self.note.user,
+            category: self.note.category,
+            rule: self.note.rule,
+            headers: self.headers,
+            max_body: self.max_body,
+            fail_open: self.fail_open,
+            refuse,
+            dlp: self.dlp,
+            mask: self.mask,
+        }
+    }
+}
+
+/// Decides connections with the current policy; keeps what is derived from a policy version.
+pub(crate) struct Decider {
+    policy: Arc<ArcSwap<Policy>>,
+    overlay: Arc<ArcSwap<IdentityOverlay>>,
+    /// The built-in scanner (used when a policy's custom detectors cannot be built).
+    scanner: Arc<sluice_dlp::Scanner>,
+    salt: Arc<[u8]>,
+    /// The scanner of the current policy, with the policy it was built for (holding the
+    /// policy keeps its address, the key, from being reused).
+    cache: Mutex<Option<(Arc<Policy>, Arc<sluice_dlp::Scanner>)>>,
+    pinned: Mutex<HashMap<(IpAddr, String), Instant>>,
+}
+
+impl Decider {
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        overlay: Arc<ArcSwap<IdentityOverlay>>,
+        scanner: Arc<sluice_dlp::Scanner>,
+        salt: Arc<[u8]>,
+    ) -> Self {
+        Decider {
+            policy,
+            overlay,
+            scanner,
+            salt,
+            cache: Mutex::new(None),
+            pinned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The scanner of `policy` (built-in and custom detectors), built once per version.
+    fn scanner_for(&self, policy: &Arc<Policy>) -> Arc<sluice_dlp::Scanner> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((p, s)) = cache.as_ref()
+            && Arc::ptr_eq(p, policy)
+        {
+            return s.clone();
+        }
+        let s = match sluice_dlp::Scanner::with_custom(&policy.custom_detectors) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                warn!("custom DLP detectors unusable, built-in detectors only: {e}");
+                self.scanner.clone()
+            }
+        };
+        *cache = Some((policy.clone(), s.clone()));
+        s
+    }
+
+    /// Decides the connection from `peer` to `conn` for `sni`.
+    pub fn decide(&self, peer: SocketAddr, conn: &DivertedConn, sni: Option<&str>) -> Decided {
+        let policy = self.policy.load_full();
+        let overlay = self.overlay.load();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let q = Query {
+            src: peer.ip(),
+            mac: Some(conn.client_mac),
+            sni,
+            port: conn.original_dst.port(),
+            now,
+        };
+        let d = policy.decide(&q, &overlay);
+        Decided {
+            action: d.action,
+            note: DecisionNote {
+                identity: d.identity.to_owned(),
+                user: d.user.map(str::to_owned),
+                category: d.category.map(str::to_owned),
+                rule: d.rule.map(|r| r.name().to_owned()),
+            },
+            headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
+            fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,
+            max_body: policy.defaults.max_inspect_bytes,
+            dlp: d.dlp.and_then(|p| {
+                let scanner = self.scanner_for(&policy);
+                // Names were validated against the registry and the custom detectors.
+                let set = scanner.profile(&p.detectors).ok()?;
+                Some(Dlp {
+                    profile: p.name.to_string(),
+                    set,
+                    action: p.action,
+                    scanner,
+                    salt: self.salt.clone(),
+                })
+            }),
+            mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|_| {
+                let scanner = self.scanner_for(&policy);
+                let set = credential_set(&scanner);
+                Mask { scanner, set }
+            }),
+        }
+    }
+
+    /// True when `key` refused the minted certificate within the last hour.
+    pub fn is_pinned(&self, key: &(IpAddr, String)) -> bool {
+        let map = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).is_some_and(|t| t.elapsed() < PINNED_TTL)
+    }
+
+    /// Remembers that `key` refused the minted certificate (bounded).
+    pub fn remember_pinned(&self, key: (IpAddr, String)) {
+        let mut map = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_PINNED {
+            map.retain(|_, t| t.elapsed() < PINNED_TTL);
+            if map.len() >= MAX_PINNED {
+                return;
+            }
+        }
+        map.insert(key, Instant::now());
+    }
+}

@@ -1,0 +1,49 @@
+//! The interception engine's side of divert (ARCHITECTURE.md, "Divert"): what it needs from
+//! the packet engine, which owns the NAT entries and the flow records. The binary implements
+//! [`DivertHandle`] over the shared packet engine; tests implement it in memory.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::record::FlowNote;
+
+/// What the packet engine knows about a diverted connection the interception engine accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DivertedConn {
+    /// The address the client connected to.
+    pub original_dst: SocketAddr,
+    /// The client's MAC (identity by MAC).
+    pub client_mac: [u8; 6],
+}
+
+/// What the interception engine needs from the packet engine.
+pub trait DivertHandle: Send + Sync + 'static {
+    /// The diverted connection from `client`, if any.
+    fn lookup(&self, client: SocketAddr) -> Option<DivertedConn>;
+    /// Reserves an upstream source port for `client` → `server`.
+    fn open_upstream(&self, client: SocketAddr, server: SocketAddr) -> Option<u16>;
+    /// Frees a reserved port that could not be used.
+    fn release_upstream(&self, port: u16);
+    /// Writes what the interception engine learned into the flow's record.
+    fn annotate(&self, client: SocketAddr, note: FlowNote);
+}
+
+/// Where diverted connections arrive: the TUN's addresses and the listening port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// IPv4 address of the TUN.
+    pub v4: Ipv4Addr,
+    /// IPv6 address of the TUN.
+    pub v6: Ipv6Addr,
+    /// Port of the listeners.
+    pub port: u16,
+}
+
+impl Listen {
+    /// The TUN address of `ip`'s family (upstream connections bind it).
+    pub fn local(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => IpAddr::V4(self.v4),
+            IpAddr::V6(_) => IpAddr::V6(self.v6),
+        }
+    }
+}

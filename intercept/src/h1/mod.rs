@@ -1,0 +1,393 @@
+//! HTTP/1.1 between the decrypted client and the upstream server (ARCHITECTURE.md,
+//! "Interception phases"): the driver of the [`crate::phases`] for HTTP/1.x messages. Request
+//! heads are checked strictly ([`crate::http::head`]), bodies framed by Content-Length or
+//! chunked and buffered up to the inspect limit, then forwarded; responses stream back as they
+//! arrive (each read is written and flushed at once: server-sent events are never held).
+//! Keep-alive and pipelined requests, `Expect: 100-continue`, HEAD / 204 / 304 and WebSocket
+//! upgrades (relayed both ways after the 101).
+//!
+//! Generic over the two streams, so it is tested over in-memory pipes.
+
+mod io;
+mod response;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::block::{self, Refusal};
+use crate::http::head::{self, Framing, HeadError, RequestHead};
+use crate::phases::{Forward, Headers, HttpVersion, INJECTED, RequestCtx, RequestView, Session};
+use crate::record::RecordSink;
+use io::{Body, ReadHeadError, read_body, read_head, stream_request};
+use response::relay_response;
+
+/// How long a kept-alive client may stay silent between requests, or within a body.
+const CLIENT_IDLE: Duration = Duration::from_secs(120);
+/// How long a request head may take from its first byte to its end (slowloris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to start its response (model calls can be slow).
+const UPSTREAM_HEAD: Duration = Duration::from_secs(600);
+/// Read size.
+const READ: usize = 16 * 1024;
+
+/// Why an exchange ended the connection early (the client was answered when it could be).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// A socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A request head refused (answered 400).
+    #[error("request refused: {0}")]
+    Request(HeadError),
+    /// A response head or body the engine cannot frame (answered 502 when possible).
+    #[error("bad response from upstream: {0}")]
+    Response(String),
+    /// The peer stopped mid-message.
+    #[error("connection closed mid-message")]
+    Truncated,
+    /// Idle or slow past the limits.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl Headers for RequestHead {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        RequestHead::header(self, name)
+    }
+}
+
+/// The phases' view of an HTTP/1.x request head.
+fn view(head: &RequestHead) -> RequestView<'_> {
+    RequestView {
+        method: &head.method,
+        target: &head.target,
+        authority: &head.host,
+        version: if head.minor == 0 { HttpVersion::Http10 } else { HttpVersion::Http11 },
+        headers: head,
+    }
+}
+
+/// Serves the client until it closes, a response ends the connection, or a refusal is sent.
+/// `upstream` is `None` when every request is refused (`session.refuse` says why). Each
+/// request yields one record into `sink`.
+pub async fn serve<C, U>(
+    client: &mut C,
+    upstream: Option<&mut U>,
+    session: &Session,
+    sink: &dyn RecordSink,
+) -> Result<(), ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_keeping(client, upstream, session, sink).await.map(|_| ())
+}
+
+/// [`serve`], saying whether the upstream connection was left between two messages, every
+/// response read to its end and nothing more sent: `Ok(true)` when it may carry another
+/// client's request (the interception engine keeps it for the same client and server).
+pub async fn serve_keeping<C, U>(
+    client: &mut C,
+    upstream: Option<&mut U>,
+    session: &Session,
+    sink: &dyn RecordSink,
+) -> Result<bool, ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ubuf: Vec<u8> = Vec::with_capacity(READ);
+    // Whether the upstream is between messages (nothing written to it yet counts; a failed
+    // write or read returns an error, which is never kept).
+    let mut clean = true;
+    let mut d = Driver { session, sink, ubuf: &mut ubuf, clean: &mut clean };
+    d.exchanges(client, upstream).await?;
+    Ok(clean && ubuf.is_empty())
+}
+
+/// One connection's exchanges, noting in `clean` whether the upstream is left between two
+/// messages (`ubuf`: bytes read from it and not yet relayed).
+struct Driver<'a> {
+    session: &'a Session,
+    sink: &'a dyn RecordSink,
+    ubuf: &'a mut Vec<u8>,
+    clean: &'a mut bool,
+}
+
+/// What a request's exchange leaves for the next one.
+enum Next {
+    /// Read the next request.
+    Continue,
+    /// The connection ends here.
+    Close,
+}
+
+impl Driver<'_> {
+    async fn exchanges<C, U>(
+        &mut self,
+        client: &mut C,
+        mut upstream: Option<&mut U>,
+    ) -> Result<(), ProxyError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut cbuf: Vec<u8> = Vec::with_capacity(READ);
+        loop {
+            let head = match read_head(client, &mut cbuf, CLIENT_IDLE, head::parse_request).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()), // closed between requests
+                Err(ReadHeadError::Head(e)) => {
+                    let r = Refusal {
+                        status: 400,
+                        code: if matches!(e, HeadError::Smuggling(_)) {
+                            "request_smuggling"
+                        } else {
+                            "bad_request"
+                        },
+                        message: e.to_string(),
+                        rule: None,
+                    };
+                    let ctx = self.session.request(None);
+                    self.refuse(client, ctx, &r).await?;
+                    return Err(ProxyError::Request(e));
+                }
+                Err(ReadHeadError::Io(e)) => return Err(e),
+            };
+            cbuf.drain(..head.len);
+            match self.exchange(client, upstream.as_deref_mut(), &mut cbuf, head).await? {
+                Next::Continue => {}
+                Next::Close => return Ok(()),
+            }
+        }
+    }
+
+    /// One request and its response.
+    async fn exchange<C, U>(
+        &mut self,
+        client: &mut C,
+        upstream: Option<&mut U>,
+        cbuf: &mut Vec<u8>,
+        head: RequestHead,
+    ) -> Result<Next, ProxyError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let s = self.session;
+        let req = view(&head);
+        let mut ctx = s.request(Some(&req));
+        if let Err(r) = s.request_filter(&req) {
+            // Drain the body so the client can read the answer, then refuse.
+            let _ = read_body(client, cbuf, &head, s.max_body, false).await;
+            self.refuse(client, ctx, &r).await?;
+            return Ok(Next::Close);
+        }
+        let Some(up) = upstream else {
+            return Err(ProxyError::Response("no upstream connection".into()));
+        };
+        if head.websocket {
+            *self.clean = false;
+            if let Err(r) = s.request_body_filter(&req, Vec::new(), &mut ctx) {
+                self.refuse(client, ctx, &r).await?;
+                return Ok(Next::Close);
+            }
+            self.websocket(client, up, cbuf, &head, ctx).await?;
+            return Ok(Next::Close);
+        }
+        if head.expect_continue && head.framing != Framing::Empty {
+            client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            client.flush().await?;
+        }
+        let body = match read_body(client, cbuf, &head, s.max_body, s.fail_open).await {
+            Err(ProxyError::Request(e)) => {
+                let r = Refusal {
+                    status: 400,
+                    code: "request_smuggling",
+                    message: e.to_string(),
+                    rule: None,
+                };
+                self.refuse(client, ctx, &r).await?;
+                return Err(ProxyError::Request(e));
+            }
+            Err(e) => return Err(e),
+            Ok(Body::Whole(b)) => b,
+            Ok(Body::TooLarge) => {
+                let r = Refusal {
+                    status: 413,
+                    code: "inspection_limit",
+                    message: format!(
+                        "the request body is larger than the inspection limit ({} bytes)",
+                        s.max_body
+                    ),
+                    rule: s.rule.clone(),
+                };
+                self.refuse(client, ctx, &r).await?;
+                return Ok(Next::Close);
+            }
+            Ok(Body::Streamed) => {
+                // Over the limit with fail-open: forwarded uninspected as it arrives.
+                ctx.rec.reason =
+                    Some("body over the inspection limit: forwarded uninspected".into());
+                let injected = s.upstream_request_filter(&req, &mut ctx);
+                stream_request(client, up, cbuf, &head, &injected, &mut ctx.rec).await?;
+                return self.respond(client, up, &head, ctx).await;
+            }
+        };
+        let fwd = match s.request_body_filter(&req, body, &mut ctx) {
+            Ok(f) => f,
+            Err(r) => {
+                self.refuse(client, ctx, &r).await?;
+                return Ok(Next::Close);
+            }
+        };
+        let injected = s.upstream_request_filter(&req, &mut ctx);
+        let Forward { body, decoded } = fwd;
+        let mut out = forward_head(&head, &injected, Some(body.len()), decoded);
+        out.extend_from_slice(&body);
+        up.write_all(&out).await?;
+        up.flush().await?;
+        self.respond(client, up, &head, ctx).await
+    }
+
+    /// Relays the response of a forwarded request and writes its record.
+    async fn respond<C, U>(
+        &mut self,
+        client: &mut C,
+        up: &mut U,
+        head: &RequestHead,
+        mut ctx: RequestCtx,
+    ) -> Result<Next, ProxyError>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + Unpin,
+    {
+        let keep = relay_response(client, up, self.ubuf, head, self.session, &mut ctx).await?;
+        // Kept only after an HTTP/1.1 exchange: a server may close after answering 1.0.
+        *self.clean = keep && head.minor == 1;
+        self.sink.request(self.session.logging(ctx));
+        Ok(if keep && head.keep_alive { Next::Continue } else { Next::Close })
+    }
+
+    /// A WebSocket upgrade: the head goes up as is; after a 101 both directions are relayed.
+    async fn websocket<C, U>(
+        &mut self,
+        client: &mut C,
+        up: &mut U,
+        cbuf: &mut Vec<u8>,
+        head: &RequestHead,
+        mut ctx: RequestCtx,
+    ) -> Result<(), ProxyError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let injected = self.session.upstream_request_filter(&view(head), &mut ctx);
+        let out = forward_head(head, &injected, None, false);
+        up.write_all(&out).await?;
+        up.flush().await?;
+        relay_response(client, up, self.ubuf, head, self.session, &mut ctx).await?;
+        let upgraded = ctx.rec.status == Some(101);
+        self.sink.request(self.session.logging(ctx));
+        if !upgraded {
+            // Refused upgrade: the connection ends with that response.
+            return Ok(());
+        }
+        if !cbuf.is_empty() {
+            up.write_all(cbuf).await?;
+            cbuf.clear();
+        }
+        if !self.ubuf.is_empty() {
+            client.write_all(self.ubuf).await?;
+            self.ubuf.clear();
+        }
+        client.flush().await?;
+        up.flush().await?;
+        tokio::io::copy_bidirectional(client, up).await?;
+        Ok(())
+    }
+
+    /// Writes the refusal, shuts the client's side, and writes the record.
+    async fn refuse<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        mut ctx: RequestCtx,
+        r: &Refusal,
+    ) -> Result<(), ProxyError> {
+        refuse(client, self.session, &mut ctx, r).await?;
+        self.sink.request(self.session.logging(ctx));
+        Ok(())
+    }
+}
+
+/// Writes the refusal `r` to the client and shuts its side; fills the record.
+pub(crate) async fn refuse<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    r: &Refusal,
+) -> Result<(), ProxyError> {
+    let id = block::request_id();
+    client.write_all(&block::response(r, ctx.html, &id)).await?;
+    client.flush().await?;
+    let _ = client.shutdown().await;
+    session.refused(r, ctx);
+    Ok(())
+}
+
+/// The request head as forwarded: framing normalised to Content-Length (the body was
+/// de-chunked), `Expect` answered here, client copies of injected headers dropped, the rule's
+/// headers added.
+fn forward_head(
+    head: &RequestHead,
+    injected: &[(&'static str, String)],
+    body_len: Option<usize>,
+    decoded: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len + 128);
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(if head.minor == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    // Hop-by-hop headers are the client's connection's, not the upstream's (RFC 9110 7.6.1):
+    // a client closing after its request does not close the upstream connection, which may
+    // then carry another request. An upgrade keeps them: its connection becomes a tunnel.
+    // HTTP/1.0 requests go up as they came (as 1.0, whose keep-alive is a Connection token).
+    let strip = !head.websocket && head.minor == 1;
+    let named: Vec<&[u8]> = match head.header("connection") {
+        Some(v) if strip => v.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect(),
+        _ => Vec::new(),
+    };
+    let hop = |name: &str| {
+        strip
+            && (matches!(name, "connection" | "keep-alive" | "proxy-connection")
+                || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    };
+    for (name, value) in &head.headers {
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "expect")
+            || INJECTED.contains(&name.as_str())
+            || (decoded && name == "content-encoding")
+            || hop(name)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in injected {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_body = head.framing != Framing::Empty || body_len.is_some_and(|n| n > 0);
+    if let (true, Some(n)) = (has_body, body_len) {
+        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}

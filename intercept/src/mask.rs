@@ -1,0 +1,69 @@
+//! Response masking (`mask_responses`), the response body phase: credentials replaced before
+//! the client sees them, in server-sent events event by event ([`sluice_dlp::stream::SseMasker`],
+//! never buffered whole) and in JSON bodies held up to the inspection limit. Pure: drivers
+//! feed the de-framed body and frame what comes out.
+
+use sluice_dlp::stream::SseMasker;
+
+use crate::phases::{Headers, Mask};
+
+/// How a response body is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskPlan {
+    /// Server-sent events, masked event by event.
+    Sse,
+    /// A JSON body, buffered (up to the inspect limit) and masked whole.
+    Json,
+}
+
+/// Whether (and how) a response with these headers is masked.
+pub(crate) fn plan(_mask: &Mask, headers: &dyn Headers) -> Option<MaskPlan> {
+    let ct = headers.header("content-type").unwrap_or_default().to_ascii_lowercase();
+    let encoded =
+        headers.header("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+    if ct.starts_with(b"text/event-stream") && !encoded {
+        return Some(MaskPlan::Sse);
+    }
+    if ct.windows(4).any(|w| w == b"json") {
+        return Some(MaskPlan::Json);
+    }
+    None
+}
+
+/// An event stream being masked.
+pub fn sse(mask: &Mask) -> SseMasker<'_> {
+    SseMasker::new(&mask.scanner, mask.set)
+}
+
+/// A whole JSON body, masked.
+#[derive(Debug)]
+pub struct MaskedJson {
+    /// What the client gets.
+    pub body: Vec<u8>,
+    /// The body is the decoded form of an encoded one: drop its Content-Encoding.
+    pub decoded: bool,
+    /// Detectors that matched (one per match).
+    pub masked: Vec<&'static str>,
+}
+
+/// Masks a whole JSON response body (`encoding`: its Content-Encoding, decoded up to `limit`;
+/// a body that cannot be decoded goes as it came).
+pub fn json(mask: &Mask, body: Vec<u8>, encoding: Option<&[u8]>, limit: usize) -> MaskedJson {
+    let encoding = encoding.filter(|e| !e.eq_ignore_ascii_case(b"identity"));
+    let decoded = encoding.and_then(|e| sluice_dlp::body::decode(e, &body, limit).ok());
+    let out = sluice_dlp::json::inspect(
+        &mask.scanner,
+        &mask.set,
+        sluice_dlp::json::Request {
+            content_type: Some(b"application/json"),
+            body: decoded.as_deref().unwrap_or(&body),
+            redact: true,
+            salt: b"",
+        },
+    );
+    let masked = out.findings.iter().map(|f| f.detector).collect();
+    match out.redacted {
+        Some(r) => MaskedJson { body: r, decoded: decoded.is_some(), masked },
+        None => MaskedJson { body, decoded: false, masked },
+    }
+}

@@ -1,0 +1,387 @@
+//! The per-request policy of an inspected connection, as phases that know no wire format
+//! (ARCHITECTURE.md, "Interception phases"; the shape of pingora's `ProxyHttp`). The
+//! HTTP/1.1 driver ([`crate::h1`]) calls them for each message; other framings call the same
+//! phases in the same order:
+//!
+//! 1. [`Session::request`] opens the request's context (its record) from the head;
+//! 2. [`Session::request_filter`]: refusals that need only the head (a refused connection,
+//!    domain fronting, organization and project);
+//! 3. [`Session::request_body_filter`]: the body decoded once (Content-Encoding), the model read
+//!    from wherever the endpoint carries it and checked, DLP (block, redact, alert);
+//! 4. [`Session::upstream_request_filter`]: the headers the rule injects;
+//! 5. [`Session::response_filter`]: the status, and whether the response is masked;
+//! 6. response body: [`crate::mask`] (credentials masked, server-sent events event by event);
+//! 7. [`Session::logging`]: the finished record, for the [`crate::RecordSink`].
+//!
+//! Pure: no sockets, no clocks but the request's start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use sluice_dlp::{DetectorSet, Scanner};
+use sluice_rules::HeaderPolicy;
+
+use crate::block::{self, Refusal};
+use crate::dlp::{self, Dlp};
+use crate::mask::{self, MaskPlan};
+use crate::model::{ModelError, model_of};
+use crate::record::RequestRecord;
+
+/// Header the rule injects toward ChatGPT (comma-separated workspace UUIDs).
+pub const WORKSPACE_HEADER: &str = "chatgpt-allowed-workspace-id";
+/// Header the rule injects toward the OpenAI API (allowed organization ids).
+pub const ORGS_HEADER: &str = "openai-allowed-organization-ids";
+/// Headers only the engine sets: a client's copies never go upstream.
+pub const INJECTED: [&str; 2] = [WORKSPACE_HEADER, ORGS_HEADER];
+
+/// The client side's HTTP version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.0.
+    Http10,
+    /// HTTP/1.1.
+    Http11,
+    /// HTTP/2.
+    H2,
+}
+
+impl HttpVersion {
+    /// As records name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "1.0",
+            HttpVersion::Http11 => "1.1",
+            HttpVersion::H2 => "2",
+        }
+    }
+}
+
+/// Header lookup, whatever the framing keeps them in.
+pub trait Headers: Sync {
+    /// The first value of header `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// A request head as the phases see it.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Request target: path and query.
+    pub target: &'a str,
+    /// Host (HTTP/1.1 `Host`, HTTP/2 `:authority`) without port, lowercased.
+    pub authority: &'a str,
+    /// Client side's version.
+    pub version: HttpVersion,
+    /// Its header fields.
+    pub headers: &'a dyn Headers,
+}
+
+impl RequestView<'_> {
+    fn text(&self, name: &str) -> Option<String> {
+        self.headers
+            .header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| v.trim().chars().take(200).collect())
+    }
+}
+
+/// Response masking: the scanner and the credential detectors it replaces.
+#[derive(Debug, Clone)]
+pub struct Mask {
+    /// The policy's scanner.
+    pub scanner: Arc<Scanner>,
+    /// The detectors replaced.
+    pub set: DetectorSet,
+}
+
+/// What every request of one inspected connection shares: who, where, and the rule's policy.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SNI of the connection (the request's authority must match it).
+    pub sni: String,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Original destination.
+    pub original_dst: SocketAddr,
+    /// Identity name.
+    pub identity: String,
+    /// Feed user.
+    pub user: Option<String>,
+    /// Category of the SNI.
+    pub category: Option<String>,
+    /// Rule that decided.
+    pub rule: Option<String>,
+    /// Header policy of the rule.
+    pub headers: HeaderPolicy,
+    /// Largest request body buffered for inspection.
+    pub max_body: u64,
+    /// `on_inspect_failure = "allow"`: a body over the limit is forwarded uninspected.
+    pub fail_open: bool,
+    /// Every request of the connection is refused with this (block rule, invalid upstream
+    /// certificate, unreachable upstream).
+    pub refuse: Option<Refusal>,
+    /// The rule's DLP profile, if any.
+    pub dlp: Option<Dlp>,
+    /// Credentials in responses are masked (`mask_responses`).
+    pub mask: Option<Mask>,
+}
+
+/// One request's context: its record as it is filled, and how a refusal is worded.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The record.
+    pub rec: RequestRecord,
+    /// The client reads HTML (a browser): refusals are pages.
+    pub html: bool,
+    started: Instant,
+}
+
+/// What goes upstream after the body filter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The body (the client's bytes, or the redacted, decoded body).
+    pub body: Vec<u8>,
+    /// The body was replaced by its decoded form: its Content-Encoding is dropped.
+    pub decoded: bool,
+}
+
+impl Session {
+    /// Phase 1: the request's context, its record filled from the head.
+    pub fn request(&self, req: Option<&RequestView<'_>>) -> RequestCtx {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let text = |n: &str| req.and_then(|r| r.text(n));
+        let key = text("authorization")
+            .and_then(|a| {
+                let (scheme, rest) = a.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+            })
+            .or_else(|| text("api-key"));
+        let rec = RequestRecord {
+            kind: "request",
+            ts_ms: now,
+            identity: Some(self.identity.clone()),
+            user: self.user.clone(),
+            src: self.client.ip().to_string(),
+            sport: self.client.port(),
+            dst: self.original_dst.ip().to_string(),
+            sni: Some(self.sni.clone()),
+            http_version: req.map_or("1.1", |r| r.version.as_str()),
+            method: req.map(|r| r.method.to_owned()).unwrap_or_default(),
+            path: req
+                .map(|r| {
+                    r.target.split(['?', '#']).next().unwrap_or("").chars().take(512).collect()
+                })
+                .unwrap_or_default(),
+            api_key_fp: key.filter(|k| !k.is_empty()).map(|k| key_fingerprint(&k)),
+            openai_organization: text("openai-organization"),
+            openai_project: text("openai-project"),
+            user_agent: text("user-agent"),
+            category: self.category.clone(),
+            rule: self.rule.clone(),
+            verdict: "allow",
+            ..RequestRecord::default()
+        };
+        let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
+        RequestCtx { rec, html, started: Instant::now() }
+    }
+
+    /// Phase 2: what the head alone decides. A refusal answers this request (the driver
+    /// drains its body first, so the client can read the answer).
+    pub fn request_filter(&self, req: &RequestView<'_>) -> Result<(), Refusal> {
+        if let Some(r) = &self.refuse {
+            return Err(r.clone());
+        }
+        let sni = self.sni.strip_suffix('.').unwrap_or(&self.sni);
+        if !req.authority.eq_ignore_ascii_case(sni) {
+            return Err(Refusal::forbidden(
+                "domain_fronting",
+                format!("the Host header does not name the TLS server name {}", self.sni),
+                self.rule.as_deref(),
+            ));
+        }
+        let h = &self.headers;
+        let rule = self.rule.as_deref();
+        let text = |n: &str| {
+            req.headers.header(n).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+        };
+        if let Some(org) = text("openai-organization")
+            && !h.allowed_organizations.is_empty()
+            && !h.allowed_organizations.iter().any(|a| a == org)
+        {
+            return Err(Refusal::forbidden(
+                "organization_not_allowed",
+                "this OpenAI organization is not allowed",
+                rule,
+            ));
+        }
+        if let Some(project) = text("openai-project")
+            && !h.allowed_projects.is_empty()
+            && !h.allowed_projects.iter().any(|a| a == project)
+        {
+            return Err(Refusal::forbidden(
+                "project_not_allowed",
+                "this OpenAI project is not allowed",
+                rule,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Phase 3: the whole request body (de-framed, as the client sent it; empty for none).
+    /// It is decoded once here; the model is read and checked; DLP scans the decoded text.
+    pub fn request_body_filter(
+        &self,
+        req: &RequestView<'_>,
+        body: Vec<u8>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Forward, Refusal> {
+        let rec = &mut ctx.rec;
+        rec.bytes_out = body.len() as u64;
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let encoding = req.headers.header("content-encoding").filter(|e| {
+            !e.iter().all(u8::is_ascii_whitespace)
+                && !e.trim_ascii().eq_ignore_ascii_case(b"identity")
+        });
+        let decoded = match encoding {
+            Some(enc) if !body.is_empty() => match sluice_dlp::body::decode(enc, &body, limit) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let cannot = format!("the request body could not be decoded: {e}");
+                    if !self.headers.allowed_models.is_empty() {
+                        return Err(self.model_refusal(&ModelError::Unreadable("undecodable body")));
+                    }
+                    if self.dlp.is_some() && !self.fail_open {
+                        rec.dlp_profile = self.dlp.as_ref().map(|d| d.profile.clone());
+                        return Err(Refusal {
+                            status: 403,
+                            code: "inspection_failed",
+                            message: cannot,
+                            rule: self.rule.clone(),
+                        });
+                    }
+                    if self.dlp.is_some() {
+                        rec.dlp_profile = self.dlp.as_ref().map(|d| d.profile.clone());
+                        rec.reason = Some(format!(
+                            "body not inspected ({e}): forwarded (on_inspect_failure = allow)"
+                        ));
+                    }
+                    return Ok(Forward { body, decoded: false });
+                }
+            },
+            _ => None,
+        };
+        let plain = decoded.as_deref().unwrap_or(&body);
+        let ctype = req.headers.header("content-type");
+        match model_of(req.target, ctype, plain) {
+            Ok(m) => rec.model = m,
+            Err(e @ ModelError::Ambiguous(_)) => return Err(self.model_refusal(&e)),
+            Err(e) if !self.headers.allowed_models.is_empty() => {
+                return Err(self.model_refusal(&e));
+            }
+            Err(_) => {}
+        }
+        if let Some(m) = rec.model.as_deref()
+            && !self.headers.allowed_models.is_empty()
+            && !self.headers.allowed_models.iter().any(|a| a == m)
+        {
+            return Err(Refusal::forbidden(
+                "model_not_allowed",
+                format!("model {m} is not allowed"),
+                self.rule.as_deref(),
+            ));
+        }
+        let Some(profile) = &self.dlp else { return Ok(Forward { body, decoded: false }) };
+        match dlp::scan(profile, ctype, plain, self.rule.as_deref(), rec)? {
+            Some(redacted) => Ok(Forward { body: redacted, decoded: true }),
+            None => Ok(Forward { body, decoded: false }),
+        }
+    }
+
+    fn model_refusal(&self, e: &ModelError) -> Refusal {
+        match e {
+            ModelError::Ambiguous(_) => Refusal {
+                status: 400,
+                code: "ambiguous_request",
+                message: e.to_string(),
+                rule: self.rule.clone(),
+            },
+            _ => Refusal::forbidden(
+                "model_unreadable",
+                format!("the rule allows only some models and {e}"),
+                self.rule.as_deref(),
+            ),
+        }
+    }
+
+    /// Phase 4: the headers the rule injects toward the server, each noted in the record.
+    /// The driver drops the client's copies of [`INJECTED`] headers.
+    pub fn upstream_request_filter(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Vec<(&'static str, String)> {
+        let host = req.authority;
+        let chatgpt =
+            host == "chatgpt.com" || host.ends_with(".chatgpt.com") || host == "chat.openai.com";
+        let mut out = Vec::new();
+        if let (true, Some(v)) = (chatgpt, &self.headers.chatgpt_workspace_header) {
+            out.push((WORKSPACE_HEADER, v.clone()));
+        }
+        if let (true, Some(v)) =
+            (host == "api.openai.com", &self.headers.openai_allowed_orgs_header)
+        {
+            out.push((ORGS_HEADER, v.clone()));
+        }
+        ctx.rec.injected.extend(out.iter().map(|(n, _)| *n));
+        out
+    }
+
+    /// Phase 5: the final response head; says whether (and how) its body is masked.
+    pub fn response_filter(
+        &self,
+        status: u16,
+        headers: &dyn Headers,
+        has_body: bool,
+        ctx: &mut RequestCtx,
+    ) -> Option<MaskPlan> {
+        ctx.rec.status = Some(status);
+        let m = self.mask.as_ref()?;
+        if !has_body || status == 101 {
+            return None;
+        }
+        mask::plan(m, headers)
+    }
+
+    /// A refusal answered in place of the server: fills the record.
+    pub fn refused(&self, r: &Refusal, ctx: &mut RequestCtx) {
+        let rec = &mut ctx.rec;
+        rec.status = Some(r.status);
+        rec.verdict = "block";
+        rec.code = Some(r.code);
+        rec.reason = Some(r.message.clone());
+        if rec.rule.is_none() {
+            rec.rule.clone_from(&r.rule);
+        }
+    }
+
+    /// Phase 7: the finished record.
+    pub fn logging(&self, mut ctx: RequestCtx) -> RequestRecord {
+        ctx.rec.latency_ms = ctx.started.elapsed().as_millis() as u64;
+        ctx.rec
+    }
+}
+
+/// The fingerprint of an API key: `sha256:` and the first 12 hex digits of its SHA-256.
+pub fn key_fingerprint(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    let mut s = String::from("sha256:");
+    for b in &d[..6] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

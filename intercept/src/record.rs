@@ -1,0 +1,178 @@
+//! What the interception engine tells the rest of the system: one [`RequestRecord`] per
+//! request (HTTP/1.1 message or HTTP/2 stream), handed to a [`RecordSink`] the binary owns,
+//! and [`FlowNote`]s, what it learned about a diverted flow, written into the packet engine's
+//! flow record through [`crate::DivertHandle::annotate`]. Records never carry payload bytes,
+//! keys or prompt text (ARCHITECTURE.md, "Records").
+
+use serde::Serialize;
+
+/// Where request records go. The binary owns it (it batches them into the flow log and the
+/// spool toward control); tests collect them in memory.
+pub trait RecordSink: Send + Sync + 'static {
+    /// Takes one finished request record.
+    fn request(&self, record: RequestRecord);
+}
+
+impl<F: Fn(RequestRecord) + Send + Sync + 'static> RecordSink for F {
+    fn request(&self, record: RequestRecord) {
+        self(record);
+    }
+}
+
+/// What the ClientHello said, as the flow record keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloNote {
+    /// SNI, lowercased.
+    pub sni: Option<String>,
+    /// ALPN protocols offered, in order.
+    pub alpn: Vec<String>,
+    /// JA4 fingerprint.
+    pub ja4: String,
+    /// TLS version offered (`1.3`, `1.2`, …).
+    pub tls_version: &'static str,
+}
+
+impl HelloNote {
+    /// The note of a parsed hello.
+    pub fn of(h: &sluice_hello::ClientHello<'_>) -> Self {
+        HelloNote {
+            sni: h.sni().map(str::to_ascii_lowercase),
+            alpn: h.alpn_strings(),
+            ja4: h.ja4(),
+            tls_version: match h.version {
+                0x0304 => "1.3",
+                0x0303 => "1.2",
+                0x0302 => "1.1",
+                0x0301 => "1.0",
+                _ => "other",
+            },
+        }
+    }
+}
+
+/// Who the policy says the client is and which rule decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionNote {
+    /// Identity name.
+    pub identity: String,
+    /// Feed user.
+    pub user: Option<String>,
+    /// Category of the SNI.
+    pub category: Option<String>,
+    /// The rule that decided.
+    pub rule: Option<String>,
+}
+
+/// What the interception engine learned about a diverted flow; fields left `None` leave the
+/// flow record as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowNote {
+    /// The ClientHello.
+    pub hello: Option<HelloNote>,
+    /// The decision.
+    pub decision: Option<DecisionNote>,
+    /// Action taken (`allow`, `inspect`, `block`).
+    pub action: Option<&'static str>,
+    /// Why.
+    pub reason: Option<&'static str>,
+    /// ALPN protocol negotiated with the client (`h2`, `http/1.1`, …).
+    pub alpn_negotiated: Option<&'static str>,
+}
+
+impl FlowNote {
+    /// A note with an action and a reason only.
+    pub fn verdict(action: &'static str, reason: &'static str) -> Self {
+        FlowNote { action: Some(action), reason: Some(reason), ..FlowNote::default() }
+    }
+}
+
+/// One HTTP request seen by the interception engine. Carries who, where, what model, which
+/// key (as a fingerprint) and what was decided; never the prompt, the key or a header value
+/// beyond the organization and project ids.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestRecord {
+    /// Always `request`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Unix ms when the request head arrived.
+    pub ts_ms: u64,
+    /// Identity name.
+    pub identity: Option<String>,
+    /// Feed user.
+    pub user: Option<String>,
+    /// Client address.
+    pub src: String,
+    /// Client port.
+    pub sport: u16,
+    /// Original destination address.
+    pub dst: String,
+    /// SNI of the connection.
+    pub sni: Option<String>,
+    /// Method.
+    pub method: String,
+    /// Path, without the query string (which may carry secrets).
+    pub path: String,
+    /// `model` of a JSON body.
+    pub model: Option<String>,
+    /// HTTP version of the client's side: `1.0`, `1.1` or `2`.
+    pub http_version: &'static str,
+    /// Status the client received.
+    pub status: Option<u16>,
+    /// Request body bytes.
+    pub bytes_out: u64,
+    /// Response body bytes.
+    pub bytes_in: u64,
+    /// Milliseconds from the request head to the end of the response.
+    pub latency_ms: u64,
+    /// Short SHA-256 prefix of the API key (`Authorization: Bearer`, `api-key`), never the key.
+    pub api_key_fp: Option<String>,
+    /// `OpenAI-Organization`.
+    pub openai_organization: Option<String>,
+    /// `OpenAI-Project`.
+    pub openai_project: Option<String>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// Category of the SNI.
+    pub category: Option<String>,
+    /// Rule that decided.
+    pub rule: Option<String>,
+    /// `allow` (forwarded) or `block` (answered by the engine).
+    pub verdict: &'static str,
+    /// Machine-readable reason of a block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    /// Why, when not simply the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Headers the engine injected (names only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injected: Vec<&'static str>,
+    /// DLP profile applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp_profile: Option<String>,
+    /// What DLP did: `block`, `redact`, `alert` (findings present) or `clean`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp_action: Option<&'static str>,
+    /// DLP findings per detector: counts and JSON paths, never values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dlp_findings: Vec<DlpSummary>,
+    /// Parts of the body that could not be scanned (binary files), by path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unscanned: Vec<String>,
+    /// Credentials masked in the response (detector per match), with `mask_responses`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_masked: Vec<&'static str>,
+}
+
+/// The findings of one detector in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DlpSummary {
+    /// Detector name.
+    pub detector: &'static str,
+    /// Number of matches.
+    pub count: usize,
+    /// JSON paths of the strings they were in (deduplicated, at most 16).
+    pub paths: Vec<String>,
+    /// Salted hashes of the matches (correlate repeats without the values; at most 16).
+    pub hashes: Vec<String>,
+}

@@ -1,0 +1,204 @@
+//! The model allow-list, tried as an attacker would: every way of naming a model that the
+//! server reads is read by the body phase too, and what cannot be read is refused. Driven
+//! through the HTTP/1.1 driver over in-memory pipes.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_intercept::h1::serve;
+use sluice_intercept::{RequestRecord, Session};
+use sluice_rules::HeaderPolicy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+fn session(allowed: &[&str]) -> Session {
+    Session {
+        sni: "api.openai.com".into(),
+        client: "10.20.9.99:40000".parse().unwrap(),
+        original_dst: "198.51.100.10:443".parse().unwrap(),
+        identity: "guest".into(),
+        user: None,
+        category: Some("openai-api".into()),
+        rule: Some("models".into()),
+        headers: HeaderPolicy {
+            allowed_models: allowed.iter().map(|m| (*m).to_owned()).collect(),
+            ..HeaderPolicy::default()
+        },
+        max_body: 1 << 20,
+        fail_open: false,
+        refuse: None,
+        dlp: None,
+        mask: None,
+    }
+}
+
+/// What one request got: the client's bytes, what reached the server, and the record.
+struct Outcome {
+    client: String,
+    upstream: Vec<u8>,
+    record: RequestRecord,
+}
+
+/// Sends `head` + `body`; a server that answers 200 to whatever reaches it.
+async fn send(s: Session, head: &str, body: &[u8]) -> Outcome {
+    let (mut c, mut proxy_client) = duplex(1 << 20);
+    let (mut server, mut proxy_server) = duplex(1 << 20);
+    let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
+    let r = records.clone();
+    let task = tokio::spawn(async move {
+        let sink = move |rec: RequestRecord| r.lock().unwrap().push(rec);
+        serve(&mut proxy_client, Some(&mut proxy_server), &s, &sink).await
+    });
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(body).await.unwrap();
+    // The server answers once a whole head has arrived (and reads whatever follows).
+    let mut upstream = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(300), server.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => upstream.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    if !upstream.is_empty() {
+        let answer: &[u8] = if upstream.starts_with(b"GET /v1/realtime") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        server.write_all(answer).await.unwrap();
+    }
+    drop(server);
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut got)).await;
+    drop(c);
+    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    let record = records.lock().unwrap().first().cloned().expect("a record");
+    Outcome { client: String::from_utf8_lossy(&got).into_owned(), upstream, record }
+}
+
+fn post(ctype: &str, extra: &str, body: &[u8]) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: {ctype}\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn refused(o: &Outcome, status: &str, code: &str) {
+    assert!(o.client.starts_with(status), "{}", o.client);
+    assert!(o.client.contains(code), "{}", o.client);
+    assert!(o.upstream.is_empty(), "{}", String::from_utf8_lossy(&o.upstream));
+    assert_eq!((o.record.verdict, o.record.code), ("block", Some(code_static(code))));
+}
+
+fn code_static(code: &str) -> &'static str {
+    ["model_not_allowed", "model_unreadable", "ambiguous_request"]
+        .into_iter()
+        .find(|c| *c == code)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_gzip_body_is_read_before_the_check() {
+    let body = gzip(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#);
+    let o = send(
+        session(&["gpt-4o-mini"]),
+        &post("application/json", "Content-Encoding: gzip\r\n", &body),
+        &body,
+    )
+    .await;
+    refused(&o, "HTTP/1.1 403", "model_not_allowed");
+    assert_eq!(o.record.model.as_deref(), Some("gpt-4o"));
+    // An allowed model in a gzip body goes up as the client sent it, compressed.
+    let body = gzip(br#"{"model":"gpt-4o-mini","messages":[]}"#);
+    let o = send(
+        session(&["gpt-4o-mini"]),
+        &post("application/json", "Content-Encoding: gzip\r\n", &body),
+        &body,
+    )
+    .await;
+    assert!(o.client.starts_with("HTTP/1.1 200"), "{}", o.client);
+    assert!(o.upstream.ends_with(&body), "forwarded unchanged");
+    assert_eq!(o.record.model.as_deref(), Some("gpt-4o-mini"));
+}
+
+#[tokio::test]
+async fn a_multipart_model_field_is_read() {
+    let body = b"--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFF....\r\n--XX--\r\n";
+    let head = post("multipart/form-data; boundary=XX", "", body)
+        .replace("/v1/chat/completions", "/v1/audio/transcriptions");
+    let o = send(session(&["whisper-1"]), &head, body).await;
+    refused(&o, "HTTP/1.1 403", "model_not_allowed");
+    assert_eq!(o.record.model.as_deref(), Some("gpt-4o-transcribe"));
+}
+
+#[tokio::test]
+async fn a_model_that_is_not_a_string_is_refused_under_an_allow_list() {
+    let body = br#"{"model":["gpt-4o"],"messages":[]}"#;
+    let o = send(session(&["gpt-4o-mini"]), &post("application/json", "", body), body).await;
+    refused(&o, "HTTP/1.1 403", "model_unreadable");
+    // Without an allow-list the server decides; the record has no model.
+    let o = send(session(&[]), &post("application/json", "", body), body).await;
+    assert!(o.client.starts_with("HTTP/1.1 200"), "{}", o.client);
+    assert_eq!(o.record.model, None);
+}
+
+#[tokio::test]
+async fn the_realtime_query_model_is_read_on_the_upgrade() {
+    let head = |model: &str| {
+        format!(
+            "GET /v1/realtime?model={model} HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let o = send(session(&["gpt-4o-mini-realtime-preview"]), &head("gpt-4o-realtime-preview"), b"")
+        .await;
+    refused(&o, "HTTP/1.1 403", "model_not_allowed");
+    assert_eq!(o.record.model.as_deref(), Some("gpt-4o-realtime-preview"));
+    let o = send(
+        session(&["gpt-4o-mini-realtime-preview"]),
+        &head("gpt-4o-mini-realtime-preview"),
+        b"",
+    )
+    .await;
+    assert!(o.client.starts_with("HTTP/1.1 101"), "{}", o.client);
+    assert_eq!(o.record.model.as_deref(), Some("gpt-4o-mini-realtime-preview"));
+}
+
+#[tokio::test]
+async fn duplicate_model_keys_are_ambiguous_and_refused() {
+    for body in [
+        &br#"{"model":"gpt-4o-mini","model":"gpt-4o","messages":[]}"#[..],
+        br#"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}"#,
+        br#"{"messages":[],"messages":[]}"#,
+    ] {
+        // Refused with or without an allow-list: servers disagree on which copy wins.
+        for allowed in [&["gpt-4o-mini"][..], &[]] {
+            let o = send(session(allowed), &post("application/json", "", body), body).await;
+            refused(&o, "HTTP/1.1 400", "ambiguous_request");
+        }
+    }
+    let body = br#"{"model":"gpt-4o-mini"}"#;
+    let head =
+        post("application/json", "", body).replace("completions ", "completions?model=gpt-4o ");
+    let o = send(session(&[]), &head, body).await;
+    refused(&o, "HTTP/1.1 400", "ambiguous_request");
+}
+
+#[tokio::test]
+async fn an_undecodable_body_is_refused_under_an_allow_list() {
+    let body = b"\x1f\x8bnot really gzip";
+    let head = post("application/json", "Content-Encoding: gzip\r\n", body);
+    let o = send(session(&["gpt-4o-mini"]), &head, body).await;
+    refused(&o, "HTTP/1.1 403", "model_unreadable");
+    let head = post("application/json", "Content-Encoding: x-custom\r\n", body);
+    let o = send(session(&["gpt-4o-mini"]), &head, body).await;
+    refused(&o, "HTTP/1.1 403", "model_unreadable");
+}
