@@ -13,14 +13,14 @@ use sluice_hello::{HelloParse, MAX_HELLO, parse_client_hello};
 use sluice_rules::Action as RuleAction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::block::Refusal;
 use crate::decide::Decided;
 use crate::record::{FlowNote, HelloNote};
 use crate::tls::{HandshakeFailure, server_config};
-use crate::{DivertedConn, Replay, h1, pool, verify};
+use crate::{DivertedConn, Replay, h1, h2, pool, verify};
 
 /// How long a client may take to send its whole ClientHello, however it trickles in.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +29,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serves one accepted connection.
 pub(crate) async fn connection(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut client: TcpStream,
     peer: SocketAddr,
 ) -> io::Result<()> {
@@ -61,6 +61,7 @@ pub(crate) async fn connection(
         }
     };
     let sni = hello.as_ref().and_then(|h| h.sni.clone());
+    let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
     let d = shared.decider.decide(peer, &conn, sni.as_deref());
     let pinned_key = (peer.ip(), sni.clone().unwrap_or_default());
     let pinned =
@@ -98,9 +99,11 @@ pub(crate) async fn connection(
                 ),
                 d.note.rule.as_deref(),
             );
-            intercept(shared, client, peer, &conn, raw, sni, d, Some(r)).await
+            intercept(shared, client, peer, &conn, raw, sni, offered, d, Some(r)).await
         }
-        RuleAction::Inspect => intercept(shared, client, peer, &conn, raw, sni, d, None).await,
+        RuleAction::Inspect => {
+            intercept(shared, client, peer, &conn, raw, sni, offered, d, None).await
+        }
     }
 }
 
@@ -168,6 +171,7 @@ async fn open_upstream(
     server: SocketAddr,
     sni: Option<&str>,
     rule: Option<&str>,
+    h2: bool,
 ) -> Result<pool::Upstream, Refusal> {
     let tcp = connect_upstream(shared, peer, server).await.map_err(|e| Refusal {
         status: 502,
@@ -186,7 +190,8 @@ async fn open_upstream(
             rule,
         ));
     };
-    let connector = tokio_rustls::TlsConnector::from(shared.cfg.upstream.clone());
+    let cfg = if h2 { &shared.upstream_h2 } else { &shared.cfg.upstream };
+    let connector = tokio_rustls::TlsConnector::from(cfg.clone());
     connector.connect(name, tcp).await.map_err(|e| {
         let fault = verify::classify(&e);
         warn!(%peer, sni = sni.unwrap_or(""), code = fault.code, "upstream TLS refused: {e}");
@@ -195,31 +200,64 @@ async fn open_upstream(
     })
 }
 
+/// What the client offered in ALPN.
+#[derive(Debug, Clone, Copy)]
+struct Offered {
+    h2: bool,
+    /// HTTP/1.x (or no ALPN at all, which means HTTP/1.1).
+    h1: bool,
+}
+
+impl Offered {
+    fn of(alpn: &[String]) -> Self {
+        Offered {
+            h2: alpn.iter().any(|p| p == "h2"),
+            h1: alpn.is_empty() || alpn.iter().any(|p| p == "http/1.1" || p == "http/1.0"),
+        }
+    }
+}
+
+fn is_h2(tls: &pool::Upstream) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn intercept(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: TcpStream,
     peer: SocketAddr,
     conn: &DivertedConn,
     raw: Vec<u8>,
     sni: Option<String>,
+    offered: Offered,
     d: Decided,
     mut refuse: Option<Refusal>,
 ) -> io::Result<()> {
     let server = conn.original_dst;
+    let rule = d.note.rule.clone();
     let key = pool::Key { client: peer.ip(), server, sni: sni.clone() };
-    // An idle connection this client left to the same server and name was verified already.
+    // Upstream first: its certificate decides whether the client may be served at all, and
+    // its protocol which one the client is offered first. An idle connection this client
+    // left to the same server and name was verified already (those speak HTTP/1.1).
     let mut upstream = if refuse.is_none() { pool::take(&key) } else { None };
     if refuse.is_none() && upstream.is_none() {
-        match open_upstream(shared, peer, server, sni.as_deref(), d.note.rule.as_deref()).await {
+        match open_upstream(shared, peer, server, sni.as_deref(), rule.as_deref(), offered.h2).await
+        {
             Ok(up) => upstream = Some(up),
             Err(r) => refuse = Some(r),
         }
     }
+    let upstream_h2 = upstream.as_ref().is_some_and(is_h2);
+    // HTTP/2 toward the client when the server speaks it too, or when the client speaks
+    // nothing else (then translated to HTTP/1.1 upstream).
+    let prefer_h2 = offered.h2 && (upstream_h2 || !offered.h1);
     // The client's TLS, with a leaf for its SNI (or the original destination's address).
-    let server_cfg = match sni {
-        Some(_) => shared.server_cfg.clone(),
-        None => Arc::new(server_config(&shared.cfg.minter, server.ip()).map_err(io::Error::other)?),
+    let server_cfg = match (&sni, prefer_h2) {
+        (Some(_), true) => shared.server_h2.clone(),
+        (Some(_), false) => shared.server_h1.clone(),
+        (None, _) => Arc::new(
+            server_config(&shared.cfg.minter, server.ip(), prefer_h2).map_err(io::Error::other)?,
+        ),
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
     let accepted =
@@ -243,6 +281,7 @@ async fn intercept(
         }
     };
     let alpn = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Some("h2"),
         Some(b"http/1.0") => Some("http/1.0"),
         Some(b"http/1.1") => Some("http/1.1"),
         _ => None,
@@ -252,6 +291,15 @@ async fn intercept(
     }
     let session =
         d.session(sni.clone().unwrap_or_else(|| server.ip().to_string()), peer, server, refuse);
+    if alpn == Some("h2") {
+        return serve_h2(shared, tls, upstream, peer, server, sni, session).await;
+    }
+    if upstream_h2 {
+        // Cannot happen (a client offering h2 is answered in h2 when the server speaks it),
+        // but never speak HTTP/1.1 into an HTTP/2 connection: start a plain one.
+        upstream =
+            open_upstream(shared, peer, server, sni.as_deref(), rule.as_deref(), false).await.ok();
+    }
     let sink = shared.sink.as_ref();
     let result = match upstream.as_mut() {
         Some(up) => h1::serve_keeping(&mut tls, Some(up), &session, sink).await,
@@ -266,4 +314,62 @@ async fn intercept(
         }
     }
     result.map(|_| ()).map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Serves a client that negotiated `h2`: upstream over the HTTP/2 connection the server
+/// accepted, or over HTTP/1.1 connections (the first already open, more as streams need).
+async fn serve_h2(
+    shared: &Arc<Shared>,
+    tls: tokio_rustls::server::TlsStream<Replay<TcpStream>>,
+    upstream: Option<pool::Upstream>,
+    peer: SocketAddr,
+    server: SocketAddr,
+    sni: Option<String>,
+    session: crate::Session,
+) -> io::Result<()> {
+    let rule = session.rule.clone();
+    let upstream = match upstream {
+        None => None,
+        Some(up) if is_h2(&up) => match h2::Upstream::h2(up).await {
+            Ok(u) => Some(u),
+            Err(e) => {
+                debug!(%peer, "upstream HTTP/2 handshake failed: {e}");
+                None
+            }
+        },
+        Some(up) => {
+            let sh = shared.clone();
+            let opener: h2::Opener = Arc::new(move || {
+                let (sh, sni, rule) = (sh.clone(), sni.clone(), rule.clone());
+                Box::pin(async move {
+                    open_upstream(&sh, peer, server, sni.as_deref(), rule.as_deref(), false)
+                        .await
+                        .map(|tls| Box::new(tls) as Box<dyn h2::upstream::Io>)
+                        .map_err(|r| io::Error::other(r.message))
+                })
+            });
+            Some(h2::Upstream::h1(Some(Box::new(up)), opener).await)
+        }
+    };
+    let mut session = session;
+    if upstream.is_none() && session.refuse.is_none() {
+        session.refuse = Some(Refusal {
+            status: 502,
+            code: "upstream_unreachable",
+            message: "the server's HTTP/2 connection failed".into(),
+            rule: session.rule.clone(),
+        });
+    }
+    let result = h2::serve(tls, upstream, Arc::new(session), shared.sink.clone()).await;
+    if let Err(h2::H2Error::RapidReset) = &result {
+        warn!(%peer, "HTTP/2 client reset too many streams: connection closed");
+        shared.nat.annotate(
+            peer,
+            FlowNote::verdict(
+                "block",
+                "HTTP/2 client reset too many streams (rapid reset): closed",
+            ),
+        );
+    }
+    result.map_err(|e| io::Error::other(e.to_string()))
 }

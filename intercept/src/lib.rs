@@ -27,6 +27,7 @@ mod decide;
 mod divert;
 mod dlp;
 pub mod h1;
+pub mod h2;
 pub mod http;
 pub mod mask;
 pub mod model;
@@ -87,9 +88,13 @@ impl std::fmt::Debug for Config {
 /// What every connection of the engine shares.
 struct Shared {
     cfg: Config,
-    /// One client-side configuration for every connection with an SNI: its session cache
-    /// and tickets then let clients resume.
-    server_cfg: Arc<rustls::ServerConfig>,
+    /// Client-side configurations for connections with an SNI, preferring `h2` or
+    /// HTTP/1.1 (shared: their session caches and tickets let clients resume).
+    server_h2: Arc<rustls::ServerConfig>,
+    server_h1: Arc<rustls::ServerConfig>,
+    /// Upstream configuration offering `h2` and `http/1.1` (`cfg.upstream` offers
+    /// `http/1.1`).
+    upstream_h2: Arc<rustls::ClientConfig>,
     decider: Decider,
     nat: Arc<dyn DivertHandle>,
     sink: Arc<dyn RecordSink>,
@@ -130,17 +135,18 @@ pub fn spawn(
         Err(e) => warn!("no IPv6 interception listener on {v6}: {e}; IPv6 flows to inspect fail"),
     }
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
-    let server_cfg = Arc::new(
-        tls::server_config(&cfg.minter, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-            .map_err(io::Error::other)?,
-    );
+    let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    let server_h2 = Arc::new(tls::server_config(&cfg.minter, any, true).map_err(io::Error::other)?);
+    let server_h1 =
+        Arc::new(tls::server_config(&cfg.minter, any, false).map_err(io::Error::other)?);
+    let upstream_h2 = Arc::new(tls::upstream_h2(&cfg.upstream));
     let decider = Decider::new(
         cfg.policy.clone(),
         cfg.overlay.clone(),
         cfg.scanner.clone(),
         cfg.dlp_salt.clone(),
     );
-    let shared = Arc::new(Shared { cfg, nat, sink, server_cfg, decider });
+    let shared = Arc::new(Shared { cfg, nat, sink, server_h2, server_h1, upstream_h2, decider });
     let mut handles = Vec::with_capacity(threads);
     for (i, socks) in per_thread.into_iter().enumerate() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

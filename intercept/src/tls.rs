@@ -8,9 +8,12 @@ use std::sync::Arc;
 use rustls::AlertDescription;
 use sluice_certs::{Minter, MintingResolver};
 
-/// ALPN protocols offered to clients, in our order of preference. `http/1.0` is accepted
-/// (curl `--http1.0` offers only it) and spoken as HTTP/1.x.
-pub const CLIENT_ALPN: [&[u8]; 2] = [b"http/1.1", b"http/1.0"];
+/// ALPN protocols accepted from clients when the server speaks HTTP/2: `h2` first.
+/// `http/1.0` is accepted (curl `--http1.0` offers only it) and spoken as HTTP/1.x.
+pub const CLIENT_ALPN_H2: [&[u8]; 3] = [b"h2", b"http/1.1", b"http/1.0"];
+/// ALPN protocols accepted from clients when the server speaks HTTP/1.1: the client gets
+/// HTTP/1.1 when it offers it, and HTTP/2 (translated) when that is all it offers.
+pub const CLIENT_ALPN_H1: [&[u8]; 3] = [b"http/1.1", b"http/1.0", b"h2"];
 
 /// The crypto provider of both sides of an intercepted connection: rustls' *aws-lc-rs*
 /// provider (its key exchange and hashing are faster than *ring*'s: X25519 was a quarter of
@@ -36,7 +39,8 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-/// The upstream TLS configuration: strict verification against `roots`, ALPN http/1.1.
+/// The upstream TLS configuration: strict verification against `roots`, ALPN http/1.1 (the
+/// engine offers `h2` too, with a copy of it, when the client offered `h2`).
 pub fn upstream_config(
     roots: rustls::RootCertStore,
 ) -> Result<rustls::ClientConfig, rustls::client::VerifierBuilderError> {
@@ -51,17 +55,27 @@ pub fn upstream_config(
     Ok(cfg)
 }
 
+/// The upstream configuration offering `h2` and `http/1.1`.
+pub(crate) fn upstream_h2(h1: &rustls::ClientConfig) -> rustls::ClientConfig {
+    let mut cfg = h1.clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg
+}
+
 /// TLS toward clients: leaves minted for the SNI (for `no_sni_dst` when there is none),
-/// ALPN [`CLIENT_ALPN`].
+/// ALPN [`CLIENT_ALPN_H2`] or [`CLIENT_ALPN_H1`] (rustls picks the first of ours the client
+/// offered).
 pub(crate) fn server_config(
     minter: &Arc<Minter>,
     no_sni_dst: IpAddr,
+    prefer_h2: bool,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(MintingResolver::new(minter.clone(), no_sni_dst)));
-    cfg.alpn_protocols = CLIENT_ALPN.iter().map(|p| p.to_vec()).collect();
+    let alpn: &[&[u8]] = if prefer_h2 { &CLIENT_ALPN_H2 } else { &CLIENT_ALPN_H1 };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg.ignore_client_order = true;
     Ok(cfg)
 }
