@@ -238,12 +238,20 @@ async fn intercept(
     let key = pool::Key { client: peer.ip(), server, sni: sni.clone() };
     // Upstream first: its certificate decides whether the client may be served at all, and
     // its protocol which one the client is offered first. An idle connection this client
-    // left to the same server and name was verified already (those speak HTTP/1.1).
-    let mut upstream = if refuse.is_none() { pool::take(&key) } else { None };
+    // left to the same server and name was verified already; those speak HTTP/1.1, so one is
+    // taken for a client offering h2 only when that server did not choose h2 last time.
+    let h1_server = pool::speaks_h2(server, sni.as_deref()) == Some(false);
+    let pooled = refuse.is_none() && (!offered.h2 || h1_server);
+    let mut upstream = if pooled { pool::take(&key) } else { None };
     if refuse.is_none() && upstream.is_none() {
         match open_upstream(shared, peer, server, sni.as_deref(), rule.as_deref(), offered.h2).await
         {
-            Ok(up) => upstream = Some(up),
+            Ok(up) => {
+                if offered.h2 {
+                    pool::note_h2(server, sni.as_deref(), is_h2(&up));
+                }
+                upstream = Some(up);
+            }
             Err(r) => refuse = Some(r),
         }
     }
@@ -305,6 +313,12 @@ async fn intercept(
         Some(up) => h1::serve_keeping(&mut tls, Some(up), &session, sink).await,
         None => h1::serve_keeping::<_, pool::Upstream>(&mut tls, None, &session, sink).await,
     };
+    if let Err(h1::ProxyError::Http2Preface(read)) = result {
+        // HTTP/2 by prior knowledge, without ALPN saying so (httpx with http1=False offers
+        // http/1.1 but speaks h2): served as HTTP/2 from the bytes already read.
+        return serve_h2(shared, Replay::new(read, tls), upstream, peer, server, sni, session)
+            .await;
+    }
     let _ = tls.shutdown().await;
     if let Some(mut up) = upstream {
         if matches!(result, Ok(true)) {
@@ -318,15 +332,18 @@ async fn intercept(
 
 /// Serves a client that negotiated `h2`: upstream over the HTTP/2 connection the server
 /// accepted, or over HTTP/1.1 connections (the first already open, more as streams need).
-async fn serve_h2(
+async fn serve_h2<C>(
     shared: &Arc<Shared>,
-    tls: tokio_rustls::server::TlsStream<Replay<TcpStream>>,
+    tls: C,
     upstream: Option<pool::Upstream>,
     peer: SocketAddr,
     server: SocketAddr,
     sni: Option<String>,
     session: crate::Session,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let rule = session.rule.clone();
     let upstream = match upstream {
         None => None,

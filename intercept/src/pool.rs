@@ -53,7 +53,14 @@ struct Idle {
 struct Pool {
     idle: HashMap<Key, Vec<Idle>>,
     total: usize,
+    /// Whether each server (address and name) chose `h2` when last offered it, and when.
+    h2: HashMap<(SocketAddr, Option<String>), (bool, Instant)>,
 }
+
+/// How long what a server's ALPN said is remembered.
+const ALPN_TTL: Duration = Duration::from_secs(600);
+/// Most servers whose ALPN is remembered per thread.
+const ALPN_MAX: usize = 4096;
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::default();
@@ -91,6 +98,27 @@ pub(super) fn put(key: Key, conn: Upstream) {
         list.push(Idle { conn, since: Instant::now() });
         p.total += 1;
     });
+}
+
+/// Notes whether `server` (for `sni`) chose `h2` when offered it.
+pub(super) fn note_h2(server: SocketAddr, sni: Option<&str>, h2: bool) {
+    POOL.with_borrow_mut(|p| {
+        if p.h2.len() >= ALPN_MAX {
+            p.h2.retain(|_, (_, at)| at.elapsed() < ALPN_TTL);
+            if p.h2.len() >= ALPN_MAX {
+                return;
+            }
+        }
+        p.h2.insert((server, sni.map(str::to_owned)), (h2, Instant::now()));
+    });
+}
+
+/// Whether `server` (for `sni`) chose `h2` when last offered it, if known.
+pub(super) fn speaks_h2(server: SocketAddr, sni: Option<&str>) -> Option<bool> {
+    POOL.with_borrow(|p| {
+        let (h2, at) = p.h2.get(&(server, sni.map(str::to_owned)))?;
+        (at.elapsed() < ALPN_TTL).then_some(*h2)
+    })
 }
 
 /// Closes the connections idle for longer than [`IDLE`] (on this thread).
@@ -158,5 +186,16 @@ mod tests {
         assert!(take(&key).is_none());
         sweep();
         assert_eq!(idle_count(), 0);
+    }
+
+    #[test]
+    fn what_a_server_chose_is_remembered_per_name() {
+        let server: SocketAddr = "198.51.100.11:443".parse().unwrap();
+        assert_eq!(speaks_h2(server, Some("files.openai.com")), None);
+        note_h2(server, Some("files.openai.com"), true);
+        assert_eq!(speaks_h2(server, Some("files.openai.com")), Some(true));
+        assert_eq!(speaks_h2(server, Some("other.example")), None);
+        note_h2(server, Some("files.openai.com"), false);
+        assert_eq!(speaks_h2(server, Some("files.openai.com")), Some(false));
     }
 }

@@ -557,3 +557,26 @@ async fn a_server_closing_before_its_answer_gets_the_client_a_502() {
     let recs = records.lock().unwrap();
     assert_eq!((recs[0].status, recs[0].code), (Some(502), Some("upstream_closed")));
 }
+
+#[tokio::test]
+async fn an_http2_preface_is_handed_back_unanswered() {
+    let (mut c, _s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    match task.await.unwrap() {
+        Err(ProxyError::Http2Preface(read)) => assert!(read.starts_with(b"PRI * HTTP/2.0\r\n")),
+        other => panic!("{other:?}"),
+    }
+    assert!(records.lock().unwrap().is_empty(), "nothing answered, nothing recorded");
+    // Only as the connection's first bytes: after a request it is a bad request.
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+    read_until(&mut s, b"\r\n\r\n").await;
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    read_until(&mut c, b"\r\n\r\n").await;
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    assert!(read_to_end(&mut c).await.starts_with("HTTP/1.1 400"));
+    assert!(matches!(task.await.unwrap(), Err(ProxyError::Request(_))));
+    assert_eq!(records.lock().unwrap().len(), 2);
+}

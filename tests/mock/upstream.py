@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Mock "internet" servers of the Sluice lab (standard library only).
+"""Mock "internet" servers of the Sluice lab.
 
 Serves every lab host on its IPv4 and IPv6 address, HTTPS on 443 with the host's certificate
 and plain HTTP on 80. The OpenAI hosts answer the API paths (JSON, and server-sent events when
 the request asks to stream); ChatGPT answers backend-api conversations; other hosts answer a
-short page. Every request is appended to a JSON-lines log (method, host, path, headers, body)
-so tests can assert on what actually left the appliance.
+short page. Every request is appended to a JSON-lines log (method, host, path, headers, body,
+HTTP version) so tests can assert on what actually left the appliance.
+
+Hosts marked "h2" also speak HTTP/2 (ALPN h2, then http/1.1), with the `h2` package (from the
+lab venv's httpx[http2]); the others speak HTTP/1.1 only, with the standard library.
 
 Usage: upstream.py --config hosts.json --log upstream.jsonl
-hosts.json: [{"name": ..., "ips": [...], "cert": ..., "key": ...}, ...]
+hosts.json: [{"name": ..., "ips": [...], "cert": ..., "key": ..., "h2": bool}, ...]
 """
 
 import argparse
@@ -53,26 +56,19 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _record(self, body):
-        try:
-            text = body.decode("utf-8")
-            enc = "utf-8"
-        except UnicodeDecodeError:
-            text = base64.b64encode(body).decode()
-            enc = "base64"
-        record({
-            "ts": time.time(),
-            "server": self.server.lab_name,
-            "scheme": self.server.scheme,
-            "client": self.client_address[0],
-            "client_port": self.client_address[1],
-            "method": self.command,
-            "host": self.headers.get("Host", ""),
-            "path": self.path,
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-            "body": text,
-            "body_encoding": enc,
-            "body_len": len(body),
-        })
+        log_request(self.server.lab_name, self.server.scheme, self.client_address, self.command,
+                    self.headers.get("Host", ""), self.path,
+                    {k.lower(): v for k, v in self.headers.items()}, body, "1.1")
+
+    def handle(self):
+        if self.server.scheme == "https":
+            try:
+                self.connection.do_handshake()
+            except (OSError, ssl.SSLError):
+                return
+            if self.connection.selected_alpn_protocol() == "h2":
+                return serve_h2(self.connection, self.server.lab_name, self.client_address)
+        return super().handle()
 
     def _send(self, status, ctype, payload, extra=None):
         self.send_response(status)
@@ -116,60 +112,183 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self):
         body = self._body()
         self._record(body)
-        name = self.server.lab_name
-        path = self.path.split("?")[0]
-        try:
-            req = json.loads(body) if body and body[:1] in (b"{", b"[") else {}
-        except ValueError:
-            req = {}
-        if not isinstance(req, dict):
-            req = {}
-        model = req.get("model", "gpt-4o-mini")
-        now = int(time.time())
-        if name == "api.openai.com" and path.startswith("/v1/"):
-            rid = {"x-request-id": "req_mock_%d" % now}
-            if path == "/v1/chat/completions":
-                # "repeat after me: TEXT" makes the model say TEXT (streamed in 7-character
-                # pieces, so anything in it is split across events).
-                reply = "Hello from the lab"
-                for m in req.get("messages") or []:
-                    c = m.get("content") if isinstance(m, dict) else None
-                    if isinstance(c, str) and "repeat after me:" in c:
-                        reply = c.split("repeat after me:", 1)[1].strip()
-                pieces = ["Hello", " from", " the", " lab"] if reply == "Hello from the lab" else \
-                    [reply[i:i + 7] for i in range(0, len(reply), 7)]
-                if req.get("stream"):
-                    events = []
-                    for i, word in enumerate(pieces):
-                        events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
-                                                  "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
-                    events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
-                                              "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
-                    events.append("[DONE]")
-                    return self._sse(events)
-                resp = {"id": "chatcmpl-mock", "object": "chat.completion", "created": now, "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                                     "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
-            elif path == "/v1/responses":
-                resp = {"id": "resp_mock", "object": "response", "created_at": now, "model": model, "status": "completed",
-                        "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
-                                    "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}]}
-            elif path == "/v1/completions":
-                resp = {"id": "cmpl-mock", "object": "text_completion", "created": now, "model": model,
-                        "choices": [{"index": 0, "text": "Hello from the lab", "finish_reason": "stop"}]}
-            elif path == "/v1/embeddings":
-                resp = {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]}
-            elif path == "/v1/models":
-                resp = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "lab"}]}
-            else:
-                resp = {"ok": True, "path": path}
-            return self._send(200, "application/json", json.dumps(resp).encode(), rid)
-        if name == "chatgpt.com" and path.startswith("/backend-api/"):
-            return self._send(200, "application/json", json.dumps({"conversation_id": "conv-mock", "message": "ok"}).encode())
-        page = ("<!doctype html><title>%s</title><p>hello from %s</p>\n" % (name, name)).encode()
-        return self._send(200, "text/html; charset=utf-8", page)
+        plan = respond(self.server.lab_name, self.path, body)
+        if plan[0] == "sse":
+            return self._sse(plan[1])
+        return self._send(*plan[1:])
 
+
+def log_request(name, scheme, client, method, host, path, headers, body, version):
+    try:
+        text = body.decode("utf-8")
+        enc = "utf-8"
+    except UnicodeDecodeError:
+        text = base64.b64encode(body).decode()
+        enc = "base64"
+    record({
+        "ts": time.time(),
+        "server": name,
+        "scheme": scheme,
+        "client": client[0],
+        "client_port": client[1],
+        "method": method,
+        "host": host,
+        "path": path,
+        "http_version": version,
+        "headers": headers,
+        "body": text,
+        "body_encoding": enc,
+        "body_len": len(body),
+    })
+
+
+def respond(name, full_path, body):
+    """What a host answers: ("send", status, ctype, payload, extra) or ("sse", events)."""
+    path = full_path.split("?")[0]
+    try:
+        req = json.loads(body) if body and body[:1] in (b"{", b"[") else {}
+    except ValueError:
+        req = {}
+    if not isinstance(req, dict):
+        req = {}
+    model = req.get("model", "gpt-4o-mini")
+    now = int(time.time())
+    if name in ("api.openai.com", "files.openai.com") and path.startswith("/v1/"):
+        rid = {"x-request-id": "req_mock_%d" % now}
+        if path == "/v1/chat/completions":
+            # "repeat after me: TEXT" makes the model say TEXT (streamed in 7-character
+            # pieces, so anything in it is split across events).
+            reply = "Hello from the lab"
+            for m in req.get("messages") or []:
+                c = m.get("content") if isinstance(m, dict) else None
+                if isinstance(c, str) and "repeat after me:" in c:
+                    reply = c.split("repeat after me:", 1)[1].strip()
+            pieces = ["Hello", " from", " the", " lab"] if reply == "Hello from the lab" else \
+                [reply[i:i + 7] for i in range(0, len(reply), 7)]
+            if req.get("stream"):
+                events = []
+                for i, word in enumerate(pieces):
+                    events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
+                                              "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+                events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
+                                          "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+                events.append("[DONE]")
+                return ("sse", events)
+            resp = {"id": "chatcmpl-mock", "object": "chat.completion", "created": now, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+        elif path == "/v1/responses":
+            resp = {"id": "resp_mock", "object": "response", "created_at": now, "model": model, "status": "completed",
+                    "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
+                                "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}]}
+        elif path == "/v1/completions":
+            resp = {"id": "cmpl-mock", "object": "text_completion", "created": now, "model": model,
+                    "choices": [{"index": 0, "text": "Hello from the lab", "finish_reason": "stop"}]}
+        elif path == "/v1/embeddings":
+            resp = {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}]}
+        elif path == "/v1/models":
+            resp = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "lab"}]}
+        else:
+            resp = {"ok": True, "path": path}
+        return ("send", 200, "application/json", json.dumps(resp).encode(), rid)
+    if name == "chatgpt.com" and path.startswith("/backend-api/"):
+        return ("send", 200, "application/json", json.dumps({"conversation_id": "conv-mock", "message": "ok"}).encode(), None)
+    page = ("<!doctype html><title>%s</title><p>hello from %s</p>\n" % (name, name)).encode()
+    return ("send", 200, "text/html; charset=utf-8", page, None)
+
+
+
+def serve_h2(sock, name, client):
+    """One HTTP/2 connection: each stream answered as `respond` says, on its own thread."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    lock = threading.Lock()
+
+    def flush():
+        data = conn.data_to_send()
+        if data:
+            sock.sendall(data)
+
+    def send_data(sid, payload, end):
+        # Within the peer's flow-control window, in frames of the largest size it accepts.
+        view = memoryview(payload)
+        while True:
+            with lock:
+                n = min(len(view), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if n > 0 or not view:
+                    conn.send_data(sid, bytes(view[:n]), end_stream=end and n == len(view))
+                    flush()
+                    view = view[n:]
+                    if not view:
+                        return
+            time.sleep(0.005)
+
+    def answer(sid, headers, body):
+        path = headers.get(":path", "/")
+        log_request(name, "https", client, headers.get(":method", ""), headers.get(":authority", ""), path,
+                    {k: v for k, v in headers.items() if not k.startswith(":")}, body, "2")
+        plan = respond(name, path, body)
+        try:
+            if plan[0] == "sse":
+                with lock:
+                    conn.send_headers(sid, [(":status", "200"), ("content-type", "text/event-stream"),
+                                            ("cache-control", "no-cache")])
+                    flush()
+                for ev in plan[1]:
+                    send_data(sid, ("data: " + ev + "\n\n").encode(), False)
+                    time.sleep(0.2)
+                send_data(sid, b"", True)
+                return
+            _, status, ctype, payload, extra = plan
+            hdrs = [(":status", str(status)), ("content-type", ctype), ("content-length", str(len(payload)))]
+            hdrs += [(k.lower(), v) for k, v in (extra or {}).items()]
+            with lock:
+                conn.send_headers(sid, hdrs, end_stream=not payload)
+                flush()
+            if payload:
+                send_data(sid, payload, True)
+        except Exception:  # the client reset the stream or went away
+            pass
+
+    with lock:
+        conn.initiate_connection()
+        flush()
+    streams = {}
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        with lock:
+            try:
+                events = conn.receive_data(data)
+            except Exception:
+                flush()
+                return
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    streams[ev.stream_id] = (dict(ev.headers), bytearray())
+                elif isinstance(ev, h2.events.DataReceived):
+                    if ev.stream_id in streams:
+                        streams[ev.stream_id][1].extend(ev.data)
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    # (A HEADERS frame with END_STREAM gives RequestReceived, then this.)
+                    st = streams.pop(ev.stream_id, None)
+                    if st is not None:
+                        threading.Thread(target=answer, args=(ev.stream_id, st[0], bytes(st[1])), daemon=True).start()
+                elif isinstance(ev, h2.events.StreamReset):
+                    streams.pop(ev.stream_id, None)
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    flush()
+                    return
+            flush()
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -205,7 +324,7 @@ def main():
     for h in hosts:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(h["cert"], h["key"])
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(["h2", "http/1.1"] if h.get("h2") else ["http/1.1"])
         for ip in h["ips"]:
             fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
             tls = Server((ip, 443), fam, h["name"], "https")

@@ -50,7 +50,14 @@ pub enum ProxyError {
     /// Idle or slow past the limits.
     #[error("timed out")]
     Timeout,
+    /// The client opened with the HTTP/2 connection preface (HTTP/2 by prior knowledge):
+    /// the bytes read so far, for the HTTP/2 driver. Nothing was answered or recorded.
+    #[error("the client speaks HTTP/2 without having negotiated it")]
+    Http2Preface(Vec<u8>),
 }
+
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl Headers for RequestHead {
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -135,10 +142,14 @@ impl Driver<'_> {
         U: AsyncRead + AsyncWrite + Unpin,
     {
         let mut cbuf: Vec<u8> = Vec::with_capacity(READ);
+        let mut first = true;
         loop {
             let head = match read_head(client, &mut cbuf, CLIENT_IDLE, head::parse_request).await {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()), // closed between requests
+                Err(ReadHeadError::Head(_)) if first && cbuf.starts_with(PREFACE) => {
+                    return Err(ProxyError::Http2Preface(std::mem::take(&mut cbuf)));
+                }
                 Err(ReadHeadError::Head(e)) => {
                     let r = Refusal {
                         status: 400,
@@ -157,6 +168,7 @@ impl Driver<'_> {
                 Err(ReadHeadError::Io(e)) => return Err(e),
             };
             cbuf.drain(..head.len);
+            first = false;
             match self.exchange(client, upstream.as_deref_mut(), &mut cbuf, head).await? {
                 Next::Continue => {}
                 Next::Close => return Ok(()),
