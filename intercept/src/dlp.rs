@@ -93,22 +93,44 @@ pub(crate) fn summarise(out: &sluice_dlp::json::Outcome, rec: &mut RequestRecord
                 hashes.push(f.hash.clone());
             }
         }
-        match rec.dlp_findings.iter_mut().find(|s| s.detector == detector) {
+        rec.dlp_findings.push(DlpSummary { detector, count, paths, hashes });
+    }
+}
+
+/// Adds the DLP findings of `from` (a WebSocket message's record) to `into` (its
+/// connection's), per detector.
+pub(crate) fn merge_findings(into: &mut RequestRecord, from: &RequestRecord) {
+    if into.dlp_profile.is_none() {
+        into.dlp_profile.clone_from(&from.dlp_profile);
+    }
+    for f in &from.dlp_findings {
+        match into.dlp_findings.iter_mut().find(|s| s.detector == f.detector) {
             Some(s) => {
-                s.count += count;
-                for p in paths {
-                    if s.paths.len() < 16 && !s.paths.contains(&p) {
-                        s.paths.push(p);
+                s.count += f.count;
+                for p in &f.paths {
+                    if s.paths.len() < 16 && !s.paths.contains(p) {
+                        s.paths.push(p.clone());
                     }
                 }
-                for h in hashes {
-                    if s.hashes.len() < 16 && !s.hashes.contains(&h) {
-                        s.hashes.push(h);
+                for h in &f.hashes {
+                    if s.hashes.len() < 16 && !s.hashes.contains(h) {
+                        s.hashes.push(h.clone());
                     }
                 }
             }
-            None => rec.dlp_findings.push(DlpSummary { detector, count, paths, hashes }),
+            None => into.dlp_findings.push(f.clone()),
         }
+    }
+    // The connection's action is the strongest any message got.
+    let rank = |a: Option<&str>| match a {
+        Some("block") => 4,
+        Some("redact") => 3,
+        Some("alert") => 2,
+        Some("clean") => 1,
+        _ => 0,
+    };
+    if rank(from.dlp_action) > rank(into.dlp_action) {
+        into.dlp_action = from.dlp_action;
     }
 }
 

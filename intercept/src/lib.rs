@@ -37,6 +37,7 @@ pub mod record;
 mod replay;
 pub mod tls;
 pub mod verify;
+pub mod ws;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

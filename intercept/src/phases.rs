@@ -136,7 +136,34 @@ pub struct RequestCtx {
     pub rec: RequestRecord,
     /// The client reads HTML (a browser): refusals are pages.
     pub html: bool,
+    /// The `Sec-WebSocket-Extensions` a server's 101 accepted.
+    pub ws_extensions: Option<Vec<u8>>,
     started: Instant,
+}
+
+/// What a WebSocket message phase decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MessageVerdict {
+    /// Relay the message as it came.
+    Forward,
+    /// Relay this text instead (redacted or masked).
+    Replace(Vec<u8>),
+    /// Close the connection (1008) and say why.
+    Refuse(Refusal),
+}
+
+/// The Realtime event that streams audio.
+const AUDIO_EVENT: &str = "input_audio_buffer.append";
+
+/// The `type` of a JSON event (Realtime, Responses over WebSocket), if it has one.
+pub fn event_type(text: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    let e: E = serde_json::from_slice(text).ok()?;
+    e.kind.filter(|k| k.len() <= 100)
 }
 
 /// What goes upstream after the body filter.
@@ -187,7 +214,7 @@ impl Session {
             ..RequestRecord::default()
         };
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
-        RequestCtx { rec, html, started: Instant::now() }
+        RequestCtx { rec, html, ws_extensions: None, started: Instant::now() }
     }
 
     /// Phase 2: what the head alone decides. A refusal answers this request (the driver
@@ -350,6 +377,9 @@ impl Session {
         ctx: &mut RequestCtx,
     ) -> Option<MaskPlan> {
         ctx.rec.status = Some(status);
+        if status == 101 {
+            ctx.ws_extensions = headers.header("sec-websocket-extensions").map(<[u8]>::to_vec);
+        }
         let m = self.mask.as_ref()?;
         if !has_body || status == 101 {
             return None;
@@ -357,9 +387,72 @@ impl Session {
         mask::plan(m, headers)
     }
 
+    /// Request phase of a client's WebSocket message (`text`: a text message, its payload
+    /// decoded): audio is counted and refused when the rule says so, text runs the rule's DLP
+    /// profile (prompt text in Realtime `conversation.item.create`, `response.create` and
+    /// `session.update`, Codex `response.create`: every string of the event is scanned).
+    /// `rec` is the message's own record; `stats` the connection's counts.
+    pub fn client_message(
+        &self,
+        text: bool,
+        payload: &[u8],
+        rec: &mut RequestRecord,
+        stats: &mut crate::record::WsStats,
+    ) -> MessageVerdict {
+        stats.messages_out += 1;
+        let event = if text { event_type(payload) } else { None };
+        let audio = !text || event.as_deref() == Some(AUDIO_EVENT);
+        if !text {
+            stats.binary_out += 1;
+        }
+        if audio {
+            stats.audio_out += 1;
+            if self.headers.block_audio {
+                return MessageVerdict::Refuse(Refusal::forbidden(
+                    "audio_not_allowed",
+                    "audio may not be streamed to this service",
+                    self.rule.as_deref(),
+                ));
+            }
+            // Audio is not text: nothing for DLP.
+            return MessageVerdict::Forward;
+        }
+        rec.websocket =
+            Some(crate::record::WsStats { record: "message", event, ..Default::default() });
+        let Some(profile) = &self.dlp else { return MessageVerdict::Forward };
+        match dlp::scan(profile, Some(b"application/json"), payload, self.rule.as_deref(), rec) {
+            Ok(Some(redacted)) => MessageVerdict::Replace(redacted),
+            Ok(None) => MessageVerdict::Forward,
+            Err(r) => MessageVerdict::Refuse(r),
+        }
+    }
+
+    /// Response phase of a server's WebSocket text message: credentials masked as in
+    /// server-sent events. `Some`: the masked text to relay instead.
+    pub fn server_message(
+        &self,
+        payload: &[u8],
+        rec: &mut RequestRecord,
+        stats: &mut crate::record::WsStats,
+    ) -> Option<Vec<u8>> {
+        stats.messages_in += 1;
+        let m = self.mask.as_ref()?;
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let masked = mask::json(m, payload.to_vec(), None, limit);
+        if masked.masked.is_empty() {
+            return None;
+        }
+        rec.response_masked.extend(masked.masked);
+        Some(masked.body)
+    }
+
     /// A refusal answered in place of the server: fills the record.
     pub fn refused(&self, r: &Refusal, ctx: &mut RequestCtx) {
-        let rec = &mut ctx.rec;
+        self.refused_record(r, &mut ctx.rec);
+    }
+
+    /// [`Session::refused`] for a record without its context (a WebSocket message's).
+    pub fn refused_record(&self, r: &Refusal, rec: &mut RequestRecord) {
         rec.status = Some(r.status);
         rec.verdict = "block";
         rec.code = Some(r.code);

@@ -162,6 +162,32 @@ pub struct RequestRecord {
     /// Credentials masked in the response (detector per match), with `mask_responses`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub response_masked: Vec<&'static str>,
+    /// A WebSocket connection (its record at close) or one of its messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WsStats>,
+}
+
+/// What a WebSocket carried, in its connection's record, or which message a message record is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WsStats {
+    /// `connection` (the record written at close) or `message` (a blocked or redacted one).
+    pub record: &'static str,
+    /// Messages client → server.
+    pub messages_out: u64,
+    /// Messages server → client.
+    pub messages_in: u64,
+    /// Binary messages client → server.
+    pub binary_out: u64,
+    /// Audio messages client → server (binary, and Realtime `input_audio_buffer.append`).
+    pub audio_out: u64,
+    /// Messages the engine rewrote (redacted or masked).
+    pub rewritten: u64,
+    /// Close code of the connection, if a close frame was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    /// The client event's `type` (message records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// The findings of one detector in one request.

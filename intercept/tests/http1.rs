@@ -282,28 +282,6 @@ async fn refusing_connections_answer_every_client_in_its_language() {
     task.await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn websocket_upgrade_is_relayed_both_ways() {
-    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
-    c.write_all(
-        b"GET /v1/realtime HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    read_until(&mut s, b"\r\n\r\n").await;
-    s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nserver-frame")
-        .await
-        .unwrap();
-    read_until(&mut c, b"server-frame").await;
-    c.write_all(b"client-frame").await.unwrap();
-    read_until(&mut s, b"client-frame").await;
-    drop(c);
-    drop(s);
-    let _ = task.await.unwrap();
-    assert_eq!(records.lock().unwrap()[0].status, Some(101));
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_trickled_head_times_out() {
     let (mut c, _s, _records, task) = start(exchange("api.openai.com"), true);

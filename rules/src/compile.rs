@@ -629,6 +629,19 @@ impl Cx<'_> {
                 );
             }
         }
+        if let Some(b) = &r.block_audio {
+            if action == Action::Inspect {
+                headers.block_audio = *b.get_ref();
+            } else {
+                self.err(
+                    span_of(b),
+                    format!(
+                        "`block_audio` applies only to `inspect` rules; rule `{name}` is `{}`",
+                        action.as_str()
+                    ),
+                );
+            }
+        }
         if self.error_count() > errors_before {
             return None;
         }
@@ -707,6 +720,7 @@ impl Cx<'_> {
             allowed_projects: plain(&r.allowed_projects),
             allowed_models: plain(&r.allowed_models),
             mask_responses: false,
+            block_audio: false,
         }
     }
 

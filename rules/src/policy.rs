@@ -131,6 +131,8 @@ pub struct HeaderPolicy {
     pub allowed_models: Vec<String>,
     /// Credentials in responses are replaced before the client sees them.
     pub mask_responses: bool,
+    /// Audio streamed over WebSocket is refused.
+    pub block_audio: bool,
 }
 
 /// A rule as written, names resolved: what the diff and the UI show.

@@ -185,6 +185,9 @@ pub struct RuleDef {
     pub allowed_models: Vec<Spanned<String>>,
     /// Replace credentials in the model's responses (JSON and server-sent events).
     pub mask_responses: Option<Spanned<bool>>,
+    /// Refuse audio streamed over WebSocket (binary messages, Realtime
+    /// `input_audio_buffer.append`): the socket is closed with 1008.
+    pub block_audio: Option<Spanned<bool>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
 }

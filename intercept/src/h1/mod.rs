@@ -19,6 +19,7 @@ use crate::block::{self, Refusal};
 use crate::http::head::{self, Framing, HeadError, RequestHead};
 use crate::phases::{Forward, Headers, HttpVersion, INJECTED, RequestCtx, RequestView, Session};
 use crate::record::RecordSink;
+use crate::ws::{self, deflate::Deflate, frame};
 use io::{Body, ReadHeadError, read_body, read_head, stream_request};
 use response::relay_response;
 
@@ -283,7 +284,8 @@ impl Driver<'_> {
         Ok(if keep && head.keep_alive { Next::Continue } else { Next::Close })
     }
 
-    /// A WebSocket upgrade: the head goes up as is; after a 101 both directions are relayed.
+    /// A WebSocket upgrade: the head goes up (extension offers the engine cannot read
+    /// removed); after a 101 the messages are inspected both ways ([`crate::ws`]).
     async fn websocket<C, U>(
         &mut self,
         client: &mut C,
@@ -301,24 +303,28 @@ impl Driver<'_> {
         up.write_all(&out).await?;
         up.flush().await?;
         relay_response(client, up, self.ubuf, head, self.session, &mut ctx).await?;
-        let upgraded = ctx.rec.status == Some(101);
-        self.sink.request(self.session.logging(ctx));
-        if !upgraded {
+        if ctx.rec.status != Some(101) {
             // Refused upgrade: the connection ends with that response.
+            self.sink.request(self.session.logging(ctx));
             return Ok(());
         }
-        if !cbuf.is_empty() {
-            up.write_all(cbuf).await?;
-            cbuf.clear();
-        }
-        if !self.ubuf.is_empty() {
-            client.write_all(self.ubuf).await?;
-            self.ubuf.clear();
-        }
-        client.flush().await?;
-        up.flush().await?;
-        tokio::io::copy_bidirectional(client, up).await?;
-        Ok(())
+        let deflate = match Deflate::from_response(ctx.ws_extensions.as_deref()) {
+            Ok(d) => d,
+            Err(why) => {
+                // Frames the engine cannot read are not relayed blind.
+                ctx.rec.verdict = "block";
+                ctx.rec.code = Some("websocket_extension");
+                ctx.rec.reason = Some(format!("the server accepted {why}: closed"));
+                let mut close = Vec::new();
+                let reason = frame::close_payload(1010, "extension not inspectable");
+                frame::write(&mut close, frame::op::CLOSE, false, &reason, None);
+                client.write_all(&close).await?;
+                client.flush().await?;
+                self.sink.request(self.session.logging(ctx));
+                return Ok(());
+            }
+        };
+        ws::relay(client, up, cbuf, self.ubuf, self.session, deflate, ctx, self.sink).await
     }
 
     /// Writes the refusal, shuts the client's side, and writes the record.
@@ -378,6 +384,23 @@ fn forward_head(
                 || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
     };
     for (name, value) in &head.headers {
+        if head.websocket && name == "sec-websocket-extensions" {
+            // Only offers whose frames the engine can read go up.
+            let offers: Vec<&[u8]> = value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|o| {
+                    o.split(|b| *b == b';').next().map(<[u8]>::trim_ascii)
+                        == Some(b"permessage-deflate".as_slice())
+                })
+                .collect();
+            if !offers.is_empty() {
+                out.extend_from_slice(b"sec-websocket-extensions: ");
+                out.extend_from_slice(&offers.join(&b", "[..]));
+                out.extend_from_slice(b"\r\n");
+            }
+            continue;
+        }
         if matches!(name.as_str(), "content-length" | "transfer-encoding" | "expect")
             || INJECTED.contains(&name.as_str())
             || (decoded && name == "content-encoding")
