@@ -16,12 +16,15 @@ hosts.json: [{"name": ..., "ips": [...], "cert": ..., "key": ..., "h2": bool}, .
 
 import argparse
 import base64
+import hashlib
 import json
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG_LOCK = threading.Lock()
@@ -112,10 +115,91 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self):
         body = self._body()
         self._record(body)
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self._websocket()
         plan = respond(self.server.lab_name, self.path, body)
         if plan[0] == "sse":
             return self._sse(plan[1])
         return self._send(*plan[1:])
+
+
+    def _websocket(self):
+        """A Realtime / Responses WebSocket: each client message logged (method WS, decoded),
+        answered as the API would (created / delta / done events); permessage-deflate with
+        context takeover when the client offers it (the server's frames go uncompressed)."""
+        self.close_connection = True
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        deflate = "permessage-deflate" in self.headers.get("Sec-WebSocket-Extensions", "")
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept.decode())
+        if deflate:
+            self.send_header("Sec-WebSocket-Extensions", "permessage-deflate")
+        self.end_headers()
+        self.wfile.flush()
+        inflater = zlib.decompressobj(-15) if deflate else None
+        frags, first_op, compressed = [], 1, False
+
+        def send(op, payload):
+            n = len(payload)
+            head = bytes([0x80 | op])
+            head += bytes([n]) if n < 126 else (bytes([126]) + struct.pack(">H", n) if n < 65536 else bytes([127]) + struct.pack(">Q", n))
+            self.wfile.write(head + payload)
+            self.wfile.flush()
+
+        while True:
+            hdr = self.rfile.read(2)
+            if len(hdr) < 2:
+                return
+            b0, b1 = hdr
+            op, n = b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self.rfile.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4) if b1 & 0x80 else b"\0\0\0\0"
+            data = bytes(c ^ mask[i % 4] for i, c in enumerate(self.rfile.read(n)))
+            if op == 8:
+                send(8, data[:2] or b"\x03\xe8")
+                return
+            if op == 9:
+                send(10, data)
+                continue
+            if op == 10:
+                continue
+            if op in (1, 2):
+                frags, first_op, compressed = [data], op, bool(b0 & 0x40)
+            else:
+                frags.append(data)
+            if not b0 & 0x80:
+                continue
+            payload = b"".join(frags)
+            if compressed:
+                payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+            log_request(self.server.lab_name, "wss", self.client_address, "WS", self.headers.get("Host", ""),
+                        self.path, {"ws_compressed": str(compressed).lower(), "ws_opcode": str(first_op)}, payload, "ws")
+            if first_op != 1:
+                continue
+            try:
+                ev = json.loads(payload)
+            except ValueError:
+                continue
+            kind = ev.get("type") if isinstance(ev, dict) else None
+            if kind == "conversation.item.create":
+                replies = [{"type": "conversation.item.created", "item": ev.get("item", {})}]
+            elif kind == "session.update":
+                replies = [{"type": "session.updated", "session": ev.get("session", {})}]
+            elif kind == "response.create":
+                delta = "Hello from the lab"
+                if "leak a key" in payload.decode("utf-8", "replace"):
+                    delta = "here is a key: sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4zAb7dEf0hIj3k"
+                replies = [{"type": "response.output_text.delta", "delta": delta}, {"type": "response.done"}]
+            else:
+                replies = []
+            for r in replies:
+                send(1, json.dumps(r).encode())
 
 
 def log_request(name, scheme, client, method, host, path, headers, body, version):
