@@ -329,6 +329,19 @@ impl Session {
         }
     }
 
+    /// The refusal of a body larger than the inspection limit (without fail-open).
+    pub fn over_limit(&self) -> Refusal {
+        Refusal {
+            status: 413,
+            code: "inspection_limit",
+            message: format!(
+                "the request body is larger than the inspection limit ({} bytes)",
+                self.max_body
+            ),
+            rule: self.rule.clone(),
+        }
+    }
+
     fn model_refusal(&self, e: &ModelError) -> Refusal {
         match e {
             ModelError::Ambiguous(_) => Refusal {

@@ -2,6 +2,8 @@
 //! a real server (hyper's, HTTP/2 or HTTP/1.1) on the other, the engine's driver between.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,37 +18,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_intercept::h2::upstream::Io;
 use sluice_intercept::h2::{self, H2Error, Opener, Upstream};
-use sluice_intercept::{Dlp, Mask, RecordSink, RequestRecord, Session};
-use sluice_rules::{DlpAction, HeaderPolicy};
+use sluice_intercept::{Mask, RecordSink, RequestRecord, Session};
+use sluice_rules::DlpAction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
 fn session() -> Session {
-    Session {
-        sni: "api.openai.com".into(),
-        client: "10.20.1.10:40000".parse().unwrap(),
-        original_dst: "198.51.100.10:443".parse().unwrap(),
-        identity: "finance".into(),
-        user: None,
-        category: Some("openai-api".into()),
-        rule: Some("finance-openai-inspect".into()),
-        headers: HeaderPolicy::default(),
-        max_body: 1 << 20,
-        fail_open: false,
-        refuse: None,
-        dlp: None,
-        mask: None,
-    }
+    common::session("api.openai.com")
 }
 
-fn with_dlp(mut s: Session, action: DlpAction) -> Session {
-    s.dlp = Some(Dlp {
-        profile: "p".into(),
-        set: sluice_dlp::DetectorSet::from_names(&["credit_card"]).unwrap(),
-        action,
-        scanner: Arc::new(sluice_dlp::Scanner::new().unwrap()),
-        salt: Arc::from(&b"salt"[..]),
-    });
-    s
+fn with_dlp(s: Session, action: DlpAction) -> Session {
+    common::with_dlp(s, &["credit_card"], action)
 }
 
 /// What the server received: version, method, URI, headers, body, trailers.
@@ -118,6 +99,19 @@ fn futures_stream(
     futures_util::stream::iter(frames)
 }
 
+/// An HTTP/2 origin on the other end of the returned pipe.
+fn h2_origin(log: &Log) -> tokio::io::DuplexStream {
+    let (ours, theirs) = duplex(1 << 20);
+    let l = log.clone();
+    tokio::spawn(async move {
+        let svc = service_fn(move |r| origin(r, l.clone()));
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(theirs), svc)
+            .await;
+    });
+    ours
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Server {
     H2,
@@ -135,17 +129,7 @@ struct Lab {
 async fn start(s: Session, kind: Server) -> Lab {
     let log: Log = Arc::default();
     let upstream = match kind {
-        Server::H2 => {
-            let (ours, theirs) = duplex(1 << 20);
-            let l = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |r| origin(r, l.clone()));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(theirs), svc)
-                    .await;
-            });
-            Upstream::h2(ours).await.unwrap()
-        }
+        Server::H2 => Upstream::h2(h2_origin(&log)).await.unwrap(),
         Server::H1 => {
             let l = log.clone();
             let opener: Opener = Arc::new(move || {
@@ -407,15 +391,7 @@ async fn raw_client_bursts(
     pause: Duration,
 ) -> (Result<(), H2Error>, usize, usize) {
     let log: Log = Arc::default();
-    let (ours, theirs) = duplex(1 << 20);
-    let l = log.clone();
-    tokio::spawn(async move {
-        let svc = service_fn(move |r| origin(r, l.clone()));
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(theirs), svc)
-            .await;
-    });
-    let upstream = Upstream::h2(ours).await.unwrap();
+    let upstream = Upstream::h2(h2_origin(&log)).await.unwrap();
     let sink: Arc<dyn RecordSink> = Arc::new(|_: RequestRecord| {});
     let (client_end, proxy_end) = duplex(1 << 16);
     let task = tokio::spawn(h2::serve(proxy_end, Some(upstream), Arc::new(session()), sink));

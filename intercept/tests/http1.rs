@@ -2,42 +2,22 @@
 //! test, the server side a scripted peer that records what it received.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_intercept::block::Refusal;
 use sluice_intercept::h1::{ProxyError, serve, serve_keeping};
-use sluice_intercept::{Dlp, Mask, RequestRecord, Session as Exchange, key_fingerprint};
-use sluice_rules::HeaderPolicy;
+use sluice_intercept::{Mask, RequestRecord, Session as Exchange, key_fingerprint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
 fn exchange(sni: &str) -> Exchange {
-    Exchange {
-        sni: sni.into(),
-        client: "10.20.1.10:40000".parse().unwrap(),
-        original_dst: "198.51.100.10:443".parse().unwrap(),
-        identity: "finance".into(),
-        user: None,
-        category: Some("openai-api".into()),
-        rule: Some("finance-openai-inspect".into()),
-        headers: HeaderPolicy::default(),
-        max_body: 1 << 20,
-        fail_open: false,
-        refuse: None,
-        dlp: None,
-        mask: None,
-    }
+    common::session(sni)
 }
 
-fn with_dlp(mut ex: Exchange, action: sluice_rules::DlpAction) -> Exchange {
-    ex.dlp = Some(Dlp {
-        profile: "p".into(),
-        set: sluice_dlp::DetectorSet::from_names(&["credit_card", "aws_access_key_id"]).unwrap(),
-        action,
-        scanner: Arc::new(sluice_dlp::Scanner::new().unwrap()),
-        salt: Arc::from(&b"salt"[..]),
-    });
-    ex
+fn with_dlp(ex: Exchange, action: sluice_rules::DlpAction) -> Exchange {
+    common::with_dlp(ex, &["credit_card", "aws_access_key_id"], action)
 }
 
 type Records = Arc<Mutex<Vec<RequestRecord>>>;

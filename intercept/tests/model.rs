@@ -3,34 +3,24 @@
 //! through the HTTP/1.1 driver over in-memory pipes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_intercept::h1::serve;
 use sluice_intercept::{RequestRecord, Session};
-use sluice_rules::HeaderPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+/// guest's session with a model allow-list.
 fn session(allowed: &[&str]) -> Session {
-    Session {
-        sni: "api.openai.com".into(),
-        client: "10.20.9.99:40000".parse().unwrap(),
-        original_dst: "198.51.100.10:443".parse().unwrap(),
-        identity: "guest".into(),
-        user: None,
-        category: Some("openai-api".into()),
-        rule: Some("models".into()),
-        headers: HeaderPolicy {
-            allowed_models: allowed.iter().map(|m| (*m).to_owned()).collect(),
-            ..HeaderPolicy::default()
-        },
-        max_body: 1 << 20,
-        fail_open: false,
-        refuse: None,
-        dlp: None,
-        mask: None,
-    }
+    let mut s = common::session("api.openai.com");
+    s.client = "10.20.9.99:40000".parse().unwrap();
+    s.identity = "guest".into();
+    s.rule = Some("models".into());
+    s.headers.allowed_models = allowed.iter().map(|m| (*m).to_owned()).collect();
+    s
 }
 
 /// What one request got: the client's bytes, what reached the server, and the record.

@@ -3,6 +3,8 @@
 //! compressed with context takeover), through the HTTP/1.1 driver's upgrade.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,32 +13,15 @@ use sluice_intercept::h1::{ProxyError, serve};
 use sluice_intercept::ws::deflate::Inflater;
 use sluice_intercept::ws::frame::{self, Side, op};
 use sluice_intercept::ws::message::{Assembler, Event};
-use sluice_intercept::{Dlp, Mask, RequestRecord, Session};
-use sluice_rules::{DlpAction, HeaderPolicy};
+use sluice_intercept::{Mask, RequestRecord, Session};
+use sluice_rules::DlpAction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
 fn session(dlp: Option<DlpAction>) -> Session {
-    let scanner = Arc::new(sluice_dlp::Scanner::new().unwrap());
-    Session {
-        sni: "api.openai.com".into(),
-        client: "10.20.1.10:40000".parse().unwrap(),
-        original_dst: "198.51.100.10:443".parse().unwrap(),
-        identity: "finance".into(),
-        user: None,
-        category: Some("openai-api".into()),
-        rule: Some("finance-openai-inspect".into()),
-        headers: HeaderPolicy::default(),
-        max_body: 1 << 20,
-        fail_open: false,
-        refuse: None,
-        dlp: dlp.map(|action| Dlp {
-            profile: "p".into(),
-            set: sluice_dlp::DetectorSet::from_names(&["credit_card", "openai_api_key"]).unwrap(),
-            action,
-            scanner: scanner.clone(),
-            salt: Arc::from(&b"salt"[..]),
-        }),
-        mask: None,
+    let s = common::session("api.openai.com");
+    match dlp {
+        Some(action) => common::with_dlp(s, &["credit_card", "openai_api_key"], action),
+        None => s,
     }
 }
 

@@ -228,16 +228,7 @@ impl Driver<'_> {
             Err(e) => return Err(e),
             Ok(Body::Whole(b)) => b,
             Ok(Body::TooLarge) => {
-                let r = Refusal {
-                    status: 413,
-                    code: "inspection_limit",
-                    message: format!(
-                        "the request body is larger than the inspection limit ({} bytes)",
-                        s.max_body
-                    ),
-                    rule: s.rule.clone(),
-                };
-                self.refuse(client, ctx, &r).await?;
+                self.refuse(client, ctx, &s.over_limit()).await?;
                 return Ok(Next::Close);
             }
             Ok(Body::Streamed) => {

@@ -175,18 +175,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             ctx.rec.bytes_out = rest.size_hint().exact().map_or(0, |n| n + first.len() as u64);
             (UpBody::Streamed { first: Some(Bytes::from(first)), rest }, false, None)
         }
-        Collected::Over(..) => {
-            let r = Refusal {
-                status: 413,
-                code: "inspection_limit",
-                message: format!(
-                    "the request body is larger than the inspection limit ({} bytes)",
-                    s.max_body
-                ),
-                rule: s.rule.clone(),
-            };
-            return refuse(conn, ctx, &r);
-        }
+        Collected::Over(..) => return refuse(conn, ctx, &s.over_limit()),
         Collected::Whole(data, trailers, held) => {
             match s.request_body_filter(&view, data, &mut ctx) {
                 Ok(Forward { body, decoded }) => (UpBody::whole(body, trailers), decoded, held),

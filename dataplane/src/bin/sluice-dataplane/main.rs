@@ -1,12 +1,13 @@
 //! `sluice-dataplane`: the inline appliance process. Bridges two AF_PACKET ports through the
 //! packet engine, writes flow records as JSON lines, reloads the rules on SIGHUP.
 
+mod args;
 mod handle;
+mod output;
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::io::BufWriter;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -21,121 +22,16 @@ use sluice_dataplane::fastpath::FastPath;
 use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
 use sluice_dataplane::port::Port;
-use sluice_dataplane::record::Record;
 use sluice_intercept as intercept;
 
+use args::{Args, FastPathMode, Io};
 use handle::{EngineHandle, RequestQueue};
+use output::{Emitted, Output};
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
 use sluice_rules::catalog::FsLoader;
 use sluice_rules::{IdentityOverlay, compile};
 use tracing::{error, info, warn};
-
-/// Inline AI-egress data plane.
-#[derive(Parser, Debug)]
-#[command(name = "sluice-dataplane", version)]
-struct Args {
-    /// Interface toward the clients.
-    #[arg(long)]
-    inside: String,
-    /// Interface toward the egress router.
-    #[arg(long)]
-    outside: String,
-    /// Rule file (reloaded on SIGHUP).
-    #[arg(long)]
-    rules: PathBuf,
-    /// Flow records are appended here as JSON lines.
-    #[arg(long, default_value = "/var/log/sluice/flows.jsonl")]
-    flow_log: PathBuf,
-    /// Hard cap of the flow table.
-    #[arg(long, default_value_t = 262_144)]
-    max_flows: usize,
-    /// Seconds between records of long-running flows.
-    #[arg(long, default_value_t = 60)]
-    report_interval: u64,
-    /// Seconds a closed (or blocked) flow lingers before its record is written.
-    #[arg(long, default_value_t = 4)]
-    close_linger: u64,
-    /// Idle timeout (s) of TCP flows whose handshake has not completed.
-    #[arg(long, default_value_t = 30)]
-    timeout_tcp_embryonic: u64,
-    /// Idle timeout (s) of established TCP flows.
-    #[arg(long, default_value_t = 600)]
-    timeout_tcp_established: u64,
-    /// Idle timeout (s) of UDP flows.
-    #[arg(long, default_value_t = 60)]
-    timeout_udp: u64,
-    /// Idle timeout (s) of ICMP and other flows.
-    #[arg(long, default_value_t = 30)]
-    timeout_other: u64,
-    /// Port I/O: `ring` (TPACKET_V2 receive ring, batched sends) or `socket` (one system call
-    /// per frame each way; simpler, slower).
-    #[arg(long, value_enum, default_value_t = Io::Ring)]
-    io: Io,
-    /// `kernel`: flows the engine has allowed are forwarded port to port by the kernel (BPF
-    /// programs at tc ingress; the engine still sees every SYN, FIN, RST, ClientHello and DNS
-    /// answer, and gets the counts back). `off`: every frame goes through the engine. If the
-    /// kernel refuses the programs, the data plane warns and runs as with `off`.
-    #[arg(long, value_enum, default_value_t = FastPathMode::Kernel)]
-    fast_path: FastPathMode,
-    /// TUN device toward the interception engine (e.g. `sluice0`). Without it nothing is
-    /// diverted and `inspect` rules pass TCP flows (recorded as such).
-    #[arg(long)]
-    tun: Option<String>,
-    /// IPv4 address of the TUN (the interception listener's).
-    #[arg(long, default_value = "100.127.0.1")]
-    tun_v4: Ipv4Addr,
-    /// IPv6 address of the TUN.
-    #[arg(long, default_value = "fd53:1ce::1")]
-    tun_v6: Ipv6Addr,
-    /// Port of the interception listener on the TUN addresses.
-    #[arg(long, default_value_t = 15443)]
-    listen_port: u16,
-    /// Reserved source ports of upstream connections (outside the clients' ephemeral range).
-    #[arg(long, default_value = "61000-65535", value_parser = port_range)]
-    upstream_ports: (u16, u16),
-    /// Enterprise CA certificate (PEM) that signs the minted leaves.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// Enterprise CA private key (PEM, mode 0600).
-    #[arg(long)]
-    ca_key: Option<PathBuf>,
-    /// Extra roots trusted for upstream servers (PEM bundle), besides Mozilla's.
-    #[arg(long)]
-    upstream_ca: Option<PathBuf>,
-    /// Days a minted leaf is valid (never beyond the CA).
-    #[arg(long, default_value_t = 7)]
-    leaf_days: u64,
-    /// Threads of the interception engine.
-    #[arg(long, default_value_t = 2)]
-    intercept_threads: usize,
-    /// Most intercepted connections at once (beyond it new diverted connections are reset).
-    #[arg(long, default_value_t = 8192)]
-    max_intercepted: usize,
-    /// Unix socket of sluice-control. With it, records are numbered, spooled and sent to
-    /// control, which pushes rule sets and the identity feed.
-    #[arg(long)]
-    control: Option<PathBuf>,
-    /// Name of this data plane toward control (default: the host name).
-    #[arg(long)]
-    name: Option<String>,
-    /// State directory: the record spool and the last rule set pushed by control.
-    #[arg(long, default_value = "/var/lib/sluice")]
-    state_dir: PathBuf,
-    /// Bound of the record spool in MiB (at the bound the oldest records go, counted).
-    #[arg(long, default_value_t = 1024)]
-    spool_max_mb: u64,
-}
-
-fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or("expected LOW-HIGH")?;
-    let a: u16 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
-    let b: u16 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
-    if a == 0 || a > b {
-        return Err("expected 0 < LOW <= HIGH".into());
-    }
-    Ok((a, b))
-}
 
 /// The ports as the TUN thread sends through them.
 #[derive(Clone)]
@@ -233,24 +129,12 @@ fn run_tun(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum FastPathMode {
-    Kernel,
-    Off,
-}
-
 /// Applies the fast-path operations the engine produced (with the engine locked, so the map
 /// follows its order) and gives the engine back what the map said.
 fn offload(eng: &mut Engine, fast: Option<&FastPath>, ops: &mut Vec<OffloadOp>, now: Now) {
     if let Some(fp) = fast {
         fp.sync(eng, ops, now);
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Io {
-    Ring,
-    Socket,
 }
 
 /// One item to send after a batch: a frame of the ring, or one the engine emitted.
@@ -390,89 +274,6 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "sluice".into())
-}
-
-/// Records emitted since the start, by type.
-#[derive(Debug, Default, serde::Serialize)]
-struct Emitted {
-    flow: u64,
-    request: u64,
-    stats: u64,
-}
-
-/// Where records go: the local JSON-lines log, and (with a control link) the spool.
-struct Output {
-    log: BufWriter<std::fs::File>,
-    /// The interception engine's request records.
-    requests: Arc<RequestQueue>,
-    link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
-    emitted: Emitted,
-    enforced: Arc<Enforced>,
-}
-
-impl Output {
-    /// Runs `f` on the engine and writes the records it released. Stats records also carry
-    /// the emitted counts, the link's state and the policy version in force.
-    fn write(&mut self, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)) {
-        let records = {
-            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut eng);
-            eng.take_records()
-        };
-        let requests = self.requests.take();
-        if records.is_empty() && requests.is_empty() {
-            return;
-        }
-        // Each record is serialised once: the same text goes to the log and to the spool.
-        let mut lines = Vec::with_capacity(records.len() + requests.len());
-        for r in &requests {
-            self.emitted.request += 1;
-            let Ok(line) = serde_json::to_string(r) else { continue };
-            let _ = writeln!(self.log, "{line}");
-            lines.push(line);
-        }
-        for r in &records {
-            let line = match r {
-                Record::Flow(_) => {
-                    self.emitted.flow += 1;
-                    serde_json::to_string(r)
-                }
-                Record::Stats(_) => {
-                    self.emitted.stats += 1;
-                    serde_json::to_value(r).and_then(|mut v| {
-                        self.annotate_stats(&mut v);
-                        serde_json::to_string(&v)
-                    })
-                }
-            };
-            let Ok(line) = line else { continue };
-            let _ = writeln!(self.log, "{line}");
-            lines.push(line);
-        }
-        if let Err(e) = self.log.flush() {
-            error!("writing flow log: {e}");
-        }
-        if let Some((spool, _)) = &self.link {
-            let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = s.append(&lines) {
-                error!("spooling records failed: {e}");
-            }
-        }
-    }
-
-    fn annotate_stats(&self, v: &mut serde_json::Value) {
-        let Some(o) = v.as_object_mut() else { return };
-        o.insert("records_emitted".into(), serde_json::json!(self.emitted));
-        o.insert("policy_version".into(), serde_json::json!(self.enforced.current().0));
-        if let Some((spool, connected)) = &self.link {
-            let s = spool.lock().unwrap_or_else(PoisonError::into_inner);
-            o.insert(
-                "link".into(),
-                serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
-                    "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped() }),
-            );
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

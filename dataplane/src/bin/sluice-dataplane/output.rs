@@ -1,0 +1,97 @@
+//! Where records go: the local JSON-lines flow log and, with a control link, the spool. The
+//! packet engine's flow and stats records and the interception engine's request records
+//! ([`RequestQueue`]) are written together, each serialised once.
+
+use std::io::{BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sluice_dataplane::engine::Engine;
+use sluice_dataplane::link::{Enforced, Spool};
+use sluice_dataplane::record::Record;
+use tracing::error;
+
+use crate::handle::RequestQueue;
+
+/// Records emitted since the start, by type.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Emitted {
+    pub flow: u64,
+    pub request: u64,
+    pub stats: u64,
+}
+
+/// Where records go: the local JSON-lines log, and (with a control link) the spool.
+pub struct Output {
+    pub log: BufWriter<std::fs::File>,
+    /// The interception engine's request records.
+    pub requests: Arc<RequestQueue>,
+    pub link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
+    pub emitted: Emitted,
+    pub enforced: Arc<Enforced>,
+}
+
+impl Output {
+    /// Runs `f` on the engine and writes the records it released. Stats records also carry
+    /// the emitted counts, the link's state and the policy version in force.
+    pub fn write(&mut self, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)) {
+        let records = {
+            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut eng);
+            eng.take_records()
+        };
+        let requests = self.requests.take();
+        if records.is_empty() && requests.is_empty() {
+            return;
+        }
+        // Each record is serialised once: the same text goes to the log and to the spool.
+        let mut lines = Vec::with_capacity(records.len() + requests.len());
+        for r in &requests {
+            self.emitted.request += 1;
+            let Ok(line) = serde_json::to_string(r) else { continue };
+            let _ = writeln!(self.log, "{line}");
+            lines.push(line);
+        }
+        for r in &records {
+            let line = match r {
+                Record::Flow(_) => {
+                    self.emitted.flow += 1;
+                    serde_json::to_string(r)
+                }
+                Record::Stats(_) => {
+                    self.emitted.stats += 1;
+                    serde_json::to_value(r).and_then(|mut v| {
+                        self.annotate_stats(&mut v);
+                        serde_json::to_string(&v)
+                    })
+                }
+            };
+            let Ok(line) = line else { continue };
+            let _ = writeln!(self.log, "{line}");
+            lines.push(line);
+        }
+        if let Err(e) = self.log.flush() {
+            error!("writing flow log: {e}");
+        }
+        if let Some((spool, _)) = &self.link {
+            let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = s.append(&lines) {
+                error!("spooling records failed: {e}");
+            }
+        }
+    }
+
+    fn annotate_stats(&self, v: &mut serde_json::Value) {
+        let Some(o) = v.as_object_mut() else { return };
+        o.insert("records_emitted".into(), serde_json::json!(self.emitted));
+        o.insert("policy_version".into(), serde_json::json!(self.enforced.current().0));
+        if let Some((spool, connected)) = &self.link {
+            let s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+            o.insert(
+                "link".into(),
+                serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
+                    "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped() }),
+            );
+        }
+    }
+}
