@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Interception benchmark, all in one run on the lab: HTTPS POSTs of a 2 KB JSON prompt from
-# alice (wrk, keep-alive and one connection per request) to a fast HTTPS origin
-# (dataplane/examples/bench_upstream.rs) through
-#   - sluice inspecting (divert, minted leaf, strict upstream TLS, HTTP/1.1 checks),
-#   - sluice splicing (diverted, decided allow, bytes relayed),
+# Interception benchmark, all in one run on the lab. Every row talks to the same origin, nginx
+# (HTTPS, HTTP/2 and HTTP/1.1, keep-alive, reads the whole body, answers a fixed chat-completion
+# JSON), from alice:
+#   - sluice inspecting (divert, minted leaf, strict upstream TLS, HTTP/1.1 or HTTP/2 phases),
+#   - sluice splicing (bob: diverted, decided allow, bytes relayed),
 #   - sluice inspecting with --fast-path off (the divert NAT done by the engine, not the kernel),
-#   - a plain Linux bridge (direct: the reference for added latency),
-#   - mitmproxy (mitmdump, reverse mode, same enterprise CA, upstream verified),
-#   - Squid (squid-openssl, TLS-terminating accelerator with an enterprise-CA certificate,
-#     re-encrypting to the origin, cache off).
+#   - a plain Linux bridge (direct: the reference for added latency and bulk),
+#   - mitmproxy (mitmdump -q, reverse mode, same enterprise CA, upstream verified; HTTP/2 too),
+#   - Squid as its users run it: squid-openssl 5.7, transparent `ssl-bump` (peek, then bump)
+#     on intercepted port 443 (nft redirect of alice's flows to the origin), certificates
+#     minted by the enterprise CA, one worker, persistent connections both sides, upstream
+#     verified (`sslproxy_cert_error deny all`), cache off.
+# HTTP/1.1 rows: wrk, 2 KB JSON POSTs, keep-alive and one connection per request.
+# HTTP/2 rows: h2load, the same POSTs, CONNS streams over 2 connections.
+# Bulk rows: one connection's download of 1 GiB, and upload of 64 x 8 MB bodies (each held
+# and inspected), through sluice inspecting and direct; GB/s, and GB per CPU-second of
+# sluice-dataplane.
 # RUNS rounds; each round measures every row once, in turn, so the machine's drift (it is
 # shared and noisy) hits every row alike. Prints each row's samples and medians (requests/s,
 # p50, p99), the ratios of the medians and the ratio within each round. Needs root.
@@ -23,8 +30,16 @@ SECS=${SECS:-5}
 CONNS=${CONNS:-16}
 ONLY=${ONLY:-}
 lab=scripts/lab
-command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
-command -v squid >/dev/null || apt-get install -y -q squid-openssl >/dev/null
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v squid >/dev/null || need+=(squid-openssl)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+  # Debian starts the packages' own services; the bench runs its own instances.
+  systemctl disable --now squid nginx >/dev/null 2>&1 || true
+fi
 BENCH_VENV=${SLUICE_LAB_CACHE:-/var/cache/sluice-lab}/bench-venv
 if [ ! -x "$BENCH_VENV/bin/mitmdump" ]; then
   python3 -m venv "$BENCH_VENV" && "$BENCH_VENV/bin/pip" install -q mitmproxy
@@ -32,7 +47,7 @@ fi
 $lab down >/dev/null 2>&1 || true
 trap '$lab down >/dev/null 2>&1 || true' EXIT
 $lab up >/dev/null
-cargo build --release --locked -q -p sluice-dataplane -p sluice-control --example bench_upstream
+cargo build --release --locked -q -p sluice-dataplane -p sluice-control
 STATE=$(scripts/lab env | sed -n 's/^export SLUICE_LAB_STATE=//p')
 PKI=$STATE/pki
 W=$STATE/bench
@@ -49,46 +64,97 @@ issue() { # name signer out
   chmod 600 "$3.key"
 }
 issue bench.lab "$PKI/lab-root" "$W/origin"
-issue squid.bench.lab "$PKI/enterprise-ca" "$W/squid"
-for oct in 90 91 92; do wan ip addr add "198.51.100.$oct/32" dev lo; done
-printf '198.51.100.90 bench.lab\n198.51.100.91 mitm.bench.lab\n198.51.100.92 squid.bench.lab\n' >> "$STATE/hosts"
+for oct in 90 91; do wan ip addr add "198.51.100.$oct/32" dev lo; done
+printf '198.51.100.90 bench.lab\n198.51.100.91 mitm.bench.lab\n' >> "$STATE/hosts"
 kill -HUP "$(cat "$STATE/dnsmasq.pid")"
-wan target/release/examples/bench_upstream 198.51.100.90:443 "$W/origin.crt" "$W/origin.key" > "$W/origin.log" 2>&1 &
+BODY='{"id":"chatcmpl-bench","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}'
+mkdir -p "$W/www/bulk" "$W/nginx-tmp"
+truncate -s 1G "$W/www/bulk/1g"
+cat > "$W/nginx.conf" <<CONF
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  client_max_body_size 0;
+  client_body_temp_path $W/nginx-tmp;
+  proxy_temp_path $W/nginx-tmp;
+  fastcgi_temp_path $W/nginx-tmp;
+  uwsgi_temp_path $W/nginx-tmp;
+  scgi_temp_path $W/nginx-tmp;
+  server {
+    listen 198.51.100.90:443 ssl http2;
+    ssl_certificate $W/origin.crt;
+    ssl_certificate_key $W/origin.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    http2_max_requests 10000000;
+    location /bulk/ { root $W/www; }
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+}
+CONF
+wan nginx -c "$W/nginx.conf" -g 'daemon off;' > "$W/nginx.log" 2>&1 &
 ORIGIN=$!
 mkdir -p "$W/mitm"
 cat "$PKI/enterprise-ca.key" "$PKI/enterprise-ca.crt" > "$W/mitm/mitmproxy-ca.pem"
 wan "$BENCH_VENV/bin/mitmdump" -q --listen-host 198.51.100.91 --listen-port 443 --mode reverse:https://bench.lab:443 \
   --set confdir="$W/mitm" --set ssl_verify_upstream_trusted_ca="$PKI/lab-root.crt" > "$W/mitm.log" 2>&1 &
 MITM=$!
+/usr/lib/squid/security_file_certgen -c -s "$W/ssl_db" -M 16MB >/dev/null
 cat > "$W/squid.conf" <<CONF
 http_port 127.0.0.1:3199
-https_port 198.51.100.92:443 accel tls-cert=$W/squid.crt tls-key=$W/squid.key defaultsite=bench.lab
-cache_peer 198.51.100.90 parent 443 0 no-query originserver tls tls-cafile=$PKI/lab-root.crt tls-domain=bench.lab name=origin
-cache_peer_access origin allow all
+https_port 3129 intercept ssl-bump tls-cert=$PKI/enterprise-ca.crt tls-key=$PKI/enterprise-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s $W/ssl_db -M 16MB
+sslcrtd_children 4
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump bump all
+sslproxy_cert_error deny all
+tls_outgoing_options cafile=$PKI/lab-root.crt
 http_access allow all
 cache deny all
+workers 1
+client_persistent_connections on
+server_persistent_connections on
 pid_filename $W/squid.pid
 access_log none
 cache_log $W/squid-cache.log
 coredump_dir $W
 CONF
+chown -R proxy:proxy "$W/ssl_db" 2>/dev/null || true
 wan squid -N -f "$W/squid.conf" > "$W/squid.log" 2>&1 &
 SQUID=$!
+# Squid sits where a transparent proxy sits: alice's flows to the origin are redirected to it
+# (its own upstream connections leave from the router, not through prerouting).
+squid_on() {
+  wan nft add table ip sluicebench
+  wan nft add chain ip sluicebench pre '{ type nat hook prerouting priority -100; }'
+  wan nft add rule ip sluicebench pre ip saddr 10.20.1.10 ip daddr 198.51.100.90 tcp dport 443 redirect to :3129
+}
+squid_off() { wan nft delete table ip sluicebench; }
 cleanup_refs() { kill "$ORIGIN" "$MITM" "$SQUID" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap 'cleanup_refs; $lab down >/dev/null 2>&1 || true' EXIT
 sleep 3
 
 # --- the request: POST of a 2 KB chat prompt
-python3 - "$W/post.lua" <<'PY'
+python3 - "$W/post.lua" "$W/post.json" <<'PY'
 import json, sys
 prompt = ("Summarise the quarterly figures for the board. " * 60)[:1900]
 body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
+with open(sys.argv[2], "w") as f:
+    f.write(body)
 with open(sys.argv[1], "w") as f:
     f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
     f.write('wrk.headers["Authorization"] = "Bearer sk-bench-0000"\n')
     f.write("wrk.body = %s\n" % json.dumps(body))
     f.write('if os.getenv("WRK_CLOSE") == "1" then wrk.headers["Connection"] = "close" end\n')
 PY
+
+# 8 MB upload bodies (under the 8 MiB inspection limit: each is held whole and inspected).
+head -c 6000000 /dev/urandom | base64 -w 0 > "$W/8m.bin"
 
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
@@ -122,6 +188,50 @@ sample() { # key label host url close [connections]: one SECS-long wrk run, kept
   RPS[$1]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
   P50[$1]+="$(awk '$1 == "50%" {print $2}' <<<"$out" | to_ms) "
   P99[$1]+="$(awk '$1 == "99%" {print $2}' <<<"$out" | to_ms) "
+}
+# h2load: CONNS streams over 2 connections for SECS seconds (h2load reports mean and max
+# latency, kept in P50 and P99).
+sample_h2() { # key label host url
+  local out t0
+  if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
+  [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
+  LABEL[$1]=$2
+  t0=$(cpu_ticks)
+  out=$($lab exec "$3" -- h2load -c 2 -m "$((CONNS / 2))" -D "$SECS" -d "$W/post.json" \
+    -H 'content-type: application/json' -H 'authorization: Bearer sk-bench-0000' "$4" 2>&1)
+  if ! grep -qE "status codes: [0-9]+ 2xx, 0 3xx, 0 4xx, 0 5xx" <<<"$out" || ! grep -q " 0 failed, 0 errored" <<<"$out"; then
+    echo "$out" >&2; echo "h2load failed for $2" >&2; exit 1
+  fi
+  TICKS[$1]=$(( ${TICKS[$1]:-0} + $(cpu_ticks) - t0 ))
+  REQS[$1]=$(( ${REQS[$1]:-0} + $(awk '/^requests:/ {print $8}' <<<"$out") ))
+  RPS[$1]+="$(awk '/^finished in/ {print $4}' <<<"$out") "
+  P50[$1]+="$(awk '/^time for request:/ {print $6}' <<<"$out" | to_ms) "
+  P99[$1]+="$(awk '/^time for request:/ {print $5}' <<<"$out" | to_ms) "
+}
+# One connection's bulk transfer: `down` (GET 1 GiB) or `up` (64 POSTs of 8 MB, each held
+# and inspected); GB/s in RPS, bytes in REQS.
+sample_bulk() { # key label host base-url down|up
+  local out t0 w0 w1 bytes urls=()
+  if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
+  [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
+  LABEL[$1]=$2
+  t0=$(cpu_ticks)
+  w0=$(date +%s.%N)
+  if [ "$5" = down ]; then
+    out=$($lab exec "$3" -- curl -sS -m 120 -o /dev/null -w '%{http_code} %{size_download}\n' "$4/bulk/1g")
+  else
+    for _ in $(seq 64); do urls+=("$4/upload"); done
+    out=$($lab exec "$3" -- curl -sS -m 300 -o /dev/null -H 'content-type: application/octet-stream' \
+      --data-binary "@$W/8m.bin" -w '%{http_code} %{size_upload}\n' "${urls[@]}")
+  fi
+  w1=$(date +%s.%N)
+  if grep -qv '^200 ' <<<"$out"; then echo "$out" >&2; echo "bulk transfer failed for $2" >&2; exit 1; fi
+  bytes=$(awk '{s += $2} END {print s}' <<<"$out")
+  TICKS[$1]=$(( ${TICKS[$1]:-0} + $(cpu_ticks) - t0 ))
+  REQS[$1]=$(( ${REQS[$1]:-0} + bytes ))
+  RPS[$1]+="$(awk -v b="$bytes" -v a="$w0" -v z="$w1" 'BEGIN { printf "%.3f", b / (z - a) / 1e9 }') "
+  P50[$1]+="0 "
+  P99[$1]+="0 "
 }
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
 # The ports bridged in place of the appliance (direct path, reference proxies) or not.
@@ -186,6 +296,9 @@ for round in $(seq "$RUNS"); do
   sample inspect-1 "sluice inspect (1 conn, keep-alive)" alice $URL 0 1
   sample splice-ka "sluice splice (keep-alive)" bob $URL 0
   sample splice-new "sluice splice (new conn/request)" bob $URL 1
+  sample_h2 inspect-h2 "sluice inspect, HTTP/2 (h2load)" alice $URL
+  sample_bulk inspect-down "sluice inspect, 1 GiB download" alice https://bench.lab down
+  sample_bulk inspect-up "sluice inspect, 64 x 8 MB uploads" alice https://bench.lab up
   $lab stop >/dev/null
   # The same without the kernel fast path: every diverted packet NAT-ed by the engine.
   SLUICE_DATAPLANE_ARGS="--fast-path off" $lab start --rules "$W/rules.toml" >/dev/null
@@ -196,10 +309,16 @@ for round in $(seq "$RUNS"); do
   sample direct-ka "direct, Linux bridge (keep-alive)" alice $URL 0
   sample direct-new "direct, Linux bridge (new conn/request)" alice $URL 1
   sample direct-1 "direct, Linux bridge (1 conn, k-a)" alice $URL 0 1
+  sample_h2 direct-h2 "direct, HTTP/2 (h2load)" alice $URL
+  sample_bulk direct-down "direct, 1 GiB download" alice https://bench.lab down
+  sample_bulk direct-up "direct, 64 x 8 MB uploads" alice https://bench.lab up
   sample mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
   sample mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
-  sample squid-ka "squid (keep-alive)" alice https://squid.bench.lab/v1/chat/completions 0
-  sample squid-new "squid (new conn/request)" alice https://squid.bench.lab/v1/chat/completions 1
+  sample_h2 mitm-h2 "mitmproxy, HTTP/2 (h2load)" alice https://mitm.bench.lab/v1/chat/completions
+  squid_on
+  sample squid-ka "squid ssl-bump (keep-alive)" alice $URL 0
+  sample squid-new "squid ssl-bump (new conn/request)" alice $URL 1
+  squid_off
   unbridge
   echo "   round $round of $RUNS done" >&2
 done
@@ -208,8 +327,17 @@ for k in "${ORDER[@]}"; do
   if [ "${TICKS[$k]}" -gt 0 ]; then
     PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" 'BEGIN { printf "   %.0f per data-plane CPU-s", n / (t / 100) }')
   fi
-  printf '%-40s %9.0f req/s (%s)  p50 %6.2f ms   p99 %6.2f ms%s\n' "${LABEL[$k]}" "$(med "${RPS[$k]}")" \
-    "$(tr ' ' '/' <<<"${RPS[$k]% }")" "$(med "${P50[$k]}")" "$(med "${P99[$k]}")" "$PER"
+  case $k in
+    *-down|*-up)
+      [ "${TICKS[$k]}" -gt 0 ] && PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" 'BEGIN { printf "   %.2f GB per data-plane CPU-s", n / 1e9 / (t / 100) }')
+      printf '%-40s %9.2f GB/s  (%s)%s\n' "${LABEL[$k]}" "$(med "${RPS[$k]}")" "$(tr ' ' '/' <<<"${RPS[$k]% }")" "$PER" ;;
+    *-h2)
+      printf '%-40s %9.0f req/s (%s)  mean %5.2f ms  max %6.2f ms%s\n' "${LABEL[$k]}" "$(med "${RPS[$k]}")" \
+        "$(tr ' ' '/' <<<"${RPS[$k]% }")" "$(med "${P50[$k]}")" "$(med "${P99[$k]}")" "$PER" ;;
+    *)
+      printf '%-40s %9.0f req/s (%s)  p50 %6.2f ms   p99 %6.2f ms%s\n' "${LABEL[$k]}" "$(med "${RPS[$k]}")" \
+        "$(tr ' ' '/' <<<"${RPS[$k]% }")" "$(med "${P50[$k]}")" "$(med "${P99[$k]}")" "$PER" ;;
+  esac
   SAMPLES[$k]=${RPS[$k]}
   RPS[$k]=$(med "${RPS[$k]}")
   P50[$k]=$(med "${P50[$k]}")
@@ -225,6 +353,16 @@ for mode in ka new; do
   awk -v m="$mode" -v s="${RPS[inspect-$mode]}" -v mi="${RPS[mitm-$mode]}" -v sq="${RPS[squid-$mode]}" \
     'BEGIN { printf "%-9s sluice inspect / mitmproxy %6.1fx   / squid %5.2fx\n", (m == "ka" ? "keep-alive" : "new-conn"), s / mi, s / sq }'
   echo "  per round: mitmproxy $(per_round "inspect-$mode" "mitm-$mode"); squid $(per_round "inspect-$mode" "squid-$mode")"
+done
+awk -v s="${RPS[inspect-ka]}" -v d="${RPS[direct-ka]}" \
+  'BEGIN { printf "keep-alive  sluice inspect / direct      %6.2fx\n", s / d }'
+echo "  per round: $(per_round inspect-ka direct-ka)"
+awk -v s="${RPS[inspect-h2]}" -v m="${RPS[mitm-h2]}" -v d="${RPS[direct-h2]}" \
+  'BEGIN { printf "HTTP/2      sluice inspect / mitmproxy %6.1fx   / direct %5.2fx\n", s / m, s / d }'
+echo "  per round: mitmproxy $(per_round inspect-h2 mitm-h2); direct $(per_round inspect-h2 direct-h2)"
+for dir in down up; do
+  awk -v s="${RPS[inspect-$dir]}" -v d="${RPS[direct-$dir]}" -v n="${REQS[inspect-$dir]}" -v t="${TICKS[inspect-$dir]}" -v m="$dir" \
+    'BEGIN { printf "bulk %-6s sluice inspect %.2f GB/s (direct %.2f), %.2f GB per data-plane CPU-s\n", m, s, d, n / 1e9 / (t / 100) }'
 done
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, %d connections): %.2f ms\n", '"$CONNS"', a - b }'

@@ -330,6 +330,36 @@ async fn a_body_over_the_limit_is_refused_for_that_stream_alone() {
 }
 
 #[tokio::test]
+async fn bodies_held_at_once_share_a_budget_and_never_wait_on_each_other_forever() {
+    // 64 KiB bodies: the connection holds 256 KiB at most. Twelve streams of 60 KB sent at
+    // once, in 4 KB pieces, hold parts of it while waiting for more: some give way (503),
+    // the others complete, none hangs.
+    let mut s = session();
+    s.max_body = 64 << 10;
+    let lab = start(s, Server::H2).await;
+    let body = format!(r#"{{"input":"{}"}}"#, "x".repeat(60_000));
+    let sends = (0..12).map(|_| {
+        let chunks: Vec<Result<Frame<Bytes>, Infallible>> = body
+            .as_bytes()
+            .chunks(4096)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let req = Request::builder()
+            .method("POST")
+            .uri("https://api.openai.com/v1/embeddings")
+            .body(StreamBody::new(futures_stream(chunks)).boxed())
+            .unwrap();
+        send(&lab.client, req)
+    });
+    let all = tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(sends))
+        .await
+        .expect("no stream waits forever");
+    let codes: Vec<u16> = all.iter().map(|r| r.0).collect();
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&200), "{codes:?}");
+}
+
+#[tokio::test]
 async fn limits_are_advertised_and_extended_connect_is_not() {
     let (ours, _theirs) = duplex(1 << 16);
     let upstream = Upstream::h2(ours);

@@ -46,8 +46,11 @@ pub const MAX_CANCELLED: u32 = 100;
 const MAX_PENDING_RESETS: usize = 50;
 /// Streams the engine itself reset for protocol errors (h2's own counter).
 const MAX_LOCAL_RESETS: usize = 256;
-/// Least bytes of request bodies one connection may hold for inspection at once.
-const BODY_BUDGET: u64 = 32 << 20;
+/// Bytes of request bodies one connection may hold for inspection at once: four bodies of
+/// the largest size inspected (32 MiB with the default 8 MiB), and at least 256 KiB.
+fn body_budget(max_body: u64) -> u64 {
+    max_body.saturating_mul(4).max(256 << 10)
+}
 
 /// Why an HTTP/2 connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +97,7 @@ pub async fn serve<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let kib = session.max_body.max(BODY_BUDGET).div_ceil(1024);
+    let kib = body_budget(session.max_body).div_ceil(1024);
     let conn = Arc::new(Conn {
         session,
         sink,

@@ -26,6 +26,8 @@ use crate::phases::{Forward, Headers, HttpVersion, INJECTED, RequestCtx, Request
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
 /// How long the server may take to start its response (model calls can be slow).
 const UPSTREAM_HEAD: Duration = Duration::from_secs(600);
+/// How long a stream waits for its share of the connection's inspection budget.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
 /// How long the server may stay silent within a response body that is being masked.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(600);
 
@@ -82,6 +84,8 @@ enum Collected {
     Over(Vec<u8>, Incoming),
     /// The client reset the stream, or stalled.
     Failed(String),
+    /// The connection's inspection budget stayed exhausted (other streams hold it).
+    Busy,
 }
 
 async fn collect(conn: &Conn, mut body: Incoming, max: u64) -> Collected {
@@ -102,12 +106,15 @@ async fn collect(conn: &Conn, mut body: Incoming, max: u64) -> Collected {
                     return Collected::Over(data, body);
                 }
                 let kib = u32::try_from(d.len().div_ceil(1024)).unwrap_or(u32::MAX);
-                match conn.budget.clone().acquire_many_owned(kib).await {
-                    Ok(p) => match held.as_mut() {
+                let permit = conn.budget.clone().acquire_many_owned(kib);
+                match tokio::time::timeout(BUDGET_WAIT, permit).await {
+                    Ok(Ok(p)) => match held.as_mut() {
                         Some(h) => h.merge(p),
                         None => held = Some(p),
                     },
-                    Err(_) => return Collected::Failed("budget closed".into()),
+                    // Streams holding part of the budget while waiting for the rest could
+                    // wait on each other forever: one gives way.
+                    Ok(Err(_)) | Err(_) => return Collected::Busy,
                 }
                 data.extend_from_slice(&d);
             }
@@ -176,6 +183,15 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             (UpBody::Streamed { first: Some(Bytes::from(first)), rest }, false, None)
         }
         Collected::Over(..) => return refuse(conn, ctx, &s.over_limit()),
+        Collected::Busy => {
+            let r = Refusal {
+                status: 503,
+                code: "inspection_busy",
+                message: "too many large request bodies on this connection at once".into(),
+                rule: s.rule.clone(),
+            };
+            return refuse(conn, ctx, &r);
+        }
         Collected::Whole(data, trailers, held) => {
             match s.request_body_filter(&view, data, &mut ctx) {
                 Ok(Forward { body, decoded }) => (UpBody::whole(body, trailers), decoded, held),
