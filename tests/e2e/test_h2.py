@@ -124,6 +124,21 @@ class Http2(unittest.TestCase):
         self.assertEqual(big[-1]["body_len"], 5000000 + len('{"purpose": "batch", "data": ""}'))
         self.assertEqual(big[-1]["http_version"], "2")
 
+    def test_no_common_alpn_is_refused_and_not_taken_for_pinning(self):
+        # A client offering only a protocol the engine does not speak: the handshake fails
+        # with its real cause, and the client's next connections are still inspected.
+        r = on("alice", "openssl", "s_client", "-connect", "api.openai.com:443", "-servername",
+               "api.openai.com", "-alpn", "spdy/3", timeout=30)
+        self.assertNotIn("ALPN protocol: spdy/3", r.stdout)
+        flow = wait_for_flow(lambda f: f.get("sni") == "api.openai.com" and "no application protocol" in (f.get("reason") or ""))
+        self.assertEqual(flow["action"], "block")
+        r = curl("alice", "https://api.openai.com/v1/models?after-alpn=" + RUN, "-o", "/dev/null", "-w", "%{http_code}")
+        self.assertEqual(r.stdout, "200", r.stderr)
+        seen = [e for e in upstream("api.openai.com") if e["path"] == "/v1/models?after-alpn=" + RUN]
+        self.assertEqual(len(seen), 1, "inspected (re-originated by the engine), not spliced")
+        rec = wait_for_record("request", lambda r: r.get("path") == "/v1/models" and r.get("identity") == "finance")
+        self.assertEqual(rec["verdict"], "allow")
+
     def test_a_rapid_reset_client_is_cut_off_and_memory_stays_bounded(self):
         before = dataplane_rss_kib()
         r = on("alice", "python3", H2FLOOD, "api.openai.com", "20000", RUN, timeout=120)
