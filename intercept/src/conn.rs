@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::block::Refusal;
-use crate::decide::Decided;
+use crate::decide::{Decided, PinKey};
 use crate::record::{FlowNote, HelloNote};
 use crate::tls::{HandshakeFailure, server_config};
 use crate::{DivertedConn, Replay, h1, h2, pool, verify};
@@ -63,7 +63,8 @@ pub(crate) async fn connection(
     let sni = hello.as_ref().and_then(|h| h.sni.clone());
     let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
     let d = shared.decider.decide(peer, &conn, sni.as_deref());
-    let pinned_key = (peer.ip(), sni.clone().unwrap_or_default());
+    let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
+    let pinned_key = (peer.ip(), sni.clone().unwrap_or_default(), ja4);
     let pinned =
         d.action == RuleAction::Inspect && d.fail_open && shared.decider.is_pinned(&pinned_key);
     let tls = hello.is_some();
@@ -99,10 +100,11 @@ pub(crate) async fn connection(
                 ),
                 d.note.rule.as_deref(),
             );
-            intercept(shared, client, peer, &conn, raw, sni, offered, d, Some(r)).await
+            intercept(shared, client, peer, &conn, raw, (sni, pinned_key), offered, d, Some(r))
+                .await
         }
         RuleAction::Inspect => {
-            intercept(shared, client, peer, &conn, raw, sni, offered, d, None).await
+            intercept(shared, client, peer, &conn, raw, (sni, pinned_key), offered, d, None).await
         }
     }
 }
@@ -228,7 +230,7 @@ async fn intercept(
     peer: SocketAddr,
     conn: &DivertedConn,
     raw: Vec<u8>,
-    sni: Option<String>,
+    (sni, pin): (Option<String>, PinKey),
     offered: Offered,
     d: Decided,
     mut refuse: Option<Refusal>,
@@ -283,7 +285,7 @@ async fn intercept(
             let action = if pinned { "allow" } else { "block" };
             shared.nat.annotate(peer, FlowNote::verdict(action, failure.reason(fail_open)));
             if pinned {
-                shared.decider.remember_pinned((peer.ip(), sni.unwrap_or_default()));
+                shared.decider.remember_pinned(pin);
             }
             return Ok(());
         }
@@ -314,6 +316,8 @@ async fn intercept(
         None => h1::serve_keeping::<_, pool::Upstream>(&mut tls, None, &session, sink).await,
     };
     if let Err(h1::ProxyError::Http2Preface(read)) = result {
+        let note = FlowNote { alpn_negotiated: Some("h2"), ..FlowNote::default() };
+        shared.nat.annotate(peer, note);
         // HTTP/2 by prior knowledge, without ALPN saying so (httpx with http1=False offers
         // http/1.1 but speaks h2): served as HTTP/2 from the bytes already read.
         return serve_h2(shared, Replay::new(read, tls), upstream, peer, server, sni, session)

@@ -22,6 +22,11 @@ const PINNED_TTL: Duration = Duration::from_secs(3600);
 /// Most remembered (client, name) pairs that refused the minted certificate.
 const MAX_PINNED: usize = 65_536;
 
+/// Who refused the minted certificate: the client's address, the name, and the JA4 of its
+/// hello, so that one program refusing it (a pinned app, a tool without the enterprise CA)
+/// does not take inspection away from every other client behind that address.
+pub(crate) type PinKey = (IpAddr, String, String);
+
 /// The decision for one connection, owned.
 #[derive(Debug)]
 pub(crate) struct Decided {
@@ -71,7 +76,7 @@ pub(crate) struct Decider {
     /// The scanner of the current policy, with the policy it was built for (holding the
     /// policy keeps its address, the key, from being reused).
     cache: Mutex<Option<(Arc<Policy>, Arc<sluice_dlp::Scanner>)>>,
-    pinned: Mutex<HashMap<(IpAddr, String), Instant>>,
+    pinned: Mutex<HashMap<PinKey, Instant>>,
 }
 
 impl Decider {
@@ -157,13 +162,13 @@ impl Decider {
     }
 
     /// True when `key` refused the minted certificate within the last hour.
-    pub fn is_pinned(&self, key: &(IpAddr, String)) -> bool {
+    pub fn is_pinned(&self, key: &PinKey) -> bool {
         let map = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
         map.get(key).is_some_and(|t| t.elapsed() < PINNED_TTL)
     }
 
     /// Remembers that `key` refused the minted certificate (bounded).
-    pub fn remember_pinned(&self, key: (IpAddr, String)) {
+    pub fn remember_pinned(&self, key: PinKey) {
         let mut map = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_PINNED {
             map.retain(|_, t| t.elapsed() < PINNED_TTL);

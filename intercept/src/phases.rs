@@ -62,7 +62,20 @@ impl HttpVersion {
 pub trait Headers: Sync {
     /// The first value of header `name` (lowercase).
     fn header(&self, name: &str) -> Option<&[u8]>;
+    /// How many fields named `name` (lowercase) there are.
+    fn count(&self, name: &str) -> usize;
 }
+
+/// Headers the phases read whose repetition would let the server read another value than
+/// the one inspected (which copy wins differs between implementations): refused.
+const SINGLE: [&str; 6] = [
+    "content-type",
+    "content-encoding",
+    "authorization",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+];
 
 /// A request head as the phases see it.
 #[derive(Clone, Copy)]
@@ -166,6 +179,30 @@ pub fn event_type(text: &[u8]) -> Option<String> {
     e.kind.filter(|k| k.len() <= 100)
 }
 
+/// The model a WebSocket event names: its own `model`, or that of the response or session it
+/// creates or updates (Realtime `session.update`, `response.create`; Responses
+/// `response.create`). A model that is not a string, or an event that is not JSON, cannot be
+/// read.
+pub fn event_model(text: &[u8]) -> Result<Option<String>, ModelError> {
+    let v: serde_json::Value = serde_json::from_slice(text)
+        .map_err(|_| ModelError::Unreadable("the event is not valid JSON"))?;
+    let mut found: Option<String> = None;
+    let places = [v.get("model"), v.pointer("/response/model"), v.pointer("/session/model")];
+    for m in places.into_iter().flatten() {
+        match m {
+            serde_json::Value::Null => {}
+            serde_json::Value::String(s) if s.chars().count() <= 200 => match &found {
+                Some(f) if f != s => {
+                    return Err(ModelError::Ambiguous("the event names two models"));
+                }
+                _ => found = Some(s.clone()),
+            },
+            _ => return Err(ModelError::NotString),
+        }
+    }
+    Ok(found)
+}
+
 /// What goes upstream after the body filter.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forward {
@@ -222,6 +259,23 @@ impl Session {
     pub fn request_filter(&self, req: &RequestView<'_>) -> Result<(), Refusal> {
         if let Some(r) = &self.refuse {
             return Err(r.clone());
+        }
+        if req.method.eq_ignore_ascii_case("CONNECT") {
+            // A tunnel inside the inspected connection would not be inspected.
+            return Err(Refusal {
+                status: 405,
+                code: "connect_not_inspected",
+                message: "CONNECT inside an inspected connection is not allowed".into(),
+                rule: self.rule.clone(),
+            });
+        }
+        if let Some(name) = SINGLE.iter().find(|n| req.headers.count(n) > 1) {
+            return Err(Refusal {
+                status: 400,
+                code: "ambiguous_request",
+                message: format!("the request repeats the {name} header"),
+                rule: self.rule.clone(),
+            });
         }
         let sni = self.sni.strip_suffix('.').unwrap_or(&self.sni);
         if !req.authority.eq_ignore_ascii_case(sni) {
@@ -329,6 +383,12 @@ impl Session {
         }
     }
 
+    /// Whether a body over the inspection limit is forwarded uninspected: the rule fails open
+    /// and has no model allow-list (a model could not be checked in a body never read).
+    pub fn streams_uninspected(&self) -> bool {
+        self.fail_open && self.headers.allowed_models.is_empty()
+    }
+
     /// The refusal of a body larger than the inspection limit (without fail-open).
     pub fn over_limit(&self) -> Refusal {
         Refusal {
@@ -413,12 +473,16 @@ impl Session {
         stats: &mut crate::record::WsStats,
     ) -> MessageVerdict {
         stats.messages_out += 1;
-        let event = if text { event_type(payload) } else { None };
-        let audio = !text || event.as_deref() == Some(AUDIO_EVENT);
         if !text {
             stats.binary_out += 1;
         }
-        if audio {
+        // A binary message that is a JSON event is read as text: servers may accept events
+        // either way. Other binary messages are audio.
+        let json =
+            || payload.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| b"{[".contains(b));
+        let readable = text || (json() && std::str::from_utf8(payload).is_ok());
+        let event = if readable { event_type(payload) } else { None };
+        if !readable || event.as_deref() == Some(AUDIO_EVENT) {
             stats.audio_out += 1;
             if self.headers.block_audio {
                 return MessageVerdict::Refuse(Refusal::forbidden(
@@ -432,6 +496,24 @@ impl Session {
         }
         rec.websocket =
             Some(crate::record::WsStats { record: "message", event, ..Default::default() });
+        if !self.headers.allowed_models.is_empty() {
+            match event_model(payload) {
+                Ok(None) => {}
+                Ok(Some(m)) if self.headers.allowed_models.contains(&m) => {
+                    rec.model = Some(m);
+                }
+                Ok(Some(m)) => {
+                    let r = Refusal::forbidden(
+                        "model_not_allowed",
+                        format!("model {m} is not allowed"),
+                        self.rule.as_deref(),
+                    );
+                    rec.model = Some(m);
+                    return MessageVerdict::Refuse(r);
+                }
+                Err(e) => return MessageVerdict::Refuse(self.model_refusal(&e)),
+            }
+        }
         let Some(profile) = &self.dlp else { return MessageVerdict::Forward };
         match dlp::scan(profile, Some(b"application/json"), payload, self.rule.as_deref(), rec) {
             Ok(Some(redacted)) => MessageVerdict::Replace(redacted),

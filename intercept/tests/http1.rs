@@ -538,3 +538,56 @@ async fn an_http2_preface_is_handed_back_unanswered() {
     assert!(matches!(task.await.unwrap(), Err(ProxyError::Request(_))));
     assert_eq!(records.lock().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn headers_the_server_could_read_otherwise_are_refused() {
+    let cases: [(&[u8], &str, &str); 6] = [
+        // Two organizations: the check read one, the server may read the other.
+        (b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nOpenAI-Organization: org-a\r\nOpenAI-Organization: org-b\r\n\r\n", "HTTP/1.1 400", "ambiguous_request"),
+        (b"POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 400", "ambiguous_request"),
+        // Asking for an inspected header to be dropped on the way.
+        (b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nConnection: keep-alive, OpenAI-Organization\r\nOpenAI-Organization: org-a\r\n\r\n", "HTTP/1.1 400", "ambiguous_request"),
+        (b"POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nConnection: content-type\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", "HTTP/1.1 400", "ambiguous_request"),
+        // An absolute-form target naming another server than Host.
+        (b"GET https://chatgpt.com/backend-api/conversation HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", "HTTP/1.1 403", "domain_fronting"),
+        // A tunnel inside the inspected connection.
+        (b"CONNECT chatgpt.com:443 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n", "HTTP/1.1 405", "connect_not_inspected"),
+    ];
+    for (req, status, code) in cases {
+        let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+        c.write_all(req).await.unwrap();
+        let text = read_to_end(&mut c).await;
+        assert!(
+            text.starts_with(status) && text.contains(code),
+            "{}: {text}",
+            String::from_utf8_lossy(req)
+        );
+        let _ = task.await.unwrap();
+        drop(c);
+        let mut upstream = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(100), s.read_to_end(&mut upstream)).await;
+        assert!(upstream.is_empty(), "nothing reached the server");
+        assert_eq!(records.lock().unwrap()[0].verdict, "block");
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_naming_the_host_goes_up_in_origin_form() {
+    let (mut c, mut s, _records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(
+        b"GET https://API.openai.com:443/v1/models?x=1 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(
+        got.starts_with(b"GET /v1/models?x=1 HTTP/1.1\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    read_until(&mut c, b"\r\n\r\n").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+}

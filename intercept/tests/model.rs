@@ -192,3 +192,20 @@ async fn an_undecodable_body_is_refused_under_an_allow_list() {
     let o = send(session(&["gpt-4o-mini"]), &head, body).await;
     refused(&o, "HTTP/1.1 403", "model_unreadable");
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_not_streamed_unchecked_under_an_allow_list() {
+    // Fail-open forwards bodies over the limit uninspected, but a model allow-list cannot be
+    // kept in a body never read: padded past the limit, the request is refused.
+    let mut s = session(&["gpt-4o-mini"]);
+    s.fail_open = true;
+    s.max_body = 1024;
+    let body = format!(r#"{{"model":"gpt-4o","input":"{}"}}"#, " ".repeat(2048));
+    let o = send(s.clone(), &post("application/json", "", body.as_bytes()), body.as_bytes()).await;
+    assert!(o.client.starts_with("HTTP/1.1 413"), "{}", o.client);
+    assert!(o.upstream.is_empty());
+    // Without an allow-list it streams, as the rule says.
+    s.headers.allowed_models.clear();
+    let o = send(s, &post("application/json", "", body.as_bytes()), body.as_bytes()).await;
+    assert!(o.client.starts_with("HTTP/1.1 200"), "{}", o.client);
+}

@@ -421,3 +421,32 @@ async fn extensions_the_engine_cannot_read_are_not_offered_and_not_relayed_blind
     assert_eq!(close_code(&e).unwrap().0, 1010);
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_json_event_in_a_binary_frame_is_inspected_as_text() {
+    let mut ws = open(session(Some(DlpAction::Block)), None, None).await;
+    ws.c.write_all(&client_frame(op::BINARY, CARD_ITEM.as_bytes())).await.unwrap();
+    let mut asm = Assembler::new(Side::Client, None, 1 << 20);
+    let e = next_event(&mut ws.s, &mut ws.s_buf, &mut asm).await.unwrap();
+    assert_eq!(close_code(&e).unwrap().0, 1008, "the card never left in a binary frame");
+}
+
+#[tokio::test]
+async fn models_named_in_events_are_held_to_the_allow_list() {
+    let mut s = session(None);
+    s.headers.allowed_models = vec!["gpt-4o-realtime-preview".into(), "gpt-4o-mini".into()];
+    let allowed = r#"{"type":"response.create","response":{"model":"gpt-4o-mini","input":[]}}"#;
+    let other = r#"{"type":"session.update","session":{"model":"o3","instructions":"x"}}"#;
+    let mut ws = open(s.clone(), None, None).await;
+    let f = client_frame(op::TEXT, allowed.as_bytes());
+    ws.c.write_all(&f).await.unwrap();
+    assert_eq!(read_raw(&mut ws.s, f.len()).await, f);
+    ws.c.write_all(&client_frame(op::TEXT, other.as_bytes())).await.unwrap();
+    let mut asm = Assembler::new(Side::Client, None, 1 << 20);
+    let e = next_event(&mut ws.s, &mut ws.s_buf, &mut asm).await.unwrap();
+    let (code, reason) = close_code(&e).unwrap();
+    assert_eq!((code, reason.contains("model_not_allowed")), (1008, true), "{reason}");
+    ws.task.await.unwrap().unwrap();
+    let recs = ws.records.lock().unwrap();
+    assert_eq!(recs[0].model.as_deref(), Some("o3"));
+}

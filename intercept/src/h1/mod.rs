@@ -64,6 +64,9 @@ impl Headers for RequestHead {
     fn header(&self, name: &str) -> Option<&[u8]> {
         RequestHead::header(self, name)
     }
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
 }
 
 /// The phases' view of an HTTP/1.x request head.
@@ -190,9 +193,11 @@ impl Driver<'_> {
         U: AsyncRead + AsyncWrite + Unpin,
     {
         let s = self.session;
+        let mut head = head;
+        let checked = normalise(&mut head);
         let req = view(&head);
         let mut ctx = s.request(Some(&req));
-        if let Err(r) = s.request_filter(&req) {
+        if let Err(r) = checked.and_then(|()| s.request_filter(&req)) {
             // Drain the body so the client can read the answer, then refuse.
             let _ = read_body(client, cbuf, &head, s.max_body, false).await;
             self.refuse(client, ctx, &r).await?;
@@ -214,7 +219,7 @@ impl Driver<'_> {
             client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
             client.flush().await?;
         }
-        let body = match read_body(client, cbuf, &head, s.max_body, s.fail_open).await {
+        let body = match read_body(client, cbuf, &head, s.max_body, s.streams_uninspected()).await {
             Err(ProxyError::Request(e)) => {
                 let r = Refusal {
                     status: 400,
@@ -343,6 +348,66 @@ pub(crate) async fn refuse<C: AsyncWrite + Unpin>(
     client.flush().await?;
     let _ = client.shutdown().await;
     session.refused(r, ctx);
+    Ok(())
+}
+
+/// Headers the phases read: a request may not ask for them to be dropped on the way (as
+/// hop-by-hop headers named in `Connection` are), or the server would read the request
+/// differently from the one inspected (no organization, another body type).
+const END_TO_END: [&str; 10] = [
+    "host",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "authorization",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "accept-encoding",
+];
+
+/// Puts an HTTP/1.1 head in the one form the phases and the server read alike: an
+/// absolute-form target becomes origin form when its authority names the `Host` (a server
+/// must prefer the target's, RFC 9112 §3.2.2; when they differ the request is refused as
+/// fronting); a `Connection` header naming an end-to-end header the phases read is refused.
+fn normalise(head: &mut RequestHead) -> Result<(), Refusal> {
+    let ambiguous =
+        |message: String| Refusal { status: 400, code: "ambiguous_request", message, rule: None };
+    if let Some(c) = head.header("connection") {
+        for token in c.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if let Some(n) = END_TO_END.iter().find(|n| token.eq_ignore_ascii_case(n.as_bytes())) {
+                return Err(ambiguous(format!("Connection names the end-to-end header {n}")));
+            }
+        }
+    }
+    let lower = head.target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let rest = match (lower.strip_prefix("https://"), lower.get(..7)) {
+        (Some(_), _) => &head.target[8..],
+        (None, Some("http://")) => &head.target[7..],
+        _ => return Ok(()),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err(ambiguous("malformed absolute-form request target".into()));
+    }
+    if !host.eq_ignore_ascii_case(&head.host) {
+        // The target names one server and Host another: whichever a front end routes by,
+        // one of them was not checked against the SNI.
+        return Err(Refusal::forbidden(
+            "domain_fronting",
+            "the request target and the Host header name different servers",
+            None,
+        ));
+    }
+    head.target = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
     Ok(())
 }
 

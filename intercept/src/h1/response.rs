@@ -17,6 +17,9 @@ impl Headers for ResponseHead {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
+    fn count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n == name).count()
+    }
 }
 
 /// Relays the response to `req`. Returns whether the connection may carry another request.

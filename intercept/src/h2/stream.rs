@@ -39,6 +39,9 @@ impl Headers for HeaderMap {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.get(name).map(HeaderValue::as_bytes)
     }
+    fn count(&self, name: &str) -> usize {
+        self.get_all(name).iter().count()
+    }
 }
 
 /// Counts the stream as cancelled when hyper drops it unfinished (the client reset it).
@@ -149,15 +152,6 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
     if let Err(r) = s.request_filter(&view) {
         return refuse(conn, ctx, &r);
     }
-    if parts.method == Method::CONNECT {
-        let r = Refusal {
-            status: 405,
-            code: "connect_not_inspected",
-            message: "CONNECT over HTTP/2 is not inspected".into(),
-            rule: s.rule.clone(),
-        };
-        return refuse(conn, ctx, &r);
-    }
     let Some(up) = conn.upstream.clone() else {
         let r = Refusal {
             status: 502,
@@ -177,7 +171,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             };
             return refuse(conn, ctx, &r);
         }
-        Collected::Over(first, rest) if s.fail_open => {
+        Collected::Over(first, rest) if s.streams_uninspected() => {
             ctx.rec.reason = Some("body over the inspection limit: forwarded uninspected".into());
             ctx.rec.bytes_out = rest.size_hint().exact().map_or(0, |n| n + first.len() as u64);
             (UpBody::Streamed { first: Some(Bytes::from(first)), rest }, false, None)

@@ -4,7 +4,7 @@
 //! engine never re-compresses: a message it rewrites goes uncompressed, which every receiver
 //! accepts.
 
-use flate2::{Decompress, FlushDecompress};
+use flate2::{Decompress, FlushDecompress, Status};
 
 /// The permessage-deflate parameters in force, from the server's 101.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,12 +91,20 @@ impl Inflater {
                 out.reserve(out.len().max(64));
             }
             let (before_in, before_out) = (self.z.total_in(), self.z.total_out());
-            self.z
+            let status = self
+                .z
                 .decompress_vec(&input[at..], &mut out, FlushDecompress::Sync)
                 .map_err(|_| InflateError::Corrupt)?;
             at += usize::try_from(self.z.total_in() - before_in).unwrap_or(usize::MAX);
             if out.len() > max {
                 return Err(InflateError::TooLarge);
+            }
+            if status == Status::StreamEnd {
+                // A final block (BFINAL, RFC 7692 §7.2.3.1) ends the sender's stream: the
+                // next message starts a new one. What followed it here is the trailer we
+                // appended.
+                self.z.reset(false);
+                return Ok(out);
             }
             let progressed = self.z.total_in() != before_in || self.z.total_out() != before_out;
             // Done when every byte went in and the output had room left (nothing pending).
@@ -161,5 +169,17 @@ mod tests {
         assert!(bomb.len() < 10_000);
         assert_eq!(Inflater::new(true).inflate(&bomb, 1 << 20), Err(InflateError::TooLarge));
         assert_eq!(Inflater::new(true).inflate(b"\xff\xff\xff", 100), Err(InflateError::Corrupt));
+    }
+
+    #[test]
+    fn a_final_block_ends_the_message_and_the_next_starts_afresh() {
+        let mut inf = Inflater::new(false);
+        for msg in [&b"first message"[..], b"second message"] {
+            // Each message compressed as a whole stream (BFINAL set), as some senders do.
+            let mut z = Compress::new(Compression::default(), false);
+            let mut out = Vec::with_capacity(64);
+            z.compress_vec(msg, &mut out, FlushCompress::Finish).unwrap();
+            assert_eq!(inf.inflate(&out, 1 << 10).unwrap(), msg);
+        }
     }
 }
