@@ -76,20 +76,29 @@ where
             let head_bytes: Vec<u8> = ubuf.drain(..resp.len).collect();
             return relay_masked(client, up, ubuf, &head_bytes, &resp, plan, session, ctx).await;
         }
+        let mut sent = resp.len;
         if !req.keep_alive && resp.keep_alive {
             // The client asked to close, which the upstream did not hear: say it here.
             client.write_all(&closing_head(&ubuf[..resp.len])).await?;
         } else {
-            client.write_all(&ubuf[..resp.len]).await?;
+            // With a length-framed body, the head goes with the body bytes already read: a
+            // small response is then one TLS record and one write, not two.
+            if let Framing::Length(n) = resp.framing {
+                let here = ubuf.len() - resp.len;
+                sent += here.min(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+            client.write_all(&ubuf[..sent]).await?;
         }
-        ubuf.drain(..resp.len);
-        break resp;
+        ubuf.drain(..sent);
+        let body_sent = (sent - resp.len) as u64;
+        break (resp, body_sent);
     };
+    let (resp, body_sent) = resp;
     let rec = &mut ctx.rec;
     match resp.framing {
         Framing::Empty => {}
         Framing::Length(n) => {
-            let mut left = n;
+            let mut left = n - body_sent;
             while left > 0 {
                 if ubuf.is_empty() && read_upstream(up, ubuf).await? == 0 {
                     return Err(ProxyError::Truncated);
