@@ -343,7 +343,7 @@ async fn serve_h2<C>(
     peer: SocketAddr,
     server: SocketAddr,
     sni: Option<String>,
-    session: crate::Session,
+    mut session: crate::Session,
 ) -> io::Result<()>
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -372,7 +372,6 @@ where
             Some(h2::Upstream::h1(Some(Box::new(up)), opener).await)
         }
     };
-    let mut session = session;
     if upstream.is_none() && session.refuse.is_none() {
         session.refuse = Some(Refusal {
             status: 502,

@@ -186,14 +186,13 @@ impl Driver<'_> {
         client: &mut C,
         upstream: Option<&mut U>,
         cbuf: &mut Vec<u8>,
-        head: RequestHead,
+        mut head: RequestHead,
     ) -> Result<Next, ProxyError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
         let s = self.session;
-        let mut head = head;
         let checked = normalise(&mut head);
         let req = view(&head);
         let mut ctx = s.request(Some(&req));
@@ -381,11 +380,14 @@ fn normalise(head: &mut RequestHead) -> Result<(), Refusal> {
             }
         }
     }
-    let lower = head.target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
-    let rest = match (lower.strip_prefix("https://"), lower.get(..7)) {
-        (Some(_), _) => &head.target[8..],
-        (None, Some("http://")) => &head.target[7..],
-        _ => return Ok(()),
+    let t = head.target.as_bytes();
+    let scheme = |s: &str| t.len() >= s.len() && t[..s.len()].eq_ignore_ascii_case(s.as_bytes());
+    let rest = if scheme("https://") {
+        &head.target[8..]
+    } else if scheme("http://") {
+        &head.target[7..]
+    } else {
+        return Ok(());
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),

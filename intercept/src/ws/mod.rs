@@ -195,7 +195,7 @@ impl Relay<'_> {
                     match s.client_message(text, &payload, &mut rec, &mut self.stats) {
                         MessageVerdict::Forward => {
                             crate::dlp::merge_findings(self.conn, &rec);
-                            let out = relayed(&self.from_client, opcode, &raw, &payload, true);
+                            let out = relayed(&self.from_client, opcode, &payload, true);
                             up.write_all(out.as_deref().unwrap_or(&raw)).await?;
                         }
                         MessageVerdict::Replace(new) => {
@@ -268,7 +268,7 @@ impl Relay<'_> {
                             client.write_all(&out).await?;
                         }
                         None => {
-                            let out = relayed(&self.from_server, opcode, &raw, &payload, false);
+                            let out = relayed(&self.from_server, opcode, &payload, false);
                             client.write_all(out.as_deref().unwrap_or(&raw)).await?;
                         }
                     }
@@ -320,13 +320,7 @@ impl Relay<'_> {
 
 /// The bytes to relay for a message the policy left alone: `None` for its own bytes, or an
 /// uncompressed frame of its payload once the direction re-encodes.
-fn relayed(
-    dir: &Direction,
-    opcode: u8,
-    _raw: &[u8],
-    payload: &[u8],
-    mask: bool,
-) -> Option<Vec<u8>> {
+fn relayed(dir: &Direction, opcode: u8, payload: &[u8], mask: bool) -> Option<Vec<u8>> {
     if !dir.reencode {
         return None;
     }

@@ -9,19 +9,18 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use toml::Spanned;
 
+mod custom;
+
 use crate::catalog::IncludeLoader;
 use crate::catset::{CatSet, MAX_CATEGORIES};
-use crate::detectors;
 use crate::diag::{Diagnostic, Severity, Source};
 use crate::domain::{DomainIndex, DomainPattern, parse_pattern};
 use crate::ident::{CidrTable, IdentityId, Mac, format_mac, parse_mac};
 use crate::policy::{
-    Category, CustomDetector, CustomKind, Defaults, DlpProfile, HeaderPolicy, Identity, Policy,
-    Rule, RuleSpec, dictionary_hash, pattern_string,
+    Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CatalogFile, DetectorKind, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef,
-    RuleFile,
+    Action, CatalogFile, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef, RuleFile,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -371,172 +370,6 @@ impl Cx<'_> {
         }
     }
 
-    fn custom_detectors(
-        &mut self,
-        file: &RuleFile,
-        loader: &dyn IncludeLoader,
-    ) -> Vec<CustomDetector> {
-        let mut out: Vec<CustomDetector> = Vec::new();
-        for def in &file.detector {
-            let def = def.get_ref();
-            let name = def.name.get_ref();
-            let span = span_of(&def.name);
-            if !valid_name(name) {
-                self.err(span.clone(), name_msg("detector name", name));
-                continue;
-            }
-            if detectors::lookup(name).is_some() {
-                self.err(span, format!("`{name}` is a built-in detector: choose another name"));
-                continue;
-            }
-            if out.iter().any(|d| &*d.name == name.as_str()) {
-                self.err(span, format!("duplicate detector `{name}`"));
-                continue;
-            }
-            if out.len() >= MAX_CUSTOM_DETECTORS {
-                self.err(span, format!("at most {MAX_CUSTOM_DETECTORS} custom detectors"));
-                continue;
-            }
-            let kind_span = span_of(&def.kind);
-            let unexpected = |s: &mut Self, what: &str, present: bool| {
-                if present {
-                    s.err(
-                        kind_span.clone(),
-                        format!("`{what}` does not apply to this kind of detector"),
-                    );
-                }
-            };
-            let kind = match def.kind.get_ref() {
-                DetectorKind::Regex => {
-                    unexpected(self, "words", !def.words.is_empty());
-                    unexpected(self, "file", def.file.is_some());
-                    let Some(p) = &def.pattern else {
-                        self.err(kind_span, "a `regex` detector needs `pattern`");
-                        continue;
-                    };
-                    match regex::RegexBuilder::new(p.get_ref()).size_limit(1 << 20).build() {
-                        Ok(r) if r.is_match("") => {
-                            self.err(span_of(p), "the pattern matches the empty string");
-                            continue;
-                        }
-                        Ok(_) => CustomKind::Regex(p.get_ref().clone()),
-                        Err(e) => {
-                            let first =
-                                e.to_string().lines().last().unwrap_or("").trim().to_owned();
-                            self.err(span_of(p), format!("invalid regular expression: {first}"));
-                            continue;
-                        }
-                    }
-                }
-                DetectorKind::Keywords => {
-                    unexpected(self, "pattern", def.pattern.is_some());
-                    unexpected(self, "file", def.file.is_some());
-                    if def.words.is_empty() {
-                        self.err(kind_span, "a `keywords` detector needs `words`");
-                        continue;
-                    }
-                    let mut words = Vec::new();
-                    for w in &def.words {
-                        let t = w.get_ref().trim();
-                        if t.is_empty() {
-                            self.err(span_of(w), "empty keyword");
-                        } else {
-                            words.push(t.to_owned());
-                        }
-                    }
-                    CustomKind::Keywords(words)
-                }
-                DetectorKind::Dictionary => {
-                    unexpected(self, "pattern", def.pattern.is_some());
-                    unexpected(self, "words", !def.words.is_empty());
-                    let Some(f) = &def.file else {
-                        self.err(kind_span, "a `dictionary` detector needs `file`");
-                        continue;
-                    };
-                    let text = match loader.load_data(f.get_ref()) {
-                        Ok((_, t)) => t,
-                        Err(e) => {
-                            self.err(span_of(f), e);
-                            continue;
-                        }
-                    };
-                    let mut hashes = Vec::new();
-                    let mut max_words = 0;
-                    for line in text.lines() {
-                        let entry = line.trim();
-                        if entry.is_empty() || entry.starts_with('#') {
-                            continue;
-                        }
-                        let words: Vec<&str> = entry.split_whitespace().collect();
-                        max_words = max_words.max(words.len());
-                        hashes.push(dictionary_hash(words));
-                    }
-                    if hashes.is_empty() {
-                        self.err(span_of(f), "the dictionary has no entries");
-                        continue;
-                    }
-                    if max_words > MAX_DICTIONARY_WORDS {
-                        self.err(
-                            span_of(f),
-                            format!("dictionary entries are at most {MAX_DICTIONARY_WORDS} words"),
-                        );
-                        continue;
-                    }
-                    let entries = hashes.len();
-                    hashes.sort_unstable();
-                    hashes.dedup();
-                    CustomKind::Dictionary { hashes, entries, max_words }
-                }
-            };
-            out.push(CustomDetector { name: name.as_str().into(), kind });
-        }
-        out
-    }
-
-    fn dlp(
-        &mut self,
-        file: &RuleFile,
-        custom: &[CustomDetector],
-    ) -> (Vec<DlpProfile>, HashMap<String, usize>) {
-        let mut out = Vec::new();
-        let mut index = HashMap::new();
-        for def in &file.dlp {
-            let def = def.get_ref();
-            let name = def.name.get_ref();
-            if !valid_name(name) {
-                self.err(span_of(&def.name), name_msg("DLP profile name", name));
-            }
-            if index.contains_key(name) {
-                self.err(span_of(&def.name), format!("duplicate DLP profile `{name}`"));
-                continue;
-            }
-            if def.detectors.get_ref().is_empty() {
-                self.err(span_of(&def.detectors), "a DLP profile needs at least one detector");
-            }
-            let mut dets: Vec<String> = Vec::new();
-            for d in def.detectors.get_ref() {
-                if detectors::lookup(d.get_ref()).is_none()
-                    && !custom.iter().any(|c| &*c.name == d.get_ref().as_str())
-                {
-                    let names = detectors::DETECTORS.iter().map(|x| x.name);
-                    let hint = closest(d.get_ref(), names.chain(custom.iter().map(|c| &*c.name)));
-                    self.err(span_of(d), format!("unknown detector `{}`{hint}", d.get_ref()));
-                } else if dets.contains(d.get_ref()) {
-                    self.warn(span_of(d), format!("detector `{}` is listed twice", d.get_ref()));
-                } else {
-                    dets.push(d.get_ref().clone());
-                }
-            }
-            index.insert(name.clone(), out.len());
-            out.push(DlpProfile {
-                name: name.as_str().into(),
-                detectors: dets,
-                action: def.action,
-            });
-        }
-        (out, index)
-    }
-
     fn rule(
         &mut self,
         r: &RuleDef,
@@ -616,32 +449,10 @@ impl Cx<'_> {
             (None, _) => None,
         };
         let mut headers = self.headers(r, action);
-        if let Some(m) = &r.mask_responses {
-            if action == Action::Inspect {
-                headers.mask_responses = *m.get_ref();
-            } else {
-                self.err(
-                    span_of(m),
-                    format!(
-                        "`mask_responses` applies only to `inspect` rules; rule `{name}` is `{}`",
-                        action.as_str()
-                    ),
-                );
-            }
-        }
-        if let Some(b) = &r.block_audio {
-            if action == Action::Inspect {
-                headers.block_audio = *b.get_ref();
-            } else {
-                self.err(
-                    span_of(b),
-                    format!(
-                        "`block_audio` applies only to `inspect` rules; rule `{name}` is `{}`",
-                        action.as_str()
-                    ),
-                );
-            }
-        }
+        headers.mask_responses =
+            self.inspect_flag(r.mask_responses.as_ref(), "mask_responses", name, action);
+        headers.block_audio =
+            self.inspect_flag(r.block_audio.as_ref(), "block_audio", name, action);
         if self.error_count() > errors_before {
             return None;
         }
@@ -665,6 +476,28 @@ impl Cx<'_> {
             cats: (!r.categories.is_empty()).then_some(cat_set),
             dlp,
         })
+    }
+
+    /// A rule setting that only `inspect` rules take: its value, or an error on another rule.
+    fn inspect_flag(
+        &mut self,
+        flag: Option<&Spanned<bool>>,
+        field: &str,
+        name: &str,
+        action: Action,
+    ) -> bool {
+        let Some(f) = flag else { return false };
+        if action != Action::Inspect {
+            self.err(
+                span_of(f),
+                format!(
+                    "`{field}` applies only to `inspect` rules; rule `{name}` is `{}`",
+                    action.as_str()
+                ),
+            );
+            return false;
+        }
+        *f.get_ref()
     }
 
     fn headers(&mut self, r: &RuleDef, action: Action) -> HeaderPolicy {
@@ -829,6 +662,26 @@ mod tests {
         assert!(parse_cidr("10.20.1.1/24").unwrap_err().contains("10.20.1.0/24"));
         assert!(parse_cidr("10.20.1.0/33").is_err());
         assert!(parse_cidr("fd20::/64").is_ok());
+    }
+
+    #[test]
+    fn inspect_only_settings_are_refused_on_other_rules() {
+        let text = |action: &str| {
+            format!(
+                "[[category]]\nname = \"c\"\ndomains = [\"a.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\naction = \"{action}\"\nblock_audio = true\nmask_responses = true\n"
+            )
+        };
+        let loader = crate::catalog::ShippedOnly;
+        let c = compile("t.toml", &text("inspect"), &loader).unwrap();
+        let h = &c.policy.rules[0].spec.headers;
+        assert!(h.block_audio && h.mask_responses);
+        let errs = compile("t.toml", &text("allow"), &loader).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.iter().any(|m| m.contains("`block_audio` applies only to `inspect` rules")),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.contains("`mask_responses` applies only")), "{msgs:?}");
     }
 
     #[test]
