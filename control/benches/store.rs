@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use sluice_control::record::Row;
 use sluice_control::store::{FlowFilter, FlowStore};
 
 fn rec(i: u64) -> Value {
@@ -18,7 +19,7 @@ fn rec(i: u64) -> Value {
         "claude.ai",
         "www.googleapis.com",
     ];
-    json!({"type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
+    json!({"seq": i, "type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
            "identity": ids[(i % 5) as usize], "sni": snis[(i % 6) as usize], "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
            "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i.is_multiple_of(7) { "block" } else { "allow" },
            "rule": format!("rule-{}", i % 12), "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
@@ -34,7 +35,10 @@ fn main() {
     let start = Instant::now();
     let mut seq = 0;
     while seq < rows {
-        let recs: Vec<(u64, Value)> = (seq..(seq + batch).min(rows)).map(|i| (i, rec(i))).collect();
+        // As the link reads them: the records' text, each read into a row.
+        let texts: Vec<String> =
+            (seq..(seq + batch).min(rows)).map(|i| rec(i).to_string()).collect();
+        let recs: Vec<Row<'_>> = texts.iter().map(|t| Row::read(t, "dp1").unwrap()).collect();
         store.ingest("dp1", &recs).unwrap();
         seq += batch;
     }

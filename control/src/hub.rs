@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::record::{RecordKind, Row};
+
 /// Records queued for the syslog exporter at most.
 pub const SYSLOG_QUEUE: usize = 65_536;
 
@@ -26,8 +28,19 @@ pub struct Hub {
 
 #[derive(Debug, Default)]
 struct Counts {
-    by_verdict: BTreeMap<(String, String), u64>,
+    /// Per verdict, for flow records [0] and request records [1].
+    by_verdict: [BTreeMap<String, u64>; 2],
     by_detector: BTreeMap<String, u64>,
+}
+
+/// Adds `n` to `key`'s count (allocating the key only the first time it is seen).
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(c) => *c += n,
+        None => {
+            map.insert(key.to_owned(), n);
+        }
+    }
 }
 
 impl Hub {
@@ -45,7 +58,10 @@ impl Hub {
     /// Flow and request records stored since start, by (kind, verdict).
     pub fn by_verdict(&self) -> Vec<((String, String), u64)> {
         let c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        c.by_verdict.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        let kinds = ["flow", "request"].into_iter().zip(&c.by_verdict);
+        kinds
+            .flat_map(|(kind, m)| m.iter().map(move |(v, n)| ((kind.to_owned(), v.clone()), *n)))
+            .collect()
     }
 
     /// DLP findings in stored request records since start, by detector.
@@ -59,12 +75,14 @@ impl Hub {
         self.tail.subscribe()
     }
 
-    /// Publishes a record stored for the first time.
-    pub fn publish(&self, r: Arc<Value>) {
-        let kind = match r.get("type").and_then(Value::as_str) {
-            Some("flow") => 0,
-            Some("request") => 1,
-            _ => 2,
+    /// Publishes a record stored for the first time. The live tail and the exporter get it
+    /// as a value only when someone reads them: with nobody tailing and no exporter, a
+    /// record costs two counters here.
+    pub fn publish(&self, r: &Row<'_>) {
+        let kind = match r.kind {
+            RecordKind::Flow => 0,
+            RecordKind::Request => 1,
+            RecordKind::Stats | RecordKind::Other => 2,
         };
         self.published[kind].fetch_add(1, Ordering::Relaxed);
         if kind == 2 {
@@ -72,20 +90,21 @@ impl Hub {
         }
         {
             let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-            *c.by_verdict.entry((text("type"), text("verdict"))).or_default() += 1;
-            for f in r.get("dlp_findings").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(d) = f.get("detector").and_then(Value::as_str) {
-                    let n = f.get("count").and_then(Value::as_u64).unwrap_or(1);
-                    *c.by_detector.entry(d.to_owned()).or_default() += n;
-                }
+            bump(&mut c.by_verdict[kind], r.verdict.as_deref().unwrap_or(""), 1);
+            for (d, n) in &r.findings {
+                bump(&mut c.by_detector, d, *n);
             }
         }
+        if self.syslog.is_none() && self.tail.receiver_count() == 0 {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&r.json) else { return };
+        let v = Arc::new(v);
         if let Some(q) = &self.syslog
-            && q.try_send(r.clone()).is_err()
+            && q.try_send(v.clone()).is_err()
         {
             self.syslog_dropped.fetch_add(1, Ordering::Relaxed);
         }
-        let _ = self.tail.send(r);
+        let _ = self.tail.send(v);
     }
 }

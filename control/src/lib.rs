@@ -14,6 +14,7 @@ pub mod hub;
 pub mod identstore;
 pub mod link;
 pub mod metrics;
+pub mod record;
 pub mod rulestore;
 pub mod store;
 pub mod syslog;

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode};
+use serde_json::value::RawValue;
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::AppState;
+use crate::record::{RecordKind, Row};
 
 /// What control knows of one data plane.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -229,9 +231,9 @@ async fn read(
     r: &mut (impl AsyncReadExt + Unpin),
     dec: &mut Decoder,
     buf: &mut [u8],
-) -> std::io::Result<Option<Up>> {
+) -> std::io::Result<Option<UpMessage>> {
     loop {
-        if let Some(m) = dec.message::<Up>().map_err(std::io::Error::other)? {
+        if let Some(m) = dec.up_message().map_err(std::io::Error::other)? {
             return Ok(Some(m));
         }
         let n = r.read(buf).await?;
@@ -249,7 +251,10 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     let hello = tokio::time::timeout(Duration::from_secs(10), read(&mut rd, &mut dec, &mut buf))
         .await
         .map_err(|_| std::io::Error::other("no hello within 10 s"))??;
-    let Some(Up::Hello { proto, dataplane: name, next_seq, policy_version, .. }) = hello else {
+    let Some(UpMessage::Other(Up::Hello {
+        proto, dataplane: name, next_seq, policy_version, ..
+    })) = hello
+    else {
         return Err(std::io::Error::other("the first message was not a hello"));
     };
     let links = &state.links;
@@ -336,47 +341,25 @@ async fn serve_up(
     let links = &state.links;
     while let Some(msg) = read(rd, dec, buf).await? {
         match msg {
-            Up::Records { records } => {
-                // Each stored record names the data plane it came from.
-                let batch: Vec<(u64, Value)> = records
-                    .into_iter()
-                    .filter_map(|mut r| {
-                        let seq = r.get("seq")?.as_u64()?;
-                        r.as_object_mut()?.insert("dataplane".into(), name.into());
-                        Some((seq, r))
-                    })
-                    .collect();
-                let Some(upto) = batch.iter().map(|(s, _)| *s).max() else { continue };
-                let stats = batch
-                    .iter()
-                    .rev()
-                    .find(|(_, r)| r.get("type").and_then(Value::as_str) == Some("stats"))
-                    .map(|(_, r)| r.clone());
+            UpMessage::Records(records) => {
                 let (st, n) = (state.clone(), name.to_owned());
-                let (batch, fresh) = tokio::task::spawn_blocking(move || {
-                    let fresh = lock!(st.flows).ingest(&n, &batch);
-                    (batch, fresh)
-                })
-                .await
-                .map_err(std::io::Error::other)?;
-                let fresh = fresh.map_err(std::io::Error::other)?;
+                let batch = tokio::task::spawn_blocking(move || store_batch(&st, &n, &records))
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?;
+                let Some(upto) = batch.upto else { continue };
                 links.update(name, |s| {
-                    s.records_received += batch.len() as u64;
+                    s.records_received += batch.received as u64;
                     s.last_seq = s.last_seq.max(Some(upto));
-                    if stats.is_some() {
-                        s.stats = stats;
+                    if batch.stats.is_some() {
+                        s.stats = batch.stats;
                     }
                 });
-                for ((_, r), new) in batch.into_iter().zip(fresh) {
-                    if new {
-                        state.hub.publish(Arc::new(r));
-                    }
-                }
                 if let Some(s) = lock!(links.sessions).get(name) {
                     let _ = s.tx.send(Down::Ack { upto });
                 }
             }
-            Up::PolicyAck { version, error } => {
+            UpMessage::Other(Up::PolicyAck { version, error }) => {
                 match &error {
                     None => tracing::info!(dataplane = %name, version, "policy in force"),
                     Some(e) => tracing::warn!(dataplane = %name, version, "policy refused: {e}"),
@@ -396,7 +379,7 @@ async fn serve_up(
                     }
                 }
             }
-            Up::IdentitiesAck { generation, entries } => {
+            UpMessage::Other(Up::IdentitiesAck { generation, entries }) => {
                 links.update(name, |s| s.identities = Some((generation, entries)));
                 if let Some(s) = lock!(links.sessions).get_mut(name) {
                     // An acknowledgement covers its generation and every older one.
@@ -412,4 +395,43 @@ async fn serve_up(
         }
     }
     Ok(())
+}
+
+/// What a batch of records left.
+struct Stored {
+    /// Records read (with a sequence number).
+    received: usize,
+    /// Highest sequence number among them.
+    upto: Option<u64>,
+    /// The last statistics record.
+    stats: Option<Value>,
+}
+
+/// Stores a batch of records from data plane `name` and publishes the new ones (blocking:
+/// runs off the link's task).
+fn store_batch(
+    state: &AppState,
+    name: &str,
+    records: &[Box<RawValue>],
+) -> Result<Stored, crate::store::StoreError> {
+    let rows: Vec<Row<'_>> = records.iter().filter_map(|r| Row::read(r.get(), name)).collect();
+    if rows.len() < records.len() {
+        tracing::warn!(
+            dataplane = %name,
+            skipped = records.len() - rows.len(),
+            "records without a sequence number skipped"
+        );
+    }
+    let stats = rows
+        .iter()
+        .rev()
+        .find(|r| r.kind == RecordKind::Stats)
+        .and_then(|r| serde_json::from_str(&r.json).ok());
+    let fresh = lock!(state.flows).ingest(name, &rows)?;
+    for (r, new) in rows.iter().zip(fresh) {
+        if new {
+            state.hub.publish(r);
+        }
+    }
+    Ok(Stored { received: rows.len(), upto: rows.iter().map(|r| r.seq).max(), stats })
 }

@@ -168,14 +168,15 @@ pub fn render(i: &Inputs<'_>) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::sync::Arc;
 
     #[test]
     fn renders_families_and_escapes_labels() {
         let hub = Hub::new(None);
-        hub.publish(Arc::new(json!({"type": "flow", "verdict": "block"})));
-        hub.publish(Arc::new(json!({"type": "request", "verdict": "block",
-            "dlp_findings": [{"detector": "credit_card", "count": 2}]})));
+        let read = |t: &'static str| crate::record::Row::read(t, "dp").unwrap();
+        hub.publish(&read(r#"{"seq":1,"type":"flow","verdict":"block"}"#));
+        hub.publish(&read(
+            r#"{"seq":2,"type":"request","verdict":"block","dlp_findings":[{"detector":"credit_card","count":2}]}"#,
+        ));
         let d = DataplaneStatus {
             name: "dp\"1".into(),
             connected: true,

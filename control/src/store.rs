@@ -8,6 +8,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 
+use crate::record::{RecordKind, Row};
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,15 +63,6 @@ impl Kind {
         match self {
             Kind::Flows => "flows",
             Kind::Requests => "requests",
-        }
-    }
-
-    /// The kind a record's `type` names, if it is stored.
-    pub fn of(record: &Value) -> Option<Kind> {
-        match record.get("type").and_then(Value::as_str) {
-            Some("flow") => Some(Kind::Flows),
-            Some("request") => Some(Kind::Requests),
-            _ => None,
         }
     }
 }
@@ -127,13 +120,6 @@ CREATE INDEX IF NOT EXISTS requests_src ON requests (src, id);
 CREATE INDEX IF NOT EXISTS requests_user ON requests (user, id);
 ";
 
-/// The detectors of a request record's findings as `,a,b,` (matched with LIKE `%,a,%`).
-fn detectors(r: &Value) -> Option<String> {
-    let list = r.get("dlp_findings")?.as_array()?;
-    let names: Vec<&str> = list.iter().filter_map(|f| f.get("detector")?.as_str()).collect();
-    (!names.is_empty()).then(|| format!(",{},", names.join(",")))
-}
-
 /// `%,name,%` with LIKE's wildcards in `name` escaped.
 fn like_item(name: &str) -> String {
     let mut s = String::from("%,");
@@ -145,10 +131,6 @@ fn like_item(name: &str) -> String {
     }
     s.push_str(",%");
     s
-}
-
-fn text<'v>(v: &'v Value, k: &str) -> Option<&'v str> {
-    v.get(k).and_then(Value::as_str)
 }
 
 impl FlowStore {
@@ -169,17 +151,13 @@ impl FlowStore {
         Ok(FlowStore { conn })
     }
 
-    /// Stores records `(seq, record)` from data plane `dataplane` in one transaction: flow
-    /// records in `flows`, request records in `requests`, others (statistics) nowhere.
-    /// Records already stored (same data plane and sequence number) are skipped. Returns, per
-    /// record, whether it was newly stored.
-    pub fn ingest(
-        &mut self,
-        dataplane: &str,
-        records: &[(u64, Value)],
-    ) -> Result<Vec<bool>, StoreError> {
+    /// Stores records from data plane `dataplane` in one transaction: flow records in
+    /// `flows`, request records in `requests`, others (statistics) nowhere. Records already
+    /// stored (same data plane and sequence number) are skipped. Returns, per record, whether
+    /// it was newly stored.
+    pub fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut fresh = Vec::with_capacity(records.len());
+        let mut fresh = Vec::with_capacity(rows.len());
         {
             let mut flows = tx.prepare_cached(
                 "INSERT OR IGNORE INTO flows
@@ -191,22 +169,17 @@ impl FlowStore {
                  (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record, detectors)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            for (seq, r) in records {
-                let Some(kind) = Kind::of(r) else {
-                    fresh.push(false);
-                    continue;
-                };
-                let ts = r.get("ts_ms").and_then(Value::as_u64).unwrap_or(0);
-                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-                let ts = i64::try_from(ts).unwrap_or(i64::MAX);
-                let (identity, user, src) = (text(r, "identity"), text(r, "user"), text(r, "src"));
-                let (sni, category) = (text(r, "sni"), text(r, "category"));
-                let (verdict, rule, json) = (text(r, "verdict"), text(r, "rule"), r.to_string());
-                let n = match kind {
-                    Kind::Flows => flows.execute(params![
-                        dataplane, seq, ts, identity, user, src, sni, category, verdict, rule, json
+            for r in rows {
+                let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
+                let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
+                let (identity, user, src) = (&r.identity, &r.user, &r.src);
+                let (sni, category, verdict, rule) = (&r.sni, &r.category, &r.verdict, &r.rule);
+                let n = match r.kind {
+                    RecordKind::Flow => flows.execute(params![
+                        dataplane, seq, ts, identity, user, src, sni, category, verdict, rule,
+                        r.json
                     ])?,
-                    Kind::Requests => requests.execute(params![
+                    RecordKind::Request => requests.execute(params![
                         dataplane,
                         seq,
                         ts,
@@ -217,9 +190,10 @@ impl FlowStore {
                         category,
                         verdict,
                         rule,
-                        json,
-                        detectors(r)
+                        r.json,
+                        r.detectors()
                     ])?,
+                    RecordKind::Stats | RecordKind::Other => 0,
                 };
                 fresh.push(n == 1);
             }
@@ -355,6 +329,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Rows as the link reads them (`seq` set, data plane named).
+    fn rows(dp: &str, recs: &[(u64, Value)]) -> Vec<Row<'static>> {
+        recs.iter()
+            .map(|(seq, v)| {
+                let mut v = v.clone();
+                v["seq"] = (*seq).into();
+                Row::read_value(v, dp).unwrap()
+            })
+            .collect()
+    }
+
     fn rec(i: u64) -> Value {
         let (identity, verdict) = match i % 3 {
             0 => ("finance", "allow"),
@@ -371,12 +356,15 @@ mod tests {
         let mut s = FlowStore::open_in_memory().unwrap();
         let batch: Vec<(u64, Value)> = (0..300).map(|i| (i, rec(i))).collect();
         let stored = |v: Vec<bool>| v.into_iter().filter(|f| *f).count();
-        assert_eq!(stored(s.ingest("dp1", &batch).unwrap()), 300);
+        assert_eq!(stored(s.ingest("dp1", &rows("dp1", &batch)).unwrap()), 300);
         // A replay after a reconnect stores nothing twice; another data plane is separate.
-        assert_eq!(stored(s.ingest("dp1", &batch[250..]).unwrap()), 0);
-        assert_eq!(stored(s.ingest("dp2", &batch[..10]).unwrap()), 10);
+        assert_eq!(stored(s.ingest("dp1", &rows("dp1", &batch[250..])).unwrap()), 0);
+        assert_eq!(stored(s.ingest("dp2", &rows("dp2", &batch[..10])).unwrap()), 10);
         // Statistics are not stored.
-        assert_eq!(s.ingest("dp1", &[(1000, json!({"type": "stats"}))]).unwrap(), vec![false]);
+        assert_eq!(
+            s.ingest("dp1", &rows("dp1", &[(1000, json!({"type": "stats"}))])).unwrap(),
+            vec![false]
+        );
         assert_eq!(s.count().unwrap(), 310);
         assert_eq!(s.last_seq("dp1").unwrap(), Some(299));
         assert_eq!(s.last_seq("dp9").unwrap(), None);
@@ -430,7 +418,7 @@ mod tests {
             (3, rec(3)),
             (4, req(4, "a_b")),
         ];
-        assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 4]);
+        assert_eq!(s.ingest("dp", &rows("dp", &batch)).unwrap(), vec![true; 4]);
         assert_eq!(s.count_of(Kind::Requests).unwrap(), 3);
         assert_eq!(s.count_of(Kind::Flows).unwrap(), 1);
         assert_eq!(s.last_seq("dp").unwrap(), Some(4));
@@ -451,7 +439,7 @@ mod tests {
     fn prune_by_age_and_size() {
         let mut s = FlowStore::open_in_memory().unwrap();
         let batch: Vec<(u64, Value)> = (0..100).map(|i| (i, rec(i))).collect();
-        s.ingest("dp", &batch).unwrap();
+        s.ingest("dp", &rows("dp", &batch)).unwrap();
         assert_eq!(s.prune(1_010, u64::MAX).unwrap(), 10);
         assert_eq!(s.prune(0, 50).unwrap(), 40);
         assert_eq!(s.count().unwrap(), 50);
@@ -465,7 +453,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let mut s = FlowStore::open(&path).unwrap();
-            s.ingest("dp", &[(1, rec(1)), (2, rec(2))]).unwrap();
+            s.ingest("dp", &rows("dp", &[(1, rec(1)), (2, rec(2))])).unwrap();
         }
         let s = FlowStore::open(&path).unwrap();
         assert_eq!(s.count().unwrap(), 2);

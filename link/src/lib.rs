@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Version of the messages below. Bumped on any incompatible change.
 pub const PROTO_VERSION: u32 = 1;
@@ -207,17 +208,56 @@ impl Decoder {
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, LinkError> {
+        let Some(body) = self.frame()? else { return Ok(None) };
+        let msg = serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?;
+        self.pos += 4 + body.len();
+        Ok(Some(msg))
+    }
+
+    /// The next whole message from a data plane, its records left as the JSON texts they
+    /// came as ([`UpMessage::Records`]): the receiver reads what it needs of each and stores
+    /// the text, instead of building a value tree per record and serialising it again.
+    pub fn up_message(&mut self) -> Result<Option<UpMessage>, LinkError> {
+        let Some(body) = self.frame()? else { return Ok(None) };
+        let malformed = |e: serde_json::Error| LinkError::Malformed(e.to_string());
+        let peek: RecordsPeek<'_> = serde_json::from_slice(body).map_err(malformed)?;
+        let msg = match (peek.kind.as_ref(), peek.records) {
+            ("records", Some(records)) => UpMessage::Records(records),
+            _ => UpMessage::Other(serde_json::from_slice(body).map_err(malformed)?),
+        };
+        self.pos += 4 + body.len();
+        Ok(Some(msg))
+    }
+
+    /// The body of the next whole frame, if it is all here.
+    fn frame(&self) -> Result<Option<&[u8]>, LinkError> {
         let rest = &self.buf[self.pos..];
         let Some(head) = rest.first_chunk::<4>() else { return Ok(None) };
         let len = u32::from_be_bytes(*head) as usize;
         if len > MAX_FRAME {
             return Err(LinkError::TooLarge(len));
         }
-        let Some(body) = rest.get(4..4 + len) else { return Ok(None) };
-        let msg = serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?;
-        self.pos += 4 + len;
-        Ok(Some(msg))
+        Ok(rest.get(4..4 + len))
     }
+}
+
+/// A message from a data plane as [`Decoder::up_message`] reads it.
+#[derive(Debug)]
+pub enum UpMessage {
+    /// [`Up::Records`], each record the JSON text it came as (validated JSON, not yet
+    /// known to be an object).
+    Records(Vec<Box<RawValue>>),
+    /// Any other message.
+    Other(Up),
+}
+
+/// What [`Decoder::up_message`] reads first: the type, and the records left as text.
+#[derive(Deserialize)]
+struct RecordsPeek<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    records: Option<Vec<Box<RawValue>>>,
 }
 
 #[cfg(test)]
@@ -238,6 +278,40 @@ mod tests {
             Up::PolicyAck { version: 4, error: Some("line 3".into()) },
             Up::IdentitiesAck { generation: 2, entries: 10 },
         ]
+    }
+
+    #[test]
+    fn records_read_as_text_other_messages_whole() {
+        let mut wire = Vec::new();
+        encode_records(&[r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#], &mut wire)
+            .unwrap();
+        for m in sample() {
+            encode(&m, &mut wire).unwrap();
+        }
+        let mut d = Decoder::new();
+        d.push(&wire);
+        let Some(UpMessage::Records(r)) = d.up_message().unwrap() else { panic!("records") };
+        let texts: Vec<&str> = r.iter().map(|r| r.get()).collect();
+        assert_eq!(texts, [r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#]);
+        for want in sample() {
+            match d.up_message().unwrap() {
+                Some(UpMessage::Other(m)) => assert_eq!(m, want),
+                Some(UpMessage::Records(r)) => {
+                    let values: Vec<Value> =
+                        r.iter().map(|r| serde_json::from_str(r.get()).unwrap()).collect();
+                    assert_eq!(Up::Records { records: values }, want);
+                }
+                None => panic!("a message is missing"),
+            }
+        }
+        assert_eq!(d.pending(), 0);
+        // Broken frames are errors, as with `message`.
+        let mut d = Decoder::new();
+        d.push(b"\0\0\0\x0b{\"type\":\"rec");
+        assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))));
+        let mut d = Decoder::new();
+        d.push(b"\0\0\0\x1d{\"type\":\"records\",\"records\":[}");
+        assert!(d.up_message().is_err());
     }
 
     #[test]

@@ -151,6 +151,9 @@ where
     Ok(resp.keep_alive)
 }
 
+/// Largest masked body copied behind its head so both leave in one write.
+const ONE_WRITE: usize = 64 * 1024;
+
 /// A response head with `connection: close` added before its blank line.
 fn closing_head(head: &[u8]) -> Vec<u8> {
     let body_at = if head.ends_with(b"\r\n\r\n") { head.len() - 2 } else { head.len() - 1 };
@@ -324,8 +327,15 @@ where
             let masked = mask::json(m, whole, resp.header("content-encoding"), limit);
             rec.response_masked.extend(masked.masked);
             let length = format!("content-length: {}", masked.body.len());
-            client.write_all(&rewrite_head(raw_head, resp, &length, masked.decoded)).await?;
-            client.write_all(&masked.body).await?;
+            let mut out = rewrite_head(raw_head, resp, &length, masked.decoded);
+            // The head goes with the body: one TLS record and one write for a small answer.
+            if masked.body.len() <= ONE_WRITE {
+                out.extend_from_slice(&masked.body);
+                client.write_all(&out).await?;
+            } else {
+                client.write_all(&out).await?;
+                client.write_all(&masked.body).await?;
+            }
             client.flush().await?;
             Ok(resp.keep_alive)
         }

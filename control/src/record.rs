@@ -1,0 +1,267 @@
+//! What control reads of a record a data plane sent (ARCHITECTURE.md, "Records"): the fields
+//! the store indexes, the counts the metrics keep, and the text stored. Read straight from the
+//! record's JSON text, borrowing where the text has no escapes; no value tree is built and the
+//! record is not serialised again. The stored text is the record as it came, with the data
+//! plane's name added.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, Visitor};
+use serde_json::Value;
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A flow record (the packet path).
+    Flow,
+    /// A request record (the interception engine).
+    Request,
+    /// A data plane's statistics (not stored; its last one is kept in the link status).
+    Stats,
+    /// Anything else (not stored).
+    Other,
+}
+
+impl RecordKind {
+    fn of(t: Option<&str>) -> Self {
+        match t {
+            Some("flow") => RecordKind::Flow,
+            Some("request") => RecordKind::Request,
+            Some("stats") => RecordKind::Stats,
+            _ => RecordKind::Other,
+        }
+    }
+}
+
+/// One record as control stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row<'a> {
+    /// The data plane's sequence number.
+    pub seq: u64,
+    /// What it is.
+    pub kind: RecordKind,
+    /// Unix ms (0 when the record has none).
+    pub ts_ms: u64,
+    /// Indexed fields.
+    pub identity: Option<Cow<'a, str>>,
+    /// Feed user.
+    pub user: Option<Cow<'a, str>>,
+    /// Source address.
+    pub src: Option<Cow<'a, str>>,
+    /// Server name.
+    pub sni: Option<Cow<'a, str>>,
+    /// Category.
+    pub category: Option<Cow<'a, str>>,
+    /// Verdict.
+    pub verdict: Option<Cow<'a, str>>,
+    /// Rule name.
+    pub rule: Option<Cow<'a, str>>,
+    /// DLP findings: detector and count.
+    pub findings: Vec<(Cow<'a, str>, u64)>,
+    /// The text stored: the record with `"dataplane"` naming the data plane it came from.
+    pub json: String,
+}
+
+impl<'a> Row<'a> {
+    /// Reads the record `text` from data plane `dataplane`. `None` when it is not a JSON
+    /// object with a `seq` (nothing can be stored of it).
+    pub fn read(text: &'a str, dataplane: &str) -> Option<Row<'a>> {
+        match serde_json::from_str::<Fields<'a>>(text) {
+            Ok(f) if f.dataplane.is_none() => Some(f.into_row(with_dataplane(text, dataplane)?)),
+            // A record naming a data plane itself, a duplicate key or a field of another type:
+            // read through a value tree, as a generic JSON reader would (the last copy of a
+            // key wins), with the name set by control.
+            _ => Self::read_value(serde_json::from_str(text).ok()?, dataplane),
+        }
+    }
+
+    /// [`Row::read`] for a record already parsed.
+    pub fn read_value(mut v: Value, dataplane: &str) -> Option<Row<'static>> {
+        let obj = v.as_object_mut()?;
+        let seq = obj.get("seq")?.as_u64()?;
+        obj.insert("dataplane".into(), dataplane.into());
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(|s| Cow::Owned(s.to_owned()));
+        let findings = v
+            .get("dlp_findings")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                let d = f.get("detector")?.as_str()?;
+                Some((
+                    Cow::Owned(d.to_owned()),
+                    f.get("count").and_then(Value::as_u64).unwrap_or(1),
+                ))
+            })
+            .collect();
+        Some(Row {
+            seq,
+            kind: RecordKind::of(v.get("type").and_then(Value::as_str)),
+            ts_ms: v.get("ts_ms").and_then(Value::as_u64).unwrap_or(0),
+            identity: text("identity"),
+            user: text("user"),
+            src: text("src"),
+            sni: text("sni"),
+            category: text("category"),
+            verdict: text("verdict"),
+            rule: text("rule"),
+            findings,
+            json: v.to_string(),
+        })
+    }
+
+    /// The detectors of the findings as `,a,b,` (the store matches it with LIKE `%,a,%`).
+    pub fn detectors(&self) -> Option<String> {
+        if self.findings.is_empty() {
+            return None;
+        }
+        let mut s = String::from(",");
+        for (d, _) in &self.findings {
+            s.push_str(d);
+            s.push(',');
+        }
+        Some(s)
+    }
+}
+
+/// `text` (one JSON object) with `"dataplane":name` added as its last member.
+fn with_dataplane(text: &str, dataplane: &str) -> Option<String> {
+    let inner = text.trim_end().strip_suffix('}')?.trim_end();
+    let name = serde_json::to_string(dataplane).ok()?;
+    let mut out = String::with_capacity(inner.len() + name.len() + 16);
+    out.push_str(inner);
+    if !inner.ends_with('{') {
+        out.push(',');
+    }
+    out.push_str("\"dataplane\":");
+    out.push_str(&name);
+    out.push('}');
+    Some(out)
+}
+
+/// The members of a record control reads; the others are skipped unread.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    seq: u64,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Text<'a>>,
+    #[serde(default)]
+    ts_ms: Option<u64>,
+    #[serde(borrow, default)]
+    identity: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    user: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    src: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    sni: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    category: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    verdict: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    rule: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    dlp_findings: Option<Vec<Finding<'a>>>,
+    #[serde(default)]
+    dataplane: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Finding<'a> {
+    #[serde(borrow)]
+    detector: Text<'a>,
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+impl<'a> Fields<'a> {
+    fn into_row(self, json: String) -> Row<'a> {
+        let t = |v: Option<Text<'a>>| v.map(|t| t.0);
+        Row {
+            seq: self.seq,
+            kind: RecordKind::of(self.kind.as_ref().map(|t| t.0.as_ref())),
+            ts_ms: self.ts_ms.unwrap_or(0),
+            identity: t(self.identity),
+            user: t(self.user),
+            src: t(self.src),
+            sni: t(self.sni),
+            category: t(self.category),
+            verdict: t(self.verdict),
+            rule: t(self.rule),
+            findings: self
+                .dlp_findings
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| (f.detector.0, f.count.unwrap_or(1)))
+                .collect(),
+            json,
+        }
+    }
+}
+
+/// A JSON string borrowed from the text when it has no escapes (serde borrows a `Cow` only
+/// when it is not inside an `Option`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_fields_borrowed_and_adds_the_data_plane() {
+        let text = r#"{"seq":7,"type":"request","ts_ms":12,"identity":"fin\u00e9","sni":"api.openai.com","verdict":"block","dlp_findings":[{"detector":"credit_card","count":2,"paths":["$.a"]},{"detector":"iban"}],"extra":{"x":[1,2]}}"#;
+        let r = Row::read(text, "dp\"1").unwrap();
+        assert_eq!((r.seq, r.kind, r.ts_ms), (7, RecordKind::Request, 12));
+        assert_eq!(r.identity.as_deref(), Some("finé"));
+        assert!(matches!(r.sni, Some(Cow::Borrowed("api.openai.com"))));
+        assert_eq!(r.user, None);
+        assert_eq!(r.findings, vec![("credit_card".into(), 2), ("iban".into(), 1)]);
+        assert_eq!(r.detectors().as_deref(), Some(",credit_card,iban,"));
+        let stored: Value = serde_json::from_str(&r.json).unwrap();
+        let mut want: Value = serde_json::from_str(text).unwrap();
+        want["dataplane"] = json!("dp\"1");
+        assert_eq!(stored, want);
+    }
+
+    #[test]
+    fn odd_records_are_read_as_a_generic_reader_would() {
+        // Its own `dataplane` is replaced, not duplicated.
+        let r = Row::read(r#"{"seq":1,"type":"flow","dataplane":"forged"}"#, "dp").unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&r.json).unwrap()["dataplane"], "dp");
+        assert_eq!(r.json.matches("dataplane").count(), 1);
+        // Duplicate keys: the last wins, as in a value tree.
+        let r = Row::read(r#"{"seq":1,"verdict":"allow","verdict":"block"}"#, "dp").unwrap();
+        assert_eq!(r.verdict.as_deref(), Some("block"));
+        // A field of another type does not lose the record.
+        let r = Row::read(r#"{"seq":2,"type":"flow","rule":5,"ts_ms":-1}"#, "dp").unwrap();
+        assert_eq!((r.seq, r.kind, r.rule, r.ts_ms), (2, RecordKind::Flow, None, 0));
+        // Nothing to store without a sequence number, or when it is not an object.
+        for bad in [r#"{"type":"flow"}"#, r#"{"seq":"1"}"#, "[1]", "7", "{"] {
+            assert_eq!(Row::read(bad, "dp"), None, "{bad}");
+        }
+        assert_eq!(Row::read(r#"{"seq":3,"type":"stats"}"#, "dp").unwrap().kind, RecordKind::Stats);
+    }
+}
