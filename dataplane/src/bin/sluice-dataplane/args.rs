@@ -80,9 +80,11 @@ pub struct Args {
     /// Days a minted leaf is valid (never beyond the CA).
     #[arg(long, default_value_t = 7)]
     pub leaf_days: u64,
-    /// Threads of the interception engine.
-    #[arg(long, default_value_t = 2)]
-    pub intercept_threads: usize,
+    /// Threads of the interception engine (default: half the cores, at least one; the
+    /// other half is left to the kernel, which does the TCP and TLS-record work of every
+    /// intercepted byte on its way in and out).
+    #[arg(long)]
+    pub intercept_threads: Option<usize>,
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     pub max_intercepted: usize,

@@ -406,7 +406,9 @@ fn main() -> Result<()> {
                 cfg,
                 Arc::new(handle.clone()),
                 requests.clone(),
-                args.intercept_threads,
+                args.intercept_threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+                }),
             )
             .context("starting the interception engine")?;
             info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
