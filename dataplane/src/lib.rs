@@ -11,6 +11,7 @@
 //! parsers, the engine, NAT and policy are pure. The interception engine is its own crate,
 //! `sluice-intercept`; the binary joins the two (ARCHITECTURE.md, "Processes and crates").
 
+pub mod defrag;
 pub mod engine;
 pub mod fastpath;
 pub mod flow;

@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::catset::CatSet;
 use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
-use crate::schema::{Action, DivertMode, DlpAction, FailMode, MidstreamPolicy, QuicPolicy};
+use crate::schema::{
+    Action, DivertMode, DlpAction, FailMode, FragmentPolicy, MidstreamPolicy, QuicPolicy,
+};
 
 /// `[defaults]` after validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,6 +29,8 @@ pub struct Defaults {
     pub midstream: MidstreamPolicy,
     /// QUIC Initials whose SNI cannot be read.
     pub quic_unreadable: QuicPolicy,
+    /// IP fragments from the inside.
+    pub ip_fragments: FragmentPolicy,
     /// Which flows are diverted at their SYN.
     pub divert: DivertMode,
     /// TCP ports carrying TLS, sorted.

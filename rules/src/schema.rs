@@ -58,6 +58,17 @@ pub enum QuicPolicy {
     Drop,
 }
 
+/// What the data plane does with IP fragments from the inside (a TCP segment or UDP datagram
+/// cut into fragments hides its ports and ClientHello from a reader of single packets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FragmentPolicy {
+    /// Reassemble them (bounded), classify the whole, forward the fragments as they came.
+    Reassemble,
+    /// Drop them, unless they belong to a flow already allowed (fail closed).
+    Block,
+}
+
 /// Which TLS flows are diverted to the interception engine at their SYN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +107,8 @@ pub struct DefaultsDef {
     pub midstream: Option<MidstreamPolicy>,
     /// QUIC Initials whose SNI cannot be read: `allow` (default) or `drop`.
     pub quic_unreadable: Option<QuicPolicy>,
+    /// IP fragments from the inside: `reassemble` (default) or `block`.
+    pub ip_fragments: Option<FragmentPolicy>,
     /// `learned` (default) or `all`.
     pub divert: Option<DivertMode>,
     /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.

@@ -6,6 +6,9 @@ Run inside a lab client (scripts/lab exec HOST -- python3 rawtcp.py ...). Uses s
 rule keeps the client's own kernel from resetting the connection it does not know about.
 
 modes:  whole | mss | onebyte | reorder | overlap-conflict | overlap-same
+        frag (the segment in 16-byte IP fragments) | frag-conflict (fragments that overlap and
+        disagree) | decoy-badsum / decoy-ttl (first the --decoy hello in the same sequence
+        range, with a bad TCP checksum / a TTL of 1, then the real one)
 """
 import argparse
 import random
@@ -13,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from scapy.all import IP, IPv6, TCP, AsyncSniffer, conf, send, sr1  # noqa: E402
+from scapy.all import IP, IPv6, TCP, AsyncSniffer, IPv6ExtHdrFragment, conf, fragment, fragment6, send, sr1  # noqa: E402
 
 conf.verb = 0
 
@@ -24,6 +27,7 @@ def main():
     ap.add_argument("--port", type=int, default=443)
     ap.add_argument("--hello", required=True)
     ap.add_argument("--mode", required=True)
+    ap.add_argument("--decoy", help="the decoy ClientHello (decoy-* modes)")
     args = ap.parse_args()
     hello = open(args.hello, "rb").read()
     v6 = ":" in args.dst
@@ -72,6 +76,40 @@ def main():
             forged[20] ^= 0xFF
             seg(100, bytes(forged))
             seg(300, hello[300:])
+        elif args.mode in ("frag", "frag-conflict"):
+            tcp = TCP(sport=sport, dport=args.port, flags="PA", seq=base, ack=sack)
+            if v6:
+                frags = fragment6(IPv6(dst=args.dst) / IPv6ExtHdrFragment() / tcp / hello, 40 + 8 + 16)
+            else:
+                frags = fragment(IP(dst=args.dst) / tcp / hello, fragsize=16)
+            if args.mode == "frag-conflict":
+                # A copy of the third fragment with other bytes, sent before the real one: a
+                # host keeping the first copy reads another hello than one keeping the last.
+                forged = frags[2].copy()
+                raw = bytearray(bytes(forged.payload.payload if v6 else forged.payload))
+                raw[-1] ^= 0xFF
+                # (The protocol set again: scapy would derive it from the new raw payload.)
+                if v6:
+                    forged.payload.remove_payload()
+                    forged.payload.add_payload(bytes(raw))
+                    forged[IPv6ExtHdrFragment].nh = 6
+                else:
+                    forged.remove_payload()
+                    forged.add_payload(bytes(raw))
+                    forged.proto = 6
+                frags.insert(2, forged)
+            for f in frags:
+                send(f)
+        elif args.mode in ("decoy-badsum", "decoy-ttl"):
+            decoy = open(args.decoy, "rb").read()
+            tcp = TCP(sport=sport, dport=args.port, flags="PA", seq=base, ack=sack)
+            if args.mode == "decoy-badsum":
+                send(L3() / TCP(sport=sport, dport=args.port, flags="PA", seq=base, ack=sack, chksum=0xBAD) / decoy)
+            else:
+                ttl = {"hlim": 1} if v6 else {"ttl": 1}
+                send((IPv6(dst=args.dst, **ttl) if v6 else IP(dst=args.dst, **ttl)) / tcp / decoy)
+            time.sleep(0.2)
+            seg(0, hello)
         else:
             sys.exit("unknown mode " + args.mode)
         time.sleep(1.5)

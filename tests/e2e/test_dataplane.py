@@ -86,9 +86,10 @@ def local_records():
 
 
 PQ_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-x25519mlkem768-api.openai.com.bin")
+EXAMPLE_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "openssl-example.org.bin")
 
 
-def raw(host, dst, mode, hello=HELLO):
+def raw(host, dst, mode, hello=HELLO, decoy=None):
     """Sends a captured ClientHello for api.openai.com in segments; "rst" or "data" back.
 
     alice's API flows are inspected: her resolver lookup first teaches the appliance the
@@ -96,7 +97,8 @@ def raw(host, dst, mode, hello=HELLO):
     kernel's own reassembly, answers (ServerHello: "data")."""
     if host == "alice":
         on(host, "getent", "ahosts", "api.openai.com")
-    r = on(host, "python3", RAW, "--dst", dst, "--hello", hello, "--mode", mode)
+    extra = ["--decoy", decoy] if decoy else []
+    r = on(host, "python3", RAW, "--dst", dst, "--hello", hello, "--mode", mode, *extra)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -292,6 +294,18 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(raw("guest", "2001:db8:5100::80", "reorder"), "rst")
         self.assertEqual(raw("alice", "198.51.100.10", "onebyte"), "data")
         self.assertEqual(raw("alice", "198.51.100.10", "reorder"), "data")
+
+    def test_fragmented_hellos_are_reassembled(self):
+        # A hello cut into 16-byte IP fragments passed as "other" before the packet path
+        # reassembled them; now it is read and refused to the guest, v4 and v6.
+        self.assertEqual(raw("guest", "198.51.100.80", "frag"), "rst")
+        self.assertEqual(raw("guest", "2001:db8:5100::80", "frag"), "rst")
+        # An allowed flow's fragments go on as they came: the server reassembles and answers.
+        self.assertEqual(raw("guest", "198.51.100.80", "frag", EXAMPLE_HELLO), "data")
+        # A diverted flow: the reassembled segment reaches the interception engine.
+        self.assertEqual(raw("alice", "198.51.100.10", "frag"), "data")
+        # Fragments that overlap and disagree are dropped: the hello never arrives whole.
+        self.assertEqual(raw("guest", "198.51.100.80", "frag-conflict", EXAMPLE_HELLO), "nothing")
 
     def test_tcp_fast_open_hello_in_the_syn(self):
         ns = {h: "%s-%s" % (env()["SLUICE_LAB"], h) for h in ("guest", "alice")}

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
+use sluice_rules::{
+    Action as RuleAction, FragmentPolicy, IdentityOverlay, MidstreamPolicy, Policy, Query,
+};
 
+use crate::defrag::{self, Defrag, FragError};
 use crate::flow::{
     Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
 };
@@ -129,6 +132,13 @@ pub struct Counters {
     /// Frames the fast path's classifier decided without the socket filter's mark (0 while
     /// the data plane runs; anything else means the two programs could disagree).
     pub fastpath_unmarked: u64,
+    /// IP fragments of TCP or UDP from the inside (reassembled before classification).
+    pub fragments: u64,
+    /// Datagrams made whole from fragments.
+    pub fragments_reassembled: u64,
+    /// Fragments dropped: reassembly limits, timeouts, inconsistent lengths, overlaps (also
+    /// counted as evasions) and `ip_fragments = "block"`.
+    pub fragments_dropped: u64,
 }
 
 /// Engine settings.
@@ -179,6 +189,10 @@ pub struct Engine {
     /// Divert counters.
     pub divert_counters: DivertCounters,
     offload_ops: Vec<OffloadOp>,
+    defrag: Defrag,
+    /// The fragments, as received, of the reassembled datagram being handled (empty for a
+    /// whole frame): what a held flow keeps and later releases in the datagram's place.
+    frag_hold: Vec<Vec<u8>>,
 }
 
 /// A destination learned for divert.
@@ -225,6 +239,8 @@ impl Engine {
             divert: settings.divert.map(divert::DivertState::new),
             divert_counters: DivertCounters::default(),
             offload_ops: Vec::new(),
+            defrag: Defrag::default(),
+            frag_hold: Vec::new(),
         }
     }
 
@@ -290,6 +306,9 @@ impl Engine {
             self.counters.non_ip += 1;
             return Action::Forward;
         };
+        if f.fragmented && side == Side::Inside {
+            return self.fragment(side, data, now, out);
+        }
         if side == Side::Outside
             && let Some(t) = f.tcp
             && self.upstream_reply(data, &f, t, now, out)
@@ -305,6 +324,60 @@ impl Engine {
             self.counters.dropped += 1;
         }
         action
+    }
+
+    /// An IP fragment from the inside: held until its datagram is whole, which is then
+    /// decided like any frame; the fragments go on as they came when the flow is allowed.
+    fn fragment(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let Some(frag) = defrag::fragment(data) else { return Action::Drop };
+        if !frag.is_tcp_or_udp() {
+            // Nothing the engine classifies (ICMP, ESP, …) hides in it.
+            return Action::Forward;
+        }
+        self.counters.fragments += 1;
+        let whole = match self.defrag.add(&frag, data, now.mono_ms) {
+            Ok(None) => return Action::Drop,
+            Ok(Some(w)) => w,
+            Err(e) => {
+                if e == FragError::Overlap {
+                    self.counters.evasions += 1;
+                }
+                self.counters.fragments_dropped += 1;
+                return Action::Drop;
+            }
+        };
+        self.counters.fragments_reassembled += 1;
+        let Some(f) = frame::parse(&whole.frame) else { return Action::Drop };
+        let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
+        let policy = self.policy.load();
+        let classified = match f.proto {
+            Proto::Tcp => policy.defaults.tls_ports.contains(&f.dport),
+            Proto::Udp => f.dport == QUIC_PORT,
+            _ => false,
+        };
+        let allowed = self.table.get_mut(&key).is_some_and(|fl| fl.verdict == Verdict::Allow);
+        if classified && !allowed && policy.defaults.ip_fragments == FragmentPolicy::Block {
+            self.counters.fragments_dropped += whole.fragments.len() as u64;
+            return Action::Drop;
+        }
+        drop(policy);
+        self.frag_hold = whole.fragments;
+        let action = match f.tcp {
+            Some(t) => self.tcp(side, &whole.frame, &f, t, key, now, out),
+            None => self.udp_or_other(side, &whole.frame, &f, key, now, out),
+        };
+        // Not kept by a held flow: forwarded as they came, or dropped with the datagram.
+        let fragments = std::mem::take(&mut self.frag_hold);
+        if action == Action::Forward {
+            out.extend(fragments.into_iter().map(|fr| (side.other(), fr)));
+        }
+        Action::Drop
     }
 
     fn new_flow(
@@ -569,10 +642,11 @@ impl Engine {
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         let isn = flow.client_isn;
+        let fragments = std::mem::take(&mut self.frag_hold);
         // Fast path: the whole hello in the first segment, in order (what clients send): no
         // reassembly buffer, no copy of the frame.
         let mut fast = None;
-        if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) {
+        if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
             fast = match parse_client_hello(f.payload, &mut self.scratch) {
                 HelloParse::Incomplete => None,
                 HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
@@ -592,7 +666,7 @@ impl Engine {
                     .reasm
                     .get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
                 let added = reasm.add(t.seq, f.payload);
-                flow.held.push(data.to_vec());
+                hold_frames(&mut flow.held, data, fragments);
                 match added {
                     Added::Conflict => {
                         self.counters.evasions += 1;
@@ -692,6 +766,7 @@ impl Engine {
             self.end(f, why, now);
         }
         self.expire_upstreams(now);
+        self.counters.fragments_dropped += self.defrag.expire(now.mono_ms) as u64;
         let records = &mut self.records;
         let interval = self.settings.report_interval_ms;
         for f in self.table.due_reports(now.mono_ms, interval) {
@@ -761,6 +836,15 @@ fn decide_flow(
         (RuleAction::Block, _) | (RuleAction::Inspect, Proto::Udp) => Verdict::Block,
         (RuleAction::Inspect, _) if divert => Verdict::Block,
         (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
+    }
+}
+
+/// Keeps a frame of a held flow: the frame itself, or the fragments it was reassembled from.
+fn hold_frames(held: &mut Vec<Vec<u8>>, data: &[u8], fragments: Vec<Vec<u8>>) {
+    if fragments.is_empty() {
+        held.push(data.to_vec());
+    } else {
+        held.extend(fragments);
     }
 }
 

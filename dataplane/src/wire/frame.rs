@@ -65,6 +65,9 @@ pub struct Frame<'a> {
     /// Offset of the IP header in the buffer parsed (after Ethernet and VLAN tags; 0 for a
     /// raw IP packet).
     pub ip_offset: usize,
+    /// An IP fragment (IPv4 more-fragments or offset, IPv6 Fragment header): its transport
+    /// header, if any, is not read here ([`crate::defrag`]).
+    pub fragmented: bool,
 }
 
 /// Summarises an IP frame. `None` for anything that is not IPv4/IPv6 over Ethernet (ARP, …)
@@ -95,16 +98,18 @@ fn summarise<'a>(
     dst_mac: [u8; 6],
     vlan: Option<u16>,
 ) -> Option<Frame<'a>> {
-    let (src, dst, header) = match &p.net {
+    let (src, dst, header, fragmented) = match &p.net {
         Some(NetSlice::Ipv4(v4)) => (
             IpAddr::from(v4.header().source_addr()),
             IpAddr::from(v4.header().destination_addr()),
             v4.header().slice(),
+            v4.header().is_fragmenting_payload(),
         ),
         Some(NetSlice::Ipv6(v6)) => (
             IpAddr::from(v6.header().source_addr()),
             IpAddr::from(v6.header().destination_addr()),
             v6.header().slice(),
+            v6.is_payload_fragmented(),
         ),
         _ => return None,
     };
@@ -122,6 +127,7 @@ fn summarise<'a>(
         tcp: None,
         payload: &[],
         ip_offset,
+        fragmented,
     };
     match &p.transport {
         Some(TransportSlice::Tcp(t)) => {

@@ -20,7 +20,8 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CatalogFile, DivertMode, FailMode, MidstreamPolicy, QuicPolicy, RuleDef, RuleFile,
+    Action, CatalogFile, DivertMode, FailMode, FragmentPolicy, MidstreamPolicy, QuicPolicy,
+    RuleDef, RuleFile,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -184,6 +185,7 @@ impl Cx<'_> {
             max_inspect_bytes: max_inspect,
             midstream: d.and_then(|d| d.midstream).unwrap_or(MidstreamPolicy::Allow),
             quic_unreadable: d.and_then(|d| d.quic_unreadable).unwrap_or(QuicPolicy::Allow),
+            ip_fragments: d.and_then(|d| d.ip_fragments).unwrap_or(FragmentPolicy::Reassemble),
             divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
             tls_ports,
         }

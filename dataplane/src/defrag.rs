@@ -1,0 +1,515 @@
+//! Bounded reassembly of IP fragments (IPv4, and IPv6 Fragment headers) before classification
+//! (ARCHITECTURE.md, "The packet path"). A TCP segment or UDP datagram that arrives in
+//! fragments carries no port or ClientHello in most of them: the engine reassembles the
+//! datagram, decides on the whole, and forwards the original fragments unchanged when the
+//! flow is allowed.
+//!
+//! As a reassembling IPS does (Suricata's defrag), it is bounded: fragments per datagram,
+//! datagrams and bytes per source, bytes in all, and a timeout. Overlapping fragments whose
+//! bytes disagree are an evasion attempt (different hosts keep different copies) and drop the
+//! datagram; an identical duplicate is harmless. Pure: no clock of its own, no IO.
+//!
+//! etherparse has a defragmentation pool, but it lets a later fragment overwrite an earlier
+//! one's bytes without a word: exactly the ambiguity an attacker uses.
+
+use std::net::IpAddr;
+
+use etherparse::{IpNumber, Ipv6ExtensionSlice, NetSlice, SlicedPacket};
+use hashbrown::HashMap;
+
+/// Largest reassembled IP payload.
+const MAX_PAYLOAD: usize = 65_535 - 60;
+
+/// Bounds of the reassembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Fragments of one datagram.
+    pub fragments_per_datagram: usize,
+    /// Datagrams in progress per source address.
+    pub datagrams_per_source: usize,
+    /// Bytes held per source address (fragments as received, plus reassembled payload).
+    pub bytes_per_source: usize,
+    /// Bytes held in all.
+    pub bytes: usize,
+    /// A datagram not whole after this long is dropped (ms).
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Linux keeps fragments 30 s (ipfrag_time) within 4 MiB (ipfrag_high_thresh).
+        Limits {
+            fragments_per_datagram: 512,
+            datagrams_per_source: 32,
+            bytes_per_source: 512 << 10,
+            bytes: 8 << 20,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Identifies the datagram a fragment belongs to (RFC 791 §3.2, RFC 8200 §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Outer VLAN.
+    pub vlan: Option<u16>,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Protocol of the fragmented payload.
+    pub proto: u8,
+    /// Identification (16 bits for IPv4).
+    pub id: u32,
+}
+
+/// One fragment, read from an Ethernet frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Fragment<'a> {
+    /// Its datagram.
+    pub key: FragKey,
+    /// Byte offset of `payload` in the datagram.
+    pub offset: usize,
+    /// More fragments follow.
+    pub more: bool,
+    /// The fragment's part of the datagram.
+    pub payload: &'a [u8],
+    /// The frame up to the end of the IP header (IPv4, options included) or of the fixed IPv6
+    /// header: the head of the reassembled frame when this is the first fragment.
+    head: &'a [u8],
+    /// Where the IP header starts in `head`.
+    ip: usize,
+    v6: bool,
+}
+
+/// Reads `frame` as an IP fragment; `None` when it is not one (or not IP over Ethernet).
+/// IPv6 "atomic" fragments (offset 0, no more) are whole packets and are not fragments here.
+pub fn fragment(frame: &[u8]) -> Option<Fragment<'_>> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let vlan = p.link_exts.iter().find_map(|x| match x {
+        etherparse::LinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
+        _ => None,
+    });
+    match &p.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            if !h.is_fragmenting_payload() {
+                return None;
+            }
+            let ip = offset_in(frame, h.slice())?;
+            Some(Fragment {
+                key: FragKey {
+                    vlan,
+                    src: IpAddr::from(h.source_addr()),
+                    dst: IpAddr::from(h.destination_addr()),
+                    proto: h.protocol().0,
+                    id: u32::from(h.identification()),
+                },
+                offset: usize::from(h.fragments_offset().byte_offset()),
+                more: h.more_fragments(),
+                payload: v4.payload().payload,
+                head: frame.get(..ip + h.slice().len())?,
+                ip,
+                v6: false,
+            })
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            if !v6.is_payload_fragmented() {
+                return None;
+            }
+            let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
+                Ipv6ExtensionSlice::Fragment(f) => Some(f),
+                _ => None,
+            })?;
+            let h = v6.header();
+            let ip = offset_in(frame, h.slice())?;
+            Some(Fragment {
+                key: FragKey {
+                    vlan,
+                    src: IpAddr::from(h.source_addr()),
+                    dst: IpAddr::from(h.destination_addr()),
+                    proto: frag.next_header().0,
+                    id: frag.identification(),
+                },
+                offset: usize::from(frag.fragment_offset().byte_offset()),
+                more: frag.more_fragments(),
+                payload: v6.payload().payload,
+                head: frame.get(..ip + h.slice().len())?,
+                ip,
+                v6: true,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Where `part` (a sub-slice of `whole`) starts in it.
+fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
+    (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)
+}
+
+impl Fragment<'_> {
+    /// Whether the fragmented payload is TCP or UDP (what the engine classifies).
+    pub fn is_tcp_or_udp(&self) -> bool {
+        self.key.proto == IpNumber::TCP.0 || self.key.proto == IpNumber::UDP.0
+    }
+}
+
+/// A datagram made whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whole {
+    /// The reassembled packet as one frame (the first fragment's link and IP header, not
+    /// fragmented, lengths and checksum set; IPv6 extension headers before the fragment
+    /// header are left out).
+    pub frame: Vec<u8>,
+    /// The fragments as they arrived, in arrival order: what is forwarded when the flow is
+    /// allowed, so the network beyond sees what the client sent.
+    pub fragments: Vec<Vec<u8>>,
+}
+
+/// Why a fragment was dropped (with every fragment of its datagram held so far).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FragError {
+    /// Overlapping fragments with different bytes.
+    #[error("overlapping IP fragments disagree (evasion attempt)")]
+    Overlap,
+    /// Lengths that cannot belong to one datagram (a second end, data past the end, a middle
+    /// fragment whose length is not a multiple of 8, past 64 KiB).
+    #[error("IP fragments of inconsistent lengths")]
+    Inconsistent,
+    /// A bound of [`Limits`] was reached.
+    #[error("IP fragment reassembly limits reached")]
+    Limit,
+}
+
+#[derive(Debug)]
+struct Datagram {
+    first_ms: u64,
+    frames: Vec<Vec<u8>>,
+    data: Vec<u8>,
+    /// Byte ranges received, sorted, disjoint and not adjacent.
+    have: Vec<(usize, usize)>,
+    end: Option<usize>,
+    /// The first fragment's head, where its IP header starts, and whether it is IPv6.
+    head: Option<(Vec<u8>, usize, bool)>,
+    /// Bytes of the frames held.
+    framed: usize,
+    /// Bytes accounted to the source (frames and reassembled payload).
+    bytes: usize,
+}
+
+impl Datagram {
+    /// Places `payload` at `offset`; an overlap must agree with what is there.
+    fn place(&mut self, offset: usize, more: bool, payload: &[u8]) -> Result<(), FragError> {
+        let end = offset + payload.len();
+        if end > MAX_PAYLOAD
+            || (more && !payload.len().is_multiple_of(8))
+            || (more && payload.is_empty())
+        {
+            return Err(FragError::Inconsistent);
+        }
+        match (self.end, more) {
+            (Some(e), false) if e != end => return Err(FragError::Inconsistent),
+            (Some(e), _) if end > e => return Err(FragError::Inconsistent),
+            (None, false) if self.have.last().is_some_and(|r| r.1 > end) => {
+                return Err(FragError::Inconsistent);
+            }
+            _ => {}
+        }
+        for &(s, e) in &self.have {
+            let (lo, hi) = (s.max(offset), e.min(end));
+            if lo < hi && self.data[lo..hi] != payload[lo - offset..hi - offset] {
+                return Err(FragError::Overlap);
+            }
+        }
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[offset..end].copy_from_slice(payload);
+        if !more {
+            self.end = Some(end);
+        }
+        // Merge the new range with those it touches.
+        let (mut s, mut e) = (offset, end);
+        self.have.retain(|&(a, b)| {
+            if b < s || a > e {
+                true
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+                false
+            }
+        });
+        let at = self.have.partition_point(|r| r.0 < s);
+        self.have.insert(at, (s, e));
+        Ok(())
+    }
+
+    fn complete(&self) -> bool {
+        self.end.is_some_and(|end| self.have == [(0, end)]) && self.head.is_some()
+    }
+
+    /// The reassembled frame.
+    fn build(self, proto: u8) -> Option<Whole> {
+        let (mut frame, ip, v6) = self.head?;
+        let len = self.data.len();
+        let h = frame.get_mut(ip..)?;
+        if v6 {
+            h.get_mut(4..6)?.copy_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+            // The payload follows the fixed header at once (extension headers left out).
+            *h.get_mut(6)? = proto;
+        } else {
+            let total = u16::try_from(h.len() + len).ok()?;
+            h.get_mut(2..4)?.copy_from_slice(&total.to_be_bytes());
+            // Keep DF, clear MF and the offset; then the header checksum again.
+            h[6] &= 0x40;
+            h[7] = 0;
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = etherparse::checksum::Sum16BitWords::new().add_slice(h).ones_complement();
+            h[10..12].copy_from_slice(&sum.to_ne_bytes());
+        }
+        frame.extend_from_slice(&self.data);
+        Some(Whole { frame, fragments: self.frames })
+    }
+}
+
+/// Fragments waiting for the rest of their datagram.
+#[derive(Debug)]
+pub struct Defrag {
+    limits: Limits,
+    pending: HashMap<FragKey, Datagram>,
+    /// Per source: datagrams in progress and bytes held.
+    sources: HashMap<IpAddr, (usize, usize)>,
+    bytes: usize,
+}
+
+impl Default for Defrag {
+    fn default() -> Self {
+        Defrag::new(Limits::default())
+    }
+}
+
+impl Defrag {
+    /// Empty, within `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Defrag { limits, pending: HashMap::new(), sources: HashMap::new(), bytes: 0 }
+    }
+
+    /// Datagrams in progress.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds `frag`, read from `frame`, at `now_ms`. `Ok(None)`: held until the rest comes;
+    /// `Ok(Some)`: its datagram is whole; `Err`: this fragment and the datagram's others
+    /// are dropped.
+    pub fn add(
+        &mut self,
+        frag: &Fragment<'_>,
+        frame: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Whole>, FragError> {
+        let src = frag.key.src;
+        // What this fragment adds: its frame, and the datagram's buffer up to its end.
+        let have = self.pending.get(&frag.key).map(|d| d.data.len());
+        let known = have.is_some();
+        let cost =
+            frame.len() + (frag.offset + frag.payload.len()).saturating_sub(have.unwrap_or(0));
+        let (datagrams, held) = self.sources.get(&src).copied().unwrap_or((0, 0));
+        if (!known && datagrams >= self.limits.datagrams_per_source)
+            || held + cost > self.limits.bytes_per_source
+            || self.bytes + cost > self.limits.bytes
+        {
+            self.drop(&frag.key);
+            return Err(FragError::Limit);
+        }
+        let d = self.pending.entry(frag.key).or_insert_with(|| Datagram {
+            first_ms: now_ms,
+            frames: Vec::new(),
+            data: Vec::new(),
+            have: Vec::new(),
+            end: None,
+            head: None,
+            framed: 0,
+            bytes: 0,
+        });
+        if d.frames.len() >= self.limits.fragments_per_datagram {
+            self.drop(&frag.key);
+            return Err(FragError::Limit);
+        }
+        if let Err(e) = d.place(frag.offset, frag.more, frag.payload) {
+            self.drop(&frag.key);
+            return Err(e);
+        }
+        if frag.offset == 0 {
+            d.head = Some((frag.head.to_vec(), frag.ip, frag.v6));
+        }
+        d.frames.push(frame.to_vec());
+        d.framed += frame.len();
+        let now_bytes = d.framed + d.data.len();
+        let delta = now_bytes - d.bytes;
+        d.bytes = now_bytes;
+        let complete = d.complete();
+        self.bytes += delta;
+        let s = self.sources.entry(src).or_insert((0, 0));
+        if !known {
+            s.0 += 1;
+        }
+        s.1 += delta;
+        if !complete {
+            return Ok(None);
+        }
+        let d = self.take(&frag.key).ok_or(FragError::Inconsistent)?;
+        d.build(frag.key.proto).map(Some).ok_or(FragError::Inconsistent)
+    }
+
+    /// Drops datagrams older than the timeout; returns how many fragments went.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let timeout = self.limits.timeout_ms;
+        let old: Vec<FragKey> = self
+            .pending
+            .iter()
+            .filter(|(_, d)| now_ms.saturating_sub(d.first_ms) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        old.iter().filter_map(|k| self.take(k)).map(|d| d.frames.len()).sum()
+    }
+
+    fn drop(&mut self, key: &FragKey) {
+        self.take(key);
+    }
+
+    /// Takes a datagram out, releasing what it held.
+    fn take(&mut self, key: &FragKey) -> Option<Datagram> {
+        let d = self.pending.remove(key)?;
+        self.bytes -= d.bytes;
+        if let Some(s) = self.sources.get_mut(&key.src) {
+            s.0 -= 1;
+            s.1 -= d.bytes;
+            if s.0 == 0 {
+                self.sources.remove(&key.src);
+            }
+        }
+        Some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// A UDP datagram of `n` payload bytes from `src`, as IPv4 fragments of `size` bytes.
+    fn frags(src: [u8; 4], id: u16, n: usize, size: usize) -> Vec<Vec<u8>> {
+        let mut whole = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(src, [198, 51, 100, 1], 64)
+            .udp(4000, 443)
+            .write(&mut whole, &vec![0xab; n])
+            .unwrap();
+        let (head, payload) = whole.split_at(34);
+        payload
+            .chunks(size)
+            .enumerate()
+            .map(|(i, c)| {
+                let mut f = head.to_vec();
+                let more = (i + 1) * size < payload.len();
+                f[16..18].copy_from_slice(&((20 + c.len()) as u16).to_be_bytes());
+                f[18..20].copy_from_slice(&id.to_be_bytes());
+                let flags = (i * size / 8) as u16 | if more { 0x2000 } else { 0 };
+                f[20..22].copy_from_slice(&flags.to_be_bytes());
+                f.extend_from_slice(c);
+                f
+            })
+            .collect()
+    }
+
+    fn feed(d: &mut Defrag, fs: &[Vec<u8>], t: u64) -> Vec<Result<Option<Whole>, FragError>> {
+        fs.iter().map(|f| d.add(&fragment(f).unwrap(), f, t)).collect()
+    }
+
+    #[test]
+    fn whole_frames_are_not_fragments() {
+        let f = frags([10, 0, 0, 1], 1, 100, 200);
+        assert_eq!(f.len(), 1);
+        assert!(fragment(&f[0]).is_none());
+    }
+
+    #[test]
+    fn out_of_order_with_a_duplicate_makes_one_valid_packet() {
+        let mut fs = frags([10, 0, 0, 1], 1, 1000, 128);
+        fs.swap(0, 5);
+        fs.insert(3, fs[2].clone());
+        let mut d = Defrag::default();
+        let got = feed(&mut d, &fs, 0);
+        assert!(got[..got.len() - 1].iter().all(|r| matches!(r, Ok(None))));
+        let Some(Ok(Some(w))) = got.last().cloned() else { panic!("whole") };
+        assert_eq!(w.fragments, fs);
+        let p = etherparse::SlicedPacket::from_ethernet(&w.frame).unwrap();
+        let Some(NetSlice::Ipv4(v4)) = &p.net else { panic!("v4") };
+        assert!(!v4.header().is_fragmenting_payload());
+        assert_eq!(v4.header().to_header().calc_header_checksum(), v4.header().header_checksum());
+        assert!(matches!(p.transport, Some(etherparse::TransportSlice::Udp(_))));
+        assert_eq!((d.pending(), d.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn disagreeing_overlap_and_inconsistent_ends_drop_the_datagram() {
+        let a = frags([10, 0, 0, 1], 2, 256, 64);
+        let mut b = a[1].clone();
+        let n = b.len();
+        b[n - 1] ^= 1;
+        let mut d = Defrag::default();
+        assert!(matches!(feed(&mut d, &a[..2], 0)[1], Ok(None)));
+        assert_eq!(feed(&mut d, &[b], 0)[0], Err(FragError::Overlap));
+        assert_eq!((d.pending(), d.bytes()), (0, 0));
+        // Two different ends.
+        let short = frags([10, 0, 0, 1], 3, 100, 64);
+        let long = frags([10, 0, 0, 1], 3, 200, 64);
+        let mut d = Defrag::default();
+        assert!(matches!(feed(&mut d, &short[1..], 0)[0], Ok(None)));
+        assert_eq!(feed(&mut d, &long[3..], 0)[0], Err(FragError::Inconsistent));
+    }
+
+    #[test]
+    fn limits_per_source_and_in_all() {
+        let limits = Limits { datagrams_per_source: 2, ..Limits::default() };
+        let mut d = Defrag::new(limits);
+        for id in 0..2 {
+            assert!(matches!(
+                feed(&mut d, &frags([10, 0, 0, 1], id, 200, 64)[..1], 0)[0],
+                Ok(None)
+            ));
+        }
+        let third = frags([10, 0, 0, 1], 9, 200, 64);
+        assert_eq!(feed(&mut d, &third[..1], 0)[0], Err(FragError::Limit));
+        // Another source is not held back by the first one's datagrams.
+        assert!(matches!(feed(&mut d, &frags([10, 0, 0, 2], 9, 200, 64)[..1], 0)[0], Ok(None)));
+        // Bytes in all.
+        let mut d = Defrag::new(Limits { bytes: 4000, ..Limits::default() });
+        let fs = frags([10, 0, 0, 3], 1, 6000, 1480);
+        let got = feed(&mut d, &fs, 0);
+        assert!(got.contains(&Err(FragError::Limit)));
+        assert!(d.bytes() <= 4000);
+        // Fragments per datagram.
+        let mut d = Defrag::new(Limits { fragments_per_datagram: 4, ..Limits::default() });
+        let got = feed(&mut d, &frags([10, 0, 0, 4], 1, 400, 16), 0);
+        assert_eq!(got[4], Err(FragError::Limit));
+    }
+
+    #[test]
+    fn timeouts_release_everything() {
+        let fs = frags([10, 0, 0, 1], 4, 500, 64);
+        let mut d = Defrag::default();
+        feed(&mut d, &fs[1..], 0);
+        assert!(d.bytes() > 0);
+        assert_eq!(d.expire(29_999), 0);
+        assert_eq!(d.expire(30_000), fs.len() - 1);
+        assert_eq!((d.pending(), d.bytes()), (0, 0));
+    }
+}
