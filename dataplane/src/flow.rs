@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use hashbrown::HashMap;
 
+use crate::guard::Guard;
 use crate::reassembly::Reassembly;
 use crate::wire::frame::{Endpoint, Proto};
 use crate::wire::tls::ClientHello;
@@ -132,6 +133,9 @@ pub struct Flow {
     pub reasm: Option<Box<Reassembly>>,
     /// Client frames held until the verdict.
     pub held: Vec<Vec<u8>>,
+    /// The decided hello, kept until the decision cannot be stepped around
+    /// ([`crate::guard`]); the flow stays off the fast path meanwhile.
+    pub guard: Option<Box<Guard>>,
     /// Whether the kernel fast path carries it.
     pub offload: Offload,
     /// What the engine took of the fast path's counts.

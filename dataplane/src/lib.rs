@@ -15,6 +15,7 @@ pub mod defrag;
 pub mod engine;
 pub mod fastpath;
 pub mod flow;
+pub mod guard;
 mod ident_fmt;
 pub mod link;
 pub mod nat;

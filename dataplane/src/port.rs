@@ -100,7 +100,10 @@ impl Port {
             }
             (n as usize, aux)
         };
-        match aux {
+        // A checksum left to offload (a local or virtual NIC's frame) is written in full, as
+        // the ring does.
+        let partial = aux.is_some_and(|a| a.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0);
+        let range = match aux {
             Some(a) if a.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && n >= 12 => {
                 let tpid = if a.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
                     a.tp_vlan_tpid
@@ -110,10 +113,14 @@ impl Port {
                 buf.copy_within(4..16, 0);
                 buf[12..14].copy_from_slice(&tpid.to_be_bytes());
                 buf[14..16].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
-                Ok(Some(0..n + 4))
+                0..n + 4
             }
-            _ => Ok(Some(4..4 + n)),
+            _ => 4..4 + n,
+        };
+        if partial {
+            crate::wire::frame::complete_l4_checksum(&mut buf[range.clone()]);
         }
+        Ok(Some(range))
     }
 
     /// Sends one frame.

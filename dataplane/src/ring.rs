@@ -17,6 +17,7 @@ use crate::sock::PACKET_IGNORE_OUTGOING;
 const TPACKET_V2: libc::c_int = 1;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 /// Bytes of a ring slot.
@@ -162,7 +163,8 @@ impl RxRing {
         Ok(Batch { ring: self, len: n })
     }
 
-    /// Counts truncated frames and puts back a VLAN tag the kernel moved into the header.
+    /// Counts truncated frames, puts back a VLAN tag the kernel moved into the header, and
+    /// completes checksums left to offload.
     fn prepare(&mut self, i: usize) {
         let h = self.hdr(i);
         // SAFETY: the slot belongs to us (status USER); offsets are checked against the slot.
@@ -193,6 +195,17 @@ impl RxRing {
                 hdr.tp_mac = (mac - 4) as u16;
                 hdr.tp_snaplen = (snap + 4) as u32;
                 hdr.tp_len = (len + 4) as u32;
+            }
+            if hdr.tp_status & TP_STATUS_CSUMNOTREADY != 0 {
+                // The checksum is left to offload (a local or virtual NIC's frame): written in
+                // full here, so the engine can verify every checksum it reads and the frame
+                // leaves right if it is forwarded.
+                let frame = std::slice::from_raw_parts_mut(
+                    h.cast::<u8>().add(usize::from(hdr.tp_mac)),
+                    hdr.tp_snaplen as usize,
+                );
+                crate::wire::frame::complete_l4_checksum(frame);
+                hdr.tp_status &= !TP_STATUS_CSUMNOTREADY;
             }
         }
     }

@@ -14,54 +14,13 @@ use sluice_dataplane::wire::frame;
 use sluice_rules::IdentityOverlay;
 use sluice_rules::catalog::ShippedOnly;
 
-use common::{engine, now};
+use common::{CLIENT_MAC, ROUTER_MAC, engine, hello_file, now, tcp};
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const ISN: u32 = 5_000;
 const SERVER_ISN: u32 = 90_000;
 
 fn hello() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/clienthello/curl-api.openai.com.bin"
-    ))
-    .unwrap()
-}
-
-/// A TCP frame between `client` and `server`:443.
-fn tcp(
-    client: &str,
-    server: &str,
-    c2s: bool,
-    seq: u32,
-    ack: Option<u32>,
-    syn: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let (c, s): (std::net::IpAddr, std::net::IpAddr) =
-        (client.parse().unwrap(), server.parse().unwrap());
-    let (smac, dmac, src, dst, sp, dp) = if c2s {
-        (CLIENT_MAC, ROUTER_MAC, c, s, 40_000, 443)
-    } else {
-        (ROUTER_MAC, CLIENT_MAC, s, c, 443, 40_000)
-    };
-    let eth = PacketBuilder::ethernet2(smac, dmac);
-    let ip = match (src, dst) {
-        (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => eth.ipv4(a.octets(), b.octets(), 64),
-        (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => eth.ipv6(a.octets(), b.octets(), 64),
-        _ => unreachable!(),
-    };
-    let mut t = ip.tcp(sp, dp, seq, 64_000);
-    if syn {
-        t = t.syn();
-    }
-    if let Some(a) = ack {
-        t = t.ack(a);
-    }
-    let mut out = Vec::new();
-    t.write(&mut out, payload).unwrap();
-    out
+    hello_file("curl-api.openai.com.bin")
 }
 
 /// Cuts an Ethernet + IPv4 frame into fragments of `size` payload bytes (a multiple of 8).

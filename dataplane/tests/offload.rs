@@ -168,6 +168,15 @@ fn kernel_counts_keep_an_offloaded_flow_from_idling_out() {
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove(keys)]);
 }
 
+/// `frame` (TCP) acknowledging `ack`, its checksum written again.
+fn with_ack(frame: &[u8], ack: u32) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let at = sluice_dataplane::wire::frame::parse(&f).unwrap().l4_offset + 8;
+    f[at..at + 4].copy_from_slice(&ack.to_be_bytes());
+    sluice_dataplane::wire::frame::complete_l4_checksum(&mut f);
+    f
+}
+
 #[test]
 fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never() {
     let hello = std::fs::read(concat!(
@@ -183,8 +192,12 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
     let h = tcp(ALICE, api, true, false, true, false, &hello);
     assert_eq!(e.handle(Side::Inside, &h, now(3), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "decided on this frame; the next one offloads");
+    // Not before the server has acknowledged the hello (a decoy could still be replaced).
     let reply = tcp(ALICE, api, false, false, true, false, b"server hello");
     assert_eq!(e.handle(Side::Outside, &reply, now(4), &mut out), Action::Forward);
+    assert!(ops(&mut e).is_empty(), "the hello is not acknowledged yet");
+    let acked = with_ack(&tcp(ALICE, api, false, false, true, false, &[]), 1 + hello.len() as u32);
+    assert_eq!(e.handle(Side::Outside, &acked, now(4), &mut out), Action::Forward);
     assert_eq!(ops(&mut e), vec![added(api)]);
 
     // guest (no identity): blocked at the hello, never offloaded.

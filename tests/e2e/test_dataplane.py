@@ -307,6 +307,26 @@ class Verdicts(unittest.TestCase):
         # Fragments that overlap and disagree are dropped: the hello never arrives whole.
         self.assertEqual(raw("guest", "198.51.100.80", "frag-conflict", EXAMPLE_HELLO), "nothing")
 
+    def test_decoy_hellos_do_not_decide(self):
+        # First a hello for an allowed name the server never takes (a bad TCP checksum, or a
+        # TTL that runs out past the appliance), then the real one in the same sequence range.
+        self.assertEqual(raw("guest", "198.51.100.80", "decoy-badsum", HELLO, EXAMPLE_HELLO), "rst")
+        # The lab's servers sit on the router itself, where a TTL of 1 is still delivered: a
+        # rule there drops it, as the next router on a real path would.
+        wan = ["ip", "netns", "exec", "%s-wan" % env()["SLUICE_LAB"], "nft"]
+        subprocess.run(wan + ["add", "table", "ip", "sluice_ttl"], check=True)
+        try:
+            subprocess.run(wan + ["add", "chain", "ip", "sluice_ttl", "pre",
+                                  "{ type filter hook prerouting priority -300 ; }"], check=True)
+            subprocess.run(wan + ["add", "rule", "ip", "sluice_ttl", "pre", "ip", "ttl", "1", "drop"], check=True)
+            self.assertEqual(raw("guest", "198.51.100.80", "decoy-ttl", HELLO, EXAMPLE_HELLO), "rst")
+        finally:
+            subprocess.run(wan + ["delete", "table", "ip", "sluice_ttl"], check=True)
+        r = wait_for_flow(lambda r: r["src"] == "10.20.9.99" and "decoy" in (r.get("reason") or ""), timeout=60)
+        self.assertEqual((r["verdict"], r["sni"]), ("block", "example.org"))
+        # The decoy's own name, alone, is allowed: the resets above are the real hello's doing.
+        self.assertEqual(raw("guest", "198.51.100.80", "whole", EXAMPLE_HELLO), "data")
+
     def test_tcp_fast_open_hello_in_the_syn(self):
         ns = {h: "%s-%s" % (env()["SLUICE_LAB"], h) for h in ("guest", "alice")}
         for n in ns.values():  # client TFO without a cookie: the hello rides in the SYN

@@ -24,6 +24,7 @@ use crate::defrag::{self, Defrag, FragError};
 use crate::flow::{
     Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
 };
+use crate::guard::{Guard, Step};
 use crate::reassembly::{Added, Reassembly};
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
@@ -139,6 +140,9 @@ pub struct Counters {
     /// Fragments dropped: reassembly limits, timeouts, inconsistent lengths, overlaps (also
     /// counted as evasions) and `ip_fragments = "block"`.
     pub fragments_dropped: u64,
+    /// Client segments of undecided or guarded flows dropped for a wrong TCP checksum (the
+    /// server would drop them: they must not count for classification).
+    pub bad_checksums: u64,
 }
 
 /// Engine settings.
@@ -427,6 +431,7 @@ impl Engine {
             server_next: None,
             reasm: None,
             held: Vec::new(),
+            guard: None,
             offload: Offload::No,
             offload_seen: OffloadSeen::default(),
         }
@@ -486,6 +491,33 @@ impl Engine {
         let c2s = track(flow, f, t, now);
         match flow.verdict {
             Verdict::Allow => {
+                if let Some(g) = flow.guard.as_mut() {
+                    if !c2s {
+                        g.server(t.has_ack.then_some(t.ack), t.seq, f.payload);
+                    } else if !f.payload.is_empty() {
+                        if !frame::tcp_checksum_ok(data, f) {
+                            self.counters.bad_checksums += 1;
+                            return Action::Drop;
+                        }
+                        match g.client(t.seq, f.payload) {
+                            Step::Pass => {}
+                            Step::Evasion(why) => {
+                                let next = t.seq.wrapping_add(f.payload.len() as u32);
+                                return self.evasion(key, side, why, next, out);
+                            }
+                            Step::SecondHello(at) => {
+                                // Decided afresh, from the new hello on.
+                                flow.verdict = Verdict::Pending;
+                                flow.client_isn = at.wrapping_sub(1);
+                                flow.guard = None;
+                                return self.hold(key, side, data, f, t, now, out);
+                            }
+                        }
+                    }
+                    if g.done() {
+                        flow.guard = None;
+                    }
+                }
                 let fast = self.settings.fast_path;
                 Self::maybe_offload(&mut self.offload_ops, &mut self.counters, fast, flow);
                 Action::Forward
@@ -543,7 +575,7 @@ impl Engine {
                         return Action::Drop;
                     }
                     if tls && !f.payload.is_empty() {
-                        return self.syn_data(key, side, f, t, now, out);
+                        return self.syn_data(key, side, data, f, t, now, out);
                     }
                     Action::Forward
                 }
@@ -583,15 +615,21 @@ impl Engine {
     /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
     /// is decided there. Anything short of a whole hello drops the SYN; the client retries
     /// without data and the hello is read as usual.
+    #[allow(clippy::too_many_arguments)]
     fn syn_data(
         &mut self,
         key: FlowKey,
         client_side: Side,
+        data: &[u8],
         f: &Frame<'_>,
         t: Tcp,
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
+        if !frame::tcp_checksum_ok(data, f) {
+            self.counters.bad_checksums += 1;
+            return Action::Drop;
+        }
         let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
         let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut self.scratch) else {
             flow.class.reason = Some("TCP Fast Open data without a whole ClientHello: SYN dropped");
@@ -606,6 +644,7 @@ impl Engine {
             decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, divert, now);
         flow.verdict = verdict;
         if verdict == Verdict::Allow {
+            flow.guard = Some(Box::new(Guard::new(t.seq.wrapping_add(1), f.payload, None)));
             return Action::Forward;
         }
         // To inspect but not diverted: refused like a block, and its retry is diverted.
@@ -640,6 +679,11 @@ impl Engine {
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
+        if !frame::tcp_checksum_ok(data, f) {
+            // A segment the server drops must not decide (a decoy hello with a bad checksum).
+            self.counters.bad_checksums += 1;
+            return Action::Drop;
+        }
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         let isn = flow.client_isn;
         let fragments = std::mem::take(&mut self.frag_hold);
@@ -715,6 +759,13 @@ impl Engine {
             Some(r) => r.next_seq(),
             None => t.seq.wrapping_add(f.payload.len() as u32),
         };
+        if verdict == Verdict::Allow {
+            // The bytes decided on, kept until the server has them (decoys, retries).
+            flow.guard = Some(Box::new(match &flow.reasm {
+                Some(r) => Guard::new(isn.wrapping_add(1), r.contiguous(), flow.server_next),
+                None => Guard::new(t.seq, f.payload, flow.server_next),
+            }));
+        }
         flow.reasm = None;
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
@@ -743,6 +794,41 @@ impl Engine {
             // Inspected but not diverted: the client's retry is.
             self.divert_counters.missed += 1;
             self.learn(ip, &name, HELLO_LEARN_TTL, now);
+        }
+        Action::Drop
+    }
+
+    /// Blocks a decided flow caught stepping around its decision: a reset each way.
+    fn evasion(
+        &mut self,
+        key: FlowKey,
+        client_side: Side,
+        why: &'static str,
+        client_next: u32,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
+        flow.verdict = Verdict::Block;
+        flow.class.action = Some("block");
+        flow.class.reason = Some(why);
+        flow.guard = None;
+        flow.state = TcpState::Closing;
+        self.counters.evasions += 1;
+        self.counters.blocked += 1;
+        let (client, server) = flow.endpoints();
+        let server_seq = flow.server_next.unwrap_or(0);
+        let resets = [
+            (client_side, frame::build_rst(server, client, flow.vlan, server_seq, client_next)),
+            (
+                client_side.other(),
+                frame::build_rst(client, server, flow.vlan, client_next, server_seq),
+            ),
+        ];
+        for (side, rst) in resets {
+            if let Some(rst) = rst {
+                out.push((side, rst));
+                self.counters.resets += 1;
+            }
         }
         Action::Drop
     }

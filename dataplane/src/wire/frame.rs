@@ -68,6 +68,8 @@ pub struct Frame<'a> {
     /// An IP fragment (IPv4 more-fragments or offset, IPv6 Fragment header): its transport
     /// header, if any, is not read here ([`crate::defrag`]).
     pub fragmented: bool,
+    /// Offset of the TCP or UDP header in the buffer parsed (0 without one).
+    pub l4_offset: usize,
 }
 
 /// Summarises an IP frame. `None` for anything that is not IPv4/IPv6 over Ethernet (ARP, …)
@@ -128,10 +130,12 @@ fn summarise<'a>(
         payload: &[],
         ip_offset,
         fragmented,
+        l4_offset: 0,
     };
     match &p.transport {
         Some(TransportSlice::Tcp(t)) => {
             f.proto = Proto::Tcp;
+            f.l4_offset = (t.slice().as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
             f.sport = t.source_port();
             f.dport = t.destination_port();
             f.payload = t.payload();
@@ -146,6 +150,7 @@ fn summarise<'a>(
         }
         Some(TransportSlice::Udp(u)) => {
             f.proto = Proto::Udp;
+            f.l4_offset = (u.slice().as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
             f.sport = u.source_port();
             f.dport = u.destination_port();
             f.payload = u.payload();
@@ -220,6 +225,67 @@ pub fn build_rst(
     Some(out)
 }
 
+/// The ones'-complement sum of a TCP or UDP segment and its pseudo-header (RFC 9293 §3.1,
+/// RFC 8200 §8.1), complemented: 0 for a segment whose checksum is right.
+fn l4_sum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> Option<u16> {
+    let mut s = etherparse::checksum::Sum16BitWords::new();
+    match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            s = s.add_4bytes(a.octets()).add_4bytes(b.octets()).add_2bytes([0, proto]);
+            s = s.add_2bytes(u16::try_from(seg.len()).ok()?.to_be_bytes());
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            s = s.add_16bytes(a.octets()).add_16bytes(b.octets());
+            s = s
+                .add_4bytes(u32::try_from(seg.len()).ok()?.to_be_bytes())
+                .add_4bytes([0, 0, 0, proto]);
+        }
+        _ => return None,
+    }
+    Some(s.add_slice(seg).ones_complement())
+}
+
+/// The TCP segment of `f` (header and payload, without link padding) in `buf`, as parsed.
+fn tcp_segment<'a>(buf: &'a [u8], f: &Frame<'_>) -> Option<&'a [u8]> {
+    let end = (f.payload.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)? + f.payload.len();
+    buf.get(f.l4_offset..end)
+}
+
+/// Whether the TCP checksum of frame `buf` (parsed into `f`) is right. A segment with a wrong
+/// one is dropped by the server, so it must not count for classification (a decoy).
+pub fn tcp_checksum_ok(buf: &[u8], f: &Frame<'_>) -> bool {
+    f.tcp.is_some() && tcp_segment(buf, f).and_then(|seg| l4_sum(f.src, f.dst, 6, seg)) == Some(0)
+}
+
+/// Writes the TCP or UDP checksum of `frame` in full: for frames the kernel hands over with
+/// the checksum left to offload (`TP_STATUS_CSUMNOTREADY`: locally made, or from a virtual
+/// NIC), which are valid frames whose checksum is filled in on the way out.
+pub fn complete_l4_checksum(frame: &mut [u8]) {
+    let Some(f) = parse(frame) else { return };
+    let (proto, field) = match f.proto {
+        Proto::Tcp => (6u8, 16usize),
+        Proto::Udp => (17u8, 6usize),
+        _ => return,
+    };
+    let (src, dst, at) = (f.src, f.dst, f.l4_offset);
+    let Some(end) = (f.payload.as_ptr() as usize)
+        .checked_sub(frame.as_ptr() as usize)
+        .map(|o| o + f.payload.len())
+    else {
+        return;
+    };
+    let Some(seg) = frame.get_mut(at..end) else { return };
+    if seg.len() < field + 2 {
+        return;
+    }
+    seg[field..field + 2].copy_from_slice(&[0, 0]);
+    let Some(mut sum) = l4_sum(src, dst, proto, seg) else { return };
+    if proto == 17 && sum == 0 {
+        sum = 0xffff;
+    }
+    seg[field..field + 2].copy_from_slice(&sum.to_ne_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +342,42 @@ mod tests {
         arp.extend([2, 0, 0, 0, 0, 1, 0x08, 0x06]);
         arp.extend([0u8; 28]);
         assert!(parse(&arp).is_none());
+    }
+
+    #[test]
+    fn tcp_checksums_verified_and_completed_v4_v6_vlan() {
+        let mut frames = Vec::new();
+        for (src, dst) in [("10.20.1.10", "198.51.100.10"), ("fd20::1:10", "2001:db8:5100::10")] {
+            let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let b = PacketBuilder::ethernet2([2; 6], [4; 6]);
+            let b = match (s, d) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    b.single_vlan(VlanId::try_new(9).unwrap()).ipv4(s.octets(), d.octets(), 64)
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+                _ => unreachable!(),
+            };
+            let mut f = Vec::new();
+            b.tcp(40000, 443, 7, 1000).psh().write(&mut f, b"hello, server").unwrap();
+            frames.push(f);
+        }
+        for f in frames {
+            let p = parse(&f).unwrap();
+            assert!(tcp_checksum_ok(&f, &p));
+            // Ethernet padding after the IP packet is not part of the segment.
+            let mut padded = f.clone();
+            padded.extend_from_slice(&[0xee; 6]);
+            assert!(tcp_checksum_ok(&padded, &parse(&padded).unwrap()));
+            let mut bad = f.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert!(!tcp_checksum_ok(&bad, &parse(&bad).unwrap()));
+            // A checksum left to offload is filled in.
+            let mut partial = f.clone();
+            let at = p.l4_offset + 16;
+            partial[at..at + 2].copy_from_slice(&[0x12, 0x34]);
+            assert!(!tcp_checksum_ok(&partial, &parse(&partial).unwrap()));
+            complete_l4_checksum(&mut partial);
+            assert_eq!(partial, f);
+        }
     }
 }

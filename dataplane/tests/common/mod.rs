@@ -25,3 +25,49 @@ pub fn engine(settings: Settings) -> Engine {
 pub fn now(ms: u64) -> Now {
     Now { mono_ms: ms, unix_ms: 1_700_000_000_000 + ms }
 }
+
+/// MACs of the lab's client and router sides.
+pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+/// The router's MAC.
+pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+/// A TCP frame between `client`:40000 and `server`:443 (`c2s`: from the client), with its
+/// flags: `syn`, and the acknowledgment number if any.
+pub fn tcp(
+    client: &str,
+    server: &str,
+    c2s: bool,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    use std::net::IpAddr;
+    let (c, s): (IpAddr, IpAddr) = (client.parse().unwrap(), server.parse().unwrap());
+    let (smac, dmac, src, dst, sp, dp) = if c2s {
+        (CLIENT_MAC, ROUTER_MAC, c, s, 40_000, 443)
+    } else {
+        (ROUTER_MAC, CLIENT_MAC, s, c, 443, 40_000)
+    };
+    let eth = etherparse::PacketBuilder::ethernet2(smac, dmac);
+    let ip = match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => eth.ipv4(a.octets(), b.octets(), 64),
+        (IpAddr::V6(a), IpAddr::V6(b)) => eth.ipv6(a.octets(), b.octets(), 64),
+        _ => unreachable!(),
+    };
+    let mut t = ip.tcp(sp, dp, seq, 64_000);
+    if syn {
+        t = t.syn();
+    }
+    if let Some(a) = ack {
+        t = t.ack(a);
+    }
+    let mut out = Vec::new();
+    t.write(&mut out, payload).unwrap();
+    out
+}
+
+/// A captured ClientHello from `dataplane/testdata/clienthello/`.
+pub fn hello_file(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/testdata/clienthello/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
