@@ -189,6 +189,11 @@ pub struct Class {
     pub action: Option<&'static str>,
     /// Why the verdict was taken, when not simply the rule.
     pub reason: Option<&'static str>,
+    /// Encrypted ClientHello: `grease` (the extension, but the outer name is the real one as
+    /// far as can be told) or `hidden` (the outer name is an ECH public name, or not the
+    /// name the destination was learned for: the real one is encrypted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ech: Option<&'static str>,
 }
 
 impl Class {
@@ -204,6 +209,7 @@ impl Class {
         self.alpn = h.alpn_strings();
         self.ja4 = Some(h.ja4());
         self.sni = h.sni().map(str::to_ascii_lowercase);
+        self.ech = h.ech().then_some("grease");
     }
 }
 

@@ -332,8 +332,22 @@ fn quic_initial_is_read_and_decided() {
     let dgram = quic_datagram("10.20.9.99", "198.51.100.80", &rfc9001_initial());
     let mut out = Vec::new();
     assert_eq!(e.handle(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
-    assert!(out.is_empty());
+    // Refused with an ICMP port unreachable back to the client, for each Initial it sends.
+    assert_eq!(out.len(), 1);
+    let icmp = frame::parse(&out[0].1).unwrap();
+    assert_eq!(
+        (out[0].0, icmp.proto, icmp.src, icmp.dst),
+        (
+            Side::Inside,
+            frame::Proto::Icmp,
+            "198.51.100.80".parse().unwrap(),
+            "10.20.9.99".parse().unwrap()
+        )
+    );
     assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Drop);
+    assert_eq!(out.len(), 2);
+    assert_eq!(e.counters.unreachables, 2);
+    out.clear();
     e.shutdown(now(2));
     let r = serde_json::to_value(&e.take_records()[0]).unwrap();
     assert_eq!(
@@ -350,11 +364,25 @@ fn quic_initial_is_read_and_decided() {
     out.clear();
     assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Forward);
 
-    // Not QUIC on UDP 443: follows quic_unreadable (allow by default).
+    // Not QUIC on UDP 443: follows quic_unreadable, "restricted" by default: refused from a
+    // source some inspect or block rule applies to (every identity of the default rules)...
     let mut e = engine(Settings::default());
     let junk = quic_datagram("10.20.9.99", "198.51.100.10", b"hello, not quic");
+    out.clear();
     assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
-    assert_eq!(out.last().unwrap().1, junk);
+    assert_eq!(out.len(), 1);
+    assert_eq!(frame::parse(&out[0].1).unwrap().proto, frame::Proto::Icmp);
+    // ...and passed for one no such rule applies to.
+    let text = "[[category]]\nname = \"c\"\ndomains = [\"example.com\"]\n[[rule]]\nname = \"r\"\nidentities = [\"nobody\"]\ncategories = [\"c\"]\naction = \"block\"\n[[identity]]\nname = \"nobody\"\ncidrs = [\"192.0.2.0/24\"]\n";
+    let policy = sluice_rules::compile("t.toml", text, &ShippedOnly).unwrap().policy;
+    let mut e = Engine::new(
+        Arc::new(ArcSwap::from_pointee(policy)),
+        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+        Settings::default(),
+    );
+    out.clear();
+    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(out, vec![(Side::Outside, junk)]);
 }
 
 #[test]
@@ -517,7 +545,12 @@ fn unreadable_quic_follows_the_drop_policy() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
             .unwrap();
-    let text = text.replace("quic_unreadable = \"allow\"", "quic_unreadable = \"drop\"");
+    let text = text
+        .replace("quic_unreadable = \"restricted\"", "quic_unreadable = \"drop\"")
+        .replace("quic_refusal = \"unreachable\"", "quic_refusal = \"drop\"");
+    assert!(
+        text.contains("quic_unreadable = \"drop\"") && text.contains("quic_refusal = \"drop\"")
+    );
     let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
     let mut e = Engine::new(
         Arc::new(ArcSwap::from_pointee(policy)),

@@ -39,6 +39,7 @@ pub struct ClientHello<'a> {
     ciphers: &'a [u8],
     extensions: &'a [u8],
     quic: bool,
+    ech: bool,
 }
 
 fn is_grease(v: u16) -> bool {
@@ -173,6 +174,7 @@ pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello<'_>> {
         ciphers,
         extensions: &[],
         quic,
+        ech: false,
     };
     if r.is_empty() {
         return Some(out);
@@ -207,6 +209,8 @@ pub fn parse_hello_body(body: &[u8], quic: bool) -> Option<ClientHello<'_>> {
                     list.vec8()?;
                 }
             }
+            // encrypted_client_hello (RFC 9849): present in real and in GREASE ECH alike.
+            0xfe0d => out.ech = true,
             0x002b => {
                 let v = d.vec8()?;
                 for c in v.chunks_exact(2) {
@@ -229,6 +233,12 @@ impl<'a> ClientHello<'a> {
     /// Server name (host_name type), as sent.
     pub fn sni(&self) -> Option<&'a str> {
         self.sni
+    }
+
+    /// Whether the hello carries an `encrypted_client_hello` extension. Real ECH and GREASE
+    /// ECH (sent by Chrome to every server) look alike here: the outer name tells them apart.
+    pub fn ech(&self) -> bool {
+        self.ech
     }
 
     /// ALPN protocols in order.

@@ -16,11 +16,31 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("azure-openai", include_str!("../catalog/azure-openai.toml")),
     ("other-ai", include_str!("../catalog/other-ai.toml")),
     ("doh-resolvers", include_str!("../catalog/doh-resolvers.toml")),
+    ("ech-public-names", include_str!("../catalog/ech-public-names.toml")),
 ];
 
 /// The text of a shipped catalog.
 pub fn shipped(name: &str) -> Option<&'static str> {
     SHIPPED.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// True when `sni` is (or is under) the public name of a known ECH configuration (the shipped
+/// `ech-public-names` catalog): an outer ClientHello naming it hides the real server.
+pub fn is_ech_public_name(sni: &str) -> bool {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        shipped("ech-public-names")
+            .and_then(|t| toml::from_str::<crate::schema::CatalogFile>(t).ok())
+            .map(|c| c.domains.into_iter().map(|d| d.into_inner().to_ascii_lowercase()).collect())
+            .unwrap_or_default()
+    });
+    let sni = sni.trim_end_matches('.');
+    names.iter().any(|n| {
+        sni.eq_ignore_ascii_case(n)
+            || (sni.len() > n.len()
+                && sni.as_bytes()[sni.len() - n.len() - 1] == b'.'
+                && sni[sni.len() - n.len()..].eq_ignore_ascii_case(n))
+    })
 }
 
 /// Resolves the names in `include = [...]` to catalog texts.

@@ -54,8 +54,8 @@ pub use policy::{
     Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
-    Action, DetectorKind, DivertMode, DlpAction, FailMode, FragmentPolicy, MidstreamPolicy,
-    QuicPolicy,
+    Action, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
+    MidstreamPolicy, QuicPolicy, QuicRefusal,
 };
 
 use std::path::Path;

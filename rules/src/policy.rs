@@ -11,7 +11,8 @@ use crate::catset::CatSet;
 use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::schema::{
-    Action, DivertMode, DlpAction, FailMode, FragmentPolicy, MidstreamPolicy, QuicPolicy,
+    Action, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy, MidstreamPolicy,
+    QuicPolicy, QuicRefusal,
 };
 
 /// `[defaults]` after validation.
@@ -29,8 +30,12 @@ pub struct Defaults {
     pub midstream: MidstreamPolicy,
     /// QUIC Initials whose SNI cannot be read.
     pub quic_unreadable: QuicPolicy,
+    /// How refused QUIC flows are told.
+    pub quic_refusal: QuicRefusal,
     /// IP fragments from the inside.
     pub ip_fragments: FragmentPolicy,
+    /// ClientHellos whose server name ECH hides.
+    pub ech: EchPolicy,
     /// Which flows are diverted at their SYN.
     pub divert: DivertMode,
     /// TCP ports carrying TLS, sorted.
@@ -339,6 +344,26 @@ impl Policy {
         let who = self.resolve(&q, overlay);
         self.rules.iter().any(|r| {
             r.spec.action == Action::Inspect
+                && self.source_matches(r, &who)
+                && (r.spec.ports.is_empty() || r.spec.ports.contains(&port))
+        })
+    }
+
+    /// True when some `inspect` or `block` rule could apply to this source on this port,
+    /// whatever the destination: a flow whose destination cannot be read must then not pass
+    /// (`quic_unreadable = "restricted"`).
+    pub fn may_restrict(
+        &self,
+        src: IpAddr,
+        mac: Option<Mac>,
+        port: u16,
+        now: u64,
+        overlay: &IdentityOverlay,
+    ) -> bool {
+        let q = Query { src, mac, sni: None, port, now };
+        let who = self.resolve(&q, overlay);
+        self.rules.iter().any(|r| {
+            matches!(r.spec.action, Action::Inspect | Action::Block)
                 && self.source_matches(r, &who)
                 && (r.spec.ports.is_empty() || r.spec.ports.contains(&port))
         })

@@ -54,7 +54,22 @@ pub enum MidstreamPolicy {
 pub enum QuicPolicy {
     /// Pass them.
     Allow,
-    /// Drop them: the client falls back to TCP, where the ClientHello is read.
+    /// Refuse them: the client falls back to TCP, where the ClientHello is read.
+    Drop,
+    /// Refuse them from sources some `inspect` or `block` rule applies to, pass the others
+    /// (the default: an unreadable Initial must not carry a restricted source past its rules).
+    Restricted,
+}
+
+/// How the data plane refuses a QUIC flow (a blocked or inspected name, an unreadable
+/// Initial it refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuicRefusal {
+    /// An ICMP (ICMPv6) port-unreachable to the client, which falls back to TCP at once
+    /// (the default).
+    Unreachable,
+    /// A silent drop: the client falls back when its QUIC handshake times out.
     Drop,
 }
 
@@ -67,6 +82,21 @@ pub enum FragmentPolicy {
     Reassemble,
     /// Drop them, unless they belong to a flow already allowed (fail closed).
     Block,
+}
+
+/// What the data plane does with a ClientHello whose real server name is hidden by Encrypted
+/// ClientHello (ECH). GREASE ECH, which Chrome sends everywhere, is not this: it is told apart
+/// by the outer name (a known ECH public name, or not the name the destination was learned for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EchPolicy {
+    /// Pass it (recorded).
+    Allow,
+    /// Refuse it: the client retries without ECH or fails.
+    Block,
+    /// Refuse it from sources some `inspect` or `block` rule applies to, pass it for others
+    /// (the default).
+    Restricted,
 }
 
 /// Which TLS flows are diverted to the interception engine at their SYN.
@@ -105,10 +135,14 @@ pub struct DefaultsDef {
     pub max_inspect_bytes: Option<Spanned<u64>>,
     /// Flows first seen mid-stream: `allow` (default) or `block`.
     pub midstream: Option<MidstreamPolicy>,
-    /// QUIC Initials whose SNI cannot be read: `allow` (default) or `drop`.
+    /// QUIC Initials whose SNI cannot be read: `restricted` (default), `allow` or `drop`.
     pub quic_unreadable: Option<QuicPolicy>,
+    /// How refused QUIC flows are told: `unreachable` (default) or `drop`.
+    pub quic_refusal: Option<QuicRefusal>,
     /// IP fragments from the inside: `reassemble` (default) or `block`.
     pub ip_fragments: Option<FragmentPolicy>,
+    /// ClientHellos whose server name ECH hides: `restricted` (default), `block` or `allow`.
+    pub ech: Option<EchPolicy>,
     /// `learned` (default) or `all`.
     pub divert: Option<DivertMode>,
     /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.

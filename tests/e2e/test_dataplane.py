@@ -87,6 +87,8 @@ def local_records():
 
 PQ_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-x25519mlkem768-api.openai.com.bin")
 EXAMPLE_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "openssl-example.org.bin")
+ECH_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-ech-cloudflare-ech.com.bin")
+ECH_EXAMPLE_HELLO = os.path.join(ROOT, "dataplane", "testdata", "clienthello", "synth-ech-example.org.bin")
 
 
 def raw(host, dst, mode, hello=HELLO, decoy=None):
@@ -327,6 +329,16 @@ class Verdicts(unittest.TestCase):
         # The decoy's own name, alone, is allowed: the resets above are the real hello's doing.
         self.assertEqual(raw("guest", "198.51.100.80", "whole", EXAMPLE_HELLO), "data")
 
+    def test_a_name_hidden_by_ech_is_refused(self):
+        # alice's traffic is inspected: a hello whose outer name is an ECH public name hides
+        # the real one, and is refused (ech = "restricted").
+        self.assertEqual(raw("alice", "198.51.100.80", "whole", ECH_HELLO), "rst")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("ech") == "hidden", timeout=60)
+        self.assertEqual((r["verdict"], r["sni"]), ("block", "cloudflare-ech.com"))
+        self.assertIn("ECH", r["reason"])
+        # The same extension with the real name outside (GREASE ECH, as Chrome sends) passes.
+        self.assertEqual(raw("alice", "198.51.100.80", "whole", ECH_EXAMPLE_HELLO), "data")
+
     def test_tcp_fast_open_hello_in_the_syn(self):
         ns = {h: "%s-%s" % (env()["SLUICE_LAB"], h) for h in ("guest", "alice")}
         for n in ns.values():  # client TFO without a cookie: the hello rides in the SYN
@@ -404,6 +416,23 @@ class Quic(unittest.TestCase):
         self.assertTrue(r["ja4"].startswith("q13d"), r["ja4"])
 
 
+    def test_refused_quic_gets_an_icmp_port_unreachable(self):
+        # A blocked name (guest) and an inspected one (alice): the client's connected socket
+        # fails at once, so it falls back to TCP instead of waiting out its QUIC handshake.
+        script = os.path.join(ROOT, "tests", "e2e", "quic_initial.py")
+        for host, name, ip in (("guest", "api.openai.com", "198.51.100.10"),
+                               ("alice", "api.openai.com", "198.51.100.10"),
+                               ("guest", "api.openai.com", "2001:db8:5100::10")):
+            r = on(host, "python3", script, name, ip, "--refused")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            verdict, *ms = r.stdout.split()
+            self.assertEqual(verdict, "refused", (host, ip, r.stdout))
+            self.assertLess(int(ms[0]), 1000)
+        # An allowed name gets no such answer (the lab has no QUIC server: silence).
+        r = on("guest", "python3", script, "example.org", "198.51.100.80", "--refused")
+        self.assertEqual(r.stdout.strip(), "no answer")
+
+
 class Lab(unittest.TestCase):
     """The lab's enterprise CA loads as the appliance will load it."""
 
@@ -459,6 +488,26 @@ class Reload(unittest.TestCase):
             time.sleep(1)
         r = curl("alice", "https://example.org/")
         self.assertEqual(r.returncode, 0, r.stderr)
+
+
+class Restart(unittest.TestCase):
+    """The data plane's learned destinations outlive a restart: no burst of resets after one."""
+
+    def test_first_connection_after_a_restart_is_diverted(self):
+        # alice's resolver answer teaches the appliance api.openai.com's address (divert =
+        # "learned"); then the appliance restarts.
+        r = on("alice", "getent", "ahosts", "api.openai.com")
+        self.assertIn("198.51.100.10", r.stdout)
+        time.sleep(1)
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+            rules = f.read().strip()
+        lab("start", "--rules", rules, timeout=600)
+        # Her next connection, with no new lookup, is diverted at its SYN and inspected; it
+        # was reset before (the destination forgotten, then refused as not diverted).
+        r = curl("alice", "https://api.openai.com/v1/models", "--resolve", "api.openai.com:443:198.51.100.10",
+                 "-w", "\n%{http_code}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.endswith("200"), r.stdout)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@
 //! [`udp`]; what a kernel fast path may carry for it ([`OffloadOp`]) is in `offload`.
 
 mod divert;
+mod ech;
+mod fragment;
+mod learned;
 mod offload;
 mod udp;
 
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
+pub use learned::LearnedEntry;
 pub use offload::{Carried, Closes, DirKey, FastEntry, OffloadOp, Rewrite};
 
 use std::net::IpAddr;
@@ -16,11 +20,9 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{
-    Action as RuleAction, FragmentPolicy, IdentityOverlay, MidstreamPolicy, Policy, Query,
-};
+use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
 
-use crate::defrag::{self, Defrag, FragError};
+use crate::defrag::Defrag;
 use crate::flow::{
     Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
 };
@@ -143,6 +145,8 @@ pub struct Counters {
     /// Client segments of undecided or guarded flows dropped for a wrong TCP checksum (the
     /// server would drop them: they must not count for classification).
     pub bad_checksums: u64,
+    /// ICMP port-unreachables sent to QUIC clients refused (`quic_refusal = "unreachable"`).
+    pub unreachables: u64,
 }
 
 /// Engine settings.
@@ -186,7 +190,9 @@ pub struct Engine {
     pub counters: Counters,
     records: Vec<Record>,
     scratch: Vec<u8>,
-    learned: HashMap<IpAddr, Learned>,
+    learned: HashMap<IpAddr, learned::Learned>,
+    /// Bumped at every change of `learned` (the binary saves the set when it moves).
+    learned_version: u64,
     dns_queries: HashMap<(String, String), u64>,
     last_stats: u64,
     divert: Option<divert::DivertState>,
@@ -199,19 +205,7 @@ pub struct Engine {
     frag_hold: Vec<Vec<u8>>,
 }
 
-/// A destination learned for divert.
-#[derive(Debug, Clone)]
-struct Learned {
-    name: Box<str>,
-    expires_mono: u64,
-}
-
-/// Most learned destinations kept.
-const MAX_LEARNED: usize = 65_536;
-/// TTL bounds applied to learned destinations (seconds).
-const LEARN_TTL: (u32, u32) = (30, 86_400);
-/// How long a destination learned from an inspected ClientHello is remembered (seconds).
-const HELLO_LEARN_TTL: u32 = 3_600;
+use learned::HELLO_LEARN_TTL;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,6 +232,7 @@ impl Engine {
             records: Vec::new(),
             scratch: Vec::new(),
             learned: HashMap::new(),
+            learned_version: 0,
             dns_queries: HashMap::new(),
             last_stats: 0,
             divert: settings.divert.map(divert::DivertState::new),
@@ -262,11 +257,6 @@ impl Engine {
     /// Takes the records produced so far.
     pub fn take_records(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.records)
-    }
-
-    /// The name a destination was learned from (DNS answer or ClientHello), if still valid.
-    pub fn learned(&self, ip: IpAddr, now: Now) -> Option<&str> {
-        self.learned.get(&ip).filter(|l| l.expires_mono > now.mono_ms).map(|l| &*l.name)
     }
 
     fn stats(&self, now: Now) -> StatsRecord {
@@ -328,60 +318,6 @@ impl Engine {
             self.counters.dropped += 1;
         }
         action
-    }
-
-    /// An IP fragment from the inside: held until its datagram is whole, which is then
-    /// decided like any frame; the fragments go on as they came when the flow is allowed.
-    fn fragment(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        let Some(frag) = defrag::fragment(data) else { return Action::Drop };
-        if !frag.is_tcp_or_udp() {
-            // Nothing the engine classifies (ICMP, ESP, …) hides in it.
-            return Action::Forward;
-        }
-        self.counters.fragments += 1;
-        let whole = match self.defrag.add(&frag, data, now.mono_ms) {
-            Ok(None) => return Action::Drop,
-            Ok(Some(w)) => w,
-            Err(e) => {
-                if e == FragError::Overlap {
-                    self.counters.evasions += 1;
-                }
-                self.counters.fragments_dropped += 1;
-                return Action::Drop;
-            }
-        };
-        self.counters.fragments_reassembled += 1;
-        let Some(f) = frame::parse(&whole.frame) else { return Action::Drop };
-        let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
-        let policy = self.policy.load();
-        let classified = match f.proto {
-            Proto::Tcp => policy.defaults.tls_ports.contains(&f.dport),
-            Proto::Udp => f.dport == QUIC_PORT,
-            _ => false,
-        };
-        let allowed = self.table.get_mut(&key).is_some_and(|fl| fl.verdict == Verdict::Allow);
-        if classified && !allowed && policy.defaults.ip_fragments == FragmentPolicy::Block {
-            self.counters.fragments_dropped += whole.fragments.len() as u64;
-            return Action::Drop;
-        }
-        drop(policy);
-        self.frag_hold = whole.fragments;
-        let action = match f.tcp {
-            Some(t) => self.tcp(side, &whole.frame, &f, t, key, now, out),
-            None => self.udp_or_other(side, &whole.frame, &f, key, now, out),
-        };
-        // Not kept by a held flow: forwarded as they came, or dropped with the datagram.
-        let fragments = std::mem::take(&mut self.frag_hold);
-        if action == Action::Forward {
-            out.extend(fragments.into_iter().map(|fr| (side.other(), fr)));
-        }
-        Action::Drop
     }
 
     fn new_flow(
@@ -739,15 +675,21 @@ impl Engine {
                 flow.class.action = Some("block");
                 Verdict::Block
             }
-            Outcome::Decide(sni, reason) => decide_flow(
-                &self.policy.load(),
-                &self.overlay.load(),
-                flow,
-                sni.as_deref(),
-                reason,
-                self.divert.is_some(),
-                now,
-            ),
+            Outcome::Decide(sni, reason) => {
+                let policy = self.policy.load();
+                let overlay = self.overlay.load();
+                let learned = learned::name(&self.learned, flow.server.0, now);
+                let v = decide_flow(
+                    &policy,
+                    &overlay,
+                    flow,
+                    sni.as_deref(),
+                    reason,
+                    self.divert.is_some(),
+                    now,
+                );
+                ech::decide(&policy, &overlay, flow, learned, v, now)
+            }
         };
         flow.verdict = verdict;
         let learn = match (&flow.class.sni, flow.class.action) {
@@ -910,7 +852,7 @@ fn decide_flow(
     flow.class.action = Some(d.action.as_str());
     flow.class.reason = reason.or(match d.action {
         RuleAction::Inspect if flow.proto == Proto::Udp => {
-            Some("inspected category over QUIC: dropped so the client falls back to TCP")
+            Some("inspected category over QUIC: refused so the client falls back to TCP")
         }
         RuleAction::Inspect if divert => {
             Some("to inspect but not diverted at its SYN: reset, destination learned for the retry")

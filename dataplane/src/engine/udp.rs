@@ -2,33 +2,16 @@
 //! ClientHello) and DNS snooping (answers for inspected names teach the divert which IPs to
 //! steer; queries for categorised names are counted per identity).
 
-use std::net::IpAddr;
+use sluice_rules::{Query, QuicPolicy, QuicRefusal};
 
-use sluice_rules::{Query, QuicPolicy};
-
-use super::{
-    Action, Engine, LEARN_TTL, Learned, MAX_LEARNED, MAX_QUIC_HELD, Now, QUIC_PORT, Side, count,
-    decide_flow,
-};
+use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, count, decide_flow};
 use crate::flow::{FlowKey, TcpState, Verdict};
 use crate::reassembly::{Added, Reassembly};
-use crate::wire::frame::{Frame, Proto};
+use crate::wire::frame::{self, Frame, Proto};
 use crate::wire::tls::parse_hello_body;
 use crate::wire::{dns, quic};
 
 impl Engine {
-    /// Remembers that `ip` serves `name`, an inspected name, for `ttl` seconds.
-    pub(super) fn learn(&mut self, ip: IpAddr, name: &str, ttl: u32, now: Now) {
-        if self.learned.len() >= MAX_LEARNED && !self.learned.contains_key(&ip) {
-            self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
-            if self.learned.len() >= MAX_LEARNED {
-                return;
-            }
-        }
-        let ttl = u64::from(ttl.clamp(LEARN_TTL.0, LEARN_TTL.1)) * 1000;
-        self.learned.insert(ip, Learned { name: name.into(), expires_mono: now.mono_ms + ttl });
-    }
-
     /// DNS snooping: answers for inspected names teach which IPs to divert; queries for names
     /// in any category are counted per identity. Never changes the verdict of the datagram.
     fn snoop_dns(&mut self, side: Side, f: &Frame<'_>, now: Now) {
@@ -93,9 +76,32 @@ impl Engine {
                 Self::maybe_offload(&mut self.offload_ops, &mut self.counters, fast, flow);
                 Action::Forward
             }
-            Verdict::Block | Verdict::Divert => Action::Drop,
+            Verdict::Block | Verdict::Divert => {
+                if quic && c2s {
+                    self.refuse_quic(side, data, f, out);
+                }
+                Action::Drop
+            }
             Verdict::Pending if !c2s => Action::Forward,
             Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
+        }
+    }
+
+    /// Tells a QUIC client its flow is refused, as `quic_refusal` says: an ICMP port
+    /// unreachable (it falls back to TCP at once), or nothing.
+    fn refuse_quic(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        f: &Frame<'_>,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) {
+        if self.policy.load().defaults.quic_refusal != QuicRefusal::Unreachable {
+            return;
+        }
+        if let Some(icmp) = frame::build_port_unreachable(data, f) {
+            self.counters.unreachables += 1;
+            out.push((side, icmp));
         }
     }
 
@@ -154,12 +160,21 @@ impl Engine {
             }
             Err(_) => {
                 flow.class.reason = Some("QUIC Initial unreadable");
-                match policy.defaults.quic_unreadable {
-                    QuicPolicy::Allow => Verdict::Allow,
-                    QuicPolicy::Drop => Verdict::Block,
-                }
+                let refuse = match policy.defaults.quic_unreadable {
+                    QuicPolicy::Allow => false,
+                    QuicPolicy::Drop => true,
+                    QuicPolicy::Restricted => policy.may_restrict(
+                        f.src,
+                        Some(f.src_mac),
+                        f.dport,
+                        now.unix_ms / 1000,
+                        &self.overlay.load(),
+                    ),
+                };
+                if refuse { Verdict::Block } else { Verdict::Allow }
             }
         };
+        drop(policy);
         flow.verdict = verdict;
         flow.reasm = None;
         let held = std::mem::take(&mut flow.held);
@@ -167,6 +182,7 @@ impl Engine {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
         } else {
             self.counters.blocked += 1;
+            self.refuse_quic(client_side, data, f, out);
         }
         Action::Drop
     }
@@ -174,6 +190,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
     use std::sync::Arc;
 
     use arc_swap::ArcSwap;

@@ -225,6 +225,51 @@ pub fn build_rst(
     Some(out)
 }
 
+/// An ICMP (ICMPv6) port-unreachable answering the datagram `buf` (parsed into `f`), to its
+/// source as if from its destination: the client's UDP socket reports the error at once, and
+/// a QUIC client falls back to TCP instead of waiting out its handshake timeout. Quotes the
+/// datagram as far as RFC 1812 / RFC 4443 allow (576 / 1280 bytes in all).
+pub fn build_port_unreachable(buf: &[u8], f: &Frame<'_>) -> Option<Vec<u8>> {
+    let end = (f.payload.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)? + f.payload.len();
+    let orig = buf.get(f.ip_offset..end)?;
+    let eth = PacketBuilder::ethernet2(f.dst_mac, f.src_mac);
+    let mut out = Vec::new();
+    match (f.dst, f.src) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let quote = &orig[..orig.len().min(576 - 20 - 8)];
+            let ty = etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port,
+            );
+            match f.vlan.and_then(|v| VlanId::try_new(v).ok()) {
+                Some(v) => eth
+                    .single_vlan(v)
+                    .ipv4(s.octets(), d.octets(), 64)
+                    .icmpv4(ty)
+                    .write(&mut out, quote),
+                None => eth.ipv4(s.octets(), d.octets(), 64).icmpv4(ty).write(&mut out, quote),
+            }
+            .ok()?;
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let quote = &orig[..orig.len().min(1280 - 40 - 8)];
+            let ty = etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port,
+            );
+            match f.vlan.and_then(|v| VlanId::try_new(v).ok()) {
+                Some(v) => eth
+                    .single_vlan(v)
+                    .ipv6(s.octets(), d.octets(), 64)
+                    .icmpv6(ty)
+                    .write(&mut out, quote),
+                None => eth.ipv6(s.octets(), d.octets(), 64).icmpv6(ty).write(&mut out, quote),
+            }
+            .ok()?;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
 /// The ones'-complement sum of a TCP or UDP segment and its pseudo-header (RFC 9293 §3.1,
 /// RFC 8200 §8.1), complemented: 0 for a segment whose checksum is right.
 fn l4_sum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> Option<u16> {
@@ -378,6 +423,61 @@ mod tests {
             assert!(!tcp_checksum_ok(&partial, &parse(&partial).unwrap()));
             complete_l4_checksum(&mut partial);
             assert_eq!(partial, f);
+        }
+    }
+
+    #[test]
+    fn port_unreachable_quotes_the_datagram_to_its_source() {
+        for (src, dst, vlan) in
+            [("10.20.9.99", "198.51.100.10", None), ("fd20::9:99", "2001:db8:5100::10", Some(5))]
+        {
+            let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+            let mut dgram = Vec::new();
+            let payload = vec![0xc3; 1200];
+            match (s, d, vlan) {
+                (IpAddr::V4(s), IpAddr::V4(d), None) => {
+                    eth.ipv4(s.octets(), d.octets(), 64).udp(5555, 443).write(&mut dgram, &payload)
+                }
+                (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => eth
+                    .single_vlan(VlanId::try_new(v).unwrap())
+                    .ipv6(s.octets(), d.octets(), 64)
+                    .udp(5555, 443)
+                    .write(&mut dgram, &payload),
+                _ => unreachable!(),
+            }
+            .unwrap();
+            let f = parse(&dgram).unwrap();
+            let icmp = build_port_unreachable(&dgram, &f).unwrap();
+            let p = parse(&icmp).unwrap();
+            assert_eq!((p.src, p.dst, p.proto, p.vlan), (d, s, Proto::Icmp, vlan));
+            assert_eq!((p.src_mac, p.dst_mac), ([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]));
+            let sliced = SlicedPacket::from_ethernet(&icmp).unwrap();
+            let quoted = match sliced.transport.unwrap() {
+                TransportSlice::Icmpv4(i) => {
+                    assert_eq!(
+                        i.icmp_type(),
+                        etherparse::Icmpv4Type::DestinationUnreachable(
+                            etherparse::icmpv4::DestUnreachableHeader::Port
+                        )
+                    );
+                    assert!(icmp.len() - p.ip_offset <= 576);
+                    i.payload().to_vec()
+                }
+                TransportSlice::Icmpv6(i) => {
+                    assert_eq!(
+                        i.icmp_type(),
+                        etherparse::Icmpv6Type::DestinationUnreachable(
+                            etherparse::icmpv6::DestUnreachableCode::Port
+                        )
+                    );
+                    assert!(icmp.len() - p.ip_offset <= 1280);
+                    i.payload().to_vec()
+                }
+                _ => panic!("not ICMP"),
+            };
+            // The quote starts with the datagram's own IP header and UDP ports.
+            assert_eq!(&quoted[..], &dgram[f.ip_offset..f.ip_offset + quoted.len()]);
         }
     }
 }

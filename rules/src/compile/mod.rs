@@ -20,8 +20,8 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CatalogFile, DivertMode, FailMode, FragmentPolicy, MidstreamPolicy, QuicPolicy,
-    RuleDef, RuleFile,
+    Action, CatalogFile, DivertMode, EchPolicy, FailMode, FragmentPolicy, MidstreamPolicy,
+    QuicPolicy, QuicRefusal, RuleDef, RuleFile,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -184,8 +184,10 @@ impl Cx<'_> {
             on_inspect_failure: d.and_then(|d| d.on_inspect_failure).unwrap_or(FailMode::Block),
             max_inspect_bytes: max_inspect,
             midstream: d.and_then(|d| d.midstream).unwrap_or(MidstreamPolicy::Allow),
-            quic_unreadable: d.and_then(|d| d.quic_unreadable).unwrap_or(QuicPolicy::Allow),
+            quic_unreadable: d.and_then(|d| d.quic_unreadable).unwrap_or(QuicPolicy::Restricted),
+            quic_refusal: d.and_then(|d| d.quic_refusal).unwrap_or(QuicRefusal::Unreachable),
             ip_fragments: d.and_then(|d| d.ip_fragments).unwrap_or(FragmentPolicy::Reassemble),
+            ech: d.and_then(|d| d.ech).unwrap_or(EchPolicy::Restricted),
             divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
             tls_ports,
         }

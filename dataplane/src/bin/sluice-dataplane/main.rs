@@ -3,6 +3,7 @@
 
 mod args;
 mod handle;
+mod learned;
 mod output;
 
 use std::fs::OpenOptions;
@@ -362,6 +363,8 @@ fn main() -> Result<()> {
     };
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay.clone(), settings)));
     let clock = Clock::default();
+    let restored = lock(&engine).restore_learned(learned::load(&args.state_dir), clock.now());
+    info!(restored, "learned destinations taken back from the last run");
     // Shared by the interception engine's threads; the fast path joins it once loaded.
     let handle = EngineHandle::new(engine.clone(), clock);
     let requests = Arc::new(RequestQueue::default());
@@ -566,9 +569,22 @@ fn main() -> Result<()> {
         enforced: enforced.clone(),
     };
     let mut ticks = 0u64;
+    let mut saved_learned = lock(&engine).learned_version();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         ticks += 1;
+        if ticks.is_multiple_of(40) {
+            let now = clock.now();
+            let changed = {
+                let e = lock(&engine);
+                (e.learned_version() != saved_learned)
+                    .then(|| (e.learned_version(), e.learned_entries(now)))
+            };
+            if let Some((version, entries)) = changed {
+                learned::save(&args.state_dir, &entries);
+                saved_learned = version;
+            }
+        }
         if reload.swap(false, Ordering::Relaxed) {
             match load_policy(&args.rules) {
                 Ok((p, sha)) => {
@@ -613,7 +629,14 @@ fn main() -> Result<()> {
         e.shutdown(now);
         offload(e, fast.as_deref(), &mut Vec::new(), now);
     });
-    let counters = engine.lock().unwrap_or_else(PoisonError::into_inner).counters;
+    let entries = lock(&engine).learned_entries(clock.now());
+    learned::save(&args.state_dir, &entries);
+    let counters = lock(&engine).counters;
     info!(?counters, "stopped");
     Ok(())
+}
+
+/// The engine, whatever a panicked holder left (its state stays consistent between calls).
+fn lock(engine: &Mutex<Engine>) -> std::sync::MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(PoisonError::into_inner)
 }
