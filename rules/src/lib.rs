@@ -54,7 +54,7 @@ pub use policy::{
     Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
-    Action, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
+    Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
     MidstreamPolicy, QuicPolicy, QuicRefusal,
 };
 

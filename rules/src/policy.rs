@@ -11,8 +11,8 @@ use crate::catset::CatSet;
 use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::schema::{
-    Action, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy, MidstreamPolicy,
-    QuicPolicy, QuicRefusal,
+    Action, CanaryPolicy, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
+    MidstreamPolicy, QuicPolicy, QuicRefusal,
 };
 
 /// `[defaults]` after validation.
@@ -36,6 +36,8 @@ pub struct Defaults {
     pub ip_fragments: FragmentPolicy,
     /// ClientHellos whose server name ECH hides.
     pub ech: EchPolicy,
+    /// Firefox's DoH canary.
+    pub doh_canary: CanaryPolicy,
     /// Which flows are diverted at their SYN.
     pub divert: DivertMode,
     /// TCP ports carrying TLS, sorted.

@@ -99,6 +99,16 @@ pub enum EchPolicy {
     Restricted,
 }
 
+/// What the data plane answers to Firefox's DNS-over-HTTPS canary (`use-application-dns.net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CanaryPolicy {
+    /// Answer NXDOMAIN itself: Firefox then keeps DoH off, and its lookups stay readable.
+    Nxdomain,
+    /// Let the query through to the resolver (the default).
+    Pass,
+}
+
 /// Which TLS flows are diverted to the interception engine at their SYN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +153,8 @@ pub struct DefaultsDef {
     pub ip_fragments: Option<FragmentPolicy>,
     /// ClientHellos whose server name ECH hides: `restricted` (default), `block` or `allow`.
     pub ech: Option<EchPolicy>,
+    /// Firefox's DoH canary: `pass` (default) or `nxdomain`.
+    pub doh_canary: Option<CanaryPolicy>,
     /// `learned` (default) or `all`.
     pub divert: Option<DivertMode>,
     /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.

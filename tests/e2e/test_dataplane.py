@@ -392,6 +392,33 @@ class DnsSnooping(unittest.TestCase):
                             for q in rec["dns_queries"]), rec["dns_queries"])
 
 
+class DnsTheApplianceCannotRead(unittest.TestCase):
+    """DoH and DoT would hide the lookups the divert learns from: the shipped rules refuse them
+    to the inspected teams, and Firefox's canary is answered NXDOMAIN."""
+
+    CANARY = ("import socket, struct\n"
+              "q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)\n"
+              "q += b''.join(bytes([len(p)]) + p.encode() for p in 'use-application-dns.net'.split('.'))\n"
+              "q += b'\\x00' + struct.pack('>HH', 1, 1)\n"
+              "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+              "s.settimeout(3)\n"
+              "s.sendto(q, ('10.20.0.1', 53))\n"
+              "r = s.recv(512)\n"
+              "print('rcode', r[3] & 15)\n")
+
+    def test_doh_canary_is_answered_nxdomain(self):
+        # The lab's resolver would refuse the name (rcode 5): NXDOMAIN is the appliance's.
+        r = on("alice", "python3", "-c", self.CANARY)
+        self.assertEqual(r.stdout.strip(), "rcode 3", r.stderr)
+
+    def test_doh_to_a_listed_resolver_is_refused(self):
+        r = curl("alice", "https://dns.google/dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA2NvbQAAAQAB",
+                 "-k", "--resolve", "dns.google:443:198.51.100.80")
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        rec = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("sni") == "dns.google")
+        self.assertEqual((rec["verdict"], rec["rule"]), ("block", "inspected-no-dns-over-https"))
+
+
 class Quic(unittest.TestCase):
     """QUIC Initials are read: blocked and inspected names are dropped (TCP fallback)."""
 

@@ -147,6 +147,8 @@ pub struct Counters {
     pub bad_checksums: u64,
     /// ICMP port-unreachables sent to QUIC clients refused (`quic_refusal = "unreachable"`).
     pub unreachables: u64,
+    /// Firefox DoH canary lookups answered NXDOMAIN (`doh_canary = "nxdomain"`).
+    pub canary_answers: u64,
 }
 
 /// Engine settings.

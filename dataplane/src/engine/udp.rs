@@ -2,7 +2,7 @@
 //! ClientHello) and DNS snooping (answers for inspected names teach the divert which IPs to
 //! steer; queries for categorised names are counted per identity).
 
-use sluice_rules::{Query, QuicPolicy, QuicRefusal};
+use sluice_rules::{CanaryPolicy, Query, QuicPolicy, QuicRefusal};
 
 use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, count, decide_flow};
 use crate::flow::{FlowKey, TcpState, Verdict};
@@ -58,6 +58,9 @@ impl Engine {
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         if f.proto == Proto::Udp && (f.sport == 53 || f.dport == 53) {
+            if side == Side::Inside && f.dport == 53 && self.answer_canary(side, f, out) {
+                return Action::Drop;
+            }
             self.snoop_dns(side, f, now);
         }
         let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
@@ -85,6 +88,25 @@ impl Engine {
             Verdict::Pending if !c2s => Action::Forward,
             Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
         }
+    }
+
+    /// Answers Firefox's DoH canary with NXDOMAIN when the rules ask (`doh_canary`): Firefox
+    /// then keeps DNS over HTTPS off, and the names it looks up stay readable for the divert.
+    fn answer_canary(&mut self, side: Side, f: &Frame<'_>, out: &mut Vec<(Side, Vec<u8>)>) -> bool {
+        if self.policy.load().defaults.doh_canary != CanaryPolicy::Nxdomain {
+            return false;
+        }
+        let Ok(msg) = dns::read(f.payload) else { return false };
+        if msg.response || msg.question.as_deref() != Some(dns::DOH_CANARY) {
+            return false;
+        }
+        let Some(reply) = dns::nxdomain(f.payload).and_then(|a| frame::build_udp_reply(f, &a))
+        else {
+            return false;
+        };
+        self.counters.canary_answers += 1;
+        out.push((side, reply));
+        true
     }
 
     /// Tells a QUIC client its flow is refused, as `quic_refusal` says: an ICMP port

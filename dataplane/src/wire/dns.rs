@@ -88,6 +88,28 @@ fn u16_at(msg: &[u8], pos: usize) -> Result<u16, DnsError> {
     msg.get(pos..pos + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(DnsError::Truncated)
 }
 
+/// The name Firefox looks up to learn whether the network lets it turn on DNS over HTTPS: an
+/// NXDOMAIN answer keeps DoH off (support.mozilla.org, "Canary domain").
+pub const DOH_CANARY: &str = "use-application-dns.net";
+
+/// The NXDOMAIN answer to `query`: its id, opcode, recursion-desired flag and single question,
+/// no records. `None` for anything but a query with one question.
+pub fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 || u16_at(query, 4).ok()? != 1 {
+        return None;
+    }
+    let (_, end) = read_name(query, 12).ok()?;
+    let question = query.get(12..end + 4)?;
+    let mut out = Vec::with_capacity(12 + question.len());
+    out.extend_from_slice(&query[..2]);
+    // QR, the query's opcode and RD; RA; RCODE 3 (name error).
+    out.push(0x80 | (query[2] & 0x79));
+    out.push(0x80 | 3);
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    Some(out)
+}
+
 /// Reads a DNS message (as carried over UDP).
 pub fn read(msg: &[u8]) -> Result<Message, DnsError> {
     if msg.len() < 12 {
@@ -205,5 +227,28 @@ pub(crate) mod tests {
             b[i] ^= 0xff;
             let _ = read(&b);
         }
+    }
+
+    #[test]
+    fn nxdomain_answers_the_query_it_was_given() {
+        let mut q = vec![0xab, 0xcd, 0x01, 0x20, 0, 1, 0, 0, 0, 0, 0, 1];
+        for label in DOH_CANARY.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0]); // EDNS OPT, not echoed
+        let a = nxdomain(&q).unwrap();
+        assert_eq!(&a[..2], &[0xab, 0xcd]);
+        assert_eq!((a[2], a[3] & 0x0f), (0x81, 3));
+        let m = read(&a).unwrap();
+        assert!(m.response && m.answers.is_empty());
+        assert_eq!(m.question.as_deref(), Some(DOH_CANARY));
+        // Not a query, or not one question: no answer.
+        assert!(nxdomain(&a).is_none());
+        let mut two = q.clone();
+        two[5] = 2;
+        assert!(nxdomain(&two).is_none());
+        assert!(nxdomain(&q[..20]).is_none());
     }
 }

@@ -225,6 +225,35 @@ pub fn build_rst(
     Some(out)
 }
 
+/// A UDP datagram answering the one parsed into `f`: from its destination address and port
+/// to its source, with `payload` (a DNS answer given by the appliance itself).
+pub fn build_udp_reply(f: &Frame<'_>, payload: &[u8]) -> Option<Vec<u8>> {
+    let eth = PacketBuilder::ethernet2(f.dst_mac, f.src_mac);
+    let vlan = f.vlan.and_then(|v| VlanId::try_new(v).ok());
+    let mut out = Vec::new();
+    match (f.dst, f.src, vlan) {
+        (IpAddr::V4(s), IpAddr::V4(d), None) => {
+            eth.ipv4(s.octets(), d.octets(), 64).udp(f.dport, f.sport).write(&mut out, payload)
+        }
+        (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => eth
+            .single_vlan(v)
+            .ipv4(s.octets(), d.octets(), 64)
+            .udp(f.dport, f.sport)
+            .write(&mut out, payload),
+        (IpAddr::V6(s), IpAddr::V6(d), None) => {
+            eth.ipv6(s.octets(), d.octets(), 64).udp(f.dport, f.sport).write(&mut out, payload)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => eth
+            .single_vlan(v)
+            .ipv6(s.octets(), d.octets(), 64)
+            .udp(f.dport, f.sport)
+            .write(&mut out, payload),
+        _ => return None,
+    }
+    .ok()?;
+    Some(out)
+}
+
 /// An ICMP (ICMPv6) port-unreachable answering the datagram `buf` (parsed into `f`), to its
 /// source as if from its destination: the client's UDP socket reports the error at once, and
 /// a QUIC client falls back to TCP instead of waiting out its handshake timeout. Quotes the

@@ -20,8 +20,8 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CatalogFile, DivertMode, EchPolicy, FailMode, FragmentPolicy, MidstreamPolicy,
-    QuicPolicy, QuicRefusal, RuleDef, RuleFile,
+    Action, CanaryPolicy, CatalogFile, DivertMode, EchPolicy, FailMode, FragmentPolicy,
+    MidstreamPolicy, QuicPolicy, QuicRefusal, RuleDef, RuleFile,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -188,6 +188,7 @@ impl Cx<'_> {
             quic_refusal: d.and_then(|d| d.quic_refusal).unwrap_or(QuicRefusal::Unreachable),
             ip_fragments: d.and_then(|d| d.ip_fragments).unwrap_or(FragmentPolicy::Reassemble),
             ech: d.and_then(|d| d.ech).unwrap_or(EchPolicy::Restricted),
+            doh_canary: d.and_then(|d| d.doh_canary).unwrap_or(CanaryPolicy::Pass),
             divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
             tls_ports,
         }
