@@ -14,7 +14,6 @@
 
 use std::net::IpAddr;
 
-use etherparse::{IpNumber, Ipv6ExtensionSlice, NetSlice, SlicedPacket};
 use hashbrown::HashMap;
 
 /// Largest reassembled IP payload.
@@ -48,7 +47,8 @@ impl Default for Limits {
     }
 }
 
-/// Identifies the datagram a fragment belongs to (RFC 791 §3.2, RFC 8200 §4.5).
+/// Identifies the datagram a fragment belongs to (RFC 791 §3.2; RFC 8200 §4.5, where the
+/// protocol is not part of it: `proto` is 0 for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragKey {
     /// Outer VLAN.
@@ -79,79 +79,133 @@ pub struct Fragment<'a> {
     head: &'a [u8],
     /// Where the IP header starts in `head`.
     ip: usize,
+    /// The protocol this fragment names (IPv4) or its Fragment header's Next Header (IPv6:
+    /// only the first fragment's counts).
+    next_header: u8,
     v6: bool,
 }
 
 /// Reads `frame` as an IP fragment; `None` when it is not one (or not IP over Ethernet).
 /// IPv6 "atomic" fragments (offset 0, no more) are whole packets and are not fragments here.
+///
+/// A reader of its own, not etherparse's: only the headers every fragment carries are read (the
+/// IPv4 header; the IPv6 header and the extension headers before the Fragment header), never
+/// the fragment's payload. An IPv6 first fragment may carry more extension headers after the
+/// Fragment header, each fragment its own Next Header: only the first fragment's counts
+/// (RFC 8200 §4.5), so IPv6 fragments are told apart by addresses and identification alone
+/// and the transport is read from the datagram once whole.
 pub fn fragment(frame: &[u8]) -> Option<Fragment<'_>> {
-    let p = SlicedPacket::from_ethernet(frame).ok()?;
-    let vlan = p.link_exts.iter().find_map(|x| match x {
-        etherparse::LinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
-        _ => None,
-    });
-    match &p.net {
-        Some(NetSlice::Ipv4(v4)) => {
-            let h = v4.header();
-            if !h.is_fragmenting_payload() {
+    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut ip = 14;
+    let mut ethertype = be16(12)?;
+    let mut vlan = None;
+    for _ in 0..2 {
+        if ethertype != 0x8100 && ethertype != 0x88a8 {
+            break;
+        }
+        vlan.get_or_insert(be16(ip)? & 0x0fff);
+        ethertype = be16(ip + 2)?;
+        ip += 4;
+    }
+    let h = frame.get(ip..)?;
+    match ethertype {
+        0x0800 => {
+            let ihl = usize::from(*h.first()? & 0x0f) * 4;
+            let total = usize::from(be16(ip + 2)?);
+            if h[0] >> 4 != 4 || ihl < 20 || total < ihl || total > h.len() {
                 return None;
             }
-            let ip = offset_in(frame, h.slice())?;
+            let flags = be16(ip + 6)?;
+            let (more, offset) = (flags & 0x2000 != 0, usize::from(flags & 0x1fff) * 8);
+            if !more && offset == 0 {
+                return None;
+            }
+            let addr = |at: usize| -> Option<IpAddr> {
+                let b: [u8; 4] = h.get(at..at + 4)?.try_into().ok()?;
+                Some(IpAddr::from(b))
+            };
             Some(Fragment {
                 key: FragKey {
                     vlan,
-                    src: IpAddr::from(h.source_addr()),
-                    dst: IpAddr::from(h.destination_addr()),
-                    proto: h.protocol().0,
-                    id: u32::from(h.identification()),
+                    src: addr(12)?,
+                    dst: addr(16)?,
+                    proto: h[9],
+                    id: u32::from(be16(ip + 4)?),
                 },
-                offset: usize::from(h.fragments_offset().byte_offset()),
-                more: h.more_fragments(),
-                payload: v4.payload().payload,
-                head: frame.get(..ip + h.slice().len())?,
+                offset,
+                more,
+                payload: h.get(ihl..total)?,
+                head: frame.get(..ip + ihl)?,
                 ip,
+                next_header: h[9],
                 v6: false,
             })
         }
-        Some(NetSlice::Ipv6(v6)) => {
-            if !v6.is_payload_fragmented() {
+        0x86dd => {
+            if h.len() < 40 || h[0] >> 4 != 6 {
                 return None;
             }
-            let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
-                Ipv6ExtensionSlice::Fragment(f) => Some(f),
-                _ => None,
-            })?;
-            let h = v6.header();
-            let ip = offset_in(frame, h.slice())?;
-            Some(Fragment {
-                key: FragKey {
-                    vlan,
-                    src: IpAddr::from(h.source_addr()),
-                    dst: IpAddr::from(h.destination_addr()),
-                    proto: frag.next_header().0,
-                    id: frag.identification(),
-                },
-                offset: usize::from(frag.fragment_offset().byte_offset()),
-                more: frag.more_fragments(),
-                payload: v6.payload().payload,
-                head: frame.get(..ip + h.slice().len())?,
-                ip,
-                v6: true,
-            })
+            let end = ip + 40 + usize::from(be16(ip + 4)?);
+            if end > frame.len() {
+                return None;
+            }
+            let addr = |at: usize| -> Option<IpAddr> {
+                let b: [u8; 16] = h.get(at..at + 16)?.try_into().ok()?;
+                Some(IpAddr::from(b))
+            };
+            // The extension headers before the Fragment header: hop-by-hop, routing,
+            // destination options, authentication.
+            let (mut next, mut at) = (h[6], ip + 40);
+            for _ in 0..8 {
+                match next {
+                    44 => {
+                        let f = frame.get(at..at + 8)?;
+                        let off = u16::from_be_bytes([f[2], f[3]]);
+                        let (offset, more) = (usize::from(off & 0xfff8), off & 1 != 0);
+                        if !more && offset == 0 {
+                            return None;
+                        }
+                        return Some(Fragment {
+                            key: FragKey {
+                                vlan,
+                                src: addr(8)?,
+                                dst: addr(24)?,
+                                proto: 0,
+                                id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+                            },
+                            offset,
+                            more,
+                            payload: frame.get(at + 8..end)?,
+                            head: frame.get(..ip + 40)?,
+                            ip,
+                            next_header: f[0],
+                            v6: true,
+                        });
+                    }
+                    0 | 43 | 60 | 51 => {
+                        let e = frame.get(at..at + 2)?;
+                        let len = if next == 51 {
+                            (usize::from(e[1]) + 2) * 4
+                        } else {
+                            (usize::from(e[1]) + 1) * 8
+                        };
+                        next = e[0];
+                        at += len;
+                    }
+                    _ => return None,
+                }
+            }
+            None
         }
         _ => None,
     }
 }
 
-/// Where `part` (a sub-slice of `whole`) starts in it.
-fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
-    (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)
-}
-
 impl Fragment<'_> {
-    /// Whether the fragmented payload is TCP or UDP (what the engine classifies).
-    pub fn is_tcp_or_udp(&self) -> bool {
-        self.key.proto == IpNumber::TCP.0 || self.key.proto == IpNumber::UDP.0
+    /// Whether the datagram may be TCP or UDP (what the engine classifies): an IPv4
+    /// fragment's protocol is its datagram's; an IPv6 one's is known only once whole.
+    pub fn maybe_tcp_or_udp(&self) -> bool {
+        self.v6 || self.next_header == 6 || self.next_header == 17
     }
 }
 
@@ -190,8 +244,9 @@ struct Datagram {
     /// Byte ranges received, sorted, disjoint and not adjacent.
     have: Vec<(usize, usize)>,
     end: Option<usize>,
-    /// The first fragment's head, where its IP header starts, and whether it is IPv6.
-    head: Option<(Vec<u8>, usize, bool)>,
+    /// The first fragment's head, where its IP header starts, whether it is IPv6, and the
+    /// protocol it names.
+    head: Option<(Vec<u8>, usize, bool, u8)>,
     /// Bytes of the frames held.
     framed: usize,
     /// Bytes accounted to the source (frames and reassembled payload).
@@ -250,8 +305,8 @@ impl Datagram {
     }
 
     /// The reassembled frame.
-    fn build(self, proto: u8) -> Option<Whole> {
-        let (mut frame, ip, v6) = self.head?;
+    fn build(self) -> Option<Whole> {
+        let (mut frame, ip, v6, proto) = self.head?;
         let len = self.data.len();
         let h = frame.get_mut(ip..)?;
         if v6 {
@@ -314,21 +369,25 @@ impl Defrag {
         frame: &[u8],
         now_ms: u64,
     ) -> Result<Option<Whole>, FragError> {
-        let src = frag.key.src;
+        let key = frag.key;
         // What this fragment adds: its frame, and the datagram's buffer up to its end.
-        let have = self.pending.get(&frag.key).map(|d| d.data.len());
-        let known = have.is_some();
+        let have = self.pending.get(&key).map(|d| d.data.len());
         let cost =
             frame.len() + (frag.offset + frag.payload.len()).saturating_sub(have.unwrap_or(0));
-        let (datagrams, held) = self.sources.get(&src).copied().unwrap_or((0, 0));
-        if (!known && datagrams >= self.limits.datagrams_per_source)
+        let (datagrams, held) = self.sources.get(&key.src).copied().unwrap_or((0, 0));
+        let over = (have.is_none() && datagrams >= self.limits.datagrams_per_source)
             || held + cost > self.limits.bytes_per_source
             || self.bytes + cost > self.limits.bytes
-        {
-            self.drop(&frag.key);
+            || self
+                .pending
+                .get(&key)
+                .is_some_and(|d| d.frames.len() >= self.limits.fragments_per_datagram);
+        if over {
+            self.take(&key);
             return Err(FragError::Limit);
         }
-        let d = self.pending.entry(frag.key).or_insert_with(|| Datagram {
+        // A new datagram enters the books only once its first fragment is placed.
+        let mut d = self.pending.remove(&key).unwrap_or_else(|| Datagram {
             first_ms: now_ms,
             frames: Vec::new(),
             data: Vec::new(),
@@ -338,34 +397,30 @@ impl Defrag {
             framed: 0,
             bytes: 0,
         });
-        if d.frames.len() >= self.limits.fragments_per_datagram {
-            self.drop(&frag.key);
-            return Err(FragError::Limit);
-        }
         if let Err(e) = d.place(frag.offset, frag.more, frag.payload) {
-            self.drop(&frag.key);
+            self.release(&key, &d);
             return Err(e);
         }
         if frag.offset == 0 {
-            d.head = Some((frag.head.to_vec(), frag.ip, frag.v6));
+            d.head = Some((frag.head.to_vec(), frag.ip, frag.v6, frag.next_header));
         }
         d.frames.push(frame.to_vec());
         d.framed += frame.len();
         let now_bytes = d.framed + d.data.len();
         let delta = now_bytes - d.bytes;
         d.bytes = now_bytes;
-        let complete = d.complete();
         self.bytes += delta;
-        let s = self.sources.entry(src).or_insert((0, 0));
-        if !known {
+        let s = self.sources.entry(key.src).or_insert((0, 0));
+        if have.is_none() {
             s.0 += 1;
         }
         s.1 += delta;
-        if !complete {
+        if !d.complete() {
+            self.pending.insert(key, d);
             return Ok(None);
         }
-        let d = self.take(&frag.key).ok_or(FragError::Inconsistent)?;
-        d.build(frag.key.proto).map(Some).ok_or(FragError::Inconsistent)
+        self.release(&key, &d);
+        d.build().map(Some).ok_or(FragError::Inconsistent)
     }
 
     /// Drops datagrams older than the timeout; returns how many fragments went.
@@ -380,13 +435,19 @@ impl Defrag {
         old.iter().filter_map(|k| self.take(k)).map(|d| d.frames.len()).sum()
     }
 
-    fn drop(&mut self, key: &FragKey) {
-        self.take(key);
-    }
-
     /// Takes a datagram out, releasing what it held.
     fn take(&mut self, key: &FragKey) -> Option<Datagram> {
         let d = self.pending.remove(key)?;
+        self.release(key, &d);
+        Some(d)
+    }
+
+    /// Gives back what datagram `d` (out of `pending`) was counted for; nothing for one that
+    /// never entered the books.
+    fn release(&mut self, key: &FragKey, d: &Datagram) {
+        if d.bytes == 0 && d.frames.is_empty() {
+            return;
+        }
         self.bytes -= d.bytes;
         if let Some(s) = self.sources.get_mut(&key.src) {
             s.0 -= 1;
@@ -395,14 +456,13 @@ impl Defrag {
                 self.sources.remove(&key.src);
             }
         }
-        Some(d)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etherparse::PacketBuilder;
+    use etherparse::{NetSlice, PacketBuilder};
 
     /// A UDP datagram of `n` payload bytes from `src`, as IPv4 fragments of `size` bytes.
     fn frags(src: [u8; 4], id: u16, n: usize, size: usize) -> Vec<Vec<u8>> {
@@ -511,5 +571,30 @@ mod tests {
         assert_eq!(d.expire(29_999), 0);
         assert_eq!(d.expire(30_000), fs.len() - 1);
         assert_eq!((d.pending(), d.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_refused_first_fragment_leaves_the_books_as_they_were() {
+        let limits = Limits { datagrams_per_source: 2, ..Limits::default() };
+        let mut d = Defrag::new(limits);
+        let held = frags([10, 0, 0, 1], 1, 200, 64);
+        assert!(matches!(feed(&mut d, &held[..1], 0)[0], Ok(None)));
+        let before = (d.pending(), d.bytes());
+        // A new datagram whose first fragment is refused (a middle length not a multiple of 8).
+        let mut bad = frags([10, 0, 0, 1], 2, 200, 64)[0].clone();
+        bad.truncate(bad.len() - 3);
+        let n = (bad.len() - 14) as u16;
+        bad[16..18].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(feed(&mut d, &[bad], 0)[0], Err(FragError::Inconsistent));
+        assert_eq!((d.pending(), d.bytes()), before);
+        // The source's count is intact: one more datagram fits, a third does not.
+        assert!(matches!(feed(&mut d, &frags([10, 0, 0, 1], 3, 200, 64)[..1], 0)[0], Ok(None)));
+        assert_eq!(
+            feed(&mut d, &frags([10, 0, 0, 1], 4, 200, 64)[..1], 0)[0],
+            Err(FragError::Limit)
+        );
+        // The first datagram still completes.
+        let got = feed(&mut d, &held[1..], 1);
+        assert!(matches!(got.last(), Some(Ok(Some(_)))));
     }
 }

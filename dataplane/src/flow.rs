@@ -190,8 +190,9 @@ pub struct Class {
     /// Why the verdict was taken, when not simply the rule.
     pub reason: Option<&'static str>,
     /// Encrypted ClientHello: `grease` (the extension, but the outer name is the real one as
-    /// far as can be told) or `hidden` (the outer name is an ECH public name, or not the
-    /// name the destination was learned for: the real one is encrypted).
+    /// far as can be told), `suspect` (the outer name is not the one the destination was
+    /// learned for: ECH behind a public name not listed, or GREASE to a shared address) or
+    /// `hidden` (the outer name is a known ECH public name: the real one is encrypted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ech: Option<&'static str>,
 }

@@ -117,7 +117,12 @@ fn the_guard_lets_go_once_the_server_has_the_hello_and_answered() {
     let mut sh = hello_retry_request();
     sh[20] ^= 1; // an ordinary random
     e.handle(Side::Outside, &server(0, len, &sh), now(2), &mut out);
+    // The client's next record is read, and until the server has its header too the flow
+    // stays with the engine.
     e.handle(Side::Inside, &client(len, &record(0x17, &[0; 30])), now(3), &mut out);
+    e.take_offload_ops(&mut ops);
+    assert!(ops.is_empty(), "{ops:?}");
+    e.handle(Side::Outside, &server(sh.len() as u32, len + 35, &[]), now(4), &mut out);
     e.take_offload_ops(&mut ops);
     assert!(matches!(ops.as_slice(), [OffloadOp::Add(_)]), "{ops:?}");
 }
@@ -170,4 +175,34 @@ fn a_second_hello_for_the_same_server_after_a_retry_passes() {
     );
     assert_eq!(resets(&out), 0);
     assert_eq!(e.counters.blocked, 0);
+}
+
+#[test]
+fn the_servers_side_forged_from_the_inside_is_dropped() {
+    // After a decoy, the client forges the server's acknowledgment and answer from the inside,
+    // to release the guard before sending the real hello.
+    let mut e = engine(Settings::default());
+    handshake(&mut e);
+    let decoy = hello_file("openssl-example.org.bin");
+    let len = decoy.len() as u32;
+    let mut out = Vec::new();
+    e.handle(Side::Inside, &client(0, &decoy), now(1), &mut out);
+    let forged = server(0, len + 6, &record(0x16, &[0x02; 60]));
+    assert_eq!(e.handle(Side::Inside, &forged, now(2), &mut out), Action::Drop);
+    let real = client(0, &hello_file("curl-api.openai.com.bin"));
+    assert_eq!(e.handle(Side::Inside, &real, now(3), &mut out), Action::Drop);
+    assert_eq!(resets(&out), 2);
+    assert_eq!(e.counters.evasions, 2);
+}
+
+#[test]
+fn two_hellos_in_one_flight_are_refused() {
+    let mut e = engine(Settings::default());
+    handshake(&mut e);
+    let mut both = hello_file("openssl-example.org.bin");
+    both.extend(hello_file("curl-api.openai.com.bin"));
+    let mut out = Vec::new();
+    assert_eq!(e.handle(Side::Inside, &client(0, &both), now(1), &mut out), Action::Drop);
+    assert_eq!(resets(&out), 2);
+    assert_eq!((e.counters.evasions, e.counters.blocked), (1, 1));
 }

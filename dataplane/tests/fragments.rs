@@ -254,3 +254,60 @@ fn incomplete_datagrams_expire() {
     let (_, out) = send(&mut e, &frags[..1]);
     assert!(out.is_empty());
 }
+
+/// IPv6 fragments of `frame` whose first fragment carries a destination-options header after
+/// the Fragment header, and whose other fragments name another next header (59, no next
+/// header): only the first one's counts (RFC 8200 §4.5).
+fn fragments_v6_with_options(frame: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
+    let (head, transport) = frame.split_at(14 + 40);
+    let mut payload = vec![6, 0, 1, 4, 0, 0, 0, 0]; // dest options: next TCP, PadN
+    payload.extend_from_slice(transport);
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = head.to_vec();
+            f[14 + 4..14 + 6].copy_from_slice(&((8 + chunk.len()) as u16).to_be_bytes());
+            f[14 + 6] = 44;
+            let more = (i + 1) * size < payload.len();
+            let off = ((i * size / 8) as u16) << 3 | u16::from(more);
+            f.extend_from_slice(&[if i == 0 { 60 } else { 59 }, 0]);
+            f.extend_from_slice(&off.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(chunk);
+            f
+        })
+        .collect()
+}
+
+#[test]
+fn ipv6_fragments_naming_other_headers_are_still_reassembled() {
+    let mut e = engine(Settings::default());
+    let (c, s) = ("fd20::9:99", "2001:db8:5100::10");
+    handshake(&mut e, c, s);
+    let whole = tcp(c, s, true, ISN + 1, Some(SERVER_ISN + 1), false, &hello());
+    let frags = fragments_v6_with_options(&whole, 64, 77);
+    let (actions, out) = send(&mut e, &frags);
+    assert!(actions.iter().all(|a| *a == Action::Drop), "none passes on its own");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(out.iter().all(|(_, f)| is_reset(f)));
+    assert_eq!(e.counters.fragments_reassembled, 1);
+}
+
+#[test]
+fn a_fragment_etherparse_cannot_read_is_still_held() {
+    // A first fragment cut inside its destination-options header: etherparse refuses the
+    // frame, which must not make it "not IP" and pass.
+    let mut e = engine(Settings::default());
+    let (c, s) = ("fd20::9:99", "2001:db8:5100::10");
+    handshake(&mut e, c, s);
+    let whole = tcp(c, s, true, ISN + 1, Some(SERVER_ISN + 1), false, &hello());
+    let frags = fragments_v6_with_options(&whole, 64, 78);
+    let mut first = frags[0][..14 + 40 + 8 + 4].to_vec();
+    first[14 + 4..14 + 6].copy_from_slice(&12u16.to_be_bytes());
+    first[14 + 40 + 3] |= 1; // more fragments
+    assert!(frame::parse(&first).is_none(), "etherparse reads it after all");
+    let (actions, out) = send(&mut e, &[first]);
+    assert_eq!(actions, vec![Action::Drop]);
+    assert!(out.is_empty());
+}

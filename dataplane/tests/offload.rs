@@ -168,11 +168,12 @@ fn kernel_counts_keep_an_offloaded_flow_from_idling_out() {
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove(keys)]);
 }
 
-/// `frame` (TCP) acknowledging `ack`, its checksum written again.
-fn with_ack(frame: &[u8], ack: u32) -> Vec<u8> {
+/// `frame` (TCP) with sequence number `seq` acknowledging `ack`, its checksum written again.
+fn with_seq_ack(frame: &[u8], seq: u32, ack: u32) -> Vec<u8> {
     let mut f = frame.to_vec();
-    let at = sluice_dataplane::wire::frame::parse(&f).unwrap().l4_offset + 8;
-    f[at..at + 4].copy_from_slice(&ack.to_be_bytes());
+    let at = sluice_dataplane::wire::frame::parse(&f).unwrap().l4_offset;
+    f[at + 4..at + 8].copy_from_slice(&seq.to_be_bytes());
+    f[at + 8..at + 12].copy_from_slice(&ack.to_be_bytes());
     sluice_dataplane::wire::frame::complete_l4_checksum(&mut f);
     f
 }
@@ -192,11 +193,20 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
     let h = tcp(ALICE, api, true, false, true, false, &hello);
     assert_eq!(e.handle(Side::Inside, &h, now(3), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "decided on this frame; the next one offloads");
-    // Not before the server has acknowledged the hello (a decoy could still be replaced).
+    // Not before the server has acknowledged the hello (a decoy could still be replaced) and
+    // the client's next record was read (a second hello could still come).
     let reply = tcp(ALICE, api, false, false, true, false, b"server hello");
     assert_eq!(e.handle(Side::Outside, &reply, now(4), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "the hello is not acknowledged yet");
-    let acked = with_ack(&tcp(ALICE, api, false, false, true, false, &[]), 1 + hello.len() as u32);
+    let end = 1 + hello.len() as u32;
+    let next = with_seq_ack(
+        &tcp(ALICE, api, true, false, true, false, b"\x17\x03\x03\x00\x02ab"),
+        end,
+        13,
+    );
+    assert_eq!(e.handle(Side::Inside, &next, now(4), &mut out), Action::Forward);
+    assert!(ops(&mut e).is_empty(), "the record after the hello is not acknowledged yet");
+    let acked = with_seq_ack(&tcp(ALICE, api, false, false, true, false, &[]), 13, end + 6);
     assert_eq!(e.handle(Side::Outside, &acked, now(4), &mut out), Action::Forward);
     assert_eq!(ops(&mut e), vec![added(api)]);
 

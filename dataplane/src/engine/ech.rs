@@ -1,9 +1,13 @@
 //! Encrypted ClientHello on the packet path (ARCHITECTURE.md, "The packet path"). A hello with
 //! an `encrypted_client_hello` extension hides its real server name when its outer name is
-//! the public name of an ECH configuration (the shipped `ech-public-names` catalog), or when it
-//! is not the name the destination was learned for (DNS answers, earlier hellos). GREASE ECH,
-//! which Chrome sends to every server, carries the real name outside and passes as any hello.
-//! What a hidden name gets is the rule set's `ech` setting.
+//! the public name of an ECH configuration (the shipped `ech-public-names` catalog): what it
+//! gets is the rule set's `ech` setting. GREASE ECH, which Chrome sends to every server,
+//! carries the real name outside and passes as any hello.
+//!
+//! An outer name that is not the name the destination was learned for (DNS answers, earlier
+//! hellos) is recorded as `suspect`, not refused: the destinations learned are CDN addresses
+//! that serve many other names too, and Chrome's GREASE ECH to any of those would look the
+//! same.
 
 use sluice_rules::{EchPolicy, IdentityOverlay, Policy, catalog};
 
@@ -24,10 +28,10 @@ pub(super) fn decide(
         return verdict;
     }
     let outer = flow.class.sni.as_deref().unwrap_or("");
-    let hidden = outer.is_empty()
-        || catalog::is_ech_public_name(outer)
-        || learned.is_some_and(|n| !n.eq_ignore_ascii_case(outer));
-    if !hidden {
+    if !outer.is_empty() && !catalog::is_ech_public_name(outer) {
+        if learned.is_some_and(|n| !n.eq_ignore_ascii_case(outer)) {
+            flow.class.ech = Some("suspect");
+        }
         return verdict;
     }
     flow.class.ech = Some("hidden");

@@ -5,7 +5,7 @@
 use sluice_rules::FragmentPolicy;
 
 use super::{Action, Engine, Now, QUIC_PORT, Side};
-use crate::defrag::{self, FragError};
+use crate::defrag::{FragError, Fragment};
 use crate::flow::{FlowKey, Verdict};
 use crate::wire::frame::{self, Proto};
 
@@ -16,16 +16,16 @@ impl Engine {
         &mut self,
         side: Side,
         data: &[u8],
+        frag: &Fragment<'_>,
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
-        let Some(frag) = defrag::fragment(data) else { return Action::Drop };
-        if !frag.is_tcp_or_udp() {
+        if !frag.maybe_tcp_or_udp() {
             // Nothing the engine classifies (ICMP, ESP, …) hides in it.
             return Action::Forward;
         }
         self.counters.fragments += 1;
-        let whole = match self.defrag.add(&frag, data, now.mono_ms) {
+        let whole = match self.defrag.add(frag, data, now.mono_ms) {
             Ok(None) => return Action::Drop,
             Ok(Some(w)) => w,
             Err(e) => {

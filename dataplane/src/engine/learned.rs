@@ -65,8 +65,12 @@ impl Engine {
             if l.expires_mono > now.mono_ms && l.expires_mono >= expires_mono {
                 return;
             }
+            // A longer life alone is not worth saving the set again (DNS renews it all the
+            // time); a new name is.
+            if *l.name != *name {
+                self.learned_version += 1;
+            }
             *l = Learned { name: name.into(), expires_mono };
-            self.learned_version += 1;
             return;
         }
         if self.learned.len() >= MAX_LEARNED {
@@ -146,7 +150,9 @@ mod tests {
         assert_eq!(e.learned_version(), v);
         assert_eq!(e.learned(ip, at(72)), Some("api.openai.com"));
         assert_eq!(e.learned(ip, at(3599)), Some("api.openai.com"));
-        // A longer one extends it.
+        // A longer one extends it (not worth saving again by itself); a new name is.
+        e.learn(ip, "api.openai.com", 7200, at(50));
+        assert_eq!(e.learned_version(), v);
         e.learn(ip, "chatgpt.com", 7200, at(100));
         assert_eq!(e.learned(ip, at(7000)), Some("chatgpt.com"));
         assert!(e.learned_version() > v);

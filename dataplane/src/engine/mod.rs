@@ -26,7 +26,7 @@ use crate::defrag::Defrag;
 use crate::flow::{
     Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
 };
-use crate::guard::{Guard, Step};
+use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
@@ -298,13 +298,19 @@ impl Engine {
     ) -> Action {
         self.counters.frames += 1;
         self.counters.bytes += data.len() as u64;
-        let Some(f) = frame::parse(data) else {
+        let parsed = frame::parse(data);
+        // An IP fragment from the inside (also one whose later headers etherparse cannot
+        // read: its datagram is read once whole).
+        if side == Side::Inside
+            && parsed.as_ref().is_none_or(|f| f.fragmented)
+            && let Some(frag) = crate::defrag::fragment(data)
+        {
+            return self.fragment(side, data, &frag, now, out);
+        }
+        let Some(f) = parsed else {
             self.counters.non_ip += 1;
             return Action::Forward;
         };
-        if f.fragmented && side == Side::Inside {
-            return self.fragment(side, data, now, out);
-        }
         if side == Side::Outside
             && let Some(t) = f.tcp
             && self.upstream_reply(data, &f, t, now, out)
@@ -426,18 +432,25 @@ impl Engine {
             }
             return self.tcp_untracked(side, data, f, t, key, now, out);
         }
+        if flow.from_inside && side == Side::Inside && (f.src, f.sport) == flow.server {
+            // The server's side of a flow from the inside, arriving from the inside: forged
+            // (it would speak for the server to the engine, the guard first).
+            self.counters.evasions += 1;
+            return Action::Drop;
+        }
         let c2s = track(flow, f, t, now);
         match flow.verdict {
             Verdict::Allow => {
                 if let Some(g) = flow.guard.as_mut() {
                     if !c2s {
-                        g.server(t.has_ack.then_some(t.ack), t.seq, f.payload);
+                        g.server(t.syn, t.has_ack.then_some(t.ack), t.seq, f.payload);
                     } else if !f.payload.is_empty() {
                         if !frame::tcp_checksum_ok(data, f) {
                             self.counters.bad_checksums += 1;
                             return Action::Drop;
                         }
-                        match g.client(t.seq, f.payload) {
+                        // A SYN's data starts one past its sequence number (TCP Fast Open).
+                        match g.client(t.seq.wrapping_add(u32::from(t.syn)), f.payload) {
                             Step::Pass => {}
                             Step::Evasion(why) => {
                                 let next = t.seq.wrapping_add(f.payload.len() as u32);
@@ -578,11 +591,25 @@ impl Engine {
         let sni = flow.class.sni.clone();
         let divert = self.divert.is_some();
         let policy = self.policy.load();
-        let verdict =
-            decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, divert, now);
+        let overlay = self.overlay.load();
+        let learned = learned::name(&self.learned, flow.server.0, now);
+        let verdict = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, divert, now);
+        let mut verdict = ech::decide(&policy, &overlay, flow, learned, verdict, now);
+        if verdict == Verdict::Allow {
+            let base = t.seq.wrapping_add(1);
+            let span = hello_span(f.payload).unwrap_or(f.payload.len());
+            let mut g = Guard::new(base, &f.payload[..span], None);
+            match g.client(base, f.payload) {
+                Step::Pass => flow.guard = Some(Box::new(g)),
+                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
+                Step::SecondHello(_) => {
+                    let why = "two ClientHellos in one flight (evasion attempt)";
+                    verdict = refuse_evasion(flow, &mut self.counters, why);
+                }
+            }
+        }
         flow.verdict = verdict;
         if verdict == Verdict::Allow {
-            flow.guard = Some(Box::new(Guard::new(t.seq.wrapping_add(1), f.payload, None)));
             return Action::Forward;
         }
         // To inspect but not diverted: refused like a block, and its retry is diverted.
@@ -671,7 +698,7 @@ impl Engine {
                 }
             }
         };
-        let verdict = match outcome {
+        let mut verdict = match outcome {
             Outcome::Block(why) => {
                 flow.class.reason = Some(why);
                 flow.class.action = Some("block");
@@ -693,7 +720,6 @@ impl Engine {
                 ech::decide(&policy, &overlay, flow, learned, v, now)
             }
         };
-        flow.verdict = verdict;
         let learn = match (&flow.class.sni, flow.class.action) {
             (Some(sni), Some("inspect")) => Some((flow.server.0, sni.clone())),
             _ => None,
@@ -704,12 +730,24 @@ impl Engine {
             None => t.seq.wrapping_add(f.payload.len() as u32),
         };
         if verdict == Verdict::Allow {
-            // The bytes decided on, kept until the server has them (decoys, retries).
-            flow.guard = Some(Box::new(match &flow.reasm {
-                Some(r) => Guard::new(isn.wrapping_add(1), r.contiguous(), flow.server_next),
-                None => Guard::new(t.seq, f.payload, flow.server_next),
-            }));
+            // The hello decided on, kept until the server has it (decoys, retries); whatever
+            // came with it is read as the guard reads what follows a hello.
+            let (base, decided) = match &flow.reasm {
+                Some(r) => (isn.wrapping_add(1), r.contiguous()),
+                None => (t.seq, f.payload),
+            };
+            let span = hello_span(decided).unwrap_or(decided.len());
+            let mut g = Guard::new(base, &decided[..span], flow.server_next);
+            match g.client(base, decided) {
+                Step::Pass => flow.guard = Some(Box::new(g)),
+                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
+                Step::SecondHello(_) => {
+                    let why = "two ClientHellos in one flight (evasion attempt)";
+                    verdict = refuse_evasion(flow, &mut self.counters, why);
+                }
+            }
         }
+        flow.verdict = verdict;
         flow.reasm = None;
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
@@ -867,6 +905,14 @@ fn decide_flow(
         (RuleAction::Inspect, _) if divert => Verdict::Block,
         (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
     }
+}
+
+/// Marks `flow`, about to be allowed, as caught stepping around its decision: refused.
+fn refuse_evasion(flow: &mut Flow, counters: &mut Counters, why: &'static str) -> Verdict {
+    counters.evasions += 1;
+    flow.class.action = Some("block");
+    flow.class.reason = Some(why);
+    Verdict::Block
 }
 
 /// Keeps a frame of a held flow: the frame itself, or the fragments it was reassembled from.

@@ -178,7 +178,10 @@ impl Engine {
         let verdict = match outcome {
             Ok(()) => {
                 let sni = flow.class.sni.clone();
-                decide_flow(&policy, &self.overlay.load(), flow, sni.as_deref(), None, false, now)
+                let overlay = self.overlay.load();
+                let learned = super::learned::name(&self.learned, flow.server.0, now);
+                let v = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, false, now);
+                super::ech::decide(&policy, &overlay, flow, learned, v, now)
             }
             Err(_) => {
                 flow.class.reason = Some("QUIC Initial unreadable");

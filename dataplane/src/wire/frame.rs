@@ -259,6 +259,14 @@ pub fn build_udp_reply(f: &Frame<'_>, payload: &[u8]) -> Option<Vec<u8>> {
 /// a QUIC client falls back to TCP instead of waiting out its handshake timeout. Quotes the
 /// datagram as far as RFC 1812 / RFC 4443 allow (576 / 1280 bytes in all).
 pub fn build_port_unreachable(buf: &[u8], f: &Frame<'_>) -> Option<Vec<u8>> {
+    // Never about a datagram to or from a group or nobody (RFC 1122 §3.2.2, RFC 4443 §2.4).
+    let unicast = |a: IpAddr| match a {
+        IpAddr::V4(v) => !(v.is_multicast() || v.is_broadcast() || v.is_unspecified()),
+        IpAddr::V6(v) => !(v.is_multicast() || v.is_unspecified()),
+    };
+    if !unicast(f.src) || !unicast(f.dst) {
+        return None;
+    }
     let end = (f.payload.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)? + f.payload.len();
     let orig = buf.get(f.ip_offset..end)?;
     let eth = PacketBuilder::ethernet2(f.dst_mac, f.src_mac);
