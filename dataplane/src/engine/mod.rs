@@ -3,13 +3,16 @@
 //! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
 //! [`udp`]; what a kernel fast path may carry for it ([`OffloadOp`]) is in `offload`.
 
+mod counters;
 mod divert;
 mod ech;
 mod fragment;
+mod hello;
 mod learned;
 mod offload;
 mod udp;
 
+pub use counters::Counters;
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
 pub use learned::LearnedEntry;
 pub use offload::{Carried, Closes, DirKey, FastEntry, OffloadOp, Rewrite};
@@ -26,11 +29,9 @@ use crate::defrag::Defrag;
 use crate::flow::{
     Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
 };
-use crate::guard::{Guard, Step, hello_span};
-use crate::reassembly::{Added, Reassembly};
+use crate::guard::Step;
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
 use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
-use crate::wire::tls::{HelloParse, parse_client_hello};
 
 /// UDP port of QUIC.
 pub const QUIC_PORT: u16 = 443;
@@ -99,58 +100,6 @@ impl Clock {
     }
 }
 
-/// Engine counters.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Counters {
-    /// Frames handled.
-    pub frames: u64,
-    /// Bytes of the frames handled.
-    pub bytes: u64,
-    /// Frames not IP (ARP, …) or unparsable: forwarded untouched.
-    pub non_ip: u64,
-    /// Flows created.
-    pub flows: u64,
-    /// Flows refused because the table was full.
-    pub flows_refused: u64,
-    /// Embryonic flows evicted to make room.
-    pub flows_evicted: u64,
-    /// ClientHellos parsed.
-    pub hellos: u64,
-    /// Flows blocked.
-    pub blocked: u64,
-    /// Overlapping segments that disagreed.
-    pub evasions: u64,
-    /// Resets sent.
-    pub resets: u64,
-    /// Frames dropped.
-    pub dropped: u64,
-    /// Flows handed to the kernel fast path.
-    pub offloaded: u64,
-    /// Frames the kernel fast path forwarded (not counted in `frames`).
-    pub offloaded_frames: u64,
-    /// Flows the fast path could not take (its map full): they stay on the engine's path.
-    pub offload_refused: u64,
-    /// Frames the kernel fast path forwarded, by its own count.
-    pub fastpath_redirected: u64,
-    /// Frames the fast path's classifier decided without the socket filter's mark (0 while
-    /// the data plane runs; anything else means the two programs could disagree).
-    pub fastpath_unmarked: u64,
-    /// IP fragments of TCP or UDP from the inside (reassembled before classification).
-    pub fragments: u64,
-    /// Datagrams made whole from fragments.
-    pub fragments_reassembled: u64,
-    /// Fragments dropped: reassembly limits, timeouts, inconsistent lengths, overlaps (also
-    /// counted as evasions) and `ip_fragments = "block"`.
-    pub fragments_dropped: u64,
-    /// Client segments of undecided or guarded flows dropped for a wrong TCP checksum (the
-    /// server would drop them: they must not count for classification).
-    pub bad_checksums: u64,
-    /// ICMP port-unreachables sent to QUIC clients refused (`quic_refusal = "unreachable"`).
-    pub unreachables: u64,
-    /// Firefox DoH canary lookups answered NXDOMAIN (`doh_canary = "nxdomain"`).
-    pub canary_answers: u64,
-}
-
 /// Engine settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -206,8 +155,6 @@ pub struct Engine {
     /// whole frame): what a held flow keeps and later releases in the datagram's place.
     frag_hold: Vec<Vec<u8>>,
 }
-
-use learned::HELLO_LEARN_TTL;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -563,258 +510,6 @@ impl Engine {
         Action::Forward
     }
 
-    /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
-    /// is decided there. Anything short of a whole hello drops the SYN; the client retries
-    /// without data and the hello is read as usual.
-    #[allow(clippy::too_many_arguments)]
-    fn syn_data(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        if !frame::tcp_checksum_ok(data, f) {
-            self.counters.bad_checksums += 1;
-            return Action::Drop;
-        }
-        let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
-        let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut self.scratch) else {
-            flow.class.reason = Some("TCP Fast Open data without a whole ClientHello: SYN dropped");
-            return Action::Drop;
-        };
-        self.counters.hellos += 1;
-        flow.class.set_hello(&h);
-        let sni = flow.class.sni.clone();
-        let divert = self.divert.is_some();
-        let policy = self.policy.load();
-        let overlay = self.overlay.load();
-        let learned = learned::name(&self.learned, flow.server.0, now);
-        let verdict = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, divert, now);
-        let mut verdict = ech::decide(&policy, &overlay, flow, learned, verdict, now);
-        if verdict == Verdict::Allow {
-            let base = t.seq.wrapping_add(1);
-            let span = hello_span(f.payload).unwrap_or(f.payload.len());
-            let mut g = Guard::new(base, &f.payload[..span], None);
-            match g.client(base, f.payload) {
-                Step::Pass => flow.guard = Some(Box::new(g)),
-                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
-                Step::SecondHello(_) => {
-                    let why = "two ClientHellos in one flight (evasion attempt)";
-                    verdict = refuse_evasion(flow, &mut self.counters, why);
-                }
-            }
-        }
-        flow.verdict = verdict;
-        if verdict == Verdict::Allow {
-            return Action::Forward;
-        }
-        // To inspect but not diverted: refused like a block, and its retry is diverted.
-        let missed = match (divert, sni, flow.class.action) {
-            (true, Some(name), Some("inspect")) => Some((flow.server.0, name)),
-            _ => None,
-        };
-        self.counters.blocked += 1;
-        flow.state = TcpState::Closing;
-        // The client is in SYN-SENT: a reset is accepted when it acknowledges the SYN.
-        let (client, server) = flow.endpoints();
-        if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1)) {
-            out.push((client_side, rst));
-            self.counters.resets += 1;
-        }
-        if let Some((ip, name)) = missed {
-            self.divert_counters.missed += 1;
-            self.learn(ip, &name, HELLO_LEARN_TTL, now);
-        }
-        Action::Drop
-    }
-
-    /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        if !frame::tcp_checksum_ok(data, f) {
-            // A segment the server drops must not decide (a decoy hello with a bad checksum).
-            self.counters.bad_checksums += 1;
-            return Action::Drop;
-        }
-        let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
-        let isn = flow.client_isn;
-        let fragments = std::mem::take(&mut self.frag_hold);
-        // Fast path: the whole hello in the first segment, in order (what clients send): no
-        // reassembly buffer, no copy of the frame.
-        let mut fast = None;
-        if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
-            fast = match parse_client_hello(f.payload, &mut self.scratch) {
-                HelloParse::Incomplete => None,
-                HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
-                HelloParse::Malformed(why) => Some(Outcome::Block(why)),
-                HelloParse::Hello(h) => {
-                    self.counters.hellos += 1;
-                    flow.class.set_hello(&h);
-                    Some(Outcome::Decide(flow.class.sni.clone(), None))
-                }
-            };
-        }
-        let held_current = fast.is_none();
-        let outcome = match fast {
-            Some(o) => o,
-            None => {
-                let reasm = flow
-                    .reasm
-                    .get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
-                let added = reasm.add(t.seq, f.payload);
-                hold_frames(&mut flow.held, data, fragments);
-                match added {
-                    Added::Conflict => {
-                        self.counters.evasions += 1;
-                        Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
-                    }
-                    Added::Overflow => Outcome::Block("no ClientHello within the first 16 KiB"),
-                    Added::Ok if flow.held.len() > self.settings.max_held_frames => {
-                        Outcome::Block("too many segments before the ClientHello")
-                    }
-                    Added::Ok => match parse_client_hello(reasm.contiguous(), &mut self.scratch) {
-                        HelloParse::Incomplete => return Action::Drop,
-                        HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
-                        HelloParse::Malformed(why) => Outcome::Block(why),
-                        HelloParse::Hello(h) => {
-                            self.counters.hellos += 1;
-                            flow.class.set_hello(&h);
-                            Outcome::Decide(flow.class.sni.clone(), None)
-                        }
-                    },
-                }
-            }
-        };
-        let mut verdict = match outcome {
-            Outcome::Block(why) => {
-                flow.class.reason = Some(why);
-                flow.class.action = Some("block");
-                Verdict::Block
-            }
-            Outcome::Decide(sni, reason) => {
-                let policy = self.policy.load();
-                let overlay = self.overlay.load();
-                let learned = learned::name(&self.learned, flow.server.0, now);
-                let v = decide_flow(
-                    &policy,
-                    &overlay,
-                    flow,
-                    sni.as_deref(),
-                    reason,
-                    self.divert.is_some(),
-                    now,
-                );
-                ech::decide(&policy, &overlay, flow, learned, v, now)
-            }
-        };
-        let learn = match (&flow.class.sni, flow.class.action) {
-            (Some(sni), Some("inspect")) => Some((flow.server.0, sni.clone())),
-            _ => None,
-        };
-        let held = std::mem::take(&mut flow.held);
-        let client_next = match &flow.reasm {
-            Some(r) => r.next_seq(),
-            None => t.seq.wrapping_add(f.payload.len() as u32),
-        };
-        if verdict == Verdict::Allow {
-            // The hello decided on, kept until the server has it (decoys, retries); whatever
-            // came with it is read as the guard reads what follows a hello.
-            let (base, decided) = match &flow.reasm {
-                Some(r) => (isn.wrapping_add(1), r.contiguous()),
-                None => (t.seq, f.payload),
-            };
-            let span = hello_span(decided).unwrap_or(decided.len());
-            let mut g = Guard::new(base, &decided[..span], flow.server_next);
-            match g.client(base, decided) {
-                Step::Pass => flow.guard = Some(Box::new(g)),
-                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
-                Step::SecondHello(_) => {
-                    let why = "two ClientHellos in one flight (evasion attempt)";
-                    verdict = refuse_evasion(flow, &mut self.counters, why);
-                }
-            }
-        }
-        flow.verdict = verdict;
-        flow.reasm = None;
-        if verdict == Verdict::Allow {
-            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
-            if let Some((ip, name)) = learn {
-                // The next flow to this inspected server is diverted at its SYN.
-                self.learn(ip, &name, HELLO_LEARN_TTL, now);
-            }
-            // A hello read in place is forwarded as it stands; held frames were sent above.
-            return if held_current { Action::Drop } else { Action::Forward };
-        }
-        self.counters.blocked += 1;
-        flow.state = TcpState::Closing;
-        let (client, server) = flow.endpoints();
-        let server_seq = flow.server_next.unwrap_or(0);
-        if let Some(rst) = frame::build_rst(server, client, flow.vlan, server_seq, client_next) {
-            out.push((client_side, rst));
-            self.counters.resets += 1;
-        }
-        if let Some(rst) =
-            frame::build_rst(client, server, flow.vlan, isn.wrapping_add(1), server_seq)
-        {
-            out.push((client_side.other(), rst));
-            self.counters.resets += 1;
-        }
-        if let Some((ip, name)) = learn {
-            // Inspected but not diverted: the client's retry is.
-            self.divert_counters.missed += 1;
-            self.learn(ip, &name, HELLO_LEARN_TTL, now);
-        }
-        Action::Drop
-    }
-
-    /// Blocks a decided flow caught stepping around its decision: a reset each way.
-    fn evasion(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        why: &'static str,
-        client_next: u32,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
-        let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
-        flow.verdict = Verdict::Block;
-        flow.class.action = Some("block");
-        flow.class.reason = Some(why);
-        flow.guard = None;
-        flow.state = TcpState::Closing;
-        self.counters.evasions += 1;
-        self.counters.blocked += 1;
-        let (client, server) = flow.endpoints();
-        let server_seq = flow.server_next.unwrap_or(0);
-        let resets = [
-            (client_side, frame::build_rst(server, client, flow.vlan, server_seq, client_next)),
-            (
-                client_side.other(),
-                frame::build_rst(client, server, flow.vlan, client_next, server_seq),
-            ),
-        ];
-        for (side, rst) in resets {
-            if let Some(rst) = rst {
-                out.push((side, rst));
-                self.counters.resets += 1;
-            }
-        }
-        Action::Drop
-    }
-
     /// Ends `f`, taken out of the table: its fast-path entries and divert NAT go, its record
     /// is written.
     fn end(&mut self, f: Flow, why: EndReason, now: Now) {
@@ -905,28 +600,6 @@ fn decide_flow(
         (RuleAction::Inspect, _) if divert => Verdict::Block,
         (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
     }
-}
-
-/// Marks `flow`, about to be allowed, as caught stepping around its decision: refused.
-fn refuse_evasion(flow: &mut Flow, counters: &mut Counters, why: &'static str) -> Verdict {
-    counters.evasions += 1;
-    flow.class.action = Some("block");
-    flow.class.reason = Some(why);
-    Verdict::Block
-}
-
-/// Keeps a frame of a held flow: the frame itself, or the fragments it was reassembled from.
-fn hold_frames(held: &mut Vec<Vec<u8>>, data: &[u8], fragments: Vec<Vec<u8>>) {
-    if fragments.is_empty() {
-        held.push(data.to_vec());
-    } else {
-        held.extend(fragments);
-    }
-}
-
-enum Outcome {
-    Block(&'static str),
-    Decide(Option<String>, Option<&'static str>),
 }
 
 /// Counts a TCP segment of `flow` and follows its state (handshake, server sequence, FINs,

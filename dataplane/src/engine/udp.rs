@@ -138,7 +138,7 @@ impl Engine {
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
-        super::hold_frames(&mut flow.held, data, std::mem::take(&mut self.frag_hold));
+        super::hello::hold_frames(&mut flow.held, data, std::mem::take(&mut self.frag_hold));
         let outcome = match quic::read_initial(f.payload) {
             Err(e) => Err(e.to_string()),
             Ok(init) => {
