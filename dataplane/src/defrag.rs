@@ -207,6 +207,16 @@ impl Fragment<'_> {
     pub fn maybe_tcp_or_udp(&self) -> bool {
         self.v6 || self.next_header == 6 || self.next_header == 17
     }
+
+    /// The protocol (6, 17) and ports a first fragment shows when its transport header comes
+    /// right after the IP header(s).
+    pub fn first_ports(&self) -> Option<(u8, u16, u16)> {
+        if self.offset != 0 || !matches!(self.next_header, 6 | 17) {
+            return None;
+        }
+        let p = self.payload.get(..4)?;
+        Some((self.next_header, u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+    }
 }
 
 /// A datagram made whole.
@@ -336,7 +346,13 @@ pub struct Defrag {
     /// Per source: datagrams in progress and bytes held.
     sources: HashMap<IpAddr, (usize, usize)>,
     bytes: usize,
+    /// Datagrams whose fragments pass as they come (nothing in them is classified), with the
+    /// time they were let through.
+    passing: HashMap<FragKey, u64>,
 }
+
+/// Most datagrams let through as they come at once.
+const MAX_PASSING: usize = 4096;
 
 impl Default for Defrag {
     fn default() -> Self {
@@ -347,7 +363,13 @@ impl Default for Defrag {
 impl Defrag {
     /// Empty, within `limits`.
     pub fn new(limits: Limits) -> Self {
-        Defrag { limits, pending: HashMap::new(), sources: HashMap::new(), bytes: 0 }
+        Defrag {
+            limits,
+            pending: HashMap::new(),
+            sources: HashMap::new(),
+            bytes: 0,
+            passing: HashMap::new(),
+        }
     }
 
     /// Datagrams in progress.
@@ -423,9 +445,30 @@ impl Defrag {
         d.build().map(Some).ok_or(FragError::Inconsistent)
     }
 
+    /// Lets the datagram of `key` through as it comes (its first fragment showed nothing the
+    /// engine classifies): the fragments held so far, to forward now. `None` when too many
+    /// datagrams pass already (the datagram is then reassembled as any other).
+    pub fn pass(&mut self, key: &FragKey, now_ms: u64) -> Option<Vec<Vec<u8>>> {
+        if self.passing.len() >= MAX_PASSING && !self.passing.contains_key(key) {
+            let timeout = self.limits.timeout_ms;
+            self.passing.retain(|_, t| now_ms.saturating_sub(*t) < timeout);
+            if self.passing.len() >= MAX_PASSING {
+                return None;
+            }
+        }
+        self.passing.insert(*key, now_ms);
+        Some(self.take(key).map(|d| d.frames).unwrap_or_default())
+    }
+
+    /// Whether the datagram of `key` passes as it comes.
+    pub fn passes(&self, key: &FragKey, now_ms: u64) -> bool {
+        self.passing.get(key).is_some_and(|t| now_ms.saturating_sub(*t) < self.limits.timeout_ms)
+    }
+
     /// Drops datagrams older than the timeout; returns how many fragments went.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let timeout = self.limits.timeout_ms;
+        self.passing.retain(|_, t| now_ms.saturating_sub(*t) < timeout);
         let old: Vec<FragKey> = self
             .pending
             .iter()
@@ -596,5 +639,20 @@ mod tests {
         // The first datagram still completes.
         let got = feed(&mut d, &held[1..], 1);
         assert!(matches!(got.last(), Some(Ok(Some(_)))));
+    }
+
+    #[test]
+    fn a_datagram_let_through_gives_back_what_was_held() {
+        let fs = frags([10, 0, 0, 1], 9, 600, 128);
+        let mut d = Defrag::default();
+        feed(&mut d, &fs[2..4], 0);
+        let key = fragment(&fs[0]).unwrap().key;
+        assert_eq!(fragment(&fs[0]).unwrap().first_ports(), Some((17, 4000, 443)));
+        assert_eq!(fragment(&fs[2]).unwrap().first_ports(), None);
+        assert_eq!(d.pass(&key, 1), Some(fs[2..4].to_vec()));
+        assert_eq!((d.pending(), d.bytes()), (0, 0));
+        assert!(d.passes(&key, 2));
+        d.expire(40_000);
+        assert!(!d.passes(&key, 40_000));
     }
 }

@@ -211,18 +211,39 @@ fn the_block_setting_drops_fragments_of_undecided_tls_flows() {
     let (_, out) = send(&mut e, &frags);
     assert!(out.is_empty());
     assert_eq!(e.counters.fragments_dropped, frags.len() as u64);
-    // Not a TLS port: reassembled and passed.
-    let mut out = Vec::new();
+    // Not a TLS port: passed.
+    let frags = plain_udp_fragments(13);
+    let (actions, out) = send(&mut e, &frags);
+    assert!(actions.iter().all(|a| *a == Action::Forward) && out.is_empty());
+}
+
+/// A UDP datagram to port 5001 (nothing classified there), in three fragments.
+fn plain_udp_fragments(id: u16) -> Vec<Vec<u8>> {
     let plain = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
         .ipv4([10, 20, 1, 10], [198, 51, 100, 10], 64)
         .udp(5000, 5001);
     let mut whole = Vec::new();
     plain.write(&mut whole, &[1u8; 900]).unwrap();
-    let frags = fragments_v4(&whole, 512, 13);
-    for f in &frags {
-        e.handle(Side::Inside, f, now(6), &mut out);
-    }
-    assert_eq!(out.iter().map(|(_, f)| f).collect::<Vec<_>>(), frags.iter().collect::<Vec<_>>());
+    fragments_v4(&whole, 400, id)
+}
+
+#[test]
+fn fragments_to_ports_nothing_is_read_on_are_not_held() {
+    // In order: each goes on at once, not held until the datagram is whole.
+    let mut e = engine(Settings::default());
+    let frags = plain_udp_fragments(21);
+    assert_eq!(frags.len(), 3);
+    let (actions, out) = send(&mut e, &frags);
+    assert_eq!(actions, vec![Action::Forward; 3]);
+    assert!(out.is_empty());
+    assert_eq!(e.counters.fragments_reassembled, 0);
+    // Out of order: held until the first shows the port, then let through together.
+    let frags = plain_udp_fragments(22);
+    let mut out = Vec::new();
+    assert_eq!(e.handle(Side::Inside, &frags[2], now(7), &mut out), Action::Drop);
+    assert_eq!(e.handle(Side::Inside, &frags[0], now(7), &mut out), Action::Forward);
+    assert_eq!(out, vec![(Side::Outside, frags[2].clone())]);
+    assert_eq!(e.handle(Side::Inside, &frags[1], now(7), &mut out), Action::Forward);
 }
 
 #[test]

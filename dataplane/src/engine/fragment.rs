@@ -20,11 +20,26 @@ impl Engine {
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
-        if !frag.maybe_tcp_or_udp() {
+        if !frag.maybe_tcp_or_udp() || self.defrag.passes(&frag.key, now.mono_ms) {
             // Nothing the engine classifies (ICMP, ESP, …) hides in it.
             return Action::Forward;
         }
         self.counters.fragments += 1;
+        // A first fragment to a port nothing is read on (NFS, IPsec NAT-T, SIP …): its
+        // datagram passes as it comes, so fragmented traffic the engine has no reason to read
+        // is neither delayed nor held against the reassembly's limits.
+        if let Some((proto, sport, dport)) = frag.first_ports() {
+            let policy = self.policy.load();
+            let classified = match proto {
+                6 => policy.defaults.tls_ports.contains(&dport),
+                _ => dport == QUIC_PORT || dport == 53 || sport == 53,
+            };
+            drop(policy);
+            if !classified && let Some(held) = self.defrag.pass(&frag.key, now.mono_ms) {
+                out.extend(held.into_iter().map(|h| (side.other(), h)));
+                return Action::Forward;
+            }
+        }
         let whole = match self.defrag.add(frag, data, now.mono_ms) {
             Ok(None) => return Action::Drop,
             Ok(Some(w)) => w,
