@@ -206,3 +206,18 @@ fn two_hellos_in_one_flight_are_refused() {
     assert_eq!(resets(&out), 2);
     assert_eq!((e.counters.evasions, e.counters.blocked), (1, 1));
 }
+
+#[test]
+fn a_stream_that_is_not_tls_has_no_guard() {
+    // Plain bytes on 443, allowed as not TLS: later bytes that happen to look like a record
+    // header are not read as one.
+    let mut e = engine(Settings::default());
+    handshake(&mut e);
+    let mut out = Vec::new();
+    let first = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n";
+    assert_eq!(e.handle(Side::Inside, &client(0, first), now(1), &mut out), Action::Forward);
+    let next = client(first.len() as u32, &[0x14, 0x03, 0x03, 0x00, 0x05, 0x01, 0x02]);
+    assert_eq!(e.handle(Side::Inside, &next, now(2), &mut out), Action::Forward);
+    assert_eq!((e.counters.evasions, e.counters.blocked), (0, 0));
+    assert!(out.is_empty());
+}

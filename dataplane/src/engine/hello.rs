@@ -178,14 +178,16 @@ impl Engine {
             Some(r) => r.next_seq(),
             None => t.seq.wrapping_add(f.payload.len() as u32),
         };
-        if verdict == Verdict::Allow {
+        let (base, decided) = match &flow.reasm {
+            Some(r) => (isn.wrapping_add(1), r.contiguous()),
+            None => (t.seq, f.payload),
+        };
+        // A stream that is not TLS (allowed as such) has no hello to guard.
+        if verdict == Verdict::Allow
+            && let Some(span) = hello_span(decided)
+        {
             // The hello decided on, kept until the server has it (decoys, retries); whatever
             // came with it is read as the guard reads what follows a hello.
-            let (base, decided) = match &flow.reasm {
-                Some(r) => (isn.wrapping_add(1), r.contiguous()),
-                None => (t.seq, f.payload),
-            };
-            let span = hello_span(decided).unwrap_or(decided.len());
             let mut g = Guard::new(base, &decided[..span], flow.server_next);
             match g.client(base, decided) {
                 Step::Pass => flow.guard = Some(Box::new(g)),
