@@ -342,18 +342,12 @@ impl Policy {
         now: u64,
         overlay: &IdentityOverlay,
     ) -> bool {
-        let q = Query { src, mac, sni: None, port, now };
-        let who = self.resolve(&q, overlay);
-        self.rules.iter().any(|r| {
-            r.spec.action == Action::Inspect
-                && self.source_matches(r, &who)
-                && (r.spec.ports.is_empty() || r.spec.ports.contains(&port))
-        })
+        self.some_rule(&Query { src, mac, sni: None, port, now }, overlay, |a| a == Action::Inspect)
     }
 
     /// True when some `inspect` or `block` rule could apply to this source on this port,
     /// whatever the destination: a flow whose destination cannot be read must then not pass
-    /// (`quic_unreadable = "restricted"`).
+    /// (`quic_unreadable = "restricted"`, `ech = "restricted"`).
     pub fn may_restrict(
         &self,
         src: IpAddr,
@@ -363,11 +357,21 @@ impl Policy {
         overlay: &IdentityOverlay,
     ) -> bool {
         let q = Query { src, mac, sni: None, port, now };
-        let who = self.resolve(&q, overlay);
+        self.some_rule(&q, overlay, |a| matches!(a, Action::Inspect | Action::Block))
+    }
+
+    /// True when a rule whose action passes `action` could apply to the source and port of `q`.
+    fn some_rule(
+        &self,
+        q: &Query<'_>,
+        overlay: &IdentityOverlay,
+        action: impl Fn(Action) -> bool,
+    ) -> bool {
+        let who = self.resolve(q, overlay);
         self.rules.iter().any(|r| {
-            matches!(r.spec.action, Action::Inspect | Action::Block)
+            action(r.spec.action)
                 && self.source_matches(r, &who)
-                && (r.spec.ports.is_empty() || r.spec.ports.contains(&port))
+                && (r.spec.ports.is_empty() || r.spec.ports.contains(&q.port))
         })
     }
 

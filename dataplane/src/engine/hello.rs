@@ -45,17 +45,7 @@ impl Engine {
         let verdict = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, divert, now);
         let mut verdict = ech::decide(&policy, &overlay, flow, learned, verdict, now);
         if verdict == Verdict::Allow {
-            let base = t.seq.wrapping_add(1);
-            let span = hello_span(f.payload).unwrap_or(f.payload.len());
-            let mut g = Guard::new(base, &f.payload[..span], None);
-            match g.client(base, f.payload) {
-                Step::Pass => flow.guard = Some(Box::new(g)),
-                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
-                Step::SecondHello(_) => {
-                    let why = "two ClientHellos in one flight (evasion attempt)";
-                    verdict = refuse_evasion(flow, &mut self.counters, why);
-                }
-            }
+            verdict = guard_hello(flow, &mut self.counters, t.seq.wrapping_add(1), f.payload);
         }
         flow.verdict = verdict;
         if verdict == Verdict::Allow {
@@ -174,32 +164,15 @@ impl Engine {
             _ => None,
         };
         let held = std::mem::take(&mut flow.held);
-        let client_next = match &flow.reasm {
-            Some(r) => r.next_seq(),
-            None => t.seq.wrapping_add(f.payload.len() as u32),
+        let reasm = flow.reasm.take();
+        let (base, decided, client_next) = match &reasm {
+            Some(r) => (isn.wrapping_add(1), r.contiguous(), r.next_seq()),
+            None => (t.seq, f.payload, t.seq.wrapping_add(f.payload.len() as u32)),
         };
-        let (base, decided) = match &flow.reasm {
-            Some(r) => (isn.wrapping_add(1), r.contiguous()),
-            None => (t.seq, f.payload),
-        };
-        // A stream that is not TLS (allowed as such) has no hello to guard.
-        if verdict == Verdict::Allow
-            && let Some(span) = hello_span(decided)
-        {
-            // The hello decided on, kept until the server has it (decoys, retries); whatever
-            // came with it is read as the guard reads what follows a hello.
-            let mut g = Guard::new(base, &decided[..span], flow.server_next);
-            match g.client(base, decided) {
-                Step::Pass => flow.guard = Some(Box::new(g)),
-                Step::Evasion(why) => verdict = refuse_evasion(flow, &mut self.counters, why),
-                Step::SecondHello(_) => {
-                    let why = "two ClientHellos in one flight (evasion attempt)";
-                    verdict = refuse_evasion(flow, &mut self.counters, why);
-                }
-            }
+        if verdict == Verdict::Allow {
+            verdict = guard_hello(flow, &mut self.counters, base, decided);
         }
         flow.verdict = verdict;
-        flow.reasm = None;
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
             if let Some((ip, name)) = learn {
@@ -264,6 +237,25 @@ impl Engine {
             }
         }
         Action::Drop
+    }
+}
+
+/// Puts a guard over the hello `flow` was just allowed on (`decided`: the client's bytes
+/// from `base`), unless they are not a hello (a stream allowed as not TLS). What came with the
+/// hello is read as the guard reads what follows one: a second hello or a hidden record
+/// refuses the flow. Returns the verdict.
+fn guard_hello(flow: &mut Flow, counters: &mut Counters, base: u32, decided: &[u8]) -> Verdict {
+    let Some(span) = hello_span(decided) else { return Verdict::Allow };
+    let mut g = Guard::new(base, &decided[..span], flow.server_next);
+    match g.client(base, decided) {
+        Step::Pass => {
+            flow.guard = Some(Box::new(g));
+            Verdict::Allow
+        }
+        Step::Evasion(why) => refuse_evasion(flow, counters, why),
+        Step::SecondHello(_) => {
+            refuse_evasion(flow, counters, "two ClientHellos in one flight (evasion attempt)")
+        }
     }
 }
 

@@ -197,28 +197,7 @@ pub fn build_rst(
     seq: u32,
     ack: u32,
 ) -> Option<Vec<u8>> {
-    let ip = match (from.ip, to.ip) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => IpHeaders::Ipv4(
-            Ipv4Header::new(0, 64, IpNumber::TCP, s.octets(), d.octets()).ok()?,
-            Default::default(),
-        ),
-        (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
-            Ipv6Header {
-                hop_limit: 64,
-                source: s.octets(),
-                destination: d.octets(),
-                next_header: IpNumber::TCP,
-                ..Default::default()
-            },
-            Default::default(),
-        ),
-        _ => return None,
-    };
-    let eth = PacketBuilder::ethernet2(from.mac, to.mac);
-    let step = match vlan.and_then(|v| VlanId::try_new(v).ok()) {
-        Some(v) => eth.single_vlan(v).ip(ip),
-        None => eth.ip(ip),
-    };
+    let step = ip_step(from.mac, to.mac, vlan, from.ip, to.ip, IpNumber::TCP)?;
     let b = step.tcp(from.port, to.port, seq, 0).rst().ack(ack);
     let mut out = Vec::with_capacity(b.size(0));
     b.write(&mut out, &[]).ok()?;
@@ -228,30 +207,44 @@ pub fn build_rst(
 /// A UDP datagram answering the one parsed into `f`: from its destination address and port
 /// to its source, with `payload` (a DNS answer given by the appliance itself).
 pub fn build_udp_reply(f: &Frame<'_>, payload: &[u8]) -> Option<Vec<u8>> {
-    let eth = PacketBuilder::ethernet2(f.dst_mac, f.src_mac);
-    let vlan = f.vlan.and_then(|v| VlanId::try_new(v).ok());
+    let step = ip_step(f.dst_mac, f.src_mac, f.vlan, f.dst, f.src, IpNumber::UDP)?;
     let mut out = Vec::new();
-    match (f.dst, f.src, vlan) {
-        (IpAddr::V4(s), IpAddr::V4(d), None) => {
-            eth.ipv4(s.octets(), d.octets(), 64).udp(f.dport, f.sport).write(&mut out, payload)
-        }
-        (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => eth
-            .single_vlan(v)
-            .ipv4(s.octets(), d.octets(), 64)
-            .udp(f.dport, f.sport)
-            .write(&mut out, payload),
-        (IpAddr::V6(s), IpAddr::V6(d), None) => {
-            eth.ipv6(s.octets(), d.octets(), 64).udp(f.dport, f.sport).write(&mut out, payload)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => eth
-            .single_vlan(v)
-            .ipv6(s.octets(), d.octets(), 64)
-            .udp(f.dport, f.sport)
-            .write(&mut out, payload),
-        _ => return None,
-    }
-    .ok()?;
+    step.udp(f.dport, f.sport).write(&mut out, payload).ok()?;
     Some(out)
+}
+
+/// The Ethernet (and VLAN) and IP layers of a frame the engine builds, from `src` to `dst`,
+/// for a transport of `proto`; `None` for mixed address families.
+fn ip_step(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpNumber,
+) -> Option<etherparse::PacketBuilderStep<IpHeaders>> {
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => IpHeaders::Ipv4(
+            Ipv4Header::new(0, 64, proto, s.octets(), d.octets()).ok()?,
+            Default::default(),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
+            Ipv6Header {
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+                next_header: proto,
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+        _ => return None,
+    };
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
+    Some(match vlan.and_then(|v| VlanId::try_new(v).ok()) {
+        Some(v) => eth.single_vlan(v).ip(ip),
+        None => eth.ip(ip),
+    })
 }
 
 /// An ICMP (ICMPv6) port-unreachable answering the datagram `buf` (parsed into `f`), to its
@@ -269,40 +262,25 @@ pub fn build_port_unreachable(buf: &[u8], f: &Frame<'_>) -> Option<Vec<u8>> {
     }
     let end = (f.payload.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)? + f.payload.len();
     let orig = buf.get(f.ip_offset..end)?;
-    let eth = PacketBuilder::ethernet2(f.dst_mac, f.src_mac);
     let mut out = Vec::new();
-    match (f.dst, f.src) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let quote = &orig[..orig.len().min(576 - 20 - 8)];
-            let ty = etherparse::Icmpv4Type::DestinationUnreachable(
-                etherparse::icmpv4::DestUnreachableHeader::Port,
-            );
-            match f.vlan.and_then(|v| VlanId::try_new(v).ok()) {
-                Some(v) => eth
-                    .single_vlan(v)
-                    .ipv4(s.octets(), d.octets(), 64)
-                    .icmpv4(ty)
-                    .write(&mut out, quote),
-                None => eth.ipv4(s.octets(), d.octets(), 64).icmpv4(ty).write(&mut out, quote),
-            }
+    if f.src.is_ipv4() {
+        let quote = &orig[..orig.len().min(576 - 20 - 8)];
+        let ty = etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        );
+        ip_step(f.dst_mac, f.src_mac, f.vlan, f.dst, f.src, IpNumber::ICMP)?
+            .icmpv4(ty)
+            .write(&mut out, quote)
             .ok()?;
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let quote = &orig[..orig.len().min(1280 - 40 - 8)];
-            let ty = etherparse::Icmpv6Type::DestinationUnreachable(
-                etherparse::icmpv6::DestUnreachableCode::Port,
-            );
-            match f.vlan.and_then(|v| VlanId::try_new(v).ok()) {
-                Some(v) => eth
-                    .single_vlan(v)
-                    .ipv6(s.octets(), d.octets(), 64)
-                    .icmpv6(ty)
-                    .write(&mut out, quote),
-                None => eth.ipv6(s.octets(), d.octets(), 64).icmpv6(ty).write(&mut out, quote),
-            }
+    } else {
+        let quote = &orig[..orig.len().min(1280 - 40 - 8)];
+        let ty = etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port,
+        );
+        ip_step(f.dst_mac, f.src_mac, f.vlan, f.dst, f.src, IpNumber::IPV6_ICMP)?
+            .icmpv6(ty)
+            .write(&mut out, quote)
             .ok()?;
-        }
-        _ => return None,
     }
     Some(out)
 }
