@@ -86,3 +86,12 @@ detectors! {
 pub fn lookup(name: &str) -> Option<&'static DetectorInfo> {
     DETECTORS.iter().find(|d| d.name == name)
 }
+
+/// Detectors a `@family` entry leaves out: too common in ordinary text to be on by default
+/// (name them to enable them).
+pub const OPT_IN: &[&str] = &["ip_address"];
+
+/// Whether `name` is enabled only by naming it.
+pub fn opt_in(name: &str) -> bool {
+    OPT_IN.contains(&name)
+}

@@ -55,7 +55,7 @@ pub use policy::{
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal,
+    MidstreamPolicy, QuicPolicy, QuicRefusal, Unscanned,
 };
 
 use std::path::Path;

@@ -144,6 +144,9 @@ pub struct HeaderPolicy {
     pub mask_responses: bool,
     /// Audio streamed over WebSocket is refused.
     pub block_audio: bool,
+    /// A request DLP could not read entirely is refused (`on_unscanned = "block"`, the
+    /// default under a blocking profile).
+    pub block_unscanned: bool,
 }
 
 /// A rule as written, names resolved: what the diff and the UI show.

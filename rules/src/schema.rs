@@ -199,10 +199,24 @@ pub struct CategoryDef {
 pub struct DlpDef {
     /// Profile name, referenced by inspect rules.
     pub name: Spanned<String>,
-    /// Detector names from the registry (see `sluicectl rules detectors`).
+    /// Detector names from the registry (see `sluicectl rules detectors`), custom detector
+    /// names, or families: `@credential`, `@financial`, `@pii`, `@custom` (every custom one).
     pub detectors: Spanned<Vec<Spanned<String>>>,
+    /// Names or families taken out of `detectors` (`@credential` but not `generic_secret`).
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
     /// `block`, `redact` or `alert`.
     pub action: DlpAction,
+}
+
+/// `on_unscanned`: a request DLP could not read entirely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unscanned {
+    /// Forward it; the record names what was not scanned and why.
+    Allow,
+    /// Refuse it (403 `unscanned_content`).
+    Block,
 }
 
 /// `[[rule]]`: matched first to last; the first match decides.
@@ -227,6 +241,10 @@ pub struct RuleDef {
     pub action: Spanned<Action>,
     /// DLP profile for `inspect`.
     pub dlp: Option<Spanned<String>>,
+    /// A request DLP could not read entirely (binary parts, undecodable bodies): `allow`
+    /// forwards it, the record naming what was not scanned and why; `block` refuses it.
+    /// Default: `block` when the rule's DLP profile blocks, `allow` otherwise.
+    pub on_unscanned: Option<Spanned<Unscanned>>,
     /// Workspace UUIDs sent as `ChatGPT-Allowed-Workspace-Id` on ChatGPT hosts.
     #[serde(default)]
     pub chatgpt_workspaces: Vec<Spanned<String>>,

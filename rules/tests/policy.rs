@@ -330,3 +330,85 @@ action = "block"
     );
     assert!(e[0].contains("unknown detector `cusd`: did you mean `cust`?"), "{e:?}");
 }
+
+#[test]
+fn profiles_name_families_with_exclusions_and_rules_choose_on_unscanned() {
+    let text = r#"
+[[detector]]
+name = "codenames"
+kind = "keywords"
+words = ["Project Bluebird"]
+
+[[category]]
+name = "c"
+domains = ["api.example"]
+
+[[dlp]]
+name = "wide"
+detectors = ["@credential", "@financial", "@custom", "us_ssn"]
+exclude = ["stripe_test_key"]
+action = "block"
+
+[[dlp]]
+name = "soft"
+detectors = ["@pii"]
+action = "alert"
+
+[[rule]]
+name = "a"
+identities = ["unknown"]
+ports = [1]
+action = "inspect"
+dlp = "wide"
+
+[[rule]]
+name = "b"
+identities = ["unknown"]
+ports = [2]
+action = "inspect"
+dlp = "soft"
+
+[[rule]]
+name = "c"
+identities = ["unknown"]
+ports = [3]
+action = "inspect"
+dlp = "wide"
+on_unscanned = "allow"
+
+[[rule]]
+name = "d"
+identities = ["unknown"]
+ports = [4]
+action = "inspect"
+dlp = "soft"
+on_unscanned = "block"
+"#;
+    let c = compile("t.toml", text, &ShippedOnly).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let wide = &c.policy.dlp_profiles[0].detectors;
+    let credentials = sluice_rules::detectors::DETECTORS
+        .iter()
+        .filter(|d| d.family == "credential" && d.name != "stripe_test_key");
+    for d in credentials {
+        assert!(wide.contains(&d.name.to_owned()), "{} missing", d.name);
+    }
+    for d in ["credit_card", "iban", "codenames", "us_ssn"] {
+        assert!(wide.contains(&d.to_owned()), "{d} missing");
+    }
+    assert!(!wide.contains(&"stripe_test_key".to_owned()) && !wide.contains(&"email".to_owned()));
+    let soft = &c.policy.dlp_profiles[1].detectors;
+    assert!(soft.contains(&"email".to_owned()) && !soft.contains(&"ip_address".to_owned()));
+    let blocks: Vec<bool> =
+        c.policy.rules.iter().map(|r| r.spec.headers.block_unscanned).collect();
+    assert_eq!(blocks, [true, false, false, true], "defaults follow the profile's action");
+
+    let e = errors("[[dlp]]\nname = \"p\"\ndetectors = [\"@credentail\"]\naction = \"block\"\n");
+    assert!(e[0].starts_with("t.toml:3:14: error: unknown detector family `@credentail`"), "{e:?}");
+    let e = errors(
+        "[[dlp]]\nname = \"p\"\ndetectors = [\"email\"]\nexclude = [\"@pii\"]\naction = \"block\"\n",
+    );
+    assert!(e[0].contains("the profile's exclusions leave no detector"), "{e:?}");
+    let e = errors("[[rule]]\nname = \"r\"\naction = \"inspect\"\non_unscanned = \"block\"\n");
+    assert!(e[0].contains("`on_unscanned` needs a `dlp` profile"), "{e:?}");
+}

@@ -3,6 +3,7 @@
 //! built-in registry.
 
 use hashbrown::HashMap;
+use toml::Spanned;
 
 use super::{
     Cx, MAX_CUSTOM_DETECTORS, MAX_DICTIONARY_WORDS, closest, name_msg, span_of, valid_name,
@@ -10,7 +11,7 @@ use super::{
 use crate::catalog::IncludeLoader;
 use crate::detectors;
 use crate::policy::{CustomDetector, CustomKind, DlpProfile, dictionary_hash};
-use crate::schema::{DetectorKind, RuleFile};
+use crate::schema::{DetectorKind, DlpDef, RuleFile};
 
 impl Cx<'_> {
     pub(super) fn custom_detectors(
@@ -155,20 +156,7 @@ impl Cx<'_> {
             if def.detectors.get_ref().is_empty() {
                 self.err(span_of(&def.detectors), "a DLP profile needs at least one detector");
             }
-            let mut dets: Vec<String> = Vec::new();
-            for d in def.detectors.get_ref() {
-                if detectors::lookup(d.get_ref()).is_none()
-                    && !custom.iter().any(|c| &*c.name == d.get_ref().as_str())
-                {
-                    let names = detectors::DETECTORS.iter().map(|x| x.name);
-                    let hint = closest(d.get_ref(), names.chain(custom.iter().map(|c| &*c.name)));
-                    self.err(span_of(d), format!("unknown detector `{}`{hint}", d.get_ref()));
-                } else if dets.contains(d.get_ref()) {
-                    self.warn(span_of(d), format!("detector `{}` is listed twice", d.get_ref()));
-                } else {
-                    dets.push(d.get_ref().clone());
-                }
-            }
+            let dets = self.profile_detectors(def, custom);
             index.insert(name.clone(), out.len());
             out.push(DlpProfile {
                 name: name.as_str().into(),
@@ -177,5 +165,82 @@ impl Cx<'_> {
             });
         }
         (out, index)
+    }
+}
+
+/// The detector families a profile may name as `@family`; `custom` is every custom detector.
+pub const FAMILIES: [&str; 4] = ["credential", "financial", "pii", "custom"];
+
+impl Cx<'_> {
+    /// A profile's detectors: names and `@family` entries expanded, in order, without
+    /// duplicates, minus `exclude`.
+    fn profile_detectors(&mut self, def: &DlpDef, custom: &[CustomDetector]) -> Vec<String> {
+        let errors = self.error_count();
+        let mut dets: Vec<String> = Vec::new();
+        for d in def.detectors.get_ref() {
+            let Some(names) = self.expand(d, custom) else { continue };
+            if names.len() == 1 && dets.contains(&names[0]) {
+                self.warn(span_of(d), format!("detector `{}` is listed twice", d.get_ref()));
+            }
+            for n in names {
+                if !dets.contains(&n) {
+                    dets.push(n);
+                }
+            }
+        }
+        for x in &def.exclude {
+            let Some(names) = self.expand(x, custom) else { continue };
+            let before = dets.len();
+            dets.retain(|d| !names.contains(d));
+            if dets.len() == before {
+                self.warn(
+                    span_of(x),
+                    format!("`{}` excludes nothing the profile lists", x.get_ref()),
+                );
+            }
+        }
+        if dets.is_empty() && !def.exclude.is_empty() && self.error_count() == errors {
+            self.err(span_of(&def.detectors), "the profile's exclusions leave no detector");
+        }
+        dets
+    }
+
+    /// One entry of `detectors` or `exclude`: a name, or every member of `@family`.
+    fn expand(
+        &mut self,
+        entry: &Spanned<String>,
+        custom: &[CustomDetector],
+    ) -> Option<Vec<String>> {
+        let e = entry.get_ref();
+        if let Some(family) = e.strip_prefix('@') {
+            if !FAMILIES.contains(&family) {
+                let hint = closest(family, FAMILIES.iter().copied());
+                self.err(
+                    span_of(entry),
+                    format!(
+                        "unknown detector family `@{family}`{hint} (families: @{})",
+                        FAMILIES.join(", @")
+                    ),
+                );
+                return None;
+            }
+            if family == "custom" {
+                return Some(custom.iter().map(|c| c.name.to_string()).collect());
+            }
+            return Some(
+                detectors::DETECTORS
+                    .iter()
+                    .filter(|d| d.family == family && !detectors::opt_in(d.name))
+                    .map(|d| d.name.to_owned())
+                    .collect(),
+            );
+        }
+        if detectors::lookup(e).is_none() && !custom.iter().any(|c| &*c.name == e.as_str()) {
+            let names = detectors::DETECTORS.iter().map(|x| x.name);
+            let hint = closest(e, names.chain(custom.iter().map(|c| &*c.name)));
+            self.err(span_of(entry), format!("unknown detector `{e}`{hint}"));
+            return None;
+        }
+        Some(vec![e.clone()])
     }
 }

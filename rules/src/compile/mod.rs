@@ -20,8 +20,8 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CanaryPolicy, CatalogFile, DivertMode, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal, RuleDef, RuleFile,
+    Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
+    MidstreamPolicy, QuicPolicy, QuicRefusal, RuleDef, RuleFile, Unscanned,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -99,6 +99,7 @@ impl Cx<'_> {
         let (categories, cat_index, domains) = self.categories(file, loader);
         let custom_detectors = self.custom_detectors(file, loader);
         let (dlp_profiles, dlp_index) = self.dlp(file, &custom_detectors);
+        let dlp_actions: Vec<DlpAction> = dlp_profiles.iter().map(|p| p.action).collect();
         let mut rules = Vec::with_capacity(file.rule.len());
         let mut rule_names: HashMap<String, Range<usize>> = HashMap::new();
         for r in &file.rule {
@@ -112,7 +113,8 @@ impl Cx<'_> {
             } else {
                 rule_names.insert(r.get_ref().name.get_ref().clone(), span_of(&r.get_ref().name));
             }
-            if let Some(rule) = self.rule(r.get_ref(), &defaults, &by_name, &cat_index, &dlp_index)
+            if let Some(rule) =
+                self.rule(r.get_ref(), &defaults, &by_name, &cat_index, &dlp_index, &dlp_actions)
             {
                 rules.push((span_of(&r.get_ref().name), rule));
             }
@@ -382,6 +384,7 @@ impl Cx<'_> {
         ids: &HashMap<Arc<str>, IdentityId>,
         cats: &HashMap<String, usize>,
         dlps: &HashMap<String, usize>,
+        dlp_actions: &[DlpAction],
     ) -> Option<Rule> {
         let errors_before = self.error_count();
         let name = r.name.get_ref();
@@ -458,6 +461,17 @@ impl Cx<'_> {
             self.inspect_flag(r.mask_responses.as_ref(), "mask_responses", name, action);
         headers.block_audio =
             self.inspect_flag(r.block_audio.as_ref(), "block_audio", name, action);
+        headers.block_unscanned = match &r.on_unscanned {
+            Some(u) if r.dlp.is_none() => {
+                self.err(
+                    span_of(u),
+                    format!("`on_unscanned` needs a `dlp` profile; rule `{name}` has none"),
+                );
+                false
+            }
+            Some(u) => *u.get_ref() == Unscanned::Block,
+            None => dlp.and_then(|i| dlp_actions.get(i)).is_some_and(|a| *a == DlpAction::Block),
+        };
         if self.error_count() > errors_before {
             return None;
         }
@@ -559,6 +573,7 @@ impl Cx<'_> {
             allowed_models: plain(&r.allowed_models),
             mask_responses: false,
             block_audio: false,
+            block_unscanned: false,
         }
     }
 
