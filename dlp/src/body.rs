@@ -1,6 +1,7 @@
 //! Request bodies before extraction: Content-Encoding decoding (gzip, deflate, br, zstd),
-//! bounded so a small compressed body cannot expand past the inspection limit, and
-//! multipart/form-data split into parts. Pure.
+//! bounded so a small compressed body cannot expand past the inspection limit; compression
+//! and binary formats recognised by their magic bytes; multipart/form-data split into parts,
+//! their transfer encodings (base64, quoted-printable) undone. Pure.
 
 use std::io::Read;
 
@@ -83,6 +84,8 @@ pub struct Part<'a> {
     pub filename: Option<String>,
     /// Its Content-Type, lowercase.
     pub content_type: Option<String>,
+    /// Its Content-Transfer-Encoding, lowercase, unless 7bit, 8bit or binary.
+    pub transfer_encoding: Option<String>,
     /// The content.
     pub data: &'a [u8],
 }
@@ -129,6 +132,7 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a
         let mut name = String::new();
         let mut filename = None;
         let mut content_type = None;
+        let mut transfer_encoding = None;
         for line in head_text.split("\r\n") {
             let lower = line.to_ascii_lowercase();
             if lower.starts_with("content-disposition:") {
@@ -136,14 +140,170 @@ pub fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<Part<'a
                 filename = param(line, "filename");
             } else if let Some(v) = lower.strip_prefix("content-type:") {
                 content_type = Some(v.trim().to_owned());
+            } else if let Some(v) = lower.strip_prefix("content-transfer-encoding:") {
+                let v = v.trim();
+                if !matches!(v, "7bit" | "8bit" | "binary" | "") {
+                    transfer_encoding = Some(v.to_owned());
+                }
             }
         }
-        parts.push(Part { head, name, filename, content_type, data });
+        parts.push(Part { head, name, filename, content_type, transfer_encoding, data });
         at = next + 2 + d.len();
         if parts.len() > 1000 {
             return None;
         }
     }
+}
+
+/// The boundary a multipart body's first line shows (`--boundary`), whatever the header said.
+pub fn first_boundary(body: &[u8]) -> Option<String> {
+    let line = body.strip_prefix(b"--")?;
+    let end = line.iter().take(202).position(|&b| b == b'\r')?;
+    let b = std::str::from_utf8(&line[..end]).ok()?;
+    (!b.is_empty() && b.len() <= 200 && !b.contains(char::is_whitespace)).then(|| b.to_owned())
+}
+
+/// A compression format recognised by its magic bytes: what [`decode`] takes.
+pub fn sniff_compression(b: &[u8]) -> Option<&'static str> {
+    match b {
+        [0x1f, 0x8b, 8, ..] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        // zlib with a 32 KiB window at one of the four levels zlib writes. (`x` and one of
+        // these bytes can start text too: a sniffed zlib body that does not inflate is read
+        // as what it is.)
+        [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..] => Some("deflate"),
+        _ => None,
+    }
+}
+
+/// Compresses `data` as `encoding` was (the inverse of [`decode`] for what
+/// [`sniff_compression`] finds).
+pub fn encode(encoding: &str, data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    match encoding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).ok()?;
+            e.finish().ok()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).ok()?;
+            e.finish().ok()
+        }
+        "zstd" => Some(ruzstd::encoding::compress_to_vec(
+            data,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        )),
+        _ => None,
+    }
+}
+
+/// A binary format recognised by its magic bytes, named for records.
+pub fn sniff_binary(b: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"%PDF-", "PDF document"),
+        (b"PK\x03\x04", "zip archive (docx, xlsx, …)"),
+        (b"\x89PNG\r\n\x1a\n", "PNG image"),
+        (b"\xff\xd8\xff", "JPEG image"),
+        (b"GIF8", "GIF image"),
+        (b"RIFF", "RIFF media (WAV, WebP)"),
+        (b"OggS", "Ogg audio"),
+        (b"fLaC", "FLAC audio"),
+        (b"ID3", "MP3 audio"),
+        (b"\x1aE\xdf\xa3", "WebM media"),
+        (b"7z\xbc\xaf\x27\x1c", "7z archive"),
+        (b"Rar!", "RAR archive"),
+        (b"\xd0\xcf\x11\xe0", "OLE document (doc, xls)"),
+        (b"BZh", "bzip2 data"),
+        (b"\xfd7zXZ\x00", "xz data"),
+    ];
+    if let Some((_, name)) = MAGIC.iter().find(|(m, _)| b.starts_with(m)) {
+        return Some(name);
+    }
+    (b.get(4..8) == Some(b"ftyp")).then_some("MP4 media")
+}
+
+/// Why a part's transfer encoding could not be undone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// Not a transfer encoding of MIME.
+    #[error("unsupported transfer encoding `{0}`")]
+    Unsupported(String),
+    /// The data is not in it.
+    #[error("corrupt {0} part")]
+    Corrupt(&'static str),
+}
+
+/// A part's content with its Content-Transfer-Encoding undone.
+pub fn transfer_decode(encoding: &str, data: &[u8]) -> Result<Vec<u8>, TransferError> {
+    use base64::Engine as _;
+    match encoding {
+        "base64" => {
+            let clean: Vec<u8> =
+                data.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(&clean)
+                .map_err(|_| TransferError::Corrupt("base64"))
+        }
+        "quoted-printable" => {
+            quoted_printable(data).ok_or(TransferError::Corrupt("quoted-printable"))
+        }
+        other => Err(TransferError::Unsupported(other.to_owned())),
+    }
+}
+
+/// The inverse of [`transfer_decode`] (base64 in 76-character lines; quoted-printable).
+pub fn transfer_encode(encoding: &str, data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    match encoding {
+        "quoted-printable" => {
+            let mut out = Vec::with_capacity(data.len());
+            for &b in data {
+                match b {
+                    b'=' => out.extend_from_slice(b"=3D"),
+                    b'\r' | b'\n' | b'\t' | 0x20..=0x7e => out.push(b),
+                    _ => out.extend_from_slice(format!("={b:02X}").as_bytes()),
+                }
+            }
+            out
+        }
+        _ => {
+            let enc = base64::engine::general_purpose::STANDARD.encode(data);
+            let mut out = Vec::with_capacity(enc.len() + enc.len() / 38);
+            for (i, line) in enc.as_bytes().chunks(76).enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(line);
+            }
+            out
+        }
+    }
+}
+
+fn quoted_printable(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] != b'=' {
+            out.push(data[i]);
+            i += 1;
+            continue;
+        }
+        match (data.get(i + 1), data.get(i + 2)) {
+            (Some(b'\r'), Some(b'\n')) => i += 3,
+            (Some(b'\n'), _) => i += 2,
+            (Some(&h), Some(&l)) => {
+                let v = (h as char).to_digit(16)? << 4 | (l as char).to_digit(16)?;
+                out.push(v as u8);
+                i += 3;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 fn crlf_len(b: &[u8]) -> Option<usize> {

@@ -84,7 +84,11 @@ impl Custom {
                 }
                 CustomKind::Keywords(ws) => {
                     for w in ws {
-                        words.push(w.clone());
+                        // Texts are normalised before detection (crate::normalize): so are
+                        // the words, or `Élan` would never match.
+                        words.push(
+                            crate::normalize::normalize(w).map_or_else(|| w.clone(), |n| n.text),
+                        );
                         word_ids.push((id, name));
                     }
                 }

@@ -1,169 +1,50 @@
-//! Extraction and redaction over request bodies. A JSON body is walked whole: every string
-//! value is scanned (a superset of ARCHITECTURE.md's "Where prompt text lives": messages, tool
+//! JSON bodies: every string value, every unusual object key and every long number is
+//! scanned (a superset of ARCHITECTURE.md's "Where prompt text lives": messages, tool
 //! arguments, instructions, inputs, ChatGPT conversation parts, and anything else), with its
 //! JSON path; base64 file data (`file_data`, `data:…;base64,` URLs) is decoded and scanned as
-//! text when it is text. Other UTF-8 bodies are scanned as text. Redaction replaces each span
-//! with `[REDACTED:<detector>]` inside its string and re-serialises the body.
-
+//! text when it is text. Redaction replaces each span with `[REDACTED:<detector>]` inside its
+//! string (a number with a finding becomes that string; a key, `[REDACTED:…]` too) and
+//! re-serialises the body.
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
-use super::{DetectorSet, Finding, Match, Scanner, match_hash};
+use crate::Match;
+use crate::extract::MAX_DECODED;
+use crate::text::{Ctx, Role, scan_string};
+use crate::walk::Kind;
 
-/// Most decoded bytes of one base64 value scanned.
-const MAX_DECODED: usize = 16 * 1024 * 1024;
-
-/// What inspecting one body found.
-#[derive(Debug, Default, Clone)]
-pub struct Outcome {
-    /// Findings (never the matched text).
-    pub findings: Vec<Finding>,
-    /// The redacted body, when redaction was asked and something was found.
-    pub redacted: Option<Vec<u8>>,
-    /// Bytes of text scanned.
-    pub scanned: usize,
-    /// Parts that could not be scanned (binary data), by path.
-    pub unscanned: Vec<String>,
+/// Whether a body is read as JSON: declared so, or starting like a document.
+pub(crate) fn looks_json(content_type: Option<&[u8]>, text: &str) -> bool {
+    content_type.is_some_and(|c| c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
+        || text.trim_start().starts_with(['{', '['])
 }
 
-impl Outcome {
-    /// Findings per detector, sorted by name.
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        let mut v: Vec<(&'static str, usize)> = Vec::new();
-        for f in &self.findings {
-            match v.iter_mut().find(|(d, _)| *d == f.detector) {
-                Some((_, n)) => *n += 1,
-                None => v.push((f.detector, 1)),
-            }
-        }
-        v.sort_unstable();
-        v
-    }
+/// Whether an object key is scanned: keys written like identifiers (`role`, `file_data`,
+/// `maxTokens`) cannot hold what the detectors find, and most keys are such.
+fn unusual_key(k: &str) -> bool {
+    !k.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
 }
 
-/// The body to inspect and how.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    /// `Content-Type`, if any.
-    pub content_type: Option<&'a [u8]>,
-    /// The body (already de-chunked and decoded).
-    pub body: &'a [u8],
-    /// Replace findings in a copy of the body.
-    pub redact: bool,
-    /// Salt of the finding hashes.
-    pub salt: &'a [u8],
+/// Whether a number is scanned: only one long enough to be a card, an SSN or a phone.
+fn long_number(n: &str) -> bool {
+    n.len() >= 9
 }
 
-struct Ctx<'a> {
-    scanner: &'a Scanner,
-    set: &'a DetectorSet,
-    redact: bool,
-    salt: &'a [u8],
-    out: Outcome,
-    matches: Vec<Match>,
-}
-
-/// Inspects a request body.
-pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcome {
-    let mut ctx = Ctx {
-        scanner,
-        set,
-        redact: req.redact,
-        salt: req.salt,
-        out: Outcome::default(),
-        matches: Vec::new(),
-    };
-    if let Some(b) = req.content_type.and_then(super::body::boundary) {
-        match super::body::split_multipart(req.body, &b) {
-            Some(parts) => multipart(&parts, &b, &mut ctx),
-            None => ctx.out.unscanned.push("$ (malformed multipart body)".into()),
-        }
-        return ctx.out;
-    }
-    let json_type =
-        req.content_type.is_some_and(|c| c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")));
-    let looks_json =
-        req.body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'{' || b == b'[');
-    if (json_type || looks_json)
-        && let Ok(redacted) = json_document(req.body, "$", &mut ctx)
-    {
-        ctx.out.redacted = redacted;
-        return ctx.out;
-    }
-    match std::str::from_utf8(req.body) {
-        Ok(text) => {
-            if let Some(new) = scan_string(text, "$", &mut ctx) {
-                ctx.out.redacted = Some(new.into_bytes());
-            }
-        }
-        Err(_) if !req.body.is_empty() => ctx.out.unscanned.push("$ (binary body)".into()),
-        Err(_) => {}
-    }
-    ctx.out
-}
-
-/// Text-like parts are scanned (JSON parts walked); binary ones are named as unscanned. With
-/// redaction, the body is rebuilt with the redacted parts.
-fn multipart(parts: &[super::body::Part<'_>], boundary: &str, ctx: &mut Ctx<'_>) {
-    let mut rebuilt: Vec<u8> = Vec::new();
-    let mut any_change = false;
-    for p in parts {
-        let label = match &p.filename {
-            Some(f) => format!("$.{}({f})", p.name),
-            None => format!("$.{}", p.name),
-        };
-        let texty = p.content_type.as_deref().is_none_or(|c| {
-            c.starts_with("text/")
-                || ["json", "xml", "csv", "yaml", "javascript"].iter().any(|t| c.contains(t))
-        });
-        let mut data = std::borrow::Cow::Borrowed(p.data);
-        match std::str::from_utf8(p.data) {
-            Ok(text) if texty => {
-                let as_json = p.content_type.as_deref().is_some_and(|c| c.contains("json"));
-                let walked = match as_json {
-                    true => json_document(p.data, &label, ctx).ok(),
-                    false => None,
-                };
-                let new = match walked {
-                    Some(redacted) => redacted,
-                    None => scan_string(text, &label, ctx).map(String::into_bytes),
-                };
-                if let Some(new) = new {
-                    data = std::borrow::Cow::Owned(new);
-                    any_change = true;
-                }
-            }
-            _ => ctx.out.unscanned.push(format!("{label} (binary part)")),
-        }
-        for piece in [&b"--"[..], boundary.as_bytes(), b"\r\n", p.head, b"\r\n\r\n", &data, b"\r\n"]
-        {
-            rebuilt.extend_from_slice(piece);
-        }
-    }
-    for piece in [&b"--"[..], boundary.as_bytes(), b"--\r\n"] {
-        rebuilt.extend_from_slice(piece);
-    }
-    if any_change {
-        ctx.out.redacted = Some(rebuilt);
-    }
-}
-
-/// Inspects a JSON document: every string is scanned as [`walk::strings`](super::walk::strings)
-/// reads it, without building the document (strings without escapes are scanned in place). `Err` when `bytes`
-/// is not one JSON document; nothing it found is kept then. With redaction on and something
-/// found, the document is parsed a second time, each string with a finding replaced, and
-/// re-serialised: `Ok(Some(body))`.
+/// Inspects a JSON document: every text is scanned as [`walk::strings`](super::walk::strings)
+/// reads it, without building the document (strings without escapes are scanned in place).
+/// `Err` when `bytes` is not one JSON document; nothing it found is kept then. With
+/// redaction on and something found, the document is parsed a second time, each text with a
+/// finding replaced, and re-serialised: `Ok(Some(body))`.
 ///
 /// Every value is scanned, duplicate keys included. The rebuilt body keeps the last of
 /// duplicate keys (as serde_json's map does, and most servers' parsers), so a finding in an
 /// earlier duplicate is dropped with it rather than forwarded.
-fn json_document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
+pub(crate) fn document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
     let before = (ctx.out.findings.len(), ctx.out.scanned, ctx.out.unscanned.len());
     let redact = std::mem::replace(&mut ctx.redact, false);
-    let read = super::walk::strings(bytes, root, &mut |path, text, file_data| {
-        string_value(text, path, file_data, ctx);
-    });
+    let read =
+        super::walk::strings(bytes, root, &mut |path, text, kind| visit(path, text, kind, ctx));
     ctx.redact = redact;
     let redacted = match read {
         Err(_) => None,
@@ -181,7 +62,38 @@ fn json_document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<V
     Ok(redacted)
 }
 
-/// The redacted document: parsed, each string with a finding replaced, re-serialised. The
+/// One text of the reading pass. For a key with a finding, the name its value's path shows.
+fn visit(path: &str, text: &str, kind: Kind, ctx: &mut Ctx<'_>) -> Option<String> {
+    match kind {
+        Kind::Value => {
+            string_value(text, path, false, ctx);
+            None
+        }
+        Kind::FileData => {
+            string_value(text, path, true, ctx);
+            None
+        }
+        Kind::Number if long_number(text) => {
+            scan_string(text, path, Role::Alone, ctx);
+            None
+        }
+        Kind::Number => None,
+        Kind::Key if unusual_key(text) => key(text, path, ctx),
+        Kind::Key => None,
+    }
+}
+
+/// A key scanned under `path(key)`; with a finding, `[REDACTED:<detector>]` (its redacted
+/// form) stands for it in paths, so records never carry it.
+fn key(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
+    let before = ctx.out.findings.len();
+    let redact = std::mem::replace(&mut ctx.redact, true);
+    let shown = scan_string(text, &format!("{path}(key)"), Role::Alone, ctx);
+    ctx.redact = redact;
+    (ctx.out.findings.len() > before).then(|| shown.unwrap_or_else(|| "[REDACTED]".into()))
+}
+
+/// The redacted document: parsed, each text with a finding replaced, re-serialised. The
 /// findings were recorded by the reading pass; this one only rewrites.
 fn rebuild(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(bytes).ok()?;
@@ -191,13 +103,21 @@ fn rebuild(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
-/// The redaction pass over a parsed document: each string with a finding is replaced by its
+/// The redaction pass over a parsed document: each text with a finding is replaced by its
 /// redacted form.
 fn walk(v: &mut Value, path: &mut String, file_data: bool, ctx: &mut Ctx<'_>) {
     match v {
         Value::String(s) => {
             if let Some(new) = string_value(s, path, file_data, ctx) {
                 *s = new;
+            }
+        }
+        Value::Number(n) => {
+            let text = n.to_string();
+            if long_number(&text)
+                && let Some(new) = scan_string(&text, path, Role::Alone, ctx)
+            {
+                *v = Value::String(new);
             }
         }
         Value::Array(items) => {
@@ -211,66 +131,48 @@ fn walk(v: &mut Value, path: &mut String, file_data: bool, ctx: &mut Ctx<'_>) {
             }
         }
         Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
+            let mut entries: Vec<(String, Value)> = Vec::with_capacity(map.len());
+            for (k, mut item) in std::mem::take(map) {
+                let shown = if unusual_key(&k) { key(&k, path, ctx) } else { None };
                 let len = path.len();
                 path.push('.');
-                path.push_str(k);
-                walk(item, path, k == "file_data", ctx);
+                path.push_str(shown.as_deref().unwrap_or(&k));
+                walk(&mut item, path, k == "file_data", ctx);
                 path.truncate(len);
+                entries.push((shown.unwrap_or(k), item));
             }
+            map.extend(entries);
         }
         _ => {}
     }
 }
 
-/// A string value: base64 file data is decoded and scanned; other strings scanned as they are.
+/// A string value: base64 file data is decoded and inspected as a body of its own (its
+/// compression, charset and format recognised); other strings scanned as they are.
 fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Option<String> {
     let (prefix, b64) = match s.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
         Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
         None if file_data => (None, s),
-        None => return scan_string(s, path, ctx),
+        None => return scan_string(s, path, Role::Content, ctx),
     };
     let Ok(decoded) = STANDARD.decode(b64.trim()) else {
-        return scan_string(s, path, ctx);
+        return scan_string(s, path, Role::Content, ctx);
     };
     if decoded.len() > MAX_DECODED {
         ctx.out.unscanned.push(format!("{path} (decoded file over the limit)"));
         return None;
     }
-    let Ok(text) = String::from_utf8(decoded) else {
-        ctx.out.unscanned.push(format!("{path} (binary file)"));
-        return None;
-    };
     let inner = format!("{path}(base64)");
-    let new = scan_string(&text, &inner, ctx)?;
-    let enc = STANDARD.encode(new.as_bytes());
+    let mime = prefix
+        .as_deref()
+        .and_then(|p| p.strip_prefix("data:"))
+        .map(|p| p.trim_end_matches(";base64,"));
+    let new = crate::extract::content(mime.map(str::as_bytes), &decoded, &inner, ctx, 1)?;
+    let enc = STANDARD.encode(new);
     Some(match prefix {
         Some(p) => p + &enc,
         None => enc,
     })
-}
-
-/// Scans one text; returns its redacted form when redaction is on and something was found.
-fn scan_string(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
-    ctx.out.scanned += text.len();
-    ctx.matches.clear();
-    ctx.scanner.scan(text, ctx.set, &mut ctx.matches);
-    if ctx.matches.is_empty() {
-        return None;
-    }
-    for m in &ctx.matches {
-        ctx.out.findings.push(Finding {
-            detector: m.detector,
-            path: path.to_owned(),
-            start: m.start,
-            end: m.end,
-            hash: match_hash(ctx.salt, &text.as_bytes()[m.start..m.end]),
-        });
-    }
-    if !ctx.redact {
-        return None;
-    }
-    Some(redact(text, &ctx.matches))
 }
 
 /// `text` with each (sorted, disjoint) span replaced by `[REDACTED:<detector>]`.
@@ -298,6 +200,8 @@ pub fn redact(text: &str, matches: &[Match]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::{Outcome, Request, inspect};
+    use crate::{DetectorSet, Scanner};
 
     fn run(body: &str, names: &[&str], redact: bool) -> Outcome {
         let scanner = Scanner::new().unwrap();
@@ -385,7 +289,7 @@ mod tests {
         assert_eq!(o.findings[0].path, "$.input[0].file_data(base64)");
         let bin = STANDARD.encode([0u8, 159, 146, 150]);
         let o = run(&format!(r#"{{"file_data":"{bin}"}}"#), &["email"], false);
-        assert_eq!(o.unscanned, ["$.file_data (binary file)"]);
+        assert_eq!(o.unscanned, ["$.file_data(base64) (binary data)"]);
     }
 
     #[test]
@@ -405,7 +309,7 @@ mod tests {
         );
         assert_eq!(o.counts(), [("aws_access_key_id", 1)]);
         assert_eq!(o.findings[0].path, "$.file(k.txt)");
-        assert_eq!(o.unscanned, ["$.img(a.png) (binary part)"]);
+        assert_eq!(o.unscanned, ["$.img(a.png) (binary data)"]);
         let red = o.redacted.unwrap();
         let parts = crate::body::split_multipart(&red, "B").unwrap();
         assert_eq!(parts[1].data, b"key [REDACTED:aws_access_key_id]");

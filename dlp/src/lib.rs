@@ -17,10 +17,15 @@
 //! crate implements every one of them (checked by a test).
 
 pub mod body;
+pub mod charset;
 mod custom;
+pub mod extract;
+pub mod form;
 pub mod json;
+pub mod normalize;
 mod numbers;
 pub mod stream;
+mod text;
 mod tokens;
 pub mod walk;
 

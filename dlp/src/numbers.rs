@@ -15,6 +15,12 @@ pub(crate) fn any_enabled(set: &DetectorSet) -> bool {
     NAMES.iter().any(|n| set.has(n))
 }
 
+/// The detectors of `set` implemented here.
+pub(crate) fn subset(set: &DetectorSet) -> DetectorSet {
+    let mine = DetectorSet::from_names(NAMES).unwrap_or_default();
+    DetectorSet(set.0 & mine.0)
+}
+
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
@@ -160,6 +166,7 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
                 if p as usize + len < 64
                     && !length_fits(len, false, true, want)
                     && !run_goes_on(b, i + len)
+                    && (!want.card || !lined(b, i + len))
                 {
                     next = i + len;
                     continue;
@@ -216,6 +223,13 @@ fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
         return None;
     }
     let (end, digits) = run_end(b, i);
+    if want.card
+        && lined(b, end)
+        && let Some(card_end) = lined_card(b, i)
+    {
+        out.push(Match { detector: "credit_card", start: i, end: card_end });
+        return Some(card_end);
+    }
     // Most numbers in prose have a length no enabled detector has.
     if !length_fits(digits, c == b'+', end - i == digits, want) {
         return Some(end.max(i + 1));
@@ -261,6 +275,48 @@ fn run_end(b: &[u8], start: usize) -> (usize, usize) {
         i -= 1;
     }
     if digits == 0 { (start + 1, 0) } else { (i, digits) }
+}
+
+/// Whether a line break at `at` is followed by a digit: a card may go on on the next line.
+fn lined(b: &[u8], at: usize) -> bool {
+    b.get(at) == Some(&b'\n') && b.get(at + 1).is_some_and(u8::is_ascii_digit)
+}
+
+/// A card written one group per line (`4111\n1111\n1111\n1111`): the run `b[start..end]`
+/// and the runs on the lines after it, in exactly a card's groups, Luhn and brand checked.
+/// Its end, if it is one.
+fn lined_card(b: &[u8], start: usize) -> Option<usize> {
+    let mut groups = [0usize; 5];
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    let mut ng = 0;
+    let mut at = start;
+    let mut last = start;
+    while ng < groups.len() {
+        let len = b[at..].iter().take(7).take_while(|c| c.is_ascii_digit()).count();
+        if len == 0 || len > 6 || n + len > digits.len() {
+            break;
+        }
+        for (k, &c) in b[at..at + len].iter().enumerate() {
+            digits[n + k] = c - b'0';
+        }
+        n += len;
+        groups[ng] = len;
+        ng += 1;
+        last = at + len;
+        if b.get(last) != Some(&b'\n') || !b.get(last + 1).is_some_and(u8::is_ascii_digit) {
+            break;
+        }
+        at = last + 1;
+    }
+    let seps = [b'\n'; 4];
+    let ok = ng > 1
+        && (13..=19).contains(&n)
+        && card_groups(&groups[..ng], &seps[..ng - 1])
+        && brand(&digits[..n])
+        && luhn(&digits[..n])
+        && !b.get(last).is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_');
+    ok.then_some(last)
 }
 
 fn classify(
@@ -312,6 +368,20 @@ fn classify(
     let paren = cand.contains(&b'(');
     if ip && !plus && !paren && ng == 4 && seps.iter().all(|&s| s == b'.') && ipv4(cand) {
         return Some(("ip_address", 0, cand.len()));
+    }
+    let uniform = |c: u8| !seps.is_empty() && seps.iter().all(|&s| s == c);
+    // Dots and line breaks are separators an evasion uses, not how numbers are written: a
+    // card so written counts only in exactly a card's groups (and Luhn and brand below).
+    if card
+        && !plus
+        && !paren
+        && uniform(b'.')
+        && (13..=19).contains(&n)
+        && card_groups(groups, seps)
+        && brand(d)
+        && luhn(d)
+    {
+        return Some(("credit_card", 0, cand.len()));
     }
     if seps.contains(&b'.') {
         // Dotted numbers are versions, amounts and addresses; phones with dots are
@@ -394,7 +464,7 @@ fn card_groups(groups: &[usize], seps: &[u8]) -> bool {
     if groups.len() == 1 {
         return true;
     }
-    let uniform = seps.iter().all(|&s| s == seps[0]) && (seps[0] == b' ' || seps[0] == b'-');
+    let uniform = seps.iter().all(|&s| s == seps[0]) && b" -.\n".contains(&seps[0]);
     uniform
         && matches!(
             groups,
@@ -710,6 +780,15 @@ mod tests {
         assert!(find("order 1234567890123452", "credit_card").is_empty(), "no brand");
         assert!(find("4111-1111 1111-1111", "credit_card").is_empty(), "mixed separators");
         assert!(find("v4111111111111111x", "credit_card").is_empty(), "inside a token");
+        assert_eq!(find("card 4111.1111.1111.1111 ok", "credit_card"), ["4111.1111.1111.1111"]);
+        assert_eq!(find("4111\n1111\n1111\n1111\n", "credit_card"), ["4111\n1111\n1111\n1111"]);
+        assert!(find("4111\n1111\n1111\n1112", "credit_card").is_empty(), "Luhn");
+        assert!(find("version 4111.1111.1111.11", "credit_card").is_empty());
+        assert_eq!(
+            find("123-45-6789\n234-56-7890\n", "us_ssn"),
+            ["123-45-6789", "234-56-7890"],
+            "lines of other numbers are not joined"
+        );
     }
 
     #[test]

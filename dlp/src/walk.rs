@@ -38,13 +38,27 @@ pub enum WalkError {
     Depth,
 }
 
-/// One string value: its path, its text (escapes decoded), and whether its key is
-/// `file_data` (base64 file content).
-pub type Visit<'f> = dyn FnMut(&str, &str, bool) + 'f;
+/// What a visited text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A string value.
+    Value,
+    /// A string value whose key is `file_data` (base64 file content).
+    FileData,
+    /// An object key, visited before its value; the path is the object's.
+    Key,
+    /// A number, as written (`-0.5e+3`).
+    Number,
+}
 
-/// Reads `body` as one JSON document and calls `f(path, text, file_data)` for every string
-/// value in document order (object keys are not values; they are in the paths: `$.a[0].b`).
-/// On an error, `f` may have been called for strings before it.
+/// One text of the document: its path, its text (escapes decoded) and kind. For a key,
+/// `Some(name)` puts `name` in the paths of its value instead of the key itself (a key that
+/// is itself sensitive stays out of the paths records carry); other kinds return `None`.
+pub type Visit<'f> = dyn FnMut(&str, &str, Kind) -> Option<String> + 'f;
+
+/// Reads `body` as one JSON document and calls `f(path, text, kind)` for every string value,
+/// object key and number in document order (keys are also in the paths: `$.a[0].b`).
+/// On an error, `f` may have been called for texts before it.
 pub fn strings(body: &[u8], root: &str, f: &mut Visit<'_>) -> Result<(), WalkError> {
     let text = std::str::from_utf8(body).map_err(|_| WalkError::Utf8)?;
     let mut r = Reader { b: text.as_bytes(), s: text, at: 0, path: root.to_owned() };
@@ -88,7 +102,8 @@ impl<'a> Reader<'a> {
             b'"' => {
                 self.at += 1;
                 let s = self.string(scratch)?;
-                f(&self.path, s.get(scratch, self.s), file_data);
+                let kind = if file_data { Kind::FileData } else { Kind::Value };
+                f(&self.path, s.get(scratch, self.s), kind);
                 Ok(())
             }
             b'[' => self.array(depth + 1, scratch, f),
@@ -96,7 +111,12 @@ impl<'a> Reader<'a> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.number(),
+            b'-' | b'0'..=b'9' => {
+                let start = self.at;
+                self.number()?;
+                f(&self.path, self.cut(start, self.at)?, Kind::Number);
+                Ok(())
+            }
             _ => Err(WalkError::Syntax(self.at)),
         }
     }
@@ -172,8 +192,9 @@ impl<'a> Reader<'a> {
             let key = self.string(scratch)?;
             let key = key.get(scratch, self.s);
             let file_data = key == "file_data";
+            let shown = f(&self.path, key, Kind::Key);
             self.path.push('.');
-            self.path.push_str(key);
+            self.path.push_str(shown.as_deref().unwrap_or(key));
             self.ws();
             if self.peek()? != b':' {
                 return Err(WalkError::Syntax(self.at));
@@ -404,7 +425,7 @@ impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_str<E>(self, s: &str) -> Result<(), E> {
-        (self.f)(self.path, s, self.file_data);
+        (self.f)(self.path, s, if self.file_data { Kind::FileData } else { Kind::Value });
         Ok(())
     }
 
@@ -412,15 +433,20 @@ impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
         Ok(())
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+    // Numbers are visited with serde_json's rendering of their value, not as written: tests
+    // compare only their paths ([`same_visits`]).
+    fn visit_i64<E>(self, n: i64) -> Result<(), E> {
+        (self.f)(self.path, &n.to_string(), Kind::Number);
         Ok(())
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+        (self.f)(self.path, &n.to_string(), Kind::Number);
         Ok(())
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+    fn visit_f64<E>(self, n: f64) -> Result<(), E> {
+        (self.f)(self.path, &n.to_string(), Kind::Number);
         Ok(())
     }
 
@@ -445,7 +471,7 @@ impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         loop {
             let len = self.path.len();
-            let Some(file_data) = map.next_key_seed(Key(&mut *self.path))? else {
+            let Some(file_data) = map.next_key_seed(Key(&mut *self.path, &mut *self.f))? else {
                 return Ok(());
             };
             map.next_value_seed(Node { f: &mut *self.f, path: &mut *self.path, file_data })?;
@@ -454,10 +480,11 @@ impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
     }
 }
 
-/// A key of an object: appended to the path as `.key`; tells whether it is `file_data`.
-struct Key<'p>(&'p mut String);
+/// A key of an object: visited, then appended to the path as `.key`; tells whether it is
+/// `file_data`.
+struct Key<'p, 'f>(&'p mut String, &'p mut Visit<'f>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_, '_> {
     type Value = bool;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
@@ -465,7 +492,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Key<'_> {
+impl<'de> serde::de::Visitor<'de> for Key<'_, '_> {
     type Value = bool;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -473,30 +500,51 @@ impl<'de> serde::de::Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E>(self, k: &str) -> Result<bool, E> {
+        let shown = (self.1)(self.0, k, Kind::Key);
         self.0.push('.');
-        self.0.push_str(k);
+        self.0.push_str(shown.as_deref().unwrap_or(k));
         Ok(k == "file_data")
     }
+}
+
+/// One visit as tests and the fuzz target compare them: numbers by path and kind only.
+#[doc(hidden)]
+pub type Seen = (String, String, Kind);
+
+/// Whether two walks visited the same texts (numbers compared by path, since the reference
+/// sees their value, not how they are written).
+#[doc(hidden)]
+pub fn same_visits(a: &[Seen], b: &[Seen]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && x.2 == y.2 && (x.2 == Kind::Number || x.1 == y.1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    type Seen = Vec<(String, String, bool)>;
-
-    fn both(body: &[u8]) -> (Result<Seen, WalkError>, Result<Seen, String>) {
+    fn both(body: &[u8]) -> (Result<Vec<Seen>, WalkError>, Result<Vec<Seen>, String>) {
         let mut a = Vec::new();
-        let ra = strings(body, "$", &mut |p, t, f| a.push((p.to_owned(), t.to_owned(), f)));
+        let ra = strings(body, "$", &mut |p, t, k| {
+            a.push((p.to_owned(), t.to_owned(), k));
+            None
+        });
         let mut b = Vec::new();
-        let rb = strings_serde(body, "$", &mut |p, t, f| b.push((p.to_owned(), t.to_owned(), f)));
+        let rb = strings_serde(body, "$", &mut |p, t, k| {
+            b.push((p.to_owned(), t.to_owned(), k));
+            None
+        });
         (ra.map(|()| a), rb.map(|()| b).map_err(|e| e.to_string()))
     }
 
-    /// Same verdict and the same strings as serde_json, or serde_json refused a number.
+    /// Same verdict and the same texts as serde_json, or serde_json refused a number.
     fn agree(body: &[u8]) {
         match both(body) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "{:?}", String::from_utf8_lossy(body)),
+            (Ok(a), Ok(b)) => {
+                assert!(same_visits(&a, &b), "{:?}: {a:?} {b:?}", String::from_utf8_lossy(body))
+            }
             (Err(_), Err(_)) => {}
             (Ok(_), Err(e)) if e.contains("number out of range") => {}
             (a, b) => panic!("{:?}: reader {a:?}, serde_json {b:?}", String::from_utf8_lossy(body)),
@@ -508,15 +556,32 @@ mod tests {
         let body = br#" {"a\"b":[1,-0.5e+3,true,null,{"k":["x","y\u00e9\ud83d\ude00\n"]}],"file_data":"QUJD","n":{"file_data":[ "z" ]}} "#;
         let (a, _) = both(body);
         let a = a.unwrap();
+        let k = |p: &str, t: &str| (p.to_owned(), t.to_owned(), Kind::Key);
+        let v = |p: &str, t: &str, kind| (p.to_owned(), t.to_owned(), kind);
         assert_eq!(
             a,
             [
-                ("$.a\"b[4].k[0]".into(), "x".into(), false),
-                ("$.a\"b[4].k[1]".into(), "y\u{e9}\u{1f600}\n".into(), false),
-                ("$.file_data".into(), "QUJD".into(), true),
-                ("$.n.file_data[0]".into(), "z".into(), false),
+                k("$", "a\"b"),
+                v("$.a\"b[0]", "1", Kind::Number),
+                v("$.a\"b[1]", "-0.5e+3", Kind::Number),
+                k("$.a\"b[4]", "k"),
+                v("$.a\"b[4].k[0]", "x", Kind::Value),
+                v("$.a\"b[4].k[1]", "y\u{e9}\u{1f600}\n", Kind::Value),
+                k("$", "file_data"),
+                v("$.file_data", "QUJD", Kind::FileData),
+                k("$", "n"),
+                k("$.n", "file_data"),
+                v("$.n.file_data[0]", "z", Kind::Value),
             ]
         );
+        let mut paths = Vec::new();
+        let hide = |p: &str, t: &str, kind| {
+            paths.push(p.to_owned());
+            (kind == Kind::Key && t == "k").then(|| "[hidden]".to_owned())
+        };
+        let mut hide = hide;
+        strings(body, "$", &mut hide).unwrap();
+        assert!(paths.contains(&"$.a\"b[4].[hidden][1]".to_owned()), "{paths:?}");
         agree(body);
     }
 
@@ -572,8 +637,8 @@ mod tests {
         for n in [126, 127, 128, 129] {
             agree(deep(n).as_bytes());
         }
-        assert!(strings(deep(127).as_bytes(), "$", &mut |_, _, _| {}).is_ok());
-        assert_eq!(strings(deep(128).as_bytes(), "$", &mut |_, _, _| {}), Err(WalkError::Depth));
+        assert!(strings(deep(127).as_bytes(), "$", &mut |_, _, _| None).is_ok());
+        assert_eq!(strings(deep(128).as_bytes(), "$", &mut |_, _, _| None), Err(WalkError::Depth));
     }
 
     /// Every prefix, and random byte mutations, of documents with escapes, long strings

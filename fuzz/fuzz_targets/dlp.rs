@@ -1,11 +1,12 @@
-//! DLP over hostile bodies: the scanner, JSON/base64 extraction, redaction, multipart and
-//! Content-Encoding decoding never panic, and redaction leaves no matched span behind.
+//! DLP over hostile bodies: the scanner, extraction (JSON, base64, multipart, forms,
+//! charsets, sniffed compression, normalisation), redaction and Content-Encoding decoding
+//! never panic; findings have sane spans and matches never overlap.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sluice_dlp::{DetectorSet, Scanner, body, json};
+use sluice_dlp::{DetectorSet, Scanner, body, extract};
 
 static SCANNER: OnceLock<Option<Scanner>> = OnceLock::new();
 
@@ -14,16 +15,19 @@ fuzz_target!(|data: &[u8]| {
     let set = DetectorSet::all();
     // The first byte picks the body's declared type.
     let (kind, rest) = data.split_first().map_or((0, data), |(k, r)| (*k, r));
-    let ct: &[u8] = match kind % 4 {
-        0 => b"application/json",
-        1 => b"text/plain",
-        2 => b"multipart/form-data; boundary=XX",
-        _ => b"application/octet-stream",
+    let ct: Option<&[u8]> = match kind % 7 {
+        0 => Some(b"application/json"),
+        1 => Some(b"text/plain"),
+        2 => Some(b"multipart/form-data; boundary=XX"),
+        3 => Some(b"application/x-www-form-urlencoded"),
+        4 => Some(b"application/json; charset=utf-16le"),
+        5 => None,
+        _ => Some(b"application/octet-stream"),
     };
-    let out = json::inspect(
+    let out = extract::inspect(
         scanner,
         &set,
-        json::Request { content_type: Some(ct), body: rest, redact: true, salt: b"s" },
+        extract::Request { content_type: ct, body: rest, redact: true, salt: b"s" },
     );
     for f in &out.findings {
         assert!(f.start <= f.end);

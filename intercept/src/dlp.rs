@@ -37,10 +37,10 @@ pub(crate) fn scan(
         rec.dlp_action = Some("clean");
         return Ok(None);
     }
-    let out = sluice_dlp::json::inspect(
+    let out = sluice_dlp::extract::inspect(
         &dlp.scanner,
         &dlp.set,
-        sluice_dlp::json::Request {
+        sluice_dlp::extract::Request {
             content_type,
             body: plain,
             redact: dlp.action == DlpAction::Redact,
@@ -71,7 +71,7 @@ pub(crate) fn scan(
 
 /// The refusal of a request whose findings the profile blocks: detectors and counts, never
 /// values.
-pub(crate) fn violation(out: &sluice_dlp::json::Outcome, rule: Option<&str>) -> Refusal {
+pub(crate) fn violation(out: &sluice_dlp::extract::Outcome, rule: Option<&str>) -> Refusal {
     let list: Vec<String> = out.counts().iter().map(|(d, n)| format!("{d} ({n})")).collect();
     Refusal::forbidden(
         "dlp_violation",
@@ -81,7 +81,7 @@ pub(crate) fn violation(out: &sluice_dlp::json::Outcome, rule: Option<&str>) -> 
 }
 
 /// Adds the findings of `out` to the record, per detector (counts, paths, salted hashes).
-pub(crate) fn summarise(out: &sluice_dlp::json::Outcome, rec: &mut RequestRecord) {
+pub(crate) fn summarise(out: &sluice_dlp::extract::Outcome, rec: &mut RequestRecord) {
     for (detector, count) in out.counts() {
         let mut paths: Vec<String> = Vec::new();
         let mut hashes: Vec<String> = Vec::new();

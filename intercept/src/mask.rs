@@ -51,10 +51,10 @@ pub struct MaskedJson {
 pub fn json(mask: &Mask, body: Vec<u8>, encoding: Option<&[u8]>, limit: usize) -> MaskedJson {
     let encoding = encoding.filter(|e| !e.eq_ignore_ascii_case(b"identity"));
     let decoded = encoding.and_then(|e| sluice_dlp::body::decode(e, &body, limit).ok());
-    let out = sluice_dlp::json::inspect(
+    let out = sluice_dlp::extract::inspect(
         &mask.scanner,
         &mask.set,
-        sluice_dlp::json::Request {
+        sluice_dlp::extract::Request {
             content_type: Some(b"application/json"),
             body: decoded.as_deref().unwrap_or(&body),
             redact: true,

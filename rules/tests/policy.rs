@@ -399,8 +399,7 @@ on_unscanned = "block"
     assert!(!wide.contains(&"stripe_test_key".to_owned()) && !wide.contains(&"email".to_owned()));
     let soft = &c.policy.dlp_profiles[1].detectors;
     assert!(soft.contains(&"email".to_owned()) && !soft.contains(&"ip_address".to_owned()));
-    let blocks: Vec<bool> =
-        c.policy.rules.iter().map(|r| r.spec.headers.block_unscanned).collect();
+    let blocks: Vec<bool> = c.policy.rules.iter().map(|r| r.spec.headers.block_unscanned).collect();
     assert_eq!(blocks, [true, false, false, true], "defaults follow the profile's action");
 
     let e = errors("[[dlp]]\nname = \"p\"\ndetectors = [\"@credentail\"]\naction = \"block\"\n");

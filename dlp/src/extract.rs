@@ -1,0 +1,256 @@
+//! Extraction: a request body read for what it carries, whatever it claims to be. Compression
+//! is recognised by its magic bytes (a gzip body without a Content-Encoding header is still
+//! gzip), multipart parts by their content rather than their declared type (an
+//! `application/octet-stream` part holding text is text; base64 and quoted-printable transfer
+//! encodings are undone), form fields percent-decoded, every charset read
+//! ([`crate::charset`]), JSON walked ([`crate::json`]) and anything else scanned as text.
+//! What still cannot be read is named in [`Outcome::unscanned`] with the reason, never passed
+//! over as clean. Redaction rebuilds each layer as it came (re-compressed, re-encoded). Pure.
+
+use crate::charset;
+use crate::text::{Ctx, Role, scan_string};
+use crate::{DetectorSet, Finding, Scanner, body, form, json};
+
+/// Most bytes one decoded layer (a compressed part, a base64 file) may expand to.
+pub const MAX_DECODED: usize = 16 * 1024 * 1024;
+/// Layers (compression, parts, transfer encodings) inside each other that are still opened.
+const MAX_NESTING: u8 = 6;
+
+/// What inspecting one body found.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Findings (never the matched text).
+    pub findings: Vec<Finding>,
+    /// The redacted body, when redaction was asked and something was found.
+    pub redacted: Option<Vec<u8>>,
+    /// Bytes of text scanned.
+    pub scanned: usize,
+    /// What could not be scanned, each as `path (reason)`.
+    pub unscanned: Vec<String>,
+    /// How content was read where it was not plain UTF-8 (`$ (gzip)`, `$.file (UTF-16LE)`).
+    pub decoded: Vec<String>,
+    /// Findings that redaction cannot replace where they are (a number split across two
+    /// texts, text that cannot be written back in its charset), each as `path (reason)`.
+    pub unredactable: Vec<String>,
+    /// A finding spans two texts (see [`Outcome::unredactable`]).
+    pub split: bool,
+}
+
+impl Outcome {
+    /// Findings per detector, sorted by name.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let mut v: Vec<(&'static str, usize)> = Vec::new();
+        for f in &self.findings {
+            match v.iter_mut().find(|(d, _)| *d == f.detector) {
+                Some((_, n)) => *n += 1,
+                None => v.push((f.detector, 1)),
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The body to inspect and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `Content-Type`, if any.
+    pub content_type: Option<&'a [u8]>,
+    /// The body (already de-chunked and decoded per its Content-Encoding).
+    pub body: &'a [u8],
+    /// Replace findings in a copy of the body.
+    pub redact: bool,
+    /// Salt of the finding hashes.
+    pub salt: &'a [u8],
+}
+
+/// Inspects a request body.
+pub fn inspect(scanner: &Scanner, set: &DetectorSet, req: Request<'_>) -> Outcome {
+    let mut ctx = Ctx::new(scanner, set, req.redact, req.salt);
+    let redacted = content(req.content_type, req.body, "$", &mut ctx, 0);
+    if ctx.out.split {
+        ctx.out.unredactable.push("a number split across texts".into());
+    }
+    ctx.out.redacted = redacted;
+    ctx.out
+}
+
+/// Inspects texts outside the body (the query's fields, the path, free-text headers), each
+/// under its own path; nothing is redacted.
+pub fn inspect_fields<'t>(
+    scanner: &Scanner,
+    set: &DetectorSet,
+    salt: &[u8],
+    fields: impl IntoIterator<Item = (&'t str, &'t str)>,
+) -> Outcome {
+    let mut ctx = Ctx::new(scanner, set, false, salt);
+    for (path, text) in fields {
+        scan_string(text, path, Role::Alone, &mut ctx);
+    }
+    ctx.out
+}
+
+/// One body, part or decoded layer under `label`. `Some(bytes)`: its redacted form.
+pub(crate) fn content(
+    ct: Option<&[u8]>,
+    bytes: &[u8],
+    label: &str,
+    ctx: &mut Ctx<'_>,
+    depth: u8,
+) -> Option<Vec<u8>> {
+    if bytes.is_empty() {
+        return None;
+    }
+    if depth > MAX_NESTING {
+        ctx.out.unscanned.push(format!("{label} (layers nested too deeply)"));
+        return None;
+    }
+    if let Some(enc) = body::sniff_compression(bytes) {
+        return match body::decode(enc.as_bytes(), bytes, MAX_DECODED) {
+            Ok(plain) => {
+                ctx.out.decoded.push(format!("{label} ({enc})"));
+                let new = content(ct, &plain, label, ctx, depth + 1)?;
+                body::encode(enc, &new)
+            }
+            Err(_) if enc == "deflate" => content_text(ct, bytes, label, ctx, depth),
+            Err(e) => {
+                ctx.out.unscanned.push(format!("{label} ({e})"));
+                None
+            }
+        };
+    }
+    content_text(ct, bytes, label, ctx, depth)
+}
+
+/// [`content`] past the compression layer.
+fn content_text(
+    ct: Option<&[u8]>,
+    bytes: &[u8],
+    label: &str,
+    ctx: &mut Ctx<'_>,
+    depth: u8,
+) -> Option<Vec<u8>> {
+    if let Some(kind) = body::sniff_binary(bytes) {
+        ctx.out.unscanned.push(format!("{label} ({kind})"));
+        return None;
+    }
+    if let Some(b) = ct.and_then(body::boundary) {
+        return multipart(bytes, &b, label, ctx, depth);
+    }
+    if ct.is_some_and(form::is_form) {
+        return form::inspect(bytes, label, ctx);
+    }
+    let (text, charset) = charset::decode(ct, bytes);
+    if charset::is_binary(&text) {
+        ctx.out.unscanned.push(format!("{label} (binary data)"));
+        return None;
+    }
+    if let Some(l) = charset.label() {
+        ctx.out.decoded.push(format!("{label} ({l})"));
+    }
+    if ct.is_none_or(|c| !c.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
+        && let Some(b) = body::first_boundary(bytes)
+        && let Some(new) = multipart_parts(bytes, &b, label, ctx, depth)
+    {
+        // Multipart without the header that says so.
+        return new;
+    }
+    let new = match json::looks_json(ct, &text)
+        .then(|| json::document(text.as_bytes(), label, ctx).ok())
+        .flatten()
+    {
+        Some(redacted) => redacted.map(String::from_utf8).and_then(Result::ok),
+        None => scan_string(&text, label, Role::Content, ctx),
+    }?;
+    match charset.encode(&new) {
+        Some(b) => Some(b),
+        None => {
+            let why = charset.label().unwrap_or("charset");
+            ctx.out.unredactable.push(format!("{label} (cannot be written back in {why})"));
+            None
+        }
+    }
+}
+
+/// A multipart body with its declared boundary; one whose boundary is wrong is split with
+/// the boundary its first line shows, and one that cannot be split at all is scanned as text
+/// and named unscanned.
+fn multipart(
+    bytes: &[u8],
+    boundary: &str,
+    label: &str,
+    ctx: &mut Ctx<'_>,
+    depth: u8,
+) -> Option<Vec<u8>> {
+    if let Some(new) = multipart_parts(bytes, boundary, label, ctx, depth) {
+        return new;
+    }
+    if let Some(b) = body::first_boundary(bytes).filter(|b| b != boundary)
+        && let Some(new) = multipart_parts(bytes, &b, label, ctx, depth)
+    {
+        ctx.out.decoded.push(format!("{label} (boundary differs from the declared one)"));
+        return new;
+    }
+    ctx.out.unscanned.push(format!("{label} (malformed multipart body)"));
+    let (text, _) = charset::decode(None, bytes);
+    if !charset::is_binary(&text) {
+        scan_string(&text, label, Role::Content, ctx);
+    }
+    None
+}
+
+/// The parts of a multipart body, each inspected as a body of its own. `None` when it does
+/// not split with `boundary`; `Some(Some(bytes))` when a part was redacted.
+fn multipart_parts(
+    bytes: &[u8],
+    boundary: &str,
+    label: &str,
+    ctx: &mut Ctx<'_>,
+    depth: u8,
+) -> Option<Option<Vec<u8>>> {
+    let parts = body::split_multipart(bytes, boundary)?;
+    let mut rebuilt: Vec<u8> = Vec::new();
+    let mut any_change = false;
+    for p in &parts {
+        let plabel = match (&p.filename, label) {
+            (Some(f), "$") => format!("$.{}({f})", p.name),
+            (None, "$") => format!("$.{}", p.name),
+            (Some(f), _) => format!("{label}.{}({f})", p.name),
+            (None, _) => format!("{label}.{}", p.name),
+        };
+        let mut data = std::borrow::Cow::Borrowed(p.data);
+        let transfer = p.transfer_encoding.as_deref();
+        let decoded = match transfer {
+            Some(t) => match body::transfer_decode(t, p.data) {
+                Ok(d) => {
+                    ctx.out.decoded.push(format!("{plabel} ({t})"));
+                    Some(d)
+                }
+                Err(e) => {
+                    ctx.out.unscanned.push(format!("{plabel} ({e})"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if transfer.is_none() || decoded.is_some() {
+            let ct = p.content_type.as_deref().map(str::as_bytes);
+            let inner = decoded.as_deref().unwrap_or(p.data);
+            if let Some(new) = content(ct, inner, &plabel, ctx, depth + 1) {
+                data = std::borrow::Cow::Owned(match transfer {
+                    Some(t) => body::transfer_encode(t, &new),
+                    None => new,
+                });
+                any_change = true;
+            }
+        }
+        for piece in [&b"--"[..], boundary.as_bytes(), b"\r\n", p.head, b"\r\n\r\n", &data, b"\r\n"]
+        {
+            rebuilt.extend_from_slice(piece);
+        }
+    }
+    for piece in [&b"--"[..], boundary.as_bytes(), b"--\r\n"] {
+        rebuilt.extend_from_slice(piece);
+    }
+    Some(any_change.then_some(rebuilt))
+}

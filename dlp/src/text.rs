@@ -1,0 +1,343 @@
+//! One text, scanned as a reader would read it: normalised first ([`crate::normalize`]),
+//! base64 runs decoded and scanned (twice nested at most), and a number that a request splits
+//! across consecutive texts (two messages, two form fields) joined again. Findings are
+//! reported at their place in the original text, so redaction replaces what was sent. Pure.
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use wide::i8x16;
+
+use crate::extract::Outcome;
+use crate::normalize::normalize;
+use crate::{DetectorSet, Finding, Match, Scanner, match_hash};
+
+/// Shortest run of base64 characters decoded and scanned (15 bytes decoded).
+pub(crate) const MIN_BASE64_RUN: usize = 20;
+/// Nesting of base64 inside base64 that is still decoded.
+const MAX_BASE64_DEPTH: u8 = 2;
+/// Most digits and separators of a number carried from one text to the next.
+const MAX_TAIL: usize = 32;
+
+const CONFIG: GeneralPurposeConfig =
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const B64: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+const B64_URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+
+/// The state of one request's inspection.
+pub(crate) struct Ctx<'a> {
+    pub(crate) scanner: &'a Scanner,
+    pub(crate) set: &'a DetectorSet,
+    pub(crate) redact: bool,
+    pub(crate) salt: &'a [u8],
+    pub(crate) out: Outcome,
+    matches: Vec<Match>,
+    base64_depth: u8,
+    /// The number at the end of the last text that had digits, and that text's path.
+    tail: String,
+    tail_path: String,
+    numbers: DetectorSet,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        scanner: &'a Scanner,
+        set: &'a DetectorSet,
+        redact: bool,
+        salt: &'a [u8],
+    ) -> Self {
+        Ctx {
+            scanner,
+            set,
+            redact,
+            salt,
+            out: Outcome::default(),
+            matches: Vec::new(),
+            base64_depth: 0,
+            tail: String::new(),
+            tail_path: String::new(),
+            numbers: crate::numbers::subset(set),
+        }
+    }
+}
+
+/// How a text takes part in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A text of the request's content (a message, a field): joined with its neighbours.
+    Content,
+    /// A key, a number or a header: scanned on its own.
+    Alone,
+}
+
+/// Scans one text; returns its redacted form when redaction is on and something was found.
+pub(crate) fn scan_string(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Option<String> {
+    ctx.out.scanned += text.len();
+    let mut spans = find(text, path, role, ctx);
+    if spans.is_empty() || !ctx.redact {
+        return None;
+    }
+    spans.sort_by_key(|m| (m.start, std::cmp::Reverse(m.end)));
+    Some(crate::json::redact(text, &spans))
+}
+
+/// Records the findings of `text` under `path`; returns their spans in `text`.
+fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
+    let norm = normalize(text);
+    let view = norm.as_ref().map_or(text, |n| n.text.as_str());
+    let at = |s: usize, e: usize| norm.as_ref().map_or((s, e), |n| n.original(text, s, e));
+    ctx.matches.clear();
+    ctx.scanner.scan(view, ctx.set, &mut ctx.matches);
+    let mut spans = Vec::with_capacity(ctx.matches.len());
+    for m in &ctx.matches {
+        let (start, end) = at(m.start, m.end);
+        ctx.out.findings.push(Finding {
+            detector: m.detector,
+            path: path.to_owned(),
+            start,
+            end,
+            hash: match_hash(ctx.salt, &view.as_bytes()[m.start..m.end]),
+        });
+        spans.push(Match { detector: m.detector, start, end });
+    }
+    let found: Vec<(usize, usize)> = ctx.matches.iter().map(|m| (m.start, m.end)).collect();
+    if ctx.base64_depth < MAX_BASE64_DEPTH {
+        for (s, e) in base64_runs(view.as_bytes()) {
+            if found.iter().any(|&(a, b)| a < e && s < b) {
+                continue;
+            }
+            if let Some(detector) = decoded_run(&view[s..e], path, ctx) {
+                let (start, end) = at(s, e);
+                spans.push(Match { detector, start, end });
+            }
+        }
+    }
+    if role == Role::Content {
+        join(view, path, ctx);
+    }
+    spans
+}
+
+/// A base64 run decoded; when it is text, scanned under `path(base64)`. The detector of its
+/// first finding, if any.
+fn decoded_run(run: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<&'static str> {
+    let run = run.trim_end_matches('=');
+    let url = run.contains(['-', '_']);
+    if url && run.contains(['+', '/']) {
+        return None;
+    }
+    let bytes = if url { B64_URL.decode(run) } else { B64.decode(run) }.ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    if crate::charset::is_binary(&text) {
+        return None;
+    }
+    let before = ctx.out.findings.len();
+    let inner = format!("{path}(base64)");
+    ctx.base64_depth += 1;
+    ctx.out.scanned += text.len();
+    // Nested spans are inside the decoded text: the whole run is what gets redacted.
+    let _ = find(&text, &inner, Role::Alone, ctx);
+    ctx.base64_depth -= 1;
+    ctx.out.findings.get(before).map(|f| f.detector)
+}
+
+/// A number split across this text and the previous content text with digits: the last
+/// digits of that one and the first of this one, joined with and without a space, are
+/// scanned by the number detectors; a match that crosses the joint is a finding under both
+/// paths. Such a finding is in no one string, so it cannot be redacted in place
+/// ([`Outcome::split`]).
+fn join(view: &str, path: &str, ctx: &mut Ctx<'_>) {
+    if !view.bytes().any(|b| b.is_ascii_digit()) {
+        return;
+    }
+    let head = number_head(view);
+    if !ctx.tail.is_empty() && !head.is_empty() && !ctx.numbers.is_empty() {
+        for sep in [" ", ""] {
+            let joined = format!("{}{sep}{head}", ctx.tail);
+            let joint = ctx.tail.len();
+            ctx.matches.clear();
+            ctx.scanner.scan(&joined, &ctx.numbers, &mut ctx.matches);
+            let crossing =
+                ctx.matches.iter().find(|m| m.start < joint && m.end > joint + sep.len());
+            if let Some(m) = crossing.copied() {
+                ctx.out.findings.push(Finding {
+                    detector: m.detector,
+                    path: format!("{} + {path}", ctx.tail_path),
+                    start: m.start,
+                    end: m.end,
+                    hash: match_hash(ctx.salt, &joined.as_bytes()[m.start..m.end]),
+                });
+                ctx.out.split = true;
+                break;
+            }
+        }
+    }
+    ctx.tail.clear();
+    ctx.tail.push_str(number_tail(view));
+    ctx.tail_path.clear();
+    ctx.tail_path.push_str(path);
+}
+
+fn numberish(b: u8) -> bool {
+    b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.')
+}
+
+/// The digits and separators ending `s` (at most [`MAX_TAIL`] bytes), if it ends in a digit.
+fn number_tail(s: &str) -> &str {
+    let t = s.trim_end();
+    if !t.ends_with(|c: char| c.is_ascii_digit()) {
+        return "";
+    }
+    let b = t.as_bytes();
+    let mut i = b.len();
+    while i > 0 && b.len() - i < MAX_TAIL && numberish(b[i - 1]) {
+        i -= 1;
+    }
+    t[i..].trim_start()
+}
+
+/// The digits and separators starting `s`, if it starts with a digit.
+fn number_head(s: &str) -> &str {
+    let t = s.trim_start();
+    let n = t.bytes().take(MAX_TAIL).take_while(|&b| numberish(b)).count();
+    match t.starts_with(|c: char| c.is_ascii_digit()) {
+        true => t[..n].trim_end(),
+        false => "",
+    }
+}
+
+/// Runs of at least [`MIN_BASE64_RUN`] base64 characters (either alphabet), with their
+/// padding. Blocks of 64 bytes are classified with SIMD compares; only blocks that can hold
+/// such a run are walked byte by byte.
+pub(crate) fn base64_runs(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    // Bytes of base64 characters just before the current block.
+    let mut carry = 0usize;
+    let mut from = None;
+    let mut at = 0;
+    while at < b.len() {
+        let end = (at + 64).min(b.len());
+        let m = classify(&b[at..end]);
+        let len = end - at;
+        let full = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+        let lead = (m.trailing_ones() as usize).min(len);
+        let y = {
+            let mut y = m & (m >> 1);
+            y &= y >> 2;
+            y &= y >> 4;
+            y &= y >> 8;
+            y & (y >> 4)
+        };
+        if (y & full) != 0 || carry + lead >= MIN_BASE64_RUN {
+            from.get_or_insert(at - carry);
+        }
+        carry = match m & full == full {
+            true => carry + len,
+            // The run at the block's last bytes (bit `len - 1` moved to the top).
+            false => (m << (64 - len)).leading_ones() as usize,
+        };
+        if let Some(start) = from
+            && (carry == 0 || end == b.len())
+        {
+            walk_runs(b, start, end, &mut out);
+            from = None;
+        }
+        at = end;
+    }
+    if let Some(start) = from {
+        walk_runs(b, start, b.len(), &mut out);
+    }
+    out
+}
+
+fn is_b64(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_')
+}
+
+/// The runs in `b[from..to]` (a run reaching `to` goes on past it).
+fn walk_runs(b: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
+    let mut i = from;
+    while i < to {
+        if !is_b64(b[i]) {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < b.len() && is_b64(b[i]) {
+            i += 1;
+        }
+        let mut e = i;
+        while e < b.len() && e - i < 2 && b[e] == b'=' {
+            e += 1;
+        }
+        if i - s >= MIN_BASE64_RUN {
+            out.push((s, e));
+        }
+        i = e.max(i);
+    }
+}
+
+/// One bit per byte of `chunk` (at most 64): set for base64 characters.
+fn classify(chunk: &[u8]) -> u64 {
+    let mut m = 0u64;
+    for (k, c) in chunk.chunks(16).enumerate() {
+        let mut a = [0i8; 16];
+        for (d, &s) in a.iter_mut().zip(c) {
+            *d = s as i8;
+        }
+        let v = i8x16::new(a);
+        let r = |lo: u8, hi: u8| {
+            v.simd_gt(i8x16::splat((lo - 1) as i8)) & v.simd_lt(i8x16::splat((hi + 1) as i8))
+        };
+        let e = |x: u8| v.simd_eq(i8x16::splat(x as i8));
+        let hit =
+            r(b'A', b'Z') | r(b'a', b'z') | r(b'0', b'9') | e(b'+') | e(b'/') | e(b'-') | e(b'_');
+        let bits = (hit.to_bitmask() as u64) & ((1u64 << c.len()) - 1);
+        m |= bits << (16 * k);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs_scalar(b: &[u8]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        walk_runs(b, 0, b.len(), &mut out);
+        out
+    }
+
+    #[test]
+    fn base64_runs_agree_with_a_byte_walk() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..3000 {
+            let n = (rnd() % 300) as usize;
+            let sep = (round % 7) as u64 + 2;
+            let b: Vec<u8> = (0..n)
+                .map(|_| match rnd() % (sep * 10) {
+                    0 => b' ',
+                    1 => b'=',
+                    _ => b"aZ09+/-_"[(rnd() % 8) as usize],
+                })
+                .collect();
+            assert_eq!(base64_runs(&b), runs_scalar(&b), "{:?}", String::from_utf8_lossy(&b));
+        }
+        let text = format!("x {} y", "QUJD".repeat(10));
+        assert_eq!(base64_runs(text.as_bytes()), [(2, 42)]);
+        assert!(base64_runs(b"short words only, nothing long here at all").is_empty());
+    }
+
+    #[test]
+    fn number_ends() {
+        assert_eq!(number_tail("my card is 4111 1111 "), "4111 1111");
+        assert_eq!(number_tail("no number"), "");
+        assert_eq!(number_head(" 1111-1111 thanks"), "1111-1111");
+        assert_eq!(number_head("thanks 1111"), "");
+    }
+}

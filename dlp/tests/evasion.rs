@@ -1,0 +1,288 @@
+//! Each way of hiding a card, an SSN or a key from the extractor that issue 15 lists, tried
+//! as an attacker would write it: found, at the right path, and redacted where it was sent.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::Write;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sluice_dlp::extract::{Outcome, Request, inspect};
+use sluice_dlp::{DetectorSet, Scanner};
+
+const CARD: &str = "4111 1111 1111 1111";
+
+fn run(ct: &str, body: &[u8], redact: bool) -> Outcome {
+    let scanner = Scanner::new().unwrap();
+    let set = DetectorSet::from_names(&["credit_card", "us_ssn", "aws_access_key_id"]).unwrap();
+    let ct = (!ct.is_empty()).then_some(ct.as_bytes());
+    inspect(&scanner, &set, Request { content_type: ct, body, redact, salt: b"s" })
+}
+
+fn found(o: &Outcome) -> Vec<(&'static str, String)> {
+    o.findings.iter().map(|f| (f.detector, f.path.clone())).collect()
+}
+
+fn card_at(o: &Outcome, path: &str) {
+    assert!(
+        o.findings.iter().any(|f| f.detector == "credit_card" && f.path == path),
+        "no card at {path}: {:?} (unscanned {:?})",
+        found(o),
+        o.unscanned
+    );
+}
+
+fn chat(content: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}),
+    )
+    .unwrap()
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn json_with_one_invalid_utf8_byte() {
+    let mut body = chat(&format!("caf\u{e9} {CARD}"));
+    let at = body.iter().position(|&b| b == 0xc3).unwrap();
+    body[at] = 0xe9; // Latin-1 é inside UTF-8
+    body.remove(at + 1);
+    let o = run("application/json", &body, true);
+    card_at(&o, "$.messages[0].content");
+    assert_eq!(o.decoded, ["$ (invalid UTF-8)"]);
+    let red = o.redacted.unwrap();
+    assert!(!String::from_utf8_lossy(&red).contains("4111"));
+}
+
+#[test]
+fn utf16_json() {
+    let json = String::from_utf8(chat(CARD)).unwrap();
+    let le: Vec<u8> = json.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let o = run("application/json", &le, true);
+    card_at(&o, "$.messages[0].content");
+    let red = o.redacted.unwrap();
+    let back: Vec<u16> = red.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let back = String::from_utf16(&back).unwrap();
+    assert!(back.contains("[REDACTED:credit_card]"), "written back in UTF-16: {back}");
+}
+
+#[test]
+fn latin1_json() {
+    let body = format!("{{\"messages\":[{{\"content\":\"caf\u{e9} {CARD}\"}}]}}");
+    let latin1: Vec<u8> = body.chars().map(|c| c as u8).collect();
+    let o = run("application/json; charset=iso-8859-1", &latin1, true);
+    card_at(&o, "$.messages[0].content");
+    let red = o.redacted.unwrap();
+    assert!(red.windows(4).any(|w| w == b"caf\xe9"), "still Latin-1");
+}
+
+#[test]
+fn gzip_body_without_the_header() {
+    let o = run("application/json", &gzip(&chat(CARD)), true);
+    card_at(&o, "$.messages[0].content");
+    assert_eq!(o.decoded, ["$ (gzip)"]);
+    let red = o.redacted.unwrap();
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&red[..]), &mut plain).unwrap();
+    assert!(plain.contains("[REDACTED:credit_card]"), "re-compressed: {plain}");
+}
+
+#[test]
+fn corrupt_gzip_is_named_unscanned() {
+    let mut g = gzip(&chat(CARD));
+    g.truncate(g.len() / 2);
+    let o = run("application/json", &g, false);
+    assert!(o.findings.is_empty());
+    assert_eq!(o.unscanned, ["$ (corrupt gzip body)"]);
+}
+
+fn multipart(boundary: &str, part_head: &str, data: &[u8]) -> Vec<u8> {
+    let mut b = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"notes.bin\"\r\n{part_head}\r\n\r\n"
+    )
+    .into_bytes();
+    b.extend_from_slice(data);
+    b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    b
+}
+
+#[test]
+fn multipart_octet_stream_part_holding_text() {
+    let body = multipart(
+        "XyZ",
+        "Content-Type: application/octet-stream",
+        format!("card {CARD}\n").as_bytes(),
+    );
+    let o = run("multipart/form-data; boundary=XyZ", &body, false);
+    card_at(&o, "$.file(notes.bin)");
+}
+
+#[test]
+fn multipart_gzip_part() {
+    let body = multipart(
+        "XyZ",
+        "Content-Type: application/gzip",
+        &gzip(format!("card {CARD}\n").as_bytes()),
+    );
+    let o = run("multipart/form-data; boundary=XyZ", &body, true);
+    card_at(&o, "$.file(notes.bin)");
+    assert!(o.redacted.is_some());
+}
+
+#[test]
+fn multipart_base64_transfer_encoded_part() {
+    let data = STANDARD.encode(format!("card {CARD}\n"));
+    let body = multipart(
+        "XyZ",
+        "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64",
+        data.as_bytes(),
+    );
+    let o = run("multipart/form-data; boundary=XyZ", &body, true);
+    card_at(&o, "$.file(notes.bin)");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    let part = red.split("\r\n\r\n").nth(2).unwrap().split("\r\n--").next().unwrap();
+    let plain = String::from_utf8(STANDARD.decode(part.replace("\r\n", "")).unwrap()).unwrap();
+    assert_eq!(plain, "card [REDACTED:credit_card]\n", "re-encoded in base64");
+}
+
+#[test]
+fn multipart_with_a_wrong_boundary() {
+    let body = multipart("RealOne", "Content-Type: text/plain", format!("card {CARD}").as_bytes());
+    let o = run("multipart/form-data; boundary=Declared", &body, false);
+    card_at(&o, "$.file(notes.bin)");
+    let garbage = format!("--nope\r\nbroken card {CARD}");
+    let o = run("multipart/form-data; boundary=Declared", garbage.as_bytes(), false);
+    card_at(&o, "$");
+    assert_eq!(o.unscanned, ["$ (malformed multipart body)"], "scanned as text, and named");
+}
+
+#[test]
+fn form_urlencoded_body() {
+    let body = format!("model=gpt-4o&prompt=my+card+is+{}", CARD.replace(' ', "%20"));
+    let o = run("application/x-www-form-urlencoded", body.as_bytes(), true);
+    card_at(&o, "$.prompt");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    assert!(
+        red.starts_with("model=gpt-4o&prompt=my+card+is+%5BREDACTED%3Acredit_card%5D"),
+        "{red}"
+    );
+}
+
+fn normalised(content: &str) {
+    let o = run("application/json", &chat(content), true);
+    card_at(&o, "$.messages[0].content");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&red).unwrap();
+    let text = v["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(text, "card [REDACTED:credit_card] ok", "{content:?}");
+}
+
+#[test]
+fn zero_width_space_between_digits() {
+    normalised("card 4111\u{200b}1111\u{200b}1111\u{200b}1111 ok");
+}
+
+#[test]
+fn zero_width_joiner_between_digits() {
+    normalised("card 4\u{200d}111 1111 1111 111\u{200d}1 ok");
+}
+
+#[test]
+fn soft_hyphen_between_digits() {
+    normalised("card 4111\u{ad}1111\u{ad}1111\u{ad}1111 ok");
+}
+
+#[test]
+fn nbsp_between_digits() {
+    normalised("card 4111\u{a0}1111\u{a0}1111\u{a0}1111 ok");
+}
+
+#[test]
+fn full_width_digits() {
+    normalised("card ４１１１ １１１１ １１１１ １１１１ ok");
+}
+
+#[test]
+fn arabic_indic_digits() {
+    normalised("card ٤١١١ ١١١١ ١١١١ ١١١١ ok");
+}
+
+#[test]
+fn dots_as_separators() {
+    normalised("card 4111.1111.1111.1111 ok");
+}
+
+#[test]
+fn newlines_as_separators() {
+    normalised("card 4111\n1111\n1111\n1111 ok");
+}
+
+#[test]
+fn card_as_a_json_number() {
+    let o = run(
+        "application/json",
+        br#"{"messages":[{"role":"user","content":"pay"}],"ref":4111111111111111}"#,
+        true,
+    );
+    card_at(&o, "$.ref");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    assert!(red.contains(r#""ref":"[REDACTED:credit_card]""#), "{red}");
+}
+
+#[test]
+fn card_as_a_json_key() {
+    let o = run("application/json", br#"{"metadata":{"4111111111111111":"card"},"n":1}"#, true);
+    card_at(&o, "$.metadata(key)");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    assert!(!red.contains("4111"), "{red}");
+    let recorded = format!("{:?}", o.findings);
+    assert!(!recorded.contains("4111"), "the key is not in any path: {recorded}");
+}
+
+#[test]
+fn base64_of_a_prompt_inside_a_text_field() {
+    let hidden = STANDARD.encode(format!("my card is {CARD}, key AKIAIOSFODNN7EXAMPLE"));
+    let o = run("application/json", &chat(&format!("decode this and go on: {hidden}")), true);
+    card_at(&o, "$.messages[0].content(base64)");
+    let red = String::from_utf8(o.redacted.unwrap()).unwrap();
+    assert!(red.contains("decode this and go on: [REDACTED:credit_card]"), "{red}");
+    let twice = STANDARD.encode(STANDARD.encode(format!("card {CARD}")));
+    let o = run("application/json", &chat(&twice), false);
+    card_at(&o, "$.messages[0].content(base64)(base64)");
+}
+
+#[test]
+fn a_number_split_across_two_messages() {
+    let body = br#"{"messages":[{"role":"user","content":"my card starts 4111 1111"},{"role":"user","content":"1111 1111 is the rest"}]}"#;
+    let o = run("application/json", body, true);
+    card_at(&o, "$.messages[0].content + $.messages[1].content");
+    assert!(o.split && !o.unredactable.is_empty(), "cannot be redacted in place: refused instead");
+    let glued = br#"{"messages":[{"role":"user","content":"41111111"},{"role":"user","content":"11111111"}]}"#;
+    card_at(
+        &run("application/json", glued, false),
+        "$.messages[0].content + $.messages[1].content",
+    );
+}
+
+#[test]
+fn hard_negatives_stay_clean() {
+    for text in [
+        "version 4.1.11.1111 released",
+        "call 555-0100\n555-0101 tomorrow",
+        "ids 4111 and 1111 1111",
+        "ZGVjb2RlIG1lIHBsZWFzZSwgbm90aGluZyBoZXJl (plain base64 of harmless text)",
+        "réservé à l'équipe, numéro 12",
+    ] {
+        let o = run("application/json", &chat(text), false);
+        assert!(o.findings.is_empty() && o.unscanned.is_empty(), "{text}: {:?}", found(&o));
+    }
+    let o = run(
+        "application/json",
+        br#"{"messages":[{"role":"user","content":"order 4111"},{"role":"user","content":"qty 2"}]}"#,
+        false,
+    );
+    assert!(o.findings.is_empty());
+}
