@@ -92,6 +92,22 @@ impl DetectorSet {
     pub fn is_empty(&self) -> bool {
         self.0 == 0
     }
+
+    /// The detectors of `self` that are not in `other`.
+    pub fn without(&self, other: &DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 & !other.0)
+    }
+
+    /// Every built-in detector of a family (`credential`, `financial`, `pii`).
+    pub fn family(family: &str) -> DetectorSet {
+        let mut s = DetectorSet::default();
+        for (i, d) in DETECTORS.iter().enumerate().take(128) {
+            if d.family == family {
+                s.0 |= 1 << i;
+            }
+        }
+        s
+    }
 }
 
 /// A confirmed match in one text: detector and byte span.

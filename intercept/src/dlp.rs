@@ -6,6 +6,7 @@ use sluice_dlp::{DetectorSet, Scanner};
 use sluice_rules::DlpAction;
 
 use crate::block::Refusal;
+use crate::phases::RequestView;
 use crate::record::{DlpSummary, RequestRecord};
 
 /// A DLP profile as the exchange applies it.
@@ -23,40 +24,130 @@ pub struct Dlp {
     pub salt: std::sync::Arc<[u8]>,
 }
 
-/// Runs the profile over a decoded request body and fills the record. `Ok(Some(body))`: the
-/// redacted body replaces it (decoded); `Err`: the request is refused (profile action block).
+/// What DLP reads of one request: its head and its decoded body.
+pub(crate) struct Input<'a> {
+    /// The request head (path, query and free-text headers are scanned too); `None` for a
+    /// WebSocket message (its upgrade request was scanned).
+    pub req: Option<&'a RequestView<'a>>,
+    /// `Content-Type`.
+    pub content_type: Option<&'a [u8]>,
+    /// The body, de-framed and decoded per its Content-Encoding (empty for none).
+    pub body: &'a [u8],
+    /// Refuse content DLP cannot read (`on_unscanned = "block"`).
+    pub block_unscanned: bool,
+}
+
+/// Headers that carry no free text (framing, negotiation, the SDKs' own metadata): not
+/// scanned. Everything else is, `X-Note` and `Referer` included.
+const STRUCTURAL: [&str; 27] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "cache-control",
+    "pragma",
+    "expect",
+    "if-none-match",
+    "if-modified-since",
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    "openai-version",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "priority",
+];
+
+/// Headers that carry the client's own sign-in to this service: scanned for everything but
+/// credentials (a session token there is how the client signs in, not a leak; a card is).
+const SIGN_IN: [&str; 4] = ["authorization", "api-key", "cookie", "proxy-authorization"];
+
+/// Runs the profile over a request (its decoded body, path, query and free-text headers) and
+/// fills the record. `Ok(Some(body))`: the redacted body replaces it (decoded); `Err`: the
+/// request is refused (findings under a blocking profile; findings that cannot be redacted
+/// where they are; content DLP cannot read, with `on_unscanned = "block"`).
 pub(crate) fn scan(
     dlp: &Dlp,
-    content_type: Option<&[u8]>,
-    plain: &[u8],
+    input: &Input<'_>,
     rule: Option<&str>,
     rec: &mut RequestRecord,
 ) -> Result<Option<Vec<u8>>, Refusal> {
     rec.dlp_profile = Some(dlp.profile.clone());
-    if plain.is_empty() {
-        rec.dlp_action = Some("clean");
-        return Ok(None);
+    let mut out = match input.body.is_empty() {
+        true => sluice_dlp::extract::Outcome::default(),
+        false => sluice_dlp::extract::inspect(
+            &dlp.scanner,
+            &dlp.set,
+            sluice_dlp::extract::Request {
+                content_type: input.content_type,
+                body: input.body,
+                redact: dlp.action == DlpAction::Redact,
+                salt: &dlp.salt,
+            },
+        ),
+    };
+    let head = input.req.map(|r| outside(dlp, r)).unwrap_or_default();
+    if head.findings.iter().any(|f| f.path == "path") {
+        // The record keeps the path: not this one.
+        rec.path = "[path withheld: sensitive data]".into();
     }
-    let out = sluice_dlp::extract::inspect(
-        &dlp.scanner,
-        &dlp.set,
-        sluice_dlp::extract::Request {
-            content_type,
-            body: plain,
-            redact: dlp.action == DlpAction::Redact,
-            salt: &dlp.salt,
-        },
-    );
+    if !head.findings.is_empty() {
+        out.unredactable.push("the request head (path, query, headers)".into());
+    }
+    out.findings.extend(head.findings);
     rec.unscanned.clone_from(&out.unscanned);
+    rec.dlp_decoded.clone_from(&out.decoded);
     summarise(&out, rec);
+    let unscanned = || {
+        Refusal::forbidden(
+            "unscanned_content",
+            format!(
+                "the request carries content DLP cannot read: {} (on_unscanned = block)",
+                out.unscanned.join(", ")
+            ),
+            rule,
+        )
+    };
     if out.findings.is_empty() {
-        rec.dlp_action = Some("clean");
-        return Ok(None);
+        if out.unscanned.is_empty() {
+            rec.dlp_action = Some("clean");
+            return Ok(None);
+        }
+        rec.dlp_action = Some("unscanned");
+        return match input.block_unscanned {
+            true => Err(unscanned()),
+            false => Ok(None),
+        };
     }
     match dlp.action {
         DlpAction::Block => {
             rec.dlp_action = Some("block");
             Err(violation(&out, rule))
+        }
+        _ if input.block_unscanned && !out.unscanned.is_empty() => {
+            rec.dlp_action = Some("block");
+            Err(unscanned())
+        }
+        DlpAction::Redact if !out.unredactable.is_empty() => {
+            rec.dlp_action = Some("block");
+            let mut r = violation(&out, rule);
+            r.message = format!(
+                "{}, which cannot be redacted where it is ({})",
+                r.message,
+                out.unredactable.join("; ")
+            );
+            Err(r)
         }
         DlpAction::Redact => {
             rec.dlp_action = Some("redact");
@@ -67,6 +158,75 @@ pub(crate) fn scan(
             Ok(None)
         }
     }
+}
+
+/// The request head's texts, scanned: the path (percent-decoded), each query field, and every
+/// header but the structural ones ([`STRUCTURAL`]); sign-in headers ([`SIGN_IN`]) without
+/// the credential detectors.
+fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
+    let (path, query) = req.target.split_once('?').unwrap_or((req.target, ""));
+    let path = path.split('#').next().unwrap_or("");
+    let query = query.split('#').next().unwrap_or("");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let decoded: String = percent_decode(path);
+    if decoded.bytes().any(|b| b.is_ascii_digit() || b >= 0x80 || b == b'@' || b == b'=') {
+        fields.push(("path".into(), decoded));
+    }
+    for (name, value) in sluice_dlp::form::fields(query.as_bytes()) {
+        fields.push((format!("query.{}", printable(&name)), value));
+        fields.push(("query(name)".into(), name));
+    }
+    let mut sign_in: Vec<(String, String)> = Vec::new();
+    req.headers.each(&mut |name, value| {
+        if STRUCTURAL.contains(&name) || name.starts_with("x-stainless-") || name.starts_with(':') {
+            return;
+        }
+        let field = (format!("header.{name}"), String::from_utf8_lossy(value).into_owned());
+        match SIGN_IN.contains(&name) {
+            true => sign_in.push(field),
+            false => fields.push(field),
+        }
+    });
+    let scan = |set: &sluice_dlp::DetectorSet, fields: &[(String, String)]| {
+        sluice_dlp::extract::inspect_fields(
+            &dlp.scanner,
+            set,
+            &dlp.salt,
+            fields.iter().map(|(p, t)| (p.as_str(), t.as_str())),
+        )
+    };
+    let mut out = scan(&dlp.set, &fields);
+    if !sign_in.is_empty() {
+        let set = dlp.set.without(&sluice_dlp::DetectorSet::family("credential"));
+        out.findings.extend(scan(&set, &sign_in).findings);
+    }
+    out
+}
+
+/// A query field's name as a path shows it: printable ASCII, at most 64 bytes.
+fn printable(name: &str) -> String {
+    name.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
+}
+
+/// `%XX` escapes decoded (invalid UTF-8 replaced).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h << 4 | l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The refusal of a request whose findings the profile blocks: detectors and counts, never

@@ -64,6 +64,8 @@ pub trait Headers: Sync {
     fn header(&self, name: &str) -> Option<&[u8]>;
     /// How many fields named `name` (lowercase) there are.
     fn count(&self, name: &str) -> usize;
+    /// Calls `f(name, value)` for every field, in order (names lowercase).
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8]));
 }
 
 /// Headers the phases read whose repetition would let the server read another value than
@@ -336,8 +338,12 @@ impl Session {
                     if !self.headers.allowed_models.is_empty() {
                         return Err(self.model_refusal(&ModelError::Unreadable("undecodable body")));
                     }
-                    if self.dlp.is_some() && !self.fail_open {
-                        rec.dlp_profile = self.dlp.as_ref().map(|d| d.profile.clone());
+                    if let Some(d) = &self.dlp {
+                        rec.dlp_profile = Some(d.profile.clone());
+                        rec.dlp_action = Some("unscanned");
+                        rec.unscanned.push(format!("$ ({e})"));
+                    }
+                    if self.dlp.is_some() && (!self.fail_open || self.headers.block_unscanned) {
                         return Err(Refusal {
                             status: 403,
                             code: "inspection_failed",
@@ -346,9 +352,8 @@ impl Session {
                         });
                     }
                     if self.dlp.is_some() {
-                        rec.dlp_profile = self.dlp.as_ref().map(|d| d.profile.clone());
                         rec.reason = Some(format!(
-                            "body not inspected ({e}): forwarded (on_inspect_failure = allow)"
+                            "body not inspected ({e}): forwarded (on_inspect_failure = allow, on_unscanned = allow)"
                         ));
                     }
                     return Ok(Forward { body, decoded: false });
@@ -377,7 +382,13 @@ impl Session {
             ));
         }
         let Some(profile) = &self.dlp else { return Ok(Forward { body, decoded: false }) };
-        match dlp::scan(profile, ctype, plain, self.rule.as_deref(), rec)? {
+        let input = dlp::Input {
+            req: Some(req),
+            content_type: ctype,
+            body: plain,
+            block_unscanned: self.headers.block_unscanned,
+        };
+        match dlp::scan(profile, &input, self.rule.as_deref(), rec)? {
             Some(redacted) => Ok(Forward { body: redacted, decoded: true }),
             None => Ok(Forward { body, decoded: false }),
         }
@@ -515,7 +526,13 @@ impl Session {
             }
         }
         let Some(profile) = &self.dlp else { return MessageVerdict::Forward };
-        match dlp::scan(profile, Some(b"application/json"), payload, self.rule.as_deref(), rec) {
+        let input = dlp::Input {
+            req: None,
+            content_type: Some(b"application/json"),
+            body: payload,
+            block_unscanned: self.headers.block_unscanned,
+        };
+        match dlp::scan(profile, &input, self.rule.as_deref(), rec) {
             Ok(Some(redacted)) => MessageVerdict::Replace(redacted),
             Ok(None) => MessageVerdict::Forward,
             Err(r) => MessageVerdict::Refuse(r),

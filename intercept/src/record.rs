@@ -150,15 +150,20 @@ pub struct RequestRecord {
     /// DLP profile applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dlp_profile: Option<String>,
-    /// What DLP did: `block`, `redact`, `alert` (findings present) or `clean`.
+    /// What DLP did: `block`, `redact`, `alert` (findings present), `unscanned` (no
+    /// findings, but some content could not be read: see `unscanned`) or `clean`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dlp_action: Option<&'static str>,
     /// DLP findings per detector: counts and JSON paths, never values.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dlp_findings: Vec<DlpSummary>,
-    /// Parts of the body that could not be scanned (binary files), by path.
+    /// What could not be scanned, each as `path (reason)`: binary files, corrupt layers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unscanned: Vec<String>,
+    /// How content was read where it was not plain UTF-8: `$ (gzip)`, `$.file (UTF-16LE)`,
+    /// `$.file(a.txt) (base64)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dlp_decoded: Vec<String>,
     /// Credentials masked in the response (detector per match), with `mask_responses`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub response_masked: Vec<&'static str>,

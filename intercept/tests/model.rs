@@ -6,12 +6,8 @@
 mod common;
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use sluice_intercept::h1::serve;
-use sluice_intercept::{RequestRecord, Session};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+use sluice_intercept::Session;
 
 /// guest's session with a model allow-list.
 fn session(allowed: &[&str]) -> Session {
@@ -23,51 +19,7 @@ fn session(allowed: &[&str]) -> Session {
     s
 }
 
-/// What one request got: the client's bytes, what reached the server, and the record.
-struct Outcome {
-    client: String,
-    upstream: Vec<u8>,
-    record: RequestRecord,
-}
-
-/// Sends `head` + `body`; a server that answers 200 to whatever reaches it.
-async fn send(s: Session, head: &str, body: &[u8]) -> Outcome {
-    let (mut c, mut proxy_client) = duplex(1 << 20);
-    let (mut server, mut proxy_server) = duplex(1 << 20);
-    let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
-    let r = records.clone();
-    let task = tokio::spawn(async move {
-        let sink = move |rec: RequestRecord| r.lock().unwrap().push(rec);
-        serve(&mut proxy_client, Some(&mut proxy_server), &s, &sink).await
-    });
-    c.write_all(head.as_bytes()).await.unwrap();
-    c.write_all(body).await.unwrap();
-    // The server answers once a whole head has arrived (and reads whatever follows).
-    let mut upstream = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let read = tokio::time::timeout(Duration::from_millis(300), server.read(&mut buf)).await;
-        match read {
-            Ok(Ok(n)) if n > 0 => upstream.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    if !upstream.is_empty() {
-        let answer: &[u8] = if upstream.starts_with(b"GET /v1/realtime") {
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-        } else {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        };
-        server.write_all(answer).await.unwrap();
-    }
-    drop(server);
-    let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut got)).await;
-    drop(c);
-    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    let record = records.lock().unwrap().first().cloned().expect("a record");
-    Outcome { client: String::from_utf8_lossy(&got).into_owned(), upstream, record }
-}
+use common::{Outcome, send};
 
 fn post(ctype: &str, extra: &str, body: &[u8]) -> String {
     format!(

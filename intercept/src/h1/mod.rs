@@ -67,6 +67,11 @@ impl Headers for RequestHead {
     fn count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(n, _)| n == name).count()
     }
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        for (n, v) in &self.headers {
+            f(n, v);
+        }
+    }
 }
 
 /// The phases' view of an HTTP/1.x request head.

@@ -20,6 +20,11 @@ impl Headers for ResponseHead {
     fn count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(n, _)| n == name).count()
     }
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        for (n, v) in &self.headers {
+            f(n, v);
+        }
+    }
 }
 
 /// Relays the response to `req`. Returns whether the connection may carry another request.

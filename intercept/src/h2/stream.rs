@@ -42,6 +42,11 @@ impl Headers for HeaderMap {
     fn count(&self, name: &str) -> usize {
         self.get_all(name).iter().count()
     }
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        for (n, v) in self {
+            f(n.as_str(), v.as_bytes());
+        }
+    }
 }
 
 /// Counts the stream as cancelled when hyper drops it unfinished (the client reset it).

@@ -1,0 +1,224 @@
+//! DLP in the exchange, tried as an attacker would: content DLP cannot read follows
+//! `on_unscanned`, the request head (path, query, free-text headers, cookies) is scanned like
+//! the body, and findings that redaction cannot replace where they are refuse the request.
+//! Driven through the HTTP/1.1 driver over in-memory pipes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write as _;
+
+use common::{Outcome, send};
+use sluice_intercept::Session;
+use sluice_rules::DlpAction;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+fn session(action: DlpAction, block_unscanned: bool) -> Session {
+    let mut s = common::with_dlp(
+        common::session("api.openai.com"),
+        &["credit_card", "us_ssn", "openai_api_key", "jwt"],
+        action,
+    );
+    s.headers.block_unscanned = block_unscanned;
+    s
+}
+
+fn post(target: &str, ctype: &str, extra: &str, body: &[u8]) -> String {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: {ctype}\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+}
+
+fn chat(content: &str) -> Vec<u8> {
+    format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{content}"}}]}}"#)
+        .into_bytes()
+}
+
+fn refused(o: &Outcome, code: &str) {
+    assert!(o.client.starts_with("HTTP/1.1 403"), "{}", o.client);
+    assert!(o.client.contains(code), "{}", o.client);
+    assert!(o.upstream.is_empty(), "{}", String::from_utf8_lossy(&o.upstream));
+    assert_eq!(o.record.verdict, "block");
+    assert_eq!(o.record.code.unwrap_or_default(), code);
+}
+
+fn forwarded(o: &Outcome) -> String {
+    assert!(o.client.starts_with("HTTP/1.1 200"), "{}", o.client);
+    String::from_utf8_lossy(&o.upstream).into_owned()
+}
+
+fn no_card_anywhere(o: &Outcome) {
+    let rec = serde_json::to_string(&o.record).unwrap();
+    for needle in ["4111", "4111111111111111"] {
+        assert!(!rec.contains(needle), "the record carries the card: {rec}");
+        assert!(!o.client.contains(needle), "the answer carries the card: {}", o.client);
+    }
+}
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0";
+
+fn upload(data: &[u8]) -> Vec<u8> {
+    let mut b = b"--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nassistants\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n".to_vec();
+    b.extend_from_slice(data);
+    b.extend_from_slice(b"\r\n--B--\r\n");
+    b
+}
+
+#[tokio::test]
+async fn unreadable_content_is_refused_when_the_rule_says_block() {
+    let body = upload(PNG);
+    let head = post("/v1/files", "multipart/form-data; boundary=B", "", &body);
+    let o = send(session(DlpAction::Block, true), &head, &body).await;
+    refused(&o, "unscanned_content");
+    assert_eq!(o.record.unscanned, ["$.file(x.png) (PNG image)"]);
+    assert_eq!(o.record.dlp_action, Some("unscanned"));
+}
+
+#[tokio::test]
+async fn unreadable_content_is_forwarded_and_never_called_clean_when_allowed() {
+    let body = upload(PNG);
+    let head = post("/v1/files", "multipart/form-data; boundary=B", "", &body);
+    let o = send(session(DlpAction::Alert, false), &head, &body).await;
+    forwarded(&o);
+    assert_eq!(o.record.dlp_action, Some("unscanned"), "not clean");
+    assert_eq!(o.record.unscanned, ["$.file(x.png) (PNG image)"]);
+}
+
+#[tokio::test]
+async fn a_gzip_body_without_its_header_is_read() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&chat(&format!("card {CARD}"))).unwrap();
+    let body = gz.finish().unwrap();
+    let o = send(
+        session(DlpAction::Block, true),
+        &post("/v1/chat/completions", "application/json", "", &body),
+        &body,
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_decoded, ["$ (gzip)"]);
+    no_card_anywhere(&o);
+}
+
+#[tokio::test]
+async fn a_card_in_the_query_string_is_found() {
+    let body = chat("hello");
+    let target = "/v1/chat/completions?note=card+4111+1111+1111+1111";
+    let o =
+        send(session(DlpAction::Block, true), &post(target, "application/json", "", &body), &body)
+            .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_findings[0].paths, ["query.note"]);
+}
+
+#[tokio::test]
+async fn a_card_in_the_path_is_found_and_the_path_withheld() {
+    let body = chat("hello");
+    let target = "/v1/chat/completions/4111-1111-1111-1111";
+    let o =
+        send(session(DlpAction::Block, true), &post(target, "application/json", "", &body), &body)
+            .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.path, "[path withheld: sensitive data]");
+    no_card_anywhere(&o);
+}
+
+#[tokio::test]
+async fn a_card_in_a_free_text_header_is_found() {
+    let body = chat("hello");
+    let o = send(
+        session(DlpAction::Block, true),
+        &post(
+            "/v1/chat/completions",
+            "application/json",
+            &format!("X-Note: card {CARD}\r\n"),
+            &body,
+        ),
+        &body,
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_findings[0].paths, ["header.x-note"]);
+}
+
+#[tokio::test]
+async fn a_card_in_a_cookie_is_found_but_the_sign_in_is_not_a_leak() {
+    let body = chat("hello");
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+    let key = "Authorization: Bearer sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl\r\n";
+    let o = send(
+        session(DlpAction::Block, true),
+        &post(
+            "/v1/chat/completions",
+            "application/json",
+            &format!("{key}Cookie: session={jwt}\r\n"),
+            &body,
+        ),
+        &body,
+    )
+    .await;
+    forwarded(&o);
+    assert_eq!(o.record.dlp_action, Some("clean"));
+    let o = send(
+        session(DlpAction::Block, true),
+        &post(
+            "/v1/chat/completions",
+            "application/json",
+            &format!("Cookie: note={CARD}\r\n"),
+            &body,
+        ),
+        &body,
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_findings[0].paths, ["header.cookie"]);
+}
+
+#[tokio::test]
+async fn what_redaction_cannot_replace_is_refused_under_a_redacting_profile() {
+    let body = chat("hello");
+    let o = send(
+        session(DlpAction::Redact, false),
+        &post("/v1/chat/completions", "application/json", &format!("X-Note: {CARD}\r\n"), &body),
+        &body,
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert!(o.client.contains("cannot be redacted where it is"), "{}", o.client);
+    let split = br#"{"messages":[{"role":"user","content":"my card 4111 1111"},{"role":"user","content":"1111 1111"}]}"#;
+    let o = send(
+        session(DlpAction::Redact, false),
+        &post("/v1/chat/completions", "application/json", "", split),
+        split,
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_findings[0].paths, ["$.messages[0].content + $.messages[1].content"]);
+    // In one string, it is redacted and forwarded.
+    let body = chat(&format!("card {CARD} ok"));
+    let o = send(
+        session(DlpAction::Redact, false),
+        &post("/v1/chat/completions", "application/json", "", &body),
+        &body,
+    )
+    .await;
+    let up = forwarded(&o);
+    assert!(up.contains("card [REDACTED:credit_card] ok") && !up.contains("4111"), "{up}");
+}
+
+#[tokio::test]
+async fn alert_forwards_and_records() {
+    let body = chat(&format!("card {CARD}"));
+    let o = send(
+        session(DlpAction::Alert, false),
+        &post("/v1/chat/completions", "application/json", "", &body),
+        &body,
+    )
+    .await;
+    let up = forwarded(&o);
+    assert!(up.contains("4111"), "alert forwards the request as sent");
+    assert_eq!(o.record.dlp_action, Some("alert"));
+    assert_eq!(o.record.dlp_findings[0].detector, "credit_card");
+}
