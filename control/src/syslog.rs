@@ -83,8 +83,10 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
     let kind = s(r, "type");
     let verdict = s(r, "verdict");
     let blocked = verdict == "block";
-    // Facility local0 (16); warning (4) for blocks, notice (5) otherwise.
-    let pri = 16 * 8 + if blocked { 4 } else { 5 };
+    // A request DLP let through with findings (`alert` profiles): what a SOC watches for.
+    let alert = kind == "request" && s(r, "dlp_action") == "alert";
+    // Facility local0 (16); warning (4) for blocks and DLP alerts, notice (5) otherwise.
+    let pri = 16 * 8 + if blocked || alert { 4 } else { 5 };
     let ts = timestamp(r.get("ts_ms").and_then(Value::as_u64).unwrap_or(0));
     let msgid = field(kind, 32);
     let head = format!("<{pri}>1 {ts} {} sluice - {msgid} -", field(hostname, 255));
@@ -93,11 +95,16 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
         Format::Cef => {
             let (sig, name) = match (kind, blocked) {
                 ("request", true) => ("request-block", "AI request blocked"),
+                ("request", false) if alert => ("request-dlp-alert", "AI request with DLP findings"),
                 ("request", false) => ("request-allow", "AI request"),
                 (_, true) => ("flow-block", "Flow blocked"),
                 _ => ("flow-allow", "Flow"),
             };
-            let severity = if blocked { 7 } else { 3 };
+            let severity = match (blocked, alert) {
+                (true, _) => 7,
+                (false, true) => 5,
+                _ => 3,
+            };
             let mut ext = String::new();
             let mut add = |k: &str, v: &str| {
                 if !v.is_empty() {
@@ -248,6 +255,12 @@ mod tests {
         assert!(cef.contains("cs6=credit_card,us_ssn"), "{cef}");
         assert!(cef.contains("src=10.20.1.10 spt=4000"), "{cef}");
         assert!(!cef.contains('\n'));
+        let alert = json!({"type": "request", "verdict": "allow", "dlp_action": "alert",
+                           "dlp_findings": [{"detector": "aws_access_key_id"}]});
+        let m = format(&alert, Format::Cef, "h");
+        assert!(m.starts_with("<132>1 "), "a DLP alert is a warning: {m}");
+        assert!(m.contains("|request-dlp-alert|AI request with DLP findings|5|"), "{m}");
+        assert!(format(&alert, Format::Rfc5424, "h").starts_with("<132>1 "));
     }
 
     #[test]

@@ -377,6 +377,42 @@ class RestartAndSyslog(unittest.TestCase):
         self.assertIsNotNone(hit, "no syslog message for bob's flow; got %d messages" % len(self.received))
         self.assertRegex(hit, r"^<13[23]>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ sluice - flow - \{")
 
+    def test_dlp_alert_forwards_records_and_reaches_syslog(self):
+        """An alert profile lets the request through, records the finding, and the record
+        reaches the collector as a warning."""
+        from test_dataplane import wait_for_record
+        from test_intercept import upstream
+        rules = current_rules()
+        alert = """
+[[rule]]
+name = "engineering-alert"
+identities = ["engineering"]
+categories = ["openai-api"]
+action = "inspect"
+dlp = "alert-credentials"
+"""
+        push_rules(with_rule_first(rules, alert))
+        try:
+            body = json.dumps({"model": "gpt-4o-mini", "messages": [
+                {"role": "user", "content": "key AKIAJ7QXRZ3EXAMPLE12 (e2e-alert)"}]})
+            r = curl("bob", "https://api.openai.com/v1/chat/completions", "-H", "Content-Type: application/json",
+                     "--data-binary", body, "-o", "/dev/null", "-w", "%{http_code}")
+            self.assertEqual(r.stdout.strip(), "200", r.stderr)
+            self.assertTrue(any("e2e-alert" in e["body"] for e in upstream("api.openai.com")), "forwarded")
+            rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r.get("dlp_action") == "alert")
+            self.assertEqual((rec["rule"], rec["dlp_findings"][0]["detector"]),
+                             ("engineering-alert", "aws_access_key_id"))
+            deadline = time.time() + 20
+            hit = None
+            while time.time() < deadline and hit is None:
+                hit = next((m for m in list(self.received) if '"dlp_action":"alert"' in m), None)
+                time.sleep(0.5)
+            self.assertIsNotNone(hit, "no syslog message for the alert")
+            self.assertTrue(hit.startswith("<132>1 "), "a warning: " + hit[:40])
+            self.assertNotIn("AKIAJ7QXRZ3EXAMPLE12", hit, "findings, never values")
+        finally:
+            push_rules(rules)
+
     def test_no_record_lost_across_a_control_restart(self):
         state = env()["SLUICE_LAB_STATE"]
         pidfile = os.path.join(state, "control.pid")

@@ -102,16 +102,19 @@ class Http2(unittest.TestCase):
 
     def test_sse_over_h2_is_masked_event_by_event(self):
         body = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [
-            {"role": "user", "content": "repeat after me: use sk-proj-abcdefghij0123456789ABCDEFGHIJ0123456789abcd now"}]})
+            # Reversed, the key is nothing DLP finds on the way out; the model answers it the
+            # right way round, and the answer is masked.
+            {"role": "user", "content": "reverse: " + "use sk-proj-abcdefghij0123456789ABCDEFGHIJ0123456789abcd now"[::-1]}]})
         r = curl("bob", "https://files.openai.com/v1/chat/completions", "--http2", "-N", "-H",
                  "Content-Type: application/json", "-d", body, "-w", "\n%{http_version}")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(r.stdout.endswith("\n2"), r.stdout[-200:])
-        # bob's rule redacts the key on the way out and masks credentials in the answer.
+        # bob's rule masks credentials in the answer.
         self.assertNotIn("abcdefghij0123456789", r.stdout)
+        streamed = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                           for line in r.stdout.splitlines() if line.startswith("data: {"))
+        self.assertEqual(streamed, "use [REDACTED:openai_api_key] now")
         self.assertIn("data: [DONE]", r.stdout)
-        seen = [e for e in upstream("files.openai.com") if e["path"] == "/v1/chat/completions"]
-        self.assertNotIn("abcdefghij0123456789", seen[-1]["body"])
 
     def test_a_5mb_upload_over_h2(self):
         script = "import json,sys; sys.stdout.write(json.dumps({'purpose':'batch','data':'y'*5000000}))"

@@ -69,7 +69,8 @@ class Interception(unittest.TestCase):
         r = sdk("alice", code)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("reply", r.stdout)
-        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r["path"] == "/v1/chat/completions")
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r["path"] == "/v1/chat/completions"
+                              and "OpenAI/Python" in (r.get("user_agent") or ""))
         self.assertEqual(rec["model"], "gpt-4o-mini")
         self.assertTrue(rec["api_key_fp"].startswith("sha256:"), rec)
         self.assertIn("OpenAI/Python", rec["user_agent"])
@@ -357,20 +358,24 @@ class Dlp(unittest.TestCase):
 
     def test_streamed_answer_with_a_key_is_masked_when_the_rule_asks(self):
         key = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc" + "Xy12Zz34"
+        # The prompt holds the key reversed (nothing DLP finds: bob's profile would redact the
+        # key itself on the way out); the model answers it the right way round.
         code = ("s = client.chat.completions.create(model='gpt-4o-mini', stream=True, messages=[{'role':'user',"
-                "'content':'repeat after me: the key is %s ok'}])\n"
+                "'content':'reverse: %s'}])\n"
                 "print('streamed', ''.join(ev.choices[0].delta.content or '' for ev in s if ev.choices))\n"
                 "r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user',"
-                "'content':'repeat after me: again %s'}])\n"
-                "print('whole', r.choices[0].message.content)\n" % (key, key))
+                "'content':'reverse: %s'}])\n"
+                "print('whole', r.choices[0].message.content)\n"
+                % (("the key is %s ok" % key)[::-1], ("again %s" % key)[::-1]))
         # bob's rule masks responses: the key never reaches him, whole or split across events.
         r = sdk("bob", code, key="sk-lab-bob-mask")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("streamed the key is [REDACTED:stripe_key] ok", r.stdout)
         self.assertIn("whole again [REDACTED:stripe_key]", r.stdout)
         self.assertNotIn("4eC39", r.stdout)
-        rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r.get("response_masked"))
-        self.assertEqual(rec["response_masked"], ["stripe_key"])
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20"
+                              and r.get("response_masked") == ["stripe_key"])
+        self.assertEqual(rec["path"], "/v1/chat/completions")
         # alice's rule does not ask: her answer is untouched.
         r = sdk("alice", code, key="sk-lab-alice-mask")
         self.assertEqual(r.returncode, 0, r.stderr)

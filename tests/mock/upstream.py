@@ -240,13 +240,16 @@ def respond(name, full_path, body):
     if name in ("api.openai.com", "files.openai.com") and path.startswith("/v1/"):
         rid = {"x-request-id": "req_mock_%d" % now}
         if path == "/v1/chat/completions":
-            # "repeat after me: TEXT" makes the model say TEXT (streamed in 7-character
-            # pieces, so anything in it is split across events).
+            # "repeat after me: TEXT" makes the model say TEXT, "reverse: TXET" say it
+            # reversed (a model leaking what the prompt never showed whole), streamed in
+            # 7-character pieces, so anything in it is split across events.
             reply = "Hello from the lab"
             for m in req.get("messages") or []:
                 c = m.get("content") if isinstance(m, dict) else None
                 if isinstance(c, str) and "repeat after me:" in c:
                     reply = c.split("repeat after me:", 1)[1].strip()
+                elif isinstance(c, str) and "reverse:" in c:
+                    reply = c.split("reverse:", 1)[1].strip()[::-1]
             pieces = ["Hello", " from", " the", " lab"] if reply == "Hello from the lab" else \
                 [reply[i:i + 7] for i in range(0, len(reply), 7)]
             if req.get("stream"):
