@@ -394,7 +394,7 @@ dlp = "alert-credentials"
         push_rules(with_rule_first(rules, alert))
         try:
             body = json.dumps({"model": "gpt-4o-mini", "messages": [
-                {"role": "user", "content": "key AKIAJ7QXRZ3EXAMPLE12 (e2e-alert)"}]})
+                {"role": "user", "content": "key AKIAJ7QXRZ3EXAMPLEQ2 (e2e-alert)"}]})
             r = curl("bob", "https://api.openai.com/v1/chat/completions", "-H", "Content-Type: application/json",
                      "--data-binary", body, "-o", "/dev/null", "-w", "%{http_code}")
             self.assertEqual(r.stdout.strip(), "200", r.stderr)
@@ -409,7 +409,7 @@ dlp = "alert-credentials"
                 time.sleep(0.5)
             self.assertIsNotNone(hit, "no syslog message for the alert")
             self.assertTrue(hit.startswith("<132>1 "), "a warning: " + hit[:40])
-            self.assertNotIn("AKIAJ7QXRZ3EXAMPLE12", hit, "findings, never values")
+            self.assertNotIn("AKIAJ7QXRZ3EXAMPLEQ2", hit, "findings, never values")
         finally:
             push_rules(rules)
 

@@ -335,7 +335,9 @@ class Dlp(unittest.TestCase):
         self.assertIn("credit_card", out)
         self.assertNotIn("4111", out.split("|", 1)[1])
         self.assertFalse(any("dlp-alice" in e["body"] for e in upstream("api.openai.com")))
-        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("dlp_action") == "block")
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("dlp_action") == "block"
+                              and "OpenAI/Python" in (r.get("user_agent") or "")
+                              and r["path"] == "/v1/chat/completions")
         self.assertEqual(rec["dlp_findings"][0]["detector"], "credit_card")
         self.assertEqual(rec["dlp_findings"][0]["paths"], ["$.messages[0].content"])
         self.assertNotIn("4111 1111", lab("flows").stdout)
