@@ -95,7 +95,9 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
         Format::Cef => {
             let (sig, name) = match (kind, blocked) {
                 ("request", true) => ("request-block", "AI request blocked"),
-                ("request", false) if alert => ("request-dlp-alert", "AI request with DLP findings"),
+                ("request", false) if alert => {
+                    ("request-dlp-alert", "AI request with DLP findings")
+                }
                 ("request", false) => ("request-allow", "AI request"),
                 (_, true) => ("flow-block", "Flow blocked"),
                 _ => ("flow-allow", "Flow"),

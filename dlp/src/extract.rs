@@ -155,13 +155,12 @@ fn content_text(
         // Multipart without the header that says so.
         return new;
     }
-    let new = match json::looks_json(ct, &text)
-        .then(|| json::document(text.as_bytes(), label, ctx).ok())
-        .flatten()
-    {
-        Some(redacted) => redacted.map(String::from_utf8).and_then(Result::ok),
-        None => scan_string(&text, label, Role::Content, ctx),
-    }?;
+    let new =
+        match json::looks_json(ct, &text).then(|| json::document(&text, label, ctx).ok()).flatten()
+        {
+            Some(redacted) => redacted.map(String::from_utf8).and_then(Result::ok),
+            None => scan_string(&text, label, Role::Content, ctx),
+        }?;
     match charset.encode(&new) {
         Some(b) => Some(b),
         None => {

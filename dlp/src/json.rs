@@ -40,18 +40,18 @@ fn long_number(n: &str) -> bool {
 /// Every value is scanned, duplicate keys included. The rebuilt body keeps the last of
 /// duplicate keys (as serde_json's map does, and most servers' parsers), so a finding in an
 /// earlier duplicate is dropped with it rather than forwarded.
-pub(crate) fn document(bytes: &[u8], root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
+pub(crate) fn document(text: &str, root: &str, ctx: &mut Ctx<'_>) -> Result<Option<Vec<u8>>, ()> {
     let before = (ctx.out.findings.len(), ctx.out.scanned, ctx.out.unscanned.len());
     let redact = std::mem::replace(&mut ctx.redact, false);
     let read =
-        super::walk::strings(bytes, root, &mut |path, text, kind| visit(path, text, kind, ctx));
+        super::walk::text_strings(text, root, &mut |path, t, kind| visit(path, t, kind, ctx));
     ctx.redact = redact;
     let redacted = match read {
         Err(_) => None,
         Ok(()) if !redact || ctx.out.findings.len() == before.0 => return Ok(None),
         // serde_json refuses the rare document the reader accepts (a number beyond f64):
         // then the body is treated as text, like any other body that is not JSON.
-        Ok(()) => rebuild(bytes, root, ctx),
+        Ok(()) => rebuild(text.as_bytes(), root, ctx),
     };
     if redacted.is_none() {
         ctx.out.findings.truncate(before.0);

@@ -148,6 +148,8 @@ pub struct Scanner {
     keyword_anchors: Vec<tokens::Special>,
     /// Token index and detector of the two-byte `SK` prefix (found with memmem).
     twilio: Option<(usize, DetectorId)>,
+    /// The searcher for `SK`, built once (building one per text showed in profiles).
+    sk: memchr::memmem::Finder<'static>,
     /// The detectors the keyword anchors lead to, and those of `@` and `Q~` (looked up once).
     keyword_detectors: DetectorSet,
     email: DetectorId,
@@ -216,6 +218,7 @@ impl Scanner {
             keywords,
             keyword_anchors,
             twilio,
+            sk: memchr::memmem::Finder::new(b"SK"),
             keyword_detectors: DetectorSet::from_names(tokens::KEYWORD_DETECTORS)
                 .expect("keyword detectors are in the registry"),
             email: id("email"),
@@ -267,7 +270,7 @@ impl Scanner {
         if let Some((i, d)) = self.twilio
             && set.contains(d)
         {
-            for at in memchr::memmem::find_iter(bytes, b"SK") {
+            for at in self.sk.find_iter(bytes) {
                 tokens::confirm_token(i, bytes, at, at + 2, out);
             }
         }

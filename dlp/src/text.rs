@@ -140,13 +140,15 @@ fn decoded_run(run: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<&'static str>
     ctx.out.findings.get(before).map(|f| f.detector)
 }
 
-/// A number split across this text and the previous content text with digits: the last
+/// A number split across this text and the previous content text (short texts without
+/// digits between them do not count): the last
 /// digits of that one and the first of this one, joined with and without a space, are
 /// scanned by the number detectors; a match that crosses the joint is a finding under both
 /// paths. Such a finding is in no one string, so it cannot be redacted in place
 /// ([`Outcome::split`]).
 fn join(view: &str, path: &str, ctx: &mut Ctx<'_>) {
-    if !view.bytes().any(|b| b.is_ascii_digit()) {
+    // A short text without digits (a role, a name) keeps the number before it waiting.
+    if view.len() <= MAX_TAIL && !view.bytes().any(|b| b.is_ascii_digit()) {
         return;
     }
     let head = number_head(view);
@@ -276,23 +278,27 @@ fn walk_runs(b: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
     }
 }
 
-/// One bit per byte of `chunk` (at most 64): set for base64 characters.
+/// One bit per byte of `chunk` (at most 64): set for bytes from `+` (0x2B) to 0x7F, a
+/// superset of the base64 characters that one signed compare per sixteen bytes finds (bytes
+/// of 128 and over are negative as `i8`). Prose has spaces every few bytes, so runs of the
+/// superset long enough to walk are rare; [`walk_runs`] checks the real alphabet.
 fn classify(chunk: &[u8]) -> u64 {
+    let lanes = |a: [u8; 16]| {
+        let v = i8x16::new(a.map(|b| b as i8));
+        v.simd_gt(i8x16::splat(0x2A)).to_bitmask() as u64
+    };
     let mut m = 0u64;
-    for (k, c) in chunk.chunks(16).enumerate() {
-        let mut a = [0i8; 16];
-        for (d, &s) in a.iter_mut().zip(c) {
-            *d = s as i8;
-        }
-        let v = i8x16::new(a);
-        let r = |lo: u8, hi: u8| {
-            v.simd_gt(i8x16::splat((lo - 1) as i8)) & v.simd_lt(i8x16::splat((hi + 1) as i8))
-        };
-        let e = |x: u8| v.simd_eq(i8x16::splat(x as i8));
-        let hit =
-            r(b'A', b'Z') | r(b'a', b'z') | r(b'0', b'9') | e(b'+') | e(b'/') | e(b'-') | e(b'_');
-        let bits = (hit.to_bitmask() as u64) & ((1u64 << c.len()) - 1);
-        m |= bits << (16 * k);
+    let mut k = 0;
+    let mut whole = chunk.chunks_exact(16);
+    for c in &mut whole {
+        m |= lanes(c.try_into().unwrap_or([b' '; 16])) << (16 * k);
+        k += 1;
+    }
+    let rest = whole.remainder();
+    if !rest.is_empty() {
+        let mut a = [b' '; 16];
+        a[..rest.len()].copy_from_slice(rest);
+        m |= lanes(a) << (16 * k);
     }
     m
 }

@@ -61,6 +61,11 @@ pub type Visit<'f> = dyn FnMut(&str, &str, Kind) -> Option<String> + 'f;
 /// On an error, `f` may have been called for texts before it.
 pub fn strings(body: &[u8], root: &str, f: &mut Visit<'_>) -> Result<(), WalkError> {
     let text = std::str::from_utf8(body).map_err(|_| WalkError::Utf8)?;
+    text_strings(text, root, f)
+}
+
+/// [`strings`] over text already known to be UTF-8.
+pub fn text_strings(text: &str, root: &str, f: &mut Visit<'_>) -> Result<(), WalkError> {
     let mut r = Reader { b: text.as_bytes(), s: text, at: 0, path: root.to_owned() };
     let mut scratch = String::new();
     r.ws();
