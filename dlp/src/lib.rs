@@ -250,8 +250,33 @@ impl Scanner {
     /// Finds the matches of the enabled detectors in `text`, appended to `out` sorted by
     /// start, without overlaps (the more specific detector wins over `generic_secret`).
     pub fn scan(&self, text: &str, set: &DetectorSet, out: &mut Vec<Match>) {
+        self.scan_inner(text, set, out, None);
+    }
+
+    /// [`Scanner::scan`], and the runs of base64 characters long enough to decode appended to
+    /// `runs` (found in the same pass over the text as numbers, when number detectors are on).
+    pub(crate) fn scan_runs(
+        &self,
+        text: &str,
+        set: &DetectorSet,
+        out: &mut Vec<Match>,
+        runs: &mut Vec<(usize, usize)>,
+    ) {
+        self.scan_inner(text, set, out, Some(runs));
+    }
+
+    fn scan_inner(
+        &self,
+        text: &str,
+        set: &DetectorSet,
+        out: &mut Vec<Match>,
+        mut runs: Option<&mut Vec<(usize, usize)>>,
+    ) {
         let first = out.len();
         if set.is_empty() {
+            if let Some(r) = runs {
+                r.extend(text::base64_runs(text.as_bytes()));
+            }
             return;
         }
         let bytes = text.as_bytes();
@@ -306,7 +331,9 @@ impl Scanner {
             }
         }
         if numbers::any_enabled(set) {
-            numbers::scan(bytes, set, out);
+            numbers::scan(bytes, set, out, runs.as_deref_mut());
+        } else if let Some(r) = runs.as_deref_mut() {
+            r.extend(text::base64_runs(bytes));
         }
         self.custom.scan(text, set, out);
         tidy(&mut out[first..]);

@@ -70,6 +70,8 @@ struct Block {
     word: u64,
     /// `.` and `-`: a number right after one continues a dotted or dashed token.
     joiner: u64,
+    /// Candidates for base64 runs ([`crate::text::superset`]).
+    base64: u64,
 }
 
 /// Bytes `lo..=hi` (both ASCII, `lo` > 0, `hi` < 127) of `v`; bytes of 128 and over are
@@ -85,7 +87,7 @@ fn eq(v: i8x16, c: u8) -> i8x16 {
 /// Classifies 64 bytes, sixteen at a time with SIMD compares (SSE2 on x86-64, NEON on
 /// aarch64, through `wide`'s safe types).
 fn classify_block(c: &[u8; 64]) -> Block {
-    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0 };
+    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0, base64: 0 };
     for (k, chunk) in c.chunks_exact(16).enumerate() {
         let mut a = [0i8; 16];
         for (d, &s) in a.iter_mut().zip(chunk) {
@@ -104,6 +106,7 @@ fn classify_block(c: &[u8; 64]) -> Block {
         blk.upper |= bits(upper);
         blk.word |= bits(word);
         blk.joiner |= bits(eq(v, b'.') | eq(v, b'-'));
+        blk.base64 |= bits(crate::text::superset(v));
     }
     blk
 }
@@ -120,12 +123,24 @@ const LAST: u64 = 1 << 63;
 /// enough or goes on through a separator; a capital at the start of a word before another
 /// capital, when IBANs or NINOs are wanted. Calling [`step`] at every byte gives the same
 /// matches (a test checks it); the masks only spare it the bytes where it would find nothing.
-pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
+///
+/// With `runs`, the same pass finds the runs of base64 characters long enough to decode
+/// ([`crate::text::RunFinder`]).
+pub(crate) fn scan(
+    b: &[u8],
+    set: &DetectorSet,
+    out: &mut Vec<Match>,
+    mut runs: Option<&mut Vec<(usize, usize)>>,
+) {
     let want = Want::of(set);
     let (numeric, letters) = (want.numeric(), want.letters());
     if !numeric && !letters {
+        if let Some(r) = runs {
+            r.extend(crate::text::base64_runs(b));
+        }
         return;
     }
+    let mut finder = crate::text::RunFinder::default();
     // Where scanning resumes: bytes before it belong to something already matched or read.
     let mut next = 0;
     // Classes of the byte before the block.
@@ -141,6 +156,9 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
                 classify_block(&pad)
             }
         };
+        if let Some(r) = runs.as_deref_mut() {
+            finder.block(b, base, blk.base64, r);
+        }
         let after_word = (blk.word << 1) | prev_word;
         let after_joiner = ((blk.word | blk.joiner) << 1) | prev_word | prev_joiner;
         let mut cands = 0;
@@ -175,6 +193,9 @@ pub(crate) fn scan(b: &[u8], set: &DetectorSet, out: &mut Vec<Match>) {
             next = step(b, i, want, out).unwrap_or(i + 1);
         }
         base += 64;
+    }
+    if let Some(r) = runs {
+        finder.finish(b, r);
     }
 }
 
@@ -686,7 +707,7 @@ mod tests {
     fn find(text: &str, name: &str) -> Vec<String> {
         let set = DetectorSet::from_names(&[name]).unwrap();
         let mut out = Vec::new();
-        scan(text.as_bytes(), &set, &mut out);
+        scan(text.as_bytes(), &set, &mut out, None);
         out.iter().map(|m| text[m.start..m.end].to_owned()).collect()
     }
 
@@ -745,7 +766,9 @@ mod tests {
                 }
             }
             let mut fast = Vec::new();
-            scan(&text, &set, &mut fast);
+            let mut runs = Vec::new();
+            scan(&text, &set, &mut fast, Some(&mut runs));
+            assert_eq!(runs, crate::text::base64_runs(&text), "runs found on the way");
             let mut slow = Vec::new();
             let mut i = 0;
             while i < text.len() {

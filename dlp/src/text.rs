@@ -31,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) salt: &'a [u8],
     pub(crate) out: Outcome,
     matches: Vec<Match>,
+    /// Base64 runs of the text being scanned (reused).
+    runs: Vec<(usize, usize)>,
     base64_depth: u8,
     /// The number at the end of the last text that had digits, and that text's path.
     tail: String,
@@ -52,6 +54,7 @@ impl<'a> Ctx<'a> {
             salt,
             out: Outcome::default(),
             matches: Vec::new(),
+            runs: Vec::new(),
             base64_depth: 0,
             tail: String::new(),
             tail_path: String::new(),
@@ -86,7 +89,9 @@ fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
     let view = norm.as_ref().map_or(text, |n| n.text.as_str());
     let at = |s: usize, e: usize| norm.as_ref().map_or((s, e), |n| n.original(text, s, e));
     ctx.matches.clear();
-    ctx.scanner.scan(view, ctx.set, &mut ctx.matches);
+    let mut runs = std::mem::take(&mut ctx.runs);
+    runs.clear();
+    ctx.scanner.scan_runs(view, ctx.set, &mut ctx.matches, &mut runs);
     let mut spans = Vec::with_capacity(ctx.matches.len());
     for m in &ctx.matches {
         let (start, end) = at(m.start, m.end);
@@ -101,7 +106,7 @@ fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
     }
     let found: Vec<(usize, usize)> = ctx.matches.iter().map(|m| (m.start, m.end)).collect();
     if ctx.base64_depth < MAX_BASE64_DEPTH {
-        for (s, e) in base64_runs(view.as_bytes()) {
+        for &(s, e) in &runs {
             if found.iter().any(|&(a, b)| a < e && s < b) {
                 continue;
             }
@@ -111,6 +116,7 @@ fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
             }
         }
     }
+    ctx.runs = runs;
     if role == Role::Content {
         join(view, path, ctx);
     }
@@ -209,19 +215,40 @@ fn number_head(s: &str) -> &str {
 
 /// Runs of at least [`MIN_BASE64_RUN`] base64 characters (either alphabet), with their
 /// padding. Blocks of 64 bytes are classified with SIMD compares; only blocks that can hold
-/// such a run are walked byte by byte.
+/// such a run are walked byte by byte. (When the number detectors run, their pass over the
+/// text finds the runs on the way: [`crate::Scanner`].)
 pub(crate) fn base64_runs(b: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    // Bytes of base64 characters just before the current block.
-    let mut carry = 0usize;
-    let mut from = None;
+    let mut runs = RunFinder::default();
     let mut at = 0;
     while at < b.len() {
         let end = (at + 64).min(b.len());
-        let m = classify(&b[at..end]);
-        let len = end - at;
+        runs.block(b, at, classify(&b[at..end]), &mut out);
+        at = end;
+    }
+    runs.finish(b, &mut out);
+    out
+}
+
+/// Base64 runs found block by block from masks of candidate bytes (a superset of the
+/// alphabet, [`superset`]); only the stretches that can hold a long enough run are walked.
+#[derive(Debug, Default)]
+pub(crate) struct RunFinder {
+    /// Candidate bytes just before the current block.
+    carry: usize,
+    /// Where the stretch to walk starts, once one is seen.
+    from: Option<usize>,
+}
+
+impl RunFinder {
+    /// The block of `b` at `at` (64 bytes, or the tail) and its mask (bit `j` for byte
+    /// `at + j`; no bits past the end of `b`).
+    pub(crate) fn block(&mut self, b: &[u8], at: usize, m: u64, out: &mut Vec<(usize, usize)>) {
+        let len = (b.len() - at).min(64);
         let full = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
+        let m = m & full;
         let lead = (m.trailing_ones() as usize).min(len);
+        // Bit i stays set when bits i..i+20 all are: a run of 20 inside the block.
         let y = {
             let mut y = m & (m >> 1);
             y &= y >> 2;
@@ -229,26 +256,37 @@ pub(crate) fn base64_runs(b: &[u8]) -> Vec<(usize, usize)> {
             y &= y >> 8;
             y & (y >> 4)
         };
-        if (y & full) != 0 || carry + lead >= MIN_BASE64_RUN {
-            from.get_or_insert(at - carry);
+        if y != 0 || self.carry + lead >= MIN_BASE64_RUN {
+            self.from.get_or_insert(at - self.carry);
         }
-        carry = match m & full == full {
-            true => carry + len,
+        self.carry = match m == full {
+            true => self.carry + len,
             // The run at the block's last bytes (bit `len - 1` moved to the top).
             false => (m << (64 - len)).leading_ones() as usize,
         };
-        if let Some(start) = from
-            && (carry == 0 || end == b.len())
+        if let Some(start) = self.from
+            && self.carry == 0
         {
-            walk_runs(b, start, end, &mut out);
-            from = None;
+            walk_runs(b, start, at + len, out);
+            self.from = None;
         }
-        at = end;
     }
-    if let Some(start) = from {
-        walk_runs(b, start, b.len(), &mut out);
+
+    /// After the last block.
+    pub(crate) fn finish(&mut self, b: &[u8], out: &mut Vec<(usize, usize)>) {
+        if let Some(start) = self.from.take() {
+            walk_runs(b, start, b.len(), out);
+        }
+        self.carry = 0;
     }
-    out
+}
+
+/// Bytes from `+` (0x2B) to 0x7F, for sixteen bytes: a superset of the base64 characters
+/// that one signed compare finds (bytes of 128 and over are negative as `i8`). Prose has
+/// spaces every few bytes, so runs of the superset long enough to walk are rare;
+/// [`walk_runs`] checks the real alphabet.
+pub(crate) fn superset(v: i8x16) -> i8x16 {
+    v.simd_gt(i8x16::splat(0x2A))
 }
 
 fn is_b64(c: u8) -> bool {
@@ -278,15 +316,9 @@ fn walk_runs(b: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
     }
 }
 
-/// One bit per byte of `chunk` (at most 64): set for bytes from `+` (0x2B) to 0x7F, a
-/// superset of the base64 characters that one signed compare per sixteen bytes finds (bytes
-/// of 128 and over are negative as `i8`). Prose has spaces every few bytes, so runs of the
-/// superset long enough to walk are rare; [`walk_runs`] checks the real alphabet.
+/// One bit per byte of `chunk` (at most 64): set for the [`superset`] bytes.
 fn classify(chunk: &[u8]) -> u64 {
-    let lanes = |a: [u8; 16]| {
-        let v = i8x16::new(a.map(|b| b as i8));
-        v.simd_gt(i8x16::splat(0x2A)).to_bitmask() as u64
-    };
+    let lanes = |a: [u8; 16]| superset(i8x16::new(a.map(|b| b as i8))).to_bitmask() as u64;
     let mut m = 0u64;
     let mut k = 0;
     let mut whole = chunk.chunks_exact(16);
