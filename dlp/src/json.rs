@@ -147,12 +147,39 @@ fn walk(v: &mut Value, path: &mut String, file_data: bool, ctx: &mut Ctx<'_>) {
     }
 }
 
+/// Whether a string holds a JSON document itself (tool-call `arguments`, function outputs,
+/// structured prompts): read as JSON, so escapes inside it (`\u0034`) are decoded too.
+fn embedded_json(s: &str) -> bool {
+    let t = s.trim();
+    t.len() >= 2
+        && ((t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')))
+}
+
+/// Nesting of JSON documents inside strings that is still read as JSON.
+const MAX_JSON_NESTING: u8 = 4;
+
+/// A JSON document inside a string, walked under `path(json)`; scanned as text when it is
+/// not one (or nested too deeply). Its redacted form is the re-serialised document.
+fn nested_document(s: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
+    if ctx.json_depth >= MAX_JSON_NESTING {
+        return scan_string(s, path, Role::Content, ctx);
+    }
+    ctx.json_depth += 1;
+    let read = document(s, &format!("{path}(json)"), ctx);
+    ctx.json_depth -= 1;
+    match read {
+        Ok(redacted) => redacted.and_then(|r| String::from_utf8(r).ok()),
+        Err(()) => scan_string(s, path, Role::Content, ctx),
+    }
+}
+
 /// A string value: base64 file data is decoded and inspected as a body of its own (its
 /// compression, charset and format recognised); other strings scanned as they are.
 fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Option<String> {
     let (prefix, b64) = match s.strip_prefix("data:").and_then(|r| r.split_once(";base64,")) {
         Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
         None if file_data => (None, s),
+        None if embedded_json(s) => return nested_document(s, path, ctx),
         None => return scan_string(s, path, Role::Content, ctx),
     };
     let Ok(decoded) = STANDARD.decode(b64.trim()) else {

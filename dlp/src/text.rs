@@ -34,6 +34,8 @@ pub(crate) struct Ctx<'a> {
     /// Base64 runs of the text being scanned (reused).
     runs: Vec<(usize, usize)>,
     base64_depth: u8,
+    /// Nesting of JSON documents inside strings ([`crate::json`]).
+    pub(crate) json_depth: u8,
     /// The number at the end of the last text that had digits, and that text's path.
     tail: String,
     tail_path: String,
@@ -56,6 +58,7 @@ impl<'a> Ctx<'a> {
             matches: Vec::new(),
             runs: Vec::new(),
             base64_depth: 0,
+            json_depth: 0,
             tail: String::new(),
             tail_path: String::new(),
             numbers: crate::numbers::subset(set),

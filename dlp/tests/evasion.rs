@@ -286,3 +286,59 @@ fn hard_negatives_stay_clean() {
     );
     assert!(o.findings.is_empty());
 }
+
+#[test]
+fn responses_api_input_items_files_and_instructions() {
+    let file = STANDARD.encode(format!("name,card\nbob,{CARD}\n"));
+    let body = serde_json::json!({
+        "model": "gpt-4.1",
+        "instructions": "You are a helpful assistant. Customer SSN 123-45-6789.",
+        "input": [
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "summarise the file"},
+                {"type": "input_file", "filename": "cards.csv", "file_data": format!("data:text/csv;base64,{file}")},
+                {"type": "input_image", "image_url": "https://example.com/x.png"}
+            ]},
+            {"type": "function_call_output", "call_id": "call_1", "output": "{\"card\": \"\\u0034111 1111 1111 1111\"}"}
+        ]
+    });
+    let o = run("application/json", &serde_json::to_vec(&body).unwrap(), true);
+    let found = found(&o);
+    assert!(found.contains(&("us_ssn", "$.instructions".into())), "{found:?}");
+    card_at(&o, "$.input[0].content[1].file_data(base64)");
+    card_at(&o, "$.input[1].output(json).card");
+    let red: serde_json::Value = serde_json::from_slice(&o.redacted.unwrap()).unwrap();
+    assert!(!red.to_string().contains("4111") && !red.to_string().contains("123-45-6789"));
+    let string_input = serde_json::json!({"model": "gpt-4.1", "input": format!("card {CARD}")});
+    card_at(
+        &run("application/json", &serde_json::to_vec(&string_input).unwrap(), false),
+        "$.input",
+    );
+}
+
+#[test]
+fn tool_call_arguments_are_read_as_json() {
+    // The card is written with JSON escapes inside the arguments string: only reading that
+    // string as JSON shows it.
+    let args = r#"{"note":"\u0034\u0031\u0031\u0031 1111 1111 1111"}"#;
+    let body = serde_json::json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "pay it"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "pay", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "{\"status\":\"ok\",\"ssn\":\"123-45-6789\"}"}
+        ]
+    });
+    let o = run("application/json", &serde_json::to_vec(&body).unwrap(), true);
+    card_at(&o, "$.messages[1].tool_calls[0].function.arguments(json).note");
+    assert!(
+        found(&o).contains(&("us_ssn", "$.messages[2].content(json).ssn".into())),
+        "{:?}",
+        found(&o)
+    );
+    let red: serde_json::Value = serde_json::from_slice(&o.redacted.unwrap()).unwrap();
+    let args = red["messages"][1]["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+    let inner: serde_json::Value = serde_json::from_str(args).unwrap();
+    assert_eq!(inner["note"], "[REDACTED:credit_card]", "still JSON inside: {args}");
+}

@@ -292,25 +292,44 @@ impl Session {
         let text = |n: &str| {
             req.headers.header(n).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
         };
-        if let Some(org) = text("openai-organization")
-            && !h.allowed_organizations.is_empty()
-            && !h.allowed_organizations.iter().any(|a| a == org)
-        {
-            return Err(Refusal::forbidden(
-                "organization_not_allowed",
-                "this OpenAI organization is not allowed",
-                rule,
-            ));
-        }
-        if let Some(project) = text("openai-project")
-            && !h.allowed_projects.is_empty()
-            && !h.allowed_projects.iter().any(|a| a == project)
-        {
-            return Err(Refusal::forbidden(
-                "project_not_allowed",
-                "this OpenAI project is not allowed",
-                rule,
-            ));
+        // An allow-list holds whether or not the client names its organization (project):
+        // without the header, the key's default one is used, which could be any.
+        let checks = [
+            ("openai-organization", &h.allowed_organizations, "organization"),
+            ("openai-project", &h.allowed_projects, "project"),
+        ];
+        for (header, allowed, what) in checks {
+            if allowed.is_empty() {
+                continue;
+            }
+            match text(header) {
+                Some(v) if allowed.iter().any(|a| a == v) => {}
+                Some(_) => {
+                    return Err(Refusal::forbidden(
+                        if what == "project" {
+                            "project_not_allowed"
+                        } else {
+                            "organization_not_allowed"
+                        },
+                        format!("this OpenAI {what} is not allowed"),
+                        rule,
+                    ));
+                }
+                None if h.inject_missing_org_project => {}
+                None => {
+                    return Err(Refusal::forbidden(
+                        if what == "project" {
+                            "project_required"
+                        } else {
+                            "organization_required"
+                        },
+                        format!(
+                            "requests must name an allowed OpenAI {what} (the {header} header)"
+                        ),
+                        rule,
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -447,6 +466,19 @@ impl Session {
             (host == "api.openai.com", &self.headers.openai_allowed_orgs_header)
         {
             out.push((ORGS_HEADER, v.clone()));
+        }
+        // The request filter let a request without its organization (project) through only
+        // to have the first allowed value sent.
+        if self.headers.inject_missing_org_project {
+            let missing = [
+                ("openai-organization", &self.headers.allowed_organizations),
+                ("openai-project", &self.headers.allowed_projects),
+            ];
+            for (name, allowed) in missing {
+                if let (None, Some(first)) = (req.headers.header(name), allowed.first()) {
+                    out.push((name, first.clone()));
+                }
+            }
         }
         ctx.rec.injected.extend(out.iter().map(|(n, _)| *n));
         out

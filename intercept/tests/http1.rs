@@ -413,21 +413,51 @@ async fn organizations_and_projects_are_enforced_and_the_allowed_list_injected()
     ex.headers.allowed_projects = vec!["proj_good".into()];
     ex.headers.openai_allowed_orgs_header = Some("org-good".into());
     for (hdr, code) in [
-        ("OpenAI-Organization: org-evil\r\n", "organization_not_allowed"),
-        ("OpenAI-Project: proj_evil\r\n", "project_not_allowed"),
+        (
+            "OpenAI-Organization: org-evil\r\nOpenAI-Project: proj_good\r\n",
+            "organization_not_allowed",
+        ),
+        ("OpenAI-Organization: org-good\r\nOpenAI-Project: proj_evil\r\n", "project_not_allowed"),
+        (
+            "OpenAI-Organization: org-good, org-evil\r\nOpenAI-Project: proj_good\r\n",
+            "organization_not_allowed",
+        ),
+        ("OpenAI-Organization: org-good\r\nOpenAI-Organization: org-evil\r\n", "ambiguous_request"),
+        ("OpenAI-Project: proj_good\r\n", "organization_required"),
+        ("OpenAI-Organization: org-good\r\n", "project_required"),
+        ("", "organization_required"),
     ] {
         let (mut c, _s, records, task) = start(ex.clone(), true);
         c.write_all(post("{}", hdr).as_bytes()).await.unwrap();
         let text = read_to_end(&mut c).await;
-        assert!(text.starts_with("HTTP/1.1 403") && text.contains(code), "{text}");
+        assert!(text.starts_with("HTTP/1.1 4") && text.contains(code), "{hdr}: {text}");
         task.await.unwrap().unwrap();
         assert_eq!(records.lock().unwrap()[0].code, Some(code_static2(code)));
     }
+    // Told to, the appliance names the allowed organization and project itself.
+    let mut inject = ex.clone();
+    inject.headers.inject_missing_org_project = true;
+    let (mut c, mut s, records, task) = start(inject, true);
+    c.write_all(post("{}", "").as_bytes()).await.unwrap();
+    let up = String::from_utf8(read_until(&mut s, b"{}").await).unwrap();
+    assert!(
+        up.contains("openai-organization: org-good\r\n")
+            && up.contains("openai-project: proj_good\r\n"),
+        "{up}"
+    );
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await.unwrap();
+    read_until(&mut c, b"{}").await;
+    drop(c);
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        records.lock().unwrap()[0].injected,
+        ["openai-allowed-organization-ids", "openai-organization", "openai-project"]
+    );
     let (mut c, mut s, records, task) = start(ex, true);
     c.write_all(
         post(
             "{}",
-            "OpenAI-Organization: org-good\r\nOpenAI-Allowed-Organization-Ids: org-evil\r\n",
+            "OpenAI-Organization: org-good\r\nOpenAI-Project: proj_good\r\nOpenAI-Allowed-Organization-Ids: org-evil\r\n",
         )
         .as_bytes(),
     )
@@ -448,11 +478,16 @@ async fn organizations_and_projects_are_enforced_and_the_allowed_list_injected()
 }
 
 fn code_static2(code: &str) -> &'static str {
-    if code == "organization_not_allowed" {
-        "organization_not_allowed"
-    } else {
-        "project_not_allowed"
-    }
+    [
+        "organization_not_allowed",
+        "project_not_allowed",
+        "organization_required",
+        "project_required",
+        "ambiguous_request",
+    ]
+    .into_iter()
+    .find(|c| *c == code)
+    .unwrap_or("unknown")
 }
 
 /// One exchange through `serve_keeping`: the client's request, the server's response; returns

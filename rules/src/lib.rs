@@ -55,7 +55,7 @@ pub use policy::{
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal, Unscanned,
+    MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, Unscanned,
 };
 
 use std::path::Path;

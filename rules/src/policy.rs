@@ -138,6 +138,9 @@ pub struct HeaderPolicy {
     pub allowed_organizations: Vec<String>,
     /// Allowed `OpenAI-Project` values (empty: any).
     pub allowed_projects: Vec<String>,
+    /// A request without the organization (project) header where an allow-list is set gets
+    /// the first allowed value, instead of being refused.
+    pub inject_missing_org_project: bool,
     /// Allowed models (empty: any).
     pub allowed_models: Vec<String>,
     /// Credentials in responses are replaced before the client sees them.

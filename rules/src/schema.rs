@@ -209,6 +209,16 @@ pub struct DlpDef {
     pub action: DlpAction,
 }
 
+/// `missing_org_project`: a request that does not name its organization or project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingOrgProject {
+    /// Refused (403 `organization_required` / `project_required`).
+    Refuse,
+    /// The first allowed value is sent.
+    Inject,
+}
+
 /// `on_unscanned`: a request DLP could not read entirely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,6 +267,10 @@ pub struct RuleDef {
     /// Allowed values of the `OpenAI-Project` request header (empty: any).
     #[serde(default)]
     pub allowed_projects: Vec<Spanned<String>>,
+    /// A request without the `OpenAI-Organization` (`OpenAI-Project`) header where an
+    /// allow-list is set: `refuse` it (the key's default organization could be any), or
+    /// `inject` the first allowed value. Default: `refuse`.
+    pub missing_org_project: Option<Spanned<MissingOrgProject>>,
     /// Allowed `model` values in request bodies (empty: any).
     #[serde(default)]
     pub allowed_models: Vec<Spanned<String>>,

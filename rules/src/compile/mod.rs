@@ -21,7 +21,7 @@ use crate::policy::{
 };
 use crate::schema::{
     Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal, RuleDef, RuleFile, Unscanned,
+    MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, RuleDef, RuleFile, Unscanned,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -461,6 +461,17 @@ impl Cx<'_> {
             self.inspect_flag(r.mask_responses.as_ref(), "mask_responses", name, action);
         headers.block_audio =
             self.inspect_flag(r.block_audio.as_ref(), "block_audio", name, action);
+        headers.inject_missing_org_project = match &r.missing_org_project {
+            Some(m) if r.allowed_organizations.is_empty() && r.allowed_projects.is_empty() => {
+                self.err(
+                    span_of(m),
+                    format!("`missing_org_project` needs `allowed_organizations` or `allowed_projects`; rule `{name}` has neither"),
+                );
+                false
+            }
+            Some(m) => *m.get_ref() == MissingOrgProject::Inject,
+            None => false,
+        };
         headers.block_unscanned = match &r.on_unscanned {
             Some(u) if r.dlp.is_none() => {
                 self.err(
@@ -574,6 +585,7 @@ impl Cx<'_> {
             mask_responses: false,
             block_audio: false,
             block_unscanned: false,
+            inject_missing_org_project: false,
         }
     }
 
