@@ -93,6 +93,11 @@ impl DetectorSet {
         self.0 == 0
     }
 
+    /// The detectors of either.
+    pub fn union(&self, other: &DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 | other.0)
+    }
+
     /// The detectors of `self` that are not in `other`.
     pub fn without(&self, other: &DetectorSet) -> DetectorSet {
         DetectorSet(self.0 & !other.0)
@@ -332,7 +337,7 @@ impl Scanner {
         }
         if numbers::any_enabled(set) {
             numbers::scan(bytes, set, out, runs.as_deref_mut());
-        } else if let Some(r) = runs.as_deref_mut() {
+        } else if let Some(r) = runs {
             r.extend(text::base64_runs(bytes));
         }
         self.custom.scan(text, set, out);

@@ -153,9 +153,15 @@ impl Decider {
                     salt: self.salt.clone(),
                 })
             }),
-            mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|_| {
+            mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|r| {
                 let scanner = self.scanner_for(&policy);
-                let set = credential_set(&scanner);
+                // Credentials always; then the mask profile's detectors, or the rule's own.
+                let profile = match &r.spec.headers.mask_profile {
+                    Some(name) => policy.dlp_profiles.iter().find(|p| &*p.name == name.as_str()),
+                    None => d.dlp,
+                };
+                let extra = profile.and_then(|p| scanner.profile(&p.detectors).ok());
+                let set = credential_set(&scanner).union(&extra.unwrap_or_default());
                 Mask { scanner, set }
             }),
         }

@@ -24,7 +24,9 @@ pub(crate) fn plan(_mask: &Mask, headers: &dyn Headers) -> Option<MaskPlan> {
     if ct.starts_with(b"text/event-stream") && !encoded {
         return Some(MaskPlan::Sse);
     }
-    if ct.windows(4).any(|w| w == b"json") {
+    // JSON, and an event stream compressed although the request asked for none: decoded
+    // and masked whole (buffered up to the inspection limit).
+    if ct.windows(4).any(|w| w == b"json") || ct.starts_with(b"text/event-stream") {
         return Some(MaskPlan::Json);
     }
     None
@@ -46,11 +48,25 @@ pub struct MaskedJson {
     pub masked: Vec<&'static str>,
 }
 
-/// Masks a whole JSON response body (`encoding`: its Content-Encoding, decoded up to `limit`;
-/// a body that cannot be decoded goes as it came).
+/// Masks a whole JSON response body, or a compressed event stream (`encoding`: its
+/// Content-Encoding, decoded up to `limit`; a body that cannot be decoded goes as it came).
 pub fn json(mask: &Mask, body: Vec<u8>, encoding: Option<&[u8]>, limit: usize) -> MaskedJson {
     let encoding = encoding.filter(|e| !e.eq_ignore_ascii_case(b"identity"));
     let decoded = encoding.and_then(|e| sluice_dlp::body::decode(e, &body, limit).ok());
+    let plain = decoded.as_deref().unwrap_or(&body);
+    if plain.starts_with(b"data:") || plain.starts_with(b"event:") {
+        // A compressed event stream, decoded: masked event by event all the same.
+        let mut m = sse(mask);
+        let mut out = Vec::with_capacity(plain.len());
+        m.feed(plain, &mut out);
+        m.finish(&mut out);
+        let masked = std::mem::take(&mut m.masked);
+        let changed = !masked.is_empty();
+        return match (changed, decoded.is_some()) {
+            (false, _) => MaskedJson { body, decoded: false, masked },
+            (true, d) => MaskedJson { body: out, decoded: d, masked },
+        };
+    }
     let out = sluice_dlp::extract::inspect(
         &mask.scanner,
         &mask.set,

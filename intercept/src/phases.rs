@@ -449,7 +449,8 @@ impl Session {
     }
 
     /// Phase 4: the headers the rule injects toward the server, each noted in the record.
-    /// The driver drops the client's copies of [`INJECTED`] headers.
+    /// The driver drops the client's copies of [`INJECTED`] headers and of every header
+    /// returned.
     pub fn upstream_request_filter(
         &self,
         req: &RequestView<'_>,
@@ -466,6 +467,11 @@ impl Session {
             (host == "api.openai.com", &self.headers.openai_allowed_orgs_header)
         {
             out.push((ORGS_HEADER, v.clone()));
+        }
+        // A masked response is read as it streams: asked for without compression (a server
+        // that compresses anyway has its body decoded and masked whole).
+        if self.mask.is_some() && req.headers.header("accept-encoding").is_some() {
+            out.push(("accept-encoding", "identity".to_owned()));
         }
         // The request filter let a request without its organization (project) through only
         // to have the first allowed value sent.

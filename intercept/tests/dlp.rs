@@ -222,3 +222,76 @@ async fn alert_forwards_and_records() {
     assert_eq!(o.record.dlp_action, Some("alert"));
     assert_eq!(o.record.dlp_findings[0].detector, "credit_card");
 }
+
+fn masking(s: Session) -> Session {
+    let mut s = s;
+    let scanner = std::sync::Arc::new(sluice_dlp::Scanner::new().unwrap());
+    // What decide.rs builds for a rule whose profile has cards: credentials and cards.
+    let set = sluice_dlp::DetectorSet::family("credential")
+        .union(&sluice_dlp::DetectorSet::from_names(&["credit_card"]).unwrap());
+    s.mask = Some(sluice_intercept::phases::Mask { scanner, set });
+    s
+}
+
+fn responses_stream(pieces: &[&str]) -> String {
+    pieces
+        .iter()
+        .map(|p| {
+            format!(
+                "event: response.output_text.delta\ndata: {}\n\n",
+                serde_json::json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": p})
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn responses_streams_are_masked_with_the_rule_profile_and_asked_uncompressed() {
+    let events = responses_stream(&["your card: 4111 11", "11 1111 1111", " ok"]);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{events}",
+        events.len()
+    );
+    let body = chat("hello");
+    let head = post("/v1/responses", "application/json", "Accept-Encoding: gzip, br\r\n", &body);
+    let o = common::send_answering(
+        masking(session(DlpAction::Alert, false)),
+        &head,
+        &body,
+        Some(answer.as_bytes()),
+    )
+    .await;
+    let up = forwarded(&o);
+    assert!(up.contains("accept-encoding: identity\r\n") && !up.contains("gzip"), "{up}");
+    assert!(!o.client.contains("1111"), "{}", o.client);
+    assert!(o.client.contains("event: response.output_text.delta"), "{}", o.client);
+    assert!(o.client.contains("[REDACTED:credit_card]"), "{}", o.client);
+    assert_eq!(o.record.response_masked, ["credit_card"]);
+}
+
+#[tokio::test]
+async fn a_compressed_event_stream_is_masked_all_the_same() {
+    let events = responses_stream(&["key sk-proj-Ab12Cd34Ef56", "Gh78Ij90Kl12Mn34 done"]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(events.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&gz);
+    let body = chat("hello");
+    let head = post("/v1/responses", "application/json", "", &body);
+    let o = common::send_answering(
+        masking(session(DlpAction::Alert, false)),
+        &head,
+        &body,
+        Some(&answer),
+    )
+    .await;
+    forwarded(&o);
+    assert!(!o.client.to_lowercase().contains("content-encoding"), "sent decoded: {}", o.client);
+    assert!(o.client.contains("\"delta\":\"[REDACTED:openai_api_key] \""), "{}", o.client);
+    assert!(!o.client.contains("Ab12Cd34"), "{}", o.client);
+}

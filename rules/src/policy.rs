@@ -143,8 +143,11 @@ pub struct HeaderPolicy {
     pub inject_missing_org_project: bool,
     /// Allowed models (empty: any).
     pub allowed_models: Vec<String>,
-    /// Credentials in responses are replaced before the client sees them.
+    /// Sensitive data in responses is replaced before the client sees it: credentials, and
+    /// the detectors of `mask_profile` (or of the rule's DLP profile).
     pub mask_responses: bool,
+    /// The DLP profile response masking uses, when not the rule's own.
+    pub mask_profile: Option<String>,
     /// Audio streamed over WebSocket is refused.
     pub block_audio: bool,
     /// A request DLP could not read entirely is refused (`on_unscanned = "block"`, the

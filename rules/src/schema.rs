@@ -274,8 +274,12 @@ pub struct RuleDef {
     /// Allowed `model` values in request bodies (empty: any).
     #[serde(default)]
     pub allowed_models: Vec<Spanned<String>>,
-    /// Replace credentials in the model's responses (JSON and server-sent events).
+    /// Replace sensitive data in the model's responses (JSON, server-sent events, WebSocket
+    /// messages): credentials, and the detectors of the rule's DLP profile.
     pub mask_responses: Option<Spanned<bool>>,
+    /// The DLP profile whose detectors response masking replaces (with credentials), instead
+    /// of the rule's own; implies `mask_responses = true`.
+    pub mask_profile: Option<Spanned<String>>,
     /// Refuse audio streamed over WebSocket (binary messages, Realtime
     /// `input_audio_buffer.append`): the socket is closed with 1008.
     pub block_audio: Option<Spanned<bool>>,

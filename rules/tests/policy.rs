@@ -417,6 +417,7 @@ fn missing_org_project_needs_an_allow_list() {
     let ok = "[[rule]]\nname = \"r\"\naction = \"inspect\"\nallowed_organizations = [\"org-a\"]\nmissing_org_project = \"inject\"\n";
     let c = compile("t.toml", ok, &ShippedOnly).unwrap();
     assert!(c.policy.rules[0].spec.headers.inject_missing_org_project);
-    let e = errors("[[rule]]\nname = \"r\"\naction = \"inspect\"\nmissing_org_project = \"inject\"\n");
+    let e =
+        errors("[[rule]]\nname = \"r\"\naction = \"inspect\"\nmissing_org_project = \"inject\"\n");
     assert!(e[0].contains("`missing_org_project` needs `allowed_organizations`"), "{e:?}");
 }

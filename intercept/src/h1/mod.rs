@@ -466,6 +466,7 @@ fn forward_head(
         }
         if matches!(name.as_str(), "content-length" | "transfer-encoding" | "expect")
             || INJECTED.contains(&name.as_str())
+            || injected.iter().any(|(n, _)| n == name)
             || (decoded && name == "content-encoding")
             || hop(name)
         {

@@ -201,7 +201,10 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
     let injected = s.upstream_request_filter(&view, &mut ctx);
     let method = parts.method.clone();
     let mut headers = parts.headers;
-    for name in HOP_BY_HOP.iter().chain(&INJECTED).chain(&["content-length", "host"]) {
+    let replaced = injected.iter().map(|(n, _)| n);
+    for name in
+        HOP_BY_HOP.iter().chain(&INJECTED).chain(&["content-length", "host"]).chain(replaced)
+    {
         headers.remove(*name);
     }
     if decoded {

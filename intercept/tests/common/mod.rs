@@ -49,6 +49,11 @@ pub struct Outcome {
 
 /// Sends `head` + `body`; a server that answers 200 to whatever reaches it.
 pub async fn send(s: Session, head: &str, body: &[u8]) -> Outcome {
+    send_answering(s, head, body, None).await
+}
+
+/// [`send`], the server answering `answer` when given.
+pub async fn send_answering(s: Session, head: &str, body: &[u8], answer: Option<&[u8]>) -> Outcome {
     let (mut c, mut proxy_client) = duplex(1 << 20);
     let (mut server, mut proxy_server) = duplex(1 << 20);
     let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
@@ -70,7 +75,9 @@ pub async fn send(s: Session, head: &str, body: &[u8]) -> Outcome {
         }
     }
     if !upstream.is_empty() {
-        let answer: &[u8] = if upstream.starts_with(b"GET /v1/realtime") {
+        let answer: &[u8] = if let Some(a) = answer {
+            a
+        } else if upstream.starts_with(b"GET /v1/realtime") {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -461,6 +461,26 @@ impl Cx<'_> {
             self.inspect_flag(r.mask_responses.as_ref(), "mask_responses", name, action);
         headers.block_audio =
             self.inspect_flag(r.block_audio.as_ref(), "block_audio", name, action);
+        if let Some(m) = &r.mask_profile {
+            if action != Action::Inspect {
+                self.err(
+                    span_of(m),
+                    format!(
+                        "`mask_profile` applies only to `inspect` rules; rule `{name}` is `{}`",
+                        action.as_str()
+                    ),
+                );
+            } else if !dlps.contains_key(m.get_ref()) {
+                let hint = closest(m.get_ref(), dlps.keys().map(String::as_str));
+                self.err(
+                    span_of(m),
+                    format!("rule `{name}` names unknown DLP profile `{}`{hint}", m.get_ref()),
+                );
+            } else {
+                headers.mask_responses = true;
+                headers.mask_profile = Some(m.get_ref().clone());
+            }
+        }
         headers.inject_missing_org_project = match &r.missing_org_project {
             Some(m) if r.allowed_organizations.is_empty() && r.allowed_projects.is_empty() => {
                 self.err(
@@ -586,6 +606,7 @@ impl Cx<'_> {
             block_audio: false,
             block_unscanned: false,
             inject_missing_org_project: false,
+            mask_profile: None,
         }
     }
 
