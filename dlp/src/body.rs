@@ -199,29 +199,54 @@ pub fn encode(encoding: &str, data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// A binary format recognised by its magic bytes, named for records.
-pub fn sniff_binary(b: &[u8]) -> Option<&'static str> {
-    const MAGIC: &[(&[u8], &str)] = &[
-        (b"%PDF-", "PDF document"),
-        (b"PK\x03\x04", "zip archive (docx, xlsx, …)"),
-        (b"\x89PNG\r\n\x1a\n", "PNG image"),
-        (b"\xff\xd8\xff", "JPEG image"),
-        (b"GIF8", "GIF image"),
-        (b"RIFF", "RIFF media (WAV, WebP)"),
-        (b"OggS", "Ogg audio"),
-        (b"fLaC", "FLAC audio"),
-        (b"ID3", "MP3 audio"),
-        (b"\x1aE\xdf\xa3", "WebM media"),
-        (b"7z\xbc\xaf\x27\x1c", "7z archive"),
-        (b"Rar!", "RAR archive"),
-        (b"\xd0\xcf\x11\xe0", "OLE document (doc, xls)"),
-        (b"BZh", "bzip2 data"),
-        (b"\xfd7zXZ\x00", "xz data"),
+/// What a binary format is, for the rule deciding whether it may pass unscanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Binary {
+    /// Recorded speech or sound (`audio` in the rule).
+    Audio,
+    /// Images and video: files that carry no text DLP could read (`files` in the rule).
+    File,
+    /// A document format text is extracted from ([`crate::docs`]).
+    Document,
+    /// Archives and documents whose text cannot be read here (`on_unscanned`).
+    Opaque,
+}
+
+/// A binary format recognised by its magic bytes: its name for records, and what it is.
+pub fn sniff_binary(b: &[u8]) -> Option<(&'static str, Binary)> {
+    use Binary::*;
+    const MAGIC: &[(&[u8], &str, Binary)] = &[
+        (b"%PDF-", "PDF document", Document),
+        (b"PK\x03\x04", "zip archive", Document),
+        (b"\x89PNG\r\n\x1a\n", "PNG image", File),
+        (b"\xff\xd8\xff", "JPEG image", File),
+        (b"GIF87a", "GIF image", File),
+        (b"GIF89a", "GIF image", File),
+        (b"OggS", "Ogg audio", Audio),
+        (b"fLaC", "FLAC audio", Audio),
+        (b"ID3", "MP3 audio", Audio),
+        (b"\xff\xfb", "MP3 audio", Audio),
+        (b"\xff\xf3", "MP3 audio", Audio),
+        (b"\xff\xf2", "MP3 audio", Audio),
+        (b"\x1aE\xdf\xa3", "WebM media", Audio),
+        (b"7z\xbc\xaf\x27\x1c", "7z archive", Opaque),
+        (b"Rar!", "RAR archive", Opaque),
+        (b"\xd0\xcf\x11\xe0", "OLE document (doc, xls)", Opaque),
+        (b"BZh", "bzip2 data", Opaque),
+        (b"\xfd7zXZ\x00", "xz data", Opaque),
     ];
-    if let Some((_, name)) = MAGIC.iter().find(|(m, _)| b.starts_with(m)) {
-        return Some(name);
+    if let Some((_, name, kind)) = MAGIC.iter().find(|(m, _, _)| b.starts_with(m)) {
+        return Some((name, *kind));
     }
-    (b.get(4..8) == Some(b"ftyp")).then_some("MP4 media")
+    match (b.get(..4), b.get(4..8), b.get(8..12)) {
+        (Some(b"RIFF"), _, Some(b"WAVE")) => Some(("WAV audio", Audio)),
+        (Some(b"RIFF"), _, Some(b"WEBP")) => Some(("WebP image", File)),
+        (Some(b"RIFF"), _, _) => Some(("RIFF media", File)),
+        (_, Some(b"ftyp"), Some(b"M4A ")) => Some(("M4A audio", Audio)),
+        (_, Some(b"ftyp"), _) => Some(("MP4 media", File)),
+        _ => None,
+    }
 }
 
 /// Why a part's transfer encoding could not be undone.

@@ -7,6 +7,7 @@
 //! What still cannot be read is named in [`Outcome::unscanned`] with the reason, never passed
 //! over as clean. Redaction rebuilds each layer as it came (re-compressed, re-encoded). Pure.
 
+use crate::body::Binary;
 use crate::charset;
 use crate::text::{Ctx, Role, scan_string};
 use crate::{DetectorSet, Finding, Scanner, body, form, json};
@@ -25,8 +26,8 @@ pub struct Outcome {
     pub redacted: Option<Vec<u8>>,
     /// Bytes of text scanned.
     pub scanned: usize,
-    /// What could not be scanned, each as `path (reason)`.
-    pub unscanned: Vec<String>,
+    /// What could not be scanned.
+    pub unscanned: Vec<Unscanned>,
     /// How content was read where it was not plain UTF-8 (`$ (gzip)`, `$.file (UTF-16LE)`).
     pub decoded: Vec<String>,
     /// Findings that redaction cannot replace where they are (a number split across two
@@ -36,7 +37,48 @@ pub struct Outcome {
     pub split: bool,
 }
 
+/// Content that was not scanned, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unscanned {
+    /// Where it is (`$.file(a.png)`).
+    pub path: String,
+    /// Why (`PNG image`, `corrupt gzip body`).
+    pub reason: String,
+    /// A binary format the rule may let through (audio, files), or `None`: content that
+    /// should have been readable and was not (`on_unscanned`).
+    pub binary: Option<Binary>,
+    /// Its size in bytes.
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for Unscanned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.path, self.reason)
+    }
+}
+
 impl Outcome {
+    /// What was not scanned, as records write it: `path (reason)`.
+    pub fn unscanned_text(&self) -> Vec<String> {
+        self.unscanned.iter().map(ToString::to_string).collect()
+    }
+
+    /// Notes that content at `path` was not scanned.
+    pub(crate) fn skip(
+        &mut self,
+        path: &str,
+        reason: impl Into<String>,
+        binary: Option<Binary>,
+        bytes: usize,
+    ) {
+        self.unscanned.push(Unscanned {
+            path: path.to_owned(),
+            reason: reason.into(),
+            binary,
+            bytes,
+        });
+    }
+
     /// Findings per detector, sorted by name.
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
         let mut v: Vec<(&'static str, usize)> = Vec::new();
@@ -102,7 +144,7 @@ pub(crate) fn content(
         return None;
     }
     if depth > MAX_NESTING {
-        ctx.out.unscanned.push(format!("{label} (layers nested too deeply)"));
+        ctx.out.skip(label, "layers nested too deeply", None, bytes.len());
         return None;
     }
     if let Some(enc) = body::sniff_compression(bytes) {
@@ -114,7 +156,7 @@ pub(crate) fn content(
             }
             Err(_) if enc == "deflate" => content_text(ct, bytes, label, ctx, depth),
             Err(e) => {
-                ctx.out.unscanned.push(format!("{label} ({e})"));
+                ctx.out.skip(label, e.to_string(), None, bytes.len());
                 None
             }
         };
@@ -130,8 +172,25 @@ fn content_text(
     ctx: &mut Ctx<'_>,
     depth: u8,
 ) -> Option<Vec<u8>> {
-    if let Some(kind) = body::sniff_binary(bytes) {
-        ctx.out.unscanned.push(format!("{label} ({kind})"));
+    if let Some((name, kind)) = body::sniff_binary(bytes) {
+        match kind {
+            Binary::Document => match crate::docs::extract(bytes, MAX_DECODED) {
+                Err(e) => ctx.out.skip(label, format!("{name}: {e}"), None, bytes.len()),
+                Ok(text) => {
+                    ctx.out.decoded.push(format!("{label} ({name}: text extracted)"));
+                    // Nothing is redacted inside a document: a finding there is refused.
+                    let before = ctx.out.findings.len();
+                    let redact = std::mem::replace(&mut ctx.redact, false);
+                    scan_string(&text, label, Role::Content, ctx);
+                    ctx.redact = redact;
+                    if ctx.out.findings.len() > before {
+                        ctx.out.unredactable.push(format!("{label} (inside a {name})"));
+                    }
+                }
+            },
+            Binary::Opaque => ctx.out.skip(label, name, None, bytes.len()),
+            other => ctx.out.skip(label, name, Some(other), bytes.len()),
+        }
         return None;
     }
     if let Some(b) = ct.and_then(body::boundary) {
@@ -142,7 +201,7 @@ fn content_text(
     }
     let (text, charset) = charset::decode(ct, bytes);
     if charset::is_binary(&text) {
-        ctx.out.unscanned.push(format!("{label} (binary data)"));
+        ctx.out.skip(label, "binary data", None, bytes.len());
         return None;
     }
     if let Some(l) = charset.label() {
@@ -190,7 +249,7 @@ fn multipart(
         ctx.out.decoded.push(format!("{label} (boundary differs from the declared one)"));
         return new;
     }
-    ctx.out.unscanned.push(format!("{label} (malformed multipart body)"));
+    ctx.out.skip(label, "malformed multipart body", None, bytes.len());
     let (text, _) = charset::decode(None, bytes);
     if !charset::is_binary(&text) {
         scan_string(&text, label, Role::Content, ctx);
@@ -226,7 +285,7 @@ fn multipart_parts(
                     Some(d)
                 }
                 Err(e) => {
-                    ctx.out.unscanned.push(format!("{plabel} ({e})"));
+                    ctx.out.skip(&plabel, e.to_string(), None, p.data.len());
                     None
                 }
             },

@@ -137,7 +137,7 @@ fn walk(v: &mut Value, path: &mut String, file_data: bool, ctx: &mut Ctx<'_>) {
                 let len = path.len();
                 path.push('.');
                 path.push_str(shown.as_deref().unwrap_or(&k));
-                walk(&mut item, path, k == "file_data", ctx);
+                walk(&mut item, path, crate::walk::is_file_key(&k), ctx);
                 path.truncate(len);
                 entries.push((shown.unwrap_or(k), item));
             }
@@ -186,7 +186,7 @@ fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Opti
         return scan_string(s, path, Role::Content, ctx);
     };
     if decoded.len() > MAX_DECODED {
-        ctx.out.unscanned.push(format!("{path} (decoded file over the limit)"));
+        ctx.out.skip(path, "decoded file over the limit", None, decoded.len());
         return None;
     }
     let inner = format!("{path}(base64)");
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(o.findings[0].path, "$.input[0].file_data(base64)");
         let bin = STANDARD.encode([0u8, 159, 146, 150]);
         let o = run(&format!(r#"{{"file_data":"{bin}"}}"#), &["email"], false);
-        assert_eq!(o.unscanned, ["$.file_data(base64) (binary data)"]);
+        assert_eq!(o.unscanned_text(), ["$.file_data(base64) (binary data)"]);
     }
 
     #[test]
@@ -336,7 +336,7 @@ mod tests {
         );
         assert_eq!(o.counts(), [("aws_access_key_id", 1)]);
         assert_eq!(o.findings[0].path, "$.file(k.txt)");
-        assert_eq!(o.unscanned, ["$.img(a.png) (binary data)"]);
+        assert_eq!(o.unscanned_text(), ["$.img(a.png) (binary data)"]);
         let red = o.redacted.unwrap();
         let parts = crate::body::split_multipart(&red, "B").unwrap();
         assert_eq!(parts[1].data, b"key [REDACTED:aws_access_key_id]");

@@ -19,6 +19,7 @@
 pub mod body;
 pub mod charset;
 mod custom;
+pub mod docs;
 pub mod extract;
 pub mod form;
 pub mod json;

@@ -38,12 +38,18 @@ pub enum WalkError {
     Depth,
 }
 
+/// Keys whose string values carry file content in base64 (a file, audio, an image): read as
+/// files ([`Kind::FileData`]).
+pub fn is_file_key(key: &str) -> bool {
+    matches!(key, "file_data" | "data" | "audio" | "b64_json")
+}
+
 /// What a visited text is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A string value.
     Value,
-    /// A string value whose key is `file_data` (base64 file content).
+    /// A string value whose key carries base64 file content ([`is_file_key`]).
     FileData,
     /// An object key, visited before its value; the path is the object's.
     Key,
@@ -196,7 +202,7 @@ impl<'a> Reader<'a> {
             self.at += 1;
             let key = self.string(scratch)?;
             let key = key.get(scratch, self.s);
-            let file_data = key == "file_data";
+            let file_data = is_file_key(key);
             let shown = f(&self.path, key, Kind::Key);
             self.path.push('.');
             self.path.push_str(shown.as_deref().unwrap_or(key));
@@ -508,7 +514,7 @@ impl<'de> serde::de::Visitor<'de> for Key<'_, '_> {
         let shown = (self.1)(self.0, k, Kind::Key);
         self.0.push('.');
         self.0.push_str(shown.as_deref().unwrap_or(k));
-        Ok(k == "file_data")
+        Ok(is_file_key(k))
     }
 }
 

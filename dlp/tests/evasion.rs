@@ -96,7 +96,7 @@ fn corrupt_gzip_is_named_unscanned() {
     g.truncate(g.len() / 2);
     let o = run("application/json", &g, false);
     assert!(o.findings.is_empty());
-    assert_eq!(o.unscanned, ["$ (corrupt gzip body)"]);
+    assert_eq!(o.unscanned_text(), ["$ (corrupt gzip body)"]);
 }
 
 fn multipart(boundary: &str, part_head: &str, data: &[u8]) -> Vec<u8> {
@@ -156,7 +156,7 @@ fn multipart_with_a_wrong_boundary() {
     let garbage = format!("--nope\r\nbroken card {CARD}");
     let o = run("multipart/form-data; boundary=Declared", garbage.as_bytes(), false);
     card_at(&o, "$");
-    assert_eq!(o.unscanned, ["$ (malformed multipart body)"], "scanned as text, and named");
+    assert_eq!(o.unscanned_text(), ["$ (malformed multipart body)"], "scanned as text, and named");
 }
 
 #[test]

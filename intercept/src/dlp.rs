@@ -2,8 +2,9 @@
 //! its findings summarised into the request record (detectors, counts, paths and salted
 //! hashes, never values). Pure; called by the body phase ([`crate::phases`]).
 
+use sluice_dlp::body::Binary;
 use sluice_dlp::{DetectorSet, Scanner};
-use sluice_rules::DlpAction;
+use sluice_rules::{DlpAction, HeaderPolicy};
 
 use crate::block::Refusal;
 use crate::phases::RequestView;
@@ -33,8 +34,8 @@ pub(crate) struct Input<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The body, de-framed and decoded per its Content-Encoding (empty for none).
     pub body: &'a [u8],
-    /// Refuse content DLP cannot read (`on_unscanned = "block"`).
-    pub block_unscanned: bool,
+    /// The rule's inspection settings (`on_unscanned`, `files`, `block_audio`).
+    pub policy: &'a HeaderPolicy,
 }
 
 /// Headers that carry no free text (framing, negotiation, the SDKs' own metadata): not
@@ -106,40 +107,27 @@ pub(crate) fn scan(
         out.unredactable.push("the request head (path, query, headers)".into());
     }
     out.findings.extend(head.findings);
-    rec.unscanned.clone_from(&out.unscanned);
+    rec.unscanned = out.unscanned_text();
     rec.dlp_decoded.clone_from(&out.decoded);
     summarise(&out, rec);
-    let unscanned = || {
-        Refusal::forbidden(
-            "unscanned_content",
-            format!(
-                "the request carries content DLP cannot read: {} (on_unscanned = block)",
-                out.unscanned.join(", ")
-            ),
-            rule,
-        )
-    };
+    let skipped = skipped(&out, input.policy, rule);
     if out.findings.is_empty() {
-        if out.unscanned.is_empty() {
-            rec.dlp_action = Some("clean");
-            return Ok(None);
-        }
-        rec.dlp_action = Some("unscanned");
-        return match input.block_unscanned {
-            true => Err(unscanned()),
-            false => Ok(None),
+        rec.dlp_action = Some(if out.unscanned.is_empty() { "clean" } else { "unscanned" });
+        return match skipped {
+            Some(r) => Err(r),
+            None => Ok(None),
         };
     }
-    match dlp.action {
-        DlpAction::Block => {
+    match (dlp.action, skipped) {
+        (DlpAction::Block, _) => {
             rec.dlp_action = Some("block");
             Err(violation(&out, rule))
         }
-        _ if input.block_unscanned && !out.unscanned.is_empty() => {
+        (_, Some(r)) => {
             rec.dlp_action = Some("block");
-            Err(unscanned())
+            Err(r)
         }
-        DlpAction::Redact if !out.unredactable.is_empty() => {
+        (DlpAction::Redact, None) if !out.unredactable.is_empty() => {
             rec.dlp_action = Some("block");
             let mut r = violation(&out, rule);
             r.message = format!(
@@ -149,15 +137,55 @@ pub(crate) fn scan(
             );
             Err(r)
         }
-        DlpAction::Redact => {
+        (DlpAction::Redact, None) => {
             rec.dlp_action = Some("redact");
             Ok(out.redacted)
         }
-        DlpAction::Alert => {
+        (DlpAction::Alert, None) => {
             rec.dlp_action = Some("alert");
             Ok(None)
         }
     }
+}
+
+/// The refusal the rule gives content that was not scanned, if it refuses any: audio under
+/// `block_audio`, images and video under `files = "block"` or over `max_file_bytes`, and
+/// anything else DLP could not read under `on_unscanned = "block"`.
+fn skipped(
+    out: &sluice_dlp::extract::Outcome,
+    policy: &HeaderPolicy,
+    rule: Option<&str>,
+) -> Option<Refusal> {
+    for u in &out.unscanned {
+        let refusal = match u.binary {
+            Some(Binary::Audio) if policy.block_audio => {
+                Some(("audio_not_allowed", format!("audio may not be sent to this service: {u}")))
+            }
+            Some(Binary::File) if policy.block_files => {
+                Some(("file_not_allowed", format!("images and video may not be sent: {u}")))
+            }
+            Some(Binary::File) if policy.max_file_bytes.is_some_and(|m| u.bytes as u64 > m) => {
+                Some((
+                    "file_not_allowed",
+                    format!(
+                        "{u} is {} bytes, over the {} allowed",
+                        u.bytes,
+                        policy.max_file_bytes.unwrap_or_default()
+                    ),
+                ))
+            }
+            Some(_) => None,
+            None if policy.block_unscanned => Some((
+                "unscanned_content",
+                format!("the request carries content DLP cannot read: {u} (on_unscanned = block)"),
+            )),
+            None => None,
+        };
+        if let Some((code, message)) = refusal {
+            return Some(Refusal::forbidden(code, message, rule));
+        }
+    }
+    None
 }
 
 /// The request head's texts, scanned: the path (percent-decoded), each query field, and every

@@ -292,6 +292,14 @@ impl Session {
         let text = |n: &str| {
             req.headers.header(n).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
         };
+        let chatgpt = matches!(req.authority, "chatgpt.com" | "chat.openai.com" | "chat.com");
+        if h.block_chatgpt_anonymous && chatgpt && req.target.starts_with("/backend-anon/") {
+            return Err(Refusal::forbidden(
+                "chatgpt_signed_out",
+                "ChatGPT may be used here only signed in to an allowed workspace",
+                rule,
+            ));
+        }
         // An allow-list holds whether or not the client names its organization (project):
         // without the header, the key's default one is used, which could be any.
         let checks = [
@@ -401,12 +409,8 @@ impl Session {
             ));
         }
         let Some(profile) = &self.dlp else { return Ok(Forward { body, decoded: false }) };
-        let input = dlp::Input {
-            req: Some(req),
-            content_type: ctype,
-            body: plain,
-            block_unscanned: self.headers.block_unscanned,
-        };
+        let input =
+            dlp::Input { req: Some(req), content_type: ctype, body: plain, policy: &self.headers };
         match dlp::scan(profile, &input, self.rule.as_deref(), rec)? {
             Some(redacted) => Ok(Forward { body: redacted, decoded: true }),
             None => Ok(Forward { body, decoded: false }),
@@ -568,7 +572,7 @@ impl Session {
             req: None,
             content_type: Some(b"application/json"),
             body: payload,
-            block_unscanned: self.headers.block_unscanned,
+            policy: &self.headers,
         };
         match dlp::scan(profile, &input, self.rule.as_deref(), rec) {
             Ok(Some(redacted)) => MessageVerdict::Replace(redacted),

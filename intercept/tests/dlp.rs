@@ -66,24 +66,98 @@ fn upload(data: &[u8]) -> Vec<u8> {
     b
 }
 
+const ARCHIVE_7Z: &[u8] = b"7z\xbc\xaf\x27\x1c\0\x04\x8d\x9b\xd5\x0f";
+const WAV: &[u8] = b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0";
+
+fn upload_request(data: &[u8]) -> (String, Vec<u8>) {
+    let body = upload(data);
+    (post("/v1/files", "multipart/form-data; boundary=B", "", &body), body)
+}
+
 #[tokio::test]
 async fn unreadable_content_is_refused_when_the_rule_says_block() {
-    let body = upload(PNG);
-    let head = post("/v1/files", "multipart/form-data; boundary=B", "", &body);
+    let (head, body) = upload_request(ARCHIVE_7Z);
     let o = send(session(DlpAction::Block, true), &head, &body).await;
     refused(&o, "unscanned_content");
-    assert_eq!(o.record.unscanned, ["$.file(x.png) (PNG image)"]);
+    assert_eq!(
+        o.record.unscanned,
+        ["$.file(x.png) (7z archive)"],
+        "sniffed, whatever the name says"
+    );
     assert_eq!(o.record.dlp_action, Some("unscanned"));
 }
 
 #[tokio::test]
 async fn unreadable_content_is_forwarded_and_never_called_clean_when_allowed() {
-    let body = upload(PNG);
-    let head = post("/v1/files", "multipart/form-data; boundary=B", "", &body);
+    let (head, body) = upload_request(ARCHIVE_7Z);
     let o = send(session(DlpAction::Alert, false), &head, &body).await;
     forwarded(&o);
     assert_eq!(o.record.dlp_action, Some("unscanned"), "not clean");
+    assert_eq!(o.record.unscanned, ["$.file(x.png) (7z archive)"]);
+}
+
+#[tokio::test]
+async fn images_follow_the_files_setting_and_audio_block_audio() {
+    let (head, body) = upload_request(PNG);
+    // Images pass by default, recorded; on_unscanned does not apply to them.
+    let o = send(session(DlpAction::Block, true), &head, &body).await;
+    forwarded(&o);
     assert_eq!(o.record.unscanned, ["$.file(x.png) (PNG image)"]);
+    let mut s = session(DlpAction::Block, false);
+    s.headers.block_files = true;
+    refused(&send(s, &head, &body).await, "file_not_allowed");
+    let mut s = session(DlpAction::Block, false);
+    s.headers.max_file_bytes = Some(10);
+    let o = send(s, &head, &body).await;
+    refused(&o, "file_not_allowed");
+    assert!(o.client.contains("over the 10 allowed"), "{}", o.client);
+    // Audio: an upload for transcription, and input_audio in a chat request.
+    let (head, body) = upload_request(WAV);
+    let mut s = session(DlpAction::Block, false);
+    s.headers.block_audio = true;
+    refused(&send(s.clone(), &head, &body).await, "audio_not_allowed");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, WAV);
+    let chat_audio = format!(
+        r#"{{"model":"gpt-4o-audio-preview","messages":[{{"role":"user","content":[{{"type":"input_audio","input_audio":{{"data":"{b64}","format":"wav"}}}}]}}]}}"#
+    );
+    let o = send(
+        s,
+        &post("/v1/chat/completions", "application/json", "", chat_audio.as_bytes()),
+        chat_audio.as_bytes(),
+    )
+    .await;
+    refused(&o, "audio_not_allowed");
+    let o = send(
+        session(DlpAction::Block, true),
+        &post("/v1/chat/completions", "application/json", "", chat_audio.as_bytes()),
+        chat_audio.as_bytes(),
+    )
+    .await;
+    forwarded(&o);
+    assert_eq!(
+        o.record.unscanned,
+        ["$.messages[0].content[0].input_audio.data(base64) (WAV audio)"],
+        "recorded as unscanned audio"
+    );
+}
+
+#[tokio::test]
+async fn documents_are_read_and_what_they_hide_refused() {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    w.start_file("[Content_Types].xml", opts).unwrap();
+    w.write_all(b"<Types/>").unwrap();
+    w.start_file("word/document.xml", opts).unwrap();
+    w.write_all(b"<w:document><w:body><w:p><w:r><w:t>pay 4111 1111</w:t></w:r><w:r><w:t> 1111 1111</w:t></w:r></w:p></w:body></w:document>").unwrap();
+    let docx = w.finish().unwrap().into_inner();
+    let (head, body) = upload_request(&docx);
+    let o = send(session(DlpAction::Block, true), &head, &body).await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_decoded, ["$.file(x.png) (zip archive: text extracted)"]);
+    // Under a redacting profile a document cannot be rewritten: refused too.
+    let o = send(session(DlpAction::Redact, false), &head, &body).await;
+    refused(&o, "dlp_violation");
+    assert!(o.client.contains("cannot be redacted where it is"), "{}", o.client);
 }
 
 #[tokio::test]

@@ -150,6 +150,12 @@ pub struct HeaderPolicy {
     pub mask_profile: Option<String>,
     /// Audio streamed over WebSocket is refused.
     pub block_audio: bool,
+    /// Images and video in requests are refused.
+    pub block_files: bool,
+    /// Images and video larger than this are refused.
+    pub max_file_bytes: Option<u64>,
+    /// ChatGPT used signed out (`/backend-anon/…`) is refused.
+    pub block_chatgpt_anonymous: bool,
     /// A request DLP could not read entirely is refused (`on_unscanned = "block"`, the
     /// default under a blocking profile).
     pub block_unscanned: bool,

@@ -209,6 +209,16 @@ pub struct DlpDef {
     pub action: DlpAction,
 }
 
+/// `files`: images and video in requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilePolicy {
+    /// Forwarded, recorded as unscanned.
+    Allow,
+    /// Refused (403 `file_not_allowed`).
+    Block,
+}
+
 /// `missing_org_project`: a request that does not name its organization or project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -280,8 +290,17 @@ pub struct RuleDef {
     /// The DLP profile whose detectors response masking replaces (with credentials), instead
     /// of the rule's own; implies `mask_responses = true`.
     pub mask_profile: Option<Spanned<String>>,
-    /// Refuse audio streamed over WebSocket (binary messages, Realtime
-    /// `input_audio_buffer.append`): the socket is closed with 1008.
+    /// Images and video in requests (which carry no text DLP reads): `allow` (the default)
+    /// or `block`. Audio follows `block_audio`; other content DLP cannot read, `on_unscanned`.
+    pub files: Option<Spanned<FilePolicy>>,
+    /// Largest image or video allowed in a request, in bytes (larger ones are refused).
+    pub max_file_bytes: Option<Spanned<u64>>,
+    /// Refuse ChatGPT used signed out (`/backend-anon/…`): nobody's account, no workspace
+    /// control.
+    pub block_chatgpt_anonymous: Option<Spanned<bool>>,
+    /// Refuse audio: streamed over WebSocket (binary messages, Realtime
+    /// `input_audio_buffer.append`: the socket is closed with 1008), `input_audio` in
+    /// requests, and audio files uploaded for transcription.
     pub block_audio: Option<Spanned<bool>>,
     /// Free text for people reading the file.
     pub description: Option<String>,

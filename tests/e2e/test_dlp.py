@@ -227,8 +227,8 @@ class Profiles(unittest.TestCase):
         self.assertFalse(any("e2e-cred-" in e["path"] for e in upstream("api.openai.com")))
 
     def test_unreadable_content_is_refused_for_alice_and_recorded_for_bob(self):
-        png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0"
-        body = multipart("B", "Content-Type: image/png", png)
+        archive = b"7z\xbc\xaf\x27\x1c\0\x04\x8d\x9b\xd5\x0f" + os.urandom(64)
+        body = multipart("B", "Content-Type: application/octet-stream", archive)
         headers = [("Content-Type", "multipart/form-data; boundary=B")]
         got = send("alice", "/v1/files?t=e2e-unscanned-alice", body, headers)
         self.assertEqual(got["status"], 403, got)
@@ -236,7 +236,26 @@ class Profiles(unittest.TestCase):
         got = send("bob", "/v1/files?t=e2e-unscanned-bob", body, headers)
         self.assertEqual(got["status"], 200, got)
         rec = wait_for_record("request", lambda r: r["src"] == BOB and r.get("dlp_action") == "unscanned")
-        self.assertEqual(rec["unscanned"], ["$.file(notes.bin) (PNG image)"])
+        self.assertEqual(rec["unscanned"], ["$.file(notes.bin) (7z archive)"])
+
+    def test_images_pass_recorded_and_documents_are_read(self):
+        png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0"
+        headers = [("Content-Type", "multipart/form-data; boundary=B")]
+        got = send("alice", "/v1/files?t=e2e-image-alice", multipart("B", "Content-Type: image/png", png), headers)
+        self.assertEqual(got["status"], 200, got)
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("unscanned") == [
+            "$.file(notes.bin) (PNG image)"])
+        self.assertEqual(rec["dlp_action"], "unscanned")
+        import io
+        import zipfile
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("[Content_Types].xml", "<Types/>")
+            z.writestr("xl/sharedStrings.xml", "<sst><si><t>ssn 123-45-6789</t></si></sst>")
+        got = send("alice", "/v1/files?t=e2e-xlsx-alice", multipart("B", "Content-Type: application/octet-stream",
+                                                                    buf.getvalue()), headers)
+        self.assertEqual(got["status"], 403, got)
+        self.assertIn("us_ssn", got["body"])
 
     def test_what_bob_cannot_have_redacted_is_refused(self):
         split = json.dumps({"model": "gpt-4o-mini",
@@ -258,3 +277,46 @@ class Profiles(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ChatGpt(unittest.TestCase):
+    """ChatGPT's web surfaces for alice: conversations, signed-out use, and uploads, whose
+    bytes go by PUT to an oaiusercontent.com blob URL."""
+
+    def test_f_conversation_parts_are_scanned(self):
+        body = json.dumps({"action": "next", "messages": [{
+            "id": "m1", "author": {"role": "user"},
+            "content": {"content_type": "multimodal_text", "parts": [
+                {"content_type": "image_asset_pointer", "asset_pointer": "file-service://file-x"},
+                "refund card %s please" % CARD]}}],
+            "model": "auto", "parent_message_id": "client-created-root"}).encode()
+        got = send("alice", "/backend-api/f/conversation?t=e2e-chatgpt-parts", body, JSON, server="chatgpt.com")
+        self.assertEqual(got["status"], 403, got)
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("sni") == "chatgpt.com"
+                              and r.get("dlp_action") == "block")
+        self.assertIn("$.messages[0].content.parts[1]", rec["dlp_findings"][0]["paths"])
+        self.assertFalse(any("e2e-chatgpt-parts" in e["path"] for e in upstream("chatgpt.com")))
+
+    def test_signed_out_chatgpt_is_refused(self):
+        body = json.dumps({"action": "next", "messages": []}).encode()
+        got = send("alice", "/backend-anon/conversation?t=e2e-anon", body, JSON, server="chatgpt.com")
+        self.assertEqual(got["status"], 403, got)
+        self.assertEqual(json.loads(got["body"])["error"]["code"], "chatgpt_signed_out")
+        got = send("alice", "/backend-api/conversation?t=e2e-signed-in", json.dumps(
+            {"action": "next", "messages": [{"content": {"content_type": "text", "parts": ["hello"]}}]}).encode(),
+            JSON, server="chatgpt.com")
+        self.assertEqual(got["status"], 200, got)
+
+    def test_an_upload_put_to_the_blob_host_is_scanned(self):
+        csv = "name,ssn\nbob,123-45-6789\nann,234-56-7890\n".encode()
+        path = "/file-e2eupload?se=2026-12-01T00%3A00%3A00Z&sp=cw&sv=2024-08-04&sr=b&sig=Xy%2Bq0Qm9ZyR5N8Wq%3D&t=e2e-upload"
+        headers = [("Content-Type", "text/csv"), ("x-ms-blob-type", "BlockBlob")]
+        got = send("alice", path, csv, headers, method="PUT", server="files.oaiusercontent.com")
+        self.assertEqual(got["status"], 403, got)
+        self.assertIn("us_ssn", got["body"])
+        self.assertFalse(any("e2e-upload" in e["path"] for e in upstream("files.oaiusercontent.com")))
+        clean = "name,team\nbob,finance\n".encode()
+        got = send("alice", path.replace("e2e-upload", "e2e-upload-clean"), clean, headers, method="PUT",
+                   server="files.oaiusercontent.com")
+        self.assertEqual(got["status"], 200, got)
+        self.assertTrue(any("e2e-upload-clean" in e["path"] for e in upstream("files.oaiusercontent.com")))

@@ -20,8 +20,9 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, RuleDef, RuleFile, Unscanned,
+    Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, EchPolicy, FailMode, FilePolicy,
+    FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, RuleDef, RuleFile,
+    Unscanned,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -461,6 +462,28 @@ impl Cx<'_> {
             self.inspect_flag(r.mask_responses.as_ref(), "mask_responses", name, action);
         headers.block_audio =
             self.inspect_flag(r.block_audio.as_ref(), "block_audio", name, action);
+        for (field, span) in [
+            ("files", r.files.as_ref().map(span_of)),
+            ("max_file_bytes", r.max_file_bytes.as_ref().map(span_of)),
+        ] {
+            if let (Some(span), false) = (span, action == Action::Inspect) {
+                self.err(
+                    span,
+                    format!(
+                        "`{field}` applies only to `inspect` rules; rule `{name}` is `{}`",
+                        action.as_str()
+                    ),
+                );
+            }
+        }
+        headers.block_files = r.files.as_ref().is_some_and(|f| *f.get_ref() == FilePolicy::Block);
+        headers.max_file_bytes = r.max_file_bytes.as_ref().map(|m| *m.get_ref());
+        headers.block_chatgpt_anonymous = self.inspect_flag(
+            r.block_chatgpt_anonymous.as_ref(),
+            "block_chatgpt_anonymous",
+            name,
+            action,
+        );
         if let Some(m) = &r.mask_profile {
             if action != Action::Inspect {
                 self.err(
@@ -604,6 +627,9 @@ impl Cx<'_> {
             allowed_models: plain(&r.allowed_models),
             mask_responses: false,
             block_audio: false,
+            block_chatgpt_anonymous: false,
+            block_files: false,
+            max_file_bytes: None,
             block_unscanned: false,
             inject_missing_org_project: false,
             mask_profile: None,
