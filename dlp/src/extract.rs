@@ -132,6 +132,34 @@ pub fn inspect_fields<'t>(
     ctx.out
 }
 
+/// Token-id input of an API path ([`crate::token_ids`]): the text it encodes scanned under
+/// `path(tokens)`, or, when it cannot be decoded, named unscanned. `None` when the path
+/// takes no token ids or the body has none.
+pub fn inspect_token_ids(
+    scanner: &Scanner,
+    set: &DetectorSet,
+    salt: &[u8],
+    path: &str,
+    body: &[u8],
+) -> Option<Outcome> {
+    let field = crate::token_ids::field_for(path)?;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let decoded = crate::token_ids::decode(&v, field)?;
+    let mut ctx = Ctx::new(scanner, set, false, salt);
+    match decoded {
+        Ok(texts) => {
+            for (p, text) in texts {
+                scan_string(&text, &format!("{p}(tokens)"), Role::Content, &mut ctx);
+            }
+            if !ctx.out.findings.is_empty() {
+                ctx.out.unredactable.push(format!("$.{field} (token ids)"));
+            }
+        }
+        Err(e) => ctx.out.skip(&format!("$.{field}"), e.to_string(), None, body.len()),
+    }
+    Some(ctx.out)
+}
+
 /// One body, part or decoded layer under `label`. `Some(bytes)`: its redacted form.
 pub(crate) fn content(
     ct: Option<&[u8]>,

@@ -27,6 +27,7 @@ pub mod normalize;
 mod numbers;
 pub mod stream;
 mod text;
+pub mod token_ids;
 mod tokens;
 pub mod walk;
 

@@ -98,6 +98,24 @@ pub(crate) fn scan(
             },
         ),
     };
+    // Prompts sent as token ids are decoded with the model's tokenizer and scanned.
+    if let Some(req) = input.req {
+        let path = req.target.split(['?', '#']).next().unwrap_or("");
+        if let Some(t) = sluice_dlp::extract::inspect_token_ids(
+            &dlp.scanner,
+            &dlp.set,
+            &dlp.salt,
+            path,
+            input.body,
+        ) {
+            if t.unscanned.is_empty() {
+                out.decoded.push("$ (token ids decoded)".into());
+            }
+            out.findings.extend(t.findings);
+            out.unscanned.extend(t.unscanned);
+            out.unredactable.extend(t.unredactable);
+        }
+    }
     let head = input.req.map(|r| outside(dlp, r)).unwrap_or_default();
     if head.findings.iter().any(|f| f.path == "path") {
         // The record keeps the path: not this one.

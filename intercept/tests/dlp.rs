@@ -369,3 +369,38 @@ async fn a_compressed_event_stream_is_masked_all_the_same() {
     assert!(o.client.contains("\"delta\":\"[REDACTED:openai_api_key] \""), "{}", o.client);
     assert!(!o.client.contains("Ab12Cd34"), "{}", o.client);
 }
+
+/// "refund card 4111 1111 1111 1111 (e2e-tokens)" in cl100k_base.
+const CARD_TOKENS: &str =
+    "[69583,3786,220,17337,16,220,5037,16,220,5037,16,220,5037,16,320,68,17,68,2442,9912,8]";
+
+#[tokio::test]
+async fn token_id_input_is_decoded_and_what_cannot_be_is_unscanned() {
+    let body = format!(r#"{{"model":"text-embedding-3-small","input":{CARD_TOKENS}}}"#);
+    let o = send(
+        session(DlpAction::Block, true),
+        &post("/v1/embeddings", "application/json", "", body.as_bytes()),
+        body.as_bytes(),
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_findings[0].paths, ["$.input(tokens)"]);
+    let unknown = format!(r#"{{"model":"my-own-model","input":{CARD_TOKENS}}}"#);
+    let o = send(
+        session(DlpAction::Block, true),
+        &post("/v1/embeddings", "application/json", "", unknown.as_bytes()),
+        unknown.as_bytes(),
+    )
+    .await;
+    refused(&o, "unscanned_content");
+    assert!(o.client.contains("tokenizer is not known"), "{}", o.client);
+    let prompt = format!(r#"{{"model":"gpt-3.5-turbo-instruct","prompt":[{CARD_TOKENS}]}}"#);
+    let o = send(
+        session(DlpAction::Redact, false),
+        &post("/v1/completions", "application/json", "", prompt.as_bytes()),
+        prompt.as_bytes(),
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    assert!(o.client.contains("token ids"), "cannot be redacted in place: {}", o.client);
+}

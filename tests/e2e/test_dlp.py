@@ -12,6 +12,7 @@ import base64
 import gzip
 import json
 import os
+import subprocess
 import unittest
 
 from test_dataplane import ROOT, on, wait_for_record
@@ -320,3 +321,40 @@ class ChatGpt(unittest.TestCase):
                    server="files.oaiusercontent.com")
         self.assertEqual(got["status"], 200, got)
         self.assertTrue(any("e2e-upload-clean" in e["path"] for e in upstream("files.oaiusercontent.com")))
+
+
+class Codex(unittest.TestCase):
+    """The Codex CLI sends its Responses bodies zstd-compressed, to ChatGPT's codex backend and
+    to the API."""
+
+    def test_zstd_codex_bodies_are_read(self):
+        body = json.dumps({"model": "gpt-5-codex", "instructions": "You are Codex.", "input": [
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "deploy with key AKIAIOSFODNN7EXAMPLE please"}]}],
+            "stream": True}).encode()
+        packed = subprocess.run(["zstd", "-q", "-c"], input=body, capture_output=True, check=True).stdout
+        headers = JSON + [("Content-Encoding", "zstd"), ("originator", "codex_cli_rs")]
+        for server, path in [("chatgpt.com", "/backend-api/codex/responses"), ("api.openai.com", "/v1/responses")]:
+            got = send("alice", path + "?t=e2e-codex-zstd", packed, headers, server=server)
+            self.assertEqual(got["status"], 403, (server, got))
+            self.assertIn("aws_access_key_id", got["body"])
+            self.assertFalse(any("e2e-codex-zstd" in e["path"] for e in upstream(server)))
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("path") == "/backend-api/codex/responses"
+                              and r.get("dlp_action") == "block")
+        self.assertIn("$.input[0].content[0].text", rec["dlp_findings"][0]["paths"])
+
+
+class TokenIds(unittest.TestCase):
+    """Embeddings input as token ids (cl100k_base for text-embedding-3-small)."""
+
+    def test_token_id_embeddings_input_is_decoded(self):
+        # "refund card 4111 1111 1111 1111 (e2e-tokens)"
+        ids = [69583, 3786, 220, 17337, 16, 220, 5037, 16, 220, 5037, 16, 220, 5037, 16, 320, 68, 17, 68, 2442, 9912, 8]
+        body = json.dumps({"model": "text-embedding-3-small", "input": ids}).encode()
+        got = send("alice", "/v1/embeddings?t=e2e-token-ids", body, JSON)
+        self.assertEqual(got["status"], 403, got)
+        self.assertIn("credit_card", got["body"])
+        self.assertFalse(any("e2e-token-ids" in e["path"] for e in upstream("api.openai.com")))
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("path") == "/v1/embeddings"
+                              and r.get("dlp_action") == "block")
+        self.assertEqual(rec["dlp_findings"][0]["paths"], ["$.input(tokens)"])

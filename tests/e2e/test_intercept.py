@@ -129,6 +129,11 @@ class Interception(unittest.TestCase):
                      "GET /backend-api/fronted-e2e HTTP/1.1\\r\\nHost: chatgpt.com\\r\\n\\r\\n")
         self.assertIn("HTTP/1.1 403", r.stdout)
         self.assertIn("domain_fronting", r.stdout)
+        # An absolute-form target naming another server than Host and SNI: fronting too.
+        r = rawhttps("alice", "api.openai.com",
+                     "GET https://chatgpt.com/backend-api/fronted-abs-e2e HTTP/1.1\\r\\nHost: api.openai.com\\r\\n\\r\\n")
+        self.assertIn("HTTP/1.1 403", r.stdout)
+        self.assertIn("domain_fronting", r.stdout)
         paths = [e["path"] for e in upstream("api.openai.com") + upstream("chatgpt.com")]
         self.assertFalse([p for p in paths if "smuggl" in p or "fronted" in p], paths)
 
