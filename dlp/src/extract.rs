@@ -6,6 +6,7 @@
 //! ([`crate::charset`]), JSON walked ([`crate::json`]) and anything else scanned as text.
 //! What still cannot be read is named in [`Outcome::unscanned`] with the reason, never passed
 //! over as clean. Redaction rebuilds each layer as it came (re-compressed, re-encoded). Pure.
+//! ARCHITECTURE.md, "What DLP reads", describes the whole path.
 
 use crate::body::Binary;
 use crate::charset;

@@ -1,6 +1,8 @@
-//! DLP over request bodies: the rule's profile (block, redact, alert) over the decoded body,
-//! its findings summarised into the request record (detectors, counts, paths and salted
-//! hashes, never values). Pure; called by the body phase ([`crate::phases`]).
+//! DLP over requests: the rule's profile (block, redact, alert) over the decoded body, its
+//! token-id input and its head (path, query, free-text headers); what the rule does with
+//! content DLP could not read (`on_unscanned`, `files`, `block_audio`); findings summarised
+//! into the request record (detectors, counts, paths and salted hashes, never values). Pure;
+//! called by the body phase ([`crate::phases`]). ARCHITECTURE.md, "What DLP reads".
 
 use sluice_dlp::body::Binary;
 use sluice_dlp::{DetectorSet, Scanner};
