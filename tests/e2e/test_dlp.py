@@ -310,14 +310,14 @@ class ChatGpt(unittest.TestCase):
 
     def test_an_upload_put_to_the_blob_host_is_scanned(self):
         csv = "name,ssn\nbob,123-45-6789\nann,234-56-7890\n".encode()
-        path = "/file-e2eupload?se=2026-12-01T00%3A00%3A00Z&sp=cw&sv=2024-08-04&sr=b&sig=Xy%2Bq0Qm9ZyR5N8Wq%3D&t=e2e-upload"
+        path = "/file-e2eupload?se=2026-12-01T00%3A00%3A00Z&sp=cw&sv=2024-08-04&sr=b&sig=Xy%2Bq0Qm9ZyR5N8Wq%3D&t=e2e-upload-ssn"
         headers = [("Content-Type", "text/csv"), ("x-ms-blob-type", "BlockBlob")]
         got = send("alice", path, csv, headers, method="PUT", server="files.oaiusercontent.com")
         self.assertEqual(got["status"], 403, got)
         self.assertIn("us_ssn", got["body"])
-        self.assertFalse(any("e2e-upload" in e["path"] for e in upstream("files.oaiusercontent.com")))
+        self.assertFalse(any("e2e-upload-ssn" in e["path"] for e in upstream("files.oaiusercontent.com")))
         clean = "name,team\nbob,finance\n".encode()
-        got = send("alice", path.replace("e2e-upload", "e2e-upload-clean"), clean, headers, method="PUT",
+        got = send("alice", path.replace("e2e-upload-ssn", "e2e-upload-clean"), clean, headers, method="PUT",
                    server="files.oaiusercontent.com")
         self.assertEqual(got["status"], 200, got)
         self.assertTrue(any("e2e-upload-clean" in e["path"] for e in upstream("files.oaiusercontent.com")))
