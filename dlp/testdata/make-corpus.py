@@ -176,7 +176,7 @@ def cred_context(var, secret, header=None, host="api.example.com"):
     """Puts a credential into one of the shapes people paste: .env, YAML, JSON, code, curl, CI,
     Kubernetes, Docker, logs, chat."""
     lower = var.lower()
-    kind = R.randrange(14)
+    kind = R.randrange(19)
     if kind == 0:
         lines = benign(2) + [f"{var}={secret}"] + benign(1)
         return ".env:\n" + "\n".join(lines)
@@ -208,9 +208,23 @@ def cred_context(var, secret, header=None, host="api.example.com"):
         value = (hval.strip() + " " + secret).strip()
         return f"2024-06-03T12:44:09Z DEBUG http.client send headers={{'{hname}': '{value}'}} status=401"
     if kind == 11:
-        return f"I rotated the key but the old one still works?? old: {secret} - is that expected"
+        return pick([
+            f"I rotated the key but the old one still works?? old: {secret} - is that expected",
+            f"hey, quick one: is {secret} supposed to have read access to prod? it's the {var} from staging",
+            f"The vendor support agent asked me to paste my key here: {secret}. Is that normal?",
+        ])
     if kind == 12:
         return f"[default]\n{lower} = {secret}\noutput = json"
+    if kind == 14:
+        return f"services:\n  api:\n    image: acme/api:1.4\n    environment:\n      - {var}={secret}\n      - LOG_LEVEL=info"
+    if kind == 15:
+        return (f"diff --git a/config/settings.py b/config/settings.py\n@@ -12,3 +12,3 @@\n"
+                f"-{var} = os.environ[\"{var}\"]\n+{var} = \"{secret}\"  # temporary, revert before merge")
+    if kind == 16:
+        return f"%env {var}={secret}\nimport os\nprint(len(os.environ[\"{var}\"]))"
+    if kind == 17 and "WEBHOOK" not in var:
+        return (f"Traceback (most recent call last):\n  File \"sync.py\", line 88, in <module>\n    resp.raise_for_status()\n"
+                f"requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: https://{host}/v2/items?access_token={secret}")
     return f"| name | value |\n|------|-------|\n| {var} | {secret} |"
 
 
@@ -498,12 +512,14 @@ def pgp_private_key():  # source: RFC 4880 ASCII armor (PGP PRIVATE KEY BLOCK)
     ])
 
 
-def password_value():
-    return mixed(ALNUM + "!#%*^-_", R.randint(12, 20))
+def password_value(in_url=False):
+    # In a URL's userinfo only unreserved characters and a few sub-delims may appear unencoded
+    # (RFC 3986); key=value strings take anything but the separator.
+    return mixed(ALNUM + ("-._~!*" if in_url else "!#%*^-_"), R.randint(12, 20))
 
 
 def connection_string_password():  # source: libpq URIs, MongoDB/AMQP URIs, ADO.NET / JDBC strings
-    pw = password_value()
+    pw = password_value(in_url=True)
     return pick([
         f"DATABASE_URL=postgresql://app_user:{pw}@db.internal.acme.io:5432/orders",
         f"spring.datasource.url=jdbc:postgresql://pg-prod:5432/crm?user=crm&password={pw}&ssl=true",
@@ -620,7 +636,8 @@ def credential_positive(name):
     secret = gen()
     if name in EXTRA_CONTEXT and R.random() < 0.35:
         return ask(EXTRA_CONTEXT[name](secret)), [name]
-    return ask(cred_context(pick(variables), secret, header)), [name]
+    text = cred_context(pick(variables), secret, header)
+    return (text if secret in text.split("\n")[0] and R.random() < 0.7 else ask(text)), [name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -864,16 +881,29 @@ def combined():
 # Hard negatives beside each detector: near misses that must not match anything.
 # ---------------------------------------------------------------------------------------------
 
-def wrap_neg(s):
-    return pick([
-        "Is this the right format? {}",
-        "The docs show {} - what goes there?",
-        "{}",
-        "Our linter flagged this line, false positive?\n{}",
-        "In the README it says:\n> {}",
-        "Context: {}\nquestion: is that a real key?",
-        "Voilà l'exemple de la doc : {}",
-    ]).format(s)
+NEG_DEV = [
+    "Is this the right format? {}",
+    "The docs show `{}` - what goes there?",
+    "Our secret scanner flagged this line, false positive?\n{}",
+    "In the README it says:\n> {}",
+    "Context: {}\nQuestion: is that a real credential or a placeholder?",
+    "Voilà l'exemple de la doc : {}",
+    "Can you explain this line from our runbook?\n```\n{}\n```",
+    "{}",
+]
+NEG_DOC = [
+    "What is this value in column C of the export? {}",
+    "Summarise the ticket. Details: {}.",
+    "Is this number valid? {}",
+    "The form rejected this, why? {}",
+    "Warum ist das ungültig: {}",
+    "{}",
+    "Translate to Spanish: \"{}\"",
+]
+
+
+def wrap_neg(s, family="credential"):
+    return pick(NEG_DEV if family == "credential" else NEG_DOC).format(s)
 
 
 def neg_aws_access_key_id():  # truncated, too long, wrong charset, other IAM id prefixes, prose
@@ -1459,13 +1489,13 @@ def neg_phone():
     return [
         "2024-01-15",
         "version 1.2.3",
-        "call 555-0100",
+        "coordinates 51.5074, -0.1278",
         "(123) 456-7890",
         "911-555-0123",
         "Order #4155552671",
         "ISBN 978-3-16-148410-0",
         "price 1,234,567.89",
-        "0491 570 1",
+        "meeting 10:30-11:45, room 4.12",
     ]
 
 
@@ -1570,9 +1600,10 @@ def main():
     for name, gen in NEG.items():
         for _ in range(NEG_ROUNDS):
             for s in gen():
-                rows.append({"text": wrap_neg(s), "expect": []})
+                family = "credential" if name in CREDENTIALS or name == "huggingface_token" else "pii"
+                rows.append({"text": wrap_neg(s, family), "expect": []})
     for s in generic_negatives():
-        rows.append({"text": wrap_neg(s), "expect": []})
+        rows.append({"text": wrap_neg(s, pick(["credential", "pii"])), "expect": []})
     with open(OUT, "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -40,9 +40,10 @@ pub(crate) struct Input<'a> {
     pub policy: &'a HeaderPolicy,
 }
 
-/// Headers that carry no free text (framing, negotiation, the SDKs' own metadata): not
-/// scanned. Everything else is, `X-Note` and `Referer` included.
-const STRUCTURAL: [&str; 27] = [
+/// Headers whose values servers parse strictly (framing, the WebSocket handshake, the
+/// organization and project the request filter checks): not scanned. Everything else is,
+/// `X-Note`, `Referer`, `Accept-Language` and the SDKs' `X-Stainless-*` included.
+const STRUCTURAL: [&str; 17] = [
     "host",
     "content-length",
     "content-type",
@@ -53,22 +54,12 @@ const STRUCTURAL: [&str; 27] = [
     "te",
     "trailer",
     "upgrade",
-    "accept",
-    "accept-encoding",
-    "accept-language",
-    "cache-control",
-    "pragma",
     "expect",
-    "if-none-match",
-    "if-modified-since",
     "openai-organization",
     "openai-project",
-    "openai-beta",
-    "openai-version",
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-extensions",
-    "sec-websocket-protocol",
     "priority",
 ];
 
@@ -226,7 +217,7 @@ fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
     }
     let mut sign_in: Vec<(String, String)> = Vec::new();
     req.headers.each(&mut |name, value| {
-        if STRUCTURAL.contains(&name) || name.starts_with("x-stainless-") || name.starts_with(':') {
+        if STRUCTURAL.contains(&name) || name.starts_with(':') {
             return;
         }
         let field = (format!("header.{name}"), String::from_utf8_lossy(value).into_owned());

@@ -404,3 +404,29 @@ async fn token_id_input_is_decoded_and_what_cannot_be_is_unscanned() {
     refused(&o, "dlp_violation");
     assert!(o.client.contains("token ids"), "cannot be redacted in place: {}", o.client);
 }
+
+#[tokio::test]
+async fn headers_named_like_sdk_metadata_are_scanned_too() {
+    let body = chat("hello");
+    for header in
+        [format!("X-Stainless-Note: {CARD}\r\n"), format!("Accept-Language: en, {CARD}\r\n")]
+    {
+        let o = send(
+            session(DlpAction::Block, true),
+            &post("/v1/chat/completions", "application/json", &header, &body),
+            &body,
+        )
+        .await;
+        refused(&o, "dlp_violation");
+    }
+    // The SDK's real metadata is clean.
+    let sdk = "X-Stainless-Lang: python\r\nX-Stainless-Package-Version: 1.54.3\r\nX-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\nX-Stainless-Runtime-Version: 3.11.2\r\nX-Stainless-Retry-Count: 0\r\nX-Stainless-Read-Timeout: 600\r\nAccept: application/json\r\nUser-Agent: OpenAI/Python 1.54.3\r\n";
+    let o = send(
+        session(DlpAction::Block, true),
+        &post("/v1/chat/completions", "application/json", sdk, &body),
+        &body,
+    )
+    .await;
+    forwarded(&o);
+    assert_eq!(o.record.dlp_action, Some("clean"));
+}
