@@ -411,8 +411,8 @@ def databricks_token():  # source: Databricks Token API (dapi + 32 hex)
     return "dapi" + rand(HEX, 32) + ("-2" if R.random() < 0.2 else "")
 
 
-def vault_token():  # source: HashiCorp Vault tokens (hvs. service tokens)
-    return "hvs." + mixed(URL, R.randint(90, 100))
+def vault_token():  # source: HashiCorp Vault 1.10+ tokens (hvs. + at least 95 characters)
+    return "hvs." + mixed(URL, R.randint(95, 110))
 
 
 def doppler_token():  # source: Doppler auth token formats (dp.pt., dp.ct., dp.sa.)
@@ -532,7 +532,7 @@ def connection_string_password():  # source: libpq URIs, MongoDB/AMQP URIs, ADO.
     ])
 
 
-def generic_secret():  # source: no vendor format; keyword + high-entropy value (OWASP secrets guidance)
+def generic_secret():  # source: no vendor format; keyword + high-entropy value (cf. gitleaks generic-api-key)
     v32 = rand(HEX, 32)
     return pick([
         f"DD_API_KEY={v32}",
