@@ -520,6 +520,11 @@ fn brand(d: &[u8]) -> bool {
             || (622_126..=622_925).contains(&p6))
             && (16..=19).contains(&n))
         || ((3528..=3589).contains(&p4) && (16..=19).contains(&n))
+        // JCB's legacy ranges (Authorize.Net's test card 3088 0000 0000 0017).
+        || ([3088..=3094, 3096..=3102, 3112..=3120, 3158..=3159, 3337..=3349]
+            .iter()
+            .any(|r| r.contains(&p4))
+            && n == 16)
         || (((300..=305).contains(&p3) || p2 == 36 || p2 == 38) && (14..=19).contains(&n))
         || (p2 == 62 && (16..=19).contains(&n))
         || ((p2 == 50 || (56..=69).contains(&p2)) && (12..=19).contains(&n))

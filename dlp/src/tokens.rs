@@ -204,19 +204,64 @@ pub(crate) fn confirm_token(i: usize, b: &[u8], start: usize, pend: usize, out: 
             return;
         }
     }
-    let n = run(b, pend, tk.cs, tk.max);
+    let mut from = pend;
+    if tk.name == "doppler_token" {
+        // Service tokens name their config first: `dp.st.prd.<40 chars>`.
+        let cfg = run(b, pend, Cs::Word, 32);
+        if cfg > 0 && b.get(pend + cfg) == Some(&b'.') {
+            from = pend + cfg + 1;
+        }
+    }
+    let n = run(b, from, tk.cs, tk.max);
     if n < tk.min || n > tk.max {
         return;
     }
-    let end = pend + n;
-    // Keys carry digits and letters; a run of one class is prose (sk-this-is-not-a-key…).
-    let body = &b[pend..end];
-    if matches!(tk.cs, Cs::Url | Cs::Alnum | Cs::Word | Cs::Base64)
-        && !(body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic))
-    {
+    let end = from + n;
+    let body = &b[from..end];
+    let mixed = match tk.name {
+        // Hugging Face tokens are 34 letters of both cases, no digits.
+        "huggingface_token" => {
+            body.iter().any(u8::is_ascii_uppercase) && body.iter().any(u8::is_ascii_lowercase)
+        }
+        // Keys carry digits and letters; a run of one class is prose (sk-this-is-not-a-key…).
+        _ => body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic),
+    };
+    if matches!(tk.cs, Cs::Url | Cs::Alnum | Cs::Word | Cs::Base64) && !mixed {
         return;
     }
-    push(out, tk.name, start, end);
+    push(out, tk.name, start, end + tail(tk.name, b, end));
+}
+
+/// What a token's match goes on with past its body, so redaction leaves no part of the
+/// secret: Sentry's `_<43-char secret>` after the base64 head, Atlassian's `=<8 hex>` check,
+/// GitLab's routable `.<version>.<part>` segments.
+fn tail(name: &str, b: &[u8], end: usize) -> usize {
+    let rest = b.get(end..).unwrap_or_default();
+    match name {
+        "sentry_token" if rest.first() == Some(&b'_') => {
+            let n = run(b, end + 1, Cs::Url, 64);
+            if n >= 32 { 1 + n } else { 0 }
+        }
+        "atlassian_token" if rest.first() == Some(&b'=') => {
+            let n = run(b, end + 1, Cs::UpperAlnum, 8);
+            if n == 8 { 9 } else { 0 }
+        }
+        "gitlab_token" => {
+            let mut at = 0;
+            for _ in 0..3 {
+                if rest.get(at) != Some(&b'.') {
+                    break;
+                }
+                let n = run(b, end + at + 1, Cs::Url, 64);
+                if n == 0 {
+                    break;
+                }
+                at += 1 + n;
+            }
+            at
+        }
+        _ => 0,
+    }
 }
 
 /// Confirms a special format anchored at `start..aend`.
@@ -385,7 +430,12 @@ fn conn_url(b: &[u8], at: usize, out: &mut Vec<Match>) {
     }
     let (Some(c), true) = (colon, i < limit && b[i] == b'@') else { return };
     let pw = &b[c + 1..i];
-    if pw.is_empty() || c == auth_start || placeholder(pw) {
+    // `redis://:password@host`: a password without a user name is still one.
+    let redis_style = c == auth_start
+        && b.get(s..at).is_some_and(|scheme| {
+            scheme.eq_ignore_ascii_case(b"redis") || scheme.eq_ignore_ascii_case(b"rediss")
+        });
+    if pw.is_empty() || (c == auth_start && !redis_style) || placeholder(pw) {
         return;
     }
     push(out, "connection_string_password", c + 1, i);
@@ -565,7 +615,9 @@ fn telegram(b: &[u8], colon: usize, out: &mut Vec<Match>) {
     while s > 0 && colon - s < 11 && b[s - 1].is_ascii_digit() {
         s -= 1;
     }
-    if !(8..=10).contains(&(colon - s)) || (s > 0 && is_word(b[s - 1])) {
+    // The Bot API URL writes the token after `bot`: `api.telegram.org/bot123…:AA…`.
+    let after_bot = s >= 3 && &b[s - 3..s] == b"bot" && (s == 3 || !is_word(b[s - 4]));
+    if !(8..=10).contains(&(colon - s)) || (s > 0 && is_word(b[s - 1]) && !after_bot) {
         return;
     }
     let n = run(b, colon + 1, Cs::Url, 35);

@@ -415,8 +415,8 @@ def vault_token():  # source: HashiCorp Vault 1.10+ tokens (hvs. + at least 95 c
     return "hvs." + mixed(URL, R.randint(95, 110))
 
 
-def doppler_token():  # source: Doppler auth token formats (dp.pt., dp.ct., dp.sa.)
-    return pick(["dp.pt.", "dp.pt.", "dp.ct.", "dp.sa."]) + mixed(ALNUM, 43)
+def doppler_token():  # source: Doppler auth token formats (dp.pt., dp.ct., dp.sa., dp.st.<config>.)
+    return pick(["dp.pt.", "dp.pt.", "dp.ct.", "dp.sa.", "dp.st.prd.", "dp.st.dev."]) + mixed(ALNUM, 43)
 
 
 def linear_api_key():  # source: Linear personal API keys (lin_api_ + 40)
@@ -1577,9 +1577,7 @@ def generic_negatives():
 # Assembly
 # ---------------------------------------------------------------------------------------------
 
-# huggingface_token is left out of the positives: its documented format (hf_ + 34 letters) has no
-# digit, and the detector requires one, so it matches no real token (see SOURCES.md).
-CREDENTIALS = [n for n in list(TOKENS) + list(SELF_CONTEXT) if n != "huggingface_token"]
+CREDENTIALS = list(TOKENS) + list(SELF_CONTEXT)
 N_CRED = 18
 N_PII = 40
 NEG_ROUNDS = 2
