@@ -16,7 +16,7 @@ import subprocess
 import unittest
 
 from test_dataplane import ROOT, on, wait_for_record
-from test_intercept import upstream
+from test_intercept import RulesVariant, upstream
 
 CARD = "4111 1111 1111 1111"
 ALICE = "10.20.1.10"
@@ -358,3 +358,63 @@ class TokenIds(unittest.TestCase):
         rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("path") == "/v1/embeddings"
                               and r.get("dlp_action") == "block")
         self.assertEqual(rec["dlp_findings"][0]["paths"], ["$.input(tokens)"])
+
+
+class ModelAllowList(RulesVariant):
+    """bob's rule allows only gpt-4o-mini: a model named inside a compressed or multipart body
+    is read all the same, and one that cannot be read is refused."""
+
+    edit = staticmethod(lambda t: t.replace(
+        'dlp = "redact-sensitive"\n', 'dlp = "redact-sensitive"\nallowed_models = ["gpt-4o-mini"]\n', 1))
+
+    def code(self, got):
+        return json.loads(got["body"])["error"]["code"] if got["status"] != 200 else "ok"
+
+    def test_gzip_and_multipart_bodies_against_the_model_allow_list(self):
+        gz = gzip.compress(chat("hello", model="gpt-4o"))
+        got = send("bob", "/v1/chat/completions?t=e2e-model-gzip", gz, JSON + [("Content-Encoding", "gzip")])
+        self.assertEqual((got["status"], self.code(got)), (403, "model_not_allowed"), got)
+        got = send("bob", "/v1/chat/completions?t=e2e-model-gzip-bare", gz, JSON)
+        self.assertEqual((got["status"], self.code(got)), (403, "model_unreadable"), got)
+        form = ("--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n"
+                "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+                "Content-Type: audio/wav\r\n\r\nRIFF\x24\x00\x00\x00WAVEfmt \r\n--B--\r\n").encode("latin-1")
+        got = send("bob", "/v1/audio/transcriptions?t=e2e-model-multipart", form,
+                   [("Content-Type", "multipart/form-data; boundary=B")])
+        self.assertEqual((got["status"], self.code(got)), (403, "model_not_allowed"), got)
+        got = send("bob", "/v1/chat/completions?t=e2e-model-ok", gzip.compress(chat("hello")),
+                   JSON + [("Content-Encoding", "gzip")])
+        self.assertEqual(got["status"], 200, got)
+        seen = [e["path"] for e in upstream("api.openai.com") if "e2e-model-" in e["path"]]
+        self.assertEqual([p for p in seen if "e2e-model-ok" not in p], [], "refused ones never went up")
+
+
+class ResponsesAndTools(unittest.TestCase):
+    """The Responses API's items and tool-call arguments, as the SDKs write them."""
+
+    def test_responses_api_with_a_card_in_input_file(self):
+        csv = base64.b64encode(("name,card\nbob,%s\n" % CARD).encode()).decode()
+        body = json.dumps({"model": "gpt-4.1-mini", "input": [{"role": "user", "content": [
+            {"type": "input_text", "text": "total the file"},
+            {"type": "input_file", "filename": "cards.csv", "file_data": "data:text/csv;base64," + csv}]}]}).encode()
+        got = send("alice", "/v1/responses?t=e2e-responses-file", body, JSON)
+        self.assertEqual(got["status"], 403, got)
+        where = "$.input[0].content[1].file_data(base64)"
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("path") == "/v1/responses" and any(
+            where in f["paths"] for f in r.get("dlp_findings", [])))
+        self.assertEqual(rec["dlp_action"], "block")
+
+    def test_a_tool_call_argument_carrying_a_secret(self):
+        args = json.dumps({"db_url": "postgres://app:S3cretPassw0rd!@db.internal/prod"})
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "connect"},
+            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                                                   "function": {"name": "connect", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]}).encode()
+        got = send("alice", "/v1/chat/completions?t=e2e-tool-args", body, JSON)
+        self.assertEqual(got["status"], 403, got)
+        self.assertIn("connection_string_password", got["body"])
+        where = "$.messages[1].tool_calls[0].function.arguments(json).db_url"
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and any(
+            where in f["paths"] for f in r.get("dlp_findings", [])))
+        self.assertEqual(rec["dlp_action"], "block")
