@@ -137,7 +137,12 @@ pub fn is_binary(text: &str) -> bool {
 /// The text of `bytes` and how it was read. UTF-8 (the common case) is borrowed.
 pub fn decode<'a>(content_type: Option<&[u8]>, bytes: &'a [u8]) -> (Cow<'a, str>, Charset) {
     let utf8 = |b: &'a [u8]| std::str::from_utf8(b).ok().map(Cow::Borrowed);
-    let declared = declared(content_type).filter(|e| *e != encoding_rs::UTF_8);
+    // A declared charset the bytes belie is not believed: UTF-8 without a zero byte is not
+    // UTF-16 (whose ASCII has zero bytes), whatever the header says.
+    let plain_utf8 = std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0);
+    let declared = declared(content_type)
+        .filter(|e| *e != encoding_rs::UTF_8)
+        .filter(|e| !(plain_utf8 && (*e == UTF_16LE || *e == UTF_16BE)));
     let sniffed = wide(bytes).filter(|_| declared.is_none_or(|e| e == UTF_16LE || e == UTF_16BE));
     match sniffed {
         Some(Charset::Utf32(le)) => return (Cow::Owned(utf32(bytes, le)), Charset::Utf32(le)),

@@ -41,12 +41,29 @@ pub enum DocError {
     /// A compressed PDF stream does not inflate.
     #[error("corrupt PDF stream")]
     CorruptPdf,
+    /// A stream in an encoding this reader does not undo (ASCII85, LZW, …).
+    #[error("PDF stream in an encoding not read here")]
+    PdfFilter,
+}
+
+/// Filters of image streams: no text operators in them.
+const IMAGE_FILTERS: [&[u8]; 4] =
+    [b"/DCTDecode", b"/JPXDecode", b"/CCITTFaxDecode", b"/JBIG2Decode"];
+
+/// A document's text, and what in it was not read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Doc {
+    /// The text.
+    pub text: String,
+    /// Entries skipped (media and binaries inside an Office file), by index, with their kind
+    /// when it is an image or audio.
+    pub skipped: Vec<(usize, Option<crate::body::Binary>)>,
 }
 
 /// The text of a document (`%PDF-` or a zip archive), at most `limit` bytes extracted.
-pub fn extract(bytes: &[u8], limit: usize) -> Result<String, DocError> {
+pub fn extract(bytes: &[u8], limit: usize) -> Result<Doc, DocError> {
     match bytes.starts_with(b"%PDF-") {
-        true => pdf(bytes, limit),
+        true => pdf(bytes, limit).map(|text| Doc { text, skipped: Vec::new() }),
         false => archive(bytes, limit),
     }
 }
@@ -54,7 +71,7 @@ pub fn extract(bytes: &[u8], limit: usize) -> Result<String, DocError> {
 /// The text of a zip archive: OOXML parts (word/, xl/, ppt/) with their XML markup removed,
 /// and entries that are text. Media inside an Office document (images) is skipped; a binary
 /// entry in any other archive is an error.
-fn archive(bytes: &[u8], limit: usize) -> Result<String, DocError> {
+fn archive(bytes: &[u8], limit: usize) -> Result<Doc, DocError> {
     let mut zip =
         zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|_| DocError::CorruptZip)?;
     if zip.len() > MAX_ENTRIES {
@@ -62,6 +79,7 @@ fn archive(bytes: &[u8], limit: usize) -> Result<String, DocError> {
     }
     let office = zip.file_names().any(|n| n == "[Content_Types].xml");
     let mut out = String::new();
+    let mut skipped = Vec::new();
     let mut read = 0usize;
     for i in 0..zip.len() {
         let mut f = match zip.by_index(i) {
@@ -78,10 +96,6 @@ fn archive(bytes: &[u8], limit: usize) -> Result<String, DocError> {
             return Err(DocError::EncryptedZip);
         }
         let name = f.name().to_owned();
-        let office_media = office && (name.contains("/media/") || name.ends_with(".bin"));
-        if office_media {
-            continue;
-        }
         let mut data = Vec::new();
         let room = limit.saturating_sub(read);
         (&mut f).take(room as u64 + 1).read_to_end(&mut data).map_err(|_| DocError::CorruptZip)?;
@@ -91,10 +105,16 @@ fn archive(bytes: &[u8], limit: usize) -> Result<String, DocError> {
         read += data.len();
         let (text, _) = crate::charset::decode(None, &data);
         if crate::charset::is_binary(&text) {
-            if office {
-                continue;
+            if !office {
+                return Err(DocError::BinaryEntry);
             }
-            return Err(DocError::BinaryEntry);
+            // An image in an Office file is a file like any other; anything else in it
+            // (an embedded archive or object) was not read.
+            let kind = crate::body::sniff_binary(&data)
+                .map(|(_, k)| k)
+                .filter(|k| matches!(k, crate::body::Binary::File | crate::body::Binary::Audio));
+            skipped.push((i, kind));
+            continue;
         }
         match name.ends_with(".xml") || name.ends_with(".rels") {
             true => xml_text(&text, &mut out),
@@ -102,7 +122,7 @@ fn archive(bytes: &[u8], limit: usize) -> Result<String, DocError> {
         }
         out.push('\n');
     }
-    Ok(out)
+    Ok(Doc { text: out, skipped })
 }
 
 /// Elements that end a paragraph, cell or row in OOXML: a line break in the text. Every other
@@ -196,9 +216,10 @@ fn pdf(bytes: &[u8], limit: usize) -> Result<String, DocError> {
         }
         let Some(end) = memchr::memmem::find(&bytes[data_start..], b"endstream") else { break };
         let data = &bytes[data_start..data_start + end];
-        // The stream's dictionary is between the last `obj` and the keyword.
-        let dict_from = memchr::memmem::rfind(&bytes[s.saturating_sub(1024)..s], b"obj")
-            .map_or(s.saturating_sub(1024), |i| s.saturating_sub(1024) + i);
+        // The stream's dictionary: from its object's `N G obj` header (the last one before
+        // the keyword, within 64 KiB) to the keyword.
+        let window = s.saturating_sub(64 * 1024);
+        let dict_from = object_start(&bytes[window..s]).map_or(window, |i| window + i);
         let dict = &bytes[dict_from..s];
         at = data_start + end + 9;
         let content = if memchr::memmem::find(dict, b"/FlateDecode").is_some() {
@@ -212,9 +233,11 @@ fn pdf(bytes: &[u8], limit: usize) -> Result<String, DocError> {
                 return Err(DocError::TooLarge);
             }
             d
-        } else if memchr::memmem::find(dict, b"/Filter").is_some() {
-            // Images (DCT, JPX, CCITT) and other encodings carry no text operators we read.
+        } else if IMAGE_FILTERS.iter().any(|f| memchr::memmem::find(dict, f).is_some()) {
+            // Images carry no text operators.
             continue;
+        } else if memchr::memmem::find(dict, b"/Filter").is_some() {
+            return Err(DocError::PdfFilter);
         } else {
             data.to_vec()
         };
@@ -239,6 +262,24 @@ fn pdf(bytes: &[u8], limit: usize) -> Result<String, DocError> {
         return Err(DocError::GlyphCodes);
     }
     Ok(text)
+}
+
+/// Where the last object header `N G obj` in `b` starts (a `(obj)` inside a string of the
+/// dictionary is no header: digits and spaces must come before it).
+fn object_start(b: &[u8]) -> Option<usize> {
+    let mut end = b.len();
+    while let Some(i) = memchr::memmem::rfind(&b[..end], b"obj") {
+        let head = &b[..i];
+        let t = head.trim_ascii_end();
+        let gen_digits = t.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        let t2 = t[..t.len() - gen_digits].trim_ascii_end();
+        let num_digits = t2.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        if gen_digits > 0 && num_digits > 0 && t2.len() < t.len() - gen_digits {
+            return Some(i);
+        }
+        end = i;
+    }
+    None
 }
 
 /// Appends the strings a content stream shows; returns its number of text objects.
@@ -363,8 +404,9 @@ mod tests {
             ("word/document.xml", doc),
             ("word/media/image1.png", b"\x89PNG\r\n\x1a\n\0\0\0"),
         ]);
-        let text = extract(&z, 1 << 20).unwrap();
-        assert!(text.contains("card 4111 1111 1111 1111\nR&D A\n"), "{text:?}");
+        let doc = extract(&z, 1 << 20).unwrap();
+        assert!(doc.text.contains("card 4111 1111 1111 1111\nR&D A\n"), "{:?}", doc.text);
+        assert_eq!(doc.skipped, [(2, Some(crate::body::Binary::File))], "the image is named");
     }
 
     #[test]
@@ -376,7 +418,7 @@ mod tests {
             ("xl/worksheets/sheet1.xml", sheet),
             ("xl/sharedStrings.xml", strings),
         ]);
-        let text = extract(&z, 1 << 20).unwrap();
+        let text = extract(&z, 1 << 20).unwrap().text;
         assert!(text.contains("ssn 123-45-6789"), "{text:?}");
         assert!(text.contains("123456789"), "{text:?}");
     }
@@ -412,12 +454,12 @@ mod tests {
     fn pdf_text_layers_are_read() {
         let content = b"BT /F1 12 Tf 72 720 Td (Card: 4111 ) Tj [(1111) -120 (1111 1111)] TJ ET\nBT (SSN \\061\\062\\063-45-6789) Tj ET";
         for flate in [false, true] {
-            let text = extract(&pdf_with(content, flate), 1 << 20).unwrap();
+            let text = extract(&pdf_with(content, flate), 1 << 20).unwrap().text;
             assert!(text.contains("Card: 4111 11111111 1111"), "{text:?}");
             assert!(text.contains("SSN 123-45-6789"), "{text:?}");
         }
         let hexed = b"BT <4361726420343131312031313131> Tj ET";
-        assert!(extract(&pdf_with(hexed, true), 1 << 20).unwrap().contains("Card 4111 1111"));
+        assert!(extract(&pdf_with(hexed, true), 1 << 20).unwrap().text.contains("Card 4111 1111"));
     }
 
     #[test]
@@ -431,6 +473,21 @@ mod tests {
         let mut enc = pdf_with(b"BT (x) Tj ET", false);
         enc.extend_from_slice(b"trailer << /Encrypt 5 0 R >>");
         assert_eq!(extract(&enc, 1 << 20), Err(DocError::EncryptedPdf));
+        let a85 = pdf_with(b"BT (x) Tj ET", false);
+        let a85 = String::from_utf8_lossy(&a85)
+            .replace("<< /Length", "<< /Filter /ASCII85Decode /Length");
+        assert_eq!(
+            extract(a85.as_bytes(), 1 << 20),
+            Err(DocError::PdfFilter),
+            "not read, and said"
+        );
+        let hidden = String::from_utf8_lossy(&pdf_with(b"BT (4111 1111 1111 1111) Tj ET", true))
+            .replace("/Filter /FlateDecode", "/Filter /FlateDecode /Title (obj)");
+        let text = extract(hidden.as_bytes(), 1 << 20);
+        assert!(
+            text.is_err() || text.unwrap().text.contains("4111"),
+            "a (obj) string hides no filter"
+        );
         let mut bomb = pdf_with(&vec![b' '; 1 << 20], true);
         bomb.truncate(bomb.len());
         assert_eq!(extract(&bomb, 1000), Err(DocError::TooLarge));

@@ -15,6 +15,9 @@ use crate::{DetectorSet, Finding, Scanner, body, form, json};
 
 /// Most bytes one decoded layer (a compressed part, a base64 file) may expand to.
 pub const MAX_DECODED: usize = 16 * 1024 * 1024;
+/// Most bytes all the decoded layers of one request may expand to together (a thousand
+/// small bombs in one body are one bomb).
+pub const MAX_DECODED_TOTAL: usize = 64 * 1024 * 1024;
 /// Layers (compression, parts, transfer encodings) inside each other that are still opened.
 const MAX_NESTING: u8 = 6;
 
@@ -176,9 +179,25 @@ pub(crate) fn content(
         ctx.out.skip(label, "layers nested too deeply", None, bytes.len());
         return None;
     }
+    let outer = std::mem::replace(&mut ctx.depth, depth);
+    let new = layer(ct, bytes, label, ctx, depth);
+    ctx.depth = outer;
+    new
+}
+
+/// [`content`] at its depth.
+fn layer(
+    ct: Option<&[u8]>,
+    bytes: &[u8],
+    label: &str,
+    ctx: &mut Ctx<'_>,
+    depth: u8,
+) -> Option<Vec<u8>> {
     if let Some(enc) = body::sniff_compression(bytes) {
-        return match body::decode(enc.as_bytes(), bytes, MAX_DECODED) {
+        let limit = MAX_DECODED.min(ctx.budget);
+        return match body::decode(enc.as_bytes(), bytes, limit) {
             Ok(plain) => {
+                ctx.budget = ctx.budget.saturating_sub(plain.len());
                 ctx.out.decoded.push(format!("{label} ({enc})"));
                 let new = content(ct, &plain, label, ctx, depth + 1)?;
                 body::encode(enc, &new)
@@ -201,11 +220,23 @@ fn content_text(
     ctx: &mut Ctx<'_>,
     depth: u8,
 ) -> Option<Vec<u8>> {
-    if let Some((name, kind)) = body::sniff_binary(bytes) {
+    // Magic bytes name a binary format only when the bytes are not text: `GIF89a` or `ID3`
+    // at the start of a prompt does not make it an image or a song.
+    let sniffed = body::sniff_binary(bytes).filter(|_| looks_binary(bytes));
+    if let Some((name, kind)) = sniffed {
         match kind {
-            Binary::Document => match crate::docs::extract(bytes, MAX_DECODED) {
+            Binary::Document => match crate::docs::extract(bytes, MAX_DECODED.min(ctx.budget)) {
                 Err(e) => ctx.out.skip(label, format!("{name}: {e}"), None, bytes.len()),
-                Ok(text) => {
+                Ok(doc) => {
+                    ctx.budget = ctx.budget.saturating_sub(doc.text.len());
+                    for (i, kind) in &doc.skipped {
+                        let what = match kind {
+                            Some(_) => "an image or media file inside the document",
+                            None => "an embedded object the document holds",
+                        };
+                        ctx.out.skip(&format!("{label}[entry {i}]"), what, *kind, 0);
+                    }
+                    let text = doc.text;
                     ctx.out.decoded.push(format!("{label} ({name}: text extracted)"));
                     // Nothing is redacted inside a document: a finding there is refused.
                     let before = ctx.out.findings.len();
@@ -243,12 +274,19 @@ fn content_text(
         // Multipart without the header that says so.
         return new;
     }
-    let new =
-        match json::looks_json(ct, &text).then(|| json::document(&text, label, ctx).ok()).flatten()
-        {
-            Some(redacted) => redacted.map(String::from_utf8).and_then(Result::ok),
-            None => scan_string(&text, label, Role::Content, ctx),
-        }?;
+    let is_json = json::looks_json(ct, &text);
+    let new = match is_json.then(|| json::document(&text, label, ctx).ok()).flatten() {
+        Some(redacted) => redacted.map(String::from_utf8).and_then(Result::ok),
+        None => {
+            let new = scan_string(&text, label, Role::Content, ctx);
+            if is_json {
+                // JSON the reader refuses (too deep, NaN) that a lenient server may read:
+                // its escapes (`\u0034`) decoded, so they hide nothing.
+                unescaped(&text, label, ctx);
+            }
+            new
+        }
+    }?;
     match charset.encode(&new) {
         Some(b) => Some(b),
         None => {
@@ -257,6 +295,45 @@ fn content_text(
             None
         }
     }
+}
+
+/// Scans `text` with JSON string escapes decoded, when it has any; findings not already
+/// made are added, and cannot be redacted where they are.
+fn unescaped(text: &str, label: &str, ctx: &mut Ctx<'_>) {
+    if !text.contains('\\') {
+        return;
+    }
+    let plain = json::unescape_loose(text);
+    let known: Vec<String> = ctx.out.findings.iter().map(|f| f.hash.clone()).collect();
+    let before = ctx.out.findings.len();
+    let redact = std::mem::replace(&mut ctx.redact, false);
+    scan_string(&plain, &format!("{label}(unescaped)"), Role::Alone, ctx);
+    ctx.redact = redact;
+    let mut i = before;
+    while i < ctx.out.findings.len() {
+        if known.contains(&ctx.out.findings[i].hash) {
+            ctx.out.findings.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if ctx.out.findings.len() > before {
+        ctx.out
+            .unredactable
+            .push(format!("{label} (behind JSON escapes in a body that is not JSON)"));
+    }
+}
+
+/// Whether no finding was added since `before`.
+fn ctx_clean(before: usize, ctx: &Ctx<'_>) -> bool {
+    ctx.out.findings.len() == before
+}
+
+/// Whether bytes are binary: not text in UTF-8 or a wide encoding (first 16 KiB).
+fn looks_binary(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(16 * 1024)];
+    let (text, _) = charset::decode(None, head);
+    charset::is_binary(&text)
 }
 
 /// A multipart body with its declared boundary; one whose boundary is wrong is split with
@@ -298,12 +375,26 @@ fn multipart_parts(
     let parts = body::split_multipart(bytes, boundary)?;
     let mut rebuilt: Vec<u8> = Vec::new();
     let mut any_change = false;
-    for p in &parts {
-        let plabel = match (&p.filename, label) {
-            (Some(f), "$") => format!("$.{}({f})", p.name),
-            (None, "$") => format!("$.{}", p.name),
-            (Some(f), _) => format!("{label}.{}({f})", p.name),
-            (None, _) => format!("{label}.{}", p.name),
+    for (i, p) in parts.iter().enumerate() {
+        // The part's name and file name reach the server too: scanned, and shown in paths
+        // only when nothing was found in them.
+        let before = ctx.out.findings.len();
+        let names = format!("{} {}", p.name, p.filename.as_deref().unwrap_or(""));
+        scan_string(&names, &format!("{label}[part {i}](names)"), Role::Alone, ctx);
+        if ctx.out.findings.len() > before {
+            ctx.out.unredactable.push(format!("{label}[part {i}] (its name)"));
+        }
+        let shown = |n: &str| {
+            let plain = n.len() <= 128 && ctx_clean(before, ctx);
+            if plain { n.to_owned() } else { format!("[part {i}]") }
+        };
+        let name = shown(&p.name);
+        let file = p.filename.as_deref().map(shown);
+        let plabel = match (file, label) {
+            (Some(f), "$") => format!("$.{name}({f})"),
+            (None, "$") => format!("$.{name}"),
+            (Some(f), _) => format!("{label}.{name}({f})"),
+            (None, _) => format!("{label}.{name}"),
         };
         let mut data = std::borrow::Cow::Borrowed(p.data);
         let transfer = p.transfer_encoding.as_deref();

@@ -18,13 +18,14 @@ pub fn fields(bytes: &[u8]) -> Vec<(String, String)> {
 pub(crate) fn inspect(bytes: &[u8], label: &str, ctx: &mut Ctx<'_>) -> Option<Vec<u8>> {
     let mut changed = false;
     let mut out = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in fields(bytes) {
-        let key_new = scan_string(&name, &format!("{label}(field name)"), Role::Alone, ctx);
-        let shown = match &key_new {
-            Some(_) => "[REDACTED]",
-            None => name.as_str(),
+    for (i, (name, value)) in fields(bytes).into_iter().enumerate() {
+        // The name is scanned too, and shown in paths only when nothing was found in it.
+        let before = ctx.out.findings.len();
+        let key_new = scan_string(&name, &format!("{label}[field {i}](name)"), Role::Alone, ctx);
+        let path = match ctx.out.findings.len() > before {
+            true => format!("{label}[field {i}]"),
+            false => format!("{label}.{name}"),
         };
-        let path = format!("{label}.{shown}");
         let value_new = scan_string(&value, &path, Role::Content, ctx);
         changed |= key_new.is_some() || value_new.is_some();
         out.append_pair(

@@ -20,10 +20,49 @@ pub(crate) fn looks_json(content_type: Option<&[u8]>, text: &str) -> bool {
         || text.trim_start().starts_with(['{', '['])
 }
 
-/// Whether an object key is scanned: keys written like identifiers (`role`, `file_data`,
-/// `maxTokens`) cannot hold what the detectors find, and most keys are such.
+/// `text` with JSON string escapes decoded wherever they are (`\u0034` → `4`, `\n` → line
+/// break; lone surrogates and unknown escapes are kept as written): for text that is not a
+/// JSON document a lenient reader would still decode.
+pub(crate) fn unescape_loose(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let mut chars = after.chars();
+        let (decoded, used) = match chars.next() {
+            Some('n') => (Some('\n'), 1),
+            Some('t') => (Some('\t'), 1),
+            Some('r') => (Some('\r'), 1),
+            Some('"') => (Some('"'), 1),
+            Some('/') => (Some('/'), 1),
+            Some('\\') => (Some('\\'), 1),
+            Some('u') => {
+                let hex = after.get(1..5).and_then(|h| u32::from_str_radix(h, 16).ok());
+                (hex.and_then(char::from_u32), 5)
+            }
+            _ => (None, 0),
+        };
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = &after[used..];
+            }
+            None => {
+                out.push('\\');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether an object key is scanned: short keys written like identifiers (`role`,
+/// `file_data`, `content`) cannot hold what the detectors find, and most keys are such; any
+/// other key is (a long run of letters can be a token: Hugging Face's are letters only).
 fn unusual_key(k: &str) -> bool {
-    !k.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+    k.len() > 16 || !k.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
 }
 
 /// Whether a number is scanned: only one long enough to be a card, an SSN or a phone.
@@ -182,19 +221,34 @@ fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Opti
         None if embedded_json(s) => return nested_document(s, path, ctx),
         None => return scan_string(s, path, Role::Content, ctx),
     };
-    let Ok(decoded) = STANDARD.decode(b64.trim()) else {
+    // Decoded as leniently as servers do (Python's b64decode): line breaks, missing padding,
+    // non-zero trailing bits.
+    let Some(decoded) = crate::text::lenient_base64(b64) else {
+        let looks_base64 = b64.len() >= 64
+            && b64
+                .bytes()
+                .filter(|b| b.is_ascii_alphanumeric() || b"+/=-_\r\n".contains(b))
+                .count()
+                * 10
+                >= b64.len() * 9;
+        if prefix.is_some() || looks_base64 {
+            // Claimed or shaped as file content, and not base64: read as text, and say so.
+            ctx.out.skip(path, "file data that is not valid base64", None, s.len());
+        }
         return scan_string(s, path, Role::Content, ctx);
     };
-    if decoded.len() > MAX_DECODED {
+    if decoded.len() > MAX_DECODED.min(ctx.budget) {
         ctx.out.skip(path, "decoded file over the limit", None, decoded.len());
         return None;
     }
+    ctx.budget = ctx.budget.saturating_sub(decoded.len());
     let inner = format!("{path}(base64)");
     let mime = prefix
         .as_deref()
         .and_then(|p| p.strip_prefix("data:"))
         .map(|p| p.trim_end_matches(";base64,"));
-    let new = crate::extract::content(mime.map(str::as_bytes), &decoded, &inner, ctx, 1)?;
+    let depth = ctx.depth;
+    let new = crate::extract::content(mime.map(str::as_bytes), &decoded, &inner, ctx, depth + 1)?;
     let enc = STANDARD.encode(new);
     Some(match prefix {
         Some(p) => p + &enc,

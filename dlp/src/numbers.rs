@@ -298,9 +298,20 @@ fn run_end(b: &[u8], start: usize) -> (usize, usize) {
     if digits == 0 { (start + 1, 0) } else { (i, digits) }
 }
 
-/// Whether a line break at `at` is followed by a digit: a card may go on on the next line.
+/// The length of a line break at `at` (`\n` or `\r\n`) followed by a digit: a card may go on
+/// on the next line. 0 when there is none.
+fn line_break(b: &[u8], at: usize) -> usize {
+    let n = match (b.get(at), b.get(at + 1)) {
+        (Some(b'\n'), _) => 1,
+        (Some(b'\r'), Some(b'\n')) => 2,
+        _ => return 0,
+    };
+    if b.get(at + n).is_some_and(u8::is_ascii_digit) { n } else { 0 }
+}
+
+/// Whether a card may go on on the next line at `at`.
 fn lined(b: &[u8], at: usize) -> bool {
-    b.get(at) == Some(&b'\n') && b.get(at + 1).is_some_and(u8::is_ascii_digit)
+    line_break(b, at) > 0
 }
 
 /// A card written one group per line (`4111\n1111\n1111\n1111`): the run `b[start..end]`
@@ -325,10 +336,11 @@ fn lined_card(b: &[u8], start: usize) -> Option<usize> {
         groups[ng] = len;
         ng += 1;
         last = at + len;
-        if b.get(last) != Some(&b'\n') || !b.get(last + 1).is_some_and(u8::is_ascii_digit) {
+        let brk = line_break(b, last);
+        if brk == 0 {
             break;
         }
-        at = last + 1;
+        at = last + brk;
     }
     let seps = [b'\n'; 4];
     let ok = ng > 1
@@ -810,6 +822,10 @@ mod tests {
         assert!(find("v4111111111111111x", "credit_card").is_empty(), "inside a token");
         assert_eq!(find("card 4111.1111.1111.1111 ok", "credit_card"), ["4111.1111.1111.1111"]);
         assert_eq!(find("4111\n1111\n1111\n1111\n", "credit_card"), ["4111\n1111\n1111\n1111"]);
+        assert_eq!(
+            find("4111\r\n1111\r\n1111\r\n1111", "credit_card"),
+            ["4111\r\n1111\r\n1111\r\n1111"]
+        );
         assert!(find("4111\n1111\n1111\n1112", "credit_card").is_empty(), "Luhn");
         assert!(find("version 4111.1111.1111.11", "credit_card").is_empty());
         assert_eq!(

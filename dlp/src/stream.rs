@@ -172,6 +172,7 @@ impl<'a> SseMasker<'a> {
             out.extend_from_slice(b"\n\n");
             return;
         };
+        strip_logprobs(&mut v);
         let Some((key, t)) = delta_mut(&mut v) else {
             // An event without a delta (a done event with the whole text, a usage event):
             // its channels' text goes first, and the event is masked as JSON.
@@ -247,6 +248,23 @@ fn number_start(whole: &str, cut: usize) -> usize {
     };
     let starts_word = first == 0 || whole[..first].chars().next_back().is_some_and(is_boundary);
     if starts_word { first } else { cut }
+}
+
+/// Removes token log-probabilities (`logprobs`, `top_logprobs`) wherever they are: they
+/// repeat the answer's tokens one by one, where no detector sees a whole value. True when
+/// something was removed.
+pub fn strip_logprobs(v: &mut Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            let mut removed = m.remove("logprobs").is_some() | m.remove("top_logprobs").is_some();
+            for x in m.values_mut() {
+                removed |= strip_logprobs(x);
+            }
+            removed
+        }
+        Value::Array(a) => a.iter_mut().fold(false, |r, x| strip_logprobs(x) | r),
+        _ => false,
+    }
 }
 
 fn write_event(lines: &[String], v: &Value, out: &mut Vec<u8>) {

@@ -18,8 +18,9 @@ const MAX_BASE64_DEPTH: u8 = 2;
 /// Most digits and separators of a number carried from one text to the next.
 const MAX_TAIL: usize = 32;
 
-const CONFIG: GeneralPurposeConfig =
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
 const B64: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
 const B64_URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
 
@@ -34,6 +35,12 @@ pub(crate) struct Ctx<'a> {
     /// Base64 runs of the text being scanned (reused).
     runs: Vec<(usize, usize)>,
     base64_depth: u8,
+    /// Layers (compression, parts, decoded files) opened around the text being read: kept
+    /// here, so that no path through them starts counting again.
+    pub(crate) depth: u8,
+    /// Bytes every decoding of this request may still produce (one budget for the whole
+    /// request, not one per layer).
+    pub(crate) budget: usize,
     /// Nesting of JSON documents inside strings ([`crate::json`]).
     pub(crate) json_depth: u8,
     /// The number at the end of the last text that had digits, and that text's path.
@@ -58,6 +65,8 @@ impl<'a> Ctx<'a> {
             matches: Vec::new(),
             runs: Vec::new(),
             base64_depth: 0,
+            depth: 0,
+            budget: crate::extract::MAX_DECODED_TOTAL,
             json_depth: 0,
             tail: String::new(),
             tail_path: String::new(),
@@ -124,6 +133,17 @@ fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
         join(view, path, ctx);
     }
     spans
+}
+
+/// Base64 decoded as servers decode it: whitespace and line breaks ignored, padding optional,
+/// trailing bits allowed, either alphabet.
+pub(crate) fn lenient_base64(s: &str) -> Option<Vec<u8>> {
+    let clean: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let clean = clean.strip_suffix(b"==").or_else(|| clean.strip_suffix(b"=")).unwrap_or(&clean);
+    match clean.iter().any(|b| matches!(b, b'-' | b'_')) {
+        true => B64_URL.decode(clean).ok(),
+        false => B64.decode(clean).ok(),
+    }
 }
 
 /// A base64 run decoded; when it is text, scanned under `path(base64)`. The detector of its

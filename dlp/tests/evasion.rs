@@ -401,3 +401,65 @@ fn documented_formats_are_matched_whole() {
         [("credit_card", "3088000000000017".into())]
     );
 }
+
+/// What an independent review of this code found getting past it, each now read.
+#[test]
+fn review_findings_stay_fixed() {
+    // Base64 file data written as servers accept it: line breaks, and non-zero trailing bits.
+    let file = STANDARD.encode(format!("name,card\nbob,{CARD}\n"));
+    let wrapped: String =
+        file.as_bytes().chunks(10).map(|c| format!("{}\n", String::from_utf8_lossy(c))).collect();
+    let body = serde_json::json!({"input": [{"type": "input_file", "file_data": format!("data:text/csv;base64,{wrapped}")}]});
+    card_at(
+        &run("application/json", &serde_json::to_vec(&body).unwrap(), false),
+        "$.input[0].file_data(base64)",
+    );
+    // Magic bytes at the start of text do not make it an image or a song.
+    for lead in ["GIF89a\n", "ID3 ", "RIFF....WAVE "] {
+        let o = run("text/plain", format!("{lead}my card {CARD}").as_bytes(), false);
+        card_at(&o, "$");
+        assert!(o.unscanned.is_empty(), "{lead}: {:?}", o.unscanned);
+    }
+    // A wide charset declared over plain UTF-8 is not believed.
+    card_at(
+        &run("application/json; charset=utf-16le", &chat(&format!("card {CARD}")), false),
+        "$.messages[0].content",
+    );
+    // A long key of letters only (a Hugging Face token) is scanned.
+    let hf = "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";
+    let scanner = Scanner::new().unwrap();
+    let set = DetectorSet::from_names(&["huggingface_token"]).unwrap();
+    let body = format!(r#"{{"tools":[{{"{hf}":1}}]}}"#);
+    let o = inspect(
+        &scanner,
+        &set,
+        Request { content_type: None, body: body.as_bytes(), redact: false, salt: b"" },
+    );
+    assert_eq!(o.findings.len(), 1, "{:?}", o.findings);
+    assert!(!o.findings[0].path.contains("hf_"), "the key is not in the path");
+    // A multipart part's name reaches the server: scanned, and kept out of paths.
+    let body = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"{}\"\r\n\r\nx\r\n--B--\r\n",
+        CARD.replace(' ', "")
+    );
+    let o = run("multipart/form-data; boundary=B", body.as_bytes(), false);
+    assert!(o.findings.iter().any(|f| f.detector == "credit_card"), "{:?}", found(&o));
+    assert!(!format!("{:?}{:?}", o.findings, o.unscanned).contains("4111"), "{:?}", o.findings);
+    // JSON the reader refuses but a lenient server reads: its escapes hide nothing.
+    let nan = r#"{"temperature": NaN, "messages":[{"role":"user","content":"\u0034\u0031\u0031\u0031 1111 1111 1111"}]}"#;
+    let o = run("application/json", nan.as_bytes(), true);
+    assert!(o.findings.iter().any(|f| f.detector == "credit_card"), "{:?}", found(&o));
+    assert!(!o.unredactable.is_empty(), "found behind escapes: refused under redaction");
+    // File data inside file data inside file data: the nesting is counted once for all.
+    let mut inner = serde_json::json!({"text": format!("card {CARD}")}).to_string();
+    for _ in 0..12 {
+        inner =
+            serde_json::json!({"file_data": STANDARD.encode(gzip(inner.as_bytes()))}).to_string();
+    }
+    let o = run("application/json", inner.as_bytes(), false);
+    assert!(
+        o.unscanned.iter().any(|u| u.reason.contains("nested too deeply")),
+        "bounded: {:?}",
+        o.unscanned_text()
+    );
+}

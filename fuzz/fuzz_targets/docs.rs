@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         _ => Vec::new(),
     };
     doc.extend_from_slice(rest);
-    if let Ok(text) = docs::extract(&doc, 1 << 16) {
-        assert!(text.len() <= 4 * (1 << 16) + doc.len(), "bounded by the limit");
+    if let Ok(d) = docs::extract(&doc, 1 << 16) {
+        assert!(d.text.len() <= 4 * (1 << 16) + doc.len(), "bounded by the limit");
     }
 });

@@ -114,6 +114,9 @@ pub(crate) fn scan(
         // The record keeps the path: not this one.
         rec.path = "[path withheld: sensitive data]".into();
     }
+    if head.findings.iter().any(|f| f.path == "header.user-agent") {
+        rec.user_agent = Some("[withheld: sensitive data]".into());
+    }
     if !head.findings.is_empty() {
         out.unredactable.push("the request head (path, query, headers)".into());
     }
@@ -148,6 +151,14 @@ pub(crate) fn scan(
             );
             Err(r)
         }
+        // Findings with no rewritten body to send instead (a body read as text that could
+        // not be rebuilt): nothing to forward but the original, which is refused.
+        (DlpAction::Redact, None) if out.redacted.is_none() && body_findings(&out) => {
+            rec.dlp_action = Some("block");
+            let mut r = violation(&out, rule);
+            r.message = format!("{}, which cannot be redacted where it is", r.message);
+            Err(r)
+        }
         (DlpAction::Redact, None) => {
             rec.dlp_action = Some("redact");
             Ok(out.redacted)
@@ -157,6 +168,11 @@ pub(crate) fn scan(
             Ok(None)
         }
     }
+}
+
+/// Whether some finding is in the body (not the head, whose findings are unredactable anyway).
+fn body_findings(out: &sluice_dlp::extract::Outcome) -> bool {
+    out.findings.iter().any(|f| f.path.starts_with('$'))
 }
 
 /// The refusal the rule gives content that was not scanned, if it refuses any: audio under
@@ -207,13 +223,17 @@ fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
     let path = path.split('#').next().unwrap_or("");
     let query = query.split('#').next().unwrap_or("");
     let mut fields: Vec<(String, String)> = Vec::new();
-    let decoded: String = percent_decode(path);
-    if decoded.bytes().any(|b| b.is_ascii_digit() || b >= 0x80 || b == b'@' || b == b'=') {
-        fields.push(("path".into(), decoded));
-    }
-    for (name, value) in sluice_dlp::form::fields(query.as_bytes()) {
-        fields.push((format!("query.{}", printable(&name)), value));
-        fields.push(("query(name)".into(), name));
+    fields.push(("path".into(), percent_decode(path)));
+    for (i, (name, value)) in sluice_dlp::form::fields(query.as_bytes()).into_iter().enumerate() {
+        // A name shows in paths only when it is a short identifier that cannot hold what
+        // the detectors find (few digits); otherwise the record says which field by number.
+        let digits = name.bytes().filter(u8::is_ascii_digit).count();
+        let plain = name.len() <= 32
+            && digits <= 3
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        let shown = if plain { format!("query.{name}") } else { format!("query[{i}]") };
+        fields.push((format!("query[{i}](name)"), name));
+        fields.push((shown, value));
     }
     let mut sign_in: Vec<(String, String)> = Vec::new();
     req.headers.each(&mut |name, value| {
@@ -240,11 +260,6 @@ fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
         out.findings.extend(scan(&set, &sign_in).findings);
     }
     out
-}
-
-/// A query field's name as a path shows it: printable ASCII, at most 64 bytes.
-fn printable(name: &str) -> String {
-    name.chars().filter(|c| c.is_ascii_graphic()).take(64).collect()
 }
 
 /// `%XX` escapes decoded (invalid UTF-8 replaced).

@@ -67,19 +67,25 @@ pub fn json(mask: &Mask, body: Vec<u8>, encoding: Option<&[u8]>, limit: usize) -
             (true, d) => MaskedJson { body: out, decoded: d, masked },
         };
     }
+    // Token log-probabilities repeat the answer token by token, where no detector sees a
+    // whole value: they are dropped from a masked response.
+    let stripped = serde_json::from_slice::<serde_json::Value>(plain).ok().and_then(|mut v| {
+        sluice_dlp::stream::strip_logprobs(&mut v).then(|| serde_json::to_vec(&v).ok()).flatten()
+    });
     let out = sluice_dlp::extract::inspect(
         &mask.scanner,
         &mask.set,
         sluice_dlp::extract::Request {
             content_type: Some(b"application/json"),
-            body: decoded.as_deref().unwrap_or(&body),
+            body: stripped.as_deref().unwrap_or(plain),
             redact: true,
             salt: b"",
         },
     );
     let masked = out.findings.iter().map(|f| f.detector).collect();
-    match out.redacted {
-        Some(r) => MaskedJson { body: r, decoded: decoded.is_some(), masked },
-        None => MaskedJson { body, decoded: false, masked },
+    match (out.redacted, stripped) {
+        (Some(r), _) => MaskedJson { body: r, decoded: decoded.is_some(), masked },
+        (None, Some(s)) => MaskedJson { body: s, decoded: decoded.is_some(), masked },
+        (None, None) => MaskedJson { body, decoded: false, masked },
     }
 }

@@ -310,8 +310,21 @@ impl Session {
             if allowed.is_empty() {
                 continue;
             }
+            let present = req.headers.header(header).is_some();
             match text(header) {
                 Some(v) if allowed.iter().any(|a| a == v) => {}
+                // Present but not UTF-8 is present: not missing, and not allowed.
+                None if present => {
+                    return Err(Refusal::forbidden(
+                        if what == "project" {
+                            "project_not_allowed"
+                        } else {
+                            "organization_not_allowed"
+                        },
+                        format!("this OpenAI {what} is not allowed"),
+                        rule,
+                    ));
+                }
                 Some(_) => {
                     return Err(Refusal::forbidden(
                         if what == "project" {

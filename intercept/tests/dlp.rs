@@ -430,3 +430,79 @@ async fn headers_named_like_sdk_metadata_are_scanned_too() {
     forwarded(&o);
     assert_eq!(o.record.dlp_action, Some("clean"));
 }
+
+#[tokio::test]
+async fn review_findings_in_the_exchange_stay_fixed() {
+    // A body with findings that redaction could not rebuild (malformed multipart, read as
+    // text) is refused, not forwarded as it came.
+    let garbage = format!("--nope\r\nbroken card {CARD}");
+    let o = send(
+        session(DlpAction::Redact, false),
+        &post("/v1/files", "multipart/form-data; boundary=Declared", "", garbage.as_bytes()),
+        garbage.as_bytes(),
+    )
+    .await;
+    refused(&o, "dlp_violation");
+    // A query parameter whose name is the secret: found, and the name kept out of the record.
+    let body = chat("hello");
+    let target = "/v1/chat/completions?4111111111111111=x";
+    let o =
+        send(session(DlpAction::Block, true), &post(target, "application/json", "", &body), &body)
+            .await;
+    refused(&o, "dlp_violation");
+    no_card_anywhere(&o);
+    // A user agent carrying a card is not written into the record.
+    let o = send(
+        session(DlpAction::Alert, false),
+        &post(
+            "/v1/chat/completions",
+            "application/json",
+            &format!("User-Agent: x {CARD}\r\n"),
+            &body,
+        ),
+        &body,
+    )
+    .await;
+    forwarded(&o);
+    assert!(!serde_json::to_string(&o.record).unwrap().contains("4111"));
+    // An organization header that is not UTF-8 is there, and not allowed.
+    let mut s = session(DlpAction::Block, true);
+    s.headers.allowed_organizations = vec!["org-good".into()];
+    s.headers.inject_missing_org_project = true;
+    // The header's value carries the byte 0xFF (written as ÿ, then replaced by the raw byte).
+    let head = post(
+        "/v1/chat/completions",
+        "application/json",
+        "OpenAI-Organization: org-\u{ff}evil\r\n",
+        &body,
+    );
+    let mut raw = head.into_bytes();
+    if let Some(i) = raw.windows(2).position(|w| w == "\u{ff}".as_bytes()) {
+        raw.splice(i..i + 2, [0xffu8]);
+    }
+    let o = common::send_raw(s, &raw, &body).await;
+    refused(&o, "organization_not_allowed");
+}
+
+#[tokio::test]
+async fn masked_answers_lose_their_logprobs() {
+    let answer_body = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+        "logprobs": {"content": [{"token": "sk-proj-Ab12", "logprob": -0.1}, {"token": "Cd34Ef56Gh78Ij90Kl12Mn34", "logprob": -0.2}]}}]})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer_body}",
+        answer_body.len()
+    );
+    let body = chat("hello");
+    let head = post("/v1/chat/completions", "application/json", "", &body);
+    let o = common::send_answering(
+        masking(session(DlpAction::Alert, false)),
+        &head,
+        &body,
+        Some(answer.as_bytes()),
+    )
+    .await;
+    forwarded(&o);
+    assert!(!o.client.contains("logprobs") && !o.client.contains("Ab12"), "{}", o.client);
+    assert!(o.client.contains("\"content\":\"ok\""), "{}", o.client);
+}

@@ -52,8 +52,17 @@ pub async fn send(s: Session, head: &str, body: &[u8]) -> Outcome {
     send_answering(s, head, body, None).await
 }
 
+/// [`send`] with a head that is not UTF-8.
+pub async fn send_raw(s: Session, head: &[u8], body: &[u8]) -> Outcome {
+    send_bytes(s, head, body, None).await
+}
+
 /// [`send`], the server answering `answer` when given.
 pub async fn send_answering(s: Session, head: &str, body: &[u8], answer: Option<&[u8]>) -> Outcome {
+    send_bytes(s, head.as_bytes(), body, answer).await
+}
+
+async fn send_bytes(s: Session, head: &[u8], body: &[u8], answer: Option<&[u8]>) -> Outcome {
     let (mut c, mut proxy_client) = duplex(1 << 20);
     let (mut server, mut proxy_server) = duplex(1 << 20);
     let records: Arc<Mutex<Vec<RequestRecord>>> = Arc::default();
@@ -62,7 +71,7 @@ pub async fn send_answering(s: Session, head: &str, body: &[u8], answer: Option<
         let sink = move |rec: RequestRecord| r.lock().unwrap().push(rec);
         serve(&mut proxy_client, Some(&mut proxy_server), &s, &sink).await
     });
-    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(head).await.unwrap();
     c.write_all(body).await.unwrap();
     // The server answers once a whole head has arrived (and reads whatever follows).
     let mut upstream = Vec::new();
