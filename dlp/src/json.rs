@@ -194,6 +194,20 @@ fn embedded_json(s: &str) -> bool {
         && ((t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')))
 }
 
+/// Whether the value at `path` is under a key that often carries base64 media.
+fn media_key(path: &str) -> bool {
+    path.rsplit('.').next().is_some_and(crate::walk::is_media_key)
+}
+
+/// Whether `s` is base64 of a format [`crate::body::sniff_binary`] knows (audio, an image, a
+/// document): a `data` value that is a file. Other values under such keys are text.
+fn decodes_to_media(s: &str) -> bool {
+    let n = s.len().min(64) / 4 * 4;
+    s.get(..n)
+        .and_then(crate::text::lenient_base64)
+        .is_some_and(|b| crate::body::sniff_binary(&b).is_some())
+}
+
 /// Nesting of JSON documents inside strings that is still read as JSON.
 const MAX_JSON_NESTING: u8 = 4;
 
@@ -219,6 +233,7 @@ fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Opti
         Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
         None if file_data => (None, s),
         None if embedded_json(s) => return nested_document(s, path, ctx),
+        None if media_key(path) && s.len() >= 12 && decodes_to_media(s) => (None, s),
         None => return scan_string(s, path, Role::Content, ctx),
     };
     // Decoded as leniently as servers do (Python's b64decode): line breaks, missing padding,

@@ -38,10 +38,17 @@ pub enum WalkError {
     Depth,
 }
 
-/// Keys whose string values carry file content in base64 (a file, audio, an image): read as
+/// Keys whose string values are file content in base64 (the API's `file_data`): read as
 /// files ([`Kind::FileData`]).
 pub fn is_file_key(key: &str) -> bool {
-    matches!(key, "file_data" | "data" | "audio" | "b64_json")
+    key == "file_data"
+}
+
+/// Keys whose string values often carry base64 media (`input_audio.data`, Realtime `audio`,
+/// image results' `b64_json`) but also plain values: read as files when they decode to a
+/// known format, as text otherwise.
+pub fn is_media_key(key: &str) -> bool {
+    matches!(key, "data" | "audio" | "b64_json")
 }
 
 /// What a visited text is.

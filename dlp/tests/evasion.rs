@@ -463,3 +463,24 @@ fn review_findings_stay_fixed() {
         o.unscanned_text()
     );
 }
+
+#[test]
+fn media_keys_hold_media_or_text() {
+    // A `data` value that is not base64 media is text: scanned, not called unscanned.
+    let o = run("application/json", br#"{"purpose":"batch","data":"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}"#, false);
+    assert!(o.unscanned.is_empty() && o.findings.is_empty(), "{:?}", o.unscanned_text());
+    let o = run(
+        "application/json",
+        format!(r#"{{"data":"é{}card {CARD}"}}"#, "x".repeat(70)).as_bytes(),
+        false,
+    );
+    card_at(&o, "$.data");
+    // Audio under `data` is audio.
+    let wav = STANDARD.encode(b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0");
+    let o = run(
+        "application/json",
+        format!(r#"{{"input_audio":{{"data":"{wav}","format":"wav"}}}}"#).as_bytes(),
+        false,
+    );
+    assert_eq!(o.unscanned_text(), ["$.input_audio.data(base64) (WAV audio)"]);
+}
