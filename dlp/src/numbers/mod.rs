@@ -89,6 +89,7 @@ fn eq(v: i8x16, c: u8) -> i8x16 {
 
 /// Classifies 64 bytes, sixteen at a time with SIMD compares (SSE2 on x86-64, NEON on
 /// aarch64, through `wide`'s safe types).
+#[inline(always)]
 fn classify_block(c: &[u8; 64]) -> Block {
     let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0, base64: 0 };
     for (k, chunk) in c.chunks_exact(16).enumerate() {
