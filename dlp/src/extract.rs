@@ -10,7 +10,7 @@
 
 use crate::body::Binary;
 use crate::charset;
-use crate::text::{Ctx, Role, scan_string};
+use crate::text::{Ctx, Role, scan_as, scan_string};
 use crate::{DetectorSet, Finding, Scanner, body, form, json};
 
 /// Most bytes one decoded layer (a compressed part, a base64 file) may expand to.
@@ -239,11 +239,7 @@ fn content_text(
                     let text = doc.text;
                     ctx.out.decoded.push(format!("{label} ({name}: text extracted)"));
                     // Nothing is redacted inside a document: a finding there is refused.
-                    let before = ctx.out.findings.len();
-                    let redact = std::mem::replace(&mut ctx.redact, false);
-                    scan_string(&text, label, Role::Content, ctx);
-                    ctx.redact = redact;
-                    if ctx.out.findings.len() > before {
+                    if scan_as(&text, label, Role::Content, false, ctx).1 {
                         ctx.out.unredactable.push(format!("{label} (inside a {name})"));
                     }
                 }
@@ -306,9 +302,7 @@ fn unescaped(text: &str, label: &str, ctx: &mut Ctx<'_>) {
     let plain = json::unescape_loose(text);
     let known: Vec<String> = ctx.out.findings.iter().map(|f| f.hash.clone()).collect();
     let before = ctx.out.findings.len();
-    let redact = std::mem::replace(&mut ctx.redact, false);
-    scan_string(&plain, &format!("{label}(unescaped)"), Role::Alone, ctx);
-    ctx.redact = redact;
+    scan_as(&plain, &format!("{label}(unescaped)"), Role::Alone, false, ctx);
     let mut i = before;
     while i < ctx.out.findings.len() {
         if known.contains(&ctx.out.findings[i].hash) {
@@ -322,11 +316,6 @@ fn unescaped(text: &str, label: &str, ctx: &mut Ctx<'_>) {
             .unredactable
             .push(format!("{label} (behind JSON escapes in a body that is not JSON)"));
     }
-}
-
-/// Whether no finding was added since `before`.
-fn ctx_clean(before: usize, ctx: &Ctx<'_>) -> bool {
-    ctx.out.findings.len() == before
 }
 
 /// Whether bytes are binary: not text in UTF-8 or a wide encoding (first 16 KiB).
@@ -378,15 +367,15 @@ fn multipart_parts(
     for (i, p) in parts.iter().enumerate() {
         // The part's name and file name reach the server too: scanned, and shown in paths
         // only when nothing was found in them.
-        let before = ctx.out.findings.len();
         let names = format!("{} {}", p.name, p.filename.as_deref().unwrap_or(""));
-        scan_string(&names, &format!("{label}[part {i}](names)"), Role::Alone, ctx);
-        if ctx.out.findings.len() > before {
+        let (_, found) =
+            scan_as(&names, &format!("{label}[part {i}](names)"), Role::Alone, false, ctx);
+        if found {
             ctx.out.unredactable.push(format!("{label}[part {i}] (its name)"));
         }
-        let shown = |n: &str| {
-            let plain = n.len() <= 128 && ctx_clean(before, ctx);
-            if plain { n.to_owned() } else { format!("[part {i}]") }
+        let shown = |n: &str| match n.len() <= 128 && !found {
+            true => n.to_owned(),
+            false => format!("[part {i}]"),
         };
         let name = shown(&p.name);
         let file = p.filename.as_deref().map(shown);

@@ -1,7 +1,7 @@
 //! `application/x-www-form-urlencoded` bodies (and query strings): each field percent-decoded
 //! and scanned under `$.name`, names too; redaction writes the form back encoded. Pure.
 
-use crate::text::{Ctx, Role, scan_string};
+use crate::text::{Ctx, Role, scan_as, scan_string};
 
 /// Whether a Content-Type is a urlencoded form.
 pub(crate) fn is_form(content_type: &[u8]) -> bool {
@@ -20,9 +20,9 @@ pub(crate) fn inspect(bytes: &[u8], label: &str, ctx: &mut Ctx<'_>) -> Option<Ve
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (i, (name, value)) in fields(bytes).into_iter().enumerate() {
         // The name is scanned too, and shown in paths only when nothing was found in it.
-        let before = ctx.out.findings.len();
-        let key_new = scan_string(&name, &format!("{label}[field {i}](name)"), Role::Alone, ctx);
-        let path = match ctx.out.findings.len() > before {
+        let (key_new, found) =
+            scan_as(&name, &format!("{label}[field {i}](name)"), Role::Alone, ctx.redact, ctx);
+        let path = match found {
             true => format!("{label}[field {i}]"),
             false => format!("{label}.{name}"),
         };

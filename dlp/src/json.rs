@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::Match;
 use crate::extract::MAX_DECODED;
-use crate::text::{Ctx, Role, scan_string};
+use crate::text::{Ctx, Role, scan_as, scan_string};
 use crate::walk::Kind;
 
 /// Whether a body is read as JSON: declared so, or starting like a document.
@@ -125,11 +125,8 @@ fn visit(path: &str, text: &str, kind: Kind, ctx: &mut Ctx<'_>) -> Option<String
 /// A key scanned under `path(key)`; with a finding, `[REDACTED:<detector>]` (its redacted
 /// form) stands for it in paths, so records never carry it.
 fn key(text: &str, path: &str, ctx: &mut Ctx<'_>) -> Option<String> {
-    let before = ctx.out.findings.len();
-    let redact = std::mem::replace(&mut ctx.redact, true);
-    let shown = scan_string(text, &format!("{path}(key)"), Role::Alone, ctx);
-    ctx.redact = redact;
-    (ctx.out.findings.len() > before).then(|| shown.unwrap_or_else(|| "[REDACTED]".into()))
+    let (shown, found) = scan_as(text, &format!("{path}(key)"), Role::Alone, true, ctx);
+    found.then(|| shown.unwrap_or_else(|| "[REDACTED]".into()))
 }
 
 /// The redacted document: parsed, each text with a finding replaced, re-serialised. The

@@ -408,6 +408,17 @@ pub fn match_hash(salt: &[u8], matched: &[u8]) -> String {
     s
 }
 
+/// A deterministic pseudo-random sequence for the crate's randomised tests (xorshift64).
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

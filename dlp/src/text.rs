@@ -95,6 +95,23 @@ pub(crate) fn scan_string(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>)
     Some(crate::json::redact(text, &spans))
 }
 
+/// [`scan_string`] with redaction on or off for this text alone; also says whether it found
+/// anything (a key's redacted form names it in paths; a text inside a document or behind
+/// escapes cannot be redacted where it is, and its caller says so).
+pub(crate) fn scan_as(
+    text: &str,
+    path: &str,
+    role: Role,
+    redact: bool,
+    ctx: &mut Ctx<'_>,
+) -> (Option<String>, bool) {
+    let before = ctx.out.findings.len();
+    let outer = std::mem::replace(&mut ctx.redact, redact);
+    let new = scan_string(text, path, role, ctx);
+    ctx.redact = outer;
+    (new, ctx.out.findings.len() > before)
+}
+
 /// Records the findings of `text` under `path`; returns their spans in `text`.
 fn find(text: &str, path: &str, role: Role, ctx: &mut Ctx<'_>) -> Vec<Match> {
     let norm = normalize(text);
@@ -370,13 +387,7 @@ mod tests {
 
     #[test]
     fn base64_runs_agree_with_a_byte_walk() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         for round in 0..3000 {
             let n = (rnd() % 300) as usize;
             let sep = (round % 7) as u64 + 2;

@@ -673,13 +673,7 @@ mod tests {
                 agree(&d[..cut]);
             }
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::xorshift(0x2545_f491_4f6c_dd1du64);
         let bytes = b"\"\\{}[],: 0123456789.eE+-tfnulrsa\x01\x1f\xc3\xa9u";
         for round in 0..20_000 {
             let mut d = docs[round % docs.len()].to_vec();

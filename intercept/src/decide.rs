@@ -13,7 +13,7 @@ use sluice_rules::{Action as RuleAction, FailMode, IdentityOverlay, Policy, Quer
 use tracing::warn;
 
 use crate::DivertedConn;
-use crate::dlp::{Dlp, credential_set};
+use crate::dlp::{CREDENTIALS, Dlp};
 use crate::phases::{Mask, Session};
 use crate::record::DecisionNote;
 
@@ -161,7 +161,7 @@ impl Decider {
                     None => d.dlp,
                 };
                 let extra = profile.and_then(|p| scanner.profile(&p.detectors).ok());
-                let set = credential_set(&scanner).union(&extra.unwrap_or_default());
+                let set = CREDENTIALS.union(&extra.unwrap_or_default());
                 Mask { scanner, set }
             }),
         }

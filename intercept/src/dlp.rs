@@ -63,6 +63,10 @@ const STRUCTURAL: [&str; 17] = [
     "priority",
 ];
 
+/// The credential detectors (computed once, not per request).
+pub(crate) static CREDENTIALS: std::sync::LazyLock<DetectorSet> =
+    std::sync::LazyLock::new(|| DetectorSet::family("credential"));
+
 /// Headers that carry the client's own sign-in to this service: scanned for everything but
 /// credentials (a session token there is how the client signs in, not a leak; a card is).
 const SIGN_IN: [&str; 4] = ["authorization", "api-key", "cookie", "proxy-authorization"];
@@ -256,7 +260,7 @@ fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
     };
     let mut out = scan(&dlp.set, &fields);
     if !sign_in.is_empty() {
-        let set = dlp.set.without(&sluice_dlp::DetectorSet::family("credential"));
+        let set = dlp.set.without(&CREDENTIALS);
         out.findings.extend(scan(&set, &sign_in).findings);
     }
     out
@@ -346,11 +350,4 @@ pub(crate) fn merge_findings(into: &mut RequestRecord, from: &RequestRecord) {
     if rank(from.dlp_action) > rank(into.dlp_action) {
         into.dlp_action = from.dlp_action;
     }
-}
-
-/// The credential detectors of the registry: what response masking replaces.
-pub(crate) fn credential_set(scanner: &Scanner) -> DetectorSet {
-    let names: Vec<&str> =
-        sluice_dlp::DETECTORS.iter().filter(|d| d.family == "credential").map(|d| d.name).collect();
-    scanner.profile(&names).unwrap_or_default()
 }

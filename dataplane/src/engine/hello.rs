@@ -5,7 +5,7 @@
 
 use super::learned::{self, HELLO_LEARN_TTL};
 use super::{Action, Counters, Engine, Now, Side, decide_flow, ech};
-use crate::flow::{Flow, FlowKey, TcpState, Verdict};
+use crate::flow::{Class, Flow, FlowKey, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
 use crate::wire::frame::{self, Frame, Tcp};
@@ -95,16 +95,8 @@ impl Engine {
         // reassembly buffer, no copy of the frame.
         let mut fast = None;
         if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
-            fast = match parse_client_hello(f.payload, &mut self.scratch) {
-                HelloParse::Incomplete => None,
-                HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
-                HelloParse::Malformed(why) => Some(Outcome::Block(why)),
-                HelloParse::Hello(h) => {
-                    self.counters.hellos += 1;
-                    flow.class.set_hello(&h);
-                    Some(Outcome::Decide(flow.class.sni.clone(), None))
-                }
-            };
+            let parse = parse_client_hello(f.payload, &mut self.scratch);
+            fast = outcome(parse, &mut flow.class, &mut self.counters);
         }
         let held_current = fast.is_none();
         let outcome = match fast {
@@ -124,16 +116,13 @@ impl Engine {
                     Added::Ok if flow.held.len() > self.settings.max_held_frames => {
                         Outcome::Block("too many segments before the ClientHello")
                     }
-                    Added::Ok => match parse_client_hello(reasm.contiguous(), &mut self.scratch) {
-                        HelloParse::Incomplete => return Action::Drop,
-                        HelloParse::NotTls => Outcome::Decide(None, Some("not TLS on a TLS port")),
-                        HelloParse::Malformed(why) => Outcome::Block(why),
-                        HelloParse::Hello(h) => {
-                            self.counters.hellos += 1;
-                            flow.class.set_hello(&h);
-                            Outcome::Decide(flow.class.sni.clone(), None)
+                    Added::Ok => {
+                        let parse = parse_client_hello(reasm.contiguous(), &mut self.scratch);
+                        match outcome(parse, &mut flow.class, &mut self.counters) {
+                            Some(o) => o,
+                            None => return Action::Drop,
                         }
-                    },
+                    }
                 }
             }
         };
@@ -283,4 +272,19 @@ pub(super) fn hold_frames(held: &mut Vec<Vec<u8>>, data: &[u8], fragments: Vec<V
 enum Outcome {
     Block(&'static str),
     Decide(Option<String>, Option<&'static str>),
+}
+
+/// What a parse of the client's first bytes means for the decision (`None`: the hello is not
+/// whole yet); a whole hello is noted in the flow's classification and counted.
+fn outcome(parse: HelloParse<'_>, class: &mut Class, counters: &mut Counters) -> Option<Outcome> {
+    match parse {
+        HelloParse::Incomplete => None,
+        HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
+        HelloParse::Malformed(why) => Some(Outcome::Block(why)),
+        HelloParse::Hello(h) => {
+            counters.hellos += 1;
+            class.set_hello(&h);
+            Some(Outcome::Decide(class.sni.clone(), None))
+        }
+    }
 }

@@ -464,13 +464,7 @@ mod tests {
             b"10.20.1.10",
             b"DE89370400440532013000",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let set = DetectorSet::from_names(NAMES).unwrap();
         let want = Want::of(&set);
         let mut found = 0;

@@ -60,6 +60,31 @@ pub(crate) struct Token {
     max: usize,
     /// The prefix must appear with exactly this case.
     exact_case: bool,
+    /// What makes a body of `cs` a key rather than prose.
+    classes: Classes,
+    /// A `<name>.` segment the body may follow (Doppler's config: `dp.st.prd.…`).
+    lead: bool,
+    /// What the match goes on with past the body, so redaction leaves no part of the secret.
+    tail: Tail,
+}
+
+/// Character classes a body must mix (for the charsets where prose could pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Classes {
+    /// Digits and letters (sk-this-is-not-a-key… is prose).
+    DigitsAndLetters,
+    /// Letters of both cases (Hugging Face tokens have no digit).
+    BothCases,
+}
+
+/// A token's part after its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    None,
+    /// `sep` and `min..=max` bytes of `cs` (Sentry's `_<secret>`, Atlassian's `=<checksum>`).
+    After(u8, Cs, usize, usize),
+    /// Up to three `.`-separated segments of `[A-Za-z0-9_-]` (GitLab's routable tokens).
+    Segments,
 }
 
 const fn t(
@@ -69,7 +94,34 @@ const fn t(
     min: usize,
     max: usize,
 ) -> Token {
-    Token { name, prefixes, cs, min, max, exact_case: true }
+    Token {
+        name,
+        prefixes,
+        cs,
+        min,
+        max,
+        exact_case: true,
+        classes: Classes::DigitsAndLetters,
+        lead: false,
+        tail: Tail::None,
+    }
+}
+
+impl Token {
+    const fn both_cases(mut self) -> Self {
+        self.classes = Classes::BothCases;
+        self
+    }
+
+    const fn lead(mut self) -> Self {
+        self.lead = true;
+        self
+    }
+
+    const fn tail(mut self, tail: Tail) -> Self {
+        self.tail = tail;
+        self
+    }
 }
 
 /// The prefixed formats (lengths are of the body after the prefix).
@@ -88,7 +140,7 @@ pub(crate) const TOKENS: &[Token] = &[
     t("github_app_token", &["ghu_", "ghs_"], Cs::Alnum, 36, 36),
     t("github_refresh_token", &["ghr_"], Cs::Alnum, 36, 76),
     t("github_fine_grained_pat", &["github_pat_"], Cs::Word, 70, 100),
-    t("gitlab_token", &["glpat-"], Cs::Url, 20, 64),
+    t("gitlab_token", &["glpat-"], Cs::Url, 20, 64).tail(Tail::Segments),
     t("gitlab_runner_token", &["glrt-"], Cs::Url, 20, 64),
     t("gitlab_deploy_token", &["gldt-"], Cs::Url, 20, 64),
     t("slack_bot_token", &["xoxb-"], Cs::Url, 24, 255),
@@ -101,17 +153,22 @@ pub(crate) const TOKENS: &[Token] = &[
     t("twilio_key", &["SK"], Cs::HexLower, 32, 32),
     t("npm_token", &["npm_"], Cs::Alnum, 36, 36),
     t("pypi_token", &["pypi-AgEIcHlwaS5vcmc"], Cs::Url, 50, 300),
-    t("huggingface_token", &["hf_"], Cs::Alnum, 30, 40),
+    t("huggingface_token", &["hf_"], Cs::Alnum, 30, 40).both_cases(),
     t("shopify_token", &["shpat_", "shpss_", "shpca_", "shppa_"], Cs::HexLower, 32, 32),
     t("digitalocean_token", &["dop_v1_", "doo_v1_", "dor_v1_"], Cs::HexLower, 64, 64),
     t("databricks_token", &["dapi"], Cs::HexLower, 32, 32),
     t("vault_token", &["hvs."], Cs::Url, 24, 200),
-    t("doppler_token", &["dp.pt.", "dp.st.", "dp.sa.", "dp.ct."], Cs::Alnum, 40, 44),
+    t("doppler_token", &["dp.pt.", "dp.st.", "dp.sa.", "dp.ct."], Cs::Alnum, 40, 44).lead(),
     t("linear_api_key", &["lin_api_"], Cs::Alnum, 40, 40),
-    t("atlassian_token", &["ATATT3x"], Cs::Url, 50, 300),
+    t("atlassian_token", &["ATATT3x"], Cs::Url, 50, 300).tail(Tail::After(
+        b'=',
+        Cs::UpperAlnum,
+        8,
+        8,
+    )),
     t("grafana_token", &["glsa_"], Cs::Word, 40, 50),
     t("new_relic_key", &["NRAK-"], Cs::UpperAlnum, 27, 27),
-    t("sentry_token", &["sntrys_"], Cs::Base64, 50, 300),
+    t("sentry_token", &["sntrys_"], Cs::Base64, 50, 300).tail(Tail::After(b'_', Cs::Url, 32, 300)),
     t("postman_key", &["PMAK-"], Cs::HexDash, 50, 70),
     t("dockerhub_token", &["dckr_pat_"], Cs::Url, 27, 40),
     t("age_secret_key", &["AGE-SECRET-KEY-1"], Cs::Bech32Upper, 58, 58),
@@ -208,11 +265,10 @@ pub(crate) fn confirm_token(i: usize, b: &[u8], start: usize, pend: usize, out: 
         }
     }
     let mut from = pend;
-    if tk.name == "doppler_token" {
-        // Service tokens name their config first: `dp.st.prd.<40 chars>`.
-        let cfg = run(b, pend, Cs::Word, 32);
-        if cfg > 0 && b.get(pend + cfg) == Some(&b'.') {
-            from = pend + cfg + 1;
+    if tk.lead {
+        let seg = run(b, pend, Cs::Word, 32);
+        if seg > 0 && b.get(pend + seg) == Some(&b'.') {
+            from = pend + seg + 1;
         }
     }
     let n = run(b, from, tk.cs, tk.max);
@@ -221,38 +277,33 @@ pub(crate) fn confirm_token(i: usize, b: &[u8], start: usize, pend: usize, out: 
     }
     let end = from + n;
     let body = &b[from..end];
-    let mixed = match tk.name {
-        // Hugging Face tokens are 34 letters of both cases, no digits.
-        "huggingface_token" => {
+    let mixed = match tk.classes {
+        Classes::BothCases => {
             body.iter().any(u8::is_ascii_uppercase) && body.iter().any(u8::is_ascii_lowercase)
         }
-        // Keys carry digits and letters; a run of one class is prose (sk-this-is-not-a-key…).
-        _ => body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic),
+        Classes::DigitsAndLetters => {
+            body.iter().any(u8::is_ascii_digit) && body.iter().any(u8::is_ascii_alphabetic)
+        }
     };
     if matches!(tk.cs, Cs::Url | Cs::Alnum | Cs::Word | Cs::Base64) && !mixed {
         return;
     }
-    push(out, tk.name, start, end + tail(tk.name, b, end));
+    push(out, tk.name, start, end + tail(tk.tail, b, end));
 }
 
-/// What a token's match goes on with past its body, so redaction leaves no part of the
-/// secret: Sentry's `_<43-char secret>` after the base64 head, Atlassian's `=<8 hex>` check,
-/// GitLab's routable `.<version>.<part>` segments.
-fn tail(name: &str, b: &[u8], end: usize) -> usize {
-    let rest = b.get(end..).unwrap_or_default();
-    match name {
-        "sentry_token" if rest.first() == Some(&b'_') => {
-            let n = run(b, end + 1, Cs::Url, 64);
-            if n >= 32 { 1 + n } else { 0 }
+/// The length of a token's tail at `end` (0 when it has none there).
+fn tail(t: Tail, b: &[u8], end: usize) -> usize {
+    match t {
+        Tail::None => 0,
+        Tail::After(sep, cs, min, max) if b.get(end) == Some(&sep) => {
+            let n = run(b, end + 1, cs, max);
+            if (min..=max).contains(&n) { 1 + n } else { 0 }
         }
-        "atlassian_token" if rest.first() == Some(&b'=') => {
-            let n = run(b, end + 1, Cs::UpperAlnum, 8);
-            if n == 8 { 9 } else { 0 }
-        }
-        "gitlab_token" => {
+        Tail::After(..) => 0,
+        Tail::Segments => {
             let mut at = 0;
             for _ in 0..3 {
-                if rest.get(at) != Some(&b'.') {
+                if b.get(end + at) != Some(&b'.') {
                     break;
                 }
                 let n = run(b, end + at + 1, Cs::Url, 64);
@@ -263,7 +314,6 @@ fn tail(name: &str, b: &[u8], end: usize) -> usize {
             }
             at
         }
-        _ => 0,
     }
 }
 

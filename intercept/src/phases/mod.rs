@@ -247,8 +247,10 @@ impl Session {
         let text = |n: &str| {
             req.headers.header(n).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
         };
-        let chatgpt = matches!(req.authority, "chatgpt.com" | "chat.openai.com" | "chat.com");
-        if h.block_chatgpt_anonymous && chatgpt && req.target.starts_with("/backend-anon/") {
+        if h.block_chatgpt_anonymous
+            && chatgpt_host(req.authority)
+            && req.target.starts_with("/backend-anon/")
+        {
             return Err(Refusal::forbidden(
                 "chatgpt_signed_out",
                 "ChatGPT may be used here only signed in to an allowed workspace",
@@ -258,47 +260,37 @@ impl Session {
         // An allow-list holds whether or not the client names its organization (project):
         // without the header, the key's default one is used, which could be any.
         let checks = [
-            ("openai-organization", &h.allowed_organizations, "organization"),
-            ("openai-project", &h.allowed_projects, "project"),
+            (
+                "openai-organization",
+                &h.allowed_organizations,
+                "organization",
+                ("organization_not_allowed", "organization_required"),
+            ),
+            (
+                "openai-project",
+                &h.allowed_projects,
+                "project",
+                ("project_not_allowed", "project_required"),
+            ),
         ];
-        for (header, allowed, what) in checks {
+        for (header, allowed, what, (not_allowed, required)) in checks {
             if allowed.is_empty() {
                 continue;
             }
-            let present = req.headers.header(header).is_some();
-            match text(header) {
-                Some(v) if allowed.iter().any(|a| a == v) => {}
-                // Present but not UTF-8 is present: not missing, and not allowed.
-                None if present => {
+            match (req.headers.header(header).is_some(), text(header)) {
+                (_, Some(v)) if allowed.iter().any(|a| a == v) => {}
+                // Present (not UTF-8 counts as present) and not allowed.
+                (true, _) => {
                     return Err(Refusal::forbidden(
-                        if what == "project" {
-                            "project_not_allowed"
-                        } else {
-                            "organization_not_allowed"
-                        },
+                        not_allowed,
                         format!("this OpenAI {what} is not allowed"),
                         rule,
                     ));
                 }
-                Some(_) => {
+                (false, _) if h.inject_missing_org_project => {}
+                (false, _) => {
                     return Err(Refusal::forbidden(
-                        if what == "project" {
-                            "project_not_allowed"
-                        } else {
-                            "organization_not_allowed"
-                        },
-                        format!("this OpenAI {what} is not allowed"),
-                        rule,
-                    ));
-                }
-                None if h.inject_missing_org_project => {}
-                None => {
-                    return Err(Refusal::forbidden(
-                        if what == "project" {
-                            "project_required"
-                        } else {
-                            "organization_required"
-                        },
+                        required,
                         format!(
                             "requests must name an allowed OpenAI {what} (the {header} header)"
                         ),
@@ -429,10 +421,8 @@ impl Session {
         ctx: &mut RequestCtx,
     ) -> Vec<(&'static str, String)> {
         let host = req.authority;
-        let chatgpt =
-            host == "chatgpt.com" || host.ends_with(".chatgpt.com") || host == "chat.openai.com";
         let mut out = Vec::new();
-        if let (true, Some(v)) = (chatgpt, &self.headers.chatgpt_workspace_header) {
+        if let (true, Some(v)) = (chatgpt_host(host), &self.headers.chatgpt_workspace_header) {
             out.push((WORKSPACE_HEADER, v.clone()));
         }
         if let (true, Some(v)) =
@@ -502,6 +492,11 @@ impl Session {
         ctx.rec.latency_ms = ctx.started.elapsed().as_millis() as u64;
         ctx.rec
     }
+}
+
+/// Whether a host serves ChatGPT (its workspace header and signed-out paths apply there).
+fn chatgpt_host(host: &str) -> bool {
+    matches!(host, "chatgpt.com" | "chat.openai.com" | "chat.com") || host.ends_with(".chatgpt.com")
 }
 
 /// The fingerprint of an API key: `sha256:` and the first 12 hex digits of its SHA-256.
