@@ -126,7 +126,7 @@ pub fn is_binary(text: &str) -> bool {
     // Counted without an early exit, so the loop vectorises.
     let control =
         b.iter().filter(|&&c| c < b' ' && !matches!(c, b'\t' | b'\n' | b'\r' | 0x0c)).count();
-    let replaced = match text.is_ascii() {
+    let replaced = match b.is_ascii() {
         true => 0,
         false => memchr::memmem::find_iter(b, "\u{fffd}".as_bytes()).count(),
     };
@@ -136,10 +136,11 @@ pub fn is_binary(text: &str) -> bool {
 
 /// The text of `bytes` and how it was read. UTF-8 (the common case) is borrowed.
 pub fn decode<'a>(content_type: Option<&[u8]>, bytes: &'a [u8]) -> (Cow<'a, str>, Charset) {
-    let utf8 = |b: &'a [u8]| std::str::from_utf8(b).ok().map(Cow::Borrowed);
+    // Validated once: the common case (UTF-8, no BOM) is borrowed from this.
+    let valid = std::str::from_utf8(bytes).ok();
     // A declared charset the bytes belie is not believed: UTF-8 without a zero byte is not
     // UTF-16 (whose ASCII has zero bytes), whatever the header says.
-    let plain_utf8 = std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0);
+    let plain_utf8 = valid.is_some() && memchr::memchr(0, bytes).is_none();
     let declared = declared(content_type)
         .filter(|e| *e != encoding_rs::UTF_8)
         .filter(|e| !(plain_utf8 && (*e == UTF_16LE || *e == UTF_16BE)));
@@ -154,10 +155,12 @@ pub fn decode<'a>(content_type: Option<&[u8]>, bytes: &'a [u8]) -> (Cow<'a, str>
     if let Some(e) = declared {
         return (e.decode_with_bom_removal(bytes).0, Charset::Decoded(e));
     }
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    match utf8(body) {
-        Some(t) => (t, Charset::Utf8),
-        None => (String::from_utf8_lossy(body), Charset::Lossy),
+    match valid {
+        Some(t) => (Cow::Borrowed(t.strip_prefix('\u{feff}').unwrap_or(t)), Charset::Utf8),
+        None => {
+            let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            (String::from_utf8_lossy(body), Charset::Lossy)
+        }
     }
 }
 
