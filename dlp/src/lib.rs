@@ -42,6 +42,42 @@ pub fn detector_id(name: &str) -> Option<DetectorId> {
     DETECTORS.iter().position(|d| d.name == name)
 }
 
+/// [`detector_id`] at compile time: `usize::MAX` (never enabled) for a name not in the
+/// registry. The checks on the scan's hot path name their detectors through [`has!`], so
+/// that no string is compared per text.
+pub(crate) const fn const_id(name: &str) -> DetectorId {
+    let mut i = 0;
+    while i < DETECTORS.len() {
+        let (a, b) = (DETECTORS[i].name.as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut k = 0;
+            while k < a.len() && a[k] == b[k] {
+                k += 1;
+            }
+            if k == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    usize::MAX
+}
+
+/// `has!(set, "name")`: whether `set` enables the detector, its id found at compile time.
+macro_rules! has {
+    ($set:expr, $name:literal) => {
+        $set.contains({
+            const ID: $crate::DetectorId = {
+                let id = $crate::const_id($name);
+                assert!(id != usize::MAX, "not a detector in the registry");
+                id
+            };
+            ID
+        })
+    };
+}
+pub(crate) use has;
+
 fn id(name: &str) -> DetectorId {
     // Names used in this crate are checked against the registry by the test
     // `every_registry_name_is_implemented`; an unknown one maps past the end (never enabled).

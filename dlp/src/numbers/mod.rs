@@ -7,7 +7,7 @@ use wide::i8x16;
 
 mod checks;
 
-use super::{DetectorSet, Match};
+use super::{DetectorSet, Match, has};
 use checks::*;
 
 /// Detector names implemented here.
@@ -15,7 +15,8 @@ pub(crate) const NAMES: &[&str] =
     &["credit_card", "us_ssn", "phone", "ip_address", "iban", "uk_nino"];
 
 pub(crate) fn any_enabled(set: &DetectorSet) -> bool {
-    NAMES.iter().any(|n| set.has(n))
+    let w = Want::of(set);
+    w.numeric() || w.letters()
 }
 
 /// The detectors of `set` implemented here.
@@ -42,12 +43,12 @@ struct Want {
 impl Want {
     fn of(set: &DetectorSet) -> Self {
         Want {
-            card: set.has("credit_card"),
-            ssn: set.has("us_ssn"),
-            phone: set.has("phone"),
-            ip: set.has("ip_address"),
-            iban: set.has("iban"),
-            nino: set.has("uk_nino"),
+            card: has!(set, "credit_card"),
+            ssn: has!(set, "us_ssn"),
+            phone: has!(set, "phone"),
+            ip: has!(set, "ip_address"),
+            iban: has!(set, "iban"),
+            nino: has!(set, "uk_nino"),
         }
     }
 
@@ -115,6 +116,31 @@ fn classify_block(c: &[u8; 64]) -> Block {
     blk
 }
 
+/// The classes of the last, partial block at `base`, as if padded with spaces (which start
+/// nothing, end words and are no class at all). From the text's last 64 bytes, shifted, when
+/// it has them: a copy to a padded buffer read back at once stalls the loads.
+fn tail_block(b: &[u8], base: usize) -> Block {
+    if let Some(last) = b.len().checked_sub(64).and_then(|from| b.get(from..)) {
+        if let Ok(c) = <&[u8; 64]>::try_from(last) {
+            let skip = (base + 64 - b.len()) as u32;
+            let x = classify_block(c);
+            let s = |m: u64| m >> skip;
+            return Block {
+                digit: s(x.digit),
+                open: s(x.open),
+                upper: s(x.upper),
+                word: s(x.word),
+                joiner: s(x.joiner),
+                base64: s(x.base64),
+            };
+        }
+    }
+    let mut pad = [b' '; 64];
+    let tail = b.get(base..).unwrap_or_default();
+    pad[..tail.len()].copy_from_slice(tail);
+    classify_block(&pad)
+}
+
 /// Bit 63: the byte after it is in the next block, so tests on it are left to [`step`].
 const LAST: u64 = 1 << 63;
 
@@ -153,12 +179,7 @@ pub(crate) fn scan(
     while base < b.len() {
         let blk = match b.get(base..base + 64).and_then(|c| <&[u8; 64]>::try_from(c).ok()) {
             Some(c) => classify_block(c),
-            None => {
-                // The tail, padded with spaces (which start nothing and end words).
-                let mut pad = [b' '; 64];
-                pad[..b.len() - base].copy_from_slice(&b[base..]);
-                classify_block(&pad)
-            }
+            None => tail_block(b, base),
         };
         if let Some(r) = runs.as_deref_mut() {
             finder.block(b, base, blk.base64, r);

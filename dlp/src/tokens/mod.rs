@@ -5,7 +5,7 @@
 
 mod special;
 
-use super::{DetectorSet, Match};
+use super::{DetectorSet, Match, has};
 use special::*;
 
 /// Characters a token body may hold.
@@ -327,24 +327,24 @@ pub(crate) fn confirm_special(
     out: &mut Vec<Match>,
 ) {
     match s {
-        Special::Email if set.has("email") => email(b, start, out),
-        Special::Jwt if set.has("jwt") => jwt(b, start, out),
+        Special::Email if has!(set, "email") => email(b, start, out),
+        Special::Jwt if has!(set, "jwt") => jwt(b, start, out),
         Special::Pem => pem(b, start, aend, set, out),
-        Special::ConnUrl if set.has("connection_string_password") => conn_url(b, start, out),
+        Special::ConnUrl if has!(set, "connection_string_password") => conn_url(b, start, out),
         Special::ConnPassword => {
             // `password=` also stands for the `password` keyword it contains.
-            if set.has("connection_string_password") {
+            if has!(set, "connection_string_password") {
                 conn_password(b, start, aend, out);
             }
-            if set.has("generic_secret") && b[start..aend].eq_ignore_ascii_case(b"password=") {
+            if has!(set, "generic_secret") && b[start..aend].eq_ignore_ascii_case(b"password=") {
                 generic(b, start, aend - 1, out);
             }
         }
-        Special::AwsSecret if set.has("aws_secret_access_key") => aws_secret(b, aend, out),
-        Special::Generic if set.has("generic_secret") => generic(b, start, aend, out),
-        Special::SendGrid if set.has("sendgrid_key") => sendgrid(b, start, out),
-        Special::AzureClientSecret if set.has("azure_client_secret") => azure(b, start, out),
-        Special::Telegram if set.has("telegram_bot_token") => telegram(b, start, out),
+        Special::AwsSecret if has!(set, "aws_secret_access_key") => aws_secret(b, aend, out),
+        Special::Generic if has!(set, "generic_secret") => generic(b, start, aend, out),
+        Special::SendGrid if has!(set, "sendgrid_key") => sendgrid(b, start, out),
+        Special::AzureClientSecret if has!(set, "azure_client_secret") => azure(b, start, out),
+        Special::Telegram if has!(set, "telegram_bot_token") => telegram(b, start, out),
         _ => {}
     }
 }
