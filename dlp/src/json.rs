@@ -230,7 +230,7 @@ fn string_value(s: &str, path: &str, file_data: bool, ctx: &mut Ctx<'_>) -> Opti
         Some((mime, data)) => (Some(format!("data:{mime};base64,")), data),
         None if file_data => (None, s),
         None if embedded_json(s) => return nested_document(s, path, ctx),
-        None if media_key(path) && s.len() >= 12 && decodes_to_media(s) => (None, s),
+        None if s.len() >= 12 && media_key(path) && decodes_to_media(s) => (None, s),
         None => return scan_string(s, path, Role::Content, ctx),
     };
     // Decoded as leniently as servers do (Python's b64decode): line breaks, missing padding,
