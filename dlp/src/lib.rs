@@ -7,15 +7,17 @@
 //!
 //! The scan is a fixed set of passes, whatever the number of rules: Aho-Corasick automata over
 //! the literal anchors (`AKIA`, `sk-`, `ghp_`, `-----BEGIN `, keywords …; see [`Scanner`]),
-//! memchr for `@`, `Q~` and `SK`, and one pass over 64-byte blocks classified with SIMD
-//! compares for digit runs and letter–digit openings (cards, SSNs, phones, IBANs, NINOs,
-//! IPv4). Each candidate gets a confirming check (validation, length, charset, boundaries)
-//! only when its detector is enabled. Pure: bytes in, spans out. The match itself never leaves this crate except as a
+//! and one pass over 64-byte blocks classified with SIMD compares (`blocks.rs`) for digit runs
+//! and letter–digit openings (cards, SSNs, phones, IBANs, NINOs, IPv4), `@`, `Q~`, `SK`, and
+//! the stretches before assignments that the keyword automaton reads. Each candidate gets a
+//! confirming check (validation, length, charset, boundaries) only when its detector is
+//! enabled. Pure: bytes in, spans out. The match itself never leaves this crate except as a
 //! salted hash ([`Finding`]).
 //!
 //! The detector names are the rule language's registry ([`sluice_rules::detectors`]); this
 //! crate implements every one of them (checked by a test).
 
+mod blocks;
 pub mod body;
 pub mod charset;
 mod custom;
@@ -175,24 +177,23 @@ enum Anchor {
 /// The scanner: built once per policy (the built-in detectors and the rule set's custom
 /// ones), shared by every request.
 ///
-/// Anchors are found in three ways, chosen for speed (each keeps aho-corasick's SIMD
-/// prefilter, or memchr's, able to skip prose): the vendor token prefixes and the
-/// case-sensitive special anchors (`eyJ`, `-----BEGIN `, `://`, …) in one case-sensitive
-/// automaton over the text; the keywords (`password`, `secret`, `token`, …), matched without
-/// regard to case, in a second automaton over an ASCII-lowercased copy (same offsets); and
-/// the one- and two-byte anchors (`@`, `Q~`, `SK`) with memchr. One automaton over everything,
-/// case-insensitive, ran at ~400 MiB/s: its frequent short and keyword anchors disabled the
-/// prefilter.
+/// Anchors are found in three ways, chosen for speed (each able to skip prose quickly): the
+/// vendor token prefixes and the case-sensitive special anchors (`eyJ`, `-----BEGIN `, `://`,
+/// …) in one case-sensitive automaton over the text; the keywords (`password`, `secret`,
+/// `token`, …), matched without regard to case, in a second automaton over an
+/// ASCII-lowercased copy of the stretches before assignments (every keyword detector needs one
+/// shortly after its keyword; most prose has none); the one- and two-byte anchors (`@`, `Q~`,
+/// `SK`) and those stretches come from the block pass (`blocks.rs`). One automaton over
+/// everything, case-insensitive, ran at ~400 MiB/s: its frequent short and keyword anchors
+/// disabled the prefilter.
 #[derive(Debug, Clone)]
 pub struct Scanner {
     ac: AhoCorasick,
     anchors: Vec<Anchor>,
     keywords: AhoCorasick,
     keyword_anchors: Vec<tokens::Special>,
-    /// Token index and detector of the two-byte `SK` prefix (found with memmem).
+    /// Token index and detector of the two-byte `SK` prefix (found by the block pass).
     twilio: Option<(usize, DetectorId)>,
-    /// The searcher for `SK`, built once (building one per text showed in profiles).
-    sk: memchr::memmem::Finder<'static>,
     /// The detectors the keyword anchors lead to, and those of `@` and `Q~` (looked up once).
     keyword_detectors: DetectorSet,
     email: DetectorId,
@@ -224,7 +225,7 @@ impl Scanner {
         for (i, t) in tokens::TOKENS.iter().enumerate() {
             for p in t.prefixes {
                 if p.len() < 3 {
-                    // Too short for the automaton's prefilter: found with memmem.
+                    // Too short for the automaton's prefilter: found by the block pass.
                     twilio = Some((i, id(t.name)));
                     continue;
                 }
@@ -236,7 +237,7 @@ impl Scanner {
         let mut keyword_anchors = Vec::new();
         for (p, s) in tokens::SPECIAL_ANCHORS {
             match s {
-                // Found with memchr in `scan`.
+                // Found by the block pass.
                 Special::Email | Special::AzureClientSecret => {}
                 Special::Generic | Special::ConnPassword | Special::AwsSecret => {
                     debug_assert_eq!(p.to_ascii_lowercase(), *p, "keywords are lowercase");
@@ -261,7 +262,6 @@ impl Scanner {
             keywords,
             keyword_anchors,
             twilio,
-            sk: memchr::memmem::Finder::new(b"SK"),
             keyword_detectors: DetectorSet::from_names(tokens::KEYWORD_DETECTORS)
                 .expect("keyword detectors are in the registry"),
             email: id("email"),
@@ -313,7 +313,7 @@ impl Scanner {
         text: &str,
         set: &DetectorSet,
         out: &mut Vec<Match>,
-        mut runs: Option<&mut Vec<(usize, usize)>>,
+        runs: Option<&mut Vec<(usize, usize)>>,
     ) {
         let first = out.len();
         if set.is_empty() {
@@ -335,49 +335,39 @@ impl Scanner {
                 }
             }
         }
-        if let Some((i, d)) = self.twilio
-            && set.contains(d)
-        {
-            for at in self.sk.find_iter(bytes) {
-                tokens::confirm_token(i, bytes, at, at + 2, out);
-            }
-        }
-        if set.0 & self.keyword_detectors.0 != 0 {
-            LOWER.with(|low| {
-                let mut low = low.borrow_mut();
-                low.clear();
-                low.extend(bytes.iter().map(u8::to_ascii_lowercase));
-                for m in self.keywords.find_iter(low.as_slice()) {
-                    if let Some(&s) = self.keyword_anchors.get(m.pattern().as_usize()) {
-                        tokens::confirm_special(s, bytes, m.start(), m.end(), set, out);
+        // `@`, `Q~`, `SK` and the stretches before assignments come from the block pass, which
+        // reads the text once for them and the numbers.
+        let twilio = self.twilio.filter(|&(_, d)| set.contains(d));
+        LOWER.with(|low| {
+            let mut low = low.borrow_mut();
+            let mut found = |f: blocks::Found, out: &mut Vec<Match>| match f {
+                blocks::Found::At(at) => {
+                    tokens::confirm_special(tokens::Special::Email, bytes, at, at + 1, set, out)
+                }
+                blocks::Found::QTilde(at) => tokens::confirm_special(
+                    tokens::Special::AzureClientSecret,
+                    bytes,
+                    at,
+                    at + 2,
+                    set,
+                    out,
+                ),
+                blocks::Found::Sk(at) => {
+                    if let Some((i, _)) = twilio {
+                        tokens::confirm_token(i, bytes, at, at + 2, out)
                     }
                 }
-            });
-        }
-        if set.contains(self.email) {
-            for at in memchr::memchr_iter(b'@', bytes) {
-                tokens::confirm_special(tokens::Special::Email, bytes, at, at + 1, set, out);
-            }
-        }
-        if set.contains(self.azure) {
-            for at in memchr::memchr_iter(b'~', bytes) {
-                if at > 0 && bytes[at - 1] == b'Q' {
-                    tokens::confirm_special(
-                        tokens::Special::AzureClientSecret,
-                        bytes,
-                        at - 1,
-                        at + 1,
-                        set,
-                        out,
-                    );
-                }
-            }
-        }
-        if numbers::any_enabled(set) {
-            numbers::scan(bytes, set, out, runs.as_deref_mut());
-        } else if let Some(r) = runs {
-            r.extend(text::base64_runs(bytes));
-        }
+                blocks::Found::Stretch(s, e) => self.keywords_in(bytes, s, e, &mut low, set, out),
+            };
+            let mut also = blocks::Also {
+                email: set.contains(self.email),
+                azure: set.contains(self.azure),
+                twilio: twilio.is_some(),
+                keywords: set.0 & self.keyword_detectors.0 != 0,
+                found: &mut found,
+            };
+            blocks::scan(bytes, set, out, runs, &mut also);
+        });
         self.custom.scan(text, set, out);
         tidy(&mut out[first..]);
         let mut keep = first;
@@ -392,6 +382,29 @@ impl Scanner {
             keep += 1;
         }
         out.truncate(keep);
+    }
+}
+
+impl Scanner {
+    /// The keyword anchors in `b[s..e]`, confirmed against the whole of `b`; `low` is the
+    /// buffer the lowercased stretch is copied to.
+    fn keywords_in(
+        &self,
+        b: &[u8],
+        s: usize,
+        e: usize,
+        low: &mut Vec<u8>,
+        set: &DetectorSet,
+        out: &mut Vec<Match>,
+    ) {
+        low.clear();
+        low.extend_from_slice(&b[s..e]);
+        low.make_ascii_lowercase();
+        for m in self.keywords.find_iter(low.as_slice()) {
+            if let Some(&a) = self.keyword_anchors.get(m.pattern().as_usize()) {
+                tokens::confirm_special(a, b, s + m.start(), s + m.end(), set, out);
+            }
+        }
     }
 }
 
@@ -412,7 +425,14 @@ fn tidy(ms: &mut [Match]) {
             _ => 2,
         },
     };
-    ms.sort_by(|a, b| a.start.cmp(&b.start).then(rank(a).cmp(&rank(b))).then(b.end.cmp(&a.end)));
+    // The detector's name last, so the order never depends on which pass found what first.
+    ms.sort_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then(rank(a).cmp(&rank(b)))
+            .then(b.end.cmp(&a.end))
+            .then(a.detector.cmp(b.detector))
+    });
 }
 
 /// One finding, as records carry it: never the matched text.
@@ -457,6 +477,80 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// The block pass's stretches before assignments hold every keyword match reading the
+    /// whole text finds: random records of filler, keyword, name, quotes or spaces, assignment
+    /// and value, the keyword landing anywhere relative to the blocks.
+    #[test]
+    fn keyword_stretches_find_what_the_whole_text_finds() {
+        let scanner = Scanner::new().unwrap();
+        let set = DetectorSet::from_names(tokens::KEYWORD_DETECTORS).unwrap();
+        let keywords = [
+            "password",
+            "PassWord",
+            "passwd",
+            "secret",
+            "TOKEN",
+            "api_key",
+            "apikey",
+            "api-key",
+            "access_key",
+            "aws_secret_access_key",
+            "SecretAccessKey",
+            "aws_secret_key",
+            "pwd=",
+            "password=",
+            "aws_secret_access_key_secret",
+        ];
+        let values = [
+            "hunter2Secret99",
+            "A1b2C3d4E5f6G7h8",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLE1",
+            "S3cr3t!value",
+            "x",
+        ];
+        let pick = |rnd: &mut dyn FnMut() -> u64, from: &[u8], n: u64| -> String {
+            (0..rnd() % n).map(|_| from[(rnd() % from.len() as u64) as usize] as char).collect()
+        };
+        let mut rnd = crate::xorshift(0x51ce_5eed_u64);
+        let mut found = 0;
+        for round in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..1 + rnd() % 3 {
+                text += &pick(&mut rnd, b" _-xQ9\n\".", 90);
+                text += keywords[(rnd() % keywords.len() as u64) as usize];
+                text += &pick(&mut rnd, b"_-aZ0", 26);
+                text += &pick(&mut rnd, b" \t\"'`", 9);
+                text += ["", ":", "=", ">", "=>"][(rnd() % 5) as usize];
+                text += &pick(&mut rnd, b" \"", 3);
+                text += values[(rnd() % values.len() as u64) as usize];
+            }
+            let b = text.as_bytes();
+            let (mut whole, mut low) = (Vec::new(), Vec::new());
+            scanner.keywords_in(b, 0, b.len(), &mut low, &set, &mut whole);
+            let mut spans = Vec::new();
+            let mut note = |f: blocks::Found, _: &mut Vec<Match>| {
+                if let blocks::Found::Stretch(s, e) = f {
+                    spans.push((s, e));
+                }
+            };
+            let mut also = blocks::Also {
+                email: false,
+                azure: false,
+                twilio: false,
+                keywords: true,
+                found: &mut note,
+            };
+            blocks::scan(b, &set, &mut Vec::new(), None, &mut also);
+            let mut stretches = Vec::new();
+            for (s, e) in spans {
+                scanner.keywords_in(b, s, e, &mut low, &set, &mut stretches);
+            }
+            assert_eq!(whole, stretches, "round {round}: {text:?}");
+            found += whole.len();
+        }
+        assert!(found > 2000, "the texts hold matches: {found}");
+    }
+
     use super::*;
 
     #[test]

@@ -16,7 +16,7 @@ pub(super) fn line_break(b: &[u8], at: usize) -> usize {
 }
 
 /// Whether a card may go on on the next line at `at`.
-pub(super) fn lined(b: &[u8], at: usize) -> bool {
+pub(crate) fn lined(b: &[u8], at: usize) -> bool {
     line_break(b, at) > 0
 }
 

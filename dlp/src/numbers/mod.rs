@@ -1,23 +1,18 @@
-//! Number-shaped detectors, found in one pass over SIMD-classified blocks: payment cards (Luhn, brand prefixes and
-//! lengths), US SSNs (impossible areas, groups and serials refused), phone numbers (E.164,
-//! North American and UK national forms), IPv4 addresses, and the letter–digit formats that
-//! start like them (IBAN with country length and mod-97, UK NINO).
-
-use wide::i8x16;
+//! Number-shaped detectors: payment cards (Luhn, brand prefixes and lengths), US SSNs
+//! (impossible areas, groups and serials refused), phone numbers (E.164, North American and
+//! UK national forms), IPv4 addresses, and the letter–digit formats that start like them
+//! (IBAN with country length and mod-97, UK NINO). [`step`] reads what starts at a byte; the
+//! block pass ([`crate::blocks`]) calls it only where a byte class says something can.
 
 mod checks;
 
 use super::{DetectorSet, Match, has};
+pub(crate) use checks::lined;
 use checks::*;
 
 /// Detector names implemented here.
 pub(crate) const NAMES: &[&str] =
     &["credit_card", "us_ssn", "phone", "ip_address", "iban", "uk_nino"];
-
-pub(crate) fn any_enabled(set: &DetectorSet) -> bool {
-    let w = Want::of(set);
-    w.numeric() || w.letters()
-}
 
 /// The detectors of `set` implemented here.
 pub(crate) fn subset(set: &DetectorSet) -> DetectorSet {
@@ -25,23 +20,23 @@ pub(crate) fn subset(set: &DetectorSet) -> DetectorSet {
     DetectorSet(set.0 & mine.0)
 }
 
-fn is_word(b: u8) -> bool {
+pub(crate) fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Which detectors of this module are on.
 #[derive(Clone, Copy)]
-struct Want {
-    card: bool,
-    ssn: bool,
-    phone: bool,
-    ip: bool,
-    iban: bool,
-    nino: bool,
+pub(crate) struct Want {
+    pub(crate) card: bool,
+    pub(crate) ssn: bool,
+    pub(crate) phone: bool,
+    pub(crate) ip: bool,
+    pub(crate) iban: bool,
+    pub(crate) nino: bool,
 }
 
 impl Want {
-    fn of(set: &DetectorSet) -> Self {
+    pub(crate) fn of(set: &DetectorSet) -> Self {
         Want {
             card: has!(set, "credit_card"),
             ssn: has!(set, "us_ssn"),
@@ -52,175 +47,12 @@ impl Want {
         }
     }
 
-    fn numeric(self) -> bool {
+    pub(crate) fn numeric(self) -> bool {
         self.card || self.ssn || self.phone || self.ip
     }
 
-    fn letters(self) -> bool {
+    pub(crate) fn letters(self) -> bool {
         self.iban || self.nino
-    }
-}
-
-/// Per-byte classes of a 64-byte block, one bit per byte (bit `j` is byte `j`).
-#[derive(Clone, Copy)]
-struct Block {
-    /// `0`–`9`.
-    digit: u64,
-    /// `(` and `+`: a number can open with one.
-    open: u64,
-    /// `A`–`Z`: where an IBAN or NINO can start.
-    upper: u64,
-    /// Letters, digits, `_`: a start right after one of these is inside a word.
-    word: u64,
-    /// `.` and `-`: a number right after one continues a dotted or dashed token.
-    joiner: u64,
-    /// Candidates for base64 runs ([`crate::text::superset`]).
-    base64: u64,
-}
-
-/// Bytes `lo..=hi` (both ASCII, `lo` > 0, `hi` < 127) of `v`; bytes of 128 and over are
-/// negative as `i8` and never count.
-fn range(v: i8x16, lo: u8, hi: u8) -> i8x16 {
-    v.simd_gt(i8x16::splat((lo - 1) as i8)) & v.simd_lt(i8x16::splat((hi + 1) as i8))
-}
-
-fn eq(v: i8x16, c: u8) -> i8x16 {
-    v.simd_eq(i8x16::splat(c as i8))
-}
-
-/// Classifies 64 bytes, sixteen at a time with SIMD compares (SSE2 on x86-64, NEON on
-/// aarch64, through `wide`'s safe types).
-#[inline(always)]
-fn classify_block(c: &[u8; 64]) -> Block {
-    let mut blk = Block { digit: 0, open: 0, upper: 0, word: 0, joiner: 0, base64: 0 };
-    for (k, chunk) in c.chunks_exact(16).enumerate() {
-        let mut a = [0i8; 16];
-        for (d, &s) in a.iter_mut().zip(chunk) {
-            *d = s as i8;
-        }
-        let v = i8x16::new(a);
-        let digit = range(v, b'0', b'9');
-        let upper = range(v, b'A', b'Z');
-        // Either case in one test: setting bit 5 maps `A`-`Z` onto `a`-`z` and nothing else
-        // into that range.
-        let word = digit | range(v | i8x16::splat(0x20), b'a', b'z') | eq(v, b'_');
-        let shift = 16 * k;
-        let bits = |m: i8x16| u64::from(m.to_bitmask()) << shift;
-        blk.digit |= bits(digit);
-        blk.open |= bits(eq(v, b'(') | eq(v, b'+'));
-        blk.upper |= bits(upper);
-        blk.word |= bits(word);
-        blk.joiner |= bits(eq(v, b'.') | eq(v, b'-'));
-        blk.base64 |= bits(crate::text::superset(v));
-    }
-    blk
-}
-
-/// The classes of the last, partial block at `base`, as if padded with spaces (which start
-/// nothing, end words and are no class at all). From the text's last 64 bytes, shifted, when
-/// it has them: a copy to a padded buffer read back at once stalls the loads.
-fn tail_block(b: &[u8], base: usize) -> Block {
-    if let Some(last) = b.len().checked_sub(64).and_then(|from| b.get(from..)) {
-        if let Ok(c) = <&[u8; 64]>::try_from(last) {
-            let skip = (base + 64 - b.len()) as u32;
-            let x = classify_block(c);
-            let s = |m: u64| m >> skip;
-            return Block {
-                digit: s(x.digit),
-                open: s(x.open),
-                upper: s(x.upper),
-                word: s(x.word),
-                joiner: s(x.joiner),
-                base64: s(x.base64),
-            };
-        }
-    }
-    let mut pad = [b' '; 64];
-    let tail = b.get(base..).unwrap_or_default();
-    pad[..tail.len()].copy_from_slice(tail);
-    classify_block(&pad)
-}
-
-/// Bit 63: the byte after it is in the next block, so tests on it are left to [`step`].
-const LAST: u64 = 1 << 63;
-
-/// Scans `b` once; candidates are runs of digits and separators, and uppercase pairs followed
-/// by digits, each starting at a word boundary.
-///
-/// Blocks of 64 bytes are classified with SIMD compares into bit masks; only the bytes that
-/// can start something reach [`step`], which holds all the logic: a digit, or a `(`/`+`
-/// before a digit, not inside a word or a dotted/dashed token, whose run of digits is long
-/// enough or goes on through a separator; a capital at the start of a word before another
-/// capital, when IBANs or NINOs are wanted. Calling [`step`] at every byte gives the same
-/// matches (a test checks it); the masks only spare it the bytes where it would find nothing.
-///
-/// With `runs`, the same pass finds the runs of base64 characters long enough to decode
-/// ([`crate::text::RunFinder`]).
-pub(crate) fn scan(
-    b: &[u8],
-    set: &DetectorSet,
-    out: &mut Vec<Match>,
-    mut runs: Option<&mut Vec<(usize, usize)>>,
-) {
-    let want = Want::of(set);
-    let (numeric, letters) = (want.numeric(), want.letters());
-    if !numeric && !letters {
-        if let Some(r) = runs {
-            r.extend(crate::text::base64_runs(b));
-        }
-        return;
-    }
-    let mut finder = crate::text::RunFinder::default();
-    // Where scanning resumes: bytes before it belong to something already matched or read.
-    let mut next = 0;
-    // Classes of the byte before the block.
-    let (mut prev_word, mut prev_joiner) = (0u64, 0u64);
-    let mut base = 0;
-    while base < b.len() {
-        let blk = match b.get(base..base + 64).and_then(|c| <&[u8; 64]>::try_from(c).ok()) {
-            Some(c) => classify_block(c),
-            None => tail_block(b, base),
-        };
-        if let Some(r) = runs.as_deref_mut() {
-            finder.block(b, base, blk.base64, r);
-        }
-        let after_word = (blk.word << 1) | prev_word;
-        let after_joiner = ((blk.word | blk.joiner) << 1) | prev_word | prev_joiner;
-        let mut cands = 0;
-        if numeric {
-            let opens = blk.digit | (blk.open & ((blk.digit >> 1) | LAST));
-            cands |= opens & !after_joiner;
-        }
-        if letters {
-            cands |= blk.upper & !after_word & ((blk.upper >> 1) | LAST);
-        }
-        prev_word = blk.word >> 63;
-        prev_joiner = blk.joiner >> 63;
-        while cands != 0 {
-            let p = cands.trailing_zeros();
-            cands &= cands - 1;
-            let i = base + p as usize;
-            if i < next || i >= b.len() {
-                continue;
-            }
-            if blk.digit >> p & 1 == 1 {
-                // A run of bare digits that ends inside the block, with a length nothing has.
-                let len = (blk.digit >> p).trailing_ones() as usize;
-                if p as usize + len < 64
-                    && !length_fits(len, false, true, want)
-                    && !run_goes_on(b, i + len)
-                    && (!want.card || !lined(b, i + len))
-                {
-                    next = i + len;
-                    continue;
-                }
-            }
-            next = step(b, i, want, out).unwrap_or(i + 1);
-        }
-        base += 64;
-    }
-    if let Some(r) = runs {
-        finder.finish(b, r);
     }
 }
 
@@ -228,7 +60,7 @@ pub(crate) fn scan(
 /// length, whether it opens with `+`, and whether it is `bare` (digits only, nothing between
 /// them): IPv4 4–12 digits with dots; cards 13–19; SSNs 9; phones 10 or 11 with separators,
 /// or 8–15 after `+`.
-fn length_fits(digits: usize, plus: bool, bare: bool, want: Want) -> bool {
+pub(crate) fn length_fits(digits: usize, plus: bool, bare: bool, want: Want) -> bool {
     (want.ip && !bare && (4..=12).contains(&digits))
         || (want.card && (13..=19).contains(&digits))
         || (want.ssn && digits == 9)
@@ -238,7 +70,7 @@ fn length_fits(digits: usize, plus: bool, bare: bool, want: Want) -> bool {
 
 /// What can start at `b[i]`: a match is pushed to `out`. Returns where scanning resumes when
 /// a candidate was read (past the whole run, matched or not), `None` to go on at `i + 1`.
-fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
+pub(crate) fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
     let c = *b.get(i)?;
     let boundary = i == 0 || !is_word(b[i - 1]);
     if c.is_ascii_uppercase() {
@@ -289,7 +121,7 @@ fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Option<usize> {
 
 /// Whether a run of digits goes on through `b[at]`: a single separator before more digits, or
 /// the `) ` of `(415) 555-2671`.
-fn run_goes_on(b: &[u8], at: usize) -> bool {
+pub(crate) fn run_goes_on(b: &[u8], at: usize) -> bool {
     match (b.get(at), b.get(at + 1)) {
         (Some(&c), Some(&d)) => {
             b" -.()".contains(&c) && (d.is_ascii_digit() || (c == b')' && d == b' '))
@@ -300,7 +132,7 @@ fn run_goes_on(b: &[u8], at: usize) -> bool {
 
 /// End of a run of digits with single separators (space, `-`, `.`, `(`, `)`, leading `+`),
 /// and the number of digits in it.
-fn run_end(b: &[u8], start: usize) -> (usize, usize) {
+pub(crate) fn run_end(b: &[u8], start: usize) -> (usize, usize) {
     let mut i = start;
     let mut digits = 0;
     let stop = b.len().min(start + 64);
@@ -323,7 +155,7 @@ fn run_end(b: &[u8], start: usize) -> (usize, usize) {
     if digits == 0 { (start + 1, 0) } else { (i, digits) }
 }
 
-fn classify(
+pub(crate) fn classify(
     cand: &[u8],
     all: &[u8],
     at: usize,
@@ -447,92 +279,8 @@ mod tests {
     fn find(text: &str, name: &str) -> Vec<String> {
         let set = DetectorSet::from_names(&[name]).unwrap();
         let mut out = Vec::new();
-        scan(text.as_bytes(), &set, &mut out, None);
+        crate::blocks::scan(text.as_bytes(), &set, &mut out, None, &mut crate::blocks::no_others());
         out.iter().map(|m| text[m.start..m.end].to_owned()).collect()
-    }
-
-    #[test]
-    fn block_classes_match_the_byte_tests() {
-        let mut c = [0u8; 64];
-        for start in (0..=255u8).step_by(64) {
-            for (j, x) in c.iter_mut().enumerate() {
-                *x = start.wrapping_add(j as u8);
-            }
-            let blk = classify_block(&c);
-            for (j, &x) in c.iter().enumerate() {
-                let bit = |m: u64| m >> j & 1 == 1;
-                assert_eq!(bit(blk.digit), x.is_ascii_digit(), "{x}");
-                assert_eq!(bit(blk.open), x == b'(' || x == b'+', "{x}");
-                assert_eq!(bit(blk.upper), x.is_ascii_uppercase(), "{x}");
-                assert_eq!(bit(blk.word), is_word(x), "{x}");
-                assert_eq!(bit(blk.joiner), x == b'.' || x == b'-', "{x}");
-            }
-        }
-    }
-
-    /// The block masks only skip bytes where [`step`] would do nothing: on random text rich
-    /// in digits, separators and capitals, calling it at every byte finds the same matches.
-    #[test]
-    fn block_scan_equals_a_step_at_every_byte() {
-        let alphabet = b"0123456789 -.()+,_aAbBGDEQJ\n4111";
-        let pieces: [&[u8]; 8] = [
-            b"4111 1111 1111 1111",
-            b"123-45-6789",
-            b"+44 20 7946 0958",
-            b"GB82 WEST 1234 5698 7654 32",
-            b"AB 12 34 56 C",
-            b"(415) 555-2671",
-            b"10.20.1.10",
-            b"DE89370400440532013000",
-        ];
-        let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
-        // Every detector, the default profile's, and each alone: the shortcut for runs of a
-        // length nothing enabled has depends on which are on.
-        let sets: [&[&str]; 6] = [
-            NAMES,
-            &["credit_card", "us_ssn", "iban"],
-            &["credit_card"],
-            &["us_ssn"],
-            &["phone"],
-            &["ip_address", "uk_nino"],
-        ];
-        let mut found = 0;
-        for round in 0..6000 {
-            let set = DetectorSet::from_names(sets[round % sets.len()]).unwrap();
-            let want = Want::of(&set);
-            let len = (rnd() % 300) as usize;
-            let mut text = Vec::with_capacity(len + 40);
-            while text.len() < len {
-                if rnd().is_multiple_of(8) {
-                    text.extend_from_slice(pieces[(rnd() % 8) as usize]);
-                } else {
-                    text.push(alphabet[(rnd() % alphabet.len() as u64) as usize]);
-                }
-            }
-            let mut fast = Vec::new();
-            let mut runs = Vec::new();
-            scan(&text, &set, &mut fast, Some(&mut runs));
-            assert_eq!(runs, crate::text::base64_runs(&text), "runs found on the way");
-            let mut slow = Vec::new();
-            let mut i = 0;
-            while i < text.len() {
-                i = step(&text, i, want, &mut slow).unwrap_or(i + 1);
-            }
-            assert_eq!(fast, slow, "round {round}: {:?}", String::from_utf8_lossy(&text));
-            // The length test in `step` never refuses a run `classify` would match.
-            for i in 0..text.len() {
-                if !(text[i].is_ascii_digit() || text[i] == b'+' || text[i] == b'(') {
-                    continue;
-                }
-                let (end, digits) = run_end(&text, i);
-                if classify(&text[i..end], &text, i, want).is_some() {
-                    let fits = length_fits(digits, text[i] == b'+', end - i == digits, want);
-                    assert!(fits, "{:?}", String::from_utf8_lossy(&text[i..end]));
-                }
-            }
-            found += fast.len();
-        }
-        assert!(found > 1000, "the texts hold matches: {found}");
     }
 
     #[test]
