@@ -17,6 +17,8 @@
 //! The detector names are the rule language's registry ([`sluice_rules::detectors`]); this
 //! crate implements every one of them (checked by a test).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod blocks;
 pub mod body;
 pub mod charset;

@@ -6,34 +6,31 @@
 
 use wide::i8x16;
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-
 use crate::numbers::{Want, length_fits, lined, run_goes_on, step};
 use crate::{DetectorSet, Match};
 
 /// Per-byte classes of a 64-byte block, one bit per byte (bit `j` is byte `j`).
 #[derive(Clone, Copy, Default)]
-struct Block {
+pub(crate) struct Block {
     /// `0`–`9`.
-    digit: u64,
+    pub(crate) digit: u64,
     /// `(` and `+`: a number can open with one.
-    open: u64,
+    pub(crate) open: u64,
     /// `A`–`Z`: where an IBAN or NINO can start.
-    upper: u64,
+    pub(crate) upper: u64,
     /// Letters, digits, `_`: a start right after one of these is inside a word.
-    word: u64,
+    pub(crate) word: u64,
     /// `.` and `-`: a number right after one continues a dotted or dashed token.
-    joiner: u64,
+    pub(crate) joiner: u64,
     /// Candidates for base64 runs ([`crate::text::superset`]).
-    base64: u64,
+    pub(crate) base64: u64,
     /// `@` and `~` in one mask (emails; Azure client secrets after `Q`), `S` (Twilio's `SK`),
     /// and the assignments `:`, `=`, `>` the keyword detectors need: the other detectors'
     /// candidates, found in the same pass ([`Also`]). Each mask costs a move of the compare
     /// out of the vector, so the rare bytes share one.
-    mark: u64,
-    s: u64,
-    assign: u64,
+    pub(crate) mark: u64,
+    pub(crate) s: u64,
+    pub(crate) assign: u64,
 }
 
 /// Bytes `lo..=hi` (both ASCII, `lo` > 0, `hi` < 127) of `v`; bytes of 128 and over are
@@ -82,23 +79,23 @@ fn classify_block(c: &[u8; 64]) -> Block {
 /// it has them: a copy to a padded buffer read back at once stalls the loads.
 #[inline(always)]
 fn tail_block(b: &[u8], base: usize, classify: &impl Fn(&[u8; 64]) -> Block) -> Block {
-    if let Some(last) = b.len().checked_sub(64).and_then(|from| b.get(from..)) {
-        if let Ok(c) = <&[u8; 64]>::try_from(last) {
-            let skip = (base + 64 - b.len()) as u32;
-            let x = classify(c);
-            let s = |m: u64| m >> skip;
-            return Block {
-                digit: s(x.digit),
-                open: s(x.open),
-                upper: s(x.upper),
-                word: s(x.word),
-                joiner: s(x.joiner),
-                base64: s(x.base64),
-                mark: s(x.mark),
-                s: s(x.s),
-                assign: s(x.assign),
-            };
-        }
+    if let Some(last) = b.len().checked_sub(64).and_then(|from| b.get(from..))
+        && let Ok(c) = <&[u8; 64]>::try_from(last)
+    {
+        let skip = (base + 64 - b.len()) as u32;
+        let x = classify(c);
+        let s = |m: u64| m >> skip;
+        return Block {
+            digit: s(x.digit),
+            open: s(x.open),
+            upper: s(x.upper),
+            word: s(x.word),
+            joiner: s(x.joiner),
+            base64: s(x.base64),
+            mark: s(x.mark),
+            s: s(x.s),
+            assign: s(x.assign),
+        };
     }
     let mut pad = [b' '; 64];
     let tail = b.get(base..).unwrap_or_default();
@@ -123,7 +120,7 @@ const LAST: u64 = 1 << 63;
 /// ([`crate::text::RunFinder`]); with `also`, the other detectors' candidates ([`Also`]).
 ///
 /// On x86-64 CPUs with AVX2 (checked at run time) the blocks are classified 32 bytes at a
-/// time ([`avx2`]); everywhere else 16 at a time.
+/// time (`avx2.rs`); everywhere else 16 at a time.
 pub(crate) fn scan(
     b: &[u8],
     set: &DetectorSet,
@@ -135,7 +132,7 @@ pub(crate) fn scan(
     if std::arch::is_x86_feature_detected!("avx2") {
         #[allow(unsafe_code)]
         // SAFETY: `avx2::scan` needs nothing but AVX2, and the CPU has it (checked above).
-        return unsafe { avx2::scan(b, set, out, runs, also) };
+        return unsafe { crate::avx2::scan(b, set, out, runs, also) };
     }
     scan_with(b, set, out, runs, also, classify_block);
 }
@@ -143,7 +140,7 @@ pub(crate) fn scan(
 /// [`scan`] with `classify` for the blocks (inlined into each caller, so that the AVX2
 /// caller compiles the whole loop for AVX2).
 #[inline(always)]
-fn scan_with(
+pub(crate) fn scan_with(
     b: &[u8],
     set: &DetectorSet,
     out: &mut Vec<Match>,
@@ -379,7 +376,7 @@ mod tests {
                 std::array::from_fn(|j| (j as u8).wrapping_mul(67).wrapping_add(shift));
             #[allow(unsafe_code)]
             // SAFETY: the CPU has AVX2 (checked above).
-            let b = unsafe { avx2::classify(&c) };
+            let b = unsafe { crate::avx2::classify(&c) };
             let a = classify_block(&c);
             let masks = |x: Block| {
                 [x.digit, x.open, x.upper, x.word, x.joiner, x.base64, x.mark, x.s, x.assign]

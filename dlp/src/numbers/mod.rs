@@ -79,11 +79,10 @@ pub(crate) fn step(b: &[u8], i: usize, want: Want, out: &mut Vec<Match>) -> Opti
                 && b[i + 1].is_ascii_uppercase()
                 && b[i + 2].is_ascii_digit()
                 && b[i + 3].is_ascii_digit()
+                && let Some(end) = iban_at(b, i)
             {
-                if let Some(end) = iban_at(b, i) {
-                    out.push(Match { detector: "iban", start: i, end });
-                    return Some(end);
-                }
+                out.push(Match { detector: "iban", start: i, end });
+                return Some(end);
             }
             if want.nino
                 && let Some(end) = nino_at(b, i)

@@ -1,23 +1,23 @@
-//! The block pass compiled for AVX2, chosen at run time when the CPU has it: the same loop
-//! ([`super::scan_with`]) with blocks classified 32 bytes at a time instead of 16. The SSE2
-//! classification ([`super::classify_block`]) is the reference; a test checks that both give
-//! the same masks for every byte value.
+//! What the crate reads 32 bytes at a time where the CPU has AVX2 (chosen at run time by the
+//! callers): the block pass ([`crate::blocks`]), whose SSE2 classification
+//! (`classify_block`) is the reference, and the JSON reader's search for a string's end
+//! ([`crate::walk`]). Tests check both against their SSE2 forms.
 //!
-//! The masks of each half are collected as `u32`s and joined at the end: joined as they
-//! were made (`lo | hi << 32` per class), LLVM fused each pair into one 64-lane mask that
-//! AVX2 has no instruction for, and took it apart byte by byte (twice slower than SSE2).
+//! The masks of each half of a block are collected as `u32`s and joined at the end: joined
+//! as they were made (`lo | hi << 32` per class), LLVM fused each pair into one 64-lane mask
+//! that AVX2 has no instruction for, and took it apart byte by byte (twice slower than SSE2).
 
 use core::arch::x86_64::{
     __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256,
     _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
 };
 
-use super::{Also, Block, scan_with};
+use crate::blocks::{Also, Block, scan_with};
 use crate::{DetectorSet, Match};
 
-/// [`super::scan`] with AVX2 classification.
+/// The block pass ([`crate::blocks`]) with AVX2 classification.
 #[target_feature(enable = "avx2")]
-pub(super) fn scan(
+pub(crate) fn scan(
     b: &[u8],
     set: &DetectorSet,
     out: &mut Vec<Match>,
@@ -27,10 +27,10 @@ pub(super) fn scan(
     scan_with(b, set, out, runs, also, |c| classify(c));
 }
 
-/// [`super::classify_block`], 32 bytes at a time.
+/// The block classification, 32 bytes at a time.
 #[target_feature(enable = "avx2")]
 #[inline]
-pub(super) fn classify(c: &[u8; 64]) -> Block {
+pub(crate) fn classify(c: &[u8; 64]) -> Block {
     let mut h = [[0u32; 9]; 2];
     for (k, half) in h.iter_mut().enumerate() {
         let v = load(c, k);
@@ -63,6 +63,34 @@ pub(super) fn classify(c: &[u8; 64]) -> Block {
         s: join(7),
         assign: join(8),
     }
+}
+
+/// The JSON reader's search for the end of a string's plain run ([`crate::walk`]): the offset
+/// of the first `"`, `\` or control byte (below 0x20) at or after `at`, or the end of `b`.
+#[target_feature(enable = "avx2")]
+pub(crate) fn special(b: &[u8], mut at: usize) -> usize {
+    while let Some(chunk) = b.get(at..at + 32).and_then(|c| <&[u8; 32]>::try_from(c).ok()) {
+        #[allow(unsafe_code)]
+        // SAFETY: `chunk` is 32 readable bytes, and an unaligned load needs nothing more.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        // Bytes of 128 and over are negative as i8: neither control bytes nor quotes.
+        let control = _mm256_and_si256(
+            _mm256_cmpgt_epi8(v, _mm256_set1_epi8(-1)),
+            _mm256_cmpgt_epi8(splat(0x20), v),
+        );
+        let m = mask(or(or(eq(v, b'"'), eq(v, b'\\')), control));
+        if m != 0 {
+            return at + m.trailing_zeros() as usize;
+        }
+        at += 32;
+    }
+    while let Some(&c) = b.get(at) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return at;
+        }
+        at += 1;
+    }
+    at
 }
 
 /// Bytes `32 * k..32 * k + 32` of `c` (`k` is 0 or 1).
