@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn block_scan_equals_a_step_at_every_byte() {
         let alphabet = b"0123456789 -.()+,_aAbBGDEQJ\n4111";
-        let pieces: [&[u8]; 8] = [
+        let pieces: [&[u8]; 10] = [
             b"4111 1111 1111 1111",
             b"123-45-6789",
             b"+44 20 7946 0958",
@@ -440,6 +440,8 @@ mod tests {
             b"(415) 555-2671",
             b"10.20.1.10",
             b"DE89370400440532013000",
+            b"5555555555554444",
+            b"ssn 123456789",
         ];
         let mut rnd = crate::xorshift(0x9e37_79b9_7f4a_7c15u64);
         // Every detector, the default profile's, and each alone: the shortcut for runs of a
@@ -460,7 +462,7 @@ mod tests {
             let mut text = Vec::with_capacity(len + 40);
             while text.len() < len {
                 if rnd().is_multiple_of(8) {
-                    text.extend_from_slice(pieces[(rnd() % 8) as usize]);
+                    text.extend_from_slice(pieces[(rnd() % pieces.len() as u64) as usize]);
                 } else {
                     text.push(alphabet[(rnd() % alphabet.len() as u64) as usize]);
                 }
