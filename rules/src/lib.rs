@@ -54,8 +54,9 @@ pub use policy::{
     Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
-    Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, EchPolicy, FailMode, FilePolicy,
-    FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, Unscanned,
+    Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
+    FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
+    Unscanned,
 };
 
 use std::path::Path;

@@ -11,7 +11,7 @@ use crate::catset::CatSet;
 use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::schema::{
-    Action, CanaryPolicy, DivertMode, DlpAction, EchPolicy, FailMode, FragmentPolicy,
+    Action, CanaryPolicy, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode, FragmentPolicy,
     MidstreamPolicy, QuicPolicy, QuicRefusal,
 };
 
@@ -38,6 +38,8 @@ pub struct Defaults {
     pub ech: EchPolicy,
     /// Firefox's DoH canary.
     pub doh_canary: CanaryPolicy,
+    /// The `ech` parameter of HTTPS/SVCB answers for categorised names.
+    pub dns_ech: DnsEchPolicy,
     /// Which flows are diverted at their SYN.
     pub divert: DivertMode,
     /// TCP ports carrying TLS, sorted.

@@ -99,6 +99,18 @@ pub enum EchPolicy {
     Restricted,
 }
 
+/// What the data plane does with the `ech` parameter of HTTPS and SVCB records in DNS answers
+/// for names in a category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsEchPolicy {
+    /// Hide it, so that clients never try ECH for those names and their ClientHellos show the
+    /// real name (the default).
+    Strip,
+    /// Leave the answers as they are.
+    Pass,
+}
+
 /// What the data plane answers to Firefox's DNS-over-HTTPS canary (`use-application-dns.net`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,6 +167,9 @@ pub struct DefaultsDef {
     pub ech: Option<EchPolicy>,
     /// Firefox's DoH canary: `pass` (default) or `nxdomain`.
     pub doh_canary: Option<CanaryPolicy>,
+    /// The `ech` parameter of HTTPS/SVCB answers for categorised names: `strip` (default) or
+    /// `pass`.
+    pub dns_ech: Option<DnsEchPolicy>,
     /// `learned` (default) or `all`.
     pub divert: Option<DivertMode>,
     /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.

@@ -129,6 +129,32 @@ class Forwarding(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("answers 1 198.51.100.10", r.stdout)
 
+    def test_ech_is_hidden_from_https_records_of_categorised_names(self):
+        # The lab's resolver serves an HTTPS record with an ech parameter for chatgpt.com and
+        # example.org; through the appliance, the categorised name's answer arrives without
+        # it (alpn kept, same length), the other name's as served. v4 and v6.
+        script = ("import socket,struct,sys\n"
+                  "name,server,fam=sys.argv[1],sys.argv[2],int(sys.argv[3])\n"
+                  "q=struct.pack('>HHHHHH',9,0x0100,1,0,0,0)+b''.join(bytes([len(l)])+l.encode() for l in name.split('.'))+b'\\0'+struct.pack('>HH',65,1)\n"
+                  "s=socket.socket(fam,socket.SOCK_DGRAM);s.settimeout(3);s.sendto(q,(server,53))\n"
+                  "r=s.recv(1500);print('answers',struct.unpack('>H',r[6:8])[0],'len',len(r),'ech',b'SLUICE-ECH!!' in r,'h2',b'\\x02h2' in r)")
+        seen = {}
+        for name in ("chatgpt.com", "example.org"):
+            for server, fam in (("10.20.0.1", 2), ("fd20::1", 10)):
+                r = on("alice", "python3", "-c", script, name, server, str(fam))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertIn("answers 1 ", r.stdout)
+                self.assertIn("h2 True", r.stdout)
+                seen[(name, server)] = r.stdout
+        for server in ("10.20.0.1", "fd20::1"):
+            self.assertIn("ech False", seen[("chatgpt.com", server)])
+            self.assertIn("ech True", seen[("example.org", server)])
+            # Same length (both names have eleven characters): the parameter was hidden in
+            # place, not cut out.
+            length = lambda out: out.split("len ")[1].split()[0]
+            self.assertEqual(length(seen[("chatgpt.com", server)]),
+                             length(seen[("example.org", server)]))
+
     def test_reload_drops_no_packet(self):
         with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
             pid = int(f.read())

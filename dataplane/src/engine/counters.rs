@@ -50,4 +50,7 @@ pub struct Counters {
     pub unreachables: u64,
     /// Firefox DoH canary lookups answered NXDOMAIN (`doh_canary = "nxdomain"`).
     pub canary_answers: u64,
+    /// DNS answers for categorised names passed on with the `ech` parameter of their HTTPS or
+    /// SVCB records hidden (`dns_ech = "strip"`).
+    pub ech_hidden: u64,
 }

@@ -1,15 +1,16 @@
 //! The UDP side of the engine: QUIC Initials on UDP 443 (read, then decided like a
 //! ClientHello) and DNS snooping (answers for inspected names teach the divert which IPs to
-//! steer; queries for categorised names are counted per identity).
+//! steer; queries for categorised names are counted per identity; answers for categorised
+//! names lose the `ech` parameter of their HTTPS records).
 
-use sluice_rules::{CanaryPolicy, Query, QuicPolicy, QuicRefusal};
+use sluice_rules::{CanaryPolicy, DnsEchPolicy, Query, QuicPolicy, QuicRefusal};
 
 use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, count, decide_flow};
 use crate::flow::{FlowKey, TcpState, Verdict};
 use crate::reassembly::{Added, Reassembly};
 use crate::wire::frame::{self, Frame, Proto};
 use crate::wire::tls::parse_hello_body;
-use crate::wire::{dns, quic};
+use crate::wire::{dns, quic, svcb};
 
 impl Engine {
     /// DNS snooping: answers for inspected names teach which IPs to divert; queries for names
@@ -57,11 +58,16 @@ impl Engine {
         now: Now,
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
+        // A DNS answer passed on with its HTTPS records' `ech` parameter hidden, if it has one.
+        let mut rewritten = None;
         if f.proto == Proto::Udp && (f.sport == 53 || f.dport == 53) {
             if side == Side::Inside && f.dport == 53 && self.answer_canary(side, f, out) {
                 return Action::Drop;
             }
             self.snoop_dns(side, f, now);
+            if side == Side::Outside && f.sport == 53 {
+                rewritten = self.hide_ech(data, f);
+            }
         }
         let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
         if !self.table.contains(&key) {
@@ -77,7 +83,14 @@ impl Engine {
             Verdict::Allow => {
                 let fast = self.settings.fast_path;
                 Self::maybe_offload(&mut self.offload_ops, &mut self.counters, fast, flow);
-                Action::Forward
+                match rewritten {
+                    Some(frame) => {
+                        self.counters.ech_hidden += 1;
+                        out.push((Side::Inside, frame));
+                        Action::Drop
+                    }
+                    None => Action::Forward,
+                }
             }
             Verdict::Block | Verdict::Divert => {
                 if quic && c2s {
@@ -107,6 +120,23 @@ impl Engine {
         self.counters.canary_answers += 1;
         out.push((side, reply));
         true
+    }
+
+    /// The frame of DNS answer `f` (from the outside) with the `ech` parameter of its HTTPS
+    /// and SVCB records for categorised names hidden (`dns_ech = "strip"`,
+    /// [`crate::wire::svcb`]): clients then never try ECH for those names. Same length, new
+    /// UDP checksum. `None` when there is nothing to hide.
+    fn hide_ech(&self, data: &[u8], f: &Frame<'_>) -> Option<Vec<u8>> {
+        let policy = self.policy.load();
+        if policy.defaults.dns_ech != DnsEchPolicy::Strip {
+            return None;
+        }
+        let payload = svcb::hide_ech(f.payload, |n| !policy.categories_of(n).is_empty()).ok()??;
+        let at = (f.payload.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        let mut frame = data.to_vec();
+        frame.get_mut(at..at + payload.len())?.copy_from_slice(&payload);
+        frame::complete_l4_checksum(&mut frame);
+        Some(frame)
     }
 
     /// Tells a QUIC client its flow is refused, as `quic_refusal` says: an ICMP port

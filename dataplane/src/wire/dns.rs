@@ -43,7 +43,7 @@ const MAX_ANSWERS: usize = 64;
 
 /// Reads a name starting at `pos`; returns it and the position after it (in the original
 /// message, i.e. after the first pointer if any).
-fn read_name(msg: &[u8], mut pos: usize) -> Result<(String, usize), DnsError> {
+pub(super) fn read_name(msg: &[u8], mut pos: usize) -> Result<(String, usize), DnsError> {
     let mut name = String::new();
     let mut end = None;
     let mut jumps = 0;
@@ -84,7 +84,7 @@ fn read_name(msg: &[u8], mut pos: usize) -> Result<(String, usize), DnsError> {
     }
 }
 
-fn u16_at(msg: &[u8], pos: usize) -> Result<u16, DnsError> {
+pub(super) fn u16_at(msg: &[u8], pos: usize) -> Result<u16, DnsError> {
     msg.get(pos..pos + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(DnsError::Truncated)
 }
 

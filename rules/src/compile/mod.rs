@@ -20,9 +20,9 @@ use crate::policy::{
     Category, Defaults, HeaderPolicy, Identity, Policy, Rule, RuleSpec, pattern_string,
 };
 use crate::schema::{
-    Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, EchPolicy, FailMode, FilePolicy,
-    FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal, RuleDef, RuleFile,
-    Unscanned,
+    Action, CanaryPolicy, CatalogFile, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
+    FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
+    RuleDef, RuleFile, Unscanned,
 };
 
 /// Most custom detectors in a rule set (with the built-in ones they share a 128-entry set).
@@ -192,6 +192,7 @@ impl Cx<'_> {
             ip_fragments: d.and_then(|d| d.ip_fragments).unwrap_or(FragmentPolicy::Reassemble),
             ech: d.and_then(|d| d.ech).unwrap_or(EchPolicy::Restricted),
             doh_canary: d.and_then(|d| d.doh_canary).unwrap_or(CanaryPolicy::Pass),
+            dns_ech: d.and_then(|d| d.dns_ech).unwrap_or(DnsEchPolicy::Strip),
             divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
             tls_ports,
         }
