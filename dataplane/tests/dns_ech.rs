@@ -38,6 +38,34 @@ fn answer(name: &str) -> Vec<u8> {
     m
 }
 
+/// A response to an HTTPS query for `name` that CNAMEs to `target`, whose HTTPS record
+/// (with ech) is owned by the target.
+fn answer_via_cname(name: &str, target: &str) -> Vec<u8> {
+    let labels = |n: &str| {
+        let mut v = Vec::new();
+        for label in n.split('.') {
+            v.push(label.len() as u8);
+            v.extend_from_slice(label.as_bytes());
+        }
+        v.push(0);
+        v
+    };
+    let mut m = vec![0, 9, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0];
+    m.extend_from_slice(&labels(name));
+    m.extend_from_slice(&[0, 65, 0, 1]);
+    let t = labels(target);
+    m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60]);
+    m.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    m.extend_from_slice(&t);
+    m.extend_from_slice(&t);
+    // After the header, the question (7 + 4 bytes) and the record head (2 + 10).
+    let rdata = &answer("x.lab")[12 + 7 + 4 + 12..];
+    m.extend_from_slice(&[0, 65, 0, 1, 0, 0, 0, 60]);
+    m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    m.extend_from_slice(rdata);
+    m
+}
+
 /// The answer as the resolver sends it to alice: from the outside, v4 or v6.
 fn from_resolver(payload: &[u8], v6: bool) -> Vec<u8> {
     let mut f = Vec::new();
@@ -83,6 +111,23 @@ fn ech_is_hidden_from_answers_for_categorised_names() {
     let f = from_resolver(&answer("www.example.org"), false);
     assert_eq!(e.handle(Side::Outside, &f, now(1), &mut out), Action::Forward);
     assert!(out.is_empty());
+}
+
+#[test]
+fn ech_is_hidden_behind_a_cname_too() {
+    // chatgpt.com -> a CDN name in no category, whose HTTPS record carries the ech.
+    let mut e = engine(Settings::default());
+    let m = answer_via_cname("chatgpt.com", "chatgpt.cdn.example.net");
+    assert!(has_ech(&m));
+    let mut out = Vec::new();
+    let f = from_resolver(&m, false);
+    assert_eq!(e.handle(Side::Outside, &f, now(0), &mut out), Action::Drop);
+    let p = frame::parse(&out[0].1).unwrap();
+    assert!(!has_ech(p.payload));
+    // The same CDN record answering a question for an uncategorised name passes.
+    out.clear();
+    let f = from_resolver(&answer_via_cname("www.example.org", "chatgpt.cdn.example.net"), false);
+    assert_eq!(e.handle(Side::Outside, &f, now(1), &mut out), Action::Forward);
 }
 
 #[test]

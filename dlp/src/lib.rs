@@ -427,13 +427,15 @@ fn tidy(ms: &mut [Match]) {
             _ => 2,
         },
     };
-    // The detector's name last, so the order never depends on which pass found what first.
+    // Then the registry's order, custom detectors after every built-in one: the order never
+    // depends on which pass found what first.
+    let order = |m: &Match| detector_id(m.detector).unwrap_or(usize::MAX);
     ms.sort_by(|a, b| {
         a.start
             .cmp(&b.start)
             .then(rank(a).cmp(&rank(b)))
             .then(b.end.cmp(&a.end))
-            .then(a.detector.cmp(b.detector))
+            .then(order(a).cmp(&order(b)))
     });
 }
 
@@ -479,6 +481,50 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// `@`, `Q~` and `SK` are found by the block pass wherever they sit against the block
+    /// boundaries (the `Q` of `Q~` and the `S` of `SK` last in a block included), as the
+    /// separate passes they replaced found them.
+    #[test]
+    fn block_pass_anchors_at_every_offset() {
+        let scanner = Scanner::new().unwrap();
+        let cases = [
+            ("email", "chloe+billing@mail.example.net", "chloe+billing@mail.example.net"),
+            (
+                "azure_client_secret",
+                "secret Yb09Q~nqkrCP5u99shu5ucMfEg5.hGyBZSmyD-r8 x",
+                "Yb09Q~nqkrCP5u99shu5ucMfEg5.hGyBZSmyD-r8",
+            ),
+            (
+                "twilio_key",
+                "SK9951749edb9a839dc1606e302eb938a0",
+                "SK9951749edb9a839dc1606e302eb938a0",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let set = DetectorSet::from_names(&[name]).unwrap();
+            for pad in 0..140 {
+                let t = format!("{} {text} end", "x".repeat(pad));
+                let mut out = Vec::new();
+                scanner.scan(&t, &set, &mut out);
+                let got: Vec<&str> = out.iter().map(|m| &t[m.start..m.end]).collect();
+                assert_eq!(got, [want], "{name} after {pad} bytes");
+            }
+        }
+    }
+
+    /// Ties (same start, family and end) go to the registry's order, custom detectors last,
+    /// whatever pass found them first.
+    #[test]
+    fn ties_go_to_the_registry_order() {
+        let m = |detector| Match { detector, start: 0, end: 5 };
+        let mut a = [m("custom_x"), m("email"), m("phone")];
+        let mut b = [m("phone"), m("custom_x"), m("email")];
+        tidy(&mut a);
+        tidy(&mut b);
+        assert_eq!(a, b);
+        assert_eq!(a[2].detector, "custom_x");
+    }
+
     /// The block pass's stretches before assignments hold every keyword match reading the
     /// whole text finds: random records of filler, keyword, name, quotes or spaces, assignment
     /// and value, the keyword landing anywhere relative to the blocks.

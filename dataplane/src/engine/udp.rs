@@ -131,7 +131,12 @@ impl Engine {
         if policy.defaults.dns_ech != DnsEchPolicy::Strip {
             return None;
         }
-        let payload = svcb::hide_ech(f.payload, |n| !policy.categories_of(n).is_empty()).ok()??;
+        let categorised = |n: &str| !policy.categories_of(n).is_empty();
+        // A categorised name behind a CNAME gets its HTTPS record under the target's name:
+        // when the question or any name of the chain is categorised, every record is.
+        let chain = dns::read(f.payload)
+            .is_ok_and(|m| m.question.iter().chain(m.aliases.iter()).any(|n| categorised(n)));
+        let payload = svcb::hide_ech(f.payload, |n| chain || categorised(n)).ok()??;
         let at = (f.payload.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
         let mut frame = data.to_vec();
         frame.get_mut(at..at + payload.len())?.copy_from_slice(&payload);

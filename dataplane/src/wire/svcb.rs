@@ -80,7 +80,16 @@ fn hidden(rdata: &[u8]) -> Option<Vec<u8>> {
         pos += 4 + len;
     }
     let (_, ech) = *list.iter().find(|(k, _)| *k == KEY_ECH)?;
-    let key = PRIVATE_KEYS.rev().find(|k| list.iter().all(|(used, _)| used != k))?;
+    // The private keys in use, as a set (one pass, whatever the number of parameters).
+    let mut used = [false; 255];
+    for (k, _) in &list {
+        if let Some(i) = k.checked_sub(*PRIVATE_KEYS.start())
+            && let Some(u) = used.get_mut(usize::from(i))
+        {
+            *u = true;
+        }
+    }
+    let key = PRIVATE_KEYS.rev().find(|k| !used[usize::from(k - PRIVATE_KEYS.start())])?;
     let mut out = Vec::with_capacity(rdata.len());
     out.extend_from_slice(&rdata[..params]);
     // Keys stay in increasing order: the others as they were, then the hidden one, unless a
