@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use etherparse::PacketBuilder;
-use sluice_dataplane::engine::{Action, Engine, Settings, Side};
+use sluice_dataplane::engine::{Action, Settings, Side};
 use sluice_dataplane::wire::frame;
-use sluice_rules::IdentityOverlay;
-use sluice_rules::catalog::ShippedOnly;
 
-use common::{CLIENT_MAC, ROUTER_MAC, engine, now};
+use common::{CLIENT_MAC, ROUTER_MAC, engine, engine_with, now};
 
 const ECH: &[u8] = b"\xfe\x0d\x00\x3aECH config list";
 
@@ -132,16 +127,7 @@ fn ech_is_hidden_behind_a_cname_too() {
 
 #[test]
 fn dns_ech_pass_leaves_answers_alone() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap()
-            .replace("dns_ech = \"strip\"", "dns_ech = \"pass\"");
-    let policy = sluice_rules::compile("pass.toml", &text, &ShippedOnly).unwrap().policy;
-    let mut e = Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-        Settings::default(),
-    );
+    let mut e = engine_with(&[("dns_ech = \"strip\"", "dns_ech = \"pass\"")], Settings::default());
     let mut out = Vec::new();
     let f = from_resolver(&answer("chatgpt.com"), false);
     assert_eq!(e.handle(Side::Outside, &f, now(0), &mut out), Action::Forward);

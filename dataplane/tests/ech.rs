@@ -4,14 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use sluice_dataplane::engine::{Action, Engine, LearnedEntry, Settings, Side};
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
-use sluice_rules::IdentityOverlay;
-use sluice_rules::catalog::ShippedOnly;
 
 use common::{engine, hello_file, now, tcp};
 
@@ -48,16 +43,7 @@ fn send(e: &mut Engine, client: &str, server: &str, hello: &[u8]) -> (Action, se
 }
 
 fn with(setting: &str) -> Engine {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap()
-            .replace("ech = \"restricted\"", setting);
-    let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
-    Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-        Settings::default(),
-    )
+    common::engine_with(&[("ech = \"restricted\"", setting)], Settings::default())
 }
 
 #[test]

@@ -452,17 +452,10 @@ fn idle_timeouts_follow_protocol_and_state() {
 
 #[test]
 fn midstream_flows_follow_the_policy() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap();
     for (mode, want) in [("allow", Action::Forward), ("block", Action::Drop)] {
-        let text = text.replace("midstream = \"allow\"", &format!("midstream = \"{mode}\""));
-        let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
-        let mut e = Engine::new(
-            Arc::new(ArcSwap::from_pointee(policy)),
-            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-            Settings::default(),
-        );
+        let setting = format!("midstream = \"{mode}\"");
+        let mut e =
+            common::engine_with(&[("midstream = \"allow\"", &setting)], Settings::default());
         let c = v4("10.20.1.10");
         let mut out = Vec::new();
         // Data of a connection the engine never saw start (e.g. after a restart).
@@ -542,19 +535,11 @@ fn long_flows_get_periodic_records() {
 
 #[test]
 fn unreadable_quic_follows_the_drop_policy() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap();
-    let text = text
-        .replace("quic_unreadable = \"restricted\"", "quic_unreadable = \"drop\"")
-        .replace("quic_refusal = \"unreachable\"", "quic_refusal = \"drop\"");
-    assert!(
-        text.contains("quic_unreadable = \"drop\"") && text.contains("quic_refusal = \"drop\"")
-    );
-    let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
-    let mut e = Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+    let mut e = common::engine_with(
+        &[
+            ("quic_unreadable = \"restricted\"", "quic_unreadable = \"drop\""),
+            ("quic_refusal = \"unreachable\"", "quic_refusal = \"drop\""),
+        ],
         Settings::default(),
     );
     let mut out = Vec::new();

@@ -5,14 +5,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, Engine, Settings, Side};
 use sluice_dataplane::wire::frame;
-use sluice_rules::IdentityOverlay;
-use sluice_rules::catalog::ShippedOnly;
 
 use common::{CLIENT_MAC, ROUTER_MAC, engine, hello_file, now, tcp};
 
@@ -193,15 +188,8 @@ fn overlapping_fragments_that_disagree_are_dropped_as_evasion() {
 
 #[test]
 fn the_block_setting_drops_fragments_of_undecided_tls_flows() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
-            .unwrap()
-            .replace("ip_fragments = \"reassemble\"", "ip_fragments = \"block\"");
-    assert!(text.contains("ip_fragments = \"block\""));
-    let policy = sluice_rules::compile("t.toml", &text, &ShippedOnly).unwrap().policy;
-    let mut e = Engine::new(
-        Arc::new(ArcSwap::from_pointee(policy)),
-        Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+    let mut e = common::engine_with(
+        &[("ip_fragments = \"reassemble\"", "ip_fragments = \"block\"")],
         Settings::default(),
     );
     handshake(&mut e, "10.20.1.10", "198.51.100.10");

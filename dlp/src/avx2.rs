@@ -84,13 +84,7 @@ pub(crate) fn special(b: &[u8], mut at: usize) -> usize {
         }
         at += 32;
     }
-    while let Some(&c) = b.get(at) {
-        if c == b'"' || c == b'\\' || c < 0x20 {
-            return at;
-        }
-        at += 1;
-    }
-    at
+    crate::walk::special_tail(b, at)
 }
 
 /// Bytes `32 * k..32 * k + 32` of `c` (`k` is 0 or 1).

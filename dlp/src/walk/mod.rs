@@ -412,6 +412,11 @@ fn special_sse2(b: &[u8], mut at: usize) -> usize {
         }
         at += 16;
     }
+    special_tail(b, at)
+}
+
+/// [`special`] one byte at a time, for the bytes after the last whole SIMD step.
+pub(crate) fn special_tail(b: &[u8], mut at: usize) -> usize {
     while let Some(&c) = b.get(at) {
         if c == b'"' || c == b'\\' || c < 0x20 {
             return at;
