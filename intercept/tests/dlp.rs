@@ -307,6 +307,24 @@ fn masking(s: Session) -> Session {
     s
 }
 
+/// A `200 OK` answer of `ctype` with `extra` header lines and `body`.
+fn ok_answer(ctype: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut a = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    a.extend_from_slice(body);
+    a
+}
+
+/// One request through a session that masks answers (alerting on requests), the server
+/// answering `answer`.
+async fn through_masking(head: &str, body: &[u8], answer: &[u8]) -> Outcome {
+    common::send_answering(masking(session(DlpAction::Alert, false)), head, body, Some(answer))
+        .await
+}
+
 fn responses_stream(pieces: &[&str]) -> String {
     pieces
         .iter()
@@ -322,19 +340,10 @@ fn responses_stream(pieces: &[&str]) -> String {
 #[tokio::test]
 async fn responses_streams_are_masked_with_the_rule_profile_and_asked_uncompressed() {
     let events = responses_stream(&["your card: 4111 11", "11 1111 1111", " ok"]);
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n{events}",
-        events.len()
-    );
+    let answer = ok_answer("text/event-stream", "", events.as_bytes());
     let body = chat("hello");
     let head = post("/v1/responses", "application/json", "Accept-Encoding: gzip, br\r\n", &body);
-    let o = common::send_answering(
-        masking(session(DlpAction::Alert, false)),
-        &head,
-        &body,
-        Some(answer.as_bytes()),
-    )
-    .await;
+    let o = through_masking(&head, &body, &answer).await;
     let up = forwarded(&o);
     assert!(up.contains("accept-encoding: identity\r\n") && !up.contains("gzip"), "{up}");
     assert!(!o.client.contains("1111"), "{}", o.client);
@@ -349,21 +358,10 @@ async fn a_compressed_event_stream_is_masked_all_the_same() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(events.as_bytes()).unwrap();
     let gz = gz.finish().unwrap();
-    let mut answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-        gz.len()
-    )
-    .into_bytes();
-    answer.extend_from_slice(&gz);
+    let answer = ok_answer("text/event-stream", "Content-Encoding: gzip\r\n", &gz);
     let body = chat("hello");
     let head = post("/v1/responses", "application/json", "", &body);
-    let o = common::send_answering(
-        masking(session(DlpAction::Alert, false)),
-        &head,
-        &body,
-        Some(&answer),
-    )
-    .await;
+    let o = through_masking(&head, &body, &answer).await;
     forwarded(&o);
     assert!(!o.client.to_lowercase().contains("content-encoding"), "sent decoded: {}", o.client);
     assert!(o.client.contains("\"delta\":\"[REDACTED:openai_api_key] \""), "{}", o.client);
@@ -489,19 +487,10 @@ async fn masked_answers_lose_their_logprobs() {
     let answer_body = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
         "logprobs": {"content": [{"token": "sk-proj-Ab12", "logprob": -0.1}, {"token": "Cd34Ef56Gh78Ij90Kl12Mn34", "logprob": -0.2}]}}]})
     .to_string();
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer_body}",
-        answer_body.len()
-    );
+    let answer = ok_answer("application/json", "", answer_body.as_bytes());
     let body = chat("hello");
     let head = post("/v1/chat/completions", "application/json", "", &body);
-    let o = common::send_answering(
-        masking(session(DlpAction::Alert, false)),
-        &head,
-        &body,
-        Some(answer.as_bytes()),
-    )
-    .await;
+    let o = through_masking(&head, &body, &answer).await;
     forwarded(&o);
     assert!(!o.client.contains("logprobs") && !o.client.contains("Ab12"), "{}", o.client);
     assert!(o.client.contains("\"content\":\"ok\""), "{}", o.client);

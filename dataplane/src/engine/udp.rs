@@ -15,8 +15,7 @@ use crate::wire::{dns, quic, svcb};
 impl Engine {
     /// DNS snooping: answers for inspected names teach which IPs to divert; queries for names
     /// in any category are counted per identity. Never changes the verdict of the datagram.
-    fn snoop_dns(&mut self, side: Side, f: &Frame<'_>, now: Now) {
-        let Ok(msg) = dns::read(f.payload) else { return };
+    fn snoop_dns(&mut self, side: Side, f: &Frame<'_>, msg: &dns::Message, now: Now) {
         let policy = self.policy.load_full();
         if side == Side::Outside && f.sport == 53 && msg.response {
             let names = msg
@@ -61,12 +60,20 @@ impl Engine {
         // A DNS answer passed on with its HTTPS records' `ech` parameter hidden, if it has one.
         let mut rewritten = None;
         if f.proto == Proto::Udp && (f.sport == 53 || f.dport == 53) {
-            if side == Side::Inside && f.dport == 53 && self.answer_canary(side, f, out) {
+            // Read once for the canary, the snooping and the ECH hiding.
+            let msg = dns::read(f.payload).ok();
+            if side == Side::Inside
+                && f.dport == 53
+                && let Some(m) = &msg
+                && self.answer_canary(side, f, m, out)
+            {
                 return Action::Drop;
             }
-            self.snoop_dns(side, f, now);
+            if let Some(m) = &msg {
+                self.snoop_dns(side, f, m, now);
+            }
             if side == Side::Outside && f.sport == 53 {
-                rewritten = self.hide_ech(data, f);
+                rewritten = self.hide_ech(data, f, msg.as_ref());
             }
         }
         let quic = side == Side::Inside && f.proto == Proto::Udp && f.dport == QUIC_PORT;
@@ -105,11 +112,16 @@ impl Engine {
 
     /// Answers Firefox's DoH canary with NXDOMAIN when the rules ask (`doh_canary`): Firefox
     /// then keeps DNS over HTTPS off, and the names it looks up stay readable for the divert.
-    fn answer_canary(&mut self, side: Side, f: &Frame<'_>, out: &mut Vec<(Side, Vec<u8>)>) -> bool {
+    fn answer_canary(
+        &mut self,
+        side: Side,
+        f: &Frame<'_>,
+        msg: &dns::Message,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> bool {
         if self.policy.load().defaults.doh_canary != CanaryPolicy::Nxdomain {
             return false;
         }
-        let Ok(msg) = dns::read(f.payload) else { return false };
         if msg.response || msg.question.as_deref() != Some(dns::DOH_CANARY) {
             return false;
         }
@@ -126,7 +138,7 @@ impl Engine {
     /// and SVCB records for categorised names hidden (`dns_ech = "strip"`,
     /// [`crate::wire::svcb`]): clients then never try ECH for those names. Same length, new
     /// UDP checksum. `None` when there is nothing to hide.
-    fn hide_ech(&self, data: &[u8], f: &Frame<'_>) -> Option<Vec<u8>> {
+    fn hide_ech(&self, data: &[u8], f: &Frame<'_>, msg: Option<&dns::Message>) -> Option<Vec<u8>> {
         let policy = self.policy.load();
         if policy.defaults.dns_ech != DnsEchPolicy::Strip {
             return None;
@@ -134,8 +146,8 @@ impl Engine {
         let categorised = |n: &str| !policy.categories_of(n).is_empty();
         // A categorised name behind a CNAME gets its HTTPS record under the target's name:
         // when the question or any name of the chain is categorised, every record is.
-        let chain = dns::read(f.payload)
-            .is_ok_and(|m| m.question.iter().chain(m.aliases.iter()).any(|n| categorised(n)));
+        let chain =
+            msg.is_some_and(|m| m.question.iter().chain(m.aliases.iter()).any(|n| categorised(n)));
         let payload = svcb::hide_ech(f.payload, |n| chain || categorised(n)).ok()??;
         let at = (f.payload.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
         let mut frame = data.to_vec();
