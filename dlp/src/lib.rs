@@ -37,6 +37,7 @@ pub mod walk;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 pub use sluice_rules::detectors::{DETECTORS, DetectorInfo};
+use tokens::Special;
 
 /// Index of a detector in [`DETECTORS`].
 pub type DetectorId = usize;
@@ -140,6 +141,11 @@ impl DetectorSet {
         DetectorSet(self.0 | other.0)
     }
 
+    /// True when a detector is in both.
+    pub fn meets(&self, other: &DetectorSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// The detectors of `self` that are not in `other`.
     pub fn without(&self, other: &DetectorSet) -> DetectorSet {
         DetectorSet(self.0 & !other.0)
@@ -173,7 +179,7 @@ pub struct Match {
 enum Anchor {
     /// Index in the token table, and its detector's id (looked up once, not per candidate).
     Token(usize, DetectorId),
-    Special(tokens::Special),
+    Special(Special),
 }
 
 /// The scanner: built once per policy (the built-in detectors and the rule set's custom
@@ -193,9 +199,14 @@ pub struct Scanner {
     ac: AhoCorasick,
     anchors: Vec<Anchor>,
     keywords: AhoCorasick,
-    keyword_anchors: Vec<tokens::Special>,
+    keyword_anchors: Vec<Special>,
     /// Token index and detector of the two-byte `SK` prefix (found by the block pass).
     twilio: Option<(usize, DetectorId)>,
+    /// The detectors the automaton's anchors lead to: it runs only when one is on.
+    anchor_detectors: DetectorSet,
+    /// The PEM blocks' and the connection URLs' detectors (found by the block pass).
+    pem: DetectorSet,
+    conn_url: DetectorSet,
     /// The detectors the keyword anchors lead to, and those of `@` and `Q~` (looked up once).
     keyword_detectors: DetectorSet,
     email: DetectorId,
@@ -220,7 +231,6 @@ pub enum BuildError {
 impl Scanner {
     /// The scanner over every built-in detector.
     pub fn new() -> Result<Self, BuildError> {
-        use tokens::Special;
         let mut patterns: Vec<&'static str> = Vec::new();
         let mut anchors = Vec::new();
         let mut twilio = None;
@@ -239,8 +249,8 @@ impl Scanner {
         let mut keyword_anchors = Vec::new();
         for (p, s) in tokens::SPECIAL_ANCHORS {
             match s {
-                // Found by the block pass.
-                Special::Email | Special::AzureClientSecret => {}
+                // Found by the block pass (connection URLs from their `@`).
+                Special::Email | Special::AzureClientSecret | Special::Pem | Special::ConnUrl => {}
                 Special::Generic | Special::ConnPassword | Special::AwsSecret => {
                     debug_assert_eq!(p.to_ascii_lowercase(), *p, "keywords are lowercase");
                     keywords.push(*p);
@@ -258,8 +268,18 @@ impl Scanner {
             AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&patterns)?;
         let keywords =
             AhoCorasickBuilder::new().match_kind(MatchKind::LeftmostLongest).build(&keywords)?;
+        let detectors_of = |s: Special| {
+            DetectorSet::from_names(s.detectors()).expect("special detectors are in the registry")
+        };
+        let anchor_detectors = anchors.iter().fold(DetectorSet::default(), |set, a| match *a {
+            Anchor::Token(_, d) => set.union(&DetectorSet(1 << d)),
+            Anchor::Special(s) => set.union(&detectors_of(s)),
+        });
         Ok(Scanner {
             ac,
+            anchor_detectors,
+            pem: detectors_of(Special::Pem),
+            conn_url: detectors_of(Special::ConnUrl),
             anchors,
             keywords,
             keyword_anchors,
@@ -325,47 +345,43 @@ impl Scanner {
             return;
         }
         let bytes = text.as_bytes();
-        for m in self.ac.find_iter(bytes) {
-            let Some(a) = self.anchors.get(m.pattern().as_usize()) else { continue };
-            match *a {
-                Anchor::Token(i, d) if set.contains(d) => {
-                    tokens::confirm_token(i, bytes, m.start(), m.end(), out)
-                }
-                Anchor::Token(..) => {}
-                Anchor::Special(s) => {
-                    tokens::confirm_special(s, bytes, m.start(), m.end(), set, out)
-                }
-            }
-        }
-        // `@`, `Q~`, `SK` and the stretches before assignments come from the block pass, which
-        // reads the text once for them and the numbers.
+        // Everything comes from the block pass, which reads the text once: numbers, `@`, `Q~`,
+        // `SK`, `-----BEGIN `, the stretches before assignments for the keyword automaton,
+        // and the stretches of long runs for the anchor automaton.
         let twilio = self.twilio.filter(|&(_, d)| set.contains(d));
+        let (email, conn_url) = (set.contains(self.email), set.meets(&self.conn_url));
         LOWER.with(|low| {
             let mut low = low.borrow_mut();
             let mut found = |f: blocks::Found, out: &mut Vec<Match>| match f {
                 blocks::Found::At(at) => {
-                    tokens::confirm_special(tokens::Special::Email, bytes, at, at + 1, set, out)
+                    if email {
+                        tokens::confirm_special(Special::Email, bytes, at, at + 1, set, out)
+                    }
+                    if conn_url && let Some(c) = tokens::conn_url_before(bytes, at) {
+                        tokens::confirm_special(Special::ConnUrl, bytes, c, c + 3, set, out)
+                    }
                 }
-                blocks::Found::QTilde(at) => tokens::confirm_special(
-                    tokens::Special::AzureClientSecret,
-                    bytes,
-                    at,
-                    at + 2,
-                    set,
-                    out,
-                ),
+                blocks::Found::QTilde(at) => {
+                    tokens::confirm_special(Special::AzureClientSecret, bytes, at, at + 2, set, out)
+                }
                 blocks::Found::Sk(at) => {
                     if let Some((i, _)) = twilio {
                         tokens::confirm_token(i, bytes, at, at + 2, out)
                     }
                 }
+                blocks::Found::Pem(at) => {
+                    tokens::confirm_special(Special::Pem, bytes, at, at + 11, set, out)
+                }
                 blocks::Found::Stretch(s, e) => self.keywords_in(bytes, s, e, &mut low, set, out),
+                blocks::Found::Long(s, e) => self.anchors_in(bytes, s, e, set, out),
             };
             let mut also = blocks::Also {
-                email: set.contains(self.email),
+                at: email || conn_url,
                 azure: set.contains(self.azure),
                 twilio: twilio.is_some(),
-                keywords: set.0 & self.keyword_detectors.0 != 0,
+                keywords: set.meets(&self.keyword_detectors),
+                pem: set.meets(&self.pem),
+                anchors: set.meets(&self.anchor_detectors),
                 found: &mut found,
             };
             blocks::scan(bytes, set, out, runs, &mut also);
@@ -388,6 +404,22 @@ impl Scanner {
 }
 
 impl Scanner {
+    /// The automaton's anchors in `b[s..e]`, a stretch of long superset runs (no anchor
+    /// straddles its edges, and every match of their detectors is such a run), confirmed
+    /// against the whole of `b`.
+    fn anchors_in(&self, b: &[u8], s: usize, e: usize, set: &DetectorSet, out: &mut Vec<Match>) {
+        for m in self.ac.find_iter(&b[s..e]) {
+            let (start, end) = (s + m.start(), s + m.end());
+            match self.anchors.get(m.pattern().as_usize()) {
+                Some(&Anchor::Token(i, d)) if set.contains(d) => {
+                    tokens::confirm_token(i, b, start, end, out)
+                }
+                Some(&Anchor::Special(sp)) => tokens::confirm_special(sp, b, start, end, set, out),
+                _ => {}
+            }
+        }
+    }
+
     /// The keyword anchors in `b[s..e]`, confirmed against the whole of `b`; `low` is the
     /// buffer the lowercased stretch is copied to.
     fn keywords_in(
@@ -480,202 +512,4 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    /// `@`, `Q~` and `SK` are found by the block pass wherever they sit against the block
-    /// boundaries (the `Q` of `Q~` and the `S` of `SK` last in a block included), as the
-    /// separate passes they replaced found them.
-    #[test]
-    fn block_pass_anchors_at_every_offset() {
-        let scanner = Scanner::new().unwrap();
-        let cases = [
-            ("email", "chloe+billing@mail.example.net", "chloe+billing@mail.example.net"),
-            (
-                "azure_client_secret",
-                "secret Yb09Q~nqkrCP5u99shu5ucMfEg5.hGyBZSmyD-r8 x",
-                "Yb09Q~nqkrCP5u99shu5ucMfEg5.hGyBZSmyD-r8",
-            ),
-            (
-                "twilio_key",
-                "SK9951749edb9a839dc1606e302eb938a0",
-                "SK9951749edb9a839dc1606e302eb938a0",
-            ),
-        ];
-        for (name, text, want) in cases {
-            let set = DetectorSet::from_names(&[name]).unwrap();
-            for pad in 0..140 {
-                let t = format!("{} {text} end", "x".repeat(pad));
-                let mut out = Vec::new();
-                scanner.scan(&t, &set, &mut out);
-                let got: Vec<&str> = out.iter().map(|m| &t[m.start..m.end]).collect();
-                assert_eq!(got, [want], "{name} after {pad} bytes");
-            }
-        }
-    }
-
-    /// Ties (same start, family and end) go to the registry's order, custom detectors last,
-    /// whatever pass found them first.
-    #[test]
-    fn ties_go_to_the_registry_order() {
-        let m = |detector| Match { detector, start: 0, end: 5 };
-        let mut a = [m("custom_x"), m("email"), m("phone")];
-        let mut b = [m("phone"), m("custom_x"), m("email")];
-        tidy(&mut a);
-        tidy(&mut b);
-        assert_eq!(a, b);
-        assert_eq!(a[2].detector, "custom_x");
-    }
-
-    /// The block pass's stretches before assignments hold every keyword match reading the
-    /// whole text finds: random records of filler, keyword, name, quotes or spaces, assignment
-    /// and value, the keyword landing anywhere relative to the blocks.
-    #[test]
-    fn keyword_stretches_find_what_the_whole_text_finds() {
-        let scanner = Scanner::new().unwrap();
-        let set = DetectorSet::from_names(tokens::KEYWORD_DETECTORS).unwrap();
-        let keywords = [
-            "password",
-            "PassWord",
-            "passwd",
-            "secret",
-            "TOKEN",
-            "api_key",
-            "apikey",
-            "api-key",
-            "access_key",
-            "aws_secret_access_key",
-            "SecretAccessKey",
-            "aws_secret_key",
-            "pwd=",
-            "password=",
-            "aws_secret_access_key_secret",
-        ];
-        let values = [
-            "hunter2Secret99",
-            "A1b2C3d4E5f6G7h8",
-            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLE1",
-            "S3cr3t!value",
-            "x",
-        ];
-        let pick = |rnd: &mut dyn FnMut() -> u64, from: &[u8], n: u64| -> String {
-            (0..rnd() % n).map(|_| from[(rnd() % from.len() as u64) as usize] as char).collect()
-        };
-        let mut rnd = crate::xorshift(0x51ce_5eed_u64);
-        let mut found = 0;
-        for round in 0..20_000 {
-            let mut text = String::new();
-            for _ in 0..1 + rnd() % 3 {
-                text += &pick(&mut rnd, b" _-xQ9\n\".", 90);
-                text += keywords[(rnd() % keywords.len() as u64) as usize];
-                text += &pick(&mut rnd, b"_-aZ0", 26);
-                text += &pick(&mut rnd, b" \t\"'`", 9);
-                text += ["", ":", "=", ">", "=>"][(rnd() % 5) as usize];
-                text += &pick(&mut rnd, b" \"", 3);
-                text += values[(rnd() % values.len() as u64) as usize];
-            }
-            let b = text.as_bytes();
-            let (mut whole, mut low) = (Vec::new(), Vec::new());
-            scanner.keywords_in(b, 0, b.len(), &mut low, &set, &mut whole);
-            let mut spans = Vec::new();
-            let mut note = |f: blocks::Found, _: &mut Vec<Match>| {
-                if let blocks::Found::Stretch(s, e) = f {
-                    spans.push((s, e));
-                }
-            };
-            let mut also = blocks::Also {
-                email: false,
-                azure: false,
-                twilio: false,
-                keywords: true,
-                found: &mut note,
-            };
-            blocks::scan(b, &set, &mut Vec::new(), None, &mut also);
-            let mut stretches = Vec::new();
-            for (s, e) in spans {
-                scanner.keywords_in(b, s, e, &mut low, &set, &mut stretches);
-            }
-            assert_eq!(whole, stretches, "round {round}: {text:?}");
-            found += whole.len();
-        }
-        assert!(found > 2000, "the texts hold matches: {found}");
-    }
-
-    use super::*;
-
-    #[test]
-    fn every_registry_name_is_implemented() {
-        let implemented: Vec<&str> = tokens::TOKENS
-            .iter()
-            .map(|t| t.name)
-            .chain(tokens::SPECIAL_NAMES.iter().copied())
-            .chain(numbers::NAMES.iter().copied())
-            .collect();
-        for d in DETECTORS {
-            assert!(implemented.contains(&d.name), "{} has no implementation", d.name);
-        }
-        for n in &implemented {
-            assert!(detector_id(n).is_some(), "{n} is not in the registry");
-        }
-        assert!(DETECTORS.len() <= 128);
-        let credentials = DETECTORS.iter().filter(|d| d.family == "credential").count();
-        assert!(credentials >= 40, "{credentials} credential rules");
-    }
-
-    #[test]
-    fn custom_detectors_regex_keywords_dictionary() {
-        use sluice_rules::{CustomDetector, CustomKind, dictionary_hash};
-        let defs = vec![
-            CustomDetector {
-                name: "customer_id".into(),
-                kind: CustomKind::Regex(r"\bCUST-[0-9]{6}\b".into()),
-            },
-            CustomDetector {
-                name: "codenames".into(),
-                kind: CustomKind::Keywords(vec!["Bluebird".into(), "project falcon".into()]),
-            },
-            CustomDetector {
-                name: "customers".into(),
-                kind: CustomKind::Dictionary {
-                    hashes: {
-                        let mut h =
-                            vec![dictionary_hash(["acme", "corp"]), dictionary_hash(["globex"])];
-                        h.sort_unstable();
-                        h
-                    },
-                    entries: 2,
-                    max_words: 2,
-                },
-            },
-        ];
-        let s = Scanner::with_custom(&defs).unwrap();
-        let set = s.profile(&["customer_id", "codenames", "customers", "email"]).unwrap();
-        let text = "CUST-123456 for ACME Corp re Project  Falcon; bluebirds; globex@example.com and Globex.";
-        let mut out = Vec::new();
-        s.scan(text, &set, &mut out);
-        let found: Vec<(&str, &str)> =
-            out.iter().map(|m| (m.detector, &text[m.start..m.end])).collect();
-        assert_eq!(
-            found,
-            [
-                ("customer_id", "CUST-123456"),
-                ("customers", "ACME Corp"),
-                ("email", "globex@example.com"),
-                ("customers", "Globex"),
-            ],
-            "keywords need word boundaries and exact spacing; bluebirds is not Bluebird"
-        );
-        let set = s.profile(&["codenames"]).unwrap();
-        out.clear();
-        s.scan("the Bluebird launch, project falcon too", &set, &mut out);
-        assert_eq!(out.len(), 2);
-        assert!(s.profile(&["nope"]).is_err());
-    }
-
-    #[test]
-    fn sets() {
-        let s = DetectorSet::from_names(&["email", "jwt"]).unwrap();
-        assert!(s.has("email") && s.has("jwt") && !s.has("iban"));
-        assert_eq!(s.len(), 2);
-        assert_eq!(DetectorSet::all().len(), DETECTORS.len());
-        assert!(DetectorSet::from_names(&["nope"]).is_err());
-    }
-}
+mod tests;

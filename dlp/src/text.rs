@@ -263,15 +263,23 @@ pub(crate) fn base64_runs(b: &[u8]) -> Vec<(usize, usize)> {
     let mut at = 0;
     while at < b.len() {
         let end = (at + 64).min(b.len());
-        runs.block(b, at, classify(&b[at..end]), &mut out);
+        if let Some((s, e)) = runs.block(b, at, classify(&b[at..end])) {
+            walk_runs(b, s, e, &mut out);
+        }
         at = end;
     }
-    runs.finish(b, &mut out);
+    if let Some((s, e)) = runs.finish(b) {
+        walk_runs(b, s, e, &mut out);
+    }
     out
 }
 
-/// Base64 runs found block by block from masks of candidate bytes (a superset of the
-/// alphabet, [`superset`]); only the stretches that can hold a long enough run are walked.
+/// The stretches of a text that hold runs of at least [`MIN_BASE64_RUN`] [`superset`] bytes,
+/// found block by block from masks of those bytes: the base64 runs to decode are in them
+/// ([`walk_runs`]), and so is every match of a prefixed token, a JWT, a SendGrid key or a
+/// Telegram token (each is such a run; `crate::Scanner` searches their anchors only there).
+/// A stretch starts where a run starts and ends after a byte outside the superset, so no run
+/// straddles its edges.
 #[derive(Debug, Default)]
 pub(crate) struct RunFinder {
     /// Candidate bytes just before the current block.
@@ -282,8 +290,8 @@ pub(crate) struct RunFinder {
 
 impl RunFinder {
     /// The block of `b` at `at` (64 bytes, or the tail) and its mask (bit `j` for byte
-    /// `at + j`; no bits past the end of `b`).
-    pub(crate) fn block(&mut self, b: &[u8], at: usize, m: u64, out: &mut Vec<(usize, usize)>) {
+    /// `at + j`; no bits past the end of `b`); a stretch when this block ends one.
+    pub(crate) fn block(&mut self, b: &[u8], at: usize, m: u64) -> Option<(usize, usize)> {
         let len = (b.len() - at).min(64);
         let full = if len == 64 { u64::MAX } else { (1u64 << len) - 1 };
         let m = m & full;
@@ -304,20 +312,16 @@ impl RunFinder {
             // The run at the block's last bytes (bit `len - 1` moved to the top).
             false => (m << (64 - len)).leading_ones() as usize,
         };
-        if let Some(start) = self.from
-            && self.carry == 0
-        {
-            walk_runs(b, start, at + len, out);
-            self.from = None;
+        match self.carry {
+            0 => self.from.take().map(|start| (start, at + len)),
+            _ => None,
         }
     }
 
-    /// After the last block.
-    pub(crate) fn finish(&mut self, b: &[u8], out: &mut Vec<(usize, usize)>) {
-        if let Some(start) = self.from.take() {
-            walk_runs(b, start, b.len(), out);
-        }
+    /// After the last block: the stretch still open, if any.
+    pub(crate) fn finish(&mut self, b: &[u8]) -> Option<(usize, usize)> {
         self.carry = 0;
+        self.from.take().map(|start| (start, b.len()))
     }
 }
 
@@ -333,8 +337,8 @@ fn is_b64(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_')
 }
 
-/// The runs in `b[from..to]` (a run reaching `to` goes on past it).
-fn walk_runs(b: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
+/// The base64 runs in `b[from..to]` (a run reaching `to` goes on past it).
+pub(crate) fn walk_runs(b: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
     let mut i = from;
     while i < to {
         if !is_b64(b[i]) {

@@ -158,6 +158,7 @@ pub(crate) fn scan_with(
     }
     let mut stretches = Stretches::default();
     let mut finder = crate::text::RunFinder::default();
+    let stretches_wanted = runs.is_some() || also.anchors;
     // Where scanning resumes: bytes before it belong to something already matched or read.
     let mut next = 0;
     // Classes of the byte before the block.
@@ -168,8 +169,8 @@ pub(crate) fn scan_with(
             Some(c) => classify(c),
             None => tail_block(b, base, &classify),
         };
-        if let Some(r) = runs.as_deref_mut() {
-            finder.block(b, base, blk.base64, r);
+        if stretches_wanted && let Some((s, e)) = finder.block(b, base, blk.base64) {
+            long_stretch(b, s, e, runs.as_deref_mut(), also, out);
         }
         let after_word = (blk.word << 1) | prev_word;
         let after_joiner = ((blk.word | blk.joiner) << 1) | prev_word | prev_joiner;
@@ -213,39 +214,68 @@ pub(crate) fn scan_with(
         }
         base += 64;
     }
-    if let Some(r) = runs {
-        finder.finish(b, r);
+    if stretches_wanted && let Some((s, e)) = finder.finish(b) {
+        long_stretch(b, s, e, runs, also, out);
     }
     if let Some((start, end)) = stretches.open.take() {
         (also.found)(Found::Stretch(start, end), out);
     }
 }
 
+/// A stretch of superset runs ([`crate::text::RunFinder`]): its base64 runs, and the
+/// stretch itself for the anchor automaton.
+#[inline(always)]
+fn long_stretch(
+    b: &[u8],
+    s: usize,
+    e: usize,
+    runs: Option<&mut Vec<(usize, usize)>>,
+    also: &mut Also<'_>,
+    out: &mut Vec<Match>,
+) {
+    if let Some(r) = runs {
+        crate::text::walk_runs(b, s, e, r);
+    }
+    if also.anchors {
+        (also.found)(Found::Long(s, e), out);
+    }
+}
+
 /// The other detectors' candidates the block pass reports, each kind when asked for.
 pub(crate) struct Also<'f> {
-    pub(crate) email: bool,
+    /// Every `@` (emails, and the connection URLs whose authority it ends).
+    pub(crate) at: bool,
     pub(crate) azure: bool,
     pub(crate) twilio: bool,
     pub(crate) keywords: bool,
+    /// `-----BEGIN ` (PEM blocks).
+    pub(crate) pem: bool,
+    /// The stretches of long superset runs, where the prefixed tokens' anchors are.
+    pub(crate) anchors: bool,
     pub(crate) found: &'f mut dyn FnMut(Found, &mut Vec<Match>),
 }
 
 /// A candidate for a detector outside this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Found {
-    /// An `@` (emails).
+    /// An `@` (emails, connection URLs).
     At(usize),
     /// `Q~` at this position (Azure client secrets).
     QTilde(usize),
     /// `SK` at this position (Twilio keys).
     Sk(usize),
+    /// `-----BEGIN ` at this position (PEM blocks).
+    Pem(usize),
     /// A stretch the keyword automaton has to read ([`Stretches`]).
     Stretch(usize, usize),
+    /// A stretch holding runs of at least 20 bytes of the base64 superset
+    /// ([`crate::text::RunFinder`]), where every prefixed token is.
+    Long(usize, usize),
 }
 
 impl Also<'_> {
     fn any(&self) -> bool {
-        self.email || self.azure || self.twilio || self.keywords
+        self.at || self.azure || self.twilio || self.keywords || self.pem || self.anchors
     }
 
     /// The candidates of the block at `base`, in order of kind. Inlined: most blocks have
@@ -266,9 +296,9 @@ impl Also<'_> {
                 f(at);
             }
         };
-        if self.email || self.azure {
+        if self.at || self.azure {
             each(blk.mark, &mut |at| match b.get(at) {
-                Some(b'@') if self.email => (self.found)(Found::At(at), out),
+                Some(b'@') if self.at => (self.found)(Found::At(at), out),
                 Some(b'~') if self.azure && at > 0 && b[at - 1] == b'Q' => {
                     (self.found)(Found::QTilde(at - 1), out)
                 }
@@ -282,6 +312,17 @@ impl Also<'_> {
                 }
             });
         }
+        if self.pem {
+            // Starts of five `-` or `.` in a row; bytes in the next block count as such here
+            // and are read below.
+            let j = blk.joiner;
+            let fill = |k: u32| (j >> k) | !(u64::MAX >> k);
+            each(j & fill(1) & fill(2) & fill(3) & fill(4), &mut |at| {
+                if b.get(at..at + 11) == Some(b"-----BEGIN ") {
+                    (self.found)(Found::Pem(at), out)
+                }
+            });
+        }
         if self.keywords && blk.assign != 0 {
             let found = &mut *self.found;
             stretches.block(b, base, blk.assign, &mut |s, e| found(Found::Stretch(s, e), out));
@@ -290,36 +331,92 @@ impl Also<'_> {
 }
 
 /// The stretches of a text the keyword automaton has to read. Every keyword detector needs
-/// an assignment (`:`, `=`, `>`) shortly after its keyword: the keyword (21 bytes at most),
-/// up to 24 bytes of name after it, and up to 8 of quotes, spaces and the assignment
-/// ([`crate::tokens`]' `generic` and `aws_secret`; `password=` and `pwd=` end with theirs).
-/// A block with assignments needs the 64 bytes before it read, up to its last assignment.
+/// an assignment (`:`, `=`, `>`) right after the name its keyword is part of
+/// ([`crate::tokens`]' `generic` and `aws_secret`: the keyword, up to 24 bytes of name, then
+/// up to 8 of quotes, spaces and assignments with one among them; `password=` and `pwd=` end
+/// with theirs). So each assignment needs read only the name before it: the run of letters,
+/// digits, `_` and `-` (all a keyword holds but its final `=`) that ends at most 7 quotes,
+/// spaces or assignments before it, when that name is long enough to hold a keyword. Code's
+/// `{:?}`, `v = …` and `::` need nothing read.
 ///
-/// A stretch starts where no keyword can straddle its start (after a byte that is not a
-/// letter, digit, `_` or `-`, which is all a keyword holds but its final `=`) and ends after
-/// an assignment (which no keyword holds but last), so the automaton finds in the stretches
+/// A stretch starts where a name starts (so no keyword straddles its start) and ends after an
+/// assignment (which no keyword holds but last), so the automaton finds in the stretches
 /// exactly what it finds in the whole text (a test checks it). Stretches that touch merge.
 #[derive(Default)]
 struct Stretches {
     open: Option<(usize, usize)>,
 }
 
+/// Bytes `skip_assign` reads between a name and its value, and how many at most.
+const BETWEEN: &[u8] = b" \t\"'`:=>";
+const MAX_BETWEEN: usize = 8;
+
+/// The shortest name a keyword detector can match in (`pwd` of `pwd=`).
+const SHORTEST_NAME: usize = 3;
+
+/// Per byte: 1 for [`BETWEEN`], 2 for a name's bytes (letters, digits, `_`, `-`).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < BETWEEN.len() {
+        t[BETWEEN[i] as usize] = 1;
+        i += 1;
+    }
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            t[c] = 2;
+        }
+        c += 1;
+    }
+    t
+};
+
+fn in_name(c: u8) -> bool {
+    CLASS[usize::from(c)] == 2
+}
+
 impl Stretches {
-    fn block(&mut self, b: &[u8], base: usize, assign: u64, emit: &mut dyn FnMut(usize, usize)) {
-        let end = base + 64 - assign.leading_zeros() as usize;
-        let mut s = base.saturating_sub(64);
-        let floor = self.open.map_or(0, |(_, e)| e);
-        let in_keyword = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
-        while s > floor && in_keyword(b[s - 1]) {
+    fn block(
+        &mut self,
+        b: &[u8],
+        base: usize,
+        mut assign: u64,
+        emit: &mut dyn FnMut(usize, usize),
+    ) {
+        while assign != 0 {
+            let a = base + assign.trailing_zeros() as usize;
+            assign &= assign - 1;
+            if a < b.len() {
+                self.assignment(b, a, emit);
+            }
+        }
+    }
+
+    /// The name before the assignment at `a`, if one can hold a keyword.
+    fn assignment(&mut self, b: &[u8], a: usize, emit: &mut dyn FnMut(usize, usize)) {
+        let mut e = a;
+        while e > 0 && a - e < MAX_BETWEEN - 1 && CLASS[usize::from(b[e - 1])] == 1 {
+            e -= 1;
+        }
+        // Bytes below the open stretch's end are read already: a name reaching it merges.
+        let floor = self.open.map_or(0, |(_, end)| end).min(e);
+        let mut s = e;
+        while s > floor && in_name(b[s - 1]) {
             s -= 1;
         }
+        let goes_on = s == floor && s > 0 && in_name(b[s - 1]);
+        if e - s < SHORTEST_NAME && !goes_on {
+            return;
+        }
         self.open = match self.open {
-            Some((start, e)) if s <= e => Some((start, end)),
-            Some((start, e)) => {
-                emit(start, e);
-                Some((s, end))
+            Some((start, end)) if s <= end => Some((start, a + 1)),
+            Some((start, end)) => {
+                emit(start, end);
+                Some((s, a + 1))
             }
-            None => Some((s, end)),
+            None => Some((s, a + 1)),
         };
     }
 }
@@ -328,10 +425,12 @@ impl Stretches {
 #[cfg(test)]
 pub(crate) fn no_others() -> Also<'static> {
     Also {
-        email: false,
+        at: false,
         azure: false,
         twilio: false,
         keywords: false,
+        pem: false,
+        anchors: false,
         found: Box::leak(Box::new(|_: Found, _: &mut Vec<Match>| {})),
     }
 }

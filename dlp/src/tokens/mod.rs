@@ -8,6 +8,8 @@ mod special;
 use super::{DetectorSet, Match, has};
 use special::*;
 
+pub(crate) use special::conn_url_before;
+
 /// Characters a token body may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cs {
@@ -108,6 +110,12 @@ const fn t(
 }
 
 impl Token {
+    /// The shortest body.
+    #[cfg(test)]
+    pub(crate) fn min_len(&self) -> usize {
+        self.min
+    }
+
     const fn both_cases(mut self) -> Self {
         self.classes = Classes::BothCases;
         self
@@ -187,6 +195,25 @@ pub(crate) enum Special {
     SendGrid,
     AzureClientSecret,
     Telegram,
+}
+
+impl Special {
+    /// The detectors this check reports.
+    pub(crate) fn detectors(self) -> &'static [&'static str] {
+        match self {
+            Special::Email => &["email"],
+            Special::Jwt => &["jwt"],
+            Special::Pem => &["private_key", "ssh_private_key", "pgp_private_key"],
+            Special::ConnUrl => &["connection_string_password"],
+            // `password=` also stands for the `password` keyword.
+            Special::ConnPassword => &["connection_string_password", "generic_secret"],
+            Special::AwsSecret => &["aws_secret_access_key"],
+            Special::Generic => &["generic_secret"],
+            Special::SendGrid => &["sendgrid_key"],
+            Special::AzureClientSecret => &["azure_client_secret"],
+            Special::Telegram => &["telegram_bot_token"],
+        }
+    }
 }
 
 /// Anchors of the special formats.

@@ -116,6 +116,31 @@ pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Bytes that end a URL's authority where [`conn_url`] reads it (`@` ends it too).
+const AUTHORITY_ENDS: &[u8] = b"/ \"'\n\r\t<>";
+
+/// Longest authority [`conn_url`] reads.
+const MAX_AUTHORITY: usize = 512;
+
+/// The `://` whose authority the `@` at `at` ends, as [`conn_url`] reads it forward: the
+/// bytes between hold no [`AUTHORITY_ENDS`] and no other `@`, and are fewer than
+/// [`MAX_AUTHORITY`]. Connection URLs are found from their `@` (which the block pass finds
+/// for emails too), not from `://`: their matches can be short, so no other search finds
+/// them as quickly.
+pub(crate) fn conn_url_before(b: &[u8], at: usize) -> Option<usize> {
+    let floor = at.saturating_sub(MAX_AUTHORITY);
+    let mut t = at;
+    while t > floor {
+        t -= 1;
+        match b[t] {
+            b'/' => return (t >= 2 && &b[t - 2..t] == b":/").then(|| t - 2),
+            c if c == b'@' || AUTHORITY_ENDS.contains(&c) => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// `scheme://user:password@host`: the password is the match.
 pub(super) fn conn_url(b: &[u8], at: usize, out: &mut Vec<Match>) {
     let mut s = at;
@@ -126,14 +151,14 @@ pub(super) fn conn_url(b: &[u8], at: usize, out: &mut Vec<Match>) {
         return;
     }
     let auth_start = at + 3;
-    let limit = b.len().min(auth_start + 512);
+    let limit = b.len().min(auth_start + MAX_AUTHORITY);
     let mut colon = None;
     let mut i = auth_start;
     while i < limit {
         match b[i] {
             b':' if colon.is_none() => colon = Some(i),
             b'@' => break,
-            b'/' | b' ' | b'"' | b'\'' | b'\n' | b'\r' | b'\t' | b'<' | b'>' => return,
+            c if AUTHORITY_ENDS.contains(&c) => return,
             _ => {}
         }
         i += 1;
