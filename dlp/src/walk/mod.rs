@@ -13,7 +13,6 @@
 //! bodies are skipped sixteen bytes at a time with SIMD compares (through `wide`'s safe types)
 //! and UTF-8 is checked once for the whole body.
 
-use std::fmt::Write as _;
 
 use wide::i8x16;
 
@@ -150,8 +149,7 @@ impl<'a> Reader<'a> {
         }
         let len = self.path.len();
         for i in 0usize.. {
-            // Writing to a String cannot fail.
-            let _ = write!(self.path, "[{i}]");
+            push_index(&mut self.path, i);
             self.value(depth, false, scratch, f)?;
             self.path.truncate(len);
             if !self.more(b']')? {
@@ -492,7 +490,7 @@ impl<'de> serde::de::Visitor<'de> for Node<'_, '_> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         for i in 0usize.. {
             let len = self.path.len();
-            let _ = write!(self.path, "[{i}]");
+            push_index(self.path, i);
             let item = Node { f: &mut *self.f, path: &mut *self.path, file_data: false };
             let more = seq.next_element_seed(item)?;
             self.path.truncate(len);
@@ -554,6 +552,13 @@ pub fn same_visits(a: &[Seen], b: &[Seen]) -> bool {
         && a.iter()
             .zip(b)
             .all(|(x, y)| x.0 == y.0 && x.2 == y.2 && (x.2 == Kind::Number || x.1 == y.1))
+}
+
+/// `[i]` appended to a path (once per array element: without the formatting machinery).
+fn push_index(path: &mut String, i: usize) {
+    path.push('[');
+    path.push_str(itoa::Buffer::new().format(i));
+    path.push(']');
 }
 
 #[cfg(test)]
