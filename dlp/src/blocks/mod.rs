@@ -1,8 +1,10 @@
 //! The block pass: one read of a text in 64-byte blocks classified with SIMD compares (SSE2 on
 //! x86-64, NEON on aarch64, through `wide`'s safe types) into bit masks, for every detector
-//! whose candidates a byte class finds: numbers ([`crate::numbers`]), `@` (emails), `Q~`
-//! (Azure client secrets), `SK` (Twilio keys), the stretches before assignments that the
-//! keyword automaton reads, and the runs of base64 to decode ([`crate::text::RunFinder`]).
+//! whose candidates a byte class finds: numbers ([`crate::numbers`]), `@` (emails and
+//! connection URLs), `Q~` (Azure client secrets), `SK` (Twilio keys), `-----BEGIN ` (PEM), the
+//! names before assignments that the keyword automaton reads, and the stretches of long
+//! base64-superset runs ([`crate::text::RunFinder`]) where base64 is decoded and the token
+//! automaton looks for prefixes. ARCHITECTURE.md, "What DLP reads".
 
 use wide::i8x16;
 

@@ -13,7 +13,6 @@
 //! bodies are skipped sixteen bytes at a time with SIMD compares (through `wide`'s safe types)
 //! and UTF-8 is checked once for the whole body.
 
-
 use wide::i8x16;
 
 /// Deepest nesting of arrays and objects accepted (serde_json's default recursion limit).
