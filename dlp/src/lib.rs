@@ -208,7 +208,7 @@ pub struct Scanner {
     /// The PEM blocks' and the connection URLs' detectors (found by the block pass).
     pem: DetectorSet,
     conn_url: DetectorSet,
-    /// The detectors the keyword anchors lead to, and those of `@` and `Q~` (looked up once).
+    /// The detectors the keyword anchors lead to; those of `@` and `Q~` (looked up once).
     keyword_detectors: DetectorSet,
     email: DetectorId,
     azure: DetectorId,

@@ -249,11 +249,21 @@ fn anchor_stretches_find_what_the_whole_text_finds() {
     let prefixes: Vec<&str> =
         tokens::TOKENS.iter().flat_map(|t| t.prefixes.iter().copied()).collect();
     let mut texts = corpus_texts();
+    let mut random = Vec::new();
     for _ in 0..3000 {
         let mut t = String::new();
         while t.len() < 300 {
             match rnd() % 4 {
-                0 => t += prefixes[(rnd() % prefixes.len() as u64) as usize],
+                0 => {
+                    // A prefix and a body that often passes: the charsets' common letters.
+                    t += prefixes[(rnd() % prefixes.len() as u64) as usize];
+                    let alphabet: &[u8] =
+                        [b"aZ9fF2k".as_slice(), b"a9f2", b"AZ27", b"a9f2-"][(rnd() % 4) as usize];
+                    t.extend(
+                        (0..10 + rnd() % 60)
+                            .map(|_| alphabet[(rnd() % alphabet.len() as u64) as usize] as char),
+                    );
+                }
                 1 => {
                     t += ["eyJ", "SG.", ":AA", ".", " ", "\"", ",", "(", "bot1234567890"]
                         [(rnd() % 9) as usize]
@@ -263,10 +273,12 @@ fn anchor_stretches_find_what_the_whole_text_finds() {
                 ),
             }
         }
-        texts.push(t);
+        random.push(t);
     }
-    let mut found = 0;
-    for t in &texts {
+    let corpus = texts.len();
+    texts.extend(random);
+    let (mut found, mut found_random) = (0, 0);
+    for (i, t) in texts.iter().enumerate() {
         let b = t.as_bytes();
         let mut whole = Vec::new();
         scanner.anchors_in(b, 0, b.len(), &set, &mut whole);
@@ -277,9 +289,29 @@ fn anchor_stretches_find_what_the_whole_text_finds() {
             }
         }
         assert_eq!(whole, stretches, "{t:?}");
-        found += whole.len();
+        match i < corpus {
+            true => found += whole.len(),
+            false => found_random += whole.len(),
+        }
     }
-    assert!(found > 1500, "the texts hold matches: {found}");
+    assert!(found > 1500, "the corpus holds matches: {found}");
+    assert!(found_random > 1000, "the random texts hold matches: {found_random}");
+}
+
+/// A PEM block without an END line ends before the next BEGIN line (a body holds none), so
+/// two such blocks are two findings, and a text of BEGIN lines costs each only the bytes to
+/// the next.
+#[test]
+fn pem_bodies_end_at_the_next_begin_line() {
+    let scanner = Scanner::new().unwrap();
+    let set = DetectorSet::from_names(&["private_key"]).unwrap();
+    let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC".repeat(4);
+    let one = format!("-----BEGIN RSA PRIVATE KEY-----\n{body}\n");
+    let text = format!("{one}{one}");
+    let mut out = Vec::new();
+    scanner.scan(&text, &set, &mut out);
+    let got: Vec<&str> = out.iter().map(|m| &text[m.start..m.end]).collect();
+    assert_eq!(got, [one.as_str(), one.as_str()]);
 }
 
 /// Connection URLs found from their `@` are those found from their `://`, over the corpus

@@ -375,3 +375,43 @@ pub(crate) fn confirm_special(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte a prefixed token's match can hold (prefix, `lead` segment, body, tail) is in
+    /// the base64 superset (`+` to 0x7F), which the scanner's search for prefixes relies on
+    /// (it reads only the stretches of long runs of those bytes).
+    #[test]
+    fn token_bytes_are_in_the_base64_superset() {
+        let superset = |c: u8| (0x2B..0x80).contains(&c);
+        let charsets = |t: &Token| {
+            let mut cs = vec![t.cs];
+            match t.tail {
+                Tail::After(sep, c, ..) => {
+                    assert!(superset(sep), "{}", t.name);
+                    cs.push(c);
+                }
+                Tail::Segments => cs.push(Cs::Url),
+                Tail::None => {}
+            }
+            if t.lead {
+                cs.push(Cs::Word);
+            }
+            cs
+        };
+        for t in TOKENS {
+            for p in t.prefixes {
+                assert!(p.bytes().all(superset), "{p}");
+            }
+            for cs in charsets(t) {
+                for c in 0..=255u8 {
+                    assert!(!cs.has(c) || superset(c), "{}: {cs:?} has {c:#x}", t.name);
+                }
+            }
+        }
+        // The separators of `lead` and `Tail::Segments`.
+        assert!(superset(b'.'));
+    }
+}

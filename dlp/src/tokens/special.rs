@@ -87,10 +87,15 @@ pub(super) fn pem(b: &[u8], start: usize, aend: usize, set: &DetectorSet, out: &
     if !set.has(name) || !rest[line_end..].starts_with(b"-----") {
         return;
     }
-    // To the END line if there is one within 16 KiB, else to the end of the base64 body.
+    // To the END line if there is one within 16 KiB, else to the end of the base64 body; a
+    // body holds no other BEGIN line, so neither goes past one (a text of BEGIN lines costs
+    // each only the bytes to the next).
     let body_start = aend + line_end + 5;
-    let window = &b[body_start..b.len().min(body_start + 16 * 1024)];
-    let end = match find(window, b"-----END ") {
+    let mut window = &b[body_start..b.len().min(body_start + 16 * 1024)];
+    if let Some(next) = memchr::memmem::find(window, b"-----BEGIN ") {
+        window = &window[..next];
+    }
+    let end = match memchr::memmem::find(window, b"-----END ") {
         Some(i) => {
             let after = body_start + i + 9;
             b[after..b.len().min(after + 64)]
@@ -110,10 +115,6 @@ pub(super) fn pem(b: &[u8], start: usize, aend: usize, set: &DetectorSet, out: &
         }
     };
     push(out, name, start, end);
-}
-
-pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Bytes that end a URL's authority where [`conn_url`] reads it (`@` ends it too).
