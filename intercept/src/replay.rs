@@ -53,6 +53,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // Vectored writes go through: rustls hands over every TLS record it has queued in one
+    // `writev`, which a stream without them turns into one `send` per record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -66,6 +80,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// Vectored writes reach the inner stream whole (a TCP stream takes them).
+    #[tokio::test]
+    async fn vectored_writes_go_through() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut r = Replay::new(Vec::new(), c);
+        assert!(tokio::io::AsyncWrite::is_write_vectored(&r));
+        let bufs = [io::IoSlice::new(b"head "), io::IoSlice::new(b"body")];
+        let n = tokio::io::AsyncWriteExt::write_vectored(&mut r, &bufs).await.unwrap();
+        assert_eq!(n, 9, "both slices in one write");
+        drop(r);
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "head body");
+    }
 
     #[tokio::test]
     async fn prefix_then_stream() {

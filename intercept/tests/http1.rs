@@ -626,3 +626,73 @@ async fn an_absolute_form_target_naming_the_host_goes_up_in_origin_form() {
     drop(c);
     task.await.unwrap().unwrap();
 }
+
+/// The client's end of the proxy, recording the size of each write the proxy makes.
+struct Writes {
+    inner: DuplexStream,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl tokio::io::AsyncRead for Writes {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Writes {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.sizes.lock().unwrap().push(n);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A small answer leaves in one write, head and body together, whether its body has a
+/// length or is chunked (through TLS: one record and one send instead of two).
+#[tokio::test]
+async fn a_small_answer_is_one_write() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let (mut c, proxy_client) = duplex(1 << 20);
+        let (mut s, mut proxy_server) = duplex(1 << 20);
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let mut client = Writes { inner: proxy_client, sizes: sizes.clone() };
+        let ex = exchange("api.openai.com");
+        let task = tokio::spawn(async move {
+            let emit = |_: RequestRecord| {};
+            serve(&mut client, Some(&mut proxy_server), &ex, &emit).await
+        });
+        c.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n").await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(answer).await.unwrap();
+        read_until(&mut c, b"hello").await;
+        drop(c);
+        let _ = task.await.unwrap();
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes, [answer.len()], "{}", String::from_utf8_lossy(answer));
+    }
+}

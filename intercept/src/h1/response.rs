@@ -85,6 +85,9 @@ where
         if !req.keep_alive && resp.keep_alive {
             // The client asked to close, which the upstream did not hear: say it here.
             client.write_all(&closing_head(&ubuf[..resp.len])).await?;
+        } else if resp.framing == Framing::Chunked {
+            // Left in `ubuf`: the head goes with the first chunks (below).
+            sent = 0;
         } else {
             // With a length-framed body, the head goes with the body bytes already read: a
             // small response is then one TLS record and one write, not two.
@@ -95,10 +98,11 @@ where
             client.write_all(&ubuf[..sent]).await?;
         }
         ubuf.drain(..sent);
-        let body_sent = (sent - resp.len) as u64;
-        break (resp, body_sent);
+        let body_sent = sent.saturating_sub(resp.len) as u64;
+        let head_left = if sent == 0 { resp.len } else { 0 };
+        break (resp, body_sent, head_left);
     };
-    let (resp, body_sent) = resp;
+    let (resp, body_sent, mut head_left) = resp;
     let rec = &mut ctx.rec;
     match resp.framing {
         Framing::Empty => {}
@@ -117,16 +121,20 @@ where
             rec.bytes_in = n;
         }
         Framing::Chunked => {
+            // The head, still in `ubuf`, leaves with the chunks read with it: a small answer
+            // is one TLS record and one write.
             let mut dec = ChunkedDecoder::new();
             let mut scratch = Vec::new();
             loop {
                 let p = dec
-                    .feed(ubuf, &mut scratch)
+                    .feed(&ubuf[head_left..], &mut scratch)
                     .map_err(|e| ProxyError::Response(e.to_string()))?;
                 scratch.clear();
-                client.write_all(&ubuf[..p.consumed]).await?;
+                let out = head_left + p.consumed;
+                client.write_all(&ubuf[..out]).await?;
                 client.flush().await?;
-                ubuf.drain(..p.consumed);
+                ubuf.drain(..out);
+                head_left = 0;
                 if p.done {
                     break;
                 }
