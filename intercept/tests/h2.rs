@@ -526,3 +526,36 @@ async fn a_continuation_flood_ends_at_the_header_list_limit() {
     assert!(ended.is_err(), "{ended:?}");
     assert_eq!(reached, 0);
 }
+
+/// A request body trickled a byte every 3 s over HTTP/2 runs out of time (30 s, then 500
+/// bytes/s): the stream is answered 408, nothing reaches the server, the record says why.
+#[tokio::test(start_paused = true)]
+async fn a_trickled_body_runs_out_of_time() {
+    let lab = start(session(), Server::H2).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    let req = Request::builder()
+        .method("POST")
+        .uri("https://api.openai.com/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap();
+    let c = lab.client.clone();
+    let sending = tokio::spawn(async move { send(&c, req).await });
+    let started = tokio::time::Instant::now();
+    for _ in 0..100 {
+        if sending.is_finished() || tx.send(Bytes::from_static(b"x")).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let waited = started.elapsed();
+    let (status, _, body, _) = sending.await.unwrap();
+    assert_eq!(status, 408, "{body}");
+    assert!((30..40).contains(&waited.as_secs()), "answered after {waited:?}");
+    let recs = records(&lab.records, 1).await;
+    assert_eq!(recs[0].code, Some("body_timeout"));
+    assert!(lab.log.lock().unwrap().is_empty(), "nothing reached the server");
+}

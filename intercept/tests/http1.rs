@@ -696,3 +696,70 @@ async fn a_small_answer_is_one_write() {
         assert_eq!(sizes, [answer.len()], "{}", String::from_utf8_lossy(answer));
     }
 }
+
+/// A body trickled a byte every 3 s runs out of time (30 s, then 500 bytes/s): the client
+/// gets a 408, the server nothing, and the record says why. A body that keeps the rate is
+/// forwarded, however long it takes. (Time is paused: tokio advances it.)
+#[tokio::test(start_paused = true)]
+async fn a_trickled_body_runs_out_of_time_and_a_steady_one_does_not() {
+    // Trickled: 100 bytes announced, one every 3 s.
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    for _ in 0..100 {
+        if c.write_all(b"x").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, c.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.ends_with(b"}") || answer.len() > 20 {
+                break;
+            }
+        }
+    }
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!((30..40).contains(&waited.as_secs()), "answered after {waited:?}");
+    let _ = task.await.unwrap();
+    let mut upstream = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(10), s.read_to_end(&mut upstream)).await;
+    assert!(upstream.is_empty(), "nothing reached the server");
+    let rec = records.lock().unwrap()[0].clone();
+    assert_eq!((rec.status, rec.code), (Some(408), Some("body_timeout")));
+
+    // Steady: 60 KB at 1,000 bytes/s (a minute, past the first window) is forwarded whole.
+    let (mut c, mut s, records, task) = start(exchange("api.openai.com"), true);
+    c.write_all(
+        b"POST /v1/files HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 60000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let server = tokio::spawn(async move {
+        // No read timeout here: the proxy holds the body until it is whole.
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while all.iter().filter(|&&b| b == b'y').count() < 60000 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the body was cut");
+            all.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        s
+    });
+    for _ in 0..60 {
+        c.write_all(&[b'y'; 1000]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let answer = read_until(&mut c, b"ok").await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    let _s = server.await.unwrap();
+    drop(c);
+    let _ = task.await.unwrap();
+    assert_eq!(records.lock().unwrap()[0].status, Some(200));
+}

@@ -7,6 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{CLIENT_IDLE, HEAD_TIMEOUT, ProxyError, READ, UPSTREAM_HEAD, forward_head};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::deadline::BodyDeadline;
 use crate::http::head::{Framing, HeadError, RequestHead};
 use crate::record::RequestRecord;
 
@@ -75,6 +76,7 @@ pub(super) async fn read_body<R: AsyncRead + Unpin>(
     max: u64,
     stream_if_large: bool,
 ) -> Result<Body, ProxyError> {
+    let mut deadline = BodyDeadline::new(tokio::time::Instant::now().into_std());
     match head.framing {
         Framing::Empty | Framing::UntilClose => Ok(Body::Whole(Vec::new())),
         Framing::Length(n) => {
@@ -84,7 +86,7 @@ pub(super) async fn read_body<R: AsyncRead + Unpin>(
             let n = n as usize;
             while buf.len() < n {
                 buf.reserve(READ);
-                if read_some(r, buf).await? == 0 {
+                if read_some(r, buf, &mut deadline).await? == 0 {
                     return Err(ProxyError::Truncated);
                 }
             }
@@ -105,7 +107,7 @@ pub(super) async fn read_body<R: AsyncRead + Unpin>(
                     // Cannot un-read what was decoded: over the limit is refused.
                     return Ok(Body::TooLarge);
                 }
-                if read_some(r, buf).await? == 0 {
+                if read_some(r, buf, &mut deadline).await? == 0 {
                     return Err(ProxyError::Truncated);
                 }
             }
@@ -134,12 +136,25 @@ async fn read_more<R: AsyncRead + Unpin>(
     }
 }
 
-/// A client read (body bytes, within the idle limit).
+/// A client read of body bytes: within the idle limit and the body's deadline
+/// ([`BodyDeadline`]: a body trickled in runs out of time, [`ProxyError::BodyTimeout`]).
 async fn read_some<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
+    deadline: &mut BodyDeadline,
 ) -> Result<usize, ProxyError> {
-    read_more(r, buf, CLIENT_IDLE).await
+    buf.reserve(READ);
+    let idle = tokio::time::Instant::now() + CLIENT_IDLE;
+    let at = tokio::time::Instant::from_std(deadline.at());
+    match tokio::time::timeout_at(at.min(idle), r.read_buf(buf)).await {
+        Err(_) if at <= idle => Err(ProxyError::BodyTimeout),
+        Err(_) => Err(ProxyError::Timeout),
+        Ok(r) => {
+            let n = r?;
+            deadline.received(n);
+            Ok(n)
+        }
+    }
 }
 
 /// Forwards a Content-Length body over the limit as it arrives (fail-open).
@@ -159,8 +174,9 @@ where
     let out = forward_head(head, injected, usize::try_from(n).ok(), false);
     up.write_all(&out).await?;
     let mut left = n;
+    let mut deadline = BodyDeadline::new(tokio::time::Instant::now().into_std());
     while left > 0 {
-        if cbuf.is_empty() && read_some(client, cbuf).await? == 0 {
+        if cbuf.is_empty() && read_some(client, cbuf, &mut deadline).await? == 0 {
             return Err(ProxyError::Truncated);
         }
         let take = cbuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));

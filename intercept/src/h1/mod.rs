@@ -51,6 +51,9 @@ pub enum ProxyError {
     /// Idle or slow past the limits.
     #[error("timed out")]
     Timeout,
+    /// A request body slower than its deadline allows ([`crate::http::deadline`]).
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// The client opened with the HTTP/2 connection preface (HTTP/2 by prior knowledge):
     /// the bytes read so far, for the HTTP/2 driver. Nothing was answered or recorded.
     #[error("the client speaks HTTP/2 without having negotiated it")]
@@ -234,6 +237,10 @@ impl Driver<'_> {
                 self.refuse(client, ctx, &r).await?;
                 return Err(ProxyError::Request(e));
             }
+            Err(ProxyError::BodyTimeout) => {
+                self.refuse(client, ctx, &body_timeout()).await?;
+                return Err(ProxyError::BodyTimeout);
+            }
             Err(e) => return Err(e),
             Ok(Body::Whole(b)) => b,
             Ok(Body::TooLarge) => {
@@ -337,6 +344,20 @@ impl Driver<'_> {
         refuse(client, self.session, &mut ctx, r).await?;
         self.sink.request(self.session.logging(ctx));
         Ok(())
+    }
+}
+
+/// The answer to a request body that missed its deadline (408, recorded like any refusal).
+pub(crate) fn body_timeout() -> Refusal {
+    use crate::http::deadline::{BODY_WINDOW, MIN_RATE};
+    Refusal {
+        status: 408,
+        code: "body_timeout",
+        message: format!(
+            "the request body did not arrive in time ({} s, then at least {MIN_RATE} bytes/s)",
+            BODY_WINDOW.as_secs()
+        ),
+        rule: None,
     }
 }
 

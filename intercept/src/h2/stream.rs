@@ -3,6 +3,7 @@
 //! response relayed frame by frame, masked when the response phase says so. A refusal answers
 //! this stream alone.
 
+use crate::http::deadline::BodyDeadline;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -92,6 +93,8 @@ enum Collected {
     Over(Vec<u8>, Incoming),
     /// The client reset the stream, or stalled.
     Failed(String),
+    /// The body missed its deadline ([`crate::http::deadline`]).
+    TooSlow,
     /// The connection's inspection budget stayed exhausted (other streams hold it).
     Busy,
 }
@@ -100,8 +103,12 @@ async fn collect(conn: &Conn, mut body: Incoming, max: u64) -> Collected {
     let mut data = Vec::new();
     let mut trailers = None;
     let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut deadline = BodyDeadline::new(tokio::time::Instant::now().into_std());
     loop {
-        let frame = match tokio::time::timeout(CLIENT_IDLE, body.frame()).await {
+        let idle = tokio::time::Instant::now() + CLIENT_IDLE;
+        let at = tokio::time::Instant::from_std(deadline.at());
+        let frame = match tokio::time::timeout_at(at.min(idle), body.frame()).await {
+            Err(_) if at <= idle => return Collected::TooSlow,
             Err(_) => return Collected::Failed("the request body stalled".into()),
             Ok(None) => return Collected::Whole(data, trailers, held),
             Ok(Some(Err(e))) => return Collected::Failed(e.to_string()),
@@ -109,6 +116,7 @@ async fn collect(conn: &Conn, mut body: Incoming, max: u64) -> Collected {
         };
         match frame.into_data() {
             Ok(d) => {
+                deadline.received(d.len());
                 if (data.len() + d.len()) as u64 > max {
                     data.extend_from_slice(&d);
                     return Collected::Over(data, body);
@@ -176,6 +184,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             };
             return refuse(conn, ctx, &r);
         }
+        Collected::TooSlow => return refuse(conn, ctx, &crate::h1::body_timeout()),
         Collected::Over(first, rest) if s.streams_uninspected() => {
             ctx.rec.reason = Some("body over the inspection limit: forwarded uninspected".into());
             ctx.rec.bytes_out = rest.size_hint().exact().map_or(0, |n| n + first.len() as u64);

@@ -2,4 +2,5 @@
 //! (request smuggling refused) and the chunked transfer coding.
 
 pub mod chunked;
+pub mod deadline;
 pub mod head;
