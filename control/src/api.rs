@@ -744,47 +744,6 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` over TLS on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let svc = router.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                _ => {
-                    tracing::debug!(%peer, "TLS handshake failed");
-                    return;
-                }
-            };
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let service = hyper_util::service::TowerToHyperService::new(svc);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod link;
 pub mod metrics;
 pub mod record;
 pub mod rulestore;
+pub mod serve;
 pub mod store;
 pub mod syslog;
 pub mod tls;

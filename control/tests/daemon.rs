@@ -344,3 +344,50 @@ fn dataplane_link_policy_records_dedup_identities() {
         Some(Down::Welcome { proto: sluice_link::PROTO_VERSION, last_seq: Some(3) })
     );
 }
+
+/// Slow and greedy API clients cannot hold the control plane: a connection that sends part of
+/// a request head is closed after the head timeout (10 s), and one client address gets at most
+/// 32 connections (the 33rd is closed at once, and slots come back when connections end).
+#[test]
+fn slow_heads_are_cut_and_connections_per_client_are_bounded() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let d = start();
+    let addr = format!("127.0.0.1:{}", d.port);
+    let held: Vec<std::net::TcpStream> =
+        (0..32).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 16];
+    assert!(matches!(extra.read(&mut b), Ok(0)), "the 33rd connection is closed at once");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
+    assert_eq!(status, 200, "slots come back");
+
+    // Part of a head over TLS, then silence.
+    let mut s = Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"GET /v1/status HTTP/1.1\r\nHost: control\r\n").unwrap();
+    stdin.flush().unwrap();
+    let t0 = Instant::now();
+    let closed = loop {
+        if s.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(25) {
+            let _ = s.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(stdin);
+    assert!(closed, "a partial head was held past 25 s");
+    assert!(t0.elapsed() >= Duration::from_secs(8), "closed after {:?}", t0.elapsed());
+}

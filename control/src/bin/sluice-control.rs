@@ -13,7 +13,7 @@ use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
-use sluice_control::{link, syslog, tls};
+use sluice_control::{link, serve, syslog, tls};
 
 /// The Sluice control-plane daemon.
 #[derive(Parser, Debug)]
@@ -80,7 +80,7 @@ fn main() -> Result<()> {
         });
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tracing::info!(listen = %cfg.listen, cert = %cert.display(), "sluice-control serving");
-        api::serve(listener, tls_cfg, api::router(state)).await?;
+        serve::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())
     })
 }
