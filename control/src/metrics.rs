@@ -59,6 +59,11 @@ const ENGINE: &[(&str, &str, &str)] = &[
     ("blocked", "sluice_flows_blocked_total", "Flows blocked by a verdict."),
     ("evasions", "sluice_evasions_total", "Reassembly evasions (conflicting overlaps) blocked."),
     ("resets", "sluice_resets_total", "TCP resets sent."),
+    (
+        "ring_drops",
+        "sluice_ring_drops_total",
+        "Frames the kernel dropped before the packet engine read them (receive rings full).",
+    ),
 ];
 
 /// Renders the exposition.
@@ -181,9 +186,11 @@ mod tests {
             name: "dp\"1".into(),
             connected: true,
             policy_version: Some(3),
-            stats: Some(json!({"counters": {"frames": 10, "bytes": 600, "hellos": 2},
+            stats: Some(
+                json!({"counters": {"frames": 10, "bytes": 600, "hellos": 2, "ring_drops": 9},
                                "link": {"spool_depth": 4, "spool_dropped": 0},
-                               "records_emitted": {"flow": 7, "request": 1}})),
+                               "records_emitted": {"flow": 7, "request": 1}}),
+            ),
             ..Default::default()
         };
         let text = render(&Inputs {
@@ -198,6 +205,7 @@ mod tests {
             "sluice_packets_total{dataplane=\"dp\\\"1\"} 10",
             "sluice_bytes_total{dataplane=\"dp\\\"1\"} 600",
             "sluice_handshakes_total{dataplane=\"dp\\\"1\"} 2",
+            "sluice_ring_drops_total{dataplane=\"dp\\\"1\"} 9",
             "sluice_spool_depth{dataplane=\"dp\\\"1\"} 4",
             "sluice_records_ingested_total{kind=\"flow\",verdict=\"block\"} 1",
             "sluice_dlp_findings_total{detector=\"credit_card\"} 2",

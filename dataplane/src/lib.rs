@@ -24,5 +24,6 @@ pub mod reassembly;
 pub mod record;
 pub mod ring;
 mod sock;
+pub use sock::Drops;
 pub mod tun;
 pub mod wire;

@@ -72,3 +72,38 @@ pub(crate) fn add_promisc(fd: libc::c_int, ifindex: libc::c_int) -> io::Result<(
     mr.mr_type = libc::PACKET_MR_PROMISC as u16;
     setopt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)
 }
+
+/// The kernel's count of frames it dropped before a packet socket read them (its receive
+/// ring, or its receive buffer, was full): `PACKET_STATISTICS`, read on a duplicate of the
+/// socket so the thread that owns the port is not disturbed. The kernel resets the count at
+/// each read.
+#[derive(Debug)]
+pub struct Drops {
+    fd: OwnedFd,
+}
+
+impl Drops {
+    /// The counter of the packet socket `sock`.
+    pub fn of(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<Drops> {
+        Ok(Drops { fd: sock.try_clone_to_owned()? })
+    }
+
+    /// Frames dropped since the last call.
+    pub fn take(&self) -> io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a live tpacket_stats and `len` its size; the kernel writes at most
+        // `len` bytes.
+        check(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u64::from(st.tp_drops))
+    }
+}

@@ -53,4 +53,7 @@ pub struct Counters {
     /// DNS answers for categorised names passed on with the `ech` parameter of their HTTPS or
     /// SVCB records hidden (`dns_ech = "strip"`).
     pub ech_hidden: u64,
+    /// Frames the kernel dropped before the engine read them, its receive rings (or socket
+    /// buffers) being full (`PACKET_STATISTICS` of both ports, read once a second).
+    pub ring_drops: u64,
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
+use sluice_dataplane::Drops;
 use sluice_dataplane::engine::{
     Action, Clock, DivertConfig, Engine, Now, OffloadOp, Settings, Side,
 };
@@ -493,6 +494,15 @@ fn main() -> Result<()> {
     if let Some(fp) = &fast {
         handle.use_fast_path(fp.clone());
     }
+    // The kernel's drops before the engine (rings full), read by the tick loop.
+    let drops = match &rx {
+        Rx::Ring(rings, _, _) => rings.iter().map(|(_, r)| r.socket()).collect::<Vec<_>>(),
+        Rx::Socket(i, o) => vec![i.socket(), o.socket()],
+    }
+    .into_iter()
+    .map(Drops::of)
+    .collect::<std::io::Result<Vec<_>>>()
+    .context("reading the ports' drop counters")?;
     let ports = match rx {
         Rx::Ring(rings, tx_in, tx_out) => {
             for (side, ring) in rings {
@@ -601,8 +611,16 @@ fn main() -> Result<()> {
         let counts = fast.as_deref().filter(|_| poll).map(FastPath::counts).unwrap_or_default();
         let stats = fast.as_deref().filter(|_| poll).map(FastPath::stats);
         let closes = fast.as_deref().map(FastPath::closes).unwrap_or_default();
+        let dropped: u64 = match poll {
+            true => drops.iter().filter_map(|d| d.take().ok()).sum(),
+            false => 0,
+        };
+        if dropped > 0 {
+            warn!(dropped, "the kernel dropped frames before the engine read them (rings full)");
+        }
         let now = clock.now();
         out.write(&engine, &|e| {
+            e.counters.ring_drops += dropped;
             for (k, c) in &closes {
                 e.offload_closed(k, *c, now);
             }
