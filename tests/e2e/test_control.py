@@ -456,5 +456,58 @@ dlp = "alert-credentials"
         self.assertGreater(len([r for r in probes if r.get("dport") == 80]), 5)
 
 
+class KeptState(unittest.TestCase):
+    """A data plane restarted while control is away enforces the rule set and the identity feed
+    control pushed last, from its state directory."""
+
+    GUEST = "10.20.9.99"
+
+    def test_a_restart_while_control_is_away_keeps_identities_and_policy(self):
+        state = env()["SLUICE_LAB_STATE"]
+        r = ctl("identities", "set", self.GUEST, "gina@corp", "--group", "finance", "--ttl", "600",
+                token="SLUICE_FEEDER_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(models("guest", "?" + FED), "200", "the feed places guest in finance")
+        try:
+            with open(os.path.join(state, "control.pid")) as f:
+                os.kill(int(f.read()), 9)
+            # The data plane alone, started again as the lab started it: same argv, same netns.
+            with open(os.path.join(state, "dataplane.pid")) as f:
+                pid = int(f.read())
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv = [a.decode() for a in f.read().split(b"\0") if a]
+            ns = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True,
+                                check=True).stdout.strip()
+            log = os.path.join(state, "dataplane.log")
+            with open(log) as f:
+                before = len(f.readlines())
+            os.kill(pid, 15)
+            deadline = time.time() + 20
+            while time.time() < deadline and os.path.exists("/proc/%d" % pid):
+                time.sleep(0.1)
+            self.assertFalse(os.path.exists("/proc/%d" % pid), "the data plane did not stop")
+            subprocess.run(["ip", "netns", "exec", ns, "setsid", "-f", "bash", "-c",
+                            'echo $$ > "$0"; exec "$@" >> "%s" 2>&1 < /dev/null' % log,
+                            os.path.join(state, "dataplane.pid"), *argv], check=True, timeout=10)
+            deadline = time.time() + 30
+            started = []
+            while time.time() < deadline:
+                with open(log) as f:
+                    started = f.readlines()[before:]
+                if any("forwarding" in x for x in started):
+                    break
+                time.sleep(0.2)
+            text = "".join(started)
+            self.assertIn("forwarding", text)
+            self.assertIn("identity feed kept from the last run in force", text)
+            self.assertIn("pushed", text, "the pushed rule set kept on disk is the one in force")
+            # Control is still away: guest is still in finance.
+            self.assertEqual(models("guest", "?" + FED), "200", "the kept feed places guest in finance")
+        finally:
+            restart_appliance()
+            api("DELETE", "/v1/identities/" + self.GUEST, "SLUICE_FEEDER_TOKEN")
+        self.assertIn(models("guest"), ("403", "000"), "the feed's entry removed, guest is a guest again")
+
+
 if __name__ == "__main__":
     unittest.main()

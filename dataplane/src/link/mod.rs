@@ -4,7 +4,8 @@
 //! away), says hello, then sends what the [`Spool`] holds beyond what control has stored and
 //! applies what control pushes — a rule set (compiled, swapped whole into the shared
 //! [`Policy`] and written to the state directory so a restart enforces it even without
-//! control) or the identity feed (swapped whole into the [`IdentityOverlay`]). Packet threads
+//! control) or the identity feed (swapped whole into the [`IdentityOverlay`] and kept there
+//! too). Packet threads
 //! never wait on any of this: they read the snapshots through `ArcSwap`.
 
 pub mod spool;
@@ -47,6 +48,22 @@ pub fn saved_policy(state_dir: &Path) -> Option<(i64, String)> {
     let version = std::fs::read_to_string(state_dir.join("policy.version")).ok()?;
     let text = std::fs::read_to_string(state_dir.join("policy.toml")).ok()?;
     Some((version.trim().parse().ok()?, text))
+}
+
+/// Where the pushed identity feed is kept.
+const IDENTITIES: &str = "identities.json";
+
+/// The identity feed kept on disk, if any (entries past their expiry apply to nothing: the
+/// overlay checks `expires_at` at each lookup).
+pub fn saved_identities(state_dir: &Path) -> Option<Vec<Identity>> {
+    let text = std::fs::read(state_dir.join(IDENTITIES)).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!("the kept identity feed is unreadable, starting without it: {e}");
+            None
+        }
+    }
 }
 
 /// Compiles a pushed rule text (includes are the shipped catalogs only, as control checked).
@@ -118,8 +135,33 @@ impl Enforced {
         write("policy.version", &format!("{version}\n"))
     }
 
-    /// Replaces the identity feed.
+    /// Replaces the identity feed pushed by control, and keeps it in the state directory
+    /// (`identities.json`, readable by root only) so that a restart while control is away
+    /// enforces it too.
     pub fn apply_identities(&self, entries: &[Identity]) {
+        self.enforce_identities(entries);
+        if let Err(e) = self.save_identities(entries) {
+            warn!("keeping the identity feed on disk failed (it is enforced): {e}");
+        }
+    }
+
+    fn save_identities(&self, entries: &[Identity]) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&self.state_dir)?;
+        let tmp = self.state_dir.join(".identities.json.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(entries).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.state_dir.join(IDENTITIES))
+    }
+
+    /// Enforces the identity feed, without keeping it (the one read back at boot).
+    pub fn enforce_identities(&self, entries: &[Identity]) {
         let overlay = IdentityOverlay::new(entries.iter().map(|e| {
             (
                 e.ip,
@@ -330,6 +372,19 @@ mod tests {
             overlay.load().get("10.0.0.9".parse().unwrap(), 0).map(|o| &*o.user),
             Some("u@x")
         );
+        // The feed is kept for the next start, readable by root only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(IDENTITIES)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let kept = saved_identities(&dir).unwrap();
+        assert_eq!(kept.len(), 1);
+        let fresh = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
+        let restarted = Enforced::new(policy, fresh.clone(), &dir, None, text_sha256(base));
+        restarted.enforce_identities(&kept);
+        assert_eq!(fresh.load().get("10.0.0.9".parse().unwrap(), 0).map(|o| &*o.user), Some("u@x"));
+        // A damaged file is no feed (and no crash).
+        std::fs::write(dir.join(IDENTITIES), b"[{\"ip\":").unwrap();
+        assert!(saved_identities(&dir).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -344,6 +344,11 @@ fn main() -> Result<()> {
     let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
     let enforced =
         Arc::new(Enforced::new(policy.clone(), overlay.clone(), &args.state_dir, version, sha));
+    // The identity feed control last pushed, enforced until control pushes again.
+    if let Some(entries) = link::saved_identities(&args.state_dir) {
+        enforced.enforce_identities(&entries);
+        info!(entries = entries.len(), "identity feed kept from the last run in force");
+    }
     let settings = Settings {
         max_flows: args.max_flows,
         report_interval_ms: args.report_interval.max(1) * 1000,
