@@ -42,7 +42,23 @@ pub struct Spool {
     /// that record's segment (by first number) and the byte offset after it. The next call
     /// continuing from there seeks instead of reading the segment from its start.
     cursor: Option<(u64, u64, u64)>,
+    /// Records a write failed for (the disk full, an I/O error), oldest first, not numbered
+    /// yet: written ahead of any newer record once the disk takes them, bounded by
+    /// [`MAX_PENDING_BYTES`] (past it the oldest are dropped and counted in `dropped`).
+    pending: VecDeque<String>,
+    pending_bytes: usize,
+    /// Failed writes since the start.
+    write_errors: u64,
+    /// The last write failed: the active file is reopened and cut back to its last whole
+    /// record before the next one.
+    broken: bool,
+    /// Writes to fail, then fail half-way (tests: a full disk).
+    #[cfg(test)]
+    fail_writes: u32,
 }
+
+/// Most bytes of records held in memory while the spool cannot be written.
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.jsonl"))
@@ -85,6 +101,24 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
     Ok((end, good))
 }
 
+/// `records` as spooled lines numbered from `first` (`seq` put in front of their members),
+/// and the number after the last.
+fn numbered<'r>(records: impl Iterator<Item = &'r str>, first: u64) -> (Vec<u8>, u64) {
+    let mut buf = Vec::new();
+    let mut seq = first;
+    for r in records {
+        let members = r.strip_prefix('{').unwrap_or(r);
+        let sep = if members.starts_with('}') { "" } else { "," };
+        buf.extend_from_slice(b"{\"seq\":");
+        buf.extend_from_slice(seq.to_string().as_bytes());
+        buf.extend_from_slice(sep.as_bytes());
+        buf.extend_from_slice(members.as_bytes());
+        buf.push(b'\n');
+        seq += 1;
+    }
+    (buf, seq)
+}
+
 impl Spool {
     /// Opens the spool in `dir` (created if needed), reading back what a previous run left.
     /// `max_bytes` bounds the whole spool.
@@ -118,6 +152,12 @@ impl Spool {
             acked,
             dropped: 0,
             cursor: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            write_errors: 0,
+            broken: false,
+            #[cfg(test)]
+            fail_writes: 0,
         })
     }
 
@@ -135,9 +175,20 @@ impl Spool {
         self.next_seq().saturating_sub(self.acked + 1)
     }
 
-    /// Records dropped at the bound since this process started.
+    /// Records dropped since this process started: at the spool's bound, or from memory
+    /// while the disk could not take them.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Records waiting in memory for the disk.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Failed writes since this process started.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors
     }
 
     /// Bytes on disk.
@@ -146,32 +197,87 @@ impl Spool {
     }
 
     /// Numbers `records` (JSON objects as text; `seq` is put in front of their members),
-    /// writes them durably, and returns the first number.
+    /// writes them durably after any records still waiting in memory, and returns the first
+    /// number written. When the write fails the records wait in memory (bounded, counted)
+    /// and the error is returned: nothing is lost silently.
     pub fn append<S: AsRef<str>>(&mut self, records: &[S]) -> io::Result<u64> {
-        let first = self.next_seq();
-        let mut buf = Vec::new();
-        let mut seq = first;
-        for r in records {
-            let Some(members) = r.as_ref().strip_prefix('{') else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a record is not a JSON object",
-                ));
-            };
-            let sep = if members.starts_with('}') { "" } else { "," };
-            writeln!(buf, "{{\"seq\":{seq}{sep}{members}")?;
-            seq += 1;
+        if records.iter().any(|r| !r.as_ref().starts_with('{')) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a record is not a JSON object",
+            ));
         }
-        if seq == first {
+        let first = self.next_seq();
+        if records.is_empty() && self.pending.is_empty() {
             return Ok(first);
         }
-        self.active.write_all(&buf)?;
+        let all = self.pending.iter().map(String::as_str);
+        let (buf, end) = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
+        let written = self.repair().and_then(|()| self.write(&buf, end));
+        match written {
+            Ok(()) => {
+                self.pending.clear();
+                self.pending_bytes = 0;
+                Ok(first)
+            }
+            Err(e) => {
+                self.broken = true;
+                self.write_errors += 1;
+                for r in records {
+                    self.hold(r.as_ref().to_owned());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps a record that could not be written, dropping the oldest past the bound.
+    fn hold(&mut self, r: String) {
+        self.pending_bytes += r.len();
+        self.pending.push_back(r);
+        while self.pending_bytes > MAX_PENDING_BYTES {
+            let Some(old) = self.pending.pop_front() else { break };
+            self.pending_bytes -= old.len();
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::error!(
+                    total = self.dropped,
+                    "spool unwritable and memory bound reached: records dropped"
+                );
+            }
+        }
+    }
+
+    /// After a failed write: the active file reopened and cut back to its whole records.
+    fn repair(&mut self) -> io::Result<()> {
+        if !self.broken {
+            return Ok(());
+        }
+        let a = self.active_seg();
+        let (path, good) = (a.path.clone(), a.bytes);
+        let f = OpenOptions::new().create(true).append(true).open(&path)?;
+        f.set_len(good)?;
+        self.active = f;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Writes numbered lines (`end`: the number after the last), durably, then rotates and
+    /// trims.
+    fn write(&mut self, buf: &[u8], end: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_writes > 0 {
+            self.fail_writes -= 1;
+            self.active.write_all(&buf[..buf.len() / 2])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.active.write_all(buf)?;
         self.active.sync_data()?;
         let a = self.segments.back_mut().expect("active segment");
-        a.end = seq;
+        a.end = end;
         a.bytes += buf.len() as u64;
         if a.bytes >= SEGMENT_BYTES.min(self.max_bytes / 4).max(1) {
-            self.rotate(seq)?;
+            self.rotate(end)?;
         }
         while self.bytes() > self.max_bytes && self.segments.len() > 1 {
             let old = self.segments.pop_front().expect("more than one segment");
@@ -181,7 +287,7 @@ impl Spool {
             std::fs::remove_file(&old.path)?;
             tracing::warn!(lost, total = self.dropped, "spool full: oldest unsent records dropped");
         }
-        Ok(first)
+        Ok(())
     }
 
     /// Closes the active segment and starts a new one at `first`.
@@ -347,6 +453,40 @@ mod tests {
         assert_eq!(kept.len() as u64, s.depth());
         assert_eq!(kept.last().unwrap().0, 1000);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A full disk loses nothing silently: the records wait in memory (counted), the torn
+    /// half-write is cut off, and once the disk takes them they are written in order, before
+    /// the newer ones; past the memory bound the oldest are dropped and counted.
+    #[test]
+    fn a_full_disk_holds_records_in_memory_and_loses_none() {
+        let d = dir("full");
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert_eq!(s.append(&recs(2)).unwrap(), 1);
+        s.fail_writes = 2;
+        let err = s.append(&recs(3)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert!(s.append(&recs(1)).is_err());
+        assert_eq!((s.pending(), s.write_errors(), s.dropped()), (4, 2, 0));
+        assert_eq!(s.next_seq(), 3, "nothing numbered while unwritten");
+        // The disk has room again: the four waiting, then the new one.
+        assert_eq!(s.append(&recs(1)).unwrap(), 3);
+        assert_eq!(s.pending(), 0);
+        let got = s.read_after(0, 100).unwrap();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert!(got.iter().all(|(_, l)| serde_json::from_str::<Value>(l).is_ok()), "no torn line");
+        drop(s);
+        // Read back after a restart: the same seven, whole.
+        let mut s = Spool::open(&d, 1 << 30).unwrap();
+        assert_eq!(s.read_after(0, 100).unwrap().len(), 7);
+        // The memory bound: the oldest held records go, counted.
+        s.fail_writes = u32::MAX;
+        let big: Vec<String> = (0..70)
+            .map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(1 << 20)}).to_string())
+            .collect();
+        assert!(s.append(&big).is_err());
+        assert!(s.pending() < 70 && s.dropped() == (70 - s.pending()) as u64, "{}", s.pending());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

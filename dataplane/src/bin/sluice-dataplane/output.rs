@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sluice_dataplane::engine::Engine;
 use sluice_dataplane::link::{Enforced, Spool};
 use sluice_dataplane::record::Record;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::handle::RequestQueue;
 
@@ -75,8 +75,21 @@ impl Output {
         }
         if let Some((spool, _)) = &self.link {
             let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = s.append(&lines) {
-                error!("spooling records failed: {e}");
+            let waiting = s.pending();
+            match s.append(&lines) {
+                // An alarm once per episode (the stats records count every failed write).
+                Err(e) if waiting == 0 => error!(
+                    held = s.pending(),
+                    "spooling records failed, they wait in memory until the disk takes them: {e}"
+                ),
+                Err(_) => {}
+                Ok(_) if waiting > 0 => {
+                    info!(
+                        written = waiting,
+                        "the spool takes records again: those waiting are written"
+                    )
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -90,7 +103,8 @@ impl Output {
             o.insert(
                 "link".into(),
                 serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
-                    "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped() }),
+                    "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped(),
+                    "spool_pending": s.pending(), "spool_write_errors": s.write_errors() }),
             );
         }
     }
