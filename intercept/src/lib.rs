@@ -41,6 +41,7 @@ pub mod ws;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,13 @@ pub struct Config {
     pub scanner: Arc<sluice_dlp::Scanner>,
     /// Salt of DLP finding hashes (random per run unless configured).
     pub dlp_salt: Arc<[u8]>,
+    /// One counter per interception thread, bumped by its runtime every [`BEAT`] while the
+    /// runtime runs (a watchdog tells a stalled runtime by a counter that stops).
+    pub beats: Vec<Arc<AtomicU64>>,
 }
+
+/// How often an interception runtime bumps its [`Config::beats`] counter.
+pub const BEAT: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,10 +165,20 @@ pub fn spawn(
         };
         let shared = shared.clone();
         let permits = permits.clone();
+        let beat = shared.cfg.beats.get(i).cloned();
         let h = std::thread::Builder::new().name(format!("intercept-{i}")).spawn(move || {
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 tasks.spawn(pool::sweeper());
+                if let Some(beat) = beat {
+                    tasks.spawn(async move {
+                        let mut every = tokio::time::interval(BEAT);
+                        loop {
+                            every.tick().await;
+                            beat.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
                 for l in listeners {
                     tasks.spawn(accept_loop(l, shared.clone(), permits.clone()));
                 }

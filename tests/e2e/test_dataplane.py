@@ -563,5 +563,33 @@ class Restart(unittest.TestCase):
         self.assertTrue(r.stdout.endswith("200"), r.stdout)
 
 
+class Watchdog(unittest.TestCase):
+    """A packet thread that stops going round ends the data plane with the thread's name and
+    status 70 (for systemd and a bypass to act), never a half-working process."""
+
+    def test_a_stalled_packet_thread_ends_the_process(self):
+        state = env()["SLUICE_LAB_STATE"]
+        with open(os.path.join(state, "rules.path")) as f:
+            rules = f.read().strip()
+        log = os.path.join(state, "dataplane.log")
+        with open(log) as f:
+            before = len(f.readlines())
+        try:
+            # Test hook: the inside port's thread stops for good 3 s after it starts.
+            lab("start", "--rules", rules, timeout=600, env_extra={"SLUICE_TEST_STALL": "ring-inside"})
+            with open(os.path.join(state, "dataplane.pid")) as f:
+                pid = int(f.read())
+            t0 = time.time()
+            while time.time() - t0 < 20 and os.path.exists("/proc/%d" % pid):
+                time.sleep(0.2)
+            self.assertFalse(os.path.exists("/proc/%d" % pid), "the data plane runs on with a stalled thread")
+            with open(log) as f:
+                text = "".join(f.readlines()[before:])
+            self.assertIn("a thread made no progress: exiting (status 70)", text)
+            self.assertIn("ring-inside", text)
+        finally:
+            lab("start", "--rules", rules, timeout=600)
+
+
 if __name__ == "__main__":
     unittest.main()

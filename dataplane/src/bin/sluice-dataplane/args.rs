@@ -88,6 +88,10 @@ pub struct Args {
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     pub max_intercepted: usize,
+    /// A packet thread, the TUN thread or an interception runtime that makes no progress for
+    /// this long ends the process (status 70), so that systemd and a bypass act.
+    #[arg(long, default_value_t = 2000)]
+    pub watchdog_ms: u64,
     /// Unix socket of sluice-control. With it, records are numbered, spooled and sent to
     /// control, which pushes rule sets and the identity feed.
     #[arg(long)]

@@ -5,6 +5,7 @@ mod args;
 mod handle;
 mod learned;
 mod output;
+mod watchdog;
 
 use std::fs::OpenOptions;
 use std::io::BufWriter;
@@ -34,6 +35,7 @@ use sluice_dataplane::tun::Tun;
 use sluice_rules::catalog::FsLoader;
 use sluice_rules::{IdentityOverlay, compile};
 use tracing::{error, info, warn};
+use watchdog::Watchdog;
 
 /// The ports as the TUN thread sends through them.
 #[derive(Clone)]
@@ -93,6 +95,7 @@ fn run_tun(
     let mut lens = [0usize; BATCH];
     let mut out = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        watchdog::beat();
         let mut n = 0;
         while n < BATCH {
             let wait = if n == 0 { Duration::from_millis(200) } else { Duration::ZERO };
@@ -162,6 +165,7 @@ fn run_ring(
     let mut plan: Vec<(Side, Send)> = Vec::new();
     let mut truncated_seen = 0;
     while !stop.load(Ordering::Relaxed) {
+        watchdog::beat();
         let batch = match ring.batch(128, Duration::from_millis(200)) {
             Ok(b) => b,
             Err(e) => {
@@ -295,6 +299,7 @@ fn run_port(
     let mut out = Vec::new();
     let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
     while !stop.load(Ordering::Relaxed) {
+        watchdog::beat();
         let range = match rx.recv(&mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
@@ -338,7 +343,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    watchdog::exit_on_panic();
     let args = Args::parse();
+    let mut wd = Watchdog::new(Duration::from_millis(args.watchdog_ms.max(100)));
     let (policy, version, sha) = boot_policy(&args)?;
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
@@ -396,6 +403,12 @@ fn main() -> Result<()> {
             let roots = sluice_certs::upstream_roots(args.upstream_ca.as_deref())
                 .context("loading the upstream roots")?;
             let upstream = Arc::new(intercept::upstream_config(roots)?);
+            let intercept_threads = args.intercept_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+            });
+            let now = std::time::Instant::now();
+            let beats =
+                (0..intercept_threads).map(|i| wd.watch(format!("intercept-{i}"), now)).collect();
             let cfg = intercept::Config {
                 listen: intercept::Listen {
                     v4: divert.v4,
@@ -410,14 +423,13 @@ fn main() -> Result<()> {
                 max_connections: args.max_intercepted,
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
+                beats,
             };
             let _threads = intercept::spawn(
                 cfg,
                 Arc::new(handle.clone()),
                 requests.clone(),
-                args.intercept_threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-                }),
+                intercept_threads,
             )
             .context("starting the interception engine")?;
             info!(tun = name, v4 = %divert.v4, v6 = %divert.v6, port = divert.listen_port, "interception engine started");
@@ -519,11 +531,12 @@ fn main() -> Result<()> {
                     fast.clone(),
                     stop.clone(),
                 );
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("ring-{}", side_name(side)))
-                        .spawn(move || run_ring(ring, side, i, o, e, clock, t, f, s))?,
-                );
+                let name = format!("ring-{}", side_name(side));
+                let beat = wd.watch(&name, std::time::Instant::now());
+                threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                    watchdog::this_thread(beat);
+                    run_ring(ring, side, i, o, e, clock, t, f, s)
+                })?);
             }
             Ports::Ring(tx_in, tx_out)
         }
@@ -537,22 +550,23 @@ fn main() -> Result<()> {
                     fast.clone(),
                     stop.clone(),
                 );
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("port-{}", side_name(side)))
-                        .spawn(move || run_port(rx, side, i, o, e, clock, t, f, s))?,
-                );
+                let name = format!("port-{}", side_name(side));
+                let beat = wd.watch(&name, std::time::Instant::now());
+                threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                    watchdog::this_thread(beat);
+                    run_port(rx, side, i, o, e, clock, t, f, s)
+                })?);
             }
             Ports::Socket(inside, outside)
         }
     };
     if let Some(t) = &tun {
         let (t, e, f, s) = (t.clone(), engine.clone(), fast.clone(), stop.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("tun".into())
-                .spawn(move || run_tun(t, ports, e, clock, f, s))?,
-        );
+        let beat = wd.watch("tun", std::time::Instant::now());
+        threads.push(std::thread::Builder::new().name("tun".into()).spawn(move || {
+            watchdog::this_thread(beat);
+            run_tun(t, ports, e, clock, f, s)
+        })?);
     }
     let link = match &args.control {
         Some(socket) => {
@@ -585,9 +599,14 @@ fn main() -> Result<()> {
     };
     let mut ticks = 0u64;
     let mut saved_learned = lock(&engine).learned_version();
+    watchdog::notify("READY=1");
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         ticks += 1;
+        if let Some(stall) = wd.check(std::time::Instant::now()) {
+            watchdog::exit_stalled(&stall);
+        }
+        watchdog::notify("WATCHDOG=1");
         if ticks.is_multiple_of(40) {
             let now = clock.now();
             let changed = {

@@ -1,0 +1,184 @@
+//! The data plane never runs half-working: every thread that carries traffic (the ports'
+//! packet threads, the TUN thread, the interception runtimes) bumps a counter as it goes
+//! round; the tick loop checks them, and a counter that stops for `--watchdog-ms` ends the
+//! process with the thread's name, as a panic anywhere does. systemd (`Type=notify`,
+//! `WatchdogSec`) then restarts it, and a fail-open bypass takes over meanwhile; the notify
+//! messages go to `$NOTIFY_SOCKET` when systemd set it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::error;
+
+/// Exit status of a process ended by the watchdog or a panic (`EX_SOFTWARE`).
+pub const EXIT_FAULT: i32 = 70;
+
+/// The counters of the watched threads, and when each last moved.
+#[derive(Debug)]
+pub struct Watchdog {
+    limit: Duration,
+    watched: Vec<Watched>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    name: String,
+    beat: Arc<AtomicU64>,
+    seen: u64,
+    moved: Instant,
+}
+
+/// A thread that stopped going round.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub thread: String,
+    pub for_ms: u128,
+}
+
+impl Watchdog {
+    /// A watchdog that calls a thread stalled after `limit` without progress.
+    pub fn new(limit: Duration) -> Self {
+        Watchdog { limit, watched: Vec::new() }
+    }
+
+    /// Watches the thread `name`, which bumps the returned counter as it goes round.
+    pub fn watch(&mut self, name: impl Into<String>, now: Instant) -> Arc<AtomicU64> {
+        let beat = Arc::new(AtomicU64::new(0));
+        self.watched.push(Watched { name: name.into(), beat: beat.clone(), seen: 0, moved: now });
+        beat
+    }
+
+    /// The first thread whose counter has not moved for the limit, if any.
+    pub fn check(&mut self, now: Instant) -> Option<Stall> {
+        for w in &mut self.watched {
+            let v = w.beat.load(Ordering::Relaxed);
+            if v != w.seen {
+                w.seen = v;
+                w.moved = now;
+            } else if now.duration_since(w.moved) > self.limit {
+                return Some(Stall {
+                    thread: w.name.clone(),
+                    for_ms: now.duration_since(w.moved).as_millis(),
+                });
+            }
+        }
+        None
+    }
+}
+
+thread_local! {
+    /// This thread's counter, and (test hook) when it is to stall.
+    static MINE: std::cell::RefCell<Option<(Arc<AtomicU64>, Option<Instant>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `beat` the counter the calling thread bumps with [`beat`].
+///
+/// Test hook: `SLUICE_TEST_STALL=<thread name>` makes that thread stop for good 3 s after it
+/// starts, as a thread stuck in a system call or a loop would (the lab's watchdog test).
+pub fn this_thread(beat: Arc<AtomicU64>) {
+    let name = std::thread::current().name().map(str::to_owned);
+    let stall = std::env::var("SLUICE_TEST_STALL").ok().filter(|t| Some(t) == name.as_ref());
+    let at = stall.map(|_| Instant::now() + Duration::from_secs(3));
+    MINE.with(|m| *m.borrow_mut() = Some((beat, at)));
+}
+
+/// The calling thread went round once more.
+pub fn beat() {
+    let stall = MINE.with(|m| {
+        let m = m.borrow();
+        let Some((b, at)) = m.as_ref() else { return false };
+        b.fetch_add(1, Ordering::Relaxed);
+        at.is_some_and(|t| Instant::now() >= t)
+    });
+    if stall {
+        tracing::warn!("SLUICE_TEST_STALL: this thread stops here");
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A panic in any thread ends the process with its message (after the default report), so
+/// that nothing runs on with a thread gone.
+pub fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        error!(thread, "a thread panicked: exiting (status {EXIT_FAULT}): {info}");
+        std::process::exit(EXIT_FAULT);
+    }));
+}
+
+/// Ends the process for a stalled thread.
+pub fn exit_stalled(s: &Stall) -> ! {
+    error!(
+        thread = %s.thread,
+        ms = s.for_ms as u64,
+        "a thread made no progress: exiting (status {EXIT_FAULT})"
+    );
+    std::process::exit(EXIT_FAULT);
+}
+
+/// Tells systemd `state` (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it started this
+/// process as a notify service; does nothing otherwise.
+pub fn notify(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_to(&path.to_string_lossy(), state);
+    }
+}
+
+/// [`notify`] to the socket `path` (`@name`: the abstract namespace).
+fn notify_to(path: &str, state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match path.strip_prefix('@') {
+        Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
+        None => SocketAddr::from_pathname(path),
+    };
+    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state} failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_that_stops_is_a_stall_and_one_that_moves_is_not() {
+        let t0 = Instant::now();
+        let mut w = Watchdog::new(Duration::from_millis(500));
+        let a = w.watch("ring-inside", t0);
+        let b = w.watch("intercept-0", t0);
+        a.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(w.check(t0 + Duration::from_millis(100)), None);
+        // a goes on, b stops.
+        for ms in [300, 500, 600] {
+            a.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(w.check(t0 + Duration::from_millis(ms)), None, "{ms}");
+        }
+        a.fetch_add(1, Ordering::Relaxed);
+        let s = w.check(t0 + Duration::from_millis(701)).unwrap();
+        assert_eq!(s.thread, "intercept-0");
+        assert_eq!(s.for_ms, 601);
+    }
+
+    #[test]
+    fn notify_reaches_the_socket_systemd_named() {
+        let dir = std::env::temp_dir().join(format!("sluice-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_to(path.to_str().unwrap(), "READY=1");
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
