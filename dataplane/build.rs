@@ -1,4 +1,5 @@
-//! Compiles the kernel fast path (bpf/fastpath.c) into a BPF object embedded in the binary.
+//! Compiles the kernel programs (bpf/fastpath.c, the fast path; bpf/bypass.c, the fail-open
+//! bypass) into BPF objects embedded in the binary.
 //! Needs clang (Debian: `clang`, and `libbpf-dev` for the helper headers); scripts/install-deps
 //! installs both.
 
@@ -7,9 +8,18 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=bpf/fastpath.c");
+    println!("cargo:rerun-if-changed=bpf/bypass.c");
     println!("cargo:rerun-if-env-changed=SLUICE_CLANG");
+    for name in ["fastpath", "bypass"] {
+        compile(name);
+    }
+}
+
+/// Compiles `bpf/NAME.c` into `OUT_DIR/NAME.o`.
+fn compile(name: &str) {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let obj = out.join("fastpath.o");
+    let obj = out.join(format!("{name}.o"));
+    let src = format!("bpf/{name}.c");
     let clang = std::env::var("SLUICE_CLANG").unwrap_or_else(|_| "clang".into());
     // The kernel headers include <asm/types.h>, which Debian keeps under the multiarch
     // directory of the build host.
@@ -19,15 +29,15 @@ fn main() {
         .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-idirafter"])
         .arg(&multiarch)
         .arg("-c")
-        .arg("bpf/fastpath.c")
+        .arg(&src)
         .arg("-o")
         .arg(&obj)
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("{clang} failed on bpf/fastpath.c ({s})"),
+        Ok(s) => panic!("{clang} failed on {src} ({s})"),
         Err(e) => panic!(
-            "cannot run {clang} to build the kernel fast path (bpf/fastpath.c): {e}; \
+            "cannot run {clang} to build the kernel programs ({src}): {e}; \
              install clang and libbpf-dev (scripts/install-deps), or set SLUICE_CLANG"
         ),
     }

@@ -6,11 +6,13 @@
 //! forwards everything it has no reason to touch unchanged.
 //!
 //! IO lives in [`ring`] (TPACKET_V2 receive ring, batched sends), [`port`] (plain raw
-//! sockets), [`fastpath`] (the kernel fast path's BPF programs and map), [`tun`], [`link`] (the Unix
+//! sockets), [`fastpath`] (the kernel fast path's BPF programs and map), [`bypass`] (the
+//! fail-open bypass left in the kernel), [`tun`], [`link`] (the Unix
 //! socket to sluice-control and the record spool on disk) and the binary's driver; the
 //! parsers, the engine, NAT and policy are pure. The interception engine is its own crate,
 //! `sluice-intercept`; the binary joins the two (ARCHITECTURE.md, "Processes and crates").
 
+pub mod bypass;
 pub mod defrag;
 pub mod engine;
 pub mod fastpath;

@@ -5,6 +5,7 @@ Run: python3 -m unittest discover -s tests/e2e -v
 """
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -589,6 +590,69 @@ class Watchdog(unittest.TestCase):
             self.assertIn("ring-inside", text)
         finally:
             lab("start", "--rules", rules, timeout=600)
+
+
+class Failover(unittest.TestCase):
+    """What the site's traffic does when the data plane dies (kill -9): with `--on-failure
+    open` the kernel joins the ports (a BPF program left attached takes over once the
+    heartbeat stops) while the AI destinations the data plane learned stay blocked; with
+    `closed` nothing passes. The next data plane records the outage."""
+
+    def start(self, mode):
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+            rules = f.read().strip()
+        args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
+        lab("start", "--rules", rules, timeout=600,
+            env_extra={"SLUICE_DATAPLANE_ARGS": "%s --on-failure %s" % (args, mode)})
+
+    def kill(self):
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+            pid = int(f.read())
+        os.kill(pid, 9)
+        while os.path.exists("/proc/%d" % pid):
+            time.sleep(0.01)
+
+    def tearDown(self):
+        self.start("closed")
+
+    def test_open_joins_the_ports_and_holds_ai_destinations(self):
+        self.start("open")
+        on("alice", "getent", "ahosts", "api.openai.com")  # learned: held in bypass
+        time.sleep(1)
+        # A 10 ms ping to example.org across the kill: the gap is the time to bypass.
+        ping = subprocess.Popen(["scripts/lab", "exec", "alice", "--", "ping", "-D", "-i", "0.01", "-c", "300",
+                                 "-W", "1", "198.51.100.80"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        killed_ms = time.time() * 1000
+        self.kill()
+        out = ping.communicate(timeout=30)[0]
+        replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+        gap_ms = max(b - a for a, b in zip(replies, replies[1:])) * 1000
+        print("\n  bypass: longest gap between ping replies across the kill: %.0f ms" % gap_ms)
+        self.assertLess(gap_ms, 1000, out[-300:])
+        r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
+        self.assertEqual(r.stdout, "200", "non-AI traffic flows in bypass")
+        r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
+        self.assertNotEqual(r.stdout, "200", "an AI destination passed the bypass")
+        # The next data plane takes the ports back and records what passed meanwhile.
+        self.start("open")
+        rec, deadline = None, time.time() + 20
+        while rec is None and time.time() < deadline:
+            rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
+                        and r["outage"]["last_beat_ms"] > killed_ms - 1000), None)
+            time.sleep(0.5)
+        self.assertIsNotNone(rec, "no stats record of the outage")
+        self.assertEqual(rec["on_failure"], "open")
+        self.assertGreater(rec["outage"]["passed_frames"], 10)
+        self.assertGreater(rec["outage"]["held_frames"], 0)
+        r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10")
+        self.assertEqual(r.stdout, "200", "inspected again once the data plane is back")
+
+    def test_closed_lets_nothing_pass(self):
+        self.start("closed")
+        self.kill()
+        r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
+        self.assertNotEqual(r.stdout, "200", "traffic passed with no data plane under --on-failure closed")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,18 @@ pub struct Args {
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     pub max_intercepted: usize,
+    /// When the data plane is gone (exited, crashed, hung, stopped for an upgrade): `open`
+    /// joins the two ports in the kernel (a BPF program left attached, which takes over once
+    /// no heartbeat came for --bypass-after-ms), `closed` lets nothing pass.
+    #[arg(long, value_enum, default_value_t = OnFailure::Closed)]
+    pub on_failure: OnFailure,
+    /// Milliseconds without a heartbeat after which the bypass forwards (`--on-failure open`).
+    #[arg(long, default_value_t = 150)]
+    pub bypass_after_ms: u64,
+    /// In bypass, frames from or to the AI destinations the data plane learned are `held`
+    /// (dropped: a bypass is no DLP hole) or `pass` like the rest.
+    #[arg(long, value_enum, default_value_t = BypassAi::Hold)]
+    pub bypass_ai: BypassAi,
     /// A packet thread, the TUN thread or an interception runtime that makes no progress for
     /// this long ends the process (status 70), so that systemd and a bypass act.
     #[arg(long, default_value_t = 2000)]
@@ -115,6 +127,23 @@ fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {
         return Err("expected 0 < LOW <= HIGH".into());
     }
     Ok((a, b))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// The ports are joined in the kernel while no data plane runs.
+    Open,
+    /// Nothing passes while no data plane runs.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BypassAi {
+    /// AI destinations stay blocked in bypass.
+    Hold,
+    /// AI destinations pass in bypass like everything else.
+    Pass,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

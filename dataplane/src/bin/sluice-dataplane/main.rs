@@ -2,6 +2,7 @@
 //! packet engine, writes flow records as JSON lines, reloads the rules on SIGHUP.
 
 mod args;
+mod failover;
 mod handle;
 mod learned;
 mod output;
@@ -507,6 +508,14 @@ fn main() -> Result<()> {
             }
         }
     };
+    // The ports are ours now: the bypass an earlier run left (if any) is replaced or removed.
+    let (bypass, outage) = failover::start(&args)?;
+    if let Some(b) = &bypass {
+        failover::spawn_beat(b.clone(), stop.clone())?;
+        let now = clock.now();
+        let held = lock(&engine).learned_entries(now).into_iter().map(|l| l.ip).collect();
+        failover::hold(Some(b), held);
+    }
     engine.lock().unwrap_or_else(PoisonError::into_inner).set_fast_path(fast.is_some());
     if let Some(fp) = &fast {
         handle.use_fast_path(fp.clone());
@@ -596,9 +605,12 @@ fn main() -> Result<()> {
         link,
         emitted: Emitted::default(),
         enforced: enforced.clone(),
+        on_failure: args.on_failure,
+        outage,
     };
     let mut ticks = 0u64;
     let mut saved_learned = lock(&engine).learned_version();
+    let mut held_learned = saved_learned;
     watchdog::notify("READY=1");
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
@@ -607,6 +619,19 @@ fn main() -> Result<()> {
             watchdog::exit_stalled(&stall);
         }
         watchdog::notify("WATCHDOG=1");
+        // The AI destinations held in bypass follow what the engine learns, at every tick.
+        if bypass.is_some() {
+            let now = clock.now();
+            let changed = {
+                let e = lock(&engine);
+                (e.learned_version() != held_learned)
+                    .then(|| (e.learned_version(), e.learned_entries(now)))
+            };
+            if let Some((version, entries)) = changed {
+                failover::hold(bypass.as_deref(), entries.iter().map(|l| l.ip).collect());
+                held_learned = version;
+            }
+        }
         if ticks.is_multiple_of(40) {
             let now = clock.now();
             let changed = {

@@ -29,6 +29,10 @@ pub struct Output {
     pub link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
     pub emitted: Emitted,
     pub enforced: Arc<Enforced>,
+    /// `--on-failure`, shown in every stats record.
+    pub on_failure: crate::args::OnFailure,
+    /// What passed while no data plane ran, for the first stats record.
+    pub outage: Option<sluice_dataplane::bypass::Outage>,
 }
 
 impl Output {
@@ -94,9 +98,14 @@ impl Output {
         }
     }
 
-    fn annotate_stats(&self, v: &mut serde_json::Value) {
+    fn annotate_stats(&mut self, v: &mut serde_json::Value) {
         let Some(o) = v.as_object_mut() else { return };
         o.insert("records_emitted".into(), serde_json::json!(self.emitted));
+        o.insert("on_failure".into(), serde_json::json!(self.on_failure));
+        if let Some(outage) = self.outage.take() {
+            // The ports were in bypass before this run: when it began, what went through.
+            o.insert("outage".into(), serde_json::json!(outage));
+        }
         o.insert("policy_version".into(), serde_json::json!(self.enforced.current().0));
         if let Some((spool, connected)) = &self.link {
             let s = spool.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,0 +1,230 @@
+//! The fail-open bypass, IO side: loads `bpf/bypass.c` (built by `build.rs`), attaches it at
+//! ingress of both ports as netlink filters, which stay when this process is gone, and beats
+//! into its map while the data plane runs (ARCHITECTURE.md, "Failure"). When the beat stops
+//! for `stale` the kernel joins the two ports; frames from or to the held (AI) addresses stay
+//! dropped. The next data plane finds the program left behind, reads what passed while it
+//! was away (an [`Outage`]) and replaces it.
+#![allow(unsafe_code)]
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap as BpfMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use aya::programs::tc::{NlOptions, TcAttachOptions};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, loaded_programs, tc};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+/// The compiled program (see `build.rs`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bypass.o"));
+
+/// The program's name, by which the one left behind is found.
+const PROGRAM: &str = "sluice_bypass";
+
+/// `struct bypass_cfg` of bypass.c.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Cfg {
+    heartbeat_ns: u64,
+    heartbeat_ms: u64,
+    stale_ns: u64,
+    inside: u32,
+    outside: u32,
+    hold_ai: u32,
+    pad: u32,
+}
+
+// SAFETY: plain data with a C layout and no padding (mirrors bypass.c).
+unsafe impl aya::Pod for Cfg {}
+
+/// What passed the ports while no data plane ran (from the program left behind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Outage {
+    /// Unix ms of the last beat of the data plane that went away (bypass began `stale` later).
+    pub last_beat_ms: u64,
+    /// Frames sent port to port uninspected.
+    pub passed_frames: u64,
+    /// Their bytes.
+    pub passed_bytes: u64,
+    /// Frames from or to held (AI) addresses dropped.
+    pub held_frames: u64,
+}
+
+/// Why the bypass could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BypassError {
+    /// The kernel refused the object.
+    #[error("loading the bypass program: {0}")]
+    Load(#[from] EbpfError),
+    /// The program could not be loaded or attached.
+    #[error("the bypass program: {0}")]
+    Program(#[from] ProgramError),
+    /// A map is missing or of the wrong shape.
+    #[error("a bypass map: {0}")]
+    Map(#[from] MapError),
+    /// A port has no such interface, or netlink refused.
+    #[error("port {port}: {why}")]
+    Port {
+        /// The port.
+        port: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// The installed bypass.
+pub struct Bypass {
+    cfg: Array<MapData, Cfg>,
+    hold4: BpfMap<MapData, u32, u8>,
+    hold6: BpfMap<MapData, [u8; 16], u8>,
+    held: HashSet<IpAddr>,
+    base: Cfg,
+    /// Keeps the program loaded (its filters hold it in the kernel after this goes).
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Bypass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bypass").field("held", &self.held.len()).finish_non_exhaustive()
+    }
+}
+
+/// The monotonic clock the program compares with (`bpf_ktime_get_ns`) and Unix ms.
+fn clocks() -> (u64, u64) {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (mono, unix)
+}
+
+fn ifindex(port: &str) -> Result<u32, BypassError> {
+    crate::sock::ifindex(port)
+        .map(|i| i as u32)
+        .map_err(|e| BypassError::Port { port: port.into(), why: e.to_string() })
+}
+
+/// Removes the bypass a data plane left on `inside` and `outside`, if any, and reports what
+/// passed while it was in charge.
+pub fn remove(inside: &str, outside: &str) -> Result<Option<Outage>, BypassError> {
+    let outage = left_behind(ifindex(inside)?)?;
+    if outage.is_some() {
+        for port in [inside, outside] {
+            tc::qdisc_detach_program(port, TcAttachType::Ingress, PROGRAM)
+                .map_err(|e| BypassError::Port { port: port.into(), why: e.to_string() })?;
+        }
+    }
+    Ok(outage)
+}
+
+/// The outage counted by the bypass program attached to the port `inside` (by its map).
+fn left_behind(inside: u32) -> Result<Option<Outage>, BypassError> {
+    for p in loaded_programs().flatten() {
+        if p.name_as_str() != Some(PROGRAM) {
+            continue;
+        }
+        let Ok(Some(ids)) = p.map_ids() else { continue };
+        let (mut cfg, mut stats) = (None, None);
+        for id in ids {
+            match MapInfo::from_id(id).ok().as_ref().and_then(MapInfo::name_as_str) {
+                Some("bypass_cfg") => cfg = Some(id),
+                Some("bypass_stats") => stats = Some(id),
+                _ => {}
+            }
+        }
+        let (Some(cfg), Some(stats)) = (cfg, stats) else { continue };
+        let cfg: Array<MapData, Cfg> = Map::from_map_data(MapData::from_id(cfg)?)?.try_into()?;
+        let c = cfg.get(&0, 0)?;
+        if c.inside != inside {
+            continue;
+        }
+        let stats: PerCpuArray<MapData, u64> =
+            Map::from_map_data(MapData::from_id(stats)?)?.try_into()?;
+        let sum = |i: u32| stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+        return Ok(Some(Outage {
+            last_beat_ms: c.heartbeat_ms,
+            passed_frames: sum(0),
+            passed_bytes: sum(1),
+            held_frames: sum(2),
+        }));
+    }
+    Ok(None)
+}
+
+impl Bypass {
+    /// Replaces any bypass left on the ports by a new one, beating from now on: frames go
+    /// port to port once no beat came for `stale`; with `hold_ai`, those from or to the held
+    /// addresses are dropped then.
+    pub fn install(
+        inside: &str,
+        outside: &str,
+        stale: Duration,
+        hold_ai: bool,
+    ) -> Result<(Bypass, Option<Outage>), BypassError> {
+        let outage = remove(inside, outside)?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let take = |e: &mut Ebpf, name: &str| {
+            e.take_map(name).ok_or_else(|| MapError::InvalidName { name: name.into() })
+        };
+        let mut cfg: Array<MapData, Cfg> = take(&mut ebpf, "bypass_cfg")?.try_into()?;
+        let hold4 = take(&mut ebpf, "bypass_hold4")?.try_into()?;
+        let hold6 = take(&mut ebpf, "bypass_hold6")?.try_into()?;
+        let (mono, unix) = clocks();
+        let base = Cfg {
+            heartbeat_ns: mono,
+            heartbeat_ms: unix,
+            stale_ns: stale.as_nanos() as u64,
+            inside: ifindex(inside)?,
+            outside: ifindex(outside)?,
+            hold_ai: u32::from(hold_ai),
+            pad: 0,
+        };
+        // Beating before it is attached: a zero beat would be stale at once.
+        cfg.set(0, base, 0)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        prog.load()?;
+        for port in [inside, outside] {
+            // The clsact qdisc may be there already (the fast path's, or an earlier run's).
+            let _ = tc::qdisc_add_clsact(port);
+            let opts = TcAttachOptions::Netlink(NlOptions::default());
+            let id = prog.attach_with_options(port, TcAttachType::Ingress, opts)?;
+            // Owned by nobody here: the filter stays when this process ends, however it ends.
+            std::mem::forget(prog.take_link(id)?);
+        }
+        let b = Bypass { cfg, hold4, hold6, held: HashSet::new(), base, _ebpf: ebpf };
+        Ok((b, outage))
+    }
+
+    /// The data plane is alive: the bypass waits another `stale`.
+    pub fn beat(&mut self) -> Result<(), BypassError> {
+        let (mono, unix) = clocks();
+        let c = Cfg { heartbeat_ns: mono, heartbeat_ms: unix, ..self.base };
+        self.cfg.set(0, c, 0)?;
+        Ok(())
+    }
+
+    /// Makes `addrs` the addresses held in bypass (added and removed to match).
+    pub fn hold(&mut self, addrs: &HashSet<IpAddr>) -> Result<(), BypassError> {
+        for gone in self.held.difference(addrs) {
+            let _ = match gone {
+                IpAddr::V4(a) => self.hold4.remove(&u32::from_ne_bytes(a.octets())),
+                IpAddr::V6(a) => self.hold6.remove(&a.octets()),
+            };
+        }
+        for new in addrs.difference(&self.held) {
+            match new {
+                IpAddr::V4(a) => self.hold4.insert(u32::from_ne_bytes(a.octets()), 1, 0)?,
+                IpAddr::V6(a) => self.hold6.insert(a.octets(), 1, 0)?,
+            }
+        }
+        self.held.clone_from(addrs);
+        Ok(())
+    }
+}
