@@ -1,7 +1,8 @@
 //! The API's listener: TLS, time limits and connections per client, so slow or greedy
 //! clients cannot hold the control plane. A connection must finish its TLS handshake within
-//! 10 s and each request head within 10 s of the connection going idle (hyper's header read
-//! timeout, which needs its timer); HTTP/2 connections are pinged and closed when silent. One
+//! 10 s and each request head within 10 s of the handshake or of the last response (hyper's
+//! header read timeout, which needs its timer; the API speaks HTTP/1.1 only, as its ALPN
+//! says, so no protocol sniffing without a time limit comes first). One
 //! client address may hold at most [`PER_CLIENT`] connections, and all of them [`TOTAL`];
 //! connections beyond are closed at once.
 
@@ -105,12 +106,12 @@ pub async fn serve(
             };
             let io = TokioIo::new(tls);
             let service = hyper_util::service::TowerToHyperService::new(svc);
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // HTTP/1.1 only, as the API's ALPN says: no sniffing of the protocol from the
+            // first bytes, which has no time limit (a client silent after its handshake would
+            // hold the connection), so the head timeout runs from the handshake on.
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
             b.http1().timer(TokioTimer::new()).header_read_timeout(HEAD);
-            b.http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .keep_alive_timeout(Duration::from_secs(10));
             let _ = b.serve_connection(io, service).await;
         });
     }

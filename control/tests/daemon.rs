@@ -365,29 +365,34 @@ fn slow_heads_are_cut_and_connections_per_client_are_bounded() {
     let (status, _) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
     assert_eq!(status, 200, "slots come back");
 
-    // Part of a head over TLS, then silence.
-    let mut s = Command::new("openssl")
-        .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = s.stdin.take().unwrap();
-    stdin.write_all(b"GET /v1/status HTTP/1.1\r\nHost: control\r\n").unwrap();
-    stdin.flush().unwrap();
-    let t0 = Instant::now();
-    let closed = loop {
-        if s.try_wait().unwrap().is_some() {
-            break true;
-        }
-        if t0.elapsed() > Duration::from_secs(25) {
-            let _ = s.kill();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // Over TLS, at the same time: part of a head then silence, and nothing at all.
+    let client = |first: &[u8]| {
+        let mut s = Command::new("openssl")
+            .args(["s_client", "-quiet", "-ign_eof", "-connect", &addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(first).unwrap();
+        stdin.flush().unwrap();
+        (s, stdin)
     };
-    drop(stdin);
-    assert!(closed, "a partial head was held past 25 s");
+    let mut clients = [client(b"GET /v1/status HTTP/1.1\r\nHost: control\r\n"), client(b"")];
+    let t0 = Instant::now();
+    for (i, (s, _)) in clients.iter_mut().enumerate() {
+        let closed = loop {
+            if s.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if t0.elapsed() > Duration::from_secs(25) {
+                let _ = s.kill();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(closed, "client {i} (a partial head, then a silent one) was held past 25 s");
+    }
     assert!(t0.elapsed() >= Duration::from_secs(8), "closed after {:?}", t0.elapsed());
 }

@@ -11,8 +11,9 @@
 // bypass does not become a DLP hole. `bypass_stats` counts what passed and what was held, for
 // the record of the outage the next data plane writes.
 //
-// While the data plane runs, its fast-path classifier (a TCX link, which runs first) decides
-// the frames of offloaded flows; this one only sees the rest, and passes them on.
+// While the data plane runs this program says nothing (TC_ACT_UNSPEC): the next filter, the
+// fast path's classifier where it is a netlink filter too (kernels before 6.6), decides as if
+// it were alone; from 6.6 the fast path is a TCX link, which runs first anyway.
 //
 // Built by dataplane/build.rs with `clang -O2 -target bpf`.
 
@@ -23,11 +24,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-// Mirrored by `bypass::Cfg` (40 bytes, no padding): keep both in step.
+// Mirrored by `bypass::Cfg` (48 bytes, no padding): keep both in step.
 struct bypass_cfg {
 	__u64 heartbeat_ns;  // CLOCK_MONOTONIC of the data plane's last beat
 	__u64 heartbeat_ms;  // the same instant in Unix ms (for the outage record)
 	__u64 stale_ns;      // a beat older than this: bypass
+	__u64 netns;         // inode of the ports' network namespace (ifindexes are per namespace)
 	__u32 inside;        // the two ports' ifindexes
 	__u32 outside;
 	__u32 hold_ai;       // drop frames from or to the held addresses while in bypass
@@ -52,7 +54,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);  // the engine learns at most as many
 	__type(key, __u32);   // IPv4 address, network byte order
 	__type(value, __u8);
 } bypass_hold4 SEC(".maps");
@@ -63,7 +65,7 @@ struct v6 {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 65536);
 	__type(key, struct v6);
 	__type(value, __u8);
 } bypass_hold6 SEC(".maps");
@@ -111,12 +113,13 @@ int sluice_bypass(struct __sk_buff *skb)
 	__u32 zero = 0;
 	struct bypass_cfg *c = bpf_map_lookup_elem(&bypass_cfg, &zero);
 	if (!c)
-		return TC_ACT_OK;
-	if (bpf_ktime_get_ns() - c->heartbeat_ns <= c->stale_ns)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
+	__u64 now = bpf_ktime_get_ns();
+	if (now < c->heartbeat_ns || now - c->heartbeat_ns <= c->stale_ns)
+		return TC_ACT_UNSPEC;
 	__u32 peer = skb->ifindex == c->inside ? c->outside : skb->ifindex == c->outside ? c->inside : 0;
 	if (!peer)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (c->hold_ai && held(skb)) {
 		count(STAT_HELD, 1);
 		return TC_ACT_SHOT;

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfMap, Map, MapData, MapError, MapInfo, PerCpuArray};
@@ -28,6 +29,7 @@ struct Cfg {
     heartbeat_ns: u64,
     heartbeat_ms: u64,
     stale_ns: u64,
+    netns: u64,
     inside: u32,
     outside: u32,
     hold_ai: u32,
@@ -73,22 +75,29 @@ pub enum BypassError {
     },
 }
 
-/// The installed bypass.
+/// The installed bypass. The heartbeat and the held addresses have locks of their own, so
+/// that updating many addresses never delays a beat.
 pub struct Bypass {
-    cfg: Array<MapData, Cfg>,
-    hold4: BpfMap<MapData, u32, u8>,
-    hold6: BpfMap<MapData, [u8; 16], u8>,
-    held: HashSet<IpAddr>,
-    base: Cfg,
+    beat: Mutex<(Array<MapData, Cfg>, Cfg)>,
+    hold: Mutex<Held>,
     /// Keeps the program loaded (its filters hold it in the kernel after this goes).
-    _ebpf: Ebpf,
+    _ebpf: Mutex<Ebpf>,
+}
+
+struct Held {
+    v4: BpfMap<MapData, u32, u8>,
+    v6: BpfMap<MapData, [u8; 16], u8>,
+    addrs: HashSet<IpAddr>,
 }
 
 impl std::fmt::Debug for Bypass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bypass").field("held", &self.held.len()).finish_non_exhaustive()
+        f.debug_struct("Bypass").finish_non_exhaustive()
     }
 }
+
+/// How long a new bypass waits for its first beat: the data plane starting its threads.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// The monotonic clock the program compares with (`bpf_ktime_get_ns`) and Unix ms.
 fn clocks() -> (u64, u64) {
@@ -108,51 +117,63 @@ fn ifindex(port: &str) -> Result<u32, BypassError> {
         .map_err(|e| BypassError::Port { port: port.into(), why: e.to_string() })
 }
 
+/// The inode of this process's network namespace: with the ifindex, names a port on the host.
+fn netns() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
 /// Removes the bypass a data plane left on `inside` and `outside`, if any, and reports what
 /// passed while it was in charge.
 pub fn remove(inside: &str, outside: &str) -> Result<Option<Outage>, BypassError> {
     let outage = left_behind(ifindex(inside)?)?;
-    if outage.is_some() {
-        for port in [inside, outside] {
-            tc::qdisc_detach_program(port, TcAttachType::Ingress, PROGRAM)
-                .map_err(|e| BypassError::Port { port: port.into(), why: e.to_string() })?;
+    for port in [inside, outside] {
+        match tc::qdisc_detach_program(port, TcAttachType::Ingress, PROGRAM) {
+            Ok(()) => {}
+            // Nothing attached (or no clsact qdisc at all): nothing to remove.
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if outage.is_none() => {
+                tracing::debug!(port, "no bypass to remove: {e}");
+            }
+            Err(e) => return Err(BypassError::Port { port: port.into(), why: e.to_string() }),
         }
     }
     Ok(outage)
 }
 
-/// The outage counted by the bypass program attached to the port `inside` (by its map).
+/// The outage counted by the bypass program attached to the port `inside` of this network
+/// namespace (found by its name and its map; programs or maps that cannot be read are passed
+/// over: a host may run other BPF programs, and other appliances in other namespaces).
 fn left_behind(inside: u32) -> Result<Option<Outage>, BypassError> {
-    for p in loaded_programs().flatten() {
-        if p.name_as_str() != Some(PROGRAM) {
-            continue;
-        }
-        let Ok(Some(ids)) = p.map_ids() else { continue };
-        let (mut cfg, mut stats) = (None, None);
-        for id in ids {
-            match MapInfo::from_id(id).ok().as_ref().and_then(MapInfo::name_as_str) {
-                Some("bypass_cfg") => cfg = Some(id),
-                Some("bypass_stats") => stats = Some(id),
-                _ => {}
-            }
-        }
-        let (Some(cfg), Some(stats)) = (cfg, stats) else { continue };
-        let cfg: Array<MapData, Cfg> = Map::from_map_data(MapData::from_id(cfg)?)?.try_into()?;
-        let c = cfg.get(&0, 0)?;
-        if c.inside != inside {
-            continue;
-        }
-        let stats: PerCpuArray<MapData, u64> =
-            Map::from_map_data(MapData::from_id(stats)?)?.try_into()?;
-        let sum = |i: u32| stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
-        return Ok(Some(Outage {
-            last_beat_ms: c.heartbeat_ms,
-            passed_frames: sum(0),
-            passed_bytes: sum(1),
-            held_frames: sum(2),
-        }));
+    let ns = netns();
+    Ok(loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str() == Some(PROGRAM))
+        .filter_map(|p| p.map_ids().ok().flatten())
+        .find_map(|ids| outage_of(&ids, inside, ns)))
+}
+
+/// The outage in the maps `ids` of one bypass program, if it serves `inside` in namespace `ns`.
+fn outage_of(ids: &[u32], inside: u32, ns: u64) -> Option<Outage> {
+    let named = |want: &str| {
+        ids.iter().copied().find(|&id| {
+            MapInfo::from_id(id).ok().as_ref().and_then(MapInfo::name_as_str) == Some(want)
+        })
+    };
+    let map = |id: u32| MapData::from_id(id).and_then(Map::from_map_data).ok();
+    let cfg: Array<MapData, Cfg> = map(named("bypass_cfg")?)?.try_into().ok()?;
+    let c = cfg.get(&0, 0).ok()?;
+    if c.inside != inside || c.netns != ns {
+        return None;
     }
-    Ok(None)
+    let stats: PerCpuArray<MapData, u64> = map(named("bypass_stats")?)?.try_into().ok()?;
+    let sum = |i: u32| stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
+    Some(Outage {
+        last_beat_ms: c.heartbeat_ms,
+        passed_frames: sum(0),
+        passed_bytes: sum(1),
+        held_frames: sum(2),
+    })
 }
 
 impl Bypass {
@@ -178,17 +199,18 @@ impl Bypass {
             heartbeat_ns: mono,
             heartbeat_ms: unix,
             stale_ns: stale.as_nanos() as u64,
+            netns: netns(),
             inside: ifindex(inside)?,
             outside: ifindex(outside)?,
             hold_ai: u32::from(hold_ai),
             pad: 0,
         };
-        // Beating before it is attached: a zero beat would be stale at once.
-        cfg.set(0, base, 0)?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| ProgramError::UnexpectedProgramType)?
-            .try_into()?;
+        // A first beat ahead of time (the program counts one from the future as fresh): the
+        // threads that beat start later, and a zero beat would be stale at once.
+        let first = Cfg { heartbeat_ns: mono + GRACE.as_nanos() as u64, ..base };
+        cfg.set(0, first, 0)?;
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(PROGRAM).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
         prog.load()?;
         for port in [inside, outside] {
             // The clsact qdisc may be there already (the fast path's, or an earlier run's).
@@ -198,33 +220,51 @@ impl Bypass {
             // Owned by nobody here: the filter stays when this process ends, however it ends.
             std::mem::forget(prog.take_link(id)?);
         }
-        let b = Bypass { cfg, hold4, hold6, held: HashSet::new(), base, _ebpf: ebpf };
+        let b = Bypass {
+            beat: Mutex::new((cfg, base)),
+            hold: Mutex::new(Held { v4: hold4, v6: hold6, addrs: HashSet::new() }),
+            _ebpf: Mutex::new(ebpf),
+        };
         Ok((b, outage))
     }
 
     /// The data plane is alive: the bypass waits another `stale`.
-    pub fn beat(&mut self) -> Result<(), BypassError> {
+    pub fn beat(&self) -> Result<(), BypassError> {
         let (mono, unix) = clocks();
-        let c = Cfg { heartbeat_ns: mono, heartbeat_ms: unix, ..self.base };
-        self.cfg.set(0, c, 0)?;
+        let mut g = self.beat.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = Cfg { heartbeat_ns: mono, heartbeat_ms: unix, ..g.1 };
+        g.0.set(0, c, 0)?;
         Ok(())
     }
 
-    /// Makes `addrs` the addresses held in bypass (added and removed to match).
-    pub fn hold(&mut self, addrs: &HashSet<IpAddr>) -> Result<(), BypassError> {
-        for gone in self.held.difference(addrs) {
+    /// Makes `addrs` the addresses held in bypass (added and removed to match); the first
+    /// error, after trying every address.
+    pub fn hold(&self, addrs: &HashSet<IpAddr>) -> Result<(), BypassError> {
+        let mut h = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        let Held { v4, v6, addrs: held } = &mut *h;
+        let mut first = None;
+        for gone in held.difference(addrs) {
             let _ = match gone {
-                IpAddr::V4(a) => self.hold4.remove(&u32::from_ne_bytes(a.octets())),
-                IpAddr::V6(a) => self.hold6.remove(&a.octets()),
+                IpAddr::V4(a) => v4.remove(&u32::from_ne_bytes(a.octets())),
+                IpAddr::V6(a) => v6.remove(&a.octets()),
             };
         }
-        for new in addrs.difference(&self.held) {
-            match new {
-                IpAddr::V4(a) => self.hold4.insert(u32::from_ne_bytes(a.octets()), 1, 0)?,
-                IpAddr::V6(a) => self.hold6.insert(a.octets(), 1, 0)?,
+        let mut now_held: HashSet<IpAddr> = held.intersection(addrs).copied().collect();
+        for new in addrs.difference(held) {
+            let r = match new {
+                IpAddr::V4(a) => v4.insert(u32::from_ne_bytes(a.octets()), 1, 0),
+                IpAddr::V6(a) => v6.insert(a.octets(), 1, 0),
+            };
+            match r {
+                Ok(()) => {
+                    now_held.insert(*new);
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
         }
-        self.held.clone_from(addrs);
-        Ok(())
+        *held = now_held;
+        first.map_or(Ok(()), |e| Err(e.into()))
     }
 }

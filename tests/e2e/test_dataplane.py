@@ -576,8 +576,8 @@ class Watchdog(unittest.TestCase):
         with open(log) as f:
             before = len(f.readlines())
         try:
-            # Test hook: the inside port's thread stops for good 3 s after it starts.
-            lab("start", "--rules", rules, timeout=600, env_extra={"SLUICE_TEST_STALL": "ring-inside"})
+            # Test hook: the inside port's thread (ring or socket) stops for good 3 s after it starts.
+            lab("start", "--rules", rules, timeout=600, env_extra={"SLUICE_TEST_STALL": "inside"})
             with open(os.path.join(state, "dataplane.pid")) as f:
                 pid = int(f.read())
             t0 = time.time()
@@ -587,7 +587,7 @@ class Watchdog(unittest.TestCase):
             with open(log) as f:
                 text = "".join(f.readlines()[before:])
             self.assertIn("a thread made no progress: exiting (status 70)", text)
-            self.assertIn("ring-inside", text)
+            self.assertRegex(text, r"thread=(ring|port)-inside")
         finally:
             lab("start", "--rules", rules, timeout=600)
 
@@ -627,6 +627,7 @@ class Failover(unittest.TestCase):
         self.kill()
         out = ping.communicate(timeout=30)[0]
         replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+        self.assertGreater(replies[-1], killed_ms / 1000 + 0.5, "no ping reply after the kill")
         gap_ms = max(b - a for a, b in zip(replies, replies[1:])) * 1000
         print("\n  bypass: longest gap between ping replies across the kill: %.0f ms" % gap_ms)
         self.assertLess(gap_ms, 1000, out[-300:])
@@ -649,6 +650,11 @@ class Failover(unittest.TestCase):
         self.assertEqual(r.stdout, "200", "inspected again once the data plane is back")
 
     def test_closed_lets_nothing_pass(self):
+        # A bypass an earlier run under `open` left is removed by a run under `closed`.
+        self.start("open")
+        self.kill()
+        r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
+        self.assertEqual(r.stdout, "200", "the bypass left by the open run")
         self.start("closed")
         self.kill()
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")

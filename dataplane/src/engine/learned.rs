@@ -66,8 +66,9 @@ impl Engine {
                 return;
             }
             // A longer life alone is not worth saving the set again (DNS renews it all the
-            // time); a new name is.
-            if *l.name != *name {
+            // time); a new name is, and so is an entry that had expired (left out of the
+            // saved set and of the addresses a bypass holds).
+            if *l.name != *name || l.expires_mono <= now.mono_ms {
                 self.learned_version += 1;
             }
             *l = Learned { name: name.into(), expires_mono };

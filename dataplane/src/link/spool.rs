@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -226,6 +226,9 @@ impl Spool {
                 for r in records {
                     self.hold(r.as_ref().to_owned());
                 }
+                // The torn write cut off now, so that nothing reads it meanwhile (or at the
+                // next attempt, if this fails too).
+                let _ = self.repair();
                 Err(e)
             }
         }
@@ -273,18 +276,24 @@ impl Spool {
         }
         self.active.write_all(buf)?;
         self.active.sync_data()?;
+        // Durable from here: what follows may fail without the records being taken for
+        // unwritten (they would be written twice).
         let a = self.segments.back_mut().expect("active segment");
         a.end = end;
         a.bytes += buf.len() as u64;
-        if a.bytes >= SEGMENT_BYTES.min(self.max_bytes / 4).max(1) {
-            self.rotate(end)?;
+        if a.bytes >= SEGMENT_BYTES.min(self.max_bytes / 4).max(1)
+            && let Err(e) = self.rotate(end)
+        {
+            tracing::warn!("spool: starting a new segment failed, the current one grows: {e}");
         }
         while self.bytes() > self.max_bytes && self.segments.len() > 1 {
             let old = self.segments.pop_front().expect("more than one segment");
             let lost = old.end.saturating_sub(old.first.max(self.acked + 1));
             self.dropped += lost;
             self.acked = self.acked.max(old.end.saturating_sub(1));
-            std::fs::remove_file(&old.path)?;
+            if let Err(e) = std::fs::remove_file(&old.path) {
+                tracing::warn!(file = %old.path.display(), "spool: removing a dropped segment failed: {e}");
+            }
             tracing::warn!(lost, total = self.dropped, "spool full: oldest unsent records dropped");
         }
         Ok(())
@@ -346,12 +355,13 @@ impl Spool {
             {
                 pos = f.seek(SeekFrom::Start(off))?;
             }
-            let mut r = BufReader::new(f);
+            // Whole records only: never bytes past them (a write in progress, or torn).
+            let mut r = BufReader::new(f).take(s.bytes.saturating_sub(pos));
             let mut line = String::new();
             loop {
                 line.clear();
                 let n = r.read_line(&mut line)?;
-                if n == 0 {
+                if n == 0 || !line.ends_with('\n') {
                     break;
                 }
                 pos += n as u64;
@@ -466,6 +476,8 @@ mod tests {
         s.fail_writes = 2;
         let err = s.append(&recs(3)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        let sent = s.read_after(0, 100).unwrap();
+        assert_eq!(sent.len(), 2, "the torn half-write is never read as a record");
         assert!(s.append(&recs(1)).is_err());
         assert_eq!((s.pending(), s.write_errors(), s.dropped()), (4, 2, 0));
         assert_eq!(s.next_seq(), 3, "nothing numbered while unwritten");

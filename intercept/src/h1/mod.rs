@@ -252,7 +252,15 @@ impl Driver<'_> {
                 ctx.rec.reason =
                     Some("body over the inspection limit: forwarded uninspected".into());
                 let injected = s.upstream_request_filter(&req, &mut ctx);
-                stream_request(client, up, cbuf, &head, &injected, &mut ctx.rec).await?;
+                match stream_request(client, up, cbuf, &head, &injected, &mut ctx.rec).await {
+                    Err(ProxyError::BodyTimeout) => {
+                        // The server has part of it: that connection is not used again.
+                        *self.clean = false;
+                        self.refuse(client, ctx, &body_timeout()).await?;
+                        return Err(ProxyError::BodyTimeout);
+                    }
+                    r => r?,
+                }
                 return self.respond(client, up, &head, ctx).await;
             }
         };

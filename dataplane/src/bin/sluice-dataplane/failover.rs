@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,12 +15,14 @@ use sluice_dataplane::bypass::{Bypass, Outage};
 use tracing::{info, warn};
 
 use crate::args::{Args, BypassAi, OnFailure};
+use crate::watchdog::{self, Watchdog};
 
 /// How often the heartbeat is written (a few times within `--bypass-after-ms`).
 pub const BEAT: Duration = Duration::from_millis(50);
 
-/// The bypass shared by the heartbeat thread and the tick loop.
-pub type Shared = Arc<Mutex<Bypass>>;
+/// The bypass shared by the watchdog thread (its heartbeat) and the tick loop (its held
+/// addresses).
+pub type Shared = Arc<Bypass>;
 
 /// Installs or removes the bypass as `--on-failure` says; the outage an earlier run's bypass
 /// counted, if any.
@@ -32,7 +34,7 @@ pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
             let (b, o) = Bypass::install(&args.inside, &args.outside, stale, hold)
                 .context("installing the fail-open bypass (--on-failure open)")?;
             info!(after_ms = args.bypass_after_ms, hold_ai = hold, "fail-open bypass armed");
-            (Some(Arc::new(Mutex::new(b))), o)
+            (Some(Arc::new(b)), o)
         }
         OnFailure::Closed => {
             let o = sluice_dataplane::bypass::remove(&args.inside, &args.outside)
@@ -52,11 +54,22 @@ pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
     Ok((bypass, outage))
 }
 
-/// Beats every [`BEAT`] until `stop`.
-pub fn spawn_beat(bypass: Arc<Mutex<Bypass>>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("bypass-beat".into()).spawn(move || {
+/// The watchdog's thread: every [`BEAT`], the watched threads are checked (a stalled one
+/// ends the process) and, while they are all well, the bypass gets its heartbeat. So the
+/// bypass takes over when any of them stops, not only when the process is gone.
+pub fn spawn_watch(
+    mut wd: Watchdog,
+    bypass: Option<Shared>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("watchdog".into()).spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            if let Err(e) = bypass.lock().unwrap_or_else(PoisonError::into_inner).beat() {
+            if let Some(stall) = wd.check(std::time::Instant::now()) {
+                watchdog::exit_stalled(&stall);
+            }
+            if let Some(b) = &bypass
+                && let Err(e) = b.beat()
+            {
                 warn!("bypass heartbeat failed: {e}");
             }
             std::thread::sleep(BEAT);
@@ -66,9 +79,9 @@ pub fn spawn_beat(bypass: Arc<Mutex<Bypass>>, stop: Arc<AtomicBool>) -> std::io:
 }
 
 /// Holds `addrs` in bypass.
-pub fn hold(bypass: Option<&Mutex<Bypass>>, addrs: HashSet<IpAddr>) {
+pub fn hold(bypass: Option<&Bypass>, addrs: HashSet<IpAddr>) {
     if let Some(b) = bypass
-        && let Err(e) = b.lock().unwrap_or_else(PoisonError::into_inner).hold(&addrs)
+        && let Err(e) = b.hold(&addrs)
     {
         warn!("updating the addresses held in bypass failed: {e}");
     }

@@ -458,6 +458,9 @@ fn main() -> Result<()> {
         Ring(Vec<(Side, RxRing)>, Arc<TxPort>, Arc<TxPort>),
         Socket(Arc<Port>, Arc<Port>),
     }
+    // The ports become ours: the bypass an earlier run left (if any) is replaced or removed
+    // before the receive rings open, so no frame is both bypassed and read.
+    let (bypass, outage) = failover::start(&args)?;
     let rx = match args.io {
         Io::Ring => {
             let tx_in = Arc::new(
@@ -508,10 +511,7 @@ fn main() -> Result<()> {
             }
         }
     };
-    // The ports are ours now: the bypass an earlier run left (if any) is replaced or removed.
-    let (bypass, outage) = failover::start(&args)?;
     if let Some(b) = &bypass {
-        failover::spawn_beat(b.clone(), stop.clone())?;
         let now = clock.now();
         let held = lock(&engine).learned_entries(now).into_iter().map(|l| l.ip).collect();
         failover::hold(Some(b), held);
@@ -611,13 +611,14 @@ fn main() -> Result<()> {
     let mut ticks = 0u64;
     let mut saved_learned = lock(&engine).learned_version();
     let mut held_learned = saved_learned;
+    // This loop is watched too; the watchdog's own thread checks every thread and beats.
+    watchdog::this_thread(wd.watch("main", std::time::Instant::now()));
+    failover::spawn_watch(wd, bypass.clone(), stop.clone())?;
     watchdog::notify("READY=1");
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(250));
         ticks += 1;
-        if let Some(stall) = wd.check(std::time::Instant::now()) {
-            watchdog::exit_stalled(&stall);
-        }
+        watchdog::beat();
         watchdog::notify("WATCHDOG=1");
         // The AI destinations held in bypass follow what the engine learns, at every tick.
         if bypass.is_some() {

@@ -1,7 +1,8 @@
 //! The data plane never runs half-working: every thread that carries traffic (the ports'
-//! packet threads, the TUN thread, the interception runtimes) bumps a counter as it goes
-//! round; the tick loop checks them, and a counter that stops for `--watchdog-ms` ends the
-//! process with the thread's name, as a panic anywhere does. systemd (`Type=notify`,
+//! packet threads, the TUN thread, the interception runtimes) and the record writer's loop
+//! bump a counter as they go round; the watchdog's thread checks them every 50 ms (and beats
+//! the bypass while they are all well), and a counter that stops for `--watchdog-ms` ends the
+//! process with the thread's name, as a panic outside a connection's task does. systemd (`Type=notify`,
 //! `WatchdogSec`) then restarts it, and a fail-open bypass takes over meanwhile; the notify
 //! messages go to `$NOTIFY_SOCKET` when systemd set it.
 
@@ -75,11 +76,14 @@ thread_local! {
 
 /// Makes `beat` the counter the calling thread bumps with [`beat`].
 ///
-/// Test hook: `SLUICE_TEST_STALL=<thread name>` makes that thread stop for good 3 s after it
+/// Test hook: `SLUICE_TEST_STALL=<name>` makes the thread of that name, or whose name ends
+/// in `-<name>` (`inside`: the inside port's, ring or socket), stop for good 3 s after it
 /// starts, as a thread stuck in a system call or a loop would (the lab's watchdog test).
 pub fn this_thread(beat: Arc<AtomicU64>) {
-    let name = std::thread::current().name().map(str::to_owned);
-    let stall = std::env::var("SLUICE_TEST_STALL").ok().filter(|t| Some(t) == name.as_ref());
+    let name = std::thread::current().name().unwrap_or_default().to_owned();
+    let stall = std::env::var("SLUICE_TEST_STALL")
+        .ok()
+        .filter(|t| !t.is_empty() && (name == *t || name.ends_with(&format!("-{t}"))));
     let at = stall.map(|_| Instant::now() + Duration::from_secs(3));
     MINE.with(|m| *m.borrow_mut() = Some((beat, at)));
 }
@@ -100,13 +104,20 @@ pub fn beat() {
     }
 }
 
-/// A panic in any thread ends the process with its message (after the default report), so
-/// that nothing runs on with a thread gone.
+/// A panic ends the process with its message (after the default report), so that nothing
+/// runs on with a thread gone; except on an interception thread, where a panic is one
+/// connection's task's (tokio ends that task and its connection, the runtime goes on; a
+/// runtime that dies stops beating, and the watchdog ends the process then). One client that
+/// finds a panic cannot take the appliance down, nor switch inspection off through a bypass.
 pub fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default(info);
         let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        if thread.starts_with("intercept-") {
+            error!(thread, "a connection's task panicked, its connection ends: {info}");
+            return;
+        }
         error!(thread, "a thread panicked: exiting (status {EXIT_FAULT}): {info}");
         std::process::exit(EXIT_FAULT);
     }));
