@@ -48,6 +48,19 @@ def wait_for_record(kind, pred, timeout=20):
     raise AssertionError("no %s record matched within %ss" % (kind, timeout))
 
 
+def restarted_with_stats(since_ms, timeout=20):
+    """Waits for a stats record written 4 s after `since_ms` (a restart just done), when the
+    counters have settled (the kernel's counts are read once a second, the carried ones a
+    little later): tests that compare two stats records must not take one from the process
+    before a restart, nor one from the new one's first seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(r.get("type") == "stats" and r.get("ts_ms", 0) > since_ms + 4000 for r in local_records()):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no stats record from the restarted data plane within %ss" % timeout)
+
+
 def wait_for_flow(pred, timeout=20):
     return wait_for_record("flow", pred, timeout)
 
@@ -590,6 +603,7 @@ class Watchdog(unittest.TestCase):
             self.assertRegex(text, r"thread=(ring|port)-inside")
         finally:
             lab("start", "--rules", rules, timeout=600)
+            restarted_with_stats(time.time() * 1000)
 
 
 class Failover(unittest.TestCase):
@@ -614,6 +628,7 @@ class Failover(unittest.TestCase):
 
     def tearDown(self):
         self.start("closed")
+        restarted_with_stats(time.time() * 1000)
 
     def test_open_joins_the_ports_and_holds_ai_destinations(self):
         self.start("open")
