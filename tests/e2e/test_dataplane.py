@@ -48,6 +48,17 @@ def wait_for_record(kind, pred, timeout=20):
     raise AssertionError("no %s record matched within %ss" % (kind, timeout))
 
 
+def start_appliance(dataplane_args="", **env_extra):
+    """`scripts/lab start` again with the current rule file and the test suite's data-plane
+    flags (stats every 2 s: scripts/test gives them to the first start only), plus
+    `dataplane_args` and `env_extra`."""
+    with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
+        rules = f.read().strip()
+    args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
+    lab("start", "--rules", rules, timeout=600,
+        env_extra=dict(env_extra, SLUICE_DATAPLANE_ARGS=("%s %s" % (args, dataplane_args)).strip()))
+
+
 def restarted_with_stats(since_ms, timeout=20):
     """Waits for a stats record written 4 s after `since_ms` (a restart just done), when the
     counters have settled (the kernel's counts are read once a second, the carried ones a
@@ -583,14 +594,12 @@ class Watchdog(unittest.TestCase):
 
     def test_a_stalled_packet_thread_ends_the_process(self):
         state = env()["SLUICE_LAB_STATE"]
-        with open(os.path.join(state, "rules.path")) as f:
-            rules = f.read().strip()
         log = os.path.join(state, "dataplane.log")
         with open(log) as f:
             before = len(f.readlines())
         try:
             # Test hook: the inside port's thread (ring or socket) stops for good 3 s after it starts.
-            lab("start", "--rules", rules, timeout=600, env_extra={"SLUICE_TEST_STALL": "inside"})
+            start_appliance(SLUICE_TEST_STALL="inside")
             with open(os.path.join(state, "dataplane.pid")) as f:
                 pid = int(f.read())
             t0 = time.time()
@@ -602,7 +611,7 @@ class Watchdog(unittest.TestCase):
             self.assertIn("a thread made no progress: exiting (status 70)", text)
             self.assertRegex(text, r"thread=(ring|port)-inside")
         finally:
-            lab("start", "--rules", rules, timeout=600)
+            start_appliance()
             restarted_with_stats(time.time() * 1000)
 
 
@@ -613,11 +622,7 @@ class Failover(unittest.TestCase):
     `closed` nothing passes. The next data plane records the outage."""
 
     def start(self, mode):
-        with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
-            rules = f.read().strip()
-        args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
-        lab("start", "--rules", rules, timeout=600,
-            env_extra={"SLUICE_DATAPLANE_ARGS": "%s --on-failure %s" % (args, mode)})
+        start_appliance("--on-failure " + mode)
 
     def kill(self):
         with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
