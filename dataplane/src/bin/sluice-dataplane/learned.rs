@@ -6,10 +6,19 @@
 
 use std::path::Path;
 
-use sluice_dataplane::engine::LearnedEntry;
+use std::sync::Mutex;
+
+use sluice_dataplane::engine::{Engine, LearnedEntry, Now};
 use tracing::warn;
 
 const FILE: &str = "learned.json";
+
+/// The learned set and its version, when it changed since version `seen` (one lock of the
+/// engine; the set is copied only then).
+pub fn since(engine: &Mutex<Engine>, seen: u64, now: Now) -> Option<(u64, Vec<LearnedEntry>)> {
+    let e = crate::lock(engine);
+    (e.learned_version() != seen).then(|| (e.learned_version(), e.learned_entries(now)))
+}
 
 /// The saved set, empty when there is none or it cannot be read.
 pub fn load(dir: &Path) -> Vec<LearnedEntry> {

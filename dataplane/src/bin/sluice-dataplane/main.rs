@@ -621,29 +621,17 @@ fn main() -> Result<()> {
         watchdog::beat();
         watchdog::notify("WATCHDOG=1");
         // The AI destinations held in bypass follow what the engine learns, at every tick.
-        if bypass.is_some() {
-            let now = clock.now();
-            let changed = {
-                let e = lock(&engine);
-                (e.learned_version() != held_learned)
-                    .then(|| (e.learned_version(), e.learned_entries(now)))
-            };
-            if let Some((version, entries)) = changed {
-                failover::hold(bypass.as_deref(), entries.iter().map(|l| l.ip).collect());
-                held_learned = version;
-            }
+        if bypass.is_some()
+            && let Some((version, entries)) = learned::since(&engine, held_learned, clock.now())
+        {
+            failover::hold(bypass.as_deref(), entries.iter().map(|l| l.ip).collect());
+            held_learned = version;
         }
-        if ticks.is_multiple_of(40) {
-            let now = clock.now();
-            let changed = {
-                let e = lock(&engine);
-                (e.learned_version() != saved_learned)
-                    .then(|| (e.learned_version(), e.learned_entries(now)))
-            };
-            if let Some((version, entries)) = changed {
-                learned::save(&args.state_dir, &entries);
-                saved_learned = version;
-            }
+        if ticks.is_multiple_of(40)
+            && let Some((version, entries)) = learned::since(&engine, saved_learned, clock.now())
+        {
+            learned::save(&args.state_dir, &entries);
+            saved_learned = version;
         }
         if reload.swap(false, Ordering::Relaxed) {
             match load_policy(&args.rules) {
