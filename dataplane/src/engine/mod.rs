@@ -203,6 +203,11 @@ impl Engine {
         self.records.push(r);
     }
 
+    /// True when records wait to be taken.
+    pub fn has_records(&self) -> bool {
+        !self.records.is_empty()
+    }
+
     /// Takes the records produced so far.
     pub fn take_records(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.records)

@@ -14,6 +14,8 @@ use sluice_dataplane::flow::Class;
 use sluice_intercept::record::FlowNote;
 use sluice_intercept::{DivertHandle, DivertedConn, RecordSink, RequestRecord};
 
+use crate::output::Wake;
+
 /// The packet engine as the interception engine sees it.
 #[derive(Debug, Clone)]
 pub struct EngineHandle {
@@ -96,20 +98,29 @@ impl DivertHandle for EngineHandle {
     }
 }
 
-/// Request records waiting for the record writer (a quarter second at most).
-#[derive(Debug, Default)]
-pub struct RequestQueue(Mutex<Vec<RequestRecord>>);
+/// Request records waiting for the record writer, which each one wakes.
+#[derive(Debug)]
+pub struct RequestQueue {
+    queue: Mutex<Vec<RequestRecord>>,
+    wake: Arc<Wake>,
+}
 
 impl RequestQueue {
+    /// A queue that wakes the record writer through `wake` for each record.
+    pub fn new(wake: Arc<Wake>) -> Self {
+        RequestQueue { queue: Mutex::default(), wake }
+    }
+
     /// Takes what is queued.
     pub fn take(&self) -> Vec<RequestRecord> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 impl RecordSink for RequestQueue {
     fn request(&self, record: RequestRecord) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+        self.wake.notify();
     }
 }
 

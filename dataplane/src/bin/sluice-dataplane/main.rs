@@ -2,6 +2,8 @@
 //! packet engine, writes flow records as JSON lines, reloads the rules on SIGHUP.
 
 mod args;
+mod boot;
+mod driver;
 mod failover;
 mod handle;
 mod learned;
@@ -10,331 +12,33 @@ mod watchdog;
 
 use std::fs::OpenOptions;
 use std::io::BufWriter;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use sluice_dataplane::Drops;
-use sluice_dataplane::engine::{
-    Action, Clock, DivertConfig, Engine, Now, OffloadOp, Settings, Side,
-};
+use sluice_dataplane::engine::{Clock, Engine, Side};
 use sluice_dataplane::fastpath::FastPath;
-use sluice_dataplane::flow::Timeouts;
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
 use sluice_dataplane::port::Port;
-use sluice_intercept as intercept;
-
-use args::{Args, FastPathMode, Io};
-use handle::{EngineHandle, RequestQueue};
-use output::{Emitted, Output};
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
-use sluice_rules::catalog::FsLoader;
-use sluice_rules::{IdentityOverlay, compile};
+use sluice_intercept as intercept;
+use sluice_rules::IdentityOverlay;
 use tracing::{error, info, warn};
+
+use args::{Args, FastPathMode, Io};
+use boot::{boot_policy, dlp_salt, hostname, load_policy};
+use driver::{Ports, RingRx, Shared, SocketRx, offload, run_port, run_tun, side_name};
+use handle::{EngineHandle, RequestQueue};
+use output::{Emitted, Output, Wake};
 use watchdog::Watchdog;
 
-/// The ports as the TUN thread sends through them.
-#[derive(Clone)]
-enum Ports {
-    Ring(Arc<TxPort>, Arc<TxPort>),
-    Socket(Arc<Port>, Arc<Port>),
-}
-
-impl Ports {
-    fn send_batch(&self, side: Side, frames: &[&[u8]]) {
-        let r = match (self, side) {
-            (Ports::Ring(i, _), Side::Inside) => i.send_batch(frames).map(|_| ()),
-            (Ports::Ring(_, o), Side::Outside) => o.send_batch(frames).map(|_| ()),
-            (Ports::Socket(i, _), Side::Inside) => frames.iter().try_for_each(|f| i.send(f)),
-            (Ports::Socket(_, o), Side::Outside) => frames.iter().try_for_each(|f| o.send(f)),
-            (_, Side::Tun) => Ok(()),
-        };
-        if let Err(e) = r {
-            warn!(port = side_name(side), frames = frames.len(), "send failed: {e}");
-        }
-    }
-}
-
-/// A random salt for DLP finding hashes (per run: hashes correlate within a run only).
-fn dlp_salt() -> Result<Arc<[u8]>> {
-    let mut salt = [0u8; 16];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut salt)
-        .map_err(|_| anyhow::anyhow!("no system randomness for the DLP salt"))?;
-    Ok(Arc::from(&salt[..]))
-}
-
-/// Writes what the engine emitted toward the TUN.
-fn send_tun(tun: Option<&Tun>, pkt: &[u8]) {
-    if let Some(t) = tun
-        && let Err(e) = t.send(pkt)
-    {
-        warn!(tun = t.name(), "write failed: {e}");
-    }
-}
-
-/// Reads the TUN: replies of the interception engine to diverted clients and its upstream
-/// packets, NAT-ed by the engine and sent out of a port.
-fn run_tun(
-    tun: Arc<Tun>,
-    ports: Ports,
-    engine: Arc<Mutex<Engine>>,
-    clock: Clock,
-    fast: Option<Arc<FastPath>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut ops = Vec::new();
-    // Up to BATCH packets per lock of the engine and per send system call.
-    const BATCH: usize = 64;
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; 65_536]).collect();
-    let mut lens = [0usize; BATCH];
-    let mut out = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        watchdog::beat();
-        let mut n = 0;
-        while n < BATCH {
-            let wait = if n == 0 { Duration::from_millis(200) } else { Duration::ZERO };
-            match tun.recv(&mut bufs[n], wait) {
-                Ok(Some(len)) => {
-                    lens[n] = len;
-                    n += 1;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    error!(tun = tun.name(), "read failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                    break;
-                }
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        {
-            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = clock.now();
-            for i in 0..n {
-                eng.handle_tun(&bufs[i][..lens[i]], now, &mut out);
-            }
-            offload(&mut eng, fast.as_deref(), &mut ops, now);
-        }
-        for side in [Side::Inside, Side::Outside] {
-            let frames: Vec<&[u8]> =
-                out.iter().filter(|(s, _)| *s == side).map(|(_, f)| f.as_slice()).collect();
-            if !frames.is_empty() {
-                ports.send_batch(side, &frames);
-            }
-        }
-        out.clear();
-    }
-}
-
-/// Applies the fast-path operations the engine produced (with the engine locked, so the map
-/// follows its order) and gives the engine back what the map said.
-fn offload(eng: &mut Engine, fast: Option<&FastPath>, ops: &mut Vec<OffloadOp>, now: Now) {
-    if let Some(fp) = fast {
-        fp.sync(eng, ops, now);
-    }
-}
-
-/// One item to send after a batch: a frame of the ring, or one the engine emitted.
-enum Send {
-    Ring(usize),
-    Emitted(usize),
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_ring(
-    mut ring: RxRing,
-    side: Side,
-    inside: Arc<TxPort>,
-    outside: Arc<TxPort>,
-    engine: Arc<Mutex<Engine>>,
-    clock: Clock,
-    tun: Option<Arc<Tun>>,
-    fast: Option<Arc<FastPath>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut ops = Vec::new();
-    let mut out: Vec<(Side, Vec<u8>)> = Vec::new();
-    let mut plan: Vec<(Side, Send)> = Vec::new();
-    let mut truncated_seen = 0;
-    while !stop.load(Ordering::Relaxed) {
-        watchdog::beat();
-        let batch = match ring.batch(128, Duration::from_millis(200)) {
-            Ok(b) => b,
-            Err(e) => {
-                error!(port = side_name(side), "receive ring failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        {
-            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = clock.now();
-            for i in 0..batch.len() {
-                let Some(frame) = batch.frame(i) else { continue };
-                let before = out.len();
-                let action = eng.handle(side, frame, now, &mut out);
-                // Keep the wire order: what the engine released goes before this frame.
-                plan.extend((before..out.len()).map(|k| (out[k].0, Send::Emitted(k))));
-                if action == Action::Forward {
-                    plan.push((side.other(), Send::Ring(i)));
-                }
-            }
-            offload(&mut eng, fast.as_deref(), &mut ops, now);
-        }
-        for (dest, port) in [(Side::Inside, &inside), (Side::Outside, &outside)] {
-            let frames: Vec<&[u8]> = plan
-                .iter()
-                .filter(|(d, _)| *d == dest)
-                .filter_map(|(_, s)| match s {
-                    Send::Ring(i) => batch.frame(*i),
-                    Send::Emitted(k) => Some(&out[*k].1[..]),
-                })
-                .collect();
-            if !frames.is_empty()
-                && let Err(e) = port.send_batch(&frames)
-            {
-                warn!(port = port.name(), frames = frames.len(), "send failed: {e}");
-            }
-        }
-        for (dest, pkt) in &out {
-            if *dest == Side::Tun {
-                send_tun(tun.as_deref(), pkt);
-            }
-        }
-        plan.clear();
-        out.clear();
-        drop(batch);
-        if ring.truncated != truncated_seen {
-            truncated_seen = ring.truncated;
-            warn!(
-                port = ring.name(),
-                total = truncated_seen,
-                "frames larger than a ring slot dropped"
-            );
-        }
-    }
-}
-
-fn side_name(s: Side) -> &'static str {
-    match s {
-        Side::Inside => "inside",
-        Side::Outside => "outside",
-        Side::Tun => "tun",
-    }
-}
-
-/// Loads a local rule file (read once): the policy and the SHA-256 of its text.
-fn load_policy(path: &Path) -> Result<(sluice_rules::Policy, String)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    match compile(&path.display().to_string(), &text, &FsLoader::for_file(path)) {
-        Ok(c) => {
-            for w in &c.warnings {
-                warn!("{w}");
-            }
-            Ok((c.policy, link::text_sha256(&text)))
-        }
-        Err(d) => {
-            let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
-            bail!("rule set {} is invalid:\n{}", path.display(), lines.join("\n"))
-        }
-    }
-}
-
-/// The policy to start with: with a control link, the last rule set control pushed (kept in
-/// the state directory) so a restart while control is away enforces it; else `--rules`.
-fn boot_policy(args: &Args) -> Result<(sluice_rules::Policy, Option<i64>, String)> {
-    if args.control.is_some()
-        && let Some((version, text)) = link::saved_policy(&args.state_dir)
-    {
-        match link::compile_pushed(&text) {
-            Ok(p) => {
-                info!(
-                    version,
-                    "enforcing the rule set control pushed last (until control says otherwise)"
-                );
-                return Ok((p, Some(version), link::text_sha256(&text)));
-            }
-            Err(e) => warn!(version, "the kept rule set no longer compiles, using --rules: {e}"),
-        }
-    }
-    let (policy, sha) = load_policy(&args.rules)?;
-    info!(rules = %args.rules.display(), rules_count = policy.rules.len(), "policy loaded");
-    Ok((policy, None, sha))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "sluice".into())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_port(
-    rx: Arc<Port>,
-    side: Side,
-    inside: Arc<Port>,
-    outside: Arc<Port>,
-    engine: Arc<Mutex<Engine>>,
-    clock: Clock,
-    tun: Option<Arc<Tun>>,
-    fast: Option<Arc<FastPath>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut ops = Vec::new();
-    let mut buf = vec![0u8; 65_536];
-    let mut out = Vec::new();
-    let port_of = |s: Side| if s == Side::Inside { &inside } else { &outside };
-    while !stop.load(Ordering::Relaxed) {
-        watchdog::beat();
-        let range = match rx.recv(&mut buf) {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                error!(port = rx.name(), "receive failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let n = range.len();
-        let frame = &buf[range];
-        let action = {
-            let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = clock.now();
-            let action = eng.handle(side, frame, now, &mut out);
-            offload(&mut eng, fast.as_deref(), &mut ops, now);
-            action
-        };
-        if action == Action::Forward
-            && let Err(e) = port_of(side.other()).send(frame)
-        {
-            warn!(port = port_of(side.other()).name(), len = n, "send failed: {e}");
-        }
-        for (s, f) in out.drain(..) {
-            if s == Side::Tun {
-                send_tun(tun.as_deref(), &f);
-                continue;
-            }
-            if let Err(e) = port_of(s).send(&f) {
-                warn!(port = port_of(s).name(), "send failed: {e}");
-            }
-        }
-    }
-}
+/// The tick: timeouts, periodic records, the fast path's counts, the saved state.
+const TICK: Duration = Duration::from_millis(250);
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -357,31 +61,15 @@ fn main() -> Result<()> {
         enforced.enforce_identities(&entries);
         info!(entries = entries.len(), "identity feed kept from the last run in force");
     }
-    let settings = Settings {
-        max_flows: args.max_flows,
-        report_interval_ms: args.report_interval.max(1) * 1000,
-        timeouts: Timeouts {
-            tcp_embryonic: args.timeout_tcp_embryonic * 1000,
-            tcp_established: args.timeout_tcp_established * 1000,
-            tcp_closing: args.close_linger * 1000,
-            udp: args.timeout_udp * 1000,
-            other: args.timeout_other * 1000,
-        },
-        divert: args.tun.as_ref().map(|_| DivertConfig {
-            v4: args.tun_v4,
-            v6: args.tun_v6,
-            listen_port: args.listen_port,
-            upstream_ports: args.upstream_ports,
-        }),
-        ..Settings::default()
-    };
+    let settings = boot::settings(&args);
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay.clone(), settings)));
     let clock = Clock::default();
     let restored = lock(&engine).restore_learned(learned::load(&args.state_dir), clock.now());
     info!(restored, "learned destinations taken back from the last run");
     // Shared by the interception engine's threads; the fast path joins it once loaded.
     let handle = EngineHandle::new(engine.clone(), clock);
-    let requests = Arc::new(RequestQueue::default());
+    let wake = Arc::new(Wake::default());
+    let requests = Arc::new(RequestQueue::new(wake.clone()));
     let tun = match (&args.tun, settings.divert) {
         (Some(name), Some(divert)) => {
             let tun = Tun::open(name).with_context(|| format!("opening the TUN {name}"))?;
@@ -480,13 +168,12 @@ fn main() -> Result<()> {
             Rx::Ring(rings, tx_in, tx_out)
         }
         Io::Socket => {
-            let timeout = Duration::from_millis(200);
             let inside = Arc::new(
-                Port::open(&args.inside, timeout)
+                Port::open(&args.inside, driver::WAIT)
                     .with_context(|| format!("opening inside port {}", args.inside))?,
             );
             let outside = Arc::new(
-                Port::open(&args.outside, timeout)
+                Port::open(&args.outside, driver::WAIT)
                     .with_context(|| format!("opening outside port {}", args.outside))?,
             );
             Rx::Socket(inside, outside)
@@ -529,53 +216,40 @@ fn main() -> Result<()> {
     .map(Drops::of)
     .collect::<std::io::Result<Vec<_>>>()
     .context("reading the ports' drop counters")?;
-    let ports = match rx {
-        Rx::Ring(rings, tx_in, tx_out) => {
-            for (side, ring) in rings {
-                let (i, o, e, t, f, s) = (
-                    tx_in.clone(),
-                    tx_out.clone(),
-                    engine.clone(),
-                    tun.clone(),
-                    fast.clone(),
-                    stop.clone(),
-                );
-                let name = format!("ring-{}", side_name(side));
-                let beat = wd.watch(&name, std::time::Instant::now());
-                threads.push(std::thread::Builder::new().name(name).spawn(move || {
-                    watchdog::this_thread(beat);
-                    run_ring(ring, side, i, o, e, clock, t, f, s)
-                })?);
-            }
-            Ports::Ring(tx_in, tx_out)
-        }
-        Rx::Socket(inside, outside) => {
-            for (side, rx) in [(Side::Inside, inside.clone()), (Side::Outside, outside.clone())] {
-                let (i, o, e, t, f, s) = (
-                    inside.clone(),
-                    outside.clone(),
-                    engine.clone(),
-                    tun.clone(),
-                    fast.clone(),
-                    stop.clone(),
-                );
-                let name = format!("port-{}", side_name(side));
-                let beat = wd.watch(&name, std::time::Instant::now());
-                threads.push(std::thread::Builder::new().name(name).spawn(move || {
-                    watchdog::this_thread(beat);
-                    run_port(rx, side, i, o, e, clock, t, f, s)
-                })?);
-            }
-            Ports::Socket(inside, outside)
-        }
+    let (ports, receivers) = match rx {
+        Rx::Ring(rings, tx_in, tx_out) => (Ports::Ring(tx_in, tx_out), rings),
+        Rx::Socket(i, o) => (Ports::Socket(i, o), Vec::new()),
     };
-    if let Some(t) = &tun {
-        let (t, e, f, s) = (t.clone(), engine.clone(), fast.clone(), stop.clone());
-        let beat = wd.watch("tun", std::time::Instant::now());
-        threads.push(std::thread::Builder::new().name("tun".into()).spawn(move || {
+    let shared = Shared {
+        ports: ports.clone(),
+        engine: engine.clone(),
+        clock,
+        tun: tun.clone(),
+        fast: fast.clone(),
+        stop: stop.clone(),
+        wake: wake.clone(),
+    };
+    let mut spawn = |name: String, run: Box<dyn FnOnce(Shared) + Send>| -> Result<()> {
+        let beat = wd.watch(&name, Instant::now());
+        let io = shared.clone();
+        threads.push(std::thread::Builder::new().name(name).spawn(move || {
             watchdog::this_thread(beat);
-            run_tun(t, ports, e, clock, f, s)
+            run(io)
         })?);
+        Ok(())
+    };
+    for (side, ring) in receivers {
+        let rx = RingRx::new(ring);
+        spawn(format!("ring-{}", side_name(side)), Box::new(move |io| run_port(rx, side, io)))?;
+    }
+    if let Ports::Socket(inside, outside) = &ports {
+        for (side, port) in [(Side::Inside, inside), (Side::Outside, outside)] {
+            let rx = SocketRx::new(port.clone());
+            spawn(format!("port-{}", side_name(side)), Box::new(move |io| run_port(rx, side, io)))?;
+        }
+    }
+    if let Some(t) = tun.clone() {
+        spawn("tun".into(), Box::new(move |io| run_tun(t, io)))?;
     }
     let link = match &args.control {
         Some(socket) => {
@@ -615,8 +289,16 @@ fn main() -> Result<()> {
     watchdog::this_thread(wd.watch("main", std::time::Instant::now()));
     failover::spawn_watch(wd, bypass.clone(), stop.clone())?;
     watchdog::notify("READY=1");
+    let mut next_tick = Instant::now() + TICK;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(250));
+        // Between ticks, records are written as soon as they wait (a millisecond apart at
+        // most, so a burst is one write).
+        if wake.wait_until(next_tick) {
+            out.write(&engine, &|_| {});
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        next_tick = Instant::now() + TICK;
         ticks += 1;
         watchdog::beat();
         watchdog::notify("WATCHDOG=1");

@@ -4,7 +4,8 @@
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use sluice_dataplane::engine::Engine;
 use sluice_dataplane::link::{Enforced, Spool};
@@ -12,6 +13,36 @@ use sluice_dataplane::record::Record;
 use tracing::{error, info};
 
 use crate::handle::RequestQueue;
+
+/// Wakes the record writer as soon as records wait (the packet threads after a batch that
+/// produced some, the interception engine for each request record), so that a record spends
+/// milliseconds in memory, not a tick: a crash then loses next to nothing.
+#[derive(Debug, Default)]
+pub struct Wake {
+    woken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    /// Records wait.
+    pub fn notify(&self) {
+        let mut w = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*w {
+            *w = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Waits until notified or `deadline`; true when notified (the flag is then cleared).
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        let mut w = self.woken.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*w {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            w = self.cv.wait_timeout(w, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        std::mem::replace(&mut *w, false)
+    }
+}
 
 /// Records emitted since the start, by type.
 #[derive(Debug, Default, serde::Serialize)]
