@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from test_dataplane import ROOT, api, curl, env, lab, local_records, push_rules
+from test_dataplane import ROOT, api, curl, env, local_records, push_rules, start_appliance
 
 SLUICECTL = os.path.join(ROOT, "target", "release", "sluicectl")
 
@@ -49,12 +49,9 @@ def models(host, query=""):
 
 
 def restart_appliance(**extra_env):
-    """`scripts/lab start` again with the current rule file and the usual data-plane flags,
-    plus `extra_env` (e.g. a syslog target for control)."""
-    with open(os.path.join(env()["SLUICE_LAB_STATE"], "rules.path")) as f:
-        rules = f.read().strip()
-    args = os.environ.get("SLUICE_DATAPLANE_ARGS", "--report-interval 2")
-    lab("start", "--rules", rules, timeout=300, env_extra=dict(extra_env, SLUICE_DATAPLANE_ARGS=args))
+    """`scripts/lab start` again with the suite's data-plane flags, plus `extra_env` (e.g. a
+    syslog target for control)."""
+    start_appliance(**extra_env)
 
 
 BLOCK_BOB = """
@@ -507,6 +504,59 @@ class KeptState(unittest.TestCase):
             restart_appliance()
             api("DELETE", "/v1/identities/" + self.GUEST, "SLUICE_FEEDER_TOKEN")
         self.assertIn(models("guest"), ("403", "000"), "the feed's entry removed, guest is a guest again")
+
+
+class CrashUnderLoad(unittest.TestCase):
+    """A data plane killed (SIGKILL) while clients make inspected requests loses no request
+    record: every request a client saw answered is stored by control once the data plane is
+    back (the record is in the spool, a file, within milliseconds of the answer)."""
+
+    ALICE = "10.20.1.10"
+
+    def test_sigkill_under_load_loses_no_request_record(self):
+        since = int(time.time() * 1000)
+        stop = threading.Event()
+        attempted, answered = set(), set()
+
+        def client(w):
+            i = 0
+            while not stop.is_set():
+                ua = "crash-probe-%d-%d" % (w, i)
+                i += 1
+                attempted.add(ua)
+                r = curl("alice", "https://api.openai.com/v1/models", "-A", ua, "-o", "/dev/null",
+                         "-w", "%{http_code}", "-m", "4")
+                if r.returncode == 0 and r.stdout.strip() not in ("", "000"):
+                    answered.add(ua)
+
+        workers = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+        for t in workers:
+            t.start()
+        try:
+            time.sleep(4)
+            with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+                os.kill(int(f.read()), 9)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in workers:
+                t.join()
+        restart_appliance()
+        self.assertGreater(len(answered), 10, "too little load before the kill")
+        stored, deadline = set(), time.time() + 30
+        while time.time() < deadline:
+            code, body = api("GET", "/v1/requests?src=%s&since=%d&limit=5000" % (self.ALICE, since),
+                             "SLUICE_ANALYST_TOKEN")
+            self.assertEqual(code, 200, body)
+            stored = {r.get("user_agent") for r in json.loads(body)["records"]
+                      if (r.get("user_agent") or "").startswith("crash-probe-")}
+            if answered <= stored:
+                break
+            time.sleep(1)
+        print("\n  SIGKILL under load: %d requests sent, %d answered, %d request records stored"
+              % (len(attempted), len(answered), len(stored)))
+        self.assertEqual(sorted(answered - stored), [], "answered requests without a stored record")
+        self.assertTrue(stored <= attempted, "records of requests never made")
 
 
 if __name__ == "__main__":
