@@ -55,6 +55,11 @@ const ENGINE: &[(&str, &str, &str)] = &[
     ("flows", "sluice_flows_total", "Flows created."),
     ("flows_refused", "sluice_flows_refused_total", "Flows refused at the table's cap."),
     ("flows_evicted", "sluice_flows_evicted_total", "Flows evicted at the table's cap."),
+    (
+        "embryonic_refused",
+        "sluice_embryonic_refused_total",
+        "SYNs refused at their source's embryonic-flow limit.",
+    ),
     ("hellos", "sluice_handshakes_total", "TLS ClientHellos and QUIC Initials classified."),
     ("blocked", "sluice_flows_blocked_total", "Flows blocked by a verdict."),
     ("evasions", "sluice_evasions_total", "Reassembly evasions (conflicting overlaps) blocked."),

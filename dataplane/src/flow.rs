@@ -1,5 +1,6 @@
 //! The flow table: direction-normalised keys (with VLAN), per-flow state and counters, idle
-//! timeouts per protocol and TCP state, and a hard cap that evicts embryonic flows first.
+//! timeouts per protocol and TCP state, a hard cap that evicts embryonic flows first, and a
+//! cap on each source's embryonic flows (one host's SYN flood evicts only its own).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -46,7 +47,7 @@ pub enum TcpState {
 }
 
 /// What the engine does with a flow's packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// TLS port, waiting for the ClientHello: client data is held.
@@ -140,6 +141,8 @@ pub struct Flow {
     pub offload: Offload,
     /// What the engine took of the fast path's counts.
     pub offload_seen: OffloadSeen,
+    /// Counted among its source's embryonic flows (until the table sees it otherwise).
+    pub half_open: bool,
 }
 
 /// Where a flow stands with the fast path.
@@ -223,6 +226,17 @@ impl Flow {
         )
     }
 
+    /// A TCP flow that never completed its handshake (perhaps answered by a SYN-ACK or a
+    /// reset, never acknowledged by the client) and carried no payload either way:
+    /// summarised, not recorded one by one.
+    pub fn never_completed(&self) -> bool {
+        self.proto == Proto::Tcp
+            && self.c2s.1 == 0
+            && self.s2c.1 == 0
+            && (self.state == TcpState::Embryonic
+                || (self.state == TcpState::Closing && self.fins == (false, false)))
+    }
+
     /// Idle timeout of this flow.
     pub fn timeout(&self, t: &Timeouts) -> u64 {
         if self.verdict == Verdict::Block {
@@ -253,29 +267,54 @@ pub enum EndReason {
     Shutdown,
 }
 
-/// The table is full and holds no embryonic flow to evict.
+/// Why a flow was not taken into the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("flow table full")]
-pub struct TableFull;
+pub enum Refused {
+    /// The table is full and holds no embryonic flow to evict.
+    #[error("flow table full")]
+    Full,
+    /// Its source has as many embryonic flows as it may.
+    #[error("too many embryonic flows from one source")]
+    SourceLimit,
+}
+
+/// The source an embryonic flow counts against: its address (an IPv6 /64, which one host
+/// holds whole).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+        }
+    }
+}
 
 /// The table.
 #[derive(Debug)]
 pub struct FlowTable {
     map: HashMap<FlowKey, Flow>,
     embryonic: VecDeque<FlowKey>,
+    /// Embryonic flows per source.
+    half_open: HashMap<IpAddr, u32>,
     cap: usize,
+    per_source: u32,
     /// Timeouts.
     pub timeouts: Timeouts,
     next_id: u64,
 }
 
 impl FlowTable {
-    /// A table holding at most `cap` flows.
-    pub fn new(cap: usize, timeouts: Timeouts) -> Self {
+    /// A table holding at most `cap` flows, of which at most `per_source` embryonic flows of
+    /// one source (0: a sixteenth of the cap, at least 64).
+    pub fn new(cap: usize, per_source: usize, timeouts: Timeouts) -> Self {
+        let cap = cap.max(1);
+        let per_source = if per_source == 0 { (cap / 16).max(64) } else { per_source };
         FlowTable {
             map: HashMap::new(),
             embryonic: VecDeque::new(),
-            cap: cap.max(1),
+            half_open: HashMap::new(),
+            cap,
+            per_source: u32::try_from(per_source).unwrap_or(u32::MAX),
             timeouts,
             next_id: 1,
         }
@@ -296,23 +335,52 @@ impl FlowTable {
         self.map.contains_key(key)
     }
 
-    /// The flow of `key`.
+    /// Embryonic flows of the source of `ip`.
+    pub fn half_open_of(&self, ip: IpAddr) -> u32 {
+        self.half_open.get(&source_of(ip)).copied().unwrap_or(0)
+    }
+
+    /// Sources with embryonic flows.
+    pub fn half_open_sources(&self) -> usize {
+        self.half_open.len()
+    }
+
+    /// The flow of `key`. A flow past its handshake stops counting against its source here
+    /// (the engine looks it up again after the packet that completed it) or at its end.
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        self.map.get_mut(key)
+        let f = self.map.get_mut(key)?;
+        if f.half_open && f.state != TcpState::Embryonic {
+            f.half_open = false;
+            release(&mut self.half_open, f.client.0);
+        }
+        Some(f)
     }
 
     /// Removes the flow of `key`.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        self.map.remove(key)
+        let f = self.map.remove(key)?;
+        self.settle(&f);
+        Some(f)
     }
 
-    /// Inserts a new flow built by `make(id)`. When full, evicts the oldest embryonic flow
-    /// (returned); with none to evict the flow is refused (`Err`).
+    fn settle(&mut self, f: &Flow) {
+        if f.half_open {
+            release(&mut self.half_open, f.client.0);
+        }
+    }
+
+    /// Inserts `flow` (its id given here). An embryonic flow from a source at its limit is
+    /// refused; when the table is full the oldest embryonic flow is evicted (returned), and
+    /// with none to evict the flow is refused.
     pub fn insert(
         &mut self,
         key: FlowKey,
-        make: impl FnOnce(u64) -> Flow,
-    ) -> Result<(&mut Flow, Option<Flow>), TableFull> {
+        mut flow: Flow,
+    ) -> Result<(&mut Flow, Option<Flow>), Refused> {
+        let half_open = flow.state == TcpState::Embryonic;
+        if half_open && self.half_open_of(flow.client.0) >= self.per_source {
+            return Err(Refused::SourceLimit);
+        }
         let mut evicted = None;
         if self.map.len() >= self.cap {
             while let Some(k) = self.embryonic.pop_front() {
@@ -321,19 +389,24 @@ impl FlowTable {
                     break;
                 }
             }
-            if evicted.is_none() {
-                return Err(TableFull);
+            match &evicted {
+                Some(ev) => self.settle(ev),
+                None => return Err(Refused::Full),
             }
         }
-        let id = self.next_id;
+        flow.id = self.next_id;
         self.next_id += 1;
-        let flow = make(id);
-        if flow.state == TcpState::Embryonic {
+        if half_open {
+            flow.half_open = true;
+            *self.half_open.entry(source_of(flow.client.0)).or_insert(0) += 1;
             if self.embryonic.len() >= self.cap {
                 self.embryonic
                     .retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
             }
             self.embryonic.push_back(key);
+        }
+        if let Some(old) = self.map.remove(&key) {
+            self.settle(&old);
         }
         let f = self.map.entry(key).insert(flow).into_mut();
         Ok((f, evicted))
@@ -350,7 +423,7 @@ impl FlowTable {
             .map(|(k, _)| *k)
             .collect();
         for k in dead {
-            if let Some(f) = self.map.remove(&k) {
+            if let Some(f) = self.remove(&k) {
                 let why =
                     if f.state == TcpState::Closing { EndReason::Closed } else { EndReason::Idle };
                 emit(f, why);
@@ -370,6 +443,18 @@ impl FlowTable {
     /// Removes every flow (shutdown).
     pub fn drain(&mut self) -> impl Iterator<Item = Flow> + '_ {
         self.embryonic.clear();
+        self.half_open.clear();
         self.map.drain().map(|(_, f)| f)
+    }
+}
+
+/// One embryonic flow of `ip`'s source fewer.
+fn release(half_open: &mut HashMap<IpAddr, u32>, ip: IpAddr) {
+    let src = source_of(ip);
+    if let Some(n) = half_open.get_mut(&src) {
+        *n -= 1;
+        if *n == 0 {
+            half_open.remove(&src);
+        }
     }
 }

@@ -98,6 +98,48 @@ impl FlowRecord {
     }
 }
 
+/// The summary of one source's (or, past a limit per interval, every other source's) connection
+/// attempts that never completed in an interval. A flow record with `event` `embryonic`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbryonicRecord {
+    /// Always `flow`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Always `embryonic`.
+    pub event: &'static str,
+    /// Unix ms of the record.
+    pub ts_ms: u64,
+    /// Unix ms of the first attempt summarised.
+    pub first_seen_ms: u64,
+    /// Unix ms of the last.
+    pub last_seen_ms: u64,
+    /// Always `tcp`.
+    pub proto: &'static str,
+    /// Source address, or `*` for the sources past the per-interval limit.
+    pub src: String,
+    /// Source MAC of the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_mac: Option<String>,
+    /// Identity of the source when the summary began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Verdict the attempts had (or would have had).
+    pub verdict: Verdict,
+    /// Attempts that were tracked and ended without an answer (timed out, reset, evicted).
+    pub flows: u64,
+    /// Of those, evicted to make room in the table.
+    pub evicted: u64,
+    /// Attempts never tracked: the source was at its embryonic limit.
+    pub refused: u64,
+    /// Client packets of the tracked attempts.
+    pub pkts_out: u64,
+    /// Destination ports (the first few).
+    pub dports: Vec<u16>,
+    /// More destination ports than listed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dports_more: bool,
+}
+
 /// Periodic engine statistics: counters, learned destinations, AI-domain DNS queries.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatsRecord {
@@ -108,6 +150,8 @@ pub struct StatsRecord {
     pub ts_ms: u64,
     /// Flows in the table.
     pub flows: usize,
+    /// Sources with embryonic flows in the table.
+    pub half_open_sources: usize,
     /// Engine counters.
     pub counters: crate::engine::Counters,
     /// Divert counters (all zero without interception).
@@ -139,6 +183,8 @@ pub enum Record {
     Flow(Box<FlowRecord>),
     /// A statistics record.
     Stats(Box<StatsRecord>),
+    /// A summary of connection attempts that never completed.
+    Embryonic(Box<EmbryonicRecord>),
 }
 
 impl From<FlowRecord> for Record {

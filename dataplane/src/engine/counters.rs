@@ -11,8 +11,12 @@ pub struct Counters {
     pub non_ip: u64,
     /// Flows created.
     pub flows: u64,
-    /// Flows refused because the table was full.
+    /// Flows refused: the table was full, or (for embryonic flows) their source was at its
+    /// limit.
     pub flows_refused: u64,
+    /// Embryonic flows refused because their source was at its limit (also in
+    /// `flows_refused`).
+    pub embryonic_refused: u64,
     /// Embryonic flows evicted to make room.
     pub flows_evicted: u64,
     /// ClientHellos parsed.

@@ -6,6 +6,7 @@
 mod counters;
 mod divert;
 mod ech;
+mod embryonic;
 mod fragment;
 mod hello;
 mod learned;
@@ -27,7 +28,8 @@ use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Polic
 
 use crate::defrag::Defrag;
 use crate::flow::{
-    Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, TcpState, Timeouts, Verdict,
+    Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, Refused, TcpState, Timeouts,
+    Verdict,
 };
 use crate::guard::Step;
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
@@ -105,6 +107,8 @@ impl Clock {
 pub struct Settings {
     /// Flow table cap.
     pub max_flows: usize,
+    /// Most embryonic flows of one source (0: a sixteenth of the cap, at least 64).
+    pub max_embryonic_per_source: usize,
     /// Idle timeouts.
     pub timeouts: Timeouts,
     /// Interval of periodic records for long flows (ms).
@@ -122,6 +126,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             max_flows: 262_144,
+            max_embryonic_per_source: 0,
             timeouts: Timeouts::default(),
             report_interval_ms: 60_000,
             max_held_frames: 2048,
@@ -154,6 +159,11 @@ pub struct Engine {
     /// The fragments, as received, of the reassembled datagram being handled (empty for a
     /// whole frame): what a held flow keeps and later releases in the datagram's place.
     frag_hold: Vec<Vec<u8>>,
+    /// Connection attempts that never completed, summarised until the next stats record.
+    embryonic: embryonic::Summaries,
+    /// A flow whose handshake the frame being handled completed (its source's embryonic
+    /// count goes down once the frame is handled).
+    settle: Option<FlowKey>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -173,7 +183,11 @@ impl Engine {
         settings: Settings,
     ) -> Self {
         Engine {
-            table: FlowTable::new(settings.max_flows, settings.timeouts),
+            table: FlowTable::new(
+                settings.max_flows,
+                settings.max_embryonic_per_source,
+                settings.timeouts,
+            ),
             policy,
             overlay,
             settings,
@@ -189,6 +203,8 @@ impl Engine {
             offload_ops: Vec::new(),
             defrag: Defrag::default(),
             frag_hold: Vec::new(),
+            embryonic: embryonic::Summaries::default(),
+            settle: None,
         }
     }
 
@@ -228,6 +244,7 @@ impl Engine {
             kind: "stats",
             ts_ms: now.unix_ms,
             flows: self.table.len(),
+            half_open_sources: self.table.half_open_sources(),
             counters: self.counters,
             divert: self.divert_counters,
             nat_entries: self.nat_entries(),
@@ -274,6 +291,9 @@ impl Engine {
             Some(t) => self.tcp(side, data, &f, t, key, now, out),
             None => self.udp_or_other(side, data, &f, key, now, out),
         };
+        if let Some(k) = self.settle.take() {
+            self.table.get_mut(&k);
+        }
         if action == Action::Drop {
             self.counters.dropped += 1;
         }
@@ -291,18 +311,7 @@ impl Engine {
     ) -> Flow {
         let mut class = Class::default();
         if side == Side::Inside {
-            let policy = self.policy.load();
-            let overlay = self.overlay.load();
-            let q = Query {
-                src: f.src,
-                mac: Some(f.src_mac),
-                sni: None,
-                port: f.dport,
-                now: now.unix_ms / 1000,
-            };
-            let who = policy.resolve(&q, &overlay);
-            class.identity = Some(policy.identity_name(who.id).to_owned());
-            class.user = who.user.map(str::to_owned);
+            (class.identity, class.user) = self.resolve(f, now);
         }
         Flow {
             id,
@@ -330,7 +339,27 @@ impl Engine {
             guard: None,
             offload: Offload::No,
             offload_seen: OffloadSeen::default(),
+            half_open: false,
         }
+    }
+
+    /// Identity and feed user of the sender of `f` (from the inside).
+    fn resolve(&self, f: &Frame<'_>, now: Now) -> (Option<String>, Option<String>) {
+        let policy = self.policy.load();
+        let overlay = self.overlay.load();
+        let q = Query {
+            src: f.src,
+            mac: Some(f.src_mac),
+            sni: None,
+            port: f.dport,
+            now: now.unix_ms / 1000,
+        };
+        let who = policy.resolve(&q, &overlay);
+        (Some(policy.identity_name(who.id).to_owned()), who.user.map(str::to_owned))
+    }
+
+    fn identity_of(&self, side: Side, f: &Frame<'_>, now: Now) -> Option<String> {
+        (side == Side::Inside).then(|| self.resolve(f, now).0).flatten()
     }
 
     fn insert(
@@ -343,7 +372,7 @@ impl Engine {
         verdict: Verdict,
     ) -> Option<&mut Flow> {
         let flow = self.new_flow(0, side, f, now, state, verdict);
-        match self.table.insert(key, |id| Flow { id, ..flow }) {
+        match self.table.insert(key, flow) {
             Ok((_, evicted)) => {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
@@ -352,8 +381,24 @@ impl Engine {
                 }
                 self.table.get_mut(&key)
             }
-            Err(_full) => {
+            Err(Refused::Full) => {
                 self.counters.flows_refused += 1;
+                None
+            }
+            Err(Refused::SourceLimit) => {
+                self.counters.flows_refused += 1;
+                self.counters.embryonic_refused += 1;
+                let known = self.embryonic.has(f.src, verdict);
+                let identity = (!known).then(|| self.identity_of(side, f, now)).flatten();
+                self.embryonic.refused(&embryonic::Attempt {
+                    src: f.src,
+                    src_mac: f.src_mac,
+                    dport: f.dport,
+                    verdict,
+                    identity: identity.as_deref(),
+                    first_ms: now.unix_ms,
+                    last_ms: now.unix_ms,
+                });
                 None
             }
         }
@@ -391,6 +436,10 @@ impl Engine {
             return Action::Drop;
         }
         let c2s = track(flow, f, t, now);
+        if flow.half_open && flow.state != TcpState::Embryonic {
+            // Its source's slot is freed once this packet is handled.
+            self.settle = Some(key);
+        }
         match flow.verdict {
             Verdict::Allow => {
                 if let Some(g) = flow.guard.as_mut() {
@@ -523,7 +572,17 @@ impl Engine {
             let key = FlowKey::new(f.vlan, f.proto, f.client, f.server);
             self.forget_diverted(f.client, &key, f.offload == Offload::Active);
         }
-        self.records.push(FlowRecord::end(&f, why, now).into());
+        if f.never_completed() {
+            self.embryonic.ended(&f, why);
+        } else {
+            self.records.push(FlowRecord::end(&f, why, now).into());
+        }
+    }
+
+    /// The summaries of attempts that never completed, as records.
+    fn summarise(&mut self, now: Now) {
+        let records = &mut self.records;
+        records.extend(self.embryonic.take(now).map(|r| Record::Embryonic(Box::new(r))));
     }
 
     /// Expires idle flows and emits periodic records for long ones. Call about once a second.
@@ -546,6 +605,7 @@ impl Engine {
         if now.mono_ms.saturating_sub(self.last_stats) >= interval {
             self.last_stats = now.mono_ms;
             self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
+            self.summarise(now);
             let stats = self.stats(now);
             self.records.push(Record::Stats(Box::new(stats)));
         }
@@ -556,8 +616,13 @@ impl Engine {
         let flows: Vec<Flow> = self.table.drain().collect();
         for f in flows {
             Self::withdraw(&mut self.offload_ops, &f);
-            self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
+            if f.never_completed() {
+                self.embryonic.ended(&f, EndReason::Shutdown);
+            } else {
+                self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
+            }
         }
+        self.summarise(now);
         self.divert = self.settings.divert.map(divert::DivertState::new);
         let stats = self.stats(now);
         self.records.push(Record::Stats(Box::new(stats)));
@@ -613,12 +678,15 @@ fn decide_flow(
 fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
     let c2s = (f.src, f.sport) == flow.client;
     count(flow, f, now);
-    if !c2s {
+    if c2s {
+        // The handshake completes with the client's acknowledgment of the SYN-ACK: a spoofed
+        // SYN the server answered stays embryonic (evictable, summarised).
+        if t.has_ack && flow.state == TcpState::Embryonic && flow.server_next.is_some() {
+            flow.state = TcpState::Established;
+        }
+    } else {
         if t.syn && t.has_ack {
             flow.server_next = Some(t.seq.wrapping_add(1));
-            if flow.state == TcpState::Embryonic {
-                flow.state = TcpState::Established;
-            }
         } else if let Some(n) = flow.server_next {
             let end = t.seq.wrapping_add(f.payload.len() as u32).wrapping_add(u32::from(t.fin));
             if (end.wrapping_sub(n) as i32) > 0 {

@@ -24,6 +24,11 @@ pub struct Args {
     /// Hard cap of the flow table.
     #[arg(long, default_value_t = 262_144)]
     pub max_flows: usize,
+    /// Most embryonic flows (handshake not complete) of one source address (an IPv6 /64):
+    /// past it that source's new SYNs are dropped and summarised, so one host's SYN flood
+    /// cannot evict everyone else's connection attempts. 0: a sixteenth of --max-flows.
+    #[arg(long, default_value_t = 0)]
+    pub max_embryonic_per_source: usize,
     /// Seconds between records of long-running flows.
     #[arg(long, default_value_t = 60)]
     pub report_interval: u64,

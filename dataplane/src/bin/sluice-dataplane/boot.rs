@@ -19,6 +19,7 @@ use crate::args::Args;
 pub fn settings(args: &Args) -> Settings {
     Settings {
         max_flows: args.max_flows,
+        max_embryonic_per_source: args.max_embryonic_per_source,
         report_interval_ms: args.report_interval.max(1) * 1000,
         timeouts: Timeouts {
             tcp_embryonic: args.timeout_tcp_embryonic * 1000,

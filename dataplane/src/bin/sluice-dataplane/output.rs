@@ -89,7 +89,7 @@ impl Output {
         }
         for r in &records {
             let line = match r {
-                Record::Flow(_) => {
+                Record::Flow(_) | Record::Embryonic(_) => {
                     self.emitted.flow += 1;
                     serde_json::to_string(r)
                 }
