@@ -204,3 +204,24 @@ fn past_256_sources_an_interval_the_rest_share_one_summary() {
     assert_eq!((rest.src.as_str(), rest.flows, rest.src_mac.is_none()), ("*", 44, true));
     assert_eq!(sums.iter().map(|s| s.flows).sum::<u64>(), 300);
 }
+
+#[test]
+fn attempts_in_their_handshake_get_no_periodic_records() {
+    let mut e = engine(Settings { report_interval_ms: 1000, ..settings(10_000, 0) });
+    for port in 0..100u16 {
+        syn(&mut e, "10.20.9.99", 10_000 + port, 0);
+    }
+    handshake(&mut e, "10.20.1.10", 40_000, 0);
+    for s in 1..=5 {
+        e.tick(now(s * 1000));
+    }
+    let updates: Vec<_> = e
+        .take_records()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Flow(f) => Some(f.src),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates, ["10.20.1.10"; 5], "only the established flow reports");
+}

@@ -681,5 +681,77 @@ class Failover(unittest.TestCase):
         self.assertNotEqual(r.stdout, "200", "traffic passed with no data plane under --on-failure closed")
 
 
+def stored_flows():
+    code, body = api("GET", "/v1/status", "SLUICE_ANALYST_TOKEN")
+    assert code == 200, body
+    return json.loads(body)["stored"]["flows"]
+
+
+def rss_kb(pid, field="VmHWM"):
+    with open("/proc/%d/status" % pid) as f:
+        return int(next(line.split()[1] for line in f if line.startswith(field + ":")))
+
+
+class Floods(unittest.TestCase):
+    """SYN floods from guest toward a TLS port, first from random spoofed sources, then from
+    its own address: the flow table stays at its cap, guest's own flood is held to its
+    embryonic limit, alice's established and new connections are served throughout, and the
+    store gets summaries, not a record per SYN."""
+
+    CAP = 20000
+    GUEST = "10.20.9.99"
+
+    def test_syn_floods_leave_alice_served_and_the_store_small(self):
+        start_appliance("--max-flows %d" % self.CAP)
+        try:
+            state = env()["SLUICE_LAB_STATE"]
+            with open(os.path.join(state, "dataplane.pid")) as f:
+                pid = int(f.read())
+            since = int(time.time() * 1000)
+            stored_before = stored_flows()
+            steady = subprocess.Popen([LAB, "exec", "alice", "--", "python3", os.path.join(ROOT, "tests", "e2e", "steady.py"),
+                                       "--seconds", "14"], stdout=subprocess.PIPE, text=True)
+            time.sleep(2)
+            flood = ["hping3", "-S", "-p", "443", "--flood", "-q", "198.51.100.80"]
+            sent = 0
+            for extra, secs in ((["--rand-source"], 5), ([], 4)):
+                r = on("guest", "timeout", str(secs), *flood, *extra, timeout=30)
+                sent += int(re.search(r"(\d+) packets transmitted", r.stdout + r.stderr).group(1))
+            alice = json.loads(steady.communicate(timeout=60)[0])
+            time.sleep(3)  # a stats record after the flood, and the summaries with it
+            stats = [r for r in local_records() if r.get("type") == "stats" and r["ts_ms"] > since]
+            c = stats[-1]["counters"]
+            print("\n  SYN floods: %d SYNs sent; engine saw %d frames, kernel dropped %d; flows at most %d (cap %d);"
+                  " evicted %d, refused at guest's limit %d; data plane peak RSS %d MiB"
+                  % (sent, c["frames"], c["ring_drops"], max(r["flows"] for r in stats), self.CAP,
+                     c["flows_evicted"], c["embryonic_refused"], rss_kb(pid) // 1024))
+            print("  alice during the floods: %s" % json.dumps(alice))
+            self.assertGreater(sent, 100000, "the flood was too small to tell anything")
+            self.assertLessEqual(max(r["flows"] for r in stats), self.CAP)
+            self.assertGreater(c["flows_evicted"], 0)
+            self.assertGreater(c["embryonic_refused"], 0, "guest's own flood met its limit")
+            for kind in ("established", "new"):
+                self.assertGreater(alice[kind]["ok"], 50, kind)
+                self.assertEqual(alice[kind]["failed"], 0, "%s connections failed during the flood" % kind)
+            # The store: summaries of the attempts, a handful per interval, not one per SYN.
+            deadline, rows = time.time() + 20, []
+            while time.time() < deadline:
+                code, body = api("GET", "/v1/flows?since=%d&format=jsonl" % since, "SLUICE_ANALYST_TOKEN")
+                rows = [json.loads(x) for x in body.splitlines() if x.strip()]
+                if any(r.get("src") == self.GUEST and r.get("event") == "embryonic" for r in rows):
+                    break
+                time.sleep(1)
+            stored = stored_flows() - stored_before
+            summaries = [r for r in rows if r.get("event") == "embryonic"]
+            print("  store: %d flow rows since the flood began, %d of them summaries (%d attempts summarised)"
+                  % (stored, len(summaries), sum(r["flows"] + r["refused"] for r in summaries)))
+            mine = [r for r in summaries if r.get("src") == self.GUEST]
+            self.assertTrue(mine and sum(r["refused"] for r in mine) > 0, "guest's own flood is summarised")
+            self.assertLess(stored, 5000, "the store took a row per SYN")
+        finally:
+            start_appliance()
+            restarted_with_stats(time.time() * 1000)
+
+
 if __name__ == "__main__":
     unittest.main()

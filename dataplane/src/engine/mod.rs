@@ -598,7 +598,9 @@ impl Engine {
         let interval = self.settings.report_interval_ms;
         for f in self.table.due_reports(now.mono_ms, interval) {
             f.last_report = now.mono_ms;
-            if now.mono_ms.saturating_sub(f.first_mono) >= interval {
+            // An attempt that never completed has nothing to report (a SYN flood would
+            // otherwise write a record per attempt per interval); it is summarised at its end.
+            if !f.never_completed() && now.mono_ms.saturating_sub(f.first_mono) >= interval {
                 records.push(FlowRecord::update(f, now).into());
             }
         }

@@ -1,0 +1,133 @@
+//! Memory the packet engine holds per flow, at 1,000,000 flows (issue: at most 256 bytes per
+//! flow in the engine, 512 MiB for a million flows in all). A counting allocator measures the
+//! heap the engine holds after taking a million flows of one kind, for three kinds:
+//!
+//! - `syn`: a SYN each, never answered (a flood);
+//! - `plain`: SYN, SYN-ACK and ACK to port 80 (allowed at the SYN);
+//! - `tls`: SYN and a ClientHello for api.openai.com (classified: SNI, JA4, rule).
+//!
+//! Bytes are what the engine asked the allocator for (the allocator's own overhead comes on
+//! top; the process's resident size is printed beside). Run:
+//! `cargo bench -p sluice-dataplane --bench flowmem` (FLOWS=… to change the count).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use arc_swap::ArcSwap;
+use etherparse::PacketBuilder;
+use sluice_dataplane::engine::{Engine, Now, Settings, Side};
+use sluice_rules::IdentityOverlay;
+use sluice_rules::catalog::ShippedOnly;
+
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only sizes are counted.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        HELD.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        HELD.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        HELD.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract.
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+/// A TCP segment of flow `i` (source 10.20.1.x, one of 60,000 ports each).
+fn segment(i: u32, dport: u16, c2s: bool, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let src = [10, 20, 1, (i / 60_000) as u8];
+    let sport = 1_000 + (i % 60_000) as u16;
+    let dst = [198, 51, 100, 10];
+    let b = if c2s {
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, seq, 64_000)
+    } else {
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4(dst, src, 64)
+            .tcp(dport, sport, seq, 64_000)
+    };
+    let b = match flags {
+        "S" => b.syn(),
+        "SA" => b.syn().ack(101),
+        _ => b.ack(1).psh(),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn main() {
+    let flows: u32 = std::env::var("FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml"))
+            .unwrap();
+    let policy = Arc::new(ArcSwap::from_pointee(
+        sluice_rules::compile("default.toml", &rules, &ShippedOnly).unwrap().policy,
+    ));
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/clienthello/curl-api.openai.com.bin"
+    ))
+    .unwrap();
+    println!("flows: {flows}");
+    for kind in ["syn", "plain", "tls"] {
+        let before = HELD.load(Ordering::Relaxed);
+        let rss_before = rss_mib();
+        let mut e = Engine::new(
+            policy.clone(),
+            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+            Settings { max_flows: flows as usize, ..Settings::default() },
+        );
+        let now = Now { mono_ms: 1, unix_ms: 1 };
+        let mut out = Vec::new();
+        for i in 0..flows {
+            match kind {
+                "syn" => {
+                    e.handle(Side::Inside, &segment(i, 443, true, "S", 100, &[]), now, &mut out);
+                }
+                "plain" => {
+                    e.handle(Side::Inside, &segment(i, 80, true, "S", 100, &[]), now, &mut out);
+                    e.handle(Side::Outside, &segment(i, 80, false, "SA", 500, &[]), now, &mut out);
+                    e.handle(Side::Inside, &segment(i, 80, true, "A", 101, &[]), now, &mut out);
+                }
+                _ => {
+                    e.handle(Side::Inside, &segment(i, 443, true, "S", 100, &[]), now, &mut out);
+                    e.handle(Side::Inside, &segment(i, 443, true, "A", 101, &hello), now, &mut out);
+                }
+            }
+            out.clear();
+        }
+        assert_eq!(e.flow_count(), flows as usize, "{kind}: every flow in the table");
+        drop(e.take_records());
+        let held = HELD.load(Ordering::Relaxed) - before;
+        println!(
+            "{kind:>5}: {:6.1} bytes per flow in the engine ({:.0} MiB for {flows}); process RSS +{:.0} MiB",
+            held as f64 / f64::from(flows),
+            held as f64 / (1024.0 * 1024.0),
+            rss_mib() - rss_before
+        );
+        drop(e);
+    }
+}
