@@ -4,7 +4,9 @@
 //!
 //! - `syn`: a SYN each, never answered (a flood);
 //! - `plain`: SYN, SYN-ACK and ACK to port 80 (allowed at the SYN);
-//! - `tls`: SYN and a ClientHello for api.openai.com (classified: SNI, JA4, rule).
+//! - `tls`: a handshake, a ClientHello for api.openai.com (classified: SNI, JA4, rule) and
+//!   the server's first answer and the client's next record (which end the guard over the
+//!   hello).
 //!
 //! Bytes are what the engine asked the allocator for (the allocator's own overhead comes on
 //! top; the process's resident size is printed beside). Run:
@@ -55,7 +57,15 @@ fn rss_mib() -> f64 {
 }
 
 /// A TCP segment of flow `i` (source 10.20.1.x, one of 60,000 ports each).
-fn segment(i: u32, dport: u16, c2s: bool, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
+fn segment(
+    i: u32,
+    dport: u16,
+    c2s: bool,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
     let src = [10, 20, 1, (i / 60_000) as u8];
     let sport = 1_000 + (i % 60_000) as u16;
     let dst = [198, 51, 100, 10];
@@ -70,13 +80,19 @@ fn segment(i: u32, dport: u16, c2s: bool, flags: &str, seq: u32, payload: &[u8])
     };
     let b = match flags {
         "S" => b.syn(),
-        "SA" => b.syn().ack(101),
-        _ => b.ack(1).psh(),
+        "SA" => b.syn().ack(ack),
+        _ => b.ack(ack).psh(),
     };
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
+
+/// The client's ChangeCipherSpec and first encrypted record, after its hello.
+const CCS: [u8; 12] = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01, 0x17, 0x03, 0x03, 0x00, 0x01, 0x00];
+
+/// The first bytes of a ServerHello record.
+const SERVER_HELLO: [u8; 9] = [0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0x00, 0x00, 0x00];
 
 fn main() {
     let flows: u32 = std::env::var("FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
@@ -98,24 +114,34 @@ fn main() {
         let mut e = Engine::new(
             policy.clone(),
             Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-            Settings { max_flows: flows as usize, ..Settings::default() },
+            Settings {
+                max_flows: flows as usize,
+                max_embryonic_per_source: flows as usize,
+                ..Settings::default()
+            },
         );
         let now = Now { mono_ms: 1, unix_ms: 1 };
         let mut out = Vec::new();
         for i in 0..flows {
-            match kind {
-                "syn" => {
-                    e.handle(Side::Inside, &segment(i, 443, true, "S", 100, &[]), now, &mut out);
-                }
-                "plain" => {
-                    e.handle(Side::Inside, &segment(i, 80, true, "S", 100, &[]), now, &mut out);
-                    e.handle(Side::Outside, &segment(i, 80, false, "SA", 500, &[]), now, &mut out);
-                    e.handle(Side::Inside, &segment(i, 80, true, "A", 101, &[]), now, &mut out);
-                }
-                _ => {
-                    e.handle(Side::Inside, &segment(i, 443, true, "S", 100, &[]), now, &mut out);
-                    e.handle(Side::Inside, &segment(i, 443, true, "A", 101, &hello), now, &mut out);
-                }
+            let end = 101 + hello.len() as u32;
+            let frames: Vec<(Side, Vec<u8>)> = match kind {
+                "syn" => vec![(Side::Inside, segment(i, 443, true, "S", 100, 0, &[]))],
+                "plain" => vec![
+                    (Side::Inside, segment(i, 80, true, "S", 100, 0, &[])),
+                    (Side::Outside, segment(i, 80, false, "SA", 500, 101, &[])),
+                    (Side::Inside, segment(i, 80, true, "A", 101, 501, &[])),
+                ],
+                _ => vec![
+                    (Side::Inside, segment(i, 443, true, "S", 100, 0, &[])),
+                    (Side::Outside, segment(i, 443, false, "SA", 500, 101, &[])),
+                    (Side::Inside, segment(i, 443, true, "A", 101, 501, &hello)),
+                    (Side::Outside, segment(i, 443, false, "A", 501, end, &SERVER_HELLO)),
+                    (Side::Inside, segment(i, 443, true, "A", end, 501 + 9, &CCS)),
+                    (Side::Outside, segment(i, 443, false, "A", 510, end + 12, &[])),
+                ],
+            };
+            for (side, frame) in &frames {
+                e.handle(*side, frame, now, &mut out);
             }
             out.clear();
         }

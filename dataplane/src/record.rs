@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::engine::Now;
-use crate::flow::{Class, EndReason, Flow, Verdict};
+use crate::flow::{Class, EndReason, Flow, Name, Verdict};
 use crate::ident_fmt::mac;
 use crate::wire::frame::Proto;
 
@@ -45,7 +45,11 @@ pub struct FlowRecord {
     pub vlan: Option<u16>,
     /// Initiated from the inside port.
     pub inside: bool,
-    /// Classification (identity, SNI, ALPN, JA4, category, rule, action, reason).
+    /// Identity name.
+    pub identity: Option<Name>,
+    /// Feed user.
+    pub user: Option<Name>,
+    /// Classification (SNI, ALPN, JA4, category, rule, action, reason).
     #[serde(flatten)]
     pub class: Class,
     /// Verdict.
@@ -78,7 +82,9 @@ impl FlowRecord {
             dport: f.server.1,
             vlan: f.vlan,
             inside: f.from_inside,
-            class: f.class.clone(),
+            identity: f.identity.clone(),
+            user: f.user.clone(),
+            class: (*f.class).clone(),
             verdict: f.verdict,
             pkts_out: f.c2s.0,
             bytes_out: f.c2s.1,
@@ -150,8 +156,6 @@ pub struct StatsRecord {
     pub ts_ms: u64,
     /// Flows in the table.
     pub flows: usize,
-    /// Sources with embryonic flows in the table.
-    pub half_open_sources: usize,
     /// Engine counters.
     pub counters: crate::engine::Counters,
     /// Divert counters (all zero without interception).

@@ -175,7 +175,7 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
     assert_eq!(e.divert_counters.tun_ignored, before + 2);
 
     // The interception engine annotates the flow; the record says divert.
-    e.annotate_diverted(client, |c| c.rule = Some("finance-openai-inspect".into()));
+    e.annotate_diverted(client, |f| f.class.rule = Some("finance-openai-inspect".into()));
     e.shutdown(now(20));
     let records = e.take_records();
     let diverted = records

@@ -133,8 +133,8 @@ impl Decider {
         Decided {
             action: d.action,
             note: DecisionNote {
-                identity: d.identity.to_owned(),
-                user: d.user.map(str::to_owned),
+                identity: d.identity.to_string(),
+                user: d.user.map(|u| u.to_string()),
                 category: d.category.map(str::to_owned),
                 rule: d.rule.map(|r| r.name().to_owned()),
             },

@@ -224,7 +224,7 @@ pub struct Resolved<'a> {
     /// Declared identity, or `None` for unknown sources.
     pub id: Option<IdentityId>,
     /// User from the identity feed.
-    pub user: Option<&'a str>,
+    pub user: Option<&'a Arc<str>>,
     /// Groups from the identity feed.
     pub groups: &'a [Arc<str>],
 }
@@ -239,9 +239,9 @@ pub struct Decision<'a> {
     /// The matching category of the destination, if any.
     pub category: Option<&'a str>,
     /// Identity name (the unknown name when none matched).
-    pub identity: &'a str,
+    pub identity: &'a Arc<str>,
     /// Feed user, if any.
-    pub user: Option<&'a str>,
+    pub user: Option<&'a Arc<str>>,
     /// DLP profile for inspect.
     pub dlp: Option<&'a DlpProfile>,
 }
@@ -301,7 +301,7 @@ impl Policy {
             .or_else(|| self.cidrs.lookup(q.src));
         Resolved {
             id,
-            user: entry.map(|e| e.user.as_ref()),
+            user: entry.map(|e| &e.user),
             groups: entry.map_or(&[][..], |e| &e.groups[..]),
         }
     }
@@ -317,9 +317,9 @@ impl Policy {
     }
 
     /// The name of identity `id`, or the unknown name.
-    pub fn identity_name(&self, id: Option<IdentityId>) -> &str {
+    pub fn identity_name(&self, id: Option<IdentityId>) -> &Arc<str> {
         id.and_then(|i| self.identities.get(i as usize))
-            .map_or(&*self.defaults.unknown_identity, |i| &*i.name)
+            .map_or(&self.defaults.unknown_identity, |i| &i.name)
     }
 
     /// Decides what to do with a flow. Allocation-free; cost grows with the number of labels

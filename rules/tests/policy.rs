@@ -35,7 +35,7 @@ fn default_rules_behave_as_documented() {
     let none = IdentityOverlay::default();
     let d = p.decide(&q("10.20.1.10", "api.openai.com"), &none);
     assert_eq!(
-        (d.action, d.rule_name(), d.identity, d.category),
+        (d.action, d.rule_name(), &**d.identity, d.category),
         (Action::Inspect, "finance-openai-inspect", "finance", Some("openai-api"))
     );
     assert_eq!(d.dlp.unwrap().name.as_ref(), "block-sensitive");
@@ -57,7 +57,7 @@ fn default_rules_behave_as_documented() {
     for sni in ["api.openai.com", "CHATGPT.com.", "ab.chatgpt.com", "auth.openai.com", "sora.com"] {
         let d = p.decide(&q("10.20.9.99", sni), &none);
         assert_eq!(
-            (d.action, d.rule_name(), d.identity),
+            (d.action, d.rule_name(), &**d.identity),
             (Action::Block, "unknown-no-openai", "unknown"),
             "{sni}"
         );
@@ -65,7 +65,7 @@ fn default_rules_behave_as_documented() {
     let d = p.decide(&q("fd20::9:99", "api.openai.com"), &none);
     assert_eq!(d.action, Action::Block);
     let d = p.decide(&q("fd20::1:10", "api.openai.com"), &none);
-    assert_eq!(d.identity, "finance");
+    assert_eq!(&**d.identity, "finance");
     for src in ["10.20.9.99", "10.20.1.10"] {
         let d = p.decide(&q(src, "expired.badssl.lab"), &none);
         assert_eq!((d.action, d.rule_name()), (Action::Inspect, "badssl-inspect"));
@@ -92,7 +92,10 @@ fn overlay_moves_a_source_without_recompiling() {
         },
     )]);
     let d = p.decide(&q("10.20.9.99", "api.openai.com"), &overlay);
-    assert_eq!((d.action, d.identity, d.user), (Action::Inspect, "finance", Some("gina@corp")));
+    assert_eq!(
+        (d.action, &**d.identity, d.user.map(|u| &**u)),
+        (Action::Inspect, "finance", Some("gina@corp"))
+    );
     let later = Query { now: 2_000, ..q("10.20.9.99", "api.openai.com") };
     assert_eq!(p.decide(&later, &overlay).action, Action::Block);
 }
@@ -133,7 +136,7 @@ action = "block"
     query.port = 443;
     query.mac = Some([2, 0, 0, 0, 0, 1]);
     let d = p.decide(&query, &none);
-    assert_eq!((d.rule_name(), d.identity), ("kiosk-block", "kiosk"));
+    assert_eq!((d.rule_name(), &**d.identity), ("kiosk-block", "kiosk"));
     let ov = IdentityOverlay::new([(
         query.src,
         OverlayEntry { user: "c".into(), groups: vec!["contractors".into()], expires_at: None },

@@ -21,7 +21,7 @@ use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
 use super::offload::{Closes, DirKey, FastEntry, OffloadOp, Rewrite};
 use super::{Engine, Now, Side, close, track};
-use crate::flow::{Class, Flow, FlowKey, Offload, TcpState};
+use crate::flow::{Flow, FlowKey, Offload, TcpState};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
 
@@ -385,15 +385,15 @@ impl Engine {
         }
     }
 
-    /// Lets the interception engine write what it learned (SNI, rule, action, reason) into the
-    /// record of the diverted flow from `client`.
-    pub fn annotate_diverted(&mut self, client: SocketAddr, f: impl FnOnce(&mut Class)) {
+    /// Lets the interception engine write what it learned (SNI, identity, rule, action,
+    /// reason) into the record of the diverted flow from `client`.
+    pub fn annotate_diverted(&mut self, client: SocketAddr, f: impl FnOnce(&mut Flow)) {
         let Some(key) = self.divert.as_ref().and_then(|d| d.clients.get(&client)).map(|e| e.key)
         else {
             return;
         };
         if let Some(flow) = self.table.get_mut(&key) {
-            f(&mut flow.class);
+            f(flow);
         }
     }
 

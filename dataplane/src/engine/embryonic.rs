@@ -98,7 +98,7 @@ impl Summaries {
             src_mac: f.client_mac,
             dport: f.server.1,
             verdict: f.verdict,
-            identity: f.class.identity.as_deref(),
+            identity: f.identity.as_deref(),
             first_ms: f.first_unix,
             last_ms: f.first_unix + f.last_mono.saturating_sub(f.first_mono),
         };

@@ -5,7 +5,7 @@
 
 use super::learned::{self, HELLO_LEARN_TTL};
 use super::{Action, Counters, Engine, Now, Side, decide_flow, ech};
-use crate::flow::{Class, Flow, FlowKey, TcpState, Verdict};
+use crate::flow::{Class, Flow, FlowKey, Pending, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
 use crate::wire::frame::{self, Frame, Tcp};
@@ -94,7 +94,7 @@ impl Engine {
         // Fast path: the whole hello in the first segment, in order (what clients send): no
         // reassembly buffer, no copy of the frame.
         let mut fast = None;
-        if flow.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
+        if flow.pending.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
             let parse = parse_client_hello(f.payload, &mut self.scratch);
             fast = outcome(parse, &mut flow.class, &mut self.counters);
         }
@@ -102,18 +102,19 @@ impl Engine {
         let outcome = match fast {
             Some(o) => o,
             None => {
-                let reasm = flow
+                let pending = &mut *flow.pending;
+                let reasm = pending
                     .reasm
                     .get_or_insert_with(|| Box::new(Reassembly::new(isn.wrapping_add(1))));
                 let added = reasm.add(t.seq, f.payload);
-                hold_frames(&mut flow.held, data, fragments);
+                hold_frames(&mut pending.held, data, fragments);
                 match added {
                     Added::Conflict => {
                         self.counters.evasions += 1;
                         Outcome::Block("overlapping TCP segments disagree (evasion attempt)")
                     }
                     Added::Overflow => Outcome::Block("no ClientHello within the first 16 KiB"),
-                    Added::Ok if flow.held.len() > self.settings.max_held_frames => {
+                    Added::Ok if pending.held.len() > self.settings.max_held_frames => {
                         Outcome::Block("too many segments before the ClientHello")
                     }
                     Added::Ok => {
@@ -152,8 +153,7 @@ impl Engine {
             (Some(sni), Some("inspect")) => Some((flow.server.0, sni.clone())),
             _ => None,
         };
-        let held = std::mem::take(&mut flow.held);
-        let reasm = flow.reasm.take();
+        let Pending { held, reasm, .. } = flow.pending.take().map(|p| *p).unwrap_or_default();
         let (base, decided, client_next) = match &reasm {
             Some(r) => (isn.wrapping_add(1), r.contiguous(), r.next_seq()),
             None => (t.seq, f.payload, t.seq.wrapping_add(f.payload.len() as u32)),
@@ -206,7 +206,7 @@ impl Engine {
         flow.verdict = Verdict::Block;
         flow.class.action = Some("block");
         flow.class.reason = Some(why);
-        flow.guard = None;
+        flow.pending.clear();
         flow.state = TcpState::Closing;
         self.counters.evasions += 1;
         self.counters.blocked += 1;
@@ -238,7 +238,7 @@ fn guard_hello(flow: &mut Flow, counters: &mut Counters, base: u32, decided: &[u
     let mut g = Guard::new(base, &decided[..span], flow.server_next);
     match g.client(base, decided) {
         Step::Pass => {
-            flow.guard = Some(Box::new(g));
+            flow.pending.guard = Some(Box::new(g));
             Verdict::Allow
         }
         Step::Evasion(why) => refuse_evasion(flow, counters, why),

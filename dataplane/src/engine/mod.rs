@@ -28,8 +28,7 @@ use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Polic
 
 use crate::defrag::Defrag;
 use crate::flow::{
-    Class, EndReason, Flow, FlowKey, FlowTable, Offload, OffloadSeen, Refused, TcpState, Timeouts,
-    Verdict,
+    EndReason, Flow, FlowKey, FlowTable, Lazy, Name, Offload, Refused, TcpState, Timeouts, Verdict,
 };
 use crate::guard::Step;
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
@@ -244,7 +243,6 @@ impl Engine {
             kind: "stats",
             ts_ms: now.unix_ms,
             flows: self.table.len(),
-            half_open_sources: self.table.half_open_sources(),
             counters: self.counters,
             divert: self.divert_counters,
             nat_entries: self.nat_entries(),
@@ -309,10 +307,8 @@ impl Engine {
         state: TcpState,
         verdict: Verdict,
     ) -> Flow {
-        let mut class = Class::default();
-        if side == Side::Inside {
-            (class.identity, class.user) = self.resolve(f, now);
-        }
+        let (identity, user) =
+            if side == Side::Inside { self.resolve(f, now) } else { (None, None) };
         Flow {
             id,
             proto: f.proto,
@@ -331,20 +327,20 @@ impl Engine {
             state,
             fins: (false, false),
             verdict,
-            class,
+            identity,
+            user,
+            class: Lazy::default(),
             client_isn: f.tcp.map_or(0, |t| t.seq),
             server_next: None,
-            reasm: None,
-            held: Vec::new(),
-            guard: None,
+            pending: Lazy::default(),
             offload: Offload::No,
-            offload_seen: OffloadSeen::default(),
+            offload_seen: Lazy::default(),
             half_open: false,
         }
     }
 
     /// Identity and feed user of the sender of `f` (from the inside).
-    fn resolve(&self, f: &Frame<'_>, now: Now) -> (Option<String>, Option<String>) {
+    fn resolve(&self, f: &Frame<'_>, now: Now) -> (Option<Name>, Option<Name>) {
         let policy = self.policy.load();
         let overlay = self.overlay.load();
         let q = Query {
@@ -355,10 +351,10 @@ impl Engine {
             now: now.unix_ms / 1000,
         };
         let who = policy.resolve(&q, &overlay);
-        (Some(policy.identity_name(who.id).to_owned()), who.user.map(str::to_owned))
+        (Some(policy.identity_name(who.id).clone()), who.user.cloned())
     }
 
-    fn identity_of(&self, side: Side, f: &Frame<'_>, now: Now) -> Option<String> {
+    fn identity_of(&self, side: Side, f: &Frame<'_>, now: Now) -> Option<Name> {
         (side == Side::Inside).then(|| self.resolve(f, now).0).flatten()
     }
 
@@ -372,7 +368,8 @@ impl Engine {
         verdict: Verdict,
     ) -> Option<&mut Flow> {
         let flow = self.new_flow(0, side, f, now, state, verdict);
-        match self.table.insert(key, flow) {
+        debug_assert!(flow.key() == key, "a flow is filed under its own addresses");
+        match self.table.insert(flow) {
             Ok((_, evicted)) => {
                 self.counters.flows += 1;
                 if let Some(ev) = evicted {
@@ -442,7 +439,7 @@ impl Engine {
         }
         match flow.verdict {
             Verdict::Allow => {
-                if let Some(g) = flow.guard.as_mut() {
+                if let Some(g) = flow.pending.get_mut().and_then(|p| p.guard.as_deref_mut()) {
                     if !c2s {
                         g.server(t.syn, t.has_ack.then_some(t.ack), t.seq, f.payload);
                     } else if !f.payload.is_empty() {
@@ -461,13 +458,13 @@ impl Engine {
                                 // Decided afresh, from the new hello on.
                                 flow.verdict = Verdict::Pending;
                                 flow.client_isn = at.wrapping_sub(1);
-                                flow.guard = None;
+                                flow.pending.clear();
                                 return self.hold(key, side, data, f, t, now, out);
                             }
                         }
                     }
                     if g.done() {
-                        flow.guard = None;
+                        flow.pending.clear();
                     }
                 }
                 let fast = self.settings.fast_path;
@@ -652,8 +649,8 @@ fn decide_flow(
         now: now.unix_ms / 1000,
     };
     let d = policy.decide(&q, overlay);
-    flow.class.identity = Some(d.identity.to_owned());
-    flow.class.user = d.user.map(str::to_owned);
+    flow.identity = Some(d.identity.clone());
+    flow.user = d.user.cloned();
     flow.class.category = d.category.map(str::to_owned);
     flow.class.rule = Some(d.rule_name().to_owned());
     flow.class.action = Some(d.action.as_str());

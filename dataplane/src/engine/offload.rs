@@ -151,7 +151,7 @@ pub(super) fn keys(flow: &Flow) -> [DirKey; 2] {
 fn eligible(flow: &Flow) -> bool {
     flow.offload == Offload::No
         && flow.verdict == Verdict::Allow
-        && flow.guard.is_none()
+        && flow.pending.guard.is_none()
         && match flow.proto {
             Proto::Tcp => flow.state == TcpState::Established,
             Proto::Udp => flow.client.1 != 53 && flow.server.1 != 53,

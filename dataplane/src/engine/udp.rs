@@ -41,7 +41,7 @@ impl Engine {
             };
             let who = policy.resolve(&query, &overlay);
             let key = (
-                policy.identity_name(who.id).to_owned(),
+                policy.identity_name(who.id).to_string(),
                 policy.category_name(cat).unwrap_or("").to_owned(),
             );
             *self.dns_queries.entry(key).or_insert(0) += 1;
@@ -185,11 +185,12 @@ impl Engine {
         out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
-        super::hello::hold_frames(&mut flow.held, data, std::mem::take(&mut self.frag_hold));
+        let pending = &mut *flow.pending;
+        super::hello::hold_frames(&mut pending.held, data, std::mem::take(&mut self.frag_hold));
         let outcome = match quic::read_initial(f.payload) {
             Err(e) => Err(e.to_string()),
             Ok(init) => {
-                let reasm = flow.reasm.get_or_insert_with(|| Box::new(Reassembly::new(0)));
+                let reasm = pending.reasm.get_or_insert_with(|| Box::new(Reassembly::new(0)));
                 let mut conflict = false;
                 for c in &init.crypto {
                     let offset = u32::try_from(c.offset).unwrap_or(u32::MAX);
@@ -205,7 +206,7 @@ impl Engine {
                 } else {
                     match quic::hello_body(reasm.contiguous()) {
                         Err(e) => Err(e.to_owned()),
-                        Ok(None) if flow.held.len() >= MAX_QUIC_HELD => {
+                        Ok(None) if pending.held.len() >= MAX_QUIC_HELD => {
                             Err("no ClientHello in the first QUIC Initials".to_owned())
                         }
                         Ok(None) => return Action::Drop,
@@ -248,8 +249,7 @@ impl Engine {
         };
         drop(policy);
         flow.verdict = verdict;
-        flow.reasm = None;
-        let held = std::mem::take(&mut flow.held);
+        let held = flow.pending.take().map(|p| p.held).unwrap_or_default();
         if verdict == Verdict::Allow {
             out.extend(held.into_iter().map(|h| (client_side.other(), h)));
         } else {

@@ -1,11 +1,16 @@
-//! The flow table: direction-normalised keys (with VLAN), per-flow state and counters, idle
-//! timeouts per protocol and TCP state, a hard cap that evicts embryonic flows first, and a
-//! cap on each source's embryonic flows (one host's SYN flood evicts only its own).
+//! Flows: direction-normalised keys (with VLAN), per-flow state and counters, idle timeouts
+//! per protocol and TCP state. A flow keeps inline only what every flow needs; the
+//! classification, the state of a flow waiting for its ClientHello and the fast path's
+//! counts are allocated when first written ([`Lazy`]). The table is in [`table`].
 
-use std::collections::VecDeque;
+mod lazy;
+mod table;
+
+pub use lazy::{Empty, Lazy};
+pub use table::{FlowTable, Refused};
+
 use std::net::IpAddr;
-
-use hashbrown::HashMap;
+use std::sync::Arc;
 
 use crate::guard::Guard;
 use crate::reassembly::Reassembly;
@@ -124,12 +129,32 @@ pub struct Flow {
     pub fins: (bool, bool),
     /// Verdict.
     pub verdict: Verdict,
+    /// Identity name (shared with the policy: no allocation per flow).
+    pub identity: Option<Name>,
+    /// Feed user (shared with the identity overlay).
+    pub user: Option<Name>,
     /// Classification.
-    pub class: Class,
+    pub class: Lazy<Class>,
     /// Client's ISN.
     pub client_isn: u32,
     /// Server's next sequence number (from SYN-ACK and its data).
     pub server_next: Option<u32>,
+    /// What a flow waiting for its ClientHello (or guarding it) keeps.
+    pub pending: Lazy<Pending>,
+    /// Whether the kernel fast path carries it.
+    pub offload: Offload,
+    /// Counted among its source's embryonic flows (until the table sees it otherwise).
+    pub half_open: bool,
+    /// What the engine took of the fast path's counts.
+    pub offload_seen: Lazy<OffloadSeen>,
+}
+
+/// An identity or user name, shared.
+pub type Name = Arc<str>;
+
+/// What a flow keeps while its ClientHello is awaited, and while the decided hello is guarded.
+#[derive(Debug, Default)]
+pub struct Pending {
     /// Reassembly of the client's first bytes (allocated at the first data segment).
     pub reasm: Option<Box<Reassembly>>,
     /// Client frames held until the verdict.
@@ -137,12 +162,20 @@ pub struct Flow {
     /// The decided hello, kept until the decision cannot be stepped around
     /// ([`crate::guard`]); the flow stays off the fast path meanwhile.
     pub guard: Option<Box<Guard>>,
-    /// Whether the kernel fast path carries it.
-    pub offload: Offload,
-    /// What the engine took of the fast path's counts.
-    pub offload_seen: OffloadSeen,
-    /// Counted among its source's embryonic flows (until the table sees it otherwise).
-    pub half_open: bool,
+}
+
+impl Empty for Pending {
+    fn empty() -> &'static Self {
+        static EMPTY: Pending = Pending { reasm: None, held: Vec::new(), guard: None };
+        &EMPTY
+    }
+}
+
+impl Pending {
+    /// Nothing held, reassembled or guarded.
+    pub fn is_empty(&self) -> bool {
+        self.reasm.is_none() && self.held.is_empty() && self.guard.is_none()
+    }
 }
 
 /// Where a flow stands with the fast path.
@@ -166,13 +199,16 @@ pub struct OffloadSeen {
     pub s2c: (u64, u64),
 }
 
+impl Empty for OffloadSeen {
+    fn empty() -> &'static Self {
+        static EMPTY: OffloadSeen = OffloadSeen { c2s: (0, 0), s2c: (0, 0) };
+        &EMPTY
+    }
+}
+
 /// What is known about a flow's identity and destination.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Class {
-    /// Identity name.
-    pub identity: Option<String>,
-    /// Feed user.
-    pub user: Option<String>,
     /// SNI.
     pub sni: Option<String>,
     /// ALPN protocols offered.
@@ -200,6 +236,24 @@ pub struct Class {
     pub ech: Option<&'static str>,
 }
 
+impl Empty for Class {
+    fn empty() -> &'static Self {
+        static EMPTY: Class = Class {
+            sni: None,
+            alpn: Vec::new(),
+            alpn_negotiated: None,
+            tls_version: None,
+            ja4: None,
+            category: None,
+            rule: None,
+            action: None,
+            reason: None,
+            ech: None,
+        };
+        &EMPTY
+    }
+}
+
 impl Class {
     /// Records what a ClientHello said (SNI lowercased; JA4 computed here, once per flow).
     pub fn set_hello(&mut self, h: &ClientHello<'_>) {
@@ -218,6 +272,11 @@ impl Class {
 }
 
 impl Flow {
+    /// The flow's key in the table.
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(self.vlan, self.proto, self.client, self.server)
+    }
+
     /// The two ends, as the reset builder wants them.
     pub fn endpoints(&self) -> (Endpoint, Endpoint) {
         (
@@ -265,196 +324,4 @@ pub enum EndReason {
     Evicted,
     /// The data plane is stopping.
     Shutdown,
-}
-
-/// Why a flow was not taken into the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// The table is full and holds no embryonic flow to evict.
-    #[error("flow table full")]
-    Full,
-    /// Its source has as many embryonic flows as it may.
-    #[error("too many embryonic flows from one source")]
-    SourceLimit,
-}
-
-/// The source an embryonic flow counts against: its address (an IPv6 /64, which one host
-/// holds whole).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
-        }
-    }
-}
-
-/// The table.
-#[derive(Debug)]
-pub struct FlowTable {
-    map: HashMap<FlowKey, Flow>,
-    embryonic: VecDeque<FlowKey>,
-    /// Embryonic flows per source.
-    half_open: HashMap<IpAddr, u32>,
-    cap: usize,
-    per_source: u32,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-    next_id: u64,
-}
-
-impl FlowTable {
-    /// A table holding at most `cap` flows, of which at most `per_source` embryonic flows of
-    /// one source (0: a sixteenth of the cap, at least 64).
-    pub fn new(cap: usize, per_source: usize, timeouts: Timeouts) -> Self {
-        let cap = cap.max(1);
-        let per_source = if per_source == 0 { (cap / 16).max(64) } else { per_source };
-        FlowTable {
-            map: HashMap::new(),
-            embryonic: VecDeque::new(),
-            half_open: HashMap::new(),
-            cap,
-            per_source: u32::try_from(per_source).unwrap_or(u32::MAX),
-            timeouts,
-            next_id: 1,
-        }
-    }
-
-    /// Number of flows.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// True when `key` is tracked.
-    pub fn contains(&self, key: &FlowKey) -> bool {
-        self.map.contains_key(key)
-    }
-
-    /// Embryonic flows of the source of `ip`.
-    pub fn half_open_of(&self, ip: IpAddr) -> u32 {
-        self.half_open.get(&source_of(ip)).copied().unwrap_or(0)
-    }
-
-    /// Sources with embryonic flows.
-    pub fn half_open_sources(&self) -> usize {
-        self.half_open.len()
-    }
-
-    /// The flow of `key`. A flow past its handshake stops counting against its source here
-    /// (the engine looks it up again after the packet that completed it) or at its end.
-    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        let f = self.map.get_mut(key)?;
-        if f.half_open && f.state != TcpState::Embryonic {
-            f.half_open = false;
-            release(&mut self.half_open, f.client.0);
-        }
-        Some(f)
-    }
-
-    /// Removes the flow of `key`.
-    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        let f = self.map.remove(key)?;
-        self.settle(&f);
-        Some(f)
-    }
-
-    fn settle(&mut self, f: &Flow) {
-        if f.half_open {
-            release(&mut self.half_open, f.client.0);
-        }
-    }
-
-    /// Inserts `flow` (its id given here). An embryonic flow from a source at its limit is
-    /// refused; when the table is full the oldest embryonic flow is evicted (returned), and
-    /// with none to evict the flow is refused.
-    pub fn insert(
-        &mut self,
-        key: FlowKey,
-        mut flow: Flow,
-    ) -> Result<(&mut Flow, Option<Flow>), Refused> {
-        let half_open = flow.state == TcpState::Embryonic;
-        if half_open && self.half_open_of(flow.client.0) >= self.per_source {
-            return Err(Refused::SourceLimit);
-        }
-        let mut evicted = None;
-        if self.map.len() >= self.cap {
-            while let Some(k) = self.embryonic.pop_front() {
-                if self.map.get(&k).is_some_and(|f| f.state == TcpState::Embryonic) {
-                    evicted = self.map.remove(&k);
-                    break;
-                }
-            }
-            match &evicted {
-                Some(ev) => self.settle(ev),
-                None => return Err(Refused::Full),
-            }
-        }
-        flow.id = self.next_id;
-        self.next_id += 1;
-        if half_open {
-            flow.half_open = true;
-            *self.half_open.entry(source_of(flow.client.0)).or_insert(0) += 1;
-            if self.embryonic.len() >= self.cap {
-                self.embryonic
-                    .retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
-            }
-            self.embryonic.push_back(key);
-        }
-        if let Some(old) = self.map.remove(&key) {
-            self.settle(&old);
-        }
-        let f = self.map.entry(key).insert(flow).into_mut();
-        Ok((f, evicted))
-    }
-
-    /// Removes flows idle past their timeout (and closed flows past their linger), calling
-    /// `emit` for each.
-    pub fn expire(&mut self, now: u64, mut emit: impl FnMut(Flow, EndReason)) {
-        let t = self.timeouts;
-        let dead: Vec<FlowKey> = self
-            .map
-            .iter()
-            .filter(|(_, f)| now.saturating_sub(f.last_mono) >= f.timeout(&t))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in dead {
-            if let Some(f) = self.remove(&k) {
-                let why =
-                    if f.state == TcpState::Closing { EndReason::Closed } else { EndReason::Idle };
-                emit(f, why);
-            }
-        }
-        if self.embryonic.len() > self.map.len() {
-            self.embryonic
-                .retain(|k| self.map.get(k).is_some_and(|f| f.state == TcpState::Embryonic));
-        }
-    }
-
-    /// Flows due a periodic record (last report older than `interval`).
-    pub fn due_reports(&mut self, now: u64, interval: u64) -> impl Iterator<Item = &mut Flow> {
-        self.map.values_mut().filter(move |f| now.saturating_sub(f.last_report) >= interval)
-    }
-
-    /// Removes every flow (shutdown).
-    pub fn drain(&mut self) -> impl Iterator<Item = Flow> + '_ {
-        self.embryonic.clear();
-        self.half_open.clear();
-        self.map.drain().map(|(_, f)| f)
-    }
-}
-
-/// One embryonic flow of `ip`'s source fewer.
-fn release(half_open: &mut HashMap<IpAddr, u32>, ip: IpAddr) {
-    let src = source_of(ip);
-    if let Some(n) = half_open.get_mut(&src) {
-        *n -= 1;
-        if *n == 0 {
-            half_open.remove(&src);
-        }
-    }
 }

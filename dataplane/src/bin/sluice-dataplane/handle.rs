@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use sluice_dataplane::engine::{Clock, Engine};
 use sluice_dataplane::fastpath::FastPath;
-use sluice_dataplane::flow::Class;
+use sluice_dataplane::flow::{Class, Flow};
 use sluice_intercept::record::FlowNote;
 use sluice_intercept::{DivertHandle, DivertedConn, RecordSink, RequestRecord};
 
@@ -53,8 +53,17 @@ impl EngineHandle {
     }
 }
 
+/// Writes a note into a flow: only what the note carries changes.
+fn apply(flow: &mut Flow, note: &FlowNote) {
+    if let Some(d) = &note.decision {
+        flow.identity = Some(d.identity.as_str().into());
+        flow.user = d.user.as_deref().map(Into::into);
+    }
+    classify(&mut flow.class, note);
+}
+
 /// Writes a note into a flow's classification: only what the note carries changes.
-fn apply(c: &mut Class, note: &FlowNote) {
+fn classify(c: &mut Class, note: &FlowNote) {
     if let Some(h) = &note.hello {
         c.sni.clone_from(&h.sni);
         c.alpn.clone_from(&h.alpn);
@@ -62,8 +71,6 @@ fn apply(c: &mut Class, note: &FlowNote) {
         c.tls_version = Some(h.tls_version);
     }
     if let Some(d) = &note.decision {
-        c.identity = Some(d.identity.clone());
-        c.user.clone_from(&d.user);
         c.category.clone_from(&d.category);
         c.rule.clone_from(&d.rule);
     }
@@ -94,7 +101,7 @@ impl DivertHandle for EngineHandle {
     }
 
     fn annotate(&self, client: SocketAddr, note: FlowNote) {
-        self.with(|e| e.annotate_diverted(client, |c: &mut Class| apply(c, &note)));
+        self.with(|e| e.annotate_diverted(client, |f: &mut Flow| apply(f, &note)));
     }
 }
 
@@ -132,7 +139,7 @@ mod tests {
     #[test]
     fn a_note_changes_only_what_it_carries() {
         let mut c = Class { sni: Some("old".into()), rule: Some("r0".into()), ..Class::default() };
-        apply(&mut c, &FlowNote::verdict("block", "why"));
+        classify(&mut c, &FlowNote::verdict("block", "why"));
         assert_eq!((c.sni.as_deref(), c.rule.as_deref()), (Some("old"), Some("r0")));
         assert_eq!((c.action, c.reason), (Some("block"), Some("why")));
         let note = FlowNote {
@@ -146,9 +153,9 @@ mod tests {
             alpn_negotiated: Some("http/1.1"),
             ..FlowNote::default()
         };
-        apply(&mut c, &note);
+        classify(&mut c, &note);
         assert_eq!(c.sni.as_deref(), Some("api.openai.com"));
-        assert_eq!((c.identity.as_deref(), c.rule.as_deref()), (Some("finance"), None));
+        assert_eq!(c.rule.as_deref(), None);
         assert_eq!((c.alpn_negotiated, c.action), (Some("http/1.1"), Some("block")));
     }
 }
