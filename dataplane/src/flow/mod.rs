@@ -277,6 +277,14 @@ impl Flow {
         FlowKey::new(self.vlan, self.proto, self.client, self.server)
     }
 
+    /// True when `key` is this flow's (without building its key: no ordering of addresses).
+    pub fn is(&self, key: &FlowKey) -> bool {
+        key.proto == self.proto
+            && key.vlan == self.vlan.unwrap_or(0)
+            && ((key.a == self.client && key.b == self.server)
+                || (key.a == self.server && key.b == self.client))
+    }
+
     /// The two ends, as the reset builder wants them.
     pub fn endpoints(&self) -> (Endpoint, Endpoint) {
         (

@@ -196,7 +196,7 @@ impl FlowTable {
     fn slot_of(&self, key: &FlowKey) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         let slab = &self.slab;
-        self.index.find(hash, |&i| slab.get(i).is_some_and(|f| f.key() == *key)).copied()
+        self.index.find(hash, |&i| slab.get(i).is_some_and(|f| f.is(key))).copied()
     }
 
     /// True when `key` is tracked.
