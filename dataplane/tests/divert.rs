@@ -517,3 +517,35 @@ fn an_expired_diverted_flow_leaves_the_kernel() {
     );
     assert_eq!(e.nat_entries(), (0, 0));
 }
+
+/// A diverted connection the interception engine accepted and reset at once (its cap): the
+/// kernel carried its handshake, the engine saw only the SYN, yet it is recorded as a flow
+/// with the engine's reason, not summarised as an attempt that never completed.
+#[test]
+fn a_diverted_connection_refused_by_the_interception_engine_is_recorded() {
+    let (client, server) = (addr("10.20.1.10:40100"), addr("198.51.100.10:443"));
+    let mut e = engine();
+    let mut out = Vec::new();
+    let c2s = Some((CLIENT_MAC, ROUTER_MAC));
+    let s2c = Some((ROUTER_MAC, CLIENT_MAC));
+    // Learn the destination (a first connection's hello), then the diverted SYN.
+    let first = SocketAddr::new(client.ip(), client.port() - 1);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.annotate_diverted(client, |f| {
+        f.class.action = Some("block");
+        f.class.reason = Some("interception engine at its connection cap: reset");
+    });
+    e.shutdown(now(20));
+    let records = e.take_records();
+    let rec = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Flow(f) if f.sport == client.port() => Some(f),
+            _ => None,
+        })
+        .expect("a flow record of the refused connection");
+    assert_eq!(rec.class.reason, Some("interception engine at its connection cap: reset"));
+}

@@ -225,3 +225,18 @@ fn attempts_in_their_handshake_get_no_periodic_records() {
         .collect();
     assert_eq!(updates, ["10.20.1.10"; 5], "only the established flow reports");
 }
+
+#[test]
+fn a_completed_handshake_reset_before_any_data_is_recorded_as_a_flow() {
+    // An interception engine at its cap accepts, then resets before the hello: a connection
+    // that happened, recorded with its reason, not summarised as an attempt.
+    let mut e = engine(settings(1000, 0));
+    handshake(&mut e, "10.20.1.10", 40_000, 0);
+    let mut rst = segment("10.20.1.10", 40_000, false, "A", 5001, 1001);
+    rst[14 + 20 + 13] |= 0x04;
+    e.handle(Side::Outside, &rst, now(1), &mut Vec::new());
+    e.shutdown(now(2));
+    let records = e.take_records();
+    assert!(records.iter().any(|r| matches!(r, Record::Flow(f) if f.sport == 40_000)));
+    assert!(!records.iter().any(|r| matches!(r, Record::Embryonic(_))));
+}

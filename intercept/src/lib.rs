@@ -21,6 +21,7 @@
 //! The packet engine is reached through [`DivertHandle`] (NAT entries, flow notes); request
 //! records leave through a [`RecordSink`] the binary owns.
 
+mod admit;
 pub mod block;
 mod conn;
 mod decide;
@@ -51,6 +52,7 @@ use sluice_rules::{IdentityOverlay, Policy};
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::{debug, warn};
 
+use admit::{Admission, Refusal};
 use decide::Decider;
 pub use divert::{DivertHandle, DivertedConn, Listen};
 pub use dlp::Dlp;
@@ -75,6 +77,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Most intercepted connections at once; beyond it new ones are reset (and recorded).
     pub max_connections: usize,
+    /// Most intercepted connections of one client (an IPv4 address, an IPv6 /64) at once;
+    /// 0: an eighth of `max_connections`.
+    pub max_per_client: usize,
     /// The DLP scanner (built once).
     pub scanner: Arc<sluice_dlp::Scanner>,
     /// Salt of DLP finding hashes (random per run unless configured).
@@ -142,7 +147,7 @@ pub fn spawn(
         Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
         Err(e) => warn!("no IPv6 interception listener on {v6}: {e}; IPv6 flows to inspect fail"),
     }
-    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let admission = Admission::new(cfg.max_connections, cfg.max_per_client);
     let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     let server_h2 = Arc::new(tls::server_config(&cfg.minter, any, true).map_err(io::Error::other)?);
     let server_h1 =
@@ -164,7 +169,7 @@ pub fn spawn(
             socks.into_iter().map(|s| s.listen(1024)).collect::<io::Result<Vec<_>>>()?
         };
         let shared = shared.clone();
-        let permits = permits.clone();
+        let admission = admission.clone();
         let beat = shared.cfg.beats.get(i).cloned();
         let h = std::thread::Builder::new().name(format!("intercept-{i}")).spawn(move || {
             rt.block_on(async move {
@@ -180,7 +185,7 @@ pub fn spawn(
                     });
                 }
                 for l in listeners {
-                    tasks.spawn(accept_loop(l, shared.clone(), permits.clone()));
+                    tasks.spawn(accept_loop(l, shared.clone(), admission.clone()));
                 }
                 while tasks.join_next().await.is_some() {}
             });
@@ -219,25 +224,24 @@ fn bind_group(addr: SocketAddr, threads: usize) -> io::Result<Vec<TcpSocket>> {
 
 /// Accepts on one listening socket of this thread's runtime; each connection becomes a task
 /// of the same runtime.
-async fn accept_loop(
-    l: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    permits: Arc<tokio::sync::Semaphore>,
-) {
+async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>, admission: Arc<Admission>) {
     debug!(addr = ?l.local_addr().ok(), "interception engine listening");
     loop {
         match l.accept().await {
             Ok((s, peer)) => {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    over_capacity(&shared, s, peer);
-                    continue;
+                let slot = match admission.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        refuse(&shared, s, peer, why);
+                        continue;
+                    }
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn::connection(&shared, s, peer).await {
                         debug!(%peer, "intercepted connection ended: {e}");
                     }
-                    drop(permit);
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -248,25 +252,28 @@ async fn accept_loop(
     }
 }
 
-/// Refuses a connection beyond the cap: reset at once, recorded in the flow, logged (at most
+/// Refuses a connection beyond a cap: reset at once, recorded in the flow, logged (at most
 /// once a second).
-fn over_capacity(shared: &Shared, s: TcpStream, peer: SocketAddr) {
+fn refuse(shared: &Shared, s: TcpStream, peer: SocketAddr, why: Refusal) {
     static LAST_WARN: Mutex<Option<Instant>> = Mutex::new(None);
     // SO_LINGER 0: close() resets at once (it never blocks with a zero linger).
     #[allow(deprecated)]
     let _ = s.set_linger(Some(Duration::ZERO));
     drop(s);
-    shared.nat.annotate(
-        peer,
-        FlowNote::verdict("block", "interception engine at its connection cap: reset"),
-    );
+    shared.nat.annotate(peer, FlowNote::verdict("block", why.reason()));
     let mut last = LAST_WARN.lock().unwrap_or_else(PoisonError::into_inner);
     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
         *last = Some(Instant::now());
-        warn!(
-            cap = shared.cfg.max_connections,
-            "interception engine at its connection cap: new diverted connections are reset"
-        );
+        match why {
+            Refusal::Full => warn!(
+                cap = shared.cfg.max_connections,
+                "interception engine at its connection cap: new diverted connections are reset"
+            ),
+            Refusal::Client => warn!(
+                client = %peer.ip(),
+                "a client at its intercepted-connection limit: its new connections are reset"
+            ),
+        }
     }
 }
 

@@ -73,7 +73,8 @@ def restarted_with_stats(since_ms, timeout=20):
 
 
 def wait_for_flow(pred, timeout=20):
-    return wait_for_record("flow", pred, timeout)
+    """A flow record of one flow (not a summary of attempts that never completed)."""
+    return wait_for_record("flow", lambda r: r.get("event") != "embryonic" and pred(r), timeout)
 
 
 def env():

@@ -7,10 +7,13 @@ Expects the lab up and the appliance started with rules/default.toml (scripts/te
 
 import json
 import os
+import subprocess
+import threading
 import time
 import unittest
 
-from test_dataplane import ROOT, api, curl, env, flows, lab, on, push_rules, wait_for_flow, wait_for_record
+from test_dataplane import (LAB, ROOT, api, curl, env, flows, lab, on, push_rules, rss_kb, start_appliance,
+                            wait_for_flow, wait_for_record)
 
 RAWHTTPS = os.path.join(ROOT, "tests", "e2e", "rawhttps.py")
 KEY = "sk-lab-alice-4f1c9e2a7b"
@@ -460,3 +463,62 @@ class ConnectionCap(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("third refused", r.stdout)
         wait_for_flow(lambda r: r["src"] == "10.20.1.10" and "connection cap" in (r.get("reason") or ""))
+
+
+class Abuse(unittest.TestCase):
+    """bob holds 10,000 idle connections to the API (a slowloris), then floods the interception
+    listener with TLS handshakes: his connections beyond his share (an eighth of
+    --max-intercepted) are reset at once, the data plane's memory stays bounded, and alice's
+    requests are served throughout."""
+
+    ABUSE = os.path.join(ROOT, "tests", "e2e", "abuse.py")
+
+    def alice_during(self, attack):
+        """Runs `attack` (a command in bob's namespace) while alice requests the API every
+        0.3 s; returns the attack's JSON and alice's (answered, failed, worst latency ms)."""
+        stop, results = threading.Event(), []
+
+        def alice():
+            while not stop.is_set():
+                t0 = time.time()
+                r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}")
+                results.append((r.stdout.strip() == "200", (time.time() - t0) * 1000))
+                time.sleep(0.3)
+
+        t = threading.Thread(target=alice)
+        t.start()
+        try:
+            out = subprocess.run([LAB, "exec", "bob", "--", "python3", self.ABUSE, *attack],
+                                 capture_output=True, text=True, timeout=180)
+        finally:
+            stop.set()
+            t.join()
+        self.assertEqual(out.returncode, 0, out.stderr)
+        ok = sum(1 for good, _ in results if good)
+        return json.loads(out.stdout), (ok, len(results) - ok, max(ms for _, ms in results))
+
+    def test_idle_connections_and_a_hello_flood_leave_alice_served(self):
+        on("bob", "getent", "ahosts", "api.openai.com")  # learned: bob's connections are diverted
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+            pid = int(f.read())
+        before = rss_kb(pid, "VmRSS")
+        idle, alice1 = self.alice_during(["idle", "--count", "10000", "--seconds", "10"])
+        during_idle = rss_kb(pid, "VmHWM")
+        flood, alice2 = self.alice_during(["hellos", "--seconds", "10", "--threads", "8"])
+        peak = rss_kb(pid, "VmHWM")
+        print("\n  slowloris from bob: %s; alice: %d answered, %d failed, slowest %.0f ms"
+              % (json.dumps(idle), *alice1))
+        print("  hello flood from bob: %s; alice: %d answered, %d failed, slowest %.0f ms"
+              % (json.dumps(flood), *alice2))
+        print("  data plane RSS: %d MiB before, peak %d MiB during the idle connections, %d MiB in all"
+              % (before // 1024, during_idle // 1024, peak // 1024))
+        self.assertGreater(idle["answered"], 9000, idle)
+        self.assertLessEqual(idle["open_after"], 8192 // 8, "bob held more than his share")
+        self.assertGreater(idle["reset"], 0)
+        self.assertGreater(flood["handshakes"], 100, flood)
+        for ok, failed, _ in (alice1, alice2):
+            self.assertGreater(ok, 5)
+            self.assertEqual(failed, 0, "alice's requests failed during the abuse")
+        self.assertLess(peak, 512 * 1024, "the data plane's memory grew past 512 MiB")
+        wait_for_flow(lambda r: r["src"] == "10.20.2.20" and "intercepted-connection limit" in (r.get("reason") or ""))
+

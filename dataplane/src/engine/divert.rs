@@ -393,6 +393,10 @@ impl Engine {
             return;
         };
         if let Some(flow) = self.table.get_mut(&key) {
+            // The interception engine accepted the connection: its handshake completed (the
+            // kernel carries a diverted flow's segments after the SYN, the engine does not
+            // see them), so the flow is recorded as one, never summarised as an attempt.
+            flow.handshake_done = true;
             f(flow);
         }
     }

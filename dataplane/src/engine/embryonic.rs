@@ -2,7 +2,7 @@
 //! answer) are not recorded one by one: a million spoofed SYNs would be a million flow
 //! records, and the store's row-count retention would push genuine records out. They are
 //! summarised instead: one record per source and verdict per interval, with counts
-//! (ARCHITECTURE.md, "Records").
+//! (ARCHITECTURE.md, "Flow memory and floods").
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

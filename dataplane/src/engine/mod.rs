@@ -336,6 +336,7 @@ impl Engine {
             offload: Offload::No,
             offload_seen: Lazy::default(),
             half_open: false,
+            handshake_done: state == TcpState::Established,
         }
     }
 
@@ -682,6 +683,7 @@ fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
         // SYN the server answered stays embryonic (evictable, summarised).
         if t.has_ack && flow.state == TcpState::Embryonic && flow.server_next.is_some() {
             flow.state = TcpState::Established;
+            flow.handshake_done = true;
         }
     } else {
         if t.syn && t.has_ack {

@@ -249,6 +249,7 @@ impl Engine {
         // The listener's SYN-ACK of a diverted flow is the kernel's: the handshake is done.
         if !c2s && flow.state == TcpState::Embryonic {
             flow.state = TcpState::Established;
+            flow.handshake_done = true;
         }
         flow.last_mono = flow.last_mono.max(now.mono_ms);
         self.counters.offloaded_frames += dp;

@@ -145,6 +145,8 @@ pub struct Flow {
     pub offload: Offload,
     /// Counted among its source's embryonic flows (until the table sees it otherwise).
     pub half_open: bool,
+    /// Its TCP handshake completed (or it was first seen established, mid-stream).
+    pub handshake_done: bool,
     /// What the engine took of the fast path's counts.
     pub offload_seen: Lazy<OffloadSeen>,
 }
@@ -294,14 +296,15 @@ impl Flow {
     }
 
     /// A TCP flow that never completed its handshake (perhaps answered by a SYN-ACK or a
-    /// reset, never acknowledged by the client) and carried no payload either way:
+    /// reset, never acknowledged by the client), carried no payload either way and was never
+    /// closed with a FIN (a connection did exist then, if the kernel carried its segments):
     /// summarised, not recorded one by one.
     pub fn never_completed(&self) -> bool {
         self.proto == Proto::Tcp
+            && !self.handshake_done
             && self.c2s.1 == 0
             && self.s2c.1 == 0
-            && (self.state == TcpState::Embryonic
-                || (self.state == TcpState::Closing && self.fins == (false, false)))
+            && self.fins == (false, false)
     }
 
     /// Idle timeout of this flow.

@@ -1,7 +1,7 @@
 //! The flow table, sized for a million flows in well under 512 MiB (ARCHITECTURE.md, "Flow
-//! memory"): flows live in a slab grown a chunk at a time, and the hash index holds only
-//! 4-byte slot numbers (its buckets are half empty at worst, as an open-addressing table's
-//! are, but empty buckets of 4 bytes cost little). The key is not stored: a flow's own
+//! memory and floods"): flows live in a slab grown a chunk at a time, and the hash index
+//! holds only 4-byte slot numbers (its buckets are half empty at worst, as an open-addressing
+//! table's are, but empty buckets of 4 bytes cost little). The key is not stored: a flow's own
 //! addresses give it. Embryonic flows are evicted oldest first at the cap, and each source
 //! may hold only so many of them, counted in a fixed-size sketch (no memory per spoofed
 //! source).

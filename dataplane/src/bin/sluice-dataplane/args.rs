@@ -93,6 +93,11 @@ pub struct Args {
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     pub max_intercepted: usize,
+    /// Most intercepted connections of one client (an IPv4 address, an IPv6 /64) at once:
+    /// one host's idle connections or hello flood cannot take every slot. 0: an eighth of
+    /// --max-intercepted.
+    #[arg(long, default_value_t = 0)]
+    pub max_intercepted_per_client: usize,
     /// When the data plane is gone (exited, crashed, hung, stopped for an upgrade): `open`
     /// joins the two ports in the kernel (a BPF program left attached, which takes over once
     /// no heartbeat came for --bypass-after-ms), `closed` lets nothing pass.

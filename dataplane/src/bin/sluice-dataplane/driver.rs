@@ -1,7 +1,7 @@
 //! The packet threads: one per port reads frames a batch at a time, gives them to the engine
 //! (locked once per batch) and sends what it forwards or emits; one reads the TUN. Both port
 //! kinds (the receive ring and the plain socket) read through [`Receive`], so one loop serves
-//! them (ARCHITECTURE.md, "Data plane").
+//! them (ARCHITECTURE.md, "Processes and crates").
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

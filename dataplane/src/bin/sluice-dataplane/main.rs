@@ -110,6 +110,7 @@ fn main() -> Result<()> {
                 overlay: overlay.clone(),
                 connect_timeout: Duration::from_secs(10),
                 max_connections: args.max_intercepted,
+                max_per_client: args.max_intercepted_per_client,
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
                 beats,
