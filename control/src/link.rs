@@ -433,5 +433,17 @@ fn store_batch(
             state.hub.publish(r);
         }
     }
+    for r in rows.iter().filter(|r| r.kind == RecordKind::Alarm) {
+        // A data plane lost records: security must hear of it, in the audit log too.
+        tracing::error!(dataplane = %name, alarm = %r.json, "data plane alarm");
+        let what = serde_json::from_str::<Value>(&r.json)
+            .ok()
+            .and_then(|v| v.get("alarm").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        let who = format!("dataplane:{name}");
+        if let Err(e) = lock!(state.rules).audit_once(&who, &format!("alarm.{what}"), &r.json) {
+            tracing::error!(dataplane = %name, "writing a data plane alarm to the audit log: {e}");
+        }
+    }
     Ok(Stored { received: rows.len(), upto: rows.iter().map(|r| r.seq).max(), stats })
 }

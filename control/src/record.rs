@@ -20,6 +20,8 @@ pub enum RecordKind {
     Request,
     /// A data plane's statistics (not stored; its last one is kept in the link status).
     Stats,
+    /// A data plane's alarm (records it lost): written to the audit log, logged as an error.
+    Alarm,
     /// Anything else (not stored).
     Other,
 }
@@ -30,6 +32,7 @@ impl RecordKind {
             Some("flow") => RecordKind::Flow,
             Some("request") => RecordKind::Request,
             Some("stats") => RecordKind::Stats,
+            Some("alarm") => RecordKind::Alarm,
             _ => RecordKind::Other,
         }
     }

@@ -146,6 +146,23 @@ impl RuleStore {
         Ok(())
     }
 
+    /// Writes an audit entry unless the same one (by whom, with the same detail) is there:
+    /// a record a data plane sends again after a reconnect is audited once.
+    pub fn audit_once(&mut self, who: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+        let seen: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT 1 FROM audit WHERE who = ?1 AND detail = ?2 LIMIT 1",
+                params![who, detail],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen.is_none() {
+            self.audit(who, action, detail, None)?;
+        }
+        Ok(())
+    }
+
     /// The audit log, newest first, at most `limit` entries.
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.db.prepare(

@@ -193,7 +193,7 @@ impl FlowStore {
                         r.json,
                         r.detectors()
                     ])?,
-                    RecordKind::Stats | RecordKind::Other => 0,
+                    RecordKind::Stats | RecordKind::Alarm | RecordKind::Other => 0,
                 };
                 fresh.push(n == 1);
             }

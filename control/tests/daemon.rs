@@ -280,6 +280,25 @@ fn dataplane_link_policy_records_dedup_identities() {
     let (_, body) = call(&d, "GET", "/v1/flows?dataplane=elsewhere", Some(ANALYST), None);
     assert_eq!(json(&body)["records"].as_array().unwrap().len(), 0, "{body}");
 
+    // An alarm (the data plane lost records) lands in the audit log, once however often sent.
+    let alarm = serde_json::json!({"seq": 4, "type": "alarm", "alarm": "records_dropped", "ts_ms": 1004,
+        "records": 17, "dropped_total": 17});
+    for _ in 0..2 {
+        dp.send(&Up::Records { records: vec![alarm.clone()] });
+        assert_eq!(dp.recv(), Some(Down::Ack { upto: 4 }));
+    }
+    let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
+    let alarms: Vec<_> = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "alarm.records_dropped")
+        .cloned()
+        .collect();
+    assert_eq!(alarms.len(), 1, "{body}");
+    assert_eq!(alarms[0]["who"], "dataplane:dp-test");
+    assert!(alarms[0]["detail"].as_str().unwrap().contains("\"records\":17"), "{body}");
+
     // A second data plane with the same name, or another protocol version, is refused.
     let mut twin = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
     assert!(

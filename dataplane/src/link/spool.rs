@@ -1,8 +1,11 @@
 //! The record spool: every record the data plane emits is numbered and written here before
 //! it is sent to control, and stays until control acknowledges it. While control is
-//! unreachable the spool grows, bounded by bytes; at the bound the oldest segment goes and
-//! [`Spool::dropped`] counts its records. After a restart the spool is read back, so records
-//! survive a restart of either process.
+//! unreachable the spool grows. At its bound (`--spool-max-mb`) periodic records (statistics,
+//! flow updates) are no longer spooled ([`Spool::shed`] counts them), and the records of
+//! events (flow ends, requests) are, as long as the disk keeps a reserve free; only past that
+//! does the oldest segment go: [`Spool::dropped`] counts its records and
+//! [`Spool::take_alarm`] tells the writer, which spools an alarm record. After a restart the
+//! spool is read back, so records survive a restart of either process.
 //!
 //! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
 //! its `seq` (so reading the number back needs no JSON parse).
@@ -52,9 +55,37 @@ pub struct Spool {
     /// The last write failed: the active file is reopened and cut back to its last whole
     /// record before the next one.
     broken: bool,
+    /// Periodic records not spooled at the bound.
+    shed: u64,
+    /// Records dropped since the last [`Spool::take_alarm`].
+    alarm: u64,
+    /// Free bytes of the disk as tests set them.
+    #[cfg(test)]
+    room: Option<u64>,
     /// Writes to fail, then fail half-way (tests: a full disk).
     #[cfg(test)]
     fail_writes: u32,
+}
+
+/// The disk's free bytes and size (`statvfs` of the spool's directory).
+#[allow(unsafe_code)]
+fn disk_room(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is a C struct of integers, for which all-zero bytes are a valid value;
+    // `c` is a NUL-terminated path and `st` is writable for the duration of the call.
+    let (r, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st), st)
+    };
+    let unit = st.f_frsize;
+    (r == 0).then(|| (st.f_bavail.saturating_mul(unit), st.f_blocks.saturating_mul(unit)))
+}
+
+/// Free space the spool leaves on its disk when past its bound: a twentieth of the disk, at
+/// least 64 MiB.
+fn reserve(size: u64) -> u64 {
+    (size / 20).max(64 << 20)
 }
 
 /// Most bytes of records held in memory while the spool cannot be written.
@@ -156,6 +187,10 @@ impl Spool {
             pending_bytes: 0,
             write_errors: 0,
             broken: false,
+            shed: 0,
+            alarm: 0,
+            #[cfg(test)]
+            room: None,
             #[cfg(test)]
             fail_writes: 0,
         })
@@ -179,6 +214,35 @@ impl Spool {
     /// while the disk could not take them.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// True at the bound: periodic records are shed ([`Spool::shed_periodic`]).
+    pub fn at_bound(&self) -> bool {
+        self.bytes() >= self.max_bytes
+    }
+
+    /// Counts `n` periodic records not spooled at the bound.
+    pub fn shed_periodic(&mut self, n: usize) {
+        self.shed += n as u64;
+    }
+
+    /// Periodic records not spooled at the bound since this process started.
+    pub fn shed(&self) -> u64 {
+        self.shed
+    }
+
+    /// Records dropped since the last call (0: nothing to raise an alarm for).
+    pub fn take_alarm(&mut self) -> u64 {
+        std::mem::take(&mut self.alarm)
+    }
+
+    /// True while the disk keeps its reserve free (unknown: true, the bound decides).
+    fn disk_has_room(&self) -> bool {
+        #[cfg(test)]
+        if let Some(free) = self.room {
+            return free > 64 << 20;
+        }
+        disk_room(&self.dir).is_none_or(|(free, size)| free > reserve(size))
     }
 
     /// Records waiting in memory for the disk.
@@ -242,6 +306,7 @@ impl Spool {
             let Some(old) = self.pending.pop_front() else { break };
             self.pending_bytes -= old.len();
             self.dropped += 1;
+            self.alarm += 1;
             if self.dropped.is_power_of_two() {
                 tracing::error!(
                     total = self.dropped,
@@ -286,15 +351,20 @@ impl Spool {
         {
             tracing::warn!("spool: starting a new segment failed, the current one grows: {e}");
         }
-        while self.bytes() > self.max_bytes && self.segments.len() > 1 {
+        while self.bytes() > self.max_bytes && self.segments.len() > 1 && !self.disk_has_room() {
             let old = self.segments.pop_front().expect("more than one segment");
             let lost = old.end.saturating_sub(old.first.max(self.acked + 1));
             self.dropped += lost;
+            self.alarm += lost;
             self.acked = self.acked.max(old.end.saturating_sub(1));
             if let Err(e) = std::fs::remove_file(&old.path) {
                 tracing::warn!(file = %old.path.display(), "spool: removing a dropped segment failed: {e}");
             }
-            tracing::warn!(lost, total = self.dropped, "spool full: oldest unsent records dropped");
+            tracing::error!(
+                lost,
+                total = self.dropped,
+                "spool past its bound and the disk short of room: oldest unsent records dropped"
+            );
         }
         Ok(())
     }
@@ -449,20 +519,48 @@ mod tests {
     }
 
     #[test]
-    fn bound_drops_the_oldest_and_counts() {
+    fn past_the_bound_with_the_disk_short_the_oldest_go_counted_and_alarmed() {
         let d = dir("bound");
         // Segments of max/4 bytes: at most about four kept.
         let mut s = Spool::open(&d, 40_000).unwrap();
+        s.room = Some(0);
         for _ in 0..100 {
             s.append(&recs(10)).unwrap();
         }
         assert!(s.bytes() <= 40_000 + 10_000, "{} bytes", s.bytes());
         assert!(s.dropped() > 0);
+        assert_eq!(s.take_alarm(), s.dropped(), "every drop raises the alarm");
+        assert_eq!(s.take_alarm(), 0, "once");
         assert_eq!(s.dropped() + s.depth(), 1000, "every record is either spooled or counted");
         let kept = s.read_after(0, usize::MAX).unwrap();
         assert_eq!(kept.len() as u64, s.depth());
         assert_eq!(kept.last().unwrap().0, 1000);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn past_the_bound_with_room_nothing_is_dropped() {
+        let d = dir("room");
+        let mut s = Spool::open(&d, 40_000).unwrap();
+        s.room = Some(1 << 30);
+        for _ in 0..100 {
+            s.append(&recs(10)).unwrap();
+        }
+        assert!(s.at_bound() && s.bytes() > 80_000, "{} bytes", s.bytes());
+        assert_eq!((s.dropped(), s.take_alarm(), s.depth()), (0, 0, 1000));
+        // The disk runs short: the bound applies again.
+        s.room = Some(0);
+        s.append(&recs(1)).unwrap();
+        assert!(s.bytes() <= 50_000 && s.dropped() > 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_disk_reserve_is_a_twentieth_at_least_64_mib() {
+        assert_eq!(reserve(1 << 30), 64 << 20);
+        assert_eq!(reserve(100 << 30), 5 << 30);
+        let (free, size) = disk_room(Path::new("/")).unwrap();
+        assert!(size > 0 && free <= size);
     }
 
     /// A full disk loses nothing silently: the records wait in memory (counted), the torn

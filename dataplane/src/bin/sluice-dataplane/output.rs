@@ -80,14 +80,20 @@ impl Output {
             return;
         }
         // Each record is serialised once: the same text goes to the log and to the spool.
+        // Periodic records (statistics, flow updates) are marked: the spool sheds them first.
         let mut lines = Vec::with_capacity(records.len() + requests.len());
         for r in &requests {
             self.emitted.request += 1;
             let Ok(line) = serde_json::to_string(r) else { continue };
             let _ = writeln!(self.log, "{line}");
-            lines.push(line);
+            lines.push((false, line));
         }
         for r in &records {
+            let periodic = match r {
+                Record::Flow(f) => f.event == "update",
+                Record::Stats(_) => true,
+                Record::Embryonic(_) => false,
+            };
             let line = match r {
                 Record::Flow(_) | Record::Embryonic(_) => {
                     self.emitted.flow += 1;
@@ -103,7 +109,7 @@ impl Output {
             };
             let Ok(line) = line else { continue };
             let _ = writeln!(self.log, "{line}");
-            lines.push(line);
+            lines.push((periodic, line));
         }
         if let Err(e) = self.log.flush() {
             error!("writing flow log: {e}");
@@ -111,7 +117,9 @@ impl Output {
         if let Some((spool, _)) = &self.link {
             let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
             let waiting = s.pending();
-            match s.append(&lines) {
+            let (keep, shed) = spooled(&lines, s.at_bound());
+            s.shed_periodic(shed);
+            match s.append(&keep) {
                 // An alarm once per episode (the stats records count every failed write).
                 Err(e) if waiting == 0 => error!(
                     held = s.pending(),
@@ -125,6 +133,23 @@ impl Output {
                     )
                 }
                 Ok(_) => {}
+            }
+            let lost = s.take_alarm();
+            if lost > 0 {
+                // Records of events were lost: an alarm record says so, in the log and to
+                // control (after them in the spool, so it is not lost with them).
+                let alarm = serde_json::json!({
+                    "type": "alarm",
+                    "alarm": "records_dropped",
+                    "ts_ms": unix_ms(),
+                    "records": lost,
+                    "dropped_total": s.dropped(),
+                    "reason": "the spool past its bound with the disk short of room, or unwritable \
+                               with its memory bound reached",
+                })
+                .to_string();
+                let _ = writeln!(self.log, "{alarm}");
+                let _ = s.append(&[alarm]);
             }
         }
     }
@@ -144,8 +169,44 @@ impl Output {
                 "link".into(),
                 serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
                     "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped(),
-                    "spool_pending": s.pending(), "spool_write_errors": s.write_errors() }),
+                    "spool_pending": s.pending(), "spool_write_errors": s.write_errors(),
+                    "spool_shed": s.shed() }),
             );
         }
+    }
+}
+
+/// The lines to spool of `lines` (each marked periodic or not) and how many were shed: at
+/// the spool's bound the periodic ones go (statistics and flow updates: the next ones say as
+/// much), the records of events stay.
+fn spooled(lines: &[(bool, String)], at_bound: bool) -> (Vec<&str>, usize) {
+    let keep: Vec<&str> = lines
+        .iter()
+        .filter(|(periodic, _)| !(at_bound && *periodic))
+        .map(|(_, l)| l.as_str())
+        .collect();
+    let shed = lines.len() - keep.len();
+    (keep, shed)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_bound_periodic_records_are_shed_events_kept_in_order() {
+        let lines: Vec<(bool, String)> =
+            [(false, "end1"), (true, "stats"), (false, "req"), (true, "update"), (false, "end2")]
+                .iter()
+                .map(|(p, l)| (*p, (*l).to_owned()))
+                .collect();
+        assert_eq!(spooled(&lines, false), (vec!["end1", "stats", "req", "update", "end2"], 0));
+        assert_eq!(spooled(&lines, true), (vec!["end1", "req", "end2"], 2));
     }
 }
