@@ -643,6 +643,9 @@ class Failover(unittest.TestCase):
         # A 10 ms ping to example.org across the kill: the gap is the time to bypass.
         ping = subprocess.Popen(["scripts/lab", "exec", "alice", "--", "ping", "-D", "-i", "0.01", "-c", "300",
                                  "-W", "1", "198.51.100.80"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        # A bulk TCP flow from bob across the kill, the bypass and the take-back.
+        iperf = subprocess.Popen(["scripts/lab", "exec", "bob", "--", "iperf3", "-c", "198.51.100.80", "-t", "30",
+                                  "-i", "1", "-J"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1)
         killed_ms = time.time() * 1000
         self.kill()
@@ -657,7 +660,16 @@ class Failover(unittest.TestCase):
         r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
         self.assertNotEqual(r.stdout, "200", "an AI destination passed the bypass")
         # The next data plane takes the ports back and records what passed meanwhile.
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.log")) as f:
+            before = len(f.readlines())
         self.start("open")
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.log")) as f:
+            text = "".join(f.readlines()[before:])
+        stamp = lambda what: re.search(r"^(\S+)Z .* " + what, text, re.M).group(1)
+        t0, t1 = (time.mktime(time.strptime(stamp(w)[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + stamp(w)[19:])
+                  for w in ("starting", "forwarding"))
+        print("  restart to enforcing (the log's starting to forwarding): %.0f ms" % ((t1 - t0) * 1000))
+        self.assertLess(t1 - t0, 5)
         rec, deadline = None, time.time() + 20
         while rec is None and time.time() < deadline:
             rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
@@ -669,6 +681,18 @@ class Failover(unittest.TestCase):
         self.assertGreater(rec["outage"]["held_frames"], 0)
         r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10")
         self.assertEqual(r.stdout, "200", "inspected again once the data plane is back")
+        # bob's bulk flow went on through the kill, the bypass and the take-back (picked up
+        # mid-stream by the new data plane).
+        out, err = iperf.communicate(timeout=60)
+        self.assertEqual(iperf.returncode, 0, out[-500:] + err)
+        ivs = [i["sum"]["bits_per_second"] for i in json.loads(out)["intervals"]]
+        print("  iperf3 across kill, bypass and take-back: %d one-second intervals, slowest %.2f Gbit/s, "
+              "%d without traffic" % (len(ivs), min(ivs) / 1e9, sum(1 for b in ivs if b == 0)))
+        self.assertGreaterEqual(len(ivs), 29)
+        self.assertTrue(ivs[-1] > 0 and sum(1 for b in ivs if b == 0) <= 2, ivs)
+        rec = wait_for_flow(lambda r: r["src"] == "10.20.2.20" and r["dport"] == 5201 and r.get("reason") == "midstream"
+                            and r.get("bytes_out", 0) > 0)
+        self.assertEqual(rec["verdict"], "allow")
 
     def test_closed_lets_nothing_pass(self):
         # A bypass an earlier run under `open` left is removed by a run under `closed`.

@@ -50,6 +50,8 @@ fn main() -> Result<()> {
         .init();
     watchdog::exit_on_panic();
     let args = Args::parse();
+    // The time from here to "forwarding" is the time from a restart to enforcing.
+    info!(version = env!("CARGO_PKG_VERSION"), on_failure = ?args.on_failure, "starting");
     let mut wd = Watchdog::new(Duration::from_millis(args.watchdog_ms.max(100)));
     let (policy, version, sha) = boot_policy(&args)?;
     let policy = Arc::new(ArcSwap::from_pointee(policy));
