@@ -68,7 +68,7 @@ impl Engine {
         drop(policy);
         self.frag_hold = whole.fragments;
         let action = match f.tcp {
-            Some(t) => self.tcp(side, &whole.frame, &f, t, key, now, out),
+            Some(t) => self.tcp(super::Seg { side, data: &whole.frame, f: &f, t, key, now }, out),
             None => self.udp_or_other(side, &whole.frame, &f, key, now, out),
         };
         // Not kept by a held flow: forwarded as they came, or dropped with the datagram.

@@ -4,28 +4,19 @@
 //! evasive flow. A hello riding in a SYN (TCP Fast Open) is decided there.
 
 use super::learned::{self, HELLO_LEARN_TTL};
-use super::{Action, Counters, Engine, Now, Side, decide_flow, ech};
+use super::{Action, Counters, Engine, Seg, Side, decide_flow, ech};
 use crate::flow::{Class, Flow, FlowKey, Pending, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
-use crate::wire::frame::{self, Frame, Tcp};
+use crate::wire::frame;
 use crate::wire::tls::{HelloParse, parse_client_hello};
 
 impl Engine {
     /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
     /// is decided there. Anything short of a whole hello drops the SYN; the client retries
     /// without data and the hello is read as usual.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn syn_data(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
+    pub(super) fn syn_data(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        let Seg { side: client_side, data, f, t, key, now } = s;
         if !frame::tcp_checksum_ok(data, f) {
             self.counters.bad_checksums += 1;
             return Action::Drop;
@@ -72,17 +63,8 @@ impl Engine {
     }
 
     /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn hold(
-        &mut self,
-        key: FlowKey,
-        client_side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
+    pub(super) fn hold(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        let Seg { side: client_side, data, f, t, key, now } = s;
         if !frame::tcp_checksum_ok(data, f) {
             // A segment the server drops must not decide (a decoy hello with a bad checksum).
             self.counters.bad_checksums += 1;

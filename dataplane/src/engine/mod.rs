@@ -39,6 +39,18 @@ pub const QUIC_PORT: u16 = 443;
 /// Most datagrams held per QUIC flow while its ClientHello is incomplete.
 const MAX_QUIC_HELD: usize = 8;
 
+/// A TCP segment being handled: the port it came from, its bytes and their parsed view, its
+/// flow's key and the time (the input of the TCP steps, one struct rather than six arguments).
+#[derive(Clone, Copy)]
+pub(super) struct Seg<'s, 'f> {
+    side: Side,
+    data: &'s [u8],
+    f: &'s Frame<'f>,
+    t: Tcp,
+    key: FlowKey,
+    now: Now,
+}
+
 /// The two ports of the appliance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -286,7 +298,7 @@ impl Engine {
         }
         let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
         let action = match f.tcp {
-            Some(t) => self.tcp(side, data, &f, t, key, now, out),
+            Some(t) => self.tcp(Seg { side, data, f: &f, t, key, now }, out),
             None => self.udp_or_other(side, data, &f, key, now, out),
         };
         if let Some(k) = self.settle.take() {
@@ -402,20 +414,11 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn tcp(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        key: FlowKey,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
+    fn tcp(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        let Seg { side, data, f, t, key, now } = s;
         // One lookup per packet: a frame of a tracked flow never looks twice.
         let Some(flow) = self.table.get_mut(&key) else {
-            return self.tcp_untracked(side, data, f, t, key, now, out);
+            return self.tcp_untracked(s, out);
         };
         if t.syn && !t.has_ack && flow.state == TcpState::Closing && (f.src, f.sport) == flow.client
         {
@@ -425,7 +428,7 @@ impl Engine {
             if let Some(old) = self.table.remove(&key) {
                 self.end(old, EndReason::Closed, now);
             }
-            return self.tcp_untracked(side, data, f, t, key, now, out);
+            return self.tcp_untracked(s, out);
         }
         if flow.from_inside && side == Side::Inside && (f.src, f.sport) == flow.server {
             // The server's side of a flow from the inside, arriving from the inside: forged
@@ -460,7 +463,7 @@ impl Engine {
                                 flow.verdict = Verdict::Pending;
                                 flow.client_isn = at.wrapping_sub(1);
                                 flow.pending.clear();
-                                return self.hold(key, side, data, f, t, now, out);
+                                return self.hold(s, out);
                             }
                         }
                     }
@@ -487,26 +490,14 @@ impl Engine {
             // The server never saw this flow: nothing of it should come back.
             Verdict::Divert => Action::Drop,
             Verdict::Pending if !c2s || f.payload.is_empty() => Action::Forward,
-            Verdict::Pending => {
-                let side_of_client = side;
-                self.hold(key, side_of_client, data, f, t, now, out)
-            }
+            Verdict::Pending => self.hold(s, out),
         }
     }
 
     /// A TCP frame of no tracked flow: a SYN starts one; data first seen mid-stream follows
     /// the midstream policy; stray ACK/FIN/RST pass.
-    #[allow(clippy::too_many_arguments)]
-    fn tcp_untracked(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        key: FlowKey,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
+    fn tcp_untracked(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+        let Seg { side, data, f, t, key, now } = s;
         let policy = self.policy.load_full();
         let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
         if t.syn && !t.has_ack {
@@ -525,7 +516,7 @@ impl Engine {
                         return Action::Drop;
                     }
                     if tls && !f.payload.is_empty() {
-                        return self.syn_data(key, side, data, f, t, now, out);
+                        return self.syn_data(s, out);
                     }
                     Action::Forward
                 }
