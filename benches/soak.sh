@@ -67,7 +67,7 @@ start=$(date +%s)
 while [ "$(date +%s)" -lt "$end" ]; do
   dp=$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$state/dataplane.pid")/status" 2>/dev/null || echo 0)
   ct=$(awk '/VmRSS/ {print $2}' "/proc/$(cat "$state/control.pid")/status" 2>/dev/null || echo 0)
-  echo "$(( $(date +%s) - start )),$dp,$ct" >> "$out/rss.csv"
+  echo "$(( $(date +%s) - start )),${dp:-0},${ct:-0}" >> "$out/rss.csv"
   sleep 10
 done
 wait $(jobs -p) 2>/dev/null || true
@@ -99,7 +99,8 @@ python3 - "$out/rss.csv" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 for k in ("dataplane_kib", "control_kib"):
-    v = [int(r[k]) for r in rows if int(r[k]) > 0]
+    v = [int(r[k] or 0) for r in rows]
+    v = [x for x in v if x > 0]
     q = len(v) // 4
     print("%-10s RSS MiB: first quarter %.0f, last quarter %.0f, max %.0f" % (k.split("_")[0],
           sum(v[:q]) / q / 1024, sum(v[-q:]) / q / 1024, max(v) / 1024))
