@@ -148,6 +148,11 @@ fn main() {
         assert_eq!(e.flow_count(), flows as usize, "{kind}: every flow in the table");
         drop(e.take_records());
         let held = HELD.load(Ordering::Relaxed) - before;
+        let per_flow = held as f64 / f64::from(flows);
+        if kind != "tls" && flows >= 100_000 {
+            // The budget for the engine: 256 bytes per flow.
+            assert!(per_flow <= 256.0, "{kind}: {per_flow:.1} bytes per flow, over 256");
+        }
         println!(
             "{kind:>5}: {:6.1} bytes per flow in the engine ({:.0} MiB for {flows}); process RSS +{:.0} MiB",
             held as f64 / f64::from(flows),

@@ -66,6 +66,10 @@ pub struct FlowRecord {
 
 impl FlowRecord {
     fn new(f: &Flow, event: &'static str, end_reason: Option<EndReason>, now: Now) -> Self {
+        let mut class = (*f.class).clone();
+        if class.reason.is_none() && f.verdict == Verdict::Divert {
+            class.reason = Some("diverted to the interception engine");
+        }
         FlowRecord {
             kind: "flow",
             event,
@@ -84,7 +88,7 @@ impl FlowRecord {
             inside: f.from_inside,
             identity: f.identity.clone(),
             user: f.user.clone(),
-            class: (*f.class).clone(),
+            class,
             verdict: f.verdict,
             pkts_out: f.c2s.0,
             bytes_out: f.c2s.1,
@@ -144,6 +148,12 @@ pub struct EmbryonicRecord {
     /// More destination ports than listed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dports_more: bool,
+    /// Destination addresses (the first few): a scan or a beacon without payload still
+    /// names where it went.
+    pub dsts: Vec<String>,
+    /// More destination addresses than listed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dsts_more: bool,
 }
 
 /// Periodic engine statistics: counters, learned destinations, AI-domain DNS queries.
@@ -156,6 +166,8 @@ pub struct StatsRecord {
     pub ts_ms: u64,
     /// Flows in the table.
     pub flows: usize,
+    /// Of those, TCP flows whose handshake has not completed.
+    pub attempts: usize,
     /// Engine counters.
     pub counters: crate::engine::Counters,
     /// Divert counters (all zero without interception).

@@ -17,13 +17,23 @@ const SERVER6: &str = "2001:db8:100::80";
 
 /// A TCP segment between `client`:`sport` and the server's port 443.
 fn segment(client: &str, sport: u16, c2s: bool, flags: &str, seq: u32, ack: u32) -> Vec<u8> {
+    segment_mac(client, CLIENT_MAC, sport, c2s, flags, seq, ack)
+}
+
+/// [`segment`] with the client's MAC.
+fn segment_mac(
+    client: &str,
+    mac: [u8; 6],
+    sport: u16,
+    c2s: bool,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+) -> Vec<u8> {
     let c: IpAddr = client.parse().unwrap();
     let s: IpAddr = if c.is_ipv4() { SERVER } else { SERVER6 }.parse().unwrap();
-    let (smac, dmac, src, dst, sp, dp) = if c2s {
-        (CLIENT_MAC, ROUTER_MAC, c, s, sport, 443)
-    } else {
-        (ROUTER_MAC, CLIENT_MAC, s, c, 443, sport)
-    };
+    let (smac, dmac, src, dst, sp, dp) =
+        if c2s { (mac, ROUTER_MAC, c, s, sport, 443) } else { (ROUTER_MAC, mac, s, c, 443, sport) };
     let eth = PacketBuilder::ethernet2(smac, dmac);
     let ip = match (src, dst) {
         (IpAddr::V4(a), IpAddr::V4(b)) => eth.ipv4(a.octets(), b.octets(), 64),
@@ -71,16 +81,82 @@ fn one_sources_flood_is_held_to_its_own_limit() {
     assert_eq!(e.flow_count(), 100);
     assert_eq!(e.counters.embryonic_refused, 900);
     assert_eq!(e.counters.flows_evicted, 0, "nobody else's attempt was evicted");
-    // Everyone else connects as before, IPv6 too; a second address in the flooder's /64
-    // shares its limit.
+    // Everyone else connects as before, IPv6 too.
     handshake(&mut e, "10.20.1.10", 40_000, 1000);
     handshake(&mut e, "fd00:20:1::10", 40_001, 1000);
     assert_eq!(e.flow_count(), 102);
     for port in 0..200u16 {
         syn(&mut e, "fd00:20:9::99", 20_000 + port, 1000);
-        syn(&mut e, "fd00:20:9::98", 20_000 + port, 1000);
     }
-    assert_eq!(e.flow_count(), 202, "100 for the IPv6 /64 of both addresses");
+    assert_eq!(e.flow_count(), 202, "IPv6 sources are held the same way");
+}
+
+#[test]
+fn a_host_spoofing_alices_address_fills_only_its_own_count() {
+    let mut e = engine(settings(1000, 50));
+    let mallory = [2, 0, 0, 0, 0, 0x66];
+    for port in 0..200u16 {
+        let f = segment_mac("10.20.1.10", mallory, 10_000 + port, true, "S", 1000, 0);
+        e.handle(Side::Inside, &f, now(0), &mut Vec::new());
+    }
+    assert_eq!(e.attempts_of("10.20.1.10".parse().unwrap(), mallory), 50);
+    assert_eq!(e.counters.embryonic_refused, 150);
+    // alice, from her own MAC, still connects.
+    handshake(&mut e, "10.20.1.10", 40_000, 1);
+    assert_eq!(e.attempts_of("10.20.1.10".parse().unwrap(), CLIENT_MAC), 0);
+}
+
+#[test]
+fn every_attempt_counted_is_released_whatever_ends_it() {
+    let mut e = engine(settings(100, 1000));
+    let alice: IpAddr = "10.20.1.10".parse().unwrap();
+    let mut out = Vec::new();
+    // Evicted at the cap.
+    for port in 0..150u16 {
+        syn(&mut e, "10.20.1.10", 10_000 + port, 0);
+    }
+    assert_eq!((e.attempts(), e.attempts_of(alice, CLIENT_MAC)), (100, 100));
+    // Reset by the server, and the port used again by a new SYN.
+    let mut rst = segment("10.20.1.10", 10_149, false, "A", 0, 1001);
+    rst[14 + 20 + 13] |= 0x04;
+    e.handle(Side::Outside, &rst, now(1), &mut out);
+    syn(&mut e, "10.20.1.10", 10_149, 2);
+    // Completed.
+    let synack = segment("10.20.1.10", 10_148, false, "SA", 5000, 1001);
+    e.handle(Side::Outside, &synack, now(3), &mut out);
+    let ack = segment("10.20.1.10", 10_148, true, "A", 1001, 5001);
+    e.handle(Side::Inside, &ack, now(3), &mut out);
+    assert_eq!(e.attempts(), 99, "one completed");
+    assert_eq!(e.attempts_of(alice, CLIENT_MAC), 99);
+    // Timed out.
+    e.tick(now(31_000));
+    assert_eq!((e.attempts(), e.attempts_of(alice, CLIENT_MAC)), (0, 0));
+    // Drained.
+    syn(&mut e, "10.20.1.10", 20_000, 31_000);
+    e.shutdown(now(31_001));
+    assert_eq!((e.attempts(), e.attempts_of(alice, CLIENT_MAC)), (0, 0));
+}
+
+#[test]
+fn a_blind_ack_or_a_reset_does_not_complete_a_handshake() {
+    let mut e = engine(settings(10, 0));
+    let mut out = Vec::new();
+    for port in 0..10u16 {
+        syn(&mut e, "10.20.9.99", 10_000 + port, 0);
+        let synack = segment("10.20.9.99", 10_000 + port, false, "SA", 5000, 1001);
+        e.handle(Side::Outside, &synack, now(0), &mut out);
+        // A spoofer cannot see the server's sequence number: its ACK is blind.
+        let blind = segment("10.20.9.99", 10_000 + port, true, "A", 1001, 12_345);
+        e.handle(Side::Inside, &blind, now(0), &mut out);
+    }
+    assert_eq!(e.attempts(), 10, "still attempts");
+    // A reset by the client neither: the flow stays evictable.
+    let mut rst = segment("10.20.9.99", 10_000, true, "A", 1001, 5001);
+    rst[14 + 20 + 13] |= 0x04;
+    e.handle(Side::Inside, &rst, now(1), &mut out);
+    handshake(&mut e, "10.20.1.10", 40_000, 2);
+    assert_eq!(e.counters.flows_evicted, 1, "the oldest attempt made room for alice");
+    assert_eq!(e.counters.flows_refused, 0);
 }
 
 #[test]
@@ -159,6 +235,7 @@ fn attempts_that_never_complete_are_summarised_per_source() {
     assert_eq!(sums.len(), 2, "{sums:?}");
     let alice = sums.iter().find(|s| s.src == "10.20.1.10").unwrap();
     assert_eq!((alice.flows, alice.refused, alice.dports.as_slice()), (1, 0, &[443][..]));
+    assert_eq!(alice.dsts, [SERVER]);
     let flood = sums.iter().find(|s| s.src == "10.20.9.99").unwrap();
     assert_eq!((flood.flows, flood.refused, flood.evicted), (50, 30, 0));
     assert_eq!(
@@ -228,8 +305,8 @@ fn attempts_in_their_handshake_get_no_periodic_records() {
 
 #[test]
 fn a_completed_handshake_reset_before_any_data_is_recorded_as_a_flow() {
-    // An interception engine at its cap accepts, then resets before the hello: a connection
-    // that happened, recorded with its reason, not summarised as an attempt.
+    // A server that accepts, then resets before any data: a connection that happened,
+    // recorded, not summarised as an attempt.
     let mut e = engine(settings(1000, 0));
     handshake(&mut e, "10.20.1.10", 40_000, 0);
     let mut rst = segment("10.20.1.10", 40_000, false, "A", 5001, 1001);

@@ -77,8 +77,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Most intercepted connections at once; beyond it new ones are reset (and recorded).
     pub max_connections: usize,
-    /// Most intercepted connections of one client (an IPv4 address, an IPv6 /64) at once;
-    /// 0: an eighth of `max_connections`.
+    /// Most intercepted connections of one client address at once; 0: an eighth of
+    /// `max_connections`.
     pub max_per_client: usize,
     /// The DLP scanner (built once).
     pub scanner: Arc<sluice_dlp::Scanner>,

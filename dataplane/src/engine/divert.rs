@@ -398,6 +398,8 @@ impl Engine {
             // see them), so the flow is recorded as one, never summarised as an attempt.
             flow.handshake_done = true;
             f(flow);
+            // No longer an attempt of its source.
+            self.table.get_mut(&key);
         }
     }
 

@@ -16,7 +16,7 @@ use crate::record::EmbryonicRecord;
 
 /// Most sources summarised one by one per interval; the rest share one record (`src` `*`).
 const MAX_SOURCES: usize = 256;
-/// Most destination ports listed per summary.
+/// Most destination ports, and addresses, listed per summary.
 const MAX_PORTS: usize = 8;
 
 #[derive(Debug)]
@@ -31,6 +31,8 @@ struct Summary {
     pkts: u64,
     dports: BTreeSet<u16>,
     dports_more: bool,
+    dsts: BTreeSet<IpAddr>,
+    dsts_more: bool,
 }
 
 /// One attempt to summarise.
@@ -40,6 +42,8 @@ pub struct Attempt<'a> {
     pub src: IpAddr,
     /// Source MAC.
     pub src_mac: [u8; 6],
+    /// Destination address.
+    pub dst: IpAddr,
     /// Destination port.
     pub dport: u16,
     /// Verdict.
@@ -80,6 +84,8 @@ impl Summaries {
             pkts: 0,
             dports: BTreeSet::new(),
             dports_more: false,
+            dsts: BTreeSet::new(),
+            dsts_more: false,
         });
         s.first_ms = s.first_ms.min(a.first_ms);
         s.last_ms = s.last_ms.max(a.last_ms);
@@ -87,6 +93,11 @@ impl Summaries {
             s.dports.insert(a.dport);
         } else {
             s.dports_more = true;
+        }
+        if s.dsts.len() < MAX_PORTS || s.dsts.contains(&a.dst) {
+            s.dsts.insert(a.dst);
+        } else {
+            s.dsts_more = true;
         }
         s
     }
@@ -96,6 +107,7 @@ impl Summaries {
         let a = Attempt {
             src: f.client.0,
             src_mac: f.client_mac,
+            dst: f.server.0,
             dport: f.server.1,
             verdict: f.verdict,
             identity: f.identity.as_deref(),
@@ -137,6 +149,8 @@ impl Summaries {
             pkts_out: s.pkts,
             dports: s.dports.into_iter().collect(),
             dports_more: s.dports_more,
+            dsts: s.dsts.iter().map(IpAddr::to_string).collect(),
+            dsts_more: s.dsts_more,
         })
     }
 }

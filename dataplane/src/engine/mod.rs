@@ -3,6 +3,7 @@
 //! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
 //! [`udp`]; what a kernel fast path may carry for it ([`OffloadOp`]) is in `offload`.
 
+mod clock;
 mod counters;
 mod divert;
 mod ech;
@@ -11,12 +12,16 @@ mod fragment;
 mod hello;
 mod learned;
 mod offload;
+mod track;
 mod udp;
 
+pub use clock::{Clock, Now};
 pub use counters::Counters;
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
 pub use learned::LearnedEntry;
 pub use offload::{Carried, Closes, DirKey, FastEntry, OffloadOp, Rewrite};
+
+use track::{close, count, decide_flow, track};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{Action as RuleAction, IdentityOverlay, MidstreamPolicy, Policy, Query};
+use sluice_rules::{IdentityOverlay, MidstreamPolicy, Policy, Query};
 
 use crate::defrag::Defrag;
 use crate::flow::{
@@ -32,7 +37,7 @@ use crate::flow::{
 };
 use crate::guard::Step;
 use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
-use crate::wire::frame::{self, Endpoint, Frame, Proto, Tcp};
+use crate::wire::frame::{self, Endpoint, Frame, Tcp};
 
 /// UDP port of QUIC.
 pub const QUIC_PORT: u16 = 443;
@@ -82,35 +87,6 @@ pub enum Action {
     Forward,
     /// Do not forward it (dropped, or held for the ClientHello).
     Drop,
-}
-
-/// Time as the engine sees it: a monotonic clock for timeouts, wall time for records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic milliseconds.
-    pub mono_ms: u64,
-    /// Unix milliseconds.
-    pub unix_ms: u64,
-}
-
-/// The clock the binary feeds the engine with: monotonic since start, and wall time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock(std::time::Instant);
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock(std::time::Instant::now())
-    }
-}
-
-impl Clock {
-    /// Now.
-    pub fn now(&self) -> Now {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
-    }
 }
 
 /// Engine settings.
@@ -224,6 +200,16 @@ impl Engine {
         self.table.len()
     }
 
+    /// TCP flows in the table whose handshake has not completed.
+    pub fn attempts(&self) -> usize {
+        self.table.attempts()
+    }
+
+    /// Attempts of the source `ip` with `mac` (the per-source limit's count).
+    pub fn attempts_of(&self, ip: IpAddr, mac: [u8; 6]) -> u32 {
+        self.table.half_open_of(ip, mac)
+    }
+
     /// Adds a record made elsewhere (the interception engine's request records), so that all
     /// records leave through one writer.
     pub fn push_record(&mut self, r: Record) {
@@ -255,6 +241,7 @@ impl Engine {
             kind: "stats",
             ts_ms: now.unix_ms,
             flows: self.table.len(),
+            attempts: self.table.attempts(),
             counters: self.counters,
             divert: self.divert_counters,
             nat_entries: self.nat_entries(),
@@ -403,6 +390,7 @@ impl Engine {
                 self.embryonic.refused(&embryonic::Attempt {
                     src: f.src,
                     src_mac: f.src_mac,
+                    dst: f.dst,
                     dport: f.dport,
                     verdict,
                     identity: identity.as_deref(),
@@ -437,7 +425,7 @@ impl Engine {
             return Action::Drop;
         }
         let c2s = track(flow, f, t, now);
-        if flow.half_open && flow.state != TcpState::Embryonic {
+        if flow.half_open && flow.handshake_done {
             // Its source's slot is freed once this packet is handled.
             self.settle = Some(key);
         }
@@ -511,7 +499,7 @@ impl Engine {
                 Some(flow) => {
                     count(flow, f, now);
                     if divert {
-                        flow.class.reason = Some("diverted to the interception engine");
+                        // (Its record says why: `record.rs`; nothing is allocated here.)
                         self.divert_syn(key, data, f, out);
                         return Action::Drop;
                     }
@@ -618,99 +606,4 @@ impl Engine {
         let stats = self.stats(now);
         self.records.push(Record::Stats(Box::new(stats)));
     }
-}
-
-/// Asks the policy about a flow whose server name is now known, and records the answer.
-///
-/// With `divert` available, an `inspect` decision for a TCP flow that was not diverted at its
-/// SYN blocks it (the caller resets it and learns the destination: the retry is diverted).
-fn decide_flow(
-    policy: &Policy,
-    overlay: &IdentityOverlay,
-    flow: &mut Flow,
-    sni: Option<&str>,
-    reason: Option<&'static str>,
-    divert: bool,
-    now: Now,
-) -> Verdict {
-    let q = Query {
-        src: flow.client.0,
-        mac: Some(flow.client_mac),
-        sni,
-        port: flow.server.1,
-        now: now.unix_ms / 1000,
-    };
-    let d = policy.decide(&q, overlay);
-    flow.identity = Some(d.identity.clone());
-    flow.user = d.user.cloned();
-    flow.class.category = d.category.map(str::to_owned);
-    flow.class.rule = Some(d.rule_name().to_owned());
-    flow.class.action = Some(d.action.as_str());
-    flow.class.reason = reason.or(match d.action {
-        RuleAction::Inspect if flow.proto == Proto::Udp => {
-            Some("inspected category over QUIC: refused so the client falls back to TCP")
-        }
-        RuleAction::Inspect if divert => {
-            Some("to inspect but not diverted at its SYN: reset, destination learned for the retry")
-        }
-        RuleAction::Inspect => Some("inspection not available on this data plane: passed"),
-        _ => None,
-    });
-    match (d.action, flow.proto) {
-        (RuleAction::Block, _) | (RuleAction::Inspect, Proto::Udp) => Verdict::Block,
-        (RuleAction::Inspect, _) if divert => Verdict::Block,
-        (RuleAction::Allow | RuleAction::Inspect, _) => Verdict::Allow,
-    }
-}
-
-/// Counts a TCP segment of `flow` and follows its state (handshake, server sequence, FINs,
-/// RST). Returns true for client → server. Shared by the ports and the TUN (whose replies
-/// arrive with the original server's address restored).
-fn track(flow: &mut Flow, f: &Frame<'_>, t: Tcp, now: Now) -> bool {
-    let c2s = (f.src, f.sport) == flow.client;
-    count(flow, f, now);
-    if c2s {
-        // The handshake completes with the client's acknowledgment of the SYN-ACK: a spoofed
-        // SYN the server answered stays embryonic (evictable, summarised).
-        if t.has_ack && flow.state == TcpState::Embryonic && flow.server_next.is_some() {
-            flow.state = TcpState::Established;
-            flow.handshake_done = true;
-        }
-    } else {
-        if t.syn && t.has_ack {
-            flow.server_next = Some(t.seq.wrapping_add(1));
-        } else if let Some(n) = flow.server_next {
-            let end = t.seq.wrapping_add(f.payload.len() as u32).wrapping_add(u32::from(t.fin));
-            if (end.wrapping_sub(n) as i32) > 0 {
-                flow.server_next = Some(end);
-            }
-        }
-    }
-    close(flow, c2s, t.fin, t.rst);
-    c2s
-}
-
-/// Follows a FIN or RST of `flow` in one direction: a RST, or a FIN each way, closes it.
-fn close(flow: &mut Flow, c2s: bool, fin: bool, rst: bool) {
-    if rst {
-        flow.state = TcpState::Closing;
-    } else if fin {
-        if c2s {
-            flow.fins.0 = true
-        } else {
-            flow.fins.1 = true
-        }
-        if flow.fins.0 && flow.fins.1 {
-            flow.state = TcpState::Closing;
-        }
-    }
-}
-
-fn count(flow: &mut Flow, f: &Frame<'_>, now: Now) {
-    let c2s = (f.src, f.sport) == flow.client;
-    let bytes = f.payload.len() as u64;
-    let ctr = if c2s { &mut flow.c2s } else { &mut flow.s2c };
-    ctr.0 += 1;
-    ctr.1 += bytes;
-    flow.last_mono = now.mono_ms;
 }

@@ -295,10 +295,15 @@ impl Flow {
         )
     }
 
-    /// A TCP flow that never completed its handshake (perhaps answered by a SYN-ACK or a
-    /// reset, never acknowledged by the client), carried no payload either way and was never
+    /// A TCP flow whose handshake has not completed (perhaps answered by a SYN-ACK or a
+    /// reset, never acknowledged by the client): evictable first, counted against its source.
+    pub fn is_attempt(&self) -> bool {
+        self.proto == Proto::Tcp && !self.handshake_done
+    }
+
+    /// An attempt ([`Flow::is_attempt`]) that carried no payload either way and was never
     /// closed with a FIN (a connection did exist then, if the kernel carried its segments):
-    /// summarised, not recorded one by one.
+    /// summarised at its end, not recorded one by one.
     pub fn never_completed(&self) -> bool {
         self.proto == Proto::Tcp
             && !self.handshake_done

@@ -2,9 +2,9 @@
 //! memory and floods"): flows live in a slab grown a chunk at a time, and the hash index
 //! holds only 4-byte slot numbers (its buckets are half empty at worst, as an open-addressing
 //! table's are, but empty buckets of 4 bytes cost little). The key is not stored: a flow's own
-//! addresses give it. Embryonic flows are evicted oldest first at the cap, and each source
-//! may hold only so many of them, counted in a fixed-size sketch (no memory per spoofed
-//! source).
+//! addresses give it. Attempts (TCP flows whose handshake has not completed, reset or not)
+//! are evicted oldest first at the cap, and each source may hold only so many of them,
+//! counted in a fixed-size sketch (no memory per spoofed source).
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -30,16 +30,10 @@ pub enum Refused {
     SourceLimit,
 }
 
-/// The source an embryonic flow counts against: its address (an IPv6 /64, which one host
-/// holds whole).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
-        }
-    }
-}
+/// The source an attempt counts against: its address and MAC. Another host spoofing the
+/// address sends from its own MAC and fills its own count, not the victim's; hosts sharing an
+/// IPv6 /64 count apart.
+type Source = (IpAddr, [u8; 6]);
 
 /// Embryonic flows per source, as a count-min sketch: two rows of counters, each source
 /// counted in one counter per row (keyed hashes, seeded per run); its count is the smaller
@@ -59,24 +53,23 @@ impl HalfOpen {
         }
     }
 
-    fn cells(&self, ip: IpAddr) -> [usize; 2] {
-        let src = source_of(ip);
+    fn cells(&self, src: Source) -> [usize; 2] {
         [0, 1].map(|r| self.seeds[r].hash_one(src) as usize % SKETCH)
     }
 
-    fn count(&self, ip: IpAddr) -> u32 {
-        let [a, b] = self.cells(ip);
+    fn count(&self, src: Source) -> u32 {
+        let [a, b] = self.cells(src);
         self.rows[0][a].min(self.rows[1][b])
     }
 
-    fn add(&mut self, ip: IpAddr) {
-        let [a, b] = self.cells(ip);
+    fn add(&mut self, src: Source) {
+        let [a, b] = self.cells(src);
         self.rows[0][a] = self.rows[0][a].saturating_add(1);
         self.rows[1][b] = self.rows[1][b].saturating_add(1);
     }
 
-    fn release(&mut self, ip: IpAddr) {
-        let [a, b] = self.cells(ip);
+    fn release(&mut self, src: Source) {
+        let [a, b] = self.cells(src);
         self.rows[0][a] = self.rows[0][a].saturating_sub(1);
         self.rows[1][b] = self.rows[1][b].saturating_sub(1);
     }
@@ -153,9 +146,11 @@ pub struct FlowTable {
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     slab: Slab,
-    /// Embryonic flows, oldest first: slot and the low bits of the flow's id (a slot since
-    /// reused holds another id).
+    /// Attempts, oldest first: slot and the low bits of the flow's id (a slot since reused
+    /// holds another id). Entries of flows gone or completed stay until compacted.
     embryonic: VecDeque<(u32, u32)>,
+    /// Attempts in the table (counted in `half_open`).
+    attempts: usize,
     half_open: HalfOpen,
     cap: usize,
     per_source: u32,
@@ -175,6 +170,7 @@ impl FlowTable {
             hasher: DefaultHashBuilder::default(),
             slab: Slab::default(),
             embryonic: VecDeque::new(),
+            attempts: 0,
             half_open: HalfOpen::new(),
             cap,
             per_source: u32::try_from(per_source).unwrap_or(u32::MAX),
@@ -204,10 +200,15 @@ impl FlowTable {
         self.slot_of(key).is_some()
     }
 
-    /// Embryonic flows of the source of `ip` (at least: a count shared with a busier source
-    /// reads as the larger).
-    pub fn half_open_of(&self, ip: IpAddr) -> u32 {
-        self.half_open.count(ip)
+    /// Attempts of the source `ip` with `mac` (at least: a count shared with a busier
+    /// source reads as the larger).
+    pub fn half_open_of(&self, ip: IpAddr, mac: [u8; 6]) -> u32 {
+        self.half_open.count((ip, mac))
+    }
+
+    /// Attempts in the table.
+    pub fn attempts(&self) -> usize {
+        self.attempts
     }
 
     /// The flow of `key`. A flow past its handshake stops counting against its source here
@@ -215,9 +216,10 @@ impl FlowTable {
     pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let i = self.slot_of(key)?;
         let f = self.slab.get_mut(i)?;
-        if f.half_open && f.state != TcpState::Embryonic {
+        if f.half_open && f.handshake_done {
             f.half_open = false;
-            self.half_open.release(f.client.0);
+            self.attempts -= 1;
+            self.half_open.release((f.client.0, f.client_mac));
         }
         Some(f)
     }
@@ -236,7 +238,8 @@ impl FlowTable {
             e.remove();
         }
         if f.half_open {
-            self.half_open.release(f.client.0);
+            self.attempts -= 1;
+            self.half_open.release((f.client.0, f.client_mac));
         }
         Some(f)
     }
@@ -245,8 +248,8 @@ impl FlowTable {
     /// refused; when the table is full the oldest embryonic flow is evicted (returned), and
     /// with none to evict the flow is refused.
     pub fn insert(&mut self, mut flow: Flow) -> Result<(&mut Flow, Option<Flow>), Refused> {
-        let half_open = flow.state == TcpState::Embryonic;
-        if half_open && self.half_open_of(flow.client.0) >= self.per_source {
+        let half_open = flow.is_attempt();
+        if half_open && self.half_open_of(flow.client.0, flow.client_mac) >= self.per_source {
             return Err(Refused::SourceLimit);
         }
         let key = flow.key();
@@ -270,7 +273,8 @@ impl FlowTable {
         self.next_id += 1;
         if half_open {
             flow.half_open = true;
-            self.half_open.add(flow.client.0);
+            self.attempts += 1;
+            self.half_open.add((flow.client.0, flow.client_mac));
         }
         let id = flow.id as u32;
         let i = self.slab.insert(flow);
@@ -278,11 +282,7 @@ impl FlowTable {
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, i, |&j| slab.get(j).map_or(0, |f| hasher.hash_one(f.key())));
         if half_open {
-            if self.embryonic.len() >= self.cap {
-                let slab = &self.slab;
-                self.embryonic
-                    .retain(|&(j, id)| slab.get(j).is_some_and(|f| embryonic_with(f, id)));
-            }
+            self.compact();
             self.embryonic.push_back((i, id));
         }
         let f = self.slab.get_mut(i).ok_or(Refused::Full)?;
@@ -306,7 +306,14 @@ impl FlowTable {
                 emit(f, why);
             }
         }
-        if self.embryonic.len() > self.len() {
+        self.compact();
+    }
+
+    /// Drops the queue's entries of flows gone or completed once they outnumber the live
+    /// attempts (amortised: a cycle of attempts on one address cannot make every insert scan
+    /// the queue).
+    fn compact(&mut self) {
+        if self.embryonic.len() >= 2 * self.attempts + CHUNK {
             let slab = &self.slab;
             self.embryonic.retain(|&(j, id)| slab.get(j).is_some_and(|f| embryonic_with(f, id)));
         }
@@ -323,6 +330,7 @@ impl FlowTable {
     /// Removes every flow (shutdown).
     pub fn drain(&mut self) -> impl Iterator<Item = Flow> + '_ {
         self.embryonic.clear();
+        self.attempts = 0;
         self.half_open.clear();
         self.index.clear();
         self.slab.free.clear();
@@ -333,7 +341,7 @@ impl FlowTable {
     }
 }
 
-/// True when `f` is still the embryonic flow with id `id` (low bits).
+/// True when `f` is still the attempt with id `id` (low bits).
 fn embryonic_with(f: &Flow, id: u32) -> bool {
-    f.id as u32 == id && f.state == TcpState::Embryonic
+    f.id as u32 == id && f.half_open && !f.handshake_done
 }

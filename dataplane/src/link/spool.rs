@@ -236,13 +236,18 @@ impl Spool {
         std::mem::take(&mut self.alarm)
     }
 
-    /// True while the disk keeps its reserve free (unknown: true, the bound decides).
+    /// True while the disk keeps its reserve free (unknown: false, so the bound applies).
     fn disk_has_room(&self) -> bool {
         #[cfg(test)]
         if let Some(free) = self.room {
             return free > 64 << 20;
         }
-        disk_room(&self.dir).is_none_or(|(free, size)| free > reserve(size))
+        disk_room(&self.dir).is_some_and(|(free, size)| free > reserve(size))
+    }
+
+    /// Gives back an alarm that could not be spooled yet (raised again at the next write).
+    pub fn rearm_alarm(&mut self, lost: u64) {
+        self.alarm += lost;
     }
 
     /// Records waiting in memory for the disk.
@@ -451,165 +456,5 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("sluice-spool-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    fn recs(n: usize) -> Vec<String> {
-        (0..n)
-            .map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(100)}).to_string())
-            .collect()
-    }
-
-    #[test]
-    fn numbers_acks_and_survives_reopen() {
-        let d = dir("reopen");
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        assert_eq!(s.append(&recs(5)).unwrap(), 1);
-        assert_eq!(s.append(&recs(3)).unwrap(), 6);
-        assert_eq!(s.depth(), 8);
-        let got = s.read_after(3, 100).unwrap();
-        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
-        s.ack(8).unwrap();
-        assert_eq!(s.depth(), 0);
-        assert!(s.read_after(0, 100).unwrap().is_empty());
-        s.append(&recs(2)).unwrap();
-        drop(s);
-        // A crash mid-write leaves a torn line: cut off on reopen, numbering continues.
-        let last = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).max().unwrap();
-        OpenOptions::new()
-            .append(true)
-            .open(&last)
-            .unwrap()
-            .write_all(b"{\"seq\":11,\"ty")
-            .unwrap();
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        assert_eq!(s.next_seq(), 11);
-        assert_eq!(s.depth(), 2);
-        assert_eq!(
-            s.read_after(0, 100).unwrap().iter().map(|r| r.0).collect::<Vec<_>>(),
-            vec![9, 10]
-        );
-        assert_eq!(s.append(&recs(1)).unwrap(), 11);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn reads_continue_where_they_stopped() {
-        let d = dir("cursor");
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        s.append(&recs(10)).unwrap();
-        let seqs = |v: Vec<(u64, String)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
-        assert_eq!(seqs(s.read_after(0, 3).unwrap()), vec![1, 2, 3]);
-        assert_eq!(seqs(s.read_after(3, 3).unwrap()), vec![4, 5, 6], "resumed at the cursor");
-        assert_eq!(
-            seqs(s.read_after(2, 100).unwrap()),
-            (3..=10).collect::<Vec<_>>(),
-            "a replay reads from the start"
-        );
-        s.append(&recs(1)).unwrap();
-        assert_eq!(seqs(s.read_after(10, 100).unwrap()), vec![11]);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn past_the_bound_with_the_disk_short_the_oldest_go_counted_and_alarmed() {
-        let d = dir("bound");
-        // Segments of max/4 bytes: at most about four kept.
-        let mut s = Spool::open(&d, 40_000).unwrap();
-        s.room = Some(0);
-        for _ in 0..100 {
-            s.append(&recs(10)).unwrap();
-        }
-        assert!(s.bytes() <= 40_000 + 10_000, "{} bytes", s.bytes());
-        assert!(s.dropped() > 0);
-        assert_eq!(s.take_alarm(), s.dropped(), "every drop raises the alarm");
-        assert_eq!(s.take_alarm(), 0, "once");
-        assert_eq!(s.dropped() + s.depth(), 1000, "every record is either spooled or counted");
-        let kept = s.read_after(0, usize::MAX).unwrap();
-        assert_eq!(kept.len() as u64, s.depth());
-        assert_eq!(kept.last().unwrap().0, 1000);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn past_the_bound_with_room_nothing_is_dropped() {
-        let d = dir("room");
-        let mut s = Spool::open(&d, 40_000).unwrap();
-        s.room = Some(1 << 30);
-        for _ in 0..100 {
-            s.append(&recs(10)).unwrap();
-        }
-        assert!(s.at_bound() && s.bytes() > 80_000, "{} bytes", s.bytes());
-        assert_eq!((s.dropped(), s.take_alarm(), s.depth()), (0, 0, 1000));
-        // The disk runs short: the bound applies again.
-        s.room = Some(0);
-        s.append(&recs(1)).unwrap();
-        assert!(s.bytes() <= 50_000 && s.dropped() > 0);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn the_disk_reserve_is_a_twentieth_at_least_64_mib() {
-        assert_eq!(reserve(1 << 30), 64 << 20);
-        assert_eq!(reserve(100 << 30), 5 << 30);
-        let (free, size) = disk_room(Path::new("/")).unwrap();
-        assert!(size > 0 && free <= size);
-    }
-
-    /// A full disk loses nothing silently: the records wait in memory (counted), the torn
-    /// half-write is cut off, and once the disk takes them they are written in order, before
-    /// the newer ones; past the memory bound the oldest are dropped and counted.
-    #[test]
-    fn a_full_disk_holds_records_in_memory_and_loses_none() {
-        let d = dir("full");
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        assert_eq!(s.append(&recs(2)).unwrap(), 1);
-        s.fail_writes = 2;
-        let err = s.append(&recs(3)).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
-        let sent = s.read_after(0, 100).unwrap();
-        assert_eq!(sent.len(), 2, "the torn half-write is never read as a record");
-        assert!(s.append(&recs(1)).is_err());
-        assert_eq!((s.pending(), s.write_errors(), s.dropped()), (4, 2, 0));
-        assert_eq!(s.next_seq(), 3, "nothing numbered while unwritten");
-        // The disk has room again: the four waiting, then the new one.
-        assert_eq!(s.append(&recs(1)).unwrap(), 3);
-        assert_eq!(s.pending(), 0);
-        let got = s.read_after(0, 100).unwrap();
-        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
-        assert!(got.iter().all(|(_, l)| serde_json::from_str::<Value>(l).is_ok()), "no torn line");
-        drop(s);
-        // Read back after a restart: the same seven, whole.
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        assert_eq!(s.read_after(0, 100).unwrap().len(), 7);
-        // The memory bound: the oldest held records go, counted.
-        s.fail_writes = u32::MAX;
-        let big: Vec<String> = (0..70)
-            .map(|i| json!({"type": "flow", "i": i, "pad": "x".repeat(1 << 20)}).to_string())
-            .collect();
-        assert!(s.append(&big).is_err());
-        assert!(s.pending() < 70 && s.dropped() == (70 - s.pending()) as u64, "{}", s.pending());
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn skip_to_continues_after_control() {
-        let d = dir("skip");
-        let mut s = Spool::open(&d, 1 << 30).unwrap();
-        s.skip_to(41).unwrap();
-        assert_eq!(s.append(&recs(1)).unwrap(), 42);
-        assert_eq!(s.depth(), 1);
-        s.skip_to(10).unwrap();
-        assert_eq!(s.next_seq(), 43);
-        drop(s);
-        assert_eq!(Spool::open(&d, 1 << 30).unwrap().next_seq(), 43);
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-}
+#[path = "spool_tests.rs"]
+mod tests;

@@ -24,9 +24,9 @@ pub struct Args {
     /// Hard cap of the flow table.
     #[arg(long, default_value_t = 262_144)]
     pub max_flows: usize,
-    /// Most embryonic flows (handshake not complete) of one source address (an IPv6 /64):
-    /// past it that source's new SYNs are dropped and summarised, so one host's SYN flood
-    /// cannot evict everyone else's connection attempts. 0: a sixteenth of --max-flows.
+    /// Most embryonic flows (handshake not complete) of one source (address and MAC): past
+    /// it that source's new SYNs are dropped and summarised, so one host's SYN flood cannot
+    /// evict everyone else's connection attempts. 0: a sixteenth of --max-flows.
     #[arg(long, default_value_t = 0)]
     pub max_embryonic_per_source: usize,
     /// Seconds between records of long-running flows.
@@ -93,7 +93,7 @@ pub struct Args {
     /// Most intercepted connections at once (beyond it new diverted connections are reset).
     #[arg(long, default_value_t = 8192)]
     pub max_intercepted: usize,
-    /// Most intercepted connections of one client (an IPv4 address, an IPv6 /64) at once:
+    /// Most intercepted connections of one client address at once:
     /// one host's idle connections or hello flood cannot take every slot. 0: an eighth of
     /// --max-intercepted.
     #[arg(long, default_value_t = 0)]
@@ -124,7 +124,9 @@ pub struct Args {
     /// State directory: the record spool and the last rule set pushed by control.
     #[arg(long, default_value = "/var/lib/sluice")]
     pub state_dir: PathBuf,
-    /// Bound of the record spool in MiB (at the bound the oldest records go, counted).
+    /// Bound of the record spool in MiB while control is away: past it statistics and flow
+    /// updates are no longer spooled (counted), the records of events still are while the
+    /// disk keeps 5% free (at least 64 MiB); only then do the oldest go, counted and alarmed.
     #[arg(long, default_value_t = 1024)]
     pub spool_max_mb: u64,
 }

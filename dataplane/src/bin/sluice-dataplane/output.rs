@@ -135,7 +135,11 @@ impl Output {
                 Ok(_) => {}
             }
             let lost = s.take_alarm();
-            if lost > 0 {
+            if lost > 0 && s.pending() > 0 {
+                // The disk takes nothing now: the alarm waits rather than take the place of
+                // an event's record in memory.
+                s.rearm_alarm(lost);
+            } else if lost > 0 {
                 // Records of events were lost: an alarm record says so, in the log and to
                 // control (after them in the spool, so it is not lost with them).
                 let alarm = serde_json::json!({
