@@ -546,13 +546,18 @@ impl Engine {
     fn end(&mut self, f: Flow, why: EndReason, now: Now) {
         Self::withdraw(&mut self.offload_ops, &f);
         if f.verdict == Verdict::Divert {
-            let key = FlowKey::new(f.vlan, f.proto, f.client, f.server);
-            self.forget_diverted(f.client, &key, f.offload == Offload::Active);
+            self.forget_diverted(f.client, &f.key(), f.offload == Offload::Active);
         }
+        self.record_end(&f, why, now);
+    }
+
+    /// The record of a flow that left the table: its own, or its part of a summary when it
+    /// was an attempt that never completed.
+    fn record_end(&mut self, f: &Flow, why: EndReason, now: Now) {
         if f.never_completed() {
-            self.embryonic.ended(&f, why);
+            self.embryonic.ended(f, why);
         } else {
-            self.records.push(FlowRecord::end(&f, why, now).into());
+            self.records.push(FlowRecord::end(f, why, now).into());
         }
     }
 
@@ -595,11 +600,7 @@ impl Engine {
         let flows: Vec<Flow> = self.table.drain().collect();
         for f in flows {
             Self::withdraw(&mut self.offload_ops, &f);
-            if f.never_completed() {
-                self.embryonic.ended(&f, EndReason::Shutdown);
-            } else {
-                self.records.push(FlowRecord::end(&f, EndReason::Shutdown, now).into());
-            }
+            self.record_end(&f, EndReason::Shutdown, now);
         }
         self.summarise(now);
         self.divert = self.settings.divert.map(divert::DivertState::new);
