@@ -242,7 +242,7 @@ impl FastPath {
     /// counts of withdrawn entries, refusals). Call it with the engine locked, so the map
     /// follows the engine's order; `ops` is scratch space.
     pub fn sync(&self, eng: &mut Engine, ops: &mut Vec<OffloadOp>, now: Now) {
-        eng.take_offload_ops(ops);
+        ops.extend(std::iter::from_fn(|| eng.poll_offload()));
         if ops.is_empty() {
             return;
         }

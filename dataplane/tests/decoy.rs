@@ -8,6 +8,7 @@ use sluice_dataplane::engine::OffloadOp;
 use sluice_dataplane::engine::{Action, Engine, Settings, Side};
 use sluice_dataplane::wire::frame;
 
+use common::Drive;
 use common::{engine, hello_file, now, tcp};
 
 const GUEST: &str = "10.20.9.99";
@@ -22,7 +23,7 @@ fn handshake(e: &mut Engine) {
         (Side::Outside, tcp(GUEST, API, false, SERVER_ISN, Some(ISN + 1), true, &[])),
         (Side::Inside, tcp(GUEST, API, true, ISN + 1, Some(SERVER_ISN + 1), false, &[])),
     ] {
-        assert_eq!(e.handle(side, &f, now(0), &mut out), Action::Forward);
+        assert_eq!(e.feed(side, &f, now(0), &mut out), Action::Forward);
     }
 }
 
@@ -68,12 +69,12 @@ fn a_decoy_with_a_bad_checksum_does_not_decide() {
     let n = decoy.len();
     decoy[n - 1] ^= 0x5a; // the checksum no longer matches
     let mut out = Vec::new();
-    assert_eq!(e.handle(Side::Inside, &decoy, now(1), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &decoy, now(1), &mut out), Action::Drop);
     assert!(out.is_empty());
     assert_eq!((e.counters.bad_checksums, e.counters.hellos), (1, 0));
     // The real hello decides: refused.
     let real = client(0, &hello_file("curl-api.openai.com.bin"));
-    assert_eq!(e.handle(Side::Inside, &real, now(2), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &real, now(2), &mut out), Action::Drop);
     assert_eq!(resets(&out), 2);
     assert_eq!(e.counters.blocked, 1);
 }
@@ -85,19 +86,19 @@ fn a_decoy_that_expires_past_the_appliance_is_caught_by_the_real_hello() {
     let decoy = hello_file("openssl-example.org.bin");
     let mut out = Vec::new();
     // A valid decoy (its TTL runs out past the appliance): decided, allowed, forwarded.
-    assert_eq!(e.handle(Side::Inside, &client(0, &decoy), now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &client(0, &decoy), now(1), &mut out), Action::Forward);
     // Its retransmission is fine.
-    assert_eq!(e.handle(Side::Inside, &client(0, &decoy), now(2), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &client(0, &decoy), now(2), &mut out), Action::Forward);
     assert!(out.is_empty());
     // The real hello in the same sequence range disagrees: evasion, reset both ways.
     let real = client(0, &hello_file("curl-api.openai.com.bin"));
-    assert_eq!(e.handle(Side::Inside, &real, now(3), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &real, now(3), &mut out), Action::Drop);
     assert_eq!(resets(&out), 2);
     assert_eq!((e.counters.evasions, e.counters.blocked), (1, 1));
     // Everything after is dropped.
     let mut out = Vec::new();
     assert_eq!(
-        e.handle(Side::Outside, &server(0, 0, b"\x16\x03\x03"), now(4), &mut out),
+        e.feed(Side::Outside, &server(0, 0, b"\x16\x03\x03"), now(4), &mut out),
         Action::Drop
     );
 }
@@ -109,21 +110,21 @@ fn the_guard_lets_go_once_the_server_has_the_hello_and_answered() {
     let decoy = hello_file("openssl-example.org.bin");
     let len = decoy.len() as u32;
     let mut out = Vec::new();
-    e.handle(Side::Inside, &client(0, &decoy), now(1), &mut out);
+    e.feed(Side::Inside, &client(0, &decoy), now(1), &mut out);
     let mut ops = Vec::new();
-    e.take_offload_ops(&mut ops);
+    e.offload_ops_into(&mut ops);
     assert!(ops.is_empty());
     // The server acknowledges and answers with a ServerHello: the flow may leave the engine.
     let mut sh = hello_retry_request();
     sh[20] ^= 1; // an ordinary random
-    e.handle(Side::Outside, &server(0, len, &sh), now(2), &mut out);
+    e.feed(Side::Outside, &server(0, len, &sh), now(2), &mut out);
     // The client's next record is read, and until the server has its header too the flow
     // stays with the engine.
-    e.handle(Side::Inside, &client(len, &record(0x17, &[0; 30])), now(3), &mut out);
-    e.take_offload_ops(&mut ops);
+    e.feed(Side::Inside, &client(len, &record(0x17, &[0; 30])), now(3), &mut out);
+    e.offload_ops_into(&mut ops);
     assert!(ops.is_empty(), "{ops:?}");
-    e.handle(Side::Outside, &server(sh.len() as u32, len + 35, &[]), now(4), &mut out);
-    e.take_offload_ops(&mut ops);
+    e.feed(Side::Outside, &server(sh.len() as u32, len + 35, &[]), now(4), &mut out);
+    e.offload_ops_into(&mut ops);
     assert!(matches!(ops.as_slice(), [OffloadOp::Add(_)]), "{ops:?}");
 }
 
@@ -134,19 +135,19 @@ fn a_second_hello_after_a_retry_is_decided_afresh() {
     let first = hello_file("openssl-example.org.bin");
     let len = first.len() as u32;
     let mut out = Vec::new();
-    assert_eq!(e.handle(Side::Inside, &client(0, &first), now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &client(0, &first), now(1), &mut out), Action::Forward);
     // The server asks to retry; the client's new hello names a server refused to it,
     // after a change-cipher-spec record (middlebox compatibility).
-    e.handle(Side::Outside, &server(0, len, &hello_retry_request()), now(2), &mut out);
+    e.feed(Side::Outside, &server(0, len, &hello_retry_request()), now(2), &mut out);
     let mut flight = record(0x14, &[1]);
     flight.extend(hello_file("curl-api.openai.com.bin"));
-    assert_eq!(e.handle(Side::Inside, &client(len, &flight), now(3), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &client(len, &flight), now(3), &mut out), Action::Drop);
     assert_eq!(resets(&out), 2);
     assert_eq!(e.counters.hellos, 2);
     assert_eq!(e.counters.blocked, 1);
     // The flow's record names the second hello's server.
-    e.tick(now(400_000));
-    let recs = e.take_records();
+    e.handle_timeout(now(400_000));
+    let recs = e.records();
     let flow = recs
         .iter()
         .filter_map(|r| serde_json::to_value(r).ok())
@@ -165,10 +166,10 @@ fn a_second_hello_for_the_same_server_after_a_retry_passes() {
     let first = hello_file("openssl-example.org.bin");
     let len = first.len() as u32;
     let mut out = Vec::new();
-    e.handle(Side::Inside, &client(0, &first), now(1), &mut out);
-    e.handle(Side::Outside, &server(0, len, &hello_retry_request()), now(2), &mut out);
+    e.feed(Side::Inside, &client(0, &first), now(1), &mut out);
+    e.feed(Side::Outside, &server(0, len, &hello_retry_request()), now(2), &mut out);
     let second = client(len, &first);
-    let action = e.handle(Side::Inside, &second, now(3), &mut out);
+    let action = e.feed(Side::Inside, &second, now(3), &mut out);
     // Decided again (allowed): the held segment goes on.
     assert!(
         action == Action::Forward || out.iter().any(|(s, f)| *s == Side::Outside && *f == second)
@@ -186,11 +187,11 @@ fn the_servers_side_forged_from_the_inside_is_dropped() {
     let decoy = hello_file("openssl-example.org.bin");
     let len = decoy.len() as u32;
     let mut out = Vec::new();
-    e.handle(Side::Inside, &client(0, &decoy), now(1), &mut out);
+    e.feed(Side::Inside, &client(0, &decoy), now(1), &mut out);
     let forged = server(0, len + 6, &record(0x16, &[0x02; 60]));
-    assert_eq!(e.handle(Side::Inside, &forged, now(2), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &forged, now(2), &mut out), Action::Drop);
     let real = client(0, &hello_file("curl-api.openai.com.bin"));
-    assert_eq!(e.handle(Side::Inside, &real, now(3), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &real, now(3), &mut out), Action::Drop);
     assert_eq!(resets(&out), 2);
     assert_eq!(e.counters.evasions, 2);
 }
@@ -202,7 +203,7 @@ fn two_hellos_in_one_flight_are_refused() {
     let mut both = hello_file("openssl-example.org.bin");
     both.extend(hello_file("curl-api.openai.com.bin"));
     let mut out = Vec::new();
-    assert_eq!(e.handle(Side::Inside, &client(0, &both), now(1), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &client(0, &both), now(1), &mut out), Action::Drop);
     assert_eq!(resets(&out), 2);
     assert_eq!((e.counters.evasions, e.counters.blocked), (1, 1));
 }
@@ -215,9 +216,9 @@ fn a_stream_that_is_not_tls_has_no_guard() {
     handshake(&mut e);
     let mut out = Vec::new();
     let first = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n";
-    assert_eq!(e.handle(Side::Inside, &client(0, first), now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &client(0, first), now(1), &mut out), Action::Forward);
     let next = client(first.len() as u32, &[0x14, 0x03, 0x03, 0x00, 0x05, 0x01, 0x02]);
-    assert_eq!(e.handle(Side::Inside, &next, now(2), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &next, now(2), &mut out), Action::Forward);
     assert_eq!((e.counters.evasions, e.counters.blocked), (0, 0));
     assert!(out.is_empty());
 }

@@ -24,6 +24,7 @@ fn engine() -> Engine {
     common::engine(Settings { divert: Some(DivertConfig::default()), ..Settings::default() })
 }
 
+use common::Drive;
 use common::now;
 
 fn hello() -> Vec<u8> {
@@ -100,10 +101,9 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
     // First connection: not diverted (nothing learned yet); its hello says inspect → reset,
     // destination learned.
     let first = SocketAddr::new(client.ip(), client.port() - 1);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    let a =
-        e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.feed(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    let a = e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
     assert_eq!(a, Action::Drop);
     assert_eq!(out.len(), 2, "reset both ways");
     assert_eq!(e.learned(server.ip(), now(3)), Some("api.openai.com"));
@@ -111,7 +111,7 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
     out.clear();
 
     // The retry is diverted at its SYN: into the TUN, toward the listener.
-    let a = e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    let a = e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     assert_eq!(a, Action::Drop);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, Side::Tun);
@@ -123,7 +123,7 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
 
     // The listener's SYN-ACK, read from the TUN, leaves on the inside port as the server's.
     let synack = tcp(None, cfg.listener(client.ip()), client, Flags::SynAck, &[]);
-    e.handle_tun(&synack, now(11), &mut out);
+    e.feed_tun(&synack, now(11), &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, Side::Inside);
     let f = frame::parse(&out[0].1).unwrap();
@@ -133,7 +133,7 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
 
     // Client data follows into the TUN.
     let a =
-        e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Psh, &hello()), now(12), &mut out);
+        e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Psh, &hello()), now(12), &mut out);
     assert_eq!(a, Action::Drop);
     assert_eq!(out[0].0, Side::Tun);
     assert_eq!(frame::parse_ip(&out[0].1).unwrap().payload, &hello()[..]);
@@ -143,7 +143,7 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
     let port = e.open_upstream(client, server, now(13)).unwrap();
     assert_eq!(port, cfg.upstream_ports.0);
     let local = SocketAddr::new(cfg.local(client.ip()), port);
-    e.handle_tun(&tcp(None, local, server, Flags::Syn, &[]), now(14), &mut out);
+    e.feed_tun(&tcp(None, local, server, Flags::Syn, &[]), now(14), &mut out);
     assert_eq!(out[0].0, Side::Outside);
     let f = frame::parse(&out[0].1).unwrap();
     assert_eq!(ends(&f), (SocketAddr::new(client.ip(), port), server));
@@ -151,33 +151,33 @@ fn divert_round_trip(client: SocketAddr, server: SocketAddr) {
     out.clear();
     // ... and its replies go back into the TUN.
     let reply = tcp(s2c, server, SocketAddr::new(client.ip(), port), Flags::SynAck, &[]);
-    assert_eq!(e.handle(Side::Outside, &reply, now(15), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Outside, &reply, now(15), &mut out), Action::Drop);
     assert_eq!(out[0].0, Side::Tun);
     assert_eq!(ends(&frame::parse_ip(&out[0].1).unwrap()), (server, local));
     out.clear();
     // A reply from anyone else to that port is not the upstream's: handled as any frame.
     let other = SocketAddr::new(server.ip(), 8443);
     let stray = tcp(s2c, other, SocketAddr::new(client.ip(), port), Flags::SynAck, &[]);
-    e.handle(Side::Outside, &stray, now(16), &mut out);
+    e.feed(Side::Outside, &stray, now(16), &mut out);
     assert!(out.iter().all(|(s, _)| *s != Side::Tun));
     out.clear();
 
     // What the kernel sends into the TUN for no diverted connection is ignored.
     let before = e.divert_counters.tun_ignored;
     let unknown = SocketAddr::new(client.ip(), 1234);
-    e.handle_tun(
+    e.feed_tun(
         &tcp(None, cfg.listener(client.ip()), unknown, Flags::SynAck, &[]),
         now(17),
         &mut out,
     );
-    e.handle_tun(&[0x60, 0, 0], now(17), &mut out);
+    e.feed_tun(&[0x60, 0, 0], now(17), &mut out);
     assert!(out.is_empty());
     assert_eq!(e.divert_counters.tun_ignored, before + 2);
 
     // The interception engine annotates the flow; the record says divert.
     e.annotate_diverted(client, |f| f.class.rule = Some("finance-openai-inspect".into()));
     e.shutdown(now(20));
-    let records = e.take_records();
+    let records = e.records();
     let diverted = records
         .iter()
         .filter_map(|r| match r {
@@ -210,24 +210,24 @@ fn blocked_identities_are_diverted_to_be_answered_allowed_ones_are_not() {
     let alice = addr("10.20.1.10:40000");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     let s2c = Some((ROUTER_MAC, CLIENT_MAC));
-    e.handle(Side::Inside, &tcp(c2s, alice, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, alice, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, alice, server, Flags::Psh, &hello()), now(2), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, alice, server, Flags::Syn, &[]), now(0), &mut out);
+    e.feed(Side::Outside, &tcp(s2c, server, alice, Flags::SynAck, &[]), now(1), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, alice, server, Flags::Psh, &hello()), now(2), &mut out);
     assert!(e.learned(server.ip(), now(3)).is_some());
     out.clear();
     // guest's rule for the learned name is block: diverted, so the interception engine answers
     // with a block response instead of a reset.
     let guest = addr("10.20.9.99:40000");
-    let a = e.handle(Side::Inside, &tcp(c2s, guest, server, Flags::Syn, &[]), now(4), &mut out);
+    let a = e.feed(Side::Inside, &tcp(c2s, guest, server, Flags::Syn, &[]), now(4), &mut out);
     assert_eq!(a, Action::Drop);
     assert!(e.diverted(guest).is_some());
     out.clear();
     // Plain traffic to that server is not diverted, nor TLS to a server never learned.
     let web = addr("198.51.100.10:80");
-    let a = e.handle(Side::Inside, &tcp(c2s, alice, web, Flags::Syn, &[]), now(5), &mut out);
+    let a = e.feed(Side::Inside, &tcp(c2s, alice, web, Flags::Syn, &[]), now(5), &mut out);
     assert_eq!(a, Action::Forward);
     let other = addr("198.51.100.80:443");
-    let a = e.handle(Side::Inside, &tcp(c2s, guest, other, Flags::Syn, &[]), now(6), &mut out);
+    let a = e.feed(Side::Inside, &tcp(c2s, guest, other, Flags::Syn, &[]), now(6), &mut out);
     assert_eq!(a, Action::Forward);
     assert!(out.is_empty());
 }
@@ -240,7 +240,7 @@ fn upstream_ports_are_unique_and_released() {
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     learn(&mut e, server);
     let client = addr("10.20.1.10:40001");
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(3), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(3), &mut out);
     // Not a diverted client: no port.
     assert!(e.open_upstream(addr("10.20.1.10:1"), server, now(3)).is_none());
     let a = e.open_upstream(client, server, now(4)).unwrap();
@@ -249,13 +249,13 @@ fn upstream_ports_are_unique_and_released() {
     e.release_upstream(a);
     assert_eq!(e.nat_entries(), (1, 1));
     // Idle upstream entries expire.
-    e.tick(now(4 + 3_600_000));
+    e.handle_timeout(now(4 + 3_600_000));
     assert_eq!(e.nat_entries(), (0, 0));
 }
 
 fn ops(e: &mut Engine) -> Vec<OffloadOp> {
     let mut v = Vec::new();
-    e.take_offload_ops(&mut v);
+    e.offload_ops_into(&mut v);
     v
 }
 
@@ -264,9 +264,9 @@ fn learn(e: &mut Engine, server: SocketAddr) {
     let mut out = Vec::new();
     let (c2s, s2c) = (Some((CLIENT_MAC, ROUTER_MAC)), Some((ROUTER_MAC, CLIENT_MAC)));
     let first = addr("10.20.1.10:40000");
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.feed(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
     assert!(e.learned(server.ip(), now(3)).is_some());
     ops(e);
 }
@@ -284,7 +284,7 @@ fn fast_divert() -> (Engine, DivertConfig, SocketAddr) {
 
 /// The end records, as JSON, of the flows from client port `port`.
 fn flow_ends(e: &mut Engine, port: u16) -> Vec<serde_json::Value> {
-    e.take_records()
+    e.records()
         .iter()
         .filter_map(|r| match r {
             Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
@@ -312,7 +312,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     let s2c = Some((ROUTER_MAC, CLIENT_MAC));
     let client = addr("10.20.1.10:40001");
     let listener = cfg.listener(client.ip());
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let to_listener = key(Side::Inside, client, server);
     let from_listener = key(Side::Tun, listener, client);
     assert_eq!(
@@ -335,7 +335,7 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     );
     // A SYN-ACK the engine sees anyway (the entry was not in the kernel yet) is NAT-ed too.
     let synack = tcp(None, listener, client, Flags::SynAck, &[]);
-    e.handle_tun(&synack, now(10), &mut out);
+    e.feed_tun(&synack, now(10), &mut out);
     assert!(ops(&mut e).is_empty());
     // The upstream connection: NAT-ed by the kernel from the port reservation on.
     let port = e.open_upstream(client, server, now(11)).unwrap();
@@ -366,17 +366,17 @@ fn divert_nat_is_offloaded_after_the_syn_and_withdrawn_at_the_close() {
     e.offload_counts(&to_listener, 5, 2_000, now(20));
     e.offload_counts(&from_listener, 7, 9_000, now(3_599_000));
     e.offload_counts(&up_out, 3, 2_100, now(3_600_000));
-    e.tick(now(3_600_001));
+    e.handle_timeout(now(3_600_001));
     assert_eq!(e.nat_entries().1, 1, "upstream still in use");
     // The upstream closes (FIN both ways, through the engine): withdrawn.
-    e.handle_tun(&tcp(None, local, server, Flags::Fin, &[]), now(3_600_002), &mut out);
+    e.feed_tun(&tcp(None, local, server, Flags::Fin, &[]), now(3_600_002), &mut out);
     assert!(ops(&mut e).is_empty());
-    e.handle(Side::Outside, &tcp(s2c, server, public, Flags::Fin, &[]), now(3_600_003), &mut out);
+    e.feed(Side::Outside, &tcp(s2c, server, public, Flags::Fin, &[]), now(3_600_003), &mut out);
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove([up_out, up_in])]);
     // The client's connection closes: withdrawn too, once.
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Fin, &[]), now(3_600_004), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Fin, &[]), now(3_600_004), &mut out);
     assert!(ops(&mut e).is_empty());
-    e.handle_tun(&tcp(None, listener, client, Flags::Fin, &[]), now(3_600_005), &mut out);
+    e.feed_tun(&tcp(None, listener, client, Flags::Fin, &[]), now(3_600_005), &mut out);
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
     e.shutdown(now(3_600_006));
     assert!(ops(&mut e).is_empty());
@@ -396,7 +396,7 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
     let listener = cfg.listener(client.ip());
     // Only the client's SYN reaches the engine; the SYN-ACK and everything after are the
     // kernel's.
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let to_listener = key(Side::Inside, client, server);
     let from_listener = key(Side::Tun, listener, client);
     let port = e.open_upstream(client, server, now(11)).unwrap();
@@ -408,7 +408,7 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
     e.offload_counts(&from_listener, 1, 0, now(500));
     e.offload_counts(&to_listener, 2, 517, now(500));
     // Past the embryonic timeout: the kernel's SYN-ACK count made it established.
-    e.tick(now(40_000));
+    e.handle_timeout(now(40_000));
     assert_eq!(e.nat_entries(), (1, 1), "an established diverted flow does not idle out");
     assert!(ops(&mut e).is_empty());
     // The upstream closes, one FIN each way, both carried: withdrawn once, when both are in.
@@ -420,9 +420,9 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
     e.offload_closed(&up_in, fin, now(40_004));
     assert!(ops(&mut e).is_empty(), "a close noted again changes nothing");
     // The port lingers a moment after the close, then is free.
-    e.tick(now(40_100));
+    e.handle_timeout(now(40_100));
     assert_eq!(e.nat_entries().1, 1);
-    e.tick(now(41_600));
+    e.handle_timeout(now(41_600));
     assert_eq!(e.nat_entries().1, 0);
     // The client's side: the listener's FIN, then the client's; the record ends as closed.
     e.offload_closed(&from_listener, fin, now(41_700));
@@ -432,7 +432,7 @@ fn closes_the_kernel_carried_are_followed_by_the_engine() {
         now(41_800),
     );
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove([to_listener, from_listener])]);
-    e.tick(now(41_800 + 11_000));
+    e.handle_timeout(now(41_800 + 11_000));
     let v = flow_ends(&mut e, client.port()).remove(0);
     assert_eq!(v["end_reason"], "closed", "{v}");
     // The SYN by the engine, 9 by the kernel; 1 back by the kernel.
@@ -449,13 +449,13 @@ fn a_port_reused_within_the_linger_is_a_new_diverted_flow() {
     let to_listener = key(Side::Inside, client, server);
     let from_listener = key(Side::Tun, cfg.listener(client.ip()), client);
     let fin = Closes { fin: true, rst: false };
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     e.offload_closed(&from_listener, fin, now(100));
     e.offload_closed(&to_listener, fin, now(101));
     assert!(matches!(ops(&mut e).as_slice(), [OffloadOp::Add(_), OffloadOp::Remove(_)]));
     // The same port again, a second later (the closed flow lingers for ten).
     out.clear();
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(1_100), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(1_100), &mut out);
     assert_eq!(out.len(), 1, "the SYN goes to the listener");
     let got = ops(&mut e);
     assert!(
@@ -474,7 +474,7 @@ fn a_half_closed_diverted_flow_still_idles_out() {
     let mut out = Vec::new();
     let client = addr("10.20.1.10:40001");
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let from_listener = key(Side::Tun, cfg.listener(client.ip()), client);
     e.offload_counts(&from_listener, 1, 0, now(20));
     ops(&mut e);
@@ -489,7 +489,7 @@ fn a_half_closed_diverted_flow_still_idles_out() {
     let mut t = 1_000;
     while t < established + 2_000 {
         e.offload_carried(&fin, now(t));
-        e.tick(now(t));
+        e.handle_timeout(now(t));
         t += 1_000;
     }
     assert_eq!(e.nat_entries().0, 0, "idled out despite the repeated note");
@@ -501,14 +501,14 @@ fn an_expired_diverted_flow_leaves_the_kernel() {
     let mut out = Vec::new();
     let c2s = Some((CLIENT_MAC, ROUTER_MAC));
     let client = addr("10.20.1.10:40001");
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     let port = e.open_upstream(client, server, now(11)).unwrap();
     ops(&mut e);
     // The engine could not bind the port: its entries go at once.
     e.release_upstream(port);
     assert!(matches!(ops(&mut e).as_slice(), [OffloadOp::Remove(_)]));
     // Nothing more: the embryonic diverted flow idles out and its NAT is withdrawn.
-    e.tick(now(10 + 31_000));
+    e.handle_timeout(now(10 + 31_000));
     let got = ops(&mut e);
     assert!(
         matches!(got.as_slice(), [OffloadOp::Remove([a, b])]
@@ -530,16 +530,16 @@ fn a_diverted_connection_refused_by_the_interception_engine_is_recorded() {
     let s2c = Some((ROUTER_MAC, CLIENT_MAC));
     // Learn the destination (a first connection's hello), then the diverted SYN.
     let first = SocketAddr::new(client.ip(), client.port() - 1);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
-    e.handle(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
-    e.handle(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Syn, &[]), now(0), &mut out);
+    e.feed(Side::Outside, &tcp(s2c, server, first, Flags::SynAck, &[]), now(1), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, first, server, Flags::Psh, &hello()), now(2), &mut out);
+    e.feed(Side::Inside, &tcp(c2s, client, server, Flags::Syn, &[]), now(10), &mut out);
     e.annotate_diverted(client, |f| {
         f.class.action = Some("block");
         f.class.reason = Some("interception engine at its connection cap: reset");
     });
     e.shutdown(now(20));
-    let records = e.take_records();
+    let records = e.records();
     let rec = records
         .iter()
         .find_map(|r| match r {

@@ -9,6 +9,7 @@ use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, Settings, Side};
 use sluice_dataplane::wire::frame;
 
+use common::Drive;
 use common::{CLIENT_MAC, ROUTER_MAC, engine, engine_with, now};
 
 const ECH: &[u8] = b"\xfe\x0d\x00\x3aECH config list";
@@ -87,7 +88,7 @@ fn ech_is_hidden_from_answers_for_categorised_names() {
     for v6 in [false, true] {
         let mut out = Vec::new();
         let f = from_resolver(&answer("chatgpt.com"), v6);
-        assert_eq!(e.handle(Side::Outside, &f, now(0), &mut out), Action::Drop);
+        assert_eq!(e.feed(Side::Outside, &f, now(0), &mut out), Action::Drop);
         assert_eq!(out.len(), 1);
         let (side, sent) = &out[0];
         assert_eq!(*side, Side::Inside);
@@ -104,7 +105,7 @@ fn ech_is_hidden_from_answers_for_categorised_names() {
     // A name in no category: passed untouched.
     let mut out = Vec::new();
     let f = from_resolver(&answer("www.example.org"), false);
-    assert_eq!(e.handle(Side::Outside, &f, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &f, now(1), &mut out), Action::Forward);
     assert!(out.is_empty());
 }
 
@@ -116,13 +117,13 @@ fn ech_is_hidden_behind_a_cname_too() {
     assert!(has_ech(&m));
     let mut out = Vec::new();
     let f = from_resolver(&m, false);
-    assert_eq!(e.handle(Side::Outside, &f, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Outside, &f, now(0), &mut out), Action::Drop);
     let p = frame::parse(&out[0].1).unwrap();
     assert!(!has_ech(p.payload));
     // The same CDN record answering a question for an uncategorised name passes.
     out.clear();
     let f = from_resolver(&answer_via_cname("www.example.org", "chatgpt.cdn.example.net"), false);
-    assert_eq!(e.handle(Side::Outside, &f, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &f, now(1), &mut out), Action::Forward);
 }
 
 #[test]
@@ -130,7 +131,7 @@ fn dns_ech_pass_leaves_answers_alone() {
     let mut e = engine_with(&[("dns_ech = \"strip\"", "dns_ech = \"pass\"")], Settings::default());
     let mut out = Vec::new();
     let f = from_resolver(&answer("chatgpt.com"), false);
-    assert_eq!(e.handle(Side::Outside, &f, now(0), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &f, now(0), &mut out), Action::Forward);
     assert!(out.is_empty());
     assert_eq!(e.counters.ech_hidden, 0);
 }

@@ -8,6 +8,7 @@ use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, Settings, Side};
 use sluice_dataplane::wire::{dns, frame};
 
+use common::Drive;
 use common::{CLIENT_MAC, ROUTER_MAC, engine, hello_file, now, tcp};
 
 fn query(name: &str, id: u16) -> Vec<u8> {
@@ -36,7 +37,7 @@ fn the_doh_canary_is_answered_nxdomain_and_other_names_pass() {
     let mut e = engine(Settings::default());
     let mut out = Vec::new();
     let q = udp([10, 20, 1, 10], [10, 20, 0, 1], 5353, 53, &query("use-application-dns.net", 7));
-    assert_eq!(e.handle(Side::Inside, &q, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &q, now(0), &mut out), Action::Drop);
     assert_eq!(out.len(), 1);
     let (side, answer) = &out[0];
     let p = frame::parse(answer).unwrap();
@@ -51,7 +52,7 @@ fn the_doh_canary_is_answered_nxdomain_and_other_names_pass() {
     // Any other name goes to the resolver.
     out.clear();
     let q = udp([10, 20, 1, 10], [10, 20, 0, 1], 5353, 53, &query("api.openai.com", 8));
-    assert_eq!(e.handle(Side::Inside, &q, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &q, now(1), &mut out), Action::Forward);
     assert!(out.is_empty());
 }
 
@@ -70,17 +71,17 @@ fn dns_over_tls_is_refused_to_the_inspected_teams() {
         frame::complete_l4_checksum(&mut f);
         f
     };
-    e.handle(Side::Inside, &at(1, None, true, &[], true), now(0), &mut out);
-    e.handle(Side::Outside, &at(900, Some(2), true, &[], false), now(0), &mut out);
-    e.handle(Side::Inside, &at(2, Some(901), false, &[], true), now(0), &mut out);
+    e.feed(Side::Inside, &at(1, None, true, &[], true), now(0), &mut out);
+    e.feed(Side::Outside, &at(900, Some(2), true, &[], false), now(0), &mut out);
+    e.feed(Side::Inside, &at(2, Some(901), false, &[], true), now(0), &mut out);
     let hello = hello_file("openssl-example.org.bin");
     assert_eq!(
-        e.handle(Side::Inside, &at(2, Some(901), false, &hello, true), now(1), &mut out),
+        e.feed(Side::Inside, &at(2, Some(901), false, &hello, true), now(1), &mut out),
         Action::Drop
     );
     assert_eq!(e.counters.blocked, 1);
     e.shutdown(now(2));
-    let rec = e.take_records().into_iter().find_map(|r| match r {
+    let rec = e.records().into_iter().find_map(|r| match r {
         sluice_dataplane::record::Record::Flow(f) => Some(serde_json::to_value(&f).unwrap()),
         _ => None,
     });

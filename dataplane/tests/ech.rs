@@ -8,6 +8,7 @@ use sluice_dataplane::engine::{Action, Engine, LearnedEntry, Settings, Side};
 use sluice_dataplane::record::Record;
 use sluice_dataplane::wire::frame;
 
+use common::Drive;
 use common::{engine, hello_file, now, tcp};
 
 const ISN: u32 = 8_000;
@@ -22,17 +23,17 @@ fn send(e: &mut Engine, client: &str, server: &str, hello: &[u8]) -> (Action, se
         (Side::Outside, tcp(client, server, false, SERVER_ISN, Some(ISN + 1), true, &[])),
         (Side::Inside, tcp(client, server, true, ISN + 1, Some(SERVER_ISN + 1), false, &[])),
     ] {
-        e.handle(side, &f, now(0), &mut out);
+        e.feed(side, &f, now(0), &mut out);
     }
     let h = tcp(client, server, true, ISN + 1, Some(SERVER_ISN + 1), false, hello);
-    let action = e.handle(Side::Inside, &h, now(1), &mut out);
+    let action = e.feed(Side::Inside, &h, now(1), &mut out);
     if action == Action::Drop {
         let resets = out.iter().filter(|(_, f)| frame::parse(f).unwrap().tcp.unwrap().rst);
         assert_eq!(resets.count(), 2, "a refused hello is reset both ways");
     }
     e.shutdown(now(2));
     let rec = e
-        .take_records()
+        .records()
         .into_iter()
         .find_map(|r| match r {
             Record::Flow(f) => Some(serde_json::to_value(&f).unwrap()),

@@ -20,6 +20,7 @@ const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const ISN: u32 = 1_000;
 const SERVER_ISN: u32 = 77_000;
 
+use common::Drive;
 use common::engine;
 
 fn hello() -> Vec<u8> {
@@ -80,11 +81,11 @@ fn run(
 ) -> (Vec<Action>, Vec<(Side, Vec<u8>)>) {
     let mut out = Vec::new();
     assert_eq!(
-        e.handle(Side::Inside, &c.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out),
+        e.feed(Side::Inside, &c.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out),
         Action::Forward
     );
     assert_eq!(
-        e.handle(
+        e.feed(
             Side::Outside,
             &c.frame(false, SERVER_ISN, ISN + 1, Flags::SynAck, &[]),
             now(1),
@@ -93,7 +94,7 @@ fn run(
         Action::Forward
     );
     assert_eq!(
-        e.handle(
+        e.feed(
             Side::Inside,
             &c.frame(true, ISN + 1, SERVER_ISN + 1, Flags::Ack, &[]),
             now(2),
@@ -105,7 +106,7 @@ fn run(
         .iter()
         .map(|(off, bytes)| {
             let f = c.frame(true, ISN + 1 + *off as u32, SERVER_ISN + 1, Flags::Psh, bytes);
-            e.handle(Side::Inside, &f, now(3), &mut out)
+            e.feed(Side::Inside, &f, now(3), &mut out)
         })
         .collect();
     (actions, out)
@@ -139,7 +140,7 @@ fn whole_hello_in_one_segment_is_decided_in_place() {
     assert_eq!(actions, vec![Action::Forward]);
     assert!(out.is_empty(), "nothing held, nothing copied");
     e.shutdown(now(9));
-    let Record::Flow(f) = &e.take_records()[0] else { panic!("flow record first") };
+    let Record::Flow(f) = &e.records()[0] else { panic!("flow record first") };
     let v = serde_json::to_value(f).unwrap();
     assert_eq!((v["sni"].as_str(), v["verdict"].as_str()), (Some("api.openai.com"), Some("allow")));
 }
@@ -158,7 +159,7 @@ fn allowed_hello_is_held_then_released_in_order() {
     // Fast path afterwards.
     let mut o = Vec::new();
     let later = c.frame(true, ISN + 1 + h.len() as u32, SERVER_ISN + 1, Flags::Psh, b"x");
-    assert_eq!(e.handle(Side::Inside, &later, now(4), &mut o), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &later, now(4), &mut o), Action::Forward);
     assert!(o.is_empty());
 }
 
@@ -173,7 +174,7 @@ fn guest_is_reset_on_both_sides() {
     // Later client segments are dropped.
     let mut o = Vec::new();
     assert_eq!(
-        e.handle(
+        e.feed(
             Side::Inside,
             &c.frame(true, ISN + 1, SERVER_ISN + 1, Flags::Psh, &h),
             now(5),
@@ -181,9 +182,8 @@ fn guest_is_reset_on_both_sides() {
         ),
         Action::Drop
     );
-    e.tick(now(60_000));
-    let recs: Vec<_> =
-        e.take_records().into_iter().filter(|r| matches!(r, Record::Flow(_))).collect();
+    e.handle_timeout(now(60_000));
+    let recs: Vec<_> = e.records().into_iter().filter(|r| matches!(r, Record::Flow(_))).collect();
     assert_eq!(recs.len(), 1);
     let r = serde_json::to_value(&recs[0]).unwrap();
     assert_eq!(r["sni"], "api.openai.com");
@@ -245,7 +245,7 @@ fn retransmits_are_fine_but_conflicting_overlap_is_blocked() {
     let (_, out) = run(&mut e, &c, &[(0, h[..200].to_vec()), (100, forged)]);
     assert_resets(&out, &c, ISN + 1 + 200);
     e.shutdown(now(10));
-    let r = serde_json::to_value(&e.take_records()[0]).unwrap();
+    let r = serde_json::to_value(&e.records()[0]).unwrap();
     assert_eq!(r["verdict"], "block");
     assert!(r["reason"].as_str().unwrap().contains("evasion"));
 }
@@ -258,7 +258,7 @@ fn non_ip_and_plain_traffic_pass_untouched() {
     arp.extend(CLIENT_MAC);
     arp.extend([0x08, 0x06]);
     arp.extend([0u8; 28]);
-    assert_eq!(e.handle(Side::Inside, &arp, now(0), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &arp, now(0), &mut out), Action::Forward);
     let udp = {
         let b = PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC)
             .ipv4([10, 20, 1, 10], [10, 20, 0, 1], 64)
@@ -267,7 +267,7 @@ fn non_ip_and_plain_traffic_pass_untouched() {
         b.write(&mut v, b"query").unwrap();
         v
     };
-    assert_eq!(e.handle(Side::Inside, &udp, now(0), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &udp, now(0), &mut out), Action::Forward);
     assert!(out.is_empty());
     assert_eq!(e.flow_count(), 1);
 }
@@ -283,7 +283,7 @@ fn flow_table_cap_evicts_embryonic_first() {
             server: "198.51.100.80".parse().unwrap(),
             sport: 20_000 + port,
         };
-        e.handle(
+        e.feed(
             Side::Inside,
             &c.frame(true, ISN, 0, Flags::Syn, &[]),
             now(u64::from(port)),
@@ -294,9 +294,9 @@ fn flow_table_cap_evicts_embryonic_first() {
     assert_eq!(e.flow_count(), 8);
     assert_eq!(e.counters.flows_evicted, 92);
     // Attempts that never completed are summarised at the next stats record, not one by one.
-    assert!(e.take_records().is_empty());
-    e.tick(now(60_000));
-    let records = e.take_records();
+    assert!(e.records().is_empty());
+    e.handle_timeout(now(60_000));
+    let records = e.records();
     let Some(Record::Embryonic(s)) = records.first() else { panic!("a summary first") };
     // The 92 evicted and, timed out by then, the 8 left.
     assert_eq!((s.src.as_str(), s.flows, s.evicted), ("10.20.9.99", 100, 92));
@@ -337,7 +337,7 @@ fn quic_initial_is_read_and_decided() {
     );
     let dgram = quic_datagram("10.20.9.99", "198.51.100.80", &rfc9001_initial());
     let mut out = Vec::new();
-    assert_eq!(e.handle(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
     // Refused with an ICMP port unreachable back to the client, for each Initial it sends.
     assert_eq!(out.len(), 1);
     let icmp = frame::parse(&out[0].1).unwrap();
@@ -350,12 +350,12 @@ fn quic_initial_is_read_and_decided() {
             "10.20.9.99".parse().unwrap()
         )
     );
-    assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &dgram, now(1), &mut out), Action::Drop);
     assert_eq!(out.len(), 2);
     assert_eq!(e.counters.unreachables, 2);
     out.clear();
     e.shutdown(now(2));
-    let r = serde_json::to_value(&e.take_records()[0]).unwrap();
+    let r = serde_json::to_value(&e.records()[0]).unwrap();
     assert_eq!(
         (r["sni"].as_str(), r["verdict"].as_str(), r["proto"].as_str()),
         (Some("example.com"), Some("block"), Some("udp"))
@@ -364,18 +364,18 @@ fn quic_initial_is_read_and_decided() {
 
     // The default rules allow example.com: the held datagram is released at once.
     let mut e = engine(Settings::default());
-    assert_eq!(e.handle(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &dgram, now(0), &mut out), Action::Drop);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0], (Side::Outside, dgram.clone()));
     out.clear();
-    assert_eq!(e.handle(Side::Inside, &dgram, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &dgram, now(1), &mut out), Action::Forward);
 
     // Not QUIC on UDP 443: follows quic_unreadable, "restricted" by default: refused from a
     // source some inspect or block rule applies to (every identity of the default rules)...
     let mut e = engine(Settings::default());
     let junk = quic_datagram("10.20.9.99", "198.51.100.10", b"hello, not quic");
     out.clear();
-    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &junk, now(0), &mut out), Action::Drop);
     assert_eq!(out.len(), 1);
     assert_eq!(frame::parse(&out[0].1).unwrap().proto, frame::Proto::Icmp);
     // ...and passed for one no such rule applies to.
@@ -387,7 +387,7 @@ fn quic_initial_is_read_and_decided() {
         Settings::default(),
     );
     out.clear();
-    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &junk, now(0), &mut out), Action::Drop);
     assert_eq!(out, vec![(Side::Outside, junk)]);
 }
 
@@ -427,24 +427,24 @@ fn idle_timeouts_follow_protocol_and_state() {
         server: "198.51.100.80".parse().unwrap(),
         sport: 1,
     };
-    e.handle(Side::Inside, &emb.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out);
+    e.feed(Side::Inside, &emb.frame(true, ISN, 0, Flags::Syn, &[]), now(0), &mut out);
     let est = v4("10.20.1.10");
     run(&mut e, &est, &[]);
     let udp = quic_datagram("10.20.1.10", "198.51.100.80", b"x");
     let mut dns = udp.clone();
     dns[36..38].copy_from_slice(&5353u16.to_be_bytes()); // dport 443 -> 5353: plain UDP
-    e.handle(Side::Inside, &dns, now(0), &mut out);
+    e.feed(Side::Inside, &dns, now(0), &mut out);
     assert_eq!(e.flow_count(), 3);
-    e.tick(now(1_500));
+    e.handle_timeout(now(1_500));
     assert_eq!(e.flow_count(), 2, "embryonic gone after 1 s");
-    e.tick(now(3_500));
+    e.handle_timeout(now(3_500));
     assert_eq!(e.flow_count(), 1, "udp gone after 3 s");
-    e.tick(now(9_000));
+    e.handle_timeout(now(9_000));
     assert_eq!(e.flow_count(), 1, "established stays");
-    e.tick(now(12_100));
+    e.handle_timeout(now(12_100));
     assert_eq!(e.flow_count(), 0);
     let reasons: Vec<String> = e
-        .take_records()
+        .records()
         .into_iter()
         .filter_map(|r| match r {
             Record::Flow(f) => {
@@ -468,7 +468,7 @@ fn midstream_flows_follow_the_policy() {
         let mut out = Vec::new();
         // Data of a connection the engine never saw start (e.g. after a restart).
         let f = c.frame(true, 5_000, 9_000, Flags::Psh, b"\x17\x03\x03\x00\x05hello");
-        assert_eq!(e.handle(Side::Inside, &f, now(0), &mut out), want, "{mode}");
+        assert_eq!(e.feed(Side::Inside, &f, now(0), &mut out), want, "{mode}");
         if mode == "block" {
             let rst = frame::parse(&out[0].1).unwrap();
             assert_eq!((out[0].0, rst.dst, rst.tcp.unwrap().seq), (Side::Inside, c.client, 9_000));
@@ -477,7 +477,7 @@ fn midstream_flows_follow_the_policy() {
         }
         // A stray ACK without a flow is not tracked.
         let ack = Conn { sport: 40_999, ..v4("10.20.1.10") }.frame(true, 1, 1, Flags::Ack, &[]);
-        assert_eq!(e.handle(Side::Inside, &ack, now(0), &mut out), Action::Forward);
+        assert_eq!(e.feed(Side::Inside, &ack, now(0), &mut out), Action::Forward);
         assert_eq!(e.flow_count(), 1);
     }
 }
@@ -509,7 +509,7 @@ fn policy_swap_applies_to_new_flows_only() {
     let mut o = Vec::new();
     let later = c.frame(true, ISN + 1 + h.len() as u32, SERVER_ISN + 1, Flags::Psh, b"data");
     assert_eq!(
-        e.handle(Side::Inside, &later, now(5), &mut o),
+        e.feed(Side::Inside, &later, now(5), &mut o),
         Action::Forward,
         "established flow keeps its verdict"
     );
@@ -527,9 +527,9 @@ fn long_flows_get_periodic_records() {
     let mut updates = 0;
     for s in 1..=35u64 {
         let f = c.frame(false, SERVER_ISN + 1, ISN + 1, Flags::Psh, b"event");
-        e.handle(Side::Outside, &f, now(s * 1_000), &mut out);
-        e.tick(now(s * 1_000));
-        for r in e.take_records() {
+        e.feed(Side::Outside, &f, now(s * 1_000), &mut out);
+        e.handle_timeout(now(s * 1_000));
+        for r in e.records() {
             if let Record::Flow(f) = r {
                 let v = serde_json::to_value(&f).unwrap();
                 assert_eq!(v["event"], "update");
@@ -556,11 +556,11 @@ fn unreadable_quic_follows_the_drop_policy() {
         "198.51.100.80",
         &[0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0x41, 0],
     );
-    assert_eq!(e.handle(Side::Inside, &junk, now(0), &mut out), Action::Drop);
-    assert_eq!(e.handle(Side::Inside, &junk, now(1), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &junk, now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &junk, now(1), &mut out), Action::Drop);
     assert!(out.is_empty(), "nothing released");
     e.shutdown(now(2));
-    let Record::Flow(f) = &e.take_records()[0] else { panic!("flow record first") };
+    let Record::Flow(f) = &e.records()[0] else { panic!("flow record first") };
     let v = serde_json::to_value(f).unwrap();
     assert_eq!(
         (v["verdict"].as_str(), v["reason"].as_str()),
@@ -591,7 +591,7 @@ fn tcp_fast_open_hello_in_the_syn() {
     // Guest: refused in the SYN, the client gets a reset acknowledging its SYN.
     let mut e = engine(Settings::default());
     let g = v4("10.20.9.99");
-    assert_eq!(e.handle(Side::Inside, &syn_with(&g, &h), now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &syn_with(&g, &h), now(0), &mut out), Action::Drop);
     assert_eq!(out.len(), 1);
     let rst = frame::parse(&out[0].1).unwrap();
     assert_eq!(
@@ -601,11 +601,11 @@ fn tcp_fast_open_hello_in_the_syn() {
     // Alice: allowed, the SYN goes on with its data.
     out.clear();
     let a = v4("10.20.1.10");
-    assert_eq!(e.handle(Side::Inside, &syn_with(&a, &h), now(0), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &syn_with(&a, &h), now(0), &mut out), Action::Forward);
     assert!(out.is_empty());
     // Half a hello in the SYN: dropped; the retry without data is classified as usual.
     let mut e = engine(Settings::default());
-    assert_eq!(e.handle(Side::Inside, &syn_with(&g, &h[..100]), now(0), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &syn_with(&g, &h[..100]), now(0), &mut out), Action::Drop);
     let (_, out) = run(&mut e, &g, &[(0, h.clone())]);
     assert_resets(&out, &g, ISN + 1 + h.len() as u32);
 }

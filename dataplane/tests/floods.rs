@@ -7,6 +7,7 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::Drive;
 use common::{CLIENT_MAC, ROUTER_MAC, engine, now};
 use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, Engine, Settings, Side};
@@ -53,7 +54,7 @@ fn segment_mac(
 }
 
 fn syn(e: &mut Engine, client: &str, sport: u16, ms: u64) -> Action {
-    e.handle(Side::Inside, &segment(client, sport, true, "S", 1000, 0), now(ms), &mut Vec::new())
+    e.feed(Side::Inside, &segment(client, sport, true, "S", 1000, 0), now(ms), &mut Vec::new())
 }
 
 /// SYN, SYN-ACK and ACK of `client`:`sport`.
@@ -61,9 +62,9 @@ fn handshake(e: &mut Engine, client: &str, sport: u16, ms: u64) {
     let mut out = Vec::new();
     assert_eq!(syn(e, client, sport, ms), Action::Forward);
     let synack = segment(client, sport, false, "SA", 5000, 1001);
-    assert_eq!(e.handle(Side::Outside, &synack, now(ms), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &synack, now(ms), &mut out), Action::Forward);
     let ack = segment(client, sport, true, "A", 1001, 5001);
-    assert_eq!(e.handle(Side::Inside, &ack, now(ms), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &ack, now(ms), &mut out), Action::Forward);
 }
 
 fn settings(max_flows: usize, per_source: usize) -> Settings {
@@ -97,7 +98,7 @@ fn a_host_spoofing_alices_address_fills_only_its_own_count() {
     let mallory = [2, 0, 0, 0, 0, 0x66];
     for port in 0..200u16 {
         let f = segment_mac("10.20.1.10", mallory, 10_000 + port, true, "S", 1000, 0);
-        e.handle(Side::Inside, &f, now(0), &mut Vec::new());
+        e.feed(Side::Inside, &f, now(0), &mut Vec::new());
     }
     assert_eq!(e.attempts_of("10.20.1.10".parse().unwrap(), mallory), 50);
     assert_eq!(e.counters.embryonic_refused, 150);
@@ -119,17 +120,17 @@ fn every_attempt_counted_is_released_whatever_ends_it() {
     // Reset by the server, and the port used again by a new SYN.
     let mut rst = segment("10.20.1.10", 10_149, false, "A", 0, 1001);
     rst[14 + 20 + 13] |= 0x04;
-    e.handle(Side::Outside, &rst, now(1), &mut out);
+    e.feed(Side::Outside, &rst, now(1), &mut out);
     syn(&mut e, "10.20.1.10", 10_149, 2);
     // Completed.
     let synack = segment("10.20.1.10", 10_148, false, "SA", 5000, 1001);
-    e.handle(Side::Outside, &synack, now(3), &mut out);
+    e.feed(Side::Outside, &synack, now(3), &mut out);
     let ack = segment("10.20.1.10", 10_148, true, "A", 1001, 5001);
-    e.handle(Side::Inside, &ack, now(3), &mut out);
+    e.feed(Side::Inside, &ack, now(3), &mut out);
     assert_eq!(e.attempts(), 99, "one completed");
     assert_eq!(e.attempts_of(alice, CLIENT_MAC), 99);
     // Timed out.
-    e.tick(now(31_000));
+    e.handle_timeout(now(31_000));
     assert_eq!((e.attempts(), e.attempts_of(alice, CLIENT_MAC)), (0, 0));
     // Drained.
     syn(&mut e, "10.20.1.10", 20_000, 31_000);
@@ -144,16 +145,16 @@ fn a_blind_ack_or_a_reset_does_not_complete_a_handshake() {
     for port in 0..10u16 {
         syn(&mut e, "10.20.9.99", 10_000 + port, 0);
         let synack = segment("10.20.9.99", 10_000 + port, false, "SA", 5000, 1001);
-        e.handle(Side::Outside, &synack, now(0), &mut out);
+        e.feed(Side::Outside, &synack, now(0), &mut out);
         // A spoofer cannot see the server's sequence number: its ACK is blind.
         let blind = segment("10.20.9.99", 10_000 + port, true, "A", 1001, 12_345);
-        e.handle(Side::Inside, &blind, now(0), &mut out);
+        e.feed(Side::Inside, &blind, now(0), &mut out);
     }
     assert_eq!(e.attempts(), 10, "still attempts");
     // A reset by the client neither: the flow stays evictable.
     let mut rst = segment("10.20.9.99", 10_000, true, "A", 1001, 5001);
     rst[14 + 20 + 13] |= 0x04;
-    e.handle(Side::Inside, &rst, now(1), &mut out);
+    e.feed(Side::Inside, &rst, now(1), &mut out);
     handshake(&mut e, "10.20.1.10", 40_000, 2);
     assert_eq!(e.counters.flows_evicted, 1, "the oldest attempt made room for alice");
     assert_eq!(e.counters.flows_refused, 0);
@@ -169,12 +170,12 @@ fn a_completed_handshake_frees_its_sources_slot() {
     // One of the four completes: the next SYN of that source is taken again.
     let mut out = Vec::new();
     let synack = segment("10.20.1.10", 30_000, false, "SA", 5000, 1001);
-    e.handle(Side::Outside, &synack, now(1), &mut out);
+    e.feed(Side::Outside, &synack, now(1), &mut out);
     let ack = segment("10.20.1.10", 30_000, true, "A", 1001, 5001);
-    e.handle(Side::Inside, &ack, now(1), &mut out);
+    e.feed(Side::Inside, &ack, now(1), &mut out);
     assert_eq!(syn(&mut e, "10.20.1.10", 30_011, 2), Action::Forward);
     // A timed-out attempt frees its slot too.
-    e.tick(now(31_000));
+    e.handle_timeout(now(31_000));
     assert_eq!(e.flow_count(), 1, "only the established flow is left");
     for port in 0..4 {
         assert_eq!(syn(&mut e, "10.20.1.10", 31_000 + port, 31_000), Action::Forward);
@@ -193,14 +194,14 @@ fn a_spoofed_flood_at_the_cap_evicts_only_embryonic_flows() {
         let src = format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256);
         syn(&mut e, &src, 50_000, 1);
         let synack = segment(&src, 50_000, false, "SA", 5000, 1001);
-        e.handle(Side::Outside, &synack, now(1), &mut Vec::new());
+        e.feed(Side::Outside, &synack, now(1), &mut Vec::new());
     }
     assert_eq!(e.flow_count(), 500, "the table stays at its cap");
     assert_eq!(e.counters.flows_evicted, 20_000 - 490);
     // alice's established flows are all still there: their next segments pass as before.
     for port in 0..10 {
         let ack = segment("10.20.1.10", 40_000 + port, true, "A", 1001, 5001);
-        assert_eq!(e.handle(Side::Inside, &ack, now(2), &mut Vec::new()), Action::Forward);
+        assert_eq!(e.feed(Side::Inside, &ack, now(2), &mut Vec::new()), Action::Forward);
     }
     assert_eq!(e.flow_count(), 500);
     // And a new connection of hers is taken (evicting the oldest attempt).
@@ -218,11 +219,11 @@ fn attempts_that_never_complete_are_summarised_per_source() {
     syn(&mut e, "10.20.1.10", 40_000, 20);
     let mut rst = segment("10.20.1.10", 40_000, false, "A", 0, 1001);
     rst[14 + 20 + 13] |= 0x04; // RST
-    e.handle(Side::Outside, &rst, now(21), &mut Vec::new());
+    e.feed(Side::Outside, &rst, now(21), &mut Vec::new());
     handshake(&mut e, "10.20.1.10", 40_001, 30);
     // Past the embryonic timeout and the close linger, one stats interval later.
-    e.tick(now(60_000));
-    let records = e.take_records();
+    e.handle_timeout(now(60_000));
+    let records = e.records();
     let flows: Vec<_> = records.iter().filter(|r| matches!(r, Record::Flow(_))).collect::<Vec<_>>();
     assert!(flows.is_empty(), "no attempt recorded one by one: {flows:?}");
     let sums: Vec<_> = records
@@ -245,13 +246,13 @@ fn attempts_that_never_complete_are_summarised_per_source() {
     let v = serde_json::to_value(flood).unwrap();
     assert_eq!((v["type"].as_str(), v["event"].as_str()), (Some("flow"), Some("embryonic")));
     // The next interval starts empty.
-    e.tick(now(120_000));
-    assert!(!e.take_records().iter().any(|r| matches!(r, Record::Embryonic(_))));
+    e.handle_timeout(now(120_000));
+    assert!(!e.records().iter().any(|r| matches!(r, Record::Embryonic(_))));
     // alice's answered flow is still in the table, and recorded at its end as before.
     assert_eq!(e.flow_count(), 1);
     e.shutdown(now(130_000));
     let ended: Vec<_> = e
-        .take_records()
+        .records()
         .into_iter()
         .filter_map(|r| match r {
             Record::Flow(f) => Some((f.src, f.sport)),
@@ -267,9 +268,9 @@ fn past_256_sources_an_interval_the_rest_share_one_summary() {
     for i in 0..300u32 {
         syn(&mut e, &format!("10.30.{}.{}", i / 256, i % 256), 50_000, 1);
     }
-    e.tick(now(60_000));
+    e.handle_timeout(now(60_000));
     let sums: Vec<_> = e
-        .take_records()
+        .records()
         .into_iter()
         .filter_map(|r| match r {
             Record::Embryonic(s) => Some(s),
@@ -290,10 +291,10 @@ fn attempts_in_their_handshake_get_no_periodic_records() {
     }
     handshake(&mut e, "10.20.1.10", 40_000, 0);
     for s in 1..=5 {
-        e.tick(now(s * 1000));
+        e.handle_timeout(now(s * 1000));
     }
     let updates: Vec<_> = e
-        .take_records()
+        .records()
         .into_iter()
         .filter_map(|r| match r {
             Record::Flow(f) => Some(f.src),
@@ -311,9 +312,9 @@ fn a_completed_handshake_reset_before_any_data_is_recorded_as_a_flow() {
     handshake(&mut e, "10.20.1.10", 40_000, 0);
     let mut rst = segment("10.20.1.10", 40_000, false, "A", 5001, 1001);
     rst[14 + 20 + 13] |= 0x04;
-    e.handle(Side::Outside, &rst, now(1), &mut Vec::new());
+    e.feed(Side::Outside, &rst, now(1), &mut Vec::new());
     e.shutdown(now(2));
-    let records = e.take_records();
+    let records = e.records();
     assert!(records.iter().any(|r| matches!(r, Record::Flow(f) if f.sport == 40_000)));
     assert!(!records.iter().any(|r| matches!(r, Record::Embryonic(_))));
 }

@@ -9,6 +9,7 @@ use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, Engine, Settings, Side};
 use sluice_dataplane::wire::frame;
 
+use common::Drive;
 use common::{CLIENT_MAC, ROUTER_MAC, engine, hello_file, now, tcp};
 
 const ISN: u32 = 5_000;
@@ -73,14 +74,14 @@ fn handshake(e: &mut Engine, client: &str, server: &str) {
         (Side::Outside, tcp(client, server, false, SERVER_ISN, Some(ISN + 1), true, &[])),
         (Side::Inside, tcp(client, server, true, ISN + 1, Some(SERVER_ISN + 1), false, &[])),
     ] {
-        assert_eq!(e.handle(side, &f, now(0), &mut out), Action::Forward);
+        assert_eq!(e.feed(side, &f, now(0), &mut out), Action::Forward);
     }
 }
 
 /// Sends `frags` from the inside; returns the actions and what the engine emitted.
 fn send(e: &mut Engine, frags: &[Vec<u8>]) -> (Vec<Action>, Vec<(Side, Vec<u8>)>) {
     let mut out = Vec::new();
-    let actions = frags.iter().map(|f| e.handle(Side::Inside, f, now(5), &mut out)).collect();
+    let actions = frags.iter().map(|f| e.feed(Side::Inside, f, now(5), &mut out)).collect();
     (actions, out)
 }
 
@@ -228,10 +229,10 @@ fn fragments_to_ports_nothing_is_read_on_are_not_held() {
     // Out of order: held until the first shows the port, then let through together.
     let frags = plain_udp_fragments(22);
     let mut out = Vec::new();
-    assert_eq!(e.handle(Side::Inside, &frags[2], now(7), &mut out), Action::Drop);
-    assert_eq!(e.handle(Side::Inside, &frags[0], now(7), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &frags[2], now(7), &mut out), Action::Drop);
+    assert_eq!(e.feed(Side::Inside, &frags[0], now(7), &mut out), Action::Forward);
     assert_eq!(out, vec![(Side::Outside, frags[2].clone())]);
-    assert_eq!(e.handle(Side::Inside, &frags[1], now(7), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &frags[1], now(7), &mut out), Action::Forward);
 }
 
 #[test]
@@ -257,7 +258,7 @@ fn incomplete_datagrams_expire() {
     let frags = fragments_v4(&whole, 64, 15);
     let (_, out) = send(&mut e, &frags[1..]);
     assert!(out.is_empty());
-    e.tick(now(31_000));
+    e.handle_timeout(now(31_000));
     assert_eq!(e.counters.fragments_dropped, (frags.len() - 1) as u64);
     // The missing first fragment, late, starts a new datagram that never completes.
     let (_, out) = send(&mut e, &frags[..1]);

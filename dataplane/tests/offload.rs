@@ -6,6 +6,7 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::Drive;
 use common::{engine, now};
 use etherparse::PacketBuilder;
 use sluice_dataplane::engine::{Action, DirKey, Engine, FastEntry, OffloadOp, Settings, Side};
@@ -75,7 +76,7 @@ fn udp(src: (&str, u16), dst: (&str, u16), payload: &[u8]) -> Vec<u8> {
 
 fn ops(e: &mut Engine) -> Vec<OffloadOp> {
     let mut v = Vec::new();
-    e.take_offload_ops(&mut v);
+    e.offload_ops_into(&mut v);
     v
 }
 
@@ -87,14 +88,14 @@ const IPERF: (&str, u16) = ("198.51.100.80", 5201);
 fn handshake(e: &mut Engine, server: (&str, u16)) -> Vec<OffloadOp> {
     let mut out = Vec::new();
     let syn = tcp(ALICE, server, true, true, false, false, &[]);
-    assert_eq!(e.handle(Side::Inside, &syn, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &syn, now(1), &mut out), Action::Forward);
     assert!(ops(e).is_empty(), "nothing is offloaded at the SYN");
     let mut all = Vec::new();
     for (side, f) in [
         (Side::Outside, tcp(ALICE, server, false, true, true, false, &[])),
         (Side::Inside, tcp(ALICE, server, true, false, true, false, &[])),
     ] {
-        assert_eq!(e.handle(side, &f, now(2), &mut out), Action::Forward);
+        assert_eq!(e.feed(side, &f, now(2), &mut out), Action::Forward);
         all.extend(ops(e));
     }
     all
@@ -121,7 +122,7 @@ fn an_allowed_flow_is_offloaded_once_established_and_withdrawn_at_its_close() {
     let mut out = Vec::new();
     // Later frames (say, a retransmission the kernel passed up) add nothing.
     let data = tcp(ALICE, IPERF, true, false, true, false, b"hello");
-    assert_eq!(e.handle(Side::Inside, &data, now(3), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &data, now(3), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty());
     // The kernel forwarded 10 + 4 frames.
     e.offload_counts(&keys[0], 10, 14_000, now(500));
@@ -131,14 +132,14 @@ fn an_allowed_flow_is_offloaded_once_established_and_withdrawn_at_its_close() {
     // FIN both ways: withdrawn at the close.
     let fin_c = tcp(ALICE, IPERF, true, false, true, true, &[]);
     let fin_s = tcp(ALICE, IPERF, false, false, true, true, &[]);
-    e.handle(Side::Inside, &fin_c, now(700), &mut out);
+    e.feed(Side::Inside, &fin_c, now(700), &mut out);
     assert!(ops(&mut e).is_empty(), "half closed: still offloaded");
-    e.handle(Side::Outside, &fin_s, now(701), &mut out);
+    e.feed(Side::Outside, &fin_s, now(701), &mut out);
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove(keys)]);
     // The last counts read when the entry was removed still reach the record.
     e.offload_counts(&keys[0], 12, 16_000, now(702));
-    e.tick(now(60_000));
-    let rec = e.take_records();
+    e.handle_timeout(now(60_000));
+    let rec = e.records();
     let Some(Record::Flow(f)) = rec.first() else { panic!("a flow record: {rec:?}") };
     let v = serde_json::to_value(f).unwrap();
     // Engine: SYN, ACK, data, FIN out (4; 5 bytes) + kernel 12 (16,000 bytes);
@@ -158,12 +159,12 @@ fn kernel_counts_keep_an_offloaded_flow_from_idling_out() {
     assert_eq!(handshake(&mut e, IPERF).len(), 1);
     for (i, t) in [5_000u64, 10_000, 15_000].into_iter().enumerate() {
         e.offload_counts(&keys[0], 100 * (i as u64 + 1), 0, now(t));
-        e.tick(now(t + 1));
-        assert!(e.take_records().iter().all(|r| !matches!(r, Record::Flow(_))));
+        e.handle_timeout(now(t + 1));
+        assert!(e.records().iter().all(|r| !matches!(r, Record::Flow(_))));
     }
     assert_eq!(e.flow_count(), 1);
     // Then silence: the flow idles out and leaves the kernel.
-    e.tick(now(26_000));
+    e.handle_timeout(now(26_000));
     assert_eq!(e.flow_count(), 0);
     assert_eq!(ops(&mut e), vec![OffloadOp::Remove(keys)]);
 }
@@ -191,12 +192,12 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
     assert!(handshake(&mut e, api).is_empty(), "pending until the hello");
     let mut out = Vec::new();
     let h = tcp(ALICE, api, true, false, true, false, &hello);
-    assert_eq!(e.handle(Side::Inside, &h, now(3), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &h, now(3), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "decided on this frame; the next one offloads");
     // Not before the server has acknowledged the hello (a decoy could still be replaced) and
     // the client's next record was read (a second hello could still come).
     let reply = tcp(ALICE, api, false, false, true, false, b"server hello");
-    assert_eq!(e.handle(Side::Outside, &reply, now(4), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &reply, now(4), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "the hello is not acknowledged yet");
     let end = 1 + hello.len() as u32;
     let next = with_seq_ack(
@@ -204,10 +205,10 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
         end,
         13,
     );
-    assert_eq!(e.handle(Side::Inside, &next, now(4), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &next, now(4), &mut out), Action::Forward);
     assert!(ops(&mut e).is_empty(), "the record after the hello is not acknowledged yet");
     let acked = with_seq_ack(&tcp(ALICE, api, false, false, true, false, &[]), 13, end + 6);
-    assert_eq!(e.handle(Side::Outside, &acked, now(4), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Outside, &acked, now(4), &mut out), Action::Forward);
     assert_eq!(ops(&mut e), vec![added(api)]);
 
     // guest (no identity): blocked at the hello, never offloaded.
@@ -221,7 +222,7 @@ fn tls_flows_are_offloaded_only_after_an_allowing_hello_and_blocked_ones_never()
         (Side::Inside, tcp(guest, api, true, false, true, false, &hello)),
         (Side::Outside, tcp(guest, api, false, false, true, false, b"late")),
     ] {
-        e.handle(side, &f, now(5), &mut out);
+        e.feed(side, &f, now(5), &mut out);
     }
     assert!(ops(&mut e).is_empty());
     assert_eq!(e.counters.blocked, 1);
@@ -233,14 +234,14 @@ fn udp_is_offloaded_at_once_but_dns_stays_with_the_engine() {
     let mut e = fast();
     let mut out = Vec::new();
     let d = udp(ALICE, ("198.51.100.80", 5201), b"x");
-    assert_eq!(e.handle(Side::Inside, &d, now(1), &mut out), Action::Forward);
+    assert_eq!(e.feed(Side::Inside, &d, now(1), &mut out), Action::Forward);
     let got = ops(&mut e);
     assert!(matches!(got.as_slice(), [OffloadOp::Add([a, b])]
         if a.key.proto == Proto::Udp && a.key.ingress == Side::Inside
             && b.key.ingress == Side::Outside));
     let q = udp(ALICE, ("10.20.0.1", 53), b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00");
     for t in 2..5 {
-        e.handle(Side::Inside, &q, now(t), &mut out);
+        e.feed(Side::Inside, &q, now(t), &mut out);
     }
     assert!(ops(&mut e).is_empty(), "DNS answers are snooped: never offloaded");
 }
@@ -250,14 +251,14 @@ fn without_the_fast_path_nothing_is_offered() {
     let mut e = engine(Settings::default());
     assert!(handshake(&mut e, IPERF).is_empty());
     let mut out = Vec::new();
-    e.handle(Side::Inside, &udp(ALICE, IPERF, b"x"), now(3), &mut out);
+    e.feed(Side::Inside, &udp(ALICE, IPERF, b"x"), now(3), &mut out);
     assert!(ops(&mut e).is_empty());
     // Counts for a flow the engine never offloaded are ignored.
     e.offload_counts(&expected_keys(IPERF)[0], 1_000, 1_000, now(4));
     e.shutdown(now(5));
     // The TCP flow's record (the table ends flows in no particular order).
     let tcp = e
-        .take_records()
+        .records()
         .iter()
         .filter_map(|r| match r {
             Record::Flow(f) => Some(serde_json::to_value(f).unwrap()),
@@ -281,7 +282,7 @@ fn a_refused_offload_is_not_retried_nor_withdrawn() {
         tcp(ALICE, IPERF, true, false, true, true, &[]),
         tcp(ALICE, IPERF, false, false, true, true, &[]),
     ] {
-        e.handle(Side::Inside, &f, now(9), &mut out);
+        e.feed(Side::Inside, &f, now(9), &mut out);
     }
     assert!(ops(&mut e).is_empty());
 }
@@ -291,7 +292,7 @@ fn shutdown_withdraws_every_offloaded_flow() {
     let mut e = fast();
     handshake(&mut e, IPERF);
     let mut out = Vec::new();
-    e.handle(Side::Inside, &udp(ALICE, ("198.51.100.80", 9), b"x"), now(3), &mut out);
+    e.feed(Side::Inside, &udp(ALICE, ("198.51.100.80", 9), b"x"), now(3), &mut out);
     assert_eq!(ops(&mut e).len(), 1);
     e.shutdown(now(4));
     let got = ops(&mut e);

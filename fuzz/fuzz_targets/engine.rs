@@ -25,7 +25,6 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
         settings,
     );
-    let mut out = Vec::new();
     let mut rest = data;
     let mut t = 0u64;
     // Each frame: [side/len byte][len][frame bytes].
@@ -36,10 +35,11 @@ fuzz_target!(|data: &[u8]| {
         let frame = &rest[2..2 + len];
         rest = &rest[2 + len..];
         t += 7;
-        let _ = e.handle(side, frame, Now { mono_ms: t, unix_ms: t }, &mut out);
+        let _ = e.handle(side, frame, Now { mono_ms: t, unix_ms: t });
+        while e.poll_transmit().is_some() {}
         assert!(e.flow_count() <= 16);
-        out.clear();
     }
-    e.tick(Now { mono_ms: t + 100_000, unix_ms: t + 100_000 });
-    let _ = e.take_records();
+    e.handle_timeout(Now { mono_ms: t + 100_000, unix_ms: t + 100_000 });
+    while e.poll_record().is_some() {}
+    while e.poll_offload().is_some() {}
 });

@@ -27,4 +27,11 @@ impl Clock {
             .map_or(0, |d| d.as_millis() as u64);
         Now { mono_ms: self.0.elapsed().as_millis() as u64, unix_ms }
     }
+
+    /// The instant of the monotonic time `mono_ms` (as [`Clock::now`] gives it); an hour
+    /// from now for a time past what an instant can hold.
+    pub fn instant(&self, mono_ms: u64) -> std::time::Instant {
+        let far = || std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        self.0.checked_add(std::time::Duration::from_millis(mono_ms)).unwrap_or_else(far)
+    }
 }

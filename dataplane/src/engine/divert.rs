@@ -14,13 +14,14 @@
 //! kernel sends into the TUN that belong to no diverted connection (router solicitations, …)
 //! are counted and ignored.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hashbrown::HashMap;
 use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
 
 use super::offload::{Closes, DirKey, FastEntry, OffloadOp, Rewrite};
-use super::{Engine, Now, Side, close, track};
+use super::{Engine, Now, Side, Transmit, close, track};
 use crate::flow::{Flow, FlowKey, Offload, TcpState};
 use crate::nat;
 use crate::wire::frame::{self, Frame, Proto, Tcp};
@@ -190,13 +191,7 @@ impl Engine {
     }
 
     /// Starts diverting the flow of this SYN (already inserted with [`Verdict::Divert`]).
-    pub(super) fn divert_syn(
-        &mut self,
-        key: FlowKey,
-        data: &[u8],
-        f: &Frame<'_>,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) {
+    pub(super) fn divert_syn(&mut self, key: FlowKey, data: &[u8], f: &Frame<'_>) {
         let Some(d) = self.divert.as_mut() else { return };
         let client = SocketAddr::new(f.src, f.sport);
         let entry = ClientEntry {
@@ -214,38 +209,26 @@ impl Engine {
             // and the closes included.
             flow.offload = Offload::Active;
             self.counters.offloaded += 1;
-            self.offload_ops.push(OffloadOp::Add(client_entries(&d.cfg, client, &entry)));
+            self.offload_ops.push_back(OffloadOp::Add(client_entries(&d.cfg, client, &entry)));
         }
         self.divert_counters.flows += 1;
-        self.client_to_tun(data, f, out);
+        self.client_to_tun(data, f);
     }
 
     /// A client segment of a diverted flow: to the listener, through the TUN.
-    pub(super) fn client_to_tun(
-        &mut self,
-        data: &[u8],
-        f: &Frame<'_>,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) {
+    pub(super) fn client_to_tun(&mut self, data: &[u8], f: &Frame<'_>) {
         let Some(d) = self.divert.as_ref() else { return };
         let listener = d.cfg.listener(f.src);
         let mut pkt = data[f.ip_offset..].to_vec();
         if nat::rewrite(&mut pkt, None, Some(listener)).is_ok() {
             self.divert_counters.to_tun += 1;
-            out.push((Side::Tun, pkt));
+            self.transmits.push_back(Transmit { side: Side::Tun, frame: pkt });
         }
     }
 
     /// A frame on the outside port addressed to an upstream connection of the interception
     /// engine: back into the TUN. False when it is not one.
-    pub(super) fn upstream_reply(
-        &mut self,
-        data: &[u8],
-        f: &Frame<'_>,
-        t: Tcp,
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> bool {
+    pub(super) fn upstream_reply(&mut self, data: &[u8], f: &Frame<'_>, t: Tcp, now: Now) -> bool {
         let Some(d) = self.divert.as_mut() else { return false };
         if !d.cfg.is_upstream_port(f.dport) {
             return false;
@@ -261,7 +244,7 @@ impl Engine {
         let mut pkt = data[f.ip_offset..].to_vec();
         if nat::rewrite(&mut pkt, None, Some(local)).is_ok() {
             self.divert_counters.to_tun += 1;
-            out.push((Side::Tun, pkt));
+            self.transmits.push_back(Transmit { side: Side::Tun, frame: pkt });
         }
         true
     }
@@ -269,8 +252,8 @@ impl Engine {
     /// Handles one raw IP packet read from the TUN: a reply of the listener to a diverted
     /// client (out of the inside port) or a packet of an upstream connection (out of the
     /// outside port). Anything else is ignored.
-    pub fn handle_tun(&mut self, pkt: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>) {
-        let sent = self.tun_packet(pkt, now, out);
+    pub fn handle_tun(&mut self, pkt: &[u8], now: Now) {
+        let sent = self.tun_packet(pkt, now);
         if sent {
             self.divert_counters.from_tun += 1;
         } else {
@@ -278,7 +261,7 @@ impl Engine {
         }
     }
 
-    fn tun_packet(&mut self, pkt: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>) -> bool {
+    fn tun_packet(&mut self, pkt: &[u8], now: Now) -> bool {
         let Some(d) = self.divert.as_mut() else { return false };
         let Some(f) = frame::parse_ip(pkt) else { return false };
         let Some(t) = f.tcp else { return false };
@@ -293,7 +276,10 @@ impl Engine {
             if nat::rewrite(&mut ip, Some(e.orig), None).is_err() {
                 return false;
             }
-            out.push((Side::Inside, frame::encapsulate(&ip, e.server_mac, e.client_mac, e.vlan)));
+            self.transmits.push_back(Transmit {
+                side: Side::Inside,
+                frame: frame::encapsulate(&ip, e.server_mac, e.client_mac, e.vlan),
+            });
             if let Some(flow) = self.table.get_mut(&e.key) {
                 // The server's side of the flow, as the client sees it.
                 track(flow, &Frame { src: e.orig.ip(), sport: e.orig.port(), ..f }, t, now);
@@ -315,7 +301,10 @@ impl Engine {
             if nat::rewrite(&mut ip, Some(SocketAddr::new(e.client, f.sport)), None).is_err() {
                 return false;
             }
-            out.push((Side::Outside, frame::encapsulate(&ip, e.client_mac, e.router_mac, e.vlan)));
+            self.transmits.push_back(Transmit {
+                side: Side::Outside,
+                frame: frame::encapsulate(&ip, e.client_mac, e.router_mac, e.vlan),
+            });
             return true;
         }
         false
@@ -367,7 +356,7 @@ impl Engine {
             if self.settings.fast_path
                 && let Some(e) = d.upstreams.get(&p)
             {
-                self.offload_ops.push(OffloadOp::Add(upstream_entries(&d.cfg, p, e)));
+                self.offload_ops.push_back(OffloadOp::Add(upstream_entries(&d.cfg, p, e)));
             }
             self.divert_counters.upstreams += 1;
             return Some(p);
@@ -381,7 +370,7 @@ impl Engine {
             && let Some(e) = d.upstreams.remove(&port)
             && e.offloaded
         {
-            self.offload_ops.push(OffloadOp::remove(upstream_entries(&d.cfg, port, &e)));
+            self.offload_ops.push_back(OffloadOp::remove(upstream_entries(&d.cfg, port, &e)));
         }
     }
 
@@ -417,7 +406,7 @@ impl Engine {
             if let Some(e) = d.clients.get(&c).copied().filter(|e| e.key == *key) {
                 d.clients.remove(&c);
                 if offloaded {
-                    self.offload_ops.push(OffloadOp::remove(client_entries(&d.cfg, c, &e)));
+                    self.offload_ops.push_back(OffloadOp::remove(client_entries(&d.cfg, c, &e)));
                 }
             }
         }
@@ -507,7 +496,7 @@ impl Engine {
                 let limit = if e.closed() { UPSTREAM_CLOSE_LINGER_MS } else { t.tcp_established };
                 let keep = now.mono_ms.saturating_sub(e.last_mono) < limit;
                 if !keep && e.offloaded {
-                    ops.push(OffloadOp::remove(upstream_entries(&cfg, *p, e)));
+                    ops.push_back(OffloadOp::remove(upstream_entries(&cfg, *p, e)));
                 }
                 keep
             });
@@ -523,7 +512,7 @@ impl Engine {
 /// Withdraws the kernel NAT of the diverted `flow` from `client` once it closes (both FINs or
 /// a RST, whichever side they came from).
 pub(super) fn withdraw_if_closing(
-    ops: &mut Vec<OffloadOp>,
+    ops: &mut VecDeque<OffloadOp>,
     d: Option<&DivertState>,
     client: SocketAddr,
     flow: &mut Flow,
@@ -535,7 +524,7 @@ pub(super) fn withdraw_if_closing(
     if let Some(d) = d
         && let Some(e) = d.clients.get(&client)
     {
-        ops.push(OffloadOp::remove(client_entries(&d.cfg, client, e)));
+        ops.push_back(OffloadOp::remove(client_entries(&d.cfg, client, e)));
     }
 }
 
@@ -554,14 +543,14 @@ fn upstream_closed(e: &mut UpstreamEntry, fins: (bool, bool), rst: bool, now: No
 
 /// Withdraws the kernel NAT of upstream connection `port` once it closed.
 fn withdraw_upstream_if_closed(
-    ops: &mut Vec<OffloadOp>,
+    ops: &mut VecDeque<OffloadOp>,
     cfg: &DivertConfig,
     port: u16,
     e: &mut UpstreamEntry,
 ) {
     if e.closed() && e.offloaded {
         e.offloaded = false;
-        ops.push(OffloadOp::remove(upstream_entries(cfg, port, e)));
+        ops.push_back(OffloadOp::remove(upstream_entries(cfg, port, e)));
     }
 }
 

@@ -4,7 +4,7 @@
 
 use sluice_rules::FragmentPolicy;
 
-use super::{Action, Engine, Now, QUIC_PORT, Side};
+use super::{Action, Engine, Now, QUIC_PORT, Side, Transmit};
 use crate::defrag::{FragError, Fragment};
 use crate::flow::{FlowKey, Verdict};
 use crate::wire::frame::{self, Proto};
@@ -18,7 +18,6 @@ impl Engine {
         data: &[u8],
         frag: &Fragment<'_>,
         now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         if !frag.maybe_tcp_or_udp() || self.defrag.passes(&frag.key, now.mono_ms) {
             // Nothing the engine classifies (ICMP, ESP, …) hides in it.
@@ -36,7 +35,8 @@ impl Engine {
             };
             drop(policy);
             if !classified && let Some(held) = self.defrag.pass(&frag.key, now.mono_ms) {
-                out.extend(held.into_iter().map(|h| (side.other(), h)));
+                self.transmits
+                    .extend(held.into_iter().map(|h| Transmit { side: side.other(), frame: h }));
                 return Action::Forward;
             }
         }
@@ -68,13 +68,14 @@ impl Engine {
         drop(policy);
         self.frag_hold = whole.fragments;
         let action = match f.tcp {
-            Some(t) => self.tcp(super::Seg { side, data: &whole.frame, f: &f, t, key, now }, out),
-            None => self.udp_or_other(side, &whole.frame, &f, key, now, out),
+            Some(t) => self.tcp(super::Seg { side, data: &whole.frame, f: &f, t, key, now }),
+            None => self.udp_or_other(side, &whole.frame, &f, key, now),
         };
         // Not kept by a held flow: forwarded as they came, or dropped with the datagram.
         let fragments = std::mem::take(&mut self.frag_hold);
         if action == Action::Forward {
-            out.extend(fragments.into_iter().map(|fr| (side.other(), fr)));
+            self.transmits
+                .extend(fragments.into_iter().map(|fr| Transmit { side: side.other(), frame: fr }));
         }
         Action::Drop
     }

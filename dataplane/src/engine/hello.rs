@@ -4,7 +4,7 @@
 //! evasive flow. A hello riding in a SYN (TCP Fast Open) is decided there.
 
 use super::learned::{self, HELLO_LEARN_TTL};
-use super::{Action, Counters, Engine, Seg, Side, decide_flow, ech};
+use super::{Action, Counters, Engine, Seg, Side, Transmit, decide_flow, ech};
 use crate::flow::{Class, Flow, FlowKey, Pending, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
@@ -15,7 +15,7 @@ impl Engine {
     /// A SYN carrying data (TCP Fast Open) to a TLS port: the ClientHello rides in the SYN and
     /// is decided there. Anything short of a whole hello drops the SYN; the client retries
     /// without data and the hello is read as usual.
-    pub(super) fn syn_data(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    pub(super) fn syn_data(&mut self, s: Seg<'_, '_>) -> Action {
         let Seg { side: client_side, data, f, t, key, now } = s;
         if !frame::tcp_checksum_ok(data, f) {
             self.counters.bad_checksums += 1;
@@ -52,7 +52,7 @@ impl Engine {
         // The client is in SYN-SENT: a reset is accepted when it acknowledges the SYN.
         let (client, server) = flow.endpoints();
         if let Some(rst) = frame::build_rst(server, client, flow.vlan, 0, t.seq.wrapping_add(1)) {
-            out.push((client_side, rst));
+            self.transmits.push_back(Transmit { side: client_side, frame: rst });
             self.counters.resets += 1;
         }
         if let Some((ip, name)) = missed {
@@ -63,7 +63,7 @@ impl Engine {
     }
 
     /// Holds a client data segment of a pending TLS flow and decides once the hello is read.
-    pub(super) fn hold(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    pub(super) fn hold(&mut self, s: Seg<'_, '_>) -> Action {
         let Seg { side: client_side, data, f, t, key, now } = s;
         if !frame::tcp_checksum_ok(data, f) {
             // A segment the server drops must not decide (a decoy hello with a bad checksum).
@@ -145,7 +145,8 @@ impl Engine {
         }
         flow.verdict = verdict;
         if verdict == Verdict::Allow {
-            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
+            self.transmits
+                .extend(held.into_iter().map(|h| Transmit { side: client_side.other(), frame: h }));
             if let Some((ip, name)) = learn {
                 // The next flow to this inspected server is diverted at its SYN.
                 self.learn(ip, &name, HELLO_LEARN_TTL, now);
@@ -158,13 +159,13 @@ impl Engine {
         let (client, server) = flow.endpoints();
         let server_seq = flow.server_next.unwrap_or(0);
         if let Some(rst) = frame::build_rst(server, client, flow.vlan, server_seq, client_next) {
-            out.push((client_side, rst));
+            self.transmits.push_back(Transmit { side: client_side, frame: rst });
             self.counters.resets += 1;
         }
         if let Some(rst) =
             frame::build_rst(client, server, flow.vlan, isn.wrapping_add(1), server_seq)
         {
-            out.push((client_side.other(), rst));
+            self.transmits.push_back(Transmit { side: client_side.other(), frame: rst });
             self.counters.resets += 1;
         }
         if let Some((ip, name)) = learn {
@@ -182,7 +183,6 @@ impl Engine {
         client_side: Side,
         why: &'static str,
         client_next: u32,
-        out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Drop };
         flow.verdict = Verdict::Block;
@@ -203,7 +203,7 @@ impl Engine {
         ];
         for (side, rst) in resets {
             if let Some(rst) = rst {
-                out.push((side, rst));
+                self.transmits.push_back(Transmit { side, frame: rst });
                 self.counters.resets += 1;
             }
         }

@@ -1,7 +1,10 @@
 //! The packet engine, sans-IO: one frame in (with the port it came from and the time), an
-//! action out (forward or drop), plus frames to emit (released held segments, resets) and flow
-//! records. No sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in
-//! [`udp`]; what a kernel fast path may carry for it ([`OffloadOp`]) is in `offload`.
+//! action out (forward or drop). Everything else it produces is polled, as quinn-proto's
+//! connection is (`poll`): frames to emit (released held segments, resets, the divert's
+//! packets), records, fast-path operations and the time it next needs the clock. No
+//! sockets, no clocks: tested by feeding frames. The UDP side (QUIC, DNS) is in [`udp`]; what
+//! a kernel fast path may carry for it ([`OffloadOp`]) is in `offload` (ARCHITECTURE.md,
+//! "The packet path").
 
 mod clock;
 mod counters;
@@ -12,6 +15,7 @@ mod fragment;
 mod hello;
 mod learned;
 mod offload;
+mod poll;
 mod track;
 mod udp;
 
@@ -20,9 +24,11 @@ pub use counters::Counters;
 pub use divert::{DivertConfig, DivertCounters, DivertedConn};
 pub use learned::LearnedEntry;
 pub use offload::{Carried, Closes, DirKey, FastEntry, OffloadOp, Rewrite};
+pub use poll::Transmit;
 
 use track::{close, count, decide_flow, track};
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -36,7 +42,7 @@ use crate::flow::{
     EndReason, Flow, FlowKey, FlowTable, Lazy, Name, Offload, Refused, TcpState, Timeouts, Verdict,
 };
 use crate::guard::Step;
-use crate::record::{DnsQueryCount, FlowRecord, Record, StatsRecord};
+use crate::record::{FlowRecord, Record};
 use crate::wire::frame::{self, Endpoint, Frame, Tcp};
 
 /// UDP port of QUIC.
@@ -131,7 +137,9 @@ pub struct Engine {
     settings: Settings,
     /// Counters.
     pub counters: Counters,
-    records: Vec<Record>,
+    records: VecDeque<Record>,
+    /// Frames to send, in order (see [`Engine::poll_transmit`]).
+    transmits: VecDeque<Transmit>,
     scratch: Vec<u8>,
     learned: HashMap<IpAddr, learned::Learned>,
     /// Bumped at every change of `learned` (the binary saves the set when it moves).
@@ -141,7 +149,7 @@ pub struct Engine {
     divert: Option<divert::DivertState>,
     /// Divert counters.
     pub divert_counters: DivertCounters,
-    offload_ops: Vec<OffloadOp>,
+    offload_ops: VecDeque<OffloadOp>,
     defrag: Defrag,
     /// The fragments, as received, of the reassembled datagram being handled (empty for a
     /// whole frame): what a held flow keeps and later releases in the datagram's place.
@@ -151,6 +159,8 @@ pub struct Engine {
     /// A flow whose handshake the frame being handled completed (its source's embryonic
     /// count goes down once the frame is handled).
     settle: Option<FlowKey>,
+    /// When idle flows are next looked for (monotonic ms; see [`Engine::poll_timeout`]).
+    next_sweep: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -179,7 +189,8 @@ impl Engine {
             overlay,
             settings,
             counters: Counters::default(),
-            records: Vec::new(),
+            records: VecDeque::new(),
+            transmits: VecDeque::new(),
             scratch: Vec::new(),
             learned: HashMap::new(),
             learned_version: 0,
@@ -187,7 +198,8 @@ impl Engine {
             last_stats: 0,
             divert: settings.divert.map(divert::DivertState::new),
             divert_counters: DivertCounters::default(),
-            offload_ops: Vec::new(),
+            offload_ops: VecDeque::new(),
+            next_sweep: 0,
             defrag: Defrag::default(),
             frag_hold: Vec::new(),
             embryonic: embryonic::Summaries::default(),
@@ -210,58 +222,9 @@ impl Engine {
         self.table.half_open_of(ip, mac)
     }
 
-    /// Adds a record made elsewhere (the interception engine's request records), so that all
-    /// records leave through one writer.
-    pub fn push_record(&mut self, r: Record) {
-        self.records.push(r);
-    }
-
-    /// True when records wait to be taken.
-    pub fn has_records(&self) -> bool {
-        !self.records.is_empty()
-    }
-
-    /// Takes the records produced so far.
-    pub fn take_records(&mut self) -> Vec<Record> {
-        std::mem::take(&mut self.records)
-    }
-
-    fn stats(&self, now: Now) -> StatsRecord {
-        let mut dns_queries: Vec<DnsQueryCount> = self
-            .dns_queries
-            .iter()
-            .map(|((identity, category), count)| DnsQueryCount {
-                identity: identity.clone(),
-                category: category.clone(),
-                count: *count,
-            })
-            .collect();
-        dns_queries.sort_by(|a, b| (&a.identity, &a.category).cmp(&(&b.identity, &b.category)));
-        StatsRecord {
-            kind: "stats",
-            ts_ms: now.unix_ms,
-            flows: self.table.len(),
-            attempts: self.table.attempts(),
-            counters: self.counters,
-            divert: self.divert_counters,
-            nat_entries: self.nat_entries(),
-            learned_destinations: self
-                .learned
-                .values()
-                .filter(|l| l.expires_mono > now.mono_ms)
-                .count(),
-            dns_queries,
-        }
-    }
-
-    /// Handles one frame received on `side`. Frames to send go to `out` as (port, frame).
-    pub fn handle(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> Action {
+    /// Handles one frame received on `side`: what to do with it. Frames it made the engine
+    /// send are then polled ([`Engine::poll_transmit`]), and go before it.
+    pub fn handle(&mut self, side: Side, data: &[u8], now: Now) -> Action {
         self.counters.frames += 1;
         self.counters.bytes += data.len() as u64;
         let parsed = frame::parse(data);
@@ -271,7 +234,7 @@ impl Engine {
             && parsed.as_ref().is_none_or(|f| f.fragmented)
             && let Some(frag) = crate::defrag::fragment(data)
         {
-            return self.fragment(side, data, &frag, now, out);
+            return self.fragment(side, data, &frag, now);
         }
         let Some(f) = parsed else {
             self.counters.non_ip += 1;
@@ -279,14 +242,14 @@ impl Engine {
         };
         if side == Side::Outside
             && let Some(t) = f.tcp
-            && self.upstream_reply(data, &f, t, now, out)
+            && self.upstream_reply(data, &f, t, now)
         {
             return Action::Drop;
         }
         let key = FlowKey::new(f.vlan, f.proto, (f.src, f.sport), (f.dst, f.dport));
         let action = match f.tcp {
-            Some(t) => self.tcp(Seg { side, data, f: &f, t, key, now }, out),
-            None => self.udp_or_other(side, data, &f, key, now, out),
+            Some(t) => self.tcp(Seg { side, data, f: &f, t, key, now }),
+            None => self.udp_or_other(side, data, &f, key, now),
         };
         if let Some(k) = self.settle.take() {
             self.table.get_mut(&k);
@@ -402,11 +365,11 @@ impl Engine {
         }
     }
 
-    fn tcp(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    fn tcp(&mut self, s: Seg<'_, '_>) -> Action {
         let Seg { side, data, f, t, key, now } = s;
         // One lookup per packet: a frame of a tracked flow never looks twice.
         let Some(flow) = self.table.get_mut(&key) else {
-            return self.tcp_untracked(s, out);
+            return self.tcp_untracked(s);
         };
         if t.syn && !t.has_ack && flow.state == TcpState::Closing && (f.src, f.sport) == flow.client
         {
@@ -416,7 +379,7 @@ impl Engine {
             if let Some(old) = self.table.remove(&key) {
                 self.end(old, EndReason::Closed, now);
             }
-            return self.tcp_untracked(s, out);
+            return self.tcp_untracked(s);
         }
         if flow.from_inside && side == Side::Inside && (f.src, f.sport) == flow.server {
             // The server's side of a flow from the inside, arriving from the inside: forged
@@ -444,14 +407,14 @@ impl Engine {
                             Step::Pass => {}
                             Step::Evasion(why) => {
                                 let next = t.seq.wrapping_add(f.payload.len() as u32);
-                                return self.evasion(key, side, why, next, out);
+                                return self.evasion(key, side, why, next);
                             }
                             Step::SecondHello(at) => {
                                 // Decided afresh, from the new hello on.
                                 flow.verdict = Verdict::Pending;
                                 flow.client_isn = at.wrapping_sub(1);
                                 flow.pending.clear();
-                                return self.hold(s, out);
+                                return self.hold(s);
                             }
                         }
                     }
@@ -472,19 +435,19 @@ impl Engine {
                     client,
                     flow,
                 );
-                self.client_to_tun(data, f, out);
+                self.client_to_tun(data, f);
                 Action::Drop
             }
             // The server never saw this flow: nothing of it should come back.
             Verdict::Divert => Action::Drop,
             Verdict::Pending if !c2s || f.payload.is_empty() => Action::Forward,
-            Verdict::Pending => self.hold(s, out),
+            Verdict::Pending => self.hold(s),
         }
     }
 
     /// A TCP frame of no tracked flow: a SYN starts one; data first seen mid-stream follows
     /// the midstream policy; stray ACK/FIN/RST pass.
-    fn tcp_untracked(&mut self, s: Seg<'_, '_>, out: &mut Vec<(Side, Vec<u8>)>) -> Action {
+    fn tcp_untracked(&mut self, s: Seg<'_, '_>) -> Action {
         let Seg { side, data, f, t, key, now } = s;
         let policy = self.policy.load_full();
         let tls = side == Side::Inside && policy.defaults.tls_ports.contains(&f.dport);
@@ -500,11 +463,11 @@ impl Engine {
                     count(flow, f, now);
                     if divert {
                         // (Its record says why: `record.rs`; nothing is allocated here.)
-                        self.divert_syn(key, data, f, out);
+                        self.divert_syn(key, data, f);
                         return Action::Drop;
                     }
                     if tls && !f.payload.is_empty() {
-                        return self.syn_data(s, out);
+                        return self.syn_data(s);
                     }
                     Action::Forward
                 }
@@ -534,7 +497,7 @@ impl Engine {
             let ack = t.seq.wrapping_add(f.payload.len() as u32);
             if let Some(rst) = frame::build_rst(from, to, f.vlan, t.ack, ack) {
                 self.counters.resets += 1;
-                out.push((side, rst));
+                self.transmits.push_back(Transmit { side, frame: rst });
             }
             return Action::Drop;
         }
@@ -557,54 +520,7 @@ impl Engine {
         if f.never_completed() {
             self.embryonic.ended(f, why);
         } else {
-            self.records.push(FlowRecord::end(f, why, now).into());
+            self.records.push_back(FlowRecord::end(f, why, now).into());
         }
-    }
-
-    /// The summaries of attempts that never completed, as records.
-    fn summarise(&mut self, now: Now) {
-        let records = &mut self.records;
-        records.extend(self.embryonic.take(now).map(|r| Record::Embryonic(Box::new(r))));
-    }
-
-    /// Expires idle flows and emits periodic records for long ones. Call about once a second.
-    pub fn tick(&mut self, now: Now) {
-        let mut gone = Vec::new();
-        self.table.expire(now.mono_ms, |f, why| gone.push((f, why)));
-        for (f, why) in gone {
-            self.end(f, why, now);
-        }
-        self.expire_upstreams(now);
-        self.counters.fragments_dropped += self.defrag.expire(now.mono_ms) as u64;
-        let records = &mut self.records;
-        let interval = self.settings.report_interval_ms;
-        for f in self.table.due_reports(now.mono_ms, interval) {
-            f.last_report = now.mono_ms;
-            // An attempt that never completed has nothing to report (a SYN flood would
-            // otherwise write a record per attempt per interval); it is summarised at its end.
-            if !f.never_completed() && now.mono_ms.saturating_sub(f.first_mono) >= interval {
-                records.push(FlowRecord::update(f, now).into());
-            }
-        }
-        if now.mono_ms.saturating_sub(self.last_stats) >= interval {
-            self.last_stats = now.mono_ms;
-            self.learned.retain(|_, l| l.expires_mono > now.mono_ms);
-            self.summarise(now);
-            let stats = self.stats(now);
-            self.records.push(Record::Stats(Box::new(stats)));
-        }
-    }
-
-    /// Ends every flow (records with reason `shutdown`).
-    pub fn shutdown(&mut self, now: Now) {
-        let flows: Vec<Flow> = self.table.drain().collect();
-        for f in flows {
-            Self::withdraw(&mut self.offload_ops, &f);
-            self.record_end(&f, EndReason::Shutdown, now);
-        }
-        self.summarise(now);
-        self.divert = self.settings.divert.map(divert::DivertState::new);
-        let stats = self.stats(now);
-        self.records.push(Record::Stats(Box::new(stats)));
     }
 }

@@ -17,6 +17,7 @@
 //! [`Engine::offload_counts`] (the driver polls the map) and are added to the flow's own, so
 //! records, idle timeouts and reports are as if the engine had seen every frame.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Engine, Now, Side};
@@ -162,7 +163,7 @@ fn eligible(flow: &Flow) -> bool {
 impl Engine {
     /// Offers `flow` to the fast path if it may be carried (called on its frames).
     pub(super) fn maybe_offload(
-        ops: &mut Vec<OffloadOp>,
+        ops: &mut VecDeque<OffloadOp>,
         counters: &mut super::Counters,
         enabled: bool,
         flow: &mut Flow,
@@ -171,23 +172,18 @@ impl Engine {
             flow.offload = Offload::Active;
             counters.offloaded += 1;
             let [c2s, s2c] = keys(flow);
-            ops.push(OffloadOp::Add([FastEntry::forward(c2s), FastEntry::forward(s2c)]));
+            ops.push_back(OffloadOp::Add([FastEntry::forward(c2s), FastEntry::forward(s2c)]));
         } else if flow.offload == Offload::Active && flow.state == TcpState::Closing {
             flow.offload = Offload::Withdrawn;
-            ops.push(OffloadOp::Remove(keys(flow)));
+            ops.push_back(OffloadOp::Remove(keys(flow)));
         }
     }
 
     /// Withdraws a flow leaving the table (diverted flows: see `forget_diverted`).
-    pub(super) fn withdraw(ops: &mut Vec<OffloadOp>, flow: &Flow) {
+    pub(super) fn withdraw(ops: &mut VecDeque<OffloadOp>, flow: &Flow) {
         if flow.offload == Offload::Active && flow.verdict != Verdict::Divert {
-            ops.push(OffloadOp::Remove(keys(flow)));
+            ops.push_back(OffloadOp::Remove(keys(flow)));
         }
-    }
-
-    /// Moves the fast-path operations produced so far into `into` (in order).
-    pub fn take_offload_ops(&mut self, into: &mut Vec<OffloadOp>) {
-        into.append(&mut self.offload_ops);
     }
 
     /// The fast path could not take the flow whose client → server key is `key`: it stays on

@@ -5,7 +5,7 @@
 
 use sluice_rules::{CanaryPolicy, DnsEchPolicy, Query, QuicPolicy, QuicRefusal};
 
-use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, count, decide_flow};
+use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, Transmit, count, decide_flow};
 use crate::flow::{FlowKey, TcpState, Verdict};
 use crate::reassembly::{Added, Reassembly};
 use crate::wire::frame::{self, Frame, Proto};
@@ -55,7 +55,6 @@ impl Engine {
         f: &Frame<'_>,
         key: FlowKey,
         now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         // A DNS answer passed on with its HTTPS records' `ech` parameter hidden, if it has one.
         let mut rewritten = None;
@@ -65,7 +64,7 @@ impl Engine {
             if side == Side::Inside
                 && f.dport == 53
                 && let Some(m) = &msg
-                && self.answer_canary(side, f, m, out)
+                && self.answer_canary(side, f, m)
             {
                 return Action::Drop;
             }
@@ -93,7 +92,7 @@ impl Engine {
                 match rewritten {
                     Some(frame) => {
                         self.counters.ech_hidden += 1;
-                        out.push((Side::Inside, frame));
+                        self.transmits.push_back(Transmit { side: Side::Inside, frame });
                         Action::Drop
                     }
                     None => Action::Forward,
@@ -101,24 +100,18 @@ impl Engine {
             }
             Verdict::Block | Verdict::Divert => {
                 if quic && c2s {
-                    self.refuse_quic(side, data, f, out);
+                    self.refuse_quic(side, data, f);
                 }
                 Action::Drop
             }
             Verdict::Pending if !c2s => Action::Forward,
-            Verdict::Pending => self.quic_initial(key, side, data, f, now, out),
+            Verdict::Pending => self.quic_initial(key, side, data, f, now),
         }
     }
 
     /// Answers Firefox's DoH canary with NXDOMAIN when the rules ask (`doh_canary`): Firefox
     /// then keeps DNS over HTTPS off, and the names it looks up stay readable for the divert.
-    fn answer_canary(
-        &mut self,
-        side: Side,
-        f: &Frame<'_>,
-        msg: &dns::Message,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) -> bool {
+    fn answer_canary(&mut self, side: Side, f: &Frame<'_>, msg: &dns::Message) -> bool {
         if self.policy.load().defaults.doh_canary != CanaryPolicy::Nxdomain {
             return false;
         }
@@ -130,7 +123,7 @@ impl Engine {
             return false;
         };
         self.counters.canary_answers += 1;
-        out.push((side, reply));
+        self.transmits.push_back(Transmit { side, frame: reply });
         true
     }
 
@@ -158,19 +151,13 @@ impl Engine {
 
     /// Tells a QUIC client its flow is refused, as `quic_refusal` says: an ICMP port
     /// unreachable (it falls back to TCP at once), or nothing.
-    fn refuse_quic(
-        &mut self,
-        side: Side,
-        data: &[u8],
-        f: &Frame<'_>,
-        out: &mut Vec<(Side, Vec<u8>)>,
-    ) {
+    fn refuse_quic(&mut self, side: Side, data: &[u8], f: &Frame<'_>) {
         if self.policy.load().defaults.quic_refusal != QuicRefusal::Unreachable {
             return;
         }
         if let Some(icmp) = frame::build_port_unreachable(data, f) {
             self.counters.unreachables += 1;
-            out.push((side, icmp));
+            self.transmits.push_back(Transmit { side, frame: icmp });
         }
     }
 
@@ -182,7 +169,6 @@ impl Engine {
         data: &[u8],
         f: &Frame<'_>,
         now: Now,
-        out: &mut Vec<(Side, Vec<u8>)>,
     ) -> Action {
         let Some(flow) = self.table.get_mut(&key) else { return Action::Forward };
         let pending = &mut *flow.pending;
@@ -251,10 +237,11 @@ impl Engine {
         flow.verdict = verdict;
         let held = flow.pending.take().map(|p| p.held).unwrap_or_default();
         if verdict == Verdict::Allow {
-            out.extend(held.into_iter().map(|h| (client_side.other(), h)));
+            self.transmits
+                .extend(held.into_iter().map(|h| Transmit { side: client_side.other(), frame: h }));
         } else {
             self.counters.blocked += 1;
-            self.refuse_quic(client_side, data, f, out);
+            self.refuse_quic(client_side, data, f);
         }
         Action::Drop
     }
@@ -268,7 +255,8 @@ mod tests {
     use arc_swap::ArcSwap;
 
     use super::*;
-    use crate::engine::{DnsQueryCount, Settings};
+    use crate::engine::Settings;
+    use crate::record::DnsQueryCount;
     use crate::wire::dns::tests::response;
     use etherparse::PacketBuilder;
     use sluice_rules::IdentityOverlay;
@@ -297,7 +285,6 @@ mod tests {
     fn dns_answers_for_inspected_names_are_learned() {
         let mut e = engine();
         let now = Now { mono_ms: 1_000, unix_ms: 1_700_000_000_000 };
-        let mut out = Vec::new();
         let api: IpAddr = "198.51.100.10".parse().unwrap();
         let plain: IpAddr = "198.51.100.80".parse().unwrap();
         let query = {
@@ -306,14 +293,14 @@ mod tests {
             q
         };
         let f = udp([10, 20, 1, 10], [10, 20, 0, 1], 5353, 53, &query);
-        assert_eq!(e.handle(Side::Inside, &f, now, &mut out), Action::Forward);
+        assert_eq!(e.handle(Side::Inside, &f, now), Action::Forward);
         let f =
             udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("api.openai.com", &[api], 60));
-        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
+        assert_eq!(e.handle(Side::Outside, &f, now), Action::Forward);
         let f =
             udp([10, 20, 0, 1], [10, 20, 1, 10], 53, 5353, &response("example.org", &[plain], 60));
-        assert_eq!(e.handle(Side::Outside, &f, now, &mut out), Action::Forward);
-        assert!(out.is_empty());
+        assert_eq!(e.handle(Side::Outside, &f, now), Action::Forward);
+        assert!(e.poll_transmit().is_none());
         assert_eq!(e.learned(api, now), Some("api.openai.com"));
         assert_eq!(e.learned(plain, now), None);
         // Expires with the record's TTL.

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use sluice_dataplane::engine::{Engine, Now, Settings};
+use sluice_dataplane::engine::{Action, Engine, Now, OffloadOp, Settings, Side};
+use sluice_dataplane::record::Record;
 use sluice_rules::IdentityOverlay;
 use sluice_rules::catalog::ShippedOnly;
 
@@ -80,4 +81,50 @@ pub fn tcp(
 /// A captured ClientHello from `dataplane/testdata/clienthello/`.
 pub fn hello_file(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/testdata/clienthello/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The engine driven as its owner drives it: after each call, what it emitted is polled.
+pub trait Drive {
+    /// Handles `frame` from `side`; the frames it emitted are appended to `out` as
+    /// (port, frame), in order.
+    fn feed(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action;
+    /// Handles a packet read from the TUN, as [`Drive::feed`].
+    fn feed_tun(&mut self, pkt: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>);
+    /// The records produced so far.
+    fn records(&mut self) -> Vec<Record>;
+    /// The fast-path operations produced so far, appended to `into`.
+    fn offload_ops_into(&mut self, into: &mut Vec<OffloadOp>);
+}
+
+impl Drive for Engine {
+    fn feed(
+        &mut self,
+        side: Side,
+        frame: &[u8],
+        now: Now,
+        out: &mut Vec<(Side, Vec<u8>)>,
+    ) -> Action {
+        let action = self.handle(side, frame, now);
+        out.extend(std::iter::from_fn(|| self.poll_transmit()).map(|t| (t.side, t.frame)));
+        action
+    }
+
+    fn feed_tun(&mut self, pkt: &[u8], now: Now, out: &mut Vec<(Side, Vec<u8>)>) {
+        self.handle_tun(pkt, now);
+        out.extend(std::iter::from_fn(|| self.poll_transmit()).map(|t| (t.side, t.frame)));
+    }
+
+    fn records(&mut self) -> Vec<Record> {
+        std::iter::from_fn(|| self.poll_record()).collect()
+    }
+
+    fn offload_ops_into(&mut self, into: &mut Vec<OffloadOp>) {
+        into.extend(std::iter::from_fn(|| self.poll_offload()));
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sluice_dataplane::engine::{Action, Clock, Engine, Now, OffloadOp, Side};
+use sluice_dataplane::engine::{Action, Clock, Engine, Now, OffloadOp, Side, Transmit};
 use sluice_dataplane::fastpath::FastPath;
 use sluice_dataplane::port::Port;
 use sluice_dataplane::ring::{self, RxRing, TxPort};
@@ -170,6 +170,20 @@ impl Shared {
             warn!(tun = t.name(), "write failed: {e}");
         }
     }
+
+    /// Sends frames the engine emitted, in order per port (a batch per port).
+    pub fn send(&self, out: &[Transmit]) {
+        for side in [Side::Inside, Side::Outside] {
+            let frames: Vec<&[u8]> =
+                out.iter().filter(|t| t.side == side).map(|t| t.frame.as_slice()).collect();
+            if !frames.is_empty() {
+                self.ports.send_batch(side, &frames);
+            }
+        }
+        for t in out.iter().filter(|t| t.side == Side::Tun) {
+            self.send_tun(&t.frame);
+        }
+    }
 }
 
 /// Applies the fast-path operations the engine produced (with the engine locked, so the map
@@ -190,7 +204,7 @@ enum Out {
 /// per send system call, in wire order.
 pub fn run_port<R: Receive>(mut rx: R, side: Side, io: Shared) {
     let mut ops = Vec::new();
-    let mut out: Vec<(Side, Vec<u8>)> = Vec::new();
+    let mut out: Vec<Transmit> = Vec::new();
     let mut plan: Vec<(Side, Out)> = Vec::new();
     while !io.stop.load(Ordering::Relaxed) {
         watchdog::beat();
@@ -208,10 +222,12 @@ pub fn run_port<R: Receive>(mut rx: R, side: Side, io: Shared) {
         io.with_engine(&mut ops, |eng, now| {
             for i in 0..batch.len() {
                 let Some(frame) = batch.frame(i) else { continue };
-                let before = out.len();
-                let action = eng.handle(side, frame, now, &mut out);
+                let action = eng.handle(side, frame, now);
                 // Keep the wire order: what the engine released goes before this frame.
-                plan.extend((before..out.len()).map(|k| (out[k].0, Out::Emitted(k))));
+                while let Some(t) = eng.poll_transmit() {
+                    plan.push((t.side, Out::Emitted(out.len())));
+                    out.push(t);
+                }
                 if action == Action::Forward {
                     plan.push((side.other(), Out::Received(i)));
                 }
@@ -223,17 +239,15 @@ pub fn run_port<R: Receive>(mut rx: R, side: Side, io: Shared) {
                 .filter(|(d, _)| *d == dest)
                 .filter_map(|(_, s)| match s {
                     Out::Received(i) => batch.frame(*i),
-                    Out::Emitted(k) => Some(&out[*k].1[..]),
+                    Out::Emitted(k) => Some(&out[*k].frame[..]),
                 })
                 .collect();
             if !frames.is_empty() {
                 io.ports.send_batch(dest, &frames);
             }
         }
-        for (dest, pkt) in &out {
-            if *dest == Side::Tun {
-                io.send_tun(pkt);
-            }
+        for t in out.iter().filter(|t| t.side == Side::Tun) {
+            io.send_tun(&t.frame);
         }
         plan.clear();
         out.clear();
@@ -274,16 +288,11 @@ pub fn run_tun(tun: Arc<Tun>, io: Shared) {
         }
         io.with_engine(&mut ops, |eng, now| {
             for i in 0..n {
-                eng.handle_tun(&bufs[i][..lens[i]], now, &mut out);
+                eng.handle_tun(&bufs[i][..lens[i]], now);
+                out.extend(std::iter::from_fn(|| eng.poll_transmit()));
             }
         });
-        for side in [Side::Inside, Side::Outside] {
-            let frames: Vec<&[u8]> =
-                out.iter().filter(|(s, _)| *s == side).map(|(_, f)| f.as_slice()).collect();
-            if !frames.is_empty() {
-                io.ports.send_batch(side, &frames);
-            }
-        }
+        io.send(&out);
         out.clear();
     }
 }

@@ -37,7 +37,8 @@ use handle::{EngineHandle, RequestQueue};
 use output::{Emitted, Output, Wake};
 use watchdog::Watchdog;
 
-/// The tick: timeouts, periodic records, the fast path's counts, the saved state.
+/// The tick: the watchdog's notification, the fast path's counts and closes, the saved state.
+/// The engine's own timers run when it says ([`Engine::poll_timeout`]).
 const TICK: Duration = Duration::from_millis(250);
 
 fn main() -> Result<()> {
@@ -294,12 +295,25 @@ fn main() -> Result<()> {
     watchdog::notify("READY=1");
     let mut next_tick = Instant::now() + TICK;
     while !stop.load(Ordering::Relaxed) {
-        // Between ticks, records are written as soon as they wait (a millisecond apart at
-        // most, so a burst is one write); records never keep the tick from running (the
-        // tick's own write takes them).
-        if wake.wait_until(next_tick) && Instant::now() < next_tick {
-            out.write(&engine, &|_| {});
+        // Between ticks and the engine's timers, records are written as soon as they wait (a
+        // millisecond apart at most, so a burst is one write); records never keep the timers
+        // from running (their own write takes them).
+        let timer = clock.instant(lock(&engine).poll_timeout()).min(next_tick);
+        if wake.wait_until(timer) && Instant::now() < timer {
+            out.write(&engine, &mut |_| {});
             std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        if Instant::now() < next_tick {
+            // The engine's timer alone.
+            let mut sent = Vec::new();
+            out.write(&engine, &mut |e: &mut Engine| {
+                let now = clock.now();
+                e.handle_timeout(now);
+                sent.extend(std::iter::from_fn(|| e.poll_transmit()));
+                offload(e, fast.as_deref(), &mut Vec::new(), now);
+            });
+            shared.send(&sent);
             continue;
         }
         next_tick = Instant::now() + TICK;
@@ -343,7 +357,8 @@ fn main() -> Result<()> {
             warn!(dropped, "the kernel dropped frames before the engine read them (rings full)");
         }
         let now = clock.now();
-        out.write(&engine, &|e| {
+        let mut sent = Vec::new();
+        out.write(&engine, &mut |e: &mut Engine| {
             e.counters.ring_drops += dropped;
             for (k, c) in &closes {
                 e.offload_closed(k, *c, now);
@@ -355,16 +370,18 @@ fn main() -> Result<()> {
                 e.counters.fastpath_redirected = stats.redirected;
                 e.counters.fastpath_unmarked = stats.unmarked;
             }
-            e.tick(now);
+            e.handle_timeout(now);
+            sent.extend(std::iter::from_fn(|| e.poll_transmit()));
             offload(e, fast.as_deref(), &mut Vec::new(), now);
         });
+        shared.send(&sent);
     }
     for t in threads {
         let _ = t.join();
     }
     let counts = fast.as_deref().map(FastPath::counts).unwrap_or_default();
     let now = clock.now();
-    out.write(&engine, &|e| {
+    out.write(&engine, &mut |e: &mut Engine| {
         for c in &counts {
             e.offload_carried(c, now);
         }

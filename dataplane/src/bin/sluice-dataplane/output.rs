@@ -69,11 +69,11 @@ pub struct Output {
 impl Output {
     /// Runs `f` on the engine and writes the records it released. Stats records also carry
     /// the emitted counts, the link's state and the policy version in force.
-    pub fn write(&mut self, engine: &Mutex<Engine>, f: &dyn Fn(&mut Engine)) {
+    pub fn write(&mut self, engine: &Mutex<Engine>, f: &mut dyn FnMut(&mut Engine)) {
         let records = {
             let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut eng);
-            eng.take_records()
+            std::iter::from_fn(|| eng.poll_record()).collect::<Vec<_>>()
         };
         let requests = self.requests.take();
         if records.is_empty() && requests.is_empty() {
