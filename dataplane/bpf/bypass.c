@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 //
-// Sluice's fail-open bypass: a tc ingress classifier on both ports that stays attached when
+// Sluice's failure program: a tc ingress classifier on both ports that stays attached when
 // the data plane is gone (a netlink filter, not a link that dies with the process). While the
 // data plane beats (it writes the monotonic time into `bypass_cfg` every 50 ms) the program
 // lets every frame go on to the data plane's path; once the beat is older than `stale_ns`
-// (the data plane exited, crashed, hung, or was stopped for an upgrade) it sends every frame
-// straight to the other port, so the site's traffic keeps flowing uninspected. Nothing has to
-// act at failure time. Frames from or to the addresses in `bypass_hold4`/`bypass_hold6` (the
-// AI destinations the data plane learned, under `--bypass-ai hold`) are dropped instead: a
-// bypass does not become a DLP hole. `bypass_stats` counts what passed and what was held, for
-// the record of the outage the next data plane writes.
+// (the data plane exited, crashed, hung, or was stopped for an upgrade) it acts as
+// `--on-failure` says, with nothing having to act at failure time:
+// - open: every frame goes straight to the other port, so the site's traffic keeps flowing
+//   uninspected. Frames from or to the addresses in `bypass_hold4`/`bypass_hold6` (the AI
+//   destinations the data plane learned, under `--bypass-ai hold`) are dropped instead: a
+//   bypass does not become a DLP hole.
+// - closed: every frame is dropped (whatever else the host would do with it) and counted.
+// `bypass_stats` counts what passed, was held or was refused, for the record of the outage
+// the next data plane writes.
 //
 // While the data plane runs this program says nothing (TC_ACT_UNSPEC): the next filter, the
 // fast path's classifier where it is a netlink filter too (kernels before 6.6), decides as if
@@ -33,7 +36,7 @@ struct bypass_cfg {
 	__u32 inside;        // the two ports' ifindexes
 	__u32 outside;
 	__u32 hold_ai;       // drop frames from or to the held addresses while in bypass
-	__u32 pad;
+	__u32 closed;        // --on-failure closed: drop every frame once stale
 };
 
 struct {
@@ -43,7 +46,7 @@ struct {
 	__type(value, struct bypass_cfg);
 } bypass_cfg SEC(".maps");
 
-enum { STAT_PASSED = 0, STAT_BYTES = 1, STAT_HELD = 2, STAT_COUNT = 3 };
+enum { STAT_PASSED = 0, STAT_BYTES = 1, STAT_HELD = 2, STAT_REFUSED = 3, STAT_COUNT = 4 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -120,6 +123,10 @@ int sluice_bypass(struct __sk_buff *skb)
 	__u32 peer = skb->ifindex == c->inside ? c->outside : skb->ifindex == c->outside ? c->inside : 0;
 	if (!peer)
 		return TC_ACT_UNSPEC;
+	if (c->closed) {
+		count(STAT_REFUSED, 1);
+		return TC_ACT_SHOT;
+	}
 	if (c->hold_ai && held(skb)) {
 		count(STAT_HELD, 1);
 		return TC_ACT_SHOT;

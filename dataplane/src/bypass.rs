@@ -1,9 +1,10 @@
-//! The fail-open bypass, IO side: loads `bpf/bypass.c` (built by `build.rs`), attaches it at
+//! The failure program, IO side: loads `bpf/bypass.c` (built by `build.rs`), attaches it at
 //! ingress of both ports as netlink filters, which stay when this process is gone, and beats
 //! into its map while the data plane runs (ARCHITECTURE.md, "Failure"). When the beat stops
-//! for `stale` the kernel joins the two ports; frames from or to the held (AI) addresses stay
-//! dropped. The next data plane finds the program left behind, reads what passed while it
-//! was away (an [`Outage`]) and replaces it.
+//! for `stale` the kernel acts as [`OnStale`] says: joins the two ports (frames from or to the
+//! held AI addresses stay dropped), or drops every frame. The next data plane finds the
+//! program left behind, reads what it did while no data plane ran (an [`Outage`]) and
+//! replaces it.
 #![allow(unsafe_code)]
 
 use std::collections::HashSet;
@@ -33,23 +34,43 @@ struct Cfg {
     inside: u32,
     outside: u32,
     hold_ai: u32,
-    pad: u32,
+    closed: u32,
 }
 
 // SAFETY: plain data with a C layout and no padding (mirrors bypass.c).
 unsafe impl aya::Pod for Cfg {}
 
-/// What passed the ports while no data plane ran (from the program left behind).
+/// What the ports do once no data plane beats (`--on-failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStale {
+    /// Joined port to port; with `hold_ai`, frames from or to the held addresses dropped.
+    Open {
+        /// Drop frames from or to the held (AI) addresses.
+        hold_ai: bool,
+    },
+    /// Every frame dropped.
+    Closed,
+}
+
+/// What the ports did while no data plane ran (from the program left behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Outage {
-    /// Unix ms of the last beat of the data plane that went away (bypass began `stale` later).
+    /// `open` (the ports were joined) or `closed` (every frame dropped).
+    pub on_failure: &'static str,
+    /// Unix ms of the last beat of the data plane that went away.
     pub last_beat_ms: u64,
+    /// Unix ms the program took over (`stale` after the last beat).
+    pub began_ms: u64,
+    /// Unix ms this data plane took the ports back.
+    pub ended_ms: u64,
     /// Frames sent port to port uninspected.
     pub passed_frames: u64,
     /// Their bytes.
     pub passed_bytes: u64,
     /// Frames from or to held (AI) addresses dropped.
     pub held_frames: u64,
+    /// Frames dropped under `closed`.
+    pub refused_frames: u64,
 }
 
 /// Why the bypass could not be installed.
@@ -78,6 +99,7 @@ pub enum BypassError {
 /// The installed bypass. The heartbeat and the held addresses have locks of their own, so
 /// that updating many addresses never delays a beat.
 pub struct Bypass {
+    on_stale: OnStale,
     beat: Mutex<(Array<MapData, Cfg>, Cfg)>,
     hold: Mutex<Held>,
     /// Keeps the program loaded (its filters hold it in the kernel after this goes).
@@ -167,24 +189,32 @@ fn outage_of(ids: &[u32], inside: u32, ns: u64) -> Option<Outage> {
         return None;
     }
     let stats: PerCpuArray<MapData, u64> = map(named("bypass_stats")?)?.try_into().ok()?;
+    // (A program of an earlier version counts fewer statistics: the missing ones are 0.)
     let sum = |i: u32| stats.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
-    Some(Outage {
+    let o = Outage {
+        on_failure: if c.closed != 0 { "closed" } else { "open" },
         last_beat_ms: c.heartbeat_ms,
+        began_ms: c.heartbeat_ms + c.stale_ns / 1_000_000,
+        ended_ms: clocks().1,
         passed_frames: sum(0),
         passed_bytes: sum(1),
         held_frames: sum(2),
-    })
+        refused_frames: sum(3),
+    };
+    // A handover within the bound (a restart quicker than `stale`) is no outage.
+    let counted = o.passed_frames + o.held_frames + o.refused_frames;
+    (o.ended_ms > o.began_ms || counted > 0).then_some(o)
 }
 
 impl Bypass {
-    /// Replaces any bypass left on the ports by a new one, beating from now on: frames go
-    /// port to port once no beat came for `stale`; with `hold_ai`, those from or to the held
-    /// addresses are dropped then.
+    /// Replaces any program left on the ports by a new one, beating from now on: once no
+    /// beat came for `stale`, frames go port to port (with `hold_ai`, those from or to the
+    /// held addresses are dropped then) or are all dropped, as `on_stale` says.
     pub fn install(
         inside: &str,
         outside: &str,
         stale: Duration,
-        hold_ai: bool,
+        on_stale: OnStale,
     ) -> Result<(Bypass, Option<Outage>), BypassError> {
         let outage = remove(inside, outside)?;
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
@@ -202,8 +232,8 @@ impl Bypass {
             netns: netns(),
             inside: ifindex(inside)?,
             outside: ifindex(outside)?,
-            hold_ai: u32::from(hold_ai),
-            pad: 0,
+            hold_ai: u32::from(on_stale == OnStale::Open { hold_ai: true }),
+            closed: u32::from(on_stale == OnStale::Closed),
         };
         // A first beat ahead of time (the program counts one from the future as fresh): the
         // threads that beat start later, and a zero beat would be stale at once.
@@ -221,6 +251,7 @@ impl Bypass {
             std::mem::forget(prog.take_link(id)?);
         }
         let b = Bypass {
+            on_stale,
             beat: Mutex::new((cfg, base)),
             hold: Mutex::new(Held { v4: hold4, v6: hold6, addrs: HashSet::new() }),
             _ebpf: Mutex::new(ebpf),
@@ -240,6 +271,9 @@ impl Bypass {
     /// Makes `addrs` the addresses held in bypass (added and removed to match); the first
     /// error, after trying every address.
     pub fn hold(&self, addrs: &HashSet<IpAddr>) -> Result<(), BypassError> {
+        if self.on_stale != (OnStale::Open { hold_ai: true }) {
+            return Ok(());
+        }
         let mut h = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
         let Held { v4, v6, addrs: held } = &mut *h;
         let mut first = None;

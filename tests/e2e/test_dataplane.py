@@ -620,7 +620,8 @@ class Failover(unittest.TestCase):
     """What the site's traffic does when the data plane dies (kill -9): with `--on-failure
     open` the kernel joins the ports (a BPF program left attached takes over once the
     heartbeat stops) while the AI destinations the data plane learned stay blocked; with
-    `closed` nothing passes. The next data plane records the outage."""
+    `closed` nothing passes (the same program drops every frame). The next data plane records
+    the outage: when it began and ended, and what passed, was held or was refused."""
 
     def start(self, mode):
         start_appliance("--on-failure " + mode)
@@ -677,6 +678,9 @@ class Failover(unittest.TestCase):
             time.sleep(0.5)
         self.assertIsNotNone(rec, "no stats record of the outage")
         self.assertEqual(rec["on_failure"], "open")
+        self.assertEqual(rec["outage"]["on_failure"], "open")
+        self.assertLess(rec["outage"]["began_ms"], rec["outage"]["ended_ms"])
+        self.assertEqual(rec["outage"]["refused_frames"], 0)
         self.assertGreater(rec["outage"]["passed_frames"], 10)
         self.assertGreater(rec["outage"]["held_frames"], 0)
         r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10")
@@ -701,9 +705,28 @@ class Failover(unittest.TestCase):
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
         self.assertEqual(r.stdout, "200", "the bypass left by the open run")
         self.start("closed")
+        killed_ms = time.time() * 1000
         self.kill()
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
         self.assertNotEqual(r.stdout, "200", "traffic passed with no data plane under --on-failure closed")
+        on("alice", "ping", "-c", "3", "-i", "0.2", "-W", "1", "198.51.100.80")
+        # The next data plane records the outage: nothing passed, what came was refused.
+        self.start("closed")
+        rec, deadline = None, time.time() + 20
+        while rec is None and time.time() < deadline:
+            rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
+                        and r["outage"]["last_beat_ms"] > killed_ms - 1000), None)
+            time.sleep(0.5)
+        self.assertIsNotNone(rec, "no stats record of the outage")
+        o = rec["outage"]
+        print("\n  closed outage: %s" % json.dumps(o))
+        self.assertEqual((rec["on_failure"], o["on_failure"]), ("closed", "closed"))
+        self.assertEqual((o["passed_frames"], o["held_frames"]), (0, 0))
+        self.assertGreaterEqual(o["refused_frames"], 3, "the curl's SYNs and the pings were refused")
+        self.assertLessEqual(o["last_beat_ms"], killed_ms + 100)
+        self.assertTrue(o["began_ms"] < o["ended_ms"] and o["ended_ms"] > killed_ms + 3000, o)
+        r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
+        self.assertEqual(r.stdout, "200", "traffic passes once the data plane is back")
 
 
 def stored_flows():

@@ -99,11 +99,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub max_intercepted_per_client: usize,
     /// When the data plane is gone (exited, crashed, hung, stopped for an upgrade): `open`
-    /// joins the two ports in the kernel (a BPF program left attached, which takes over once
-    /// no heartbeat came for --bypass-after-ms), `closed` lets nothing pass.
+    /// joins the two ports in the kernel, `closed` drops every frame: a BPF program left
+    /// attached takes over once no heartbeat came for --bypass-after-ms, and counts what it
+    /// did for the next data plane's record of the outage.
     #[arg(long, value_enum, default_value_t = OnFailure::Closed)]
     pub on_failure: OnFailure,
-    /// Milliseconds without a heartbeat after which the bypass forwards (`--on-failure open`).
+    /// Milliseconds without a heartbeat after which the failure program takes the ports.
     #[arg(long, default_value_t = 150)]
     pub bypass_after_ms: u64,
     /// In bypass, frames from or to the AI destinations the data plane learned are `held`

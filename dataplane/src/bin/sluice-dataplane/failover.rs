@@ -1,8 +1,8 @@
-//! What happens to the site's traffic when this process is gone (`--on-failure`): with
-//! `open`, the bypass program is left attached to the ports and fed a heartbeat every
-//! [`BEAT`] while the data plane runs, and the AI destinations it learned to hold; with
-//! `closed`, any bypass an earlier run left is removed. Either way, what passed while no data
-//! plane ran is reported ([`Outage`]).
+//! What happens to the site's traffic when this process is gone (`--on-failure`): the failure
+//! program is left attached to the ports and fed a heartbeat every [`BEAT`] while the data
+//! plane runs; once the beat stops it joins the ports (`open`, holding the AI destinations
+//! the data plane learned) or drops every frame (`closed`). Either way, what the ports did
+//! while no data plane ran is reported ([`Outage`]).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_dataplane::bypass::{Bypass, Outage};
+use sluice_dataplane::bypass::{Bypass, OnStale, Outage};
 use tracing::{info, warn};
 
 use crate::args::{Args, BypassAi, OnFailure};
@@ -27,31 +27,27 @@ pub type Shared = Arc<Bypass>;
 /// Installs or removes the bypass as `--on-failure` says; the outage an earlier run's bypass
 /// counted, if any.
 pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
-    let (bypass, outage) = match args.on_failure {
-        OnFailure::Open => {
-            let stale = Duration::from_millis(args.bypass_after_ms.max(20));
-            let hold = args.bypass_ai == BypassAi::Hold;
-            let (b, o) = Bypass::install(&args.inside, &args.outside, stale, hold)
-                .context("installing the fail-open bypass (--on-failure open)")?;
-            info!(after_ms = args.bypass_after_ms, hold_ai = hold, "fail-open bypass armed");
-            (Some(Arc::new(b)), o)
-        }
-        OnFailure::Closed => {
-            let o = sluice_dataplane::bypass::remove(&args.inside, &args.outside)
-                .context("removing the bypass an earlier run left")?;
-            (None, o)
-        }
+    let stale = Duration::from_millis(args.bypass_after_ms.max(20));
+    let on_stale = match args.on_failure {
+        OnFailure::Open => OnStale::Open { hold_ai: args.bypass_ai == BypassAi::Hold },
+        OnFailure::Closed => OnStale::Closed,
     };
+    let (b, outage) = Bypass::install(&args.inside, &args.outside, stale, on_stale)
+        .with_context(|| format!("installing the failure program (--on-failure {on_stale:?})"))?;
+    info!(after_ms = args.bypass_after_ms, ?on_stale, "failure program armed");
     if let Some(o) = &outage {
         warn!(
-            last_beat_ms = o.last_beat_ms,
+            on_failure = o.on_failure,
+            began_ms = o.began_ms,
+            ended_ms = o.ended_ms,
             passed_frames = o.passed_frames,
             passed_bytes = o.passed_bytes,
             held_frames = o.held_frames,
-            "the ports were in bypass while no data plane ran"
+            refused_frames = o.refused_frames,
+            "no data plane ran for a while: the failure program had the ports"
         );
     }
-    Ok((bypass, outage))
+    Ok((Some(Arc::new(b)), outage))
 }
 
 /// The watchdog's thread: every [`BEAT`], the watched threads are checked (a stalled one
