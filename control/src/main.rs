@@ -389,7 +389,7 @@ fn main() -> ExitCode {
                 d.action.as_str(),
                 d.rule_name(),
                 d.identity,
-                d.category.unwrap_or("-")
+                d.category.map_or("-", |c| &**c)
             );
             ExitCode::SUCCESS
         }

@@ -6,7 +6,10 @@
 //! - `plain`: SYN, SYN-ACK and ACK to port 80 (allowed at the SYN);
 //! - `tls`: a handshake, a ClientHello for api.openai.com (classified: SNI, JA4, rule) and
 //!   the server's first answer and the client's next record (which end the guard over the
-//!   hello).
+//!   hello); the flows share one classification, as flows of one client kind to one service
+//!   do;
+//! - `tls-unique`: the same with a name of its own in every hello (an attacker's, or a
+//!   crawler's): no two flows share a classification (the worst case).
 //!
 //! Bytes are what the engine asked the allocator for (the allocator's own overhead comes on
 //! top; the process's resident size is printed beside). Run:
@@ -108,7 +111,8 @@ fn main() {
     ))
     .unwrap();
     println!("flows: {flows}");
-    for kind in ["syn", "plain", "tls"] {
+    let at = hello.windows(14).position(|w| w == b"api.openai.com").unwrap();
+    for kind in ["syn", "plain", "tls", "tls-unique"] {
         let before = HELD.load(Ordering::Relaxed);
         let rss_before = rss_mib();
         let mut e = Engine::new(
@@ -121,7 +125,16 @@ fn main() {
             },
         );
         let now = Now { mono_ms: 1, unix_ms: 1 };
+        let mut hello = hello.clone();
         for i in 0..flows {
+            if kind == "tls-unique" {
+                // A name of its own: "api.openai.com" becomes "<7 base-36 digits>nai.com".
+                let mut n = i;
+                for b in &mut hello[at..at + 7] {
+                    *b = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+                    n /= 36;
+                }
+            }
             let end = 101 + hello.len() as u32;
             let frames: Vec<(Side, Vec<u8>)> = match kind {
                 "syn" => vec![(Side::Inside, segment(i, 443, true, "S", 100, 0, &[]))],
@@ -148,12 +161,12 @@ fn main() {
         while e.poll_record().is_some() {}
         let held = HELD.load(Ordering::Relaxed) - before;
         let per_flow = held as f64 / f64::from(flows);
-        if kind != "tls" && flows >= 100_000 {
+        if kind != "tls-unique" && flows >= 100_000 {
             // The budget for the engine: 256 bytes per flow.
             assert!(per_flow <= 256.0, "{kind}: {per_flow:.1} bytes per flow, over 256");
         }
         println!(
-            "{kind:>5}: {:6.1} bytes per flow in the engine ({:.0} MiB for {flows}); process RSS +{:.0} MiB",
+            "{kind:>10}: {:6.1} bytes per flow in the engine ({:.0} MiB for {flows}); process RSS +{:.0} MiB",
             held as f64 / f64::from(flows),
             held as f64 / (1024.0 * 1024.0),
             rss_mib() - rss_before

@@ -135,7 +135,7 @@ impl Decider {
             note: DecisionNote {
                 identity: d.identity.to_string(),
                 user: d.user.map(|u| u.to_string()),
-                category: d.category.map(str::to_owned),
+                category: d.category.map(|c| c.to_string()),
                 rule: d.rule.map(|r| r.name().to_owned()),
             },
             headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),

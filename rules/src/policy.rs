@@ -194,14 +194,19 @@ pub struct Rule {
     pub(crate) match_unknown: bool,
     pub(crate) cats: Option<CatSet>,
     pub(crate) dlp: Option<usize>,
+    /// The name, shared with what records it (flows hold a pointer, not a copy).
+    pub(crate) name: Arc<str>,
 }
 
 impl Rule {
     /// The rule's name.
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.name
     }
 }
+
+/// The name of the default action's "rule", shared.
+static DEFAULT_RULE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "default".into());
 
 /// Who a flow comes from and where it goes: the input of [`Policy::decide`].
 #[derive(Debug, Clone, Copy)]
@@ -236,8 +241,8 @@ pub struct Decision<'a> {
     pub action: Action,
     /// The rule that matched (`None`: the default action).
     pub rule: Option<&'a Rule>,
-    /// The matching category of the destination, if any.
-    pub category: Option<&'a str>,
+    /// The matching category of the destination, if any (shared with the policy).
+    pub category: Option<&'a Arc<str>>,
     /// Identity name (the unknown name when none matched).
     pub identity: &'a Arc<str>,
     /// Feed user, if any.
@@ -250,6 +255,11 @@ impl Decision<'_> {
     /// The rule name, or `default`.
     pub fn rule_name(&self) -> &str {
         self.rule.map_or("default", |r| r.name())
+    }
+
+    /// The rule name, or `default`, shared (no allocation for who keeps it).
+    pub fn shared_rule_name(&self) -> Arc<str> {
+        self.rule.map_or_else(|| DEFAULT_RULE.clone(), |r| r.name.clone())
     }
 }
 
@@ -312,8 +322,8 @@ impl Policy {
     }
 
     /// The name of category `id`.
-    pub fn category_name(&self, id: usize) -> Option<&str> {
-        self.categories.get(id).map(|c| &*c.name)
+    pub fn category_name(&self, id: usize) -> Option<&Arc<str>> {
+        self.categories.get(id).map(|c| &c.name)
     }
 
     /// The name of identity `id`, or the unknown name.
@@ -419,7 +429,7 @@ impl Policy {
         who: &Resolved<'_>,
         cats: &CatSet,
         port: u16,
-    ) -> Option<Option<&'a str>> {
+    ) -> Option<Option<&'a Arc<str>>> {
         if !rule.spec.ports.is_empty() && !rule.spec.ports.contains(&port) {
             return None;
         }
@@ -436,7 +446,8 @@ impl Policy {
         let who = self.resolve(q, overlay);
         let cats = self.sni_cats(q.sni);
         let ident = self.identity_name(who.id);
-        let sni_cats: Vec<&str> = cats.iter().filter_map(|c| self.category_name(c)).collect();
+        let sni_cats: Vec<&str> =
+            cats.iter().filter_map(|c| self.category_name(c)).map(|c| &**c).collect();
         let mut decided = false;
         let mut out = Vec::with_capacity(self.rules.len() + 1);
         for rule in &self.rules {

@@ -35,7 +35,7 @@ fn default_rules_behave_as_documented() {
     let none = IdentityOverlay::default();
     let d = p.decide(&q("10.20.1.10", "api.openai.com"), &none);
     assert_eq!(
-        (d.action, d.rule_name(), &**d.identity, d.category),
+        (d.action, d.rule_name(), &**d.identity, d.category.map(|c| &**c)),
         (Action::Inspect, "finance-openai-inspect", "finance", Some("openai-api"))
     );
     assert_eq!(d.dlp.unwrap().name.as_ref(), "block-sensitive");
@@ -45,7 +45,7 @@ fn default_rules_behave_as_documented() {
         Some("00000000-0000-4000-8000-00000000f1a0")
     );
     let d = p.decide(&q("10.20.1.10", "chatgpt.com"), &none);
-    assert_eq!((d.action, d.category), (Action::Inspect, Some("chatgpt")));
+    assert_eq!((d.action, d.category.map(|c| &**c)), (Action::Inspect, Some("chatgpt")));
     let d = p.decide(&q("10.20.2.20", "api.openai.com"), &none);
     assert_eq!(
         (d.action, d.rule_name(), d.dlp.unwrap().name.as_ref()),
@@ -53,7 +53,10 @@ fn default_rules_behave_as_documented() {
     );
     // bob's ChatGPT is not named by any rule: allowed without decryption.
     let d = p.decide(&q("10.20.2.20", "chatgpt.com"), &none);
-    assert_eq!((d.action, d.rule_name(), d.category), (Action::Allow, "default", Some("chatgpt")));
+    assert_eq!(
+        (d.action, d.rule_name(), d.category.map(|c| &**c)),
+        (Action::Allow, "default", Some("chatgpt"))
+    );
     for sni in ["api.openai.com", "CHATGPT.com.", "ab.chatgpt.com", "auth.openai.com", "sora.com"] {
         let d = p.decide(&q("10.20.9.99", sni), &none);
         assert_eq!(
@@ -70,7 +73,10 @@ fn default_rules_behave_as_documented() {
         let d = p.decide(&q(src, "expired.badssl.lab"), &none);
         assert_eq!((d.action, d.rule_name()), (Action::Inspect, "badssl-inspect"));
         let d = p.decide(&q(src, "example.org"), &none);
-        assert_eq!((d.action, d.rule_name(), d.category), (Action::Allow, "default", None));
+        assert_eq!(
+            (d.action, d.rule_name(), d.category.map(|c| &**c)),
+            (Action::Allow, "default", None)
+        );
     }
     // No SNI: only rules without categories can match.
     let d = p.decide(&Query { sni: None, ..q("10.20.9.99", "") }, &none);

@@ -387,6 +387,7 @@ impl Engine {
             // see them), so the flow is recorded as one, never summarised as an attempt.
             flow.handshake_done = true;
             f(flow);
+            flow.class.share(&mut self.classes);
             // No longer an attempt of its source.
             self.table.get_mut(&key);
         }

@@ -5,7 +5,7 @@
 
 use super::learned::{self, HELLO_LEARN_TTL};
 use super::{Action, Counters, Engine, Seg, Side, Transmit, decide_flow, ech};
-use crate::flow::{Class, Flow, FlowKey, Pending, TcpState, Verdict};
+use crate::flow::{Class, Flow, FlowKey, HelloNames, Pending, Shared, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
 use crate::reassembly::{Added, Reassembly};
 use crate::wire::frame;
@@ -27,7 +27,7 @@ impl Engine {
             return Action::Drop;
         };
         self.counters.hellos += 1;
-        flow.class.set_hello(&h);
+        flow.class.set_hello(&h, &mut self.hello_names);
         let sni = flow.class.sni.clone();
         let divert = self.divert.is_some();
         let policy = self.policy.load();
@@ -39,6 +39,7 @@ impl Engine {
             verdict = guard_hello(flow, &mut self.counters, t.seq.wrapping_add(1), f.payload);
         }
         flow.verdict = verdict;
+        flow.class.share(&mut self.classes);
         if verdict == Verdict::Allow {
             return Action::Forward;
         }
@@ -78,7 +79,7 @@ impl Engine {
         let mut fast = None;
         if flow.pending.reasm.is_none() && t.seq == isn.wrapping_add(1) && fragments.is_empty() {
             let parse = parse_client_hello(f.payload, &mut self.scratch);
-            fast = outcome(parse, &mut flow.class, &mut self.counters);
+            fast = outcome(parse, &mut flow.class, &mut self.counters, &mut self.hello_names);
         }
         let held_current = fast.is_none();
         let outcome = match fast {
@@ -101,7 +102,12 @@ impl Engine {
                     }
                     Added::Ok => {
                         let parse = parse_client_hello(reasm.contiguous(), &mut self.scratch);
-                        match outcome(parse, &mut flow.class, &mut self.counters) {
+                        match outcome(
+                            parse,
+                            &mut flow.class,
+                            &mut self.counters,
+                            &mut self.hello_names,
+                        ) {
                             Some(o) => o,
                             None => return Action::Drop,
                         }
@@ -144,6 +150,7 @@ impl Engine {
             verdict = guard_hello(flow, &mut self.counters, base, decided);
         }
         flow.verdict = verdict;
+        flow.class.share(&mut self.classes);
         if verdict == Verdict::Allow {
             self.transmits
                 .extend(held.into_iter().map(|h| Transmit { side: client_side.other(), frame: h }));
@@ -189,6 +196,7 @@ impl Engine {
         flow.class.action = Some("block");
         flow.class.reason = Some(why);
         flow.pending.clear();
+        flow.class.share(&mut self.classes);
         flow.state = TcpState::Closing;
         self.counters.evasions += 1;
         self.counters.blocked += 1;
@@ -258,14 +266,19 @@ enum Outcome {
 
 /// What a parse of the client's first bytes means for the decision (`None`: the hello is not
 /// whole yet); a whole hello is noted in the flow's classification and counted.
-fn outcome(parse: HelloParse<'_>, class: &mut Class, counters: &mut Counters) -> Option<Outcome> {
+fn outcome(
+    parse: HelloParse<'_>,
+    class: &mut Shared<Class>,
+    counters: &mut Counters,
+    names: &mut HelloNames,
+) -> Option<Outcome> {
     match parse {
         HelloParse::Incomplete => None,
         HelloParse::NotTls => Some(Outcome::Decide(None, Some("not TLS on a TLS port"))),
         HelloParse::Malformed(why) => Some(Outcome::Block(why)),
         HelloParse::Hello(h) => {
             counters.hellos += 1;
-            class.set_hello(&h);
+            class.set_hello(&h, names);
             Some(Outcome::Decide(class.sni.clone(), None))
         }
     }

@@ -39,7 +39,8 @@ use sluice_rules::{IdentityOverlay, MidstreamPolicy, Policy, Query};
 
 use crate::defrag::Defrag;
 use crate::flow::{
-    EndReason, Flow, FlowKey, FlowTable, Lazy, Name, Offload, Refused, TcpState, Timeouts, Verdict,
+    Class, EndReason, Flow, FlowKey, FlowTable, HelloNames, Lazy, Name, Offload, Pool, Refused,
+    Shared, TcpState, Timeouts, Verdict,
 };
 use crate::guard::Step;
 use crate::record::{FlowRecord, Record};
@@ -49,6 +50,8 @@ use crate::wire::frame::{self, Endpoint, Frame, Tcp};
 pub const QUIC_PORT: u16 = 443;
 /// Most datagrams held per QUIC flow while its ClientHello is incomplete.
 const MAX_QUIC_HELD: usize = 8;
+/// Most distinct classifications shared (past it, a flow keeps its own copy).
+const CLASSES: usize = 65_536;
 
 /// A TCP segment being handled: the port it came from, its bytes and their parsed view, its
 /// flow's key and the time (the input of the TCP steps, one struct rather than six arguments).
@@ -161,6 +164,10 @@ pub struct Engine {
     settle: Option<FlowKey>,
     /// When idle flows are next looked for (monotonic ms; see [`Engine::poll_timeout`]).
     next_sweep: u64,
+    /// The flows' classifications, each held once however many flows share it.
+    classes: Pool<Class>,
+    /// The JA4s and ALPN lists of the hellos, each held once.
+    hello_names: HelloNames,
 }
 
 impl std::fmt::Debug for Engine {
@@ -200,6 +207,8 @@ impl Engine {
             divert_counters: DivertCounters::default(),
             offload_ops: VecDeque::new(),
             next_sweep: 0,
+            classes: Pool::new(CLASSES),
+            hello_names: HelloNames::new(CLASSES),
             defrag: Defrag::default(),
             frag_hold: Vec::new(),
             embryonic: embryonic::Summaries::default(),
@@ -291,7 +300,7 @@ impl Engine {
             verdict,
             identity,
             user,
-            class: Lazy::default(),
+            class: Shared::default(),
             client_isn: f.tcp.map_or(0, |t| t.seq),
             server_next: None,
             pending: Lazy::default(),
@@ -483,10 +492,13 @@ impl Engine {
         // First seen mid-stream.
         let block = tls && policy.defaults.midstream == MidstreamPolicy::Block;
         let verdict = if block { Verdict::Block } else { Verdict::Allow };
+        let mut class = Shared::<Class>::default();
+        class.reason = Some("midstream");
+        class.share(&mut self.classes);
         let Some(flow) = self.insert(key, side, f, now, TcpState::Established, verdict) else {
             return if tls { Action::Drop } else { Action::Forward };
         };
-        flow.class.reason = Some("midstream");
+        flow.class = class;
         count(flow, f, now);
         if block {
             flow.state = TcpState::Closing;

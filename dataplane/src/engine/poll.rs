@@ -91,6 +91,8 @@ impl Engine {
         for (f, why) in gone {
             self.end(f, why, now);
         }
+        self.classes.purge();
+        self.hello_names.purge();
         self.expire_upstreams(now);
         self.counters.fragments_dropped += self.defrag.expire(now.mono_ms) as u64;
         let records = &mut self.records;

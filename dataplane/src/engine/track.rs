@@ -30,8 +30,8 @@ pub(super) fn decide_flow(
     let d = policy.decide(&q, overlay);
     flow.identity = Some(d.identity.clone());
     flow.user = d.user.cloned();
-    flow.class.category = d.category.map(str::to_owned);
-    flow.class.rule = Some(d.rule_name().to_owned());
+    flow.class.category = d.category.cloned();
+    flow.class.rule = Some(d.shared_rule_name());
     flow.class.action = Some(d.action.as_str());
     flow.class.reason = reason.or(match d.action {
         RuleAction::Inspect if flow.proto == Proto::Udp => {

@@ -42,7 +42,7 @@ impl Engine {
             let who = policy.resolve(&query, &overlay);
             let key = (
                 policy.identity_name(who.id).to_string(),
-                policy.category_name(cat).unwrap_or("").to_owned(),
+                policy.category_name(cat).map_or_else(String::new, |c| c.to_string()),
             );
             *self.dns_queries.entry(key).or_insert(0) += 1;
         }
@@ -200,7 +200,7 @@ impl Engine {
                             None => Err("malformed ClientHello in QUIC".to_owned()),
                             Some(h) => {
                                 self.counters.hellos += 1;
-                                flow.class.set_hello(&h);
+                                flow.class.set_hello(&h, &mut self.hello_names);
                                 Ok(())
                             }
                         },
@@ -235,6 +235,7 @@ impl Engine {
         };
         drop(policy);
         flow.verdict = verdict;
+        flow.class.share(&mut self.classes);
         let held = flow.pending.take().map(|p| p.held).unwrap_or_default();
         if verdict == Verdict::Allow {
             self.transmits

@@ -4,9 +4,11 @@
 //! counts are allocated when first written ([`Lazy`]). The table is in [`table`].
 
 mod lazy;
+mod shared;
 mod table;
 
 pub use lazy::{Empty, Lazy};
+pub use shared::{Pool, Shared};
 pub use table::{FlowTable, Refused};
 
 use std::net::IpAddr;
@@ -133,8 +135,8 @@ pub struct Flow {
     pub identity: Option<Name>,
     /// Feed user (shared with the identity overlay).
     pub user: Option<Name>,
-    /// Classification.
-    pub class: Lazy<Class>,
+    /// Classification (shared with the flows classified alike).
+    pub class: Shared<Class>,
     /// Client's ISN.
     pub client_isn: u32,
     /// Server's next sequence number (from SYN-ACK and its data).
@@ -209,23 +211,23 @@ impl Empty for OffloadSeen {
 }
 
 /// What is known about a flow's identity and destination.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Class {
     /// SNI.
     pub sni: Option<String>,
     /// ALPN protocols offered.
-    pub alpn: Vec<String>,
+    pub alpn: Alpn,
     /// ALPN protocol the interception engine negotiated with the client (inspected flows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpn_negotiated: Option<&'static str>,
     /// TLS version offered (e.g. `1.3`).
     pub tls_version: Option<&'static str>,
     /// JA4.
-    pub ja4: Option<String>,
-    /// Category.
-    pub category: Option<String>,
-    /// Rule.
-    pub rule: Option<String>,
+    pub ja4: Option<Arc<str>>,
+    /// Category (shared with the policy).
+    pub category: Option<Arc<str>>,
+    /// Rule (shared with the policy).
+    pub rule: Option<Arc<str>>,
     /// The rule's action.
     pub action: Option<&'static str>,
     /// Why the verdict was taken, when not simply the rule.
@@ -242,7 +244,7 @@ impl Empty for Class {
     fn empty() -> &'static Self {
         static EMPTY: Class = Class {
             sni: None,
-            alpn: Vec::new(),
+            alpn: Alpn(None),
             alpn_negotiated: None,
             tls_version: None,
             ja4: None,
@@ -256,9 +258,56 @@ impl Empty for Class {
     }
 }
 
+/// ALPN protocols offered, shared by the flows that offered the same (interned in
+/// [`HelloNames`]); written as a list.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
+pub struct Alpn(pub Option<Arc<[String]>>);
+
+impl std::ops::Deref for Alpn {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl From<Vec<String>> for Alpn {
+    fn from(v: Vec<String>) -> Self {
+        Alpn((!v.is_empty()).then(|| v.into()))
+    }
+}
+
+impl serde::Serialize for Alpn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+/// What the hellos of many flows say alike, each held once: JA4s and ALPN lists.
+#[derive(Debug)]
+pub struct HelloNames {
+    /// JA4 fingerprints.
+    pub ja4: Pool<str>,
+    /// ALPN lists.
+    pub alpn: Pool<[String]>,
+}
+
+impl HelloNames {
+    /// Pools of at most `cap` values each.
+    pub fn new(cap: usize) -> Self {
+        HelloNames { ja4: Pool::new(cap), alpn: Pool::new(cap) }
+    }
+
+    /// Drops the values no flow holds.
+    pub fn purge(&mut self) {
+        self.ja4.purge();
+        self.alpn.purge();
+    }
+}
+
 impl Class {
-    /// Records what a ClientHello said (SNI lowercased; JA4 computed here, once per flow).
-    pub fn set_hello(&mut self, h: &ClientHello<'_>) {
+    /// Records what a ClientHello said (SNI lowercased; JA4 computed here, once per flow;
+    /// JA4 and ALPN shared through `names`).
+    pub fn set_hello(&mut self, h: &ClientHello<'_>, names: &mut HelloNames) {
         self.tls_version = Some(match h.version {
             0x0304 => "1.3",
             0x0303 => "1.2",
@@ -266,8 +315,9 @@ impl Class {
             0x0301 => "1.0",
             _ => "other",
         });
-        self.alpn = h.alpn_strings();
-        self.ja4 = Some(h.ja4());
+        let alpn = h.alpn_strings();
+        self.alpn = Alpn((!alpn.is_empty()).then(|| names.alpn.intern_ref(&alpn[..])));
+        self.ja4 = Some(names.ja4.intern_ref(&h.ja4()));
         self.sni = h.sni().map(str::to_ascii_lowercase);
         self.ech = h.ech().then_some("grease");
     }

@@ -66,13 +66,13 @@ fn apply(flow: &mut Flow, note: &FlowNote) {
 fn classify(c: &mut Class, note: &FlowNote) {
     if let Some(h) = &note.hello {
         c.sni.clone_from(&h.sni);
-        c.alpn.clone_from(&h.alpn);
-        c.ja4 = Some(h.ja4.clone());
+        c.alpn = h.alpn.clone().into();
+        c.ja4 = Some(h.ja4.as_str().into());
         c.tls_version = Some(h.tls_version);
     }
     if let Some(d) = &note.decision {
-        c.category.clone_from(&d.category);
-        c.rule.clone_from(&d.rule);
+        c.category = d.category.as_deref().map(Into::into);
+        c.rule = d.rule.as_deref().map(Into::into);
     }
     if let Some(a) = note.action {
         c.action = Some(a);
