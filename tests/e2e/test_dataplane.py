@@ -725,6 +725,14 @@ class Failover(unittest.TestCase):
         self.assertGreaterEqual(o["refused_frames"], 3, "the curl's SYNs and the pings were refused")
         self.assertLessEqual(o["last_beat_ms"], killed_ms + 100)
         self.assertTrue(o["began_ms"] < o["ended_ms"] and o["ended_ms"] > killed_ms + 3000, o)
+        # An alarm record too, which control keeps in its audit log.
+        alarm, deadline = None, time.time() + 20
+        while alarm is None and time.time() < deadline:
+            code, body = api("GET", "/v1/audit", "SLUICE_ADMIN_TOKEN")
+            alarm = next((a for a in json.loads(body) if a["action"] == "alarm.outage"
+                          and json.loads(a["detail"])["outage"]["last_beat_ms"] == o["last_beat_ms"]), None)
+            time.sleep(0.5)
+        self.assertIsNotNone(alarm, "no alarm.outage in control's audit log")
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
         self.assertEqual(r.stdout, "200", "traffic passes once the data plane is back")
 

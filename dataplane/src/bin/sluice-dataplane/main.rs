@@ -284,6 +284,7 @@ fn main() -> Result<()> {
         emitted: Emitted::default(),
         enforced: enforced.clone(),
         on_failure: args.on_failure,
+        alarms: outage.iter().map(output::outage_alarm).collect(),
         outage,
     };
     let mut ticks = 0u64;

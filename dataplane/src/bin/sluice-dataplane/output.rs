@@ -64,6 +64,8 @@ pub struct Output {
     pub on_failure: crate::args::OnFailure,
     /// What passed while no data plane ran, for the first stats record.
     pub outage: Option<sluice_dataplane::bypass::Outage>,
+    /// Alarm records to write with the next records (the outage's, at the start).
+    pub alarms: Vec<String>,
 }
 
 impl Output {
@@ -76,12 +78,16 @@ impl Output {
             std::iter::from_fn(|| eng.poll_record()).collect::<Vec<_>>()
         };
         let requests = self.requests.take();
-        if records.is_empty() && requests.is_empty() {
+        if records.is_empty() && requests.is_empty() && self.alarms.is_empty() {
             return;
         }
         // Each record is serialised once: the same text goes to the log and to the spool.
         // Periodic records (statistics, flow updates) are marked: the spool sheds them first.
         let mut lines = Vec::with_capacity(records.len() + requests.len());
+        for a in self.alarms.drain(..) {
+            let _ = writeln!(self.log, "{a}");
+            lines.push((false, a));
+        }
         for r in &requests {
             self.emitted.request += 1;
             let Ok(line) = serde_json::to_string(r) else { continue };
@@ -191,6 +197,19 @@ fn spooled(lines: &[(bool, String)], at_bound: bool) -> (Vec<&str>, usize) {
         .collect();
     let shed = lines.len() - keep.len();
     (keep, shed)
+}
+
+/// The alarm record of an outage: control logs it as an error and writes it to the audit
+/// log (`alarm.outage`), so what the ports did without a data plane is on record there.
+pub fn outage_alarm(o: &sluice_dataplane::bypass::Outage) -> String {
+    serde_json::json!({
+        "type": "alarm",
+        "alarm": "outage",
+        "ts_ms": unix_ms(),
+        "outage": o,
+        "reason": "no data plane ran: the failure program had the ports",
+    })
+    .to_string()
 }
 
 fn unix_ms() -> u64 {
