@@ -14,9 +14,11 @@
 // `bypass_stats` counts what passed, was held or was refused, for the record of the outage
 // the next data plane writes.
 //
-// While the data plane runs this program says nothing (TC_ACT_UNSPEC): the next filter, the
-// fast path's classifier where it is a netlink filter too (kernels before 6.6), decides as if
-// it were alone; from 6.6 the fast path is a TCX link, which runs first anyway.
+// It is attached at priority 1, ahead of other netlink filters. While the data plane runs it
+// says nothing (TC_ACT_UNSPEC): the next filter, the fast path's classifier where it is a
+// netlink filter too (kernels before 6.6, where it outlives a killed process), decides as if
+// it were alone. From 6.6 the fast path is a TCX link, which runs before any netlink filter
+// and goes with the process.
 //
 // Built by dataplane/build.rs with `clang -O2 -target bpf`.
 

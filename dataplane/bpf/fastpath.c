@@ -14,8 +14,9 @@
 //   decision is left in the frame's control block for the classifier.
 // - `fastpath_tc` runs at tc ingress on both ports and carries out that decision: a refused
 //   frame is redirected to the other port (`bpf_redirect`), an accepted one goes on
-//   (`TC_ACT_OK`; the ports have no addresses, so the host stack drops it). So each frame
-//   takes exactly one path, even when the engine changes the map between the two programs.
+//   (`TC_ACT_UNSPEC`: the failure program next, then the host stack, which drops it since
+//   the ports have no addresses). So each frame takes exactly one path, even when the engine
+//   changes the map between the two programs.
 //
 // - `fastpath_tun` runs at tc egress of the TUN: the interception engine's packets (replies
 //   to diverted clients, its upstream connections) are rewritten, given an Ethernet header
@@ -402,8 +403,12 @@ int fastpath_tc(struct __sk_buff *skb)
 	struct flow_value *v;
 
 	skb->cb[0] = 0;
+	// Frames left to the stack say nothing (TC_ACT_UNSPEC, TCX_NEXT on a TCX link) rather
+	// than pass: the failure program (bypass.c), a netlink filter that runs after TCX links,
+	// must still see them, or it could never act while this program is attached (a hung
+	// data plane keeps its links).
 	if (mark == MARK_ENGINE)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (mark == MARK_KERNEL) {
 		stat(STAT_REDIRECTED);
 		return bpf_redirect(skb->cb[1], 0);
@@ -424,7 +429,7 @@ int fastpath_tc(struct __sk_buff *skb)
 	stat(STAT_UNMARKED);
 	v = lookup_and_count(skb, &k, &w);
 	if (!v)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	stat(STAT_REDIRECTED);
 	if (v->action == ACT_FORWARD)
 		return bpf_redirect(v->out_ifindex, 0);

@@ -12,7 +12,9 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap as BpfMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use aya::maps::{
+    Array, HashMap as BpfMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues,
+};
 use aya::programs::tc::{NlOptions, TcAttachOptions};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, loaded_programs, tc};
 use aya::{Ebpf, EbpfError, EbpfLoader};
@@ -40,6 +42,9 @@ struct Cfg {
 // SAFETY: plain data with a C layout and no padding (mirrors bypass.c).
 unsafe impl aya::Pod for Cfg {}
 
+/// Statistics the program counts (`bypass_stats`: passed, their bytes, held, refused).
+const STATS: usize = 4;
+
 /// What the ports do once no data plane beats (`--on-failure`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStale {
@@ -50,6 +55,16 @@ pub enum OnStale {
     },
     /// Every frame dropped.
     Closed,
+}
+
+impl OnStale {
+    /// `open` or `closed`, as `--on-failure` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnStale::Open { .. } => "open",
+            OnStale::Closed => "closed",
+        }
+    }
 }
 
 /// What the ports did while no data plane ran (from the program left behind).
@@ -100,10 +115,20 @@ pub enum BypassError {
 /// that updating many addresses never delays a beat.
 pub struct Bypass {
     on_stale: OnStale,
-    beat: Mutex<(Array<MapData, Cfg>, Cfg)>,
+    beat: Mutex<Beat>,
     hold: Mutex<Held>,
     /// Keeps the program loaded (its filters hold it in the kernel after this goes).
     _ebpf: Mutex<Ebpf>,
+}
+
+struct Beat {
+    cfg: Array<MapData, Cfg>,
+    base: Cfg,
+    /// Unix ms of the last beat.
+    last_ms: u64,
+    /// What the program counted (read after each beat: counts while this data plane runs
+    /// are a heartbeat that came late, not an outage, and are reset).
+    stats: PerCpuArray<MapData, u64>,
 }
 
 struct Held {
@@ -224,6 +249,7 @@ impl Bypass {
         let mut cfg: Array<MapData, Cfg> = take(&mut ebpf, "bypass_cfg")?.try_into()?;
         let hold4 = take(&mut ebpf, "bypass_hold4")?.try_into()?;
         let hold6 = take(&mut ebpf, "bypass_hold6")?.try_into()?;
+        let stats = take(&mut ebpf, "bypass_stats")?.try_into()?;
         let (mono, unix) = clocks();
         let base = Cfg {
             heartbeat_ns: mono,
@@ -237,7 +263,13 @@ impl Bypass {
         };
         // A first beat ahead of time (the program counts one from the future as fresh): the
         // threads that beat start later, and a zero beat would be stale at once.
-        let first = Cfg { heartbeat_ns: mono + GRACE.as_nanos() as u64, ..base };
+        // (Both clocks ahead: a data plane that dies before its first beat leaves an outage
+        // that begins when the program did take over.)
+        let first = Cfg {
+            heartbeat_ns: mono + GRACE.as_nanos() as u64,
+            heartbeat_ms: unix + GRACE.as_millis() as u64,
+            ..base
+        };
         cfg.set(0, first, 0)?;
         let prog: &mut SchedClassifier =
             ebpf.program_mut(PROGRAM).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
@@ -245,27 +277,59 @@ impl Bypass {
         for port in [inside, outside] {
             // The clsact qdisc may be there already (the fast path's, or an earlier run's).
             let _ = tc::qdisc_add_clsact(port);
-            let opts = TcAttachOptions::Netlink(NlOptions::default());
+            // Priority 1, ahead of any filter with an automatic one: before Linux 6.6 the fast
+            // path is a netlink filter too, which outlives a killed process and never passes
+            // a frame on; this program must see every frame first.
+            let opts = TcAttachOptions::Netlink(NlOptions { priority: 1, ..NlOptions::default() });
             let id = prog.attach_with_options(port, TcAttachType::Ingress, opts)?;
             // Owned by nobody here: the filter stays when this process ends, however it ends.
             std::mem::forget(prog.take_link(id)?);
         }
         let b = Bypass {
             on_stale,
-            beat: Mutex::new((cfg, base)),
+            beat: Mutex::new(Beat { cfg, base, stats, last_ms: unix }),
             hold: Mutex::new(Held { v4: hold4, v6: hold6, addrs: HashSet::new() }),
             _ebpf: Mutex::new(ebpf),
         };
         Ok((b, outage))
     }
 
-    /// The data plane is alive: the bypass waits another `stale`.
-    pub fn beat(&self) -> Result<(), BypassError> {
+    /// The data plane is alive: the program waits another `stale`. Returns what the program
+    /// did since the last beat if it took the ports meanwhile (a beat came late: the counts
+    /// are then reset, so that the next data plane's outage is only its own).
+    pub fn beat(&self) -> Result<Option<Outage>, BypassError> {
         let (mono, unix) = clocks();
         let mut g = self.beat.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = Cfg { heartbeat_ns: mono, heartbeat_ms: unix, ..g.1 };
-        g.0.set(0, c, 0)?;
-        Ok(())
+        let c = Cfg { heartbeat_ns: mono, heartbeat_ms: unix, ..g.base };
+        g.cfg.set(0, c, 0)?;
+        let last_ms = std::mem::replace(&mut g.last_ms, unix);
+        let (mut counts, mut cpus) = ([0u64; STATS], 0);
+        for (i, n) in (0u32..).zip(counts.iter_mut()) {
+            let per_cpu = g.stats.get(&i, 0)?;
+            cpus = per_cpu.len();
+            *n = per_cpu.iter().sum();
+        }
+        if counts == [0; STATS] {
+            return Ok(None);
+        }
+        let zero = || {
+            PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| {
+                MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e })
+            })
+        };
+        for i in 0..STATS as u32 {
+            g.stats.set(i, zero()?, 0)?;
+        }
+        Ok(Some(Outage {
+            on_failure: self.on_stale.name(),
+            last_beat_ms: last_ms,
+            began_ms: last_ms + g.base.stale_ns / 1_000_000,
+            ended_ms: unix,
+            passed_frames: counts[0],
+            passed_bytes: counts[1],
+            held_frames: counts[2],
+            refused_frames: counts[3],
+        }))
     }
 
     /// Makes `addrs` the addresses held in bypass (added and removed to match); the first

@@ -194,14 +194,12 @@ pub struct Rule {
     pub(crate) match_unknown: bool,
     pub(crate) cats: Option<CatSet>,
     pub(crate) dlp: Option<usize>,
-    /// The name, shared with what records it (flows hold a pointer, not a copy).
-    pub(crate) name: Arc<str>,
 }
 
 impl Rule {
     /// The rule's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.spec.name
     }
 }
 
@@ -259,7 +257,7 @@ impl Decision<'_> {
 
     /// The rule name, or `default`, shared (no allocation for who keeps it).
     pub fn shared_rule_name(&self) -> Arc<str> {
-        self.rule.map_or_else(|| DEFAULT_RULE.clone(), |r| r.name.clone())
+        self.rule.map_or_else(|| DEFAULT_RULE.clone(), |r| r.spec.name.clone())
     }
 }
 

@@ -698,6 +698,35 @@ class Failover(unittest.TestCase):
                             and r.get("bytes_out", 0) > 0)
         self.assertEqual(rec["verdict"], "allow")
 
+    def test_open_bypasses_a_hung_data_plane(self):
+        # The whole process stops (SIGSTOP: no thread runs, the watchdog's neither, its links
+        # and sockets stay): the failure program takes the ports all the same.
+        self.start("open")
+        on("alice", "getent", "ahosts", "api.openai.com")  # learned: held in bypass
+        time.sleep(1)
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+            pid = int(f.read())
+        ping = subprocess.Popen([LAB, "exec", "alice", "--", "ping", "-D", "-i", "0.01", "-c", "400", "-W", "1",
+                                 "198.51.100.80"], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        stopped = time.time()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)
+            r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
+            self.assertEqual(r.stdout, "200", "non-AI traffic flows while the data plane hangs")
+            r = curl("alice", "https://api.openai.com/v1/models", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2")
+            self.assertNotEqual(r.stdout, "200", "an AI destination passed the bypass")
+            out = ping.communicate(timeout=30)[0]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+        during = [t for t in replies if stopped + 0.3 < t < stopped + 3]
+        gap_ms = max(b - a for a, b in zip(replies, replies[1:])) * 1000
+        print("\n  hung data plane: %d ping replies while it was stopped, longest gap %.0f ms" % (len(during), gap_ms))
+        self.assertGreater(len(during), 50, out[-300:])
+        self.assertLess(gap_ms, 1000, out[-300:])
+
     def test_closed_lets_nothing_pass(self):
         # A bypass an earlier run under `open` left is removed by a run under `closed`.
         self.start("open")
@@ -705,6 +734,26 @@ class Failover(unittest.TestCase):
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5")
         self.assertEqual(r.stdout, "200", "the bypass left by the open run")
         self.start("closed")
+        # A heartbeat that comes late (the whole process stopped for 0.6 s, past the 150 ms
+        # bound and short of the watchdog's 2 s) lets the program take the ports for a moment:
+        # a warning, and its counts are reset so that they are not the next outage's.
+        with open(os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.pid")) as f:
+            pid = int(f.read())
+        log = os.path.join(env()["SLUICE_LAB_STATE"], "dataplane.log")
+        with open(log) as f:
+            before = len(f.readlines())
+        pinger = subprocess.Popen([LAB, "exec", "alice", "--", "ping", "-i", "0.02", "-c", "60", "198.51.100.80"],
+                                  stdout=subprocess.DEVNULL)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.6)
+        os.kill(pid, signal.SIGCONT)
+        pinger.wait(timeout=30)
+        time.sleep(0.5)
+        with open(log) as f:
+            text = "".join(f.readlines()[before:])
+        self.assertIn("a heartbeat came late", text)
+        self.assertRegex(text, r"refused_frames=[1-9]")
         killed_ms = time.time() * 1000
         self.kill()
         r = curl("alice", "http://example.org/", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3")
@@ -723,6 +772,7 @@ class Failover(unittest.TestCase):
         self.assertEqual((rec["on_failure"], o["on_failure"]), ("closed", "closed"))
         self.assertEqual((o["passed_frames"], o["held_frames"]), (0, 0))
         self.assertGreaterEqual(o["refused_frames"], 3, "the curl's SYNs and the pings were refused")
+        self.assertLessEqual(o["refused_frames"], 25, "the late heartbeat's frames were counted again")
         self.assertLessEqual(o["last_beat_ms"], killed_ms + 100)
         self.assertTrue(o["began_ms"] < o["ended_ms"] and o["ended_ms"] > killed_ms + 3000, o)
         # An alarm record too, which control keeps in its audit log.

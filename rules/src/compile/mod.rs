@@ -534,7 +534,6 @@ impl Cx<'_> {
         ports.sort_unstable();
         ports.dedup();
         Some(Rule {
-            name: name.as_str().into(),
             spec: RuleSpec {
                 name: name.as_str().into(),
                 identities: r.identities.iter().map(|i| i.get_ref().clone()).collect(),

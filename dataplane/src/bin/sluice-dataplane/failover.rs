@@ -32,9 +32,31 @@ pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
         OnFailure::Open => OnStale::Open { hold_ai: args.bypass_ai == BypassAi::Hold },
         OnFailure::Closed => OnStale::Closed,
     };
-    let (b, outage) = Bypass::install(&args.inside, &args.outside, stale, on_stale)
-        .with_context(|| format!("installing the failure program (--on-failure {on_stale:?})"))?;
-    info!(after_ms = args.bypass_after_ms, ?on_stale, "failure program armed");
+    let (bypass, outage) = match Bypass::install(&args.inside, &args.outside, stale, on_stale) {
+        Ok((b, o)) => {
+            info!(after_ms = args.bypass_after_ms, ?on_stale, "failure program armed");
+            (Some(Arc::new(b)), o)
+        }
+        // Without the program, ports with no addresses pass nothing when no data plane runs
+        // anyway: `closed` holds, only the outage's counts are lost.
+        Err(e) if on_stale == OnStale::Closed => {
+            warn!(
+                "the failure program could not be installed, an outage will not be counted \
+                 (nothing passes without a data plane all the same): {e}"
+            );
+            let o =
+                sluice_dataplane::bypass::remove(&args.inside, &args.outside).unwrap_or_else(|e| {
+                    warn!("removing a program an earlier run left failed: {e}");
+                    None
+                });
+            (None, o)
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("installing the failure program (--on-failure {})", on_stale.name())
+            });
+        }
+    };
     if let Some(o) = &outage {
         warn!(
             on_failure = o.on_failure,
@@ -47,7 +69,7 @@ pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
             "no data plane ran for a while: the failure program had the ports"
         );
     }
-    Ok((Some(Arc::new(b)), outage))
+    Ok((bypass, outage))
 }
 
 /// The watchdog's thread: every [`BEAT`], the watched threads are checked (a stalled one
@@ -63,10 +85,17 @@ pub fn spawn_watch(
             if let Some(stall) = wd.check(std::time::Instant::now()) {
                 watchdog::exit_stalled(&stall);
             }
-            if let Some(b) = &bypass
-                && let Err(e) = b.beat()
-            {
-                warn!("bypass heartbeat failed: {e}");
+            match bypass.as_deref().map(Bypass::beat) {
+                Some(Err(e)) => warn!("bypass heartbeat failed: {e}"),
+                Some(Ok(Some(late))) => warn!(
+                    late_ms = late.ended_ms.saturating_sub(late.last_beat_ms),
+                    passed_frames = late.passed_frames,
+                    held_frames = late.held_frames,
+                    refused_frames = late.refused_frames,
+                    "a heartbeat came late: the failure program had the ports for a moment \
+                     while this data plane ran"
+                ),
+                _ => {}
             }
             std::thread::sleep(BEAT);
         }
