@@ -41,6 +41,8 @@ pub struct AppState {
     pub flows: Mutex<FlowStore>,
     /// The identity feed.
     pub identities: Mutex<IdentStore>,
+    /// Brokered provider keys and virtual keys.
+    pub keys: Mutex<crate::keystore::KeyStore>,
     /// The connected data planes.
     pub links: Links,
     /// Fan-out of new records (live tail, syslog).
@@ -60,6 +62,7 @@ impl AppState {
         rules: RuleStore,
         flows: FlowStore,
         identities: IdentStore,
+        keys: crate::keystore::KeyStore,
         hub: Hub,
         ca_pem: Option<String>,
     ) -> AppState {
@@ -68,6 +71,7 @@ impl AppState {
             rules: Mutex::new(rules),
             flows: Mutex::new(flows),
             identities: Mutex::new(identities),
+            keys: Mutex::new(keys),
             links: Links::default(),
             hub,
             push_lock: tokio::sync::Mutex::new(()),
@@ -77,13 +81,27 @@ impl AppState {
     }
 }
 
-type Shared = Arc<AppState>;
+impl AppState {
+    /// What the data planes get of the key store: the provider keys (unsealed) and the
+    /// virtual keys in force.
+    pub fn key_push(
+        &self,
+    ) -> Result<
+        (Vec<sluice_link::BrokerKey>, Vec<sluice_link::VirtualKey>),
+        crate::keystore::KeyError,
+    > {
+        let k = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok((k.secrets()?, k.link_virtual_keys()?))
+    }
+}
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) type Shared = Arc<AppState>;
+
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("{e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the daemon's log)")
 }
@@ -97,7 +115,7 @@ fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -> Response 
 }
 
 /// The caller, if its token is valid and its role allows `need`.
-fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Response> {
+pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Response> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(caller) = s.tokens.check(auth) else {
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
@@ -717,6 +735,11 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/status",
     "GET /v1/openapi.json",
     "GET /v1/audit",
+    "GET /v1/keys",
+    "PUT /v1/keys/{name}",
+    "DELETE /v1/keys/{name}",
+    "POST /v1/keys/virtual",
+    "DELETE /v1/keys/virtual/{id}",
     "GET /metrics",
 ];
 
@@ -739,6 +762,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
+        .merge(crate::keys_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -12,6 +12,8 @@ pub mod client;
 pub mod config;
 pub mod hub;
 pub mod identstore;
+pub mod keys_api;
+pub mod keystore;
 pub mod link;
 pub mod metrics;
 pub mod record;

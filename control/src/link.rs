@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, encode};
+use sluice_link::{
+    BrokerKey, Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, VirtualKey, encode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +38,8 @@ pub struct DataplaneStatus {
     pub policy_error: Option<String>,
     /// Identity-feed generation it acknowledged, and how many entries.
     pub identities: Option<(u64, usize)>,
+    /// Key generation it acknowledged, and how many provider keys it holds.
+    pub keys: Option<(u64, usize)>,
     /// Records received on this connection (replays included).
     pub records_received: u64,
     /// Highest sequence number received.
@@ -50,6 +54,7 @@ struct Session {
     tx: mpsc::UnboundedSender<Down>,
     waiters: Vec<(i64, oneshot::Sender<Option<String>>)>,
     feed_waiters: Vec<(u64, oneshot::Sender<usize>)>,
+    key_waiters: Vec<(u64, oneshot::Sender<usize>)>,
 }
 
 /// The outcome of a rule push at one data plane.
@@ -71,6 +76,7 @@ pub struct Links {
     status: Mutex<HashMap<String, DataplaneStatus>>,
     next_conn: AtomicU64,
     generation: AtomicU64,
+    key_generation: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -152,6 +158,27 @@ impl Links {
                     None => ("no answer", None),
                 };
                 PushResult { dataplane, status, error }
+            })
+            .collect()
+    }
+
+    /// Sends the brokered keys to every connected data plane and waits up to `wait` for
+    /// their acknowledgements: once answered, the next request uses them.
+    pub async fn push_keys_acked(
+        &self,
+        keys: Vec<BrokerKey>,
+        virtual_keys: Vec<VirtualKey>,
+        wait: Duration,
+    ) -> Vec<PushResult> {
+        let generation = self.key_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let msg = Down::Keys { generation, keys, virtual_keys };
+        let answers = self.fan_out(&msg, wait, |s, tx| s.key_waiters.push((generation, tx))).await;
+        answers
+            .into_iter()
+            .map(|(dataplane, a)| PushResult {
+                dataplane,
+                status: if a.is_some() { "applied" } else { "no answer" },
+                error: None,
             })
             .collect()
     }
@@ -279,7 +306,13 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         if !dup {
             sessions.insert(
                 name.clone(),
-                Session { conn, tx: tx.clone(), waiters: Vec::new(), feed_waiters: Vec::new() },
+                Session {
+                    conn,
+                    tx: tx.clone(),
+                    waiters: Vec::new(),
+                    feed_waiters: Vec::new(),
+                    key_waiters: Vec::new(),
+                },
             );
         }
         dup
@@ -306,6 +339,13 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     if let Ok(entries) = lock!(state.identities).all() {
         let generation = links.generation.load(Ordering::Relaxed);
         let _ = tx.send(Down::Identities { generation, entries });
+    }
+    match state.key_push() {
+        Ok((keys, virtual_keys)) => {
+            let generation = links.key_generation.load(Ordering::Relaxed);
+            let _ = tx.send(Down::Keys { generation, keys, virtual_keys });
+        }
+        Err(e) => tracing::error!(dataplane = %name, "brokered keys not sent: {e}"),
     }
     drop(tx);
     let writer = tokio::spawn(async move {
@@ -388,6 +428,18 @@ async fn serve_up(
                     s.feed_waiters = keep;
                     for (_, w) in done {
                         let _ = w.send(entries);
+                    }
+                }
+            }
+            UpMessage::Other(Up::KeysAck { generation, keys }) => {
+                tracing::info!(dataplane = %name, generation, keys, "brokered keys in force");
+                links.update(name, |s| s.keys = Some((generation, keys)));
+                if let Some(s) = lock!(links.sessions).get_mut(name) {
+                    let (done, keep): (Vec<_>, Vec<_>) =
+                        s.key_waiters.drain(..).partition(|(g, _)| *g <= generation);
+                    s.key_waiters = keep;
+                    for (_, w) in done {
+                        let _ = w.send(keys);
                     }
                 }
             }

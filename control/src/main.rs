@@ -3,6 +3,7 @@
 //! (`SLUICE_URL`, `SLUICE_TOKEN`, `SLUICE_CA`): rule pushes, history, diff and rollback,
 //! flow and request records, the live tail, the identity feed, status.
 
+mod keys_cli;
 mod remote;
 
 use std::net::IpAddr;
@@ -67,6 +68,9 @@ enum Cmd {
     /// The identity feed.
     #[command(subcommand)]
     Identities(IdentCmd),
+    /// Brokered provider keys and virtual keys (admin).
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Data planes, their link and policy versions, store sizes.
     Status,
     /// Print shell completions.
@@ -105,6 +109,39 @@ enum IdentCmd {
         /// Replace the whole feed.
         #[arg(long)]
         replace: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Store or replace a provider key (rules send it with `broker_key = "NAME"`).
+    Set {
+        /// Its name.
+        name: String,
+        /// A file holding the key (never the command line).
+        #[arg(long)]
+        from_file: PathBuf,
+    },
+    /// Remove a provider key.
+    Rm {
+        /// Its name.
+        name: String,
+    },
+    /// List provider keys (names and fingerprints) and virtual keys.
+    List,
+    /// Issue a virtual key for a user: printed once.
+    Issue {
+        /// The user it names in request records.
+        #[arg(long)]
+        user: String,
+        /// The only identity it may be used from.
+        #[arg(long)]
+        identity: Option<String>,
+    },
+    /// Revoke a virtual key.
+    Revoke {
+        /// Its id (`vk_…`).
+        id: String,
     },
 }
 
@@ -249,6 +286,15 @@ fn main() -> ExitCode {
                 IdentCmd::Rm { ip } => remote::identity_rm(a, ip),
                 IdentCmd::List => remote::identity_list(a),
                 IdentCmd::Load { file, replace } => remote::identity_load(a, file, *replace),
+            });
+        }
+        Cmd::Keys(c) => {
+            return online(&conn, |a| match &c {
+                KeysCmd::Set { name, from_file } => keys_cli::set(a, name, from_file),
+                KeysCmd::Rm { name } => keys_cli::rm(a, name),
+                KeysCmd::List => keys_cli::list(a),
+                KeysCmd::Issue { user, identity } => keys_cli::issue(a, user, identity.as_deref()),
+                KeysCmd::Revoke { id } => keys_cli::revoke(a, id),
             });
         }
         Cmd::Status => return online(&conn, remote::status),

@@ -84,7 +84,7 @@ impl Filters {
 }
 
 /// Percent-encodes a query value.
-fn enc(v: &str) -> String {
+pub(crate) fn enc(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -103,9 +103,9 @@ fn qs(pairs: &[(&str, String)]) -> String {
 /// The failure of a command: message and exit code.
 pub struct Fail(pub String, pub u8);
 
-type Out = Result<(), Fail>;
+pub(crate) type Out = Result<(), Fail>;
 
-fn usage(m: impl Into<String>) -> Fail {
+pub(crate) fn usage(m: impl Into<String>) -> Fail {
     Fail(m.into(), 2)
 }
 
@@ -128,7 +128,12 @@ impl Api {
         Ok(Api { client, rt, json: c.json })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Value, Fail> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Value, Fail> {
         let r = self
             .rt
             .block_on(self.client.call(method, path, body))
@@ -136,7 +141,7 @@ impl Api {
         check(r)
     }
 
-    fn get(&self, path: &str) -> Result<Value, Fail> {
+    pub(crate) fn get(&self, path: &str) -> Result<Value, Fail> {
         self.call("GET", path, None)
     }
 }
@@ -168,11 +173,11 @@ fn check(r: Reply) -> Result<Value, Fail> {
     Err(Fail(msg, 1))
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn s(v: &Value, k: &str) -> String {
+pub(crate) fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => "-".into(),
@@ -181,7 +186,7 @@ fn s(v: &Value, k: &str) -> String {
 }
 
 /// Unix ms as `YYYY-MM-DD HH:MM:SS` (UTC).
-fn when(ms: &Value) -> String {
+pub(crate) fn when(ms: &Value) -> String {
     let Some(ms) = ms.as_u64() else { return "-".into() };
     let t = sluice_control::utc::from_unix_ms(ms);
     format!(
@@ -191,7 +196,7 @@ fn when(ms: &Value) -> String {
 }
 
 /// Prints rows as a table with a header, columns as wide as their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -355,7 +360,7 @@ pub fn rules_send(api: &Api, file: &PathBuf, push: bool) -> Out {
 }
 
 /// Says how each data plane took a push; exit 1 if any refused it or did not answer.
-fn report_push(v: &Value) -> Out {
+pub(crate) fn report_push(v: &Value) -> Out {
     let dps = v["dataplanes"].as_array().cloned().unwrap_or_default();
     if dps.is_empty() {
         println!("no data plane connected: it will be enforced when one connects");

@@ -23,6 +23,7 @@
 
 mod admit;
 pub mod block;
+pub mod broker;
 mod conn;
 mod decide;
 mod divert;
@@ -84,6 +85,8 @@ pub struct Config {
     pub scanner: Arc<sluice_dlp::Scanner>,
     /// Salt of DLP finding hashes (random per run unless configured).
     pub dlp_salt: Arc<[u8]>,
+    /// The brokered provider keys and virtual keys control pushed (swapped whole).
+    pub keys: broker::Keys,
     /// One counter per interception thread, bumped by its runtime every [`BEAT`] while the
     /// runtime runs (a watchdog tells a stalled runtime by a counter that stops).
     pub beats: Vec<Arc<AtomicU64>>,
@@ -158,6 +161,7 @@ pub fn spawn(
         cfg.overlay.clone(),
         cfg.scanner.clone(),
         cfg.dlp_salt.clone(),
+        cfg.keys.clone(),
     );
     let shared = Arc::new(Shared { cfg, nat, sink, server_h2, server_h1, upstream_h2, decider });
     let mut handles = Vec::with_capacity(threads);

@@ -126,6 +126,13 @@ pub struct RequestRecord {
     pub latency_ms: u64,
     /// Short SHA-256 prefix of the API key (`Authorization: Bearer`, `api-key`), never the key.
     pub api_key_fp: Option<String>,
+    /// The brokered provider key sent upstream in place of the client's credential (its
+    /// name, never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_key: Option<String>,
+    /// The virtual key the client presented (its id, never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_key: Option<String>,
     /// `OpenAI-Organization`.
     pub openai_organization: Option<String>,
     /// `OpenAI-Project`.

@@ -13,8 +13,9 @@
 //!    the current rule set and [`Down::Identities`] with the identity feed;
 //! 3. the data plane sends [`Up::Records`] (each record carries its `seq`) and control answers
 //!    [`Down::Ack`] once they are stored; the data plane forgets its spooled copies up to it;
-//! 4. every later push is a [`Down::Policy`] or [`Down::Identities`], acknowledged by
-//!    [`Up::PolicyAck`] / [`Up::IdentitiesAck`].
+//! 4. every later push is a [`Down::Policy`], [`Down::Identities`] or [`Down::Keys`] (the
+//!    brokered provider keys, sent on connect too), acknowledged by [`Up::PolicyAck`] /
+//!    [`Up::IdentitiesAck`] / [`Up::KeysAck`].
 //!
 //! Everything here is pure: [`encode`] writes a frame into a buffer, [`Decoder`] takes bytes
 //! as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
@@ -69,6 +70,13 @@ pub enum Up {
         /// Entries now in force.
         entries: usize,
     },
+    /// Answer to [`Down::Keys`].
+    KeysAck {
+        /// The generation pushed.
+        generation: u64,
+        /// Provider keys now held.
+        keys: usize,
+    },
 }
 
 /// Messages from control to the data plane.
@@ -107,6 +115,70 @@ pub enum Down {
         /// Highest stored sequence number of the acknowledged batch.
         upto: u64,
     },
+    /// The brokered provider keys and the virtual keys (replacing the previous ones whole).
+    /// The data plane holds them in memory only.
+    Keys {
+        /// Increases with every change.
+        generation: u64,
+        /// Provider keys by name.
+        keys: Vec<BrokerKey>,
+        /// Virtual keys control issued.
+        virtual_keys: Vec<VirtualKey>,
+    },
+}
+
+/// A provider key the appliance sends upstream for rules that name it (`broker_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerKey {
+    /// Its name.
+    pub name: String,
+    /// The key.
+    pub secret: Secret,
+}
+
+/// A key control issued to one user: presented by a client in place of a provider key, it
+/// names the user (and, if set, the only identity it may be used from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualKey {
+    /// Its id (shown in records; not the key).
+    pub id: String,
+    /// Hex SHA-256 of the key (the key itself is shown once, at issue, and kept nowhere).
+    pub sha256: String,
+    /// The user it was issued to.
+    pub user: String,
+    /// The identity it may be used from, if restricted.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// A secret (a provider key): serialised as its text, never shown by `Debug`, wiped from
+/// memory when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `s`.
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+
+    /// The secret's text, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
 }
 
 /// Who sits behind an address, as an identity feed said.
@@ -277,7 +349,31 @@ mod tests {
             Up::Records { records: vec![json!({"seq": 7, "type": "flow"}), json!({"seq": 8})] },
             Up::PolicyAck { version: 4, error: Some("line 3".into()) },
             Up::IdentitiesAck { generation: 2, entries: 10 },
+            Up::KeysAck { generation: 3, keys: 1 },
         ]
+    }
+
+    #[test]
+    fn keys_travel_whole_and_never_show_in_debug() {
+        let m = Down::Keys {
+            generation: 4,
+            keys: vec![BrokerKey { name: "prod".into(), secret: Secret::new("sk-real-1".into()) }],
+            virtual_keys: vec![VirtualKey {
+                id: "vk_1".into(),
+                sha256: "00".repeat(32),
+                user: "alice@corp".into(),
+                identity: Some("finance".into()),
+            }],
+        };
+        let mut wire = Vec::new();
+        encode(&m, &mut wire).unwrap();
+        let mut d = Decoder::new();
+        d.push(&wire);
+        let got: Down = d.message().unwrap().unwrap();
+        assert_eq!(got, m);
+        let Down::Keys { keys, .. } = &got else { panic!("keys") };
+        assert_eq!(keys[0].secret.expose(), "sk-real-1");
+        assert!(!format!("{got:?}").contains("sk-real-1"));
     }
 
     #[test]

@@ -50,13 +50,14 @@ pub use compile::{
 pub use diag::{Diagnostic, Severity, Source};
 pub use ident::{IdentityOverlay, OverlayEntry};
 pub use policy::{
-    Category, CustomDetector, CustomKind, Decision, Defaults, DlpProfile, HeaderPolicy, Identity,
-    Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec, dictionary_hash, dictionary_hasher,
+    BrokerPolicy, Category, CustomDetector, CustomKind, Decision, Defaults, DlpProfile,
+    HeaderPolicy, Identity, Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec,
+    dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
     FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
-    Unscanned,
+    RealKeys, Unscanned,
 };
 
 use std::path::Path;

@@ -161,6 +161,18 @@ pub struct HeaderPolicy {
     /// A request DLP could not read entirely is refused (`on_unscanned = "block"`, the
     /// default under a blocking profile).
     pub block_unscanned: bool,
+    /// The provider key sent upstream in place of the client's credential, if any.
+    pub broker: Option<BrokerPolicy>,
+}
+
+/// `broker_key`: the appliance holds the provider key; clients send a placeholder or a
+/// virtual key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerPolicy {
+    /// Name of the key in control's key store.
+    pub key: String,
+    /// A real provider key from the client is swapped (`real_keys = "swap"`), not refused.
+    pub swap_real_keys: bool,
 }
 
 /// A rule as written, names resolved: what the diff and the UI show.

@@ -244,6 +244,16 @@ pub enum MissingOrgProject {
     Inject,
 }
 
+/// `real_keys`: a real provider key presented where a key is brokered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RealKeys {
+    /// Refused (403 `real_key_refused`).
+    Refuse,
+    /// Replaced by the brokered key like any other credential.
+    Swap,
+}
+
 /// `on_unscanned`: a request DLP could not read entirely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -317,6 +327,13 @@ pub struct RuleDef {
     /// `input_audio_buffer.append`: the socket is closed with 1008), `input_audio` in
     /// requests, and audio files uploaded for transcription.
     pub block_audio: Option<Spanned<bool>>,
+    /// Name of a provider key held by control (`sluicectl keys set NAME`) sent upstream in
+    /// place of the client's credential: the client holds a placeholder or a virtual key,
+    /// never the real one (`inspect` rules).
+    pub broker_key: Option<Spanned<String>>,
+    /// A real provider key presented where `broker_key` applies: `refuse` it (the default: it
+    /// would bypass attribution) or `swap` it for the brokered one.
+    pub real_keys: Option<Spanned<RealKeys>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
 }

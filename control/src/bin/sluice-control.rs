@@ -11,6 +11,7 @@ use sluice_control::auth::Tokens;
 use sluice_control::config::Config;
 use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
+use sluice_control::keystore::KeyStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
 use sluice_control::{link, serve, syslog, tls};
@@ -59,6 +60,8 @@ fn main() -> Result<()> {
         FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
         IdentStore::open(&cfg.state_dir.join("identities.db"))
             .context("opening the identity store")?,
+        KeyStore::open(&cfg.state_dir.join("keys.db"), &cfg.state_dir.join("keys.kek"))
+            .context("opening the key store")?,
         Hub::new(syslog_tx),
         ca_pem,
     ));

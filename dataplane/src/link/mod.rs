@@ -5,7 +5,7 @@
 //! applies what control pushes — a rule set (compiled, swapped whole into the shared
 //! [`Policy`] and written to the state directory so a restart enforces it even without
 //! control) or the identity feed (swapped whole into the [`IdentityOverlay`] and kept there
-//! too). Packet threads
+//! too), or the brokered keys (held in memory only). Packet threads
 //! never wait on any of this: they read the snapshots through `ArcSwap`.
 
 pub mod spool;
@@ -39,6 +39,9 @@ pub struct Enforced {
     pub policy: Arc<ArcSwap<Policy>>,
     /// The identity feed they read.
     pub overlay: Arc<ArcSwap<IdentityOverlay>>,
+    /// The brokered provider keys and virtual keys the interception engine reads: held in
+    /// memory only (a restart waits for control to push them again).
+    pub keys: sluice_intercept::broker::Keys,
     state_dir: PathBuf,
     meta: Mutex<(Option<i64>, String)>,
 }
@@ -89,6 +92,7 @@ impl Enforced {
         Enforced {
             policy,
             overlay,
+            keys: Default::default(),
             state_dir: state_dir.to_owned(),
             meta: Mutex::new((version, sha256)),
         }
@@ -313,6 +317,14 @@ fn serve(
                     enforced.apply_identities(&entries);
                     info!(generation, entries = entries.len(), "identity feed in force");
                     send(&mut stream, &Up::IdentitiesAck { generation, entries: entries.len() })?;
+                }
+                Down::Keys { generation, keys, virtual_keys } => {
+                    let ring =
+                        sluice_intercept::broker::KeyRing::new(generation, keys, virtual_keys);
+                    let n = ring.len();
+                    info!(generation, keys = n, "brokered keys in force (held in memory only)");
+                    enforced.keys.store(Arc::new(ring));
+                    send(&mut stream, &Up::KeysAck { generation, keys: n })?;
                 }
                 Down::Ack { upto } => {
                     acked = acked.max(upto);

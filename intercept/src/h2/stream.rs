@@ -220,7 +220,9 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
         headers.remove(CONTENT_ENCODING);
     }
     for (name, value) in injected {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Ok(mut v) = HeaderValue::from_str(&value) {
+            // A brokered key is never put in the HPACK table (never indexed).
+            v.set_sensitive(matches!(name, "authorization" | "api-key"));
             headers.insert(HeaderName::from_static(name), v);
         }
     }

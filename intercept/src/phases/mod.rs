@@ -146,6 +146,8 @@ pub struct Session {
     pub dlp: Option<Dlp>,
     /// Credentials in responses are masked (`mask_responses`).
     pub mask: Option<Mask>,
+    /// The brokered provider keys and the virtual keys (read per request).
+    pub keys: crate::broker::Keys,
 }
 
 /// One request's context: its record as it is filled, and how a refusal is worded.
@@ -176,13 +178,8 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let text = |n: &str| req.and_then(|r| r.text(n));
-        let key = text("authorization")
-            .and_then(|a| {
-                let (scheme, rest) = a.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
-            })
-            .or_else(|| text("api-key"));
-        let rec = RequestRecord {
+        let key = req.and_then(|r| crate::broker::presented(r.headers)).map(|(_, k)| k);
+        let mut rec = RequestRecord {
             kind: "request",
             ts_ms: now,
             identity: Some(self.identity.clone()),
@@ -198,7 +195,7 @@ impl Session {
                     r.target.split(['?', '#']).next().unwrap_or("").chars().take(512).collect()
                 })
                 .unwrap_or_default(),
-            api_key_fp: key.filter(|k| !k.is_empty()).map(|k| key_fingerprint(&k)),
+            api_key_fp: key.filter(|k| !k.is_empty()).map(key_fingerprint),
             openai_organization: text("openai-organization"),
             openai_project: text("openai-project"),
             user_agent: text("user-agent"),
@@ -207,6 +204,9 @@ impl Session {
             verdict: "allow",
             ..RequestRecord::default()
         };
+        if let Some(r) = req {
+            self.note_credential(r, &mut rec);
+        }
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
         RequestCtx { rec, html, ws_extensions: None, started: Instant::now() }
     }
@@ -234,6 +234,7 @@ impl Session {
                 rule: self.rule.clone(),
             });
         }
+        self.broker_filter(req)?;
         let sni = self.sni.strip_suffix('.').unwrap_or(&self.sni);
         if !req.authority.eq_ignore_ascii_case(sni) {
             return Err(Refusal::forbidden(
@@ -412,7 +413,8 @@ impl Session {
         }
     }
 
-    /// Phase 4: the headers the rule injects toward the server, each noted in the record.
+    /// Phase 4: the headers the rule injects toward the server, each noted in the record, and
+    /// the brokered key.
     /// The driver drops the client's copies of [`INJECTED`] headers and of every header
     /// returned.
     pub fn upstream_request_filter(
@@ -449,6 +451,9 @@ impl Session {
             }
         }
         ctx.rec.injected.extend(out.iter().map(|(n, _)| *n));
+        // The brokered key replaces the client's credential (not listed in `injected`: the
+        // record names the key in `broker_key`).
+        out.extend(self.broker_header(req, &mut ctx.rec));
         out
     }
 

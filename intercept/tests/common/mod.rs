@@ -25,6 +25,7 @@ pub fn session(sni: &str) -> Session {
         refuse: None,
         dlp: None,
         mask: None,
+        keys: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use toml::Spanned;
 
+mod broker;
 mod custom;
 
 use crate::catalog::IncludeLoader;
@@ -516,6 +517,7 @@ impl Cx<'_> {
             Some(m) => *m.get_ref() == MissingOrgProject::Inject,
             None => false,
         };
+        headers.broker = self.broker(r, name, action);
         headers.block_unscanned = match &r.on_unscanned {
             Some(u) if r.dlp.is_none() => {
                 self.err(
@@ -634,6 +636,7 @@ impl Cx<'_> {
             block_unscanned: false,
             inject_missing_org_project: false,
             mask_profile: None,
+            broker: None,
         }
     }
 

@@ -1,0 +1,164 @@
+//! The key routes of the API (admin only; ARCHITECTURE.md, "Key brokering"): provider keys are
+//! stored (`PUT /v1/keys/{name}`, the key as the body), listed by name and fingerprint, never
+//! returned, and removed; virtual keys are issued (the key returned once) and revoked. Every
+//! change is audited (names and fingerprints, never a key) and pushed to the data planes,
+//! whose acknowledgements the answer lists: once answered, their next request uses it.
+#![allow(clippy::result_large_err)]
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::api::{PUSH_WAIT, Shared, authorize, error, internal};
+use crate::auth::{Caller, Need};
+use crate::keystore::{KeyError, KeyStore};
+
+/// The key routes.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/keys", get(list))
+        .route("/v1/keys/virtual", post(issue))
+        .route("/v1/keys/virtual/{id}", axum::routing::delete(revoke))
+        .route("/v1/keys/{name}", axum::routing::put(set).delete(remove))
+}
+
+fn refused(e: KeyError) -> Response {
+    match e {
+        KeyError::Invalid(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
+        e => internal(e),
+    }
+}
+
+/// Applies `change` to the key store, audits it, pushes the keys to the data planes.
+async fn changed<T: serde::Serialize>(
+    s: &Shared,
+    caller: &Caller,
+    action: &str,
+    change: impl FnOnce(&mut KeyStore) -> Result<(T, String), KeyError>,
+) -> Response {
+    let (shown, detail) = match change(&mut s.keys.lock().unwrap_or_else(|p| p.into_inner())) {
+        Ok(v) => v,
+        Err(e) => return refused(e),
+    };
+    let audit = s.rules.lock().unwrap_or_else(|p| p.into_inner()).audit(
+        &caller.name,
+        action,
+        &detail,
+        None,
+    );
+    if let Err(e) = audit {
+        return internal(e);
+    }
+    let (keys, virtual_keys) = match s.key_push() {
+        Ok(k) => k,
+        Err(e) => return internal(e),
+    };
+    let pushed = s.links.push_keys_acked(keys, virtual_keys, PUSH_WAIT).await;
+    axum::Json(json!({ "result": shown, "dataplanes": pushed })).into_response()
+}
+
+async fn list(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Admin) {
+        return r;
+    }
+    let k = s.keys.lock().unwrap_or_else(|p| p.into_inner());
+    match (k.list(), k.virtual_keys()) {
+        (Ok(keys), Ok(virtual_keys)) => {
+            axum::Json(json!({ "keys": keys, "virtual_keys": virtual_keys })).into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => internal(e),
+    }
+}
+
+async fn set(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let caller = match authorize(&s, &h, Need::Admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Ok(key) = std::str::from_utf8(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "the key is not UTF-8 text");
+    };
+    changed(&s, &caller, "keys.set", |k| {
+        let info = k.set(&name, key, &caller.name)?;
+        let detail = format!("{} {}", info.name, info.fingerprint);
+        Ok((info, detail))
+    })
+    .await
+}
+
+async fn remove(State(s): State<Shared>, h: HeaderMap, Path(name): Path<String>) -> Response {
+    let caller = match authorize(&s, &h, Need::Admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let gone = s.keys.lock().unwrap_or_else(|p| p.into_inner()).has(&name);
+    match gone {
+        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no key named `{name}`")),
+        Err(e) => return internal(e),
+        Ok(true) => {}
+    }
+    changed(&s, &caller, "keys.delete", |k| {
+        k.delete(&name)?;
+        Ok((json!({ "deleted": name }), name.clone()))
+    })
+    .await
+}
+
+/// `POST /v1/keys/virtual` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Issue {
+    user: String,
+    #[serde(default)]
+    identity: Option<String>,
+}
+
+async fn issue(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
+    let caller = match authorize(&s, &h, Need::Admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req: Issue = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("virtual key: {e}")),
+    };
+    changed(&s, &caller, "keys.virtual.issue", |k| {
+        let (info, key) = k.issue(&req.user, req.identity.as_deref())?;
+        let detail = format!(
+            "{} for {} ({})",
+            info.id,
+            info.user,
+            info.identity.as_deref().unwrap_or("any identity")
+        );
+        // The key, this once: only its hash is kept.
+        Ok((json!({ "virtual_key": info, "key": key.expose() }), detail))
+    })
+    .await
+}
+
+async fn revoke(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    let caller = match authorize(&s, &h, Need::Admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let found = s.keys.lock().unwrap_or_else(|p| p.into_inner()).revoke(&id);
+    match found {
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no virtual key `{id}` in force")),
+        Err(e) => internal(e),
+        Ok(true) => {
+            changed(&s, &caller, "keys.virtual.revoke", |_| {
+                Ok((json!({ "revoked": id }), id.clone()))
+            })
+            .await
+        }
+    }
+}

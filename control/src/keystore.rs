@@ -1,0 +1,402 @@
+//! Provider keys and virtual keys (ARCHITECTURE.md, "Key brokering").
+//!
+//! Provider keys are sealed at rest with AES-256-GCM under a key-encryption key kept in the
+//! state directory (`keys.kek`, 32 random bytes, mode 0600, made at first start): the
+//! database alone reveals nothing. They are unsealed only to be pushed to the data planes,
+//! and no API returns them (a listing shows names and fingerprints). Virtual keys are kept as
+//! SHA-256 hashes only: the key is shown once, when issued.
+
+use std::io::Write;
+use std::path::Path;
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sluice_link::{BrokerKey, Secret, VirtualKey};
+
+/// Longest provider key accepted.
+pub const MAX_KEY: usize = 4096;
+
+/// Why the key store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// SQLite failed.
+    #[error("key store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The key-encryption key could not be read or made.
+    #[error("key store: the key-encryption key {path}: {why}")]
+    Kek {
+        /// Its path.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// A sealed key does not open with this key-encryption key (another state directory's,
+    /// or the database was changed).
+    #[error("key store: key `{0}` does not open with this key-encryption key")]
+    Unseal(String),
+    /// The system's random source failed.
+    #[error("key store: no randomness")]
+    Random,
+    /// A name or key the caller gave is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A provider key as listings show it: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// Its name (what rules say in `broker_key`).
+    pub name: String,
+    /// `sha256:` and the first 12 hex digits of the key's SHA-256 (as request records show a
+    /// client's key), to tell keys apart without seeing them.
+    pub fingerprint: String,
+    /// Unix ms of the last change.
+    pub updated_ms: u64,
+    /// Who changed it last.
+    pub updated_by: String,
+}
+
+/// A virtual key as listings show it: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualKeyInfo {
+    /// Its id (what request records show).
+    pub id: String,
+    /// The user it names.
+    pub user: String,
+    /// The identity it may be used from, if restricted.
+    pub identity: Option<String>,
+    /// Unix ms it was issued.
+    pub created_ms: u64,
+    /// Unix ms it was revoked, if it was.
+    pub revoked_ms: Option<u64>,
+}
+
+/// The key store.
+pub struct KeyStore {
+    db: Connection,
+    kek: LessSafeKey,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore").finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key-encryption key at `path`, made (32 random bytes, mode 0600) when absent.
+fn kek(path: &Path, rng: &SystemRandom) -> Result<LessSafeKey, KeyError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |why: String| KeyError::Kek { path: path.display().to_string(), why };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 32];
+            rng.fill(&mut b).map_err(|_| KeyError::Random)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| bad(e.to_string()))?;
+            f.write_all(&b).and_then(|()| f.sync_all()).map_err(|e| bad(e.to_string()))?;
+            b.to_vec()
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let key = UnboundKey::new(&AES_256_GCM, &bytes)
+        .map_err(|_| bad(format!("{} bytes, expected 32", bytes.len())))?;
+    Ok(LessSafeKey::new(key))
+}
+
+/// Checks a provider key's name (as rules may name it).
+fn check_name(name: &str) -> Result<(), KeyError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::Invalid(format!(
+            "`{name}` is not a valid key name: expected 1-64 letters, digits, `-`, `_`, `.` or `@`"
+        )))
+    }
+}
+
+impl KeyStore {
+    /// Opens (creating) the store at `db` with the key-encryption key at `kek_path`.
+    pub fn open(db: &Path, kek_path: &Path) -> Result<KeyStore, KeyError> {
+        let rng = SystemRandom::new();
+        let kek = kek(kek_path, &rng)?;
+        let db = Connection::open(db)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS keys (
+                 name TEXT PRIMARY KEY, nonce BLOB NOT NULL, sealed BLOB NOT NULL,
+                 fingerprint TEXT NOT NULL, updated_ms INTEGER NOT NULL, updated_by TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS virtual_keys (
+                 id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
+                 identity TEXT, created_ms INTEGER NOT NULL, revoked_ms INTEGER);",
+        )?;
+        Ok(KeyStore { db, kek, rng })
+    }
+
+    /// Stores (or replaces) the provider key `name`. The key is sealed before it is written.
+    pub fn set(&mut self, name: &str, key: &str, by: &str) -> Result<KeyInfo, KeyError> {
+        check_name(name)?;
+        let key = key.trim();
+        if key.is_empty() || key.len() > MAX_KEY || key.chars().any(char::is_control) {
+            return Err(KeyError::Invalid(format!(
+                "a provider key is 1..={MAX_KEY} printable characters on one line"
+            )));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let mut sealed = key.as_bytes().to_vec();
+        self.kek
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| KeyError::Unseal(name.into()))?;
+        let info = KeyInfo {
+            name: name.into(),
+            fingerprint: fingerprint(key),
+            updated_ms: now_ms(),
+            updated_by: by.into(),
+        };
+        self.db.execute(
+            "INSERT INTO keys (name, nonce, sealed, fingerprint, updated_ms, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET nonce = ?2, sealed = ?3, fingerprint = ?4,
+                 updated_ms = ?5, updated_by = ?6",
+            params![name, &nonce[..], sealed, info.fingerprint, info.updated_ms as i64, by],
+        )?;
+        Ok(info)
+    }
+
+    /// Removes the provider key `name`; false when there was none.
+    pub fn delete(&mut self, name: &str) -> Result<bool, KeyError> {
+        Ok(self.db.execute("DELETE FROM keys WHERE name = ?1", params![name])? > 0)
+    }
+
+    /// The provider keys, without their secrets.
+    pub fn list(&self) -> Result<Vec<KeyInfo>, KeyError> {
+        let mut st = self
+            .db
+            .prepare("SELECT name, fingerprint, updated_ms, updated_by FROM keys ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(KeyInfo {
+                name: r.get(0)?,
+                fingerprint: r.get(1)?,
+                updated_ms: r.get::<_, i64>(2)? as u64,
+                updated_by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The provider keys, unsealed, for the data planes (and nothing else).
+    pub fn secrets(&self) -> Result<Vec<BrokerKey>, KeyError> {
+        let mut st = self.db.prepare("SELECT name, nonce, sealed FROM keys ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, nonce, mut sealed) = row?;
+            let nonce = Nonce::try_assume_unique_for_key(&nonce)
+                .map_err(|_| KeyError::Unseal(name.clone()))?;
+            let plain = self
+                .kek
+                .open_in_place(nonce, Aad::from(name.as_bytes()), &mut sealed)
+                .map_err(|_| KeyError::Unseal(name.clone()))?;
+            let secret =
+                String::from_utf8(plain.to_vec()).map_err(|_| KeyError::Unseal(name.clone()))?;
+            zeroize::Zeroize::zeroize(&mut sealed);
+            out.push(BrokerKey { name, secret: Secret::new(secret) });
+        }
+        Ok(out)
+    }
+
+    /// Issues a virtual key for `user` (usable only from `identity` when given): its record
+    /// and the key itself, which is kept nowhere (only its hash).
+    pub fn issue(
+        &mut self,
+        user: &str,
+        identity: Option<&str>,
+    ) -> Result<(VirtualKeyInfo, Secret), KeyError> {
+        let printable =
+            |s: &str| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control);
+        if !printable(user) || identity.is_some_and(|i| !printable(i)) {
+            return Err(KeyError::Invalid(
+                "user and identity are 1..=256 printable characters".into(),
+            ));
+        }
+        let mut raw = [0u8; 24];
+        self.rng.fill(&mut raw).map_err(|_| KeyError::Random)?;
+        let key = format!("svk-{}", hex(&raw));
+        let sha = hex(&Sha256::digest(key.as_bytes()));
+        let mut idb = [0u8; 6];
+        self.rng.fill(&mut idb).map_err(|_| KeyError::Random)?;
+        let info = VirtualKeyInfo {
+            id: format!("vk_{}", hex(&idb)),
+            user: user.into(),
+            identity: identity.map(str::to_owned),
+            created_ms: now_ms(),
+            revoked_ms: None,
+        };
+        self.db.execute(
+            "INSERT INTO virtual_keys (id, sha256, user, identity, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![info.id, sha, info.user, info.identity, info.created_ms as i64],
+        )?;
+        Ok((info, Secret::new(key)))
+    }
+
+    /// Revokes virtual key `id`; false when there is no such key (or it was revoked already).
+    pub fn revoke(&mut self, id: &str) -> Result<bool, KeyError> {
+        Ok(self.db.execute(
+            "UPDATE virtual_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            params![id, now_ms() as i64],
+        )? > 0)
+    }
+
+    /// The virtual keys, revoked ones included.
+    pub fn virtual_keys(&self) -> Result<Vec<VirtualKeyInfo>, KeyError> {
+        let mut st = self.db.prepare(
+            "SELECT id, user, identity, created_ms, revoked_ms FROM virtual_keys ORDER BY created_ms",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(VirtualKeyInfo {
+                id: r.get(0)?,
+                user: r.get(1)?,
+                identity: r.get(2)?,
+                created_ms: r.get::<_, i64>(3)? as u64,
+                revoked_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The virtual keys in force, as the data planes get them (hashes, never keys).
+    pub fn link_virtual_keys(&self) -> Result<Vec<VirtualKey>, KeyError> {
+        let mut st = self.db.prepare(
+            "SELECT id, sha256, user, identity FROM virtual_keys WHERE revoked_ms IS NULL",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(VirtualKey {
+                id: r.get(0)?,
+                sha256: r.get(1)?,
+                user: r.get(2)?,
+                identity: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether a provider key named `name` is stored.
+    pub fn has(&self, name: &str) -> Result<bool, KeyError> {
+        Ok(self
+            .db
+            .query_row("SELECT 1 FROM keys WHERE name = ?1", params![name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+/// A key's fingerprint, as request records show a client's key.
+pub fn fingerprint(key: &str) -> String {
+    format!("sha256:{}", &hex(&Sha256::digest(key.as_bytes()))[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> KeyStore {
+        KeyStore::open(&dir.join("keys.db"), &dir.join("keys.kek")).unwrap()
+    }
+
+    fn tempdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sluice-keys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn keys_are_sealed_at_rest_and_open_only_with_their_kek() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("seal");
+        let mut s = store(&dir);
+        let info = s.set("openai-prod", "sk-proj-SECRETSECRETSECRET", "admin").unwrap();
+        assert_eq!(info.fingerprint, fingerprint("sk-proj-SECRETSECRETSECRET"));
+        assert_eq!(s.list().unwrap(), vec![info]);
+        assert_eq!(s.secrets().unwrap()[0].secret.expose(), "sk-proj-SECRETSECRETSECRET");
+        drop(s);
+        // Nothing of the key in the database's files, in clear.
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(6).any(|w| w == b"SECRET"));
+        }
+        let mode = std::fs::metadata(dir.join("keys.kek")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Another key-encryption key opens nothing.
+        std::fs::write(dir.join("keys.kek"), [7u8; 32]).unwrap();
+        assert!(matches!(store(&dir).secrets(), Err(KeyError::Unseal(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_key_is_the_one_pushed_and_bad_input_is_refused() {
+        let dir = tempdir("rotate");
+        let mut s = store(&dir);
+        s.set("k", "sk-old-000000000000000", "a").unwrap();
+        s.set("k", "sk-new-111111111111111", "b").unwrap();
+        let all = s.secrets().unwrap();
+        assert_eq!((all.len(), all[0].secret.expose()), (1, "sk-new-111111111111111"));
+        assert!(matches!(s.set("bad name", "x", "a"), Err(KeyError::Invalid(_))));
+        assert!(matches!(s.set("k", "line\nbreak", "a"), Err(KeyError::Invalid(_))));
+        assert!(matches!(s.set("k", "  ", "a"), Err(KeyError::Invalid(_))));
+        assert!(s.delete("k").unwrap());
+        assert!(!s.delete("k").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn virtual_keys_are_kept_as_hashes_and_revocable() {
+        let dir = tempdir("virtual");
+        let mut s = store(&dir);
+        let (info, key) = s.issue("alice@corp", Some("finance")).unwrap();
+        assert!(key.expose().starts_with("svk-") && key.expose().len() == 52);
+        let pushed = s.link_virtual_keys().unwrap();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].sha256, hex(&Sha256::digest(key.expose().as_bytes())));
+        assert_eq!(
+            (pushed[0].user.as_str(), pushed[0].identity.as_deref()),
+            ("alice@corp", Some("finance"))
+        );
+        let text = std::fs::read(dir.join("keys.db")).unwrap();
+        assert!(!text.windows(key.expose().len()).any(|w| w == key.expose().as_bytes()));
+        assert!(s.revoke(&info.id).unwrap());
+        assert!(!s.revoke(&info.id).unwrap());
+        assert!(s.link_virtual_keys().unwrap().is_empty());
+        assert!(s.virtual_keys().unwrap()[0].revoked_ms.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
