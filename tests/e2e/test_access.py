@@ -1,0 +1,142 @@
+"""End-to-end tests of accountable access in the lab (issue: access), with the official OpenAI
+Python SDK as alice: the appliance holds the provider key (brokering), virtual keys name their
+users, a real key from a client is refused, rotation applies to the next request, and the real
+key is written nowhere: not in a log, a record, a spool file, the state directories or an API
+answer.
+
+Expects the lab up and the appliance started (scripts/test does both).
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+import unittest
+
+from test_control import ctl, current_rules
+from test_dataplane import api, env, lab, push_rules, wait_for_record
+from test_intercept import sdk, upstream
+
+RULE = 'name = "finance-openai-inspect"\n'
+
+
+def with_broker(rules, extra='broker_key = "openai-prod"\n'):
+    assert RULE in rules, "the default rules name alice's inspect rule"
+    return rules.replace(RULE, RULE + extra, 1)
+
+
+def models(key, tag):
+    """alice lists models with `key` (the SDK's api_key), tagged so the mock's log tells this
+    call from others; the SDK's exit status and output."""
+    code = ("try:\n"
+            "    client.models.list(extra_query={'tag': %r})\n"
+            "    print('ok')\n"
+            "except openai.APIStatusError as e:\n"
+            "    print(type(e).__name__, e.status_code, json.dumps(e.body))\n" % tag)
+    return sdk("alice", code, key=key)
+
+
+def seen(tag):
+    """The mock's log entries of the call tagged `tag`."""
+    return [e for e in upstream("api.openai.com") if ("tag=" + tag) in e["path"]]
+
+
+class Brokering(unittest.TestCase):
+
+    def setUp(self):
+        self.real = "sk-proj-LAB" + secrets.token_hex(20)
+        self.set_key(self.real)
+        self.before = current_rules()
+        push_rules(with_broker(self.before))
+
+    def tearDown(self):
+        push_rules(self.before)
+        ctl("keys", "rm", "openai-prod")
+
+    def set_key(self, key):
+        with tempfile.NamedTemporaryFile("w", suffix=".key", delete=False) as f:
+            f.write(key + "\n")
+        try:
+            r = ctl("keys", "set", "openai-prod", "--from-file", f.name)
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("applied", r.stdout)
+
+    def test_a_placeholder_reaches_the_server_as_the_real_key_written_nowhere(self):
+        tag = secrets.token_hex(6)
+        r = models("placeholder-not-a-key", tag)
+        self.assertEqual(r.stdout.strip(), "ok", r.stdout + r.stderr)
+        got = seen(tag)
+        self.assertEqual(len(got), 1, got)
+        self.assertEqual(got[0]["headers"]["authorization"], "Bearer " + self.real)
+        self.assertNotIn("placeholder-not-a-key", json.dumps(got))
+        fp = "sha256:" + hashlib.sha256(b"placeholder-not-a-key").hexdigest()[:12]
+        rec = wait_for_record("request", lambda r: r.get("api_key_fp") == fp)
+        self.assertEqual(rec["broker_key"], "openai-prod")
+        # The real key in no file of the lab's state (control's and the data plane's state
+        # directories, logs, flow log, spool), no record and no API answer.
+        time.sleep(1)
+        state = env()["SLUICE_LAB_STATE"]
+        needle = self.real.encode()
+        for root, _, files in os.walk(state):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                self.assertNotIn(needle, data, "the real key is in %s" % path)
+        for path, token in (("/v1/keys", "SLUICE_ADMIN_TOKEN"), ("/v1/requests?limit=50", "SLUICE_ANALYST_TOKEN"),
+                            ("/v1/status", "SLUICE_ANALYST_TOKEN"), ("/v1/audit", "SLUICE_ADMIN_TOKEN")):
+            code, body = api("GET", path, token)
+            self.assertEqual(code, 200, body)
+            self.assertNotIn(self.real, body, path)
+        self.assertNotIn(self.real, lab("flows").stdout)
+        r = ctl("keys", "list")
+        self.assertIn("openai-prod", r.stdout)
+        self.assertNotIn(self.real, r.stdout + r.stderr)
+
+    def test_rotation_applies_to_the_next_request(self):
+        tag = secrets.token_hex(6)
+        self.assertEqual(models("placeholder", tag).stdout.strip(), "ok")
+        rotated = "sk-proj-ROT" + secrets.token_hex(20)
+        self.set_key(rotated)
+        tag2 = secrets.token_hex(6)
+        self.assertEqual(models("placeholder", tag2).stdout.strip(), "ok")
+        self.assertEqual(seen(tag)[0]["headers"]["authorization"], "Bearer " + self.real)
+        self.assertEqual(seen(tag2)[0]["headers"]["authorization"], "Bearer " + rotated)
+
+    def test_a_virtual_key_names_its_user(self):
+        r = ctl("keys", "issue", "--user", "alice@corp", "--identity", "finance")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        key = r.stdout.strip().splitlines()[0]
+        self.assertTrue(key.startswith("svk-"), r.stdout)
+        tag = secrets.token_hex(6)
+        self.assertEqual(models(key, tag).stdout.strip(), "ok")
+        self.assertEqual(seen(tag)[0]["headers"]["authorization"], "Bearer " + self.real)
+        rec = wait_for_record("request", lambda r: r.get("virtual_key") and r.get("user") == "alice@corp")
+        self.assertTrue(rec["virtual_key"].startswith("vk_"), rec)
+        self.assertNotIn(key, json.dumps(rec))
+        # Revoked: the key is only a placeholder again (its record names no user).
+        self.assertEqual(ctl("keys", "revoke", rec["virtual_key"]).returncode, 0)
+        revoked_ms = time.time() * 1000
+        self.assertEqual(models(key, secrets.token_hex(6)).stdout.strip(), "ok")
+        fp = "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        after = wait_for_record("request", lambda r: r.get("api_key_fp") == fp and r["ts_ms"] > revoked_ms)
+        self.assertIsNone(after.get("virtual_key"))
+        self.assertNotEqual(after.get("user"), "alice@corp")
+
+    def test_a_real_provider_key_from_the_client_is_refused(self):
+        tag = secrets.token_hex(6)
+        r = models("sk-proj-" + secrets.token_hex(24), tag)
+        self.assertTrue(r.stdout.startswith("PermissionDeniedError 403"), r.stdout + r.stderr)
+        self.assertIn("real_key_refused", r.stdout)
+        self.assertEqual(seen(tag), [], "a refused request reached the server")
+
+
+if __name__ == "__main__":
+    unittest.main()
