@@ -261,6 +261,7 @@ fn dataplane_link_policy_records_dedup_identities() {
         other => panic!("expected the current policy, got {other:?}"),
     }
     assert!(matches!(dp.recv(), Some(Down::Identities { .. })));
+    assert!(matches!(dp.recv(), Some(Down::Keys { keys, .. }) if keys.is_empty()));
     dp.send(&Up::PolicyAck { version: 1, error: None });
 
     let flow = |seq: u64| serde_json::json!({"seq": seq, "type": "flow", "ts_ms": 1000 + seq, "src": "10.0.0.1", "verdict": "allow"});
@@ -348,6 +349,38 @@ fn dataplane_link_policy_records_dedup_identities() {
     let (code, body) = feeder.join().unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["dataplanes"][0]["status"], "applied", "{body}");
+    // A provider key goes down the link (to the data plane only: no API answer holds it);
+    // an analyst cannot store one.
+    let key = "sk-proj-DAEMONTESTKEY0123456789";
+    let refused = call(&d, "PUT", "/v1/keys/openai-prod", Some(ANALYST), Some(key));
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    let setter = {
+        let (port, dir) = (d.port, d.dir.clone());
+        std::thread::spawn(move || {
+            call_at(port, &dir, "PUT", "/v1/keys/openai-prod", Some(ADMIN), Some(key))
+        })
+    };
+    let generation = match dp.recv() {
+        Some(Down::Keys { generation, keys, virtual_keys }) => {
+            assert_eq!(
+                (keys.len(), keys[0].name.as_str(), keys[0].secret.expose()),
+                (1, "openai-prod", key)
+            );
+            assert!(virtual_keys.is_empty());
+            generation
+        }
+        other => panic!("expected the keys, got {other:?}"),
+    };
+    dp.send(&Up::KeysAck { generation, keys: 1 });
+    let (code, body) = setter.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["dataplanes"][0]["status"], "applied", "{body}");
+    assert!(!body.contains("DAEMONTESTKEY"), "{body}");
+    for path in ["/v1/keys", "/v1/audit"] {
+        let (code, body) = call(&d, "GET", path, Some(ADMIN), None);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("openai-prod") && !body.contains("DAEMONTESTKEY"), "{path}: {body}");
+    }
     let (_, body) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
     let st = json(&body);
     assert_eq!(st["dataplanes"][0]["name"], "dp-test");

@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// Version of the messages below. Bumped on any incompatible change.
-pub const PROTO_VERSION: u32 = 1;
+/// Version of the messages below. Bumped on any incompatible change (2: [`Down::Keys`],
+/// which a version-1 data plane could not read).
+pub const PROTO_VERSION: u32 = 2;
 
 /// Largest frame either side accepts (a policy with large dictionaries, or a batch of
 /// records). A longer length prefix is an error, not an allocation.
