@@ -173,14 +173,7 @@ impl Links {
         let generation = self.key_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let msg = Down::Keys { generation, keys, virtual_keys };
         let answers = self.fan_out(&msg, wait, |s, tx| s.key_waiters.push((generation, tx))).await;
-        answers
-            .into_iter()
-            .map(|(dataplane, a)| PushResult {
-                dataplane,
-                status: if a.is_some() { "applied" } else { "no answer" },
-                error: None,
-            })
-            .collect()
+        acknowledged(answers)
     }
 
     /// Sends the identity feed to every connected data plane without waiting (expiry).
@@ -205,15 +198,20 @@ impl Links {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let msg = Down::Identities { generation, entries: entries.to_vec() };
         let answers = self.fan_out(&msg, wait, |s, tx| s.feed_waiters.push((generation, tx))).await;
-        answers
-            .into_iter()
-            .map(|(dataplane, a)| PushResult {
-                dataplane,
-                status: if a.is_some() { "applied" } else { "no answer" },
-                error: None,
-            })
-            .collect()
+        acknowledged(answers)
     }
+}
+
+/// Each data plane's answer to a push that cannot be refused: applied, or no answer in time.
+fn acknowledged<T>(answers: Vec<(String, Option<T>)>) -> Vec<PushResult> {
+    answers
+        .into_iter()
+        .map(|(dataplane, a)| PushResult {
+            dataplane,
+            status: if a.is_some() { "applied" } else { "no answer" },
+            error: None,
+        })
+        .collect()
 }
 
 /// Binds `path` (replacing a stale socket file; mode 0600) and serves data planes forever.

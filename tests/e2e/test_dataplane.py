@@ -637,6 +637,17 @@ class Failover(unittest.TestCase):
         self.start("closed")
         restarted_with_stats(time.time() * 1000)
 
+    def outage_record(self, killed_ms):
+        """The first stats record of the data plane after the kill at `killed_ms`: its outage."""
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
+                        and r["outage"]["last_beat_ms"] > killed_ms - 1000), None)
+            if rec is not None:
+                return rec
+            time.sleep(0.5)
+        raise AssertionError("no stats record of the outage")
+
     def test_open_joins_the_ports_and_holds_ai_destinations(self):
         self.start("open")
         on("alice", "getent", "ahosts", "api.openai.com")  # learned: held in bypass
@@ -671,12 +682,7 @@ class Failover(unittest.TestCase):
                   for w in ("starting", "forwarding"))
         print("  restart to enforcing (the log's starting to forwarding): %.0f ms" % ((t1 - t0) * 1000))
         self.assertLess(t1 - t0, 5)
-        rec, deadline = None, time.time() + 20
-        while rec is None and time.time() < deadline:
-            rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
-                        and r["outage"]["last_beat_ms"] > killed_ms - 1000), None)
-            time.sleep(0.5)
-        self.assertIsNotNone(rec, "no stats record of the outage")
+        rec = self.outage_record(killed_ms)
         self.assertEqual(rec["on_failure"], "open")
         self.assertEqual(rec["outage"]["on_failure"], "open")
         self.assertLess(rec["outage"]["began_ms"], rec["outage"]["ended_ms"])
@@ -761,12 +767,7 @@ class Failover(unittest.TestCase):
         on("alice", "ping", "-c", "3", "-i", "0.2", "-W", "1", "198.51.100.80")
         # The next data plane records the outage: nothing passed, what came was refused.
         self.start("closed")
-        rec, deadline = None, time.time() + 20
-        while rec is None and time.time() < deadline:
-            rec = next((r for r in local_records() if r.get("type") == "stats" and "outage" in r
-                        and r["outage"]["last_beat_ms"] > killed_ms - 1000), None)
-            time.sleep(0.5)
-        self.assertIsNotNone(rec, "no stats record of the outage")
+        rec = self.outage_record(killed_ms)
         o = rec["outage"]
         print("\n  closed outage: %s" % json.dumps(o))
         self.assertEqual((rec["on_failure"], o["on_failure"]), ("closed", "closed"))
