@@ -29,17 +29,21 @@ pub fn routes() -> Router<Shared> {
 fn refused(e: KeyError) -> Response {
     match e {
         KeyError::Invalid(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
+        KeyError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         e => internal(e),
     }
 }
 
-/// Applies `change` to the key store, audits it, pushes the keys to the data planes.
+/// Applies `change` to the key store, audits it, pushes the keys to the data planes. Changes
+/// are serialised (with rule pushes), so data planes get them in order; a stored change is
+/// always pushed, even if its audit entry could not be written (then the answer is a 500).
 async fn changed<T: serde::Serialize>(
     s: &Shared,
     caller: &Caller,
     action: &str,
     change: impl FnOnce(&mut KeyStore) -> Result<(T, String), KeyError>,
 ) -> Response {
+    let _order = s.push_lock.lock().await;
     let (shown, detail) = match change(&mut s.keys.lock().unwrap_or_else(|p| p.into_inner())) {
         Ok(v) => v,
         Err(e) => return refused(e),
@@ -50,14 +54,13 @@ async fn changed<T: serde::Serialize>(
         &detail,
         None,
     );
-    if let Err(e) = audit {
-        return internal(e);
-    }
-    let (keys, virtual_keys) = match s.key_push() {
-        Ok(k) => k,
+    let pushed = match s.key_push() {
+        Ok((keys, virtual_keys)) => s.links.push_keys_acked(keys, virtual_keys, PUSH_WAIT).await,
         Err(e) => return internal(e),
     };
-    let pushed = s.links.push_keys_acked(keys, virtual_keys, PUSH_WAIT).await;
+    if let Err(e) = audit {
+        return internal(format!("{action} {detail}: stored and pushed, not audited: {e}"));
+    }
     axum::Json(json!({ "result": shown, "dataplanes": pushed })).into_response()
 }
 
@@ -100,14 +103,10 @@ async fn remove(State(s): State<Shared>, h: HeaderMap, Path(name): Path<String>)
         Ok(c) => c,
         Err(r) => return r,
     };
-    let gone = s.keys.lock().unwrap_or_else(|p| p.into_inner()).has(&name);
-    match gone {
-        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no key named `{name}`")),
-        Err(e) => return internal(e),
-        Ok(true) => {}
-    }
     changed(&s, &caller, "keys.delete", |k| {
-        k.delete(&name)?;
+        if !k.delete(&name)? {
+            return Err(KeyError::NotFound(format!("no key named `{name}`")));
+        }
         Ok((json!({ "deleted": name }), name.clone()))
     })
     .await
@@ -150,15 +149,11 @@ async fn revoke(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -
         Ok(c) => c,
         Err(r) => return r,
     };
-    let found = s.keys.lock().unwrap_or_else(|p| p.into_inner()).revoke(&id);
-    match found {
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no virtual key `{id}` in force")),
-        Err(e) => internal(e),
-        Ok(true) => {
-            changed(&s, &caller, "keys.virtual.revoke", |_| {
-                Ok((json!({ "revoked": id }), id.clone()))
-            })
-            .await
+    changed(&s, &caller, "keys.virtual.revoke", |k| {
+        if !k.revoke(&id)? {
+            return Err(KeyError::NotFound(format!("no virtual key `{id}` in force")));
         }
-    }
+        Ok((json!({ "revoked": id }), id.clone()))
+    })
+    .await
 }

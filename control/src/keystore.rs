@@ -44,6 +44,9 @@ pub enum KeyError {
     /// A name or key the caller gave is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// No such key.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// A provider key as listings show it: never the key.
@@ -125,7 +128,9 @@ fn kek(path: &Path, rng: &SystemRandom) -> Result<LessSafeKey, KeyError> {
 
 /// Checks a provider key's name (as rules may name it).
 fn check_name(name: &str) -> Result<(), KeyError> {
-    let ok = !name.is_empty()
+    // (`virtual` is the path of the virtual keys' routes.)
+    let ok = name != "virtual"
+        && !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
     if ok {
@@ -141,7 +146,6 @@ impl KeyStore {
     /// Opens (creating) the store at `db` with the key-encryption key at `kek_path`.
     pub fn open(db: &Path, kek_path: &Path) -> Result<KeyStore, KeyError> {
         let rng = SystemRandom::new();
-        let kek = kek(kek_path, &rng)?;
         let db = Connection::open(db)?;
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -152,6 +156,19 @@ impl KeyStore {
                  id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
                  identity TEXT, created_ms INTEGER NOT NULL, revoked_ms INTEGER);",
         )?;
+        let sealed: i64 = db.query_row("SELECT count(*) FROM keys", [], |r| r.get(0))?;
+        if sealed > 0 && !kek_path.exists() {
+            // A new key-encryption key would open none of them: refuse rather than start
+            // with keys that can never be pushed.
+            return Err(KeyError::Kek {
+                path: kek_path.display().to_string(),
+                why: format!(
+                    "missing while {sealed} sealed keys exist: restore it (or remove the keys \
+                     database and store the keys again)"
+                ),
+            });
+        }
+        let kek = kek(kek_path, &rng)?;
         Ok(KeyStore { db, kek, rng })
     }
 
@@ -211,7 +228,8 @@ impl KeyStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The provider keys, unsealed, for the data planes (and nothing else).
+    /// The provider keys, unsealed, for the data planes (and nothing else). A key that does
+    /// not open is left out and logged (the others, and every virtual key, still go).
     pub fn secrets(&self) -> Result<Vec<BrokerKey>, KeyError> {
         let mut st = self.db.prepare("SELECT name, nonce, sealed FROM keys ORDER BY name")?;
         let rows = st.query_map([], |r| {
@@ -219,19 +237,23 @@ impl KeyStore {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, nonce, mut sealed) = row?;
-            let nonce = Nonce::try_assume_unique_for_key(&nonce)
-                .map_err(|_| KeyError::Unseal(name.clone()))?;
-            let plain = self
-                .kek
-                .open_in_place(nonce, Aad::from(name.as_bytes()), &mut sealed)
-                .map_err(|_| KeyError::Unseal(name.clone()))?;
-            let secret =
-                String::from_utf8(plain.to_vec()).map_err(|_| KeyError::Unseal(name.clone()))?;
-            zeroize::Zeroize::zeroize(&mut sealed);
-            out.push(BrokerKey { name, secret: Secret::new(secret) });
+            let (name, nonce, sealed) = row?;
+            match self.unseal(&name, &nonce, sealed) {
+                Some(secret) => out.push(BrokerKey { name, secret }),
+                None => tracing::error!(key = %name, "{}", KeyError::Unseal(name.clone())),
+            }
         }
         Ok(out)
+    }
+
+    fn unseal(&self, name: &str, nonce: &[u8], mut sealed: Vec<u8>) -> Option<Secret> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let secret =
+            self.kek.open_in_place(nonce, Aad::from(name.as_bytes()), &mut sealed).ok().and_then(
+                |plain| std::str::from_utf8(plain).ok().map(|s| Secret::new(s.to_owned())),
+            );
+        zeroize::Zeroize::zeroize(&mut sealed);
+        secret
     }
 
     /// Issues a virtual key for `user` (usable only from `identity` when given): its record
@@ -356,9 +378,14 @@ mod tests {
         }
         let mode = std::fs::metadata(dir.join("keys.kek")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        // Another key-encryption key opens nothing.
+        // Another key-encryption key opens nothing; none at all is refused while sealed keys
+        // exist (a new one would open none of them).
         std::fs::write(dir.join("keys.kek"), [7u8; 32]).unwrap();
-        assert!(matches!(store(&dir).secrets(), Err(KeyError::Unseal(_))));
+        assert!(store(&dir).secrets().unwrap().is_empty());
+        std::fs::remove_file(dir.join("keys.kek")).unwrap();
+        let refused = KeyStore::open(&dir.join("keys.db"), &dir.join("keys.kek"));
+        assert!(matches!(refused, Err(KeyError::Kek { .. })));
+        assert!(!dir.join("keys.kek").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -373,6 +400,7 @@ mod tests {
         assert!(matches!(s.set("bad name", "x", "a"), Err(KeyError::Invalid(_))));
         assert!(matches!(s.set("k", "line\nbreak", "a"), Err(KeyError::Invalid(_))));
         assert!(matches!(s.set("k", "  ", "a"), Err(KeyError::Invalid(_))));
+        assert!(matches!(s.set("virtual", "sk-x", "a"), Err(KeyError::Invalid(_))));
         assert!(s.delete("k").unwrap());
         assert!(!s.delete("k").unwrap());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -162,15 +162,40 @@ impl Links {
             .collect()
     }
 
+    /// A new key generation, after the change it numbers is stored: above every earlier one,
+    /// across restarts too (at least the time in ms), since a data plane keeps the highest it
+    /// took and ignores older pushes (two pushes may cross on their way).
+    fn next_key_generation(&self) -> u64 {
+        let now = now_ms();
+        let mut g = self.key_generation.load(Ordering::SeqCst);
+        loop {
+            let next = (g + 1).max(now);
+            match self.key_generation.compare_exchange(g, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(seen) => g = seen,
+            }
+        }
+    }
+
+    /// The key generation of what is stored now, read before the keys are (for a connect).
+    fn current_key_generation(&self) -> u64 {
+        match self.key_generation.load(Ordering::SeqCst) {
+            0 => self.next_key_generation(),
+            g => g,
+        }
+    }
+
     /// Sends the brokered keys to every connected data plane and waits up to `wait` for
-    /// their acknowledgements: once answered, the next request uses them.
+    /// their acknowledgements: once answered, the next request uses them. Call it after the
+    /// change is stored, with a snapshot read after it.
     pub async fn push_keys_acked(
         &self,
         keys: Vec<BrokerKey>,
         virtual_keys: Vec<VirtualKey>,
         wait: Duration,
     ) -> Vec<PushResult> {
-        let generation = self.key_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let generation = self.next_key_generation();
         let msg = Down::Keys { generation, keys, virtual_keys };
         let answers = self.fan_out(&msg, wait, |s, tx| s.key_waiters.push((generation, tx))).await;
         acknowledged(answers)
@@ -338,9 +363,11 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         let generation = links.generation.load(Ordering::Relaxed);
         let _ = tx.send(Down::Identities { generation, entries });
     }
+    // The generation before the keys: a change stored meanwhile gets a higher one, and the
+    // data plane keeps whichever of the two is higher.
+    let generation = links.current_key_generation();
     match state.key_push() {
         Ok((keys, virtual_keys)) => {
-            let generation = links.key_generation.load(Ordering::Relaxed);
             let _ = tx.send(Down::Keys { generation, keys, virtual_keys });
         }
         Err(e) => tracing::error!(dataplane = %name, "brokered keys not sent: {e}"),

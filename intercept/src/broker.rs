@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use sluice_link::{BrokerKey, Secret, VirtualKey};
 
 use crate::block::Refusal;
-use crate::phases::{Headers, RequestView, Session};
+use crate::phases::{Headers, RequestCtx, RequestView, Session};
 use crate::record::RequestRecord;
 
 /// The key ring, swapped whole by its owner when control pushes keys.
@@ -118,32 +118,101 @@ pub fn looks_real(key: &str) -> bool {
         || (key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Headers that carry a credential some provider reads, besides the one brokered: refused
+/// where a key is brokered (the client's own key would reach the server beside it).
+const OTHER_CREDENTIALS: [&str; 2] = ["x-api-key", "ocp-apim-subscription-key"];
+
+/// The WebSocket subprotocol by which browsers pass a key to the Realtime API.
+const WS_KEY_PROTOCOL: &str = "openai-insecure-api-key.";
+
+/// The keys a `Sec-WebSocket-Protocol` offer carries, and the offer without them.
+fn ws_protocols(headers: &dyn Headers) -> (Vec<String>, Vec<String>) {
+    let offer = headers
+        .header("sec-websocket-protocol")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("");
+    let (keys, rest): (Vec<&str>, Vec<&str>) =
+        offer.split(',').map(str::trim).filter(|p| !p.is_empty()).partition(|p| {
+            p.len() > WS_KEY_PROTOCOL.len()
+                && p[..WS_KEY_PROTOCOL.len()].eq_ignore_ascii_case(WS_KEY_PROTOCOL)
+        });
+    (
+        keys.iter().map(|k| k[WS_KEY_PROTOCOL.len()..].to_owned()).collect(),
+        rest.into_iter().map(str::to_owned).collect(),
+    )
+}
+
+/// Whether a request target's query names an `api-key` (Azure OpenAI reads one there).
+fn key_in_query(target: &str) -> bool {
+    let Some((_, q)) = target.split_once('?') else { return false };
+    q.split('&').any(|kv| {
+        let name = kv.split('=').next().unwrap_or("");
+        name.eq_ignore_ascii_case("api-key") || name.eq_ignore_ascii_case("api%2Dkey")
+    })
+}
+
 impl Session {
-    /// A request's credential in its record: a virtual key names its user and its id.
+    /// A request's credential in its record: a virtual key names its user and its id (on a
+    /// rule that brokers; elsewhere it is a placeholder like any other).
     pub(crate) fn note_credential(&self, req: &RequestView<'_>, rec: &mut RequestRecord) {
+        if self.headers.broker.is_none() {
+            return;
+        }
         let Some((_, key)) = presented(req.headers) else { return };
-        if let Some(v) = self.keys.load().virtual_key(key) {
+        if let Some(v) = self.keys.load().virtual_key(key)
+            && v.identity.as_ref().is_none_or(|id| *id == self.identity)
+        {
             rec.user = Some(v.user.clone());
             rec.virtual_key = Some(v.id.clone());
         }
     }
 
-    /// Phase 2, for a rule that brokers a key: the key must be held, a virtual key used from
-    /// its identity, and a real provider key is refused unless the rule swaps it.
-    pub(crate) fn broker_filter(&self, req: &RequestView<'_>) -> Result<(), Refusal> {
+    /// Phase 2, for a rule that brokers a key: what would step around the broker is refused
+    /// (both credential headers, another provider's credential header, a key in the query,
+    /// a real provider key unless the rule swaps it, a virtual key from another identity), and
+    /// the key must be held. The header that will carry it is taken now, so phase 4 sends
+    /// exactly what was checked.
+    pub(crate) fn broker_filter(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
         let Some(b) = &self.headers.broker else { return Ok(()) };
         let rule = self.rule.as_deref();
+        let bad = |code, message: &str| Refusal {
+            status: 400,
+            code,
+            message: message.into(),
+            rule: self.rule.clone(),
+        };
         if req.headers.header("authorization").is_some() && req.headers.header("api-key").is_some()
         {
-            return Err(Refusal {
-                status: 400,
-                code: "ambiguous_request",
-                message: "the request carries both an Authorization and an api-key header".into(),
-                rule: self.rule.clone(),
-            });
+            return Err(bad(
+                "ambiguous_request",
+                "the request carries both an Authorization and an api-key header",
+            ));
+        }
+        if let Some(h) = OTHER_CREDENTIALS.iter().find(|h| req.headers.header(h).is_some()) {
+            return Err(bad(
+                "credential_not_brokered",
+                &format!("the appliance holds the key for this service: remove the {h} header"),
+            ));
+        }
+        if key_in_query(req.target) {
+            return Err(bad(
+                "credential_not_brokered",
+                "the appliance holds the key for this service: remove api-key from the query",
+            ));
+        }
+        let (ws_keys, ws_rest) = ws_protocols(req.headers);
+        if !ws_keys.is_empty() && ws_rest.is_empty() {
+            return Err(bad(
+                "credential_not_brokered",
+                "the WebSocket upgrade offers only a key as its subprotocol",
+            ));
         }
         let ring = self.keys.load();
-        if ring.key(&b.key).is_none() {
+        let Some(secret) = ring.key(&b.key) else {
             return Err(Refusal {
                 status: 503,
                 code: "broker_key_unavailable",
@@ -154,44 +223,51 @@ impl Session {
                 ),
                 rule: self.rule.clone(),
             });
-        }
-        let Some((_, key)) = presented(req.headers) else { return Ok(()) };
-        if let Some(v) = ring.virtual_key(key) {
-            return match &v.identity {
-                Some(id) if *id != self.identity => Err(Refusal::forbidden(
-                    "virtual_key_identity",
-                    format!("this virtual key may be used only from identity `{id}`"),
+        };
+        let header = presented(req.headers);
+        let keys = header.map(|(_, k)| k.to_owned()).into_iter().chain(ws_keys);
+        for key in keys {
+            if let Some(v) = ring.virtual_key(&key) {
+                match &v.identity {
+                    Some(id) if *id != self.identity => {
+                        return Err(Refusal::forbidden(
+                            "virtual_key_identity",
+                            format!("this virtual key may be used only from identity `{id}`"),
+                            rule,
+                        ));
+                    }
+                    _ => continue,
+                }
+            }
+            if looks_real(&key) && !b.swap_real_keys {
+                return Err(Refusal::forbidden(
+                    "real_key_refused",
+                    "the appliance holds the key for this service: send a placeholder or your \
+                     virtual key, not a provider key",
                     rule,
-                )),
-                _ => Ok(()),
-            };
+                ));
+            }
         }
-        if looks_real(key) && !b.swap_real_keys {
-            return Err(Refusal::forbidden(
-                "real_key_refused",
-                "the appliance holds the key for this service: send a placeholder or your \
-                 virtual key, not a provider key",
-                rule,
-            ));
+        ctx.brokered = Some(match header {
+            Some((CredentialHeader::ApiKey, _)) => ("api-key", secret.expose().to_owned()),
+            _ => ("authorization", format!("Bearer {}", secret.expose())),
+        });
+        if req.headers.header("sec-websocket-protocol").is_some() {
+            ctx.ws_protocols = Some(ws_rest.join(", "));
         }
+        ctx.rec.broker_key = Some(b.key.clone());
         Ok(())
     }
 
-    /// Phase 4, for a rule that brokers a key: the header that carries it upstream (the one
-    /// the client used, `Authorization` when none). The record names the key, never holds it.
-    pub(crate) fn broker_header(
-        &self,
-        req: &RequestView<'_>,
-        rec: &mut RequestRecord,
-    ) -> Option<(&'static str, String)> {
-        let b = self.headers.broker.as_ref()?;
-        let ring = self.keys.load();
-        let secret = ring.key(&b.key)?;
-        rec.broker_key = Some(b.key.clone());
-        Some(match presented(req.headers) {
-            Some((CredentialHeader::ApiKey, _)) => ("api-key", secret.expose().to_owned()),
-            _ => ("authorization", format!("Bearer {}", secret.expose())),
-        })
+    /// Phase 4, for a rule that brokers a key: the headers that carry it upstream (the one
+    /// the client used, `Authorization` when none), as phase 2 took them; and the WebSocket
+    /// offer without keys. The record names the key, never holds it.
+    pub(crate) fn broker_headers(&self, ctx: &mut RequestCtx) -> Vec<(&'static str, String)> {
+        let mut out: Vec<(&'static str, String)> = ctx.brokered.take().into_iter().collect();
+        if let Some(p) = ctx.ws_protocols.take() {
+            out.push(("sec-websocket-protocol", p));
+        }
+        out
     }
 }
 

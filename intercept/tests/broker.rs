@@ -113,3 +113,57 @@ async fn a_key_the_appliance_does_not_hold_fails_closed_and_a_rotation_applies_n
     let o = send(s, &get(""), b"").await;
     assert!(String::from_utf8_lossy(&o.upstream).contains("ROTATEDROTATED"));
 }
+
+#[tokio::test]
+async fn credentials_beside_the_brokered_one_are_refused_or_stripped() {
+    // Another provider's credential header, a key in the query: refused (400).
+    for head in [
+        get("Authorization: Bearer placeholder\r\nx-api-key: sk-ant-SOMEONESKEYSOMEONESKEY\r\n"),
+        get("Ocp-Apim-Subscription-Key: 0123\r\n"),
+        "GET /v1/models?api-key=0123456789abcdef0123456789abcdef HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"
+            .to_owned(),
+        "GET /v1/models?x=1&API-KEY=abc HTTP/1.1\r\nHost: api.openai.com\r\n\r\n".to_owned(),
+    ] {
+        let o = send(brokered(true), &head, b"").await;
+        assert!(o.upstream.is_empty(), "{head}");
+        assert_eq!(o.record.code, Some("credential_not_brokered"), "{head}");
+    }
+    // A Realtime upgrade passing a key as a subprotocol: a real one is refused, a placeholder
+    // is taken out of the offer and the brokered key goes in Authorization.
+    let ws = |protocols: &str| {
+        format!(
+            "GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocols}\r\n\r\n"
+        )
+    };
+    let o = send(
+        brokered(false),
+        &ws("realtime, openai-insecure-api-key.sk-proj-MINEMINEMINEMINEMINE"),
+        b"",
+    )
+    .await;
+    assert!(o.upstream.is_empty());
+    assert_eq!(o.record.code, Some("real_key_refused"));
+    let o = send(
+        brokered(false),
+        &ws("realtime, openai-insecure-api-key.placeholder, openai-beta.realtime-v1"),
+        b"",
+    )
+    .await;
+    let up = String::from_utf8_lossy(&o.upstream);
+    assert!(up.contains("sec-websocket-protocol: realtime, openai-beta.realtime-v1\r\n"), "{up}");
+    assert!(
+        up.contains(&format!("authorization: Bearer {REAL}\r\n")) && !up.contains("placeholder"),
+        "{up}"
+    );
+    let o = send(brokered(false), &ws("openai-insecure-api-key.placeholder"), b"").await;
+    assert!(o.upstream.is_empty());
+    assert_eq!(o.record.code, Some("credential_not_brokered"));
+}
+
+#[tokio::test]
+async fn a_virtual_key_names_nobody_where_nothing_is_brokered() {
+    let mut s = session("api.openai.com");
+    s.keys = ring(REAL);
+    let o = send(s, &get(&format!("Authorization: Bearer {VIRTUAL}\r\n")), b"").await;
+    assert_eq!((o.record.user, o.record.virtual_key, o.record.broker_key), (None, None, None));
+}

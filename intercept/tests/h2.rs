@@ -559,3 +559,46 @@ async fn a_trickled_body_runs_out_of_time() {
     assert_eq!(recs[0].code, Some("body_timeout"));
     assert!(lab.log.lock().unwrap().is_empty(), "nothing reached the server");
 }
+
+/// Key brokering over HTTP/2: the client's placeholder is replaced by the brokered key (sent
+/// never-indexed), and a credential in the request's trailers does not go up beside it.
+#[tokio::test]
+async fn a_brokered_key_replaces_the_credential_and_trailers_lose_theirs() {
+    let mut s = session();
+    s.headers.broker =
+        Some(sluice_rules::BrokerPolicy { key: "prod".into(), swap_real_keys: false });
+    s.keys = Arc::new(arc_swap::ArcSwap::from_pointee(sluice_intercept::broker::KeyRing::new(
+        1,
+        vec![sluice_link::BrokerKey {
+            name: "prod".into(),
+            secret: sluice_link::Secret::new("sk-proj-H2BROKEREDKEYH2BROKERED".into()),
+        }],
+        Vec::new(),
+    )));
+    let lab = start(s, Server::H2).await;
+    let mut t = HeaderMap::new();
+    t.insert("authorization", HeaderValue::from_static("Bearer sk-proj-SMUGGLEDSMUGGLEDSMUGGLED"));
+    t.insert("x-other", HeaderValue::from_static("kept"));
+    let frames =
+        vec![Ok(Frame::data(Bytes::from_static(CLEAN.as_bytes()))), Ok(Frame::trailers(t))];
+    let req = Request::builder()
+        .method("POST")
+        .uri("https://api.openai.com/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer placeholder")
+        .body(StreamBody::new(futures_stream(frames)).boxed())
+        .unwrap();
+    let (status, _, _, _) = send(&lab.client, req).await;
+    assert_eq!(status, 200);
+    let seen = lab.log.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen.headers.get("authorization").unwrap(),
+        "Bearer sk-proj-H2BROKEREDKEYH2BROKERED"
+    );
+    assert_eq!(seen.headers.get_all("authorization").iter().count(), 1);
+    let trailers = seen.trailers.expect("request trailers");
+    assert!(trailers.get("authorization").is_none(), "{trailers:?}");
+    assert_eq!(trailers.get("x-other").unwrap(), "kept");
+    let rec = records(&lab.records, 1).await;
+    assert_eq!(rec[0].broker_key.as_deref(), Some("prod"));
+}

@@ -319,11 +319,19 @@ fn serve(
                     send(&mut stream, &Up::IdentitiesAck { generation, entries: entries.len() })?;
                 }
                 Down::Keys { generation, keys, virtual_keys } => {
-                    let ring =
-                        sluice_intercept::broker::KeyRing::new(generation, keys, virtual_keys);
-                    let n = ring.len();
-                    info!(generation, keys = n, "brokered keys in force (held in memory only)");
-                    enforced.keys.store(Arc::new(ring));
+                    // Two pushes may cross: an older generation than the one in force is
+                    // acknowledged (with the one in force) and dropped.
+                    let held = enforced.keys.load_full();
+                    let (generation, n) = if generation >= held.generation {
+                        let ring =
+                            sluice_intercept::broker::KeyRing::new(generation, keys, virtual_keys);
+                        let n = ring.len();
+                        info!(generation, keys = n, "brokered keys in force (held in memory only)");
+                        enforced.keys.store(Arc::new(ring));
+                        (generation, n)
+                    } else {
+                        (held.generation, held.len())
+                    };
                     send(&mut stream, &Up::KeysAck { generation, keys: n })?;
                 }
                 Down::Ack { upto } => {

@@ -204,7 +204,7 @@ impl Driver<'_> {
         let checked = normalise(&mut head);
         let req = view(&head);
         let mut ctx = s.request(Some(&req));
-        if let Err(r) = checked.and_then(|()| s.request_filter(&req)) {
+        if let Err(r) = checked.and_then(|()| s.request_filter(&req, &mut ctx)) {
             // Drain the body so the client can read the answer, then refuse.
             let _ = read_body(client, cbuf, &head, s.max_body, false).await;
             self.refuse(client, ctx, &r).await?;

@@ -162,7 +162,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
         headers: &parts.headers,
     };
     let mut ctx = s.request(Some(&view));
-    if let Err(r) = s.request_filter(&view) {
+    if let Err(r) = s.request_filter(&view, &mut ctx) {
         return refuse(conn, ctx, &r);
     }
     let Some(up) = conn.upstream.clone() else {
@@ -200,7 +200,15 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             };
             return refuse(conn, ctx, &r);
         }
-        Collected::Whole(data, trailers, held) => {
+        Collected::Whole(data, mut trailers, held) => {
+            if s.headers.broker.is_some()
+                && let Some(t) = trailers.as_mut()
+            {
+                // Credentials in trailers never go up beside a brokered key.
+                for name in ["authorization", "api-key", "x-api-key", "ocp-apim-subscription-key"] {
+                    t.remove(name);
+                }
+            }
             match s.request_body_filter(&view, data, &mut ctx) {
                 Ok(Forward { body, decoded }) => (UpBody::whole(body, trailers), decoded, held),
                 Err(r) => return refuse(conn, ctx, &r),

@@ -159,6 +159,10 @@ pub struct RequestCtx {
     pub html: bool,
     /// The `Sec-WebSocket-Extensions` a server's 101 accepted.
     pub ws_extensions: Option<Vec<u8>>,
+    /// The brokered key's header, taken by phase 2 for phase 4 (never recorded).
+    pub(crate) brokered: Option<(&'static str, String)>,
+    /// The WebSocket subprotocols offered, without keys (brokered rules).
+    pub(crate) ws_protocols: Option<String>,
     started: Instant,
 }
 
@@ -208,12 +212,23 @@ impl Session {
             self.note_credential(r, &mut rec);
         }
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
-        RequestCtx { rec, html, ws_extensions: None, started: Instant::now() }
+        RequestCtx {
+            rec,
+            html,
+            ws_extensions: None,
+            brokered: None,
+            ws_protocols: None,
+            started: Instant::now(),
+        }
     }
 
     /// Phase 2: what the head alone decides. A refusal answers this request (the driver
     /// drains its body first, so the client can read the answer).
-    pub fn request_filter(&self, req: &RequestView<'_>) -> Result<(), Refusal> {
+    pub fn request_filter(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
         if let Some(r) = &self.refuse {
             return Err(r.clone());
         }
@@ -234,7 +249,7 @@ impl Session {
                 rule: self.rule.clone(),
             });
         }
-        self.broker_filter(req)?;
+        self.broker_filter(req, ctx)?;
         let sni = self.sni.strip_suffix('.').unwrap_or(&self.sni);
         if !req.authority.eq_ignore_ascii_case(sni) {
             return Err(Refusal::forbidden(
@@ -381,7 +396,8 @@ impl Session {
     /// Whether a body over the inspection limit is forwarded uninspected: the rule fails open
     /// and has no model allow-list (a model could not be checked in a body never read).
     pub fn streams_uninspected(&self) -> bool {
-        self.fail_open && self.headers.allowed_models.is_empty()
+        // (Not where a key is brokered: a streamed body's trailers would go up unread.)
+        self.fail_open && self.headers.allowed_models.is_empty() && self.headers.broker.is_none()
     }
 
     /// The refusal of a body larger than the inspection limit (without fail-open).
@@ -453,7 +469,7 @@ impl Session {
         ctx.rec.injected.extend(out.iter().map(|(n, _)| *n));
         // The brokered key replaces the client's credential (not listed in `injected`: the
         // record names the key in `broker_key`).
-        out.extend(self.broker_header(req, &mut ctx.rec));
+        out.extend(self.broker_headers(ctx));
         out
     }
 
