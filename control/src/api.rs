@@ -331,7 +331,7 @@ async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64
 
 /// Unix ms from a query value: an integer (unix ms), or a duration back from now (`90s`,
 /// `15m`, `2h`, `7d`).
-fn time_param(v: &str) -> Option<u64> {
+pub(crate) fn time_param(v: &str) -> Option<u64> {
     if let Ok(ms) = v.parse::<u64>() {
         return Some(ms);
     }
@@ -740,6 +740,7 @@ pub const ROUTES: &[&str] = &[
     "DELETE /v1/keys/{name}",
     "POST /v1/keys/virtual",
     "DELETE /v1/keys/virtual/{id}",
+    "GET /v1/usage",
     "GET /metrics",
 ];
 
@@ -763,6 +764,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
         .merge(crate::keys_api::routes())
+        .merge(crate::usage_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

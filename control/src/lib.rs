@@ -22,4 +22,5 @@ pub mod serve;
 pub mod store;
 pub mod syslog;
 pub mod tls;
+pub mod usage_api;
 pub mod utc;

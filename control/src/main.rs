@@ -5,6 +5,7 @@
 
 mod keys_cli;
 mod remote;
+mod usage_cli;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,15 @@ enum Cmd {
     /// The identity feed.
     #[command(subcommand)]
     Identities(IdentCmd),
+    /// Requests and tokens used, as the model's responses said.
+    Usage {
+        /// Counted per `identity`, `user`, `sni`, `model` or `virtual_key`.
+        #[arg(long, default_value = "identity", value_parser = ["identity", "user", "sni", "model", "virtual_key"])]
+        by: String,
+        /// Since (unix ms, or a duration: 15m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
     /// Brokered provider keys and virtual keys (admin).
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -297,6 +307,7 @@ fn main() -> ExitCode {
                 KeysCmd::Revoke { id } => keys_cli::revoke(a, id),
             });
         }
+        Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),
         Cmd::Status => return online(&conn, remote::status),
         Cmd::Ca(CaCmd::Get) => return online(&conn, remote::ca_get),
         Cmd::Completions { shell } => {

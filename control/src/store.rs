@@ -22,6 +22,36 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
 }
 
+/// What usage is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageBy {
+    /// Identity.
+    Identity,
+    /// Feed user (or a virtual key's user).
+    User,
+    /// Destination name.
+    Sni,
+    /// Model.
+    Model,
+    /// Virtual key id.
+    VirtualKey,
+}
+
+/// Requests and tokens of one identity, user, destination, model or virtual key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRow {
+    /// The identity, user, destination, model or key id (`null`: none).
+    pub key: Option<String>,
+    /// Requests.
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cached input tokens.
+    pub cached_tokens: u64,
+}
+
 /// Filters of a flow query; `None` matches anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowFilter {
@@ -229,6 +259,36 @@ impl FlowStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Requests and the tokens their responses said they used since `since_ms`, per value of
+    /// `by` (most tokens first).
+    pub fn usage(&self, since_ms: u64, by: UsageBy) -> Result<Vec<UsageRow>, StoreError> {
+        let key = match by {
+            UsageBy::Identity => "identity",
+            UsageBy::User => "user",
+            UsageBy::Sni => "sni",
+            UsageBy::Model => "json_extract(record, '$.model')",
+            UsageBy::VirtualKey => "json_extract(record, '$.virtual_key')",
+        };
+        let sql = format!(
+            "SELECT {key}, COUNT(*), TOTAL(json_extract(record, '$.input_tokens')),
+                    TOTAL(json_extract(record, '$.output_tokens')),
+                    TOTAL(json_extract(record, '$.cached_tokens'))
+             FROM requests WHERE ts_ms >= ?1 GROUP BY 1
+             ORDER BY 3 + 4 DESC, 2 DESC LIMIT 1000"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([i64::try_from(since_ms).unwrap_or(i64::MAX)], |r| {
+            Ok(UsageRow {
+                key: r.get(0)?,
+                requests: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                input_tokens: r.get::<_, f64>(2)? as u64,
+                output_tokens: r.get::<_, f64>(3)? as u64,
+                cached_tokens: r.get::<_, f64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Flow records matching `f`, newest first, at most `limit`, strictly older than cursor
     /// `before` if given.
     pub fn query(
@@ -433,6 +493,42 @@ mod tests {
             s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(),
             0
         );
+    }
+
+    #[test]
+    fn usage_adds_up_tokens_per_key_since_a_time() {
+        let mut s = FlowStore::open_in_memory().unwrap();
+        let req = |ts: u64, user: &str, model: &str, tokens: Option<(u64, u64)>| {
+            let mut v = json!({"type": "request", "ts_ms": ts, "identity": "finance", "user": user,
+                               "verdict": "allow", "model": model});
+            if let Some((i, o)) = tokens {
+                v["input_tokens"] = json!(i);
+                v["output_tokens"] = json!(o);
+                v["cached_tokens"] = json!(1);
+            }
+            v
+        };
+        let batch = vec![
+            (1, req(100, "alice", "gpt-4o", Some((5, 4)))),
+            (2, req(200, "alice", "gpt-4o-mini", Some((10, 1)))),
+            (3, req(300, "bob", "gpt-4o", None)),
+            (4, req(50, "bob", "gpt-4o", Some((1000, 1000)))),
+        ];
+        s.ingest("dp", &rows("dp", &batch)).unwrap();
+        let by_user = s.usage(100, UsageBy::User).unwrap();
+        assert_eq!(by_user.len(), 2);
+        assert_eq!(
+            (by_user[0].key.as_deref(), by_user[0].requests, by_user[0].input_tokens),
+            (Some("alice"), 2, 15)
+        );
+        assert_eq!((by_user[0].output_tokens, by_user[0].cached_tokens), (5, 2));
+        assert_eq!(
+            (by_user[1].key.as_deref(), by_user[1].requests, by_user[1].input_tokens),
+            (Some("bob"), 1, 0)
+        );
+        let by_model = s.usage(0, UsageBy::Model).unwrap();
+        assert_eq!(by_model[0].key.as_deref(), Some("gpt-4o"));
+        assert_eq!((by_model[0].requests, by_model[0].input_tokens), (3, 1005));
     }
 
     #[test]

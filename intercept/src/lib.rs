@@ -38,6 +38,7 @@ mod pool;
 pub mod record;
 mod replay;
 pub mod tls;
+pub mod usage;
 pub mod verify;
 pub mod ws;
 

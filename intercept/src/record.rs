@@ -133,6 +133,15 @@ pub struct RequestRecord {
     /// The virtual key the client presented (its id, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_key: Option<String>,
+    /// Input tokens the response said it used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Output tokens the response said it used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    /// Input tokens served from the prompt cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
     /// `OpenAI-Organization`.
     pub openai_organization: Option<String>,
     /// `OpenAI-Project`.

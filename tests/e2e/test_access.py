@@ -145,3 +145,50 @@ class Brokering(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Usage(unittest.TestCase):
+    """Token usage read from the model's answers (JSON, a stream with include_usage, the
+    Responses API) lands in request records and adds up in GET /v1/usage and `sluicectl
+    usage`, matching what the mock answered."""
+
+    def test_tokens_are_recorded_and_add_up(self):
+        since = int(time.time() * 1000)
+        tag = secrets.token_hex(4)
+        words = "count these five words %s" % tag
+        code = ("r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':%r}])\n"
+                "print(json.dumps(r.usage.model_dump()))\n"
+                "s = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':%r}],\n"
+                "    stream=True, stream_options={'include_usage': True})\n"
+                "print(json.dumps([c.usage.model_dump() for c in s if c.usage]))\n"
+                "r = client.responses.create(model='gpt-4o-mini', input='hi')\n"
+                "print(json.dumps(r.usage.model_dump()))\n" % (words, words))
+        key = "sk-lab-usage-" + tag
+        r = sdk("alice", code, key=key)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        chat, streamed, responses = (json.loads(line) for line in r.stdout.strip().splitlines()[-3:])
+        self.assertEqual((chat["prompt_tokens"], chat["completion_tokens"]), (5, 4))
+        self.assertEqual(streamed[0]["prompt_tokens"], 5)
+        fp = "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        deadline, mine = time.time() + 20, []
+        while time.time() < deadline and len(mine) < 3:
+            mine = [x for x in (json.loads(l) for l in lab("flows").stdout.splitlines() if l.strip())
+                    if x.get("type") == "request" and x.get("api_key_fp") == fp]
+            time.sleep(0.5)
+        got = sorted((x["path"], x.get("input_tokens"), x.get("output_tokens")) for x in mine)
+        self.assertEqual(got, [("/v1/chat/completions", 5, 4), ("/v1/chat/completions", 5, 4),
+                               ("/v1/responses", 3, 4)])
+        # The store adds them up (with whatever else alice asked since).
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            code_, body = api("GET", "/v1/usage?by=model&since=%d" % since, "SLUICE_ANALYST_TOKEN")
+            self.assertEqual(code_, 200, body)
+            rows = {row["key"]: row for row in json.loads(body)["rows"]}
+            if rows.get("gpt-4o-mini", {}).get("requests", 0) >= 3:
+                break
+            time.sleep(0.5)
+        row = rows["gpt-4o-mini"]
+        self.assertGreaterEqual((row["input_tokens"], row["output_tokens"]), (13, 12), row)
+        out = ctl("usage", "--by", "identity", "--since", "10m", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"finance\s+\d+\s+\d+\s+\d+")

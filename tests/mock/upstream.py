@@ -252,6 +252,11 @@ def respond(name, full_path, body):
                     reply = c.split("reverse:", 1)[1].strip()[::-1]
             pieces = ["Hello", " from", " the", " lab"] if reply == "Hello from the lab" else \
                 [reply[i:i + 7] for i in range(0, len(reply), 7)]
+            # Tokens: a word of the prompt each, a piece of the reply each.
+            words = sum(len(m["content"].split()) for m in req.get("messages") or []
+                        if isinstance(m, dict) and isinstance(m.get("content"), str))
+            usage = {"prompt_tokens": max(words, 1), "completion_tokens": len(pieces),
+                     "total_tokens": max(words, 1) + len(pieces), "prompt_tokens_details": {"cached_tokens": 0}}
             if req.get("stream"):
                 events = []
                 for i, word in enumerate(pieces):
@@ -259,16 +264,21 @@ def respond(name, full_path, body):
                                               "model": model, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
                 events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
                                           "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+                if (req.get("stream_options") or {}).get("include_usage"):
+                    events.append(json.dumps({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": now,
+                                              "model": model, "choices": [], "usage": usage}))
                 events.append("[DONE]")
                 return ("sse", events)
             resp = {"id": "chatcmpl-mock", "object": "chat.completion", "created": now, "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
                                  "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
+                    "usage": usage}
         elif path == "/v1/responses":
             resp = {"id": "resp_mock", "object": "response", "created_at": now, "model": model, "status": "completed",
                     "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
-                                "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}]}
+                                "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}],
+                    "usage": {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,
+                              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 7}}
         elif path == "/v1/completions":
             resp = {"id": "cmpl-mock", "object": "text_completion", "created": now, "model": model,
                     "choices": [{"index": 0, "text": "Hello from the lab", "finish_reason": "stop"}]}

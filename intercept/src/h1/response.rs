@@ -97,13 +97,13 @@ where
             }
             client.write_all(&ubuf[..sent]).await?;
         }
+        ctx.observe(ubuf.get(resp.len..sent).unwrap_or_default());
         ubuf.drain(..sent);
         let body_sent = sent.saturating_sub(resp.len) as u64;
         let head_left = if sent == 0 { resp.len } else { 0 };
         break (resp, body_sent, head_left);
     };
     let (resp, body_sent, mut head_left) = resp;
-    let rec = &mut ctx.rec;
     match resp.framing {
         Framing::Empty => {}
         Framing::Length(n) => {
@@ -115,10 +115,11 @@ where
                 let take = ubuf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                 client.write_all(&ubuf[..take]).await?;
                 client.flush().await?;
+                ctx.observe(&ubuf[..take]);
                 ubuf.drain(..take);
                 left -= take as u64;
             }
-            rec.bytes_in = n;
+            ctx.rec.bytes_in = n;
         }
         Framing::Chunked => {
             // The head, still in `ubuf`, leaves with the chunks read with it: a small answer
@@ -129,6 +130,7 @@ where
                 let p = dec
                     .feed(&ubuf[head_left..], &mut scratch)
                     .map_err(|e| ProxyError::Response(e.to_string()))?;
+                ctx.observe(&scratch);
                 scratch.clear();
                 let out = head_left + p.consumed;
                 client.write_all(&ubuf[..out]).await?;
@@ -142,11 +144,12 @@ where
                     return Err(ProxyError::Truncated);
                 }
             }
-            rec.bytes_in = dec.decoded;
+            ctx.rec.bytes_in = dec.decoded;
         }
         Framing::UntilClose => {
             let mut total = ubuf.len() as u64;
             client.write_all(ubuf).await?;
+            ctx.observe(ubuf);
             ubuf.clear();
             loop {
                 client.flush().await?;
@@ -155,9 +158,10 @@ where
                 }
                 total += ubuf.len() as u64;
                 client.write_all(ubuf).await?;
+                ctx.observe(ubuf);
                 ubuf.clear();
             }
-            rec.bytes_in = total;
+            ctx.rec.bytes_in = total;
         }
     }
     client.flush().await?;
@@ -285,7 +289,6 @@ where
     let Some(m) = session.mask.as_ref() else {
         return Err(ProxyError::Response("no mask".into()));
     };
-    let rec = &mut ctx.rec;
     let mut body = BodyReader::new(resp.framing);
     match plan {
         MaskPlan::Sse => {
@@ -297,7 +300,8 @@ where
             let mut out = Vec::new();
             let mut framed = Vec::new();
             while let Some(data) = body.next(up, ubuf).await? {
-                rec.bytes_in += data.len() as u64;
+                ctx.rec.bytes_in += data.len() as u64;
+                ctx.observe(&data);
                 masker.feed(&data, &mut out);
                 if !out.is_empty() {
                     framed.clear();
@@ -313,7 +317,7 @@ where
             framed.extend_from_slice(LAST_CHUNK);
             client.write_all(&framed).await?;
             client.flush().await?;
-            rec.response_masked.extend(masker.masked.iter().copied());
+            ctx.rec.response_masked.extend(masker.masked.iter().copied());
             Ok(resp.keep_alive)
         }
         MaskPlan::Json => {
@@ -327,7 +331,7 @@ where
             }
             if whole.len() > limit {
                 // Too large to hold: the rest streams unmasked (recorded).
-                rec.reason = Some("response over the inspection limit: not masked".into());
+                ctx.rec.reason = Some("response over the inspection limit: not masked".into());
                 client.write_all(&rewrite_head(raw_head, resp, "connection: close", false)).await?;
                 client.write_all(&whole).await?;
                 while let Some(data) = body.next(up, ubuf).await? {
@@ -336,9 +340,10 @@ where
                 client.flush().await?;
                 return Ok(false);
             }
-            rec.bytes_in = whole.len() as u64;
+            ctx.rec.bytes_in = whole.len() as u64;
+            ctx.observe(&whole);
             let masked = mask::json(m, whole, resp.header("content-encoding"), limit);
-            rec.response_masked.extend(masked.masked);
+            ctx.rec.response_masked.extend(masked.masked);
             let length = format!("content-length: {}", masked.body.len());
             let mut out = rewrite_head(raw_head, resp, &length, masked.decoded);
             // The head goes with the body: one TLS record and one write for a small answer.

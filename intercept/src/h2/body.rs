@@ -163,6 +163,9 @@ impl Body for ClientBody {
                     && let Some(d) = f.data_ref()
                 {
                     finish.bytes += d.len() as u64;
+                    if let Some(ctx) = finish.ctx() {
+                        ctx.observe(d);
+                    }
                 }
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }

@@ -333,6 +333,9 @@ async fn pump_sse(
         match frame.into_data() {
             Ok(d) => {
                 finish.bytes += d.len() as u64;
+                if let Some(ctx) = finish.ctx() {
+                    ctx.observe(&d);
+                }
                 masker.feed(&d, &mut out);
                 if !out.is_empty()
                     && tx
@@ -388,6 +391,9 @@ async fn mask_json(
         }
     }
     finish.bytes = whole.len() as u64;
+    if let Some(ctx) = finish.ctx() {
+        ctx.observe(&whole);
+    }
     if whole.len() > limit {
         if let Some(ctx) = finish.ctx() {
             ctx.rec.reason = Some("response over the inspection limit: not masked".into());

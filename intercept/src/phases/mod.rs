@@ -28,6 +28,7 @@ use crate::dlp::{self, Dlp};
 use crate::mask::{self, MaskPlan};
 use crate::model::{ModelError, model_of};
 use crate::record::RequestRecord;
+use crate::usage::Tail;
 
 mod messages;
 
@@ -163,7 +164,18 @@ pub struct RequestCtx {
     pub(crate) brokered: Option<(&'static str, String)>,
     /// The WebSocket subprotocols offered, without keys (brokered rules).
     pub(crate) ws_protocols: Option<String>,
+    /// The response body's end, for its token usage (JSON and event streams).
+    usage: Option<Tail>,
     started: Instant,
+}
+
+impl RequestCtx {
+    /// The next de-framed bytes of the response body (the drivers call it as they relay).
+    pub fn observe(&mut self, bytes: &[u8]) {
+        if let Some(t) = self.usage.as_mut() {
+            t.feed(bytes);
+        }
+    }
 }
 
 /// What goes upstream after the body filter.
@@ -218,6 +230,7 @@ impl Session {
             ws_extensions: None,
             brokered: None,
             ws_protocols: None,
+            usage: None,
             started: Instant::now(),
         }
     }
@@ -448,9 +461,11 @@ impl Session {
         {
             out.push((ORGS_HEADER, v.clone()));
         }
-        // A masked response is read as it streams: asked for without compression (a server
-        // that compresses anyway has its body decoded and masked whole).
-        if self.mask.is_some() && req.headers.header("accept-encoding").is_some() {
+        // A masked response is read as it streams, and a model's answer for its token usage:
+        // asked for without compression (a server that compresses anyway has a masked body
+        // decoded and masked whole, and its usage unread).
+        let answer = req.method.eq_ignore_ascii_case("POST") && req.target.starts_with("/v1/");
+        if (self.mask.is_some() || answer) && req.headers.header("accept-encoding").is_some() {
             out.push(("accept-encoding", "identity".to_owned()));
         }
         // The request filter let a request without its organization (project) through only
@@ -485,6 +500,21 @@ impl Session {
         if status == 101 {
             ctx.ws_extensions = headers.header("sec-websocket-extensions").map(<[u8]>::to_vec);
         }
+        // A model's answer says what it used at its end (an encoded body's end cannot be read).
+        let readable = |ct: &[u8]| {
+            let ct = ct.to_ascii_lowercase();
+            ct.windows(4).any(|w| w == b"json") || ct.starts_with(b"text/event-stream")
+        };
+        let encoded = headers
+            .header("content-encoding")
+            .is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        if has_body
+            && (200..300).contains(&status)
+            && !encoded
+            && headers.header("content-type").is_some_and(readable)
+        {
+            ctx.usage = Some(Tail::default());
+        }
         let m = self.mask.as_ref()?;
         if !has_body || status == 101 {
             return None;
@@ -511,6 +541,11 @@ impl Session {
     /// Phase 7: the finished record.
     pub fn logging(&self, mut ctx: RequestCtx) -> RequestRecord {
         ctx.rec.latency_ms = ctx.started.elapsed().as_millis() as u64;
+        if let Some(u) = ctx.usage.as_ref().and_then(Tail::usage) {
+            ctx.rec.input_tokens = Some(u.input_tokens);
+            ctx.rec.output_tokens = Some(u.output_tokens);
+            ctx.rec.cached_tokens = Some(u.cached_tokens);
+        }
         ctx.rec
     }
 }
