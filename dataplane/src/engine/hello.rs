@@ -4,6 +4,7 @@
 //! evasive flow. A hello riding in a SYN (TCP Fast Open) is decided there.
 
 use super::learned::{self, HELLO_LEARN_TTL};
+use super::track::Ask;
 use super::{Action, Counters, Engine, Seg, Side, Transmit, decide_flow, ech};
 use crate::flow::{Class, Flow, FlowKey, HelloNames, Pending, Shared, TcpState, Verdict};
 use crate::guard::{Guard, Step, hello_span};
@@ -33,7 +34,15 @@ impl Engine {
         let policy = self.policy.load();
         let overlay = self.overlay.load();
         let learned = learned::name(&self.learned, flow.server.0, now);
-        let verdict = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, divert, now);
+        let ask = Ask {
+            policy: &policy,
+            overlay: &overlay,
+            sni: sni.as_deref(),
+            reason: None,
+            divert,
+            now,
+        };
+        let verdict = decide_flow(flow, &ask);
         let mut verdict = ech::decide(&policy, &overlay, flow, learned, verdict, now);
         if verdict == Verdict::Allow {
             verdict = guard_hello(flow, &mut self.counters, t.seq.wrapping_add(1), f.payload);
@@ -125,15 +134,15 @@ impl Engine {
                 let policy = self.policy.load();
                 let overlay = self.overlay.load();
                 let learned = learned::name(&self.learned, flow.server.0, now);
-                let v = decide_flow(
-                    &policy,
-                    &overlay,
-                    flow,
-                    sni.as_deref(),
+                let ask = Ask {
+                    policy: &policy,
+                    overlay: &overlay,
+                    sni: sni.as_deref(),
                     reason,
-                    self.divert.is_some(),
+                    divert: self.divert.is_some(),
                     now,
-                );
+                };
+                let v = decide_flow(flow, &ask);
                 ech::decide(&policy, &overlay, flow, learned, v, now)
             }
         };

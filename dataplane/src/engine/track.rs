@@ -7,19 +7,25 @@ use super::Now;
 use crate::flow::{Flow, TcpState, Verdict};
 use crate::wire::frame::{Frame, Proto, Tcp};
 
+/// What a flow's decision is asked with.
+pub(super) struct Ask<'a> {
+    pub policy: &'a Policy,
+    pub overlay: &'a IdentityOverlay,
+    /// The server name, if known.
+    pub sni: Option<&'a str>,
+    /// Why, when not simply the rule (e.g. not TLS on a TLS port).
+    pub reason: Option<&'static str>,
+    /// The data plane diverts (interception is available).
+    pub divert: bool,
+    pub now: Now,
+}
+
 /// Asks the policy about a flow whose server name is now known, and records the answer.
 ///
 /// With `divert` available, an `inspect` decision for a TCP flow that was not diverted at its
 /// SYN blocks it (the caller resets it and learns the destination: the retry is diverted).
-pub(super) fn decide_flow(
-    policy: &Policy,
-    overlay: &IdentityOverlay,
-    flow: &mut Flow,
-    sni: Option<&str>,
-    reason: Option<&'static str>,
-    divert: bool,
-    now: Now,
-) -> Verdict {
+pub(super) fn decide_flow(flow: &mut Flow, a: &Ask<'_>) -> Verdict {
+    let Ask { policy, overlay, sni, reason, divert, now } = *a;
     let q = Query {
         src: flow.client.0,
         mac: Some(flow.client_mac),

@@ -214,7 +214,15 @@ impl Engine {
                 let sni = flow.class.sni.clone();
                 let overlay = self.overlay.load();
                 let learned = super::learned::name(&self.learned, flow.server.0, now);
-                let v = decide_flow(&policy, &overlay, flow, sni.as_deref(), None, false, now);
+                let ask = super::track::Ask {
+                    policy: &policy,
+                    overlay: &overlay,
+                    sni: sni.as_deref(),
+                    reason: None,
+                    divert: false,
+                    now,
+                };
+                let v = decide_flow(flow, &ask);
                 super::ech::decide(&policy, &overlay, flow, learned, v, now)
             }
             Err(_) => {
