@@ -291,6 +291,15 @@ identities = ["engineering"]
 categories = ["elsewhere"]
 action = "inspect"
 TOML
+# The same with the API key brokered (issue 16): alice's placeholder replaced by a key control
+# holds, pushed over the link.
+sed '0,/^action = "inspect"$/s//action = "inspect"\nbroker_key = "bench"/' "$W/rules.toml" > "$W/rules-broker.toml"
+printf 'sk-proj-benchbrokeredkey0123456789\n' > "$W/bench.key"
+store_bench_key() {
+  curl -sS --fail-with-body --cacert "$STATE/control/state/api.crt" \
+    -H "Authorization: Bearer $(cat "$STATE/control/admin.token")" -X PUT --data-binary "@$W/bench.key" \
+    "$(cat "$STATE/control/url")/v1/keys/bench" >/dev/null
+}
 echo "== $RUNS rounds x ${SECS}s per row, $CONNS connections, 2 KB JSON POSTs (rows take turns round by round)"
 URL=https://bench.lab/v1/chat/completions
 for round in $(seq "$RUNS"); do
@@ -305,6 +314,12 @@ for round in $(seq "$RUNS"); do
   sample_h2 inspect-h2 "sluice inspect, HTTP/2 (h2load)" alice $URL
   sample_bulk inspect-down "sluice inspect, 1 GiB download" alice https://bench.lab down
   sample_bulk inspect-up "sluice inspect, 64 x 8 MB uploads" alice https://bench.lab up
+  if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-broker-ka; then
+    store_bench_key
+    $lab start --rules "$W/rules-broker.toml" >/dev/null
+    sample inspect-broker-ka "sluice inspect, key brokered (k-a)" alice $URL 0
+    grep -q '"broker_key":"bench"' "$STATE/flows.jsonl" || { echo "no brokered request recorded" >&2; exit 1; }
+  fi
   $lab stop >/dev/null
   # The same without the kernel fast path: every diverted packet NAT-ed by the engine.
   SLUICE_DATAPLANE_ARGS="--fast-path off" $lab start --rules "$W/rules.toml" >/dev/null
@@ -353,6 +368,11 @@ per_round() {
   paste -d' ' <(tr ' ' '\n' <<<"${SAMPLES[$1]}" | grep .) <(tr ' ' '\n' <<<"${SAMPLES[$2]}" | grep .) |
     awk '{ printf "%s%.2fx", (NR > 1 ? " / " : ""), $1 / $2 }'
 }
+if [ -n "${RPS[inspect-broker-ka]:-}" ] && [ -n "${RPS[inspect-ka]:-}" ]; then
+  awk -v b="${RPS[inspect-broker-ka]}" -v s="${RPS[inspect-ka]}" \
+    'BEGIN { printf "keep-alive  sluice inspect with the key brokered / without %5.2fx\n", b / s }'
+  echo "  per round: $(per_round inspect-broker-ka inspect-ka)"
+fi
 if [ -n "$ONLY" ]; then exit 0; fi
 echo "== ratios (requests/s)"
 for mode in ka new; do
