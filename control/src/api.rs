@@ -1,6 +1,9 @@
 //! The HTTPS API of `sluice-control` (axum, served over rustls). Every route needs a valid
 //! bearer token (401 otherwise) whose role allows it (403 otherwise); admin actions go to the
-//! audit log.
+//! audit log. This file holds what the routes share (state, authorization, errors), the rule
+//! routes, status, audit and metrics, and the router; the records, the identity feed, the
+//! keys and usage have their own files (`records_api.rs`, `identities_api.rs`,
+//! `keys_api.rs`, `usage_api.rs`).
 //!
 //! Helpers return `Result<_, Response>` so a handler can hand back the refusal as it is; the
 //! error side is a response by design, so its size does not matter.
@@ -22,10 +25,10 @@ use sluice_rules::{Diagnostic, Severity, compile};
 
 use crate::auth::{Caller, Need, Tokens};
 use crate::hub::Hub;
-use crate::identstore::{FeedEntry, IdentStore};
-use crate::link::{Links, PushResult, now_s};
+use crate::identstore::IdentStore;
+use crate::link::{Links, PushResult};
 use crate::rulestore::RuleStore;
-use crate::store::{FlowFilter, FlowStore, Kind};
+use crate::store::{FlowStore, Kind};
 
 /// How long a rule push waits for the data planes' answers.
 pub const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -107,7 +110,7 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 /// The value as JSON, or a 500 for a store error.
-fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -> Response {
+pub(crate) fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -> Response {
     match r {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => internal(e),
@@ -329,327 +332,6 @@ async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64
         .into_response()
 }
 
-/// Unix ms from a query value: an integer (unix ms), or a duration back from now (`90s`,
-/// `15m`, `2h`, `7d`).
-pub(crate) fn time_param(v: &str) -> Option<u64> {
-    if let Ok(ms) = v.parse::<u64>() {
-        return Some(ms);
-    }
-    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(now_s().saturating_sub(secs) * 1000)
-}
-
-/// The filters of a flow or request query (400 on a malformed time).
-fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
-    const KNOWN: [&str; 15] = [
-        "since",
-        "until",
-        "identity",
-        "user",
-        "src",
-        "sni",
-        "category",
-        "verdict",
-        "rule",
-        "detector",
-        "limit",
-        "cursor",
-        "type",
-        "format",
-        "dataplane",
-    ];
-    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
-    }
-    let text = |k: &str| q.get(k).cloned();
-    let ms = |k: &str| match q.get(k) {
-        None => Ok(None),
-        Some(v) => time_param(v).map(Some).ok_or_else(|| {
-            error(StatusCode::BAD_REQUEST, format!("{k}: expected unix ms or a duration like 15m"))
-        }),
-    };
-    Ok(FlowFilter {
-        since_ms: ms("since")?,
-        until_ms: ms("until")?,
-        identity: text("identity"),
-        user: text("user"),
-        src: text("src"),
-        sni: text("sni"),
-        category: text("category"),
-        verdict: text("verdict"),
-        rule: text("rule"),
-        detector: text("detector"),
-        dataplane: text("dataplane"),
-    })
-}
-
-fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
-    let f = match filter(q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    // `format=jsonl`: an export, one record per line, up to 10,000 per call; the cursor of
-    // the next call is in `x-next-cursor`.
-    let jsonl = match q.get("format").map(String::as_str) {
-        None | Some("json") => false,
-        Some("jsonl") => true,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "format is json or jsonl"),
-    };
-    let max = if jsonl { 10_000 } else { 1000 };
-    let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
-        None if jsonl => max,
-        None => 100,
-        Some(Ok(n)) => n.clamp(1, max),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
-    };
-    let cursor = match q.get("cursor").map(|v| v.parse::<i64>()) {
-        None => None,
-        Some(Ok(c)) => Some(c),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "cursor must be a number"),
-    };
-    match lock!(s.flows).query_kind(kind, &f, cursor, limit) {
-        Ok(page) if jsonl => {
-            let mut body = String::new();
-            for r in &page.records {
-                body.push_str(&r.to_string());
-                body.push('\n');
-            }
-            let mut resp = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
-            if let Some(next) = page.next {
-                resp.headers_mut().insert("x-next-cursor", header::HeaderValue::from(next));
-            }
-            resp
-        }
-        Ok(page) => {
-            axum::Json(json!({ "records": page.records, "next_cursor": page.next })).into_response()
-        }
-        Err(e) => internal(e),
-    }
-}
-
-async fn flows(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    records(&s, Kind::Flows, &q)
-}
-
-async fn requests(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    records(&s, Kind::Requests, &q)
-}
-
-/// True when `r` passes the tail's filters (`type`, and the record fields of [`filter`]).
-fn tail_match(r: &Value, q: &HashMap<String, String>, f: &FlowFilter) -> bool {
-    let field = |k: &str, want: &Option<String>| {
-        want.as_deref().is_none_or(|w| r.get(k).and_then(Value::as_str) == Some(w))
-    };
-    q.get("type").is_none_or(|t| r.get("type").and_then(Value::as_str) == Some(t.as_str()))
-        && field("identity", &f.identity)
-        && field("user", &f.user)
-        && field("src", &f.src)
-        && field("sni", &f.sni)
-        && field("category", &f.category)
-        && field("verdict", &f.verdict)
-        && field("rule", &f.rule)
-        && field("dataplane", &f.dataplane)
-        && f.detector.as_deref().is_none_or(|d| {
-            r.get("dlp_findings").and_then(Value::as_array).is_some_and(|a| {
-                a.iter().any(|x| x.get("detector").and_then(Value::as_str) == Some(d))
-            })
-        })
-}
-
-async fn stream(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let f = match filter(&q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let rx = s.hub.subscribe();
-    let events = futures_util::stream::unfold((rx, q, f), |(mut rx, q, f)| async move {
-        loop {
-            let ev = match rx.recv().await {
-                Ok(r) if tail_match(&r, &q, &f) => {
-                    let kind = r.get("type").and_then(Value::as_str).unwrap_or("record");
-                    Event::default().event(kind).data(r.to_string())
-                }
-                Ok(_) => continue,
-                Err(RecvError::Lagged(n)) => {
-                    Event::default().event("lagged").data(json!({ "missed": n }).to_string())
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            return Some((Ok::<_, std::convert::Infallible>(ev), (rx, q, f)));
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
-}
-
-/// The address in a path, or 400.
-fn ip_param(ip: &str) -> Result<std::net::IpAddr, Response> {
-    ip.parse().map_err(|_| error(StatusCode::BAD_REQUEST, format!("`{ip}` is not an IP address")))
-}
-
-/// Stores identity changes, pushes the whole feed to the data planes, audits the call.
-async fn identities_changed(
-    s: &AppState,
-    caller: &Caller,
-    action: &str,
-    detail: &str,
-    change: impl FnOnce(&mut IdentStore) -> Result<(), crate::store::StoreError>,
-) -> Response {
-    let all = {
-        let mut store = lock!(s.identities);
-        if let Err(e) = change(&mut store) {
-            return internal(e);
-        }
-        match store.all() {
-            Ok(a) => a,
-            Err(e) => return internal(e),
-        }
-    };
-    let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
-    if let Err(e) = lock!(s.rules).audit(&caller.name, action, detail, version) {
-        return internal(e);
-    }
-    let pushed = s.links.push_identities_acked(&all, PUSH_WAIT).await;
-    axum::Json(json!({ "entries": all.len(), "dataplanes": pushed })).into_response()
-}
-
-async fn put_identity(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(ip): Path<String>,
-    body: Bytes,
-) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let ip = match ip_param(&ip) {
-        Ok(ip) => ip,
-        Err(r) => return r,
-    };
-    let entry: FeedEntry = match serde_json::from_slice(&body) {
-        Ok(e) => e,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("identity: {e}")),
-    };
-    if entry.ip.is_some_and(|i| i != ip) {
-        return error(StatusCode::BAD_REQUEST, "the body's ip differs from the path's");
-    }
-    let id = match entry.into_identity(ip, now_s()) {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
-    };
-    let detail = format!("{ip} -> {} {:?}", id.user, id.groups);
-    identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false)).await
-}
-
-async fn delete_identity(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Path(ip): Path<String>,
-) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let ip = match ip_param(&ip) {
-        Ok(ip) => ip,
-        Err(r) => return r,
-    };
-    let mut found = true;
-    let r = identities_changed(&s, &caller, "identities.remove", &ip.to_string(), |st| {
-        found = st.remove(ip)?;
-        Ok(())
-    })
-    .await;
-    if !found {
-        return error(StatusCode::NOT_FOUND, format!("no identity for {ip}"));
-    }
-    r
-}
-
-/// `POST /v1/identities`: `{"identities": [{ip, user, groups, ttl}], "replace": false}`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Bulk {
-    identities: Vec<FeedEntry>,
-    #[serde(default)]
-    replace: bool,
-}
-
-async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let bulk: Bulk = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("identities: {e}")),
-    };
-    let now = now_s();
-    let mut ids = Vec::with_capacity(bulk.identities.len());
-    let mut errors = Vec::new();
-    for (i, e) in bulk.identities.into_iter().enumerate() {
-        let Some(ip) = e.ip else {
-            errors.push(format!("identities[{i}]: ip is missing"));
-            continue;
-        };
-        match e.into_identity(ip, now) {
-            Ok(id) => ids.push(id),
-            Err(m) => errors.push(format!("identities[{i}]: {m}")),
-        }
-    }
-    if !errors.is_empty() {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(
-                json!({ "error": "invalid entries; nothing was changed", "errors": errors }),
-            ),
-        )
-            .into_response();
-    }
-    let detail =
-        format!("{} entries{}", ids.len(), if bulk.replace { ", replacing all" } else { "" });
-    identities_changed(&s, &caller, "identities.bulk", &detail, |st| st.set(&ids, bulk.replace))
-        .await
-}
-
-async fn list_identities(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read).or_else(|_| authorize(&s, &h, Need::Feed)) {
-        return r;
-    }
-    reply(lock!(s.identities).all())
-}
-
 async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &h, Need::Read) {
         return r;
@@ -754,15 +436,12 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/rules/history", get(history))
         .route("/v1/rules/diff", get(diff))
         .route("/v1/rules/rollback/{version}", post(rollback))
-        .route("/v1/flows", get(flows))
-        .route("/v1/flows/stream", get(stream))
-        .route("/v1/requests", get(requests))
-        .route("/v1/identities", get(list_identities).post(bulk_identities))
-        .route("/v1/identities/{ip}", axum::routing::put(put_identity).delete(delete_identity))
         .route("/v1/status", get(status))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/audit", get(audit))
         .route("/metrics", get(metrics))
+        .merge(crate::records_api::routes())
+        .merge(crate::identities_api::routes())
         .merge(crate::keys_api::routes())
         .merge(crate::usage_api::routes())
         .fallback(not_found)
@@ -787,15 +466,5 @@ mod tests {
         let mut routes: Vec<String> = ROUTES.iter().map(|r| (*r).to_owned()).collect();
         routes.sort();
         assert_eq!(documented, routes);
-    }
-
-    #[test]
-    fn time_params() {
-        assert_eq!(time_param("1700000000000"), Some(1_700_000_000_000));
-        let m = time_param("15m").unwrap();
-        assert!(m <= now_s() * 1000 - 900_000 + 1000 && m >= now_s() * 1000 - 902_000);
-        for bad in ["", "m", "15x", "-3s", "99999999999999999999d"] {
-            assert_eq!(time_param(bad), None, "{bad}");
-        }
     }
 }

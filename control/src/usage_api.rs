@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{Shared, authorize, error, internal, time_param};
+use crate::api::{Shared, authorize, error, internal};
 use crate::auth::Need;
+use crate::records_api::time_param;
 use crate::store::UsageBy;
 
 /// The usage route.

@@ -1,0 +1,224 @@
+//! The record routes of the API (any reading role): flow and request records with filters,
+//! pages and JSON-lines exports (`GET /v1/flows`, `GET /v1/requests`), and the live tail
+//! (`GET /v1/flows/stream`, server-sent events).
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::api::{AppState, Shared, authorize, error, internal};
+use crate::auth::Need;
+use crate::link::now_s;
+use crate::store::{FlowFilter, Kind};
+
+/// The record routes.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/flows", get(flows))
+        .route("/v1/flows/stream", get(stream))
+        .route("/v1/requests", get(requests))
+}
+
+/// Unix ms from a query value: an integer (unix ms), or a duration back from now (`90s`,
+/// `15m`, `2h`, `7d`).
+pub(crate) fn time_param(v: &str) -> Option<u64> {
+    if let Ok(ms) = v.parse::<u64>() {
+        return Some(ms);
+    }
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(now_s().saturating_sub(secs) * 1000)
+}
+
+/// The filters of a flow or request query (400 on a malformed time).
+fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
+    const KNOWN: [&str; 15] = [
+        "since",
+        "until",
+        "identity",
+        "user",
+        "src",
+        "sni",
+        "category",
+        "verdict",
+        "rule",
+        "detector",
+        "limit",
+        "cursor",
+        "type",
+        "format",
+        "dataplane",
+    ];
+    if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
+    }
+    let text = |k: &str| q.get(k).cloned();
+    let ms = |k: &str| match q.get(k) {
+        None => Ok(None),
+        Some(v) => time_param(v).map(Some).ok_or_else(|| {
+            error(StatusCode::BAD_REQUEST, format!("{k}: expected unix ms or a duration like 15m"))
+        }),
+    };
+    Ok(FlowFilter {
+        since_ms: ms("since")?,
+        until_ms: ms("until")?,
+        identity: text("identity"),
+        user: text("user"),
+        src: text("src"),
+        sni: text("sni"),
+        category: text("category"),
+        verdict: text("verdict"),
+        rule: text("rule"),
+        detector: text("detector"),
+        dataplane: text("dataplane"),
+    })
+}
+
+fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
+    let f = match filter(q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // `format=jsonl`: an export, one record per line, up to 10,000 per call; the cursor of
+    // the next call is in `x-next-cursor`.
+    let jsonl = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("jsonl") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "format is json or jsonl"),
+    };
+    let max = if jsonl { 10_000 } else { 1000 };
+    let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
+        None if jsonl => max,
+        None => 100,
+        Some(Ok(n)) => n.clamp(1, max),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
+    };
+    let cursor = match q.get("cursor").map(|v| v.parse::<i64>()) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "cursor must be a number"),
+    };
+    match s.flows.lock().unwrap_or_else(|p| p.into_inner()).query_kind(kind, &f, cursor, limit) {
+        Ok(page) if jsonl => {
+            let mut body = String::new();
+            for r in &page.records {
+                body.push_str(&r.to_string());
+                body.push('\n');
+            }
+            let mut resp = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+            if let Some(next) = page.next {
+                resp.headers_mut().insert("x-next-cursor", header::HeaderValue::from(next));
+            }
+            resp
+        }
+        Ok(page) => {
+            axum::Json(json!({ "records": page.records, "next_cursor": page.next })).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn flows(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Read) {
+        return r;
+    }
+    records(&s, Kind::Flows, &q)
+}
+
+async fn requests(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Read) {
+        return r;
+    }
+    records(&s, Kind::Requests, &q)
+}
+
+/// True when `r` passes the tail's filters (`type`, and the record fields of [`filter`]).
+fn tail_match(r: &Value, q: &HashMap<String, String>, f: &FlowFilter) -> bool {
+    let field = |k: &str, want: &Option<String>| {
+        want.as_deref().is_none_or(|w| r.get(k).and_then(Value::as_str) == Some(w))
+    };
+    q.get("type").is_none_or(|t| r.get("type").and_then(Value::as_str) == Some(t.as_str()))
+        && field("identity", &f.identity)
+        && field("user", &f.user)
+        && field("src", &f.src)
+        && field("sni", &f.sni)
+        && field("category", &f.category)
+        && field("verdict", &f.verdict)
+        && field("rule", &f.rule)
+        && field("dataplane", &f.dataplane)
+        && f.detector.as_deref().is_none_or(|d| {
+            r.get("dlp_findings").and_then(Value::as_array).is_some_and(|a| {
+                a.iter().any(|x| x.get("detector").and_then(Value::as_str) == Some(d))
+            })
+        })
+}
+
+async fn stream(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    if let Err(r) = authorize(&s, &h, Need::Read) {
+        return r;
+    }
+    let f = match filter(&q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let rx = s.hub.subscribe();
+    let events = futures_util::stream::unfold((rx, q, f), |(mut rx, q, f)| async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(r) if tail_match(&r, &q, &f) => {
+                    let kind = r.get("type").and_then(Value::as_str).unwrap_or("record");
+                    Event::default().event(kind).data(r.to_string())
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    Event::default().event("lagged").data(json!({ "missed": n }).to_string())
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok::<_, std::convert::Infallible>(ev), (rx, q, f)));
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_params() {
+        assert_eq!(time_param("1700000000000"), Some(1_700_000_000_000));
+        let m = time_param("15m").unwrap();
+        assert!(m <= now_s() * 1000 - 900_000 + 1000 && m >= now_s() * 1000 - 902_000);
+        for bad in ["", "m", "15x", "-3s", "99999999999999999999d"] {
+            assert_eq!(time_param(bad), None, "{bad}");
+        }
+    }
+}
