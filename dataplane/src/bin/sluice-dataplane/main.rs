@@ -296,13 +296,16 @@ fn main() -> Result<()> {
     failover::spawn_watch(wd, bypass.clone(), stop.clone())?;
     watchdog::notify("READY=1");
     let mut next_tick = Instant::now() + TICK;
+    // When the engine next needs the clock, as it said at the last write (every write locks
+    // it anyway: no lock of its own for this).
+    let mut engine_at = lock(&engine).poll_timeout();
     while !stop.load(Ordering::Relaxed) {
         // Between ticks and the engine's timers, records are written as soon as they wait (a
         // millisecond apart at most, so a burst is one write); records never keep the timers
         // from running (their own write takes them).
-        let timer = clock.instant(lock(&engine).poll_timeout()).min(next_tick);
+        let timer = clock.instant(engine_at).min(next_tick);
         if wake.wait_until(timer) && Instant::now() < timer {
-            out.write(&engine, &mut |_| {});
+            out.write(&engine, &mut |e: &mut Engine| engine_at = e.poll_timeout());
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
@@ -312,6 +315,7 @@ fn main() -> Result<()> {
             out.write(&engine, &mut |e: &mut Engine| {
                 let now = clock.now();
                 e.handle_timeout(now);
+                engine_at = e.poll_timeout();
                 sent.extend(std::iter::from_fn(|| e.poll_transmit()));
                 offload(e, fast.as_deref(), &mut Vec::new(), now);
             });
@@ -373,6 +377,7 @@ fn main() -> Result<()> {
                 e.counters.fastpath_unmarked = stats.unmarked;
             }
             e.handle_timeout(now);
+            engine_at = e.poll_timeout();
             sent.extend(std::iter::from_fn(|| e.poll_transmit()));
             offload(e, fast.as_deref(), &mut Vec::new(), now);
         });
