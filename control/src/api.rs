@@ -48,6 +48,8 @@ pub struct AppState {
     pub keys: Mutex<crate::keystore::KeyStore>,
     /// The connected data planes.
     pub links: Links,
+    /// The fleet's quota counts, pushed to the data planes.
+    pub quotas: crate::quotas::Totals,
     /// Fan-out of new records (live tail, syslog).
     pub hub: Hub,
     /// Serialises rule pushes so data planes get versions in order.
@@ -76,6 +78,7 @@ impl AppState {
             identities: Mutex::new(identities),
             keys: Mutex::new(keys),
             links: Links::default(),
+            quotas: Default::default(),
             hub,
             push_lock: tokio::sync::Mutex::new(()),
             ca_pem,

@@ -31,6 +31,24 @@ struct Counts {
     /// Per verdict, for flow records [0] and request records [1].
     by_verdict: [BTreeMap<String, u64>; 2],
     by_detector: BTreeMap<String, u64>,
+    /// Requests and tokens of request records, by (identity, user, model).
+    usage: BTreeMap<(String, String, String), Usage>,
+}
+
+/// Most (identity, user, model) series counted; the rest add up under `other`.
+pub const MAX_USAGE_SERIES: usize = 10_000;
+
+/// What the request records of one (identity, user, model) add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Requests.
+    pub requests: u64,
+    /// Input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Cached input tokens.
+    pub cached: u64,
 }
 
 /// Adds `n` to `key`'s count (allocating the key only the first time it is seen).
@@ -70,6 +88,12 @@ impl Hub {
         c.by_detector.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
+    /// Requests and tokens stored since start, by (identity, user, model).
+    pub fn usage(&self) -> Vec<((String, String, String), Usage)> {
+        let c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        c.usage.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// A new tail subscription.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
         self.tail.subscribe()
@@ -93,6 +117,19 @@ impl Hub {
             bump(&mut c.by_verdict[kind], r.verdict.as_deref().unwrap_or(""), 1);
             for (d, n) in &r.findings {
                 bump(&mut c.by_detector, d, *n);
+            }
+            if kind == 1 {
+                let part =
+                    |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().unwrap_or("").to_owned();
+                let mut key = (part(&r.identity), part(&r.user), part(&r.model));
+                if !c.usage.contains_key(&key) && c.usage.len() >= MAX_USAGE_SERIES {
+                    key = ("other".into(), "other".into(), "other".into());
+                }
+                let u = c.usage.entry(key).or_default();
+                u.requests += 1;
+                u.input = u.input.saturating_add(r.tokens.input);
+                u.output = u.output.saturating_add(r.tokens.output);
+                u.cached = u.cached.saturating_add(r.tokens.cached);
             }
         }
         if self.syslog.is_none() && self.tail.receiver_count() == 0 {

@@ -17,6 +17,7 @@ pub mod keys_api;
 pub mod keystore;
 pub mod link;
 pub mod metrics;
+pub mod quotas;
 pub mod record;
 pub mod records_api;
 pub mod rulestore;

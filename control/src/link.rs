@@ -201,6 +201,13 @@ impl Links {
         acknowledged(answers)
     }
 
+    /// Sends the fleet's quota counts to every connected data plane (no answer expected).
+    pub fn push_usage(&self, counts: &[sluice_link::UsageCount]) {
+        for s in lock!(self.sessions).values() {
+            let _ = s.tx.send(Down::Usage { counts: counts.to_vec() });
+        }
+    }
+
     /// Sends the identity feed to every connected data plane without waiting (expiry).
     pub fn push_identities(&self, entries: &[Identity]) -> usize {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -372,6 +379,7 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         }
         Err(e) => tracing::error!(dataplane = %name, "brokered keys not sent: {e}"),
     }
+    let _ = tx.send(Down::Usage { counts: state.quotas.current(now_s()) });
     drop(tx);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
@@ -505,9 +513,13 @@ fn store_batch(
         .find(|r| r.kind == RecordKind::Stats)
         .and_then(|r| serde_json::from_str(&r.json).ok());
     let fresh = lock!(state.flows).ingest(name, &rows)?;
+    let now = now_s();
     for (r, new) in rows.iter().zip(fresh) {
         if new {
             state.hub.publish(r);
+            if let (RecordKind::Request, Some(q)) = (r.kind, &r.quota) {
+                state.quotas.add(q, r.ts_ms, r.tokens.input.saturating_add(r.tokens.output), now);
+            }
         }
     }
     for r in rows.iter().filter(|r| r.kind == RecordKind::Alarm) {

@@ -97,6 +97,33 @@ pub fn render(i: &Inputs<'_>) -> String {
     for (det, n) in i.hub.by_detector() {
         o.sample("sluice_dlp_findings_total", &[("detector", &det)], n);
     }
+    let usage = i.hub.usage();
+    o.family(
+        "sluice_usage_requests_total",
+        "counter",
+        "Request records stored since control started, by identity, user and model.",
+    );
+    for ((id, user, model), u) in &usage {
+        o.sample(
+            "sluice_usage_requests_total",
+            &[("identity", id), ("user", user), ("model", model)],
+            u.requests,
+        );
+    }
+    o.family(
+        "sluice_usage_tokens_total",
+        "counter",
+        "Tokens the responses reported, by identity, user, model and kind (input, output, cached).",
+    );
+    for ((id, user, model), u) in &usage {
+        for (kind, n) in [("input", u.input), ("output", u.output), ("cached", u.cached)] {
+            o.sample(
+                "sluice_usage_tokens_total",
+                &[("identity", id), ("user", user), ("model", model), ("kind", kind)],
+                n,
+            );
+        }
+    }
     o.family(
         "sluice_syslog_dropped_total",
         "counter",
@@ -187,6 +214,9 @@ mod tests {
         hub.publish(&read(
             r#"{"seq":2,"type":"request","verdict":"block","dlp_findings":[{"detector":"credit_card","count":2}]}"#,
         ));
+        hub.publish(&read(
+            r#"{"seq":3,"type":"request","verdict":"allow","identity":"fin","user":"a@x","model":"gpt-4o","input_tokens":7,"output_tokens":5}"#,
+        ));
         let d = DataplaneStatus {
             name: "dp\"1".into(),
             connected: true,
@@ -216,6 +246,8 @@ mod tests {
             "sluice_dlp_findings_total{detector=\"credit_card\"} 2",
             "sluice_records_emitted_total{dataplane=\"dp\\\"1\",kind=\"flow\"} 7",
             "sluice_dataplane_policy_version{dataplane=\"dp\\\"1\"} 3",
+            "sluice_usage_requests_total{identity=\"fin\",user=\"a@x\",model=\"gpt-4o\"} 1",
+            "sluice_usage_tokens_total{identity=\"fin\",user=\"a@x\",model=\"gpt-4o\",kind=\"output\"} 5",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

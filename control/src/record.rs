@@ -11,6 +11,17 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, Visitor};
 use serde_json::Value;
 
+/// Tokens a response reported (0 when it said nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Input tokens.
+    pub input: u64,
+    /// Output tokens.
+    pub output: u64,
+    /// Input tokens served from the prompt cache.
+    pub cached: u64,
+}
+
 /// What a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
@@ -63,6 +74,12 @@ pub struct Row<'a> {
     pub rule: Option<Cow<'a, str>>,
     /// DLP findings: detector and count.
     pub findings: Vec<(Cow<'a, str>, u64)>,
+    /// Model of a request.
+    pub model: Option<Cow<'a, str>>,
+    /// The quota subject that counted a request.
+    pub quota: Option<Cow<'a, str>>,
+    /// Input, output and cached tokens a response reported.
+    pub tokens: Tokens,
     /// The text stored: the record with `"dataplane"` naming the data plane it came from.
     pub json: String,
 }
@@ -111,6 +128,13 @@ impl<'a> Row<'a> {
             verdict: text("verdict"),
             rule: text("rule"),
             findings,
+            model: text("model"),
+            quota: text("quota"),
+            tokens: Tokens {
+                input: v.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
+                output: v.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+                cached: v.get("cached_tokens").and_then(Value::as_u64).unwrap_or(0),
+            },
             json: v.to_string(),
         })
     }
@@ -168,6 +192,16 @@ struct Fields<'a> {
     rule: Option<Text<'a>>,
     #[serde(borrow, default)]
     dlp_findings: Option<Vec<Finding<'a>>>,
+    #[serde(borrow, default)]
+    model: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    quota: Option<Text<'a>>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cached_tokens: Option<u64>,
     #[serde(default)]
     dataplane: Option<IgnoredAny>,
 }
@@ -200,6 +234,13 @@ impl<'a> Fields<'a> {
                 .into_iter()
                 .map(|f| (f.detector.0, f.count.unwrap_or(1)))
                 .collect(),
+            model: t(self.model),
+            quota: t(self.quota),
+            tokens: Tokens {
+                input: self.input_tokens.unwrap_or(0),
+                output: self.output_tokens.unwrap_or(0),
+                cached: self.cached_tokens.unwrap_or(0),
+            },
             json,
         }
     }
@@ -247,6 +288,13 @@ mod tests {
         let mut want: Value = serde_json::from_str(text).unwrap();
         want["dataplane"] = json!("dp\"1");
         assert_eq!(stored, want);
+        let r = Row::read(
+            r#"{"seq":8,"type":"request","model":"gpt-4o","quota":"user:a","input_tokens":3,"output_tokens":4}"#,
+            "dp",
+        )
+        .unwrap();
+        assert_eq!((r.model.as_deref(), r.quota.as_deref()), (Some("gpt-4o"), Some("user:a")));
+        assert_eq!(r.tokens, Tokens { input: 3, output: 4, cached: 0 });
     }
 
     #[test]

@@ -289,6 +289,25 @@ impl FlowStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The request records since `since_ms` that a quota counted: subject, time, and the
+    /// input and output tokens (to seed the fleet's quota counts at start).
+    pub fn quota_records(&self, since_ms: u64) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT json_extract(record, '$.quota'), ts_ms,
+                    IFNULL(json_extract(record, '$.input_tokens'), 0)
+                      + IFNULL(json_extract(record, '$.output_tokens'), 0)
+             FROM requests WHERE ts_ms >= ?1 AND json_extract(record, '$.quota') IS NOT NULL",
+        )?;
+        let rows = st.query_map([i64::try_from(since_ms).unwrap_or(i64::MAX)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Flow records matching `f`, newest first, at most `limit`, strictly older than cursor
     /// `before` if given.
     pub fn query(

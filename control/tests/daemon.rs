@@ -205,7 +205,20 @@ impl FakeDataplane {
     fn connect(d: &Daemon, name: &str, proto: u32) -> FakeDataplane {
         use std::io::Write;
         let path = d.dir.join("state").join("dataplane.sock");
-        let mut sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+        // The link's socket is bound by a task of its own, right after the daemon says it
+        // serves: a fast test waits for it.
+        let mut tries = 0;
+        let mut sock = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("connecting to {}: {e}", path.display()),
+            }
+        };
         sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
         let mut buf = Vec::new();
         let hello = sluice_link::Up::Hello {
@@ -244,6 +257,49 @@ impl FakeDataplane {
     }
 }
 
+/// The fleet's quota counts: a stored request record that a quota counted is added up and
+/// pushed to the data planes within a second, and a data plane connecting later gets them.
+#[test]
+fn quota_counts_are_added_up_and_pushed() {
+    use sluice_link::{Down, Up};
+    let d = start();
+    let mut dp = FakeDataplane::connect(&d, "dp-q", sluice_link::PROTO_VERSION);
+    let mut first = Vec::new();
+    while !matches!(first.last(), Some(Down::Usage { .. })) {
+        first.push(dp.recv().expect("the connect's messages"));
+    }
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let rec = |seq: u64, quota: Option<&str>| {
+        serde_json::json!({"seq": seq, "type": "request", "ts_ms": now_ms, "verdict": "allow",
+            "quota": quota, "input_tokens": 7, "output_tokens": 5})
+    };
+    dp.send(&Up::Records {
+        records: vec![rec(1, Some("user:alice")), rec(2, None), rec(3, Some("user:alice"))],
+    });
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
+    let counts = match dp.recv() {
+        Some(Down::Usage { counts }) => counts,
+        other => panic!("expected the fleet's counts, got {other:?}"),
+    };
+    let day = counts.iter().find(|c| c.window == "day" && c.subject == "user:alice").unwrap();
+    assert_eq!((day.requests, day.tokens), (2, 24));
+    assert_eq!(counts.iter().filter(|c| c.subject == "user:alice").count(), 3, "{counts:?}");
+    // A data plane connecting now is told at once.
+    let mut other = FakeDataplane::connect(&d, "dp-q2", sluice_link::PROTO_VERSION);
+    loop {
+        match other.recv() {
+            Some(Down::Usage { counts }) => {
+                assert!(counts.iter().any(|c| c.subject == "user:alice" && c.requests == 2));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no counts on connect"),
+        }
+    }
+}
+
 #[test]
 fn dataplane_link_policy_records_dedup_identities() {
     use sluice_link::{Down, Up};
@@ -262,6 +318,7 @@ fn dataplane_link_policy_records_dedup_identities() {
     }
     assert!(matches!(dp.recv(), Some(Down::Identities { .. })));
     assert!(matches!(dp.recv(), Some(Down::Keys { keys, .. }) if keys.is_empty()));
+    assert_eq!(dp.recv(), Some(Down::Usage { counts: Vec::new() }));
     dp.send(&Up::PolicyAck { version: 1, error: None });
 
     let flow = |seq: u64| serde_json::json!({"seq": seq, "type": "flow", "ts_ms": 1000 + seq, "src": "10.0.0.1", "verdict": "allow"});

@@ -16,12 +16,21 @@ pub struct Refusal {
     pub message: String,
     /// The rule that decided, if any.
     pub rule: Option<String>,
+    /// Seconds after which the same request may succeed (a quota's window ends): the answer
+    /// says `retry-after` and `x-should-retry: true`. `None`: retrying will not help.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
     /// A refusal with status 403.
     pub fn forbidden(code: &'static str, message: impl Into<String>, rule: Option<&str>) -> Self {
-        Refusal { status: 403, code, message: message.into(), rule: rule.map(str::to_owned) }
+        Refusal {
+            status: 403,
+            code,
+            message: message.into(),
+            rule: rule.map(str::to_owned),
+            retry_after: None,
+        }
     }
 }
 
@@ -31,6 +40,7 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         405 => "Method Not Allowed",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -114,7 +124,12 @@ pub fn body(r: &Refusal, html: bool, request_id: &str) -> (&'static str, String)
     } else {
         let mut b = String::from("{\"error\":{\"message\":\"");
         json_escape(&message, &mut b);
-        b.push_str("\",\"type\":\"policy_violation\",\"param\":null,\"code\":\"");
+        // A budget used up reads as OpenAI's own rate limits do (the SDKs raise
+        // `RateLimitError`); anything else is the policy's.
+        let kind = if r.retry_after.is_some() { "rate_limit_exceeded" } else { "policy_violation" };
+        b.push_str("\",\"type\":\"");
+        b.push_str(kind);
+        b.push_str("\",\"param\":null,\"code\":\"");
         b.push_str(r.code);
         b.push_str("\"}}");
         ("application/json", b)
@@ -124,8 +139,12 @@ pub fn body(r: &Refusal, html: bool, request_id: &str) -> (&'static str, String)
 /// The full HTTP/1.1 response (head and body) for `r`; the connection closes after it.
 pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
     let (ctype, body) = body(r, html, request_id);
+    let retry = match r.retry_after {
+        Some(secs) => format!("x-should-retry: true\r\nretry-after: {secs}\r\n"),
+        None => "x-should-retry: false\r\n".to_owned(),
+    };
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nx-should-retry: false\r\n\
+        "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{retry}\
          x-request-id: {request_id}\r\nx-sluice-code: {}\r\ncache-control: no-store\r\n\
          connection: close\r\n\r\n",
         r.status,
@@ -156,6 +175,24 @@ mod tests {
         assert_eq!(v["error"]["code"], "blocked_by_policy");
         assert!(v["error"]["param"].is_null());
         assert_eq!(v["error"]["message"], "Blocked by Sluice: say \"no\" (rule r1)");
+    }
+
+    #[test]
+    fn a_used_up_budget_says_when_to_retry() {
+        let r = Refusal {
+            status: 429,
+            code: "quota_exceeded",
+            message: "over".into(),
+            rule: None,
+            retry_after: Some(42),
+        };
+        let text = String::from_utf8(response(&r, false, "req_3")).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
+        assert!(head.contains("x-should-retry: true\r\nretry-after: 42\r\n"), "{head}");
+        assert!(!head.contains("x-should-retry: false"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_exceeded");
     }
 
     #[test]

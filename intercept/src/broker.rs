@@ -159,7 +159,7 @@ impl Session {
             return;
         }
         let Some((_, key)) = presented(req.headers) else { return };
-        if let Some(v) = self.keys.load().virtual_key(key)
+        if let Some(v) = self.access.keys.load().virtual_key(key)
             && v.identity.as_ref().is_none_or(|id| *id == self.identity)
         {
             rec.user = Some(v.user.clone());
@@ -184,6 +184,7 @@ impl Session {
             code,
             message: message.into(),
             rule: self.rule.clone(),
+            retry_after: None,
         };
         if req.headers.header("authorization").is_some() && req.headers.header("api-key").is_some()
         {
@@ -211,7 +212,7 @@ impl Session {
                 "the WebSocket upgrade offers only a key as its subprotocol",
             ));
         }
-        let ring = self.keys.load();
+        let ring = self.access.keys.load();
         let Some(secret) = ring.key(&b.key) else {
             return Err(Refusal {
                 status: 503,
@@ -222,6 +223,7 @@ impl Session {
                     b.key
                 ),
                 rule: self.rule.clone(),
+                retry_after: None,
             });
         };
         let header = presented(req.headers);

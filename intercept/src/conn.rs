@@ -183,6 +183,7 @@ async fn open_upstream(
         code: "upstream_unreachable",
         message: format!("the server could not be reached ({})", e.kind()),
         rule: rule.map(str::to_owned),
+        retry_after: None,
     })?;
     let name = match sni {
         Some(s) => ServerName::try_from(s.to_owned()),
@@ -381,6 +382,7 @@ where
             code: "upstream_unreachable",
             message: "the server's HTTP/2 connection failed".into(),
             rule: session.rule.clone(),
+            retry_after: None,
         });
     }
     let result = h2::serve(tls, upstream, Arc::new(session), shared.sink.clone()).await;

@@ -37,7 +37,7 @@ pub(crate) struct Decided {
     pub max_body: u64,
     pub dlp: Option<Dlp>,
     pub mask: Option<Mask>,
-    pub keys: crate::broker::Keys,
+    pub access: Arc<crate::access::Access>,
 }
 
 impl Decided {
@@ -63,7 +63,7 @@ impl Decided {
             refuse,
             dlp: self.dlp,
             mask: self.mask,
-            keys: self.keys,
+            access: self.access,
         }
     }
 }
@@ -79,7 +79,7 @@ pub(crate) struct Decider {
     /// policy keeps its address, the key, from being reused).
     cache: Mutex<Option<(Arc<Policy>, Arc<sluice_dlp::Scanner>)>>,
     pinned: Mutex<HashMap<PinKey, Instant>>,
-    keys: crate::broker::Keys,
+    access: Arc<crate::access::Access>,
 }
 
 impl Decider {
@@ -88,14 +88,14 @@ impl Decider {
         overlay: Arc<ArcSwap<IdentityOverlay>>,
         scanner: Arc<sluice_dlp::Scanner>,
         salt: Arc<[u8]>,
-        keys: crate::broker::Keys,
+        access: Arc<crate::access::Access>,
     ) -> Self {
         Decider {
             policy,
             overlay,
             scanner,
             salt,
-            keys,
+            access,
             cache: Mutex::new(None),
             pinned: Mutex::new(HashMap::new()),
         }
@@ -158,7 +158,7 @@ impl Decider {
                     salt: self.salt.clone(),
                 })
             }),
-            keys: self.keys.clone(),
+            access: self.access.clone(),
             mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|r| {
                 let scanner = self.scanner_for(&policy);
                 // Credentials always; then the mask profile's detectors, or the rule's own.

@@ -21,6 +21,7 @@
 //! The packet engine is reached through [`DivertHandle`] (NAT entries, flow notes); request
 //! records leave through a [`RecordSink`] the binary owns.
 
+pub mod access;
 mod admit;
 pub mod block;
 pub mod broker;
@@ -35,6 +36,7 @@ pub mod mask;
 pub mod model;
 pub mod phases;
 mod pool;
+pub mod quota;
 pub mod record;
 mod replay;
 pub mod tls;
@@ -86,8 +88,8 @@ pub struct Config {
     pub scanner: Arc<sluice_dlp::Scanner>,
     /// Salt of DLP finding hashes (random per run unless configured).
     pub dlp_salt: Arc<[u8]>,
-    /// The brokered provider keys and virtual keys control pushed (swapped whole).
-    pub keys: broker::Keys,
+    /// The access state shared by every connection: brokered keys, quota counts.
+    pub access: Arc<access::Access>,
     /// One counter per interception thread, bumped by its runtime every [`BEAT`] while the
     /// runtime runs (a watchdog tells a stalled runtime by a counter that stops).
     pub beats: Vec<Arc<AtomicU64>>,
@@ -162,7 +164,7 @@ pub fn spawn(
         cfg.overlay.clone(),
         cfg.scanner.clone(),
         cfg.dlp_salt.clone(),
-        cfg.keys.clone(),
+        cfg.access.clone(),
     );
     let shared = Arc::new(Shared { cfg, nat, sink, server_h2, server_h1, upstream_h2, decider });
     let mut handles = Vec::with_capacity(threads);

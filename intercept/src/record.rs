@@ -133,6 +133,10 @@ pub struct RequestRecord {
     /// The virtual key the client presented (its id, never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_key: Option<String>,
+    /// The quota subject the request was counted against (`user:…`, `identity:…`, `key:…`),
+    /// when a rule's quota admitted it; control adds these up for the whole fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
     /// Input tokens the response said it used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,

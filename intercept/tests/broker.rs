@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use common::{send, session};
 use sha2::{Digest, Sha256};
 use sluice_intercept::Session;
+use sluice_intercept::access::Access;
 use sluice_intercept::broker::KeyRing;
 use sluice_link::{BrokerKey, Secret, VirtualKey};
 use sluice_rules::BrokerPolicy;
@@ -36,7 +37,7 @@ fn ring(real: &str) -> Arc<ArcSwap<KeyRing>> {
 fn brokered(swap: bool) -> Session {
     let mut s = session("api.openai.com");
     s.headers.broker = Some(BrokerPolicy { key: "openai-prod".into(), swap_real_keys: swap });
-    s.keys = ring(REAL);
+    s.access = Arc::new(Access { keys: ring(REAL), ..Access::default() });
     s
 }
 
@@ -106,7 +107,7 @@ async fn a_key_the_appliance_does_not_hold_fails_closed_and_a_rotation_applies_n
     assert!(o.client.starts_with("HTTP/1.1 503") && o.client.contains("broker_key_unavailable"));
     // The ring swapped between two requests of one session: the second uses the new key.
     let s = brokered(false);
-    let keys = s.keys.clone();
+    let keys = s.access.keys.clone();
     let o = send(s.clone(), &get(""), b"").await;
     assert!(String::from_utf8_lossy(&o.upstream).contains(REAL));
     keys.store(ring("sk-proj-ROTATEDROTATEDROTATED").load_full());
@@ -163,7 +164,7 @@ async fn credentials_beside_the_brokered_one_are_refused_or_stripped() {
 #[tokio::test]
 async fn a_virtual_key_names_nobody_where_nothing_is_brokered() {
     let mut s = session("api.openai.com");
-    s.keys = ring(REAL);
+    s.access = Arc::new(Access { keys: ring(REAL), ..Access::default() });
     let o = send(s, &get(&format!("Authorization: Bearer {VIRTUAL}\r\n")), b"").await;
     assert_eq!((o.record.user, o.record.virtual_key, o.record.broker_key), (None, None, None));
 }

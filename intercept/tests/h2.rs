@@ -567,14 +567,14 @@ async fn a_brokered_key_replaces_the_credential_and_trailers_lose_theirs() {
     let mut s = session();
     s.headers.broker =
         Some(sluice_rules::BrokerPolicy { key: "prod".into(), swap_real_keys: false });
-    s.keys = Arc::new(arc_swap::ArcSwap::from_pointee(sluice_intercept::broker::KeyRing::new(
+    s.access = sluice_intercept::access::Access::with_keys(sluice_intercept::broker::KeyRing::new(
         1,
         vec![sluice_link::BrokerKey {
             name: "prod".into(),
             secret: sluice_link::Secret::new("sk-proj-H2BROKEREDKEYH2BROKERED".into()),
         }],
         Vec::new(),
-    )));
+    ));
     let lab = start(s, Server::H2).await;
     let mut t = HeaderMap::new();
     t.insert("authorization", HeaderValue::from_static("Bearer sk-proj-SMUGGLEDSMUGGLEDSMUGGLED"));

@@ -15,7 +15,9 @@
 //!    [`Down::Ack`] once they are stored; the data plane forgets its spooled copies up to it;
 //! 4. every later push is a [`Down::Policy`], [`Down::Identities`] or [`Down::Keys`] (the
 //!    brokered provider keys, sent on connect too), acknowledged by [`Up::PolicyAck`] /
-//!    [`Up::IdentitiesAck`] / [`Up::KeysAck`].
+//!    [`Up::IdentitiesAck`] / [`Up::KeysAck`];
+//! 5. [`Down::Usage`] (the fleet's quota counts, on connect and as they change) needs no
+//!    answer.
 //!
 //! Everything here is pure: [`encode`] writes a frame into a buffer, [`Decoder`] takes bytes
 //! as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
@@ -25,8 +27,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Version of the messages below. Bumped on any incompatible change (2: [`Down::Keys`],
-/// which a version-1 data plane could not read).
-pub const PROTO_VERSION: u32 = 2;
+/// which a version-1 data plane could not read; 3: [`Down::Usage`]).
+pub const PROTO_VERSION: u32 = 3;
 
 /// Largest frame either side accepts (a policy with large dictionaries, or a batch of
 /// records). A longer length prefix is an error, not an allocation.
@@ -126,6 +128,28 @@ pub enum Down {
         /// Virtual keys control issued.
         virtual_keys: Vec<VirtualKey>,
     },
+    /// What every quota subject used in the current windows, as control stored it from every
+    /// data plane's records (replacing the previous push; not acknowledged). A data plane
+    /// counts against the larger of its own count and this one.
+    Usage {
+        /// The counts.
+        counts: Vec<UsageCount>,
+    },
+}
+
+/// One quota subject's use in one window (see [`Down::Usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCount {
+    /// `user:…`, `identity:…` or `key:…`.
+    pub subject: String,
+    /// `minute`, `hour` or `day`.
+    pub window: String,
+    /// Start of the window (Unix seconds).
+    pub start: u64,
+    /// Requests admitted.
+    pub requests: u64,
+    /// Tokens their responses reported.
+    pub tokens: u64,
 }
 
 /// A provider key the appliance sends upstream for rules that name it (`broker_key`).

@@ -51,13 +51,13 @@ pub use diag::{Diagnostic, Severity, Source};
 pub use ident::{IdentityOverlay, OverlayEntry};
 pub use policy::{
     BrokerPolicy, Category, CustomDetector, CustomKind, Decision, Defaults, DlpProfile,
-    HeaderPolicy, Identity, Policy, Query, Resolved, Rule, RuleExplanation, RuleSpec,
-    dictionary_hash, dictionary_hasher,
+    HeaderPolicy, Identity, Measure, Policy, Query, QuotaLimit, QuotaPolicy, Resolved, Rule,
+    RuleExplanation, RuleSpec, Window, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
     FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
-    RealKeys, Unscanned,
+    QuotaBy, RealKeys, Unscanned,
 };
 
 use std::path::Path;

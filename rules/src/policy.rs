@@ -12,7 +12,7 @@ use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::schema::{
     Action, CanaryPolicy, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal,
+    MidstreamPolicy, QuicPolicy, QuicRefusal, QuotaBy,
 };
 
 /// `[defaults]` after validation.
@@ -163,6 +163,83 @@ pub struct HeaderPolicy {
     pub block_unscanned: bool,
     /// The provider key sent upstream in place of the client's credential, if any.
     pub broker: Option<BrokerPolicy>,
+    /// The budget of the requests, if any.
+    pub quota: Option<QuotaPolicy>,
+}
+
+/// `quota`: limits on requests and tokens per subject and window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaPolicy {
+    /// Whose budget.
+    pub by: QuotaBy,
+    /// The limits (at least one).
+    pub limits: Vec<QuotaLimit>,
+}
+
+/// One limit of a [`QuotaPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QuotaLimit {
+    /// What is counted.
+    pub measure: Measure,
+    /// Over which window.
+    pub window: Window,
+    /// How many are allowed in one window.
+    pub max: u64,
+}
+
+/// What a quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// Requests admitted.
+    Requests,
+    /// Tokens the responses reported (input and output).
+    Tokens,
+}
+
+/// A fixed UTC window a quota counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    /// From one whole minute to the next.
+    Minute,
+    /// From one whole hour to the next.
+    Hour,
+    /// From midnight UTC to the next.
+    Day,
+}
+
+impl Window {
+    /// Every window, shortest first.
+    pub const ALL: [Window; 3] = [Window::Minute, Window::Hour, Window::Day];
+
+    /// Its length in seconds.
+    pub fn secs(self) -> u64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3600,
+            Window::Day => 86_400,
+        }
+    }
+
+    /// The start (Unix seconds) of the window that holds `now_s`.
+    pub fn start(self, now_s: u64) -> u64 {
+        now_s - now_s % self.secs()
+    }
+
+    /// Its name, as rule files and the link write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+
+    /// The window named `s`.
+    pub fn parse(s: &str) -> Option<Window> {
+        Window::ALL.into_iter().find(|w| w.as_str() == s)
+    }
 }
 
 /// `broker_key`: the appliance holds the provider key; clients send a placeholder or a

@@ -334,8 +334,44 @@ pub struct RuleDef {
     /// A real provider key presented where `broker_key` applies: `refuse` it (the default: it
     /// would bypass attribution) or `swap` it for the brokered one.
     pub real_keys: Option<Spanned<RealKeys>>,
+    /// A budget for the requests this rule inspects, per identity, user or virtual key:
+    /// `quota = { tokens_per_day = 200000 }` (`inspect` rules). Over it, requests get 429.
+    pub quota: Option<Spanned<QuotaDef>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
+}
+
+/// Whose budget a `quota` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaBy {
+    /// Each identity (source) has the budget.
+    Identity,
+    /// Each user (identity feed, or a virtual key's user); a request without a known user
+    /// counts against its identity's.
+    User,
+    /// Each virtual key; a request without one counts against its user's (else identity's).
+    Key,
+}
+
+/// `quota = { … }`: limits per window (UTC minute, hour and day), any combination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaDef {
+    /// Whose budget: `user` (the default), `identity` or `key`.
+    pub by: Option<Spanned<QuotaBy>>,
+    /// Requests per minute.
+    pub requests_per_minute: Option<Spanned<u64>>,
+    /// Requests per hour.
+    pub requests_per_hour: Option<Spanned<u64>>,
+    /// Requests per day.
+    pub requests_per_day: Option<Spanned<u64>>,
+    /// Tokens (input and output, as responses report them) per minute.
+    pub tokens_per_minute: Option<Spanned<u64>>,
+    /// Tokens per hour.
+    pub tokens_per_hour: Option<Spanned<u64>>,
+    /// Tokens per day.
+    pub tokens_per_day: Option<Spanned<u64>>,
 }
 
 /// How a custom detector matches.

@@ -82,10 +82,43 @@ fn main() -> Result<()> {
             }
         });
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
+        tokio::spawn(push_quotas(state.clone()));
         tracing::info!(listen = %cfg.listen, cert = %cert.display(), "sluice-control serving");
         serve::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())
     })
+}
+
+/// The fleet's quota counts: seeded from the day's records, then pushed to every data plane
+/// within a second of a change.
+async fn push_quotas(state: Arc<AppState>) {
+    let st = state.clone();
+    let seeded = tokio::task::spawn_blocking(move || {
+        let now = link::now_s();
+        let day = sluice_rules::Window::Day.start(now);
+        let rows =
+            st.flows.lock().unwrap_or_else(PoisonError::into_inner).quota_records(day * 1000)?;
+        for (subject, ts_ms, tokens) in &rows {
+            st.quotas.add(subject, *ts_ms, *tokens, now);
+        }
+        Ok::<_, sluice_control::store::StoreError>(rows.len())
+    })
+    .await;
+    match seeded {
+        Ok(Ok(n)) => tracing::info!(records = n, "quota counts seeded from today's records"),
+        Ok(Err(e)) => tracing::error!("quota counts not seeded: {e}"),
+        Err(e) => tracing::error!("quota counts not seeded: {e}"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sent = 0;
+    loop {
+        tick.tick().await;
+        let g = state.quotas.generation.load(std::sync::atomic::Ordering::Relaxed);
+        if g != sent {
+            state.links.push_usage(&state.quotas.current(link::now_s()));
+            sent = g;
+        }
+    }
 }
 
 /// Every minute: records beyond the retention go; expired identities go (and the feed is

@@ -5,7 +5,7 @@
 //! applies what control pushes — a rule set (compiled, swapped whole into the shared
 //! [`Policy`] and written to the state directory so a restart enforces it even without
 //! control) or the identity feed (swapped whole into the [`IdentityOverlay`] and kept there
-//! too), or the brokered keys (held in memory only). Packet threads
+//! too), the brokered keys (held in memory only) or the fleet's quota counts. Packet threads
 //! never wait on any of this: they read the snapshots through `ArcSwap`.
 
 pub mod spool;
@@ -39,9 +39,10 @@ pub struct Enforced {
     pub policy: Arc<ArcSwap<Policy>>,
     /// The identity feed they read.
     pub overlay: Arc<ArcSwap<IdentityOverlay>>,
-    /// The brokered provider keys and virtual keys the interception engine reads: held in
-    /// memory only (a restart waits for control to push them again).
-    pub keys: sluice_intercept::broker::Keys,
+    /// What the interception engine's access controls share: the brokered provider keys and
+    /// virtual keys (held in memory only: a restart waits for control to push them again)
+    /// and the quota counts (raised to the fleet's when control pushes them).
+    pub access: Arc<sluice_intercept::access::Access>,
     state_dir: PathBuf,
     meta: Mutex<(Option<i64>, String)>,
 }
@@ -92,7 +93,7 @@ impl Enforced {
         Enforced {
             policy,
             overlay,
-            keys: Default::default(),
+            access: Default::default(),
             state_dir: state_dir.to_owned(),
             meta: Mutex::new((version, sha256)),
         }
@@ -321,18 +322,31 @@ fn serve(
                 Down::Keys { generation, keys, virtual_keys } => {
                     // Two pushes may cross: an older generation than the one in force is
                     // acknowledged (with the one in force) and dropped.
-                    let held = enforced.keys.load_full();
+                    let held = enforced.access.keys.load_full();
                     let (generation, n) = if generation >= held.generation {
                         let ring =
                             sluice_intercept::broker::KeyRing::new(generation, keys, virtual_keys);
                         let n = ring.len();
                         info!(generation, keys = n, "brokered keys in force (held in memory only)");
-                        enforced.keys.store(Arc::new(ring));
+                        enforced.access.keys.store(Arc::new(ring));
                         (generation, n)
                     } else {
                         (held.generation, held.len())
                     };
                     send(&mut stream, &Up::KeysAck { generation, keys: n })?;
+                }
+                Down::Usage { counts } => {
+                    let n = counts.len();
+                    enforced.access.quotas.set_fleet(counts.into_iter().filter_map(|c| {
+                        let w = sluice_rules::Window::parse(&c.window)?;
+                        let count = sluice_intercept::quota::Count {
+                            start: c.start,
+                            requests: c.requests,
+                            tokens: c.tokens,
+                        };
+                        Some((c.subject, w, count))
+                    }));
+                    tracing::debug!(subjects = n, "fleet quota counts in force");
                 }
                 Down::Ack { upto } => {
                     acked = acked.max(upto);

@@ -172,6 +172,7 @@ impl Driver<'_> {
                         },
                         message: e.to_string(),
                         rule: None,
+                        retry_after: None,
                     };
                     let ctx = self.session.request(None);
                     self.refuse(client, ctx, &r).await?;
@@ -233,6 +234,7 @@ impl Driver<'_> {
                     code: "request_smuggling",
                     message: e.to_string(),
                     rule: None,
+                    retry_after: None,
                 };
                 self.refuse(client, ctx, &r).await?;
                 return Err(ProxyError::Request(e));
@@ -366,6 +368,7 @@ pub(crate) fn body_timeout() -> Refusal {
             BODY_WINDOW.as_secs()
         ),
         rule: None,
+        retry_after: None,
     }
 }
 
@@ -405,8 +408,13 @@ const END_TO_END: [&str; 10] = [
 /// must prefer the target's, RFC 9112 §3.2.2; when they differ the request is refused as
 /// fronting); a `Connection` header naming an end-to-end header the phases read is refused.
 fn normalise(head: &mut RequestHead) -> Result<(), Refusal> {
-    let ambiguous =
-        |message: String| Refusal { status: 400, code: "ambiguous_request", message, rule: None };
+    let ambiguous = |message: String| Refusal {
+        status: 400,
+        code: "ambiguous_request",
+        message,
+        rule: None,
+        retry_after: None,
+    };
     if let Some(c) = head.header("connection") {
         for token in c.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
             if let Some(n) = END_TO_END.iter().find(|n| token.eq_ignore_ascii_case(n.as_bytes())) {

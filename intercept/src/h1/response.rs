@@ -54,7 +54,13 @@ where
                     }
                     _ => "the server closed the connection before responding".into(),
                 };
-                let r = Refusal { status: 502, code: "upstream_closed", message: why, rule: None };
+                let r = Refusal {
+                    status: 502,
+                    code: "upstream_closed",
+                    message: why,
+                    rule: None,
+                    retry_after: None,
+                };
                 refuse(client, session, ctx, &r).await?;
                 return Ok(false);
             }
@@ -64,6 +70,7 @@ where
                     code: "bad_upstream_response",
                     message: format!("the server's response was refused: {e}"),
                     rule: None,
+                    retry_after: None,
                 };
                 refuse(client, session, ctx, &r).await?;
                 return Ok(false);

@@ -171,6 +171,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             code: "upstream_unreachable",
             message: "no upstream connection".into(),
             rule: None,
+            retry_after: None,
         };
         return refuse(conn, ctx, &r);
     };
@@ -181,6 +182,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
                 code: "bad_request",
                 message: format!("the request body did not arrive: {why}"),
                 rule: None,
+                retry_after: None,
             };
             return refuse(conn, ctx, &r);
         }
@@ -197,6 +199,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
                 code: "inspection_busy",
                 message: "too many large request bodies on this connection at once".into(),
                 rule: s.rule.clone(),
+                retry_after: None,
             };
             return refuse(conn, ctx, &r);
         }
@@ -259,7 +262,13 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
                 UpstreamError::Connect(_) => "upstream_unreachable",
                 _ => "upstream_closed",
             };
-            let r = Refusal { status: 502, code, message: e.to_string(), rule: None };
+            let r = Refusal {
+                status: 502,
+                code,
+                message: e.to_string(),
+                rule: None,
+                retry_after: None,
+            };
             return refuse(conn, ctx, &r);
         }
         Err(_) => {
@@ -268,6 +277,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
                 code: "upstream_timeout",
                 message: "the server did not answer in time".into(),
                 rule: None,
+                retry_after: None,
             };
             return refuse(conn, ctx, &r);
         }
@@ -440,7 +450,15 @@ fn refuse(conn: &Conn, mut ctx: RequestCtx, r: &Refusal) -> Response<ClientBody>
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FORBIDDEN);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-    h.insert("x-should-retry", HeaderValue::from_static("false"));
+    match r.retry_after {
+        Some(secs) => {
+            h.insert("x-should-retry", HeaderValue::from_static("true"));
+            h.insert("retry-after", HeaderValue::from(secs));
+        }
+        None => {
+            h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+    }
     h.insert("x-sluice-code", HeaderValue::from_static(r.code));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -147,8 +147,8 @@ pub struct Session {
     pub dlp: Option<Dlp>,
     /// Credentials in responses are masked (`mask_responses`).
     pub mask: Option<Mask>,
-    /// The brokered provider keys and the virtual keys (read per request).
-    pub keys: crate::broker::Keys,
+    /// The access state: brokered keys and virtual keys, quota counts (read per request).
+    pub access: Arc<crate::access::Access>,
 }
 
 /// One request's context: its record as it is filled, and how a refusal is worded.
@@ -252,6 +252,7 @@ impl Session {
                 code: "connect_not_inspected",
                 message: "CONNECT inside an inspected connection is not allowed".into(),
                 rule: self.rule.clone(),
+                retry_after: None,
             });
         }
         if let Some(name) = SINGLE.iter().find(|n| req.headers.count(n) > 1) {
@@ -260,6 +261,7 @@ impl Session {
                 code: "ambiguous_request",
                 message: format!("the request repeats the {name} header"),
                 rule: self.rule.clone(),
+                retry_after: None,
             });
         }
         self.broker_filter(req, ctx)?;
@@ -328,7 +330,8 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        // Last: only a request that passed every other check is counted.
+        self.quota_filter(ctx)
     }
 
     /// Phase 3: the whole request body (de-framed, as the client sent it; empty for none).
@@ -365,6 +368,7 @@ impl Session {
                             code: "inspection_failed",
                             message: cannot,
                             rule: self.rule.clone(),
+                            retry_after: None,
                         });
                     }
                     if self.dlp.is_some() {
@@ -423,6 +427,7 @@ impl Session {
                 self.max_body
             ),
             rule: self.rule.clone(),
+            retry_after: None,
         }
     }
 
@@ -433,6 +438,7 @@ impl Session {
                 code: "ambiguous_request",
                 message: e.to_string(),
                 rule: self.rule.clone(),
+                retry_after: None,
             },
             _ => Refusal::forbidden(
                 "model_unreadable",
@@ -546,6 +552,7 @@ impl Session {
             ctx.rec.output_tokens = Some(u.output_tokens);
             ctx.rec.cached_tokens = Some(u.cached_tokens);
         }
+        self.charge_quota(&ctx.rec);
         ctx.rec
     }
 }

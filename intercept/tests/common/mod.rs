@@ -25,7 +25,7 @@ pub fn session(sni: &str) -> Session {
         refuse: None,
         dlp: None,
         mask: None,
-        keys: Default::default(),
+        access: Default::default(),
     }
 }
 

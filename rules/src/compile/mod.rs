@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use toml::Spanned;
 
+mod access;
 mod broker;
 mod custom;
 
@@ -518,6 +519,7 @@ impl Cx<'_> {
             None => false,
         };
         headers.broker = self.broker(r, name, action);
+        headers.quota = self.quota(r, name, action);
         headers.block_unscanned = match &r.on_unscanned {
             Some(u) if r.dlp.is_none() => {
                 self.err(
@@ -637,6 +639,7 @@ impl Cx<'_> {
             inject_missing_org_project: false,
             mask_profile: None,
             broker: None,
+            quota: None,
         }
     }
 

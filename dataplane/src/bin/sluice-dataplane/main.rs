@@ -116,7 +116,7 @@ fn main() -> Result<()> {
                 max_per_client: args.max_intercepted_per_client,
                 scanner: Arc::new(sluice_dlp::Scanner::new()?),
                 dlp_salt: dlp_salt()?,
-                keys: enforced.keys.clone(),
+                access: enforced.access.clone(),
                 beats,
             };
             let _threads = intercept::spawn(

@@ -1,0 +1,27 @@
+//! What the access controls share across every inspected connection of a data plane
+//! (ARCHITECTURE.md, "Access"): the brokered keys control pushes and the quota ledger. One
+//! value, owned by the binary (which applies control's pushes to it) and read per request.
+
+use std::sync::Arc;
+
+use crate::broker::{KeyRing, Keys};
+use crate::quota::Ledger;
+
+/// The shared access state.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// The brokered provider keys and the virtual keys, swapped whole at each push.
+    pub keys: Keys,
+    /// Requests and tokens counted against quotas.
+    pub quotas: Ledger,
+}
+
+impl Access {
+    /// Access state holding `ring` (tests).
+    pub fn with_keys(ring: KeyRing) -> Arc<Access> {
+        Arc::new(Access {
+            keys: Arc::new(arc_swap::ArcSwap::from_pointee(ring)),
+            ..Access::default()
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! Access settings of a rule: `quota` (budgets per identity, user or virtual key). The
+//! counting happens in the interception engine (ARCHITECTURE.md, "Quotas").
+
+use super::{Cx, span_of};
+use crate::policy::{Measure, QuotaLimit, QuotaPolicy, Window};
+use crate::schema::{Action, QuotaBy, RuleDef};
+
+/// Largest limit a quota takes (a larger one is a typo, not a budget).
+pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+
+impl Cx<'_> {
+    /// The rule's quota, validated: an `inspect` rule (only inspected requests are counted),
+    /// at least one limit, each from 1 to [`MAX_QUOTA`].
+    pub(super) fn quota(&mut self, r: &RuleDef, name: &str, action: Action) -> Option<QuotaPolicy> {
+        let q = r.quota.as_ref()?;
+        if action != Action::Inspect {
+            self.err(
+                span_of(q),
+                format!(
+                    "`quota` applies only to `inspect` rules (only inspected requests and their \
+                     tokens are counted); rule `{name}` is `{}`",
+                    action.as_str()
+                ),
+            );
+            return None;
+        }
+        let d = q.get_ref();
+        let fields = [
+            (&d.requests_per_minute, Measure::Requests, Window::Minute),
+            (&d.requests_per_hour, Measure::Requests, Window::Hour),
+            (&d.requests_per_day, Measure::Requests, Window::Day),
+            (&d.tokens_per_minute, Measure::Tokens, Window::Minute),
+            (&d.tokens_per_hour, Measure::Tokens, Window::Hour),
+            (&d.tokens_per_day, Measure::Tokens, Window::Day),
+        ];
+        let mut limits = Vec::new();
+        let mut ok = true;
+        for (field, measure, window) in fields {
+            let Some(v) = field else { continue };
+            let max = *v.get_ref();
+            if max == 0 || max > MAX_QUOTA {
+                self.err(
+                    span_of(v),
+                    format!("a quota limit is from 1 to {MAX_QUOTA}; {max} is not (rule `{name}`)"),
+                );
+                ok = false;
+            }
+            limits.push(QuotaLimit { measure, window, max });
+        }
+        if limits.is_empty() {
+            self.err(
+                span_of(q),
+                format!(
+                    "rule `{name}`'s quota sets no limit: expected requests_per_minute, \
+                     requests_per_hour, requests_per_day, tokens_per_minute, tokens_per_hour or \
+                     tokens_per_day"
+                ),
+            );
+            return None;
+        }
+        ok.then(|| QuotaPolicy {
+            by: d.by.as_ref().map_or(QuotaBy::User, |b| *b.get_ref()),
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::catalog::ShippedOnly;
+    use crate::policy::{Measure, Window};
+    use crate::schema::QuotaBy;
+
+    fn compile(rule: &str) -> Result<crate::Compiled, String> {
+        let text = format!(
+            "[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\n{rule}\n"
+        );
+        crate::compile("t.toml", &text, &ShippedOnly)
+            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    }
+
+    #[test]
+    fn a_quota_compiles_to_its_limits() {
+        let c = compile(
+            "action = \"inspect\"\nquota = { by = \"key\", tokens_per_day = 200000, requests_per_minute = 5 }",
+        )
+        .unwrap();
+        let q = c.policy.rules[0].spec.headers.quota.clone().unwrap();
+        assert_eq!(q.by, QuotaBy::Key);
+        let got: Vec<_> = q.limits.iter().map(|l| (l.measure, l.window, l.max)).collect();
+        assert_eq!(
+            got,
+            vec![(Measure::Requests, Window::Minute, 5), (Measure::Tokens, Window::Day, 200_000)]
+        );
+        let c = compile("action = \"inspect\"\nquota = { requests_per_hour = 1 }").unwrap();
+        assert_eq!(c.policy.rules[0].spec.headers.quota.clone().unwrap().by, QuotaBy::User);
+    }
+
+    #[test]
+    fn bad_quotas_are_refused_at_their_line() {
+        let e = compile("action = \"allow\"\nquota = { tokens_per_day = 5 }").unwrap_err();
+        assert!(e.contains("t.toml:9:") && e.contains("only to `inspect` rules"), "{e}");
+        let e = compile("action = \"inspect\"\nquota = { by = \"user\" }").unwrap_err();
+        assert!(e.contains("sets no limit"), "{e}");
+        let e = compile("action = \"inspect\"\nquota = { tokens_per_day = 0 }").unwrap_err();
+        assert!(e.contains("from 1 to"), "{e}");
+        let e = compile("action = \"inspect\"\nquota = { tokens_per_week = 5 }").unwrap_err();
+        assert!(e.contains("unknown field `tokens_per_week`"), "{e}");
+        let e = compile("action = \"inspect\"\nquota = { by = \"team\", tokens_per_day = 5 }")
+            .unwrap_err();
+        assert!(e.contains("unknown variant `team`"), "{e}");
+    }
+
+    #[test]
+    fn windows_start_on_utc_boundaries() {
+        assert_eq!(Window::Minute.start(125), 120);
+        assert_eq!(Window::Hour.start(7300), 7200);
+        assert_eq!(Window::Day.start(86_400 * 3 + 5), 86_400 * 3);
+        assert_eq!(Window::parse("hour"), Some(Window::Hour));
+        assert_eq!(Window::parse("week"), None);
+    }
+}
