@@ -204,8 +204,13 @@ impl Session {
     /// Phase 2's last step, for a rule with a quota: the request is admitted and counted
     /// against its subject, or refused with 429 until the window that is used up ends.
     pub(crate) fn quota_filter(&self, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        self.quota_admit(&mut ctx.rec)
+    }
+
+    /// Admits what `rec` records (a request, or a WebSocket `response.create`) under the
+    /// rule's quota, naming the subject in it; or the refusal.
+    pub(crate) fn quota_admit(&self, rec: &mut RequestRecord) -> Result<(), Refusal> {
         let Some(q) = &self.headers.quota else { return Ok(()) };
-        let rec = &mut ctx.rec;
         let who = subject(q.by, &self.identity, rec.user.as_deref(), rec.virtual_key.as_deref());
         match self.access.quotas.admit(q, &who, now_s()) {
             Ok(()) => {
@@ -241,9 +246,18 @@ impl Session {
     }
 
     /// Phase 7, for a request a quota admitted: the tokens its response reported are charged.
+    /// (A WebSocket's are charged as each of its responses finishes.)
     pub(crate) fn charge_quota(&self, rec: &RequestRecord) {
-        let (Some(q), Some(who)) = (&self.headers.quota, &rec.quota) else { return };
+        if rec.websocket.is_some() {
+            return;
+        }
         let tokens = rec.input_tokens.unwrap_or(0).saturating_add(rec.output_tokens.unwrap_or(0));
+        self.charge_tokens(rec, tokens);
+    }
+
+    /// Charges `tokens` to the quota subject that admitted `rec`, if any.
+    pub(crate) fn charge_tokens(&self, rec: &RequestRecord, tokens: u64) {
+        let (Some(q), Some(who)) = (&self.headers.quota, &rec.quota) else { return };
         self.access.quotas.charge(q, who, tokens, now_s());
     }
 }

@@ -450,3 +450,56 @@ async fn models_named_in_events_are_held_to_the_allow_list() {
     let recs = ws.records.lock().unwrap();
     assert_eq!(recs[0].model.as_deref(), Some("o3"));
 }
+
+#[tokio::test]
+async fn realtime_usage_adds_up_and_a_quota_refuses_the_response_past_it() {
+    use sluice_rules::{Measure, QuotaBy, QuotaLimit, QuotaPolicy, Window};
+    let mut s = session(None);
+    s.headers.quota = Some(QuotaPolicy {
+        by: QuotaBy::Identity,
+        limits: vec![QuotaLimit { measure: Measure::Tokens, window: Window::Day, max: 40 }],
+    });
+    let mut ws = open(s, None, None).await;
+    let create = r#"{"type":"response.create","response":{"modalities":["text"]}}"#;
+    let done = |i: u64, o: u64| {
+        serde_json::json!({"type": "response.done", "response": {"id": "r", "status": "completed",
+            "usage": {"total_tokens": i + o, "input_tokens": i, "output_tokens": o,
+                      "input_token_details": {"cached_tokens": 2}}}})
+        .to_string()
+    };
+    let mut srv_asm = Assembler::new(Side::Client, None, 1 << 20);
+    let mut cli_asm = Assembler::new(Side::Server, None, 1 << 20);
+    for _ in 0..2 {
+        ws.c.write_all(&client_frame(op::TEXT, create.as_bytes())).await.unwrap();
+        assert!(matches!(
+            next_event(&mut ws.s, &mut ws.s_buf, &mut srv_asm).await,
+            Some(Event::Message { .. })
+        ));
+        // A delta naming the event in its text is not a finished response.
+        let delta = r#"{"type":"response.text.delta","delta":"\"response.done\" usage"}"#;
+        ws.s.write_all(&server_frame(op::TEXT, delta.as_bytes())).await.unwrap();
+        ws.s.write_all(&server_frame(op::TEXT, done(15, 10).as_bytes())).await.unwrap();
+        for _ in 0..2 {
+            next_event(&mut ws.c, &mut ws.c_buf, &mut cli_asm).await.unwrap();
+        }
+    }
+    // 50 tokens used of 40: the next response asked for closes the socket.
+    ws.c.write_all(&client_frame(op::TEXT, create.as_bytes())).await.unwrap();
+    let ev = next_event(&mut ws.c, &mut ws.c_buf, &mut cli_asm).await.unwrap();
+    let (code, reason) = close_code(&ev).unwrap();
+    assert_eq!(code, 1008);
+    assert!(reason.contains("quota_exceeded"), "{reason}");
+    drop(ws.c);
+    drop(ws.s);
+    let _ = ws.task.await.unwrap();
+    let recs = ws.records.lock().unwrap();
+    let conn = recs.iter().find(|r| r.websocket.as_ref().is_some_and(|w| w.record == "connection"));
+    let conn = conn.unwrap();
+    assert_eq!(
+        (conn.input_tokens, conn.output_tokens, conn.cached_tokens),
+        (Some(30), Some(20), Some(4))
+    );
+    assert_eq!(conn.quota.as_deref(), Some("identity:finance"));
+    let refused = recs.iter().find(|r| r.code == Some("quota_exceeded")).expect("its record");
+    assert_eq!(refused.verdict, "block");
+}

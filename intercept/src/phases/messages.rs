@@ -60,6 +60,25 @@ pub fn event_model(text: &[u8]) -> Result<Option<String>, ModelError> {
     Ok(found)
 }
 
+/// Events whose `usage` says what a finished response used, quoted as JSON writes them.
+const FINISHED: [&[u8]; 2] = [b"\"response.done\"", b"\"response.completed\""];
+
+/// The client event that asks for a response (counted by a quota like a request).
+const CREATE: &str = "response.create";
+
+/// The usage of a server event that finishes a response, if `payload` is one. (Most server
+/// messages are deltas: a byte search goes first, the JSON is read only for a candidate.)
+fn finished_usage(payload: &[u8]) -> Option<crate::usage::Usage> {
+    if !FINISHED.iter().any(|e| payload.windows(e.len()).any(|w| w == *e)) {
+        return None;
+    }
+    let kind = event_type(payload)?;
+    if !FINISHED.iter().any(|e| e[1..e.len() - 1] == *kind.as_bytes()) {
+        return None;
+    }
+    crate::usage::last_usage(payload)
+}
+
 impl Session {
     /// Request phase of a client's WebSocket message (`text`: a text message, its payload
     /// decoded): audio is counted and refused when the rule says so, text runs the rule's DLP
@@ -95,8 +114,13 @@ impl Session {
             // Audio is not text: nothing for DLP.
             return MessageVerdict::Forward;
         }
+        let creates = event.as_deref() == Some(CREATE);
         rec.websocket =
             Some(crate::record::WsStats { record: "message", event, ..Default::default() });
+        // Each response asked for is counted by the rule's quota, as a request is.
+        if creates && let Err(r) = self.quota_admit(rec) {
+            return MessageVerdict::Refuse(r);
+        }
         if !self.headers.allowed_models.is_empty() {
             match event_model(payload) {
                 Ok(None) => {}
@@ -129,7 +153,9 @@ impl Session {
         }
     }
 
-    /// Response phase of a server's WebSocket text message: credentials masked as in
+    /// Response phase of a server's WebSocket text message: the tokens a finished response
+    /// reports (Realtime `response.done`, Responses `response.completed`) add up in the
+    /// connection's record `rec` and are charged to its quota; credentials are masked as in
     /// server-sent events. `Some`: the masked text to relay instead.
     pub fn server_message(
         &self,
@@ -138,6 +164,13 @@ impl Session {
         stats: &mut crate::record::WsStats,
     ) -> Option<Vec<u8>> {
         stats.messages_in += 1;
+        if let Some(u) = finished_usage(payload) {
+            let add = |t: &mut Option<u64>, n: u64| *t = Some(t.unwrap_or(0).saturating_add(n));
+            add(&mut rec.input_tokens, u.input_tokens);
+            add(&mut rec.output_tokens, u.output_tokens);
+            add(&mut rec.cached_tokens, u.cached_tokens);
+            self.charge_tokens(rec, u.input_tokens.saturating_add(u.output_tokens));
+        }
         let m = self.mask.as_ref()?;
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let masked = mask::json(m, payload.to_vec(), None, limit);
