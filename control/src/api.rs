@@ -50,6 +50,12 @@ pub struct AppState {
     pub links: Links,
     /// The fleet's quota counts, pushed to the data planes.
     pub quotas: crate::quotas::Totals,
+    /// Held requests.
+    pub approvals: Mutex<crate::approvals::ApprovalStore>,
+    /// The prompts of held requests whose rule lets reviewers read them (memory only).
+    pub prompts: crate::approvals::Prompts,
+    /// The approval webhook's queue.
+    pub webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
     /// Fan-out of new records (live tail, syslog).
     pub hub: Hub,
     /// Serialises rule pushes so data planes get versions in order.
@@ -60,23 +66,40 @@ pub struct AppState {
     pub started: Instant,
 }
 
+/// The stores control keeps its state in.
+#[derive(Debug)]
+pub struct Stores {
+    /// Rule versions and the audit log.
+    pub rules: RuleStore,
+    /// Flow and request records.
+    pub flows: FlowStore,
+    /// The identity feed.
+    pub identities: IdentStore,
+    /// Brokered provider keys and virtual keys.
+    pub keys: crate::keystore::KeyStore,
+    /// Held requests.
+    pub approvals: crate::approvals::ApprovalStore,
+}
+
 impl AppState {
-    /// State over the given stores, with no data plane connected yet.
+    /// State over the given stores, with no data plane connected yet; `webhook`: the queue of
+    /// the approval webhook, if one is configured.
     pub fn new(
         tokens: Tokens,
-        rules: RuleStore,
-        flows: FlowStore,
-        identities: IdentStore,
-        keys: crate::keystore::KeyStore,
+        stores: Stores,
         hub: Hub,
         ca_pem: Option<String>,
+        webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
     ) -> AppState {
         AppState {
             tokens,
-            rules: Mutex::new(rules),
-            flows: Mutex::new(flows),
-            identities: Mutex::new(identities),
-            keys: Mutex::new(keys),
+            rules: Mutex::new(stores.rules),
+            flows: Mutex::new(stores.flows),
+            identities: Mutex::new(stores.identities),
+            keys: Mutex::new(stores.keys),
+            approvals: Mutex::new(stores.approvals),
+            prompts: Default::default(),
+            webhook,
             links: Links::default(),
             quotas: Default::default(),
             hub,
@@ -447,6 +470,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::identities_api::routes())
         .merge(crate::keys_api::routes())
         .merge(crate::usage_api::routes())
+        .merge(crate::approvals_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

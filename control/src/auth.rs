@@ -16,6 +16,8 @@ pub enum Role {
     Analyst,
     /// The identity feed only.
     Feeder,
+    /// Held requests only: list them and decide (approve or deny).
+    Approver,
 }
 
 /// What a call needs.
@@ -27,6 +29,8 @@ pub enum Need {
     Admin,
     /// Feeding identities.
     Feed,
+    /// Listing and deciding held requests.
+    Approve,
 }
 
 impl Role {
@@ -34,7 +38,10 @@ impl Role {
     pub fn allows(self, need: Need) -> bool {
         matches!(
             (self, need),
-            (Role::Admin, _) | (Role::Analyst, Need::Read) | (Role::Feeder, Need::Feed)
+            (Role::Admin, _)
+                | (Role::Analyst, Need::Read)
+                | (Role::Feeder, Need::Feed)
+                | (Role::Approver, Need::Approve)
         )
     }
 
@@ -44,6 +51,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Analyst => "analyst",
             Role::Feeder => "feeder",
+            Role::Approver => "approver",
         }
     }
 }
@@ -55,6 +63,9 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The person holding it, when the configuration says (a reviewer may not decide a
+    /// request of their own).
+    pub user: Option<String>,
 }
 
 /// The configured tokens.
@@ -88,7 +99,7 @@ impl Tokens {
             .filter_map(|d| {
                 Some((
                     unhex(&d.sha256.to_ascii_lowercase())?,
-                    Caller { name: d.name.clone(), role: d.role },
+                    Caller { name: d.name.clone(), role: d.role, user: d.user.clone() },
                 ))
             })
             .collect();
@@ -121,11 +132,17 @@ mod tests {
     #[test]
     fn tokens_and_roles() {
         let defs = vec![
-            TokenDef { name: "ops".into(), role: Role::Admin, sha256: token_hash("admin-secret") },
+            TokenDef {
+                name: "ops".into(),
+                role: Role::Admin,
+                sha256: token_hash("admin-secret"),
+                user: None,
+            },
             TokenDef {
                 name: "soc".into(),
                 role: Role::Analyst,
                 sha256: token_hash("analyst-secret"),
+                user: Some("sam@corp".into()),
             },
         ];
         let t = Tokens::new(&defs);
@@ -136,5 +153,11 @@ mod tests {
         assert!(t.check(None).is_none());
         assert!(Role::Analyst.allows(Need::Read) && !Role::Analyst.allows(Need::Admin));
         assert!(Role::Feeder.allows(Need::Feed) && !Role::Feeder.allows(Need::Read));
+        assert!(Role::Approver.allows(Need::Approve) && !Role::Approver.allows(Need::Read));
+        assert!(Role::Admin.allows(Need::Approve) && !Role::Analyst.allows(Need::Approve));
+        assert_eq!(
+            t.check(Some("Bearer analyst-secret")).unwrap().user.as_deref(),
+            Some("sam@corp")
+        );
     }
 }

@@ -54,6 +54,35 @@ fn transport(e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(e.to_string())
 }
 
+/// A TLS client configuration (HTTP/1.1) trusting `ca` (PEM) or Mozilla's roots.
+pub fn tls(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let err = |m: String| ClientError::Ca { path: path.display().to_string(), message: m };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no certificate in the file".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(transport)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 impl Client {
     /// A client for `url` (`https://host:port`), trusting `ca` (PEM) or Mozilla's roots.
     pub fn new(url: &str, token: &str, ca: Option<&Path>) -> Result<Client, ClientError> {
@@ -71,38 +100,7 @@ impl Client {
             _ => (rest, 443),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let mut roots = rustls::RootCertStore::empty();
-        match ca {
-            Some(path) => {
-                let err =
-                    |m: String| ClientError::Ca { path: path.display().to_string(), message: m };
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| err(e.to_string()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| err(e.to_string()))?;
-                if certs.is_empty() {
-                    return Err(err("no certificate in the file".into()));
-                }
-                for c in certs {
-                    roots.add(c).map_err(|e| err(e.to_string()))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(transport)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Client {
-            host,
-            port,
-            base: base.to_owned(),
-            token: token.to_owned(),
-            tls: Arc::new(tls),
-        })
+        Ok(Client { host, port, base: base.to_owned(), token: token.to_owned(), tls: tls(ca)? })
     }
 
     async fn send(

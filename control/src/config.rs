@@ -19,6 +19,10 @@ pub struct TokenDef {
     pub role: Role,
     /// Hex SHA-256 of the token (`sluicectl token hash` prints it).
     pub sha256: String,
+    /// The person holding it (`alice@corp`, as the identity feed or a virtual key names
+    /// users): a reviewer may not approve a request of their own.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The configuration.
@@ -45,6 +49,21 @@ pub struct Config {
     /// API tokens.
     #[serde(default)]
     pub tokens: Vec<TokenDef>,
+    /// Just-in-time approval: whom to notify when a request waits.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// URL (`https://…`, or `http://…` for a relay on a trusted network) that gets a JSON
+    /// POST for each request that starts waiting: who, where, model, findings and the id (never
+    /// the prompt). Slack-style `text` is included for chat tools.
+    pub webhook: Option<String>,
+    /// CA certificate (PEM) the webhook's server is verified with (default: Mozilla's roots).
+    pub webhook_ca: Option<PathBuf>,
 }
 
 /// `[retention]`: records older than `max_age_days`, and the oldest beyond `max_rows` per

@@ -7,6 +7,8 @@
 //! and the syslog exporter ([`hub`], [`syslog`]).
 
 pub mod api;
+pub mod approvals;
+pub mod approvals_api;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -27,3 +29,4 @@ pub mod syslog;
 pub mod tls;
 pub mod usage_api;
 pub mod utc;
+pub mod webhook;

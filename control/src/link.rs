@@ -201,6 +201,15 @@ impl Links {
         acknowledged(answers)
     }
 
+    /// Sends a reviewer's decision to every connected data plane (the one holding the request
+    /// forwards or refuses it; an approval for a while applies on each); how many got it.
+    pub fn push_decision(&self, decision: &sluice_link::Decision) -> usize {
+        lock!(self.sessions)
+            .values()
+            .filter(|s| s.tx.send(Down::Decision { decision: decision.clone() }).is_ok())
+            .count()
+    }
+
     /// Sends the fleet's quota counts to every connected data plane (no answer expected).
     pub fn push_usage(&self, counts: &[sluice_link::UsageCount]) {
         for s in lock!(self.sessions).values() {
@@ -462,6 +471,48 @@ async fn serve_up(
                     for (_, w) in done {
                         let _ = w.send(entries);
                     }
+                }
+            }
+            UpMessage::Other(Up::Held { ticket }) => {
+                let (st, n) = (state.clone(), name.to_owned());
+                let id = ticket.id.clone();
+                let fresh = tokio::task::spawn_blocking(move || {
+                    let new = lock!(st.approvals).held(&n, &ticket)?;
+                    if new {
+                        st.prompts.keep(&ticket);
+                        if let Some(q) = &st.webhook
+                            && q.try_send(crate::webhook::notice(&ticket, &n)).is_err()
+                        {
+                            tracing::warn!(id = %ticket.id, "approval webhook queue full: notice dropped");
+                        }
+                    }
+                    Ok::<_, crate::store::StoreError>(new)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                match fresh {
+                    Ok(true) => {
+                        tracing::info!(dataplane = %name, %id, "a request waits for approval")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(dataplane = %name, %id, "storing a held request: {e}")
+                    }
+                }
+            }
+            UpMessage::Other(Up::HoldEnded { id, outcome }) => {
+                state.prompts.forget(&id);
+                let st = state.clone();
+                let (i, o) = (id.clone(), outcome.clone());
+                let r = tokio::task::spawn_blocking(move || lock!(st.approvals).ended(&i, &o))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                match r {
+                    Ok(true) => {
+                        tracing::info!(dataplane = %name, %id, %outcome, "a held request stopped waiting")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(dataplane = %name, %id, "ending a held request: {e}"),
                 }
             }
             UpMessage::Other(Up::KeysAck { generation, keys }) => {

@@ -3,6 +3,7 @@
 //! (`SLUICE_URL`, `SLUICE_TOKEN`, `SLUICE_CA`): rule pushes, history, diff and rollback,
 //! flow and request records, the live tail, the identity feed, status.
 
+mod approvals_cli;
 mod keys_cli;
 mod remote;
 mod usage_cli;
@@ -81,6 +82,9 @@ enum Cmd {
     /// Brokered provider keys and virtual keys (admin).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Requests held for a reviewer's approval (approver or admin).
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
     /// Data planes, their link and policy versions, store sizes.
     Status,
     /// Print shell completions.
@@ -152,6 +156,38 @@ enum KeysCmd {
     Revoke {
         /// Its id (`vk_…`).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// List held requests.
+    List {
+        /// `pending`, `approved`, `denied`, `timeout`, `gone`, `abandoned` or `all`.
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Show one (with its prompt while it waits, when the rule lets reviewers read it).
+    Show {
+        /// Its id (`apr_…`).
+        id: String,
+    },
+    /// Approve: the request goes on.
+    Approve {
+        /// Its id.
+        id: String,
+        /// Also approve the same user's requests to the same destination for this long
+        /// (30, 30m, 2h).
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
+    /// Deny: the client gets 403 with the reason.
+    Deny {
+        /// Its id.
+        id: String,
+        /// Why (shown to the client).
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -305,6 +341,18 @@ fn main() -> ExitCode {
                 KeysCmd::List => keys_cli::list(a),
                 KeysCmd::Issue { user, identity } => keys_cli::issue(a, user, identity.as_deref()),
                 KeysCmd::Revoke { id } => keys_cli::revoke(a, id),
+            });
+        }
+        Cmd::Approvals(c) => {
+            return online(&conn, |a| match &c {
+                ApprovalsCmd::List { state } => approvals_cli::list(a, state),
+                ApprovalsCmd::Show { id } => approvals_cli::show(a, id),
+                ApprovalsCmd::Approve { id, for_ } => {
+                    approvals_cli::decide(a, id, true, for_.as_deref(), None)
+                }
+                ApprovalsCmd::Deny { id, reason } => {
+                    approvals_cli::decide(a, id, false, None, reason.as_deref())
+                }
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),

@@ -1,5 +1,6 @@
 //! What the access controls share across every inspected connection of a data plane
-//! (ARCHITECTURE.md, "Access"): the brokered keys control pushes and the quota ledger. One
+//! (ARCHITECTURE.md, "Access"): the brokered keys control pushes, the quota ledger and the
+//! desk of requests waiting for approval. One
 //! value, owned by the binary (which applies control's pushes to it) and read per request.
 
 use std::sync::Arc;
@@ -14,6 +15,8 @@ pub struct Access {
     pub keys: Keys,
     /// Requests and tokens counted against quotas.
     pub quotas: Ledger,
+    /// Requests waiting for a reviewer's approval.
+    pub approvals: crate::approval::Desk,
 }
 
 impl Access {

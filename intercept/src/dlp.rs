@@ -171,6 +171,11 @@ pub(crate) fn scan(
             rec.dlp_action = Some("alert");
             Ok(None)
         }
+        // Forwarded only once a reviewer approves ([`crate::approval`]).
+        (DlpAction::Approve, None) => {
+            rec.dlp_action = Some("approve");
+            Ok(None)
+        }
     }
 }
 

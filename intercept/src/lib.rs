@@ -23,6 +23,7 @@
 
 pub mod access;
 mod admit;
+pub mod approval;
 pub mod block;
 pub mod broker;
 mod conn;

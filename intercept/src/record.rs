@@ -137,6 +137,9 @@ pub struct RequestRecord {
     /// when a rule's quota admitted it; control adds these up for the whole fleet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
+    /// The wait for a reviewer, when the rule held the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalNote>,
     /// Input tokens the response said it used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,
@@ -190,6 +193,27 @@ pub struct RequestRecord {
     /// A WebSocket connection (its record at close) or one of its messages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WsStats>,
+}
+
+/// How a held request's wait ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ApprovalNote {
+    /// The approval's id (as control lists it).
+    pub id: String,
+    /// `approved`, `denied`, `timeout`, `granted` (approved earlier for a while) or
+    /// `refused` (no room to wait, or nobody to ask).
+    pub decision: &'static str,
+    /// Who decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why (a denial's reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// An approval for this long (minutes) for the same user and destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_minutes: Option<u32>,
+    /// Milliseconds the request waited.
+    pub waited_ms: u64,
 }
 
 /// What a WebSocket carried, in its connection's record, or which message a message record is.

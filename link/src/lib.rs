@@ -17,17 +17,24 @@
 //!    brokered provider keys, sent on connect too), acknowledged by [`Up::PolicyAck`] /
 //!    [`Up::IdentitiesAck`] / [`Up::KeysAck`];
 //! 5. [`Down::Usage`] (the fleet's quota counts, on connect and as they change) needs no
-//!    answer.
+//!    answer;
+//! 6. a held request goes up as [`Up::Held`]; control answers with [`Down::Decision`], or the
+//!    data plane ends the wait with [`Up::HoldEnded`].
 //!
 //! Everything here is pure: [`encode`] writes a frame into a buffer, [`Decoder`] takes bytes
 //! as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
+
+mod approval;
+
+pub use approval::{Decision, FindingCount, Grant, HoldTicket};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Version of the messages below. Bumped on any incompatible change (2: [`Down::Keys`],
-/// which a version-1 data plane could not read; 3: [`Down::Usage`]).
+/// which a version-1 data plane could not read; 3: [`Down::Usage`], [`Up::Held`],
+/// [`Down::Decision`]).
 pub const PROTO_VERSION: u32 = 3;
 
 /// Largest frame either side accepts (a policy with large dictionaries, or a batch of
@@ -79,6 +86,18 @@ pub enum Up {
         generation: u64,
         /// Provider keys now held.
         keys: usize,
+    },
+    /// A request waits for a reviewer (sent again after a reconnect while it waits).
+    Held {
+        /// What the reviewer sees.
+        ticket: Box<HoldTicket>,
+    },
+    /// A held request stopped waiting without a decision.
+    HoldEnded {
+        /// Its id.
+        id: String,
+        /// `timeout` (refused) or `gone` (the client left).
+        outcome: String,
     },
 }
 
@@ -134,6 +153,12 @@ pub enum Down {
     Usage {
         /// The counts.
         counts: Vec<UsageCount>,
+    },
+    /// A reviewer decided on a held request (sent to every data plane: an approval for a
+    /// while applies on each).
+    Decision {
+        /// The decision.
+        decision: Decision,
     },
 }
 

@@ -50,14 +50,14 @@ pub use compile::{
 pub use diag::{Diagnostic, Severity, Source};
 pub use ident::{IdentityOverlay, OverlayEntry};
 pub use policy::{
-    BrokerPolicy, Category, CustomDetector, CustomKind, Decision, Defaults, DlpProfile,
-    HeaderPolicy, Identity, Measure, Policy, Query, QuotaLimit, QuotaPolicy, Resolved, Rule,
-    RuleExplanation, RuleSpec, Window, dictionary_hash, dictionary_hasher,
+    ApprovalPolicy, BrokerPolicy, Category, CustomDetector, CustomKind, Decision, Defaults,
+    DlpProfile, HeaderPolicy, Identity, Measure, Policy, Query, QuotaLimit, QuotaPolicy, Resolved,
+    Rule, RuleExplanation, RuleSpec, Window, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
     FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
-    QuotaBy, RealKeys, Unscanned,
+    QuotaBy, RealKeys, RuleAction, Unscanned,
 };
 
 use std::path::Path;

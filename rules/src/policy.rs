@@ -165,6 +165,22 @@ pub struct HeaderPolicy {
     pub broker: Option<BrokerPolicy>,
     /// The budget of the requests, if any.
     pub quota: Option<QuotaPolicy>,
+    /// Requests wait for a reviewer's approval (`hold`, or a DLP profile that approves).
+    pub approval: Option<ApprovalPolicy>,
+}
+
+/// Just-in-time approval: which requests wait, how long, and what the reviewer sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalPolicy {
+    /// Every request waits (`action = "hold"`); otherwise only those with DLP findings
+    /// under a profile whose action is `approve`.
+    pub every_request: bool,
+    /// Seconds a request waits before it is refused.
+    pub timeout_s: u64,
+    /// The reviewer sees the prompt text.
+    pub shows_prompt: bool,
+    /// Most requests of one identity held at once.
+    pub max_held: u32,
 }
 
 /// `quota`: limits on requests and tokens per subject and window.

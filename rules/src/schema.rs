@@ -27,6 +27,32 @@ impl Action {
     }
 }
 
+/// What a rule does, as written: a flow [`Action`], or `hold` (inspect, and every request
+/// waits for a reviewer's approval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// [`Action::Allow`].
+    Allow,
+    /// [`Action::Block`].
+    Block,
+    /// [`Action::Inspect`].
+    Inspect,
+    /// Inspected, and each request held until a reviewer approves it (or the wait ends).
+    Hold,
+}
+
+impl RuleAction {
+    /// What happens to the flow (a held rule's flows are inspected).
+    pub fn flow(self) -> Action {
+        match self {
+            RuleAction::Allow => Action::Allow,
+            RuleAction::Block => Action::Block,
+            RuleAction::Inspect | RuleAction::Hold => Action::Inspect,
+        }
+    }
+}
+
 /// What to do when inspection cannot happen (client refuses our certificate, invalid upstream
 /// certificate, body too large to scan).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -141,6 +167,9 @@ pub enum DlpAction {
     Redact,
     /// Forward and record the finding.
     Alert,
+    /// Hold the request until a reviewer approves it (the rule's `approval_*` settings);
+    /// denied or unanswered, it is refused.
+    Approve,
 }
 
 /// `[defaults]`.
@@ -282,8 +311,8 @@ pub struct RuleDef {
     /// Destination ports (empty: every port).
     #[serde(default)]
     pub ports: Vec<Spanned<u16>>,
-    /// `allow`, `block` or `inspect`.
-    pub action: Spanned<Action>,
+    /// `allow`, `block`, `inspect` or `hold`.
+    pub action: Spanned<RuleAction>,
     /// DLP profile for `inspect`.
     pub dlp: Option<Spanned<String>>,
     /// A request DLP could not read entirely (binary parts, undecodable bodies): `allow`
@@ -337,6 +366,15 @@ pub struct RuleDef {
     /// A budget for the requests this rule inspects, per identity, user or virtual key:
     /// `quota = { tokens_per_day = 200000 }` (`inspect` rules). Over it, requests get 429.
     pub quota: Option<Spanned<QuotaDef>>,
+    /// How long a held request waits for a reviewer, in seconds (5 to 3600; default 120):
+    /// `hold` rules, and rules whose DLP profile's action is `approve`.
+    pub approval_timeout: Option<Spanned<u64>>,
+    /// Reviewers see the prompt text of a held request (kept in control's memory while it
+    /// waits, never stored). Default: false (they see who, where, model and findings).
+    pub approval_shows_prompt: Option<Spanned<bool>>,
+    /// Most requests of one identity held at once under this rule (default 8); past it,
+    /// requests are refused (503 `approval_queue_full`).
+    pub approval_max_held: Option<Spanned<u32>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
 }

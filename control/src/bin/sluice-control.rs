@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sluice_control::api::{self, AppState};
+use sluice_control::api::{self, AppState, Stores};
+use sluice_control::approvals::ApprovalStore;
 use sluice_control::auth::Tokens;
 use sluice_control::config::Config;
 use sluice_control::hub::{Hub, SYSLOG_QUEUE};
@@ -14,7 +15,7 @@ use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
-use sluice_control::{link, serve, syslog, tls};
+use sluice_control::{link, serve, syslog, tls, webhook};
 
 /// The Sluice control-plane daemon.
 #[derive(Parser, Debug)]
@@ -54,16 +55,29 @@ fn main() -> Result<()> {
         }
         None => (None, None),
     };
+    let stores = Stores {
+        rules: RuleStore::open(&cfg.state_dir.join("rules.db"))
+            .context("opening the rule store")?,
+        flows: FlowStore::open(&cfg.state_dir.join("flows.db"))
+            .context("opening the flow store")?,
+        identities: IdentStore::open(&cfg.state_dir.join("identities.db"))
+            .context("opening the identity store")?,
+        keys: KeyStore::open(&cfg.state_dir.join("keys.db"), &cfg.state_dir.join("keys.kek"))
+            .context("opening the key store")?,
+        approvals: ApprovalStore::open(&cfg.state_dir.join("approvals.db"))
+            .context("opening the approval store")?,
+    };
+    let (webhook, webhook_task) =
+        match webhook::start(&cfg.approvals).context("[approvals] webhook")? {
+            Some((tx, task)) => (Some(tx), Some(task)),
+            None => (None, None),
+        };
     let state = Arc::new(AppState::new(
         Tokens::new(&cfg.tokens),
-        RuleStore::open(&cfg.state_dir.join("rules.db")).context("opening the rule store")?,
-        FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
-        IdentStore::open(&cfg.state_dir.join("identities.db"))
-            .context("opening the identity store")?,
-        KeyStore::open(&cfg.state_dir.join("keys.db"), &cfg.state_dir.join("keys.kek"))
-            .context("opening the key store")?,
+        stores,
         Hub::new(syslog_tx),
         ca_pem,
+        webhook,
     ));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -83,6 +97,9 @@ fn main() -> Result<()> {
         });
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tokio::spawn(push_quotas(state.clone()));
+        if let Some(t) = webhook_task {
+            tokio::spawn(t);
+        }
         tracing::info!(listen = %cfg.listen, cert = %cert.display(), "sluice-control serving");
         serve::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())

@@ -212,6 +212,9 @@ pub fn run(
                 connected.store(true, Ordering::Relaxed);
                 let r = serve(stream, &cfg, &spool, &enforced, &stop);
                 connected.store(false, Ordering::Relaxed);
+                // Nobody can decide now: requests that would wait are refused at once (those
+                // waiting wait on, and are told to control again after a reconnect).
+                enforced.access.approvals.connected.store(false, Ordering::Relaxed);
                 match r {
                     Ok(()) => info!("link to control closed"),
                     Err(e) => warn!("link to control lost: {e}"),
@@ -299,6 +302,10 @@ fn serve(
                     let from = s.next_seq().saturating_sub(s.depth() + 1);
                     acked = from;
                     sent = Some(from);
+                    drop(s);
+                    let desk = &enforced.access.approvals;
+                    desk.resend_waiting();
+                    desk.connected.store(true, Ordering::Relaxed);
                 }
                 Down::Refused { reason } => {
                     return Err(std::io::Error::other(format!("control refused us: {reason}")));
@@ -348,6 +355,10 @@ fn serve(
                     }));
                     tracing::debug!(subjects = n, "fleet quota counts in force");
                 }
+                Down::Decision { decision } => {
+                    info!(id = %decision.id, approved = decision.approved, by = %decision.by, "approval decided");
+                    enforced.access.approvals.decide(decision);
+                }
                 Down::Ack { upto } => {
                     acked = acked.max(upto);
                     lock(spool).ack(upto)?;
@@ -356,6 +367,10 @@ fn serve(
             }
         }
         let Some(after) = sent else { continue };
+        // Requests waiting for a reviewer, and waits that ended, go up at once.
+        while let Some(m) = enforced.access.approvals.poll_up() {
+            send(&mut stream, &m)?;
+        }
         if after >= acked + WINDOW {
             continue;
         }

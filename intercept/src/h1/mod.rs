@@ -216,7 +216,11 @@ impl Driver<'_> {
         };
         if head.websocket {
             *self.clean = false;
-            if let Err(r) = s.request_body_filter(&req, Vec::new(), &mut ctx) {
+            let filtered = match s.request_body_filter(&req, Vec::new(), &mut ctx) {
+                Ok(_) => s.hold(&mut ctx).await,
+                Err(r) => Err(r),
+            };
+            if let Err(r) = filtered {
                 self.refuse(client, ctx, &r).await?;
                 return Ok(Next::Close);
             }
@@ -273,6 +277,10 @@ impl Driver<'_> {
                 return Ok(Next::Close);
             }
         };
+        if let Err(r) = s.hold(&mut ctx).await {
+            self.refuse(client, ctx, &r).await?;
+            return Ok(Next::Close);
+        }
         let injected = s.upstream_request_filter(&req, &mut ctx);
         let Forward { body, decoded } = fwd;
         let mut out = forward_head(&head, &injected, Some(body.len()), decoded);

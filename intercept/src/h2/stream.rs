@@ -218,6 +218,9 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             }
         }
     };
+    if let Err(r) = s.hold(&mut ctx).await {
+        return refuse(conn, ctx, &r);
+    }
     let injected = s.upstream_request_filter(&view, &mut ctx);
     let method = parts.method.clone();
     let mut headers = parts.headers;

@@ -148,6 +148,16 @@ impl Session {
         };
         match dlp::scan(profile, &input, self.rule.as_deref(), rec) {
             Ok(Some(redacted)) => MessageVerdict::Replace(redacted),
+            // A message cannot wait for a reviewer inside a live socket: refused (fail
+            // closed), the findings recorded.
+            Ok(None) if rec.dlp_action == Some("approve") => {
+                MessageVerdict::Refuse(Refusal::forbidden(
+                    "approval_required",
+                    "this message needs a reviewer's approval, which a WebSocket message cannot \
+                     wait for",
+                    self.rule.as_deref(),
+                ))
+            }
             Ok(None) => MessageVerdict::Forward,
             Err(r) => MessageVerdict::Refuse(r),
         }

@@ -8,6 +8,8 @@
 //!    domain fronting, organization and project);
 //! 3. [`Session::request_body_filter`]: the body decoded once (Content-Encoding), the model read
 //!    from wherever the endpoint carries it and checked, DLP (block, redact, alert);
+//!    then, for a request the rule holds, [`Session::hold`] waits for a reviewer's decision
+//!    ([`crate::approval`]: the one phase that awaits);
 //! 4. [`Session::upstream_request_filter`]: the headers the rule injects;
 //! 5. [`Session::response_filter`]: the status, and whether the response is masked;
 //! 6. response body: [`crate::mask`] (credentials masked, server-sent events event by event);
@@ -166,6 +168,8 @@ pub struct RequestCtx {
     pub(crate) ws_protocols: Option<String>,
     /// The response body's end, for its token usage (JSON and event streams).
     usage: Option<Tail>,
+    /// What a reviewer must decide before the request goes on (set by phase 3).
+    pub(crate) hold: Option<sluice_link::HoldTicket>,
     started: Instant,
 }
 
@@ -231,6 +235,7 @@ impl Session {
             brokered: None,
             ws_protocols: None,
             usage: None,
+            hold: None,
             started: Instant::now(),
         }
     }
@@ -336,7 +341,19 @@ impl Session {
 
     /// Phase 3: the whole request body (de-framed, as the client sent it; empty for none).
     /// It is decoded once here; the model is read and checked; DLP scans the decoded text.
+    /// Last, whether the request must wait for a reviewer ([`Session::hold`] waits).
     pub fn request_body_filter(
+        &self,
+        req: &RequestView<'_>,
+        body: Vec<u8>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Forward, Refusal> {
+        let fwd = self.inspect_body(req, body, ctx)?;
+        self.hold_if(req, &fwd, ctx);
+        Ok(fwd)
+    }
+
+    fn inspect_body(
         &self,
         req: &RequestView<'_>,
         body: Vec<u8>,
@@ -413,8 +430,12 @@ impl Session {
     /// Whether a body over the inspection limit is forwarded uninspected: the rule fails open
     /// and has no model allow-list (a model could not be checked in a body never read).
     pub fn streams_uninspected(&self) -> bool {
-        // (Not where a key is brokered: a streamed body's trailers would go up unread.)
-        self.fail_open && self.headers.allowed_models.is_empty() && self.headers.broker.is_none()
+        // (Not where a key is brokered: a streamed body's trailers would go up unread; nor
+        // where requests wait for approval: a reviewer decides on a request read whole.)
+        self.fail_open
+            && self.headers.allowed_models.is_empty()
+            && self.headers.broker.is_none()
+            && self.headers.approval.is_none()
     }
 
     /// The refusal of a body larger than the inspection limit (without fail-open).

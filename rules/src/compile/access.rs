@@ -1,12 +1,18 @@
-//! Access settings of a rule: `quota` (budgets per identity, user or virtual key). The
-//! counting happens in the interception engine (ARCHITECTURE.md, "Quotas").
+//! Access settings of a rule: `quota` (budgets per identity, user or virtual key) and
+//! just-in-time approval (`action = "hold"`, or a DLP profile whose action is `approve`, with
+//! the `approval_*` settings). The counting and the waiting happen in the interception engine
+//! (ARCHITECTURE.md, "Quotas", "Approvals").
 
 use super::{Cx, span_of};
-use crate::policy::{Measure, QuotaLimit, QuotaPolicy, Window};
-use crate::schema::{Action, QuotaBy, RuleDef};
+use crate::policy::{ApprovalPolicy, Measure, QuotaLimit, QuotaPolicy, Window};
+use crate::schema::{Action, QuotaBy, RuleAction, RuleDef};
 
 /// Largest limit a quota takes (a larger one is a typo, not a budget).
 pub const MAX_QUOTA: u64 = 1_000_000_000_000;
+/// Default wait for a reviewer (seconds).
+pub const DEFAULT_APPROVAL_TIMEOUT: u64 = 120;
+/// Default most requests of one identity held at once.
+pub const DEFAULT_MAX_HELD: u32 = 8;
 
 impl Cx<'_> {
     /// The rule's quota, validated: an `inspect` rule (only inspected requests are counted),
@@ -65,6 +71,67 @@ impl Cx<'_> {
     }
 }
 
+impl Cx<'_> {
+    /// The rule's approval policy: every request of a `hold` rule, or the findings of a DLP
+    /// profile that approves; the `approval_*` settings only where something waits.
+    pub(super) fn approval(
+        &mut self,
+        r: &RuleDef,
+        name: &str,
+        written: RuleAction,
+        approves: bool,
+    ) -> Option<ApprovalPolicy> {
+        let waits = written == RuleAction::Hold || approves;
+        let settings = [
+            ("approval_timeout", r.approval_timeout.as_ref().map(span_of)),
+            ("approval_shows_prompt", r.approval_shows_prompt.as_ref().map(span_of)),
+            ("approval_max_held", r.approval_max_held.as_ref().map(span_of)),
+        ];
+        if !waits {
+            for (field, span) in settings {
+                if let Some(span) = span {
+                    self.err(
+                        span,
+                        format!(
+                            "`{field}` applies to `hold` rules and rules whose DLP profile's \
+                             action is `approve`; rule `{name}` holds nothing"
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        let timeout_s = match &r.approval_timeout {
+            Some(t) if !(5..=3600).contains(t.get_ref()) => {
+                self.err(
+                    span_of(t),
+                    format!("`approval_timeout` is 5 to 3600 seconds; {} is not", t.get_ref()),
+                );
+                return None;
+            }
+            Some(t) => *t.get_ref(),
+            None => DEFAULT_APPROVAL_TIMEOUT,
+        };
+        let max_held = match &r.approval_max_held {
+            Some(m) if !(1..=1024).contains(m.get_ref()) => {
+                self.err(
+                    span_of(m),
+                    format!("`approval_max_held` is 1 to 1024; {} is not", m.get_ref()),
+                );
+                return None;
+            }
+            Some(m) => *m.get_ref(),
+            None => DEFAULT_MAX_HELD,
+        };
+        Some(ApprovalPolicy {
+            every_request: written == RuleAction::Hold,
+            timeout_s,
+            shows_prompt: r.approval_shows_prompt.as_ref().is_some_and(|s| *s.get_ref()),
+            max_held,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::catalog::ShippedOnly;
@@ -109,6 +176,32 @@ mod tests {
         let e = compile("action = \"inspect\"\nquota = { by = \"team\", tokens_per_day = 5 }")
             .unwrap_err();
         assert!(e.contains("unknown variant `team`"), "{e}");
+    }
+
+    #[test]
+    fn hold_rules_and_approving_profiles_wait_for_a_reviewer() {
+        let c = compile("action = \"hold\"\napproval_timeout = 30\napproval_shows_prompt = true")
+            .unwrap();
+        let r = &c.policy.rules[0];
+        assert_eq!(r.spec.action, crate::Action::Inspect, "a held rule's flows are inspected");
+        let a = r.spec.headers.approval.clone().unwrap();
+        assert_eq!((a.every_request, a.timeout_s, a.shows_prompt, a.max_held), (true, 30, true, 8));
+        let text = "[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[dlp]]\nname = \"p\"\ndetectors = [\"credit_card\"]\naction = \"approve\"\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\naction = \"inspect\"\ndlp = \"p\"\napproval_max_held = 2\n";
+        let c = crate::compile("t.toml", text, &ShippedOnly).unwrap();
+        let a = c.policy.rules[0].spec.headers.approval.clone().unwrap();
+        assert_eq!((a.every_request, a.timeout_s, a.max_held), (false, 120, 2));
+    }
+
+    #[test]
+    fn approval_settings_where_nothing_waits_or_out_of_range_are_refused() {
+        let e = compile("action = \"inspect\"\napproval_timeout = 30").unwrap_err();
+        assert!(e.contains("t.toml:9:") && e.contains("holds nothing"), "{e}");
+        let e = compile("action = \"hold\"\napproval_timeout = 1").unwrap_err();
+        assert!(e.contains("5 to 3600"), "{e}");
+        let e = compile("action = \"hold\"\napproval_max_held = 0").unwrap_err();
+        assert!(e.contains("1 to 1024"), "{e}");
+        let e = compile("action = \"wait\"").unwrap_err();
+        assert!(e.contains("expected one of `allow`, `block`, `inspect`, `hold`"), "{e}");
     }
 
     #[test]

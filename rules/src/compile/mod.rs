@@ -435,7 +435,8 @@ impl Cx<'_> {
                 self.err(span_of(p), "port 0 is not a valid port: expected 1-65535");
             }
         }
-        let action = *r.action.get_ref();
+        let written = *r.action.get_ref();
+        let action = written.flow();
         let dlp = match (&r.dlp, action) {
             (Some(d), Action::Inspect) => match dlps.get(d.get_ref()) {
                 Some(i) => Some(*i),
@@ -520,6 +521,8 @@ impl Cx<'_> {
         };
         headers.broker = self.broker(r, name, action);
         headers.quota = self.quota(r, name, action);
+        let approves = dlp.and_then(|i| dlp_actions.get(i)) == Some(&DlpAction::Approve);
+        headers.approval = self.approval(r, name, written, approves);
         headers.block_unscanned = match &r.on_unscanned {
             Some(u) if r.dlp.is_none() => {
                 self.err(
@@ -640,6 +643,7 @@ impl Cx<'_> {
             mask_profile: None,
             broker: None,
             quota: None,
+            approval: None,
         }
     }
 

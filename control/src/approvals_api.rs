@@ -1,0 +1,197 @@
+//! The approval routes (role `approver` or admin; ARCHITECTURE.md, "Approvals"): held
+//! requests listed (`GET /v1/approvals?state=pending`), shown (`GET /v1/approvals/{id}`, with
+//! the prompt while it waits when the rule lets reviewers read it), and decided (`POST
+//! /v1/approvals/{id}` with `{"decision": "approve" | "deny", "minutes": N, "reason": "…"}`).
+//! A reviewer cannot decide a request of their own (their token's `user`); every decision is
+//! audited and sent to the data planes.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+use sluice_link::{Decision, Grant};
+
+use crate::api::{Shared, authorize, error, internal};
+use crate::auth::Need;
+
+/// Longest approval for a while (minutes): a day.
+pub const MAX_GRANT_MINUTES: u32 = 1440;
+/// Longest reason.
+const MAX_REASON: usize = 500;
+
+/// The approval routes.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/approvals", get(list))
+        .route("/v1/approvals/{id}", get(show).post(decide))
+}
+
+const STATES: [&str; 7] = ["pending", "approved", "denied", "timeout", "gone", "abandoned", "all"];
+
+async fn list(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Approve) {
+        return r;
+    }
+    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "state" | "limit")) {
+        return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}` (state, limit)"));
+    }
+    let state = q.get("state").map_or("pending", String::as_str);
+    if !STATES.contains(&state) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("state={state}: expected one of {}", STATES.join(", ")),
+        );
+    }
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000"),
+    };
+    let filter = (state != "all").then_some(state);
+    match s.approvals.lock().unwrap_or_else(|p| p.into_inner()).list(filter, limit) {
+        Ok(rows) => axum::Json(json!({ "approvals": rows })).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn show(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Approve) {
+        return r;
+    }
+    let found = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).get(&id);
+    match found {
+        Ok(Some(a)) => {
+            let prompt = (a.state == "pending").then(|| s.prompts.get(&id)).flatten();
+            let mut v = json!(a);
+            v["prompt"] = json!(prompt);
+            axum::Json(v).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no approval {id}")),
+        Err(e) => internal(e),
+    }
+}
+
+/// A decision as a reviewer sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    decision: String,
+    #[serde(default)]
+    minutes: Option<u32>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn decide(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let caller = match authorize(&s, &h, Need::Approve) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"decision\": \"approve\" | \"deny\", \"minutes\", \"reason\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let approved = match b.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("decision {other:?}: expected approve or deny"),
+            );
+        }
+    };
+    if let Some(m) = b.minutes
+        && (!approved || m == 0 || m > MAX_GRANT_MINUTES)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("minutes: 1 to {MAX_GRANT_MINUTES}, with an approval only"),
+        );
+    }
+    let reason = b.reason.map(|r| r.trim().chars().take(MAX_REASON).collect::<String>());
+    let reason = reason.filter(|r| !r.is_empty() && !r.chars().any(char::is_control));
+    let current = match s.approvals.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        Ok(Some(a)) => a,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no approval {id}")),
+        Err(e) => return internal(e),
+    };
+    if let (Some(me), Some(them)) = (caller.user.as_deref(), current.user())
+        && me.eq_ignore_ascii_case(them)
+    {
+        return error(StatusCode::FORBIDDEN, "a reviewer cannot decide a request of their own");
+    }
+    let decided = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).decide(
+        &id,
+        approved,
+        &caller.name,
+        reason.as_deref(),
+        b.minutes,
+    );
+    let a = match decided {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("approval {id} no longer waits ({})", current.state),
+            );
+        }
+        Err(e) => return internal(e),
+    };
+    s.prompts.forget(&id);
+    let text = |k: &str| a.request.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let grant = b.minutes.map(|m| Grant {
+        who: match text("user") {
+            Some(u) => format!("user:{u}"),
+            None => format!("identity:{}", text("identity").unwrap_or_default()),
+        },
+        destination: text("destination").unwrap_or_default(),
+        until_ms: crate::link::now_s().saturating_add(u64::from(m) * 60) * 1000,
+    });
+    let decision = Decision {
+        id: id.clone(),
+        approved,
+        by: caller.name.clone(),
+        reason: reason.clone(),
+        grant_minutes: b.minutes,
+        grant,
+    };
+    let delivered = s.links.push_decision(&decision);
+    let detail = json!({
+        "id": id, "dataplane": a.dataplane, "identity": text("identity"), "user": text("user"),
+        "destination": text("destination"), "reason": reason, "minutes": b.minutes,
+    });
+    let action = if approved { "approval.approve" } else { "approval.deny" };
+    if let Err(e) = s.rules.lock().unwrap_or_else(|p| p.into_inner()).audit(
+        &caller.name,
+        action,
+        &detail.to_string(),
+        None,
+    ) {
+        return internal(format!("{action} {id}: decided and sent, not audited: {e}"));
+    }
+    tracing::info!(%id, by = %caller.name, approved, delivered, "approval decided");
+    axum::Json(json!({ "approval": a, "delivered_to": delivered })).into_response()
+}

@@ -1,0 +1,175 @@
+//! The control daemon under test: the real binary on loopback with a configuration of its
+//! own, curl as the API client, and a data plane's end of the link spoken by hand.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use sluice_control::auth::token_hash;
+
+pub const ADMIN: &str = "admin-token-0123456789";
+pub const ANALYST: &str = "analyst-token-0123456789";
+
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn start() -> Daemon {
+    start_with("")
+}
+
+/// [`start`], `extra` appended to the configuration (more tokens, `[approvals]`).
+pub fn start_with(extra: &str) -> Daemon {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sluice-control-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"soc\"\nrole = \"analyst\"\nsha256 = \"{}\"\n",
+        dir.join("state").display(),
+        token_hash(ADMIN),
+        token_hash(ANALYST)
+    );
+    std::fs::write(dir.join("control.toml"), format!("{config}\n{extra}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
+        .arg("--config")
+        .arg(dir.join("control.toml"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect("daemon exited").unwrap();
+        if line.contains("sluice-control serving") {
+            break;
+        }
+    }
+    // Keep draining the log so the daemon never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon { child, port, dir }
+}
+
+/// (status, body) of a request made with curl, trusting the daemon's generated certificate.
+pub fn call(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    call_at(d.port, &d.dir, method, path, token, body)
+}
+
+/// [`call`] by port and directory (from another thread).
+pub fn call_at(
+    port: u16,
+    dir: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let cert = dir.join("state").join("api.crt");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(&cert).args([
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        "-X",
+        method,
+    ]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.arg(format!("https://localhost:{port}{path}")).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+pub fn rules(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A data plane's end of the link, speaking the protocol by hand.
+pub struct FakeDataplane {
+    pub sock: std::os::unix::net::UnixStream,
+    dec: sluice_link::Decoder,
+}
+
+impl FakeDataplane {
+    pub fn connect(d: &Daemon, name: &str, proto: u32) -> FakeDataplane {
+        use std::io::Write;
+        let path = d.dir.join("state").join("dataplane.sock");
+        // The link's socket is bound by a task of its own, right after the daemon says it
+        // serves: a fast test waits for it.
+        let mut tries = 0;
+        let mut sock = loop {
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("connecting to {}: {e}", path.display()),
+            }
+        };
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let hello = sluice_link::Up::Hello {
+            proto,
+            dataplane: name.into(),
+            next_seq: 1,
+            policy_version: None,
+            policy_sha256: String::new(),
+        };
+        sluice_link::encode(&hello, &mut buf).unwrap();
+        sock.write_all(&buf).unwrap();
+        FakeDataplane { sock, dec: sluice_link::Decoder::new() }
+    }
+
+    pub fn send(&mut self, m: &sluice_link::Up) {
+        use std::io::Write;
+        let mut buf = Vec::new();
+        sluice_link::encode(m, &mut buf).unwrap();
+        self.sock.write_all(&buf).unwrap();
+    }
+
+    /// The next message, `None` when control closed the link.
+    pub fn recv(&mut self) -> Option<sluice_link::Down> {
+        use std::io::Read;
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(m) = self.dec.message().unwrap() {
+                return Some(m);
+            }
+            let n = self.sock.read(&mut buf).unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.dec.push(&buf[..n]);
+        }
+    }
+}
