@@ -471,6 +471,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::keys_api::routes())
         .merge(crate::usage_api::routes())
         .merge(crate::approvals_api::routes())
+        .merge(crate::recordings_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

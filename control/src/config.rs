@@ -77,6 +77,10 @@ pub struct Retention {
     /// Most records kept per kind (flows, requests).
     #[serde(default = "default_rows")]
     pub max_rows: u64,
+    /// Days a recording is kept (on its own: recordings may go sooner, or stay longer, than
+    /// the records that name them).
+    #[serde(default = "default_age")]
+    pub recordings_max_age_days: u64,
 }
 
 fn default_age() -> u64 {
@@ -89,7 +93,11 @@ fn default_rows() -> u64 {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { max_age_days: default_age(), max_rows: default_rows() }
+        Retention {
+            max_age_days: default_age(),
+            max_rows: default_rows(),
+            recordings_max_age_days: default_age(),
+        }
     }
 }
 

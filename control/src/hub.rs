@@ -106,7 +106,7 @@ impl Hub {
         let kind = match r.kind {
             RecordKind::Flow => 0,
             RecordKind::Request => 1,
-            RecordKind::Stats | RecordKind::Alarm | RecordKind::Other => 2,
+            RecordKind::Stats | RecordKind::Alarm | RecordKind::Recording | RecordKind::Other => 2,
         };
         self.published[kind].fetch_add(1, Ordering::Relaxed);
         if kind == 2 {

@@ -21,6 +21,8 @@ pub mod link;
 pub mod metrics;
 pub mod quotas;
 pub mod record;
+pub mod recordings;
+pub mod recordings_api;
 pub mod records_api;
 pub mod rulestore;
 pub mod serve;

@@ -6,6 +6,7 @@
 mod approvals_cli;
 mod keys_cli;
 mod remote;
+mod sessions_cli;
 mod usage_cli;
 
 use std::net::IpAddr;
@@ -85,6 +86,9 @@ enum Cmd {
     /// Requests held for a reviewer's approval (approver or admin).
     #[command(subcommand)]
     Approvals(ApprovalsCmd),
+    /// Recorded exchanges (rules with `record`), decrypted with your age key.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
     /// Data planes, their link and policy versions, store sizes.
     Status,
     /// Print shell completions.
@@ -156,6 +160,55 @@ enum KeysCmd {
     Revoke {
         /// Its id (`vk_…`).
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCmd {
+    /// Make an age key pair: the private key to FILE (mode 0600), the public key printed (put
+    /// it in `[defaults] recording_recipients`). Keep the file away from the appliance.
+    Keygen {
+        /// Where to write the private key.
+        out: PathBuf,
+    },
+    /// List recordings.
+    List {
+        /// Since (unix ms, or a duration: 15m, 24h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Only this identity's.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Decrypt and print one recorded exchange.
+    Show {
+        /// Its id (`rec_…`).
+        id: String,
+        /// The age private key file it was sealed to (age-keygen's output).
+        #[arg(long = "identity")]
+        key: PathBuf,
+    },
+    /// Decrypt and print a conversation's exchanges in order.
+    Thread {
+        /// The thread (ChatGPT conversation id, or the first response id of a Responses chain).
+        thread: String,
+        /// The age private key file.
+        #[arg(long = "identity")]
+        key: PathBuf,
+    },
+    /// Run a recorded request through a candidate rule file offline: what would it do?
+    Replay {
+        /// Its id.
+        id: String,
+        /// The age private key file.
+        #[arg(long = "identity")]
+        key: PathBuf,
+        /// The candidate rule file.
+        #[arg(long)]
+        rules: PathBuf,
     },
 }
 
@@ -353,6 +406,29 @@ fn main() -> ExitCode {
                 ApprovalsCmd::Deny { id, reason } => {
                     approvals_cli::decide(a, id, false, None, reason.as_deref())
                 }
+            });
+        }
+        Cmd::Sessions(SessionsCmd::Keygen { out }) => {
+            return match sessions_cli::keygen(&out) {
+                Ok(public) => {
+                    println!("{public}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sluicectl: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Cmd::Sessions(c) => {
+            return online(&conn, |a| match &c {
+                SessionsCmd::List { since, identity, user } => {
+                    sessions_cli::list(a, since, identity.as_deref(), user.as_deref())
+                }
+                SessionsCmd::Keygen { .. } => Ok(()),
+                SessionsCmd::Show { id, key } => sessions_cli::show(a, id, key),
+                SessionsCmd::Thread { thread, key } => sessions_cli::thread(a, thread, key),
+                SessionsCmd::Replay { id, key, rules } => sessions_cli::replay(a, id, key, rules),
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),

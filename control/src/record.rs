@@ -33,6 +33,8 @@ pub enum RecordKind {
     Stats,
     /// A data plane's alarm (records it lost): written to the audit log, logged as an error.
     Alarm,
+    /// A sealed recording of an exchange (stored apart, never published).
+    Recording,
     /// Anything else (not stored).
     Other,
 }
@@ -44,6 +46,7 @@ impl RecordKind {
             Some("request") => RecordKind::Request,
             Some("stats") => RecordKind::Stats,
             Some("alarm") => RecordKind::Alarm,
+            Some("recording") => RecordKind::Recording,
             _ => RecordKind::Other,
         }
     }

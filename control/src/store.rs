@@ -164,6 +164,11 @@ fn like_item(name: &str) -> String {
 }
 
 impl FlowStore {
+    /// The connection (for the stores of other record kinds, [`crate::recordings`]).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::setup(Connection::open(path)?)
@@ -178,6 +183,7 @@ impl FlowStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::recordings::SCHEMA)?;
         Ok(FlowStore { conn })
     }
 
@@ -223,6 +229,7 @@ impl FlowStore {
                         r.json,
                         r.detectors()
                     ])?,
+                    RecordKind::Recording => crate::recordings::insert(&tx, dataplane, r)?,
                     RecordKind::Stats | RecordKind::Alarm | RecordKind::Other => 0,
                 };
                 fresh.push(n == 1);
@@ -238,7 +245,8 @@ impl FlowStore {
             .conn
             .query_row(
                 "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM flows WHERE dataplane = ?1
-                 UNION ALL SELECT MAX(seq) FROM requests WHERE dataplane = ?1)",
+                 UNION ALL SELECT MAX(seq) FROM requests WHERE dataplane = ?1
+                 UNION ALL SELECT MAX(seq) FROM recordings WHERE dataplane = ?1)",
                 [dataplane],
                 |r| r.get(0),
             )

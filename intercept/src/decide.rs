@@ -38,6 +38,7 @@ pub(crate) struct Decided {
     pub dlp: Option<Dlp>,
     pub mask: Option<Mask>,
     pub access: Arc<crate::access::Access>,
+    pub recorder: Option<crate::recording::Recorder>,
 }
 
 impl Decided {
@@ -64,6 +65,7 @@ impl Decided {
             dlp: self.dlp,
             mask: self.mask,
             access: self.access,
+            recorder: self.recorder,
         }
     }
 }
@@ -159,6 +161,9 @@ impl Decider {
                 })
             }),
             access: self.access.clone(),
+            recorder: d.rule.and_then(|r| r.spec.headers.record).and_then(|m| {
+                crate::recording::Recorder::new(m, &policy.defaults.recording_recipients)
+            }),
             mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|r| {
                 let scanner = self.scanner_for(&policy);
                 // Credentials always; then the mask profile's detectors, or the rule's own.

@@ -137,6 +137,16 @@ pub struct RequestRecord {
     /// when a rule's quota admitted it; control adds these up for the whole fleet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<String>,
+    /// The request's recording (`record` rules): its id, size and conversation ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::RecordingNote>,
+    /// What is captured for the recording while the exchange runs (never serialised).
+    #[serde(skip)]
+    pub capture: Option<Box<crate::recording::Capture>>,
+    /// The sealed recording, for the binary to write as a `recording` record (never part of
+    /// this record's JSON).
+    #[serde(skip)]
+    pub sealed: Option<Vec<u8>>,
     /// The wait for a reviewer, when the rule held the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalNote>,

@@ -57,7 +57,7 @@ pub use policy::{
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,
     FilePolicy, FragmentPolicy, MidstreamPolicy, MissingOrgProject, QuicPolicy, QuicRefusal,
-    QuotaBy, RealKeys, RuleAction, Unscanned,
+    QuotaBy, RealKeys, RecordMode, RuleAction, Unscanned,
 };
 
 use std::path::Path;

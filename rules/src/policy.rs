@@ -12,7 +12,7 @@ use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::schema::{
     Action, CanaryPolicy, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal, QuotaBy,
+    MidstreamPolicy, QuicPolicy, QuicRefusal, QuotaBy, RecordMode,
 };
 
 /// `[defaults]` after validation.
@@ -44,6 +44,8 @@ pub struct Defaults {
     pub divert: DivertMode,
     /// TCP ports carrying TLS, sorted.
     pub tls_ports: Vec<u16>,
+    /// The age X25519 public keys (`age1…`) recordings are encrypted to.
+    pub recording_recipients: Vec<String>,
 }
 
 /// A named set of sources.
@@ -167,6 +169,8 @@ pub struct HeaderPolicy {
     pub quota: Option<QuotaPolicy>,
     /// Requests wait for a reviewer's approval (`hold`, or a DLP profile that approves).
     pub approval: Option<ApprovalPolicy>,
+    /// What of the requests is recorded (encrypted to the defaults' recipients).
+    pub record: Option<RecordMode>,
 }
 
 /// Just-in-time approval: which requests wait, how long, and what the reviewer sees.

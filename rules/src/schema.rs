@@ -203,6 +203,10 @@ pub struct DefaultsDef {
     pub divert: Option<DivertMode>,
     /// TCP ports carrying TLS (default `[443]`); QUIC is read on UDP 443.
     pub tls_ports: Option<Spanned<Vec<Spanned<u16>>>>,
+    /// The age X25519 public keys (`age1…`) recordings are encrypted to (rules with
+    /// `record`); only the holders of the matching private keys can read them.
+    #[serde(default)]
+    pub recording_recipients: Vec<Spanned<String>>,
 }
 
 /// `[[identity]]`: a named set of sources.
@@ -375,8 +379,24 @@ pub struct RuleDef {
     /// Most requests of one identity held at once under this rule (default 8); past it,
     /// requests are refused (503 `approval_queue_full`).
     pub approval_max_held: Option<Spanned<u32>>,
+    /// Record the decoded bodies of matching requests (`request`) and of their responses
+    /// (`request+response`), encrypted to `[defaults] recording_recipients` before they leave
+    /// the interception engine (`inspect` rules).
+    pub record: Option<Spanned<RecordMode>>,
     /// Free text for people reading the file.
     pub description: Option<String>,
+}
+
+/// `record`: what of a request is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum RecordMode {
+    /// The request: method, path, headers (credentials withheld) and decoded body.
+    #[serde(rename = "request")]
+    Request,
+    /// The request and the response (status, headers, decoded body; WebSocket messages both
+    /// ways).
+    #[serde(rename = "request+response")]
+    RequestResponse,
 }
 
 /// Whose budget a `quota` is.

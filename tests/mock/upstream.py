@@ -274,7 +274,9 @@ def respond(name, full_path, body):
                                  "finish_reason": "stop"}],
                     "usage": usage}
         elif path == "/v1/responses":
-            resp = {"id": "resp_mock", "object": "response", "created_at": now, "model": model, "status": "completed",
+            # Each response its own id, as OpenAI's (a chain of them threads a conversation).
+            resp = {"id": "resp_" + hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:24],
+                    "object": "response", "created_at": now, "model": model, "status": "completed",
                     "output": [{"type": "message", "id": "msg_mock", "role": "assistant", "status": "completed",
                                 "content": [{"type": "output_text", "text": "Hello from the lab", "annotations": []}]}],
                     "usage": {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,

@@ -148,11 +148,16 @@ async fn housekeeping(state: Arc<AppState>, retention: sluice_control::config::R
         let r = tokio::task::spawn_blocking(move || {
             let cutoff =
                 link::now_s().saturating_sub(retention.max_age_days.saturating_mul(86_400));
-            let pruned = st
-                .flows
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .prune(cutoff.saturating_mul(1000), retention.max_rows);
+            let mut flows = st.flows.lock().unwrap_or_else(PoisonError::into_inner);
+            let pruned = flows.prune(cutoff.saturating_mul(1000), retention.max_rows);
+            let days = retention.recordings_max_age_days.saturating_mul(86_400);
+            let rec_cutoff = link::now_s().saturating_sub(days).saturating_mul(1000);
+            match flows.prune_recordings(rec_cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(recordings = n, "retention: old recordings deleted"),
+                Err(e) => tracing::error!("retention of recordings: {e}"),
+            }
+            drop(flows);
             let mut ids = st.identities.lock().unwrap_or_else(PoisonError::into_inner);
             let expired = ids.expire(link::now_s());
             let all = ids.all();

@@ -151,6 +151,8 @@ pub struct Session {
     pub mask: Option<Mask>,
     /// The access state: brokered keys and virtual keys, quota counts (read per request).
     pub access: Arc<crate::access::Access>,
+    /// The rule records its exchanges (sealed to the customer's keys).
+    pub recorder: Option<crate::recording::Recorder>,
 }
 
 /// One request's context: its record as it is filled, and how a refusal is worded.
@@ -178,6 +180,9 @@ impl RequestCtx {
     pub fn observe(&mut self, bytes: &[u8]) {
         if let Some(t) = self.usage.as_mut() {
             t.feed(bytes);
+        }
+        if let Some(c) = self.rec.capture.as_mut() {
+            c.response_body(bytes);
         }
     }
 }
@@ -226,6 +231,12 @@ impl Session {
         };
         if let Some(r) = req {
             self.note_credential(r, &mut rec);
+        }
+        if let (Some(rc), Some(r)) = (&self.recorder, req) {
+            let response = rc.mode == sluice_rules::RecordMode::RequestResponse;
+            rec.capture = Some(Box::new(crate::recording::Capture::new(
+                r.method, r.target, r.headers, response,
+            )));
         }
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
         RequestCtx {
@@ -370,6 +381,9 @@ impl Session {
             Some(enc) if !body.is_empty() => match sluice_dlp::body::decode(enc, &body, limit) {
                 Ok(d) => Some(d),
                 Err(e) => {
+                    if let Some(c) = rec.capture.as_mut() {
+                        c.request_body(&body);
+                    }
                     let cannot = format!("the request body could not be decoded: {e}");
                     if !self.headers.allowed_models.is_empty() {
                         return Err(self.model_refusal(&ModelError::Unreadable("undecodable body")));
@@ -399,6 +413,9 @@ impl Session {
             _ => None,
         };
         let plain = decoded.as_deref().unwrap_or(&body);
+        if let Some(c) = rec.capture.as_mut() {
+            c.request_body(plain);
+        }
         let ctype = req.headers.header("content-type");
         match model_of(req.target, ctype, plain) {
             Ok(m) => rec.model = m,
@@ -524,6 +541,9 @@ impl Session {
         ctx: &mut RequestCtx,
     ) -> Option<MaskPlan> {
         ctx.rec.status = Some(status);
+        if let Some(c) = ctx.rec.capture.as_mut() {
+            c.response_head(status, headers.header("content-type"));
+        }
         if status == 101 {
             ctx.ws_extensions = headers.header("sec-websocket-extensions").map(<[u8]>::to_vec);
         }
@@ -574,6 +594,9 @@ impl Session {
             ctx.rec.cached_tokens = Some(u.cached_tokens);
         }
         self.charge_quota(&ctx.rec);
+        if let Some(r) = &self.recorder {
+            crate::recording::seal(r, &mut ctx.rec);
+        }
         ctx.rec
     }
 }

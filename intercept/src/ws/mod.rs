@@ -191,6 +191,9 @@ impl Relay<'_> {
                 Event::Message { opcode, compressed, raw, payload } => {
                     let mut rec = self.message_record();
                     let text = opcode == op::TEXT;
+                    if text && let Some(c) = self.conn.capture.as_mut() {
+                        c.message("client", &payload);
+                    }
                     let s = self.session;
                     match s.client_message(text, &payload, &mut rec, &mut self.stats) {
                         MessageVerdict::Forward => {
@@ -253,6 +256,11 @@ impl Relay<'_> {
                     client.write_all(&raw).await?;
                 }
                 Event::Message { opcode, compressed, raw, payload } => {
+                    if opcode == op::TEXT
+                        && let Some(c) = self.conn.capture.as_mut()
+                    {
+                        c.message("server", &payload);
+                    }
                     let masked = if opcode == op::TEXT {
                         self.session.server_message(&payload, self.conn, &mut self.stats)
                     } else {
@@ -289,6 +297,7 @@ impl Relay<'_> {
             .map_or(0, |d| d.as_millis() as u64);
         r.dlp_findings.clear();
         r.dlp_action = None;
+        r.capture = None;
         r
     }
 

@@ -26,6 +26,7 @@ pub fn session(sni: &str) -> Session {
         dlp: None,
         mask: None,
         access: Default::default(),
+        recorder: None,
     }
 }
 

@@ -1,11 +1,12 @@
-//! Access settings of a rule: `quota` (budgets per identity, user or virtual key) and
-//! just-in-time approval (`action = "hold"`, or a DLP profile whose action is `approve`, with
-//! the `approval_*` settings). The counting and the waiting happen in the interception engine
-//! (ARCHITECTURE.md, "Quotas", "Approvals").
+//! Access settings of a rule: `quota` (budgets per identity, user or virtual key), just-in-time
+//! approval (`action = "hold"`, or a DLP profile whose action is `approve`, with the
+//! `approval_*` settings) and `record` (with `[defaults] recording_recipients`). The counting,
+//! the waiting and the recording happen in the interception engine (ARCHITECTURE.md,
+//! "Quotas", "Approvals", "Recordings").
 
 use super::{Cx, span_of};
-use crate::policy::{ApprovalPolicy, Measure, QuotaLimit, QuotaPolicy, Window};
-use crate::schema::{Action, QuotaBy, RuleAction, RuleDef};
+use crate::policy::{ApprovalPolicy, Defaults, Measure, QuotaLimit, QuotaPolicy, Window};
+use crate::schema::{Action, DefaultsDef, QuotaBy, RecordMode, RuleAction, RuleDef};
 
 /// Largest limit a quota takes (a larger one is a typo, not a budget).
 pub const MAX_QUOTA: u64 = 1_000_000_000_000;
@@ -132,11 +133,74 @@ impl Cx<'_> {
     }
 }
 
+/// Most recipients recordings are encrypted to.
+pub const MAX_RECIPIENTS: usize = 16;
+
+impl Cx<'_> {
+    /// `[defaults] recording_recipients`, each an age X25519 public key.
+    pub(super) fn recording_recipients(&mut self, d: Option<&DefaultsDef>) -> Vec<String> {
+        let Some(d) = d else { return Vec::new() };
+        if d.recording_recipients.len() > MAX_RECIPIENTS {
+            self.err(
+                span_of(&d.recording_recipients[MAX_RECIPIENTS]),
+                format!("at most {MAX_RECIPIENTS} recording recipients"),
+            );
+        }
+        let mut out = Vec::new();
+        for r in d.recording_recipients.iter().take(MAX_RECIPIENTS) {
+            match r.get_ref().parse::<age::x25519::Recipient>() {
+                Ok(_) => out.push(r.get_ref().clone()),
+                Err(e) => self.err(
+                    span_of(r),
+                    format!(
+                        "`{}` is not an age X25519 public key (age1…, as `age-keygen` prints): {e}",
+                        r.get_ref()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// The rule's `record`: an `inspect` rule, and somewhere to encrypt to.
+    pub(super) fn record(
+        &mut self,
+        r: &RuleDef,
+        name: &str,
+        action: Action,
+        defaults: &Defaults,
+    ) -> Option<RecordMode> {
+        let m = r.record.as_ref()?;
+        if action != Action::Inspect {
+            self.err(
+                span_of(m),
+                format!(
+                    "`record` applies only to `inspect` and `hold` rules (only a decrypted request \
+                     can be recorded); rule `{name}` is `{}`",
+                    action.as_str()
+                ),
+            );
+            return None;
+        }
+        if defaults.recording_recipients.is_empty() {
+            self.err(
+                span_of(m),
+                format!(
+                    "rule `{name}` records, and `[defaults] recording_recipients` names no public \
+                     key to encrypt recordings to"
+                ),
+            );
+            return None;
+        }
+        Some(*m.get_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::catalog::ShippedOnly;
     use crate::policy::{Measure, Window};
-    use crate::schema::QuotaBy;
+    use crate::schema::{QuotaBy, RecordMode};
 
     fn compile(rule: &str) -> Result<crate::Compiled, String> {
         let text = format!(
@@ -202,6 +266,30 @@ mod tests {
         assert!(e.contains("1 to 1024"), "{e}");
         let e = compile("action = \"wait\"").unwrap_err();
         assert!(e.contains("expected one of `allow`, `block`, `inspect`, `hold`"), "{e}");
+    }
+
+    #[test]
+    fn recordings_need_an_inspect_rule_and_a_valid_recipient() {
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let with = |defaults: &str, rule: &str| {
+            let text = format!(
+                "[defaults]\n{defaults}\n[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\n{rule}\n"
+            );
+            crate::compile("t.toml", &text, &ShippedOnly)
+                .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        };
+        let ok = format!("recording_recipients = [\"{key}\"]");
+        let c = with(&ok, "action = \"inspect\"\nrecord = \"request+response\"").unwrap();
+        assert_eq!(c.policy.rules[0].spec.headers.record, Some(RecordMode::RequestResponse));
+        assert_eq!(c.policy.defaults.recording_recipients, [key]);
+        let e = with("", "action = \"inspect\"\nrecord = \"request\"").unwrap_err();
+        assert!(e.contains("names no public key"), "{e}");
+        let e = with(&ok, "action = \"allow\"\nrecord = \"request\"").unwrap_err();
+        assert!(e.contains("only to `inspect`"), "{e}");
+        let e = with("recording_recipients = [\"age1nope\"]", "action = \"block\"").unwrap_err();
+        assert!(e.contains("not an age X25519 public key") && e.contains("t.toml:2:"), "{e}");
+        let e = with(&ok, "action = \"inspect\"\nrecord = \"everything\"").unwrap_err();
+        assert!(e.contains("unknown variant `everything`"), "{e}");
     }
 
     #[test]

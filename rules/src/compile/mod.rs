@@ -197,6 +197,7 @@ impl Cx<'_> {
             dns_ech: d.and_then(|d| d.dns_ech).unwrap_or(DnsEchPolicy::Strip),
             divert: d.and_then(|d| d.divert).unwrap_or(DivertMode::Learned),
             tls_ports,
+            recording_recipients: self.recording_recipients(d),
         }
     }
 
@@ -523,6 +524,7 @@ impl Cx<'_> {
         headers.quota = self.quota(r, name, action);
         let approves = dlp.and_then(|i| dlp_actions.get(i)) == Some(&DlpAction::Approve);
         headers.approval = self.approval(r, name, written, approves);
+        headers.record = self.record(r, name, action, defaults);
         headers.block_unscanned = match &r.on_unscanned {
             Some(u) if r.dlp.is_none() => {
                 self.err(
@@ -644,6 +646,7 @@ impl Cx<'_> {
             broker: None,
             quota: None,
             approval: None,
+            record: None,
         }
     }
 

@@ -90,6 +90,12 @@ impl Output {
         }
         for r in &requests {
             self.emitted.request += 1;
+            // A sealed recording goes first, as a record of its own (never part of the
+            // request record's JSON).
+            if let Some(line) = sluice_intercept::recording::recording_line(r) {
+                let _ = writeln!(self.log, "{line}");
+                lines.push((false, line));
+            }
             let Ok(line) = serde_json::to_string(r) else { continue };
             let _ = writeln!(self.log, "{line}");
             lines.push((false, line));

@@ -1,0 +1,240 @@
+//! Recordings (ARCHITECTURE.md, "Recordings"): the sealed exchanges data planes send as
+//! `recording` records, stored beside the records in `flows.db` (table `recordings`) with what
+//! lists and threads them in clear (who, where, when, size, conversation ids) and the age
+//! ciphertext, which only the customer's private key opens. Kept for their own retention.
+//! A thread groups a conversation: ChatGPT's `conversation_id`, or the chain of Responses
+//! API requests linked by `previous_response_id` (each recording takes the thread of the one
+//! whose response it continues).
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::record::Row;
+use crate::store::{FlowStore, StoreError};
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS recordings (
+    id TEXT PRIMARY KEY,
+    dataplane TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    identity TEXT, user TEXT, src TEXT, sni TEXT, method TEXT, path TEXT, rule TEXT,
+    bytes INTEGER NOT NULL,
+    thread TEXT NOT NULL,
+    response TEXT,
+    age TEXT NOT NULL,
+    UNIQUE (dataplane, seq)
+);
+CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
+CREATE INDEX IF NOT EXISTS recordings_thread ON recordings (thread, ts_ms);
+CREATE INDEX IF NOT EXISTS recordings_response ON recordings (response);
+";
+
+/// A recording record as a data plane sends it.
+#[derive(Deserialize)]
+struct Sent {
+    id: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    conversation: Option<String>,
+    #[serde(default)]
+    previous_response: Option<String>,
+    #[serde(default)]
+    response: Option<String>,
+    age: String,
+}
+
+/// A recording as listed (without its ciphertext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recording {
+    /// Its id (`rec_…`).
+    pub id: String,
+    /// The data plane that recorded it.
+    pub dataplane: String,
+    /// Unix ms of the request.
+    pub ts_ms: u64,
+    /// Identity.
+    pub identity: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Client address.
+    pub src: Option<String>,
+    /// Server name.
+    pub sni: Option<String>,
+    /// Method.
+    pub method: Option<String>,
+    /// Path.
+    pub path: Option<String>,
+    /// The rule that recorded it.
+    pub rule: Option<String>,
+    /// Plaintext bytes sealed.
+    pub bytes: u64,
+    /// The conversation it belongs to.
+    pub thread: String,
+    /// The response's id.
+    pub response: Option<String>,
+}
+
+/// Stores one `recording` row (in the ingest's transaction); 1 when new.
+pub(crate) fn insert(
+    tx: &Transaction<'_>,
+    dataplane: &str,
+    r: &Row<'_>,
+) -> Result<usize, StoreError> {
+    let s: Sent = serde_json::from_str(&r.json)?;
+    let thread = match (&s.previous_response, &s.conversation) {
+        (Some(prev), _) => tx
+            .query_row("SELECT thread FROM recordings WHERE response = ?1 LIMIT 1", [prev], |x| {
+                x.get::<_, String>(0)
+            })
+            .optional()?
+            .unwrap_or_else(|| prev.clone()),
+        (None, Some(c)) => c.clone(),
+        (None, None) => s.response.clone().unwrap_or_else(|| s.id.clone()),
+    };
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO recordings (id, dataplane, seq, ts_ms, identity, user, src, sni,
+             method, path, rule, bytes, thread, response, age)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            s.id,
+            dataplane,
+            i64::try_from(r.seq).unwrap_or(i64::MAX),
+            i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
+            r.identity,
+            r.user,
+            r.src,
+            r.sni,
+            s.method,
+            s.path,
+            r.rule,
+            i64::try_from(s.bytes).unwrap_or(i64::MAX),
+            thread,
+            s.response,
+            s.age,
+        ],
+    )?;
+    Ok(n)
+}
+
+const COLUMNS: &str =
+    "id, dataplane, ts_ms, identity, user, src, sni, method, path, rule, bytes, thread, response";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
+    Ok(Recording {
+        id: r.get(0)?,
+        dataplane: r.get(1)?,
+        ts_ms: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        identity: r.get(3)?,
+        user: r.get(4)?,
+        src: r.get(5)?,
+        sni: r.get(6)?,
+        method: r.get(7)?,
+        path: r.get(8)?,
+        rule: r.get(9)?,
+        bytes: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+        thread: r.get(11)?,
+        response: r.get(12)?,
+    })
+}
+
+/// Which recordings to list.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingFilter {
+    /// Since (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Identity.
+    pub identity: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Thread (all of one conversation, oldest first).
+    pub thread: Option<String>,
+}
+
+impl FlowStore {
+    /// Recordings matching `f`, newest first (a thread: oldest first), at most `limit`.
+    pub fn recordings(
+        &self,
+        f: &RecordingFilter,
+        limit: usize,
+    ) -> Result<Vec<Recording>, StoreError> {
+        let order = if f.thread.is_some() { "ASC" } else { "DESC" };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM recordings
+             WHERE (?1 IS NULL OR ts_ms >= ?1) AND (?2 IS NULL OR identity = ?2)
+               AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR thread = ?4)
+             ORDER BY ts_ms {order}, id LIMIT ?5"
+        );
+        let mut st = self.conn().prepare(&sql)?;
+        let since = f.since_ms.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        let rows = st.query_map(
+            params![since, f.identity, f.user, f.thread, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One recording and its ciphertext (age, base64).
+    pub fn recording(&self, id: &str) -> Result<Option<(Recording, String)>, StoreError> {
+        let sql = format!("SELECT {COLUMNS}, age FROM recordings WHERE id = ?1");
+        Ok(self
+            .conn()
+            .query_row(&sql, [id], |r| Ok((row(r)?, r.get::<_, String>(13)?)))
+            .optional()?)
+    }
+
+    /// Deletes recordings older than `older_than_ms`; how many.
+    pub fn prune_recordings(&mut self, older_than_ms: u64) -> Result<u64, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM recordings WHERE ts_ms < ?1",
+            [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
+        )?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(seq: u64, id: &str, extra: serde_json::Value) -> Row<'static> {
+        let mut v = json!({"seq": seq, "type": "recording", "ts_ms": 1000 + seq, "id": id,
+                           "identity": "finance", "user": "alice@corp", "bytes": 10, "age": "AAAA"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        Row::read_value(v, "dp").unwrap()
+    }
+
+    #[test]
+    fn recordings_are_stored_apart_and_threaded_by_their_conversation() {
+        let mut s = FlowStore::open_in_memory().unwrap();
+        let batch = vec![
+            rec(1, "rec_a", json!({"response": "resp_1"})),
+            rec(2, "rec_b", json!({"previous_response": "resp_1", "response": "resp_2"})),
+            rec(3, "rec_c", json!({"previous_response": "resp_2", "response": "resp_3"})),
+            rec(4, "rec_d", json!({"conversation": "chat-9"})),
+            rec(5, "rec_e", json!({"conversation": "chat-9"})),
+        ];
+        assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 5]);
+        assert_eq!(s.ingest("dp", &batch[..1]).unwrap(), vec![false], "once");
+        assert_eq!(s.count_of(crate::store::Kind::Requests).unwrap(), 0, "not a request record");
+        let thread = |t: &str| {
+            let f = RecordingFilter { thread: Some(t.into()), ..RecordingFilter::default() };
+            s.recordings(&f, 10).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        assert_eq!(thread("resp_1"), ["rec_a", "rec_b", "rec_c"]);
+        assert_eq!(thread("chat-9"), ["rec_d", "rec_e"]);
+        let (meta, age) = s.recording("rec_b").unwrap().unwrap();
+        assert_eq!((meta.user.as_deref(), age.as_str()), (Some("alice@corp"), "AAAA"));
+        assert_eq!(s.last_seq("dp").unwrap(), Some(5));
+        assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
+        assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 3);
+    }
+}

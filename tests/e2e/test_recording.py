@@ -1,0 +1,143 @@
+"""End-to-end tests of session recording in the lab, with the official OpenAI Python SDK as
+alice: her rule records requests and responses, sealed with age to a key made for the test
+(`sluicectl sessions keygen`); `sluicectl sessions show` opens a recording with that key and
+not with another; a Responses API chain threads; the prompt is in clear in no file of the lab's
+state and no log; replay against a stricter rule file says it would have been blocked.
+
+Expects the lab up and the appliance started (scripts/test does both).
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import time
+import unittest
+
+import test_access
+from test_control import ctl, current_rules
+from test_dataplane import env, push_rules, wait_for_record
+from test_intercept import sdk
+
+WORDS = '"Project Bluebird", "Project Kestrel"'
+
+
+def recording_rules(rules, public):
+    rule = test_access.RULE
+    assert rule in rules and "[defaults]\n" in rules
+    rules = rules.replace("[defaults]\n", '[defaults]\nrecording_recipients = ["%s"]\n' % public, 1)
+    return rules.replace(rule, rule + 'record = "request+response"\n', 1)
+
+
+class Recording(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="sluice-keys-")
+        cls.keys = {}
+        for name in ("right", "wrong"):
+            path = os.path.join(cls.dir, name + ".txt")
+            r = ctl("sessions", "keygen", path, token=None)
+            assert r.returncode == 0, r.stderr
+            cls.keys[name] = (path, r.stdout.strip())
+        assert oct(os.stat(cls.keys["right"][0]).st_mode & 0o777) == "0o600"
+
+    def setUp(self):
+        self.before = current_rules()
+        push_rules(recording_rules(self.before, self.keys["right"][1]))
+
+    def tearDown(self):
+        push_rules(self.before)
+
+    def test_a_recorded_chat_opens_with_the_right_key_only_and_is_nowhere_in_clear(self):
+        tag = secrets.token_hex(6)
+        phrase = "the quarterly numbers for %s" % tag
+        key = "sk-lab-rec-" + tag
+        code = ("r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':%r}])\n"
+                "print(r.choices[0].message.content)\n" % phrase)
+        r = sdk("alice", code, key=key)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        fp = "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        rec = wait_for_record("request", lambda x: x.get("api_key_fp") == fp and x.get("recording"))
+        rid = rec["recording"]["id"]
+        self.assertNotIn(phrase, json.dumps(rec))
+        # Listed (in clear: who, where, when, size), stored once.
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            lst = ctl("--json", "sessions", "list", "--since", "10m", token="SLUICE_ANALYST_TOKEN")
+            if rid in lst.stdout:
+                break
+            time.sleep(0.5)
+        self.assertIn(rid, lst.stdout, lst.stdout + lst.stderr)
+        shown = ctl("sessions", "show", rid, "--identity", self.keys["right"][0], token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn(phrase, shown.stdout)
+        self.assertIn("< 200", shown.stdout, "the response is recorded too")
+        self.assertIn("authorization: [withheld]", shown.stdout.lower())
+        self.assertNotIn(key, shown.stdout, "the API key is never recorded")
+        wrong = ctl("sessions", "show", rid, "--identity", self.keys["wrong"][0], token="SLUICE_ANALYST_TOKEN")
+        self.assertNotEqual(wrong.returncode, 0)
+        self.assertNotIn(phrase, wrong.stdout + wrong.stderr)
+        self.assertIn("cannot decrypt", wrong.stderr)
+        # Nothing of the prompt in clear: the lab's state (both daemons' state directories,
+        # spool, flow log, logs). The mock server's own log stands for OpenAI.
+        time.sleep(1)
+        for root, _, files in os.walk(env()["SLUICE_LAB_STATE"]):
+            for name in files:
+                if name in ("upstream.jsonl", "upstream.out"):
+                    continue
+                path = os.path.join(root, name)
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    continue
+                self.assertNotIn(tag.encode(), data, "the recorded prompt is in clear in %s" % path)
+
+        # Replay against a stricter rule file: the tag becomes a code name DLP blocks.
+        strict = current_rules().replace(WORDS, WORDS + ', "%s"' % tag, 1)
+        self.assertNotEqual(strict, current_rules())
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(strict)
+        try:
+            rep = ctl("sessions", "replay", rid, "--identity", self.keys["right"][0], "--rules", f.name,
+                      token="SLUICE_ANALYST_TOKEN")
+            same = ctl("sessions", "replay", rid, "--identity", self.keys["right"][0], "--rules",
+                       self.rules_file(), token="SLUICE_ANALYST_TOKEN")
+        finally:
+            os.unlink(f.name)
+        self.assertEqual(rep.returncode, 0, rep.stderr)
+        self.assertIn("request: block (403 dlp_violation)", rep.stdout)
+        self.assertIn("internal_codenames", rep.stdout)
+        self.assertEqual(same.returncode, 0, same.stderr)
+        self.assertIn("request: allow", same.stdout)
+
+    def rules_file(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(current_rules())
+        self.addCleanup(os.unlink, f.name)
+        return f.name
+
+    def test_a_responses_chain_is_one_thread(self):
+        tag = secrets.token_hex(6)
+        key = "sk-lab-thread-" + tag
+        code = ("a = client.responses.create(model='gpt-4o-mini', input='first %s')\n"
+                "b = client.responses.create(model='gpt-4o-mini', input='second %s', previous_response_id=a.id)\n"
+                "c = client.responses.create(model='gpt-4o-mini', input='third %s', previous_response_id=b.id)\n"
+                "print(a.id)\n" % (tag, tag, tag))
+        r = sdk("alice", code, key=key)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        first = r.stdout.strip().splitlines()[-1]
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            out = ctl("--json", "sessions", "list", "--since", "10m", token="SLUICE_ANALYST_TOKEN")
+            mine = [x for x in json.loads(out.stdout)["recordings"] if x["thread"] == first]
+            if len(mine) == 3:
+                break
+            time.sleep(0.5)
+        self.assertEqual(len(mine), 3, out.stdout)
+        t = ctl("sessions", "thread", first, "--identity", self.keys["right"][0], token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(t.returncode, 0, t.stderr)
+        at = [t.stdout.index("%s %s" % (w, tag)) for w in ("first", "second", "third")]
+        self.assertEqual(at, sorted(at), "in order")
