@@ -295,6 +295,19 @@ TOML
 # holds, pushed over the link.
 sed '0,/^action = "inspect"$/s//action = "inspect"\nbroker_key = "bench"/' "$W/rules.toml" > "$W/rules-broker.toml"
 printf 'sk-proj-benchbrokeredkey0123456789\n' > "$W/bench.key"
+# Recording (request and response, sealed with age to a key made for the bench), a quota that
+# never trips (it is counted, every request), and all three access controls together.
+target/release/sluicectl sessions keygen "$W/rec.key" > "$W/rec.pub" 2>/dev/null ||
+  { rm -f "$W/rec.key"; target/release/sluicectl sessions keygen "$W/rec.key" > "$W/rec.pub"; }
+RECORD="recording_recipients = [\"$(cat "$W/rec.pub")\"]"
+QUOTA='quota = { by = "identity", requests_per_minute = 1000000000, tokens_per_day = 1000000000000 }'
+access_rules() { # $1: the lines added to alice's rule
+  sed "0,/^tls_ports = \[443\]\$/s//tls_ports = [443]\n$RECORD/" "$W/rules.toml" |
+    sed "0,/^action = \"inspect\"\$/s//action = \"inspect\"\n$1/"
+}
+access_rules 'record = "request+response"' > "$W/rules-record.toml"
+access_rules "$QUOTA" > "$W/rules-quota.toml"
+access_rules "broker_key = \"bench\"\nrecord = \"request+response\"\n$QUOTA" > "$W/rules-all.toml"
 store_bench_key() {
   curl -sS --fail-with-body --cacert "$STATE/control/state/api.crt" \
     -H "Authorization: Bearer $(cat "$STATE/control/admin.token")" -X PUT --data-binary "@$W/bench.key" \
@@ -319,6 +332,22 @@ for round in $(seq "$RUNS"); do
     $lab start --rules "$W/rules-broker.toml" >/dev/null
     sample inspect-broker-ka "sluice inspect, key brokered (k-a)" alice $URL 0
     grep -q '"broker_key":"bench"' "$STATE/flows.jsonl" || { echo "no brokered request recorded" >&2; exit 1; }
+  fi
+  if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-record-ka; then
+    $lab start --rules "$W/rules-record.toml" >/dev/null
+    sample inspect-record-ka "sluice inspect, recorded (k-a)" alice $URL 0
+    sample inspect-record-1 "sluice inspect, recorded (1 conn, k-a)" alice $URL 0 1
+    grep -q '"type":"recording"' "$STATE/flows.jsonl" || { echo "no recording written" >&2; exit 1; }
+  fi
+  if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-quota-ka; then
+    $lab start --rules "$W/rules-quota.toml" >/dev/null
+    sample inspect-quota-ka "sluice inspect, quota counted (k-a)" alice $URL 0
+    grep -q '"quota":"identity:finance"' "$STATE/flows.jsonl" || { echo "no request counted" >&2; exit 1; }
+  fi
+  if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-all-ka; then
+    store_bench_key
+    $lab start --rules "$W/rules-all.toml" >/dev/null
+    sample inspect-all-ka "sluice inspect, broker+record+quota (k-a)" alice $URL 0
   fi
   $lab stop >/dev/null
   # The same without the kernel fast path: every diverted packet NAT-ed by the engine.
@@ -368,10 +397,17 @@ per_round() {
   paste -d' ' <(tr ' ' '\n' <<<"${SAMPLES[$1]}" | grep .) <(tr ' ' '\n' <<<"${SAMPLES[$2]}" | grep .) |
     awk '{ printf "%s%.2fx", (NR > 1 ? " / " : ""), $1 / $2 }'
 }
-if [ -n "${RPS[inspect-broker-ka]:-}" ] && [ -n "${RPS[inspect-ka]:-}" ]; then
-  awk -v b="${RPS[inspect-broker-ka]}" -v s="${RPS[inspect-ka]}" \
-    'BEGIN { printf "keep-alive  sluice inspect with the key brokered / without %5.2fx\n", b / s }'
-  echo "  per round: $(per_round inspect-broker-ka inspect-ka)"
+for row in broker record quota all; do
+  k=inspect-$row-ka
+  if [ -n "${RPS[$k]:-}" ] && [ -n "${RPS[inspect-ka]:-}" ]; then
+    awk -v b="${RPS[$k]}" -v s="${RPS[inspect-ka]}" -v r="$row" \
+      'BEGIN { printf "keep-alive  sluice inspect with %-7s / without %5.2fx\n", (r == "all" ? "all 3" : r), b / s }'
+    echo "  per round: $(per_round "$k" inspect-ka)"
+  fi
+done
+if [ -n "${P50[inspect-record-1]:-}" ] && [ -n "${P50[inspect-1]:-}" ]; then
+  awk -v a="${P50[inspect-record-1]}" -v b="${P50[inspect-1]}" \
+    'BEGIN { printf "added p50 latency of recording (request+response, 1 connection): %.3f ms\n", a - b }'
 fi
 if [ -n "$ONLY" ]; then exit 0; fi
 echo "== ratios (requests/s)"
