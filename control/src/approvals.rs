@@ -178,24 +178,31 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Approval, StoreError>> 
     }))
 }
 
-/// The prompts reviewers may read, in memory while their requests wait.
+/// The prompts reviewers may read, in memory while their requests wait (and never past the
+/// wait's end, even if the data plane never says it ended).
 #[derive(Debug, Default)]
-pub struct Prompts(Mutex<HashMap<String, Secret>>);
+pub struct Prompts(Mutex<HashMap<String, (Secret, u64)>>);
 
 impl Prompts {
-    /// Keeps `ticket`'s prompt, if it carries one (none past [`MAX_PROMPTS`]).
+    /// Keeps `ticket`'s prompt, if it carries one (none past [`MAX_PROMPTS`]), until its wait
+    /// would have timed out.
     pub fn keep(&self, ticket: &HoldTicket) {
         let Some(p) = &ticket.prompt else { return };
+        let until = ticket.ts_ms.saturating_add(ticket.timeout_s.saturating_mul(1000));
         let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if m.len() >= MAX_PROMPTS {
+            let now = now_ms();
+            m.retain(|_, (_, u)| *u > now);
+        }
         if m.len() < MAX_PROMPTS || m.contains_key(&ticket.id) {
-            m.insert(ticket.id.clone(), p.clone());
+            m.insert(ticket.id.clone(), (p.clone(), until));
         }
     }
 
-    /// `id`'s prompt, if kept.
+    /// `id`'s prompt, if kept and its wait has not ended.
     pub fn get(&self, id: &str) -> Option<String> {
         let m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        m.get(id).map(|s| s.expose().to_owned())
+        m.get(id).filter(|(_, u)| *u > now_ms()).map(|(s, _)| s.expose().to_owned())
     }
 
     /// Forgets `id`'s prompt (its wait ended).
@@ -211,7 +218,7 @@ mod tests {
     fn ticket(id: &str, prompt: Option<&str>) -> HoldTicket {
         HoldTicket {
             id: id.into(),
-            ts_ms: 1000,
+            ts_ms: now_ms(),
             timeout_s: 120,
             rule: Some("r".into()),
             identity: "finance".into(),
@@ -269,5 +276,9 @@ mod tests {
         assert_eq!(p.get("b"), None);
         p.forget("a");
         assert_eq!(p.get("a"), None);
+        let mut old = ticket("c", Some("stale"));
+        old.ts_ms = 1000;
+        p.keep(&old);
+        assert_eq!(p.get("c"), None, "past its wait");
     }
 }

@@ -25,6 +25,35 @@ pub const MAX_GRANT_MINUTES: u32 = 1440;
 /// Longest reason.
 const MAX_REASON: usize = 500;
 
+/// The decision a decided approval stands for (sent when it is made, and again to a data plane
+/// that holds the request anew after a reconnect); `None` while it waits.
+pub(crate) fn decision_of(a: &crate::approvals::Approval) -> Option<Decision> {
+    let approved = match a.state.as_str() {
+        "approved" => true,
+        "denied" => false,
+        _ => return None,
+    };
+    let text = |k: &str| a.request.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let decided_ms = a.decided_ms.unwrap_or_else(|| crate::link::now_s() * 1000);
+    let grant = a.grant_minutes.filter(|_| approved).map(|m| Grant {
+        who: match text("user") {
+            Some(u) => format!("user:{u}"),
+            None => format!("identity:{}", text("identity").unwrap_or_default()),
+        },
+        destination: text("destination").unwrap_or_default(),
+        rule: text("rule"),
+        until_ms: decided_ms.saturating_add(u64::from(m) * 60_000),
+    });
+    Some(Decision {
+        id: a.id.clone(),
+        approved,
+        by: a.decided_by.clone().unwrap_or_default(),
+        reason: a.reason.clone(),
+        grant_minutes: a.grant_minutes,
+        grant,
+    })
+}
+
 /// The approval routes.
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -138,6 +167,16 @@ async fn decide(
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no approval {id}")),
         Err(e) => return internal(e),
     };
+    // A wait that ended without the data plane saying so (it went away) is over anyway.
+    let ends = current.request["ts_ms"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_add(current.request["timeout_s"].as_u64().unwrap_or(0).saturating_mul(1000));
+    if current.state == "pending" && ends < crate::link::now_s() * 1000 {
+        let _ = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).ended(&id, "timeout");
+        s.prompts.forget(&id);
+        return error(StatusCode::CONFLICT, format!("approval {id} no longer waits (timeout)"));
+    }
     if let (Some(me), Some(them)) = (caller.user.as_deref(), current.user())
         && me.eq_ignore_ascii_case(them)
     {
@@ -162,21 +201,8 @@ async fn decide(
     };
     s.prompts.forget(&id);
     let text = |k: &str| a.request.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let grant = b.minutes.map(|m| Grant {
-        who: match text("user") {
-            Some(u) => format!("user:{u}"),
-            None => format!("identity:{}", text("identity").unwrap_or_default()),
-        },
-        destination: text("destination").unwrap_or_default(),
-        until_ms: crate::link::now_s().saturating_add(u64::from(m) * 60) * 1000,
-    });
-    let decision = Decision {
-        id: id.clone(),
-        approved,
-        by: caller.name.clone(),
-        reason: reason.clone(),
-        grant_minutes: b.minutes,
-        grant,
+    let Some(decision) = decision_of(&a) else {
+        return internal(format!("approval {id}: decided, and no decision to send"));
     };
     let delivered = s.links.push_decision(&decision);
     let detail = json!({

@@ -49,9 +49,9 @@ pub struct DataplaneStatus {
 }
 
 #[derive(Debug)]
-struct Session {
+pub(crate) struct Session {
     conn: u64,
-    tx: mpsc::UnboundedSender<Down>,
+    pub(crate) tx: mpsc::UnboundedSender<Down>,
     waiters: Vec<(i64, oneshot::Sender<Option<String>>)>,
     feed_waiters: Vec<(u64, oneshot::Sender<usize>)>,
     key_waiters: Vec<(u64, oneshot::Sender<usize>)>,
@@ -72,7 +72,7 @@ pub struct PushResult {
 /// The connected data planes.
 #[derive(Debug, Default)]
 pub struct Links {
-    sessions: Mutex<HashMap<String, Session>>,
+    pub(crate) sessions: Mutex<HashMap<String, Session>>,
     status: Mutex<HashMap<String, DataplaneStatus>>,
     next_conn: AtomicU64,
     generation: AtomicU64,
@@ -478,6 +478,15 @@ async fn serve_up(
                 let id = ticket.id.clone();
                 let fresh = tokio::task::spawn_blocking(move || {
                     let new = lock!(st.approvals).held(&n, &ticket)?;
+                    if !new {
+                        // Decided while the data plane was away: it gets the decision now.
+                        let decided = lock!(st.approvals).get(&ticket.id)?;
+                        if let Some(d) = decided.as_ref().and_then(crate::approvals_api::decision_of)
+                            && let Some(s) = lock!(st.links.sessions).get(&n)
+                        {
+                            let _ = s.tx.send(Down::Decision { decision: d });
+                        }
+                    }
                     if new {
                         st.prompts.keep(&ticket);
                         if let Some(q) = &st.webhook

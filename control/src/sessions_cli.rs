@@ -95,9 +95,21 @@ fn open(api: &Api, id: &str, keys: &[Box<dyn age::Identity>]) -> Result<Value, F
     serde_json::from_slice(&plain).map_err(|e| Fail(format!("{id}: not a recording: {e}"), 1))
 }
 
+/// `t` safe for a terminal: control characters (escape sequences a client may have sent)
+/// shown escaped, newlines and tabs kept.
+fn shown(t: &str) -> String {
+    t.chars()
+        .flat_map(|c| match c {
+            '\n' | '\t' => vec![c],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
+}
+
 fn text(body: &Value) -> String {
     match (body["text"].as_str(), body["base64"].as_str()) {
-        (Some(t), _) => t.to_owned(),
+        (Some(t), _) => shown(t),
         (None, Some(b)) => format!("[{} bytes, base64] {b}", b.len() / 4 * 3),
         _ => String::new(),
     }
@@ -114,9 +126,10 @@ fn print_exchange(p: &Value) {
         s(p, "identity"),
         s(p, "rule")
     );
-    println!("> {} {}", s(r, "method"), s(r, "target"));
+    println!("> {} {}", shown(&s(r, "method")), shown(&s(r, "target")));
     for h in r["headers"].as_array().into_iter().flatten() {
-        println!("> {}: {}", h[0].as_str().unwrap_or(""), h[1].as_str().unwrap_or(""));
+        let (n, v) = (h[0].as_str().unwrap_or(""), h[1].as_str().unwrap_or(""));
+        println!("> {}: {}", shown(n), shown(v));
     }
     println!(">\n{}", text(&r["body"]));
     if let Some(resp) = p.get("response") {
@@ -125,7 +138,7 @@ fn print_exchange(p: &Value) {
     }
     for m in p["messages"].as_array().into_iter().flatten() {
         let arrow = if m["from"] == "client" { ">" } else { "<" };
-        println!("{arrow} {}", s(m, "text"));
+        println!("{arrow} {}", shown(&s(m, "text")));
     }
 }
 

@@ -19,7 +19,10 @@ const ALICE: &str = "alice-reviewer-token-0123456789";
 fn ticket(id: &str, prompt: Option<&str>) -> HoldTicket {
     HoldTicket {
         id: id.into(),
-        ts_ms: 1_700_000_000_000,
+        ts_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
         timeout_s: 120,
         rule: Some("finance-hold".into()),
         identity: "finance".into(),
@@ -118,9 +121,15 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
                 (g.who.as_str(), g.destination.as_str()),
                 ("user:alice@corp", "api.openai.com")
             );
+            assert_eq!(g.rule.as_deref(), Some("finance-hold"));
         }
         other => panic!("expected the decision, got {other:?}"),
     }
+    // A data plane that held it again (after a reconnect) is told the decision again.
+    dp.send(&Up::Held { ticket: Box::new(ticket("apr_1", None)) });
+    assert!(
+        matches!(dp.recv(), Some(Down::Decision { decision }) if decision.id == "apr_1" && decision.approved)
+    );
     // Decided once; the prompt is gone with the wait.
     let (code, body) = call(&d, "POST", "/v1/approvals/apr_1", Some(REVIEWER), approve);
     assert_eq!(code, 409, "{body}");

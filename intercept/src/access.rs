@@ -17,6 +17,8 @@ pub struct Access {
     pub quotas: Ledger,
     /// Requests waiting for a reviewer's approval.
     pub approvals: crate::approval::Desk,
+    /// The data keys recordings are sealed with.
+    pub sealer: crate::recording::Sealer,
 }
 
 impl Access {

@@ -43,8 +43,8 @@ struct State {
     waiting: HashMap<String, Waiting>,
     /// Requests waiting per (identity, rule).
     per_source: HashMap<(String, String), u32>,
-    /// Approvals for a while: (who, destination) → until (Unix ms).
-    grants: HashMap<(String, String), u64>,
+    /// Approvals for a while: (who, destination, rule) → until (Unix ms).
+    grants: HashMap<(String, String, String), u64>,
     outbox: VecDeque<Up>,
 }
 
@@ -121,7 +121,7 @@ impl Desk {
         let id = ticket.id.clone();
         s.push(Up::Held { ticket: Box::new(ticket.clone()) });
         s.waiting.insert(id.clone(), Waiting { ticket, source, tx });
-        Ok(Held { desk: self, id, rx: Some(rx) })
+        Ok(Held { desk: self, id, rx: Some(rx), done: false })
     }
 
     /// A reviewer's decision from control: the waiting request gets it; an approval for a
@@ -134,7 +134,8 @@ impl Desk {
                 s.grants.retain(|_, until| *until > now);
             }
             if s.grants.len() < MAX_GRANTS {
-                s.grants.insert((g.who.clone(), g.destination.clone()), g.until_ms);
+                let rule = g.rule.clone().unwrap_or_default();
+                s.grants.insert((g.who.clone(), g.destination.clone(), rule), g.until_ms);
             }
         }
         if let Some(w) = s.remove(&d.id) {
@@ -142,11 +143,12 @@ impl Desk {
         }
     }
 
-    /// Whether `who` (`user:…` / `identity:…`) was approved to reach `destination` for a
-    /// while that has not ended at `now_ms`.
-    pub fn granted(&self, who: &str, destination: &str, now_ms: u64) -> bool {
+    /// Whether `who` (`user:…` / `identity:…`) was approved to reach `destination` under
+    /// `rule` for a while that has not ended at `now_ms`.
+    pub fn granted(&self, who: &str, destination: &str, rule: &str, now_ms: u64) -> bool {
         let s = self.lock();
-        s.grants.get(&(who.to_owned(), destination.to_owned())).is_some_and(|u| *u > now_ms)
+        let key = (who.to_owned(), destination.to_owned(), rule.to_owned());
+        s.grants.get(&key).is_some_and(|u| *u > now_ms)
     }
 
     /// The next message for control (the link thread drains it).
@@ -193,6 +195,8 @@ pub struct Held<'a> {
     desk: &'a Desk,
     id: String,
     rx: Option<oneshot::Receiver<Decision>>,
+    /// The wait ended (decided, or timed out and told): nothing to take off at drop.
+    done: bool,
 }
 
 impl Held<'_> {
@@ -204,19 +208,22 @@ impl Held<'_> {
     /// Waits for the decision, at most `timeout`.
     pub async fn wait(mut self, timeout: Duration) -> Outcome {
         let Some(rx) = self.rx.take() else { return Outcome::Timeout };
-        match tokio::time::timeout(timeout, rx).await {
+        let outcome = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(d)) => Outcome::Decided(d),
             _ => {
                 self.desk.end(&self.id, "timeout");
                 Outcome::Timeout
             }
-        }
+        };
+        self.done = true;
+        outcome
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if self.rx.is_some() {
+        // Dropped mid-wait (the client left, its connection or stream was dropped).
+        if !self.done {
             self.desk.end(&self.id, "gone");
         }
     }
@@ -288,7 +295,8 @@ impl Session {
         let desk = &self.access.approvals;
         let who = grantee(&ticket.identity, ticket.user.as_deref());
         let mut note = ApprovalNote { id: ticket.id.clone(), ..ApprovalNote::default() };
-        if desk.granted(&who, &ticket.destination, now_ms()) {
+        let rule = ticket.rule.as_deref().unwrap_or("");
+        if desk.granted(&who, &ticket.destination, rule, now_ms()) {
             note.decision = "granted";
             ctx.rec.approval = Some(note);
             return Ok(());
@@ -484,16 +492,19 @@ mod tests {
         ok.grant = Some(Grant {
             who: "user:a".into(),
             destination: "api.openai.com".into(),
+            rule: Some("r".into()),
             until_ms: 10_000,
         });
         d.decide(ok);
-        assert!(d.granted("user:a", "api.openai.com", 9_999));
-        assert!(!d.granted("user:a", "api.openai.com", 10_000));
-        assert!(!d.granted("user:b", "api.openai.com", 0));
-        assert!(!d.granted("user:a", "chatgpt.com", 0));
+        assert!(d.granted("user:a", "api.openai.com", "r", 9_999));
+        assert!(!d.granted("user:a", "api.openai.com", "r", 10_000));
+        assert!(!d.granted("user:b", "api.openai.com", "r", 0));
+        assert!(!d.granted("user:a", "chatgpt.com", "r", 0));
+        assert!(!d.granted("user:a", "api.openai.com", "other-rule", 0), "one rule's only");
         let mut denied = decision("r", false);
-        denied.grant = Some(Grant { who: "user:b".into(), destination: "x".into(), until_ms: 9 });
+        denied.grant =
+            Some(Grant { who: "user:b".into(), destination: "x".into(), rule: None, until_ms: 9 });
         d.decide(denied);
-        assert!(!d.granted("user:b", "x", 0), "a denial grants nothing");
+        assert!(!d.granted("user:b", "x", "", 0), "a denial grants nothing");
     }
 }

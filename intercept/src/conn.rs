@@ -66,8 +66,9 @@ pub(crate) async fn connection(
     let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
     let pinned_key = (peer.ip(), sni.clone().unwrap_or_default(), ja4);
     // A client that refused the minted certificate is spliced under a failing-open policy,
-    // never where the rule brokers a key (its own credential would reach the server).
-    let may_splice = d.fail_open && d.headers.broker.is_none();
+    // never where the rule's access controls need the requests (a brokered key, a quota, an
+    // approval, a recording): a spliced connection would step around them.
+    let may_splice = d.may_splice();
     let pinned =
         d.action == RuleAction::Inspect && may_splice && shared.decider.is_pinned(&pinned_key);
     let tls = hello.is_some();
@@ -283,7 +284,7 @@ async fn intercept(
                 Ok(Err(e)) => (HandshakeFailure::of(&e), e.to_string()),
                 _ => (HandshakeFailure::TimedOut, "timed out".into()),
             };
-            let fail_open = d.fail_open && d.headers.broker.is_none();
+            let fail_open = d.may_splice();
             info!(%peer, sni = sni.as_deref().unwrap_or(""), ?failure, "client TLS handshake failed: {why}");
             let pinned = failure == HandshakeFailure::CertificateRefused && fail_open;
             let action = if pinned { "allow" } else { "block" };

@@ -42,6 +42,17 @@ pub(crate) struct Decided {
 }
 
 impl Decided {
+    /// Whether a client that refuses the minted certificate may be spliced uninspected: the
+    /// policy fails open and the rule has no access control that needs its requests.
+    pub fn may_splice(&self) -> bool {
+        let h = &self.headers;
+        self.fail_open
+            && h.broker.is_none()
+            && h.quota.is_none()
+            && h.approval.is_none()
+            && h.record.is_none()
+    }
+
     /// The session of an inspected connection (`refuse`: why every request is refused).
     pub fn session(
         self,

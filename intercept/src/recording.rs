@@ -4,7 +4,10 @@
 //! age to the customer's X25519 public keys. Only the sealed bytes leave this module: the
 //! request record names the recording (id, size, conversation ids), and the binary writes the
 //! sealed bytes as a `recording` record beside it. Nothing of a recording is ever in clear
-//! outside memory; credentials in headers are withheld before capture.
+//! outside memory; credentials in headers are withheld before capture. Sealing is envelope
+//! encryption: a random AES-256-GCM data key, age-encrypted to the recipients once per ten
+//! minutes, seals each recording (its id bound as associated data) and travels with it, so a
+//! recording opens on its own with the private key.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -17,8 +20,9 @@ use crate::phases::Headers;
 use crate::record::RequestRecord;
 
 /// Most bytes captured per direction (a body, or WebSocket messages); past it the capture is
-/// cut and says so.
-pub const MAX_CAPTURE: usize = 4 << 20;
+/// cut and says so. (A recording record stays well under the link's frame limit even when
+/// every byte needs escaping.)
+pub const MAX_CAPTURE: usize = 1 << 20;
 
 /// Headers whose values are credentials: recorded as `[withheld]`.
 const WITHHELD: [&str; 7] = [
@@ -37,6 +41,8 @@ pub struct Recorder {
     /// Request only, or request and response.
     pub mode: RecordMode,
     recipients: Arc<[age::x25519::Recipient]>,
+    /// The recipients as written (which data key they wrap).
+    names: Arc<[String]>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -48,26 +54,150 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
+/// How long one data key seals recordings, and for how many at most.
+const KEY_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
+const KEY_USES: u64 = 1 << 20;
+
+/// The data key recordings are sealed with (AES-256-GCM), wrapped with age to the recipients
+/// once per [`KEY_LIFE`]: the X25519 work is paid once per key, not per recording.
+struct DataKey {
+    for_recipients: Arc<[String]>,
+    key: ring::aead::LessSafeKey,
+    /// The key, age-encrypted to the recipients (base64): carried by every recording it seals,
+    /// so each opens on its own.
+    wrapped: String,
+    born: std::time::Instant,
+    uses: u64,
+}
+
+/// The data keys of a data plane (shared by its connections).
+#[derive(Default)]
+pub struct Sealer {
+    current: std::sync::Mutex<Option<DataKey>>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(…)")
+    }
+}
+
+/// A sealed recording: the age-wrapped data key, the nonce and the AES-256-GCM ciphertext
+/// (the recording's id is the associated data), each base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Sealed {
+    /// `aes-256-gcm+age`.
+    pub alg: String,
+    /// The data key, age-encrypted to the recipients.
+    pub key: String,
+    /// The nonce.
+    pub nonce: String,
+    /// The ciphertext and tag.
+    pub data: String,
+}
+
 impl Recorder {
     /// A recorder sealing to `recipients` (age1… public keys; the unreadable ones are left out,
     /// and with none left there is no recorder: the rule compiler refuses such a rule first).
     pub fn new(mode: RecordMode, recipients: &[String]) -> Option<Recorder> {
         let r: Vec<age::x25519::Recipient> =
             recipients.iter().filter_map(|r| r.parse().ok()).collect();
-        (!r.is_empty()).then(|| Recorder { mode, recipients: r.into() })
+        (!r.is_empty()).then(|| Recorder {
+            mode,
+            recipients: r.into(),
+            names: recipients.to_vec().into(),
+        })
     }
 
-    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, String> {
+    fn new_key(&self) -> Result<DataKey, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut raw = [0u8; 32];
+        ring::rand::SecureRandom::fill(&rng, &mut raw).map_err(|_| "no randomness".to_owned())?;
         let enc = age::Encryptor::with_recipients(
             self.recipients.iter().map(|r| r as &dyn age::Recipient),
         )
         .map_err(|e| e.to_string())?;
-        let mut out = Vec::with_capacity(plaintext.len() + 256);
-        let mut w = enc.wrap_output(&mut out).map_err(|e| e.to_string())?;
-        w.write_all(plaintext).map_err(|e| e.to_string())?;
+        let mut wrapped = Vec::with_capacity(256);
+        let mut w = enc.wrap_output(&mut wrapped).map_err(|e| e.to_string())?;
+        w.write_all(&raw).map_err(|e| e.to_string())?;
         w.finish().map_err(|e| e.to_string())?;
-        Ok(out)
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw)
+            .map_err(|_| "bad key".to_owned())?;
+        zeroize::Zeroize::zeroize(&mut raw);
+        Ok(DataKey {
+            for_recipients: self.names.clone(),
+            key: ring::aead::LessSafeKey::new(key),
+            wrapped: base64::engine::general_purpose::STANDARD.encode(&wrapped),
+            born: std::time::Instant::now(),
+            uses: 0,
+        })
     }
+
+    /// Seals `plaintext` (the recording `id` bound as associated data) with the current data
+    /// key, made anew when there is none, it is old or it wraps other recipients.
+    fn seal(&self, sealer: &Sealer, id: &str, plaintext: &[u8]) -> Result<Sealed, String> {
+        let mut cur = sealer.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = cur.as_ref().is_none_or(|k| {
+            k.for_recipients != self.names || k.born.elapsed() > KEY_LIFE || k.uses >= KEY_USES
+        });
+        if stale {
+            *cur = Some(self.new_key()?);
+        }
+        let Some(k) = cur.as_mut() else { return Err("no data key".into()) };
+        k.uses += 1;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| "no randomness".to_owned())?;
+        let mut data = plaintext.to_vec();
+        k.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(id.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| "sealing failed".to_owned())?;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        Ok(Sealed {
+            alg: "aes-256-gcm+age".into(),
+            key: k.wrapped.clone(),
+            nonce: b64.encode(nonce),
+            data: b64.encode(&data),
+        })
+    }
+}
+
+/// Opens a recording sealed by [`Recorder`] (`sluicectl sessions show`): the data key with
+/// the age `identities`, then the ciphertext.
+pub fn open(
+    sealed: &Sealed,
+    id: &str,
+    identities: &[Box<dyn age::Identity>],
+) -> Result<Vec<u8>, String> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    if sealed.alg != "aes-256-gcm+age" {
+        return Err(format!("unknown sealing {}", sealed.alg));
+    }
+    let wrapped = b64.decode(&sealed.key).map_err(|e| format!("key: {e}"))?;
+    let d = age::Decryptor::new_buffered(&wrapped[..]).map_err(|e| format!("key: {e}"))?;
+    let mut r = d
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut raw).map_err(|e| e.to_string())?;
+    let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw)
+        .map_err(|_| "the data key is not 32 bytes".to_owned())?;
+    zeroize::Zeroize::zeroize(&mut raw);
+    let nonce: [u8; ring::aead::NONCE_LEN] =
+        b64.decode(&sealed.nonce).ok().and_then(|n| n.try_into().ok()).ok_or("bad nonce")?;
+    let mut data = b64.decode(&sealed.data).map_err(|e| format!("data: {e}"))?;
+    let plain = ring::aead::LessSafeKey::new(key)
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(id.as_bytes()),
+            &mut data,
+        )
+        .map_err(|_| "the recording does not open: altered, or another recording's".to_owned())?;
+    Ok(plain.to_vec())
 }
 
 /// One direction's bytes, bounded.
@@ -87,8 +217,8 @@ impl Bounded {
     }
 }
 
-/// What is captured of one exchange, as it passes.
-#[derive(Debug, Clone, Default)]
+/// What is captured of one exchange, as it passes (its `Debug` shows sizes, never content).
+#[derive(Clone, Default)]
 pub struct Capture {
     method: String,
     target: String,
@@ -103,10 +233,28 @@ pub struct Capture {
     messages_cut: bool,
 }
 
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("request_bytes", &self.request.bytes.len())
+            .field("response_bytes", &self.response.bytes.len())
+            .field("messages", &self.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Capture {
-    /// The capture of a request head (credentials withheld); `response`: the response is
-    /// recorded too.
+    /// The capture of a request head (credentials withheld, and the query's values: a key
+    /// may ride there); `response`: the response is recorded too.
     pub fn new(method: &str, target: &str, headers: &dyn Headers, response: bool) -> Capture {
+        let target = match target.split_once('?') {
+            Some((path, q)) => {
+                let names: Vec<&str> =
+                    q.split('&').map(|kv| kv.split('=').next().unwrap_or("")).collect();
+                format!("{path}?{}", names.join("=[withheld]&") + "=[withheld]")
+            }
+            None => target.to_owned(),
+        };
         let mut hs = Vec::new();
         headers.each(&mut |n, v| {
             let v = if WITHHELD.contains(&n) {
@@ -118,16 +266,20 @@ impl Capture {
         });
         Capture {
             method: method.to_owned(),
-            target: target.to_owned(),
+            target,
             headers: hs,
             response_on: response,
             ..Capture::default()
         }
     }
 
-    /// The request body, decoded.
-    pub fn request_body(&mut self, body: &[u8]) {
+    /// The request body as sent (`decoded`: its Content-Encoding was undone, which the
+    /// recorded head then no longer names).
+    pub fn request_body(&mut self, body: &[u8], decoded: bool) {
         self.request.push(body);
+        if decoded {
+            self.headers.retain(|(n, _)| n != "content-encoding");
+        }
     }
 
     /// The response head.
@@ -272,7 +424,7 @@ pub fn response_id(body: &[u8]) -> Option<String> {
 }
 
 /// Seals the capture of `rec` (phase 7): the record gets its note, `sealed` the ciphertext.
-pub(crate) fn seal(recorder: &Recorder, rec: &mut RequestRecord) {
+pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord) {
     let Some(c) = rec.capture.take() else { return };
     let id = format!("rec_{}", crate::block::request_id().trim_start_matches("req_sluice_"));
     let (conversation, previous_response) = request_ids(&c.request.bytes);
@@ -301,7 +453,7 @@ pub(crate) fn seal(recorder: &Recorder, rec: &mut RequestRecord) {
         messages_truncated: c.messages_cut,
     };
     let Ok(text) = serde_json::to_vec(&plain) else { return };
-    match recorder.seal(&text) {
+    match recorder.seal(sealer, &id, &text) {
         Ok(sealed) => {
             rec.recording = Some(RecordingNote {
                 id,
@@ -338,7 +490,7 @@ pub fn recording_line(rec: &RequestRecord) -> Option<String> {
         "conversation": note.conversation,
         "previous_response": note.previous_response,
         "response": note.response,
-        "age": base64::engine::general_purpose::STANDARD.encode(sealed),
+        "sealed": sealed,
     });
     Some(v.to_string())
 }
@@ -374,20 +526,32 @@ mod tests {
         let other = age::x25519::Identity::generate();
         let r = Recorder::new(RecordMode::RequestResponse, &[key.to_public().to_string()]).unwrap();
         let mut c = Capture { response_on: true, ..Capture::default() };
-        c.request_body(b"my secret prompt");
+        c.request_body(b"my secret prompt", false);
+        assert!(!format!("{c:?}").contains("secret"), "Debug shows no content");
         c.response_body(&vec![b'x'; MAX_CAPTURE + 10]);
         assert!(c.response.cut && c.response.bytes.len() == MAX_CAPTURE);
         let mut rec = RequestRecord { capture: Some(Box::new(c)), ..RequestRecord::default() };
-        seal(&r, &mut rec);
+        let sealer = Sealer::default();
+        seal(&r, &sealer, &mut rec);
         let sealed = rec.sealed.clone().unwrap();
-        assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        let plain = age::decrypt(&key, &sealed).unwrap();
+        let id = rec.recording.clone().unwrap().id;
+        let mine: Vec<Box<dyn age::Identity>> = vec![Box::new(key)];
+        let plain = open(&sealed, &id, &mine).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
         assert_eq!(v["request"]["body"]["text"], "my secret prompt");
         assert_eq!(v["response"]["body"]["truncated"], true);
-        assert!(age::decrypt(&other, &sealed).is_err(), "another key cannot read it");
+        let theirs: Vec<Box<dyn age::Identity>> = vec![Box::new(other)];
+        assert!(open(&sealed, &id, &theirs).is_err(), "another key cannot read it");
+        assert!(open(&sealed, "rec_other", &mine).is_err(), "bound to its id");
         let line = recording_line(&rec).unwrap();
         assert!(line.contains("\"type\":\"recording\"") && !line.contains("secret"));
         assert!(Recorder::new(RecordMode::Request, &["nope".into()]).is_none());
+        // The data key is made once and reused (one X25519 wrap for many recordings).
+        let mut again = RequestRecord {
+            capture: Some(Box::new(Capture::default())),
+            ..RequestRecord::default()
+        };
+        seal(&r, &sealer, &mut again);
+        assert_eq!(again.sealed.unwrap().key, sealed.key);
     }
 }

@@ -131,6 +131,7 @@ async fn an_approval_for_a_while_lets_the_next_request_through_unheld() {
         d.grant = Some(Grant {
             who: "user:alice@corp".into(),
             destination: "api.openai.com".into(),
+            rule: t.rule.clone(),
             until_ms,
         });
         Some(d)
@@ -184,4 +185,45 @@ async fn waits_are_bounded_per_identity() {
     assert!(o.client.starts_with("HTTP/1.1 503") && o.client.contains("approval_queue_full"));
     first.abort();
     let _ = access;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_held_takes_its_request_off_the_desk() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    let (s, access) = held(true, 30);
+    let (mut c, mut proxy_client) = duplex(1 << 20);
+    let (mut server, mut proxy_server) = duplex(1 << 20);
+    let task = tokio::spawn(async move {
+        let sink = |_: sluice_intercept::RequestRecord| {};
+        sluice_intercept::h1::serve(&mut proxy_client, Some(&mut proxy_server), &s, &sink).await
+    });
+    c.write_all(post().as_bytes()).await.unwrap();
+    c.write_all(BODY.as_bytes()).await.unwrap();
+    let mut id = None;
+    for _ in 0..100 {
+        if let Some(Up::Held { ticket }) = access.approvals.poll_up() {
+            id = Some(ticket.id.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = id.expect("the request waits");
+    drop(c);
+    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    assert_eq!(access.approvals.waiting(), 0);
+    assert!(
+        matches!(access.approvals.poll_up(), Some(Up::HoldEnded { id: i, outcome }) if i == id && outcome == "gone")
+    );
+    // A late approval finds nothing: the server never hears of the request.
+    access.approvals.decide(Decision {
+        id,
+        approved: true,
+        by: "rev".into(),
+        reason: None,
+        grant_minutes: None,
+        grant: None,
+    });
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_millis(200), server.read(&mut b)).await;
+    assert!(!matches!(r, Ok(Ok(n)) if n > 0), "the request went upstream");
 }

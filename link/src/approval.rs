@@ -80,6 +80,9 @@ pub struct Grant {
     pub who: String,
     /// The destination host.
     pub destination: String,
+    /// The rule whose holds it lifts (a grant never covers another rule's).
+    #[serde(default)]
+    pub rule: Option<String>,
     /// Unix ms until which it holds.
     pub until_ms: u64,
 }

@@ -79,6 +79,7 @@ fn main() -> Result<()> {
         ca_pem,
         webhook,
     ));
+    seed_quotas(&state);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -106,26 +107,25 @@ fn main() -> Result<()> {
     })
 }
 
-/// The fleet's quota counts: seeded from the day's records, then pushed to every data plane
-/// within a second of a change.
-async fn push_quotas(state: Arc<AppState>) {
-    let st = state.clone();
-    let seeded = tokio::task::spawn_blocking(move || {
-        let now = link::now_s();
-        let day = sluice_rules::Window::Day.start(now);
-        let rows =
-            st.flows.lock().unwrap_or_else(PoisonError::into_inner).quota_records(day * 1000)?;
-        for (subject, ts_ms, tokens) in &rows {
-            st.quotas.add(subject, *ts_ms, *tokens, now);
+/// The fleet's quota counts, pushed to every data plane within a second of a change.
+/// Seeds the fleet's quota counts from the day's stored records (before any data plane can
+/// send more, so none is counted twice).
+fn seed_quotas(st: &AppState) {
+    let now = link::now_s();
+    let day = sluice_rules::Window::Day.start(now);
+    let rows = st.flows.lock().unwrap_or_else(PoisonError::into_inner).quota_records(day * 1000);
+    match rows {
+        Ok(rows) => {
+            for (subject, ts_ms, tokens) in &rows {
+                st.quotas.add(subject, *ts_ms, *tokens, now);
+            }
+            tracing::info!(records = rows.len(), "quota counts seeded from today's records");
         }
-        Ok::<_, sluice_control::store::StoreError>(rows.len())
-    })
-    .await;
-    match seeded {
-        Ok(Ok(n)) => tracing::info!(records = n, "quota counts seeded from today's records"),
-        Ok(Err(e)) => tracing::error!("quota counts not seeded: {e}"),
         Err(e) => tracing::error!("quota counts not seeded: {e}"),
     }
+}
+
+async fn push_quotas(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sent = 0;
     loop {

@@ -192,6 +192,8 @@ pub struct LinkConfig {
 
 /// Most records in one message, and most sent ahead of control's acknowledgements.
 const BATCH: usize = 2_000;
+/// Most bytes of records in one message (a single larger line goes alone).
+const BATCH_BYTES: usize = 16 << 20;
 const WINDOW: u64 = 20_000;
 
 /// Runs the link until `stop`: connect, serve, reconnect.
@@ -374,7 +376,18 @@ fn serve(
         if after >= acked + WINDOW {
             continue;
         }
-        let batch = lock(spool).read_after(after, BATCH)?;
+        let mut batch = lock(spool).read_after(after, BATCH)?;
+        // Bounded in bytes too (recordings are large lines): a frame stays far under the
+        // link's limit, whatever the spool holds.
+        let mut bytes = 0usize;
+        let fits = batch
+            .iter()
+            .position(|(_, l)| {
+                bytes += l.len();
+                bytes > BATCH_BYTES
+            })
+            .map_or(batch.len(), |i| i.max(1));
+        batch.truncate(fits);
         if let Some(&(last, _)) = batch.last() {
             // Spooled lines go as they are: checked to be JSON (a damaged line is skipped, as
             // the spool's reader cuts torn ones), never parsed into values and written again.

@@ -217,7 +217,7 @@ impl Driver<'_> {
         if head.websocket {
             *self.clean = false;
             let filtered = match s.request_body_filter(&req, Vec::new(), &mut ctx) {
-                Ok(_) => s.hold(&mut ctx).await,
+                Ok(_) => hold_watching(client, cbuf, s, &mut ctx).await?,
                 Err(r) => Err(r),
             };
             if let Err(r) = filtered {
@@ -277,7 +277,7 @@ impl Driver<'_> {
                 return Ok(Next::Close);
             }
         };
-        if let Err(r) = s.hold(&mut ctx).await {
+        if let Err(r) = hold_watching(client, cbuf, s, &mut ctx).await? {
             self.refuse(client, ctx, &r).await?;
             return Ok(Next::Close);
         }
@@ -362,6 +362,39 @@ impl Driver<'_> {
         refuse(client, self.session, &mut ctx, r).await?;
         self.sink.request(self.session.logging(ctx));
         Ok(())
+    }
+}
+
+/// Most bytes a client may send ahead while its request waits for approval (kept for the
+/// next request; past it the client is no longer read until the decision).
+const AHEAD: usize = 1 << 20;
+
+/// [`Session::hold`], watching the client meanwhile: a client that goes away takes its request
+/// off the desk (control hears `gone`), so a late approval sends nothing upstream.
+async fn hold_watching<C: AsyncRead + Unpin>(
+    client: &mut C,
+    cbuf: &mut Vec<u8>,
+    s: &Session,
+    ctx: &mut RequestCtx,
+) -> Result<Result<(), Refusal>, ProxyError> {
+    use tokio::io::AsyncReadExt;
+    if ctx.hold.is_none() {
+        return Ok(s.hold(ctx).await);
+    }
+    let hold = s.hold(ctx);
+    tokio::pin!(hold);
+    let mut buf = [0u8; 4096];
+    loop {
+        if cbuf.len() >= AHEAD {
+            return Ok(hold.await);
+        }
+        tokio::select! {
+            r = &mut hold => return Ok(r),
+            n = client.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return Err(ProxyError::Truncated),
+                Ok(n) => cbuf.extend_from_slice(&buf[..n]),
+            },
+        }
     }
 }
 

@@ -25,15 +25,25 @@ pub enum MessageVerdict {
 /// The Realtime event that streams audio.
 const AUDIO_EVENT: &str = "input_audio_buffer.append";
 
+#[derive(serde::Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
 /// The `type` of a JSON event (Realtime, Responses over WebSocket), if it has one.
 pub fn event_type(text: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct E {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-    }
-    let e: E = serde_json::from_slice(text).ok()?;
+    let e: Event = serde_json::from_slice(text).ok()?;
     e.kind.filter(|k| k.len() <= 100)
+}
+
+/// Whether an event names its `type` twice: which one the server acts on is its choice, so
+/// the engine cannot know what the event does.
+fn type_repeated(text: &[u8]) -> bool {
+    match serde_json::from_slice::<Event>(text) {
+        Err(e) => e.to_string().contains("duplicate field `type`"),
+        Ok(_) => false,
+    }
 }
 
 /// The model a WebSocket event names: its own `model`, or that of the response or session it
@@ -101,6 +111,15 @@ impl Session {
         let json =
             || payload.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| b"{[".contains(b));
         let readable = text || (json() && std::str::from_utf8(payload).is_ok());
+        if readable && type_repeated(payload) {
+            return MessageVerdict::Refuse(Refusal {
+                status: 400,
+                code: "ambiguous_request",
+                message: "the event names its type twice".into(),
+                rule: self.rule.clone(),
+                retry_after: None,
+            });
+        }
         let event = if readable { event_type(payload) } else { None };
         if !readable || event.as_deref() == Some(AUDIO_EVENT) {
             stats.audio_out += 1;

@@ -382,7 +382,7 @@ impl Session {
                 Ok(d) => Some(d),
                 Err(e) => {
                     if let Some(c) = rec.capture.as_mut() {
-                        c.request_body(&body);
+                        c.request_body(&body, false);
                     }
                     let cannot = format!("the request body could not be decoded: {e}");
                     if !self.headers.allowed_models.is_empty() {
@@ -414,7 +414,7 @@ impl Session {
         };
         let plain = decoded.as_deref().unwrap_or(&body);
         if let Some(c) = rec.capture.as_mut() {
-            c.request_body(plain);
+            c.request_body(plain, decoded.is_some());
         }
         let ctype = req.headers.header("content-type");
         match model_of(req.target, ctype, plain) {
@@ -453,6 +453,7 @@ impl Session {
             && self.headers.allowed_models.is_empty()
             && self.headers.broker.is_none()
             && self.headers.approval.is_none()
+            && self.recorder.is_none()
     }
 
     /// The refusal of a body larger than the inspection limit (without fail-open).
@@ -595,7 +596,7 @@ impl Session {
         }
         self.charge_quota(&ctx.rec);
         if let Some(r) = &self.recorder {
-            crate::recording::seal(r, &mut ctx.rec);
+            crate::recording::seal(r, &self.access.sealer, &mut ctx.rec);
         }
         ctx.rec
     }

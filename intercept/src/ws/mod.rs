@@ -298,6 +298,8 @@ impl Relay<'_> {
         r.dlp_findings.clear();
         r.dlp_action = None;
         r.capture = None;
+        // Counted only if the message itself is admitted (a `response.create`).
+        r.quota = None;
         r
     }
 
