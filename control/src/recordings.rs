@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     bytes INTEGER NOT NULL,
     thread TEXT NOT NULL,
     response TEXT,
-    age TEXT NOT NULL,
+    sealed TEXT NOT NULL,
     UNIQUE (dataplane, seq)
 );
 CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
@@ -46,7 +46,8 @@ struct Sent {
     previous_response: Option<String>,
     #[serde(default)]
     response: Option<String>,
-    age: String,
+    /// The sealed recording (data key wrapped with age, nonce, ciphertext), kept as sent.
+    sealed: Box<serde_json::value::RawValue>,
 }
 
 /// A recording as listed (without its ciphertext).
@@ -86,7 +87,15 @@ pub(crate) fn insert(
     dataplane: &str,
     r: &Row<'_>,
 ) -> Result<usize, StoreError> {
-    let s: Sent = serde_json::from_str(&r.json)?;
+    // A recording control cannot read is skipped (and said), never a reason to refuse the
+    // batch: the link would resend it forever.
+    let s: Sent = match serde_json::from_str(&r.json) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(dataplane, seq = r.seq, "a recording record was not stored: {e}");
+            return Ok(0);
+        }
+    };
     let thread = match (&s.previous_response, &s.conversation) {
         (Some(prev), _) => tx
             .query_row("SELECT thread FROM recordings WHERE response = ?1 LIMIT 1", [prev], |x| {
@@ -99,7 +108,7 @@ pub(crate) fn insert(
     };
     let n = tx.execute(
         "INSERT OR IGNORE INTO recordings (id, dataplane, seq, ts_ms, identity, user, src, sni,
-             method, path, rule, bytes, thread, response, age)
+             method, path, rule, bytes, thread, response, sealed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             s.id,
@@ -116,7 +125,7 @@ pub(crate) fn insert(
             i64::try_from(s.bytes).unwrap_or(i64::MAX),
             thread,
             s.response,
-            s.age,
+            s.sealed.get(),
         ],
     )?;
     Ok(n)
@@ -179,9 +188,10 @@ impl FlowStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// One recording and its ciphertext (age, base64).
+    /// One recording and its sealed form (JSON text: the age-wrapped data key, nonce and
+    /// ciphertext).
     pub fn recording(&self, id: &str) -> Result<Option<(Recording, String)>, StoreError> {
-        let sql = format!("SELECT {COLUMNS}, age FROM recordings WHERE id = ?1");
+        let sql = format!("SELECT {COLUMNS}, sealed FROM recordings WHERE id = ?1");
         Ok(self
             .conn()
             .query_row(&sql, [id], |r| Ok((row(r)?, r.get::<_, String>(13)?)))
@@ -205,7 +215,8 @@ mod tests {
 
     fn rec(seq: u64, id: &str, extra: serde_json::Value) -> Row<'static> {
         let mut v = json!({"seq": seq, "type": "recording", "ts_ms": 1000 + seq, "id": id,
-                           "identity": "finance", "user": "alice@corp", "bytes": 10, "age": "AAAA"});
+                           "identity": "finance", "user": "alice@corp", "bytes": 10,
+                           "sealed": {"alg": "aes-256-gcm+age", "key": "k", "nonce": "n", "data": "AAAA"}});
         for (k, x) in extra.as_object().unwrap() {
             v[k] = x.clone();
         }
@@ -231,8 +242,13 @@ mod tests {
         };
         assert_eq!(thread("resp_1"), ["rec_a", "rec_b", "rec_c"]);
         assert_eq!(thread("chat-9"), ["rec_d", "rec_e"]);
-        let (meta, age) = s.recording("rec_b").unwrap().unwrap();
-        assert_eq!((meta.user.as_deref(), age.as_str()), (Some("alice@corp"), "AAAA"));
+        let (meta, sealed) = s.recording("rec_b").unwrap().unwrap();
+        assert_eq!(meta.user.as_deref(), Some("alice@corp"));
+        assert!(sealed.contains("\"data\":\"AAAA\""), "{sealed}");
+        // One control cannot read is skipped, and the batch stored.
+        let bad =
+            Row::read_value(json!({"seq": 9, "type": "recording", "id": "rec_x"}), "dp").unwrap();
+        assert_eq!(s.ingest("dp", &[bad]).unwrap(), vec![false]);
         assert_eq!(s.last_seq("dp").unwrap(), Some(5));
         assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
         assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 3);

@@ -67,8 +67,12 @@ async fn show(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> 
         return r;
     }
     match s.flows.lock().unwrap_or_else(|p| p.into_inner()).recording(&id) {
-        Ok(Some((meta, age))) => {
-            axum::Json(json!({ "recording": meta, "age": age })).into_response()
+        Ok(Some((meta, sealed))) => {
+            let sealed: serde_json::Value = match serde_json::from_str(&sealed) {
+                Ok(v) => v,
+                Err(e) => return internal(format!("recording {id}: {e}")),
+            };
+            axum::Json(json!({ "recording": meta, "sealed": sealed })).into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no recording {id}")),
         Err(e) => internal(e),

@@ -81,17 +81,18 @@ fn identities(file: &Path) -> Result<Vec<Box<dyn age::Identity>>, Fail> {
 /// Fetches recording `id` and decrypts it with `keys`.
 fn open(api: &Api, id: &str, keys: &[Box<dyn age::Identity>]) -> Result<Value, Fail> {
     let v = api.get(&format!("/v1/recordings/{}", enc(id)))?;
-    let sealed = base64::engine::general_purpose::STANDARD
-        .decode(v["age"].as_str().unwrap_or(""))
-        .map_err(|e| Fail(format!("{id}: the stored recording is not base64: {e}"), 1))?;
-    let d = age::Decryptor::new_buffered(&sealed[..])
-        .map_err(|e| Fail(format!("{id}: not an age file: {e}"), 1))?;
-    let mut r = d.decrypt(keys.iter().map(|k| k.as_ref() as &dyn age::Identity)).map_err(|e| {
-        Fail(format!("{id}: cannot decrypt with this identity ({e}): is it the key the recording was sealed to?"), 1)
+    let sealed: sluice_intercept::recording::Sealed =
+        serde_json::from_value(v["sealed"].clone())
+            .map_err(|e| Fail(format!("{id}: the stored recording is not one: {e}"), 1))?;
+    let plain = sluice_intercept::recording::open(&sealed, id, keys).map_err(|e| {
+        Fail(
+            format!(
+                "{id}: cannot decrypt with this identity ({e}): is it the key the recording was \
+                 sealed to?"
+            ),
+            1,
+        )
     })?;
-    let mut plain = Vec::new();
-    std::io::Read::read_to_end(&mut r, &mut plain)
-        .map_err(|e| Fail(format!("{id}: decrypting: {e}"), 1))?;
     serde_json::from_slice(&plain).map_err(|e| Fail(format!("{id}: not a recording: {e}"), 1))
 }
 
