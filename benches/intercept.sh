@@ -337,7 +337,7 @@ for round in $(seq "$RUNS"); do
     $lab start --rules "$W/rules-record.toml" >/dev/null
     sample inspect-record-ka "sluice inspect, recorded (k-a)" alice $URL 0
     sample inspect-record-1 "sluice inspect, recorded (1 conn, k-a)" alice $URL 0 1
-    grep -q '"type":"recording"' "$STATE/flows.jsonl" || { echo "no recording written" >&2; exit 1; }
+    grep -q '"recording":{"id":"rec_' "$STATE/flows.jsonl" || { echo "no recording made" >&2; exit 1; }
   fi
   if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-quota-ka; then
     $lab start --rules "$W/rules-quota.toml" >/dev/null

@@ -474,25 +474,44 @@ pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord
 /// The `recording` record of a request record that carries a sealed recording: one JSON line
 /// (the sealed bytes in base64), written beside the request record.
 pub fn recording_line(rec: &RequestRecord) -> Option<String> {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        ts_ms: u64,
+        id: &'a str,
+        identity: Option<&'a str>,
+        user: Option<&'a str>,
+        src: &'a str,
+        sni: Option<&'a str>,
+        method: &'a str,
+        path: &'a str,
+        rule: Option<&'a str>,
+        bytes: u64,
+        conversation: Option<&'a str>,
+        previous_response: Option<&'a str>,
+        response: Option<&'a str>,
+        sealed: &'a Sealed,
+    }
     let (note, sealed) = (rec.recording.as_ref()?, rec.sealed.as_ref()?);
-    let v = serde_json::json!({
-        "type": "recording",
-        "ts_ms": rec.ts_ms,
-        "id": note.id,
-        "identity": rec.identity,
-        "user": rec.user,
-        "src": rec.src,
-        "sni": rec.sni,
-        "method": rec.method,
-        "path": rec.path,
-        "rule": rec.rule,
-        "bytes": note.bytes,
-        "conversation": note.conversation,
-        "previous_response": note.previous_response,
-        "response": note.response,
-        "sealed": sealed,
-    });
-    Some(v.to_string())
+    serde_json::to_string(&Line {
+        kind: "recording",
+        ts_ms: rec.ts_ms,
+        id: &note.id,
+        identity: rec.identity.as_deref(),
+        user: rec.user.as_deref(),
+        src: &rec.src,
+        sni: rec.sni.as_deref(),
+        method: &rec.method,
+        path: &rec.path,
+        rule: rec.rule.as_deref(),
+        bytes: note.bytes,
+        conversation: note.conversation.as_deref(),
+        previous_response: note.previous_response.as_deref(),
+        response: note.response.as_deref(),
+        sealed,
+    })
+    .ok()
 }
 
 #[cfg(test)]

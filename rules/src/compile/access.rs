@@ -32,6 +32,19 @@ impl Cx<'_> {
             return None;
         }
         let d = q.get_ref();
+        if let Some(b) = &d.by
+            && *b.get_ref() == QuotaBy::Key
+            && r.broker_key.is_none()
+        {
+            self.err(
+                span_of(b),
+                format!(
+                    "`by = \"key\"` counts virtual keys, which only a rule with `broker_key` \
+                     reads; rule `{name}` has none"
+                ),
+            );
+            return None;
+        }
         let fields = [
             (&d.requests_per_minute, Measure::Requests, Window::Minute),
             (&d.requests_per_hour, Measure::Requests, Window::Hour),
@@ -213,7 +226,7 @@ mod tests {
     #[test]
     fn a_quota_compiles_to_its_limits() {
         let c = compile(
-            "action = \"inspect\"\nquota = { by = \"key\", tokens_per_day = 200000, requests_per_minute = 5 }",
+            "action = \"inspect\"\nbroker_key = \"k\"\nquota = { by = \"key\", tokens_per_day = 200000, requests_per_minute = 5 }",
         )
         .unwrap();
         let q = c.policy.rules[0].spec.headers.quota.clone().unwrap();
@@ -240,6 +253,9 @@ mod tests {
         let e = compile("action = \"inspect\"\nquota = { by = \"team\", tokens_per_day = 5 }")
             .unwrap_err();
         assert!(e.contains("unknown variant `team`"), "{e}");
+        let e = compile("action = \"inspect\"\nquota = { by = \"key\", tokens_per_day = 5 }")
+            .unwrap_err();
+        assert!(e.contains("only a rule with `broker_key`"), "{e}");
     }
 
     #[test]

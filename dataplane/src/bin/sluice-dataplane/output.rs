@@ -91,9 +91,12 @@ impl Output {
         for r in &requests {
             self.emitted.request += 1;
             // A sealed recording goes first, as a record of its own (never part of the
-            // request record's JSON).
+            // request record's JSON), toward control; the local flow log gets it only when
+            // there is no control to keep it (it is large, and opens nowhere here).
             if let Some(line) = sluice_intercept::recording::recording_line(r) {
-                let _ = writeln!(self.log, "{line}");
+                if self.link.is_none() {
+                    let _ = writeln!(self.log, "{line}");
+                }
                 lines.push((false, line));
             }
             let Ok(line) = serde_json::to_string(r) else { continue };
