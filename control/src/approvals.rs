@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_link::{HoldTicket, Secret};
 
+use crate::link::now_ms;
 use crate::store::StoreError;
 
 /// Most prompts kept in memory at once (each at most 64 KiB).
@@ -53,10 +54,6 @@ impl Approval {
 #[derive(Debug)]
 pub struct ApprovalStore {
     db: Connection,
-}
-
-fn now_ms() -> u64 {
-    crate::link::now_s() * 1000
 }
 
 impl ApprovalStore {

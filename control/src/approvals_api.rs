@@ -19,6 +19,7 @@ use sluice_link::{Decision, Grant};
 
 use crate::api::{Shared, authorize, error, internal};
 use crate::auth::Need;
+use crate::records_api::{limit_param, only_params};
 
 /// Longest approval for a while (minutes): a day.
 pub const MAX_GRANT_MINUTES: u32 = 1440;
@@ -34,7 +35,7 @@ pub(crate) fn decision_of(a: &crate::approvals::Approval) -> Option<Decision> {
         _ => return None,
     };
     let text = |k: &str| a.request.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let decided_ms = a.decided_ms.unwrap_or_else(|| crate::link::now_s() * 1000);
+    let decided_ms = a.decided_ms.unwrap_or_else(crate::link::now_ms);
     let grant = a.grant_minutes.filter(|_| approved).map(|m| Grant {
         who: match text("user") {
             Some(u) => format!("user:{u}"),
@@ -71,8 +72,8 @@ async fn list(
     if let Err(r) = authorize(&s, &h, Need::Approve) {
         return r;
     }
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "state" | "limit")) {
-        return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}` (state, limit)"));
+    if let Err(r) = only_params(&q, &["state", "limit"]) {
+        return r;
     }
     let state = q.get("state").map_or("pending", String::as_str);
     if !STATES.contains(&state) {
@@ -81,10 +82,9 @@ async fn list(
             format!("state={state}: expected one of {}", STATES.join(", ")),
         );
     }
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000"),
+    let limit = match limit_param(&q) {
+        Ok(n) => n,
+        Err(r) => return r,
     };
     let filter = (state != "all").then_some(state);
     match s.approvals.lock().unwrap_or_else(|p| p.into_inner()).list(filter, limit) {
@@ -172,7 +172,7 @@ async fn decide(
         .as_u64()
         .unwrap_or(0)
         .saturating_add(current.request["timeout_s"].as_u64().unwrap_or(0).saturating_mul(1000));
-    if current.state == "pending" && ends < crate::link::now_s() * 1000 {
+    if current.state == "pending" && ends < crate::link::now_ms() {
         let _ = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).ended(&id, "timeout");
         s.prompts.forget(&id);
         return error(StatusCode::CONFLICT, format!("approval {id} no longer waits (timeout)"));

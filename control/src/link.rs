@@ -79,7 +79,8 @@ pub struct Links {
     key_generation: AtomicU64,
 }
 
-fn now_ms() -> u64 {
+/// Unix ms now.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

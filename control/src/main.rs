@@ -171,6 +171,13 @@ enum SessionsCmd {
         /// Where to write the private key.
         out: PathBuf,
     },
+    /// The subcommands that read the control API.
+    #[command(flatten)]
+    Api(SessionsApiCmd),
+}
+
+#[derive(Subcommand)]
+enum SessionsApiCmd {
     /// List recordings.
     List {
         /// Since (unix ms, or a duration: 15m, 24h, 7d).
@@ -420,15 +427,16 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Cmd::Sessions(c) => {
+        Cmd::Sessions(SessionsCmd::Api(c)) => {
             return online(&conn, |a| match &c {
-                SessionsCmd::List { since, identity, user } => {
+                SessionsApiCmd::List { since, identity, user } => {
                     sessions_cli::list(a, since, identity.as_deref(), user.as_deref())
                 }
-                SessionsCmd::Keygen { .. } => Ok(()),
-                SessionsCmd::Show { id, key } => sessions_cli::show(a, id, key),
-                SessionsCmd::Thread { thread, key } => sessions_cli::thread(a, thread, key),
-                SessionsCmd::Replay { id, key, rules } => sessions_cli::replay(a, id, key, rules),
+                SessionsApiCmd::Show { id, key } => sessions_cli::show(a, id, key),
+                SessionsApiCmd::Thread { thread, key } => sessions_cli::thread(a, thread, key),
+                SessionsApiCmd::Replay { id, key, rules } => {
+                    sessions_cli::replay(a, id, key, rules)
+                }
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),

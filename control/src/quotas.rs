@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 use sluice_link::UsageCount;
 use sluice_rules::Window;
 
-/// Most (subject, window) counts held; past it, a new subject's records are not added up
-/// here (each data plane still counts them itself).
+/// Most subjects held; past it, a new subject's records are not added up here (each data
+/// plane still counts them itself).
 pub const MAX_SUBJECTS: usize = 262_144;
 
 /// A window's start (Unix seconds), requests and tokens.
@@ -24,9 +24,15 @@ type Count = (u64, u64, u64);
 /// The counts.
 #[derive(Debug, Default)]
 pub struct Totals {
-    counts: Mutex<HashMap<(String, Window), Count>>,
+    /// Per subject, one count per window of [`Window::ALL`].
+    counts: Mutex<HashMap<String, [Count; 3]>>,
     /// Increases with every change (the pusher sends when it moved).
     pub generation: AtomicU64,
+}
+
+/// Whether nothing of `c` counts at `now_s`.
+fn stale(c: &[Count; 3], now_s: u64) -> bool {
+    Window::ALL.iter().zip(c).all(|(w, (s, n, _))| *s != w.start(now_s) || *n == 0)
 }
 
 impl Totals {
@@ -34,46 +40,53 @@ impl Totals {
     /// in each window holding `ts_ms` that is still current at `now_s`.
     pub fn add(&self, subject: &str, ts_ms: u64, tokens: u64, now_s: u64) {
         let ts = ts_ms / 1000;
+        if Window::ALL.iter().all(|w| w.start(ts) != w.start(now_s)) {
+            return; // a late record of windows already over
+        }
         let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut changed = false;
-        for w in Window::ALL {
+        if !c.contains_key(subject) && c.len() >= MAX_SUBJECTS {
+            c.retain(|_, v| !stale(v, now_s));
+            if c.len() >= MAX_SUBJECTS {
+                return;
+            }
+        }
+        let counts = match c.get_mut(subject) {
+            Some(v) => v,
+            None => c.entry(subject.to_owned()).or_default(),
+        };
+        for (w, e) in Window::ALL.iter().zip(counts.iter_mut()) {
             let start = w.start(now_s);
             if w.start(ts) != start {
-                continue; // a late record of a window already over
+                continue;
             }
-            let key = (subject.to_owned(), w);
-            if !c.contains_key(&key) && c.len() >= MAX_SUBJECTS {
-                c.retain(|(_, w), (s, _, _)| *s == w.start(now_s));
-                if c.len() >= MAX_SUBJECTS {
-                    continue;
-                }
-            }
-            let e = c.entry(key).or_insert((start, 0, 0));
             if e.0 != start {
                 *e = (start, 0, 0);
             }
             e.1 += 1;
             e.2 = e.2.saturating_add(tokens);
-            changed = true;
         }
-        if changed {
-            self.generation.fetch_add(1, Ordering::Relaxed);
-        }
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts of the windows current at `now_s` (older ones are dropped).
     pub fn current(&self, now_s: u64) -> Vec<UsageCount> {
         let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        c.retain(|(_, w), (s, _, _)| *s == w.start(now_s));
-        c.iter()
-            .map(|((subject, w), &(start, requests, tokens))| UsageCount {
-                subject: subject.clone(),
-                window: w.as_str().to_owned(),
-                start,
-                requests,
-                tokens,
-            })
-            .collect()
+        c.retain(|_, v| !stale(v, now_s));
+        let mut out = Vec::new();
+        for (subject, v) in c.iter() {
+            for (w, &(start, requests, tokens)) in Window::ALL.iter().zip(v) {
+                if start == w.start(now_s) && requests > 0 {
+                    out.push(UsageCount {
+                        subject: subject.clone(),
+                        window: w.as_str().to_owned(),
+                        start,
+                        requests,
+                        tokens,
+                    });
+                }
+            }
+        }
+        out
     }
 }
 

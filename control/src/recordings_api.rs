@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::api::{Shared, authorize, error, internal};
 use crate::auth::Need;
 use crate::recordings::RecordingFilter;
-use crate::records_api::time_param;
+use crate::records_api::{limit_param, only_params, since_param};
 
 /// The recording routes.
 pub fn routes() -> Router<Shared> {
@@ -31,24 +31,11 @@ async fn list(
     if let Err(r) = authorize(&s, &h, Need::Read) {
         return r;
     }
-    let known = ["since", "identity", "user", "thread", "limit"];
-    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown parameter `{k}` ({})", known.join(", ")),
-        );
-    }
-    let since_ms = match q.get("since").map(|v| time_param(v)) {
-        None => None,
-        Some(Some(ms)) => Some(ms),
-        Some(None) => {
-            return error(StatusCode::BAD_REQUEST, "since: unix ms or a duration like 15m, 7d");
-        }
-    };
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit: 1 to 1000"),
+    let params = only_params(&q, &["since", "identity", "user", "thread", "limit"])
+        .and_then(|()| Ok((since_param(&q)?, limit_param(&q)?)));
+    let (since_ms, limit) = match params {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let f = RecordingFilter {
         since_ms,

@@ -25,6 +25,37 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/requests", get(requests))
 }
 
+/// Refuses a query parameter that is not one of `known` (400, naming those taken).
+pub(crate) fn only_params(q: &HashMap<String, String>, known: &[&str]) -> Result<(), Response> {
+    match q.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown parameter `{k}` ({})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `since` parameter (unix ms or a duration back from now), if given.
+pub(crate) fn since_param(q: &HashMap<String, String>) -> Result<Option<u64>, Response> {
+    match q.get("since").map(|v| time_param(v)) {
+        None => Ok(None),
+        Some(Some(ms)) => Ok(Some(ms)),
+        Some(None) => {
+            Err(error(StatusCode::BAD_REQUEST, "since: unix ms or a duration like 15m, 7d"))
+        }
+    }
+}
+
+/// The `limit` parameter of a listing: 1 to 1000, 100 when absent.
+pub(crate) fn limit_param(q: &HashMap<String, String>) -> Result<usize, Response> {
+    match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => Ok(100),
+        Some(Ok(n)) if (1..=1000).contains(&n) => Ok(n),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, "limit: 1 to 1000")),
+    }
+}
+
 /// Unix ms from a query value: an integer (unix ms), or a duration back from now (`90s`,
 /// `15m`, `2h`, `7d`).
 pub(crate) fn time_param(v: &str) -> Option<u64> {

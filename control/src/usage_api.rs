@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::api::{Shared, authorize, error, internal};
 use crate::auth::Need;
-use crate::records_api::time_param;
+use crate::records_api::{only_params, since_param};
 use crate::store::UsageBy;
 
 /// The usage route.
@@ -29,8 +29,8 @@ async fn usage(
     if let Err(r) = authorize(&s, &h, Need::Read) {
         return r;
     }
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "by" | "since")) {
-        return error(StatusCode::BAD_REQUEST, format!("unknown parameter `{k}` (by, since)"));
+    if let Err(r) = only_params(&q, &["by", "since"]) {
+        return r;
     }
     let by = match q.get("by").map_or("identity", String::as_str) {
         "identity" => UsageBy::Identity,
@@ -45,12 +45,9 @@ async fn usage(
             );
         }
     };
-    let since = match q.get("since").map(|v| time_param(v)) {
-        None => crate::link::now_s().saturating_sub(86_400) * 1000,
-        Some(Some(ms)) => ms,
-        Some(None) => {
-            return error(StatusCode::BAD_REQUEST, "since: unix ms or a duration like 15m, 7d");
-        }
+    let since = match since_param(&q) {
+        Ok(s) => s.unwrap_or_else(|| crate::link::now_s().saturating_sub(86_400) * 1000),
+        Err(r) => return r,
     };
     let rows = s.flows.lock().unwrap_or_else(|p| p.into_inner()).usage(since, by);
     match rows {

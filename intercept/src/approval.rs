@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::block::Refusal;
 use crate::phases::{Forward, RequestCtx, RequestView, Session};
-use crate::record::ApprovalNote;
+use crate::record::{ApprovalNote, now_ms};
 
 /// Most requests held at once by one data plane.
 pub const MAX_HELD: usize = 256;
@@ -229,18 +229,6 @@ impl Drop for Held<'_> {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A new approval id: `apr_` and 24 random hex digits.
-fn new_id() -> String {
-    let id = crate::block::request_id();
-    format!("apr_{}", id.trim_start_matches("req_sluice_"))
-}
-
 /// Whom an approval for a while covers: the user, else the identity.
 fn grantee(identity: &str, user: Option<&str>) -> String {
     match user {
@@ -264,7 +252,7 @@ impl Session {
         };
         let prompt = a.shows_prompt.then(|| prompt_text(req, fwd)).flatten();
         ctx.hold = Some(HoldTicket {
-            id: new_id(),
+            id: crate::block::random_id("apr_"),
             ts_ms: now_ms(),
             timeout_s: a.timeout_s,
             rule: self.rule.clone(),

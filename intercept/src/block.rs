@@ -82,6 +82,11 @@ pub fn wants_html(accept: Option<&[u8]>) -> bool {
 /// A request id for a refusal (`req_sluice_` and 24 random hex digits), quoted by users to
 /// their security team.
 pub fn request_id() -> String {
+    random_id("req_sluice_")
+}
+
+/// `prefix` and 24 random hex digits (request, approval and recording ids).
+pub fn random_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
     if rng.fill(&mut b).is_err() {
@@ -90,7 +95,7 @@ pub fn request_id() -> String {
             .map_or(0, |d| d.as_nanos());
         b.copy_from_slice(&t.to_be_bytes()[4..]);
     }
-    let mut s = String::from("req_sluice_");
+    let mut s = String::from(prefix);
     for x in b {
         let _ = write!(s, "{x:02x}");
     }

@@ -5,9 +5,9 @@
 //! completes and the next one is refused). Counts are this data plane's, raised to the
 //! fleet's when control pushes the totals it stored from every data plane's records.
 //!
-//! Pure: the time is an input. Bounded: at most [`MAX_ENTRIES`] (subject, window) counts;
-//! past it, stale windows are purged, and a new subject that still finds no room is refused
-//! (fail closed) rather than counted nowhere.
+//! Pure: the time is an input. Bounded: at most [`MAX_ENTRIES`] subjects, each with its
+//! three windows; past it, subjects whose windows are all stale are purged, and a new subject
+//! that still finds no room is refused (fail closed) rather than counted nowhere.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -18,7 +18,7 @@ use crate::block::Refusal;
 use crate::phases::{RequestCtx, Session};
 use crate::record::RequestRecord;
 
-/// Most (subject, window) counts held.
+/// Most subjects counted.
 pub const MAX_ENTRIES: usize = 262_144;
 
 /// One window's count.
@@ -57,8 +57,27 @@ pub struct Ledger {
 
 #[derive(Debug, Default)]
 struct State {
-    local: HashMap<(String, Window), Count>,
-    fleet: HashMap<(String, Window), Count>,
+    local: HashMap<String, Windows>,
+    fleet: HashMap<String, Windows>,
+}
+
+/// A subject's counts, one per [`Window`] (in [`Window::ALL`]'s order).
+type Windows = [Count; 3];
+
+fn slot(w: Window) -> usize {
+    match w {
+        Window::Minute => 0,
+        Window::Hour => 1,
+        Window::Day => 2,
+    }
+}
+
+/// Whether nothing of `c` counts at `now` (each window ended, or never counted anything).
+fn stale(c: &Windows, now: u64) -> bool {
+    Window::ALL.iter().all(|w| {
+        let n = c[slot(*w)];
+        n.start != w.start(now) || (n.requests == 0 && n.tokens == 0)
+    })
 }
 
 impl Default for Ledger {
@@ -92,11 +111,10 @@ impl State {
     /// plane's and the fleet's.
     fn used(&self, subject: &str, w: Window, now: u64) -> Count {
         let start = w.start(now);
-        let key = (subject.to_owned(), w);
-        let pick = |m: &HashMap<(String, Window), Count>| {
-            m.get(&key)
+        let pick = |m: &HashMap<String, Windows>| {
+            m.get(subject)
+                .map(|c| c[slot(w)])
                 .filter(|c| c.start == start)
-                .copied()
                 .unwrap_or(Count { start, ..Count::default() })
         };
         let (l, f) = (pick(&self.local), pick(&self.fleet));
@@ -104,8 +122,8 @@ impl State {
     }
 
     fn purge(&mut self, now: u64) {
-        self.local.retain(|(_, w), c| c.start == w.start(now));
-        self.fleet.retain(|(_, w), c| c.start == w.start(now));
+        self.local.retain(|_, c| !stale(c, now));
+        self.fleet.retain(|_, c| !stale(c, now));
     }
 }
 
@@ -149,18 +167,20 @@ impl Ledger {
         if let Some(r) = refused {
             return Err(r);
         }
-        let fresh = windows(q).filter(|w| !s.local.contains_key(&(subject.to_owned(), *w))).count();
-        if s.local.len() + fresh > self.cap {
+        if !s.local.contains_key(subject) && s.local.len() >= self.cap {
             s.purge(now);
-            if s.local.len() + fresh > self.cap {
+            if s.local.len() >= self.cap {
                 return Err(Refused::Full);
             }
         }
+        let counts = match s.local.get_mut(subject) {
+            Some(c) => c,
+            None => s.local.entry(subject.to_owned()).or_default(),
+        };
         for w in windows(q) {
-            let c = s.used(subject, w, now);
-            let e = s.local.entry((subject.to_owned(), w)).or_default();
-            if e.start != c.start {
-                *e = Count { start: c.start, ..Count::default() };
+            let e = &mut counts[slot(w)];
+            if e.start != w.start(now) {
+                *e = Count { start: w.start(now), ..Count::default() };
             }
             e.requests += 1;
         }
@@ -173,10 +193,10 @@ impl Ledger {
             return;
         }
         let mut s = self.lock();
+        // Counted at admission; a window that turned since is charged from zero.
+        let Some(counts) = s.local.get_mut(subject) else { return };
         for w in windows(q) {
-            let start = w.start(now);
-            // Counted at admission; a window that turned since is charged from zero.
-            let Some(e) = s.local.get_mut(&(subject.to_owned(), w)) else { continue };
+            let (e, start) = (&mut counts[slot(w)], w.start(now));
             if e.start != start {
                 *e = Count { start, ..Count::default() };
             }
@@ -189,8 +209,11 @@ impl Ledger {
     pub fn set_fleet(&self, counts: impl IntoIterator<Item = (String, Window, Count)>) {
         let mut s = self.lock();
         s.fleet.clear();
-        for (subject, w, c) in counts.into_iter().take(self.cap) {
-            s.fleet.insert((subject, w), c);
+        for (subject, w, c) in counts {
+            if !s.fleet.contains_key(&subject) && s.fleet.len() >= self.cap {
+                continue;
+            }
+            s.fleet.entry(subject).or_default()[slot(w)] = c;
         }
     }
 
@@ -263,7 +286,7 @@ impl Session {
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    crate::record::now_ms() / 1000
 }
 
 #[cfg(test)]

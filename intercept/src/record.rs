@@ -6,6 +6,13 @@
 
 use serde::Serialize;
 
+/// Unix ms now (record times, quota windows, approval deadlines).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Where request records go. The binary owns it (it batches them into the flow log and the
 /// spool toward control); tests collect them in memory.
 pub trait RecordSink: Send + Sync + 'static {

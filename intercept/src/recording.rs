@@ -426,7 +426,7 @@ pub fn response_id(body: &[u8]) -> Option<String> {
 /// Seals the capture of `rec` (phase 7): the record gets its note, `sealed` the ciphertext.
 pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord) {
     let Some(c) = rec.capture.take() else { return };
-    let id = format!("rec_{}", crate::block::request_id().trim_start_matches("req_sluice_"));
+    let id = crate::block::random_id("rec_");
     let (conversation, previous_response) = request_ids(&c.request.bytes);
     let plain = Plain {
         version: 1,

@@ -199,9 +199,7 @@ pub struct Forward {
 impl Session {
     /// Phase 1: the request's context, its record filled from the head.
     pub fn request(&self, req: Option<&RequestView<'_>>) -> RequestCtx {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::record::now_ms();
         let text = |n: &str| req.and_then(|r| r.text(n));
         let key = req.and_then(|r| crate::broker::presented(r.headers)).map(|(_, k)| k);
         let mut rec = RequestRecord {

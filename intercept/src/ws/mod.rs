@@ -292,9 +292,7 @@ impl Relay<'_> {
     /// A record for one message, from the upgrade's.
     fn message_record(&self) -> RequestRecord {
         let mut r = self.base.clone();
-        r.ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        r.ts_ms = crate::record::now_ms();
         r.dlp_findings.clear();
         r.dlp_action = None;
         r.capture = None;

@@ -215,13 +215,7 @@ mod tests {
     use crate::policy::{Measure, Window};
     use crate::schema::{QuotaBy, RecordMode};
 
-    fn compile(rule: &str) -> Result<crate::Compiled, String> {
-        let text = format!(
-            "[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\n{rule}\n"
-        );
-        crate::compile("t.toml", &text, &ShippedOnly)
-            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    }
+    use super::super::one_rule as compile;
 
     #[test]
     fn a_quota_compiles_to_its_limits() {

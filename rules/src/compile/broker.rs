@@ -47,15 +47,8 @@ impl Cx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::catalog::ShippedOnly;
 
-    fn compile(rule: &str) -> Result<crate::Compiled, String> {
-        let text = format!(
-            "[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\n{rule}\n"
-        );
-        crate::compile("t.toml", &text, &ShippedOnly)
-            .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    }
+    use super::super::one_rule as compile;
 
     #[test]
     fn an_inspect_rule_brokers_a_named_key() {

@@ -744,6 +744,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Compiles a rule file of one category (`c`: `api.example`) and one rule `r` with `rule`'s
+/// lines (the access tests'); the errors joined, one per line.
+#[cfg(test)]
+fn one_rule(rule: &str) -> Result<Compiled, String> {
+    let text = format!(
+        "[[category]]\nname = \"c\"\ndomains = [\"api.example\"]\n\n[[rule]]\nname = \"r\"\ncategories = [\"c\"]\n{rule}\n"
+    );
+    compile("t.toml", &text, &crate::catalog::ShippedOnly)
+        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
