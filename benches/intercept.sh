@@ -145,10 +145,11 @@ cleanup_refs() { kill "$ORIGIN" "$MITM" "$SQUID" 2>/dev/null || true; wait 2>/de
 trap 'cleanup_refs; $lab down >/dev/null 2>&1 || true' EXIT
 sleep 3
 
-# --- the request: POST of a 2 KB chat prompt
-python3 - "$W/post.lua" "$W/post.json" <<'PY'
+# --- the request: POST of a 2 KB chat prompt (benches/prompt.txt: prose, which compresses as
+# prompts do, about 1.8x; a repeated sentence would flatter anything that compresses)
+python3 - "$W/post.lua" "$W/post.json" benches/prompt.txt <<'PY'
 import json, sys
-prompt = ("Summarise the quarterly figures for the board. " * 60)[:1900]
+prompt = open(sys.argv[3]).read().strip()
 body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
 with open(sys.argv[2], "w") as f:
     f.write(body)

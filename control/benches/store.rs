@@ -26,6 +26,56 @@ fn rec(i: u64) -> Value {
            "bytes_out": i * 3, "bytes_in": i * 7, "pkts_out": 10, "pkts_in": 12, "proto": "tcp", "dport": 443})
 }
 
+/// A recording record as a data plane sends it: the sealed bytes of `plain` plaintext bytes
+/// (base64 of incompressible bytes, as ciphertext is), the data key wrapped with age.
+fn recording(i: u64, plain: usize, key: &str, response: &str) -> String {
+    let mut data = String::with_capacity(plain * 4 / 3 + 32);
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for _ in 0..(plain + 16).div_ceil(3) * 4 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push(B64[(x % 64) as usize] as char);
+    }
+    json!({"seq": i, "type": "recording", "ts_ms": 1_700_000_000_000u64 + i, "id": format!("rec_{:012x}{:012x}", 1_700_000_000_000u64 + i, x >> 16),
+           "identity": "finance", "user": "alice@corp", "src": "10.20.1.10", "sni": "api.openai.com",
+           "method": "POST", "path": "/v1/chat/completions", "rule": "finance-record", "bytes": plain,
+           "response": format!("{response}{:016x}", x >> 3),
+           "sealed": {"alg": "aes-256-gcm+age", "key": key, "nonce": "AAAAAAAAAAAAAAAA", "data": data}})
+    .to_string()
+}
+
+/// Recordings ingested beside the records (issue 16): records/s and MB/s of sealed text, for
+/// chat completions (a thread of their own each) and for Responses API answers (each may be
+/// continued: indexed by its response id, which is random).
+fn recordings(store: &mut FlowStore) {
+    recordings_of(store, "chat completions", "chatcmpl-", 10_000_000_000);
+    recordings_of(store, "Responses API", "resp_", 20_000_000_000);
+}
+
+fn recordings_of(store: &mut FlowStore, what: &str, response: &str, first: u64) {
+    let n: u64 = std::env::var("RECORDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let plain: usize = std::env::var("PLAIN").ok().and_then(|v| v.parse().ok()).unwrap_or(2_700);
+    let key = "A".repeat(352);
+    let batch = 500u64;
+    let (mut seq, mut bytes, start) = (first, 0usize, Instant::now());
+    while seq < first + n {
+        let texts: Vec<String> =
+            (seq..seq + batch).map(|i| recording(i, plain, &key, response)).collect();
+        bytes += texts.iter().map(String::len).sum::<usize>();
+        let recs: Vec<Row<'_>> = texts.iter().map(|t| Row::read(t, "dp1").unwrap()).collect();
+        store.ingest("dp1", &recs).unwrap();
+        seq += batch;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "ingest recordings, {what:<16}: {n} of {plain} plaintext bytes in {secs:.1} s = {:.0} recordings/s, {:.0} MB/s (batches of {batch})",
+        n as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+}
+
 fn main() {
     let rows: u64 = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let path = std::env::temp_dir().join(format!("sluice-store-bench-{}.db", std::process::id()));
@@ -47,6 +97,8 @@ fn main() {
         "ingest: {rows} records in {secs:.1} s = {:.0} records/s (batches of {batch}, one transaction each)",
         rows as f64 / secs
     );
+
+    recordings(&mut store);
 
     let filters: Vec<(&str, FlowFilter)> = vec![
         ("newest page, no filter", FlowFilter::default()),

@@ -200,7 +200,7 @@ enum SessionsApiCmd {
     },
     /// Decrypt and print a conversation's exchanges in order.
     Thread {
-        /// The thread (ChatGPT conversation id, or the first response id of a Responses chain).
+        /// The thread as listed, a ChatGPT conversation id, or a response id of its chain.
         thread: String,
         /// The age private key file.
         #[arg(long = "identity")]

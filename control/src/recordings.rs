@@ -4,7 +4,11 @@
 //! ciphertext, which only the customer's private key opens. Kept for their own retention.
 //! A thread groups a conversation: ChatGPT's `conversation_id`, or the chain of Responses
 //! API requests linked by `previous_response_id` (each recording takes the thread of the one
-//! whose response it continues).
+//! whose response it continues). A recording that names no conversation and continues no
+//! response begins a thread of its own, named by its id; a thread is also found by any of its
+//! response ids. Recording ids begin with their time, so the indexes of ids, times and own
+//! threads grow at their end; only responses that can be continued (`resp_…`, indexed for the
+//! chain) and ChatGPT conversations insert into the middle of an index.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
@@ -27,8 +31,15 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
 CREATE INDEX IF NOT EXISTS recordings_thread ON recordings (thread, ts_ms);
-CREATE INDEX IF NOT EXISTS recordings_response ON recordings (response);
+DROP INDEX IF EXISTS recordings_response;
+CREATE INDEX IF NOT EXISTS recordings_chain ON recordings (response)
+    WHERE substr(response, 1, 5) = 'resp_';
 ";
+
+/// A response that a later request may continue (`previous_response_id`): a Responses API
+/// (or Realtime) response id. The condition of the `recordings_chain` index, word for word,
+/// so that the queries below use it.
+const CONTINUABLE: &str = "substr(response, 1, 5) = 'resp_'";
 
 /// A recording record as a data plane sends it.
 #[derive(Deserialize)]
@@ -98,19 +109,22 @@ pub(crate) fn insert(
     };
     let thread = match (&s.previous_response, &s.conversation) {
         (Some(prev), _) => tx
-            .query_row("SELECT thread FROM recordings WHERE response = ?1 LIMIT 1", [prev], |x| {
-                x.get::<_, String>(0)
-            })
+            .prepare_cached(&format!(
+                "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE} LIMIT 1"
+            ))?
+            .query_row([prev], |x| x.get::<_, String>(0))
             .optional()?
             .unwrap_or_else(|| prev.clone()),
         (None, Some(c)) => c.clone(),
-        (None, None) => s.response.clone().unwrap_or_else(|| s.id.clone()),
+        (None, None) => s.id.clone(),
     };
-    let n = tx.execute(
-        "INSERT OR IGNORE INTO recordings (id, dataplane, seq, ts_ms, identity, user, src, sni,
-             method, path, rule, bytes, thread, response, sealed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
+    let n = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO recordings (id, dataplane, seq, ts_ms, identity, user, src,
+                 sni, method, path, rule, bytes, thread, response, sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?
+        .execute(params![
             s.id,
             dataplane,
             i64::try_from(r.seq).unwrap_or(i64::MAX),
@@ -126,8 +140,7 @@ pub(crate) fn insert(
             thread,
             s.response,
             s.sealed.get(),
-        ],
-    )?;
+        ])?;
     Ok(n)
 }
 
@@ -172,17 +185,35 @@ impl FlowStore {
         f: &RecordingFilter,
         limit: usize,
     ) -> Result<Vec<Recording>, StoreError> {
-        let order = if f.thread.is_some() { "ASC" } else { "DESC" };
+        // A thread is read through its index (oldest first), the rest newest first by time.
+        // A thread asked for by one of its response ids is the thread of that recording.
+        let thread = match &f.thread {
+            Some(t) => Some(
+                self.conn()
+                    .prepare_cached(&format!(
+                        "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE}
+                         ORDER BY ts_ms LIMIT 1"
+                    ))?
+                    .query_row([t], |x| x.get::<_, String>(0))
+                    .optional()?
+                    .unwrap_or_else(|| t.clone()),
+            ),
+            None => None,
+        };
+        let (by, order) = match thread {
+            Some(_) => ("thread = ?4", "ASC"),
+            None => ("?4 IS NULL", "DESC"),
+        };
         let sql = format!(
             "SELECT {COLUMNS} FROM recordings
-             WHERE (?1 IS NULL OR ts_ms >= ?1) AND (?2 IS NULL OR identity = ?2)
-               AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR thread = ?4)
+             WHERE {by} AND (?1 IS NULL OR ts_ms >= ?1) AND (?2 IS NULL OR identity = ?2)
+               AND (?3 IS NULL OR user = ?3)
              ORDER BY ts_ms {order}, id LIMIT ?5"
         );
         let mut st = self.conn().prepare(&sql)?;
         let since = f.since_ms.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
         let rows = st.query_map(
-            params![since, f.identity, f.user, f.thread, i64::try_from(limit).unwrap_or(i64::MAX)],
+            params![since, f.identity, f.user, thread, i64::try_from(limit).unwrap_or(i64::MAX)],
             row,
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -236,12 +267,34 @@ mod tests {
         assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 5]);
         assert_eq!(s.ingest("dp", &batch[..1]).unwrap(), vec![false], "once");
         assert_eq!(s.count_of(crate::store::Kind::Requests).unwrap(), 0, "not a request record");
-        let thread = |t: &str| {
+        let thread = |s: &FlowStore, t: &str| {
             let f = RecordingFilter { thread: Some(t.into()), ..RecordingFilter::default() };
             s.recordings(&f, 10).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
         };
-        assert_eq!(thread("resp_1"), ["rec_a", "rec_b", "rec_c"]);
-        assert_eq!(thread("chat-9"), ["rec_d", "rec_e"]);
+        assert_eq!(thread(&s, "rec_a"), ["rec_a", "rec_b", "rec_c"]);
+        assert_eq!(thread(&s, "resp_1"), ["rec_a", "rec_b", "rec_c"], "by its first response");
+        assert_eq!(thread(&s, "resp_3"), ["rec_a", "rec_b", "rec_c"], "or its last");
+        assert_eq!(thread(&s, "chat-9"), ["rec_d", "rec_e"]);
+        // A chat completion starts no chain: its own thread, named by its id.
+        let chat = rec(6, "rec_f", json!({"response": "chatcmpl-1"}));
+        assert_eq!(s.ingest("dp", &[chat]).unwrap(), vec![true]);
+        assert_eq!(thread(&s, "rec_f"), ["rec_f"]);
+        assert!(thread(&s, "chatcmpl-1").is_empty());
+        // The queries use their indexes (a thread's, a chain's), not a scan of the table.
+        let plan = |sql: &str| {
+            let mut st = s.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let chain = plan(&format!(
+            "SELECT thread FROM recordings WHERE response = 'resp_1' AND {CONTINUABLE} LIMIT 1"
+        ));
+        assert!(chain.contains("recordings_chain"), "{chain}");
+        let listed = plan(&format!(
+            "SELECT {COLUMNS} FROM recordings WHERE thread = 'x' AND ('a' IS NULL OR ts_ms >= 1)
+             ORDER BY ts_ms ASC, id LIMIT 5"
+        ));
+        assert!(listed.contains("recordings_thread"), "{listed}");
         let (meta, sealed) = s.recording("rec_b").unwrap().unwrap();
         assert_eq!(meta.user.as_deref(), Some("alice@corp"));
         assert!(sealed.contains("\"data\":\"AAAA\""), "{sealed}");
@@ -249,8 +302,8 @@ mod tests {
         let bad =
             Row::read_value(json!({"seq": 9, "type": "recording", "id": "rec_x"}), "dp").unwrap();
         assert_eq!(s.ingest("dp", &[bad]).unwrap(), vec![false]);
-        assert_eq!(s.last_seq("dp").unwrap(), Some(5));
+        assert_eq!(s.last_seq("dp").unwrap(), Some(6));
         assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
-        assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 3);
+        assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 4);
     }
 }

@@ -93,7 +93,8 @@ fn open(api: &Api, id: &str, keys: &[Box<dyn age::Identity>]) -> Result<Value, F
             1,
         )
     })?;
-    serde_json::from_slice(&plain).map_err(|e| Fail(format!("{id}: not a recording: {e}"), 1))
+    sluice_intercept::recording::read_plain(&plain)
+        .map_err(|e| Fail(format!("{id}: not a recording: {e}"), 1))
 }
 
 /// `t` safe for a terminal: control characters (escape sequences a client may have sent)

@@ -182,6 +182,7 @@ impl FlowStore {
     fn setup(conn: Connection) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::recordings::SCHEMA)?;
         Ok(FlowStore { conn })

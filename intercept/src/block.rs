@@ -85,19 +85,30 @@ pub fn request_id() -> String {
     random_id("req_sluice_")
 }
 
-/// `prefix` and 24 random hex digits (request, approval and recording ids).
+/// `prefix` and 24 random hex digits (request and approval ids).
 pub fn random_id(prefix: &str) -> String {
+    hex_id(prefix, &[])
+}
+
+/// `prefix` and 24 hex digits: the Unix time in ms (12 digits), then 12 random ones. Such ids
+/// sort by time, so a store's index of them grows at its end (recording ids).
+pub fn time_ordered_id(prefix: &str, now_ms: u64) -> String {
+    hex_id(prefix, &now_ms.to_be_bytes()[2..])
+}
+
+/// `prefix`, then 24 hex digits: those of `lead` (at most 12 bytes), then random ones (the
+/// thread's CSPRNG, seeded from the OS: no system call per id).
+fn hex_id(prefix: &str, lead: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 12];
-    let rng = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-    if rng.fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b.copy_from_slice(&t.to_be_bytes()[4..]);
-    }
-    let mut s = String::from(prefix);
+    let n = lead.len().min(12);
+    b[..n].copy_from_slice(&lead[..n]);
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b[n..]);
+    let mut s = String::with_capacity(prefix.len() + 24);
+    s.push_str(prefix);
     for x in b {
-        let _ = write!(s, "{x:02x}");
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 15)]));
     }
     s
 }
@@ -165,6 +176,17 @@ pub fn response(r: &Refusal, html: bool, request_id: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_24_hex_digits_and_time_ordered_ones_sort_by_time() {
+        let (a, b) = (random_id("req_"), random_id("req_"));
+        assert!(a.len() == 28 && a[4..].bytes().all(|c| c.is_ascii_hexdigit()) && a != b);
+        let early = time_ordered_id("rec_", 1_764_000_000_000);
+        let late = time_ordered_id("rec_", 1_764_000_000_001);
+        assert_eq!(&early[..16], "rec_019ab697e800", "{early}");
+        assert!(early.len() == 28 && early < late);
+        assert_ne!(early, time_ordered_id("rec_", 1_764_000_000_000), "random past the time");
+    }
 
     #[test]
     fn json_shape_for_api_clients() {

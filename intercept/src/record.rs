@@ -153,7 +153,7 @@ pub struct RequestRecord {
     /// The sealed recording, for the binary to write as a `recording` record (never part of
     /// this record's JSON).
     #[serde(skip)]
-    pub sealed: Option<crate::recording::Sealed>,
+    pub sealed: Option<crate::recording::SealedBytes>,
     /// The wait for a reviewer, when the rule held the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalNote>,

@@ -130,13 +130,18 @@ class Recording(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         first = r.stdout.strip().splitlines()[-1]
         deadline = time.time() + 20
+        mine = []
         while time.time() < deadline:
             out = ctl("--json", "sessions", "list", "--since", "10m", token="SLUICE_ANALYST_TOKEN")
-            mine = [x for x in json.loads(out.stdout)["recordings"] if x["thread"] == first]
+            listed = json.loads(out.stdout)["recordings"]
+            # The chain is named by its first recording, which answered with `first`.
+            head = [x for x in listed if x.get("response") == first]
+            mine = [x for x in listed if head and x["thread"] == head[0]["id"]]
             if len(mine) == 3:
                 break
             time.sleep(0.5)
         self.assertEqual(len(mine), 3, out.stdout)
+        # `sessions thread` finds the chain by the first response's id.
         t = ctl("sessions", "thread", first, "--identity", self.keys["right"][0], token="SLUICE_ANALYST_TOKEN")
         self.assertEqual(t.returncode, 0, t.stderr)
         at = [t.stdout.index("%s %s" % (w, tag)) for w in ("first", "second", "third")]

@@ -389,14 +389,11 @@ fn serve(
             .map_or(batch.len(), |i| i.max(1));
         batch.truncate(fits);
         if let Some(&(last, _)) = batch.last() {
-            // Spooled lines go as they are: checked to be JSON (a damaged line is skipped, as
-            // the spool's reader cuts torn ones), never parsed into values and written again.
-            let records: Vec<&str> = batch
-                .iter()
-                .map(|(_, line)| line.as_str())
-                .filter(|l| serde_json::from_str::<serde::de::IgnoredAny>(l).is_ok())
-                .collect();
-            let mut buf = Vec::new();
+            // Spooled lines go as they are (JSON: written by this process, or checked as the
+            // spool read them back), never parsed into values and written again.
+            let records: Vec<&str> = batch.iter().map(|(_, line)| line.as_str()).collect();
+            let mut buf =
+                Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
             encode_records(&records, &mut buf).map_err(std::io::Error::other)?;
             stream.write_all(&buf)?;
             sent = Some(last);

@@ -59,6 +59,12 @@ pub struct Spool {
     shed: u64,
     /// Records dropped since the last [`Spool::take_alarm`].
     alarm: u64,
+    /// The newest lines written, oldest first with consecutive numbers, up to `recent_max`
+    /// bytes: the link reads them from here, not back from the file, and they need no check
+    /// (this process wrote them). Older lines, and all of a previous run's, come from disk.
+    recent: VecDeque<(u64, String)>,
+    recent_bytes: usize,
+    recent_max: usize,
     /// Free bytes of the disk as tests set them.
     #[cfg(test)]
     room: Option<u64>,
@@ -90,6 +96,9 @@ fn reserve(size: u64) -> u64 {
 
 /// Most bytes of records held in memory while the spool cannot be written.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// Most bytes of the newest lines kept in memory for the link ([`Spool::read_after`]).
+pub const RECENT_BYTES: usize = 8 << 20;
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.jsonl"))
@@ -133,21 +142,44 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
 }
 
 /// `records` as spooled lines numbered from `first` (`seq` put in front of their members),
-/// and the number after the last.
-fn numbered<'r>(records: impl Iterator<Item = &'r str>, first: u64) -> (Vec<u8>, u64) {
-    let mut buf = Vec::new();
-    let mut seq = first;
-    for r in records {
+/// each without its newline.
+fn numbered<'r>(records: impl Iterator<Item = &'r str>, first: u64) -> Vec<(u64, String)> {
+    let mut lines = Vec::new();
+    for (seq, r) in (first..).zip(records) {
         let members = r.strip_prefix('{').unwrap_or(r);
         let sep = if members.starts_with('}') { "" } else { "," };
-        buf.extend_from_slice(b"{\"seq\":");
-        buf.extend_from_slice(seq.to_string().as_bytes());
-        buf.extend_from_slice(sep.as_bytes());
-        buf.extend_from_slice(members.as_bytes());
-        buf.push(b'\n');
-        seq += 1;
+        let mut line = String::with_capacity(members.len() + 30);
+        line.push_str("{\"seq\":");
+        line.push_str(itoa(seq, &mut [0u8; 20]));
+        line.push_str(sep);
+        line.push_str(members);
+        lines.push((seq, line));
     }
-    (buf, seq)
+    lines
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+}
+
+/// Lines as the spool file holds them: each followed by a newline.
+fn joined(lines: &[(u64, String)]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+    for (_, l) in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
 }
 
 impl Spool {
@@ -189,6 +221,9 @@ impl Spool {
             broken: false,
             shed: 0,
             alarm: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            recent_max: RECENT_BYTES,
             #[cfg(test)]
             room: None,
             #[cfg(test)]
@@ -281,12 +316,14 @@ impl Spool {
             return Ok(first);
         }
         let all = self.pending.iter().map(String::as_str);
-        let (buf, end) = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
-        let written = self.repair().and_then(|()| self.write(&buf, end));
+        let lines = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
+        let end = first + lines.len() as u64;
+        let written = self.repair().and_then(|()| self.write(&joined(&lines), end));
         match written {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_bytes = 0;
+                self.remember(lines);
                 Ok(first)
             }
             Err(e) => {
@@ -300,6 +337,23 @@ impl Spool {
                 let _ = self.repair();
                 Err(e)
             }
+        }
+    }
+
+    /// Keeps lines just written for the link, the oldest going past [`Spool::recent_max`].
+    fn remember(&mut self, lines: Vec<(u64, String)>) {
+        for (seq, line) in lines {
+            if self.recent.back().is_some_and(|(last, _)| *last + 1 != seq) {
+                // Numbering jumped (skip_to): what is kept must be consecutive.
+                self.recent.clear();
+                self.recent_bytes = 0;
+            }
+            self.recent_bytes += line.len();
+            self.recent.push_back((seq, line));
+        }
+        while self.recent_bytes > self.recent_max {
+            let Some((_, old)) = self.recent.pop_front() else { break };
+            self.recent_bytes -= old.len();
         }
     }
 
@@ -418,8 +472,18 @@ impl Spool {
         self.ack(last)
     }
 
-    /// Up to `max` records with a sequence number above `after`, in order (as JSON text lines).
+    /// Up to `max` records with a sequence number above `after`, in order (as JSON text
+    /// lines), of those still spooled (not acknowledged, not dropped). The newest come from
+    /// memory; older ones from the files, where a line that is not JSON (damaged on disk) is
+    /// skipped and said.
     pub fn read_after(&mut self, after: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
+        let from = after.max(self.acked) + 1;
+        if let Some(&(oldest, _)) = self.recent.front()
+            && oldest <= from
+        {
+            let skip = usize::try_from(from - oldest).unwrap_or(usize::MAX);
+            return Ok(self.recent.iter().skip(skip).take(max).cloned().collect());
+        }
         let mut out = Vec::new();
         let resume = self.cursor.filter(|c| c.0 == after);
         for s in self.segments.iter().filter(|s| s.end > after + 1 && s.bytes > 0) {
@@ -431,20 +495,27 @@ impl Spool {
                 pos = f.seek(SeekFrom::Start(off))?;
             }
             // Whole records only: never bytes past them (a write in progress, or torn).
-            let mut r = BufReader::new(f).take(s.bytes.saturating_sub(pos));
-            let mut line = String::new();
+            let mut r = BufReader::with_capacity(1 << 16, f).take(s.bytes.saturating_sub(pos));
+            let mut line = Vec::new();
             loop {
-                line.clear();
-                let n = r.read_line(&mut line)?;
-                if n == 0 || !line.ends_with('\n') {
+                let n = r.read_until(b'\n', &mut line)?;
+                if n == 0 || line.pop() != Some(b'\n') {
                     break;
                 }
                 pos += n as u64;
-                let text = line.trim_end();
-                let Some(seq) = seq_of(text.as_bytes()) else { continue };
-                if seq > after {
-                    out.push((seq, text.to_owned()));
+                let Some(seq) = seq_of(&line) else {
+                    line.clear();
+                    continue;
+                };
+                let text = String::from_utf8(std::mem::take(&mut line))
+                    .ok()
+                    .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok());
+                if seq > after && seq > self.acked {
                     self.cursor = Some((seq, s.first, pos));
+                    match text {
+                        Some(text) => out.push((seq, text)),
+                        None => tracing::warn!(seq, "spool: a damaged record is skipped"),
+                    }
                     if out.len() >= max {
                         return Ok(out);
                     }

@@ -39,9 +39,18 @@ fn numbers_acks_and_survives_reopen() {
 
 #[test]
 fn reads_continue_where_they_stopped() {
-    let d = dir("cursor");
+    // From memory (the newest lines) and from the files alike.
+    for (name, recent_max) in [("cursor", RECENT_BYTES), ("cursor-disk", 0)] {
+        reads_continue(name, recent_max);
+    }
+}
+
+fn reads_continue(name: &str, recent_max: usize) {
+    let d = dir(name);
     let mut s = Spool::open(&d, 1 << 30).unwrap();
+    s.recent_max = recent_max;
     s.append(&recs(10)).unwrap();
+    assert_eq!(s.recent.len(), if recent_max > 0 { 10 } else { 0 });
     let seqs = |v: Vec<(u64, String)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
     assert_eq!(seqs(s.read_after(0, 3).unwrap()), vec![1, 2, 3]);
     assert_eq!(seqs(s.read_after(3, 3).unwrap()), vec![4, 5, 6], "resumed at the cursor");
@@ -52,6 +61,45 @@ fn reads_continue_where_they_stopped() {
     );
     s.append(&recs(1)).unwrap();
     assert_eq!(seqs(s.read_after(10, 100).unwrap()), vec![11]);
+    let line = &s.read_after(10, 1).unwrap()[0].1;
+    assert!(line.starts_with("{\"seq\":11,\"type\":\"flow\"") && !line.ends_with('\n'), "{line}");
+    s.ack(4).unwrap();
+    assert_eq!(seqs(s.read_after(0, 2).unwrap()), vec![5, 6], "acknowledged ones are gone");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn memory_keeps_the_newest_lines_within_its_bound() {
+    let d = dir("recent");
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    s.recent_max = 1_000;
+    s.append(&recs(30)).unwrap();
+    assert!(s.recent_bytes <= 1_000 && s.recent.back().unwrap().0 == 30);
+    assert!(s.recent.front().unwrap().0 > 1);
+    // The oldest come from the files, the newest from memory: all of them, in order.
+    let all: Vec<u64> = s.read_after(0, 100).unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(all, (1..=30).collect::<Vec<_>>());
+    let tail: Vec<u64> = s.read_after(28, 100).unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(tail, vec![29, 30]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_line_damaged_on_disk_is_skipped_not_sent() {
+    let d = dir("damaged");
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    s.append(&recs(3)).unwrap();
+    drop(s);
+    // Record 2's text damaged in place (its number intact): not JSON any more.
+    let file = std::fs::read_dir(&d).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let at = text.find("{\"seq\":2,").unwrap() + 9;
+    let mut bytes = text.into_bytes();
+    bytes[at] = b'x';
+    std::fs::write(&file, &bytes).unwrap();
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    let got: Vec<u64> = s.read_after(0, 100).unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(got, vec![1, 3]);
     std::fs::remove_dir_all(&d).unwrap();
 }
 

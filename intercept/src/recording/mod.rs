@@ -1,23 +1,25 @@
 //! Session recording (ARCHITECTURE.md, "Recordings"): for a rule with `record`, the exchange's
 //! decoded bodies (the request as the client sent it, the response as the client got it,
-//! WebSocket messages both ways) are captured as they pass, bounded, then sealed at phase 7 with
-//! age to the customer's X25519 public keys. Only the sealed bytes leave this module: the
-//! request record names the recording (id, size, conversation ids), and the binary writes the
-//! sealed bytes as a `recording` record beside it. Nothing of a recording is ever in clear
-//! outside memory; credentials in headers are withheld before capture. Sealing is envelope
-//! encryption: a random AES-256-GCM data key, age-encrypted to the recipients once per ten
-//! minutes, seals each recording (its id bound as associated data) and travels with it, so a
-//! recording opens on its own with the private key.
+//! WebSocket messages both ways) are captured as they pass, bounded, then sealed at phase 7 to
+//! the customer's age X25519 public keys ([`sealing`]; the plaintext's format is [`plain`]).
+//! Only the sealed bytes leave this module: the request record names the recording (id, size,
+//! conversation ids), and the binary writes the sealed bytes as a `recording` record beside
+//! it. Nothing of a recording is ever in clear outside memory; credentials in headers are
+//! withheld before capture.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::Serialize;
 use sluice_rules::RecordMode;
 
 use crate::phases::Headers;
 use crate::record::RequestRecord;
+
+pub mod plain;
+mod sealing;
+
+pub use plain::{PlainError, read as read_plain};
+pub use sealing::{Sealed, SealedBytes, Sealer, open};
 
 /// Most bytes captured per direction (a body, or WebSocket messages); past it the capture is
 /// cut and says so. (A recording record stays well under the link's frame limit even when
@@ -54,48 +56,6 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
-/// How long one data key seals recordings, and for how many at most.
-const KEY_LIFE: std::time::Duration = std::time::Duration::from_secs(600);
-const KEY_USES: u64 = 1 << 20;
-
-/// The data key recordings are sealed with (AES-256-GCM), wrapped with age to the recipients
-/// once per [`KEY_LIFE`]: the X25519 work is paid once per key, not per recording.
-struct DataKey {
-    for_recipients: Arc<[String]>,
-    key: ring::aead::LessSafeKey,
-    /// The key, age-encrypted to the recipients (base64): carried by every recording it seals,
-    /// so each opens on its own.
-    wrapped: String,
-    born: std::time::Instant,
-    uses: u64,
-}
-
-/// The data keys of a data plane (shared by its connections).
-#[derive(Default)]
-pub struct Sealer {
-    current: std::sync::Mutex<Option<DataKey>>,
-}
-
-impl std::fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealer(…)")
-    }
-}
-
-/// A sealed recording: the age-wrapped data key, the nonce and the AES-256-GCM ciphertext
-/// (the recording's id is the associated data), each base64.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Sealed {
-    /// `aes-256-gcm+age`.
-    pub alg: String,
-    /// The data key, age-encrypted to the recipients.
-    pub key: String,
-    /// The nonce.
-    pub nonce: String,
-    /// The ciphertext and tag.
-    pub data: String,
-}
-
 impl Recorder {
     /// A recorder sealing to `recipients` (age1… public keys; the unreadable ones are left out,
     /// and with none left there is no recorder: the rule compiler refuses such a rule first).
@@ -108,96 +68,6 @@ impl Recorder {
             names: recipients.to_vec().into(),
         })
     }
-
-    fn new_key(&self) -> Result<DataKey, String> {
-        let rng = ring::rand::SystemRandom::new();
-        let mut raw = [0u8; 32];
-        ring::rand::SecureRandom::fill(&rng, &mut raw).map_err(|_| "no randomness".to_owned())?;
-        let enc = age::Encryptor::with_recipients(
-            self.recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut wrapped = Vec::with_capacity(256);
-        let mut w = enc.wrap_output(&mut wrapped).map_err(|e| e.to_string())?;
-        w.write_all(&raw).map_err(|e| e.to_string())?;
-        w.finish().map_err(|e| e.to_string())?;
-        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw)
-            .map_err(|_| "bad key".to_owned())?;
-        zeroize::Zeroize::zeroize(&mut raw);
-        Ok(DataKey {
-            for_recipients: self.names.clone(),
-            key: ring::aead::LessSafeKey::new(key),
-            wrapped: base64::engine::general_purpose::STANDARD.encode(&wrapped),
-            born: std::time::Instant::now(),
-            uses: 0,
-        })
-    }
-
-    /// Seals `plaintext` (the recording `id` bound as associated data) with the current data
-    /// key, made anew when there is none, it is old or it wraps other recipients.
-    fn seal(&self, sealer: &Sealer, id: &str, plaintext: &[u8]) -> Result<Sealed, String> {
-        let mut cur = sealer.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let stale = cur.as_ref().is_none_or(|k| {
-            k.for_recipients != self.names || k.born.elapsed() > KEY_LIFE || k.uses >= KEY_USES
-        });
-        if stale {
-            *cur = Some(self.new_key()?);
-        }
-        let Some(k) = cur.as_mut() else { return Err("no data key".into()) };
-        k.uses += 1;
-        let mut nonce = [0u8; ring::aead::NONCE_LEN];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-            .map_err(|_| "no randomness".to_owned())?;
-        let mut data = plaintext.to_vec();
-        k.key
-            .seal_in_place_append_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::from(id.as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| "sealing failed".to_owned())?;
-        let b64 = &base64::engine::general_purpose::STANDARD;
-        Ok(Sealed {
-            alg: "aes-256-gcm+age".into(),
-            key: k.wrapped.clone(),
-            nonce: b64.encode(nonce),
-            data: b64.encode(&data),
-        })
-    }
-}
-
-/// Opens a recording sealed by [`Recorder`] (`sluicectl sessions show`): the data key with
-/// the age `identities`, then the ciphertext.
-pub fn open(
-    sealed: &Sealed,
-    id: &str,
-    identities: &[Box<dyn age::Identity>],
-) -> Result<Vec<u8>, String> {
-    let b64 = &base64::engine::general_purpose::STANDARD;
-    if sealed.alg != "aes-256-gcm+age" {
-        return Err(format!("unknown sealing {}", sealed.alg));
-    }
-    let wrapped = b64.decode(&sealed.key).map_err(|e| format!("key: {e}"))?;
-    let d = age::Decryptor::new_buffered(&wrapped[..]).map_err(|e| format!("key: {e}"))?;
-    let mut r = d
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut r, &mut raw).map_err(|e| e.to_string())?;
-    let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &raw)
-        .map_err(|_| "the data key is not 32 bytes".to_owned())?;
-    zeroize::Zeroize::zeroize(&mut raw);
-    let nonce: [u8; ring::aead::NONCE_LEN] =
-        b64.decode(&sealed.nonce).ok().and_then(|n| n.try_into().ok()).ok_or("bad nonce")?;
-    let mut data = b64.decode(&sealed.data).map_err(|e| format!("data: {e}"))?;
-    let plain = ring::aead::LessSafeKey::new(key)
-        .open_in_place(
-            ring::aead::Nonce::assume_unique_for_key(nonce),
-            ring::aead::Aad::from(id.as_bytes()),
-            &mut data,
-        )
-        .map_err(|_| "the recording does not open: altered, or another recording's".to_owned())?;
-    Ok(plain.to_vec())
 }
 
 /// One direction's bytes, bounded.
@@ -312,68 +182,6 @@ impl Capture {
     }
 }
 
-/// A body as the recording holds it: UTF-8 text, or base64 for bytes that are not.
-#[derive(Serialize)]
-struct Body<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    base64: Option<String>,
-    truncated: bool,
-}
-
-fn body(b: &Bounded) -> Body<'_> {
-    match std::str::from_utf8(&b.bytes) {
-        Ok(t) => Body { text: Some(t.into()), base64: None, truncated: b.cut },
-        Err(_) => Body {
-            text: None,
-            base64: Some(base64::engine::general_purpose::STANDARD.encode(&b.bytes)),
-            truncated: b.cut,
-        },
-    }
-}
-
-/// The plaintext of a recording (what `sluicectl sessions show` prints after decrypting).
-#[derive(Serialize)]
-struct Plain<'a> {
-    version: u8,
-    id: &'a str,
-    ts_ms: u64,
-    identity: Option<&'a str>,
-    user: Option<&'a str>,
-    src: &'a str,
-    sni: Option<&'a str>,
-    rule: Option<&'a str>,
-    model: Option<&'a str>,
-    request: PlainRequest<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<PlainResponse<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    messages: Vec<PlainMessage<'a>>,
-    messages_truncated: bool,
-}
-
-#[derive(Serialize)]
-struct PlainRequest<'a> {
-    method: &'a str,
-    target: &'a str,
-    headers: &'a [(String, String)],
-    body: Body<'a>,
-}
-
-#[derive(Serialize)]
-struct PlainResponse<'a> {
-    status: Option<u16>,
-    content_type: Option<&'a str>,
-    body: Body<'a>,
-}
-
-#[derive(Serialize)]
-struct PlainMessage<'a> {
-    from: &'a str,
-    text: &'a str,
-}
-
 /// What a request record says of its recording.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RecordingNote {
@@ -426,10 +234,11 @@ pub fn response_id(body: &[u8]) -> Option<String> {
 /// Seals the capture of `rec` (phase 7): the record gets its note, `sealed` the ciphertext.
 pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord) {
     let Some(c) = rec.capture.take() else { return };
-    let id = crate::block::random_id("rec_");
+    let id = crate::block::time_ordered_id("rec_", crate::record::now_ms());
     let (conversation, previous_response) = request_ids(&c.request.bytes);
-    let plain = Plain {
-        version: 1,
+    let response = c.response_on.then_some(&c.response);
+    let head = plain::Head {
+        version: 2,
         id: &id,
         ts_ms: rec.ts_ms,
         identity: rec.identity.as_deref(),
@@ -438,26 +247,28 @@ pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord
         sni: rec.sni.as_deref(),
         rule: rec.rule.as_deref(),
         model: rec.model.as_deref(),
-        request: PlainRequest {
+        request: plain::RequestHead {
             method: &c.method,
             target: &c.target,
             headers: &c.headers,
-            body: body(&c.request),
+            body: plain::BodyLen { bytes: c.request.bytes.len(), truncated: c.request.cut },
         },
-        response: c.response_on.then(|| PlainResponse {
+        response: response.map(|r| plain::ResponseHead {
             status: c.status,
             content_type: c.response_type.as_deref(),
-            body: body(&c.response),
+            body: plain::BodyLen { bytes: r.bytes.len(), truncated: r.cut },
         }),
-        messages: c.messages.iter().map(|(from, text)| PlainMessage { from, text }).collect(),
+        messages: c.messages.iter().map(|(from, text)| plain::Message { from, text }).collect(),
         messages_truncated: c.messages_cut,
     };
-    let Ok(text) = serde_json::to_vec(&plain) else { return };
-    match recorder.seal(sealer, &id, &text) {
+    let resp_bytes = response.map_or(&[][..], |r| &r.bytes);
+    let Some(text) = plain::write(&head, &c.request.bytes, resp_bytes) else { return };
+    let bytes = text.len() as u64;
+    match sealing::seal(sealer, &recorder.recipients, &recorder.names, &id, text) {
         Ok(sealed) => {
             rec.recording = Some(RecordingNote {
                 id,
-                bytes: text.len() as u64,
+                bytes,
                 conversation,
                 previous_response,
                 response: response_id(&c.response.bytes),
@@ -491,10 +302,9 @@ pub fn recording_line(rec: &RequestRecord) -> Option<String> {
         conversation: Option<&'a str>,
         previous_response: Option<&'a str>,
         response: Option<&'a str>,
-        sealed: &'a Sealed,
     }
     let (note, sealed) = (rec.recording.as_ref()?, rec.sealed.as_ref()?);
-    serde_json::to_string(&Line {
+    let mut line = serde_json::to_string(&Line {
         kind: "recording",
         ts_ms: rec.ts_ms,
         id: &note.id,
@@ -509,9 +319,15 @@ pub fn recording_line(rec: &RequestRecord) -> Option<String> {
         conversation: note.conversation.as_deref(),
         previous_response: note.previous_response.as_deref(),
         response: note.response.as_deref(),
-        sealed,
     })
-    .ok()
+    .ok()?;
+    // The sealed bytes are appended as the last member, base64 written straight in.
+    line.pop();
+    line.reserve(sealed.json_len() + 12);
+    line.push_str(",\"sealed\":");
+    sealed.write_json(&mut line);
+    line.push('}');
+    Some(line)
 }
 
 #[cfg(test)]
@@ -552,18 +368,22 @@ mod tests {
         let mut rec = RequestRecord { capture: Some(Box::new(c)), ..RequestRecord::default() };
         let sealer = Sealer::default();
         seal(&r, &sealer, &mut rec);
-        let sealed = rec.sealed.clone().unwrap();
         let id = rec.recording.clone().unwrap().id;
+        // What ships: the recording record, its sealed member opened with the right key.
+        let line = recording_line(&rec).unwrap();
+        assert!(line.contains("\"type\":\"recording\"") && !line.contains("secret"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], id.as_str());
+        let sealed: Sealed = serde_json::from_value(v["sealed"].clone()).unwrap();
         let mine: Vec<Box<dyn age::Identity>> = vec![Box::new(key)];
         let plain = open(&sealed, &id, &mine).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        let v = read_plain(&plain).unwrap();
         assert_eq!(v["request"]["body"]["text"], "my secret prompt");
         assert_eq!(v["response"]["body"]["truncated"], true);
+        assert_eq!(v["response"]["body"]["text"].as_str().unwrap().len(), MAX_CAPTURE);
         let theirs: Vec<Box<dyn age::Identity>> = vec![Box::new(other)];
         assert!(open(&sealed, &id, &theirs).is_err(), "another key cannot read it");
         assert!(open(&sealed, "rec_other", &mine).is_err(), "bound to its id");
-        let line = recording_line(&rec).unwrap();
-        assert!(line.contains("\"type\":\"recording\"") && !line.contains("secret"));
         assert!(Recorder::new(RecordMode::Request, &["nope".into()]).is_none());
         // The data key is made once and reused (one X25519 wrap for many recordings).
         let mut again = RequestRecord {
@@ -571,6 +391,6 @@ mod tests {
             ..RequestRecord::default()
         };
         seal(&r, &sealer, &mut again);
-        assert_eq!(again.sealed.unwrap().key, sealed.key);
+        assert_eq!(*again.sealed.unwrap().key, sealed.key);
     }
 }
