@@ -25,6 +25,7 @@ pub mod recordings;
 pub mod recordings_api;
 pub mod records_api;
 pub mod rulestore;
+pub mod sealed_files;
 pub mod serve;
 pub mod store;
 pub mod syslog;

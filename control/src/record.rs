@@ -83,8 +83,32 @@ pub struct Row<'a> {
     pub quota: Option<Cow<'a, str>>,
     /// Input, output and cached tokens a response reported.
     pub tokens: Tokens,
+    /// What a `recording` record says besides (read in the same pass; its text is not
+    /// copied into `json`, which stays empty).
+    pub recording: Option<Box<RecordingFields<'a>>>,
     /// The text stored: the record with `"dataplane"` naming the data plane it came from.
     pub json: String,
+}
+
+/// The members of a `recording` record control stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingFields<'a> {
+    /// The recording's id.
+    pub id: Cow<'a, str>,
+    /// The request's method.
+    pub method: Option<Cow<'a, str>>,
+    /// The request's path.
+    pub path: Option<Cow<'a, str>>,
+    /// Plaintext bytes sealed.
+    pub bytes: u64,
+    /// ChatGPT's conversation id.
+    pub conversation: Option<Cow<'a, str>>,
+    /// The response the request continues.
+    pub previous_response: Option<Cow<'a, str>>,
+    /// The response's own id.
+    pub response: Option<Cow<'a, str>>,
+    /// The sealed recording as sent (JSON text).
+    pub sealed: Cow<'a, str>,
 }
 
 impl<'a> Row<'a> {
@@ -92,7 +116,12 @@ impl<'a> Row<'a> {
     /// object with a `seq` (nothing can be stored of it).
     pub fn read(text: &'a str, dataplane: &str) -> Option<Row<'a>> {
         match serde_json::from_str::<Fields<'a>>(text) {
-            Ok(f) if f.dataplane.is_none() => Some(f.into_row(with_dataplane(text, dataplane)?)),
+            Ok(f) if f.dataplane.is_none() => {
+                let recording =
+                    RecordKind::of(f.kind.as_ref().map(|t| t.0.as_ref())) == RecordKind::Recording;
+                let json = if recording { String::new() } else { with_dataplane(text, dataplane)? };
+                Some(f.into_row(json))
+            }
             // A record naming a data plane itself, a duplicate key or a field of another type:
             // read through a value tree, as a generic JSON reader would (the last copy of a
             // key wins), with the name set by control.
@@ -119,9 +148,24 @@ impl<'a> Row<'a> {
                 ))
             })
             .collect();
+        let kind = RecordKind::of(v.get("type").and_then(Value::as_str));
+        let recording = (kind == RecordKind::Recording)
+            .then(|| {
+                Some(Box::new(RecordingFields {
+                    id: text("id")?,
+                    method: text("method"),
+                    path: text("path"),
+                    bytes: v.get("bytes").and_then(Value::as_u64).unwrap_or(0),
+                    conversation: text("conversation"),
+                    previous_response: text("previous_response"),
+                    response: text("response"),
+                    sealed: Cow::Owned(v.get("sealed").filter(|s| s.is_object())?.to_string()),
+                }))
+            })
+            .flatten();
         Some(Row {
             seq,
-            kind: RecordKind::of(v.get("type").and_then(Value::as_str)),
+            kind,
             ts_ms: v.get("ts_ms").and_then(Value::as_u64).unwrap_or(0),
             identity: text("identity"),
             user: text("user"),
@@ -138,7 +182,8 @@ impl<'a> Row<'a> {
                 output: v.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
                 cached: v.get("cached_tokens").and_then(Value::as_u64).unwrap_or(0),
             },
-            json: v.to_string(),
+            json: if kind == RecordKind::Recording { String::new() } else { v.to_string() },
+            recording,
         })
     }
 
@@ -207,6 +252,23 @@ struct Fields<'a> {
     cached_tokens: Option<u64>,
     #[serde(default)]
     dataplane: Option<IgnoredAny>,
+    // A recording's members.
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    method: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    path: Option<Text<'a>>,
+    #[serde(default)]
+    bytes: Option<u64>,
+    #[serde(borrow, default)]
+    conversation: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    previous_response: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    response: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    sealed: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -220,9 +282,25 @@ struct Finding<'a> {
 impl<'a> Fields<'a> {
     fn into_row(self, json: String) -> Row<'a> {
         let t = |v: Option<Text<'a>>| v.map(|t| t.0);
+        let kind = RecordKind::of(self.kind.as_ref().map(|t| t.0.as_ref()));
+        let recording = match (kind, self.id, self.sealed) {
+            (RecordKind::Recording, Some(id), Some(sealed)) if sealed.get().starts_with('{') => {
+                Some(Box::new(RecordingFields {
+                    id: id.0,
+                    method: t(self.method),
+                    path: t(self.path),
+                    bytes: self.bytes.unwrap_or(0),
+                    conversation: t(self.conversation),
+                    previous_response: t(self.previous_response),
+                    response: t(self.response),
+                    sealed: Cow::Borrowed(sealed.get()),
+                }))
+            }
+            _ => None,
+        };
         Row {
             seq: self.seq,
-            kind: RecordKind::of(self.kind.as_ref().map(|t| t.0.as_ref())),
+            kind,
             ts_ms: self.ts_ms.unwrap_or(0),
             identity: t(self.identity),
             user: t(self.user),
@@ -244,6 +322,7 @@ impl<'a> Fields<'a> {
                 output: self.output_tokens.unwrap_or(0),
                 cached: self.cached_tokens.unwrap_or(0),
             },
+            recording,
             json,
         }
     }
@@ -276,6 +355,26 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_recording_is_read_in_one_pass_its_sealed_bytes_borrowed() {
+        let text = r#"{"seq":3,"type":"recording","ts_ms":9,"id":"rec_1","method":"POST","bytes":40,"previous_response":"resp_0","sealed":{"alg":"a","data":"QUJD"}}"#;
+        let r = Row::read(text, "dp").unwrap();
+        let f = r.recording.as_deref().unwrap();
+        assert_eq!(
+            (&*f.id, f.bytes, f.previous_response.as_deref()),
+            ("rec_1", 40, Some("resp_0"))
+        );
+        assert!(matches!(f.sealed, Cow::Borrowed(r#"{"alg":"a","data":"QUJD"}"#)));
+        assert!(r.json.is_empty(), "not copied");
+        // Read through a value tree (a duplicate key), the same.
+        let dup = text.replace(r#""seq":3,"#, r#""seq":3,"seq":3,"#);
+        let r = Row::read(&dup, "dp").unwrap();
+        assert_eq!(r.recording.as_deref().unwrap().id, "rec_1");
+        // Without its id or sealed bytes: no recording to store.
+        let r = Row::read(r#"{"seq":4,"type":"recording","id":"rec_2","sealed":"x"}"#, "dp");
+        assert!(r.unwrap().recording.is_none());
+    }
 
     #[test]
     fn reads_fields_borrowed_and_adds_the_data_plane() {

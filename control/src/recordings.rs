@@ -11,9 +11,10 @@
 //! chain) and ChatGPT conversations insert into the middle of an index.
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::record::Row;
+use crate::sealed_files::{Place, SealedFiles};
 use crate::store::{FlowStore, StoreError};
 
 pub(crate) const SCHEMA: &str = "
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     thread TEXT NOT NULL,
     response TEXT,
     sealed TEXT NOT NULL,
+    segment INTEGER, offset INTEGER, length INTEGER,
     UNIQUE (dataplane, seq)
 );
 CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
@@ -34,32 +36,47 @@ CREATE INDEX IF NOT EXISTS recordings_thread ON recordings (thread, ts_ms);
 DROP INDEX IF EXISTS recordings_response;
 CREATE INDEX IF NOT EXISTS recordings_chain ON recordings (response)
     WHERE substr(response, 1, 5) = 'resp_';
+CREATE INDEX IF NOT EXISTS recordings_segment ON recordings (segment)
+    WHERE segment IS NOT NULL;
 ";
+
+/// Creates the table, or brings one made by an earlier version up to date (the columns that
+/// place the sealed bytes in files; its rows keep their bytes in `sealed`).
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let has_table: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'recordings'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_table {
+        let placed: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('recordings') WHERE name = 'segment'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !placed {
+            conn.execute_batch(
+                "ALTER TABLE recordings ADD COLUMN segment INTEGER;
+                 ALTER TABLE recordings ADD COLUMN offset INTEGER;
+                 ALTER TABLE recordings ADD COLUMN length INTEGER;",
+            )?;
+        }
+    }
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// Unix ms now (when a recording's bytes arrive: their segment).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// A response that a later request may continue (`previous_response_id`): a Responses API
 /// (or Realtime) response id. The condition of the `recordings_chain` index, word for word,
 /// so that the queries below use it.
 const CONTINUABLE: &str = "substr(response, 1, 5) = 'resp_'";
-
-/// A recording record as a data plane sends it.
-#[derive(Deserialize)]
-struct Sent {
-    id: String,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    bytes: u64,
-    #[serde(default)]
-    conversation: Option<String>,
-    #[serde(default)]
-    previous_response: Option<String>,
-    #[serde(default)]
-    response: Option<String>,
-    /// The sealed recording (data key wrapped with age, nonce, ciphertext), kept as sent.
-    sealed: Box<serde_json::value::RawValue>,
-}
 
 /// A recording as listed (without its ciphertext).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -92,37 +109,54 @@ pub struct Recording {
     pub response: Option<String>,
 }
 
-/// Stores one `recording` row (in the ingest's transaction); 1 when new.
+/// Stores one `recording` row (in the ingest's transaction), its sealed bytes appended to
+/// `files` when there are files (the caller syncs them before it commits); 1 when new.
 pub(crate) fn insert(
     tx: &Transaction<'_>,
+    files: Option<&mut SealedFiles>,
+    now_ms: u64,
     dataplane: &str,
     r: &Row<'_>,
 ) -> Result<usize, StoreError> {
     // A recording control cannot read is skipped (and said), never a reason to refuse the
     // batch: the link would resend it forever.
-    let s: Sent = match serde_json::from_str(&r.json) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(dataplane, seq = r.seq, "a recording record was not stored: {e}");
-            return Ok(0);
-        }
+    let Some(s) = r.recording.as_deref() else {
+        tracing::warn!(
+            dataplane,
+            seq = r.seq,
+            "a recording record without its id or sealed bytes was not stored"
+        );
+        return Ok(0);
     };
-    let thread = match (&s.previous_response, &s.conversation) {
+    let thread: std::borrow::Cow<'_, str> = match (&s.previous_response, &s.conversation) {
         (Some(prev), _) => tx
             .prepare_cached(&format!(
                 "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE} LIMIT 1"
             ))?
             .query_row([prev], |x| x.get::<_, String>(0))
             .optional()?
-            .unwrap_or_else(|| prev.clone()),
+            .map_or_else(|| prev.clone(), Into::into),
         (None, Some(c)) => c.clone(),
         (None, None) => s.id.clone(),
+    };
+    // A recording already stored (a batch sent again) is not written twice.
+    let known = tx
+        .prepare_cached("SELECT 1 FROM recordings WHERE dataplane = ?1 AND seq = ?2")?
+        .exists(params![dataplane, i64::try_from(r.seq).unwrap_or(i64::MAX)])?;
+    if known {
+        return Ok(0);
+    }
+    let (sealed, place) = match files {
+        Some(f) => ("", Some(f.append(now_ms, s.sealed.as_bytes())?)),
+        None => (&*s.sealed, None),
     };
     let n = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO recordings (id, dataplane, seq, ts_ms, identity, user, src,
-                 sni, method, path, rule, bytes, thread, response, sealed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 sni, method, path, rule, bytes, thread, response, sealed, segment, offset,
+                 length)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18)",
         )?
         .execute(params![
             s.id,
@@ -139,7 +173,10 @@ pub(crate) fn insert(
             i64::try_from(s.bytes).unwrap_or(i64::MAX),
             thread,
             s.response,
-            s.sealed.get(),
+            sealed,
+            place.map(|p| i64::try_from(p.segment).unwrap_or(i64::MAX)),
+            place.map(|p| i64::try_from(p.offset).unwrap_or(i64::MAX)),
+            place.map(|p| i64::try_from(p.length).unwrap_or(i64::MAX)),
         ])?;
     Ok(n)
 }
@@ -220,21 +257,56 @@ impl FlowStore {
     }
 
     /// One recording and its sealed form (JSON text: the age-wrapped data key, nonce and
-    /// ciphertext).
+    /// ciphertext), from its file or its row.
     pub fn recording(&self, id: &str) -> Result<Option<(Recording, String)>, StoreError> {
-        let sql = format!("SELECT {COLUMNS}, sealed FROM recordings WHERE id = ?1");
-        Ok(self
+        let sql = format!(
+            "SELECT {COLUMNS}, sealed, segment, offset, length FROM recordings WHERE id = ?1"
+        );
+        let found = self
             .conn()
-            .query_row(&sql, [id], |r| Ok((row(r)?, r.get::<_, String>(13)?)))
-            .optional()?)
+            .query_row(&sql, [id], |r| {
+                let at = |i| r.get::<_, Option<i64>>(i);
+                let place = match (at(14)?, at(15)?, at(16)?) {
+                    (Some(s), Some(o), Some(l)) => Some(Place {
+                        segment: u64::try_from(s).unwrap_or(0),
+                        offset: u64::try_from(o).unwrap_or(0),
+                        length: u64::try_from(l).unwrap_or(0),
+                    }),
+                    _ => None,
+                };
+                Ok((row(r)?, r.get::<_, String>(13)?, place))
+            })
+            .optional()?;
+        let Some((meta, sealed, place)) = found else { return Ok(None) };
+        let sealed = match (place, &self.sealed) {
+            (Some(p), Some(files)) => String::from_utf8(files.read(&p)?).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "sealed bytes not text")
+            })?,
+            (Some(_), None) => {
+                return Err(
+                    std::io::Error::other("the recording is in a file: no files here").into()
+                );
+            }
+            (None, _) => sealed,
+        };
+        Ok(Some((meta, sealed)))
     }
 
-    /// Deletes recordings older than `older_than_ms`; how many.
+    /// Deletes recordings older than `older_than_ms`, and the files no row names any more;
+    /// how many recordings.
     pub fn prune_recordings(&mut self, older_than_ms: u64) -> Result<u64, StoreError> {
         let n = self.conn().execute(
             "DELETE FROM recordings WHERE ts_ms < ?1",
             [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
         )?;
+        let oldest: Option<i64> = self.conn().query_row(
+            "SELECT MIN(segment) FROM recordings WHERE segment IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        if let Some(files) = self.sealed.as_mut() {
+            files.prune(oldest.and_then(|s| u64::try_from(s).ok()))?;
+        }
         Ok(n as u64)
     }
 }
@@ -305,5 +377,61 @@ mod tests {
         assert_eq!(s.last_seq("dp").unwrap(), Some(6));
         assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
         assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_table_of_an_earlier_version_gets_the_file_columns_and_keeps_its_rows() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE recordings (id TEXT PRIMARY KEY, dataplane TEXT NOT NULL,
+                 seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL, identity TEXT, user TEXT, src TEXT,
+                 sni TEXT, method TEXT, path TEXT, rule TEXT, bytes INTEGER NOT NULL,
+                 thread TEXT NOT NULL, response TEXT, sealed TEXT NOT NULL,
+                 UNIQUE (dataplane, seq));
+             INSERT INTO recordings VALUES ('rec_old', 'dp', 1, 5, NULL, NULL, NULL, NULL, NULL,
+                 NULL, NULL, 3, 'rec_old', NULL, '{\"data\":\"x\"}');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let (sealed, segment): (String, Option<i64>) = conn
+            .query_row("SELECT sealed, segment FROM recordings", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((sealed.as_str(), segment), ("{\"data\":\"x\"}", None));
+    }
+
+    #[test]
+    fn sealed_bytes_live_in_files_read_back_whole_and_go_with_retention() {
+        let dir = std::env::temp_dir().join(format!("sluice-rec-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("flows.db");
+        let mut s = FlowStore::open(&db).unwrap();
+        let batch = vec![rec(1, "rec_a", json!({})), rec(2, "rec_b", json!({}))];
+        assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 2]);
+        assert_eq!(s.ingest("dp", &batch).unwrap(), vec![false; 2], "sent again: once");
+        let files = dir.join("flows.recordings");
+        let on_disk: u64 =
+            std::fs::read_dir(&files).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let (_, sealed) = s.recording("rec_b").unwrap().unwrap();
+        assert_eq!(on_disk, 2 * sealed.len() as u64, "each written once");
+        let v: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+        assert_eq!(v["data"], "AAAA");
+        let stored: String = s
+            .conn()
+            .query_row("SELECT sealed FROM recordings WHERE id = 'rec_b'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, "", "not in the row");
+        // Reopened, the bytes are found again.
+        drop(s);
+        let mut s = FlowStore::open(&db).unwrap();
+        assert_eq!(s.recording("rec_a").unwrap().unwrap().1, sealed.replace("rec_b", "rec_a"));
+        // Retention: the rows go; the segment being written stays until no row names it and
+        // another is being written.
+        assert_eq!(s.prune_recordings(u64::MAX).unwrap(), 2);
+        assert!(s.recording("rec_a").unwrap().is_none());
+        let left = std::fs::read_dir(&files).unwrap().count();
+        assert!(left <= 1, "{left} files");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,9 @@ pub enum StoreError {
     /// A stored record is not valid JSON (the file was changed behind our back).
     #[error("flow store: corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// The files of recordings' sealed bytes failed.
+    #[error("flow store, recordings' files: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// What usage is counted by.
@@ -110,6 +113,8 @@ pub struct Page {
 #[derive(Debug)]
 pub struct FlowStore {
     conn: Connection,
+    /// Where recordings' sealed bytes go (none in memory: they stay in their rows).
+    pub(crate) sealed: Option<crate::sealed_files::SealedFiles>,
 }
 
 const SCHEMA: &str = "
@@ -169,9 +174,13 @@ impl FlowStore {
         &self.conn
     }
 
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`, recordings' sealed bytes in the
+    /// directory beside it (`flows.db`: `flows.recordings/`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::setup(Connection::open(path)?)
+        let mut s = Self::setup(Connection::open(path)?)?;
+        let dir = path.with_extension("recordings");
+        s.sealed = Some(crate::sealed_files::SealedFiles::open(&dir)?);
+        Ok(s)
     }
 
     /// A store in memory (tests, dry runs).
@@ -184,8 +193,8 @@ impl FlowStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(crate::recordings::SCHEMA)?;
-        Ok(FlowStore { conn })
+        crate::recordings::migrate(&conn)?;
+        Ok(FlowStore { conn, sealed: None })
     }
 
     /// Stores records from data plane `dataplane` in one transaction: flow records in
@@ -194,6 +203,7 @@ impl FlowStore {
     /// it was newly stored.
     pub fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction()?;
+        let now = crate::recordings::now_ms();
         let mut fresh = Vec::with_capacity(rows.len());
         {
             let mut flows = tx.prepare_cached(
@@ -230,11 +240,17 @@ impl FlowStore {
                         r.json,
                         r.detectors()
                     ])?,
-                    RecordKind::Recording => crate::recordings::insert(&tx, dataplane, r)?,
+                    RecordKind::Recording => {
+                        crate::recordings::insert(&tx, self.sealed.as_mut(), now, dataplane, r)?
+                    }
                     RecordKind::Stats | RecordKind::Alarm | RecordKind::Other => 0,
                 };
                 fresh.push(n == 1);
             }
+        }
+        // Recordings' bytes are durable before the rows naming them are.
+        if let Some(f) = self.sealed.as_mut() {
+            f.sync()?;
         }
         tx.commit()?;
         Ok(fresh)

@@ -1,0 +1,159 @@
+//! The sealed bytes of recordings on disk (ARCHITECTURE.md, "Recordings"): append-only
+//! segment files, one per UTC hour of arrival (`<hour>.sealed` in `flows.recordings/`, beside
+//! `flows.db`, readable by root only). The `recordings` row names its bytes (segment, offset,
+//! length). Sealed bytes are written once, not through SQLite's journal and then again into
+//! its pages, and synced before the rows that name them commit; retention deletes whole files
+//! no row names any more. Bytes of a batch that did not commit are left unnamed in their
+//! file: never read, gone with it. This module owns files and nothing else.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// An hour in ms: a segment holds what arrived in one.
+const HOUR_MS: u64 = 3_600_000;
+
+/// Largest sealed recording read back (two directions of 1 MiB, base64, with room).
+pub const MAX_SEALED: u64 = 8 << 20;
+
+/// Where a recording's sealed bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The segment (the hour of arrival, in hours since the epoch).
+    pub segment: u64,
+    /// Byte offset in it.
+    pub offset: u64,
+    /// Bytes.
+    pub length: u64,
+}
+
+#[derive(Debug)]
+struct Active {
+    segment: u64,
+    file: File,
+    /// Bytes in the file.
+    len: u64,
+    /// Bytes appended, not written yet: one write per batch, at [`SealedFiles::sync`].
+    pending: Vec<u8>,
+}
+
+/// The segment files of one store.
+#[derive(Debug)]
+pub struct SealedFiles {
+    dir: PathBuf,
+    active: Option<Active>,
+}
+
+fn name(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:010}.sealed"))
+}
+
+impl SealedFiles {
+    /// The files in `dir` (created, mode 0700, when missing).
+    pub fn open(dir: &Path) -> io::Result<SealedFiles> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(SealedFiles { dir: dir.to_owned(), active: None })
+    }
+
+    /// Appends `bytes` to the segment of `now_ms`; where they are.
+    pub fn append(&mut self, now_ms: u64, bytes: &[u8]) -> io::Result<Place> {
+        let segment = now_ms / HOUR_MS;
+        if self.active.as_ref().is_none_or(|a| a.segment != segment) {
+            self.sync()?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(name(&self.dir, segment))?;
+            let len = file.metadata()?.len();
+            self.active = Some(Active { segment, file, len, pending: Vec::new() });
+        }
+        let Some(a) = self.active.as_mut() else { return Err(io::Error::other("no segment")) };
+        let place =
+            Place { segment, offset: a.len + a.pending.len() as u64, length: bytes.len() as u64 };
+        a.pending.extend_from_slice(bytes);
+        Ok(place)
+    }
+
+    /// Writes what was appended and makes it durable (before the rows naming it commit).
+    pub fn sync(&mut self) -> io::Result<()> {
+        let Some(a) = self.active.as_mut().filter(|a| !a.pending.is_empty()) else {
+            return Ok(());
+        };
+        let written = a.file.write_all(&a.pending).and_then(|()| a.file.sync_data());
+        a.pending.clear();
+        // After a failure a part may be in the file: the next bytes go after it (those of
+        // this batch are named by no row, since it does not commit).
+        a.len = a.file.metadata()?.len();
+        written
+    }
+
+    /// The bytes at `place`.
+    pub fn read(&self, place: &Place) -> io::Result<Vec<u8>> {
+        if place.length > MAX_SEALED {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a recording past the bound"));
+        }
+        let file = File::open(name(&self.dir, place.segment))?;
+        let mut buf = vec![0; usize::try_from(place.length).unwrap_or(0)];
+        file.read_exact_at(&mut buf, place.offset)?;
+        Ok(buf)
+    }
+
+    /// Deletes the segments before `oldest_named` (the oldest segment a row still names;
+    /// `None`: no row names any), except the one being written. How many went.
+    pub fn prune(&mut self, oldest_named: Option<u64>) -> io::Result<u64> {
+        let keep_from = oldest_named.unwrap_or(u64::MAX);
+        let active = self.active.as_ref().map(|a| a.segment);
+        let mut gone = 0;
+        for e in std::fs::read_dir(&self.dir)? {
+            let path = e?.path();
+            let Some(seg) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".sealed"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if seg < keep_from && Some(seg) != active {
+                std::fs::remove_file(&path)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_found_where_they_were_put_and_old_segments_go() {
+        let dir = std::env::temp_dir().join(format!("sluice-sealed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut f = SealedFiles::open(&dir).unwrap();
+        let a = f.append(HOUR_MS * 5 + 1, b"first").unwrap();
+        let b = f.append(HOUR_MS * 5 + 2, b"second").unwrap();
+        assert_eq!((a.segment, a.offset, b.offset), (5, 0, 5));
+        let c = f.append(HOUR_MS * 7, b"third").unwrap();
+        f.sync().unwrap();
+        assert_eq!(f.read(&b).unwrap(), b"second");
+        assert_eq!(f.read(&c).unwrap(), b"third");
+        let mode = std::fs::metadata(name(&dir, 7)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "root only");
+        assert!(f.read(&Place { length: MAX_SEALED + 1, ..c }).is_err());
+        assert!(f.read(&Place { offset: 100, ..c }).is_err(), "past the end");
+        // Reopened: appends continue at the end.
+        drop(f);
+        let mut f = SealedFiles::open(&dir).unwrap();
+        let d = f.append(HOUR_MS * 7 + 9, b"fourth").unwrap();
+        assert_eq!(d.offset, 5);
+        assert_eq!(f.prune(Some(7)).unwrap(), 1, "segment 5");
+        assert!(f.read(&a).is_err() && f.read(&c).is_ok());
+        assert_eq!(f.prune(None).unwrap(), 0, "the one being written stays");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
