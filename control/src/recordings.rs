@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     sealed TEXT NOT NULL,
     segment INTEGER, offset INTEGER, length INTEGER,
     UNIQUE (dataplane, seq)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
 CREATE INDEX IF NOT EXISTS recordings_thread ON recordings (thread, ts_ms);
 DROP INDEX IF EXISTS recordings_response;
@@ -113,7 +113,7 @@ pub struct Recording {
 /// `files` when there are files (the caller syncs them before it commits); 1 when new.
 pub(crate) fn insert(
     tx: &Transaction<'_>,
-    files: Option<&mut SealedFiles>,
+    mut files: Option<&mut SealedFiles>,
     now_ms: u64,
     dataplane: &str,
     r: &Row<'_>,
@@ -139,15 +139,10 @@ pub(crate) fn insert(
         (None, Some(c)) => c.clone(),
         (None, None) => s.id.clone(),
     };
-    // A recording already stored (a batch sent again) is not written twice.
-    let known = tx
-        .prepare_cached("SELECT 1 FROM recordings WHERE dataplane = ?1 AND seq = ?2")?
-        .exists(params![dataplane, i64::try_from(r.seq).unwrap_or(i64::MAX)])?;
-    if known {
-        return Ok(0);
-    }
-    let (sealed, place) = match files {
-        Some(f) => ("", Some(f.append(now_ms, s.sealed.as_bytes())?)),
+    // The row names where the bytes will go; they are appended only when the row is new (a
+    // recording already stored, in a batch sent again, is not written twice).
+    let (sealed, place) = match files.as_deref_mut() {
+        Some(f) => ("", Some(f.next_place(now_ms, s.sealed.len() as u64)?)),
         None => (&*s.sealed, None),
     };
     let n = tx
@@ -178,6 +173,10 @@ pub(crate) fn insert(
             place.map(|p| i64::try_from(p.offset).unwrap_or(i64::MAX)),
             place.map(|p| i64::try_from(p.length).unwrap_or(i64::MAX)),
         ])?;
+    if let (1, Some(f)) = (n, files) {
+        let at = f.append(now_ms, s.sealed.as_bytes())?;
+        debug_assert_eq!(Some(at), place);
+    }
     Ok(n)
 }
 

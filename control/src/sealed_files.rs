@@ -57,9 +57,23 @@ impl SealedFiles {
         Ok(SealedFiles { dir: dir.to_owned(), active: None })
     }
 
+    /// Where `length` bytes appended at `now_ms` go (what [`SealedFiles::append`] returns
+    /// when nothing is appended in between).
+    pub fn next_place(&mut self, now_ms: u64, length: u64) -> io::Result<Place> {
+        let a = self.active_for(now_ms / HOUR_MS)?;
+        Ok(Place { segment: a.segment, offset: a.len + a.pending.len() as u64, length })
+    }
+
     /// Appends `bytes` to the segment of `now_ms`; where they are.
     pub fn append(&mut self, now_ms: u64, bytes: &[u8]) -> io::Result<Place> {
-        let segment = now_ms / HOUR_MS;
+        let place = self.next_place(now_ms, bytes.len() as u64)?;
+        let a = self.active_for(place.segment)?;
+        a.pending.extend_from_slice(bytes);
+        Ok(place)
+    }
+
+    /// The segment being written, `segment` (the previous one written and synced first).
+    fn active_for(&mut self, segment: u64) -> io::Result<&mut Active> {
         if self.active.as_ref().is_none_or(|a| a.segment != segment) {
             self.sync()?;
             let file = OpenOptions::new()
@@ -70,11 +84,7 @@ impl SealedFiles {
             let len = file.metadata()?.len();
             self.active = Some(Active { segment, file, len, pending: Vec::new() });
         }
-        let Some(a) = self.active.as_mut() else { return Err(io::Error::other("no segment")) };
-        let place =
-            Place { segment, offset: a.len + a.pending.len() as u64, length: bytes.len() as u64 };
-        a.pending.extend_from_slice(bytes);
-        Ok(place)
+        self.active.as_mut().ok_or_else(|| io::Error::other("no segment"))
     }
 
     /// Writes what was appended and makes it durable (before the rows naming it commit).
@@ -149,8 +159,9 @@ mod tests {
         // Reopened: appends continue at the end.
         drop(f);
         let mut f = SealedFiles::open(&dir).unwrap();
+        let next = f.next_place(HOUR_MS * 7 + 9, 6).unwrap();
         let d = f.append(HOUR_MS * 7 + 9, b"fourth").unwrap();
-        assert_eq!(d.offset, 5);
+        assert_eq!((d.offset, d), (5, next));
         assert_eq!(f.prune(Some(7)).unwrap(), 1, "segment 5");
         assert!(f.read(&a).is_err() && f.read(&c).is_ok());
         assert_eq!(f.prune(None).unwrap(), 0, "the one being written stays");

@@ -202,6 +202,11 @@ pub struct RecordingNote {
 
 /// The ids a request body names that thread a conversation.
 pub fn request_ids(body: &[u8]) -> (Option<String>, Option<String>) {
+    // Most bodies name neither (and spell no key with an escape): not parsed again.
+    let named = |k: &[u8]| memchr::memmem::find(body, k).is_some();
+    if !named(b"conversation_id") && !named(b"previous_response_id") && !named(b"\\u") {
+        return (None, None);
+    }
     #[derive(serde::Deserialize)]
     struct Ids {
         conversation_id: Option<serde_json::Value>,
@@ -304,26 +309,30 @@ pub fn recording_line(rec: &RequestRecord) -> Option<String> {
         response: Option<&'a str>,
     }
     let (note, sealed) = (rec.recording.as_ref()?, rec.sealed.as_ref()?);
-    let mut line = serde_json::to_string(&Line {
-        kind: "recording",
-        ts_ms: rec.ts_ms,
-        id: &note.id,
-        identity: rec.identity.as_deref(),
-        user: rec.user.as_deref(),
-        src: &rec.src,
-        sni: rec.sni.as_deref(),
-        method: &rec.method,
-        path: &rec.path,
-        rule: rec.rule.as_deref(),
-        bytes: note.bytes,
-        conversation: note.conversation.as_deref(),
-        previous_response: note.previous_response.as_deref(),
-        response: note.response.as_deref(),
-    })
+    let mut meta = Vec::with_capacity(512 + sealed.json_len());
+    serde_json::to_writer(
+        &mut meta,
+        &Line {
+            kind: "recording",
+            ts_ms: rec.ts_ms,
+            id: &note.id,
+            identity: rec.identity.as_deref(),
+            user: rec.user.as_deref(),
+            src: &rec.src,
+            sni: rec.sni.as_deref(),
+            method: &rec.method,
+            path: &rec.path,
+            rule: rec.rule.as_deref(),
+            bytes: note.bytes,
+            conversation: note.conversation.as_deref(),
+            previous_response: note.previous_response.as_deref(),
+            response: note.response.as_deref(),
+        },
+    )
     .ok()?;
     // The sealed bytes are appended as the last member, base64 written straight in.
+    let mut line = String::from_utf8(meta).ok()?;
     line.pop();
-    line.reserve(sealed.json_len() + 12);
     line.push_str(",\"sealed\":");
     sealed.write_json(&mut line);
     line.push('}');
@@ -343,6 +352,12 @@ mod tests {
         assert_eq!(request_ids(br#"{"conversation_id":"c-9"}"#), (Some("c-9".into()), None));
         assert_eq!(request_ids(br#"{"conversation_id":5}"#), (None, None));
         assert_eq!(request_ids(b"not json"), (None, None));
+        assert_eq!(request_ids(br#"{"model":"m","input":"x"}"#), (None, None));
+        assert_eq!(
+            request_ids(br#"{"previous\u005fresponse_id":"resp_2"}"#),
+            (None, Some("resp_2".into())),
+            "a key spelled with an escape is still read"
+        );
         assert_eq!(
             response_id(br#"{ "id" : "resp_abc", "object":"response"}"#),
             Some("resp_abc".into())

@@ -41,6 +41,12 @@ use watchdog::Watchdog;
 /// The engine's own timers run when it says ([`Engine::poll_timeout`]).
 const TICK: Duration = Duration::from_millis(250);
 
+/// mimalloc: the interception engine allocates and frees mid-sized buffers (bodies,
+/// records, recordings) from many threads, where glibc's allocator spent a tenth of the data
+/// plane's time (BENCHMARKS.md, "Access: recording and quotas").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
