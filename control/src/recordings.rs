@@ -28,11 +28,11 @@ CREATE TABLE IF NOT EXISTS recordings (
     thread TEXT NOT NULL,
     response TEXT,
     sealed TEXT NOT NULL,
-    segment INTEGER, offset INTEGER, length INTEGER,
-    UNIQUE (dataplane, seq)
+    segment INTEGER, offset INTEGER, length INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recordings_ts ON recordings (ts_ms);
-CREATE INDEX IF NOT EXISTS recordings_thread ON recordings (thread, ts_ms);
+DROP INDEX IF EXISTS recordings_thread;
+CREATE INDEX IF NOT EXISTS recordings_threads ON recordings (thread, ts_ms) WHERE thread <> id;
 DROP INDEX IF EXISTS recordings_response;
 CREATE INDEX IF NOT EXISTS recordings_chain ON recordings (response)
     WHERE substr(response, 1, 5) = 'resp_';
@@ -41,8 +41,11 @@ CREATE INDEX IF NOT EXISTS recordings_segment ON recordings (segment)
 ";
 
 /// Creates the table, or brings one made by an earlier version up to date (the columns that
-/// place the sealed bytes in files; its rows keep their bytes in `sealed`).
-pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+/// place the sealed bytes in files; its rows keep their bytes in `sealed`). True when the
+/// table is an earlier version's, whose rows are unique by data plane and sequence number: a
+/// replay must then resume after its recordings too (in a table made now a recording sent
+/// again is known by its id).
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
     let has_table: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'recordings'",
         [],
@@ -63,7 +66,12 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
         }
     }
     conn.execute_batch(SCHEMA)?;
-    Ok(())
+    let by_seq = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_index_list('recordings') WHERE origin = 'u'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(by_seq)
 }
 
 /// Unix ms now (when a recording's bytes arrive: their segment).
@@ -236,8 +244,9 @@ impl FlowStore {
             ),
             None => None,
         };
+        // A thread is its first recording (named by its own id) and those that continue it.
         let (by, order) = match thread {
-            Some(_) => ("thread = ?4", "ASC"),
+            Some(_) => ("(thread = ?4 AND thread <> id OR id = ?4 AND thread = id)", "ASC"),
             None => ("?4 IS NULL", "DESC"),
         };
         let sql = format!(
@@ -362,10 +371,13 @@ mod tests {
         ));
         assert!(chain.contains("recordings_chain"), "{chain}");
         let listed = plan(&format!(
-            "SELECT {COLUMNS} FROM recordings WHERE thread = 'x' AND ('a' IS NULL OR ts_ms >= 1)
+            "SELECT {COLUMNS} FROM recordings
+             WHERE (thread = 'x' AND thread <> id OR id = 'x' AND thread = id)
+               AND ('a' IS NULL OR ts_ms >= 1)
              ORDER BY ts_ms ASC, id LIMIT 5"
         ));
-        assert!(listed.contains("recordings_thread"), "{listed}");
+        assert!(listed.contains("recordings_threads"), "{listed}");
+        assert!(!listed.contains("SCAN recordings"), "{listed}");
         let (meta, sealed) = s.recording("rec_b").unwrap().unwrap();
         assert_eq!(meta.user.as_deref(), Some("alice@corp"));
         assert!(sealed.contains("\"data\":\"AAAA\""), "{sealed}");
@@ -373,7 +385,7 @@ mod tests {
         let bad =
             Row::read_value(json!({"seq": 9, "type": "recording", "id": "rec_x"}), "dp").unwrap();
         assert_eq!(s.ingest("dp", &[bad]).unwrap(), vec![false]);
-        assert_eq!(s.last_seq("dp").unwrap(), Some(6));
+        assert_eq!(s.last_seq("dp").unwrap(), None, "recordings are found again by their id");
         assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
         assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 4);
     }
@@ -391,8 +403,10 @@ mod tests {
                  NULL, NULL, 3, 'rec_old', NULL, '{\"data\":\"x\"}');",
         )
         .unwrap();
-        migrate(&conn).unwrap();
-        migrate(&conn).unwrap();
+        assert!(migrate(&conn).unwrap(), "unique by sequence number");
+        assert!(migrate(&conn).unwrap());
+        let fresh = rusqlite::Connection::open_in_memory().unwrap();
+        assert!(!migrate(&fresh).unwrap());
         let (sealed, segment): (String, Option<i64>) = conn
             .query_row("SELECT sealed, segment FROM recordings", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();

@@ -115,6 +115,9 @@ pub struct FlowStore {
     conn: Connection,
     /// Where recordings' sealed bytes go (none in memory: they stay in their rows).
     pub(crate) sealed: Option<crate::sealed_files::SealedFiles>,
+    /// The recordings table is an earlier version's, unique by sequence number
+    /// ([`crate::recordings::migrate`]).
+    recordings_by_seq: bool,
 }
 
 const SCHEMA: &str = "
@@ -193,8 +196,8 @@ impl FlowStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
-        crate::recordings::migrate(&conn)?;
-        Ok(FlowStore { conn, sealed: None })
+        let recordings_by_seq = crate::recordings::migrate(&conn)?;
+        Ok(FlowStore { conn, sealed: None, recordings_by_seq })
     }
 
     /// Stores records from data plane `dataplane` in one transaction: flow records in
@@ -256,14 +259,21 @@ impl FlowStore {
         Ok(fresh)
     }
 
-    /// The highest sequence number stored for `dataplane` (where a replay may resume).
+    /// The highest sequence number stored for `dataplane` (where a replay may resume;
+    /// recordings count only in an earlier version's table: one sent again is known by its id).
     pub fn last_seq(&self, dataplane: &str) -> Result<Option<u64>, StoreError> {
+        let recordings = if self.recordings_by_seq {
+            " UNION ALL SELECT MAX(seq) FROM recordings WHERE dataplane = ?1"
+        } else {
+            ""
+        };
         let v: Option<i64> = self
             .conn
             .query_row(
-                "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM flows WHERE dataplane = ?1
-                 UNION ALL SELECT MAX(seq) FROM requests WHERE dataplane = ?1
-                 UNION ALL SELECT MAX(seq) FROM recordings WHERE dataplane = ?1)",
+                &format!(
+                    "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM flows WHERE dataplane = ?1
+                     UNION ALL SELECT MAX(seq) FROM requests WHERE dataplane = ?1{recordings})"
+                ),
                 [dataplane],
                 |r| r.get(0),
             )
