@@ -52,17 +52,16 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         |r| r.get(0),
     )?;
     if has_table {
-        let placed: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('recordings') WHERE name = 'segment'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !placed {
-            conn.execute_batch(
-                "ALTER TABLE recordings ADD COLUMN segment INTEGER;
-                 ALTER TABLE recordings ADD COLUMN offset INTEGER;
-                 ALTER TABLE recordings ADD COLUMN length INTEGER;",
+        // Each column on its own: a start stopped between two still ends with all three.
+        for column in ["segment", "offset", "length"] {
+            let there: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('recordings') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
             )?;
+            if !there {
+                conn.execute_batch(&format!("ALTER TABLE recordings ADD COLUMN {column} INTEGER"))?;
+            }
         }
     }
     conn.execute_batch(SCHEMA)?;
@@ -139,7 +138,8 @@ pub(crate) fn insert(
     let thread: std::borrow::Cow<'_, str> = match (&s.previous_response, &s.conversation) {
         (Some(prev), _) => tx
             .prepare_cached(&format!(
-                "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE} LIMIT 1"
+                "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE}
+                 ORDER BY ts_ms LIMIT 1"
             ))?
             .query_row([prev], |x| x.get::<_, String>(0))
             .optional()?
@@ -147,6 +147,15 @@ pub(crate) fn insert(
         (None, Some(c)) => c.clone(),
         (None, None) => s.id.clone(),
     };
+    if s.sealed.len() as u64 > crate::sealed_files::MAX_SEALED {
+        tracing::warn!(
+            dataplane,
+            seq = r.seq,
+            bytes = s.sealed.len(),
+            "a recording past the bound was not stored"
+        );
+        return Ok(0);
+    }
     // The row names where the bytes will go; they are appended only when the row is new (a
     // recording already stored, in a batch sent again, is not written twice).
     let (sealed, place) = match files.as_deref_mut() {
@@ -307,13 +316,26 @@ impl FlowStore {
             "DELETE FROM recordings WHERE ts_ms < ?1",
             [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
         )?;
-        let oldest: Option<i64> = self.conn().query_row(
-            "SELECT MIN(segment) FROM recordings WHERE segment IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )?;
+        // Then the files no row names any more (a row kept past its time, its data plane's
+        // clock ahead, keeps its own segment only).
+        let Some(segments) = self.sealed.as_ref().map(SealedFiles::segments).transpose()? else {
+            return Ok(n as u64);
+        };
+        let mut unnamed = Vec::new();
+        {
+            let mut named = self
+                .conn()
+                .prepare_cached("SELECT 1 FROM recordings WHERE segment = ?1 LIMIT 1")?;
+            for segment in segments {
+                if !named.exists([i64::try_from(segment).unwrap_or(i64::MAX)])? {
+                    unnamed.push(segment);
+                }
+            }
+        }
         if let Some(files) = self.sealed.as_mut() {
-            files.prune(oldest.and_then(|s| u64::try_from(s).ok()))?;
+            for segment in unnamed {
+                files.remove(segment)?;
+            }
         }
         Ok(n as u64)
     }
@@ -435,6 +457,11 @@ mod tests {
             .query_row("SELECT sealed FROM recordings WHERE id = 'rec_b'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, "", "not in the row");
+        // One past the bound (no data plane's) is said and not stored, never stored unreadable.
+        let huge = "A".repeat(crate::sealed_files::MAX_SEALED as usize);
+        let big = rec(3, "rec_big", json!({"sealed": {"alg": "a", "data": huge}}));
+        assert_eq!(s.ingest("dp", &[big]).unwrap(), vec![false]);
+        assert!(s.recording("rec_big").unwrap().is_none());
         // Reopened, the bytes are found again.
         drop(s);
         let mut s = FlowStore::open(&db).unwrap();

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 /// An hour in ms: a segment holds what arrived in one.
 const HOUR_MS: u64 = 3_600_000;
 
-/// Largest sealed recording read back (two directions of 1 MiB, base64, with room).
+/// Largest sealed recording stored and read back. A recording's plaintext is at most the
+/// request head (bounded by the head parser), 1 MiB of request body, 1 MiB of response body
+/// and 1 MiB of WebSocket messages as JSON (`MAX_CAPTURE` each), with its head's few hundred
+/// bytes; sealed and in base64 that is under 4.1 MiB. A larger one is not a data plane's.
 pub const MAX_SEALED: u64 = 8 << 20;
 
 /// Where a recording's sealed bytes are.
@@ -76,11 +79,13 @@ impl SealedFiles {
     fn active_for(&mut self, segment: u64) -> io::Result<&mut Active> {
         if self.active.as_ref().is_none_or(|a| a.segment != segment) {
             self.sync()?;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(name(&self.dir, segment))?;
+            let path = name(&self.dir, segment);
+            let new = !path.exists();
+            let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+            if new {
+                // The file's name is durable too, before any row names it.
+                File::open(&self.dir)?.sync_all()?;
+            }
             let len = file.metadata()?.len();
             self.active = Some(Active { segment, file, len, pending: Vec::new() });
         }
@@ -94,10 +99,19 @@ impl SealedFiles {
         };
         let written = a.file.write_all(&a.pending).and_then(|()| a.file.sync_data());
         a.pending.clear();
-        // After a failure a part may be in the file: the next bytes go after it (those of
-        // this batch are named by no row, since it does not commit).
-        a.len = a.file.metadata()?.len();
-        written
+        match written {
+            Ok(()) => {
+                a.len = a.file.metadata()?.len();
+                Ok(())
+            }
+            Err(e) => {
+                // A part may be in the file: the segment is opened again and its length read
+                // before the next bytes (those of this batch are named by no row, since it
+                // does not commit).
+                self.active = None;
+                Err(e)
+            }
+        }
     }
 
     /// The bytes at `place`.
@@ -111,28 +125,32 @@ impl SealedFiles {
         Ok(buf)
     }
 
-    /// Deletes the segments before `oldest_named` (the oldest segment a row still names;
-    /// `None`: no row names any), except the one being written. How many went.
-    pub fn prune(&mut self, oldest_named: Option<u64>) -> io::Result<u64> {
-        let keep_from = oldest_named.unwrap_or(u64::MAX);
-        let active = self.active.as_ref().map(|a| a.segment);
-        let mut gone = 0;
+    /// The segments on disk, oldest first.
+    pub fn segments(&self) -> io::Result<Vec<u64>> {
+        let mut all = Vec::new();
         for e in std::fs::read_dir(&self.dir)? {
             let path = e?.path();
-            let Some(seg) = path
+            if let Some(seg) = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .and_then(|n| n.strip_suffix(".sealed"))
                 .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if seg < keep_from && Some(seg) != active {
-                std::fs::remove_file(&path)?;
-                gone += 1;
+            {
+                all.push(seg);
             }
         }
-        Ok(gone)
+        all.sort_unstable();
+        Ok(all)
+    }
+
+    /// Deletes segment `segment` (no row names it any more), unless it is being written;
+    /// true when it went.
+    pub fn remove(&mut self, segment: u64) -> io::Result<bool> {
+        if self.active.as_ref().is_some_and(|a| a.segment == segment) {
+            return Ok(false);
+        }
+        std::fs::remove_file(name(&self.dir, segment))?;
+        Ok(true)
     }
 }
 
@@ -162,9 +180,11 @@ mod tests {
         let next = f.next_place(HOUR_MS * 7 + 9, 6).unwrap();
         let d = f.append(HOUR_MS * 7 + 9, b"fourth").unwrap();
         assert_eq!((d.offset, d), (5, next));
-        assert_eq!(f.prune(Some(7)).unwrap(), 1, "segment 5");
+        assert_eq!(f.segments().unwrap(), vec![5, 7]);
+        assert!(f.remove(5).unwrap());
         assert!(f.read(&a).is_err() && f.read(&c).is_ok());
-        assert_eq!(f.prune(None).unwrap(), 0, "the one being written stays");
+        assert!(!f.remove(7).unwrap(), "the one being written stays");
+        assert_eq!(f.segments().unwrap(), vec![7]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

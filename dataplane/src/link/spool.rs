@@ -311,6 +311,11 @@ impl Spool {
                 "a record is not a JSON object",
             ));
         }
+        // Records are this process's serialisations: JSON objects, as control needs every
+        // line of a batch to be (lines read back from memory are not checked again).
+        debug_assert!(records.iter().all(|r| {
+            serde_json::from_str::<serde_json::Map<String, Value>>(r.as_ref()).is_ok()
+        }));
         let first = self.next_seq();
         if records.is_empty() && self.pending.is_empty() {
             return Ok(first);

@@ -173,13 +173,31 @@ impl Capture {
         if from == "server" && !self.response_on {
             return;
         }
-        if self.message_bytes + text.len() > MAX_CAPTURE {
+        // Counted as the recording's JSON head will hold it (escapes, replacement characters
+        // and each message's wrapper included): the capture's bound is the sealed size's.
+        let text = String::from_utf8_lossy(text);
+        let size = json_size(&text) + MESSAGE_WRAPPER;
+        if self.message_bytes + size > MAX_CAPTURE {
             self.messages_cut = true;
             return;
         }
-        self.message_bytes += text.len();
-        self.messages.push((from, String::from_utf8_lossy(text).into_owned()));
+        self.message_bytes += size;
+        self.messages.push((from, text.into_owned()));
     }
+}
+
+/// Bytes of a message's JSON object besides its text (`{"from":"client","text":""},`).
+const MESSAGE_WRAPPER: usize = 32;
+
+/// Bytes `text` takes as a JSON string's contents.
+fn json_size(text: &str) -> usize {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if u32::from(c) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
 }
 
 /// What a request record says of its recording.
@@ -400,6 +418,16 @@ mod tests {
         assert!(open(&sealed, &id, &theirs).is_err(), "another key cannot read it");
         assert!(open(&sealed, "rec_other", &mine).is_err(), "bound to its id");
         assert!(Recorder::new(RecordMode::Request, &["nope".into()]).is_none());
+        // WebSocket messages count as the head holds them: escapes and empty messages too.
+        let mut ws = Capture { response_on: true, ..Capture::default() };
+        for _ in 0..(MAX_CAPTURE / MESSAGE_WRAPPER + 1) {
+            ws.message("client", b"");
+        }
+        assert!(ws.messages_cut && ws.messages.len() == MAX_CAPTURE / MESSAGE_WRAPPER);
+        let mut ws = Capture::default();
+        ws.message("client", &vec![0u8; MAX_CAPTURE / 5]);
+        assert!(ws.messages_cut, "a NUL is six bytes escaped");
+        assert_eq!(json_size("a\"\u{1}é"), 1 + 2 + 6 + 2);
         // The data key is made once and reused (one X25519 wrap for many recordings).
         let mut again = RequestRecord {
             capture: Some(Box::new(Capture::default())),

@@ -73,7 +73,7 @@ impl std::fmt::Debug for SealedBytes {
 }
 
 impl SealedBytes {
-    /// Bytes [`SealedBytes::write_json`] writes.
+    /// Bytes [`SealedBytes::write_json`] writes, at most.
     pub fn json_len(&self) -> usize {
         let b64 = |n: usize| n.div_ceil(3) * 4;
         48 + ALG.len() + self.key.len() + b64(self.nonce.len()) + b64(self.data.len())
