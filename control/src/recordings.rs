@@ -116,6 +116,21 @@ pub struct Recording {
     pub response: Option<String>,
 }
 
+/// The thread of the (oldest) recording that answered with `response`, when it can be
+/// continued and is stored.
+fn thread_of_response(
+    conn: &rusqlite::Connection,
+    response: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE}
+             ORDER BY ts_ms LIMIT 1"
+        ))?
+        .query_row([response], |x| x.get::<_, String>(0))
+        .optional()?)
+}
+
 /// Stores one `recording` row (in the ingest's transaction), its sealed bytes appended to
 /// `files` when there are files (the caller syncs them before it commits); 1 when new.
 pub(crate) fn insert(
@@ -136,14 +151,7 @@ pub(crate) fn insert(
         return Ok(0);
     };
     let thread: std::borrow::Cow<'_, str> = match (&s.previous_response, &s.conversation) {
-        (Some(prev), _) => tx
-            .prepare_cached(&format!(
-                "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE}
-                 ORDER BY ts_ms LIMIT 1"
-            ))?
-            .query_row([prev], |x| x.get::<_, String>(0))
-            .optional()?
-            .map_or_else(|| prev.clone(), Into::into),
+        (Some(prev), _) => thread_of_response(tx, prev)?.map_or_else(|| prev.clone(), Into::into),
         (None, Some(c)) => c.clone(),
         (None, None) => s.id.clone(),
     };
@@ -241,16 +249,7 @@ impl FlowStore {
         // A thread is read through its index (oldest first), the rest newest first by time.
         // A thread asked for by one of its response ids is the thread of that recording.
         let thread = match &f.thread {
-            Some(t) => Some(
-                self.conn()
-                    .prepare_cached(&format!(
-                        "SELECT thread FROM recordings WHERE response = ?1 AND {CONTINUABLE}
-                         ORDER BY ts_ms LIMIT 1"
-                    ))?
-                    .query_row([t], |x| x.get::<_, String>(0))
-                    .optional()?
-                    .unwrap_or_else(|| t.clone()),
-            ),
+            Some(t) => Some(thread_of_response(self.conn(), t)?.unwrap_or_else(|| t.clone())),
             None => None,
         };
         // A thread is its first recording (named by its own id) and those that continue it.
