@@ -98,10 +98,11 @@ impl SealedFiles {
             return Ok(());
         };
         let written = a.file.write_all(&a.pending).and_then(|()| a.file.sync_data());
+        let n = a.pending.len() as u64;
         a.pending.clear();
         match written {
             Ok(()) => {
-                a.len = a.file.metadata()?.len();
+                a.len += n;
                 Ok(())
             }
             Err(e) => {
