@@ -12,6 +12,9 @@ use toml::Spanned;
 mod access;
 mod broker;
 mod custom;
+mod names;
+
+use names::{closest, is_uuid, name_msg, valid_name};
 
 use crate::catalog::IncludeLoader;
 use crate::catset::{CatSet, MAX_CATEGORIES};
@@ -700,50 +703,6 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
-}
-
-fn name_msg(what: &str, s: &str) -> String {
-    format!("`{s}` is not a valid {what}: expected 1-64 letters, digits, `-`, `_`, `.` or `@`")
-}
-
-fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
-/// ": did you mean `x`?" for the closest known name, if any is close.
-fn closest<'a>(s: &str, known: impl Iterator<Item = &'a str>) -> String {
-    known
-        .map(|k| (edit_distance(s, k), k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| format!(": did you mean `{k}`?"))
-        .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) =
-        (a.chars().take(64).collect(), b.chars().take(64).collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// Compiles a rule file of one category (`c`: `api.example`) and one rule `r` with `rule`'s
 /// lines (the access tests'); the errors joined, one per line.
 #[cfg(test)]
@@ -758,6 +717,7 @@ fn one_rule(rule: &str) -> Result<Compiled, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use names::edit_distance;
 
     #[test]
     fn cidr_parsing() {
