@@ -308,6 +308,16 @@ impl FlowStore {
         Ok(Some((meta, sealed)))
     }
 
+    /// Syncs recordings' sealed bytes written since the last sync to the disk, when that
+    /// was [`crate::sealed_files::SYNC_EVERY`] ago (the group commit's clock); true when it
+    /// synced.
+    pub fn sync_recordings(&mut self) -> Result<bool, StoreError> {
+        Ok(match self.sealed.as_mut() {
+            Some(f) => f.sync_due()?,
+            None => false,
+        })
+    }
+
     /// Deletes recordings older than `older_than_ms`, and the files no row names any more;
     /// how many recordings.
     pub fn prune_recordings(&mut self, older_than_ms: u64) -> Result<u64, StoreError> {

@@ -2,8 +2,11 @@
 //! segment files, one per UTC hour of arrival (`<hour>.sealed` in `flows.recordings/`, beside
 //! `flows.db`, readable by root only). The `recordings` row names its bytes (segment, offset,
 //! length). Sealed bytes are written once, not through SQLite's journal and then again into
-//! its pages, and synced before the rows that name them commit; retention deletes whole files
-//! no row names any more. Bytes of a batch that did not commit are left unnamed in their
+//! its pages. They are in the file before the rows that name them commit (a crash of control
+//! loses none), and synced to the disk as a group commit, at most [`SYNC_EVERY`] apart, as the
+//! store's own commits are (SQLite's WAL with `synchronous = NORMAL`): after a power loss a
+//! row of that last interval may name bytes that did not reach the disk, and reading it says
+//! so. Retention deletes whole files no row names any more. Bytes of a batch that did not commit are left unnamed in their
 //! file: never read, gone with it. This module owns files and nothing else.
 
 use std::fs::{File, OpenOptions};
@@ -13,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 /// An hour in ms: a segment holds what arrived in one.
 const HOUR_MS: u64 = 3_600_000;
+
+/// How far apart written bytes are synced to the disk at most.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest sealed recording stored and read back. A recording's plaintext is at most the
 /// request head (bounded by the head parser), 1 MiB of request body, 1 MiB of response body
@@ -37,8 +43,10 @@ struct Active {
     file: File,
     /// Bytes in the file.
     len: u64,
-    /// Bytes appended, not written yet: one write per batch, at [`SealedFiles::sync`].
+    /// Bytes appended, not written yet: one write per batch, at [`SealedFiles::write`].
     pending: Vec<u8>,
+    /// Bytes written since the last sync to the disk.
+    unsynced: bool,
 }
 
 /// The segment files of one store.
@@ -46,6 +54,8 @@ struct Active {
 pub struct SealedFiles {
     dir: PathBuf,
     active: Option<Active>,
+    /// When the active file was last synced to the disk.
+    synced_at: std::time::Instant,
 }
 
 fn name(dir: &Path, segment: u64) -> PathBuf {
@@ -57,7 +67,7 @@ impl SealedFiles {
     pub fn open(dir: &Path) -> io::Result<SealedFiles> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(SealedFiles { dir: dir.to_owned(), active: None })
+        Ok(SealedFiles { dir: dir.to_owned(), active: None, synced_at: std::time::Instant::now() })
     }
 
     /// Where `length` bytes appended at `now_ms` go (what [`SealedFiles::append`] returns
@@ -78,6 +88,7 @@ impl SealedFiles {
     /// The segment being written, `segment` (the previous one written and synced first).
     fn active_for(&mut self, segment: u64) -> io::Result<&mut Active> {
         if self.active.as_ref().is_none_or(|a| a.segment != segment) {
+            self.write()?;
             self.sync()?;
             let path = name(&self.dir, segment);
             let new = !path.exists();
@@ -87,23 +98,26 @@ impl SealedFiles {
                 File::open(&self.dir)?.sync_all()?;
             }
             let len = file.metadata()?.len();
-            self.active = Some(Active { segment, file, len, pending: Vec::new() });
+            self.active =
+                Some(Active { segment, file, len, pending: Vec::new(), unsynced: false });
         }
         self.active.as_mut().ok_or_else(|| io::Error::other("no segment"))
     }
 
-    /// Writes what was appended and makes it durable (before the rows naming it commit).
-    pub fn sync(&mut self) -> io::Result<()> {
+    /// Writes what was appended into the file (before the rows naming it commit), synced to
+    /// the disk when the last sync is [`SYNC_EVERY`] old.
+    pub fn write(&mut self) -> io::Result<()> {
         let Some(a) = self.active.as_mut().filter(|a| !a.pending.is_empty()) else {
             return Ok(());
         };
-        let written = a.file.write_all(&a.pending).and_then(|()| a.file.sync_data());
+        let written = a.file.write_all(&a.pending);
         let n = a.pending.len() as u64;
         a.pending.clear();
         match written {
             Ok(()) => {
                 a.len += n;
-                Ok(())
+                a.unsynced = true;
+                self.sync_due().map(drop)
             }
             Err(e) => {
                 // A part may be in the file: the segment is opened again and its length read
@@ -113,6 +127,28 @@ impl SealedFiles {
                 Err(e)
             }
         }
+    }
+
+    /// Syncs the bytes written to the disk if the last sync is [`SYNC_EVERY`] old (the store
+    /// calls this after each batch and on a clock, so that a burst's last bytes do not wait
+    /// for the next one); true when it synced.
+    pub fn sync_due(&mut self) -> io::Result<bool> {
+        if self.synced_at.elapsed() < SYNC_EVERY || !self.active.as_ref().is_some_and(|a| a.unsynced)
+        {
+            return Ok(false);
+        }
+        self.sync().map(|()| true)
+    }
+
+    /// Syncs the bytes written to the disk (an error leaves them to the next sync: they are
+    /// in the file).
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(a) = self.active.as_mut().filter(|a| a.unsynced) {
+            a.file.sync_data()?;
+            a.unsynced = false;
+        }
+        self.synced_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// The bytes at `place`.
@@ -168,7 +204,7 @@ mod tests {
         let b = f.append(HOUR_MS * 5 + 2, b"second").unwrap();
         assert_eq!((a.segment, a.offset, b.offset), (5, 0, 5));
         let c = f.append(HOUR_MS * 7, b"third").unwrap();
-        f.sync().unwrap();
+        f.write().unwrap();
         assert_eq!(f.read(&b).unwrap(), b"second");
         assert_eq!(f.read(&c).unwrap(), b"third");
         let mode = std::fs::metadata(name(&dir, 7)).unwrap().permissions().mode();
@@ -186,6 +222,36 @@ mod tests {
         assert!(f.read(&a).is_err() && f.read(&c).is_ok());
         assert!(!f.remove(7).unwrap(), "the one being written stays");
         assert_eq!(f.segments().unwrap(), vec![7]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn written_bytes_are_synced_as_a_group_commit() {
+        let dir = std::env::temp_dir().join(format!("sluice-sealed-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut f = SealedFiles::open(&dir).unwrap();
+        let a = f.append(HOUR_MS, b"one").unwrap();
+        f.write().unwrap();
+        // In the file at once (readable), synced only once the interval is past.
+        assert_eq!(f.read(&a).unwrap(), b"one");
+        assert!(f.active.as_ref().unwrap().unsynced);
+        if f.synced_at.elapsed() < SYNC_EVERY / 2 {
+            assert!(!f.sync_due().unwrap(), "not due within the interval");
+        }
+        std::thread::sleep(SYNC_EVERY + std::time::Duration::from_millis(10));
+        assert!(f.sync_due().unwrap());
+        assert!(!f.active.as_ref().unwrap().unsynced);
+        assert!(!f.sync_due().unwrap(), "nothing written since");
+        // A write past the interval syncs at once.
+        std::thread::sleep(SYNC_EVERY + std::time::Duration::from_millis(10));
+        f.append(HOUR_MS, b"two").unwrap();
+        f.write().unwrap();
+        assert!(!f.active.as_ref().unwrap().unsynced);
+        // A new hour's segment: the last one is written and synced before it begins.
+        f.append(HOUR_MS + 1, b"three").unwrap();
+        f.write().unwrap();
+        let d = f.append(HOUR_MS * 2, b"four").unwrap();
+        assert_eq!((d.segment, f.active.as_ref().unwrap().unsynced), (2, false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

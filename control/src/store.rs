@@ -251,9 +251,10 @@ impl FlowStore {
                 fresh.push(n == 1);
             }
         }
-        // Recordings' bytes are durable before the rows naming them are.
+        // Recordings' bytes are in their files before the rows naming them are stored (and
+        // reach the disk as a group commit, as these rows do).
         if let Some(f) = self.sealed.as_mut() {
-            f.sync()?;
+            f.write()?;
         }
         tx.commit()?;
         Ok(fresh)

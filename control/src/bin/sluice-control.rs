@@ -17,6 +17,12 @@ use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
 use sluice_control::{link, serve, syslog, tls, webhook};
 
+/// mimalloc: the link's batches and the record store allocate and free large buffers many
+/// times a second, which glibc's allocator returned to the kernel and faulted in again
+/// (BENCHMARKS.md, "Access: recording and quotas").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Sluice control-plane daemon.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-control", version)]
@@ -98,6 +104,7 @@ fn main() -> Result<()> {
         });
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tokio::spawn(push_quotas(state.clone()));
+        tokio::spawn(sync_recordings(state.clone()));
         if let Some(t) = webhook_task {
             tokio::spawn(t);
         }
@@ -134,6 +141,24 @@ async fn push_quotas(state: Arc<AppState>) {
         if g != sent {
             state.links.push_usage(&state.quotas.current(link::now_s()));
             sent = g;
+        }
+    }
+}
+
+/// The group commit of recordings' sealed bytes: what the last batches wrote reaches the disk
+/// within [`sluice_control::sealed_files::SYNC_EVERY`] or so even when no batch follows.
+async fn sync_recordings(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(sluice_control::sealed_files::SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let st = state.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            st.flows.lock().unwrap_or_else(PoisonError::into_inner).sync_recordings()
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::error!("syncing recordings to the disk: {e}");
         }
     }
 }

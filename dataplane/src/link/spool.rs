@@ -7,6 +7,11 @@
 //! [`Spool::take_alarm`] tells the writer, which spools an alarm record. After a restart the
 //! spool is read back, so records survive a restart of either process.
 //!
+//! Writes reach the file (the page cache) at once, so a crash of either process loses
+//! nothing; they are synced to the disk as a group commit, at most [`Spool::sync_every`]
+//! apart (ARCHITECTURE.md, "The spool's durability"): a power loss can cost the records of
+//! that last interval that control had not yet stored.
+//!
 //! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
 //! its `seq` (so reading the number back needs no JSON parse).
 //! The newest file is the active one; a file is closed at [`SEGMENT_BYTES`]. This module owns
@@ -59,6 +64,13 @@ pub struct Spool {
     shed: u64,
     /// Records dropped since the last [`Spool::take_alarm`].
     alarm: u64,
+    /// How far apart writes are synced to the disk at most (zero: every write).
+    sync_every: std::time::Duration,
+    /// When the active file was last synced, and whether it was written since.
+    synced_at: std::time::Instant,
+    unsynced: bool,
+    /// Syncs to the disk since the start.
+    syncs: u64,
     /// The newest lines written, oldest first with consecutive numbers, up to `recent_max`
     /// bytes: the link reads them from here, not back from the file, and they need no check
     /// (this process wrote them). Older lines, and all of a previous run's, come from disk.
@@ -99,6 +111,9 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Most bytes of the newest lines kept in memory for the link ([`Spool::read_after`]).
 pub const RECENT_BYTES: usize = 8 << 20;
+
+/// How far apart writes are synced to the disk by default (a group commit).
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
     dir.join(format!("{first:020}.jsonl"))
@@ -221,6 +236,10 @@ impl Spool {
             broken: false,
             shed: 0,
             alarm: 0,
+            sync_every: SYNC_EVERY,
+            synced_at: std::time::Instant::now(),
+            unsynced: false,
+            syncs: 0,
             recent: VecDeque::new(),
             recent_bytes: 0,
             recent_max: RECENT_BYTES,
@@ -293,6 +312,41 @@ impl Spool {
     /// Failed writes since this process started.
     pub fn write_errors(&self) -> u64 {
         self.write_errors
+    }
+
+    /// Sets how far apart writes are synced to the disk at most (zero: every write).
+    pub fn set_sync_every(&mut self, every: std::time::Duration) {
+        self.sync_every = every;
+    }
+
+    /// How far apart writes are synced to the disk at most.
+    pub fn sync_every(&self) -> std::time::Duration {
+        self.sync_every
+    }
+
+    /// Syncs to the disk since this process started.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    /// Syncs what was written since the last sync, if that was [`Spool::sync_every`] ago or
+    /// more (the writer calls this on its clock tick, so that the last writes of a burst do
+    /// not wait for the next one). A failure is counted as a failed write and returned; the
+    /// records stay in the file and the next sync tries again.
+    pub fn sync_due(&mut self) -> io::Result<bool> {
+        if !self.unsynced || self.synced_at.elapsed() < self.sync_every {
+            return Ok(false);
+        }
+        self.sync().inspect_err(|_| self.write_errors += 1).map(|()| true)
+    }
+
+    /// Syncs the active file to the disk.
+    fn sync(&mut self) -> io::Result<()> {
+        self.active.sync_data()?;
+        self.syncs += 1;
+        self.unsynced = false;
+        self.synced_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// Bytes on disk.
@@ -394,8 +448,8 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes numbered lines (`end`: the number after the last), durably, then rotates and
-    /// trims.
+    /// Writes numbered lines (`end`: the number after the last), synced to the disk when the
+    /// last sync is [`Spool::sync_every`] old, then rotates and trims.
     fn write(&mut self, buf: &[u8], end: u64) -> io::Result<()> {
         #[cfg(test)]
         if self.fail_writes > 0 {
@@ -404,8 +458,11 @@ impl Spool {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.active.write_all(buf)?;
-        self.active.sync_data()?;
-        // Durable from here: what follows may fail without the records being taken for
+        self.unsynced = true;
+        if self.synced_at.elapsed() >= self.sync_every {
+            self.sync()?;
+        }
+        // Written from here: what follows may fail without the records being taken for
         // unwritten (they would be written twice).
         let a = self.segments.back_mut().expect("active segment");
         a.end = end;
@@ -435,6 +492,13 @@ impl Spool {
 
     /// Closes the active segment and starts a new one at `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
+        if self.unsynced
+            && let Err(e) = self.sync()
+        {
+            // The segment's records stay in it (and in the page cache); counted.
+            self.write_errors += 1;
+            tracing::warn!("spool: syncing a full segment failed: {e}");
+        }
         let path = seg_path(&self.dir, first);
         self.active = OpenOptions::new().create(true).append(true).open(&path)?;
         self.segments.push_back(Segment { first, end: first, bytes: 0, path });

@@ -197,3 +197,38 @@ fn skip_to_continues_after_control() {
     assert_eq!(Spool::open(&d, 1 << 30).unwrap().next_seq(), 43);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn writes_are_synced_as_a_group_commit() {
+    let d = dir("sync");
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    assert_eq!(s.sync_every(), SYNC_EVERY);
+    // Within the interval: written (readable, and on reopen), not synced yet.
+    s.set_sync_every(std::time::Duration::from_secs(3600));
+    s.append(&recs(3)).unwrap();
+    s.append(&recs(2)).unwrap();
+    assert_eq!((s.syncs(), s.unsynced), (0, true));
+    assert!(!s.sync_due().unwrap(), "not due within the interval");
+    assert_eq!(Spool::open(&d, 1 << 30).unwrap().depth(), 5, "in the file at once");
+    // Past the interval: the tick syncs what waits, once; nothing waiting, nothing synced.
+    s.set_sync_every(std::time::Duration::from_millis(5));
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert!(s.sync_due().unwrap());
+    assert_eq!((s.syncs(), s.unsynced), (1, false));
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert!(!s.sync_due().unwrap(), "nothing written since");
+    // A write past the interval syncs at once; zero syncs every write.
+    s.append(&recs(1)).unwrap();
+    assert_eq!((s.syncs(), s.unsynced), (2, false));
+    s.set_sync_every(std::time::Duration::ZERO);
+    s.append(&recs(1)).unwrap();
+    s.append(&recs(1)).unwrap();
+    assert_eq!(s.syncs(), 4);
+    // A full segment is synced before the next begins.
+    s.set_sync_every(std::time::Duration::from_secs(3600));
+    s.append(&recs(1)).unwrap();
+    assert!(s.unsynced);
+    s.rotate(s.next_seq()).unwrap();
+    assert_eq!((s.syncs(), s.unsynced), (5, false));
+    std::fs::remove_dir_all(&d).unwrap();
+}

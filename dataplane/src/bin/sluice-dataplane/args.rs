@@ -130,6 +130,12 @@ pub struct Args {
     /// disk keeps 5% free (at least 64 MiB); only then do the oldest go, counted and alarmed.
     #[arg(long, default_value_t = 1024)]
     pub spool_max_mb: u64,
+    /// How far apart the spool's writes are synced to the disk at most, in ms (a group
+    /// commit; 0: every write). Writes reach the file at once, so a crash of either process
+    /// loses nothing; a power loss can cost the records of the last interval that control
+    /// had not yet stored.
+    #[arg(long, default_value_t = 100)]
+    pub spool_sync_ms: u64,
 }
 
 fn port_range(s: &str) -> std::result::Result<(u16, u16), String> {

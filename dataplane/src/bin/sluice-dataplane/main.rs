@@ -266,6 +266,8 @@ fn main() -> Result<()> {
         Some(socket) => {
             let spool = Spool::open(&args.state_dir.join("spool"), args.spool_max_mb.max(1) << 20)
                 .with_context(|| format!("opening the spool in {}", args.state_dir.display()))?;
+            let mut spool = spool;
+            spool.set_sync_every(Duration::from_millis(args.spool_sync_ms));
             info!(next_seq = spool.next_seq(), unsent = spool.depth(), "record spool opened");
             let spool = Arc::new(Mutex::new(spool));
             let cfg = LinkConfig {
@@ -388,6 +390,8 @@ fn main() -> Result<()> {
             offload(e, fast.as_deref(), &mut Vec::new(), now);
         });
         shared.send(&sent);
+        // The spool's last writes are synced even when no more follow (a group commit).
+        out.sync_spool();
     }
     for t in threads {
         let _ = t.join();

@@ -173,6 +173,19 @@ impl Output {
         }
     }
 
+    /// Syncs the spool's last writes to the disk when they are due (called on the clock's
+    /// tick: the writes themselves sync only when the last sync is old enough).
+    pub fn sync_spool(&self) {
+        let Some((spool, _)) = &self.link else { return };
+        let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+        // Logged at the first failures, then ever more rarely (the statistics count each).
+        if let Err(e) = s.sync_due()
+            && s.write_errors().is_power_of_two()
+        {
+            error!(failed = s.write_errors(), "syncing the spool to the disk failed: {e}");
+        }
+    }
+
     fn annotate_stats(&mut self, v: &mut serde_json::Value) {
         let Some(o) = v.as_object_mut() else { return };
         o.insert("records_emitted".into(), serde_json::json!(self.emitted));
@@ -189,6 +202,7 @@ impl Output {
                 serde_json::json!({ "connected": connected.load(Ordering::Relaxed),
                     "spool_depth": s.depth(), "spool_bytes": s.bytes(), "spool_dropped": s.dropped(),
                     "spool_pending": s.pending(), "spool_write_errors": s.write_errors(),
+                    "spool_syncs": s.syncs(),
                     "spool_shed": s.shed() }),
             );
         }
