@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sluice_link::{
     BrokerKey, Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, VirtualKey, encode,
 };
@@ -558,9 +557,9 @@ struct Stored {
 fn store_batch(
     state: &AppState,
     name: &str,
-    records: &[Box<RawValue>],
+    records: &sluice_link::Records,
 ) -> Result<Stored, crate::store::StoreError> {
-    let rows: Vec<Row<'_>> = records.iter().filter_map(|r| Row::read(r.get(), name)).collect();
+    let rows: Vec<Row<'_>> = records.iter().filter_map(|r| Row::read(r, name)).collect();
     if rows.len() < records.len() {
         tracing::warn!(
             dataplane = %name,

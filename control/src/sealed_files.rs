@@ -98,8 +98,7 @@ impl SealedFiles {
                 File::open(&self.dir)?.sync_all()?;
             }
             let len = file.metadata()?.len();
-            self.active =
-                Some(Active { segment, file, len, pending: Vec::new(), unsynced: false });
+            self.active = Some(Active { segment, file, len, pending: Vec::new(), unsynced: false });
         }
         self.active.as_mut().ok_or_else(|| io::Error::other("no segment"))
     }
@@ -133,7 +132,8 @@ impl SealedFiles {
     /// calls this after each batch and on a clock, so that a burst's last bytes do not wait
     /// for the next one); true when it synced.
     pub fn sync_due(&mut self) -> io::Result<bool> {
-        if self.synced_at.elapsed() < SYNC_EVERY || !self.active.as_ref().is_some_and(|a| a.unsynced)
+        if self.synced_at.elapsed() < SYNC_EVERY
+            || !self.active.as_ref().is_some_and(|a| a.unsynced)
         {
             return Ok(false);
         }

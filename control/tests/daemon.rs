@@ -101,7 +101,7 @@ fn bad_configurations_are_refused_clearly() {
 /// pushed to the data planes within a second, and a data plane connecting later gets them.
 #[test]
 fn quota_counts_are_added_up_and_pushed() {
-    use sluice_link::{Down, Up};
+    use sluice_link::Down;
     let d = start();
     let mut dp = FakeDataplane::connect(&d, "dp-q", sluice_link::PROTO_VERSION);
     let mut first = Vec::new();
@@ -115,9 +115,7 @@ fn quota_counts_are_added_up_and_pushed() {
         serde_json::json!({"seq": seq, "type": "request", "ts_ms": now_ms, "verdict": "allow",
             "quota": quota, "input_tokens": 7, "output_tokens": 5})
     };
-    dp.send(&Up::Records {
-        records: vec![rec(1, Some("user:alice")), rec(2, None), rec(3, Some("user:alice"))],
-    });
+    dp.send_records(&[rec(1, Some("user:alice")), rec(2, None), rec(3, Some("user:alice"))]);
     assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
     let counts = match dp.recv() {
         Some(Down::Usage { counts }) => counts,
@@ -164,10 +162,10 @@ fn dataplane_link_policy_records_dedup_identities() {
     let flow = |seq: u64| serde_json::json!({"seq": seq, "type": "flow", "ts_ms": 1000 + seq, "src": "10.0.0.1", "verdict": "allow"});
     let request = serde_json::json!({"seq": 3, "type": "request", "ts_ms": 1003, "src": "10.0.0.1", "verdict": "block",
         "dlp_findings": [{"detector": "credit_card", "count": 1, "paths": ["$.messages[0].content"], "hashes": []}]});
-    dp.send(&Up::Records { records: vec![flow(1), flow(2), request.clone()] });
+    dp.send_records(&[flow(1), flow(2), request.clone()]);
     assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
     // A replay (after a reconnect) stores nothing twice.
-    dp.send(&Up::Records { records: vec![flow(2), request] });
+    dp.send_records(&[flow(2), request]);
     assert_eq!(dp.recv(), Some(Down::Ack { upto: 3 }));
     let (_, body) = call(&d, "GET", "/v1/flows", Some(ANALYST), None);
     assert_eq!(json(&body)["records"].as_array().unwrap().len(), 2, "{body}");
@@ -182,7 +180,7 @@ fn dataplane_link_policy_records_dedup_identities() {
     let alarm = serde_json::json!({"seq": 4, "type": "alarm", "alarm": "records_dropped", "ts_ms": 1004,
         "records": 17, "dropped_total": 17});
     for _ in 0..2 {
-        dp.send(&Up::Records { records: vec![alarm.clone()] });
+        dp.send_records(std::slice::from_ref(&alarm));
         assert_eq!(dp.recv(), Some(Down::Ack { upto: 4 }));
     }
     let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);

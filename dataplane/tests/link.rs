@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool, compile_pushed, text_sha256};
-use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, encode};
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, encode};
 use sluice_rules::IdentityOverlay;
 
 struct Control {
@@ -26,10 +26,10 @@ impl Control {
         self.sock.write_all(&buf).unwrap();
     }
 
-    fn recv(&mut self) -> Up {
+    fn recv(&mut self) -> UpMessage {
         let mut buf = [0u8; 65536];
         loop {
-            if let Some(m) = self.dec.message().unwrap() {
+            if let Some(m) = self.dec.up_message().unwrap() {
                 return m;
             }
             let n = self.sock.read(&mut buf).unwrap();
@@ -37,6 +37,11 @@ impl Control {
             self.dec.push(&buf[..n]);
         }
     }
+}
+
+/// A record's `seq`.
+fn seq(record: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(record).unwrap()["seq"].as_u64().unwrap()
 }
 
 #[test]
@@ -71,7 +76,13 @@ fn link_client_round_trip() {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut c = Control { sock, dec: Decoder::new() };
     match c.recv() {
-        Up::Hello { proto, dataplane, next_seq, policy_version, policy_sha256 } => {
+        UpMessage::Other(Up::Hello {
+            proto,
+            dataplane,
+            next_seq,
+            policy_version,
+            policy_sha256,
+        }) => {
             assert_eq!((proto, dataplane.as_str(), next_seq), (PROTO_VERSION, "edge-1", 4));
             assert_eq!((policy_version, policy_sha256), (None, text_sha256(boot)));
         }
@@ -85,10 +96,8 @@ fn link_client_round_trip() {
     let mut acked_policy = false;
     while !(acked_policy && seqs.len() == 2) {
         match c.recv() {
-            Up::Records { records } => {
-                seqs.extend(records.iter().map(|r| r["seq"].as_u64().unwrap()))
-            }
-            Up::PolicyAck { version: 7, error: None } => acked_policy = true,
+            UpMessage::Records(records) => seqs.extend(records.iter().map(seq)),
+            UpMessage::Other(Up::PolicyAck { version: 7, error: None }) => acked_policy = true,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -99,7 +108,7 @@ fn link_client_round_trip() {
     // A broken push is refused with the reason; the policy in force stays.
     c.send(&Down::Policy { version: 8, text: "[defaults]\naction = 3\n".into() });
     match c.recv() {
-        Up::PolicyAck { version: 8, error: Some(e) } => {
+        UpMessage::Other(Up::PolicyAck { version: 8, error: Some(e) }) => {
             assert!(e.contains("pushed rules:2:"), "{e}")
         }
         other => panic!("unexpected {other:?}"),
@@ -115,13 +124,13 @@ fn link_client_round_trip() {
             expires_at: None,
         }],
     });
-    assert_eq!(c.recv(), Up::IdentitiesAck { generation: 1, entries: 1 });
+    assert_eq!(c.recv(), UpMessage::Other(Up::IdentitiesAck { generation: 1, entries: 1 }));
     assert!(overlay.load().get("10.0.0.7".parse().unwrap(), 0).is_some());
 
     // New records flow as they are spooled; an ack lets the spool forget them.
     spool.lock().unwrap().append(&[r#"{"type":"flow","i":4}"#]).unwrap();
     match c.recv() {
-        Up::Records { records } => assert_eq!(records[0]["seq"], 4),
+        UpMessage::Records(records) => assert_eq!(records.iter().map(seq).collect::<Vec<_>>(), [4]),
         other => panic!("unexpected {other:?}"),
     }
     c.send(&Down::Ack { upto: 4 });

@@ -1,7 +1,9 @@
 //! The link between a Sluice data plane and `sluice-control`, over a Unix socket.
 //!
-//! Frames are a 4-byte big-endian length followed by that many bytes of JSON, one message
-//! each ([`Up`] from the data plane, [`Down`] from control). The first message each way names
+//! Frames are a 4-byte big-endian length followed by that many bytes, one message each: JSON
+//! ([`Up`] from the data plane, [`Down`] from control), except the data plane's records
+//! ([`encode_records`]), which go as they were spooled, each behind its length, so that
+//! control finds them without reading every byte of every record twice. The first message each way names
 //! the protocol version ([`PROTO_VERSION`]); a peer speaking another version is refused with
 //! a reason, never half-understood.
 //!
@@ -11,7 +13,7 @@
 //! 2. control answers [`Down::Welcome`] with the highest sequence number it has stored for
 //!    that data plane (so a replay can skip what is already there), then [`Down::Policy`] with
 //!    the current rule set and [`Down::Identities`] with the identity feed;
-//! 3. the data plane sends [`Up::Records`] (each record carries its `seq`) and control answers
+//! 3. the data plane sends records ([`encode_records`]; each carries its `seq`) and control answers
 //!    [`Down::Ack`] once they are stored; the data plane forgets its spooled copies up to it;
 //! 4. every later push is a [`Down::Policy`], [`Down::Identities`] or [`Down::Keys`] (the
 //!    brokered provider keys, sent on connect too), acknowledged by [`Up::PolicyAck`] /
@@ -21,21 +23,25 @@
 //! 6. a held request goes up as [`Up::Held`]; control answers with [`Down::Decision`], or the
 //!    data plane ends the wait with [`Up::HoldEnded`].
 //!
-//! Everything here is pure: [`encode`] writes a frame into a buffer, [`Decoder`] takes bytes
-//! as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
+//! Everything here is pure: [`encode`] and [`encode_records`] write a frame into a buffer,
+//! [`Decoder`] takes bytes as they arrive and yields whole messages, bounded by [`MAX_FRAME`].
 
 mod approval;
 
 pub use approval::{Decision, FindingCount, Grant, HoldTicket};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// Version of the messages below. Bumped on any incompatible change (2: [`Down::Keys`],
 /// which a version-1 data plane could not read; 3: [`Down::Usage`], [`Up::Held`],
-/// [`Down::Decision`]).
-pub const PROTO_VERSION: u32 = 3;
+/// [`Down::Decision`]; 4: records framed by length, not as a JSON array).
+pub const PROTO_VERSION: u32 = 4;
+
+/// First byte of a records frame (a JSON message begins with `{`).
+const RECORDS_TAG: u8 = 0;
+
+/// Most records in one frame a decoder takes (a data plane sends 2,000 at most).
+pub const MAX_RECORDS: usize = 100_000;
 
 /// Largest frame either side accepts (a policy with large dictionaries, or a batch of
 /// records). A longer length prefix is an error, not an allocation.
@@ -59,12 +65,6 @@ pub enum Up {
         policy_version: Option<i64>,
         /// Hex SHA-256 of the rule text in force.
         policy_sha256: String,
-    },
-    /// Records (flow, request, stats), each a JSON object with a `seq` member, in sequence
-    /// order.
-    Records {
-        /// The records.
-        records: Vec<Value>,
     },
     /// Answer to [`Down::Policy`].
     PolicyAck {
@@ -279,22 +279,74 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// Appends an [`Up::Records`] frame whose records are JSON texts (one object each, as the
-/// data plane spools them), written as they are instead of being parsed into values and
-/// serialised again. The frame decodes exactly as `Up::Records` with those records; the caller
-/// vouches that each text is one JSON object.
-pub fn encode_records(records: &[&str], out: &mut Vec<u8>) -> Result<(), LinkError> {
+/// Appends a records frame: records (flow, request, recording, stats…) in sequence order,
+/// each a JSON object as text with a `seq` member, as the data plane spools them. They go as
+/// they are, each behind its 4-byte big-endian length, never parsed and written again;
+/// [`Decoder::up_message`] gives them back as [`UpMessage::Records`].
+pub fn encode_records<S: AsRef<str>>(records: &[S], out: &mut Vec<u8>) -> Result<(), LinkError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(br#"{"type":"records","records":["#);
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(r.as_bytes());
+    out.push(RECORDS_TAG);
+    for r in records {
+        let r = r.as_ref().as_bytes();
+        let len = u32::try_from(r.len()).map_err(|_| LinkError::TooLarge(r.len()))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(r);
     }
-    out.extend_from_slice(b"]}");
     finish_frame(out, start)
+}
+
+/// The records of a records frame (see [`encode_records`]), each the text it came as: known to
+/// be UTF-8 and to look like one JSON object (`{…}`), not parsed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Records {
+    text: String,
+    /// Where each record is in `text`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl Records {
+    /// Reads a records frame's body after its tag: length-prefixed records up to its end.
+    fn read(body: &[u8]) -> Result<Records, LinkError> {
+        let malformed = |why: &str| LinkError::Malformed(format!("records frame: {why}"));
+        let (mut text, mut spans, mut at) = (String::with_capacity(body.len()), Vec::new(), 0);
+        while at < body.len() {
+            let len = body
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
+                .ok_or_else(|| malformed("a cut length"))?;
+            let start = at + 4;
+            let r = body.get(start..start + len).ok_or_else(|| malformed("a cut record"))?;
+            if r.len() < 2 || r[0] != b'{' || r[len - 1] != b'}' {
+                return Err(malformed("a record is not a JSON object"));
+            }
+            if spans.len() == MAX_RECORDS {
+                return Err(malformed("too many records"));
+            }
+            let from = text.len();
+            text.push_str(std::str::from_utf8(r).map_err(|_| malformed("not UTF-8"))?);
+            // Both within a frame, itself under MAX_FRAME (< 2^32).
+            spans.push((from as u32, text.len() as u32));
+            at = start + len;
+        }
+        Ok(Records { text, spans })
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// None.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Each record's text, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().filter_map(|&(a, b)| self.text.get(a as usize..b as usize))
+    }
 }
 
 /// Incremental frame reader: [`Decoder::push`] the bytes as they come, then take messages
@@ -336,16 +388,16 @@ impl Decoder {
         Ok(Some(msg))
     }
 
-    /// The next whole message from a data plane, its records left as the JSON texts they
-    /// came as ([`UpMessage::Records`]): the receiver reads what it needs of each and stores
-    /// the text, instead of building a value tree per record and serialising it again.
+    /// The next whole message from a data plane: records as the texts they came as
+    /// ([`UpMessage::Records`]; the receiver reads what it needs of each and stores the text),
+    /// any other message whole.
     pub fn up_message(&mut self) -> Result<Option<UpMessage>, LinkError> {
         let Some(body) = self.frame()? else { return Ok(None) };
-        let malformed = |e: serde_json::Error| LinkError::Malformed(e.to_string());
-        let peek: RecordsPeek<'_> = serde_json::from_slice(body).map_err(malformed)?;
-        let msg = match (peek.kind.as_ref(), peek.records) {
-            ("records", Some(records)) => UpMessage::Records(records),
-            _ => UpMessage::Other(serde_json::from_slice(body).map_err(malformed)?),
+        let msg = match body.split_first() {
+            Some((&RECORDS_TAG, records)) => UpMessage::Records(Records::read(records)?),
+            _ => UpMessage::Other(
+                serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?,
+            ),
         };
         self.pos += 4 + body.len();
         Ok(Some(msg))
@@ -364,22 +416,12 @@ impl Decoder {
 }
 
 /// A message from a data plane as [`Decoder::up_message`] reads it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum UpMessage {
-    /// [`Up::Records`], each record the JSON text it came as (validated JSON, not yet
-    /// known to be an object).
-    Records(Vec<Box<RawValue>>),
+    /// Records ([`encode_records`]).
+    Records(Records),
     /// Any other message.
     Other(Up),
-}
-
-/// What [`Decoder::up_message`] reads first: the type, and the records left as text.
-#[derive(Deserialize)]
-struct RecordsPeek<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(default)]
-    records: Option<Vec<Box<RawValue>>>,
 }
 
 #[cfg(test)]
@@ -396,7 +438,6 @@ mod tests {
                 policy_version: Some(3),
                 policy_sha256: "ab".repeat(32),
             },
-            Up::Records { records: vec![json!({"seq": 7, "type": "flow"}), json!({"seq": 8})] },
             Up::PolicyAck { version: 4, error: Some("line 3".into()) },
             Up::IdentitiesAck { generation: 2, entries: 10 },
             Up::KeysAck { generation: 3, keys: 1 },
@@ -429,35 +470,59 @@ mod tests {
     #[test]
     fn records_read_as_text_other_messages_whole() {
         let mut wire = Vec::new();
-        encode_records(&[r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#], &mut wire)
-            .unwrap();
+        let long = format!(r#"{{"seq":9,"pad":"{}é"}}"#, "x".repeat(140));
+        encode_records(
+            &[r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#, &long],
+            &mut wire,
+        )
+        .unwrap();
         for m in sample() {
             encode(&m, &mut wire).unwrap();
         }
         let mut d = Decoder::new();
         d.push(&wire);
         let Some(UpMessage::Records(r)) = d.up_message().unwrap() else { panic!("records") };
-        let texts: Vec<&str> = r.iter().map(|r| r.get()).collect();
-        assert_eq!(texts, [r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#]);
+        let texts: Vec<&str> = r.iter().collect();
+        assert_eq!(texts, [r#"{"seq":7,"type":"flow","sni":"a\\u00e9"}"#, r#"{"seq":8}"#, &long]);
+        assert_eq!(r.len(), 3, "a length byte past 0x7f is no text");
         for want in sample() {
-            match d.up_message().unwrap() {
-                Some(UpMessage::Other(m)) => assert_eq!(m, want),
-                Some(UpMessage::Records(r)) => {
-                    let values: Vec<Value> =
-                        r.iter().map(|r| serde_json::from_str(r.get()).unwrap()).collect();
-                    assert_eq!(Up::Records { records: values }, want);
-                }
-                None => panic!("a message is missing"),
-            }
+            assert_eq!(d.up_message().unwrap(), Some(UpMessage::Other(want)));
         }
         assert_eq!(d.pending(), 0);
         // Broken frames are errors, as with `message`.
         let mut d = Decoder::new();
         d.push(b"\0\0\0\x0b{\"type\":\"rec");
         assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))));
+        let bad: [&[u8]; 6] = [
+            b"\0\0\0\0\x05{}",          // a length past the frame
+            b"\0\0\0\x02{}\0\0",        // a cut length
+            b"\0\0\0\x02[]",            // not an object
+            b"\0\0\0\0",                // empty
+            b"\0\0\0\x03{\xff}",        // not UTF-8
+            b"\0\0\0\x01{\0\0\0\x02{}", // a record cut by the next length
+        ];
+        for body in bad {
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
+            wire.push(RECORDS_TAG);
+            wire.extend_from_slice(body);
+            let mut d = Decoder::new();
+            d.push(&wire);
+            assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))), "{body:?}");
+        }
+        // Too many records: refused, not allocated for.
+        let many = vec!["{}"; MAX_RECORDS + 1];
+        let mut wire = Vec::new();
+        encode_records(&many, &mut wire).unwrap();
         let mut d = Decoder::new();
-        d.push(b"\0\0\0\x1d{\"type\":\"records\",\"records\":[}");
-        assert!(d.up_message().is_err());
+        d.push(&wire);
+        assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))));
+        // No records: an empty batch.
+        let mut wire = Vec::new();
+        encode_records::<&str>(&[], &mut wire).unwrap();
+        let mut d = Decoder::new();
+        d.push(&wire);
+        assert_eq!(d.up_message().unwrap(), Some(UpMessage::Records(Records::default())));
     }
 
     #[test]
@@ -524,21 +589,5 @@ mod tests {
         encode(&json!({"type": "hello", "proto": "x"}), &mut wire).unwrap();
         d.push(&wire);
         assert!(matches!(d.message::<Up>(), Err(LinkError::Malformed(_))));
-    }
-
-    #[test]
-    fn raw_records_frame_is_the_typed_one() {
-        let texts = [r#"{"seq":7,"type":"flow","sni":"api.openai.com"}"#, r#"{"seq":8,"n":[1,2]}"#];
-        let mut raw = Vec::new();
-        encode_records(&texts, &mut raw).unwrap();
-        let records = texts.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
-        let mut typed = Vec::new();
-        encode(&Up::Records { records }, &mut typed).unwrap();
-        assert_eq!(raw, typed);
-        let mut empty = Vec::new();
-        encode_records(&[], &mut empty).unwrap();
-        let mut d = Decoder::default();
-        d.push(&empty);
-        assert_eq!(d.message::<Up>().unwrap(), Some(Up::Records { records: vec![] }));
     }
 }

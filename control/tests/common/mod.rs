@@ -59,7 +59,13 @@ pub fn start_with(extra: &str) -> Daemon {
         }
     }
     // Keep draining the log so the daemon never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if std::env::var_os("SLUICE_TEST_LOG").is_some() {
+                eprintln!("control: {l}");
+            }
+        }
+    });
     Daemon { child, port, dir }
 }
 
@@ -154,6 +160,15 @@ impl FakeDataplane {
         use std::io::Write;
         let mut buf = Vec::new();
         sluice_link::encode(m, &mut buf).unwrap();
+        self.sock.write_all(&buf).unwrap();
+    }
+
+    /// Sends records as a data plane spools them (JSON objects with their `seq`).
+    pub fn send_records(&mut self, records: &[serde_json::Value]) {
+        use std::io::Write;
+        let texts: Vec<String> = records.iter().map(ToString::to_string).collect();
+        let mut buf = Vec::new();
+        sluice_link::encode_records(&texts, &mut buf).unwrap();
         self.sock.write_all(&buf).unwrap();
     }
 

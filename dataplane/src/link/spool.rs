@@ -9,7 +9,7 @@
 //!
 //! Writes reach the file (the page cache) at once, so a crash of either process loses
 //! nothing; they are synced to the disk as a group commit, at most [`Spool::sync_every`]
-//! apart (ARCHITECTURE.md, "The spool's durability"): a power loss can cost the records of
+//! apart (ARCHITECTURE.md, "Records and the link"): a power loss can cost the records of
 //! that last interval that control had not yet stored.
 //!
 //! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
