@@ -564,7 +564,7 @@ fn store_batch(
         tracing::warn!(
             dataplane = %name,
             skipped = records.len() - rows.len(),
-            "records without a sequence number skipped"
+            "records unreadable or without a sequence number skipped"
         );
     }
     let stats = rows

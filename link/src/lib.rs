@@ -289,7 +289,10 @@ pub fn encode_records<S: AsRef<str>>(records: &[S], out: &mut Vec<u8>) -> Result
     out.push(RECORDS_TAG);
     for r in records {
         let r = r.as_ref().as_bytes();
-        let len = u32::try_from(r.len()).map_err(|_| LinkError::TooLarge(r.len()))?;
+        let Ok(len) = u32::try_from(r.len()) else {
+            out.truncate(start);
+            return Err(LinkError::TooLarge(r.len()));
+        };
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(r);
     }
@@ -494,7 +497,7 @@ mod tests {
         d.push(b"\0\0\0\x0b{\"type\":\"rec");
         assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))));
         let bad: [&[u8]; 6] = [
-            b"\0\0\0\0\x05{}",          // a length past the frame
+            b"\0\0\0\x05{}",            // a length past the frame
             b"\0\0\0\x02{}\0\0",        // a cut length
             b"\0\0\0\x02[]",            // not an object
             b"\0\0\0\0",                // empty

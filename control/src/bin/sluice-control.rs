@@ -150,6 +150,7 @@ async fn push_quotas(state: Arc<AppState>) {
 async fn sync_recordings(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(sluice_control::sealed_files::SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u64;
     loop {
         tick.tick().await;
         let st = state.clone();
@@ -158,7 +159,11 @@ async fn sync_recordings(state: Arc<AppState>) {
         })
         .await;
         if let Ok(Err(e)) = r {
-            tracing::error!("syncing recordings to the disk: {e}");
+            // Logged at the first failures, then ever more rarely.
+            failures += 1;
+            if failures.is_power_of_two() {
+                tracing::error!(failures, "syncing recordings to the disk: {e}");
+            }
         }
     }
 }

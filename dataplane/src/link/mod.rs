@@ -393,7 +393,7 @@ fn serve(
             // spool read them back), never parsed into values and written again.
             let records: Vec<&str> = batch.iter().map(|(_, line)| line.as_str()).collect();
             let mut buf =
-                Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
+                Vec::with_capacity(records.iter().map(|r| r.len() + 4).sum::<usize>() + 8);
             encode_records(&records, &mut buf).map_err(std::io::Error::other)?;
             stream.write_all(&buf)?;
             sent = Some(last);

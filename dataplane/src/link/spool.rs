@@ -9,8 +9,8 @@
 //!
 //! Writes reach the file (the page cache) at once, so a crash of either process loses
 //! nothing; they are synced to the disk as a group commit, at most [`Spool::sync_every`]
-//! apart (ARCHITECTURE.md, "Records and the link"): a power loss can cost the records of
-//! that last interval that control had not yet stored.
+//! apart while records are written and within the writer's tick after the last
+//! (ARCHITECTURE.md, "Records and the link", durability).
 //!
 //! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
 //! its `seq` (so reading the number back needs no JSON parse).
@@ -314,7 +314,8 @@ impl Spool {
         self.write_errors
     }
 
-    /// Sets how far apart writes are synced to the disk at most (zero: every write).
+    /// Sets how far apart writes are synced to the disk at most while records are written
+    /// (zero: every write).
     pub fn set_sync_every(&mut self, every: std::time::Duration) {
         self.sync_every = every;
     }
@@ -331,13 +332,19 @@ impl Spool {
 
     /// Syncs what was written since the last sync, if that was [`Spool::sync_every`] ago or
     /// more (the writer calls this on its clock tick, so that the last writes of a burst do
-    /// not wait for the next one). A failure is counted as a failed write and returned; the
-    /// records stay in the file and the next sync tries again.
+    /// not wait for the next one). A failure is counted as a failed write and returned (the
+    /// records stay in the file and are sent; whether they reached the disk is unknown, as
+    /// Linux may report a failed writeback once).
     pub fn sync_due(&mut self) -> io::Result<bool> {
         if !self.unsynced || self.synced_at.elapsed() < self.sync_every {
             return Ok(false);
         }
         self.sync().inspect_err(|_| self.write_errors += 1).map(|()| true)
+    }
+
+    /// Syncs what was written to the disk now (at shutdown).
+    pub fn sync_now(&mut self) -> io::Result<()> {
+        if self.unsynced { self.sync() } else { Ok(()) }
     }
 
     /// Syncs the active file to the disk.
@@ -355,7 +362,7 @@ impl Spool {
     }
 
     /// Numbers `records` (JSON objects as text; `seq` is put in front of their members),
-    /// writes them durably after any records still waiting in memory, and returns the first
+    /// writes them (synced as a group commit) after any records still waiting in memory, and returns the first
     /// number written. When the write fails the records wait in memory (bounded, counted)
     /// and the error is returned: nothing is lost silently.
     pub fn append<S: AsRef<str>>(&mut self, records: &[S]) -> io::Result<u64> {
@@ -518,6 +525,8 @@ impl Spool {
         let a = self.active_seg();
         if a.bytes > 0 && a.end <= upto + 1 {
             let (old, next) = (a.path.clone(), a.end);
+            // Control holds all of it and the file goes: nothing of it to sync.
+            self.unsynced = false;
             self.rotate(next)?;
             self.segments.pop_front();
             std::fs::remove_file(old)?;

@@ -230,5 +230,14 @@ fn writes_are_synced_as_a_group_commit() {
     assert!(s.unsynced);
     s.rotate(s.next_seq()).unwrap();
     assert_eq!((s.syncs(), s.unsynced), (5, false));
+    // A segment control acknowledged whole is not synced on its way out.
+    s.append(&recs(2)).unwrap();
+    assert!(s.unsynced);
+    s.ack(s.next_seq() - 1).unwrap();
+    assert_eq!((s.syncs(), s.depth()), (5, 0));
+    // At shutdown, what waits is synced.
+    s.append(&recs(1)).unwrap();
+    s.sync_now().unwrap();
+    assert_eq!((s.syncs(), s.unsynced), (6, false));
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -391,7 +391,7 @@ fn main() -> Result<()> {
         });
         shared.send(&sent);
         // The spool's last writes are synced even when no more follow (a group commit).
-        out.sync_spool();
+        out.sync_spool(false);
     }
     for t in threads {
         let _ = t.join();
@@ -405,6 +405,7 @@ fn main() -> Result<()> {
         e.shutdown(now);
         offload(e, fast.as_deref(), &mut Vec::new(), now);
     });
+    out.sync_spool(true);
     let entries = lock(&engine).learned_entries(clock.now());
     learned::save(&args.state_dir, &entries);
     let counters = lock(&engine).counters;

@@ -174,12 +174,14 @@ impl Output {
     }
 
     /// Syncs the spool's last writes to the disk when they are due (called on the clock's
-    /// tick: the writes themselves sync only when the last sync is old enough).
-    pub fn sync_spool(&self) {
+    /// tick: the writes themselves sync only when the last sync is old enough), or now
+    /// (`at_exit`).
+    pub fn sync_spool(&self, at_exit: bool) {
         let Some((spool, _)) = &self.link else { return };
         let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
+        let synced = if at_exit { s.sync_now().map(|()| true) } else { s.sync_due() };
         // Logged at the first failures, then ever more rarely (the statistics count each).
-        if let Err(e) = s.sync_due()
+        if let Err(e) = synced
             && s.write_errors().is_power_of_two()
         {
             error!(failed = s.write_errors(), "syncing the spool to the disk failed: {e}");
