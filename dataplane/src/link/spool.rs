@@ -8,9 +8,10 @@
 //! spool is read back, so records survive a restart of either process.
 //!
 //! Writes reach the file (the page cache) at once, so a crash of either process loses
-//! nothing; they are synced to the disk as a group commit, at most [`Spool::sync_every`]
-//! apart while records are written and within the writer's tick after the last
-//! (ARCHITECTURE.md, "Records and the link", durability).
+//! nothing. Records control has not acknowledged within [`Spool::sync_every`] are synced to
+//! the disk, as a group commit (checked at each write and on the writer's tick); those it
+//! acknowledged sooner are its to keep, and their files go before the kernel would write
+//! them out (ARCHITECTURE.md, "Records and the link", durability).
 //!
 //! Layout: `DIR/<first seq, 20 digits>.jsonl`, one JSON object per line, each beginning with
 //! its `seq` (so reading the number back needs no JSON parse).
@@ -64,11 +65,11 @@ pub struct Spool {
     shed: u64,
     /// Records dropped since the last [`Spool::take_alarm`].
     alarm: u64,
-    /// How far apart writes are synced to the disk at most (zero: every write).
+    /// How long a write control has not acknowledged waits to be synced (zero: none waits).
     sync_every: std::time::Duration,
-    /// When the active file was last synced, and whether it was written since.
-    synced_at: std::time::Instant,
-    unsynced: bool,
+    /// Writes not synced to the disk whose records control has not all acknowledged, oldest
+    /// first: the number after their last record, when, and their segment (by first number).
+    unsynced: VecDeque<(u64, std::time::Instant, u64)>,
     /// Syncs to the disk since the start.
     syncs: u64,
     /// The newest lines written, oldest first with consecutive numbers, up to `recent_max`
@@ -112,7 +113,8 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Most bytes of the newest lines kept in memory for the link ([`Spool::read_after`]).
 pub const RECENT_BYTES: usize = 8 << 20;
 
-/// How far apart writes are synced to the disk by default (a group commit).
+/// How long a write control has not acknowledged waits to be synced by default (a group
+/// commit).
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn seg_path(dir: &Path, first: u64) -> PathBuf {
@@ -237,8 +239,7 @@ impl Spool {
             shed: 0,
             alarm: 0,
             sync_every: SYNC_EVERY,
-            synced_at: std::time::Instant::now(),
-            unsynced: false,
+            unsynced: VecDeque::new(),
             syncs: 0,
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -314,13 +315,13 @@ impl Spool {
         self.write_errors
     }
 
-    /// Sets how far apart writes are synced to the disk at most while records are written
-    /// (zero: every write).
+    /// Sets how long a write control has not acknowledged waits to be synced to the disk
+    /// (zero: none waits).
     pub fn set_sync_every(&mut self, every: std::time::Duration) {
         self.sync_every = every;
     }
 
-    /// How far apart writes are synced to the disk at most.
+    /// How long a write control has not acknowledged waits to be synced to the disk.
     pub fn sync_every(&self) -> std::time::Duration {
         self.sync_every
     }
@@ -330,29 +331,58 @@ impl Spool {
         self.syncs
     }
 
-    /// Syncs what was written since the last sync, if that was [`Spool::sync_every`] ago or
-    /// more (the writer calls this on its clock tick, so that the last writes of a burst do
-    /// not wait for the next one). A failure is counted as a failed write and returned (the
-    /// records stay in the file and are sent; whether they reached the disk is unknown, as
-    /// Linux may report a failed writeback once).
+    /// Syncs what was written and is not yet acknowledged, if the oldest such write is
+    /// [`Spool::sync_every`] old (the writer calls this on its clock tick, so that the last
+    /// writes of a burst do not wait for the next one). A failure is counted as a failed
+    /// write and returned (the records stay in the file and are sent; whether they reached
+    /// the disk is unknown, as Linux may report a failed writeback once).
     pub fn sync_due(&mut self) -> io::Result<bool> {
-        if !self.unsynced || self.synced_at.elapsed() < self.sync_every {
+        if !self.sync_is_due() {
             return Ok(false);
         }
         self.sync().inspect_err(|_| self.write_errors += 1).map(|()| true)
     }
 
-    /// Syncs what was written to the disk now (at shutdown).
+    /// Syncs what was written and is not yet acknowledged now (at shutdown).
     pub fn sync_now(&mut self) -> io::Result<()> {
-        if self.unsynced { self.sync() } else { Ok(()) }
+        self.settle();
+        if self.unsynced.is_empty() { Ok(()) } else { self.sync() }
     }
 
-    /// Syncs the active file to the disk.
+    /// Forgets unsynced writes control acknowledged whole: they are control's to keep, and
+    /// their files go before the kernel would write them out.
+    fn settle(&mut self) {
+        while self.unsynced.front().is_some_and(|(end, _, _)| *end <= self.acked + 1) {
+            self.unsynced.pop_front();
+        }
+    }
+
+    /// True when the oldest unacknowledged write not yet synced is [`Spool::sync_every`] old.
+    fn sync_is_due(&mut self) -> bool {
+        self.settle();
+        self.unsynced.front().is_some_and(|(_, at, _)| at.elapsed() >= self.sync_every)
+    }
+
+    /// Syncs the segments holding unacknowledged writes to the disk (a closed one through its
+    /// path: a sync covers the file, whichever descriptor asks).
     fn sync(&mut self) -> io::Result<()> {
-        self.active.sync_data()?;
+        let active = self.active_seg().first;
+        let mut segments: Vec<u64> = self.unsynced.iter().map(|(_, _, seg)| *seg).collect();
+        segments.dedup();
+        for seg in segments {
+            if seg == active {
+                self.active.sync_data()?;
+            } else {
+                match File::open(seg_path(&self.dir, seg)) {
+                    Ok(f) => f.sync_data()?,
+                    // Dropped at the bound meanwhile: nothing left to sync.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         self.syncs += 1;
-        self.unsynced = false;
-        self.synced_at = std::time::Instant::now();
+        self.unsynced.clear();
         Ok(())
     }
 
@@ -465,8 +495,9 @@ impl Spool {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.active.write_all(buf)?;
-        self.unsynced = true;
-        if self.synced_at.elapsed() >= self.sync_every {
+        let seg = self.active_seg().first;
+        self.unsynced.push_back((end, std::time::Instant::now(), seg));
+        if self.sync_is_due() {
             self.sync()?;
         }
         // Written from here: what follows may fail without the records being taken for
@@ -499,13 +530,6 @@ impl Spool {
 
     /// Closes the active segment and starts a new one at `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
-        if self.unsynced
-            && let Err(e) = self.sync()
-        {
-            // The segment's records stay in it (and in the page cache); counted.
-            self.write_errors += 1;
-            tracing::warn!("spool: syncing a full segment failed: {e}");
-        }
         let path = seg_path(&self.dir, first);
         self.active = OpenOptions::new().create(true).append(true).open(&path)?;
         self.segments.push_back(Segment { first, end: first, bytes: 0, path });
@@ -525,8 +549,6 @@ impl Spool {
         let a = self.active_seg();
         if a.bytes > 0 && a.end <= upto + 1 {
             let (old, next) = (a.path.clone(), a.end);
-            // Control holds all of it and the file goes: nothing of it to sync.
-            self.unsynced = false;
             self.rotate(next)?;
             self.segments.pop_front();
             std::fs::remove_file(old)?;

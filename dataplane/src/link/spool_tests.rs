@@ -199,45 +199,59 @@ fn skip_to_continues_after_control() {
 }
 
 #[test]
-fn writes_are_synced_as_a_group_commit() {
+fn unacknowledged_writes_are_synced_as_a_group_commit() {
     let d = dir("sync");
+    let ms = std::time::Duration::from_millis;
     let mut s = Spool::open(&d, 1 << 30).unwrap();
     assert_eq!(s.sync_every(), SYNC_EVERY);
     // Within the interval: written (readable, and on reopen), not synced yet.
     s.set_sync_every(std::time::Duration::from_secs(3600));
     s.append(&recs(3)).unwrap();
     s.append(&recs(2)).unwrap();
-    assert_eq!((s.syncs(), s.unsynced), (0, true));
+    assert_eq!((s.syncs(), s.unsynced.len()), (0, 2));
     assert!(!s.sync_due().unwrap(), "not due within the interval");
     assert_eq!(Spool::open(&d, 1 << 30).unwrap().depth(), 5, "in the file at once");
     // Past the interval: the tick syncs what waits, once; nothing waiting, nothing synced.
-    s.set_sync_every(std::time::Duration::from_millis(5));
-    std::thread::sleep(std::time::Duration::from_millis(10));
+    s.set_sync_every(ms(5));
+    std::thread::sleep(ms(10));
     assert!(s.sync_due().unwrap());
-    assert_eq!((s.syncs(), s.unsynced), (1, false));
-    std::thread::sleep(std::time::Duration::from_millis(10));
+    assert_eq!((s.syncs(), s.unsynced.len()), (1, 0));
+    std::thread::sleep(ms(10));
     assert!(!s.sync_due().unwrap(), "nothing written since");
-    // A write past the interval syncs at once; zero syncs every write.
+    // A write syncs when the oldest unsynced one is past the interval.
     s.append(&recs(1)).unwrap();
-    assert_eq!((s.syncs(), s.unsynced), (2, false));
+    assert_eq!(s.syncs(), 1, "a fresh write waits");
+    std::thread::sleep(ms(10));
+    s.append(&recs(1)).unwrap();
+    assert_eq!((s.syncs(), s.unsynced.len()), (2, 0));
+    // Zero syncs every write.
     s.set_sync_every(std::time::Duration::ZERO);
     s.append(&recs(1)).unwrap();
     s.append(&recs(1)).unwrap();
     assert_eq!(s.syncs(), 4);
-    // A full segment is synced before the next begins.
+    // Writes control acknowledged are never synced: they are control's to keep.
+    s.set_sync_every(ms(5));
+    s.append(&recs(2)).unwrap();
+    s.ack(s.next_seq() - 1).unwrap();
+    std::thread::sleep(ms(10));
+    assert!(!s.sync_due().unwrap());
+    assert_eq!((s.syncs(), s.depth()), (4, 0));
+    // Acknowledged in part: the rest is synced, a closed segment through its path.
+    s.append(&recs(2)).unwrap();
+    let first = s.next_seq() - 2;
+    s.rotate(s.next_seq()).unwrap();
+    s.append(&recs(1)).unwrap();
+    s.ack(first).unwrap();
+    assert_eq!(s.unsynced.len(), 2);
+    std::thread::sleep(ms(10));
+    assert!(s.sync_due().unwrap());
+    assert_eq!((s.syncs(), s.unsynced.len()), (5, 0));
+    // At shutdown, what waits is synced.
     s.set_sync_every(std::time::Duration::from_secs(3600));
     s.append(&recs(1)).unwrap();
-    assert!(s.unsynced);
-    s.rotate(s.next_seq()).unwrap();
-    assert_eq!((s.syncs(), s.unsynced), (5, false));
-    // A segment control acknowledged whole is not synced on its way out.
-    s.append(&recs(2)).unwrap();
-    assert!(s.unsynced);
-    s.ack(s.next_seq() - 1).unwrap();
-    assert_eq!((s.syncs(), s.depth()), (5, 0));
-    // At shutdown, what waits is synced.
-    s.append(&recs(1)).unwrap();
     s.sync_now().unwrap();
-    assert_eq!((s.syncs(), s.unsynced), (6, false));
+    assert_eq!((s.syncs(), s.unsynced.len()), (6, 0));
+    s.sync_now().unwrap();
+    assert_eq!(s.syncs(), 6, "nothing waits");
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -130,10 +130,10 @@ pub struct Args {
     /// disk keeps 5% free (at least 64 MiB); only then do the oldest go, counted and alarmed.
     #[arg(long, default_value_t = 1024)]
     pub spool_max_mb: u64,
-    /// How far apart the spool's writes are synced to the disk at most while records are
-    /// written, in ms (a group commit; 0: every write; the last writes of a burst are synced
-    /// within a quarter second). Writes reach the file at once, so a crash of either process
-    /// loses nothing; a power loss can cost the records of that last interval.
+    /// Records control has not acknowledged within this many ms are synced to the disk (a
+    /// group commit; 0: every write; the last writes of a burst are checked within a quarter
+    /// second). Writes reach the file at once, so a crash of either process loses nothing; a
+    /// power loss can cost the records of that last interval.
     #[arg(long, default_value_t = 100)]
     pub spool_sync_ms: u64,
 }
