@@ -70,6 +70,9 @@ pub struct Spool {
     /// Writes not synced to the disk whose records control has not all acknowledged, oldest
     /// first: the number after their last record, when, and their segment (by first number).
     unsynced: VecDeque<(u64, std::time::Instant, u64)>,
+    /// Closed segments that still hold writes in `unsynced`, by first number, kept open so
+    /// that their sync reports their write-back errors.
+    closing: Vec<(u64, File)>,
     /// Syncs to the disk since the start.
     syncs: u64,
     /// The newest lines written, oldest first with consecutive numbers, up to `recent_max`
@@ -112,6 +115,10 @@ pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Most bytes of the newest lines kept in memory for the link ([`Spool::read_after`]).
 pub const RECENT_BYTES: usize = 8 << 20;
+
+/// Most writes waiting to be synced: at this many, they are synced (a long interval with
+/// control away would otherwise grow the list without bound).
+const MAX_UNSYNCED: usize = 4096;
 
 /// How long a write control has not acknowledged waits to be synced by default (a group
 /// commit).
@@ -216,6 +223,10 @@ impl Spool {
         for first in firsts {
             let path = seg_path(dir, first);
             let (end, bytes) = scan(&path, first)?;
+            // A previous run's writes may not have reached the disk: they do now.
+            if let Err(e) = File::open(&path).and_then(|f| f.sync_data()) {
+                tracing::warn!(file = %path.display(), "spool: syncing a segment at start failed: {e}");
+            }
             segments.push_back(Segment { first, end, bytes, path });
         }
         if segments.is_empty() {
@@ -240,6 +251,7 @@ impl Spool {
             alarm: 0,
             sync_every: SYNC_EVERY,
             unsynced: VecDeque::new(),
+            closing: Vec::new(),
             syncs: 0,
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -355,34 +367,29 @@ impl Spool {
         while self.unsynced.front().is_some_and(|(end, _, _)| *end <= self.acked + 1) {
             self.unsynced.pop_front();
         }
+        let waiting = self.unsynced.front().map_or(u64::MAX, |(_, _, seg)| *seg);
+        self.closing.retain(|(seg, _)| *seg >= waiting);
     }
 
     /// True when the oldest unacknowledged write not yet synced is [`Spool::sync_every`] old.
     fn sync_is_due(&mut self) -> bool {
         self.settle();
-        self.unsynced.front().is_some_and(|(_, at, _)| at.elapsed() >= self.sync_every)
+        self.unsynced.len() >= MAX_UNSYNCED
+            || self.unsynced.front().is_some_and(|(_, at, _)| at.elapsed() >= self.sync_every)
     }
 
-    /// Syncs the segments holding unacknowledged writes to the disk (a closed one through its
-    /// path: a sync covers the file, whichever descriptor asks).
+    /// Syncs the segments holding unacknowledged writes to the disk: the closed ones
+    /// through the descriptors kept for them, then the active one.
     fn sync(&mut self) -> io::Result<()> {
-        let active = self.active_seg().first;
-        let mut segments: Vec<u64> = self.unsynced.iter().map(|(_, _, seg)| *seg).collect();
-        segments.dedup();
-        for seg in segments {
-            if seg == active {
-                self.active.sync_data()?;
-            } else {
-                match File::open(seg_path(&self.dir, seg)) {
-                    Ok(f) => f.sync_data()?,
-                    // Dropped at the bound meanwhile: nothing left to sync.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
+        for (_, f) in &self.closing {
+            f.sync_data()?;
+        }
+        if self.unsynced.back().is_some_and(|(_, _, seg)| *seg == self.active_seg().first) {
+            self.active.sync_data()?;
         }
         self.syncs += 1;
         self.unsynced.clear();
+        self.closing.clear();
         Ok(())
     }
 
@@ -485,8 +492,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes numbered lines (`end`: the number after the last), synced to the disk when the
-    /// last sync is [`Spool::sync_every`] old, then rotates and trims.
+    /// Writes numbered lines (`end`: the number after the last), synced to the disk with what
+    /// else waits when the oldest unacknowledged write is [`Spool::sync_every`] old, then
+    /// rotates and trims.
     fn write(&mut self, buf: &[u8], end: u64) -> io::Result<()> {
         #[cfg(test)]
         if self.fail_writes > 0 {
@@ -497,8 +505,12 @@ impl Spool {
         self.active.write_all(buf)?;
         let seg = self.active_seg().first;
         self.unsynced.push_back((end, std::time::Instant::now(), seg));
-        if self.sync_is_due() {
-            self.sync()?;
+        if self.sync_is_due()
+            && let Err(e) = self.sync()
+        {
+            // This write is cut off (`repair`), and listed again when it is written again.
+            self.unsynced.pop_back();
+            return Err(e);
         }
         // Written from here: what follows may fail without the records being taken for
         // unwritten (they would be written twice).
@@ -531,7 +543,15 @@ impl Spool {
     /// Closes the active segment and starts a new one at `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
         let path = seg_path(&self.dir, first);
-        self.active = OpenOptions::new().create(true).append(true).open(&path)?;
+        let old = std::mem::replace(
+            &mut self.active,
+            OpenOptions::new().create(true).append(true).open(&path)?,
+        );
+        // Writes of the closed segment waiting to be synced keep its descriptor.
+        let closed = self.active_seg().first;
+        if self.unsynced.back().is_some_and(|(_, _, seg)| *seg == closed) {
+            self.closing.push((closed, old));
+        }
         self.segments.push_back(Segment { first, end: first, bytes: 0, path });
         Ok(())
     }

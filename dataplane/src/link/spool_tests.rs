@@ -230,28 +230,43 @@ fn unacknowledged_writes_are_synced_as_a_group_commit() {
     s.append(&recs(1)).unwrap();
     assert_eq!(s.syncs(), 4);
     // Writes control acknowledged are never synced: they are control's to keep.
-    s.set_sync_every(ms(5));
+    s.set_sync_every(std::time::Duration::from_secs(3600));
     s.append(&recs(2)).unwrap();
     s.ack(s.next_seq() - 1).unwrap();
+    s.set_sync_every(ms(5));
     std::thread::sleep(ms(10));
     assert!(!s.sync_due().unwrap());
     assert_eq!((s.syncs(), s.depth()), (4, 0));
-    // Acknowledged in part: the rest is synced, a closed segment through its path.
+    // Acknowledged in part: the rest is synced, a closed segment through the descriptor
+    // kept for it.
+    s.set_sync_every(std::time::Duration::from_secs(3600));
     s.append(&recs(2)).unwrap();
     let first = s.next_seq() - 2;
     s.rotate(s.next_seq()).unwrap();
-    s.append(&recs(1)).unwrap();
+    assert_eq!(s.closing.len(), 1);
     s.ack(first).unwrap();
-    assert_eq!(s.unsynced.len(), 2);
+    s.set_sync_every(ms(5));
     std::thread::sleep(ms(10));
     assert!(s.sync_due().unwrap());
-    assert_eq!((s.syncs(), s.unsynced.len()), (5, 0));
+    assert_eq!((s.syncs(), s.unsynced.len(), s.closing.len()), (5, 0, 0));
+    // A closed segment acknowledged whole needs no sync, and its descriptor goes.
+    s.set_sync_every(std::time::Duration::from_secs(3600));
+    s.append(&recs(1)).unwrap();
+    s.rotate(s.next_seq()).unwrap();
+    s.ack(s.next_seq() - 1).unwrap();
+    assert!(!s.sync_due().unwrap());
+    assert_eq!((s.syncs(), s.closing.len()), (5, 0));
+    // Many writes waiting: synced at the bound, whatever the interval.
+    for _ in 0..MAX_UNSYNCED {
+        s.append(&recs(1)).unwrap();
+    }
+    assert_eq!((s.syncs(), s.unsynced.len()), (6, 0));
     // At shutdown, what waits is synced.
     s.set_sync_every(std::time::Duration::from_secs(3600));
     s.append(&recs(1)).unwrap();
     s.sync_now().unwrap();
-    assert_eq!((s.syncs(), s.unsynced.len()), (6, 0));
+    assert_eq!((s.syncs(), s.unsynced.len()), (7, 0));
     s.sync_now().unwrap();
-    assert_eq!(s.syncs(), 6, "nothing waits");
+    assert_eq!(s.syncs(), 7, "nothing waits");
     std::fs::remove_dir_all(&d).unwrap();
 }

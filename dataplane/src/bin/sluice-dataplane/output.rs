@@ -173,9 +173,9 @@ impl Output {
         }
     }
 
-    /// Syncs the spool's last writes to the disk when they are due (called on the clock's
-    /// tick: the writes themselves sync only when the last sync is old enough), or now
-    /// (`at_exit`).
+    /// Syncs the spool's writes control has not acknowledged when they are due (called on
+    /// the clock's tick: the writes themselves sync only when the oldest such write is old
+    /// enough), or now (`at_exit`).
     pub fn sync_spool(&self, at_exit: bool) {
         let Some((spool, _)) = &self.link else { return };
         let mut s = spool.lock().unwrap_or_else(PoisonError::into_inner);
