@@ -3,11 +3,12 @@
 //! `flows.db`, readable by root only). The `recordings` row names its bytes (segment, offset,
 //! length). Sealed bytes are written once, not through SQLite's journal and then again into
 //! its pages. They are in the file before the rows that name them commit (a crash of control
-//! loses none), and synced to the disk as a group commit, at most [`SYNC_EVERY`] apart, as the
-//! store's own commits are (SQLite's WAL with `synchronous = NORMAL`): after a power loss a
-//! row of that last interval may name bytes that did not reach the disk, and reading it says
-//! so. Retention deletes whole files no row names any more. Bytes of a batch that did not commit are left unnamed in their
-//! file: never read, gone with it. This module owns files and nothing else.
+//! loses none), and synced to the disk as a group commit, at most [`SYNC_EVERY`] apart (the
+//! store's own commits, SQLite's WAL with `synchronous = NORMAL`, are synced at checkpoints):
+//! after a power loss a row of the last moments may name bytes that did not reach the disk,
+//! and reading it says so (ARCHITECTURE.md, "Records and the link", durability). Retention
+//! deletes whole files no row names any more. Bytes of a batch that did not commit are left
+//! unnamed in their file: never read, gone with it. This module owns files and nothing else.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -251,8 +251,8 @@ impl FlowStore {
                 fresh.push(n == 1);
             }
         }
-        // Recordings' bytes are in their files before the rows naming them are stored (and
-        // reach the disk as a group commit, as these rows do).
+        // Recordings' bytes are in their files before the rows naming them are stored (they
+        // reach the disk as a group commit: `sealed_files`).
         if let Some(f) = self.sealed.as_mut() {
             f.write()?;
         }

@@ -283,7 +283,11 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
 /// each a JSON object as text with a `seq` member, as the data plane spools them. They go as
 /// they are, each behind its 4-byte big-endian length, never parsed and written again;
 /// [`Decoder::up_message`] gives them back as [`UpMessage::Records`].
-pub fn encode_records<S: AsRef<str>>(records: &[S], out: &mut Vec<u8>) -> Result<(), LinkError> {
+pub fn encode_records<I>(records: I, out: &mut Vec<u8>) -> Result<(), LinkError>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(RECORDS_TAG);
@@ -314,13 +318,9 @@ impl Records {
         let malformed = |why: &str| LinkError::Malformed(format!("records frame: {why}"));
         let (mut text, mut spans, mut at) = (String::with_capacity(body.len()), Vec::new(), 0);
         while at < body.len() {
-            let len = body
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(|b: [u8; 4]| u32::from_be_bytes(b) as usize)
-                .ok_or_else(|| malformed("a cut length"))?;
+            let (len, rest) = prefixed(&body[at..]).ok_or_else(|| malformed("a cut length"))?;
             let start = at + 4;
-            let r = body.get(start..start + len).ok_or_else(|| malformed("a cut record"))?;
+            let r = rest.get(..len).ok_or_else(|| malformed("a cut record"))?;
             if r.len() < 2 || r[0] != b'{' || r[len - 1] != b'}' {
                 return Err(malformed("a record is not a JSON object"));
             }
@@ -341,7 +341,7 @@ impl Records {
         self.spans.len()
     }
 
-    /// None.
+    /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
@@ -408,14 +408,19 @@ impl Decoder {
 
     /// The body of the next whole frame, if it is all here.
     fn frame(&self) -> Result<Option<&[u8]>, LinkError> {
-        let rest = &self.buf[self.pos..];
-        let Some(head) = rest.first_chunk::<4>() else { return Ok(None) };
-        let len = u32::from_be_bytes(*head) as usize;
+        let Some((len, rest)) = prefixed(&self.buf[self.pos..]) else { return Ok(None) };
         if len > MAX_FRAME {
             return Err(LinkError::TooLarge(len));
         }
-        Ok(rest.get(4..4 + len))
+        Ok(rest.get(..len))
     }
+}
+
+/// A 4-byte big-endian length and the bytes after it (frames, and records in a records
+/// frame), `None` when the length is cut.
+fn prefixed(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let (head, rest) = bytes.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*head) as usize, rest))
 }
 
 /// A message from a data plane as [`Decoder::up_message`] reads it.
@@ -522,7 +527,7 @@ mod tests {
         assert!(matches!(d.up_message(), Err(LinkError::Malformed(_))));
         // No records: an empty batch.
         let mut wire = Vec::new();
-        encode_records::<&str>(&[], &mut wire).unwrap();
+        encode_records(std::iter::empty::<&str>(), &mut wire).unwrap();
         let mut d = Decoder::new();
         d.push(&wire);
         assert_eq!(d.up_message().unwrap(), Some(UpMessage::Records(Records::default())));

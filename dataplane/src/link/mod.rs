@@ -391,10 +391,10 @@ fn serve(
         if let Some(&(last, _)) = batch.last() {
             // Spooled lines go as they are (JSON: written by this process, or checked as the
             // spool read them back), never parsed into values and written again.
-            let records: Vec<&str> = batch.iter().map(|(_, line)| line.as_str()).collect();
             let mut buf =
-                Vec::with_capacity(records.iter().map(|r| r.len() + 4).sum::<usize>() + 8);
-            encode_records(&records, &mut buf).map_err(std::io::Error::other)?;
+                Vec::with_capacity(batch.iter().map(|(_, l)| l.len() + 4).sum::<usize>() + 5);
+            encode_records(batch.iter().map(|(_, line)| line), &mut buf)
+                .map_err(std::io::Error::other)?;
             stream.write_all(&buf)?;
             sent = Some(last);
         }

@@ -399,8 +399,8 @@ impl Spool {
     }
 
     /// Numbers `records` (JSON objects as text; `seq` is put in front of their members),
-    /// writes them (synced as a group commit) after any records still waiting in memory, and returns the first
-    /// number written. When the write fails the records wait in memory (bounded, counted)
+    /// writes them (synced as a group commit) after any records still waiting in memory, and
+    /// returns the first number written. When the write fails the records wait in memory (bounded, counted)
     /// and the error is returned: nothing is lost silently.
     pub fn append<S: AsRef<str>>(&mut self, records: &[S]) -> io::Result<u64> {
         if records.iter().any(|r| !r.as_ref().starts_with('{')) {
