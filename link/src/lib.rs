@@ -280,19 +280,20 @@ fn finish_frame(out: &mut Vec<u8>, start: usize) -> Result<(), LinkError> {
 }
 
 /// Appends a records frame: records (flow, request, recording, stats…) in sequence order,
-/// each a JSON object as text with a `seq` member, as the data plane spools them. They go as
-/// they are, each behind its 4-byte big-endian length, never parsed and written again;
-/// [`Decoder::up_message`] gives them back as [`UpMessage::Records`].
+/// each a JSON object as UTF-8 text with a `seq` member, as the data plane spools them. They
+/// go as they are, each behind its 4-byte big-endian length, never parsed and written again;
+/// [`Decoder::up_message`] gives them back as [`UpMessage::Records`] (and refuses a frame
+/// whose records are not UTF-8 objects).
 pub fn encode_records<I>(records: I, out: &mut Vec<u8>) -> Result<(), LinkError>
 where
     I: IntoIterator,
-    I::Item: AsRef<str>,
+    I::Item: AsRef<[u8]>,
 {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.push(RECORDS_TAG);
     for r in records {
-        let r = r.as_ref().as_bytes();
+        let r = r.as_ref();
         let Ok(len) = u32::try_from(r.len()) else {
             out.truncate(start);
             return Err(LinkError::TooLarge(r.len()));

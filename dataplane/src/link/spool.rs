@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use serde_json::Value;
 
 /// Size at which the active segment is closed and a new one begun.
@@ -78,7 +79,9 @@ pub struct Spool {
     /// The newest lines written, oldest first with consecutive numbers, up to `recent_max`
     /// bytes: the link reads them from here, not back from the file, and they need no check
     /// (this process wrote them). Older lines, and all of a previous run's, come from disk.
-    recent: VecDeque<(u64, String)>,
+    /// Each is a view into the buffer its batch was written from: numbered once, never
+    /// copied again on its way to the link.
+    recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
     recent_max: usize,
     /// Free bytes of the disk as tests set them.
@@ -165,21 +168,28 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
     Ok((end, good))
 }
 
-/// `records` as spooled lines numbered from `first` (`seq` put in front of their members),
-/// each without its newline.
-fn numbered<'r>(records: impl Iterator<Item = &'r str>, first: u64) -> Vec<(u64, String)> {
-    let mut lines = Vec::new();
+/// `records` as the spool file holds them, numbered from `first` (`seq` put in front of
+/// their members, a newline after each), in one buffer, with where each line is in it
+/// (without its newline).
+fn numbered<'r>(
+    records: impl Iterator<Item = &'r str> + Clone,
+    first: u64,
+) -> (Vec<u8>, Vec<(u64, std::ops::Range<usize>)>) {
+    let size = records.clone().map(|r| r.len() + 30).sum();
+    let (mut buf, mut lines) = (Vec::with_capacity(size), Vec::new());
     for (seq, r) in (first..).zip(records) {
         let members = r.strip_prefix('{').unwrap_or(r);
-        let sep = if members.starts_with('}') { "" } else { "," };
-        let mut line = String::with_capacity(members.len() + 30);
-        line.push_str("{\"seq\":");
-        line.push_str(itoa(seq, &mut [0u8; 20]));
-        line.push_str(sep);
-        line.push_str(members);
-        lines.push((seq, line));
+        let start = buf.len();
+        buf.extend_from_slice(b"{\"seq\":");
+        buf.extend_from_slice(itoa(seq, &mut [0u8; 20]).as_bytes());
+        if !members.starts_with('}') {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(members.as_bytes());
+        lines.push((seq, start..buf.len()));
+        buf.push(b'\n');
     }
-    lines
+    (buf, lines)
 }
 
 /// `n` in decimal, written into `buf`.
@@ -194,16 +204,6 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
         }
     }
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
-}
-
-/// Lines as the spool file holds them: each followed by a newline.
-fn joined(lines: &[(u64, String)]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
-    for (_, l) in lines {
-        buf.extend_from_slice(l.as_bytes());
-        buf.push(b'\n');
-    }
-    buf
 }
 
 impl Spool {
@@ -419,14 +419,14 @@ impl Spool {
             return Ok(first);
         }
         let all = self.pending.iter().map(String::as_str);
-        let lines = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
+        let (buf, lines) = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
         let end = first + lines.len() as u64;
-        let written = self.repair().and_then(|()| self.write(&joined(&lines), end));
+        let written = self.repair().and_then(|()| self.write(&buf, end));
         match written {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_bytes = 0;
-                self.remember(lines);
+                self.remember(&Bytes::from(buf), lines);
                 Ok(first)
             }
             Err(e) => {
@@ -444,8 +444,9 @@ impl Spool {
     }
 
     /// Keeps lines just written for the link, the oldest going past [`Spool::recent_max`].
-    fn remember(&mut self, lines: Vec<(u64, String)>) {
-        for (seq, line) in lines {
+    fn remember(&mut self, buf: &Bytes, lines: Vec<(u64, std::ops::Range<usize>)>) {
+        for (seq, at) in lines {
+            let line = buf.slice(at);
             if self.recent.back().is_some_and(|(last, _)| *last + 1 != seq) {
                 // Numbering jumped (skip_to): what is kept must be consecutive.
                 self.recent.clear();
@@ -593,10 +594,10 @@ impl Spool {
     }
 
     /// Up to `max` records with a sequence number above `after`, in order (as JSON text
-    /// lines), of those still spooled (not acknowledged, not dropped). The newest come from
-    /// memory; older ones from the files, where a line that is not JSON (damaged on disk) is
-    /// skipped and said.
-    pub fn read_after(&mut self, after: u64, max: usize) -> io::Result<Vec<(u64, String)>> {
+    /// lines, each UTF-8 and one JSON object), of those still spooled (not acknowledged, not
+    /// dropped). The newest come from memory, shared, not copied; older ones from the files,
+    /// where a line that is not JSON (damaged on disk) is skipped and said.
+    pub fn read_after(&mut self, after: u64, max: usize) -> io::Result<Vec<(u64, Bytes)>> {
         let from = after.max(self.acked) + 1;
         if let Some(&(oldest, _)) = self.recent.front()
             && oldest <= from
@@ -633,7 +634,7 @@ impl Spool {
                 if seq > after && seq > self.acked {
                     self.cursor = Some((seq, s.first, pos));
                     match text {
-                        Some(text) => out.push((seq, text)),
+                        Some(text) => out.push((seq, Bytes::from(text))),
                         None => tracing::warn!(seq, "spool: a damaged record is skipped"),
                     }
                     if out.len() >= max {

@@ -51,7 +51,7 @@ fn reads_continue(name: &str, recent_max: usize) {
     s.recent_max = recent_max;
     s.append(&recs(10)).unwrap();
     assert_eq!(s.recent.len(), if recent_max > 0 { 10 } else { 0 });
-    let seqs = |v: Vec<(u64, String)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
+    let seqs = |v: Vec<(u64, Bytes)>| v.into_iter().map(|r| r.0).collect::<Vec<_>>();
     assert_eq!(seqs(s.read_after(0, 3).unwrap()), vec![1, 2, 3]);
     assert_eq!(seqs(s.read_after(3, 3).unwrap()), vec![4, 5, 6], "resumed at the cursor");
     assert_eq!(
@@ -62,6 +62,7 @@ fn reads_continue(name: &str, recent_max: usize) {
     s.append(&recs(1)).unwrap();
     assert_eq!(seqs(s.read_after(10, 100).unwrap()), vec![11]);
     let line = &s.read_after(10, 1).unwrap()[0].1;
+    let line = std::str::from_utf8(line).unwrap();
     assert!(line.starts_with("{\"seq\":11,\"type\":\"flow\"") && !line.ends_with('\n'), "{line}");
     s.ack(4).unwrap();
     assert_eq!(seqs(s.read_after(0, 2).unwrap()), vec![5, 6], "acknowledged ones are gone");
@@ -169,7 +170,7 @@ fn a_full_disk_holds_records_in_memory_and_loses_none() {
     assert_eq!(s.pending(), 0);
     let got = s.read_after(0, 100).unwrap();
     assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
-    assert!(got.iter().all(|(_, l)| serde_json::from_str::<Value>(l).is_ok()), "no torn line");
+    assert!(got.iter().all(|(_, l)| serde_json::from_slice::<Value>(l).is_ok()), "no torn line");
     drop(s);
     // Read back after a restart: the same seven, whole.
     let mut s = Spool::open(&d, 1 << 30).unwrap();
