@@ -425,10 +425,12 @@ async fn serve_up(
         match msg {
             UpMessage::Records(records) => {
                 let (st, n) = (state.clone(), name.to_owned());
-                let batch = tokio::task::spawn_blocking(move || store_batch(&st, &n, &records))
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .map_err(std::io::Error::other)?;
+                let (batch, records) =
+                    tokio::task::spawn_blocking(move || (store_batch(&st, &n, &records), records))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                dec.recycle(records);
+                let batch = batch.map_err(std::io::Error::other)?;
                 let Some(upto) = batch.upto else { continue };
                 links.update(name, |s| {
                     s.records_received += batch.received as u64;

@@ -315,9 +315,14 @@ pub struct Records {
 
 impl Records {
     /// Reads a records frame's body after its tag: length-prefixed records up to its end.
-    fn read(body: &[u8]) -> Result<Records, LinkError> {
+    /// `spare` is an earlier frame's, whose memory is reused.
+    fn read(body: &[u8], spare: Records) -> Result<Records, LinkError> {
         let malformed = |why: &str| LinkError::Malformed(format!("records frame: {why}"));
-        let (mut text, mut spans, mut at) = (String::with_capacity(body.len()), Vec::new(), 0);
+        let Records { mut text, mut spans } = spare;
+        text.clear();
+        spans.clear();
+        text.reserve(body.len());
+        let mut at = 0;
         while at < body.len() {
             let (len, rest) = prefixed(&body[at..]).ok_or_else(|| malformed("a cut length"))?;
             let start = at + 4;
@@ -359,6 +364,8 @@ impl Records {
 pub struct Decoder {
     buf: Vec<u8>,
     pos: usize,
+    /// A records frame given back ([`Decoder::recycle`]): the next one is read into its memory.
+    spare: Records,
 }
 
 impl Decoder {
@@ -379,6 +386,15 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Gives back a records frame the receiver is done with: the next is read into its memory
+    /// (a frame can be megabytes; memory allocated afresh for each is also faulted in afresh).
+    /// One is kept, and only up to the size of a usual frame.
+    pub fn recycle(&mut self, records: Records) {
+        if records.text.capacity() <= 4 << 20 {
+            self.spare = records;
+        }
+    }
+
     /// Bytes received but not yet returned as a message.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
@@ -396,9 +412,12 @@ impl Decoder {
     /// ([`UpMessage::Records`]; the receiver reads what it needs of each and stores the text),
     /// any other message whole.
     pub fn up_message(&mut self) -> Result<Option<UpMessage>, LinkError> {
-        let Some(body) = self.frame()? else { return Ok(None) };
+        let Some(body) = frame_in(&self.buf[self.pos..])? else { return Ok(None) };
+        let spare = &mut self.spare;
         let msg = match body.split_first() {
-            Some((&RECORDS_TAG, records)) => UpMessage::Records(Records::read(records)?),
+            Some((&RECORDS_TAG, records)) => {
+                UpMessage::Records(Records::read(records, std::mem::take(spare))?)
+            }
             _ => UpMessage::Other(
                 serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?,
             ),
@@ -409,12 +428,17 @@ impl Decoder {
 
     /// The body of the next whole frame, if it is all here.
     fn frame(&self) -> Result<Option<&[u8]>, LinkError> {
-        let Some((len, rest)) = prefixed(&self.buf[self.pos..]) else { return Ok(None) };
-        if len > MAX_FRAME {
-            return Err(LinkError::TooLarge(len));
-        }
-        Ok(rest.get(..len))
+        frame_in(&self.buf[self.pos..])
     }
+}
+
+/// The body of the first frame in `buf`, if it is all there.
+fn frame_in(buf: &[u8]) -> Result<Option<&[u8]>, LinkError> {
+    let Some((len, rest)) = prefixed(buf) else { return Ok(None) };
+    if len > MAX_FRAME {
+        return Err(LinkError::TooLarge(len));
+    }
+    Ok(rest.get(..len))
 }
 
 /// A 4-byte big-endian length and the bytes after it (frames, and records in a records
@@ -498,6 +522,13 @@ mod tests {
             assert_eq!(d.up_message().unwrap(), Some(UpMessage::Other(want)));
         }
         assert_eq!(d.pending(), 0);
+        // A frame given back lends its memory to the next, and nothing of itself.
+        d.recycle(r);
+        let mut wire = Vec::new();
+        encode_records([r#"{"seq":10}"#], &mut wire).unwrap();
+        d.push(&wire);
+        let Some(UpMessage::Records(r)) = d.up_message().unwrap() else { panic!("records") };
+        assert_eq!(r.iter().collect::<Vec<_>>(), [r#"{"seq":10}"#]);
         // Broken frames are errors, as with `message`.
         let mut d = Decoder::new();
         d.push(b"\0\0\0\x0b{\"type\":\"rec");

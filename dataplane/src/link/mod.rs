@@ -277,6 +277,9 @@ fn serve(
     // Highest sequence number sent on this connection; `None` until control's welcome.
     let mut sent: Option<u64> = None;
     let mut acked = 0u64;
+    // The records frame is built here, batch after batch: its memory is reused, not allocated
+    // (and faulted in) afresh for each.
+    let mut frame = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -391,11 +394,14 @@ fn serve(
         if let Some(&(last, _)) = batch.last() {
             // Spooled lines go as they are (JSON: written by this process, or checked as the
             // spool read them back), never parsed into values and written again.
-            let mut buf =
-                Vec::with_capacity(batch.iter().map(|(_, l)| l.len() + 4).sum::<usize>() + 5);
-            encode_records(batch.iter().map(|(_, line)| line), &mut buf)
+            frame.clear();
+            encode_records(batch.iter().map(|(_, line)| line), &mut frame)
                 .map_err(std::io::Error::other)?;
-            stream.write_all(&buf)?;
+            stream.write_all(&frame)?;
+            // A replay's large frames are not kept (a keeping-pace frame is far smaller).
+            if frame.capacity() > 4 << 20 {
+                frame = Vec::new();
+            }
             sent = Some(last);
         }
     }

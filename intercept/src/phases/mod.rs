@@ -607,10 +607,13 @@ fn chatgpt_host(host: &str) -> bool {
 
 /// The fingerprint of an API key: `sha256:` and the first 12 hex digits of its SHA-256.
 pub fn key_fingerprint(key: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(key.as_bytes());
-    let mut s = String::from("sha256:");
+    let mut s = String::with_capacity(19);
+    s.push_str("sha256:");
     for b in &d[..6] {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }
