@@ -388,9 +388,9 @@ impl Decoder {
 
     /// Gives back a records frame the receiver is done with: the next is read into its memory
     /// (a frame can be megabytes; memory allocated afresh for each is also faulted in afresh).
-    /// One is kept, and only up to the size of a usual frame.
+    /// One is kept, and only up to half the frame limit.
     pub fn recycle(&mut self, records: Records) {
-        if records.text.capacity() <= 4 << 20 {
+        if records.text.capacity() <= MAX_FRAME / 2 {
             self.spare = records;
         }
     }

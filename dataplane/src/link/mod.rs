@@ -204,6 +204,9 @@ pub fn run(
     connected: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
+    if let Err(e) = crate::sched::background() {
+        warn!("the link thread stays in the normal scheduling class: {e}");
+    }
     let mut backoff = Duration::from_millis(100);
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
@@ -278,7 +281,7 @@ fn serve(
     let mut sent: Option<u64> = None;
     let mut acked = 0u64;
     // The records frame is built here, batch after batch: its memory is reused, not allocated
-    // (and faulted in) afresh for each.
+    // (and faulted in, as huge pages) afresh for each.
     let mut frame = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match stream.read(&mut buf) {
@@ -395,11 +398,12 @@ fn serve(
             // Spooled lines go as they are (JSON: written by this process, or checked as the
             // spool read them back), never parsed into values and written again.
             frame.clear();
+            frame.reserve(batch.iter().map(|(_, l)| l.len() + 4).sum::<usize>() + 5);
             encode_records(batch.iter().map(|(_, line)| line), &mut frame)
                 .map_err(std::io::Error::other)?;
             stream.write_all(&frame)?;
-            // A replay's large frames are not kept (a keeping-pace frame is far smaller).
-            if frame.capacity() > 4 << 20 {
+            // Kept up to the bound of a batch (only a single larger line goes past it).
+            if frame.capacity() > BATCH_BYTES + (1 << 20) {
                 frame = Vec::new();
             }
             sent = Some(last);

@@ -302,6 +302,11 @@ fn main() -> Result<()> {
     // This loop is watched too; the watchdog's own thread checks every thread and beats.
     watchdog::this_thread(wd.watch("main", std::time::Instant::now()));
     failover::spawn_watch(wd, bypass.clone(), stop.clone())?;
+    // Every thread is spawned: the record writer's loop yields to the traffic's threads (a new
+    // thread would inherit this).
+    if let Err(e) = sluice_dataplane::sched::background() {
+        warn!("the record writer stays in the normal scheduling class: {e}");
+    }
     watchdog::notify("READY=1");
     let mut next_tick = Instant::now() + TICK;
     // When the engine next needs the clock, as it said at the last write (every write locks
