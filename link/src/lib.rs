@@ -47,6 +47,9 @@ pub const MAX_RECORDS: usize = 100_000;
 /// records). A longer length prefix is an error, not an allocation.
 pub const MAX_FRAME: usize = 64 << 20;
 
+/// Largest records frame whose memory a [`Decoder`] keeps for the next ([`Decoder::recycle`]).
+pub const KEPT_FRAME: usize = 17 << 20;
+
 /// Messages from the data plane to control.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -321,7 +324,7 @@ impl Records {
         let Records { mut text, mut spans } = spare;
         text.clear();
         spans.clear();
-        text.reserve(body.len());
+        text.reserve_exact(body.len());
         let mut at = 0;
         while at < body.len() {
             let (len, rest) = prefixed(&body[at..]).ok_or_else(|| malformed("a cut length"))?;
@@ -388,9 +391,10 @@ impl Decoder {
 
     /// Gives back a records frame the receiver is done with: the next is read into its memory
     /// (a frame can be megabytes; memory allocated afresh for each is also faulted in afresh).
-    /// One is kept, and only up to half the frame limit.
+    /// One is kept, up to [`KEPT_FRAME`] (a data plane's batches stay under it; a larger
+    /// frame's memory goes).
     pub fn recycle(&mut self, records: Records) {
-        if records.text.capacity() <= MAX_FRAME / 2 {
+        if records.text.capacity() <= KEPT_FRAME {
             self.spare = records;
         }
     }

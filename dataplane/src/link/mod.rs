@@ -398,12 +398,12 @@ fn serve(
             // Spooled lines go as they are (JSON: written by this process, or checked as the
             // spool read them back), never parsed into values and written again.
             frame.clear();
-            frame.reserve(batch.iter().map(|(_, l)| l.len() + 4).sum::<usize>() + 5);
+            frame.reserve_exact(batch.iter().map(|(_, l)| l.len() + 4).sum::<usize>() + 5);
             encode_records(batch.iter().map(|(_, line)| line), &mut frame)
                 .map_err(std::io::Error::other)?;
             stream.write_all(&frame)?;
             // Kept up to the bound of a batch (only a single larger line goes past it).
-            if frame.capacity() > BATCH_BYTES + (1 << 20) {
+            if frame.capacity() > sluice_link::KEPT_FRAME {
                 frame = Vec::new();
             }
             sent = Some(last);

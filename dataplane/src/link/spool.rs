@@ -80,7 +80,7 @@ pub struct Spool {
     /// bytes: the link reads them from here, not back from the file, and they need no check
     /// (this process wrote them). Older lines, and all of a previous run's, come from disk.
     /// Each is a view into the buffer its batch was written from: numbered once, never
-    /// copied again on its way to the link.
+    /// copied again on its way to the link (see [`Spool::remember`] for the memory held).
     recent: VecDeque<(u64, Bytes)>,
     recent_bytes: usize,
     recent_max: usize,
@@ -426,7 +426,7 @@ impl Spool {
             Ok(()) => {
                 self.pending.clear();
                 self.pending_bytes = 0;
-                self.remember(&Bytes::from(buf), lines);
+                self.remember(buf, lines);
                 Ok(first)
             }
             Err(e) => {
@@ -444,9 +444,25 @@ impl Spool {
     }
 
     /// Keeps lines just written for the link, the oldest going past [`Spool::recent_max`].
-    fn remember(&mut self, buf: &Bytes, lines: Vec<(u64, std::ops::Range<usize>)>) {
-        for (seq, at) in lines {
-            let line = buf.slice(at);
+    /// A line kept holds its whole batch's buffer: a batch past the bound (a full disk's
+    /// backlog written at once) keeps only its newest lines, and when those are under half
+    /// of their buffer they are copied out of it, so the memory held stays within about twice
+    /// the bound.
+    fn remember(&mut self, buf: Vec<u8>, lines: Vec<(u64, std::ops::Range<usize>)>) {
+        let (mut total, mut skip) = (lines.iter().map(|(_, at)| at.len()).sum::<usize>(), 0);
+        while total > self.recent_max && skip < lines.len() {
+            total -= lines[skip].1.len();
+            skip += 1;
+        }
+        let lines = &lines[skip..];
+        let (buf, base) = match (lines.first(), lines.last()) {
+            (Some((_, a)), Some((_, b))) if (b.end - a.start) * 2 < buf.len() => {
+                (Bytes::copy_from_slice(&buf[a.start..b.end]), a.start)
+            }
+            _ => (Bytes::from(buf), 0),
+        };
+        for (seq, at) in lines.iter().cloned() {
+            let line = buf.slice(at.start - base..at.end - base);
             if self.recent.back().is_some_and(|(last, _)| *last + 1 != seq) {
                 // Numbering jumped (skip_to): what is kept must be consecutive.
                 self.recent.clear();

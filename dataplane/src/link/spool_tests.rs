@@ -82,6 +82,16 @@ fn memory_keeps_the_newest_lines_within_its_bound() {
     assert_eq!(all, (1..=30).collect::<Vec<_>>());
     let tail: Vec<u64> = s.read_after(28, 100).unwrap().into_iter().map(|r| r.0).collect();
     assert_eq!(tail, vec![29, 30]);
+    // The batch was larger than the bound: its kept lines were copied out of its buffer, and
+    // read as the file has them.
+    let disk =
+        std::fs::read_to_string(std::fs::read_dir(&d).unwrap().next().unwrap().unwrap().path())
+            .unwrap();
+    for (seq, line) in s.read_after(20, 100).unwrap() {
+        let line = std::str::from_utf8(&line).unwrap();
+        assert!(line.starts_with(&format!("{{\"seq\":{seq},")), "{line}");
+        assert!(disk.lines().any(|l| l == line), "{line}");
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 
