@@ -246,7 +246,7 @@ bridge() {
   # The stopped data plane leaves its failure program on the ports (ARCHITECTURE.md, "Failure":
   # under the lab's --on-failure closed it drops every frame once the beat is stale); the
   # references run over a plain bridge, so it goes (the next start installs it again).
-  for port in inside outside; do appl tc qdisc del dev $port clsact 2>/dev/null || true; done
+  for port in inside outside; do appl tc qdisc del dev "$port" clsact 2>/dev/null || true; done
   appl ip link add br0 type bridge
   appl ip link set inside master br0
   appl ip link set outside master br0

@@ -406,7 +406,7 @@ impl Decoder {
 
     /// The next whole message, `Ok(None)` if more bytes are needed.
     pub fn message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, LinkError> {
-        let Some(body) = self.frame()? else { return Ok(None) };
+        let Some(body) = frame_in(&self.buf[self.pos..])? else { return Ok(None) };
         let msg = serde_json::from_slice(body).map_err(|e| LinkError::Malformed(e.to_string()))?;
         self.pos += 4 + body.len();
         Ok(Some(msg))
@@ -428,11 +428,6 @@ impl Decoder {
         };
         self.pos += 4 + body.len();
         Ok(Some(msg))
-    }
-
-    /// The body of the next whole frame, if it is all here.
-    fn frame(&self) -> Result<Option<&[u8]>, LinkError> {
-        frame_in(&self.buf[self.pos..])
     }
 }
 
