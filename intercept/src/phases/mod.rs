@@ -594,7 +594,7 @@ impl Session {
         }
         self.charge_quota(&ctx.rec);
         if let Some(r) = &self.recorder {
-            crate::recording::seal(r, &self.access.sealer, &mut ctx.rec);
+            crate::recording::hand_over(r, &self.access, &mut ctx.rec);
         }
         ctx.rec
     }

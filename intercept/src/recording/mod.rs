@@ -101,6 +101,16 @@ pub struct Capture {
     messages: Vec<(&'static str, String)>,
     message_bytes: usize,
     messages_cut: bool,
+    /// What seals it, once the exchange is over (phase 7 hands it over; [`seal_captured`]
+    /// uses it, off the interception thread).
+    sealing: Option<Sealing>,
+}
+
+/// The recorder and data keys a finished capture is sealed with.
+#[derive(Clone)]
+struct Sealing {
+    recorder: Recorder,
+    access: Arc<crate::access::Access>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -254,7 +264,33 @@ pub fn response_id(body: &[u8]) -> Option<String> {
     ok.then(|| id.to_owned())
 }
 
-/// Seals the capture of `rec` (phase 7): the record gets its note, `sealed` the ciphertext.
+/// Phase 7: the capture of `rec`, the exchange over, is to be sealed with `recorder`'s
+/// recipients and `access`'s data keys. Sealing (the plaintext's head, AES-GCM over every
+/// byte) is left to [`seal_captured`], which the record writer runs: the interception thread
+/// goes back to the traffic.
+pub(crate) fn hand_over(
+    recorder: &Recorder,
+    access: &Arc<crate::access::Access>,
+    rec: &mut RequestRecord,
+) {
+    if let Some(c) = rec.capture.as_mut() {
+        c.sealing = Some(Sealing { recorder: recorder.clone(), access: Arc::clone(access) });
+    }
+}
+
+/// Seals the capture a request record carries (phase 7 handed it over): the record gets its
+/// note, `sealed` the ciphertext, and the plaintext is dropped. Run by whoever writes request
+/// records, before [`recording_line`] and the request record's own line (which names the
+/// recording). A capture without its sealing is dropped unsealed.
+pub fn seal_captured(rec: &mut RequestRecord) {
+    let Some(s) = rec.capture.as_mut().and_then(|c| c.sealing.take()) else {
+        rec.capture = None;
+        return;
+    };
+    seal(&s.recorder, &s.access.sealer, rec);
+}
+
+/// Seals the capture of `rec`: the record gets its note, `sealed` the ciphertext.
 pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord) {
     let Some(c) = rec.capture.take() else { return };
     let id = crate::block::time_ordered_id("rec_", crate::record::now_ms());
@@ -435,5 +471,37 @@ mod tests {
         };
         seal(&r, &sealer, &mut again);
         assert_eq!(*again.sealed.unwrap().key, sealed.key);
+    }
+
+    #[test]
+    fn a_capture_handed_over_is_sealed_by_the_writer_and_one_without_sealing_is_dropped() {
+        let key = age::x25519::Identity::generate();
+        let r = Recorder::new(RecordMode::Request, &[key.to_public().to_string()]).unwrap();
+        let access = Arc::new(crate::access::Access::default());
+        let mut c = Capture::default();
+        c.request_body(b"the prompt", false);
+        let mut rec =
+            RequestRecord { capture: Some(Box::new(c.clone())), ..RequestRecord::default() };
+        hand_over(&r, &access, &mut rec);
+        assert!(rec.recording.is_none() && rec.sealed.is_none(), "not sealed at phase 7");
+        seal_captured(&mut rec);
+        assert!(rec.capture.is_none(), "the plaintext is dropped");
+        let id = rec.recording.clone().unwrap().id;
+        let line = recording_line(&rec).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let sealed: Sealed = serde_json::from_value(v["sealed"].clone()).unwrap();
+        let mine: Vec<Box<dyn age::Identity>> = vec![Box::new(key)];
+        let plain = read_plain(&open(&sealed, &id, &mine).unwrap()).unwrap();
+        assert_eq!(plain["request"]["body"]["text"], "the prompt");
+        // Sealed with the access state's data key, the one later recordings share.
+        let mut next =
+            RequestRecord { capture: Some(Box::new(c.clone())), ..RequestRecord::default() };
+        hand_over(&r, &access, &mut next);
+        seal_captured(&mut next);
+        assert_eq!(*next.sealed.unwrap().key, sealed.key);
+        // Never handed over: dropped, nothing recorded.
+        let mut stray = RequestRecord { capture: Some(Box::new(c)), ..RequestRecord::default() };
+        seal_captured(&mut stray);
+        assert!(stray.capture.is_none() && stray.recording.is_none() && stray.sealed.is_none());
     }
 }

@@ -77,7 +77,7 @@ impl Output {
             f(&mut eng);
             std::iter::from_fn(|| eng.poll_record()).collect::<Vec<_>>()
         };
-        let requests = self.requests.take();
+        let mut requests = self.requests.take();
         if records.is_empty() && requests.is_empty() && self.alarms.is_empty() {
             return;
         }
@@ -88,8 +88,10 @@ impl Output {
             let _ = writeln!(self.log, "{a}");
             lines.push((false, a));
         }
-        for r in &requests {
+        for r in &mut requests {
             self.emitted.request += 1;
+            // Recordings are sealed here, off the interception threads.
+            sluice_intercept::recording::seal_captured(r);
             // A sealed recording goes first, as a record of its own (never part of the
             // request record's JSON), toward control; the local flow log gets it only when
             // there is no control to keep it (it is large, and opens nowhere here).
