@@ -231,9 +231,11 @@ impl SealedFiles {
                     // segment and the next go through the page cache, the same bytes at the
                     // same offsets.
                     self.direct = false;
-                    a.direct = false;
-                    a.file = open_segment(&name(&self.dir, a.segment), false)?.0;
-                    a.file.write_all_at(a.buf.bytes(), a.at)
+                    open_segment(&name(&self.dir, a.segment), false).and_then(|(file, _)| {
+                        a.file = file;
+                        a.direct = false;
+                        a.file.write_all_at(a.buf.bytes(), a.at)
+                    })
                 }
                 other => other,
             }

@@ -14,7 +14,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// Where request records go. The binary owns it (it batches them into the flow log and the
-/// spool toward control); tests collect them in memory.
+/// spool toward control); tests collect them in memory. A record that carries a capture is
+/// to be sealed by the sink's writer with [`crate::recording::seal_captured`] before it is
+/// written (a sink that does not drops the recording).
 pub trait RecordSink: Send + Sync + 'static {
     /// Takes one finished request record.
     fn request(&self, record: RequestRecord);

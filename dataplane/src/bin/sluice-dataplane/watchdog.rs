@@ -104,11 +104,27 @@ pub fn beat() {
     }
 }
 
+thread_local! {
+    /// In [`contained`]: a panic here is one record's, caught there.
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (work on one record's attacker-supplied bytes, such as sealing a recording on the
+/// record writer's thread) so that a panic in it is that record's alone, as on an
+/// interception thread: reported, caught, `None`.
+pub fn contained<R>(f: impl FnOnce() -> R) -> Option<R> {
+    CONTAINED.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    CONTAINED.with(|c| c.set(false));
+    r
+}
+
 /// A panic ends the process with its message (after the default report), so that nothing
 /// runs on with a thread gone; except on an interception thread, where a panic is one
 /// connection's task's (tokio ends that task and its connection, the runtime goes on; a
-/// runtime that dies stops beating, and the watchdog ends the process then). One client that
-/// finds a panic cannot take the appliance down, nor switch inspection off through a bypass.
+/// runtime that dies stops beating, and the watchdog ends the process then), and within
+/// [`contained`]. One client that finds a panic cannot take the appliance down, nor switch
+/// inspection off through a bypass.
 pub fn exit_on_panic() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -116,6 +132,10 @@ pub fn exit_on_panic() {
         let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
         if thread.starts_with("intercept-") {
             error!(thread, "a connection's task panicked, its connection ends: {info}");
+            return;
+        }
+        if CONTAINED.with(std::cell::Cell::get) {
+            error!(thread, "work on one record panicked, that record goes without it: {info}");
             return;
         }
         error!(thread, "a thread panicked: exiting (status {EXIT_FAULT}): {info}");
@@ -158,6 +178,14 @@ fn notify_to(path: &str, state: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_within_contained_is_caught_and_the_mark_cleared() {
+        assert_eq!(contained(|| 5), Some(5));
+        assert!(!CONTAINED.with(std::cell::Cell::get));
+        assert_eq!(contained(|| -> u8 { panic!("one record's bytes") }), None);
+        assert!(!CONTAINED.with(std::cell::Cell::get), "cleared after a panic too");
+    }
 
     #[test]
     fn a_counter_that_stops_is_a_stall_and_one_that_moves_is_not() {
