@@ -25,7 +25,6 @@ pub mod port;
 pub mod reassembly;
 pub mod record;
 pub mod ring;
-pub mod sched;
 mod sock;
 pub use sock::Drops;
 pub mod tun;

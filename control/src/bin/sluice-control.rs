@@ -23,18 +23,6 @@ use sluice_control::{link, serve, syslog, tls, webhook};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Makes the calling thread, and the threads it spawns after, batch work (`SCHED_BATCH`):
-/// control is off the traffic's path and often shares the host with a data plane, whose packet
-/// and interception threads its wake-ups (a records batch, an API call) must not preempt. It
-/// keeps its fair share of the CPU (ARCHITECTURE.md, "Processes and crates").
-#[allow(unsafe_code)]
-fn background() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 names the calling thread; the call only reads `param`.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
 /// The Sluice control-plane daemon.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-control", version)]
@@ -98,8 +86,9 @@ fn main() -> Result<()> {
         webhook,
     ));
     seed_quotas(&state);
-    // Before any thread is spawned, so that all inherit it.
-    if let Err(e) = background() {
+    // Before any thread is spawned, so that all inherit it: control is off the traffic's path
+    // and often shares the host with a data plane.
+    if let Err(e) = sluice_sched::background() {
         tracing::warn!("control stays in the normal scheduling class: {e}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -222,22 +211,5 @@ async fn housekeeping(state: Arc<AppState>, retention: sluice_control::config::R
             tracing::info!(entries = n, "identity feed: expired entries removed");
             state.links.push_identities(&all);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    #[allow(unsafe_code)]
-    fn control_threads_are_batch_work_and_their_threads_inherit_it() {
-        // SAFETY: pid 0 names the calling thread; no memory is passed.
-        let policy = || unsafe { libc::sched_getscheduler(0) };
-        let (own, child) = std::thread::spawn(move || {
-            super::background().unwrap();
-            (policy(), std::thread::spawn(policy).join().unwrap())
-        })
-        .join()
-        .unwrap();
-        assert_eq!((own, child), (libc::SCHED_BATCH, libc::SCHED_BATCH));
     }
 }

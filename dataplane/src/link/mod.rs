@@ -204,7 +204,7 @@ pub fn run(
     connected: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
-    if let Err(e) = crate::sched::background() {
+    if let Err(e) = sluice_sched::background() {
         warn!("the link thread stays in the normal scheduling class: {e}");
     }
     let mut backoff = Duration::from_millis(100);

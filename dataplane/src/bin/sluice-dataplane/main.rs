@@ -304,7 +304,7 @@ fn main() -> Result<()> {
     failover::spawn_watch(wd, bypass.clone(), stop.clone())?;
     // Every thread is spawned: the record writer's loop yields to the traffic's threads (a new
     // thread would inherit this).
-    if let Err(e) = sluice_dataplane::sched::background() {
+    if let Err(e) = sluice_sched::background() {
         warn!("the record writer stays in the normal scheduling class: {e}");
     }
     watchdog::notify("READY=1");

@@ -92,13 +92,15 @@ impl Output {
             self.emitted.request += 1;
             // Recordings are sealed here, off the interception threads; a panic on one
             // recording's bytes loses that recording, not the process.
-            if crate::watchdog::contained(|| sluice_intercept::recording::seal_captured(r))
-                .is_none()
-            {
-                r.capture = None;
-                r.reason.get_or_insert_with(|| "recording not sealed: internal error".into());
+            if r.capture.is_some() {
+                if crate::watchdog::contained(|| sluice_intercept::recording::seal_captured(r))
+                    .is_none()
+                {
+                    r.capture = None;
+                    r.reason.get_or_insert_with(|| "recording not sealed: internal error".into());
+                }
+                crate::watchdog::beat();
             }
-            crate::watchdog::beat();
             // A sealed recording goes first, as a record of its own (never part of the
             // request record's JSON), toward control; the local flow log gets it only when
             // there is no control to keep it (it is large, and opens nowhere here).

@@ -1,7 +1,8 @@
-//! Scheduling of the threads off the traffic's path (ARCHITECTURE.md, "Processes and
-//! crates"): the record writer and the link thread run as `SCHED_BATCH`, so that their
-//! wake-ups do not preempt the packet and interception threads. They keep their fair share of
-//! the CPU; they only wait for the next scheduling point instead of taking it at once.
+//! Scheduling of the work off the traffic's path (ARCHITECTURE.md, "Processes and crates"):
+//! the data plane's record writer and link thread, and all of sluice-control, run as
+//! `SCHED_BATCH`, so that their wake-ups (a records batch, an API call) do not preempt the
+//! packet and interception threads. They keep their fair share of the CPU; they only wait for
+//! the next scheduling point instead of taking it at once.
 #![allow(unsafe_code)]
 
 /// Makes the calling thread (not the process: Linux schedules threads) batch work. New threads
@@ -28,5 +29,18 @@ mod tests {
         .unwrap();
         assert_eq!(inside, libc::SCHED_BATCH);
         assert_eq!(policy(), before, "the spawning thread keeps its policy");
+    }
+
+    #[test]
+    fn threads_spawned_after_inherit_it() {
+        // SAFETY: pid 0 names the calling thread; no memory is passed.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let (own, child) = std::thread::spawn(move || {
+            super::background().unwrap();
+            (policy(), std::thread::spawn(policy).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((own, child), (libc::SCHED_BATCH, libc::SCHED_BATCH));
     }
 }
