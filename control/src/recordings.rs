@@ -36,8 +36,15 @@ CREATE INDEX IF NOT EXISTS recordings_threads ON recordings (thread, ts_ms) WHER
 DROP INDEX IF EXISTS recordings_response;
 CREATE INDEX IF NOT EXISTS recordings_chain ON recordings (response)
     WHERE substr(response, 1, 5) = 'resp_';
-CREATE INDEX IF NOT EXISTS recordings_segment ON recordings (segment)
-    WHERE segment IS NOT NULL;
+";
+
+/// How many rows name each segment file (kept per ingest batch, not indexed per row: the
+/// files no row names any more are found by it at retention).
+const SEGMENTS: &str = "
+CREATE TABLE recording_segments (segment INTEGER PRIMARY KEY, rows INTEGER NOT NULL);
+INSERT INTO recording_segments
+    SELECT segment, COUNT(*) FROM recordings WHERE segment IS NOT NULL GROUP BY segment;
+DROP INDEX IF EXISTS recordings_segment;
 ";
 
 /// Creates the table, or brings one made by an earlier version up to date (the columns that
@@ -65,6 +72,16 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         }
     }
     conn.execute_batch(SCHEMA)?;
+    let counted: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'recording_segments'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !counted {
+        // The counts of an earlier version's rows (found by its index, then dropped), made
+        // in one transaction: a start stopped half way makes them again.
+        conn.execute_batch(&format!("BEGIN; {SEGMENTS} COMMIT;"))?;
+    }
     let by_seq = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_index_list('recordings') WHERE origin = 'u'",
         [],
@@ -129,6 +146,24 @@ fn thread_of_response(
         ))?
         .query_row([response], |x| x.get::<_, String>(0))
         .optional()?)
+}
+
+/// Adds `appended` (recordings per segment, just stored) to the segments' counts.
+pub(crate) fn count_segments(
+    tx: &Transaction<'_>,
+    appended: &[(u64, u64)],
+) -> Result<(), StoreError> {
+    let mut up = tx.prepare_cached(
+        "INSERT INTO recording_segments (segment, rows) VALUES (?1, ?2)
+         ON CONFLICT (segment) DO UPDATE SET rows = rows + excluded.rows",
+    )?;
+    for &(segment, n) in appended {
+        up.execute(params![
+            i64::try_from(segment).unwrap_or(i64::MAX),
+            i64::try_from(n).unwrap_or(i64::MAX)
+        ])?;
+    }
+    Ok(())
 }
 
 /// Stores one `recording` row (in the ingest's transaction), its sealed bytes appended to
@@ -321,10 +356,19 @@ impl FlowStore {
     /// Deletes recordings older than `older_than_ms`, and the files no row names any more;
     /// how many recordings.
     pub fn prune_recordings(&mut self, older_than_ms: u64) -> Result<u64, StoreError> {
-        let n = self.conn().execute(
-            "DELETE FROM recordings WHERE ts_ms < ?1",
-            [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
+        let cut = i64::try_from(older_than_ms).unwrap_or(i64::MAX);
+        // The rows go with their segments' counts, in one transaction.
+        // (No other transaction is open on the store's connection between calls.)
+        let tx = self.conn().unchecked_transaction()?;
+        tx.execute(
+            "UPDATE recording_segments SET rows = rows - gone.n
+             FROM (SELECT segment, COUNT(*) AS n FROM recordings
+                   WHERE ts_ms < ?1 AND segment IS NOT NULL GROUP BY segment) AS gone
+             WHERE recording_segments.segment = gone.segment",
+            [cut],
         )?;
+        let n = tx.execute("DELETE FROM recordings WHERE ts_ms < ?1", [cut])?;
+        tx.commit()?;
         // Then the files no row names any more (a row kept past its time, its data plane's
         // clock ahead, keeps its own segment only).
         let Some(segments) = self.sealed.as_ref().map(SealedFiles::segments).transpose()? else {
@@ -334,17 +378,29 @@ impl FlowStore {
         {
             let mut named = self
                 .conn()
-                .prepare_cached("SELECT 1 FROM recordings WHERE segment = ?1 LIMIT 1")?;
+                .prepare_cached("SELECT rows > 0 FROM recording_segments WHERE segment = ?1")?;
             for segment in segments {
-                if !named.exists([i64::try_from(segment).unwrap_or(i64::MAX)])? {
+                let rows = named
+                    .query_row([i64::try_from(segment).unwrap_or(i64::MAX)], |r| r.get(0))
+                    .optional()?;
+                if rows != Some(true) {
                     unnamed.push(segment);
                 }
             }
         }
+        let mut removed = Vec::new();
         if let Some(files) = self.sealed.as_mut() {
             for segment in unnamed {
-                files.remove(segment)?;
+                if files.remove(segment)? {
+                    removed.push(segment);
+                }
             }
+        }
+        for segment in removed {
+            self.conn().execute(
+                "DELETE FROM recording_segments WHERE segment = ?1",
+                [i64::try_from(segment).unwrap_or(i64::MAX)],
+            )?;
         }
         Ok(n as u64)
     }
@@ -442,6 +498,68 @@ mod tests {
             .query_row("SELECT sealed, segment FROM recordings", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();
         assert_eq!((sealed.as_str(), segment), ("{\"data\":\"x\"}", None));
+    }
+
+    #[test]
+    fn segments_go_when_their_last_recording_does() {
+        let dir = std::env::temp_dir().join(format!("sluice-rec-segs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = FlowStore::open(&dir.join("flows.db")).unwrap();
+        const HOUR: u64 = 3_600_000;
+        // rec_a (ts 1001) and rec_b (1002) arrive in hour 5, rec_c (1003) in hour 6.
+        let batch = [rec(1, "rec_a", json!({})), rec(2, "rec_b", json!({}))];
+        assert_eq!(s.ingest_at("dp", &batch, 5 * HOUR).unwrap(), vec![true; 2]);
+        assert_eq!(s.ingest_at("dp", &batch, 5 * HOUR + 1).unwrap(), vec![false; 2]);
+        assert_eq!(s.ingest_at("dp", &[rec(3, "rec_c", json!({}))], 6 * HOUR).unwrap(), [true]);
+        let counts = |s: &FlowStore| -> Vec<(i64, i64)> {
+            let mut st = s.conn().prepare("SELECT * FROM recording_segments ORDER BY 1").unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(counts(&s), vec![(5, 2), (6, 1)], "a batch sent again is not counted twice");
+        let files = |s: &FlowStore| s.sealed.as_ref().unwrap().segments().unwrap();
+        assert_eq!(files(&s), vec![5, 6]);
+        // rec_a goes: hour 5 is still named by rec_b.
+        assert_eq!(s.prune_recordings(1_002).unwrap(), 1);
+        assert_eq!((counts(&s), files(&s)), (vec![(5, 1), (6, 1)], vec![5, 6]));
+        // rec_b goes: hour 5's file and count go with it.
+        assert_eq!(s.prune_recordings(1_003).unwrap(), 1);
+        assert_eq!((counts(&s), files(&s)), (vec![(6, 1)], vec![6]));
+        assert!(s.recording("rec_c").unwrap().is_some());
+        // The last: the segment being written stays (with no row naming it).
+        assert_eq!(s.prune_recordings(u64::MAX).unwrap(), 1);
+        assert_eq!((counts(&s), files(&s)), (vec![(6, 0)], vec![6]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_earlier_versions_segments_are_counted_and_its_index_dropped() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "{}
+             CREATE INDEX recordings_segment ON recordings (segment) WHERE segment IS NOT NULL;
+             INSERT INTO recordings (id, dataplane, seq, ts_ms, bytes, thread, sealed, segment)
+                 VALUES ('rec_1', 'dp', 1, 1, 1, 'rec_1', '', 3),
+                        ('rec_2', 'dp', 2, 2, 1, 'rec_2', '', 3),
+                        ('rec_3', 'dp', 3, 3, 1, 'rec_3', '', 4),
+                        ('rec_4', 'dp', 4, 4, 1, 'rec_4', '{{}}', NULL);",
+            SCHEMA
+        ))
+        .unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let mut st = conn.prepare("SELECT * FROM recording_segments ORDER BY 1").unwrap();
+        let counts: Vec<(i64, i64)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        assert_eq!(counts, vec![(3, 2), (4, 1)]);
+        let indexed: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'recordings_segment'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!indexed);
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct SealedFiles {
     synced_at: std::time::Instant,
     /// Direct I/O is tried for new segment files (cleared when the file system refuses it).
     direct: bool,
+    /// Recordings appended per segment since [`SealedFiles::take_appended`] (the store counts
+    /// the rows naming each segment).
+    appended: Vec<(u64, u64)>,
 }
 
 fn name(dir: &Path, segment: u64) -> PathBuf {
@@ -176,6 +179,7 @@ impl SealedFiles {
             active: None,
             synced_at: std::time::Instant::now(),
             direct,
+            appended: Vec::new(),
         })
     }
 
@@ -191,7 +195,16 @@ impl SealedFiles {
         let place = self.next_place(now_ms, bytes.len() as u64)?;
         let a = self.active_for(place.segment)?;
         a.buf.extend(bytes);
+        match self.appended.last_mut() {
+            Some((segment, n)) if *segment == place.segment => *n += 1,
+            _ => self.appended.push((place.segment, 1)),
+        }
         Ok(place)
+    }
+
+    /// How many recordings were appended to each segment since the last call.
+    pub fn take_appended(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.appended)
     }
 
     /// The segment being written, `segment` (the previous one written and synced first).

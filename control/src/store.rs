@@ -205,8 +205,21 @@ impl FlowStore {
     /// stored (same data plane and sequence number) are skipped. Returns, per record, whether
     /// it was newly stored.
     pub fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError> {
+        self.ingest_at(dataplane, rows, crate::recordings::now_ms())
+    }
+
+    /// [`FlowStore::ingest`] at Unix ms `now` (the segment recordings' bytes go to).
+    pub(crate) fn ingest_at(
+        &mut self,
+        dataplane: &str,
+        rows: &[Row<'_>],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        // What an ingest that failed appended is not counted: its rows were not stored.
+        if let Some(f) = self.sealed.as_mut() {
+            f.take_appended();
+        }
         let tx = self.conn.transaction()?;
-        let now = crate::recordings::now_ms();
         let mut fresh = Vec::with_capacity(rows.len());
         {
             let mut flows = tx.prepare_cached(
@@ -255,6 +268,7 @@ impl FlowStore {
         // reach the disk as a group commit: `sealed_files`).
         if let Some(f) = self.sealed.as_mut() {
             f.write()?;
+            crate::recordings::count_segments(&tx, &f.take_appended())?;
         }
         tx.commit()?;
         Ok(fresh)

@@ -230,9 +230,13 @@ pub struct RecordingNote {
 
 /// The ids a request body names that thread a conversation.
 pub fn request_ids(body: &[u8]) -> (Option<String>, Option<String>) {
-    // Most bodies name neither (and spell no key with an escape): not parsed again.
-    let named = |k: &[u8]| memchr::memmem::find(body, k).is_some();
-    if !named(b"conversation_id") && !named(b"previous_response_id") && !named(b"\\u") {
+    // Most bodies name neither (and spell no key with an escape): not parsed again. One
+    // pass of prebuilt searchers (this runs for every recording).
+    static KEYS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::new(["conversation_id", "previous_response_id", "\\u"])
+            .expect("three literal patterns")
+    });
+    if !KEYS.is_match(body) {
         return (None, None);
     }
     #[derive(serde::Deserialize)]
