@@ -230,13 +230,13 @@ pub struct RecordingNote {
 
 /// The ids a request body names that thread a conversation.
 pub fn request_ids(body: &[u8]) -> (Option<String>, Option<String>) {
-    // Most bodies name neither (and spell no key with an escape): not parsed again. One
-    // pass of prebuilt searchers (this runs for every recording).
-    static KEYS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
-        aho_corasick::AhoCorasick::new(["conversation_id", "previous_response_id", "\\u"])
-            .expect("three literal patterns")
+    // Most bodies name neither (and spell no key with an escape): not parsed again. The
+    // searchers are built once (this runs for every recording; each is a SIMD pass).
+    use memchr::memmem::Finder;
+    static KEYS: std::sync::LazyLock<[Finder<'static>; 3]> = std::sync::LazyLock::new(|| {
+        [Finder::new("conversation_id"), Finder::new("previous_response_id"), Finder::new("\\u")]
     });
-    if !KEYS.is_match(body) {
+    if KEYS.iter().all(|k| k.find(body).is_none()) {
         return (None, None);
     }
     #[derive(serde::Deserialize)]
