@@ -38,13 +38,22 @@ CREATE INDEX IF NOT EXISTS recordings_chain ON recordings (response)
     WHERE substr(response, 1, 5) = 'resp_';
 ";
 
-/// How many rows name each segment file (kept per ingest batch, not indexed per row: the
-/// files no row names any more are found by it at retention).
+/// How many rows name each segment file: raised once per ingest batch
+/// ([`count_segments`], not an index entry per row), lowered by a trigger on every delete
+/// (any delete: retention, or a hand in the database), so that retention finds the files no
+/// row names any more. Made from the rows there are (an earlier version's, found by its index,
+/// then dropped).
 const SEGMENTS: &str = "
+DROP TABLE IF EXISTS recording_segments;
 CREATE TABLE recording_segments (segment INTEGER PRIMARY KEY, rows INTEGER NOT NULL);
 INSERT INTO recording_segments
     SELECT segment, COUNT(*) FROM recordings WHERE segment IS NOT NULL GROUP BY segment;
 DROP INDEX IF EXISTS recordings_segment;
+CREATE TRIGGER IF NOT EXISTS recordings_uncount AFTER DELETE ON recordings
+    WHEN OLD.segment IS NOT NULL
+    BEGIN
+        UPDATE recording_segments SET rows = rows - 1 WHERE segment = OLD.segment;
+    END;
 ";
 
 /// Creates the table, or brings one made by an earlier version up to date (the columns that
@@ -72,14 +81,17 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
         }
     }
     conn.execute_batch(SCHEMA)?;
-    let counted: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'recording_segments'",
+    // The counts are made when there are none, or when the segment index is back: an earlier
+    // version ran on this store since and counted none of the rows it stored. In one
+    // transaction: a start stopped half way makes them again.
+    let stale: bool = conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'recording_segments')
+             OR NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'recordings_uncount')
+             OR EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'recordings_segment')",
         [],
         |r| r.get(0),
     )?;
-    if !counted {
-        // The counts of an earlier version's rows (found by its index, then dropped), made
-        // in one transaction: a start stopped half way makes them again.
+    if stale {
         conn.execute_batch(&format!("BEGIN; {SEGMENTS} COMMIT;"))?;
     }
     let by_seq = conn.query_row(
@@ -357,20 +369,15 @@ impl FlowStore {
     /// how many recordings.
     pub fn prune_recordings(&mut self, older_than_ms: u64) -> Result<u64, StoreError> {
         let cut = i64::try_from(older_than_ms).unwrap_or(i64::MAX);
-        // The rows go with their segments' counts, in one transaction.
-        // (No other transaction is open on the store's connection between calls.)
-        let tx = self.conn().unchecked_transaction()?;
-        tx.execute(
-            "UPDATE recording_segments SET rows = rows - gone.n
-             FROM (SELECT segment, COUNT(*) AS n FROM recordings
-                   WHERE ts_ms < ?1 AND segment IS NOT NULL GROUP BY segment) AS gone
-             WHERE recording_segments.segment = gone.segment",
-            [cut],
-        )?;
+        // The rows go (their segments' counts lowered by the trigger), and the counts of
+        // segments no row names, in one transaction.
+        let tx = self.conn_mut().transaction()?;
         let n = tx.execute("DELETE FROM recordings WHERE ts_ms < ?1", [cut])?;
+        tx.execute("DELETE FROM recording_segments WHERE rows <= 0", [])?;
         tx.commit()?;
-        // Then the files no row names any more (a row kept past its time, its data plane's
-        // clock ahead, keeps its own segment only).
+        // Then the files no row names any more: those without a count (a row kept past its
+        // time, its data plane's clock ahead, keeps its own segment only; the bytes of a batch
+        // that did not commit are counted nowhere).
         let Some(segments) = self.sealed.as_ref().map(SealedFiles::segments).transpose()? else {
             return Ok(n as u64);
         };
@@ -378,29 +385,17 @@ impl FlowStore {
         {
             let mut named = self
                 .conn()
-                .prepare_cached("SELECT rows > 0 FROM recording_segments WHERE segment = ?1")?;
+                .prepare_cached("SELECT 1 FROM recording_segments WHERE segment = ?1")?;
             for segment in segments {
-                let rows = named
-                    .query_row([i64::try_from(segment).unwrap_or(i64::MAX)], |r| r.get(0))
-                    .optional()?;
-                if rows != Some(true) {
+                if !named.exists([i64::try_from(segment).unwrap_or(i64::MAX)])? {
                     unnamed.push(segment);
                 }
             }
         }
-        let mut removed = Vec::new();
         if let Some(files) = self.sealed.as_mut() {
             for segment in unnamed {
-                if files.remove(segment)? {
-                    removed.push(segment);
-                }
+                files.remove(segment)?;
             }
-        }
-        for segment in removed {
-            self.conn().execute(
-                "DELETE FROM recording_segments WHERE segment = ?1",
-                [i64::try_from(segment).unwrap_or(i64::MAX)],
-            )?;
         }
         Ok(n as u64)
     }
@@ -526,10 +521,44 @@ mod tests {
         assert_eq!(s.prune_recordings(1_003).unwrap(), 1);
         assert_eq!((counts(&s), files(&s)), (vec![(6, 1)], vec![6]));
         assert!(s.recording("rec_c").unwrap().is_some());
+        // Bytes appended by a batch that did not commit (in hour 7) are counted nowhere: not
+        // by the next batch, and their file goes once another is being written.
+        s.sealed.as_mut().unwrap().append(7 * HOUR, b"{}").unwrap();
+        s.sealed.as_mut().unwrap().write().unwrap();
+        assert_eq!(s.ingest_at("dp", &[rec(4, "rec_d", json!({}))], 8 * HOUR).unwrap(), [true]);
+        assert_eq!(counts(&s), vec![(6, 1), (8, 1)]);
+        assert_eq!(files(&s), vec![6, 7, 8]);
+        assert_eq!(s.prune_recordings(1_000).unwrap(), 0);
+        assert_eq!(files(&s), vec![6, 8]);
+        // A delete by other means is counted too (the trigger).
+        s.conn().execute("DELETE FROM recordings WHERE id = 'rec_c'", []).unwrap();
+        assert_eq!(counts(&s), vec![(6, 0), (8, 1)]);
+        assert_eq!(s.prune_recordings(1_000).unwrap(), 0);
+        assert_eq!((counts(&s), files(&s)), (vec![(8, 1)], vec![8]));
         // The last: the segment being written stays (with no row naming it).
         assert_eq!(s.prune_recordings(u64::MAX).unwrap(), 1);
-        assert_eq!((counts(&s), files(&s)), (vec![(6, 0)], vec![6]));
+        assert_eq!((counts(&s), files(&s)), (vec![], vec![8]));
+        assert_eq!(s.ingest_at("dp", &[rec(5, "rec_e", json!({}))], 8 * HOUR).unwrap(), [true]);
+        assert_eq!(counts(&s), vec![(8, 1)], "counted again from nothing");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn counts_are_made_again_after_an_earlier_version_ran() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        // An earlier version: its schema brings the index back, its rows are not counted.
+        conn.execute_batch(
+            "CREATE INDEX recordings_segment ON recordings (segment) WHERE segment IS NOT NULL;
+             INSERT INTO recordings (id, dataplane, seq, ts_ms, bytes, thread, sealed, segment)
+                 VALUES ('rec_1', 'dp', 1, 1, 1, 'rec_1', '', 9);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT rows FROM recording_segments WHERE segment = 9", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

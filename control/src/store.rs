@@ -177,6 +177,11 @@ impl FlowStore {
         &self.conn
     }
 
+    /// The connection, for a transaction.
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// Opens (creating if needed) the store at `path`, recordings' sealed bytes in the
     /// directory beside it (`flows.db`: `flows.recordings/`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {

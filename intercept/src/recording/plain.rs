@@ -59,14 +59,16 @@ pub(super) struct BodyLen {
 
 /// The plaintext: `head` on one line, then the request body, then the response body.
 pub(super) fn write(head: &Head<'_>, request: &[u8], response: &[u8]) -> Option<Vec<u8>> {
-    // One allocation in the common case: the head's text is about its strings' lengths (an
-    // escape or two more only grows the buffer once).
+    // One allocation in the common case (the head's size is about its strings'); the head
+    // goes first, so a head larger than that grows a buffer holding the head only, never the
+    // bodies.
     let strings = head.request.target.len()
         + head.request.headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum::<usize>()
         + head.messages.iter().map(|m| m.text.len() + 24).sum::<usize>();
     let mut out = Vec::with_capacity(768 + strings + request.len() + response.len());
     serde_json::to_writer(&mut out, head).ok()?;
     out.push(b'\n');
+    out.reserve_exact(request.len() + response.len());
     out.extend_from_slice(request);
     out.extend_from_slice(response);
     Some(out)
