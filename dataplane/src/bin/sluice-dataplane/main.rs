@@ -295,6 +295,7 @@ fn main() -> Result<()> {
         on_failure: args.on_failure,
         alarms: outage.iter().map(output::outage_alarm).collect(),
         outage,
+        behind: false,
     };
     let mut ticks = 0u64;
     let mut saved_learned = lock(&engine).learned_version();

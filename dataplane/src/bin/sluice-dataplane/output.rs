@@ -10,7 +10,7 @@ use std::time::Instant;
 use sluice_dataplane::engine::Engine;
 use sluice_dataplane::link::{Enforced, Spool};
 use sluice_dataplane::record::Record;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::handle::RequestQueue;
 
@@ -66,6 +66,20 @@ pub struct Output {
     pub outage: Option<sluice_dataplane::bypass::Outage>,
     /// Alarm records to write with the next records (the outage's, at the start).
     pub alarms: Vec<String>,
+    /// The writer has fallen behind the interception threads and takes its full share of
+    /// the CPU until it catches up ([`behind`]).
+    pub behind: bool,
+}
+
+/// Request records waiting at a write past which the record writer, background work
+/// otherwise, asks for its full share of the CPU (they hold captures in memory), and at or
+/// under which it yields again. Normally a write finds a millisecond's worth.
+const BEHIND: usize = 4096;
+const CAUGHT_UP: usize = 256;
+
+/// Whether a writer that was `behind` is behind with `waiting` request records at a write.
+fn behind(was: bool, waiting: usize) -> bool {
+    if was { waiting > CAUGHT_UP } else { waiting > BEHIND }
 }
 
 impl Output {
@@ -78,6 +92,17 @@ impl Output {
             std::iter::from_fn(|| eng.poll_record()).collect::<Vec<_>>()
         };
         let mut requests = self.requests.take();
+        let now_behind = behind(self.behind, requests.len());
+        if now_behind != self.behind {
+            match sluice_sched::catch_up(now_behind) {
+                Ok(()) if now_behind => {
+                    warn!(waiting = requests.len(), "the record writer is behind: full CPU share")
+                }
+                Ok(()) => info!("the record writer caught up: background share again"),
+                Err(e) => warn!("the record writer's CPU share unchanged: {e}"),
+            }
+            self.behind = now_behind;
+        }
         if records.is_empty() && requests.is_empty() && self.alarms.is_empty() {
             return;
         }
@@ -257,6 +282,15 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_behind_stays_so_until_it_has_caught_up() {
+        assert!(!behind(false, 10));
+        assert!(!behind(false, BEHIND));
+        assert!(behind(false, BEHIND + 1));
+        assert!(behind(true, 1000), "still behind between the two marks");
+        assert!(!behind(true, CAUGHT_UP));
+    }
 
     #[test]
     fn at_the_bound_periodic_records_are_shed_events_kept_in_order() {
