@@ -495,6 +495,12 @@ mod tests {
         assert_eq!((sealed.as_str(), segment), ("{\"data\":\"x\"}", None));
     }
 
+    /// The `recording_segments` table, by segment.
+    fn segment_counts(conn: &rusqlite::Connection) -> Vec<(i64, i64)> {
+        let mut st = conn.prepare("SELECT * FROM recording_segments ORDER BY 1").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    }
+
     #[test]
     fn segments_go_when_their_last_recording_does() {
         let dir = std::env::temp_dir().join(format!("sluice-rec-segs-{}", std::process::id()));
@@ -507,10 +513,7 @@ mod tests {
         assert_eq!(s.ingest_at("dp", &batch, 5 * HOUR).unwrap(), vec![true; 2]);
         assert_eq!(s.ingest_at("dp", &batch, 5 * HOUR + 1).unwrap(), vec![false; 2]);
         assert_eq!(s.ingest_at("dp", &[rec(3, "rec_c", json!({}))], 6 * HOUR).unwrap(), [true]);
-        let counts = |s: &FlowStore| -> Vec<(i64, i64)> {
-            let mut st = s.conn().prepare("SELECT * FROM recording_segments ORDER BY 1").unwrap();
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
-        };
+        let counts = |s: &FlowStore| segment_counts(s.conn());
         assert_eq!(counts(&s), vec![(5, 2), (6, 1)], "a batch sent again is not counted twice");
         let files = |s: &FlowStore| s.sealed.as_ref().unwrap().segments().unwrap();
         assert_eq!(files(&s), vec![5, 6]);
@@ -577,10 +580,7 @@ mod tests {
         .unwrap();
         migrate(&conn).unwrap();
         migrate(&conn).unwrap();
-        let mut st = conn.prepare("SELECT * FROM recording_segments ORDER BY 1").unwrap();
-        let counts: Vec<(i64, i64)> =
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
-        assert_eq!(counts, vec![(3, 2), (4, 1)]);
+        assert_eq!(segment_counts(&conn), vec![(3, 2), (4, 1)]);
         let indexed: bool = conn
             .query_row(
                 "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'recordings_segment'",

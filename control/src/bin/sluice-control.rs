@@ -89,7 +89,7 @@ fn main() -> Result<()> {
     // Before any thread is spawned, so that all inherit it: control is off the traffic's path
     // and often shares the host with a data plane.
     if let Err(e) = sluice_sched::background() {
-        tracing::warn!("control stays in the normal scheduling class: {e}");
+        tracing::warn!("control is not (wholly) background work: {e}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

@@ -205,7 +205,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) {
     if let Err(e) = sluice_sched::background() {
-        warn!("the link thread stays in the normal scheduling class: {e}");
+        warn!("the link thread is not (wholly) background work: {e}");
     }
     let mut backoff = Duration::from_millis(100);
     let mut last_error = String::new();

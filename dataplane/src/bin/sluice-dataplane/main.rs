@@ -306,7 +306,7 @@ fn main() -> Result<()> {
     // Every thread is spawned: the record writer's loop yields to the traffic's threads (a new
     // thread would inherit this).
     if let Err(e) = sluice_sched::background() {
-        warn!("the record writer stays in the normal scheduling class: {e}");
+        warn!("the record writer is not (wholly) background work: {e}");
     }
     watchdog::notify("READY=1");
     let mut next_tick = Instant::now() + TICK;
