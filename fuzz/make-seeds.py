@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the frame, engine and nat fuzz targets (scapy, from the lab venv):
-real-shaped frames carrying the captured ClientHello and the RFC 9001 QUIC Initial."""
+real-shaped frames carrying the captured ClientHello and the RFC 9001 QUIC Initial; and for
+app_request, the lab clients' captured request heads."""
 import os
 import struct
 
@@ -32,4 +33,12 @@ for name in ("syn", "hello"):
     seq += bytes([flags, n - (256 if flags else 0)]) + b[:n]
 os.makedirs(os.path.join(here, "corpus", "engine"), exist_ok=True)
 open(os.path.join(here, "corpus", "engine", "seed-syn-hello"), "wb").write(seq)
+# app_request: the lab clients' captured heads (rules/apps/testdata), host and path first
+apps = os.path.join(here, "..", "rules", "apps", "testdata")
+d = os.path.join(here, "corpus", "app_request")
+os.makedirs(d, exist_ok=True)
+for f in sorted(os.listdir(apps)):
+    if f.endswith(".head"):
+        lines = open(os.path.join(apps, f), "rb").read().replace(b"\r", b"").split(b"\n")[1:]
+        open(os.path.join(d, "seed-" + f[:-5]), "wb").write(b"api.openai.com /v1/chat/completions\n" + b"\n".join(lines))
 print("seeds written")

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice_rules::operation::Operation;
 use sluice_rules::{
-    Compiled, IdentityOverlay, Query, RulesError, detectors, diff::diff, load_file,
+    AppSeen, Compiled, IdentityOverlay, Query, RulesError, detectors, diff::diff, load_file,
 };
 
 #[derive(Parser)]
@@ -303,6 +304,13 @@ enum RulesCmd {
         /// Destination port.
         #[arg(long, default_value_t = 443)]
         port: u16,
+        /// The client's app (`unknown` for none), as its requests show it (without it, as
+        /// before the hello: rules naming apps decide per request).
+        #[arg(long)]
+        app: Option<String>,
+        /// The request's operation (`chat`, `upload`, …; without it, a flow).
+        #[arg(long)]
+        operation: Option<String>,
     },
     /// Show what changed, as JSON: between two rule files, or between two stored versions
     /// on the server (`rules diff 3 5`; one version: against the current one).
@@ -333,6 +341,8 @@ enum RulesCmd {
     },
     /// List the DLP detectors profiles may name.
     Detectors,
+    /// List the app catalog rules may name in `apps`, and the operations.
+    Apps,
 }
 
 fn load(path: &Path) -> Result<Compiled, ExitCode> {
@@ -552,13 +562,34 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        RulesCmd::Explain { file, src, sni, port } => {
+        RulesCmd::Explain { file, src, sni, port, app, operation } => {
             let c = match load(&file) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let overlay = IdentityOverlay::default();
-            let q = Query { src, mac: None, sni: sni.as_deref(), port, now: 0 };
+            let app = match app.as_deref() {
+                None => AppSeen::Unseen,
+                Some("unknown") => AppSeen::Request(None),
+                Some(name) => match c.policy.apps.id(name) {
+                    Some(id) => AppSeen::Request(Some(id)),
+                    None => {
+                        eprintln!(
+                            "sluicectl: no app `{name}` in the catalog (sluicectl rules apps)"
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let op = match operation.as_deref().map(|o| (o, Operation::parse(o))) {
+                None => None,
+                Some((_, Some(op))) => Some(op),
+                Some((o, None)) => {
+                    eprintln!("sluicectl: no operation `{o}` (sluicectl rules apps)");
+                    return ExitCode::from(2);
+                }
+            };
+            let q = Query { src, mac: None, sni: sni.as_deref(), port, now: 0, app, op };
             for e in c.policy.explain(&q, &overlay) {
                 let mark = if e.decided {
                     "=>"
@@ -609,6 +640,25 @@ fn main() -> ExitCode {
             for d in detectors::DETECTORS {
                 println!("{:<28} {:<11} {}", d.name, d.family, d.description);
             }
+            ExitCode::SUCCESS
+        }
+        RulesCmd::Apps => {
+            let catalog = sluice_rules::apps::shipped();
+            println!("app catalog {}", catalog.version);
+            for a in catalog.apps() {
+                let on =
+                    a.runs_on.map(|s| format!("on {}", catalog.name(Some(s)))).unwrap_or_default();
+                println!(
+                    "{:<18} {:<8} {:<12} {}",
+                    a.name,
+                    format!("{:?}", a.kind).to_lowercase(),
+                    on,
+                    a.title
+                );
+            }
+            println!("{:<18} clients the catalog does not know", "unknown");
+            let ops: Vec<_> = Operation::ALL.iter().map(|o| o.as_str()).collect();
+            println!("operations: {}", ops.join(", "));
             ExitCode::SUCCESS
         }
     }

@@ -10,7 +10,10 @@ use sluice_dataplane::guard::Guard;
 use sluice_dataplane::wire::frame;
 use sluice_dataplane::wire::tls::{HelloParse, parse_client_hello};
 use sluice_rules::catalog::ShippedOnly;
-use sluice_rules::{IdentityOverlay, Query};
+use sluice_rules::{AppSeen, IdentityOverlay, Query};
+
+/// A hello whose app is not looked up (unknown).
+const HELLO: AppSeen = AppSeen::Hello(None);
 
 fn bench(c: &mut Criterion) {
     let hello = std::fs::read(concat!(
@@ -37,8 +40,39 @@ fn bench(c: &mut Criterion) {
             let HelloParse::Hello(h) = parse_client_hello(black_box(&hello), &mut scratch) else {
                 panic!()
             };
-            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0 };
+            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0, app: HELLO, op: None };
             black_box(policy.decide(&q, &overlay).action)
+        })
+    });
+    // What app identification adds to the engine's work at a hello, which computes the JA4
+    // for the flow's record either way: the catalog lookup by JA4 and SNI.
+    g.bench_function("parse+ja4+decide", |b| {
+        b.iter(|| {
+            let HelloParse::Hello(h) = parse_client_hello(black_box(&hello), &mut scratch) else {
+                panic!()
+            };
+            let ja4 = h.ja4();
+            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0, app: HELLO, op: None };
+            black_box((policy.decide(&q, &overlay).action, ja4))
+        })
+    });
+    g.bench_function("parse+ja4+app+decide", |b| {
+        b.iter(|| {
+            let HelloParse::Hello(h) = parse_client_hello(black_box(&hello), &mut scratch) else {
+                panic!()
+            };
+            let ja4 = h.ja4();
+            let app = policy.apps.by_hello(&ja4, h.sni()).app;
+            let q = Query {
+                src,
+                mac: None,
+                sni: h.sni(),
+                port: 443,
+                now: 0,
+                app: AppSeen::Hello(app),
+                op: None,
+            };
+            black_box((policy.decide(&q, &overlay).action, ja4))
         })
     });
     // The hello as it arrives: one TCP segment in an Ethernet frame.
@@ -60,7 +94,7 @@ fn bench(c: &mut Criterion) {
             let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut scratch) else {
                 panic!()
             };
-            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0 };
+            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0, app: HELLO, op: None };
             black_box(policy.decide(&q, &overlay).action);
             black_box(Guard::new(f.tcp.unwrap().seq, f.payload, Some(5001)))
         })
@@ -72,7 +106,7 @@ fn bench(c: &mut Criterion) {
             let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut scratch) else {
                 panic!()
             };
-            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0 };
+            let q = Query { src, mac: None, sni: h.sni(), port: 443, now: 0, app: HELLO, op: None };
             black_box(policy.decide(&q, &overlay).action);
             black_box(Guard::new(f.tcp.unwrap().seq, f.payload, Some(5001)))
         })

@@ -62,8 +62,8 @@ pub(crate) async fn connection(
     };
     let sni = hello.as_ref().and_then(|h| h.sni.clone());
     let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
-    let d = shared.decider.decide(peer, &conn, sni.as_deref());
     let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
+    let d = shared.decider.decide(peer, &conn, sni.as_deref(), hello.is_some().then_some(&*ja4));
     let pinned_key = (peer.ip(), sni.clone().unwrap_or_default(), ja4);
     // A client that refused the minted certificate is spliced under a failing-open policy,
     // never where the rule's access controls need the requests (a brokered key, a quota, an

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use sluice_rules::{Action as RuleAction, FailMode, IdentityOverlay, Policy, Query};
+use sluice_rules::{Action as RuleAction, AppSeen, FailMode, IdentityOverlay, Policy, Query};
 use tracing::warn;
 
 use crate::DivertedConn;
 use crate::dlp::{CREDENTIALS, Dlp};
-use crate::phases::{Mask, Session};
+use crate::phases::{AppContext, Mask, PerRequest, Session};
 use crate::record::DecisionNote;
 
 /// How long a client that refused the minted certificate is spliced for that name.
@@ -39,6 +39,7 @@ pub(crate) struct Decided {
     pub mask: Option<Mask>,
     pub access: Arc<crate::access::Access>,
     pub recorder: Option<crate::recording::Recorder>,
+    pub apps: AppContext,
 }
 
 impl Decided {
@@ -77,6 +78,7 @@ impl Decided {
             mask: self.mask,
             access: self.access,
             recorder: self.recorder,
+            apps: self.apps,
         }
     }
 }
@@ -133,33 +135,64 @@ impl Decider {
         s
     }
 
-    /// Decides the connection from `peer` to `conn` for `sni`.
-    pub fn decide(&self, peer: SocketAddr, conn: &DivertedConn, sni: Option<&str>) -> Decided {
+    /// Decides the connection from `peer` to `conn` for `sni`, whose hello's JA4 is `ja4`.
+    pub fn decide(
+        &self,
+        peer: SocketAddr,
+        conn: &DivertedConn,
+        sni: Option<&str>,
+        ja4: Option<&str>,
+    ) -> Decided {
         let policy = self.policy.load_full();
         let overlay = self.overlay.load();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let hello = ja4.map(|j| policy.apps.by_hello(j, sni)).unwrap_or_default();
         let q = Query {
             src: peer.ip(),
             mac: Some(conn.client_mac),
             sni,
             port: conn.original_dst.port(),
             now,
+            app: AppSeen::Hello(hello.app),
+            op: None,
         };
         let d = policy.decide(&q, &overlay);
+        // The rule whose settings the connection takes: the one that decided when it
+        // inspects; else, when the flow is inspected for an earlier rule that only requests
+        // can tell, that rule if it inspects (its DLP applies to the requests it lets pass).
+        let rule = match (d.rule, d.deferred) {
+            (Some(r), _) if r.spec.action == RuleAction::Inspect => Some(r),
+            (_, Some(x)) if x.spec.action == RuleAction::Inspect => Some(x),
+            (r, _) => r,
+        };
+        let profile = rule.and_then(|r| policy.rule_dlp(r));
+        let apps = AppContext {
+            catalog: policy.apps.clone(),
+            hello,
+            per_request: policy.decides_requests().then(|| PerRequest {
+                policy: policy.clone(),
+                overlay: self.overlay.clone(),
+                mac: conn.client_mac,
+                port: conn.original_dst.port(),
+            }),
+        };
         Decided {
             action: d.action,
             note: DecisionNote {
                 identity: d.identity.to_string(),
                 user: d.user.map(|u| u.to_string()),
                 category: d.category.map(|c| c.to_string()),
-                rule: d.rule.map(|r| r.name().to_owned()),
+                rule: rule.map(|r| r.name().to_owned()),
+                app: hello.app.and_then(|a| policy.apps.shared_name(a)).cloned(),
+                app_evidence: hello.app.map(|_| hello.evidence.hello_str()),
             },
-            headers: d.rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
+            headers: rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
             fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,
             max_body: policy.defaults.max_inspect_bytes,
-            dlp: d.dlp.and_then(|p| {
+            apps,
+            dlp: profile.and_then(|p| {
                 let scanner = self.scanner_for(&policy);
                 // Names were validated against the registry and the custom detectors.
                 let set = scanner.profile(&p.detectors).ok()?;
@@ -172,15 +205,15 @@ impl Decider {
                 })
             }),
             access: self.access.clone(),
-            recorder: d.rule.and_then(|r| r.spec.headers.record).and_then(|m| {
+            recorder: rule.and_then(|r| r.spec.headers.record).and_then(|m| {
                 crate::recording::Recorder::new(m, &policy.defaults.recording_recipients)
             }),
-            mask: d.rule.filter(|r| r.spec.headers.mask_responses).map(|r| {
+            mask: rule.filter(|r| r.spec.headers.mask_responses).map(|r| {
                 let scanner = self.scanner_for(&policy);
                 // Credentials always; then the mask profile's detectors, or the rule's own.
                 let profile = match &r.spec.headers.mask_profile {
                     Some(name) => policy.dlp_profiles.iter().find(|p| &*p.name == name.as_str()),
-                    None => d.dlp,
+                    None => profile,
                 };
                 let extra = profile.and_then(|p| scanner.profile(&p.detectors).ok());
                 let set = CREDENTIALS.union(&extra.unwrap_or_default());

@@ -96,7 +96,8 @@ pub fn dry_run(policy: Arc<Policy>, r: &Recorded) -> Outcome {
         Arc::new(Access::default()),
     );
     let conn = DivertedConn { original_dst: r.dst, client_mac: [0; 6] };
-    let d = decider.decide(r.src, &conn, Some(&r.sni));
+    // A recording keeps no hello: the app is what its requests say.
+    let d = decider.decide(r.src, &conn, Some(&r.sni), None);
     let mut out = Outcome {
         action: d.action.as_str(),
         rule: d.note.rule.clone(),

@@ -70,6 +70,10 @@ pub struct DecisionNote {
     pub category: Option<String>,
     /// The rule that decided.
     pub rule: Option<String>,
+    /// The app the hello showed (`None`: unknown; shared with the app catalog).
+    pub app: Option<std::sync::Arc<str>>,
+    /// What identified it (`ja4`, `ja4+sni`).
+    pub app_evidence: Option<&'static str>,
 }
 
 /// What the interception engine learned about a diverted flow; fields left `None` leave the
@@ -174,6 +178,25 @@ pub struct RequestRecord {
     pub openai_project: Option<String>,
     /// `User-Agent`.
     pub user_agent: Option<String>,
+    /// The app (`unknown` when neither hello nor headers name one; ARCHITECTURE.md, "Apps
+    /// and discovery").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<std::sync::Arc<str>>,
+    /// Its version, as the request says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+    /// What identified it (`ja4`, `ua`, `headers`, … joined by `+`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_evidence: Option<String>,
+    /// An app the headers named that the hello contradicts (a claim, not believed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_claimed: Option<std::sync::Arc<str>>,
+    /// What the request does (`chat`, `upload`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'static str>,
+    /// The ChatGPT account it works with (`chatgpt-account-id`), or `anonymous` signed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chatgpt_account: Option<String>,
     /// Category of the SNI.
     pub category: Option<String>,
     /// Rule that decided.

@@ -56,7 +56,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let (src, sni) = queries[i % queries.len()];
             i += 1;
-            let q = Query { src, mac: None, sni: Some(sni), port: 443, now: 0 };
+            let q = Query {
+                src,
+                mac: None,
+                sni: Some(sni),
+                port: 443,
+                now: 0,
+                app: Default::default(),
+                op: None,
+            };
             black_box(policy.decide(black_box(&q), &overlay).action)
         })
     });

@@ -25,13 +25,14 @@
 //! action = "block"
 //! "#;
 //! let policy = compile("example.toml", text, &ShippedOnly).unwrap().policy;
-//! let q = Query { src: "10.20.9.99".parse().unwrap(), mac: None, sni: Some("api.openai.com"), port: 443, now: 0 };
+//! let q = Query { src: "10.20.9.99".parse().unwrap(), mac: None, sni: Some("api.openai.com"), port: 443, now: 0, app: Default::default(), op: None };
 //! let overlay = IdentityOverlay::default();
 //! let d = policy.decide(&q, &overlay);
 //! assert_eq!(d.action, Action::Block);
 //! assert_eq!(d.rule_name(), "guests-no-openai");
 //! ```
 
+pub mod apps;
 pub mod catalog;
 pub mod catset;
 mod compile;
@@ -40,6 +41,7 @@ mod diag;
 pub mod diff;
 pub mod domain;
 pub mod ident;
+pub mod operation;
 mod policy;
 pub mod schema;
 
@@ -50,9 +52,9 @@ pub use compile::{
 pub use diag::{Diagnostic, Severity, Source};
 pub use ident::{IdentityOverlay, OverlayEntry};
 pub use policy::{
-    ApprovalPolicy, BrokerPolicy, Category, CustomDetector, CustomKind, Decision, Defaults,
-    DlpProfile, HeaderPolicy, Identity, Measure, Policy, Query, QuotaLimit, QuotaPolicy, Resolved,
-    Rule, RuleExplanation, RuleSpec, Window, dictionary_hash, dictionary_hasher,
+    AppSeen, ApprovalPolicy, BrokerPolicy, Category, CustomDetector, CustomKind, Decision,
+    Defaults, DlpProfile, HeaderPolicy, Identity, Measure, Policy, Query, QuotaLimit, QuotaPolicy,
+    Resolved, Rule, RuleExplanation, RuleSpec, Window, dictionary_hash, dictionary_hasher,
 };
 pub use schema::{
     Action, CanaryPolicy, DetectorKind, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode,

@@ -7,9 +7,11 @@ use hashbrown::HashMap;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::apps::{AppCatalog, AppId, AppSet};
 use crate::catset::CatSet;
 use crate::domain::{DomainIndex, DomainPattern, MAX_NAME_LEN, normalize_into};
 use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
+use crate::operation::{OpSet, Operation};
 use crate::schema::{
     Action, CanaryPolicy, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode, FragmentPolicy,
     MidstreamPolicy, QuicPolicy, QuicRefusal, QuotaBy, RecordMode,
@@ -171,6 +173,9 @@ pub struct HeaderPolicy {
     pub approval: Option<ApprovalPolicy>,
     /// What of the requests is recorded (encrypted to the defaults' recipients).
     pub record: Option<RecordMode>,
+    /// ChatGPT accounts (`chatgpt-account-id`) allowed (empty: any). A request that works
+    /// with an account must name one of these.
+    pub chatgpt_accounts: Vec<String>,
 }
 
 /// Just-in-time approval: which requests wait, how long, and what the reviewer sees.
@@ -285,6 +290,10 @@ pub struct RuleSpec {
     pub categories: Vec<String>,
     /// Ports (empty: any).
     pub ports: Vec<u16>,
+    /// Apps, `unknown` among them (empty: any).
+    pub apps: Vec<String>,
+    /// Operations (empty: any).
+    pub operations: Vec<String>,
     /// Action.
     pub action: Action,
     /// DLP profile name for inspect.
@@ -302,7 +311,20 @@ pub struct Rule {
     pub(crate) any_source: bool,
     pub(crate) match_unknown: bool,
     pub(crate) cats: Option<CatSet>,
+    pub(crate) apps: Option<AppRule>,
+    pub(crate) ops: Option<OpSet>,
     pub(crate) dlp: Option<usize>,
+}
+
+/// A rule's `apps`, compiled.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct AppRule {
+    /// The apps named (`unknown` too).
+    pub exact: AppSet,
+    /// What a hello may show of them: the apps and the stacks they run on.
+    pub hello: AppSet,
+    /// Some app named is known only from requests (no hello names it or its stack).
+    pub by_request_only: bool,
 }
 
 impl Rule {
@@ -310,6 +332,26 @@ impl Rule {
     pub fn name(&self) -> &str {
         &self.spec.name
     }
+
+    /// The rule has conditions a request decides (apps, operations).
+    pub fn per_request(&self) -> bool {
+        self.apps.is_some() || self.ops.is_some()
+    }
+}
+
+/// What is known of the app a flow or request comes from, as [`Policy::decide`] is asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AppSeen {
+    /// Nothing yet (a SYN, a DNS query): a rule naming apps may match, so it makes the flow
+    /// inspected (where its requests will say).
+    #[default]
+    Unseen,
+    /// The ClientHello's app (`None`: unknown). A rule naming an app matches its stack's
+    /// hellos; one naming an app no hello shows makes the flow inspected.
+    Hello(Option<AppId>),
+    /// The request's app (`None`: unknown). A rule naming an app matches it and the apps
+    /// that run on it.
+    Request(Option<AppId>),
 }
 
 /// The name of the default action's "rule", shared.
@@ -328,6 +370,10 @@ pub struct Query<'a> {
     pub port: u16,
     /// Unix time in seconds (for overlay expiry).
     pub now: u64,
+    /// The app, as far as it is known.
+    pub app: AppSeen,
+    /// The request's operation (`None`: a flow, not a request).
+    pub op: Option<Operation>,
 }
 
 /// The identity a source resolved to.
@@ -356,6 +402,10 @@ pub struct Decision<'a> {
     pub user: Option<&'a Arc<str>>,
     /// DLP profile for inspect.
     pub dlp: Option<&'a DlpProfile>,
+    /// An earlier rule whose apps or operations only the requests can tell (`Unseen` apps, a
+    /// flow's operations) and that would otherwise apply: the flow is inspected so that each
+    /// request is decided (`action` is then `inspect` whatever `rule` says).
+    pub deferred: Option<&'a Rule>,
 }
 
 impl Decision<'_> {
@@ -404,6 +454,18 @@ pub struct Policy {
     pub(crate) cidrs: CidrTable,
     pub(crate) macs: HashMap<Mac, IdentityId>,
     pub(crate) domains: DomainIndex,
+    /// The app catalog rules were checked against.
+    pub apps: Arc<AppCatalog>,
+    pub(crate) per_request: bool,
+}
+
+/// How a rule's conditions hold for a query.
+enum Fit<'a> {
+    No,
+    /// They hold (with the first category in common).
+    Yes(Option<&'a Arc<str>>),
+    /// Only requests can tell (apps or operations not known yet).
+    Maybe,
 }
 
 impl Policy {
@@ -441,29 +503,59 @@ impl Policy {
 
     /// Decides what to do with a flow. Allocation-free; cost grows with the number of labels
     /// in the name and the number of rules tried, never with the size of the domain lists.
+    ///
+    /// A rule naming apps or operations that only the requests can tell (see [`AppSeen`])
+    /// does not decide; when one would apply, the decision is `inspect` (the rule that
+    /// matched after it still named) so that each request is decided with what it shows.
     pub fn decide<'a>(&'a self, q: &Query<'_>, overlay: &'a IdentityOverlay) -> Decision<'a> {
         let who = self.resolve(q, overlay);
         let cats = self.sni_cats(q.sni);
+        let mut deferred = None;
+        let mut d = None;
         for rule in &self.rules {
-            if let Some(category) = self.rule_matches(rule, &who, &cats, q.port) {
-                return Decision {
-                    action: rule.spec.action,
-                    rule: Some(rule),
-                    category,
-                    identity: self.identity_name(who.id),
-                    user: who.user,
-                    dlp: rule.dlp.and_then(|i| self.dlp_profiles.get(i)),
-                };
+            match self.rule_fits(rule, &who, &cats, q) {
+                Fit::No => {}
+                Fit::Maybe => {
+                    deferred = deferred.or(Some(rule));
+                }
+                Fit::Yes(category) => {
+                    d = Some(Decision {
+                        action: rule.spec.action,
+                        rule: Some(rule),
+                        category,
+                        identity: self.identity_name(who.id),
+                        user: who.user,
+                        dlp: rule.dlp.and_then(|i| self.dlp_profiles.get(i)),
+                        deferred,
+                    });
+                    break;
+                }
             }
         }
-        Decision {
+        let mut d = d.unwrap_or_else(|| Decision {
             action: self.defaults.action,
             rule: None,
             category: cats.first().and_then(|c| self.category_name(c)),
             identity: self.identity_name(who.id),
             user: who.user,
             dlp: None,
+            deferred,
+        });
+        if d.deferred.is_some() {
+            d.action = Action::Inspect;
         }
+        d
+    }
+
+    /// The DLP profile of `rule`.
+    pub fn rule_dlp(&self, rule: &Rule) -> Option<&DlpProfile> {
+        rule.dlp.and_then(|i| self.dlp_profiles.get(i))
+    }
+
+    /// True when some rule names apps or operations: inspected requests are decided again
+    /// with what they show.
+    pub fn decides_requests(&self) -> bool {
+        self.per_request
     }
 
     /// True when some `inspect` rule could apply to this source on this port, whatever the
@@ -476,7 +568,8 @@ impl Policy {
         now: u64,
         overlay: &IdentityOverlay,
     ) -> bool {
-        self.some_rule(&Query { src, mac, sni: None, port, now }, overlay, |a| a == Action::Inspect)
+        let q = Query { src, mac, sni: None, port, now, app: AppSeen::Unseen, op: None };
+        self.some_rule(&q, overlay, |a| a == Action::Inspect)
     }
 
     /// True when some `inspect` or `block` rule could apply to this source on this port,
@@ -490,11 +583,12 @@ impl Policy {
         now: u64,
         overlay: &IdentityOverlay,
     ) -> bool {
-        let q = Query { src, mac, sni: None, port, now };
+        let q = Query { src, mac, sni: None, port, now, app: AppSeen::Unseen, op: None };
         self.some_rule(&q, overlay, |a| matches!(a, Action::Inspect | Action::Block))
     }
 
-    /// True when a rule whose action passes `action` could apply to the source and port of `q`.
+    /// True when a rule whose action passes `action` (or one that makes flows inspected for
+    /// their requests) could apply to the source and port of `q`.
     fn some_rule(
         &self,
         q: &Query<'_>,
@@ -503,7 +597,7 @@ impl Policy {
     ) -> bool {
         let who = self.resolve(q, overlay);
         self.rules.iter().any(|r| {
-            action(r.spec.action)
+            (action(r.spec.action) || (r.per_request() && action(Action::Inspect)))
                 && self.source_matches(r, &who)
                 && (r.spec.ports.is_empty() || r.spec.ports.contains(&q.port))
         })
@@ -529,23 +623,57 @@ impl Policy {
                 && who.groups.iter().any(|g| rule.spec.groups.iter().any(|rg| **rg == **g)))
     }
 
-    /// `Some(category)` when `rule` matches (the category being the first one in common).
-    fn rule_matches<'a>(
+    /// Whether `rule` applies to `q` (the category being the first one in common).
+    fn rule_fits<'a>(
         &'a self,
         rule: &Rule,
         who: &Resolved<'_>,
         cats: &CatSet,
-        port: u16,
-    ) -> Option<Option<&'a Arc<str>>> {
-        if !rule.spec.ports.is_empty() && !rule.spec.ports.contains(&port) {
-            return None;
+        q: &Query<'_>,
+    ) -> Fit<'a> {
+        if !rule.spec.ports.is_empty() && !rule.spec.ports.contains(&q.port) {
+            return Fit::No;
         }
         // Cheapest test first: a bitset intersection.
         let category = match &rule.cats {
             None => cats.first().and_then(|c| self.category_name(c)),
-            Some(rc) => Some(self.category_name(rc.intersection(cats).first()?)?),
+            Some(rc) => match rc.intersection(cats).first().and_then(|c| self.category_name(c)) {
+                Some(c) => Some(c),
+                None => return Fit::No,
+            },
         };
-        self.source_matches(rule, who).then_some(category)
+        if !self.source_matches(rule, who) {
+            return Fit::No;
+        }
+        let mut maybe = false;
+        if let Some(a) = &rule.apps {
+            match self.app_fits(a, q.app) {
+                Some(true) => {}
+                Some(false) => return Fit::No,
+                None => maybe = true,
+            }
+        }
+        if let Some(ops) = rule.ops {
+            match q.op {
+                Some(op) if ops.contains(op) => {}
+                Some(_) => return Fit::No,
+                None => maybe = true,
+            }
+        }
+        if maybe { Fit::Maybe } else { Fit::Yes(category) }
+    }
+
+    /// Whether a rule's apps hold for what is seen (`None`: only requests can tell).
+    fn app_fits(&self, a: &AppRule, seen: AppSeen) -> Option<bool> {
+        match seen {
+            AppSeen::Unseen => None,
+            AppSeen::Hello(None) if a.hello.has_unknown() => Some(true),
+            AppSeen::Hello(h) if h.is_some() && a.hello.meets(&self.apps.reach(h)) => Some(true),
+            AppSeen::Hello(_) if a.by_request_only => None,
+            AppSeen::Hello(_) => Some(false),
+            AppSeen::Request(None) => Some(a.exact.has_unknown()),
+            AppSeen::Request(r) => Some(a.exact.meets(&self.apps.reach(r))),
+        }
     }
 
     /// Says, for each rule in order, why it matched or not, and which one decided.
@@ -598,7 +726,58 @@ impl Policy {
                     rule.spec.ports
                 ));
             }
-            let matched = src_ok && cat_ok && port_ok;
+            let app_ok = match &rule.apps {
+                None => Some(true),
+                Some(a) => {
+                    let fit = self.app_fits(a, q.app);
+                    let seen = match q.app {
+                        AppSeen::Unseen => "not known yet".to_owned(),
+                        AppSeen::Hello(h) => format!("`{}` (from the hello)", self.apps.name(h)),
+                        AppSeen::Request(r) => {
+                            format!("`{}` (from the request)", self.apps.name(r))
+                        }
+                    };
+                    let verdict = match fit {
+                        Some(true) => "matches",
+                        Some(false) => "is not in",
+                        None => "is decided per request against",
+                    };
+                    reasons.push(format!("app: {seen} {verdict} {:?}", rule.spec.apps));
+                    fit
+                }
+            };
+            let op_ok = match rule.ops {
+                None => Some(true),
+                Some(ops) => {
+                    let fit = q.op.map(|o| ops.contains(o));
+                    reasons.push(format!(
+                        "operation: {} {:?}",
+                        match (q.op, fit) {
+                            (Some(o), Some(true)) => format!("`{}` in", o.as_str()),
+                            (Some(o), _) => format!("`{}` not in", o.as_str()),
+                            (None, _) => "decided per request against".to_owned(),
+                        },
+                        rule.spec.operations
+                    ));
+                    fit
+                }
+            };
+            let deferred = app_ok.is_none() || op_ok.is_none();
+            let matched = src_ok
+                && cat_ok
+                && port_ok
+                && app_ok != Some(false)
+                && op_ok != Some(false)
+                && !deferred;
+            if src_ok
+                && cat_ok
+                && port_ok
+                && deferred
+                && app_ok != Some(false)
+                && op_ok != Some(false)
+            {
+                reasons.push("only its requests can tell: the flow is inspected".to_owned());
+            }
             out.push(RuleExplanation {
                 rule: rule.spec.name.to_string(),
                 matched,
@@ -620,11 +799,12 @@ impl Policy {
     }
 
     /// True when `name` belongs to a category some inspect rule names (or any, if an inspect
-    /// rule names no category): DNS answers for such names teach the divert which IPs to steer.
+    /// rule names no category; rules deciding per request count as inspect rules): DNS
+    /// answers for such names teach the divert which IPs to steer.
     pub fn is_inspected_name(&self, name: &str) -> bool {
         let cats = self.domains.lookup(name);
         self.rules.iter().any(|r| {
-            r.spec.action == Action::Inspect
+            (r.spec.action == Action::Inspect || r.per_request())
                 && match &r.cats {
                     None => true,
                     Some(rc) => !rc.intersection(&cats).is_empty(),

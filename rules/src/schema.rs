@@ -315,6 +315,16 @@ pub struct RuleDef {
     /// Destination ports (empty: every port).
     #[serde(default)]
     pub ports: Vec<Spanned<u16>>,
+    /// Apps of the catalog (`rules/apps/`, `sluicectl rules apps`) the rule applies to, and
+    /// `unknown` for clients the catalog does not know (empty: every client).
+    #[serde(default)]
+    pub apps: Vec<Spanned<String>>,
+    /// One app, as `apps = [...]` with one entry (`app = "unknown"`).
+    pub app: Option<Spanned<String>>,
+    /// Operations the rule applies to (`chat`, `upload`, …; empty: every request). A rule
+    /// with operations decides requests, so its flows are inspected.
+    #[serde(default)]
+    pub operations: Vec<Spanned<String>>,
     /// `allow`, `block`, `inspect` or `hold`.
     pub action: Spanned<RuleAction>,
     /// DLP profile for `inspect`.
@@ -329,6 +339,10 @@ pub struct RuleDef {
     /// Organization ids sent as `OpenAI-Allowed-Organization-Ids` on api.openai.com.
     #[serde(default)]
     pub openai_allowed_orgs: Vec<Spanned<String>>,
+    /// ChatGPT accounts allowed (`chatgpt-account-id`; empty: any): a conversation, upload or
+    /// other use of an account must name one of these (a personal account is refused).
+    #[serde(default)]
+    pub chatgpt_accounts: Vec<Spanned<String>>,
     /// Allowed values of the `OpenAI-Organization` request header (empty: any).
     #[serde(default)]
     pub allowed_organizations: Vec<Spanned<String>>,

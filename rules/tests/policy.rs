@@ -17,7 +17,15 @@ fn default_policy() -> Policy {
 }
 
 fn q<'a>(src: &str, sni: &'a str) -> Query<'a> {
-    Query { src: src.parse().unwrap(), mac: None, sni: Some(sni), port: 443, now: 1_000 }
+    Query {
+        src: src.parse().unwrap(),
+        mac: None,
+        sni: Some(sni),
+        port: 443,
+        now: 1_000,
+        app: Default::default(),
+        op: None,
+    }
 }
 
 fn errors(text: &str) -> Vec<String> {

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use hashbrown::HashMap;
-use sluice_rules::{Action as RuleAction, DivertMode, Policy, Query};
+use sluice_rules::{Action as RuleAction, AppSeen, DivertMode, Policy, Query};
 
 use super::offload::{Closes, DirKey, FastEntry, OffloadOp, Rewrite};
 use super::{Engine, Now, Side, Transmit, close, track};
@@ -177,6 +177,10 @@ impl Engine {
                         sni: Some(name),
                         port: f.dport,
                         now: t,
+                        // Not known before the hello: a rule naming apps diverts the flow
+                        // whenever it could apply.
+                        app: AppSeen::Unseen,
+                        op: None,
                     };
                     // Inspected flows, and blocked ones: a diverted block is answered (403,
                     // or a page) rather than reset.

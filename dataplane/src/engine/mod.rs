@@ -35,7 +35,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use arc_swap::ArcSwap;
-use sluice_rules::{IdentityOverlay, MidstreamPolicy, Policy, Query};
+use sluice_rules::{AppSeen, IdentityOverlay, MidstreamPolicy, Policy, Query};
 
 use crate::defrag::Defrag;
 use crate::flow::{
@@ -321,6 +321,8 @@ impl Engine {
             sni: None,
             port: f.dport,
             now: now.unix_ms / 1000,
+            app: AppSeen::Unseen,
+            op: None,
         };
         let who = policy.resolve(&q, &overlay);
         (Some(policy.identity_name(who.id).clone()), who.user.cloned())

@@ -1,7 +1,7 @@
 //! Per-flow bookkeeping shared by the engine's steps: the policy's answer written into a flow,
 //! and a TCP segment's counts and state (handshake, server sequence, FINs, resets).
 
-use sluice_rules::{Action as RuleAction, IdentityOverlay, Policy, Query};
+use sluice_rules::{Action as RuleAction, AppSeen, IdentityOverlay, Policy, Query};
 
 use super::Now;
 use crate::flow::{Flow, TcpState, Verdict};
@@ -26,12 +26,18 @@ pub(super) struct Ask<'a> {
 /// SYN blocks it (the caller resets it and learns the destination: the retry is diverted).
 pub(super) fn decide_flow(flow: &mut Flow, a: &Ask<'_>) -> Verdict {
     let Ask { policy, overlay, sni, reason, divert, now } = *a;
+    // The app its hello shows (a flow without one, not TLS, is an unknown client).
+    let seen = flow.class.ja4.as_deref().map(|j| policy.apps.by_hello(j, sni)).unwrap_or_default();
+    flow.class.app = seen.app.and_then(|a| policy.apps.shared_name(a)).cloned();
+    flow.class.app_evidence = seen.app.map(|_| seen.evidence.hello_str());
     let q = Query {
         src: flow.client.0,
         mac: Some(flow.client_mac),
         sni,
         port: flow.server.1,
         now: now.unix_ms / 1000,
+        app: AppSeen::Hello(seen.app),
+        op: None,
     };
     let d = policy.decide(&q, overlay);
     flow.identity = Some(d.identity.clone());

@@ -3,7 +3,7 @@
 //! steer; queries for categorised names are counted per identity; answers for categorised
 //! names lose the `ech` parameter of their HTTPS records).
 
-use sluice_rules::{CanaryPolicy, DnsEchPolicy, Query, QuicPolicy, QuicRefusal};
+use sluice_rules::{AppSeen, CanaryPolicy, DnsEchPolicy, Query, QuicPolicy, QuicRefusal};
 
 use super::{Action, Engine, MAX_QUIC_HELD, Now, QUIC_PORT, Side, Transmit, count, decide_flow};
 use crate::flow::{FlowKey, TcpState, Verdict};
@@ -38,6 +38,8 @@ impl Engine {
                 sni: None,
                 port: 53,
                 now: now.unix_ms / 1000,
+                app: AppSeen::Unseen,
+                op: None,
             };
             let who = policy.resolve(&query, &overlay);
             let key = (

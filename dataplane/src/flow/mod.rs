@@ -224,6 +224,12 @@ pub struct Class {
     pub tls_version: Option<&'static str>,
     /// JA4.
     pub ja4: Option<Arc<str>>,
+    /// The app its hello shows (shared with the app catalog; `None`: unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<Arc<str>>,
+    /// What identified the app (`ja4`, `ja4+sni`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_evidence: Option<&'static str>,
     /// Category (shared with the policy).
     pub category: Option<Arc<str>>,
     /// Rule (shared with the policy).
@@ -248,6 +254,8 @@ impl Empty for Class {
             alpn_negotiated: None,
             tls_version: None,
             ja4: None,
+            app: None,
+            app_evidence: None,
             category: None,
             rule: None,
             action: None,

@@ -32,8 +32,10 @@ use crate::model::{ModelError, model_of};
 use crate::record::RequestRecord;
 use crate::usage::Tail;
 
+mod apps;
 mod messages;
 
+pub use apps::{AppContext, PerRequest};
 pub use messages::{MessageVerdict, event_model, event_type};
 
 /// Header the rule injects toward ChatGPT (comma-separated workspace UUIDs).
@@ -153,6 +155,8 @@ pub struct Session {
     pub access: Arc<crate::access::Access>,
     /// The rule records its exchanges (sealed to the customer's keys).
     pub recorder: Option<crate::recording::Recorder>,
+    /// The app catalog, what the hello showed, and the policy requests are decided with.
+    pub apps: AppContext,
 }
 
 /// One request's context: its record as it is filled, and how a refusal is worded.
@@ -172,6 +176,8 @@ pub struct RequestCtx {
     usage: Option<Tail>,
     /// What a reviewer must decide before the request goes on (set by phase 3).
     pub(crate) hold: Option<sluice_link::HoldTicket>,
+    /// The request's app and operation (set by phase 1).
+    pub(crate) seen: Option<apps::Seen>,
     started: Instant,
 }
 
@@ -237,7 +243,7 @@ impl Session {
             )));
         }
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
-        RequestCtx {
+        let mut ctx = RequestCtx {
             rec,
             html,
             ws_extensions: None,
@@ -245,8 +251,13 @@ impl Session {
             ws_protocols: None,
             usage: None,
             hold: None,
+            seen: None,
             started: Instant::now(),
+        };
+        if let Some(r) = req {
+            self.identify(r, &mut ctx);
         }
+        ctx
     }
 
     /// Phase 2: what the head alone decides. A refusal answers this request (the driver
@@ -287,6 +298,7 @@ impl Session {
                 self.rule.as_deref(),
             ));
         }
+        self.app_filter(req, ctx)?;
         let h = &self.headers;
         let rule = self.rule.as_deref();
         let text = |n: &str| {
@@ -414,6 +426,8 @@ impl Session {
         if let Some(c) = rec.capture.as_mut() {
             c.request_body(plain, decoded.is_some());
         }
+        self.body_operation(plain, ctx)?;
+        let rec = &mut ctx.rec;
         let ctype = req.headers.header("content-type");
         match model_of(req.target, ctype, plain) {
             Ok(m) => rec.model = m,

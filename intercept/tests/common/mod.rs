@@ -27,6 +27,7 @@ pub fn session(sni: &str) -> Session {
         mask: None,
         access: Default::default(),
         recorder: None,
+        apps: Default::default(),
     }
 }
 

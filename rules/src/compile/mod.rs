@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 mod access;
+mod apps;
 mod broker;
 mod custom;
 mod names;
@@ -133,11 +134,13 @@ impl Cx<'_> {
             categories,
             custom_detectors,
             dlp_profiles,
+            per_request: rules.iter().any(|(_, r)| r.per_request()),
             rules: rules.into_iter().map(|(_, r)| r).collect(),
             identity_by_name: by_name,
             cidrs,
             macs,
             domains,
+            apps: crate::apps::shipped().clone(),
         }
     }
 
@@ -439,6 +442,8 @@ impl Cx<'_> {
                 self.err(span_of(p), "port 0 is not a valid port: expected 1-65535");
             }
         }
+        let (apps, app_names) = self.rule_apps(r, name);
+        let (ops, op_names) = self.rule_operations(r, name);
         let written = *r.action.get_ref();
         let action = written.flow();
         let dlp = match (&r.dlp, action) {
@@ -552,6 +557,8 @@ impl Cx<'_> {
                 groups: r.groups.iter().map(|g| g.get_ref().clone()).collect(),
                 categories: r.categories.iter().map(|c| c.get_ref().clone()).collect(),
                 ports,
+                apps: app_names,
+                operations: op_names,
                 action,
                 dlp: r.dlp.as_ref().map(|d| d.get_ref().clone()),
                 headers,
@@ -560,6 +567,8 @@ impl Cx<'_> {
             any_source: r.identities.is_empty() && r.groups.is_empty(),
             match_unknown: r.identities.iter().any(|i| **i.get_ref() == *defaults.unknown_identity),
             cats: (!r.categories.is_empty()).then_some(cat_set),
+            apps,
+            ops,
             dlp,
         })
     }
@@ -589,6 +598,7 @@ impl Cx<'_> {
     fn headers(&mut self, r: &RuleDef, action: Action) -> HeaderPolicy {
         let lists = [
             ("chatgpt_workspaces", &r.chatgpt_workspaces),
+            ("chatgpt_accounts", &r.chatgpt_accounts),
             ("openai_allowed_orgs", &r.openai_allowed_orgs),
             ("allowed_organizations", &r.allowed_organizations),
             ("allowed_projects", &r.allowed_projects),
@@ -650,6 +660,7 @@ impl Cx<'_> {
             quota: None,
             approval: None,
             record: None,
+            chatgpt_accounts: plain(&r.chatgpt_accounts),
         }
     }
 
@@ -682,7 +693,17 @@ fn covers(a: &Rule, b: &Rule) -> bool {
     };
     let ports = a.spec.ports.is_empty()
         || (!b.spec.ports.is_empty() && b.spec.ports.iter().all(|p| a.spec.ports.contains(p)));
-    src && dst && ports
+    let apps = match (&a.apps, &b.apps) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(x), Some(y)) => x.exact.is_superset(&y.exact),
+    };
+    let ops = match (a.ops, b.ops) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(x), Some(y)) => x.is_superset(y),
+    };
+    src && dst && ports && apps && ops
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {

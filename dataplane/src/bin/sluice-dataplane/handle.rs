@@ -73,6 +73,8 @@ fn classify(c: &mut Class, note: &FlowNote) {
     if let Some(d) = &note.decision {
         c.category = d.category.as_deref().map(Into::into);
         c.rule = d.rule.as_deref().map(Into::into);
+        c.app.clone_from(&d.app);
+        c.app_evidence = d.app_evidence;
     }
     if let Some(a) = note.action {
         c.action = Some(a);

@@ -1,0 +1,212 @@
+//! Which app a request comes from, what it does, and which ChatGPT account it works with
+//! (ARCHITECTURE.md, "Apps and discovery"); and the decision again per request where the
+//! policy has rules only requests can tell (apps, operations).
+//!
+//! A request is decided again only to be refused: the rule that took the connection keeps
+//! its settings (DLP profile, masking, recording) for every request on it.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_rules::apps::{AppCatalog, AppId, HeaderSource, HelloMatch, RequestFacts};
+use sluice_rules::operation::{Operation, classify};
+use sluice_rules::{Action, AppSeen, IdentityOverlay, Policy, Query};
+
+use super::{Headers, RequestCtx, RequestView, Session, chatgpt_host};
+use crate::block::Refusal;
+
+/// Longest account id kept.
+const MAX_ACCOUNT: usize = 64;
+
+/// What a connection's requests are identified and decided with.
+#[derive(Debug, Clone)]
+pub struct AppContext {
+    /// The app catalog.
+    pub catalog: Arc<AppCatalog>,
+    /// What the connection's hello showed.
+    pub hello: HelloMatch,
+    /// The policy to decide each request with, when it has rules only requests can tell.
+    pub per_request: Option<PerRequest>,
+}
+
+impl Default for AppContext {
+    /// The shipped catalog, an unknown hello, no per-request decisions.
+    fn default() -> Self {
+        AppContext {
+            catalog: sluice_rules::apps::shipped().clone(),
+            hello: HelloMatch::default(),
+            per_request: None,
+        }
+    }
+}
+
+/// Deciding requests again: the connection's policy snapshot and who the client is.
+#[derive(Debug, Clone)]
+pub struct PerRequest {
+    /// The policy the connection was decided with.
+    pub policy: Arc<Policy>,
+    /// The identity feed (read at each request).
+    pub overlay: Arc<ArcSwap<IdentityOverlay>>,
+    /// The client's MAC.
+    pub mac: [u8; 6],
+    /// The server port.
+    pub port: u16,
+}
+
+/// What phase 1 learned about the request's app and operation (for phases 2 and 3).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    pub app: Option<AppId>,
+    pub op: Operation,
+}
+
+struct Source<'a>(&'a dyn Headers);
+
+impl HeaderSource for Source<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.header(name)
+    }
+}
+
+/// The request works with an account (a refused account may not do it).
+fn uses_account(op: Operation) -> bool {
+    !matches!(op, Operation::Login | Operation::Other | Operation::Admin)
+}
+
+/// The account id a header carries, if it is a plain token.
+fn account_of(v: &[u8]) -> Option<String> {
+    let v = v.trim_ascii();
+    (!v.is_empty()
+        && v.len() <= MAX_ACCOUNT
+        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    .then(|| String::from_utf8_lossy(v).to_ascii_lowercase())
+}
+
+impl Session {
+    /// Phase 1's part: the app (hello and headers), the operation, the ChatGPT account.
+    pub(crate) fn identify(&self, req: &RequestView<'_>, ctx: &mut RequestCtx) {
+        let a = &self.apps;
+        let path = req.target.split(['?', '#']).next().unwrap_or("");
+        let facts = RequestFacts { authority: req.authority, path, headers: &Source(req.headers) };
+        let id = a.catalog.identify(a.hello, a.catalog.by_request(&facts));
+        let op = classify(req.method, path);
+        let rec = &mut ctx.rec;
+        rec.app = Some(match id.app.and_then(|x| a.catalog.shared_name(x)) {
+            Some(n) => n.clone(),
+            None => UNKNOWN.clone(),
+        });
+        rec.app_version = id.version;
+        rec.app_evidence = (!id.evidence.is_empty()).then(|| id.evidence.to_string());
+        rec.app_claimed = id.claimed.and_then(|c| a.catalog.shared_name(c)).cloned();
+        rec.operation = Some(op.as_str());
+        if chatgpt_host(req.authority) {
+            rec.chatgpt_account = match req.headers.header("chatgpt-account-id") {
+                Some(v) => Some(account_of(v).unwrap_or_else(|| "(unreadable)".to_owned())),
+                None if path.starts_with("/backend-anon/") => Some("anonymous".to_owned()),
+                None => None,
+            };
+        }
+        ctx.seen = Some(Seen { app: id.app, op });
+    }
+
+    /// Phase 2's part: the ChatGPT account allow-list, then the request decided again.
+    pub(crate) fn app_filter(
+        &self,
+        req: &RequestView<'_>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        let Some(seen) = ctx.seen else { return Ok(()) };
+        let allowed = &self.headers.chatgpt_accounts;
+        if !allowed.is_empty() && chatgpt_host(req.authority) && uses_account(seen.op) {
+            let rule = self.rule.as_deref();
+            match ctx.rec.chatgpt_account.as_deref() {
+                Some(a) if allowed.iter().any(|x| x.eq_ignore_ascii_case(a)) => {}
+                Some("anonymous") | None => {
+                    return Err(Refusal::forbidden(
+                        "chatgpt_account_required",
+                        "ChatGPT may be used here only with an allowed company account",
+                        rule,
+                    ));
+                }
+                Some(a) => {
+                    return Err(Refusal::forbidden(
+                        "chatgpt_account_not_allowed",
+                        format!(
+                            "the ChatGPT account {a} is not an allowed company account (a personal account?): sign in to the company workspace"
+                        ),
+                        rule,
+                    ));
+                }
+            }
+        }
+        self.redecide(seen, ctx)
+    }
+
+    /// Phase 3's part: a chat whose body carries a file is an upload, one calling an MCP
+    /// server a connector call; decided again when it changes.
+    pub(crate) fn body_operation(&self, body: &[u8], ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let Some(mut seen) = ctx.seen else { return Ok(()) };
+        if seen.op != Operation::Chat {
+            return Ok(());
+        }
+        let op = if FILE_PARTS.iter().any(|f| f.find(body).is_some()) {
+            Operation::Upload
+        } else if MCP.find(body).is_some() {
+            Operation::Connector
+        } else {
+            return Ok(());
+        };
+        seen.op = op;
+        ctx.seen = Some(seen);
+        ctx.rec.operation = Some(op.as_str());
+        self.redecide(seen, ctx)
+    }
+
+    /// The request decided with what it shows: refused when the answer is to block.
+    fn redecide(&self, seen: Seen, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let Some(p) = &self.apps.per_request else { return Ok(()) };
+        let overlay = p.overlay.load();
+        let q = Query {
+            src: self.client.ip(),
+            mac: Some(p.mac),
+            sni: Some(&self.sni),
+            port: p.port,
+            now: crate::record::now_ms() / 1000,
+            app: AppSeen::Request(seen.app),
+            op: Some(seen.op),
+        };
+        let d = p.policy.decide(&q, &overlay);
+        if d.action != Action::Block {
+            return Ok(());
+        }
+        let rule = d.rule_name();
+        ctx.rec.rule = Some(rule.to_owned());
+        Err(Refusal::forbidden(
+            "blocked_by_policy",
+            format!(
+                "{} by {} is not allowed for {}",
+                seen.op.as_str(),
+                self.apps.catalog.name(seen.app),
+                self.identity
+            ),
+            Some(rule),
+        ))
+    }
+}
+
+static UNKNOWN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "unknown".into());
+
+/// A file inside a prompt: the Responses API's `input_file` parts, and the inline
+/// `file_data` of those and of chat completions' `file` parts. (Quoted: the same words inside
+/// a prompt's text are escaped, `\"file_data\"`, and do not match.)
+static FILE_PARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new(b"\"input_file\""),
+            memchr::memmem::Finder::new(b"\"file_data\""),
+        ]
+    });
+
+/// A remote MCP server as a tool (`"type": "mcp"`).
+static MCP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"mcp\""));
