@@ -401,9 +401,13 @@ async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
         return r;
     }
     let version = lock!(s.rules).current().ok().flatten().map_or(0, |v| v.version);
-    let (flows, requests) = {
+    let (flows, requests, hosts_per_app) = {
         let st = lock!(s.flows);
-        (st.count_of(Kind::Flows).unwrap_or(0), st.count_of(Kind::Requests).unwrap_or(0))
+        (
+            st.count_of(Kind::Flows).unwrap_or(0),
+            st.count_of(Kind::Requests).unwrap_or(0),
+            st.hosts_per_app().unwrap_or_default(),
+        )
     };
     let body = crate::metrics::render(&crate::metrics::Inputs {
         policy_version: version,
@@ -412,6 +416,7 @@ async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
         uptime_s: s.started.elapsed().as_secs(),
         dataplanes: s.links.status(),
         hub: &s.hub,
+        hosts_per_app,
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -449,6 +454,8 @@ pub const ROUTES: &[&str] = &[
     "POST /v1/keys/virtual",
     "DELETE /v1/keys/virtual/{id}",
     "GET /v1/usage",
+    "GET /v1/inventory",
+    "GET /v1/discoveries",
     "GET /metrics",
 ];
 
@@ -470,6 +477,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::identities_api::routes())
         .merge(crate::keys_api::routes())
         .merge(crate::usage_api::routes())
+        .merge(crate::inventory_api::routes())
         .merge(crate::approvals_api::routes())
         .merge(crate::recordings_api::routes())
         .fallback(not_found)

@@ -99,6 +99,19 @@ impl Hub {
         self.tail.subscribe()
     }
 
+    /// Publishes a record control made and stored (a `discovery`): to the live tail and the
+    /// exporter.
+    pub fn publish_value(&self, v: Value) {
+        self.published[2].fetch_add(1, Ordering::Relaxed);
+        let v = Arc::new(v);
+        if let Some(q) = &self.syslog
+            && q.try_send(v.clone()).is_err()
+        {
+            self.syslog_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = self.tail.send(v);
+    }
+
     /// Publishes a record stored for the first time. The live tail and the exporter get it
     /// as a value only when someone reads them: with nobody tailing and no exporter, a
     /// record costs two counters here.

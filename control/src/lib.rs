@@ -15,6 +15,8 @@ pub mod config;
 pub mod hub;
 pub mod identities_api;
 pub mod identstore;
+pub mod inventory;
+pub mod inventory_api;
 pub mod keys_api;
 pub mod keystore;
 pub mod link;

@@ -574,7 +574,15 @@ fn store_batch(
         .rev()
         .find(|r| r.kind == RecordKind::Stats)
         .and_then(|r| serde_json::from_str(&r.json).ok());
-    let fresh = lock!(state.flows).ingest(name, &rows)?;
+    let (fresh, found) = {
+        let mut store = lock!(state.flows);
+        let fresh = store.ingest(name, &rows)?;
+        (fresh, store.take_discovered())
+    };
+    for d in found {
+        tracing::info!(dataplane = %name, discovery = %d, "new AI client");
+        state.hub.publish_value(d);
+    }
     let now = now_s();
     for (r, new) in rows.iter().zip(fresh) {
         if new {

@@ -4,6 +4,7 @@
 //! flow and request records, the live tail, the identity feed, status.
 
 mod approvals_cli;
+mod inventory_cli;
 mod keys_cli;
 mod remote;
 mod sessions_cli;
@@ -80,6 +81,25 @@ enum Cmd {
         /// Since (unix ms, or a duration: 15m, 24h, 7d).
         #[arg(long, default_value = "24h")]
         since: String,
+    },
+    /// The AI clients seen per host, identity, user, app and version (the inventory), or
+    /// the discoveries of new ones.
+    Inventory {
+        /// Only this app (`sluicectl rules apps`).
+        #[arg(long, conflicts_with = "unknown")]
+        app: Option<String>,
+        /// Only clients the catalog does not know.
+        #[arg(long)]
+        unknown: bool,
+        /// Seen since (unix ms, or a duration: 15m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this client address.
+        #[arg(long)]
+        host: Option<String>,
+        /// The discovery events (a host's first sight of an app or unknown client) instead.
+        #[arg(long, conflicts_with_all = ["app", "unknown", "host"])]
+        discoveries: bool,
     },
     /// Brokered provider keys and virtual keys (admin).
     #[command(subcommand)]
@@ -450,6 +470,16 @@ fn main() -> ExitCode {
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),
+        Cmd::Inventory { app, unknown, since, host, discoveries } => {
+            let ask = inventory_cli::Ask {
+                app: app.as_deref(),
+                unknown,
+                since: since.as_deref(),
+                host: host.as_deref(),
+                discoveries,
+            };
+            return online(&conn, |a| inventory_cli::inventory(a, &ask));
+        }
         Cmd::Status => return online(&conn, remote::status),
         Cmd::Ca(CaCmd::Get) => return online(&conn, remote::ca_get),
         Cmd::Completions { shell } => {

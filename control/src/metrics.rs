@@ -25,6 +25,8 @@ pub struct Inputs<'a> {
     pub dataplanes: Vec<DataplaneStatus>,
     /// Record counters.
     pub hub: &'a Hub,
+    /// Distinct hosts per app in the inventory.
+    pub hosts_per_app: Vec<(String, u64)>,
 }
 
 /// A label value with `\`, `"` and newlines escaped.
@@ -79,6 +81,10 @@ pub fn render(i: &Inputs<'_>) -> String {
     o.family("sluice_records_stored", "gauge", "Records in the store, by kind.");
     o.sample("sluice_records_stored", &[("kind", "flow")], i.stored_flows);
     o.sample("sluice_records_stored", &[("kind", "request")], i.stored_requests);
+    o.family("sluice_inventory_hosts", "gauge", "Hosts seen with each app (the inventory).");
+    for (app, n) in &i.hosts_per_app {
+        o.sample("sluice_inventory_hosts", &[("app", app)], n);
+    }
     o.family("sluice_control_uptime_seconds", "counter", "Seconds since the daemon started.");
     o.sample("sluice_control_uptime_seconds", &[], i.uptime_s);
     o.family(
@@ -235,6 +241,7 @@ mod tests {
             uptime_s: 5,
             dataplanes: vec![d],
             hub: &hub,
+            hosts_per_app: vec![("openai-python".into(), 2)],
         });
         for want in [
             "sluice_packets_total{dataplane=\"dp\\\"1\"} 10",

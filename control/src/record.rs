@@ -86,8 +86,32 @@ pub struct Row<'a> {
     /// What a `recording` record says besides (read in the same pass; its text is not
     /// copied into `json`, which stays empty).
     pub recording: Option<Box<RecordingFields<'a>>>,
+    /// The app a flow's hello or a request showed, for the inventory (flows with a hello,
+    /// requests).
+    pub app: Option<Box<AppFields<'a>>>,
     /// The text stored: the record with `"dataplane"` naming the data plane it came from.
     pub json: String,
+}
+
+/// What the inventory reads of a flow or request record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFields<'a> {
+    /// The app (`unknown` for a hello the catalog does not know).
+    pub app: Cow<'a, str>,
+    /// Its version, as a request says it.
+    pub version: Option<Cow<'a, str>>,
+    /// The hello's JA4 (names an unknown client).
+    pub ja4: Option<Cow<'a, str>>,
+    /// A flow's last record (`event: end`): it counts as a flow, with its bytes.
+    pub ended: bool,
+    /// Bytes both ways (a request's bodies, an ended flow's packets).
+    pub bytes: u64,
+    /// The ChatGPT account, OpenAI organization and API key fingerprint it showed.
+    pub chatgpt_account: Option<Cow<'a, str>>,
+    /// `OpenAI-Organization`.
+    pub openai_organization: Option<Cow<'a, str>>,
+    /// The API key's fingerprint.
+    pub api_key_fp: Option<Cow<'a, str>>,
 }
 
 /// The members of a `recording` record control stores.
@@ -163,9 +187,24 @@ impl<'a> Row<'a> {
                 }))
             })
             .flatten();
+        let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let app = app_fields(
+            kind,
+            text("app"),
+            text("ja4"),
+            AppExtra {
+                version: text("app_version"),
+                ended: v.get("event").and_then(Value::as_str) == Some("end"),
+                bytes: num("bytes_out").saturating_add(num("bytes_in")),
+                chatgpt_account: text("chatgpt_account"),
+                openai_organization: text("openai_organization"),
+                api_key_fp: text("api_key_fp"),
+            },
+        );
         Some(Row {
             seq,
             kind,
+            app,
             ts_ms: v.get("ts_ms").and_then(Value::as_u64).unwrap_or(0),
             identity: text("identity"),
             user: text("user"),
@@ -252,6 +291,25 @@ struct Fields<'a> {
     cached_tokens: Option<u64>,
     #[serde(default)]
     dataplane: Option<IgnoredAny>,
+    // What the inventory reads.
+    #[serde(borrow, default)]
+    app: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    app_version: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    ja4: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    event: Option<Text<'a>>,
+    #[serde(default)]
+    bytes_out: Option<u64>,
+    #[serde(default)]
+    bytes_in: Option<u64>,
+    #[serde(borrow, default)]
+    chatgpt_account: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    openai_organization: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    api_key_fp: Option<Text<'a>>,
     // A recording's members.
     #[serde(borrow, default)]
     id: Option<Text<'a>>,
@@ -298,9 +356,23 @@ impl<'a> Fields<'a> {
             }
             _ => None,
         };
+        let app = app_fields(
+            kind,
+            t(self.app),
+            t(self.ja4),
+            AppExtra {
+                version: t(self.app_version),
+                ended: self.event.is_some_and(|e| e.0 == "end"),
+                bytes: self.bytes_out.unwrap_or(0).saturating_add(self.bytes_in.unwrap_or(0)),
+                chatgpt_account: t(self.chatgpt_account),
+                openai_organization: t(self.openai_organization),
+                api_key_fp: t(self.api_key_fp),
+            },
+        );
         Row {
             seq: self.seq,
             kind,
+            app,
             ts_ms: self.ts_ms.unwrap_or(0),
             identity: t(self.identity),
             user: t(self.user),
@@ -326,6 +398,40 @@ impl<'a> Fields<'a> {
             json,
         }
     }
+}
+
+/// The rest of what the inventory reads of a record.
+struct AppExtra<'a> {
+    version: Option<Cow<'a, str>>,
+    ended: bool,
+    bytes: u64,
+    chatgpt_account: Option<Cow<'a, str>>,
+    openai_organization: Option<Cow<'a, str>>,
+    api_key_fp: Option<Cow<'a, str>>,
+}
+
+/// The inventory's fields of a flow that saw a hello (its app, or `unknown`) or of a request.
+fn app_fields<'a>(
+    kind: RecordKind,
+    app: Option<Cow<'a, str>>,
+    ja4: Option<Cow<'a, str>>,
+    x: AppExtra<'a>,
+) -> Option<Box<AppFields<'a>>> {
+    let app = match kind {
+        RecordKind::Flow if ja4.is_some() => app.unwrap_or(Cow::Borrowed("unknown")),
+        RecordKind::Request => app?,
+        _ => return None,
+    };
+    Some(Box::new(AppFields {
+        app,
+        version: x.version,
+        ja4,
+        ended: x.ended,
+        bytes: x.bytes,
+        chatgpt_account: x.chatgpt_account,
+        openai_organization: x.openai_organization,
+        api_key_fp: x.api_key_fp,
+    }))
 }
 
 /// A JSON string borrowed from the text when it has no escapes (serde borrows a `Cow` only

@@ -76,7 +76,7 @@ pub(crate) fn time_param(v: &str) -> Option<u64> {
 
 /// The filters of a flow or request query (400 on a malformed time).
 fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
-    const KNOWN: [&str; 15] = [
+    const KNOWN: [&str; 17] = [
         "since",
         "until",
         "identity",
@@ -92,6 +92,8 @@ fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
         "type",
         "format",
         "dataplane",
+        "app",
+        "operation",
     ];
     if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
@@ -115,6 +117,8 @@ fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
         rule: text("rule"),
         detector: text("detector"),
         dataplane: text("dataplane"),
+        app: text("app"),
+        operation: text("operation"),
     })
 }
 
@@ -198,6 +202,8 @@ fn tail_match(r: &Value, q: &HashMap<String, String>, f: &FlowFilter) -> bool {
         && field("verdict", &f.verdict)
         && field("rule", &f.rule)
         && field("dataplane", &f.dataplane)
+        && field("app", &f.app)
+        && field("operation", &f.operation)
         && f.detector.as_deref().is_none_or(|d| {
             r.get("dlp_findings").and_then(Value::as_array).is_some_and(|a| {
                 a.iter().any(|x| x.get("detector").and_then(Value::as_str) == Some(d))

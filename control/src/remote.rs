@@ -60,6 +60,12 @@ pub struct Filters {
     /// Data plane name.
     #[arg(long)]
     dataplane: Option<String>,
+    /// App (`sluicectl rules apps`; `unknown` too).
+    #[arg(long)]
+    app: Option<String>,
+    /// Operation (`chat`, `upload`, …; requests only).
+    #[arg(long)]
+    operation: Option<String>,
 }
 
 impl Filters {
@@ -76,6 +82,8 @@ impl Filters {
             ("rule", &self.rule),
             ("detector", &self.detector),
             ("dataplane", &self.dataplane),
+            ("app", &self.app),
+            ("operation", &self.operation),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.clone().map(|v| (k, v)))

@@ -80,6 +80,10 @@ pub struct FlowFilter {
     pub detector: Option<String>,
     /// Data plane name.
     pub dataplane: Option<String>,
+    /// App (`unknown` too).
+    pub app: Option<String>,
+    /// Operation (request records).
+    pub operation: Option<String>,
 }
 
 /// Which records.
@@ -118,6 +122,8 @@ pub struct FlowStore {
     /// The recordings table is an earlier version's, unique by sequence number
     /// ([`crate::recordings::migrate`]).
     recordings_by_seq: bool,
+    /// Discovery records made by the ingests since the last [`FlowStore::take_discovered`].
+    discovered: Vec<Value>,
 }
 
 const SCHEMA: &str = "
@@ -201,8 +207,9 @@ impl FlowStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::inventory::SCHEMA)?;
         let recordings_by_seq = crate::recordings::migrate(&conn)?;
-        Ok(FlowStore { conn, sealed: None, recordings_by_seq })
+        Ok(FlowStore { conn, sealed: None, recordings_by_seq, discovered: Vec::new() })
     }
 
     /// Stores records from data plane `dataplane` in one transaction: flow records in
@@ -275,8 +282,44 @@ impl FlowStore {
             f.write()?;
             crate::recordings::count_segments(&tx, &f.take_appended())?;
         }
+        let new: Vec<&Row<'_>> = rows
+            .iter()
+            .zip(&fresh)
+            .filter(|(r, n)| **n && r.app.is_some())
+            .map(|(r, _)| r)
+            .collect();
+        let found = if new.is_empty() {
+            Vec::new()
+        } else {
+            crate::inventory::update(&tx, dataplane, &new)?
+        };
         tx.commit()?;
+        self.discovered.extend(found);
         Ok(fresh)
+    }
+
+    /// The inventory rows matching `f` ([`crate::inventory::query`]).
+    pub fn inventory(
+        &self,
+        f: &crate::inventory::InventoryFilter,
+    ) -> Result<Vec<crate::inventory::InventoryRow>, StoreError> {
+        crate::inventory::query(&self.conn, f)
+    }
+
+    /// Distinct hosts per app in the inventory.
+    pub fn hosts_per_app(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        crate::inventory::hosts_per_app(&self.conn)
+    }
+
+    /// Discovery records since `since_ms`, newest first.
+    pub fn discoveries(&self, since_ms: u64, limit: usize) -> Result<Vec<Value>, StoreError> {
+        crate::inventory::discoveries(&self.conn, since_ms, limit)
+    }
+
+    /// The discovery records the ingests made since the last call (stored already: for the
+    /// live tail and the exporter).
+    pub fn take_discovered(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.discovered)
     }
 
     /// The highest sequence number stored for `dataplane` (where a replay may resume;
@@ -409,6 +452,11 @@ impl FlowStore {
                 add(&format!(" AND {col} = ?"), v.clone().into());
             }
         }
+        for (key, v) in [("app", &f.app), ("operation", &f.operation)] {
+            if let Some(v) = v {
+                add(&format!(" AND json_extract(record, '$.{key}') = ?"), v.clone().into());
+            }
+        }
         if let Some(d) = &f.detector {
             match kind {
                 Kind::Requests => add(" AND detectors LIKE ? ESCAPE '\\'", like_item(d).into()),
@@ -454,7 +502,8 @@ impl FlowStore {
                 [i64::try_from(max_rows).unwrap_or(i64::MAX)],
             )?;
         }
-        Ok(n as u64)
+        let n = n as u64 + crate::inventory::prune(&self.conn, older_than_ms)?;
+        Ok(n)
     }
 }
 

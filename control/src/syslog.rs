@@ -94,6 +94,7 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
         Format::Rfc5424 => format!("{head} {r}"),
         Format::Cef => {
             let (sig, name) = match (kind, blocked) {
+                ("discovery", _) => ("discovery", "New AI client on a host"),
                 ("request", true) => ("request-block", "AI request blocked"),
                 ("request", false) if alert => {
                     ("request-dlp-alert", "AI request with DLP findings")
@@ -103,6 +104,7 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
                 _ => ("flow-allow", "Flow"),
             };
             let severity = match (blocked, alert) {
+                _ if kind == "discovery" => 5,
                 (true, _) => 7,
                 (false, true) => 5,
                 _ => 3,
@@ -133,7 +135,13 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
             add("cs4Label", "rule");
             add("cs4", s(r, "rule"));
             add("reason", s(r, "reason"));
-            if kind == "request" {
+            if kind == "discovery" {
+                add("cs5Label", "app");
+                add("cs5", s(r, "app"));
+                add("cs6Label", "ja4");
+                add("cs6", s(r, "ja4"));
+                add("msg", s(r, "event"));
+            } else if kind == "request" {
                 add("requestMethod", s(r, "method"));
                 add("request", s(r, "path"));
                 add("cs5Label", "model");

@@ -176,6 +176,47 @@ fn dataplane_link_policy_records_dedup_identities() {
     let (_, body) = call(&d, "GET", "/v1/flows?dataplane=elsewhere", Some(ANALYST), None);
     assert_eq!(json(&body)["records"].as_array().unwrap().len(), 0, "{body}");
 
+    // Apps: the inventory, its discoveries, the filters by app and operation, the gauge.
+    let sdk = serde_json::json!({"seq": 5, "type": "request", "ts_ms": 1005, "src": "10.0.0.1",
+        "identity": "finance", "user": "alice", "sni": "api.openai.com", "verdict": "allow",
+        "app": "openai-python", "app_version": "3.57.0", "operation": "upload"});
+    dp.send_records(&[sdk]);
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 5 }));
+    let (code, body) =
+        call(&d, "GET", "/v1/inventory?app=openai-python&since=0", Some(ANALYST), None);
+    assert_eq!(code, 200, "{body}");
+    let rows = json(&body)["rows"].as_array().unwrap().clone();
+    assert_eq!(
+        (rows.len(), &rows[0]["user"], &rows[0]["version"]),
+        (1, &serde_json::json!("alice"), &serde_json::json!("3.57.0")),
+        "{body}"
+    );
+    let (_, body) = call(&d, "GET", "/v1/inventory?unknown=true", Some(ANALYST), None);
+    assert_eq!(json(&body)["rows"].as_array().unwrap().len(), 0, "{body}");
+    for bad in [
+        "/v1/inventory?app=x&unknown=true",
+        "/v1/inventory?colour=red",
+        "/v1/inventory?since=soon",
+        "/v1/discoveries?limit=0",
+    ] {
+        assert_eq!(call(&d, "GET", bad, Some(ANALYST), None).0, 400, "{bad}");
+    }
+    assert_eq!(call(&d, "GET", "/v1/inventory", None, None).0, 401);
+    let (_, body) = call(&d, "GET", "/v1/discoveries", Some(ANALYST), None);
+    let found = json(&body)["records"].as_array().unwrap().clone();
+    assert_eq!(
+        (found.len(), &found[0]["type"], &found[0]["event"]),
+        (1, &serde_json::json!("discovery"), &serde_json::json!("new-app")),
+        "{body}"
+    );
+    let (_, body) =
+        call(&d, "GET", "/v1/requests?operation=upload&app=openai-python", Some(ANALYST), None);
+    assert_eq!(json(&body)["records"].as_array().unwrap().len(), 1, "{body}");
+    let (_, body) = call(&d, "GET", "/v1/requests?operation=chat", Some(ANALYST), None);
+    assert_eq!(json(&body)["records"].as_array().unwrap().len(), 0, "{body}");
+    let (_, body) = call(&d, "GET", "/metrics", Some(ANALYST), None);
+    assert!(body.contains("sluice_inventory_hosts{app=\"openai-python\"} 1"), "{body}");
+
     // An alarm (the data plane lost records) lands in the audit log, once however often sent.
     let alarm = serde_json::json!({"seq": 4, "type": "alarm", "alarm": "records_dropped", "ts_ms": 1004,
         "records": 17, "dropped_total": 17});
@@ -288,7 +329,7 @@ fn dataplane_link_policy_records_dedup_identities() {
     let mut dp = FakeDataplane::connect(&d, "dp-test", sluice_link::PROTO_VERSION);
     assert_eq!(
         dp.recv(),
-        Some(Down::Welcome { proto: sluice_link::PROTO_VERSION, last_seq: Some(3) })
+        Some(Down::Welcome { proto: sluice_link::PROTO_VERSION, last_seq: Some(5) })
     );
 }
 

@@ -1,0 +1,462 @@
+//! The inventory of AI clients (ARCHITECTURE.md, "Apps and discovery"): per (host, identity,
+//! user, app, version), first and last seen, flows, requests, bytes, destinations and the
+//! accounts seen, kept from the records as they are stored (in the same transaction); and a
+//! `discovery` record the first time a host shows an app, or an unknown client (by its JA4).
+
+use std::collections::{BTreeSet, HashMap};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::record::{AppFields, Row};
+use crate::store::StoreError;
+
+/// Most destinations, and most accounts, kept per row.
+pub const MAX_LISTED: usize = 32;
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inventory (
+    host TEXT NOT NULL, identity TEXT NOT NULL, user TEXT NOT NULL,
+    app TEXT NOT NULL, version TEXT NOT NULL,
+    first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+    flows INTEGER NOT NULL, requests INTEGER NOT NULL, bytes INTEGER NOT NULL,
+    destinations TEXT NOT NULL, accounts TEXT NOT NULL,
+    PRIMARY KEY (host, identity, user, app, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inventory_app ON inventory (app, last_ms);
+CREATE TABLE IF NOT EXISTS discoveries (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    client TEXT NOT NULL,
+    record TEXT NOT NULL,
+    UNIQUE (host, client)
+);
+";
+
+/// One row of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InventoryRow {
+    /// The client's address.
+    pub host: String,
+    /// Its identity.
+    pub identity: String,
+    /// The feed user (empty: none).
+    pub user: String,
+    /// The app (`unknown`: a client the catalog does not know).
+    pub app: String,
+    /// Its version (empty: not said; flows show no version).
+    pub version: String,
+    /// First seen (unix ms).
+    pub first_seen_ms: u64,
+    /// Last seen (unix ms).
+    pub last_seen_ms: u64,
+    /// Flows ended.
+    pub flows: u64,
+    /// Requests.
+    pub requests: u64,
+    /// Bytes both ways (ended flows, and requests' bodies).
+    pub bytes: u64,
+    /// Server names, at most 32.
+    pub destinations: Vec<String>,
+    /// Accounts seen (`chatgpt:…`, `org:…`, `key:sha256:…`), at most 32.
+    pub accounts: Vec<String>,
+}
+
+/// Which rows [`query`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct InventoryFilter {
+    /// Only this app.
+    pub app: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// Only this user.
+    pub user: Option<String>,
+    /// Seen at or after (unix ms).
+    pub since_ms: Option<u64>,
+}
+
+type Key = (String, String, String, String, String);
+
+#[derive(Default)]
+struct Delta {
+    first: u64,
+    last: u64,
+    flows: u64,
+    requests: u64,
+    bytes: u64,
+    destinations: BTreeSet<String>,
+    accounts: BTreeSet<String>,
+}
+
+fn bounded(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+fn add_bounded(set: &mut BTreeSet<String>, v: String) {
+    if set.len() < MAX_LISTED || set.contains(&v) {
+        set.insert(v);
+    }
+}
+
+fn accounts(a: &AppFields<'_>) -> impl Iterator<Item = String> {
+    let tagged = |tag: &'static str, v: &Option<std::borrow::Cow<'_, str>>| {
+        v.as_deref().filter(|v| !v.is_empty()).map(|v| format!("{tag}{}", bounded(v, 80)))
+    };
+    [
+        tagged("chatgpt:", &a.chatgpt_account),
+        tagged("org:", &a.openai_organization),
+        tagged("key:", &a.api_key_fp),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Adds the stored records `rows` (those newly stored) of data plane `dataplane` to the
+/// inventory, inside the ingest's transaction. Returns the discovery records of hosts seen
+/// with an app (or an unknown client) for the first time, stored too.
+pub(crate) fn update(
+    tx: &Transaction<'_>,
+    dataplane: &str,
+    rows: &[&Row<'_>],
+) -> Result<Vec<Value>, StoreError> {
+    let mut deltas: HashMap<Key, Delta> = HashMap::new();
+    let mut found: Vec<Value> = Vec::new();
+    let mut seen_clients: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut new_client = tx.prepare_cached(
+        "INSERT OR IGNORE INTO discoveries (ts_ms, host, client, record) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for r in rows {
+        let Some(a) = r.app.as_deref() else { continue };
+        let host = bounded(r.src.as_deref().unwrap_or(""), 64);
+        if host.is_empty() {
+            continue;
+        }
+        let identity = bounded(r.identity.as_deref().unwrap_or(""), 64);
+        let user = bounded(r.user.as_deref().unwrap_or(""), 128);
+        let app = bounded(&a.app, 64);
+        let version = bounded(a.version.as_deref().unwrap_or(""), 32);
+        let request = r.kind == crate::record::RecordKind::Request;
+        // A client is an app, or an unknown hello by its JA4 (a request shows no JA4: its
+        // flow names the unknown client).
+        let client = match (app.as_str(), &a.ja4) {
+            ("unknown", Some(j)) => Some(format!("unknown:{}", bounded(j, 40))),
+            ("unknown", None) => None,
+            (name, _) => Some(name.to_owned()),
+        };
+        if let Some(client) = client
+            && seen_clients.insert((host.clone(), client.clone()))
+        {
+            let mut rec = json!({
+                "type": "discovery",
+                "ts_ms": r.ts_ms,
+                "dataplane": dataplane,
+                "event": if app == "unknown" { "new-unknown-client" } else { "new-app" },
+                "src": host,
+                "identity": identity,
+                "app": app,
+                "sni": r.sni.as_deref().unwrap_or(""),
+                "verdict": r.verdict.as_deref().unwrap_or(""),
+            });
+            if !user.is_empty() {
+                rec["user"] = json!(user);
+            }
+            if !version.is_empty() {
+                rec["app_version"] = json!(version);
+            }
+            if let Some(j) = &a.ja4 {
+                rec["ja4"] = json!(bounded(j, 40));
+            }
+            let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
+            if new_client.execute(params![ts, host, client, rec.to_string()])? == 1 {
+                found.push(rec);
+            }
+        }
+        let d = deltas
+            .entry((host, identity, user, app, version))
+            .or_insert_with(|| Delta { first: r.ts_ms, ..Delta::default() });
+        d.first = d.first.min(r.ts_ms);
+        d.last = d.last.max(r.ts_ms);
+        if request {
+            d.requests += 1;
+            d.bytes = d.bytes.saturating_add(a.bytes);
+        } else if a.ended {
+            d.flows += 1;
+            d.bytes = d.bytes.saturating_add(a.bytes);
+        }
+        if let Some(sni) = r.sni.as_deref().filter(|s| !s.is_empty()) {
+            add_bounded(&mut d.destinations, bounded(sni, 253));
+        }
+        for acc in accounts(a) {
+            add_bounded(&mut d.accounts, acc);
+        }
+    }
+    let mut read = tx.prepare_cached(
+        "SELECT destinations, accounts FROM inventory
+         WHERE host = ?1 AND identity = ?2 AND user = ?3 AND app = ?4 AND version = ?5",
+    )?;
+    let mut write = tx.prepare_cached(
+        "INSERT INTO inventory (host, identity, user, app, version, first_ms, last_ms, flows,
+                                requests, bytes, destinations, accounts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (host, identity, user, app, version) DO UPDATE SET
+           first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms),
+           flows = flows + excluded.flows, requests = requests + excluded.requests,
+           bytes = bytes + excluded.bytes, destinations = excluded.destinations,
+           accounts = excluded.accounts",
+    )?;
+    for ((host, identity, user, app, version), mut d) in deltas {
+        let old: Option<(String, String)> = read
+            .query_row(params![host, identity, user, app, version], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((dest, acc)) = old {
+            let list = |t: &str| serde_json::from_str::<Vec<String>>(t).unwrap_or_default();
+            let (mut dests, mut accs) = (BTreeSet::new(), BTreeSet::new());
+            for v in list(&dest) {
+                add_bounded(&mut dests, v);
+            }
+            for v in list(&acc) {
+                add_bounded(&mut accs, v);
+            }
+            for v in std::mem::take(&mut d.destinations) {
+                add_bounded(&mut dests, v);
+            }
+            for v in std::mem::take(&mut d.accounts) {
+                add_bounded(&mut accs, v);
+            }
+            d.destinations = dests;
+            d.accounts = accs;
+        }
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        write.execute(params![
+            host,
+            identity,
+            user,
+            app,
+            version,
+            n(d.first),
+            n(d.last),
+            n(d.flows),
+            n(d.requests),
+            n(d.bytes),
+            serde_json::to_string(&d.destinations)?,
+            serde_json::to_string(&d.accounts)?,
+        ])?;
+    }
+    Ok(found)
+}
+
+/// The rows matching `f`, most recently seen first (at most 10,000).
+pub fn query(
+    conn: &rusqlite::Connection,
+    f: &InventoryFilter,
+) -> Result<Vec<InventoryRow>, StoreError> {
+    let mut sql = String::from(
+        "SELECT host, identity, user, app, version, first_ms, last_ms, flows, requests, bytes,
+                destinations, accounts FROM inventory WHERE 1=1",
+    );
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    for (col, v) in
+        [("app", &f.app), ("host", &f.host), ("identity", &f.identity), ("user", &f.user)]
+    {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            args.push(v.clone().into());
+        }
+    }
+    if let Some(t) = f.since_ms {
+        sql.push_str(" AND last_ms >= ?");
+        args.push(i64::try_from(t).unwrap_or(i64::MAX).into());
+    }
+    sql.push_str(" ORDER BY last_ms DESC LIMIT 10000");
+    let mut st = conn.prepare(&sql)?;
+    let u = |v: i64| u64::try_from(v).unwrap_or(0);
+    let list = |t: String| serde_json::from_str::<Vec<String>>(&t).unwrap_or_default();
+    let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+        Ok(InventoryRow {
+            host: r.get(0)?,
+            identity: r.get(1)?,
+            user: r.get(2)?,
+            app: r.get(3)?,
+            version: r.get(4)?,
+            first_seen_ms: u(r.get(5)?),
+            last_seen_ms: u(r.get(6)?),
+            flows: u(r.get(7)?),
+            requests: u(r.get(8)?),
+            bytes: u(r.get(9)?),
+            destinations: list(r.get(10)?),
+            accounts: list(r.get(11)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Distinct hosts per app (the metrics' gauge).
+pub fn hosts_per_app(conn: &rusqlite::Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT app, COUNT(DISTINCT host) FROM inventory GROUP BY app")?;
+    let rows =
+        st.query_map([], |r| Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0))))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Discovery records since `since_ms`, newest first (at most `limit`).
+pub fn discoveries(
+    conn: &rusqlite::Connection,
+    since_ms: u64,
+    limit: usize,
+) -> Result<Vec<Value>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT record FROM discoveries WHERE ts_ms >= ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = st.query_map(
+        params![i64::try_from(since_ms).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(1000)],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut out = Vec::new();
+    for t in rows {
+        out.push(serde_json::from_str(&t?)?);
+    }
+    Ok(out)
+}
+
+/// Forgets what was last seen before `older_than_ms` (retention): rows, and discoveries (a
+/// host seen again later is discovered again).
+pub(crate) fn prune(conn: &rusqlite::Connection, older_than_ms: u64) -> Result<u64, StoreError> {
+    let t = i64::try_from(older_than_ms).unwrap_or(i64::MAX);
+    let mut n = conn.execute("DELETE FROM inventory WHERE last_ms < ?1", [t])?;
+    n += conn.execute("DELETE FROM discoveries WHERE ts_ms < ?1", [t])?;
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FlowStore;
+
+    fn ingest(store: &mut FlowStore, dp: &str, recs: &[Value]) -> Vec<Value> {
+        let texts: Vec<String> = recs.iter().map(Value::to_string).collect();
+        let rows: Vec<Row<'_>> = texts.iter().filter_map(|t| Row::read(t, dp)).collect();
+        store.ingest(dp, &rows).unwrap();
+        store.take_discovered()
+    }
+
+    fn flow(seq: u64, ts: u64, app: Option<&str>, event: &str) -> Value {
+        let mut v = json!({"seq": seq, "type": "flow", "event": event, "ts_ms": ts, "src": "10.20.1.10",
+            "identity": "finance", "sni": "api.openai.com", "ja4": "t13d1812h1_85036bcba153_d41ae481755e",
+            "bytes_out": 100, "bytes_in": 1000, "verdict": "allow"});
+        if let Some(a) = app {
+            v["app"] = json!(a);
+        }
+        v
+    }
+
+    fn request(seq: u64, ts: u64, app: &str, version: &str, account: Option<&str>) -> Value {
+        let mut v = json!({"seq": seq, "type": "request", "ts_ms": ts, "src": "10.20.1.10", "identity": "finance",
+            "user": "alice", "sni": "chatgpt.com", "app": app, "app_version": version, "bytes_out": 10,
+            "bytes_in": 20, "verdict": "allow", "api_key_fp": "sha256:0123456789ab",
+            "openai_organization": "org-1"});
+        if let Some(a) = account {
+            v["chatgpt_account"] = json!(a);
+        }
+        v
+    }
+
+    #[test]
+    fn rows_add_up_and_new_clients_are_discovered_once() {
+        let mut st = FlowStore::open_in_memory().unwrap();
+        let found = ingest(
+            &mut st,
+            "dp1",
+            &[
+                flow(1, 1_000, Some("python"), "update"),
+                flow(2, 2_000, Some("python"), "end"),
+                request(3, 1_500, "openai-python", "3.57.0", None),
+                request(4, 2_500, "openai-python", "3.57.0", Some("acc-1")),
+                // A hello the catalog does not know, and a flow with no hello (not counted).
+                flow(5, 3_000, None, "end"),
+                json!({"seq": 6, "type": "flow", "event": "end", "ts_ms": 3_000, "src": "10.20.1.10"}),
+            ],
+        );
+        let events: Vec<(String, String)> =
+            found.iter().map(|d| (d["event"].to_string(), d["app"].to_string())).collect();
+        assert_eq!(
+            events,
+            [
+                ("\"new-app\"".into(), "\"python\"".into()),
+                ("\"new-app\"".into(), "\"openai-python\"".into()),
+                ("\"new-unknown-client\"".into(), "\"unknown\"".into()),
+            ]
+        );
+        assert_eq!(found[2]["ja4"], "t13d1812h1_85036bcba153_d41ae481755e");
+        let rows = st.inventory(&InventoryFilter::default()).unwrap();
+        let py = rows.iter().find(|r| r.app == "python").unwrap();
+        assert_eq!(
+            (py.flows, py.requests, py.bytes, py.first_seen_ms, py.last_seen_ms),
+            (1, 0, 1100, 1_000, 2_000)
+        );
+        let sdk = rows.iter().find(|r| r.app == "openai-python").unwrap();
+        assert_eq!(
+            (sdk.version.as_str(), sdk.user.as_str(), sdk.requests, sdk.bytes),
+            ("3.57.0", "alice", 2, 60)
+        );
+        assert_eq!(sdk.destinations, ["chatgpt.com"]);
+        assert_eq!(sdk.accounts, ["chatgpt:acc-1", "key:sha256:0123456789ab", "org:org-1"]);
+        // Seen again later: counted, not discovered again; a new account is added.
+        let found =
+            ingest(&mut st, "dp1", &[request(7, 9_000, "openai-python", "3.57.0", Some("acc-2"))]);
+        assert!(found.is_empty(), "{found:?}");
+        let f = InventoryFilter { app: Some("openai-python".into()), ..Default::default() };
+        let sdk = &st.inventory(&f).unwrap()[0];
+        assert_eq!((sdk.requests, sdk.last_seen_ms), (3, 9_000));
+        assert!(sdk.accounts.contains(&"chatgpt:acc-2".to_owned()));
+        // A record sent again (same sequence number) is not counted twice.
+        ingest(&mut st, "dp1", &[request(7, 9_000, "openai-python", "3.57.0", None)]);
+        assert_eq!(st.inventory(&f).unwrap()[0].requests, 3);
+        // Filters, and the gauge.
+        let unknown = InventoryFilter { app: Some("unknown".into()), ..Default::default() };
+        assert_eq!(st.inventory(&unknown).unwrap().len(), 1);
+        let later = InventoryFilter { since_ms: Some(5_000), ..Default::default() };
+        assert_eq!(st.inventory(&later).unwrap().len(), 1);
+        let mut gauge = st.hosts_per_app().unwrap();
+        gauge.sort();
+        assert_eq!(
+            gauge,
+            [("openai-python".into(), 1), ("python".into(), 1), ("unknown".into(), 1)]
+        );
+        assert_eq!(st.discoveries(0, 10).unwrap().len(), 3);
+        // Another host with the same app is a discovery of its own.
+        let mut other = request(8, 10_000, "openai-python", "3.57.0", None);
+        other["src"] = json!("10.20.1.11");
+        assert_eq!(ingest(&mut st, "dp1", &[other]).len(), 1);
+        // Retention forgets what was last seen before the cut.
+        st.prune(8_000, u64::MAX).unwrap();
+        let left: Vec<String> =
+            st.inventory(&InventoryFilter::default()).unwrap().into_iter().map(|r| r.app).collect();
+        assert_eq!(left, ["openai-python", "openai-python"]);
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let mut st = FlowStore::open_in_memory().unwrap();
+        let recs: Vec<Value> = (0..100)
+            .map(|i| {
+                let mut r = request(i + 1, 1_000 + i, "curl", "8.0", Some(&format!("acc-{i}")));
+                r["sni"] = json!(format!("h{i}.example"));
+                r
+            })
+            .collect();
+        ingest(&mut st, "dp", &recs);
+        let row = &st.inventory(&InventoryFilter::default()).unwrap()[0];
+        assert_eq!(row.requests, 100);
+        assert_eq!(row.destinations.len(), MAX_LISTED);
+        assert!(row.accounts.len() <= MAX_LISTED);
+    }
+}
