@@ -14,6 +14,9 @@ use crate::store::StoreError;
 
 /// Most destinations, and most accounts, kept per row.
 pub const MAX_LISTED: usize = 32;
+/// Most unknown clients discovered per host per day (a client that changes its hello at
+/// every connection is one discovery, not a flood).
+pub const MAX_UNKNOWN_PER_DAY: i64 = 16;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inventory (
@@ -28,11 +31,13 @@ CREATE INDEX IF NOT EXISTS inventory_app ON inventory (app, last_ms);
 CREATE TABLE IF NOT EXISTS discoveries (
     id INTEGER PRIMARY KEY,
     ts_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
     host TEXT NOT NULL,
     client TEXT NOT NULL,
     record TEXT NOT NULL,
     UNIQUE (host, client)
 );
+CREATE INDEX IF NOT EXISTS discoveries_host ON discoveries (host, ts_ms);
 ";
 
 /// One row of the inventory.
@@ -131,7 +136,14 @@ pub(crate) fn update(
     let mut found: Vec<Value> = Vec::new();
     let mut seen_clients: BTreeSet<(String, String)> = BTreeSet::new();
     let mut new_client = tx.prepare_cached(
-        "INSERT OR IGNORE INTO discoveries (ts_ms, host, client, record) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO discoveries (ts_ms, last_ms, host, client, record)
+         VALUES (?1, ?1, ?2, ?3, ?4)",
+    )?;
+    let mut seen_again = tx.prepare_cached(
+        "UPDATE discoveries SET last_ms = MAX(last_ms, ?3) WHERE host = ?1 AND client = ?2",
+    )?;
+    let mut unknowns_today = tx.prepare_cached(
+        "SELECT COUNT(*) FROM discoveries WHERE host = ?1 AND client LIKE 'unknown:%' AND ts_ms >= ?2",
     )?;
     for r in rows {
         let Some(a) = r.app.as_deref() else { continue };
@@ -151,8 +163,16 @@ pub(crate) fn update(
             ("unknown", None) => None,
             (name, _) => Some(name.to_owned()),
         };
+        let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
+        // Once per client and batch: its discovery is seen again (retention keeps it), or
+        // made (unknown clients at most so many a day per host).
         if let Some(client) = client
             && seen_clients.insert((host.clone(), client.clone()))
+            && seen_again.execute(params![host, client, ts])? == 0
+            && (app != "unknown"
+                || unknowns_today
+                    .query_row(params![host, ts - 86_400_000], |c| c.get::<_, i64>(0))?
+                    < MAX_UNKNOWN_PER_DAY)
         {
             let mut rec = json!({
                 "type": "discovery",
@@ -163,7 +183,6 @@ pub(crate) fn update(
                 "identity": identity,
                 "app": app,
                 "sni": r.sni.as_deref().unwrap_or(""),
-                "verdict": r.verdict.as_deref().unwrap_or(""),
             });
             if !user.is_empty() {
                 rec["user"] = json!(user);
@@ -174,7 +193,6 @@ pub(crate) fn update(
             if let Some(j) = &a.ja4 {
                 rec["ja4"] = json!(bounded(j, 40));
             }
-            let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
             if new_client.execute(params![ts, host, client, rec.to_string()])? == 1 {
                 found.push(rec);
             }
@@ -327,12 +345,12 @@ pub fn discoveries(
     Ok(out)
 }
 
-/// Forgets what was last seen before `older_than_ms` (retention): rows, and discoveries (a
-/// host seen again later is discovered again).
+/// Forgets what was last seen before `older_than_ms` (retention): rows, and discoveries of
+/// clients not seen since (a host seen again after that is discovered again).
 pub(crate) fn prune(conn: &rusqlite::Connection, older_than_ms: u64) -> Result<u64, StoreError> {
     let t = i64::try_from(older_than_ms).unwrap_or(i64::MAX);
     let mut n = conn.execute("DELETE FROM inventory WHERE last_ms < ?1", [t])?;
-    n += conn.execute("DELETE FROM discoveries WHERE ts_ms < ?1", [t])?;
+    n += conn.execute("DELETE FROM discoveries WHERE last_ms < ?1", [t])?;
     Ok(n as u64)
 }
 
@@ -441,6 +459,29 @@ mod tests {
         let left: Vec<String> =
             st.inventory(&InventoryFilter::default()).unwrap().into_iter().map(|r| r.app).collect();
         assert_eq!(left, ["openai-python", "openai-python"]);
+        // Discoveries of clients seen since the cut stay (not made again), the others go.
+        assert_eq!(st.discoveries(0, 10).unwrap().len(), 2);
+        assert!(
+            ingest(&mut st, "dp1", &[request(9, 11_000, "openai-python", "3.57.0", None)])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unknown_clients_are_discovered_at_most_so_many_a_day() {
+        let mut st = FlowStore::open_in_memory().unwrap();
+        let recs: Vec<Value> = (0..40u64)
+            .map(|i| {
+                let mut f = flow(i + 1, 1_000 + i, None, "end");
+                f["ja4"] = json!(format!("t13d{:04}h2_000000000000_000000000000", i));
+                f
+            })
+            .collect();
+        let found = ingest(&mut st, "dp", &recs);
+        assert_eq!(found.len(), MAX_UNKNOWN_PER_DAY as usize);
+        // All of them are in the inventory all the same.
+        let row = &st.inventory(&InventoryFilter::default()).unwrap()[0];
+        assert_eq!((row.app.as_str(), row.flows), ("unknown", 40));
     }
 
     #[test]

@@ -66,8 +66,8 @@ enum Cmd {
     Tail {
         #[command(flatten)]
         filters: remote::Filters,
-        /// Only `flow` or only `request` records.
-        #[arg(long = "type", value_parser = ["flow", "request"])]
+        /// Only `flow`, `request` or `discovery` records.
+        #[arg(long = "type", value_parser = ["flow", "request", "discovery"])]
         kind: Option<String>,
     },
     /// The identity feed.
@@ -600,9 +600,9 @@ fn main() -> ExitCode {
             let overlay = IdentityOverlay::default();
             let app = match app.as_deref() {
                 None => AppSeen::Unseen,
-                Some("unknown") => AppSeen::Request(None),
+                Some("unknown") => AppSeen::Request { app: None, hello: None },
                 Some(name) => match c.policy.apps.id(name) {
-                    Some(id) => AppSeen::Request(Some(id)),
+                    Some(id) => AppSeen::Request { app: Some(id), hello: None },
                     None => {
                         eprintln!(
                             "sluicectl: no app `{name}` in the catalog (sluicectl rules apps)"

@@ -274,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn discoveries_are_named_with_their_app() {
+        let d = json!({"type": "discovery", "ts_ms": 5, "event": "new-unknown-client", "src": "10.20.1.10",
+            "identity": "finance", "app": "unknown", "ja4": "t13d0000h2_000000000000_000000000000"});
+        let cef = format(&d, Format::Cef, "h");
+        assert!(cef.contains("|discovery|New AI client on a host|5|"), "{cef}");
+        assert!(cef.contains("cs5Label=app cs5=unknown cs6Label=ja4 cs6=t13d0000h2_"), "{cef}");
+        assert!(cef.contains("msg=new-unknown-client"), "{cef}");
+        assert!(cef.starts_with("<133>1 "), "notice, not a warning: {cef}");
+    }
+
+    #[test]
     fn timestamps() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");

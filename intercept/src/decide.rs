@@ -52,6 +52,8 @@ impl Decided {
             && h.quota.is_none()
             && h.approval.is_none()
             && h.record.is_none()
+            && h.chatgpt_accounts.is_empty()
+            && self.apps.per_request.is_none()
     }
 
     /// The session of an inspected connection (`refuse`: why every request is refused).
@@ -159,14 +161,8 @@ impl Decider {
             op: None,
         };
         let d = policy.decide(&q, &overlay);
-        // The rule whose settings the connection takes: the one that decided when it
-        // inspects; else, when the flow is inspected for an earlier rule that only requests
-        // can tell, that rule if it inspects (its DLP applies to the requests it lets pass).
-        let rule = match (d.rule, d.deferred) {
-            (Some(r), _) if r.spec.action == RuleAction::Inspect => Some(r),
-            (_, Some(x)) if x.spec.action == RuleAction::Inspect => Some(x),
-            (r, _) => r,
-        };
+        // The rule whose settings the connection takes (see `Decision::settings`).
+        let rule = d.settings;
         let profile = rule.and_then(|r| policy.rule_dlp(r));
         let apps = AppContext {
             catalog: policy.apps.clone(),
@@ -185,7 +181,7 @@ impl Decider {
                 user: d.user.map(|u| u.to_string()),
                 category: d.category.map(|c| c.to_string()),
                 rule: rule.map(|r| r.name().to_owned()),
-                app: hello.app.and_then(|a| policy.apps.shared_name(a)).cloned(),
+                app: ja4.map(|_| policy.apps.shared_name_or_unknown(hello.app)),
                 app_evidence: hello.app.map(|_| hello.evidence.hello_str()),
             },
             headers: rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),

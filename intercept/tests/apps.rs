@@ -121,6 +121,17 @@ async fn uploads_are_refused_and_chats_pass() {
     let o =
         send(decided("api.openai.com", Some("python")), &chat(with_file.len()), with_file).await;
     assert_eq!((o.record.verdict, o.record.operation), ("block", Some("upload")), "{}", o.client);
+    // Escapes do not hide a file, nor does an image sent as data.
+    let escaped = br#"{"model":"m","input":[{"role":"user","content":[{"type":"input\u005ffile","file_id":"f"}]}]}"#;
+    let o = send(decided("api.openai.com", Some("python")), &chat(escaped.len()), escaped).await;
+    assert_eq!((o.record.verdict, o.record.operation), ("block", Some("upload")), "{}", o.client);
+    let image = br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#;
+    let o = send(decided("api.openai.com", Some("python")), &chat(image.len()), image).await;
+    assert_eq!((o.record.verdict, o.record.operation), ("block", Some("upload")), "{}", o.client);
+    // A path written to step around the table is read as the server reads it.
+    let odd = "POST /v1/./x/../files HTTP/1.1\r\nHost: api.openai.com\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n";
+    let o = send(decided("api.openai.com", Some("python")), odd, b"{}").await;
+    assert_eq!((o.record.verdict, o.record.operation), ("block", Some("upload")), "{}", o.client);
     let words = br#"{"model":"m","input":"what does \"file_data\" mean?"}"#;
     let o = send(decided("api.openai.com", Some("python")), &chat(words.len()), words).await;
     assert_eq!((o.record.verdict, o.record.operation), ("allow", Some("chat")), "{}", o.client);
@@ -167,6 +178,14 @@ async fn only_listed_chatgpt_accounts_pass() {
     assert!(o.client.contains("personal-77"), "{}", o.client);
     let o = send(decided("chatgpt.com", Some("chromium")), &conv(""), b"{}").await;
     assert_eq!(o.record.code, Some("chatgpt_account_required"));
+    // Every call of ChatGPT's back end works with an account, whatever it does; the path
+    // written otherwise is the same path; the header may not be given twice.
+    let history = "GET /backend-api//Conversations HTTP/1.1\r\nHost: chatgpt.com\r\nchatgpt-account-id: personal-77\r\n\r\n";
+    let o = send(decided("chatgpt.com", Some("chromium")), history, b"").await;
+    assert_eq!(o.record.code, Some("chatgpt_account_not_allowed"), "{}", o.client);
+    let twice = conv("chatgpt-account-id: acc-corp-1\r\nchatgpt-account-id: personal-77\r\n");
+    let o = send(decided("chatgpt.com", Some("chromium")), &twice, b"{}").await;
+    assert_eq!((o.record.verdict, o.record.code), ("block", Some("ambiguous_request")));
     // Signing in needs no account yet.
     let login = "GET /api/auth/session HTTP/1.1\r\nHost: chatgpt.com\r\n\r\n";
     let o = send(decided("chatgpt.com", Some("chromium")), login, b"").await;

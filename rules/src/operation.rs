@@ -154,9 +154,11 @@ const TABLE: &[(&str, &str, Operation)] = &[
     ("*", "/api/accounts/", Operation::Login),
 ];
 
-/// The operation of a request, from its method and path (query ignored).
+/// The operation of a request, from its method and path (query ignored; the path read as
+/// [`normal_path`] reads it, so that `//`, `%63` or capitals do not hide it).
 pub fn classify(method: &str, path: &str) -> Operation {
-    let path = path.split(['?', '#']).next().unwrap_or("");
+    let normal = normal_path(path);
+    let path = normal.as_ref();
     for (m, prefix, op) in TABLE {
         if (*m == "*" || method.eq_ignore_ascii_case(m)) && starts_on_segment(path, prefix) {
             return match op {
@@ -166,7 +168,81 @@ pub fn classify(method: &str, path: &str) -> Operation {
             };
         }
     }
+    // Chat endpoints under other prefixes (Azure OpenAI's `/openai/deployments/{d}/…`,
+    // gateways): named by what they end in.
+    for (suffix, op) in SUFFIXES {
+        if path.trim_end_matches('/').ends_with(suffix) {
+            let sends = method.eq_ignore_ascii_case("POST") || method.eq_ignore_ascii_case("PUT");
+            return if *op == Operation::Upload && !sends { Operation::Files } else { *op };
+        }
+    }
     Operation::Other
+}
+
+/// Operations named by the end of the path, whatever comes before.
+const SUFFIXES: &[(&str, Operation)] = &[
+    ("/chat/completions", Operation::Chat),
+    ("/completions", Operation::Chat),
+    ("/responses", Operation::Chat),
+    ("/images/generations", Operation::ImageGeneration),
+    ("/images/edits", Operation::ImageGeneration),
+    ("/audio/transcriptions", Operation::Voice),
+    ("/audio/translations", Operation::Voice),
+    ("/audio/speech", Operation::Voice),
+    ("/files", Operation::Upload),
+];
+
+/// A request path as the operation table reads it: without query and fragment, `%XX` of
+/// letters, digits and `-._~` decoded, runs of `/` collapsed, `.` segments dropped and `..`
+/// applied, ASCII lowercased. (Servers read such paths alike; a client writing them so must
+/// not step around a rule.)
+pub fn normal_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let plain = !path.contains(['%', '.'])
+        && !path.contains("//")
+        && !path.bytes().any(|b| b.is_ascii_uppercase());
+    if plain {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let b = path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) =
+                (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c)))
+        {
+            let c = (h * 16 + l) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(b[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let mut segs: Vec<&str> = Vec::new();
+    for seg in text.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::with_capacity(text.len() + 1);
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (text.ends_with('/') && !segs.is_empty()) {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `path` starts with `prefix`, and the prefix ends a segment (`/v1/files` is not a prefix of
@@ -215,6 +291,18 @@ mod tests {
             ("GET", "/backend-api/aip/connectors/links", "connector"),
             ("GET", "/api/auth/session", "login"),
             ("GET", "/", "other"),
+            // Written to step around the table: read as the server reads them.
+            ("POST", "/backend-api//conversation", "chat"),
+            ("POST", "/backend-api/%63onversation", "chat"),
+            ("POST", "/Backend-API/Files", "upload"),
+            ("POST", "/v1/x/../files", "upload"),
+            ("POST", "/v1/./files?purpose=x", "upload"),
+            ("POST", "/v1/%2e%2e/v1/files", "upload"),
+            // Other prefixes, by their end.
+            ("POST", "/openai/deployments/gpt/chat/completions", "chat"),
+            ("POST", "/openai/deployments/gpt/images/generations", "image-generation"),
+            ("POST", "/openai/files", "upload"),
+            ("GET", "/openai/files", "files"),
         ] {
             assert_eq!(classify(m, p).as_str(), want, "{m} {p}");
         }

@@ -346,12 +346,20 @@ pub enum AppSeen {
     /// inspected (where its requests will say).
     #[default]
     Unseen,
-    /// The ClientHello's app (`None`: unknown). A rule naming an app matches its stack's
-    /// hellos; one naming an app no hello shows makes the flow inspected.
+    /// The ClientHello's app (`None`: unknown). A rule matches a hello of an app it names
+    /// (or of one running on it); a hello of the stack an app it names runs on (Python's, for
+    /// the Python SDK), or any hello for an app no hello shows, makes the flow inspected:
+    /// only its requests can tell.
     Hello(Option<AppId>),
-    /// The request's app (`None`: unknown). A rule naming an app matches it and the apps
-    /// that run on it.
-    Request(Option<AppId>),
+    /// A request: the app its headers showed and the hello believed (`app`, `None`:
+    /// unknown), and its connection's hello app. A rule naming an app matches the request's
+    /// app, the apps that run on it, and the hello's.
+    Request {
+        /// The request's app.
+        app: Option<AppId>,
+        /// The hello's app.
+        hello: Option<AppId>,
+    },
 }
 
 /// The name of the default action's "rule", shared.
@@ -406,6 +414,10 @@ pub struct Decision<'a> {
     /// flow's operations) and that would otherwise apply: the flow is inspected so that each
     /// request is decided (`action` is then `inspect` whatever `rule` says).
     pub deferred: Option<&'a Rule>,
+    /// The rule whose settings (DLP profile, headers, masking, recording) an inspected
+    /// connection takes: the deciding rule when it inspects, else the first deferred rule
+    /// that inspects, else the deciding rule.
+    pub settings: Option<&'a Rule>,
 }
 
 impl Decision<'_> {
@@ -511,12 +523,16 @@ impl Policy {
         let who = self.resolve(q, overlay);
         let cats = self.sni_cats(q.sni);
         let mut deferred = None;
+        let mut deferred_inspect = None;
         let mut d = None;
         for rule in &self.rules {
             match self.rule_fits(rule, &who, &cats, q) {
                 Fit::No => {}
                 Fit::Maybe => {
                     deferred = deferred.or(Some(rule));
+                    if rule.spec.action == Action::Inspect {
+                        deferred_inspect = deferred_inspect.or(Some(rule));
+                    }
                 }
                 Fit::Yes(category) => {
                     d = Some(Decision {
@@ -527,6 +543,7 @@ impl Policy {
                         user: who.user,
                         dlp: rule.dlp.and_then(|i| self.dlp_profiles.get(i)),
                         deferred,
+                        settings: Some(rule),
                     });
                     break;
                 }
@@ -540,8 +557,12 @@ impl Policy {
             user: who.user,
             dlp: None,
             deferred,
+            settings: None,
         });
         if d.deferred.is_some() {
+            if d.action != Action::Inspect {
+                d.settings = deferred_inspect.or(d.rule);
+            }
             d.action = Action::Inspect;
         }
         d
@@ -667,12 +688,20 @@ impl Policy {
     fn app_fits(&self, a: &AppRule, seen: AppSeen) -> Option<bool> {
         match seen {
             AppSeen::Unseen => None,
-            AppSeen::Hello(None) if a.hello.has_unknown() => Some(true),
-            AppSeen::Hello(h) if h.is_some() && a.hello.meets(&self.apps.reach(h)) => Some(true),
+            AppSeen::Hello(None) if a.exact.has_unknown() => Some(true),
+            // The hello is an app the rule names, or runs on one.
+            AppSeen::Hello(h) if h.is_some() && a.exact.meets(&self.apps.reach(h)) => Some(true),
+            // The hello is the stack of an app the rule names: so may be every other program
+            // on it, which only requests tell apart (an `allow` must not pass them all).
+            AppSeen::Hello(h) if h.is_some() && a.hello.meets(&self.apps.reach(h)) => None,
             AppSeen::Hello(_) if a.by_request_only => None,
             AppSeen::Hello(_) => Some(false),
-            AppSeen::Request(None) => Some(a.exact.has_unknown()),
-            AppSeen::Request(r) => Some(a.exact.meets(&self.apps.reach(r))),
+            AppSeen::Request { app: None, .. } => Some(a.exact.has_unknown()),
+            AppSeen::Request { app, hello } => {
+                let mut seen = self.apps.reach(app);
+                seen.union_with(&self.apps.reach(hello));
+                Some(a.exact.meets(&seen))
+            }
         }
     }
 
@@ -733,8 +762,8 @@ impl Policy {
                     let seen = match q.app {
                         AppSeen::Unseen => "not known yet".to_owned(),
                         AppSeen::Hello(h) => format!("`{}` (from the hello)", self.apps.name(h)),
-                        AppSeen::Request(r) => {
-                            format!("`{}` (from the request)", self.apps.name(r))
+                        AppSeen::Request { app, .. } => {
+                            format!("`{}` (from the request)", self.apps.name(app))
                         }
                     };
                     let verdict = match fit {

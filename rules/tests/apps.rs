@@ -69,9 +69,18 @@ fn hellos_decide_by_stack_and_requests_by_app() {
         let d = p.decide(&q("10.20.1.10", a, op), &none);
         (d.action, d.rule_name().to_owned(), d.deferred.map(|r| r.name().to_owned()))
     };
-    // The Python stack may be the SDK: approved at the hello.
+    // The Python stack may be the SDK, or any other Python program: only its requests tell,
+    // so the flow is inspected for them (an `allow` of the SDK must not pass every script),
+    // with the settings of the approved rule.
     let py = AppSeen::Hello(app(&p, "python"));
-    assert_eq!(d(py, None), (Action::Inspect, "approved".into(), None));
+    assert_eq!(d(py, None), (Action::Inspect, "default".into(), Some("approved".into())));
+    let dd = p.decide(&q("10.20.1.10", py, None), &none);
+    assert_eq!(dd.settings.map(|r| r.name()), Some("approved"));
+    // curl's own hello is curl: decided at the hello.
+    assert_eq!(
+        d(AppSeen::Hello(app(&p, "curl")), None),
+        (Action::Inspect, "approved".into(), None)
+    );
     // An unknown hello is sandboxed (it might yet be ChatGPT in some browser, which only
     // requests show: they are decided again).
     assert_eq!(
@@ -86,10 +95,19 @@ fn hellos_decide_by_stack_and_requests_by_app() {
     );
     // Requests: the SDK is approved, plain urllib on the same stack is not, nor unknown.
     let chat = Some(Operation::Chat);
-    assert_eq!(d(AppSeen::Request(app(&p, "openai-python")), chat).1, "approved");
-    assert_eq!(d(AppSeen::Request(app(&p, "python-urllib")), chat).1, "default");
-    assert_eq!(d(AppSeen::Request(None), chat).1, "sandbox");
-    assert_eq!(d(AppSeen::Request(app(&p, "chatgpt-web")), chat).1, "approved");
+    assert_eq!(
+        d(AppSeen::Request { app: app(&p, "openai-python"), hello: None }, chat).1,
+        "approved"
+    );
+    assert_eq!(
+        d(AppSeen::Request { app: app(&p, "python-urllib"), hello: None }, chat).1,
+        "default"
+    );
+    assert_eq!(d(AppSeen::Request { app: None, hello: None }, chat).1, "sandbox");
+    assert_eq!(
+        d(AppSeen::Request { app: app(&p, "chatgpt-web"), hello: None }, chat).1,
+        "approved"
+    );
     // Before the hello (a SYN): the flow is to be inspected, its requests will tell.
     assert_eq!(d(AppSeen::Unseen, None).0, Action::Inspect);
 }
@@ -99,24 +117,69 @@ fn operations_are_decided_per_request() {
     let p = policy(RULES);
     let none = IdentityOverlay::default();
     let py = app(&p, "openai-python");
-    // bob's flow is inspected by the rule after the one only requests can tell.
+    // bob's flow is inspected for the rules only requests can tell, with the settings of
+    // the first of them that inspects.
     let d = p.decide(&q("10.20.1.20", AppSeen::Hello(app(&p, "python")), None), &none);
     assert_eq!(
         (d.action, d.rule_name(), d.deferred.map(|r| r.name())),
-        (Action::Inspect, "approved", Some("bob-no-upload"))
+        (Action::Inspect, "default", Some("bob-no-upload"))
     );
-    let d = p.decide(&q("10.20.1.20", AppSeen::Request(py), Some(Operation::Upload)), &none);
+    assert_eq!(d.settings.map(|r| r.name()), Some("approved"));
+    // An allow of the SDK alone does not pass every Python program at the hello.
+    let allow_sdk = policy(
+        "[[category]]\nname = \"ai\"\ninclude = [\"openai-api\"]\n[[rule]]\nname = \"sdk\"\ncategories = [\"ai\"]\napps = [\"openai-python\"]\naction = \"allow\"\n[[rule]]\nname = \"rest\"\naction = \"block\"\n",
+    );
+    let d = allow_sdk.decide(&q("10.20.1.20", AppSeen::Hello(app(&p, "python")), None), &none);
+    assert_eq!(
+        (d.action, d.rule_name(), d.deferred.map(|r| r.name())),
+        (Action::Inspect, "rest", Some("sdk"))
+    );
+    let urllib = AppSeen::Request { app: app(&p, "python-urllib"), hello: app(&p, "python") };
+    assert_eq!(
+        allow_sdk.decide(&q("10.20.1.20", urllib, Some(Operation::Chat)), &none).action,
+        Action::Block
+    );
+    let sdk = AppSeen::Request { app: py, hello: app(&p, "python") };
+    assert_eq!(
+        allow_sdk.decide(&q("10.20.1.20", sdk, Some(Operation::Chat)), &none).action,
+        Action::Allow
+    );
+    // A request is its app and its hello's: a rule naming the browser matches ChatGPT in it.
+    let browser = policy(
+        "[[category]]\nname = \"ai\"\ninclude = [\"openai-api\"]\n[[rule]]\nname = \"chrome\"\ncategories = [\"ai\"]\napps = [\"chromium\"]\naction = \"inspect\"\n[[rule]]\nname = \"rest\"\naction = \"block\"\n",
+    );
+    let web = AppSeen::Request { app: app(&p, "chatgpt-web"), hello: app(&p, "chromium") };
+    assert_eq!(
+        browser.decide(&q("10.20.1.20", web, Some(Operation::Chat)), &none).rule_name(),
+        "chrome"
+    );
+    let d = p.decide(
+        &q("10.20.1.20", AppSeen::Request { app: py, hello: None }, Some(Operation::Upload)),
+        &none,
+    );
     assert_eq!((d.action, d.rule_name()), (Action::Block, "bob-no-upload"));
-    let d = p.decide(&q("10.20.1.20", AppSeen::Request(py), Some(Operation::Chat)), &none);
+    let d = p.decide(
+        &q("10.20.1.20", AppSeen::Request { app: py, hello: None }, Some(Operation::Chat)),
+        &none,
+    );
     assert_eq!((d.action, d.rule_name()), (Action::Inspect, "approved"));
     // alice's uploads are hers.
-    let d = p.decide(&q("10.20.1.10", AppSeen::Request(py), Some(Operation::Upload)), &none);
+    let d = p.decide(
+        &q("10.20.1.10", AppSeen::Request { app: py, hello: None }, Some(Operation::Upload)),
+        &none,
+    );
     assert_eq!(d.rule_name(), "approved");
     assert!(p.decides_requests());
     // A rule only requests can tell makes its flows inspected, even under an allow default,
     // and its sources diverted.
-    let only =
-        policy("[[rule]]\nname = \"no-uploads\"\noperations = [\"upload\"]\naction = \"block\"\n");
+    let text = "[[rule]]\nname = \"no-uploads\"\noperations = [\"upload\"]\naction = \"block\"\n";
+    let only = compile("t.toml", text, &ShippedOnly).unwrap();
+    assert!(
+        only.warnings[0].to_string().contains("no category: every TLS flow"),
+        "{:?}",
+        only.warnings
+    );
+    let only = only.policy;
     let d = only.decide(&q("10.1.1.1", AppSeen::Hello(None), None), &none);
     assert_eq!(
         (d.action, d.rule_name(), d.deferred.map(|r| r.name())),
@@ -144,7 +207,11 @@ fn explain_says_what_requests_decide() {
     );
     assert!(text.contains("only its requests can tell: the flow is inspected"), "{text}");
     let lines = p.explain(
-        &q("10.20.1.20", AppSeen::Request(app(&p, "curl")), Some(Operation::Upload)),
+        &q(
+            "10.20.1.20",
+            AppSeen::Request { app: app(&p, "curl"), hello: None },
+            Some(Operation::Upload),
+        ),
         &none,
     );
     assert!(lines[0].decided, "{lines:?}");
@@ -185,7 +252,10 @@ fn app_and_operation_names_are_checked() {
 
 #[test]
 fn shadowing_counts_apps_and_operations() {
-    let warn = |text: &str| compile("t.toml", text, &ShippedOnly).unwrap().warnings.len();
+    let warn = |text: &str| {
+        let c = compile("t.toml", text, &ShippedOnly).unwrap();
+        c.warnings.iter().filter(|w| w.to_string().contains("shadowed")).count()
+    };
     let r = |name: &str, extra: &str| {
         format!("[[rule]]\nname = \"{name}\"\naction = \"block\"\n{extra}\n")
     };

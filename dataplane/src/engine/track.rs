@@ -28,7 +28,7 @@ pub(super) fn decide_flow(flow: &mut Flow, a: &Ask<'_>) -> Verdict {
     let Ask { policy, overlay, sni, reason, divert, now } = *a;
     // The app its hello shows (a flow without one, not TLS, is an unknown client).
     let seen = flow.class.ja4.as_deref().map(|j| policy.apps.by_hello(j, sni)).unwrap_or_default();
-    flow.class.app = seen.app.and_then(|a| policy.apps.shared_name(a)).cloned();
+    flow.class.app = flow.class.ja4.is_some().then(|| policy.apps.shared_name_or_unknown(seen.app));
     flow.class.app_evidence = seen.app.map(|_| seen.evidence.hello_str());
     let q = Query {
         src: flow.client.0,

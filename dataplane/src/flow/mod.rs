@@ -224,7 +224,8 @@ pub struct Class {
     pub tls_version: Option<&'static str>,
     /// JA4.
     pub ja4: Option<Arc<str>>,
-    /// The app its hello shows (shared with the app catalog; `None`: unknown).
+    /// The app its hello shows (shared with the app catalog; `unknown` for a hello the
+    /// catalog does not know; none without a hello).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<Arc<str>>,
     /// What identified the app (`ja4`, `ja4+sni`).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use sluice_rules::apps::{AppCatalog, AppId, HeaderSource, HelloMatch, RequestFacts};
-use sluice_rules::operation::{Operation, classify};
+use sluice_rules::operation::{Operation, classify, normal_path};
 use sluice_rules::{Action, AppSeen, IdentityOverlay, Policy, Query};
 
 use super::{Headers, RequestCtx, RequestView, Session, chatgpt_host};
@@ -68,9 +68,11 @@ impl HeaderSource for Source<'_> {
     }
 }
 
-/// The request works with an account (a refused account may not do it).
-fn uses_account(op: Operation) -> bool {
-    !matches!(op, Operation::Login | Operation::Other | Operation::Admin)
+/// A request to ChatGPT that works with an account: its back end's API, but signing in.
+fn uses_account(path: &str, op: Operation) -> bool {
+    let path = normal_path(path);
+    op != Operation::Login
+        && ["/backend-api/", "/backend-anon/", "/public-api/"].iter().any(|p| path.starts_with(p))
 }
 
 /// The account id a header carries, if it is a plain token.
@@ -91,10 +93,7 @@ impl Session {
         let id = a.catalog.identify(a.hello, a.catalog.by_request(&facts));
         let op = classify(req.method, path);
         let rec = &mut ctx.rec;
-        rec.app = Some(match id.app.and_then(|x| a.catalog.shared_name(x)) {
-            Some(n) => n.clone(),
-            None => UNKNOWN.clone(),
-        });
+        rec.app = Some(a.catalog.shared_name_or_unknown(id.app));
         rec.app_version = id.version;
         rec.app_evidence = (!id.evidence.is_empty()).then(|| id.evidence.to_string());
         rec.app_claimed = id.claimed.and_then(|c| a.catalog.shared_name(c)).cloned();
@@ -109,62 +108,68 @@ impl Session {
         ctx.seen = Some(Seen { app: id.app, op });
     }
 
-    /// Phase 2's part: the ChatGPT account allow-list, then the request decided again.
+    /// Phase 2's part: the request decided again, then the ChatGPT account allow-list of
+    /// the rule that decided it (the connection's, when the policy decides no request).
     pub(crate) fn app_filter(
         &self,
         req: &RequestView<'_>,
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         let Some(seen) = ctx.seen else { return Ok(()) };
-        let allowed = &self.headers.chatgpt_accounts;
-        if !allowed.is_empty() && chatgpt_host(req.authority) && uses_account(seen.op) {
-            let rule = self.rule.as_deref();
-            match ctx.rec.chatgpt_account.as_deref() {
-                Some(a) if allowed.iter().any(|x| x.eq_ignore_ascii_case(a)) => {}
-                Some("anonymous") | None => {
-                    return Err(Refusal::forbidden(
-                        "chatgpt_account_required",
-                        "ChatGPT may be used here only with an allowed company account",
-                        rule,
-                    ));
-                }
-                Some(a) => {
-                    return Err(Refusal::forbidden(
-                        "chatgpt_account_not_allowed",
-                        format!(
-                            "the ChatGPT account {a} is not an allowed company account (a personal account?): sign in to the company workspace"
-                        ),
-                        rule,
-                    ));
-                }
-            }
+        let decided = self.redecide(seen, ctx)?;
+        let allowed = decided.as_deref().unwrap_or(&self.headers.chatgpt_accounts);
+        if allowed.is_empty() || !chatgpt_host(req.authority) || !uses_account(req.target, seen.op)
+        {
+            return Ok(());
         }
-        self.redecide(seen, ctx)
+        let rule = self.rule.as_deref();
+        match ctx.rec.chatgpt_account.as_deref() {
+            Some(a) if allowed.iter().any(|x| x.eq_ignore_ascii_case(a)) => Ok(()),
+            Some("anonymous") | None => Err(Refusal::forbidden(
+                "chatgpt_account_required",
+                "ChatGPT may be used here only with an allowed company account",
+                rule,
+            )),
+            Some(a) => Err(Refusal::forbidden(
+                "chatgpt_account_not_allowed",
+                format!(
+                    "the ChatGPT account {a} is not an allowed company account (a personal account?): sign in to the company workspace"
+                ),
+                rule,
+            )),
+        }
     }
 
-    /// Phase 3's part: a chat whose body carries a file is an upload, one calling an MCP
-    /// server a connector call; decided again when it changes.
+    /// Phase 3's part: a chat whose body carries a file (or an image as data) is an upload,
+    /// one calling an MCP server a connector call; decided again when it changes.
     pub(crate) fn body_operation(&self, body: &[u8], ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let Some(mut seen) = ctx.seen else { return Ok(()) };
         if seen.op != Operation::Chat {
             return Ok(());
         }
-        let op = if FILE_PARTS.iter().any(|f| f.find(body).is_some()) {
-            Operation::Upload
-        } else if MCP.find(body).is_some() {
-            Operation::Connector
-        } else {
-            return Ok(());
-        };
+        let mut shape = shape_of(body);
+        // Keys and values may be written with escapes (`"input\u005ffile"`) that the byte
+        // search does not see; where requests are decided by what they do, such a body is
+        // read as JSON.
+        if shape.is_none()
+            && self.apps.per_request.is_some()
+            && memchr::memmem::find(body, b"\\u").is_some()
+        {
+            shape =
+                serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| walk(&v, 0));
+        }
+        let Some(op) = shape else { return Ok(()) };
         seen.op = op;
         ctx.seen = Some(seen);
         ctx.rec.operation = Some(op.as_str());
-        self.redecide(seen, ctx)
+        self.redecide(seen, ctx).map(|_| ())
     }
 
     /// The request decided with what it shows: refused when the answer is to block.
-    fn redecide(&self, seen: Seen, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-        let Some(p) = &self.apps.per_request else { return Ok(()) };
+    /// Otherwise the ChatGPT accounts of the rule whose settings it takes (`None`: the policy
+    /// decides no request).
+    fn redecide(&self, seen: Seen, ctx: &mut RequestCtx) -> Result<Option<Vec<String>>, Refusal> {
+        let Some(p) = &self.apps.per_request else { return Ok(None) };
         let overlay = p.overlay.load();
         let q = Query {
             src: self.client.ip(),
@@ -172,12 +177,15 @@ impl Session {
             sni: Some(&self.sni),
             port: p.port,
             now: crate::record::now_ms() / 1000,
-            app: AppSeen::Request(seen.app),
+            app: AppSeen::Request { app: seen.app, hello: self.apps.hello.app },
             op: Some(seen.op),
         };
         let d = p.policy.decide(&q, &overlay);
         if d.action != Action::Block {
-            return Ok(());
+            // (Usually empty: no allocation.)
+            return Ok(Some(
+                d.settings.map(|r| r.spec.headers.chatgpt_accounts.clone()).unwrap_or_default(),
+            ));
         }
         let rule = d.rule_name();
         ctx.rec.rule = Some(rule.to_owned());
@@ -194,16 +202,72 @@ impl Session {
     }
 }
 
-static UNKNOWN: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "unknown".into());
+/// What a chat body's shape makes it, read as bytes: a file or an inline image is an upload,
+/// an MCP tool a connector call.
+fn shape_of(body: &[u8]) -> Option<Operation> {
+    if FILE_PARTS.iter().any(|f| f.find(body).is_some()) {
+        Some(Operation::Upload)
+    } else if MCP.find(body).is_some() {
+        Some(Operation::Connector)
+    } else {
+        None
+    }
+}
 
-/// A file inside a prompt: the Responses API's `input_file` parts, and the inline
-/// `file_data` of those and of chat completions' `file` parts. (Quoted: the same words inside
+/// [`shape_of`] over a parsed body (escapes read), to a bounded depth.
+fn walk(v: &serde_json::Value, depth: usize) -> Option<Operation> {
+    use serde_json::Value;
+    if depth > 32 {
+        return None;
+    }
+    let mut found = None;
+    let mut note = |op: Option<Operation>| match op {
+        // An upload outranks a connector call.
+        Some(Operation::Upload) => Some(Operation::Upload),
+        other => {
+            found = found.or(other);
+            None
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let op = match (k.as_str(), x) {
+                    ("file_data", _) => Some(Operation::Upload),
+                    ("type", Value::String(t)) if t == "input_file" => Some(Operation::Upload),
+                    ("type", Value::String(t)) if t == "mcp" => Some(Operation::Connector),
+                    (_, Value::String(t)) if t.starts_with("data:image/") => {
+                        Some(Operation::Upload)
+                    }
+                    _ => walk(x, depth + 1),
+                };
+                if let Some(up) = note(op) {
+                    return Some(up);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                if let Some(up) = note(walk(x, depth + 1)) {
+                    return Some(up);
+                }
+            }
+        }
+        _ => {}
+    }
+    found
+}
+
+/// A file inside a prompt: the Responses API's `input_file` parts, the inline `file_data` of
+/// those and of chat completions' `file` parts, and images sent as data URLs. (Quoted: the same words inside
 /// a prompt's text are escaped, `\"file_data\"`, and do not match.)
-static FILE_PARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+static FILE_PARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
     std::sync::LazyLock::new(|| {
         [
             memchr::memmem::Finder::new(b"\"input_file\""),
             memchr::memmem::Finder::new(b"\"file_data\""),
+            // An image sent as data (a data URL string), not a link.
+            memchr::memmem::Finder::new(b"\"data:image/"),
         ]
     });
 

@@ -79,13 +79,14 @@ pub trait Headers: Sync {
 
 /// Headers the phases read whose repetition would let the server read another value than
 /// the one inspected (which copy wins differs between implementations): refused.
-const SINGLE: [&str; 6] = [
+const SINGLE: [&str; 7] = [
     "content-type",
     "content-encoding",
     "authorization",
     "api-key",
     "openai-organization",
     "openai-project",
+    "chatgpt-account-id",
 ];
 
 /// A request head as the phases see it.
@@ -461,11 +462,13 @@ impl Session {
     pub fn streams_uninspected(&self) -> bool {
         // (Not where a key is brokered: a streamed body's trailers would go up unread; nor
         // where requests wait for approval: a reviewer decides on a request read whole.)
+        // Nor where requests are decided by what they do: a body never read could be a file.
         self.fail_open
             && self.headers.allowed_models.is_empty()
             && self.headers.broker.is_none()
             && self.headers.approval.is_none()
             && self.recorder.is_none()
+            && self.apps.per_request.is_none()
     }
 
     /// The refusal of a body larger than the inspection limit (without fail-open).
@@ -616,7 +619,9 @@ impl Session {
 
 /// Whether a host serves ChatGPT (its workspace header and signed-out paths apply there).
 fn chatgpt_host(host: &str) -> bool {
-    matches!(host, "chatgpt.com" | "chat.openai.com" | "chat.com") || host.ends_with(".chatgpt.com")
+    matches!(host, "chatgpt.com" | "chat.openai.com" | "chat.com")
+        || host.ends_with(".chatgpt.com")
+        || host.ends_with(".chat.openai.com")
 }
 
 /// The fingerprint of an API key: `sha256:` and the first 12 hex digits of its SHA-256.

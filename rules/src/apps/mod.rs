@@ -75,6 +75,13 @@ pub struct App {
     /// A hello can name it (or a stack below it): rules naming it decide at the hello.
     #[serde(skip)]
     pub by_hello: bool,
+    /// Its own hellos name it (fingerprints of its own, or a scope of names).
+    #[serde(skip)]
+    pub own_hello: bool,
+    /// For an app with no stack of its own (a web app): the stacks its requests are believed
+    /// from (the browsers).
+    #[serde(skip)]
+    pub stacks: Vec<AppId>,
 }
 
 /// Which observations matched: written into records (`ja4+sni`, `ua+headers`, …).
@@ -258,6 +265,8 @@ struct AppDef {
     kind: AppKind,
     runs_on: Option<String>,
     #[serde(default)]
+    stacks: Vec<String>,
+    #[serde(default)]
     ja4: Vec<String>,
     #[serde(default)]
     sni: Vec<String>,
@@ -313,6 +322,20 @@ impl AppCatalog {
                     })?),
                     None => None,
                 };
+            if runs_on.is_some() && !a.stacks.is_empty() {
+                return Err(err(format!(
+                    "app `{}` has both `runs_on` and `stacks`: `stacks` is for apps with no stack of their own",
+                    a.name
+                )));
+            }
+            let mut stacks = Vec::new();
+            for s in &a.stacks {
+                stacks.push(
+                    *by_name.get(s.as_str()).ok_or_else(|| {
+                        err(format!("app `{}` names unknown stack `{s}`", a.name))
+                    })?,
+                );
+            }
             apps.push(App {
                 name: a.name.as_str().into(),
                 title: a.title.clone(),
@@ -320,6 +343,8 @@ impl AppCatalog {
                 runs_on,
                 reach: AppSet::default(),
                 by_hello: !a.ja4.is_empty() || !a.sni.is_empty(),
+                own_hello: !a.ja4.is_empty() || !a.sni.is_empty(),
+                stacks,
             });
         }
         let mut hello = hello::Ja4Index::default();
@@ -395,6 +420,12 @@ impl AppCatalog {
         self.apps.get(app as usize).map(|a| &a.name)
     }
 
+    /// The shared name of `app`, or `unknown` (shared too: no allocation).
+    pub fn shared_name_or_unknown(&self, app: Option<AppId>) -> Arc<str> {
+        static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| "unknown".into());
+        app.and_then(|a| self.shared_name(a)).unwrap_or(&UNKNOWN).clone()
+    }
+
     /// The app a ClientHello's JA4 (and server name) shows. Allocation-free.
     pub fn by_hello(&self, ja4: &str, sni: Option<&str>) -> HelloMatch {
         self.hello.lookup(ja4, sni)
@@ -439,10 +470,11 @@ impl AppCatalog {
         at
     }
 
-    /// The app of a request: what its headers say, believed when the hello agrees (the
-    /// header app is the hello's app, runs on it, or names no stack); otherwise the hello's
-    /// app, with the header app kept as a claim. Two apps on one stack agree (a browser's web
-    /// app and the browser).
+    /// The app of a request: what its headers say, believed when the hello agrees;
+    /// otherwise the hello's app, with the header app kept as a claim. An app with a stack
+    /// (`runs_on`, or fingerprints of its own) is believed from a hello of that stack (two
+    /// apps on one stack agree); a web app from a hello of one of its `stacks`; an app the
+    /// catalog knows no hello of, whatever the hello.
     pub fn identify(&self, hello: HelloMatch, req: Option<RequestMatch<'_>>) -> Identified {
         let Some(r) = req else {
             return Identified {
@@ -452,10 +484,15 @@ impl AppCatalog {
                 claimed: None,
             };
         };
-        let believed = match (self.apps.get(r.app as usize).and_then(|a| a.runs_on), hello.app) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(_), Some(h)) => self.root(r.app) == self.root(h),
+        let believed = match (self.apps.get(r.app as usize), hello.app) {
+            (None, _) => false,
+            (Some(a), h) if a.runs_on.is_some() || a.own_hello => {
+                h.is_some_and(|h| self.root(r.app) == self.root(h))
+            }
+            (Some(a), h) if !a.stacks.is_empty() => {
+                h.is_some_and(|h| a.stacks.iter().any(|s| self.root(*s) == self.root(h)))
+            }
+            (Some(_), _) => true,
         };
         if believed {
             Identified {

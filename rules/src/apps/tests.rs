@@ -97,13 +97,25 @@ fn a_claim_the_hello_contradicts_is_kept_as_a_claim() {
     let id = c.identify(HelloMatch::default(), c.by_request(&facts));
     assert_eq!(id.app, None);
     assert_eq!(id.claimed, c.id("openai-python"));
-    // An app with no stack (ChatGPT in any browser) is believed whatever the hello.
+    // A web app is believed from any browser's hello (ChatGPT in the browser)...
     let hs = heads(&[("user-agent", "Mozilla/5.0 (X11) Firefox/140.0")]);
     let facts =
         RequestFacts { authority: "chatgpt.com", path: "/backend-api/conversation", headers: &hs };
     let id = c.identify(hello, c.by_request(&facts));
     assert_eq!(c.name(id.app), "chatgpt-web");
     assert_eq!(id.evidence.to_string(), "ja4+ua+path+host");
+    // ...not from a script's: a browser's user agent from Python stays Python.
+    let (ja4, _) = ja4_of(&testdata("openai-python.hello"));
+    let python = c.by_hello(&ja4, None);
+    let id = c.identify(python, c.by_request(&facts));
+    assert_eq!((c.name(id.app), id.claimed), ("python", c.id("chatgpt-web")));
+    // An app with a fingerprint of its own (curl) is believed from its own hello only.
+    let hs = heads(&[("user-agent", "curl/8.0.0")]);
+    let facts = RequestFacts { authority: "api.openai.com", path: "/v1/models", headers: &hs };
+    let id = c.identify(python, c.by_request(&facts));
+    assert_eq!((c.name(id.app), id.claimed), ("python", c.id("curl")));
+    let id = c.identify(HelloMatch::default(), c.by_request(&facts));
+    assert_eq!((id.app, id.claimed), (None, c.id("curl")));
 }
 
 #[test]

@@ -123,6 +123,15 @@ impl Cx<'_> {
             if let Some(rule) =
                 self.rule(r.get_ref(), &defaults, &by_name, &cat_index, &dlp_index, &dlp_actions)
             {
+                if rule.per_request() && rule.spec.categories.is_empty() {
+                    self.warn(
+                        span_of(&r.get_ref().name),
+                        format!(
+                            "rule `{}` names apps or operations but no category: every TLS flow of its sources is inspected so that its requests can be decided (and their QUIC refused); name the categories it is for",
+                            rule.spec.name
+                        ),
+                    );
+                }
                 rules.push((span_of(&r.get_ref().name), rule));
             }
         }
