@@ -4,7 +4,7 @@
 # request (`NAME.head`, over plain HTTP to the same names: the headers an SDK sets do not
 # depend on TLS). Runs each client against listeners on 127.0.0.1:443 and :80 inside a private
 # namespace whose /etc/hosts points the OpenAI names at them; nothing leaves the machine.
-# Needs root, curl, Debian's chromium, the lab's client venv (scripts/lab up: the OpenAI
+# Needs root, curl, nghttp2-client, openssl, Debian's chromium, the lab's client venv (scripts/lab up: the OpenAI
 # Python SDK, httpx with h2) and, for the Node SDK and the Codex CLI,
 #   npm install --prefix /var/cache/sluice-lab/npm openai @openai/codex
 # A client that is missing is skipped (said). Credentials in the heads are placeholders.
@@ -85,9 +85,20 @@ with httpx.Client(http2=True, timeout=5) as c:
   both python-urllib "$py" -c '
 import os, urllib.request
 urllib.request.urlopen(os.environ["BASE"] + "/models", timeout=5)'
+  # The websockets library offers no ALPN: Python's hello with one extension fewer.
+  both python-websockets "$py" -c '
+import asyncio, os, ssl, websockets
+async def main():
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    url = os.environ["BASE"].replace("http", "ws", 1) + "/realtime"
+    async with websockets.connect(url, ssl=ctx if url.startswith("wss") else None, open_timeout=5):
+        pass
+asyncio.run(main())'
 else
   echo "no lab venv at $cache/venv: Python clients skipped"
 fi
+capture nghttp https sh -c 'nghttp -n -t 5 "$BASE/models"'
+capture openssl-s-client https sh -c 'openssl s_client -connect api.openai.com:443 -servername api.openai.com </dev/null'
 if [ -d "$npm_dir/node_modules/openai" ]; then
   both openai-node sh -c "cd '$npm_dir' && node -e '
 const OpenAI = require(\"openai\");

@@ -58,6 +58,7 @@ fn captured_clients_are_identified() {
         ("openai-python", "python", "openai-python", Some("3.57.0")),
         ("httpx-h2", "python", "httpx", Some("0.29.0")),
         ("python-urllib", "python", "python-urllib", Some("3.11")),
+        ("python-websockets", "python", "python-websockets", Some("17.4")),
         ("openai-node", "node", "openai-node", Some("7.60.0")),
         ("codex-cli", "rustls", "codex-cli", Some("0.171.0")),
         ("chromium", "chromium", "chromium", Some("156.0.0.0")),
@@ -76,6 +77,16 @@ fn captured_clients_are_identified() {
         assert_eq!(c.name(id.app), app, "{name}");
         assert_eq!(id.version.as_deref(), version, "{name}");
         assert_eq!(id.claimed, None, "{name}");
+    }
+}
+
+/// The lab's other TLS clients (their hellos only) are known too.
+#[test]
+fn captured_tools_are_identified_by_their_hello() {
+    let c = shipped();
+    for (name, app) in [("nghttp", "nghttp2"), ("openssl-s-client", "openssl-cli")] {
+        let (ja4, sni) = ja4_of(&testdata(&format!("{name}.hello")));
+        assert_eq!(c.name(c.by_hello(&ja4, sni.as_deref()).app), app, "{name}: {ja4}");
     }
 }
 
