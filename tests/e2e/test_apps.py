@@ -1,0 +1,146 @@
+"""Apps and discovery in the lab (ARCHITECTURE.md, "Apps and discovery"): the lab's clients
+named by their TLS hello on spliced flows and by their headers on inspected ones, an unknown
+client sandboxed, the inventory of alice's apps, bob's uploads refused while his chats pass,
+and a personal ChatGPT account refused while the company's passes."""
+import json
+import secrets
+import unittest
+
+from test_control import ctl, current_rules, with_rule_first
+from test_dataplane import curl, on, push_rules, wait_for_flow, wait_for_record
+from test_intercept import sdk
+
+RULE = 'name = "finance-openai-inspect"\n'
+JSON = ["-H", "Content-Type: application/json"]
+CHAT = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+
+
+def status(host, url, *extra):
+    """HTTP status a client got ("000": no answer) and the body."""
+    r = curl(host, url, "-w", "\n%{http_code}", *extra)
+    body, _, code = r.stdout.rpartition("\n")
+    return code.strip() or "000", body
+
+
+class Identification(unittest.TestCase):
+
+    def test_hellos_name_the_stack_on_spliced_flows(self):
+        # example.org is spliced: the hello is all there is to read.
+        tag = secrets.token_hex(4)
+        curl("bob", "https://example.org/?apps-" + tag, "-k", "-o", "/dev/null")
+        flow = wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == "example.org"
+                             and r.get("app") == "curl")
+        self.assertEqual((flow["app_evidence"], flow["action"]), ("ja4", "allow"))
+        on("bob", "python3", "-c", "import ssl, urllib.request\n"
+           "try: urllib.request.urlopen('https://example.org/?py-%s', timeout=10, context=ssl._create_unverified_context())\n"
+           "except Exception: pass\n" % tag)
+        wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == "example.org"
+                      and r.get("app") == "python")
+
+    def test_headers_name_the_app_on_inspected_flows(self):
+        r = sdk("alice", "print(len(client.models.list().data))\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("app") == "openai-python")
+        self.assertEqual(rec["app_evidence"], "ja4+ua+headers")
+        self.assertTrue(rec.get("app_version"), rec)
+        self.assertEqual(rec["operation"], "other")
+        code, _ = status("alice", "https://api.openai.com/v1/chat/completions", "-d", CHAT, *JSON)
+        self.assertEqual(code, "200")
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("app") == "curl"
+                              and r["path"] == "/v1/chat/completions")
+        self.assertEqual((rec["operation"], rec["app_evidence"]), ("chat", "ja4+ua"))
+        # HTTPX offering HTTP/2 (what it gets depends on the server).
+        r = on("alice", "python3", "-c", "import httpx\n"
+               "with httpx.Client(http2=True, timeout=20) as c:\n"
+               "    print(c.get('https://api.openai.com/v1/models?httpx-h2', headers={'authorization': 'Bearer x'}).status_code)\n")
+        self.assertEqual(r.stdout.strip(), "200", r.stdout + r.stderr)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("app") == "httpx")
+        self.assertEqual(rec["app_evidence"], "ja4+ua")
+
+    def test_the_inventory_lists_alice_apps(self):
+        sdk("alice", "client.models.list()\n")
+        status("alice", "https://api.openai.com/v1/models")
+        wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("app") == "curl")
+        r = ctl("inventory", "--host", "10.20.1.10", "--json", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = json.loads(r.stdout)["rows"]
+        apps = {row["app"] for row in rows}
+        self.assertTrue({"curl", "openai-python"} <= apps, rows)
+        sdk_row = next(row for row in rows if row["app"] == "openai-python")
+        self.assertEqual((sdk_row["identity"], sdk_row["destinations"]), ("finance", ["api.openai.com"]))
+        self.assertLessEqual(sdk_row["first_seen_ms"], sdk_row["last_seen_ms"])
+        self.assertGreater(sdk_row["requests"], 0)
+        r = ctl("inventory", "--discoveries", "--json", token="SLUICE_ANALYST_TOKEN")
+        found = [d for d in json.loads(r.stdout)["records"] if d["src"] == "10.20.1.10"]
+        self.assertTrue(any(d["app"] == "openai-python" for d in found), found)
+        self.assertEqual(len([d for d in found if d["app"] == "openai-python"]), 1, "once per host and app")
+
+
+class Policy(unittest.TestCase):
+
+    def setUp(self):
+        self.before = current_rules()
+
+    def tearDown(self):
+        push_rules(self.before)
+
+    def test_an_unknown_client_is_sandboxed(self):
+        sandbox = '''
+[[rule]]
+name = "finance-unknown-sandbox"
+identities = ["finance"]
+categories = ["openai-api"]
+app = "unknown"
+action = "block"
+'''
+        push_rules(with_rule_first(self.before, sandbox))
+        # A script with a TLS configuration of its own: a hello the catalog does not know.
+        script = ("import http.client, ssl\n"
+                  "ctx = ssl.create_default_context(); ctx.set_ciphers('ECDHE+AESGCM'); ctx.set_alpn_protocols(['http/1.1'])\n"
+                  "ctx.options |= ssl.OP_NO_TICKET\n"
+                  "c = http.client.HTTPSConnection('api.openai.com', context=ctx, timeout=20)\n"
+                  "c.request('GET', '/v1/models?custom-tls'); print(c.getresponse().status)\n")
+        r = on("alice", "python3", "-c", script)
+        self.assertEqual(r.stdout.strip(), "403", r.stdout + r.stderr)
+        flow = wait_for_flow(lambda r: r.get("src") == "10.20.1.10" and r.get("rule") == "finance-unknown-sandbox")
+        self.assertEqual(flow["app"], "unknown")
+        # Known clients go on as before.
+        self.assertEqual(status("alice", "https://api.openai.com/v1/models")[0], "200")
+
+    def test_uploads_are_refused_for_bob_while_his_chats_pass(self):
+        no_upload = '''
+[[rule]]
+name = "engineering-no-upload"
+identities = ["engineering"]
+categories = ["openai-api"]
+operations = ["upload"]
+action = "block"
+'''
+        push_rules(with_rule_first(self.before, no_upload))
+        code, body = status("bob", "https://api.openai.com/v1/files", "-F", "purpose=assistants",
+                            "-F", "file=@/etc/hostname")
+        self.assertEqual(code, "403", body)
+        self.assertIn("blocked_by_policy", body)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r["path"] == "/v1/files")
+        self.assertEqual((rec["verdict"], rec["rule"], rec["operation"]), ("block", "engineering-no-upload", "upload"))
+        code, body = status("bob", "https://api.openai.com/v1/chat/completions", "-d", CHAT, *JSON)
+        self.assertEqual(code, "200", body)
+        # alice's uploads are not bob's rule's.
+        code, _ = status("alice", "https://api.openai.com/v1/files", "-F", "purpose=assistants",
+                         "-F", "file=@/etc/hostname")
+        self.assertEqual(code, "200")
+
+    def test_a_personal_chatgpt_account_is_refused(self):
+        push_rules(self.before.replace(RULE, RULE + 'chatgpt_accounts = ["acc-corp-1"]\n', 1))
+        url = "https://chatgpt.com/backend-api/f/conversation"
+        code, body = status("alice", url, "-H", "ChatGPT-Account-Id: personal-7", "-d", "{}", *JSON)
+        self.assertEqual(code, "403", body)
+        self.assertIn("personal-7", body)
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10" and r.get("chatgpt_account") == "personal-7")
+        self.assertEqual(rec["code"], "chatgpt_account_not_allowed")
+        code, body = status("alice", url, "-H", "ChatGPT-Account-Id: acc-corp-1", "-d", "{}", *JSON)
+        self.assertEqual(code, "200", body)
+
+
+if __name__ == "__main__":
+    unittest.main()
