@@ -182,7 +182,7 @@ impl Decider {
                 category: d.category.map(|c| c.to_string()),
                 rule: rule.map(|r| r.name().to_owned()),
                 app: ja4.map(|_| policy.apps.shared_name_or_unknown(hello.app)),
-                app_evidence: hello.app.map(|_| hello.evidence.hello_str()),
+                app_evidence: hello.app.map(|_| hello.evidence.as_str()),
             },
             headers: rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),
             fail_open: policy.defaults.on_inspect_failure == FailMode::Allow,

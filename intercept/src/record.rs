@@ -187,7 +187,7 @@ pub struct RequestRecord {
     pub app_version: Option<String>,
     /// What identified it (`ja4`, `ua`, `headers`, … joined by `+`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub app_evidence: Option<String>,
+    pub app_evidence: Option<&'static str>,
     /// An app the headers named that the hello contradicts (a claim, not believed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_claimed: Option<std::sync::Arc<str>>,

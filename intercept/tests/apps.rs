@@ -75,7 +75,7 @@ async fn the_sdk_is_named_with_its_version_and_operation() {
     assert_eq!(r.verdict, "allow", "{}", o.client);
     assert_eq!(r.app.as_deref(), Some("openai-python"));
     assert_eq!(r.app_version.as_deref(), Some("3.57.0"));
-    assert_eq!(r.app_evidence.as_deref(), Some("ja4+ua+headers"));
+    assert_eq!(r.app_evidence, Some("ja4+ua+headers"));
     assert_eq!(r.operation, Some("chat"));
     assert_eq!(r.app_claimed, None);
     let json = serde_json::to_value(r).unwrap();
@@ -89,7 +89,7 @@ async fn a_claim_the_hello_contradicts_is_recorded_and_not_believed() {
     let o = send(decided("api.openai.com", Some("chromium")), &head, b"").await;
     assert_eq!(o.record.app.as_deref(), Some("chromium"));
     assert_eq!(o.record.app_claimed.as_deref(), Some("openai-python"));
-    assert_eq!(o.record.app_evidence.as_deref(), Some("ja4+mismatch"));
+    assert_eq!(o.record.app_evidence, Some("ja4+mismatch"));
     // No hello known, no headers known: unknown.
     let o = send(
         decided("api.openai.com", None),

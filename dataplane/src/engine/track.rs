@@ -29,7 +29,7 @@ pub(super) fn decide_flow(flow: &mut Flow, a: &Ask<'_>) -> Verdict {
     // The app its hello shows (a flow without one, not TLS, is an unknown client).
     let seen = flow.class.ja4.as_deref().map(|j| policy.apps.by_hello(j, sni)).unwrap_or_default();
     flow.class.app = flow.class.ja4.is_some().then(|| policy.apps.shared_name_or_unknown(seen.app));
-    flow.class.app_evidence = seen.app.map(|_| seen.evidence.hello_str());
+    flow.class.app_evidence = seen.app.map(|_| seen.evidence.as_str());
     let q = Query {
         src: flow.client.0,
         mac: Some(flow.client_mac),

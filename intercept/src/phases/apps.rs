@@ -95,7 +95,7 @@ impl Session {
         let rec = &mut ctx.rec;
         rec.app = Some(a.catalog.shared_name_or_unknown(id.app));
         rec.app_version = id.version;
-        rec.app_evidence = (!id.evidence.is_empty()).then(|| id.evidence.to_string());
+        rec.app_evidence = (!id.evidence.is_empty()).then(|| id.evidence.as_str());
         rec.app_claimed = id.claimed.and_then(|c| a.catalog.shared_name(c)).cloned();
         rec.operation = Some(op.as_str());
         if chatgpt_host(req.authority) {

@@ -105,13 +105,19 @@ impl Evidence {
     pub const MISMATCH: Evidence = Evidence(64);
     const NAMES: [&'static str; 7] = ["ja4", "sni", "ua", "headers", "path", "host", "mismatch"];
 
-    /// The evidence of a hello, as a static name (`ja4`, `ja4+sni`; empty otherwise).
-    pub fn hello_str(self) -> &'static str {
-        match (self.contains(Evidence::JA4), self.contains(Evidence::SNI)) {
-            (true, true) => "ja4+sni",
-            (true, false) => "ja4",
-            _ => "",
-        }
+    /// Its name, `+`-joined (`ja4+ua+headers`; empty for none): every combination is
+    /// named once, so records take a static name rather than a string of their own.
+    pub fn as_str(self) -> &'static str {
+        static NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
+            (0..1u16 << Evidence::NAMES.len())
+                .map(|bits| {
+                    let on =
+                        Evidence::NAMES.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0);
+                    on.map(|(_, n)| *n).collect::<Vec<_>>().join("+")
+                })
+                .collect()
+        });
+        NAMES.get(usize::from(self.0)).map_or("", String::as_str)
     }
 
     /// No evidence.
@@ -140,17 +146,7 @@ impl std::ops::BitOrAssign for Evidence {
 
 impl fmt::Display for Evidence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for (i, n) in Evidence::NAMES.iter().enumerate() {
-            if self.0 & (1 << i) != 0 {
-                if !first {
-                    f.write_str("+")?;
-                }
-                f.write_str(n)?;
-                first = false;
-            }
-        }
-        Ok(())
+        f.write_str(self.as_str())
     }
 }
 

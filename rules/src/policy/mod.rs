@@ -1,4 +1,6 @@
-//! The compiled, immutable policy the data plane asks: `decide(source, sni, port)`.
+//! The compiled, immutable policy the data plane asks: `decide(source, sni, port)`. The
+//! settings a rule carries are in `settings`, the rule-by-rule account of a decision in
+//! `explain`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,7 +16,16 @@ use crate::ident::{CidrTable, IdentityId, IdentityOverlay, Mac};
 use crate::operation::{OpSet, Operation};
 use crate::schema::{
     Action, CanaryPolicy, DivertMode, DlpAction, DnsEchPolicy, EchPolicy, FailMode, FragmentPolicy,
-    MidstreamPolicy, QuicPolicy, QuicRefusal, QuotaBy, RecordMode,
+    MidstreamPolicy, QuicPolicy, QuicRefusal,
+};
+
+mod explain;
+mod settings;
+
+pub use explain::RuleExplanation;
+pub use settings::{
+    ApprovalPolicy, BrokerPolicy, HeaderPolicy, Measure, QuotaLimit, QuotaPolicy, Window,
+    dictionary_hash, dictionary_hasher,
 };
 
 /// `[defaults]` after validation.
@@ -108,173 +119,6 @@ pub enum CustomKind {
         /// Words in the longest entry.
         max_words: usize,
     },
-}
-
-/// The hash a dictionary entry (or a run of words in scanned text) is matched by: SipHash of
-/// the lowercased words joined by single spaces.
-pub fn dictionary_hash<'a>(words: impl IntoIterator<Item = &'a str>) -> u64 {
-    use std::hash::Hasher;
-    let mut h = dictionary_hasher();
-    for (i, w) in words.into_iter().enumerate() {
-        if i > 0 {
-            h.write_u8(b' ');
-        }
-        for b in w.bytes() {
-            h.write_u8(b.to_ascii_lowercase());
-        }
-    }
-    h.finish()
-}
-
-/// The hasher behind [`dictionary_hash`], for matchers that extend a run word by word (feed
-/// lowercased bytes, a single `b' '` between words; clone to finish a prefix).
-#[allow(deprecated)]
-pub fn dictionary_hasher() -> std::hash::SipHasher {
-    std::hash::SipHasher::new_with_keys(0x5eed_51c3_d1c7_0001, 0x0dd5_a1ce_0f00_0002)
-}
-
-/// Header and body constraints an inspect rule applies to requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HeaderPolicy {
-    /// Value of `ChatGPT-Allowed-Workspace-Id` (comma-separated UUIDs, no spaces), if any.
-    pub chatgpt_workspace_header: Option<String>,
-    /// Value of `OpenAI-Allowed-Organization-Ids`, if any.
-    pub openai_allowed_orgs_header: Option<String>,
-    /// Allowed `OpenAI-Organization` values (empty: any).
-    pub allowed_organizations: Vec<String>,
-    /// Allowed `OpenAI-Project` values (empty: any).
-    pub allowed_projects: Vec<String>,
-    /// A request without the organization (project) header where an allow-list is set gets
-    /// the first allowed value, instead of being refused.
-    pub inject_missing_org_project: bool,
-    /// Allowed models (empty: any).
-    pub allowed_models: Vec<String>,
-    /// Sensitive data in responses is replaced before the client sees it: credentials, and
-    /// the detectors of `mask_profile` (or of the rule's DLP profile).
-    pub mask_responses: bool,
-    /// The DLP profile response masking uses, when not the rule's own.
-    pub mask_profile: Option<String>,
-    /// Audio streamed over WebSocket is refused.
-    pub block_audio: bool,
-    /// Images and video in requests are refused.
-    pub block_files: bool,
-    /// Images and video larger than this are refused.
-    pub max_file_bytes: Option<u64>,
-    /// ChatGPT used signed out (`/backend-anon/…`) is refused.
-    pub block_chatgpt_anonymous: bool,
-    /// A request DLP could not read entirely is refused (`on_unscanned = "block"`, the
-    /// default under a blocking profile).
-    pub block_unscanned: bool,
-    /// The provider key sent upstream in place of the client's credential, if any.
-    pub broker: Option<BrokerPolicy>,
-    /// The budget of the requests, if any.
-    pub quota: Option<QuotaPolicy>,
-    /// Requests wait for a reviewer's approval (`hold`, or a DLP profile that approves).
-    pub approval: Option<ApprovalPolicy>,
-    /// What of the requests is recorded (encrypted to the defaults' recipients).
-    pub record: Option<RecordMode>,
-    /// ChatGPT accounts (`chatgpt-account-id`) allowed (empty: any). A request that works
-    /// with an account must name one of these.
-    pub chatgpt_accounts: Vec<String>,
-}
-
-/// Just-in-time approval: which requests wait, how long, and what the reviewer sees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApprovalPolicy {
-    /// Every request waits (`action = "hold"`); otherwise only those with DLP findings
-    /// under a profile whose action is `approve`.
-    pub every_request: bool,
-    /// Seconds a request waits before it is refused.
-    pub timeout_s: u64,
-    /// The reviewer sees the prompt text.
-    pub shows_prompt: bool,
-    /// Most requests of one identity held at once.
-    pub max_held: u32,
-}
-
-/// `quota`: limits on requests and tokens per subject and window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct QuotaPolicy {
-    /// Whose budget.
-    pub by: QuotaBy,
-    /// The limits (at least one).
-    pub limits: Vec<QuotaLimit>,
-}
-
-/// One limit of a [`QuotaPolicy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct QuotaLimit {
-    /// What is counted.
-    pub measure: Measure,
-    /// Over which window.
-    pub window: Window,
-    /// How many are allowed in one window.
-    pub max: u64,
-}
-
-/// What a quota counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Measure {
-    /// Requests admitted.
-    Requests,
-    /// Tokens the responses reported (input and output).
-    Tokens,
-}
-
-/// A fixed UTC window a quota counts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Window {
-    /// From one whole minute to the next.
-    Minute,
-    /// From one whole hour to the next.
-    Hour,
-    /// From midnight UTC to the next.
-    Day,
-}
-
-impl Window {
-    /// Every window, shortest first.
-    pub const ALL: [Window; 3] = [Window::Minute, Window::Hour, Window::Day];
-
-    /// Its length in seconds.
-    pub fn secs(self) -> u64 {
-        match self {
-            Window::Minute => 60,
-            Window::Hour => 3600,
-            Window::Day => 86_400,
-        }
-    }
-
-    /// The start (Unix seconds) of the window that holds `now_s`.
-    pub fn start(self, now_s: u64) -> u64 {
-        now_s - now_s % self.secs()
-    }
-
-    /// Its name, as rule files and the link write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Window::Minute => "minute",
-            Window::Hour => "hour",
-            Window::Day => "day",
-        }
-    }
-
-    /// The window named `s`.
-    pub fn parse(s: &str) -> Option<Window> {
-        Window::ALL.into_iter().find(|w| w.as_str() == s)
-    }
-}
-
-/// `broker_key`: the appliance holds the provider key; clients send a placeholder or a
-/// virtual key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BrokerPolicy {
-    /// Name of the key in control's key store.
-    pub key: String,
-    /// A real provider key from the client is swapped (`real_keys = "swap"`), not refused.
-    pub swap_real_keys: bool,
 }
 
 /// A rule as written, names resolved: what the diff and the UI show.
@@ -430,19 +274,6 @@ impl Decision<'_> {
     pub fn shared_rule_name(&self) -> Arc<str> {
         self.rule.map_or_else(|| DEFAULT_RULE.clone(), |r| r.spec.name.clone())
     }
-}
-
-/// Why one rule matched or did not, for `explain`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RuleExplanation {
-    /// Rule name.
-    pub rule: String,
-    /// True if every condition held.
-    pub matched: bool,
-    /// True if this rule decided (the first match).
-    pub decided: bool,
-    /// One line per condition.
-    pub reasons: Vec<String>,
 }
 
 /// The compiled policy: immutable, shared by `Arc`, swapped whole.
@@ -624,14 +455,14 @@ impl Policy {
         })
     }
 
-    fn sni_cats(&self, sni: Option<&str>) -> CatSet {
+    pub(super) fn sni_cats(&self, sni: Option<&str>) -> CatSet {
         let mut buf = [0u8; MAX_NAME_LEN];
         sni.and_then(|s| normalize_into(s, &mut buf))
             .map(|n| self.domains.lookup_normalized(n))
             .unwrap_or_default()
     }
 
-    fn source_matches(&self, rule: &Rule, who: &Resolved<'_>) -> bool {
+    pub(super) fn source_matches(&self, rule: &Rule, who: &Resolved<'_>) -> bool {
         if rule.any_source {
             return true;
         }
@@ -685,7 +516,7 @@ impl Policy {
     }
 
     /// Whether a rule's apps hold for what is seen (`None`: only requests can tell).
-    fn app_fits(&self, a: &AppRule, seen: AppSeen) -> Option<bool> {
+    pub(super) fn app_fits(&self, a: &AppRule, seen: AppSeen) -> Option<bool> {
         match seen {
             AppSeen::Unseen => None,
             AppSeen::Hello(None) if a.exact.has_unknown() => Some(true),
@@ -703,128 +534,6 @@ impl Policy {
                 Some(a.exact.meets(&seen))
             }
         }
-    }
-
-    /// Says, for each rule in order, why it matched or not, and which one decided.
-    pub fn explain(&self, q: &Query<'_>, overlay: &IdentityOverlay) -> Vec<RuleExplanation> {
-        let who = self.resolve(q, overlay);
-        let cats = self.sni_cats(q.sni);
-        let ident = self.identity_name(who.id);
-        let sni_cats: Vec<&str> =
-            cats.iter().filter_map(|c| self.category_name(c)).map(|c| &**c).collect();
-        let mut decided = false;
-        let mut out = Vec::with_capacity(self.rules.len() + 1);
-        for rule in &self.rules {
-            let mut reasons = Vec::new();
-            let src_ok = self.source_matches(rule, &who);
-            reasons.push(if rule.any_source {
-                "source: any".to_owned()
-            } else {
-                format!(
-                    "source: identity `{ident}`{} {} identities {:?} / groups {:?}",
-                    who.user
-                        .map(|u| format!(" (user `{u}`, groups {:?})", who.groups))
-                        .unwrap_or_default(),
-                    if src_ok { "matches" } else { "is not in" },
-                    rule.spec.identities,
-                    rule.spec.groups
-                )
-            });
-            let cat_ok = match &rule.cats {
-                None => {
-                    reasons.push("destination: any".to_owned());
-                    true
-                }
-                Some(rc) => {
-                    let ok = !rc.intersection(&cats).is_empty();
-                    reasons.push(format!(
-                        "destination: `{}` is in categories {:?}; rule wants {:?}",
-                        q.sni.unwrap_or("(no server name)"),
-                        sni_cats,
-                        rule.spec.categories
-                    ));
-                    ok
-                }
-            };
-            let port_ok = rule.spec.ports.is_empty() || rule.spec.ports.contains(&q.port);
-            if !rule.spec.ports.is_empty() {
-                reasons.push(format!(
-                    "port: {} {} {:?}",
-                    q.port,
-                    if port_ok { "in" } else { "not in" },
-                    rule.spec.ports
-                ));
-            }
-            let app_ok = match &rule.apps {
-                None => Some(true),
-                Some(a) => {
-                    let fit = self.app_fits(a, q.app);
-                    let seen = match q.app {
-                        AppSeen::Unseen => "not known yet".to_owned(),
-                        AppSeen::Hello(h) => format!("`{}` (from the hello)", self.apps.name(h)),
-                        AppSeen::Request { app, .. } => {
-                            format!("`{}` (from the request)", self.apps.name(app))
-                        }
-                    };
-                    let verdict = match fit {
-                        Some(true) => "matches",
-                        Some(false) => "is not in",
-                        None => "is decided per request against",
-                    };
-                    reasons.push(format!("app: {seen} {verdict} {:?}", rule.spec.apps));
-                    fit
-                }
-            };
-            let op_ok = match rule.ops {
-                None => Some(true),
-                Some(ops) => {
-                    let fit = q.op.map(|o| ops.contains(o));
-                    reasons.push(format!(
-                        "operation: {} {:?}",
-                        match (q.op, fit) {
-                            (Some(o), Some(true)) => format!("`{}` in", o.as_str()),
-                            (Some(o), _) => format!("`{}` not in", o.as_str()),
-                            (None, _) => "decided per request against".to_owned(),
-                        },
-                        rule.spec.operations
-                    ));
-                    fit
-                }
-            };
-            let deferred = app_ok.is_none() || op_ok.is_none();
-            let matched = src_ok
-                && cat_ok
-                && port_ok
-                && app_ok != Some(false)
-                && op_ok != Some(false)
-                && !deferred;
-            if src_ok
-                && cat_ok
-                && port_ok
-                && deferred
-                && app_ok != Some(false)
-                && op_ok != Some(false)
-            {
-                reasons.push("only its requests can tell: the flow is inspected".to_owned());
-            }
-            out.push(RuleExplanation {
-                rule: rule.spec.name.to_string(),
-                matched,
-                decided: matched && !decided,
-                reasons,
-            });
-            decided |= matched;
-        }
-        out.push(RuleExplanation {
-            rule: "default".to_owned(),
-            matched: true,
-            decided: !decided,
-            reasons: vec![format!(
-                "no rule matched: default action `{}`",
-                self.defaults.action.as_str()
-            )],
-        });
-        out
     }
 
     /// True when `name` belongs to a category some inspect rule names (or any, if an inspect
