@@ -311,6 +311,20 @@ access_rules() { # $1: the lines added to alice's rule
     sed "0,/^action = \"inspect\"\$/s//action = \"inspect\"\n$1/"
 }
 access_rules 'record = "request+response"' > "$W/rules-record.toml"
+# Apps and operations decided per request (issue 17): alice's rule names apps and operations,
+# and a rule after it refuses every other client, as the default sandbox does. Requests are
+# identified (catalog header matchers) and the policy decides each again; the rows without it
+# identify each request too (for the records), so the ratio is the per-request decision.
+sed '0,/^action = "inspect"$/s//apps = ["unknown", "curl", "openai-python"]\noperations = ["chat", "other"]\naction = "inspect"/' "$W/rules.toml" \
+  > "$W/rules-apps.toml"
+cat >> "$W/rules-apps.toml" <<'TOML'
+
+[[rule]]
+name = "finance-bench-sandbox"
+identities = ["finance"]
+categories = ["bench"]
+action = "block"
+TOML
 access_rules "$QUOTA" > "$W/rules-quota.toml"
 access_rules "broker_key = \"bench\"\nrecord = \"request+response\"\n$QUOTA" > "$W/rules-all.toml"
 store_bench_key() {
@@ -332,6 +346,11 @@ for round in $(seq "$RUNS"); do
   sample_h2 inspect-h2 "sluice inspect, HTTP/2 (h2load)" alice $URL
   sample_bulk inspect-down "sluice inspect, 1 GiB download" alice https://bench.lab down
   sample_bulk inspect-up "sluice inspect, 64 x 8 MB uploads" alice https://bench.lab up
+  if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-apps-ka; then
+    $lab start --rules "$W/rules-apps.toml" >/dev/null
+    sample inspect-apps-ka "sluice inspect, apps decided per request" alice $URL 0
+    grep -q '"operation":"chat"' "$STATE/flows.jsonl" || { echo "no operation recorded" >&2; exit 1; }
+  fi
   if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-broker-ka; then
     store_bench_key
     $lab start --rules "$W/rules-broker.toml" >/dev/null
@@ -402,7 +421,7 @@ per_round() {
   paste -d' ' <(tr ' ' '\n' <<<"${SAMPLES[$1]}" | grep .) <(tr ' ' '\n' <<<"${SAMPLES[$2]}" | grep .) |
     awk '{ printf "%s%.2fx", (NR > 1 ? " / " : ""), $1 / $2 }'
 }
-for row in broker record quota all; do
+for row in apps broker record quota all; do
   k=inspect-$row-ka
   if [ -n "${RPS[$k]:-}" ] && [ -n "${RPS[inspect-ka]:-}" ]; then
     awk -v b="${RPS[$k]}" -v s="${RPS[inspect-ka]}" -v r="$row" \

@@ -212,6 +212,7 @@ pub fn replay(api: &Api, id: &str, key: &Path, rules: &Path) -> Out {
             })
             .collect(),
         body,
+        hello_app: p["hello_app"].as_str().map(str::to_owned),
     };
     let out = dry_run(Arc::new(compiled.policy), &rec);
     if api.json {

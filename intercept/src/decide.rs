@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use sluice_rules::apps::HelloMatch;
 use sluice_rules::{Action as RuleAction, AppSeen, FailMode, IdentityOverlay, Policy, Query};
 use tracing::warn;
 
@@ -146,11 +147,35 @@ impl Decider {
         ja4: Option<&str>,
     ) -> Decided {
         let policy = self.policy.load_full();
+        let hello = ja4.map(|j| policy.apps.by_hello(j, sni));
+        self.decide_with(policy, peer, conn, sni, hello)
+    }
+
+    /// Decides as [`Decider::decide`] does, for a hello already identified (`None`: no hello
+    /// read), as a recording replayed with the app its hello showed.
+    pub fn decide_hello(
+        &self,
+        peer: SocketAddr,
+        conn: &DivertedConn,
+        sni: Option<&str>,
+        hello: Option<HelloMatch>,
+    ) -> Decided {
+        self.decide_with(self.policy.load_full(), peer, conn, sni, hello)
+    }
+
+    fn decide_with(
+        &self,
+        policy: Arc<Policy>,
+        peer: SocketAddr,
+        conn: &DivertedConn,
+        sni: Option<&str>,
+        seen: Option<HelloMatch>,
+    ) -> Decided {
         let overlay = self.overlay.load();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let hello = ja4.map(|j| policy.apps.by_hello(j, sni)).unwrap_or_default();
+        let hello = seen.unwrap_or_default();
         let q = Query {
             src: peer.ip(),
             mac: Some(conn.client_mac),
@@ -167,7 +192,11 @@ impl Decider {
         let apps = AppContext {
             catalog: policy.apps.clone(),
             hello,
-            per_request: policy.decides_requests().then(|| PerRequest {
+            // Only where a rule the hello could not tell would apply: otherwise every request
+            // would be decided as the hello was (a rule the hello ruled out cannot match a
+            // request of that hello), and the flow keeps splicing after a refused certificate
+            // and streaming over the inspection limit where the rule allows them.
+            per_request: d.deferred.is_some().then(|| PerRequest {
                 policy: policy.clone(),
                 overlay: self.overlay.clone(),
                 mac: conn.client_mac,
@@ -181,7 +210,7 @@ impl Decider {
                 user: d.user.map(|u| u.to_string()),
                 category: d.category.map(|c| c.to_string()),
                 rule: rule.map(|r| r.name().to_owned()),
-                app: ja4.map(|_| policy.apps.shared_name_or_unknown(hello.app)),
+                app: seen.map(|_| policy.apps.shared_name_or_unknown(hello.app)),
                 app_evidence: hello.app.map(|_| hello.evidence.as_str()),
             },
             headers: rule.map(|r| r.spec.headers.clone()).unwrap_or_default(),

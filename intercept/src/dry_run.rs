@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use sluice_rules::apps::{Evidence, HelloMatch};
 use sluice_rules::{Action, IdentityOverlay, Policy};
 
 use crate::DivertedConn;
@@ -35,6 +36,9 @@ pub struct Recorded {
     pub headers: Vec<(String, String)>,
     /// The decoded body.
     pub body: Vec<u8>,
+    /// The app the connection's hello showed (`unknown` for an unknown hello; `None`: not
+    /// recorded, the app is what the request says).
+    pub hello_app: Option<String>,
 }
 
 struct Fields<'a>(&'a [(String, String)]);
@@ -89,15 +93,19 @@ pub fn dry_run(policy: Arc<Policy>, r: &Recorded) -> Outcome {
         }
     };
     let decider = Decider::new(
-        Arc::new(ArcSwap::new(policy)),
+        Arc::new(ArcSwap::new(policy.clone())),
         Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
         scanner,
         Arc::from(&b"dry-run"[..]),
         Arc::new(Access::default()),
     );
     let conn = DivertedConn { original_dst: r.dst, client_mac: [0; 6] };
-    // A recording keeps no hello: the app is what its requests say.
-    let d = decider.decide(r.src, &conn, Some(&r.sni), None);
+    // The hello as the recording names it: rules by app decide as they did on the wire.
+    let hello = r
+        .hello_app
+        .as_deref()
+        .map(|name| HelloMatch { app: policy.apps.id(name), evidence: Evidence::JA4 });
+    let d = decider.decide_hello(r.src, &conn, Some(&r.sni), hello);
     let mut out = Outcome {
         action: d.action.as_str(),
         rule: d.note.rule.clone(),
@@ -176,6 +184,7 @@ mod tests {
                 ("authorization".into(), "[withheld]".into()),
             ],
             body: body.as_bytes().to_vec(),
+            hello_app: None,
         }
     }
 
@@ -199,5 +208,29 @@ mod tests {
         other.src = "10.99.0.1:1".parse().unwrap();
         let d = dry_run(policy("block"), &other);
         assert_eq!((d.action, d.verdict, d.identity.as_str()), ("allow", "allow", "unknown"));
+    }
+
+    /// A rule naming apps decides a replay by the app the recorded hello showed, as it did
+    /// on the wire: a stack it approves passes, an unknown hello is refused.
+    #[test]
+    fn rules_by_app_see_the_recorded_hello() {
+        let text = "[[identity]]\nname = \"finance\"\ncidrs = [\"10.20.1.0/24\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[rule]]\nname = \"approved\"\nidentities = [\"finance\"]\ncategories = [\"ai\"]\napps = [\"python\"]\naction = \"inspect\"\n\n[[rule]]\nname = \"sandbox\"\nidentities = [\"finance\"]\ncategories = [\"ai\"]\naction = \"block\"\n";
+        let policy = Arc::new(
+            sluice_rules::compile("t.toml", text, &sluice_rules::catalog::ShippedOnly)
+                .unwrap()
+                .policy,
+        );
+        let chat = r#"{"model":"gpt-4o","messages":[]}"#;
+        let mut python = recorded(chat);
+        python.hello_app = Some("python".into());
+        let d = dry_run(policy.clone(), &python);
+        assert_eq!(
+            (d.action, d.verdict, d.rule.as_deref()),
+            ("inspect", "allow", Some("approved"))
+        );
+        let mut unknown = recorded(chat);
+        unknown.hello_app = Some("unknown".into());
+        let d = dry_run(policy, &unknown);
+        assert_eq!((d.action, d.verdict, d.rule.as_deref()), ("block", "block", Some("sandbox")));
     }
 }

@@ -81,12 +81,9 @@ fn hellos_decide_by_stack_and_requests_by_app() {
         d(AppSeen::Hello(app(&p, "curl")), None),
         (Action::Inspect, "approved".into(), None)
     );
-    // An unknown hello is sandboxed (it might yet be ChatGPT in some browser, which only
-    // requests show: they are decided again).
-    assert_eq!(
-        d(AppSeen::Hello(None), None),
-        (Action::Inspect, "sandbox".into(), Some("approved".into()))
-    );
+    // An unknown hello is sandboxed at its hello: no request of it can be ChatGPT on the
+    // web, which is believed from a browser's hello only.
+    assert_eq!(d(AppSeen::Hello(None), None), (Action::Inspect, "sandbox".into(), None));
     // A browser may be ChatGPT on the web, which only its requests show: inspected for it.
     let (action, rule, deferred) = d(AppSeen::Hello(app(&p, "chromium")), None);
     assert_eq!(

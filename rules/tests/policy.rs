@@ -3,9 +3,11 @@
 
 use std::net::IpAddr;
 
+use sluice_rules::apps::{AppId, shipped};
 use sluice_rules::catalog::{SHIPPED, ShippedOnly};
+use sluice_rules::operation::Operation;
 use sluice_rules::{
-    Action, IdentityOverlay, OverlayEntry, Policy, Query, Severity, compile, diff::diff,
+    Action, AppSeen, IdentityOverlay, OverlayEntry, Policy, Query, Severity, compile, diff::diff,
 };
 
 const DEFAULT: &str = include_str!("../default.toml");
@@ -16,6 +18,7 @@ fn default_policy() -> Policy {
     c.policy
 }
 
+/// A flow of `src` to `sni` whose hello is curl's (an app both teams approve).
 fn q<'a>(src: &str, sni: &'a str) -> Query<'a> {
     Query {
         src: src.parse().unwrap(),
@@ -23,9 +26,13 @@ fn q<'a>(src: &str, sni: &'a str) -> Query<'a> {
         sni: Some(sni),
         port: 443,
         now: 1_000,
-        app: Default::default(),
+        app: AppSeen::Hello(app("curl")),
         op: None,
     }
+}
+
+fn app(name: &str) -> Option<AppId> {
+    Some(shipped().id(name).unwrap_or_else(|| panic!("{name} is in the catalog")))
 }
 
 fn errors(text: &str) -> Vec<String> {
@@ -91,6 +98,62 @@ fn default_rules_behave_as_documented() {
     assert_eq!(d.action, Action::Allow);
     assert!(p.may_inspect("10.20.1.10".parse().unwrap(), None, 443, 0, &none));
     assert!(p.is_inspected_name("api.openai.com") && !p.is_inspected_name("example.org"));
+}
+
+/// The app sandbox of the default rules: approved apps inspected as before, an unknown
+/// client refused at its hello, a known app nobody approved refused per request.
+#[test]
+fn default_rules_sandbox_unapproved_apps() {
+    let p = default_policy();
+    let none = IdentityOverlay::default();
+    let with = |src, sni, app| Query { app, ..q(src, sni) };
+    for (src, sandbox) in
+        [("10.20.1.10", "finance-unapproved-apps"), ("10.20.2.20", "engineering-unapproved-apps")]
+    {
+        // An unknown hello: refused before decryption.
+        let d = p.decide(&with(src, "api.openai.com", AppSeen::Hello(None)), &none);
+        assert_eq!((d.action, d.rule_name(), d.deferred.is_none()), (Action::Block, sandbox, true));
+        // Python's hello: an approved stack, inspected at once.
+        let d = p.decide(&with(src, "api.openai.com", AppSeen::Hello(app("python"))), &none);
+        assert_eq!((d.action, d.deferred.is_none()), (Action::Inspect, true), "{src}");
+        // Node's: only requests tell the approved SDK from other Node programs.
+        let d = p.decide(&with(src, "api.openai.com", AppSeen::Hello(app("node"))), &none);
+        assert_eq!(
+            (d.action, d.rule_name(), d.deferred.is_some()),
+            (Action::Inspect, sandbox, true)
+        );
+        let settings = d.settings.map(|r| r.name());
+        assert!(
+            settings.is_some_and(|n| n.ends_with("-inspect") || n.ends_with("-redact")),
+            "{settings:?}"
+        );
+        for (request, verdict) in
+            [("openai-node", Action::Inspect), ("vercel-ai-sdk", Action::Block)]
+        {
+            let a = AppSeen::Request { app: app(request), hello: app("node") };
+            let d = p.decide(
+                &Query { op: Some(Operation::Chat), ..with(src, "api.openai.com", a) },
+                &none,
+            );
+            assert_eq!(d.action, verdict, "{src} {request}");
+        }
+        // Before the hello (a SYN): the flow is diverted, for the hello to decide.
+        let d = p.decide(&with(src, "api.openai.com", AppSeen::Unseen), &none);
+        assert_eq!(d.action, Action::Inspect);
+    }
+    // Rust's TLS stack (rustls) is approved for nobody: the Codex CLI's hello is its own.
+    let d =
+        p.decide(&with("10.20.1.10", "api.openai.com", AppSeen::Hello(app("codex-cli"))), &none);
+    assert_eq!((d.action, d.rule_name()), (Action::Inspect, "finance-openai-inspect"));
+    // A browser reaches ChatGPT as the web app for finance, and the API as nothing approved.
+    let d = p.decide(&with("10.20.1.10", "chatgpt.com", AppSeen::Hello(app("chromium"))), &none);
+    assert_eq!(d.action, Action::Inspect);
+    let web = AppSeen::Request { app: app("chromium"), hello: app("chromium") };
+    let d = p.decide(
+        &Query { op: Some(Operation::Chat), ..with("10.20.1.10", "api.openai.com", web) },
+        &none,
+    );
+    assert_eq!((d.action, d.rule_name()), (Action::Block, "finance-unapproved-apps"));
 }
 
 #[test]
@@ -239,9 +302,10 @@ fn diff_reports_rule_and_domain_changes() {
     let new_text = DEFAULT
         .replace("name = \"badssl-inspect\"", "name = \"badssl-block\"")
         .replace("domains = [\"*.badssl.lab\"]", "domains = [\"*.badssl.lab\", \"bad.example\"]")
-        .replace(
+        .replacen(
             "identities = [\"engineering\"]\ncategories = [\"openai-api\"]",
             "identities = [\"engineering\"]\ncategories = [\"openai-api\", \"chatgpt\"]",
+            1,
         );
     let new = compile("new.toml", &new_text, &ShippedOnly).unwrap().policy;
     let d = diff(&old, &new);

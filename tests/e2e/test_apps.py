@@ -8,7 +8,7 @@ import unittest
 
 from test_control import ctl, current_rules, with_rule_first
 from test_dataplane import curl, on, push_rules, wait_for_flow, wait_for_record
-from test_intercept import sdk
+from test_intercept import sdk, upstream
 
 RULE = 'name = "finance-openai-inspect"\n'
 JSON = ["-H", "Content-Type: application/json"]
@@ -85,27 +85,29 @@ class Policy(unittest.TestCase):
         push_rules(self.before)
 
     def test_an_unknown_client_is_sandboxed(self):
-        sandbox = '''
-[[rule]]
-name = "finance-unknown-sandbox"
-identities = ["finance"]
-categories = ["openai-api"]
-app = "unknown"
-action = "block"
-'''
-        push_rules(with_rule_first(self.before, sandbox))
+        # The default rules (rules/default.toml, "The app sandbox"): no rule pushed.
         # A script with a TLS configuration of its own: a hello the catalog does not know.
+        tag = secrets.token_hex(4)
         script = ("import http.client, ssl\n"
                   "ctx = ssl.create_default_context(); ctx.set_ciphers('ECDHE+AESGCM'); ctx.set_alpn_protocols(['http/1.1'])\n"
                   "ctx.options |= ssl.OP_NO_TICKET\n"
                   "c = http.client.HTTPSConnection('api.openai.com', context=ctx, timeout=20)\n"
-                  "c.request('GET', '/v1/models?custom-tls'); print(c.getresponse().status)\n")
-        r = on("alice", "python3", "-c", script)
-        self.assertEqual(r.stdout.strip(), "403", r.stdout + r.stderr)
-        flow = wait_for_flow(lambda r: r.get("src") == "10.20.1.10" and r.get("rule") == "finance-unknown-sandbox")
-        self.assertEqual(flow["app"], "unknown")
-        # Known clients go on as before.
+                  "c.request('GET', '/v1/models?custom-tls-%s'); print(c.getresponse().status)\n" % tag)
+        for host, src, rule in (("alice", "10.20.1.10", "finance-unapproved-apps"),
+                                ("bob", "10.20.2.20", "engineering-unapproved-apps")):
+            r = on(host, "python3", "-c", script)
+            self.assertEqual(r.stdout.strip(), "403", r.stdout + r.stderr)
+            flow = wait_for_flow(lambda r: r.get("src") == src and r.get("rule") == rule)
+            self.assertEqual((flow["app"], flow.get("app_evidence")), ("unknown", None), flow)
+        self.assertFalse(any("custom-tls-" + tag in e["path"] for e in upstream("api.openai.com")),
+                         "the sandboxed requests never left")
+        # Known clients go on as before, the SDK and curl.
         self.assertEqual(status("alice", "https://api.openai.com/v1/models")[0], "200")
+        r = sdk("bob", "print(len(client.models.list().data))\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ctl("inventory", "--unknown", "--host", "10.20.1.10", "--json", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(any(row["app"] == "unknown" for row in json.loads(r.stdout)["rows"]), r.stdout)
 
     def test_uploads_are_refused_for_bob_while_his_chats_pass(self):
         no_upload = '''

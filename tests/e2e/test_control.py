@@ -5,6 +5,8 @@ restart of control, the syslog export, and sluicectl against the real daemon.
 
 import json
 import os
+import random
+import secrets
 import socket
 import subprocess
 import threading
@@ -373,6 +375,49 @@ class RestartAndSyslog(unittest.TestCase):
             time.sleep(0.5)
         self.assertIsNotNone(hit, "no syslog message for bob's flow; got %d messages" % len(self.received))
         self.assertRegex(hit, r"^<13[23]>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ sluice - flow - \{")
+
+    def test_a_new_client_is_discovered_once_in_syslog(self):
+        """A client the host never showed (here a TLS configuration of its own, a JA4 no other
+        run has: a random choice of cipher suites) raises one discovery, however many flows."""
+        from test_dataplane import on, wait_for_flow
+        tag = secrets.token_hex(4)
+        suites = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                  "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+                  "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA", "AES128-GCM-SHA256", "AES256-GCM-SHA384",
+                  "AES128-SHA", "AES256-SHA"]
+        chosen = random.sample(suites, random.randint(3, 9))
+        script = ("import socket, ssl\n"
+                  "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False\n"
+                  "ctx.verify_mode = ssl.CERT_NONE; ctx.set_ciphers(%r)\n"
+                  "for i in range(3):\n"
+                  "    try:\n"
+                  "        with ctx.wrap_socket(socket.create_connection(('example.org', 443), timeout=10),\n"
+                  "                             server_hostname='disc-%s.example.org') as s: pass\n"
+                  "    except OSError: pass\n") % (":".join(chosen), tag)
+        on("guest", "python3", "-c", script)
+        sni = "disc-%s.example.org" % tag
+        flow = wait_for_flow(lambda r: r.get("sni") == sni)
+        self.assertEqual(flow["app"], "unknown", flow)
+        ja4 = flow["ja4"]
+
+        def discoveries():
+            found = []
+            for m in list(self.received):
+                head, _, body = m.partition(" - {")
+                if head.endswith(" sluice - discovery"):
+                    d = json.loads("{" + body)
+                    if d.get("ja4") == ja4 and d.get("src") == flow["src"]:
+                        found.append((head, d))
+            return found
+        deadline = time.time() + 20
+        while time.time() < deadline and not discoveries():
+            time.sleep(0.5)
+        time.sleep(3)  # the later flows' records arrive too: still one discovery
+        found = discoveries()
+        self.assertEqual(len(found), 1, found)
+        head, d = found[0]
+        self.assertEqual((d["event"], d["app"], d["sni"]), ("new-unknown-client", "unknown", sni))
+        self.assertRegex(head, r"^<13[0-7]>1 ")
 
     def test_dlp_alert_forwards_records_and_reaches_syslog(self):
         """An alert profile lets the request through, records the finding, and the record

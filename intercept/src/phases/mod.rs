@@ -239,9 +239,10 @@ impl Session {
         }
         if let (Some(rc), Some(r)) = (&self.recorder, req) {
             let response = rc.mode == sluice_rules::RecordMode::RequestResponse;
-            rec.capture = Some(Box::new(crate::recording::Capture::new(
-                r.method, r.target, r.headers, response,
-            )));
+            let mut capture =
+                crate::recording::Capture::new(r.method, r.target, r.headers, response);
+            capture.hello_app = Some(self.apps.catalog.shared_name_or_unknown(self.apps.hello.app));
+            rec.capture = Some(Box::new(capture));
         }
         let html = block::wants_html(req.and_then(|r| r.headers.header("accept")));
         let mut ctx = RequestCtx {

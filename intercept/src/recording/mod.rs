@@ -101,6 +101,9 @@ pub struct Capture {
     messages: Vec<(&'static str, String)>,
     message_bytes: usize,
     messages_cut: bool,
+    /// The app the connection's hello showed (`unknown` for an unknown hello), so that a
+    /// replay decides rules by app as the wire did.
+    pub(crate) hello_app: Option<Arc<str>>,
     /// What seals it, once the exchange is over (phase 7 hands it over; [`seal_captured`]
     /// uses it, off the interception thread).
     sealing: Option<Sealing>,
@@ -308,6 +311,7 @@ pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord
         user: rec.user.as_deref(),
         src: &rec.src,
         sni: rec.sni.as_deref(),
+        hello_app: c.hello_app.as_deref(),
         rule: rec.rule.as_deref(),
         model: rec.model.as_deref(),
         request: plain::RequestHead {

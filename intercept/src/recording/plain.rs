@@ -19,6 +19,8 @@ pub(super) struct Head<'a> {
     pub user: Option<&'a str>,
     pub src: &'a str,
     pub sni: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hello_app: Option<&'a str>,
     pub rule: Option<&'a str>,
     pub model: Option<&'a str>,
     pub request: RequestHead<'a>,
@@ -165,6 +167,7 @@ mod tests {
             user: None,
             src: "10.0.0.1",
             sni: Some("api.openai.com"),
+            hello_app: Some("python"),
             rule: Some("r"),
             model: None,
             request: RequestHead {
@@ -192,6 +195,7 @@ mod tests {
         let v = read(&plain).unwrap();
         assert_eq!(v["request"]["body"]["text"], std::str::from_utf8(req).unwrap());
         assert_eq!(v["request"]["headers"][0][1], "application/json");
+        assert_eq!(v["hello_app"], "python");
         assert_eq!(v["response"]["body"]["base64"], "/wB4");
         assert_eq!(v["response"]["body"]["truncated"], true);
         assert_eq!(v["messages"][0]["text"], "hi\nthere");

@@ -33,9 +33,14 @@ impl Cx<'_> {
                 rule.hello.insert_unknown();
             } else if let Some(id) = catalog.id(n) {
                 rule.exact.insert(id);
-                let reach = catalog.reach(Some(id));
-                rule.hello.union_with(&reach);
-                rule.by_request_only |= !catalog.apps()[id as usize].by_hello;
+                let app = &catalog.apps()[id as usize];
+                rule.hello.union_with(&catalog.reach(Some(id)));
+                // A web app is believed from its browsers' hellos only: another hello rules
+                // it out as surely as its own stack's would.
+                for s in &app.stacks {
+                    rule.hello.union_with(&catalog.reach(Some(*s)));
+                }
+                rule.by_request_only |= !app.by_hello && app.stacks.is_empty();
             } else {
                 let known = catalog.apps().iter().map(|a| &*a.name).chain(["unknown"]);
                 let hint = closest(n, known);

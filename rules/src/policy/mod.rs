@@ -167,7 +167,8 @@ pub(crate) struct AppRule {
     pub exact: AppSet,
     /// What a hello may show of them: the apps and the stacks they run on.
     pub hello: AppSet,
-    /// Some app named is known only from requests (no hello names it or its stack).
+    /// Some app named is known only from requests, whatever the hello (no hello names it,
+    /// its stack or, for a web app, its browsers).
     pub by_request_only: bool,
 }
 
