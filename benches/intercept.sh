@@ -315,7 +315,8 @@ access_rules 'record = "request+response"' > "$W/rules-record.toml"
 # and a rule after it refuses every other client, as the default sandbox does. Requests are
 # identified (catalog header matchers) and the policy decides each again; the rows without it
 # identify each request too (for the records), so the ratio is the per-request decision.
-sed '0,/^action = "inspect"$/s//apps = ["unknown", "curl", "openai-python"]\noperations = ["chat", "other"]\naction = "inspect"/' "$W/rules.toml" \
+# (wrk's hello is OpenSSL's own, the catalog's openssl-cli.)
+sed '0,/^action = "inspect"$/s//apps = ["openssl-cli", "curl", "openai-python"]\noperations = ["chat", "other"]\naction = "inspect"/' "$W/rules.toml" \
   > "$W/rules-apps.toml"
 cat >> "$W/rules-apps.toml" <<'TOML'
 
