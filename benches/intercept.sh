@@ -350,7 +350,9 @@ for round in $(seq "$RUNS"); do
   if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-apps-ka; then
     $lab start --rules "$W/rules-apps.toml" >/dev/null
     sample inspect-apps-ka "sluice inspect, apps decided per request" alice $URL 0
-    grep -q '"operation":"chat"' "$STATE/flows.jsonl" || { echo "no operation recorded" >&2; exit 1; }
+    # The requests were decided one by one: one whose operation the rule does not name is refused.
+    code=$($lab exec alice -- curl -sk -o /dev/null -w '%{http_code}' -d '{}' https://bench.lab/v1/fine_tuning/jobs)
+    [ "$code" = 403 ] || { echo "a fine-tune request passed the per-request rule ($code)" >&2; exit 1; }
   fi
   if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-broker-ka; then
     store_bench_key

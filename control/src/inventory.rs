@@ -111,10 +111,15 @@ fn add_bounded(set: &mut BTreeSet<String>, v: String) {
     }
 }
 
-fn accounts(a: &AppFields<'_>) -> impl Iterator<Item = String> {
+fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
     let tagged = |tag: &'static str, v: &Option<std::borrow::Cow<'_, str>>| {
         v.as_deref().filter(|v| !v.is_empty()).map(|v| format!("{tag}{}", bounded(v, 80)))
     };
+    // The accounts ChatGPT listed for the session: `chatgpt-workspace:ID`, `chatgpt-personal:ID`.
+    let listed = a.chatgpt_listed.iter().filter_map(|l| {
+        let (structure, id) = l.split_once(':')?;
+        (!id.is_empty()).then(|| format!("chatgpt-{}:{}", bounded(structure, 16), bounded(id, 80)))
+    });
     [
         tagged("chatgpt:", &a.chatgpt_account),
         tagged("org:", &a.openai_organization),
@@ -122,6 +127,7 @@ fn accounts(a: &AppFields<'_>) -> impl Iterator<Item = String> {
     ]
     .into_iter()
     .flatten()
+    .chain(listed)
 }
 
 /// Adds the stored records `rows` (those newly stored) of data plane `dataplane` to the
@@ -427,14 +433,20 @@ mod tests {
         );
         assert_eq!(sdk.destinations, ["chatgpt.com"]);
         assert_eq!(sdk.accounts, ["chatgpt:acc-1", "key:sha256:0123456789ab", "org:org-1"]);
-        // Seen again later: counted, not discovered again; a new account is added.
-        let found =
-            ingest(&mut st, "dp1", &[request(7, 9_000, "openai-python", "3.57.0", Some("acc-2"))]);
+        // Seen again later: counted, not discovered again; a new account is added, and the
+        // accounts ChatGPT listed for the session (a malformed entry is skipped).
+        let mut listing = request(7, 9_000, "openai-python", "3.57.0", Some("acc-2"));
+        listing["chatgpt_accounts_listed"] =
+            json!(["personal:p-9", "workspace:acc-2", "nocolon", 5]);
+        let found = ingest(&mut st, "dp1", &[listing]);
         assert!(found.is_empty(), "{found:?}");
         let f = InventoryFilter { app: Some("openai-python".into()), ..Default::default() };
         let sdk = &st.inventory(&f).unwrap()[0];
         assert_eq!((sdk.requests, sdk.last_seen_ms), (3, 9_000));
-        assert!(sdk.accounts.contains(&"chatgpt:acc-2".to_owned()));
+        for a in ["chatgpt:acc-2", "chatgpt-personal:p-9", "chatgpt-workspace:acc-2"] {
+            assert!(sdk.accounts.contains(&a.to_owned()), "{a}: {:?}", sdk.accounts);
+        }
+        assert_eq!(sdk.accounts.len(), 6, "{:?}", sdk.accounts);
         // A record sent again (same sequence number) is not counted twice.
         ingest(&mut st, "dp1", &[request(7, 9_000, "openai-python", "3.57.0", None)]);
         assert_eq!(st.inventory(&f).unwrap()[0].requests, 3);

@@ -112,6 +112,8 @@ pub struct AppFields<'a> {
     pub openai_organization: Option<Cow<'a, str>>,
     /// The API key's fingerprint.
     pub api_key_fp: Option<Cow<'a, str>>,
+    /// The accounts ChatGPT's answer listed (`workspace:ID`, `personal:ID`).
+    pub chatgpt_listed: Vec<Cow<'a, str>>,
 }
 
 /// The members of a `recording` record control stores.
@@ -199,6 +201,13 @@ impl<'a> Row<'a> {
                 chatgpt_account: text("chatgpt_account"),
                 openai_organization: text("openai_organization"),
                 api_key_fp: text("api_key_fp"),
+                chatgpt_listed: v
+                    .get("chatgpt_accounts_listed")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| Some(Cow::Owned(a.as_str()?.to_owned())))
+                    .collect(),
             },
         );
         Some(Row {
@@ -310,6 +319,8 @@ struct Fields<'a> {
     openai_organization: Option<Text<'a>>,
     #[serde(borrow, default)]
     api_key_fp: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    chatgpt_accounts_listed: Option<Vec<Text<'a>>>,
     // A recording's members.
     #[serde(borrow, default)]
     id: Option<Text<'a>>,
@@ -367,6 +378,12 @@ impl<'a> Fields<'a> {
                 chatgpt_account: t(self.chatgpt_account),
                 openai_organization: t(self.openai_organization),
                 api_key_fp: t(self.api_key_fp),
+                chatgpt_listed: self
+                    .chatgpt_accounts_listed
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| t.0)
+                    .collect(),
             },
         );
         Row {
@@ -408,6 +425,7 @@ struct AppExtra<'a> {
     chatgpt_account: Option<Cow<'a, str>>,
     openai_organization: Option<Cow<'a, str>>,
     api_key_fp: Option<Cow<'a, str>>,
+    chatgpt_listed: Vec<Cow<'a, str>>,
 }
 
 /// The inventory's fields of a flow that saw a hello (its app, or `unknown`) or of a request.
@@ -431,6 +449,7 @@ fn app_fields<'a>(
         chatgpt_account: x.chatgpt_account,
         openai_organization: x.openai_organization,
         api_key_fp: x.api_key_fp,
+        chatgpt_listed: x.chatgpt_listed,
     }))
 }
 

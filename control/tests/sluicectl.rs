@@ -20,7 +20,7 @@ fn default_rules() -> String {
 fn check_accepts_the_default_rules() {
     let (code, out, _) = sluicectl(&["rules", "check", &default_rules()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(": ok (6 rules"), "{out}");
+    assert!(out.contains(": ok (8 rules"), "{out}");
 }
 
 #[test]

@@ -64,14 +64,24 @@ fn a_hidden_name_is_refused_where_rules_restrict_the_source() {
 
 #[test]
 fn grease_ech_is_a_hello_like_any_other() {
-    // The outer name is the real one: decided on it (finance may use the API here).
+    // The outer name is the real one: decided on it, by the rules, as any hello. (This
+    // synthetic hello is no client the app catalog knows: the default sandbox refuses it, and
+    // passes it where finance approves unknown clients.)
     let grease = hello_file("synth-grease-ech-api.openai.com.bin");
     let (action, rec) =
         send(&mut engine(Settings::default()), "10.20.1.10", "198.51.100.10", &grease);
+    assert_eq!(action, Action::Drop);
+    assert_eq!(
+        (rec["sni"].as_str(), rec["ech"].as_str(), rec["rule"].as_str(), rec["app"].as_str()),
+        (Some("api.openai.com"), Some("grease"), Some("finance-unapproved-apps"), Some("unknown"))
+    );
+    let approved = [("apps = [\"chatgpt-web\"", "apps = [\"unknown\", \"chatgpt-web\"")];
+    let mut e = common::engine_with(&approved, Settings::default());
+    let (action, rec) = send(&mut e, "10.20.1.10", "198.51.100.10", &grease);
     assert_eq!(action, Action::Forward);
     assert_eq!(
-        (rec["sni"].as_str(), rec["ech"].as_str()),
-        (Some("api.openai.com"), Some("grease"))
+        (rec["sni"].as_str(), rec["ech"].as_str(), rec["rule"].as_str()),
+        (Some("api.openai.com"), Some("grease"), Some("finance-openai-inspect"))
     );
     // A hello without the extension says nothing of ECH.
     let plain = hello_file("curl-api.openai.com.bin");

@@ -151,16 +151,16 @@ impl Decider {
         self.decide_with(policy, peer, conn, sni, hello)
     }
 
-    /// Decides as [`Decider::decide`] does, for a hello already identified (`None`: no hello
-    /// read), as a recording replayed with the app its hello showed.
+    /// Decides as [`Decider::decide`] does, for a hello already identified (a recording
+    /// replayed with the app its hello showed).
     pub fn decide_hello(
         &self,
         peer: SocketAddr,
         conn: &DivertedConn,
         sni: Option<&str>,
-        hello: Option<HelloMatch>,
+        hello: HelloMatch,
     ) -> Decided {
-        self.decide_with(self.policy.load_full(), peer, conn, sni, hello)
+        self.decide_with(self.policy.load_full(), peer, conn, sni, Some(hello))
     }
 
     fn decide_with(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use sluice_rules::apps::{Evidence, HelloMatch};
+use sluice_rules::apps::{AppCatalog, Evidence, HeaderSource, HelloMatch, RequestFacts};
 use sluice_rules::{Action, IdentityOverlay, Policy};
 
 use crate::DivertedConn;
@@ -37,7 +37,7 @@ pub struct Recorded {
     /// The decoded body.
     pub body: Vec<u8>,
     /// The app the connection's hello showed (`unknown` for an unknown hello; `None`: not
-    /// recorded, the app is what the request says).
+    /// recorded, the hello is taken to be the one the request's headers suggest).
     pub hello_app: Option<String>,
 }
 
@@ -55,6 +55,32 @@ impl Headers for Fields<'_> {
             f(n, v.as_bytes());
         }
     }
+}
+
+impl HeaderSource for Fields<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        Headers::header(self, name)
+    }
+}
+
+/// The hello a recorded request came with: as the recording names it, so that rules by app
+/// decide as they did on the wire. A recording made before hellos were kept (or naming an
+/// app the catalog no longer has) is taken at its headers' word: the hello of the stack the
+/// app they name is believed from (none: an unknown hello).
+fn recorded_hello(apps: &AppCatalog, r: &Recorded, host: &str) -> HelloMatch {
+    let named = |app| HelloMatch { app, evidence: Evidence::JA4 };
+    match r.hello_app.as_deref().map(|n| (n, apps.id(n))) {
+        Some(("unknown", _)) => return named(None),
+        Some((_, Some(id))) => return named(Some(id)),
+        _ => {}
+    }
+    let path = r.target.split(['?', '#']).next().unwrap_or("");
+    let fields = Fields(&r.headers);
+    let facts = RequestFacts { authority: host, path, headers: &fields };
+    named(apps.by_request(&facts).map(|m| {
+        let app = &apps.apps()[m.app as usize];
+        app.stacks.first().copied().unwrap_or_else(|| apps.root(m.app))
+    }))
 }
 
 /// What the rule set would have done.
@@ -100,11 +126,8 @@ pub fn dry_run(policy: Arc<Policy>, r: &Recorded) -> Outcome {
         Arc::new(Access::default()),
     );
     let conn = DivertedConn { original_dst: r.dst, client_mac: [0; 6] };
-    // The hello as the recording names it: rules by app decide as they did on the wire.
-    let hello = r
-        .hello_app
-        .as_deref()
-        .map(|name| HelloMatch { app: policy.apps.id(name), evidence: Evidence::JA4 });
+    let host = r.sni.strip_suffix('.').unwrap_or(&r.sni).to_ascii_lowercase();
+    let hello = recorded_hello(&policy.apps, r, &host);
     let d = decider.decide_hello(r.src, &conn, Some(&r.sni), hello);
     let mut out = Outcome {
         action: d.action.as_str(),
@@ -127,7 +150,6 @@ pub fn dry_run(policy: Arc<Policy>, r: &Recorded) -> Outcome {
     let mut s = d.session(r.sni.clone(), r.src, r.dst, None);
     s.headers.broker = None;
     s.headers.quota = None;
-    let host = r.sni.strip_suffix('.').unwrap_or(&r.sni).to_ascii_lowercase();
     let fields = Fields(&r.headers);
     let view = RequestView {
         method: &r.method,
@@ -230,7 +252,19 @@ mod tests {
         );
         let mut unknown = recorded(chat);
         unknown.hello_app = Some("unknown".into());
-        let d = dry_run(policy, &unknown);
+        let d = dry_run(policy.clone(), &unknown);
         assert_eq!((d.action, d.verdict, d.rule.as_deref()), ("block", "block", Some("sandbox")));
+        // A recording that kept no hello: its headers name the SDK, whose stack is Python's.
+        let mut older = recorded(chat);
+        older.headers.push(("user-agent".into(), "OpenAI/Python 3.57.0".into()));
+        older.headers.push(("x-stainless-lang".into(), "python".into()));
+        let d = dry_run(policy.clone(), &older);
+        assert_eq!(
+            (d.action, d.verdict, d.rule.as_deref()),
+            ("inspect", "allow", Some("approved"))
+        );
+        // Nor headers that name anything: an unknown client.
+        let d = dry_run(policy, &recorded(chat));
+        assert_eq!((d.action, d.verdict), ("block", "block"));
     }
 }

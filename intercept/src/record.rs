@@ -197,6 +197,10 @@ pub struct RequestRecord {
     /// The ChatGPT account it works with (`chatgpt-account-id`), or `anonymous` signed out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chatgpt_account: Option<String>,
+    /// The accounts ChatGPT's answer listed for the signed-in user (`workspace:ID`,
+    /// `personal:ID`), where the answer shows them (`/backend-api/accounts/check`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chatgpt_accounts_listed: Vec<String>,
     /// Category of the SNI.
     pub category: Option<String>,
     /// Rule that decided.

@@ -191,3 +191,37 @@ async fn only_listed_chatgpt_accounts_pass() {
     let o = send(decided("chatgpt.com", Some("chromium")), login, b"").await;
     assert_eq!((o.record.verdict, o.record.operation), ("allow", Some("login")));
 }
+
+/// ChatGPT's answer listing the signed-in user's accounts is read: the record names the
+/// workspace and the personal account behind the session, the header's account or not.
+#[tokio::test]
+async fn the_accounts_chatgpt_lists_are_recorded() {
+    let head = "GET /backend-api/accounts/check/v4-2023-04-27?timezone_offset_min=0 HTTP/1.1\r\nHost: chatgpt.com\r\nUser-Agent: Mozilla/5.0 (X11) Chrome/156.0\r\nchatgpt-account-id: acc-corp-1\r\nAccept-Encoding: gzip, br\r\n\r\n";
+    let listing = br#"{"accounts":{"acc-corp-1":{"account":{"account_id":"acc-corp-1","structure":"workspace","plan_type":"team"}},"0b5e-personal":{"account":{"account_id":"0b5e-personal","structure":"personal","plan_type":"free"}},"default":{"account":{"account_id":"0b5e-personal","structure":"personal"}}},"account_ordering":["acc-corp-1"]}"#;
+    let answer = [
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            listing.len()
+        )
+        .into_bytes(),
+        listing.to_vec(),
+    ]
+    .concat();
+    let o =
+        common::send_answering(decided("chatgpt.com", Some("chromium")), head, b"", Some(&answer))
+            .await;
+    assert_eq!(o.record.verdict, "allow", "{}", o.client);
+    assert_eq!(
+        o.record.chatgpt_accounts_listed,
+        ["personal:0b5e-personal", "workspace:acc-corp-1"]
+    );
+    // The answer was asked for uncompressed, so that it can be read.
+    let up = String::from_utf8_lossy(&o.upstream).to_ascii_lowercase();
+    assert!(up.contains("accept-encoding: identity") && !up.contains("gzip"), "{up}");
+    // Other answers are not read for accounts.
+    let other = "GET /backend-api/conversations HTTP/1.1\r\nHost: chatgpt.com\r\nchatgpt-account-id: acc-corp-1\r\n\r\n";
+    let o =
+        common::send_answering(decided("chatgpt.com", Some("chromium")), other, b"", Some(&answer))
+            .await;
+    assert!(o.record.chatgpt_accounts_listed.is_empty());
+}

@@ -141,10 +141,19 @@ fn default_rules_sandbox_unapproved_apps() {
         let d = p.decide(&with(src, "api.openai.com", AppSeen::Unseen), &none);
         assert_eq!(d.action, Action::Inspect);
     }
-    // Rust's TLS stack (rustls) is approved for nobody: the Codex CLI's hello is its own.
-    let d =
-        p.decide(&with("10.20.1.10", "api.openai.com", AppSeen::Hello(app("codex-cli"))), &none);
-    assert_eq!((d.action, d.rule_name()), (Action::Inspect, "finance-openai-inspect"));
+    // Rust's TLS stack (rustls): the Codex CLI runs on it, other Rust programs too; only
+    // requests tell them apart.
+    let rustls = with("10.20.1.10", "api.openai.com", AppSeen::Hello(app("rustls")));
+    let d = p.decide(&rustls, &none);
+    assert_eq!(
+        (d.action, d.rule_name(), d.deferred.map(|r| r.name())),
+        (Action::Inspect, "finance-unapproved-apps", Some("finance-openai-inspect"))
+    );
+    for (request, verdict) in [("codex-cli", Action::Inspect), ("rustls", Action::Block)] {
+        let a = AppSeen::Request { app: app(request), hello: app("rustls") };
+        let d = p.decide(&Query { app: a, op: Some(Operation::CodeAgent), ..rustls }, &none);
+        assert_eq!(d.action, verdict, "{request}");
+    }
     // A browser reaches ChatGPT as the web app for finance, and the API as nothing approved.
     let d = p.decide(&with("10.20.1.10", "chatgpt.com", AppSeen::Hello(app("chromium"))), &none);
     assert_eq!(d.action, Action::Inspect);

@@ -3,11 +3,13 @@ named by their TLS hello on spliced flows and by their headers on inspected ones
 client sandboxed, the inventory of alice's apps, bob's uploads refused while his chats pass,
 and a personal ChatGPT account refused while the company's passes."""
 import json
+import os
 import secrets
+import time
 import unittest
 
 from test_control import ctl, current_rules, with_rule_first
-from test_dataplane import curl, on, push_rules, wait_for_flow, wait_for_record
+from test_dataplane import ROOT, curl, env, on, push_rules, wait_for_flow, wait_for_record
 from test_intercept import sdk, upstream
 
 RULE = 'name = "finance-openai-inspect"\n'
@@ -36,6 +38,31 @@ class Identification(unittest.TestCase):
            "except Exception: pass\n" % tag)
         wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == "example.org"
                       and r.get("app") == "python")
+        # HTTPX offering HTTP/2: Python's stack too (its ALPN differs, the catalog's entry
+        # leaves the ALPN open).
+        sni = "h2-%s.example.org" % tag
+        on("bob", "python3", "-c", "import httpx\n"
+           "try: httpx.Client(http2=True, verify=False, timeout=10).get('https://example.org/',"
+           " extensions={'sni_hostname': %r})\n"
+           "except Exception: pass\n" % sni)
+        flow = wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == sni)
+        self.assertEqual((flow["app"], flow["alpn"]), ("python", ["h2", "http/1.1"]), flow)
+        # A browser's hello, sent raw (Chromium's, captured by rules/apps/testdata/capture.sh),
+        # its server name changed to one no rule names (same length: the hello stays valid).
+        hello = open(os.path.join(ROOT, "rules", "apps", "testdata", "chromium.hello"), "rb").read()
+        name = ("b%s.example" % tag[:5]).encode()
+        self.assertEqual(len(name), len(b"api.openai.com"))
+        self.assertEqual(hello.count(b"api.openai.com"), 1)
+        path = os.path.join(env()["SLUICE_LAB_STATE"], "browser-%s.hello" % tag)
+        with open(path, "wb") as f:
+            f.write(hello.replace(b"api.openai.com", name))
+        on("bob", "python3", "-c", "import socket, sys\n"
+           "s = socket.create_connection(('example.org', 443), timeout=10)\n"
+           "s.sendall(open(sys.argv[1], 'rb').read())\n"
+           "try: s.recv(4096)\n"
+           "except OSError: pass\n", path)
+        flow = wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == name.decode())
+        self.assertEqual((flow["app"], flow["app_evidence"]), ("chromium", "ja4"), flow)
 
     def test_headers_name_the_app_on_inspected_flows(self):
         r = sdk("alice", "print(len(client.models.list().data))\n")
@@ -75,6 +102,25 @@ class Identification(unittest.TestCase):
         self.assertTrue(any(d["app"] == "openai-python" for d in found), found)
         self.assertEqual(len([d for d in found if d["app"] == "openai-python"]), 1, "once per host and app")
 
+    def test_the_accounts_chatgpt_lists_reach_the_inventory(self):
+        # The web app asks for the signed-in user's accounts as it starts; the answer shows
+        # the personal account behind a session that works in the company workspace.
+        code, _ = status("alice", "https://chatgpt.com/backend-api/accounts/check/v4-2023-04-27",
+                         "-H", "ChatGPT-Account-Id: acc-corp-1", "--compressed")
+        self.assertEqual(code, "200")
+        rec = wait_for_record("request", lambda r: r["src"] == "10.20.1.10"
+                              and r["path"].startswith("/backend-api/accounts/check"))
+        self.assertEqual(rec.get("chatgpt_accounts_listed"), ["personal:lab-personal-7", "workspace:acc-corp-1"], rec)
+        deadline = time.time() + 20
+        while True:
+            r = ctl("inventory", "--host", "10.20.1.10", "--app", "curl", "--json", token="SLUICE_ANALYST_TOKEN")
+            accounts = {a for row in json.loads(r.stdout)["rows"] for a in row["accounts"]}
+            if "chatgpt-personal:lab-personal-7" in accounts or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertTrue({"chatgpt:acc-corp-1", "chatgpt-personal:lab-personal-7",
+                         "chatgpt-workspace:acc-corp-1"} <= accounts, accounts)
+
 
 class Policy(unittest.TestCase):
 
@@ -92,13 +138,15 @@ class Policy(unittest.TestCase):
                   "ctx = ssl.create_default_context(); ctx.set_ciphers('ECDHE+AESGCM'); ctx.set_alpn_protocols(['http/1.1'])\n"
                   "ctx.options |= ssl.OP_NO_TICKET\n"
                   "c = http.client.HTTPSConnection('api.openai.com', context=ctx, timeout=20)\n"
-                  "c.request('GET', '/v1/models?custom-tls-%s'); print(c.getresponse().status)\n" % tag)
+                  "c.connect(); port = c.sock.getsockname()[1]\n"
+                  "c.request('GET', '/v1/models?custom-tls-%s'); print(c.getresponse().status, port)\n" % tag)
         for host, src, rule in (("alice", "10.20.1.10", "finance-unapproved-apps"),
                                 ("bob", "10.20.2.20", "engineering-unapproved-apps")):
             r = on(host, "python3", "-c", script)
-            self.assertEqual(r.stdout.strip(), "403", r.stdout + r.stderr)
-            flow = wait_for_flow(lambda r: r.get("src") == src and r.get("rule") == rule)
-            self.assertEqual((flow["app"], flow.get("app_evidence")), ("unknown", None), flow)
+            code, _, port = r.stdout.strip().partition(" ")
+            self.assertEqual(code, "403", r.stdout + r.stderr)
+            flow = wait_for_flow(lambda r: r.get("src") == src and r.get("sport") == int(port))
+            self.assertEqual((flow["rule"], flow["app"], flow.get("app_evidence")), (rule, "unknown", None), flow)
         self.assertFalse(any("custom-tls-" + tag in e["path"] for e in upstream("api.openai.com")),
                          "the sandboxed requests never left")
         # Known clients go on as before, the SDK and curl.

@@ -291,6 +291,16 @@ def respond(name, full_path, body):
         else:
             resp = {"ok": True, "path": path}
         return ("send", 200, "application/json", json.dumps(resp).encode(), rid)
+    if name == "chatgpt.com" and path.startswith("/backend-api/accounts/check"):
+        # The signed-in user's accounts, as ChatGPT lists them (a company workspace and a
+        # personal account).
+        def account(i, structure, plan):
+            return {"account": {"account_id": i, "structure": structure, "plan_type": plan}, "features": []}
+        listing = {"accounts": {"acc-corp-1": account("acc-corp-1", "workspace", "team"),
+                                "lab-personal-7": account("lab-personal-7", "personal", "free"),
+                                "default": account("lab-personal-7", "personal", "free")},
+                   "account_ordering": ["acc-corp-1", "lab-personal-7"]}
+        return ("send", 200, "application/json", json.dumps(listing).encode(), None)
     if name == "chatgpt.com" and path.startswith("/backend-api/"):
         return ("send", 200, "application/json", json.dumps({"conversation_id": "conv-mock", "message": "ok"}).encode(), None)
     page = ("<!doctype html><title>%s</title><p>hello from %s</p>\n" % (name, name)).encode()

@@ -17,6 +17,10 @@ use crate::block::Refusal;
 
 /// Longest account id kept.
 const MAX_ACCOUNT: usize = 64;
+/// Longest answer listing a user's accounts that is read (longer ones are not).
+const MAX_LISTING: usize = 256 * 1024;
+/// Accounts kept from one listing.
+const MAX_LISTED: usize = 16;
 
 /// What a connection's requests are identified and decided with.
 #[derive(Debug, Clone)]
@@ -84,7 +88,85 @@ fn account_of(v: &[u8]) -> Option<String> {
     .then(|| String::from_utf8_lossy(v).to_ascii_lowercase())
 }
 
+/// Whether a request to `host` asks ChatGPT for the signed-in user's accounts
+/// (`/backend-api/accounts/check/…`, which the web and desktop apps call as they start): its
+/// answer shows the workspaces and personal account behind the session.
+pub(crate) fn lists_accounts(host: &str, target: &str) -> bool {
+    chatgpt_host(host)
+        && normal_path(target.split(['?', '#']).next().unwrap_or(""))
+            .starts_with("/backend-api/accounts/check")
+}
+
+/// Such an answer, as it passes (bounded).
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    buf: Vec<u8>,
+    cut: bool,
+}
+
+impl Listing {
+    /// The next bytes of the body.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        if self.cut {
+            return;
+        }
+        if self.buf.len() + bytes.len() > MAX_LISTING {
+            self.cut = true;
+            self.buf = Vec::new();
+            return;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The accounts it listed (none for an answer too long to read).
+    pub(crate) fn accounts(&self) -> Vec<String> {
+        if self.cut { Vec::new() } else { listed_accounts(&self.buf) }
+    }
+}
+
+/// The accounts a ChatGPT answer lists (`{"accounts": {KEY: {"account": {"account_id",
+/// "structure"}}}}`), each `workspace:ID`, `personal:ID` or `account:ID`; ids as the
+/// `chatgpt-account-id` header carries them (plain tokens, lowercased), at most 16, sorted.
+pub(crate) fn listed_accounts(body: &[u8]) -> Vec<String> {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
+    let Some(map) = v.get("accounts").and_then(Value::as_object) else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for (key, entry) in map {
+        let a = &entry["account"];
+        // (`default` repeats one of the others; its key is no id.)
+        let id = match a.get("account_id").and_then(Value::as_str) {
+            Some(id) => id,
+            None if key != "default" => key,
+            None => continue,
+        };
+        let Some(id) = account_of(id.as_bytes()) else { continue };
+        let structure = match a.get("structure").and_then(Value::as_str) {
+            Some("workspace") => "workspace",
+            Some("personal") => "personal",
+            _ => "account",
+        };
+        let listed = format!("{structure}:{id}");
+        if out.len() < MAX_LISTED && !out.contains(&listed) {
+            out.push(listed);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 impl Session {
+    /// Phase 5's part: an answer listing the user's ChatGPT accounts is read as it passes.
+    pub(crate) fn watch_listing(
+        &self,
+        status: u16,
+        readable: bool,
+        ctx: &RequestCtx,
+    ) -> Option<Listing> {
+        ((200..300).contains(&status) && readable && lists_accounts(&self.sni, &ctx.rec.path))
+            .then(Listing::default)
+    }
+
     /// Phase 1's part: the app (hello and headers), the operation, the ChatGPT account.
     pub(crate) fn identify(&self, req: &RequestView<'_>, ctx: &mut RequestCtx) {
         let a = &self.apps;
@@ -274,3 +356,44 @@ static FILE_PARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
 /// A remote MCP server as a tool (`"type": "mcp"`).
 static MCP: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"mcp\""));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_accounts_are_read_bounded_and_plain() {
+        let body = br#"{"accounts":{"default":{"account":{"account_id":"P-1","structure":"personal"}},"P-1":{"account":{"account_id":"P-1","structure":"personal"}},"w-2":{"account":{"structure":"workspace"}},"x":{"account":{"account_id":"bad id\u0000","structure":"workspace"}},"y":{"account":{"account_id":"y-3","structure":"team?"}},"default2":[]}}"#;
+        assert_eq!(
+            listed_accounts(body),
+            ["account:default2", "account:y-3", "personal:p-1", "workspace:w-2"]
+        );
+        // Not JSON, not the shape, a list too long: nothing, no panic.
+        for bad in [&b"{"[..], b"[]", b"{\"accounts\":[1]}", b"{\"accounts\":{\"a\":5}}"] {
+            let got = listed_accounts(bad);
+            assert!(got.is_empty() || got == ["account:a"], "{got:?}");
+        }
+        let many: String = (0..40)
+            .map(|i| format!("\"a{i}\":{{\"account\":{{\"account_id\":\"a{i}\"}}}}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            listed_accounts(format!("{{\"accounts\":{{{many}}}}}").as_bytes()).len(),
+            MAX_LISTED
+        );
+        let mut l = Listing::default();
+        l.feed(&body[..10]);
+        l.feed(&body[10..]);
+        assert_eq!(l.accounts().len(), 4);
+        l.feed(&vec![b' '; MAX_LISTING]);
+        assert!(l.accounts().is_empty(), "an answer too long is not read");
+    }
+
+    #[test]
+    fn only_the_accounts_call_of_chatgpt_lists_accounts() {
+        assert!(lists_accounts("chatgpt.com", "/backend-api/accounts/check/v4-2023-04-27?x=1"));
+        assert!(lists_accounts("chatgpt.com", "/backend-api//Accounts/check"));
+        assert!(!lists_accounts("api.openai.com", "/backend-api/accounts/check"));
+        assert!(!lists_accounts("chatgpt.com", "/backend-api/conversations"));
+    }
+}

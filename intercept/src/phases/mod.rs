@@ -179,6 +179,8 @@ pub struct RequestCtx {
     pub(crate) hold: Option<sluice_link::HoldTicket>,
     /// The request's app and operation (set by phase 1).
     pub(crate) seen: Option<apps::Seen>,
+    /// An answer listing the user's ChatGPT accounts, as it passes (set by phase 5).
+    listing: Option<apps::Listing>,
     started: Instant,
 }
 
@@ -187,6 +189,9 @@ impl RequestCtx {
     pub fn observe(&mut self, bytes: &[u8]) {
         if let Some(t) = self.usage.as_mut() {
             t.feed(bytes);
+        }
+        if let Some(l) = self.listing.as_mut() {
+            l.feed(bytes);
         }
         if let Some(c) = self.rec.capture.as_mut() {
             c.response_body(bytes);
@@ -254,6 +259,7 @@ impl Session {
             usage: None,
             hold: None,
             seen: None,
+            listing: None,
             started: Instant::now(),
         };
         if let Some(r) = req {
@@ -525,7 +531,8 @@ impl Session {
         // A masked response is read as it streams, and a model's answer for its token usage:
         // asked for without compression (a server that compresses anyway has a masked body
         // decoded and masked whole, and its usage unread).
-        let answer = req.method.eq_ignore_ascii_case("POST") && req.target.starts_with("/v1/");
+        let answer = (req.method.eq_ignore_ascii_case("POST") && req.target.starts_with("/v1/"))
+            || apps::lists_accounts(host, req.target);
         if (self.mask.is_some() || answer) && req.headers.header("accept-encoding").is_some() {
             out.push(("accept-encoding", "identity".to_owned()));
         }
@@ -572,13 +579,11 @@ impl Session {
         let encoded = headers
             .header("content-encoding")
             .is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity"));
-        if has_body
-            && (200..300).contains(&status)
-            && !encoded
-            && headers.header("content-type").is_some_and(readable)
-        {
+        let json = has_body && !encoded && headers.header("content-type").is_some_and(readable);
+        if json && (200..300).contains(&status) {
             ctx.usage = Some(Tail::default());
         }
+        ctx.listing = self.watch_listing(status, json, ctx);
         let m = self.mask.as_ref()?;
         if !has_body || status == 101 {
             return None;
@@ -609,6 +614,9 @@ impl Session {
             ctx.rec.input_tokens = Some(u.input_tokens);
             ctx.rec.output_tokens = Some(u.output_tokens);
             ctx.rec.cached_tokens = Some(u.cached_tokens);
+        }
+        if let Some(l) = ctx.listing.take() {
+            ctx.rec.chatgpt_accounts_listed = l.accounts();
         }
         self.charge_quota(&ctx.rec);
         if let Some(r) = &self.recorder {

@@ -231,6 +231,8 @@ pub struct AppCatalog {
     by_name: HashMap<Arc<str>, AppId>,
     hello: hello::Ja4Index,
     request: request::RequestMatcher,
+    /// Some app is believed from its headers whatever the hello (no stack, no fingerprints).
+    header_only: bool,
 }
 
 /// The catalog shipped in the binary.
@@ -393,7 +395,15 @@ impl AppCatalog {
             apps[i].by_hello = by_hello;
         }
         request.finish();
-        Ok(AppCatalog { version, apps, by_name, hello, request })
+        let header_only =
+            apps.iter().any(|a| a.runs_on.is_none() && !a.own_hello && a.stacks.is_empty());
+        Ok(AppCatalog { version, apps, by_name, hello, request, header_only })
+    }
+
+    /// True when some app is believed from its headers whatever the hello: a request on an
+    /// unknown hello may then be a known app.
+    pub fn has_header_only_apps(&self) -> bool {
+        self.header_only
     }
 
     /// Every app, by id.

@@ -205,6 +205,14 @@ sni = ["chat.example", "*.chat.example"]
     assert_eq!(m("t13d1516h2_8daaf6152771_02713d6af86\u{e9}", None), None);
     assert!(c.runs_on(web.unwrap(), stack.unwrap()));
     assert_eq!(c.root(web.unwrap()), stack.unwrap());
+    assert!(!c.has_header_only_apps());
+    assert!(!shipped().has_header_only_apps(), "every shipped app has a stack or a hello");
+    // An app with neither is believed from its headers whatever the hello: an unknown hello
+    // may carry it, so a rule `app = "unknown"` cannot decide at the hello.
+    let loose = format!(
+        "{text}[[app]]\nname = \"tool\"\ntitle = \"T\"\nkind = \"library\"\n[app.request]\nuser_agent = [\"tool/\"]\n"
+    );
+    assert!(AppCatalog::parse(&[("t", &loose)]).unwrap().has_header_only_apps());
 }
 
 #[test]

@@ -520,7 +520,11 @@ impl Policy {
     pub(super) fn app_fits(&self, a: &AppRule, seen: AppSeen) -> Option<bool> {
         match seen {
             AppSeen::Unseen => None,
-            AppSeen::Hello(None) if a.exact.has_unknown() => Some(true),
+            // (Unless the catalog believes some app from its headers on any hello: a request
+            // may then name one, which is no unknown client.)
+            AppSeen::Hello(None) if a.exact.has_unknown() => {
+                (!self.apps.has_header_only_apps()).then_some(true)
+            }
             // The hello is an app the rule names, or runs on one.
             AppSeen::Hello(h) if h.is_some() && a.exact.meets(&self.apps.reach(h)) => Some(true),
             // The hello is the stack of an app the rule names: so may be every other program
