@@ -57,11 +57,13 @@ pub struct PerRequest {
     pub port: u16,
 }
 
-/// What phase 1 learned about the request's app and operation (for phases 2 and 3).
+/// What phase 1 learned about the request's app and operation (for phases 2 to 5).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
     pub app: Option<AppId>,
     pub op: Operation,
+    /// It asks ChatGPT for the user's accounts (its answer is asked uncompressed and read).
+    pub lists_accounts: bool,
 }
 
 struct Source<'a>(&'a dyn Headers);
@@ -163,7 +165,7 @@ impl Session {
         readable: bool,
         ctx: &RequestCtx,
     ) -> Option<Listing> {
-        ((200..300).contains(&status) && readable && lists_accounts(&self.sni, &ctx.rec.path))
+        ((200..300).contains(&status) && readable && ctx.seen.is_some_and(|s| s.lists_accounts))
             .then(Listing::default)
     }
 
@@ -187,7 +189,8 @@ impl Session {
                 None => None,
             };
         }
-        ctx.seen = Some(Seen { app: id.app, op });
+        ctx.seen =
+            Some(Seen { app: id.app, op, lists_accounts: lists_accounts(req.authority, path) });
     }
 
     /// Phase 2's part: the request decided again, then the ChatGPT account allow-list of

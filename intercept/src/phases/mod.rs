@@ -532,7 +532,7 @@ impl Session {
         // asked for without compression (a server that compresses anyway has a masked body
         // decoded and masked whole, and its usage unread).
         let answer = (req.method.eq_ignore_ascii_case("POST") && req.target.starts_with("/v1/"))
-            || apps::lists_accounts(host, req.target);
+            || ctx.seen.is_some_and(|s| s.lists_accounts);
         if (self.mask.is_some() || answer) && req.headers.header("accept-encoding").is_some() {
             out.push(("accept-encoding", "identity".to_owned()));
         }
