@@ -8,6 +8,7 @@
 //! too), the brokered keys (held in memory only) or the fleet's quota counts. Packet threads
 //! never wait on any of this: they read the snapshots through `ArcSwap`.
 
+pub mod chain;
 pub mod spool;
 
 use std::io::{Read, Write};

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::chain;
+
 /// Size at which the active segment is closed and a new one begun.
 pub const SEGMENT_BYTES: u64 = 4 << 20;
 
@@ -48,6 +50,8 @@ pub struct Spool {
     max_bytes: u64,
     acked: u64,
     dropped: u64,
+    /// The record chain's head after the last record written ([`chain`]).
+    chain: chain::Head,
     /// Where the last [`Spool::read_after`] stopped: the last sequence number it returned,
     /// that record's segment (by first number) and the byte offset after it. The next call
     /// continuing from there seeks instead of reading the segment from its start.
@@ -143,11 +147,13 @@ fn seq_of(line: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Value>(line).ok()?.get("seq")?.as_u64()
 }
 
-/// Reads a segment back: the sequence number after its last whole record and the bytes of
-/// whole records (a torn last line, from a crash mid-write, is cut off).
-fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
+/// Reads a segment back: the sequence number after its last whole record, the bytes of
+/// whole records (a torn last line, from a crash mid-write, is cut off) and the chain's head
+/// after its last chained record.
+fn scan(path: &Path, first: u64) -> io::Result<(u64, u64, Option<chain::Head>)> {
     let mut r = BufReader::new(File::open(path)?);
     let (mut end, mut good, mut line) = (first, 0u64, Vec::new());
+    let mut head = None;
     loop {
         line.clear();
         let n = r.read_until(b'\n', &mut line)?;
@@ -158,6 +164,7 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
             Some(s) if s >= end => end = s + 1,
             _ => break,
         }
+        head = chain::after(&line[..line.len() - 1]).or(head);
         good += n as u64;
     }
     let len = std::fs::metadata(path)?.len();
@@ -165,27 +172,38 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
         tracing::warn!(file = %path.display(), cut = len - good, "spool: torn record cut off");
         OpenOptions::new().write(true).open(path)?.set_len(good)?;
     }
-    Ok((end, good))
+    Ok((end, good, head))
 }
 
 /// `records` as the spool file holds them, numbered from `first` (`seq` put in front of
-/// their members, a newline after each), in one buffer, with where each line is in it
+/// their members, then for flow and request records their place in the chain after `head`,
+/// which is moved on; a newline after each), in one buffer, with where each line is in it
 /// (without its newline).
 fn numbered<'r>(
     records: impl Iterator<Item = &'r str> + Clone,
     first: u64,
+    head: &mut chain::Head,
 ) -> (Vec<u8>, Vec<(u64, std::ops::Range<usize>)>) {
-    let size = records.clone().map(|r| r.len() + 30).sum();
+    let size = records.clone().map(|r| r.len() + 110).sum();
     let (mut buf, mut lines) = (Vec::with_capacity(size), Vec::new());
     for (seq, r) in (first..).zip(records) {
         let members = r.strip_prefix('{').unwrap_or(r);
         let start = buf.len();
         buf.extend_from_slice(b"{\"seq\":");
         buf.extend_from_slice(itoa(seq, &mut [0u8; 20]).as_bytes());
+        let chained = chain::covers(r);
+        if chained {
+            buf.push(b',');
+            chain::members(head, &mut buf);
+        }
         if !members.starts_with('}') {
             buf.push(b',');
         }
         buf.extend_from_slice(members.as_bytes());
+        if chained {
+            let link = sluice_audit::link(&head.link, head.next, &buf[start..]);
+            *head = chain::Head { next: head.next + 1, link };
+        }
         lines.push((seq, start..buf.len()));
         buf.push(b'\n');
     }
@@ -220,9 +238,15 @@ impl Spool {
             .collect();
         firsts.sort_unstable();
         let mut segments = VecDeque::new();
+        // The chain's head: after the newest chained line still spooled, or as kept when the
+        // segment now active was begun (its predecessors may be gone).
+        let mut head = chain::load(dir).unwrap_or_default();
         for first in firsts {
             let path = seg_path(dir, first);
-            let (end, bytes) = scan(&path, first)?;
+            let (end, bytes, after) = scan(&path, first)?;
+            if let Some(h) = after.filter(|h| h.next > head.next) {
+                head = h;
+            }
             // A previous run's writes may not have reached the disk: they do now.
             if let Err(e) = File::open(&path).and_then(|f| f.sync_data()) {
                 tracing::warn!(file = %path.display(), "spool: syncing a segment at start failed: {e}");
@@ -242,6 +266,7 @@ impl Spool {
             max_bytes: max_bytes.max(1),
             acked,
             dropped: 0,
+            chain: head,
             cursor: None,
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -419,9 +444,11 @@ impl Spool {
             return Ok(first);
         }
         let all = self.pending.iter().map(String::as_str);
-        let (buf, lines) = numbered(all.chain(records.iter().map(AsRef::as_ref)), first);
+        let mut head = self.chain;
+        let (buf, lines) =
+            numbered(all.chain(records.iter().map(AsRef::as_ref)), first, &mut head);
         let end = first + lines.len() as u64;
-        let written = self.repair().and_then(|()| self.write(&buf, end));
+        let written = self.repair().and_then(|()| self.write(&buf, end, head));
         match written {
             Ok(()) => {
                 self.pending.clear();
@@ -512,7 +539,7 @@ impl Spool {
     /// Writes numbered lines (`end`: the number after the last), synced to the disk with what
     /// else waits when the oldest unacknowledged write is [`Spool::sync_every`] old, then
     /// rotates and trims.
-    fn write(&mut self, buf: &[u8], end: u64) -> io::Result<()> {
+    fn write(&mut self, buf: &[u8], end: u64, head: chain::Head) -> io::Result<()> {
         #[cfg(test)]
         if self.fail_writes > 0 {
             self.fail_writes -= 1;
@@ -531,6 +558,7 @@ impl Spool {
         }
         // Written from here: what follows may fail without the records being taken for
         // unwritten (they would be written twice).
+        self.chain = head;
         let a = self.segments.back_mut().expect("active segment");
         a.end = end;
         a.bytes += buf.len() as u64;
@@ -559,6 +587,8 @@ impl Spool {
 
     /// Closes the active segment and starts a new one at `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
+        // The chain's head is kept before the segments holding its last lines may go.
+        chain::store(&self.dir, &self.chain)?;
         let path = seg_path(&self.dir, first);
         let old = std::mem::replace(
             &mut self.active,

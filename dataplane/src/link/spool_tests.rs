@@ -63,7 +63,8 @@ fn reads_continue(name: &str, recent_max: usize) {
     assert_eq!(seqs(s.read_after(10, 100).unwrap()), vec![11]);
     let line = &s.read_after(10, 1).unwrap()[0].1;
     let line = std::str::from_utf8(line).unwrap();
-    assert!(line.starts_with("{\"seq\":11,\"type\":\"flow\"") && !line.ends_with('\n'), "{line}");
+    assert!(line.starts_with("{\"seq\":11,\"chain\":11,\"prev\":\""), "{line}");
+    assert!(line.contains(",\"type\":\"flow\"") && !line.ends_with('\n'), "{line}");
     s.ack(4).unwrap();
     assert_eq!(seqs(s.read_after(0, 2).unwrap()), vec![5, 6], "acknowledged ones are gone");
     std::fs::remove_dir_all(&d).unwrap();
@@ -279,5 +280,54 @@ fn unacknowledged_writes_are_synced_as_a_group_commit() {
     assert_eq!((s.syncs(), s.unsynced.len()), (7, 0));
     s.sync_now().unwrap();
     assert_eq!(s.syncs(), 7, "nothing waits");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Flow and request records as their serialisations begin (`type` first).
+fn typed(kind: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{{\"type\":\"{kind}\",\"i\":{i}}}")).collect()
+}
+
+/// Walks every line still spooled (from disk) and checks the chain across them, from `head`;
+/// returns the head after the last.
+fn walk(s: &mut Spool, mut head: chain::Head) -> chain::Head {
+    s.recent_max = 0;
+    s.recent.clear();
+    for (_, line) in s.read_after(0, usize::MAX).unwrap() {
+        if let Some((n, prev)) = chain::read(&line) {
+            assert_eq!((n, prev), (head.next, head.link), "{}", String::from_utf8_lossy(&line));
+            head = chain::after(&line).unwrap();
+        }
+    }
+    head
+}
+
+#[test]
+fn flows_and_requests_are_chained_across_writes_failures_and_restarts() {
+    let d = dir("chain");
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    s.append(&typed("flow", 3)).unwrap();
+    s.append(&[r#"{"type":"stats","frames":1}"#.to_owned()]).unwrap();
+    s.append(&typed("request", 2)).unwrap();
+    // A failed write numbers nothing: the chain goes on from the last record written.
+    s.fail_writes = 1;
+    assert!(s.append(&typed("flow", 1)).is_err());
+    s.append(&typed("flow", 1)).unwrap();
+    let lines = s.read_after(0, 100).unwrap();
+    assert_eq!(lines.len(), 8, "3 flows, stats, 2 requests, the held flow and the last");
+    assert!(chain::read(&lines[3].1).is_none(), "statistics are not chained");
+    let head = walk(&mut s, chain::Head::default());
+    assert_eq!(head.next, 8, "seven chained records, positions 1..=7 without gaps");
+    drop(s);
+    // Read back from the last line at a restart.
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    assert_eq!(s.chain, head);
+    // Everything acknowledged (the files go), then a restart: the head file keeps it.
+    s.ack(s.next_seq() - 1).unwrap();
+    drop(s);
+    let mut s = Spool::open(&d, 1 << 30).unwrap();
+    assert_eq!(s.chain, head);
+    s.append(&typed("flow", 2)).unwrap();
+    assert_eq!(walk(&mut s, head).next, 10);
     std::fs::remove_dir_all(&d).unwrap();
 }
