@@ -14,3 +14,6 @@ pub mod verify;
 pub use chain::{GENESIS, Link, link};
 pub use checkpoint::{Checkpoint, CheckpointError, Signer};
 pub use verify::{Finding, Kind, Report, Row, Verifier};
+
+/// The public key type checkpoints verify under.
+pub use ed25519_dalek::VerifyingKey;

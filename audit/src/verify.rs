@@ -41,7 +41,9 @@ pub enum Kind {
     Inserted,
     /// Records are stored out of their order.
     Reordered,
-    /// Sequence numbers were skipped while the chain holds (the writer numbered past them).
+    /// Sequence numbers were skipped while the chain holds (the writer numbered past them), or
+    /// records are missing that the writer's own log says never arrived
+    /// ([`Verifier::expect_gap`]).
     Gap,
     /// A checkpoint whose signature does not verify.
     ForgedCheckpoint,
@@ -129,6 +131,8 @@ struct Sum {
 #[derive(Debug)]
 pub struct Verifier {
     checkpoints: BTreeMap<u64, Checkpoint>,
+    /// Ranges known to be missing (first → last, why).
+    gaps: BTreeMap<u64, (u64, String)>,
     ahead: VecDeque<Sum>,
     last: Option<Sum>,
     report: Report,
@@ -154,7 +158,28 @@ impl Verifier {
                 }),
             }
         }
-        Verifier { checkpoints: kept, ahead: VecDeque::new(), last: None, report }
+        Verifier { checkpoints: kept, gaps: BTreeMap::new(), ahead: VecDeque::new(), last: None, report }
+    }
+
+    /// Records `from..=to` are known to be missing for `why` (the store's own log said so
+    /// when they did not arrive): a break covering only such ranges is a gap, not a removal.
+    pub fn expect_gap(&mut self, from: u64, to: u64, why: &str) {
+        self.gaps.insert(from, (to.max(from), why.to_owned()));
+    }
+
+    /// Why `from..=to` is missing, if known ranges cover all of it.
+    fn known_gap(&self, from: u64, to: u64) -> Option<String> {
+        let mut at = from;
+        let mut why: Vec<&str> = Vec::new();
+        while at <= to {
+            let (_, (end, w)) =
+                self.gaps.range(..=at).next_back().filter(|(_, (end, _))| *end >= at)?;
+            if !why.contains(&w.as_str()) {
+                why.push(w);
+            }
+            at = end.checked_add(1)?;
+        }
+        Some(why.join("; "))
     }
 
     /// The next stored row.
@@ -267,6 +292,8 @@ impl Verifier {
                         Some(r.pos),
                         "numbers skipped, the chain holds".into(),
                     );
+                } else if let Some(why) = self.known_gap(from, to) {
+                    self.found(Kind::Gap, from, Some(to), Some(r.pos), why);
                 } else {
                     self.found(
                         Kind::Removed,
@@ -312,6 +339,10 @@ impl Verifier {
         }
         match self.checkpoints.get(&(r.seq - 1)) {
             Some(cp) if cp.head == r.prev => self.report.from_checkpoint = Some(cp.seq),
+            _ if self.known_gap(1, r.seq - 1).is_some() => {
+                let why = self.known_gap(1, r.seq - 1).unwrap_or_default();
+                self.found(Kind::Gap, 1, Some(r.seq - 1), Some(r.pos), why)
+            }
             _ => self.found(
                 Kind::Removed,
                 1,

@@ -208,3 +208,32 @@ fn numbers_skipped_on_an_intact_chain_are_a_gap() {
         "gap at seq 4..=6 (row 7): numbers skipped, the chain holds"
     );
 }
+
+#[test]
+fn records_the_writer_said_never_arrived_are_a_gap_not_a_removal() {
+    let s = signer();
+    let (mut rows, cps) = chain(20, 100, &s);
+    rows.drain(4..7); // seq 5..=7
+    rows.drain(..2); // seq 1..=2
+    let mut v = Verifier::new("dp-1", &s.public(), cps.clone());
+    v.expect_gap(5, 6, "lost by the data plane");
+    v.expect_gap(7, 7, "refused at ingest");
+    v.expect_gap(1, 2, "before the store began");
+    for r in &rows {
+        v.push(Row { pos: r.pos, seq: r.seq, prev: r.prev, link: r.link, record: &r.record });
+    }
+    let r = v.finish();
+    assert_eq!(
+        r.findings.iter().map(|f| (f.kind, f.seq, f.last_seq)).collect::<Vec<_>>(),
+        [(Kind::Gap, 1, Some(2)), (Kind::Gap, 5, Some(7))]
+    );
+    assert!(r.findings[1].detail.contains("lost") && r.findings[1].detail.contains("refused"));
+    // A range only partly explained is a removal.
+    let mut v = Verifier::new("dp-1", &s.public(), cps);
+    v.expect_gap(5, 5, "lost");
+    for r in &rows {
+        v.push(Row { pos: r.pos, seq: r.seq, prev: r.prev, link: r.link, record: &r.record });
+    }
+    let kinds: Vec<Kind> = v.finish().findings.iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, [Kind::Removed, Kind::Removed]);
+}

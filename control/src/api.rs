@@ -64,6 +64,24 @@ pub struct AppState {
     pub ca_pem: Option<String>,
     /// Start time.
     pub started: Instant,
+    /// Evidence: the checkpoint signer and where the record store is (verification reads it
+    /// on its own connection).
+    pub audit: AuditState,
+}
+
+/// What the evidence routes and tasks share.
+#[derive(Debug, Default)]
+pub struct AuditState {
+    /// Signs checkpoints (none: no key, as in tests that build state by hand).
+    pub checkpointer: Option<Mutex<crate::checkpointer::Checkpointer>>,
+    /// `[audit]`.
+    pub cfg: crate::checkpointer::AuditConfig,
+    /// The record store's file (none: in memory).
+    pub flows_db: Option<std::path::PathBuf>,
+    /// When each token was last written to the audit log as used.
+    pub token_uses: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Refused calls written to the audit log in the current minute, and that minute.
+    pub refusals: Mutex<(u64, u64)>,
 }
 
 /// The stores control keeps its state in.
@@ -106,7 +124,14 @@ impl AppState {
             push_lock: tokio::sync::Mutex::new(()),
             ca_pem,
             started: Instant::now(),
+            audit: AuditState::default(),
         }
+    }
+
+    /// The state with its evidence set up.
+    pub fn with_audit(mut self, audit: AuditState) -> AppState {
+        self.audit = audit;
+        self
     }
 }
 

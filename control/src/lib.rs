@@ -9,7 +9,12 @@
 pub mod api;
 pub mod approvals;
 pub mod approvals_api;
+pub mod audit_key;
+pub mod audit_verify;
 pub mod auth;
+pub mod chains;
+pub mod chainstore;
+pub mod checkpointer;
 pub mod client;
 pub mod config;
 pub mod hub;

@@ -89,8 +89,32 @@ pub struct Row<'a> {
     /// The app a flow's hello or a request showed, for the inventory (flows with a hello,
     /// requests).
     pub app: Option<Box<AppFields<'a>>>,
+    /// Its place in the data plane's record chain (ARCHITECTURE.md, "Evidence").
+    pub chain: Chain,
     /// The text stored: the record with `"dataplane"` naming the data plane it came from.
     pub json: String,
+}
+
+/// A record's place in its data plane's chain, as it says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// It has none (statistics, alarms, recordings; records of a data plane before chains).
+    Unchained,
+    /// Position `n`, after the record whose link is `prev`; `link` is its own, computed from
+    /// the text as sent.
+    Linked {
+        /// Position in the chain.
+        n: u64,
+        /// The link it continues.
+        prev: sluice_audit::Link,
+        /// Its own link.
+        link: sluice_audit::Link,
+        /// The text as sent comes back from the text stored ([`as_sent`]), so the link can be
+        /// checked again later (refused at ingest when not).
+        storable: bool,
+    },
+    /// Chain members that cannot be read: refused at ingest.
+    Malformed,
 }
 
 /// What the inventory reads of a flow or request record.
@@ -146,7 +170,10 @@ impl<'a> Row<'a> {
                 let recording =
                     RecordKind::of(f.kind.as_ref().map(|t| t.0.as_ref())) == RecordKind::Recording;
                 let json = if recording { String::new() } else { with_dataplane(text, dataplane)? };
-                Some(f.into_row(json))
+                let chain = chain_of(f.chain, f.prev.as_ref(), text, &json, dataplane);
+                let mut row = f.into_row(json);
+                row.chain = chain;
+                Some(row)
             }
             // A record naming a data plane itself, a duplicate key or a field of another type:
             // read through a value tree, as a generic JSON reader would (the last copy of a
@@ -175,6 +202,13 @@ impl<'a> Row<'a> {
             })
             .collect();
         let kind = RecordKind::of(v.get("type").and_then(Value::as_str));
+        // Read through a value tree, its text is not kept as sent: its link could not be
+        // checked again.
+        let chain = if v.get("chain").is_some() || v.get("prev").is_some() {
+            Chain::Malformed
+        } else {
+            Chain::Unchained
+        };
         let recording = (kind == RecordKind::Recording)
             .then(|| {
                 Some(Box::new(RecordingFields {
@@ -232,6 +266,7 @@ impl<'a> Row<'a> {
             },
             json: if kind == RecordKind::Recording { String::new() } else { v.to_string() },
             recording,
+            chain,
         })
     }
 
@@ -247,6 +282,52 @@ impl<'a> Row<'a> {
         }
         Some(s)
     }
+}
+
+/// The chain members `n` and `prev` of the record `text`, stored as `stored`.
+fn chain_of(
+    n: Option<u64>,
+    prev: Option<&Text<'_>>,
+    text: &str,
+    stored: &str,
+    dataplane: &str,
+) -> Chain {
+    match (n, prev) {
+        (None, None) => Chain::Unchained,
+        (Some(n), Some(prev)) => match sluice_audit::Link::from_hex(&prev.0) {
+            Some(prev) => Chain::Linked {
+                n,
+                prev,
+                link: sluice_audit::link(&prev, n, text.as_bytes()),
+                // Verification reads `prev` back from the prefix the data plane writes.
+                storable: chain_prev(text.as_bytes()) == Some(prev)
+                    && as_sent(stored, dataplane).is_some_and(|t| t == text),
+            },
+            None => Chain::Malformed,
+        },
+        _ => Chain::Malformed,
+    }
+}
+
+/// The text a data plane sent of a record stored as `stored` (its `"dataplane"` member, which
+/// control added last, taken off again), or `None` when it does not end with it.
+pub fn as_sent(stored: &str, dataplane: &str) -> Option<String> {
+    let name = serde_json::to_string(dataplane).ok()?;
+    let inner = stored.strip_suffix('}')?.strip_suffix(name.as_str())?;
+    let inner = inner.strip_suffix("\"dataplane\":")?;
+    let inner = inner.strip_suffix(',').or_else(|| inner.ends_with('{').then_some(inner))?;
+    Some(format!("{inner}}}"))
+}
+
+/// The link a chained record as sent says comes before it (read from its prefix,
+/// `{"seq":S,"chain":N,"prev":"…"`, as the data plane writes it).
+pub fn chain_prev(text: &[u8]) -> Option<sluice_audit::Link> {
+    let rest = text.strip_prefix(b"{\"seq\":")?;
+    let rest = &rest[rest.iter().take_while(|b| b.is_ascii_digit()).count()..];
+    let rest = rest.strip_prefix(b",\"chain\":")?;
+    let rest = &rest[rest.iter().take_while(|b| b.is_ascii_digit()).count()..];
+    let rest = rest.strip_prefix(b",\"prev\":\"")?;
+    sluice_audit::Link::from_hex(std::str::from_utf8(rest.get(..64)?).ok()?)
 }
 
 /// `text` (one JSON object) with `"dataplane":name` added as its last member.
@@ -300,6 +381,11 @@ struct Fields<'a> {
     cached_tokens: Option<u64>,
     #[serde(default)]
     dataplane: Option<IgnoredAny>,
+    // The record chain.
+    #[serde(default)]
+    chain: Option<u64>,
+    #[serde(borrow, default)]
+    prev: Option<Text<'a>>,
     // What the inventory reads.
     #[serde(borrow, default)]
     app: Option<Text<'a>>,
@@ -412,6 +498,7 @@ impl<'a> Fields<'a> {
                 cached: self.cached_tokens.unwrap_or(0),
             },
             recording,
+            chain: Chain::Unchained,
             json,
         }
     }

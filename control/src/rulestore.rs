@@ -1,11 +1,14 @@
 //! Rule-set versions and the audit log, in SQLite: every accepted rule set is kept with its
 //! author and time (history, diff, rollback), and every admin action is written to the audit
-//! log (who, what, when, rule version).
+//! log (who, what, when, rule version). The audit log is control's own record chain
+//! (ARCHITECTURE.md, "Evidence"): each entry carries its position, the link before it and its
+//! own, over [`entry_bytes`]. Signed checkpoints of every chain are kept here too.
 
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+use sluice_audit::{Checkpoint, GENESIS, Link};
 
 use crate::store::StoreError;
 
@@ -46,6 +49,47 @@ pub struct RuleStore {
     db: Connection,
 }
 
+/// The bytes of an audit entry its link covers: a JSON object of its fields in this order,
+/// as serde_json writes it (`{"ts_ms":…,"who":…,"action":…,"detail":…,"version":…}`).
+pub fn entry_bytes(ts_ms: i64, who: &str, action: &str, detail: &str, version: Option<i64>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        ts_ms: i64,
+        who: &'a str,
+        action: &'a str,
+        detail: &'a str,
+        version: Option<i64>,
+    }
+    serde_json::to_vec(&Entry { ts_ms, who, action, detail, version }).unwrap_or_default()
+}
+
+/// One chained audit entry as stored, for verification.
+#[derive(Debug, Clone)]
+pub struct ChainedEntry {
+    /// Row id.
+    pub id: i64,
+    /// Position.
+    pub n: u64,
+    /// The link it continues.
+    pub prev: Link,
+    /// Its link.
+    pub link: Link,
+    /// [`entry_bytes`] of its fields.
+    pub bytes: Vec<u8>,
+    /// The action.
+    pub action: String,
+    /// The details.
+    pub detail: String,
+}
+
+fn link_of(b: Option<Vec<u8>>) -> Link {
+    let mut l = [0u8; 32];
+    if let Some(b) = b.filter(|b| b.len() == 32) {
+        l.copy_from_slice(&b);
+    }
+    Link(l)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,8 +115,22 @@ impl RuleStore {
                  note TEXT NOT NULL, text TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS audit (
                  id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, who TEXT NOT NULL,
-                 action TEXT NOT NULL, detail TEXT NOT NULL, version INTEGER);",
+                 action TEXT NOT NULL, detail TEXT NOT NULL, version INTEGER);
+             CREATE TABLE IF NOT EXISTS checkpoints (
+                 id INTEGER PRIMARY KEY, chain TEXT NOT NULL, seq INTEGER NOT NULL,
+                 ts_ms INTEGER NOT NULL, line TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS checkpoints_chain ON checkpoints (chain, seq);",
         )?;
+        let chained: bool =
+            db.prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'n'")?.exists([])?;
+        if !chained {
+            // Entries of an earlier version stay outside the chain (n NULL).
+            db.execute_batch(
+                "ALTER TABLE audit ADD COLUMN n INTEGER;
+                 ALTER TABLE audit ADD COLUMN prev BLOB;
+                 ALTER TABLE audit ADD COLUMN link BLOB;",
+            )?;
+        }
         Ok(RuleStore { db })
     }
 
@@ -139,11 +197,97 @@ impl RuleStore {
         detail: &str,
         version: Option<i64>,
     ) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        let (n, prev) = head(&tx)?.map_or((1, GENESIS), |(n, l)| (n + 1, l));
+        let ts = now_ms();
+        let link = sluice_audit::link(&prev, n, &entry_bytes(ts, who, action, detail, version));
+        tx.execute(
+            "INSERT INTO audit (ts_ms, who, action, detail, version, n, prev, link)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                ts,
+                who,
+                action,
+                detail,
+                version,
+                i64::try_from(n).unwrap_or(i64::MAX),
+                &prev.0[..],
+                &link.0[..]
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where control's chain stands: the last position and its link.
+    pub fn chain_head(&self) -> Result<Option<(u64, Link)>, StoreError> {
+        head(&self.db)
+    }
+
+    /// Calls `f` with every chained audit entry after position `after`, in storage order.
+    pub fn walk_chain(
+        &self,
+        after: u64,
+        mut f: impl FnMut(ChainedEntry),
+    ) -> Result<(), StoreError> {
+        let mut st = self.db.prepare(
+            "SELECT id, n, prev, link, ts_ms, who, action, detail, version FROM audit
+             WHERE n > ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([i64::try_from(after).unwrap_or(i64::MAX)], |r| {
+            let (ts, who, action, detail, version): (i64, String, String, String, Option<i64>) =
+                (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+            Ok(ChainedEntry {
+                id: r.get(0)?,
+                n: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                prev: link_of(r.get(2)?),
+                link: link_of(r.get(3)?),
+                bytes: entry_bytes(ts, &who, &action, &detail, version),
+                action,
+                detail,
+            })
+        })?;
+        for row in rows {
+            f(row?);
+        }
+        Ok(())
+    }
+
+    /// Audit entries written before the chain began (an earlier version's).
+    pub fn unchained_entries(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.db.query_row("SELECT COUNT(*) FROM audit WHERE n IS NULL", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Keeps a signed checkpoint.
+    pub fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
         self.db.execute(
-            "INSERT INTO audit (ts_ms, who, action, detail, version) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now_ms(), who, action, detail, version],
+            "INSERT INTO checkpoints (chain, seq, ts_ms, line) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                cp.chain,
+                i64::try_from(cp.seq).unwrap_or(i64::MAX),
+                i64::try_from(cp.ts_ms).unwrap_or(i64::MAX),
+                cp.to_line()
+            ],
         )?;
         Ok(())
+    }
+
+    /// The checkpoints as stored, oldest first, with their row ids (a line that does not
+    /// read is kept as text: verification reports it).
+    pub fn checkpoint_lines(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut st = self.db.prepare("SELECT id, line FROM checkpoints ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The highest position checkpointed of each chain.
+    pub fn checkpointed(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut st = self.db.prepare("SELECT chain, MAX(seq) FROM checkpoints GROUP BY chain")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Writes an audit entry unless the same one (by whom, with the same detail) is there:
@@ -179,6 +323,17 @@ impl RuleStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The last chained entry's position and link.
+fn head(db: &Connection) -> Result<Option<(u64, Link)>, StoreError> {
+    Ok(db
+        .query_row(
+            "SELECT n, link FROM audit WHERE n IS NOT NULL ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), link_of(r.get(1)?))),
+        )
+        .optional()?)
 }
 
 #[cfg(test)]

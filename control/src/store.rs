@@ -8,7 +8,51 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 
+use crate::chains::{Admit, Event, Head};
 use crate::record::{RecordKind, Row};
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// True when a record of `kind` with sequence number `seq` of `dataplane` is stored.
+fn stored(
+    conn: &Connection,
+    kind: RecordKind,
+    dataplane: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let t = if kind == RecordKind::Flow { "flows" } else { "requests" };
+    let sql = format!("SELECT 1 FROM {t} WHERE dataplane = ?1 AND seq = ?2");
+    Ok(conn.prepare_cached(&sql)?.exists(params![dataplane, seq])?)
+}
+
+/// The note of a record refused for `why` (its text kept in the note: records hold no secret);
+/// `at`: the chain (epoch) and position it claimed, which stays empty in the store.
+fn refused(dataplane: &str, r: &Row<'_>, why: &str, at: Option<(u64, u64)>) -> ChainNote {
+    let record: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
+    let mut detail = serde_json::json!({
+        "dataplane": dataplane, "seq": r.seq, "reason": why, "record": record,
+    });
+    if let Some((epoch, n)) = at {
+        detail["chain"] = crate::chains::chain_name(dataplane, epoch).into();
+        detail["n"] = n.into();
+    }
+    ChainNote { action: "chain.refused", detail: detail.to_string() }
+}
+
+/// The note of a discontinuity before record `r`, stored at position `n` of chain `epoch`.
+fn chain_note(dataplane: &str, r: &Row<'_>, e: &Event, epoch: u64, n: u64) -> ChainNote {
+    let mut detail = serde_json::json!({
+        "dataplane": dataplane, "chain": crate::chains::chain_name(dataplane, epoch),
+        "epoch": epoch, "seq": r.seq, "n": n,
+    });
+    if let Event::Gap { from, to } = e {
+        detail["from"] = (*from).into();
+        detail["to"] = (*to).into();
+    }
+    ChainNote { action: e.action(), detail: detail.to_string() }
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +168,20 @@ pub struct FlowStore {
     recordings_by_seq: bool,
     /// Discovery records made by the ingests since the last [`FlowStore::take_discovered`].
     discovered: Vec<Value>,
+    /// Where each data plane's chain stands (read from `chain_heads` at its first ingest).
+    heads: std::collections::HashMap<String, Option<Head>>,
+    /// What the ingests said of chains since the last [`FlowStore::take_chain_notes`].
+    notes: Vec<ChainNote>,
+}
+
+/// Something an ingest said about a data plane's chain: a refused record, a gap, a restart.
+/// Control writes each to its own chain (the audit log) and raises it as an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainNote {
+    /// The audit action (`chain.refused`, `chain.gap`, `chain.restart`).
+    pub action: &'static str,
+    /// The details, as JSON text (a refused record's text included).
+    pub detail: String,
 }
 
 const SCHEMA: &str = "
@@ -209,7 +267,15 @@ impl FlowStore {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::inventory::SCHEMA)?;
         let recordings_by_seq = crate::recordings::migrate(&conn)?;
-        Ok(FlowStore { conn, sealed: None, recordings_by_seq, discovered: Vec::new() })
+        crate::chainstore::migrate(&conn)?;
+        Ok(FlowStore {
+            conn,
+            sealed: None,
+            recordings_by_seq,
+            discovered: Vec::new(),
+            heads: Default::default(),
+            notes: Vec::new(),
+        })
     }
 
     /// Stores records from data plane `dataplane` in one transaction: flow records in
@@ -231,28 +297,69 @@ impl FlowStore {
         if let Some(f) = self.sealed.as_mut() {
             f.take_appended();
         }
+        let mut head = match self.heads.get(dataplane) {
+            Some(h) => *h,
+            None => crate::chainstore::load_head(&self.conn, dataplane)?,
+        };
+        let before = head;
+        let mut notes = Vec::new();
         let tx = self.conn.transaction()?;
         let mut fresh = Vec::with_capacity(rows.len());
         {
             let mut flows = tx.prepare_cached(
                 "INSERT OR IGNORE INTO flows
-                 (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record,
+                  ce, cn, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             let mut requests = tx.prepare_cached(
                 "INSERT OR IGNORE INTO requests
-                 (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record, detectors)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 (dataplane, seq, ts_ms, identity, user, src, sni, category, verdict, rule, record, detectors,
+                  ce, cn, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for r in rows {
                 let seq = i64::try_from(r.seq).unwrap_or(i64::MAX);
                 let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
                 let (identity, user, src) = (&r.identity, &r.user, &r.src);
                 let (sni, category, verdict, rule) = (&r.sni, &r.category, &r.verdict, &r.rule);
+                let (mut ce, mut cn, mut link) = (None, None, None);
+                if matches!(r.kind, RecordKind::Flow | RecordKind::Request) {
+                    match crate::chains::admit(&mut head, &r.chain) {
+                        Admit::Plain => {}
+                        Admit::Store { epoch, n, link: l, event } => {
+                            (ce, cn, link) = (Some(i(epoch)), Some(i(n)), Some(l));
+                            if let Some(e) = event {
+                                notes.push(chain_note(dataplane, r, &e, epoch, n));
+                            }
+                        }
+                        Admit::Taken if stored(&tx, r.kind, dataplane, seq)? => {
+                            fresh.push(false);
+                            continue;
+                        }
+                        Admit::Taken => {
+                            notes.push(refused(dataplane, r, "its chain position is taken", None));
+                            fresh.push(false);
+                            continue;
+                        }
+                        Admit::Refuse(why) => {
+                            let at = match (r.chain, head) {
+                                (crate::record::Chain::Linked { n, .. }, Some(h)) if h.n == n => {
+                                    Some((h.epoch, n))
+                                }
+                                _ => None,
+                            };
+                            notes.push(refused(dataplane, r, why, at));
+                            fresh.push(false);
+                            continue;
+                        }
+                    }
+                }
+                let link = link.as_ref().map(|l| &l.0[..]);
                 let n = match r.kind {
                     RecordKind::Flow => flows.execute(params![
                         dataplane, seq, ts, identity, user, src, sni, category, verdict, rule,
-                        r.json
+                        r.json, ce, cn, link
                     ])?,
                     RecordKind::Request => requests.execute(params![
                         dataplane,
@@ -266,7 +373,10 @@ impl FlowStore {
                         verdict,
                         rule,
                         r.json,
-                        r.detectors()
+                        r.detectors(),
+                        ce,
+                        cn,
+                        link
                     ])?,
                     RecordKind::Recording => {
                         crate::recordings::insert(&tx, self.sealed.as_mut(), now, dataplane, r)?
@@ -293,9 +403,29 @@ impl FlowStore {
         } else {
             crate::inventory::update(&tx, dataplane, &new)?
         };
+        if let Some(h) = head.filter(|_| head != before) {
+            crate::chainstore::save_head(&tx, dataplane, &h)?;
+        }
         tx.commit()?;
+        self.heads.insert(dataplane.to_owned(), head);
         self.discovered.extend(found);
+        self.notes.extend(notes);
         Ok(fresh)
+    }
+
+    /// Where each data plane's current chain stands.
+    pub fn chain_heads(&self) -> Result<Vec<(String, Head)>, StoreError> {
+        crate::chainstore::current_heads(&self.conn)
+    }
+
+    /// The connection (verification of a store in memory).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// What the ingests said of chains since the last call.
+    pub fn take_chain_notes(&mut self) -> Vec<ChainNote> {
+        std::mem::take(&mut self.notes)
     }
 
     /// The inventory rows matching `f` ([`crate::inventory::query`]).
@@ -489,20 +619,47 @@ impl FlowStore {
     }
 
     /// Deletes records (of both kinds) older than `older_than_ms`, then the oldest beyond
-    /// `max_rows` per kind. Returns how many were deleted.
+    /// `max_rows` per kind, chained ones at the cuts of [`FlowStore::retention_cuts`] (no
+    /// checkpoint is made: see [`FlowStore::prune_at`]). Returns how many were deleted.
     pub fn prune(&mut self, older_than_ms: u64, max_rows: u64) -> Result<u64, StoreError> {
-        let mut n = 0;
+        let cuts = self.retention_cuts(older_than_ms, max_rows)?;
+        self.prune_at(older_than_ms, max_rows, &cuts)
+    }
+
+    /// Where retention cuts each data plane's chain (each chain is cut at one position across
+    /// both tables, so what stays verifies from a checkpoint at the cut).
+    pub fn retention_cuts(
+        &self,
+        older_than_ms: u64,
+        max_rows: u64,
+    ) -> Result<Vec<crate::chainstore::Cut>, StoreError> {
+        crate::chainstore::cuts(&self.conn, older_than_ms, max_rows)
+    }
+
+    /// [`FlowStore::prune`] with the chains cut at `cuts` (whose checkpoints the caller has
+    /// stored first); records outside chains go by age and count as they are.
+    pub fn prune_at(
+        &mut self,
+        older_than_ms: u64,
+        max_rows: u64,
+        cuts: &[crate::chainstore::Cut],
+    ) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = crate::chainstore::apply_cuts(&tx, cuts)?;
         for t in ["flows", "requests"] {
-            n += self.conn.execute(
-                &format!("DELETE FROM {t} WHERE ts_ms < ?1"),
-                [i64::try_from(older_than_ms).unwrap_or(i64::MAX)],
-            )?;
-            n += self.conn.execute(
-                &format!("DELETE FROM {t} WHERE id <= (SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET ?1)"),
-                [i64::try_from(max_rows).unwrap_or(i64::MAX)],
-            )?;
+            n += tx.execute(
+                &format!("DELETE FROM {t} WHERE cn IS NULL AND ts_ms < ?1"),
+                [i(older_than_ms)],
+            )? as u64;
+            n += tx.execute(
+                &format!(
+                    "DELETE FROM {t} WHERE cn IS NULL AND id <= (SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET ?1)"
+                ),
+                [i(max_rows)],
+            )? as u64;
         }
-        let n = n as u64 + crate::inventory::prune(&self.conn, older_than_ms)?;
+        n += crate::inventory::prune(&tx, older_than_ms)?;
+        tx.commit()?;
         Ok(n)
     }
 }

@@ -1,0 +1,262 @@
+//! The data planes' chains in the record store (ARCHITECTURE.md, "Evidence"): flow and
+//! request rows carry their chain (`ce`, the data plane's epoch), position (`cn`) and link;
+//! `chain_heads` keeps where each data plane's chain stands so ingest checks the next record
+//! without a scan. This module reads the rows back in storage order for verification and
+//! cuts chains for retention, each at one position across both tables.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sluice_audit::Link;
+
+use crate::chains::Head;
+use crate::store::StoreError;
+
+/// The record tables a chain runs through.
+const TABLES: [&str; 2] = ["flows", "requests"];
+
+/// Adds the chain columns to a store made before chains, and the heads' table.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for t in TABLES {
+        let has: bool = conn
+            .prepare(&format!("SELECT 1 FROM pragma_table_info('{t}') WHERE name = 'cn'"))?
+            .exists([])?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {t} ADD COLUMN ce INTEGER;
+                 ALTER TABLE {t} ADD COLUMN cn INTEGER;
+                 ALTER TABLE {t} ADD COLUMN link BLOB;"
+            ))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS chain_heads (
+             dataplane TEXT PRIMARY KEY, epoch INTEGER NOT NULL, n INTEGER NOT NULL,
+             link BLOB NOT NULL);",
+    )?;
+    Ok(())
+}
+
+fn link_of(b: &[u8]) -> Link {
+    let mut l = [0u8; 32];
+    if b.len() == 32 {
+        l.copy_from_slice(b);
+    }
+    Link(l)
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Where `dataplane`'s chain stands, as stored.
+pub(crate) fn load_head(conn: &Connection, dataplane: &str) -> Result<Option<Head>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT epoch, n, link FROM chain_heads WHERE dataplane = ?1",
+            [dataplane],
+            |r| Ok(Head { epoch: u(r.get(0)?), n: u(r.get(1)?), link: link_of(&r.get::<_, Vec<u8>>(2)?) }),
+        )
+        .optional()?)
+}
+
+/// Where every data plane's current chain stands.
+pub(crate) fn current_heads(conn: &Connection) -> Result<Vec<(String, Head)>, StoreError> {
+    let mut st = conn.prepare("SELECT dataplane, epoch, n, link FROM chain_heads")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Head { epoch: u(r.get(1)?), n: u(r.get(2)?), link: link_of(&r.get::<_, Vec<u8>>(3)?) },
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Keeps where `dataplane`'s chain stands.
+pub(crate) fn save_head(conn: &Connection, dataplane: &str, h: &Head) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO chain_heads (dataplane, epoch, n, link) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (dataplane) DO UPDATE SET epoch = ?2, n = ?3, link = ?4",
+    )?
+    .execute(params![dataplane, i(h.epoch), i(h.n), &h.link.0[..]])?;
+    Ok(())
+}
+
+/// Every data plane chain the store knows: (data plane, epoch) → its head as last stored
+/// (the newest epoch of each data plane is in `chain_heads`; older epochs are read from their
+/// rows).
+pub fn heads(conn: &Connection) -> Result<BTreeMap<(String, u64), (u64, Link)>, StoreError> {
+    let mut out = BTreeMap::new();
+    for t in TABLES {
+        let mut st = conn.prepare(&format!(
+            // SQLite: a bare column beside MAX() is read from the row holding the maximum.
+            "SELECT dataplane, ce, MAX(cn), link FROM {t} WHERE cn IS NOT NULL
+             GROUP BY dataplane, ce"
+        ))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, u(r.get(1)?)),
+                (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?)),
+            ))
+        })?;
+        for row in rows {
+            let (k, v) = row?;
+            let e = out.entry(k).or_insert(v);
+            if v.0 > e.0 {
+                *e = v;
+            }
+        }
+    }
+    let mut st = conn.prepare("SELECT dataplane, epoch, n, link FROM chain_heads")?;
+    let rows = st.query_map([], |r| {
+        Ok(((r.get::<_, String>(0)?, u(r.get(1)?)), (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?))))
+    })?;
+    for row in rows {
+        let (k, v) = row?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// One stored row of a chain, as verification reads it.
+#[derive(Debug, Clone)]
+pub struct ChainRow {
+    /// `f` or `r` (flows, requests) and the row id: where it is stored.
+    pub table: char,
+    /// Row id.
+    pub id: i64,
+    /// Position.
+    pub n: u64,
+    /// Stored link.
+    pub link: Link,
+    /// Stored text.
+    pub record: String,
+    /// Unix ms of the record.
+    pub ts_ms: u64,
+}
+
+/// Calls `f` with every row of chain (`dataplane`, `epoch`) after position `after`, in storage
+/// order: each table by row id, the two merged by position (so two rows stored in each other's
+/// place in a table come out in that order, for the verifier to see).
+pub fn walk(
+    conn: &Connection,
+    dataplane: &str,
+    epoch: u64,
+    after: u64,
+    mut f: impl FnMut(ChainRow),
+) -> Result<(), StoreError> {
+    let sql = |t: &str| {
+        format!(
+            "SELECT id, cn, link, record, ts_ms FROM {t}
+             WHERE dataplane = ?1 AND ce = ?2 AND cn > ?3 ORDER BY id"
+        )
+    };
+    let (mut a, mut b) = (conn.prepare(&sql("flows"))?, conn.prepare(&sql("requests"))?);
+    let read = |table: char| {
+        move |r: &rusqlite::Row<'_>| {
+            Ok(ChainRow {
+                table,
+                id: r.get(0)?,
+                n: u(r.get(1)?),
+                link: link_of(&r.get::<_, Vec<u8>>(2).unwrap_or_default()),
+                record: r.get(3)?,
+                ts_ms: u(r.get(4)?),
+            })
+        }
+    };
+    let args = params![dataplane, i(epoch), i(after)];
+    let mut fa = a.query_map(args, read('f'))?.peekable();
+    let mut fb = b.query_map(args, read('r'))?.peekable();
+    loop {
+        let take_a = match (fa.peek(), fb.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(Ok(x)), Some(Ok(y))) => x.n <= y.n,
+            (Some(Err(_)), _) => true,
+            (_, Some(Err(_))) => false,
+        };
+        let next = if take_a { fa.next() } else { fb.next() };
+        if let Some(row) = next {
+            f(row?);
+        }
+    }
+    Ok(())
+}
+
+/// Where retention cuts a chain: every row at or before `n` goes; `link` is the link at `n`,
+/// which a checkpoint keeps before they go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// The data plane.
+    pub dataplane: String,
+    /// Its chain's epoch.
+    pub epoch: u64,
+    /// The last position deleted.
+    pub n: u64,
+    /// Its link.
+    pub link: Link,
+}
+
+/// The cuts retention makes: per chain, the highest position among rows older than
+/// `older_than_ms` or among the oldest beyond `max_rows` of their table.
+pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<Cut>, StoreError> {
+    let mut at: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for t in TABLES {
+        let threshold: i64 = conn
+            .query_row(
+                &format!("SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET ?1"),
+                [i(max_rows)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let mut st = conn.prepare(&format!(
+            "SELECT dataplane, ce, MAX(cn) FROM {t}
+             WHERE cn IS NOT NULL AND (ts_ms < ?1 OR id <= ?2) GROUP BY dataplane, ce"
+        ))?;
+        let rows = st.query_map(params![i(older_than_ms), threshold], |r| {
+            Ok(((r.get::<_, String>(0)?, u(r.get(1)?)), u(r.get(2)?)))
+        })?;
+        for row in rows {
+            let (k, n) = row?;
+            let e = at.entry(k).or_insert(n);
+            *e = (*e).max(n);
+        }
+    }
+    let mut out = Vec::new();
+    for ((dataplane, epoch), n) in at {
+        let mut link = None;
+        for t in TABLES {
+            link = link.or(conn
+                .query_row(
+                    &format!("SELECT link FROM {t} WHERE dataplane = ?1 AND ce = ?2 AND cn = ?3"),
+                    params![dataplane, i(epoch), i(n)],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()?);
+        }
+        if let Some(l) = link {
+            out.push(Cut { dataplane, epoch, n, link: link_of(&l) });
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the chained rows at or before each cut. Returns how many.
+pub fn apply_cuts(conn: &Connection, cuts: &[Cut]) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for c in cuts {
+        for t in TABLES {
+            n += conn.execute(
+                &format!("DELETE FROM {t} WHERE dataplane = ?1 AND ce = ?2 AND cn <= ?3"),
+                params![c.dataplane, i(c.epoch), i(c.n)],
+            )?;
+        }
+    }
+    Ok(n as u64)
+}
