@@ -158,7 +158,13 @@ impl Verifier {
                 }),
             }
         }
-        Verifier { checkpoints: kept, gaps: BTreeMap::new(), ahead: VecDeque::new(), last: None, report }
+        Verifier {
+            checkpoints: kept,
+            gaps: BTreeMap::new(),
+            ahead: VecDeque::new(),
+            last: None,
+            report,
+        }
     }
 
     /// Records `from..=to` are known to be missing for `why` (the store's own log said so
@@ -273,13 +279,7 @@ impl Verifier {
             }
             Some(p) if r.seq == p.seq => self.duplicate(p, r, next),
             Some(p) if r.seq < p.seq => {
-                self.found(
-                    Kind::Reordered,
-                    r.seq,
-                    None,
-                    Some(r.pos),
-                    format!("stored after seq {}", p.seq),
-                );
+                self.behind(p, &r);
                 false
             }
             Some(p) if r.seq > p.seq.saturating_add(1) => {
@@ -321,6 +321,37 @@ impl Verifier {
         if accept {
             self.accept(r);
         }
+    }
+
+    /// A row behind the chain's last (`p`): moved there, if its position was missing where it
+    /// belongs (that removal is taken back); a second record with a position already taken
+    /// otherwise (rows added to a table land at its end).
+    fn behind(&mut self, p: Sum, r: &Sum) {
+        let missing = self.report.findings.iter().position(|f| {
+            f.kind == Kind::Removed && f.seq <= r.seq && f.last_seq.unwrap_or(f.seq) >= r.seq
+        });
+        let Some(i) = missing else {
+            let detail =
+                format!("a second record with this sequence number, stored after seq {}", p.seq);
+            self.found(Kind::Inserted, r.seq, None, Some(r.pos), detail);
+            return;
+        };
+        let f = &mut self.report.findings[i];
+        let last = f.last_seq.unwrap_or(f.seq);
+        if f.seq == r.seq && last == r.seq {
+            self.report.findings.remove(i);
+        } else if f.seq == r.seq {
+            f.seq += 1;
+        } else if last == r.seq {
+            f.last_seq = Some(last - 1);
+        }
+        self.found(
+            Kind::Reordered,
+            r.seq,
+            None,
+            Some(r.pos),
+            format!("stored after seq {}", p.seq),
+        );
     }
 
     /// The first row: it follows the chain's start, or a checkpoint at a retention cut.

@@ -78,6 +78,8 @@ pub struct AuditState {
     pub cfg: crate::checkpointer::AuditConfig,
     /// The record store's file (none: in memory).
     pub flows_db: Option<std::path::PathBuf>,
+    /// The rule store's file, which holds the audit log and the checkpoints (none: in memory).
+    pub rules_db: Option<std::path::PathBuf>,
     /// When each token was last written to the audit log as used.
     pub token_uses: Mutex<std::collections::HashMap<String, Instant>>,
     /// Refused calls written to the audit log in the current minute, and that minute.
@@ -168,22 +170,70 @@ pub(crate) fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -
     }
 }
 
-/// The caller, if its token is valid and its role allows `need`.
+macro_rules! lock {
+    ($m:expr) => {
+        $m.lock().unwrap_or_else(PoisonError::into_inner)
+    };
+}
+
+/// The caller, if its token is valid and its role allows `need`. Token use goes to control's
+/// chain (the audit log): each token's first use in an hour, and refusals (at most
+/// [`REFUSALS_AUDITED`] a minute, so a flood cannot fill the log).
 pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Response> {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(caller) = s.tokens.check(auth) else {
+        audit_refusal(s, "unknown", "missing or invalid bearer token", need);
         let mut r = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return Err(r);
     };
     if !caller.role.allows(need) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            format!("the {} role may not do this", caller.role.as_str()),
-        ));
+        let why = format!("the {} role may not do this", caller.role.as_str());
+        audit_refusal(s, &caller.name, &why, need);
+        return Err(error(StatusCode::FORBIDDEN, why));
     }
+    audit_use(s, &caller, need);
     Ok(caller)
+}
+
+/// Most refused calls written to the audit log per minute.
+pub const REFUSALS_AUDITED: u64 = 30;
+
+fn audit_use(s: &AppState, caller: &Caller, need: Need) {
+    let now = Instant::now();
+    {
+        let mut uses = lock!(s.audit.token_uses);
+        match uses.get(&caller.name) {
+            Some(t) if now.duration_since(*t) < std::time::Duration::from_secs(3600) => return,
+            _ => {
+                uses.insert(caller.name.clone(), now);
+            }
+        }
+    }
+    let detail =
+        json!({ "role": caller.role.as_str(), "need": format!("{need:?}").to_lowercase() });
+    if let Err(e) = lock!(s.rules).audit(&caller.name, "token.use", &detail.to_string(), None) {
+        tracing::error!("writing a token's use to the audit log: {e}");
+    }
+}
+
+fn audit_refusal(s: &AppState, who: &str, why: &str, need: Need) {
+    let minute = crate::link::now_s() / 60;
+    {
+        let mut r = lock!(s.audit.refusals);
+        if r.1 != minute {
+            *r = (0, minute);
+        }
+        r.0 += 1;
+        if r.0 > REFUSALS_AUDITED {
+            return;
+        }
+    }
+    let detail = json!({ "reason": why, "need": format!("{need:?}").to_lowercase() });
+    if let Err(e) = lock!(s.rules).audit(who, "token.refused", &detail.to_string(), None) {
+        tracing::error!("writing a refused call to the audit log: {e}");
+    }
 }
 
 fn diag_json(d: &Diagnostic) -> Value {
@@ -211,12 +261,6 @@ fn body_text(body: &Bytes) -> Result<&str, Response> {
     // (A rule file; other bodies are JSON and say what is wrong themselves.)
     std::str::from_utf8(body)
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the rule file is not UTF-8"))
-}
-
-macro_rules! lock {
-    ($m:expr) => {
-        $m.lock().unwrap_or_else(PoisonError::into_inner)
-    };
 }
 
 async fn health(State(s): State<Shared>, h: HeaderMap) -> Response {
@@ -415,7 +459,7 @@ async fn openapi(State(s): State<Shared>, h: HeaderMap) -> Response {
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 async fn audit(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Admin) {
+    if let Err(r) = authorize(&s, &h, Need::Evidence) {
         return r;
     }
     reply(lock!(s.rules).audit_log(1000))
@@ -473,6 +517,8 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/status",
     "GET /v1/openapi.json",
     "GET /v1/audit",
+    "GET /v1/audit/key",
+    "GET /v1/audit/verify",
     "GET /v1/keys",
     "PUT /v1/keys/{name}",
     "DELETE /v1/keys/{name}",
@@ -505,6 +551,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::inventory_api::routes())
         .merge(crate::approvals_api::routes())
         .merge(crate::recordings_api::routes())
+        .merge(crate::audit_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -99,7 +99,13 @@ fn out(f: Finding) -> FindingOut {
     }
 }
 
-fn result(chain: String, dataplane: Option<String>, epoch: Option<u64>, r: Report, first_ts: Option<u64>) -> ChainResult {
+fn result(
+    chain: String,
+    dataplane: Option<String>,
+    epoch: Option<u64>,
+    r: Report,
+    first_ts: Option<u64>,
+) -> ChainResult {
     ChainResult {
         chain,
         dataplane,
@@ -114,8 +120,11 @@ fn result(chain: String, dataplane: Option<String>, epoch: Option<u64>, r: Repor
     }
 }
 
+/// Checkpoints by chain name.
+type ByChain = HashMap<String, Vec<Checkpoint>>;
+
 /// The checkpoints as stored, by chain; lines that do not read are findings of their own.
-fn checkpoints(rules: &RuleStore) -> Result<(HashMap<String, Vec<Checkpoint>>, Vec<FindingOut>), StoreError> {
+fn checkpoints(rules: &RuleStore) -> Result<(ByChain, Vec<FindingOut>), StoreError> {
     let mut by_chain: HashMap<String, Vec<Checkpoint>> = HashMap::new();
     let mut bad = Vec::new();
     for (id, line) in rules.checkpoint_lines()? {
@@ -135,13 +144,16 @@ fn checkpoints(rules: &RuleStore) -> Result<(HashMap<String, Vec<Checkpoint>>, V
 
 /// Where a walk starts for `since_ms`: after the last checkpoint signed by then.
 fn start(cps: &[Checkpoint], since_ms: Option<u64>) -> u64 {
-    since_ms
-        .and_then(|t| cps.iter().filter(|c| c.ts_ms <= t).map(|c| c.seq).max())
-        .unwrap_or(0)
+    since_ms.and_then(|t| cps.iter().filter(|c| c.ts_ms <= t).map(|c| c.seq).max()).unwrap_or(0)
 }
 
 /// Verifies every chain of the stores.
-pub fn verify(flows: &Connection, rules: &RuleStore, key: &VerifyingKey, ask: &Ask) -> Result<Verification, StoreError> {
+pub fn verify(
+    flows: &Connection,
+    rules: &RuleStore,
+    key: &VerifyingKey,
+    ask: &Ask,
+) -> Result<Verification, StoreError> {
     let (mut cps, bad) = checkpoints(rules)?;
     // Control's chain; on the way, what its log says never arrived of the data planes'.
     let mut gaps: HashMap<String, Vec<(u64, u64, String)>> = HashMap::new();
@@ -152,7 +164,8 @@ pub fn verify(flows: &Connection, rules: &RuleStore, key: &VerifyingKey, ask: &A
     rules.walk_chain(after, |e| {
         note_gap(&e.action, &e.detail, &mut gaps);
         if first_ts.is_none() {
-            first_ts = serde_json::from_slice::<Value>(&e.bytes).ok().and_then(|v| v["ts_ms"].as_u64());
+            first_ts =
+                serde_json::from_slice::<Value>(&e.bytes).ok().and_then(|v| v["ts_ms"].as_u64());
         }
         v.push(Row { pos: pos(0, e.id), seq: e.n, prev: e.prev, link: e.link, record: &e.bytes });
     })?;
@@ -216,3 +229,7 @@ fn note_gap(action: &str, detail: &str, gaps: &mut HashMap<String, Vec<(u64, u64
     };
     gaps.entry(chain.to_owned()).or_default().push((from, to, why));
 }
+
+#[cfg(test)]
+#[path = "audit_verify_tests.rs"]
+mod tests;

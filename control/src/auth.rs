@@ -18,6 +18,9 @@ pub enum Role {
     Feeder,
     /// Held requests only: list them and decide (approve or deny).
     Approver,
+    /// Read-only: records, rules and their history, the audit log and evidence (verify,
+    /// export); no rule, identity, key or approval management.
+    Auditor,
 }
 
 /// What a call needs.
@@ -31,6 +34,10 @@ pub enum Need {
     Feed,
     /// Listing and deciding held requests.
     Approve,
+    /// The audit log, verification and evidence exports.
+    Evidence,
+    /// Anything a valid token may see (the audit public key).
+    Any,
 }
 
 impl Role {
@@ -39,6 +46,8 @@ impl Role {
         matches!(
             (self, need),
             (Role::Admin, _)
+                | (_, Need::Any)
+                | (Role::Auditor, Need::Read | Need::Evidence)
                 | (Role::Analyst, Need::Read)
                 | (Role::Feeder, Need::Feed)
                 | (Role::Approver, Need::Approve)
@@ -52,6 +61,7 @@ impl Role {
             Role::Analyst => "analyst",
             Role::Feeder => "feeder",
             Role::Approver => "approver",
+            Role::Auditor => "auditor",
         }
     }
 }
@@ -155,6 +165,10 @@ mod tests {
         assert!(Role::Feeder.allows(Need::Feed) && !Role::Feeder.allows(Need::Read));
         assert!(Role::Approver.allows(Need::Approve) && !Role::Approver.allows(Need::Read));
         assert!(Role::Admin.allows(Need::Approve) && !Role::Analyst.allows(Need::Approve));
+        assert!(Role::Auditor.allows(Need::Read) && Role::Auditor.allows(Need::Evidence));
+        assert!(!Role::Auditor.allows(Need::Admin) && !Role::Auditor.allows(Need::Approve));
+        assert!(!Role::Auditor.allows(Need::Feed) && !Role::Analyst.allows(Need::Evidence));
+        assert!(Role::Feeder.allows(Need::Any) && Role::Approver.allows(Need::Any));
         assert_eq!(
             t.check(Some("Bearer analyst-secret")).unwrap().user.as_deref(),
             Some("sam@corp")

@@ -179,7 +179,9 @@ mod tests {
     #[test]
     fn chain_names_fit_checkpoint_lines() {
         assert_eq!(chain_name("lab-sl", 0), "dp:lab-sl:0");
-        assert!(chain_name("a b/c", 2).starts_with("dpx:") && chain_name("a b/c", 2).ends_with(":2"));
+        assert!(
+            chain_name("a b/c", 2).starts_with("dpx:") && chain_name("a b/c", 2).ends_with(":2")
+        );
         assert_ne!(chain_name("a b/c", 2), chain_name("a b/d", 2));
         let long = chain_name(&"é".repeat(40), 7);
         assert!(long.len() <= sluice_audit::checkpoint::MAX_CHAIN, "{long}");

@@ -59,7 +59,13 @@ pub(crate) fn load_head(conn: &Connection, dataplane: &str) -> Result<Option<Hea
         .query_row(
             "SELECT epoch, n, link FROM chain_heads WHERE dataplane = ?1",
             [dataplane],
-            |r| Ok(Head { epoch: u(r.get(0)?), n: u(r.get(1)?), link: link_of(&r.get::<_, Vec<u8>>(2)?) }),
+            |r| {
+                Ok(Head {
+                    epoch: u(r.get(0)?),
+                    n: u(r.get(1)?),
+                    link: link_of(&r.get::<_, Vec<u8>>(2)?),
+                })
+            },
         )
         .optional()?)
 }
@@ -86,10 +92,13 @@ pub(crate) fn save_head(conn: &Connection, dataplane: &str, h: &Head) -> Result<
     Ok(())
 }
 
+/// (data plane, epoch) → (position, link) of each chain's last record.
+pub type Heads = BTreeMap<(String, u64), (u64, Link)>;
+
 /// Every data plane chain the store knows: (data plane, epoch) → its head as last stored
 /// (the newest epoch of each data plane is in `chain_heads`; older epochs are read from their
 /// rows).
-pub fn heads(conn: &Connection) -> Result<BTreeMap<(String, u64), (u64, Link)>, StoreError> {
+pub fn heads(conn: &Connection) -> Result<Heads, StoreError> {
     let mut out = BTreeMap::new();
     for t in TABLES {
         let mut st = conn.prepare(&format!(
@@ -113,7 +122,10 @@ pub fn heads(conn: &Connection) -> Result<BTreeMap<(String, u64), (u64, Link)>, 
     }
     let mut st = conn.prepare("SELECT dataplane, epoch, n, link FROM chain_heads")?;
     let rows = st.query_map([], |r| {
-        Ok(((r.get::<_, String>(0)?, u(r.get(1)?)), (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?))))
+        Ok((
+            (r.get::<_, String>(0)?, u(r.get(1)?)),
+            (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?)),
+        ))
     })?;
     for row in rows {
         let (k, v) = row?;

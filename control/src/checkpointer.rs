@@ -81,11 +81,14 @@ impl Checkpointer {
     /// The checkpoints due at `now` (`ts_ms`: the wall clock) for chains standing at `heads`
     /// (name, position, link): every head that moved, once enough records were chained or
     /// enough time passed.
-    pub fn due(&mut self, heads: &[(String, u64, Link)], now: Instant, ts_ms: u64) -> Vec<Checkpoint> {
-        let moved: Vec<&(String, u64, Link)> = heads
-            .iter()
-            .filter(|(c, n, _)| *n > self.done.get(c).copied().unwrap_or(0))
-            .collect();
+    pub fn due(
+        &mut self,
+        heads: &[(String, u64, Link)],
+        now: Instant,
+        ts_ms: u64,
+    ) -> Vec<Checkpoint> {
+        let moved: Vec<&(String, u64, Link)> =
+            heads.iter().filter(|(c, n, _)| *n > self.done.get(c).copied().unwrap_or(0)).collect();
         let pending: u64 =
             moved.iter().map(|(c, n, _)| n - self.done.get(c).copied().unwrap_or(0)).sum();
         let every = Duration::from_secs(self.cfg.checkpoint_secs.max(1));
@@ -147,6 +150,31 @@ pub fn tick(state: &AppState) -> Result<Vec<Checkpoint>, StoreError> {
         publish(state, c);
     }
     Ok(due)
+}
+
+/// Retention with the chains kept verifiable: each chain is cut at one position, the head at
+/// the cut is signed and stored, then the records go (records outside chains go by age and
+/// count). Returns how many records were deleted.
+pub fn retain(state: &AppState, older_than_ms: u64, max_rows: u64) -> Result<u64, StoreError> {
+    let cuts = lock!(state.flows).retention_cuts(older_than_ms, max_rows)?;
+    if let Some(cp) = &state.audit.checkpointer {
+        let now = crate::link::now_ms();
+        let signed: Vec<Checkpoint> = {
+            let cp = lock!(cp);
+            cuts.iter()
+                .filter_map(|c| cp.sign_cut(&chain_name(&c.dataplane, c.epoch), c.n, c.link, now))
+                .collect()
+        };
+        let mut rules = lock!(state.rules);
+        for c in &signed {
+            rules.add_checkpoint(c)?;
+        }
+        drop(rules);
+        for c in &signed {
+            publish(state, c);
+        }
+    }
+    lock!(state.flows).prune_at(older_than_ms, max_rows, &cuts)
 }
 
 /// The checkpoint as a record for the live tail and syslog.

@@ -52,6 +52,9 @@ pub struct Config {
     /// Just-in-time approval: whom to notify when a request waits.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// Evidence: how often chains' heads are signed.
+    #[serde(default)]
+    pub audit: crate::checkpointer::AuditConfig,
 }
 
 /// `[approvals]`.

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod approvals;
 pub mod approvals_api;
+pub mod audit_api;
 pub mod audit_key;
 pub mod audit_verify;
 pub mod auth;

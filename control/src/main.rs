@@ -4,6 +4,7 @@
 //! flow and request records, the live tail, the identity feed, status.
 
 mod approvals_cli;
+mod audit_cli;
 mod inventory_cli;
 mod keys_cli;
 mod remote;
@@ -110,12 +111,34 @@ enum Cmd {
     /// Recorded exchanges (rules with `record`), decrypted with your age key.
     #[command(subcommand)]
     Sessions(SessionsCmd),
+    /// Evidence: the checkpoint signing key, and verification of the record chains.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Data planes, their link and policy versions, store sizes.
     Status,
     /// Print shell completions.
     Completions {
         /// Shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The Ed25519 public key checkpoints are signed with (pin it).
+    Key,
+    /// Walk every record chain against the signed checkpoints; exit 1 on any change, removal,
+    /// insertion, reordering, gap or forged checkpoint.
+    Verify {
+        /// Start at the last checkpoint signed by then (unix ms, or a duration: 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this data plane's chains (control's own is always verified).
+        #[arg(long)]
+        dataplane: Option<String>,
+        /// The public key you pinned (hex): fail if the daemon verified with another.
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -470,6 +493,14 @@ fn main() -> ExitCode {
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),
+        Cmd::Audit(c) => {
+            return online(&conn, |a| match &c {
+                AuditCmd::Key => audit_cli::key(a),
+                AuditCmd::Verify { since, dataplane, key } => {
+                    audit_cli::verify(a, since.as_deref(), dataplane.as_deref(), key.as_deref())
+                }
+            });
+        }
         Cmd::Inventory { app, unknown, since, host, discoveries } => {
             let ask = inventory_cli::Ask {
                 app: app.as_deref(),

@@ -51,7 +51,13 @@ pub struct RuleStore {
 
 /// The bytes of an audit entry its link covers: a JSON object of its fields in this order,
 /// as serde_json writes it (`{"ts_ms":…,"who":…,"action":…,"detail":…,"version":…}`).
-pub fn entry_bytes(ts_ms: i64, who: &str, action: &str, detail: &str, version: Option<i64>) -> Vec<u8> {
+pub fn entry_bytes(
+    ts_ms: i64,
+    who: &str,
+    action: &str,
+    detail: &str,
+    version: Option<i64>,
+) -> Vec<u8> {
     #[derive(Serialize)]
     struct Entry<'a> {
         ts_ms: i64,
@@ -100,6 +106,18 @@ impl RuleStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         RuleStore::init(Connection::open(path)?)
+    }
+
+    /// The store at `path`, read-only (verification beside the daemon, which keeps writing).
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(RuleStore { db })
+    }
+
+    /// The connection (tests tamper with it).
+    #[cfg(test)]
+    pub(crate) fn db(&self) -> &Connection {
+        &self.db
     }
 
     /// A store in memory (tests).
@@ -255,7 +273,8 @@ impl RuleStore {
 
     /// Audit entries written before the chain began (an earlier version's).
     pub fn unchained_entries(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.db.query_row("SELECT COUNT(*) FROM audit WHERE n IS NULL", [], |r| r.get(0))?;
+        let n: i64 =
+            self.db.query_row("SELECT COUNT(*) FROM audit WHERE n IS NULL", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

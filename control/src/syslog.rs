@@ -95,6 +95,8 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
         Format::Cef => {
             let (sig, name) = match (kind, blocked) {
                 ("discovery", _) => ("discovery", "New AI client on a host"),
+                ("checkpoint", _) => ("audit-checkpoint", "Signed checkpoint of a record chain"),
+                ("alert", _) => ("record-chain-break", "A data plane's record chain broke"),
                 ("request", true) => ("request-block", "AI request blocked"),
                 ("request", false) if alert => {
                     ("request-dlp-alert", "AI request with DLP findings")
@@ -105,6 +107,8 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
             };
             let severity = match (blocked, alert) {
                 _ if kind == "discovery" => 5,
+                _ if kind == "checkpoint" => 3,
+                _ if kind == "alert" => 8,
                 (true, _) => 7,
                 (false, true) => 5,
                 _ => 3,
@@ -120,22 +124,34 @@ pub fn format(r: &Value, fmt: Format, hostname: &str) -> String {
                 r.get(k).and_then(Value::as_u64).map(|n| n.to_string()).unwrap_or_default()
             };
             add("rt", &num("ts_ms"));
-            add("src", s(r, "src"));
-            add("spt", &num("sport"));
-            add("dst", s(r, "dst"));
-            add("dpt", &num("dport"));
-            add("suser", s(r, "user"));
-            add("act", verdict);
-            add("cs1Label", "identity");
-            add("cs1", s(r, "identity"));
-            add("cs2Label", "sni");
-            add("cs2", s(r, "sni"));
-            add("cs3Label", "category");
-            add("cs3", s(r, "category"));
-            add("cs4Label", "rule");
-            add("cs4", s(r, "rule"));
-            add("reason", s(r, "reason"));
-            if kind == "discovery" {
+            let about_traffic = !matches!(kind, "checkpoint" | "alert");
+            if about_traffic {
+                add("src", s(r, "src"));
+                add("spt", &num("sport"));
+                add("dst", s(r, "dst"));
+                add("dpt", &num("dport"));
+                add("suser", s(r, "user"));
+                add("act", verdict);
+                add("cs1Label", "identity");
+                add("cs1", s(r, "identity"));
+                add("cs2Label", "sni");
+                add("cs2", s(r, "sni"));
+                add("cs3Label", "category");
+                add("cs3", s(r, "category"));
+                add("cs4Label", "rule");
+                add("cs4", s(r, "rule"));
+                add("reason", s(r, "reason"));
+            }
+            if kind == "checkpoint" {
+                // The whole signed line: a collector keeps what an auditor verifies against.
+                add("msg", s(r, "line"));
+            } else if kind == "alert" {
+                add("cs1Label", "alert");
+                add("cs1", s(r, "alert"));
+                add("cs2Label", "dataplane");
+                add("cs2", s(r, "dataplane"));
+                add("msg", &r.get("detail").map(|d| d.to_string()).unwrap_or_default());
+            } else if kind == "discovery" {
                 add("cs5Label", "app");
                 add("cs5", s(r, "app"));
                 add("cs6Label", "ja4");

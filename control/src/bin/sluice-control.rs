@@ -9,13 +9,14 @@ use clap::Parser;
 use sluice_control::api::{self, AppState, Stores};
 use sluice_control::approvals::ApprovalStore;
 use sluice_control::auth::Tokens;
+use sluice_control::checkpointer::{self, Checkpointer};
 use sluice_control::config::Config;
 use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
-use sluice_control::{link, serve, syslog, tls, webhook};
+use sluice_control::{audit_key, link, serve, syslog, tls, webhook};
 
 /// mimalloc: the link's batches and the record store allocate and free large buffers many
 /// times a second, which glibc's allocator returned to the kernel and faulted in again
@@ -78,13 +79,19 @@ fn main() -> Result<()> {
             Some((tx, task)) => (Some(tx), Some(task)),
             None => (None, None),
         };
-    let state = Arc::new(AppState::new(
-        Tokens::new(&cfg.tokens),
-        stores,
-        Hub::new(syslog_tx),
-        ca_pem,
-        webhook,
-    ));
+    let signer = audit_key::load_or_create(&cfg.state_dir)?;
+    let done = stores.rules.checkpointed().context("reading the checkpoints")?;
+    let audit = api::AuditState {
+        checkpointer: Some(std::sync::Mutex::new(Checkpointer::new(signer, cfg.audit, done))),
+        cfg: cfg.audit,
+        flows_db: Some(cfg.state_dir.join("flows.db")),
+        rules_db: Some(cfg.state_dir.join("rules.db")),
+        ..Default::default()
+    };
+    let state = Arc::new(
+        AppState::new(Tokens::new(&cfg.tokens), stores, Hub::new(syslog_tx), ca_pem, webhook)
+            .with_audit(audit),
+    );
     seed_quotas(&state);
     // Before any thread is spawned, so that all inherit it: control is off the traffic's path
     // and often shares the host with a data plane.
@@ -108,6 +115,7 @@ fn main() -> Result<()> {
             }
         });
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
+        tokio::spawn(checkpointer::run(state.clone()));
         tokio::spawn(push_quotas(state.clone()));
         tokio::spawn(sync_recordings(state.clone()));
         if let Some(t) = webhook_task {
@@ -183,8 +191,8 @@ async fn housekeeping(state: Arc<AppState>, retention: sluice_control::config::R
         let r = tokio::task::spawn_blocking(move || {
             let cutoff =
                 link::now_s().saturating_sub(retention.max_age_days.saturating_mul(86_400));
+            let pruned = checkpointer::retain(&st, cutoff.saturating_mul(1000), retention.max_rows);
             let mut flows = st.flows.lock().unwrap_or_else(PoisonError::into_inner);
-            let pruned = flows.prune(cutoff.saturating_mul(1000), retention.max_rows);
             let days = retention.recordings_max_age_days.saturating_mul(86_400);
             let rec_cutoff = link::now_s().saturating_sub(days).saturating_mul(1000);
             match flows.prune_recordings(rec_cutoff) {

@@ -445,8 +445,7 @@ impl Spool {
         }
         let all = self.pending.iter().map(String::as_str);
         let mut head = self.chain;
-        let (buf, lines) =
-            numbered(all.chain(records.iter().map(AsRef::as_ref)), first, &mut head);
+        let (buf, lines) = numbered(all.chain(records.iter().map(AsRef::as_ref)), first, &mut head);
         let end = first + lines.len() as u64;
         let written = self.repair().and_then(|()| self.write(&buf, end, head));
         match written {

@@ -1,0 +1,91 @@
+//! The evidence routes: `GET /v1/audit/key` (any valid token: the public key auditors pin) and
+//! `GET /v1/audit/verify` (admin, auditor: every chain walked against the signed checkpoints,
+//! [`crate::audit_verify`]).
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::api::{AppState, Shared, authorize, error, internal};
+use crate::audit_verify::{Ask, Verification};
+use crate::auth::Need;
+use crate::records_api::{only_params, since_param};
+
+/// The evidence routes.
+pub fn routes() -> Router<Shared> {
+    Router::new().route("/v1/audit/key", get(key)).route("/v1/audit/verify", get(verify))
+}
+
+async fn key(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Any) {
+        return r;
+    }
+    match &s.audit.checkpointer {
+        Some(cp) => {
+            let public = cp.lock().unwrap_or_else(PoisonError::into_inner).public_hex();
+            axum::Json(json!({ "algorithm": "ed25519", "public_key": public })).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "this control daemon has no signing key"),
+    }
+}
+
+async fn verify(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Evidence) {
+        return r;
+    }
+    if let Err(r) = only_params(&q, &["dataplane", "since"]) {
+        return r;
+    }
+    let since_ms = match since_param(&q) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let ask = Ask { dataplane: q.get("dataplane").cloned(), since_ms };
+    let st = s.clone();
+    match tokio::task::spawn_blocking(move || run(&st, &ask)).await {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
+/// Verifies the stores: the record store on a connection of its own (read-only), so that
+/// ingestion goes on; a store in memory under its lock.
+pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
+    let Some(cp) = &s.audit.checkpointer else {
+        return Err("this control daemon has no signing key".into());
+    };
+    let key = cp.lock().unwrap_or_else(PoisonError::into_inner).public();
+    let fail = |what: &std::path::Path, e: crate::store::StoreError| {
+        format!("opening {} to verify: {e}", what.display())
+    };
+    match (&s.audit.flows_db, &s.audit.rules_db) {
+        (Some(flows), Some(rules)) => {
+            let conn = rusqlite::Connection::open_with_flags(
+                flows,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| fail(flows, e.into()))?;
+            let rules =
+                crate::rulestore::RuleStore::open_read_only(rules).map_err(|e| fail(rules, e))?;
+            crate::audit_verify::verify(&conn, &rules, &key, ask).map_err(|e| e.to_string())
+        }
+        _ => {
+            let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+            let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
+            crate::audit_verify::verify(flows.connection(), &rules, &key, ask)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
