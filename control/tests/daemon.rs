@@ -59,13 +59,17 @@ fn tokens_roles_rule_versions_and_audit() {
     // The audit log: who did what, including the refused push; analysts may not read it.
     assert_eq!(call(&d, "GET", "/v1/audit", Some(ANALYST), None).0, 403);
     let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
-    let actions: Vec<String> = json(&body)
+    let all: Vec<String> = json(&body)
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
+    let actions: Vec<&String> = all.iter().filter(|a| !a.starts_with("token.")).collect();
     assert_eq!(actions, ["rules.rollback", "rules.push", "rules.push.refused", "rules.push"]);
+    // Token use: each token's first use (once an hour), and the refused call.
+    assert!(all.iter().filter(|a| *a == "token.use").count() >= 2, "{all:?}");
+    assert!(all.iter().any(|a| a == "token.refused"), "{all:?}");
     assert!(!body.contains(ADMIN), "tokens never reach the log");
 
     // Flows (empty store), metrics, no CA configured.

@@ -172,6 +172,14 @@ impl FakeDataplane {
         self.sock.write_all(&buf).unwrap();
     }
 
+    /// Sends record texts exactly as given (chained records: their bytes are their link).
+    pub fn send_texts(&mut self, texts: &[String]) {
+        use std::io::Write;
+        let mut buf = Vec::new();
+        sluice_link::encode_records(texts, &mut buf).unwrap();
+        self.sock.write_all(&buf).unwrap();
+    }
+
     /// The next message, `None` when control closed the link.
     pub fn recv(&mut self) -> Option<sluice_link::Down> {
         use std::io::Read;
