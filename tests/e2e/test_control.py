@@ -496,6 +496,9 @@ dlp = "alert-credentials"
         print("\n  %d flow records emitted, %d stored" % (emitted, stored))
         probes = json.loads(api("GET", "/v1/flows?src=10.20.1.10&limit=1000", "SLUICE_ANALYST_TOKEN")[1])["records"]
         self.assertGreater(len([r for r in probes if r.get("dport") == 80]), 5)
+        # And the chains are intact: nothing changed, missing or stored twice.
+        r = ctl("audit", "verify", token="SLUICE_AUDITOR_TOKEN", timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 
 class KeptState(unittest.TestCase):
@@ -602,6 +605,9 @@ class CrashUnderLoad(unittest.TestCase):
               % (len(attempted), len(answered), len(stored)))
         self.assertEqual(sorted(answered - stored), [], "answered requests without a stored record")
         self.assertTrue(stored <= attempted, "records of requests never made")
+        # The data plane's chain went on from its spool after the kill: it verifies whole.
+        r = ctl("audit", "verify", token="SLUICE_AUDITOR_TOKEN", timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 
 if __name__ == "__main__":
