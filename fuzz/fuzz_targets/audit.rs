@@ -1,6 +1,7 @@
 //! What evidence verification reads from bytes an attacker may have written: checkpoint
 //! lines (read back exactly as written, or refused) and stored rows of any sequence numbers,
-//! links and order (the walk ends with a report, never a panic or an overflow).
+//! links and order, and missing ranges said of them (the walk ends with a report, never a
+//! panic or an overflow).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sluice_audit::{Checkpoint, Link, Row, Signer, Verifier, link};
@@ -16,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let signer = Signer::from_secret(&[3; 32]);
     let cp = signer.sign("c", 3, Link([9; 32]), 1);
     let mut v = Verifier::new("c", &signer.public(), cp.into_iter().collect());
+    // Ranges said missing, from the first bytes.
+    if let [a, b, ..] = data {
+        v.expect_gap(u64::from(*a), u64::from(*b), "said");
+        v.expect_gap(u64::from(*b), u64::from(*a).saturating_add(3), "also");
+    }
     let mut last = Link([0; 32]);
     for (i, c) in data.chunks(11).enumerate() {
         let mut seq = [0u8; 8];
