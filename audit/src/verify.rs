@@ -133,6 +133,10 @@ pub struct Verifier {
     checkpoints: BTreeMap<u64, Checkpoint>,
     /// Ranges known to be missing (first → last, why).
     gaps: BTreeMap<u64, (u64, String)>,
+    /// Where the walk began ([`Verifier::start_after`]).
+    start: Option<u64>,
+    /// The last position the store says it has ([`Verifier::expect_head`]).
+    head: Option<u64>,
     ahead: VecDeque<Sum>,
     last: Option<Sum>,
     report: Report,
@@ -161,6 +165,8 @@ impl Verifier {
         Verifier {
             checkpoints: kept,
             gaps: BTreeMap::new(),
+            start: None,
+            head: None,
             ahead: VecDeque::new(),
             last: None,
             report,
@@ -210,27 +216,52 @@ impl Verifier {
         while !self.ahead.is_empty() {
             self.step();
         }
-        // Records after the last one stored, up to a signed checkpoint: the tail was cut.
-        let cut_after = match self.last {
-            Some(l) => Some(l.seq),
+        // Records after the last one stored, up to a signed checkpoint or the head the store
+        // says it has: the tail was cut (unless the writer's log says they never arrived).
+        let cut_after = match (self.last, self.start) {
+            (Some(l), _) => Some(l.seq),
+            // Nothing read after where the walk began: it began at the last record.
+            (None, Some(s)) => Some(s),
             // Nothing stored: the lowest checkpoint is the retention cut.
-            None => self.checkpoints.keys().next().copied(),
+            (None, None) => self.checkpoints.keys().next().copied(),
         };
-        if let (Some(after), Some((&top, cp))) = (cut_after, self.checkpoints.iter().next_back())
+        let top = self.checkpoints.iter().next_back().map(|(&n, cp)| (n, Some(cp.ts_ms)));
+        let top = match (top, self.head) {
+            (Some((n, ts)), Some(h)) if n >= h => Some((n, ts)),
+            (_, Some(h)) => Some((h, None)),
+            (t, None) => t,
+        };
+        if let (Some(after), Some((top, ts))) = (cut_after, top)
             && top > after
         {
-            let ts = cp.ts_ms;
-            self.found(
-                Kind::Removed,
-                after.saturating_add(1),
-                Some(top),
-                None,
-                format!(
-                    "the records up to the checkpoint signed at {ts} ms are gone (the tail was cut)"
-                ),
-            );
+            let from = after.saturating_add(1);
+            match self.known_gap(from, top) {
+                Some(why) => self.found(Kind::Gap, from, Some(top), None, why),
+                None => {
+                    let detail = match ts {
+                        Some(ts) => format!(
+                            "the records up to the checkpoint signed at {ts} ms are gone (the tail was cut)"
+                        ),
+                        None => format!(
+                            "the store's chain head is at {top}: the records after the last one stored are gone"
+                        ),
+                    };
+                    self.found(Kind::Removed, from, Some(top), None, detail);
+                }
+            }
         }
         self.report
+    }
+
+    /// The walk begins after position `after` (records up to it were not asked for): the
+    /// checkpoint there anchors it.
+    pub fn start_after(&mut self, after: u64) {
+        self.start = (after > 0).then_some(after);
+    }
+
+    /// The store says its chain's last record is at `n`: records short of it are missing.
+    pub fn expect_head(&mut self, n: u64) {
+        self.head = Some(n);
     }
 
     fn found(
@@ -368,11 +399,20 @@ impl Verifier {
             }
             return;
         }
+        let behind = self.checkpoints.range(..r.seq - 1).next_back().map(|(&at, _)| at);
         match self.checkpoints.get(&(r.seq - 1)) {
             Some(cp) if cp.head == r.prev => self.report.from_checkpoint = Some(cp.seq),
             _ if self.known_gap(1, r.seq - 1).is_some() => {
                 let why = self.known_gap(1, r.seq - 1).unwrap_or_default();
                 self.found(Kind::Gap, 1, Some(r.seq - 1), Some(r.pos), why)
+            }
+            // A checkpoint further back, the positions after it known to be missing (a cut, or
+            // the walk's start, just before a gap).
+            _ if let Some(at) = behind
+                && let Some(why) = self.known_gap(at + 1, r.seq - 1) =>
+            {
+                self.report.from_checkpoint = Some(at);
+                self.found(Kind::Gap, at + 1, Some(r.seq - 1), Some(r.pos), why)
             }
             _ => self.found(
                 Kind::Removed,

@@ -237,3 +237,42 @@ fn records_the_writer_said_never_arrived_are_a_gap_not_a_removal() {
     let kinds: Vec<Kind> = v.finish().findings.iter().map(|f| f.kind).collect();
     assert_eq!(kinds, [Kind::Removed, Kind::Removed]);
 }
+
+#[test]
+fn a_walk_that_starts_late_or_finds_nothing_new_reports_nothing() {
+    let s = signer();
+    let (rows, cps) = chain(20, 5, &s);
+    // Started after the checkpoint at 20 (`--since`): nothing after it, nothing missing.
+    let mut v = Verifier::new("dp-1", &s.public(), cps.clone());
+    v.start_after(20);
+    v.expect_head(20);
+    assert!(v.finish().is_clean());
+    // The store's head is ahead of its last row: the tail is gone, unless said missing.
+    let mut v = Verifier::new("dp-1", &s.public(), cps.clone());
+    v.expect_head(23);
+    for r in &rows {
+        v.push(Row { pos: r.pos, seq: r.seq, prev: r.prev, link: r.link, record: &r.record });
+    }
+    let r = v.finish();
+    assert_eq!(
+        (r.findings[0].kind, r.findings[0].seq, r.findings[0].last_seq),
+        (Kind::Removed, 21, Some(23))
+    );
+    let mut v = Verifier::new("dp-1", &s.public(), cps.clone());
+    v.expect_head(23);
+    v.expect_gap(21, 23, "refused at ingest");
+    for r in &rows {
+        v.push(Row { pos: r.pos, seq: r.seq, prev: r.prev, link: r.link, record: &r.record });
+    }
+    assert_eq!(v.finish().findings.iter().map(|f| f.kind).collect::<Vec<_>>(), [Kind::Gap]);
+    // Started at the checkpoint at 10, just before a gap the writer's log explains.
+    let mut v = Verifier::new("dp-1", &s.public(), cps);
+    v.start_after(10);
+    v.expect_gap(11, 12, "lost");
+    for r in rows.iter().filter(|r| r.seq > 12) {
+        v.push(Row { pos: r.pos, seq: r.seq, prev: r.prev, link: r.link, record: &r.record });
+    }
+    let r = v.finish();
+    assert_eq!(r.findings.iter().map(|f| (f.kind, f.seq)).collect::<Vec<_>>(), [(Kind::Gap, 11)]);
+    assert_eq!(r.from_checkpoint, Some(10));
+}

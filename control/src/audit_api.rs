@@ -79,6 +79,13 @@ pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
             .map_err(|e| fail(flows, e.into()))?;
             let rules =
                 crate::rulestore::RuleStore::open_read_only(rules).map_err(|e| fail(rules, e))?;
+            {
+                // One moment of both stores: ingestion writes a batch and the notes about its
+                // chain under this lock; retention signs a cut before it deletes.
+                let _ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+                crate::rulestore::hold_snapshot(&conn).map_err(|e| e.to_string())?;
+                rules.hold_snapshot().map_err(|e| e.to_string())?;
+            }
             crate::audit_verify::verify(&conn, &rules, &key, ask).map_err(|e| e.to_string())
         }
         _ => {

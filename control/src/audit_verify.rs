@@ -160,6 +160,10 @@ pub fn verify(
     let control_cps = cps.remove(CONTROL_CHAIN).unwrap_or_default();
     let after = start(&control_cps, ask.since_ms);
     let mut v = Verifier::new(CONTROL_CHAIN, key, control_cps);
+    v.start_after(after);
+    if let Some((n, _)) = rules.chain_head()? {
+        v.expect_head(n);
+    }
     let mut first_ts = None;
     rules.walk_chain(after, |e| {
         note_gap(&e.action, &e.detail, &mut gaps);
@@ -180,10 +184,13 @@ pub fn verify(
         let chain_cps = cps.remove(&name).unwrap_or_default();
         let after = start(&chain_cps, ask.since_ms);
         let mut v = Verifier::new(&name, key, chain_cps);
+        v.start_after(after);
+        v.expect_head(head_n);
         for (from, to, why) in gaps.remove(&name).unwrap_or_default() {
             v.expect_gap(from, to, &why);
         }
         let mut first_ts = None;
+        let mut columns = Vec::new();
         crate::chainstore::walk(flows, &dp, epoch, after, |r| {
             first_ts = first_ts.or(Some(r.ts_ms));
             let sent = crate::record::as_sent(&r.record, &dp);
@@ -191,25 +198,48 @@ pub fn verify(
             let prev = crate::record::chain_prev(bytes).unwrap_or(sluice_audit::GENESIS);
             let table = if r.table == 'f' { 1 } else { 2 };
             v.push(Row { pos: pos(table, r.id), seq: r.n, prev, link: r.link, record: bytes });
+            // The columns queries filter on and retention goes by must say what the record
+            // says, or a row could be hidden from a query, or aged out early, unnoticed.
+            if let Some(col) = columns_differ(&r, &dp) {
+                columns.push(FindingOut {
+                    kind: Kind::Changed.as_str(),
+                    seq: r.n,
+                    last_seq: None,
+                    row: Some(row_name(pos(table, r.id))),
+                    detail: format!("its indexed column {col} does not say what the record says"),
+                });
+            }
         })?;
-        let report = v.finish();
-        let last = report.last_seq.unwrap_or(after);
-        let mut res = result(name, Some(dp), Some(epoch), report, first_ts);
-        // The store's own head is further on than its last row: the tail went (after the last
-        // checkpoint, or there would be a finding already).
-        if head_n > last && !res.findings.iter().any(|f| f.last_seq == Some(head_n)) {
-            res.findings.push(FindingOut {
-                kind: Kind::Removed.as_str(),
-                seq: last + 1,
-                last_seq: Some(head_n),
-                row: None,
-                detail: format!("the store's chain head is at {head_n}: the records after the last stored one are gone"),
-            });
-        }
+        let mut res = result(name, Some(dp), Some(epoch), v.finish(), first_ts);
+        // A record found changed already needs no second finding for its columns.
+        columns.retain(|c| !res.findings.iter().any(|f| f.kind == c.kind && f.seq == c.seq));
+        res.findings.extend(columns);
         chains.push(res);
     }
     let clean = chains.iter().all(|c| c.findings.is_empty());
     Ok(Verification { clean, key: sluice_audit::Link(key.to_bytes()).to_hex(), chains })
+}
+
+/// The first indexed column of stored row `r` that differs from its record's text.
+fn columns_differ(r: &crate::chainstore::ChainRow, dataplane: &str) -> Option<&'static str> {
+    let sent = crate::record::as_sent(&r.record, dataplane)?;
+    let Some(row) = crate::record::Row::read(&sent, dataplane) else { return Some("record") };
+    let c = &r.columns;
+    let text = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().map(str::to_owned);
+    [
+        ("ts_ms", c.ts_ms == row.ts_ms),
+        ("identity", c.identity == text(&row.identity)),
+        ("user", c.user == text(&row.user)),
+        ("src", c.src == text(&row.src)),
+        ("sni", c.sni == text(&row.sni)),
+        ("category", c.category == text(&row.category)),
+        ("verdict", c.verdict == text(&row.verdict)),
+        ("rule", c.rule == text(&row.rule)),
+        ("detectors", r.table == 'f' || c.detectors == row.detectors()),
+    ]
+    .into_iter()
+    .find(|(_, same)| !same)
+    .map(|(name, _)| name)
 }
 
 /// Reads a gap or a refusal control wrote to its log about a data plane's chain.

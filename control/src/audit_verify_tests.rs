@@ -127,12 +127,12 @@ fn two_swapped_rows_are_reordered() {
         c.query_row("SELECT id FROM flows WHERE cn = 4", [], |r| r.get(0)).unwrap(),
         c.query_row("SELECT id FROM flows WHERE cn = 5", [], |r| r.get(0)).unwrap(),
     );
+    let cols = "record, cn, link, seq, ts_ms, identity, user, src, sni, category, verdict, rule";
     c.execute_batch(&format!(
         "CREATE TEMP TABLE t AS SELECT * FROM flows WHERE id IN ({a}, {b});
-         UPDATE flows SET record = (SELECT record FROM t WHERE id = {b}), cn = 5,
-             link = (SELECT link FROM t WHERE id = {b}) WHERE id = {a};
-         UPDATE flows SET record = (SELECT record FROM t WHERE id = {a}), cn = 4,
-             link = (SELECT link FROM t WHERE id = {a}) WHERE id = {b};"
+         UPDATE flows SET seq = -seq WHERE id IN ({a}, {b});
+         UPDATE flows SET ({cols}) = (SELECT {cols} FROM t WHERE id = {b}) WHERE id = {a};
+         UPDATE flows SET ({cols}) = (SELECT {cols} FROM t WHERE id = {a}) WHERE id = {b};"
     ))
     .unwrap();
     let f = found(&run(&w));
@@ -211,4 +211,21 @@ fn a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such() {
     let f = found(&v);
     assert_eq!(f, [(CH.into(), "gap", 6, Some(6))]);
     assert!(v.chains[1].findings[0].detail.contains("refused at ingest"));
+}
+
+#[test]
+fn an_indexed_column_changed_alone_is_found_and_does_not_fool_retention() {
+    let mut w = world(40);
+    // Made to look old (and to hide from a time window): the record still says otherwise.
+    sql(&w, "UPDATE flows SET ts_ms = 0 WHERE cn = 31");
+    let f = found(&run(&w));
+    assert_eq!(f, [(CH.into(), "changed", 31, None)]);
+    assert!(run(&w).chains[1].findings[0].detail.contains("ts_ms"));
+    // Retention does not take positions 1..31 for it: only what is old by its record.
+    let cuts = w.flows.retention_cuts(1_000 + 17, u64::MAX).unwrap();
+    assert_eq!(cuts.iter().map(|c| c.n).collect::<Vec<_>>(), [16]);
+    let w2 = world(10);
+    sql(&w2, "UPDATE requests SET verdict = 'allow-ish' WHERE cn = 3");
+    assert_eq!(found(&run(&w2)), [(CH.into(), "changed", 3, None)]);
+    let _ = &mut w;
 }

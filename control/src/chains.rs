@@ -88,6 +88,9 @@ pub fn admit(head: &mut Option<Head>, chain: &Chain) -> Admit {
     }
     let (epoch, event) = match *head {
         None if n == 1 && prev == GENESIS => (0, None),
+        _ if n == 1 && prev != GENESIS => {
+            return Admit::Refuse("the first record of a chain that does not start it");
+        }
         None => (0, Some(Event::Gap { from: 1, to: n - 1 })),
         Some(h) if n == h.n + 1 && prev == h.link => (h.epoch, None),
         Some(h) if n == 1 && prev == GENESIS => (h.epoch + 1, Some(Event::Restart)),
@@ -168,6 +171,9 @@ mod tests {
             Admit::Store { epoch: 1, n: 1, event: Some(Event::Restart), .. }
         ));
         let _ = l2;
+        // A first position that does not start a chain: refused.
+        let mut h2 = head;
+        assert!(matches!(admit(&mut h2, &linked(1, any)), Admit::Refuse(_)));
         // A store that begins in the middle of a chain says what it never had.
         let mut fresh = None;
         assert!(matches!(

@@ -149,6 +149,31 @@ pub struct ChainRow {
     pub record: String,
     /// Unix ms of the record.
     pub ts_ms: u64,
+    /// The indexed columns as stored.
+    pub columns: Columns,
+}
+
+/// A record row's indexed columns (queries filter on them, retention goes by `ts_ms`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// `ts_ms`.
+    pub ts_ms: u64,
+    /// `identity`.
+    pub identity: Option<String>,
+    /// `user`.
+    pub user: Option<String>,
+    /// `src`.
+    pub src: Option<String>,
+    /// `sni`.
+    pub sni: Option<String>,
+    /// `category`.
+    pub category: Option<String>,
+    /// `verdict`.
+    pub verdict: Option<String>,
+    /// `rule`.
+    pub rule: Option<String>,
+    /// `detectors` (requests only).
+    pub detectors: Option<String>,
 }
 
 /// Calls `f` with every row of chain (`dataplane`, `epoch`) after position `after`, in storage
@@ -162,9 +187,11 @@ pub fn walk(
     mut f: impl FnMut(ChainRow),
 ) -> Result<(), StoreError> {
     let sql = |t: &str| {
+        let detectors = if t == "requests" { "detectors" } else { "NULL" };
         format!(
-            "SELECT id, cn, link, record, ts_ms FROM {t}
-             WHERE dataplane = ?1 AND ce = ?2 AND cn > ?3 ORDER BY id"
+            "SELECT id, cn, link, record, ts_ms, identity, user, src, sni, category, verdict, rule,
+                    {detectors}
+             FROM {t} WHERE dataplane = ?1 AND ce = ?2 AND cn > ?3 ORDER BY id"
         )
     };
     let (mut a, mut b) = (conn.prepare(&sql("flows"))?, conn.prepare(&sql("requests"))?);
@@ -177,6 +204,17 @@ pub fn walk(
                 link: link_of(&r.get::<_, Vec<u8>>(2).unwrap_or_default()),
                 record: r.get(3)?,
                 ts_ms: u(r.get(4)?),
+                columns: Columns {
+                    ts_ms: u(r.get(4)?),
+                    identity: r.get(5)?,
+                    user: r.get(6)?,
+                    src: r.get(7)?,
+                    sni: r.get(8)?,
+                    category: r.get(9)?,
+                    verdict: r.get(10)?,
+                    rule: r.get(11)?,
+                    detectors: r.get(12)?,
+                },
             })
         }
     };
@@ -217,7 +255,8 @@ pub struct Cut {
 /// The cuts retention makes: per chain, the highest position among rows older than
 /// `older_than_ms` or among the oldest beyond `max_rows` of their table.
 pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<Cut>, StoreError> {
-    let mut at: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    // Per chain: the highest position due by age, and by count.
+    let mut at: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
     for t in TABLES {
         let threshold: i64 = conn
             .query_row(
@@ -227,36 +266,104 @@ pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<
             )
             .optional()?
             .unwrap_or(0);
-        let mut st = conn.prepare(&format!(
-            "SELECT dataplane, ce, MAX(cn) FROM {t}
-             WHERE cn IS NOT NULL AND (ts_ms < ?1 OR id <= ?2) GROUP BY dataplane, ce"
-        ))?;
-        let rows = st.query_map(params![i(older_than_ms), threshold], |r| {
-            Ok(((r.get::<_, String>(0)?, u(r.get(1)?)), u(r.get(2)?)))
-        })?;
-        for row in rows {
-            let (k, n) = row?;
-            let e = at.entry(k).or_insert(n);
-            *e = (*e).max(n);
+        for (criterion, by_age) in [("ts_ms < ?1", true), ("id <= ?1", false)] {
+            let mut st = conn.prepare(&format!(
+                "SELECT dataplane, ce, MAX(cn) FROM {t}
+                 WHERE cn IS NOT NULL AND {criterion} GROUP BY dataplane, ce"
+            ))?;
+            let bound = if by_age { i(older_than_ms) } else { threshold };
+            let rows = st.query_map([bound], |r| {
+                Ok(((r.get::<_, String>(0)?, u(r.get(1)?)), u(r.get(2)?)))
+            })?;
+            for row in rows {
+                let (k, n) = row?;
+                let e = at.entry(k).or_default();
+                if by_age {
+                    e.0 = e.0.max(n);
+                } else {
+                    e.1 = e.1.max(n);
+                }
+            }
         }
     }
     let mut out = Vec::new();
-    for ((dataplane, epoch), n) in at {
-        let mut link = None;
-        for t in TABLES {
-            link = link.or(conn
-                .query_row(
-                    &format!("SELECT link FROM {t} WHERE dataplane = ?1 AND ce = ?2 AND cn = ?3"),
-                    params![dataplane, i(epoch), i(n)],
-                    |r| r.get::<_, Vec<u8>>(0),
-                )
-                .optional()?);
+    for ((dataplane, epoch), (by_age, by_count)) in at {
+        let mut n = by_count;
+        // The age comes from an indexed column: believed only when the record says the same
+        // (a row made to look old would otherwise take every position before it along).
+        if by_age > n {
+            match row_at(conn, &dataplane, epoch, by_age)? {
+                Some((_, ts)) if ts < older_than_ms => n = by_age,
+                _ => {
+                    tracing::error!(
+                        dataplane,
+                        position = by_age,
+                        "retention: a row's ts_ms column says it is old and its record does not; not cut there"
+                    );
+                    n = n.max(old_by_record(conn, &dataplane, epoch, older_than_ms)?);
+                }
+            }
         }
-        if let Some(l) = link {
-            out.push(Cut { dataplane, epoch, n, link: link_of(&l) });
+        if n == 0 {
+            continue;
+        }
+        if let Some((link, _)) = row_at(conn, &dataplane, epoch, n)? {
+            out.push(Cut { dataplane, epoch, n, link });
         }
     }
     Ok(out)
+}
+
+/// The highest position of a chain old by its column and by its record alike.
+fn old_by_record(
+    conn: &Connection,
+    dataplane: &str,
+    epoch: u64,
+    older_than_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for t in TABLES {
+        let m: Option<i64> = conn.query_row(
+            &format!(
+                "SELECT MAX(cn) FROM {t} WHERE dataplane = ?1 AND ce = ?2 AND ts_ms < ?3
+                 AND json_extract(record, '$.ts_ms') < ?3"
+            ),
+            params![dataplane, i(epoch), i(older_than_ms)],
+            |r| r.get(0),
+        )?;
+        n = n.max(m.map_or(0, u));
+    }
+    Ok(n)
+}
+
+/// The link and the record's own `ts_ms` of position `n` of a chain.
+fn row_at(
+    conn: &Connection,
+    dataplane: &str,
+    epoch: u64,
+    n: u64,
+) -> Result<Option<(Link, u64)>, StoreError> {
+    for t in TABLES {
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT link, json_extract(record, '$.ts_ms') FROM {t}
+                     WHERE dataplane = ?1 AND ce = ?2 AND cn = ?3"
+                ),
+                params![dataplane, i(epoch), i(n)],
+                |r| {
+                    Ok((
+                        link_of(&r.get::<_, Vec<u8>>(0)?),
+                        u(r.get::<_, Option<i64>>(1)?.unwrap_or(0)),
+                    ))
+                },
+            )
+            .optional()?;
+        if row.is_some() {
+            return Ok(row);
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes the chained rows at or before each cut. Returns how many.

@@ -167,7 +167,7 @@ async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> 
 }
 
 async fn list_identities(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read).or_else(|_| authorize(&s, &h, Need::Feed)) {
+    if let Err(r) = crate::api::authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
         return r;
     }
     reply(s.identities.lock().unwrap_or_else(|p| p.into_inner()).all())

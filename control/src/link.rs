@@ -600,14 +600,17 @@ fn store_batch(
         .rev()
         .find(|r| r.kind == RecordKind::Stats)
         .and_then(|r| serde_json::from_str(&r.json).ok());
-    let (fresh, found, notes) = {
+    let (fresh, found) = {
         let mut store = lock!(state.flows);
         let fresh = store.ingest(name, &rows)?;
-        (fresh, store.take_discovered(), store.take_chain_notes())
+        let (found, notes) = (store.take_discovered(), store.take_chain_notes());
+        // Written while the store is still locked: verification takes its snapshots of both
+        // stores under this lock, so it never sees a gap without the note that explains it.
+        if !found.is_empty() || !notes.is_empty() {
+            audit_ingest(state, name, &found, &notes);
+        }
+        (fresh, found)
     };
-    if !found.is_empty() || !notes.is_empty() {
-        audit_ingest(state, name, &found, &notes);
-    }
     for d in found {
         tracing::info!(dataplane = %name, discovery = %d, "new AI client");
         state.hub.publish_value(d);

@@ -120,6 +120,12 @@ impl RuleStore {
         &self.db
     }
 
+    /// Begins a read transaction and reads once, so that everything read until it ends sees
+    /// the store as it is now (verification beside the daemon's writes).
+    pub fn hold_snapshot(&self) -> Result<(), StoreError> {
+        hold_snapshot(&self.db)
+    }
+
     /// A store in memory (tests).
     pub fn open_in_memory() -> Result<Self, StoreError> {
         RuleStore::init(Connection::open_in_memory()?)
@@ -342,6 +348,13 @@ impl RuleStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Pins what `db` reads to one snapshot (a read transaction, begun by its first read).
+pub fn hold_snapshot(db: &Connection) -> Result<(), StoreError> {
+    db.execute_batch("BEGIN")?;
+    db.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+    Ok(())
 }
 
 /// The last chained entry's position and link.

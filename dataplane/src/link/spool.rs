@@ -153,7 +153,7 @@ fn seq_of(line: &[u8]) -> Option<u64> {
 fn scan(path: &Path, first: u64) -> io::Result<(u64, u64, Option<chain::Head>)> {
     let mut r = BufReader::new(File::open(path)?);
     let (mut end, mut good, mut line) = (first, 0u64, Vec::new());
-    let mut head = None;
+    let mut last_chained: Option<Vec<u8>> = None;
     loop {
         line.clear();
         let n = r.read_until(b'\n', &mut line)?;
@@ -164,9 +164,13 @@ fn scan(path: &Path, first: u64) -> io::Result<(u64, u64, Option<chain::Head>)> 
             Some(s) if s >= end => end = s + 1,
             _ => break,
         }
-        head = chain::after(&line[..line.len() - 1]).or(head);
+        if chain::read(&line).is_some() {
+            // Only the last one's link is needed: kept, hashed once after the scan.
+            last_chained.get_or_insert_with(Vec::new).clone_from(&line);
+        }
         good += n as u64;
     }
+    let head = last_chained.and_then(|l| chain::after(&l[..l.len() - 1]));
     let len = std::fs::metadata(path)?.len();
     if len != good {
         tracing::warn!(file = %path.display(), cut = len - good, "spool: torn record cut off");
@@ -586,8 +590,12 @@ impl Spool {
 
     /// Closes the active segment and starts a new one at `first`.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
-        // The chain's head is kept before the segments holding its last lines may go.
-        chain::store(&self.dir, &self.chain)?;
+        // The chain's head is kept before the segments holding its last lines may go. Should
+        // that fail (a full disk), the next start begins a new chain, which control reports:
+        // better than refusing to rotate (and to drop acknowledged segments) at all.
+        if let Err(e) = chain::store(&self.dir, &self.chain) {
+            tracing::warn!("spool: keeping the record chain's head failed: {e}");
+        }
         let path = seg_path(&self.dir, first);
         let old = std::mem::replace(
             &mut self.active,
@@ -632,8 +640,11 @@ impl Spool {
         tracing::warn!(
             from = self.next_seq(),
             to = last + 1,
-            "spool: numbering continues after control's last record"
+            "spool: numbering continues after control's last record; the record chain starts again"
         );
+        // Control holds chain positions this spool no longer knows of (its tail was lost):
+        // continuing the old head would reuse them. A new chain is what happened.
+        self.chain = chain::Head::default();
         self.rotate(last + 1)?;
         self.ack(last)
     }

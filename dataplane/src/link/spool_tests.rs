@@ -329,5 +329,12 @@ fn flows_and_requests_are_chained_across_writes_failures_and_restarts() {
     assert_eq!(s.chain, head);
     s.append(&typed("flow", 2)).unwrap();
     assert_eq!(walk(&mut s, head).next, 10);
+    // Control holds more than this spool knows of (its tail was lost): a new chain begins,
+    // rather than positions control already holds being used again.
+    s.skip_to(s.next_seq() + 50).unwrap();
+    assert_eq!(s.chain, chain::Head::default());
+    s.append(&typed("request", 1)).unwrap();
+    drop(s);
+    assert_eq!(Spool::open(&d, 1 << 30).unwrap().chain.next, 2);
     std::fs::remove_dir_all(&d).unwrap();
 }
