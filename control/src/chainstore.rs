@@ -99,6 +99,10 @@ pub type Heads = BTreeMap<(String, u64), (u64, Link)>;
 /// (the newest epoch of each data plane is in `chain_heads`; older epochs are read from their
 /// rows).
 pub fn heads(conn: &Connection) -> Result<Heads, StoreError> {
+    type Entry = ((String, u64), (u64, Link));
+    let read = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Entry> {
+        Ok(((r.get(0)?, u(r.get(1)?)), (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?))))
+    };
     let mut out = BTreeMap::new();
     for t in TABLES {
         let mut st = conn.prepare(&format!(
@@ -106,13 +110,7 @@ pub fn heads(conn: &Connection) -> Result<Heads, StoreError> {
             "SELECT dataplane, ce, MAX(cn), link FROM {t} WHERE cn IS NOT NULL
              GROUP BY dataplane, ce"
         ))?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                (r.get::<_, String>(0)?, u(r.get(1)?)),
-                (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?)),
-            ))
-        })?;
-        for row in rows {
+        for row in st.query_map([], read)? {
             let (k, v) = row?;
             let e = out.entry(k).or_insert(v);
             if v.0 > e.0 {
@@ -121,13 +119,7 @@ pub fn heads(conn: &Connection) -> Result<Heads, StoreError> {
         }
     }
     let mut st = conn.prepare("SELECT dataplane, epoch, n, link FROM chain_heads")?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            (r.get::<_, String>(0)?, u(r.get(1)?)),
-            (u(r.get(2)?), link_of(&r.get::<_, Vec<u8>>(3)?)),
-        ))
-    })?;
-    for row in rows {
+    for row in st.query_map([], read)? {
         let (k, v) = row?;
         out.insert(k, v);
     }
