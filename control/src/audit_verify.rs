@@ -192,7 +192,7 @@ pub fn verify(
         let mut first_ts = None;
         let mut columns = Vec::new();
         crate::chainstore::walk(flows, &dp, epoch, after, |r| {
-            first_ts = first_ts.or(Some(r.ts_ms));
+            first_ts = first_ts.or(Some(r.columns.ts_ms));
             let sent = crate::record::as_sent(&r.record, &dp);
             let bytes = sent.as_deref().unwrap_or(&r.record).as_bytes();
             let prev = crate::record::chain_prev(bytes).unwrap_or(sluice_audit::GENESIS);

@@ -1,19 +1,123 @@
 //! The data planes' chains in the record store (ARCHITECTURE.md, "Evidence"): flow and
 //! request rows carry their chain (`ce`, the data plane's epoch), position (`cn`) and link;
 //! `chain_heads` keeps where each data plane's chain stands so ingest checks the next record
-//! without a scan. This module reads the rows back in storage order for verification and
-//! cuts chains for retention, each at one position across both tables.
+//! without a scan. This module places each record at ingest ([`place`], on the pure decision
+//! of [`crate::chains::admit`], noting refusals, gaps and restarts), reads the rows back in
+//! storage order for verification and cuts chains for retention, each at one position across
+//! both tables.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
 use sluice_audit::Link;
 
-use crate::chains::Head;
+use crate::chains::{Admit, Event, Head, admit};
+use crate::record::{Chain, RecordKind, Row};
 use crate::store::StoreError;
 
 /// The record tables a chain runs through.
 const TABLES: [&str; 2] = ["flows", "requests"];
+
+/// Something an ingest said about a data plane's chain: a refused record, a gap, a restart.
+/// Control writes each to its own chain (the audit log) and raises it as an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainNote {
+    /// The audit action (`chain.refused`, `chain.gap`, `chain.restart`).
+    pub action: &'static str,
+    /// The details, as JSON text (a refused record's text included).
+    pub detail: String,
+}
+
+/// Where ingest puts a flow or request record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// At position `n` of chain `epoch`, with its link.
+    Chain {
+        /// The data plane's chain.
+        epoch: u64,
+        /// Position.
+        n: u64,
+        /// Its link.
+        link: Link,
+    },
+    /// Outside any chain (a data plane that does not chain).
+    Plain,
+    /// Nowhere: a copy already stored, or refused (noted).
+    Nowhere,
+}
+
+/// Decides where record `r` of `dataplane` goes, its chain standing at `head` (moved on);
+/// what is worth saying about the chain is added to `notes`.
+pub(crate) fn place(
+    conn: &Connection,
+    dataplane: &str,
+    r: &Row<'_>,
+    head: &mut Option<Head>,
+    notes: &mut Vec<ChainNote>,
+) -> Result<Place, StoreError> {
+    Ok(match admit(head, &r.chain) {
+        Admit::Plain => Place::Plain,
+        Admit::Store { epoch, n, link, event } => {
+            if let Some(e) = event {
+                notes.push(chain_note(dataplane, r, &e, epoch, n));
+            }
+            Place::Chain { epoch, n, link }
+        }
+        Admit::Taken if stored(conn, r.kind, dataplane, i(r.seq))? => Place::Nowhere,
+        Admit::Taken => {
+            notes.push(refused(dataplane, r, "its chain position is taken", None));
+            Place::Nowhere
+        }
+        Admit::Refuse(why) => {
+            let at = match (r.chain, *head) {
+                (Chain::Linked { n, .. }, Some(h)) if h.n == n => Some((h.epoch, n)),
+                _ => None,
+            };
+            notes.push(refused(dataplane, r, why, at));
+            Place::Nowhere
+        }
+    })
+}
+
+/// True when a record of `kind` with sequence number `seq` of `dataplane` is stored.
+fn stored(
+    conn: &Connection,
+    kind: RecordKind,
+    dataplane: &str,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let t = if kind == RecordKind::Flow { "flows" } else { "requests" };
+    let sql = format!("SELECT 1 FROM {t} WHERE dataplane = ?1 AND seq = ?2");
+    Ok(conn.prepare_cached(&sql)?.exists(params![dataplane, seq])?)
+}
+
+/// The note of a record refused for `why` (its text kept in the note: records hold no secret);
+/// `at`: the chain (epoch) and position it claimed, which stays empty in the store.
+fn refused(dataplane: &str, r: &Row<'_>, why: &str, at: Option<(u64, u64)>) -> ChainNote {
+    let record: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
+    let mut detail = serde_json::json!({
+        "dataplane": dataplane, "seq": r.seq, "reason": why, "record": record,
+    });
+    if let Some((epoch, n)) = at {
+        detail["chain"] = crate::chains::chain_name(dataplane, epoch).into();
+        detail["n"] = n.into();
+    }
+    ChainNote { action: "chain.refused", detail: detail.to_string() }
+}
+
+/// The note of a discontinuity before record `r`, stored at position `n` of chain `epoch`.
+fn chain_note(dataplane: &str, r: &Row<'_>, e: &Event, epoch: u64, n: u64) -> ChainNote {
+    let mut detail = serde_json::json!({
+        "dataplane": dataplane, "chain": crate::chains::chain_name(dataplane, epoch),
+        "epoch": epoch, "seq": r.seq, "n": n,
+    });
+    if let Event::Gap { from, to } = e {
+        detail["from"] = (*from).into();
+        detail["to"] = (*to).into();
+    }
+    ChainNote { action: e.action(), detail: detail.to_string() }
+}
 
 /// Adds the chain columns to a store made before chains, and the heads' table.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -139,8 +243,6 @@ pub struct ChainRow {
     pub link: Link,
     /// Stored text.
     pub record: String,
-    /// Unix ms of the record.
-    pub ts_ms: u64,
     /// The indexed columns as stored.
     pub columns: Columns,
 }
@@ -195,7 +297,6 @@ pub fn walk(
                 n: u(r.get(1)?),
                 link: link_of(&r.get::<_, Vec<u8>>(2).unwrap_or_default()),
                 record: r.get(3)?,
-                ts_ms: u(r.get(4)?),
                 columns: Columns {
                     ts_ms: u(r.get(4)?),
                     identity: r.get(5)?,

@@ -8,50 +8,13 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 
-use crate::chains::{Admit, Event, Head};
+use crate::chains::Head;
+pub use crate::chainstore::ChainNote;
+use crate::chainstore::Place;
 use crate::record::{RecordKind, Row};
 
 fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// True when a record of `kind` with sequence number `seq` of `dataplane` is stored.
-fn stored(
-    conn: &Connection,
-    kind: RecordKind,
-    dataplane: &str,
-    seq: i64,
-) -> Result<bool, StoreError> {
-    let t = if kind == RecordKind::Flow { "flows" } else { "requests" };
-    let sql = format!("SELECT 1 FROM {t} WHERE dataplane = ?1 AND seq = ?2");
-    Ok(conn.prepare_cached(&sql)?.exists(params![dataplane, seq])?)
-}
-
-/// The note of a record refused for `why` (its text kept in the note: records hold no secret);
-/// `at`: the chain (epoch) and position it claimed, which stays empty in the store.
-fn refused(dataplane: &str, r: &Row<'_>, why: &str, at: Option<(u64, u64)>) -> ChainNote {
-    let record: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
-    let mut detail = serde_json::json!({
-        "dataplane": dataplane, "seq": r.seq, "reason": why, "record": record,
-    });
-    if let Some((epoch, n)) = at {
-        detail["chain"] = crate::chains::chain_name(dataplane, epoch).into();
-        detail["n"] = n.into();
-    }
-    ChainNote { action: "chain.refused", detail: detail.to_string() }
-}
-
-/// The note of a discontinuity before record `r`, stored at position `n` of chain `epoch`.
-fn chain_note(dataplane: &str, r: &Row<'_>, e: &Event, epoch: u64, n: u64) -> ChainNote {
-    let mut detail = serde_json::json!({
-        "dataplane": dataplane, "chain": crate::chains::chain_name(dataplane, epoch),
-        "epoch": epoch, "seq": r.seq, "n": n,
-    });
-    if let Event::Gap { from, to } = e {
-        detail["from"] = (*from).into();
-        detail["to"] = (*to).into();
-    }
-    ChainNote { action: e.action(), detail: detail.to_string() }
 }
 
 /// Errors of the store.
@@ -172,16 +135,6 @@ pub struct FlowStore {
     heads: std::collections::HashMap<String, Option<Head>>,
     /// What the ingests said of chains since the last [`FlowStore::take_chain_notes`].
     notes: Vec<ChainNote>,
-}
-
-/// Something an ingest said about a data plane's chain: a refused record, a gap, a restart.
-/// Control writes each to its own chain (the audit log) and raises it as an alert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainNote {
-    /// The audit action (`chain.refused`, `chain.gap`, `chain.restart`).
-    pub action: &'static str,
-    /// The details, as JSON text (a refused record's text included).
-    pub detail: String,
 }
 
 const SCHEMA: &str = "
@@ -325,31 +278,12 @@ impl FlowStore {
                 let (sni, category, verdict, rule) = (&r.sni, &r.category, &r.verdict, &r.rule);
                 let (mut ce, mut cn, mut link) = (None, None, None);
                 if matches!(r.kind, RecordKind::Flow | RecordKind::Request) {
-                    match crate::chains::admit(&mut head, &r.chain) {
-                        Admit::Plain => {}
-                        Admit::Store { epoch, n, link: l, event } => {
+                    match crate::chainstore::place(&tx, dataplane, r, &mut head, &mut notes)? {
+                        Place::Plain => {}
+                        Place::Chain { epoch, n, link: l } => {
                             (ce, cn, link) = (Some(i(epoch)), Some(i(n)), Some(l));
-                            if let Some(e) = event {
-                                notes.push(chain_note(dataplane, r, &e, epoch, n));
-                            }
                         }
-                        Admit::Taken if stored(&tx, r.kind, dataplane, seq)? => {
-                            fresh.push(false);
-                            continue;
-                        }
-                        Admit::Taken => {
-                            notes.push(refused(dataplane, r, "its chain position is taken", None));
-                            fresh.push(false);
-                            continue;
-                        }
-                        Admit::Refuse(why) => {
-                            let at = match (r.chain, head) {
-                                (crate::record::Chain::Linked { n, .. }, Some(h)) if h.n == n => {
-                                    Some((h.epoch, n))
-                                }
-                                _ => None,
-                            };
-                            notes.push(refused(dataplane, r, why, at));
+                        Place::Nowhere => {
                             fresh.push(false);
                             continue;
                         }
@@ -665,177 +599,5 @@ impl FlowStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    /// Rows as the link reads them (`seq` set, data plane named).
-    fn rows(dp: &str, recs: &[(u64, Value)]) -> Vec<Row<'static>> {
-        recs.iter()
-            .map(|(seq, v)| {
-                let mut v = v.clone();
-                v["seq"] = (*seq).into();
-                Row::read_value(v, dp).unwrap()
-            })
-            .collect()
-    }
-
-    fn rec(i: u64) -> Value {
-        let (identity, verdict) = match i % 3 {
-            0 => ("finance", "allow"),
-            1 => ("engineering", "allow"),
-            _ => ("unknown", "block"),
-        };
-        json!({"type": "flow", "event": "end", "ts_ms": 1_000 + i, "identity": identity, "verdict": verdict,
-               "sni": if i.is_multiple_of(2) { "api.openai.com" } else { "example.org" }, "src": format!("10.20.{}.{}", i % 3, i % 250),
-               "rule": "r", "category": null, "flow_id": i})
-    }
-
-    #[test]
-    fn ingest_dedup_filters_and_pages() {
-        let mut s = FlowStore::open_in_memory().unwrap();
-        let batch: Vec<(u64, Value)> = (0..300).map(|i| (i, rec(i))).collect();
-        let stored = |v: Vec<bool>| v.into_iter().filter(|f| *f).count();
-        assert_eq!(stored(s.ingest("dp1", &rows("dp1", &batch)).unwrap()), 300);
-        // A replay after a reconnect stores nothing twice; another data plane is separate.
-        assert_eq!(stored(s.ingest("dp1", &rows("dp1", &batch[250..])).unwrap()), 0);
-        assert_eq!(stored(s.ingest("dp2", &rows("dp2", &batch[..10])).unwrap()), 10);
-        // Statistics are not stored.
-        assert_eq!(
-            s.ingest("dp1", &rows("dp1", &[(1000, json!({"type": "stats"}))])).unwrap(),
-            vec![false]
-        );
-        assert_eq!(s.count().unwrap(), 310);
-        assert_eq!(s.last_seq("dp1").unwrap(), Some(299));
-        assert_eq!(s.last_seq("dp9").unwrap(), None);
-
-        let blocked = FlowFilter { verdict: Some("block".into()), ..Default::default() };
-        let mut seen = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = s.query(&blocked, cursor, 7).unwrap();
-            seen.extend(page.records.iter().map(|r| r["flow_id"].as_u64().unwrap()));
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        let mut want: Vec<u64> =
-            (0..300).filter(|i| i % 3 == 2).chain((0..10).filter(|i| i % 3 == 2)).collect();
-        want.sort_unstable();
-        let mut got = seen.clone();
-        got.sort_unstable();
-        assert_eq!(got, want, "every blocked record exactly once across pages");
-
-        let f = FlowFilter {
-            identity: Some("finance".into()),
-            sni: Some("api.openai.com".into()),
-            since_ms: Some(1_100),
-            until_ms: Some(1_200),
-            ..Default::default()
-        };
-        let page = s.query(&f, None, 1000).unwrap();
-        assert!(
-            page.records.iter().all(|r| r["identity"] == "finance" && r["sni"] == "api.openai.com")
-        );
-        assert_eq!(
-            page.records.len(),
-            (100..200).filter(|i: &u32| i.is_multiple_of(3) && i.is_multiple_of(2)).count()
-        );
-        assert_eq!(page.next, None);
-    }
-
-    #[test]
-    fn requests_have_their_table_and_detector_filter() {
-        let mut s = FlowStore::open_in_memory().unwrap();
-        let req = |i: u64, det: &str| {
-            json!({"type": "request", "ts_ms": i, "identity": "finance", "verdict": "block",
-                   "dlp_findings": [{"detector": det, "count": 1, "paths": [], "hashes": []}]})
-        };
-        let batch = vec![
-            (1, req(1, "credit_card")),
-            (2, req(2, "aws_access_key_id")),
-            (3, rec(3)),
-            (4, req(4, "a_b")),
-        ];
-        assert_eq!(s.ingest("dp", &rows("dp", &batch)).unwrap(), vec![true; 4]);
-        assert_eq!(s.count_of(Kind::Requests).unwrap(), 3);
-        assert_eq!(s.count_of(Kind::Flows).unwrap(), 1);
-        assert_eq!(s.last_seq("dp").unwrap(), Some(4));
-        let f = |d: &str| FlowFilter { detector: Some(d.into()), ..Default::default() };
-        let got = s.query_kind(Kind::Requests, &f("credit_card"), None, 10).unwrap();
-        assert_eq!(got.records.len(), 1);
-        assert_eq!(got.records[0]["ts_ms"], 1);
-        // LIKE wildcards in the filter are literal: `a_b` does not match `aXb`-like names.
-        assert_eq!(s.query_kind(Kind::Requests, &f("a%"), None, 10).unwrap().records.len(), 0);
-        assert_eq!(s.query_kind(Kind::Requests, &f("a_b"), None, 10).unwrap().records.len(), 1);
-        assert_eq!(
-            s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(),
-            0
-        );
-    }
-
-    #[test]
-    fn usage_adds_up_tokens_per_key_since_a_time() {
-        let mut s = FlowStore::open_in_memory().unwrap();
-        let req = |ts: u64, user: &str, model: &str, tokens: Option<(u64, u64)>| {
-            let mut v = json!({"type": "request", "ts_ms": ts, "identity": "finance", "user": user,
-                               "verdict": "allow", "model": model});
-            if let Some((i, o)) = tokens {
-                v["input_tokens"] = json!(i);
-                v["output_tokens"] = json!(o);
-                v["cached_tokens"] = json!(1);
-            }
-            v
-        };
-        let batch = vec![
-            (1, req(100, "alice", "gpt-4o", Some((5, 4)))),
-            (2, req(200, "alice", "gpt-4o-mini", Some((10, 1)))),
-            (3, req(300, "bob", "gpt-4o", None)),
-            (4, req(50, "bob", "gpt-4o", Some((1000, 1000)))),
-        ];
-        s.ingest("dp", &rows("dp", &batch)).unwrap();
-        let by_user = s.usage(100, UsageBy::User).unwrap();
-        assert_eq!(by_user.len(), 2);
-        assert_eq!(
-            (by_user[0].key.as_deref(), by_user[0].requests, by_user[0].input_tokens),
-            (Some("alice"), 2, 15)
-        );
-        assert_eq!((by_user[0].output_tokens, by_user[0].cached_tokens), (5, 2));
-        assert_eq!(
-            (by_user[1].key.as_deref(), by_user[1].requests, by_user[1].input_tokens),
-            (Some("bob"), 1, 0)
-        );
-        let by_model = s.usage(0, UsageBy::Model).unwrap();
-        assert_eq!(by_model[0].key.as_deref(), Some("gpt-4o"));
-        assert_eq!((by_model[0].requests, by_model[0].input_tokens), (3, 1005));
-    }
-
-    #[test]
-    fn prune_by_age_and_size() {
-        let mut s = FlowStore::open_in_memory().unwrap();
-        let batch: Vec<(u64, Value)> = (0..100).map(|i| (i, rec(i))).collect();
-        s.ingest("dp", &rows("dp", &batch)).unwrap();
-        assert_eq!(s.prune(1_010, u64::MAX).unwrap(), 10);
-        assert_eq!(s.prune(0, 50).unwrap(), 40);
-        assert_eq!(s.count().unwrap(), 50);
-        let newest = s.query(&FlowFilter::default(), None, 1).unwrap();
-        assert_eq!(newest.records[0]["flow_id"], 99);
-    }
-
-    #[test]
-    fn file_store_survives_reopen() {
-        let path = std::env::temp_dir().join(format!("sluice-store-{}.db", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        {
-            let mut s = FlowStore::open(&path).unwrap();
-            s.ingest("dp", &rows("dp", &[(1, rec(1)), (2, rec(2))])).unwrap();
-        }
-        let s = FlowStore::open(&path).unwrap();
-        assert_eq!(s.count().unwrap(), 2);
-        drop(s);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;
