@@ -12,7 +12,7 @@ pub mod checkpoint;
 pub mod verify;
 
 pub use chain::{GENESIS, Link, link};
-pub use checkpoint::{Checkpoint, CheckpointError, Signer};
+pub use checkpoint::{Checkpoint, CheckpointError, Signer, verify_manifest};
 pub use verify::{Finding, Kind, Report, Row, Verifier};
 
 /// The public key type checkpoints verify under.

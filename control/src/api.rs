@@ -567,6 +567,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::approvals_api::routes())
         .merge(crate::recordings_api::routes())
         .merge(crate::audit_api::routes())
+        .merge(crate::evidence_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

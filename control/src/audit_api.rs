@@ -67,6 +67,17 @@ pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
         return Err("this control daemon has no signing key".into());
     };
     let key = cp.lock().unwrap_or_else(PoisonError::into_inner).public();
+    with_stores(s, |flows, rules| {
+        crate::audit_verify::verify(flows, rules, &key, ask).map_err(|e| e.to_string())
+    })
+}
+
+/// Calls `f` with both stores as they are at one moment: files on connections of their own
+/// (read-only), so that ingestion goes on; stores in memory under their locks.
+pub fn with_stores<T>(
+    s: &AppState,
+    f: impl FnOnce(&rusqlite::Connection, &crate::rulestore::RuleStore) -> Result<T, String>,
+) -> Result<T, String> {
     let fail = |what: &std::path::Path, e: crate::store::StoreError| {
         format!("opening {} to verify: {e}", what.display())
     };
@@ -86,13 +97,12 @@ pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
                 crate::rulestore::hold_snapshot(&conn).map_err(|e| e.to_string())?;
                 rules.hold_snapshot().map_err(|e| e.to_string())?;
             }
-            crate::audit_verify::verify(&conn, &rules, &key, ask).map_err(|e| e.to_string())
+            f(&conn, &rules)
         }
         _ => {
             let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
             let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
-            crate::audit_verify::verify(flows.connection(), &rules, &key, ask)
-                .map_err(|e| e.to_string())
+            f(flows.connection(), &rules)
         }
     }
 }

@@ -89,7 +89,7 @@ fn pos(table: u64, id: i64) -> u64 {
     (table << 62) | (u64::try_from(id).unwrap_or(0) & ((1 << 62) - 1))
 }
 
-fn out(f: Finding) -> FindingOut {
+pub(crate) fn out(f: Finding) -> FindingOut {
     FindingOut {
         kind: f.kind.as_str(),
         seq: f.seq,
@@ -99,7 +99,7 @@ fn out(f: Finding) -> FindingOut {
     }
 }
 
-fn result(
+pub(crate) fn result(
     chain: String,
     dataplane: Option<String>,
     epoch: Option<u64>,
@@ -121,10 +121,10 @@ fn result(
 }
 
 /// Checkpoints by chain name.
-type ByChain = HashMap<String, Vec<Checkpoint>>;
+pub(crate) type ByChain = HashMap<String, Vec<Checkpoint>>;
 
 /// The checkpoints as stored, by chain; lines that do not read are findings of their own.
-fn checkpoints(rules: &RuleStore) -> Result<(ByChain, Vec<FindingOut>), StoreError> {
+pub(crate) fn checkpoints(rules: &RuleStore) -> Result<(ByChain, Vec<FindingOut>), StoreError> {
     let mut by_chain: HashMap<String, Vec<Checkpoint>> = HashMap::new();
     let mut bad = Vec::new();
     for (id, line) in rules.checkpoint_lines()? {
@@ -243,7 +243,11 @@ fn columns_differ(r: &crate::chainstore::ChainRow, dataplane: &str) -> Option<&'
 }
 
 /// Reads a gap or a refusal control wrote to its log about a data plane's chain.
-fn note_gap(action: &str, detail: &str, gaps: &mut HashMap<String, Vec<(u64, u64, String)>>) {
+pub(crate) fn note_gap(
+    action: &str,
+    detail: &str,
+    gaps: &mut HashMap<String, Vec<(u64, u64, String)>>,
+) {
     let Ok(d) = serde_json::from_str::<Value>(detail) else { return };
     let Some(chain) = d["chain"].as_str() else { return };
     let (from, to, why) = match action {

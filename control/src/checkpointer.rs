@@ -16,7 +16,7 @@ use crate::chains::{CONTROL_CHAIN, chain_name};
 use crate::store::StoreError;
 
 /// `[audit]` of the configuration.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// A checkpoint once this many records were chained since the last.
@@ -28,6 +28,10 @@ pub struct AuditConfig {
     /// Copy checkpoints to the syslog collector, if one is configured.
     #[serde(default = "yes")]
     pub syslog: bool,
+    /// The region of each Azure OpenAI resource, by resource name (`contoso-eu` of
+    /// `contoso-eu.openai.azure.com`), for the residency table of evidence summaries.
+    #[serde(default)]
+    pub azure_regions: std::collections::BTreeMap<String, String>,
 }
 
 fn default_records() -> u64 {
@@ -48,6 +52,7 @@ impl Default for AuditConfig {
             checkpoint_records: default_records(),
             checkpoint_secs: default_secs(),
             syslog: true,
+            azure_regions: Default::default(),
         }
     }
 }
@@ -107,6 +112,26 @@ impl Checkpointer {
         out
     }
 
+    /// Every head that moved, signed now whatever the schedule (an export closes its window
+    /// with them).
+    pub fn sign_now(&mut self, heads: &[(String, u64, Link)], ts_ms: u64) -> Vec<Checkpoint> {
+        let mut out = Vec::new();
+        for (chain, n, link) in heads {
+            if *n > self.done.get(chain).copied().unwrap_or(0)
+                && let Some(cp) = self.signer.sign(chain, *n, *link, ts_ms)
+            {
+                self.done.insert(chain.clone(), *n);
+                out.push(cp);
+            }
+        }
+        out
+    }
+
+    /// Signs an evidence bundle's manifest.
+    pub fn sign_manifest(&self, manifest: &[u8]) -> [u8; 64] {
+        self.signer.sign_manifest(manifest)
+    }
+
     /// The checkpoint of a retention cut: `chain` at `n`, whose link is `link`.
     pub fn sign_cut(&self, chain: &str, n: u64, link: Link, ts_ms: u64) -> Option<Checkpoint> {
         self.signer.sign(chain, n, link, ts_ms)
@@ -134,9 +159,23 @@ pub fn heads(state: &AppState) -> Result<Vec<(String, u64, Link)>, StoreError> {
 
 /// Signs and stores the checkpoints due now. Returns them.
 pub fn tick(state: &AppState) -> Result<Vec<Checkpoint>, StoreError> {
+    sign(state, false)
+}
+
+/// Signs and stores a checkpoint of every head that moved, now. Returns them.
+pub fn seal(state: &AppState) -> Result<Vec<Checkpoint>, StoreError> {
+    sign(state, true)
+}
+
+fn sign(state: &AppState, now: bool) -> Result<Vec<Checkpoint>, StoreError> {
     let Some(cp) = &state.audit.checkpointer else { return Ok(Vec::new()) };
     let heads = heads(state)?;
-    let due = lock!(cp).due(&heads, Instant::now(), crate::link::now_ms());
+    let ts = crate::link::now_ms();
+    let due = if now {
+        lock!(cp).sign_now(&heads, ts)
+    } else {
+        lock!(cp).due(&heads, Instant::now(), ts)
+    };
     if due.is_empty() {
         return Ok(due);
     }
@@ -207,7 +246,12 @@ mod tests {
 
     #[test]
     fn heads_are_signed_when_enough_records_or_time_passed() {
-        let cfg = AuditConfig { checkpoint_records: 100, checkpoint_secs: 60, syslog: false };
+        let cfg = AuditConfig {
+            checkpoint_records: 100,
+            checkpoint_secs: 60,
+            syslog: false,
+            azure_regions: Default::default(),
+        };
         let mut c = Checkpointer::new(Signer::from_secret(&[7; 32]), cfg, HashMap::new());
         let t0 = Instant::now();
         let h = |n| vec![("dp:a:0".to_owned(), n, Link([n as u8; 32]))];

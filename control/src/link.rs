@@ -454,6 +454,20 @@ async fn serve_up(
                     }
                     s.policy_error.clone_from(&error);
                 });
+                // Evidence of which rules a data plane enforced from when: its answer goes to
+                // control's chained audit log.
+                let (st, who) = (state.clone(), format!("dataplane:{name}"));
+                let detail = serde_json::json!({
+                    "dataplane": name, "version": version,
+                    "status": if error.is_none() { "applied" } else { "refused" }, "error": error,
+                });
+                let written = tokio::task::spawn_blocking(move || {
+                    lock!(st.rules).audit(&who, "rules.ack", &detail.to_string(), Some(version))
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::error!(dataplane = %name, version, "policy acknowledgement not audited: {e}");
+                }
                 if let Some(s) = lock!(links.sessions).get_mut(name) {
                     let (done, keep): (Vec<_>, Vec<_>) =
                         s.waiters.drain(..).partition(|(v, _)| *v == version);

@@ -5,6 +5,7 @@
 
 mod approvals_cli;
 mod audit_cli;
+mod evidence_cli;
 mod inventory_cli;
 mod keys_cli;
 mod remote;
@@ -114,6 +115,10 @@ enum Cmd {
     /// Evidence: the checkpoint signing key, and verification of the record chains.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Evidence bundles: export a window's records, chains, checkpoints, rule versions and
+    /// summary; verify a bundle offline.
+    #[command(subcommand)]
+    Evidence(EvidenceCmd),
     /// Data planes, their link and policy versions, store sizes.
     Status,
     /// Print shell completions.
@@ -137,6 +142,35 @@ enum AuditCmd {
         #[arg(long)]
         dataplane: Option<String>,
         /// The public key you pinned (hex): fail if the daemon verified with another.
+        #[arg(long)]
+        key: Option<String>,
+        /// Verify the chains of an evidence bundle offline instead (no daemon needed).
+        #[arg(long)]
+        bundle: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvidenceCmd {
+    /// Write the evidence bundle of a window (admin or auditor).
+    Export {
+        /// Start: a UTC date (2026-10-01), date and time (2026-10-01T00:00:00Z), unix ms or a
+        /// duration back from now (30d).
+        #[arg(long)]
+        since: String,
+        /// End (inclusive; default now), in the same forms.
+        #[arg(long)]
+        until: Option<String>,
+        /// Where to write the bundle (tar.zst).
+        #[arg(long)]
+        out: String,
+    },
+    /// Check a bundle offline: its signed manifest, every file's hash, every chain against
+    /// its checkpoints, the records and the summary. Exit 1 on anything found.
+    Verify {
+        /// The bundle.
+        bundle: String,
+        /// The public key you pinned (hex, `sluicectl audit key`).
         #[arg(long)]
         key: Option<String>,
     },
@@ -414,7 +448,10 @@ fn online(
     conn: &remote::Conn,
     f: impl FnOnce(&remote::Api) -> Result<(), remote::Fail>,
 ) -> ExitCode {
-    let r = remote::Api::new(conn).and_then(|api| f(&api));
+    offline(remote::Api::new(conn).and_then(|api| f(&api)))
+}
+
+fn offline(r: Result<(), remote::Fail>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(remote::Fail(m, code)) => {
@@ -493,10 +530,23 @@ fn main() -> ExitCode {
             });
         }
         Cmd::Usage { by, since } => return online(&conn, |a| usage_cli::usage(a, &by, &since)),
+        Cmd::Audit(AuditCmd::Verify { bundle: Some(b), key, since, dataplane }) => {
+            if since.is_some() || dataplane.is_some() {
+                eprintln!("sluicectl: --since and --dataplane do not apply to a bundle");
+                return ExitCode::from(2);
+            }
+            return offline(evidence_cli::audit_verify(&b, key.as_deref(), conn.json));
+        }
+        Cmd::Evidence(EvidenceCmd::Verify { bundle, key }) => {
+            return offline(evidence_cli::verify(&bundle, key.as_deref(), conn.json));
+        }
+        Cmd::Evidence(EvidenceCmd::Export { since, until, out }) => {
+            return online(&conn, |a| evidence_cli::export(a, &since, until.as_deref(), &out));
+        }
         Cmd::Audit(c) => {
             return online(&conn, |a| match &c {
                 AuditCmd::Key => audit_cli::key(a),
-                AuditCmd::Verify { since, dataplane, key } => {
+                AuditCmd::Verify { since, dataplane, key, .. } => {
                     audit_cli::verify(a, since.as_deref(), dataplane.as_deref(), key.as_deref())
                 }
             });

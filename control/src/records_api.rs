@@ -62,6 +62,9 @@ pub(crate) fn time_param(v: &str) -> Option<u64> {
     if let Ok(ms) = v.parse::<u64>() {
         return Some(ms);
     }
+    if let Some(ms) = crate::utc::parse(v) {
+        return Some(ms);
+    }
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = num.parse().ok()?;
     let secs = match unit {

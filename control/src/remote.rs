@@ -152,6 +152,32 @@ impl Api {
     pub(crate) fn get(&self, path: &str) -> Result<Value, Fail> {
         self.call("GET", path, None)
     }
+
+    /// A GET whose body is written to `out` as it arrives (an evidence bundle). Returns the
+    /// bytes written; a non-200 answer is the server's error.
+    pub(crate) fn download(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Fail> {
+        let (mut n, mut err) = (0u64, None);
+        let r = self
+            .rt
+            .block_on(self.client.stream(path, |chunk| match out.write_all(chunk) {
+                Ok(()) => {
+                    n += chunk.len() as u64;
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }))
+            .map_err(|e| usage(e.to_string()))?;
+        if let Some(e) = err {
+            return Err(Fail(format!("writing the download: {e}"), 1));
+        }
+        if r.status != 200 {
+            check(r)?;
+        }
+        Ok(n)
+    }
 }
 
 /// The JSON of a 2xx answer, or the server's error as a failure (exit 1).

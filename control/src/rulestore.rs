@@ -114,8 +114,7 @@ impl RuleStore {
         Ok(RuleStore { db })
     }
 
-    /// The connection (tests tamper with it).
-    #[cfg(test)]
+    /// The connection (exports read it; tests tamper with it).
     pub(crate) fn db(&self) -> &Connection {
         &self.db
     }

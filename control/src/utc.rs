@@ -43,8 +43,69 @@ pub fn from_unix_ms(ms: u64) -> Utc {
     }
 }
 
+/// Unix ms of a UTC date `YYYY-MM-DD` (its midnight) or date and time `YYYY-MM-DDTHH:MM:SSZ`
+/// (days-from-civil, the inverse of [`from_unix_ms`]). Dates before 1970 are refused.
+pub fn parse(s: &str) -> Option<u64> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z')?)),
+        None => (s, None),
+    };
+    let num = |t: &str, len: usize| -> Option<i64> {
+        (t.len() == len && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let secs_of_day = match time {
+        None => 0,
+        Some(t) => {
+            let mut p = t.split(':');
+            let (h, mi, se) = (num(p.next()?, 2)?, num(p.next()?, 2)?, num(p.next()?, 2)?);
+            if p.next().is_some() || h > 23 || mi > 59 || se > 59 {
+                return None;
+            }
+            h * 3600 + mi * 60 + se
+        }
+    };
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = (days * 86_400 + secs_of_day).checked_mul(1000)?;
+    let ms = u64::try_from(ms).ok()?;
+    // A day past the month's end (2026-02-30) is refused: it would not read back the same.
+    let back = from_unix_ms(ms);
+    (back.month == m.unsigned_abs() && back.day == day.unsigned_abs()).then_some(ms)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dates_parse_to_what_they_print() {
+        assert_eq!(parse("1970-01-01"), Some(0));
+        assert_eq!(parse("2026-10-01"), Some(1_790_812_800_000));
+        assert_eq!(parse("2026-10-01T12:30:05Z"), Some(1_790_812_800_000 + 45_005_000));
+        let t = from_unix_ms(parse("2024-02-29T23:59:59Z").unwrap());
+        assert_eq!((t.year, t.month, t.day, t.hour, t.second), (2024, 2, 29, 23, 59));
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "26-10-01",
+            "2026-10-01T25:00:00Z",
+            "2026-10-01T12:00:00",
+            "1969-12-31",
+            "2026-10-1",
+            "x",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

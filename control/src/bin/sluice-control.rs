@@ -82,8 +82,12 @@ fn main() -> Result<()> {
     let signer = audit_key::load_or_create(&cfg.state_dir)?;
     let done = stores.rules.checkpointed().context("reading the checkpoints")?;
     let audit = api::AuditState {
-        checkpointer: Some(std::sync::Mutex::new(Checkpointer::new(signer, cfg.audit, done))),
-        cfg: cfg.audit,
+        checkpointer: Some(std::sync::Mutex::new(Checkpointer::new(
+            signer,
+            cfg.audit.clone(),
+            done,
+        ))),
+        cfg: cfg.audit.clone(),
         flows_db: Some(cfg.state_dir.join("flows.db")),
         rules_db: Some(cfg.state_dir.join("rules.db")),
         ..Default::default()

@@ -1,0 +1,156 @@
+//! `GET /v1/evidence/export?since=…&until=…` (admin, auditor): an evidence bundle of the
+//! window ([`crate::evidence`]), as `application/zstd` (a tar archive). Every chain's head is
+//! signed first, so the window closes on a checkpoint. The bundle is built in a private
+//! directory beside the store and streamed from a file: a month of records never sits in
+//! memory.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::io::{Seek, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::PoisonError;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::api::{AppState, Shared, authorize, error, internal};
+use crate::auth::Need;
+use crate::evidence::Window;
+use crate::records_api::{only_params, time_param};
+
+/// The evidence routes.
+pub fn routes() -> Router<Shared> {
+    Router::new().route("/v1/evidence/export", get(export))
+}
+
+async fn export(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let caller = match authorize(&s, &h, Need::Evidence) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if let Err(r) = only_params(&q, &["since", "until"]) {
+        return r;
+    }
+    let t = |k: &str| q.get(k).map(|v| time_param(v));
+    let since = match t("since") {
+        Some(Some(ms)) => ms,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "since is required (a date, unix ms or a duration like 30d)",
+            );
+        }
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "since: a date (2026-10-01), unix ms or a duration like 30d",
+            );
+        }
+    };
+    let until = match t("until") {
+        Some(Some(ms)) => ms,
+        None => crate::link::now_ms(),
+        Some(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "until: a date (2026-11-01), unix ms or a duration like 1d",
+            );
+        }
+    };
+    if until < since {
+        return error(StatusCode::BAD_REQUEST, "until is before since");
+    }
+    let st = s.clone();
+    let who = caller.name.clone();
+    let built = tokio::task::spawn_blocking(move || build(&st, since, until, &who)).await;
+    let file = match built {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    let file = tokio::fs::File::from_std(file);
+    let mut r = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"sluice-evidence.tar.zst\""),
+    );
+    r
+}
+
+/// A private directory for one export, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(s: &AppState) -> std::io::Result<Scratch> {
+    let base = s
+        .audit
+        .flows_db
+        .as_ref()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = base.join(format!(".evidence-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(Scratch(dir))
+}
+
+/// Builds the bundle of `since..=until`: signs every head, writes the files at one moment of
+/// the stores, packs them into an unlinked file and returns it, open at its start.
+pub fn build(s: &AppState, since: u64, until: u64, who: &str) -> Result<std::fs::File, String> {
+    let Some(cp) = &s.audit.checkpointer else {
+        return Err("this control daemon has no signing key".into());
+    };
+    crate::checkpointer::seal(s)
+        .map_err(|e| format!("signing the heads before the export: {e}"))?;
+    let key = cp.lock().unwrap_or_else(PoisonError::into_inner).public_hex();
+    let dir = scratch(s).map_err(|e| format!("a directory for the export: {e}"))?;
+    let w = Window {
+        since_ms: since,
+        until_ms: until,
+        azure_regions: s.audit.cfg.azure_regions.clone(),
+    };
+    let files = crate::audit_api::with_stores(s, |flows, rules| {
+        crate::evidence::export(flows, rules, &key, &w, &dir.0.join("files"), |m| {
+            cp.lock().unwrap_or_else(PoisonError::into_inner).sign_manifest(m)
+        })
+        .map_err(|e| e.to_string())
+    })?;
+    let path = dir.0.join("bundle.tar.zst");
+    let mut out = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| format!("the bundle file: {e}"))?;
+    {
+        let mut w = std::io::BufWriter::new(&mut out);
+        crate::evidence_bundle::pack(&dir.0.join("files"), &files, &mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("packing the bundle: {e}"))?;
+    }
+    out.rewind().map_err(|e| e.to_string())?;
+    let detail = serde_json::json!({"since_ms": since, "until_ms": until, "files": files.len()});
+    s.rules
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .audit(who, "evidence.export", &detail.to_string(), None)
+        .map_err(|e| format!("exported, not audited: {e}"))?;
+    Ok(out)
+}

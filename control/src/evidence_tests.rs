@@ -1,0 +1,234 @@
+//! An exported bundle checks clean offline; every way of changing it is found: a file's bytes,
+//! a file removed or added, the manifest re-hashed without the key, the whole bundle re-signed
+//! with another key (the pinned key catches it), a record swapped for another.
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::chains::chain_name;
+use crate::evidence::{Window, export};
+use crate::record::Row as Record;
+use crate::rulestore::RuleStore;
+use crate::store::FlowStore;
+use sluice_audit::{GENESIS, Signer};
+
+const DP: &str = "dp1";
+
+/// 40 chained records of one data plane (ts 1001..1040), checkpoints every 10th, a rule
+/// version, its acknowledgement and a few control entries, checkpointed.
+fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
+    let mut flows = FlowStore::open_in_memory().unwrap();
+    let mut rules = RuleStore::open_in_memory().unwrap();
+    let mut prev = GENESIS;
+    for n in 1..=40u64 {
+        let kind = if n % 3 == 0 { "request" } else { "flow" };
+        let dlp = if n % 3 == 0 {
+            r#","dlp_findings":[{"detector":"credit_card","count":1,"hashes":["5a1t"]}]"#
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"{{"seq":{n},"chain":{n},"prev":"{prev}","type":"{kind}","ts_ms":{},"identity":"finance","src":"10.0.0.{n}","sni":"api.openai.com","category":"openai","verdict":"{}"{dlp}}}"#,
+            1_000 + n,
+            if n % 3 == 0 { "block" } else { "allow" }
+        );
+        let link = sluice_audit::link(&prev, n, text.as_bytes());
+        let rows: Vec<Record<'_>> = Record::read(&text, DP).into_iter().collect();
+        assert_eq!(flows.ingest(DP, &rows).unwrap(), [true]);
+        if n % 10 == 0 {
+            rules
+                .add_checkpoint(&signer.sign(&chain_name(DP, 0), n, link, 5_000 + n).unwrap())
+                .unwrap();
+        }
+        prev = link;
+    }
+    let v = rules.add("[[rule]]\nname = \"x\"\n", "ops", "push").unwrap();
+    rules.audit("ops", "rules.push", "20 bytes, 0 warnings", Some(v)).unwrap();
+    rules
+        .audit(
+            "dataplane:dp1",
+            "rules.ack",
+            &serde_json::json!({"dataplane": DP, "version": v, "status": "applied", "error": null})
+                .to_string(),
+            Some(v),
+        )
+        .unwrap();
+    rules.audit("sec", "approval.deny", "{}", None).unwrap();
+    let (cn, head) = rules.chain_head().unwrap().unwrap();
+    rules.add_checkpoint(&signer.sign(CONTROL_CHAIN, cn, head, 9_000).unwrap()).unwrap();
+    (flows, rules)
+}
+
+/// The bundle's files written into a fresh directory.
+fn written(since: u64, until: u64) -> (tempdir::Dir, Vec<FileEntry>, Signer) {
+    let signer = Signer::from_secret(&[5; 32]);
+    let (flows, rules) = stores(&signer);
+    let dir = tempdir::Dir::new();
+    let key = sluice_audit::Link(signer.public().to_bytes()).to_hex();
+    let w = Window { since_ms: since, until_ms: until, azure_regions: BTreeMap::new() };
+    let files =
+        export(flows.connection(), &rules, &key, &w, &dir.0, |m| signer.sign_manifest(m)).unwrap();
+    (dir, files, signer)
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "sluice-evidence-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn packed(dir: &std::path::Path, files: &[FileEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    pack(dir, files, &mut out).unwrap();
+    out
+}
+
+fn key_hex(s: &Signer) -> String {
+    sluice_audit::Link(s.public().to_bytes()).to_hex()
+}
+
+fn problems(c: &BundleCheck) -> Vec<String> {
+    let mut out: Vec<String> =
+        c.problems.iter().map(|p| format!("{}: {}", p.file, p.detail)).collect();
+    for ch in &c.chains {
+        out.extend(ch.findings.iter().map(|f| format!("{} {} at {}", ch.chain, f.kind, f.seq)));
+    }
+    out
+}
+
+#[test]
+fn an_exported_bundle_checks_clean_and_holds_what_the_window_needs() {
+    let (dir, files, signer) = written(1_015, 1_025);
+    let c = check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap();
+    assert!(c.clean, "{:?}", problems(&c));
+    // Records 15..=25 of the window; the chain from the checkpoint at 10 to the one at 30.
+    assert_eq!((c.records, c.unchained_records), (11, 0));
+    let dp = c.chains.iter().find(|x| x.chain == "dp:dp1:0").unwrap();
+    assert_eq!((dp.first_seq, dp.last_seq, dp.checkpoints_matched), (Some(11), Some(30), 2));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["requests"], 4, "{summary}");
+    assert_eq!(summary["dlp_findings"][0]["family"], "financial");
+    let text = String::from_utf8(std::fs::read(dir.0.join("records.jsonl")).unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 11);
+    // The rule version in force, with its acknowledgement.
+    let versions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("rules/versions.json")).unwrap()).unwrap();
+    assert_eq!(versions.as_array().map(Vec::len), Some(0), "no version was in force in 1970");
+    let (dir, files, signer) = written(0, u64::MAX / 4);
+    let c = check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap();
+    assert!(c.clean, "{:?}", problems(&c));
+    let versions: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("rules/versions.json")).unwrap()).unwrap();
+    assert_eq!(versions[0]["acknowledgements"][0]["dataplane"], DP);
+    assert_eq!(versions[0]["acknowledgements"][0]["status"], "applied");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["approvals"]["denied"], 1);
+    assert_eq!(summary["rule_changes"].as_array().map(Vec::len), Some(2), "the push and its ack");
+    // No matched value, hash or prompt in the summary.
+    assert!(!std::fs::read_to_string(dir.0.join("summary.html")).unwrap().contains("5a1t"));
+    assert!(c.chains.iter().any(|x| x.chain == CONTROL_CHAIN && x.findings.is_empty()));
+}
+
+/// Changes `name` in the bundle directory with `f` and returns what the check finds, the
+/// manifest left as exported.
+fn tampered(name: &str, f: impl FnOnce(&mut Vec<u8>)) -> Vec<String> {
+    let (dir, files, signer) = written(1_015, 1_025);
+    let p = dir.0.join(name);
+    let mut b = std::fs::read(&p).unwrap();
+    f(&mut b);
+    std::fs::write(&p, b).unwrap();
+    problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap())
+}
+
+#[test]
+fn a_changed_file_is_found() {
+    for name in [
+        "records.jsonl",
+        "summary.json",
+        "summary.html",
+        "checkpoints.jsonl",
+        "key.json",
+        "rules/versions.json",
+    ] {
+        let p = tampered(name, |b| match b.iter().position(|c| c.is_ascii_digit()) {
+            Some(i) => b[i] = if b[i] == b'9' { b'8' } else { b[i] + 1 },
+            None => b.push(b' '),
+        });
+        assert!(p.iter().any(|x| x.starts_with(&format!("{name}: its hash"))), "{name}: {p:?}");
+    }
+    let p = tampered("chains/dataplane-0.jsonl", |b| {
+        let s = String::from_utf8(b.clone()).unwrap().replacen("10.0.0.17", "10.0.0.99", 1);
+        *b = s.into_bytes();
+    });
+    assert!(p.iter().any(|x| x == "dp:dp1:0 changed at 17"), "{p:?}");
+}
+
+#[test]
+fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
+    // The records changed and the manifest's hash with them: the signature no longer holds.
+    let (dir, mut files, signer) = written(1_015, 1_025);
+    let rec = dir.0.join("records.jsonl");
+    let text = std::fs::read_to_string(&rec).unwrap().replacen("\"allow\"", "\"block\"", 1);
+    std::fs::write(&rec, &text).unwrap();
+    let e = files.iter_mut().find(|f| f.name == "records.jsonl").unwrap();
+    e.sha256 = sluice_audit::Link(sha2::Sha256::digest(text.as_bytes()).into()).to_hex();
+    let mpath = dir.0.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["files"] = serde_json::to_value(&files).unwrap();
+    let mbytes = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(&mpath, &mbytes).unwrap();
+    let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(p.iter().any(|x| x.starts_with("manifest.sig:")), "{p:?}");
+    assert!(p.iter().any(|x| x.contains("in no chain")), "{p:?}");
+    // Re-signed by someone else's key, the key files swapped: only the pinned key tells.
+    let other = Signer::from_secret(&[9; 32]);
+    m["public_key"] = key_hex(&other).into();
+    let mbytes = serde_json::to_vec_pretty(&m).unwrap();
+    std::fs::write(&mpath, &mbytes).unwrap();
+    std::fs::write(dir.0.join("manifest.sig"), format!("{}\n", hex(&other.sign_manifest(&mbytes))))
+        .unwrap();
+    let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(p.iter().any(|x| x.contains("not the pinned")), "{p:?}");
+    // A file removed, and one added.
+    let (dir, files, signer) = written(1_015, 1_025);
+    let fewer: Vec<FileEntry> =
+        files.iter().filter(|f| f.name != "summary.html").cloned().collect();
+    let p = problems(&check(&packed(&dir.0, &fewer)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(
+        p.iter().any(|x| x.starts_with("summary.html: listed in the manifest, missing")),
+        "{p:?}"
+    );
+    std::fs::write(dir.0.join("extra.txt"), "x").unwrap();
+    let mut more = files.clone();
+    more.push(FileEntry { name: "extra.txt".into(), sha256: String::new(), bytes: 1 });
+    let p = problems(&check(&packed(&dir.0, &more)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(
+        p.iter().any(|x| x.starts_with("extra.txt: a file the manifest does not list")),
+        "{p:?}"
+    );
+    // Not a bundle at all: an error, not a panic.
+    assert!(check(&b"not zstd"[..], None).is_err());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
