@@ -534,6 +534,7 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/audit",
     "GET /v1/audit/key",
     "GET /v1/audit/verify",
+    "GET /v1/evidence/export",
     "GET /v1/keys",
     "PUT /v1/keys/{name}",
     "DELETE /v1/keys/{name}",

@@ -42,6 +42,12 @@ pub struct Segment {
     pub after: u64,
     /// Its last position: a checkpoint's when one was signed at or after the window.
     pub upto: u64,
+    /// The data plane whose chain it is (none: control's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<String>,
+    /// That data plane's chain epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// One file written, as the manifest lists it.
@@ -194,7 +200,14 @@ pub fn export(
             return Err(e.into());
         }
         chain_files.push(f.done()?);
-        segments.push(Segment { chain: CONTROL_CHAIN.into(), file: name, after, upto });
+        segments.push(Segment {
+            chain: CONTROL_CHAIN.into(),
+            file: name,
+            after,
+            upto,
+            dataplane: None,
+            epoch: None,
+        });
     }
 
     // The data planes' chains with records in the window.
@@ -243,7 +256,14 @@ pub fn export(
             return Err(e.into());
         }
         chain_files.push(f.done()?);
-        segments.push(Segment { chain, file: name, after, upto });
+        segments.push(Segment {
+            chain,
+            file: name,
+            after,
+            upto,
+            dataplane: Some(dp),
+            epoch: Some(epoch),
+        });
     }
 
     // The checkpoints of the segments.

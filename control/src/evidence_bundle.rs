@@ -226,7 +226,12 @@ impl Check {
 /// Checks the bundle read from `r`; `pinned`: the public key (hex) the checkpoints and the
 /// manifest must be signed with.
 pub fn check(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, BundleError> {
-    let mut a = tar::Archive::new(zstd::Decoder::new(r)?);
+    check_tar(zstd::Decoder::new(r)?, pinned)
+}
+
+/// [`check`] of the archive once decompressed.
+pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, BundleError> {
+    let mut a = tar::Archive::new(r);
     let mut entries = a.entries()?;
     let mut small = |what: &str| -> Result<Vec<u8>, BundleError> {
         let e = entries.next().ok_or_else(|| BundleError::Manifest(format!("no {what}")))??;
@@ -467,7 +472,13 @@ fn chain_file(
         v.push(Row { pos: k, seq: n, prev, link, record: bytes });
     }
     let report = v.finish();
-    let mut res = crate::audit_verify::result(seg.chain.clone(), None, None, report, first_ts);
+    let mut res = crate::audit_verify::result(
+        seg.chain.clone(),
+        seg.dataplane.clone(),
+        seg.epoch,
+        report,
+        first_ts,
+    );
     // Positions in a bundle are lines of its file.
     for f in &mut res.findings {
         if let Some(row) = &f.row {

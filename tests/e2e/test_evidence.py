@@ -79,6 +79,104 @@ class Verify(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 
+def offline(*args):
+    """sluicectl with no daemon to reach: no URL, no token."""
+    from test_control import SLUICECTL
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    return subprocess.run([SLUICECTL, *args], capture_output=True, text=True, timeout=120, env=run_env)
+
+
+def repack(src, dst, change=None):
+    """Unpacks bundle `src` with tar and zstd, lets `change(dir)` edit its files, packs it
+    again as `dst` in the manifest's order (manifest first)."""
+    work = dst + ".d"
+    subprocess.run(["rm", "-rf", work], check=True)
+    os.makedirs(work)
+    subprocess.run(["tar", "--zstd", "-xf", src, "-C", work], check=True)
+    if change:
+        change(work)
+    with open(os.path.join(work, "manifest.json")) as f:
+        names = [e["name"] for e in json.load(f)["files"]]
+    present = [n for n in names if os.path.exists(os.path.join(work, n))]
+    subprocess.run(["tar", "--zstd", "-cf", dst, "-C", work, "manifest.json", "manifest.sig", *present], check=True)
+
+
+class Export(unittest.TestCase):
+    def test_a_bundle_exports_verifies_offline_and_any_change_to_it_is_found(self):
+        since = int(time.time() * 1000) - 1000
+        flows = probe_flows(4, "export")
+        key = ctl("audit", "key", token="SLUICE_AUDITOR_TOKEN").stdout.strip()
+        out = os.path.join(env()["SLUICE_LAB_STATE"], "evidence")
+        subprocess.run(["rm", "-rf", out], check=True)
+        os.makedirs(out)
+        bundle = os.path.join(out, "bundle.tar.zst")
+        r = ctl("evidence", "export", "--since", str(since), "--out", bundle, token="SLUICE_AUDITOR_TOKEN", timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # An analyst sees records but no evidence.
+        r = ctl("evidence", "export", "--since", str(since), "--out", bundle + ".no", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertFalse(os.path.exists(bundle + ".no"))
+
+        # Offline, no daemon: clean, with the pinned key; the chains alone too.
+        r = offline("evidence", "verify", bundle, "--key", key)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("clean", r.stdout)
+        self.assertRegex(r.stdout, r"\d+ records \(0 in no chain")
+        r = offline("audit", "verify", "--bundle", bundle, "--key", key)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = offline("evidence", "verify", bundle, "--key", "ab" * 32)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("not the pinned", r.stdout)
+
+        # What it holds: the probe's records, the summary and its page, the rules in force
+        # with this data plane's acknowledgement; no secret.
+        work = os.path.join(out, "plain")
+        repack(bundle, os.path.join(out, "same.tar.zst"))
+        os.rename(os.path.join(out, "same.tar.zst.d"), work)
+        with open(os.path.join(work, "records.jsonl")) as f:
+            records = [json.loads(l) for l in f]
+        seqs = {(r["dataplane"], r["seq"]) for r in records if r.get("type") == "flow"}
+        self.assertTrue({(r["dataplane"], r["seq"]) for r in flows} <= seqs, flows)
+        with open(os.path.join(work, "summary.json")) as f:
+            summary = json.load(f)
+        self.assertGreaterEqual(summary["flows"], 4)
+        with open(os.path.join(work, "summary.html")) as f:
+            self.assertIn("Sluice evidence summary", f.read())
+        with open(os.path.join(work, "rules", "versions.json")) as f:
+            versions = json.load(f)
+        self.assertTrue(versions and versions[-1]["acknowledgements"], versions)
+        self.assertEqual(versions[-1]["acknowledgements"][-1]["status"], "applied")
+        everything = subprocess.run(["cat"] + [os.path.join(dp, f) for dp, _, fs in os.walk(work) for f in fs],
+                                    capture_output=True).stdout
+        for secret in ("SLUICE_ADMIN_TOKEN", "SLUICE_AUDITOR_TOKEN"):
+            self.assertNotIn(env()[secret].encode(), everything)
+        # Packed again unchanged by tar: still clean (the check reads files, not bytes of one
+        # archive).
+        r = offline("evidence", "verify", os.path.join(out, "same.tar.zst"), "--key", key)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        # A flow's verdict changed in the bundle: found, exit 1.
+        def block_one(d):
+            p = os.path.join(d, "records.jsonl")
+            with open(p) as f:
+                text = f.read()
+            with open(p, "w") as f:
+                f.write(text.replace('"verdict":"allow"', '"verdict":"block"', 1))
+        tampered = os.path.join(out, "tampered.tar.zst")
+        repack(bundle, tampered, block_one)
+        r = offline("evidence", "verify", tampered, "--key", key)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("records.jsonl: its hash", r.stdout)
+        # A file removed: found.
+        removed = os.path.join(out, "removed.tar.zst")
+        repack(bundle, removed, lambda d: os.remove(os.path.join(d, "checkpoints.jsonl")))
+        r = offline("evidence", "verify", removed, "--key", key)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("checkpoints.jsonl: listed in the manifest, missing", r.stdout)
+        r = offline("audit", "verify", "--bundle", removed, "--key", key)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+
+
 class Retention(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
