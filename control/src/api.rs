@@ -355,7 +355,12 @@ async fn put_rules(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Respon
             }
             Ok(warnings) => match store.add(text, &caller.name, "push") {
                 Ok(v) => {
-                    let detail = format!("{} bytes, {} warnings", text.len(), warnings.len());
+                    let detail = format!(
+                        "{} bytes, {} warnings, sha256 {}",
+                        text.len(),
+                        warnings.len(),
+                        crate::evidence::text_sha256(text)
+                    );
                     if let Err(e) = store.audit(&caller.name, "rules.push", &detail, Some(v)) {
                         return internal(e);
                     }
@@ -430,9 +435,12 @@ async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64
             Ok(v) => v,
             Err(e) => return internal(e),
         };
-        if let Err(e) =
-            store.audit(&caller.name, "rules.rollback", &format!("to version {version}"), Some(v))
-        {
+        if let Err(e) = store.audit(
+            &caller.name,
+            "rules.rollback",
+            &format!("to version {version}, sha256 {}", crate::evidence::text_sha256(&old.text)),
+            Some(v),
+        ) {
             return internal(e);
         }
         (v, old.text)

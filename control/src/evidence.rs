@@ -25,7 +25,7 @@ use crate::store::StoreError;
 pub struct Window {
     /// First unix ms (inclusive).
     pub since_ms: u64,
-    /// Last unix ms (inclusive).
+    /// End unix ms (exclusive: the months of monthly exports do not overlap).
     pub until_ms: u64,
     /// Azure OpenAI resources' regions, for the summary's residency table.
     pub azure_regions: BTreeMap<String, String>,
@@ -169,14 +169,80 @@ pub fn export(
     let mut summary = Summary::new(w.since_ms, w.until_ms, w.azure_regions.clone());
     let mut segments = Vec::new();
     let (since, until) = (i(w.since_ms), i(w.until_ms));
+    let mut chain_files = Vec::new();
+    // The data planes' chains with records in the window.
+    let mut ranges: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
+    for t in ["flows", "requests"] {
+        let mut st = flows.prepare(&format!(
+            "SELECT dataplane, ce, MIN(cn), MAX(cn) FROM {t}
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND cn IS NOT NULL GROUP BY dataplane, ce"
+        ))?;
+        let rows = st.query_map(params![since, until], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (dp, ce, a, b) = row?;
+            let e = ranges.entry((dp, ce.unsigned_abs())).or_insert((u64::MAX, 0));
+            e.0 = e.0.min(a.unsigned_abs());
+            e.1 = e.1.max(b.unsigned_abs());
+        }
+    }
+    let heads = crate::chainstore::heads(flows)?;
+    // The earliest record of any segment: control's log from then on says which positions
+    // never arrived or were refused.
+    let mut earliest = w.since_ms;
+    for (k, ((dp, epoch), (first, last))) in ranges.into_iter().enumerate() {
+        let chain = chain_name(&dp, epoch);
+        let head = heads.get(&(dp.clone(), epoch)).map_or(last, |h| h.0);
+        let chain_cps = cps.get(&chain).map(Vec::as_slice).unwrap_or_default();
+        let (after, upto) = segment(chain_cps, first, last, head);
+        let name = format!("chains/dataplane-{k}.jsonl");
+        let mut f = files.create(&name)?;
+        let mut err = None;
+        crate::chainstore::walk(flows, &dp, epoch, after, |r| {
+            if r.n > upto || err.is_some() {
+                return;
+            }
+            earliest = earliest.min(r.columns.ts_ms);
+            let sent = crate::record::as_sent(&r.record, &dp);
+            let text = sent.as_deref().unwrap_or(&r.record);
+            let prev = crate::record::chain_prev(text.as_bytes()).unwrap_or(sluice_audit::GENESIS);
+            if let Err(x) = f.line(&chain_line(r.n, &prev, &r.link, text)) {
+                err = Some(x);
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        chain_files.push(f.done()?);
+        segments.push(Segment {
+            chain,
+            file: name,
+            after,
+            upto,
+            dataplane: Some(dp),
+            epoch: Some(epoch),
+        });
+    }
 
-    // Control's chain.
+    // Control's chain: from its entries of the window, of the data planes' segments (their
+    // gaps and refusals), and the pushes and acknowledgements of the rule versions in force.
+    let versions = rules_in_force(rules, since, until)?;
+    let in_force: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();
     let (first, last): (Option<i64>, Option<i64>) = rules.db().query_row(
-        "SELECT MIN(n), MAX(n) FROM audit WHERE n IS NOT NULL AND ts_ms BETWEEN ?1 AND ?2",
-        params![since, until],
+        &format!(
+            "SELECT MIN(n), MAX(n) FROM audit WHERE n IS NOT NULL AND ((ts_ms >= ?1 AND ts_ms < ?2)
+             OR (action IN ('rules.push', 'rules.rollback', 'rules.ack') AND version IN ({})))",
+            if in_force.is_empty() { "NULL".to_owned() } else { in_force.join(",") }
+        ),
+        params![i(earliest), until],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut chain_files = Vec::new();
     if let (Some(first), Some(last)) = (first, last) {
         let head = rules.chain_head()?.map_or(0, |(n, _)| n);
         let control_cps = cps.get(CONTROL_CHAIN).map(Vec::as_slice).unwrap_or_default();
@@ -199,71 +265,19 @@ pub fn export(
         if let Some(e) = err {
             return Err(e.into());
         }
-        chain_files.push(f.done()?);
-        segments.push(Segment {
-            chain: CONTROL_CHAIN.into(),
-            file: name,
-            after,
-            upto,
-            dataplane: None,
-            epoch: None,
-        });
-    }
-
-    // The data planes' chains with records in the window.
-    let mut ranges: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
-    for t in ["flows", "requests"] {
-        let mut st = flows.prepare(&format!(
-            "SELECT dataplane, ce, MIN(cn), MAX(cn) FROM {t}
-             WHERE ts_ms BETWEEN ?1 AND ?2 AND cn IS NOT NULL GROUP BY dataplane, ce"
-        ))?;
-        let rows = st.query_map(params![since, until], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (dp, ce, a, b) = row?;
-            let e = ranges.entry((dp, ce.unsigned_abs())).or_insert((u64::MAX, 0));
-            e.0 = e.0.min(a.unsigned_abs());
-            e.1 = e.1.max(b.unsigned_abs());
-        }
-    }
-    let heads = crate::chainstore::heads(flows)?;
-    for (k, ((dp, epoch), (first, last))) in ranges.into_iter().enumerate() {
-        let chain = chain_name(&dp, epoch);
-        let head = heads.get(&(dp.clone(), epoch)).map_or(last, |h| h.0);
-        let chain_cps = cps.get(&chain).map(Vec::as_slice).unwrap_or_default();
-        let (after, upto) = segment(chain_cps, first, last, head);
-        let name = format!("chains/dataplane-{k}.jsonl");
-        let mut f = files.create(&name)?;
-        let mut err = None;
-        crate::chainstore::walk(flows, &dp, epoch, after, |r| {
-            if r.n > upto || err.is_some() {
-                return;
-            }
-            let sent = crate::record::as_sent(&r.record, &dp);
-            let text = sent.as_deref().unwrap_or(&r.record);
-            let prev = crate::record::chain_prev(text.as_bytes()).unwrap_or(sluice_audit::GENESIS);
-            if let Err(x) = f.line(&chain_line(r.n, &prev, &r.link, text)) {
-                err = Some(x);
-            }
-        })?;
-        if let Some(e) = err {
-            return Err(e.into());
-        }
-        chain_files.push(f.done()?);
-        segments.push(Segment {
-            chain,
-            file: name,
-            after,
-            upto,
-            dataplane: Some(dp),
-            epoch: Some(epoch),
-        });
+        // Control's segment goes first: its log says what the data planes' chains lack.
+        chain_files.insert(0, f.done()?);
+        segments.insert(
+            0,
+            Segment {
+                chain: CONTROL_CHAIN.into(),
+                file: name,
+                after,
+                upto,
+                dataplane: None,
+                epoch: None,
+            },
+        );
     }
 
     // The checkpoints of the segments.
@@ -285,7 +299,7 @@ pub fn export(
     let mut f = files.create("records.jsonl")?;
     for t in ["flows", "requests"] {
         let mut st = flows.prepare(&format!(
-            "SELECT record FROM {t} WHERE ts_ms BETWEEN ?1 AND ?2 ORDER BY id"
+            "SELECT record FROM {t} WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY id"
         ))?;
         let mut rows = st.query(params![since, until])?;
         while let Some(r) = rows.next()? {
@@ -299,7 +313,6 @@ pub fn export(
     files.done.push(f.done()?);
 
     // The rule versions in force, and each data plane's acknowledgement.
-    let versions = rules_in_force(rules, since, until)?;
     let mut listed = Vec::new();
     for v in versions {
         let name = format!("rules/v{}.toml", v.version);
@@ -307,7 +320,7 @@ pub fn export(
         let acks = acks_of(rules, v.version)?;
         listed.push(json!({
             "version": v.version, "pushed_ms": v.ts_ms, "author": v.author, "note": v.note,
-            "file": name, "sha256": Link(Sha256::digest(v.text.as_bytes()).into()).to_hex(),
+            "file": name, "sha256": text_sha256(&v.text),
             "acknowledgements": acks,
         }));
     }
@@ -337,6 +350,12 @@ pub fn export(
     Ok(files.done)
 }
 
+/// SHA-256 of a rule file's text, hex: rule pushes and rollbacks write it to control's chained
+/// log, so a bundle's rule files can be held to what was pushed.
+pub fn text_sha256(text: &str) -> String {
+    Link(Sha256::digest(text.as_bytes()).into()).to_hex()
+}
+
 fn hex64(b: &[u8; 64]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -351,7 +370,7 @@ fn rules_in_force(
     let before = all.iter().filter(|v| v.ts_ms <= since).map(|v| v.version).max();
     let mut out = Vec::new();
     for v in all {
-        if (Some(v.version) == before || (v.ts_ms > since && v.ts_ms <= until))
+        if (Some(v.version) == before || (v.ts_ms > since && v.ts_ms < until))
             && let Some(full) = rules.get(v.version)?
         {
             out.push(full);

@@ -1,6 +1,7 @@
 //! `GET /v1/evidence/export?since=…&until=…` (admin, auditor): an evidence bundle of the
 //! window ([`crate::evidence`]), as `application/zstd` (a tar archive). Every chain's head is
-//! signed first, so the window closes on a checkpoint. The bundle is built in a private
+//! signed first, so the window closes on a checkpoint (unless records arrive between that and
+//! the export's snapshot: the segment then ends at the unsigned head). One export at a time. The bundle is built in a private
 //! directory beside the store and streamed from a file: a month of records never sits in
 //! memory.
 #![allow(clippy::result_large_err)]
@@ -22,6 +23,9 @@ use crate::api::{AppState, Shared, authorize, error, internal};
 use crate::auth::Need;
 use crate::evidence::Window;
 use crate::records_api::{only_params, time_param};
+
+/// Held while an export is built.
+static EXPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The evidence routes.
 pub fn routes() -> Router<Shared> {
@@ -58,7 +62,7 @@ async fn export(
     };
     let until = match t("until") {
         Some(Some(ms)) => ms,
-        None => crate::link::now_ms(),
+        None => crate::link::now_ms() + 1,
         Some(None) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -66,9 +70,22 @@ async fn export(
             );
         }
     };
-    if until < since {
-        return error(StatusCode::BAD_REQUEST, "until is before since");
+    if until <= since {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "until must be after since (the window is since ≤ t < until)",
+        );
     }
+    if s.audit.checkpointer.is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this control daemon has no signing key");
+    }
+    // One export at a time: each writes the window's records to the store's volume.
+    let Ok(_one) = EXPORTING.try_lock() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "an evidence export is already running: try again when it is done",
+        );
+    };
     let st = s.clone();
     let who = caller.name.clone();
     let built = tokio::task::spawn_blocking(move || build(&st, since, until, &who)).await;
@@ -106,6 +123,15 @@ fn scratch(s: &AppState) -> std::io::Result<Scratch> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    // Under the one-export lock, any other export directory is one a crash left behind: its
+    // plain records go.
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".evidence-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let dir = base.join(format!(".evidence-{}-{nanos}", std::process::id()));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(Scratch(dir))

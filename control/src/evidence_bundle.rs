@@ -199,15 +199,35 @@ fn hex_sig(s: &str) -> Option<[u8; 64]> {
     Some(out)
 }
 
+/// Most problems listed; past it, one line says how many more there were.
+const MAX_PROBLEMS: usize = 1_000;
+
+/// A record of a data plane's chain segment, as `records.jsonl` must hold it.
+struct Member {
+    chain: String,
+    n: u64,
+    in_window: bool,
+    seen: bool,
+}
+
 /// The check as it goes.
 struct Check {
     problems: Vec<Problem>,
+    more_problems: u64,
+    /// The manifest is signed by the (pinned) key and laid out as an export: contents are read.
+    trusted: bool,
     key: Option<VerifyingKey>,
     key_hex: String,
+    since_ms: u64,
+    until_ms: u64,
     checkpoints: HashMap<String, Vec<Checkpoint>>,
     gaps: HashMap<String, Vec<(u64, u64, String)>>,
     segments: HashMap<String, Segment>,
-    chained: HashSet<[u8; 32]>,
+    members: HashMap<[u8; 32], Member>,
+    /// Each chaining data plane's earliest record in the bundle (unix ms).
+    chains_from: HashMap<String, u64>,
+    /// Control's entries about rule versions: (version, action) → (position, detail).
+    rule_entries: HashMap<(i64, String), Vec<(u64, Value)>>,
     chains: Vec<ChainResult>,
     summary: Summary,
     summary_json: Option<Value>,
@@ -219,8 +239,56 @@ struct Check {
 
 impl Check {
     fn problem(&mut self, file: &str, detail: impl Into<String>) {
-        self.problems.push(Problem { file: file.into(), detail: detail.into() });
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem { file: file.into(), detail: detail.into() });
+        } else {
+            self.more_problems += 1;
+        }
     }
+
+    fn in_window(&self, ts: u64) -> bool {
+        ts >= self.since_ms && ts < self.until_ms
+    }
+}
+
+/// The files an export lays out, in its order, for the manifest's segments and rule files; a
+/// manifest listing anything else, or in another order, is not an export's.
+fn layout(m: &Manifest) -> Result<(), String> {
+    let mut chains = HashSet::new();
+    for (k, s) in m.segments.iter().enumerate() {
+        if !chains.insert(&s.chain) {
+            return Err(format!("chain {} has two segments", s.chain));
+        }
+        let expect = if s.chain == CONTROL_CHAIN {
+            if k != 0 {
+                return Err("control's segment is not the first".into());
+            }
+            "chains/control.jsonl".to_owned()
+        } else {
+            let first_dp =
+                usize::from(m.segments.first().is_some_and(|f| f.chain == CONTROL_CHAIN));
+            format!("chains/dataplane-{}.jsonl", k - first_dp)
+        };
+        if s.file != expect || s.dataplane.is_none() != (s.chain == CONTROL_CHAIN) {
+            return Err(format!("segment {} is not laid out as an export lays it", s.chain));
+        }
+    }
+    let rules: Vec<&str> = m
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| n.starts_with("rules/v") && n.ends_with(".toml"))
+        .collect();
+    let mut expect: Vec<&str> = vec!["checkpoints.jsonl"];
+    expect.extend(m.segments.iter().map(|s| s.file.as_str()));
+    expect.push("records.jsonl");
+    expect.extend(rules);
+    expect.extend(["rules/versions.json", "summary.json", "summary.html", "key.json"]);
+    let listed: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+    if listed != expect {
+        return Err("its files are not an export's files, in an export's order".into());
+    }
+    Ok(())
 }
 
 /// Checks the bundle read from `r`; `pinned`: the public key (hex) the checkpoints and the
@@ -232,13 +300,14 @@ pub fn check(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, BundleEr
 /// [`check`] of the archive once decompressed.
 pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, BundleError> {
     let mut a = tar::Archive::new(r);
-    let mut entries = a.entries()?;
+    // Raw: no long-name or extension member is read into memory for the archive's sake.
+    let mut entries = a.entries()?.raw(true);
     let mut small = |what: &str| -> Result<Vec<u8>, BundleError> {
         let e = entries.next().ok_or_else(|| BundleError::Manifest(format!("no {what}")))??;
-        let name = e.path()?.to_string_lossy().into_owned();
-        if name != what {
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        if name != what || !e.header().entry_type().is_file() {
             return Err(BundleError::Manifest(format!(
-                "the bundle begins with {name}, not {what}"
+                "the bundle begins with {name:?}, not the file {what}"
             )));
         }
         let mut b = Vec::new();
@@ -254,14 +323,20 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         .map_err(|e| BundleError::Manifest(e.to_string()))?;
     let mut c = Check {
         problems: Vec::new(),
+        more_problems: 0,
+        trusted: true,
         key: None,
         key_hex: m.public_key.to_ascii_lowercase(),
+        since_ms: m.window.since_ms,
+        until_ms: m.window.until_ms,
         checkpoints: HashMap::new(),
         gaps: HashMap::new(),
         segments: m.segments.iter().map(|s| (s.file.clone(), s.clone())).collect(),
-        chained: HashSet::new(),
+        members: HashMap::new(),
+        chains_from: HashMap::new(),
+        rule_entries: HashMap::new(),
         chains: Vec::new(),
-        summary: Summary::default(),
+        summary: Summary::new(m.window.since_ms, m.window.until_ms, m.azure_regions.clone()),
         summary_json: None,
         versions: None,
         hashes: BTreeMap::new(),
@@ -270,15 +345,20 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
     };
     if m.format != FORMAT {
         c.problem("manifest.json", format!("format {:?}, not {FORMAT}", m.format));
+        c.trusted = false;
     }
-    match pinned {
-        Some(p) if !p.trim().eq_ignore_ascii_case(&c.key_hex) => {
-            c.problem(
-                "manifest.json",
-                format!("signed with key {}, not the pinned {}", c.key_hex, p.trim()),
-            );
-        }
-        _ => {}
+    if let Err(e) = layout(&m) {
+        c.problem("manifest.json", format!("not an export's manifest: {e}"));
+        c.trusted = false;
+    }
+    if let Some(p) = pinned
+        && !p.trim().eq_ignore_ascii_case(&c.key_hex)
+    {
+        c.problem(
+            "manifest.json",
+            format!("signed with key {}, not the pinned {}", c.key_hex, p.trim()),
+        );
+        c.trusted = false;
     }
     match Link::from_hex(&c.key_hex).and_then(|l| sluice_audit::checkpoint::public_key(&l.0).ok()) {
         Some(k) => {
@@ -286,25 +366,31 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
                 .is_some_and(|s| sluice_audit::verify_manifest(&k, &manifest_bytes, &s).is_ok());
             if !ok {
                 c.problem("manifest.sig", "the manifest's signature does not verify under its key: the manifest was changed, or signed by another key");
+                c.trusted = false;
             }
             c.key = Some(k);
         }
-        None => c.problem("manifest.json", "public_key is not an Ed25519 public key"),
+        None => {
+            c.problem("manifest.json", "public_key is not an Ed25519 public key");
+            c.trusted = false;
+        }
     }
-    c.summary = Summary::new(m.window.since_ms, m.window.until_ms, m.azure_regions.clone());
+    // Files in the manifest's order: each read for what it says only while the bundle is
+    // trusted and in order; hashed in any case.
     let listed: HashMap<&str, &FileEntry> = m.files.iter().map(|f| (f.name.as_str(), f)).collect();
     let mut seen = HashSet::new();
-    let mut files = 0u64;
+    let (mut files, mut next) = (0u64, 0usize);
     for e in entries {
         let e = e?;
         files += 1;
-        let name = e.path()?.to_string_lossy().into_owned();
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
         if files as usize > MAX_FILES {
             c.problem(&name, "too many files: the rest is not read");
             break;
         }
         if !name_ok(&name) || !e.header().entry_type().is_file() {
-            c.problem(&name, "not a file name a bundle holds");
+            c.problem(&name, "not a file a bundle holds");
+            c.trusted = false;
             continue;
         }
         let Some(entry) = listed.get(name.as_str()) else {
@@ -315,8 +401,16 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
             c.problem(&name, "the file is in the bundle twice");
             continue;
         }
-        let mut h = Hashing { inner: e.take(entry.bytes + 1), hash: Sha256::new(), bytes: 0 };
-        read_file(&mut c, &name, &mut h)?;
+        if m.files.get(next).map(|f| f.name.as_str()) != Some(name.as_str()) {
+            c.problem(&name, "out of the manifest's order (files moved or removed)");
+            c.trusted = false;
+        }
+        next = m.files.iter().position(|f| f.name == name).map_or(next, |p| p + 1);
+        let mut h =
+            Hashing { inner: e.take(entry.bytes.saturating_add(1)), hash: Sha256::new(), bytes: 0 };
+        if c.trusted {
+            read_file(&mut c, &name, &mut h)?;
+        }
         std::io::copy(&mut h, &mut std::io::sink())?;
         let sha = Link(h.hash.finalize().into()).to_hex();
         if h.bytes != entry.bytes || sha != entry.sha256 {
@@ -335,7 +429,20 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
             c.problem(&f.name, "listed in the manifest, missing from the bundle (removed)");
         }
     }
-    finish(&mut c, &m);
+    if c.trusted {
+        finish(&mut c);
+    } else {
+        c.problem(
+            "manifest.json",
+            "the bundle is not as exported: its contents were not read further",
+        );
+    }
+    if c.more_problems > 0 {
+        c.problems.push(Problem {
+            file: "bundle".into(),
+            detail: format!("{} more problems not listed", c.more_problems),
+        });
+    }
     let clean = c.problems.is_empty() && c.chains.iter().all(|x| x.findings.is_empty());
     Ok(BundleCheck {
         clean,
@@ -373,22 +480,7 @@ fn read_file(c: &mut Check, name: &str, r: &mut impl Read) -> std::io::Result<()
                 c.problem(name, format!("record {} does not read", c.records));
                 continue;
             };
-            c.summary.record(&v);
-            let text = String::from_utf8_lossy(&line);
-            let dp = v["dataplane"].as_str().unwrap_or("");
-            let sent = crate::record::as_sent(&text, dp);
-            let bytes = sent.as_deref().unwrap_or(&text).as_bytes();
-            if v.get("chain").is_none() {
-                c.unchained += 1;
-            } else if !c.chained.contains(&<[u8; 32]>::from(Sha256::digest(bytes))) {
-                c.problem(
-                    name,
-                    format!(
-                        "record {} is in no chain of the bundle (changed or inserted)",
-                        c.records
-                    ),
-                );
-            }
+            record_line(c, &v, &line);
         }
     } else if matches!(name, "summary.json" | "rules/versions.json" | "key.json") {
         let mut b = Vec::new();
@@ -417,6 +509,43 @@ fn read_file(c: &mut Check, name: &str, r: &mut impl Read) -> std::io::Result<()
     Ok(())
 }
 
+/// One line of `records.jsonl`: in the window, and the one copy of a chained record of a
+/// segment (or, unchained, from before its data plane chained).
+fn record_line(c: &mut Check, v: &Value, line: &[u8]) {
+    let k = c.records;
+    let ts = v["ts_ms"].as_u64().unwrap_or(0);
+    if !c.in_window(ts) {
+        c.problem("records.jsonl", format!("record {k} is outside the window"));
+    }
+    c.summary.record(v);
+    let text = String::from_utf8_lossy(line);
+    let dp = v["dataplane"].as_str().unwrap_or("");
+    if v.get("chain").is_none() {
+        if c.chains_from.get(dp).is_some_and(|from| ts >= *from) {
+            c.problem(
+                "records.jsonl",
+                format!("record {k} is unchained but its data plane chains by then (inserted)"),
+            );
+        } else {
+            c.unchained += 1;
+        }
+        return;
+    }
+    let sent = crate::record::as_sent(&text, dp);
+    let bytes = sent.as_deref().unwrap_or(&text).as_bytes();
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    match c.members.get_mut(&digest) {
+        None => c.problem(
+            "records.jsonl",
+            format!("record {k} is in no chain of the bundle (changed or inserted)"),
+        ),
+        Some(m) if m.seen => {
+            c.problem("records.jsonl", format!("record {k} is there twice (inserted)"));
+        }
+        Some(m) => m.seen = true,
+    }
+}
+
 /// Walks one chain segment's file.
 fn chain_file(
     c: &mut Check,
@@ -425,7 +554,14 @@ fn chain_file(
     r: &mut impl BufRead,
 ) -> std::io::Result<()> {
     let Some(key) = c.key else { return Ok(()) };
-    let cps = c.checkpoints.remove(&seg.chain).unwrap_or_default();
+    let mut cps = c.checkpoints.remove(&seg.chain).unwrap_or_default();
+    if cps.iter().any(|cp| cp.seq < seg.after || cp.seq > seg.upto) {
+        c.problem(
+            "checkpoints.jsonl",
+            format!("a checkpoint of {} outside its segment", seg.chain),
+        );
+        cps.retain(|cp| cp.seq >= seg.after && cp.seq <= seg.upto);
+    }
     let mut v = Verifier::new(&seg.chain, &key, cps);
     v.start_after(seg.after);
     v.expect_head(seg.upto);
@@ -455,19 +591,19 @@ fn chain_file(
             crate::record::chain_prev(bytes).unwrap_or(sluice_audit::GENESIS)
         };
         let parsed = serde_json::from_slice::<Value>(bytes).ok();
-        if let Some(e) = &parsed {
-            first_ts = first_ts.or(e["ts_ms"].as_u64());
-            if control {
-                c.summary.control_entry(e);
-                note_gap(
-                    e["action"].as_str().unwrap_or(""),
-                    e["detail"].as_str().unwrap_or(""),
-                    &mut c.gaps,
-                );
-            }
+        let ts = parsed.as_ref().and_then(|e| e["ts_ms"].as_u64());
+        first_ts = first_ts.or(ts);
+        if let Some(e) = &parsed
+            && control
+        {
+            control_entry(c, n, e);
         }
-        if !control {
-            c.chained.insert(Sha256::digest(bytes).into());
+        if let (false, Some(dp)) = (control, &seg.dataplane) {
+            let from = c.chains_from.entry(dp.clone()).or_insert(u64::MAX);
+            *from = (*from).min(ts.unwrap_or(u64::MAX));
+            let in_window = ts.is_some_and(|t| c.in_window(t));
+            let m = Member { chain: seg.chain.clone(), n, in_window, seen: false };
+            c.members.insert(Sha256::digest(bytes).into(), m);
         }
         v.push(Row { pos: k, seq: n, prev, link, record: bytes });
     }
@@ -490,12 +626,37 @@ fn chain_file(
     Ok(())
 }
 
+/// An entry of control's chain: counted, its gaps noted, its rule pushes and answers kept.
+fn control_entry(c: &mut Check, n: u64, e: &Value) {
+    c.summary.control_entry(e);
+    let (action, detail) = (e["action"].as_str().unwrap_or(""), e["detail"].as_str().unwrap_or(""));
+    note_gap(action, detail, &mut c.gaps);
+    if let ("rules.push" | "rules.rollback" | "rules.ack", Some(v)) =
+        (action, e["version"].as_i64())
+    {
+        let d =
+            serde_json::from_str::<Value>(detail).unwrap_or_else(|_| Value::String(detail.into()));
+        c.rule_entries.entry((v, action.to_owned())).or_default().push((n, d));
+    }
+}
+
 /// What can be judged only with every file read.
-fn finish(c: &mut Check, m: &Manifest) {
-    for s in &m.segments {
-        if !c.chains.iter().any(|x| x.chain == s.chain) {
-            c.problem(&s.file, "a chain segment the manifest names was not walked");
-        }
+fn finish(c: &mut Check) {
+    let leftover: Vec<String> = c.checkpoints.keys().cloned().collect();
+    for chain in leftover {
+        c.problem("checkpoints.jsonl", format!("checkpoints of {chain}, which has no segment"));
+    }
+    let missing: Vec<(String, u64)> = c
+        .members
+        .values()
+        .filter(|m| m.in_window && !m.seen)
+        .map(|m| (m.chain.clone(), m.n))
+        .collect();
+    for (chain, n) in missing {
+        c.problem(
+            "records.jsonl",
+            format!("{chain} position {n} is in the window but not among the records (removed)"),
+        );
     }
     match c.summary_json.take() {
         Some(stated) => {
@@ -510,14 +671,46 @@ fn finish(c: &mut Check, m: &Manifest) {
     }
     let versions = c.versions.take().unwrap_or(Value::Null);
     for v in versions.as_array().into_iter().flatten() {
-        let file = v["file"].as_str().unwrap_or("");
-        if c.hashes.get(file).map(String::as_str) != v["sha256"].as_str() {
+        rule_version(c, v);
+    }
+}
+
+/// A rule version of `versions.json`: its file as listed, its push in control's chain with the
+/// same hash, each acknowledgement the chained entry at its position.
+fn rule_version(c: &mut Check, v: &Value) {
+    let (version, file) = (v["version"].as_i64().unwrap_or(-1), v["file"].as_str().unwrap_or(""));
+    let sha = v["sha256"].as_str().unwrap_or("");
+    if c.hashes.get(file).map(String::as_str) != Some(sha) {
+        c.problem(
+            "rules/versions.json",
+            format!(
+                "version {version} names a rule file {file:?} the bundle does not hold as listed"
+            ),
+        );
+    }
+    let pushed = ["rules.push", "rules.rollback"].iter().any(|a| {
+        c.rule_entries.get(&(version, (*a).to_owned())).into_iter().flatten().any(|(_, d)| {
+            // Pushes of earlier versions name no hash; their text is held to the manifest only.
+            d.as_str()
+                .is_some_and(|t| !t.contains("sha256 ") || t.ends_with(&format!("sha256 {sha}")))
+        })
+    });
+    if !pushed {
+        c.problem(
+            "rules/versions.json",
+            format!("version {version}: no push of this text in the bundle's control chain"),
+        );
+    }
+    let acks = c.rule_entries.get(&(version, "rules.ack".to_owned())).cloned().unwrap_or_default();
+    for a in v["acknowledgements"].as_array().into_iter().flatten() {
+        let at = a["audit_position"].as_u64();
+        let same = acks.iter().any(|(n, d)| {
+            Some(*n) == at && d["dataplane"] == a["dataplane"] && d["status"] == a["status"]
+        });
+        if !same {
             c.problem(
                 "rules/versions.json",
-                format!(
-                    "version {} names a rule file {file:?} the bundle does not hold as listed",
-                    v["version"]
-                ),
+                format!("version {version}: an acknowledgement that is not control's chained entry at {at:?}"),
             );
         }
     }

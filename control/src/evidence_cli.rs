@@ -4,6 +4,7 @@
 //! (ARCHITECTURE.md, "Evidence"). Exit status 1 when anything is found.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use serde_json::Value;
 
@@ -17,7 +18,14 @@ pub fn export(api: &Api, since: &str, until: Option<&str>, out: &str) -> Out {
         path.push_str(&format!("&until={}", enc(u)));
     }
     let part = format!("{out}.part");
-    let mut f = std::fs::File::create(&part).map_err(|e| usage(format!("{part}: {e}")))?;
+    // The records are the enterprise's: readable by the owner only.
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&part)
+        .map_err(|e| usage(format!("{part}: {e}")))?;
     let written = api.download(&path, &mut f);
     let done = written.and_then(|n| {
         f.flush().and_then(|()| f.sync_all()).map_err(|e| Fail(format!("{part}: {e}"), 1))?;
@@ -42,6 +50,13 @@ fn open_check(
     file: &str,
     key: Option<&str>,
 ) -> Result<sluice_control::evidence_bundle::BundleCheck, Fail> {
+    // Without a pinned key, a bundle re-signed by anyone would check clean.
+    let Some(key) = key else {
+        return Err(usage(format!(
+            "{file}: --key HEX is required: the key you pinned (`sluicectl audit key`), or anyone could re-sign a changed bundle"
+        )));
+    };
+    let key = Some(key);
     let f = std::fs::File::open(file).map_err(|e| usage(format!("{file}: {e}")))?;
     sluice_control::evidence_bundle::check(std::io::BufReader::new(f), key)
         .map_err(|e| Fail(format!("{file}: {e}"), 1))

@@ -133,7 +133,7 @@ impl Summary {
     /// Counts an entry of control's audit log (its JSON encoding, as chained).
     pub fn control_entry(&mut self, e: &Value) {
         let ts = e["ts_ms"].as_u64().unwrap_or(0);
-        if ts < self.since_ms || ts > self.until_ms {
+        if ts < self.since_ms || ts >= self.until_ms {
             return;
         }
         let action = text(e, "action");

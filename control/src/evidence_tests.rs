@@ -41,8 +41,10 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
         }
         prev = link;
     }
-    let v = rules.add("[[rule]]\nname = \"x\"\n", "ops", "push").unwrap();
-    rules.audit("ops", "rules.push", "20 bytes, 0 warnings", Some(v)).unwrap();
+    let text = "[[rule]]\nname = \"x\"\n";
+    let v = rules.add(text, "ops", "push").unwrap();
+    let detail = format!("20 bytes, 0 warnings, sha256 {}", crate::evidence::text_sha256(text));
+    rules.audit("ops", "rules.push", &detail, Some(v)).unwrap();
     rules
         .audit(
             "dataplane:dp1",
@@ -60,8 +62,18 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
 
 /// The bundle's files written into a fresh directory.
 fn written(since: u64, until: u64) -> (tempdir::Dir, Vec<FileEntry>, Signer) {
+    written_after(since, until, |_, _| {})
+}
+
+/// [`written`] after `tamper` changed the stores.
+fn written_after(
+    since: u64,
+    until: u64,
+    tamper: impl FnOnce(&FlowStore, &RuleStore),
+) -> (tempdir::Dir, Vec<FileEntry>, Signer) {
     let signer = Signer::from_secret(&[5; 32]);
     let (flows, rules) = stores(&signer);
+    tamper(&flows, &rules);
     let dir = tempdir::Dir::new();
     let key = sluice_audit::Link(signer.public().to_bytes()).to_hex();
     let w = Window { since_ms: since, until_ms: until, azure_regions: BTreeMap::new() };
@@ -115,7 +127,7 @@ fn problems(c: &BundleCheck) -> Vec<String> {
 
 #[test]
 fn an_exported_bundle_checks_clean_and_holds_what_the_window_needs() {
-    let (dir, files, signer) = written(1_015, 1_025);
+    let (dir, files, signer) = written(1_015, 1_026);
     let c = check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap();
     assert!(c.clean, "{:?}", problems(&c));
     // Records 15..=25 of the window; the chain from the checkpoint at 10 to the one at 30.
@@ -151,7 +163,7 @@ fn an_exported_bundle_checks_clean_and_holds_what_the_window_needs() {
 /// Changes `name` in the bundle directory with `f` and returns what the check finds, the
 /// manifest left as exported.
 fn tampered(name: &str, f: impl FnOnce(&mut Vec<u8>)) -> Vec<String> {
-    let (dir, files, signer) = written(1_015, 1_025);
+    let (dir, files, signer) = written(1_015, 1_026);
     let p = dir.0.join(name);
     let mut b = std::fs::read(&p).unwrap();
     f(&mut b);
@@ -185,7 +197,7 @@ fn a_changed_file_is_found() {
 #[test]
 fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
     // The records changed and the manifest's hash with them: the signature no longer holds.
-    let (dir, mut files, signer) = written(1_015, 1_025);
+    let (dir, mut files, signer) = written(1_015, 1_026);
     let rec = dir.0.join("records.jsonl");
     let text = std::fs::read_to_string(&rec).unwrap().replacen("\"allow\"", "\"block\"", 1);
     std::fs::write(&rec, &text).unwrap();
@@ -198,7 +210,7 @@ fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
     std::fs::write(&mpath, &mbytes).unwrap();
     let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
     assert!(p.iter().any(|x| x.starts_with("manifest.sig:")), "{p:?}");
-    assert!(p.iter().any(|x| x.contains("in no chain")), "{p:?}");
+    assert!(p.iter().any(|x| x.contains("its contents were not read further")), "{p:?}");
     // Re-signed by someone else's key, the key files swapped: only the pinned key tells.
     let other = Signer::from_secret(&[9; 32]);
     m["public_key"] = key_hex(&other).into();
@@ -209,7 +221,7 @@ fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
     let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
     assert!(p.iter().any(|x| x.contains("not the pinned")), "{p:?}");
     // A file removed, and one added.
-    let (dir, files, signer) = written(1_015, 1_025);
+    let (dir, files, signer) = written(1_015, 1_026);
     let fewer: Vec<FileEntry> =
         files.iter().filter(|f| f.name != "summary.html").cloned().collect();
     let p = problems(&check(&packed(&dir.0, &fewer)[..], Some(&key_hex(&signer))).unwrap());
@@ -231,4 +243,61 @@ fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What the check of a bundle exported after `tamper` finds.
+fn exported_after(tamper: impl FnOnce(&FlowStore, &RuleStore)) -> Vec<String> {
+    let (dir, files, signer) = written_after(0, u64::MAX / 4, tamper);
+    problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap())
+}
+
+#[test]
+fn a_store_changed_before_the_export_gives_a_bundle_that_says_so() {
+    // A made-up record without chain members, from a data plane that chains.
+    let p = exported_after(|f, _| {
+        f.connection()
+            .execute_batch(
+                r#"INSERT INTO flows (dataplane, seq, ts_ms, record) VALUES
+                   ('dp1', 999, 1020, '{"seq":999,"type":"flow","ts_ms":1020,"verdict":"allow","dataplane":"dp1"}')"#,
+            )
+            .unwrap();
+    });
+    assert!(p.iter().any(|x| x.contains("unchained but its data plane chains")), "{p:?}");
+    // A record's time column moved out of the window: the chain says it belongs there.
+    let (dir, files, signer) = written_after(1_015, 1_026, |f, _| {
+        f.connection().execute_batch("UPDATE flows SET ts_ms = 5 WHERE cn = 17").unwrap();
+    });
+    let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(
+        p.iter().any(|x| x.contains("position 17 is in the window but not among the records")),
+        "{p:?}"
+    );
+    // A rule version's text changed: its push in control's chain names another hash.
+    let p = exported_after(|_, r| {
+        r.db().execute_batch("UPDATE rule_versions SET text = text || '# not pushed'").unwrap();
+    });
+    assert!(p.iter().any(|x| x.contains("no push of this text")), "{p:?}");
+    // An acknowledgement rewritten in the audit table's columns.
+    let p = exported_after(|_, r| {
+        r.db()
+            .execute_batch("UPDATE audit SET detail = replace(detail, 'applied', 'refused') WHERE action = 'rules.ack'")
+            .unwrap();
+    });
+    assert!(!p.is_empty(), "a changed acknowledgement is found");
+}
+
+#[test]
+fn files_moved_out_of_the_manifest_order_are_not_trusted() {
+    // The checkpoints packed last (every file's hash intact): the chains would be walked
+    // without them.
+    let (dir, files, signer) = written(1_015, 1_026);
+    let mut moved: Vec<FileEntry> =
+        files.iter().filter(|f| f.name != "checkpoints.jsonl").cloned().collect();
+    moved.extend(files.iter().filter(|f| f.name == "checkpoints.jsonl").cloned());
+    let p = problems(&check(&packed(&dir.0, &moved)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(
+        p.iter().any(|x| x.starts_with("checkpoints.jsonl: out of the manifest's order")),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|x| x.contains("not read further")), "{p:?}");
 }

@@ -158,7 +158,8 @@ enum EvidenceCmd {
         /// duration back from now (30d).
         #[arg(long)]
         since: String,
-        /// End (inclusive; default now), in the same forms.
+        /// End (exclusive; default now), in the same forms: `--since 2026-10-01 --until
+        /// 2026-11-01` is October.
         #[arg(long)]
         until: Option<String>,
         /// Where to write the bundle (tar.zst).
@@ -170,7 +171,8 @@ enum EvidenceCmd {
     Verify {
         /// The bundle.
         bundle: String,
-        /// The public key you pinned (hex, `sluicectl audit key`).
+        /// The public key you pinned (hex, `sluicectl audit key`): required, or anyone could
+        /// re-sign a changed bundle.
         #[arg(long)]
         key: Option<String>,
     },
