@@ -230,8 +230,9 @@ pub fn export(
         });
     }
 
-    // Control's chain: from its entries of the window, of the data planes' segments (their
-    // gaps and refusals), and the pushes and acknowledgements of the rule versions in force.
+    // Control's chain: from its first entry of the window, of the data planes' segments (their
+    // gaps and refusals), or about the rule versions in force (pushes, acknowledgements), to
+    // its head.
     let versions = rules_in_force(rules, since, until)?;
     let in_force: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();
     let (first, last): (Option<i64>, Option<i64>) = rules.db().query_row(
@@ -243,10 +244,12 @@ pub fn export(
         params![i(earliest), until],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    if let (Some(first), Some(last)) = (first, last) {
+    if let (Some(first), Some(_)) = (first, last) {
+        // To the head (signed just before the export): a gap or refusal in a data plane's
+        // segment may be noted after the window ends.
         let head = rules.chain_head()?.map_or(0, |(n, _)| n);
         let control_cps = cps.get(CONTROL_CHAIN).map(Vec::as_slice).unwrap_or_default();
-        let (after, upto) = segment(control_cps, first.unsigned_abs(), last.unsigned_abs(), head);
+        let (after, upto) = segment(control_cps, first.unsigned_abs(), head, head);
         let name = "chains/control.jsonl".to_owned();
         let mut f = files.create(&name)?;
         let mut err = None;
