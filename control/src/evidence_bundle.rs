@@ -521,14 +521,14 @@ fn record_line(c: &mut Check, v: &Value, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let dp = v["dataplane"].as_str().unwrap_or("");
     if v.get("chain").is_none() {
-        if c.chains_from.get(dp).is_some_and(|from| ts >= *from) {
-            c.problem(
-                "records.jsonl",
-                format!("record {k} is unchained but its data plane chains by then (inserted)"),
-            );
+        // Nothing shows such a record unchanged: evidence only of itself.
+        c.unchained += 1;
+        let why = if c.chains_from.get(dp).is_some_and(|from| ts >= *from) {
+            "its data plane chains by then (inserted)"
         } else {
-            c.unchained += 1;
-        }
+            "an earlier version's record, or inserted"
+        };
+        c.problem("records.jsonl", format!("record {k} is in no chain: {why}"));
         return;
     }
     let sent = crate::record::as_sent(&text, dp);

@@ -70,7 +70,7 @@ pub fn verify(file: &str, key: Option<&str>, json: bool) -> Out {
         print_json(&v);
     } else {
         println!(
-            "bundle {file}: window {} to {} UTC, {} files, {} records ({} in no chain: an earlier version's)",
+            "bundle {file}: window {} to {} UTC, {} files, {} records ({} in no chain)",
             when(&v["since_ms"]),
             when(&v["until_ms"]),
             c.files,
