@@ -60,10 +60,7 @@ impl Checkpoint {
 
     /// The checkpoint as one line (no newline).
     pub fn to_line(&self) -> String {
-        let mut sig = String::with_capacity(128);
-        for b in self.signature {
-            sig.push_str(&format!("{b:02x}"));
-        }
+        let sig = signature_to_hex(&self.signature);
         format!("{} {} {} {} {sig}", self.chain, self.seq, self.head.to_hex(), self.ts_ms)
     }
 
@@ -94,14 +91,25 @@ impl Checkpoint {
         let seq = number(seq, "sequence number")?;
         let ts_ms = number(ts, "time")?;
         let head = Link::from_hex(head).ok_or(CheckpointError::Line("head"))?;
-        let sig = Link::from_hex(sig.get(..64).unwrap_or(""))
-            .zip(Link::from_hex(sig.get(64..).unwrap_or("")))
-            .ok_or(CheckpointError::Line("signature"))?;
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&sig.0.0);
-        signature[32..].copy_from_slice(&sig.1.0);
+        let signature = signature_from_hex(sig).ok_or(CheckpointError::Line("signature"))?;
         Ok(Checkpoint { chain: chain.to_owned(), seq, head, ts_ms, signature })
     }
+}
+
+/// An Ed25519 signature as 128 lowercase hex digits (checkpoint lines, bundle manifests).
+pub fn signature_to_hex(sig: &[u8; 64]) -> String {
+    let (a, b) = sig.split_at(32);
+    let half = |h: &[u8]| Link(h.try_into().unwrap_or([0; 32])).to_hex();
+    half(a) + &half(b)
+}
+
+/// Reads [`signature_to_hex`]'s form back.
+pub fn signature_from_hex(s: &str) -> Option<[u8; 64]> {
+    let (a, b) = (Link::from_hex(s.get(..64)?)?, Link::from_hex(s.get(64..)?)?);
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&a.0);
+    out[32..].copy_from_slice(&b.0);
+    Some(out)
 }
 
 /// The bytes an evidence bundle's manifest signature covers: a fixed prefix (so no signature

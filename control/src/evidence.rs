@@ -349,7 +349,10 @@ pub fn export(
     let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     std::fs::write(dir.join("manifest.json"), &bytes)?;
     let sig = sign(&bytes);
-    std::fs::write(dir.join("manifest.sig"), format!("{}\n", hex64(&sig)))?;
+    std::fs::write(
+        dir.join("manifest.sig"),
+        format!("{}\n", sluice_audit::checkpoint::signature_to_hex(&sig)),
+    )?;
     Ok(files.done)
 }
 
@@ -357,10 +360,6 @@ pub fn export(
 /// log, so a bundle's rule files can be held to what was pushed.
 pub fn text_sha256(text: &str) -> String {
     Link(Sha256::digest(text.as_bytes()).into()).to_hex()
-}
-
-fn hex64(b: &[u8; 64]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The rule version in force at `since` and every one pushed until `until`.

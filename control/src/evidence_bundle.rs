@@ -187,24 +187,12 @@ fn name_ok(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_'))
 }
 
-fn hex_sig(s: &str) -> Option<[u8; 64]> {
-    let s = s.trim();
-    if s.len() != 128 {
-        return None;
-    }
-    let mut out = [0u8; 64];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Most problems listed; past it, one line says how many more there were.
 const MAX_PROBLEMS: usize = 1_000;
 
 /// A record of a data plane's chain segment, as `records.jsonl` must hold it.
 struct Member {
-    chain: String,
+    chain: std::sync::Arc<str>,
     n: u64,
     in_window: bool,
     seen: bool,
@@ -362,8 +350,11 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
     }
     match Link::from_hex(&c.key_hex).and_then(|l| sluice_audit::checkpoint::public_key(&l.0).ok()) {
         Some(k) => {
-            let ok = hex_sig(&String::from_utf8_lossy(&sig))
-                .is_some_and(|s| sluice_audit::verify_manifest(&k, &manifest_bytes, &s).is_ok());
+            let ok =
+                sluice_audit::checkpoint::signature_from_hex(String::from_utf8_lossy(&sig).trim())
+                    .is_some_and(|s| {
+                        sluice_audit::verify_manifest(&k, &manifest_bytes, &s).is_ok()
+                    });
             if !ok {
                 c.problem("manifest.sig", "the manifest's signature does not verify under its key: the manifest was changed, or signed by another key");
                 c.trusted = false;
@@ -569,6 +560,7 @@ fn chain_file(
         v.expect_gap(from, to, &why);
     }
     let control = seg.chain == CONTROL_CHAIN;
+    let chain: std::sync::Arc<str> = seg.chain.as_str().into();
     let (mut line, mut k, mut first_ts) = (Vec::new(), 0u64, None);
     while let Some(ok) = next_line(r, &mut line)? {
         k += 1;
@@ -602,7 +594,7 @@ fn chain_file(
             let from = c.chains_from.entry(dp.clone()).or_insert(u64::MAX);
             *from = (*from).min(ts.unwrap_or(u64::MAX));
             let in_window = ts.is_some_and(|t| c.in_window(t));
-            let m = Member { chain: seg.chain.clone(), n, in_window, seen: false };
+            let m = Member { chain: chain.clone(), n, in_window, seen: false };
             c.members.insert(Sha256::digest(bytes).into(), m);
         }
         v.push(Row { pos: k, seq: n, prev, link, record: bytes });
@@ -646,7 +638,7 @@ fn finish(c: &mut Check) {
     for chain in leftover {
         c.problem("checkpoints.jsonl", format!("checkpoints of {chain}, which has no segment"));
     }
-    let missing: Vec<(String, u64)> = c
+    let missing: Vec<(std::sync::Arc<str>, u64)> = c
         .members
         .values()
         .filter(|m| m.in_window && !m.seen)

@@ -216,8 +216,11 @@ fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
     m["public_key"] = key_hex(&other).into();
     let mbytes = serde_json::to_vec_pretty(&m).unwrap();
     std::fs::write(&mpath, &mbytes).unwrap();
-    std::fs::write(dir.0.join("manifest.sig"), format!("{}\n", hex(&other.sign_manifest(&mbytes))))
-        .unwrap();
+    std::fs::write(
+        dir.0.join("manifest.sig"),
+        format!("{}\n", sluice_audit::checkpoint::signature_to_hex(&other.sign_manifest(&mbytes))),
+    )
+    .unwrap();
     let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
     assert!(p.iter().any(|x| x.contains("not the pinned")), "{p:?}");
     // A file removed, and one added.
@@ -239,10 +242,6 @@ fn a_re_hashed_manifest_a_removed_or_added_file_and_another_key_are_found() {
     );
     // Not a bundle at all: an error, not a panic.
     assert!(check(&b"not zstd"[..], None).is_err());
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What the check of a bundle exported after `tamper` finds.
