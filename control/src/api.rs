@@ -138,16 +138,15 @@ impl AppState {
 }
 
 impl AppState {
-    /// What the data planes get of the key store: the provider keys (unsealed) and the
-    /// virtual keys in force.
-    pub fn key_push(
-        &self,
-    ) -> Result<
-        (Vec<sluice_link::BrokerKey>, Vec<sluice_link::VirtualKey>),
-        crate::keystore::KeyError,
-    > {
+    /// What the data planes get of the key store: the provider keys (unsealed), the virtual
+    /// keys in force and the DLP salt.
+    pub fn key_push(&self) -> Result<crate::keystore::KeyPush, crate::keystore::KeyError> {
         let k = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok((k.secrets()?, k.link_virtual_keys()?))
+        Ok(crate::keystore::KeyPush {
+            keys: k.secrets()?,
+            virtual_keys: k.link_virtual_keys()?,
+            dlp_salt: k.dlp_salt()?,
+        })
     }
 }
 
@@ -548,6 +547,8 @@ pub const ROUTES: &[&str] = &[
     "DELETE /v1/keys/{name}",
     "POST /v1/keys/virtual",
     "DELETE /v1/keys/virtual/{id}",
+    "GET /v1/dlp/salt",
+    "POST /v1/dlp/salt/rotate",
     "GET /v1/usage",
     "GET /v1/inventory",
     "GET /v1/discoveries",

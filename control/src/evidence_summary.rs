@@ -63,6 +63,10 @@ pub struct Summary {
     residency: BTreeMap<(String, String, String), (u64, u64)>,
     approvals: BTreeMap<String, u64>,
     rule_changes: Vec<Value>,
+    /// DLP salt id → requests whose findings hash under it.
+    dlp_salts: BTreeMap<String, u64>,
+    /// Rotations of the DLP salt (control's `dlp.salt.rotate` entries).
+    salt_rotations: Vec<Value>,
 }
 
 fn text(v: &Value, k: &str) -> String {
@@ -111,6 +115,10 @@ impl Summary {
         if verdict == "block" {
             *self.blocks.entry((kind.into(), identity, text(r, "rule"))).or_default() += 1;
         }
+        let salt = text(r, "dlp_salt");
+        if !salt.is_empty() && self.dlp_salts.len() < MAX_DESTINATIONS {
+            *self.dlp_salts.entry(salt).or_default() += 1;
+        }
         for f in r["dlp_findings"].as_array().into_iter().flatten() {
             let detector = text(f, "detector");
             let e =
@@ -144,6 +152,9 @@ impl Summary {
             a if a.starts_with("rules.") => self.rule_changes.push(json!({
                 "ts_ms": ts, "who": text(e, "who"), "action": a,
                 "version": e["version"], "detail": text(e, "detail"),
+            })),
+            "dlp.salt.rotate" => self.salt_rotations.push(json!({
+                "ts_ms": ts, "who": text(e, "who"), "detail": text(e, "detail"),
             })),
             _ => {}
         }
@@ -186,6 +197,8 @@ impl Summary {
             },
             "residency": residency,
             "rule_changes": self.rule_changes,
+            "dlp_salts": self.dlp_salts.iter().map(|(id, n)| json!({"salt": id, "requests": n})).collect::<Vec<_>>(),
+            "dlp_salt_rotations": self.salt_rotations,
         })
     }
 }
@@ -314,6 +327,16 @@ pub fn html(s: &Value) -> String {
             ("detail", "detail"),
         ],
     ));
+    h.push_str(&table(
+        "DLP salts: finding hashes compare only under one salt",
+        &s["dlp_salts"],
+        &[("salt", "salt"), ("requests", "requests with findings")],
+    ));
+    h.push_str(&table(
+        "DLP salt rotations",
+        &s["dlp_salt_rotations"],
+        &[("ts_ms", "unix ms"), ("who", "who"), ("detail", "detail")],
+    ));
     h.push_str("</body></html>\n");
     h
 }
@@ -330,6 +353,7 @@ mod tests {
         s.record(
             &json!({"type":"request","identity":"finance","category":"openai","verdict":"block",
             "sni":"api.openai.com","rule":"no-cards",
+            "dlp_salt":"salt:0123456789ab",
             "dlp_findings":[{"detector":"credit_card","count":2,"hashes":["ab12"]}]}),
         );
         s.record(&json!({"type":"flow","identity":"finance","category":"openai","verdict":"allow","sni":"contoso-eu.openai.azure.com"}));
@@ -340,6 +364,7 @@ mod tests {
         );
         s.control_entry(&json!({"ts_ms":6,"who":"sec","action":"approval.deny","detail":"{}"}));
         s.control_entry(&json!({"ts_ms":500,"who":"ops","action":"rules.push","version":3}));
+        s.control_entry(&json!({"ts_ms":7,"who":"ops","action":"dlp.salt.rotate","detail":"salt:b replaces salt:a (destroyed)"}));
         let j = s.to_json();
         assert_eq!((j["flows"].as_u64(), j["requests"].as_u64()), (Some(2), Some(1)));
         assert_eq!(j["dlp_findings"][0]["family"], "financial");
@@ -362,6 +387,8 @@ mod tests {
             "outside the window: not counted"
         );
         assert_eq!(j["approvals"]["denied"], 1);
+        assert_eq!(j["dlp_salts"], json!([{"salt": "salt:0123456789ab", "requests": 1}]));
+        assert_eq!(j["dlp_salt_rotations"][0]["detail"], "salt:b replaces salt:a (destroyed)");
         assert!(!j.to_string().contains("ab12"), "no finding's hash or text");
         // The settings read back; the page is the same for the same JSON, and escaped.
         assert_eq!(Summary::from_json(&j).to_json()["azure_regions"], j["azure_regions"]);

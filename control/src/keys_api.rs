@@ -2,7 +2,9 @@
 //! stored (`PUT /v1/keys/{name}`, the key as the body), listed by name and fingerprint, never
 //! returned, and removed; virtual keys are issued (the key returned once) and revoked. Every
 //! change is audited (names and fingerprints, never a key) and pushed to the data planes,
-//! whose acknowledgements the answer lists: once answered, their next request uses it.
+//! whose acknowledgements the answer lists: once answered, their next request uses it. The
+//! DLP salt travels with them: listed by id (`GET /v1/dlp/salt`, admins and auditors) and
+//! rotated (`POST /v1/dlp/salt/rotate`, admins).
 #![allow(clippy::result_large_err)]
 
 use axum::Router;
@@ -24,6 +26,8 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/keys/virtual", post(issue))
         .route("/v1/keys/virtual/{id}", axum::routing::delete(revoke))
         .route("/v1/keys/{name}", axum::routing::put(set).delete(remove))
+        .route("/v1/dlp/salt", get(salts))
+        .route("/v1/dlp/salt/rotate", post(rotate_salt))
 }
 
 fn refused(e: KeyError) -> Response {
@@ -55,7 +59,7 @@ async fn changed<T: serde::Serialize>(
         None,
     );
     let pushed = match s.key_push() {
-        Ok((keys, virtual_keys)) => s.links.push_keys_acked(keys, virtual_keys, PUSH_WAIT).await,
+        Ok(push) => s.links.push_keys_acked(push, PUSH_WAIT).await,
         Err(e) => return internal(e),
     };
     if let Err(e) = audit {
@@ -154,6 +158,37 @@ async fn revoke(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -
             return Err(KeyError::NotFound(format!("no virtual key `{id}` in force")));
         }
         Ok((json!({ "revoked": id }), id.clone()))
+    })
+    .await
+}
+
+/// `GET /v1/dlp/salt`: the DLP salts, newest first (ids and dates; never a salt). Auditors
+/// see them too: which hashes compare is evidence.
+async fn salts(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Err(r) = authorize(&s, &h, Need::Evidence) {
+        return r;
+    }
+    let k = s.keys.lock().unwrap_or_else(|p| p.into_inner());
+    match k.salts() {
+        Ok(salts) => axum::Json(json!({ "salts": salts })).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /v1/dlp/salt/rotate`: a new salt for every finding from now on; the old one is
+/// destroyed (ARCHITECTURE.md, "The DLP salt").
+async fn rotate_salt(State(s): State<Shared>, h: HeaderMap) -> Response {
+    let caller = match authorize(&s, &h, Need::Admin) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    changed(&s, &caller, "dlp.salt.rotate", |k| {
+        let (made, old) = k.rotate_salt(&caller.name)?;
+        let detail = match &old {
+            Some(old) => format!("{} replaces {old} (destroyed)", made.id),
+            None => made.id.clone(),
+        };
+        Ok((json!({ "salt": made, "retired": old }), detail))
     })
     .await
 }

@@ -1,6 +1,7 @@
 //! `sluicectl keys …`: brokered provider keys and virtual keys (admin token). A provider key
 //! is read from a file (never from the command line, where the shell's history and `ps` would
-//! keep it); a virtual key is printed once, when issued.
+//! keep it); a virtual key is printed once, when issued. The DLP salt is listed and rotated
+//! by id (`keys salt`, `keys rotate-salt`).
 
 use std::path::Path;
 
@@ -97,5 +98,49 @@ pub fn revoke(api: &Api, id: &str) -> Out {
         return Ok(());
     }
     println!("virtual key {id} revoked");
+    report_push(&v)
+}
+
+/// `keys salt`: the DLP salts by id.
+pub fn salts(api: &Api) -> Out {
+    let v = api.get("/v1/dlp/salt")?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["salts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            let retired = &k["retired_ms"];
+            vec![
+                s(k, "id"),
+                when(&k["created_ms"]),
+                s(k, "created_by"),
+                if retired.is_null() {
+                    "in force".into()
+                } else {
+                    format!("retired {}", when(retired))
+                },
+            ]
+        })
+        .collect();
+    table(&["SALT", "MADE", "BY", "STATE"], &rows);
+    Ok(())
+}
+
+/// `keys rotate-salt`.
+pub fn rotate_salt(api: &Api) -> Out {
+    let v = api.call("POST", "/v1/dlp/salt/rotate", None)?;
+    if api.json {
+        print_json(&v);
+        return Ok(());
+    }
+    let r = &v["result"];
+    match r["retired"].as_str() {
+        Some(old) => println!("DLP salt {} in force; {old} destroyed", s(&r["salt"], "id")),
+        None => println!("DLP salt {} in force", s(&r["salt"], "id")),
+    }
     report_push(&v)
 }

@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sluice_link::{BrokerKey, Secret, VirtualKey};
+use sluice_link::{BrokerKey, DlpSalt, Secret, VirtualKey};
 
 /// Longest provider key accepted.
 pub const MAX_KEY: usize = 4096;
@@ -76,6 +76,30 @@ pub struct VirtualKeyInfo {
     pub created_ms: u64,
     /// Unix ms it was revoked, if it was.
     pub revoked_ms: Option<u64>,
+}
+
+/// What the data planes get of the key store (`Down::Keys` without its generation).
+#[derive(Debug, Clone)]
+pub struct KeyPush {
+    /// The provider keys, unsealed.
+    pub keys: Vec<BrokerKey>,
+    /// The virtual keys in force.
+    pub virtual_keys: Vec<VirtualKey>,
+    /// The DLP salt in force, if it opens.
+    pub dlp_salt: Option<DlpSalt>,
+}
+
+/// A DLP salt as listings show it: never the salt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SaltInfo {
+    /// Its id (`salt:` and 12 hex digits), as request records name it.
+    pub id: String,
+    /// Unix ms it was made.
+    pub created_ms: u64,
+    /// Who made it (`control (first start)` or the rotating caller).
+    pub created_by: String,
+    /// Unix ms it was retired (and destroyed), if it was.
+    pub retired_ms: Option<u64>,
 }
 
 /// The key store.
@@ -154,9 +178,19 @@ impl KeyStore {
                  fingerprint TEXT NOT NULL, updated_ms INTEGER NOT NULL, updated_by TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS virtual_keys (
                  id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
-                 identity TEXT, created_ms INTEGER NOT NULL, revoked_ms INTEGER);",
+                 identity TEXT, created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+             CREATE TABLE IF NOT EXISTS dlp_salts (
+                 id TEXT PRIMARY KEY, nonce BLOB, sealed BLOB, created_ms INTEGER NOT NULL,
+                 created_by TEXT NOT NULL, retired_ms INTEGER);",
         )?;
-        let sealed: i64 = db.query_row("SELECT count(*) FROM keys", [], |r| r.get(0))?;
+        // A retired salt's sealed bytes are overwritten where SQLite frees them.
+        db.pragma_update(None, "secure_delete", true)?;
+        let sealed: i64 = db.query_row(
+            "SELECT (SELECT count(*) FROM keys)
+                  + (SELECT count(*) FROM dlp_salts WHERE sealed IS NOT NULL)",
+            [],
+            |r| r.get(0),
+        )?;
         if sealed > 0 && !kek_path.exists() {
             // A new key-encryption key would open none of them: refuse rather than start
             // with keys that can never be pushed.
@@ -169,7 +203,27 @@ impl KeyStore {
             });
         }
         let kek = kek(kek_path, &rng)?;
-        Ok(KeyStore { db, kek, rng })
+        let mut store = KeyStore { db, kek, rng };
+        if store.salts()?.first().is_none_or(|s| s.retired_ms.is_some()) {
+            let made = store.new_salt("control (first start)")?;
+            tracing::info!(salt = %made.id, "made the deployment's DLP salt");
+        }
+        Ok(store)
+    }
+
+    /// `plain` sealed under the key-encryption key with `aad`: (nonce, sealed bytes).
+    fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+        let mut sealed = plain.to_vec();
+        self.kek
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut sealed,
+            )
+            .map_err(|_| KeyError::Random)?;
+        Ok((nonce, sealed))
     }
 
     /// Stores (or replaces) the provider key `name`. The key is sealed before it is written.
@@ -181,16 +235,7 @@ impl KeyStore {
                 "a provider key is 1..={MAX_KEY} printable characters on one line"
             )));
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
-        let mut sealed = key.as_bytes().to_vec();
-        self.kek
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut sealed,
-            )
-            .map_err(|_| KeyError::Unseal(name.into()))?;
+        let (nonce, sealed) = self.seal(name.as_bytes(), key.as_bytes())?;
         let info = KeyInfo {
             name: name.into(),
             fingerprint: fingerprint(key),
@@ -331,6 +376,89 @@ impl KeyStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The DLP salts, newest first: the first is in force unless retired; retired ones are
+    /// destroyed (ids and dates kept).
+    pub fn salts(&self) -> Result<Vec<SaltInfo>, KeyError> {
+        let mut st = self.db.prepare(
+            "SELECT id, created_ms, created_by, retired_ms FROM dlp_salts
+             ORDER BY created_ms DESC, rowid DESC",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(SaltInfo {
+                id: r.get(0)?,
+                created_ms: r.get::<_, i64>(1)? as u64,
+                created_by: r.get(2)?,
+                retired_ms: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The salt in force, unsealed, for the data planes (and nothing else); `None` (logged)
+    /// when it does not open with this key-encryption key: data planes then hash with salts
+    /// of their own runs until a rotation makes one that does.
+    pub fn dlp_salt(&self) -> Result<Option<DlpSalt>, KeyError> {
+        let row = self
+            .db
+            .query_row(
+                "SELECT id, nonce, sealed FROM dlp_salts WHERE retired_ms IS NULL
+                 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)),
+            )
+            .optional()?;
+        let Some((id, nonce, mut sealed)) = row else { return Ok(None) };
+        let aad = format!("dlp-salt:{id}");
+        let opened = Nonce::try_assume_unique_for_key(&nonce)
+            .ok()
+            .and_then(|n| self.kek.open_in_place(n, Aad::from(aad.as_bytes()), &mut sealed).ok())
+            .map(|plain| Secret::new(hex(plain)));
+        zeroize::Zeroize::zeroize(&mut sealed);
+        if opened.is_none() {
+            tracing::error!(salt = %id, "{}", KeyError::Unseal(aad));
+        }
+        Ok(opened.map(|salt| DlpSalt { id, salt }))
+    }
+
+    /// Replaces the salt in force by a new one, made by `by`, and destroys the old one: its
+    /// hashes can no longer be matched to anything, by anyone. Returns the new salt and the
+    /// retired one's id.
+    pub fn rotate_salt(&mut self, by: &str) -> Result<(SaltInfo, Option<String>), KeyError> {
+        let old = self.salts()?.into_iter().find(|s| s.retired_ms.is_none()).map(|s| s.id);
+        let tx = self.db.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE dlp_salts SET retired_ms = ?1, nonce = NULL, sealed = NULL
+             WHERE retired_ms IS NULL",
+            params![now_ms() as i64],
+        )?;
+        let made = self.insert_salt(&tx, by)?;
+        tx.commit()?;
+        Ok((made, old))
+    }
+
+    fn new_salt(&mut self, by: &str) -> Result<SaltInfo, KeyError> {
+        let tx = self.db.unchecked_transaction()?;
+        let made = self.insert_salt(&tx, by)?;
+        tx.commit()?;
+        Ok(made)
+    }
+
+    fn insert_salt(&self, tx: &rusqlite::Transaction<'_>, by: &str) -> Result<SaltInfo, KeyError> {
+        let mut salt = [0u8; 32];
+        self.rng.fill(&mut salt).map_err(|_| KeyError::Random)?;
+        let id = sluice_dlp::salt_id(&salt);
+        let sealed = self.seal(format!("dlp-salt:{id}").as_bytes(), &salt);
+        zeroize::Zeroize::zeroize(&mut salt);
+        let (nonce, sealed) = sealed?;
+        let info = SaltInfo { id, created_ms: now_ms(), created_by: by.into(), retired_ms: None };
+        tx.execute(
+            "INSERT INTO dlp_salts (id, nonce, sealed, created_ms, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![info.id, &nonce[..], sealed, info.created_ms as i64, by],
+        )?;
+        Ok(info)
+    }
+
     /// Whether a provider key named `name` is stored.
     pub fn has(&self, name: &str) -> Result<bool, KeyError> {
         Ok(self
@@ -403,6 +531,43 @@ mod tests {
         assert!(matches!(s.set("virtual", "sk-x", "a"), Err(KeyError::Invalid(_))));
         assert!(s.delete("k").unwrap());
         assert!(!s.delete("k").unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_dlp_salt_is_made_once_kept_sealed_and_rotated() {
+        let dir = tempdir("salt");
+        let s = store(&dir);
+        let first = s.dlp_salt().unwrap().unwrap();
+        let raw = sluice_audit::Link::from_hex(first.salt.expose()).unwrap();
+        assert_eq!(first.id, sluice_dlp::salt_id(&raw.0));
+        drop(s);
+        // The same salt after a restart, never in clear on disk.
+        let mut s = store(&dir);
+        assert_eq!(s.dlp_salt().unwrap().unwrap(), first);
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!bytes.windows(32).any(|w| w == raw.0));
+            assert!(!bytes.windows(64).any(|w| w == first.salt.expose().as_bytes()));
+        }
+        // A rotation makes a new one and destroys the old: listed, never openable again.
+        let (made, old) = s.rotate_salt("admin").unwrap();
+        assert_eq!(old.as_deref(), Some(first.id.as_str()));
+        let now = s.dlp_salt().unwrap().unwrap();
+        assert_eq!((now.id.as_str(), made.created_by.as_str()), (made.id.as_str(), "admin"));
+        assert_ne!(now.salt, first.salt);
+        let listed = s.salts().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!((listed[0].id.as_str(), listed[0].retired_ms), (made.id.as_str(), None));
+        assert!(listed[1].retired_ms.is_some());
+        let kept: Option<Vec<u8>> =
+            s.db.query_row("SELECT sealed FROM dlp_salts WHERE id = ?1", [&first.id], |r| r.get(0))
+                .unwrap();
+        assert_eq!(kept, None);
+        // Under another key-encryption key the salt does not open: none is pushed.
+        drop(s);
+        std::fs::write(dir.join("keys.kek"), [7u8; 32]).unwrap();
+        assert_eq!(store(&dir).dlp_salt().unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

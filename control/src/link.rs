@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sluice_link::{
-    BrokerKey, Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, VirtualKey, encode,
-};
+use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::AppState;
+use crate::keystore::KeyPush;
 use crate::record::{RecordKind, Row};
 
 /// What control knows of one data plane.
@@ -39,6 +38,8 @@ pub struct DataplaneStatus {
     pub identities: Option<(u64, usize)>,
     /// Key generation it acknowledged, and how many provider keys it holds.
     pub keys: Option<(u64, usize)>,
+    /// Id of the DLP salt it hashes findings with, as it last acknowledged.
+    pub dlp_salt: Option<String>,
     /// Records received on this connection (replays included).
     pub records_received: u64,
     /// Highest sequence number received.
@@ -189,14 +190,10 @@ impl Links {
     /// Sends the brokered keys to every connected data plane and waits up to `wait` for
     /// their acknowledgements: once answered, the next request uses them. Call it after the
     /// change is stored, with a snapshot read after it.
-    pub async fn push_keys_acked(
-        &self,
-        keys: Vec<BrokerKey>,
-        virtual_keys: Vec<VirtualKey>,
-        wait: Duration,
-    ) -> Vec<PushResult> {
+    pub async fn push_keys_acked(&self, push: KeyPush, wait: Duration) -> Vec<PushResult> {
         let generation = self.next_key_generation();
-        let msg = Down::Keys { generation, keys, virtual_keys };
+        let KeyPush { keys, virtual_keys, dlp_salt } = push;
+        let msg = Down::Keys { generation, keys, virtual_keys, dlp_salt };
         let answers = self.fan_out(&msg, wait, |s, tx| s.key_waiters.push((generation, tx))).await;
         acknowledged(answers)
     }
@@ -383,8 +380,8 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     // data plane keeps whichever of the two is higher.
     let generation = links.current_key_generation();
     match state.key_push() {
-        Ok((keys, virtual_keys)) => {
-            let _ = tx.send(Down::Keys { generation, keys, virtual_keys });
+        Ok(KeyPush { keys, virtual_keys, dlp_salt }) => {
+            let _ = tx.send(Down::Keys { generation, keys, virtual_keys, dlp_salt });
         }
         Err(e) => tracing::error!(dataplane = %name, "brokered keys not sent: {e}"),
     }
@@ -540,9 +537,12 @@ async fn serve_up(
                     Err(e) => tracing::error!(dataplane = %name, %id, "ending a held request: {e}"),
                 }
             }
-            UpMessage::Other(Up::KeysAck { generation, keys }) => {
-                tracing::info!(dataplane = %name, generation, keys, "brokered keys in force");
-                links.update(name, |s| s.keys = Some((generation, keys)));
+            UpMessage::Other(Up::KeysAck { generation, keys, dlp_salt }) => {
+                tracing::info!(dataplane = %name, generation, keys, dlp_salt = dlp_salt.as_deref().unwrap_or("-"), "brokered keys in force");
+                links.update(name, |s| {
+                    s.keys = Some((generation, keys));
+                    s.dlp_salt = dlp_salt;
+                });
                 if let Some(s) = lock!(links.sessions).get_mut(name) {
                     let (done, keep): (Vec<_>, Vec<_>) =
                         s.key_waiters.drain(..).partition(|(g, _)| *g <= generation);

@@ -241,6 +241,11 @@ enum KeysCmd {
         /// Its id (`vk_…`).
         id: String,
     },
+    /// List the DLP salts by id (the one in force first; never a salt).
+    Salt,
+    /// Rotate the DLP salt: findings from now on hash under a new salt, the old one is
+    /// destroyed (its hashes match nothing any more).
+    RotateSalt,
 }
 
 #[derive(Subcommand)]
@@ -493,6 +498,8 @@ fn main() -> ExitCode {
                 KeysCmd::List => keys_cli::list(a),
                 KeysCmd::Issue { user, identity } => keys_cli::issue(a, user, identity.as_deref()),
                 KeysCmd::Revoke { id } => keys_cli::revoke(a, id),
+                KeysCmd::Salt => keys_cli::salts(a),
+                KeysCmd::RotateSalt => keys_cli::rotate_salt(a),
             });
         }
         Cmd::Approvals(c) => {

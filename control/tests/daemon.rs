@@ -159,7 +159,10 @@ fn dataplane_link_policy_records_dedup_identities() {
         other => panic!("expected the current policy, got {other:?}"),
     }
     assert!(matches!(dp.recv(), Some(Down::Identities { .. })));
-    assert!(matches!(dp.recv(), Some(Down::Keys { keys, .. }) if keys.is_empty()));
+    let first_salt = match dp.recv() {
+        Some(Down::Keys { keys, dlp_salt: Some(salt), .. }) if keys.is_empty() => salt,
+        other => panic!("expected the keys and the deployment's salt, got {other:?}"),
+    };
     assert_eq!(dp.recv(), Some(Down::Usage { counts: Vec::new() }));
     dp.send(&Up::PolicyAck { version: 1, error: None });
 
@@ -301,7 +304,8 @@ fn dataplane_link_policy_records_dedup_identities() {
         })
     };
     let generation = match dp.recv() {
-        Some(Down::Keys { generation, keys, virtual_keys }) => {
+        Some(Down::Keys { generation, keys, virtual_keys, dlp_salt }) => {
+            assert_eq!(dlp_salt.as_ref(), Some(&first_salt), "the salt stays until rotated");
             assert_eq!(
                 (keys.len(), keys[0].name.as_str(), keys[0].secret.expose()),
                 (1, "openai-prod", key)
@@ -311,7 +315,7 @@ fn dataplane_link_policy_records_dedup_identities() {
         }
         other => panic!("expected the keys, got {other:?}"),
     };
-    dp.send(&Up::KeysAck { generation, keys: 1 });
+    dp.send(&Up::KeysAck { generation, keys: 1, dlp_salt: None });
     let (code, body) = setter.join().unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["dataplanes"][0]["status"], "applied", "{body}");
@@ -321,6 +325,37 @@ fn dataplane_link_policy_records_dedup_identities() {
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("openai-prod") && !body.contains("DAEMONTESTKEY"), "{path}: {body}");
     }
+    // The DLP salt: rotated by an admin only, pushed, listed by id (never the salt).
+    assert_eq!(call(&d, "POST", "/v1/dlp/salt/rotate", Some(ANALYST), None).0, 403);
+    let rotator = {
+        let (port, dir) = (d.port, d.dir.clone());
+        std::thread::spawn(move || {
+            call_at(port, &dir, "POST", "/v1/dlp/salt/rotate", Some(ADMIN), None)
+        })
+    };
+    let (generation, salt) = match dp.recv() {
+        Some(Down::Keys { generation, dlp_salt: Some(salt), .. }) => (generation, salt),
+        other => panic!("expected the keys with a new salt, got {other:?}"),
+    };
+    assert_ne!(salt.id, first_salt.id);
+    assert_ne!(salt.salt, first_salt.salt);
+    dp.send(&Up::KeysAck { generation, keys: 1, dlp_salt: Some(salt.id.clone()) });
+    let (code, body) = rotator.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["result"]["salt"]["id"], salt.id.as_str(), "{body}");
+    assert_eq!(json(&body)["result"]["retired"], first_salt.id.as_str(), "{body}");
+    assert_eq!(json(&body)["dataplanes"][0]["status"], "applied", "{body}");
+    for path in ["/v1/dlp/salt", "/v1/audit"] {
+        let (code, body) = call(&d, "GET", path, Some(ADMIN), None);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(&salt.id) && body.contains(&first_salt.id), "{path}: {body}");
+        for secret in [salt.salt.expose(), first_salt.salt.expose()] {
+            assert!(!body.contains(secret), "{path}: {body}");
+        }
+    }
+    assert_eq!(call(&d, "GET", "/v1/dlp/salt", Some(ANALYST), None).0, 403);
+    let (_, body) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
+    assert_eq!(json(&body)["dataplanes"][0]["dlp_salt"], salt.id.as_str(), "{body}");
     let (_, body) = call(&d, "GET", "/v1/status", Some(ANALYST), None);
     let st = json(&body);
     assert_eq!(st["dataplanes"][0]["name"], "dp-test");

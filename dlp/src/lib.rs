@@ -501,6 +501,22 @@ pub fn match_hash(salt: &[u8], matched: &[u8]) -> String {
     s
 }
 
+/// Which salt made a finding's hash, as records name it: `salt:` and the first 12 hex digits
+/// of SHA-256 over a domain prefix and the salt. It tells salts apart (hashes under different
+/// salts are never comparable) and reveals nothing of a random salt.
+pub fn salt_id(salt: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"sluice dlp salt id\0");
+    h.update(salt);
+    let d = h.finalize();
+    let mut s = String::from("salt:");
+    for b in &d[..6] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
 /// A deterministic pseudo-random sequence for the crate's randomised tests (xorshift64).
 #[cfg(test)]
 pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {

@@ -19,6 +19,9 @@ pub struct Access {
     pub approvals: crate::approval::Desk,
     /// The data keys recordings are sealed with.
     pub sealer: crate::recording::Sealer,
+    /// The deployment's DLP salt, once control pushed it (until then each run hashes with a
+    /// salt of its own).
+    pub dlp_salt: arc_swap::ArcSwapOption<crate::Salt>,
 }
 
 impl Access {

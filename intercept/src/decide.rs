@@ -92,7 +92,8 @@ pub(crate) struct Decider {
     overlay: Arc<ArcSwap<IdentityOverlay>>,
     /// The built-in scanner (used when a policy's custom detectors cannot be built).
     scanner: Arc<sluice_dlp::Scanner>,
-    salt: Arc<[u8]>,
+    /// The salt of this run, used until control pushes the deployment's.
+    salt: Arc<crate::dlp::Salt>,
     /// The scanner of the current policy, with the policy it was built for (holding the
     /// policy keeps its address, the key, from being reused).
     cache: Mutex<Option<(Arc<Policy>, Arc<sluice_dlp::Scanner>)>>,
@@ -105,14 +106,14 @@ impl Decider {
         policy: Arc<ArcSwap<Policy>>,
         overlay: Arc<ArcSwap<IdentityOverlay>>,
         scanner: Arc<sluice_dlp::Scanner>,
-        salt: Arc<[u8]>,
+        salt: &[u8],
         access: Arc<crate::access::Access>,
     ) -> Self {
         Decider {
             policy,
             overlay,
             scanner,
-            salt,
+            salt: Arc::new(crate::dlp::Salt::new(salt)),
             access,
             cache: Mutex::new(None),
             pinned: Mutex::new(HashMap::new()),
@@ -226,7 +227,7 @@ impl Decider {
                     set,
                     action: p.action,
                     scanner,
-                    salt: self.salt.clone(),
+                    salt: self.access.dlp_salt.load_full().unwrap_or_else(|| self.salt.clone()),
                 })
             }),
             access: self.access.clone(),

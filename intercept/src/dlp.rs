@@ -24,7 +24,40 @@ pub struct Dlp {
     /// The shared scanner.
     pub scanner: std::sync::Arc<Scanner>,
     /// Salt of the finding hashes.
-    pub salt: std::sync::Arc<[u8]>,
+    pub salt: std::sync::Arc<Salt>,
+}
+
+/// The salt findings are hashed with: the deployment's, as control pushed it, or one drawn
+/// for this run until it does (ARCHITECTURE.md, "The DLP salt").
+#[derive(Clone)]
+pub struct Salt {
+    /// Its id, as records name it.
+    pub id: String,
+    bytes: Vec<u8>,
+}
+
+impl Salt {
+    /// The salt of `bytes`.
+    pub fn new(bytes: &[u8]) -> Salt {
+        Salt { id: sluice_dlp::salt_id(bytes), bytes: bytes.to_vec() }
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::fmt::Debug for Salt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Salt").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Salt {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
+    }
 }
 
 /// What DLP reads of one request: its head and its decoded body.
@@ -91,7 +124,7 @@ pub(crate) fn scan(
                 content_type: input.content_type,
                 body: input.body,
                 redact: dlp.action == DlpAction::Redact,
-                salt: &dlp.salt,
+                salt: dlp.salt.bytes(),
             },
         ),
     };
@@ -101,7 +134,7 @@ pub(crate) fn scan(
         if let Some(t) = sluice_dlp::extract::inspect_token_ids(
             &dlp.scanner,
             &dlp.set,
-            &dlp.salt,
+            dlp.salt.bytes(),
             path,
             input.body,
         ) {
@@ -128,6 +161,9 @@ pub(crate) fn scan(
     rec.unscanned = out.unscanned_text();
     rec.dlp_decoded.clone_from(&out.decoded);
     summarise(&out, rec);
+    if !out.findings.is_empty() {
+        rec.dlp_salt = Some(dlp.salt.id.clone());
+    }
     let skipped = skipped(&out, input.policy, rule);
     if out.findings.is_empty() {
         rec.dlp_action = Some(if out.unscanned.is_empty() { "clean" } else { "unscanned" });
@@ -259,7 +295,7 @@ fn outside(dlp: &Dlp, req: &RequestView<'_>) -> sluice_dlp::extract::Outcome {
         sluice_dlp::extract::inspect_fields(
             &dlp.scanner,
             set,
-            &dlp.salt,
+            dlp.salt.bytes(),
             fields.iter().map(|(p, t)| (p.as_str(), t.as_str())),
         )
     };
@@ -325,6 +361,9 @@ pub(crate) fn summarise(out: &sluice_dlp::extract::Outcome, rec: &mut RequestRec
 pub(crate) fn merge_findings(into: &mut RequestRecord, from: &RequestRecord) {
     if into.dlp_profile.is_none() {
         into.dlp_profile.clone_from(&from.dlp_profile);
+    }
+    if into.dlp_salt.is_none() {
+        into.dlp_salt.clone_from(&from.dlp_salt);
     }
     for f in &from.dlp_findings {
         match into.dlp_findings.iter_mut().find(|s| s.detector == f.detector) {

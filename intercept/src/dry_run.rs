@@ -122,7 +122,7 @@ pub fn dry_run(policy: Arc<Policy>, r: &Recorded) -> Outcome {
         Arc::new(ArcSwap::new(policy.clone())),
         Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
         scanner,
-        Arc::from(&b"dry-run"[..]),
+        b"dry-run",
         Arc::new(Access::default()),
     );
     let conn = DivertedConn { original_dst: r.dst, client_mac: [0; 6] };

@@ -62,7 +62,7 @@ use tracing::{debug, warn};
 use admit::{Admission, Refusal};
 use decide::Decider;
 pub use divert::{DivertHandle, DivertedConn, Listen};
-pub use dlp::Dlp;
+pub use dlp::{Dlp, Salt};
 pub use phases::{Mask, Session, key_fingerprint};
 pub use record::{FlowNote, RecordSink, RequestRecord};
 pub use replay::Replay;
@@ -89,7 +89,7 @@ pub struct Config {
     pub max_per_client: usize,
     /// The DLP scanner (built once).
     pub scanner: Arc<sluice_dlp::Scanner>,
-    /// Salt of DLP finding hashes (random per run unless configured).
+    /// Salt of DLP finding hashes until control pushes the deployment's (random per run).
     pub dlp_salt: Arc<[u8]>,
     /// The access state shared by every connection: brokered keys, quota counts.
     pub access: Arc<access::Access>,
@@ -166,7 +166,7 @@ pub fn spawn(
         cfg.policy.clone(),
         cfg.overlay.clone(),
         cfg.scanner.clone(),
-        cfg.dlp_salt.clone(),
+        &cfg.dlp_salt,
         cfg.access.clone(),
     );
     let shared = Arc::new(Shared { cfg, nat, sink, server_h2, server_h1, upstream_h2, decider });

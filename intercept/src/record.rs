@@ -226,6 +226,10 @@ pub struct RequestRecord {
     /// DLP findings per detector: counts and JSON paths, never values.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dlp_findings: Vec<DlpSummary>,
+    /// Which salt the findings' hashes are under (`salt:` and 12 hex digits): hashes compare
+    /// only under one salt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlp_salt: Option<String>,
     /// What could not be scanned, each as `path (reason)`: binary files, corrupt layers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unscanned: Vec<String>,

@@ -185,6 +185,15 @@ async fn a_card_in_the_query_string_is_found() {
             .await;
     refused(&o, "dlp_violation");
     assert_eq!(o.record.dlp_findings[0].paths, ["query.note"]);
+    // The hash is under the session's salt, and the record names that salt (hashes compare
+    // only under one).
+    let salt = sluice_intercept::Salt::new(b"salt");
+    assert_eq!(
+        o.record.dlp_findings[0].hashes,
+        [sluice_dlp::match_hash(b"salt", b"4111 1111 1111 1111")]
+    );
+    assert_eq!(o.record.dlp_salt.as_deref(), Some(salt.id.as_str()));
+    assert!(salt.id.starts_with("salt:") && salt.id.len() == 17, "{}", salt.id);
 }
 
 #[tokio::test]

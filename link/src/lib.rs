@@ -89,6 +89,9 @@ pub enum Up {
         generation: u64,
         /// Provider keys now held.
         keys: usize,
+        /// Id of the DLP salt in force (the run's own until control pushed one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dlp_salt: Option<String>,
     },
     /// A request waits for a reviewer (sent again after a reconnect while it waits).
     Held {
@@ -149,6 +152,10 @@ pub enum Down {
         keys: Vec<BrokerKey>,
         /// Virtual keys control issued.
         virtual_keys: Vec<VirtualKey>,
+        /// The deployment's DLP salt (findings' hashes), when control holds one; a data
+        /// plane without one hashes with a salt of its own run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dlp_salt: Option<DlpSalt>,
     },
     /// What every quota subject used in the current windows, as control stored it from every
     /// data plane's records (replacing the previous push; not acknowledged). A data plane
@@ -232,6 +239,16 @@ impl Drop for Secret {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.0);
     }
+}
+
+/// The salt DLP findings are hashed with, one per deployment (ARCHITECTURE.md, "The DLP
+/// salt").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlpSalt {
+    /// Its id (`salt:` and 12 hex digits), as records name it.
+    pub id: String,
+    /// The salt, as hex digits.
+    pub salt: Secret,
 }
 
 /// Who sits behind an address, as an identity feed said.
@@ -472,7 +489,7 @@ mod tests {
             },
             Up::PolicyAck { version: 4, error: Some("line 3".into()) },
             Up::IdentitiesAck { generation: 2, entries: 10 },
-            Up::KeysAck { generation: 3, keys: 1 },
+            Up::KeysAck { generation: 3, keys: 1, dlp_salt: Some("salt:0123456789ab".into()) },
         ]
     }
 
@@ -487,6 +504,10 @@ mod tests {
                 user: "alice@corp".into(),
                 identity: Some("finance".into()),
             }],
+            dlp_salt: Some(DlpSalt {
+                id: "salt:0123456789ab".into(),
+                salt: Secret::new("5a".repeat(32)),
+            }),
         };
         let mut wire = Vec::new();
         encode(&m, &mut wire).unwrap();
@@ -497,6 +518,11 @@ mod tests {
         let Down::Keys { keys, .. } = &got else { panic!("keys") };
         assert_eq!(keys[0].secret.expose(), "sk-real-1");
         assert!(!format!("{got:?}").contains("sk-real-1"));
+        assert!(!format!("{got:?}").contains(&"5a".repeat(32)));
+        // A push without a salt (an older control) still reads.
+        let old = br#"{"type":"keys","generation":1,"keys":[],"virtual_keys":[]}"#;
+        let got: Down = serde_json::from_slice(old).unwrap();
+        assert!(matches!(got, Down::Keys { dlp_salt: None, .. }));
     }
 
     #[test]

@@ -11,7 +11,8 @@ import time
 import unittest
 
 from test_control import ctl, restart_appliance
-from test_dataplane import api, curl, env
+from test_dataplane import api, curl, env, wait_for_record
+from test_dlp import CARD, chat, send
 
 
 def store():
@@ -195,6 +196,64 @@ class Retention(unittest.TestCase):
         r = verify()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("verified from the checkpoint at", r.stdout)
+
+
+
+class Salt(unittest.TestCase):
+    """The DLP salt is the deployment's: a secret hashes the same across a restart of the
+    appliance, and differently once an admin rotates the salt."""
+
+    def connected_with_salt(self, salt):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            code, body = api("GET", "/v1/status", "SLUICE_AUDITOR_TOKEN")
+            dps = json.loads(body)["dataplanes"] if code == 200 else []
+            if dps and dps[0]["connected"] and dps[0].get("dlp_salt") == salt:
+                return
+            time.sleep(0.5)
+        raise AssertionError("the data plane did not take salt %s: %s" % (salt, body))
+
+    def card(self):
+        """Sends a card from alice: (the salt its record names, the card's hashes)."""
+        since = int(time.time() * 1000) - 500
+        r = send("alice", "/v1/chat/completions", chat("salt test, card " + CARD))
+        self.assertEqual(r["status"], 403, r)
+        rec = wait_for_record("request", lambda r: r.get("ts_ms", 0) >= since and any(
+            f["detector"] == "credit_card" for f in r.get("dlp_findings", [])))
+        found = next(f for f in rec["dlp_findings"] if f["detector"] == "credit_card")
+        self.assertEqual(len(found["hashes"]), 1, rec)
+        return rec["dlp_salt"], found["hashes"][0]
+
+    def salts(self):
+        r = ctl("--json", "keys", "salt", token="SLUICE_AUDITOR_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["salts"]
+
+    def test_a_secret_hashes_alike_across_a_restart_and_apart_after_a_rotation(self):
+        first = self.salts()[0]
+        self.assertIsNone(first["retired_ms"])
+        self.connected_with_salt(first["id"])
+        salt, hashed = self.card()
+        self.assertEqual(salt, first["id"])
+        restart_appliance()
+        self.connected_with_salt(first["id"])
+        self.assertEqual(self.card(), (salt, hashed), "the same secret, the same salt, the same hash")
+        # Only an admin rotates; an auditor may only list.
+        self.assertEqual(ctl("keys", "rotate-salt", token="SLUICE_AUDITOR_TOKEN").returncode, 1)
+        r = ctl("keys", "rotate-salt")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        now = self.salts()
+        self.assertEqual([now[0]["retired_ms"] is None, now[1]["id"]], [True, first["id"]])
+        self.assertIsNotNone(now[1]["retired_ms"])
+        self.assertIn("%s in force; %s destroyed" % (now[0]["id"], first["id"]), r.stdout)
+        self.connected_with_salt(now[0]["id"])
+        salt2, hashed2 = self.card()
+        self.assertEqual(salt2, now[0]["id"])
+        self.assertNotEqual(hashed2, hashed)
+        code, body = api("GET", "/v1/audit?limit=20", "SLUICE_AUDITOR_TOKEN")
+        self.assertEqual(code, 200, body)
+        self.assertIn("dlp.salt.rotate", body)
+        self.assertIn("%s replaces %s (destroyed)" % (now[0]["id"], first["id"]), body)
 
 
 if __name__ == "__main__":

@@ -335,11 +335,14 @@ fn serve(
                     info!(generation, entries = entries.len(), "identity feed in force");
                     send(&mut stream, &Up::IdentitiesAck { generation, entries: entries.len() })?;
                 }
-                Down::Keys { generation, keys, virtual_keys } => {
+                Down::Keys { generation, keys, virtual_keys, dlp_salt } => {
                     // Two pushes may cross: an older generation than the one in force is
                     // acknowledged (with the one in force) and dropped.
                     let held = enforced.access.keys.load_full();
                     let (generation, n) = if generation >= held.generation {
+                        if let Some(s) = dlp_salt {
+                            take_salt(&enforced.access, &s);
+                        }
                         let ring =
                             sluice_intercept::broker::KeyRing::new(generation, keys, virtual_keys);
                         let n = ring.len();
@@ -349,7 +352,8 @@ fn serve(
                     } else {
                         (held.generation, held.len())
                     };
-                    send(&mut stream, &Up::KeysAck { generation, keys: n })?;
+                    let dlp_salt = enforced.access.dlp_salt.load().as_ref().map(|s| s.id.clone());
+                    send(&mut stream, &Up::KeysAck { generation, keys: n, dlp_salt })?;
                 }
                 Down::Usage { counts } => {
                     let n = counts.len();
@@ -413,9 +417,46 @@ fn serve(
     Ok(())
 }
 
+/// Puts the deployment's DLP salt in force (the next finding's hash uses it), unless it is
+/// the one in force already or not a salt (then the one in force stays, and it is logged).
+fn take_salt(access: &sluice_intercept::access::Access, s: &sluice_link::DlpSalt) {
+    if access.dlp_salt.load().as_ref().is_some_and(|held| held.id == s.id) {
+        return;
+    }
+    let Some(bytes) = sluice_audit::Link::from_hex(s.salt.expose()) else {
+        warn!(salt = %s.id, "the DLP salt control pushed is not 64 hex digits; keeping the one in force");
+        return;
+    };
+    let salt = sluice_intercept::Salt::new(&bytes.0);
+    if salt.id != s.id {
+        warn!(salt = %s.id, "the DLP salt control pushed does not match its id; keeping the one in force");
+        return;
+    }
+    info!(salt = %salt.id, "DLP salt of the deployment in force (held in memory only)");
+    access.dlp_salt.store(Some(Arc::new(salt)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pushed_salt_is_taken_only_whole_and_matching_its_id() {
+        let access = sluice_intercept::access::Access::default();
+        let hex = "5a".repeat(32);
+        let id = sluice_dlp::salt_id(&[0x5a; 32]);
+        let push = |id: &str, hex: &str| sluice_link::DlpSalt {
+            id: id.into(),
+            salt: sluice_link::Secret::new(hex.into()),
+        };
+        take_salt(&access, &push(&id, "5a5a"));
+        assert!(access.dlp_salt.load().is_none(), "not 64 hex digits");
+        take_salt(&access, &push("salt:000000000000", &hex));
+        assert!(access.dlp_salt.load().is_none(), "not its id");
+        take_salt(&access, &push(&id, &hex));
+        let held = access.dlp_salt.load_full().unwrap();
+        assert_eq!((held.id.as_str(), held.bytes()), (id.as_str(), &[0x5a; 32][..]));
+    }
 
     #[test]
     fn pushed_policy_is_enforced_kept_and_refused_when_broken() {

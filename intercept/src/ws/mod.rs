@@ -294,6 +294,7 @@ impl Relay<'_> {
         let mut r = self.base.clone();
         r.ts_ms = crate::record::now_ms();
         r.dlp_findings.clear();
+        r.dlp_salt = None;
         r.dlp_action = None;
         r.capture = None;
         // Counted only if the message itself is admitted (a `response.create`).

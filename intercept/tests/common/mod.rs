@@ -38,7 +38,7 @@ pub fn with_dlp(mut s: Session, detectors: &[&str], action: DlpAction) -> Sessio
         set: sluice_dlp::DetectorSet::from_names(detectors).unwrap(),
         action,
         scanner: Arc::new(sluice_dlp::Scanner::new().unwrap()),
-        salt: Arc::from(&b"salt"[..]),
+        salt: Arc::new(sluice_intercept::Salt::new(b"salt")),
     });
     s
 }
