@@ -29,6 +29,10 @@ pub struct Window {
     pub until_ms: u64,
     /// Azure OpenAI resources' regions, for the summary's residency table.
     pub azure_regions: BTreeMap<String, String>,
+    /// Include the window's recordings (sealed to the customer's key, as stored).
+    pub recordings: bool,
+    /// Where the store keeps recordings' sealed bytes (none: in its rows).
+    pub recordings_dir: Option<PathBuf>,
 }
 
 /// A chain segment of the bundle: positions `after + 1 ..= upto`, each a line of `file`.
@@ -314,6 +318,24 @@ pub fn export(
         }
     }
     files.done.push(f.done()?);
+
+    // The recordings, when asked for: still sealed to the customer's key.
+    if w.recordings {
+        let mut f = files.create("recordings.jsonl")?;
+        crate::recordings::each_in_window(
+            flows,
+            w.recordings_dir.as_deref(),
+            since,
+            until,
+            |r, sealed| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["sealed"] = serde_json::from_str(sealed)
+                    .unwrap_or_else(|_| Value::String(sealed.to_owned()));
+                f.line(v.to_string().as_bytes())
+            },
+        )?;
+        files.done.push(f.done()?);
+    }
 
     // The rule versions in force, and each data plane's acknowledgement.
     let mut listed = Vec::new();

@@ -1,5 +1,5 @@
-//! `GET /v1/evidence/export?since=…&until=…` (admin, auditor): an evidence bundle of the
-//! window ([`crate::evidence`]), as `application/zstd` (a tar archive). Every chain's head is
+//! `GET /v1/evidence/export?since=…&until=…[&recordings=true]` (admin, auditor): an evidence
+//! bundle of the window ([`crate::evidence`]), with its recordings (still sealed) if asked, as `application/zstd` (a tar archive). Every chain's head is
 //! signed first, so the window closes on a checkpoint (unless records arrive between that and
 //! the export's snapshot: the segment then ends at the unsigned head). One export at a time. The bundle is built in a private
 //! directory beside the store and streamed from a file: a month of records never sits in
@@ -41,9 +41,14 @@ async fn export(
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(r) = only_params(&q, &["since", "until"]) {
+    if let Err(r) = only_params(&q, &["since", "until", "recordings"]) {
         return r;
     }
+    let recordings = match q.get("recordings").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "recordings: true or false"),
+    };
     let t = |k: &str| q.get(k).map(|v| time_param(v));
     let since = match t("since") {
         Some(Some(ms)) => ms,
@@ -88,7 +93,8 @@ async fn export(
     };
     let st = s.clone();
     let who = caller.name.clone();
-    let built = tokio::task::spawn_blocking(move || build(&st, since, until, &who)).await;
+    let built =
+        tokio::task::spawn_blocking(move || build(&st, since, until, recordings, &who)).await;
     let file = match built {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => return internal(e),
@@ -139,7 +145,13 @@ fn scratch(s: &AppState) -> std::io::Result<Scratch> {
 
 /// Builds the bundle of `since..=until`: signs every head, writes the files at one moment of
 /// the stores, packs them into an unlinked file and returns it, open at its start.
-pub fn build(s: &AppState, since: u64, until: u64, who: &str) -> Result<std::fs::File, String> {
+pub fn build(
+    s: &AppState,
+    since: u64,
+    until: u64,
+    recordings: bool,
+    who: &str,
+) -> Result<std::fs::File, String> {
     let Some(cp) = &s.audit.checkpointer else {
         return Err("this control daemon has no signing key".into());
     };
@@ -151,6 +163,8 @@ pub fn build(s: &AppState, since: u64, until: u64, who: &str) -> Result<std::fs:
         since_ms: since,
         until_ms: until,
         azure_regions: s.audit.cfg.azure_regions.clone(),
+        recordings,
+        recordings_dir: s.audit.flows_db.as_ref().map(|p| p.with_extension("recordings")),
     };
     let files = crate::audit_api::with_stores(s, |flows, rules| {
         crate::evidence::export(flows, rules, &key, &w, &dir.0.join("files"), |m| {
@@ -172,7 +186,7 @@ pub fn build(s: &AppState, since: u64, until: u64, who: &str) -> Result<std::fs:
             .map_err(|e| format!("packing the bundle: {e}"))?;
     }
     out.rewind().map_err(|e| e.to_string())?;
-    let detail = serde_json::json!({"since_ms": since, "until_ms": until, "files": files.len()});
+    let detail = serde_json::json!({"since_ms": since, "until_ms": until, "files": files.len(), "recordings": recordings});
     s.rules
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -7,18 +7,18 @@
 //! hostile bundles (names, sizes, bombs) get a finding or an error, never a write to disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sluice_audit::{Checkpoint, Link, Row, Verifier, VerifyingKey};
+use sluice_audit::{Checkpoint, Link, VerifyingKey};
 
-use crate::audit_verify::{ChainResult, FindingOut, Verification, note_gap};
+use crate::audit_verify::{ChainResult, FindingOut, Verification};
 use crate::chains::CONTROL_CHAIN;
 use crate::evidence::{FileEntry, Segment};
-use crate::evidence_summary::{Summary, html};
+use crate::evidence_summary::Summary;
 
 /// The manifest's `format`.
 pub const FORMAT: &str = "sluice-evidence/1";
@@ -75,8 +75,21 @@ pub struct BundleCheck {
     pub unchained_records: u64,
     /// Each chain segment's walk.
     pub chains: Vec<ChainResult>,
+    /// The recordings, when the bundle includes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recordings: Option<Recordings>,
     /// Problems with the files.
     pub problems: Vec<Problem>,
+}
+
+/// The recordings of a bundle that includes them.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Recordings {
+    /// Recordings in the bundle (each named by one of the window's request records).
+    pub included: u64,
+    /// Recordings the window's request records name that the store no longer kept
+    /// (recordings have a retention of their own).
+    pub not_kept: u64,
 }
 
 impl BundleCheck {
@@ -223,6 +236,10 @@ struct Check {
     hashes: BTreeMap<String, String>,
     records: u64,
     unchained: u64,
+    /// Recording ids the window's request records name: (data plane, bytes, included).
+    named: HashMap<String, (String, u64, bool)>,
+    /// Whether the bundle includes recordings.
+    with_recordings: bool,
 }
 
 impl Check {
@@ -270,6 +287,9 @@ fn layout(m: &Manifest) -> Result<(), String> {
     let mut expect: Vec<&str> = vec!["checkpoints.jsonl"];
     expect.extend(m.segments.iter().map(|s| s.file.as_str()));
     expect.push("records.jsonl");
+    if m.files.iter().any(|f| f.name == "recordings.jsonl") {
+        expect.push("recordings.jsonl");
+    }
     expect.extend(rules);
     expect.extend(["rules/versions.json", "summary.json", "summary.html", "key.json"]);
     let listed: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
@@ -330,6 +350,8 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         hashes: BTreeMap::new(),
         records: 0,
         unchained: 0,
+        named: HashMap::new(),
+        with_recordings: m.files.iter().any(|f| f.name == "recordings.jsonl"),
     };
     if m.format != FORMAT {
         c.problem("manifest.json", format!("format {:?}, not {FORMAT}", m.format));
@@ -400,7 +422,7 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         let mut h =
             Hashing { inner: e.take(entry.bytes.saturating_add(1)), hash: Sha256::new(), bytes: 0 };
         if c.trusted {
-            read_file(&mut c, &name, &mut h)?;
+            contents::read_file(&mut c, &name, &mut h)?;
         }
         std::io::copy(&mut h, &mut std::io::sink())?;
         let sha = Link(h.hash.finalize().into()).to_hex();
@@ -421,7 +443,7 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         }
     }
     if c.trusted {
-        finish(&mut c);
+        contents::finish(&mut c);
     } else {
         c.problem(
             "manifest.json",
@@ -435,6 +457,10 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         });
     }
     let clean = c.problems.is_empty() && c.chains.iter().all(|x| x.findings.is_empty());
+    let recordings = c.with_recordings.then(|| {
+        let included = c.named.values().filter(|n| n.2).count() as u64;
+        Recordings { included, not_kept: c.named.len() as u64 - included }
+    });
     Ok(BundleCheck {
         clean,
         key: c.key_hex,
@@ -444,269 +470,13 @@ pub fn check_tar(r: impl Read, pinned: Option<&str>) -> Result<BundleCheck, Bund
         records: c.records,
         unchained_records: c.unchained,
         chains: c.chains,
+        recordings,
         problems: c.problems,
     })
 }
 
-/// Reads one file's content for what it says.
-fn read_file(c: &mut Check, name: &str, r: &mut impl Read) -> std::io::Result<()> {
-    let mut r = BufReader::new(r);
-    let mut line = Vec::new();
-    if name == "checkpoints.jsonl" {
-        while let Some(ok) = next_line(&mut r, &mut line)? {
-            match ok.map_err(|()| "line too long".to_string()).and_then(|()| {
-                Checkpoint::parse_line(&String::from_utf8_lossy(&line)).map_err(|e| e.to_string())
-            }) {
-                Ok(cp) => c.checkpoints.entry(cp.chain.clone()).or_default().push(cp),
-                Err(e) => c.problem(name, format!("a checkpoint does not read: {e}")),
-            }
-        }
-    } else if let Some(seg) = c.segments.get(name).cloned() {
-        chain_file(c, name, &seg, &mut r)?;
-    } else if name == "records.jsonl" {
-        while let Some(ok) = next_line(&mut r, &mut line)? {
-            c.records += 1;
-            let v = ok.ok().and_then(|()| serde_json::from_slice::<Value>(&line).ok());
-            let Some(v) = v else {
-                c.problem(name, format!("record {} does not read", c.records));
-                continue;
-            };
-            record_line(c, &v, &line);
-        }
-    } else if matches!(name, "summary.json" | "rules/versions.json" | "key.json") {
-        let mut b = Vec::new();
-        r.take(MAX_SMALL).read_to_end(&mut b)?;
-        let v: Option<Value> = serde_json::from_slice(&b).ok();
-        match (name, v) {
-            (_, None) => c.problem(name, "does not read as JSON"),
-            ("summary.json", Some(v)) => c.summary_json = Some(v),
-            ("rules/versions.json", Some(v)) => c.versions = Some(v),
-            (_, Some(v)) => {
-                if v["public_key"].as_str().map(str::to_ascii_lowercase).as_deref()
-                    != Some(&c.key_hex)
-                {
-                    c.problem(name, "names another key than the manifest");
-                }
-            }
-        }
-    } else if name == "summary.html" {
-        let mut b = Vec::new();
-        r.take(MAX_SMALL).read_to_end(&mut b)?;
-        let expect = c.summary_json.as_ref().map(html);
-        if expect.as_deref().map(str::as_bytes) != Some(&b[..]) {
-            c.problem(name, "the page does not say what summary.json says");
-        }
-    }
-    Ok(())
-}
-
-/// One line of `records.jsonl`: in the window, and the one copy of a chained record of a
-/// segment (or, unchained, from before its data plane chained).
-fn record_line(c: &mut Check, v: &Value, line: &[u8]) {
-    let k = c.records;
-    let ts = v["ts_ms"].as_u64().unwrap_or(0);
-    if !c.in_window(ts) {
-        c.problem("records.jsonl", format!("record {k} is outside the window"));
-    }
-    c.summary.record(v);
-    let text = String::from_utf8_lossy(line);
-    let dp = v["dataplane"].as_str().unwrap_or("");
-    if v.get("chain").is_none() {
-        // Nothing shows such a record unchanged: evidence only of itself.
-        c.unchained += 1;
-        let why = if c.chains_from.get(dp).is_some_and(|from| ts >= *from) {
-            "its data plane chains by then (inserted)"
-        } else {
-            "an earlier version's record, or inserted"
-        };
-        c.problem("records.jsonl", format!("record {k} is in no chain: {why}"));
-        return;
-    }
-    let sent = crate::record::as_sent(&text, dp);
-    let bytes = sent.as_deref().unwrap_or(&text).as_bytes();
-    let digest: [u8; 32] = Sha256::digest(bytes).into();
-    match c.members.get_mut(&digest) {
-        None => c.problem(
-            "records.jsonl",
-            format!("record {k} is in no chain of the bundle (changed or inserted)"),
-        ),
-        Some(m) if m.seen => {
-            c.problem("records.jsonl", format!("record {k} is there twice (inserted)"));
-        }
-        Some(m) => m.seen = true,
-    }
-}
-
-/// Walks one chain segment's file.
-fn chain_file(
-    c: &mut Check,
-    name: &str,
-    seg: &Segment,
-    r: &mut impl BufRead,
-) -> std::io::Result<()> {
-    let Some(key) = c.key else { return Ok(()) };
-    let mut cps = c.checkpoints.remove(&seg.chain).unwrap_or_default();
-    if cps.iter().any(|cp| cp.seq < seg.after || cp.seq > seg.upto) {
-        c.problem(
-            "checkpoints.jsonl",
-            format!("a checkpoint of {} outside its segment", seg.chain),
-        );
-        cps.retain(|cp| cp.seq >= seg.after && cp.seq <= seg.upto);
-    }
-    let mut v = Verifier::new(&seg.chain, &key, cps);
-    v.start_after(seg.after);
-    v.expect_head(seg.upto);
-    for (from, to, why) in c.gaps.remove(&seg.chain).unwrap_or_default() {
-        v.expect_gap(from, to, &why);
-    }
-    let control = seg.chain == CONTROL_CHAIN;
-    let chain: std::sync::Arc<str> = seg.chain.as_str().into();
-    let (mut line, mut k, mut first_ts) = (Vec::new(), 0u64, None);
-    while let Some(ok) = next_line(r, &mut line)? {
-        k += 1;
-        let read =
-            ok.ok().and_then(|()| serde_json::from_slice::<Value>(&line).ok()).and_then(|l| {
-                let link = Link::from_hex(l["link"].as_str()?)?;
-                let prev = Link::from_hex(l["prev"].as_str()?)?;
-                Some((l["n"].as_u64()?, prev, link, l["record"].as_str()?.to_owned()))
-            });
-        let Some((n, prev, link, record)) = read else {
-            c.problem(name, format!("line {k} does not read as a chain line"));
-            continue;
-        };
-        let bytes = record.as_bytes();
-        // A data plane's record names the link before it; control's entries are linked by
-        // the line.
-        let prev = if control {
-            prev
-        } else {
-            crate::record::chain_prev(bytes).unwrap_or(sluice_audit::GENESIS)
-        };
-        let parsed = serde_json::from_slice::<Value>(bytes).ok();
-        let ts = parsed.as_ref().and_then(|e| e["ts_ms"].as_u64());
-        first_ts = first_ts.or(ts);
-        if let Some(e) = &parsed
-            && control
-        {
-            control_entry(c, n, e);
-        }
-        if let (false, Some(dp)) = (control, &seg.dataplane) {
-            let from = c.chains_from.entry(dp.clone()).or_insert(u64::MAX);
-            *from = (*from).min(ts.unwrap_or(u64::MAX));
-            let in_window = ts.is_some_and(|t| c.in_window(t));
-            let m = Member { chain: chain.clone(), n, in_window, seen: false };
-            c.members.insert(Sha256::digest(bytes).into(), m);
-        }
-        v.push(Row { pos: k, seq: n, prev, link, record: bytes });
-    }
-    let report = v.finish();
-    let mut res = crate::audit_verify::result(
-        seg.chain.clone(),
-        seg.dataplane.clone(),
-        seg.epoch,
-        report,
-        first_ts,
-    );
-    // Positions in a bundle are lines of its file.
-    for f in &mut res.findings {
-        if let Some(row) = &f.row {
-            let line = row.rsplit(':').next().unwrap_or("?");
-            f.row = Some(format!("{name}:{line}"));
-        }
-    }
-    c.chains.push(res);
-    Ok(())
-}
-
-/// An entry of control's chain: counted, its gaps noted, its rule pushes and answers kept.
-fn control_entry(c: &mut Check, n: u64, e: &Value) {
-    c.summary.control_entry(e);
-    let (action, detail) = (e["action"].as_str().unwrap_or(""), e["detail"].as_str().unwrap_or(""));
-    note_gap(action, detail, &mut c.gaps);
-    if let ("rules.push" | "rules.rollback" | "rules.ack", Some(v)) =
-        (action, e["version"].as_i64())
-    {
-        let d =
-            serde_json::from_str::<Value>(detail).unwrap_or_else(|_| Value::String(detail.into()));
-        c.rule_entries.entry((v, action.to_owned())).or_default().push((n, d));
-    }
-}
-
-/// What can be judged only with every file read.
-fn finish(c: &mut Check) {
-    let leftover: Vec<String> = c.checkpoints.keys().cloned().collect();
-    for chain in leftover {
-        c.problem("checkpoints.jsonl", format!("checkpoints of {chain}, which has no segment"));
-    }
-    let missing: Vec<(std::sync::Arc<str>, u64)> = c
-        .members
-        .values()
-        .filter(|m| m.in_window && !m.seen)
-        .map(|m| (m.chain.clone(), m.n))
-        .collect();
-    for (chain, n) in missing {
-        c.problem(
-            "records.jsonl",
-            format!("{chain} position {n} is in the window but not among the records (removed)"),
-        );
-    }
-    match c.summary_json.take() {
-        Some(stated) => {
-            if c.summary.to_json() != stated {
-                c.problem(
-                    "summary.json",
-                    "the summary does not say what the records and the audit log say",
-                );
-            }
-        }
-        None => c.problem("summary.json", "missing"),
-    }
-    let versions = c.versions.take().unwrap_or(Value::Null);
-    for v in versions.as_array().into_iter().flatten() {
-        rule_version(c, v);
-    }
-}
-
-/// A rule version of `versions.json`: its file as listed, its push in control's chain with the
-/// same hash, each acknowledgement the chained entry at its position.
-fn rule_version(c: &mut Check, v: &Value) {
-    let (version, file) = (v["version"].as_i64().unwrap_or(-1), v["file"].as_str().unwrap_or(""));
-    let sha = v["sha256"].as_str().unwrap_or("");
-    if c.hashes.get(file).map(String::as_str) != Some(sha) {
-        c.problem(
-            "rules/versions.json",
-            format!(
-                "version {version} names a rule file {file:?} the bundle does not hold as listed"
-            ),
-        );
-    }
-    let pushed = ["rules.push", "rules.rollback"].iter().any(|a| {
-        c.rule_entries.get(&(version, (*a).to_owned())).into_iter().flatten().any(|(_, d)| {
-            // Pushes of earlier versions name no hash; their text is held to the manifest only.
-            d.as_str()
-                .is_some_and(|t| !t.contains("sha256 ") || t.ends_with(&format!("sha256 {sha}")))
-        })
-    });
-    if !pushed {
-        c.problem(
-            "rules/versions.json",
-            format!("version {version}: no push of this text in the bundle's control chain"),
-        );
-    }
-    let acks = c.rule_entries.get(&(version, "rules.ack".to_owned())).cloned().unwrap_or_default();
-    for a in v["acknowledgements"].as_array().into_iter().flatten() {
-        let at = a["audit_position"].as_u64();
-        let same = acks.iter().any(|(n, d)| {
-            Some(*n) == at && d["dataplane"] == a["dataplane"] && d["status"] == a["status"]
-        });
-        if !same {
-            c.problem(
-                "rules/versions.json",
-                format!("version {version}: an acknowledgement that is not control's chained entry at {at:?}"),
-            );
-        }
-    }
-}
+#[path = "evidence_contents.rs"]
+mod contents;
 
 #[cfg(test)]
 #[path = "evidence_tests.rs"]

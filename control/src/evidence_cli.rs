@@ -1,4 +1,5 @@
-//! `sluicectl evidence export --since … [--until …] --out bundle.tar.zst` (over the API) and
+//! `sluicectl evidence export --since … [--until …] [--recordings] --out bundle.tar.zst` (over
+//! the API) and
 //! `sluicectl evidence verify bundle.tar.zst [--key HEX]` (offline, no daemon); also
 //! `sluicectl audit verify --bundle FILE`, the chains of a bundle reported as a store's are
 //! (ARCHITECTURE.md, "Evidence"). Exit status 1 when anything is found.
@@ -12,10 +13,13 @@ use crate::audit_cli::{judge, print_report};
 use crate::remote::{Api, Fail, Out, enc, print_json, usage, when};
 
 /// Downloads the bundle of the window into `out` (written beside it, renamed when whole).
-pub fn export(api: &Api, since: &str, until: Option<&str>, out: &str) -> Out {
+pub fn export(api: &Api, since: &str, until: Option<&str>, recordings: bool, out: &str) -> Out {
     let mut path = format!("/v1/evidence/export?since={}", enc(since));
     if let Some(u) = until {
         path.push_str(&format!("&until={}", enc(u)));
+    }
+    if recordings {
+        path.push_str("&recordings=true");
     }
     let part = format!("{out}.part");
     // The records are the enterprise's: readable by the owner only.
@@ -77,6 +81,12 @@ pub fn verify(file: &str, key: Option<&str>, json: bool) -> Out {
             c.records,
             c.unchained_records
         );
+        if let Some(r) = c.recordings {
+            println!(
+                "  recordings: {} included, sealed to the customer's key ({} named by the records, no longer kept)",
+                r.included, r.not_kept
+            );
+        }
         for p in &c.problems {
             println!("  {}: {}", p.file, p.detail);
         }

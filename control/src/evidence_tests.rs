@@ -22,9 +22,11 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
     for n in 1..=40u64 {
         let kind = if n % 3 == 0 { "request" } else { "flow" };
         let dlp = if n % 3 == 0 {
-            r#","dlp_findings":[{"detector":"credit_card","count":1,"hashes":["5a1t"]}]"#
+            format!(
+                r#","dlp_findings":[{{"detector":"credit_card","count":1,"hashes":["5a1t"]}}],"recording":{{"id":"rec_{n:02}","bytes":10}}"#
+            )
         } else {
-            ""
+            String::new()
         };
         let text = format!(
             r#"{{"seq":{n},"chain":{n},"prev":"{prev}","type":"{kind}","ts_ms":{},"identity":"finance","src":"10.0.0.{n}","sni":"api.openai.com","category":"openai","verdict":"{}"{dlp}}}"#,
@@ -40,6 +42,15 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
                 .unwrap();
         }
         prev = link;
+    }
+    // The recordings of the requests (unchained, as data planes send them), but for rec_21's:
+    // retention took it.
+    for n in (3..=39u64).step_by(3).filter(|n| *n != 21) {
+        let v = serde_json::json!({"seq": 100 + n, "type": "recording", "ts_ms": 1_000 + n,
+            "id": format!("rec_{n:02}"), "identity": "finance", "bytes": 10,
+            "sealed": {"alg": "aes-256-gcm+age", "key": "k", "nonce": "n", "data": "SEALED"}});
+        let rows = vec![Record::read_value(v, DP).unwrap()];
+        assert_eq!(flows.ingest(DP, &rows).unwrap(), [true]);
     }
     let text = "[[rule]]\nname = \"x\"\n";
     let v = rules.add(text, "ops", "push").unwrap();
@@ -71,12 +82,28 @@ fn written_after(
     until: u64,
     tamper: impl FnOnce(&FlowStore, &RuleStore),
 ) -> (tempdir::Dir, Vec<FileEntry>, Signer) {
+    written_with(since, until, false, tamper)
+}
+
+/// [`written_after`], with the recordings or not.
+fn written_with(
+    since: u64,
+    until: u64,
+    recordings: bool,
+    tamper: impl FnOnce(&FlowStore, &RuleStore),
+) -> (tempdir::Dir, Vec<FileEntry>, Signer) {
     let signer = Signer::from_secret(&[5; 32]);
     let (flows, rules) = stores(&signer);
     tamper(&flows, &rules);
     let dir = tempdir::Dir::new();
     let key = sluice_audit::Link(signer.public().to_bytes()).to_hex();
-    let w = Window { since_ms: since, until_ms: until, azure_regions: BTreeMap::new() };
+    let w = Window {
+        since_ms: since,
+        until_ms: until,
+        azure_regions: BTreeMap::new(),
+        recordings,
+        recordings_dir: None,
+    };
     let files =
         export(flows.connection(), &rules, &key, &w, &dir.0, |m| signer.sign_manifest(m)).unwrap();
     (dir, files, signer)
@@ -298,5 +325,54 @@ fn files_moved_out_of_the_manifest_order_are_not_trusted() {
         p.iter().any(|x| x.starts_with("checkpoints.jsonl: out of the manifest's order")),
         "{p:?}"
     );
+    assert!(p.iter().any(|x| x.contains("not read further")), "{p:?}");
+}
+
+#[test]
+fn recordings_are_in_a_bundle_only_when_asked_and_each_is_one_a_record_names() {
+    // Without asking: no recording, nothing sealed.
+    let (dir, files, signer) = written(1_015, 1_026);
+    assert!(!files.iter().any(|f| f.name == "recordings.jsonl"));
+    let c = check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap();
+    assert!(c.clean && c.recordings.is_none(), "{:?}", problems(&c));
+    for f in &files {
+        assert!(!std::fs::read_to_string(dir.0.join(&f.name)).unwrap().contains("SEALED"));
+    }
+    // Asked: the window's (15..=25: 15, 18, 24; 21's was not kept), sealed as stored.
+    let (dir, files, signer) = written_with(1_015, 1_026, true, |_, _| {});
+    let c = check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap();
+    assert!(c.clean, "{:?}", problems(&c));
+    assert_eq!(c.recordings, Some(Recordings { included: 3, not_kept: 1 }));
+    let text = std::fs::read_to_string(dir.0.join("recordings.jsonl")).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            assert_eq!(v["sealed"]["data"], "SEALED");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids, ["rec_15", "rec_18", "rec_24"]);
+    // A recording put in the store that no record names, and one whose row was changed.
+    let (dir, files, signer) = written_with(1_015, 1_026, true, |f, _| {
+        f.connection()
+            .execute_batch(
+                "INSERT INTO recordings (id, dataplane, seq, ts_ms, bytes, thread, sealed)
+                 VALUES ('rec_x', 'dp1', 999, 1020, 5, 'rec_x', '{\"data\":\"x\"}');
+                 UPDATE recordings SET bytes = 11 WHERE id = 'rec_18';",
+            )
+            .unwrap();
+    });
+    let p = problems(&check(&packed(&dir.0, &files)[..], Some(&key_hex(&signer))).unwrap());
+    assert!(p.iter().any(|x| x.contains("\"rec_x\" is named by no request record")), "{p:?}");
+    assert!(
+        p.iter().any(|x| x.contains("\"rec_18\" is not what its request record says")),
+        "{p:?}"
+    );
+    // Its lines, moved out of the bundle's order, are not read.
+    let mut moved: Vec<FileEntry> =
+        files.iter().filter(|f| f.name != "recordings.jsonl").cloned().collect();
+    moved.extend(files.iter().filter(|f| f.name == "recordings.jsonl").cloned());
+    let p = problems(&check(&packed(&dir.0, &moved)[..], Some(&key_hex(&signer))).unwrap());
     assert!(p.iter().any(|x| x.contains("not read further")), "{p:?}");
 }

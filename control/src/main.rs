@@ -165,6 +165,10 @@ enum EvidenceCmd {
         /// Where to write the bundle (tar.zst).
         #[arg(long)]
         out: String,
+        /// Include the window's session recordings (they stay sealed to the customer's key;
+        /// without this flag the bundle holds no prompt text).
+        #[arg(long)]
+        recordings: bool,
     },
     /// Check a bundle offline: its signed manifest, every file's hash, every chain against
     /// its checkpoints, the records and the summary. Exit 1 on anything found.
@@ -549,8 +553,10 @@ fn main() -> ExitCode {
         Cmd::Evidence(EvidenceCmd::Verify { bundle, key }) => {
             return offline(evidence_cli::verify(&bundle, key.as_deref(), conn.json));
         }
-        Cmd::Evidence(EvidenceCmd::Export { since, until, out }) => {
-            return online(&conn, |a| evidence_cli::export(a, &since, until.as_deref(), &out));
+        Cmd::Evidence(EvidenceCmd::Export { since, until, out, recordings }) => {
+            return online(&conn, |a| {
+                evidence_cli::export(a, &since, until.as_deref(), recordings, &out)
+            });
         }
         Cmd::Audit(c) => {
             return online(&conn, |a| match &c {

@@ -145,6 +145,65 @@ pub struct Recording {
     pub response: Option<String>,
 }
 
+/// The columns of a recording's sealed form: in its row, or at a place in the files.
+const SEALED: &str = "sealed, segment, offset, length";
+
+/// A recording row of `{COLUMNS}, {SEALED}`: its listing, its sealed text as stored in the row
+/// and the place of its bytes in the files, if they are there.
+fn with_sealed(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Recording, String, Option<Place>)> {
+    let at = |i| r.get::<_, Option<i64>>(i);
+    let place = match (at(14)?, at(15)?, at(16)?) {
+        (Some(s), Some(o), Some(l)) => Some(Place {
+            segment: u64::try_from(s).unwrap_or(0),
+            offset: u64::try_from(o).unwrap_or(0),
+            length: u64::try_from(l).unwrap_or(0),
+        }),
+        _ => None,
+    };
+    Ok((row(r)?, r.get::<_, String>(13)?, place))
+}
+
+/// The sealed text of a row: its own, or read from the files in `dir`.
+fn sealed_text(
+    in_row: String,
+    place: Option<Place>,
+    dir: Option<&std::path::Path>,
+) -> Result<String, StoreError> {
+    Ok(match (place, dir) {
+        (Some(p), Some(dir)) => {
+            String::from_utf8(crate::sealed_files::read_in(dir, &p)?).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "sealed bytes not text")
+            })?
+        }
+        (Some(_), None) => {
+            return Err(std::io::Error::other("the recording is in a file: no files here").into());
+        }
+        (None, _) => in_row,
+    })
+}
+
+/// Calls `f` with each recording of `since ≤ ts < until`, oldest first, and its sealed text,
+/// read through `conn` (an export's snapshot) and the segment files in `dir`.
+pub fn each_in_window(
+    conn: &rusqlite::Connection,
+    dir: Option<&std::path::Path>,
+    since_ms: i64,
+    until_ms: i64,
+    mut f: impl FnMut(&Recording, &str) -> std::io::Result<()>,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, {SEALED} FROM recordings WHERE ts_ms >= ?1 AND ts_ms < ?2
+         ORDER BY ts_ms, id"
+    );
+    let mut st = conn.prepare(&sql)?;
+    let mut rows = st.query(params![since_ms, until_ms])?;
+    while let Some(r) = rows.next()? {
+        let (meta, sealed, place) = with_sealed(r)?;
+        f(&meta, &sealed_text(sealed, place, dir)?)?;
+    }
+    Ok(())
+}
+
 /// The thread of the (oldest) recording that answered with `response`, when it can be
 /// continued and is stored.
 fn thread_of_response(
@@ -322,37 +381,11 @@ impl FlowStore {
     /// One recording and its sealed form (JSON text: the age-wrapped data key, nonce and
     /// ciphertext), from its file or its row.
     pub fn recording(&self, id: &str) -> Result<Option<(Recording, String)>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS}, sealed, segment, offset, length FROM recordings WHERE id = ?1"
-        );
-        let found = self
-            .conn()
-            .query_row(&sql, [id], |r| {
-                let at = |i| r.get::<_, Option<i64>>(i);
-                let place = match (at(14)?, at(15)?, at(16)?) {
-                    (Some(s), Some(o), Some(l)) => Some(Place {
-                        segment: u64::try_from(s).unwrap_or(0),
-                        offset: u64::try_from(o).unwrap_or(0),
-                        length: u64::try_from(l).unwrap_or(0),
-                    }),
-                    _ => None,
-                };
-                Ok((row(r)?, r.get::<_, String>(13)?, place))
-            })
-            .optional()?;
+        let sql = format!("SELECT {COLUMNS}, {SEALED} FROM recordings WHERE id = ?1");
+        let found = self.conn().query_row(&sql, [id], with_sealed).optional()?;
         let Some((meta, sealed, place)) = found else { return Ok(None) };
-        let sealed = match (place, &self.sealed) {
-            (Some(p), Some(files)) => String::from_utf8(files.read(&p)?).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "sealed bytes not text")
-            })?,
-            (Some(_), None) => {
-                return Err(
-                    std::io::Error::other("the recording is in a file: no files here").into()
-                );
-            }
-            (None, _) => sealed,
-        };
-        Ok(Some((meta, sealed)))
+        let dir = self.sealed.as_ref().map(SealedFiles::dir);
+        Ok(Some((meta, sealed_text(sealed, place, dir)?)))
     }
 
     /// Syncs recordings' sealed bytes written since the last sync to the disk, when that

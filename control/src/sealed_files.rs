@@ -164,6 +164,18 @@ fn open_segment(path: &Path, direct: bool) -> io::Result<(File, bool)> {
     Ok((o.open(path)?, false))
 }
 
+/// The bytes at `place` of the segment files in `dir` (a reader of its own: an export reads
+/// them while the store writes on).
+pub fn read_in(dir: &Path, place: &Place) -> io::Result<Vec<u8>> {
+    if place.length > MAX_SEALED {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "a recording past the bound"));
+    }
+    let file = File::open(name(dir, place.segment))?;
+    let mut buf = vec![0; usize::try_from(place.length).unwrap_or(0)];
+    file.read_exact_at(&mut buf, place.offset)?;
+    Ok(buf)
+}
+
 impl SealedFiles {
     /// The files in `dir` (created, mode 0700, when missing).
     pub fn open(dir: &Path) -> io::Result<SealedFiles> {
@@ -305,15 +317,14 @@ impl SealedFiles {
         Ok(())
     }
 
+    /// The directory of the files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The bytes at `place`.
     pub fn read(&self, place: &Place) -> io::Result<Vec<u8>> {
-        if place.length > MAX_SEALED {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "a recording past the bound"));
-        }
-        let file = File::open(name(&self.dir, place.segment))?;
-        let mut buf = vec![0; usize::try_from(place.length).unwrap_or(0)];
-        file.read_exact_at(&mut buf, place.offset)?;
-        Ok(buf)
+        read_in(&self.dir, place)
     }
 
     /// The segments on disk, oldest first.

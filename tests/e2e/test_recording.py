@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import subprocess
 import tempfile
 import time
 import unittest
@@ -112,6 +113,45 @@ class Recording(unittest.TestCase):
         self.assertIn("internal_codenames", rep.stdout)
         self.assertEqual(same.returncode, 0, same.stderr)
         self.assertIn("request: allow", same.stdout)
+
+    def test_an_evidence_bundle_holds_recordings_only_when_asked_still_sealed(self):
+        tag = secrets.token_hex(6)
+        phrase = "the bundle's numbers for %s" % tag
+        key = "sk-lab-rec-" + tag
+        code = ("r = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role':'user','content':%r}])\n"
+                "print(r.choices[0].message.content)\n" % phrase)
+        self.assertEqual(sdk("alice", code, key=key).returncode, 0)
+        fp = "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        rid = wait_for_record("request", lambda x: x.get("api_key_fp") == fp and x.get("recording"))["recording"]["id"]
+        deadline = time.time() + 20
+        while rid not in ctl("--json", "sessions", "list", "--since", "10m").stdout and time.time() < deadline:
+            time.sleep(0.5)
+        pub = ctl("audit", "key", token="SLUICE_AUDITOR_TOKEN").stdout.strip()
+        out = {}
+        for name, extra in (("plain", []), ("with", ["--recordings"])):
+            path = os.path.join(self.dir, "bundle-%s.tar.zst" % name)
+            r = ctl("evidence", "export", "--since", "10m", "--out", path, *extra, token="SLUICE_AUDITOR_TOKEN",
+                    timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            v = ctl("evidence", "verify", path, "--key", pub, token=None, timeout=120)
+            self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+            unpacked = os.path.join(self.dir, "unpacked-" + name)
+            os.makedirs(unpacked, exist_ok=True)
+            subprocess.run(["tar", "--zstd", "-xf", path, "-C", unpacked], check=True)
+            out[name] = (v.stdout, unpacked)
+        self.assertNotIn("recordings:", out["plain"][0])
+        self.assertFalse(os.path.exists(os.path.join(out["plain"][1], "recordings.jsonl")))
+        self.assertRegex(out["with"][0], r"recordings: [1-9]\d* included")
+        with open(os.path.join(out["with"][1], "recordings.jsonl")) as f:
+            lines = [json.loads(x) for x in f]
+        mine = [x for x in lines if x["id"] == rid]
+        self.assertEqual(len(mine), 1, [x["id"] for x in lines])
+        # Sealed to the customer's key: the prompt is in clear in neither bundle.
+        for _, unpacked in out.values():
+            for root, _, files in os.walk(unpacked):
+                for name in files:
+                    with open(os.path.join(root, name), "rb") as f:
+                        self.assertNotIn(tag.encode(), f.read(), name)
 
     def rules_file(self):
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
