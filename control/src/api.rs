@@ -493,7 +493,7 @@ async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
     }
     let version = lock!(s.rules).current().ok().flatten().map_or(0, |v| v.version);
     let (flows, requests, hosts_per_app) = {
-        let st = lock!(s.flows);
+        let mut st = lock!(s.flows);
         (
             st.count_of(Kind::Flows).unwrap_or(0),
             st.count_of(Kind::Requests).unwrap_or(0),

@@ -84,10 +84,99 @@ pub struct InventoryFilter {
     pub since_ms: Option<u64>,
 }
 
-type Key = (String, String, String, String, String);
+/// An inventory row's key: host, identity, user, app, version.
+pub(crate) type Key = (String, String, String, String, String);
 
-#[derive(Default)]
-struct Delta {
+/// Most entries [`Known`] holds of each kind; past it, that kind starts again empty.
+const MAX_KNOWN: usize = 250_000;
+/// How far behind a discovery's `last_ms` (read by retention only) may be written: a client
+/// seen again within this of the last time written is not written again until retention
+/// runs (which writes first what it knows) or this has passed.
+const LAST_SEEN_SLACK_MS: u64 = 3_600_000;
+
+/// What the ingests know of the inventory without reading SQLite: each known client's last
+/// time written to its discovery (and seen since), and each row's destinations and accounts
+/// as stored. A batch that adds nothing new to a known row only bumps its counters (one
+/// UPDATE, where a row otherwise costs a read, a merge and an upsert). Cleared whenever the
+/// tables change under it: retention, or an ingest whose transaction failed.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    /// host → client → (last_ms written, last seen).
+    clients: HashMap<String, HashMap<String, (u64, u64)>>,
+    clients_len: usize,
+    rows: HashMap<Key, (BTreeSet<String>, BTreeSet<String>)>,
+}
+
+impl Known {
+    /// Forgets everything.
+    pub(crate) fn clear(&mut self) {
+        self.clients.clear();
+        self.clients_len = 0;
+        self.rows.clear();
+    }
+
+    fn client_written(&mut self, host: &str, client: &str, ts: u64) {
+        if self.clients_len >= MAX_KNOWN {
+            self.clients.clear();
+            self.clients_len = 0;
+        }
+        let of_host = self.clients.entry(host.to_owned()).or_default();
+        let e = of_host.entry(client.to_owned()).or_insert_with(|| {
+            self.clients_len += 1;
+            (ts, ts)
+        });
+        *e = (e.0.max(ts), e.1.max(ts));
+    }
+
+    /// Whether the client's discovery has a `last_ms` recent enough for `ts` (then `ts` is
+    /// remembered as seen).
+    fn client_fresh(&mut self, host: &str, client: &str, ts: u64) -> bool {
+        match self.clients.get_mut(host).and_then(|c| c.get_mut(client)) {
+            Some((written, seen)) if ts <= written.saturating_add(LAST_SEEN_SLACK_MS) => {
+                *seen = (*seen).max(ts);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the times clients were seen since their discovery's `last_ms` was written
+    /// (before retention reads them).
+    pub(crate) fn write_seen(&self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        let mut st = conn.prepare_cached(
+            "UPDATE discoveries SET last_ms = MAX(last_ms, ?3) WHERE host = ?1 AND client = ?2",
+        )?;
+        for (host, clients) in &self.clients {
+            for (client, (written, seen)) in clients {
+                if seen > written {
+                    st.execute(params![host, client, i64::try_from(*seen).unwrap_or(i64::MAX)])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `d` adds nothing to the known row `key` but counts.
+    fn covers(&self, key: &Key, d: &Delta) -> bool {
+        let within = |new: &BTreeSet<String>, held: &BTreeSet<String>| {
+            held.len() >= MAX_LISTED || new.is_subset(held)
+        };
+        self.rows.get(key).is_some_and(|(dests, accs)| {
+            within(&d.destinations, dests) && within(&d.accounts, accs)
+        })
+    }
+
+    fn row_written(&mut self, key: Key, dests: BTreeSet<String>, accs: BTreeSet<String>) {
+        if self.rows.len() >= MAX_KNOWN {
+            self.rows.clear();
+        }
+        self.rows.insert(key, (dests, accs));
+    }
+}
+
+/// What records add to one inventory row.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
     first: u64,
     last: u64,
     flows: u64,
@@ -130,15 +219,21 @@ fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
     .chain(listed)
 }
 
-/// Adds the stored records `rows` (those newly stored) of data plane `dataplane` to the
-/// inventory, inside the ingest's transaction. Returns the discovery records of hosts seen
-/// with an app (or an unknown client) for the first time, stored too.
-pub(crate) fn update(
+/// What records add to the inventory's rows, by row.
+pub(crate) type Deltas = HashMap<Key, Delta>;
+
+/// Counts the stored records `rows` (those newly stored) of data plane `dataplane` into
+/// `deltas`; with `discover`, inside the ingest's transaction, also makes the discovery
+/// records of hosts seen with an app (or an unknown client) for the first time, stored, and
+/// returns them.
+pub(crate) fn observe(
     tx: &Transaction<'_>,
     dataplane: &str,
     rows: &[&Row<'_>],
+    known: &mut Known,
+    deltas: &mut Deltas,
+    discover: bool,
 ) -> Result<Vec<Value>, StoreError> {
-    let mut deltas: HashMap<Key, Delta> = HashMap::new();
     let mut found: Vec<Value> = Vec::new();
     let mut seen_clients: BTreeSet<(String, String)> = BTreeSet::new();
     let mut new_client = tx.prepare_cached(
@@ -173,8 +268,16 @@ pub(crate) fn update(
         // Once per client and batch: its discovery is seen again (retention keeps it), or
         // made (unknown clients at most so many a day per host).
         if let Some(client) = client
+            && discover
+            && !known.client_fresh(&host, &client, r.ts_ms)
             && seen_clients.insert((host.clone(), client.clone()))
-            && seen_again.execute(params![host, client, ts])? == 0
+            && !match seen_again.execute(params![host, client, ts])? {
+                0 => false,
+                _ => {
+                    known.client_written(&host, &client, r.ts_ms);
+                    true
+                }
+            }
             && (app != "unknown"
                 || unknowns_today
                     .query_row(params![host, ts - 86_400_000], |c| c.get::<_, i64>(0))?
@@ -200,6 +303,7 @@ pub(crate) fn update(
                 rec["ja4"] = json!(bounded(j, 40));
             }
             if new_client.execute(params![ts, host, client, rec.to_string()])? == 1 {
+                known.client_written(&host, &client, r.ts_ms);
                 found.push(rec);
             }
         }
@@ -222,6 +326,33 @@ pub(crate) fn update(
             add_bounded(&mut d.accounts, acc);
         }
     }
+    Ok(found)
+}
+
+impl Delta {
+    /// `other` added to this one.
+    pub(crate) fn merge(&mut self, other: Delta) {
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        self.flows += other.flows;
+        self.requests += other.requests;
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        for v in other.destinations {
+            add_bounded(&mut self.destinations, v);
+        }
+        for v in other.accounts {
+            add_bounded(&mut self.accounts, v);
+        }
+    }
+}
+
+/// Writes `deltas` to the inventory's rows: a known row that gains nothing but counts gets
+/// them bumped; any other is read, merged and upserted.
+pub(crate) fn write(
+    tx: &Transaction<'_>,
+    deltas: Deltas,
+    known: &mut Known,
+) -> Result<(), StoreError> {
     let mut read = tx.prepare_cached(
         "SELECT destinations, accounts FROM inventory
          WHERE host = ?1 AND identity = ?2 AND user = ?3 AND app = ?4 AND version = ?5",
@@ -236,7 +367,32 @@ pub(crate) fn update(
            bytes = bytes + excluded.bytes, destinations = excluded.destinations,
            accounts = excluded.accounts",
     )?;
-    for ((host, identity, user, app, version), mut d) in deltas {
+    let mut bump = tx.prepare_cached(
+        "UPDATE inventory SET first_ms = MIN(first_ms, ?6), last_ms = MAX(last_ms, ?7),
+           flows = flows + ?8, requests = requests + ?9, bytes = bytes + ?10
+         WHERE host = ?1 AND identity = ?2 AND user = ?3 AND app = ?4 AND version = ?5",
+    )?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (key, mut d) in deltas {
+        if known.covers(&key, &d) {
+            let (host, identity, user, app, version) = &key;
+            let counts = params![
+                host,
+                identity,
+                user,
+                app,
+                version,
+                n(d.first),
+                n(d.last),
+                n(d.flows),
+                n(d.requests),
+                n(d.bytes)
+            ];
+            if bump.execute(counts)? == 1 {
+                continue;
+            }
+        }
+        let (host, identity, user, app, version) = &key;
         let old: Option<(String, String)> = read
             .query_row(params![host, identity, user, app, version], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
@@ -258,7 +414,6 @@ pub(crate) fn update(
             d.destinations = dests;
             d.accounts = accs;
         }
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         write.execute(params![
             host,
             identity,
@@ -273,8 +428,9 @@ pub(crate) fn update(
             serde_json::to_string(&d.destinations)?,
             serde_json::to_string(&d.accounts)?,
         ])?;
+        known.row_written(key, d.destinations, d.accounts);
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The rows matching `f`, most recently seen first (at most 10,000).
@@ -353,7 +509,12 @@ pub fn discoveries(
 
 /// Forgets what was last seen before `older_than_ms` (retention): rows, and discoveries of
 /// clients not seen since (a host seen again after that is discovered again).
-pub(crate) fn prune(conn: &rusqlite::Connection, older_than_ms: u64) -> Result<u64, StoreError> {
+pub(crate) fn prune(
+    conn: &rusqlite::Connection,
+    older_than_ms: u64,
+    known: &Known,
+) -> Result<u64, StoreError> {
+    known.write_seen(conn)?;
     let t = i64::try_from(older_than_ms).unwrap_or(i64::MAX);
     let mut n = conn.execute("DELETE FROM inventory WHERE last_ms < ?1", [t])?;
     n += conn.execute("DELETE FROM discoveries WHERE last_ms < ?1", [t])?;
@@ -477,6 +638,46 @@ mod tests {
             ingest(&mut st, "dp1", &[request(9, 11_000, "openai-python", "3.57.0", None)])
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn counts_pending_in_memory_are_counted_again_after_a_crash_and_never_twice() {
+        let dir = std::env::temp_dir().join(format!("sluice-inventory-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.db");
+        let sdk = InventoryFilter { app: Some("openai-python".into()), ..Default::default() };
+        let requests = |st: &mut FlowStore| st.inventory(&sdk).unwrap()[0].requests;
+        let mut st = FlowStore::open(&path).unwrap();
+        for seq in 1..=3 {
+            ingest(&mut st, "dp1", &[request(seq, 1_000 * seq, "openai-python", "3.57.0", None)]);
+        }
+        // Reading writes what is pending.
+        assert_eq!(requests(&mut st), 3);
+        // Two more, pending when control dies: counted again from the records when it starts.
+        ingest(&mut st, "dp1", &[request(4, 4_000, "openai-python", "3.57.0", Some("acc-9"))]);
+        ingest(&mut st, "dp1", &[request(5, 5_000, "openai-python", "3.57.0", None)]);
+        drop(st);
+        let mut st = FlowStore::open(&path).unwrap();
+        assert_eq!(requests(&mut st), 5);
+        let row = &st.inventory(&sdk).unwrap()[0];
+        assert_eq!(row.last_seen_ms, 5_000);
+        assert!(row.accounts.contains(&"chatgpt:acc-9".to_owned()), "{:?}", row.accounts);
+        drop(st);
+        // Once: a start after the rows were written counts nothing again.
+        let mut st = FlowStore::open(&path).unwrap();
+        assert_eq!(requests(&mut st), 5);
+        // Retention marks what is left: records stored after it are counted once.
+        st.prune(u64::MAX / 2, u64::MAX / 4).unwrap();
+        ingest(&mut st, "dp1", &[request(6, u64::MAX / 2 + 1, "openai-python", "3.57.0", None)]);
+        drop(st);
+        let mut st = FlowStore::open(&path).unwrap();
+        assert_eq!(
+            requests(&mut st),
+            1,
+            "the old row went with retention; the new record counts once"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -52,7 +52,7 @@ async fn inventory(
         user: q.get("user").cloned(),
         since_ms,
     };
-    let store = s.flows.lock().unwrap_or_else(|p| p.into_inner());
+    let mut store = s.flows.lock().unwrap_or_else(|p| p.into_inner());
     match store.inventory(&f) {
         Ok(rows) => axum::Json(json!({ "rows": rows })).into_response(),
         Err(e) => internal(e),

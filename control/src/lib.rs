@@ -27,6 +27,7 @@ pub mod identities_api;
 pub mod identstore;
 pub mod inventory;
 pub mod inventory_api;
+pub(crate) mod inventory_pending;
 pub mod keys_api;
 pub mod keystore;
 pub mod link;

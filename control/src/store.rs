@@ -135,6 +135,8 @@ pub struct FlowStore {
     heads: std::collections::HashMap<String, Option<Head>>,
     /// What the ingests said of chains since the last [`FlowStore::take_chain_notes`].
     notes: Vec<ChainNote>,
+    /// The inventory's counts not yet written, and what is known of its rows.
+    inventory: crate::inventory_pending::Pending,
 }
 
 const SCHEMA: &str = "
@@ -219,6 +221,7 @@ impl FlowStore {
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::inventory::SCHEMA)?;
+        conn.execute_batch(crate::inventory_pending::SCHEMA)?;
         let recordings_by_seq = crate::recordings::migrate(&conn)?;
         crate::chainstore::migrate(&conn)?;
         Ok(FlowStore {
@@ -228,6 +231,7 @@ impl FlowStore {
             discovered: Vec::new(),
             heads: Default::default(),
             notes: Vec::new(),
+            inventory: crate::inventory_pending::Pending::default(),
         })
     }
 
@@ -246,6 +250,20 @@ impl FlowStore {
         rows: &[Row<'_>],
         now: u64,
     ) -> Result<Vec<bool>, StoreError> {
+        let stored = self.ingest_once(dataplane, rows, now);
+        if stored.is_err() {
+            // What the failed transaction wrote of the inventory is not there.
+            self.inventory.lost();
+        }
+        stored
+    }
+
+    fn ingest_once(
+        &mut self,
+        dataplane: &str,
+        rows: &[Row<'_>],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError> {
         // What an ingest that failed appended is not counted: its rows were not stored.
         if let Some(f) = self.sealed.as_mut() {
             f.take_appended();
@@ -257,6 +275,7 @@ impl FlowStore {
         let before = head;
         let mut notes = Vec::new();
         let tx = self.conn.transaction()?;
+        self.inventory.sync(&tx)?;
         let mut fresh = Vec::with_capacity(rows.len());
         {
             let mut flows = tx.prepare_cached(
@@ -332,15 +351,23 @@ impl FlowStore {
             .filter(|(r, n)| **n && r.app.is_some())
             .map(|(r, _)| r)
             .collect();
+        let mut batch = crate::inventory::Deltas::new();
         let found = if new.is_empty() {
             Vec::new()
         } else {
-            crate::inventory::update(&tx, dataplane, &new)?
+            let known = &mut self.inventory.known;
+            crate::inventory::observe(&tx, dataplane, &new, known, &mut batch, true)?
         };
+        let at = std::time::Instant::now();
+        if self.inventory.due(batch.len(), at) {
+            self.inventory.absorb(std::mem::take(&mut batch), at);
+            self.inventory.write(&tx)?;
+        }
         if let Some(h) = head.filter(|_| head != before) {
             crate::chainstore::save_head(&tx, dataplane, &h)?;
         }
         tx.commit()?;
+        self.inventory.absorb(batch, at);
         self.heads.insert(dataplane.to_owned(), head);
         self.discovered.extend(found);
         self.notes.extend(notes);
@@ -362,17 +389,35 @@ impl FlowStore {
         std::mem::take(&mut self.notes)
     }
 
-    /// The inventory rows matching `f` ([`crate::inventory::query`]).
+    /// The inventory rows matching `f` ([`crate::inventory::query`]), what is pending
+    /// written first.
     pub fn inventory(
-        &self,
+        &mut self,
         f: &crate::inventory::InventoryFilter,
     ) -> Result<Vec<crate::inventory::InventoryRow>, StoreError> {
+        self.write_inventory()?;
         crate::inventory::query(&self.conn, f)
     }
 
-    /// Distinct hosts per app in the inventory.
-    pub fn hosts_per_app(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    /// Distinct hosts per app in the inventory, what is pending written first.
+    pub fn hosts_per_app(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.write_inventory()?;
         crate::inventory::hosts_per_app(&self.conn)
+    }
+
+    /// Writes the inventory's pending counts.
+    pub fn write_inventory(&mut self) -> Result<(), StoreError> {
+        if !self.inventory.needs_write() {
+            return Ok(());
+        }
+        let written = self.conn.transaction().map_err(StoreError::from).and_then(|tx| {
+            self.inventory.write(&tx)?;
+            Ok(tx.commit()?)
+        });
+        if written.is_err() {
+            self.inventory.lost();
+        }
+        written
     }
 
     /// Discovery records since `since_ms`, newest first.
@@ -578,7 +623,23 @@ impl FlowStore {
         max_rows: u64,
         cuts: &[crate::chainstore::Cut],
     ) -> Result<u64, StoreError> {
+        let pruned = self.prune_once(older_than_ms, max_rows, cuts);
+        if pruned.is_err() {
+            self.inventory.lost();
+        }
+        pruned
+    }
+
+    fn prune_once(
+        &mut self,
+        older_than_ms: u64,
+        max_rows: u64,
+        cuts: &[crate::chainstore::Cut],
+    ) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
+        // The inventory counts everything stored before records go (and its rows' last
+        // times are right for its own retention).
+        self.inventory.write(&tx)?;
         let mut n = crate::chainstore::apply_cuts(&tx, cuts)?;
         for t in ["flows", "requests"] {
             n += tx.execute(
@@ -592,7 +653,8 @@ impl FlowStore {
                 [i(max_rows)],
             )? as u64;
         }
-        n += crate::inventory::prune(&tx, older_than_ms)?;
+        n += crate::inventory::prune(&tx, older_than_ms, &self.inventory.known)?;
+        self.inventory.pruned(&tx)?;
         tx.commit()?;
         Ok(n)
     }
