@@ -328,10 +328,16 @@ pub fn export(
             since,
             until,
             |r, sealed| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                v["sealed"] = serde_json::from_str(sealed)
-                    .unwrap_or_else(|_| Value::String(sealed.to_owned()));
-                f.line(v.to_string().as_bytes())
+                // The sealed form exactly as stored: the request record names its hash.
+                let mut line = serde_json::to_string(r).unwrap_or_default();
+                line.pop();
+                line.push_str(",\"sealed\":");
+                match serde_json::from_str::<&serde_json::value::RawValue>(sealed) {
+                    Ok(_) => line.push_str(sealed),
+                    Err(_) => line.push_str(&Value::String(sealed.to_owned()).to_string()),
+                }
+                line.push('}');
+                f.line(line.as_bytes())
             },
         )?;
         files.done.push(f.done()?);

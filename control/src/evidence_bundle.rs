@@ -203,9 +203,13 @@ fn name_ok(n: &str) -> bool {
 /// Most problems listed; past it, one line says how many more there were.
 const MAX_PROBLEMS: usize = 1_000;
 
+/// Most recordings a bundle's records may name (each is remembered while the check runs).
+const MAX_NAMED: usize = 2_000_000;
+
 /// A record of a data plane's chain segment, as `records.jsonl` must hold it.
 struct Member {
     chain: std::sync::Arc<str>,
+    dataplane: std::sync::Arc<str>,
     n: u64,
     in_window: bool,
     seen: bool,
@@ -236,8 +240,10 @@ struct Check {
     hashes: BTreeMap<String, String>,
     records: u64,
     unchained: u64,
-    /// Recording ids the window's request records name: (data plane, bytes, included).
-    named: HashMap<String, (String, u64, bool)>,
+    /// Recording ids the window's request records name (with recordings only): what the
+    /// record says of it (digest), whether it names the sealed form's hash, and whether the
+    /// bundle holds it.
+    named: HashMap<String, (Link, bool, bool)>,
     /// Whether the bundle includes recordings.
     with_recordings: bool,
 }

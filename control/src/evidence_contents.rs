@@ -45,7 +45,7 @@ pub(super) fn read_file(c: &mut Check, name: &str, r: &mut impl Read) -> std::io
         while let Some(ok) = next_line(&mut r, &mut line)? {
             k += 1;
             match ok.ok().and_then(|()| serde_json::from_slice::<Value>(&line).ok()) {
-                Some(v) => recording_line(c, &v),
+                Some(v) => recording_line(c, &v, &line),
                 None => c.problem(name, format!("recording {k} does not read")),
             }
         }
@@ -85,9 +85,10 @@ fn record_line(c: &mut Check, v: &Value, line: &[u8]) {
         c.problem("records.jsonl", format!("record {k} is outside the window"));
     }
     c.summary.record(v);
-    if let Some(id) = v["recording"]["id"].as_str() {
-        let (dp, bytes) = (v["dataplane"].as_str().unwrap_or(""), v["recording"]["bytes"].as_u64());
-        c.named.insert(id.to_owned(), (dp.to_owned(), bytes.unwrap_or(0), false));
+    if c.with_recordings
+        && let Some(id) = v["recording"]["id"].as_str()
+    {
+        name_recording(c, id, v);
     }
     let text = String::from_utf8_lossy(line);
     let dp = v["dataplane"].as_str().unwrap_or("");
@@ -113,24 +114,84 @@ fn record_line(c: &mut Check, v: &Value, line: &[u8]) {
         Some(m) if m.seen => {
             c.problem("records.jsonl", format!("record {k} is there twice (inserted)"));
         }
+        Some(m) if *m.dataplane != *dp => {
+            c.problem(
+                "records.jsonl",
+                format!("record {k} names another data plane than its chain's"),
+            );
+        }
         Some(m) => m.seen = true,
     }
 }
 
+/// What a recording's request record and its line in `recordings.jsonl` must agree on:
+/// where, when, whose, which request, its size and its sealed form's SHA-256.
+fn recording_digest(v: &Value, bytes: u64, sealed_sha256: &str) -> Link {
+    let mut h = Sha256::new();
+    for k in ["dataplane", "identity", "user", "src", "sni", "method", "path", "rule"] {
+        let s = v[k].as_str().unwrap_or("");
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    h.update(v["ts_ms"].as_u64().unwrap_or(0).to_be_bytes());
+    h.update(bytes.to_be_bytes());
+    h.update(sealed_sha256.as_bytes());
+    Link(h.finalize().into())
+}
+
+/// A recording the request record `v` names (`rec_` ids only, at most [`MAX_NAMED`]).
+fn name_recording(c: &mut Check, id: &str, v: &Value) {
+    let ok = id.len() <= 64
+        && id.strip_prefix("rec_").is_some_and(|h| h.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !ok {
+        c.problem(
+            "records.jsonl",
+            format!("record {} names a recording that is not one", c.records),
+        );
+        return;
+    }
+    if c.named.len() >= super::MAX_NAMED {
+        c.problem(
+            "records.jsonl",
+            "more recordings named than a check holds: the rest are not checked",
+        );
+        return;
+    }
+    let note = &v["recording"];
+    let sha = note["sealed_sha256"].as_str();
+    let digest = recording_digest(v, note["bytes"].as_u64().unwrap_or(0), sha.unwrap_or(""));
+    c.named.insert(id.to_owned(), (digest, sha.is_some(), false));
+}
+
 /// One line of `recordings.jsonl`: a sealed recording that one of the window's request
-/// records names, with that record's data plane and size, there once. (Its bytes are held to
-/// the signed manifest; its id is bound into its sealing, so it opens under no other id.)
-fn recording_line(c: &mut Check, v: &Value) {
+/// records names, there once, agreeing with that record on where, when, whose, its size and
+/// (when the record names it) its sealed form's hash, so the chained record binds it. (Its
+/// id is bound into its sealing too: it opens under no other id.)
+fn recording_line(c: &mut Check, v: &Value, line: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        sealed: Option<&'a serde_json::value::RawValue>,
+    }
     let id = v["id"].as_str().unwrap_or("");
-    let said = (v["dataplane"].as_str().unwrap_or(""), v["bytes"].as_u64().unwrap_or(0));
-    let sealed = v["sealed"].is_object();
+    let raw = serde_json::from_slice::<Raw<'_>>(line).ok().and_then(|r| r.sealed);
+    let sealed = raw.filter(|_| v["sealed"].is_object());
+    let sha = sealed.map(|s| Link(Sha256::digest(s.get().as_bytes()).into()).to_hex());
+    let bytes = v["bytes"].as_u64().unwrap_or(0);
     let why = match c.named.get_mut(id) {
         None => Some("named by no request record of the window (inserted)"),
         Some(n) if n.2 => Some("there twice (inserted)"),
-        Some(n) if (n.0.as_str(), n.1) != said => {
-            Some("not what its request record says (data plane or size)")
+        Some(_) if sealed.is_none() => Some("not sealed"),
+        Some(n)
+            if n.0
+                != recording_digest(
+                    v,
+                    bytes,
+                    if n.1 { sha.as_deref().unwrap_or("") } else { "" },
+                ) =>
+        {
+            Some("not what its request record says (where, when, whose, size or sealed bytes)")
         }
-        Some(_) if !sealed => Some("not sealed"),
         Some(n) => {
             n.2 = true;
             None
@@ -166,6 +227,7 @@ fn chain_file(
     }
     let control = seg.chain == CONTROL_CHAIN;
     let chain: std::sync::Arc<str> = seg.chain.as_str().into();
+    let dataplane: std::sync::Arc<str> = seg.dataplane.as_deref().unwrap_or("").into();
     let (mut line, mut k, mut first_ts) = (Vec::new(), 0u64, None);
     while let Some(ok) = next_line(r, &mut line)? {
         k += 1;
@@ -199,7 +261,13 @@ fn chain_file(
             let from = c.chains_from.entry(dp.clone()).or_insert(u64::MAX);
             *from = (*from).min(ts.unwrap_or(u64::MAX));
             let in_window = ts.is_some_and(|t| c.in_window(t));
-            let m = Member { chain: chain.clone(), n, in_window, seen: false };
+            let m = Member {
+                chain: chain.clone(),
+                dataplane: dataplane.clone(),
+                n,
+                in_window,
+                seen: false,
+            };
             c.members.insert(Sha256::digest(bytes).into(), m);
         }
         v.push(Row { pos: k, seq: n, prev, link, record: bytes });

@@ -12,6 +12,8 @@ use crate::store::FlowStore;
 use sluice_audit::{GENESIS, Signer};
 
 const DP: &str = "dp1";
+/// A recording's sealed form, as the stores' recordings carry it.
+const SEALED: &str = r#"{"alg":"aes-256-gcm+age","key":"k","nonce":"n","data":"SEALED"}"#;
 
 /// 40 chained records of one data plane (ts 1001..1040), checkpoints every 10th, a rule
 /// version, its acknowledgement and a few control entries, checkpointed.
@@ -23,7 +25,8 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
         let kind = if n % 3 == 0 { "request" } else { "flow" };
         let dlp = if n % 3 == 0 {
             format!(
-                r#","dlp_findings":[{{"detector":"credit_card","count":1,"hashes":["5a1t"]}}],"recording":{{"id":"rec_{n:02}","bytes":10}}"#
+                r#","dlp_findings":[{{"detector":"credit_card","count":1,"hashes":["5a1t"]}}],"recording":{{"id":"rec_{n:02}","bytes":10,"sealed_sha256":"{}"}}"#,
+                sluice_audit::Link(sha2::Sha256::digest(SEALED.as_bytes()).into()).to_hex()
             )
         } else {
             String::new()
@@ -46,10 +49,12 @@ fn stores(signer: &Signer) -> (FlowStore, RuleStore) {
     // The recordings of the requests (unchained, as data planes send them), but for rec_21's:
     // retention took it.
     for n in (3..=39u64).step_by(3).filter(|n| *n != 21) {
-        let v = serde_json::json!({"seq": 100 + n, "type": "recording", "ts_ms": 1_000 + n,
-            "id": format!("rec_{n:02}"), "identity": "finance", "bytes": 10,
-            "sealed": {"alg": "aes-256-gcm+age", "key": "k", "nonce": "n", "data": "SEALED"}});
-        let rows = vec![Record::read_value(v, DP).unwrap()];
+        let text = format!(
+            r#"{{"seq":{},"type":"recording","ts_ms":{},"id":"rec_{n:02}","identity":"finance","src":"10.0.0.{n}","sni":"api.openai.com","bytes":10,"sealed":{SEALED}}}"#,
+            100 + n,
+            1_000 + n
+        );
+        let rows: Vec<Record<'_>> = Record::read(&text, DP).into_iter().collect();
         assert_eq!(flows.ingest(DP, &rows).unwrap(), [true]);
     }
     let text = "[[rule]]\nname = \"x\"\n";
@@ -359,7 +364,9 @@ fn recordings_are_in_a_bundle_only_when_asked_and_each_is_one_a_record_names() {
             .execute_batch(
                 "INSERT INTO recordings (id, dataplane, seq, ts_ms, bytes, thread, sealed)
                  VALUES ('rec_x', 'dp1', 999, 1020, 5, 'rec_x', '{\"data\":\"x\"}');
-                 UPDATE recordings SET bytes = 11 WHERE id = 'rec_18';",
+                 UPDATE recordings SET bytes = 11 WHERE id = 'rec_18';
+                 UPDATE recordings SET sealed = replace(sealed, 'SEALED', 'FORGED')
+                     WHERE id = 'rec_24';",
             )
             .unwrap();
     });
@@ -367,6 +374,10 @@ fn recordings_are_in_a_bundle_only_when_asked_and_each_is_one_a_record_names() {
     assert!(p.iter().any(|x| x.contains("\"rec_x\" is named by no request record")), "{p:?}");
     assert!(
         p.iter().any(|x| x.contains("\"rec_18\" is not what its request record says")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|x| x.contains("\"rec_24\" is not what its request record says")),
         "{p:?}"
     );
     // Its lines, moved out of the bundle's order, are not read.

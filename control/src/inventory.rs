@@ -89,6 +89,9 @@ pub(crate) type Key = (String, String, String, String, String);
 
 /// Most entries [`Known`] holds of each kind; past it, that kind starts again empty.
 const MAX_KNOWN: usize = 250_000;
+/// Most bytes of strings [`Known`] holds of rows (clients choose them: server names, user
+/// agents, accounts); past it, the rows start again empty.
+const MAX_KNOWN_BYTES: usize = 64 << 20;
 /// How far behind a discovery's `last_ms` (read by retention only) may be written: a client
 /// seen again within this of the last time written is not written again until retention
 /// runs (which writes first what it knows) or this has passed.
@@ -105,6 +108,7 @@ pub(crate) struct Known {
     clients: HashMap<String, HashMap<String, (u64, u64)>>,
     clients_len: usize,
     rows: HashMap<Key, (BTreeSet<String>, BTreeSet<String>)>,
+    rows_bytes: usize,
 }
 
 impl Known {
@@ -113,6 +117,7 @@ impl Known {
         self.clients.clear();
         self.clients_len = 0;
         self.rows.clear();
+        self.rows_bytes = 0;
     }
 
     fn client_written(&mut self, host: &str, client: &str, ts: u64) {
@@ -167,9 +172,13 @@ impl Known {
     }
 
     fn row_written(&mut self, key: Key, dests: BTreeSet<String>, accs: BTreeSet<String>) {
-        if self.rows.len() >= MAX_KNOWN {
+        let cost = key_bytes(&key) + listed_bytes(&dests) + listed_bytes(&accs);
+        if self.rows.len() >= MAX_KNOWN || self.rows_bytes + cost > MAX_KNOWN_BYTES {
             self.rows.clear();
+            self.rows_bytes = 0;
         }
+        // (A row written again is counted again: the budget errs toward clearing early.)
+        self.rows_bytes += cost;
         self.rows.insert(key, (dests, accs));
     }
 }
@@ -182,8 +191,18 @@ pub(crate) struct Delta {
     flows: u64,
     requests: u64,
     bytes: u64,
-    destinations: BTreeSet<String>,
-    accounts: BTreeSet<String>,
+    pub(crate) destinations: BTreeSet<String>,
+    pub(crate) accounts: BTreeSet<String>,
+}
+
+/// Bytes of a key's strings (and their headers).
+pub(crate) fn key_bytes(k: &Key) -> usize {
+    k.0.len() + k.1.len() + k.2.len() + k.3.len() + k.4.len() + 5 * 24
+}
+
+/// Bytes of a list's strings (and their headers).
+pub(crate) fn listed_bytes(l: &BTreeSet<String>) -> usize {
+    l.iter().map(|s| s.len() + 24).sum()
 }
 
 fn bounded(s: &str, max: usize) -> String {
@@ -667,6 +686,13 @@ mod tests {
         // Once: a start after the rows were written counts nothing again.
         let mut st = FlowStore::open(&path).unwrap();
         assert_eq!(requests(&mut st), 5);
+        // A known row gaining only counts is bumped in place: its lists stay as they were.
+        ingest(&mut st, "dp1", &[request(50, 6_000, "openai-python", "3.57.0", None)]);
+        ingest(&mut st, "dp1", &[request(51, 7_000, "openai-python", "3.57.0", None)]);
+        assert_eq!(requests(&mut st), 7);
+        let row = &st.inventory(&sdk).unwrap()[0];
+        assert_eq!((row.last_seen_ms, row.first_seen_ms), (7_000, 1_000));
+        assert!(row.accounts.contains(&"chatgpt:acc-9".to_owned()), "{:?}", row.accounts);
         // Retention marks what is left: records stored after it are counted once.
         st.prune(u64::MAX / 2, u64::MAX / 4).unwrap();
         ingest(&mut st, "dp1", &[request(6, u64::MAX / 2 + 1, "openai-python", "3.57.0", None)]);

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS inventory_applied (
 pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(5);
 /// Most rows pending before they are written.
 pub(crate) const MAX_PENDING: usize = 100_000;
+/// Most bytes of strings pending before they are written (clients choose them).
+pub(crate) const MAX_PENDING_BYTES: usize = 64 << 20;
 /// Records read at a time when counting again from the mark.
 const CATCH_UP_CHUNK: i64 = 5_000;
 
@@ -40,6 +42,8 @@ pub(crate) struct Pending {
     /// What is known of the rows and clients as written.
     pub(crate) known: Known,
     deltas: Deltas,
+    /// Bytes of the strings in `deltas`, roughly.
+    bytes: usize,
     since: Option<Instant>,
     /// The state above matches the tables and the mark (false at start, and after a
     /// transaction that may have written part of it failed).
@@ -51,6 +55,7 @@ impl Pending {
     pub(crate) fn lost(&mut self) {
         self.known.clear();
         self.deltas.clear();
+        self.bytes = 0;
         self.since = None;
         self.synced = false;
     }
@@ -58,6 +63,7 @@ impl Pending {
     /// Whether the rows are due to be written, with `more` rows about to be added.
     pub(crate) fn due(&self, more: usize, now: Instant) -> bool {
         self.deltas.len() + more >= MAX_PENDING
+            || self.bytes >= MAX_PENDING_BYTES
             || self.since.is_some_and(|s| now.duration_since(s) >= WRITE_EVERY)
     }
 
@@ -68,9 +74,12 @@ impl Pending {
         }
         self.since.get_or_insert(now);
         for (k, d) in batch {
+            self.bytes += crate::inventory::listed_bytes(&d.destinations)
+                + crate::inventory::listed_bytes(&d.accounts);
             match self.deltas.entry(k) {
                 Entry::Occupied(mut e) => e.get_mut().merge(d),
                 Entry::Vacant(e) => {
+                    self.bytes += crate::inventory::key_bytes(e.key());
                     e.insert(d);
                 }
             }
@@ -91,6 +100,7 @@ impl Pending {
     pub(crate) fn write(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         self.sync(tx)?;
         self.since = None;
+        self.bytes = 0;
         write(tx, std::mem::take(&mut self.deltas), &mut self.known)?;
         mark(tx)
     }
@@ -111,6 +121,7 @@ impl Pending {
     fn catch_up(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         self.known.clear();
         self.deltas.clear();
+        self.bytes = 0;
         self.since = None;
         let upto = |t: &str| -> Result<Option<i64>, StoreError> {
             Ok(tx

@@ -185,12 +185,7 @@ impl KeyStore {
         )?;
         // A retired salt's sealed bytes are overwritten where SQLite frees them.
         db.pragma_update(None, "secure_delete", true)?;
-        let sealed: i64 = db.query_row(
-            "SELECT (SELECT count(*) FROM keys)
-                  + (SELECT count(*) FROM dlp_salts WHERE sealed IS NOT NULL)",
-            [],
-            |r| r.get(0),
-        )?;
+        let sealed: i64 = db.query_row("SELECT count(*) FROM keys", [], |r| r.get(0))?;
         if sealed > 0 && !kek_path.exists() {
             // A new key-encryption key would open none of them: refuse rather than start
             // with keys that can never be pushed.
@@ -207,6 +202,15 @@ impl KeyStore {
         if store.salts()?.first().is_none_or(|s| s.retired_ms.is_some()) {
             let made = store.new_salt("control (first start)")?;
             tracing::info!(salt = %made.id, "made the deployment's DLP salt");
+        } else if store.dlp_salt()?.is_none() {
+            // Sealed under a key-encryption key that is gone: no one can use it again.
+            let (made, old) = store.rotate_salt("control (the salt did not open)")?;
+            tracing::error!(
+                salt = %made.id,
+                retired = old.as_deref().unwrap_or("-"),
+                "the DLP salt did not open with this key-encryption key: a new one replaces it \
+                 (finding hashes before and after do not compare)"
+            );
         }
         Ok(store)
     }
@@ -380,8 +384,7 @@ impl KeyStore {
     /// destroyed (ids and dates kept).
     pub fn salts(&self) -> Result<Vec<SaltInfo>, KeyError> {
         let mut st = self.db.prepare(
-            "SELECT id, created_ms, created_by, retired_ms FROM dlp_salts
-             ORDER BY created_ms DESC, rowid DESC",
+            "SELECT id, created_ms, created_by, retired_ms FROM dlp_salts ORDER BY rowid DESC",
         )?;
         let rows = st.query_map([], |r| {
             Ok(SaltInfo {
@@ -402,7 +405,7 @@ impl KeyStore {
             .db
             .query_row(
                 "SELECT id, nonce, sealed FROM dlp_salts WHERE retired_ms IS NULL
-                 ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+                 ORDER BY rowid DESC LIMIT 1",
                 [],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)),
             )
@@ -433,6 +436,9 @@ impl KeyStore {
         )?;
         let made = self.insert_salt(&tx, by)?;
         tx.commit()?;
+        // The old sealed bytes out of the write-ahead log too (a checkpoint copies and
+        // truncates it; the database's freed pages were overwritten by `secure_delete`).
+        self.db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok((made, old))
     }
 
@@ -564,10 +570,17 @@ mod tests {
             s.db.query_row("SELECT sealed FROM dlp_salts WHERE id = ?1", [&first.id], |r| r.get(0))
                 .unwrap();
         assert_eq!(kept, None);
-        // Under another key-encryption key the salt does not open: none is pushed.
+        // Under another key-encryption key the salt does not open: it is retired and a new
+        // one made (no data plane is left without a deployment salt).
         drop(s);
         std::fs::write(dir.join("keys.kek"), [7u8; 32]).unwrap();
-        assert_eq!(store(&dir).dlp_salt().unwrap(), None);
+        let s = store(&dir);
+        let replaced = s.dlp_salt().unwrap().unwrap();
+        assert_ne!(replaced.id, now.id);
+        let listed = s.salts().unwrap();
+        assert_eq!((listed.len(), listed[0].id.as_str()), (3, replaced.id.as_str()));
+        assert!(listed[1].retired_ms.is_some());
+        drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

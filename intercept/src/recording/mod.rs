@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
+use sha2::Digest;
 use sluice_rules::RecordMode;
 
 use crate::phases::Headers;
@@ -229,6 +230,10 @@ pub struct RecordingNote {
     /// The id of the response (`resp_…`, `chatcmpl-…`), when it names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// SHA-256 (hex) of the sealed form exactly as its `recording` record carries it (its
+    /// `sealed` member's JSON text): the chained request record binds the ciphertext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_sha256: Option<String>,
 }
 
 /// The ids a request body names that thread a conversation.
@@ -339,6 +344,7 @@ pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord
                 conversation,
                 previous_response,
                 response: response_id(&c.response.bytes),
+                sealed_sha256: None,
             });
             rec.sealed = Some(sealed);
         }
@@ -350,8 +356,9 @@ pub(crate) fn seal(recorder: &Recorder, sealer: &Sealer, rec: &mut RequestRecord
 }
 
 /// The `recording` record of a request record that carries a sealed recording: one JSON line
-/// (the sealed bytes in base64), written beside the request record.
-pub fn recording_line(rec: &RequestRecord) -> Option<String> {
+/// (the sealed bytes in base64), written beside the request record. The request record's
+/// note gets the SHA-256 of the sealed form as written (write the request record after).
+pub fn recording_line(rec: &mut RequestRecord) -> Option<String> {
     #[derive(Serialize)]
     struct Line<'a> {
         #[serde(rename = "type")]
@@ -396,8 +403,13 @@ pub fn recording_line(rec: &RequestRecord) -> Option<String> {
     let mut line = String::from_utf8(meta).ok()?;
     line.pop();
     line.push_str(",\"sealed\":");
+    let start = line.len();
     sealed.write_json(&mut line);
+    let digest = sha2::Sha256::digest(&line.as_bytes()[start..]);
     line.push('}');
+    if let Some(note) = rec.recording.as_mut() {
+        note.sealed_sha256 = Some(digest.iter().map(|b| format!("{b:02x}")).collect());
+    }
     Some(line)
 }
 
@@ -447,10 +459,20 @@ mod tests {
         seal(&r, &sealer, &mut rec);
         let id = rec.recording.clone().unwrap().id;
         // What ships: the recording record, its sealed member opened with the right key.
-        let line = recording_line(&rec).unwrap();
+        let line = recording_line(&mut rec).unwrap();
         assert!(line.contains("\"type\":\"recording\"") && !line.contains("secret"));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["id"], id.as_str());
+        // The request record binds the sealed form exactly as written.
+        #[derive(serde::Deserialize)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            sealed: &'a serde_json::value::RawValue,
+        }
+        let raw: Raw<'_> = serde_json::from_str(&line).unwrap();
+        let want: String =
+            sha2::Sha256::digest(raw.sealed.get()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(rec.recording.as_ref().unwrap().sealed_sha256.as_deref(), Some(want.as_str()));
         let sealed: Sealed = serde_json::from_value(v["sealed"].clone()).unwrap();
         let mine: Vec<Box<dyn age::Identity>> = vec![Box::new(key)];
         let plain = open(&sealed, &id, &mine).unwrap();
@@ -495,7 +517,7 @@ mod tests {
         seal_captured(&mut rec);
         assert!(rec.capture.is_none(), "the plaintext is dropped");
         let id = rec.recording.clone().unwrap().id;
-        let line = recording_line(&rec).unwrap();
+        let line = recording_line(&mut rec).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let sealed: Sealed = serde_json::from_value(v["sealed"].clone()).unwrap();
         let mine: Vec<Box<dyn age::Identity>> = vec![Box::new(key)];
