@@ -82,7 +82,7 @@ fn rec(i: u64) -> Value {
     json!({"seq": i, "type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
            "identity": ids[(i % 5) as usize], "sni": snis[(i % 6) as usize], "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
            "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i.is_multiple_of(7) { "block" } else { "allow" },
-           "rule": format!("rule-{}", i % 12), "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
+           "rule": if i % 100_000 == 77 { "rule-rare".to_owned() } else { format!("rule-{}", i % 12) }, "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
            "bytes_out": i * 3, "bytes_in": i * 7, "pkts_out": 10, "pkts_in": 12, "proto": "tcp", "dport": 443})
 }
 
@@ -201,6 +201,8 @@ fn main() {
             },
         ),
         ("src", FlowFilter { src: Some("10.20.7.42".into()), ..Default::default() }),
+        ("rare rule (1 in 100k)", FlowFilter { rule: Some("rule-rare".into()), ..Default::default() }),
+        ("absent identity", FlowFilter { identity: Some("nobody".into()), ..Default::default() }),
         (
             "time window + rule",
             FlowFilter {

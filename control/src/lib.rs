@@ -13,6 +13,7 @@ pub mod audit_api;
 pub mod audit_key;
 pub mod audit_verify;
 pub mod auth;
+mod blocks;
 pub mod chains;
 pub mod chainstore;
 pub mod checkpointer;

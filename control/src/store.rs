@@ -94,7 +94,7 @@ pub struct FlowFilter {
 }
 
 /// Which records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Flow records (the packet path).
     Flows,
@@ -103,7 +103,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn table(self) -> &'static str {
+    pub(crate) fn table(self) -> &'static str {
         match self {
             Kind::Flows => "flows",
             Kind::Requests => "requests",
@@ -150,13 +150,8 @@ CREATE TABLE IF NOT EXISTS flows (
     UNIQUE (dataplane, seq)
 );
 CREATE INDEX IF NOT EXISTS flows_ts ON flows (ts_ms);
-CREATE INDEX IF NOT EXISTS flows_identity ON flows (identity, id);
-CREATE INDEX IF NOT EXISTS flows_sni ON flows (sni, id);
-CREATE INDEX IF NOT EXISTS flows_category ON flows (category, id);
-CREATE INDEX IF NOT EXISTS flows_verdict ON flows (verdict, id);
-CREATE INDEX IF NOT EXISTS flows_rule ON flows (rule, id);
 CREATE INDEX IF NOT EXISTS flows_src ON flows (src, id);
-CREATE INDEX IF NOT EXISTS flows_user ON flows (user, id);
+CREATE INDEX IF NOT EXISTS flows_users ON flows (user, id) WHERE user IS NOT NULL;
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,
     dataplane TEXT NOT NULL,
@@ -168,13 +163,8 @@ CREATE TABLE IF NOT EXISTS requests (
     UNIQUE (dataplane, seq)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
-CREATE INDEX IF NOT EXISTS requests_identity ON requests (identity, id);
-CREATE INDEX IF NOT EXISTS requests_sni ON requests (sni, id);
-CREATE INDEX IF NOT EXISTS requests_category ON requests (category, id);
-CREATE INDEX IF NOT EXISTS requests_verdict ON requests (verdict, id);
-CREATE INDEX IF NOT EXISTS requests_rule ON requests (rule, id);
 CREATE INDEX IF NOT EXISTS requests_src ON requests (src, id);
-CREATE INDEX IF NOT EXISTS requests_user ON requests (user, id);
+CREATE INDEX IF NOT EXISTS requests_users ON requests (user, id) WHERE user IS NOT NULL;
 ";
 
 /// `%,name,%` with LIKE's wildcards in `name` escaped.
@@ -215,11 +205,18 @@ impl FlowStore {
         Self::setup(Connection::open_in_memory()?)
     }
 
-    fn setup(conn: Connection) -> Result<Self, StoreError> {
+    fn setup(mut conn: Connection) -> Result<Self, StoreError> {
+        // New stores only (a store's page size is fixed once it has tables in WAL mode):
+        // fewer, fuller pages for append-mostly tables (BENCHMARKS.md, stop 31).
+        conn.pragma_update(None, "page_size", 16384)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -65536)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::blocks::SCHEMA)?;
+        if crate::blocks::migrate(&mut conn)? {
+            tracing::info!("record store: per-row filter indexes replaced by the block index");
+        }
         conn.execute_batch(crate::inventory::SCHEMA)?;
         conn.execute_batch(crate::inventory_pending::SCHEMA)?;
         let recordings_by_seq = crate::recordings::migrate(&conn)?;
@@ -277,6 +274,7 @@ impl FlowStore {
         let tx = self.conn.transaction()?;
         self.inventory.sync(&tx)?;
         let mut fresh = Vec::with_capacity(rows.len());
+        let mut blocks = crate::blocks::Additions::default();
         {
             let mut flows = tx.prepare_cached(
                 "INSERT OR IGNORE INTO flows
@@ -336,9 +334,26 @@ impl FlowStore {
                     }
                     RecordKind::Stats | RecordKind::Alarm | RecordKind::Other => 0,
                 };
+                let table = match r.kind {
+                    RecordKind::Flow => Some(Kind::Flows),
+                    RecordKind::Request => Some(Kind::Requests),
+                    _ => None,
+                };
+                if let Some(table) = table.filter(|_| n == 1) {
+                    let values = [
+                        r.identity.as_deref(),
+                        r.sni.as_deref(),
+                        r.category.as_deref(),
+                        r.verdict.as_deref(),
+                        r.rule.as_deref(),
+                        Some(dataplane),
+                    ];
+                    blocks.add(table, tx.last_insert_rowid(), ts, values);
+                }
                 fresh.push(n == 1);
             }
         }
+        blocks.write(&tx)?;
         // Recordings' bytes are in their files before the rows naming them are stored (they
         // reach the disk as a group commit: `sealed_files`).
         if let Some(f) = self.sealed.as_mut() {
@@ -572,29 +587,103 @@ impl FlowStore {
                 Kind::Flows => add(" AND 0 = ?", 1i64.into()),
             }
         }
-        if let Some(b) = before {
-            add(" AND id < ?", b.into());
-        }
         let limit = limit.clamp(1, 10_000);
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push(i64::try_from(limit + 1).unwrap_or(i64::MAX).into());
-        let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut records = Vec::new();
-        let mut last_id = None;
-        let mut more = false;
-        for row in rows {
-            let (id, rec) = row?;
-            if records.len() == limit {
-                more = true;
-                break;
+        // Exact indexes serve `src` and `user`; otherwise the block index narrows the rows
+        // read when the query names a value it holds or a time window.
+        let mut ask = crate::blocks::Ask {
+            since_ms: f.since_ms.map(i),
+            until_ms: f.until_ms.map(i),
+            ..Default::default()
+        };
+        for ((col, code), v) in crate::blocks::COLUMNS.iter().zip([
+            &f.identity,
+            &f.sni,
+            &f.category,
+            &f.verdict,
+            &f.rule,
+            &f.dataplane,
+        ]) {
+            debug_assert!(sql.contains(&format!(" {col} = ?")) || v.is_none());
+            if let Some(v) = v {
+                ask.terms.push((*code, v.as_str()));
             }
+        }
+        let rows = if f.src.is_none() && f.user.is_none() && ask.narrows() {
+            self.rows_by_blocks(kind, &sql, &args, &ask, before, limit + 1)?
+        } else {
+            if let Some(b) = before {
+                sql.push_str(" AND id < ?");
+                args.push(b.into());
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push(i64::try_from(limit + 1).unwrap_or(i64::MAX).into());
+            let mut stmt = self.conn.prepare(&sql)?;
+            stmt.query_map(params_from_iter(args.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        let more = rows.len() > limit;
+        let mut records = Vec::with_capacity(rows.len().min(limit));
+        let mut last_id = None;
+        for (id, rec) in rows.into_iter().take(limit) {
             records.push(serde_json::from_str(&rec)?);
             last_id = Some(id);
         }
         Ok(Page { records, next: if more { last_id } else { None } })
+    }
+
+    /// Up to `want` rows (id, record) matching `sql` (the query's filters, each row checked
+    /// whole) below id `before`, newest first, read block by block from the blocks the block
+    /// index names for `ask`.
+    fn rows_by_blocks(
+        &self,
+        kind: Kind,
+        sql: &str,
+        args: &[rusqlite::types::Value],
+        ask: &crate::blocks::Ask<'_>,
+        before: Option<i64>,
+        want: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let last = match before {
+            Some(b) => b.saturating_sub(1),
+            None => {
+                let max = format!("SELECT MAX(id) FROM {}", kind.table());
+                match self.conn.query_row(&max, [], |r| r.get::<_, Option<i64>>(0))? {
+                    Some(m) => m,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        let mut stmt =
+            self.conn.prepare(&format!("{sql} AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"))?;
+        let mut rows = Vec::new();
+        let mut top = crate::blocks::block_of(last);
+        const CHUNK: usize = 64;
+        while rows.len() < want && top >= 0 {
+            let blocks = crate::blocks::candidates(&self.conn, kind, ask, top, CHUNK)?;
+            for &b in &blocks {
+                let (lo, hi) = crate::blocks::ids_of(b);
+                let mut a = args.to_vec();
+                a.push(lo.into());
+                a.push(hi.min(last).into());
+                a.push(i64::try_from(want - rows.len()).unwrap_or(i64::MAX).into());
+                let found = stmt.query_map(params_from_iter(a.iter()), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?;
+                for row in found {
+                    rows.push(row?);
+                }
+                if rows.len() >= want {
+                    break;
+                }
+            }
+            match blocks.last() {
+                Some(&b) if blocks.len() == CHUNK => top = b - 1,
+                _ => break,
+            }
+        }
+        Ok(rows)
     }
 
     /// Deletes records (of both kinds) older than `older_than_ms`, then the oldest beyond
@@ -653,6 +742,7 @@ impl FlowStore {
                 [i(max_rows)],
             )? as u64;
         }
+        crate::blocks::prune(&tx)?;
         n += crate::inventory::prune(&tx, older_than_ms, &self.inventory.known)?;
         self.inventory.pruned(&tx)?;
         tx.commit()?;
