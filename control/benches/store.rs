@@ -201,7 +201,10 @@ fn main() {
             },
         ),
         ("src", FlowFilter { src: Some("10.20.7.42".into()), ..Default::default() }),
-        ("rare rule (1 in 100k)", FlowFilter { rule: Some("rule-rare".into()), ..Default::default() }),
+        (
+            "rare rule (1 in 100k)",
+            FlowFilter { rule: Some("rule-rare".into()), ..Default::default() },
+        ),
         ("absent identity", FlowFilter { identity: Some("nobody".into()), ..Default::default() }),
         (
             "time window + rule",

@@ -28,14 +28,8 @@ pub(crate) fn ids_of(block: i64) -> (i64, i64) {
 }
 
 /// The filter columns the block index holds, with their codes on disk (never renumbered).
-pub(crate) const COLUMNS: [(&str, i64); 6] = [
-    ("identity", 0),
-    ("sni", 1),
-    ("category", 2),
-    ("verdict", 3),
-    ("rule", 4),
-    ("dataplane", 5),
-];
+pub(crate) const COLUMNS: [(&str, i64); 6] =
+    [("identity", 0), ("sni", 1), ("category", 2), ("verdict", 3), ("rule", 4), ("dataplane", 5)];
 
 /// The block index's tables (for both record tables).
 pub(crate) const SCHEMA: &str = "
@@ -84,9 +78,8 @@ impl<'r> Additions<'r> {
 
     /// Writes what was added (merging into the blocks' existing sets and spans).
     pub(crate) fn write(mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
-        self.terms.sort_unstable_by(|a, b| {
-            (a.0 as u8, a.1, a.2, a.3).cmp(&(b.0 as u8, b.1, b.2, b.3))
-        });
+        self.terms
+            .sort_unstable_by(|a, b| (a.0 as u8, a.1, a.2, a.3).cmp(&(b.0 as u8, b.1, b.2, b.3)));
         self.terms.dedup();
         for (kind, code, block, value) in &self.terms {
             let sql = format!(

@@ -8,15 +8,15 @@ fn rec(i: u64) -> Value {
     let ids = ["finance", "engineering", "sales"];
     let mut v = json!({"seq": i, "type": "flow", "event": "end", "flow_id": i,
         // Mostly in order, some late.
-        "ts_ms": if i % 97 == 0 { 500 + i } else { 10_000 + i * 10 },
-        "sni": if i % 5 == 0 { "chatgpt.com" } else { "api.openai.com" },
+        "ts_ms": if i.is_multiple_of(97) { 500 + i } else { 10_000 + i * 10 },
+        "sni": if i.is_multiple_of(5) { "chatgpt.com" } else { "api.openai.com" },
         "src": format!("10.0.0.{}", i % 40), "category": "openai",
-        "verdict": if i % 11 == 0 { "block" } else { "allow" },
+        "verdict": if i.is_multiple_of(11) { "block" } else { "allow" },
         "rule": if i == 1234 || i == 3999 { "rare" } else { "common" }});
-    if i % 13 != 0 {
+    if !i.is_multiple_of(13) {
         v["identity"] = ids[(i % 3) as usize].into();
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         v["user"] = format!("u{}", i % 3).into();
     }
     v

@@ -655,8 +655,9 @@ impl FlowStore {
                 }
             }
         };
-        let mut stmt =
-            self.conn.prepare(&format!("{sql} AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{sql} AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"))?;
         let mut rows = Vec::new();
         let mut top = crate::blocks::block_of(last);
         const CHUNK: usize = 64;
