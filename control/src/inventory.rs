@@ -3,6 +3,7 @@
 //! accounts seen, kept from the records as they are stored (in the same transaction); and a
 //! `discovery` record the first time a host shows an app, or an unknown client (by its JA4).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -105,9 +106,9 @@ const LAST_SEEN_SLACK_MS: u64 = 3_600_000;
 #[derive(Debug, Default)]
 pub(crate) struct Known {
     /// host → client → (last_ms written, last seen).
-    clients: HashMap<String, HashMap<String, (u64, u64)>>,
+    clients: Map<String, Map<String, (u64, u64)>>,
     clients_len: usize,
-    rows: HashMap<Key, (BTreeSet<String>, BTreeSet<String>)>,
+    rows: Map<Key, (BTreeSet<String>, BTreeSet<String>)>,
     rows_bytes: usize,
 }
 
@@ -213,10 +214,10 @@ fn bounded(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
-fn add_bounded(set: &mut BTreeSet<String>, v: String) {
-    if set.len() < MAX_LISTED || set.contains(&v) {
-        set.insert(v);
-    }
+/// Adds `v` to `set` while it has room; returns the bytes it added.
+fn add_bounded(set: &mut BTreeSet<String>, v: String) -> usize {
+    let cost = v.len() + 24;
+    if (set.len() < MAX_LISTED || set.contains(&v)) && set.insert(v) { cost } else { 0 }
 }
 
 fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
@@ -238,8 +239,28 @@ fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
     .chain(listed)
 }
 
+/// The maps keyed by what clients send, hashed fast (foldhash, seeded per map).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What records add to the inventory's rows, by row.
-pub(crate) type Deltas = HashMap<Key, Delta>;
+#[derive(Debug, Default)]
+pub(crate) struct Deltas {
+    rows: Map<Key, Delta>,
+    /// Bytes of the strings held, roughly (clients choose them).
+    pub(crate) bytes: usize,
+}
+
+impl Deltas {
+    /// Rows with something to add.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there is nothing to add.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
 
 /// Counts the stored records `rows` (those newly stored) of data plane `dataplane` into
 /// `deltas`; with `discover`, inside the ingest's transaction, also makes the discovery
@@ -326,9 +347,13 @@ pub(crate) fn observe(
                 found.push(rec);
             }
         }
-        let d = deltas
-            .entry((host, identity, user, app, version))
-            .or_insert_with(|| Delta { first: r.ts_ms, ..Delta::default() });
+        let d = match deltas.rows.entry((host, identity, user, app, version)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                deltas.bytes += key_bytes(e.key());
+                e.insert(Delta { first: r.ts_ms, ..Delta::default() })
+            }
+        };
         d.first = d.first.min(r.ts_ms);
         d.last = d.last.max(r.ts_ms);
         if request {
@@ -339,30 +364,13 @@ pub(crate) fn observe(
             d.bytes = d.bytes.saturating_add(a.bytes);
         }
         if let Some(sni) = r.sni.as_deref().filter(|s| !s.is_empty()) {
-            add_bounded(&mut d.destinations, bounded(sni, 253));
+            deltas.bytes += add_bounded(&mut d.destinations, bounded(sni, 253));
         }
         for acc in accounts(a) {
-            add_bounded(&mut d.accounts, acc);
+            deltas.bytes += add_bounded(&mut d.accounts, acc);
         }
     }
     Ok(found)
-}
-
-impl Delta {
-    /// `other` added to this one.
-    pub(crate) fn merge(&mut self, other: Delta) {
-        self.first = self.first.min(other.first);
-        self.last = self.last.max(other.last);
-        self.flows += other.flows;
-        self.requests += other.requests;
-        self.bytes = self.bytes.saturating_add(other.bytes);
-        for v in other.destinations {
-            add_bounded(&mut self.destinations, v);
-        }
-        for v in other.accounts {
-            add_bounded(&mut self.accounts, v);
-        }
-    }
 }
 
 /// Writes `deltas` to the inventory's rows: a known row that gains nothing but counts gets
@@ -392,7 +400,7 @@ pub(crate) fn write(
          WHERE host = ?1 AND identity = ?2 AND user = ?3 AND app = ?4 AND version = ?5",
     )?;
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    for (key, mut d) in deltas {
+    for (key, mut d) in deltas.rows {
         if known.covers(&key, &d) {
             let (host, identity, user, app, version) = &key;
             let counts = params![

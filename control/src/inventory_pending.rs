@@ -10,7 +10,6 @@
 //! counted again from the records themselves when control starts, or after a transaction
 //! failed (this module's state then is not trusted).
 
-use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -28,7 +27,7 @@ CREATE TABLE IF NOT EXISTS inventory_applied (
 ";
 
 /// Longest time counts wait in memory.
-pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(30);
 /// Most rows pending before they are written.
 pub(crate) const MAX_PENDING: usize = 100_000;
 /// Most bytes of strings pending before they are written (clients choose them).
@@ -42,8 +41,6 @@ pub(crate) struct Pending {
     /// What is known of the rows and clients as written.
     pub(crate) known: Known,
     deltas: Deltas,
-    /// Bytes of the strings in `deltas`, roughly.
-    bytes: usize,
     since: Option<Instant>,
     /// The state above matches the tables and the mark (false at start, and after a
     /// transaction that may have written part of it failed).
@@ -54,36 +51,33 @@ impl Pending {
     /// Forgets everything: the next transaction counts again from the mark.
     pub(crate) fn lost(&mut self) {
         self.known.clear();
-        self.deltas.clear();
-        self.bytes = 0;
+        self.deltas = Deltas::default();
         self.since = None;
         self.synced = false;
     }
 
-    /// Whether the rows are due to be written, with `more` rows about to be added.
-    pub(crate) fn due(&self, more: usize, now: Instant) -> bool {
-        self.deltas.len() + more >= MAX_PENDING
-            || self.bytes >= MAX_PENDING_BYTES
+    /// Whether the rows are due to be written.
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.deltas.len() >= MAX_PENDING
+            || self.deltas.bytes >= MAX_PENDING_BYTES
             || self.since.is_some_and(|s| now.duration_since(s) >= WRITE_EVERY)
     }
 
-    /// Adds the counts of a committed batch (or of one about to be written with the rest).
-    pub(crate) fn absorb(&mut self, batch: Deltas, now: Instant) {
-        if batch.is_empty() {
-            return;
+    /// Counts the newly stored `rows` of `dataplane` in, and makes the discoveries they
+    /// bring (see [`observe`]), within the transaction `tx` that stores them. If `tx` then
+    /// fails, call [`Pending::lost`].
+    pub(crate) fn observe(
+        &mut self,
+        tx: &Transaction<'_>,
+        dataplane: &str,
+        rows: &[&Row<'_>],
+        now: Instant,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let found = observe(tx, dataplane, rows, &mut self.known, &mut self.deltas, true)?;
+        if !self.deltas.is_empty() {
+            self.since.get_or_insert(now);
         }
-        self.since.get_or_insert(now);
-        for (k, d) in batch {
-            self.bytes += crate::inventory::listed_bytes(&d.destinations)
-                + crate::inventory::listed_bytes(&d.accounts);
-            match self.deltas.entry(k) {
-                Entry::Occupied(mut e) => e.get_mut().merge(d),
-                Entry::Vacant(e) => {
-                    self.bytes += crate::inventory::key_bytes(e.key());
-                    e.insert(d);
-                }
-            }
-        }
+        Ok(found)
     }
 
     /// Makes the state trustworthy within `tx`, counting again what the mark does not cover.
@@ -100,7 +94,6 @@ impl Pending {
     pub(crate) fn write(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         self.sync(tx)?;
         self.since = None;
-        self.bytes = 0;
         write(tx, std::mem::take(&mut self.deltas), &mut self.known)?;
         mark(tx)
     }
@@ -120,8 +113,7 @@ impl Pending {
 
     fn catch_up(&mut self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         self.known.clear();
-        self.deltas.clear();
-        self.bytes = 0;
+        self.deltas = Deltas::default();
         self.since = None;
         let upto = |t: &str| -> Result<Option<i64>, StoreError> {
             Ok(tx
@@ -149,7 +141,7 @@ impl Pending {
                         .filter(|r| r.app.is_some())
                         .collect();
                     let refs: Vec<&Row<'_>> = rows.iter().collect();
-                    let mut deltas = Deltas::new();
+                    let mut deltas = Deltas::default();
                     observe(tx, "", &refs, &mut self.known, &mut deltas, false)?;
                     write(tx, deltas, &mut self.known)?;
                 }

@@ -1,7 +1,8 @@
 //! The record store: flow and request records in SQLite (WAL), each kind in its table,
 //! de-duplicated by (data plane, sequence number) so a replay after a reconnect stores nothing
-//! twice, indexed for the filters the API offers, read newest first with a cursor, pruned by
-//! age and size.
+//! twice, read newest first with a cursor, pruned by age and size. Time, source and user
+//! have per-row indexes; the other filters go through the block index (`blocks.rs`;
+//! ARCHITECTURE.md, "The record store").
 
 use std::path::Path;
 
@@ -366,23 +367,19 @@ impl FlowStore {
             .filter(|(r, n)| **n && r.app.is_some())
             .map(|(r, _)| r)
             .collect();
-        let mut batch = crate::inventory::Deltas::new();
+        let at = std::time::Instant::now();
         let found = if new.is_empty() {
             Vec::new()
         } else {
-            let known = &mut self.inventory.known;
-            crate::inventory::observe(&tx, dataplane, &new, known, &mut batch, true)?
+            self.inventory.observe(&tx, dataplane, &new, at)?
         };
-        let at = std::time::Instant::now();
-        if self.inventory.due(batch.len(), at) {
-            self.inventory.absorb(std::mem::take(&mut batch), at);
+        if self.inventory.due(at) {
             self.inventory.write(&tx)?;
         }
         if let Some(h) = head.filter(|_| head != before) {
             crate::chainstore::save_head(&tx, dataplane, &h)?;
         }
         tx.commit()?;
-        self.inventory.absorb(batch, at);
         self.heads.insert(dataplane.to_owned(), head);
         self.discovered.extend(found);
         self.notes.extend(notes);
