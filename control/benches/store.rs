@@ -4,7 +4,8 @@
 //! checkpoint every 10,000, ingested ≥ 50 k records/s (the unchained rate, measured in the
 //! same run, is the reference); verifying the chain of all of them takes ≤ 10 s (reading the
 //! rows alone is the reference).
-//! Run: `cargo bench -p sluice-control --bench store` (ROWS to change the size).
+//! Run: `cargo bench -p sluice-control --bench store` (ROWS to change the size, SNIS=N to
+//! send a third of the flows to N other server names).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::Instant;
@@ -83,8 +84,15 @@ fn rec(i: u64) -> Value {
         "claude.ai",
         "www.googleapis.com",
     ];
+    // SNIS=N: a third of the flows go to N other names (the block index's worst column).
+    let spread: u64 = std::env::var("SNIS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let sni = if spread > 0 && i.is_multiple_of(3) {
+        format!("host{}.example.net", (i / 3) % spread)
+    } else {
+        snis[(i % 6) as usize].to_owned()
+    };
     json!({"seq": i, "type": "flow", "event": "end", "flow_id": i, "ts_ms": 1_700_000_000_000u64 + i * 10,
-           "identity": ids[(i % 5) as usize], "sni": snis[(i % 6) as usize], "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
+           "identity": ids[(i % 5) as usize], "sni": sni, "src": format!("10.20.{}.{}", (i / 250) % 250, i % 250),
            "category": if i % 6 < 2 { "openai" } else { "other" }, "verdict": if i.is_multiple_of(7) { "block" } else { "allow" },
            "rule": if i % 100_000 == 77 { "rule-rare".to_owned() } else { format!("rule-{}", i % 12) }, "ja4": "t13d1516h2_8daaf6152771_e5627efa2ab1",
            "bytes_out": i * 3, "bytes_in": i * 7, "pkts_out": 10, "pkts_in": 12, "proto": "tcp", "dport": 443})

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS flows_terms (
     col INTEGER NOT NULL, value TEXT NOT NULL, block INTEGER NOT NULL,
     PRIMARY KEY (col, value, block)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS flows_terms_block ON flows_terms (block);
 CREATE TABLE IF NOT EXISTS flows_spans (
     block INTEGER PRIMARY KEY, min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL
 );
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS requests_terms (
     col INTEGER NOT NULL, value TEXT NOT NULL, block INTEGER NOT NULL,
     PRIMARY KEY (col, value, block)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_terms_block ON requests_terms (block);
 CREATE TABLE IF NOT EXISTS requests_spans (
     block INTEGER PRIMARY KEY, min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL
 );
@@ -203,8 +205,10 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<bool, StoreError> {
         }
         tx.execute(
             &format!(
-                "INSERT OR IGNORE INTO {t}_spans (block, min_ts, max_ts)
-                 SELECT id >> {SHIFT}, MIN(ts_ms), MAX(ts_ms) FROM {t} GROUP BY 1"
+                "INSERT INTO {t}_spans (block, min_ts, max_ts)
+                 SELECT id >> {SHIFT}, MIN(ts_ms), MAX(ts_ms) FROM {t} WHERE true GROUP BY 1
+                 ON CONFLICT (block) DO UPDATE SET min_ts = MIN(min_ts, excluded.min_ts),
+                                                   max_ts = MAX(max_ts, excluded.max_ts)"
             ),
             [],
         )?;

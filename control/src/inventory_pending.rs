@@ -1,6 +1,6 @@
 //! The inventory's counts between writes (ARCHITECTURE.md, "Apps and discovery"). Each
-//! ingest adds what its records count to rows in memory; the rows are written every few
-//! seconds (or once many are pending, or before the inventory is read or pruned), in the
+//! ingest adds what its records count to rows in memory; the rows are written every
+//! 30 s (or once many are pending, or before the inventory is read or pruned), in the
 //! transaction of an ingest, with a mark of the records written so far. A host seen in many
 //! batches costs one row write per interval instead of one per batch. Discoveries are not
 //! delayed: they are made in the ingest of their record.

@@ -547,7 +547,11 @@ impl FlowStore {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let mut sql = format!("SELECT id, record FROM {} WHERE 1=1", kind.table());
+        if f.detector.is_some() && kind == Kind::Flows {
+            return Ok(Page { records: Vec::new(), next: None });
+        }
+        // The query's conditions, each row checked against all of them.
+        let mut sql = String::new();
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut add = |clause: &str, v: rusqlite::types::Value| {
             sql.push_str(clause);
@@ -579,10 +583,7 @@ impl FlowStore {
             }
         }
         if let Some(d) = &f.detector {
-            match kind {
-                Kind::Requests => add(" AND detectors LIKE ? ESCAPE '\\'", like_item(d).into()),
-                Kind::Flows => add(" AND 0 = ?", 1i64.into()),
-            }
+            add(" AND detectors LIKE ? ESCAPE '\\'", like_item(d).into());
         }
         let limit = limit.clamp(1, 10_000);
         // Exact indexes serve `src` and `user`; otherwise the block index narrows the rows
@@ -608,6 +609,7 @@ impl FlowStore {
         let rows = if f.src.is_none() && f.user.is_none() && ask.narrows() {
             self.rows_by_blocks(kind, &sql, &args, &ask, before, limit + 1)?
         } else {
+            sql = format!("SELECT id, record FROM {} WHERE 1=1{sql}", kind.table());
             if let Some(b) = before {
                 sql.push_str(" AND id < ?");
                 args.push(b.into());
@@ -630,13 +632,13 @@ impl FlowStore {
         Ok(Page { records, next: if more { last_id } else { None } })
     }
 
-    /// Up to `want` rows (id, record) matching `sql` (the query's filters, each row checked
-    /// whole) below id `before`, newest first, read block by block from the blocks the block
-    /// index names for `ask`.
+    /// Up to `want` rows (id, record) matching `conds` (the query's conditions, each row
+    /// checked against all of them) below id `before`, newest first, read block by block from
+    /// the blocks the block index names for `ask`.
     fn rows_by_blocks(
         &self,
         kind: Kind,
-        sql: &str,
+        conds: &str,
         args: &[rusqlite::types::Value],
         ask: &crate::blocks::Ask<'_>,
         before: Option<i64>,
@@ -652,9 +654,13 @@ impl FlowStore {
                 }
             }
         };
-        let mut stmt = self
-            .conn
-            .prepare(&format!("{sql} AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?"))?;
+        // By row id only (an index on a filtered column, such as the data plane's, would read
+        // every row with that value for each block).
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, record FROM {} NOT INDEXED WHERE 1=1{conds}
+             AND id >= ? AND id <= ? ORDER BY id DESC LIMIT ?",
+            kind.table()
+        ))?;
         let mut rows = Vec::new();
         let mut top = crate::blocks::block_of(last);
         const CHUNK: usize = 64;
