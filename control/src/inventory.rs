@@ -3,8 +3,7 @@
 //! accounts seen, kept from the records as they are stored (in the same transaction); and a
 //! `discovery` record the first time a host shows an app, or an unknown client (by its JA4).
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -198,7 +197,7 @@ pub(crate) struct Delta {
 
 /// Bytes of a key's strings (and their headers).
 pub(crate) fn key_bytes(k: &Key) -> usize {
-    k.0.len() + k.1.len() + k.2.len() + k.3.len() + k.4.len() + 5 * 24
+    KeyRef(&k.0, &k.1, &k.2, &k.3, &k.4).bytes()
 }
 
 /// Bytes of a list's strings (and their headers).
@@ -206,18 +205,47 @@ pub(crate) fn listed_bytes(l: &BTreeSet<String>) -> usize {
     l.iter().map(|s| s.len() + 24).sum()
 }
 
-fn bounded(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 /// Adds `v` to `set` while it has room; returns the bytes it added.
-fn add_bounded(set: &mut BTreeSet<String>, v: String) -> usize {
-    let cost = v.len() + 24;
-    if (set.len() < MAX_LISTED || set.contains(&v)) && set.insert(v) { cost } else { 0 }
+fn add_bounded(set: &mut BTreeSet<String>, v: &str) -> usize {
+    if set.len() >= MAX_LISTED || set.contains(v) {
+        return 0;
+    }
+    set.insert(v.to_owned());
+    v.len() + 24
+}
+
+/// A row's key as a record's borrowed fields, hashed and compared as [`Key`] is (a tuple of
+/// strings hashes each in order), so that a row already pending is found without copies.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, &'a str, &'a str, &'a str);
+
+impl KeyRef<'_> {
+    /// Bytes of the strings (and their headers) as a [`Key`].
+    fn bytes(&self) -> usize {
+        self.0.len() + self.1.len() + self.2.len() + self.3.len() + self.4.len() + 5 * 24
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        (k.0.into(), k.1.into(), k.2.into(), k.3.into(), k.4.into())
+    }
+}
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        (self.0, self.1, self.2, self.3, self.4)
+            == (k.0.as_str(), k.1.as_str(), k.2.as_str(), k.3.as_str(), k.4.as_str())
+    }
 }
 
 fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
@@ -240,7 +268,7 @@ fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
 }
 
 /// The maps keyed by what clients send, hashed fast (foldhash, seeded per map).
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Map<K, V> = hashbrown::HashMap<K, V>;
 
 /// What records add to the inventory's rows, by row.
 #[derive(Debug, Default)]
@@ -286,6 +314,7 @@ pub(crate) fn observe(
     let mut unknowns_today = tx.prepare_cached(
         "SELECT COUNT(*) FROM discoveries WHERE host = ?1 AND client LIKE 'unknown:%' AND ts_ms >= ?2",
     )?;
+    let mut unknown = String::new();
     for r in rows {
         let Some(a) = r.app.as_deref() else { continue };
         let host = bounded(r.src.as_deref().unwrap_or(""), 64);
@@ -299,22 +328,27 @@ pub(crate) fn observe(
         let request = r.kind == crate::record::RecordKind::Request;
         // A client is an app, or an unknown hello by its JA4 (a request shows no JA4: its
         // flow names the unknown client).
-        let client = match (app.as_str(), &a.ja4) {
-            ("unknown", Some(j)) => Some(format!("unknown:{}", bounded(j, 40))),
+        let client = match (app, &a.ja4) {
+            ("unknown", Some(j)) => {
+                unknown.clear();
+                unknown.push_str("unknown:");
+                unknown.push_str(bounded(j, 40));
+                Some(unknown.as_str())
+            }
             ("unknown", None) => None,
-            (name, _) => Some(name.to_owned()),
+            (name, _) => Some(name),
         };
         let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
         // Once per client and batch: its discovery is seen again (retention keeps it), or
         // made (unknown clients at most so many a day per host).
         if let Some(client) = client
             && discover
-            && !known.client_fresh(&host, &client, r.ts_ms)
-            && seen_clients.insert((host.clone(), client.clone()))
+            && !known.client_fresh(host, client, r.ts_ms)
+            && seen_clients.insert((host.to_owned(), client.to_owned()))
             && !match seen_again.execute(params![host, client, ts])? {
                 0 => false,
                 _ => {
-                    known.client_written(&host, &client, r.ts_ms);
+                    known.client_written(host, client, r.ts_ms);
                     true
                 }
             }
@@ -343,15 +377,17 @@ pub(crate) fn observe(
                 rec["ja4"] = json!(bounded(j, 40));
             }
             if new_client.execute(params![ts, host, client, rec.to_string()])? == 1 {
-                known.client_written(&host, &client, r.ts_ms);
+                known.client_written(host, client, r.ts_ms);
                 found.push(rec);
             }
         }
-        let d = match deltas.rows.entry((host, identity, user, app, version)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                deltas.bytes += key_bytes(e.key());
-                e.insert(Delta { first: r.ts_ms, ..Delta::default() })
+        let at = KeyRef(host, identity, user, app, version);
+        let d = match deltas.rows.get_mut(&at) {
+            Some(d) => d,
+            None => {
+                deltas.bytes += at.bytes();
+                let new = Delta { first: r.ts_ms, ..Delta::default() };
+                deltas.rows.entry(Key::from(&at)).or_insert(new)
             }
         };
         d.first = d.first.min(r.ts_ms);
@@ -367,7 +403,7 @@ pub(crate) fn observe(
             deltas.bytes += add_bounded(&mut d.destinations, bounded(sni, 253));
         }
         for acc in accounts(a) {
-            deltas.bytes += add_bounded(&mut d.accounts, acc);
+            deltas.bytes += add_bounded(&mut d.accounts, &acc);
         }
     }
     Ok(found)
@@ -427,16 +463,16 @@ pub(crate) fn write(
             let list = |t: &str| serde_json::from_str::<Vec<String>>(t).unwrap_or_default();
             let (mut dests, mut accs) = (BTreeSet::new(), BTreeSet::new());
             for v in list(&dest) {
-                add_bounded(&mut dests, v);
+                add_bounded(&mut dests, &v);
             }
             for v in list(&acc) {
-                add_bounded(&mut accs, v);
+                add_bounded(&mut accs, &v);
             }
             for v in std::mem::take(&mut d.destinations) {
-                add_bounded(&mut dests, v);
+                add_bounded(&mut dests, &v);
             }
             for v in std::mem::take(&mut d.accounts) {
-                add_bounded(&mut accs, v);
+                add_bounded(&mut accs, &v);
             }
             d.destinations = dests;
             d.accounts = accs;
@@ -746,5 +782,16 @@ mod tests {
         assert_eq!(row.requests, 100);
         assert_eq!(row.destinations.len(), MAX_LISTED);
         assert!(row.accounts.len() <= MAX_LISTED);
+    }
+
+    #[test]
+    fn a_pending_row_is_found_by_its_borrowed_key() {
+        let mut d = Deltas::default();
+        let key: Key = ("10.0.0.1".into(), "eng".into(), "".into(), "curl".into(), "8".into());
+        d.rows.insert(key.clone(), Delta::default());
+        assert!(d.rows.get_mut(&KeyRef("10.0.0.1", "eng", "", "curl", "8")).is_some());
+        // The fields' boundaries count: the same bytes split otherwise are another row.
+        assert!(d.rows.get_mut(&KeyRef("10.0.0.1e", "ng", "", "curl", "8")).is_none());
+        assert_eq!(key_bytes(&key), KeyRef("10.0.0.1", "eng", "", "curl", "8").bytes());
     }
 }
