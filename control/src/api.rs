@@ -179,6 +179,11 @@ macro_rules! lock {
 /// chain (the audit log): each token's first use in an hour, and refusals (at most
 /// [`REFUSALS_AUDITED`] a minute, so a flood cannot fill the log).
 pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result<Caller, Response> {
+    // Two credentials are one too many: which one a proxy in front checked is unknown.
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        audit_refusal(s, "unknown", "more than one Authorization header", need);
+        return Err(error(StatusCode::BAD_REQUEST, "more than one Authorization header"));
+    }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(caller) = s.tokens.check(auth) else {
         audit_refusal(s, "unknown", "missing or invalid bearer token", need);
@@ -516,6 +521,39 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route")
 }
 
+/// Every error answers in one shape, `{"error": "…"}`: what axum's extractors and limits
+/// answer as plain text (a body past [`MAX_BODY`], a malformed path or query, a method the
+/// route does not take) is wrapped, its headers (`Allow`, `WWW-Authenticate`) kept.
+async fn json_errors(r: Response) -> Response {
+    let status = r.status();
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    // Axum's own messages are short; a longer body is cut, not read whole.
+    let text =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024)).await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_owned(),
+            Err(_) => String::new(),
+        };
+    let message = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_owned(),
+        false => text,
+    };
+    let mut out = error(status, message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Largest request body (rule files, bulk identity feeds).
 pub const MAX_BODY: usize = 8 << 20;
 
@@ -580,6 +618,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::evidence_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 

@@ -33,9 +33,24 @@ pub struct FeedEntry {
     pub ttl: Option<u64>,
 }
 
+/// Why `ip` cannot name one host (the unspecified address, broadcast, a multicast group),
+/// if it cannot.
+fn not_a_host(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast group"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().and_then(|v4| not_a_host(IpAddr::V4(v4))),
+        IpAddr::V4(_) => None,
+    }
+}
+
 impl FeedEntry {
     /// Checks the entry and turns it into what the data plane gets, at unix time `now`.
     pub fn into_identity(self, ip: IpAddr, now: u64) -> Result<Identity, String> {
+        if let Some(what) = not_a_host(ip) {
+            return Err(format!("{ip}: {what}, not one host's address"));
+        }
         let name_ok =
             |n: &str| !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control);
         if !name_ok(&self.user) {

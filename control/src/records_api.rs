@@ -141,13 +141,16 @@ fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
     let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
         None if jsonl => max,
         None => 100,
-        Some(Ok(n)) => n.clamp(1, max),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
+        Some(Ok(n)) if (1..=max).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, format!("limit: 1 to {max}")),
     };
+    // A cursor is the `next_cursor` of an earlier page: a record's id, 1 or more.
     let cursor = match q.get("cursor").map(|v| v.parse::<i64>()) {
         None => None,
-        Some(Ok(c)) => Some(c),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "cursor must be a number"),
+        Some(Ok(c)) if c >= 1 => Some(c),
+        Some(_) => {
+            return error(StatusCode::BAD_REQUEST, "cursor: the next_cursor of an earlier page");
+        }
     };
     match s.flows.lock().unwrap_or_else(|p| p.into_inner()).query_kind(kind, &f, cursor, limit) {
         Ok(page) if jsonl => {

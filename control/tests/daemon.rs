@@ -423,3 +423,84 @@ fn slow_heads_are_cut_and_connections_per_client_are_bounded() {
     }
     assert!(t0.elapsed() >= Duration::from_secs(8), "closed after {:?}", t0.elapsed());
 }
+
+/// (status, body) of a request with the headers given as they are (curl, as [`call`]).
+fn call_with_headers(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, String) {
+    let cert = d.dir.join("state").join("api.crt");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"]).arg(&cert).args([
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", d.port),
+        "-X",
+        method,
+    ]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c.arg(format!("https://localhost:{}{path}", d.port)).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn edges_are_refused_and_every_error_is_json() {
+    let d = start();
+    let err = |(code, body): (u16, String)| -> (u16, String) {
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{code}: not JSON: {body}"));
+        (code, v["error"].as_str().unwrap_or_else(|| panic!("no error: {body}")).to_owned())
+    };
+    // Pages: limit 0 and a negative or zero cursor are refused, not read as 1 or as "none".
+    for q in ["limit=0", "limit=1001", "cursor=-1", "cursor=0", "cursor=x"] {
+        let (code, msg) = err(call(&d, "GET", &format!("/v1/flows?{q}"), Some(ANALYST), None));
+        assert_eq!(code, 400, "{q}: {msg}");
+    }
+    assert_eq!(call(&d, "GET", "/v1/flows?limit=1000&cursor=5", Some(ANALYST), None).0, 200);
+    // Two Authorization headers: refused whichever comes first.
+    for pair in [[ADMIN, "wrong"], ["wrong", ADMIN]] {
+        let auth = pair.map(|t| format!("Authorization: Bearer {t}"));
+        let (code, msg) =
+            err(call_with_headers(&d, "GET", "/v1/health", &[&auth[0], &auth[1]], None));
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("Authorization"), "{msg}");
+    }
+    // The identity feed takes one host's address, not the unspecified, broadcast or a
+    // multicast one (nor their IPv4-mapped forms).
+    let entry = r#"{"user": "mallory@corp", "groups": ["finance"]}"#;
+    for ip in ["0.0.0.0", "::", "255.255.255.255", "224.0.0.1", "ff02::1", "::ffff:255.255.255.255"]
+    {
+        let path = format!("/v1/identities/{}", ip.replace(':', "%3A"));
+        let (code, msg) = err(call(&d, "PUT", &path, Some(ADMIN), Some(entry)));
+        assert_eq!(code, 422, "{ip}: {msg}");
+    }
+    let bulk =
+        r#"{"identities": [{"ip": "10.0.0.1", "user": "a"}, {"ip": "0.0.0.0", "user": "b"}]}"#;
+    let (code, body) = call(&d, "POST", "/v1/identities", Some(ADMIN), Some(bulk));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("identities[1]"), "{body}");
+    let (_, body) = call(&d, "GET", "/v1/identities", Some(ADMIN), None);
+    assert!(!body.contains("10.0.0.1"), "nothing changed: {body}");
+    // What axum answers itself is JSON too: a body past the limit, a malformed path, a
+    // method the route does not take (its Allow header kept), an unauthenticated call.
+    let big = d.dir.join("big.toml");
+    std::fs::write(&big, vec![b'#'; 9 << 20]).unwrap();
+    let (code, _) =
+        err(call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&format!("@{}", big.display()))));
+    assert_eq!(code, 413);
+    let (code, _) = err(call(&d, "POST", "/v1/rules/rollback/abc", Some(ADMIN), None));
+    assert_eq!(code, 400);
+    let (code, _) = err(call(&d, "DELETE", "/v1/rules/history", Some(ADMIN), None));
+    assert_eq!(code, 405);
+    let (code, _) = err(call(&d, "GET", "/v1/health", None, None));
+    assert_eq!(code, 401);
+}
