@@ -454,6 +454,17 @@ async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64
         .into_response()
 }
 
+/// The data planes' status, each flagged by whether it enforces control's current rule set.
+fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
+    let current =
+        lock!(s.rules).current().ok().flatten().map(|v| crate::evidence::text_sha256(&v.text));
+    let mut all = s.links.status();
+    for d in &mut all {
+        d.policy_current = current.as_ref().map(|c| d.policy_sha256.as_ref() == Some(c));
+    }
+    all
+}
+
 async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Err(r) = authorize(&s, &h, Need::Read) {
         return r;
@@ -467,7 +478,7 @@ async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
     axum::Json(json!({
         "rules_version": version,
         "uptime_s": s.started.elapsed().as_secs(),
-        "dataplanes": s.links.status(),
+        "dataplanes": dataplanes(&s),
         "identities": identities,
         "stored": { "flows": flows, "requests": requests },
         "syslog_dropped": s.hub.syslog_dropped.load(std::sync::atomic::Ordering::Relaxed),
@@ -510,7 +521,7 @@ async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
         stored_flows: flows,
         stored_requests: requests,
         uptime_s: s.started.elapsed().as_secs(),
-        dataplanes: s.links.status(),
+        dataplanes: dataplanes(&s),
         hub: &s.hub,
         hosts_per_app,
     });

@@ -30,8 +30,14 @@ pub struct DataplaneStatus {
     pub connected: bool,
     /// Unix ms of the last connect or disconnect.
     pub since_ms: u64,
-    /// Rule-set version it enforces (as it last acknowledged).
+    /// Rule-set version it enforces (as it last acknowledged; none after it loaded a local
+    /// rule file).
     pub policy_version: Option<i64>,
+    /// Hex SHA-256 of the rule text it enforces, as it last said.
+    pub policy_sha256: Option<String>,
+    /// Whether that is the text of control's current rule set (none: control has none);
+    /// false flags a data plane that enforces something else, e.g. after a local SIGHUP.
+    pub policy_current: Option<bool>,
     /// Why it refused the last push, if it did.
     pub policy_error: Option<String>,
     /// Identity-feed generation it acknowledged, and how many entries.
@@ -315,7 +321,11 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         .await
         .map_err(|_| std::io::Error::other("no hello within 10 s"))??;
     let Some(UpMessage::Other(Up::Hello {
-        proto, dataplane: name, next_seq, policy_version, ..
+        proto,
+        dataplane: name,
+        next_seq,
+        policy_version,
+        policy_sha256,
     })) = hello
     else {
         return Err(std::io::Error::other("the first message was not a hello"));
@@ -364,6 +374,7 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
             connected: true,
             since_ms: now_ms(),
             policy_version,
+            policy_sha256: Some(policy_sha256),
             last_seq,
             ..Default::default()
         };
@@ -471,6 +482,26 @@ async fn serve_up(
                     s.waiters = keep;
                     for (_, w) in done {
                         let _ = w.send(error.clone());
+                    }
+                }
+            }
+            UpMessage::Other(Up::PolicyInForce { policy_version, policy_sha256 }) => {
+                links.update(name, |s| {
+                    s.policy_version = policy_version;
+                    s.policy_sha256 = Some(policy_sha256.clone());
+                });
+                // A rule file loaded on the appliance itself: evidence of what it enforced
+                // from when, beside the pushes' acknowledgements.
+                if policy_version.is_none() {
+                    tracing::warn!(dataplane = %name, sha256 = %policy_sha256, "the data plane loaded a local rule file");
+                    let (st, who) = (state.clone(), format!("dataplane:{name}"));
+                    let detail = serde_json::json!({ "dataplane": name, "sha256": policy_sha256 });
+                    let written = tokio::task::spawn_blocking(move || {
+                        lock!(st.rules).audit(&who, "rules.local", &detail.to_string(), None)
+                    })
+                    .await;
+                    if let Ok(Err(e)) = written {
+                        tracing::error!(dataplane = %name, "a local rule file not audited: {e}");
                     }
                 }
             }

@@ -152,6 +152,15 @@ pub fn render(i: &Inputs<'_>) -> String {
             d.policy_version.unwrap_or(0),
         );
     }
+    o.family(
+        "sluice_dataplane_policy_diverged",
+        "gauge",
+        "1 while the data plane enforces rules other than control's current set (by hash).",
+    );
+    for d in &i.dataplanes {
+        let diverged = d.policy_current == Some(false);
+        o.sample("sluice_dataplane_policy_diverged", &[("dataplane", &d.name)], u8::from(diverged));
+    }
     let stat = |d: &DataplaneStatus, path: &[&str]| -> Option<u64> {
         let mut v: &Value = d.stats.as_ref()?;
         for k in path {
@@ -227,6 +236,7 @@ mod tests {
             name: "dp\"1".into(),
             connected: true,
             policy_version: Some(3),
+            policy_current: Some(false),
             stats: Some(
                 json!({"counters": {"frames": 10, "bytes": 600, "hellos": 2, "ring_drops": 9},
                                "link": {"spool_depth": 4, "spool_dropped": 0},
@@ -249,6 +259,7 @@ mod tests {
             "sluice_handshakes_total{dataplane=\"dp\\\"1\"} 2",
             "sluice_ring_drops_total{dataplane=\"dp\\\"1\"} 9",
             "sluice_spool_depth{dataplane=\"dp\\\"1\"} 4",
+            "sluice_dataplane_policy_diverged{dataplane=\"dp\\\"1\"} 1",
             "sluice_records_ingested_total{kind=\"flow\",verdict=\"block\"} 1",
             "sluice_dlp_findings_total{detector=\"credit_card\"} 2",
             "sluice_records_emitted_total{dataplane=\"dp\\\"1\",kind=\"flow\"} 7",

@@ -575,7 +575,12 @@ pub fn status(api: &Api) -> Out {
                 s(d, "name"),
                 if d["connected"] == true { "connected".into() } else { "away".into() },
                 when(&d["since_ms"]),
-                s(d, "policy_version"),
+                // A data plane enforcing other rules than control's (a local file) is flagged.
+                match (d["policy_version"].as_i64(), d["policy_current"].as_bool()) {
+                    (_, Some(false)) => format!("{} (DIVERGED)", s(d, "policy_version")),
+                    (None, Some(true)) => "local (= current)".into(),
+                    _ => s(d, "policy_version"),
+                },
                 d.get("policy_error")
                     .and_then(Value::as_str)
                     .map_or("-".into(), |e| e.chars().take(40).collect()),

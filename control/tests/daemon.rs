@@ -165,6 +165,34 @@ fn dataplane_link_policy_records_dedup_identities() {
     };
     assert_eq!(dp.recv(), Some(Down::Usage { counts: Vec::new() }));
     dp.send(&Up::PolicyAck { version: 1, error: None });
+    // The data plane says what it enforces: control's current set, then a local rule file
+    // (SIGHUP), which status and metrics flag and the audit log keeps.
+    let policy_of = |d: &Daemon| {
+        let (_, body) = call(d, "GET", "/v1/status", Some(ANALYST), None);
+        let dp = json(&body)["dataplanes"][0].clone();
+        (dp["policy_version"].as_i64(), dp["policy_current"].as_bool())
+    };
+    let sha = sluice_control::evidence::text_sha256(&default);
+    dp.send(&Up::PolicyInForce { policy_version: Some(1), policy_sha256: sha.clone() });
+    until_eq(|| policy_of(&d), (Some(1), Some(true)));
+    let local = "ab".repeat(32);
+    dp.send(&Up::PolicyInForce { policy_version: None, policy_sha256: local.clone() });
+    until_eq(|| policy_of(&d), (None, Some(false)));
+    let (_, body) = call(&d, "GET", "/metrics", Some(ANALYST), None);
+    assert!(body.contains("sluice_dataplane_policy_diverged{dataplane=\"dp-test\"} 1"), "{body}");
+    let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
+    let local_entry = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "rules.local")
+        .cloned()
+        .unwrap_or_else(|| panic!("no rules.local entry: {body}"));
+    assert_eq!(local_entry["who"], "dataplane:dp-test", "{local_entry}");
+    assert!(local_entry["detail"].as_str().unwrap().contains(&local), "{local_entry}");
+    // Control's set again (as after the push control makes at the next connection).
+    dp.send(&Up::PolicyInForce { policy_version: Some(1), policy_sha256: sha });
+    until_eq(|| policy_of(&d), (Some(1), Some(true)));
 
     let flow = |seq: u64| serde_json::json!({"seq": seq, "type": "flow", "ts_ms": 1000 + seq, "src": "10.0.0.1", "verdict": "allow"});
     let request = serde_json::json!({"seq": 3, "type": "request", "ts_ms": 1003, "src": "10.0.0.1", "verdict": "block",
@@ -503,4 +531,17 @@ fn edges_are_refused_and_every_error_is_json() {
     assert_eq!(code, 405);
     let (code, _) = err(call(&d, "GET", "/v1/health", None, None));
     assert_eq!(code, 401);
+}
+
+/// Polls `f` (every 50 ms, up to 10 s) until it answers `want`.
+fn until_eq<T: PartialEq + std::fmt::Debug>(f: impl Fn() -> T, want: T) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{got:?}, not {want:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -93,11 +93,17 @@ fn link_client_round_trip() {
     let block = "[defaults]\naction = \"block\"\n";
     c.send(&Down::Policy { version: 7, text: block.into() });
     let mut seqs = Vec::new();
-    let mut acked_policy = false;
-    while !(acked_policy && seqs.len() == 2) {
+    let (mut acked_policy, mut in_force) = (false, false);
+    while !(acked_policy && in_force && seqs.len() == 2) {
         match c.recv() {
             UpMessage::Records(records) => seqs.extend(records.iter().map(seq)),
             UpMessage::Other(Up::PolicyAck { version: 7, error: None }) => acked_policy = true,
+            // What is in force after the push, said once it is acknowledged.
+            UpMessage::Other(Up::PolicyInForce { policy_version, policy_sha256 }) => {
+                assert!(acked_policy, "the acknowledgement comes first");
+                assert_eq!((policy_version, policy_sha256), (Some(7), text_sha256(block)));
+                in_force = true;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -114,6 +120,17 @@ fn link_client_round_trip() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(enforced.current().0, Some(7));
+
+    // A rule file loaded on the appliance (SIGHUP): control is told, with no version.
+    let local = "[defaults]\naction = \"allow\"\n# edited on the box\n";
+    enforced.set_local(compile_pushed(local).unwrap(), text_sha256(local));
+    assert_eq!(
+        c.recv(),
+        UpMessage::Other(Up::PolicyInForce {
+            policy_version: None,
+            policy_sha256: text_sha256(local)
+        })
+    );
 
     c.send(&Down::Identities {
         generation: 1,

@@ -34,8 +34,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the messages below. Bumped on any incompatible change (2: [`Down::Keys`],
 /// which a version-1 data plane could not read; 3: [`Down::Usage`], [`Up::Held`],
-/// [`Down::Decision`]; 4: records framed by length, not as a JSON array).
-pub const PROTO_VERSION: u32 = 4;
+/// [`Down::Decision`]; 4: records framed by length, not as a JSON array; 5:
+/// [`Up::PolicyInForce`]).
+pub const PROTO_VERSION: u32 = 5;
 
 /// First byte of a records frame (a JSON message begins with `{`).
 const RECORDS_TAG: u8 = 0;
@@ -75,6 +76,14 @@ pub enum Up {
         version: i64,
         /// `None`: compiled and in force. `Some`: why it was refused (the old policy stays).
         error: Option<String>,
+    },
+    /// The policy in force changed: after a push ([`Up::PolicyAck`] first), or a rule file
+    /// loaded locally (SIGHUP), which control did not send.
+    PolicyInForce {
+        /// Version of the pushed policy in force; `None`: a local rule file.
+        policy_version: Option<i64>,
+        /// Hex SHA-256 of the rule text in force.
+        policy_sha256: String,
     },
     /// Answer to [`Down::Identities`].
     IdentitiesAck {
@@ -488,6 +497,7 @@ mod tests {
                 policy_sha256: "ab".repeat(32),
             },
             Up::PolicyAck { version: 4, error: Some("line 3".into()) },
+            Up::PolicyInForce { policy_version: None, policy_sha256: "cd".repeat(32) },
             Up::IdentitiesAck { generation: 2, entries: 10 },
             Up::KeysAck { generation: 3, keys: 1, dlp_salt: Some("salt:0123456789ab".into()) },
         ]

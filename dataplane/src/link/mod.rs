@@ -46,6 +46,8 @@ pub struct Enforced {
     pub access: Arc<sluice_intercept::access::Access>,
     state_dir: PathBuf,
     meta: Mutex<(Option<i64>, String)>,
+    /// Changes of the policy in force so far (the link tells control of each).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// A pushed rule set kept on disk: its version and text.
@@ -97,6 +99,7 @@ impl Enforced {
             access: Default::default(),
             state_dir: state_dir.to_owned(),
             meta: Mutex::new((version, sha256)),
+            changes: Default::default(),
         }
     }
 
@@ -105,10 +108,16 @@ impl Enforced {
         self.meta.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// How many times the policy in force changed since start.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// Replaces the policy in force by a rule file loaded locally (SIGHUP).
     pub fn set_local(&self, policy: Policy, sha256: String) {
         self.policy.store(Arc::new(policy));
         *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = (None, sha256);
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Compiles and enforces a pushed rule set, then keeps it on disk. On error the policy
@@ -121,6 +130,7 @@ impl Enforced {
             self.policy.store(Arc::new(policy));
         }
         *meta = (Some(version), sha);
+        self.changes.fetch_add(1, Ordering::Release);
         drop(meta);
         if let Err(e) = self.save(version, text) {
             warn!("keeping the pushed policy on disk failed (it is enforced): {e}");
@@ -264,6 +274,7 @@ fn serve(
     stream.set_read_timeout(Some(Duration::from_millis(50)))?;
     // A control daemon that stops reading is treated as gone (records stay spooled).
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut announced = enforced.changes();
     let (version, sha) = enforced.current();
     let next_seq = lock(spool).next_seq();
     send(
@@ -285,6 +296,12 @@ fn serve(
     // (and faulted in, as huge pages) afresh for each.
     let mut frame = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        // Control learns of every change of the policy in force, a local reload included.
+        if enforced.changes() != announced {
+            announced = enforced.changes();
+            let (policy_version, policy_sha256) = enforced.current();
+            send(&mut stream, &Up::PolicyInForce { policy_version, policy_sha256 })?;
+        }
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => dec.push(&buf[..n]),
