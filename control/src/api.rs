@@ -1,156 +1,24 @@
 //! The HTTPS API of `sluice-control` (axum, served over rustls). Every route needs a valid
 //! bearer token (401 otherwise) whose role allows it (403 otherwise); admin actions go to the
-//! audit log. This file holds what the routes share (state, authorization, errors), the rule
-//! routes, status, audit and metrics, and the router; the records, the identity feed, the
-//! keys and usage have their own files (`records_api.rs`, `identities_api.rs`,
-//! `keys_api.rs`, `usage_api.rs`).
+//! audit log. This file holds what the routes share (authorization, errors in one JSON
+//! shape) and the router; the routes live by concern in their own files (`rules_api.rs`,
+//! `status_api.rs`, `records_api.rs`, `identities_api.rs`, `keys_api.rs`, `usage_api.rs`,
+//! …), the state they share in `state.rs`.
 //!
 //! Helpers return `Result<_, Response>` so a handler can hand back the refusal as it is; the
 //! error side is a response by design, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
-use sluice_rules::catalog::ShippedOnly;
-use sluice_rules::{Diagnostic, Severity, compile};
+use serde_json::json;
 
-use crate::auth::{Caller, Need, Tokens};
-use crate::hub::Hub;
-use crate::identstore::IdentStore;
-use crate::link::{Links, PushResult};
-use crate::rulestore::RuleStore;
-use crate::store::{FlowStore, Kind};
-
-/// How long a rule push waits for the data planes' answers.
-pub const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// What the handlers share.
-#[derive(Debug)]
-pub struct AppState {
-    /// The API tokens.
-    pub tokens: Tokens,
-    /// Rule versions and the audit log.
-    pub rules: Mutex<RuleStore>,
-    /// The record store (flows and requests).
-    pub flows: Mutex<FlowStore>,
-    /// The identity feed.
-    pub identities: Mutex<IdentStore>,
-    /// Brokered provider keys and virtual keys.
-    pub keys: Mutex<crate::keystore::KeyStore>,
-    /// The connected data planes.
-    pub links: Links,
-    /// The fleet's quota counts, pushed to the data planes.
-    pub quotas: crate::quotas::Totals,
-    /// Held requests.
-    pub approvals: Mutex<crate::approvals::ApprovalStore>,
-    /// The prompts of held requests whose rule lets reviewers read them (memory only).
-    pub prompts: crate::approvals::Prompts,
-    /// The approval webhook's queue.
-    pub webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
-    /// Fan-out of new records (live tail, syslog).
-    pub hub: Hub,
-    /// Serialises rule pushes so data planes get versions in order.
-    pub push_lock: tokio::sync::Mutex<()>,
-    /// The enterprise CA certificate (PEM), if configured.
-    pub ca_pem: Option<String>,
-    /// Start time.
-    pub started: Instant,
-    /// Evidence: the checkpoint signer and where the record store is (verification reads it
-    /// on its own connection).
-    pub audit: AuditState,
-}
-
-/// What the evidence routes and tasks share.
-#[derive(Debug, Default)]
-pub struct AuditState {
-    /// Signs checkpoints (none: no key, as in tests that build state by hand).
-    pub checkpointer: Option<Mutex<crate::checkpointer::Checkpointer>>,
-    /// `[audit]`.
-    pub cfg: crate::checkpointer::AuditConfig,
-    /// The record store's file (none: in memory).
-    pub flows_db: Option<std::path::PathBuf>,
-    /// The rule store's file, which holds the audit log and the checkpoints (none: in memory).
-    pub rules_db: Option<std::path::PathBuf>,
-    /// When each token was last written to the audit log as used.
-    pub token_uses: Mutex<std::collections::HashMap<String, Instant>>,
-    /// Refused calls written to the audit log in the current minute, and that minute.
-    pub refusals: Mutex<(u64, u64)>,
-}
-
-/// The stores control keeps its state in.
-#[derive(Debug)]
-pub struct Stores {
-    /// Rule versions and the audit log.
-    pub rules: RuleStore,
-    /// Flow and request records.
-    pub flows: FlowStore,
-    /// The identity feed.
-    pub identities: IdentStore,
-    /// Brokered provider keys and virtual keys.
-    pub keys: crate::keystore::KeyStore,
-    /// Held requests.
-    pub approvals: crate::approvals::ApprovalStore,
-}
-
-impl AppState {
-    /// State over the given stores, with no data plane connected yet; `webhook`: the queue of
-    /// the approval webhook, if one is configured.
-    pub fn new(
-        tokens: Tokens,
-        stores: Stores,
-        hub: Hub,
-        ca_pem: Option<String>,
-        webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
-    ) -> AppState {
-        AppState {
-            tokens,
-            rules: Mutex::new(stores.rules),
-            flows: Mutex::new(stores.flows),
-            identities: Mutex::new(stores.identities),
-            keys: Mutex::new(stores.keys),
-            approvals: Mutex::new(stores.approvals),
-            prompts: Default::default(),
-            webhook,
-            links: Links::default(),
-            quotas: Default::default(),
-            hub,
-            push_lock: tokio::sync::Mutex::new(()),
-            ca_pem,
-            started: Instant::now(),
-            audit: AuditState::default(),
-        }
-    }
-
-    /// The state with its evidence set up.
-    pub fn with_audit(mut self, audit: AuditState) -> AppState {
-        self.audit = audit;
-        self
-    }
-}
-
-impl AppState {
-    /// What the data planes get of the key store: the provider keys (unsealed), the virtual
-    /// keys in force and the DLP salt.
-    pub fn key_push(&self) -> Result<crate::keystore::KeyPush, crate::keystore::KeyError> {
-        let k = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(crate::keystore::KeyPush {
-            keys: k.secrets()?,
-            virtual_keys: k.link_virtual_keys()?,
-            dlp_salt: k.dlp_salt()?,
-        })
-    }
-}
-
-pub(crate) type Shared = Arc<AppState>;
+use crate::auth::{Caller, Need};
+pub(crate) use crate::state::Shared;
+pub use crate::state::{AppState, AuditState, PUSH_WAIT, Stores};
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
@@ -171,9 +39,10 @@ pub(crate) fn reply<T: serde::Serialize>(r: Result<T, impl std::fmt::Display>) -
 
 macro_rules! lock {
     ($m:expr) => {
-        $m.lock().unwrap_or_else(PoisonError::into_inner)
+        $m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     };
 }
+pub(crate) use lock;
 
 /// The caller, if its token is valid and its role allows `need`. Token use goes to control's
 /// chain (the audit log): each token's first use in an hour, and refusals (at most
@@ -255,279 +124,6 @@ fn audit_refusal(s: &AppState, who: &str, why: &str, need: Need) {
     }
 }
 
-fn diag_json(d: &Diagnostic) -> Value {
-    json!({ "file": &*d.file, "line": d.line, "col": d.col, "message": d.message,
-            "severity": if d.severity == Severity::Error { "error" } else { "warning" } })
-}
-
-/// Compiles a rule file: `Ok(warnings)` or `Err(422 response)`.
-fn check_rules(text: &str) -> Result<Vec<Value>, Response> {
-    match compile("rules.toml", text, &ShippedOnly) {
-        Ok(c) => Ok(c.warnings.iter().map(diag_json).collect()),
-        Err(diags) => Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({
-                "error": "the rule set is invalid",
-                "errors": diags.iter().filter(|d| d.severity == Severity::Error).map(diag_json).collect::<Vec<_>>(),
-                "warnings": diags.iter().filter(|d| d.severity != Severity::Error).map(diag_json).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response()),
-    }
-}
-
-fn body_text(body: &Bytes) -> Result<&str, Response> {
-    // (A rule file; other bodies are JSON and say what is wrong themselves.)
-    std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "the rule file is not UTF-8"))
-}
-
-async fn health(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
-        return r;
-    }
-    let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
-    axum::Json(json!({ "status": "ok", "rules_version": version,
-                       "uptime_s": s.started.elapsed().as_secs() }))
-    .into_response()
-}
-
-async fn ca_pem(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    match &s.ca_pem {
-        Some(p) => ([(header::CONTENT_TYPE, "application/x-pem-file")], p.clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no enterprise CA is configured"),
-    }
-}
-
-async fn get_rules(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    match lock!(s.rules).current() {
-        Ok(Some(v)) => axum::Json(v).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no rule set has been pushed yet"),
-        Err(e) => internal(e),
-    }
-}
-
-async fn validate(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let text = match body_text(&body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match check_rules(text) {
-        Ok(warnings) => axum::Json(json!({ "ok": true, "warnings": warnings })).into_response(),
-        Err(r) => r,
-    }
-}
-
-async fn put_rules(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let text = match body_text(&body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let _push = s.push_lock.lock().await;
-    let same = lock!(s.rules).current().ok().flatten().filter(|c| c.text == text);
-    if let Some(c) = same {
-        // The same text again: no new version; the data planes are told it once more.
-        let pushed = s.links.push_policy(c.version, text, PUSH_WAIT).await;
-        return axum::Json(json!({ "version": c.version, "unchanged": true, "warnings": [],
-                                  "dataplanes": pushed }))
-        .into_response();
-    }
-    let accepted = {
-        let mut store = lock!(s.rules);
-        let current = store.current().ok().flatten().map(|v| v.version);
-        match check_rules(text) {
-            Err(r) => {
-                if let Err(e) =
-                    store.audit(&caller.name, "rules.push.refused", "invalid rule set", current)
-                {
-                    return internal(e);
-                }
-                return r;
-            }
-            Ok(warnings) => match store.add(text, &caller.name, "push") {
-                Ok(v) => {
-                    let detail = format!(
-                        "{} bytes, {} warnings, sha256 {}",
-                        text.len(),
-                        warnings.len(),
-                        crate::evidence::text_sha256(text)
-                    );
-                    if let Err(e) = store.audit(&caller.name, "rules.push", &detail, Some(v)) {
-                        return internal(e);
-                    }
-                    (v, warnings)
-                }
-                Err(e) => return internal(e),
-            },
-        }
-    };
-    let (v, warnings) = accepted;
-    tracing::info!(version = v, by = %caller.name, "rule set accepted");
-    let pushed = s.links.push_policy(v, text, PUSH_WAIT).await;
-    axum::Json(json!({ "version": v, "warnings": warnings, "dataplanes": pushed })).into_response()
-}
-
-async fn history(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    reply(lock!(s.rules).history())
-}
-
-async fn diff(
-    State(s): State<Shared>,
-    h: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let num = |k: &str| q.get(k).map(|v| v.parse::<i64>());
-    let store = lock!(s.rules);
-    let (Some(Ok(from)), to) = (num("from"), num("to")) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "from=VERSION is required (to= defaults to the current one)",
-        );
-    };
-    let to = match to {
-        Some(Ok(t)) => Some(t),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "to must be a version number"),
-        None => store.current().ok().flatten().map(|v| v.version),
-    };
-    let get = |v: Option<i64>| v.and_then(|v| store.get(v).ok().flatten());
-    let (Some(a), Some(b)) = (get(Some(from)), get(to)) else {
-        return error(StatusCode::NOT_FOUND, "no such version");
-    };
-    let policy = |t: &str| compile("rules.toml", t, &ShippedOnly).map(|c| c.policy);
-    match (policy(&a.text), policy(&b.text)) {
-        (Ok(pa), Ok(pb)) => axum::Json(json!({ "from": a.version, "to": b.version,
-                                               "diff": sluice_rules::diff::diff(&pa, &pb) }))
-        .into_response(),
-        _ => internal("a stored rule set no longer compiles"),
-    }
-}
-
-async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64>) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let _push = s.push_lock.lock().await;
-    let (v, text) = {
-        let mut store = lock!(s.rules);
-        let Some(old) = store.get(version).ok().flatten() else {
-            return error(StatusCode::NOT_FOUND, "no such version");
-        };
-        if let Err(r) = check_rules(&old.text) {
-            return r;
-        }
-        let v = match store.add(&old.text, &caller.name, &format!("rollback to {version}")) {
-            Ok(v) => v,
-            Err(e) => return internal(e),
-        };
-        if let Err(e) = store.audit(
-            &caller.name,
-            "rules.rollback",
-            &format!("to version {version}, sha256 {}", crate::evidence::text_sha256(&old.text)),
-            Some(v),
-        ) {
-            return internal(e);
-        }
-        (v, old.text)
-    };
-    let pushed: Vec<PushResult> = s.links.push_policy(v, &text, PUSH_WAIT).await;
-    axum::Json(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
-        .into_response()
-}
-
-/// The data planes' status, each flagged by whether it enforces control's current rule set.
-fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
-    let current =
-        lock!(s.rules).current().ok().flatten().map(|v| crate::evidence::text_sha256(&v.text));
-    let mut all = s.links.status();
-    for d in &mut all {
-        d.policy_current = current.as_ref().map(|c| d.policy_sha256.as_ref() == Some(c));
-    }
-    all
-}
-
-async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
-    let (flows, requests) = {
-        let st = lock!(s.flows);
-        (st.count_of(Kind::Flows).unwrap_or(0), st.count_of(Kind::Requests).unwrap_or(0))
-    };
-    let identities = lock!(s.identities).all().map_or(0, |a| a.len());
-    axum::Json(json!({
-        "rules_version": version,
-        "uptime_s": s.started.elapsed().as_secs(),
-        "dataplanes": dataplanes(&s),
-        "identities": identities,
-        "stored": { "flows": flows, "requests": requests },
-        "syslog_dropped": s.hub.syslog_dropped.load(std::sync::atomic::Ordering::Relaxed),
-    }))
-    .into_response()
-}
-
-async fn openapi(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
-        return r;
-    }
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-/// The OpenAPI 3.1 description of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn audit(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Evidence) {
-        return r;
-    }
-    reply(lock!(s.rules).audit_log(1000))
-}
-
-async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let version = lock!(s.rules).current().ok().flatten().map_or(0, |v| v.version);
-    let (flows, requests, hosts_per_app) = {
-        let mut st = lock!(s.flows);
-        (
-            st.count_of(Kind::Flows).unwrap_or(0),
-            st.count_of(Kind::Requests).unwrap_or(0),
-            st.hosts_per_app().unwrap_or_default(),
-        )
-    };
-    let body = crate::metrics::render(&crate::metrics::Inputs {
-        policy_version: version,
-        stored_flows: flows,
-        stored_requests: requests,
-        uptime_s: s.started.elapsed().as_secs(),
-        dataplanes: dataplanes(&s),
-        hub: &s.hub,
-        hosts_per_app,
-    });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-}
-
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route")
 }
@@ -607,17 +203,8 @@ pub const ROUTES: &[&str] = &[
 /// The API's routes.
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/ca.pem", get(ca_pem))
-        .route("/v1/rules", get(get_rules).put(put_rules))
-        .route("/v1/rules/validate", post(validate))
-        .route("/v1/rules/history", get(history))
-        .route("/v1/rules/diff", get(diff))
-        .route("/v1/rules/rollback/{version}", post(rollback))
-        .route("/v1/status", get(status))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/audit", get(audit))
-        .route("/metrics", get(metrics))
+        .merge(crate::status_api::routes())
+        .merge(crate::rules_api::routes())
         .merge(crate::records_api::routes())
         .merge(crate::identities_api::routes())
         .merge(crate::keys_api::routes())
@@ -639,7 +226,8 @@ mod tests {
 
     #[test]
     fn openapi_describes_every_route_and_nothing_else() {
-        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(crate::status_api::OPENAPI).expect("openapi.json is JSON");
         let mut documented = Vec::new();
         for (path, ops) in doc["paths"].as_object().expect("paths") {
             for method in ops.as_object().expect("operations").keys() {

@@ -1,0 +1,134 @@
+//! What the API's handlers share (ARCHITECTURE.md, "Control"): the stores, the data
+//! planes' links, the record hub, the evidence state.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use crate::auth::Tokens;
+use crate::hub::Hub;
+use crate::identstore::IdentStore;
+use crate::link::Links;
+use crate::rulestore::RuleStore;
+use crate::store::FlowStore;
+
+/// How long a rule push waits for the data planes' answers.
+pub const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The API tokens.
+    pub tokens: Tokens,
+    /// Rule versions and the audit log.
+    pub rules: Mutex<RuleStore>,
+    /// The record store (flows and requests).
+    pub flows: Mutex<FlowStore>,
+    /// The identity feed.
+    pub identities: Mutex<IdentStore>,
+    /// Brokered provider keys and virtual keys.
+    pub keys: Mutex<crate::keystore::KeyStore>,
+    /// The connected data planes.
+    pub links: Links,
+    /// The fleet's quota counts, pushed to the data planes.
+    pub quotas: crate::quotas::Totals,
+    /// Held requests.
+    pub approvals: Mutex<crate::approvals::ApprovalStore>,
+    /// The prompts of held requests whose rule lets reviewers read them (memory only).
+    pub prompts: crate::approvals::Prompts,
+    /// The approval webhook's queue.
+    pub webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+    /// Fan-out of new records (live tail, syslog).
+    pub hub: Hub,
+    /// Serialises rule pushes so data planes get versions in order.
+    pub push_lock: tokio::sync::Mutex<()>,
+    /// The enterprise CA certificate (PEM), if configured.
+    pub ca_pem: Option<String>,
+    /// Start time.
+    pub started: Instant,
+    /// Evidence: the checkpoint signer and where the record store is (verification reads it
+    /// on its own connection).
+    pub audit: AuditState,
+}
+
+/// What the evidence routes and tasks share.
+#[derive(Debug, Default)]
+pub struct AuditState {
+    /// Signs checkpoints (none: no key, as in tests that build state by hand).
+    pub checkpointer: Option<Mutex<crate::checkpointer::Checkpointer>>,
+    /// `[audit]`.
+    pub cfg: crate::checkpointer::AuditConfig,
+    /// The record store's file (none: in memory).
+    pub flows_db: Option<std::path::PathBuf>,
+    /// The rule store's file, which holds the audit log and the checkpoints (none: in memory).
+    pub rules_db: Option<std::path::PathBuf>,
+    /// When each token was last written to the audit log as used.
+    pub token_uses: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Refused calls written to the audit log in the current minute, and that minute.
+    pub refusals: Mutex<(u64, u64)>,
+}
+
+/// The stores control keeps its state in.
+#[derive(Debug)]
+pub struct Stores {
+    /// Rule versions and the audit log.
+    pub rules: RuleStore,
+    /// Flow and request records.
+    pub flows: FlowStore,
+    /// The identity feed.
+    pub identities: IdentStore,
+    /// Brokered provider keys and virtual keys.
+    pub keys: crate::keystore::KeyStore,
+    /// Held requests.
+    pub approvals: crate::approvals::ApprovalStore,
+}
+
+impl AppState {
+    /// State over the given stores, with no data plane connected yet; `webhook`: the queue of
+    /// the approval webhook, if one is configured.
+    pub fn new(
+        tokens: Tokens,
+        stores: Stores,
+        hub: Hub,
+        ca_pem: Option<String>,
+        webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+    ) -> AppState {
+        AppState {
+            tokens,
+            rules: Mutex::new(stores.rules),
+            flows: Mutex::new(stores.flows),
+            identities: Mutex::new(stores.identities),
+            keys: Mutex::new(stores.keys),
+            approvals: Mutex::new(stores.approvals),
+            prompts: Default::default(),
+            webhook,
+            links: Links::default(),
+            quotas: Default::default(),
+            hub,
+            push_lock: tokio::sync::Mutex::new(()),
+            ca_pem,
+            started: Instant::now(),
+            audit: AuditState::default(),
+        }
+    }
+
+    /// The state with its evidence set up.
+    pub fn with_audit(mut self, audit: AuditState) -> AppState {
+        self.audit = audit;
+        self
+    }
+}
+
+impl AppState {
+    /// What the data planes get of the key store: the provider keys (unsealed), the virtual
+    /// keys in force and the DLP salt.
+    pub fn key_push(&self) -> Result<crate::keystore::KeyPush, crate::keystore::KeyError> {
+        let k = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(crate::keystore::KeyPush {
+            keys: k.secrets()?,
+            virtual_keys: k.link_virtual_keys()?,
+            dlp_salt: k.dlp_salt()?,
+        })
+    }
+}
+
+pub(crate) type Shared = Arc<AppState>;
