@@ -558,7 +558,7 @@ class Reload(unittest.TestCase):
                 time.sleep(0.3)
             self.assertIn("reset", r.stderr.lower())
             # Control is told: the data plane enforces a local file, not control's set.
-            self.assertEqual(self.policy_in_force(), (None, False))
+            self.assertEqual(self.policy_in_force((None, False)), (None, False))
             # A broken file is refused; the stricter policy stays in force.
             with open(rules_path, "w") as f:
                 f.write(stricter + "\n[[rule]]\nname = 'x'\ncategories = ['nope']\naction = 'allow'\n")
@@ -574,18 +574,18 @@ class Reload(unittest.TestCase):
         r = curl("alice", "https://example.org/")
         self.assertEqual(r.returncode, 0, r.stderr)
         # The file again holds control's set (the lab pushed it): current by its hash.
-        self.assertEqual(self.policy_in_force(), (None, True))
+        self.assertEqual(self.policy_in_force((None, True)), (None, True))
 
-    def policy_in_force(self):
-        """(version, current) of the data plane as control's status says, once it says the
-        data plane enforces no pushed version."""
+    def policy_in_force(self, want):
+        """(version, current) of the data plane as control's status says, once it is `want`
+        (or after 10 s, whatever it is then)."""
         deadline = time.time() + 10
         while True:
             code, body = api("GET", "/v1/status", "SLUICE_ANALYST_TOKEN")
             self.assertEqual(code, 200, body)
             dp = json.loads(body)["dataplanes"][0]
             got = (dp["policy_version"], dp["policy_current"])
-            if got[0] is None or time.time() > deadline:
+            if got == want or time.time() > deadline:
                 return got
             time.sleep(0.2)
 
