@@ -522,8 +522,12 @@ fn edges_are_refused_and_every_error_is_json() {
     // method the route does not take (its Allow header kept), an unauthenticated call.
     let big = d.dir.join("big.toml");
     std::fs::write(&big, vec![b'#'; 9 << 20]).unwrap();
-    let (code, _) =
-        err(call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&format!("@{}", big.display()))));
+    // (Expect: 100-continue, so curl sends nothing of a body refused by its length alone and
+    // reads the answer, not a reset.)
+    let auth = format!("Authorization: Bearer {ADMIN}");
+    let headers = [auth.as_str(), "Expect: 100-continue"];
+    let body = format!("@{}", big.display());
+    let (code, _) = err(call_with_headers(&d, "PUT", "/v1/rules", &headers, Some(&body)));
     assert_eq!(code, 413);
     let (code, _) = err(call(&d, "POST", "/v1/rules/rollback/abc", Some(ADMIN), None));
     assert_eq!(code, 400);
