@@ -124,6 +124,21 @@ fn audit_refusal(s: &AppState, who: &str, why: &str, need: Need) {
     }
 }
 
+/// A body declared longer than [`MAX_BODY`] is refused before any of it is read (and before
+/// hyper invites it with `100 Continue`), whoever sends it.
+async fn declared_too_long(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let mib = MAX_BODY >> 20;
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {mib} MiB"));
+    }
+    next.run(req).await
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route")
 }
@@ -142,7 +157,7 @@ async fn json_errors(r: Response) -> Response {
         return r;
     }
     let (parts, body) = r.into_parts();
-    // Axum's own messages are short; a longer body is cut, not read whole.
+    // Axum's own messages are short; a longer body is not read, the status's name answers.
     let text =
         match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, 1024)).await {
             Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_owned(),
@@ -216,6 +231,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::evidence_api::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(declared_too_long))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }

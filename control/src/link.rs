@@ -486,12 +486,9 @@ async fn serve_up(
                 }
             }
             UpMessage::Other(Up::PolicyInForce { policy_version, policy_sha256 }) => {
-                links.update(name, |s| {
-                    s.policy_version = policy_version;
-                    s.policy_sha256 = Some(policy_sha256.clone());
-                });
                 // A rule file loaded on the appliance itself: evidence of what it enforced
-                // from when, beside the pushes' acknowledgements.
+                // from when, beside the pushes' acknowledgements (written before the status
+                // says so).
                 if policy_version.is_none() {
                     tracing::warn!(dataplane = %name, sha256 = %policy_sha256, "the data plane loaded a local rule file");
                     let (st, who) = (state.clone(), format!("dataplane:{name}"));
@@ -504,6 +501,10 @@ async fn serve_up(
                         tracing::error!(dataplane = %name, "a local rule file not audited: {e}");
                     }
                 }
+                links.update(name, |s| {
+                    s.policy_version = policy_version;
+                    s.policy_sha256 = Some(policy_sha256);
+                });
             }
             UpMessage::Other(Up::IdentitiesAck { generation, entries }) => {
                 links.update(name, |s| s.identities = Some((generation, entries)));

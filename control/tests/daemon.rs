@@ -519,7 +519,7 @@ fn edges_are_refused_and_every_error_is_json() {
     let (_, body) = call(&d, "GET", "/v1/identities", Some(ADMIN), None);
     assert!(!body.contains("10.0.0.1"), "nothing changed: {body}");
     // What axum answers itself is JSON too: a body past the limit, a malformed path, a
-    // method the route does not take (its Allow header kept), an unauthenticated call.
+    // method the route does not take, an unauthenticated call.
     let big = d.dir.join("big.toml");
     std::fs::write(&big, vec![b'#'; 9 << 20]).unwrap();
     // (Expect: 100-continue, so curl sends nothing of a body refused by its length alone and

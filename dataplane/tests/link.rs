@@ -97,10 +97,13 @@ fn link_client_round_trip() {
     while !(acked_policy && in_force && seqs.len() == 2) {
         match c.recv() {
             UpMessage::Records(records) => seqs.extend(records.iter().map(seq)),
-            UpMessage::Other(Up::PolicyAck { version: 7, error: None }) => acked_policy = true,
-            // What is in force after the push, said once it is acknowledged.
+            UpMessage::Other(Up::PolicyAck { version: 7, error: None }) => {
+                assert!(in_force, "the acknowledgement follows what is in force");
+                acked_policy = true;
+            }
+            // What is in force after the push, said before it is acknowledged.
             UpMessage::Other(Up::PolicyInForce { policy_version, policy_sha256 }) => {
-                assert!(acked_policy, "the acknowledgement comes first");
+                assert!(!acked_policy, "what is in force comes before the acknowledgement");
                 assert_eq!((policy_version, policy_sha256), (Some(7), text_sha256(block)));
                 in_force = true;
             }

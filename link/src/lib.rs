@@ -77,8 +77,8 @@ pub enum Up {
         /// `None`: compiled and in force. `Some`: why it was refused (the old policy stays).
         error: Option<String>,
     },
-    /// The policy in force changed: after a push ([`Up::PolicyAck`] first), or a rule file
-    /// loaded locally (SIGHUP), which control did not send.
+    /// The policy in force changed: by a push (sent before its [`Up::PolicyAck`]), or by a
+    /// rule file loaded locally (SIGHUP), which control did not send.
     PolicyInForce {
         /// Version of the pushed policy in force; `None`: a local rule file.
         policy_version: Option<i64>,

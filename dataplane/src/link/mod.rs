@@ -115,8 +115,10 @@ impl Enforced {
 
     /// Replaces the policy in force by a rule file loaded locally (SIGHUP).
     pub fn set_local(&self, policy: Policy, sha256: String) {
+        // Under the lock a push takes too, so what is said to be in force is what is.
+        let mut meta = self.meta.lock().unwrap_or_else(PoisonError::into_inner);
         self.policy.store(Arc::new(policy));
-        *self.meta.lock().unwrap_or_else(PoisonError::into_inner) = (None, sha256);
+        *meta = (None, sha256);
         self.changes.fetch_add(1, Ordering::Release);
     }
 
@@ -344,6 +346,13 @@ fn serve(
                             version,
                             "policy pushed by control refused, keeping the current one: {e}"
                         ),
+                    }
+                    // What is in force first, so that control's status is whole by the time
+                    // the push's answer is given.
+                    if enforced.changes() != announced {
+                        announced = enforced.changes();
+                        let (policy_version, policy_sha256) = enforced.current();
+                        send(&mut stream, &Up::PolicyInForce { policy_version, policy_sha256 })?;
                     }
                     send(&mut stream, &Up::PolicyAck { version, error })?;
                 }
