@@ -5,8 +5,10 @@
 //! `status_api.rs`, `records_api.rs`, `identities_api.rs`, `keys_api.rs`, `usage_api.rs`,
 //! …), the state they share in `state.rs`.
 //!
-//! Helpers return `Result<_, Response>` so a handler can hand back the refusal as it is; the
-//! error side is a response by design, so its size does not matter.
+//! A handler states what it needs of its caller as an extractor, `Authed<needs::Admin>`,
+//! which checks the token and role before anything else of the request is read; it answers
+//! an [`ApiResult`] and uses `?`. Helpers return `Result<_, Response>` (the refusal as it
+//! is: the error side is a response by design, so its size does not matter).
 #![allow(clippy::result_large_err)]
 
 use std::time::Instant;
@@ -27,6 +29,113 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("{e}");
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the daemon's log)")
+}
+
+/// A refusal or failure, answered in the one JSON shape; handlers return [`ApiResult`] and use
+/// `?` on the helpers (which return `Result<_, Response>`) and on store errors
+/// ([`OrInternal::or_500`]).
+#[derive(Debug)]
+pub(crate) struct ApiError(Response);
+
+/// What a handler answers.
+pub(crate) type ApiResult = Result<Response, ApiError>;
+
+impl ApiError {
+    /// `{"error": message}` with `status`.
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError(error(status, message))
+    }
+}
+
+/// A refusal: `Err` of `{"error": message}` with `status`.
+pub(crate) fn refuse(status: StatusCode, message: impl Into<String>) -> ApiResult {
+    Err(ApiError::new(status, message))
+}
+
+impl From<Response> for ApiError {
+    fn from(r: Response) -> ApiError {
+        ApiError(r)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+/// A store's error becomes a 500 (logged, its text never sent).
+pub(crate) trait OrInternal<T> {
+    /// The value, or a 500 for the error.
+    fn or_500(self) -> Result<T, ApiError>;
+}
+
+impl<T, E: std::fmt::Display> OrInternal<T> for Result<T, E> {
+    fn or_500(self) -> Result<T, ApiError> {
+        self.map_err(|e| ApiError(internal(e)))
+    }
+}
+
+/// What a route needs of its caller's role, as a type, so that [`Authed`] checks it before
+/// the handler runs (and before its body is read).
+pub(crate) trait Needs {
+    /// Any one of these is enough; the first is the one a refusal names.
+    const NEEDS: &'static [Need];
+}
+
+/// The markers [`Authed`] takes: `Authed<needs::Admin>` is a caller whose role may change
+/// things.
+pub(crate) mod needs {
+    use super::{Need, Needs};
+
+    macro_rules! needs {
+        ($($(#[$doc:meta])* $name:ident => [$($n:ident),+];)+) => {$(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub(crate) struct $name;
+            impl Needs for $name {
+                const NEEDS: &'static [Need] = &[$(Need::$n),+];
+            }
+        )+};
+    }
+
+    needs! {
+        /// Reading rules, records and status.
+        Read => [Read];
+        /// Reading, or the identity feed (health, the identity list, the API's description).
+        ReadOrFeed => [Read, Feed];
+        /// Changing rules, identities' keys, salts.
+        Admin => [Admin];
+        /// The identity feed.
+        Feed => [Feed];
+        /// Held requests.
+        Approve => [Approve];
+        /// The audit log, verification, exports.
+        Evidence => [Evidence];
+        /// Any valid token.
+        Any => [Any];
+    }
+}
+
+/// A caller whose bearer token is valid and whose role allows `N` (401 / 403 in the one JSON
+/// shape otherwise, audited as [`authorize`] does).
+#[derive(Debug)]
+pub(crate) struct Authed<N> {
+    /// Who called.
+    pub caller: Caller,
+    _needs: std::marker::PhantomData<N>,
+}
+
+impl<N: Needs> axum::extract::FromRequestParts<Shared> for Authed<N> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &Shared,
+    ) -> Result<Self, Response> {
+        let caller = authorize_any(s, &parts.headers, N::NEEDS)?;
+        Ok(Authed { caller, _needs: std::marker::PhantomData })
+    }
 }
 
 /// The value as JSON, or a 500 for a store error.

@@ -10,15 +10,14 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_link::{Decision, Grant};
 
-use crate::api::{Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{ApiResult, Authed, OrInternal, Shared, error, internal, needs, refuse};
 use crate::records_api::{limit_param, only_params};
 
 /// Longest approval for a while (minutes): a day.
@@ -66,37 +65,29 @@ const STATES: [&str; 7] = ["pending", "approved", "denied", "timeout", "gone", "
 
 async fn list(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Approve>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Approve) {
-        return r;
-    }
-    if let Err(r) = only_params(&q, &["state", "limit"]) {
-        return r;
-    }
+) -> ApiResult {
+    only_params(&q, &["state", "limit"])?;
     let state = q.get("state").map_or("pending", String::as_str);
     if !STATES.contains(&state) {
-        return error(
+        return refuse(
             StatusCode::BAD_REQUEST,
             format!("state={state}: expected one of {}", STATES.join(", ")),
         );
     }
-    let limit = match limit_param(&q) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+    let limit = limit_param(&q)?;
     let filter = (state != "all").then_some(state);
-    match s.approvals.lock().unwrap_or_else(|p| p.into_inner()).list(filter, limit) {
-        Ok(rows) => axum::Json(json!({ "approvals": rows })).into_response(),
-        Err(e) => internal(e),
-    }
+    let rows =
+        s.approvals.lock().unwrap_or_else(|p| p.into_inner()).list(filter, limit).or_500()?;
+    Ok(axum::Json(json!({ "approvals": rows })).into_response())
 }
 
-async fn show(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Approve) {
-        return r;
-    }
+async fn show(
+    State(s): State<Shared>,
+    _: Authed<needs::Approve>,
+    Path(id): Path<String>,
+) -> Response {
     let found = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).get(&id);
     match found {
         Ok(Some(a)) => {
@@ -123,14 +114,10 @@ struct Body {
 
 async fn decide(
     State(s): State<Shared>,
-    h: HeaderMap,
+    Authed { caller, .. }: Authed<needs::Approve>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let caller = match authorize(&s, &h, Need::Approve) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let b: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {

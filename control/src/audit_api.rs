@@ -8,14 +8,13 @@ use std::sync::PoisonError;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{AppState, Shared, authorize, error, internal};
+use crate::api::{ApiResult, AppState, Authed, OrInternal, Shared, error, needs};
 use crate::audit_verify::{Ask, Verification};
-use crate::auth::Need;
 use crate::records_api::{only_params, since_param};
 
 /// The evidence routes.
@@ -23,10 +22,7 @@ pub fn routes() -> Router<Shared> {
     Router::new().route("/v1/audit/key", get(key)).route("/v1/audit/verify", get(verify))
 }
 
-async fn key(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Any) {
-        return r;
-    }
+async fn key(State(s): State<Shared>, _: Authed<needs::Any>) -> Response {
     match &s.audit.checkpointer {
         Some(cp) => {
             let public = cp.lock().unwrap_or_else(PoisonError::into_inner).public_hex();
@@ -38,26 +34,15 @@ async fn key(State(s): State<Shared>, h: HeaderMap) -> Response {
 
 async fn verify(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Evidence>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Evidence) {
-        return r;
-    }
-    if let Err(r) = only_params(&q, &["dataplane", "since"]) {
-        return r;
-    }
-    let since_ms = match since_param(&q) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    only_params(&q, &["dataplane", "since"])?;
+    let since_ms = since_param(&q)?;
     let ask = Ask { dataplane: q.get("dataplane").cloned(), since_ms };
     let st = s.clone();
-    match tokio::task::spawn_blocking(move || run(&st, &ask)).await {
-        Ok(Ok(v)) => axum::Json(v).into_response(),
-        Ok(Err(e)) => internal(e),
-        Err(e) => internal(e),
-    }
+    let v = tokio::task::spawn_blocking(move || run(&st, &ask)).await.or_500()?.or_500()?;
+    Ok(axum::Json(v).into_response())
 }
 
 /// Verifies the stores: the record store on a connection of its own (read-only), so that

@@ -15,12 +15,11 @@ use std::sync::PoisonError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::api::{AppState, Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{ApiResult, AppState, Authed, OrInternal, Shared, needs, refuse};
 use crate::evidence::Window;
 use crate::records_api::{only_params, time_param};
 
@@ -34,32 +33,26 @@ pub fn routes() -> Router<Shared> {
 
 async fn export(
     State(s): State<Shared>,
-    h: HeaderMap,
+    Authed { caller, .. }: Authed<needs::Evidence>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let caller = match authorize(&s, &h, Need::Evidence) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    if let Err(r) = only_params(&q, &["since", "until", "recordings"]) {
-        return r;
-    }
+) -> ApiResult {
+    only_params(&q, &["since", "until", "recordings"])?;
     let recordings = match q.get("recordings").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "recordings: true or false"),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "recordings: true or false"),
     };
     let t = |k: &str| q.get(k).map(|v| time_param(v));
     let since = match t("since") {
         Some(Some(ms)) => ms,
         None => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "since is required (a date, unix ms or a duration like 30d)",
             );
         }
         Some(None) => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "since: a date (2026-10-01), unix ms or a duration like 30d",
             );
@@ -69,24 +62,24 @@ async fn export(
         Some(Some(ms)) => ms,
         None => crate::link::now_ms() + 1,
         Some(None) => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "until: a date (2026-11-01), unix ms or a duration like 1d",
             );
         }
     };
     if until <= since {
-        return error(
+        return refuse(
             StatusCode::BAD_REQUEST,
             "until must be after since (the window is since ≤ t < until)",
         );
     }
     if s.audit.checkpointer.is_none() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "this control daemon has no signing key");
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "this control daemon has no signing key");
     }
     // One export at a time: each writes the window's records to the store's volume.
     let Ok(_one) = EXPORTING.try_lock() else {
-        return error(
+        return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "an evidence export is already running: try again when it is done",
         );
@@ -95,11 +88,7 @@ async fn export(
     let who = caller.name.clone();
     let built =
         tokio::task::spawn_blocking(move || build(&st, since, until, recordings, &who)).await;
-    let file = match built {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return internal(e),
-        Err(e) => return internal(e),
-    };
+    let file = built.or_500()?.or_500()?;
     let file = tokio::fs::File::from_std(file);
     let mut r = Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
@@ -107,7 +96,7 @@ async fn export(
         header::CONTENT_DISPOSITION,
         HeaderValue::from_static("attachment; filename=\"sluice-evidence.tar.zst\""),
     );
-    r
+    Ok(r)
 }
 
 /// A private directory for one export, removed when dropped.

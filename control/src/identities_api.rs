@@ -6,13 +6,15 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{AppState, PUSH_WAIT, Shared, authorize, error, internal, reply};
-use crate::auth::{Caller, Need};
+use crate::api::{
+    ApiResult, AppState, Authed, PUSH_WAIT, Shared, error, internal, needs, refuse, reply,
+};
+use crate::auth::Caller;
 use crate::identstore::{FeedEntry, IdentStore};
 use crate::link::now_s;
 
@@ -68,46 +70,32 @@ async fn identities_changed(
 
 async fn put_identity(
     State(s): State<Shared>,
-    h: HeaderMap,
+    Authed { caller, .. }: Authed<needs::Feed>,
     Path(ip): Path<String>,
     body: Bytes,
-) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let ip = match ip_param(&ip) {
-        Ok(ip) => ip,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    let ip = ip_param(&ip)?;
     let entry: FeedEntry = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("identity: {e}")),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("identity: {e}")),
     };
     if entry.ip.is_some_and(|i| i != ip) {
-        return error(StatusCode::BAD_REQUEST, "the body's ip differs from the path's");
+        return refuse(StatusCode::BAD_REQUEST, "the body's ip differs from the path's");
     }
     let id = match entry.into_identity(ip, now_s()) {
         Ok(id) => id,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
     let detail = format!("{ip} -> {} {:?}", id.user, id.groups);
-    identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false)).await
+    Ok(identities_changed(&s, &caller, "identities.set", &detail, |st| st.set(&[id], false)).await)
 }
 
 async fn delete_identity(
     State(s): State<Shared>,
-    h: HeaderMap,
+    Authed { caller, .. }: Authed<needs::Feed>,
     Path(ip): Path<String>,
-) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let ip = match ip_param(&ip) {
-        Ok(ip) => ip,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    let ip = ip_param(&ip)?;
     let mut found = true;
     let r = identities_changed(&s, &caller, "identities.remove", &ip.to_string(), |st| {
         found = st.remove(ip)?;
@@ -115,9 +103,9 @@ async fn delete_identity(
     })
     .await;
     if !found {
-        return error(StatusCode::NOT_FOUND, format!("no identity for {ip}"));
+        return refuse(StatusCode::NOT_FOUND, format!("no identity for {ip}"));
     }
-    r
+    Ok(r)
 }
 
 /// `POST /v1/identities`: `{"identities": [{ip, user, groups, ttl}], "replace": false}`.
@@ -129,11 +117,11 @@ struct Bulk {
     replace: bool,
 }
 
-async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    let caller = match authorize(&s, &h, Need::Feed) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn bulk_identities(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Feed>,
+    body: Bytes,
+) -> Response {
     let bulk: Bulk = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("identities: {e}")),
@@ -166,9 +154,6 @@ async fn bulk_identities(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> 
         .await
 }
 
-async fn list_identities(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = crate::api::authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
-        return r;
-    }
+async fn list_identities(State(s): State<Shared>, _: Authed<needs::ReadOrFeed>) -> Response {
     reply(s.identities.lock().unwrap_or_else(|p| p.into_inner()).all())
 }

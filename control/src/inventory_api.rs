@@ -7,13 +7,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{ApiResult, Authed, OrInternal, Shared, needs, refuse};
 use crate::inventory::InventoryFilter;
 use crate::records_api::{limit_param, only_params, since_param};
 
@@ -24,27 +23,19 @@ pub fn routes() -> Router<Shared> {
 
 async fn inventory(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    if let Err(r) = only_params(&q, &["app", "unknown", "host", "identity", "user", "since"]) {
-        return r;
-    }
+) -> ApiResult {
+    only_params(&q, &["app", "unknown", "host", "identity", "user", "since"])?;
     let app = match (q.get("app"), q.get("unknown").map(String::as_str)) {
         (Some(_), Some("true")) => {
-            return error(StatusCode::BAD_REQUEST, "app and unknown=true: give one");
+            return refuse(StatusCode::BAD_REQUEST, "app and unknown=true: give one");
         }
         (_, Some("true")) => Some("unknown".to_owned()),
         (a, None | Some("false")) => a.cloned(),
-        (_, Some(_)) => return error(StatusCode::BAD_REQUEST, "unknown: true or false"),
+        (_, Some(_)) => return refuse(StatusCode::BAD_REQUEST, "unknown: true or false"),
     };
-    let since_ms = match since_param(&q) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let since_ms = since_param(&q)?;
     let f = InventoryFilter {
         app,
         host: q.get("host").cloned(),
@@ -53,34 +44,19 @@ async fn inventory(
         since_ms,
     };
     let mut store = s.flows.lock().unwrap_or_else(|p| p.into_inner());
-    match store.inventory(&f) {
-        Ok(rows) => axum::Json(json!({ "rows": rows })).into_response(),
-        Err(e) => internal(e),
-    }
+    let rows = store.inventory(&f).or_500()?;
+    Ok(axum::Json(json!({ "rows": rows })).into_response())
 }
 
 async fn discoveries(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    if let Err(r) = only_params(&q, &["since", "limit"]) {
-        return r;
-    }
-    let since = match since_param(&q) {
-        Ok(s) => s.unwrap_or(0),
-        Err(r) => return r,
-    };
-    let limit = match limit_param(&q) {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+) -> ApiResult {
+    only_params(&q, &["since", "limit"])?;
+    let since = since_param(&q)?.unwrap_or(0);
+    let limit = limit_param(&q)?;
     let store = s.flows.lock().unwrap_or_else(|p| p.into_inner());
-    match store.discoveries(since, limit) {
-        Ok(records) => axum::Json(json!({ "records": records })).into_response(),
-        Err(e) => internal(e),
-    }
+    let records = store.discoveries(since, limit).or_500()?;
+    Ok(axum::Json(json!({ "records": records })).into_response())
 }

@@ -10,13 +10,13 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::api::{PUSH_WAIT, Shared, authorize, error, internal};
-use crate::auth::{Caller, Need};
+use crate::api::{Authed, PUSH_WAIT, Shared, error, internal, needs};
+use crate::auth::Caller;
 use crate::keystore::{KeyError, KeyStore};
 
 /// The key routes.
@@ -68,10 +68,7 @@ async fn changed<T: serde::Serialize>(
     axum::Json(json!({ "result": shown, "dataplanes": pushed })).into_response()
 }
 
-async fn list(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Admin) {
-        return r;
-    }
+async fn list(State(s): State<Shared>, _: Authed<needs::Admin>) -> Response {
     let k = s.keys.lock().unwrap_or_else(|p| p.into_inner());
     match (k.list(), k.virtual_keys()) {
         (Ok(keys), Ok(virtual_keys)) => {
@@ -83,14 +80,10 @@ async fn list(State(s): State<Shared>, h: HeaderMap) -> Response {
 
 async fn set(
     State(s): State<Shared>,
-    h: HeaderMap,
+    Authed { caller, .. }: Authed<needs::Admin>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let Ok(key) = std::str::from_utf8(&body) else {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "the key is not UTF-8 text");
     };
@@ -102,11 +95,11 @@ async fn set(
     .await
 }
 
-async fn remove(State(s): State<Shared>, h: HeaderMap, Path(name): Path<String>) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn remove(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+    Path(name): Path<String>,
+) -> Response {
     changed(&s, &caller, "keys.delete", |k| {
         if !k.delete(&name)? {
             return Err(KeyError::NotFound(format!("no key named `{name}`")));
@@ -125,11 +118,11 @@ struct Issue {
     identity: Option<String>,
 }
 
-async fn issue(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn issue(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+    body: Bytes,
+) -> Response {
     let req: Issue = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("virtual key: {e}")),
@@ -148,11 +141,11 @@ async fn issue(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
     .await
 }
 
-async fn revoke(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn revoke(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+    Path(id): Path<String>,
+) -> Response {
     changed(&s, &caller, "keys.virtual.revoke", |k| {
         if !k.revoke(&id)? {
             return Err(KeyError::NotFound(format!("no virtual key `{id}` in force")));
@@ -164,10 +157,7 @@ async fn revoke(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -
 
 /// `GET /v1/dlp/salt`: the DLP salts, newest first (ids and dates; never a salt). Auditors
 /// see them too: which hashes compare is evidence.
-async fn salts(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Evidence) {
-        return r;
-    }
+async fn salts(State(s): State<Shared>, _: Authed<needs::Evidence>) -> Response {
     let k = s.keys.lock().unwrap_or_else(|p| p.into_inner());
     match k.salts() {
         Ok(salts) => axum::Json(json!({ "salts": salts })).into_response(),
@@ -177,11 +167,10 @@ async fn salts(State(s): State<Shared>, h: HeaderMap) -> Response {
 
 /// `POST /v1/dlp/salt/rotate`: a new salt for every finding from now on; the old one is
 /// destroyed (ARCHITECTURE.md, "The DLP salt").
-async fn rotate_salt(State(s): State<Shared>, h: HeaderMap) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn rotate_salt(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+) -> Response {
     changed(&s, &caller, "dlp.salt.rotate", |k| {
         let (made, old) = k.rotate_salt(&caller.name)?;
         let detail = match &old {

@@ -8,13 +8,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{Authed, Shared, error, internal, needs};
 use crate::recordings::RecordingFilter;
 use crate::records_api::{limit_param, only_params, since_param};
 
@@ -25,12 +24,9 @@ pub fn routes() -> Router<Shared> {
 
 async fn list(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
     let params = only_params(&q, &["since", "identity", "user", "thread", "limit"])
         .and_then(|()| Ok((since_param(&q)?, limit_param(&q)?)));
     let (since_ms, limit) = match params {
@@ -49,10 +45,7 @@ async fn list(
     }
 }
 
-async fn show(State(s): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+async fn show(State(s): State<Shared>, _: Authed<needs::Read>, Path(id): Path<String>) -> Response {
     match s.flows.lock().unwrap_or_else(|p| p.into_inner()).recording(&id) {
         Ok(Some((meta, sealed))) => {
             let sealed: serde_json::Value = match serde_json::from_str(&sealed) {

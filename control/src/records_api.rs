@@ -7,13 +7,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::api::{AppState, Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{ApiResult, AppState, Authed, OrInternal, Shared, error, needs, refuse};
 use crate::link::now_s;
 use crate::store::{FlowFilter, Kind};
 
@@ -78,7 +77,7 @@ pub(crate) fn time_param(v: &str) -> Option<u64> {
 }
 
 /// The filters of a flow or request query (400 on a malformed time).
-fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
+pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
     const KNOWN: [&str; 17] = [
         "since",
         "until",
@@ -125,35 +124,34 @@ fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
     })
 }
 
-fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
-    let f = match filter(q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> ApiResult {
+    let f = filter(q)?;
     // `format=jsonl`: an export, one record per line, up to 10,000 per call; the cursor of
     // the next call is in `x-next-cursor`.
     let jsonl = match q.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("jsonl") => true,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "format is json or jsonl"),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "format is json or jsonl"),
     };
     let max = if jsonl { 10_000 } else { 1000 };
     let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
         None if jsonl => max,
         None => 100,
         Some(Ok(n)) if (1..=max).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, format!("limit: 1 to {max}")),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, format!("limit: 1 to {max}")),
     };
     // A cursor is the `next_cursor` of an earlier page: a record's id, 1 or more.
     let cursor = match q.get("cursor").map(|v| v.parse::<i64>()) {
         None => None,
         Some(Ok(c)) if c >= 1 => Some(c),
         Some(_) => {
-            return error(StatusCode::BAD_REQUEST, "cursor: the next_cursor of an earlier page");
+            return refuse(StatusCode::BAD_REQUEST, "cursor: the next_cursor of an earlier page");
         }
     };
-    match s.flows.lock().unwrap_or_else(|p| p.into_inner()).query_kind(kind, &f, cursor, limit) {
-        Ok(page) if jsonl => {
+    let page =
+        s.flows.lock().unwrap_or_else(|p| p.into_inner()).query_kind(kind, &f, cursor, limit);
+    match page.or_500()? {
+        page if jsonl => {
             let mut body = String::new();
             for r in &page.records {
                 body.push_str(&r.to_string());
@@ -163,34 +161,26 @@ fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> Response {
             if let Some(next) = page.next {
                 resp.headers_mut().insert("x-next-cursor", header::HeaderValue::from(next));
             }
-            resp
+            Ok(resp)
         }
-        Ok(page) => {
-            axum::Json(json!({ "records": page.records, "next_cursor": page.next })).into_response()
-        }
-        Err(e) => internal(e),
+        page => Ok(axum::Json(json!({ "records": page.records, "next_cursor": page.next }))
+            .into_response()),
     }
 }
 
 async fn flows(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+) -> ApiResult {
     records(&s, Kind::Flows, &q)
 }
 
 async fn requests(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+) -> ApiResult {
     records(&s, Kind::Requests, &q)
 }
 
@@ -219,18 +209,12 @@ fn tail_match(r: &Value, q: &HashMap<String, String>, f: &FlowFilter) -> bool {
 
 async fn stream(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
+) -> ApiResult {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let f = match filter(&q) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let f = filter(&q)?;
     let rx = s.hub.subscribe();
     let events = futures_util::stream::unfold((rx, q, f), |(mut rx, q, f)| async move {
         loop {
@@ -248,7 +232,7 @@ async fn stream(
             return Some((Ok::<_, std::convert::Infallible>(ev), (rx, q, f)));
         }
     });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 #[cfg(test)]

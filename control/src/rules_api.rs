@@ -8,16 +8,17 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sluice_rules::catalog::ShippedOnly;
 use sluice_rules::{Diagnostic, Severity, compile};
 
-use crate::api::{authorize, error, internal, lock, reply};
-use crate::auth::Need;
+use crate::api::{ApiError, ApiResult, Authed, OrInternal, error, internal, lock, needs, refuse};
+use crate::auth::Caller;
 use crate::link::PushResult;
+use crate::state::AppState;
 use crate::state::{PUSH_WAIT, Shared};
 
 /// The rule routes.
@@ -57,154 +58,119 @@ fn body_text(body: &Bytes) -> Result<&str, Response> {
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the rule file is not UTF-8"))
 }
 
-async fn get_rules(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    match lock!(s.rules).current() {
-        Ok(Some(v)) => axum::Json(v).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no rule set has been pushed yet"),
-        Err(e) => internal(e),
+async fn get_rules(State(s): State<Shared>, _: Authed<needs::Read>) -> ApiResult {
+    match lock!(s.rules).current().or_500()? {
+        Some(v) => Ok(axum::Json(v).into_response()),
+        None => refuse(StatusCode::NOT_FOUND, "no rule set has been pushed yet"),
     }
 }
 
-async fn validate(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    let text = match body_text(&body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match check_rules(text) {
-        Ok(warnings) => axum::Json(json!({ "ok": true, "warnings": warnings })).into_response(),
-        Err(r) => r,
-    }
+async fn validate(_: Authed<needs::Read>, body: Bytes) -> ApiResult {
+    let warnings = check_rules(body_text(&body)?)?;
+    Ok(axum::Json(json!({ "ok": true, "warnings": warnings })).into_response())
 }
 
-async fn put_rules(State(s): State<Shared>, h: HeaderMap, body: Bytes) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let text = match body_text(&body) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+async fn put_rules(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+    body: Bytes,
+) -> ApiResult {
+    let pushed = push(&s, &caller, body_text(&body)?).await?;
+    Ok(axum::Json(pushed).into_response())
+}
+
+/// Stores, audits and sends a rule set to every data plane (the API's push and the
+/// console's): the reply lists the data planes' answers; an invalid set is refused (422,
+/// with its errors at their lines) and the refusal audited.
+pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Value, ApiError> {
     let _push = s.push_lock.lock().await;
     let same = lock!(s.rules).current().ok().flatten().filter(|c| c.text == text);
     if let Some(c) = same {
         // The same text again: no new version; the data planes are told it once more.
         let pushed = s.links.push_policy(c.version, text, PUSH_WAIT).await;
-        return axum::Json(json!({ "version": c.version, "unchanged": true, "warnings": [],
-                                  "dataplanes": pushed }))
-        .into_response();
+        return Ok(json!({ "version": c.version, "unchanged": true, "warnings": [],
+                          "dataplanes": pushed }));
     }
-    let accepted = {
+    let (v, warnings) = {
         let mut store = lock!(s.rules);
         let current = store.current().ok().flatten().map(|v| v.version);
-        match check_rules(text) {
+        let warnings = match check_rules(text) {
+            Ok(w) => w,
             Err(r) => {
-                if let Err(e) =
-                    store.audit(&caller.name, "rules.push.refused", "invalid rule set", current)
-                {
-                    return internal(e);
-                }
-                return r;
+                store
+                    .audit(&caller.name, "rules.push.refused", "invalid rule set", current)
+                    .or_500()?;
+                return Err(r.into());
             }
-            Ok(warnings) => match store.add(text, &caller.name, "push") {
-                Ok(v) => {
-                    let detail = format!(
-                        "{} bytes, {} warnings, sha256 {}",
-                        text.len(),
-                        warnings.len(),
-                        crate::evidence::text_sha256(text)
-                    );
-                    if let Err(e) = store.audit(&caller.name, "rules.push", &detail, Some(v)) {
-                        return internal(e);
-                    }
-                    (v, warnings)
-                }
-                Err(e) => return internal(e),
-            },
-        }
+        };
+        let v = store.add(text, &caller.name, "push").or_500()?;
+        let detail = format!(
+            "{} bytes, {} warnings, sha256 {}",
+            text.len(),
+            warnings.len(),
+            crate::evidence::text_sha256(text)
+        );
+        store.audit(&caller.name, "rules.push", &detail, Some(v)).or_500()?;
+        (v, warnings)
     };
-    let (v, warnings) = accepted;
     tracing::info!(version = v, by = %caller.name, "rule set accepted");
     let pushed = s.links.push_policy(v, text, PUSH_WAIT).await;
-    axum::Json(json!({ "version": v, "warnings": warnings, "dataplanes": pushed })).into_response()
+    Ok(json!({ "version": v, "warnings": warnings, "dataplanes": pushed }))
 }
 
-async fn history(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    reply(lock!(s.rules).history())
+async fn history(State(s): State<Shared>, _: Authed<needs::Read>) -> ApiResult {
+    Ok(axum::Json(lock!(s.rules).history().or_500()?).into_response())
 }
 
 async fn diff(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+) -> ApiResult {
     let num = |k: &str| q.get(k).map(|v| v.parse::<i64>());
     let store = lock!(s.rules);
     let (Some(Ok(from)), to) = (num("from"), num("to")) else {
-        return error(
+        return refuse(
             StatusCode::BAD_REQUEST,
             "from=VERSION is required (to= defaults to the current one)",
         );
     };
     let to = match to {
         Some(Ok(t)) => Some(t),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "to must be a version number"),
+        Some(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "to must be a version number"),
         None => store.current().ok().flatten().map(|v| v.version),
     };
     let get = |v: Option<i64>| v.and_then(|v| store.get(v).ok().flatten());
     let (Some(a), Some(b)) = (get(Some(from)), get(to)) else {
-        return error(StatusCode::NOT_FOUND, "no such version");
+        return refuse(StatusCode::NOT_FOUND, "no such version");
     };
     let policy = |t: &str| compile("rules.toml", t, &ShippedOnly).map(|c| c.policy);
-    match (policy(&a.text), policy(&b.text)) {
-        (Ok(pa), Ok(pb)) => axum::Json(json!({ "from": a.version, "to": b.version,
-                                               "diff": sluice_rules::diff::diff(&pa, &pb) }))
-        .into_response(),
-        _ => internal("a stored rule set no longer compiles"),
-    }
+    let (Ok(pa), Ok(pb)) = (policy(&a.text), policy(&b.text)) else {
+        return Err(internal("a stored rule set no longer compiles").into());
+    };
+    let diff = sluice_rules::diff::diff(&pa, &pb);
+    Ok(axum::Json(json!({ "from": a.version, "to": b.version, "diff": diff })).into_response())
 }
 
-async fn rollback(State(s): State<Shared>, h: HeaderMap, Path(version): Path<i64>) -> Response {
-    let caller = match authorize(&s, &h, Need::Admin) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn rollback(
+    State(s): State<Shared>,
+    Authed { caller, .. }: Authed<needs::Admin>,
+    Path(version): Path<i64>,
+) -> ApiResult {
     let _push = s.push_lock.lock().await;
     let (v, text) = {
         let mut store = lock!(s.rules);
         let Some(old) = store.get(version).ok().flatten() else {
-            return error(StatusCode::NOT_FOUND, "no such version");
+            return refuse(StatusCode::NOT_FOUND, "no such version");
         };
-        if let Err(r) = check_rules(&old.text) {
-            return r;
-        }
-        let v = match store.add(&old.text, &caller.name, &format!("rollback to {version}")) {
-            Ok(v) => v,
-            Err(e) => return internal(e),
-        };
-        if let Err(e) = store.audit(
-            &caller.name,
-            "rules.rollback",
-            &format!("to version {version}, sha256 {}", crate::evidence::text_sha256(&old.text)),
-            Some(v),
-        ) {
-            return internal(e);
-        }
+        check_rules(&old.text)?;
+        let v = store.add(&old.text, &caller.name, &format!("rollback to {version}")).or_500()?;
+        let detail =
+            format!("to version {version}, sha256 {}", crate::evidence::text_sha256(&old.text));
+        store.audit(&caller.name, "rules.rollback", &detail, Some(v)).or_500()?;
         (v, old.text)
     };
     let pushed: Vec<PushResult> = s.links.push_policy(v, &text, PUSH_WAIT).await;
-    axum::Json(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
-        .into_response()
+    Ok(axum::Json(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
+        .into_response())
 }

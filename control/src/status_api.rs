@@ -5,13 +5,12 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{authorize, authorize_any, error, lock, reply};
-use crate::auth::Need;
+use crate::api::{Authed, error, lock, needs, reply};
 use crate::state::{AppState, Shared};
 use crate::store::Kind;
 
@@ -26,20 +25,14 @@ pub fn routes() -> Router<Shared> {
         .route("/metrics", get(metrics))
 }
 
-async fn health(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
-        return r;
-    }
+async fn health(State(s): State<Shared>, _: Authed<needs::ReadOrFeed>) -> Response {
     let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
     axum::Json(json!({ "status": "ok", "rules_version": version,
                        "uptime_s": s.started.elapsed().as_secs() }))
     .into_response()
 }
 
-async fn ca_pem(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+async fn ca_pem(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
     match &s.ca_pem {
         Some(p) => ([(header::CONTENT_TYPE, "application/x-pem-file")], p.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, "no enterprise CA is configured"),
@@ -57,10 +50,7 @@ fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
     all
 }
 
-async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+async fn status(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
     let version = lock!(s.rules).current().ok().flatten().map(|v| v.version);
     let (flows, requests) = {
         let st = lock!(s.flows);
@@ -78,27 +68,18 @@ async fn status(State(s): State<Shared>, h: HeaderMap) -> Response {
     .into_response()
 }
 
-async fn openapi(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize_any(&s, &h, &[Need::Read, Need::Feed]) {
-        return r;
-    }
+async fn openapi(_: Authed<needs::ReadOrFeed>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-async fn audit(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Evidence) {
-        return r;
-    }
+async fn audit(State(s): State<Shared>, _: Authed<needs::Evidence>) -> Response {
     reply(lock!(s.rules).audit_log(1000))
 }
 
-async fn metrics(State(s): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
+async fn metrics(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
     let version = lock!(s.rules).current().ok().flatten().map_or(0, |v| v.version);
     let (flows, requests, hosts_per_app) = {
         let mut st = lock!(s.flows);

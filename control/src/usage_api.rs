@@ -6,13 +6,12 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
-use crate::api::{Shared, authorize, error, internal};
-use crate::auth::Need;
+use crate::api::{ApiResult, Authed, OrInternal, Shared, needs, refuse};
 use crate::records_api::{only_params, since_param};
 use crate::store::UsageBy;
 
@@ -23,15 +22,10 @@ pub fn routes() -> Router<Shared> {
 
 async fn usage(
     State(s): State<Shared>,
-    h: HeaderMap,
+    _: Authed<needs::Read>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = authorize(&s, &h, Need::Read) {
-        return r;
-    }
-    if let Err(r) = only_params(&q, &["by", "since"]) {
-        return r;
-    }
+) -> ApiResult {
+    only_params(&q, &["by", "since"])?;
     let by = match q.get("by").map_or("identity", String::as_str) {
         "identity" => UsageBy::Identity,
         "user" => UsageBy::User,
@@ -39,19 +33,14 @@ async fn usage(
         "model" => UsageBy::Model,
         "virtual_key" => UsageBy::VirtualKey,
         other => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("by={other}: expected identity, user, sni, model or virtual_key"),
             );
         }
     };
-    let since = match since_param(&q) {
-        Ok(s) => s.unwrap_or_else(|| crate::link::now_s().saturating_sub(86_400) * 1000),
-        Err(r) => return r,
-    };
-    let rows = s.flows.lock().unwrap_or_else(|p| p.into_inner()).usage(since, by);
-    match rows {
-        Ok(rows) => axum::Json(json!({ "since_ms": since, "rows": rows })).into_response(),
-        Err(e) => internal(e),
-    }
+    let since =
+        since_param(&q)?.unwrap_or_else(|| crate::link::now_s().saturating_sub(86_400) * 1000);
+    let rows = s.flows.lock().unwrap_or_else(|p| p.into_inner()).usage(since, by).or_500()?;
+    Ok(axum::Json(json!({ "since_ms": since, "rows": rows })).into_response())
 }
