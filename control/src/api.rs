@@ -170,13 +170,31 @@ pub(crate) fn authorize(s: &AppState, headers: &HeaderMap, need: Need) -> Result
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return Err(r);
     };
-    if !caller.role.allows(need) {
-        let why = format!("the {} role may not do this", caller.role.as_str());
-        audit_refusal(s, &caller.name, &why, need);
-        return Err(error(StatusCode::FORBIDDEN, why));
+    match permit(s, &caller, &[need]) {
+        Ok(()) => Ok(caller),
+        Err(why) => Err(error(StatusCode::FORBIDDEN, why)),
     }
-    audit_use(s, &caller, need);
-    Ok(caller)
+}
+
+/// Whether `caller`'s role allows one of `needs` (the API's and the console's check): the
+/// use, or the refusal and why, goes to the audit log as [`authorize`] says.
+pub(crate) fn permit(s: &AppState, caller: &Caller, needs: &[Need]) -> Result<(), String> {
+    match needs.iter().copied().find(|n| caller.role.allows(*n)) {
+        Some(need) => {
+            audit_use(s, caller, need);
+            Ok(())
+        }
+        None => {
+            let why = format!("the {} role may not do this", caller.role.as_str());
+            audit_refusal(s, &caller.name, &why, needs.first().copied().unwrap_or(Need::Admin));
+            Err(why)
+        }
+    }
+}
+
+/// A refused login (the console's), written to the audit log as a refused call is.
+pub(crate) fn audit_failed_login(s: &AppState) {
+    audit_refusal(s, "unknown", "console login with an invalid token", Need::Any);
 }
 
 /// [`authorize`] for a call any of `needs` allows (audited once).
@@ -324,9 +342,9 @@ pub const ROUTES: &[&str] = &[
     "GET /metrics",
 ];
 
-/// The API's routes.
+/// The API's routes, and the console's (whose errors are pages, not JSON).
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let api = Router::new()
         .merge(crate::status_api::routes())
         .merge(crate::rules_api::routes())
         .merge(crate::records_api::routes())
@@ -339,9 +357,10 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::audit_api::routes())
         .merge(crate::evidence_api::routes())
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors));
+    api.merge(crate::console::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(declared_too_long))
-        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 

@@ -17,7 +17,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_link::{Decision, Grant};
 
-use crate::api::{ApiResult, Authed, OrInternal, Shared, error, internal, needs, refuse};
+use crate::api::{
+    ApiError, ApiResult, AppState, Authed, OrInternal, Shared, error, internal, needs, refuse,
+};
+use crate::auth::Caller;
 use crate::records_api::{limit_param, only_params};
 
 /// Longest approval for a while (minutes): a day.
@@ -117,42 +120,63 @@ async fn decide(
     Authed { caller, .. }: Authed<needs::Approve>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let b: Body = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "expected {{\"decision\": \"approve\" | \"deny\", \"minutes\", \"reason\"}}: {e}"
-                ),
-            );
-        }
-    };
+) -> ApiResult {
+    let b: Body = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected {{\"decision\": \"approve\" | \"deny\", \"minutes\", \"reason\"}}: {e}"
+            ),
+        )
+    })?;
     let approved = match b.decision.as_str() {
         "approve" => true,
         "deny" => false,
         other => {
-            return error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("decision {other:?}: expected approve or deny"),
             );
         }
     };
+    let ruling = Ruling { approved, minutes: b.minutes, reason: b.reason };
+    Ok(axum::Json(rule_on(&s, &caller, &id, ruling)?).into_response())
+}
+
+/// A reviewer's decision on a held request.
+#[derive(Debug)]
+pub(crate) struct Ruling {
+    /// Approve (true) or deny.
+    pub approved: bool,
+    /// How long an approval lasts for the requester (minutes), beyond this request.
+    pub minutes: Option<u32>,
+    /// Why (trimmed, at most [`MAX_REASON`] characters, control characters refused).
+    pub reason: Option<String>,
+}
+
+/// Decides held request `id` (the API's and the console's): checks the ruling, sends it to
+/// the data plane holding the request and audits it; the reply is the approval and which
+/// data planes it was delivered to.
+pub(crate) fn rule_on(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    b: Ruling,
+) -> Result<serde_json::Value, ApiError> {
+    let approved = b.approved;
     if let Some(m) = b.minutes
         && (!approved || m == 0 || m > MAX_GRANT_MINUTES)
     {
-        return error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("minutes: 1 to {MAX_GRANT_MINUTES}, with an approval only"),
-        );
+        ));
     }
     let reason = b.reason.map(|r| r.trim().chars().take(MAX_REASON).collect::<String>());
     let reason = reason.filter(|r| !r.is_empty() && !r.chars().any(char::is_control));
-    let current = match s.approvals.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
-        Ok(Some(a)) => a,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no approval {id}")),
-        Err(e) => return internal(e),
+    let current = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).get(id).or_500()?;
+    let Some(current) = current else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no approval {id}")));
     };
     // A wait that ended without the data plane saying so (it went away) is over anyway.
     let ends = current.request["ts_ms"]
@@ -160,36 +184,32 @@ async fn decide(
         .unwrap_or(0)
         .saturating_add(current.request["timeout_s"].as_u64().unwrap_or(0).saturating_mul(1000));
     if current.state == "pending" && ends < crate::link::now_ms() {
-        let _ = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).ended(&id, "timeout");
-        s.prompts.forget(&id);
-        return error(StatusCode::CONFLICT, format!("approval {id} no longer waits (timeout)"));
+        let _ = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).ended(id, "timeout");
+        s.prompts.forget(id);
+        let why = format!("approval {id} no longer waits (timeout)");
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
     }
     if let (Some(me), Some(them)) = (caller.user.as_deref(), current.user())
         && me.eq_ignore_ascii_case(them)
     {
-        return error(StatusCode::FORBIDDEN, "a reviewer cannot decide a request of their own");
+        let why = "a reviewer cannot decide a request of their own";
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
     }
     let decided = s.approvals.lock().unwrap_or_else(|p| p.into_inner()).decide(
-        &id,
+        id,
         approved,
         &caller.name,
         reason.as_deref(),
         b.minutes,
     );
-    let a = match decided {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("approval {id} no longer waits ({})", current.state),
-            );
-        }
-        Err(e) => return internal(e),
+    let Some(a) = decided.or_500()? else {
+        let why = format!("approval {id} no longer waits ({})", current.state);
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
     };
-    s.prompts.forget(&id);
+    s.prompts.forget(id);
     let text = |k: &str| a.request.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let Some(decision) = decision_of(&a) else {
-        return internal(format!("approval {id}: decided, and no decision to send"));
+        return Err(internal(format!("approval {id}: decided, and no decision to send")).into());
     };
     let delivered = s.links.push_decision(&decision);
     let detail = json!({
@@ -203,8 +223,9 @@ async fn decide(
         &detail.to_string(),
         None,
     ) {
-        return internal(format!("{action} {id}: decided and sent, not audited: {e}"));
+        let e = format!("{action} {id}: decided and sent, not audited: {e}");
+        return Err(internal(e).into());
     }
     tracing::info!(%id, by = %caller.name, approved, delivered, "approval decided");
-    axum::Json(json!({ "approval": a, "delivered_to": delivered })).into_response()
+    Ok(json!({ "approval": a, "delivered_to": delivered }))
 }

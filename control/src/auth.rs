@@ -122,7 +122,12 @@ impl Tokens {
         if token.is_empty() {
             return None;
         }
-        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_hash(&Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The caller of the token whose SHA-256 is `h` (a console session keeps the hash, never
+    /// the token, and looks its caller up again on every request).
+    pub fn by_hash(&self, h: &[u8; 32]) -> Option<Caller> {
         let mut found = None;
         // Every entry is compared, each in constant time.
         for (stored, caller) in &self.entries {

@@ -112,6 +112,8 @@ pub(crate) struct Ask<'a> {
     pub since_ms: Option<i64>,
     /// Records before this Unix ms.
     pub until_ms: Option<i64>,
+    /// Rows after this id only (no block below its block is read).
+    pub after_id: Option<i64>,
 }
 
 impl Ask<'_> {
@@ -143,6 +145,10 @@ pub(crate) fn candidates(
     };
     sql.push_str(" AND d.block <= ?");
     args.push(top.into());
+    if let Some(after) = ask.after_id {
+        sql.push_str(" AND d.block >= ?");
+        args.push(block_of(after).into());
+    }
     for (code, value) in ask.terms.iter().skip(1) {
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM {t}_terms o WHERE o.col = ? AND o.value = ? AND o.block = d.block)"

@@ -36,7 +36,17 @@ async fn export(
     Authed { caller, .. }: Authed<needs::Evidence>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    only_params(&q, &["since", "until", "recordings"])?;
+    export_for(&s, &caller, &q).await
+}
+
+/// The export of `q` (`since`, `until`, `recordings`) as a download, made for `caller` (the
+/// API's and the console's).
+pub(crate) async fn export_for(
+    s: &Shared,
+    caller: &crate::auth::Caller,
+    q: &HashMap<String, String>,
+) -> ApiResult {
+    only_params(q, &["since", "until", "recordings"])?;
     let recordings = match q.get("recordings").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,

@@ -121,6 +121,7 @@ pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response
         dataplane: text("dataplane"),
         app: text("app"),
         operation: text("operation"),
+        after_id: None,
     })
 }
 

@@ -40,15 +40,41 @@ fn diag_json(d: &Diagnostic) -> Value {
 fn check_rules(text: &str) -> Result<Vec<Value>, Response> {
     match compile("rules.toml", text, &ShippedOnly) {
         Ok(c) => Ok(c.warnings.iter().map(diag_json).collect()),
-        Err(diags) => Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({
-                "error": "the rule set is invalid",
-                "errors": diags.iter().filter(|d| d.severity == Severity::Error).map(diag_json).collect::<Vec<_>>(),
-                "warnings": diags.iter().filter(|d| d.severity != Severity::Error).map(diag_json).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response()),
+        Err(diags) => Err(invalid(&diags)),
+    }
+}
+
+/// The 422 of an invalid rule set: its errors and warnings at their lines.
+fn invalid(diags: &[Diagnostic]) -> Response {
+    let of = |error: bool| -> Vec<Value> {
+        diags.iter().filter(|d| (d.severity == Severity::Error) == error).map(diag_json).collect()
+    };
+    let body =
+        json!({ "error": "the rule set is invalid", "errors": of(true), "warnings": of(false) });
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+}
+
+/// Why a push was not made.
+#[derive(Debug)]
+pub(crate) enum PushRefused {
+    /// The rule set does not compile: its diagnostics (the refusal is audited).
+    Invalid(Vec<Diagnostic>),
+    /// Anything else.
+    Failed(ApiError),
+}
+
+impl From<ApiError> for PushRefused {
+    fn from(e: ApiError) -> PushRefused {
+        PushRefused::Failed(e)
+    }
+}
+
+impl From<PushRefused> for ApiError {
+    fn from(r: PushRefused) -> ApiError {
+        match r {
+            PushRefused::Invalid(diags) => invalid(&diags).into(),
+            PushRefused::Failed(e) => e,
+        }
     }
 }
 
@@ -82,7 +108,7 @@ async fn put_rules(
 /// Stores, audits and sends a rule set to every data plane (the API's push and the
 /// console's): the reply lists the data planes' answers; an invalid set is refused (422,
 /// with its errors at their lines) and the refusal audited.
-pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Value, ApiError> {
+pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Value, PushRefused> {
     let _push = s.push_lock.lock().await;
     let same = lock!(s.rules).current().ok().flatten().filter(|c| c.text == text);
     if let Some(c) = same {
@@ -94,13 +120,13 @@ pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Va
     let (v, warnings) = {
         let mut store = lock!(s.rules);
         let current = store.current().ok().flatten().map(|v| v.version);
-        let warnings = match check_rules(text) {
-            Ok(w) => w,
-            Err(r) => {
+        let warnings: Vec<Value> = match compile("rules.toml", text, &ShippedOnly) {
+            Ok(c) => c.warnings.iter().map(diag_json).collect(),
+            Err(diags) => {
                 store
                     .audit(&caller.name, "rules.push.refused", "invalid rule set", current)
                     .or_500()?;
-                return Err(r.into());
+                return Err(PushRefused::Invalid(diags));
             }
         };
         let v = store.add(text, &caller.name, "push").or_500()?;
@@ -157,11 +183,21 @@ async fn rollback(
     Authed { caller, .. }: Authed<needs::Admin>,
     Path(version): Path<i64>,
 ) -> ApiResult {
+    Ok(axum::Json(roll_back(&s, &caller, version).await?).into_response())
+}
+
+/// Makes version `version` current again as a new version (the API's rollback and the
+/// console's), audited and sent to every data plane.
+pub(crate) async fn roll_back(
+    s: &AppState,
+    caller: &Caller,
+    version: i64,
+) -> Result<Value, ApiError> {
     let _push = s.push_lock.lock().await;
     let (v, text) = {
         let mut store = lock!(s.rules);
         let Some(old) = store.get(version).ok().flatten() else {
-            return refuse(StatusCode::NOT_FOUND, "no such version");
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no such version"));
         };
         check_rules(&old.text)?;
         let v = store.add(&old.text, &caller.name, &format!("rollback to {version}")).or_500()?;
@@ -171,6 +207,5 @@ async fn rollback(
         (v, old.text)
     };
     let pushed: Vec<PushResult> = s.links.push_policy(v, &text, PUSH_WAIT).await;
-    Ok(axum::Json(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
-        .into_response())
+    Ok(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
 }

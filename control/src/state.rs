@@ -45,6 +45,8 @@ pub struct AppState {
     pub ca_pem: Option<String>,
     /// Start time.
     pub started: Instant,
+    /// The console's sessions (memory only).
+    pub console: crate::console::Sessions,
     /// Evidence: the checkpoint signer and where the record store is (verification reads it
     /// on its own connection).
     pub audit: AuditState,
@@ -107,6 +109,7 @@ impl AppState {
             push_lock: tokio::sync::Mutex::new(()),
             ca_pem,
             started: Instant::now(),
+            console: Default::default(),
             audit: AuditState::default(),
         }
     }

@@ -40,7 +40,7 @@ async fn ca_pem(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
 }
 
 /// The data planes' status, each flagged by whether it enforces control's current rule set.
-fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
+pub(crate) fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
     let current =
         lock!(s.rules).current().ok().flatten().map(|v| crate::evidence::text_sha256(&v.text));
     let mut all = s.links.status();

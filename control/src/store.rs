@@ -92,6 +92,8 @@ pub struct FlowFilter {
     pub app: Option<String>,
     /// Operation (request records).
     pub operation: Option<String>,
+    /// Records stored after this row id (the console's live tail).
+    pub after_id: Option<i64>,
 }
 
 /// Which records.
@@ -117,6 +119,8 @@ impl Kind {
 pub struct Page {
     /// The records.
     pub records: Vec<Value>,
+    /// Their row ids (the console links a record's detail by it).
+    pub ids: Vec<i64>,
     /// Pass as `before` to get the next page; `None` at the end.
     pub next: Option<i64>,
 }
@@ -220,6 +224,10 @@ impl FlowStore {
         }
         conn.execute_batch(crate::inventory::SCHEMA)?;
         conn.execute_batch(crate::inventory_pending::SCHEMA)?;
+        conn.execute_batch(crate::series::SCHEMA)?;
+        if crate::series::migrate(&mut conn)? {
+            tracing::info!("record store: the console's counts per minute filled from the records");
+        }
         let recordings_by_seq = crate::recordings::migrate(&conn)?;
         crate::chainstore::migrate(&conn)?;
         Ok(FlowStore {
@@ -276,6 +284,7 @@ impl FlowStore {
         self.inventory.sync(&tx)?;
         let mut fresh = Vec::with_capacity(rows.len());
         let mut blocks = crate::blocks::Additions::default();
+        let mut tally = crate::series::Tally::default();
         {
             let mut flows = tx.prepare_cached(
                 "INSERT OR IGNORE INTO flows
@@ -350,11 +359,13 @@ impl FlowStore {
                         Some(dataplane),
                     ];
                     blocks.add(table, tx.last_insert_rowid(), ts, values);
+                    tally.add(r);
                 }
                 fresh.push(n == 1);
             }
         }
         blocks.write(&tx)?;
+        tally.write(&tx)?;
         // Recordings' bytes are in their files before the rows naming them are stored (they
         // reach the disk as a group commit: `sealed_files`).
         if let Some(f) = self.sealed.as_mut() {
@@ -548,7 +559,7 @@ impl FlowStore {
         limit: usize,
     ) -> Result<Page, StoreError> {
         if f.detector.is_some() && kind == Kind::Flows {
-            return Ok(Page { records: Vec::new(), next: None });
+            return Ok(Page { records: Vec::new(), ids: Vec::new(), next: None });
         }
         // The query's conditions, each row checked against all of them.
         let mut sql = String::new();
@@ -585,10 +596,14 @@ impl FlowStore {
         if let Some(d) = &f.detector {
             add(" AND detectors LIKE ? ESCAPE '\\'", like_item(d).into());
         }
+        if let Some(a) = f.after_id {
+            add(" AND id > ?", a.into());
+        }
         let limit = limit.clamp(1, 10_000);
         // Exact indexes serve `src` and `user`; otherwise the block index narrows the rows
         // read when the query names a value it holds or a time window.
         let mut ask = crate::blocks::Ask {
+            after_id: f.after_id,
             since_ms: f.since_ms.map(i),
             until_ms: f.until_ms.map(i),
             ..Default::default()
@@ -624,12 +639,13 @@ impl FlowStore {
         };
         let more = rows.len() > limit;
         let mut records = Vec::with_capacity(rows.len().min(limit));
-        let mut last_id = None;
+        let mut ids = Vec::with_capacity(rows.len().min(limit));
         for (id, rec) in rows.into_iter().take(limit) {
             records.push(serde_json::from_str(&rec)?);
-            last_id = Some(id);
+            ids.push(id);
         }
-        Ok(Page { records, next: if more { last_id } else { None } })
+        let next = ids.last().copied().filter(|_| more);
+        Ok(Page { records, ids, next })
     }
 
     /// Up to `want` rows (id, record) matching `conds` (the query's conditions, each row
@@ -747,6 +763,7 @@ impl FlowStore {
             )? as u64;
         }
         crate::blocks::prune(&tx)?;
+        crate::series::prune(&tx, older_than_ms)?;
         n += crate::inventory::prune(&tx, older_than_ms, &self.inventory.known)?;
         self.inventory.pruned(&tx)?;
         tx.commit()?;

@@ -1,0 +1,213 @@
+//! The console over real HTTPS, as a browser speaks to it (curl with cookies and the headers
+//! htmx sends): login, the session cookie, roles exactly as in the API, CSRF, pushes with
+//! errors at their lines. The lab's browser test (tests/e2e/test_console.py) drives the same
+//! pages in Chromium.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+use common::*;
+
+/// A response: status, headers (lower-cased names) and body.
+struct Resp {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A request with `headers`, `form` as an urlencoded body (curl encodes each `k=v`).
+fn http(d: &Daemon, method: &str, path: &str, headers: &[&str], form: &[&str]) -> Resp {
+    let cert = d.dir.join("state").join("api.crt");
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-i", "--cacert"]).arg(&cert).args([
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", d.port),
+        "-X",
+        method,
+    ]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    for f in form {
+        c.args(["--data-urlencode", f]);
+    }
+    let out = c.arg(format!("https://localhost:{}{path}", d.port)).output().unwrap();
+    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let code = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Resp { code, headers, body: body.to_owned() }
+}
+
+/// Logs in with `token`: the cookie header to send, and the page's CSRF token.
+fn login(d: &Daemon, token: &str) -> (String, String) {
+    let origin = format!("Origin: https://localhost:{}", d.port);
+    let r = http(d, "POST", "/console/login", &[&origin], &[&format!("token={token}")]);
+    assert_eq!(r.code, 303, "{}", r.body);
+    let set = r.header("set-cookie").unwrap().to_owned();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let cookie = format!("Cookie: {}", set.split(';').next().unwrap());
+    let page = http(d, "GET", r.header("location").unwrap(), &[&cookie], &[]);
+    assert_eq!(page.code, 200, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    (cookie, csrf)
+}
+
+/// The CSRF token a page gives htmx (`hx-headers` on its body, HTML-escaped JSON).
+fn csrf_of(page: &str) -> String {
+    let at = page.find("X-CSRF-Token&quot;:&quot;").unwrap() + "X-CSRF-Token&quot;:&quot;".len();
+    page[at..].split("&quot;").next().unwrap().to_owned()
+}
+
+#[test]
+fn console_login_roles_csrf_and_push() {
+    let d = start();
+    let origin = format!("Origin: https://localhost:{}", d.port);
+
+    // Not logged in: pages go to the login; htmx is told to go there.
+    let r = http(&d, "GET", "/console/flows", &[], &[]);
+    assert_eq!((r.code, r.header("location")), (303, Some("/console/login")));
+    let r = http(&d, "GET", "/console/flows/tail?after=0", &["HX-Request: true"], &[]);
+    assert_eq!((r.code, r.header("hx-redirect")), (401, Some("/console/login")));
+    let r = http(&d, "GET", "/console/login", &[], &[]);
+    assert_eq!(r.code, 200);
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+
+    // A wrong token, and a right one from another site, are refused.
+    let r = http(&d, "POST", "/console/login", &[&origin], &["token=nope"]);
+    assert_eq!(r.code, 401);
+    assert!(r.body.contains("not valid"), "{}", r.body);
+    let r = http(
+        &d,
+        "POST",
+        "/console/login",
+        &["Sec-Fetch-Site: cross-site"],
+        &[&format!("token={ADMIN}")],
+    );
+    assert_eq!(r.code, 403);
+    assert!(r.header("set-cookie").is_none());
+
+    // The analyst: reads, sees no push, may not push or read the audit log here either.
+    let (cookie, csrf) = login(&d, ANALYST);
+    let x = format!("X-CSRF-Token: {csrf}");
+    for page in [
+        "/console/",
+        "/console/flows",
+        "/console/requests",
+        "/console/rules",
+        "/console/inventory",
+        "/console/identities",
+    ] {
+        let r = http(&d, "GET", page, &[&cookie], &[]);
+        assert_eq!(r.code, 200, "{page}: {}", r.body);
+        assert!(!r.body.contains("push-button"), "{page}");
+        assert!(!r.body.contains("href=\"/console/audit\""), "{page}: no audit link for analysts");
+    }
+    assert_eq!(http(&d, "GET", "/console/audit", &[&cookie], &[]).code, 403);
+    assert_eq!(http(&d, "GET", "/console/approvals", &[&cookie], &[]).code, 403);
+    let default = rules(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/default.toml")));
+    let text = format!("text={default}");
+    let r = http(&d, "POST", "/console/rules/push", &[&cookie, &x, &origin], &[&text]);
+    assert_eq!(r.code, 403, "{}", r.body);
+    assert_eq!(call(&d, "PUT", "/v1/rules", Some(ANALYST), Some(&default)).0, 403);
+
+    // The admin: without the CSRF token, or from another origin, a push is refused.
+    let (cookie, csrf) = login(&d, ADMIN);
+    let x = format!("X-CSRF-Token: {csrf}");
+    let r = http(&d, "GET", "/console/rules", &[&cookie], &[]);
+    assert!(r.body.contains("push-button"), "admins see the push");
+    assert_eq!(http(&d, "POST", "/console/rules/push", &[&cookie], &[&text]).code, 403);
+    let wrong = "X-CSRF-Token: not-the-token";
+    assert_eq!(http(&d, "POST", "/console/rules/push", &[&cookie, wrong], &[&text]).code, 403);
+    let evil = "Origin: https://evil.example";
+    assert_eq!(http(&d, "POST", "/console/rules/push", &[&cookie, &x, evil], &[&text]).code, 403);
+    assert_eq!(call(&d, "GET", "/v1/rules", Some(ADMIN), None).0, 404, "nothing was pushed");
+
+    // A broken rule set: the error at its line, nothing pushed; then a good push.
+    let broken =
+        default.replace("action = \"block\"\ndescription", "action = \"blok\"\ndescription");
+    let line = broken.lines().position(|l| l.contains("\"blok\"")).unwrap() + 1;
+    let r = http(
+        &d,
+        "POST",
+        "/console/rules/push",
+        &[&cookie, &x, &origin],
+        &[&format!("text={broken}")],
+    );
+    assert_eq!(r.code, 422, "{}", r.body);
+    assert!(r.body.contains(&format!("line {line}, column")), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("id=\"line-{line}\" class=\"marked\""))
+            || r.body.contains(&format!("class=\"marked\" id=\"line-{line}\"")),
+        "{}",
+        r.body
+    );
+    assert_eq!(call(&d, "GET", "/v1/rules", Some(ADMIN), None).0, 404);
+    let r = http(&d, "POST", "/console/rules/push", &[&cookie, &x, &origin], &[&text]);
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(r.body.contains("Pushed as version 1"), "{}", r.body);
+    let (_, body) = call(&d, "GET", "/v1/rules", Some(ADMIN), None);
+    assert_eq!(json(&body)["text"].as_str(), Some(default.as_str()), "CRLF-free, as sent");
+
+    // Filters: a malformed one says which; records' pages answer.
+    let r = http(&d, "GET", "/console/flows?since=yesterdayish", &[&cookie], &[]);
+    assert_eq!(r.code, 400);
+    assert!(r.body.contains("since:"), "{}", r.body);
+    let r = http(&d, "GET", "/console/requests?live=1&verdict=block", &[&cookie], &[]);
+    assert!(r.code == 200 && r.body.contains("id=\"tail\""), "{}", r.body);
+    let r = http(
+        &d,
+        "GET",
+        "/console/flows/tail?after=0&verdict=block",
+        &[&cookie, "HX-Request: true"],
+        &[],
+    );
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(http(&d, "GET", "/console/flows/999", &[&cookie], &[]).code, 404);
+
+    // Assets are embedded; pages are never cached.
+    let r = http(&d, "GET", "/console/assets/htmx.min.js", &[], &[]);
+    assert_eq!((r.code, r.header("content-type")), (200, Some("text/javascript")));
+    assert_eq!(http(&d, "GET", "/console/assets/nope.js", &[], &[]).code, 404);
+    assert_eq!(
+        http(&d, "GET", "/console/", &[&cookie], &[]).header("cache-control"),
+        Some("no-store")
+    );
+
+    // Logging out ends the session.
+    let r = http(&d, "POST", "/console/logout", &[&cookie, &x, &origin], &[]);
+    assert_eq!((r.code, r.header("hx-redirect")), (200, Some("/console/login")));
+    assert_eq!(http(&d, "GET", "/console/", &[&cookie], &[]).code, 303);
+
+    // The audit log: logins, the refused login and push; never a token.
+    let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
+    let actions: Vec<String> = json(&body)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    for a in
+        ["console.login", "console.logout", "rules.push", "rules.push.refused", "token.refused"]
+    {
+        assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
+    }
+    assert!(!body.contains(ADMIN) && !body.contains(ANALYST), "tokens never reach the log");
+}
