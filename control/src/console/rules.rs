@@ -59,7 +59,7 @@ pub(super) async fn page(
                         (current.as_ref().map_or("", |c| c.text.as_str()))
                     }
                     div.actions {
-                        button type="submit" hx-post="/console/rules/validate" hx-target="#result" { "Validate" }
+                        button type="button" hx-post="/console/rules/validate" hx-target="#result" { "Validate" }
                         button.primary #push-button type="submit" { "Push to every data plane" }
                     }
                 }

@@ -31,8 +31,9 @@ const NAV: &[(&str, &str, &[Need])] = &[
 ];
 
 /// htmx's settings: no inline styles (the CSP forbids them), no eval, no script tags in
-/// swapped content.
-const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0}"#;
+/// swapped content; refusals (4xx, 5xx) are swapped into their target like answers, since
+/// they are the page's message (an invalid rule set's errors at their lines).
+const HTMX_CONFIG: &str = r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0,"responseHandling":[{"code":"204","swap":false},{"code":"[2345]..","swap":true,"error":false}]}"#;
 
 fn head(title: &str, charts: bool) -> Markup {
     let v = env!("CARGO_PKG_VERSION");
