@@ -117,7 +117,7 @@ class Console(unittest.TestCase):
 
         # Validating the good text says so; the history and a diff show.
         page.fill("section.push textarea", before)
-        page.click("text=Validate")
+        page.click("button:has-text('Validate')")
         expect(page.locator("#result p.ok")).to_contain_text("Valid")
         code, body = api("GET", "/v1/rules/history", "SLUICE_ANALYST_TOKEN")
         versions = [v["version"] for v in json.loads(body)]

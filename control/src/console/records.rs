@@ -130,7 +130,7 @@ fn rows(kind: Kind, page: &Page) -> Markup {
     let cols = columns(kind);
     html! {
         @for (id, r) in page.ids.iter().zip(&page.records) {
-            tr class=[(field(r, "verdict") == "block").then_some("blocked")] {
+            tr data-id=(id) class=[(field(r, "verdict") == "block").then_some("blocked")] {
                 @for (k, _) in cols {
                     @if *k == "ts_ms" {
                         td { a href={ (base(kind)) "/" (id) } { (field(r, k)) } }

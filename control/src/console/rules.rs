@@ -77,7 +77,7 @@ pub(super) async fn page(
 fn history_table(all: &[RuleVersion], current: Option<i64>, admin: bool) -> Markup {
     html! {
         table.history {
-            thead { tr { th { "Version" } th { "When" } th { "By" } th { "How" } th { "SHA-256" } th {} } }
+            thead { tr { th { "Version" } th { "When" } th { "By" } th { "How" } th {} } }
             tbody {
                 @for r in all {
                     tr {
@@ -85,7 +85,6 @@ fn history_table(all: &[RuleVersion], current: Option<i64>, admin: bool) -> Mark
                         td { (view::time(u64::try_from(r.ts_ms).unwrap_or(0))) }
                         td { (r.author) }
                         td { (r.note) }
-                        td.hash { (crate::evidence::text_sha256(&r.text).get(..16).unwrap_or("")) "…" }
                         td.actions {
                             @if Some(r.version) != current {
                                 a href={ "/console/rules?from=" (r.version) } { "diff with current" }

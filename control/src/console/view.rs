@@ -43,6 +43,8 @@ fn head(title: &str, charts: bool) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config" content=(HTMX_CONFIG);
             title { "Sluice · " (title) }
+            // No icon to fetch (the browser would ask for /favicon.ico otherwise).
+            link rel="icon" href="data:,";
             link rel="stylesheet" href={ "/console/assets/console.css?v=" (v) };
             @if charts {
                 link rel="stylesheet" href={ "/console/assets/uPlot.min.css?v=" (v) };
