@@ -82,7 +82,8 @@ impl ApprovalStore {
     }
 
     /// A data plane holds `ticket` (again, after a reconnect: a request not yet decided is
-    /// pending again). The prompt is not stored. `false` when it was decided already.
+    /// pending again). The prompt is not stored. `false` when it was decided already. The
+    /// link takes only tickets whose id is well formed ([`valid_id`]).
     pub fn held(&mut self, dataplane: &str, ticket: &HoldTicket) -> Result<bool, StoreError> {
         let mut shown = ticket.clone();
         shown.prompt = None;
@@ -208,6 +209,14 @@ impl Prompts {
     }
 }
 
+/// Whether `id` is an approval id as data planes make them: `apr_` and 24 lower-case hex
+/// digits. Others are refused at the link: the id travels into URLs and page ids (the
+/// console), so a data plane must not choose what it holds.
+pub fn valid_id(id: &str) -> bool {
+    id.strip_prefix("apr_")
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +243,15 @@ mod tests {
     #[test]
     fn a_held_request_is_decided_once_and_its_prompt_is_never_stored() {
         let mut s = ApprovalStore::open_in_memory().unwrap();
+        assert!(valid_id("apr_0123456789abcdef01234567"));
+        for bad in [
+            "apr_1",
+            "apr_0123456789ABCDEF01234567",
+            "../rules/rollback/1",
+            "apr_0123456789abcdef0123456/",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
         assert!(s.held("dp", &ticket("apr_1", Some("secret prompt"))).unwrap());
         let a = s.get("apr_1").unwrap().unwrap();
         assert_eq!((a.state.as_str(), a.user()), ("pending", Some("alice@corp")));

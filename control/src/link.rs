@@ -518,6 +518,10 @@ async fn serve_up(
                     }
                 }
             }
+            UpMessage::Other(Up::Held { ticket }) if !crate::approvals::valid_id(&ticket.id) => {
+                // Never stored nor shown: the data plane's wait ends at its timeout (blocked).
+                tracing::warn!(dataplane = %name, "a held request with a malformed id: ignored");
+            }
             UpMessage::Other(Up::Held { ticket }) => {
                 let (st, n) = (state.clone(), name.to_owned());
                 let id = ticket.id.clone();

@@ -83,8 +83,8 @@ fn i(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Fills the table from the records of a store that had none (one pass over both tables).
-/// Returns true when it did.
+/// Fills the table from the records of a store that had none (one pass over both tables;
+/// records without a verdict count as not blocked). Returns true when it did.
 pub(crate) fn migrate(conn: &mut rusqlite::Connection) -> Result<bool, StoreError> {
     let has: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM series)", [], |r| r.get(0))?;
     let records: bool = conn.query_row(
@@ -98,10 +98,11 @@ pub(crate) fn migrate(conn: &mut rusqlite::Connection) -> Result<bool, StoreErro
     let tx = conn.transaction()?;
     tx.execute_batch(
         "INSERT INTO series (minute, flows, blocked)
-           SELECT ts_ms / 60000, COUNT(*), SUM(verdict = 'block') FROM flows GROUP BY 1;
+           SELECT ts_ms / 60000, COUNT(*), COALESCE(SUM(verdict = 'block'), 0)
+           FROM flows GROUP BY 1;
          INSERT INTO series (minute, requests, blocked, findings)
-           SELECT ts_ms / 60000, COUNT(*), SUM(verdict = 'block'),
-                  SUM(detectors IS NOT NULL AND detectors != '')
+           SELECT ts_ms / 60000, COUNT(*), COALESCE(SUM(verdict = 'block'), 0),
+                  COALESCE(SUM(detectors IS NOT NULL AND detectors != ''), 0)
            FROM requests GROUP BY 1
          ON CONFLICT (minute) DO UPDATE SET requests = excluded.requests,
            blocked = blocked + excluded.blocked, findings = excluded.findings;",

@@ -174,6 +174,8 @@ fn counts_per_minute_follow_ingest_replay_and_retention() {
     let mut s = FlowStore::open_in_memory().unwrap();
     // Minute 0: flows (a third blocked); minute 2: requests, two with findings.
     let mut batch: Vec<(u64, Value)> = (0..30).map(|i| (i, rec(i))).collect();
+    // A minute whose only record has no verdict.
+    batch.push((99, json!({"type": "flow", "ts_ms": 61_000, "src": "10.0.0.2"})));
     for i in 0..4u64 {
         let findings = if i < 2 { json!([{"detector": "email", "count": 1}]) } else { json!([]) };
         batch.push((100 + i, json!({"type": "request", "ts_ms": 120_000 + i, "verdict": if i == 3 { "block" } else { "allow" },
@@ -186,10 +188,12 @@ fn counts_per_minute_follow_ingest_replay_and_retention() {
     let at = |m: usize| series[m].1;
     assert_eq!(series.len(), 3);
     assert_eq!((series[2].0, at(0).flows, at(0).blocked), (120_000, 30, 10));
-    assert_eq!((at(1).flows, at(1).requests), (0, 0), "an empty minute is there, zero");
+    assert_eq!((at(1).flows, at(1).blocked), (1, 0), "no verdict: not blocked");
     assert_eq!((at(2).requests, at(2).findings, at(2).blocked), (4, 2, 1));
+    let empty = s.series(0, 4 * 60_000 - 1, 1).unwrap()[3].1;
+    assert_eq!(empty, crate::series::Counts::default(), "an empty minute is there, zero");
     // Buckets of several minutes add up; a long span gets a longer step (≤ 2,000 buckets).
-    assert_eq!(s.series(0, 3 * 60_000 - 1, 5).unwrap()[0].1.flows, 30);
+    assert_eq!(s.series(0, 3 * 60_000 - 1, 5).unwrap()[0].1.flows, 31);
     assert!(s.series(0, 365 * 86_400_000, 1).unwrap().len() <= 2001);
 
     // A store that had records before the counts existed gets them from its records.

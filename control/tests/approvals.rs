@@ -63,7 +63,12 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
     ));
     let mut dp = FakeDataplane::connect(&d, "dp-a", sluice_link::PROTO_VERSION);
     while !matches!(dp.recv(), Some(Down::Usage { .. })) {}
-    dp.send(&Up::Held { ticket: Box::new(ticket("apr_1", Some("the secret plan"))) });
+    // A hold whose id is not one a data plane makes is ignored (it would reach URLs in the
+    // console): the webhook hears of the next one only, and only that one is listed below.
+    dp.send(&Up::Held { ticket: Box::new(ticket("../rules/rollback/1", None)) });
+    dp.send(&Up::Held {
+        ticket: Box::new(ticket("apr_0000000000000000000000a1", Some("the secret plan"))),
+    });
 
     // The webhook: a POST naming the request, never its prompt.
     let (mut c, _) = hook.accept().unwrap();
@@ -78,11 +83,12 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
     c.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").unwrap();
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("POST /hook HTTP/1.1"), "{text}");
-    assert!(text.contains("apr_1") && text.contains("alice@corp"), "{text}");
+    assert!(text.contains("apr_0000000000000000000000a1") && text.contains("alice@corp"), "{text}");
     assert!(!text.contains("secret plan"), "the prompt went to the webhook");
 
     wait_for(&d, "/v1/approvals", REVIEWER, |v| v["approvals"].as_array().unwrap().len() == 1);
-    let (code, body) = call(&d, "GET", "/v1/approvals/apr_1", Some(REVIEWER), None);
+    let (code, body) =
+        call(&d, "GET", "/v1/approvals/apr_0000000000000000000000a1", Some(REVIEWER), None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["prompt"], "the secret plan");
     assert_eq!(json(&body)["request"]["model"], "gpt-4o");
@@ -90,9 +96,13 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
     assert_eq!(call(&d, "GET", "/v1/approvals", Some(ANALYST), None).0, 403);
     assert_eq!(call(&d, "GET", "/v1/approvals", None, None).0, 401);
     let approve = Some(r#"{"decision":"approve","minutes":30}"#);
-    assert_eq!(call(&d, "POST", "/v1/approvals/apr_1", Some(ANALYST), approve).0, 403);
+    assert_eq!(
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a1", Some(ANALYST), approve).0,
+        403
+    );
     // alice may review, but not her own request.
-    let (code, body) = call(&d, "POST", "/v1/approvals/apr_1", Some(ALICE), approve);
+    let (code, body) =
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a1", Some(ALICE), approve);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("of their own"), "{body}");
     // Malformed decisions.
@@ -103,14 +113,25 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
         r#"{"decision":"approve","minutes":0}"#,
     ] {
         assert_eq!(
-            call(&d, "POST", "/v1/approvals/apr_1", Some(REVIEWER), Some(bad)).0,
+            call(
+                &d,
+                "POST",
+                "/v1/approvals/apr_0000000000000000000000a1",
+                Some(REVIEWER),
+                Some(bad)
+            )
+            .0,
             400,
             "{bad}"
         );
     }
-    assert_eq!(call(&d, "POST", "/v1/approvals/apr_9", Some(REVIEWER), approve).0, 404);
+    assert_eq!(
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a9", Some(REVIEWER), approve).0,
+        404
+    );
 
-    let (code, body) = call(&d, "POST", "/v1/approvals/apr_1", Some(REVIEWER), approve);
+    let (code, body) =
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a1", Some(REVIEWER), approve);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json(&body)["approval"]["state"], "approved");
     match dp.recv() {
@@ -126,28 +147,39 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
         other => panic!("expected the decision, got {other:?}"),
     }
     // A data plane that held it again (after a reconnect) is told the decision again.
-    dp.send(&Up::Held { ticket: Box::new(ticket("apr_1", None)) });
+    dp.send(&Up::Held { ticket: Box::new(ticket("apr_0000000000000000000000a1", None)) });
     assert!(
-        matches!(dp.recv(), Some(Down::Decision { decision }) if decision.id == "apr_1" && decision.approved)
+        matches!(dp.recv(), Some(Down::Decision { decision }) if decision.id == "apr_0000000000000000000000a1" && decision.approved)
     );
     // Decided once; the prompt is gone with the wait.
-    let (code, body) = call(&d, "POST", "/v1/approvals/apr_1", Some(REVIEWER), approve);
+    let (code, body) =
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a1", Some(REVIEWER), approve);
     assert_eq!(code, 409, "{body}");
-    let (_, body) = call(&d, "GET", "/v1/approvals/apr_1", Some(REVIEWER), None);
+    let (_, body) =
+        call(&d, "GET", "/v1/approvals/apr_0000000000000000000000a1", Some(REVIEWER), None);
     assert!(json(&body)["prompt"].is_null());
     let (_, audit) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
-    assert!(audit.contains("approval.approve") && audit.contains("apr_1"), "{audit}");
+    assert!(
+        audit.contains("approval.approve") && audit.contains("apr_0000000000000000000000a1"),
+        "{audit}"
+    );
     assert!(!audit.contains("secret plan"));
 
     // A timeout reported by the data plane ends the wait.
-    dp.send(&Up::Held { ticket: Box::new(ticket("apr_2", None)) });
+    dp.send(&Up::Held { ticket: Box::new(ticket("apr_0000000000000000000000a2", None)) });
     wait_for(&d, "/v1/approvals", REVIEWER, |v| v["approvals"].as_array().unwrap().len() == 1);
-    dp.send(&Up::HoldEnded { id: "apr_2".into(), outcome: "timeout".into() });
+    dp.send(&Up::HoldEnded {
+        id: "apr_0000000000000000000000a2".into(),
+        outcome: "timeout".into(),
+    });
     wait_for(&d, "/v1/approvals?state=timeout", REVIEWER, |v| {
         v["approvals"].as_array().unwrap().len() == 1
     });
     let deny = Some(r#"{"decision":"deny","reason":"too late"}"#);
-    assert_eq!(call(&d, "POST", "/v1/approvals/apr_2", Some(REVIEWER), deny).0, 409);
+    assert_eq!(
+        call(&d, "POST", "/v1/approvals/apr_0000000000000000000000a2", Some(REVIEWER), deny).0,
+        409
+    );
     // Nothing of the prompt in control's state directory.
     for e in std::fs::read_dir(d.dir.join("state")).unwrap() {
         let p = e.unwrap().path();

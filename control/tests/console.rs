@@ -59,7 +59,8 @@ fn login(d: &Daemon, token: &str) -> (String, String) {
     let r = http(d, "POST", "/console/login", &[&origin], &[&format!("token={token}")]);
     assert_eq!(r.code, 303, "{}", r.body);
     let set = r.header("set-cookie").unwrap().to_owned();
-    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
+    assert!(set.starts_with("__Host-sluice_session="), "{set}");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/;"] {
         assert!(set.contains(attr), "{set}");
     }
     let cookie = format!("Cookie: {}", set.split(';').next().unwrap());
@@ -210,4 +211,62 @@ fn console_login_roles_csrf_and_push() {
         assert!(actions.iter().any(|x| x == a), "{a} in {actions:?}");
     }
     assert!(!body.contains(ADMIN) && !body.contains(ANALYST), "tokens never reach the log");
+}
+
+#[test]
+fn console_live_tail_brings_new_records_and_says_when_it_lags() {
+    use sluice_link::Down;
+    let d = start();
+    let (cookie, _) = login(&d, ANALYST);
+    let hx = "HX-Request: true";
+    let mut dp = FakeDataplane::connect(&d, "dp-tail", sluice_link::PROTO_VERSION);
+    while !matches!(dp.recv(), Some(Down::Usage { .. })) {}
+    let now = sluice_control::link::now_ms();
+    let flow = |seq: u64, verdict: &str| {
+        serde_json::json!({"seq": seq, "type": "flow", "ts_ms": now + seq, "src": "10.0.0.1",
+                           "sni": "api.openai.com", "verdict": verdict})
+    };
+    dp.send_records(&[flow(1, "allow"), flow(2, "block")]);
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 2 }));
+
+    // The page with the tail on: its poller starts after the newest record shown.
+    let r = http(&d, "GET", "/console/flows?live=1&verdict=block", &[&cookie], &[]);
+    assert_eq!(r.body.matches("data-id=").count(), 1, "{}", r.body);
+    let after = |body: &str| -> i64 {
+        let at = body.find("after=").unwrap() + "after=".len();
+        body[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let first = after(&r.body);
+    assert!(first > 0);
+
+    // New records: the tail brings those matching the filter, newest first, and moves on.
+    dp.send_records(&[flow(3, "block"), flow(4, "allow"), flow(5, "block")]);
+    assert_eq!(dp.recv(), Some(Down::Ack { upto: 5 }));
+    let path = |a: i64| format!("/console/flows/tail?after={a}&live=1&verdict=block");
+    let r = http(&d, "GET", &path(first), &[&cookie, hx], &[]);
+    assert_eq!(r.code, 200, "{}", r.body);
+    let ids: Vec<i64> = r
+        .body
+        .match_indices("data-id=\"")
+        .map(|(i, m)| r.body[i + m.len()..].split('"').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{}", r.body);
+    assert!(ids[0] > ids[1] && ids[1] > first, "{ids:?}");
+    assert!(r.body.find("id=\"tail\"").unwrap() < r.body.find("data-id=").unwrap(), "poller first");
+    let second = after(&r.body);
+    assert_eq!(second, ids[0]);
+    let r = http(&d, "GET", &path(second), &[&cookie, hx], &[]);
+    assert_eq!(r.body.matches("data-id=").count(), 0, "nothing new: {}", r.body);
+
+    // More than a tail update brings at once: the newest 1,000, and a row that says so.
+    let many: Vec<serde_json::Value> = (6..1206).map(|s| flow(s, "block")).collect();
+    for chunk in many.chunks(300) {
+        dp.send_records(chunk);
+        assert!(matches!(dp.recv(), Some(Down::Ack { .. })));
+    }
+    let r = http(&d, "GET", &path(second), &[&cookie, hx], &[]);
+    assert_eq!(r.body.matches("data-id=").count(), 1000, "{}", &r.body[..300]);
+    assert!(r.body.contains("More than 1000 records arrived"), "the lag is said");
+    let r = http(&d, "GET", &path(0).replace("after=0", "after=-1"), &[&cookie, hx], &[]);
+    assert_eq!(r.code, 400);
 }

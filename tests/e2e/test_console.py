@@ -1,27 +1,31 @@
 """The web console in a real browser: Debian's chromium, headless, driven by Playwright
 against the lab's control daemon. An admin logs in, watches a request made in the lab
 arrive in the live tail and opens its record, pushes a broken rule set and reads the error
-at its line; an analyst sees no push button and is refused anyway when trying. Every page
-is saved as a screenshot (the README shows them): $SLUICE_ARTEFACTS/console/, by default
+at its line; an analyst sees no push button and is refused anyway when trying; a reviewer
+approves a held request from the page and the SDK call completes. Every page is saved as a
+screenshot (the README shows some): $SLUICE_ARTEFACTS/console/, by default
 target/artefacts/console/.
 """
 
 import json
 import os
 import random
+import secrets
 import time
 import unittest
 
 from playwright.sync_api import expect, sync_playwright
 
-from test_control import current_rules
-from test_dataplane import ROOT, api, curl, env
+import test_access
+from test_approvals import Approvals, held_rules
+from test_control import ctl, current_rules
+from test_dataplane import ROOT, api, curl, env, push_rules, wait_for_record
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 SHOTS = os.path.join(os.environ.get("SLUICE_ARTEFACTS", os.path.join(ROOT, "target", "artefacts")), "console")
 
 
-class Console(unittest.TestCase):
+class Browser(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         os.makedirs(SHOTS, exist_ok=True)
@@ -52,13 +56,15 @@ class Console(unittest.TestCase):
         page.click("button[type=submit]")
         page.wait_for_load_state("load")
         cookies = {c["name"]: c for c in ctx.cookies()}
-        c = cookies["sluice_session"]
+        c = cookies["__Host-sluice_session"]
         self.assertTrue(c["httpOnly"] and c["secure"] and c["sameSite"] == "Strict", c)
         return page
 
     def shot(self, page, name):
         page.screenshot(path=os.path.join(SHOTS, name + ".png"), full_page=True)
 
+
+class Console(Browser):
     def test_admin_follows_a_request_and_pushes_a_broken_rule_set(self):
         page = self.page_for("SLUICE_ADMIN_TOKEN")
         expect(page.locator("h1")).to_have_text("Overview")
@@ -131,7 +137,7 @@ class Console(unittest.TestCase):
         for path, title, name in [
             ("/console/identities", "Identities", "identities"),
             ("/console/inventory", "Inventory", "inventory"),
-            ("/console/approvals?state=all", "Approvals", "approvals"),
+            ("/console/approvals?state=all", "Approvals", "approvals-all"),
             ("/console/audit", "Audit", "audit"),
             ("/console/evidence", "Evidence", "evidence"),
         ]:
@@ -167,6 +173,49 @@ class Console(unittest.TestCase):
         resp = page.goto(self.url + "/console/audit")
         self.assertEqual(resp.status, 403)
         expect(page.locator("p.error")).to_contain_text("analyst role may not")
+
+
+class ConsoleApprovals(Browser):
+    """A request held for approval (test_approvals' rules: alice's requests wait), decided
+    from the console by the lab's approver."""
+
+    ask = Approvals.ask
+    pending = Approvals.pending
+    wait_pending = Approvals.wait_pending
+    finish = Approvals.finish
+
+    def setUp(self):
+        test_access.Brokering.set_key(self, "sk-proj-HOLD" + secrets.token_hex(20))
+        self.before = current_rules()
+        push_rules(held_rules(self.before))
+        r = ctl("keys", "issue", "--user", "alice@corp", "--identity", "finance")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.key = r.stdout.strip().splitlines()[0]
+
+    def tearDown(self):
+        for a in self.pending():
+            ctl("approvals", "deny", a, "--reason", "test cleanup", token="SLUICE_APPROVER_TOKEN")
+        push_rules(self.before)
+        ctl("keys", "rm", "openai-prod")
+
+    def test_a_reviewer_approves_from_the_page(self):
+        t, out = self.ask("quarterly numbers %s" % secrets.token_hex(4))
+        (aid,) = self.wait_pending()
+        page = self.page_for("SLUICE_APPROVER_TOKEN")
+        expect(page).to_have_url(self.url + "/console/approvals")
+        # An approver's console: approvals only.
+        self.assertEqual(page.locator("header nav a").count(), 1)
+        row = page.locator("#approval-" + aid)
+        expect(row).to_contain_text("alice@corp")
+        self.shot(page, "approvals")
+        row.locator("input[name=reason]").fill("numbers are public today")
+        row.locator("button[value=approve]").click()
+        expect(page.locator("#approval-" + aid)).to_contain_text("approved")
+        self.assertEqual(self.finish(t, out), "ok")
+        rec = wait_for_record("request", lambda x: (x.get("approval") or {}).get("id") == aid)
+        self.assertEqual((rec["approval"]["decision"], rec["approval"]["by"]), ("approved", "lab-approver"))
+        code, body = api("GET", "/v1/audit", "SLUICE_ADMIN_TOKEN")
+        self.assertIn("numbers are public today", body)
 
 
 if __name__ == "__main__":

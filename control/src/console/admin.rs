@@ -130,7 +130,7 @@ fn approval_row(a: &Value) -> Markup {
             td { (view::field(req, "rule")) }
             td { (view::field(a, "state")) }
             td {
-                @if a["state"] == "pending" {
+                @if a["state"] == "pending" && crate::approvals::valid_id(&id) {
                     form.decide hx-post={ "/console/approvals/" (id) } hx-target={ "#approval-" (id) } hx-swap="outerHTML" {
                         input type="text" name="reason" placeholder="reason (optional)" maxlength="200";
                         input type="number" name="minutes" min="1" max=(crate::approvals_api::MAX_GRANT_MINUTES) placeholder="minutes";
@@ -189,10 +189,14 @@ pub(super) async fn audit(
         let st = s.clone();
         let ask = crate::audit_verify::Ask { dataplane: None, since_ms: None };
         let run = tokio::task::spawn_blocking(move || crate::audit_api::run(&st, &ask)).await;
+        let failed = |e: &dyn std::fmt::Display| {
+            tracing::error!("console verification: {e}");
+            json!({ "error": "the verification could not run (see the daemon's log)" })
+        };
         Some(match run {
             Ok(Ok(v)) => json!(v),
-            Ok(Err(e)) => json!({ "error": e }),
-            Err(e) => json!({ "error": e.to_string() }),
+            Ok(Err(e)) => failed(&e),
+            Err(e) => failed(&e),
         })
     } else {
         None

@@ -225,15 +225,40 @@ async fn tail(s: Shared, kind: Kind, q: HashMap<String, String>) -> Response {
     let Some(after) = after else {
         return view::note(StatusCode::BAD_REQUEST, "error", "after: a record id");
     };
-    match query(&s, kind, &q, None, Some(after)) {
-        Ok(page) => {
-            let newest = page.ids.first().copied().unwrap_or(after);
-            Html(html! { (poller(kind, &q, newest)) (rows(kind, &page)) }.into_string())
-                .into_response()
+    // Everything after `after`, newest first, page by page, up to TAIL_MAX; beyond, the
+    // oldest are left out and a row says so (as the API's stream says `lagged`).
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    let lagged = loop {
+        let page = match query(&s, kind, &q, cursor, Some(after)) {
+            Ok(p) => p,
+            Err(problem) => return view::note(StatusCode::BAD_REQUEST, "error", &problem),
+        };
+        let next = page.next;
+        pages.push(page);
+        match next {
+            None => break false,
+            Some(_) if pages.len() * PAGE >= TAIL_MAX => break true,
+            Some(c) => cursor = Some(c),
         }
-        Err(problem) => view::note(StatusCode::BAD_REQUEST, "error", &problem),
-    }
+    };
+    let newest = pages.first().and_then(|p| p.ids.first().copied()).unwrap_or(after);
+    let span = columns(kind).len();
+    let markup = html! {
+        (poller(kind, &q, newest))
+        @for page in &pages { (rows(kind, page)) }
+        @if lagged {
+            tr.lagged { td colspan=(span) {
+                "More than " (TAIL_MAX) " records arrived since the last update: older ones are \
+                 not shown here (reload the page and page through them)."
+            } }
+        }
+    };
+    Html(markup.into_string()).into_response()
 }
+
+/// Most records one update of the live tail brings.
+const TAIL_MAX: usize = 1000;
 
 async fn detail(s: Shared, v: Viewer<Read>, kind: Kind, id: i64) -> Result<Response, Response> {
     let found = lock!(s.flows).record(kind, id).or_500().map_err(|e| e.into_response())?;

@@ -1,5 +1,6 @@
 //! Console sessions: a login with an API token opens one; its id travels in an HttpOnly,
-//! Secure, SameSite=Strict cookie scoped to `/console`. Control keeps, per session, the
+//! Secure, SameSite=Strict cookie named with the `__Host-` prefix (the browser keeps it to
+//! this host and path `/`: a sibling subdomain cannot plant one that would be sent first). Control keeps, per session, the
 //! token's SHA-256 (never the token), a CSRF token and its times, in memory only (a restart
 //! logs everyone out). Every request looks the token's caller up again, so a token removed
 //! from the configuration ends its sessions, and checks the role with the API's check.
@@ -25,13 +26,14 @@ use crate::auth::{Caller, Need, Role};
 use crate::state::{AppState, Shared};
 
 /// The cookie naming a session.
-const COOKIE: &str = "sluice_session";
+const COOKIE: &str = "__Host-sluice_session";
 /// A session unused this long ends.
 const IDLE: Duration = Duration::from_secs(30 * 60);
 /// A session ends this long after its login, used or not.
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Most sessions at once (the oldest ends first).
-const MAX_SESSIONS: usize = 4096;
+/// Most sessions of one token at once (its oldest ends first), so that logging in again and
+/// again with one token never ends the sessions of others.
+const MAX_PER_TOKEN: usize = 32;
 
 #[derive(Debug)]
 struct Session {
@@ -62,8 +64,9 @@ impl Sessions {
         let now = Instant::now();
         let mut open = lock!(self.open);
         open.retain(|_, s| alive(s, now));
-        if open.len() >= MAX_SESSIONS
-            && let Some(oldest) = open.iter().min_by_key(|(_, s)| s.opened).map(|(k, _)| k.clone())
+        let mine = || open.iter().filter(|(_, s)| s.token == token);
+        if mine().count() >= MAX_PER_TOKEN
+            && let Some(oldest) = mine().min_by_key(|(_, s)| s.opened).map(|(k, _)| k.clone())
         {
             open.remove(&oldest);
         }
@@ -225,7 +228,7 @@ pub(super) async fn login(
     let (id, _) = s.console.open(hash);
     audit(&s, &caller, "console.login");
     let cookie = format!(
-        "{COOKIE}={id}; Path=/console; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
         LIFETIME.as_secs()
     );
     let mut r = Redirect::to(home(caller.role)).into_response();
@@ -244,7 +247,7 @@ pub(super) async fn logout(
         s.console.close(id);
     }
     audit(&s, &v.caller, "console.logout");
-    let clear = format!("{COOKIE}=; Path=/console; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
     let mut r = (StatusCode::OK, [("hx-redirect", "/console/login")]).into_response();
     if let Ok(v) = HeaderValue::from_str(&clear) {
         r.headers_mut().insert(header::SET_COOKIE, v);
