@@ -16,10 +16,9 @@ import unittest
 
 from playwright.sync_api import expect, sync_playwright
 
-import test_access
-from test_approvals import Approvals, held_rules
-from test_control import ctl, current_rules
-from test_dataplane import ROOT, api, curl, env, push_rules, wait_for_record
+from test_approvals import Approvals
+from test_control import current_rules
+from test_dataplane import ROOT, api, curl, env, wait_for_record
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 SHOTS = os.path.join(os.environ.get("SLUICE_ARTEFACTS", os.path.join(ROOT, "target", "artefacts")), "console")
@@ -184,19 +183,8 @@ class ConsoleApprovals(Browser):
     wait_pending = Approvals.wait_pending
     finish = Approvals.finish
 
-    def setUp(self):
-        test_access.Brokering.set_key(self, "sk-proj-HOLD" + secrets.token_hex(20))
-        self.before = current_rules()
-        push_rules(held_rules(self.before))
-        r = ctl("keys", "issue", "--user", "alice@corp", "--identity", "finance")
-        self.assertEqual(r.returncode, 0, r.stderr)
-        self.key = r.stdout.strip().splitlines()[0]
-
-    def tearDown(self):
-        for a in self.pending():
-            ctl("approvals", "deny", a, "--reason", "test cleanup", token="SLUICE_APPROVER_TOKEN")
-        push_rules(self.before)
-        ctl("keys", "rm", "openai-prod")
+    setUp = Approvals.setUp
+    tearDown = Approvals.tearDown
 
     def test_a_reviewer_approves_from_the_page(self):
         t, out = self.ask("quarterly numbers %s" % secrets.token_hex(4))
