@@ -27,6 +27,8 @@ pub struct Inputs<'a> {
     pub hub: &'a Hub,
     /// Distinct hosts per app in the inventory.
     pub hosts_per_app: Vec<(String, u64)>,
+    /// Console sessions open.
+    pub console_sessions: usize,
 }
 
 /// A label value with `\`, `"` and newlines escaped.
@@ -87,6 +89,8 @@ pub fn render(i: &Inputs<'_>) -> String {
     }
     o.family("sluice_control_uptime_seconds", "counter", "Seconds since the daemon started.");
     o.sample("sluice_control_uptime_seconds", &[], i.uptime_s);
+    o.family("sluice_console_sessions", "gauge", "Web console sessions open.");
+    o.sample("sluice_console_sessions", &[], i.console_sessions);
     o.family(
         "sluice_records_ingested_total",
         "counter",
@@ -252,6 +256,7 @@ mod tests {
             dataplanes: vec![d],
             hub: &hub,
             hosts_per_app: vec![("openai-python".into(), 2)],
+            console_sessions: 2,
         });
         for want in [
             "sluice_packets_total{dataplane=\"dp\\\"1\"} 10",
@@ -266,6 +271,7 @@ mod tests {
             "sluice_dataplane_policy_version{dataplane=\"dp\\\"1\"} 3",
             "sluice_usage_requests_total{identity=\"fin\",user=\"a@x\",model=\"gpt-4o\"} 1",
             "sluice_usage_tokens_total{identity=\"fin\",user=\"a@x\",model=\"gpt-4o\",kind=\"output\"} 5",
+            "sluice_console_sessions 2",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

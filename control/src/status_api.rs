@@ -97,6 +97,7 @@ async fn metrics(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
         dataplanes: dataplanes(&s),
         hub: &s.hub,
         hosts_per_app,
+        console_sessions: s.console.count(),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
