@@ -192,10 +192,13 @@ fn console_login_roles_csrf_and_push() {
         Some("no-store")
     );
 
-    // Logging out ends the session.
+    // Logging out ends the session (the analyst's stays).
+    let sessions = || call(&d, "GET", "/metrics", Some(ADMIN), None).1;
+    assert!(sessions().contains("sluice_console_sessions 2"), "{}", sessions());
     let r = http(&d, "POST", "/console/logout", &[&cookie, &x, &origin], &[]);
     assert_eq!((r.code, r.header("hx-redirect")), (200, Some("/console/login")));
     assert_eq!(http(&d, "GET", "/console/", &[&cookie], &[]).code, 303);
+    assert!(sessions().contains("sluice_console_sessions 1"), "{}", sessions());
 
     // The audit log: logins, the refused login and push; never a token.
     let (_, body) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
