@@ -128,7 +128,7 @@ class Console(Browser):
         versions = [v["version"] for v in json.loads(body)]
         if len(versions) > 1:
             page.goto(self.url + "/console/rules?from=%d" % min(versions))
-            expect(page.locator("section.diff h2")).to_contain_text("version %d" % min(versions))
+            expect(page.locator("section.diff h2")).to_contain_text("Version %d → version" % min(versions))
         else:
             page.goto(self.url + "/console/rules")
         self.shot(page, "rules")
