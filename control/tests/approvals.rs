@@ -87,6 +87,12 @@ fn a_held_request_is_listed_notified_decided_once_and_audited() {
     assert!(!text.contains("secret plan"), "the prompt went to the webhook");
 
     wait_for(&d, "/v1/approvals", REVIEWER, |v| v["approvals"].as_array().unwrap().len() == 1);
+    // The console shows the reviewer why it waits and the prompt (the rule lets reviewers
+    // read it); the malformed hold is nowhere.
+    let (cookie, _) = common::web::login(&d, REVIEWER);
+    let page = common::web::http(&d, "GET", "/console/approvals", &[&cookie], &[]);
+    assert!(page.body.contains("apr_0000000000000000000000a1"), "{}", page.body);
+    assert!(page.body.contains("the secret plan") && !page.body.contains("../rules"));
     let (code, body) =
         call(&d, "GET", "/v1/approvals/apr_0000000000000000000000a1", Some(REVIEWER), None);
     assert_eq!(code, 200, "{body}");

@@ -103,11 +103,14 @@ pub(super) async fn approvals(
                 }
             }
             table.approvals {
-                thead { tr { th { "Held" } th { "Identity" } th { "User" } th { "Destination" } th { "Rule" } th { "State" } th { "Decision" } } }
+                thead { tr { th { "Held" } th { "Identity" } th { "User" } th { "Destination" } th { "Rule" } th { "Why" } th { "State" } th { "Decision" } } }
                 tbody {
                     @for a in &rows {
                         @let r = json!(a);
-                        (approval_row(&r))
+                        // The prompt, while the request waits and only if its rule lets
+                        // reviewers read it (memory only, as the API shows it).
+                        @let prompt = (a.state == "pending").then(|| s.prompts.get(&a.id)).flatten();
+                        (approval_row(&r, prompt.as_deref()))
                     }
                 }
             }
@@ -118,7 +121,7 @@ pub(super) async fn approvals(
     view::page(&v.chrome("/console/approvals"), "Approvals", false, body)
 }
 
-fn approval_row(a: &Value) -> Markup {
+fn approval_row(a: &Value, prompt: Option<&str>) -> Markup {
     let req = &a["request"];
     let id = view::cell(a.get("id"));
     html! {
@@ -128,6 +131,12 @@ fn approval_row(a: &Value) -> Markup {
             td { (view::field(req, "user")) }
             td { (view::field(req, "destination")) }
             td { (view::field(req, "rule")) }
+            td {
+                (view::field(req, "why"))
+                @if let Some(p) = prompt {
+                    details.prompt { summary { "the prompt" } pre { (p) } }
+                }
+            }
             td { (view::field(a, "state")) }
             td {
                 @if a["state"] == "pending" && crate::approvals::valid_id(&id) {
@@ -174,7 +183,7 @@ pub(super) async fn decide(
     };
     let reason = Some(f.reason).filter(|r| !r.trim().is_empty());
     match crate::approvals_api::rule_on(&s, &v.caller, &id, Ruling { approved, minutes, reason }) {
-        Ok(r) => Html(approval_row(&r["approval"]).into_string()).into_response(),
+        Ok(r) => Html(approval_row(&r["approval"], None).into_string()).into_response(),
         Err(e) => view::api_error(e).await,
     }
 }

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use sluice_control::auth::token_hash;
 
+pub mod web;
+
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const ANALYST: &str = "analyst-token-0123456789";
 
