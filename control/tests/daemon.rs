@@ -549,3 +549,39 @@ fn until_eq<T: PartialEq + std::fmt::Debug>(f: impl Fn() -> T, want: T) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn tells_systemd_it_serves_and_lives() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("sluice-control-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let p = path.to_str().unwrap();
+    let d = start_with_env("", &[("NOTIFY_SOCKET", p), ("WATCHDOG_USEC", "400000")]);
+    let mut buf = [0u8; 64];
+    let mut said = || {
+        let n = sock.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(said(), "READY=1");
+    // It serves once it said so; then it pings at half the watchdog's interval.
+    assert_eq!(call(&d, "GET", "/v1/health", Some(ANALYST), None).0, 200);
+    let at = std::time::Instant::now();
+    assert_eq!(said(), "WATCHDOG=1");
+    assert_eq!(said(), "WATCHDOG=1");
+    assert!(at.elapsed() < std::time::Duration::from_secs(5));
+    drop(d);
+    // A watchdog meant for another process is not this one's.
+    let d = start_with_env(
+        "",
+        &[("NOTIFY_SOCKET", p), ("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
+    );
+    assert_eq!(said(), "READY=1");
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(600))).unwrap();
+    assert!(sock.recv(&mut buf).is_err(), "no ping for another process's watchdog");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,13 @@
 //! traffic leaves (a tenth of a normal thread's share when both want it) rather than an equal
 //! share: the records wait in the spool instead of the requests waiting for a core. A writer
 //! that falls behind asks for its full share back ([`catch_up`]).
+//!
+//! And the service manager's side of running as a daemon: the systemd notify protocol
+//! ([`notify`]), which both binaries speak.
 #![allow(unsafe_code)]
+
+mod notify;
+pub use notify::{notify, watchdog_every};
 
 /// The nice value of background work: CFS weight 110 against a normal thread's 1024.
 pub const BACKGROUND_NICE: i32 = 10;

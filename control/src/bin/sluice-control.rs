@@ -126,9 +126,40 @@ fn main() -> Result<()> {
             tokio::spawn(t);
         }
         tracing::info!(listen = %cfg.listen, cert = %cert.display(), "sluice-control serving");
+        tell_systemd(state.clone());
         serve::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())
     })
+}
+
+/// `READY=1` to systemd once the API serves (a `Type=notify` unit), then `WATCHDOG=1` at half
+/// its `WatchdogSec` for as long as the stores answer: a check that cannot take the rule and
+/// record stores' locks within the interval (a hung store, a stuck runtime) sends nothing,
+/// and systemd restarts the daemon.
+fn tell_systemd(state: Arc<AppState>) {
+    let say = |what: &str| {
+        if let Err(e) = sluice_sched::notify(what) {
+            tracing::warn!("telling systemd {what} failed: {e}");
+        }
+    };
+    say("READY=1");
+    let Some(every) = sluice_sched::watchdog_every() else { return };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let st = state.clone();
+            let check = tokio::task::spawn_blocking(move || {
+                let rules =
+                    st.rules.lock().unwrap_or_else(PoisonError::into_inner).current().is_ok();
+                let flows = st.flows.lock().unwrap_or_else(PoisonError::into_inner);
+                rules && flows.connection().execute_batch("SELECT 1").is_ok()
+            });
+            match tokio::time::timeout(every, check).await {
+                Ok(Ok(true)) => say("WATCHDOG=1"),
+                _ => tracing::warn!("the stores did not answer within {every:?}: no watchdog ping"),
+            }
+        }
+    });
 }
 
 /// The fleet's quota counts, pushed to every data plane within a second of a change.

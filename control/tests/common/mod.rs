@@ -33,6 +33,11 @@ pub fn start() -> Daemon {
 
 /// [`start`], `extra` appended to the configuration (more tokens, `[approvals]`).
 pub fn start_with(extra: &str) -> Daemon {
+    start_with_env(extra, &[])
+}
+
+/// [`start_with`], the daemon's environment given `env` besides.
+pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("sluice-control-test-{}-{n}", std::process::id()));
@@ -49,6 +54,7 @@ pub fn start_with(extra: &str) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-control"))
         .arg("--config")
         .arg(dir.join("control.toml"))
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -156,21 +156,7 @@ pub fn exit_stalled(s: &Stall) -> ! {
 /// Tells systemd `state` (`READY=1`, `WATCHDOG=1`, `STOPPING=1`) when it started this
 /// process as a notify service; does nothing otherwise.
 pub fn notify(state: &str) {
-    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-        notify_to(&path.to_string_lossy(), state);
-    }
-}
-
-/// [`notify`] to the socket `path` (`@name`: the abstract namespace).
-fn notify_to(path: &str, state: &str) {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let addr = match path.strip_prefix('@') {
-        Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
-        None => SocketAddr::from_pathname(path),
-    };
-    let sent = addr.and_then(|a| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &a));
-    if let Err(e) = sent {
+    if let Err(e) = sluice_sched::notify(state) {
         tracing::warn!("telling systemd {state} failed: {e}");
     }
 }
@@ -205,19 +191,5 @@ mod tests {
         let s = w.check(t0 + Duration::from_millis(701)).unwrap();
         assert_eq!(s.thread, "intercept-0");
         assert_eq!(s.for_ms, 601);
-    }
-
-    #[test]
-    fn notify_reaches_the_socket_systemd_named() {
-        let dir = std::env::temp_dir().join(format!("sluice-notify-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        notify_to(path.to_str().unwrap(), "READY=1");
-        let mut buf = [0u8; 64];
-        let n = sock.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
