@@ -76,8 +76,9 @@ pub(crate) fn time_param(v: &str) -> Option<u64> {
     Some(now_s().saturating_sub(secs) * 1000)
 }
 
-/// The filters of a flow or request query (400 on a malformed time).
-pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response> {
+/// The filters of a flow or request query, or what is wrong with them (an unknown filter, a
+/// malformed time): the API answers it as a 400, the console shows it.
+pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, String> {
     const KNOWN: [&str; 17] = [
         "since",
         "until",
@@ -98,14 +99,14 @@ pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response
         "operation",
     ];
     if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(error(StatusCode::BAD_REQUEST, format!("unknown filter `{k}`")));
+        return Err(format!("unknown filter `{k}`"));
     }
     let text = |k: &str| q.get(k).cloned();
     let ms = |k: &str| match q.get(k) {
         None => Ok(None),
-        Some(v) => time_param(v).map(Some).ok_or_else(|| {
-            error(StatusCode::BAD_REQUEST, format!("{k}: expected unix ms or a duration like 15m"))
-        }),
+        Some(v) => time_param(v)
+            .map(Some)
+            .ok_or_else(|| format!("{k}: expected unix ms or a duration like 15m")),
     };
     Ok(FlowFilter {
         since_ms: ms("since")?,
@@ -126,7 +127,7 @@ pub(crate) fn filter(q: &HashMap<String, String>) -> Result<FlowFilter, Response
 }
 
 fn records(s: &AppState, kind: Kind, q: &HashMap<String, String>) -> ApiResult {
-    let f = filter(q)?;
+    let f = filter(q).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
     // `format=jsonl`: an export, one record per line, up to 10,000 per call; the cursor of
     // the next call is in `x-next-cursor`.
     let jsonl = match q.get("format").map(String::as_str) {
@@ -215,7 +216,7 @@ async fn stream(
 ) -> ApiResult {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let f = filter(&q)?;
+    let f = filter(&q).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
     let rx = s.hub.subscribe();
     let events = futures_util::stream::unfold((rx, q, f), |(mut rx, q, f)| async move {
         loop {

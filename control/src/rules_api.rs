@@ -170,12 +170,17 @@ async fn diff(
     let (Some(a), Some(b)) = (get(Some(from)), get(to)) else {
         return refuse(StatusCode::NOT_FOUND, "no such version");
     };
-    let policy = |t: &str| compile("rules.toml", t, &ShippedOnly).map(|c| c.policy);
-    let (Ok(pa), Ok(pb)) = (policy(&a.text), policy(&b.text)) else {
+    let Some(diff) = policy_diff(&a.text, &b.text) else {
         return Err(internal("a stored rule set no longer compiles").into());
     };
-    let diff = sluice_rules::diff::diff(&pa, &pb);
     Ok(axum::Json(json!({ "from": a.version, "to": b.version, "diff": diff })).into_response())
+}
+
+/// What changes in the compiled policy from rule text `a` to `b` (the API's diff and the
+/// console's); `None` when either no longer compiles.
+pub(crate) fn policy_diff(a: &str, b: &str) -> Option<sluice_rules::diff::PolicyDiff> {
+    let policy = |t: &str| compile("rules.toml", t, &ShippedOnly).map(|c| c.policy).ok();
+    Some(sluice_rules::diff::diff(&policy(a)?, &policy(b)?))
 }
 
 async fn rollback(

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::state::Shared;
+use records::{Flows, Requests};
 
 pub use session::Sessions;
 
@@ -33,12 +34,12 @@ pub fn routes() -> Router<Shared> {
         .route("/console/login", get(session::login_page).post(session::login))
         .route("/console/logout", post(session::logout))
         .route("/console/assets/{name}", get(asset))
-        .route("/console/flows", get(records::flows))
-        .route("/console/flows/tail", get(records::flows_tail))
-        .route("/console/flows/{id}", get(records::flow))
-        .route("/console/requests", get(records::requests))
-        .route("/console/requests/tail", get(records::requests_tail))
-        .route("/console/requests/{id}", get(records::request))
+        .route("/console/flows", get(records::page::<Flows>))
+        .route("/console/flows/tail", get(records::tail_of::<Flows>))
+        .route("/console/flows/{id}", get(records::record::<Flows>))
+        .route("/console/requests", get(records::page::<Requests>))
+        .route("/console/requests/tail", get(records::tail_of::<Requests>))
+        .route("/console/requests/{id}", get(records::record::<Requests>))
         .route("/console/rules", get(rules::page))
         .route("/console/rules/validate", post(rules::validate))
         .route("/console/rules/push", post(rules::push))

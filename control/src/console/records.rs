@@ -102,28 +102,12 @@ fn query(
     cursor: Option<i64>,
     after: Option<i64>,
 ) -> Result<Page, String> {
-    let mut f: FlowFilter = match crate::records_api::filter(q) {
-        Ok(f) => f,
-        Err(_) => return Err(filter_problem(q)),
-    };
+    let mut f = crate::records_api::filter(q)?;
     f.after_id = after;
     lock!(s.flows).query_kind(kind, &f, cursor, PAGE).map_err(|e| {
         tracing::error!("console query: {e}");
         "the query failed (see the daemon's log)".to_owned()
     })
-}
-
-/// Which filter is malformed (the API's parser says only that one is).
-fn filter_problem(q: &HashMap<String, String>) -> String {
-    for k in ["since", "until"] {
-        if q.get(k).is_some_and(|v| crate::records_api::time_param(v).is_none()) {
-            return format!("{k}: a time (Unix ms, YYYY-MM-DD, or a duration like 15m, 7d)");
-        }
-    }
-    match q.keys().find(|k| !FIELDS.iter().any(|(f, _, _)| f == k)) {
-        Some(k) => format!("unknown filter `{k}`"),
-        None => "the filters are malformed".to_owned(),
-    }
 }
 
 fn rows(kind: Kind, page: &Page) -> Markup {
@@ -307,50 +291,45 @@ fn summary(r: &Value) -> Markup {
     }
 }
 
-pub(super) async fn flows(
+/// Which records a route shows: flows or requests, as a type, so that one handler serves
+/// both kinds' routes.
+pub(super) trait Records {
+    const KIND: Kind;
+}
+
+/// Flow records' routes.
+pub(super) struct Flows;
+/// Request records' routes.
+pub(super) struct Requests;
+
+impl Records for Flows {
+    const KIND: Kind = Kind::Flows;
+}
+
+impl Records for Requests {
+    const KIND: Kind = Kind::Requests;
+}
+
+pub(super) async fn page<R: Records>(
     State(s): State<Shared>,
     v: Viewer<Read>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    list(s, v, Kind::Flows, q).await
+    list(s, v, R::KIND, q).await
 }
 
-pub(super) async fn requests(
-    State(s): State<Shared>,
-    v: Viewer<Read>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    list(s, v, Kind::Requests, q).await
-}
-
-pub(super) async fn flows_tail(
+pub(super) async fn tail_of<R: Records>(
     State(s): State<Shared>,
     _: Viewer<Read>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    tail(s, Kind::Flows, q).await
+    tail(s, R::KIND, q).await
 }
 
-pub(super) async fn requests_tail(
-    State(s): State<Shared>,
-    _: Viewer<Read>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    tail(s, Kind::Requests, q).await
-}
-
-pub(super) async fn flow(
+pub(super) async fn record<R: Records>(
     State(s): State<Shared>,
     v: Viewer<Read>,
     Path(id): Path<i64>,
 ) -> Result<Response, Response> {
-    detail(s, v, Kind::Flows, id).await
-}
-
-pub(super) async fn request(
-    State(s): State<Shared>,
-    v: Viewer<Read>,
-    Path(id): Path<i64>,
-) -> Result<Response, Response> {
-    detail(s, v, Kind::Requests, id).await
+    detail(s, v, R::KIND, id).await
 }

@@ -223,11 +223,7 @@ fn diff_section(s: &Shared, from: i64, to: i64) -> Markup {
     let (Some(a), Some(b)) = (a, b) else {
         return html! { p.error role="alert" { "No such version." } };
     };
-    let policy = |t: &str| compile("rules.toml", t, &ShippedOnly).map(|c| c.policy);
-    let semantic = match (policy(&a.text), policy(&b.text)) {
-        (Ok(pa), Ok(pb)) => Some(sluice_rules::diff::diff(&pa, &pb)),
-        _ => None,
-    };
+    let semantic = crate::rules_api::policy_diff(&a.text, &b.text);
     let text = similar::TextDiff::from_lines(&a.text, &b.text);
     html! {
         section.diff {
