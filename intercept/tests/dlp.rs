@@ -50,7 +50,10 @@ fn forwarded(o: &Outcome) -> String {
 }
 
 fn no_card_anywhere(o: &Outcome) {
-    let rec = serde_json::to_string(&o.record).unwrap();
+    // The record as stored, but for its time: a Unix ms such as 1796411125040 has "4111" in it.
+    let mut rec = serde_json::to_value(&o.record).unwrap();
+    rec.as_object_mut().unwrap().remove("ts_ms");
+    let rec = rec.to_string();
     for needle in ["4111", "4111111111111111"] {
         assert!(!rec.contains(needle), "the record carries the card: {rec}");
         assert!(!o.client.contains(needle), "the answer carries the card: {}", o.client);
