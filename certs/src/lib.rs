@@ -3,7 +3,10 @@
 //! The enterprise CA the interception engine re-terminates TLS with, the leaves it mints (one
 //! reused ECDSA P-256 key, SAN = the server name, bounded validity, random serial, AKI/SKI),
 //! a bounded LRU cache of minted leaves with a rustls certificate resolver over it, and the
-//! upstream trust store (Mozilla's roots plus an optional extra bundle). No sockets.
+//! upstream trust store (Mozilla's roots plus an optional extra bundle), and the fleet's PKI
+//! (`fleet`: the data-plane link's CA and the TLS of both its ends). No sockets.
+
+pub mod fleet;
 
 use std::fmt;
 use std::net::IpAddr;

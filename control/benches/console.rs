@@ -76,6 +76,7 @@ fn state(path: &std::path::Path, rows: u64) -> AppState {
         )
         .unwrap(),
         approvals: sluice_control::approvals::ApprovalStore::open_in_memory().unwrap(),
+        fleet: sluice_control::fleet::Fleet::open(path.parent().unwrap()).unwrap(),
     };
     let tokens = Tokens::new(&[TokenDef {
         name: "bench".into(),

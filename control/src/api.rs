@@ -339,6 +339,10 @@ pub const ROUTES: &[&str] = &[
     "GET /v1/usage",
     "GET /v1/inventory",
     "GET /v1/discoveries",
+    "GET /v1/fleet",
+    "POST /v1/fleet/init",
+    "POST /v1/fleet/enrol",
+    "POST /v1/fleet/{name}/revoke",
     "GET /metrics",
 ];
 
@@ -356,6 +360,7 @@ pub fn router(state: Shared) -> Router {
         .merge(crate::recordings_api::routes())
         .merge(crate::audit_api::routes())
         .merge(crate::evidence_api::routes())
+        .merge(crate::fleet_api::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors));
     api.merge(crate::console::routes())

@@ -41,6 +41,9 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// Unix socket the data planes connect to (mode 0600); default `STATE_DIR/dataplane.sock`.
     pub dataplane_socket: Option<PathBuf>,
+    /// Address the data planes of other hosts connect to (TCP, mutual TLS with the fleet CA
+    /// that `sluicectl fleet init` makes); none: the Unix socket only.
+    pub link_listen: Option<SocketAddr>,
     /// Retention of flow and request records.
     #[serde(default)]
     pub retention: Retention,

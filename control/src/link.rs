@@ -1,5 +1,6 @@
 //! Control's side of the data-plane link (protocol in [`sluice_link`]): a Unix socket the data
-//! planes connect to. Each connection says hello, gets the current rule set and identity feed,
+//! planes of control's host connect to, and a TCP listener with mutual TLS for the fleet's
+//! (`link_tls.rs`, ARCHITECTURE.md "The fleet"). Each connection says hello, gets the current rule set and identity feed,
 //! then streams records, which are stored (de-duplicated by data plane and sequence number),
 //! acknowledged, and published to the live tail and the syslog exporter. Rule pushes and
 //! identity changes go down every connection; a rule push waits (bounded) for the answers.
@@ -13,9 +14,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use sluice_link::{Decoder, Down, Identity, PROTO_VERSION, Up, UpMessage, encode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::api::AppState;
 use crate::keystore::KeyPush;
@@ -28,6 +29,11 @@ pub struct DataplaneStatus {
     pub name: String,
     /// Connected now.
     pub connected: bool,
+    /// How: `unix` (control's host), or `tls` from an address with an enrolled certificate.
+    pub transport: &'static str,
+    /// The peer's address (TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// Unix ms of the last connect or disconnect.
     pub since_ms: u64,
     /// Rule-set version it enforces (as it last acknowledged; none after it loaded a local
@@ -54,9 +60,27 @@ pub struct DataplaneStatus {
     pub stats: Option<Value>,
 }
 
+/// Who is at the other end of a link connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    /// The Unix socket (mode 0600: root on control's host).
+    Local,
+    /// Over TCP, with the fleet certificate issued to `name` (checked not revoked).
+    Enrolled {
+        /// The name the certificate was issued for: the only one its hello may say.
+        name: String,
+        /// The peer's address.
+        remote: std::net::SocketAddr,
+    },
+}
+
 #[derive(Debug)]
 pub(crate) struct Session {
     conn: u64,
+    /// Enrolled over TLS (revocation closes it).
+    enrolled: bool,
+    /// Told when control closes the session (its certificate was revoked).
+    closer: Arc<Notify>,
     pub(crate) tx: mpsc::UnboundedSender<Down>,
     waiters: Vec<(i64, oneshot::Sender<Option<String>>)>,
     feed_waiters: Vec<(u64, oneshot::Sender<usize>)>,
@@ -83,6 +107,8 @@ pub struct Links {
     next_conn: AtomicU64,
     generation: AtomicU64,
     key_generation: AtomicU64,
+    /// TLS peers refused after their handshake (a certificate not issued here, or revoked).
+    pub refused: AtomicU64,
 }
 
 /// Unix ms now.
@@ -213,6 +239,22 @@ impl Links {
             .count()
     }
 
+    /// Closes the session of `name` if it came over TLS (its certificate was revoked): it is
+    /// told why, and its connection ends. Whether there was one.
+    pub fn close_enrolled(&self, name: &str, reason: &str) -> bool {
+        let s = {
+            let mut sessions = lock!(self.sessions);
+            if !sessions.get(name).is_some_and(|s| s.enrolled) {
+                return false;
+            }
+            sessions.remove(name)
+        };
+        let Some(s) = s else { return false };
+        let _ = s.tx.send(Down::Refused { reason: reason.to_owned() });
+        s.closer.notify_one();
+        true
+    }
+
     /// Sends the fleet's quota counts to every connected data plane (no answer expected).
     pub fn push_usage(&self, counts: &[sluice_link::UsageCount]) {
         for s in lock!(self.sessions).values() {
@@ -282,7 +324,7 @@ pub async fn serve(path: &Path, state: Arc<AppState>) -> std::io::Result<()> {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, state).await {
+            if let Err(e) = connection(stream, Peer::Local, state).await {
                 tracing::warn!("data-plane link: {e}");
             }
         });
@@ -313,8 +355,16 @@ async fn read(
     }
 }
 
-async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
+/// One data plane's connection, from its hello to its end.
+pub(crate) async fn connection<S>(
+    stream: S,
+    peer: Peer,
+    state: Arc<AppState>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut dec = Decoder::new();
     let mut buf = vec![0u8; 256 << 10];
     let hello = tokio::time::timeout(Duration::from_secs(10), read(&mut rd, &mut dec, &mut buf))
@@ -336,6 +386,15 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         write(&mut wr, &refuse(format!("link version {proto} is not {PROTO_VERSION}"))).await?;
         return Err(std::io::Error::other(format!("{name}: link version {proto} refused")));
     }
+    if let Peer::Enrolled { name: enrolled, remote } = &peer
+        && *enrolled != name
+    {
+        write(&mut wr, &refuse(format!("this certificate was issued to {enrolled}, not {name}")))
+            .await?;
+        return Err(std::io::Error::other(format!(
+            "{remote}: the certificate of {enrolled} said hello as {name}: refused"
+        )));
+    }
     let last_seq = {
         let st = state.clone();
         let n = name.clone();
@@ -346,6 +405,7 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
     let last_seq = last_seq.map_err(std::io::Error::other)?;
     let conn = links.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let closer = Arc::new(Notify::new());
     let duplicate = {
         let mut sessions = lock!(links.sessions);
         let dup = sessions.contains_key(&name);
@@ -354,6 +414,8 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
                 name.clone(),
                 Session {
                     conn,
+                    enrolled: matches!(peer, Peer::Enrolled { .. }),
+                    closer: closer.clone(),
                     tx: tx.clone(),
                     waiters: Vec::new(),
                     feed_waiters: Vec::new(),
@@ -367,11 +429,17 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
         write(&mut wr, &refuse(format!("a data plane named {name} is already connected"))).await?;
         return Err(std::io::Error::other(format!("{name}: duplicate name refused")));
     }
-    tracing::info!(dataplane = %name, next_seq, ?last_seq, ?policy_version, "data plane connected");
+    let (transport, remote) = match &peer {
+        Peer::Local => ("unix", None),
+        Peer::Enrolled { remote, .. } => ("tls", Some(remote.to_string())),
+    };
+    tracing::info!(dataplane = %name, transport, ?remote, next_seq, ?last_seq, ?policy_version, "data plane connected");
     links.update(&name, |s| {
         *s = DataplaneStatus {
             name: name.clone(),
             connected: true,
+            transport,
+            remote,
             since_ms: now_ms(),
             policy_version,
             policy_sha256: Some(policy_sha256),
@@ -405,7 +473,16 @@ async fn connection(stream: UnixStream, state: Arc<AppState>) -> std::io::Result
             }
         }
     });
-    let r = serve_up(&mut rd, &mut dec, &mut buf, &name, &state).await;
+    let mut writer = writer;
+    let r = tokio::select! {
+        r = serve_up(&mut rd, &mut dec, &mut buf, &name, &state) => r,
+        () = closer.notified() => {
+            // Revoked: the session is gone from the map, so the writer ends once it has said
+            // why (bounded: a peer that reads nothing does not keep it).
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            Err(std::io::Error::other("its certificate was revoked: disconnected"))
+        }
+    };
     writer.abort();
     {
         let mut sessions = lock!(links.sessions);

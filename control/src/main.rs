@@ -6,6 +6,7 @@
 mod approvals_cli;
 mod audit_cli;
 mod evidence_cli;
+mod fleet_cli;
 mod inventory_cli;
 mod keys_cli;
 mod remote;
@@ -115,6 +116,9 @@ enum Cmd {
     /// Evidence: the checkpoint signing key, and verification of the record chains.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The fleet: the CA of the data planes' link over TCP, enrolment, revocation (admin).
+    #[command(subcommand)]
+    Fleet(fleet_cli::FleetCmd),
     /// Evidence bundles: export a window's records, chains, checkpoints, rule versions and
     /// summary; verify a bundle offline.
     #[command(subcommand)]
@@ -558,6 +562,7 @@ fn main() -> ExitCode {
                 evidence_cli::export(a, &since, until.as_deref(), recordings, &out)
             });
         }
+        Cmd::Fleet(c) => return online(&conn, |a| fleet_cli::run(a, &c)),
         Cmd::Audit(c) => {
             return online(&conn, |a| match &c {
                 AuditCmd::Key => audit_cli::key(a),

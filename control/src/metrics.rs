@@ -29,6 +29,8 @@ pub struct Inputs<'a> {
     pub hosts_per_app: Vec<(String, u64)>,
     /// Console sessions open.
     pub console_sessions: usize,
+    /// TLS link peers refused after their handshake.
+    pub link_refused: u64,
 }
 
 /// A label value with `\`, `"` and newlines escaped.
@@ -140,6 +142,12 @@ pub fn render(i: &Inputs<'_>) -> String {
         "Records the syslog exporter dropped (queue full).",
     );
     o.sample("sluice_syslog_dropped_total", &[], i.hub.syslog_dropped.load(Ordering::Relaxed));
+    o.family(
+        "sluice_link_refused_total",
+        "counter",
+        "Data-plane link peers refused after the TLS handshake (certificate not issued by this control, or revoked).",
+    );
+    o.sample("sluice_link_refused_total", &[], i.link_refused);
     o.family("sluice_dataplane_connected", "gauge", "1 while the data plane is connected.");
     for d in &i.dataplanes {
         o.sample("sluice_dataplane_connected", &[("dataplane", &d.name)], u8::from(d.connected));
@@ -257,8 +265,10 @@ mod tests {
             hub: &hub,
             hosts_per_app: vec![("openai-python".into(), 2)],
             console_sessions: 2,
+            link_refused: 3,
         });
         for want in [
+            "sluice_link_refused_total 3",
             "sluice_packets_total{dataplane=\"dp\\\"1\"} 10",
             "sluice_bytes_total{dataplane=\"dp\\\"1\"} 600",
             "sluice_handshakes_total{dataplane=\"dp\\\"1\"} 2",

@@ -573,7 +573,11 @@ pub fn status(api: &Api) -> Out {
             let link = &d["stats"]["link"];
             vec![
                 s(d, "name"),
-                if d["connected"] == true { "connected".into() } else { "away".into() },
+                if d["connected"] == true {
+                    format!("connected ({})", s(d, "transport"))
+                } else {
+                    "away".into()
+                },
                 when(&d["since_ms"]),
                 // A data plane enforcing other rules than control's (a local file) is flagged.
                 match (d["policy_version"].as_i64(), d["policy_current"].as_bool()) {

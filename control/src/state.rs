@@ -33,6 +33,10 @@ pub struct AppState {
     pub quotas: crate::quotas::Totals,
     /// Held requests.
     pub approvals: Mutex<crate::approvals::ApprovalStore>,
+    /// The fleet's CA and enrolled data planes.
+    pub fleet: Mutex<crate::fleet::Fleet>,
+    /// The TLS link listener's configuration, once the fleet has a CA.
+    fleet_tls: std::sync::RwLock<Option<Arc<rustls::ServerConfig>>>,
     /// The prompts of held requests whose rule lets reviewers read them (memory only).
     pub prompts: crate::approvals::Prompts,
     /// The approval webhook's queue.
@@ -82,6 +86,8 @@ pub struct Stores {
     pub keys: crate::keystore::KeyStore,
     /// Held requests.
     pub approvals: crate::approvals::ApprovalStore,
+    /// The fleet's CA and enrolments.
+    pub fleet: crate::fleet::Fleet,
 }
 
 impl AppState {
@@ -94,6 +100,13 @@ impl AppState {
         ca_pem: Option<String>,
         webhook: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
     ) -> AppState {
+        let fleet_tls = match stores.fleet.server_config() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("the fleet's link listener has no TLS: {e}");
+                None
+            }
+        };
         AppState {
             tokens,
             rules: Mutex::new(stores.rules),
@@ -101,6 +114,8 @@ impl AppState {
             identities: Mutex::new(stores.identities),
             keys: Mutex::new(stores.keys),
             approvals: Mutex::new(stores.approvals),
+            fleet: Mutex::new(stores.fleet),
+            fleet_tls: std::sync::RwLock::new(fleet_tls),
             prompts: Default::default(),
             webhook,
             links: Links::default(),
@@ -122,6 +137,16 @@ impl AppState {
 }
 
 impl AppState {
+    /// The TLS link listener's configuration, once the fleet has a CA.
+    pub fn fleet_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.fleet_tls.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts the link listener's TLS in force (after `fleet init`).
+    pub fn set_fleet_tls(&self, cfg: Arc<rustls::ServerConfig>) {
+        *self.fleet_tls.write().unwrap_or_else(PoisonError::into_inner) = Some(cfg);
+    }
+
     /// What the data planes get of the key store: the provider keys (unsealed), the virtual
     /// keys in force and the DLP salt.
     pub fn key_push(&self) -> Result<crate::keystore::KeyPush, crate::keystore::KeyError> {

@@ -98,6 +98,7 @@ async fn metrics(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
         hub: &s.hub,
         hosts_per_app,
         console_sessions: s.console.count(),
+        link_refused: s.links.refused.load(std::sync::atomic::Ordering::Relaxed),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

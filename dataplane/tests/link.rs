@@ -67,7 +67,7 @@ fn link_client_round_trip() {
     let stop = Arc::new(AtomicBool::new(false));
     let connected = Arc::new(AtomicBool::new(false));
     let client = {
-        let cfg = LinkConfig { socket: path.clone(), name: "edge-1".into() };
+        let cfg = LinkConfig { to: link::Endpoint::Unix(path.clone()), name: "edge-1".into() };
         let (s, e, c, st) = (spool.clone(), enforced.clone(), connected.clone(), stop.clone());
         std::thread::spawn(move || link::run(cfg, s, e, c, st))
     };

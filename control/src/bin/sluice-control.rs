@@ -11,12 +11,13 @@ use sluice_control::approvals::ApprovalStore;
 use sluice_control::auth::Tokens;
 use sluice_control::checkpointer::{self, Checkpointer};
 use sluice_control::config::Config;
+use sluice_control::fleet::Fleet;
 use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
-use sluice_control::{audit_key, link, serve, syslog, tls, webhook};
+use sluice_control::{audit_key, link, link_tls, serve, syslog, tls, webhook};
 
 /// mimalloc: the link's batches and the record store allocate and free large buffers many
 /// times a second, which glibc's allocator returned to the kernel and faulted in again
@@ -73,6 +74,7 @@ fn main() -> Result<()> {
             .context("opening the key store")?,
         approvals: ApprovalStore::open(&cfg.state_dir.join("approvals.db"))
             .context("opening the approval store")?,
+        fleet: Fleet::open(&cfg.state_dir).context("opening the fleet's store")?,
     };
     let (webhook, webhook_task) =
         match webhook::start(&cfg.approvals).context("[approvals] webhook")? {
@@ -118,6 +120,18 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         });
+        if let Some(addr) = cfg.link_listen {
+            let st = state.clone();
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the link's address {addr}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = link_tls::serve(listener, st).await {
+                    tracing::error!(listen = %addr, "data-plane link (TLS) stopped: {e}");
+                    std::process::exit(1);
+                }
+            });
+        }
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tokio::spawn(checkpointer::run(state.clone()));
         tokio::spawn(push_quotas(state.clone()));

@@ -38,6 +38,11 @@ pub fn start_with(extra: &str) -> Daemon {
 
 /// [`start_with`], the daemon's environment given `env` besides.
 pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+    start_configured("", extra, env)
+}
+
+/// The daemon with `top` among the configuration's top-level keys, `extra` after its tables.
+pub fn start_configured(top: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("sluice-control-test-{}-{n}", std::process::id()));
@@ -45,7 +50,7 @@ pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"soc\"\nrole = \"analyst\"\nsha256 = \"{}\"\n",
+        "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{top}\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"soc\"\nrole = \"analyst\"\nsha256 = \"{}\"\n",
         dir.join("state").display(),
         token_hash(ADMIN),
         token_hash(ANALYST)
@@ -126,13 +131,40 @@ pub fn rules(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// A link's stream: the Unix socket, or TLS over TCP.
+pub trait Stream: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Stream for T {}
+
 /// A data plane's end of the link, speaking the protocol by hand.
 pub struct FakeDataplane {
-    pub sock: std::os::unix::net::UnixStream,
+    pub sock: Box<dyn Stream>,
     dec: sluice_link::Decoder,
 }
 
 impl FakeDataplane {
+    /// Connects to the link's TLS listener at `port` with the enrolment in `dir` (a TLS
+    /// failure is the error) and says hello as `name`.
+    pub fn connect_tls(port: u16, dir: &Path, name: &str) -> Result<FakeDataplane, String> {
+        let tls = sluice_certs::fleet::dataplane_tls(dir).map_err(|e| e.to_string())?;
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let server = rustls::pki_types::ServerName::try_from("sluice-control").unwrap();
+        let conn = rustls::ClientConnection::new(tls.config, server).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
+        }
+        let mut d = FakeDataplane { sock: Box::new(s), dec: sluice_link::Decoder::new() };
+        d.send(&sluice_link::Up::Hello {
+            proto: sluice_link::PROTO_VERSION,
+            dataplane: name.into(),
+            next_seq: 1,
+            policy_version: None,
+            policy_sha256: String::new(),
+        });
+        Ok(d)
+    }
+
     pub fn connect(d: &Daemon, name: &str, proto: u32) -> FakeDataplane {
         use std::io::Write;
         let path = d.dir.join("state").join("dataplane.sock");
@@ -161,7 +193,7 @@ impl FakeDataplane {
         };
         sluice_link::encode(&hello, &mut buf).unwrap();
         sock.write_all(&buf).unwrap();
-        FakeDataplane { sock, dec: sluice_link::Decoder::new() }
+        FakeDataplane { sock: Box::new(sock), dec: sluice_link::Decoder::new() }
     }
 
     pub fn send(&mut self, m: &sluice_link::Up) {
@@ -190,15 +222,25 @@ impl FakeDataplane {
 
     /// The next message, `None` when control closed the link.
     pub fn recv(&mut self) -> Option<sluice_link::Down> {
+        self.try_recv().unwrap_or_else(|e| panic!("link read: {e}"))
+    }
+
+    /// The next message, `None` when control closed the link (a TLS peer's end without
+    /// close_notify too), or the failure (a TLS alert).
+    pub fn try_recv(&mut self) -> std::io::Result<Option<sluice_link::Down>> {
         use std::io::Read;
         let mut buf = [0u8; 65536];
         loop {
-            if let Some(m) = self.dec.message().unwrap() {
-                return Some(m);
+            if let Some(m) = self.dec.message().map_err(std::io::Error::other)? {
+                return Ok(Some(m));
             }
-            let n = self.sock.read(&mut buf).unwrap();
+            let n = match self.sock.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
-                return None;
+                return Ok(None);
             }
             self.dec.push(&buf[..n]);
         }

@@ -1,7 +1,7 @@
 //! The data plane's side of the link to `sluice-control` (protocol in [`sluice_link`]).
 //!
-//! One thread owns the Unix socket: it connects (retrying with back-off while control is
-//! away), says hello, then sends what the [`Spool`] holds beyond what control has stored and
+//! One thread owns the link (control's Unix socket, or its address over mutual TLS:
+//! [`connect`]): it connects (retrying with back-off while control is away), says hello, then sends what the [`Spool`] holds beyond what control has stored and
 //! applies what control pushes — a rule set (compiled, swapped whole into the shared
 //! [`Policy`] and written to the state directory so a restart enforces it even without
 //! control) or the identity feed (swapped whole into the [`IdentityOverlay`] and kept there
@@ -9,10 +9,10 @@
 //! never wait on any of this: they read the snapshots through `ArcSwap`.
 
 pub mod chain;
+pub mod connect;
 pub mod spool;
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +25,7 @@ use sluice_rules::catalog::ShippedOnly;
 use sluice_rules::{IdentityOverlay, OverlayEntry, Policy, Severity, compile};
 use tracing::{info, warn};
 
+pub use connect::Endpoint;
 pub use spool::Spool;
 
 /// Hex SHA-256 of a rule text.
@@ -197,8 +198,8 @@ impl Enforced {
 /// Where and as whom to connect.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// Control's Unix socket.
-    pub socket: PathBuf,
+    /// Where control is.
+    pub to: Endpoint,
     /// This data plane's name.
     pub name: String,
 }
@@ -223,28 +224,38 @@ pub fn run(
     let mut backoff = Duration::from_millis(100);
     let mut last_error = String::new();
     while !stop.load(Ordering::Relaxed) {
-        match UnixStream::connect(&cfg.socket) {
+        // A failure is said once per run of the same, not at every retry.
+        let failure = match connect::connect(&cfg.to) {
             Ok(stream) => {
-                backoff = Duration::from_millis(100);
-                info!(socket = %cfg.socket.display(), "connected to control");
+                info!(control = %cfg.to, "connected to control");
+                let began = Instant::now();
                 connected.store(true, Ordering::Relaxed);
                 let r = serve(stream, &cfg, &spool, &enforced, &stop);
                 connected.store(false, Ordering::Relaxed);
                 // Nobody can decide now: requests that would wait are refused at once (those
                 // waiting wait on, and are told to control again after a reconnect).
                 enforced.access.approvals.connected.store(false, Ordering::Relaxed);
+                // Back-off starts over after a session that lasted, not after a refusal
+                // (a revoked certificate connects, and is refused, at once).
+                if began.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                    last_error.clear();
+                }
                 match r {
-                    Ok(()) => info!("link to control closed"),
-                    Err(e) => warn!("link to control lost: {e}"),
+                    Ok(()) => {
+                        info!("link to control closed");
+                        None
+                    }
+                    Err(e) => Some(format!("link to control lost, records are spooled: {e}")),
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last_error {
-                    warn!(socket = %cfg.socket.display(), "control unreachable, records are spooled: {msg}");
-                    last_error = msg;
-                }
-            }
+            Err(e) => Some(format!("control unreachable, records are spooled: {e}")),
+        };
+        if let Some(msg) = failure
+            && msg != last_error
+        {
+            warn!(control = %cfg.to, "{msg}");
+            last_error = msg;
         }
         let until = Instant::now() + backoff;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -254,7 +265,7 @@ pub fn run(
     }
 }
 
-fn send(stream: &mut UnixStream, msg: &Up) -> std::io::Result<()> {
+fn send(stream: &mut impl Write, msg: &Up) -> std::io::Result<()> {
     let mut buf = Vec::new();
     encode(msg, &mut buf).map_err(std::io::Error::other)?;
     stream.write_all(&buf)
@@ -267,15 +278,12 @@ fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
 /// One connection: hello, then alternate between reading what control sent (with a short
 /// timeout) and sending spooled records beyond what was sent.
 fn serve(
-    mut stream: UnixStream,
+    mut stream: impl Read + Write,
     cfg: &LinkConfig,
     spool: &Mutex<Spool>,
     enforced: &Enforced,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
-    // A control daemon that stops reading is treated as gone (records stay spooled).
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut announced = enforced.changes();
     let (version, sha) = enforced.current();
     let next_seq = lock(spool).next_seq();

@@ -115,11 +115,17 @@ pub struct Args {
     /// this long ends the process (status 70), so that systemd and a bypass act.
     #[arg(long, default_value_t = 2000)]
     pub watchdog_ms: u64,
-    /// Unix socket of sluice-control. With it, records are numbered, spooled and sent to
-    /// control, which pushes rule sets and the identity feed.
+    /// sluice-control: its Unix socket (a path, same host), or `tls://HOST:PORT`, its link
+    /// address over mutual TLS with the certificates of `--fleet-dir`. With it, records are
+    /// numbered, spooled and sent to control, which pushes rule sets and the identity feed.
     #[arg(long)]
-    pub control: Option<PathBuf>,
-    /// Name of this data plane toward control (default: the host name).
+    pub control: Option<String>,
+    /// The enrolment directory `sluicectl fleet enrol` wrote (`ca.crt`, `dataplane.crt`,
+    /// `dataplane.key`), for `--control tls://…`.
+    #[arg(long)]
+    pub fleet_dir: Option<PathBuf>,
+    /// Name of this data plane toward control (default: the name its fleet certificate was
+    /// issued for, or the host name).
     #[arg(long)]
     pub name: Option<String>,
     /// State directory: the record spool and the last rule set pushed by control.

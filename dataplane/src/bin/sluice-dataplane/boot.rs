@@ -78,6 +78,49 @@ pub fn boot_policy(args: &Args) -> Result<(sluice_rules::Policy, Option<i64>, St
     Ok((policy, None, sha))
 }
 
+/// Where control is (`--control`, `--fleet-dir`) and this data plane's name toward it.
+pub fn link_target(args: &Args) -> Result<Option<(link::Endpoint, String)>> {
+    let Some(control) = &args.control else {
+        if args.fleet_dir.is_some() {
+            anyhow::bail!("--fleet-dir is for --control tls://HOST:PORT");
+        }
+        return Ok(None);
+    };
+    let Some(addr) = control.strip_prefix("tls://") else {
+        if args.fleet_dir.is_some() {
+            anyhow::bail!("--fleet-dir is for --control tls://HOST:PORT, not a Unix socket");
+        }
+        let name = args.name.clone().unwrap_or_else(hostname);
+        return Ok(Some((link::Endpoint::Unix(control.into()), name)));
+    };
+    if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        anyhow::bail!("--control {control}: expected tls://HOST:PORT");
+    }
+    let dir = args.fleet_dir.as_ref().with_context(|| {
+        format!("--control {control} needs --fleet-dir (what `sluicectl fleet enrol` wrote)")
+    })?;
+    let tls = sluice_certs::fleet::dataplane_tls(dir)
+        .with_context(|| format!("--fleet-dir {}", dir.display()))?;
+    if let Some(n) = &args.name
+        && *n != tls.name
+    {
+        anyhow::bail!(
+            "--name {n}, but the certificate in {} was issued to {}: control would refuse it",
+            dir.display(),
+            tls.name
+        );
+    }
+    let left = tls.not_after.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    if left < std::time::Duration::from_secs(30 * 86_400) {
+        warn!(
+            days = left.as_secs() / 86_400,
+            "the fleet certificate expires soon: enrol again with --replace"
+        );
+    }
+    let name = tls.name.clone();
+    Ok(Some((link::Endpoint::Tls { addr: addr.to_owned(), tls: tls.config }, name)))
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

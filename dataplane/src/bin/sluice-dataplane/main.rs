@@ -31,7 +31,7 @@ use sluice_rules::IdentityOverlay;
 use tracing::{error, info, warn};
 
 use args::{Args, FastPathMode, Io};
-use boot::{boot_policy, dlp_salt, hostname, load_policy};
+use boot::{boot_policy, dlp_salt, load_policy};
 use driver::{Ports, RingRx, Shared, SocketRx, offload, run_port, run_tun, side_name};
 use handle::{EngineHandle, RequestQueue};
 use output::{Emitted, Output, Wake};
@@ -262,18 +262,15 @@ fn main() -> Result<()> {
     if let Some(t) = tun.clone() {
         spawn("tun".into(), Box::new(move |io| run_tun(t, io)))?;
     }
-    let link = match &args.control {
-        Some(socket) => {
+    let link = match boot::link_target(&args)? {
+        Some((to, name)) => {
             let spool = Spool::open(&args.state_dir.join("spool"), args.spool_max_mb.max(1) << 20)
                 .with_context(|| format!("opening the spool in {}", args.state_dir.display()))?;
             let mut spool = spool;
             spool.set_sync_every(Duration::from_millis(args.spool_sync_ms));
             info!(next_seq = spool.next_seq(), unsent = spool.depth(), "record spool opened");
             let spool = Arc::new(Mutex::new(spool));
-            let cfg = LinkConfig {
-                socket: socket.clone(),
-                name: args.name.clone().unwrap_or_else(hostname),
-            };
+            let cfg = LinkConfig { to, name };
             let connected = Arc::new(AtomicBool::new(false));
             let (sp, en, c, s) = (spool.clone(), enforced.clone(), connected.clone(), stop.clone());
             threads.push(
