@@ -489,7 +489,8 @@ dlp = "alert-credentials"
             emitted = sum(1 for r in local_records() if r.get("type") == "flow")
             st = status()
             stored = st["stored"]["flows"]
-            if emitted == stored and st["dataplanes"] and st["dataplanes"][0]["connected"]:
+            main = [d for d in st["dataplanes"] if d["name"] == "lab-" + env()["SLUICE_LAB"]]
+            if emitted == stored and main and main[0]["connected"]:
                 break
             time.sleep(1)
         self.assertEqual(stored, emitted, "flow records: stored by control vs emitted by the data plane")

@@ -96,6 +96,12 @@ def api(method, path, token=None, body=None):
     return int(code), text
 
 
+def main_dataplane(status_body):
+    """The lab's appliance in a status answer (a branch appliance may be listed too)."""
+    want = "lab-" + env()["SLUICE_LAB"]
+    return next(d for d in json.loads(status_body)["dataplanes"] if d["name"] == want)
+
+
 def push_rules(text):
     """Pushes a rule set through the control API; returns once the data plane enforces it."""
     code, body = api("PUT", "/v1/rules", "SLUICE_ADMIN_TOKEN", text)
@@ -583,7 +589,7 @@ class Reload(unittest.TestCase):
         while True:
             code, body = api("GET", "/v1/status", "SLUICE_ANALYST_TOKEN")
             self.assertEqual(code, 200, body)
-            dp = json.loads(body)["dataplanes"][0]
+            dp = main_dataplane(body)
             got = (dp["policy_version"], dp["policy_current"])
             if got == want or time.time() > deadline:
                 return got

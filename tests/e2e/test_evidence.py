@@ -207,7 +207,8 @@ class Salt(unittest.TestCase):
         deadline = time.time() + 30
         while time.time() < deadline:
             code, body = api("GET", "/v1/status", "SLUICE_AUDITOR_TOKEN")
-            dps = json.loads(body)["dataplanes"] if code == 200 else []
+            want = "lab-" + env()["SLUICE_LAB"]
+            dps = [d for d in json.loads(body)["dataplanes"] if d["name"] == want] if code == 200 else []
             if dps and dps[0]["connected"] and dps[0].get("dlp_salt") == salt:
                 return
             time.sleep(0.5)
