@@ -2,7 +2,8 @@
 //!
 //! The control plane of Sluice: the `sluice-control` daemon (HTTPS API with bearer tokens and
 //! roles, rule-set versions with history, diff and rollback, the audit log, flow queries) and
-//! the `sluicectl` CLI. Data planes connect over a Unix socket ([`link`]): rule sets and the
+//! the `sluicectl` CLI. Data planes connect over a Unix socket or, from other hosts, over TCP
+//! with mutual TLS ([`link`], [`link_tls`], [`fleet`]): rule sets and the
 //! identity feed go down, flow and request records come up into the [`store`], the live tail
 //! and the syslog exporter ([`hub`], [`syslog`]).
 
