@@ -92,7 +92,8 @@ pub(crate) struct Session {
 pub struct PushResult {
     /// The data plane.
     pub dataplane: String,
-    /// `applied`, `refused` or `no answer`.
+    /// `applied`, `refused` or `no answer`; `offline` for an enrolled data plane that is not
+    /// connected (it gets the current rules when it connects).
     pub status: &'static str,
     /// Why it refused.
     #[serde(skip_serializing_if = "Option::is_none")]

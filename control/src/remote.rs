@@ -402,9 +402,14 @@ pub(crate) fn report_push(v: &Value) -> Out {
     let mut bad = false;
     for d in &dps {
         let st = s(d, "status");
-        bad |= st != "applied";
+        // An enrolled data plane that is offline gets the rules when it connects: said, not
+        // a failure of the push.
+        bad |= st != "applied" && st != "offline";
         match d.get("error").and_then(Value::as_str) {
             Some(e) => println!("  {}: {st}: {e}", s(d, "dataplane")),
+            None if st == "offline" => {
+                println!("  {}: offline (it gets them when it connects)", s(d, "dataplane"));
+            }
             None => println!("  {}: {st}", s(d, "dataplane")),
         }
     }

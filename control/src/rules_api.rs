@@ -113,7 +113,7 @@ pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Va
     let same = lock!(s.rules).current().ok().flatten().filter(|c| c.text == text);
     if let Some(c) = same {
         // The same text again: no new version; the data planes are told it once more.
-        let pushed = s.links.push_policy(c.version, text, PUSH_WAIT).await;
+        let pushed = with_offline(s, s.links.push_policy(c.version, text, PUSH_WAIT).await);
         return Ok(json!({ "version": c.version, "unchanged": true, "warnings": [],
                           "dataplanes": pushed }));
     }
@@ -140,8 +140,19 @@ pub(crate) async fn push(s: &AppState, caller: &Caller, text: &str) -> Result<Va
         (v, warnings)
     };
     tracing::info!(version = v, by = %caller.name, "rule set accepted");
-    let pushed = s.links.push_policy(v, text, PUSH_WAIT).await;
+    let pushed = with_offline(s, s.links.push_policy(v, text, PUSH_WAIT).await);
     Ok(json!({ "version": v, "warnings": warnings, "dataplanes": pushed }))
+}
+
+/// A push's answers, with every enrolled data plane that was not connected listed as
+/// `offline`: the admin sees the whole fleet, and which of it has the rules yet.
+fn with_offline(s: &AppState, mut pushed: Vec<PushResult>) -> Vec<PushResult> {
+    for name in crate::status_api::enrolled_names(s) {
+        if !pushed.iter().any(|p| p.dataplane == name) {
+            pushed.push(PushResult { dataplane: name, status: "offline", error: None });
+        }
+    }
+    pushed
 }
 
 async fn history(State(s): State<Shared>, _: Authed<needs::Read>) -> ApiResult {
@@ -211,6 +222,6 @@ pub(crate) async fn roll_back(
         store.audit(&caller.name, "rules.rollback", &detail, Some(v)).or_500()?;
         (v, old.text)
     };
-    let pushed: Vec<PushResult> = s.links.push_policy(v, &text, PUSH_WAIT).await;
+    let pushed = with_offline(s, s.links.push_policy(v, &text, PUSH_WAIT).await);
     Ok(json!({ "version": v, "from_version": version, "dataplanes": pushed }))
 }

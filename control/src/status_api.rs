@@ -39,11 +39,32 @@ async fn ca_pem(State(s): State<Shared>, _: Authed<needs::Read>) -> Response {
     }
 }
 
-/// The data planes' status, each flagged by whether it enforces control's current rule set.
+/// The names of the data planes enrolled in the fleet (a certificate not revoked).
+pub(crate) fn enrolled_names(s: &AppState) -> Vec<String> {
+    let mut names: Vec<String> = match lock!(s.fleet).members() {
+        Ok(m) => m.into_iter().filter(|m| m.revoked_ms.is_none()).map(|m| m.name).collect(),
+        Err(e) => {
+            tracing::error!("reading the fleet: {e}");
+            Vec::new()
+        }
+    };
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The data planes' status (every one seen since control started, and every enrolled one,
+/// connected or not), each flagged by whether it enforces control's current rule set.
 pub(crate) fn dataplanes(s: &AppState) -> Vec<crate::link::DataplaneStatus> {
     let current =
         lock!(s.rules).current().ok().flatten().map(|v| crate::evidence::text_sha256(&v.text));
     let mut all = s.links.status();
+    for name in enrolled_names(s) {
+        if !all.iter().any(|d| d.name == name) {
+            all.push(crate::link::DataplaneStatus { name, transport: "tls", ..Default::default() });
+        }
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
     for d in &mut all {
         d.policy_current = current.as_ref().map(|c| d.policy_sha256.as_ref() == Some(c));
     }

@@ -117,6 +117,21 @@ fn enrolled_dataplanes_are_admitted_under_their_names_and_strangers_and_the_revo
     let (code, out) = call(&d, "POST", "/v1/fleet/enrol", Some(ADMIN), Some(body));
     assert_eq!(code, 422, "{out}");
 
+    // Enrolled but not connected: a push lists it offline (it gets the rules when it
+    // connects), status and metrics show it down.
+    let text = common::rules(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/default.toml"),
+    );
+    let (code, body) = call(&d, "PUT", "/v1/rules", Some(ADMIN), Some(&text));
+    assert_eq!(code, 200, "{body}");
+    let answers = &json(&body)["dataplanes"];
+    assert_eq!(answers, &json(r#"[{"dataplane": "edge-1", "status": "offline"}]"#), "{body}");
+    let status = json(&call(&d, "GET", "/v1/status", Some(ANALYST), None).1);
+    assert_eq!(status["dataplanes"][0]["name"], "edge-1", "{status}");
+    assert_eq!(status["dataplanes"][0]["connected"], false, "{status}");
+    let (_, metrics) = call(&d, "GET", "/metrics", Some(ANALYST), None);
+    assert!(metrics.contains("sluice_dataplane_connected{dataplane=\"edge-1\"} 0"), "{metrics}");
+
     // The enrolled data plane is admitted, and its records are stored under its name.
     let mut dp = FakeDataplane::connect_tls(link, &edge1, "edge-1").unwrap();
     welcomed(&mut dp);
