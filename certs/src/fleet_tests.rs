@@ -105,18 +105,27 @@ fn strangers_are_refused_and_a_dataplane_cannot_pose_as_control() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     assert!(handshake(ca.server_config().unwrap(), Arc::new(bare)).is_err(), "no certificate");
-    // A data plane's certificate (client use only) serving as control: its peers refuse it.
-    let (dp, _) = enrol(&ca, "edge-2");
-    let (certs, key) = load_pair(&dp.join("dataplane.crt"), &dp.join("dataplane.key")).unwrap();
-    let impostor = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    // A certificate of the fleet for client use only, even one that names `sluice-control`,
+    // serving as control: the data planes refuse it (only control's link certificate is for
+    // serving). The same certificate for server use is accepted: the use alone decides.
     let (victim, _) = enrol(&ca, "edge-3");
-    let tls = dataplane_tls(&victim).unwrap();
-    assert!(handshake(Arc::new(impostor), tls.config).is_err(), "a data plane as control");
+    let serving_as = |eku: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec![CONTROL_NAME.to_owned()]).unwrap();
+        params.extended_key_usages = vec![eku];
+        params.is_ca = IsCa::ExplicitNoCa;
+        let cert = params.signed_by(&key, &ca.ca.issuer).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        handshake(Arc::new(server), dataplane_tls(&victim).unwrap().config)
+    };
+    assert!(serving_as(ExtendedKeyUsagePurpose::ClientAuth).is_err(), "a client certificate");
+    assert!(serving_as(ExtendedKeyUsagePurpose::ServerAuth).is_ok(), "a server certificate");
 }
 
 #[test]

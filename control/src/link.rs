@@ -69,6 +69,8 @@ pub(crate) enum Peer {
     Enrolled {
         /// The name the certificate was issued for: the only one its hello may say.
         name: String,
+        /// Hex SHA-256 of the certificate (checked again once the session is in place).
+        sha256: String,
         /// The peer's address.
         remote: std::net::SocketAddr,
     },
@@ -387,7 +389,7 @@ where
         write(&mut wr, &refuse(format!("link version {proto} is not {PROTO_VERSION}"))).await?;
         return Err(std::io::Error::other(format!("{name}: link version {proto} refused")));
     }
-    if let Peer::Enrolled { name: enrolled, remote } = &peer
+    if let Peer::Enrolled { name: enrolled, remote, .. } = &peer
         && *enrolled != name
     {
         write(&mut wr, &refuse(format!("this certificate was issued to {enrolled}, not {name}")))
@@ -429,6 +431,25 @@ where
     if duplicate {
         write(&mut wr, &refuse(format!("a data plane named {name} is already connected"))).await?;
         return Err(std::io::Error::other(format!("{name}: duplicate name refused")));
+    }
+    // A revocation between the handshake's check and here found no session to close: the
+    // certificate is checked again now that the session is in place (a revocation from now on
+    // finds it), before anything is sent.
+    if let Peer::Enrolled { sha256, .. } = &peer {
+        let (st, sha) = (state.clone(), sha256.clone());
+        let member = tokio::task::spawn_blocking(move || lock!(st.fleet).member(&sha))
+            .await
+            .map_err(std::io::Error::other)?;
+        if !matches!(member, Ok(Some(m)) if m.revoked_ms.is_none()) {
+            {
+                let mut sessions = lock!(links.sessions);
+                if sessions.get(&name).is_some_and(|s| s.conn == conn) {
+                    sessions.remove(&name);
+                }
+            }
+            write(&mut wr, &refuse("its certificate was revoked".into())).await?;
+            return Err(std::io::Error::other(format!("{name}: revoked while connecting")));
+        }
     }
     let (transport, remote) = match &peer {
         Peer::Local => ("unix", None),
@@ -485,16 +506,25 @@ where
         }
     };
     writer.abort();
-    {
+    let replaced = {
         let mut sessions = lock!(links.sessions);
-        if sessions.get(&name).is_some_and(|s| s.conn == conn) {
-            sessions.remove(&name);
+        match sessions.get(&name) {
+            Some(s) if s.conn == conn => {
+                sessions.remove(&name);
+                false
+            }
+            // Another connection of the same name took over (after a revocation closed this
+            // one): its status stays.
+            Some(_) => true,
+            None => false,
         }
+    };
+    if !replaced {
+        links.update(&name, |s| {
+            s.connected = false;
+            s.since_ms = now_ms();
+        });
     }
-    links.update(&name, |s| {
-        s.connected = false;
-        s.since_ms = now_ms();
-    });
     tracing::info!(dataplane = %name, "data plane disconnected");
     r
 }

@@ -17,36 +17,55 @@ use crate::state::AppState;
 
 /// A TLS handshake and the certificate's check finish within this, or the connection goes.
 const HANDSHAKE: Duration = Duration::from_secs(10);
-/// Link connections (handshakes included) at most from one address, and in all.
-const PER_ADDRESS: usize = 16;
-const TOTAL: usize = 256;
+/// Link connections (handshakes included) at most from one source (an address, or an IPv6
+/// /64: many data planes may share a NAT address), and in all.
+const PER_ADDRESS: usize = 64;
+const TOTAL: usize = 4096;
+/// Handshakes in progress at most: peers without a certificate can hold no more than these
+/// (each for at most [`HANDSHAKE`]), and never the slots of data planes already admitted.
+const HANDSHAKES: usize = 64;
 
-/// Open connections by address; an entry is released when its connection ends.
+/// Open connections by source (an IPv6 /64 counts as one), and in all; an entry is released
+/// when its connection ends, and a source with none has no entry.
 #[derive(Debug, Default)]
-struct Open(Mutex<HashMap<IpAddr, usize>>);
+struct Open(Mutex<(HashMap<IpAddr, usize>, usize)>);
 
 struct Slot<'a>(&'a Open, IpAddr);
 
+/// The source an address counts as: itself, or its /64 for IPv6.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 impl Open {
     fn take(&self, ip: IpAddr) -> Option<Slot<'_>> {
-        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let total: usize = m.values().sum();
-        let n = m.entry(ip).or_default();
-        if *n >= PER_ADDRESS || total >= TOTAL {
+        let src = source(ip);
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (by_source, total) = &mut *guard;
+        if *total >= TOTAL || by_source.get(&src).is_some_and(|n| *n >= PER_ADDRESS) {
             return None;
         }
-        *n += 1;
-        Some(Slot(self, ip))
+        *by_source.entry(src).or_default() += 1;
+        *total += 1;
+        Some(Slot(self, src))
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut m = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.1) {
+        let mut guard = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (by_source, total) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_source.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.1);
+                by_source.remove(&self.1);
             }
         }
     }
@@ -57,6 +76,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "data-plane link listening (TCP, mutual TLS with the fleet CA)");
     let open: &'static Open = Box::leak(Box::default());
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -70,18 +90,27 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
             tracing::warn!(%remote, "link: too many connections, closed");
             continue;
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "link: too many handshakes in progress, closed");
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = admit(stream, remote, state).await {
+            if let Err(e) = admit(stream, remote, state, handshake).await {
                 tracing::warn!(%remote, "data-plane link (TLS): {e}");
             }
         });
     }
 }
 
-/// The handshake, the certificate's check, then the link.
-async fn admit(stream: TcpStream, remote: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
+/// The handshake, the certificate's check (holding a `handshake` permit), then the link.
+async fn admit(
+    stream: TcpStream,
+    remote: SocketAddr,
+    state: Arc<AppState>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) -> std::io::Result<()> {
     let Some(cfg) = state.fleet_tls() else {
         return Err(std::io::Error::other(
             "closed: the fleet has no CA yet (`sluicectl fleet init`)",
@@ -107,9 +136,11 @@ async fn admit(stream: TcpStream, remote: SocketAddr, state: Arc<AppState>) -> s
     .await
     .map_err(std::io::Error::other)?
     .map_err(std::io::Error::other)?;
+    drop(handshake);
     let reason = match member {
         Some(m) if m.revoked_ms.is_none() => {
-            return connection(tls, Peer::Enrolled { name: m.name, remote }, state).await;
+            let peer = Peer::Enrolled { name: m.name, sha256, remote };
+            return connection(tls, peer, state).await;
         }
         Some(m) => format!("the certificate of {} ({}) is revoked", m.name, short(&sha256)),
         None => format!("certificate {} was not issued by this control", short(&sha256)),
@@ -128,4 +159,29 @@ async fn admit(stream: TcpStream, remote: SocketAddr, state: Arc<AppState>) -> s
 
 fn short(sha256: &str) -> &str {
     sha256.get(..16).unwrap_or(sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_bounded_and_released_whole() {
+        let open = Open::default();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let slots: Vec<_> = (0..PER_ADDRESS).filter_map(|_| open.take(a)).collect();
+        assert_eq!(slots.len(), PER_ADDRESS);
+        assert!(open.take(a).is_none(), "one source past its bound");
+        assert!(open.take([10, 0, 0, 2].into()).is_some(), "another source is not");
+        // An IPv6 /64 is one source.
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let more: Vec<_> = (0..PER_ADDRESS as u16).filter_map(|i| open.take(v6(i))).collect();
+        assert_eq!(more.len(), PER_ADDRESS);
+        assert!(open.take(v6(999)).is_none());
+        drop(slots);
+        drop(more);
+        let guard = open.0.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(guard.0.is_empty(), "a source with no connection keeps no entry");
+        assert_eq!(guard.1, 0);
+    }
 }

@@ -92,10 +92,8 @@ fn enrolled_dataplanes_are_admitted_under_their_names_and_strangers_and_the_revo
         sluicectl(&d, ADMIN, &["fleet", "enrol", "edge-1", "--out", edge1.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(mode(&edge1.join("dataplane.key")), 0o600);
-    let key = std::fs::read_to_string(edge1.join("dataplane.key")).unwrap();
     let (_, audit) = call(&d, "GET", "/v1/audit", Some(ADMIN), None);
     assert!(audit.contains("fleet.enrol") && audit.contains("fleet.init"), "{audit}");
-    assert!(!audit.contains(key.lines().nth(1).unwrap()), "no key in the audit log");
     // An analyst cannot enrol; a name enrolled already, or a directory holding a key, is
     // refused; so is a name that cannot be one.
     let (code, out) = sluicectl(&d, ANALYST, &["fleet", "enrol", "edge-9", "--out", "/tmp/x9"]);
@@ -201,6 +199,9 @@ fn enrolled_dataplanes_are_admitted_under_their_names_and_strangers_and_the_revo
     let reason = refused(&mut f).unwrap();
     assert!(reason.contains("was not issued by this control"), "{reason}");
 
+    // A connection admitted before a revocation that says hello after it is refused: the
+    // certificate is checked again once its session is in place.
+    let slow = FakeDataplane::handshake_tls(link, &edge1).unwrap();
     // Revocation ends the live link, and the next connection is refused.
     let (code, out) = sluicectl(&d, ADMIN, &["fleet", "revoke", "edge-1"]);
     assert_eq!(code, 0, "{out}");
@@ -213,6 +214,11 @@ fn enrolled_dataplanes_are_admitted_under_their_names_and_strangers_and_the_revo
     assert!(reason.contains("revoked"), "{reason}");
     let (_, metrics) = call(&d, "GET", "/metrics", Some(ANALYST), None);
     assert!(metrics.contains("sluice_link_refused_total 2"), "{metrics}");
+    let mut slow = slow.hello("edge-1");
+    let reason = refused(&mut slow).unwrap();
+    assert!(reason.contains("revoked"), "{reason}");
+    let status = json(&call(&d, "GET", "/v1/status", Some(ANALYST), None).1);
+    assert_eq!(status["dataplanes"][0]["connected"], false, "{status}");
     let (code, out) = sluicectl(&d, ADMIN, &["fleet", "revoke", "edge-1"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("HTTP 404"), "{out}");

@@ -145,29 +145,51 @@ class Fleet(unittest.TestCase):
 
     def test_c_a_revoked_branch_is_cut_off_and_refused_and_keeps_enforcing(self):
         main, branch = names()
+        state = env()["SLUICE_LAB_STATE"]
+        log = os.path.join(state, "branch.log")
+        with open(log) as f:
+            seen = len(f.read())
         r = sluicectl("fleet", "revoke", branch)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("its link was closed", r.stdout)
         until("the branch disconnected", lambda: not status()[branch]["connected"])
-        log = os.path.join(env()["SLUICE_LAB_STATE"], "branch.log")
+
         def told():
             with open(log) as f:
-                return "revoked" in f.read()
+                return "its certificate was revoked" in f.read()[seen:]
         until("the branch told why", told)
-        time.sleep(3)  # its reconnections (back-off up to 2 s) are refused
-        self.assertFalse(status()[branch]["connected"])
+        # Its next connection, with the same certificate, is refused after the handshake.
+        fleet = os.path.join(state, "branch", "fleet")
+        with open(os.path.join(state, "control", "link_addr")) as f:
+            link = f.read().strip()
+        r = on("appl2", "openssl", "s_client", "-connect", link, "-servername", "sluice-control",
+               "-CAfile", os.path.join(fleet, "ca.crt"), "-cert", os.path.join(fleet, "dataplane.crt"),
+               "-key", os.path.join(fleet, "dataplane.key"), "-verify_return_error", "-quiet", timeout=20)
+        self.assertIn("is revoked", r.stdout + r.stderr)
         code, metrics = api("GET", "/metrics", "SLUICE_ANALYST_TOKEN")
         refused = [l for l in metrics.splitlines() if l.startswith("sluice_link_refused_total ")]
         self.assertGreaterEqual(int(refused[0].split()[1]), 1, refused)
+        self.assertFalse(status()[branch]["connected"])
         # Cut off from control, it goes on enforcing what it holds: unknown sources (carol)
-        # are refused every OpenAI service by the lab's rules.
+        # are refused every OpenAI service by the lab's rules, and may reach the rest.
         self.assertIn(https_code("carol", "https://api.openai.com/v1/models"), ("403", "000"))
         self.assertEqual(https_code("carol"), "200")
+        last = until("carol's refused API flow", lambda: [
+            r for r in local_branch_records() if r.get("type") == "flow" and r.get("src") == "10.30.1.10"
+            and r.get("sni") == "api.openai.com"])[-1]
+        self.assertEqual(last["action"], "block", last)
         # The main appliance is untouched.
         self.assertTrue(status()[main]["connected"])
         # Enrolled again (as `scripts/lab branch start` does for a revoked name), it is back.
         start_branch()
         self.assertTrue(status()[branch]["connected"])
+
+
+def local_branch_records():
+    """The branch data plane's own flow log."""
+    path = os.path.join(env()["SLUICE_LAB_STATE"], "branch", "flows.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 if __name__ == "__main__":

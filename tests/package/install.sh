@@ -4,7 +4,8 @@
 # files, modes and conffiles; the state directories postinst makes; no unit enabled or
 # started, and postinst saying what comes next; the units verified by systemd-analyze (no
 # warning) and their exposure within bounds; the binaries run from the root; the default
-# control configuration refused (no admin token); removal and purge leave nothing behind.
+# control configuration refused (no admin token); removal keeps configuration and state,
+# purge leaves nothing behind.
 # Needs root (chroot). Run by scripts/test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -92,9 +93,24 @@ grep -q "no admin token" "$work/control.out" || fail "sluice-control's refusal: 
 chroot "$root" sluicectl rules check /etc/sluice/rules.toml > /dev/null || fail "the shipped rules do not check"
 
 echo "== removal and purge"
+# Some state, as a running appliance leaves it.
+touch "$root/var/lib/sluice/learned.json" "$root/var/lib/sluice-control/flows.db" "$root/var/log/sluice/flows.jsonl"
 chroot "$root" dpkg -r sluice-dataplane sluice-control sluicectl > /dev/null
-[ ! -e "$root/usr/bin/sluice-dataplane" ] || fail "the binary stayed after removal"
-[ -e "$root/etc/sluice/control.toml" ] || fail "removal took the configuration (only purge may)"
+for f in /usr/bin/sluice-dataplane /usr/bin/sluice-control /usr/bin/sluicectl \
+         /usr/lib/systemd/system/sluice-dataplane.service /usr/lib/systemd/system/sluice-control.service; do
+  [ ! -e "$root$f" ] || fail "$f stayed after removal"
+done
+for f in /etc/sluice/control.toml /etc/sluice/dataplane.env /var/lib/sluice/learned.json \
+         /var/lib/sluice-control/flows.db /var/log/sluice/flows.jsonl; do
+  [ -e "$root$f" ] || fail "removal took $f (only purge may)"
+done
 chroot "$root" dpkg --purge sluice-dataplane sluice-control > /dev/null
-[ ! -e "$root/etc/sluice/control.toml" ] || fail "purge left /etc/sluice/control.toml"
+for f in /etc/sluice /var/lib/sluice /var/lib/sluice-control /var/log/sluice; do
+  [ ! -e "$root$f" ] || fail "purge left $f"
+done
+for p in sluice-dataplane sluice-control sluicectl; do
+  if chroot "$root" dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed; then
+    fail "$p is still installed"
+  fi
+done
 echo "ok: packages install, verify and purge cleanly"

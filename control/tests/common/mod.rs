@@ -145,6 +145,11 @@ impl FakeDataplane {
     /// Connects to the link's TLS listener at `port` with the enrolment in `dir` (a TLS
     /// failure is the error) and says hello as `name`.
     pub fn connect_tls(port: u16, dir: &Path, name: &str) -> Result<FakeDataplane, String> {
+        Ok(Self::handshake_tls(port, dir)?.hello(name))
+    }
+
+    /// Connects to the link's TLS listener and finishes the handshake, saying nothing yet.
+    pub fn handshake_tls(port: u16, dir: &Path) -> Result<FakeDataplane, String> {
         let tls = sluice_certs::fleet::dataplane_tls(dir).map_err(|e| e.to_string())?;
         let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
@@ -154,15 +159,19 @@ impl FakeDataplane {
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).map_err(|e| e.to_string())?;
         }
-        let mut d = FakeDataplane { sock: Box::new(s), dec: sluice_link::Decoder::new() };
-        d.send(&sluice_link::Up::Hello {
+        Ok(FakeDataplane { sock: Box::new(s), dec: sluice_link::Decoder::new() })
+    }
+
+    /// Says hello as `name`.
+    pub fn hello(mut self, name: &str) -> FakeDataplane {
+        self.send(&sluice_link::Up::Hello {
             proto: sluice_link::PROTO_VERSION,
             dataplane: name.into(),
             next_seq: 1,
             policy_version: None,
             policy_sha256: String::new(),
         });
-        Ok(d)
+        self
     }
 
     pub fn connect(d: &Daemon, name: &str, proto: u32) -> FakeDataplane {

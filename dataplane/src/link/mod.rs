@@ -209,6 +209,9 @@ const BATCH: usize = 2_000;
 /// Most bytes of records in one message (a single larger line goes alone).
 const BATCH_BYTES: usize = 16 << 20;
 const WINDOW: u64 = 20_000;
+/// How a refusal by control starts its error, and the wait before asking again after one.
+const REFUSED: &str = "control refused us: ";
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Runs the link until `stop`: connect, serve, reconnect.
 pub fn run(
@@ -246,7 +249,14 @@ pub fn run(
                         info!("link to control closed");
                         None
                     }
-                    Err(e) => Some(format!("link to control lost, records are spooled: {e}")),
+                    Err(e) => {
+                        // Refused (a revoked certificate, another data plane of this name):
+                        // asking again at once changes nothing, so not before a while.
+                        if e.to_string().starts_with(REFUSED) {
+                            backoff = backoff.max(REFUSED_BACKOFF);
+                        }
+                        Some(format!("link to control lost, records are spooled: {e}"))
+                    }
                 }
             }
             Err(e) => Some(format!("control unreachable, records are spooled: {e}")),
@@ -261,14 +271,18 @@ pub fn run(
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if backoff < REFUSED_BACKOFF {
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
 fn send(stream: &mut impl Write, msg: &Up) -> std::io::Result<()> {
     let mut buf = Vec::new();
     encode(msg, &mut buf).map_err(std::io::Error::other)?;
-    stream.write_all(&buf)
+    stream.write_all(&buf)?;
+    // Over TLS a write's socket error surfaces at the flush (rustls keeps it otherwise).
+    stream.flush()
 }
 
 fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
@@ -344,7 +358,7 @@ fn serve(
                     desk.connected.store(true, Ordering::Relaxed);
                 }
                 Down::Refused { reason } => {
-                    return Err(std::io::Error::other(format!("control refused us: {reason}")));
+                    return Err(std::io::Error::other(format!("{REFUSED}{reason}")));
                 }
                 Down::Policy { version, text } => {
                     let error = enforced.apply_pushed(version, &text).err();
@@ -441,6 +455,7 @@ fn serve(
             encode_records(batch.iter().map(|(_, line)| line), &mut frame)
                 .map_err(std::io::Error::other)?;
             stream.write_all(&frame)?;
+            stream.flush()?;
             // Kept up to the bound of a batch (only a single larger line goes past it).
             if frame.capacity() > sluice_link::KEPT_FRAME {
                 frame = Vec::new();
