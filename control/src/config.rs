@@ -58,6 +58,9 @@ pub struct Config {
     /// Evidence: how often chains' heads are signed.
     #[serde(default)]
     pub audit: crate::checkpointer::AuditConfig,
+    /// The explicit proxy: its addresses, and where the PAC file is served.
+    #[serde(default)]
+    pub proxy: crate::pac::ProxyConfig,
 }
 
 /// `[approvals]`.
@@ -174,6 +177,9 @@ impl Config {
         }
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(invalid("tls_cert and tls_key go together".into()));
+        }
+        if let Some(p) = c.proxy.problem() {
+            return Err(invalid(p));
         }
         Ok(c)
     }

@@ -38,6 +38,7 @@ pub mod keystore;
 pub mod link;
 pub mod link_tls;
 pub mod metrics;
+pub mod pac;
 pub mod quotas;
 pub mod record;
 pub mod recordings;

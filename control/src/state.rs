@@ -51,6 +51,8 @@ pub struct AppState {
     pub started: Instant,
     /// The console's sessions (memory only).
     pub console: crate::console::Sessions,
+    /// The PAC file of the current rule version (`[proxy]`).
+    pub pac: crate::pac::PacCache,
     /// Evidence: the checkpoint signer and where the record store is (verification reads it
     /// on its own connection).
     pub audit: AuditState,
@@ -125,6 +127,7 @@ impl AppState {
             ca_pem,
             started: Instant::now(),
             console: Default::default(),
+            pac: Default::default(),
             audit: AuditState::default(),
         }
     }

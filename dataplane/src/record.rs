@@ -45,6 +45,9 @@ pub struct FlowRecord {
     pub vlan: Option<u16>,
     /// Initiated from the inside port.
     pub inside: bool,
+    /// How the flow came: `proxy` for an explicit proxy's tunnel (absent inline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
     /// Identity name.
     pub identity: Option<Name>,
     /// Feed user.
@@ -86,6 +89,7 @@ impl FlowRecord {
             dport: f.server.1,
             vlan: f.vlan,
             inside: f.from_inside,
+            via: None,
             identity: f.identity.clone(),
             user: f.user.clone(),
             class,

@@ -27,10 +27,17 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Serves one accepted connection.
+/// The client's side of a connection: a diverted TCP connection, or a proxy's tunnel.
+pub(crate) trait ClientIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
+
+/// Serves one accepted diverted connection.
 pub(crate) async fn connection(
     shared: &Arc<Shared>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
 ) -> io::Result<()> {
     let Some(conn) = shared.nat.lookup(peer) else {
@@ -38,16 +45,52 @@ pub(crate) async fn connection(
         return Ok(());
     };
     let _ = client.set_nodelay(true);
-    // 1. The ClientHello, raw.
-    let mut raw = Vec::with_capacity(2048);
+    serve(shared, client, Vec::with_capacity(2048), peer, conn, ProxyTunnel::default()).await
+}
+
+/// What an explicit proxy's client asked for, and who it proved to be (nothing for a
+/// diverted connection).
+#[derive(Debug, Default)]
+pub(crate) struct ProxyTunnel {
+    /// The host name of the CONNECT (none for an IP literal): the hello must name it.
+    pub host: Option<String>,
+    /// The user its `Proxy-Authorization` proved (a virtual key), with the feed's groups.
+    pub user: Option<sluice_rules::OverlayEntry>,
+    /// The identity that user's virtual key is restricted to, if it is.
+    pub identity: Option<String>,
+}
+
+/// Serves a client connection to `conn.original_dst` whose first bytes (`raw`, possibly
+/// none) were read already: the ClientHello, the decision, then a splice, or TLS both ways.
+/// `tunnel`: what an explicit proxy's client asked for and who it is.
+pub(crate) async fn serve<C: ClientIo>(
+    shared: &Arc<Shared>,
+    mut client: C,
+    mut raw: Vec<u8>,
+    peer: SocketAddr,
+    conn: DivertedConn,
+    tunnel: ProxyTunnel,
+) -> io::Result<()> {
+    // 1. The ClientHello, raw (what was read already first: a proxy's client may send its
+    // hello right behind its CONNECT, and then waits for an answer).
     let mut scratch = Vec::new();
     let hello_deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let hello = loop {
-        let n = tokio::time::timeout_at(hello_deadline, client.read_buf(&mut raw))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello"))??;
-        match parse_client_hello(&raw, &mut scratch) {
-            HelloParse::Incomplete if n > 0 && raw.len() < MAX_HELLO => continue,
+        let parsed = if raw.is_empty() {
+            HelloParse::Incomplete
+        } else {
+            parse_client_hello(&raw, &mut scratch)
+        };
+        match parsed {
+            HelloParse::Incomplete if raw.len() < MAX_HELLO => {
+                let n = tokio::time::timeout_at(hello_deadline, client.read_buf(&mut raw))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello"))??;
+                if n == 0 {
+                    shared.nat.annotate(peer, FlowNote::verdict("block", "no whole ClientHello"));
+                    return Ok(());
+                }
+            }
             HelloParse::Incomplete => {
                 shared.nat.annotate(peer, FlowNote::verdict("block", "no whole ClientHello"));
                 return Ok(());
@@ -60,10 +103,53 @@ pub(crate) async fn connection(
             HelloParse::Hello(h) => break Some(HelloNote::of(&h)),
         }
     };
-    let sni = hello.as_ref().and_then(|h| h.sni.clone());
+    let mut sni = hello.as_ref().and_then(|h| h.sni.clone());
+    if let Some(name) = tunnel.host.as_deref() {
+        match &sni {
+            // A tunnel asked for one name and a hello for another: the decision would follow
+            // the one and the server the other (fronting through the proxy).
+            Some(s) if !s.trim_end_matches('.').eq_ignore_ascii_case(name) => {
+                shared.nat.annotate(
+                    peer,
+                    FlowNote {
+                        hello,
+                        ..FlowNote::verdict(
+                            "block",
+                            "the ClientHello names another host than the CONNECT",
+                        )
+                    },
+                );
+                return Ok(());
+            }
+            Some(_) => {}
+            // No SNI: the name the client asked the proxy for decides.
+            None if hello.is_some() => sni = Some(name.to_owned()),
+            None => {}
+        }
+    }
     let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
     let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
-    let d = shared.decider.decide(peer, &conn, sni.as_deref(), hello.is_some().then_some(&*ja4));
+    let d = shared.decider.decide(
+        peer,
+        &conn,
+        sni.as_deref(),
+        hello.is_some().then_some(&*ja4),
+        tunnel.user,
+    );
+    if let Some(id) = &tunnel.identity
+        && *id != d.note.identity
+    {
+        // The proxy credentials' virtual key may be used from one identity only.
+        shared.nat.annotate(
+            peer,
+            FlowNote {
+                hello,
+                decision: Some(d.note.clone()),
+                ..FlowNote::verdict("block", "the proxy credentials are for another identity")
+            },
+        );
+        return Ok(());
+    }
     let pinned_key = (peer.ip(), sni.clone().unwrap_or_default(), ja4);
     // A client that refused the minted certificate is spliced under a failing-open policy,
     // never where the rule's access controls need the requests (a brokered key, a quota, an
@@ -119,7 +205,18 @@ async fn connect_upstream(
     peer: SocketAddr,
     server: SocketAddr,
 ) -> io::Result<TcpStream> {
-    let local_ip = shared.cfg.listen.local(server.ip());
+    let listen = match shared.cfg.front {
+        crate::Front::Divert(listen) => listen,
+        // An explicit proxy's upstream connections are the host's own.
+        crate::Front::Proxy(_) => {
+            let s = tokio::time::timeout(shared.cfg.connect_timeout, TcpStream::connect(server))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            let _ = s.set_nodelay(true);
+            return Ok(s);
+        }
+    };
+    let local_ip = listen.local(server.ip());
     let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no upstream port free");
     for _ in 0..8 {
         let Some(port) = shared.nat.open_upstream(peer, server) else { break };
@@ -156,9 +253,9 @@ async fn connect_upstream(
 }
 
 /// Allowed after all: the client talks to the real server through us, bytes untouched.
-async fn splice(
+async fn splice<C: ClientIo>(
     shared: &Shared,
-    mut client: TcpStream,
+    mut client: C,
     peer: SocketAddr,
     conn: &DivertedConn,
     raw: &[u8],
@@ -229,9 +326,9 @@ fn is_h2(tls: &pool::Upstream) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn intercept(
+async fn intercept<C: ClientIo>(
     shared: &Arc<Shared>,
-    client: TcpStream,
+    client: C,
     peer: SocketAddr,
     conn: &DivertedConn,
     raw: Vec<u8>,

@@ -139,17 +139,46 @@ impl Decider {
         s
     }
 
-    /// Decides the connection from `peer` to `conn` for `sni`, whose hello's JA4 is `ja4`.
+    /// Decides the connection from `peer` to `conn` for `sni`, whose hello's JA4 is `ja4`;
+    /// with `user` (an explicit proxy's authenticated user, and the groups the identity feed
+    /// gives them) in place of what the feed says of `peer`.
     pub fn decide(
         &self,
         peer: SocketAddr,
         conn: &DivertedConn,
         sni: Option<&str>,
         ja4: Option<&str>,
+        user: Option<sluice_rules::OverlayEntry>,
     ) -> Decided {
         let policy = self.policy.load_full();
         let hello = ja4.map(|j| policy.apps.by_hello(j, sni));
-        self.decide_with(policy, peer, conn, sni, hello)
+        let overlay = match user {
+            None => self.overlay.clone(),
+            Some(entry) => {
+                Arc::new(ArcSwap::from_pointee(IdentityOverlay::new([(peer.ip(), entry)])))
+            }
+        };
+        self.decide_with(policy, &overlay, peer, conn, sni, hello)
+    }
+
+    /// The identity feed's entry for the user `name`, for an explicit proxy's authenticated
+    /// user: their groups (of every live entry of theirs), whichever address they come from.
+    pub fn feed_entry(&self, name: &str) -> sluice_rules::OverlayEntry {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let overlay = self.overlay.load();
+        let mut groups: Vec<Arc<str>> = Vec::new();
+        for (_, e) in overlay.iter() {
+            if &*e.user == name && e.expires_at.is_none_or(|t| t > now) {
+                for g in &e.groups {
+                    if !groups.contains(g) {
+                        groups.push(g.clone());
+                    }
+                }
+            }
+        }
+        sluice_rules::OverlayEntry { user: name.into(), groups, expires_at: None }
     }
 
     /// Decides as [`Decider::decide`] does, for a hello already identified (a recording
@@ -161,18 +190,19 @@ impl Decider {
         sni: Option<&str>,
         hello: HelloMatch,
     ) -> Decided {
-        self.decide_with(self.policy.load_full(), peer, conn, sni, Some(hello))
+        self.decide_with(self.policy.load_full(), &self.overlay, peer, conn, sni, Some(hello))
     }
 
     fn decide_with(
         &self,
         policy: Arc<Policy>,
+        overlays: &Arc<ArcSwap<IdentityOverlay>>,
         peer: SocketAddr,
         conn: &DivertedConn,
         sni: Option<&str>,
         seen: Option<HelloMatch>,
     ) -> Decided {
-        let overlay = self.overlay.load();
+        let overlay = overlays.load();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -199,7 +229,7 @@ impl Decider {
             // and streaming over the inspection limit where the rule allows them.
             per_request: d.deferred.is_some().then(|| PerRequest {
                 policy: policy.clone(),
-                overlay: self.overlay.clone(),
+                overlay: overlays.clone(),
                 mac: conn.client_mac,
                 port: conn.original_dst.port(),
             }),

@@ -25,6 +25,22 @@ pub trait DivertHandle: Send + Sync + 'static {
     fn release_upstream(&self, port: u16);
     /// Writes what the interception engine learned into the flow's record.
     fn annotate(&self, client: SocketAddr, note: FlowNote);
+    /// A proxy's tunnel from `client` to `server` (named `host`) begins: its flow starts
+    /// (the packet engine never sees it). Divert has nothing to do here.
+    fn tunnel_opened(&self, _client: SocketAddr, _server: SocketAddr, _host: &str) {}
+    /// The tunnel ended, with these bytes from and to the client: its flow record is due.
+    fn tunnel_closed(&self, _client: SocketAddr, _from_client: u64, _to_client: u64) {}
+}
+
+/// Where the engine takes its connections from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// Connections the packet engine diverts through the TUN; upstream connections leave with
+    /// the client's address, from a reserved port.
+    Divert(Listen),
+    /// An explicit proxy listening here (HTTP CONNECT; [`crate::proxy`]); upstream
+    /// connections leave from the host's own address.
+    Proxy(SocketAddr),
 }
 
 /// Where diverted connections arrive: the TUN's addresses and the listening port.

@@ -38,6 +38,7 @@ pub mod mask;
 pub mod model;
 pub mod phases;
 mod pool;
+mod proxy;
 pub mod quota;
 pub mod record;
 pub mod recording;
@@ -61,7 +62,7 @@ use tracing::{debug, warn};
 
 use admit::{Admission, Refusal};
 use decide::Decider;
-pub use divert::{DivertHandle, DivertedConn, Listen};
+pub use divert::{DivertHandle, DivertedConn, Front, Listen};
 pub use dlp::{Dlp, Salt};
 pub use phases::{Mask, Session, key_fingerprint};
 pub use record::{FlowNote, RecordSink, RequestRecord};
@@ -70,8 +71,8 @@ pub use tls::upstream_config;
 
 /// Settings of the interception engine.
 pub struct Config {
-    /// Where diverted connections arrive.
-    pub listen: Listen,
+    /// Where connections arrive: diverted through the TUN, or to an explicit proxy.
+    pub front: Front,
     /// Leaf minting with the enterprise CA.
     pub minter: Arc<Minter>,
     /// TLS toward servers (strict verification).
@@ -103,7 +104,7 @@ pub const BEAT: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config").field("listen", &self.listen).finish_non_exhaustive()
+        f.debug_struct("Config").field("front", &self.front).finish_non_exhaustive()
     }
 }
 
@@ -138,23 +139,38 @@ pub fn spawn(
     threads: usize,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let threads = threads.max(1);
-    let v4 = SocketAddr::new(IpAddr::V4(cfg.listen.v4), cfg.listen.port);
-    let v6 = SocketAddr::new(IpAddr::V6(cfg.listen.v6), cfg.listen.port);
     let mut per_thread: Vec<Vec<TcpSocket>> = (0..threads).map(|_| Vec::new()).collect();
-    match bind_group(v4, threads) {
-        Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "binding the interception listener {v4}: {e} (is the TUN up with this address?)"
-                ),
-            ));
+    match cfg.front {
+        Front::Divert(listen) => {
+            let v4 = SocketAddr::new(IpAddr::V4(listen.v4), listen.port);
+            let v6 = SocketAddr::new(IpAddr::V6(listen.v6), listen.port);
+            match bind_group(v4, threads) {
+                Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "binding the interception listener {v4}: {e} (is the TUN up with this address?)"
+                        ),
+                    ));
+                }
+            }
+            match bind_group(v6, threads) {
+                Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
+                Err(e) => {
+                    warn!("no IPv6 interception listener on {v6}: {e}; IPv6 flows to inspect fail");
+                }
+            }
         }
-    }
-    match bind_group(v6, threads) {
-        Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
-        Err(e) => warn!("no IPv6 interception listener on {v6}: {e}; IPv6 flows to inspect fail"),
+        Front::Proxy(addr) => match bind_group(addr, threads) {
+            Ok(socks) => per_thread.iter_mut().zip(socks).for_each(|(t, s)| t.push(s)),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("binding the proxy listener {addr}: {e}"),
+                ));
+            }
+        },
     }
     let admission = Admission::new(cfg.max_connections, cfg.max_per_client);
     let any = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
@@ -248,7 +264,11 @@ async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>, admission:
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn::connection(&shared, s, peer).await {
+                    let r = match shared.cfg.front {
+                        Front::Divert(_) => conn::connection(&shared, s, peer).await,
+                        Front::Proxy(_) => proxy::connection(&shared, s, peer).await,
+                    };
+                    if let Err(e) = r {
                         debug!(%peer, "intercepted connection ended: {e}");
                     }
                     drop(slot);

@@ -132,6 +132,18 @@ fn main() -> Result<()> {
                 }
             });
         }
+        if let Some(addr) = cfg.proxy.pac_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the PAC address {addr}"))?;
+            let (st, proxies) = (state.clone(), cfg.proxy.addresses.clone());
+            tracing::info!(listen = %addr, "serving /proxy.pac and /wpad.dat");
+            tokio::spawn(async move {
+                if let Err(e) = sluice_control::pac::serve(listener, st, proxies).await {
+                    tracing::error!(listen = %addr, "the PAC listener stopped: {e}");
+                }
+            });
+        }
         tokio::spawn(housekeeping(state.clone(), cfg.retention));
         tokio::spawn(checkpointer::run(state.clone()));
         tokio::spawn(push_quotas(state.clone()));

@@ -9,12 +9,18 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "sluice-dataplane", version)]
 pub struct Args {
-    /// Interface toward the clients.
-    #[arg(long)]
-    pub inside: String,
-    /// Interface toward the egress router.
-    #[arg(long)]
-    pub outside: String,
+    /// Interface toward the clients (inline).
+    #[arg(long, required_unless_present = "proxy_listen", conflicts_with = "proxy_listen")]
+    pub inside: Option<String>,
+    /// Interface toward the egress router (inline).
+    #[arg(long, required_unless_present = "proxy_listen", conflicts_with = "proxy_listen")]
+    pub outside: Option<String>,
+    /// Explicit-proxy mode instead of inline, for sites where Sluice cannot sit between two
+    /// ports: clients name this address as their HTTPS proxy (HTTP CONNECT), and each tunnel
+    /// is classified, spliced, inspected or blocked as a diverted flow is. Needs --ca-cert and
+    /// --ca-key.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub proxy_listen: Option<std::net::SocketAddr>,
     /// Rule file (reloaded on SIGHUP).
     #[arg(long)]
     pub rules: PathBuf,

@@ -26,13 +26,13 @@ pub type Shared = Arc<Bypass>;
 
 /// Installs or removes the bypass as `--on-failure` says; the outage an earlier run's bypass
 /// counted, if any.
-pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
+pub fn start(args: &Args, inside: &str, outside: &str) -> Result<(Option<Shared>, Option<Outage>)> {
     let stale = Duration::from_millis(args.bypass_after_ms.max(20));
     let on_stale = match args.on_failure {
         OnFailure::Open => OnStale::Open { hold_ai: args.bypass_ai == BypassAi::Hold },
         OnFailure::Closed => OnStale::Closed,
     };
-    let (bypass, outage) = match Bypass::install(&args.inside, &args.outside, stale, on_stale) {
+    let (bypass, outage) = match Bypass::install(inside, outside, stale, on_stale) {
         Ok((b, o)) => {
             info!(after_ms = args.bypass_after_ms, ?on_stale, "failure program armed");
             (Some(Arc::new(b)), o)
@@ -44,11 +44,10 @@ pub fn start(args: &Args) -> Result<(Option<Shared>, Option<Outage>)> {
                 "the failure program could not be installed, an outage will not be counted \
                  (nothing passes without a data plane all the same): {e}"
             );
-            let o =
-                sluice_dataplane::bypass::remove(&args.inside, &args.outside).unwrap_or_else(|e| {
-                    warn!("removing a program an earlier run left failed: {e}");
-                    None
-                });
+            let o = sluice_dataplane::bypass::remove(inside, outside).unwrap_or_else(|e| {
+                warn!("removing a program an earlier run left failed: {e}");
+                None
+            });
             (None, o)
         }
         Err(e) => {

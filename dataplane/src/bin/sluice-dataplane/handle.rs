@@ -63,7 +63,7 @@ fn apply(flow: &mut Flow, note: &FlowNote) {
 }
 
 /// Writes a note into a flow's classification: only what the note carries changes.
-fn classify(c: &mut Class, note: &FlowNote) {
+pub(crate) fn classify(c: &mut Class, note: &FlowNote) {
     if let Some(h) = &note.hello {
         c.sni.clone_from(&h.sni);
         c.alpn = h.alpn.clone().into();

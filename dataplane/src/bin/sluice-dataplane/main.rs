@@ -8,9 +8,11 @@ mod failover;
 mod handle;
 mod learned;
 mod output;
+mod parts;
+mod proxy_mode;
+mod tunnels;
 mod watchdog;
 
-use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +24,7 @@ use clap::Parser;
 use sluice_dataplane::Drops;
 use sluice_dataplane::engine::{Clock, Engine, Side};
 use sluice_dataplane::fastpath::FastPath;
-use sluice_dataplane::link::{self, Enforced, LinkConfig, Spool};
+use sluice_dataplane::link::{self, Enforced};
 use sluice_dataplane::port::Port;
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
@@ -31,7 +33,7 @@ use sluice_rules::IdentityOverlay;
 use tracing::{error, info, warn};
 
 use args::{Args, FastPathMode, Io};
-use boot::{boot_policy, dlp_salt, load_policy};
+use boot::{boot_policy, load_policy};
 use driver::{Ports, RingRx, Shared, SocketRx, offload, run_port, run_tun, side_name};
 use handle::{EngineHandle, RequestQueue};
 use output::{Emitted, Output, Wake};
@@ -57,6 +59,14 @@ fn main() -> Result<()> {
         .init();
     watchdog::exit_on_panic();
     let args = Args::parse();
+    if let Some(addr) = args.proxy_listen {
+        return proxy_mode::run(&args, addr);
+    }
+    let (Some(inside), Some(outside)) = (args.inside.clone(), args.outside.clone()) else {
+        bail!(
+            "--inside and --outside name the two ports (or --proxy-listen for the explicit proxy)"
+        );
+    };
     // The time from here to "forwarding" is the time from a restart to enforcing.
     info!(version = env!("CARGO_PKG_VERSION"), on_failure = ?args.on_failure, "starting");
     let mut wd = Watchdog::new(Duration::from_millis(args.watchdog_ms.max(100)));
@@ -91,40 +101,13 @@ fn main() -> Result<()> {
                      fail once the reserved ports wrap (sysctl -w net.ipv4.tcp_tw_reuse=1)"
                 );
             }
-            let (Some(cert), Some(key)) = (&args.ca_cert, &args.ca_key) else {
-                bail!("--tun needs the enterprise CA: --ca-cert and --ca-key");
-            };
-            let ca =
-                sluice_certs::EnterpriseCa::load(cert, key).context("loading the enterprise CA")?;
-            let days = Duration::from_secs(args.leaf_days.max(1) * 86_400);
-            let minter = Arc::new(sluice_certs::Minter::new(ca, days, 10_000)?);
-            let roots = sluice_certs::upstream_roots(args.upstream_ca.as_deref())
-                .context("loading the upstream roots")?;
-            let upstream = Arc::new(intercept::upstream_config(roots)?);
-            let intercept_threads = args.intercept_threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+            let front = intercept::Front::Divert(intercept::Listen {
+                v4: divert.v4,
+                v6: divert.v6,
+                port: divert.listen_port,
             });
-            let now = std::time::Instant::now();
-            let beats =
-                (0..intercept_threads).map(|i| wd.watch(format!("intercept-{i}"), now)).collect();
-            let cfg = intercept::Config {
-                listen: intercept::Listen {
-                    v4: divert.v4,
-                    v6: divert.v6,
-                    port: divert.listen_port,
-                },
-                minter,
-                upstream,
-                policy: policy.clone(),
-                overlay: overlay.clone(),
-                connect_timeout: Duration::from_secs(10),
-                max_connections: args.max_intercepted,
-                max_per_client: args.max_intercepted_per_client,
-                scanner: Arc::new(sluice_dlp::Scanner::new()?),
-                dlp_salt: dlp_salt()?,
-                access: enforced.access.clone(),
-                beats,
-            };
+            let (cfg, intercept_threads) =
+                parts::intercept_config(&args, front, &policy, &overlay, &enforced, &mut wd)?;
             let _threads = intercept::spawn(
                 cfg,
                 Arc::new(handle.clone()),
@@ -137,14 +120,7 @@ fn main() -> Result<()> {
         }
         _ => None,
     };
-    if let Some(dir) = args.flow_log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.flow_log)
-        .with_context(|| format!("opening flow log {}", args.flow_log.display()))?;
+    let log = parts::open_flow_log(&args)?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -159,19 +135,18 @@ fn main() -> Result<()> {
     }
     // The ports become ours: the bypass an earlier run left (if any) is replaced or removed
     // before the receive rings open, so no frame is both bypassed and read.
-    let (bypass, outage) = failover::start(&args)?;
+    let (bypass, outage) = failover::start(&args, &inside, &outside)?;
     let rx = match args.io {
         Io::Ring => {
             let tx_in = Arc::new(
-                TxPort::open(&args.inside)
-                    .with_context(|| format!("opening inside port {}", args.inside))?,
+                TxPort::open(&inside).with_context(|| format!("opening inside port {inside}"))?,
             );
             let tx_out = Arc::new(
-                TxPort::open(&args.outside)
-                    .with_context(|| format!("opening outside port {}", args.outside))?,
+                TxPort::open(&outside)
+                    .with_context(|| format!("opening outside port {outside}"))?,
             );
             let mut rings = Vec::new();
-            for (side, name) in [(Side::Inside, &args.inside), (Side::Outside, &args.outside)] {
+            for (side, name) in [(Side::Inside, &inside), (Side::Outside, &outside)] {
                 let ring = RxRing::open(name, 4096)
                     .with_context(|| format!("opening the receive ring of {name}"))?;
                 rings.push((side, ring));
@@ -180,12 +155,12 @@ fn main() -> Result<()> {
         }
         Io::Socket => {
             let inside = Arc::new(
-                Port::open(&args.inside, driver::WAIT)
-                    .with_context(|| format!("opening inside port {}", args.inside))?,
+                Port::open(&inside, driver::WAIT)
+                    .with_context(|| format!("opening inside port {inside}"))?,
             );
             let outside = Arc::new(
-                Port::open(&args.outside, driver::WAIT)
-                    .with_context(|| format!("opening outside port {}", args.outside))?,
+                Port::open(&outside, driver::WAIT)
+                    .with_context(|| format!("opening outside port {outside}"))?,
             );
             Rx::Socket(inside, outside)
         }
@@ -198,7 +173,7 @@ fn main() -> Result<()> {
                 Rx::Socket(i, o) => vec![i.socket(), o.socket()],
             };
             let tun_name = args.tun.as_deref().filter(|_| tun.is_some());
-            match FastPath::load(&args.inside, &args.outside, tun_name, &sockets, args.max_flows) {
+            match FastPath::load(&inside, &outside, tun_name, &sockets, args.max_flows) {
                 Ok(fp) => Some(Arc::new(fp)),
                 Err(e) => {
                     warn!(
@@ -262,30 +237,12 @@ fn main() -> Result<()> {
     if let Some(t) = tun.clone() {
         spawn("tun".into(), Box::new(move |io| run_tun(t, io)))?;
     }
-    let link = match boot::link_target(&args)? {
-        Some((to, name)) => {
-            let spool = Spool::open(&args.state_dir.join("spool"), args.spool_max_mb.max(1) << 20)
-                .with_context(|| format!("opening the spool in {}", args.state_dir.display()))?;
-            let mut spool = spool;
-            spool.set_sync_every(Duration::from_millis(args.spool_sync_ms));
-            info!(next_seq = spool.next_seq(), unsent = spool.depth(), "record spool opened");
-            let spool = Arc::new(Mutex::new(spool));
-            let cfg = LinkConfig { to, name };
-            let connected = Arc::new(AtomicBool::new(false));
-            let (sp, en, c, s) = (spool.clone(), enforced.clone(), connected.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("link".into())
-                    .spawn(move || link::run(cfg, sp, en, c, s))?,
-            );
-            Some((spool, connected))
-        }
-        None => None,
-    };
-    info!(inside = %args.inside, outside = %args.outside, io = ?args.io, fast_path = fast.is_some(), flow_log = %args.flow_log.display(), "forwarding");
+    let link = parts::start_link(&args, &enforced, &stop, &mut threads)?;
+    info!(inside = %inside, outside = %outside, io = ?args.io, fast_path = fast.is_some(), flow_log = %args.flow_log.display(), "forwarding");
     let mut out = Output {
         log: BufWriter::new(log),
         requests,
+        tunnels: None,
         link,
         emitted: Emitted::default(),
         enforced: enforced.clone(),

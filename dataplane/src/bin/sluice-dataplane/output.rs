@@ -44,6 +44,10 @@ impl Wake {
     }
 }
 
+/// The link to control as the record writer sees it: the spool, and whether control is
+/// connected now.
+pub type Link = (Arc<Mutex<Spool>>, Arc<AtomicBool>);
+
 /// Records emitted since the start, by type.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Emitted {
@@ -57,7 +61,9 @@ pub struct Output {
     pub log: BufWriter<std::fs::File>,
     /// The interception engine's request records.
     pub requests: Arc<RequestQueue>,
-    pub link: Option<(Arc<Mutex<Spool>>, Arc<AtomicBool>)>,
+    /// The explicit proxy's tunnels, whose flow records are made there (proxy mode).
+    pub tunnels: Option<Arc<crate::tunnels::Tunnels>>,
+    pub link: Option<Link>,
     pub emitted: Emitted,
     pub enforced: Arc<Enforced>,
     /// `--on-failure`, shown in every stats record.
@@ -86,11 +92,14 @@ impl Output {
     /// Runs `f` on the engine and writes the records it released. Stats records also carry
     /// the emitted counts, the link's state and the policy version in force.
     pub fn write(&mut self, engine: &Mutex<Engine>, f: &mut dyn FnMut(&mut Engine)) {
-        let records = {
+        let mut records = {
             let mut eng = engine.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut eng);
             std::iter::from_fn(|| eng.poll_record()).collect::<Vec<_>>()
         };
+        if let Some(t) = &self.tunnels {
+            records.extend(t.take().into_iter().map(|r| Record::Flow(Box::new(r))));
+        }
         let mut requests = self.requests.take();
         let now_behind = behind(self.behind, requests.len());
         if now_behind != self.behind {
@@ -228,6 +237,9 @@ impl Output {
         let Some(o) = v.as_object_mut() else { return };
         o.insert("records_emitted".into(), serde_json::json!(self.emitted));
         o.insert("on_failure".into(), serde_json::json!(self.on_failure));
+        if let Some(t) = &self.tunnels {
+            o.insert("proxy_tunnels_open".into(), serde_json::json!(t.open()));
+        }
         if let Some(outage) = self.outage.take() {
             // The ports were in bypass before this run: when it began, what went through.
             o.insert("outage".into(), serde_json::json!(outage));

@@ -1,0 +1,334 @@
+//! The explicit proxy's front (ARCHITECTURE.md, "Explicit proxy"): for sites where Sluice
+//! cannot sit inline, clients name it as their proxy. `CONNECT host:port` opens a tunnel that
+//! runs the same steps as a diverted connection ([`conn::serve`]): the ClientHello read and
+//! decided, spliced, inspected or blocked; the hello must name the host the client asked for.
+//! A plain `http://` request is decided by its host and forwarded when allowed ([`forward`]).
+//! Identity comes from the client's address, or from `Proxy-Authorization: Basic
+//! USER:VIRTUAL-KEY` (a virtual key control issued to that user; the identity feed gives the
+//! user's groups). Targets on the proxy's own host and link-local addresses (cloud metadata)
+//! are refused: the proxy is no way into the management plane. Bounded: a head within 10 s
+//! and [`proxy_head::MAX_PROXY_HEAD`] bytes; the engine's connection caps.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::http::proxy_head::{self, Authority, ProxyHeadError, Target};
+use crate::record::FlowNote;
+use crate::{DivertedConn, Shared, conn};
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one client of the proxy.
+pub(crate) async fn connection(
+    shared: &Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) -> io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let head = loop {
+        match proxy_head::parse(&buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {
+                let read = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await;
+                match read {
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return answer(&mut client, 408, "no request head within 10 s").await,
+                }
+            }
+            Err(e) => {
+                let status = if matches!(e, ProxyHeadError::BadCredentials(_)) { 407 } else { 400 };
+                return answer(&mut client, status, &e.to_string()).await;
+            }
+        }
+    };
+    // Who the client is: its address, or the user its credentials prove (a virtual key
+    // control issued to that user; the identity feed gives the user's groups).
+    let (user, identity) = match &head.credentials {
+        None => (None, None),
+        Some(c) => {
+            let ring = shared.cfg.access.keys.load();
+            match ring.virtual_key(&c.secret) {
+                Some(v) if v.user == c.user => {
+                    (Some(shared.decider.feed_entry(&v.user)), v.identity.clone())
+                }
+                _ => {
+                    return answer(
+                        &mut client,
+                        407,
+                        "the proxy credentials are not a virtual key issued to that user",
+                    )
+                    .await;
+                }
+            }
+        }
+    };
+    let target = match head.target {
+        Target::Connect(a) => a,
+        Target::Forward { origin, path } => {
+            let tunnel = conn::ProxyTunnel { host: None, user, identity };
+            return forward(shared, client, buf, peer, &origin, &path, tunnel).await;
+        }
+    };
+    let server = match resolve(&target).await {
+        Ok(s) => s,
+        Err(why) => return answer(&mut client, 502, &why).await,
+    };
+    if let Some(why) = refused_destination(server.ip(), client.local_addr().ok()) {
+        return answer(&mut client, 403, why).await;
+    }
+    client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
+    let rest = buf.split_off(head.len);
+    let tunnel = conn::ProxyTunnel {
+        host: target.host.parse::<IpAddr>().is_err().then(|| target.host.clone()),
+        user,
+        identity,
+    };
+    shared.nat.tunnel_opened(peer, server, &target.host);
+    let (read, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counted = Counted { inner: client, read: read.clone(), written: written.clone() };
+    let conn = DivertedConn { original_dst: server, client_mac: [0; 6] };
+    // Tunnel bytes read with the head (a hello sent right behind the CONNECT).
+    let early = rest.len() as u64;
+    let r = conn::serve(shared, counted, rest, peer, conn, tunnel).await;
+    // The head and the 200 are the proxy's own: the flow counts the tunnel's bytes.
+    let from_client = read.load(Ordering::Relaxed) + early;
+    shared.nat.tunnel_closed(peer, from_client, written.load(Ordering::Relaxed));
+    r
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never passed on.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// A plain `http://` request: decided by its host as a hello's name would be; allowed ones
+/// go to the origin in origin form with `Connection: close` (one request per connection),
+/// the rest are refused (inspection needs TLS: plain HTTP to a destination whose traffic is
+/// inspected is refused, not passed uninspected).
+async fn forward(
+    shared: &Arc<Shared>,
+    mut client: TcpStream,
+    mut buf: Vec<u8>,
+    peer: SocketAddr,
+    origin: &Authority,
+    path: &str,
+    tunnel: conn::ProxyTunnel,
+) -> io::Result<()> {
+    // The head again, with the strict framing rules of inspected requests (no smuggling).
+    let head = match crate::http::head::parse_request(&buf) {
+        Ok(Some(h)) => h,
+        Ok(None) => return answer(&mut client, 400, "incomplete request head").await,
+        Err(e) => return answer(&mut client, 400, &e.to_string()).await,
+    };
+    let server = match resolve(origin).await {
+        Ok(s) => s,
+        Err(why) => return answer(&mut client, 502, &why).await,
+    };
+    if let Some(why) = refused_destination(server.ip(), client.local_addr().ok()) {
+        return answer(&mut client, 403, why).await;
+    }
+    let conn = DivertedConn { original_dst: server, client_mac: [0; 6] };
+    let name = origin.host.parse::<IpAddr>().is_err().then_some(origin.host.as_str());
+    shared.nat.tunnel_opened(peer, server, &origin.host);
+    let d = shared.decider.decide(peer, &conn, name, None, tunnel.user);
+    let refusal = match d.action {
+        _ if tunnel.identity.as_ref().is_some_and(|id| *id != d.note.identity) => {
+            Some("the proxy credentials are for another identity")
+        }
+        sluice_rules::Action::Allow => None,
+        sluice_rules::Action::Block => Some("blocked by policy"),
+        sluice_rules::Action::Inspect => {
+            Some("plain HTTP to a destination whose traffic is inspected is refused")
+        }
+    };
+    let note = |action: &'static str, reason: &'static str| FlowNote {
+        decision: Some(d.note.clone()),
+        ..FlowNote::verdict(action, reason)
+    };
+    if let Some(why) = refusal {
+        shared.nat.annotate(peer, note("block", why));
+        shared.nat.tunnel_closed(peer, buf.len() as u64, 0);
+        return answer(&mut client, 403, why).await;
+    }
+    shared.nat.annotate(peer, note("allow", "plain HTTP forwarded by the proxy"));
+    let mut out = format!("{} {path} HTTP/1.1\r\n", head.method).into_bytes();
+    for (n, v) in &head.headers {
+        if !HOP_BY_HOP.contains(&n.as_str()) {
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    let body = buf.split_off(head.len);
+    let up = tokio::time::timeout(shared.cfg.connect_timeout, TcpStream::connect(server)).await;
+    let mut up = match up {
+        Ok(Ok(s)) => s,
+        _ => {
+            shared.nat.tunnel_closed(peer, 0, 0);
+            return answer(&mut client, 502, "the server could not be reached").await;
+        }
+    };
+    up.write_all(&out).await?;
+    up.write_all(&body).await?;
+    let r = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+    let (from, to) = r.as_ref().map_or((0, 0), |&(a, b)| (a, b));
+    shared.nat.tunnel_closed(peer, from + (head.len + body.len()) as u64, to);
+    r.map(|_| ())
+}
+
+/// The first address of `target` (IPv4 first, as most clients would).
+async fn resolve(target: &Authority) -> Result<SocketAddr, String> {
+    if let Ok(ip) = target.host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, target.port));
+    }
+    let found = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((target.host.as_str(), target.port)),
+    )
+    .await
+    .map_err(|_| format!("{}: the name did not resolve within 5 s", target.host))?
+    .map_err(|e| format!("{}: the name does not resolve ({e})", target.host))?;
+    let all: Vec<SocketAddr> = found.collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{}: the name has no address", target.host))
+}
+
+/// Why the proxy will not connect to `ip`, if it will not: its own host (loopback, the
+/// unspecified address, the address the client reached it on) and link-local addresses.
+fn refused_destination(ip: IpAddr, own: Option<SocketAddr>) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if ip.is_loopback() || ip.is_unspecified() || own.is_some_and(|a| a.ip() == ip) {
+        Some("the proxy does not connect to its own host")
+    } else if link_local || ip.is_multicast() {
+        Some("the proxy does not connect to link-local or multicast addresses")
+    } else {
+        None
+    }
+}
+
+/// Answers the client with `status` and a one-line JSON error, then closes.
+async fn answer(client: &mut TcpStream, status: u16, message: &str) -> io::Result<()> {
+    let reason = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        501 => "Not Implemented",
+        _ => "Bad Gateway",
+    };
+    let body =
+        serde_json::json!({ "error": { "message": message, "type": "sluice_proxy" } }).to_string();
+    let auth = if status == 407 { "Proxy-Authenticate: Basic realm=\"sluice\"\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await?;
+    client.write_all(body.as_bytes()).await?;
+    client.shutdown().await
+}
+
+/// The client's stream, counting the bytes of the tunnel each way.
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_never_reaches_its_own_host_or_link_local() {
+        let own: SocketAddr = "10.0.0.5:3128".parse().unwrap_or_else(|_| unreachable!());
+        for (ip, refused) in [
+            ("127.0.0.1", true),
+            ("127.8.9.1", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("0.0.0.0", true),
+            ("10.0.0.5", true),
+            ("169.254.169.254", true),
+            ("fe80::1", true),
+            ("224.0.0.1", true),
+            ("10.0.0.6", false),
+            ("198.51.100.10", false),
+            ("2001:db8::1", false),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap_or_else(|_| unreachable!());
+            assert_eq!(refused_destination(ip, Some(own)).is_some(), refused, "{ip}");
+        }
+    }
+}
