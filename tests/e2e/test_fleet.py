@@ -105,6 +105,19 @@ class Fleet(unittest.TestCase):
         self.assertEqual((st[main]["transport"], st[branch]["transport"]), ("unix", "tls"))
         self.assertTrue(st[branch]["remote"].startswith("10.99."), st[branch])
         self.assertTrue(st[branch]["policy_current"], "the branch enforces control's rules")
+        # The branch runs with only its systemd unit's capabilities (scripts/lab branch
+        # start): its kernel fast path and interception engine work with them.
+        state = env()["SLUICE_LAB_STATE"]
+        with open(os.path.join(state, "branch.pid")) as f:
+            pid = f.read().strip()
+        with open("/proc/%s/status" % pid) as f:
+            caps = dict(line.split(":\t", 1) for line in f.read().splitlines() if line.startswith("Cap"))
+        # CAP_NET_ADMIN (12), CAP_NET_RAW (13), CAP_BPF (39), and nothing else.
+        self.assertEqual(int(caps["CapEff"], 16), (1 << 12) | (1 << 13) | (1 << 39), caps)
+        self.assertEqual(int(caps["CapBnd"], 16), (1 << 12) | (1 << 13) | (1 << 39), caps)
+        with open(os.path.join(state, "branch.log")) as f:
+            started = [l for l in f.read().splitlines() if " forwarding " in l][-1]
+        self.assertIn("fast_path=true", started)
         out = sluicectl("fleet", "list").stdout
         self.assertRegex(out, r"(?m)^%s\s.*\byes\s*$" % branch)
 
