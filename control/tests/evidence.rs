@@ -7,7 +7,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,19 +23,6 @@ fn line(seq: u64, n: u64, prev: Link, kind: &str) -> (String, Link) {
     );
     let link = sluice_audit::link(&prev, n, text.as_bytes());
     (text, link)
-}
-
-fn sluicectl(d: &Daemon, token: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
-        .env("SLUICE_URL", format!("https://127.0.0.1:{}", d.port))
-        .env("SLUICE_TOKEN", token)
-        .env("SLUICE_CA", d.dir.join("state").join("api.crt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// Waits until `f` holds (the daemon stores and checkpoints on its own time).

@@ -8,26 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{ADMIN, ANALYST, Daemon, FakeDataplane, call, json};
+use common::{ADMIN, ANALYST, Daemon, FakeDataplane, call, json, sluicectl};
 use sluice_link::Down;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn sluicectl(d: &Daemon, token: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
-        .env("SLUICE_URL", format!("https://127.0.0.1:{}", d.port))
-        .env("SLUICE_TOKEN", token)
-        .env("SLUICE_CA", d.dir.join("state").join("api.crt"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// Reads until control's welcome; panics on a refusal or the end.

@@ -102,6 +102,24 @@ def main_dataplane(status_body):
     return next(d for d in json.loads(status_body)["dataplanes"] if d["name"] == want)
 
 
+def records(kind, query):
+    """Records from control's API (`kind`: flows or requests) matching `query`, newest first."""
+    code, body = api("GET", "/v1/%s?limit=1000&%s" % (kind, query), "SLUICE_ANALYST_TOKEN")
+    assert code == 200, body
+    return json.loads(body)["records"]
+
+
+def until(what, f, timeout=20):
+    """Waits until `f` returns something true, and returns it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = f()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise AssertionError("%s: not within %ss" % (what, timeout))
+
+
 def push_rules(text):
     """Pushes a rule set through the control API; returns once the data plane enforces it."""
     code, body = api("PUT", "/v1/rules", "SLUICE_ADMIN_TOKEN", text)

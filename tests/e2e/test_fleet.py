@@ -13,10 +13,9 @@ Expects the lab up and the appliance started (scripts/test does both).
 import json
 import os
 import subprocess
-import time
 import unittest
 
-from test_dataplane import ROOT, api, env, lab, on
+from test_dataplane import ROOT, api, env, lab, on, records, until
 
 PROBE = """
 [[category]]
@@ -52,22 +51,6 @@ def sluicectl(*args):
                           text=True, timeout=60,
                           env=dict(os.environ, SLUICE_URL=e["SLUICE_URL"], SLUICE_TOKEN=e["SLUICE_ADMIN_TOKEN"],
                                    SLUICE_CA=e["SLUICE_API_CA"]))
-
-
-def records(kind, query):
-    code, body = api("GET", "/v1/%s?limit=1000&%s" % (kind, query), "SLUICE_ANALYST_TOKEN")
-    assert code == 200, body
-    return json.loads(body)["records"]
-
-
-def until(what, f, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = f()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError("%s: not within %ss" % (what, timeout))
 
 
 def start_branch():

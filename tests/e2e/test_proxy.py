@@ -17,7 +17,7 @@ import time
 import unittest
 import urllib.request
 
-from test_dataplane import api, env, lab, on
+from test_dataplane import api, env, lab, on, records, until
 
 
 def upstream_log():
@@ -48,22 +48,6 @@ except openai.APIStatusError as e:
 
 def proxy_name():
     return "proxy-" + env()["SLUICE_LAB"]
-
-
-def records(kind, query):
-    code, body = api("GET", "/v1/%s?limit=1000&%s" % (kind, query), "SLUICE_ANALYST_TOKEN")
-    assert code == 200, body
-    return json.loads(body)["records"]
-
-
-def until(what, f, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = f()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError("%s: not within %ss" % (what, timeout))
 
 
 def proxy_flows():

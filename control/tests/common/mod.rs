@@ -82,6 +82,20 @@ pub fn start_configured(top: &str, extra: &str, env: &[(&str, &str)]) -> Daemon 
     Daemon { child, port, dir }
 }
 
+/// `sluicectl ARGS` against the daemon with `token`: (exit code, stdout and stderr).
+pub fn sluicectl(d: &Daemon, token: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .env("SLUICE_URL", format!("https://127.0.0.1:{}", d.port))
+        .env("SLUICE_TOKEN", token)
+        .env("SLUICE_CA", d.dir.join("state").join("api.crt"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// (status, body) of a request made with curl, trusting the daemon's generated certificate.
 pub fn call(
     d: &Daemon,

@@ -6,14 +6,46 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 use sluice_dataplane::engine::{DivertConfig, Settings};
 use sluice_dataplane::flow::Timeouts;
-use sluice_dataplane::link;
+use sluice_dataplane::link::{self, Enforced};
 use sluice_rules::catalog::FsLoader;
 use sluice_rules::compile;
+use sluice_rules::{IdentityOverlay, Policy};
 use tracing::{info, warn};
 
 use crate::args::Args;
+
+/// The policy and identity feed in force at the start (see [`boot_policy`]; the feed control
+/// pushed last, kept in the state directory, until control pushes again), shared by the
+/// engines, and what swaps them.
+pub fn enforced(args: &Args) -> Result<Booted> {
+    let (policy, version, sha) = boot_policy(args)?;
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
+    let enforced =
+        Arc::new(Enforced::new(policy.clone(), overlay.clone(), &args.state_dir, version, sha));
+    if let Some(entries) = link::saved_identities(&args.state_dir) {
+        enforced.enforce_identities(&entries);
+        info!(entries = entries.len(), "identity feed kept from the last run in force");
+    }
+    Ok((policy, overlay, enforced))
+}
+
+/// SIGHUP: the local rule file is put in force, or refused with the current policy kept.
+pub fn reload(args: &Args, enforced: &Enforced) {
+    match load_policy(&args.rules) {
+        Ok((p, sha)) => {
+            enforced.set_local(p, sha);
+            info!(rules = %args.rules.display(), "policy reloaded from the local file");
+        }
+        Err(e) => tracing::error!("reload refused, keeping the current policy: {e:#}"),
+    }
+}
+
+/// What [`enforced`] gives.
+pub type Booted = (Arc<ArcSwap<Policy>>, Arc<ArcSwap<IdentityOverlay>>, Arc<Enforced>);
 
 /// The engine's settings from the command line.
 pub fn settings(args: &Args) -> Settings {

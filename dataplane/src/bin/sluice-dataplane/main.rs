@@ -19,21 +19,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use arc_swap::ArcSwap;
 use clap::Parser;
 use sluice_dataplane::Drops;
 use sluice_dataplane::engine::{Clock, Engine, Side};
 use sluice_dataplane::fastpath::FastPath;
-use sluice_dataplane::link::{self, Enforced};
 use sluice_dataplane::port::Port;
 use sluice_dataplane::ring::{RxRing, TxPort};
 use sluice_dataplane::tun::Tun;
 use sluice_intercept as intercept;
-use sluice_rules::IdentityOverlay;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use args::{Args, FastPathMode, Io};
-use boot::{boot_policy, load_policy};
 use driver::{Ports, RingRx, Shared, SocketRx, offload, run_port, run_tun, side_name};
 use handle::{EngineHandle, RequestQueue};
 use output::{Emitted, Output, Wake};
@@ -70,16 +66,7 @@ fn main() -> Result<()> {
     // The time from here to "forwarding" is the time from a restart to enforcing.
     info!(version = env!("CARGO_PKG_VERSION"), on_failure = ?args.on_failure, "starting");
     let mut wd = Watchdog::new(Duration::from_millis(args.watchdog_ms.max(100)));
-    let (policy, version, sha) = boot_policy(&args)?;
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
-    let enforced =
-        Arc::new(Enforced::new(policy.clone(), overlay.clone(), &args.state_dir, version, sha));
-    // The identity feed control last pushed, enforced until control pushes again.
-    if let Some(entries) = link::saved_identities(&args.state_dir) {
-        enforced.enforce_identities(&entries);
-        info!(entries = entries.len(), "identity feed kept from the last run in force");
-    }
+    let (policy, overlay, enforced) = boot::enforced(&args)?;
     let settings = boot::settings(&args);
     let engine = Arc::new(Mutex::new(Engine::new(policy.clone(), overlay.clone(), settings)));
     let clock = Clock::default();
@@ -308,13 +295,7 @@ fn main() -> Result<()> {
             saved_learned = version;
         }
         if reload.swap(false, Ordering::Relaxed) {
-            match load_policy(&args.rules) {
-                Ok((p, sha)) => {
-                    enforced.set_local(p, sha);
-                    info!(rules = %args.rules.display(), "policy reloaded from the local file");
-                }
-                Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
-            }
+            boot::reload(&args, &enforced);
         }
         // What the kernel forwarded is read once a second without the engine locked (a system
         // call or two per offloaded flow), then given to it before its timeouts and reports;

@@ -12,15 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use arc_swap::ArcSwap;
 use sluice_dataplane::engine::{Clock, Engine};
-use sluice_dataplane::link::{self, Enforced};
 use sluice_intercept as intercept;
-use sluice_rules::IdentityOverlay;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::args::Args;
-use crate::boot::{self, boot_policy, load_policy};
+use crate::boot;
 use crate::handle::RequestQueue;
 use crate::output::{Emitted, Output, Wake};
 use crate::tunnels::Tunnels;
@@ -34,15 +31,7 @@ const TICK: Duration = Duration::from_millis(250);
 pub fn run(args: &Args, addr: SocketAddr) -> Result<()> {
     info!(version = env!("CARGO_PKG_VERSION"), listen = %addr, "starting as an explicit proxy");
     let mut wd = Watchdog::new(Duration::from_millis(args.watchdog_ms.max(100)));
-    let (policy, version, sha) = boot_policy(args)?;
-    let policy = Arc::new(ArcSwap::from_pointee(policy));
-    let overlay = Arc::new(ArcSwap::from_pointee(IdentityOverlay::default()));
-    let enforced =
-        Arc::new(Enforced::new(policy.clone(), overlay.clone(), &args.state_dir, version, sha));
-    if let Some(entries) = link::saved_identities(&args.state_dir) {
-        enforced.enforce_identities(&entries);
-        info!(entries = entries.len(), "identity feed kept from the last run in force");
-    }
+    let (policy, overlay, enforced) = boot::enforced(args)?;
     // The packet engine sees no packet here; it keeps the counters the statistics records
     // carry.
     let engine =
@@ -95,13 +84,7 @@ pub fn run(args: &Args, addr: SocketAddr) -> Result<()> {
         watchdog::beat();
         watchdog::notify("WATCHDOG=1");
         if reload.swap(false, Ordering::Relaxed) {
-            match load_policy(&args.rules) {
-                Ok((p, sha)) => {
-                    enforced.set_local(p, sha);
-                    info!(rules = %args.rules.display(), "policy reloaded from the local file");
-                }
-                Err(e) => error!("reload refused, keeping the current policy: {e:#}"),
-            }
+            boot::reload(args, &enforced);
         }
         let now = clock.now();
         out.write(&engine, &mut |e: &mut Engine| e.handle_timeout(now));
