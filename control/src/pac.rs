@@ -75,10 +75,20 @@ pub fn render(rules: &str, proxies: &[String]) -> Result<String, String> {
             };
         }
     }
+    // A rule that applies to every name (no category, no port: an app-only rule), or a
+    // default that is not `allow`: every name goes to the proxy. (Port-only rules concern
+    // protocols that do not use a proxy, DNS over TLS in the shipped rules.)
+    let everything = policy.defaults.action != Action::Allow
+        || policy.rules.iter().any(|r| {
+            matches!(r.spec.action, Action::Inspect | Action::Block)
+                && r.spec.categories.is_empty()
+                && r.spec.ports.is_empty()
+        });
     let route: Vec<String> = proxies.iter().map(|p| format!("PROXY {p}")).collect();
     let mut out = String::new();
     let _ = writeln!(out, "// Sluice: the names its rules inspect or block go to the explicit");
     let _ = writeln!(out, "// proxy (never DIRECT: a proxy that is down is no way around them).");
+    let _ = writeln!(out, "var everything = {everything};");
     let _ = writeln!(out, "var exact = {{");
     for d in &exact {
         let _ = writeln!(out, "  \"{d}\": 1,");
@@ -90,7 +100,7 @@ pub fn render(rules: &str, proxies: &[String]) -> Result<String, String> {
     let _ = writeln!(out, "];");
     let _ = writeln!(
         out,
-        "function FindProxyForURL(url, host) {{\n  host = host.toLowerCase().replace(/\\.$/, \"\");\n  if (exact.hasOwnProperty(host)) return \"{r}\";\n  for (var i = 0; i < below.length; i++) {{\n    if (dnsDomainIs(host, below[i])) return \"{r}\";\n  }}\n  return \"DIRECT\";\n}}",
+        "function FindProxyForURL(url, host) {{\n  host = host.toLowerCase().replace(/\\.$/, \"\");\n  if (everything || exact.hasOwnProperty(host)) return \"{r}\";\n  for (var i = 0; i < below.length; i++) {{\n    if (dnsDomainIs(host, below[i])) return \"{r}\";\n  }}\n  return \"DIRECT\";\n}}",
         r = route.join("; ")
     );
     Ok(out)
@@ -188,7 +198,15 @@ action = "allow"
         assert!(!pac.contains("docs.example"), "allowed names stay direct: {pac}");
         assert!(pac.contains("return \"PROXY 10.40.0.2:3128; PROXY 10.40.0.3:3128\";"), "{pac}");
         assert!(!pac.contains("PROXY 10.40.0.3:3128; DIRECT"), "no way around the proxy");
+        assert!(pac.contains("var everything = false;"), "{pac}");
         assert!(render("[[rule]]\nname = 1\n", &[]).is_err());
+        // A rule for every name (an app-only rule), or a default that blocks: everything.
+        let app_only = format!(
+            "{rules}\n[[rule]]\nname = \"no-unknown\"\napps = [\"curl\"]\naction = \"block\"\n"
+        );
+        assert!(render(&app_only, &["p:1".into()]).unwrap().contains("var everything = true;"));
+        let closed = format!("[defaults]\naction = \"block\"\n{rules}");
+        assert!(render(&closed, &["p:1".into()]).unwrap().contains("var everything = true;"));
         // The shipped rules: the OpenAI API among what goes to the proxy.
         let shipped = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/default.toml"),
@@ -196,6 +214,7 @@ action = "allow"
         .unwrap();
         let pac = render(&shipped, &["p:3128".into()]).unwrap();
         assert!(pac.contains("\"api.openai.com\": 1"), "{pac}");
+        assert!(pac.contains("var everything = false;"), "the shipped port-853 rule is no reason");
     }
 
     #[test]

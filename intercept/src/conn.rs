@@ -58,6 +58,8 @@ pub(crate) struct ProxyTunnel {
     pub user: Option<sluice_rules::OverlayEntry>,
     /// The identity that user's virtual key is restricted to, if it is.
     pub identity: Option<String>,
+    /// A proxy's tunnel (the checks of [`crate::proxy::check_tunnel`] apply).
+    pub proxied: bool,
 }
 
 /// Serves a client connection to `conn.original_dst` whose first bytes (`raw`, possibly
@@ -104,31 +106,19 @@ pub(crate) async fn serve<C: ClientIo>(
         }
     };
     let mut sni = hello.as_ref().and_then(|h| h.sni.clone());
-    if let Some(name) = tunnel.host.as_deref() {
-        match &sni {
-            // A tunnel asked for one name and a hello for another: the decision would follow
-            // the one and the server the other (fronting through the proxy).
-            Some(s) if !s.trim_end_matches('.').eq_ignore_ascii_case(name) => {
-                shared.nat.annotate(
-                    peer,
-                    FlowNote {
-                        hello,
-                        ..FlowNote::verdict(
-                            "block",
-                            "the ClientHello names another host than the CONNECT",
-                        )
-                    },
-                );
+    let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
+    let ja4 = hello.is_some().then_some(&*ja4);
+    if tunnel.proxied {
+        match crate::proxy::check_tunnel(shared, peer, &conn, &tunnel, hello.as_ref(), ja4).await {
+            Ok(name) => sni = name,
+            Err(why) => {
+                shared.nat.annotate(peer, FlowNote { hello, ..FlowNote::verdict("block", why) });
                 return Ok(());
             }
-            Some(_) => {}
-            // No SNI: the name the client asked the proxy for decides.
-            None if hello.is_some() => sni = Some(name.to_owned()),
-            None => {}
         }
     }
     let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
-    let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
+    let ja4 = ja4.map(str::to_owned).unwrap_or_default();
     let d = shared.decider.decide(
         peer,
         &conn,
@@ -136,20 +126,6 @@ pub(crate) async fn serve<C: ClientIo>(
         hello.is_some().then_some(&*ja4),
         tunnel.user,
     );
-    if let Some(id) = &tunnel.identity
-        && *id != d.note.identity
-    {
-        // The proxy credentials' virtual key may be used from one identity only.
-        shared.nat.annotate(
-            peer,
-            FlowNote {
-                hello,
-                decision: Some(d.note.clone()),
-                ..FlowNote::verdict("block", "the proxy credentials are for another identity")
-            },
-        );
-        return Ok(());
-    }
     let pinned_key = (peer.ip(), sni.clone().unwrap_or_default(), ja4);
     // A client that refused the minted certificate is spliced under a failing-open policy,
     // never where the rule's access controls need the requests (a brokered key, a quota, an
@@ -174,7 +150,9 @@ pub(crate) async fn serve<C: ClientIo>(
         },
     );
     if !tls && d.action != RuleAction::Allow {
-        // Not TLS on a TLS port and not allowed: nothing to answer with.
+        // Not TLS where the rule inspects or blocks: nothing to answer with, nothing passes.
+        let why = "not TLS where the rule inspects or blocks: refused";
+        shared.nat.annotate(peer, FlowNote::verdict("block", why));
         return Ok(());
     }
     let action = if pinned { RuleAction::Allow } else { d.action };

@@ -161,6 +161,22 @@ impl Decider {
         self.decide_with(policy, &overlay, peer, conn, sni, hello)
     }
 
+    /// Whether the policy refuses an encrypted ClientHello (its real name hidden behind an
+    /// ECH public name) from `peer` to `port`, as the packet engine decides inline.
+    pub fn ech_refused(&self, peer: SocketAddr, port: u16) -> bool {
+        let policy = self.policy.load();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match policy.defaults.ech {
+            sluice_rules::EchPolicy::Allow => false,
+            sluice_rules::EchPolicy::Block => true,
+            sluice_rules::EchPolicy::Restricted => {
+                policy.may_restrict(peer.ip(), None, port, now, &self.overlay.load())
+            }
+        }
+    }
+
     /// The identity feed's entry for the user `name`, for an explicit proxy's authenticated
     /// user: their groups (of every live entry of theirs), whichever address they come from.
     pub fn feed_entry(&self, name: &str) -> sluice_rules::OverlayEntry {

@@ -30,6 +30,16 @@ pub trait DivertHandle: Send + Sync + 'static {
     fn tunnel_opened(&self, _client: SocketAddr, _server: SocketAddr, _host: &str) {}
     /// The tunnel ended, with these bytes from and to the client: its flow record is due.
     fn tunnel_closed(&self, _client: SocketAddr, _from_client: u64, _to_client: u64) {}
+    /// A proxy's client was refused before any tunnel (`server`, if the name resolved;
+    /// `host` as the client named it, possibly empty): its flow record says why.
+    fn tunnel_refused(
+        &self,
+        _client: SocketAddr,
+        _server: Option<SocketAddr>,
+        _host: &str,
+        _reason: &'static str,
+    ) {
+    }
 }
 
 /// Where the engine takes its connections from.

@@ -39,6 +39,8 @@ pub struct HelloNote {
     pub ja4: String,
     /// TLS version offered (`1.3`, `1.2`, …).
     pub tls_version: &'static str,
+    /// It carries an `encrypted_client_hello` extension (real, or GREASE).
+    pub ech: bool,
 }
 
 impl HelloNote {
@@ -48,6 +50,7 @@ impl HelloNote {
             sni: h.sni().map(str::to_ascii_lowercase),
             alpn: h.alpn_strings(),
             ja4: h.ja4(),
+            ech: h.ech(),
             tls_version: match h.version {
                 0x0304 => "1.3",
                 0x0303 => "1.2",

@@ -136,6 +136,31 @@ class ExplicitProxy(unittest.TestCase):
                "http://api.openai.com/v1/models?plain-refused")
         self.assertTrue(r.stdout.endswith("403"), r.stdout)
         self.assertFalse([e for e in upstream_log() if "plain-refused" in e.get("path", "")])
+        # The client's Host never reaches the origin: the URI's host decides, and is sent.
+        r = on("alice", "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-x", PROXY,
+               "-H", "Host: api.openai.com", "http://example.org/host-swap")
+        self.assertEqual(r.stdout.strip(), "200", r.stderr)
+        seen = [e for e in upstream_log() if e.get("path") == "/host-swap"]
+        self.assertEqual((seen[-1]["server"], seen[-1]["host"]), ("example.org", "example.org"), seen)
+        # Plain HTTP inside a CONNECT to a name the rules inspect: the CONNECT's name decides.
+        r = on("alice", "curl", "-sS", "-m", "10", "-x", PROXY, "--proxytunnel",
+               "http://api.openai.com/v1/models?plain-in-tunnel")
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertFalse([e for e in upstream_log() if "plain-in-tunnel" in e.get("path", "")])
+        until("the plain tunnel's record", lambda: [
+            f for f in proxy_flows() if f.get("src") == ALICE and f.get("sni") == "api.openai.com"
+            and f.get("dport") == 80 and f.get("verdict") == "block"])
+        # A CONNECT to an address with a hello for a name that does not resolve there.
+        r = on("alice", "openssl", "s_client", "-proxy", "10.40.0.2:3128", "-connect", "198.51.100.80:443",
+               "-servername", "api.openai.com", "-brief", timeout=30)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        until("the fronted tunnel's record", lambda: [
+            f for f in proxy_flows() if f.get("src") == ALICE and f.get("dst") == "198.51.100.80"
+            and f.get("reason") == "the ClientHello's name does not resolve to the CONNECT's address"])
+        # Refusals are recorded too.
+        until("the own-host refusal's record", lambda: [
+            f for f in proxy_flows() if f.get("src") == ALICE and f.get("sni") == "127.0.0.1"
+            and f.get("reason") == "the proxy does not connect to its own host"])
         # Malformed and non-proxy requests get a clear error.
         r = on("alice", "curl", "-sS", "-m", "10", "-w", "%{http_code}", "http://10.40.0.2:3128/")
         self.assertIn("not a proxy request", r.stdout)

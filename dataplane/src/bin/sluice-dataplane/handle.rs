@@ -150,6 +150,7 @@ mod tests {
                 alpn: vec!["h2".into()],
                 ja4: "t13d".into(),
                 tls_version: "1.3",
+                ech: false,
             }),
             decision: Some(DecisionNote { identity: "finance".into(), ..DecisionNote::default() }),
             alpn_negotiated: Some("http/1.1"),

@@ -22,6 +22,7 @@ use crate::output::Wake;
 struct Tunnel {
     id: u64,
     server: SocketAddr,
+    host: String,
     first_unix: u64,
     identity: Option<Name>,
     user: Option<Name>,
@@ -82,10 +83,11 @@ impl DivertHandle for Tunnels {
         }
     }
 
-    fn tunnel_opened(&self, client: SocketAddr, server: SocketAddr, _host: &str) {
+    fn tunnel_opened(&self, client: SocketAddr, server: SocketAddr, host: &str) {
         let t = Tunnel {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             server,
+            host: host.to_owned(),
             first_unix: now_ms(),
             identity: None,
             user: None,
@@ -95,9 +97,50 @@ impl DivertHandle for Tunnels {
     }
 
     fn tunnel_closed(&self, client: SocketAddr, from_client: u64, to_client: u64) {
-        let Some(t) = lock!(self.open).remove(&client) else { return };
+        let Some(mut t) = lock!(self.open).remove(&client) else { return };
+        // The name the client asked for, when no hello named one (plain HTTP, no SNI).
+        if t.class.sni.is_none() && !t.host.is_empty() {
+            t.class.sni = Some(t.host.clone());
+        }
+        self.record(client, t, from_client, to_client);
+    }
+
+    fn tunnel_refused(
+        &self,
+        client: SocketAddr,
+        server: Option<SocketAddr>,
+        host: &str,
+        reason: &'static str,
+    ) {
+        let class = Class {
+            sni: (!host.is_empty()).then(|| host.to_owned()),
+            action: Some("block"),
+            reason: Some(reason),
+            ..Class::default()
+        };
+        let t = Tunnel {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            server: server.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            host: host.to_owned(),
+            first_unix: now_ms(),
+            identity: None,
+            user: None,
+            class,
+        };
+        self.record(client, t, 0, 0);
+    }
+}
+
+impl Tunnels {
+    /// Makes the flow record of tunnel `t` from `client`. What passed is allowed (spliced,
+    /// inspected or forwarded); a tunnel refused, or that ended before any decision, is
+    /// blocked.
+    fn record(&self, client: SocketAddr, t: Tunnel, from_client: u64, to_client: u64) {
         let now = now_ms();
-        let verdict = if t.class.action == Some("block") { Verdict::Block } else { Verdict::Allow };
+        let verdict = match t.class.action {
+            Some("allow" | "inspect") => Verdict::Allow,
+            _ => Verdict::Block,
+        };
         let record = FlowRecord {
             kind: "flow",
             event: "end",

@@ -19,8 +19,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http::proxy_head::{self, Authority, ProxyHeadError, Target};
-use crate::record::FlowNote;
+use crate::record::HelloNote;
 use crate::{DivertedConn, Shared, conn};
+
+mod forward;
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,9 +50,14 @@ pub(crate) async fn connection(
             }
             Err(e) => {
                 let status = if matches!(e, ProxyHeadError::BadCredentials(_)) { 407 } else { 400 };
+                shared.nat.tunnel_refused(peer, None, "", "proxy: a malformed request head");
                 return answer(&mut client, status, &e.to_string()).await;
             }
         }
+    };
+    let (authority, forward_path) = match head.target {
+        Target::Connect(a) => (a, None),
+        Target::Forward { origin, path } => (origin, Some(path)),
     };
     // Who the client is: its address, or the user its credentials prove (a virtual key
     // control issued to that user; the identity feed gives the user's groups).
@@ -63,38 +70,41 @@ pub(crate) async fn connection(
                     (Some(shared.decider.feed_entry(&v.user)), v.identity.clone())
                 }
                 _ => {
-                    return answer(
-                        &mut client,
-                        407,
-                        "the proxy credentials are not a virtual key issued to that user",
-                    )
-                    .await;
+                    let why = "proxy: credentials that are not a virtual key issued to that user";
+                    shared.nat.tunnel_refused(peer, None, &authority.host, why);
+                    let msg = "the proxy credentials are not a virtual key issued to that user";
+                    return answer(&mut client, 407, msg).await;
                 }
             }
         }
     };
-    let target = match head.target {
-        Target::Connect(a) => a,
-        Target::Forward { origin, path } => {
-            let tunnel = conn::ProxyTunnel { host: None, user, identity };
-            return forward(shared, client, buf, peer, &origin, &path, tunnel).await;
+    let server = match resolve(&authority).await {
+        Ok(s) => s,
+        Err(why) => {
+            let reason = "proxy: the name does not resolve";
+            shared.nat.tunnel_refused(peer, None, &authority.host, reason);
+            return answer(&mut client, 502, &why).await;
         }
     };
-    let server = match resolve(&target).await {
-        Ok(s) => s,
-        Err(why) => return answer(&mut client, 502, &why).await,
-    };
     if let Some(why) = refused_destination(server.ip(), client.local_addr().ok()) {
+        shared.nat.tunnel_refused(peer, Some(server), &authority.host, why);
         return answer(&mut client, 403, why).await;
+    }
+    let tunnel = conn::ProxyTunnel {
+        host: authority.host.parse::<IpAddr>().is_err().then(|| authority.host.clone()),
+        user,
+        identity,
+        proxied: true,
+    };
+    shared.nat.tunnel_opened(peer, server, &authority.host);
+    if let Some(path) = forward_path {
+        let (r, from, to) =
+            forward::forward(shared, client, buf, peer, server, &authority, &path, tunnel).await;
+        shared.nat.tunnel_closed(peer, from, to);
+        return r;
     }
     client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
     let rest = buf.split_off(head.len);
-    let tunnel = conn::ProxyTunnel {
-        host: target.host.parse::<IpAddr>().is_err().then(|| target.host.clone()),
-        user,
-        identity,
-    };
-    shared.nat.tunnel_opened(peer, server, &target.host);
     let (read, written) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let counted = Counted { inner: client, read: read.clone(), written: written.clone() };
     let conn = DivertedConn { original_dst: server, client_mac: [0; 6] };
@@ -107,93 +117,63 @@ pub(crate) async fn connection(
     r
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1) and the proxy's own: never passed on.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// A plain `http://` request: decided by its host as a hello's name would be; allowed ones
-/// go to the origin in origin form with `Connection: close` (one request per connection),
-/// the rest are refused (inspection needs TLS: plain HTTP to a destination whose traffic is
-/// inspected is refused, not passed uninspected).
-async fn forward(
-    shared: &Arc<Shared>,
-    mut client: TcpStream,
-    mut buf: Vec<u8>,
+/// The checks of a tunnel's first bytes, before its decision: the name that decides it, or
+/// why it is refused.
+///
+/// - A CONNECT to a name: the hello must name it too (else the decision would follow the one
+///   and the server the other); without SNI, or without TLS at all, the CONNECT's name
+///   decides (a tunnel of plain HTTP to a blocked or inspected name is refused as such).
+/// - A CONNECT to an address: the hello's name must resolve to it (no fronting to any server
+///   behind an allowed name).
+/// - An encrypted ClientHello whose outer name is an ECH public name is refused as the rule
+///   set's `ech` setting says, as inline.
+/// - A virtual key restricted to an identity is refused from the addresses of another.
+pub(crate) async fn check_tunnel(
+    shared: &Shared,
     peer: SocketAddr,
-    origin: &Authority,
-    path: &str,
-    tunnel: conn::ProxyTunnel,
-) -> io::Result<()> {
-    // The head again, with the strict framing rules of inspected requests (no smuggling).
-    let head = match crate::http::head::parse_request(&buf) {
-        Ok(Some(h)) => h,
-        Ok(None) => return answer(&mut client, 400, "incomplete request head").await,
-        Err(e) => return answer(&mut client, 400, &e.to_string()).await,
-    };
-    let server = match resolve(origin).await {
-        Ok(s) => s,
-        Err(why) => return answer(&mut client, 502, &why).await,
-    };
-    if let Some(why) = refused_destination(server.ip(), client.local_addr().ok()) {
-        return answer(&mut client, 403, why).await;
-    }
-    let conn = DivertedConn { original_dst: server, client_mac: [0; 6] };
-    let name = origin.host.parse::<IpAddr>().is_err().then_some(origin.host.as_str());
-    shared.nat.tunnel_opened(peer, server, &origin.host);
-    let d = shared.decider.decide(peer, &conn, name, None, tunnel.user);
-    let refusal = match d.action {
-        _ if tunnel.identity.as_ref().is_some_and(|id| *id != d.note.identity) => {
-            Some("the proxy credentials are for another identity")
+    conn: &DivertedConn,
+    tunnel: &conn::ProxyTunnel,
+    hello: Option<&HelloNote>,
+    ja4: Option<&str>,
+) -> Result<Option<String>, &'static str> {
+    let sni = hello.and_then(|h| h.sni.clone());
+    let name = match (&tunnel.host, sni) {
+        (Some(host), Some(s)) if !s.trim_end_matches('.').eq_ignore_ascii_case(host) => {
+            return Err("the ClientHello names another host than the CONNECT");
         }
-        sluice_rules::Action::Allow => None,
-        sluice_rules::Action::Block => Some("blocked by policy"),
-        sluice_rules::Action::Inspect => {
-            Some("plain HTTP to a destination whose traffic is inspected is refused")
+        (Some(host), _) => Some(host.clone()),
+        (None, Some(s)) => {
+            let found = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::lookup_host(format!("{s}:{}", conn.original_dst.port())),
+            )
+            .await;
+            let there = match found {
+                Ok(Ok(mut addrs)) => addrs.any(|a| a.ip() == conn.original_dst.ip()),
+                _ => false,
+            };
+            if !there {
+                return Err("the ClientHello's name does not resolve to the CONNECT's address");
+            }
+            Some(s)
         }
+        (None, None) => None,
     };
-    let note = |action: &'static str, reason: &'static str| FlowNote {
-        decision: Some(d.note.clone()),
-        ..FlowNote::verdict(action, reason)
-    };
-    if let Some(why) = refusal {
-        shared.nat.annotate(peer, note("block", why));
-        shared.nat.tunnel_closed(peer, buf.len() as u64, 0);
-        return answer(&mut client, 403, why).await;
+    if let Some(h) = hello
+        && h.ech
+        && h.sni.as_deref().is_some_and(sluice_rules::catalog::is_ech_public_name)
+        && shared.decider.ech_refused(peer, conn.original_dst.port())
+    {
+        return Err("ECH: an encrypted ClientHello hides the server name");
     }
-    shared.nat.annotate(peer, note("allow", "plain HTTP forwarded by the proxy"));
-    let mut out = format!("{} {path} HTTP/1.1\r\n", head.method).into_bytes();
-    for (n, v) in &head.headers {
-        if !HOP_BY_HOP.contains(&n.as_str()) {
-            out.extend_from_slice(n.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
+    if let Some(id) = &tunnel.identity {
+        // Where the key is used from: the identity of the client's address.
+        let from = shared.decider.decide(peer, conn, name.as_deref(), ja4, None);
+        if from.note.identity != *id {
+            return Err("the proxy credentials are for another identity");
         }
     }
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    let body = buf.split_off(head.len);
-    let up = tokio::time::timeout(shared.cfg.connect_timeout, TcpStream::connect(server)).await;
-    let mut up = match up {
-        Ok(Ok(s)) => s,
-        _ => {
-            shared.nat.tunnel_closed(peer, 0, 0);
-            return answer(&mut client, 502, "the server could not be reached").await;
-        }
-    };
-    up.write_all(&out).await?;
-    up.write_all(&body).await?;
-    let r = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-    let (from, to) = r.as_ref().map_or((0, 0), |&(a, b)| (a, b));
-    shared.nat.tunnel_closed(peer, from + (head.len + body.len()) as u64, to);
-    r.map(|_| ())
+    Ok(name)
 }
 
 /// The first address of `target` (IPv4 first, as most clients would).
@@ -217,7 +197,7 @@ async fn resolve(target: &Authority) -> Result<SocketAddr, String> {
 }
 
 /// Why the proxy will not connect to `ip`, if it will not: its own host (loopback, the
-/// unspecified address, the address the client reached it on) and link-local addresses.
+/// unspecified address, any address of its interfaces) and link-local addresses.
 fn refused_destination(ip: IpAddr, own: Option<SocketAddr>) -> Option<&'static str> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
@@ -227,7 +207,9 @@ fn refused_destination(ip: IpAddr, own: Option<SocketAddr>) -> Option<&'static s
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    if ip.is_loopback() || ip.is_unspecified() || own.is_some_and(|a| a.ip() == ip) {
+    // An address of this host's own (any interface): binding it succeeds.
+    let local = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok();
+    if ip.is_loopback() || ip.is_unspecified() || local || own.is_some_and(|a| a.ip() == ip) {
         Some("the proxy does not connect to its own host")
     } else if link_local || ip.is_multicast() {
         Some("the proxy does not connect to link-local or multicast addresses")
@@ -243,7 +225,6 @@ async fn answer(client: &mut TcpStream, status: u16, message: &str) -> io::Resul
         403 => "Forbidden",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
-        501 => "Not Implemented",
         _ => "Bad Gateway",
     };
     let body =
