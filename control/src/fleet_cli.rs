@@ -62,9 +62,7 @@ fn init(api: &Api) -> Out {
 
 fn enrol(api: &Api, name: &str, out: &Path, replace: bool) -> Out {
     if !fleet::valid_name(name) {
-        return Err(usage(format!(
-            "`{name}` cannot name a data plane: 1-64 of A-Z a-z 0-9 . _ -, not starting with . or -"
-        )));
+        return Err(usage(sluice_control::fleet::FleetError::BadName(name.into()).to_string()));
     }
     // Checked before anything is issued: a certificate whose key could not be kept is lost.
     if out.join("dataplane.key").exists() {

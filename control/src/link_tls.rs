@@ -3,11 +3,11 @@
 //! only with a certificate control issued (`fleet.db`) and has not revoked, and only under the
 //! name it was issued for. Until `sluicectl fleet init` makes the CA, connections are closed.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use sluice_intercept::admit::Admission;
 use sluice_link::{Down, encode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,13 +25,6 @@ const TOTAL: usize = 4096;
 /// (each for at most [`HANDSHAKE`]), and never the slots of data planes already admitted.
 const HANDSHAKES: usize = 64;
 
-/// Open connections by source (an IPv6 /64 counts as one), and in all; an entry is released
-/// when its connection ends, and a source with none has no entry.
-#[derive(Debug, Default)]
-struct Open(Mutex<(HashMap<IpAddr, usize>, usize)>);
-
-struct Slot<'a>(&'a Open, IpAddr);
-
 /// The source an address counts as: itself, or its /64 for IPv6.
 fn source(ip: IpAddr) -> IpAddr {
     match ip {
@@ -43,39 +36,12 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl Open {
-    fn take(&self, ip: IpAddr) -> Option<Slot<'_>> {
-        let src = source(ip);
-        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (by_source, total) = &mut *guard;
-        if *total >= TOTAL || by_source.get(&src).is_some_and(|n| *n >= PER_ADDRESS) {
-            return None;
-        }
-        *by_source.entry(src).or_default() += 1;
-        *total += 1;
-        Some(Slot(self, src))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut guard = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let (by_source, total) = &mut *guard;
-        *total = total.saturating_sub(1);
-        if let Some(n) = by_source.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                by_source.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Serves the fleet's data planes on `listener` forever.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "data-plane link listening (TCP, mutual TLS with the fleet CA)");
-    let open: &'static Open = Box::leak(Box::default());
+    // Connections by source (`source`) and in all, released when they end.
+    let open = Admission::new(TOTAL, PER_ADDRESS);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -86,7 +52,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) -> std::io::Resu
                 continue;
             }
         };
-        let Some(slot) = open.take(remote.ip()) else {
+        let Ok(slot) = open.admit(source(remote.ip())) else {
             tracing::warn!(%remote, "link: too many connections, closed");
             continue;
         };
@@ -167,21 +133,24 @@ mod tests {
 
     #[test]
     fn sources_are_bounded_and_released_whole() {
-        let open = Open::default();
+        let open = Admission::new(TOTAL, PER_ADDRESS);
+        let take = |ip: IpAddr| open.admit(source(ip)).ok();
         let a: IpAddr = [10, 0, 0, 1].into();
-        let slots: Vec<_> = (0..PER_ADDRESS).filter_map(|_| open.take(a)).collect();
+        let slots: Vec<_> = (0..PER_ADDRESS).filter_map(|_| take(a)).collect();
         assert_eq!(slots.len(), PER_ADDRESS);
-        assert!(open.take(a).is_none(), "one source past its bound");
-        assert!(open.take([10, 0, 0, 2].into()).is_some(), "another source is not");
+        assert!(take(a).is_none(), "one source past its bound");
+        assert!(take([10, 0, 0, 2].into()).is_some(), "another source is not");
         // An IPv6 /64 is one source.
         let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
-        let more: Vec<_> = (0..PER_ADDRESS as u16).filter_map(|i| open.take(v6(i))).collect();
+        let more: Vec<_> = (0..PER_ADDRESS as u16).filter_map(|i| take(v6(i))).collect();
         assert_eq!(more.len(), PER_ADDRESS);
-        assert!(open.take(v6(999)).is_none());
+        assert!(take(v6(999)).is_none());
         drop(slots);
         drop(more);
-        let guard = open.0.lock().unwrap_or_else(PoisonError::into_inner);
-        assert!(guard.0.is_empty(), "a source with no connection keeps no entry");
-        assert_eq!(guard.1, 0);
+        // Released whole: each source takes its bound again.
+        let again: Vec<_> = (0..PER_ADDRESS).filter_map(|_| take(a)).collect();
+        assert_eq!(again.len(), PER_ADDRESS);
+        let again: Vec<_> = (0..PER_ADDRESS as u16).filter_map(|i| take(v6(i))).collect();
+        assert_eq!(again.len(), PER_ADDRESS);
     }
 }

@@ -3,7 +3,7 @@
 //! host holding
 //! thousands of idle connections (slowloris) or flooding the listener with hellos cannot take
 //! every slot from the others. A connection beyond either is reset at once and recorded in
-//! its flow.
+//! its flow. Control's link listener bounds its peers with the same [`Admission`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;

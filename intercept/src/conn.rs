@@ -107,9 +107,8 @@ pub(crate) async fn serve<C: ClientIo>(
     };
     let mut sni = hello.as_ref().and_then(|h| h.sni.clone());
     let ja4 = hello.as_ref().map(|h| h.ja4.clone()).unwrap_or_default();
-    let ja4 = hello.is_some().then_some(&*ja4);
     if tunnel.proxied {
-        match crate::proxy::check_tunnel(shared, peer, &conn, &tunnel, hello.as_ref(), ja4).await {
+        match crate::proxy::check_tunnel(shared, peer, &conn, &tunnel, hello.as_ref()).await {
             Ok(name) => sni = name,
             Err(why) => {
                 shared.nat.annotate(peer, FlowNote { hello, ..FlowNote::verdict("block", why) });
@@ -118,7 +117,6 @@ pub(crate) async fn serve<C: ClientIo>(
         }
     }
     let offered = Offered::of(hello.as_ref().map_or(&[][..], |h| &h.alpn));
-    let ja4 = ja4.map(str::to_owned).unwrap_or_default();
     let d = shared.decider.decide(
         peer,
         &conn,

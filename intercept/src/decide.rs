@@ -161,6 +161,27 @@ impl Decider {
         self.decide_with(policy, &overlay, peer, conn, sni, hello)
     }
 
+    /// The identity of `peer`'s address (the policy's identities and the identity feed), with
+    /// nothing else decided: where an explicit proxy's credentials are used from.
+    pub fn identity_of(&self, peer: SocketAddr) -> String {
+        let policy = self.policy.load();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let q = Query {
+            src: peer.ip(),
+            mac: None,
+            sni: None,
+            port: 0,
+            now,
+            app: AppSeen::Unseen,
+            op: None,
+        };
+        let overlay = self.overlay.load();
+        let who = policy.resolve(&q, &overlay);
+        policy.identity_name(who.id).to_string()
+    }
+
     /// Whether the policy refuses an encrypted ClientHello (its real name hidden behind an
     /// ECH public name) from `peer` to `port`, as the packet engine decides inline.
     pub fn ech_refused(&self, peer: SocketAddr, port: u16) -> bool {

@@ -22,7 +22,7 @@
 //! records leave through a [`RecordSink`] the binary owns.
 
 pub mod access;
-mod admit;
+pub mod admit;
 pub mod approval;
 pub mod block;
 pub mod broker;

@@ -65,13 +65,11 @@ pub(super) async fn forward(
     };
     let conn = DivertedConn { original_dst: server, client_mac: [0; 6] };
     let name = origin.host.parse::<IpAddr>().is_err().then_some(origin.host.as_str());
-    if let Some(id) = &tunnel.identity {
+    if tunnel.identity.as_ref().is_some_and(|id| *id != shared.decider.identity_of(peer)) {
         // Where the key is used from: the identity of the client's address.
-        if shared.decider.decide(peer, &conn, name, None, None).note.identity != *id {
-            let why = "the proxy credentials are for another identity";
-            note(shared, peer, None, "block", why);
-            return (answer(&mut client, 403, why).await, from, 0);
-        }
+        let why = "the proxy credentials are for another identity";
+        note(shared, peer, None, "block", why);
+        return (answer(&mut client, 403, why).await, from, 0);
     }
     let d = shared.decider.decide(peer, &conn, name, None, tunnel.user);
     let refusal = match d.action {

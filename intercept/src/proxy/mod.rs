@@ -134,7 +134,6 @@ pub(crate) async fn check_tunnel(
     conn: &DivertedConn,
     tunnel: &conn::ProxyTunnel,
     hello: Option<&HelloNote>,
-    ja4: Option<&str>,
 ) -> Result<Option<String>, &'static str> {
     let sni = hello.and_then(|h| h.sni.clone());
     let name = match (&tunnel.host, sni) {
@@ -143,16 +142,8 @@ pub(crate) async fn check_tunnel(
         }
         (Some(host), _) => Some(host.clone()),
         (None, Some(s)) => {
-            let found = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::lookup_host(format!("{s}:{}", conn.original_dst.port())),
-            )
-            .await;
-            let there = match found {
-                Ok(Ok(mut addrs)) => addrs.any(|a| a.ip() == conn.original_dst.ip()),
-                _ => false,
-            };
-            if !there {
+            let found = lookup(&s, conn.original_dst.port()).await;
+            if !found.is_ok_and(|all| all.iter().any(|a| a.ip() == conn.original_dst.ip())) {
                 return Err("the ClientHello's name does not resolve to the CONNECT's address");
             }
             Some(s)
@@ -166,12 +157,9 @@ pub(crate) async fn check_tunnel(
     {
         return Err("ECH: an encrypted ClientHello hides the server name");
     }
-    if let Some(id) = &tunnel.identity {
+    if tunnel.identity.as_ref().is_some_and(|id| *id != shared.decider.identity_of(peer)) {
         // Where the key is used from: the identity of the client's address.
-        let from = shared.decider.decide(peer, conn, name.as_deref(), ja4, None);
-        if from.note.identity != *id {
-            return Err("the proxy credentials are for another identity");
-        }
+        return Err("the proxy credentials are for another identity");
     }
     Ok(name)
 }
@@ -181,19 +169,21 @@ async fn resolve(target: &Authority) -> Result<SocketAddr, String> {
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, target.port));
     }
-    let found = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| format!("{}: the name did not resolve within 5 s", target.host))?
-    .map_err(|e| format!("{}: the name does not resolve ({e})", target.host))?;
-    let all: Vec<SocketAddr> = found.collect();
+    let all = lookup(&target.host, target.port).await?;
     all.iter()
         .find(|a| a.is_ipv4())
         .or(all.first())
         .copied()
         .ok_or_else(|| format!("{}: the name has no address", target.host))
+}
+
+/// The addresses of `host` (the host's resolver, within 5 s).
+async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let found = tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| format!("{host}: the name did not resolve within 5 s"))?
+        .map_err(|e| format!("{host}: the name does not resolve ({e})"))?;
+    Ok(found.collect())
 }
 
 /// Why the proxy will not connect to `ip`, if it will not: its own host (loopback, the

@@ -14,7 +14,7 @@ mod tunnels;
 mod watchdog;
 
 use std::io::BufWriter;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -108,11 +108,7 @@ fn main() -> Result<()> {
         _ => None,
     };
     let log = parts::open_flow_log(&args)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    let (stop, reload) = parts::signals()?;
     let mut threads = Vec::new();
     // Opens the receive side of both ports; the threads start once the fast path (which
     // filters these sockets) is in place.

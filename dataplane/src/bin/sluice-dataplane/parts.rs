@@ -86,6 +86,16 @@ pub fn start_link(
     Ok(Some((spool, connected)))
 }
 
+/// Flags the signals raise: (stop: SIGTERM or SIGINT, reload: SIGHUP).
+pub fn signals() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    Ok((stop, reload))
+}
+
 /// The flow log, opened for appending (its directory made).
 pub fn open_flow_log(args: &Args) -> Result<File> {
     if let Some(dir) = args.flow_log.parent() {

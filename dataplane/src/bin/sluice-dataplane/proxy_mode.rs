@@ -7,7 +7,7 @@
 
 use std::io::BufWriter;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,7 @@ pub fn run(args: &Args, addr: SocketAddr) -> Result<()> {
     let _engine_threads = intercept::spawn(cfg, tunnels.clone(), requests.clone(), threads_n)
         .context("starting the explicit proxy")?;
     let log = parts::open_flow_log(args)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
+    let (stop, reload) = parts::signals()?;
     let mut threads = Vec::new();
     let link = parts::start_link(args, &enforced, &stop, &mut threads)?;
     let mut out = Output {
