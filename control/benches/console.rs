@@ -69,7 +69,7 @@ fn state(path: &std::path::Path, rows: u64) -> AppState {
     let stores = Stores {
         rules: sluice_control::rulestore::RuleStore::open_in_memory().unwrap(),
         flows,
-        identities: sluice_control::identstore::IdentStore::open_in_memory().unwrap(),
+        identities: Box::new(sluice_control::identstore::IdentStore::open_in_memory().unwrap()),
         keys: sluice_control::keystore::KeyStore::open(
             &path.with_extension("keys.db"),
             &path.with_extension("kek"),

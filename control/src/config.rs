@@ -33,6 +33,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the stores (rules, audit, flows) and of a generated certificate.
     pub state_dir: PathBuf,
+    /// The shared store, `postgres://USER@HOST/DB` (or libpq's `host=… dbname=…`): what
+    /// several controls share goes there (ARCHITECTURE.md, "The stores"); none: SQLite files
+    /// in `state_dir`.
+    pub store: Option<String>,
     /// API certificate (PEM); with `tls_key`. Absent: a self-signed one is made on first start.
     pub tls_cert: Option<PathBuf>,
     /// API private key (PEM).
@@ -180,6 +184,12 @@ impl Config {
         }
         if let Some(p) = c.proxy.problem() {
             return Err(invalid(p));
+        }
+        if let Some(store) = &c.store {
+            // The text is not repeated: it may hold a password.
+            if let Err(e) = store.parse::<tokio_postgres::Config>() {
+                return Err(invalid(format!("store: not a PostgreSQL connection string: {e}")));
+            }
         }
         Ok(c)
     }

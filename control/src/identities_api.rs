@@ -15,7 +15,7 @@ use crate::api::{
     ApiResult, AppState, Authed, PUSH_WAIT, Shared, error, internal, needs, refuse, reply,
 };
 use crate::auth::Caller;
-use crate::identstore::{FeedEntry, IdentStore};
+use crate::identstore::{FeedEntry, IdentityStore};
 use crate::link::now_s;
 
 /// The identity routes.
@@ -36,11 +36,11 @@ async fn identities_changed(
     caller: &Caller,
     action: &str,
     detail: &str,
-    change: impl FnOnce(&mut IdentStore) -> Result<(), crate::store::StoreError>,
+    change: impl FnOnce(&mut dyn IdentityStore) -> Result<(), crate::store::StoreError>,
 ) -> Response {
     let all = {
         let mut store = s.identities.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = change(&mut store) {
+        if let Err(e) = change(&mut **store) {
             return internal(e);
         }
         match store.all() {

@@ -1,6 +1,7 @@
 //! The identity feed: who sits behind which address, as feeders (directory connectors, NAC,
-//! VPN concentrators) say through the API. Kept in SQLite so a restart of control forgets
-//! nothing; entries carry an expiry, and the whole set is pushed to the data planes.
+//! VPN concentrators) say through the API. Kept in a store so a restart of control forgets
+//! nothing (SQLite here, PostgreSQL in [`crate::pg::identities`]); entries carry an expiry,
+//! and the whole set is pushed to the data planes.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -74,7 +75,20 @@ impl FeedEntry {
     }
 }
 
-/// The store.
+/// Where the feed is kept: [`IdentStore`] (SQLite) or [`crate::pg::identities::PgIdentStore`].
+pub trait IdentityStore: std::fmt::Debug + Send {
+    /// Sets entries (replacing those for the same addresses); with `replace`, every other
+    /// entry goes. One transaction.
+    fn set(&mut self, entries: &[Identity], replace: bool) -> Result<(), StoreError>;
+    /// Removes the entry for `ip`; false if there was none.
+    fn remove(&mut self, ip: IpAddr) -> Result<bool, StoreError>;
+    /// Drops entries expired at unix time `now`; returns how many.
+    fn expire(&mut self, now: u64) -> Result<usize, StoreError>;
+    /// Every entry, by address.
+    fn all(&mut self) -> Result<Vec<Identity>, StoreError>;
+}
+
+/// The store in SQLite.
 #[derive(Debug)]
 pub struct IdentStore {
     db: Connection,
@@ -100,10 +114,10 @@ impl IdentStore {
         )?;
         Ok(IdentStore { db })
     }
+}
 
-    /// Sets entries (replacing those for the same addresses); with `replace`, every other
-    /// entry goes. One transaction.
-    pub fn set(&mut self, entries: &[Identity], replace: bool) -> Result<(), StoreError> {
+impl IdentityStore for IdentStore {
+    fn set(&mut self, entries: &[Identity], replace: bool) -> Result<(), StoreError> {
         let tx = self.db.transaction()?;
         if replace {
             tx.execute("DELETE FROM identities", [])?;
@@ -125,13 +139,11 @@ impl IdentStore {
         Ok(())
     }
 
-    /// Removes the entry for `ip`; false if there was none.
-    pub fn remove(&mut self, ip: IpAddr) -> Result<bool, StoreError> {
+    fn remove(&mut self, ip: IpAddr) -> Result<bool, StoreError> {
         Ok(self.db.execute("DELETE FROM identities WHERE ip = ?1", [ip.to_string()])? > 0)
     }
 
-    /// Drops entries expired at unix time `now`; returns how many.
-    pub fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
+    fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
         let now = i64::try_from(now).unwrap_or(i64::MAX);
         Ok(self.db.execute(
             "DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= ?1",
@@ -139,8 +151,7 @@ impl IdentStore {
         )?)
     }
 
-    /// Every entry, by address.
-    pub fn all(&self) -> Result<Vec<Identity>, StoreError> {
+    fn all(&mut self) -> Result<Vec<Identity>, StoreError> {
         let mut st =
             self.db.prepare("SELECT ip, user, groups, expires_at FROM identities ORDER BY ip")?;
         let rows = st.query_map([], |r| {
@@ -174,9 +185,13 @@ mod tests {
         FeedEntry { ip: None, user: user.into(), groups: vec!["finance".into()], ttl }
     }
 
-    #[test]
-    fn set_replace_remove_expire() {
-        let mut s = IdentStore::open_in_memory().unwrap();
+    crate::pg::both_stores! {
+        sqlite: crate::identstore::IdentStore::open_in_memory().unwrap(),
+        postgres: |cfg| crate::pg::identities::PgIdentStore::open_with(cfg).unwrap();
+        set_replace_remove_expire, addresses_are_kept_as_written,
+    }
+
+    fn set_replace_remove_expire(mut s: impl IdentityStore) {
         let a = entry("alice", None).into_identity("10.0.0.1".parse().unwrap(), 100).unwrap();
         let b = entry("bob", Some(10)).into_identity("fd00::2".parse().unwrap(), 100).unwrap();
         assert_eq!(b.expires_at, Some(110));
@@ -189,6 +204,26 @@ mod tests {
         assert_eq!(s.all().unwrap(), vec![b.clone()]);
         assert!(s.remove(b.ip).unwrap());
         assert!(!s.remove(b.ip).unwrap());
+    }
+
+    fn addresses_are_kept_as_written(mut s: impl IdentityStore) {
+        // An entry set again for the same address replaces it; addresses of both families,
+        // a long TTL and many groups come back as they went in.
+        let ten_years = 10 * 365 * 86_400;
+        let v6 = entry("dave", Some(ten_years)).into_identity("2001:db8::7".parse().unwrap(), 5);
+        let v6 = v6.unwrap();
+        let mut many = entry("erin", None);
+        many.groups = (0..64).map(|i| format!("g{i}")).collect();
+        let v4 = many.into_identity("192.0.2.9".parse().unwrap(), 5).unwrap();
+        s.set(&[v6.clone(), v4.clone()], false).unwrap();
+        let mut again = v4.clone();
+        again.user = "erin2".into();
+        s.set(std::slice::from_ref(&again), false).unwrap();
+        let all = s.all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.contains(&again) && all.contains(&v6), "{all:?}");
+        assert_eq!(s.expire(ten_years).unwrap(), 0);
+        assert_eq!(s.expire(ten_years + 5).unwrap(), 1);
     }
 
     #[test]

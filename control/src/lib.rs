@@ -39,6 +39,7 @@ pub mod link;
 pub mod link_tls;
 pub mod metrics;
 pub mod pac;
+pub mod pg;
 pub mod quotas;
 pub mod record;
 pub mod recordings;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::auth::Tokens;
 use crate::hub::Hub;
-use crate::identstore::IdentStore;
+use crate::identstore::IdentityStore;
 use crate::link::Links;
 use crate::rulestore::RuleStore;
 use crate::store::FlowStore;
@@ -24,7 +24,7 @@ pub struct AppState {
     /// The record store (flows and requests).
     pub flows: Mutex<FlowStore>,
     /// The identity feed.
-    pub identities: Mutex<IdentStore>,
+    pub identities: Mutex<Box<dyn IdentityStore>>,
     /// Brokered provider keys and virtual keys.
     pub keys: Mutex<crate::keystore::KeyStore>,
     /// The connected data planes.
@@ -83,7 +83,7 @@ pub struct Stores {
     /// Flow and request records.
     pub flows: FlowStore,
     /// The identity feed.
-    pub identities: IdentStore,
+    pub identities: Box<dyn IdentityStore>,
     /// Brokered provider keys and virtual keys.
     pub keys: crate::keystore::KeyStore,
     /// Held requests.

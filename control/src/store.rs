@@ -31,6 +31,12 @@ pub enum StoreError {
     /// The files of recordings' sealed bytes failed.
     #[error("flow store, recordings' files: {0}")]
     Io(#[from] std::io::Error),
+    /// PostgreSQL failed (`store = "postgres://…"`).
+    #[error("store on PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The PostgreSQL connection's runtime is gone.
+    #[error("store on PostgreSQL: connection closed: {0}")]
+    Closed(String),
 }
 
 /// What usage is counted by.

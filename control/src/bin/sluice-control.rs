@@ -15,6 +15,7 @@ use sluice_control::fleet::Fleet;
 use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
+use sluice_control::pg::identities::PgIdentStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
 use sluice_control::{audit_key, link, link_tls, serve, syslog, tls, webhook};
@@ -68,8 +69,15 @@ fn main() -> Result<()> {
             .context("opening the rule store")?,
         flows: FlowStore::open(&cfg.state_dir.join("flows.db"))
             .context("opening the flow store")?,
-        identities: IdentStore::open(&cfg.state_dir.join("identities.db"))
-            .context("opening the identity store")?,
+        identities: match &cfg.store {
+            Some(url) => Box::new(
+                PgIdentStore::open(url).context("opening the identity store on PostgreSQL")?,
+            ),
+            None => Box::new(
+                IdentStore::open(&cfg.state_dir.join("identities.db"))
+                    .context("opening the identity store")?,
+            ),
+        },
         keys: KeyStore::open(&cfg.state_dir.join("keys.db"), &cfg.state_dir.join("keys.kek"))
             .context("opening the key store")?,
         approvals: ApprovalStore::open(&cfg.state_dir.join("approvals.db"))

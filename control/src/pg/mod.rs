@@ -1,0 +1,184 @@
+//! PostgreSQL for control's shared stores (`store = "postgres://…"`; ARCHITECTURE.md, "The
+//! stores"): a connection to the server, and the migrations of each store's schema.
+//!
+//! The stores' methods are synchronous (they run under the state's mutexes, often inside
+//! async handlers), so a store's connection is driven by a small runtime of its own, the
+//! `sluice-pg` thread, and a method waits on its query with `futures_executor::block_on`,
+//! which works on any thread, inside a runtime or not (`postgres`, the sync crate, would
+//! panic there). Waiting blocks the caller as a SQLite call does.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::store::StoreError;
+
+/// The runtime that drives every PostgreSQL connection of this process.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-pg")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the PostgreSQL runtime: {e}"))
+    })
+}
+
+/// Waits for `f` on the calling thread.
+pub(crate) fn wait<F: Future>(f: F) -> F::Output {
+    futures_executor::block_on(f)
+}
+
+/// One connection.
+pub struct Pg {
+    client: Client,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg").field("closed", &self.client.is_closed()).finish()
+    }
+}
+
+impl Pg {
+    /// Connects to `url` (a `postgres://` URL or libpq's `key=value` form), without TLS:
+    /// over a Unix socket or a management network the operator trusts.
+    pub fn connect(url: &str) -> Result<Pg, StoreError> {
+        let cfg: Config = url.parse()?;
+        Pg::connect_with(cfg)
+    }
+
+    /// Connects with `cfg`.
+    pub fn connect_with(mut cfg: Config) -> Result<Pg, StoreError> {
+        cfg.application_name("sluice-control");
+        let (client, conn) = wait(runtime().spawn(async move { cfg.connect(NoTls).await }))
+            .map_err(|e| StoreError::Closed(e.to_string()))??;
+        runtime().spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::error!("PostgreSQL connection: {e}");
+            }
+        });
+        Ok(Pg { client })
+    }
+
+    /// The client, for a store's queries (wait on them with [`wait`]).
+    pub(crate) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Brings store `store`'s schema up to date: applies the steps of `steps` not applied
+    /// yet, in order, each in its own transaction, under an advisory lock so that two
+    /// controls starting at once apply each step once.
+    pub fn migrate(&mut self, store: &str, steps: &[&str]) -> Result<(), StoreError> {
+        wait(async {
+            self.client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         store TEXT NOT NULL, step INTEGER NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                         PRIMARY KEY (store, step))",
+                )
+                .await
+                .or_else(|e| {
+                    // Two controls creating the table at once: the loser sees a unique
+                    // violation on the catalog; the table is there.
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+            for (i, step) in steps.iter().enumerate() {
+                let n = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                let tx = self.client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice-migrate'))", &[]).await?;
+                let done = tx
+                    .query_opt(
+                        "SELECT 1 FROM schema_migrations WHERE store = $1 AND step = $2",
+                        &[&store, &n],
+                    )
+                    .await?
+                    .is_some();
+                if !done {
+                    tx.batch_execute(step).await?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations (store, step) VALUES ($1, $2)",
+                        &[&store, &n],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `v` as PostgreSQL's BIGINT (saturating).
+pub(crate) fn big(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Makes each named test function (taking a store) two tests, `sqlite::NAME` and
+/// `postgres::NAME`: the same suite against both stores. The PostgreSQL store comes from a
+/// fresh schema ([`testing::fresh`]).
+#[cfg(test)]
+macro_rules! both_stores {
+    (sqlite: $sqlite:expr, postgres: $pg:expr; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name($sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() {
+                if let Some(cfg) = $crate::pg::testing::fresh() {
+                    #[allow(clippy::redundant_closure_call)]
+                    super::$name(($pg)(cfg))
+                }
+            })*
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use both_stores;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A fresh schema per test on the server `SLUICE_TEST_POSTGRES` names (scripts/test
+    //! starts one; `scripts/postgres start DIR` by hand). Without it the PostgreSQL variant
+    //! of a store test fails, unless the variable says `skip`.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio_postgres::Config;
+
+    /// The configuration of a new, empty schema, or `None` when told to skip.
+    pub fn fresh() -> Option<Config> {
+        let url = match std::env::var("SLUICE_TEST_POSTGRES") {
+            Ok(u) if u == "skip" => {
+                eprintln!("SLUICE_TEST_POSTGRES=skip: the PostgreSQL variant is not run");
+                return None;
+            }
+            Ok(u) => u,
+            Err(_) => panic!(
+                "SLUICE_TEST_POSTGRES is not set: start a server with `scripts/postgres start DIR` \
+                 and export what it prints (or set it to `skip`)"
+            ),
+        };
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema =
+            format!("t_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let mut pg = super::Pg::connect(&url).expect("SLUICE_TEST_POSTGRES connects");
+        super::wait(pg.client().batch_execute(&format!("CREATE SCHEMA {schema}")))
+            .expect("create a test schema");
+        let mut cfg: Config = url.parse().expect("SLUICE_TEST_POSTGRES parses");
+        cfg.options(format!("-c search_path={schema}"));
+        Some(cfg)
+    }
+}
+
+pub mod identities;
