@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Value, json};
 use sluice_audit::{GENESIS, Link, Signer};
 use sluice_control::record::Row;
-use sluice_control::rulestore::RuleStore;
+use sluice_control::rulestore::{RuleLog, RuleStore};
 use sluice_control::store::{FlowFilter, FlowStore};
 
 /// Record `i` as a data plane's spool writes it when chained at position `i + 1` after `prev`.

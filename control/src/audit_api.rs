@@ -61,7 +61,7 @@ pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
 /// (read-only), so that ingestion goes on; stores in memory under their locks.
 pub fn with_stores<T>(
     s: &AppState,
-    f: impl FnOnce(&rusqlite::Connection, &crate::rulestore::RuleStore) -> Result<T, String>,
+    f: impl FnOnce(&rusqlite::Connection, &dyn crate::rulestore::RuleLog) -> Result<T, String>,
 ) -> Result<T, String> {
     let fail = |what: &std::path::Path, e: crate::store::StoreError| {
         format!("opening {} to verify: {e}", what.display())
@@ -73,21 +73,21 @@ pub fn with_stores<T>(
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
             .map_err(|e| fail(flows, e.into()))?;
-            let rules =
+            let mut rules =
                 crate::rulestore::RuleStore::open_read_only(rules).map_err(|e| fail(rules, e))?;
             {
                 // One moment of both stores: ingestion writes a batch and the notes about its
                 // chain under this lock; retention signs a cut before it deletes.
                 let _ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
                 crate::rulestore::hold_snapshot(&conn).map_err(|e| e.to_string())?;
-                rules.hold_snapshot().map_err(|e| e.to_string())?;
+                crate::rulestore::RuleLog::hold_snapshot(&mut rules).map_err(|e| e.to_string())?;
             }
             f(&conn, &rules)
         }
         _ => {
             let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
             let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
-            f(flows.connection(), &rules)
+            f(flows.connection(), &**rules)
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sluice_audit::{Checkpoint, Finding, Kind, Report, Row, Verifier, VerifyingKey};
 
 use crate::chains::{CONTROL_CHAIN, chain_name};
-use crate::rulestore::RuleStore;
+use crate::rulestore::RuleLog;
 use crate::store::StoreError;
 
 /// What to verify.
@@ -124,7 +124,7 @@ pub(crate) fn result(
 pub(crate) type ByChain = HashMap<String, Vec<Checkpoint>>;
 
 /// The checkpoints as stored, by chain; lines that do not read are findings of their own.
-pub(crate) fn checkpoints(rules: &RuleStore) -> Result<(ByChain, Vec<FindingOut>), StoreError> {
+pub(crate) fn checkpoints(rules: &dyn RuleLog) -> Result<(ByChain, Vec<FindingOut>), StoreError> {
     let mut by_chain: HashMap<String, Vec<Checkpoint>> = HashMap::new();
     let mut bad = Vec::new();
     for (id, line) in rules.checkpoint_lines()? {
@@ -150,7 +150,7 @@ fn start(cps: &[Checkpoint], since_ms: Option<u64>) -> u64 {
 /// Verifies every chain of the stores.
 pub fn verify(
     flows: &Connection,
-    rules: &RuleStore,
+    rules: &dyn RuleLog,
     key: &VerifyingKey,
     ask: &Ask,
 ) -> Result<Verification, StoreError> {
@@ -165,7 +165,7 @@ pub fn verify(
         v.expect_head(n);
     }
     let mut first_ts = None;
-    rules.walk_chain(after, |e| {
+    rules.walk_chain(after, &mut |e| {
         note_gap(&e.action, &e.detail, &mut gaps);
         if first_ts.is_none() {
             first_ts =

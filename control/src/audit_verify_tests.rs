@@ -3,6 +3,7 @@
 use super::*;
 use crate::chains::chain_name;
 use crate::record::Row;
+use crate::rulestore::{RuleLog, RuleStore};
 use crate::store::FlowStore;
 use sluice_audit::{GENESIS, Link, Signer};
 

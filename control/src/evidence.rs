@@ -17,7 +17,7 @@ use sluice_audit::{Checkpoint, Link};
 
 use crate::chains::{CONTROL_CHAIN, chain_name};
 use crate::evidence_summary::{Summary, html};
-use crate::rulestore::RuleStore;
+use crate::rulestore::RuleLog;
 use crate::store::StoreError;
 
 /// What to export.
@@ -161,7 +161,7 @@ fn chain_line(n: u64, prev: &Link, link: &Link, record: &str) -> Vec<u8> {
 /// with `sign`. Returns the manifest's entries.
 pub fn export(
     flows: &Connection,
-    rules: &RuleStore,
+    rules: &dyn RuleLog,
     key: &str,
     w: &Window,
     dir: &Path,
@@ -238,26 +238,18 @@ pub fn export(
     // gaps and refusals), or about the rule versions in force (pushes, acknowledgements), to
     // its head.
     let versions = rules_in_force(rules, since, until)?;
-    let in_force: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();
-    let (first, last): (Option<i64>, Option<i64>) = rules.db().query_row(
-        &format!(
-            "SELECT MIN(n), MAX(n) FROM audit WHERE n IS NOT NULL AND ((ts_ms >= ?1 AND ts_ms < ?2)
-             OR (action IN ('rules.push', 'rules.rollback', 'rules.ack') AND version IN ({})))",
-            if in_force.is_empty() { "NULL".to_owned() } else { in_force.join(",") }
-        ),
-        params![i(earliest), until],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if let (Some(first), Some(_)) = (first, last) {
+    let in_force: Vec<i64> = versions.iter().map(|v| v.version).collect();
+    let span = rules.audit_span(i(earliest), until, &in_force)?;
+    if let Some((first, _)) = span {
         // To the head (signed just before the export): a gap or refusal in a data plane's
         // segment may be noted after the window ends.
         let head = rules.chain_head()?.map_or(0, |(n, _)| n);
         let control_cps = cps.get(CONTROL_CHAIN).map(Vec::as_slice).unwrap_or_default();
-        let (after, upto) = segment(control_cps, first.unsigned_abs(), head, head);
+        let (after, upto) = segment(control_cps, first, head, head);
         let name = "chains/control.jsonl".to_owned();
         let mut f = files.create(&name)?;
         let mut err = None;
-        rules.walk_chain(after, |e| {
+        rules.walk_chain(after, &mut |e| {
             if e.n > upto || err.is_some() {
                 return;
             }
@@ -392,7 +384,7 @@ pub fn text_sha256(text: &str) -> String {
 
 /// The rule version in force at `since` and every one pushed until `until`.
 fn rules_in_force(
-    rules: &RuleStore,
+    rules: &dyn RuleLog,
     since: i64,
     until: i64,
 ) -> Result<Vec<crate::rulestore::RuleVersion>, StoreError> {
@@ -411,21 +403,9 @@ fn rules_in_force(
 }
 
 /// Each data plane's answers to version `v`, as control's audit log holds them.
-fn acks_of(rules: &RuleStore, v: i64) -> Result<Vec<Value>, StoreError> {
-    let mut st = rules.db().prepare(
-        "SELECT ts_ms, who, detail, n FROM audit WHERE action = 'rules.ack' AND version = ?1 ORDER BY id",
-    )?;
-    let rows = st.query_map([v], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-        ))
-    })?;
+fn acks_of(rules: &dyn RuleLog, v: i64) -> Result<Vec<Value>, StoreError> {
     let mut out = Vec::new();
-    for row in rows {
-        let (ts, who, detail, n) = row?;
+    for (ts, who, detail, n) in rules.acks(v)? {
         let d: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
         out.push(json!({
             "ts_ms": ts, "dataplane": d["dataplane"].as_str().unwrap_or(who.trim_start_matches("dataplane:")),

@@ -7,7 +7,7 @@ use super::*;
 use crate::chains::chain_name;
 use crate::evidence::{Window, export};
 use crate::record::Row as Record;
-use crate::rulestore::RuleStore;
+use crate::rulestore::{RuleLog, RuleStore};
 use crate::store::FlowStore;
 use sluice_audit::{GENESIS, Signer};
 

@@ -1,6 +1,7 @@
-//! Rule-set versions and the audit log, in SQLite: every accepted rule set is kept with its
-//! author and time (history, diff, rollback), and every admin action is written to the audit
-//! log (who, what, when, rule version). The audit log is control's own record chain
+//! Rule-set versions and the audit log: every accepted rule set is kept with its author and
+//! time (history, diff, rollback), and every admin action is written to the audit log (who,
+//! what, when, rule version). [`RuleLog`] is what control needs of it; [`RuleStore`] keeps it
+//! in SQLite, [`crate::pg::rules::PgRuleStore`] in PostgreSQL. The audit log is control's own record chain
 //! (ARCHITECTURE.md, "Evidence"): each entry carries its position, the link before it and its
 //! own, over [`entry_bytes`]. Signed checkpoints of every chain are kept here too.
 
@@ -43,7 +44,58 @@ pub struct AuditEntry {
     pub version: Option<i64>,
 }
 
-/// The store.
+/// Rule versions, the audit chain and the checkpoints, wherever they are kept.
+pub trait RuleLog: std::fmt::Debug + Send {
+    /// Stores an accepted rule set; returns its version.
+    fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError>;
+    /// The newest version.
+    fn current(&self) -> Result<Option<RuleVersion>, StoreError>;
+    /// Version `v`.
+    fn get(&self, v: i64) -> Result<Option<RuleVersion>, StoreError>;
+    /// Every version, newest first, without their text.
+    fn history(&self) -> Result<Vec<RuleVersion>, StoreError>;
+    /// Writes an audit entry (the next position of control's chain).
+    fn audit(
+        &mut self,
+        who: &str,
+        action: &str,
+        detail: &str,
+        version: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Writes an audit entry unless the same one (by whom, with the same detail) is there:
+    /// a record a data plane sends again after a reconnect is audited once.
+    fn audit_once(&mut self, who: &str, action: &str, detail: &str) -> Result<(), StoreError>;
+    /// The audit log, newest first, at most `limit` entries.
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Where control's chain stands: the last position and its link.
+    fn chain_head(&self) -> Result<Option<(u64, Link)>, StoreError>;
+    /// Calls `f` with every chained audit entry after position `after`, in chain order.
+    fn walk_chain(&self, after: u64, f: &mut dyn FnMut(ChainedEntry)) -> Result<(), StoreError>;
+    /// Audit entries written before the chain began (an earlier version's).
+    fn unchained_entries(&self) -> Result<u64, StoreError>;
+    /// The first and last positions of entries written in `[since_ms, until_ms)`, or about
+    /// one of `versions` (pushes, rollbacks, acknowledgements).
+    fn audit_span(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        versions: &[i64],
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+    /// The data planes' answers to version `v`: time, who, detail, position.
+    fn acks(&self, v: i64) -> Result<Vec<(i64, String, String, Option<i64>)>, StoreError>;
+    /// Keeps a signed checkpoint.
+    fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// The checkpoints as stored, oldest first, with their row ids (a line that does not
+    /// read is kept as text: verification reports it).
+    fn checkpoint_lines(&self) -> Result<Vec<(i64, String)>, StoreError>;
+    /// The highest position checkpointed of each chain.
+    fn checkpointed(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+    /// Begins a read transaction and reads once, so that everything read until it ends sees
+    /// the store as it is now (verification beside the daemon's writes).
+    fn hold_snapshot(&mut self) -> Result<(), StoreError>;
+}
+
+/// The store in SQLite.
 #[derive(Debug)]
 pub struct RuleStore {
     db: Connection,
@@ -114,15 +166,10 @@ impl RuleStore {
         Ok(RuleStore { db })
     }
 
-    /// The connection (exports read it; tests tamper with it).
+    /// The connection (tests tamper with it).
+    #[cfg(test)]
     pub(crate) fn db(&self) -> &Connection {
         &self.db
-    }
-
-    /// Begins a read transaction and reads once, so that everything read until it ends sees
-    /// the store as it is now (verification beside the daemon's writes).
-    pub fn hold_snapshot(&self) -> Result<(), StoreError> {
-        hold_snapshot(&self.db)
     }
 
     /// A store in memory (tests).
@@ -157,28 +204,6 @@ impl RuleStore {
         Ok(RuleStore { db })
     }
 
-    /// Stores an accepted rule set; returns its version.
-    pub fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError> {
-        self.db.execute(
-            "INSERT INTO rule_versions (ts_ms, author, note, text) VALUES (?1, ?2, ?3, ?4)",
-            params![now_ms(), author, note, text],
-        )?;
-        Ok(self.db.last_insert_rowid())
-    }
-
-    /// The newest version.
-    pub fn current(&self) -> Result<Option<RuleVersion>, StoreError> {
-        self.one("SELECT version, ts_ms, author, note, text FROM rule_versions ORDER BY version DESC LIMIT 1", None)
-    }
-
-    /// Version `v`.
-    pub fn get(&self, v: i64) -> Result<Option<RuleVersion>, StoreError> {
-        self.one(
-            "SELECT version, ts_ms, author, note, text FROM rule_versions WHERE version = ?1",
-            Some(v),
-        )
-    }
-
     fn one(&self, sql: &str, v: Option<i64>) -> Result<Option<RuleVersion>, StoreError> {
         let row = |r: &rusqlite::Row<'_>| {
             Ok(RuleVersion {
@@ -194,9 +219,33 @@ impl RuleStore {
             None => self.db.query_row(sql, [], row).optional()?,
         })
     }
+}
 
-    /// Every version, newest first, without their text.
-    pub fn history(&self) -> Result<Vec<RuleVersion>, StoreError> {
+impl RuleLog for RuleStore {
+    fn hold_snapshot(&mut self) -> Result<(), StoreError> {
+        hold_snapshot(&self.db)
+    }
+
+    fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError> {
+        self.db.execute(
+            "INSERT INTO rule_versions (ts_ms, author, note, text) VALUES (?1, ?2, ?3, ?4)",
+            params![now_ms(), author, note, text],
+        )?;
+        Ok(self.db.last_insert_rowid())
+    }
+
+    fn current(&self) -> Result<Option<RuleVersion>, StoreError> {
+        self.one("SELECT version, ts_ms, author, note, text FROM rule_versions ORDER BY version DESC LIMIT 1", None)
+    }
+
+    fn get(&self, v: i64) -> Result<Option<RuleVersion>, StoreError> {
+        self.one(
+            "SELECT version, ts_ms, author, note, text FROM rule_versions WHERE version = ?1",
+            Some(v),
+        )
+    }
+
+    fn history(&self) -> Result<Vec<RuleVersion>, StoreError> {
         let mut st = self.db.prepare(
             "SELECT version, ts_ms, author, note FROM rule_versions ORDER BY version DESC",
         )?;
@@ -212,8 +261,7 @@ impl RuleStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Writes an audit entry.
-    pub fn audit(
+    fn audit(
         &mut self,
         who: &str,
         action: &str,
@@ -242,17 +290,11 @@ impl RuleStore {
         Ok(())
     }
 
-    /// Where control's chain stands: the last position and its link.
-    pub fn chain_head(&self) -> Result<Option<(u64, Link)>, StoreError> {
+    fn chain_head(&self) -> Result<Option<(u64, Link)>, StoreError> {
         head(&self.db)
     }
 
-    /// Calls `f` with every chained audit entry after position `after`, in storage order.
-    pub fn walk_chain(
-        &self,
-        after: u64,
-        mut f: impl FnMut(ChainedEntry),
-    ) -> Result<(), StoreError> {
+    fn walk_chain(&self, after: u64, f: &mut dyn FnMut(ChainedEntry)) -> Result<(), StoreError> {
         let mut st = self.db.prepare(
             "SELECT id, n, prev, link, ts_ms, who, action, detail, version FROM audit
              WHERE n > ?1 ORDER BY id",
@@ -276,15 +318,40 @@ impl RuleStore {
         Ok(())
     }
 
-    /// Audit entries written before the chain began (an earlier version's).
-    pub fn unchained_entries(&self) -> Result<u64, StoreError> {
+    fn unchained_entries(&self) -> Result<u64, StoreError> {
         let n: i64 =
             self.db.query_row("SELECT COUNT(*) FROM audit WHERE n IS NULL", [], |r| r.get(0))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Keeps a signed checkpoint.
-    pub fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+    fn audit_span(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        versions: &[i64],
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let versions: Vec<String> = versions.iter().map(i64::to_string).collect();
+        let (first, last): (Option<i64>, Option<i64>) = self.db.query_row(
+            &format!(
+                "SELECT MIN(n), MAX(n) FROM audit WHERE n IS NOT NULL AND ((ts_ms >= ?1 AND ts_ms < ?2)
+                 OR (action IN ('rules.push', 'rules.rollback', 'rules.ack') AND version IN ({})))",
+                if versions.is_empty() { "NULL".to_owned() } else { versions.join(",") }
+            ),
+            params![since_ms, until_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(first.zip(last).map(|(a, b)| (a.unsigned_abs(), b.unsigned_abs())))
+    }
+
+    fn acks(&self, v: i64) -> Result<Vec<(i64, String, String, Option<i64>)>, StoreError> {
+        let mut st = self.db.prepare(
+            "SELECT ts_ms, who, detail, n FROM audit WHERE action = 'rules.ack' AND version = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([v], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
         self.db.execute(
             "INSERT INTO checkpoints (chain, seq, ts_ms, line) VALUES (?1, ?2, ?3, ?4)",
             params![
@@ -297,16 +364,13 @@ impl RuleStore {
         Ok(())
     }
 
-    /// The checkpoints as stored, oldest first, with their row ids (a line that does not
-    /// read is kept as text: verification reports it).
-    pub fn checkpoint_lines(&self) -> Result<Vec<(i64, String)>, StoreError> {
+    fn checkpoint_lines(&self) -> Result<Vec<(i64, String)>, StoreError> {
         let mut st = self.db.prepare("SELECT id, line FROM checkpoints ORDER BY id")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The highest position checkpointed of each chain.
-    pub fn checkpointed(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    fn checkpointed(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let mut st = self.db.prepare("SELECT chain, MAX(seq) FROM checkpoints GROUP BY chain")?;
         let rows = st.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
@@ -314,9 +378,7 @@ impl RuleStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Writes an audit entry unless the same one (by whom, with the same detail) is there:
-    /// a record a data plane sends again after a reconnect is audited once.
-    pub fn audit_once(&mut self, who: &str, action: &str, detail: &str) -> Result<(), StoreError> {
+    fn audit_once(&mut self, who: &str, action: &str, detail: &str) -> Result<(), StoreError> {
         let seen: Option<i64> = self
             .db
             .query_row(
@@ -331,8 +393,7 @@ impl RuleStore {
         Ok(())
     }
 
-    /// The audit log, newest first, at most `limit` entries.
-    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let mut st = self.db.prepare(
             "SELECT ts_ms, who, action, detail, version FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
@@ -371,17 +432,118 @@ fn head(db: &Connection) -> Result<Option<(u64, Link)>, StoreError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn versions_history_and_audit() {
-        let mut s = RuleStore::open_in_memory().unwrap();
+    crate::pg::both_stores! {
+        sqlite: crate::rulestore::RuleStore::open_in_memory().unwrap(),
+        postgres: |cfg| crate::pg::rules::PgRuleStore::open_with(cfg).unwrap();
+        versions_history_and_audit, the_audit_log_is_one_chain, checkpoints_are_kept,
+    }
+
+    fn versions_history_and_audit(mut s: impl RuleLog) {
         assert!(s.current().unwrap().is_none());
         let v1 = s.add("a", "ops", "push").unwrap();
         let v2 = s.add("b", "ops", "push").unwrap();
         assert_eq!((v1, v2), (1, 2));
         assert_eq!(s.current().unwrap().unwrap().text, "b");
         assert_eq!(s.get(1).unwrap().unwrap().text, "a");
-        assert_eq!(s.history().unwrap().iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+        assert!(s.get(3).unwrap().is_none());
+        let history = s.history().unwrap();
+        assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+        assert!(history.iter().all(|v| v.text.is_empty() && v.author == "ops"));
         s.audit("ops", "rules.push", "2 rules", Some(2)).unwrap();
-        assert_eq!(s.audit_log(10).unwrap()[0].action, "rules.push");
+        let log = s.audit_log(10).unwrap();
+        assert_eq!((log[0].action.as_str(), log[0].version), ("rules.push", Some(2)));
+    }
+
+    /// Walks the chain as verification does: positions 1, 2, … each linked to the one
+    /// before over its fields.
+    fn chain_of(s: &dyn RuleLog) -> Vec<ChainedEntry> {
+        let mut all = Vec::new();
+        s.walk_chain(0, &mut |e| all.push(e)).unwrap();
+        let mut prev = GENESIS;
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.n, i as u64 + 1, "positions are contiguous");
+            assert_eq!(e.prev, prev, "entry {} continues the one before", e.n);
+            assert_eq!(e.link, sluice_audit::link(&prev, e.n, &e.bytes), "entry {}", e.n);
+            prev = e.link;
+        }
+        if let Some(last) = all.last() {
+            assert_eq!(s.chain_head().unwrap(), Some((last.n, last.link)));
+        }
+        all
+    }
+
+    fn the_audit_log_is_one_chain(mut s: impl RuleLog) {
+        assert_eq!(s.chain_head().unwrap(), None);
+        let v = s.add("a", "ops", "push").unwrap();
+        s.audit("ops", "rules.push", "1 rule", Some(v)).unwrap();
+        s.audit("dataplane:appl", "rules.ack", r#"{"dataplane":"appl","status":"ok"}"#, Some(v))
+            .unwrap();
+        s.audit_once("dataplane:appl", "chain.gap", r#"{"from":3,"to":5}"#).unwrap();
+        s.audit_once("dataplane:appl", "chain.gap", r#"{"from":3,"to":5}"#).unwrap();
+        s.audit_once("dataplane:other", "chain.gap", r#"{"from":3,"to":5}"#).unwrap();
+        let all = chain_of(&s);
+        assert_eq!(all.len(), 4, "an entry audited once is written once per writer");
+        assert_eq!(s.unchained_entries().unwrap(), 0);
+        let acks = s.acks(v).unwrap();
+        assert_eq!(acks.len(), 1);
+        assert_eq!((acks[0].1.as_str(), acks[0].3), ("dataplane:appl", Some(2)));
+        // The span: by time (everything so far) and by version alone (an empty window).
+        assert_eq!(s.audit_span(0, i64::MAX, &[]).unwrap(), Some((1, 4)));
+        assert_eq!(s.audit_span(0, 1, &[v]).unwrap(), Some((1, 2)));
+        assert_eq!(s.audit_span(0, 1, &[v + 1]).unwrap(), None);
+        // Walking from a position gives what follows it.
+        let mut after = Vec::new();
+        s.walk_chain(2, &mut |e| after.push(e.n)).unwrap();
+        assert_eq!(after, [3, 4]);
+    }
+
+    fn checkpoints_are_kept(mut s: impl RuleLog) {
+        let signer = sluice_audit::Signer::from_secret(&[7; 32]);
+        assert!(s.checkpointed().unwrap().is_empty());
+        let dp = crate::chains::chain_name("appl", 0);
+        for (chain, seq) in [("control", 3), (dp.as_str(), 10), ("control", 5)] {
+            let cp = signer.sign(chain, seq, Link([seq as u8; 32]), 1_000 + seq).unwrap();
+            s.add_checkpoint(&cp).unwrap();
+        }
+        let lines = s.checkpoint_lines().unwrap();
+        assert_eq!(lines.len(), 3);
+        let first = Checkpoint::parse_line(&lines[0].1).unwrap();
+        assert_eq!((first.chain.as_str(), first.seq), ("control", 3));
+        assert!(first.verify(&signer.public()).is_ok());
+        let done = s.checkpointed().unwrap();
+        assert_eq!(done.get("control"), Some(&5));
+        assert_eq!(done.get(&dp), Some(&10));
+    }
+
+    /// Two controls on one database: versions and audit entries written at once from both
+    /// stay one numbering and one chain.
+    #[test]
+    fn two_controls_share_one_chain_on_postgres() {
+        let Some(cfg) = crate::pg::testing::fresh() else { return };
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let cfg = cfg.clone();
+                std::thread::spawn(move || {
+                    let mut s = crate::pg::rules::PgRuleStore::open_with(cfg).unwrap();
+                    let mut versions = Vec::new();
+                    for i in 0..60 {
+                        if i % 10 == 0 {
+                            versions.push(s.add(&format!("w{w} {i}"), "ops", "push").unwrap());
+                        }
+                        s.audit(&format!("control-{w}"), "token.used", &i.to_string(), None)
+                            .unwrap();
+                        s.audit_once("dataplane:appl", "chain.gap", &format!("gap {}", i % 7))
+                            .unwrap();
+                    }
+                    versions
+                })
+            })
+            .collect();
+        let mut versions: Vec<i64> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=12).collect::<Vec<_>>(), "no version number twice");
+        let s = crate::pg::rules::PgRuleStore::open_with(cfg).unwrap();
+        let all = chain_of(&s);
+        assert_eq!(all.len(), 2 * 60 + 7, "each gap audited once across both controls");
     }
 }

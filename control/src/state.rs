@@ -8,7 +8,7 @@ use crate::auth::Tokens;
 use crate::hub::Hub;
 use crate::identstore::IdentityStore;
 use crate::link::Links;
-use crate::rulestore::RuleStore;
+use crate::rulestore::RuleLog;
 use crate::store::FlowStore;
 
 /// How long a rule push waits for the data planes' answers.
@@ -20,7 +20,7 @@ pub struct AppState {
     /// The API tokens.
     pub tokens: Tokens,
     /// Rule versions and the audit log.
-    pub rules: Mutex<RuleStore>,
+    pub rules: Mutex<Box<dyn RuleLog>>,
     /// The record store (flows and requests).
     pub flows: Mutex<FlowStore>,
     /// The identity feed.
@@ -79,7 +79,7 @@ pub struct AuditState {
 #[derive(Debug)]
 pub struct Stores {
     /// Rule versions and the audit log.
-    pub rules: RuleStore,
+    pub rules: Box<dyn RuleLog>,
     /// Flow and request records.
     pub flows: FlowStore,
     /// The identity feed.

@@ -16,6 +16,7 @@ use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
 use sluice_control::pg::identities::PgIdentStore;
+use sluice_control::pg::rules::PgRuleStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
 use sluice_control::{audit_key, link, link_tls, serve, syslog, tls, webhook};
@@ -65,8 +66,15 @@ fn main() -> Result<()> {
         None => (None, None),
     };
     let stores = Stores {
-        rules: RuleStore::open(&cfg.state_dir.join("rules.db"))
-            .context("opening the rule store")?,
+        rules: match &cfg.store {
+            Some(url) => {
+                Box::new(PgRuleStore::open(url).context("opening the rule store on PostgreSQL")?)
+            }
+            None => Box::new(
+                RuleStore::open(&cfg.state_dir.join("rules.db"))
+                    .context("opening the rule store")?,
+            ),
+        },
         flows: FlowStore::open(&cfg.state_dir.join("flows.db"))
             .context("opening the flow store")?,
         identities: match &cfg.store {

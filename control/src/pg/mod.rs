@@ -64,9 +64,14 @@ impl Pg {
         Ok(Pg { client })
     }
 
-    /// The client, for a store's queries (wait on them with [`wait`]).
+    /// The client, for a store's transactions (wait on them with [`wait`]).
     pub(crate) fn client(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// The client, for a store's queries.
+    pub(crate) fn client_ref(&self) -> &Client {
+        &self.client
     }
 
     /// Brings store `store`'s schema up to date: applies the steps of `steps` not applied
@@ -182,3 +187,4 @@ pub(crate) mod testing {
 }
 
 pub mod identities;
+pub mod rules;
