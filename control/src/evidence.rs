@@ -405,7 +405,7 @@ fn rules_in_force(
 /// Each data plane's answers to version `v`, as control's audit log holds them.
 fn acks_of(rules: &dyn RuleLog, v: i64) -> Result<Vec<Value>, StoreError> {
     let mut out = Vec::new();
-    for (ts, who, detail, n) in rules.acks(v)? {
+    for crate::rulestore::Ack { ts_ms: ts, who, detail, n } in rules.acks(v)? {
         let d: Value = serde_json::from_str(&detail).unwrap_or(Value::Null);
         out.push(json!({
             "ts_ms": ts, "dataplane": d["dataplane"].as_str().unwrap_or(who.trim_start_matches("dataplane:")),

@@ -44,6 +44,19 @@ pub struct AuditEntry {
     pub version: Option<i64>,
 }
 
+/// A data plane's answer to a rule version, as the audit log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Unix ms.
+    pub ts_ms: i64,
+    /// Who wrote it (`dataplane:NAME`).
+    pub who: String,
+    /// The answer (JSON).
+    pub detail: String,
+    /// Its position in control's chain.
+    pub n: Option<i64>,
+}
+
 /// Rule versions, the audit chain and the checkpoints, wherever they are kept.
 pub trait RuleLog: std::fmt::Debug + Send {
     /// Stores an accepted rule set; returns its version.
@@ -81,8 +94,8 @@ pub trait RuleLog: std::fmt::Debug + Send {
         until_ms: i64,
         versions: &[i64],
     ) -> Result<Option<(u64, u64)>, StoreError>;
-    /// The data planes' answers to version `v`: time, who, detail, position.
-    fn acks(&self, v: i64) -> Result<Vec<(i64, String, String, Option<i64>)>, StoreError>;
+    /// The data planes' answers to version `v`, in chain order.
+    fn acks(&self, v: i64) -> Result<Vec<Ack>, StoreError>;
     /// Keeps a signed checkpoint.
     fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError>;
     /// The checkpoints as stored, oldest first, with their row ids (a line that does not
@@ -343,11 +356,13 @@ impl RuleLog for RuleStore {
         Ok(first.zip(last).map(|(a, b)| (a.unsigned_abs(), b.unsigned_abs())))
     }
 
-    fn acks(&self, v: i64) -> Result<Vec<(i64, String, String, Option<i64>)>, StoreError> {
+    fn acks(&self, v: i64) -> Result<Vec<Ack>, StoreError> {
         let mut st = self.db.prepare(
             "SELECT ts_ms, who, detail, n FROM audit WHERE action = 'rules.ack' AND version = ?1 ORDER BY id",
         )?;
-        let rows = st.query_map([v], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows = st.query_map([v], |r| {
+            Ok(Ack { ts_ms: r.get(0)?, who: r.get(1)?, detail: r.get(2)?, n: r.get(3)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -486,7 +501,7 @@ mod tests {
         assert_eq!(s.unchained_entries().unwrap(), 0);
         let acks = s.acks(v).unwrap();
         assert_eq!(acks.len(), 1);
-        assert_eq!((acks[0].1.as_str(), acks[0].3), ("dataplane:appl", Some(2)));
+        assert_eq!((acks[0].who.as_str(), acks[0].n), ("dataplane:appl", Some(2)));
         // The span: by time (everything so far) and by version alone (an empty window).
         assert_eq!(s.audit_span(0, i64::MAX, &[]).unwrap(), Some((1, 4)));
         assert_eq!(s.audit_span(0, 1, &[v]).unwrap(), Some((1, 2)));

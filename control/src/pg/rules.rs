@@ -11,7 +11,7 @@ use sluice_audit::{Checkpoint, GENESIS, Link};
 use tokio_postgres::Config;
 
 use super::{Pg, big, wait};
-use crate::rulestore::{AuditEntry, ChainedEntry, RuleLog, RuleVersion, entry_bytes};
+use crate::rulestore::{Ack, AuditEntry, ChainedEntry, RuleLog, RuleVersion, entry_bytes};
 use crate::store::StoreError;
 
 const MIGRATIONS: &[&str] = &["
@@ -249,13 +249,20 @@ impl RuleLog for PgRuleStore {
         Ok(a.zip(b).map(|(a, b)| (a.unsigned_abs(), b.unsigned_abs())))
     }
 
-    fn acks(&self, v: i64) -> Result<Vec<(i64, String, String, Option<i64>)>, StoreError> {
+    fn acks(&self, v: i64) -> Result<Vec<Ack>, StoreError> {
         let rows = wait(self.pg.client_ref().query(
             "SELECT ts_ms, who, detail, n FROM audit WHERE action = 'rules.ack' AND version = $1 ORDER BY n",
             &[&v],
         ))?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok(Ack {
+                    ts_ms: r.try_get(0)?,
+                    who: r.try_get(1)?,
+                    detail: r.try_get(2)?,
+                    n: r.try_get(3)?,
+                })
+            })
             .collect()
     }
 
