@@ -68,7 +68,7 @@ fn state(path: &std::path::Path, rows: u64) -> AppState {
     eprintln!("{rows} records stored in {:.1} s", start.elapsed().as_secs_f64());
     let stores = Stores {
         rules: Box::new(sluice_control::rulestore::RuleStore::open_in_memory().unwrap()),
-        flows,
+        flows: Box::new(flows),
         identities: Box::new(sluice_control::identstore::IdentStore::open_in_memory().unwrap()),
         keys: sluice_control::keystore::KeyStore::open(
             &path.with_extension("keys.db"),

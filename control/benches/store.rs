@@ -8,6 +8,7 @@
 //! send a third of the flows to N other server names).
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use sluice_control::records::RecordStore;
 use std::time::Instant;
 
 /// The daemon's allocator (`sluice-control` runs on mimalloc).

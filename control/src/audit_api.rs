@@ -15,7 +15,9 @@ use serde_json::json;
 
 use crate::api::{ApiResult, AppState, Authed, OrInternal, Shared, error, needs};
 use crate::audit_verify::{Ask, Verification};
+use crate::records::EvidenceView;
 use crate::records_api::{only_params, since_param};
+use crate::rulestore::RuleLog;
 
 /// The evidence routes.
 pub fn routes() -> Router<Shared> {
@@ -57,37 +59,34 @@ pub fn run(s: &AppState, ask: &Ask) -> Result<Verification, String> {
     })
 }
 
-/// Calls `f` with both stores as they are at one moment: files on connections of their own
-/// (read-only), so that ingestion goes on; stores in memory under their locks.
+/// Calls `f` with both stores as they are at one moment: on connections of their own
+/// (read-only) where they can have them, so that ingestion goes on; stores in memory under
+/// their locks.
 pub fn with_stores<T>(
     s: &AppState,
-    f: impl FnOnce(&rusqlite::Connection, &dyn crate::rulestore::RuleLog) -> Result<T, String>,
+    f: impl FnOnce(&dyn EvidenceView, &dyn RuleLog) -> Result<T, String>,
 ) -> Result<T, String> {
-    let fail = |what: &std::path::Path, e: crate::store::StoreError| {
-        format!("opening {} to verify: {e}", what.display())
-    };
-    match (&s.audit.flows_db, &s.audit.rules_db) {
-        (Some(flows), Some(rules)) => {
-            let conn = rusqlite::Connection::open_with_flags(
-                flows,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .map_err(|e| fail(flows, e.into()))?;
-            let mut rules =
-                crate::rulestore::RuleStore::open_read_only(rules).map_err(|e| fail(rules, e))?;
+    let fail = |what: &str, e: crate::store::StoreError| format!("opening {what} to verify: {e}");
+    let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner).reader();
+    let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner).reader();
+    match (
+        flows.map_err(|e| fail("the record store", e))?,
+        rules.map_err(|e| fail("the rule store", e))?,
+    ) {
+        (Some(mut flows), Some(mut rules)) => {
             {
                 // One moment of both stores: ingestion writes a batch and the notes about its
                 // chain under this lock; retention signs a cut before it deletes.
                 let _ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
-                crate::rulestore::hold_snapshot(&conn).map_err(|e| e.to_string())?;
-                crate::rulestore::RuleLog::hold_snapshot(&mut rules).map_err(|e| e.to_string())?;
+                flows.hold_snapshot().map_err(|e| e.to_string())?;
+                rules.hold_snapshot().map_err(|e| e.to_string())?;
             }
-            f(&conn, &rules)
+            f(&*flows, &*rules)
         }
         _ => {
             let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
             let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
-            f(flows.connection(), &**rules)
+            f(flows.view(), &**rules)
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::Connection;
+use crate::records::EvidenceView;
 use serde::Serialize;
 use serde_json::Value;
 use sluice_audit::{Checkpoint, Finding, Kind, Report, Row, Verifier, VerifyingKey};
@@ -149,7 +149,7 @@ fn start(cps: &[Checkpoint], since_ms: Option<u64>) -> u64 {
 
 /// Verifies every chain of the stores.
 pub fn verify(
-    flows: &Connection,
+    flows: &dyn EvidenceView,
     rules: &dyn RuleLog,
     key: &VerifyingKey,
     ask: &Ask,
@@ -176,7 +176,7 @@ pub fn verify(
     let mut control = result(CONTROL_CHAIN.into(), None, None, v.finish(), first_ts);
     control.findings.extend(bad);
     let mut chains = vec![control];
-    for ((dp, epoch), (head_n, _)) in crate::chainstore::heads(flows)? {
+    for ((dp, epoch), (head_n, _)) in flows.heads()? {
         if ask.dataplane.as_ref().is_some_and(|d| *d != dp) {
             continue;
         }
@@ -191,7 +191,7 @@ pub fn verify(
         }
         let mut first_ts = None;
         let mut columns = Vec::new();
-        crate::chainstore::walk(flows, &dp, epoch, after, |r| {
+        flows.walk(&dp, epoch, after, &mut |r| {
             first_ts = first_ts.or(Some(r.columns.ts_ms));
             let sent = crate::record::as_sent(&r.record, &dp);
             let bytes = sent.as_deref().unwrap_or(&r.record).as_bytes();

@@ -1,4 +1,5 @@
 //! Tests of the block index: every query answers what a scan of all records answers.
+use crate::records::RecordStore;
 use serde_json::{Value, json};
 
 use crate::record::Row;

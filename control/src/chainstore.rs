@@ -94,7 +94,12 @@ fn stored(
 
 /// The note of a record refused for `why` (its text kept in the note: records hold no secret);
 /// `at`: the chain (epoch) and position it claimed, which stays empty in the store.
-fn refused(dataplane: &str, r: &Row<'_>, why: &str, at: Option<(u64, u64)>) -> ChainNote {
+pub(crate) fn refused(
+    dataplane: &str,
+    r: &Row<'_>,
+    why: &str,
+    at: Option<(u64, u64)>,
+) -> ChainNote {
     let record: Value = serde_json::from_str(&r.json).unwrap_or(Value::Null);
     let mut detail = serde_json::json!({
         "dataplane": dataplane, "seq": r.seq, "reason": why, "record": record,
@@ -107,7 +112,7 @@ fn refused(dataplane: &str, r: &Row<'_>, why: &str, at: Option<(u64, u64)>) -> C
 }
 
 /// The note of a discontinuity before record `r`, stored at position `n` of chain `epoch`.
-fn chain_note(dataplane: &str, r: &Row<'_>, e: &Event, epoch: u64, n: u64) -> ChainNote {
+pub(crate) fn chain_note(dataplane: &str, r: &Row<'_>, e: &Event, epoch: u64, n: u64) -> ChainNote {
     let mut detail = serde_json::json!({
         "dataplane": dataplane, "chain": crate::chains::chain_name(dataplane, epoch),
         "epoch": epoch, "seq": r.seq, "n": n,
@@ -228,6 +233,36 @@ pub fn heads(conn: &Connection) -> Result<Heads, StoreError> {
         out.insert(k, v);
     }
     Ok(out)
+}
+
+/// The chains with records of `since ≤ ts < until`, and the span of their positions there.
+pub fn ranges(
+    conn: &Connection,
+    since_ms: i64,
+    until_ms: i64,
+) -> Result<crate::records::ChainRanges, StoreError> {
+    let mut ranges = BTreeMap::new();
+    for t in TABLES {
+        let mut st = conn.prepare(&format!(
+            "SELECT dataplane, ce, MIN(cn), MAX(cn) FROM {t}
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND cn IS NOT NULL GROUP BY dataplane, ce"
+        ))?;
+        let rows = st.query_map(params![since_ms, until_ms], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (dp, ce, a, b) = row?;
+            let e = ranges.entry((dp, ce.unsigned_abs())).or_insert((u64::MAX, 0));
+            e.0 = e.0.min(a.unsigned_abs());
+            e.1 = e.1.max(b.unsigned_abs());
+        }
+    }
+    Ok(ranges)
 }
 
 /// One stored row of a chain, as verification reads it.

@@ -10,13 +10,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_audit::{Checkpoint, Link};
 
 use crate::chains::{CONTROL_CHAIN, chain_name};
 use crate::evidence_summary::{Summary, html};
+use crate::records::EvidenceView;
 use crate::rulestore::RuleLog;
 use crate::store::StoreError;
 
@@ -160,7 +160,7 @@ fn chain_line(n: u64, prev: &Link, link: &Link, record: &str) -> Vec<u8> {
 /// Writes the files of the bundle of `w` into `dir` (created empty), signing the manifest
 /// with `sign`. Returns the manifest's entries.
 pub fn export(
-    flows: &Connection,
+    flows: &dyn EvidenceView,
     rules: &dyn RuleLog,
     key: &str,
     w: &Window,
@@ -175,28 +175,8 @@ pub fn export(
     let (since, until) = (i(w.since_ms), i(w.until_ms));
     let mut chain_files = Vec::new();
     // The data planes' chains with records in the window.
-    let mut ranges: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
-    for t in ["flows", "requests"] {
-        let mut st = flows.prepare(&format!(
-            "SELECT dataplane, ce, MIN(cn), MAX(cn) FROM {t}
-             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND cn IS NOT NULL GROUP BY dataplane, ce"
-        ))?;
-        let rows = st.query_map(params![since, until], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        for row in rows {
-            let (dp, ce, a, b) = row?;
-            let e = ranges.entry((dp, ce.unsigned_abs())).or_insert((u64::MAX, 0));
-            e.0 = e.0.min(a.unsigned_abs());
-            e.1 = e.1.max(b.unsigned_abs());
-        }
-    }
-    let heads = crate::chainstore::heads(flows)?;
+    let ranges = flows.chain_ranges(since, until)?;
+    let heads = flows.heads()?;
     // The earliest record of any segment: control's log from then on says which positions
     // never arrived or were refused.
     let mut earliest = w.since_ms;
@@ -208,7 +188,7 @@ pub fn export(
         let name = format!("chains/dataplane-{k}.jsonl");
         let mut f = files.create(&name)?;
         let mut err = None;
-        crate::chainstore::walk(flows, &dp, epoch, after, |r| {
+        flows.walk(&dp, epoch, after, &mut |r| {
             if r.n > upto || err.is_some() {
                 return;
             }
@@ -296,42 +276,29 @@ pub fn export(
 
     // The records of the window.
     let mut f = files.create("records.jsonl")?;
-    for t in ["flows", "requests"] {
-        let mut st = flows.prepare(&format!(
-            "SELECT record FROM {t} WHERE ts_ms >= ?1 AND ts_ms < ?2 ORDER BY id"
-        ))?;
-        let mut rows = st.query(params![since, until])?;
-        while let Some(r) = rows.next()? {
-            let text = r.get_ref(0)?.as_str().unwrap_or("");
-            if let Ok(v) = serde_json::from_str::<Value>(text) {
-                summary.record(&v);
-            }
-            f.line(text.as_bytes())?;
+    flows.each_record(since, until, &mut |text| {
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            summary.record(&v);
         }
-    }
+        f.line(text.as_bytes())
+    })?;
     files.done.push(f.done()?);
 
     // The recordings, when asked for: still sealed to the customer's key.
     if w.recordings {
         let mut f = files.create("recordings.jsonl")?;
-        crate::recordings::each_in_window(
-            flows,
-            w.recordings_dir.as_deref(),
-            since,
-            until,
-            |r, sealed| {
-                // The sealed form exactly as stored: the request record names its hash.
-                let mut line = serde_json::to_string(r).unwrap_or_default();
-                line.pop();
-                line.push_str(",\"sealed\":");
-                match serde_json::from_str::<&serde_json::value::RawValue>(sealed) {
-                    Ok(_) => line.push_str(sealed),
-                    Err(_) => line.push_str(&Value::String(sealed.to_owned()).to_string()),
-                }
-                line.push('}');
-                f.line(line.as_bytes())
-            },
-        )?;
+        flows.each_recording(w.recordings_dir.as_deref(), since, until, &mut |r, sealed| {
+            // The sealed form exactly as stored: the request record names its hash.
+            let mut line = serde_json::to_string(r).unwrap_or_default();
+            line.pop();
+            line.push_str(",\"sealed\":");
+            match serde_json::from_str::<&serde_json::value::RawValue>(sealed) {
+                Ok(_) => line.push_str(sealed),
+                Err(_) => line.push_str(&Value::String(sealed.to_owned()).to_string()),
+            }
+            line.push('}');
+            f.line(line.as_bytes())
+        })?;
         files.done.push(f.done()?);
     }
 

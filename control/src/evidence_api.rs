@@ -119,12 +119,7 @@ impl Drop for Scratch {
 }
 
 fn scratch(s: &AppState) -> std::io::Result<Scratch> {
-    let base = s
-        .audit
-        .flows_db
-        .as_ref()
-        .and_then(|p| p.parent().map(PathBuf::from))
-        .unwrap_or_else(std::env::temp_dir);
+    let base = s.audit.state_dir.clone().unwrap_or_else(std::env::temp_dir);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -163,7 +158,7 @@ pub fn build(
         until_ms: until,
         azure_regions: s.audit.cfg.azure_regions.clone(),
         recordings,
-        recordings_dir: s.audit.flows_db.as_ref().map(|p| p.with_extension("recordings")),
+        recordings_dir: s.audit.recordings_dir.clone(),
     };
     let files = crate::audit_api::with_stores(s, |flows, rules| {
         crate::evidence::export(flows, rules, &key, &w, &dir.0.join("files"), |m| {

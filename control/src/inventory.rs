@@ -587,6 +587,7 @@ pub(crate) fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::RecordStore;
     use crate::store::FlowStore;
 
     fn ingest(store: &mut FlowStore, dp: &str, recs: &[Value]) -> Vec<Value> {

@@ -44,6 +44,7 @@ pub mod quotas;
 pub mod record;
 pub mod recordings;
 pub mod recordings_api;
+pub mod records;
 pub mod records_api;
 pub mod rules_api;
 pub mod rulestore;

@@ -106,12 +106,17 @@ pub trait RuleLog: std::fmt::Debug + Send {
     /// Begins a read transaction and reads once, so that everything read until it ends sees
     /// the store as it is now (verification beside the daemon's writes).
     fn hold_snapshot(&mut self) -> Result<(), StoreError>;
+    /// A read-only handle of its own (verification beside the daemon's writes); `None`
+    /// when there can be none (in memory).
+    fn reader(&self) -> Result<Option<Box<dyn RuleLog>>, StoreError>;
 }
 
 /// The store in SQLite.
 #[derive(Debug)]
 pub struct RuleStore {
     db: Connection,
+    /// Its file (none: in memory).
+    path: Option<std::path::PathBuf>,
 }
 
 /// The bytes of an audit entry its link covers: a JSON object of its fields in this order,
@@ -170,13 +175,15 @@ fn now_ms() -> i64 {
 impl RuleStore {
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        RuleStore::init(Connection::open(path)?)
+        let mut s = RuleStore::init(Connection::open(path)?)?;
+        s.path = Some(path.to_owned());
+        Ok(s)
     }
 
     /// The store at `path`, read-only (verification beside the daemon, which keeps writing).
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        Ok(RuleStore { db })
+        Ok(RuleStore { db, path: Some(path.to_owned()) })
     }
 
     /// The connection (tests tamper with it).
@@ -214,7 +221,7 @@ impl RuleStore {
                  ALTER TABLE audit ADD COLUMN link BLOB;",
             )?;
         }
-        Ok(RuleStore { db })
+        Ok(RuleStore { db, path: None })
     }
 
     fn one(&self, sql: &str, v: Option<i64>) -> Result<Option<RuleVersion>, StoreError> {
@@ -237,6 +244,13 @@ impl RuleStore {
 impl RuleLog for RuleStore {
     fn hold_snapshot(&mut self) -> Result<(), StoreError> {
         hold_snapshot(&self.db)
+    }
+
+    fn reader(&self) -> Result<Option<Box<dyn RuleLog>>, StoreError> {
+        Ok(match &self.path {
+            Some(p) => Some(Box::new(RuleStore::open_read_only(p)?)),
+            None => None,
+        })
     }
 
     fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError> {

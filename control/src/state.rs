@@ -8,8 +8,8 @@ use crate::auth::Tokens;
 use crate::hub::Hub;
 use crate::identstore::IdentityStore;
 use crate::link::Links;
+use crate::records::RecordStore;
 use crate::rulestore::RuleLog;
-use crate::store::FlowStore;
 
 /// How long a rule push waits for the data planes' answers.
 pub const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -22,7 +22,7 @@ pub struct AppState {
     /// Rule versions and the audit log.
     pub rules: Mutex<Box<dyn RuleLog>>,
     /// The record store (flows and requests).
-    pub flows: Mutex<FlowStore>,
+    pub flows: Mutex<Box<dyn RecordStore>>,
     /// The identity feed.
     pub identities: Mutex<Box<dyn IdentityStore>>,
     /// Brokered provider keys and virtual keys.
@@ -53,8 +53,7 @@ pub struct AppState {
     pub console: crate::console::Sessions,
     /// The PAC file of the current rule version (`[proxy]`).
     pub pac: crate::pac::PacCache,
-    /// Evidence: the checkpoint signer and where the record store is (verification reads it
-    /// on its own connection).
+    /// Evidence: the checkpoint signer and its settings.
     pub audit: AuditState,
 }
 
@@ -65,10 +64,10 @@ pub struct AuditState {
     pub checkpointer: Option<Mutex<crate::checkpointer::Checkpointer>>,
     /// `[audit]`.
     pub cfg: crate::checkpointer::AuditConfig,
-    /// The record store's file (none: in memory).
-    pub flows_db: Option<std::path::PathBuf>,
-    /// The rule store's file, which holds the audit log and the checkpoints (none: in memory).
-    pub rules_db: Option<std::path::PathBuf>,
+    /// The state directory (evidence exports are put together there); none: a temporary one.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Where recordings' sealed bytes are kept in files (SQLite's record store on disk).
+    pub recordings_dir: Option<std::path::PathBuf>,
     /// When each token was last written to the audit log as used.
     pub token_uses: Mutex<std::collections::HashMap<String, Instant>>,
     /// Refused calls written to the audit log in the current minute, and that minute.
@@ -81,7 +80,7 @@ pub struct Stores {
     /// Rule versions and the audit log.
     pub rules: Box<dyn RuleLog>,
     /// Flow and request records.
-    pub flows: FlowStore,
+    pub flows: Box<dyn RecordStore>,
     /// The identity feed.
     pub identities: Box<dyn IdentityStore>,
     /// Brokered provider keys and virtual keys.

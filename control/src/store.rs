@@ -135,6 +135,8 @@ pub struct Page {
 #[derive(Debug)]
 pub struct FlowStore {
     conn: Connection,
+    /// Its file (none: in memory).
+    path: Option<std::path::PathBuf>,
     /// Where recordings' sealed bytes go (none in memory: they stay in their rows).
     pub(crate) sealed: Option<crate::sealed_files::SealedFiles>,
     /// The recordings table is an earlier version's, unique by sequence number
@@ -206,6 +208,7 @@ impl FlowStore {
     /// directory beside it (`flows.db`: `flows.recordings/`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut s = Self::setup(Connection::open(path)?)?;
+        s.path = Some(path.to_owned());
         let dir = path.with_extension("recordings");
         s.sealed = Some(crate::sealed_files::SealedFiles::open(&dir)?);
         Ok(s)
@@ -238,6 +241,7 @@ impl FlowStore {
         crate::chainstore::migrate(&conn)?;
         Ok(FlowStore {
             conn,
+            path: None,
             sealed: None,
             recordings_by_seq,
             discovered: Vec::new(),
@@ -413,6 +417,11 @@ impl FlowStore {
         &self.conn
     }
 
+    /// Its file (none: in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// What the ingests said of chains since the last call.
     pub fn take_chain_notes(&mut self) -> Vec<ChainNote> {
         std::mem::take(&mut self.notes)
@@ -483,11 +492,6 @@ impl FlowStore {
         Ok(v.and_then(|v| u64::try_from(v).ok()))
     }
 
-    /// Number of stored flow records.
-    pub fn count(&self) -> Result<u64, StoreError> {
-        self.count_of(Kind::Flows)
-    }
-
     /// Number of stored records of `kind`.
     pub fn count_of(&self, kind: Kind) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM {}", kind.table());
@@ -544,18 +548,7 @@ impl FlowStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Flow records matching `f`, newest first, at most `limit`, strictly older than cursor
-    /// `before` if given.
-    pub fn query(
-        &self,
-        f: &FlowFilter,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        self.query_kind(Kind::Flows, f, before, limit)
-    }
-
-    /// Records of `kind` matching `f`, newest first (see [`FlowStore::query`]). A detector
+    /// Records of `kind` matching `f`, newest first (see [`crate::records::RecordStore::query`]). A detector
     /// filter matches no flow record.
     pub fn query_kind(
         &self,
@@ -712,14 +705,6 @@ impl FlowStore {
         Ok(rows)
     }
 
-    /// Deletes records (of both kinds) older than `older_than_ms`, then the oldest beyond
-    /// `max_rows` per kind, chained ones at the cuts of [`FlowStore::retention_cuts`] (no
-    /// checkpoint is made: see [`FlowStore::prune_at`]). Returns how many were deleted.
-    pub fn prune(&mut self, older_than_ms: u64, max_rows: u64) -> Result<u64, StoreError> {
-        let cuts = self.retention_cuts(older_than_ms, max_rows)?;
-        self.prune_at(older_than_ms, max_rows, &cuts)
-    }
-
     /// Where retention cuts each data plane's chain (each chain is cut at one position across
     /// both tables, so what stays verifies from a checkpoint at the cut).
     pub fn retention_cuts(
@@ -730,7 +715,7 @@ impl FlowStore {
         crate::chainstore::cuts(&self.conn, older_than_ms, max_rows)
     }
 
-    /// [`FlowStore::prune`] with the chains cut at `cuts` (whose checkpoints the caller has
+    /// [`crate::records::RecordStore::prune`] with the chains cut at `cuts` (whose checkpoints the caller has
     /// stored first); records outside chains go by age and count as they are.
     pub fn prune_at(
         &mut self,

@@ -1,5 +1,6 @@
 //! Tests of the record store.
 use super::*;
+use crate::records::RecordStore;
 use serde_json::json;
 
 /// Rows as the link reads them (`seq` set, data plane named).

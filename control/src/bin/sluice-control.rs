@@ -75,8 +75,9 @@ fn main() -> Result<()> {
                     .context("opening the rule store")?,
             ),
         },
-        flows: FlowStore::open(&cfg.state_dir.join("flows.db"))
-            .context("opening the flow store")?,
+        flows: Box::new(
+            FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
+        ),
         identities: match &cfg.store {
             Some(url) => Box::new(
                 PgIdentStore::open(url).context("opening the identity store on PostgreSQL")?,
@@ -106,8 +107,11 @@ fn main() -> Result<()> {
             done,
         ))),
         cfg: cfg.audit.clone(),
-        flows_db: Some(cfg.state_dir.join("flows.db")),
-        rules_db: Some(cfg.state_dir.join("rules.db")),
+        state_dir: Some(cfg.state_dir.clone()),
+        recordings_dir: match &cfg.store {
+            Some(_) => None,
+            None => Some(cfg.state_dir.join("flows.recordings")),
+        },
         ..Default::default()
     };
     let state = Arc::new(
@@ -194,7 +198,7 @@ fn tell_systemd(state: Arc<AppState>) {
                 let rules =
                     st.rules.lock().unwrap_or_else(PoisonError::into_inner).current().is_ok();
                 let flows = st.flows.lock().unwrap_or_else(PoisonError::into_inner);
-                rules && flows.connection().execute_batch("SELECT 1").is_ok()
+                rules && flows.alive()
             });
             match tokio::time::timeout(every, check).await {
                 Ok(Ok(true)) => say("WATCHDOG=1"),

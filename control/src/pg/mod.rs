@@ -35,6 +35,8 @@ pub(crate) fn wait<F: Future>(f: F) -> F::Output {
 /// One connection.
 pub struct Pg {
     client: Client,
+    /// How it connected (another connection to the same database: [`Pg::another`]).
+    cfg: Config,
 }
 
 impl std::fmt::Debug for Pg {
@@ -54,14 +56,20 @@ impl Pg {
     /// Connects with `cfg`.
     pub fn connect_with(mut cfg: Config) -> Result<Pg, StoreError> {
         cfg.application_name("sluice-control");
-        let (client, conn) = wait(runtime().spawn(async move { cfg.connect(NoTls).await }))
+        let at = cfg.clone();
+        let (client, conn) = wait(runtime().spawn(async move { at.connect(NoTls).await }))
             .map_err(|e| StoreError::Closed(e.to_string()))??;
         runtime().spawn(async move {
             if let Err(e) = conn.await {
                 tracing::error!("PostgreSQL connection: {e}");
             }
         });
-        Ok(Pg { client })
+        Ok(Pg { client, cfg })
+    }
+
+    /// Another connection to the same database (a reader beside the writer).
+    pub fn another(&self) -> Result<Pg, StoreError> {
+        Pg::connect_with(self.cfg.clone())
     }
 
     /// The client, for a store's transactions (wait on them with [`wait`]).

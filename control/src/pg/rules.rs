@@ -289,6 +289,10 @@ impl RuleLog for PgRuleStore {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)?.unsigned_abs()))).collect()
     }
 
+    fn reader(&self) -> Result<Option<Box<dyn RuleLog>>, StoreError> {
+        Ok(Some(Box::new(PgRuleStore { pg: self.pg.another()? })))
+    }
+
     fn hold_snapshot(&mut self) -> Result<(), StoreError> {
         wait(self.pg.client_ref().batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1 FROM audit_head",
