@@ -186,11 +186,11 @@ impl Known {
 /// What records add to one inventory row.
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
-    first: u64,
-    last: u64,
-    flows: u64,
-    requests: u64,
-    bytes: u64,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) flows: u64,
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
     pub(crate) destinations: BTreeSet<String>,
     pub(crate) accounts: BTreeSet<String>,
 }
@@ -290,6 +290,99 @@ impl Deltas {
     }
 }
 
+/// What a record says of the inventory: its row's key, bounded, and the client whose
+/// discovery it may be (an app, or an unknown hello by its JA4).
+pub(crate) struct Seen<'r> {
+    pub(crate) host: &'r str,
+    pub(crate) identity: &'r str,
+    pub(crate) user: &'r str,
+    pub(crate) app: &'r str,
+    pub(crate) version: &'r str,
+    pub(crate) client: Option<std::borrow::Cow<'r, str>>,
+}
+
+/// What record `r` (with app fields `a`) says of the inventory; `None` without a host.
+pub(crate) fn seen<'r>(r: &'r Row<'_>, a: &'r AppFields<'_>) -> Option<Seen<'r>> {
+    let host = bounded(r.src.as_deref().unwrap_or(""), 64);
+    if host.is_empty() {
+        return None;
+    }
+    let app = bounded(&a.app, 64);
+    // A request shows no JA4: its flow names the unknown client.
+    let client = match (app, &a.ja4) {
+        ("unknown", Some(j)) => Some(format!("unknown:{}", bounded(j, 40)).into()),
+        ("unknown", None) => None,
+        (name, _) => Some(name.into()),
+    };
+    Some(Seen {
+        host,
+        identity: bounded(r.identity.as_deref().unwrap_or(""), 64),
+        user: bounded(r.user.as_deref().unwrap_or(""), 128),
+        app,
+        version: bounded(a.version.as_deref().unwrap_or(""), 32),
+        client,
+    })
+}
+
+/// The discovery record of `s`'s client, first seen in record `r` of `dataplane`.
+pub(crate) fn discovery(dataplane: &str, r: &Row<'_>, a: &AppFields<'_>, s: &Seen<'_>) -> Value {
+    let mut rec = json!({
+        "type": "discovery",
+        "ts_ms": r.ts_ms,
+        "dataplane": dataplane,
+        "event": if s.app == "unknown" { "new-unknown-client" } else { "new-app" },
+        "src": s.host,
+        "identity": s.identity,
+        "app": s.app,
+        "sni": r.sni.as_deref().unwrap_or(""),
+    });
+    if !s.user.is_empty() {
+        rec["user"] = json!(s.user);
+    }
+    if !s.version.is_empty() {
+        rec["app_version"] = json!(s.version);
+    }
+    if let Some(j) = &a.ja4 {
+        rec["ja4"] = json!(bounded(j, 40));
+    }
+    rec
+}
+
+impl Deltas {
+    /// Counts record `r` (app fields `a`, seen as `s`) into its row.
+    pub(crate) fn add(&mut self, s: &Seen<'_>, r: &Row<'_>, a: &AppFields<'_>) {
+        let at = KeyRef(s.host, s.identity, s.user, s.app, s.version);
+        let d = match self.rows.get_mut(&at) {
+            Some(d) => d,
+            None => {
+                self.bytes += at.bytes();
+                let new = Delta { first: r.ts_ms, ..Delta::default() };
+                self.rows.entry(Key::from(&at)).or_insert(new)
+            }
+        };
+        d.first = d.first.min(r.ts_ms);
+        d.last = d.last.max(r.ts_ms);
+        if r.kind == crate::record::RecordKind::Request {
+            d.requests += 1;
+            d.bytes = d.bytes.saturating_add(a.bytes);
+        } else if a.ended {
+            d.flows += 1;
+            d.bytes = d.bytes.saturating_add(a.bytes);
+        }
+        if let Some(sni) = r.sni.as_deref().filter(|s| !s.is_empty()) {
+            self.bytes += add_bounded(&mut d.destinations, bounded(sni, 253));
+        }
+        for acc in accounts(a) {
+            self.bytes += add_bounded(&mut d.accounts, &acc);
+        }
+    }
+
+    /// The rows and what they gain.
+    pub(crate) fn into_rows(self) -> impl Iterator<Item = (Key, Delta)> {
+        self.rows.into_iter()
+    }
+}
+
 /// Counts the stored records `rows` (those newly stored) of data plane `dataplane` into
 /// `deltas`; with `discover`, inside the ingest's transaction, also makes the discovery
 /// records of hosts seen with an app (or an unknown client) for the first time, stored, and
@@ -314,34 +407,14 @@ pub(crate) fn observe(
     let mut unknowns_today = tx.prepare_cached(
         "SELECT COUNT(*) FROM discoveries WHERE host = ?1 AND client LIKE 'unknown:%' AND ts_ms >= ?2",
     )?;
-    let mut unknown = String::new();
     for r in rows {
         let Some(a) = r.app.as_deref() else { continue };
-        let host = bounded(r.src.as_deref().unwrap_or(""), 64);
-        if host.is_empty() {
-            continue;
-        }
-        let identity = bounded(r.identity.as_deref().unwrap_or(""), 64);
-        let user = bounded(r.user.as_deref().unwrap_or(""), 128);
-        let app = bounded(&a.app, 64);
-        let version = bounded(a.version.as_deref().unwrap_or(""), 32);
-        let request = r.kind == crate::record::RecordKind::Request;
-        // A client is an app, or an unknown hello by its JA4 (a request shows no JA4: its
-        // flow names the unknown client).
-        let client = match (app, &a.ja4) {
-            ("unknown", Some(j)) => {
-                unknown.clear();
-                unknown.push_str("unknown:");
-                unknown.push_str(bounded(j, 40));
-                Some(unknown.as_str())
-            }
-            ("unknown", None) => None,
-            (name, _) => Some(name),
-        };
+        let Some(s) = seen(r, a) else { continue };
+        let host = s.host;
         let ts = i64::try_from(r.ts_ms).unwrap_or(i64::MAX);
         // Once per client and batch: its discovery is seen again (retention keeps it), or
         // made (unknown clients at most so many a day per host).
-        if let Some(client) = client
+        if let Some(client) = s.client.as_deref()
             && discover
             && !known.client_fresh(host, client, r.ts_ms)
             && seen_clients.insert((host.to_owned(), client.to_owned()))
@@ -352,59 +425,18 @@ pub(crate) fn observe(
                     true
                 }
             }
-            && (app != "unknown"
+            && (s.app != "unknown"
                 || unknowns_today
                     .query_row(params![host, ts - 86_400_000], |c| c.get::<_, i64>(0))?
                     < MAX_UNKNOWN_PER_DAY)
         {
-            let mut rec = json!({
-                "type": "discovery",
-                "ts_ms": r.ts_ms,
-                "dataplane": dataplane,
-                "event": if app == "unknown" { "new-unknown-client" } else { "new-app" },
-                "src": host,
-                "identity": identity,
-                "app": app,
-                "sni": r.sni.as_deref().unwrap_or(""),
-            });
-            if !user.is_empty() {
-                rec["user"] = json!(user);
-            }
-            if !version.is_empty() {
-                rec["app_version"] = json!(version);
-            }
-            if let Some(j) = &a.ja4 {
-                rec["ja4"] = json!(bounded(j, 40));
-            }
+            let rec = discovery(dataplane, r, a, &s);
             if new_client.execute(params![ts, host, client, rec.to_string()])? == 1 {
                 known.client_written(host, client, r.ts_ms);
                 found.push(rec);
             }
         }
-        let at = KeyRef(host, identity, user, app, version);
-        let d = match deltas.rows.get_mut(&at) {
-            Some(d) => d,
-            None => {
-                deltas.bytes += at.bytes();
-                let new = Delta { first: r.ts_ms, ..Delta::default() };
-                deltas.rows.entry(Key::from(&at)).or_insert(new)
-            }
-        };
-        d.first = d.first.min(r.ts_ms);
-        d.last = d.last.max(r.ts_ms);
-        if request {
-            d.requests += 1;
-            d.bytes = d.bytes.saturating_add(a.bytes);
-        } else if a.ended {
-            d.flows += 1;
-            d.bytes = d.bytes.saturating_add(a.bytes);
-        }
-        if let Some(sni) = r.sni.as_deref().filter(|s| !s.is_empty()) {
-            deltas.bytes += add_bounded(&mut d.destinations, bounded(sni, 253));
-        }
-        for acc in accounts(a) {
-            deltas.bytes += add_bounded(&mut d.accounts, &acc);
-        }
+        deltas.add(&s, r, a);
     }
     Ok(found)
 }

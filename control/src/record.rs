@@ -81,6 +81,12 @@ pub struct Row<'a> {
     pub model: Option<Cow<'a, str>>,
     /// The quota subject that counted a request.
     pub quota: Option<Cow<'a, str>>,
+    /// The `app` member as sent (flows without one may still carry [`Row::app`]: `unknown`).
+    pub app_name: Option<Cow<'a, str>>,
+    /// What the request does (`operation`).
+    pub operation: Option<Cow<'a, str>>,
+    /// The virtual key that made the request (`virtual_key`).
+    pub virtual_key: Option<Cow<'a, str>>,
     /// Input, output and cached tokens a response reported.
     pub tokens: Tokens,
     /// What a `recording` record says besides (read in the same pass; its text is not
@@ -259,6 +265,9 @@ impl<'a> Row<'a> {
             findings,
             model: text("model"),
             quota: text("quota"),
+            app_name: text("app"),
+            operation: text("operation"),
+            virtual_key: text("virtual_key"),
             tokens: Tokens {
                 input: v.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
                 output: v.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
@@ -385,6 +394,10 @@ struct Fields<'a> {
     model: Option<Text<'a>>,
     #[serde(borrow, default)]
     quota: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    operation: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    virtual_key: Option<Text<'a>>,
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -465,6 +478,7 @@ impl<'a> Fields<'a> {
             }
             _ => None,
         };
+        let app_name = self.app.as_ref().map(|a| a.0.clone());
         let app = app_fields(
             kind,
             t(self.app),
@@ -504,6 +518,9 @@ impl<'a> Fields<'a> {
                 .collect(),
             model: t(self.model),
             quota: t(self.quota),
+            app_name,
+            operation: t(self.operation),
+            virtual_key: t(self.virtual_key),
             tokens: Tokens {
                 input: self.input_tokens.unwrap_or(0),
                 output: self.output_tokens.unwrap_or(0),

@@ -63,6 +63,11 @@ impl Tally {
         c.blocked += u64::from(r.verdict.as_deref() == Some("block"));
     }
 
+    /// The counts by minute.
+    pub(crate) fn into_minutes(self) -> Vec<(i64, Counts)> {
+        self.minutes
+    }
+
     /// Adds the counts to their minutes.
     pub(crate) fn write(self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         let mut up = tx.prepare_cached(
@@ -117,6 +122,49 @@ pub(crate) fn prune(tx: &Transaction<'_>, older_than_ms: u64) -> Result<(), Stor
     Ok(())
 }
 
+/// The buckets of a chart: `step` minutes from `first` to `last` (minutes since the epoch).
+pub(crate) struct Buckets {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    step: u64,
+    out: Vec<(u64, Counts)>,
+}
+
+impl Buckets {
+    /// Buckets of `step_min` minutes from `since_ms` to `until_ms`, at most 2,000 (a longer
+    /// span gets a longer step).
+    pub(crate) fn new(since_ms: u64, until_ms: u64, step_min: u64) -> Buckets {
+        let (since_min, last) = (since_ms / 60_000, until_ms / 60_000);
+        let step = step_min.max(1).max(last.saturating_sub(since_min) / 2000 + 1);
+        let first = since_min / step * step;
+        let out = (first..=last)
+            .step_by(usize::try_from(step).unwrap_or(usize::MAX))
+            .map(|m| (m * 60_000, Counts::default()))
+            .collect();
+        Buckets { first, last, step, out }
+    }
+
+    /// Adds minute `m`'s counts to its bucket.
+    pub(crate) fn add(&mut self, m: u64, c: Counts) {
+        let Some(slot) = m
+            .checked_sub(self.first)
+            .and_then(|d| usize::try_from(d / self.step).ok())
+            .and_then(|k| self.out.get_mut(k))
+        else {
+            return;
+        };
+        slot.1.flows += c.flows;
+        slot.1.requests += c.requests;
+        slot.1.blocked += c.blocked;
+        slot.1.findings += c.findings;
+    }
+
+    /// The buckets, oldest first.
+    pub(crate) fn into_vec(self) -> Vec<(u64, Counts)> {
+        self.out
+    }
+}
+
 impl FlowStore {
     /// Counts in buckets of `step_min` minutes from `since_ms` to `until_ms`, oldest first,
     /// as (bucket start in Unix ms, counts); every bucket is there, empty ones with zeros. At
@@ -127,33 +175,20 @@ impl FlowStore {
         until_ms: u64,
         step_min: u64,
     ) -> Result<Vec<(u64, Counts)>, StoreError> {
-        let (since_min, last) = (since_ms / 60_000, until_ms / 60_000);
-        let step = step_min.max(1).max(last.saturating_sub(since_min) / 2000 + 1);
-        let first = since_min / step * step;
-        let mut out: Vec<(u64, Counts)> = (first..=last)
-            .step_by(usize::try_from(step).unwrap_or(usize::MAX))
-            .map(|m| (m * 60_000, Counts::default()))
-            .collect();
+        let mut b = Buckets::new(since_ms, until_ms, step_min);
         let mut stmt = self.conn().prepare_cached(
             "SELECT minute, flows, requests, blocked, findings FROM series
              WHERE minute >= ?1 AND minute <= ?2",
         )?;
-        let rows = stmt.query_map([i(first), i(last)], |r| {
+        let rows = stmt.query_map([i(b.first), i(b.last)], |r| {
             let n = |k| r.get::<_, i64>(k).map(|v| u64::try_from(v).unwrap_or(0));
             Ok((n(0)?, Counts { flows: n(1)?, requests: n(2)?, blocked: n(3)?, findings: n(4)? }))
         })?;
         for row in rows {
             let (m, c) = row?;
-            let Some(slot) = usize::try_from((m - first) / step).ok().and_then(|k| out.get_mut(k))
-            else {
-                continue;
-            };
-            slot.1.flows += c.flows;
-            slot.1.requests += c.requests;
-            slot.1.blocked += c.blocked;
-            slot.1.findings += c.findings;
+            b.add(m, c);
         }
-        Ok(out)
+        Ok(b.into_vec())
     }
 }
 

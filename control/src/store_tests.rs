@@ -14,6 +14,15 @@ fn rows(dp: &str, recs: &[(u64, Value)]) -> Vec<Row<'static>> {
         .collect()
 }
 
+crate::pg::both_stores! {
+    sqlite: crate::store::FlowStore::open_in_memory().unwrap(),
+    postgres: |cfg| crate::pg::records::PgRecordStore::open_with(cfg).unwrap();
+    ingest_dedup_filters_and_pages, requests_have_their_table_and_detector_filter,
+    usage_adds_up_tokens_per_key_since_a_time, prune_by_age_and_size,
+    counts_per_minute_follow_ingest_replay_and_retention, texts_with_nul_are_stored,
+    filters_by_app_operation_user_and_source,
+}
+
 fn rec(i: u64) -> Value {
     let (identity, verdict) = match i % 3 {
         0 => ("finance", "allow"),
@@ -25,9 +34,7 @@ fn rec(i: u64) -> Value {
            "rule": "r", "category": null, "flow_id": i})
 }
 
-#[test]
-fn ingest_dedup_filters_and_pages() {
-    let mut s = FlowStore::open_in_memory().unwrap();
+fn ingest_dedup_filters_and_pages(mut s: impl RecordStore) {
     let batch: Vec<(u64, Value)> = (0..300).map(|i| (i, rec(i))).collect();
     let stored = |v: Vec<bool>| v.into_iter().filter(|f| *f).count();
     assert_eq!(stored(s.ingest("dp1", &rows("dp1", &batch)).unwrap()), 300);
@@ -79,9 +86,7 @@ fn ingest_dedup_filters_and_pages() {
     assert_eq!(page.next, None);
 }
 
-#[test]
-fn requests_have_their_table_and_detector_filter() {
-    let mut s = FlowStore::open_in_memory().unwrap();
+fn requests_have_their_table_and_detector_filter(mut s: impl RecordStore) {
     let req = |i: u64, det: &str| {
         json!({"type": "request", "ts_ms": i, "identity": "finance", "verdict": "block",
                "dlp_findings": [{"detector": det, "count": 1, "paths": [], "hashes": []}]})
@@ -106,9 +111,7 @@ fn requests_have_their_table_and_detector_filter() {
     assert_eq!(s.query_kind(Kind::Flows, &f("credit_card"), None, 10).unwrap().records.len(), 0);
 }
 
-#[test]
-fn usage_adds_up_tokens_per_key_since_a_time() {
-    let mut s = FlowStore::open_in_memory().unwrap();
+fn usage_adds_up_tokens_per_key_since_a_time(mut s: impl RecordStore) {
     let req = |ts: u64, user: &str, model: &str, tokens: Option<(u64, u64)>| {
         let mut v = json!({"type": "request", "ts_ms": ts, "identity": "finance", "user": user,
                            "verdict": "allow", "model": model});
@@ -142,9 +145,7 @@ fn usage_adds_up_tokens_per_key_since_a_time() {
     assert_eq!((by_model[0].requests, by_model[0].input_tokens), (3, 1005));
 }
 
-#[test]
-fn prune_by_age_and_size() {
-    let mut s = FlowStore::open_in_memory().unwrap();
+fn prune_by_age_and_size(mut s: impl RecordStore) {
     let batch: Vec<(u64, Value)> = (0..100).map(|i| (i, rec(i))).collect();
     s.ingest("dp", &rows("dp", &batch)).unwrap();
     assert_eq!(s.prune(1_010, u64::MAX).unwrap(), 10);
@@ -170,9 +171,7 @@ fn file_store_survives_reopen() {
     }
 }
 
-#[test]
-fn counts_per_minute_follow_ingest_replay_and_retention() {
-    let mut s = FlowStore::open_in_memory().unwrap();
+fn counts_per_minute_follow_ingest_replay_and_retention(mut s: impl RecordStore) {
     // Minute 0: flows (a third blocked); minute 2: requests, two with findings.
     let mut batch: Vec<(u64, Value)> = (0..30).map(|i| (i, rec(i))).collect();
     // A minute whose only record has no verdict.
@@ -197,11 +196,6 @@ fn counts_per_minute_follow_ingest_replay_and_retention() {
     assert_eq!(s.series(0, 3 * 60_000 - 1, 5).unwrap()[0].1.flows, 31);
     assert!(s.series(0, 365 * 86_400_000, 1).unwrap().len() <= 2001);
 
-    // A store that had records before the counts existed gets them from its records.
-    s.conn().execute("DELETE FROM series", []).unwrap();
-    assert!(crate::series::migrate(s.conn_mut()).unwrap());
-    assert_eq!(s.series(0, 3 * 60_000 - 1, 1).unwrap(), series);
-
     // The live tail: records after a row id, newest first, with filters.
     let all = s.query_kind(Kind::Flows, &FlowFilter::default(), None, 100).unwrap();
     let tenth = all.ids[9];
@@ -223,4 +217,62 @@ fn counts_per_minute_follow_ingest_replay_and_retention() {
     s.prune(60_000, u64::MAX).unwrap();
     let after = s.series(0, 3 * 60_000 - 1, 1).unwrap();
     assert_eq!((after[0].1.flows, after[2].1.requests), (0, 4));
+}
+
+#[test]
+fn counts_per_minute_are_made_from_the_records_of_an_older_store() {
+    let mut s = FlowStore::open_in_memory().unwrap();
+    let batch: Vec<(u64, Value)> = (0..30).map(|i| (i, rec(i))).collect();
+    s.ingest("dp1", &rows("dp1", &batch)).unwrap();
+    let series = s.series(0, 3 * 60_000 - 1, 1).unwrap();
+    // A store that had records before the counts existed gets them from its records.
+    s.conn().execute("DELETE FROM series", []).unwrap();
+    assert!(crate::series::migrate(s.conn_mut()).unwrap());
+    assert_eq!(s.series(0, 3 * 60_000 - 1, 1).unwrap(), series);
+}
+
+/// A NUL in a record's fields (escaped in its JSON) is stored, not a reason to refuse the
+/// batch (the link would send it again forever); the record comes back as sent.
+fn texts_with_nul_are_stored(mut s: impl RecordStore) {
+    let v = json!({"type": "request", "ts_ms": 5, "identity": "fin\u{0}ance", "user": "a\u{0}",
+                   "sni": "api.openai.com", "verdict": "allow", "model": "gpt\u{0}",
+                   "app": "openai-python", "src": "10.0.0.1",
+                   "dlp_findings": [{"detector": "e\u{0}mail", "count": 1}]});
+    assert_eq!(s.ingest("dp", &rows("dp", &[(1, v.clone())])).unwrap(), vec![true]);
+    let page = s.query_kind(Kind::Requests, &FlowFilter::default(), None, 10).unwrap();
+    assert_eq!(page.records[0]["identity"], v["identity"]);
+    assert_eq!(s.usage(0, UsageBy::Model).unwrap().len(), 1);
+}
+
+fn filters_by_app_operation_user_and_source(mut s: impl RecordStore) {
+    let req = |i: u64, app: &str, op: &str, user: &str| {
+        json!({"type": "request", "ts_ms": 1_000 + i, "identity": "finance", "user": user,
+               "src": format!("10.0.0.{i}"), "verdict": "allow", "app": app, "operation": op,
+               "virtual_key": "vk_1", "input_tokens": 3})
+    };
+    let batch = vec![
+        (1, req(1, "codex-cli", "chat", "alice")),
+        (2, req(2, "openai-python", "upload", "bob")),
+        (3, req(3, "codex-cli", "upload", "bob")),
+    ];
+    s.ingest("dp", &rows("dp", &batch)).unwrap();
+    let ids = |f: FlowFilter| -> Vec<u64> {
+        let p = s.query_kind(Kind::Requests, &f, None, 10).unwrap();
+        p.records.iter().map(|r| r["ts_ms"].as_u64().unwrap() - 1_000).collect()
+    };
+    assert_eq!(ids(FlowFilter { app: Some("codex-cli".into()), ..Default::default() }), [3, 1]);
+    assert_eq!(ids(FlowFilter { operation: Some("upload".into()), ..Default::default() }), [3, 2]);
+    assert_eq!(ids(FlowFilter { user: Some("bob".into()), ..Default::default() }), [3, 2]);
+    assert_eq!(ids(FlowFilter { src: Some("10.0.0.1".into()), ..Default::default() }), [1]);
+    assert_eq!(
+        ids(FlowFilter { dataplane: Some("other".into()), ..Default::default() }),
+        [0u64; 0]
+    );
+    let by_key = s.usage(0, UsageBy::VirtualKey).unwrap();
+    assert_eq!(
+        (by_key[0].key.as_deref(), by_key[0].requests, by_key[0].input_tokens),
+        (Some("vk_1"), 3, 9)
+    );
+    let q = s.quota_records(0).unwrap();
+    assert!(q.is_empty(), "{q:?}");
 }

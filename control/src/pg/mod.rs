@@ -195,4 +195,8 @@ pub(crate) mod testing {
 }
 
 pub mod identities;
+mod record_store;
+pub mod records;
+mod records_chains;
+mod records_read;
 pub mod rules;

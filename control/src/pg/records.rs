@@ -1,0 +1,712 @@
+//! The record store on PostgreSQL ([`crate::records`] has the traits, [`crate::store`] the
+//! SQLite store): its schema and ingestion. Reads are in `records_read.rs`, the chains,
+//! evidence and retention in `records_chains.rs`.
+//!
+//! One batch is one transaction, under an advisory lock per data plane, so that two controls
+//! never place one data plane's records at once: the chain's head is read from
+//! `chain_heads` in the transaction (no other control's ingest can move it meanwhile), the
+//! rows go in with one `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING RETURNING`
+//! per table (a replayed row is skipped there), and the console's counts, the inventory and
+//! the discoveries are upserted from arrays in sorted order, so that two controls' batches
+//! lock shared rows in one order.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::Value;
+use sluice_audit::Link;
+use tokio_postgres::Transaction;
+
+use super::{Pg, big, wait};
+use crate::chains::{Admit, Head, admit};
+use crate::chainstore::{ChainNote, chain_note, refused};
+use crate::inventory::{Deltas, MAX_UNKNOWN_PER_DAY, Seen, discovery, seen};
+use crate::record::{Chain, RecordKind, Row};
+use crate::store::StoreError;
+
+pub(super) const MIGRATIONS: &[&str] = &["
+CREATE TABLE flows (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dataplane TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+    identity TEXT, \"user\" TEXT, src TEXT, sni TEXT, category TEXT, verdict TEXT, rule TEXT,
+    app TEXT, operation TEXT, virtual_key TEXT,
+    record TEXT NOT NULL, ce BIGINT, cn BIGINT, link BYTEA,
+    UNIQUE (dataplane, seq));
+CREATE TABLE requests (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dataplane TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+    identity TEXT, \"user\" TEXT, src TEXT, sni TEXT, category TEXT, verdict TEXT, rule TEXT,
+    app TEXT, operation TEXT, virtual_key TEXT,
+    record TEXT NOT NULL, ce BIGINT, cn BIGINT, link BYTEA,
+    detectors TEXT, model TEXT, quota TEXT,
+    input_tokens BIGINT NOT NULL, output_tokens BIGINT NOT NULL, cached_tokens BIGINT NOT NULL,
+    UNIQUE (dataplane, seq));
+CREATE INDEX flows_ts ON flows USING BRIN (ts_ms);
+CREATE INDEX flows_src ON flows (src, id);
+CREATE INDEX flows_user ON flows (\"user\", id) WHERE \"user\" IS NOT NULL;
+CREATE INDEX flows_identity ON flows (identity, id);
+CREATE INDEX flows_sni ON flows (sni, id);
+CREATE INDEX flows_chain ON flows (dataplane, ce, cn) WHERE cn IS NOT NULL;
+CREATE INDEX requests_ts ON requests USING BRIN (ts_ms);
+CREATE INDEX requests_src ON requests (src, id);
+CREATE INDEX requests_user ON requests (\"user\", id) WHERE \"user\" IS NOT NULL;
+CREATE INDEX requests_identity ON requests (identity, id);
+CREATE INDEX requests_sni ON requests (sni, id);
+CREATE INDEX requests_chain ON requests (dataplane, ce, cn) WHERE cn IS NOT NULL;
+CREATE TABLE chain_heads (
+    dataplane TEXT PRIMARY KEY, epoch BIGINT NOT NULL, n BIGINT NOT NULL, link BYTEA NOT NULL);
+CREATE TABLE series (
+    minute BIGINT PRIMARY KEY, flows BIGINT NOT NULL DEFAULT 0,
+    requests BIGINT NOT NULL DEFAULT 0, blocked BIGINT NOT NULL DEFAULT 0,
+    findings BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE inventory (
+    host TEXT NOT NULL, identity TEXT NOT NULL, \"user\" TEXT NOT NULL,
+    app TEXT NOT NULL, version TEXT NOT NULL,
+    first_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL,
+    flows BIGINT NOT NULL, requests BIGINT NOT NULL, bytes BIGINT NOT NULL,
+    destinations TEXT[] NOT NULL, accounts TEXT[] NOT NULL,
+    PRIMARY KEY (host, identity, \"user\", app, version));
+CREATE INDEX inventory_app ON inventory (app, last_ms);
+CREATE TABLE discoveries (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL,
+    host TEXT NOT NULL, client TEXT NOT NULL, record TEXT NOT NULL,
+    UNIQUE (host, client));
+CREATE INDEX discoveries_host ON discoveries (host, ts_ms);
+CREATE TABLE recordings (
+    id TEXT PRIMARY KEY, dataplane TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+    identity TEXT, \"user\" TEXT, src TEXT, sni TEXT, method TEXT, path TEXT, rule TEXT,
+    bytes BIGINT NOT NULL, thread TEXT NOT NULL, response TEXT, sealed TEXT NOT NULL);
+CREATE INDEX recordings_ts ON recordings (ts_ms);
+CREATE INDEX recordings_threads ON recordings (thread, ts_ms) WHERE thread <> id;
+CREATE INDEX recordings_chain ON recordings (response) WHERE substr(response, 1, 5) = 'resp_';
+-- A list of an inventory row (destinations, accounts) with new entries added while it has
+-- room (32), those it holds first.
+CREATE FUNCTION sluice_merge(old TEXT[], new TEXT[]) RETURNS TEXT[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN cardinality(old) >= 32 THEN old ELSE ARRAY(
+        SELECT x FROM (SELECT x, 0 AS o FROM unnest(old) x
+                       UNION ALL SELECT x, 1 FROM unnest(new) x WHERE NOT x = ANY(old)) t
+        ORDER BY o, x LIMIT 32) END $$;
+-- A record's own ts_ms, when it is a number (retention believes a row's age only then).
+CREATE FUNCTION sluice_record_ts(record TEXT) RETURNS NUMERIC
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN json_typeof(record::json -> 'ts_ms') = 'number'
+                THEN (record::json ->> 'ts_ms')::numeric END $$;
+"];
+
+/// The record store on PostgreSQL.
+#[derive(Debug)]
+pub struct PgRecordStore {
+    pub(super) pg: Pg,
+    /// What the ingests said of chains since the last `take_chain_notes`.
+    pub(super) notes: Vec<ChainNote>,
+    /// Discovery records made since the last `take_discovered`.
+    pub(super) discovered: Vec<Value>,
+}
+
+impl PgRecordStore {
+    /// Connects to `url` and brings the schema up to date.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::with(Pg::connect(url)?)
+    }
+
+    /// Connects with `cfg`.
+    pub fn open_with(cfg: tokio_postgres::Config) -> Result<Self, StoreError> {
+        Self::with(Pg::connect_with(cfg)?)
+    }
+
+    fn with(mut pg: Pg) -> Result<Self, StoreError> {
+        pg.migrate("records", MIGRATIONS)?;
+        Ok(PgRecordStore { pg, notes: Vec::new(), discovered: Vec::new() })
+    }
+
+    /// Stores a batch (see [`crate::records::RecordStore::ingest`]), once more if two
+    /// controls' transactions deadlocked or failed to serialise.
+    pub(super) fn ingest_rows(
+        &mut self,
+        dataplane: &str,
+        rows: &[Row<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let scrubbed: Vec<Row<'_>>;
+        let rows = if rows.iter().any(has_nul) {
+            scrubbed = rows.iter().map(scrub).collect();
+            &scrubbed[..]
+        } else {
+            rows
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut out = Ingested::default();
+            match wait(ingest(self.pg.client(), dataplane, rows, &mut out)) {
+                Ok(()) => {
+                    self.notes.extend(out.notes);
+                    self.discovered.extend(out.discovered);
+                    return Ok(out.fresh);
+                }
+                Err(StoreError::Postgres(e)) if attempt < 3 && retryable(&e) => {
+                    tracing::info!("record store: batch of {dataplane} tried again: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// What one batch made.
+#[derive(Default)]
+struct Ingested {
+    fresh: Vec<bool>,
+    notes: Vec<ChainNote>,
+    discovered: Vec<Value>,
+}
+
+/// Where a flow or request record goes.
+enum Place {
+    Plain,
+    Chain { epoch: u64, n: u64, link: Link },
+    Nowhere,
+}
+
+/// The columns of one table's new rows, as arrays.
+#[derive(Default)]
+struct Columns<'r> {
+    row: Vec<usize>,
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+    text: [Vec<Option<&'r str>>; 10],
+    record: Vec<&'r str>,
+    ce: Vec<Option<i64>>,
+    cn: Vec<Option<i64>>,
+    link: Vec<Option<Vec<u8>>>,
+    // Requests only.
+    detectors: Vec<Option<String>>,
+    model: Vec<Option<&'r str>>,
+    quota: Vec<Option<&'r str>>,
+    tokens: [Vec<i64>; 3],
+}
+
+impl<'r> Columns<'r> {
+    fn push(&mut self, k: usize, r: &'r Row<'r>, chain: Option<(u64, u64, Link)>) {
+        self.row.push(k);
+        self.seq.push(big(r.seq));
+        self.ts.push(big(r.ts_ms));
+        let cols = [
+            &r.identity,
+            &r.user,
+            &r.src,
+            &r.sni,
+            &r.category,
+            &r.verdict,
+            &r.rule,
+            &r.app_name,
+            &r.operation,
+            &r.virtual_key,
+        ];
+        for (a, v) in self.text.iter_mut().zip(cols) {
+            a.push(v.as_deref());
+        }
+        self.record.push(&r.json);
+        self.ce.push(chain.map(|c| big(c.0)));
+        self.cn.push(chain.map(|c| big(c.1)));
+        self.link.push(chain.map(|c| c.2.0.to_vec()));
+        if r.kind == RecordKind::Request {
+            self.detectors.push(r.detectors());
+            self.model.push(r.model.as_deref());
+            self.quota.push(r.quota.as_deref());
+            self.tokens[0].push(big(r.tokens.input));
+            self.tokens[1].push(big(r.tokens.output));
+            self.tokens[2].push(big(r.tokens.cached));
+        }
+    }
+}
+
+const COLUMNS: &str = "dataplane, seq, ts_ms, identity, \"user\", src, sni, category, verdict, rule, \
+                       app, operation, virtual_key, record, ce, cn, link";
+const UNNEST: &str = "$2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                      $14::text[], $15::bigint[], $16::bigint[], $17::bytea[]";
+
+/// Inserts one table's rows; returns the sequence numbers stored.
+async fn insert(
+    tx: &Transaction<'_>,
+    dataplane: &str,
+    table: &str,
+    c: &Columns<'_>,
+) -> Result<HashSet<i64>, StoreError> {
+    if c.row.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let t = &c.text;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &dataplane, &c.seq, &c.ts, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
+        &t[9], &c.record, &c.ce, &c.cn, &c.link,
+    ];
+    let sql = if table == "requests" {
+        params.extend([
+            &c.detectors as &(dyn tokio_postgres::types::ToSql + Sync),
+            &c.model,
+            &c.quota,
+            &c.tokens[0],
+            &c.tokens[1],
+            &c.tokens[2],
+        ]);
+        format!(
+            "INSERT INTO requests ({COLUMNS}, detectors, model, quota, input_tokens,
+                                   output_tokens, cached_tokens)
+             SELECT $1, s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l, d, m, q, x, y, z
+             FROM unnest({UNNEST}, $18::text[], $19::text[], $20::text[], $21::bigint[],
+                         $22::bigint[], $23::bigint[])
+                  WITH ORDINALITY AS b(s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l, d, m, q,
+                                       x, y, z, ord)
+             ORDER BY ord
+             ON CONFLICT (dataplane, seq) DO NOTHING RETURNING seq"
+        )
+    } else {
+        format!(
+            "INSERT INTO {table} ({COLUMNS})
+             SELECT $1, s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l
+             FROM unnest({UNNEST})
+                  WITH ORDINALITY AS b(s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l, ord)
+             ORDER BY ord
+             ON CONFLICT (dataplane, seq) DO NOTHING RETURNING seq"
+        )
+    };
+    let rows = tx.query(&sql, &params).await?;
+    rows.iter().map(|r| Ok(r.try_get::<_, i64>(0)?)).collect()
+}
+
+/// One batch, in one transaction.
+async fn ingest(
+    client: &mut tokio_postgres::Client,
+    dataplane: &str,
+    rows: &[Row<'_>],
+    out: &mut Ingested,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sluice-ingest:' || $1, 0))",
+        &[&dataplane],
+    )
+    .await?;
+    let mut head = load_head(&tx, dataplane).await?;
+    let before = head;
+    // Where each record goes; notes by the record they are about.
+    let mut notes: Vec<(usize, ChainNote)> = Vec::new();
+    let mut taken: Vec<usize> = Vec::new();
+    let (mut flows, mut requests) = (Columns::default(), Columns::default());
+    for (k, r) in rows.iter().enumerate() {
+        if !matches!(r.kind, RecordKind::Flow | RecordKind::Request) {
+            continue;
+        }
+        let place = match admit(&mut head, &r.chain) {
+            Admit::Plain => Place::Plain,
+            Admit::Store { epoch, n, link, event } => {
+                if let Some(e) = event {
+                    notes.push((k, chain_note(dataplane, r, &e, epoch, n)));
+                }
+                Place::Chain { epoch, n, link }
+            }
+            Admit::Taken => {
+                taken.push(k);
+                Place::Nowhere
+            }
+            Admit::Refuse(why) => {
+                let at = match (r.chain, head) {
+                    (Chain::Linked { n, .. }, Some(h)) if h.n == n => Some((h.epoch, n)),
+                    _ => None,
+                };
+                notes.push((k, refused(dataplane, r, why, at)));
+                Place::Nowhere
+            }
+        };
+        let chain = match place {
+            Place::Plain => None,
+            Place::Chain { epoch, n, link } => Some((epoch, n, link)),
+            Place::Nowhere => continue,
+        };
+        if r.kind == RecordKind::Flow {
+            flows.push(k, r, chain);
+        } else {
+            requests.push(k, r, chain);
+        }
+    }
+    // A position taken by a record stored already is its copy sent again; any other is
+    // refused.
+    if !taken.is_empty() {
+        let seqs = |kind| -> Vec<i64> {
+            taken.iter().filter(|&&k| rows[k].kind == kind).map(|&k| big(rows[k].seq)).collect()
+        };
+        let stored: HashSet<(bool, i64)> = tx
+            .query(
+                "SELECT true, seq FROM flows WHERE dataplane = $1 AND seq = ANY($2)
+                 UNION ALL SELECT false, seq FROM requests WHERE dataplane = $1 AND seq = ANY($3)",
+                &[&dataplane, &seqs(RecordKind::Flow), &seqs(RecordKind::Request)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, StoreError>>()?;
+        for &k in &taken {
+            let r = &rows[k];
+            if !stored.contains(&(r.kind == RecordKind::Flow, big(r.seq))) {
+                notes.push((k, refused(dataplane, r, "its chain position is taken", None)));
+            }
+        }
+        notes.sort_by_key(|(k, _)| *k);
+    }
+    out.fresh = vec![false; rows.len()];
+    for (table, c) in [("flows", &flows), ("requests", &requests)] {
+        let mut stored = insert(&tx, dataplane, table, c).await?;
+        for (&k, seq) in c.row.iter().zip(&c.seq) {
+            // A sequence number twice in one batch is stored once: the first.
+            out.fresh[k] = stored.remove(seq);
+        }
+    }
+    for (k, r) in rows.iter().enumerate() {
+        if r.kind == RecordKind::Recording {
+            out.fresh[k] = super::records_read::insert_recording(&tx, dataplane, r).await?;
+        }
+    }
+    let fresh: Vec<&Row<'_>> =
+        rows.iter().zip(&out.fresh).filter(|(_, f)| **f).map(|(r, _)| r).collect();
+    write_series(&tx, &fresh).await?;
+    out.discovered = write_inventory(&tx, dataplane, &fresh).await?;
+    if let Some(h) = head.filter(|_| head != before) {
+        tx.execute(
+            "INSERT INTO chain_heads (dataplane, epoch, n, link) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (dataplane) DO UPDATE SET epoch = $2, n = $3, link = $4",
+            &[&dataplane, &big(h.epoch), &big(h.n), &&h.link.0[..]],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    out.notes = notes.into_iter().map(|(_, n)| n).collect();
+    Ok(())
+}
+
+/// Where `dataplane`'s chain stands.
+pub(super) async fn load_head(
+    tx: &Transaction<'_>,
+    dataplane: &str,
+) -> Result<Option<Head>, StoreError> {
+    let row = tx
+        .query_opt("SELECT epoch, n, link FROM chain_heads WHERE dataplane = $1", &[&dataplane])
+        .await?;
+    row.map(|r| head_of(&r, 0)).transpose()
+}
+
+/// A head from columns `at` (epoch), `at + 1` (n), `at + 2` (link).
+pub(super) fn head_of(r: &tokio_postgres::Row, at: usize) -> Result<Head, StoreError> {
+    Ok(Head {
+        epoch: r.try_get::<_, i64>(at)?.unsigned_abs(),
+        n: r.try_get::<_, i64>(at + 1)?.unsigned_abs(),
+        link: link_of(r.try_get(at + 2)?),
+    })
+}
+
+/// A stored link (any other length reads as zeros: verification then finds it wrong).
+pub(super) fn link_of(b: Option<Vec<u8>>) -> Link {
+    let mut l = [0u8; 32];
+    if let Some(b) = b.filter(|b| b.len() == 32) {
+        l.copy_from_slice(&b);
+    }
+    Link(l)
+}
+
+/// Adds the new rows' counts to their minutes.
+async fn write_series(tx: &Transaction<'_>, fresh: &[&Row<'_>]) -> Result<(), StoreError> {
+    let mut tally = crate::series::Tally::default();
+    for r in fresh {
+        tally.add(r);
+    }
+    let mut minutes = tally.into_minutes();
+    if minutes.is_empty() {
+        return Ok(());
+    }
+    minutes.sort_by_key(|(m, _)| *m);
+    let col = |f: fn(&crate::series::Counts) -> u64| -> Vec<i64> {
+        minutes.iter().map(|(_, c)| big(f(c))).collect()
+    };
+    let m: Vec<i64> = minutes.iter().map(|(m, _)| *m).collect();
+    tx.execute(
+        "INSERT INTO series AS s (minute, flows, requests, blocked, findings)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+         ON CONFLICT (minute) DO UPDATE SET flows = s.flows + EXCLUDED.flows,
+           requests = s.requests + EXCLUDED.requests, blocked = s.blocked + EXCLUDED.blocked,
+           findings = s.findings + EXCLUDED.findings",
+        &[&m, &col(|c| c.flows), &col(|c| c.requests), &col(|c| c.blocked), &col(|c| c.findings)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A client first seen in this batch: its first record's time and discovery.
+struct Candidate {
+    ts: i64,
+    record: Value,
+    unknown: bool,
+}
+
+/// Counts the new rows into the inventory and makes the discoveries of clients seen for
+/// the first time (unknown ones at most so many a day per host); returns those made.
+async fn write_inventory(
+    tx: &Transaction<'_>,
+    dataplane: &str,
+    fresh: &[&Row<'_>],
+) -> Result<Vec<Value>, StoreError> {
+    let mut deltas = Deltas::default();
+    let mut candidates: BTreeMap<(String, String), Candidate> = BTreeMap::new();
+    for r in fresh {
+        let Some(a) = r.app.as_deref() else { continue };
+        let Some(s): Option<Seen<'_>> = seen(r, a) else { continue };
+        if let Some(client) = s.client.as_deref() {
+            let key = (s.host.to_owned(), client.to_owned());
+            if let std::collections::btree_map::Entry::Vacant(e) = candidates.entry(key) {
+                let record = discovery(dataplane, r, a, &s);
+                e.insert(Candidate { ts: big(r.ts_ms), record, unknown: s.app == "unknown" });
+            }
+        }
+        deltas.add(&s, r, a);
+    }
+    let found = discover(tx, candidates).await?;
+    let mut rows: Vec<_> = deltas.into_rows().collect();
+    if rows.is_empty() {
+        return Ok(found);
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let key = |f: fn(&crate::inventory::Key) -> &String| -> Vec<&str> {
+        rows.iter().map(|(k, _)| f(k).as_str()).collect()
+    };
+    let num = |f: fn(&crate::inventory::Delta) -> u64| -> Vec<i64> {
+        rows.iter().map(|(_, d)| big(f(d))).collect()
+    };
+    let list = |f: fn(&crate::inventory::Delta) -> &std::collections::BTreeSet<String>| {
+        rows.iter()
+            .map(|(_, d)| serde_json::to_string(f(d)).unwrap_or_else(|_| "[]".into()))
+            .collect::<Vec<String>>()
+    };
+    tx.execute(
+        "INSERT INTO inventory AS i (host, identity, \"user\", app, version, first_ms, last_ms,
+                                     flows, requests, bytes, destinations, accounts)
+         SELECT h, id, u, a, v, f, l, fl, rq, b,
+                ARRAY(SELECT json_array_elements_text(d::json)),
+                ARRAY(SELECT json_array_elements_text(ac::json))
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
+                     $12::text[]) WITH ORDINALITY AS t(h, id, u, a, v, f, l, fl, rq, b, d, ac, ord)
+         ORDER BY ord
+         ON CONFLICT (host, identity, \"user\", app, version) DO UPDATE SET
+           first_ms = LEAST(i.first_ms, EXCLUDED.first_ms),
+           last_ms = GREATEST(i.last_ms, EXCLUDED.last_ms),
+           flows = i.flows + EXCLUDED.flows, requests = i.requests + EXCLUDED.requests,
+           bytes = i.bytes + EXCLUDED.bytes,
+           destinations = sluice_merge(i.destinations, EXCLUDED.destinations),
+           accounts = sluice_merge(i.accounts, EXCLUDED.accounts)",
+        &[
+            &key(|k| &k.0),
+            &key(|k| &k.1),
+            &key(|k| &k.2),
+            &key(|k| &k.3),
+            &key(|k| &k.4),
+            &num(|d| d.first),
+            &num(|d| d.last),
+            &num(|d| d.flows),
+            &num(|d| d.requests),
+            &num(|d| d.bytes),
+            &list(|d| &d.destinations),
+            &list(|d| &d.accounts),
+        ],
+    )
+    .await?;
+    Ok(found)
+}
+
+/// The discoveries of `candidates`: a client known already is seen again (retention keeps
+/// it); the others are stored, unknown ones while their host has had fewer than
+/// [`MAX_UNKNOWN_PER_DAY`] that day. Returns the records stored, by (host, client).
+async fn discover(
+    tx: &Transaction<'_>,
+    mut candidates: BTreeMap<(String, String), Candidate>,
+) -> Result<Vec<Value>, StoreError> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hosts: Vec<&str> = candidates.keys().map(|k| k.0.as_str()).collect();
+    let clients: Vec<&str> = candidates.keys().map(|k| k.1.as_str()).collect();
+    let ts: Vec<i64> = candidates.values().map(|c| c.ts).collect();
+    let known = tx
+        .query(
+            "UPDATE discoveries d SET last_ms = GREATEST(d.last_ms, c.ts)
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(host, client, ts)
+             WHERE d.host = c.host AND d.client = c.client RETURNING d.host, d.client",
+            &[&hosts, &clients, &ts],
+        )
+        .await?;
+    for r in known {
+        candidates.remove(&(r.try_get(0)?, r.try_get(1)?));
+    }
+    // Unknown clients discovered per host in the day before its first new one.
+    let mut since: BTreeMap<&str, i64> = BTreeMap::new();
+    for ((host, _), c) in candidates.iter().filter(|(_, c)| c.unknown) {
+        let t = since.entry(host.as_str()).or_insert(c.ts);
+        *t = (*t).min(c.ts);
+    }
+    let mut today: BTreeMap<String, i64> = BTreeMap::new();
+    if !since.is_empty() {
+        let h: Vec<&str> = since.keys().copied().collect();
+        let t: Vec<i64> = since.values().map(|t| t.saturating_sub(86_400_000)).collect();
+        for r in tx
+            .query(
+                "SELECT c.host, COUNT(d.id) FROM unnest($1::text[], $2::bigint[]) AS c(host, since)
+                 LEFT JOIN discoveries d ON d.host = c.host AND d.client LIKE 'unknown:%'
+                                        AND d.ts_ms >= c.since
+                 GROUP BY c.host",
+                &[&h, &t],
+            )
+            .await?
+        {
+            today.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+    }
+    let mut new: Vec<((String, String), Candidate)> = Vec::new();
+    for (key, c) in candidates {
+        if c.unknown {
+            let n = today.entry(key.0.clone()).or_insert(0);
+            if *n >= MAX_UNKNOWN_PER_DAY {
+                continue;
+            }
+            *n += 1;
+        }
+        new.push((key, c));
+    }
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hosts: Vec<&str> = new.iter().map(|(k, _)| k.0.as_str()).collect();
+    let clients: Vec<&str> = new.iter().map(|(k, _)| k.1.as_str()).collect();
+    let ts: Vec<i64> = new.iter().map(|(_, c)| c.ts).collect();
+    let records: Vec<String> = new.iter().map(|(_, c)| c.record.to_string()).collect();
+    // Another control may have discovered one meanwhile: that one is not ours to say.
+    let stored: HashSet<(String, String)> = tx
+        .query(
+            "INSERT INTO discoveries (ts_ms, last_ms, host, client, record)
+             SELECT t, t, h, c, r FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+                  WITH ORDINALITY AS n(h, c, t, r, ord)
+             ORDER BY ord
+             ON CONFLICT (host, client) DO NOTHING RETURNING host, client",
+            &[&hosts, &clients, &ts, &records],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(new.into_iter().filter(|(k, _)| stored.contains(k)).map(|(_, c)| c.record).collect())
+}
+
+/// Whether a text of `r` holds a NUL, which PostgreSQL's text cannot (a record's JSON text
+/// escapes it; the fields read from it do not).
+fn has_nul(r: &Row<'_>) -> bool {
+    let nul =
+        |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().is_some_and(|v| v.contains('\0'));
+    [
+        &r.identity,
+        &r.user,
+        &r.src,
+        &r.sni,
+        &r.category,
+        &r.verdict,
+        &r.rule,
+        &r.model,
+        &r.quota,
+        &r.app_name,
+        &r.operation,
+        &r.virtual_key,
+    ]
+    .into_iter()
+    .any(nul)
+        || r.findings.iter().any(|(d, _)| d.contains('\0'))
+        || r.app.as_deref().is_some_and(|a| {
+            a.app.contains('\0')
+                || [&a.version, &a.ja4, &a.chatgpt_account, &a.openai_organization, &a.api_key_fp]
+                    .into_iter()
+                    .any(nul)
+                || a.chatgpt_listed.iter().any(|l| l.contains('\0'))
+        })
+        || r.recording.as_deref().is_some_and(|s| {
+            s.id.contains('\0')
+                || [&s.method, &s.path, &s.conversation, &s.previous_response, &s.response]
+                    .into_iter()
+                    .any(nul)
+        })
+}
+
+/// `r` with every NUL in its fields replaced by U+FFFD (the record's text keeps its escape).
+fn scrub<'a>(r: &Row<'a>) -> Row<'a> {
+    fn fix(v: &mut Option<std::borrow::Cow<'_, str>>) {
+        if let Some(s) = v.as_mut().filter(|s| s.contains('\0')) {
+            *s = s.replace('\0', "\u{fffd}").into();
+        }
+    }
+    let mut r = r.clone();
+    for v in [
+        &mut r.identity,
+        &mut r.user,
+        &mut r.src,
+        &mut r.sni,
+        &mut r.category,
+        &mut r.verdict,
+        &mut r.rule,
+        &mut r.model,
+        &mut r.quota,
+        &mut r.app_name,
+        &mut r.operation,
+        &mut r.virtual_key,
+    ] {
+        fix(v);
+    }
+    for (d, _) in &mut r.findings {
+        if d.contains('\0') {
+            *d = d.replace('\0', "\u{fffd}").into();
+        }
+    }
+    if let Some(a) = r.app.as_deref_mut() {
+        let mut app = Some(std::mem::take(&mut a.app));
+        fix(&mut app);
+        a.app = app.unwrap_or_default();
+        for v in [
+            &mut a.version,
+            &mut a.ja4,
+            &mut a.chatgpt_account,
+            &mut a.openai_organization,
+            &mut a.api_key_fp,
+        ] {
+            fix(v);
+        }
+        for l in &mut a.chatgpt_listed {
+            if l.contains('\0') {
+                *l = l.replace('\0', "\u{fffd}").into();
+            }
+        }
+    }
+    if let Some(s) = r.recording.as_deref_mut() {
+        let mut id = Some(std::mem::take(&mut s.id));
+        fix(&mut id);
+        s.id = id.unwrap_or_default();
+        for v in [
+            &mut s.method,
+            &mut s.path,
+            &mut s.conversation,
+            &mut s.previous_response,
+            &mut s.response,
+        ] {
+            fix(v);
+        }
+    }
+    r
+}
