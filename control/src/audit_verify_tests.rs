@@ -1,8 +1,10 @@
-//! Tampering done directly in SQLite, as someone with write access to the stores would, is
-//! found and placed; retention with its checkpoint still verifies.
+//! Tampering done directly in the stores' database, as someone with write access to them
+//! would, is found and placed; retention with its checkpoint still verifies. The record
+//! store's cases run against SQLite and PostgreSQL alike.
 use super::*;
 use crate::chains::chain_name;
 use crate::record::Row;
+use crate::records::RecordStore;
 use crate::rulestore::{RuleLog, RuleStore};
 use crate::store::FlowStore;
 use sluice_audit::{GENESIS, Link, Signer};
@@ -10,9 +12,23 @@ use sluice_audit::{GENESIS, Link, Signer};
 const DP: &str = "dp1";
 
 struct World {
-    flows: FlowStore,
-    rules: RuleStore,
+    flows: Box<dyn RecordStore>,
+    rules: Box<dyn RuleLog>,
     signer: Signer,
+    /// Runs SQL on the record store's database, beside the store.
+    flows_sql: Box<dyn Fn(&str)>,
+    /// Runs SQL on the rule store's database.
+    rules_sql: Box<dyn Fn(&str)>,
+    /// The SQLite files, removed at the end.
+    _dir: Option<TempDir>,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A record line as the data plane's spool writes it, and the link after it.
@@ -25,11 +41,45 @@ fn line(seq: u64, n: u64, prev: Link, kind: &str) -> (String, Link) {
     (text, link)
 }
 
+/// A world on SQLite files (the record store's changed by a connection of its own).
+fn sqlite(n: u64) -> World {
+    static K: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let k = K.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sluice-verify-{}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("flows.db");
+    let flows = Box::new(FlowStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let exec = Box::new(move |q: &str| conn.execute_batch(q).unwrap());
+    let rules = Box::new(RuleStore::open(&dir.join("rules.db")).unwrap());
+    let conn = rusqlite::Connection::open(dir.join("rules.db")).unwrap();
+    let rules_exec = Box::new(move |q: &str| conn.execute_batch(q).unwrap());
+    world(n, flows, rules, [exec, rules_exec], Some(TempDir(dir)))
+}
+
+/// A world on a fresh PostgreSQL schema.
+fn postgres(n: u64) -> World {
+    let cfg = crate::pg::testing::fresh().expect("checked before");
+    let flows = Box::new(crate::pg::records::PgRecordStore::open_with(cfg.clone()).unwrap());
+    let rules = Box::new(crate::pg::rules::PgRuleStore::open_with(cfg.clone()).unwrap());
+    let pg = crate::pg::Pg::connect_with(cfg.clone()).unwrap();
+    let exec = Box::new(move |q: &str| crate::pg::wait(pg.client_ref().batch_execute(q)).unwrap());
+    let pg = crate::pg::Pg::connect_with(cfg).unwrap();
+    let rules_exec =
+        Box::new(move |q: &str| crate::pg::wait(pg.client_ref().batch_execute(q)).unwrap());
+    world(n, flows, rules, [exec, rules_exec], None)
+}
+
 /// Records 1..=`n` of one data plane (every third a request, a statistics record between),
 /// checkpoints at every 10th, control's audit log with a few entries, checkpointed.
-fn world(n: u64) -> World {
-    let mut flows = FlowStore::open_in_memory().unwrap();
-    let mut rules = RuleStore::open_in_memory().unwrap();
+fn world(
+    n: u64,
+    mut flows: Box<dyn RecordStore>,
+    mut rules: Box<dyn RuleLog>,
+    [flows_sql, rules_sql]: [Box<dyn Fn(&str)>; 2],
+    dir: Option<TempDir>,
+) -> World {
     let signer = Signer::from_secret(&[5; 32]);
     let mut prev = GENESIS;
     let mut seq = 0;
@@ -53,12 +103,39 @@ fn world(n: u64) -> World {
     let (cn, head) = rules.chain_head().unwrap().unwrap();
     rules.add_checkpoint(&signer.sign(CONTROL_CHAIN, cn, head, 9_000).unwrap()).unwrap();
     assert!(flows.take_chain_notes().is_empty());
-    World { flows, rules, signer }
+    World { flows, rules, signer, flows_sql, rules_sql, _dir: dir }
 }
 
 fn run(w: &World) -> Verification {
-    verify(w.flows.connection(), &w.rules, &w.signer.public(), &Ask::default()).unwrap()
+    verify(w.flows.view(), &*w.rules, &w.signer.public(), &Ask::default()).unwrap()
 }
+
+/// Each test on either store: `new` makes its worlds.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test] fn $name() { super::$name(&super::sqlite) })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() {
+                if crate::pg::testing::fresh().is_some() {
+                    super::$name(&super::postgres)
+                }
+            })*
+        }
+    };
+}
+
+on_both! {
+    an_untouched_store_verifies, a_changed_field_is_found_at_its_row, a_deleted_row_is_removed,
+    an_inserted_row_is_found, a_truncated_tail_is_removed_up_to_the_head,
+    retention_keeps_a_checkpoint_at_the_cut_and_still_verifies,
+    a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such,
+    an_indexed_column_changed_alone_is_found_and_does_not_fool_retention,
+    a_replaced_checkpoint_signature_is_forged, control_s_own_log_is_a_chain_too,
+}
+
+type New = dyn Fn(u64) -> World;
 
 /// (chain, kind, seq, last_seq) of every finding.
 fn found(v: &Verification) -> Vec<(String, &'static str, u64, Option<u64>)> {
@@ -69,13 +146,12 @@ fn found(v: &Verification) -> Vec<(String, &'static str, u64, Option<u64>)> {
 }
 
 fn sql(w: &World, q: &str) {
-    w.flows.connection().execute_batch(q).unwrap();
+    (w.flows_sql)(q);
 }
 
 const CH: &str = "dp:dp1:0";
 
-#[test]
-fn an_untouched_store_verifies() {
+fn an_untouched_store_verifies(world: &New) {
     let w = world(40);
     let v = run(&w);
     assert!(v.clean, "{:?}", found(&v));
@@ -85,8 +161,7 @@ fn an_untouched_store_verifies() {
     assert_eq!((v.chains[0].records, v.chains[0].checkpoints_matched), (3, 1));
 }
 
-#[test]
-fn a_changed_field_is_found_at_its_row() {
+fn a_changed_field_is_found_at_its_row(world: &New) {
     let w = world(40);
     sql(&w, "UPDATE flows SET record = replace(record, '\"allow\"', '\"block\"') WHERE cn = 7");
     let v = run(&w);
@@ -102,15 +177,13 @@ fn a_changed_field_is_found_at_its_row() {
     assert_eq!(found(&v)[0], (CH.into(), "changed", 9, None));
 }
 
-#[test]
-fn a_deleted_row_is_removed() {
+fn a_deleted_row_is_removed(world: &New) {
     let w = world(40);
     sql(&w, "DELETE FROM requests WHERE cn = 12");
     assert_eq!(found(&run(&w)), [(CH.into(), "removed", 12, Some(12))]);
 }
 
-#[test]
-fn an_inserted_row_is_found() {
+fn an_inserted_row_is_found(world: &New) {
     let w = world(40);
     sql(&w, "INSERT INTO flows (dataplane, seq, ts_ms, record, ce, cn, link)
              SELECT dataplane, seq + 100000, ts_ms, replace(record, '10.20.1.14', '10.20.1.200'), ce, cn, link
@@ -121,9 +194,9 @@ fn an_inserted_row_is_found() {
 
 #[test]
 fn two_swapped_rows_are_reordered() {
-    let w = world(40);
+    let w = sqlite(40);
     // Swap the contents of rows holding positions 4 and 5 (same table): the row ids stay.
-    let c = w.flows.connection();
+    let c = rusqlite::Connection::open(w._dir.as_ref().unwrap().0.join("flows.db")).unwrap();
     let (a, b): (i64, i64) = (
         c.query_row("SELECT id FROM flows WHERE cn = 4", [], |r| r.get(0)).unwrap(),
         c.query_row("SELECT id FROM flows WHERE cn = 5", [], |r| r.get(0)).unwrap(),
@@ -140,40 +213,33 @@ fn two_swapped_rows_are_reordered() {
     assert_eq!(f, [(CH.into(), "reordered", 5, None)]);
 }
 
-#[test]
-fn a_truncated_tail_is_removed_up_to_the_head() {
+fn a_truncated_tail_is_removed_up_to_the_head(world: &New) {
     let w = world(40);
     sql(&w, "DELETE FROM flows WHERE cn > 25; DELETE FROM requests WHERE cn > 25");
     let f = found(&run(&w));
     assert_eq!(f, [(CH.into(), "removed", 26, Some(40))]);
 }
 
-#[test]
-fn a_replaced_checkpoint_signature_is_forged() {
+fn a_replaced_checkpoint_signature_is_forged(world: &New) {
     let w = world(40);
-    w.rules
-        .db()
-        .execute_batch(
-            "UPDATE checkpoints SET line = substr(line, 1, length(line) - 1) ||
-               CASE substr(line, -1) WHEN '0' THEN '1' ELSE '0' END WHERE seq = 20",
-        )
-        .unwrap();
+    (w.rules_sql)(
+        "UPDATE checkpoints SET line = substr(line, 1, length(line) - 1) ||
+           CASE substr(line, length(line), 1) WHEN '0' THEN '1' ELSE '0' END WHERE seq = 20",
+    );
     assert_eq!(found(&run(&w)), [(CH.into(), "forged-checkpoint", 20, None)]);
 }
 
-#[test]
-fn control_s_own_log_is_a_chain_too() {
+fn control_s_own_log_is_a_chain_too(world: &New) {
     let w = world(10);
-    w.rules.db().execute_batch("UPDATE audit SET who = 'someone-else' WHERE n = 2").unwrap();
+    (w.rules_sql)("UPDATE audit SET who = 'someone-else' WHERE n = 2");
     assert_eq!(found(&run(&w)), [("control".into(), "changed", 2, None)]);
     let w = world(10);
-    w.rules.db().execute_batch("DELETE FROM audit WHERE n = 3").unwrap();
+    (w.rules_sql)("DELETE FROM audit WHERE n = 3");
     // The last entry, checkpointed: the tail up to the checkpoint is gone.
     assert_eq!(found(&run(&w)), [("control".into(), "removed", 3, Some(3))]);
 }
 
-#[test]
-fn retention_keeps_a_checkpoint_at_the_cut_and_still_verifies() {
+fn retention_keeps_a_checkpoint_at_the_cut_and_still_verifies(world: &New) {
     let mut w = world(40);
     let cuts = w.flows.retention_cuts(1_000 + 17, u64::MAX).unwrap();
     assert_eq!(cuts.len(), 1);
@@ -193,8 +259,7 @@ fn retention_keeps_a_checkpoint_at_the_cut_and_still_verifies() {
     assert_eq!(found(&run(&w)), [(CH.into(), "removed", 1, Some(16))]);
 }
 
-#[test]
-fn a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such() {
+fn a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such(world: &New) {
     let mut w = world(5);
     // Position 6 claims another record before it: refused, not stored.
     let (bad, bad_link) = line(100, 6, Link([9; 32]), "flow");
@@ -214,8 +279,7 @@ fn a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such() {
     assert!(v.chains[1].findings[0].detail.contains("refused at ingest"));
 }
 
-#[test]
-fn an_indexed_column_changed_alone_is_found_and_does_not_fool_retention() {
+fn an_indexed_column_changed_alone_is_found_and_does_not_fool_retention(world: &New) {
     let mut w = world(40);
     // Made to look old (and to hide from a time window): the record still says otherwise.
     sql(&w, "UPDATE flows SET ts_ms = 0 WHERE cn = 31");

@@ -622,7 +622,14 @@ mod tests {
     use crate::records::RecordStore;
     use crate::store::FlowStore;
 
-    fn ingest(store: &mut FlowStore, dp: &str, recs: &[Value]) -> Vec<Value> {
+    crate::pg::both_stores! {
+        sqlite: crate::store::FlowStore::open_in_memory().unwrap(),
+        postgres: |cfg| crate::pg::records::PgRecordStore::open_with(cfg).unwrap();
+        rows_add_up_and_new_clients_are_discovered_once,
+        unknown_clients_are_discovered_at_most_so_many_a_day, lists_are_bounded,
+    }
+
+    fn ingest(store: &mut dyn RecordStore, dp: &str, recs: &[Value]) -> Vec<Value> {
         let texts: Vec<String> = recs.iter().map(Value::to_string).collect();
         let rows: Vec<Row<'_>> = texts.iter().filter_map(|t| Row::read(t, dp)).collect();
         store.ingest(dp, &rows).unwrap();
@@ -650,9 +657,7 @@ mod tests {
         v
     }
 
-    #[test]
-    fn rows_add_up_and_new_clients_are_discovered_once() {
-        let mut st = FlowStore::open_in_memory().unwrap();
+    fn rows_add_up_and_new_clients_are_discovered_once(mut st: impl RecordStore) {
         let found = ingest(
             &mut st,
             "dp1",
@@ -783,9 +788,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn unknown_clients_are_discovered_at_most_so_many_a_day() {
-        let mut st = FlowStore::open_in_memory().unwrap();
+    fn unknown_clients_are_discovered_at_most_so_many_a_day(mut st: impl RecordStore) {
         let recs: Vec<Value> = (0..40u64)
             .map(|i| {
                 let mut f = flow(i + 1, 1_000 + i, None, "end");
@@ -800,9 +803,7 @@ mod tests {
         assert_eq!((row.app.as_str(), row.flows), ("unknown", 40));
     }
 
-    #[test]
-    fn lists_are_bounded() {
-        let mut st = FlowStore::open_in_memory().unwrap();
+    fn lists_are_bounded(mut st: impl RecordStore) {
         let recs: Vec<Value> = (0..100)
             .map(|i| {
                 let mut r = request(i + 1, 1_000 + i, "curl", "8.0", Some(&format!("acc-{i}")));

@@ -442,6 +442,7 @@ impl FlowStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::RecordStore;
     use serde_json::json;
 
     fn rec(seq: u64, id: &str, extra: serde_json::Value) -> Row<'static> {
@@ -454,9 +455,8 @@ mod tests {
         Row::read_value(v, "dp").unwrap()
     }
 
-    #[test]
-    fn recordings_are_stored_apart_and_threaded_by_their_conversation() {
-        let mut s = FlowStore::open_in_memory().unwrap();
+    /// Recordings are stored apart and threaded by their conversation, on either store.
+    fn threaded(s: &mut dyn RecordStore) {
         let batch = vec![
             rec(1, "rec_a", json!({"response": "resp_1"})),
             rec(2, "rec_b", json!({"previous_response": "resp_1", "response": "resp_2"})),
@@ -467,19 +467,35 @@ mod tests {
         assert_eq!(s.ingest("dp", &batch).unwrap(), vec![true; 5]);
         assert_eq!(s.ingest("dp", &batch[..1]).unwrap(), vec![false], "once");
         assert_eq!(s.count_of(crate::store::Kind::Requests).unwrap(), 0, "not a request record");
-        let thread = |s: &FlowStore, t: &str| {
+        let thread = |s: &dyn RecordStore, t: &str| {
             let f = RecordingFilter { thread: Some(t.into()), ..RecordingFilter::default() };
             s.recordings(&f, 10).unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>()
         };
-        assert_eq!(thread(&s, "rec_a"), ["rec_a", "rec_b", "rec_c"]);
-        assert_eq!(thread(&s, "resp_1"), ["rec_a", "rec_b", "rec_c"], "by its first response");
-        assert_eq!(thread(&s, "resp_3"), ["rec_a", "rec_b", "rec_c"], "or its last");
-        assert_eq!(thread(&s, "chat-9"), ["rec_d", "rec_e"]);
+        assert_eq!(thread(s, "rec_a"), ["rec_a", "rec_b", "rec_c"]);
+        assert_eq!(thread(s, "resp_1"), ["rec_a", "rec_b", "rec_c"], "by its first response");
+        assert_eq!(thread(s, "resp_3"), ["rec_a", "rec_b", "rec_c"], "or its last");
+        assert_eq!(thread(s, "chat-9"), ["rec_d", "rec_e"]);
         // A chat completion starts no chain: its own thread, named by its id.
         let chat = rec(6, "rec_f", json!({"response": "chatcmpl-1"}));
         assert_eq!(s.ingest("dp", &[chat]).unwrap(), vec![true]);
-        assert_eq!(thread(&s, "rec_f"), ["rec_f"]);
-        assert!(thread(&s, "chatcmpl-1").is_empty());
+        assert_eq!(thread(s, "rec_f"), ["rec_f"]);
+        assert!(thread(s, "chatcmpl-1").is_empty());
+        let (meta, sealed) = s.recording("rec_b").unwrap().unwrap();
+        assert_eq!(meta.user.as_deref(), Some("alice@corp"));
+        assert!(sealed.contains("\"data\":\"AAAA\""), "{sealed}");
+        // One control cannot read is skipped, and the batch stored.
+        let bad =
+            Row::read_value(json!({"seq": 9, "type": "recording", "id": "rec_x"}), "dp").unwrap();
+        assert_eq!(s.ingest("dp", &[bad]).unwrap(), vec![false]);
+        assert_eq!(s.last_seq("dp").unwrap(), None, "recordings are found again by their id");
+        assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
+        assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn recordings_are_stored_apart_and_threaded_by_their_conversation() {
+        let mut s = FlowStore::open_in_memory().unwrap();
+        threaded(&mut s);
         // The queries use their indexes (a thread's, a chain's), not a scan of the table.
         let plan = |sql: &str| {
             let mut st = s.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -498,16 +514,12 @@ mod tests {
         ));
         assert!(listed.contains("recordings_threads"), "{listed}");
         assert!(!listed.contains("SCAN recordings"), "{listed}");
-        let (meta, sealed) = s.recording("rec_b").unwrap().unwrap();
-        assert_eq!(meta.user.as_deref(), Some("alice@corp"));
-        assert!(sealed.contains("\"data\":\"AAAA\""), "{sealed}");
-        // One control cannot read is skipped, and the batch stored.
-        let bad =
-            Row::read_value(json!({"seq": 9, "type": "recording", "id": "rec_x"}), "dp").unwrap();
-        assert_eq!(s.ingest("dp", &[bad]).unwrap(), vec![false]);
-        assert_eq!(s.last_seq("dp").unwrap(), None, "recordings are found again by their id");
-        assert_eq!(s.prune_recordings(1_003).unwrap(), 2);
-        assert_eq!(s.recordings(&RecordingFilter::default(), 10).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn recordings_are_stored_apart_and_threaded_by_their_conversation_on_postgres() {
+        let Some(cfg) = crate::pg::testing::fresh() else { return };
+        threaded(&mut crate::pg::records::PgRecordStore::open_with(cfg).unwrap());
     }
 
     #[test]

@@ -448,6 +448,8 @@ async fn write_series(tx: &Transaction<'_>, fresh: &[&Row<'_>]) -> Result<(), St
 
 /// A client first seen in this batch: its first record's time and discovery.
 struct Candidate {
+    /// Its place in the batch (discoveries are said in the records' order).
+    order: usize,
     ts: i64,
     record: Value,
     unknown: bool,
@@ -462,14 +464,20 @@ async fn write_inventory(
 ) -> Result<Vec<Value>, StoreError> {
     let mut deltas = Deltas::default();
     let mut candidates: BTreeMap<(String, String), Candidate> = BTreeMap::new();
-    for r in fresh {
+    for (k, r) in fresh.iter().enumerate() {
         let Some(a) = r.app.as_deref() else { continue };
         let Some(s): Option<Seen<'_>> = seen(r, a) else { continue };
         if let Some(client) = s.client.as_deref() {
             let key = (s.host.to_owned(), client.to_owned());
             if let std::collections::btree_map::Entry::Vacant(e) = candidates.entry(key) {
                 let record = discovery(dataplane, r, a, &s);
-                e.insert(Candidate { ts: big(r.ts_ms), record, unknown: s.app == "unknown" });
+                let order = k;
+                e.insert(Candidate {
+                    order,
+                    ts: big(r.ts_ms),
+                    record,
+                    unknown: s.app == "unknown",
+                });
             }
         }
         deltas.add(&s, r, a);
@@ -606,7 +614,10 @@ async fn discover(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, StoreError>>()?;
-    Ok(new.into_iter().filter(|(k, _)| stored.contains(k)).map(|(_, c)| c.record).collect())
+    let mut found: Vec<Candidate> =
+        new.into_iter().filter(|(k, _)| stored.contains(k)).map(|(_, c)| c).collect();
+    found.sort_by_key(|c| c.order);
+    Ok(found.into_iter().map(|c| c.record).collect())
 }
 
 /// Whether a text of `r` holds a NUL, which PostgreSQL's text cannot (a record's JSON text
