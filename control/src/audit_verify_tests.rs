@@ -16,12 +16,15 @@ struct World {
     rules: Box<dyn RuleLog>,
     signer: Signer,
     /// Runs SQL on the record store's database, beside the store.
-    flows_sql: Box<dyn Fn(&str)>,
+    flows_sql: Sql,
     /// Runs SQL on the rule store's database.
-    rules_sql: Box<dyn Fn(&str)>,
+    rules_sql: Sql,
     /// The SQLite files, removed at the end.
     _dir: Option<TempDir>,
 }
+
+/// Runs SQL on a store's database.
+type Sql = Box<dyn Fn(&str)>;
 
 struct TempDir(std::path::PathBuf);
 
@@ -77,7 +80,7 @@ fn world(
     n: u64,
     mut flows: Box<dyn RecordStore>,
     mut rules: Box<dyn RuleLog>,
-    [flows_sql, rules_sql]: [Box<dyn Fn(&str)>; 2],
+    [flows_sql, rules_sql]: [Sql; 2],
     dir: Option<TempDir>,
 ) -> World {
     let signer = Signer::from_secret(&[5; 32]);
