@@ -16,6 +16,7 @@ use sluice_control::hub::{Hub, SYSLOG_QUEUE};
 use sluice_control::identstore::IdentStore;
 use sluice_control::keystore::KeyStore;
 use sluice_control::pg::identities::PgIdentStore;
+use sluice_control::pg::records::PgRecordStore;
 use sluice_control::pg::rules::PgRuleStore;
 use sluice_control::rulestore::RuleStore;
 use sluice_control::store::FlowStore;
@@ -65,6 +66,11 @@ fn main() -> Result<()> {
         }
         None => (None, None),
     };
+    // On a shared store, one control is active; another waits here as its standby.
+    let active = match &cfg.store {
+        Some(url) => Some(wait_active(url)?),
+        None => None,
+    };
     let stores = Stores {
         rules: match &cfg.store {
             Some(url) => {
@@ -75,9 +81,15 @@ fn main() -> Result<()> {
                     .context("opening the rule store")?,
             ),
         },
-        flows: Box::new(
-            FlowStore::open(&cfg.state_dir.join("flows.db")).context("opening the flow store")?,
-        ),
+        flows: match &cfg.store {
+            Some(url) => Box::new(
+                PgRecordStore::open(url).context("opening the record store on PostgreSQL")?,
+            ),
+            None => Box::new(
+                FlowStore::open(&cfg.state_dir.join("flows.db"))
+                    .context("opening the flow store")?,
+            ),
+        },
         identities: match &cfg.store {
             Some(url) => Box::new(
                 PgIdentStore::open(url).context("opening the identity store on PostgreSQL")?,
@@ -119,6 +131,14 @@ fn main() -> Result<()> {
             .with_audit(audit),
     );
     seed_quotas(&state);
+    if let Some(a) = active {
+        a.watch(std::time::Duration::from_secs(5), || {
+            tracing::error!(
+                "the shared store's lock is lost (its connection failed): stopping, since another control may be active now"
+            );
+            std::process::exit(1);
+        });
+    }
     // Before any thread is spawned, so that all inherit it: control is off the traffic's path
     // and often shares the host with a data plane.
     if let Err(e) = sluice_sched::background() {
@@ -176,6 +196,30 @@ fn main() -> Result<()> {
         serve::serve(listener, tls_cfg, api::router(state)).await?;
         Ok(())
     })
+}
+
+/// Takes the shared store's lock, waiting as a standby while another control holds it
+/// (telling systemd it is up, and alive, meanwhile).
+fn wait_active(url: &str) -> Result<sluice_control::pg::active::Active> {
+    let cfg: tokio_postgres::Config = url.parse().context("store")?;
+    let mut said = false;
+    let active =
+        sluice_control::pg::active::acquire(cfg, std::time::Duration::from_secs(2), || {
+            if !said {
+                tracing::info!(
+                    "standby: another control is active on this store; waiting to take over"
+                );
+                let _ = sluice_sched::notify("READY=1\nSTATUS=standby: another control is active");
+                said = true;
+            }
+            if sluice_sched::watchdog_every().is_some() {
+                let _ = sluice_sched::notify("WATCHDOG=1");
+            }
+        })
+        .context("taking the shared store's lock")?;
+    tracing::info!("active: this control serves the shared store");
+    let _ = sluice_sched::notify("STATUS=active");
+    Ok(active)
 }
 
 /// `READY=1` to systemd once the API serves (a `Type=notify` unit), then `WATCHDOG=1` at half

@@ -87,22 +87,29 @@ impl Pg {
     /// controls starting at once apply each step once.
     pub fn migrate(&mut self, store: &str, steps: &[&str]) -> Result<(), StoreError> {
         wait(async {
-            self.client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (
-                         store TEXT NOT NULL, step INTEGER NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                         PRIMARY KEY (store, step))",
-                )
-                .await
-                .or_else(|e| {
-                    // Two controls creating the table at once: the loser sees a unique
-                    // violation on the catalog; the table is there.
-                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })?;
+            let there: bool = self
+                .client
+                .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+                .await?
+                .try_get(0)?;
+            if !there {
+                self.client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations (
+                             store TEXT NOT NULL, step INTEGER NOT NULL,
+                             at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (store, step))",
+                    )
+                    .await
+                    .or_else(|e| {
+                        // Two controls creating the table at once: the loser sees a unique
+                        // violation on the catalog; the table is there.
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })?;
+            }
             for (i, step) in steps.iter().enumerate() {
                 let n = i32::try_from(i + 1).unwrap_or(i32::MAX);
                 let tx = self.client.transaction().await?;
@@ -194,6 +201,7 @@ pub(crate) mod testing {
     }
 }
 
+pub mod active;
 pub mod identities;
 mod record_store;
 pub mod records;

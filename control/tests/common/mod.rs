@@ -48,6 +48,20 @@ pub fn start_configured(top: &str, extra: &str, env: &[(&str, &str)]) -> Daemon 
     let dir = std::env::temp_dir().join(format!("sluice-control-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let (child, port, log) = spawn_in(&dir, top, extra, env);
+    wait_for(&log, "sluice-control serving", std::time::Duration::from_secs(60))
+        .expect("daemon serving");
+    Daemon { child, port, dir }
+}
+
+/// The daemon with its configuration and state in `dir` (`dir/state`), started: its
+/// process, API port and log lines (drained as they come, so it never blocks on them).
+pub fn spawn_in(
+    dir: &Path,
+    top: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Child, u16, std::sync::mpsc::Receiver<String>) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{top}\n\n[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n[[tokens]]\nname = \"soc\"\nrole = \"analyst\"\nsha256 = \"{}\"\n",
@@ -64,22 +78,33 @@ pub fn start_configured(top: &str, extra: &str, env: &[(&str, &str)]) -> Daemon 
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines.next().expect("daemon exited").unwrap();
-        if line.contains("sluice-control serving") {
-            break;
-        }
-    }
-    // Keep draining the log so the daemon never blocks on it.
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
             if std::env::var_os("SLUICE_TEST_LOG").is_some() {
                 eprintln!("control: {l}");
             }
+            let _ = tx.send(l);
         }
     });
-    Daemon { child, port, dir }
+    (child, port, rx)
+}
+
+/// Waits for a log line containing `what`; `None` if the log ends or `within` passes first.
+pub fn wait_for(
+    log: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    within: std::time::Duration,
+) -> Option<String> {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        match log.recv_timeout(left) {
+            Ok(l) if l.contains(what) => return Some(l),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// `sluicectl ARGS` against the daemon with `token`: (exit code, stdout and stderr).
