@@ -4,6 +4,9 @@
 //! checkpoint every 10,000, ingested ≥ 50 k records/s (the unchained rate, measured in the
 //! same run, is the reference); verifying the chain of all of them takes ≤ 10 s (reading the
 //! rows alone is the reference).
+//! Fleet (issue 21): with `SLUICE_BENCH_POSTGRES` naming a PostgreSQL server (scripts/postgres
+//! starts one), the same suite runs on it, in a fresh schema, after SQLite's, and prints its
+//! rows beside SQLite's with the ratio. Target: ≥ 50 k records/s ingested on PostgreSQL.
 //! Run: `cargo bench -p sluice-control --bench store` (ROWS to change the size, SNIS=N to
 //! send a third of the flows to N other server names).
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -37,7 +40,11 @@ fn remove_store(path: &std::path::Path) {
 
 /// Ingests `rows` records (chained, with a checkpoint every 10,000, when `rules` is given) in
 /// transactions of 5,000; returns records per second.
-fn ingest(store: &mut FlowStore, rows: u64, mut rules: Option<(&mut RuleStore, &Signer)>) -> f64 {
+fn ingest(
+    store: &mut dyn RecordStore,
+    rows: u64,
+    mut rules: Option<(&mut dyn RuleLog, &Signer)>,
+) -> f64 {
     let batch = 5_000u64;
     // What control does is timed: reading each text into a row, storing the batch (making up
     // the records' text is not).
@@ -122,12 +129,12 @@ fn recording(i: u64, plain: usize, key: &str, response: &str) -> String {
 /// Recordings ingested beside the records (issue 16): records/s and MB/s of sealed text, for
 /// chat completions (a thread of their own each) and for Responses API answers (each may be
 /// continued: indexed by its response id, which is random).
-fn recordings(store: &mut FlowStore) {
+fn recordings(store: &mut dyn RecordStore) {
     recordings_of(store, "chat completions", "chatcmpl-", 10_000_000_000);
     recordings_of(store, "Responses API", "resp_", 20_000_000_000);
 }
 
-fn recordings_of(store: &mut FlowStore, what: &str, response: &str, first: u64) {
+fn recordings_of(store: &mut dyn RecordStore, what: &str, response: &str, first: u64) {
     let n: u64 = std::env::var("RECORDINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let plain: usize = std::env::var("PLAIN").ok().and_then(|v| v.parse().ok()).unwrap_or(2_700);
     let key = "A".repeat(352);
@@ -149,43 +156,40 @@ fn recordings_of(store: &mut FlowStore, what: &str, response: &str, first: u64) 
     );
 }
 
-fn main() {
-    let rows: u64 = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let dir = std::env::temp_dir();
-    let pid = std::process::id();
-    // The reference first: the same records without chains.
-    let plain_path = dir.join(format!("sluice-store-bench-plain-{pid}.db"));
-    remove_store(&plain_path);
-    let plain = ingest(&mut FlowStore::open(&plain_path).unwrap(), rows, None);
-    remove_store(&plain_path);
-    let path = dir.join(format!("sluice-store-bench-{pid}.db"));
-    let rules_path = dir.join(format!("sluice-store-bench-rules-{pid}.db"));
-    remove_store(&path);
-    remove_store(&rules_path);
-    let mut store = FlowStore::open(&path).unwrap();
-    let mut rules = RuleStore::open(&rules_path).unwrap();
+/// What one store measured.
+struct Measured {
+    plain: f64,
+    chained: f64,
+    verify: f64,
+    read: f64,
+    queries: Vec<(String, f64, f64)>,
+}
+
+/// The suite on one store: `plain` takes the unchained reference, `store` and `rules` the
+/// chained records; `read` reads the rows alone (verification's reference).
+fn suite(
+    label: &str,
+    plain: &mut dyn RecordStore,
+    store: &mut dyn RecordStore,
+    rules: &mut dyn RuleLog,
+    read: &dyn Fn() -> usize,
+    rows: u64,
+) -> Measured {
+    let plain_rate = ingest(plain, rows, None);
     let signer = Signer::from_secret(&[3; 32]);
-    let rate = ingest(&mut store, rows, Some((&mut rules, &signer)));
+    let rate = ingest(store, rows, Some((rules, &signer)));
     println!(
-        "ingest: {rows} records, batches of 5000: unchained {plain:.0} records/s; chained with a checkpoint every 10000 {rate:.0} records/s ({:.2}x)",
-        rate / plain
+        "{label}: ingest: {rows} records, batches of 5000: unchained {plain_rate:.0} records/s; chained with a checkpoint every 10000 {rate:.0} records/s ({:.2}x)",
+        rate / plain_rate
     );
     // Verification of the whole chain, against reading the rows alone.
-    let conn = rusqlite::Connection::open(&path).unwrap();
     let t = Instant::now();
-    let mut bytes = 0usize;
-    {
-        let mut st = conn.prepare("SELECT id, cn, link, record FROM flows ORDER BY id").unwrap();
-        let mut q = st.query([]).unwrap();
-        while let Some(r) = q.next().unwrap() {
-            bytes += r.get_ref(3).unwrap().as_str().unwrap().len();
-        }
-    }
-    let read = t.elapsed().as_secs_f64();
+    let bytes = read();
+    let read_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let v = sluice_control::audit_verify::verify(
-        &conn,
-        &rules,
+        store.view(),
+        rules,
         &signer.public(),
         &sluice_control::audit_verify::Ask::default(),
     )
@@ -193,15 +197,12 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     assert!(v.clean && v.chains[1].records == rows, "the bench's chain verifies whole");
     println!(
-        "verify: {rows} records ({} MB) in {secs:.2} s, {} checkpoints matched; reading the rows alone {read:.2} s ({:.2}x)",
+        "{label}: verify: {rows} records ({} MB) in {secs:.2} s, {} checkpoints matched; reading the rows alone {read_secs:.2} s ({:.2}x)",
         bytes >> 20,
         v.chains[1].checkpoints_matched,
-        secs / read
+        secs / read_secs
     );
-    drop(conn);
-
-    recordings(&mut store);
-
+    recordings(store);
     let filters: Vec<(&str, FlowFilter)> = vec![
         ("newest page, no filter", FlowFilter::default()),
         ("identity", FlowFilter { identity: Some("finance".into()), ..Default::default() }),
@@ -229,6 +230,7 @@ fn main() {
             },
         ),
     ];
+    let mut queries = Vec::new();
     for (name, f) in &filters {
         let mut times: Vec<f64> = Vec::new();
         let mut cursor = None;
@@ -240,12 +242,79 @@ fn main() {
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "query {name:<24} p50 {:>7.2} ms   p99 {:>7.2} ms   (200 pages of 100)",
+            "{label}: query {name:<24} p50 {:>7.2} ms   p99 {:>7.2} ms   (200 pages of 100)",
             times[100], times[197]
         );
+        queries.push((name.to_string(), times[100], times[197]));
     }
-    drop(store);
-    drop(rules);
-    remove_store(&path);
-    remove_store(&rules_path);
+    Measured { plain: plain_rate, chained: rate, verify: secs, read: read_secs, queries }
+}
+
+fn main() {
+    let rows: u64 = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let plain_path = dir.join(format!("sluice-store-bench-plain-{pid}.db"));
+    let path = dir.join(format!("sluice-store-bench-{pid}.db"));
+    let rules_path = dir.join(format!("sluice-store-bench-rules-{pid}.db"));
+    for p in [&plain_path, &path, &rules_path] {
+        remove_store(p);
+    }
+    let read = || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut bytes = 0usize;
+        let mut st = conn.prepare("SELECT id, cn, link, record FROM flows ORDER BY id").unwrap();
+        let mut q = st.query([]).unwrap();
+        while let Some(r) = q.next().unwrap() {
+            bytes += r.get_ref(3).unwrap().as_str().unwrap().len();
+        }
+        bytes
+    };
+    let sqlite = suite(
+        "sqlite",
+        &mut FlowStore::open(&plain_path).unwrap(),
+        &mut FlowStore::open(&path).unwrap(),
+        &mut RuleStore::open(&rules_path).unwrap(),
+        &read,
+        rows,
+    );
+    for p in [&plain_path, &path, &rules_path] {
+        remove_store(p);
+    }
+    let Ok(url) = std::env::var("SLUICE_BENCH_POSTGRES") else {
+        println!("(SLUICE_BENCH_POSTGRES unset: no PostgreSQL rows)");
+        return;
+    };
+    use sluice_control::pg::{records::PgRecordStore, rules::PgRuleStore};
+    let (plain_url, plain_schema) = sluice_control::pg::fresh_schema(&url, "bench_plain").unwrap();
+    let (chained_url, schema) = sluice_control::pg::fresh_schema(&url, "bench").unwrap();
+    let read = || {
+        let pg = sluice_control::pg::Pg::connect(&chained_url).unwrap();
+        sluice_control::pg::count_record_bytes(&pg).unwrap()
+    };
+    let pg = suite(
+        "postgres",
+        &mut PgRecordStore::open(&plain_url).unwrap(),
+        &mut PgRecordStore::open(&chained_url).unwrap(),
+        &mut PgRuleStore::open(&chained_url).unwrap(),
+        &read,
+        rows,
+    );
+    println!(
+        "postgres / sqlite: ingest unchained {:.2}x, chained {:.2}x; verify {:.2}x (reading alone {:.2}x)",
+        pg.plain / sqlite.plain,
+        pg.chained / sqlite.chained,
+        pg.verify / sqlite.verify,
+        pg.read / sqlite.read
+    );
+    for ((name, p50, p99), (_, s50, s99)) in pg.queries.iter().zip(&sqlite.queries) {
+        println!(
+            "postgres / sqlite: query {name:<24} p50 {:.2}x   p99 {:.2}x",
+            p50 / s50,
+            p99 / s99
+        );
+    }
+    for s in [&plain_schema, &schema] {
+        sluice_control::pg::drop_schema(&url, s).unwrap();
+    }
 }

@@ -21,23 +21,7 @@ fn fresh_store() -> Option<String> {
              and export what it prints (or set it to `skip`)"
         ),
     };
-    let schema = format!(
-        "daemon_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    );
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(conn);
-        c.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-    });
-    Some(if url.contains("://") {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}options=-csearch_path%3D{schema}")
-    } else {
-        format!("{url} options='-csearch_path={schema}'")
-    })
+    Some(sluice_control::pg::fresh_schema(&url, "daemon").unwrap().0)
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

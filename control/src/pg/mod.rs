@@ -136,6 +136,54 @@ impl Pg {
     }
 }
 
+/// A new, empty schema `PREFIX_PID_NANOS` on the server `url` names, for tests and benches:
+/// the connection string that works in it (`search_path` set), and its name.
+pub fn fresh_schema(url: &str, prefix: &str) -> Result<(String, String), StoreError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let schema = format!("{prefix}_{}_{n}_{nanos}", std::process::id());
+    let pg = Pg::connect(url)?;
+    wait(pg.client_ref().batch_execute(&format!("CREATE SCHEMA {schema}")))?;
+    let url = if url.contains("://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options=-csearch_path%3D{schema}")
+    } else {
+        format!("{url} options='-csearch_path={schema}'")
+    };
+    Ok((url, schema))
+}
+
+/// Drops a schema [`fresh_schema`] made, with what is in it.
+pub fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    let pg = Pg::connect(url)?;
+    wait(pg.client_ref().batch_execute(&format!("DROP SCHEMA {schema} CASCADE")))?;
+    Ok(())
+}
+
+/// Reads every flow row's chain columns and record in storage order, as verification does,
+/// and returns the records' bytes (the benches' reference for verification).
+pub fn count_record_bytes(pg: &Pg) -> Result<usize, StoreError> {
+    use futures_util::StreamExt;
+    wait(async {
+        let rows = pg
+            .client_ref()
+            .query_raw(
+                "SELECT id, cn, link, record FROM flows ORDER BY id",
+                std::iter::empty::<i64>(),
+            )
+            .await?;
+        let mut rows = Box::pin(rows);
+        let mut bytes = 0;
+        while let Some(r) = rows.next().await {
+            bytes += r?.try_get::<_, &str>(3)?.len();
+        }
+        Ok(bytes)
+    })
+}
+
 /// `v` as PostgreSQL's BIGINT (saturating).
 pub(crate) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -169,8 +217,6 @@ pub(crate) mod testing {
     //! starts one; `scripts/postgres start DIR` by hand). Without it the PostgreSQL variant
     //! of a store test fails, unless the variable says `skip`.
 
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use tokio_postgres::Config;
 
     /// The configuration of a new, empty schema, or `None` when told to skip.
@@ -186,17 +232,8 @@ pub(crate) mod testing {
                  and export what it prints (or set it to `skip`)"
             ),
         };
-        static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let schema =
-            format!("t_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let mut pg = super::Pg::connect(&url).expect("SLUICE_TEST_POSTGRES connects");
-        super::wait(pg.client().batch_execute(&format!("CREATE SCHEMA {schema}")))
-            .expect("create a test schema");
-        let mut cfg: Config = url.parse().expect("SLUICE_TEST_POSTGRES parses");
-        cfg.options(format!("-c search_path={schema}"));
+        let (url, _) = super::fresh_schema(&url, "t").expect("a test schema");
+        let cfg: Config = url.parse().expect("SLUICE_TEST_POSTGRES parses");
         Some(cfg)
     }
 }
