@@ -120,7 +120,7 @@ impl Known {
         self.rows_bytes = 0;
     }
 
-    fn client_written(&mut self, host: &str, client: &str, ts: u64) {
+    pub(crate) fn client_written(&mut self, host: &str, client: &str, ts: u64) {
         if self.clients_len >= MAX_KNOWN {
             self.clients.clear();
             self.clients_len = 0;
@@ -135,7 +135,7 @@ impl Known {
 
     /// Whether the client's discovery has a `last_ms` recent enough for `ts` (then `ts` is
     /// remembered as seen).
-    fn client_fresh(&mut self, host: &str, client: &str, ts: u64) -> bool {
+    pub(crate) fn client_fresh(&mut self, host: &str, client: &str, ts: u64) -> bool {
         match self.clients.get_mut(host).and_then(|c| c.get_mut(client)) {
             Some((written, seen)) if ts <= written.saturating_add(LAST_SEEN_SLACK_MS) => {
                 *seen = (*seen).max(ts);
@@ -143,6 +143,16 @@ impl Known {
             }
             _ => false,
         }
+    }
+
+    /// The clients seen since their discovery's `last_ms` was written: host, client, seen.
+    pub(crate) fn seen_since_written(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.clients.iter().flat_map(|(host, clients)| {
+            clients
+                .iter()
+                .filter(|(_, (written, seen))| seen > written)
+                .map(move |(client, (_, seen))| (host.as_str(), client.as_str(), *seen))
+        })
     }
 
     /// Writes the times clients were seen since their discovery's `last_ms` was written

@@ -37,6 +37,10 @@ pub struct Pg {
     client: Client,
     /// How it connected (another connection to the same database: [`Pg::another`]).
     cfg: Config,
+    /// A second connection in the same snapshot, once [`crate::records::EvidenceView::hold_snapshot`]
+    /// made one: a walk reads its two tables at once, one on each (one connection answers
+    /// one query at a time).
+    pub(crate) beside: Option<Box<Pg>>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -64,7 +68,7 @@ impl Pg {
                 tracing::error!("PostgreSQL connection: {e}");
             }
         });
-        Ok(Pg { client, cfg })
+        Ok(Pg { client, cfg, beside: None })
     }
 
     /// Another connection to the same database (a reader beside the writer).
@@ -113,7 +117,11 @@ impl Pg {
             for (i, step) in steps.iter().enumerate() {
                 let n = i32::try_from(i + 1).unwrap_or(i32::MAX);
                 let tx = self.client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice-migrate'))", &[]).await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('sluice-migrate:' || current_schema()))",
+                    &[],
+                )
+                .await?;
                 let done = tx
                     .query_opt(
                         "SELECT 1 FROM schema_migrations WHERE store = $1 AND step = $2",

@@ -19,7 +19,7 @@ use tokio_postgres::Transaction;
 use super::{Pg, big, wait};
 use crate::chains::{Admit, Head, admit};
 use crate::chainstore::{ChainNote, chain_note, refused};
-use crate::inventory::{Deltas, MAX_UNKNOWN_PER_DAY, Seen, discovery, seen};
+use crate::inventory::{Deltas, Known, MAX_UNKNOWN_PER_DAY, Seen, discovery, seen};
 use crate::record::{Chain, RecordKind, Row};
 use crate::store::StoreError;
 
@@ -45,12 +45,14 @@ CREATE INDEX flows_src ON flows (src, id);
 CREATE INDEX flows_user ON flows (\"user\", id) WHERE \"user\" IS NOT NULL;
 CREATE INDEX flows_identity ON flows (identity, id);
 CREATE INDEX flows_sni ON flows (sni, id);
+CREATE INDEX flows_rule ON flows (rule, id);
 CREATE INDEX flows_chain ON flows (dataplane, ce, cn) WHERE cn IS NOT NULL;
 CREATE INDEX requests_ts ON requests USING BRIN (ts_ms);
 CREATE INDEX requests_src ON requests (src, id);
 CREATE INDEX requests_user ON requests (\"user\", id) WHERE \"user\" IS NOT NULL;
 CREATE INDEX requests_identity ON requests (identity, id);
 CREATE INDEX requests_sni ON requests (sni, id);
+CREATE INDEX requests_rule ON requests (rule, id);
 CREATE INDEX requests_chain ON requests (dataplane, ce, cn) WHERE cn IS NOT NULL;
 CREATE TABLE chain_heads (
     dataplane TEXT PRIMARY KEY, epoch BIGINT NOT NULL, n BIGINT NOT NULL, link BYTEA NOT NULL);
@@ -64,14 +66,15 @@ CREATE TABLE inventory (
     first_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL,
     flows BIGINT NOT NULL, requests BIGINT NOT NULL, bytes BIGINT NOT NULL,
     destinations TEXT[] NOT NULL, accounts TEXT[] NOT NULL,
-    PRIMARY KEY (host, identity, \"user\", app, version));
-CREATE INDEX inventory_app ON inventory (app, last_ms);
+    PRIMARY KEY (host, identity, \"user\", app, version))
+    WITH (fillfactor = 70);
+-- (app) alone: an update that moves last_ms stays a heap-only one.
+CREATE INDEX inventory_app ON inventory (app);
 CREATE TABLE discoveries (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ts_ms BIGINT NOT NULL, last_ms BIGINT NOT NULL,
     host TEXT NOT NULL, client TEXT NOT NULL, record TEXT NOT NULL,
     UNIQUE (host, client));
-CREATE INDEX discoveries_host ON discoveries (host, ts_ms);
 CREATE TABLE recordings (
     id TEXT PRIMARY KEY, dataplane TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
     identity TEXT, \"user\" TEXT, src TEXT, sni TEXT, method TEXT, path TEXT, rule TEXT,
@@ -102,6 +105,10 @@ pub struct PgRecordStore {
     pub(super) notes: Vec<ChainNote>,
     /// Discovery records made since the last `take_discovered`.
     pub(super) discovered: Vec<Value>,
+    /// The clients whose discoveries this control wrote lately: a client seen again within
+    /// the slack of its `last_ms` is not written again until retention (which writes what
+    /// is pending first) or the slack passes. Cleared when a batch fails or retention runs.
+    pub(super) known: Known,
 }
 
 impl PgRecordStore {
@@ -117,7 +124,7 @@ impl PgRecordStore {
 
     fn with(mut pg: Pg) -> Result<Self, StoreError> {
         pg.migrate("records", MIGRATIONS)?;
-        Ok(PgRecordStore { pg, notes: Vec::new(), discovered: Vec::new() })
+        Ok(PgRecordStore { pg, notes: Vec::new(), discovered: Vec::new(), known: Known::default() })
     }
 
     /// Stores a batch (see [`crate::records::RecordStore::ingest`]), once more if two
@@ -138,7 +145,12 @@ impl PgRecordStore {
         loop {
             attempt += 1;
             let mut out = Ingested::default();
-            match wait(ingest(self.pg.client(), dataplane, rows, &mut out)) {
+            let result = wait(ingest(self.pg.client(), dataplane, rows, &mut out, &mut self.known));
+            if result.is_err() {
+                // What the failed transaction wrote of discoveries is not there.
+                self.known.clear();
+            }
+            match result {
                 Ok(()) => {
                     self.notes.extend(out.notes);
                     self.discovered.extend(out.discovered);
@@ -232,16 +244,21 @@ const UNNEST: &str = "$2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::te
                       $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
                       $14::text[], $15::bigint[], $16::bigint[], $17::bytea[]";
 
-/// Inserts one table's rows; returns the sequence numbers stored.
+/// Inserts one table's rows; returns the sequence numbers stored, or `None` when all
+/// were: with `fresh` (no row can be one stored already: the batch's numbers are all above
+/// the data plane's highest stored, each once), a plain insert, without the speculative
+/// insertion `ON CONFLICT` costs per row.
 async fn insert(
     tx: &Transaction<'_>,
     dataplane: &str,
     table: &str,
     c: &Columns<'_>,
-) -> Result<HashSet<i64>, StoreError> {
+    fresh: bool,
+) -> Result<Option<HashSet<i64>>, StoreError> {
     if c.row.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Some(HashSet::new()));
     }
+    let tail = if fresh { "" } else { "ON CONFLICT (dataplane, seq) DO NOTHING RETURNING seq" };
     let t = &c.text;
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
         &dataplane, &c.seq, &c.ts, &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7], &t[8],
@@ -264,8 +281,7 @@ async fn insert(
                          $22::bigint[], $23::bigint[])
                   WITH ORDINALITY AS b(s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l, d, m, q,
                                        x, y, z, ord)
-             ORDER BY ord
-             ON CONFLICT (dataplane, seq) DO NOTHING RETURNING seq"
+             ORDER BY ord {tail}"
         )
     } else {
         format!(
@@ -273,12 +289,15 @@ async fn insert(
              SELECT $1, s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l
              FROM unnest({UNNEST})
                   WITH ORDINALITY AS b(s, t, i, u, c, n, g, v, r, a, o, k, j, e, p, l, ord)
-             ORDER BY ord
-             ON CONFLICT (dataplane, seq) DO NOTHING RETURNING seq"
+             ORDER BY ord {tail}"
         )
     };
+    if fresh {
+        tx.execute(&sql, &params).await?;
+        return Ok(None);
+    }
     let rows = tx.query(&sql, &params).await?;
-    rows.iter().map(|r| Ok(r.try_get::<_, i64>(0)?)).collect()
+    rows.iter().map(|r| Ok(r.try_get::<_, i64>(0)?)).collect::<Result<_, _>>().map(Some)
 }
 
 /// One batch, in one transaction.
@@ -287,10 +306,11 @@ async fn ingest(
     dataplane: &str,
     rows: &[Row<'_>],
     out: &mut Ingested,
+    known: &mut Known,
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('sluice-ingest:' || $1, 0))",
+        "SELECT pg_advisory_xact_lock(hashtextextended('sluice-ingest:' || current_schema() || ':' || $1, 0))",
         &[&dataplane],
     )
     .await?;
@@ -361,11 +381,28 @@ async fn ingest(
         notes.sort_by_key(|(k, _)| *k);
     }
     out.fresh = vec![false; rows.len()];
+    // A batch after what is stored, each number once (a data plane's batches as sent): no
+    // row can conflict. A replay after a reconnect takes the checked way.
+    let highest: Option<i64> = tx
+        .query_one(
+            "SELECT GREATEST((SELECT MAX(seq) FROM flows WHERE dataplane = $1),
+                             (SELECT MAX(seq) FROM requests WHERE dataplane = $1))",
+            &[&dataplane],
+        )
+        .await?
+        .try_get(0)?;
+    let mut seqs = HashSet::with_capacity(flows.seq.len() + requests.seq.len());
+    let fresh = flows.seq.iter().chain(&requests.seq).all(|s| seqs.insert(*s))
+        && seqs.iter().min().is_none_or(|m| highest.is_none_or(|h| *m > h));
     for (table, c) in [("flows", &flows), ("requests", &requests)] {
-        let mut stored = insert(&tx, dataplane, table, c).await?;
-        for (&k, seq) in c.row.iter().zip(&c.seq) {
-            // A sequence number twice in one batch is stored once: the first.
-            out.fresh[k] = stored.remove(seq);
+        match insert(&tx, dataplane, table, c, fresh).await? {
+            None => c.row.iter().for_each(|&k| out.fresh[k] = true),
+            Some(mut stored) => {
+                for (&k, seq) in c.row.iter().zip(&c.seq) {
+                    // A sequence number twice in one batch is stored once: the first.
+                    out.fresh[k] = stored.remove(seq);
+                }
+            }
         }
     }
     for (k, r) in rows.iter().enumerate() {
@@ -376,7 +413,7 @@ async fn ingest(
     let fresh: Vec<&Row<'_>> =
         rows.iter().zip(&out.fresh).filter(|(_, f)| **f).map(|(r, _)| r).collect();
     write_series(&tx, &fresh).await?;
-    out.discovered = write_inventory(&tx, dataplane, &fresh).await?;
+    out.discovered = write_inventory(&tx, dataplane, &fresh, known).await?;
     if let Some(h) = head.filter(|_| head != before) {
         tx.execute(
             "INSERT INTO chain_heads (dataplane, epoch, n, link) VALUES ($1, $2, $3, $4)
@@ -461,13 +498,16 @@ async fn write_inventory(
     tx: &Transaction<'_>,
     dataplane: &str,
     fresh: &[&Row<'_>],
+    known: &mut Known,
 ) -> Result<Vec<Value>, StoreError> {
     let mut deltas = Deltas::default();
     let mut candidates: BTreeMap<(String, String), Candidate> = BTreeMap::new();
     for (k, r) in fresh.iter().enumerate() {
         let Some(a) = r.app.as_deref() else { continue };
         let Some(s): Option<Seen<'_>> = seen(r, a) else { continue };
-        if let Some(client) = s.client.as_deref() {
+        if let Some(client) = s.client.as_deref()
+            && !known.client_fresh(s.host, client, r.ts_ms)
+        {
             let key = (s.host.to_owned(), client.to_owned());
             if let std::collections::btree_map::Entry::Vacant(e) = candidates.entry(key) {
                 let record = discovery(dataplane, r, a, &s);
@@ -482,7 +522,7 @@ async fn write_inventory(
         }
         deltas.add(&s, r, a);
     }
-    let found = discover(tx, candidates).await?;
+    let found = discover(tx, candidates, known).await?;
     let mut rows: Vec<_> = deltas.into_rows().collect();
     if rows.is_empty() {
         return Ok(found);
@@ -499,6 +539,15 @@ async fn write_inventory(
             .map(|(_, d)| serde_json::to_string(f(d)).unwrap_or_else(|_| "[]".into()))
             .collect::<Vec<String>>()
     };
+    let a = (key(|k| &k.0), key(|k| &k.1), key(|k| &k.2), key(|k| &k.3), key(|k| &k.4));
+    let b = (
+        num(|d| d.first),
+        num(|d| d.last),
+        num(|d| d.flows),
+        num(|d| d.requests),
+        num(|d| d.bytes),
+    );
+    let c = (list(|d| &d.destinations), list(|d| &d.accounts));
     tx.execute(
         "INSERT INTO inventory AS i (host, identity, \"user\", app, version, first_ms, last_ms,
                                      flows, requests, bytes, destinations, accounts)
@@ -514,22 +563,11 @@ async fn write_inventory(
            last_ms = GREATEST(i.last_ms, EXCLUDED.last_ms),
            flows = i.flows + EXCLUDED.flows, requests = i.requests + EXCLUDED.requests,
            bytes = i.bytes + EXCLUDED.bytes,
-           destinations = sluice_merge(i.destinations, EXCLUDED.destinations),
-           accounts = sluice_merge(i.accounts, EXCLUDED.accounts)",
-        &[
-            &key(|k| &k.0),
-            &key(|k| &k.1),
-            &key(|k| &k.2),
-            &key(|k| &k.3),
-            &key(|k| &k.4),
-            &num(|d| d.first),
-            &num(|d| d.last),
-            &num(|d| d.flows),
-            &num(|d| d.requests),
-            &num(|d| d.bytes),
-            &list(|d| &d.destinations),
-            &list(|d| &d.accounts),
-        ],
+           destinations = CASE WHEN EXCLUDED.destinations <@ i.destinations THEN i.destinations
+                               ELSE sluice_merge(i.destinations, EXCLUDED.destinations) END,
+           accounts = CASE WHEN EXCLUDED.accounts <@ i.accounts THEN i.accounts
+                           ELSE sluice_merge(i.accounts, EXCLUDED.accounts) END",
+        &[&a.0, &a.1, &a.2, &a.3, &a.4, &b.0, &b.1, &b.2, &b.3, &b.4, &c.0, &c.1],
     )
     .await?;
     Ok(found)
@@ -541,6 +579,7 @@ async fn write_inventory(
 async fn discover(
     tx: &Transaction<'_>,
     mut candidates: BTreeMap<(String, String), Candidate>,
+    known: &mut Known,
 ) -> Result<Vec<Value>, StoreError> {
     if candidates.is_empty() {
         return Ok(Vec::new());
@@ -548,7 +587,7 @@ async fn discover(
     let hosts: Vec<&str> = candidates.keys().map(|k| k.0.as_str()).collect();
     let clients: Vec<&str> = candidates.keys().map(|k| k.1.as_str()).collect();
     let ts: Vec<i64> = candidates.values().map(|c| c.ts).collect();
-    let known = tx
+    let seen_again = tx
         .query(
             "UPDATE discoveries d SET last_ms = GREATEST(d.last_ms, c.ts)
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(host, client, ts)
@@ -556,8 +595,11 @@ async fn discover(
             &[&hosts, &clients, &ts],
         )
         .await?;
-    for r in known {
-        candidates.remove(&(r.try_get(0)?, r.try_get(1)?));
+    for r in seen_again {
+        let key: (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        if let Some(c) = candidates.remove(&key) {
+            known.client_written(&key.0, &key.1, c.ts.unsigned_abs());
+        }
     }
     // Unknown clients discovered per host in the day before its first new one.
     let mut since: BTreeMap<&str, i64> = BTreeMap::new();
@@ -614,8 +656,13 @@ async fn discover(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, StoreError>>()?;
-    let mut found: Vec<Candidate> =
-        new.into_iter().filter(|(k, _)| stored.contains(k)).map(|(_, c)| c).collect();
+    let mut found: Vec<Candidate> = Vec::new();
+    for (k, c) in new {
+        if stored.contains(&k) {
+            known.client_written(&k.0, &k.1, c.ts.unsigned_abs());
+            found.push(c);
+        }
+    }
     found.sort_by_key(|c| c.order);
     Ok(found.into_iter().map(|c| c.record).collect())
 }

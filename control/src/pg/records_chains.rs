@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use sluice_audit::Link;
 use tokio_postgres::types::ToSql;
 
@@ -148,8 +148,28 @@ impl PgRecordStore {
         max_rows: u64,
         cuts: &[Cut],
     ) -> Result<u64, StoreError> {
+        // What this control saw of clients since it last wrote their discoveries is written
+        // first (their discoveries stay), and forgotten with the rows retention drops.
+        let seen: Vec<(String, String, i64)> = self
+            .known
+            .seen_since_written()
+            .map(|(h, c, t)| (h.to_owned(), c.to_owned(), big(t)))
+            .collect();
+        self.known.clear();
         wait(async {
             let tx = self.pg.client().transaction().await?;
+            if !seen.is_empty() {
+                let h: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+                let c: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
+                let t: Vec<i64> = seen.iter().map(|s| s.2).collect();
+                tx.execute(
+                    "UPDATE discoveries d SET last_ms = GREATEST(d.last_ms, s.t)
+                     FROM unnest($1::text[], $2::text[], $3::bigint[]) AS s(h, c, t)
+                     WHERE d.host = s.h AND d.client = s.c",
+                    &[&h, &c, &t],
+                )
+                .await?;
+            }
             let mut n = 0;
             for c in cuts {
                 for t in TABLES {
@@ -221,6 +241,15 @@ impl EvidenceView for Pg {
         wait(self.client_ref().batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1 FROM chain_heads LIMIT 1",
         ))?;
+        // The second connection reads in the same snapshot (as pg_dump's workers do).
+        let id: String =
+            wait(self.client_ref().query_one("SELECT pg_export_snapshot()", &[]))?.try_get(0)?;
+        let beside = self.another()?;
+        wait(beside.client_ref().batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            id.replace('\'', "")
+        )))?;
+        self.beside = Some(Box::new(beside));
         Ok(())
     }
 
@@ -266,22 +295,28 @@ impl EvidenceView for Pg {
                  FROM {t} WHERE dataplane = $1 AND ce = $2 AND cn > $3 ORDER BY id"
             )
         };
-        let c = self.client_ref();
+        // Each table streamed by row id on a connection of its own (the snapshot's second
+        // one; without a snapshot, one made for the walk), the two merged by position.
+        let made;
+        let beside = match &self.beside {
+            Some(b) => b,
+            None => {
+                made = self.another()?;
+                &made
+            }
+        };
         let (epoch, after) = (big(epoch), big(after));
         let args: [&(dyn ToSql + Sync); 3] = [&dataplane, &epoch, &after];
         wait(async {
-            let a = c.query_raw(&sql("flows"), args).await?;
-            let b = c.query_raw(&sql("requests"), args).await?;
-            let mut a = Box::pin(
-                a.map_err(StoreError::from)
-                    .and_then(|r| async move { chain_row('f', &r) })
-                    .peekable(),
-            );
-            let mut b = Box::pin(
-                b.map_err(StoreError::from)
-                    .and_then(|r| async move { chain_row('r', &r) })
-                    .peekable(),
-            );
+            let a = self.client_ref().query_raw(&sql("flows"), args).await?;
+            let b = beside.client_ref().query_raw(&sql("requests"), args).await?;
+            let read = |t: char| {
+                move |r: Result<tokio_postgres::Row, tokio_postgres::Error>| {
+                    std::future::ready(r.map_err(StoreError::from).and_then(|r| chain_row(t, &r)))
+                }
+            };
+            let mut a = Box::pin(a.then(read('f')).peekable());
+            let mut b = Box::pin(b.then(read('r')).peekable());
             loop {
                 let take_a = match (a.as_mut().peek().await, b.as_mut().peek().await) {
                     (None, None) => break,
@@ -355,16 +390,25 @@ impl EvidenceView for Pg {
         until_ms: i64,
         f: &mut dyn FnMut(&Recording, &str) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        let rows = wait(self.client_ref().query(
-            &format!(
-                "SELECT {COLUMNS}, sealed FROM recordings WHERE ts_ms >= $1 AND ts_ms < $2
-                 ORDER BY ts_ms, id"
-            ),
-            &[&since_ms, &until_ms],
-        ))?;
-        for r in rows {
-            f(&recording_of(&r)?, r.try_get::<_, &str>(13)?)?;
-        }
+        let c = self.client_ref();
+        wait(async {
+            let args: [&(dyn ToSql + Sync); 2] = [&since_ms, &until_ms];
+            let rows = c
+                .query_raw(
+                    &format!(
+                        "SELECT {COLUMNS}, sealed FROM recordings WHERE ts_ms >= $1 AND ts_ms < $2
+                         ORDER BY ts_ms, id"
+                    ),
+                    args,
+                )
+                .await?;
+            let mut rows = Box::pin(rows);
+            while let Some(r) = rows.next().await {
+                let r = r?;
+                f(&recording_of(&r)?, r.try_get::<_, &str>(13)?)?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
         Ok(())
     }
 }

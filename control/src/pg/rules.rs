@@ -126,7 +126,7 @@ impl RuleLog for PgRuleStore {
     fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError> {
         let v = wait(async {
             let tx = self.pg.client().transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice-rule-versions'))", &[])
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice-rule-versions:' || current_schema()))", &[])
                 .await?;
             let row = tx
                 .query_one(
