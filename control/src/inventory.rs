@@ -798,6 +798,41 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// On PostgreSQL, counts pending in a control that stops are counted by the next one to
+    /// write (itself restarted, or the standby that takes over), once.
+    #[test]
+    fn counts_pending_are_counted_by_the_next_writer_once_on_postgres() {
+        let Some(cfg) = crate::pg::testing::fresh() else { return };
+        let open = || crate::pg::records::PgRecordStore::open_with(cfg.clone()).unwrap();
+        let sdk = InventoryFilter { app: Some("openai-python".into()), ..Default::default() };
+        let mut st = open();
+        for seq in 1..=3 {
+            ingest(&mut st, "dp1", &[request(seq, 1_000 * seq, "openai-python", "3.57.0", None)]);
+        }
+        // Reading writes what is pending.
+        assert_eq!(st.inventory(&sdk).unwrap()[0].requests, 3);
+        ingest(&mut st, "dp1", &[request(4, 4_000, "openai-python", "3.57.0", Some("acc-9"))]);
+        ingest(&mut st, "dp1", &[request(5, 5_000, "openai-python", "3.57.0", None)]);
+        // Gone with two pending; another control writes next: it counts them from the records.
+        drop(st);
+        let mut next = open();
+        let row = &next.inventory(&sdk).unwrap()[0];
+        assert_eq!((row.requests, row.last_seen_ms), (5, 5_000));
+        assert!(row.accounts.contains(&"chatgpt:acc-9".to_owned()), "{:?}", row.accounts);
+        // Once: another start counts nothing again; new records are counted on.
+        drop(next);
+        let mut again = open();
+        ingest(&mut again, "dp1", &[request(6, 6_000, "openai-python", "3.57.0", None)]);
+        assert_eq!(again.inventory(&sdk).unwrap()[0].requests, 6);
+        // Retention writes what is pending first; the row, seen since the cut, stays.
+        ingest(&mut again, "dp1", &[request(7, 7_000, "openai-python", "3.57.0", None)]);
+        again.prune(6_500, u64::MAX).unwrap();
+        assert_eq!(again.inventory(&sdk).unwrap()[0].requests, 7);
+        // And a later start counts nothing twice after it.
+        drop(again);
+        assert_eq!(open().inventory(&sdk).unwrap()[0].requests, 7);
+    }
+
     fn unknown_clients_are_discovered_at_most_so_many_a_day(mut st: impl RecordStore) {
         let recs: Vec<Value> = (0..40u64)
             .map(|i| {

@@ -251,5 +251,6 @@ pub mod identities;
 mod record_store;
 pub mod records;
 mod records_chains;
+mod records_inventory;
 mod records_read;
 pub mod rules;

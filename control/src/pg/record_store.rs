@@ -60,14 +60,15 @@ impl RecordStore for PgRecordStore {
         self.series_of(since_ms, until_ms, step_min)
     }
     fn inventory(&mut self, f: &InventoryFilter) -> Result<Vec<InventoryRow>, StoreError> {
+        self.flush_inventory()?;
         self.inventory_rows(f)
     }
     fn hosts_per_app(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.flush_inventory()?;
         self.hosts_by_app()
     }
     fn write_inventory(&mut self) -> Result<(), StoreError> {
-        // Each ingest writes its counts in its own transaction: nothing waits in memory.
-        Ok(())
+        self.flush_inventory()
     }
     fn discoveries(&self, since_ms: u64, limit: usize) -> Result<Vec<Value>, StoreError> {
         self.discoveries_since(since_ms, limit)

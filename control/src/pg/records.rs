@@ -10,20 +10,22 @@
 //! the discoveries are upserted from arrays in sorted order, so that two controls' batches
 //! lock shared rows in one order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::Value;
 use sluice_audit::Link;
 use tokio_postgres::Transaction;
 
+use super::records_inventory::Pending;
 use super::{Pg, big, wait};
 use crate::chains::{Admit, Head, admit};
 use crate::chainstore::{ChainNote, chain_note, refused};
-use crate::inventory::{Deltas, Known, MAX_UNKNOWN_PER_DAY, Seen, discovery, seen};
+use crate::inventory::Known;
 use crate::record::{Chain, RecordKind, Row};
 use crate::store::StoreError;
 
-pub(super) const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE flows (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     dataplane TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
@@ -95,7 +97,13 @@ CREATE FUNCTION sluice_record_ts(record TEXT) RETURNS NUMERIC
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN json_typeof(record::json -> 'ts_ms') = 'number'
                 THEN (record::json ->> 'ts_ms')::numeric END $$;
-"];
+",
+    "
+-- The inventory's mark: per record table, the last id its rows count
+-- (`records_inventory.rs`).
+CREATE TABLE inventory_applied (tbl TEXT PRIMARY KEY, upto BIGINT NOT NULL);
+",
+];
 
 /// The record store on PostgreSQL.
 #[derive(Debug)]
@@ -109,6 +117,8 @@ pub struct PgRecordStore {
     /// the slack of its `last_ms` is not written again until retention (which writes what
     /// is pending first) or the slack passes. Cleared when a batch fails or retention runs.
     pub(super) known: Known,
+    /// The inventory's counts not yet written.
+    pub(super) pending: Pending,
 }
 
 impl PgRecordStore {
@@ -124,7 +134,29 @@ impl PgRecordStore {
 
     fn with(mut pg: Pg) -> Result<Self, StoreError> {
         pg.migrate("records", MIGRATIONS)?;
-        Ok(PgRecordStore { pg, notes: Vec::new(), discovered: Vec::new(), known: Known::default() })
+        Ok(PgRecordStore {
+            pg,
+            notes: Vec::new(),
+            discovered: Vec::new(),
+            known: Known::default(),
+            pending: Pending::default(),
+        })
+    }
+
+    /// Writes the inventory's pending counts (before it is read), in a transaction of its
+    /// own.
+    pub(super) fn flush_inventory(&mut self) -> Result<(), StoreError> {
+        let pending = &mut self.pending;
+        let result = wait(async {
+            let tx = self.pg.client().transaction().await?;
+            pending.write(&tx).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        });
+        if result.is_err() {
+            self.pending.lost();
+        }
+        result
     }
 
     /// Stores a batch (see [`crate::records::RecordStore::ingest`]), once more if two
@@ -145,10 +177,12 @@ impl PgRecordStore {
         loop {
             attempt += 1;
             let mut out = Ingested::default();
-            let result = wait(ingest(self.pg.client(), dataplane, rows, &mut out, &mut self.known));
+            let mut state = (&mut self.known, &mut self.pending);
+            let result = wait(ingest(self.pg.client(), dataplane, rows, &mut out, &mut state));
             if result.is_err() {
-                // What the failed transaction wrote of discoveries is not there.
+                // What the failed transaction wrote of discoveries and counts is not there.
                 self.known.clear();
+                self.pending.lost();
             }
             match result {
                 Ok(()) => {
@@ -306,7 +340,7 @@ async fn ingest(
     dataplane: &str,
     rows: &[Row<'_>],
     out: &mut Ingested,
-    known: &mut Known,
+    (known, pending): &mut (&mut Known, &mut Pending),
 ) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     tx.execute(
@@ -314,6 +348,7 @@ async fn ingest(
         &[&dataplane],
     )
     .await?;
+    pending.sync(&tx).await?;
     let mut head = load_head(&tx, dataplane).await?;
     let before = head;
     // Where each record goes; notes by the record they are about.
@@ -413,7 +448,10 @@ async fn ingest(
     let fresh: Vec<&Row<'_>> =
         rows.iter().zip(&out.fresh).filter(|(_, f)| **f).map(|(r, _)| r).collect();
     write_series(&tx, &fresh).await?;
-    out.discovered = write_inventory(&tx, dataplane, &fresh, known).await?;
+    out.discovered = pending.observe(&tx, dataplane, &fresh, known).await?;
+    if pending.due(std::time::Instant::now()) {
+        pending.write(&tx).await?;
+    }
     if let Some(h) = head.filter(|_| head != before) {
         tx.execute(
             "INSERT INTO chain_heads (dataplane, epoch, n, link) VALUES ($1, $2, $3, $4)
@@ -481,190 +519,6 @@ async fn write_series(tx: &Transaction<'_>, fresh: &[&Row<'_>]) -> Result<(), St
     )
     .await?;
     Ok(())
-}
-
-/// A client first seen in this batch: its first record's time and discovery.
-struct Candidate {
-    /// Its place in the batch (discoveries are said in the records' order).
-    order: usize,
-    ts: i64,
-    record: Value,
-    unknown: bool,
-}
-
-/// Counts the new rows into the inventory and makes the discoveries of clients seen for
-/// the first time (unknown ones at most so many a day per host); returns those made.
-async fn write_inventory(
-    tx: &Transaction<'_>,
-    dataplane: &str,
-    fresh: &[&Row<'_>],
-    known: &mut Known,
-) -> Result<Vec<Value>, StoreError> {
-    let mut deltas = Deltas::default();
-    let mut candidates: BTreeMap<(String, String), Candidate> = BTreeMap::new();
-    for (k, r) in fresh.iter().enumerate() {
-        let Some(a) = r.app.as_deref() else { continue };
-        let Some(s): Option<Seen<'_>> = seen(r, a) else { continue };
-        if let Some(client) = s.client.as_deref()
-            && !known.client_fresh(s.host, client, r.ts_ms)
-        {
-            let key = (s.host.to_owned(), client.to_owned());
-            if let std::collections::btree_map::Entry::Vacant(e) = candidates.entry(key) {
-                let record = discovery(dataplane, r, a, &s);
-                let order = k;
-                e.insert(Candidate {
-                    order,
-                    ts: big(r.ts_ms),
-                    record,
-                    unknown: s.app == "unknown",
-                });
-            }
-        }
-        deltas.add(&s, r, a);
-    }
-    let found = discover(tx, candidates, known).await?;
-    let mut rows: Vec<_> = deltas.into_rows().collect();
-    if rows.is_empty() {
-        return Ok(found);
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    let key = |f: fn(&crate::inventory::Key) -> &String| -> Vec<&str> {
-        rows.iter().map(|(k, _)| f(k).as_str()).collect()
-    };
-    let num = |f: fn(&crate::inventory::Delta) -> u64| -> Vec<i64> {
-        rows.iter().map(|(_, d)| big(f(d))).collect()
-    };
-    let list = |f: fn(&crate::inventory::Delta) -> &std::collections::BTreeSet<String>| {
-        rows.iter()
-            .map(|(_, d)| serde_json::to_string(f(d)).unwrap_or_else(|_| "[]".into()))
-            .collect::<Vec<String>>()
-    };
-    let a = (key(|k| &k.0), key(|k| &k.1), key(|k| &k.2), key(|k| &k.3), key(|k| &k.4));
-    let b = (
-        num(|d| d.first),
-        num(|d| d.last),
-        num(|d| d.flows),
-        num(|d| d.requests),
-        num(|d| d.bytes),
-    );
-    let c = (list(|d| &d.destinations), list(|d| &d.accounts));
-    tx.execute(
-        "INSERT INTO inventory AS i (host, identity, \"user\", app, version, first_ms, last_ms,
-                                     flows, requests, bytes, destinations, accounts)
-         SELECT h, id, u, a, v, f, l, fl, rq, b,
-                ARRAY(SELECT json_array_elements_text(d::json)),
-                ARRAY(SELECT json_array_elements_text(ac::json))
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[],
-                     $12::text[]) WITH ORDINALITY AS t(h, id, u, a, v, f, l, fl, rq, b, d, ac, ord)
-         ORDER BY ord
-         ON CONFLICT (host, identity, \"user\", app, version) DO UPDATE SET
-           first_ms = LEAST(i.first_ms, EXCLUDED.first_ms),
-           last_ms = GREATEST(i.last_ms, EXCLUDED.last_ms),
-           flows = i.flows + EXCLUDED.flows, requests = i.requests + EXCLUDED.requests,
-           bytes = i.bytes + EXCLUDED.bytes,
-           destinations = CASE WHEN EXCLUDED.destinations <@ i.destinations THEN i.destinations
-                               ELSE sluice_merge(i.destinations, EXCLUDED.destinations) END,
-           accounts = CASE WHEN EXCLUDED.accounts <@ i.accounts THEN i.accounts
-                           ELSE sluice_merge(i.accounts, EXCLUDED.accounts) END",
-        &[&a.0, &a.1, &a.2, &a.3, &a.4, &b.0, &b.1, &b.2, &b.3, &b.4, &c.0, &c.1],
-    )
-    .await?;
-    Ok(found)
-}
-
-/// The discoveries of `candidates`: a client known already is seen again (retention keeps
-/// it); the others are stored, unknown ones while their host has had fewer than
-/// [`MAX_UNKNOWN_PER_DAY`] that day. Returns the records stored, by (host, client).
-async fn discover(
-    tx: &Transaction<'_>,
-    mut candidates: BTreeMap<(String, String), Candidate>,
-    known: &mut Known,
-) -> Result<Vec<Value>, StoreError> {
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let hosts: Vec<&str> = candidates.keys().map(|k| k.0.as_str()).collect();
-    let clients: Vec<&str> = candidates.keys().map(|k| k.1.as_str()).collect();
-    let ts: Vec<i64> = candidates.values().map(|c| c.ts).collect();
-    let seen_again = tx
-        .query(
-            "UPDATE discoveries d SET last_ms = GREATEST(d.last_ms, c.ts)
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(host, client, ts)
-             WHERE d.host = c.host AND d.client = c.client RETURNING d.host, d.client",
-            &[&hosts, &clients, &ts],
-        )
-        .await?;
-    for r in seen_again {
-        let key: (String, String) = (r.try_get(0)?, r.try_get(1)?);
-        if let Some(c) = candidates.remove(&key) {
-            known.client_written(&key.0, &key.1, c.ts.unsigned_abs());
-        }
-    }
-    // Unknown clients discovered per host in the day before its first new one.
-    let mut since: BTreeMap<&str, i64> = BTreeMap::new();
-    for ((host, _), c) in candidates.iter().filter(|(_, c)| c.unknown) {
-        let t = since.entry(host.as_str()).or_insert(c.ts);
-        *t = (*t).min(c.ts);
-    }
-    let mut today: BTreeMap<String, i64> = BTreeMap::new();
-    if !since.is_empty() {
-        let h: Vec<&str> = since.keys().copied().collect();
-        let t: Vec<i64> = since.values().map(|t| t.saturating_sub(86_400_000)).collect();
-        for r in tx
-            .query(
-                "SELECT c.host, COUNT(d.id) FROM unnest($1::text[], $2::bigint[]) AS c(host, since)
-                 LEFT JOIN discoveries d ON d.host = c.host AND d.client LIKE 'unknown:%'
-                                        AND d.ts_ms >= c.since
-                 GROUP BY c.host",
-                &[&h, &t],
-            )
-            .await?
-        {
-            today.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-    }
-    let mut new: Vec<((String, String), Candidate)> = Vec::new();
-    for (key, c) in candidates {
-        if c.unknown {
-            let n = today.entry(key.0.clone()).or_insert(0);
-            if *n >= MAX_UNKNOWN_PER_DAY {
-                continue;
-            }
-            *n += 1;
-        }
-        new.push((key, c));
-    }
-    if new.is_empty() {
-        return Ok(Vec::new());
-    }
-    let hosts: Vec<&str> = new.iter().map(|(k, _)| k.0.as_str()).collect();
-    let clients: Vec<&str> = new.iter().map(|(k, _)| k.1.as_str()).collect();
-    let ts: Vec<i64> = new.iter().map(|(_, c)| c.ts).collect();
-    let records: Vec<String> = new.iter().map(|(_, c)| c.record.to_string()).collect();
-    // Another control may have discovered one meanwhile: that one is not ours to say.
-    let stored: HashSet<(String, String)> = tx
-        .query(
-            "INSERT INTO discoveries (ts_ms, last_ms, host, client, record)
-             SELECT t, t, h, c, r FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
-                  WITH ORDINALITY AS n(h, c, t, r, ord)
-             ORDER BY ord
-             ON CONFLICT (host, client) DO NOTHING RETURNING host, client",
-            &[&hosts, &clients, &ts, &records],
-        )
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, StoreError>>()?;
-    let mut found: Vec<Candidate> = Vec::new();
-    for (k, c) in new {
-        if stored.contains(&k) {
-            known.client_written(&k.0, &k.1, c.ts.unsigned_abs());
-            found.push(c);
-        }
-    }
-    found.sort_by_key(|c| c.order);
-    Ok(found.into_iter().map(|c| c.record).collect())
 }
 
 /// Whether a text of `r` holds a NUL, which PostgreSQL's text cannot (a record's JSON text

@@ -156,8 +156,11 @@ impl PgRecordStore {
             .map(|(h, c, t)| (h.to_owned(), c.to_owned(), big(t)))
             .collect();
         self.known.clear();
-        wait(async {
+        let pending = &mut self.pending;
+        let result = wait(async {
             let tx = self.pg.client().transaction().await?;
+            // The inventory counts everything stored before records go.
+            pending.write(&tx).await?;
             if !seen.is_empty() {
                 let h: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
                 let c: Vec<&str> = seen.iter().map(|s| s.1.as_str()).collect();
@@ -208,9 +211,14 @@ impl PgRecordStore {
             n += tx
                 .execute("DELETE FROM discoveries WHERE last_ms < $1", &[&big(older_than_ms)])
                 .await?;
+            super::records_inventory::mark(&tx).await?;
             tx.commit().await?;
             Ok(n)
-        })
+        });
+        if result.is_err() {
+            self.pending.lost();
+        }
+        result
     }
 }
 
