@@ -20,7 +20,7 @@ crate::pg::both_stores! {
     ingest_dedup_filters_and_pages, requests_have_their_table_and_detector_filter,
     usage_adds_up_tokens_per_key_since_a_time, prune_by_age_and_size,
     counts_per_minute_follow_ingest_replay_and_retention, texts_with_nul_are_stored,
-    filters_by_app_operation_user_and_source,
+    filters_by_app_operation_user_and_source, a_record_twice_in_a_batch_is_stored_once,
 }
 
 fn rec(i: u64) -> Value {
@@ -275,4 +275,55 @@ fn filters_by_app_operation_user_and_source(mut s: impl RecordStore) {
     );
     let q = s.quota_records(0).unwrap();
     assert!(q.is_empty(), "{q:?}");
+}
+
+/// On PostgreSQL, a NUL in a chained record's fields (stored as U+FFFD: its text cannot hold
+/// one) stops neither counting the inventory again from the records nor retention.
+#[test]
+fn a_nul_stops_neither_recounting_nor_retention_on_postgres() {
+    let Some(cfg) = crate::pg::testing::fresh() else { return };
+    let open = || crate::pg::records::PgRecordStore::open_with(cfg.clone()).unwrap();
+    let mut prev = sluice_audit::GENESIS;
+    let mut texts = Vec::new();
+    for n in 1..=4u64 {
+        let text = format!(
+            "{{\"seq\":{n},\"chain\":{n},\"prev\":\"{prev}\",\"type\":\"request\",\"ts_ms\":{},\"src\":\"10.0.0.1\\u0000x\",\"app\":\"curl\",\"sni\":\"a\\u0000.example\",\"verdict\":\"allow\"}}",
+            1_000 + n
+        );
+        prev = sluice_audit::link(&prev, n, text.as_bytes());
+        texts.push(text);
+    }
+    let mut s = open();
+    let rows: Vec<Row<'_>> = texts.iter().map(|t| Row::read(t, "dp").unwrap()).collect();
+    assert_eq!(s.ingest("dp", &rows).unwrap(), vec![true; 4]);
+    assert!(s.take_chain_notes().is_empty());
+    // Gone with the counts pending: the next store counts them from the records.
+    drop(s);
+    let mut s = open();
+    let inv = s.inventory(&crate::inventory::InventoryFilter::default()).unwrap();
+    assert_eq!((inv.len(), inv[0].requests, inv[0].host.as_str()), (1, 4, "10.0.0.1\u{fffd}x"));
+    // Retention reads the records' own times.
+    let cuts = s.retention_cuts(1_003, u64::MAX).unwrap();
+    assert_eq!(cuts.iter().map(|c| c.n).collect::<Vec<_>>(), [2]);
+    s.prune_at(1_003, u64::MAX, &cuts).unwrap();
+    assert_eq!(s.count_of(Kind::Requests).unwrap(), 2);
+}
+
+/// A chained record sent twice in one batch is stored once, and is not a refusal.
+fn a_record_twice_in_a_batch_is_stored_once(mut s: impl RecordStore) {
+    let mut prev = sluice_audit::GENESIS;
+    let mut texts = Vec::new();
+    for n in 1..=2u64 {
+        let text = format!(
+            "{{\"seq\":{n},\"chain\":{n},\"prev\":\"{prev}\",\"type\":\"flow\",\"ts_ms\":5,\"verdict\":\"allow\"}}"
+        );
+        prev = sluice_audit::link(&prev, n, text.as_bytes());
+        texts.push(text);
+    }
+    texts.push(texts[1].clone());
+    let rows: Vec<Row<'_>> = texts.iter().map(|t| Row::read(t, "dp").unwrap()).collect();
+    assert_eq!(s.ingest("dp", &rows).unwrap(), [true, true, false]);
+    let notes = s.take_chain_notes();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(s.count().unwrap(), 2);
 }

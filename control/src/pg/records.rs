@@ -93,15 +93,24 @@ LANGUAGE sql IMMUTABLE AS $$
                        UNION ALL SELECT x, 1 FROM unnest(new) x WHERE NOT x = ANY(old)) t
         ORDER BY o, x LIMIT 32) END $$;
 -- A record's own ts_ms, when it is a number (retention believes a row's age only then).
-CREATE FUNCTION sluice_record_ts(record TEXT) RETURNS NUMERIC
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN json_typeof(record::json -> 'ts_ms') = 'number'
-                THEN (record::json ->> 'ts_ms')::numeric END $$;
+-- NULL for a record PostgreSQL's json cannot read (one with an escaped NUL); at most
+-- BIGINT's largest.
+CREATE FUNCTION sluice_record_ts(record TEXT) RETURNS BIGINT
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN CASE WHEN json_typeof(record::json -> 'ts_ms') = 'number'
+                THEN LEAST((record::json ->> 'ts_ms')::numeric, 9223372036854775807)::bigint END;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$;
 ",
     "
 -- The inventory's mark: per record table, the last id its rows count
 -- (`records_inventory.rs`).
 CREATE TABLE inventory_applied (tbl TEXT PRIMARY KEY, upto BIGINT NOT NULL);
+-- A store of the first step wrote its rows with every ingest: they count what is stored.
+INSERT INTO inventory_applied SELECT 'flows', COALESCE(MAX(id), 0) FROM flows;
+INSERT INTO inventory_applied SELECT 'requests', COALESCE(MAX(id), 0) FROM requests;
 ",
 ];
 
@@ -354,6 +363,8 @@ async fn ingest(
     // Where each record goes; notes by the record they are about.
     let mut notes: Vec<(usize, ChainNote)> = Vec::new();
     let mut taken: Vec<usize> = Vec::new();
+    // What this batch placed: a record twice in it is its copy, as one stored already is.
+    let mut placed: HashSet<(bool, u64)> = HashSet::new();
     let (mut flows, mut requests) = (Columns::default(), Columns::default());
     for (k, r) in rows.iter().enumerate() {
         if !matches!(r.kind, RecordKind::Flow | RecordKind::Request) {
@@ -368,7 +379,9 @@ async fn ingest(
                 Place::Chain { epoch, n, link }
             }
             Admit::Taken => {
-                taken.push(k);
+                if !placed.contains(&(r.kind == RecordKind::Flow, r.seq)) {
+                    taken.push(k);
+                }
                 Place::Nowhere
             }
             Admit::Refuse(why) => {
@@ -380,6 +393,9 @@ async fn ingest(
                 Place::Nowhere
             }
         };
+        if !matches!(place, Place::Nowhere) {
+            placed.insert((r.kind == RecordKind::Flow, r.seq));
+        }
         let chain = match place {
             Place::Plain => None,
             Place::Chain { epoch, n, link } => Some((epoch, n, link)),
@@ -523,7 +539,7 @@ async fn write_series(tx: &Transaction<'_>, fresh: &[&Row<'_>]) -> Result<(), St
 
 /// Whether a text of `r` holds a NUL, which PostgreSQL's text cannot (a record's JSON text
 /// escapes it; the fields read from it do not).
-fn has_nul(r: &Row<'_>) -> bool {
+pub(super) fn has_nul(r: &Row<'_>) -> bool {
     let nul =
         |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().is_some_and(|v| v.contains('\0'));
     [
@@ -559,7 +575,7 @@ fn has_nul(r: &Row<'_>) -> bool {
 }
 
 /// `r` with every NUL in its fields replaced by U+FFFD (the record's text keeps its escape).
-fn scrub<'a>(r: &Row<'a>) -> Row<'a> {
+pub(super) fn scrub<'a>(r: &Row<'a>) -> Row<'a> {
     fn fix(v: &mut Option<std::borrow::Cow<'_, str>>) {
         if let Some(s) = v.as_mut().filter(|s| s.contains('\0')) {
             *s = s.replace('\0', "\u{fffd}").into();

@@ -124,7 +124,7 @@ impl PgRecordStore {
         for t in TABLES {
             let row = wait(self.pg.client_ref().query_opt(
                 &format!(
-                    "SELECT link, sluice_record_ts(record)::bigint FROM {t}
+                    "SELECT link, sluice_record_ts(record) FROM {t}
                      WHERE dataplane = $1 AND ce = $2 AND cn = $3"
                 ),
                 &[&dataplane, &big(epoch), &big(n)],

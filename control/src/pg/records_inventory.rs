@@ -114,8 +114,13 @@ async fn catch_up(tx: &Transaction<'_>) -> Result<(), StoreError> {
                 .iter()
                 .map(|r| Ok((r.try_get(1)?, r.try_get(2)?)))
                 .collect::<Result<_, StoreError>>()?;
-            let rows: Vec<Row<'_>> =
-                texts.iter().filter_map(|(dp, text)| Row::read(text, dp)).collect();
+            // As ingest stored them: a NUL in a field, which PostgreSQL's text cannot hold,
+            // as U+FFFD.
+            let rows: Vec<Row<'_>> = texts
+                .iter()
+                .filter_map(|(dp, text)| Row::read(text, dp))
+                .map(|r| if super::records::has_nul(&r) { super::records::scrub(&r) } else { r })
+                .collect();
             let mut deltas = Deltas::default();
             for r in &rows {
                 if let Some(a) = r.app.as_deref()
