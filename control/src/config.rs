@@ -144,6 +144,20 @@ pub enum ConfigError {
     },
 }
 
+/// What toml says of an error, without its quote of the line when that line is `store`'s
+/// (a connection string may hold a password).
+fn without_store_line(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.to_string() };
+    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    if line.trim_start().starts_with("store") {
+        let n = text[..start].matches('\n').count() + 1;
+        format!("line {n} (the store's connection string, not quoted here): {}", e.message())
+    } else {
+        e.to_string()
+    }
+}
+
 impl Config {
     /// The data-plane socket's path.
     pub fn socket(&self) -> PathBuf {
@@ -159,8 +173,10 @@ impl Config {
 
     /// Parses and checks configuration text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: without_store_line(text, &e),
+        })?;
         let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
         for (i, t) in c.tokens.iter().enumerate() {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -186,11 +202,43 @@ impl Config {
             return Err(invalid(p));
         }
         if let Some(store) = &c.store {
+            // (The connection string is not repeated: it may hold a password.)
             // The text is not repeated: it may hold a password.
             if let Err(e) = store.parse::<tokio_postgres::Config>() {
                 return Err(invalid(format!("store: not a PostgreSQL connection string: {e}")));
             }
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "[[tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n";
+
+    fn parse(top: &str) -> Result<Config, ConfigError> {
+        let text = format!("listen = \"127.0.0.1:8443\"\nstate_dir = \"/tmp/x\"\n{top}\n{TOKEN}");
+        Config::parse(Path::new("control.toml"), &text)
+    }
+
+    #[test]
+    fn a_store_s_password_is_never_in_an_error() {
+        assert!(parse("store = \"postgres://sluice:hunter2@db/sluice\"").is_ok());
+        // A TOML syntax error on its line (a backslash), and a string that is no connection
+        // string: the error says where, not what.
+        for top in [
+            "store = \"postgres://sluice:hunter2\\q@db/sluice\"",
+            "store = \"host=db password=hunter2 sslmode=bogus\"",
+            "store = \"postgres://sluice:hunter2@db/sluice?sslmode=bogus\"",
+        ] {
+            let e = parse(top).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("store") || e.contains("line 3"), "{e}");
+        }
+        // Other syntax errors keep toml's quote of the line.
+        let e = parse("bogus = = 1").unwrap_err().to_string();
+        assert!(e.contains("bogus = = 1"), "{e}");
     }
 }

@@ -66,6 +66,11 @@ fn main() -> Result<()> {
         }
         None => (None, None),
     };
+    // Before any thread is spawned, so that all inherit it (the PostgreSQL runtime's too): control is off the traffic's path
+    // and often shares the host with a data plane.
+    if let Err(e) = sluice_sched::background() {
+        tracing::warn!("control is not (wholly) background work: {e}");
+    }
     // On a shared store, one control is active; another waits here as its standby.
     let active = match &cfg.store {
         Some(url) => Some(wait_active(url)?),
@@ -138,11 +143,6 @@ fn main() -> Result<()> {
             );
             std::process::exit(1);
         });
-    }
-    // Before any thread is spawned, so that all inherit it: control is off the traffic's path
-    // and often shares the host with a data plane.
-    if let Err(e) = sluice_sched::background() {
-        tracing::warn!("control is not (wholly) background work: {e}");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
