@@ -86,6 +86,8 @@ pub trait IdentityStore: std::fmt::Debug + Send {
     fn expire(&mut self, now: u64) -> Result<usize, StoreError>;
     /// Every entry, by address.
     fn all(&mut self) -> Result<Vec<Identity>, StoreError>;
+    /// Whether the store answers (the watchdog's check).
+    fn alive(&self) -> bool;
 }
 
 /// The store in SQLite.
@@ -149,6 +151,10 @@ impl IdentityStore for IdentStore {
             "DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= ?1",
             [now],
         )?)
+    }
+
+    fn alive(&self) -> bool {
+        self.db.execute_batch("SELECT 1").is_ok()
     }
 
     fn all(&mut self) -> Result<Vec<Identity>, StoreError> {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::{ADMIN, ANALYST, Daemon, FakeDataplane, call, json, rules, sluicectl};
 
-/// A connection string for a fresh schema on the test server, or `None` when told to skip.
-fn fresh_store() -> Option<String> {
+/// A connection string for a fresh schema on the test server and the schema's name, or
+/// `None` when told to skip.
+fn fresh_store() -> Option<(String, String)> {
     let url = match std::env::var("SLUICE_TEST_POSTGRES") {
         Ok(u) if u == "skip" => return None,
         Ok(u) => u,
@@ -21,7 +22,7 @@ fn fresh_store() -> Option<String> {
              and export what it prints (or set it to `skip`)"
         ),
     };
-    Some(sluice_control::pg::fresh_schema(&url, "daemon").unwrap().0)
+    Some(sluice_control::pg::fresh_schema(&url, "daemon").unwrap())
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -39,7 +40,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[test]
 fn a_standby_control_takes_over_the_shared_store_with_everything_the_active_one_stored() {
-    let Some(store) = fresh_store() else { return };
+    let Some((store, _)) = fresh_store() else { return };
     let top = format!("store = \"{}\"", store.replace('\\', "\\\\").replace('"', "\\\""));
     let a = common::start_configured(&top, "", &[]);
 
@@ -133,4 +134,61 @@ fn a_standby_control_takes_over_the_shared_store_with_everything_the_active_one_
     }
     assert_eq!(stored(&b), 25);
     let _ = b.child.kill();
+}
+
+/// Runs `sql` on the test server as the test's user.
+fn admin_sql(sql: &str) -> Vec<tokio_postgres::Row> {
+    let url = std::env::var("SLUICE_TEST_POSTGRES").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.query(sql, &[]).await.unwrap()
+    })
+}
+
+/// An active control whose lock's session ends (killed, or its path to the server gone) stops
+/// at once, and the standby takes over; it writes nothing meanwhile (its writes are fenced).
+#[test]
+fn an_active_control_that_loses_its_lock_stops_and_the_standby_takes_over() {
+    let Some((store, schema)) = fresh_store() else { return };
+    let top = format!("store = \"{}\"", store.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut a = common::start_configured(&top, "", &[]);
+    let b_dir =
+        std::env::temp_dir().join(format!("sluice-control-standby2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&b_dir);
+    copy_dir(&a.dir.join("state"), &b_dir.join("state"));
+    let _ = std::fs::remove_file(b_dir.join("state/dataplane.sock"));
+    let (child, port, log) = common::spawn_in(&b_dir, &top, "", &[]);
+    let b = Daemon { child, port, dir: b_dir };
+    assert!(common::wait_for(&log, "standby", Duration::from_secs(20)).is_some());
+
+    // The lock's session, found by its key, is ended from the server's side.
+    let lock = format!(
+        "SELECT pid FROM pg_locks, (SELECT hashtextextended('sluice-control-active:{schema}', 0) AS k) l
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1
+           AND classid = ((l.k >> 32) & 4294967295)::oid AND objid = (l.k & 4294967295)::oid"
+    );
+    let holders = admin_sql(&lock);
+    assert_eq!(holders.len(), 1, "A holds the lock");
+    let pid: i32 = holders[0].get(0);
+    // (The test's role owns A's sessions: it may end them.)
+    admin_sql(&format!("SELECT pg_terminate_backend({pid})"));
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = a.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < until, "A did not stop after losing its lock");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "A stops with an error: {status}");
+    assert!(
+        common::wait_for(&log, "sluice-control serving", Duration::from_secs(30)).is_some(),
+        "B serves once A's lock is gone"
+    );
+    let holders = admin_sql(&lock);
+    assert_eq!(holders.len(), 1, "B holds the lock");
+    assert_ne!(holders[0].get::<_, i32>(0), pid);
+    assert_eq!(call(&b, "GET", "/v1/status", Some(ANALYST), None).0, 200);
 }

@@ -137,7 +137,7 @@ fn main() -> Result<()> {
     );
     seed_quotas(&state);
     if let Some(a) = active {
-        a.watch(std::time::Duration::from_secs(5), || {
+        a.watch(std::time::Duration::from_secs(2), || {
             tracing::error!(
                 "the shared store's lock is lost (its connection failed): stopping, since another control may be active now"
             );
@@ -217,6 +217,7 @@ fn wait_active(url: &str) -> Result<sluice_control::pg::active::Active> {
             }
         })
         .context("taking the shared store's lock")?;
+    active.fence_writes();
     tracing::info!("active: this control serves the shared store");
     let _ = sluice_sched::notify("STATUS=active");
     Ok(active)
@@ -241,8 +242,10 @@ fn tell_systemd(state: Arc<AppState>) {
             let check = tokio::task::spawn_blocking(move || {
                 let rules =
                     st.rules.lock().unwrap_or_else(PoisonError::into_inner).current().is_ok();
+                let identities =
+                    st.identities.lock().unwrap_or_else(PoisonError::into_inner).alive();
                 let flows = st.flows.lock().unwrap_or_else(PoisonError::into_inner);
-                rules && flows.alive()
+                rules && identities && flows.alive()
             });
             match tokio::time::timeout(every, check).await {
                 Ok(Ok(true)) => say("WATCHDOG=1"),

@@ -34,6 +34,21 @@ impl PgIdentStore {
         pg.migrate("identities", MIGRATIONS)?;
         Ok(PgIdentStore { pg })
     }
+
+    /// One statement with one parameter in a fenced transaction; the rows it changed.
+    fn write(
+        &mut self,
+        sql: &str,
+        arg: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<u64, StoreError> {
+        wait(async {
+            let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
+            let n = tx.execute(sql, &[arg]).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
 }
 
 impl IdentityStore for PgIdentStore {
@@ -41,6 +56,7 @@ impl IdentityStore for PgIdentStore {
         let (ips, users, groups, expiry) = columns(entries);
         wait(async {
             let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
             if replace {
                 tx.execute("DELETE FROM identities", &[]).await?;
             }
@@ -58,24 +74,26 @@ impl IdentityStore for PgIdentStore {
                 &[&ips, &users, &groups, &expiry],
             )
             .await?;
-            tx.commit().await
-        })?;
-        Ok(())
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })
     }
 
     fn remove(&mut self, ip: IpAddr) -> Result<bool, StoreError> {
-        let n = wait(
-            self.pg.client().execute("DELETE FROM identities WHERE ip = $1", &[&ip.to_string()]),
-        )?;
+        let n = self.write("DELETE FROM identities WHERE ip = $1", &ip.to_string())?;
         Ok(n > 0)
     }
 
     fn expire(&mut self, now: u64) -> Result<usize, StoreError> {
-        let n = wait(self.pg.client().execute(
+        let n = self.write(
             "DELETE FROM identities WHERE expires_at IS NOT NULL AND expires_at <= $1",
-            &[&big(now)],
-        ))?;
+            &big(now),
+        )?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn alive(&self) -> bool {
+        wait(self.pg.client_ref().simple_query("SELECT 1")).is_ok()
     }
 
     fn all(&mut self) -> Result<Vec<Identity>, StoreError> {

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use crate::store::StoreError;
 
 /// The runtime that drives every PostgreSQL connection of this process.
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

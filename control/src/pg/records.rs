@@ -158,6 +158,7 @@ impl PgRecordStore {
         let pending = &mut self.pending;
         let result = wait(async {
             let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
             pending.write(&tx).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
@@ -357,6 +358,7 @@ async fn ingest(
         &[&dataplane],
     )
     .await?;
+    super::active::fence(&tx).await?;
     pending.sync(&tx).await?;
     let mut head = load_head(&tx, dataplane).await?;
     let before = head;

@@ -159,6 +159,7 @@ impl PgRecordStore {
         let pending = &mut self.pending;
         let result = wait(async {
             let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
             // The inventory counts everything stored before records go.
             pending.write(&tx).await?;
             if !seen.is_empty() {

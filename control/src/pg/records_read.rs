@@ -289,11 +289,15 @@ impl PgRecordStore {
         &mut self,
         older_than_ms: u64,
     ) -> Result<u64, StoreError> {
-        Ok(wait(
-            self.pg
-                .client_ref()
-                .execute("DELETE FROM recordings WHERE ts_ms < $1", &[&big(older_than_ms)]),
-        )?)
+        wait(async {
+            let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
+            let n = tx
+                .execute("DELETE FROM recordings WHERE ts_ms < $1", &[&big(older_than_ms)])
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }
 

@@ -92,6 +92,7 @@ impl PgRuleStore {
     ) -> Result<(), StoreError> {
         wait(async {
             let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
             let head = tx.query_one("SELECT n, link FROM audit_head FOR UPDATE", &[]).await?;
             if once {
                 let seen = tx
@@ -101,7 +102,8 @@ impl PgRuleStore {
                     )
                     .await?;
                 if seen.is_some() {
-                    return tx.commit().await;
+                    tx.commit().await?;
+                    return Ok(());
                 }
             }
             let last: i64 = head.try_get(0)?;
@@ -116,9 +118,9 @@ impl PgRuleStore {
             )
             .await?;
             tx.execute("UPDATE audit_head SET n = $1, link = $2", &[&big(n), &&link.0[..]]).await?;
-            tx.commit().await
-        })?;
-        Ok(())
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        })
     }
 }
 
@@ -126,6 +128,7 @@ impl RuleLog for PgRuleStore {
     fn add(&mut self, text: &str, author: &str, note: &str) -> Result<i64, StoreError> {
         let v = wait(async {
             let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
             tx.execute("SELECT pg_advisory_xact_lock(hashtext('sluice-rule-versions:' || current_schema()))", &[])
                 .await?;
             let row = tx
@@ -267,11 +270,17 @@ impl RuleLog for PgRuleStore {
     }
 
     fn add_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
-        wait(self.pg.client_ref().execute(
-            "INSERT INTO checkpoints (chain, seq, ts_ms, line) VALUES ($1, $2, $3, $4)",
-            &[&cp.chain, &big(cp.seq), &big(cp.ts_ms), &cp.to_line()],
-        ))?;
-        Ok(())
+        wait(async {
+            let tx = self.pg.client().transaction().await?;
+            super::active::fence(&tx).await?;
+            tx.execute(
+                "INSERT INTO checkpoints (chain, seq, ts_ms, line) VALUES ($1, $2, $3, $4)",
+                &[&cp.chain, &big(cp.seq), &big(cp.ts_ms), &cp.to_line()],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     fn checkpoint_lines(&self) -> Result<Vec<(i64, String)>, StoreError> {
