@@ -37,6 +37,9 @@ pub struct Config {
     /// several controls share goes there (ARCHITECTURE.md, "The stores"); none: SQLite files
     /// in `state_dir`.
     pub store: Option<String>,
+    /// The CA certificate(s) (PEM) the store's server certificate must chain to when TLS is
+    /// used (`sslmode`; required for a server on the network); default: Mozilla's roots.
+    pub store_ca: Option<PathBuf>,
     /// API certificate (PEM); with `tls_key`. Absent: a self-signed one is made on first start.
     pub tls_cert: Option<PathBuf>,
     /// API private key (PEM).

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The PostgreSQL connection's runtime is gone.
     #[error("store on PostgreSQL: connection closed: {0}")]
     Closed(String),
+    /// The TLS configuration for the server could not be made (`store_ca`).
+    #[error("store on PostgreSQL: TLS: {0}")]
+    Tls(String),
     /// This control lost its store's lock: another may be active, and this one writes nothing.
     #[error("store on PostgreSQL: this control is no longer the store's active one; write refused")]
     NotActive,

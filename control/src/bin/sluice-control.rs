@@ -71,6 +71,7 @@ fn main() -> Result<()> {
     if let Err(e) = sluice_sched::background() {
         tracing::warn!("control is not (wholly) background work: {e}");
     }
+    sluice_control::pg::trust(cfg.store_ca.as_deref()).context("store_ca")?;
     // On a shared store, one control is active; another waits here as its standby.
     let active = match &cfg.store {
         Some(url) => Some(wait_active(url)?),
@@ -201,7 +202,7 @@ fn main() -> Result<()> {
 /// Takes the shared store's lock, waiting as a standby while another control holds it
 /// (telling systemd it is up, and alive, meanwhile).
 fn wait_active(url: &str) -> Result<sluice_control::pg::active::Active> {
-    let cfg: tokio_postgres::Config = url.parse().context("store")?;
+    let cfg = sluice_control::pg::parse(url).context("store")?;
     let mut said = false;
     let active =
         sluice_control::pg::active::acquire(cfg, std::time::Duration::from_secs(2), || {

@@ -10,7 +10,8 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, Config};
 
 use crate::store::StoreError;
 
@@ -25,6 +26,52 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .unwrap_or_else(|e| panic!("cannot start the PostgreSQL runtime: {e}"))
     })
+}
+
+/// The trust for TLS to the server, set once from `store_ca` ([`trust`]).
+static TRUST: OnceLock<std::sync::Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Sets what a TLS connection to the server must chain to: the CA certificates in `ca` (PEM;
+/// `store_ca`), or Mozilla's roots. Call it before the first connection; later calls change
+/// nothing.
+pub fn trust(ca: Option<&std::path::Path>) -> Result<(), StoreError> {
+    let mut cfg = (*crate::client::tls(ca).map_err(|e| StoreError::Tls(e.to_string()))?).clone();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    let _ = TRUST.set(std::sync::Arc::new(cfg));
+    Ok(())
+}
+
+/// What makes TLS connections to the server: trusting `ca` (PEM), or Mozilla's roots.
+pub(crate) fn tls_trusting(
+    ca: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut cfg = (*crate::client::tls(ca).map_err(|e| StoreError::Tls(e.to_string()))?).clone();
+    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
+}
+
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    match TRUST.get() {
+        Some(cfg) => Ok(tokio_postgres_rustls::MakeRustlsConnect::new((**cfg).clone())),
+        None => tls_trusting(None),
+    }
+}
+
+/// `url` parsed, TLS required (and the server's certificate verified) for a server on the
+/// network unless the string says `sslmode` itself: never clear text to another host by
+/// default. A Unix socket and loopback keep PostgreSQL's default (`prefer`).
+pub fn parse(url: &str) -> Result<Config, StoreError> {
+    let mut cfg: Config = url.parse()?;
+    let remote = cfg.get_hosts().iter().any(|h| match h {
+        Host::Tcp(name) => {
+            name != "localhost" && !name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+        }
+        Host::Unix(_) => false,
+    });
+    if remote && !url.contains("sslmode") {
+        cfg.ssl_mode(SslMode::Require);
+    }
+    Ok(cfg)
 }
 
 /// Waits for `f` on the calling thread.
@@ -50,19 +97,39 @@ impl std::fmt::Debug for Pg {
 }
 
 impl Pg {
-    /// Connects to `url` (a `postgres://` URL or libpq's `key=value` form), without TLS:
-    /// over a Unix socket or a management network the operator trusts.
+    /// Connects to `url` (a `postgres://` URL or libpq's `key=value` form): TLS as its
+    /// `sslmode` says, required for a server on the network by default ([`parse`]), the
+    /// server's certificate verified against [`trust`].
     pub fn connect(url: &str) -> Result<Pg, StoreError> {
-        let cfg: Config = url.parse()?;
-        Pg::connect_with(cfg)
+        Pg::connect_with(parse(url)?)
     }
 
     /// Connects with `cfg`.
-    pub fn connect_with(mut cfg: Config) -> Result<Pg, StoreError> {
+    pub fn connect_with(cfg: Config) -> Result<Pg, StoreError> {
+        Pg::connect_using(cfg, tls()?)
+    }
+
+    /// Connects with `cfg`, TLS made by `tls`.
+    pub(crate) fn connect_using(
+        mut cfg: Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
+    ) -> Result<Pg, StoreError> {
         cfg.application_name("sluice-control");
         let at = cfg.clone();
-        let (client, conn) = wait(runtime().spawn(async move { at.connect(NoTls).await }))
-            .map_err(|e| StoreError::Closed(e.to_string()))??;
+        // A Unix socket carries no TLS (and its path is no name to verify a certificate by).
+        let local = cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+        let (client, conn) = wait(runtime().spawn(async move {
+            if local {
+                at.connect(tokio_postgres::NoTls)
+                    .await
+                    .map(|(c, conn)| (c, futures_util::future::Either::Left(conn)))
+            } else {
+                at.connect(tls)
+                    .await
+                    .map(|(c, conn)| (c, futures_util::future::Either::Right(conn)))
+            }
+        }))
+        .map_err(|e| StoreError::Closed(e.to_string()))??;
         runtime().spawn(async move {
             if let Err(e) = conn.await {
                 tracing::error!("PostgreSQL connection: {e}");
@@ -218,6 +285,47 @@ macro_rules! both_stores {
 }
 #[cfg(test)]
 pub(crate) use both_stores;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_the_network_gets_tls_unless_the_string_says_otherwise() {
+        let mode = |u: &str| parse(u).unwrap().get_ssl_mode();
+        assert_eq!(mode("host=db.corp dbname=sluice"), SslMode::Require);
+        assert_eq!(mode("postgres://sluice@10.1.2.3/sluice"), SslMode::Require);
+        assert_eq!(mode("host=db.corp sslmode=disable"), SslMode::Disable);
+        assert_eq!(mode("host=/run/postgresql dbname=sluice"), SslMode::Prefer);
+        assert_eq!(mode("host=localhost dbname=sluice"), SslMode::Prefer);
+        assert_eq!(mode("postgres://sluice@[::1]/sluice"), SslMode::Prefer);
+        assert!(parse("host=db port=notaport").is_err());
+    }
+
+    /// TLS to the test server (scripts/postgres serves it on loopback with a CA of its own):
+    /// the server's certificate is verified, so Mozilla's roots refuse it.
+    #[test]
+    fn tls_to_the_server_is_verified() {
+        let Some(_) = testing::fresh() else { return };
+        let url = std::env::var("SLUICE_TEST_POSTGRES_TLS")
+            .expect("SLUICE_TEST_POSTGRES_TLS (scripts/postgres writes it in DIR/tls.env)");
+        let ca = std::env::var("SLUICE_TEST_POSTGRES_CA").expect("SLUICE_TEST_POSTGRES_CA");
+        let cfg = parse(&url).unwrap();
+        assert_eq!(cfg.get_ssl_mode(), SslMode::Require);
+        let pg =
+            Pg::connect_using(cfg.clone(), tls_trusting(Some(std::path::Path::new(&ca))).unwrap())
+                .unwrap();
+        let ssl: bool = wait(
+            pg.client_ref()
+                .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]),
+        )
+        .unwrap()
+        .get(0);
+        assert!(ssl);
+        let refused = Pg::connect_using(cfg, tls_trusting(None).unwrap()).unwrap_err();
+        assert!(refused.to_string().contains("TLS"), "{refused}");
+    }
+}
 
 #[cfg(test)]
 pub(crate) mod testing {
