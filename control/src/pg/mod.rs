@@ -362,3 +362,4 @@ mod records_chains;
 mod records_inventory;
 mod records_read;
 pub mod rules;
+mod scrub;

@@ -119,7 +119,7 @@ async fn catch_up(tx: &Transaction<'_>) -> Result<(), StoreError> {
             let rows: Vec<Row<'_>> = texts
                 .iter()
                 .filter_map(|(dp, text)| Row::read(text, dp))
-                .map(|r| if super::records::has_nul(&r) { super::records::scrub(&r) } else { r })
+                .map(|r| if super::scrub::has_nul(&r) { super::scrub::scrub(&r) } else { r })
                 .collect();
             let mut deltas = Deltas::default();
             for r in &rows {
