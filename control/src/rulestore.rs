@@ -158,7 +158,7 @@ pub struct ChainedEntry {
     pub detail: String,
 }
 
-fn link_of(b: Option<Vec<u8>>) -> Link {
+pub(crate) fn link_of(b: Option<Vec<u8>>) -> Link {
     let mut l = [0u8; 32];
     if let Some(b) = b.filter(|b| b.len() == 32) {
         l.copy_from_slice(&b);
@@ -166,7 +166,7 @@ fn link_of(b: Option<Vec<u8>>) -> Link {
     Link(l)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -187,7 +187,7 @@ CREATE INDEX IF NOT EXISTS requests_users ON requests (user, id) WHERE user IS N
 ";
 
 /// `%,name,%` with LIKE's wildcards in `name` escaped.
-fn like_item(name: &str) -> String {
+pub(crate) fn like_item(name: &str) -> String {
     let mut s = String::from("%,");
     for c in name.chars() {
         if matches!(c, '%' | '_' | '\\') {

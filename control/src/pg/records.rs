@@ -504,14 +504,7 @@ pub(super) fn head_of(r: &tokio_postgres::Row, at: usize) -> Result<Head, StoreE
     })
 }
 
-/// A stored link (any other length reads as zeros: verification then finds it wrong).
-pub(super) fn link_of(b: Option<Vec<u8>>) -> Link {
-    let mut l = [0u8; 32];
-    if let Some(b) = b.filter(|b| b.len() == 32) {
-        l.copy_from_slice(&b);
-    }
-    Link(l)
-}
+pub(super) use crate::rulestore::link_of;
 
 /// Adds the new rows' counts to their minutes.
 async fn write_series(tx: &Transaction<'_>, fresh: &[&Row<'_>]) -> Result<(), StoreError> {

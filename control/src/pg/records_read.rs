@@ -12,7 +12,7 @@ use crate::inventory::{InventoryFilter, InventoryRow};
 use crate::record::Row;
 use crate::recordings::{Recording, RecordingFilter};
 use crate::series::{Buckets, Counts};
-use crate::store::{FlowFilter, Kind, Page, StoreError, UsageBy, UsageRow};
+use crate::store::{FlowFilter, Kind, Page, StoreError, UsageBy, UsageRow, like_item};
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
@@ -22,19 +22,6 @@ fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
 
 fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-/// `%,name,%` with LIKE's wildcards in `name` escaped.
-fn like_item(name: &str) -> String {
-    let mut s = String::from("%,");
-    for c in name.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push_str(",%");
-    s
 }
 
 impl PgRecordStore {

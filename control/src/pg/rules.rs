@@ -11,7 +11,9 @@ use sluice_audit::{Checkpoint, GENESIS, Link};
 use tokio_postgres::Config;
 
 use super::{Pg, big, wait};
-use crate::rulestore::{Ack, AuditEntry, ChainedEntry, RuleLog, RuleVersion, entry_bytes};
+use crate::rulestore::{
+    Ack, AuditEntry, ChainedEntry, RuleLog, RuleVersion, entry_bytes, link_of, now_ms,
+};
 use crate::store::StoreError;
 
 const MIGRATIONS: &[&str] = &["
@@ -38,20 +40,6 @@ CREATE INDEX checkpoints_chain ON checkpoints (chain, seq);
 #[derive(Debug)]
 pub struct PgRuleStore {
     pg: Pg,
-}
-
-fn link_of(b: Option<Vec<u8>>) -> Link {
-    let mut l = [0u8; 32];
-    if let Some(b) = b.filter(|b| b.len() == 32) {
-        l.copy_from_slice(&b);
-    }
-    Link(l)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn version_of(r: &tokio_postgres::Row, text: bool) -> Result<RuleVersion, StoreError> {
