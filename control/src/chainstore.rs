@@ -384,7 +384,7 @@ pub struct Cut {
 /// `older_than_ms` or among the oldest beyond `max_rows` of their table.
 pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<Cut>, StoreError> {
     // Per chain: the highest position due by age, and by count.
-    let mut at: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
+    let mut at = Due::new();
     for t in TABLES {
         let threshold: i64 = conn
             .query_row(
@@ -405,22 +405,47 @@ pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<
             })?;
             for row in rows {
                 let (k, n) = row?;
-                let e = at.entry(k).or_default();
-                if by_age {
-                    e.0 = e.0.max(n);
-                } else {
-                    e.1 = e.1.max(n);
-                }
+                due_at(&mut at, k, n, by_age);
             }
         }
     }
+    decide_cuts(
+        at,
+        older_than_ms,
+        |dp, epoch, n| row_at(conn, dp, epoch, n),
+        |dp, epoch| old_by_record(conn, dp, epoch, older_than_ms),
+    )
+}
+
+/// Per chain (data plane, epoch): the highest position due by age, and by count.
+pub(crate) type Due = BTreeMap<(String, u64), (u64, u64)>;
+
+/// Notes position `n` of chain `k` as due by age or by count.
+pub(crate) fn due_at(due: &mut Due, k: (String, u64), n: u64, by_age: bool) {
+    let e = due.entry(k).or_default();
+    if by_age {
+        e.0 = e.0.max(n);
+    } else {
+        e.1 = e.1.max(n);
+    }
+}
+
+/// The cuts of what is `due`, whichever store reads the rows: `row_at(dp, epoch, n)` gives
+/// the link and the record's own time at a position, `old_by_record(dp, epoch)` the highest
+/// position old by column and record alike.
+pub(crate) fn decide_cuts(
+    due: Due,
+    older_than_ms: u64,
+    mut row_at: impl FnMut(&str, u64, u64) -> Result<Option<(Link, u64)>, StoreError>,
+    mut old_by_record: impl FnMut(&str, u64) -> Result<u64, StoreError>,
+) -> Result<Vec<Cut>, StoreError> {
     let mut out = Vec::new();
-    for ((dataplane, epoch), (by_age, by_count)) in at {
+    for ((dataplane, epoch), (by_age, by_count)) in due {
         let mut n = by_count;
         // The age comes from an indexed column: believed only when the record says the same
         // (a row made to look old would otherwise take every position before it along).
         if by_age > n {
-            match row_at(conn, &dataplane, epoch, by_age)? {
+            match row_at(&dataplane, epoch, by_age)? {
                 Some((_, ts)) if ts < older_than_ms => n = by_age,
                 _ => {
                     tracing::error!(
@@ -428,14 +453,14 @@ pub fn cuts(conn: &Connection, older_than_ms: u64, max_rows: u64) -> Result<Vec<
                         position = by_age,
                         "retention: a row's ts_ms column says it is old and its record does not; not cut there"
                     );
-                    n = n.max(old_by_record(conn, &dataplane, epoch, older_than_ms)?);
+                    n = n.max(old_by_record(&dataplane, epoch)?);
                 }
             }
         }
         if n == 0 {
             continue;
         }
-        if let Some((link, _)) = row_at(conn, &dataplane, epoch, n)? {
+        if let Some((link, _)) = row_at(&dataplane, epoch, n)? {
             out.push(Cut { dataplane, epoch, n, link });
         }
     }

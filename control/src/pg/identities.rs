@@ -93,7 +93,7 @@ impl IdentityStore for PgIdentStore {
     }
 
     fn alive(&self) -> bool {
-        wait(self.pg.client_ref().simple_query("SELECT 1")).is_ok()
+        self.pg.alive()
     }
 
     fn all(&mut self) -> Result<Vec<Identity>, StoreError> {

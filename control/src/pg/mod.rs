@@ -35,19 +35,22 @@ static TRUST: OnceLock<std::sync::Arc<rustls::ClientConfig>> = OnceLock::new();
 /// `store_ca`), or Mozilla's roots. Call it before the first connection; later calls change
 /// nothing.
 pub fn trust(ca: Option<&std::path::Path>) -> Result<(), StoreError> {
+    let _ = TRUST.set(std::sync::Arc::new(client_tls(ca)?));
+    Ok(())
+}
+
+/// The TLS client configuration trusting `ca` (PEM), or Mozilla's roots.
+fn client_tls(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, StoreError> {
     let mut cfg = (*crate::client::tls(ca).map_err(|e| StoreError::Tls(e.to_string()))?).clone();
     cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-    let _ = TRUST.set(std::sync::Arc::new(cfg));
-    Ok(())
+    Ok(cfg)
 }
 
 /// What makes TLS connections to the server: trusting `ca` (PEM), or Mozilla's roots.
 pub(crate) fn tls_trusting(
     ca: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut cfg = (*crate::client::tls(ca).map_err(|e| StoreError::Tls(e.to_string()))?).clone();
-    cfg.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(ca)?))
 }
 
 fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
@@ -151,6 +154,11 @@ impl Pg {
     /// The client, for a store's queries.
     pub(crate) fn client_ref(&self) -> &Client {
         &self.client
+    }
+
+    /// Whether the server answers on this connection (the watchdog's check).
+    pub(crate) fn alive(&self) -> bool {
+        wait(self.client.simple_query("SELECT 1")).is_ok()
     }
 
     /// Brings store `store`'s schema up to date: applies the steps of `steps` not applied

@@ -4,7 +4,6 @@
 use serde_json::Value;
 
 use super::records::PgRecordStore;
-use super::wait;
 use crate::chains::Head;
 use crate::chainstore::{ChainNote, Cut};
 use crate::inventory::{InventoryFilter, InventoryRow};
@@ -104,6 +103,6 @@ impl RecordStore for PgRecordStore {
         &self.pg
     }
     fn alive(&self) -> bool {
-        wait(self.pg.client_ref().simple_query("SELECT 1")).is_ok()
+        self.pg.alive()
     }
 }

@@ -14,7 +14,7 @@ use super::records::{PgRecordStore, head_of, link_of};
 use super::records_read::{COLUMNS, recording_of};
 use super::{Pg, big, wait};
 use crate::chains::Head;
-use crate::chainstore::{ChainRow, Columns, Cut, Heads};
+use crate::chainstore::{ChainRow, Columns, Cut, Due, Heads, decide_cuts, due_at};
 use crate::recordings::Recording;
 use crate::records::{ChainRanges, EvidenceView};
 use crate::store::StoreError;
@@ -37,7 +37,7 @@ impl PgRecordStore {
     /// records agree (see `chainstore::cuts`).
     pub(super) fn cuts(&self, older_than_ms: u64, max_rows: u64) -> Result<Vec<Cut>, StoreError> {
         let c = self.pg.client_ref();
-        let mut at: BTreeMap<(String, u64), (u64, u64)> = BTreeMap::new();
+        let mut at = Due::new();
         for t in TABLES {
             let threshold: i64 = wait(c.query_opt(
                 &format!("SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET $1"),
@@ -56,41 +56,16 @@ impl PgRecordStore {
                     &[&bound],
                 ))?;
                 for r in rows {
-                    let e = at.entry((r.try_get(0)?, u(r.try_get(1)?))).or_default();
-                    let n = u(r.try_get(2)?);
-                    if by_age {
-                        e.0 = e.0.max(n);
-                    } else {
-                        e.1 = e.1.max(n);
-                    }
+                    due_at(&mut at, (r.try_get(0)?, u(r.try_get(1)?)), u(r.try_get(2)?), by_age);
                 }
             }
         }
-        let mut out = Vec::new();
-        for ((dataplane, epoch), (by_age, by_count)) in at {
-            let mut n = by_count;
-            // The age comes from a column: believed only when the record says the same.
-            if by_age > n {
-                match self.row_at(&dataplane, epoch, by_age)? {
-                    Some((_, ts)) if ts < older_than_ms => n = by_age,
-                    _ => {
-                        tracing::error!(
-                            dataplane,
-                            position = by_age,
-                            "retention: a row's ts_ms column says it is old and its record does not; not cut there"
-                        );
-                        n = n.max(self.old_by_record(&dataplane, epoch, older_than_ms)?);
-                    }
-                }
-            }
-            if n == 0 {
-                continue;
-            }
-            if let Some((link, _)) = self.row_at(&dataplane, epoch, n)? {
-                out.push(Cut { dataplane, epoch, n, link });
-            }
-        }
-        Ok(out)
+        decide_cuts(
+            at,
+            older_than_ms,
+            |dp, epoch, n| self.row_at(dp, epoch, n),
+            |dp, epoch| self.old_by_record(dp, epoch, older_than_ms),
+        )
     }
 
     /// The highest position of a chain old by its column and by its record alike.
