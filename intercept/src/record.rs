@@ -62,6 +62,22 @@ impl HelloNote {
     }
 }
 
+impl HelloNote {
+    /// Whether the hello hides its real server name: an `encrypted_client_hello` extension
+    /// behind an outer name that is an ECH configuration's public name (the shipped
+    /// `ech-public-names` catalog), or no outer name at all. GREASE ECH, which Chrome sends to
+    /// every server, carries the real name outside.
+    pub fn hides_name(&self) -> bool {
+        self.ech && self.sni.as_deref().is_none_or(sluice_rules::catalog::is_ech_public_name)
+    }
+
+    /// What a flow record says of the hello's ECH extension: `hidden` (the name hidden),
+    /// `grease` (the real name outside), or nothing without the extension.
+    pub fn ech_note(&self) -> Option<&'static str> {
+        self.ech.then(|| if self.hides_name() { "hidden" } else { "grease" })
+    }
+}
+
 /// Who the policy says the client is and which rule decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecisionNote {
@@ -303,4 +319,33 @@ pub struct DlpSummary {
     pub paths: Vec<String>,
     /// Salted hashes of the matches (correlate repeats without the values; at most 16).
     pub hashes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HelloNote;
+
+    fn note(file: &str) -> HelloNote {
+        let path = format!("{}/../dataplane/testdata/clienthello/{file}", env!("CARGO_MANIFEST_DIR"));
+        let raw = std::fs::read(path).expect("testdata");
+        match sluice_hello::parse_client_hello(&raw, &mut Vec::new()) {
+            sluice_hello::HelloParse::Hello(h) => HelloNote::of(&h),
+            _ => panic!("{file}: not a whole hello"),
+        }
+    }
+
+    #[test]
+    fn a_name_behind_an_ech_public_name_is_hidden_and_grease_is_not() {
+        let hidden = note("synth-ech-cloudflare-ech.com.bin");
+        assert!(hidden.hides_name());
+        assert_eq!(hidden.ech_note(), Some("hidden"));
+        let grease = note("synth-ech-example.org.bin");
+        assert!(!grease.hides_name());
+        assert_eq!(grease.ech_note(), Some("grease"));
+        // No outer name at all hides it too, as on the packet path.
+        let nameless = HelloNote { sni: None, ..grease.clone() };
+        assert!(nameless.hides_name());
+        let plain = HelloNote { ech: false, ..hidden };
+        assert_eq!((plain.hides_name(), plain.ech_note()), (false, None));
+    }
 }

@@ -414,11 +414,25 @@ class Verdicts(unittest.TestCase):
         # alice's traffic is inspected: a hello whose outer name is an ECH public name hides
         # the real one, and is refused (ech = "restricted").
         self.assertEqual(raw("alice", "198.51.100.80", "whole", ECH_HELLO), "rst")
-        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("ech") == "hidden", timeout=60)
+        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("ech") == "hidden"
+                          and r["dst"] == "198.51.100.80", timeout=60)
         self.assertEqual((r["verdict"], r["sni"]), ("block", "cloudflare-ech.com"))
         self.assertIn("ECH", r["reason"])
         # The same extension with the real name outside (GREASE ECH, as Chrome sends) passes.
         self.assertEqual(raw("alice", "198.51.100.80", "whole", ECH_EXAMPLE_HELLO), "data")
+
+    def test_a_name_hidden_by_ech_is_refused_on_a_diverted_flow(self):
+        # To a learned destination (api.openai.com's address, inspected for alice) the flow is
+        # diverted at its SYN and its hello is read by the interception engine, not the packet
+        # path: the same ech setting applies there, and nothing reaches the server.
+        t0 = int(time.time() * 1000)
+        self.assertNotEqual(raw("alice", "198.51.100.10", "whole", ECH_HELLO), "data")
+        r = wait_for_flow(lambda r: r["src"] == "10.20.1.10" and r.get("ech") == "hidden"
+                          and r["first_seen_ms"] >= t0 and r["dst"] == "198.51.100.10", timeout=60)
+        self.assertEqual((r["verdict"], r["action"], r["sni"]), ("divert", "block", "cloudflare-ech.com"))
+        self.assertIn("ECH", r["reason"])
+        # GREASE ECH with the real name outside is inspected as any hello: the engine answers.
+        self.assertEqual(raw("alice", "198.51.100.10", "whole", ECH_EXAMPLE_HELLO), "data")
 
     def test_tcp_fast_open_hello_in_the_syn(self):
         ns = {h: "%s-%s" % (env()["SLUICE_LAB"], h) for h in ("guest", "alice")}

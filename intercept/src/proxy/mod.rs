@@ -150,13 +150,6 @@ pub(crate) async fn check_tunnel(
         }
         (None, None) => None,
     };
-    if let Some(h) = hello
-        && h.ech
-        && h.sni.as_deref().is_some_and(sluice_rules::catalog::is_ech_public_name)
-        && shared.decider.ech_refused(peer, conn.original_dst.port())
-    {
-        return Err("ECH: an encrypted ClientHello hides the server name");
-    }
     if tunnel.identity.as_ref().is_some_and(|id| *id != shared.decider.identity_of(peer)) {
         // Where the key is used from: the identity of the client's address.
         return Err("the proxy credentials are for another identity");

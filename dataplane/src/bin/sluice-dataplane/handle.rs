@@ -69,6 +69,7 @@ pub(crate) fn classify(c: &mut Class, note: &FlowNote) {
         c.alpn = h.alpn.clone().into();
         c.ja4 = Some(h.ja4.as_str().into());
         c.tls_version = Some(h.tls_version);
+        c.ech = h.ech_note();
     }
     if let Some(d) = &note.decision {
         c.category = d.category.as_deref().map(Into::into);
