@@ -317,6 +317,29 @@ fn responses_api_input_items_files_and_instructions() {
 }
 
 #[test]
+fn responses_api_image_data_urls_are_read_by_their_content() {
+    // A real image is named unscanned; text sent as an "image" is read as the text it is.
+    let png = STANDARD.encode(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0");
+    let text = STANDARD.encode(format!("note: card {CARD} for the refund"));
+    let body = serde_json::json!({
+        "model": "gpt-4.1",
+        "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": format!("data:image/png;base64,{png}")},
+            {"type": "input_image", "image_url": format!("data:image/png;base64,{text}")}
+        ]}]
+    });
+    let o = run("application/json", &serde_json::to_vec(&body).unwrap(), false);
+    card_at(&o, "$.input[0].content[1].image_url(base64)");
+    assert!(
+        o.unscanned
+            .iter()
+            .any(|u| u.path.contains("$.input[0].content[0].image_url") && u.reason == "PNG image"),
+        "{:?}",
+        o.unscanned
+    );
+}
+
+#[test]
 fn tool_call_arguments_are_read_as_json() {
     // The card is written with JSON escapes inside the arguments string: only reading that
     // string as JSON shows it.

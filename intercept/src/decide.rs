@@ -333,3 +333,49 @@ impl Decider {
         map.insert(key, Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The detector set response masking gets from a rule with `extra` lines.
+    fn mask_of(extra: &str) -> Option<sluice_dlp::DetectorSet> {
+        let text = format!(
+            "[[identity]]\nname = \"finance\"\ncidrs = [\"10.20.1.0/24\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[dlp]]\nname = \"cards\"\ndetectors = [\"credit_card\"]\naction = \"block\"\n\n[[dlp]]\nname = \"people\"\ndetectors = [\"us_ssn\"]\naction = \"redact\"\n\n[[rule]]\nname = \"fin\"\nidentities = [\"finance\"]\ncategories = [\"ai\"]\naction = \"inspect\"\ndlp = \"cards\"\n{extra}"
+        );
+        let policy = sluice_rules::compile("t.toml", &text, &sluice_rules::catalog::ShippedOnly)
+            .unwrap()
+            .policy;
+        let decider = Decider::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+            Arc::new(sluice_dlp::Scanner::new().unwrap()),
+            b"t",
+            Arc::new(crate::access::Access::default()),
+        );
+        let conn =
+            DivertedConn { original_dst: "198.51.100.10:443".parse().unwrap(), client_mac: [0; 6] };
+        let d = decider.decide(
+            "10.20.1.10:40000".parse().unwrap(),
+            &conn,
+            Some("api.openai.com"),
+            None,
+            None,
+        );
+        assert_eq!(d.action, RuleAction::Inspect);
+        d.mask.map(|m| m.set)
+    }
+
+    #[test]
+    fn masking_takes_the_mask_profile_or_the_rule_s_own_and_always_credentials() {
+        let id = |n| sluice_dlp::detector_id(n).unwrap();
+        assert!(mask_of("").is_none(), "no masking unless the rule asks");
+        let own = mask_of("mask_responses = true\n").unwrap();
+        assert!(own.contains(id("credit_card")) && !own.contains(id("us_ssn")));
+        let named = mask_of("mask_profile = \"people\"\n").unwrap();
+        assert!(named.contains(id("us_ssn")) && !named.contains(id("credit_card")));
+        for set in [own, named] {
+            assert!(set.contains(id("openai_api_key")), "credentials are always masked");
+        }
+    }
+}

@@ -326,7 +326,8 @@ mod tests {
     use super::HelloNote;
 
     fn note(file: &str) -> HelloNote {
-        let path = format!("{}/../dataplane/testdata/clienthello/{file}", env!("CARGO_MANIFEST_DIR"));
+        let path =
+            format!("{}/../dataplane/testdata/clienthello/{file}", env!("CARGO_MANIFEST_DIR"));
         let raw = std::fs::read(path).expect("testdata");
         match sluice_hello::parse_client_hello(&raw, &mut Vec::new()) {
             sluice_hello::HelloParse::Hello(h) => HelloNote::of(&h),

@@ -507,3 +507,25 @@ async fn masked_answers_lose_their_logprobs() {
     assert!(!o.client.contains("logprobs") && !o.client.contains("Ab12"), "{}", o.client);
     assert!(o.client.contains("\"content\":\"ok\""), "{}", o.client);
 }
+
+#[tokio::test]
+async fn upload_parts_are_read_by_their_content() {
+    // The Uploads API's parts (`POST /v1/uploads/{id}/parts`): a multipart `data` field of
+    // application/octet-stream, which holds the file's bytes as they are. A CSV part with a
+    // card is read as text and refused.
+    let body = b"--P\r\nContent-Disposition: form-data; name=\"data\"; filename=\"blob\"\r\nContent-Type: application/octet-stream\r\n\r\nname,card\nbob,4111 1111 1111 1111\n\r\n--P--\r\n";
+    let head = post("/v1/uploads/upload_abc123/parts", "multipart/form-data; boundary=P", "", body);
+    let o = send(session(DlpAction::Block, true), &head, body).await;
+    refused(&o, "dlp_violation");
+    assert_eq!(o.record.dlp_action, Some("block"));
+    assert!(o.client.contains("credit_card"), "{}", o.client);
+    // A part of an image passes, named unscanned (images pass unless the rule says otherwise).
+    let mut part = b"--P\r\nContent-Disposition: form-data; name=\"data\"; filename=\"blob\"\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    part.extend_from_slice(PNG);
+    part.extend_from_slice(b"\r\n--P--\r\n");
+    let head =
+        post("/v1/uploads/upload_abc123/parts", "multipart/form-data; boundary=P", "", &part);
+    let o = send(session(DlpAction::Block, true), &head, &part).await;
+    forwarded(&o);
+    assert_eq!(o.record.unscanned, ["$.data(blob) (PNG image)"]);
+}

@@ -278,10 +278,6 @@ class Profiles(unittest.TestCase):
         self.assertIn("card [REDACTED:credit_card] ok", json.loads(sent[-1]["body"])["messages"][0]["content"])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ChatGpt(unittest.TestCase):
     """ChatGPT's web surfaces for alice: conversations, signed-out use, and uploads, whose
     bytes go by PUT to an oaiusercontent.com blob URL."""
@@ -420,3 +416,7 @@ class ResponsesAndTools(unittest.TestCase):
         rec = wait_for_record("request", lambda r: r["src"] == ALICE and any(
             where in f["paths"] for f in r.get("dlp_findings", [])))
         self.assertEqual(rec["dlp_action"], "block")
+
+
+if __name__ == "__main__":
+    unittest.main()
