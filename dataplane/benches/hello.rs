@@ -6,6 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice_dataplane::flow::{Class, HelloNames};
 use sluice_dataplane::guard::Guard;
 use sluice_dataplane::wire::frame;
 use sluice_dataplane::wire::tls::{HelloParse, parse_client_hello};
@@ -111,8 +112,44 @@ fn bench(c: &mut Criterion) {
             black_box(Guard::new(f.tcp.unwrap().seq, f.payload, Some(5001)))
         })
     });
+    // What the engine does at a hello, as it runs: the frame, the checksum, the hello parsed
+    // and recorded into the flow's classification (SNI, ALPN, the JA4 remembered by the
+    // hello's parts), the app looked up by JA4 and SNI, the decision, the guard.
+    for (label, cap) in [
+        ("engine hello path (frame..guard, ja4 memo, app)", 65_536),
+        // The same with a memo that keeps nothing: a JA4 computed for every hello, as before
+        // the memo (and as for each kind of hello the memo has not seen).
+        ("engine hello path, no memo (ja4 per hello)", 0),
+    ] {
+        let mut names = HelloNames::new(cap);
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let f = frame::parse(black_box(&seg)).unwrap();
+                assert!(frame::tcp_checksum_ok(&seg, &f));
+                let HelloParse::Hello(h) = parse_client_hello(f.payload, &mut scratch) else {
+                    panic!()
+                };
+                let mut class = Class::default();
+                class.set_hello(&h, &mut names);
+                let app = policy.apps.by_hello(class.ja4.as_deref().unwrap(), h.sni()).app;
+                let q = Query {
+                    src,
+                    mac: None,
+                    sni: h.sni(),
+                    port: 443,
+                    now: 0,
+                    app: AppSeen::Hello(app),
+                    op: None,
+                };
+                black_box(policy.decide(&q, &overlay).action);
+                black_box((class, Guard::new(f.tcp.unwrap().seq, f.payload, Some(5001))))
+            })
+        });
+    }
+    let mut names = HelloNames::new(65_536);
     let HelloParse::Hello(h) = parse_client_hello(&hello, &mut scratch) else { panic!() };
     g.bench_function("ja4", |b| b.iter(|| black_box(black_box(&h).ja4())));
+    g.bench_function("ja4 from the memo", |b| b.iter(|| black_box(names.ja4.ja4(black_box(&h)))));
     g.finish();
 }
 

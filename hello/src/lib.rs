@@ -9,7 +9,10 @@
 //! answers "need more bytes", "not TLS", "malformed" or the parsed hello. Bounded: a hello may
 //! span several TLS records, but never more than [`MAX_HELLO`] bytes; no input panics.
 
-use sha2::{Digest, Sha256};
+mod ja4;
+
+pub use ja4::Ja4Memo;
+use ja4::is_grease;
 
 /// Largest ClientHello we wait for (the reassembly window).
 pub const MAX_HELLO: usize = 16 * 1024;
@@ -40,10 +43,6 @@ pub struct ClientHello<'a> {
     extensions: &'a [u8],
     quic: bool,
     ech: bool,
-}
-
-fn is_grease(v: u16) -> bool {
-    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
 }
 
 struct Reader<'a> {
@@ -247,6 +246,11 @@ impl<'a> ClientHello<'a> {
         std::iter::from_fn(move || r.vec8())
     }
 
+    /// The ALPN extension's protocol list as the hello carries it (empty without one).
+    pub fn alpn_raw(&self) -> &'a [u8] {
+        self.alpn
+    }
+
     /// ALPN protocols as strings (lossy), at most 16.
     pub fn alpn_strings(&self) -> Vec<String> {
         self.alpn().take(16).map(|p| String::from_utf8_lossy(p).into_owned()).collect()
@@ -254,147 +258,29 @@ impl<'a> ClientHello<'a> {
 
     /// The JA4 fingerprint (FoxIO).
     pub fn ja4(&self) -> String {
-        let mut ciphers: Vec<u16> = self
-            .ciphers
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .filter(|c| !is_grease(*c))
-            .collect();
-        let mut exts = Vec::new();
-        let mut ext_count = 0usize;
-        let mut sigalgs: Vec<u16> = Vec::new();
-        let mut e = Reader::new(self.extensions);
-        while let (Some(typ), Some(data)) = (e.u16(), e.vec16()) {
-            if is_grease(typ) {
-                continue;
-            }
-            ext_count += 1;
-            if typ != 0x0000 && typ != 0x0010 {
-                exts.push(typ);
-            }
-            if typ == 0x000d
-                && let Some(v) = Reader::new(data).vec16()
-            {
-                sigalgs = v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
-            }
-        }
-        let first_alpn = self.alpn().next();
-        ja4(
-            self.quic,
-            self.version,
-            self.sni.is_some(),
-            &mut ciphers,
-            ext_count,
-            &mut exts,
-            &sigalgs,
-            first_alpn,
-        )
+        self.with_ja4_input(|i| {
+            let mut parts = ja4::Ja4Parts::default();
+            parts.fill(i);
+            parts.ja4()
+        })
     }
-}
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn hex_list(v: &[u16]) -> String {
-    let mut s = String::with_capacity(v.len() * 5);
-    for (i, x) in v.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        for shift in [12, 8, 4, 0] {
-            s.push(char::from(HEX[usize::from((x >> shift) & 0xf)]));
-        }
+    /// Runs `f` on the fields JA4 reads.
+    fn with_ja4_input<R>(&self, f: impl FnOnce(ja4::Ja4Input<'_>) -> R) -> R {
+        f(ja4::Ja4Input {
+            quic: self.quic,
+            version: self.version,
+            has_sni: self.sni.is_some(),
+            ciphers: self.ciphers,
+            extensions: self.extensions,
+            first_alpn: self.alpn().next(),
+        })
     }
-    s
-}
-
-fn hash12(s: &str) -> String {
-    if s.is_empty() {
-        return "000000000000".to_owned();
-    }
-    let d = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(12);
-    for b in &d[..6] {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
-}
-
-/// JA4 (FoxIO) from the parts of a hello.
-#[allow(clippy::too_many_arguments)]
-pub fn ja4(
-    quic: bool,
-    version: u16,
-    has_sni: bool,
-    ciphers: &mut [u16],
-    ext_count: usize,
-    exts: &mut [u16],
-    sigalgs: &[u16],
-    alpn: Option<&[u8]>,
-) -> String {
-    let ver = match version {
-        0x0304 => "13",
-        0x0303 => "12",
-        0x0302 => "11",
-        0x0301 => "10",
-        0x0300 => "s3",
-        0x0002 => "s2",
-        0xfeff => "d1",
-        0xfefd => "d2",
-        0xfefc => "d3",
-        _ => "00",
-    };
-    let alpn_chars = match alpn {
-        Some(p) if !p.is_empty() => {
-            let (f, l) = (p[0], p[p.len() - 1]);
-            if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() {
-                format!("{}{}", f as char, l as char)
-            } else {
-                let h = format!("{f:02x}{l:02x}");
-                format!("{}{}", &h[..1], &h[3..])
-            }
-        }
-        _ => "00".to_owned(),
-    };
-    let a = format!(
-        "{}{}{}{:02}{:02}{}",
-        if quic { 'q' } else { 't' },
-        ver,
-        if has_sni { 'd' } else { 'i' },
-        ciphers.len().min(99),
-        ext_count.min(99),
-        alpn_chars
-    );
-    ciphers.sort_unstable();
-    exts.sort_unstable();
-    let b = if ciphers.is_empty() { "000000000000".to_owned() } else { hash12(&hex_list(ciphers)) };
-    let mut c_in = hex_list(exts);
-    if !sigalgs.is_empty() {
-        c_in.push('_');
-        c_in.push_str(&hex_list(sigalgs));
-    }
-    let c = if exts.is_empty() { "000000000000".to_owned() } else { hash12(&c_in) };
-    format!("{a}_{b}_{c}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ja4_published_vector() {
-        // FoxIO JA4 technical details: Chrome hello, cipher and extension lists.
-        assert_eq!(
-            hash12("002f,0035,009c,009d,1301,1302,1303,c013,c014,c02b,c02c,c02f,c030,cca8,cca9"),
-            "8daaf6152771"
-        );
-        assert_eq!(
-            hash12(
-                "0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01_0403,0804,0401,0503,0805,0501,0806,0601"
-            ),
-            "e5627efa2ab1"
-        );
-    }
 
     #[test]
     fn not_tls_and_garbage() {

@@ -294,28 +294,51 @@ impl serde::Serialize for Alpn {
 /// What the hellos of many flows say alike, each held once: JA4s and ALPN lists.
 #[derive(Debug)]
 pub struct HelloNames {
-    /// JA4 fingerprints.
-    pub ja4: Pool<str>,
-    /// ALPN lists.
-    pub alpn: Pool<[String]>,
+    /// JA4 fingerprints, remembered by the hello's canonical parts (hashed once per kind of
+    /// hello, not once per flow).
+    pub ja4: sluice_hello::Ja4Memo,
+    /// ALPN lists, by the extension's bytes as hellos carry them (read once per kind).
+    alpn: hashbrown::HashMap<Box<[u8]>, Arc<[String]>>,
+    cap: usize,
 }
 
 impl HelloNames {
-    /// Pools of at most `cap` values each.
+    /// At most `cap` values of each.
     pub fn new(cap: usize) -> Self {
-        HelloNames { ja4: Pool::new(cap), alpn: Pool::new(cap) }
+        HelloNames { ja4: sluice_hello::Ja4Memo::new(cap), alpn: hashbrown::HashMap::new(), cap }
     }
 
     /// Drops the values no flow holds.
     pub fn purge(&mut self) {
         self.ja4.purge();
-        self.alpn.purge();
+        self.alpn.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+
+    /// The ALPN list of `h`, shared (none when it offers none); past `cap` lists held by
+    /// flows (an attacker's unique lists), new ones stay unshared.
+    fn alpn(&mut self, h: &ClientHello<'_>) -> Option<Arc<[String]>> {
+        let raw = h.alpn_raw();
+        if let Some(v) = self.alpn.get(raw) {
+            return Some(v.clone());
+        }
+        let list = h.alpn_strings();
+        if list.is_empty() {
+            return None;
+        }
+        let v: Arc<[String]> = list.into();
+        if self.alpn.len() >= self.cap {
+            self.alpn.retain(|_, v| Arc::strong_count(v) > 1);
+        }
+        if self.alpn.len() < self.cap {
+            self.alpn.insert(raw.into(), v.clone());
+        }
+        Some(v)
     }
 }
 
 impl Class {
-    /// Records what a ClientHello said (SNI lowercased; JA4 computed here, once per flow;
-    /// JA4 and ALPN shared through `names`).
+    /// Records what a ClientHello said (SNI lowercased; JA4 and ALPN shared through `names`,
+    /// which computes a JA4 only for a kind of hello it has not seen).
     pub fn set_hello(&mut self, h: &ClientHello<'_>, names: &mut HelloNames) {
         self.tls_version = Some(match h.version {
             0x0304 => "1.3",
@@ -324,9 +347,8 @@ impl Class {
             0x0301 => "1.0",
             _ => "other",
         });
-        let alpn = h.alpn_strings();
-        self.alpn = Alpn((!alpn.is_empty()).then(|| names.alpn.intern_ref(&alpn[..])));
-        self.ja4 = Some(names.ja4.intern_ref(&h.ja4()));
+        self.alpn = Alpn(names.alpn(h));
+        self.ja4 = Some(names.ja4.ja4(h));
         self.sni = h.sni().map(str::to_ascii_lowercase);
         self.ech = h.ech().then_some("grease");
     }
@@ -399,4 +421,45 @@ pub enum EndReason {
     Evicted,
     /// The data plane is stopping.
     Shutdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tls::{HelloParse, parse_client_hello};
+
+    fn hello(file: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/testdata/clienthello/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+    }
+
+    #[test]
+    fn hellos_alike_share_their_names_and_the_names_are_bounded() {
+        let (curl, openssl) = (hello("curl-api.openai.com.bin"), hello("openssl-no-sni.bin"));
+        let mut names = HelloNames::new(1);
+        let mut sc = Vec::new();
+        let mut class_of = |raw: &[u8], names: &mut HelloNames| {
+            let HelloParse::Hello(h) = parse_client_hello(raw, &mut sc) else { panic!() };
+            let mut c = Class::default();
+            c.set_hello(&h, names);
+            assert_eq!(c.ja4.as_deref(), Some(&*h.ja4()));
+            assert_eq!(
+                c.alpn.0.as_deref().map(<[String]>::to_vec).unwrap_or_default(),
+                h.alpn_strings()
+            );
+            c
+        };
+        let (a, b) = (class_of(&curl, &mut names), class_of(&curl, &mut names));
+        assert!(Arc::ptr_eq(a.ja4.as_ref().unwrap(), b.ja4.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(a.alpn.0.as_ref().unwrap(), b.alpn.0.as_ref().unwrap()));
+        // Full (one kind, held): another kind is read but not kept.
+        let c = class_of(&openssl, &mut names);
+        let d = class_of(&openssl, &mut names);
+        assert!(!Arc::ptr_eq(c.ja4.as_ref().unwrap(), d.ja4.as_ref().unwrap()));
+        // Once no flow holds the first kind, the purge makes room.
+        drop((a, b));
+        names.purge();
+        let (e, f) = (class_of(&openssl, &mut names), class_of(&openssl, &mut names));
+        assert!(Arc::ptr_eq(e.ja4.as_ref().unwrap(), f.ja4.as_ref().unwrap()));
+    }
 }

@@ -1,0 +1,576 @@
+//! The JA4 fingerprint (FoxIO) of a ClientHello, and a memo of fingerprints by their parts.
+//!
+//! A JA4 is two SHA-256 prefixes over hex lists of the hello's sorted ciphers, extensions and
+//! signature algorithms: about half a microsecond, more than parsing and deciding a hello
+//! together. Hellos from one program repeat: a browser shuffles its extensions and GREASE
+//! values, but the sets stay the same. [`Ja4Memo`] remembers each kind of hello's fingerprint
+//! under a key that reads the lists once, without sorting or allocating (keyed sums over the
+//! sets, so any order gives the same key), and hashes only hellos of a kind it has not seen
+//! (ARCHITECTURE.md, "The packet path").
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The hash part of an empty list.
+const EMPTY: &str = "000000000000";
+
+/// The parts of a hello its JA4 is made of, canonical: GREASE values dropped, ciphers and
+/// extensions (without SNI and ALPN) sorted.
+///
+/// Layout of `words`: `[flags, version, alpn, ext_count, n_ciphers, ciphers…, n_exts,
+/// exts…, sigalgs…]`, where `flags` holds QUIC (1), SNI (2) and ALPN present (4), and `alpn`
+/// the first and last byte of the first ALPN protocol.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Ja4Parts {
+    words: Vec<u16>,
+}
+
+/// What [`Ja4Parts::fill`] reads: a hello's fields, GREASE values included.
+pub(crate) struct Ja4Input<'a> {
+    pub quic: bool,
+    pub version: u16,
+    pub has_sni: bool,
+    /// The cipher suites, two bytes each.
+    pub ciphers: &'a [u8],
+    /// The extensions block (type, two-byte length, data; repeated).
+    pub extensions: &'a [u8],
+    pub first_alpn: Option<&'a [u8]>,
+}
+
+pub(crate) fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && (v >> 8) == (v & 0xff)
+}
+
+fn pairs(b: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]))
+}
+
+/// The extensions of a block, type and data, up to the first that does not fit.
+fn extensions(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let h = b.get(..4)?;
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let data = b.get(4..4 + len)?;
+        let typ = u16::from_be_bytes([h[0], h[1]]);
+        b = &b[4 + len..];
+        Some((typ, data))
+    })
+}
+
+impl Ja4Parts {
+    /// Refills the parts from a hello's fields.
+    pub(crate) fn fill(&mut self, i: Ja4Input<'_>) {
+        let w = &mut self.words;
+        w.clear();
+        let alpn = i.first_alpn.filter(|p| !p.is_empty());
+        let flags = u16::from(i.quic) | u16::from(i.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
+        let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
+        w.extend_from_slice(&[flags, i.version, alpn_word, 0, 0]);
+        w.extend(pairs(i.ciphers).filter(|c| !is_grease(*c)));
+        let n_ciphers = w.len() - 5;
+        w[5..].sort_unstable();
+        w.push(0);
+        let exts_at = w.len();
+        let mut ext_count = 0u16;
+        let mut sigalgs: &[u8] = &[];
+        for (t, data) in extensions(i.extensions).filter(|(t, _)| !is_grease(*t)) {
+            ext_count = ext_count.saturating_add(1);
+            if t != 0x0000 && t != 0x0010 {
+                w.push(t);
+            }
+            if t == 0x000d {
+                // A two-byte length, then the list.
+                sigalgs = sigalg_list(data).unwrap_or(sigalgs);
+            }
+        }
+        let n_exts = w.len() - exts_at;
+        w[exts_at..].sort_unstable();
+        w.extend(pairs(sigalgs));
+        // Lists are bounded by the hello's size (16 KiB), so the counts fit in 16 bits.
+        w[3] = ext_count;
+        w[4] = u16::try_from(n_ciphers).unwrap_or(u16::MAX);
+        w[exts_at - 1] = u16::try_from(n_exts).unwrap_or(u16::MAX);
+    }
+
+    /// The fingerprint.
+    pub fn ja4(&self) -> String {
+        let w = &self.words;
+        let (flags, version, alpn, ext_count) = (w[0], w[1], w[2], w[3]);
+        let n_ciphers = usize::from(w[4]);
+        let ciphers = &w[5..5 + n_ciphers];
+        let n_exts = usize::from(w[5 + n_ciphers]);
+        let exts = &w[6 + n_ciphers..6 + n_ciphers + n_exts];
+        let sigalgs = &w[6 + n_ciphers + n_exts..];
+        let ver = match version {
+            0x0304 => "13",
+            0x0303 => "12",
+            0x0302 => "11",
+            0x0301 => "10",
+            0x0300 => "s3",
+            0x0002 => "s2",
+            0xfeff => "d1",
+            0xfefd => "d2",
+            0xfefc => "d3",
+            _ => "00",
+        };
+        let mut out = String::with_capacity(36);
+        out.push(if flags & 1 != 0 { 'q' } else { 't' });
+        out.push_str(ver);
+        out.push(if flags & 2 != 0 { 'd' } else { 'i' });
+        push_dec2(&mut out, n_ciphers.min(99));
+        push_dec2(&mut out, usize::from(ext_count).min(99));
+        if flags & 4 == 0 {
+            out.push_str("00");
+        } else {
+            let [f, l] = alpn.to_be_bytes();
+            if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() {
+                out.push(char::from(f));
+                out.push(char::from(l));
+            } else {
+                // The first hex digit of the first byte, the last of the last.
+                out.push(char::from(HEX[usize::from(f >> 4)]));
+                out.push(char::from(HEX[usize::from(l & 0xf)]));
+            }
+        }
+        out.push('_');
+        if ciphers.is_empty() {
+            out.push_str(EMPTY);
+        } else {
+            let mut h = Sha256::new();
+            hex_list(&mut h, ciphers);
+            push_hash12(&mut out, h);
+        }
+        out.push('_');
+        if exts.is_empty() {
+            out.push_str(EMPTY);
+        } else {
+            let mut h = Sha256::new();
+            hex_list(&mut h, exts);
+            if !sigalgs.is_empty() {
+                h.update(b"_");
+                hex_list(&mut h, sigalgs);
+            }
+            push_hash12(&mut out, h);
+        }
+        out
+    }
+}
+
+fn push_dec2(out: &mut String, n: usize) {
+    out.push(char::from(b'0' + (n / 10) as u8));
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
+/// Feeds `v` as comma-separated four-digit hex, as JA4 hashes it.
+fn hex_list(h: &mut Sha256, v: &[u16]) {
+    let mut buf = [0u8; 5 * 64];
+    for (n, chunk) in v.chunks(64).enumerate() {
+        let mut len = 0;
+        for (i, x) in chunk.iter().enumerate() {
+            if n > 0 || i > 0 {
+                buf[len] = b',';
+                len += 1;
+            }
+            for shift in [12, 8, 4, 0] {
+                buf[len] = HEX[usize::from((x >> shift) & 0xf)];
+                len += 1;
+            }
+        }
+        h.update(&buf[..len]);
+    }
+}
+
+/// The first six bytes of the digest, in hex.
+fn push_hash12(out: &mut String, h: Sha256) {
+    for b in &h.finalize()[..6] {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
+/// The memo's key for a hello: the header fields as they are, and keyed sums over the
+/// cipher and extension sets (order-independent) and the signature algorithms (in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ja4Key {
+    head: [u16; 6],
+    sums: [u64; 3],
+}
+
+/// A keyed 64-bit mix of one value: the folded 128-bit product of value and key (as wyhash
+/// and foldhash mix).
+fn mix(x: u16, key: u64) -> u64 {
+    let m =
+        u128::from((u64::from(x) | 0x1_0000) ^ key) * u128::from(key | 1 ^ 0x9e37_79b9_7f4a_7c15);
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+impl Ja4Key {
+    /// The key of a hello's fields under the memo's secret `keys` (so that nobody outside
+    /// can aim two kinds of hello at one key).
+    fn of(i: Ja4Input<'_>, keys: &[u64; 3]) -> Self {
+        let mut sums = [0u64; 3];
+        let mut n_ciphers = 0u16;
+        for c in pairs(i.ciphers).filter(|c| !is_grease(*c)) {
+            sums[0] = sums[0].wrapping_add(mix(c, keys[0]));
+            n_ciphers = n_ciphers.wrapping_add(1);
+        }
+        let (mut ext_count, mut n_exts) = (0u16, 0u16);
+        let mut sigalgs: &[u8] = &[];
+        for (t, data) in extensions(i.extensions).filter(|(t, _)| !is_grease(*t)) {
+            ext_count = ext_count.wrapping_add(1);
+            if t != 0x0000 && t != 0x0010 {
+                sums[1] = sums[1].wrapping_add(mix(t, keys[1]));
+                n_exts = n_exts.wrapping_add(1);
+            }
+            if t == 0x000d {
+                sigalgs = sigalg_list(data).unwrap_or(sigalgs);
+            }
+        }
+        // In order: each value mixed with its position (independent mixes, not a chain).
+        for (n, s) in pairs(sigalgs).enumerate() {
+            let at = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            sums[2] = sums[2].wrapping_add(mix(s, keys[2] ^ at));
+        }
+        let alpn = i.first_alpn.filter(|p| !p.is_empty());
+        let flags = u16::from(i.quic) | u16::from(i.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
+        let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
+        Ja4Key { head: [flags, i.version, alpn_word, ext_count, n_ciphers, n_exts], sums }
+    }
+}
+
+/// The list of a `signature_algorithms` extension's data: a two-byte length, then the list.
+fn sigalg_list(data: &[u8]) -> Option<&[u8]> {
+    let l = data.get(..2)?;
+    data.get(2..2 + usize::from(u16::from_be_bytes([l[0], l[1]])))
+}
+
+/// JA4s remembered by the kind of hello, bounded: past `cap` kinds (an attacker's unique
+/// hellos), entries no flow holds any more are dropped, and beyond that new ones are computed
+/// and not kept. The fingerprints are shared: a flow holds its JA4 as an `Arc<str>`.
+#[derive(Debug)]
+pub struct Ja4Memo {
+    map: std::collections::HashMap<Ja4Key, Arc<str>, BuildKeyHasher>,
+    cap: usize,
+    keys: [u64; 3],
+}
+
+impl Ja4Memo {
+    /// A memo of at most `cap` fingerprints, with keys of its own.
+    pub fn new(cap: usize) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let random = |n: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(n);
+            h.finish()
+        };
+        Ja4Memo {
+            map: std::collections::HashMap::default(),
+            cap,
+            keys: [random(0), random(1), random(2)],
+        }
+    }
+
+    /// The JA4 of `h`, computed only for a kind of hello not seen yet.
+    pub fn ja4(&mut self, h: &crate::ClientHello<'_>) -> Arc<str> {
+        let key = h.with_ja4_input(|i| Ja4Key::of(i, &self.keys));
+        if let Some(v) = self.map.get(&key) {
+            return v.clone();
+        }
+        let v: Arc<str> = h.ja4().into();
+        if self.map.len() >= self.cap {
+            self.purge();
+        }
+        if self.map.len() < self.cap {
+            self.map.insert(key, v.clone());
+        }
+        v
+    }
+
+    /// Drops the fingerprints only the memo holds.
+    pub fn purge(&mut self) {
+        self.map.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+
+    /// How many fingerprints are kept.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The map's hasher: the key's sums are keyed hashes already, so they are folded, not hashed
+/// again.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildKeyHasher;
+
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.0 = self.0.rotate_left(16) ^ u64::from(n);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(5) ^ n;
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An extensions block: each type with no data but the signature algorithms' `sig`.
+    fn block(types: &[u16], sig: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for t in types {
+            let data = if *t == 0x000d { sig } else { &[][..] };
+            b.extend(t.to_be_bytes());
+            b.extend((data.len() as u16).to_be_bytes());
+            b.extend(data);
+        }
+        b
+    }
+
+    /// JA4 as FoxIO's reference describes it, written out with strings: what the parts must
+    /// give.
+    fn reference(
+        quic: bool,
+        version: u16,
+        sni: bool,
+        ciphers: &[u16],
+        exts: &[u16],
+        sigalgs: &[u16],
+        alpn: Option<&[u8]>,
+    ) -> String {
+        let hex = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
+        let h12 = |s: &str| {
+            if s.is_empty() {
+                return EMPTY.to_owned();
+            }
+            Sha256::digest(s.as_bytes())[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let mut c: Vec<u16> = ciphers.iter().copied().filter(|c| !is_grease(*c)).collect();
+        let all: Vec<u16> = exts.iter().copied().filter(|c| !is_grease(*c)).collect();
+        let mut e: Vec<u16> = all.iter().copied().filter(|t| *t != 0 && *t != 0x10).collect();
+        c.sort_unstable();
+        e.sort_unstable();
+        let ver = match version {
+            0x0304 => "13",
+            0x0303 => "12",
+            0x0302 => "11",
+            0x0301 => "10",
+            0x0300 => "s3",
+            _ => "00",
+        };
+        let alpn = match alpn {
+            Some(p) if !p.is_empty() => {
+                let (f, l) = (p[0], p[p.len() - 1]);
+                if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() {
+                    format!("{}{}", f as char, l as char)
+                } else {
+                    let h = format!("{f:02x}{l:02x}");
+                    format!("{}{}", &h[..1], &h[3..])
+                }
+            }
+            _ => "00".into(),
+        };
+        let a = format!(
+            "{}{ver}{}{:02}{:02}{alpn}",
+            if quic { 'q' } else { 't' },
+            if sni { 'd' } else { 'i' },
+            c.len().min(99),
+            all.len().min(99)
+        );
+        let mut c_in = hex(&e);
+        if !sigalgs.is_empty() {
+            c_in.push('_');
+            c_in.push_str(&hex(sigalgs));
+        }
+        let cpart = if e.is_empty() { EMPTY.to_owned() } else { h12(&c_in) };
+        format!("{a}_{}_{cpart}", if c.is_empty() { EMPTY.to_owned() } else { h12(&hex(&c)) })
+    }
+
+    fn parts(
+        quic: bool,
+        version: u16,
+        sni: bool,
+        ciphers: &[u16],
+        exts: &[u16],
+        sigalgs: &[u16],
+        alpn: Option<&[u8]>,
+    ) -> Ja4Parts {
+        let be = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let c = be(ciphers);
+        let mut sig = (sigalgs.len() as u16 * 2).to_be_bytes().to_vec();
+        sig.extend(be(sigalgs));
+        let exts = block(exts, &sig);
+        let mut p = Ja4Parts::default();
+        p.fill(Ja4Input {
+            quic,
+            version,
+            has_sni: sni,
+            ciphers: &c,
+            extensions: &exts,
+            first_alpn: alpn,
+        });
+        p
+    }
+
+    #[test]
+    fn parts_give_the_reference_fingerprint() {
+        let chrome_ciphers = [
+            0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014,
+            0x009c, 0x009d, 0x002f, 0x0035, 0x0a0a,
+        ];
+        let chrome_exts = [
+            0x1a1a, 0x0000, 0x0017, 0xff01, 0x000a, 0x000b, 0x0023, 0x0010, 0x0005, 0x000d, 0x0012,
+            0x0033, 0x002d, 0x002b, 0x001b, 0x4469, 0x0015, 0x2a2a,
+        ];
+        let sigalgs = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601];
+        let mut many_exts = vec![0x0005; 120];
+        many_exts.push(0x000d);
+        type Case<'a> = (bool, u16, bool, &'a [u16], &'a [u16], &'a [u16], Option<&'a [u8]>);
+        let cases: [Case<'_>; 6] = [
+            (false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"h2")),
+            (true, 0x0304, false, &chrome_ciphers, &chrome_exts, &[], Some(b"h3")),
+            (false, 0x0303, true, &[], &[], &[], None),
+            (false, 0x0303, true, &[0x0a0a], &[0x0000, 0x0010], &sigalgs, Some(b"\x01x\xff")),
+            (false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"")),
+            (false, 0x0300, true, &[0x002f; 130], &many_exts, &[0x0403; 70], Some(b"http/1.1")),
+        ];
+        for (q, v, s, c, e, g, a) in cases {
+            assert_eq!(parts(q, v, s, c, e, g, a).ja4(), reference(q, v, s, c, e, g, a));
+        }
+        // FoxIO's published Chrome vector: t13d1516h2_8daaf6152771_e5627efa2ab1.
+        assert_eq!(
+            parts(false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"h2")).ja4(),
+            "t13d1516h2_8daaf6152771_e5627efa2ab1"
+        );
+    }
+
+    fn key(ciphers: &[u16], exts: &[u16], sigalgs: &[u16], keys: &[u64; 3]) -> Ja4Key {
+        let be = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let c = be(ciphers);
+        let mut sig = (sigalgs.len() as u16 * 2).to_be_bytes().to_vec();
+        sig.extend(be(sigalgs));
+        let exts = block(exts, &sig);
+        Ja4Key::of(
+            Ja4Input {
+                quic: false,
+                version: 0x0304,
+                has_sni: true,
+                ciphers: &c,
+                extensions: &exts,
+                first_alpn: Some(b"h2"),
+            },
+            keys,
+        )
+    }
+
+    #[test]
+    fn shuffled_extensions_and_grease_make_one_key() {
+        let keys = Ja4Memo::new(1).keys;
+        let a = key(
+            &[0x1301, 0x0a0a, 0x1302],
+            &[0x0000, 0x000d, 0x1a1a, 0x002b],
+            &[0x0403, 0x0804],
+            &keys,
+        );
+        let b = key(
+            &[0x1302, 0x1301, 0xfafa],
+            &[0x002b, 0x3a3a, 0x000d, 0x0000],
+            &[0x0403, 0x0804],
+            &keys,
+        );
+        assert_eq!(a, b);
+        let c = key(&[0x1302, 0x1301], &[0x002b, 0x000d, 0x0000], &[0x0804, 0x0403], &keys);
+        assert_ne!(a, c, "signature algorithms keep their order");
+        let d = key(&[0x1301, 0x1301, 0x1302], &[0x0000, 0x000d, 0x002b], &[0x0403, 0x0804], &keys);
+        assert_ne!(a, d, "a repeated cipher is another hello");
+        let e = key(&[0x1301, 0x1302], &[0x0000, 0x000d, 0x002b, 0x0010], &[0x0403, 0x0804], &keys);
+        assert_ne!(a, e, "ALPN's extension counts, though not in the list");
+        // Another memo's keys give other sums: nobody outside can line kinds of hello up.
+        let other = Ja4Memo::new(1).keys;
+        assert_ne!(
+            a.sums,
+            key(&[0x1301, 0x1302], &[0x0000, 0x000d, 0x002b], &[0x0403, 0x0804], &other).sums
+        );
+    }
+
+    fn hello(file: &str) -> Vec<u8> {
+        let path =
+            format!("{}/../dataplane/testdata/clienthello/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn the_memo_gives_each_hello_its_own_fingerprint_and_stays_bounded() {
+        let files = [
+            "curl-api.openai.com.bin",
+            "openssl-api.openai.com.bin",
+            "openssl-no-sni.bin",
+            "python-sdk-api.openai.com.bin",
+            "synth-ech-example.org.bin",
+            "synth-x25519mlkem768-api.openai.com.bin",
+        ];
+        let raws: Vec<Vec<u8>> = files.iter().map(|f| hello(f)).collect();
+        let mut memo = Ja4Memo::new(64);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            for raw in &raws {
+                let mut sc = Vec::new();
+                let crate::HelloParse::Hello(h) = crate::parse_client_hello(raw, &mut sc) else {
+                    panic!()
+                };
+                let got = memo.ja4(&h);
+                assert_eq!(&*got, h.ja4());
+                held.push(got);
+            }
+        }
+        let kinds = memo.len();
+        assert!(kinds >= 4 && kinds <= files.len(), "{kinds}");
+        // Full, with every entry held by a flow: new kinds are computed, not kept.
+        let mut small = Ja4Memo::new(1);
+        let mut sc = Vec::new();
+        let crate::HelloParse::Hello(a) = crate::parse_client_hello(&raws[0], &mut sc) else {
+            panic!()
+        };
+        let kept = small.ja4(&a);
+        let mut sc2 = Vec::new();
+        let crate::HelloParse::Hello(b) = crate::parse_client_hello(&raws[1], &mut sc2) else {
+            panic!()
+        };
+        assert_eq!(&*small.ja4(&b), b.ja4());
+        assert_eq!(small.len(), 1);
+        // Once no flow holds the first, it makes room.
+        drop(kept);
+        let _ = small.ja4(&b);
+        assert_eq!(small.len(), 1);
+        small.purge();
+        assert!(small.is_empty(), "the memo's own copy alone is dropped");
+    }
+}
