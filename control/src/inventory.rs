@@ -270,6 +270,7 @@ fn accounts<'r>(a: &'r AppFields<'_>) -> impl Iterator<Item = String> + 'r {
     [
         tagged("chatgpt:", &a.chatgpt_account),
         tagged("org:", &a.openai_organization),
+        tagged("project:", &a.openai_project),
         tagged("key:", &a.api_key_fp),
     ]
     .into_iter()

@@ -31,7 +31,7 @@ fn request(seq: u64, ts: u64, app: &str, version: &str, account: Option<&str>) -
     let mut v = json!({"seq": seq, "type": "request", "ts_ms": ts, "src": "10.20.1.10", "identity": "finance",
         "user": "alice", "sni": "chatgpt.com", "app": app, "app_version": version, "bytes_out": 10,
         "bytes_in": 20, "verdict": "allow", "api_key_fp": "sha256:0123456789ab",
-        "openai_organization": "org-1"});
+        "openai_organization": "org-1", "openai_project": "proj_1"});
     if let Some(a) = account {
         v["chatgpt_account"] = json!(a);
     }
@@ -75,7 +75,10 @@ fn rows_add_up_and_new_clients_are_discovered_once(mut st: impl RecordStore) {
         ("3.57.0", "alice", 2, 60)
     );
     assert_eq!(sdk.destinations, ["chatgpt.com"]);
-    assert_eq!(sdk.accounts, ["chatgpt:acc-1", "key:sha256:0123456789ab", "org:org-1"]);
+    assert_eq!(
+        sdk.accounts,
+        ["chatgpt:acc-1", "key:sha256:0123456789ab", "org:org-1", "project:proj_1"]
+    );
     // Seen again later: counted, not discovered again; a new account is added, and the
     // accounts ChatGPT listed for the session (a malformed entry is skipped).
     let mut listing = request(7, 9_000, "openai-python", "3.57.0", Some("acc-2"));
@@ -88,7 +91,7 @@ fn rows_add_up_and_new_clients_are_discovered_once(mut st: impl RecordStore) {
     for a in ["chatgpt:acc-2", "chatgpt-personal:p-9", "chatgpt-workspace:acc-2"] {
         assert!(sdk.accounts.contains(&a.to_owned()), "{a}: {:?}", sdk.accounts);
     }
-    assert_eq!(sdk.accounts.len(), 6, "{:?}", sdk.accounts);
+    assert_eq!(sdk.accounts.len(), 7, "{:?}", sdk.accounts);
     // A record sent again (same sequence number) is not counted twice.
     ingest(&mut st, "dp1", &[request(7, 9_000, "openai-python", "3.57.0", None)]);
     assert_eq!(st.inventory(&f).unwrap()[0].requests, 3);

@@ -140,6 +140,8 @@ pub struct AppFields<'a> {
     pub chatgpt_account: Option<Cow<'a, str>>,
     /// `OpenAI-Organization`.
     pub openai_organization: Option<Cow<'a, str>>,
+    /// `OpenAI-Project`.
+    pub openai_project: Option<Cow<'a, str>>,
     /// The API key's fingerprint.
     pub api_key_fp: Option<Cow<'a, str>>,
     /// The accounts ChatGPT's answer listed (`workspace:ID`, `personal:ID`).
@@ -240,6 +242,7 @@ impl<'a> Row<'a> {
                 bytes: num("bytes_out").saturating_add(num("bytes_in")),
                 chatgpt_account: text("chatgpt_account"),
                 openai_organization: text("openai_organization"),
+                openai_project: text("openai_project"),
                 api_key_fp: text("api_key_fp"),
                 chatgpt_listed: v
                     .get("chatgpt_accounts_listed")
@@ -429,6 +432,8 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     openai_organization: Option<Text<'a>>,
     #[serde(borrow, default)]
+    openai_project: Option<Text<'a>>,
+    #[serde(borrow, default)]
     api_key_fp: Option<Text<'a>>,
     #[serde(borrow, default)]
     chatgpt_accounts_listed: Option<Vec<Text<'a>>>,
@@ -489,6 +494,7 @@ impl<'a> Fields<'a> {
                 bytes: self.bytes_out.unwrap_or(0).saturating_add(self.bytes_in.unwrap_or(0)),
                 chatgpt_account: t(self.chatgpt_account),
                 openai_organization: t(self.openai_organization),
+                openai_project: t(self.openai_project),
                 api_key_fp: t(self.api_key_fp),
                 chatgpt_listed: self
                     .chatgpt_accounts_listed
@@ -540,6 +546,7 @@ struct AppExtra<'a> {
     bytes: u64,
     chatgpt_account: Option<Cow<'a, str>>,
     openai_organization: Option<Cow<'a, str>>,
+    openai_project: Option<Cow<'a, str>>,
     api_key_fp: Option<Cow<'a, str>>,
     chatgpt_listed: Vec<Cow<'a, str>>,
 }
@@ -564,6 +571,7 @@ fn app_fields<'a>(
         bytes: x.bytes,
         chatgpt_account: x.chatgpt_account,
         openai_organization: x.openai_organization,
+        openai_project: x.openai_project,
         api_key_fp: x.api_key_fp,
         chatgpt_listed: x.chatgpt_listed,
     }))

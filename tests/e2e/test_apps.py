@@ -46,7 +46,20 @@ class Identification(unittest.TestCase):
            " extensions={'sni_hostname': %r})\n"
            "except Exception: pass\n" % sni)
         flow = wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == sni)
-        self.assertEqual((flow["app"], sorted(flow["alpn"])), ("python", ["h2", "http/1.1"]), flow)
+        self.assertEqual((flow["app"], flow["app_evidence"], sorted(flow["alpn"])),
+                         ("python", "ja4", ["h2", "http/1.1"]), flow)
+        # The OpenAI Python SDK, spliced: its hello is Python's (what a hello can tell), sent
+        # with a server name of its own to find its flow.
+        sni = "sdk-%s.example.org" % tag
+        on("bob", "python3", "-c", "import httpx, openai\n"
+           "hook = lambda req: req.extensions.__setitem__('sni_hostname', %r)\n"
+           "c = openai.OpenAI(api_key='sk-x', base_url='https://example.org/v1', max_retries=0,\n"
+           "    http_client=httpx.Client(verify=False, timeout=10, event_hooks={'request': [hook]}))\n"
+           "try: c.models.list()\n"
+           "except Exception: pass\n" % sni)
+        flow = wait_for_flow(lambda r: r.get("src") == "10.20.2.20" and r.get("sni") == sni)
+        self.assertEqual((flow["app"], flow["action"]), ("python", "allow"), flow)
+        self.assertEqual(flow["app_evidence"], "ja4", flow)
         # A browser's hello, sent raw (Chromium's, captured by rules/apps/testdata/capture.sh),
         # its server name changed to one no rule names (same length: the hello stays valid).
         hello = open(os.path.join(ROOT, "rules", "apps", "testdata", "chromium.hello"), "rb").read()
@@ -97,6 +110,13 @@ class Identification(unittest.TestCase):
         self.assertEqual((sdk_row["identity"], sdk_row["destinations"]), ("finance", ["api.openai.com"]))
         self.assertLessEqual(sdk_row["first_seen_ms"], sdk_row["last_seen_ms"])
         self.assertGreater(sdk_row["requests"], 0)
+        # Seen in the last week: the SDK's row; seen in the future: nothing.
+        r = ctl("inventory", "--host", "10.20.1.10", "--since", "7d", "--json", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("openai-python", {row["app"] for row in json.loads(r.stdout)["rows"]})
+        later = str(int(time.time() * 1000) + 3_600_000)
+        r = ctl("inventory", "--host", "10.20.1.10", "--since", later, "--json", token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual((r.returncode, json.loads(r.stdout)["rows"]), (0, []), r.stderr)
         r = ctl("inventory", "--discoveries", "--json", token="SLUICE_ANALYST_TOKEN")
         found = [d for d in json.loads(r.stdout)["records"] if d["src"] == "10.20.1.10"]
         self.assertTrue(any(d["app"] == "openai-python" for d in found), found)
@@ -175,6 +195,14 @@ action = "block"
         self.assertEqual((rec["verdict"], rec["rule"], rec["operation"]), ("block", "engineering-no-upload", "upload"))
         code, body = status("bob", "https://api.openai.com/v1/chat/completions", "-d", CHAT, *JSON)
         self.assertEqual(code, "200", body)
+        wait_for_record("request", lambda r: r["src"] == "10.20.2.20" and r["path"] == "/v1/chat/completions")
+        # The records by operation, through sluicectl: the upload, not the chat.
+        r = ctl("requests", "--src", "10.20.2.20", "--operation", "upload", "--since", "10m", "--json",
+                token="SLUICE_ANALYST_TOKEN")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = [json.loads(x) for x in r.stdout.splitlines()]
+        self.assertTrue(got and all(x["operation"] == "upload" for x in got), got)
+        self.assertIn("/v1/files", {x["path"] for x in got})
         # alice's uploads are not bob's rule's.
         code, _ = status("alice", "https://api.openai.com/v1/files", "-F", "purpose=assistants",
                          "-F", "file=@/etc/hostname")

@@ -102,34 +102,46 @@ class ControlApi(unittest.TestCase):
         self.assertIn("HTTP 403", r.stderr)
 
 
+class Follow:
+    """`sluicectl tail --json ARGS` in the background: the records it prints gather in `got`;
+    `stop()` ends it and gives its standard error."""
+
+    def __init__(self, *args):
+        e = env()
+        self.p = subprocess.Popen([SLUICECTL, "tail", "--json", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, SLUICE_URL=e["SLUICE_URL"], SLUICE_CA=e["SLUICE_API_CA"],
+                                           SLUICE_TOKEN=e["SLUICE_ANALYST_TOKEN"]))
+        self.got = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        time.sleep(1)  # subscribed
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.got.append(json.loads(line))
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait(timeout=10)
+        self.reader.join(timeout=10)
+        err = self.p.stderr.read()
+        self.p.stdout.close()
+        self.p.stderr.close()
+        return err
+
+
 class Tail(unittest.TestCase):
     def test_sluicectl_tail_follows_new_records(self):
-        e = env()
-        p = subprocess.Popen([SLUICECTL, "tail", "--json", "--type", "flow", "--src", "10.20.2.20"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, SLUICE_URL=e["SLUICE_URL"], SLUICE_CA=e["SLUICE_API_CA"],
-                                      SLUICE_TOKEN=e["SLUICE_ANALYST_TOKEN"]))
-        got = []
-
-        def read():
-            for line in p.stdout:
-                got.append(json.loads(line))
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        tail = Follow("--type", "flow", "--src", "10.20.2.20")
+        got = tail.got
         try:
-            time.sleep(1)  # subscribed
             deadline = time.time() + 25
             while time.time() < deadline and not any(r.get("dport") == 80 for r in got):
                 curl("bob", "http://example.org/tail-probe", "-o", "/dev/null")
                 time.sleep(2)
         finally:
-            p.terminate()
-            p.wait(timeout=10)
-            reader.join(timeout=10)
-            err = p.stderr.read()
-            p.stdout.close()
-            p.stderr.close()
+            err = tail.stop()
         self.assertTrue(any(r.get("dport") == 80 for r in got), err)
         self.assertTrue(all(r["type"] == "flow" and r["src"] == "10.20.2.20" for r in got), got)
         self.assertTrue(all(r.get("dataplane") for r in got), "tail records name their data plane")
@@ -394,6 +406,7 @@ class RestartAndSyslog(unittest.TestCase):
                   "        with ctx.wrap_socket(socket.create_connection(('example.org', 443), timeout=10),\n"
                   "                             server_hostname='disc-%s.example.org') as s: pass\n"
                   "    except OSError: pass\n") % (":".join(chosen), tag)
+        tail = Follow("--type", "discovery")
         on("guest", "python3", "-c", script)
         sni = "disc-%s.example.org" % tag
         flow = wait_for_flow(lambda r: r.get("sni") == sni)
@@ -413,11 +426,15 @@ class RestartAndSyslog(unittest.TestCase):
         while time.time() < deadline and not discoveries():
             time.sleep(0.5)
         time.sleep(3)  # the later flows' records arrive too: still one discovery
+        err = tail.stop()
         found = discoveries()
         self.assertEqual(len(found), 1, found)
         head, d = found[0]
         self.assertEqual((d["event"], d["app"], d["sni"]), ("new-unknown-client", "unknown", sni))
         self.assertRegex(head, r"^<13[0-7]>1 ")
+        # The live tail carried it too, once.
+        tailed = [r for r in tail.got if r.get("ja4") == ja4 and r.get("src") == flow["src"]]
+        self.assertEqual([(r["type"], r["event"]) for r in tailed], [("discovery", "new-unknown-client")], err)
 
     def test_dlp_alert_forwards_records_and_reaches_syslog(self):
         """An alert profile lets the request through, records the finding, and the record

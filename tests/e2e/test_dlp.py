@@ -301,6 +301,8 @@ class ChatGpt(unittest.TestCase):
         got = send("alice", "/backend-anon/conversation?t=e2e-anon", body, JSON, server="chatgpt.com")
         self.assertEqual(got["status"], 403, got)
         self.assertEqual(json.loads(got["body"])["error"]["code"], "chatgpt_signed_out")
+        rec = wait_for_record("request", lambda r: r["src"] == ALICE and r.get("path") == "/backend-anon/conversation")
+        self.assertEqual((rec.get("chatgpt_account"), rec["verdict"]), ("anonymous", "block"), rec)
         got = send("alice", "/backend-api/conversation?t=e2e-signed-in", json.dumps(
             {"action": "next", "messages": [{"content": {"content_type": "text", "parts": ["hello"]}}]}).encode(),
             JSON, server="chatgpt.com")

@@ -172,22 +172,21 @@ impl Pg {
                 .await?
                 .try_get(0)?;
             if !there {
-                self.client
-                    .batch_execute(
-                        "CREATE TABLE IF NOT EXISTS schema_migrations (
-                             store TEXT NOT NULL, step INTEGER NOT NULL,
-                             at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (store, step))",
-                    )
-                    .await
-                    .or_else(|e| {
-                        // Two controls creating the table at once: the loser sees a unique
-                        // violation on the catalog; the table is there.
-                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })?;
+                // Under the migration lock: two controls creating the table at once would
+                // race on the catalog (a unique violation, or "type already exists").
+                let tx = self.client.transaction().await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('sluice-migrate:' || current_schema()))",
+                    &[],
+                )
+                .await?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         store TEXT NOT NULL, step INTEGER NOT NULL,
+                         at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (store, step))",
+                )
+                .await?;
+                tx.commit().await?;
             }
             for (i, step) in steps.iter().enumerate() {
                 let n = i32::try_from(i + 1).unwrap_or(i32::MAX);

@@ -28,9 +28,16 @@ pub(super) fn has_nul(r: &Row<'_>) -> bool {
         || r.findings.iter().any(|(d, _)| d.contains('\0'))
         || r.app.as_deref().is_some_and(|a| {
             a.app.contains('\0')
-                || [&a.version, &a.ja4, &a.chatgpt_account, &a.openai_organization, &a.api_key_fp]
-                    .into_iter()
-                    .any(nul)
+                || [
+                    &a.version,
+                    &a.ja4,
+                    &a.chatgpt_account,
+                    &a.openai_organization,
+                    &a.openai_project,
+                    &a.api_key_fp,
+                ]
+                .into_iter()
+                .any(nul)
                 || a.chatgpt_listed.iter().any(|l| l.contains('\0'))
         })
         || r.recording.as_deref().is_some_and(|s| {
@@ -79,6 +86,7 @@ pub(super) fn scrub<'a>(r: &Row<'a>) -> Row<'a> {
             &mut a.ja4,
             &mut a.chatgpt_account,
             &mut a.openai_organization,
+            &mut a.openai_project,
             &mut a.api_key_fp,
         ] {
             fix(v);
