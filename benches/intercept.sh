@@ -224,12 +224,19 @@ sample_bulk() { # key label host base-url down|up
   LABEL[$1]=$2
   t0=$(cpu_ticks)
   w0=$(date +%s.%N)
+  # A failed transfer says so (curl's exit code and message) instead of ending the run silently.
+  local rc=0
   if [ "$5" = down ]; then
-    out=$($lab exec "$3" -- curl -sS -m 120 -o /dev/null -w '%{http_code} %{size_download}\n' "$4/bulk/1g")
+    out=$($lab exec "$3" -- curl -sS -m 120 -o /dev/null -w '%{http_code} %{size_download}\n' "$4/bulk/1g" 2>&1) || rc=$?
   else
     for _ in $(seq 64); do urls+=("$4/upload" -o /dev/null); done
     out=$($lab exec "$3" -- curl -sS -m 300 -H 'content-type: application/octet-stream' \
-      --data-binary "@$W/8m.bin" -w '%{http_code} %{size_upload}\n' "${urls[@]}")
+      --data-binary "@$W/8m.bin" -w '%{http_code} %{size_upload}\n' "${urls[@]}" 2>&1) || rc=$?
+  fi
+  if [ "$rc" != 0 ]; then
+    echo "$out" | tail -3 >&2; echo "bulk transfer failed for $2 (curl exit $rc)" >&2
+    tail -5 "$STATE/dataplane.log" >&2
+    exit 1
   fi
   w1=$(date +%s.%N)
   if grep -qv '^200 ' <<<"$out"; then echo "$out" >&2; echo "bulk transfer failed for $2" >&2; exit 1; fi
