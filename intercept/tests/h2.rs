@@ -315,6 +315,52 @@ async fn the_authority_must_name_the_sni() {
     assert!(lab.log.lock().unwrap().is_empty());
 }
 
+/// A refusal answered before the request's body was read waits for the body (bounded) before
+/// it ends the stream: a client sending its body behind its headers sees the stream close
+/// cleanly, not reset (curl took `RST_STREAM(STREAM_CLOSED)` for a failed request, exit 92).
+#[tokio::test]
+async fn a_refusal_before_the_body_ends_the_stream_cleanly() {
+    let mut s = session();
+    s.refuse = Some(sluice_intercept::block::Refusal::forbidden("blocked_by_policy", "no", None));
+    let log: Log = Arc::default();
+    let upstream = Upstream::h2(h2_origin(&log)).await.unwrap();
+    let sink: Arc<dyn RecordSink> = Arc::new(|_: RequestRecord| {});
+    let (client_end, proxy_end) = duplex(1 << 20);
+    tokio::spawn(h2::serve(proxy_end, Some(upstream), Arc::new(s), sink));
+    let (client, conn) = ::h2::client::handshake(client_end).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::post("https://api.openai.com/v1/chat/completions").body(()).unwrap();
+    // Headers first; the body follows once the answer's head is in.
+    let (resp, mut body) = client.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 403);
+    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+    let mut answer = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        got.extend_from_slice(&chunk.expect("the answer ends cleanly, not reset"));
+    }
+    assert!(String::from_utf8_lossy(&got).contains("blocked_by_policy"));
+    let reset = tokio::time::timeout(
+        Duration::from_millis(300),
+        std::future::poll_fn(|cx| body.poll_reset(cx)),
+    )
+    .await;
+    assert!(reset.is_err(), "the stream was reset: {reset:?}");
+    // A client that never sends its body gets the answer and the stream ends anyway.
+    let req = Request::post("https://api.openai.com/v1/chat/completions").body(()).unwrap();
+    let (resp, _silent) = client.send_request(req, false).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().unwrap();
+    let mut answer = resp.into_body();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while answer.data().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the answer waited for a body that never came");
+    assert!(log.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_for_that_stream_alone() {
     let mut s = session();

@@ -137,6 +137,51 @@ pub enum ClientBody {
     Relay(Incoming, Box<Finish>),
     /// Frames from a task that masks them.
     Pumped(mpsc::Receiver<Result<Frame<Bytes>, BodyError>>),
+    /// An answer given before the request's body was read: after the answer, the rest of the
+    /// body is read and dropped (at most [`DRAIN_BYTES`], for at most [`DRAIN_TIME`]) before
+    /// the stream ends, so a client that sends its body behind its headers sees the stream
+    /// close cleanly. Ended at once, its DATA would meet a closed stream and draw
+    /// `RST_STREAM(STREAM_CLOSED)`, which clients report as a failed request (curl exits 92).
+    Answer(Box<Answer>),
+}
+
+/// Most of an unread request body read and dropped after an early answer.
+pub const DRAIN_BYTES: usize = 64 * 1024;
+/// Longest an early answer waits for the rest of the request body.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An early answer and the request body it waits out ([`ClientBody::Answer`]).
+pub struct Answer {
+    data: Option<Bytes>,
+    unread: Incoming,
+    drained: usize,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Answer {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(b) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        loop {
+            if self.drained > DRAIN_BYTES || self.unread.is_end_stream() {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.unread).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    self.drained += f.data_ref().map_or(0, Bytes::len);
+                }
+                Poll::Ready(_) => return Poll::Ready(None),
+                Poll::Pending => {
+                    ready!(self.deadline.as_mut().poll(cx));
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
 }
 
 impl ClientBody {
@@ -144,6 +189,19 @@ impl ClientBody {
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
         ClientBody::Full((!b.is_empty()).then_some(b))
+    }
+
+    /// This answer, then the request's unread body waited out ([`ClientBody::Answer`]).
+    pub fn holding(self, unread: Incoming) -> Self {
+        match self {
+            ClientBody::Full(data) => ClientBody::Answer(Box::new(Answer {
+                data,
+                unread,
+                drained: 0,
+                deadline: Box::pin(tokio::time::sleep(DRAIN_TIME)),
+            })),
+            other => other,
+        }
     }
 }
 
@@ -157,6 +215,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ClientBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ClientBody::Answer(a) => a.poll_frame(cx),
             ClientBody::Relay(inner, finish) => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 if let Some(Ok(f)) = &frame
@@ -176,6 +235,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Full(b) => b.is_none(),
+            ClientBody::Answer(a) => a.data.is_none() && a.unread.is_end_stream(),
             ClientBody::Relay(inner, _) => inner.is_end_stream(),
             ClientBody::Pumped(_) => false,
         }
@@ -184,6 +244,9 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ClientBody::Answer(a) => {
+                SizeHint::with_exact(a.data.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ClientBody::Relay(inner, _) => inner.size_hint(),
             ClientBody::Pumped(_) => SizeHint::default(),
         }

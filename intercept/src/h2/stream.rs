@@ -163,7 +163,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
     };
     let mut ctx = s.request(Some(&view));
     if let Err(r) = s.request_filter(&view, &mut ctx) {
-        return refuse(conn, ctx, &r);
+        return refuse(conn, ctx, &r).map(|b| b.holding(body));
     }
     let Some(up) = conn.upstream.clone() else {
         let r = Refusal {
@@ -173,7 +173,7 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             rule: None,
             retry_after: None,
         };
-        return refuse(conn, ctx, &r);
+        return refuse(conn, ctx, &r).map(|b| b.holding(body));
     };
     let (body, decoded, _held) = match collect(conn, body, s.max_body).await {
         Collected::Failed(why) => {
@@ -192,7 +192,9 @@ async fn exchange(conn: &Arc<Conn>, req: Request<Incoming>) -> Response<ClientBo
             ctx.rec.bytes_out = rest.size_hint().exact().map_or(0, |n| n + first.len() as u64);
             (UpBody::Streamed { first: Some(Bytes::from(first)), rest }, false, None)
         }
-        Collected::Over(..) => return refuse(conn, ctx, &s.over_limit()),
+        Collected::Over(_, rest) => {
+            return refuse(conn, ctx, &s.over_limit()).map(|b| b.holding(rest));
+        }
         Collected::Busy => {
             let r = Refusal {
                 status: 503,
