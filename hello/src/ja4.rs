@@ -192,17 +192,25 @@ fn push_hash12(out: &mut String, h: Sha256) {
 
 /// The memo's key for a hello: the header fields as they are, and keyed sums over the
 /// cipher and extension sets (order-independent) and the signature algorithms (in order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Its hash is keyed too (`hash`: the sums and a keyed mix of the header), so nobody outside
+/// can line keys up in one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ja4Key {
     head: [u16; 6],
     sums: [u64; 3],
+    hash: u64,
+}
+
+impl std::hash::Hash for Ja4Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 /// A keyed 64-bit mix of one value: the folded 128-bit product of value and key (as wyhash
-/// and foldhash mix).
-fn mix(x: u16, key: u64) -> u64 {
-    let m =
-        u128::from((u64::from(x) | 0x1_0000) ^ key) * u128::from(key | 1 ^ 0x9e37_79b9_7f4a_7c15);
+/// and foldhash mix), with an odd multiplier drawn from the key.
+fn mix(x: u64, key: u64) -> u64 {
+    let m = u128::from(x ^ key) * u128::from((key.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15) | 1);
     (m as u64) ^ ((m >> 64) as u64)
 }
 
@@ -213,7 +221,7 @@ impl Ja4Key {
         let mut sums = [0u64; 3];
         let mut n_ciphers = 0u16;
         for c in pairs(i.ciphers).filter(|c| !is_grease(*c)) {
-            sums[0] = sums[0].wrapping_add(mix(c, keys[0]));
+            sums[0] = sums[0].wrapping_add(mix(u64::from(c) | 1 << 16, keys[0]));
             n_ciphers = n_ciphers.wrapping_add(1);
         }
         let (mut ext_count, mut n_exts) = (0u16, 0u16);
@@ -221,7 +229,7 @@ impl Ja4Key {
         for (t, data) in extensions(i.extensions).filter(|(t, _)| !is_grease(*t)) {
             ext_count = ext_count.wrapping_add(1);
             if t != 0x0000 && t != 0x0010 {
-                sums[1] = sums[1].wrapping_add(mix(t, keys[1]));
+                sums[1] = sums[1].wrapping_add(mix(u64::from(t) | 1 << 16, keys[1]));
                 n_exts = n_exts.wrapping_add(1);
             }
             if t == 0x000d {
@@ -231,12 +239,19 @@ impl Ja4Key {
         // In order: each value mixed with its position (independent mixes, not a chain).
         for (n, s) in pairs(sigalgs).enumerate() {
             let at = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            sums[2] = sums[2].wrapping_add(mix(s, keys[2] ^ at));
+            sums[2] = sums[2].wrapping_add(mix(u64::from(s) | 1 << 16, keys[2] ^ at));
         }
         let alpn = i.first_alpn.filter(|p| !p.is_empty());
         let flags = u16::from(i.quic) | u16::from(i.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
         let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
-        Ja4Key { head: [flags, i.version, alpn_word, ext_count, n_ciphers, n_exts], sums }
+        let head = [flags, i.version, alpn_word, ext_count, n_ciphers, n_exts];
+        let packed = |w: &[u16]| w.iter().fold(0u64, |a, x| a << 16 | u64::from(*x));
+        let hash = mix(packed(&head[..4]), keys[0].rotate_left(7))
+            ^ mix(packed(&head[4..]), keys[1].rotate_left(7))
+            ^ sums[0]
+            ^ sums[1].rotate_left(21)
+            ^ sums[2].rotate_left(42);
+        Ja4Key { head, sums, hash }
     }
 }
 
@@ -247,8 +262,8 @@ fn sigalg_list(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// JA4s remembered by the kind of hello, bounded: past `cap` kinds (an attacker's unique
-/// hellos), entries no flow holds any more are dropped, and beyond that new ones are computed
-/// and not kept. The fingerprints are shared: a flow holds its JA4 as an `Arc<str>`.
+/// hellos) new ones are computed and not kept until [`Ja4Memo::purge`] (at the engine's
+/// sweep) drops the entries no flow holds any more. The fingerprints are shared: a flow holds its JA4 as an `Arc<str>`.
 #[derive(Debug)]
 pub struct Ja4Memo {
     map: std::collections::HashMap<Ja4Key, Arc<str>, BuildKeyHasher>,
@@ -279,9 +294,8 @@ impl Ja4Memo {
             return v.clone();
         }
         let v: Arc<str> = h.ja4().into();
-        if self.map.len() >= self.cap {
-            self.purge();
-        }
+        // Full: new kinds are not kept until a purge (the engine's sweep) makes room; purging
+        // here would scan the whole memo for every new kind a flood brings.
         if self.map.len() < self.cap {
             self.map.insert(key, v.clone());
         }
@@ -304,8 +318,7 @@ impl Ja4Memo {
     }
 }
 
-/// The map's hasher: the key's sums are keyed hashes already, so they are folded, not hashed
-/// again.
+/// The map's hasher: the key carries its own keyed hash ([`Ja4Key`]), passed through.
 #[derive(Debug, Default, Clone, Copy)]
 struct BuildKeyHasher;
 
@@ -324,18 +337,13 @@ impl std::hash::Hasher for KeyHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key's own hash); anything else is folded in.
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u16(&mut self, n: u16) {
-        self.0 = self.0.rotate_left(16) ^ u64::from(n);
-    }
     fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(5) ^ n;
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
+        self.0 ^= n;
     }
 }
 
@@ -566,11 +574,109 @@ mod tests {
         };
         assert_eq!(&*small.ja4(&b), b.ja4());
         assert_eq!(small.len(), 1);
-        // Once no flow holds the first, it makes room.
+        // Once no flow holds the first, the purge makes room, and the new kind is shared.
         drop(kept);
-        let _ = small.ja4(&b);
-        assert_eq!(small.len(), 1);
         small.purge();
         assert!(small.is_empty(), "the memo's own copy alone is dropped");
+        let (x, y) = (small.ja4(&b), small.ja4(&b));
+        assert!(Arc::ptr_eq(&x, &y));
+    }
+
+    /// The fingerprint as the code before the memo read it from a hello (its own walk of the
+    /// extensions), through [`reference`].
+    fn old_ja4(h: &crate::ClientHello<'_>) -> String {
+        let ciphers: Vec<u16> = pairs(h.ciphers).collect();
+        let (mut types, mut sigalgs) = (Vec::new(), Vec::new());
+        let mut e = crate::Reader::new(h.extensions);
+        while let (Some(typ), Some(data)) = (e.u16(), e.vec16()) {
+            types.push(typ);
+            if typ == 0x000d
+                && let Some(v) = crate::Reader::new(data).vec16()
+            {
+                sigalgs = pairs(v).collect();
+            }
+        }
+        reference(h.quic, h.version, h.sni.is_some(), &ciphers, &types, &sigalgs, h.alpn().next())
+    }
+
+    /// A ClientHello record with `ciphers` and `exts` (type, data).
+    fn build(ciphers: &[u16], exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend([7u8; 32]);
+        body.push(0);
+        body.extend(((ciphers.len() * 2) as u16).to_be_bytes());
+        body.extend(ciphers.iter().flat_map(|c| c.to_be_bytes()));
+        body.extend([1, 0]);
+        let mut ext = Vec::new();
+        for (t, d) in exts {
+            ext.extend(t.to_be_bytes());
+            ext.extend((d.len() as u16).to_be_bytes());
+            ext.extend(d);
+        }
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend(body);
+        let mut rec = vec![0x16, 0x03, 0x01, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend(hs);
+        rec
+    }
+
+    fn list16(v: &[u16]) -> Vec<u8> {
+        let mut d = ((v.len() * 2) as u16).to_be_bytes().to_vec();
+        d.extend(v.iter().flat_map(|x| x.to_be_bytes()));
+        d
+    }
+
+    #[test]
+    fn fingerprints_match_the_code_before_the_memo() {
+        let sni = {
+            let mut d = vec![0, 12, 0, 0, 9];
+            d.extend(b"a.example");
+            d
+        };
+        let alpn = vec![0, 12, 2, b'h', b'2', 8, b'h', b't', b't', b'p', b'/', b'1', b'.', b'1'];
+        let mut hellos: Vec<Vec<u8>> = [
+            "curl-api.openai.com.bin",
+            "openssl-api.openai.com.bin",
+            "openssl-example.org.bin",
+            "openssl-no-sni.bin",
+            "python-sdk-api.openai.com.bin",
+            "synth-ech-cloudflare-ech.com.bin",
+            "synth-grease-ech-api.openai.com.bin",
+            "synth-x25519mlkem768-api.openai.com.bin",
+        ]
+        .iter()
+        .map(|f| hello(f))
+        .collect();
+        // Two signature-algorithm extensions (the last counts), a malformed one after a good
+        // one (the good one counts), GREASE in every list, a hello of 120 extensions, an
+        // odd-length list, an ALPN list whose first protocol is empty or not alphanumeric.
+        let sig = |v: &[u16]| (0x000d, list16(v));
+        hellos.push(build(
+            &[0x1301, 0x2a2a],
+            &[(0, sni.clone()), sig(&[0x0403]), sig(&[0x0804, 0x0a0a])],
+        ));
+        hellos.push(build(&[0x1301], &[sig(&[0x0403, 0x0503]), (0x000d, vec![0, 9, 1])]));
+        hellos.push(build(
+            &[0x0a0a, 0x1301, 0xfafa],
+            &[(0x3a3a, vec![]), (0x0010, alpn.clone()), sig(&[0x1a1a])],
+        ));
+        let many: Vec<(u16, Vec<u8>)> =
+            (0..120).map(|i| (0x7000 + i, vec![])).chain([sig(&[0x0403])]).collect();
+        hellos.push(build(&[0x1301, 0x1302], &many));
+        hellos.push(build(&[0x1301], &[(0x000d, vec![0, 3, 4, 3, 5])]));
+        hellos.push(build(&[0x1301], &[(0x0010, vec![0, 4, 0, 2, b'h', b'2'])]));
+        hellos.push(build(&[0x1301], &[(0x0010, vec![0, 4, 3, 0x01, b'x', 0xff])]));
+        let mut memo = Ja4Memo::new(64);
+        for raw in &hellos {
+            let mut sc = Vec::new();
+            let crate::HelloParse::Hello(h) = crate::parse_client_hello(raw, &mut sc) else {
+                panic!("not a hello: {raw:02x?}")
+            };
+            let old = old_ja4(&h);
+            assert_eq!(h.ja4(), old);
+            assert_eq!(*memo.ja4(&h), *old);
+        }
     }
 }

@@ -118,8 +118,7 @@ pub(crate) async fn serve<C: ClientIo>(
     }
     // A hello whose real name hides behind an ECH public name gets the rule set's `ech`
     // setting, as on the packet path: a diverted flow's hello is read here, not there.
-    if hello.as_ref().is_some_and(HelloNote::hides_name)
-        && shared.decider.ech_refused(peer, conn.original_dst.port())
+    if hello.as_ref().is_some_and(HelloNote::hides_name) && shared.decider.ech_refused(peer, &conn)
     {
         let why = "ECH: an encrypted ClientHello hides the server name";
         shared.nat.annotate(peer, FlowNote { hello, ..FlowNote::verdict("block", why) });

@@ -183,8 +183,9 @@ impl Decider {
     }
 
     /// Whether the policy refuses an encrypted ClientHello (its real name hidden behind an
-    /// ECH public name) from `peer` to `port`, as the packet engine decides inline.
-    pub fn ech_refused(&self, peer: SocketAddr, port: u16) -> bool {
+    /// ECH public name) from `peer` (with its MAC, as the decision takes it) to `conn`, as the
+    /// packet engine decides inline.
+    pub fn ech_refused(&self, peer: SocketAddr, conn: &DivertedConn) -> bool {
         let policy = self.policy.load();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -193,7 +194,14 @@ impl Decider {
             sluice_rules::EchPolicy::Allow => false,
             sluice_rules::EchPolicy::Block => true,
             sluice_rules::EchPolicy::Restricted => {
-                policy.may_restrict(peer.ip(), None, port, now, &self.overlay.load())
+                let port = conn.original_dst.port();
+                policy.may_restrict(
+                    peer.ip(),
+                    Some(conn.client_mac),
+                    port,
+                    now,
+                    &self.overlay.load(),
+                )
             }
         }
     }
@@ -377,5 +385,30 @@ mod tests {
         for set in [own, named] {
             assert!(set.contains(id("openai_api_key")), "credentials are always masked");
         }
+    }
+
+    /// A client known by its MAC alone: an ECH hello from it is refused as on the packet path
+    /// (`ech = "restricted"`, the default: refused where some inspect rule applies), and
+    /// another MAC at the same address is not.
+    #[test]
+    fn ech_is_refused_by_the_identity_the_mac_gives() {
+        let text = "[[identity]]\nname = \"kiosk\"\nmacs = [\"02:00:00:00:00:01\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[rule]]\nname = \"kiosk\"\nidentities = [\"kiosk\"]\ncategories = [\"ai\"]\naction = \"inspect\"\n";
+        let policy = sluice_rules::compile("t.toml", text, &sluice_rules::catalog::ShippedOnly)
+            .unwrap()
+            .policy;
+        let decider = Decider::new(
+            Arc::new(ArcSwap::from_pointee(policy)),
+            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
+            Arc::new(sluice_dlp::Scanner::new().unwrap()),
+            b"t",
+            Arc::new(crate::access::Access::default()),
+        );
+        let peer = "10.20.9.50:40000".parse().unwrap();
+        let at = |mac| DivertedConn {
+            original_dst: "198.51.100.10:443".parse().unwrap(),
+            client_mac: mac,
+        };
+        assert!(decider.ech_refused(peer, &at([2, 0, 0, 0, 0, 1])));
+        assert!(!decider.ech_refused(peer, &at([2, 0, 0, 0, 0, 2])));
     }
 }

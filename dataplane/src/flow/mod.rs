@@ -291,6 +291,10 @@ impl serde::Serialize for Alpn {
     }
 }
 
+/// Longest ALPN extension (bytes) whose list is shared: real clients offer a few short
+/// protocols (`h2`, `http/1.1`: 12 bytes).
+const ALPN_KEPT: usize = 64;
+
 /// What the hellos of many flows say alike, each held once: JA4s and ALPN lists.
 #[derive(Debug)]
 pub struct HelloNames {
@@ -314,8 +318,9 @@ impl HelloNames {
         self.alpn.retain(|_, v| Arc::strong_count(v) > 1);
     }
 
-    /// The ALPN list of `h`, shared (none when it offers none); past `cap` lists held by
-    /// flows (an attacker's unique lists), new ones stay unshared.
+    /// The ALPN list of `h`, shared (none when it offers none); lists of more than
+    /// [`ALPN_KEPT`] bytes, and new ones past `cap` lists (an attacker's unique lists, until
+    /// the sweep's purge), stay unshared.
     fn alpn(&mut self, h: &ClientHello<'_>) -> Option<Arc<[String]>> {
         let raw = h.alpn_raw();
         if let Some(v) = self.alpn.get(raw) {
@@ -326,10 +331,7 @@ impl HelloNames {
             return None;
         }
         let v: Arc<[String]> = list.into();
-        if self.alpn.len() >= self.cap {
-            self.alpn.retain(|_, v| Arc::strong_count(v) > 1);
-        }
-        if self.alpn.len() < self.cap {
+        if raw.len() <= ALPN_KEPT && self.alpn.len() < self.cap {
             self.alpn.insert(raw.into(), v.clone());
         }
         Some(v)

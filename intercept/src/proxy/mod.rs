@@ -125,9 +125,10 @@ pub(crate) async fn connection(
 ///   decides (a tunnel of plain HTTP to a blocked or inspected name is refused as such).
 /// - A CONNECT to an address: the hello's name must resolve to it (no fronting to any server
 ///   behind an allowed name).
-/// - An encrypted ClientHello whose outer name is an ECH public name is refused as the rule
-///   set's `ech` setting says, as inline.
 /// - A virtual key restricted to an identity is refused from the addresses of another.
+///
+/// (An encrypted ClientHello hiding its name is refused after these, in `conn::serve`, for
+/// tunnels and diverted flows alike.)
 pub(crate) async fn check_tunnel(
     shared: &Shared,
     peer: SocketAddr,
