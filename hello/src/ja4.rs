@@ -351,6 +351,12 @@ impl std::hash::Hasher for KeyHasher {
 mod tests {
     use super::*;
 
+    /// The cipher list and the extensions block of a hello with these lists.
+    fn raw_lists(ciphers: &[u16], exts: &[u16], sigalgs: &[u16]) -> (Vec<u8>, Vec<u8>) {
+        let c = ciphers.iter().flat_map(|x| x.to_be_bytes()).collect();
+        (c, block(exts, &list16(sigalgs)))
+    }
+
     /// An extensions block: each type with no data but the signature algorithms' `sig`.
     fn block(types: &[u16], sig: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();
@@ -431,11 +437,7 @@ mod tests {
         sigalgs: &[u16],
         alpn: Option<&[u8]>,
     ) -> Ja4Parts {
-        let be = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
-        let c = be(ciphers);
-        let mut sig = (sigalgs.len() as u16 * 2).to_be_bytes().to_vec();
-        sig.extend(be(sigalgs));
-        let exts = block(exts, &sig);
+        let (c, exts) = raw_lists(ciphers, exts, sigalgs);
         let mut p = Ja4Parts::default();
         p.fill(Ja4Input {
             quic,
@@ -481,11 +483,7 @@ mod tests {
     }
 
     fn key(ciphers: &[u16], exts: &[u16], sigalgs: &[u16], keys: &[u64; 3]) -> Ja4Key {
-        let be = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
-        let c = be(ciphers);
-        let mut sig = (sigalgs.len() as u16 * 2).to_be_bytes().to_vec();
-        sig.extend(be(sigalgs));
-        let exts = block(exts, &sig);
+        let (c, exts) = raw_lists(ciphers, exts, sigalgs);
         Ja4Key::of(
             Ja4Input {
                 quic: false,

@@ -346,21 +346,26 @@ impl Decider {
 mod tests {
     use super::*;
 
-    /// The detector set response masking gets from a rule with `extra` lines.
-    fn mask_of(extra: &str) -> Option<sluice_dlp::DetectorSet> {
-        let text = format!(
-            "[[identity]]\nname = \"finance\"\ncidrs = [\"10.20.1.0/24\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[dlp]]\nname = \"cards\"\ndetectors = [\"credit_card\"]\naction = \"block\"\n\n[[dlp]]\nname = \"people\"\ndetectors = [\"us_ssn\"]\naction = \"redact\"\n\n[[rule]]\nname = \"fin\"\nidentities = [\"finance\"]\ncategories = [\"ai\"]\naction = \"inspect\"\ndlp = \"cards\"\n{extra}"
-        );
-        let policy = sluice_rules::compile("t.toml", &text, &sluice_rules::catalog::ShippedOnly)
+    /// A decider over the rules `text`.
+    fn decider(text: &str) -> Decider {
+        let policy = sluice_rules::compile("t.toml", text, &sluice_rules::catalog::ShippedOnly)
             .unwrap()
             .policy;
-        let decider = Decider::new(
+        Decider::new(
             Arc::new(ArcSwap::from_pointee(policy)),
             Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
             Arc::new(sluice_dlp::Scanner::new().unwrap()),
             b"t",
             Arc::new(crate::access::Access::default()),
+        )
+    }
+
+    /// The detector set response masking gets from a rule with `extra` lines.
+    fn mask_of(extra: &str) -> Option<sluice_dlp::DetectorSet> {
+        let text = format!(
+            "[[identity]]\nname = \"finance\"\ncidrs = [\"10.20.1.0/24\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[dlp]]\nname = \"cards\"\ndetectors = [\"credit_card\"]\naction = \"block\"\n\n[[dlp]]\nname = \"people\"\ndetectors = [\"us_ssn\"]\naction = \"redact\"\n\n[[rule]]\nname = \"fin\"\nidentities = [\"finance\"]\ncategories = [\"ai\"]\naction = \"inspect\"\ndlp = \"cards\"\n{extra}"
         );
+        let decider = decider(&text);
         let conn =
             DivertedConn { original_dst: "198.51.100.10:443".parse().unwrap(), client_mac: [0; 6] };
         let d = decider.decide(
@@ -393,16 +398,7 @@ mod tests {
     #[test]
     fn ech_is_refused_by_the_identity_the_mac_gives() {
         let text = "[[identity]]\nname = \"kiosk\"\nmacs = [\"02:00:00:00:00:01\"]\n\n[[category]]\nname = \"ai\"\ndomains = [\"api.openai.com\"]\n\n[[rule]]\nname = \"kiosk\"\nidentities = [\"kiosk\"]\ncategories = [\"ai\"]\naction = \"inspect\"\n";
-        let policy = sluice_rules::compile("t.toml", text, &sluice_rules::catalog::ShippedOnly)
-            .unwrap()
-            .policy;
-        let decider = Decider::new(
-            Arc::new(ArcSwap::from_pointee(policy)),
-            Arc::new(ArcSwap::from_pointee(IdentityOverlay::default())),
-            Arc::new(sluice_dlp::Scanner::new().unwrap()),
-            b"t",
-            Arc::new(crate::access::Access::default()),
-        );
+        let decider = decider(text);
         let peer = "10.20.9.50:40000".parse().unwrap();
         let at = |mac| DivertedConn {
             original_dst: "198.51.100.10:443".parse().unwrap(),
