@@ -263,7 +263,8 @@ fn sigalg_list(data: &[u8]) -> Option<&[u8]> {
 
 /// JA4s remembered by the kind of hello, bounded: past `cap` kinds (an attacker's unique
 /// hellos) new ones are computed and not kept until [`Ja4Memo::purge`] (at the engine's
-/// sweep) drops the entries no flow holds any more. The fingerprints are shared: a flow holds its JA4 as an `Arc<str>`.
+/// sweep) drops the entries no flow holds any more. The fingerprints are shared: a flow
+/// holds its JA4 as an `Arc<str>`.
 #[derive(Debug)]
 pub struct Ja4Memo {
     map: std::collections::HashMap<Ja4Key, Arc<str>, BuildKeyHasher>,
