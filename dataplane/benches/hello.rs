@@ -57,6 +57,12 @@ fn bench(c: &mut Criterion) {
             black_box((policy.decide(&q, &overlay).action, ja4))
         })
     });
+    // The decision for a hello whose app was looked up.
+    let decide_app = |sni: Option<&str>, app| {
+        let q =
+            Query { src, mac: None, sni, port: 443, now: 0, app: AppSeen::Hello(app), op: None };
+        policy.decide(&q, &overlay).action
+    };
     g.bench_function("parse+ja4+app+decide", |b| {
         b.iter(|| {
             let HelloParse::Hello(h) = parse_client_hello(black_box(&hello), &mut scratch) else {
@@ -64,16 +70,7 @@ fn bench(c: &mut Criterion) {
             };
             let ja4 = h.ja4();
             let app = policy.apps.by_hello(&ja4, h.sni()).app;
-            let q = Query {
-                src,
-                mac: None,
-                sni: h.sni(),
-                port: 443,
-                now: 0,
-                app: AppSeen::Hello(app),
-                op: None,
-            };
-            black_box((policy.decide(&q, &overlay).action, ja4))
+            black_box((decide_app(h.sni(), app), ja4))
         })
     });
     // The hello as it arrives: one TCP segment in an Ethernet frame.
@@ -132,16 +129,7 @@ fn bench(c: &mut Criterion) {
                 let mut class = Class::default();
                 class.set_hello(&h, &mut names);
                 let app = policy.apps.by_hello(class.ja4.as_deref().unwrap(), h.sni()).app;
-                let q = Query {
-                    src,
-                    mac: None,
-                    sni: h.sni(),
-                    port: 443,
-                    now: 0,
-                    app: AppSeen::Hello(app),
-                    op: None,
-                };
-                black_box(policy.decide(&q, &overlay).action);
+                black_box(decide_app(h.sni(), app));
                 black_box((class, Guard::new(f.tcp.unwrap().seq, f.payload, Some(5001))))
             })
         });

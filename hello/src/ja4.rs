@@ -59,39 +59,54 @@ fn extensions(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-impl Ja4Parts {
-    /// Refills the parts from a hello's fields.
-    pub(crate) fn fill(&mut self, i: Ja4Input<'_>) {
-        let w = &mut self.words;
-        w.clear();
-        let alpn = i.first_alpn.filter(|p| !p.is_empty());
-        let flags = u16::from(i.quic) | u16::from(i.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
-        let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
-        w.extend_from_slice(&[flags, i.version, alpn_word, 0, 0]);
-        w.extend(pairs(i.ciphers).filter(|c| !is_grease(*c)));
-        let n_ciphers = w.len() - 5;
-        w[5..].sort_unstable();
-        w.push(0);
-        let exts_at = w.len();
+/// What one walk over a hello gives both readings of it ([`Ja4Parts`], [`Ja4Key`]): the
+/// header words `[flags, version, alpn, ext_count]` and the signature algorithms.
+struct Walked<'a> {
+    head: [u16; 4],
+    sigalgs: &'a [u8],
+}
+
+impl<'a> Ja4Input<'a> {
+    /// Walks the hello once: each cipher but GREASE to `cipher`, each extension type but
+    /// GREASE, SNI and ALPN to `ext`; the last readable signature algorithms list is kept.
+    fn walk(self, mut cipher: impl FnMut(u16), mut ext: impl FnMut(u16)) -> Walked<'a> {
+        pairs(self.ciphers).filter(|c| !is_grease(*c)).for_each(&mut cipher);
         let mut ext_count = 0u16;
         let mut sigalgs: &[u8] = &[];
-        for (t, data) in extensions(i.extensions).filter(|(t, _)| !is_grease(*t)) {
+        for (t, data) in extensions(self.extensions).filter(|(t, _)| !is_grease(*t)) {
+            // Bounded by the hello's size (16 KiB): the count fits in 16 bits.
             ext_count = ext_count.saturating_add(1);
             if t != 0x0000 && t != 0x0010 {
-                w.push(t);
+                ext(t);
             }
             if t == 0x000d {
-                // A two-byte length, then the list.
                 sigalgs = sigalg_list(data).unwrap_or(sigalgs);
             }
         }
-        let n_exts = w.len() - exts_at;
-        w[exts_at..].sort_unstable();
-        w.extend(pairs(sigalgs));
-        // Lists are bounded by the hello's size (16 KiB), so the counts fit in 16 bits.
-        w[3] = ext_count;
-        w[4] = u16::try_from(n_ciphers).unwrap_or(u16::MAX);
-        w[exts_at - 1] = u16::try_from(n_exts).unwrap_or(u16::MAX);
+        let alpn = self.first_alpn.filter(|p| !p.is_empty());
+        let flags =
+            u16::from(self.quic) | u16::from(self.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
+        let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
+        Walked { head: [flags, self.version, alpn_word, ext_count], sigalgs }
+    }
+}
+
+impl Ja4Parts {
+    /// Refills the parts from a hello's fields.
+    pub(crate) fn fill(&mut self, i: Ja4Input<'_>) {
+        let (mut ciphers, mut exts) = (Vec::new(), Vec::new());
+        let walked = i.walk(|c| ciphers.push(c), |t| exts.push(t));
+        ciphers.sort_unstable();
+        exts.sort_unstable();
+        let count = |v: &[u16]| u16::try_from(v.len()).unwrap_or(u16::MAX);
+        let w = &mut self.words;
+        w.clear();
+        w.extend_from_slice(&walked.head);
+        w.push(count(&ciphers));
+        w.extend_from_slice(&ciphers);
+        w.push(count(&exts));
+        w.extend_from_slice(&exts);
+        w.extend(pairs(walked.sigalgs));
     }
 
     /// The fingerprint.
@@ -218,33 +233,26 @@ impl Ja4Key {
     /// The key of a hello's fields under the memo's secret `keys` (so that nobody outside
     /// can aim two kinds of hello at one key).
     fn of(i: Ja4Input<'_>, keys: &[u64; 3]) -> Self {
-        let mut sums = [0u64; 3];
-        let mut n_ciphers = 0u16;
-        for c in pairs(i.ciphers).filter(|c| !is_grease(*c)) {
-            sums[0] = sums[0].wrapping_add(mix(u64::from(c) | 1 << 16, keys[0]));
-            n_ciphers = n_ciphers.wrapping_add(1);
-        }
-        let (mut ext_count, mut n_exts) = (0u16, 0u16);
-        let mut sigalgs: &[u8] = &[];
-        for (t, data) in extensions(i.extensions).filter(|(t, _)| !is_grease(*t)) {
-            ext_count = ext_count.wrapping_add(1);
-            if t != 0x0000 && t != 0x0010 {
-                sums[1] = sums[1].wrapping_add(mix(u64::from(t) | 1 << 16, keys[1]));
+        let (mut in_ciphers, mut in_exts, mut in_sigalgs) = (0u64, 0u64, 0u64);
+        let (mut n_ciphers, mut n_exts) = (0u16, 0u16);
+        let walked = i.walk(
+            |c| {
+                in_ciphers = in_ciphers.wrapping_add(mix(u64::from(c) | 1 << 16, keys[0]));
+                n_ciphers = n_ciphers.wrapping_add(1);
+            },
+            |t| {
+                in_exts = in_exts.wrapping_add(mix(u64::from(t) | 1 << 16, keys[1]));
                 n_exts = n_exts.wrapping_add(1);
-            }
-            if t == 0x000d {
-                sigalgs = sigalg_list(data).unwrap_or(sigalgs);
-            }
-        }
+            },
+        );
         // In order: each value mixed with its position (independent mixes, not a chain).
-        for (n, s) in pairs(sigalgs).enumerate() {
+        for (n, s) in pairs(walked.sigalgs).enumerate() {
             let at = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            sums[2] = sums[2].wrapping_add(mix(u64::from(s) | 1 << 16, keys[2] ^ at));
+            in_sigalgs = in_sigalgs.wrapping_add(mix(u64::from(s) | 1 << 16, keys[2] ^ at));
         }
-        let alpn = i.first_alpn.filter(|p| !p.is_empty());
-        let flags = u16::from(i.quic) | u16::from(i.has_sni) << 1 | u16::from(alpn.is_some()) << 2;
-        let alpn_word = alpn.map_or(0, |p| u16::from_be_bytes([p[0], p[p.len() - 1]]));
-        let head = [flags, i.version, alpn_word, ext_count, n_ciphers, n_exts];
+        let sums = [in_ciphers, in_exts, in_sigalgs];
+        let [flags, version, alpn, ext_count] = walked.head;
+        let head = [flags, version, alpn, ext_count, n_ciphers, n_exts];
         let packed = |w: &[u16]| w.iter().fold(0u64, |a, x| a << 16 | u64::from(*x));
         let hash = mix(packed(&head[..4]), keys[0].rotate_left(7))
             ^ mix(packed(&head[4..]), keys[1].rotate_left(7))
@@ -352,6 +360,10 @@ impl std::hash::Hasher for KeyHasher {
 mod tests {
     use super::*;
 
+    /// A hello's JA4 inputs: QUIC, version, SNI, ciphers, extension types, signature
+    /// algorithms, first ALPN protocol.
+    type Case<'a> = (bool, u16, bool, &'a [u16], &'a [u16], &'a [u16], Option<&'a [u8]>);
+
     /// The cipher list and the extensions block of a hello with these lists.
     fn raw_lists(ciphers: &[u16], exts: &[u16], sigalgs: &[u16]) -> (Vec<u8>, Vec<u8>) {
         let c = ciphers.iter().flat_map(|x| x.to_be_bytes()).collect();
@@ -372,15 +384,8 @@ mod tests {
 
     /// JA4 as FoxIO's reference describes it, written out with strings: what the parts must
     /// give.
-    fn reference(
-        quic: bool,
-        version: u16,
-        sni: bool,
-        ciphers: &[u16],
-        exts: &[u16],
-        sigalgs: &[u16],
-        alpn: Option<&[u8]>,
-    ) -> String {
+    fn reference(case: Case<'_>) -> String {
+        let (quic, version, sni, ciphers, exts, sigalgs, alpn) = case;
         let hex = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
         let h12 = |s: &str| {
             if s.is_empty() {
@@ -429,15 +434,8 @@ mod tests {
         format!("{a}_{}_{cpart}", if c.is_empty() { EMPTY.to_owned() } else { h12(&hex(&c)) })
     }
 
-    fn parts(
-        quic: bool,
-        version: u16,
-        sni: bool,
-        ciphers: &[u16],
-        exts: &[u16],
-        sigalgs: &[u16],
-        alpn: Option<&[u8]>,
-    ) -> Ja4Parts {
+    fn parts(case: Case<'_>) -> Ja4Parts {
+        let (quic, version, sni, ciphers, exts, sigalgs, alpn) = case;
         let (c, exts) = raw_lists(ciphers, exts, sigalgs);
         let mut p = Ja4Parts::default();
         p.fill(Ja4Input {
@@ -464,7 +462,6 @@ mod tests {
         let sigalgs = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601];
         let mut many_exts = vec![0x0005; 120];
         many_exts.push(0x000d);
-        type Case<'a> = (bool, u16, bool, &'a [u16], &'a [u16], &'a [u16], Option<&'a [u8]>);
         let cases: [Case<'_>; 6] = [
             (false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"h2")),
             (true, 0x0304, false, &chrome_ciphers, &chrome_exts, &[], Some(b"h3")),
@@ -474,11 +471,12 @@ mod tests {
             (false, 0x0300, true, &[0x002f; 130], &many_exts, &[0x0403; 70], Some(b"http/1.1")),
         ];
         for (q, v, s, c, e, g, a) in cases {
-            assert_eq!(parts(q, v, s, c, e, g, a).ja4(), reference(q, v, s, c, e, g, a));
+            assert_eq!(parts((q, v, s, c, e, g, a)).ja4(), reference((q, v, s, c, e, g, a)));
         }
         // FoxIO's published Chrome vector: t13d1516h2_8daaf6152771_e5627efa2ab1.
         assert_eq!(
-            parts(false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"h2")).ja4(),
+            parts((false, 0x0304, true, &chrome_ciphers, &chrome_exts, &sigalgs, Some(b"h2")))
+                .ja4(),
             "t13d1516h2_8daaf6152771_e5627efa2ab1"
         );
     }
@@ -595,7 +593,7 @@ mod tests {
                 sigalgs = pairs(v).collect();
             }
         }
-        reference(h.quic, h.version, h.sni.is_some(), &ciphers, &types, &sigalgs, h.alpn().next())
+        reference((h.quic, h.version, h.sni.is_some(), &ciphers, &types, &sigalgs, h.alpn().next()))
     }
 
     /// A ClientHello record with `ciphers` and `exts` (type, data).

@@ -68,7 +68,7 @@ impl HelloNote {
     /// `ech-public-names` catalog), or no outer name at all. GREASE ECH, which Chrome sends to
     /// every server, carries the real name outside.
     pub fn hides_name(&self) -> bool {
-        self.ech && self.sni.as_deref().is_none_or(sluice_rules::catalog::is_ech_public_name)
+        self.ech && sluice_rules::catalog::ech_hides_name(self.sni.as_deref())
     }
 
     /// What a flow record says of the hello's ECH extension: `hidden` (the name hidden),

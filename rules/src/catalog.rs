@@ -24,6 +24,14 @@ pub fn shipped(name: &str) -> Option<&'static str> {
     SHIPPED.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
+/// True when a ClientHello with an `encrypted_client_hello` extension and outer name `outer`
+/// hides its real server name: no outer name at all, or an ECH public name. GREASE ECH
+/// (Chrome's, to every server) carries the real name outside. One answer for the packet path
+/// and the interception engine.
+pub fn ech_hides_name(outer: Option<&str>) -> bool {
+    outer.is_none_or(|n| n.is_empty() || is_ech_public_name(n))
+}
+
 /// True when `sni` is (or is under) the public name of a known ECH configuration (the shipped
 /// `ech-public-names` catalog): an outer ClientHello naming it hides the real server.
 pub fn is_ech_public_name(sni: &str) -> bool {

@@ -28,7 +28,7 @@ pub(super) fn decide(
         return verdict;
     }
     let outer = flow.class.sni.as_deref().unwrap_or("");
-    if !outer.is_empty() && !catalog::is_ech_public_name(outer) {
+    if !catalog::ech_hides_name(Some(outer)) {
         if learned.is_some_and(|n| !n.eq_ignore_ascii_case(outer)) {
             flow.class.ech = Some("suspect");
         }
