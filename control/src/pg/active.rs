@@ -95,11 +95,12 @@ impl Active {
 
     /// Whether the lock's session answers within `within`.
     pub fn held(&self, within: Duration) -> bool {
-        let pg = self.pg.clone();
-        let check = runtime().spawn(async move {
-            tokio::time::timeout(within, pg.client_ref().simple_query("SELECT 1")).await
-        });
-        matches!(wait(check), Ok(Ok(Ok(_))))
+        // The timer is the runtime's; the query is waited for on this thread.
+        let _rt = runtime().enter();
+        matches!(
+            wait(tokio::time::timeout(within, self.pg.client_ref().simple_query("SELECT 1"))),
+            Ok(Ok(_))
+        )
     }
 
     /// Checks the session every `every` on a thread of its own; when it is gone or does not

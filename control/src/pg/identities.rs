@@ -30,7 +30,8 @@ impl PgIdentStore {
         Self::with(Pg::connect_with(cfg)?)
     }
 
-    fn with(mut pg: Pg) -> Result<Self, StoreError> {
+    fn with(pg: Pg) -> Result<Self, StoreError> {
+        let mut pg = pg.healing();
         pg.migrate("identities", MIGRATIONS)?;
         Ok(PgIdentStore { pg })
     }

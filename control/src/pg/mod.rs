@@ -8,7 +8,8 @@
 //! panic there). Waiting blocks the caller as a SQLite call does.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, Config};
@@ -77,25 +78,105 @@ pub fn parse(url: &str) -> Result<Config, StoreError> {
     Ok(cfg)
 }
 
+/// A connection's client, lent for a query.
+pub(crate) struct ClientRef<'a>(MutexGuard<'a, Conn>);
+
+impl std::ops::Deref for ClientRef<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0.client
+    }
+}
+
 /// Waits for `f` on the calling thread.
 pub(crate) fn wait<F: Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
 }
 
 /// One connection.
+///
+/// A store's connection ([`Pg::healing`]) is opened again when the server has closed it (a
+/// restart, a failover, an ended backend): the query that met the loss fails (the link then
+/// does not acknowledge, so the data plane sends its records again), and the next one
+/// reconnects, at most once per [`REOPEN_EVERY`] while the server stays away, each attempt
+/// bounded by [`REOPEN_TIMEOUT`]. Readers holding a snapshot and the active lock's session
+/// never reconnect: their state would be gone.
 pub struct Pg {
-    client: Client,
+    conn: Mutex<Conn>,
     /// How it connected (another connection to the same database: [`Pg::another`]).
     cfg: Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    heals: bool,
     /// A second connection in the same snapshot, once [`crate::records::EvidenceView::hold_snapshot`]
     /// made one: a walk reads its two tables at once, one on each (one connection answers
     /// one query at a time).
     pub(crate) beside: Option<Box<Pg>>,
 }
 
+/// The client and when it was last opened again.
+struct Conn {
+    client: Client,
+    reopened: Option<Instant>,
+}
+
+/// Least time between two attempts to reconnect while the server stays away.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
+/// Longest wait for one reconnection (when the string sets no `connect_timeout`).
+pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl std::fmt::Debug for Pg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pg").field("closed", &self.client.is_closed()).finish()
+        // Never waits: a query in progress holds the client.
+        let closed = self.conn.try_lock().ok().map(|c| c.client.is_closed());
+        f.debug_struct("Pg").field("closed", &closed).finish()
+    }
+}
+
+/// Opens a connection with `cfg` and spawns its task on [`runtime`].
+fn open(
+    cfg: &Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+) -> Result<Client, StoreError> {
+    let at = cfg.clone();
+    let tls = tls.clone();
+    // A Unix socket carries no TLS (and its path is no name to verify a certificate by).
+    let local = cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+    let (client, conn) = wait(runtime().spawn(async move {
+        if local {
+            at.connect(tokio_postgres::NoTls)
+                .await
+                .map(|(c, conn)| (c, futures_util::future::Either::Left(conn)))
+        } else {
+            at.connect(tls).await.map(|(c, conn)| (c, futures_util::future::Either::Right(conn)))
+        }
+    }))
+    .map_err(|e| StoreError::Closed(e.to_string()))??;
+    runtime().spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::error!("PostgreSQL connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+impl Conn {
+    /// Opens the connection again when it is closed and the last attempt is old enough.
+    fn heal(&mut self, cfg: &Config, tls: &tokio_postgres_rustls::MakeRustlsConnect) {
+        if !self.client.is_closed() || self.reopened.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return;
+        }
+        self.reopened = Some(Instant::now());
+        let mut cfg = cfg.clone();
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(REOPEN_TIMEOUT);
+        }
+        match open(&cfg, tls) {
+            Ok(c) => {
+                self.client = c;
+                tracing::warn!("PostgreSQL: the connection was lost; connected again");
+            }
+            Err(e) => tracing::error!("PostgreSQL: the connection is lost; connecting again: {e}"),
+        }
     }
 }
 
@@ -118,27 +199,20 @@ impl Pg {
         tls: tokio_postgres_rustls::MakeRustlsConnect,
     ) -> Result<Pg, StoreError> {
         cfg.application_name("sluice-control");
-        let at = cfg.clone();
-        // A Unix socket carries no TLS (and its path is no name to verify a certificate by).
-        let local = cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
-        let (client, conn) = wait(runtime().spawn(async move {
-            if local {
-                at.connect(tokio_postgres::NoTls)
-                    .await
-                    .map(|(c, conn)| (c, futures_util::future::Either::Left(conn)))
-            } else {
-                at.connect(tls)
-                    .await
-                    .map(|(c, conn)| (c, futures_util::future::Either::Right(conn)))
-            }
-        }))
-        .map_err(|e| StoreError::Closed(e.to_string()))??;
-        runtime().spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::error!("PostgreSQL connection: {e}");
-            }
-        });
-        Ok(Pg { client, cfg, beside: None })
+        let client = open(&cfg, &tls)?;
+        Ok(Pg {
+            conn: Mutex::new(Conn { client, reopened: None }),
+            cfg,
+            tls,
+            heals: false,
+            beside: None,
+        })
+    }
+
+    /// This connection, opened again when the server has closed it (a store's).
+    pub(crate) fn healing(mut self) -> Pg {
+        self.heals = true;
+        self
     }
 
     /// Another connection to the same database (a reader beside the writer).
@@ -148,17 +222,25 @@ impl Pg {
 
     /// The client, for a store's transactions (wait on them with [`wait`]).
     pub(crate) fn client(&mut self) -> &mut Client {
-        &mut self.client
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if self.heals {
+            conn.heal(&self.cfg, &self.tls);
+        }
+        &mut conn.client
     }
 
-    /// The client, for a store's queries.
-    pub(crate) fn client_ref(&self) -> &Client {
-        &self.client
+    /// The client, for a store's queries (held until the guard is dropped).
+    pub(crate) fn client_ref(&self) -> ClientRef<'_> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.heals {
+            conn.heal(&self.cfg, &self.tls);
+        }
+        ClientRef(conn)
     }
 
     /// Whether the server answers on this connection (the watchdog's check).
     pub(crate) fn alive(&self) -> bool {
-        wait(self.client.simple_query("SELECT 1")).is_ok()
+        wait(self.client_ref().simple_query("SELECT 1")).is_ok()
     }
 
     /// Brings store `store`'s schema up to date: applies the steps of `steps` not applied
@@ -166,15 +248,15 @@ impl Pg {
     /// controls starting at once apply each step once.
     pub fn migrate(&mut self, store: &str, steps: &[&str]) -> Result<(), StoreError> {
         wait(async {
-            let there: bool = self
-                .client
+            let client = self.client();
+            let there: bool = client
                 .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
                 .await?
                 .try_get(0)?;
             if !there {
                 // Under the migration lock: two controls creating the table at once would
                 // race on the catalog (a unique violation, or "type already exists").
-                let tx = self.client.transaction().await?;
+                let tx = client.transaction().await?;
                 tx.execute(
                     "SELECT pg_advisory_xact_lock(hashtext('sluice-migrate:' || current_schema()))",
                     &[],
@@ -190,7 +272,7 @@ impl Pg {
             }
             for (i, step) in steps.iter().enumerate() {
                 let n = i32::try_from(i + 1).unwrap_or(i32::MAX);
-                let tx = self.client.transaction().await?;
+                let tx = client.transaction().await?;
                 tx.execute(
                     "SELECT pg_advisory_xact_lock(hashtext('sluice-migrate:' || current_schema()))",
                     &[],
@@ -331,6 +413,88 @@ mod tests {
         assert!(ssl);
         let refused = Pg::connect_using(cfg, tls_trusting(None).unwrap()).unwrap_err();
         assert!(refused.to_string().contains("TLS"), "{refused}");
+    }
+
+    /// Ends the server's backend of `pg` (as a restart or a failover would) and waits until
+    /// the client has seen its connection close.
+    fn end_backend(pg: &Pg, cfg: &Config) {
+        let pid: i32 =
+            wait(pg.client_ref().query_one("SELECT pg_backend_pid()", &[])).unwrap().get(0);
+        let other = Pg::connect_with(cfg.clone()).unwrap();
+        let ended: bool =
+            wait(other.client_ref().query_one("SELECT pg_terminate_backend($1)", &[&pid]))
+                .unwrap()
+                .get(0);
+        assert!(ended);
+        let t = Instant::now();
+        while !pg.conn.lock().unwrap().client.is_closed() {
+            assert!(t.elapsed() < Duration::from_secs(10), "the client never saw the end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn backend(pg: &Pg) -> Result<i32, tokio_postgres::Error> {
+        Ok(wait(pg.client_ref().query_one("SELECT pg_backend_pid()", &[]))?.get(0))
+    }
+
+    /// A store's connection that the server ended is opened again by the next query, in the
+    /// same schema; a reader's (a snapshot's, the active lock's session) is not: its state
+    /// is gone, so its queries fail.
+    #[test]
+    fn a_store_connection_the_server_ended_is_opened_again() {
+        let Some(cfg) = testing::fresh() else { return };
+        let healing = Pg::connect_with(cfg.clone()).unwrap().healing();
+        wait(
+            healing
+                .client_ref()
+                .batch_execute("CREATE TABLE kept (n INT); INSERT INTO kept VALUES (7)"),
+        )
+        .unwrap();
+        let before = backend(&healing).unwrap();
+        end_backend(&healing, &cfg);
+        assert_ne!(backend(&healing).unwrap(), before);
+        let n: i32 =
+            wait(healing.client_ref().query_one("SELECT n FROM kept", &[])).unwrap().get(0);
+        assert_eq!(n, 7);
+
+        let reader = Pg::connect_with(cfg.clone()).unwrap();
+        end_backend(&reader, &cfg);
+        assert!(backend(&reader).is_err());
+        assert!(backend(&reader).is_err());
+    }
+
+    /// While the server stays away, a lost connection is tried again at most once per
+    /// [`REOPEN_EVERY`]: the queries between fail at once.
+    #[test]
+    fn attempts_to_reconnect_are_spaced() {
+        let Some(cfg) = testing::fresh() else { return };
+        let mut pg = Pg::connect_with(cfg.clone()).unwrap().healing();
+        end_backend(&pg, &cfg);
+        // Nothing listens on port 1.
+        pg.cfg = "host=127.0.0.1 port=1 user=nobody connect_timeout=2".parse().unwrap();
+        assert!(backend(&pg).is_err());
+        let first = pg.conn.lock().unwrap().reopened.expect("an attempt was made");
+        assert!(backend(&pg).is_err());
+        assert_eq!(pg.conn.lock().unwrap().reopened, Some(first), "tried again at once");
+    }
+
+    /// The record store goes on after its connection was lost: the batch after is stored,
+    /// and nothing stored before is lost.
+    #[test]
+    fn the_record_store_stores_after_its_connection_was_lost() {
+        use crate::records::RecordStore;
+        let Some(cfg) = testing::fresh() else { return };
+        let mut s = records::PgRecordStore::open_with(cfg.clone()).unwrap();
+        let row = |n: u64| {
+            let text =
+                format!("{{\"seq\":{n},\"type\":\"flow\",\"ts_ms\":{n},\"verdict\":\"allow\"}}");
+            crate::record::Row::read_value(serde_json::from_str(&text).unwrap(), "dp").unwrap()
+        };
+        assert_eq!(s.ingest("dp", &[row(1), row(2)]).unwrap(), [true, true]);
+        end_backend(&s.pg, &cfg);
+        assert_eq!(s.ingest("dp", &[row(3)]).unwrap(), [true]);
+        assert_eq!(s.count().unwrap(), 3);
+        assert_eq!(s.last_seq("dp").unwrap(), Some(3));
     }
 }
 

@@ -142,7 +142,8 @@ impl PgRecordStore {
         Self::with(Pg::connect_with(cfg)?)
     }
 
-    fn with(mut pg: Pg) -> Result<Self, StoreError> {
+    fn with(pg: Pg) -> Result<Self, StoreError> {
+        let mut pg = pg.healing();
         pg.migrate("records", MIGRATIONS)?;
         Ok(PgRecordStore {
             pg,

@@ -36,8 +36,9 @@ impl PgRecordStore {
     /// Per chain: the highest position due by age, and by count; then each cut where the
     /// records agree (see `chainstore::cuts`).
     pub(super) fn cuts(&self, older_than_ms: u64, max_rows: u64) -> Result<Vec<Cut>, StoreError> {
-        let c = self.pg.client_ref();
         let mut at = Due::new();
+        // The client is lent for these queries only: the cuts below ask again.
+        let c = self.pg.client_ref();
         for t in TABLES {
             let threshold: i64 = wait(c.query_opt(
                 &format!("SELECT id FROM {t} ORDER BY id DESC LIMIT 1 OFFSET $1"),
@@ -60,6 +61,7 @@ impl PgRecordStore {
                 }
             }
         }
+        drop(c);
         decide_cuts(
             at,
             older_than_ms,

@@ -240,7 +240,7 @@ impl PgRecordStore {
     ) -> Result<Vec<Recording>, StoreError> {
         let thread = match &f.thread {
             Some(t) => Some(
-                wait(thread_of_response(self.pg.client_ref(), t))?.unwrap_or_else(|| t.clone()),
+                wait(thread_of_response(&*self.pg.client_ref(), t))?.unwrap_or_else(|| t.clone()),
             ),
             None => None,
         };

@@ -63,7 +63,8 @@ impl PgRuleStore {
         Self::with(Pg::connect_with(cfg)?)
     }
 
-    fn with(mut pg: Pg) -> Result<Self, StoreError> {
+    fn with(pg: Pg) -> Result<Self, StoreError> {
+        let mut pg = pg.healing();
         pg.migrate("rules", MIGRATIONS)?;
         Ok(PgRuleStore { pg })
     }
