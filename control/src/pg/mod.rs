@@ -95,25 +95,28 @@ pub(crate) fn wait<F: Future>(f: F) -> F::Output {
 
 /// One connection.
 ///
-/// A store's connection ([`Pg::healing`]) is opened again when the server has closed it (a
-/// restart, a failover, an ended backend): the query that met the loss fails (the link then
+/// A store's connection ([`Pg::healing`]) is opened again when the server has closed it (an
+/// ended backend, an idle-session timeout): the query that met the loss fails (the link then
 /// does not acknowledge, so the data plane sends its records again), and the next one
-/// reconnects, at most once per [`REOPEN_EVERY`] while the server stays away, each attempt
-/// bounded by [`REOPEN_TIMEOUT`]. Readers holding a snapshot and the active lock's session
-/// never reconnect: their state would be gone.
+/// reconnects. While the server stays away, an attempt is made at most [`REOPEN_EVERY`] after
+/// the last one ended, each bounded by [`REOPEN_TIMEOUT`], and the queries between fail at
+/// once. Readers holding a snapshot and the active lock's session never reconnect: their
+/// state would be gone.
 pub struct Pg {
     conn: Mutex<Conn>,
     /// How it connected (another connection to the same database: [`Pg::another`]).
     cfg: Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     heals: bool,
+    /// How long one reconnection may take ([`REOPEN_TIMEOUT`]).
+    reopen_within: Duration,
     /// A second connection in the same snapshot, once [`crate::records::EvidenceView::hold_snapshot`]
     /// made one: a walk reads its two tables at once, one on each (one connection answers
     /// one query at a time).
     pub(crate) beside: Option<Box<Pg>>,
 }
 
-/// The client and when it was last opened again.
+/// The client, and when the last failed attempt to open it again ended.
 struct Conn {
     client: Client,
     reopened: Option<Instant>,
@@ -121,7 +124,7 @@ struct Conn {
 
 /// Least time between two attempts to reconnect while the server stays away.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(2);
-/// Longest wait for one reconnection (when the string sets no `connect_timeout`).
+/// Longest wait for one reconnection, all of it (connecting, TLS, start-up).
 pub const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Pg {
@@ -132,50 +135,77 @@ impl std::fmt::Debug for Pg {
     }
 }
 
-/// Opens a connection with `cfg` and spawns its task on [`runtime`].
+/// Opens a connection with `cfg` on [`runtime`], which then drives it; waits at most `within`
+/// for the whole of it (connecting, TLS, start-up) when given. The caller blocks on a channel,
+/// not an executor, so a store may reconnect from inside a query it waits for.
 fn open(
     cfg: &Config,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    within: Option<Duration>,
 ) -> Result<Client, StoreError> {
     let at = cfg.clone();
     let tls = tls.clone();
     // A Unix socket carries no TLS (and its path is no name to verify a certificate by).
     let local = cfg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
-    let (client, conn) = wait(runtime().spawn(async move {
-        if local {
-            at.connect(tokio_postgres::NoTls)
-                .await
-                .map(|(c, conn)| (c, futures_util::future::Either::Left(conn)))
-        } else {
-            at.connect(tls).await.map(|(c, conn)| (c, futures_util::future::Either::Right(conn)))
-        }
-    }))
-    .map_err(|e| StoreError::Closed(e.to_string()))??;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime().spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::error!("PostgreSQL connection: {e}");
-        }
+        let connect = async move {
+            if local {
+                let (client, conn) = at.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(drive(conn));
+                Ok(client)
+            } else {
+                let (client, conn) = at.connect(tls).await?;
+                tokio::spawn(drive(conn));
+                Ok(client)
+            }
+        };
+        let r = match within {
+            Some(d) => tokio::time::timeout(d, connect).await.unwrap_or_else(|_| {
+                Err(StoreError::Closed(format!("no connection to the server within {d:?}")))
+            }),
+            None => connect.await,
+        };
+        let _ = tx.send(r);
     });
-    Ok(client)
+    rx.recv().map_err(|_| StoreError::Closed("the PostgreSQL runtime is gone".into()))?
+}
+
+/// Drives one connection until it ends.
+async fn drive<S, T>(conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = conn.await {
+        tracing::error!("PostgreSQL connection: {e}");
+    }
 }
 
 impl Conn {
-    /// Opens the connection again when it is closed and the last attempt is old enough.
-    fn heal(&mut self, cfg: &Config, tls: &tokio_postgres_rustls::MakeRustlsConnect) {
+    /// Opens the connection again when it is closed, unless an attempt failed less than
+    /// [`REOPEN_EVERY`] ago; an attempt waits at most `within`.
+    fn heal(
+        &mut self,
+        cfg: &Config,
+        tls: &tokio_postgres_rustls::MakeRustlsConnect,
+        within: Duration,
+    ) {
         if !self.client.is_closed() || self.reopened.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
             return;
         }
-        self.reopened = Some(Instant::now());
-        let mut cfg = cfg.clone();
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(REOPEN_TIMEOUT);
-        }
-        match open(&cfg, tls) {
+        match open(cfg, tls, Some(within)) {
             Ok(c) => {
                 self.client = c;
+                self.reopened = None;
                 tracing::warn!("PostgreSQL: the connection was lost; connected again");
             }
-            Err(e) => tracing::error!("PostgreSQL: the connection is lost; connecting again: {e}"),
+            Err(e) => {
+                // From the attempt's end: one that waited its whole bound is not followed by
+                // another at once.
+                self.reopened = Some(Instant::now());
+                tracing::error!("PostgreSQL: the connection is lost; connecting again: {e}");
+            }
         }
     }
 }
@@ -199,12 +229,13 @@ impl Pg {
         tls: tokio_postgres_rustls::MakeRustlsConnect,
     ) -> Result<Pg, StoreError> {
         cfg.application_name("sluice-control");
-        let client = open(&cfg, &tls)?;
+        let client = open(&cfg, &tls, None)?;
         Ok(Pg {
             conn: Mutex::new(Conn { client, reopened: None }),
             cfg,
             tls,
             heals: false,
+            reopen_within: REOPEN_TIMEOUT,
             beside: None,
         })
     }
@@ -224,7 +255,7 @@ impl Pg {
     pub(crate) fn client(&mut self) -> &mut Client {
         let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
         if self.heals {
-            conn.heal(&self.cfg, &self.tls);
+            conn.heal(&self.cfg, &self.tls, self.reopen_within);
         }
         &mut conn.client
     }
@@ -233,7 +264,7 @@ impl Pg {
     pub(crate) fn client_ref(&self) -> ClientRef<'_> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if self.heals {
-            conn.heal(&self.cfg, &self.tls);
+            conn.heal(&self.cfg, &self.tls, self.reopen_within);
         }
         ClientRef(conn)
     }
@@ -463,19 +494,27 @@ mod tests {
         assert!(backend(&reader).is_err());
     }
 
-    /// While the server stays away, a lost connection is tried again at most once per
-    /// [`REOPEN_EVERY`]: the queries between fail at once.
+    /// A reconnection waits at most its bound, all of it: here a server that accepts and never
+    /// answers. The next attempt is due [`REOPEN_EVERY`] after the end of this one; the
+    /// queries before fail at once.
     #[test]
-    fn attempts_to_reconnect_are_spaced() {
+    fn a_reconnection_is_bounded_and_attempts_are_spaced() {
         let Some(cfg) = testing::fresh() else { return };
         let mut pg = Pg::connect_with(cfg.clone()).unwrap().healing();
         end_backend(&pg, &cfg);
-        // Nothing listens on port 1.
-        pg.cfg = "host=127.0.0.1 port=1 user=nobody connect_timeout=2".parse().unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        pg.cfg = format!("host=127.0.0.1 port={port} user=nobody sslmode=disable").parse().unwrap();
+        pg.reopen_within = Duration::from_millis(300);
+        let t = Instant::now();
         assert!(backend(&pg).is_err());
-        let first = pg.conn.lock().unwrap().reopened.expect("an attempt was made");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+        let stamped = pg.conn.lock().unwrap().reopened.expect("an attempt was made");
+        assert!(stamped >= t + Duration::from_millis(300), "stamped before the attempt ended");
         assert!(backend(&pg).is_err());
-        assert_eq!(pg.conn.lock().unwrap().reopened, Some(first), "tried again at once");
+        assert_eq!(pg.conn.lock().unwrap().reopened, Some(stamped), "tried again at once");
+        drop(silent);
     }
 
     /// The record store goes on after its connection was lost: the batch after is stored,
@@ -495,6 +534,11 @@ mod tests {
         assert_eq!(s.ingest("dp", &[row(3)]).unwrap(), [true]);
         assert_eq!(s.count().unwrap(), 3);
         assert_eq!(s.last_seq("dp").unwrap(), Some(3));
+        // A write that asks for the client inside the query it waits for (the inventory's
+        // flush) reconnects too.
+        end_backend(&s.pg, &cfg);
+        s.write_inventory().unwrap();
+        assert_eq!(s.count().unwrap(), 3);
     }
 }
 
