@@ -77,14 +77,17 @@ pub fn with_stores<T>(
             {
                 // One moment of both stores: ingestion writes a batch and the notes about its
                 // chain under this lock; retention signs a cut before it deletes.
-                let _ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+                // What an ingest left in the outbox goes to the audit log first.
+                crate::notes::drain(s, &mut **ingest);
                 flows.hold_snapshot().map_err(|e| e.to_string())?;
                 rules.hold_snapshot().map_err(|e| e.to_string())?;
             }
             f(&*flows, &*rules)
         }
         _ => {
-            let flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+            crate::notes::drain(s, &mut **flows);
             let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
             f(flows.view(), &**rules)
         }

@@ -105,7 +105,7 @@ fn world(
     }
     let (cn, head) = rules.chain_head().unwrap().unwrap();
     rules.add_checkpoint(&signer.sign(CONTROL_CHAIN, cn, head, 9_000).unwrap()).unwrap();
-    assert!(flows.take_chain_notes().is_empty());
+    assert!(flows.take_notes().is_empty());
     World { flows, rules, signer, flows_sql, rules_sql, _dir: dir }
 }
 
@@ -270,12 +270,12 @@ fn a_record_that_breaks_the_chain_is_refused_at_ingest_and_reported_as_such(worl
     let rows: Vec<Row<'_>> =
         [bad.as_str(), next.as_str()].iter().filter_map(|t| Row::read(t, DP)).collect();
     assert_eq!(w.flows.ingest(DP, &rows).unwrap(), [false, true]);
-    let notes = w.flows.take_chain_notes();
+    let notes = w.flows.take_notes();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].action, "chain.refused");
     assert!(notes[0].detail.contains("\"n\":6"), "{}", notes[0].detail);
     // Written to control's chain, as the daemon does: verification says why 6 is missing.
-    w.rules.audit("dataplane:dp1", notes[0].action, &notes[0].detail, None).unwrap();
+    w.rules.audit("dataplane:dp1", &notes[0].action, &notes[0].detail, None).unwrap();
     let v = run(&w);
     let f = found(&v);
     assert_eq!(f, [(CH.into(), "gap", 6, Some(6))]);

@@ -14,7 +14,15 @@ fn ingest(store: &mut dyn RecordStore, dp: &str, recs: &[Value]) -> Vec<Value> {
     let texts: Vec<String> = recs.iter().map(Value::to_string).collect();
     let rows: Vec<Row<'_>> = texts.iter().filter_map(|t| Row::read(t, dp)).collect();
     store.ingest(dp, &rows).unwrap();
-    store.take_discovered()
+    let found: Vec<Value> = store
+        .take_notes()
+        .iter()
+        .filter(|n| n.action == crate::outbox::DISCOVERY)
+        .map(|n| serde_json::from_str(&n.detail).unwrap())
+        .collect();
+    let ids: Vec<i64> = store.leftover_notes(u64::MAX).unwrap().iter().map(|n| n.id).collect();
+    store.clear_notes(&ids).unwrap();
+    found
 }
 
 fn flow(seq: u64, ts: u64, app: Option<&str>, event: &str) -> Value {

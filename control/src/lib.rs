@@ -38,6 +38,8 @@ pub mod keystore;
 pub mod link;
 pub mod link_tls;
 pub mod metrics;
+pub mod notes;
+pub mod outbox;
 pub mod pac;
 pub mod pg;
 pub mod quotas;

@@ -10,8 +10,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::chains::Head;
-use crate::chainstore::{ChainNote, ChainRow, Cut, Heads};
+use crate::chainstore::{ChainRow, Cut, Heads};
 use crate::inventory::{InventoryFilter, InventoryRow};
+use crate::outbox::Note;
 use crate::record::Row;
 use crate::recordings::{Recording, RecordingFilter};
 use crate::series::Counts;
@@ -24,10 +25,17 @@ pub trait RecordStore: std::fmt::Debug + Send {
     /// plane and sequence number) are skipped. Returns, per record, whether it was newly
     /// stored.
     fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError>;
-    /// What the ingests said of chains since the last call.
-    fn take_chain_notes(&mut self) -> Vec<ChainNote>;
-    /// The discovery records the ingests made since the last call (stored already).
-    fn take_discovered(&mut self) -> Vec<Value>;
+    /// What the ingests put in the outbox since the last call: discoveries, and what they
+    /// said of chains ([`crate::outbox`]). The caller writes them to the audit log, then
+    /// clears them with [`RecordStore::clear_notes`].
+    fn take_notes(&mut self) -> Vec<Note>;
+    /// Notes in the outbox that nobody cleared (control stopped, or its store connection was
+    /// lost, between an ingest's commit and the audit write; or that write failed), oldest
+    /// first, at most [`crate::outbox::LEFTOVERS`]. A store that other controls share leaves
+    /// out what they put in lately, before Unix ms `now_ms` (theirs to write).
+    fn leftover_notes(&mut self, now_ms: u64) -> Result<Vec<Note>, StoreError>;
+    /// Removes notes written to the audit log from the outbox.
+    fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError>;
     /// Where each data plane's current chain stands.
     fn chain_heads(&self) -> Result<Vec<(String, Head)>, StoreError>;
     /// The highest sequence number stored for `dataplane` (where a replay may resume).
@@ -205,11 +213,14 @@ impl RecordStore for FlowStore {
     fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError> {
         FlowStore::ingest(self, dataplane, rows)
     }
-    fn take_chain_notes(&mut self) -> Vec<ChainNote> {
-        FlowStore::take_chain_notes(self)
+    fn take_notes(&mut self) -> Vec<Note> {
+        FlowStore::take_notes(self)
     }
-    fn take_discovered(&mut self) -> Vec<Value> {
-        FlowStore::take_discovered(self)
+    fn leftover_notes(&mut self, _now_ms: u64) -> Result<Vec<Note>, StoreError> {
+        FlowStore::leftover_notes(self)
+    }
+    fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        FlowStore::clear_notes(self, ids)
     }
     fn chain_heads(&self) -> Result<Vec<(String, Head)>, StoreError> {
         FlowStore::chain_heads(self)

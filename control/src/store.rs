@@ -12,6 +12,8 @@ use serde_json::Value;
 use crate::chains::Head;
 pub use crate::chainstore::ChainNote;
 use crate::chainstore::Place;
+use crate::outbox;
+pub use crate::outbox::Note;
 use crate::record::{RecordKind, Row};
 
 fn i(v: u64) -> i64 {
@@ -148,12 +150,12 @@ pub struct FlowStore {
     /// The recordings table is an earlier version's, unique by sequence number
     /// ([`crate::recordings::migrate`]).
     recordings_by_seq: bool,
-    /// Discovery records made by the ingests since the last [`FlowStore::take_discovered`].
-    discovered: Vec<Value>,
     /// Where each data plane's chain stands (read from `chain_heads` at its first ingest).
     heads: std::collections::HashMap<String, Option<Head>>,
-    /// What the ingests said of chains since the last [`FlowStore::take_chain_notes`].
-    notes: Vec<ChainNote>,
+    /// What the ingests put in the outbox since the last [`FlowStore::take_notes`].
+    notes: Vec<Note>,
+    /// The outbox may hold notes nobody took (read by [`FlowStore::leftover_notes`]).
+    leftovers: bool,
     /// The inventory's counts not yet written, and what is known of its rows.
     inventory: crate::inventory_pending::Pending,
 }
@@ -240,6 +242,7 @@ impl FlowStore {
         conn.execute_batch(crate::inventory::SCHEMA)?;
         conn.execute_batch(crate::inventory_pending::SCHEMA)?;
         conn.execute_batch(crate::series::SCHEMA)?;
+        conn.execute_batch(crate::outbox::SCHEMA)?;
         if crate::series::migrate(&mut conn)? {
             tracing::info!("record store: the console's counts per minute filled from the records");
         }
@@ -250,9 +253,9 @@ impl FlowStore {
             path: None,
             sealed: None,
             recordings_by_seq,
-            discovered: Vec::new(),
             heads: Default::default(),
             notes: Vec::new(),
+            leftovers: true,
             inventory: crate::inventory_pending::Pending::default(),
         })
     }
@@ -276,6 +279,7 @@ impl FlowStore {
         if stored.is_err() {
             // What the failed transaction wrote of the inventory is not there.
             self.inventory.lost();
+            self.leftovers = true;
         }
         stored
     }
@@ -406,10 +410,16 @@ impl FlowStore {
         if let Some(h) = head.filter(|_| head != before) {
             crate::chainstore::save_head(&tx, dataplane, &h)?;
         }
+        let mut said = Vec::with_capacity(found.len() + notes.len());
+        for d in &found {
+            said.push(outbox::put(&tx, now, dataplane, outbox::DISCOVERY, &d.to_string())?);
+        }
+        for n in &notes {
+            said.push(outbox::put(&tx, now, dataplane, n.action, &n.detail)?);
+        }
         tx.commit()?;
         self.heads.insert(dataplane.to_owned(), head);
-        self.discovered.extend(found);
-        self.notes.extend(notes);
+        self.notes.extend(said);
         Ok(fresh)
     }
 
@@ -428,9 +438,34 @@ impl FlowStore {
         self.path.as_deref()
     }
 
-    /// What the ingests said of chains since the last call.
-    pub fn take_chain_notes(&mut self) -> Vec<ChainNote> {
+    /// What the ingests put in the outbox since the last call (discoveries and what they
+    /// said of chains), to be written to the audit log and then cleared.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        if !self.notes.is_empty() {
+            // Until they are cleared, they are in the outbox.
+            self.leftovers = true;
+        }
         std::mem::take(&mut self.notes)
+    }
+
+    /// Notes in the outbox that no caller of [`FlowStore::take_notes`] cleared (control
+    /// stopped between an ingest's commit and the audit write, or that write failed), oldest
+    /// first, at most [`outbox::LEFTOVERS`]; nothing is read while the outbox is known empty.
+    pub fn leftover_notes(&mut self) -> Result<Vec<Note>, StoreError> {
+        if !self.leftovers {
+            return Ok(Vec::new());
+        }
+        let waiting = outbox::waiting(&self.conn)?;
+        self.leftovers = !waiting.is_empty();
+        Ok(waiting)
+    }
+
+    /// Removes notes written to the audit log from the outbox.
+    pub fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        outbox::clear(&self.conn, ids)
     }
 
     /// The inventory rows matching `f` ([`crate::inventory::query`]), what is pending
@@ -467,12 +502,6 @@ impl FlowStore {
     /// Discovery records since `since_ms`, newest first.
     pub fn discoveries(&self, since_ms: u64, limit: usize) -> Result<Vec<Value>, StoreError> {
         crate::inventory::discoveries(&self.conn, since_ms, limit)
-    }
-
-    /// The discovery records the ingests made since the last call (stored already: for the
-    /// live tail and the exporter).
-    pub fn take_discovered(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.discovered)
     }
 
     /// Where retention cuts each data plane's chain (each chain is cut at one position across

@@ -386,32 +386,6 @@ async fn serve_up(
     Ok(())
 }
 
-/// Writes what an ingest said to control's chain (the audit log): discoveries, and breaks of
-/// the data plane's chain, which are also raised as alerts (the log, the live tail, syslog).
-fn audit_ingest(state: &AppState, name: &str, found: &[Value], notes: &[crate::store::ChainNote]) {
-    let who = format!("dataplane:{name}");
-    let mut rules = lock!(state.rules);
-    for d in found {
-        if let Err(e) = rules.audit(&who, "discovery", &d.to_string(), None) {
-            tracing::error!(dataplane = %name, "writing a discovery to the audit log: {e}");
-        }
-    }
-    for n in notes {
-        if let Err(e) = rules.audit(&who, n.action, &n.detail, None) {
-            tracing::error!(dataplane = %name, "writing {} to the audit log: {e}", n.action);
-        }
-    }
-    drop(rules);
-    for n in notes {
-        tracing::error!(dataplane = %name, action = n.action, detail = %n.detail, "record chain");
-        let detail: Value = serde_json::from_str(&n.detail).unwrap_or(Value::Null);
-        state.hub.publish_value(serde_json::json!({
-            "type": "alert", "alert": n.action, "ts_ms": now_ms(), "dataplane": name,
-            "detail": detail,
-        }));
-    }
-}
-
 /// What a batch of records left.
 struct Stored {
     /// Records read (with a sequence number).
@@ -442,21 +416,15 @@ fn store_batch(
         .rev()
         .find(|r| r.kind == RecordKind::Stats)
         .and_then(|r| serde_json::from_str(&r.json).ok());
-    let (fresh, found) = {
+    let fresh = {
         let mut store = lock!(state.flows);
         let fresh = store.ingest(name, &rows)?;
-        let (found, notes) = (store.take_discovered(), store.take_chain_notes());
         // Written while the store is still locked: verification takes its snapshots of both
         // stores under this lock, so it never sees a gap without the note that explains it.
-        if !found.is_empty() || !notes.is_empty() {
-            audit_ingest(state, name, &found, &notes);
-        }
-        (fresh, found)
+        // What a batch whose commit was not confirmed left is written after the next one.
+        crate::notes::drain(state, &mut **store);
+        fresh
     };
-    for d in found {
-        tracing::info!(dataplane = %name, discovery = %d, "new AI client");
-        state.hub.publish_value(d);
-    }
     let now = now_s();
     for (r, new) in rows.iter().zip(fresh) {
         if new {

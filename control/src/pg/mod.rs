@@ -575,6 +575,7 @@ mod record_store;
 pub mod records;
 mod records_chains;
 mod records_inventory;
+mod records_outbox;
 mod records_read;
 pub mod rules;
 mod scrub;

@@ -5,8 +5,9 @@ use serde_json::Value;
 
 use super::records::PgRecordStore;
 use crate::chains::Head;
-use crate::chainstore::{ChainNote, Cut};
+use crate::chainstore::Cut;
 use crate::inventory::{InventoryFilter, InventoryRow};
+use crate::outbox::Note;
 use crate::record::Row;
 use crate::recordings::{Recording, RecordingFilter};
 use crate::records::{EvidenceView, RecordStore};
@@ -17,11 +18,18 @@ impl RecordStore for PgRecordStore {
     fn ingest(&mut self, dataplane: &str, rows: &[Row<'_>]) -> Result<Vec<bool>, StoreError> {
         self.ingest_rows(dataplane, rows)
     }
-    fn take_chain_notes(&mut self) -> Vec<ChainNote> {
+    fn take_notes(&mut self) -> Vec<Note> {
+        if !self.notes.is_empty() {
+            // Until they are cleared, they are in the outbox.
+            self.leftovers = true;
+        }
         std::mem::take(&mut self.notes)
     }
-    fn take_discovered(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.discovered)
+    fn leftover_notes(&mut self, now_ms: u64) -> Result<Vec<Note>, StoreError> {
+        self.leftovers(now_ms)
+    }
+    fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        self.clear(ids)
     }
     fn chain_heads(&self) -> Result<Vec<(String, Head)>, StoreError> {
         self.current_heads()

@@ -12,16 +12,17 @@
 
 use std::collections::HashSet;
 
-use serde_json::Value;
 use sluice_audit::Link;
 use tokio_postgres::Transaction;
 
 use super::records_inventory::Pending;
+use super::records_outbox;
 use super::scrub::{has_nul, scrub};
 use super::{Pg, big, wait};
 use crate::chains::{Admit, Head, admit};
 use crate::chainstore::{ChainNote, chain_note, refused};
 use crate::inventory::Known;
+use crate::outbox::{DISCOVERY, Note};
 use crate::record::{Chain, RecordKind, Row};
 use crate::store::StoreError;
 
@@ -113,16 +114,22 @@ CREATE TABLE inventory_applied (tbl TEXT PRIMARY KEY, upto BIGINT NOT NULL);
 INSERT INTO inventory_applied SELECT 'flows', COALESCE(MAX(id), 0) FROM flows;
 INSERT INTO inventory_applied SELECT 'requests', COALESCE(MAX(id), 0) FROM requests;
 ",
+    "
+-- What ingests said for the audit log, until it is written there (`records_outbox.rs`).
+CREATE TABLE notes_outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at_ms BIGINT NOT NULL,
+    dataplane TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
+",
 ];
 
 /// The record store on PostgreSQL.
 #[derive(Debug)]
 pub struct PgRecordStore {
     pub(super) pg: Pg,
-    /// What the ingests said of chains since the last `take_chain_notes`.
-    pub(super) notes: Vec<ChainNote>,
-    /// Discovery records made since the last `take_discovered`.
-    pub(super) discovered: Vec<Value>,
+    /// What the ingests put in the outbox since the last `take_notes`.
+    pub(super) notes: Vec<Note>,
+    /// The outbox may hold notes nobody took (`records_outbox.rs`).
+    pub(super) leftovers: bool,
     /// The clients whose discoveries this control wrote lately: a client seen again within
     /// the slack of its `last_ms` is not written again until retention (which writes what
     /// is pending first) or the slack passes. Cleared when a batch fails or retention runs.
@@ -148,7 +155,7 @@ impl PgRecordStore {
         Ok(PgRecordStore {
             pg,
             notes: Vec::new(),
-            discovered: Vec::new(),
+            leftovers: true,
             known: Known::default(),
             pending: Pending::default(),
         })
@@ -195,11 +202,11 @@ impl PgRecordStore {
                 // What the failed transaction wrote of discoveries and counts is not there.
                 self.known.clear();
                 self.pending.lost();
+                self.leftovers = true;
             }
             match result {
                 Ok(()) => {
                     self.notes.extend(out.notes);
-                    self.discovered.extend(out.discovered);
                     return Ok(out.fresh);
                 }
                 Err(StoreError::Postgres(e)) if attempt < 3 && retryable(&e) => {
@@ -220,8 +227,8 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
 #[derive(Default)]
 struct Ingested {
     fresh: Vec<bool>,
-    notes: Vec<ChainNote>,
-    discovered: Vec<Value>,
+    /// What it put in the outbox.
+    notes: Vec<Note>,
 }
 
 /// Where a flow or request record goes.
@@ -468,7 +475,7 @@ async fn ingest(
     let fresh: Vec<&Row<'_>> =
         rows.iter().zip(&out.fresh).filter(|(_, f)| **f).map(|(r, _)| r).collect();
     write_series(&tx, &fresh).await?;
-    out.discovered = pending.observe(&tx, dataplane, &fresh, known).await?;
+    let found = pending.observe(&tx, dataplane, &fresh, known).await?;
     if pending.due(std::time::Instant::now()) {
         pending.write(&tx).await?;
     }
@@ -480,8 +487,15 @@ async fn ingest(
         )
         .await?;
     }
+    let now = crate::recordings::now_ms();
+    for d in &found {
+        let d = d.to_string();
+        out.notes.push(records_outbox::put(&tx, now, dataplane, DISCOVERY, &d).await?);
+    }
+    for (_, n) in &notes {
+        out.notes.push(records_outbox::put(&tx, now, dataplane, n.action, &n.detail).await?);
+    }
     tx.commit().await?;
-    out.notes = notes.into_iter().map(|(_, n)| n).collect();
     Ok(())
 }
 
