@@ -79,7 +79,7 @@ pub fn with_stores<T>(
                 // chain under this lock; retention signs a cut before it deletes.
                 let mut ingest = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
                 // What an ingest left in the outbox goes to the audit log first.
-                crate::notes::drain(s, &mut **ingest);
+                crate::notes::drain_all(s, &mut **ingest);
                 flows.hold_snapshot().map_err(|e| e.to_string())?;
                 rules.hold_snapshot().map_err(|e| e.to_string())?;
             }
@@ -87,7 +87,7 @@ pub fn with_stores<T>(
         }
         _ => {
             let mut flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
-            crate::notes::drain(s, &mut **flows);
+            crate::notes::drain_all(s, &mut **flows);
             let rules = s.rules.lock().unwrap_or_else(PoisonError::into_inner);
             f(flows.view(), &**rules)
         }

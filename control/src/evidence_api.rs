@@ -149,6 +149,11 @@ pub fn build(
     let Some(cp) = &s.audit.checkpointer else {
         return Err("this control daemon has no signing key".into());
     };
+    {
+        // Notes an ingest left in the outbox go to control's chain before its head is signed.
+        let mut flows = s.flows.lock().unwrap_or_else(PoisonError::into_inner);
+        crate::notes::drain_all(s, &mut **flows);
+    }
     crate::checkpointer::seal(s)
         .map_err(|e| format!("signing the heads before the export: {e}"))?;
     let key = cp.lock().unwrap_or_else(PoisonError::into_inner).public_hex();

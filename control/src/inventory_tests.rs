@@ -20,7 +20,7 @@ fn ingest(store: &mut dyn RecordStore, dp: &str, recs: &[Value]) -> Vec<Value> {
         .filter(|n| n.action == crate::outbox::DISCOVERY)
         .map(|n| serde_json::from_str(&n.detail).unwrap())
         .collect();
-    let ids: Vec<i64> = store.leftover_notes(u64::MAX).unwrap().iter().map(|n| n.id).collect();
+    let ids: Vec<i64> = store.leftover_notes(true).unwrap().iter().map(|n| n.id).collect();
     store.clear_notes(&ids).unwrap();
     found
 }

@@ -5,7 +5,6 @@
 //! and when control starts, so that verification never sees a gap stored without the note
 //! that explains it once control has had the chance to write it.
 
-use std::collections::HashSet;
 use std::sync::PoisonError;
 
 use serde_json::Value;
@@ -15,33 +14,54 @@ use crate::records::RecordStore;
 use crate::state::AppState;
 
 /// Writes what `flows` (the record store, locked by the caller) has waiting in its outbox to
-/// the audit log, clears what was written, then announces it. A note left behind by an
-/// earlier control, or whose audit write failed, is written at most once (`audit_once`): it
-/// may be there already.
+/// the audit log and clears what was written: the last ingests' notes, then any left behind
+/// that this control knows of. Each note is announced once by this control, whether or not
+/// its write succeeded (an alert must not wait for the audit log).
 pub fn drain(state: &AppState, flows: &mut dyn RecordStore) {
+    drain_with(state, flows, false);
+}
+
+/// [`drain`], reading the outbox whatever this control knows of it: at start, and before
+/// verification or an export takes its snapshots (a control that shared the store, or ran
+/// before, may have left notes there).
+pub fn drain_all(state: &AppState, flows: &mut dyn RecordStore) {
+    drain_with(state, flows, true);
+}
+
+fn drain_with(state: &AppState, flows: &mut dyn RecordStore, all: bool) {
     let fresh = flows.take_notes();
-    let left = flows.leftover_notes(crate::recordings::now_ms()).unwrap_or_else(|e| {
+    if !fresh.is_empty() {
+        write(state, flows, &fresh, false);
+        fresh.iter().for_each(|n| announce(state, n));
+    }
+    let left = flows.leftover_notes(all).unwrap_or_else(|e| {
         tracing::error!("reading the record store's outbox: {e}");
         Vec::new()
     });
-    if fresh.is_empty() && left.is_empty() {
-        return;
+    if !left.is_empty() {
+        tracing::warn!(notes = left.len(), "writing notes left in the record store's outbox");
+        let written = write(state, flows, &left, true);
+        left.iter()
+            .filter(|n| !n.again && written.contains(&n.id))
+            .for_each(|n| announce(state, n));
     }
-    let ours: HashSet<i64> = fresh.iter().map(|n| n.id).collect();
-    let left: Vec<Note> = left.into_iter().filter(|n| !ours.contains(&n.id)).collect();
-    let mut written: Vec<&Note> = Vec::with_capacity(fresh.len() + left.len());
+}
+
+/// Writes `notes` to the audit log (`once`: unless there already) and clears those written
+/// from the outbox; returns their ids.
+fn write(state: &AppState, flows: &mut dyn RecordStore, notes: &[Note], once: bool) -> Vec<i64> {
+    let mut written = Vec::with_capacity(notes.len());
     {
         let mut rules = state.rules.lock().unwrap_or_else(PoisonError::into_inner);
-        let each = left.iter().map(|n| (n, true)).chain(fresh.iter().map(|n| (n, false)));
-        for (n, again) in each {
+        for n in notes {
             let who = format!("dataplane:{}", n.dataplane);
-            let done = if again {
+            let done = if once {
                 rules.audit_once(&who, &n.action, &n.detail)
             } else {
                 rules.audit(&who, &n.action, &n.detail, None)
             };
             match done {
-                Ok(()) => written.push(n),
+                Ok(()) => written.push(n.id),
                 Err(e) => tracing::error!(
                     dataplane = %n.dataplane,
                     "writing {} to the audit log (kept in the outbox): {e}",
@@ -50,16 +70,13 @@ pub fn drain(state: &AppState, flows: &mut dyn RecordStore) {
             }
         }
     }
-    let ids: Vec<i64> = written.iter().map(|n| n.id).collect();
-    if let Err(e) = flows.clear_notes(&ids) {
+    if let Err(e) = flows.clear_notes(&written) {
         tracing::error!("clearing the record store's outbox (written again at most once): {e}");
     }
-    for n in written {
-        announce(state, n);
-    }
+    written
 }
 
-/// Says a note written to the audit log to those listening: a discovery as the record it is,
+/// Says a note to those listening: a discovery as the record it is,
 /// a chain's break as an alert.
 fn announce(state: &AppState, n: &Note) {
     let detail: Value = serde_json::from_str(&n.detail).unwrap_or(Value::Null);

@@ -34,31 +34,44 @@ fn actions(notes: &[Note]) -> Vec<&str> {
 }
 
 /// Control stops after the commit, before the audit log: the replayed batch is skipped, and
-/// the outbox still has what the first ingest said.
+/// the outbox still has what the first ingest said. A control that shares the store finds
+/// what another left when told to read it all.
 fn a_note_outlives_a_stop_between_the_commit_and_the_audit_log(
     mut open: impl FnMut() -> Box<dyn RecordStore>,
 ) {
     let batch = gapped();
+    let mut other = open();
+    assert!(other.leftover_notes(false).unwrap().is_empty(), "a new store's outbox is empty");
     let mut s = open();
     assert_eq!(ingest(&mut *s, &batch), [true, true]);
     let said = s.take_notes();
     assert_eq!(actions(&said), ["discovery", "chain.gap"]);
     assert!(said[1].detail.contains("\"from\":1") && said[1].detail.contains("\"to\":2"));
+    // Taken and not cleared: read again, marked as this control's.
+    let again = s.leftover_notes(false).unwrap();
+    assert_eq!(
+        again.iter().map(|n| (n.id, n.again)).collect::<Vec<_>>(),
+        [(said[0].id, true), (said[1].id, true)]
+    );
     drop(s);
+
+    // Another control that read the outbox empty before finds them only when told to read
+    // it all (before verification, an export, at start).
+    assert!(other.leftover_notes(false).unwrap().is_empty());
+    assert_eq!(other.leftover_notes(true).unwrap(), said);
+    drop(other);
 
     let mut s = open();
     assert_eq!(ingest(&mut *s, &batch), [false, false], "the copy sent again is skipped");
     assert!(s.take_notes().is_empty(), "nothing new is said of the copy");
-    // Another control's notes are its own to write for a while; then they are anyone's.
-    let soon = s.leftover_notes(crate::recordings::now_ms()).unwrap();
-    assert!(soon.is_empty() || soon == said, "{soon:?}");
-    let left = s.leftover_notes(crate::recordings::now_ms() + 60_000).unwrap();
-    assert_eq!(left, said);
+    let left = s.leftover_notes(false).unwrap();
+    assert_eq!(left, said, "a store opened again reads what was left");
     s.clear_notes(&[left[0].id]).unwrap();
-    let left = s.leftover_notes(u64::MAX).unwrap();
+    let left = s.leftover_notes(false).unwrap();
     assert_eq!(left, said[1..]);
     s.clear_notes(&[left[0].id]).unwrap();
-    assert!(s.leftover_notes(u64::MAX).unwrap().is_empty());
+    assert!(s.leftover_notes(false).unwrap().is_empty());
+    assert!(s.leftover_notes(true).unwrap().is_empty());
 }
 
 struct TempDir(std::path::PathBuf);
@@ -140,7 +153,7 @@ fn drain_writes_what_an_earlier_control_left_and_writes_it_once() {
     let want: Vec<(String, String)> =
         said.iter().map(|n| (n.action.clone(), n.detail.clone())).collect();
     assert_eq!(audited(&st), want);
-    assert!(st.flows.lock().unwrap().leftover_notes(u64::MAX).unwrap().is_empty());
+    assert!(st.flows.lock().unwrap().leftover_notes(true).unwrap().is_empty());
     let mut heard = Vec::new();
     while let Ok(v) = alerts.try_recv() {
         heard.push(v);
@@ -164,7 +177,7 @@ fn drain_writes_what_an_earlier_control_left_and_writes_it_once() {
     drain(&st, &mut **st.flows.lock().unwrap());
     let gaps = audited(&st).into_iter().filter(|(a, _)| a == "chain.gap").count();
     assert_eq!(gaps, 2, "the first gap and the second, each once");
-    assert!(st.flows.lock().unwrap().leftover_notes(u64::MAX).unwrap().is_empty());
+    assert!(st.flows.lock().unwrap().leftover_notes(true).unwrap().is_empty());
 }
 
 #[test]
@@ -182,5 +195,5 @@ fn a_batch_in_order_leaves_the_outbox_empty_and_reads_it_once() {
     }
     // One discovery, no break of the chain.
     assert_eq!(audited(&st).iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), ["discovery"]);
-    assert!(st.flows.lock().unwrap().leftover_notes(u64::MAX).unwrap().is_empty());
+    assert!(st.flows.lock().unwrap().leftover_notes(true).unwrap().is_empty());
 }

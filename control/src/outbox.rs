@@ -21,6 +21,9 @@ pub struct Note {
     pub action: String,
     /// The details, as JSON text.
     pub detail: String,
+    /// This control took it from [`crate::records::RecordStore::take_notes`] before (and
+    /// announced it), but did not clear it.
+    pub again: bool,
 }
 
 /// The audit action of a discovery.
@@ -28,6 +31,57 @@ pub const DISCOVERY: &str = "discovery";
 
 /// At most this many notes left behind are read at once.
 pub const LEFTOVERS: usize = 500;
+
+/// What a store remembers of its outbox between calls: whether it may hold notes nobody
+/// cleared, and which notes this control took and has not cleared.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    /// The outbox may hold notes nobody cleared (true at first: an earlier control's).
+    pub maybe: bool,
+    /// Notes taken and not cleared.
+    pub taken: std::collections::HashSet<i64>,
+}
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Waiting { maybe: true, taken: Default::default() }
+    }
+}
+
+impl Waiting {
+    /// Notes handed to the caller of `take_notes`: in the outbox until cleared.
+    pub fn take(&mut self, notes: Vec<Note>) -> Vec<Note> {
+        self.taken.extend(notes.iter().map(|n| n.id));
+        notes
+    }
+
+    /// Whether the outbox is to be read: `all` reads it whatever is known (another control
+    /// sharing the store may have put notes there).
+    pub fn read(&self, all: bool) -> bool {
+        all || self.maybe || !self.taken.is_empty()
+    }
+
+    /// What was read of the outbox: marks the notes this control took before. Anything read
+    /// is read again next time, unless cleared meanwhile (then nothing is found).
+    pub fn seen(&mut self, mut notes: Vec<Note>) -> Vec<Note> {
+        self.maybe = !notes.is_empty();
+        for n in &mut notes {
+            n.again = self.taken.contains(&n.id);
+        }
+        notes
+    }
+
+    /// Notes cleared (or not, when `ok` is false).
+    pub fn cleared(&mut self, ids: &[i64], ok: bool) {
+        if ok {
+            for id in ids {
+                self.taken.remove(id);
+            }
+        } else {
+            self.maybe = true;
+        }
+    }
+}
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notes_outbox (
@@ -56,6 +110,7 @@ pub(crate) fn put(
         dataplane: dataplane.to_owned(),
         action: action.to_owned(),
         detail: detail.to_owned(),
+        again: false,
     })
 }
 
@@ -65,7 +120,13 @@ pub(crate) fn waiting(conn: &Connection) -> Result<Vec<Note>, StoreError> {
         "SELECT id, dataplane, action, detail FROM notes_outbox ORDER BY id LIMIT ?1",
     )?;
     let rows = st.query_map([LEFTOVERS as i64], |r| {
-        Ok(Note { id: r.get(0)?, dataplane: r.get(1)?, action: r.get(2)?, detail: r.get(3)? })
+        Ok(Note {
+            id: r.get(0)?,
+            dataplane: r.get(1)?,
+            action: r.get(2)?,
+            detail: r.get(3)?,
+            again: false,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

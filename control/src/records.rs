@@ -29,11 +29,12 @@ pub trait RecordStore: std::fmt::Debug + Send {
     /// said of chains ([`crate::outbox`]). The caller writes them to the audit log, then
     /// clears them with [`RecordStore::clear_notes`].
     fn take_notes(&mut self) -> Vec<Note>;
-    /// Notes in the outbox that nobody cleared (control stopped, or its store connection was
-    /// lost, between an ingest's commit and the audit write; or that write failed), oldest
-    /// first, at most [`crate::outbox::LEFTOVERS`]. A store that other controls share leaves
-    /// out what they put in lately, before Unix ms `now_ms` (theirs to write).
-    fn leftover_notes(&mut self, now_ms: u64) -> Result<Vec<Note>, StoreError>;
+    /// Notes in the outbox that were not cleared (control stopped, or its store connection
+    /// was lost, between an ingest's commit and the audit write; or that write failed),
+    /// oldest first, at most [`crate::outbox::LEFTOVERS`]. Unless `all`, nothing is read
+    /// while this control knows of none; `all` also finds what another control sharing the
+    /// store left.
+    fn leftover_notes(&mut self, all: bool) -> Result<Vec<Note>, StoreError>;
     /// Removes notes written to the audit log from the outbox.
     fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError>;
     /// Where each data plane's current chain stands.
@@ -216,8 +217,8 @@ impl RecordStore for FlowStore {
     fn take_notes(&mut self) -> Vec<Note> {
         FlowStore::take_notes(self)
     }
-    fn leftover_notes(&mut self, _now_ms: u64) -> Result<Vec<Note>, StoreError> {
-        FlowStore::leftover_notes(self)
+    fn leftover_notes(&mut self, all: bool) -> Result<Vec<Note>, StoreError> {
+        FlowStore::leftover_notes(self, all)
     }
     fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         FlowStore::clear_notes(self, ids)

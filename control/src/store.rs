@@ -154,8 +154,8 @@ pub struct FlowStore {
     heads: std::collections::HashMap<String, Option<Head>>,
     /// What the ingests put in the outbox since the last [`FlowStore::take_notes`].
     notes: Vec<Note>,
-    /// The outbox may hold notes nobody took (read by [`FlowStore::leftover_notes`]).
-    leftovers: bool,
+    /// What is known of the outbox.
+    waiting: outbox::Waiting,
     /// The inventory's counts not yet written, and what is known of its rows.
     inventory: crate::inventory_pending::Pending,
 }
@@ -255,7 +255,7 @@ impl FlowStore {
             recordings_by_seq,
             heads: Default::default(),
             notes: Vec::new(),
-            leftovers: true,
+            waiting: outbox::Waiting::default(),
             inventory: crate::inventory_pending::Pending::default(),
         })
     }
@@ -279,7 +279,6 @@ impl FlowStore {
         if stored.is_err() {
             // What the failed transaction wrote of the inventory is not there.
             self.inventory.lost();
-            self.leftovers = true;
         }
         stored
     }
@@ -441,23 +440,22 @@ impl FlowStore {
     /// What the ingests put in the outbox since the last call (discoveries and what they
     /// said of chains), to be written to the audit log and then cleared.
     pub fn take_notes(&mut self) -> Vec<Note> {
-        if !self.notes.is_empty() {
-            // Until they are cleared, they are in the outbox.
-            self.leftovers = true;
-        }
-        std::mem::take(&mut self.notes)
+        self.waiting.take(std::mem::take(&mut self.notes))
     }
 
-    /// Notes in the outbox that no caller of [`FlowStore::take_notes`] cleared (control
-    /// stopped between an ingest's commit and the audit write, or that write failed), oldest
-    /// first, at most [`outbox::LEFTOVERS`]; nothing is read while the outbox is known empty.
-    pub fn leftover_notes(&mut self) -> Result<Vec<Note>, StoreError> {
-        if !self.leftovers {
+    /// Notes in the outbox that were not cleared (control stopped between an ingest's commit
+    /// and the audit write, or that write failed), oldest first, at most
+    /// [`outbox::LEFTOVERS`]; unless `all`, nothing is read while the outbox is known to hold
+    /// none.
+    pub fn leftover_notes(&mut self, all: bool) -> Result<Vec<Note>, StoreError> {
+        if !self.waiting.read(all) {
             return Ok(Vec::new());
         }
-        let waiting = outbox::waiting(&self.conn)?;
-        self.leftovers = !waiting.is_empty();
-        Ok(waiting)
+        let read = outbox::waiting(&self.conn);
+        if read.is_err() {
+            self.waiting.maybe = true;
+        }
+        Ok(self.waiting.seen(read?))
     }
 
     /// Removes notes written to the audit log from the outbox.
@@ -465,7 +463,9 @@ impl FlowStore {
         if ids.is_empty() {
             return Ok(());
         }
-        outbox::clear(&self.conn, ids)
+        let cleared = outbox::clear(&self.conn, ids);
+        self.waiting.cleared(ids, cleared.is_ok());
+        cleared
     }
 
     /// The inventory rows matching `f` ([`crate::inventory::query`]), what is pending

@@ -141,7 +141,7 @@ fn main() -> Result<()> {
         // Notes an earlier control stored with their records and did not write to the
         // audit log (it stopped between the two) are written before anything is served.
         let mut flows = state.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        sluice_control::notes::drain(&state, &mut **flows);
+        sluice_control::notes::drain_all(&state, &mut **flows);
     }
     if let Some(a) = active {
         a.watch(std::time::Duration::from_secs(2), || {

@@ -19,14 +19,10 @@ impl RecordStore for PgRecordStore {
         self.ingest_rows(dataplane, rows)
     }
     fn take_notes(&mut self) -> Vec<Note> {
-        if !self.notes.is_empty() {
-            // Until they are cleared, they are in the outbox.
-            self.leftovers = true;
-        }
-        std::mem::take(&mut self.notes)
+        self.waiting.take(std::mem::take(&mut self.notes))
     }
-    fn leftover_notes(&mut self, now_ms: u64) -> Result<Vec<Note>, StoreError> {
-        self.leftovers(now_ms)
+    fn leftover_notes(&mut self, all: bool) -> Result<Vec<Note>, StoreError> {
+        self.leftovers(all)
     }
     fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         self.clear(ids)

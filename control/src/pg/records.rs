@@ -128,8 +128,8 @@ pub struct PgRecordStore {
     pub(super) pg: Pg,
     /// What the ingests put in the outbox since the last `take_notes`.
     pub(super) notes: Vec<Note>,
-    /// The outbox may hold notes nobody took (`records_outbox.rs`).
-    pub(super) leftovers: bool,
+    /// What is known of the outbox (`records_outbox.rs`).
+    pub(super) waiting: crate::outbox::Waiting,
     /// The clients whose discoveries this control wrote lately: a client seen again within
     /// the slack of its `last_ms` is not written again until retention (which writes what
     /// is pending first) or the slack passes. Cleared when a batch fails or retention runs.
@@ -155,7 +155,7 @@ impl PgRecordStore {
         Ok(PgRecordStore {
             pg,
             notes: Vec::new(),
-            leftovers: true,
+            waiting: crate::outbox::Waiting::default(),
             known: Known::default(),
             pending: Pending::default(),
         })
@@ -202,7 +202,8 @@ impl PgRecordStore {
                 // What the failed transaction wrote of discoveries and counts is not there.
                 self.known.clear();
                 self.pending.lost();
-                self.leftovers = true;
+                // Its commit may have happened: what it put in the outbox may be there.
+                self.waiting.maybe = true;
             }
             match result {
                 Ok(()) => {

@@ -9,10 +9,6 @@ use super::{big, wait};
 use crate::outbox::{LEFTOVERS, Note};
 use crate::store::StoreError;
 
-/// Notes younger than this are left to the control that put them (another control sharing
-/// the store may be about to write them).
-const OTHERS_GRACE_MS: u64 = 10_000;
-
 /// Puts a note in the outbox, in the ingest's transaction.
 pub(super) async fn put(
     tx: &Transaction<'_>,
@@ -33,34 +29,40 @@ pub(super) async fn put(
         dataplane: dataplane.to_owned(),
         action: action.to_owned(),
         detail: detail.to_owned(),
+        again: false,
     })
 }
 
 impl PgRecordStore {
     /// See [`crate::records::RecordStore::leftover_notes`].
-    pub(super) fn leftovers(&mut self, now_ms: u64) -> Result<Vec<Note>, StoreError> {
-        if !self.leftovers {
+    pub(super) fn leftovers(&mut self, all: bool) -> Result<Vec<Note>, StoreError> {
+        if !self.waiting.read(all) {
             return Ok(Vec::new());
         }
         let rows = wait(self.pg.client_ref().query(
-            "SELECT id, at_ms, dataplane, action, detail FROM notes_outbox ORDER BY id LIMIT $1",
+            "SELECT id, dataplane, action, detail FROM notes_outbox ORDER BY id LIMIT $1",
             &[&(LEFTOVERS as i64)],
-        ))?;
-        self.leftovers = !rows.is_empty();
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let at: i64 = r.try_get(1)?;
-            if u64::try_from(at).unwrap_or(0).saturating_add(OTHERS_GRACE_MS) > now_ms {
-                continue;
+        ));
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.waiting.maybe = true;
+                return Err(e.into());
             }
-            out.push(Note {
-                id: r.try_get(0)?,
-                dataplane: r.try_get(2)?,
-                action: r.try_get(3)?,
-                detail: r.try_get(4)?,
-            });
-        }
-        Ok(out)
+        };
+        let notes = rows
+            .iter()
+            .map(|r| {
+                Ok(Note {
+                    id: r.try_get(0)?,
+                    dataplane: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    detail: r.try_get(3)?,
+                    again: false,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(self.waiting.seen(notes))
     }
 
     /// See [`crate::records::RecordStore::clear_notes`].
@@ -71,9 +73,7 @@ impl PgRecordStore {
         let cleared = wait(
             self.pg.client_ref().execute("DELETE FROM notes_outbox WHERE id = ANY($1)", &[&ids]),
         );
-        if cleared.is_err() {
-            self.leftovers = true;
-        }
+        self.waiting.cleared(ids, cleared.is_ok());
         cleared.map(drop).map_err(Into::into)
     }
 }
