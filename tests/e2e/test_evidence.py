@@ -1,6 +1,6 @@
 """End-to-end tests of the evidence (issue 18): the lab's records are chained by the data
 plane and checkpointed by control; `sluicectl audit verify` finds a row changed through
-`sqlite3` on the control store, with its position, and exits 1; retention keeps a checkpoint at
+`sqlite3` (or `psql`) on the control store, with its position, and exits 1; retention keeps a checkpoint at
 its cut, so what is kept still verifies.
 """
 
@@ -15,12 +15,29 @@ from test_dataplane import api, curl, env, flows, wait_for_record
 from test_dlp import CARD, chat, send
 
 
-def store():
-    return os.path.join(env()["SLUICE_LAB_STATE"], "control", "state", "flows.db")
+def postgres():
+    """The PostgreSQL connection string of control's store, or None (SQLite files)."""
+    path = os.path.join(env()["SLUICE_LAB_STATE"], "control", "store")
+    if not os.path.exists(path):
+        return None
+    return open(path).read().splitlines()[0]
 
 
 def sql(query):
-    r = subprocess.run(["sqlite3", "-cmd", ".timeout 5000", store(), query], capture_output=True, text=True, timeout=30)
+    """Runs `query` on control's record store, as someone with write access to it would:
+    `sqlite3` on its file, or `psql` on its PostgreSQL server. Returns the last statement's
+    output; an UPDATE returns the number of rows it changed."""
+    pg = postgres()
+    if pg is None:
+        if query.startswith("UPDATE"):
+            query += "; SELECT changes();"
+        path = os.path.join(env()["SLUICE_LAB_STATE"], "control", "state", "flows.db")
+        args = ["sqlite3", "-cmd", ".timeout 5000", path, query]
+    else:
+        if query.startswith("UPDATE"):
+            query = "WITH changed AS (%s RETURNING 1) SELECT count(*) FROM changed" % query
+        args = ["psql", pg, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", query]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -64,7 +81,7 @@ class Verify(unittest.TestCase):
         n = flows[2]["chain"]
         row = sql("SELECT id FROM flows WHERE cn = %d AND ce = (SELECT MAX(epoch) FROM chain_heads)" % n)
         tampered = sql("UPDATE flows SET record = replace(record, '\"verdict\":\"allow\"', '\"verdict\":\"bl0ck\"') "
-                       "WHERE id = %s; SELECT changes();" % row)
+                       "WHERE id = %s" % row)
         self.assertEqual(tampered, "1")
         try:
             r = verify()
