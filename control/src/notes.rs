@@ -15,8 +15,8 @@ use crate::state::AppState;
 
 /// Writes what `flows` (the record store, locked by the caller) has waiting in its outbox to
 /// the audit log and clears what was written: the last ingests' notes, then any left behind
-/// that this control knows of. Each note is announced once by this control, whether or not
-/// its write succeeded (an alert must not wait for the audit log).
+/// that this control knows of. Each note is announced once by this control, when it first
+/// takes it, whether or not its write succeeded (an alert must not wait for the audit log).
 pub fn drain(state: &AppState, flows: &mut dyn RecordStore) {
     drain_with(state, flows, false);
 }
@@ -40,16 +40,14 @@ fn drain_with(state: &AppState, flows: &mut dyn RecordStore, all: bool) {
     });
     if !left.is_empty() {
         tracing::warn!(notes = left.len(), "writing notes left in the record store's outbox");
-        let written = write(state, flows, &left, true);
-        left.iter()
-            .filter(|n| !n.again && written.contains(&n.id))
-            .for_each(|n| announce(state, n));
+        write(state, flows, &left, true);
+        left.iter().filter(|n| !n.again).for_each(|n| announce(state, n));
     }
 }
 
 /// Writes `notes` to the audit log (`once`: unless there already) and clears those written
-/// from the outbox; returns their ids.
-fn write(state: &AppState, flows: &mut dyn RecordStore, notes: &[Note], once: bool) -> Vec<i64> {
+/// from the outbox.
+fn write(state: &AppState, flows: &mut dyn RecordStore, notes: &[Note], once: bool) {
     let mut written = Vec::with_capacity(notes.len());
     {
         let mut rules = state.rules.lock().unwrap_or_else(PoisonError::into_inner);
@@ -73,7 +71,6 @@ fn write(state: &AppState, flows: &mut dyn RecordStore, notes: &[Note], once: bo
     if let Err(e) = flows.clear_notes(&written) {
         tracing::error!("clearing the record store's outbox (written again at most once): {e}");
     }
-    written
 }
 
 /// Says a note to those listening: a discovery as the record it is,

@@ -67,8 +67,9 @@ fn a_note_outlives_a_stop_between_the_commit_and_the_audit_log(
     let left = s.leftover_notes(false).unwrap();
     assert_eq!(left, said, "a store opened again reads what was left");
     s.clear_notes(&[left[0].id]).unwrap();
+    // Read before: marked, so that this control does not announce it twice.
     let left = s.leftover_notes(false).unwrap();
-    assert_eq!(left, said[1..]);
+    assert_eq!(left.iter().map(|n| (n.id, n.again)).collect::<Vec<_>>(), [(said[1].id, true)]);
     s.clear_notes(&[left[0].id]).unwrap();
     assert!(s.leftover_notes(false).unwrap().is_empty());
     assert!(s.leftover_notes(true).unwrap().is_empty());

@@ -21,8 +21,8 @@ pub struct Note {
     pub action: String,
     /// The details, as JSON text.
     pub detail: String,
-    /// This control took it from [`crate::records::RecordStore::take_notes`] before (and
-    /// announced it), but did not clear it.
+    /// This control took it before (from `take_notes` or `leftover_notes`) and announced
+    /// it, but did not clear it.
     pub again: bool,
 }
 
@@ -61,12 +61,18 @@ impl Waiting {
         all || self.maybe || !self.taken.is_empty()
     }
 
-    /// What was read of the outbox: marks the notes this control took before. Anything read
-    /// is read again next time, unless cleared meanwhile (then nothing is found).
+    /// What was read of the outbox: marks the notes this control took (and announced) before,
+    /// and counts the others as taken from now on. Anything read is read again next time,
+    /// unless cleared meanwhile (then nothing is found); what was taken and is no longer
+    /// there (a clear whose answer was lost) is forgotten once the whole outbox was read.
     pub fn seen(&mut self, mut notes: Vec<Note>) -> Vec<Note> {
         self.maybe = !notes.is_empty();
+        if notes.len() < LEFTOVERS {
+            let there: std::collections::HashSet<i64> = notes.iter().map(|n| n.id).collect();
+            self.taken.retain(|id| there.contains(id));
+        }
         for n in &mut notes {
-            n.again = self.taken.contains(&n.id);
+            n.again = !self.taken.insert(n.id);
         }
         notes
     }
@@ -141,4 +147,42 @@ pub(crate) fn clear(conn: &Connection, ids: &[i64]) -> Result<(), StoreError> {
         }
     }
     Ok(tx.commit()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(id: i64) -> Note {
+        Note {
+            id,
+            dataplane: "dp".into(),
+            action: "chain.gap".into(),
+            detail: "{}".into(),
+            again: false,
+        }
+    }
+
+    #[test]
+    fn what_was_taken_is_read_again_marked_and_forgotten_once_gone() {
+        let mut w = Waiting::default();
+        assert!(w.read(false), "at first, an earlier control's notes may be there");
+        assert!(w.seen(vec![]).is_empty());
+        assert!(!w.read(false) && w.read(true), "known empty: read only when told to");
+        // Taken from an ingest: read until cleared.
+        w.take(vec![note(1), note(2)]);
+        assert!(w.read(false));
+        w.cleared(&[1], true);
+        // 2's clear failed, or its audit write did: read again, already announced.
+        let again: Vec<(i64, bool)> =
+            w.seen(vec![note(2), note(3)]).iter().map(|n| (n.id, n.again)).collect();
+        assert_eq!(again, [(2, true), (3, false)]);
+        // 3 was announced on that read: not again.
+        assert_eq!(w.seen(vec![note(3)]).iter().map(|n| n.again).collect::<Vec<_>>(), [true]);
+        // A clear whose answer was lost: nothing there any more, and nothing taken is kept.
+        w.cleared(&[3], false);
+        assert!(w.read(false));
+        assert!(w.seen(vec![]).is_empty());
+        assert!(!w.read(false), "{w:?}");
+    }
 }

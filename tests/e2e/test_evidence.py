@@ -36,7 +36,7 @@ def sql(query):
     else:
         if query.startswith("UPDATE"):
             query = "WITH changed AS (%s RETURNING 1) SELECT count(*) FROM changed" % query
-        args = ["psql", pg, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", query]
+        args = ["psql", "-X", pg, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", query]
     r = subprocess.run(args, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
