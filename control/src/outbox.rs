@@ -26,6 +26,13 @@ pub struct Note {
     pub again: bool,
 }
 
+impl Note {
+    /// A note as it stands in the outbox, not taken before.
+    pub fn new(id: i64, dataplane: String, action: String, detail: String) -> Note {
+        Note { id, dataplane, action, detail, again: false }
+    }
+}
+
 /// The audit action of a discovery.
 pub const DISCOVERY: &str = "discovery";
 
@@ -77,6 +84,39 @@ impl Waiting {
         notes
     }
 
+    /// Reads the outbox with `read` unless [`Waiting::read`] says there is no need, and marks
+    /// what it finds ([`Waiting::seen`]); a failed read is tried again next time.
+    pub fn leftovers(
+        &mut self,
+        all: bool,
+        read: impl FnOnce() -> Result<Vec<Note>, StoreError>,
+    ) -> Result<Vec<Note>, StoreError> {
+        if !self.read(all) {
+            return Ok(Vec::new());
+        }
+        match read() {
+            Ok(notes) => Ok(self.seen(notes)),
+            Err(e) => {
+                self.maybe = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Clears `ids` with `clear` (nothing to do for none), and notes how it went.
+    pub fn clear(
+        &mut self,
+        ids: &[i64],
+        clear: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let cleared = clear();
+        self.cleared(ids, cleared.is_ok());
+        cleared
+    }
+
     /// Notes cleared (or not, when `ok` is false).
     pub fn cleared(&mut self, ids: &[i64], ok: bool) {
         if ok {
@@ -92,7 +132,6 @@ impl Waiting {
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notes_outbox (
     id INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
     dataplane TEXT NOT NULL,
     action TEXT NOT NULL,
     detail TEXT NOT NULL
@@ -102,22 +141,13 @@ CREATE TABLE IF NOT EXISTS notes_outbox (
 /// Puts a note in the outbox, in the ingest's transaction.
 pub(crate) fn put(
     tx: &Transaction<'_>,
-    at_ms: u64,
     dataplane: &str,
     action: &str,
     detail: &str,
 ) -> Result<Note, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO notes_outbox (at_ms, dataplane, action, detail) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![i64::try_from(at_ms).unwrap_or(i64::MAX), dataplane, action, detail])?;
-    Ok(Note {
-        id: tx.last_insert_rowid(),
-        dataplane: dataplane.to_owned(),
-        action: action.to_owned(),
-        detail: detail.to_owned(),
-        again: false,
-    })
+    tx.prepare_cached("INSERT INTO notes_outbox (dataplane, action, detail) VALUES (?1, ?2, ?3)")?
+        .execute(params![dataplane, action, detail])?;
+    Ok(Note::new(tx.last_insert_rowid(), dataplane.into(), action.into(), detail.into()))
 }
 
 /// The notes in the outbox, oldest first, at most [`LEFTOVERS`].
@@ -126,13 +156,7 @@ pub(crate) fn waiting(conn: &Connection) -> Result<Vec<Note>, StoreError> {
         "SELECT id, dataplane, action, detail FROM notes_outbox ORDER BY id LIMIT ?1",
     )?;
     let rows = st.query_map([LEFTOVERS as i64], |r| {
-        Ok(Note {
-            id: r.get(0)?,
-            dataplane: r.get(1)?,
-            action: r.get(2)?,
-            detail: r.get(3)?,
-            again: false,
-        })
+        Ok(Note::new(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

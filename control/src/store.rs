@@ -10,7 +10,6 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 
 use crate::chains::Head;
-pub use crate::chainstore::ChainNote;
 use crate::chainstore::Place;
 use crate::outbox;
 pub use crate::outbox::Note;
@@ -411,10 +410,10 @@ impl FlowStore {
         }
         let mut said = Vec::with_capacity(found.len() + notes.len());
         for d in &found {
-            said.push(outbox::put(&tx, now, dataplane, outbox::DISCOVERY, &d.to_string())?);
+            said.push(outbox::put(&tx, dataplane, outbox::DISCOVERY, &d.to_string())?);
         }
         for n in &notes {
-            said.push(outbox::put(&tx, now, dataplane, n.action, &n.detail)?);
+            said.push(outbox::put(&tx, dataplane, n.action, &n.detail)?);
         }
         tx.commit()?;
         self.heads.insert(dataplane.to_owned(), head);
@@ -448,24 +447,14 @@ impl FlowStore {
     /// [`outbox::LEFTOVERS`]; unless `all`, nothing is read while the outbox is known to hold
     /// none.
     pub fn leftover_notes(&mut self, all: bool) -> Result<Vec<Note>, StoreError> {
-        if !self.waiting.read(all) {
-            return Ok(Vec::new());
-        }
-        let read = outbox::waiting(&self.conn);
-        if read.is_err() {
-            self.waiting.maybe = true;
-        }
-        Ok(self.waiting.seen(read?))
+        let conn = &self.conn;
+        self.waiting.leftovers(all, || outbox::waiting(conn))
     }
 
     /// Removes notes written to the audit log from the outbox.
     pub fn clear_notes(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let cleared = outbox::clear(&self.conn, ids);
-        self.waiting.cleared(ids, cleared.is_ok());
-        cleared
+        let conn = &self.conn;
+        self.waiting.clear(ids, || outbox::clear(conn, ids))
     }
 
     /// The inventory rows matching `f` ([`crate::inventory::query`]), what is pending

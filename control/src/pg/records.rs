@@ -117,7 +117,7 @@ INSERT INTO inventory_applied SELECT 'requests', COALESCE(MAX(id), 0) FROM reque
     "
 -- What ingests said for the audit log, until it is written there (`records_outbox.rs`).
 CREATE TABLE notes_outbox (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at_ms BIGINT NOT NULL,
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     dataplane TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
 ",
 ];
@@ -488,13 +488,12 @@ async fn ingest(
         )
         .await?;
     }
-    let now = crate::recordings::now_ms();
     for d in &found {
         let d = d.to_string();
-        out.notes.push(records_outbox::put(&tx, now, dataplane, DISCOVERY, &d).await?);
+        out.notes.push(records_outbox::put(&tx, dataplane, DISCOVERY, &d).await?);
     }
     for (_, n) in &notes {
-        out.notes.push(records_outbox::put(&tx, now, dataplane, n.action, &n.detail).await?);
+        out.notes.push(records_outbox::put(&tx, dataplane, n.action, &n.detail).await?);
     }
     tx.commit().await?;
     Ok(())
