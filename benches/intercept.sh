@@ -3,7 +3,8 @@
 # (HTTPS, HTTP/2 and HTTP/1.1, keep-alive, reads the whole body, answers a fixed chat-completion
 # JSON), from alice:
 #   - sluice inspecting (divert, minted leaf, strict upstream TLS, HTTP/1.1 or HTTP/2 phases),
-#   - sluice splicing (bob: diverted, decided allow, bytes relayed),
+#   - sluice splicing (bob: diverted, decided allow, bytes relayed; keep-alive, HTTP/2 and bulk:
+#     the ceiling of the inspecting rows on the same path),
 #   - sluice inspecting with --fast-path off (the divert NAT done by the engine, not the kernel),
 #   - a plain Linux bridge (direct: the reference for added latency and bulk),
 #   - mitmproxy (mitmdump -q, reverse mode, same enterprise CA, upstream verified; HTTP/2 too),
@@ -15,7 +16,7 @@
 # HTTP/2 rows: h2load, the same POSTs, CONNS streams over 2 connections.
 # Bulk rows: one connection's download of 1 GiB, and upload of 64 x 8 MB bodies (each held
 # and inspected), through sluice inspecting and direct; GB/s, and GB per CPU-second of
-# sluice-dataplane.
+# sluice-dataplane. Each proxy's CPU time is read too (sluice: the data plane; Squid; mitmproxy).
 # RUNS rounds; each round measures every row once, in turn, so the machine's drift (it is
 # shared and noisy) hits every row alike. Prints each row's samples and medians (requests/s,
 # p50, p99), the ratios of the medians and the ratio within each round. Needs root.
@@ -166,12 +167,23 @@ head -c 6000000 /dev/urandom | base64 -w 0 > "$W/8m.bin"
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}'; }
 
-declare -A RPS P50 P99 REQS TICKS LABEL SAMPLES
-# CPU time (ticks of 1/100 s) the data plane has used so far (0 when it is not running).
+declare -A RPS P50 P99 REQS TICKS LABEL SAMPLES WHO
+# Whose CPU time the rows being measured count: sluice's data plane, squid, mitmproxy, or
+# nobody (direct).
+PROXY=sluice
+# CPU time (ticks of 1/100 s) that proxy has used so far (0 when it is not running): its
+# threads and the kernel work done in their system calls.
 cpu_ticks() {
-  local pid
-  pid=$(cat "$STATE/dataplane.pid" 2>/dev/null) && [ -r "/proc/$pid/stat" ] \
-    && awk '{print $14 + $15}' "/proc/$pid/stat" || echo 0
+  local pids=() p t=0
+  case $PROXY in
+    sluice) pids=("$(cat "$STATE/dataplane.pid" 2>/dev/null)") ;;
+    squid) mapfile -t pids < <(pgrep -x squid) ;;
+    mitm) mapfile -t pids < <(pgrep -f 'mitmdump -q --listen-host') ;;
+  esac
+  for p in "${pids[@]}"; do
+    [ -n "$p" ] && [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
 }
 ORDER=()
 sample() { # key label host url close [connections]: one SECS-long wrk run, kept for report
@@ -179,6 +191,7 @@ sample() { # key label host url close [connections]: one SECS-long wrk run, kept
   if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
   [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
   LABEL[$1]=$2
+  WHO[$1]=$PROXY
   t0=$(cpu_ticks)
   out=$($lab exec "$3" -- env WRK_CLOSE="$5" wrk -t"$((conns < 2 ? 1 : 2))" -c"$conns" -d"${SECS}s" --latency -s "$W/post.lua" "$4" 2>&1)
   if ! grep -q "Requests/sec" <<<"$out"; then echo "$out" >&2; echo "wrk failed for $2" >&2; exit 1; fi
@@ -188,8 +201,7 @@ sample() { # key label host url close [connections]: one SECS-long wrk run, kept
     tail -5 "$STATE/dataplane.log" >&2
     exit 1
   fi
-  # Requests per CPU-second of sluice-dataplane (its threads and the kernel work done in their
-  # system calls; softirq work on other threads is not in it), for the sluice rows.
+  # Requests per CPU-second of the proxy (softirq work on other threads is not in it).
   TICKS[$1]=$(( ${TICKS[$1]:-0} + $(cpu_ticks) - t0 ))
   REQS[$1]=$(( ${REQS[$1]:-0} + $(awk '/requests in/ {print $1}' <<<"$out") ))
   RPS[$1]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
@@ -203,6 +215,7 @@ sample_h2() { # key label host url
   if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
   [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
   LABEL[$1]=$2
+  WHO[$1]=$PROXY
   t0=$(cpu_ticks)
   out=$($lab exec "$3" -- h2load -c 2 -m "$((CONNS / 2))" -D "$SECS" -d "$W/post.json" \
     -H 'content-type: application/json' -H 'authorization: Bearer sk-bench-0000' "$4" 2>&1)
@@ -222,6 +235,7 @@ sample_bulk() { # key label host base-url down|up
   if [ -n "$ONLY" ] && ! grep -qE "^($ONLY)\$" <<<"$1"; then return; fi
   [ -n "${LABEL[$1]:-}" ] || ORDER+=("$1")
   LABEL[$1]=$2
+  WHO[$1]=$PROXY
   t0=$(cpu_ticks)
   w0=$(date +%s.%N)
   # A failed transfer says so (curl's exit code and message) instead of ending the run silently.
@@ -341,6 +355,10 @@ store_bench_key() {
     "$(cat "$STATE/control/url")/v1/keys/bench" >/dev/null
 }
 echo "== $RUNS rounds x ${SECS}s per row, $CONNS connections, 2 KB JSON POSTs (rows take turns round by round)"
+# The host: ratios between these rows move with it (system calls cost more under some
+# mitigations, which weighs on the rows with more kernel work per request).
+echo "== host: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r);" \
+  "retbleed: $(cat /sys/devices/system/cpu/vulnerabilities/retbleed 2>/dev/null || echo unknown)"
 URL=https://bench.lab/v1/chat/completions
 for round in $(seq "$RUNS"); do
   $lab start --rules "$W/rules.toml" >/dev/null
@@ -354,6 +372,11 @@ for round in $(seq "$RUNS"); do
   sample_h2 inspect-h2 "sluice inspect, HTTP/2 (h2load)" alice $URL
   sample_bulk inspect-down "sluice inspect, 1 GiB download" alice https://bench.lab down
   sample_bulk inspect-up "sluice inspect, 64 x 8 MB uploads" alice https://bench.lab up
+  # What the same path does without inspecting (the ceiling of the rows above): bob's flows
+  # are diverted and their bytes relayed by the same engine.
+  sample_h2 splice-h2 "sluice splice, HTTP/2 (h2load)" bob $URL
+  sample_bulk splice-down "sluice splice, 1 GiB download" bob https://bench.lab down
+  sample_bulk splice-up "sluice splice, 64 x 8 MB uploads" bob https://bench.lab up
   if [ -z "$ONLY" ] || grep -qE "^($ONLY)\$" <<<inspect-apps-ka; then
     $lab start --rules "$W/rules-apps.toml" >/dev/null
     sample inspect-apps-ka "sluice inspect, apps decided per request" alice $URL 0
@@ -390,26 +413,31 @@ for round in $(seq "$RUNS"); do
   sample inspect-new-off "sluice inspect, no fast path (new)" alice $URL 1
   $lab stop >/dev/null
   bridge
+  PROXY=
   sample direct-ka "direct, Linux bridge (keep-alive)" alice $URL 0
   sample direct-new "direct, Linux bridge (new conn/request)" alice $URL 1
   sample direct-1 "direct, Linux bridge (1 conn, k-a)" alice $URL 0 1
   sample_h2 direct-h2 "direct, HTTP/2 (h2load)" alice $URL
   sample_bulk direct-down "direct, 1 GiB download" alice https://bench.lab down
   sample_bulk direct-up "direct, 64 x 8 MB uploads" alice https://bench.lab up
+  PROXY=mitm
   sample mitm-ka "mitmproxy (keep-alive)" alice https://mitm.bench.lab/v1/chat/completions 0
   sample mitm-new "mitmproxy (new conn/request)" alice https://mitm.bench.lab/v1/chat/completions 1
   sample_h2 mitm-h2 "mitmproxy, HTTP/2 (h2load)" alice https://mitm.bench.lab/v1/chat/completions
+  PROXY=squid
   squid_on
   sample squid-ka "squid ssl-bump (keep-alive)" alice $URL 0
   sample squid-new "squid ssl-bump (new conn/request)" alice $URL 1
   squid_off
+  PROXY=sluice
   unbridge
   echo "   round $round of $RUNS done" >&2
 done
 for k in "${ORDER[@]}"; do
   PER=""
+  whose=$([ "${WHO[$k]}" = sluice ] && echo data-plane || echo "${WHO[$k]}")
   if [ "${TICKS[$k]}" -gt 0 ]; then
-    PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" 'BEGIN { printf "   %.0f per data-plane CPU-s", n / (t / 100) }')
+    PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" -v w="$whose" 'BEGIN { printf "   %.0f per %s CPU-s", n / (t / 100), w }')
   fi
   case $k in
     *-down|*-up)
@@ -458,8 +486,24 @@ awk -v s="${RPS[inspect-h2]}" -v m="${RPS[mitm-h2]}" -v d="${RPS[direct-h2]}" \
 echo "  per round: mitmproxy $(per_round inspect-h2 mitm-h2); direct $(per_round inspect-h2 direct-h2)"
 for dir in down up; do
   awk -v s="${RPS[inspect-$dir]}" -v d="${RPS[direct-$dir]}" -v n="${REQS[inspect-$dir]}" -v t="${TICKS[inspect-$dir]}" -v m="$dir" \
-    'BEGIN { printf "bulk %-6s sluice inspect %.2f GB/s (direct %.2f), %.2f GB per data-plane CPU-s\n", m, s, d, n / 1e9 / (t / 100) }'
+    -v sn="${REQS[splice-$dir]}" -v st="${TICKS[splice-$dir]}" \
+    'BEGIN { printf "bulk %-6s sluice inspect %.2f GB/s (direct %.2f), %.2f GB per data-plane CPU-s (splice %.2f)\n", m, s, d, n / 1e9 / (t / 100), sn / 1e9 / (st / 100) }'
 done
+echo "== the same path without inspecting (splice): its ceiling"
+for mode in ka h2; do
+  awk -v s="${RPS[inspect-$mode]}" -v p="${RPS[splice-$mode]}" -v m="$mode" \
+    'BEGIN { printf "%-11s sluice inspect / splice %5.2fx\n", (m == "ka" ? "keep-alive" : "HTTP/2"), s / p }'
+  echo "  per round: $(per_round "inspect-$mode" "splice-$mode")"
+done
+echo "== requests per CPU-second of each proxy (keep-alive; sluice: the data plane, control's storing not in it)"
+for mode in ka new; do
+  awk -v m="$mode" -v sn="${REQS[inspect-$mode]}" -v st="${TICKS[inspect-$mode]}" \
+    -v qn="${REQS[squid-$mode]}" -v qt="${TICKS[squid-$mode]}" -v mn="${REQS[mitm-$mode]}" -v mt="${TICKS[mitm-$mode]}" \
+    'BEGIN { s = sn / (st / 100); q = qn / (qt / 100); t = mn / (mt / 100);
+             printf "%-9s sluice %.0f, squid %.0f (%.2fx), mitmproxy %.0f (%.1fx)\n", (m == "ka" ? "keep-alive" : "new-conn"), s, q, s / q, t, s / t }'
+done
+awk -v sn="${REQS[inspect-h2]}" -v st="${TICKS[inspect-h2]}" -v mn="${REQS[mitm-h2]}" -v mt="${TICKS[mitm-h2]}" \
+  'BEGIN { s = sn / (st / 100); t = mn / (mt / 100); printf "HTTP/2    sluice %.0f, mitmproxy %.0f (%.1fx)\n", s, t, s / t }'
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, %d connections): %.2f ms\n", '"$CONNS"', a - b }'
 awk -v a="${P50[inspect-1]}" -v b="${P50[direct-1]}" \
