@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::remote::{Api, Out, enc, print_json, report_push, s, table, usage, when};
+use crate::remote::{Api, Out, enc, print_json, s, table, usage, when};
+use crate::rules_cli::report_push;
 
 /// `keys set NAME --from-file F`.
 pub fn set(api: &Api, name: &str, file: &Path) -> Out {

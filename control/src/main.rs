@@ -7,9 +7,11 @@ mod approvals_cli;
 mod audit_cli;
 mod evidence_cli;
 mod fleet_cli;
+mod identities_cli;
 mod inventory_cli;
 mod keys_cli;
 mod remote;
+mod rules_cli;
 mod sessions_cli;
 mod sluicectl_args;
 mod usage_cli;
@@ -79,11 +81,11 @@ fn main() -> ExitCode {
         Cmd::Identities(c) => {
             return online(&conn, |a| match &c {
                 IdentCmd::Set { ip, user, groups, ttl } => {
-                    remote::identity_set(a, ip, user, groups, *ttl)
+                    identities_cli::set(a, ip, user, groups, *ttl)
                 }
-                IdentCmd::Rm { ip } => remote::identity_rm(a, ip),
-                IdentCmd::List => remote::identity_list(a),
-                IdentCmd::Load { file, replace } => remote::identity_load(a, file, *replace),
+                IdentCmd::Rm { ip } => identities_cli::rm(a, ip),
+                IdentCmd::List => identities_cli::list(a),
+                IdentCmd::Load { file, replace } => identities_cli::load(a, file, *replace),
             });
         }
         Cmd::Keys(c) => {
@@ -181,15 +183,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Cmd::Rules(RulesCmd::Push { file }) => {
-            return online(&conn, |a| remote::rules_send(a, &file, true));
+            return online(&conn, |a| rules_cli::send(a, &file, true));
         }
         Cmd::Rules(RulesCmd::Validate { file }) => {
-            return online(&conn, |a| remote::rules_send(a, &file, false));
+            return online(&conn, |a| rules_cli::send(a, &file, false));
         }
-        Cmd::Rules(RulesCmd::Show) => return online(&conn, remote::rules_show),
-        Cmd::Rules(RulesCmd::History) => return online(&conn, remote::rules_history),
+        Cmd::Rules(RulesCmd::Show) => return online(&conn, rules_cli::show),
+        Cmd::Rules(RulesCmd::History) => return online(&conn, rules_cli::history),
         Cmd::Rules(RulesCmd::Rollback { version }) => {
-            return online(&conn, |a| remote::rules_rollback(a, version));
+            return online(&conn, |a| rules_cli::rollback(a, version));
         }
         Cmd::Rules(RulesCmd::Diff { old, new }) if !Path::new(&old).exists() => {
             let (Ok(from), to) = (old.parse::<i64>(), new.as_deref().map(str::parse::<i64>)) else {
@@ -204,7 +206,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            return online(&conn, |a| remote::rules_diff(a, from, to));
+            return online(&conn, |a| rules_cli::diff(a, from, to));
         }
         Cmd::Rules(cmd) => cmd,
         Cmd::Token(TokenCmd::Hash) => {

@@ -1,10 +1,12 @@
-//! `sluicectl`'s commands that talk to the control API: rule pushes and history, records,
-//! the live tail, the identity feed, status. Human tables by default, JSON with `--json`.
+//! `sluicectl`'s connection to the control API (the client, its errors, the human tables
+//! every command prints unless `--json`), and the commands that read records: flows,
+//! requests, the live tail, status and the CA. Rules and identities have their own files
+//! (`rules_cli.rs`, `identities_cli.rs`), as the other command groups do.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_control::client::{Client, Reply};
 
 /// Where the API is and who we are.
@@ -103,7 +105,7 @@ pub(crate) fn enc(v: &str) -> String {
         .collect()
 }
 
-fn qs(pairs: &[(&str, String)]) -> String {
+pub(crate) fn qs(pairs: &[(&str, String)]) -> String {
     let s: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
     if s.is_empty() { String::new() } else { format!("?{}", s.join("&")) }
 }
@@ -371,190 +373,6 @@ pub fn tail(api: &Api, f: &Filters, kind: Option<&str>) -> Out {
     Ok(())
 }
 
-/// `rules push|validate FILE`.
-pub fn rules_send(api: &Api, file: &PathBuf, push: bool) -> Out {
-    let text = std::fs::read(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
-    let (method, path) = if push { ("PUT", "/v1/rules") } else { ("POST", "/v1/rules/validate") };
-    let v = api
-        .call(method, path, Some((text, "application/toml")))
-        .map_err(|Fail(m, c)| Fail(m.replace("rules.toml:", &format!("{}:", file.display())), c))?;
-    if api.json {
-        print_json(&v);
-        return Ok(());
-    }
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        eprintln!("{}:{}:{}: warning: {}", file.display(), w["line"], w["col"], s(w, "message"));
-    }
-    if !push {
-        println!("{}: valid", file.display());
-        return Ok(());
-    }
-    println!("version {} stored", s(&v, "version"));
-    report_push(&v)
-}
-
-/// Says how each data plane took a push; exit 1 if any refused it or did not answer.
-pub(crate) fn report_push(v: &Value) -> Out {
-    let dps = v["dataplanes"].as_array().cloned().unwrap_or_default();
-    if dps.is_empty() {
-        println!("no data plane connected: it will be enforced when one connects");
-    }
-    let mut bad = false;
-    for d in &dps {
-        let st = s(d, "status");
-        // An enrolled data plane that is offline gets the rules when it connects: said, not
-        // a failure of the push.
-        bad |= st != "applied" && st != "offline";
-        match d.get("error").and_then(Value::as_str) {
-            Some(e) => println!("  {}: {st}: {e}", s(d, "dataplane")),
-            None if st == "offline" => {
-                println!("  {}: offline (it gets them when it connects)", s(d, "dataplane"));
-            }
-            None => println!("  {}: {st}", s(d, "dataplane")),
-        }
-    }
-    if bad { Err(Fail("not every data plane enforces it".into(), 1)) } else { Ok(()) }
-}
-
-/// `rules show`: the current rule set (its text on stdout, who and when on stderr).
-pub fn rules_show(api: &Api) -> Out {
-    let v = api.get("/v1/rules")?;
-    if api.json {
-        print_json(&v);
-    } else {
-        eprintln!(
-            "# version {} by {} ({} UTC)",
-            s(&v, "version"),
-            s(&v, "author"),
-            when(&v["ts_ms"])
-        );
-        print!("{}", v["text"].as_str().unwrap_or(""));
-    }
-    Ok(())
-}
-
-/// `rules history`.
-pub fn rules_history(api: &Api) -> Out {
-    let v = api.get("/v1/rules/history")?;
-    if api.json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|h| vec![s(h, "version"), when(&h["ts_ms"]), s(h, "author"), s(h, "note")])
-        .collect();
-    table(&["version", "time", "author", "note"], &rows);
-    Ok(())
-}
-
-/// `rules diff FROM [TO]` against the server's versions.
-pub fn rules_diff(api: &Api, from: i64, to: Option<i64>) -> Out {
-    let mut q = vec![("from", from.to_string())];
-    if let Some(t) = to {
-        q.push(("to", t.to_string()));
-    }
-    print_json(&api.get(&format!("/v1/rules/diff{}", qs(&q)))?);
-    Ok(())
-}
-
-/// `rules rollback VERSION`.
-pub fn rules_rollback(api: &Api, version: i64) -> Out {
-    let v = api.call("POST", &format!("/v1/rules/rollback/{version}"), None)?;
-    if api.json {
-        print_json(&v);
-        return Ok(());
-    }
-    println!("version {} stored (the text of version {version})", s(&v, "version"));
-    report_push(&v)
-}
-
-/// `identities set IP USER`.
-pub fn identity_set(api: &Api, ip: &str, user: &str, groups: &[String], ttl: Option<u64>) -> Out {
-    let body = json!({ "user": user, "groups": groups, "ttl": ttl });
-    let v = api.call(
-        "PUT",
-        &format!("/v1/identities/{}", enc(ip)),
-        Some((body.to_string().into_bytes(), "application/json")),
-    )?;
-    done(api, &v)
-}
-
-/// `identities rm IP`.
-pub fn identity_rm(api: &Api, ip: &str) -> Out {
-    let v = api.call("DELETE", &format!("/v1/identities/{}", enc(ip)), None)?;
-    done(api, &v)
-}
-
-/// `identities load FILE`: a JSON array (or JSON lines) of `{ip, user, groups, ttl}`.
-pub fn identity_load(api: &Api, file: &PathBuf, replace: bool) -> Out {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| usage(format!("{}: {e}", file.display())))?;
-    let entries: Vec<Value> = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Array(a)) => a,
-        _ => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                usage(format!("{}: expected a JSON array or JSON lines: {e}", file.display()))
-            })?,
-    };
-    let body = json!({ "identities": entries, "replace": replace });
-    let v = api.call(
-        "POST",
-        "/v1/identities",
-        Some((body.to_string().into_bytes(), "application/json")),
-    )?;
-    done(api, &v)
-}
-
-fn done(api: &Api, v: &Value) -> Out {
-    if api.json {
-        print_json(v);
-        return Ok(());
-    }
-    println!("{} entries in the feed", s(v, "entries"));
-    report_push(v)
-}
-
-/// `identities list`.
-pub fn identity_list(api: &Api) -> Out {
-    let v = api.get("/v1/identities")?;
-    if api.json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let groups: Vec<String> = e["groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(str::to_owned))
-                .collect();
-            vec![
-                s(e, "ip"),
-                s(e, "user"),
-                groups.join(","),
-                if e["expires_at"].is_null() {
-                    "-".into()
-                } else {
-                    when(&json!(e["expires_at"].as_u64().unwrap_or(0) * 1000))
-                },
-            ]
-        })
-        .collect();
-    table(&["ip", "user", "groups", "expires (UTC)"], &rows);
-    Ok(())
-}
-
 /// `status`.
 pub fn status(api: &Api) -> Out {
     let v = api.get("/v1/status")?;
@@ -631,6 +449,8 @@ pub fn ca_get(api: &Api) -> Out {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -209,7 +209,8 @@ impl RuleStore {
              CREATE TABLE IF NOT EXISTS checkpoints (
                  id INTEGER PRIMARY KEY, chain TEXT NOT NULL, seq INTEGER NOT NULL,
                  ts_ms INTEGER NOT NULL, line TEXT NOT NULL);
-             CREATE INDEX IF NOT EXISTS checkpoints_chain ON checkpoints (chain, seq);",
+             CREATE INDEX IF NOT EXISTS checkpoints_chain ON checkpoints (chain, seq);
+             CREATE INDEX IF NOT EXISTS audit_who_detail ON audit (who, substr(detail, 1, 96));",
         )?;
         let chained: bool =
             db.prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'n'")?.exists([])?;
@@ -240,6 +241,11 @@ impl RuleStore {
         })
     }
 }
+
+/// Whether an entry is in the audit log already: found through `audit_who_detail` (who and
+/// the start of the detail: the index holds no long details twice), then compared whole.
+const AUDIT_ONCE: &str = "SELECT 1 FROM audit
+     WHERE who = ?1 AND substr(detail, 1, 96) = substr(?2, 1, 96) AND detail = ?2 LIMIT 1";
 
 impl RuleLog for RuleStore {
     fn hold_snapshot(&mut self) -> Result<(), StoreError> {
@@ -408,14 +414,8 @@ impl RuleLog for RuleStore {
     }
 
     fn audit_once(&mut self, who: &str, action: &str, detail: &str) -> Result<(), StoreError> {
-        let seen: Option<i64> = self
-            .db
-            .query_row(
-                "SELECT 1 FROM audit WHERE who = ?1 AND detail = ?2 LIMIT 1",
-                params![who, detail],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let seen: Option<i64> =
+            self.db.query_row(AUDIT_ONCE, params![who, detail], |r| r.get(0)).optional()?;
         if seen.is_none() {
             self.audit(who, action, detail, None)?;
         }
@@ -499,6 +499,25 @@ mod tests {
             assert_eq!(s.chain_head().unwrap(), Some((last.n, last.link)));
         }
         all
+    }
+
+    #[test]
+    fn audit_once_finds_entries_by_index_and_compares_them_whole() {
+        let mut s = RuleStore::open_in_memory().unwrap();
+        let plan: Vec<String> = {
+            let mut st = s.db().prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_ONCE}")).unwrap();
+            st.query_map(params!["w", "d"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert!(plan.iter().any(|p| p.contains("audit_who_detail")), "{plan:?}");
+        // Two details that share their first 96 characters are two entries.
+        let common = "x".repeat(120);
+        s.audit_once("w", "alarm.a", &format!("{common}1")).unwrap();
+        s.audit_once("w", "alarm.a", &format!("{common}2")).unwrap();
+        s.audit_once("w", "alarm.a", &format!("{common}1")).unwrap();
+        assert_eq!(s.audit_log(10).unwrap().len(), 2);
     }
 
     fn the_audit_log_is_one_chain(mut s: impl RuleLog) {
