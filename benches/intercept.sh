@@ -15,7 +15,7 @@
 # HTTP/1.1 rows: wrk, 2 KB JSON POSTs, keep-alive and one connection per request.
 # HTTP/2 rows: h2load, the same POSTs, CONNS streams over 2 connections.
 # Bulk rows: one connection's download of 1 GiB, and upload of 64 x 8 MB bodies (each held
-# and inspected), through sluice inspecting and direct; GB/s, and GB per CPU-second of
+# and inspected), through sluice inspecting and splicing, and direct; GB/s, and GB per CPU-second of
 # sluice-dataplane. Each proxy's CPU time is read too (sluice: the data plane; Squid; mitmproxy).
 # RUNS rounds; each round measures every row once, in turn, so the machine's drift (it is
 # shared and noisy) hits every row alike. Prints each row's samples and medians (requests/s,
@@ -177,8 +177,8 @@ cpu_ticks() {
   local pids=() p t=0
   case $PROXY in
     sluice) pids=("$(cat "$STATE/dataplane.pid" 2>/dev/null)") ;;
-    squid) mapfile -t pids < <(pgrep -x squid) ;;
-    mitm) mapfile -t pids < <(pgrep -f 'mitmdump -q --listen-host') ;;
+    squid) pids=("$(cat "$W/squid.pid" 2>/dev/null)") ;;
+    mitm) mapfile -t pids < <(pgrep -f "$BENCH_VENV/bin/mitmdump -q --listen-host 198.51.100.91") ;;
   esac
   for p in "${pids[@]}"; do
     [ -n "$p" ] && [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
@@ -435,7 +435,7 @@ for round in $(seq "$RUNS"); do
 done
 for k in "${ORDER[@]}"; do
   PER=""
-  whose=$([ "${WHO[$k]}" = sluice ] && echo data-plane || echo "${WHO[$k]}")
+  case ${WHO[$k]} in sluice) whose=data-plane ;; mitm) whose=mitmproxy ;; *) whose=${WHO[$k]} ;; esac
   if [ "${TICKS[$k]}" -gt 0 ]; then
     PER=$(awk -v n="${REQS[$k]}" -v t="${TICKS[$k]}" -v w="$whose" 'BEGIN { printf "   %.0f per %s CPU-s", n / (t / 100), w }')
   fi
@@ -495,15 +495,15 @@ for mode in ka h2; do
     'BEGIN { printf "%-11s sluice inspect / splice %5.2fx\n", (m == "ka" ? "keep-alive" : "HTTP/2"), s / p }'
   echo "  per round: $(per_round "inspect-$mode" "splice-$mode")"
 done
-echo "== requests per CPU-second of each proxy (keep-alive; sluice: the data plane, control's storing not in it)"
+echo "== requests per CPU-second of each proxy (sluice: the data plane, control's storing not in it)"
 for mode in ka new; do
   awk -v m="$mode" -v sn="${REQS[inspect-$mode]}" -v st="${TICKS[inspect-$mode]}" \
     -v qn="${REQS[squid-$mode]}" -v qt="${TICKS[squid-$mode]}" -v mn="${REQS[mitm-$mode]}" -v mt="${TICKS[mitm-$mode]}" \
-    'BEGIN { s = sn / (st / 100); q = qn / (qt / 100); t = mn / (mt / 100);
-             printf "%-9s sluice %.0f, squid %.0f (%.2fx), mitmproxy %.0f (%.1fx)\n", (m == "ka" ? "keep-alive" : "new-conn"), s, q, s / q, t, s / t }'
+    'BEGIN { s = sn / (st / 100); q = (qt > 0 ? qn / (qt / 100) : 0); t = (mt > 0 ? mn / (mt / 100) : 0);
+             printf "%-9s sluice %.0f, squid %.0f (%.2fx), mitmproxy %.0f (%.1fx)\n", (m == "ka" ? "keep-alive" : "new-conn"), s, q, (q > 0 ? s / q : 0), t, (t > 0 ? s / t : 0) }'
 done
 awk -v sn="${REQS[inspect-h2]}" -v st="${TICKS[inspect-h2]}" -v mn="${REQS[mitm-h2]}" -v mt="${TICKS[mitm-h2]}" \
-  'BEGIN { s = sn / (st / 100); t = mn / (mt / 100); printf "HTTP/2    sluice %.0f, mitmproxy %.0f (%.1fx)\n", s, t, s / t }'
+  'BEGIN { s = sn / (st / 100); t = (mt > 0 ? mn / (mt / 100) : 0); printf "HTTP/2    sluice %.0f, mitmproxy %.0f (%.1fx)\n", s, t, (t > 0 ? s / t : 0) }'
 awk -v a="${P50[inspect-ka]}" -v b="${P50[direct-ka]}" \
   'BEGIN { printf "added p50 latency, sluice inspect vs direct (keep-alive, %d connections): %.2f ms\n", '"$CONNS"', a - b }'
 awk -v a="${P50[inspect-1]}" -v b="${P50[direct-1]}" \
